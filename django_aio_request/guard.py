@@ -1,0 +1,147 @@
+"""Hard deadlines for blocking ``requests`` calls: shutting down the attempt's sockets.
+
+``requests``' ``timeout=`` bounds each wait on the socket, not the call, so a server that trickles
+bytes can hold a caller for ever. Closing the socket from another thread does not wake a blocked
+reader; ``shutdown(SHUT_RDWR)`` does, at once. To reach the sockets, the transport installs
+connection classes (below) that register each socket with the :class:`AttemptGuard` of the attempt
+running in the current thread, and a pool that unregisters a connection before it goes back to
+the pool, so a late abort can never hit a connection that another call has picked up since.
+"""
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError
+
+_local = threading.local()
+
+
+class AttemptGuard:
+    """The sockets of one attempt, and why it was aborted (None while it was not)."""
+
+    __slots__ = ("_closed", "_lock", "_sockets", "deadline", "reason")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: int | None = None
+        self._lock = threading.Lock()
+        self._sockets: dict[int, socket.socket] = {}
+        self._closed = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def abort(self, reason: int) -> None:
+        """Stop the attempt: wake whatever read or write it is blocked in. ``reason`` is a status."""
+        with self._lock:
+            if self._closed or self.reason is not None:
+                return
+            self.reason = reason
+            for sock in self._sockets.values():
+                _shutdown(sock)
+
+    def attach(self, conn: Any, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._sockets[id(conn)] = sock
+            conn._aio_request_guard = self
+            if self.reason is not None:
+                _shutdown(sock)
+
+    def detach(self, conn: Any) -> None:
+        with self._lock:
+            self._sockets.pop(id(conn), None)
+            conn._aio_request_guard = None
+
+    def close(self) -> None:
+        """The attempt is over: later aborts do nothing."""
+        with self._lock:
+            self._closed = True
+            self._sockets.clear()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this the guard of connections used by the current thread inside the block."""
+        previous = getattr(_local, "guard", None)
+        _local.guard = self
+        try:
+            yield
+        finally:
+            _local.guard = previous
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _current() -> AttemptGuard | None:
+    return getattr(_local, "guard", None)
+
+
+class _GuardedConnectionMixin:
+    sock: socket.socket | None
+    timeout: Any
+
+    def connect(self) -> None:
+        guard = _current()
+        if guard is not None:
+            remaining = guard.remaining()
+            if remaining <= 0:
+                raise ConnectTimeoutError(self, "the deadline passed before connecting")
+            if not isinstance(self.timeout, int | float) or self.timeout > remaining:
+                self.timeout = remaining
+        super().connect()  # type: ignore[misc]
+        if guard is not None:
+            guard.attach(self, self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        guard = _current()
+        if guard is not None:
+            guard.attach(self, self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+def _detach(conn: Any) -> None:
+    guard = getattr(conn, "_aio_request_guard", None)
+    if guard is not None:
+        guard.detach(conn)
+
+
+class GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            _detach(conn)
+        super()._put_conn(conn)
+
+
+class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            _detach(conn)
+        super()._put_conn(conn)
+
+
+POOL_CLASSES = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}

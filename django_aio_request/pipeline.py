@@ -1,0 +1,120 @@
+"""The stages one attempt passes through, each wrapping the next, as in aio-request:
+low-timeout guard -> circuit breaker -> transport (which adds the system headers)."""
+
+import abc
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from . import headers as h
+from . import status
+from .cancellation import Cancellation
+from .circuit_breaker import CircuitBreaker
+from .classifier import ResponseClassifier, ResponseVerdict
+from .deadline import Deadline
+from .priority import Priority
+from .request import Request
+from .response import EmptyResponse, Response
+from .transport import Transport
+
+RequestEnricher = Callable[[Request], Request]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    endpoint: str
+    request: Request
+    deadline: Deadline
+    priority: Priority
+    number: int  # 0 for a call's first attempt
+    cancellation: Cancellation | None
+
+
+Next = Callable[[Attempt], Response]
+
+
+class RequestModule(abc.ABC):
+    @abc.abstractmethod
+    def execute(self, next_: Next, attempt: Attempt) -> Response: ...
+
+
+class LowTimeoutModule(RequestModule):
+    """With less time left than ``threshold`` no request could finish: answer 408 without sending."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        if attempt.deadline.timeout < self.threshold or attempt.deadline.expired:
+            return EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+        return next_(attempt)
+
+
+class CircuitBreakerModule(RequestModule):
+    """Counts outcomes per endpoint; an open circuit answers 502 without touching the network."""
+
+    def __init__(self, breaker: CircuitBreaker[str, Response], classifier: ResponseClassifier) -> None:
+        self.breaker = breaker
+        self.classifier = classifier
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        return self.breaker.execute(
+            scope=attempt.endpoint,
+            operation=lambda: next_(attempt),
+            fallback=_open_circuit_response,
+            is_successful=self._is_successful,
+        )
+
+    def _is_successful(self, response: Response) -> bool | None:
+        if response.status == status.CANCELLED:
+            return None  # abandoned by its strategy: says nothing about the endpoint
+        return self.classifier.classify(response) is ResponseVerdict.ACCEPT
+
+
+def _open_circuit_response() -> Response:
+    return EmptyResponse(status=status.CIRCUIT_BREAKER_OPEN, headers={h.X_CIRCUIT_BREAKER: "1", h.X_DO_NOT_RETRY: "1"})
+
+
+class TransportModule(RequestModule):
+    """Adds the propagation headers, lets the enricher have its say, and sends."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        emit_system_headers: bool,
+        request_enricher: RequestEnricher | None,
+        service_name: str | None,
+    ) -> None:
+        self.transport = transport
+        self.emit_system_headers = emit_system_headers
+        self.request_enricher = request_enricher
+        self.service_name = service_name
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        request = attempt.request
+        timeout = attempt.deadline.timeout
+        if self.emit_system_headers:
+            system = {h.X_REQUEST_TIMEOUT: _seconds(timeout), h.X_REQUEST_PRIORITY: str(attempt.priority)}
+            if self.service_name:
+                system[h.X_SERVICE_NAME] = self.service_name
+            request = request.with_headers(system)
+        if self.request_enricher is not None:
+            request = self.request_enricher(request)
+        return self.transport.send(attempt.endpoint, request, timeout, attempt.cancellation)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def build_pipeline(modules: Sequence[RequestModule]) -> Next:
+    def end(_attempt: Attempt) -> Response:
+        raise RuntimeError("the pipeline must end with a module that sends")
+
+    def link(module: RequestModule, next_: Next) -> Next:
+        return lambda attempt: module.execute(next_, attempt)
+
+    pipeline: Next = end
+    for module in reversed(modules):
+        pipeline = link(module, pipeline)
+    return pipeline

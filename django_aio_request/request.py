@@ -1,0 +1,171 @@
+"""Requests relative to a client's endpoint, and the builders that make them."""
+
+import json
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import headers as h
+
+MAX_REDIRECTS = 10
+
+PathParameters = Mapping[str, Any]
+QueryParameters = Mapping[str, Any] | Iterable[tuple[str, Any]]
+Headers = Mapping[str, str]
+
+
+class Request:
+    """One logical request: the method, a URL template relative to the endpoint, and its parts.
+
+    ``url`` stays a template (``"things/{id}"``); ``path_parameters`` fill it when the request is
+    sent, so the template can label metrics and key latency statistics with a bounded set of values.
+    """
+
+    __slots__ = (
+        "allow_redirects",
+        "body",
+        "headers",
+        "max_redirects",
+        "method",
+        "path_parameters",
+        "query_parameters",
+        "url",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        path_parameters: PathParameters | None = None,
+        query_parameters: QueryParameters | None = None,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        allow_redirects: bool = True,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme or parsed.netloc:
+            raise ValueError(f"request URL must be relative to the client's endpoint, not absolute: {url!r}")
+        if body is not None and not isinstance(body, bytes | bytearray):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}; use post_json() for objects")
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, not {max_redirects}")
+        self.method = method.upper()
+        self.url = url
+        self.path_parameters = path_parameters
+        self.query_parameters = query_parameters
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.body = bytes(body) if body is not None else None
+        self.allow_redirects = allow_redirects
+        self.max_redirects = max_redirects
+
+    def with_headers(self, extra: Headers) -> "Request":
+        """A copy whose headers are updated with ``extra`` (case-insensitively replacing)."""
+        lowered = {name.lower() for name in extra}
+        merged = {k: v for k, v in self.headers.items() if k.lower() not in lowered}
+        merged.update(extra)
+        return Request(
+            method=self.method,
+            url=self.url,
+            path_parameters=self.path_parameters,
+            query_parameters=self.query_parameters,
+            headers=merged,
+            body=self.body,
+            allow_redirects=self.allow_redirects,
+            max_redirects=self.max_redirects,
+        )
+
+    def build_url(self, endpoint: str) -> str:
+        """The absolute URL: the endpoint joined (RFC 3986) with the filled template and the query."""
+        path = self.url
+        for name, value in (self.path_parameters or {}).items():
+            path = path.replace("{" + name + "}", urllib.parse.quote(str(value), safe=""))
+        url = urllib.parse.urljoin(endpoint, path)
+        query = encode_query(self.query_parameters)
+        if query:
+            url += ("&" if urllib.parse.urlsplit(url).query else "?") + query
+        return url
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url}>"
+
+
+def encode_query(parameters: QueryParameters | None) -> str:
+    """Encode query parameters: lists become repeated keys, None values are dropped."""
+    if not parameters:
+        return ""
+    items = parameters.items() if isinstance(parameters, Mapping) else parameters
+    pairs: list[tuple[str, str]] = []
+    for name, value in items:
+        values = value if isinstance(value, list | tuple | set | frozenset) else [value]
+        pairs.extend((name, _query_value(v)) for v in values if v is not None)
+    return urllib.parse.urlencode(pairs)
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    path_parameters: PathParameters | None = None,
+    query_parameters: QueryParameters | None = None,
+    headers: Headers | None = None,
+    allow_redirects: bool = True,
+    max_redirects: int = MAX_REDIRECTS,
+) -> Request:
+    return Request(
+        method=method,
+        url=url,
+        body=body,
+        path_parameters=path_parameters,
+        query_parameters=query_parameters,
+        headers=headers,
+        allow_redirects=allow_redirects,
+        max_redirects=max_redirects,
+    )
+
+
+def get(url: str, **kwargs: Any) -> Request:
+    return request("GET", url, **kwargs)
+
+
+def delete(url: str, **kwargs: Any) -> Request:
+    return request("DELETE", url, **kwargs)
+
+
+def post(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("POST", url, body=body, **kwargs)
+
+
+def put(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("PUT", url, body=body, **kwargs)
+
+
+def patch(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("PATCH", url, body=body, **kwargs)
+
+
+def request_json(method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Any) -> Request:
+    """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    merged = {h.CONTENT_TYPE: "application/json", **(headers or {})}
+    return request(method, url, body=body, headers=merged, **kwargs)
+
+
+def post_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("POST", url, data, **kwargs)
+
+
+def put_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("PUT", url, data, **kwargs)
+
+
+def patch_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("PATCH", url, data, **kwargs)

@@ -1,0 +1,101 @@
+"""Responses: one read in full by the transport, or a synthetic one made without the network."""
+
+import codecs
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from requests.structures import CaseInsensitiveDict
+
+from . import headers as h
+
+_JSON = re.compile(r"^application/(?:[\w.+-]+?\+)?json", re.IGNORECASE)
+_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+
+
+class UnexpectedContentTypeError(Exception):
+    """The response's Content-Type is not the one the caller expected."""
+
+
+def _is_expected(actual: str, expected: str) -> bool:
+    if expected == "application/json":
+        return bool(_JSON.match(actual))
+    return expected.lower() in actual.lower()
+
+
+class Response:
+    """A response whose body has been read; ``elapsed`` is the attempt's wall time in seconds."""
+
+    __slots__ = ("_body", "elapsed", "headers", "status")
+
+    def __init__(
+        self, *, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"", elapsed: float = 0.0
+    ) -> None:
+        self.status = status
+        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(headers or {})
+        self.elapsed = elapsed
+        self._body = body
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get(h.CONTENT_TYPE, "")
+
+    def read(self) -> bytes:
+        return self._body
+
+    def text(self, encoding: str | None = None) -> str:
+        """The body decoded with ``encoding``, else the charset the response names, else UTF-8."""
+        return self._body.decode(encoding or self._charset() or "utf-8", errors="replace")
+
+    def json(
+        self,
+        *,
+        encoding: str | None = None,
+        loads: Callable[[str], Any] = json.loads,
+        content_type: str | None = "application/json",
+    ) -> Any:
+        """The body parsed as JSON. ``content_type=None`` skips the Content-Type check."""
+        if content_type is not None and not _is_expected(self.content_type, content_type):
+            raise UnexpectedContentTypeError(
+                f"expected {content_type!r} but the response (status {self.status}) has {self.content_type!r}"
+            )
+        if not self._body:
+            return None
+        return loads(self.text(encoding))
+
+    def _charset(self) -> str | None:
+        match = _CHARSET.search(self.content_type)
+        if match is None:
+            return None
+        try:
+            return codecs.lookup(match.group(1)).name
+        except LookupError:
+            return None
+
+    def is_informational(self) -> bool:
+        return 100 <= self.status < 200
+
+    def is_successful(self) -> bool:
+        return 200 <= self.status < 300
+
+    def is_redirection(self) -> bool:
+        return 300 <= self.status < 400
+
+    def is_client_error(self) -> bool:
+        return 400 <= self.status < 500
+
+    def is_server_error(self) -> bool:
+        return 500 <= self.status < 600
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+class EmptyResponse(Response):
+    """A response made without a body, for outcomes decided without the server (timeout, open breaker)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, status: int, headers: Mapping[str, str] | None = None, elapsed: float = 0.0) -> None:
+        super().__init__(status=status, headers=headers, elapsed=elapsed)

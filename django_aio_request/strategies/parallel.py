@@ -1,0 +1,139 @@
+import contextvars
+import queue
+import time
+
+from .. import status
+from ..cancellation import Cancellation
+from ..classifier import ResponseVerdict
+from ..deadline import Deadline
+from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
+from ..priority import Priority
+from ..request import Request
+from ..response import EmptyResponse
+from ..workers import WorkerPool
+from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
+
+# How long past the deadline to wait for a worker's answer before making up a 408. The transport
+# ends every attempt by its deadline; this only covers a pipeline stage that does not.
+_GRACE_SECONDS = 0.05
+
+
+class _HedgedCall:
+    """The state of one parallel call: attempts in flight, their cancellations, finished results."""
+
+    def __init__(self, send: SendAttempt, request: Request, deadline: Deadline, priority: Priority) -> None:
+        self.send = send
+        self.request = request
+        self.deadline = deadline
+        self.priority = priority
+        self.outcomes: queue.SimpleQueue[ResponseWithVerdict | BaseException] = queue.SimpleQueue()
+        self.cancellations: list[Cancellation] = []
+        self.finished: list[ResponseWithVerdict] = []
+        self.in_flight = 0
+
+    def launch(self, workers: WorkerPool, attempt: int) -> ResponseWithVerdict | None:
+        """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
+
+        Returns the response when the attempt ran in this thread, else None.
+        """
+        cancellation = Cancellation()
+        context = contextvars.copy_context()  # one copy per attempt: a context runs in one thread at a time
+
+        def run() -> None:
+            try:
+                self.outcomes.put(self.send(self.request, self.deadline, self.priority, attempt, cancellation))
+            except BaseException as error:
+                self.outcomes.put(error)
+
+        if workers.try_submit(lambda: context.run(run)) is not None:
+            self.cancellations.append(cancellation)
+            self.in_flight += 1
+            return None
+        if self.in_flight:
+            return None  # the pool is full: skip this hedge, the attempts in flight may still win
+        result = self.send(self.request, self.deadline, self.priority, attempt, None)
+        self.finished.append(result)
+        return result
+
+    def wait(self, timeout: float) -> ResponseWithVerdict | None:
+        """The next finished attempt, or None if none finished within ``timeout``."""
+        try:
+            outcome = self.outcomes.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.finished.append(outcome)
+        return outcome
+
+    def wait_accepted_until(self, until: float) -> ResponseWithVerdict | None:
+        """Wait for an accepted response until ``until`` or until nothing is in flight."""
+        while self.in_flight and (left := until - time.monotonic()) > 0:
+            result = self.wait(left)
+            if result is not None and result.accepted:
+                return result
+        return None
+
+    def cancel_rest(self) -> None:
+        for cancellation in self.cancellations:
+            cancellation.cancel()
+
+
+class ParallelStrategy(RequestStrategy):
+    """Hedged attempts: attempt ``k`` starts ``delays(k)`` after the call started, unless an
+    accepted response came first; the first accepted response wins and the others are aborted.
+
+    Attempts run on the client's worker pool with a copy of the caller's context each. When every
+    attempt in flight has been rejected, the next one starts at once rather than at its time
+    (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped, and
+    a call with nothing in flight runs its attempt in the caller's own thread: a full pool degrades
+    hedging, it never blocks a caller.
+    """
+
+    def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
+        if attempts_count < 1:
+            raise ValueError(f"attempts_count must be >= 1, not {attempts_count}")
+        self.attempts_count = attempts_count
+        self.delays = as_request_delays(delays_provider)
+
+    def request(
+        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+    ) -> ResponseWithVerdict:
+        call = _HedgedCall(send, request, deadline, priority)
+        started = time.monotonic()
+        try:
+            for attempt in range(self.attempts_count):
+                if attempt > 0:
+                    due = min(started + self.delays(request, attempt), deadline.expires_at)
+                    accepted = call.wait_accepted_until(due)
+                    if accepted is not None:
+                        return accepted
+                    if deadline.expired:
+                        break
+                inline = call.launch(workers, attempt)
+                if inline is not None and inline.accepted:
+                    return inline
+            accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS)
+            if accepted is not None:
+                return accepted
+            if call.finished:
+                return call.finished[0]
+            timeout = EmptyResponse(status=status.TIMEOUT, elapsed=time.monotonic() - started)
+            return ResponseWithVerdict(timeout, ResponseVerdict.REJECT)
+        finally:
+            call.cancel_rest()
+            for result in call.finished:
+                self.delays.observe(request, result.response)
+
+    def __repr__(self) -> str:
+        return f"<ParallelStrategy attempts={self.attempts_count}>"
+
+
+def parallel_strategy(
+    *, attempts_count: int = 3, delays_provider: DelaysProvider | RequestAttemptDelaysProvider | None = None
+) -> RequestStrategy:
+    return ParallelStrategy(
+        attempts_count=attempts_count,
+        delays_provider=delays_provider if delays_provider is not None else linear_backoff_delays(),
+    )

@@ -1,0 +1,69 @@
+import time
+
+from ..deadline import Deadline
+from ..deadline_providers import DeadlineProvider, pass_deadline_through
+from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
+from ..priority import Priority
+from ..request import Request
+from ..workers import WorkerPool
+from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
+
+
+class SequentialStrategy(RequestStrategy):
+    """Attempts one after another, in the caller's thread, until one is accepted.
+
+    Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended; when the time left is shorter
+    than that wait, the call ends with the last rejected response instead of sleeping in vain.
+    """
+
+    def __init__(
+        self,
+        *,
+        attempts_count: int,
+        delays_provider: DelaysProvider | RequestAttemptDelaysProvider,
+        deadline_provider: DeadlineProvider,
+    ) -> None:
+        if attempts_count < 1:
+            raise ValueError(f"attempts_count must be >= 1, not {attempts_count}")
+        self.attempts_count = attempts_count
+        self.delays = as_request_delays(delays_provider)
+        self.deadline_provider = deadline_provider
+
+    def request(
+        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+    ) -> ResponseWithVerdict:
+        responses: list[ResponseWithVerdict] = []
+        try:
+            for attempt in range(self.attempts_count):
+                attempt_deadline = self.deadline_provider(deadline, attempt, self.attempts_count)
+                result = send(request, attempt_deadline, priority, attempt, None)
+                responses.append(result)
+                if result.accepted or attempt + 1 == self.attempts_count:
+                    break
+                delay = self.delays(request, attempt + 1)
+                if deadline.timeout <= delay:
+                    break
+                time.sleep(delay)
+            return responses[-1]
+        finally:
+            self.observe(request, responses)
+
+    def observe(self, request: Request, responses: list[ResponseWithVerdict]) -> None:
+        for result in responses:
+            self.delays.observe(request, result.response)
+
+    def __repr__(self) -> str:
+        return f"<SequentialStrategy attempts={self.attempts_count}>"
+
+
+def sequential_strategy(
+    *,
+    attempts_count: int = 3,
+    delays_provider: DelaysProvider | RequestAttemptDelaysProvider | None = None,
+    deadline_provider: DeadlineProvider | None = None,
+) -> RequestStrategy:
+    return SequentialStrategy(
+        attempts_count=attempts_count,
+        delays_provider=delays_provider if delays_provider is not None else linear_backoff_delays(),
+        deadline_provider=deadline_provider if deadline_provider is not None else pass_deadline_through(),
+    )

@@ -1,0 +1,37 @@
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WorkerPool:
+    """A bounded thread pool that never queues: a task is either started now or refused.
+
+    Queued hedges would start late, after the caller stopped caring, and a caller waiting on a
+    queued task can deadlock when every worker is itself waiting. Refusing instead lets the caller
+    run the attempt itself or skip the hedge.
+    """
+
+    def __init__(self, max_workers: int, name: str = "django-aio-request") -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, not {max_workers}")
+        self.max_workers = max_workers
+        self._free = threading.BoundedSemaphore(max_workers)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+
+    def try_submit(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T] | None":
+        """Start ``fn`` on a free worker, or return None when all are busy."""
+        if not self._free.acquire(blocking=False):
+            return None
+        try:
+            future = self._executor.submit(fn)
+        except BaseException:
+            self._free.release()
+            raise
+        future.add_done_callback(lambda _: self._free.release())
+        return future
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
