@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class DjangoAioRequestConfig(AppConfig):
+    name = "django_aio_request"
+    verbose_name = "aio-request"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks

@@ -1,0 +1,99 @@
+"""``clients["name"]``: clients built from ``settings.AIO_REQUEST``, like Django's ``caches``.
+
+Unlike ``caches`` (an asgiref ``Local``: one object per thread), each client is built once per
+process and shared by all threads: its connection pool, worker threads and circuit breaker state
+must be process-wide to be of any use.
+"""
+
+import atexit
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .client import Client
+from .conf import SETTING, AioRequestSettings, read_settings
+
+
+class UnknownClientError(KeyError):
+    """No client of that name in ``AIO_REQUEST["CLIENTS"]``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ClientsHandler:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}
+        self._settings: AioRequestSettings | None = None
+
+    @property
+    def settings(self) -> AioRequestSettings:
+        """The validated setting; invalid settings raise ``ImproperlyConfigured`` listing every problem."""
+        if self._settings is None:
+            parsed, problems = read_settings(getattr(settings, SETTING, None))
+            if parsed is None:
+                errors = "\n  ".join(str(p) for p in problems if not p.warning)
+                raise ImproperlyConfigured(f"{SETTING} is invalid (run 'manage.py check' for details):\n  {errors}")
+            self._settings = parsed
+        return self._settings
+
+    def __getitem__(self, name: str) -> Client:
+        client = self._clients.get(name)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                config = self.settings
+                spec = config.clients.get(name)
+                if spec is None:
+                    known = ", ".join(repr(n) for n in config.clients) or "none"
+                    raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
+                client = self._clients[name] = spec.build(config.service_name)
+        return client
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.settings.clients
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.settings.clients)
+
+    def all(self, initialized_only: bool = False) -> list[Client]:
+        if initialized_only:
+            return list(self._clients.values())
+        return [self[name] for name in self]
+
+    def close_all(self) -> None:
+        """Close every client built so far; the next ``clients[name]`` builds a new one."""
+        with self._lock:
+            built, self._clients = list(self._clients.values()), {}
+        for client in built:
+            client.close()
+
+    def reset(self) -> None:
+        """Forget the settings and close the clients (settings changed)."""
+        self.close_all()
+        self._settings = None
+
+    def _after_fork(self) -> None:
+        # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
+        self._lock = threading.Lock()
+        self._clients = {}
+
+
+clients = ClientsHandler()
+atexit.register(clients.close_all)
+os.register_at_fork(after_in_child=clients._after_fork)
+
+
+@receiver(setting_changed)
+def _reset_clients(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        clients.reset()

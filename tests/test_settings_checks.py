@@ -1,0 +1,182 @@
+"""AIO_REQUEST validation: every bad value is reported by `manage.py check`, naming client, key and what is allowed."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_aio_request.checks import check_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = {"ENDPOINT": "http://billing:8080/"}
+
+
+def messages(setting: object) -> list[str]:
+    with override_settings(AIO_REQUEST=setting):
+        return [f"{m.id} {m.msg} | {m.hint}" for m in check_settings()]
+
+
+def test_the_example_from_the_docs_is_valid() -> None:
+    setting = {
+        "SERVICE_NAME": "orders",
+        "CLIENTS": {
+            "billing": {
+                "ENDPOINT": "http://billing:8080/",
+                "TIMEOUT": 5.0,
+                "SAFE_METHOD_STRATEGY": {
+                    "NAME": "parallel",
+                    "ATTEMPTS_COUNT": 3,
+                    "DELAYS": {"NAME": "linear_backoff", "MIN_DELAY_SECONDS": 0.05},
+                },
+                "UNSAFE_METHOD_STRATEGY": {"NAME": "single"},
+                "CIRCUIT_BREAKER": {
+                    "BREAK_DURATION": 1.0,
+                    "SAMPLING_DURATION": 1.0,
+                    "MINIMUM_THROUGHPUT": 2,
+                    "FAILURE_THRESHOLD": 0.5,
+                },
+            },
+        },
+    }
+    assert messages(setting) == []
+
+
+def test_every_strategy_and_delay_kind_is_accepted() -> None:
+    setting = {
+        "CLIENTS": {
+            "a": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 2,
+                                                    "DELAYS": {"NAME": "constant", "DELAY": 0.1},
+                                                    "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 2}}},
+            "b": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "PERCENTILE": 0.9}}},
+            "c": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired",
+                                                    "STRATEGY": {"NAME": "single"}}},
+            "d": {**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.DefaultResponseClassifier",
+                  "REQUEST_ENRICHER": "tests.test_settings_checks.enricher", "PRIORITY": "HIGH",
+                  "EMIT_SYSTEM_HEADERS": False, "MAX_WORKERS": 4, "MAX_CONNECTIONS": 8, "CONNECT_RETRIES": 1},
+        }
+    }  # fmt: skip
+    assert messages(setting) == []
+
+
+def enricher(request: object) -> object:
+    return request
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        ({"TIMEOUT": 5}, ["['CLIENTS']['billing']['ENDPOINT'] is required"]),
+        ({**GOOD, "TIMEOUT": -1}, ["['TIMEOUT'] must be a number of seconds > 0, not -1"]),
+        ({**GOOD, "TIMEOUT": "5"}, ["['TIMEOUT'] must be a number of seconds > 0, not '5'"]),
+        ({**GOOD, "TIMEOUT": float("nan")}, ["['TIMEOUT'] must be a number of seconds > 0, not nan"]),
+        ({**GOOD, "TIMEOUT": True}, ["['TIMEOUT'] must be a number of seconds > 0, not True"]),
+        ({**GOOD, "TIMEOUT": 0}, ["['TIMEOUT'] must be a number of seconds > 0, not 0"]),
+        ({"ENDPOINT": "billing:8080/"}, ["['ENDPOINT'] endpoint must be an absolute http:// or https:// URL"]),
+        ({"ENDPOINT": "/billing/"}, ["['ENDPOINT'] endpoint must be an absolute"]),
+        ({"ENDPOINT": "ftp://billing/"}, ["['ENDPOINT'] endpoint must be an absolute"]),
+        ({"ENDPOINT": "http://billing:99999/"}, ["['ENDPOINT'] endpoint 'http://billing:99999/' has an invalid port"]),
+        ({**GOOD, "TIMOUT": 5}, ["['TIMOUT'] is not a known key | allowed keys: ENDPOINT, TIMEOUT"]),
+        ({**GOOD, "PRIORITY": "urgent"}, ["['PRIORITY'] is 'urgent', not a priority | allowed: high, normal, low"]),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "hedged"}},
+            ["['SAFE_METHOD_STRATEGY']['NAME'] is 'hedged', not a known name | allowed: single, sequential, parallel"],
+        ),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "single", "ATTEMPTS_COUNT": 2}},
+            ["['SAFE_METHOD_STRATEGY']['ATTEMPTS_COUNT'] is not a known key | allowed keys: NAME"],
+        ),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "ATTEMPTS_COUNT": 0}},
+            ["['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0"],
+        ),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "exponential"}}},
+            ["['DELAYS']['NAME'] is 'exponential', not a known name | allowed: constant, linear_backoff, percentile"],
+        ),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "PERCENTILE": 95}}},
+            ["['PERCENTILE'] must be a fraction > 0 and < 1, not 95"],
+        ),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired"}},
+            ["['STRATEGY'] is required"],
+        ),
+        (
+            {**GOOD, "CIRCUIT_BREAKER": {"FAILURE_THRESHOLD": 1.5}},
+            ["['FAILURE_THRESHOLD'] must be a ratio > 0 and < 1"],
+        ),
+        (
+            {**GOOD, "CIRCUIT_BREAKER": {"MINIMUM_THROUGHPUT": 0}},
+            ["['MINIMUM_THROUGHPUT'] must be a whole number >= 1"],
+        ),
+        ({**GOOD, "CIRCUIT_BREAKER": {"BREAK_DURATON": 1}}, ["['BREAK_DURATON'] is not a known key"]),
+        ({**GOOD, "CIRCUIT_BREAKER": 5}, ["['CIRCUIT_BREAKER'] must be a dict, not int"]),
+        ({**GOOD, "RESPONSE_CLASSIFIER": "no.such.Classifier"}, ["['RESPONSE_CLASSIFIER'] cannot be imported"]),
+        ({**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.Response"}, ["not a ResponseClassifier subclass"]),
+        ({**GOOD, "REQUEST_ENRICHER": "django_aio_request.status.TIMEOUT"}, ["not a function taking and returning"]),
+        ({**GOOD, "LOW_TIMEOUT_THRESHOLD": -0.1}, ["['LOW_TIMEOUT_THRESHOLD'] must be a number of seconds >= 0"]),
+        ({**GOOD, "MAX_WORKERS": 0}, ["['MAX_WORKERS'] must be a whole number >= 1, not 0"]),
+        ({**GOOD, "CONNECT_RETRIES": 1.5}, ["['CONNECT_RETRIES'] must be a whole number >= 0, not 1.5"]),
+        ({**GOOD, "EMIT_SYSTEM_HEADERS": "yes"}, ["['EMIT_SYSTEM_HEADERS'] must be True or False, not 'yes'"]),
+    ],
+)
+def test_a_bad_client_setting_is_an_error_naming_client_key_and_what_is_allowed(
+    client: dict, expected: list[str]
+) -> None:
+    found = messages({"CLIENTS": {"billing": client}})
+    assert found, "expected an error"
+    assert all(m.startswith("django_aio_request.E001 AIO_REQUEST['CLIENTS']['billing']") for m in found), found
+    for text in expected:
+        assert any(text in m for m in found), (text, found)
+
+
+def test_top_level_problems() -> None:
+    assert any("must be a dict, not list" in m for m in messages([]))
+    assert any("['CLIENT'] is not a known key" in m for m in messages({"CLIENT": {}}))
+    assert any("['SERVICE_NAME'] must be a non-empty string" in m for m in messages({"SERVICE_NAME": ""}))
+    assert any("['CLIENTS'] must be a dict" in m for m in messages({"CLIENTS": ["billing"]}))
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = messages({"CLIENTS": {"a": {**GOOD, "TIMEOUT": -1}, "b": {"ENDPOINT": "nope"}}})
+    assert len(found) == 2
+    assert any("['a']['TIMEOUT']" in m for m in found)
+    assert any("['b']['ENDPOINT']" in m for m in found)
+
+
+def test_an_endpoint_without_trailing_slash_is_a_warning() -> None:
+    found = messages({"CLIENTS": {"a": {"ENDPOINT": "http://billing:8080/api"}}})
+    assert len(found) == 1
+    assert found[0].startswith("django_aio_request.W001 AIO_REQUEST['CLIENTS']['a']['ENDPOINT'] does not end with '/'")
+
+
+def test_call_command_check_fails_on_bad_settings() -> None:
+    with (
+        override_settings(AIO_REQUEST={"CLIENTS": {"billing": {**GOOD, "TIMEOUT": -1}}}),
+        pytest.raises(SystemCheckError, match=r"AIO_REQUEST\['CLIENTS'\]\['billing'\]\['TIMEOUT'\]"),
+    ):
+        call_command("check", "--tag", "django_aio_request")
+
+
+def test_manage_py_check_from_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "bad_settings.py").write_text(
+        textwrap.dedent(
+            """
+            from settings.test import *
+            AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "billing", "TIMEOUT": "soon"}}}
+            """
+        )
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bad_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "AIO_REQUEST['CLIENTS']['billing']['ENDPOINT']" in done.stderr
+    assert "AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not 'soon'" in done.stderr
