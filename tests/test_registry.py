@@ -1,0 +1,166 @@
+"""clients["name"]: built once per process from settings, shared by threads, rebuilt when settings change."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+import django_aio_request
+from django_aio_request import clients, get
+from django_aio_request.registry import UnknownClientError
+from tests.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setting(url: str, **extra: object) -> dict:
+    return {"SERVICE_NAME": "orders", "CLIENTS": {"billing": {"ENDPOINT": url, **extra}, "other": {"ENDPOINT": url}}}
+
+
+def test_one_client_per_process_shared_by_threads(server: LoopbackServer) -> None:
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        seen: list[object] = []
+        barrier = threading.Barrier(16)
+
+        def grab() -> None:
+            barrier.wait()
+            seen.append(clients["billing"])
+
+        threads = [threading.Thread(target=grab) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 16
+        assert all(c is seen[0] for c in seen)
+        assert clients["other"] is not seen[0]
+        assert set(clients) == {"billing", "other"}
+        assert "billing" in clients
+        assert "nope" not in clients
+
+
+def test_settings_change_rebuilds_and_closes_the_old_client(server: LoopbackServer) -> None:
+    other = LoopbackServer()
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            first = clients["billing"]
+            assert first.endpoint == server.url
+            with override_settings(AIO_REQUEST=setting(other.url)):
+                second = clients["billing"]
+                assert second is not first
+                assert second.endpoint == other.url
+            # the old client was closed: its worker pool refuses work
+            with pytest.raises(RuntimeError):
+                first._workers.try_submit(lambda: None)
+            assert clients["billing"].endpoint == server.url
+    finally:
+        other.close()
+
+
+def test_unknown_client_names_the_configured_ones(server: LoopbackServer) -> None:
+    with override_settings(AIO_REQUEST=setting(server.url)), pytest.raises(UnknownClientError) as info:
+        clients["biling"]
+    assert str(info.value) == "no client 'biling' in AIO_REQUEST['CLIENTS']; configured: 'billing', 'other'"
+    assert isinstance(info.value, KeyError)
+
+
+def test_invalid_settings_raise_improperly_configured_listing_the_problems() -> None:
+    bad = {"CLIENTS": {"billing": {"ENDPOINT": "billing", "TIMEOUT": -1}}}
+    with override_settings(AIO_REQUEST=bad), pytest.raises(ImproperlyConfigured) as info:
+        clients["billing"]
+    assert "AIO_REQUEST['CLIENTS']['billing']['ENDPOINT']" in str(info.value)
+    assert "AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in str(info.value)
+
+
+def test_a_client_from_settings_calls_with_its_strategy_and_service_name(server: LoopbackServer) -> None:
+    server.route("/flaky", lambda h: h.reply(503 if len(server.received("/flaky")) < 2 else 200, b"ok"))
+    strategy = {"NAME": "sequential", "ATTEMPTS_COUNT": 3, "DELAYS": {"NAME": "constant", "DELAY": 0}}
+    config = setting(server.url, SAFE_METHOD_STRATEGY=strategy, PRIORITY="low")
+    with override_settings(AIO_REQUEST=config), clients["billing"].request(get("flaky")) as response:
+        assert response.status == 200
+        assert response.read() == b"ok"
+    received = server.received("/flaky")
+    assert len(received) == 2
+    assert received[-1].headers["X-Service-Name"] == "orders"
+    assert received[-1].headers["X-Request-Priority"] == "low"
+
+
+def test_a_circuit_breaker_from_settings_opens(server: LoopbackServer) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    breaker = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+    config = setting(server.url, CIRCUIT_BREAKER=breaker, SAFE_METHOD_STRATEGY={"NAME": "single"})
+    with override_settings(AIO_REQUEST=config):
+        statuses = []
+        for _ in range(4):
+            with clients["billing"].request(get("down")) as response:
+                statuses.append(response.status)
+    assert statuses == [500, 500, 502, 502]
+    assert len(server.received("/down")) == 2
+
+
+def test_a_dotted_classifier_and_enricher_are_used(server: LoopbackServer) -> None:
+    server.route("/teapot", lambda h: h.reply(418))
+    config = setting(
+        server.url,
+        RESPONSE_CLASSIFIER="tests.test_registry.RetryTeapots",
+        REQUEST_ENRICHER="tests.test_registry.add_tenant",
+        SAFE_METHOD_STRATEGY={"NAME": "sequential", "ATTEMPTS_COUNT": 2, "DELAYS": {"NAME": "constant"}},
+    )
+    with override_settings(AIO_REQUEST=config), clients["billing"].request(get("teapot")) as response:
+        assert response.status == 418
+    received = server.received("/teapot")
+    assert len(received) == 2
+    assert all(r.headers["X-Tenant"] == "acme" for r in received)
+
+
+class RetryTeapots(django_aio_request.DefaultResponseClassifier):
+    def __init__(self) -> None:
+        super().__init__(verdict_for_status={418: django_aio_request.ResponseVerdict.REJECT})
+
+
+def add_tenant(request: django_aio_request.Request) -> django_aio_request.Request:
+    return request.with_headers({"X-Tenant": "acme"})
+
+
+def test_the_core_does_not_import_django(server: LoopbackServer) -> None:
+    server.route("/ping", lambda h: h.reply(200, b"pong"))
+    code = (
+        "import sys, django_aio_request as d\n"
+        f"c = d.setup(endpoint={server.url!r}, circuit_breaker=d.DefaultCircuitBreaker(break_duration=1, "
+        "sampling_duration=1, minimum_throughput=1, failure_threshold=0.5), "
+        "safe_method_strategy=d.parallel_strategy(attempts_count=2))\n"
+        "with c.request(d.get('ping')) as r: assert r.read() == b'pong', r\n"
+        "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')], 'django imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_forked_child_builds_its_own_clients(server: LoopbackServer) -> None:
+    server.route("/ping", lambda h: h.reply(200, b"pong"))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        parent = clients["billing"]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once, without running pytest's teardown
+            ok = False
+            try:
+                child = clients["billing"]
+                with child.request(get("ping")) as response:
+                    ok = child is not parent and response.status == 200
+            finally:
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        os.close(read)
+    assert answer == b"1"
