@@ -48,19 +48,31 @@ def test_the_example_from_the_docs_is_valid() -> None:
 
 
 def test_every_strategy_and_delay_kind_is_accepted() -> None:
+    sequential = {
+        "NAME": "sequential",
+        "ATTEMPTS_COUNT": 2,
+        "DELAYS": {"NAME": "constant", "DELAY": 0.1},
+        "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 2},
+    }
+    parallel = {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "PERCENTILE": 0.9}}
+    retrying = {"NAME": "retry_until_deadline_expired", "STRATEGY": {"NAME": "single"}}
+    everything = {
+        "RESPONSE_CLASSIFIER": "django_aio_request.DefaultResponseClassifier",
+        "REQUEST_ENRICHER": "tests.test_settings_checks.enricher",
+        "PRIORITY": "HIGH",
+        "EMIT_SYSTEM_HEADERS": False,
+        "MAX_WORKERS": 4,
+        "MAX_CONNECTIONS": 8,
+        "CONNECT_RETRIES": 1,
+    }
     setting = {
         "CLIENTS": {
-            "a": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 2,
-                                                    "DELAYS": {"NAME": "constant", "DELAY": 0.1},
-                                                    "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 2}}},
-            "b": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "PERCENTILE": 0.9}}},
-            "c": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired",
-                                                    "STRATEGY": {"NAME": "single"}}},
-            "d": {**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.DefaultResponseClassifier",
-                  "REQUEST_ENRICHER": "tests.test_settings_checks.enricher", "PRIORITY": "HIGH",
-                  "EMIT_SYSTEM_HEADERS": False, "MAX_WORKERS": 4, "MAX_CONNECTIONS": 8, "CONNECT_RETRIES": 1},
+            "a": {**GOOD, "SAFE_METHOD_STRATEGY": sequential},
+            "b": {**GOOD, "SAFE_METHOD_STRATEGY": parallel},
+            "c": {**GOOD, "SAFE_METHOD_STRATEGY": retrying},
+            "d": {**GOOD, **everything},
         }
-    }  # fmt: skip
+    }
     assert messages(setting) == []
 
 
