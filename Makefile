@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test test-django42 lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version)'
@@ -21,6 +21,17 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(PY) -m pytest
 
+## make test-django42: the test suite again on Django 4.2 LTS, in its own environment
+VENV42 := .venv-django42
+$(VENV42)/.installed-stamp: pyproject.toml
+	test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV42)/bin/python -m pip install --quiet -e '.[test]' 'django>=4.2,<5.0'
+	touch $@
+
+test-django42: $(VENV42)/.installed-stamp
+	$(VENV42)/bin/python -m pytest -q
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -33,4 +44,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.hedging
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache db.sqlite3
+	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3
