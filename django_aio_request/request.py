@@ -1,6 +1,8 @@
 """Requests relative to a client's endpoint, and the builders that make them."""
 
+import functools
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -8,6 +10,7 @@ from typing import Any
 from . import headers as h
 
 MAX_REDIRECTS = 10
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 PathParameters = Mapping[str, Any]
 QueryParameters = Mapping[str, Any] | Iterable[tuple[str, Any]]
@@ -65,30 +68,37 @@ class Request:
         lowered = {name.lower() for name in extra}
         merged = {k: v for k, v in self.headers.items() if k.lower() not in lowered}
         merged.update(extra)
-        return Request(
-            method=self.method,
-            url=self.url,
-            path_parameters=self.path_parameters,
-            query_parameters=self.query_parameters,
-            headers=merged,
-            body=self.body,
-            allow_redirects=self.allow_redirects,
-            max_redirects=self.max_redirects,
-        )
+        copy = object.__new__(Request)  # every attribute is already valid: skip __init__'s checks
+        for name in Request.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.headers = merged
+        return copy
 
     def build_url(self, endpoint: str) -> str:
         """The absolute URL: the endpoint joined (RFC 3986) with the filled template and the query."""
         path = self.url
         for name, value in (self.path_parameters or {}).items():
-            path = path.replace("{" + name + "}", urllib.parse.quote(str(value), safe=""))
-        url = urllib.parse.urljoin(endpoint, path)
+            quoted = urllib.parse.quote(str(value), safe="")
+            if quoted in (".", ".."):
+                # A dot segment would move the request to another path (RFC 3986 removes it on join,
+                # and requests decodes %2E back to a dot), so it can only be refused.
+                raise ValueError(f"path parameter {name!r} cannot be {value!r}: it would change the path")
+            path = path.replace("{" + name + "}", quoted)
+        if "{" in path and (missing := _PLACEHOLDER.search(path)):
+            raise ValueError(f"request URL {self.url!r} has a placeholder {missing.group(0)} with no path parameter")
+        url = _join(endpoint, path)
         query = encode_query(self.query_parameters)
         if query:
-            url += ("&" if urllib.parse.urlsplit(url).query else "?") + query
+            url += ("&" if "?" in url else "?") + query
         return url
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
+
+
+@functools.lru_cache(maxsize=1024)
+def _join(endpoint: str, path: str) -> str:
+    return urllib.parse.urljoin(endpoint, path)
 
 
 def encode_query(parameters: QueryParameters | None) -> str:
@@ -155,7 +165,9 @@ def patch(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
 def request_json(method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Any) -> Request:
     """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``."""
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-    merged = {h.CONTENT_TYPE: "application/json", **(headers or {})}
+    merged = dict(headers or {})
+    if not any(name.lower() == h.CONTENT_TYPE.lower() for name in merged):  # the caller's own type wins
+        merged[h.CONTENT_TYPE] = "application/json"
     return request(method, url, body=body, headers=merged, **kwargs)
 
 

@@ -4,10 +4,12 @@ import http.cookiejar
 import logging
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.retry import Retry
 
 from . import headers as h
@@ -22,6 +24,9 @@ from .watchdog import watchdog
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 64
+# Socket timeouts above this overflow some platforms' limits; the deadline still ends the attempt.
+_MAX_SOCKET_TIMEOUT = 86_400.0
+_MAX_CACHED_HOSTS = 64
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -43,7 +48,7 @@ class RequestsTransport(Transport):
 
     ``max_connections``: attempts in flight at once through this transport, and the size of each
     host's connection pool, so the pool never has to throw a connection away. An attempt that finds
-    every slot taken waits for one until its deadline (then it is a 408).
+    every slot taken waits for one until its deadline (then it is a 408) or its cancellation (499).
 
     ``connect_retries``: how many times a connection that failed before anything was sent is tried
     again within the same attempt (and within its deadline).
@@ -79,7 +84,9 @@ class RequestsTransport(Transport):
                 prefix, _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
             )
         self._session = session
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._environments: dict[str, dict[str, Any]] = {}
+        self._slots = threading.Condition(threading.Lock())
+        self._free_slots = max_connections
         self.max_connections = max_connections
 
     def send(
@@ -87,21 +94,72 @@ class RequestsTransport(Transport):
     ) -> Response:
         started = time.monotonic()
         guard = AttemptGuard(started + timeout)
-        if not self._slots.acquire(timeout=timeout):
-            return EmptyResponse(status=status.TIMEOUT, elapsed=time.monotonic() - started)
-        cancel_watch = watchdog.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
-        unregister = cancellation.on_cancel(lambda: guard.abort(status.CANCELLED)) if cancellation else None
+        unregister = cancellation.on_cancel(lambda: self._cancel(guard)) if cancellation else None
         try:
-            with guard.active():
-                return self._send(endpoint, request, guard, started)
-        except requests.RequestException as error:
-            return self._failure(request, endpoint, error, guard, started)
+            if not self._acquire_slot(guard):
+                # Cancelled or out of time before it had a connection: nothing was sent.
+                return EmptyResponse(status=guard.reason or status.TIMEOUT, elapsed=time.monotonic() - started)
+            cancel_watch = watchdog.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
+            try:
+                with guard.active():
+                    response = self._send(endpoint, request, guard, started)
+                if guard.reason is not None:
+                    # The EOF an abort causes can pass for the end of the headers, or of a body without
+                    # Content-Length: what was read may be cut short, so it is not the server's answer.
+                    raise requests.ConnectionError("the attempt was aborted while its response was read")
+                return response
+            except requests.RequestException as error:
+                return self._failure(request, endpoint, error, guard, started)
+            finally:
+                cancel_watch()
+                guard.close()
+                self._release_slot()
         finally:
-            cancel_watch()
             if unregister is not None:
                 unregister()
-            guard.close()
-            self._slots.release()
+
+    def _environment(self, url: str) -> dict[str, Any]:
+        """requests' settings from the environment (proxies, CA bundle) for ``url``'s host.
+
+        requests reads them from ``os.environ`` on every call, a fifth of a loopback call's time;
+        the environment of a running service does not change, so they are read once per host.
+        """
+        parts = urllib.parse.urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        found = self._environments.get(key)
+        if found is None:
+            found = dict(self._session.merge_environment_settings(url, {}, False, None, None))
+            if len(self._environments) >= _MAX_CACHED_HOSTS:
+                self._environments.clear()  # redirects to ever new hosts must not grow it without end
+            self._environments[key] = found
+        return found
+
+    def _acquire_slot(self, guard: AttemptGuard) -> bool:
+        """Take a slot, waiting for one until the deadline; False if the attempt ended first.
+
+        An attempt cancelled before it starts takes no slot, so it never picks up (and shuts down)
+        a pooled keep-alive connection just to abort it.
+        """
+        with self._slots:
+            while guard.reason is None:
+                if self._free_slots:
+                    self._free_slots -= 1
+                    return True
+                left = guard.remaining()
+                if left <= 0:
+                    return False
+                self._slots.wait(left)
+            return False
+
+    def _release_slot(self) -> None:
+        with self._slots:
+            self._free_slots += 1
+            self._slots.notify_all()  # waiters re-check; a notify() could go to one that is giving up
+
+    def _cancel(self, guard: AttemptGuard) -> None:
+        guard.abort(status.CANCELLED)
+        with self._slots:
+            self._slots.notify_all()  # wake the attempt if it is waiting for a slot
 
     def _send(self, endpoint: str, request: Request, guard: AttemptGuard, started: float) -> Response:
         session = self._session
@@ -113,9 +171,8 @@ class RequestsTransport(Transport):
                 data=request.body,
             )
         )
-        remaining = max(guard.remaining(), 0.001)
-        kwargs: dict[str, Any] = dict(session.merge_environment_settings(prepared.url, {}, False, None, None))
-        kwargs["timeout"] = (remaining, remaining)
+        remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
+        kwargs = {**self._environment(prepared.url or ""), "timeout": (remaining, remaining)}
         response = session.send(prepared, allow_redirects=False, **kwargs)
         try:
             if request.allow_redirects and response.is_redirect:
@@ -145,7 +202,9 @@ class RequestsTransport(Transport):
         elapsed = time.monotonic() - started
         if guard.reason is not None:
             code = guard.reason
-        elif isinstance(error, requests.Timeout):
+        elif isinstance(error, requests.Timeout) or (error.args and isinstance(error.args[0], Urllib3TimeoutError)):
+            # requests raises a read timeout in the body as ConnectionError(ReadTimeoutError): when the
+            # socket timeout (set to the time left) beats the watchdog, it is still the deadline.
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS

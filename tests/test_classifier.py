@@ -1,0 +1,82 @@
+"""DefaultResponseClassifier: which responses end a call and which let another attempt be tried."""
+
+import pytest
+
+from django_aio_request import DefaultResponseClassifier, EmptyResponse, Response, ResponseVerdict
+from django_aio_request.classifier import ResponseClassifier
+
+ACCEPT = ResponseVerdict.ACCEPT
+REJECT = ResponseVerdict.REJECT
+
+
+@pytest.mark.parametrize("status", [500, 501, 502, 503, 504, 599, 408, 429, 489])
+def test_server_errors_timeouts_throttling_and_network_errors_are_rejected(status: int) -> None:
+    assert DefaultResponseClassifier().classify(Response(status=status)) is REJECT
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 301, 304, 400, 401, 403, 404, 409, 422, 488])
+def test_the_rest_is_accepted(status: int) -> None:
+    assert DefaultResponseClassifier().classify(Response(status=status)) is ACCEPT
+
+
+def test_too_many_redirects_is_accepted_a_retry_would_redirect_again() -> None:
+    response = EmptyResponse(status=488, headers={"Location": "/loop"})
+    assert DefaultResponseClassifier().classify(response) is ACCEPT
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+@pytest.mark.parametrize("header", ["X-Do-Not-Retry", "x-do-not-retry"])
+def test_x_do_not_retry_accepts_whatever_the_status(status: int, header: str) -> None:
+    response = Response(status=status, headers={header: "1"})
+    assert DefaultResponseClassifier().classify(response) is ACCEPT
+
+
+def test_x_do_not_retry_with_empty_value_still_accepts() -> None:
+    assert DefaultResponseClassifier().classify(Response(status=503, headers={"X-Do-Not-Retry": ""})) is ACCEPT
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "override", "expected"),
+    [
+        (404, {}, REJECT, REJECT),
+        (200, {}, REJECT, REJECT),
+        (503, {}, ACCEPT, ACCEPT),
+        (489, {}, ACCEPT, ACCEPT),
+        (429, {}, ACCEPT, ACCEPT),
+        # the override wins even over X-Do-Not-Retry
+        (503, {"X-Do-Not-Retry": "1"}, REJECT, REJECT),
+        (409, {"X-Do-Not-Retry": "1"}, REJECT, REJECT),
+    ],
+)
+def test_verdict_for_status_overrides_everything(
+    status: int, headers: dict[str, str], override: ResponseVerdict, expected: ResponseVerdict
+) -> None:
+    classifier = DefaultResponseClassifier(verdict_for_status={status: override})
+    assert classifier.classify(Response(status=status, headers=headers)) is expected
+
+
+def test_verdict_for_status_touches_only_the_statuses_it_names() -> None:
+    classifier = DefaultResponseClassifier(verdict_for_status={404: REJECT})
+    assert classifier.classify(Response(status=404)) is REJECT
+    assert classifier.classify(Response(status=410)) is ACCEPT
+    assert classifier.classify(Response(status=503)) is REJECT
+
+
+def test_verdict_for_status_is_copied() -> None:
+    overrides = {404: REJECT}
+    classifier = DefaultResponseClassifier(verdict_for_status=overrides)
+    overrides[404] = ACCEPT
+    overrides[500] = ACCEPT
+    assert classifier.classify(Response(status=404)) is REJECT
+    assert classifier.classify(Response(status=500)) is REJECT
+
+
+def test_network_errors_code_can_be_changed() -> None:
+    classifier = DefaultResponseClassifier(network_errors_code=490)
+    assert classifier.classify(Response(status=490)) is REJECT
+    assert classifier.classify(Response(status=489)) is ACCEPT
+
+
+def test_response_classifier_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        ResponseClassifier()  # type: ignore[abstract]

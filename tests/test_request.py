@@ -1,0 +1,314 @@
+"""Building requests: URL templates, path and query parameters, headers and bodies."""
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import responses
+
+from django_aio_request import (
+    Request,
+    RequestsTransport,
+    delete,
+    get,
+    patch,
+    patch_json,
+    post,
+    post_json,
+    put,
+    put_json,
+    request,
+    request_json,
+)
+
+ENDPOINT = "http://svc.test/api/"
+_ANY_URL = re.compile(r"http://svc\.test/.*")
+
+
+@pytest.fixture
+def transport() -> Iterator[RequestsTransport]:
+    transport = RequestsTransport()
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        for method in (responses.GET, responses.POST, responses.PUT, responses.PATCH, responses.DELETE, "OPTIONS"):
+            rsps.add_callback(method, _ANY_URL, callback=lambda _: (200, {}, b"ok"))
+        yield rsps
+
+
+def _sent(mocked: responses.RequestsMock) -> Any:
+    assert len(mocked.calls) == 1
+    return mocked.calls[0].request
+
+
+# --- builders -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("builder", "method"),
+    [(get, "GET"), (delete, "DELETE")],
+)
+def test_builders_without_body(builder: Any, method: str) -> None:
+    req = builder("things/{id}", path_parameters={"id": 7}, headers={"X-A": "1"})
+    assert req.method == method
+    assert req.url == "things/{id}"  # the template stays a template (metrics label it)
+    assert req.body is None
+    assert req.headers == {"X-A": "1"}
+    assert req.build_url(ENDPOINT) == "http://svc.test/api/things/7"
+
+
+@pytest.mark.parametrize(
+    ("builder", "method"),
+    [(post, "POST"), (put, "PUT"), (patch, "PATCH")],
+)
+def test_builders_with_body(builder: Any, method: str) -> None:
+    req = builder("things", b"\x00payload")
+    assert req.method == method
+    assert req.body == b"\x00payload"
+    assert builder("things").body is None
+
+
+def test_request_builder_upper_cases_the_method_and_takes_every_part() -> None:
+    req = request(
+        "options",
+        "things/{id}",
+        body=b"b",
+        path_parameters={"id": "x"},
+        query_parameters={"q": 1},
+        headers={"X-A": "1"},
+        allow_redirects=False,
+        max_redirects=3,
+    )
+    assert req.method == "OPTIONS"
+    assert req.body == b"b"
+    assert req.headers == {"X-A": "1"}
+    assert req.allow_redirects is False
+    assert req.max_redirects == 3
+    assert req.build_url(ENDPOINT) == "http://svc.test/api/things/x?q=1"
+
+
+def test_bytearray_body_is_kept_as_bytes() -> None:
+    req = post("things", bytearray(b"abc"))  # type: ignore[arg-type]  # accepted at run time too
+    assert req.body == b"abc"
+    assert type(req.body) is bytes
+
+
+@pytest.mark.parametrize("body", ["text", {"a": 1}, [1, 2], 5])
+def test_body_of_wrong_type_is_a_type_error(body: Any) -> None:
+    with pytest.raises(TypeError, match=r"body must be bytes, not .*post_json"):
+        post("things", body)
+
+
+@pytest.mark.parametrize(
+    ("builder", "method"),
+    [(post_json, "POST"), (put_json, "PUT"), (patch_json, "PATCH")],
+)
+def test_json_builders(builder: Any, method: str) -> None:
+    req = builder("things/{id}", {"name": "Zoë", "tags": [1, 2]}, path_parameters={"id": 3}, headers={"X-A": "1"})
+    assert req.method == method
+    assert req.headers == {"X-A": "1", "Content-Type": "application/json"}
+    assert req.body == '{"name":"Zoë","tags":[1,2]}'.encode()
+    assert json.loads(req.body) == {"name": "Zoë", "tags": [1, 2]}
+    assert req.build_url(ENDPOINT) == "http://svc.test/api/things/3"
+
+
+def test_request_json_with_any_method_and_null_body() -> None:
+    req = request_json("delete", "things", None)
+    assert req.method == "DELETE"
+    assert req.body == b"null"
+    assert req.headers == {"Content-Type": "application/json"}
+
+
+def test_json_builder_keeps_the_callers_content_type_whatever_its_case() -> None:
+    req = patch_json("things/1", {"a": None}, headers={"content-type": "application/merge-patch+json"})
+    assert req.headers == {"content-type": "application/merge-patch+json"}
+
+
+def test_json_builder_rejects_what_json_cannot_encode() -> None:
+    with pytest.raises(TypeError):
+        post_json("things", {"raw": b"bytes"})
+
+
+# --- URL validation -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://other.test/things", "https://svc.test/api/things", "//other.test/things"])
+def test_absolute_url_is_a_value_error_naming_it(url: str) -> None:
+    with pytest.raises(ValueError, match="relative to the client's endpoint") as info:
+        get(url)
+    assert url in str(info.value)
+
+
+def test_negative_max_redirects_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="max_redirects"):
+        get("things", max_redirects=-1)
+
+
+# --- path parameters ----------------------------------------------------------------------------------------
+
+
+def test_path_parameters_fill_every_placeholder() -> None:
+    req = get("users/{user}/things/{id}/{user}", path_parameters={"user": "ann", "id": 42})
+    assert req.build_url(ENDPOINT) == "http://svc.test/api/users/ann/things/42/ann"
+
+
+@pytest.mark.parametrize(
+    ("value", "segment"),
+    [
+        ("a/b", "a%2Fb"),
+        ("a?b=1", "a%3Fb%3D1"),
+        ("a#b", "a%23b"),
+        ("a b", "a%20b"),
+        ("{id}", "%7Bid%7D"),
+        ("ü", "%C3%BC"),
+        ("%2F", "%252F"),
+        ("...", "..."),
+    ],
+)
+def test_path_parameter_values_are_quoted_so_they_stay_one_segment(value: str, segment: str) -> None:
+    req = get("things/{id}/parts", path_parameters={"id": value})
+    assert req.build_url(ENDPOINT) == f"http://svc.test/api/things/{segment}/parts"
+
+
+@pytest.mark.parametrize("value", ["..", "."])
+def test_dot_segment_path_parameter_is_refused(value: str) -> None:
+    # "users/{id}/delete" with id ".." would otherwise become "delete" after RFC 3986 resolution.
+    req = get("users/{id}/delete", path_parameters={"id": value})
+    with pytest.raises(ValueError, match="would change the path"):
+        req.build_url(ENDPOINT)
+
+
+def test_dot_segment_path_parameter_never_reaches_the_network(
+    transport: RequestsTransport, mocked: responses.RequestsMock
+) -> None:
+    with pytest.raises(ValueError, match="would change the path"):
+        transport.send(ENDPOINT, get("users/{id}/delete", path_parameters={"id": ".."}), 1.0)
+    assert len(mocked.calls) == 0
+
+
+# --- query parameters ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"a": 1, "b": "x y"}, "a=1&b=x+y"),
+        ({"ids": [1, 2, 3]}, "ids=1&ids=2&ids=3"),
+        ({"ids": (1, 2)}, "ids=1&ids=2"),
+        ({"a": None, "b": 2}, "b=2"),
+        ({"ids": [1, None, 3]}, "ids=1&ids=3"),
+        ({"on": True, "off": False}, "on=true&off=false"),
+        ([("a", 1), ("b", 2), ("a", 3)], "a=1&b=2&a=3"),
+        ({"q": "a&b=c"}, "q=a%26b%3Dc"),
+        ({"q": "ü"}, "q=%C3%BC"),
+    ],
+)
+def test_query_parameters(query: Any, expected: str) -> None:
+    assert get("things", query_parameters=query).build_url(ENDPOINT) == f"http://svc.test/api/things?{expected}"
+
+
+@pytest.mark.parametrize("query", [None, {}, [], {"a": None}])
+def test_empty_query_adds_no_question_mark(query: Any) -> None:
+    assert get("things", query_parameters=query).build_url(ENDPOINT) == "http://svc.test/api/things"
+
+
+def test_query_parameters_extend_a_query_in_the_template() -> None:
+    req = get("things?fixed=1", query_parameters={"page": 2})
+    assert req.build_url(ENDPOINT) == "http://svc.test/api/things?fixed=1&page=2"
+
+
+# --- joining with the endpoint (RFC 3986) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url", "expected"),
+    [
+        ("http://svc.test/api/", "things/1", "http://svc.test/api/things/1"),
+        ("http://svc.test/api/v2/", "things", "http://svc.test/api/v2/things"),
+        ("http://svc.test", "things", "http://svc.test/things"),
+        ("http://svc.test/", "things", "http://svc.test/things"),
+        # Without the trailing slash the endpoint's last segment is replaced, as RFC 3986 says.
+        ("http://svc.test/api", "things", "http://svc.test/things"),
+        # A template starting with "/" is absolute-path: it replaces the endpoint's path.
+        ("http://svc.test/api/", "/things", "http://svc.test/things"),
+        ("http://svc.test:8080/api/", "", "http://svc.test:8080/api/"),
+    ],
+)
+def test_endpoint_join(endpoint: str, url: str, expected: str) -> None:
+    assert get(url).build_url(endpoint) == expected
+
+
+# --- with_headers -------------------------------------------------------------------------------------------
+
+
+def test_with_headers_replaces_case_insensitively_and_keeps_the_original() -> None:
+    original = post("things/{id}", b"x", path_parameters={"id": 1}, headers={"x-priority": "low", "X-A": "1"})
+    copy = original.with_headers({"X-Priority": "high"})
+    assert copy.headers == {"X-A": "1", "X-Priority": "high"}
+    assert original.headers == {"x-priority": "low", "X-A": "1"}
+    assert (copy.method, copy.body, copy.build_url(ENDPOINT)) == ("POST", b"x", "http://svc.test/api/things/1")
+
+
+def test_headers_given_are_copied() -> None:
+    headers = {"X-A": "1"}
+    req = get("things", headers=headers)
+    headers["X-A"] = "2"
+    assert req.headers == {"X-A": "1"}
+
+
+def test_repr_shows_method_and_template() -> None:
+    assert repr(get("things/{id}", path_parameters={"id": 1})) == "<Request GET things/{id}>"
+
+
+# --- what goes on the wire (through the transport, network mocked by `responses`) --------------------------
+
+
+def test_sent_url_headers_and_body(transport: RequestsTransport, mocked: responses.RequestsMock) -> None:
+    req = post(
+        "things/{id}",
+        b"raw-body",
+        path_parameters={"id": "a/b"},
+        query_parameters={"tag": ["x", "y"], "skip": None, "all": True},
+        headers={"X-Custom": "value", "Content-Type": "application/octet-stream"},
+    )
+    response = transport.send(ENDPOINT, req, 1.0)
+    assert response.status == 200
+    sent = _sent(mocked)
+    assert sent.method == "POST"
+    assert sent.url == "http://svc.test/api/things/a%2Fb?tag=x&tag=y&all=true"
+    assert sent.headers["X-Custom"] == "value"
+    assert sent.headers["Content-Type"] == "application/octet-stream"
+    assert sent.body == b"raw-body"
+
+
+def test_sent_json_body(transport: RequestsTransport, mocked: responses.RequestsMock) -> None:
+    transport.send(ENDPOINT, put_json("things/1", {"n": 1, "s": "é"}), 1.0)
+    sent = _sent(mocked)
+    assert sent.method == "PUT"
+    assert sent.headers["Content-Type"] == "application/json"
+    assert json.loads(sent.body) == {"n": 1, "s": "é"}
+
+
+def test_sent_json_with_callers_content_type_has_only_that_one(
+    transport: RequestsTransport, mocked: responses.RequestsMock
+) -> None:
+    transport.send(ENDPOINT, patch_json("things/1", {}, headers={"content-type": "application/merge-patch+json"}), 1.0)
+    sent = _sent(mocked)
+    assert [v for k, v in sent.headers.items() if k.lower() == "content-type"] == ["application/merge-patch+json"]
+
+
+def test_request_object_built_directly_is_sent_as_built(
+    transport: RequestsTransport, mocked: responses.RequestsMock
+) -> None:
+    req = Request(method="delete", url="things/{id}", path_parameters={"id": 9}, query_parameters=[("force", True)])
+    transport.send(ENDPOINT, req, 1.0)
+    sent = _sent(mocked)
+    assert sent.method == "DELETE"
+    assert sent.url == "http://svc.test/api/things/9?force=true"
+    assert not sent.body

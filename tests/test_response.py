@@ -1,0 +1,223 @@
+"""Responses: status, headers, body decoding, JSON with its Content-Type check, synthetic responses."""
+
+import decimal
+import json
+
+import pytest
+
+from django_aio_request import EmptyResponse, Response, UnexpectedContentTypeError
+from tests.loopback import LoopbackServer
+
+
+def test_status_headers_elapsed_and_body() -> None:
+    response = Response(status=201, headers={"Content-Type": "text/plain", "X-Id": "7"}, body=b"made", elapsed=0.25)
+    assert response.status == 201
+    assert response.elapsed == 0.25
+    assert response.read() == b"made"
+    assert response.content_type == "text/plain"
+    assert repr(response) == "<Response 201>"
+
+
+def test_headers_are_case_insensitive() -> None:
+    response = Response(status=200, headers={"X-Request-Id": "abc"})
+    assert response.headers["x-request-id"] == "abc"
+    assert response.headers["X-REQUEST-ID"] == "abc"
+    assert "x-ReQuest-id" in response.headers
+    assert response.headers.get("missing") is None
+
+
+def test_defaults() -> None:
+    response = Response(status=204)
+    assert response.read() == b""
+    assert dict(response.headers) == {}
+    assert response.elapsed == 0.0
+    assert response.content_type == ""
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+
+def test_text_defaults_to_utf8() -> None:
+    assert Response(status=200, body="żółw".encode()).text() == "żółw"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain; charset=iso-8859-1",
+        "text/plain;charset=ISO-8859-1",
+        'text/plain; charset="latin-1"',
+        "text/plain; format=flowed; charset=latin1",
+    ],
+)
+def test_text_uses_the_charset_the_response_names(content_type: str) -> None:
+    response = Response(status=200, headers={"Content-Type": content_type}, body="café".encode("latin-1"))
+    assert response.text() == "café"
+
+
+def test_text_with_explicit_encoding_wins_over_the_charset() -> None:
+    response = Response(status=200, headers={"Content-Type": "text/plain; charset=utf-8"}, body="é".encode("cp1252"))
+    assert response.text("cp1252") == "é"
+
+
+def test_text_with_unknown_charset_falls_back_to_utf8() -> None:
+    response = Response(status=200, headers={"Content-Type": "text/plain; charset=no-such-codec"}, body="é".encode())
+    assert response.text() == "é"
+
+
+def test_text_replaces_undecodable_bytes_instead_of_raising() -> None:
+    assert Response(status=200, body=b"ok\xff").text() == "ok\ufffd"
+
+
+# --- json ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+        "application/vnd.api+json; charset=utf-8",
+        "application/merge-patch+json",
+    ],
+)
+def test_json_accepts_json_content_types(content_type: str) -> None:
+    response = Response(status=200, headers={"Content-Type": content_type}, body=b'{"a": [1, "\xc3\xa9"]}')
+    assert response.json() == {"a": [1, "é"]}
+
+
+def test_problem_json_error_response_is_readable() -> None:
+    problem = {"type": "about:blank", "title": "Not Found", "status": 404}
+    response = Response(
+        status=404, headers={"content-type": "application/problem+json"}, body=json.dumps(problem).encode()
+    )
+    assert response.json() == problem
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "text/plain", "application/xml", ""])
+def test_json_refuses_other_content_types(content_type: str) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = Response(status=502, headers=headers, body=b'{"a": 1}')
+    with pytest.raises(UnexpectedContentTypeError) as info:
+        response.json()
+    message = str(info.value)
+    assert "'application/json'" in message
+    assert "502" in message
+    assert repr(content_type) in message
+
+
+def test_json_without_content_type_check() -> None:
+    response = Response(status=200, headers={"Content-Type": "text/plain"}, body=b"[1, 2]")
+    assert response.json(content_type=None) == [1, 2]
+
+
+def test_json_with_another_expected_content_type() -> None:
+    response = Response(status=200, headers={"Content-Type": "application/x-ndjson; charset=utf-8"}, body=b"1")
+    assert response.json(content_type="application/x-ndjson") == 1
+    with pytest.raises(UnexpectedContentTypeError):
+        response.json(content_type="text/csv")
+
+
+def test_json_of_empty_body_is_none() -> None:
+    assert Response(status=200, headers={"Content-Type": "application/json"}).json() is None
+
+
+def test_json_with_invalid_body_raises_value_error() -> None:
+    response = Response(status=200, headers={"Content-Type": "application/json"}, body=b"{not json")
+    with pytest.raises(ValueError, match="Expecting"):
+        response.json()
+
+
+def test_json_uses_charset_encoding_and_custom_loads() -> None:
+    body = '{"price": 1.10, "name": "café"}'.encode("latin-1")
+    response = Response(status=200, headers={"Content-Type": "application/json; charset=latin-1"}, body=body)
+    data = response.json(loads=lambda text: json.loads(text, parse_float=decimal.Decimal))
+    assert data == {"price": decimal.Decimal("1.10"), "name": "café"}
+    assert response.json(encoding="cp1252")["name"] == "café"
+
+
+# --- status classes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (100, "informational"),
+        (199, "informational"),
+        (200, "successful"),
+        (204, "successful"),
+        (299, "successful"),
+        (300, "redirection"),
+        (304, "redirection"),
+        (399, "redirection"),
+        (400, "client_error"),
+        (408, "client_error"),
+        (489, "client_error"),
+        (499, "client_error"),
+        (500, "server_error"),
+        (599, "server_error"),
+        (99, None),
+        (600, None),
+    ],
+)
+def test_status_class_helpers(status: int, expected: str | None) -> None:
+    response = Response(status=status)
+    answers = {
+        "informational": response.is_informational(),
+        "successful": response.is_successful(),
+        "redirection": response.is_redirection(),
+        "client_error": response.is_client_error(),
+        "server_error": response.is_server_error(),
+    }
+    assert [name for name, yes in answers.items() if yes] == ([expected] if expected else [])
+
+
+# --- EmptyResponse ------------------------------------------------------------------------------------------
+
+
+def test_empty_response() -> None:
+    response = EmptyResponse(status=408, headers={"Location": "/x"}, elapsed=0.5)
+    assert isinstance(response, Response)
+    assert response.status == 408
+    assert response.read() == b""
+    assert response.text() == ""
+    assert response.headers["location"] == "/x"
+    assert response.elapsed == 0.5
+    assert response.is_client_error()
+    assert response.json(content_type=None) is None
+    with pytest.raises(UnexpectedContentTypeError):
+        response.json()
+
+
+def test_empty_response_takes_no_body() -> None:
+    with pytest.raises(TypeError):
+        EmptyResponse(status=200, body=b"x")  # type: ignore[call-arg]
+
+
+# --- a response read from a real server --------------------------------------------------------------------
+
+
+def test_response_from_the_network(server: LoopbackServer) -> None:
+    from django_aio_request import RequestsTransport, get
+
+    server.route(
+        "/doc",
+        lambda h: h.reply(
+            200,
+            '{"név": "Ödön"}'.encode("iso-8859-2"),
+            {"Content-Type": "application/json; charset=iso-8859-2", "X-Trace": "t-1"},
+        ),
+    )
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("doc"), 5.0)
+    finally:
+        transport.close()
+    assert response.status == 200
+    assert response.is_successful()
+    assert response.headers["x-trace"] == "t-1"
+    assert response.headers["CONTENT-LENGTH"] == str(len(response.read()))
+    assert response.json() == {"név": "Ödön"}
+    assert 0 < response.elapsed < 5

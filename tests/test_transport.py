@@ -1,0 +1,393 @@
+"""RequestsTransport against a real HTTP server on loopback: what it sends, what it answers, and how it
+turns network failures, redirects, pooling and cookies into responses."""
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from django_aio_request import (
+    DefaultResponseClassifier,
+    RequestsTransport,
+    ResponseVerdict,
+    get,
+    post,
+    post_json,
+    request,
+)
+from tests.loopback import Handler, LoopbackServer, free_port
+
+DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
+
+
+@pytest.fixture
+def transport() -> Iterator[RequestsTransport]:
+    transport = RequestsTransport()
+    yield transport
+    transport.close()
+
+
+def raw(data: bytes) -> Callable[[Handler], None]:
+    """A route writing ``data`` as is (not necessarily HTTP), then closing the connection."""
+
+    def handle(handler: Handler) -> None:
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return handle
+
+
+def redirect(location: str, status: int = 302) -> Callable[[Handler], None]:
+    return lambda h: h.reply(status, b"", {"Location": location})
+
+
+def chain(handler: Handler) -> None:
+    """``/chain/N`` redirects to ``/chain/N-1``; ``/chain/0`` answers 200 ``end``."""
+    n = int(handler.path.rsplit("/", 1)[1])
+    if n == 0:
+        handler.reply(200, b"end")
+    else:
+        handler.reply(302, b"", {"Location": f"/chain/{n - 1}"})
+
+
+def record_ports(ports: list[int]) -> Callable[[Handler], None]:
+    def handle(handler: Handler) -> None:
+        ports.append(handler.client_address[1])
+        handler.reply(200, b"ok")
+
+    return handle
+
+
+# --- success ------------------------------------------------------------------------------------------------
+
+
+def test_200_with_body_and_headers(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/things/1", lambda h: h.reply(200, b"thing one", {"X-Version": "3", "Content-Type": "text/plain"}))
+    response = transport.send(server.url, get("things/{id}", path_parameters={"id": 1}), DEADLINE)
+    assert response.status == 200
+    assert response.read() == b"thing one"
+    assert response.text() == "thing one"
+    assert response.headers["x-version"] == "3"
+    assert 0 < response.elapsed < DEADLINE
+
+
+def test_error_statuses_are_returned_not_raised(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/boom", lambda h: h.reply(503, b"busy", {"Retry-After": "1"}))
+    response = transport.send(server.url, get("boom"), DEADLINE)
+    assert response.status == 503
+    assert response.read() == b"busy"
+    assert len(server.received("/boom")) == 1  # no retry hidden in the transport, even with Retry-After
+
+
+def test_chunked_body_is_read_in_full(server: LoopbackServer, transport: RequestsTransport) -> None:
+    chunks = [b"alpha-", b"beta-", b"gamma"]
+    server.route(
+        "/chunked",
+        raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+            + b"0\r\n\r\n"
+        ),
+    )
+    response = transport.send(server.url, get("chunked"), DEADLINE)
+    assert response.status == 200
+    assert response.read() == b"alpha-beta-gamma"
+
+
+def test_method_path_query_and_headers_reach_the_server(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/things/*", lambda h: h.reply(204))
+    req = request(
+        "DELETE",
+        "things/{id}",
+        path_parameters={"id": "a b/c"},
+        query_parameters={"force": True, "tag": ["x", "y"]},
+        headers={"X-Request-Priority": "high", "Authorization": "Bearer t"},
+    )
+    response = transport.send(server.url, req, DEADLINE)
+    assert response.status == 204
+    [received] = server.received()
+    assert received.method == "DELETE"
+    assert received.path == "/things/a%20b%2Fc?force=true&tag=x&tag=y"
+    assert received.headers["X-Request-Priority"] == "high"
+    assert received.headers["Authorization"] == "Bearer t"
+
+
+def test_post_body_arrives(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/upload", lambda h: h.reply(201, b"stored"))
+    body = bytes(range(256)) * 100
+    response = transport.send(server.url, post("upload", body, headers={"Content-Type": "application/x-bin"}), DEADLINE)
+    assert response.status == 201
+    [received] = server.received("/upload")
+    assert received.body == body
+    assert received.headers["Content-Type"] == "application/x-bin"
+    assert received.headers["Content-Length"] == str(len(body))
+
+
+def test_post_json_arrives_and_json_reply_is_parsed(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route(
+        "/echo", lambda h: h.reply(200, h.server.owner.received("/echo")[-1].body, {"Content-Type": "application/json"})
+    )
+    response = transport.send(server.url, post_json("echo", {"name": "Łucja", "n": [1, 2]}), DEADLINE)
+    assert response.json() == {"name": "Łucja", "n": [1, 2]}
+    assert server.received("/echo")[0].headers["Content-Type"] == "application/json"
+
+
+# --- network failures are 489 -------------------------------------------------------------------------------
+
+
+def test_connection_refused_is_489(transport: RequestsTransport) -> None:
+    started = time.monotonic()
+    response = transport.send(f"http://127.0.0.1:{free_port()}/", get("things"), DEADLINE)
+    assert response.status == 489
+    assert response.read() == b""
+    assert time.monotonic() - started < 1.0  # refused at once, not timed out
+    assert DefaultResponseClassifier().classify(response) is ResponseVerdict.REJECT
+
+
+def test_server_closing_mid_body_is_489(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/cut", raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10))
+    response = transport.send(server.url, get("cut"), DEADLINE)
+    assert response.status == 489
+    assert response.read() == b""
+
+
+def test_server_closing_mid_chunk_is_489(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/cut", raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly-part"))
+    assert transport.send(server.url, get("cut"), DEADLINE).status == 489
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"garbage, not HTTP\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b""],
+    ids=["garbage", "other-protocol", "bad-status", "empty-reply"],
+)
+def test_garbage_instead_of_http_is_489(server: LoopbackServer, transport: RequestsTransport, data: bytes) -> None:
+    server.route("/bad", raw(data))
+    response = transport.send(server.url, get("bad"), DEADLINE)
+    assert response.status == 489
+
+
+def test_a_failure_does_not_spoil_the_next_call(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/cut", raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx"))
+    server.route("/ok", lambda h: h.reply(200, b"fine"))
+    assert transport.send(server.url, get("cut"), DEADLINE).status == 489
+    response = transport.send(server.url, get("ok"), DEADLINE)
+    assert (response.status, response.read()) == (200, b"fine")
+
+
+def test_invalid_header_is_the_callers_bug_and_raises(server: LoopbackServer, transport: RequestsTransport) -> None:
+    with pytest.raises(requests.exceptions.InvalidHeader):
+        transport.send(server.url, get("x", headers={"X-Bad": "a\r\nInjected: 1"}), DEADLINE)
+    assert server.received() == []
+
+
+# --- connect retries ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connect_retries", [0, 2])
+def test_connect_retries_against_a_refused_port(connect_retries: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    transport = RequestsTransport(connect_retries=connect_retries)
+    try:
+        response = transport.send(f"http://127.0.0.1:{free_port()}/", get("things"), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == 489
+    retried = [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
+    assert len(retried) == connect_retries
+
+
+def test_connect_retries_do_not_resend_a_request_that_reached_the_server(server: LoopbackServer) -> None:
+    server.route("/cut", raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nx"))
+    transport = RequestsTransport(connect_retries=3)
+    try:
+        assert transport.send(server.url, post("cut", b"once"), DEADLINE).status == 489
+    finally:
+        transport.close()
+    assert len(server.received("/cut")) == 1
+
+
+def test_invalid_settings_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="max_connections must be >= 1"):
+        RequestsTransport(max_connections=0)
+    with pytest.raises(ValueError, match="connect_retries must be >= 0"):
+        RequestsTransport(connect_retries=-1)
+
+
+# --- redirects ----------------------------------------------------------------------------------------------
+
+
+def test_redirect_is_followed(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/old", redirect("/new?x=1", 301))
+    server.route("/new", lambda h: h.reply(200, b"new place"))
+    response = transport.send(server.url, get("old"), DEADLINE)
+    assert (response.status, response.read()) == (200, b"new place")
+    assert [r.path for r in server.received()] == ["/old", "/new?x=1"]
+
+
+def test_307_redirect_keeps_method_and_body(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/old", redirect("/new", 307))
+    server.route("/new", lambda h: h.reply(201, b"made"))
+    response = transport.send(server.url, post("old", b"payload"), DEADLINE)
+    assert response.status == 201
+    new = server.received("/new")
+    assert [(r.method, r.body) for r in new] == [("POST", b"payload")]
+
+
+def test_redirect_loop_is_488_with_location(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/loop", redirect("/loop"))
+    response = transport.send(server.url, get("loop"), DEADLINE)
+    assert response.status == 488
+    assert response.headers["Location"] == "/loop"
+    assert response.read() == b""
+    assert len(server.received("/loop")) == 11  # the request and the 10 redirects allowed by default
+
+
+@pytest.mark.parametrize("max_redirects", [0, 1, 3])
+def test_max_redirects_is_honoured_exactly(
+    server: LoopbackServer, transport: RequestsTransport, max_redirects: int
+) -> None:
+    server.route("/chain/*", chain)
+    ok = transport.send(server.url, get(f"chain/{max_redirects}", max_redirects=max_redirects), DEADLINE)
+    assert (ok.status, ok.read()) == (200, b"end")
+
+    server.requests.clear()
+    too_many = transport.send(server.url, get(f"chain/{max_redirects + 1}", max_redirects=max_redirects), DEADLINE)
+    assert too_many.status == 488
+    assert too_many.headers["Location"] == "/chain/0"
+    assert "/chain/0" not in [r.path for r in server.received()]
+    assert len(server.received()) == max_redirects + 1
+
+
+def test_allow_redirects_false_returns_the_3xx(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/old", lambda h: h.reply(302, b"moved", {"Location": "/new"}))
+    response = transport.send(server.url, get("old", allow_redirects=False), DEADLINE)
+    assert response.status == 302
+    assert response.is_redirection()
+    assert response.headers["location"] == "/new"
+    assert response.read() == b"moved"
+    assert server.received("/new") == []
+
+
+# --- connection pooling -------------------------------------------------------------------------------------
+
+
+def test_keep_alive_connection_is_reused(server: LoopbackServer, transport: RequestsTransport) -> None:
+    ports: list[int] = []
+    server.route("/ok", record_ports(ports))
+    for _ in range(5):
+        assert transport.send(server.url, get("ok"), DEADLINE).status == 200
+    assert len(ports) == 5
+    assert len(set(ports)) == 1
+
+
+def test_max_connections_bounds_concurrency_and_never_overflows_the_pool(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    lock = threading.Lock()
+    in_flight = 0
+    peak = 0
+    ports: set[int] = set()
+
+    def slow(handler: Handler) -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            ports.add(handler.client_address[1])
+        time.sleep(0.15)
+        with lock:
+            in_flight -= 1
+        handler.reply(200, b"ok")
+
+    server.route("/slow", slow)
+    transport = RequestsTransport(max_connections=2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: transport.send(server.url, get("slow"), DEADLINE).status, range(6)))
+    finally:
+        transport.close()
+    assert statuses == [200] * 6
+    assert peak == 2
+    assert len(ports) <= 2  # connections were reused, none thrown away
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "pool is full" in m]
+
+
+# --- cookies and sessions -----------------------------------------------------------------------------------
+
+
+def _cookie_routes(server: LoopbackServer) -> None:
+    server.route("/login", lambda h: h.reply(200, b"hi", {"Set-Cookie": "sid=secret-of-user-a; Path=/"}))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+
+
+def test_cookies_from_a_response_are_not_sent_on_the_next_call(
+    server: LoopbackServer, transport: RequestsTransport
+) -> None:
+    _cookie_routes(server)
+    # A plain requests session would send the cookie back: this server's cookie is an ordinary one.
+    with requests.Session() as plain:
+        plain.get(server.url + "login", timeout=DEADLINE)
+        plain.get(server.url + "other", timeout=DEADLINE)
+    assert "sid=secret-of-user-a" in server.received("/other")[0].headers.get("Cookie", "")
+    server.requests.clear()
+
+    login = transport.send(server.url, get("login"), DEADLINE)
+    assert login.headers["Set-Cookie"].startswith("sid=secret-of-user-a")  # the caller still sees it
+    assert transport.send(server.url, get("other"), DEADLINE).status == 200
+    assert "Cookie" not in server.received("/other")[0].headers
+
+
+def test_cookie_set_by_a_redirect_is_not_kept_for_the_next_call(
+    server: LoopbackServer, transport: RequestsTransport
+) -> None:
+    server.route("/start", lambda h: h.reply(302, b"", {"Location": "/other", "Set-Cookie": "sid=x; Path=/"}))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    assert transport.send(server.url, get("start"), DEADLINE).status == 200
+    server.requests.clear()
+    assert transport.send(server.url, get("other"), DEADLINE).status == 200
+    assert "Cookie" not in server.received("/other")[0].headers
+
+
+def test_users_session_keeps_its_default_headers_and_auth(server: LoopbackServer) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    session = requests.Session()
+    session.headers["X-Team"] = "search"
+    session.auth = ("svc", "pw")
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(server.url, get("ok", headers={"X-Call": "1"}), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == 200
+    [received] = server.received("/ok")
+    assert received.headers["X-Team"] == "search"
+    assert received.headers["X-Call"] == "1"
+    assert received.headers["Authorization"].startswith("Basic ")
+
+
+def test_users_session_still_gets_deadlines(server: LoopbackServer) -> None:
+    release = threading.Event()
+
+    def hang(handler: Handler) -> None:
+        release.wait(5)
+        handler.reply(200, b"late")
+
+    server.route("/hang", hang)
+    transport = RequestsTransport(requests.Session())
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("hang"), 0.2)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        transport.close()
+    assert response.status == 408
+    assert elapsed < 0.2 + 0.3

@@ -1,0 +1,395 @@
+"""RequestsTransport bounds the whole attempt by its deadline on the wall clock, aborts on cancellation,
+and leaves its pool and threads in order afterwards. All against a real server on loopback."""
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_aio_request import Cancellation, RequestsTransport, get
+from django_aio_request.watchdog import watchdog
+from tests.loopback import Handler, LoopbackServer, trickle
+
+#: The spec's hard bound: a trickling server may hold the caller at most this long past the deadline.
+OVERSHOOT = 0.05
+DEADLINE = 0.3
+ROUNDS = 3
+
+
+@pytest.fixture
+def transport() -> Iterator[RequestsTransport]:
+    transport = RequestsTransport()
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at the end of the test, so routes waiting on it let their server threads finish."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def hold(release: threading.Event) -> Callable[[Handler], None]:
+    """A route that sends nothing until ``release`` is set (at most 10 s), then answers 200."""
+
+    def handle(handler: Handler) -> None:
+        release.wait(10)
+        handler.reply(200, b"late")
+
+    return handle
+
+
+def trickle_raw(data: bytes, interval: float) -> Callable[[Handler], None]:
+    """A route writing ``data`` (status line and headers included) one byte every ``interval`` seconds."""
+
+    def handle(handler: Handler) -> None:
+        handler.close_connection = True
+        for i in range(len(data)):
+            handler.wfile.write(data[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(interval)
+
+    return handle
+
+
+def timed(transport: RequestsTransport, server: LoopbackServer, path: str, deadline: float, **kwargs: object):
+    started = time.monotonic()
+    response = transport.send(server.url, get(path), deadline, **kwargs)  # type: ignore[arg-type]
+    return response, time.monotonic() - started
+
+
+def delayed(seconds: float, body: bytes, ports: list[int] | None = None) -> Callable[[Handler], None]:
+    """A route answering 200 ``body`` after ``seconds``, noting the client's port in ``ports``."""
+
+    def handle(handler: Handler) -> None:
+        if ports is not None:
+            ports.append(handler.client_address[1])
+        time.sleep(seconds)
+        handler.reply(200, body)
+
+    return handle
+
+
+def ports_route(ports: list[int]) -> Callable[[Handler], None]:
+    def handle(handler: Handler) -> None:
+        ports.append(handler.client_address[1])
+        handler.reply(200, b"ok")
+
+    return handle
+
+
+# --- the deadline bounds the whole attempt ------------------------------------------------------------------
+
+
+def test_trickling_body_is_cut_at_the_deadline(server: LoopbackServer, transport: RequestsTransport) -> None:
+    # 200 bytes, one every 20 ms: 4 s in all, while each single read waits only 20 ms.
+    server.route("/trickle", lambda h: trickle(h, size=200, interval=0.02))
+    for _ in range(ROUNDS):
+        response, elapsed = timed(transport, server, "trickle", DEADLINE)
+        assert response.status == 408
+        assert response.read() == b""
+        assert DEADLINE - 0.01 <= elapsed <= DEADLINE + OVERSHOOT
+        assert response.elapsed <= elapsed
+
+
+def test_trickling_headers_are_cut_at_the_deadline(server: LoopbackServer, transport: RequestsTransport) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 300 + b"\r\nContent-Length: 2\r\n\r\nok"
+    server.route("/trickle-headers", trickle_raw(head, interval=0.01))
+    for _ in range(ROUNDS):
+        response, elapsed = timed(transport, server, "trickle-headers", DEADLINE)
+        # What was read before the abort is no answer: not a 200 with half its headers and no body.
+        assert response.status == 408
+        assert dict(response.headers) == {}
+        assert DEADLINE - 0.01 <= elapsed <= DEADLINE + OVERSHOOT
+
+
+def test_trickling_body_without_content_length_is_not_taken_as_complete(
+    server: LoopbackServer, transport: RequestsTransport
+) -> None:
+    # Without Content-Length the body ends when the connection closes: the abort must not pass for that.
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"b" * 200
+    server.route("/until-close", trickle_raw(head, interval=0.01))
+    for _ in range(ROUNDS):
+        response, elapsed = timed(transport, server, "until-close", DEADLINE)
+        assert response.status == 408
+        assert response.read() == b""
+        assert elapsed <= DEADLINE + OVERSHOOT
+
+
+def test_slow_headers_beyond_the_deadline_are_408_near_it(
+    server: LoopbackServer, transport: RequestsTransport, release: threading.Event
+) -> None:
+    server.route("/hang", hold(release))
+    response, elapsed = timed(transport, server, "hang", DEADLINE)
+    assert response.status == 408
+    assert DEADLINE - 0.01 <= elapsed <= DEADLINE + 0.1
+    assert len(server.received("/hang")) == 1  # it was sent, the answer was late
+
+
+def test_stalled_body_is_408_even_when_the_socket_timeout_beats_the_watchdog(
+    server: LoopbackServer, transport: RequestsTransport, release: threading.Event
+) -> None:
+    """On a loaded machine the watchdog thread can run late; the socket timeout (the time left) then
+    ends the body read first. That is still the deadline (408), not a network error (489)."""
+
+    def stall_body(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "10")
+        handler.end_headers()
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        release.wait(10)
+
+    server.route("/stall", stall_body)
+    watchdog_free = threading.Event()
+
+    def busy() -> None:
+        watchdog_free.wait(1.0)
+
+    # Keep the (real, shared) watchdog thread busy across the attempt's deadline.
+    watchdog.schedule(time.monotonic() + 0.01, busy)
+    try:
+        response, elapsed = timed(transport, server, "stall", 0.2)
+    finally:
+        watchdog_free.set()
+    assert response.status == 408
+    assert elapsed <= 0.2 + 0.1
+
+
+def test_redirects_share_one_deadline(server: LoopbackServer, transport: RequestsTransport) -> None:
+    def hop(handler: Handler) -> None:
+        n = int(handler.path.rsplit("/", 1)[1])
+        time.sleep(0.12)
+        handler.reply(302, b"", {"Location": f"/hop/{n + 1}"})
+
+    server.route("/hop/*", hop)
+    response, elapsed = timed(transport, server, "hop/0", DEADLINE)
+    assert response.status == 408  # each hop is quick enough, all of them together are not
+    assert elapsed <= DEADLINE + 0.1
+    assert 2 <= len(server.received()) <= 4
+
+
+def test_zero_deadline_is_408_without_reaching_the_server(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    response, elapsed = timed(transport, server, "ok", 0)
+    assert response.status == 408
+    assert elapsed < 0.1
+    time.sleep(0.05)
+    assert server.received() == []
+
+
+def test_fast_answer_within_the_deadline_is_not_disturbed(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/quick", delayed(0.05, b"in time"))
+    for _ in range(ROUNDS):
+        response, elapsed = timed(transport, server, "quick", DEADLINE)
+        assert (response.status, response.read()) == (200, b"in time")
+        assert elapsed < DEADLINE
+
+
+# --- waiting for a connection slot counts against the deadline ----------------------------------------------
+
+
+def test_attempt_that_cannot_get_a_slot_before_its_deadline_is_408(
+    server: LoopbackServer, release: threading.Event
+) -> None:
+    server.route("/hang", hold(release))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport(max_connections=1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(transport.send, server.url, get("hang"), 5.0)
+            _wait_until(lambda: len(server.received("/hang")) == 1)
+            response, elapsed = timed(transport, server, "other", 0.2)
+            assert response.status == 408
+            assert 0.2 - 0.01 <= elapsed <= 0.2 + 0.1
+            assert server.received("/other") == []  # it never had a connection to send on
+            release.set()
+            assert first.result(5).status == 200
+        assert transport.send(server.url, get("other"), 1.0).status == 200  # the slot came back
+    finally:
+        transport.close()
+
+
+# --- the pool after aborts ----------------------------------------------------------------------------------
+
+
+def test_pool_still_works_after_a_deadline_abort(
+    server: LoopbackServer, transport: RequestsTransport, release: threading.Event
+) -> None:
+    ports: list[int] = []
+    server.route("/hang", hold(release))
+    server.route("/ok", ports_route(ports))
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+    for _ in range(3):
+        assert transport.send(server.url, get("hang"), 0.1).status == 408
+        response = transport.send(server.url, get("ok"), 1.0)
+        assert (response.status, response.read()) == (200, b"ok")
+    assert len(ports) == 4
+
+
+def test_aborted_connection_is_not_handed_to_the_next_call(
+    server: LoopbackServer, transport: RequestsTransport
+) -> None:
+    ports: list[int] = []
+
+    def record_and_trickle(handler: Handler) -> None:
+        ports.append(handler.client_address[1])
+        trickle(handler, size=100, interval=0.02)
+
+    server.route("/trickle", record_and_trickle)
+    server.route("/ok", ports_route(ports))
+    assert transport.send(server.url, get("trickle"), 0.1).status == 408
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+    trickled, first_ok, second_ok = ports
+    assert first_ok != trickled  # the half-read connection was dropped ...
+    assert second_ok == first_ok  # ... and the new one is kept alive
+
+
+# --- cancellation -------------------------------------------------------------------------------------------
+
+
+def test_cancellation_from_another_thread_aborts_a_blocked_attempt_at_once(
+    server: LoopbackServer, transport: RequestsTransport, release: threading.Event
+) -> None:
+    server.route("/hang", hold(release))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    cancellation = Cancellation()
+    canceller = threading.Timer(0.1, cancellation.cancel)
+    canceller.start()
+    try:
+        response, elapsed = timed(transport, server, "hang", 5.0, cancellation=cancellation)
+    finally:
+        canceller.join()
+    assert response.status == 499
+    assert 0.1 - 0.01 <= elapsed <= 0.1 + 0.15
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+
+
+def test_cancellation_aborts_a_trickling_body(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/trickle", lambda h: trickle(h, size=200, interval=0.02))
+    cancellation = Cancellation()
+    canceller = threading.Timer(0.1, cancellation.cancel)
+    canceller.start()
+    try:
+        response, elapsed = timed(transport, server, "trickle", 5.0, cancellation=cancellation)
+    finally:
+        canceller.join()
+    assert response.status == 499
+    assert elapsed <= 0.1 + 0.15
+
+
+def test_cancellation_ends_the_wait_for_a_connection_slot(server: LoopbackServer, release: threading.Event) -> None:
+    server.route("/hang", hold(release))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport(max_connections=1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(transport.send, server.url, get("hang"), 5.0)
+            _wait_until(lambda: len(server.received("/hang")) == 1)
+            cancellation = Cancellation()
+            canceller = threading.Timer(0.1, cancellation.cancel)
+            canceller.start()
+            try:
+                response, elapsed = timed(transport, server, "other", 5.0, cancellation=cancellation)
+            finally:
+                canceller.join()
+            assert response.status == 499
+            assert elapsed <= 0.1 + 0.15
+            release.set()
+            assert first.result(5).status == 200
+        assert server.received("/other") == []
+        assert transport.send(server.url, get("other"), 1.0).status == 200  # no slot was lost
+    finally:
+        transport.close()
+
+
+def test_already_cancelled_attempt_spends_no_connection(server: LoopbackServer, transport: RequestsTransport) -> None:
+    ports: list[int] = []
+    server.route("/ok", ports_route(ports))
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+    cancellation = Cancellation()
+    cancellation.cancel()
+    response, elapsed = timed(transport, server, "ok", 5.0, cancellation=cancellation)
+    assert response.status == 499
+    assert elapsed < 0.1
+    # the pooled keep-alive connection was not used up (shut down) by the cancelled attempt
+    assert transport.send(server.url, get("ok"), 1.0).status == 200
+    assert len(ports) == 2
+    assert len(set(ports)) == 1
+
+
+def test_already_cancelled_attempt_ends_at_once(server: LoopbackServer, transport: RequestsTransport) -> None:
+    server.route("/ok", delayed(0.5, b"ok"))
+    cancellation = Cancellation()
+    cancellation.cancel()
+    response, elapsed = timed(transport, server, "ok", 5.0, cancellation=cancellation)
+    assert response.status == 499
+    assert elapsed < 0.3
+
+
+def test_cancelling_after_the_attempt_leaves_its_pooled_connection_alone(
+    server: LoopbackServer, transport: RequestsTransport
+) -> None:
+    ports: list[int] = []
+    server.route("/ok", ports_route(ports))
+    cancellation = Cancellation()
+    assert transport.send(server.url, get("ok"), 1.0, cancellation).status == 200
+    cancellation.cancel()  # late: the connection is back in the pool, maybe already in another call's hands
+    response = transport.send(server.url, get("ok"), 1.0)
+    assert (response.status, response.read()) == (200, b"ok")
+    assert len(set(ports)) == 1
+
+
+def test_late_deadline_does_not_hit_a_reused_connection(server: LoopbackServer, transport: RequestsTransport) -> None:
+    """A call that ended well before its deadline: when the deadline comes, the next call on the same
+    keep-alive connection must not be aborted by it."""
+    ports: list[int] = []
+    server.route("/ok", ports_route(ports))
+    server.route("/slow", delayed(0.3, b"slow", ports))
+    assert transport.send(server.url, get("ok"), 0.1).status == 200  # its deadline passes during the next call
+    response = transport.send(server.url, get("slow"), 2.0)
+    assert (response.status, response.read()) == (200, b"slow")
+    assert len(set(ports)) == 1
+
+
+# --- no threads left behind ---------------------------------------------------------------------------------
+
+
+def _client_threads() -> int:
+    """Threads in this process except the loopback server's own (which finish on their own schedule)."""
+    return sum(
+        1
+        for t in threading.enumerate()
+        if not t.name.endswith("(process_request_thread)") and not t.name.startswith("loopback-")
+    )
+
+
+def test_no_thread_is_left_behind_after_aborted_calls(server: LoopbackServer, release: threading.Event) -> None:
+    server.route("/hang", hold(release))
+    server.route("/trickle", lambda h: trickle(h, size=100, interval=0.01))
+    transport = RequestsTransport()
+    try:
+        transport.send(server.url, get("trickle"), 0.01)  # starts the watchdog thread, if nothing had yet
+        baseline = _client_threads()
+        total_baseline = threading.active_count()
+        for i in range(50):
+            response = transport.send(server.url, get("hang" if i % 2 else "trickle"), 0.02)
+            assert response.status == 408
+    finally:
+        transport.close()
+        release.set()
+    assert _client_threads() <= baseline
+    # and once the server's threads have seen their clients go, the whole process is back where it was
+    _wait_until(lambda: threading.active_count() <= total_baseline + 1, timeout=5.0)
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.01)
