@@ -26,13 +26,14 @@ _local = threading.local()
 class AttemptGuard:
     """The sockets of one attempt, and why it was aborted (None while it was not)."""
 
-    __slots__ = ("_closed", "_lock", "_sockets", "deadline", "reason")
+    __slots__ = ("_closed", "_lock", "_owned", "_sockets", "deadline", "reason")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.reason: int | None = None
         self._lock = threading.Lock()
         self._sockets: dict[int, socket.socket] = {}
+        self._owned: set[int] = set()
         self._closed = False
 
     def remaining(self) -> float:
@@ -47,27 +48,45 @@ class AttemptGuard:
             for sock in self._sockets.values():
                 _shutdown(sock)
 
-    def attach(self, conn: Any, sock: socket.socket | None) -> None:
+    def attach(self, conn: Any, sock: socket.socket | None, *, owned: bool = False) -> None:
+        """Register the socket ``conn`` now uses (replacing its previous one).
+
+        ``owned``: the guard holds its own duplicate of the socket and closes it when done with it.
+        """
         if sock is None:
             return
         with self._lock:
             if self._closed:
+                if owned:
+                    sock.close()
                 return
+            self._forget(conn)
             self._sockets[id(conn)] = sock
+            if owned:
+                self._owned.add(id(conn))
             conn._aio_request_guard = self
             if self.reason is not None:
                 _shutdown(sock)
 
     def detach(self, conn: Any) -> None:
         with self._lock:
-            self._sockets.pop(id(conn), None)
+            self._forget(conn)
             conn._aio_request_guard = None
 
     def close(self) -> None:
         """The attempt is over: later aborts do nothing."""
         with self._lock:
             self._closed = True
+            for key in self._owned:
+                self._sockets[key].close()
+            self._owned.clear()
             self._sockets.clear()
+
+    def _forget(self, conn: Any) -> None:
+        sock = self._sockets.pop(id(conn), None)
+        if sock is not None and id(conn) in self._owned:
+            self._owned.discard(id(conn))
+            sock.close()
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -103,7 +122,18 @@ class _GuardedConnectionMixin:
                 self.timeout = remaining
         super().connect()  # type: ignore[misc]
         if guard is not None:
-            guard.attach(self, self.sock)
+            guard.attach(self, self.sock)  # for TLS, the wrapped socket replaces the plain one
+
+    def _new_conn(self) -> socket.socket:
+        # The plain socket, registered before any TLS handshake so that an abort covers it too.
+        # Wrapping it for TLS detaches this socket object, so the guard keeps a duplicate of the
+        # descriptor (shutdown acts on the socket, whichever descriptor names it) until connect()
+        # registers the wrapped socket in its place.
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        guard = _current()
+        if guard is not None:
+            guard.attach(self, sock.dup(), owned=True)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         guard = _current()

@@ -33,7 +33,10 @@ class Response:
         self, *, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"", elapsed: float = 0.0
     ) -> None:
         self.status = status
-        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(headers or {})
+        # A transport hands over requests' own dict, which nothing else holds: no need to copy it.
+        self.headers: CaseInsensitiveDict[str] = (
+            headers if isinstance(headers, CaseInsensitiveDict) else CaseInsensitiveDict(headers or {})
+        )
         self.elapsed = elapsed
         self._body = body
 

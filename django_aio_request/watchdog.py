@@ -14,6 +14,9 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
+# Condition.wait() overflows past threading.TIMEOUT_MAX; far deadlines are simply waited for in steps.
+_MAX_WAIT = 3600.0
+
 # An entry is [due, sequence, callback]; a cancelled entry has callback None and is dropped lazily.
 _Entry = list[object]
 
@@ -74,7 +77,7 @@ class Watchdog:
                 continue
             wait = float(self._heap[0][0]) - time.monotonic()  # type: ignore[arg-type]
             if wait > 0:
-                self._condition.wait(wait)
+                self._condition.wait(min(wait, _MAX_WAIT))
                 continue
             entry = heapq.heappop(self._heap)
             callback = entry[2]
