@@ -92,15 +92,18 @@ class TransportModule(RequestModule):
 
     def execute(self, next_: Next, attempt: Attempt) -> Response:
         request = attempt.request
-        timeout = attempt.deadline.timeout
         if self.emit_system_headers:
-            system = {h.X_REQUEST_TIMEOUT: _seconds(timeout), h.X_REQUEST_PRIORITY: str(attempt.priority)}
+            system = {
+                h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout),
+                h.X_REQUEST_PRIORITY: str(attempt.priority),
+            }
             if self.service_name:
                 system[h.X_SERVICE_NAME] = self.service_name
             request = request.with_headers(system)
         if self.request_enricher is not None:
             request = self.request_enricher(request)
-        return self.transport.send(attempt.endpoint, request, timeout, attempt.cancellation)
+        # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
+        return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
 
 
 def _seconds(value: float) -> str:

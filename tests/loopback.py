@@ -11,12 +11,16 @@ route runs, so tests can check what reached the server and when.
 import contextlib
 import dataclasses
 import json
+import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django_aio_request import Client, Request, Response
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,9 @@ class Received:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, a reused connection waits ~40 ms
+    # for the client's delayed ACK between them.
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -64,6 +71,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 drops connects when many arrive at once on a busy machine
     daemon_threads = True
     block_on_close = False
     owner: "LoopbackServer"
@@ -126,3 +134,96 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_disconnect(handler: Handler, timeout: float) -> float | None:
+    """Block until the client closes the connection of ``handler``, without replying.
+
+    Returns the ``time.monotonic()`` at which the server saw the socket closed (EOF or reset), or
+    None if the client kept it open for ``timeout`` seconds (the caller should then reply).
+    """
+    sock = handler.connection
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        readable, _, _ = select.select([sock], [], [], left)
+        if not readable:
+            continue
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return time.monotonic()
+        if not data:
+            return time.monotonic()
+        time.sleep(0.005)  # the client sent more bytes; this helper only watches for the close
+    return None
+
+
+def replies(*statuses: int) -> Callable[[Handler], None]:
+    """A route answering its n-th request (counting from 1) with the n-th status, the last one
+    repeating; the body is ``n``, so a test can tell which request a response came from."""
+    if not statuses:
+        raise ValueError("replies() needs at least one status")
+    lock = threading.Lock()
+    count = 0
+
+    def handle(handler: Handler) -> None:
+        nonlocal count
+        with lock:
+            count += 1
+            n = count
+        handler.reply(statuses[min(n, len(statuses)) - 1], str(n).encode())
+
+    return handle
+
+
+@contextlib.contextmanager
+def clients(endpoint: str) -> Iterator[Callable[..., "Client"]]:
+    """``make(**kwargs)`` builds a client with ``django_aio_request.setup(endpoint=endpoint, **kwargs)``
+    (``kwargs`` may name another endpoint); every client made is closed on exit."""
+    import django_aio_request
+
+    made: list[Client] = []
+
+    def make(**kwargs: Any) -> "Client":
+        client = django_aio_request.setup(**{"endpoint": endpoint, **kwargs})
+        made.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            client.close()
+
+
+def widen_backlog(server: LoopbackServer, backlog: int = 128) -> None:
+    """Let ``server`` queue ``backlog`` connections not yet accepted (socketserver's default is 5).
+
+    With more simultaneous connects than that and a busy CPU, the kernel drops SYNs and clients
+    wait a second to retry: tests that open many connections at once call this first.
+    """
+    server._server.socket.listen(backlog)
+
+
+def answer_after(delay: float, status: int = 200, body: bytes = b"") -> Callable[[Handler], None]:
+    """A route that answers ``status`` with ``body`` after ``delay`` seconds."""
+
+    def handle(handler: Handler) -> None:
+        time.sleep(delay)
+        handler.reply(status, body)
+
+    return handle
+
+
+def hang_until_disconnect(handler: Handler) -> None:
+    """A route that never answers while the client waits (it replies 200 if nobody hung up within 5 s)."""
+    if wait_for_disconnect(handler, 5.0) is None:
+        handler.reply(200, b"late")
+
+
+def timed_call(client: "Client", request: "Request", **kwargs: Any) -> tuple["Response", float]:
+    """Make a call with ``client.request`` and return its response and how long it took."""
+    started = time.monotonic()
+    with client.request(request, **kwargs) as response:
+        pass
+    return response, time.monotonic() - started

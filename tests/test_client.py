@@ -1,0 +1,308 @@
+"""The client: which deadline and priority a call gets, and the headers that carry them."""
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import django_aio_request
+from django_aio_request import (
+    Client,
+    Deadline,
+    Priority,
+    Request,
+    constant_delays,
+    get,
+    post,
+    post_json,
+    sequential_strategy,
+    set_context,
+    single_attempt_strategy,
+)
+from tests.loopback import Handler, LoopbackServer, clients, hang_until_disconnect, replies, widen_backlog
+from tests.loopback import timed_call as call
+
+SYSTEM_HEADERS = ("X-Request-Timeout", "X-Request-Priority", "X-Service-Name")
+
+
+@pytest.fixture
+def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
+    with clients(server.url) as make:
+        yield make
+
+
+def ok(handler: Handler) -> None:
+    handler.reply(200, b"ok")
+
+
+def sent_timeouts(server: LoopbackServer, path: str) -> list[float]:
+    return [float(r.headers["X-Request-Timeout"]) for r in server.received(path)]
+
+
+class TestDeadline:
+    def test_argument_beats_context_beats_client_timeout(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/ok", ok)
+        client = make_client(timeout=7.0)
+
+        call(client, get("ok"))
+        with set_context(deadline=Deadline.from_timeout(5.0)):
+            call(client, get("ok"))
+            call(client, get("ok"), deadline=Deadline.from_timeout(3.0))
+        with set_context(deadline=Deadline.from_timeout(1.0)):
+            call(client, get("ok"), deadline=Deadline.from_timeout(4.0))
+
+        client_timeout, from_context, shorter_argument, longer_argument = sent_timeouts(server, "/ok")
+        assert 6.5 < client_timeout <= 7.0
+        assert 4.5 < from_context <= 5.0
+        assert 2.5 < shorter_argument <= 3.0
+        assert 3.5 < longer_argument <= 4.0
+
+    def test_client_timeout_ends_a_hanging_call(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/hang", hang_until_disconnect)
+        client = make_client(timeout=0.3)
+
+        response, elapsed = call(client, get("hang"))
+
+        assert response.status == 408
+        assert 0.28 < elapsed < 0.6
+        assert len(server.received("/hang")) == 1  # no time left for a retry
+
+    def test_context_deadline_ends_a_hanging_call(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/hang", hang_until_disconnect)
+        client = make_client(timeout=10.0)
+
+        with set_context(deadline=Deadline.from_timeout(0.3)):
+            response, elapsed = call(client, get("hang"))
+
+        assert response.status == 408
+        assert 0.28 < elapsed < 0.6
+
+    def test_sent_timeout_is_what_the_attempt_has_left(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/flaky", replies(500, 200))
+        client = make_client(
+            safe_method_strategy=sequential_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.2))
+        )
+
+        response, _ = call(client, get("flaky"), deadline=Deadline.from_timeout(2.0))
+
+        assert response.status == 200
+        first, second = server.received("/flaky")
+        first_timeout, second_timeout = sent_timeouts(server, "/flaky")
+        assert 1.8 < first_timeout <= 2.0
+        assert second_timeout < first_timeout - 0.2
+        # The second attempt was told the time the call had left when it was sent.
+        assert (first_timeout - second_timeout) == pytest.approx(second.at - first.at, abs=0.05)
+
+
+class TestPriority:
+    @pytest.mark.parametrize(
+        "case",
+        [
+            # (client's, context's, the call's, sent)
+            (Priority.LOW, None, None, "low"),  # nothing else: the client's
+            (Priority.LOW, Priority.HIGH, None, "high"),  # none named: the context's
+            (Priority.HIGH, Priority.LOW, None, "low"),
+            (Priority.NORMAL, None, Priority.HIGH, "high"),  # named, no context: as named
+            (Priority.NORMAL, None, Priority.LOW, "low"),
+            (Priority.NORMAL, Priority.HIGH, Priority.LOW, "normal"),  # low within high
+            (Priority.NORMAL, Priority.LOW, Priority.HIGH, "normal"),  # high within low
+            (Priority.LOW, Priority.HIGH, Priority.HIGH, "high"),
+            (Priority.HIGH, Priority.NORMAL, Priority.LOW, "low"),
+        ],
+        ids=str,
+    )
+    def test_sent_priority(
+        self,
+        server: LoopbackServer,
+        make_client: Callable[..., Client],
+        case: tuple[Priority, Priority | None, Priority | None, str],
+    ) -> None:
+        client_priority, context_priority, call_priority, sent = case
+        server.route("/ok", ok)
+        client = make_client(priority=client_priority)
+
+        with set_context(priority=context_priority):
+            call(client, get("ok"), priority=call_priority)
+
+        (received,) = server.received("/ok")
+        assert received.headers["X-Request-Priority"] == sent
+
+
+class TestSystemHeaders:
+    def test_service_name_only_when_set(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/ok", ok)
+        call(make_client(service_name="billing"), get("ok"))
+        call(make_client(), get("ok"))
+
+        named, anonymous = server.received("/ok")
+        assert named.headers["X-Service-Name"] == "billing"
+        assert "X-Service-Name" not in anonymous.headers
+        assert "X-Request-Timeout" in anonymous.headers
+        assert anonymous.headers["X-Request-Priority"] == "normal"
+
+    def test_none_sent_when_disabled(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/ok", ok)
+        client = make_client(emit_system_headers=False, service_name="billing", priority=Priority.HIGH)
+
+        response, _ = call(client, get("ok"))
+
+        assert response.status == 200
+        (received,) = server.received("/ok")
+        assert not set(SYSTEM_HEADERS) & set(received.headers)
+
+    def test_request_enricher_applied_after_the_system_headers(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/ok", ok)
+        seen: list[dict[str, str]] = []
+
+        def enrich(request: Request) -> Request:
+            seen.append(dict(request.headers))
+            return request.with_headers({"X-Trace-Id": "abc-123", "X-Request-Priority": "low"})
+
+        client = make_client(request_enricher=enrich)
+        call(client, post("ok", b"payload", headers={"X-Own": "1"}))
+
+        (received,) = server.received("/ok")
+        assert received.headers["X-Trace-Id"] == "abc-123"
+        assert received.headers["X-Request-Priority"] == "low"  # the enricher has the last word
+        assert received.headers["X-Own"] == "1"
+        assert received.body == b"payload"
+        assert len(seen) == 1
+        assert {"X-Request-Timeout", "X-Request-Priority", "X-Own"} <= set(seen[0])
+
+    def test_time_spent_in_the_enricher_counts_against_the_deadline(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/hang", hang_until_disconnect)
+
+        def slow_enrich(request: Request) -> Request:
+            time.sleep(0.3)  # fetching a token, say
+            return request
+
+        client = make_client(request_enricher=slow_enrich, safe_method_strategy=single_attempt_strategy())
+
+        response, elapsed = call(client, get("hang"), deadline=Deadline.from_timeout(0.6))
+
+        assert response.status == 408
+        assert elapsed < 0.6 + 0.15
+
+    def test_enricher_error_reaches_the_caller(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/ok", ok)
+
+        def enrich(request: Request) -> Request:
+            raise RuntimeError("no token")
+
+        client = make_client(request_enricher=enrich)
+        with pytest.raises(RuntimeError, match="no token"):
+            call(client, get("ok"))
+        assert server.received() == []
+
+
+class TestLowTimeout:
+    def test_below_threshold_nothing_is_sent(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/ok", ok)
+        client = make_client(low_timeout_threshold=0.5)
+
+        response, elapsed = call(client, get("ok"), deadline=Deadline.from_timeout(0.3))
+
+        assert response.status == 408
+        assert "X-Do-Not-Retry" in response.headers
+        assert elapsed < 0.1  # neither sent nor retried
+        assert server.received() == []
+
+    def test_expired_deadline_with_the_default_threshold(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/ok", ok)
+        client = make_client()
+
+        response, _ = call(client, post("ok"), deadline=Deadline.from_timeout(0))
+
+        assert response.status == 408
+        assert "X-Do-Not-Retry" in response.headers
+        assert server.received() == []
+
+    def test_above_threshold_the_request_is_sent(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/ok", ok)
+        client = make_client(low_timeout_threshold=0.5)
+
+        response, _ = call(client, get("ok"), deadline=Deadline.from_timeout(1.0))
+
+        assert response.status == 200
+        assert len(server.received("/ok")) == 1
+
+
+class TestCalls:
+    def test_response_reaches_the_caller(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/things", lambda h: h.reply_json({"echo": h.headers["Content-Type"]}, status=201))
+        client = make_client()
+
+        response, _ = call(client, post_json("things", {"a": 1}))
+
+        assert response.status == 201
+        assert response.json() == {"echo": "application/json"}
+        assert server.received("/things")[0].body == b'{"a":1}'
+
+    def test_strategy_for_one_call(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/down", replies(503))
+        client = make_client()
+
+        response, _ = call(client, get("down"), strategy=single_attempt_strategy())
+        assert response.status == 503
+        assert len(server.received("/down")) == 1
+
+        response, _ = call(client, get("down"))
+        assert response.status == 503
+        assert len(server.received("/down")) == 4  # the client's own strategy: 3 attempts
+
+    def test_client_is_shared_between_threads(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        import concurrent.futures
+
+        widen_backlog(server)
+        server.route("/item/*", lambda h: h.reply(200, h.path.encode()))
+        client = make_client()
+
+        def fetch(n: int) -> bytes:
+            with client.request(get("item/{n}", path_parameters={"n": n})) as response:
+                return response.read()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            bodies = list(pool.map(fetch, range(40)))
+
+        assert bodies == [f"/item/{n}".encode() for n in range(40)]
+
+
+class TestSetup:
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"endpoint": "127.0.0.1:8000"}, "absolute http"),
+            ({"endpoint": "ftp://example.com/"}, "absolute http"),
+            ({"endpoint": "http:///path"}, "absolute http"),
+            ({"endpoint": "http://example.com:99999/"}, "invalid port"),
+            ({"timeout": 0}, "timeout must be a positive"),
+            ({"timeout": -1}, "timeout must be a positive"),
+            ({"timeout": float("inf")}, "timeout must be a positive"),
+            ({"timeout": float("nan")}, "timeout must be a positive"),
+            ({"timeout": True}, "timeout must be a positive"),
+            ({"low_timeout_threshold": -0.1}, "low_timeout_threshold"),
+            ({"max_workers": 0}, "max_workers"),
+        ],
+    )
+    def test_invalid_arguments(self, kwargs: dict[str, object], message: str) -> None:
+        arguments: dict[str, object] = {"endpoint": "http://127.0.0.1:1/", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            django_aio_request.setup(**arguments)  # type: ignore[arg-type]

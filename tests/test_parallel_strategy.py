@@ -1,0 +1,389 @@
+"""Hedged (parallel) attempts against a real server: when hedges start, who wins, what is aborted."""
+
+import contextvars
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_aio_request import (
+    Client,
+    Deadline,
+    Priority,
+    Request,
+    constant_delays,
+    get,
+    get_context,
+    parallel_strategy,
+    set_context,
+)
+from django_aio_request.workers import WorkerPool
+from tests.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_after,
+    clients,
+    replies,
+    wait_for_disconnect,
+    widen_backlog,
+)
+from tests.loopback import timed_call as call
+
+tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
+
+
+@pytest.fixture
+def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
+    with clients(server.url) as make:
+        yield make
+
+
+def hedged(attempts: int = 2, delay: float = 0.2) -> dict[str, object]:
+    """setup() arguments for GETs hedged every ``delay`` seconds."""
+    return {"safe_method_strategy": parallel_strategy(attempts_count=attempts, delays_provider=lambda k: delay * k)}
+
+
+class Hanging:
+    """A route whose first ``hang`` requests never answer; it records when their clients hung up."""
+
+    def __init__(self, hang: int = 1, reply: Callable[[Handler], None] | None = None) -> None:
+        self.hang = hang
+        self.reply = reply or (lambda h: h.reply(200, b"fast"))
+        self.disconnected: list[float | None] = []
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self, handler: Handler) -> None:
+        if next(self._count) > self.hang:
+            self.reply(handler)
+            return
+        at = wait_for_disconnect(handler, 5.0)
+        with self._lock:
+            self.disconnected.append(at)
+        if at is None:
+            handler.reply(200, b"slow")
+
+    def wait_disconnects(self, count: int, within: float = 2.0) -> list[float | None]:
+        end = time.monotonic() + within
+        while len(self.disconnected) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return list(self.disconnected)
+
+
+class Launches:
+    """A request enricher noting when each attempt was handed to the transport (client side, so
+    the times do not depend on how fast the server's threads get scheduled)."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Request:
+        with self._lock:
+            self.at.append(time.monotonic())
+        return request
+
+
+def pool_idle_within(pool: WorkerPool, within: float) -> bool:
+    """True once every worker of ``pool`` can take a task, checking until ``within`` seconds pass."""
+    end = time.monotonic() + within
+    while True:
+        release = threading.Event()
+        futures = [pool.try_submit(release.wait) for _ in range(pool.max_workers)]
+        release.set()
+        if all(future is not None for future in futures):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+
+
+def workers_of(client: Client) -> WorkerPool:
+    return client._workers
+
+
+class TestHedging:
+    def test_hedge_starts_after_the_delay_and_the_fast_one_wins(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        route, launches = Hanging(hang=1), Launches()
+        server.route("/x", route)
+        client = make_client(timeout=5.0, request_enricher=launches, **hedged(attempts=2, delay=0.2))
+
+        called_at = time.monotonic()
+        response, elapsed = call(client, get("x"))
+        returned_at = time.monotonic()
+
+        assert response.status == 200
+        assert response.read() == b"fast"
+        assert 0.2 <= elapsed < 0.2 + 0.3  # near the hedge's time, far from the 5 s the first would take
+        assert len(server.received("/x")) == 2
+        first, second = launches.at
+        assert second - called_at >= 0.2
+        assert second - first < 0.2 + 0.2
+
+        # The losing attempt's connection was closed as soon as the call was over...
+        (disconnected_at,) = route.wait_disconnects(1)
+        assert disconnected_at is not None
+        assert disconnected_at - returned_at < 0.3
+        # ...and its worker is free again.
+        assert pool_idle_within(workers_of(client), 0.5)
+
+    def test_no_hedge_when_the_first_answers_in_time(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(200, b"quick"))
+        client = make_client(**hedged(attempts=3, delay=0.3))
+
+        response, elapsed = call(client, get("x"))
+        time.sleep(0.7)  # past every hedge's time
+
+        assert response.read() == b"quick"
+        assert elapsed < 0.25
+        assert len(server.received("/x")) == 1
+
+    def test_hedges_start_at_their_own_times(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        route, launches = Hanging(hang=2), Launches()
+        server.route("/x", route)
+        client = make_client(request_enricher=launches, **hedged(attempts=3, delay=0.15))
+
+        called_at = time.monotonic()
+        response, elapsed = call(client, get("x"))
+
+        assert response.read() == b"fast"
+        assert len(server.received("/x")) == 3
+        first, second, third = launches.at
+        assert second - called_at >= 0.15
+        assert third - called_at >= 0.3
+        assert third - first < 0.3 + 0.2
+        assert elapsed < 0.3 + 0.3
+        assert all(at is not None for at in route.wait_disconnects(2))
+        assert pool_idle_within(workers_of(client), 0.5)
+
+    def test_a_rejected_attempt_starts_the_next_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", replies(503, 200))
+        launches = Launches()
+        client = make_client(request_enricher=launches, **hedged(attempts=2, delay=1.0))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 200
+        assert response.read() == b"2"
+        first, second = launches.at
+        assert second - first < 0.3  # not the 1 s hedge delay
+        assert elapsed < 0.5
+
+    def test_all_rejected_returns_the_first_rejection(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", replies(500, 502, 503))
+        client = make_client(**hedged(attempts=3, delay=1.0))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 500
+        assert response.read() == b"1"
+        assert len(server.received("/x")) == 3
+        assert elapsed < 0.6
+
+    def test_rejected_hedge_does_not_end_the_call_while_another_may_win(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # The first attempt is slow but good, the hedge fails fast: the call waits for the first.
+        count = itertools.count(1)
+
+        def slow_good_then_bad(handler: Handler) -> None:
+            if next(count) == 1:
+                time.sleep(0.4)
+                handler.reply(200, b"good")
+            else:
+                handler.reply(500, b"bad")
+
+        server.route("/x", slow_good_then_bad)
+        client = make_client(**hedged(attempts=2, delay=0.1))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 200
+        assert response.read() == b"good"
+        assert 0.4 <= elapsed < 0.4 + 0.3
+
+
+class TestDeadline:
+    def test_bounds_the_call_when_every_attempt_hangs(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        route = Hanging(hang=10)
+        server.route("/x", route)
+        client = make_client(timeout=0.5, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 408
+        assert elapsed < 0.5 + 0.1
+        assert len(server.received("/x")) == 3
+        assert all(at is not None for at in route.wait_disconnects(3))
+        assert pool_idle_within(workers_of(client), 0.5)
+
+    def test_no_hedge_after_the_deadline(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/x", Hanging(hang=10))
+        client = make_client(**hedged(attempts=3, delay=1.0))
+
+        response, elapsed = call(client, get("x"), deadline=Deadline.from_timeout(0.3))
+        time.sleep(0.2)
+
+        assert response.status == 408
+        assert elapsed < 0.3 + 0.1
+        assert len(server.received("/x")) == 1
+
+    def test_saturated_pool_never_deadlocks(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        widen_backlog(server)
+        server.route("/hang", Hanging(hang=1000))
+        server.route("/ok", answer_after(0.05, body=b"ok"))
+        client = make_client(timeout=0.5, max_workers=1, **hedged(attempts=3, delay=0.05))
+        results: dict[int, tuple[int, float]] = {}
+        barrier = threading.Barrier(8)
+
+        def caller(n: int) -> None:
+            barrier.wait(5)
+            response, elapsed = call(client, get("hang" if n % 2 else "ok"))
+            results[n] = (response.status, elapsed)
+
+        threads = [threading.Thread(target=caller, args=(n,), daemon=True) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5.0)
+
+        assert sorted(results) == list(range(8))  # every call finished
+        for n, (status, elapsed) in results.items():
+            assert status == (408 if n % 2 else 200)
+            assert elapsed < 0.5 + 0.25
+        assert pool_idle_within(workers_of(client), 1.0)
+
+    def test_full_pool_skips_hedges_but_still_answers(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", answer_after(0.3, body=b"slow"))
+        client = make_client(max_workers=1, **hedged(attempts=3, delay=0.05))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.read() == b"slow"
+        assert 0.3 <= elapsed < 0.6
+        assert len(server.received("/x")) == 1  # the one worker was busy with the first attempt
+
+
+class TestContextAndErrors:
+    def test_workers_see_the_callers_context(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/x", Hanging(hang=1))
+        seen: list[tuple[str, str, Priority | None]] = []
+
+        def enrich(request: Request) -> Request:
+            seen.append((threading.current_thread().name, tenant.get(), get_context().priority))
+            return request.with_headers({"X-Tenant": tenant.get()})
+
+        client = make_client(request_enricher=enrich, **hedged(attempts=2, delay=0.1))
+        token = tenant.set("acme")
+        try:
+            with set_context(priority=Priority.HIGH):
+                response, _ = call(client, get("x"))
+        finally:
+            tenant.reset(token)
+
+        assert response.read() == b"fast"
+        assert [r.headers["X-Tenant"] for r in server.received("/x")] == ["acme", "acme"]
+        assert [(value, priority) for _, value, priority in seen] == [("acme", Priority.HIGH)] * 2
+        caller = threading.current_thread().name
+        assert all(name != caller and name.startswith("django-aio-request") for name, _, _ in seen)
+
+    def test_concurrent_callers_keep_their_own_context(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        widen_backlog(server)
+        server.route("/item/*", lambda h: h.reply(200, h.headers["X-Tenant"].encode()))
+        client = make_client(
+            request_enricher=lambda r: r.with_headers({"X-Tenant": tenant.get()}),
+            safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.5)),
+        )
+        bodies: dict[int, bytes] = {}
+
+        def caller(n: int) -> None:
+            tenant.set(f"tenant-{n}")
+            with client.request(get("item/{n}", path_parameters={"n": n})) as response:
+                bodies[n] = response.read()
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5.0)
+
+        assert bodies == {n: f"tenant-{n}".encode() for n in range(6)}
+
+    def test_an_error_in_an_attempt_reaches_the_caller(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(200))
+
+        def enrich(request: Request) -> Request:
+            raise RuntimeError(f"enricher failed in {threading.current_thread().name}")
+
+        client = make_client(request_enricher=enrich, **hedged(attempts=2, delay=0.1))
+
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="enricher failed in django-aio-request"):
+            call(client, get("x"))
+        assert time.monotonic() - started < 0.5
+        assert server.received() == []
+
+    def test_an_error_in_a_hedge_reaches_the_caller(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        route = Hanging(hang=1)
+        server.route("/x", route)
+        count = itertools.count(1)
+
+        def enrich(request: Request) -> Request:
+            if next(count) == 2:
+                raise RuntimeError("hedge failed")
+            return request
+
+        client = make_client(request_enricher=enrich, **hedged(attempts=2, delay=0.1))
+
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="hedge failed"):
+            call(client, get("x"))
+        assert time.monotonic() - started < 0.5
+        # The first attempt, no longer wanted, was aborted.
+        assert route.wait_disconnects(1)[0] is not None
+
+    def test_an_error_in_an_attempt_run_by_the_caller_itself(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/hang", Hanging(hang=1))
+        server.route("/x", lambda h: h.reply(200))
+
+        def enrich(request: Request) -> Request:
+            if request.url == "x":
+                raise RuntimeError(f"failed in {threading.current_thread().name}")
+            return request
+
+        client = make_client(max_workers=1, request_enricher=enrich, **hedged(attempts=2, delay=0.1))
+        # Another call takes the only worker, so this one runs its attempt in its own thread.
+        occupier = threading.Thread(
+            target=call, args=(client, get("hang")), kwargs={"deadline": Deadline.from_timeout(0.5)}
+        )
+        occupier.start()
+        try:
+            deadline = time.monotonic() + 2
+            while not server.received("/hang") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(RuntimeError, match=f"failed in {threading.current_thread().name}$"):
+                call(client, get("x"))
+        finally:
+            occupier.join(5.0)

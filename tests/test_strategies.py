@@ -1,0 +1,340 @@
+"""Single, sequential, method-based and retry-until-deadline strategies against a real server."""
+
+import itertools
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_aio_request import (
+    Client,
+    Deadline,
+    PercentileDelaysProvider,
+    Request,
+    constant_delays,
+    delete,
+    get,
+    post,
+    put,
+    request,
+    retry_until_deadline_expired,
+    sequential_strategy,
+    single_attempt_strategy,
+    split_deadline_between_attempts,
+)
+from django_aio_request.strategies import SequentialStrategy
+from tests.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_after,
+    clients,
+    free_port,
+    hang_until_disconnect,
+    replies,
+    wait_for_disconnect,
+)
+from tests.loopback import timed_call as call
+
+
+@pytest.fixture
+def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
+    with clients(server.url) as make:
+        yield make
+
+
+def gaps(server: LoopbackServer, path: str) -> list[float]:
+    arrivals = [r.at for r in server.received(path)]
+    return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+
+
+def sequential(attempts: int, delay: float = 0.0, **kwargs: object) -> SequentialStrategy:
+    strategy = sequential_strategy(attempts_count=attempts, delays_provider=constant_delays(delay=delay), **kwargs)  # type: ignore[arg-type]
+    assert isinstance(strategy, SequentialStrategy)
+    return strategy
+
+
+class TestSingleAttempt:
+    def test_one_request_whatever_the_answer(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/down", replies(500, 200))
+        client = make_client(safe_method_strategy=single_attempt_strategy())
+
+        response, _ = call(client, get("down"))
+
+        assert response.status == 500
+        assert response.read() == b"1"
+        assert len(server.received("/down")) == 1
+
+
+class TestSequential:
+    def test_retries_server_errors_until_accepted(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/flaky", replies(500, 503, 200))
+        client = make_client(safe_method_strategy=sequential(5))
+
+        response, _ = call(client, get("flaky"))
+
+        assert response.status == 200
+        assert response.read() == b"3"
+        assert len(server.received("/flaky")) == 3
+
+    def test_stops_at_attempts_count_with_the_last_response(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(500, 502, 503, 504, 500))
+        client = make_client(safe_method_strategy=sequential(4))
+
+        response, _ = call(client, get("down"))
+
+        assert response.status == 504
+        assert response.read() == b"4"
+        assert len(server.received("/down")) == 4
+
+    @pytest.mark.parametrize(("status", "attempts"), [(404, 1), (400, 1), (429, 3), (408, 3), (503, 3)])
+    def test_which_statuses_are_retried(
+        self, server: LoopbackServer, make_client: Callable[..., Client], status: int, attempts: int
+    ) -> None:
+        server.route("/x", replies(status))
+        client = make_client(safe_method_strategy=sequential(3))
+
+        response, _ = call(client, get("x"))
+
+        assert response.status == status
+        assert len(server.received("/x")) == attempts
+
+    def test_do_not_retry_header_stops_retries(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(503, b"", {"X-Do-Not-Retry": "1"}))
+        client = make_client(safe_method_strategy=sequential(3))
+
+        response, _ = call(client, get("x"))
+
+        assert response.status == 503
+        assert len(server.received("/x")) == 1
+
+    def test_network_errors_are_retried(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/drop", lambda h: h.connection.shutdown(socket.SHUT_RDWR))  # no answer at all
+        client = make_client(safe_method_strategy=sequential(3))
+
+        response, _ = call(client, get("drop"))
+
+        assert response.status == 489
+        assert len(server.received("/drop")) == 3
+
+    def test_refused_connections_are_retried_quickly(self, make_client: Callable[..., Client]) -> None:
+        client = make_client(endpoint=f"http://127.0.0.1:{free_port()}/", safe_method_strategy=sequential(3))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 489
+        assert elapsed < 1.0
+
+    def test_waits_the_delay_between_attempts(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/down", replies(500))
+        delays: list[int] = []
+
+        def delays_provider(attempt: int) -> float:
+            delays.append(attempt)
+            return 0.1 * attempt
+
+        client = make_client(
+            safe_method_strategy=sequential_strategy(attempts_count=3, delays_provider=delays_provider)
+        )
+
+        call(client, get("down"))
+
+        assert delays == [1, 2]
+        first_gap, second_gap = gaps(server, "/down")
+        assert 0.1 <= first_gap < 0.1 + 0.15
+        assert 0.2 <= second_gap < 0.2 + 0.15
+
+    def test_stops_when_the_deadline_is_shorter_than_the_next_delay(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(500))
+        client = make_client(safe_method_strategy=sequential(3, delay=0.5))
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.4))
+
+        assert response.status == 500
+        assert elapsed < 0.2  # returned at once instead of sleeping past the deadline
+        assert len(server.received("/down")) == 1
+
+    def test_retries_while_the_deadline_allows(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(500))
+        client = make_client(safe_method_strategy=sequential(10, delay=0.15))
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.5))
+
+        # The last attempt may have started with too little time left to get an answer.
+        assert response.status in (500, 408)
+        assert 2 <= len(server.received("/down")) <= 4
+        assert elapsed < 0.5 + 0.1
+
+    def test_split_deadline_gives_the_first_of_three_attempts_a_third(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(500))
+        client = make_client(
+            safe_method_strategy=sequential(3, deadline_provider=split_deadline_between_attempts()),
+        )
+
+        call(client, get("down"), deadline=Deadline.from_timeout(3.0))
+
+        first, second, third = (float(r.headers["X-Request-Timeout"]) for r in server.received("/down"))
+        assert 0.9 < first <= 1.0
+        assert 0.9 < second <= 1.5  # half of what was left
+        assert 1.8 < third <= 3.0  # all that was left
+        assert third > second
+
+    def test_split_deadline_ends_a_slow_first_attempt_early(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        count = 0
+
+        def slow_then_fast(handler: Handler) -> None:
+            nonlocal count
+            count += 1
+            if count == 1:
+                wait_for_disconnect(handler, 5.0)
+                return
+            handler.reply(200, b"fast")
+
+        server.route("/x", slow_then_fast)
+        client = make_client(
+            safe_method_strategy=sequential(3, deadline_provider=split_deadline_between_attempts()),
+        )
+
+        response, elapsed = call(client, get("x"), deadline=Deadline.from_timeout(1.5))
+
+        assert response.status == 200
+        assert response.read() == b"fast"
+        first, second = server.received("/x")
+        assert 0.45 < second.at - first.at < 0.75  # the first attempt had a third of 1.5 s
+        assert elapsed < 0.9
+
+    def test_without_split_the_first_attempt_gets_everything(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(500))
+        client = make_client(safe_method_strategy=sequential(3))
+
+        call(client, get("down"), deadline=Deadline.from_timeout(3.0))
+
+        assert 2.8 < float(server.received("/down")[0].headers["X-Request-Timeout"]) <= 3.0
+
+    def test_delays_provider_learns_from_responses(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/slowish", answer_after(0.1))
+        delays = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=3)
+        client = make_client(safe_method_strategy=sequential_strategy(attempts_count=2, delays_provider=delays))
+
+        assert delays.delay(get("slowish")) == 0.0
+        for _ in range(3):
+            call(client, get("slowish"))
+
+        assert 0.1 <= delays.delay(get("slowish")) < 0.3
+
+    def test_attempts_count_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="attempts_count must be >= 1"):
+            sequential_strategy(attempts_count=0)
+
+
+class TestMethodBased:
+    @pytest.mark.parametrize(
+        ("make_request", "attempts"),
+        [
+            (lambda: get("down"), 3),
+            (lambda: request("HEAD", "down"), 3),
+            (lambda: request("OPTIONS", "down"), 3),
+            (lambda: post("down", b"x"), 1),
+            (lambda: put("down", b"x"), 1),
+            (lambda: delete("down"), 1),
+            (lambda: request("PATCH", "down"), 1),
+        ],
+    )
+    def test_default_retries_safe_methods_only(
+        self,
+        server: LoopbackServer,
+        make_client: Callable[..., Client],
+        make_request: Callable[[], Request],
+        attempts: int,
+    ) -> None:
+        server.route("/down", replies(500))
+        client = make_client()
+
+        response, _ = call(client, make_request())
+
+        assert response.status == 500
+        assert len(server.received("/down")) == attempts
+
+    def test_strategies_given_to_setup(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/down", replies(500))
+        client = make_client(safe_method_strategy=single_attempt_strategy(), unsafe_method_strategy=sequential(2))
+
+        call(client, get("down"))
+        assert len(server.received("/down")) == 1
+        call(client, post("down"))
+        assert len(server.received("/down")) == 3
+
+
+class TestRetryUntilDeadlineExpired:
+    def test_keeps_retrying_until_accepted(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/flaky", replies(500, 500, 500, 500, 500, 200))
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(
+                single_attempt_strategy(), delays_provider=constant_delays(delay=0.02)
+            )
+        )
+
+        response, _ = call(client, get("flaky"), deadline=Deadline.from_timeout(5.0))
+
+        assert response.status == 200
+        assert response.read() == b"6"
+        assert len(server.received("/flaky")) == 6
+        assert all(gap >= 0.02 for gap in gaps(server, "/flaky"))
+
+    def test_gives_up_at_the_deadline_with_the_last_response(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(503))
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(
+                single_attempt_strategy(), delays_provider=constant_delays(delay=0.05)
+            )
+        )
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.6))
+
+        # The last attempt may have been left too little time to get an answer at all.
+        assert response.status in (503, 408)
+        assert len(server.received("/down")) >= 4
+        assert elapsed <= 0.6 + 0.1
+
+    def test_wraps_another_strategy(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        server.route("/flaky", replies(500, 500, 500, 500, 200))
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(
+                sequential(2), delays_provider=constant_delays(delay=0.01)
+            )
+        )
+
+        response, _ = call(client, get("flaky"), deadline=Deadline.from_timeout(5.0))
+
+        assert response.status == 200
+        assert len(server.received("/flaky")) == 5
+
+    def test_a_hanging_server_is_bounded_by_the_deadline(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/hang", hang_until_disconnect)
+        client = make_client(safe_method_strategy=retry_until_deadline_expired(single_attempt_strategy()))
+
+        response, elapsed = call(client, get("hang"), deadline=Deadline.from_timeout(0.4))
+
+        assert response.status == 408
+        assert elapsed < 0.4 + 0.2
