@@ -164,7 +164,7 @@ DELAYS_SCHEMAS: dict[str, dict[str, tuple[Field, Any]]] = {
     },
     "percentile": {
         "PERCENTILE": (number(0, inclusive=False, below=1, what="a fraction"), 0.95),
-        "MIN_DELAY_SECONDS": (number(0), 0.05),
+        "MIN_DELAY_SECONDS": (number(0), 0.01),
         "MAX_DELAY_SECONDS": (number(0), 10.0),
         "WINDOW_SECONDS": (SECONDS, 300.0),
     },

@@ -30,6 +30,10 @@ def set_context(
     *, deadline: Deadline | object | None = _KEEP, priority: Priority | object | None = _KEEP
 ) -> Iterator[Context]:
     """Set the deadline and/or priority for the block; an argument left out keeps the outer value."""
+    if not (deadline is _KEEP or deadline is None or isinstance(deadline, Deadline)):
+        raise TypeError(f"deadline must be a Deadline or None, not {type(deadline).__name__}")
+    if not (priority is _KEEP or priority is None or isinstance(priority, Priority)):
+        raise TypeError(f"priority must be a Priority or None, not {priority!r}; use Priority.parse() for text")
     outer = _context.get()
     new = Context(
         deadline=outer.deadline if deadline is _KEEP else deadline,  # type: ignore[arg-type]

@@ -1,7 +1,6 @@
 """``make demo``: migrate, create the demo admin login, and start the demo server on loopback."""
 
 import os
-import sys
 
 import django
 from django.core.management import call_command
@@ -18,11 +17,11 @@ def main() -> None:
     user_model = get_user_model()
     if not user_model.objects.filter(username="demo").exists():
         user_model.objects.create_superuser("demo", "demo@example.invalid", "demo")
-    port = settings.DEMO_PORT
+    port = getattr(settings, "DEMO_PORT", 8000)
     print(f"\nDemo running. Open http://127.0.0.1:{port}/  (admin: http://127.0.0.1:{port}/admin/, login demo / demo)")
     print("Stop with Ctrl-C.\n", flush=True)
     call_command("runserver", f"127.0.0.1:{port}", "--noreload")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -42,7 +42,7 @@ def index(request: HttpRequest) -> HttpResponse:
             results.append(
                 {
                     "client": alias,
-                    "strategy": clients[alias].strategy.safe,
+                    "strategy": clients[alias].strategy,
                     "status": response.status,
                     "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                     "circuit_breaker": "X-Circuit-Breaker" in response.headers,

@@ -18,7 +18,7 @@ from tests.loopback import LoopbackServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def setting(url: str, **extra: object) -> dict:
+def setting(url: str, **extra: object) -> dict[str, object]:
     return {"SERVICE_NAME": "orders", "CLIENTS": {"billing": {"ENDPOINT": url, **extra}, "other": {"ENDPOINT": url}}}
 
 

@@ -139,7 +139,7 @@ def enricher(request: object) -> object:
     ],
 )
 def test_a_bad_client_setting_is_an_error_naming_client_key_and_what_is_allowed(
-    client: dict, expected: list[str]
+    client: dict[str, object], expected: list[str]
 ) -> None:
     found = messages({"CLIENTS": {"billing": client}})
     assert found, "expected an error"

@@ -9,7 +9,7 @@ import pytest
 
 import django_aio_request as dar
 from django_aio_request import status
-from tests.loopback import LoopbackServer
+from tests.loopback import Handler, LoopbackServer
 
 
 @pytest.fixture
@@ -59,7 +59,12 @@ def test_cancelling_an_attempt_stuck_in_its_tls_handshake_stops_it_at_once(silen
 
 def test_a_far_deadline_neither_raises_nor_stops_the_watchdog(server: LoopbackServer) -> None:
     server.route("/ok", lambda h: h.reply(200, b"ok"))
-    server.route("/trickle", lambda h: (time.sleep(1.0), h.reply(200, b"late")))
+
+    def late(handler: Handler) -> None:
+        time.sleep(1.0)
+        handler.reply(200, b"late")
+
+    server.route("/slow", late)
     client = dar.setup(endpoint=server.url, safe_method_strategy=dar.single_attempt_strategy())
     try:
         for _ in range(3):
@@ -67,7 +72,7 @@ def test_a_far_deadline_neither_raises_nor_stops_the_watchdog(server: LoopbackSe
                 assert response.status == 200
         # the watchdog thread still enforces deadlines afterwards
         started = time.monotonic()
-        with client.request(dar.get("trickle"), deadline=dar.Deadline.from_timeout(0.2)) as response:
+        with client.request(dar.get("slow"), deadline=dar.Deadline.from_timeout(0.2)) as response:
             assert response.status == status.TIMEOUT
         assert time.monotonic() - started < 0.2 + 0.05
     finally:

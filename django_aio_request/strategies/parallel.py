@@ -1,7 +1,9 @@
 import contextvars
 import queue
 import time
+from collections.abc import Callable
 
+from .. import headers as h
 from .. import status
 from ..cancellation import Cancellation
 from ..classifier import ResponseVerdict
@@ -9,7 +11,7 @@ from ..deadline import Deadline
 from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
 from ..priority import Priority
 from ..request import Request
-from ..response import EmptyResponse
+from ..response import EmptyResponse, Response
 from ..workers import WorkerPool
 from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
 
@@ -21,8 +23,16 @@ _GRACE_SECONDS = 0.05
 class _HedgedCall:
     """The state of one parallel call: attempts in flight, their cancellations, finished results."""
 
-    def __init__(self, send: SendAttempt, request: Request, deadline: Deadline, priority: Priority) -> None:
+    def __init__(
+        self,
+        send: SendAttempt,
+        request: Request,
+        deadline: Deadline,
+        priority: Priority,
+        observe: Callable[[Request, Response], None],
+    ) -> None:
         self.send = send
+        self.observe = observe
         self.request = request
         self.deadline = deadline
         self.priority = priority
@@ -41,7 +51,11 @@ class _HedgedCall:
 
         def run() -> None:
             try:
-                self.outcomes.put(self.send(self.request, self.deadline, self.priority, attempt, cancellation))
+                result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
+                # Observed here, not by the caller: the caller has often moved on before a loser ends,
+                # and losers are the slow attempts an adaptive delay most needs to hear about.
+                self.observe(self.request, result.response)
+                self.outcomes.put(result)
             except BaseException as error:
                 self.outcomes.put(error)
 
@@ -52,6 +66,7 @@ class _HedgedCall:
         if self.in_flight:
             return None  # the pool is full: skip this hedge, the attempts in flight may still win
         result = self.send(self.request, self.deadline, self.priority, attempt, None)
+        self.observe(self.request, result.response)
         self.finished.append(result)
         return result
 
@@ -68,12 +83,20 @@ class _HedgedCall:
         return outcome
 
     def wait_accepted_until(self, until: float) -> ResponseWithVerdict | None:
-        """Wait for an accepted response until ``until`` or until nothing is in flight."""
+        """Wait for a winning response until ``until`` or until nothing is in flight."""
         while self.in_flight and (left := until - time.monotonic()) > 0:
             result = self.wait(left)
-            if result is not None and result.accepted:
+            if result is not None and self.wins(result):
                 return result
         return None
+
+    def wins(self, result: ResponseWithVerdict) -> bool:
+        """An accepted response ends the call, except an open circuit's fallback while attempts
+        are still in flight: one of them may be the breaker's half-open probe, and aborting it
+        for the fallback would keep the circuit from ever closing."""
+        if not result.accepted:
+            return False
+        return not (self.in_flight and h.X_CIRCUIT_BREAKER in result.response.headers)
 
     def cancel_rest(self) -> None:
         for cancellation in self.cancellations:
@@ -82,7 +105,8 @@ class _HedgedCall:
 
 class ParallelStrategy(RequestStrategy):
     """Hedged attempts: attempt ``k`` starts ``delays(k)`` after the call started, unless an
-    accepted response came first; the first accepted response wins and the others are aborted.
+    accepted response came first; the first accepted response wins and the others are aborted
+    (an open circuit breaker's fallback wins only once no attempt is left in flight).
 
     Attempts run on the client's worker pool with a copy of the caller's context each. When every
     attempt in flight has been rejected, the next one starts at once rather than at its time
@@ -100,7 +124,7 @@ class ParallelStrategy(RequestStrategy):
     def request(
         self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
-        call = _HedgedCall(send, request, deadline, priority)
+        call = _HedgedCall(send, request, deadline, priority, self.delays.observe)
         started = time.monotonic()
         try:
             for attempt in range(self.attempts_count):
@@ -123,8 +147,6 @@ class ParallelStrategy(RequestStrategy):
             return ResponseWithVerdict(timeout, ResponseVerdict.REJECT)
         finally:
             call.cancel_rest()
-            for result in call.finished:
-                self.delays.observe(request, result.response)
 
     def __repr__(self) -> str:
         return f"<ParallelStrategy attempts={self.attempts_count}>"
