@@ -1,0 +1,328 @@
+"""Per-call overhead of the client over plain ``requests``, on a local keep-alive server.
+
+What is measured: the wall time of one GET that gets a tiny ``200 ok`` from a local keep-alive
+HTTP/1.1 server (benchmarks/_server.py), made two ways over the same server:
+
+* raw:    ``session.get(url).content`` on a ``requests.Session`` (its own keep-alive connection);
+* client: ``with client.request(get("ping")) as response: response.read()``, on a client with a
+  single attempt strategy for GET and the circuit breaker on (``DefaultCircuitBreaker(
+  break_duration=1, sampling_duration=10, minimum_throughput=10, failure_threshold=0.5)``),
+  so every call passes the deadline, strategy, low-timeout, breaker and transport stages.
+
+The two are interleaved in one run, one raw call then one client call (the order flips every
+pair), after a warm-up, so that CPU frequency changes, other processes and GC hit both alike.
+
+How to read it: p50 is the typical call, p99 its tail. ``client/raw`` is the ratio of the same
+percentile of the two series; the target is a client p50 within 1.10x of raw. "Overhead per call"
+is the median over pairs of (client - raw) of the same pair, the most noise-proof figure of what
+the client adds in absolute terms; the ratio depends on how fast the server answers (a real
+service taking milliseconds dilutes the same microseconds to nothing), the microseconds do not.
+
+By default the server runs in a child process (``--server process``), as a real downstream
+service would, so its Python work does not compete with the caller for the GIL; ``--server
+thread`` runs it in this process. When the p50 ratio misses the target (or with ``--breakdown``)
+a second interleaved run splits the overhead between the transport and the layers above it;
+``--profile`` prints a cProfile top-10 of client calls.
+
+    .venv/bin/python -m benchmarks.overhead [--pairs 15000] [--warmup 1000] [--breakdown] [--profile]
+"""
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import io
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import requests
+
+import django_aio_request as dar
+from benchmarks._server import BenchServer, serve_in_subprocess
+
+TARGET_P50_RATIO = 1.10
+PATH = "ping"
+
+Call = Callable[[], object]
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def breaker() -> dar.DefaultCircuitBreaker[str, dar.Response]:
+    return dar.DefaultCircuitBreaker(
+        break_duration=1, sampling_duration=10, minimum_throughput=10, failure_threshold=0.5
+    )
+
+
+def make_client(url: str, *, with_breaker: bool = True) -> dar.Client:
+    return dar.setup(
+        endpoint=url,
+        safe_method_strategy=dar.single_attempt_strategy(),
+        circuit_breaker=breaker() if with_breaker else None,
+    )
+
+
+def raw_call(session: requests.Session, url: str) -> Call:
+    target = url + PATH
+
+    def call() -> object:
+        response = session.get(target)
+        if response.status_code != 200:
+            raise RuntimeError(f"raw call got {response.status_code}")
+        return response.content
+
+    return call
+
+
+def client_call(client: dar.Client) -> Call:
+    def call() -> object:
+        with client.request(dar.get(PATH)) as response:
+            if response.status != 200:
+                raise RuntimeError(f"client call got {response.status}")
+            return response.read()
+
+    return call
+
+
+def transport_call(client: dar.Client) -> Call:
+    """The client's transport alone: no deadline, strategy, pipeline or breaker above it."""
+    transport = client.transport
+    endpoint = client.endpoint
+
+    def call() -> object:
+        response = transport.send(endpoint, dar.get(PATH), 20.0)
+        if response.status != 200:
+            raise RuntimeError(f"transport call got {response.status}")
+        return response.read()
+
+    return call
+
+
+def interleaved(calls: Sequence[Call], rounds: int, max_seconds: float) -> tuple[list[list[float]], int]:
+    """Run ``calls`` in turn ``rounds`` times (rotating which goes first); their times in microseconds.
+
+    Stops early when ``max_seconds`` have passed; returns the times and the rounds done.
+    """
+    times: list[list[float]] = [[] for _ in calls]
+    count = len(calls)
+    clock = time.perf_counter_ns
+    stop_at = time.monotonic() + max_seconds
+    done = 0
+    for done in range(1, rounds + 1):
+        shift = done % count
+        for k in range(count):
+            index = (k + shift) % count
+            started = clock()
+            calls[index]()
+            times[index].append((clock() - started) / 1000)
+        if done % 256 == 0 and time.monotonic() > stop_at:
+            break
+    return times, done
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "p50": percentile(ordered, 50),
+        "p90": percentile(ordered, 90),
+        "p99": percentile(ordered, 99),
+        "mean": statistics.fmean(ordered),
+    }
+
+
+def paired_median_difference(a: list[float], b: list[float]) -> float:
+    return statistics.median(y - x for x, y in zip(a, b, strict=True))
+
+
+@contextlib.contextmanager
+def server_url(mode: str) -> Iterator[str]:
+    if mode == "process":
+        with serve_in_subprocess() as url:
+            yield url
+    else:
+        with BenchServer() as server:
+            yield server.url
+
+
+def run_main(args: argparse.Namespace, url: str) -> float:
+    """The interleaved raw/client run; returns the p50 ratio."""
+    session = requests.Session()
+    client = make_client(url)
+    raw, cli = raw_call(session, url), client_call(client)
+    try:
+        interleaved([raw, cli], args.warmup, args.max_seconds)
+        gc.collect()
+        started = time.monotonic()
+        (raw_times, client_times), rounds = interleaved([raw, cli], args.pairs, args.max_seconds)
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+        session.close()
+    r, c = summary(raw_times), summary(client_times)
+    print(f"{rounds} interleaved pairs after {args.warmup} warm-up pairs, {elapsed:.1f} s")
+    if rounds < args.pairs:
+        print(f"  (stopped early: --max-seconds {args.max_seconds} reached before {args.pairs} pairs)")
+    print()
+    print(f"  {'µs per call':<36}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}")
+    print(f"  {'raw    requests.Session.get':<36}" + "".join(f"{r[k]:>9.1f}" for k in ("p50", "p90", "p99", "mean")))
+    print(
+        f"  {'client client.request(get(...))':<36}" + "".join(f"{c[k]:>9.1f}" for k in ("p50", "p90", "p99", "mean"))
+    )
+    print(f"  {'ratio client/raw':<36}" + "".join(f"{c[k] / r[k]:>8.3f}x" for k in ("p50", "p90", "p99", "mean")))
+    print()
+    overhead = paired_median_difference(raw_times, client_times)
+    print(f"  overhead per call (median of client - raw over pairs): {overhead:.1f} µs")
+    ratio = c["p50"] / r["p50"]
+    verdict = "MET" if ratio <= TARGET_P50_RATIO else "MISSED"
+    print(f"  target: client p50 within {TARGET_P50_RATIO:.2f}x of raw -> {ratio:.3f}x, {verdict}")
+    return ratio
+
+
+def run_breakdown(args: argparse.Namespace, url: str) -> None:
+    """Split the overhead: raw -> the client's transport alone -> client without breaker -> client."""
+    session = requests.Session()
+    full = make_client(url)
+    bare = make_client(url, with_breaker=False)
+    labels = [
+        "raw requests.Session.get",
+        "transport.send() alone",
+        "client, no circuit breaker",
+        "client, circuit breaker on",
+    ]
+    calls = [raw_call(session, url), transport_call(full), client_call(bare), client_call(full)]
+    rounds = max(1, args.pairs // 4)
+    try:
+        interleaved(calls, max(1, args.warmup // 4), args.max_seconds / 2)
+        times, done = interleaved(calls, rounds, args.max_seconds / 2)
+    finally:
+        full.close()
+        bare.close()
+        session.close()
+    print()
+    print(f"Where the time goes: {done} interleaved rounds of 4 variants (p50 in µs; step = p50 minus the row above)")
+    previous = None
+    for label, series in zip(labels, times, strict=True):
+        p50 = percentile(sorted(series), 50)
+        step = "" if previous is None else f"{p50 - previous:+9.1f}"
+        print(f"  {label:<34}{p50:>9.1f}{step}")
+        previous = p50
+    env = environment_settings_cost(url)
+    print(f"  (raw requests spends ~{env:.0f} µs of each call in Session.merge_environment_settings, which")
+    print("   reads the proxy variables from os.environ every time; the transport reads them once per host,")
+    print("   which is why it can be faster than raw: the client's own cost is the rows below it)")
+    print("  transport.send() alone = RequestsTransport: deadline guard, watchdog entry, connection slot,")
+    print("  prepare_request, Response; the client rows add get_context,")
+    print("  Deadline, strategy, pipeline modules, system headers (Request.with_headers) and the classifier.")
+
+
+def environment_settings_cost(url: str, calls: int = 2000) -> float:
+    """µs per ``Session.merge_environment_settings`` call, as requests makes one per request."""
+    session = requests.Session()
+    target = url + PATH
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter_ns()
+        for _ in range(calls):
+            session.merge_environment_settings(target, {}, None, None, None)
+        best = min(best, (time.perf_counter_ns() - started) / calls / 1000)
+    session.close()
+    return best
+
+
+def run_profile(args: argparse.Namespace, url: str) -> None:
+    """cProfile the same number of raw and client calls: the client's top-10, and what it adds."""
+    session = requests.Session()
+    client = make_client(url)
+    raw, cli = raw_call(session, url), client_call(client)
+    calls = min(args.pairs, 5000)
+    try:
+        interleaved([raw, cli], 200, args.max_seconds)
+        profiles = []
+        for call in (raw, cli):
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(calls):
+                call()
+            profiler.disable()
+            profiles.append(profiler)
+    finally:
+        client.close()
+        session.close()
+    raw_stats, client_stats = (pstats.Stats(p, stream=io.StringIO()) for p in profiles)
+    raw_table: dict[Any, Any] = raw_stats.stats  # type: ignore[attr-defined]
+    client_table: dict[Any, Any] = client_stats.stats  # type: ignore[attr-defined]
+    raw_n = sum(row[1] for row in raw_table.values()) / calls
+    client_n = sum(row[1] for row in client_table.values()) / calls
+    print()
+    print(f"cProfile, {calls} calls each (times are inflated by the profiler; compare them with each other only)")
+    print(f"  Python function calls per call: raw {raw_n:.0f}, client {client_n:.0f}")
+
+    def name(key: tuple[str, int, str]) -> str:
+        filename, line, function = key
+        short = "/".join(filename.split("/")[-2:]) if "/" in filename else filename
+        return f"{short}:{line}({function})"
+
+    print("  Top 10 of client calls by own time (µs per call, calls per call):")
+    top = sorted(client_table.items(), key=lambda item: item[1][2], reverse=True)[:10]
+    for key, row in top:
+        print(f"    {row[2] / calls * 1e6:8.1f} µs {row[1] / calls:6.1f}x  {name(key)}")
+    print("  Top 10 by own time the client adds over raw (client minus raw; µs per call, extra calls per call):")
+    rows = []
+    for key in client_table.keys() | raw_table.keys():
+        c_row = client_table.get(key, (0, 0, 0.0, 0.0))
+        r_row = raw_table.get(key, (0, 0, 0.0, 0.0))
+        rows.append((c_row[2] - r_row[2], c_row[1] - r_row[1], key))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    for extra, count, key in rows[:10]:
+        print(f"    {extra / calls * 1e6:+8.1f} µs {count / calls:+6.1f}x  {name(key)}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=15_000, help="measured raw/client pairs (default 15000)")
+    parser.add_argument("--warmup", type=int, default=1_000, help="unmeasured pairs first (default 1000)")
+    parser.add_argument("--server", choices=("process", "thread"), default="process", help="where the server runs")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=30.0,
+        help="stop the main run after this long (default 30 s; the breakdown gets half)",
+    )
+    parser.add_argument("--breakdown", action="store_true", help="split the overhead by layer even if on target")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile top-10 of client calls")
+    args = parser.parse_args(argv)
+    if args.pairs < 1 or args.warmup < 0 or args.max_seconds <= 0:
+        parser.error("--pairs must be >= 1, --warmup >= 0 and --max-seconds > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(__doc__.split("\n\n", 1)[0])
+    print(
+        f"Python {platform.python_version()}, requests {requests.__version__}, {platform.machine()}, "
+        f"server: {args.server} on 127.0.0.1"
+    )
+    print()
+    with server_url(args.server) as url:
+        ratio = run_main(args, url)
+        if ratio > TARGET_P50_RATIO or args.breakdown:
+            run_breakdown(args, url)
+        if args.profile:
+            run_profile(args, url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
