@@ -150,28 +150,22 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     pass
 
 
-def _detach(conn: Any) -> None:
-    guard = getattr(conn, "_aio_request_guard", None)
-    if guard is not None:
-        guard.detach(conn)
+class _DetachOnReturnMixin:
+    """Unregister a connection from its attempt before it goes back to the pool."""
+
+    def _put_conn(self, conn: Any) -> None:
+        guard = getattr(conn, "_aio_request_guard", None)
+        if guard is not None:
+            guard.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
-class GuardedHTTPConnectionPool(HTTPConnectionPool):
+class GuardedHTTPConnectionPool(_DetachOnReturnMixin, HTTPConnectionPool):
     ConnectionCls = GuardedHTTPConnection
 
-    def _put_conn(self, conn: Any) -> None:
-        if conn is not None:
-            _detach(conn)
-        super()._put_conn(conn)
 
-
-class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+class GuardedHTTPSConnectionPool(_DetachOnReturnMixin, HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        if conn is not None:
-            _detach(conn)
-        super()._put_conn(conn)
 
 
 POOL_CLASSES = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}

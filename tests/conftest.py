@@ -2,6 +2,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from django_aio_request import RequestsTransport
 from tests.loopback import LoopbackServer
 
 
@@ -11,3 +12,11 @@ def server() -> Iterator[LoopbackServer]:
     srv = LoopbackServer()
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def transport() -> Iterator[RequestsTransport]:
+    """A default transport, closed after the test."""
+    made = RequestsTransport()
+    yield made
+    made.close()

@@ -28,13 +28,6 @@ _ANY_URL = re.compile(r"http://svc\.test/.*")
 
 
 @pytest.fixture
-def transport() -> Iterator[RequestsTransport]:
-    transport = RequestsTransport()
-    yield transport
-    transport.close()
-
-
-@pytest.fixture
 def mocked() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         for method in (responses.GET, responses.POST, responses.PUT, responses.PATCH, responses.DELETE, "OPTIONS"):

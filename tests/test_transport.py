@@ -5,7 +5,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -22,13 +22,6 @@ from django_aio_request import (
 from tests.loopback import Handler, LoopbackServer, free_port
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
-
-
-@pytest.fixture
-def transport() -> Iterator[RequestsTransport]:
-    transport = RequestsTransport()
-    yield transport
-    transport.close()
 
 
 def raw(data: bytes) -> Callable[[Handler], None]:

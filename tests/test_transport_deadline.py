@@ -19,13 +19,6 @@ ROUNDS = 3
 
 
 @pytest.fixture
-def transport() -> Iterator[RequestsTransport]:
-    transport = RequestsTransport()
-    yield transport
-    transport.close()
-
-
-@pytest.fixture
 def release() -> Iterator[threading.Event]:
     """Set at the end of the test, so routes waiting on it let their server threads finish."""
     event = threading.Event()
