@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.hedging
+	$(PY) -m benchmarks.middleware
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3

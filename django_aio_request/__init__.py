@@ -44,6 +44,7 @@ from .transport import Transport
 
 if TYPE_CHECKING:
     from .registry import ClientsHandler
+    from .view_timeout import timeout as timeout
 
     clients: ClientsHandler
 
@@ -94,6 +95,7 @@ __all__ = [
     "setup",
     "single_attempt_strategy",
     "split_deadline_between_attempts",
+    "timeout",
 ]
 
 
@@ -102,4 +104,8 @@ def __getattr__(name: str) -> Any:
         from .registry import clients
 
         return clients
+    if name == "timeout":
+        from .view_timeout import timeout
+
+        return timeout
     raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")

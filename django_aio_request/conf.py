@@ -28,7 +28,18 @@ from .strategies import (
 )
 
 SETTING = "AIO_REQUEST"
-TOP_LEVEL_KEYS = ("SERVICE_NAME", "CLIENTS")
+TOP_LEVEL_KEYS = (
+    "SERVICE_NAME",
+    "CLIENTS",
+    # the server side (AioRequestMiddleware), read with SERVER_SCHEMA
+    "TIMEOUT",
+    "PRIORITY",
+    "MAX_TIMEOUT",
+    "LOW_TIMEOUT_THRESHOLD",
+    "CANCEL_ASYNC_VIEWS_ON_TIMEOUT",
+    # the database wrapper (db.py)
+    "DATABASE_STATEMENT_TIMEOUT",
+)
 STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
 DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
 
@@ -189,6 +200,19 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
         None,
     ),
     "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),
+}
+# The server side: how AioRequestMiddleware treats incoming requests.
+DEFAULT_SERVER_TIMEOUT = 20.0
+DEFAULT_SERVER_PRIORITY = Priority.NORMAL
+DEFAULT_MAX_TIMEOUT = 60.0
+DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD = 0.005
+SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "TIMEOUT": (SECONDS, DEFAULT_SERVER_TIMEOUT),
+    "PRIORITY": (priority, DEFAULT_SERVER_PRIORITY),
+    "MAX_TIMEOUT": (SECONDS, DEFAULT_MAX_TIMEOUT),
+    "LOW_TIMEOUT_THRESHOLD": (number(0, what="a number of seconds"), DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD),
+    "CANCEL_ASYNC_VIEWS_ON_TIMEOUT": (boolean, False),
+    "DATABASE_STATEMENT_TIMEOUT": (boolean, False),
 }
 CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
 
@@ -353,6 +377,38 @@ def _client(reader: _Reader, name: str, value: Any) -> ClientSpec | None:
 class AioRequestSettings:
     service_name: str | None
     clients: Mapping[str, ClientSpec]
+    # the server side (AioRequestMiddleware)
+    timeout: float = DEFAULT_SERVER_TIMEOUT
+    priority: Priority = DEFAULT_SERVER_PRIORITY
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    low_timeout_threshold: float = DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD
+    cancel_async_views_on_timeout: bool = False
+    database_statement_timeout: bool = False
+
+
+def _server(reader: _Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The server-side keys, checked one by one and then against each other."""
+    got = fields(reader, "", top, SERVER_SCHEMA)
+    if None in got.values():
+        return None
+    timeout, max_timeout, threshold = got["TIMEOUT"], got["MAX_TIMEOUT"], got["LOW_TIMEOUT_THRESHOLD"]
+    ok = True
+    if timeout > max_timeout:
+        given = "" if "TIMEOUT" in top else ", the default"
+        reader.fail(
+            "['TIMEOUT']",
+            f"({timeout}{given}) must not exceed MAX_TIMEOUT ({max_timeout})",
+            "MAX_TIMEOUT caps incoming X-Request-Timeout values; TIMEOUT is used when a request has none",
+        )
+        ok = False
+    if threshold >= timeout:
+        reader.fail(
+            "['LOW_TIMEOUT_THRESHOLD']",
+            f"({threshold}) must be less than TIMEOUT ({timeout})",
+            "requests with less time left than LOW_TIMEOUT_THRESHOLD are answered 408 without running the view",
+        )
+        ok = False
+    return got if ok else None
 
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
@@ -370,6 +426,16 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
             reader.fail(f"['CLIENTS'][{name!r}]", "is not a valid client name: use a non-empty string")
         elif (spec := _client(reader, name, client_value)) is not None:
             clients[name] = spec
-    if any(not p.warning for p in reader.problems):
+    server = _server(reader, top)
+    if server is None or any(not p.warning for p in reader.problems):
         return None, reader.problems
-    return AioRequestSettings(service_name=service_name, clients=clients), reader.problems
+    return AioRequestSettings(
+        service_name=service_name,
+        clients=clients,
+        timeout=server["TIMEOUT"],
+        priority=server["PRIORITY"],
+        max_timeout=server["MAX_TIMEOUT"],
+        low_timeout_threshold=server["LOW_TIMEOUT_THRESHOLD"],
+        cancel_async_views_on_timeout=server["CANCEL_ASYNC_VIEWS_ON_TIMEOUT"],
+        database_statement_timeout=server["DATABASE_STATEMENT_TIMEOUT"],
+    ), reader.problems

@@ -1,0 +1,140 @@
+"""What AioRequestMiddleware costs per request, through Django's test client.
+
+What is measured: the wall time of ``django.test.Client().get("/ping", headers=...)`` answered by
+a trivial view (``HttpResponse(b"pong")``), through two handlers built in the same process from the
+same settings except MIDDLEWARE:
+
+* without: the base stack alone;
+* with:    the base stack plus ``AioRequestMiddleware`` (right after SecurityMiddleware when the
+  stack has it, else first).
+
+``--stack django`` (the default) uses Django's default stack (security, sessions, common, CSRF,
+auth, messages: what ``startproject`` and this project's settings.base have). ``--stack none`` has
+an empty base stack, so its ratio is the harshest one can measure: the test client and the handler
+are all the rest. Every
+request carries ``X-Request-Timeout: 5`` and ``X-Request-Priority: high`` (``--no-headers``: none,
+the default-deadline path), so both variants parse the same bytes.
+
+The two are interleaved in one run (one request without, one with, the order flipping every pair)
+after a warm-up, so CPU frequency changes, other processes and GC hit both alike. ``with/without``
+is the ratio of the same percentile of the two series; the target is a p50 under 1.05x. "Overhead
+per request" is the median over pairs of (with - without), the most noise-proof figure.
+
+    .venv/bin/python -m benchmarks.middleware [--pairs 20000] [--warmup 2000] [--stack django|none] [--no-headers]
+"""
+
+import argparse
+import gc
+import platform
+import sys
+import time
+from typing import Any
+
+import django
+from django.conf import settings
+
+from benchmarks.overhead import interleaved, paired_median_difference, summary
+
+TARGET_P50_RATIO = 1.05
+OURS = "django_aio_request.middleware.AioRequestMiddleware"
+DJANGO_STACK = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+
+def ping(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    return HttpResponse(b"pong")
+
+
+urlpatterns: list[Any] = []
+
+
+def configure(stack: str) -> None:
+    apps = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "django.contrib.messages"]
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="benchmark-not-a-secret",
+        ALLOWED_HOSTS=["testserver"],
+        ROOT_URLCONF=__name__,
+        INSTALLED_APPS=(apps if stack == "django" else []) + ["django_aio_request"],
+        MIDDLEWARE=[],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+        AIO_REQUEST={},
+    )
+    django.setup()
+    from django.urls import path
+
+    urlpatterns.append(path("ping", ping))
+
+
+def stacks(stack: str) -> tuple[list[str], list[str]]:
+    base = DJANGO_STACK if stack == "django" else []
+    at = 1 if base and base[0].endswith("SecurityMiddleware") else 0
+    return base, [*base[:at], OURS, *base[at:]]
+
+
+def make_call(middleware: list[str], headers: dict[str, str]) -> Any:
+    from django.test import Client, override_settings
+
+    client = Client()
+    with override_settings(MIDDLEWARE=middleware):
+        client.get("/ping", headers=headers)  # the handler loads MIDDLEWARE on its first request
+
+    def call() -> object:
+        response = client.get("/ping", headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"got {response.status_code}")
+        return response
+
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=20000)
+    parser.add_argument("--warmup", type=int, default=2000)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--stack", choices=("django", "none"), default="django")
+    parser.add_argument("--no-headers", action="store_true")
+    args = parser.parse_args(argv)
+
+    configure(args.stack)
+    headers = {} if args.no_headers else {"X-Request-Timeout": "5", "X-Request-Priority": "high"}
+    base, ours = stacks(args.stack)
+    without, with_ = make_call(base, headers), make_call(ours, headers)
+
+    print(f"Python {platform.python_version()}, Django {django.get_version()}, {platform.machine()}")
+    print(f"stack: {args.stack} ({len(base)} middleware), headers: {headers or 'none'}")
+    interleaved([without, with_], args.warmup, args.max_seconds)
+    gc.collect()
+    started = time.monotonic()
+    (a, b), rounds = interleaved([without, with_], args.pairs, args.max_seconds)
+    elapsed = time.monotonic() - started
+    print(f"{rounds} interleaved pairs after {args.warmup} warm-up pairs, {elapsed:.1f} s")
+    if rounds < args.pairs:
+        print(f"  (stopped early: --max-seconds {args.max_seconds} reached before {args.pairs} pairs)")
+    s, t = summary(a), summary(b)
+    keys = ("p50", "p90", "p99", "mean")
+    print()
+    print(f"  {'µs per request':<30}" + "".join(f"{k:>9}" for k in keys))
+    print(f"  {'without AioRequestMiddleware':<30}" + "".join(f"{s[k]:>9.1f}" for k in keys))
+    print(f"  {'with AioRequestMiddleware':<30}" + "".join(f"{t[k]:>9.1f}" for k in keys))
+    print(f"  {'ratio with/without':<30}" + "".join(f"{t[k] / s[k]:>8.3f}x" for k in keys))
+    print()
+    print(f"  overhead per request (median of with - without over pairs): {paired_median_difference(a, b):.1f} µs")
+    ratio = t["p50"] / s["p50"]
+    verdict = "MET" if ratio < TARGET_P50_RATIO else "MISSED"
+    print(f"  target: p50 under {TARGET_P50_RATIO:.2f}x -> {ratio:.3f}x, {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""``AioRequestMiddleware``: the deadline and priority of an incoming request, for the whole request.
+
+It reads ``X-Request-Timeout`` and ``X-Request-Priority`` (the wire format shared with aio-request)
+and sets them in the context, so every ``clients[...]`` call made while serving the request (from
+the view's thread, from hedging workers, from async views and ``sync_to_async``) sends on the time
+that is left and the priority. Incoming values are untrusted: anything but a plain decimal number of
+seconds and a known priority name is ignored (the defaults apply), counted in a metric and logged
+at debug level; a request whose time is already up is answered 408 without running the view.
+"""
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from . import headers as h
+from . import metrics
+from .conf import AioRequestSettings
+from .context import Context, _context
+from .db import is_deadline_cancellation
+from .deadline import Deadline
+from .priority import Priority
+from .registry import clients
+from .view_timeout import DefaultDeadline, _canceller
+
+__all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
+
+logger = logging.getLogger(__name__)
+
+META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+META_PRIORITY = "HTTP_X_REQUEST_PRIORITY"
+
+# A plain decimal number of seconds: "5", "0.25", "12.500". No sign, "inf"/"nan", hex, underscores,
+# non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (a
+# far larger value is junk, not a long deadline) and 20 decimals (Python's repr of a float, which
+# aio-request sends, has up to 17 significant digits).
+# One exception to "plain": a single digit with a negative exponent ("5.2e-05"), because that is
+# how Python's str() writes a float below 0.0001, so an aio-request caller with almost no time
+# left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
+_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-[0-9]{1,3}")
+_MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
+_PRIORITIES = {p.value: p for p in Priority}
+_OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
+
+
+def parse_timeout(raw: str) -> float | None:
+    """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
+    value = raw.strip(_OWS)
+    if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
+        return None
+    return float(value)
+
+
+def parse_priority(raw: str) -> Priority | None:
+    """The priority named by an ``X-Request-Priority`` value (ASCII, any case), or None."""
+    exact = _PRIORITIES.get(raw)  # what senders send: "high", "normal", "low"
+    if exact is not None:
+        return exact
+    value = raw.strip(_OWS)
+    if not value.isascii():
+        return None
+    return _PRIORITIES.get(value.lower())
+
+
+def _malformed(header: str, raw: str) -> None:
+    metrics.server_malformed_headers.labels(header=header).inc()
+    # Only this header's value, truncated and escaped by repr: never other headers (cookies, auth).
+    logger.debug("ignored a malformed %s header: %.80r", header, raw)
+
+
+def _rejected(reason: str) -> HttpResponse:
+    metrics.server_rejected.labels(reason=reason).inc()
+    return HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
+
+
+def _begin(request: HttpRequest, conf: AioRequestSettings) -> HttpResponse | Context:
+    """The request's deadline and priority, or the 408 to answer at once."""
+    meta = request.META
+    priority = conf.priority
+    raw = meta.get(META_PRIORITY)
+    if raw is not None:
+        parsed = parse_priority(raw)
+        if parsed is None:
+            _malformed(h.X_REQUEST_PRIORITY, raw)
+        else:
+            priority = parsed
+    raw = meta.get(META_TIMEOUT)
+    if raw is not None:
+        seconds = parse_timeout(raw)
+        if seconds is None:
+            _malformed(h.X_REQUEST_TIMEOUT, raw)
+        elif seconds == 0:
+            return _rejected("expired")
+        elif seconds < conf.low_timeout_threshold:
+            return _rejected("low_timeout")
+        else:
+            # Deadline(...) rather than Deadline.from_timeout(): the value is known finite and positive.
+            return Context(Deadline(time.monotonic() + min(seconds, conf.max_timeout)), priority)
+    # The default deadline has its own type: that is how @timeout knows it may replace it.
+    return Context(DefaultDeadline(time.monotonic() + conf.timeout), priority)
+
+
+class _Canceller:
+    """Cancels the request's task at the deadline, if the view being run then is an async view.
+
+    A sync view (run in a thread by ``sync_to_async``) cannot be stopped: cancelling the task would
+    answer while the view goes on in its thread, so it is left to finish. ``@timeout`` on an async
+    view moves the deadline with :meth:`reschedule`.
+    """
+
+    __slots__ = ("_handle", "_loop", "_request", "_timeout")
+
+    RECHECK = 0.01  # the view was not resolved yet at the deadline: look again this much later
+
+    def __init__(self, request: HttpRequest, timeout: asyncio.Timeout) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._request = request
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+
+    def reschedule(self, deadline: Deadline) -> None:
+        self.disarm()
+        self._handle = self._loop.call_later(deadline.timeout, self._fire)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        match = self._request.resolver_match
+        if match is None:  # still before URL resolution (slow middleware): the view will start late
+            self._handle = self._loop.call_later(self.RECHECK, self._fire)
+        elif iscoroutinefunction(match.func):
+            self._timeout.reschedule(self._loop.time())  # the timeout cancels the task now
+
+
+class AioRequestMiddleware:
+    """Sets the deadline and priority of each request from its headers (see docs/server.md).
+
+    Place it near the top of ``MIDDLEWARE`` (right after ``SecurityMiddleware``) so the deadline
+    covers the other middleware's work too and a request with no time left is refused cheaply.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+        clients.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A query the database cancelled at the deadline (see docs/database.md) answers 408, not 500."""
+        if not is_deadline_cancellation(exception):
+            return None
+        metrics.server_database_cancelled.inc()
+        logger.debug("a query ran out of the deadline: %s %s", request.method, request.path)
+        return HttpResponse(status=408)
+
+    # The context is set with the contextvar itself rather than set_context(): this runs on every
+    # request, and the generator-based context manager was half of the middleware's own cost.
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self._acall(request)
+        context = _begin(request, clients.settings)
+        if not isinstance(context, Context):
+            return context
+        token = _context.set(context)
+        try:
+            return self.get_response(request)
+        finally:
+            _context.reset(token)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        conf = clients.settings
+        context = _begin(request, conf)
+        if not isinstance(context, Context):
+            return context
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        token = _context.set(context)
+        try:
+            if not conf.cancel_async_views_on_timeout:
+                return await get_response(request)
+            deadline = cast(Deadline, context.deadline)  # _begin always sets one
+            try:
+                async with asyncio.timeout(None) as timeout:
+                    canceller = _Canceller(request, timeout)
+                    canceller_token = _canceller.set(canceller)
+                    try:
+                        canceller.reschedule(deadline)
+                        return await get_response(request)
+                    finally:
+                        canceller.disarm()
+                        _canceller.reset(canceller_token)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the view's own TimeoutError, not our cancellation
+        finally:
+            _context.reset(token)
+        metrics.server_cancelled.inc()
+        logger.debug("cancelled an async view at its deadline: %s %s", request.method, request.path)
+        return HttpResponse(status=408)

@@ -1,0 +1,666 @@
+"""AioRequestMiddleware: incoming X-Request-Timeout / X-Request-Priority set the deadline and priority
+of the whole request, reach outgoing calls, and bad values never hurt."""
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpResponse
+from django.test import AsyncClient, Client, override_settings
+from prometheus_client import REGISTRY
+from pytest_django.fixtures import Settings
+
+from django_aio_request import Priority, get_context
+from django_aio_request.checks import check_settings
+from django_aio_request.middleware import AioRequestMiddleware, parse_priority, parse_timeout
+from tests import urls_server
+from tests.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parent.parent
+MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
+DEFAULT_TIMEOUT = 7.0  # distinct from every other number here, so a test can tell the default apart
+MAX_TIMEOUT = 30.0
+
+pytestmark = pytest.mark.urls("tests.urls_server")
+
+
+def server_setting(**extra: Any) -> dict[str, Any]:
+    return {"SERVICE_NAME": "tests", "TIMEOUT": DEFAULT_TIMEOUT, "MAX_TIMEOUT": MAX_TIMEOUT, **extra}
+
+
+@pytest.fixture(autouse=True)
+def _server_side(settings: Settings) -> None:
+    settings.MIDDLEWARE = [MIDDLEWARE]
+    settings.AIO_REQUEST = server_setting()
+    urls_server.runs.clear()
+    urls_server.finished.clear()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def malformed(header: str) -> float:
+    return sample("aio_request_server_malformed_headers_total", header=header)
+
+
+def rejected(reason: str) -> float:
+    return sample("aio_request_server_rejected_total", reason=reason)
+
+
+def wire(value: str) -> str:
+    """What a server puts in META for ``value`` sent as UTF-8 bytes (WSGI and ASGI decode latin-1)."""
+    return value.encode("utf-8").decode("latin-1")
+
+
+def get_sync(path: str, headers: dict[str, str] | None = None) -> Any:
+    """A GET through Django's test client (the sync handler, as under WSGI)."""
+    return Client().get(path, headers=headers or {})
+
+
+def get_async(path: str, headers: dict[str, str] | None = None) -> Any:
+    """A GET through Django's async test client (the async handler, as under ASGI)."""
+
+    async def go() -> Any:
+        return await AsyncClient().get(path, headers=headers or {})
+
+    return asyncio.run(go())
+
+
+GETTERS: dict[str, Callable[..., HttpResponse]] = {"sync": get_sync, "async": get_async}
+CTX = {"sync": "/ctx", "async": "/actx"}
+
+
+def view_saw(response: HttpResponse) -> dict[str, Any]:
+    assert response.status_code == 200, response.content
+    seen: dict[str, Any] = json.loads(response.content)
+    return seen
+
+
+BAD_TIMEOUTS = [
+    "",
+    " ",
+    "\t",
+    "abc",
+    "inf",
+    "-inf",
+    "+inf",
+    "Infinity",
+    "nan",
+    "NaN",
+    "-1",
+    "-0.5",
+    "-0",
+    "+5",
+    "1e400",
+    "1e3",
+    "1E2",
+    "1e+16",
+    "5e05",
+    "0x10",
+    "0b1",
+    "1_0",
+    "1_000",
+    "5.",
+    ".5",
+    "5..0",
+    "5.0.0",
+    "1,5",
+    "5, 5",  # the header sent twice, joined by the server
+    "5 5",
+    "5s",
+    "5ms",
+    "PT5S",
+    "\u0663",  # ARABIC-INDIC DIGIT THREE: float() reads 3
+    "\uff15",  # FULLWIDTH DIGIT FIVE: float() reads 5
+    "\uff11.\uff15",
+    "\u00a05",  # NO-BREAK SPACE: float() strips it
+    "5\u2003",  # EM SPACE
+    "5\n",
+    "\n5",
+    "5\x00",
+    "5\x0b",
+    "1" + "0" * 400,  # float() gives inf
+    "9" * 10,  # more than 9 integer digits: junk, not a deadline
+    "0." + "1" * 21,  # more than 20 decimals
+    "5" * 5000,  # a huge header
+    "1e-5e-5",
+    "e-5",
+]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("value", BAD_TIMEOUTS, ids=[f"{i}:{v[:12]!r}" for i, v in enumerate(BAD_TIMEOUTS)])
+def test_a_bad_timeout_is_ignored_counted_and_the_default_used(mode: str, value: str) -> None:
+    assert len(BAD_TIMEOUTS) >= 30
+    before = malformed("X-Request-Timeout")
+    seen = view_saw(GETTERS[mode](CTX[mode], {"X-Request-Timeout": wire(value)}))
+    assert seen["source"] == "default"
+    assert DEFAULT_TIMEOUT - 1.0 < seen["timeout"] <= DEFAULT_TIMEOUT
+    assert seen["timeout"] <= MAX_TIMEOUT
+    assert seen["priority"] == "normal"
+    assert malformed("X-Request-Timeout") == before + 1
+
+
+BAD_PRIORITIES = [
+    "",
+    " ",
+    "urgent",
+    "HIGHEST",
+    "hi gh",
+    "high,low",
+    "high, high",
+    "1",
+    "0",
+    "-1",
+    "\uff48\uff49\uff47\uff48",  # fullwidth "high"
+    "h\u0131gh",  # dotless i
+    "H\u0130GH",  # dotted capital I: lower() gives "i" plus a combining dot
+    "high\x00",
+    "high\n",
+    "normal;q=1",
+    "l" * 5000,
+    "None",
+    "null",
+]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("value", BAD_PRIORITIES, ids=[f"{i}:{v[:12]!r}" for i, v in enumerate(BAD_PRIORITIES)])
+def test_a_bad_priority_is_ignored_counted_and_the_default_used(settings: Settings, mode: str, value: str) -> None:
+    settings.AIO_REQUEST = server_setting(PRIORITY="low")
+    before = malformed("X-Request-Priority")
+    seen = view_saw(GETTERS[mode](CTX[mode], {"X-Request-Priority": wire(value), "X-Request-Timeout": "3"}))
+    assert seen["priority"] == "low"
+    assert seen["source"] == "header"  # the good timeout header still counts
+    assert malformed("X-Request-Priority") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("5", 5.0),
+        ("0.25", 0.25),
+        ("12.5", 12.5),
+        ("007", 7.0),
+        ("5.000", 5.0),
+        (" 5 ", 5.0),  # optional whitespace around a field value (RFC 9110)
+        ("\t0.5\t", 0.5),
+        ("4.999873523011", 4.999873523011),  # aio-request sends str(float)
+        ("5.2e-05", 5.2e-05),  # ... which is how str() writes a float below 0.0001
+        ("1e-400", 0.0),
+        ("999999999", 999999999.0),
+        ("0", 0.0),
+    ],
+)
+def test_plain_decimals_are_accepted(raw: str, expected: float) -> None:
+    assert parse_timeout(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("high", Priority.HIGH), ("HIGH", Priority.HIGH), ("Normal", Priority.NORMAL), (" low ", Priority.LOW)],
+)
+def test_priority_names_in_any_case(raw: str, expected: Priority) -> None:
+    assert parse_priority(raw) is expected
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_headers_set_the_deadline_and_priority_of_the_request(mode: str) -> None:
+    seen = view_saw(GETTERS[mode](CTX[mode], {"X-Request-Timeout": "3", "X-Request-Priority": "HIGH"}))
+    assert seen == {**seen, "source": "header", "priority": "high"}
+    assert 2.5 < seen["timeout"] <= 3.0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_without_headers_the_settings_defaults_apply(settings: Settings, mode: str) -> None:
+    seen = view_saw(GETTERS[mode](CTX[mode]))
+    assert seen["source"] == "default"
+    assert seen["priority"] == "normal"
+    assert DEFAULT_TIMEOUT - 1 < seen["timeout"] <= DEFAULT_TIMEOUT
+    settings.AIO_REQUEST = {"PRIORITY": "HIGH"}  # and the built-in defaults: 20 s, normal
+    seen = view_saw(GETTERS[mode](CTX[mode]))
+    assert seen["priority"] == "high"
+    assert 19 < seen["timeout"] <= 20
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("value", ["31", "1000", "999999999", "30.0000001"])
+def test_a_header_timeout_above_max_timeout_is_clamped(mode: str, value: str) -> None:
+    seen = view_saw(GETTERS[mode](CTX[mode], {"X-Request-Timeout": value}))
+    assert seen["source"] == "header"
+    assert MAX_TIMEOUT - 1 < seen["timeout"] <= MAX_TIMEOUT
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0", "expired"),
+        ("0.000", "expired"),
+        ("1e-400", "expired"),
+        ("0.001", "low_timeout"),
+        ("0.0049", "low_timeout"),
+        ("5.2e-05", "low_timeout"),
+    ],
+)
+def test_no_time_left_is_answered_408_at_once_without_running_the_view(mode: str, value: str, reason: str) -> None:
+    before = rejected(reason)
+    started = time.monotonic()
+    response = GETTERS[mode](CTX[mode], {"X-Request-Timeout": value})
+    assert time.monotonic() - started < 0.5
+    assert response.status_code == 408
+    assert response.headers["X-Do-Not-Retry"] == "1"
+    assert urls_server.runs == {}
+    assert rejected(reason) == before + 1
+
+
+def test_the_low_timeout_threshold_is_a_setting(settings: Settings) -> None:
+    settings.AIO_REQUEST = server_setting(LOW_TIMEOUT_THRESHOLD=0.5)
+    assert get_sync("/ctx", {"X-Request-Timeout": "0.4"}).status_code == 408
+    assert 0.5 < view_saw(get_sync("/ctx", {"X-Request-Timeout": "0.6"}))["timeout"] <= 0.6
+    settings.AIO_REQUEST = server_setting(LOW_TIMEOUT_THRESHOLD=0)
+    assert view_saw(get_sync("/ctx", {"X-Request-Timeout": "0.001"}))["source"] == "header"
+    assert get_sync("/ctx", {"X-Request-Timeout": "0"}).status_code == 408  # expired stays expired
+
+
+def test_the_context_is_reset_after_the_request_even_when_the_view_fails(settings: Settings) -> None:
+    outside = get_context()
+    view_saw(get_sync("/ctx", {"X-Request-Timeout": "3", "X-Request-Priority": "high"}))
+    assert get_context() == outside
+    settings.ROOT_URLCONF = "tests.urls_server"
+    with pytest.raises(KeyError):
+        get_sync("/aslow", {"X-Request-Timeout": "3"})  # no ?sleep=: the view raises
+    assert get_context() == outside
+
+
+def test_malformed_values_are_logged_at_debug_level_only_and_no_other_header(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="django_aio_request")
+    get_sync("/ctx", {"X-Request-Timeout": "nan", "X-Request-Priority": "urgent", "Authorization": "Bearer s3cret"})
+    records = [r for r in caplog.records if r.name.startswith("django_aio_request")]
+    assert len(records) == 2
+    assert all(r.levelno == logging.DEBUG for r in records)
+    assert not any("s3cret" in r.getMessage() for r in records)
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="django_aio_request")
+    get_sync("/ctx", {"X-Request-Timeout": "nan"})
+    assert not [r for r in caplog.records if r.name.startswith("django_aio_request")]
+
+
+def test_a_huge_malformed_value_is_logged_truncated(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="django_aio_request")
+    get_sync("/ctx", {"X-Request-Timeout": "9" * 5000})
+    (record,) = [r for r in caplog.records if r.name.startswith("django_aio_request")]
+    assert len(record.getMessage()) < 200
+
+
+# The deadline and priority reach outgoing calls
+
+
+@pytest.fixture
+def downstream(server: LoopbackServer, settings: Settings) -> LoopbackServer:
+    server.route("/echo", lambda handler: handler.reply(200, b"ok"))
+    settings.AIO_REQUEST = server_setting(
+        CLIENTS={"down": {"ENDPOINT": server.url, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}
+    )
+    return server
+
+
+def sent(server: LoopbackServer) -> list[tuple[float, str, float]]:
+    """(X-Request-Timeout, X-Request-Priority, arrival) of every request the server received."""
+    return [(float(r.headers["X-Request-Timeout"]), r.headers["X-Request-Priority"], r.at) for r in server.received()]
+
+
+@pytest.mark.parametrize(("mode", "path"), [("sync", "/call"), ("async", "/acall"), ("sync", "/acall")])
+def test_the_remaining_deadline_and_the_priority_reach_outgoing_calls(
+    downstream: LoopbackServer, mode: str, path: str
+) -> None:
+    started = time.monotonic()
+    response = GETTERS[mode](f"{path}?sleep=0.2", {"X-Request-Timeout": "3", "X-Request-Priority": "high"})
+    assert json.loads(response.content) == {"status": 200, "body": "ok"}
+    ((timeout, priority, at),) = sent(downstream)
+    assert priority == "high"
+    assert timeout <= 3 - 0.2 + 0.001  # what the view spent (the header has 3 decimals)
+    assert timeout >= 3 - (at - started) - 0.001  # and no more than the time that really passed
+    assert downstream.received()[0].headers["X-Service-Name"] == "tests"
+
+
+def test_without_headers_outgoing_calls_get_the_default_deadline_not_the_clients(downstream: LoopbackServer) -> None:
+    get_sync("/call")
+    ((timeout, priority, _),) = sent(downstream)
+    assert DEFAULT_TIMEOUT - 1 < timeout <= DEFAULT_TIMEOUT  # the client's own TIMEOUT is 20
+    assert priority == "normal"
+
+
+def test_a_clamped_deadline_is_what_outgoing_calls_get(downstream: LoopbackServer) -> None:
+    get_sync("/call", {"X-Request-Timeout": "100000"})
+    ((timeout, _, _),) = sent(downstream)
+    assert MAX_TIMEOUT - 1 < timeout <= MAX_TIMEOUT
+
+
+def test_hedged_attempts_in_worker_threads_send_the_request_deadline_and_priority(
+    server: LoopbackServer, settings: Settings
+) -> None:
+    arrivals: list[float] = []
+
+    def first_slow(handler: Any) -> None:
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 1:
+            time.sleep(0.5)
+        handler.reply(200, b"ok")
+
+    server.route("/echo", first_slow)
+    hedged = {"NAME": "parallel", "ATTEMPTS_COUNT": 2, "DELAYS": {"NAME": "constant", "DELAY": 0.1}}
+    settings.AIO_REQUEST = server_setting(CLIENTS={"down": {"ENDPOINT": server.url, "SAFE_METHOD_STRATEGY": hedged}})
+    for mode, path in (("sync", "/call"), ("async", "/acall")):
+        server.requests.clear()
+        arrivals.clear()
+        response = GETTERS[mode](path, {"X-Request-Timeout": "4", "X-Request-Priority": "low"})
+        assert json.loads(response.content)["status"] == 200
+        (first, _, first_at), (second, _, second_at) = sorted(sent(server), key=lambda s: s[2])
+        assert {p for _, p, _ in sent(server)} == {"low"}
+        assert second_at - first_at >= 0.09
+        assert first <= 4.0
+        assert second <= first - 0.09 + 0.001  # the hedge sent what was left when it started
+
+
+@pytest.mark.parametrize(
+    ("incoming", "named", "expected"),
+    [
+        ("high", "low", "normal"),
+        ("low", "high", "normal"),
+        ("normal", "low", "low"),
+        ("high", "high", "high"),
+        (None, "low", "low"),
+        ("high", None, "high"),
+    ],
+)
+def test_a_named_priority_is_normalised_against_the_request_priority(
+    downstream: LoopbackServer, incoming: str | None, named: str | None, expected: str
+) -> None:
+    headers = {"X-Request-Priority": incoming} if incoming else {}
+    get_sync(f"/call?priority={named or ''}", headers)
+    ((_, priority, _),) = sent(downstream)
+    assert priority == expected
+
+
+# Settings
+
+
+def messages(setting: object) -> list[str]:
+    with override_settings(AIO_REQUEST=setting):
+        return [f"{m.msg} | {m.hint}" for m in check_settings()]
+
+
+def test_the_server_settings_are_validated() -> None:
+    assert messages({"TIMEOUT": 5, "PRIORITY": "HIGH", "MAX_TIMEOUT": 10, "LOW_TIMEOUT_THRESHOLD": 0}) == []
+    assert messages({"CANCEL_ASYNC_VIEWS_ON_TIMEOUT": True}) == []
+    found = messages(
+        {
+            "TIMEOUT": -1,
+            "PRIORITY": "urgent",
+            "MAX_TIMEOUT": 0,
+            "LOW_TIMEOUT_THRESHOLD": -0.1,
+            "CANCEL_ASYNC_VIEWS_ON_TIMEOUT": "yes",
+        }
+    )
+    assert len(found) == 5
+    text = "\n".join(found)
+    assert "AIO_REQUEST['TIMEOUT'] must be a number of seconds > 0, not -1" in text
+    assert "AIO_REQUEST['PRIORITY'] is 'urgent', not a priority | allowed: high, normal, low" in text
+    assert "AIO_REQUEST['MAX_TIMEOUT'] must be a number of seconds > 0, not 0" in text
+    assert "AIO_REQUEST['LOW_TIMEOUT_THRESHOLD'] must be a number of seconds >= 0, not -0.1" in text
+    assert "AIO_REQUEST['CANCEL_ASYNC_VIEWS_ON_TIMEOUT'] must be True or False, not 'yes'" in text
+    for bad in (float("inf"), float("nan"), True, "5", None):
+        (message,) = messages({"TIMEOUT": bad})
+        assert message.startswith("AIO_REQUEST['TIMEOUT'] must be a number of seconds > 0")
+
+
+def test_the_server_settings_are_checked_against_each_other() -> None:
+    (message,) = messages({"TIMEOUT": 30, "MAX_TIMEOUT": 10})
+    assert message.startswith("AIO_REQUEST['TIMEOUT'] (30.0) must not exceed MAX_TIMEOUT (10.0)")
+    (message,) = messages({"MAX_TIMEOUT": 10})
+    assert message.startswith("AIO_REQUEST['TIMEOUT'] (20.0, the default) must not exceed MAX_TIMEOUT (10.0)")
+    (message,) = messages({"TIMEOUT": 1, "LOW_TIMEOUT_THRESHOLD": 1})
+    assert message.startswith("AIO_REQUEST['LOW_TIMEOUT_THRESHOLD'] (1.0) must be less than TIMEOUT (1.0)")
+    assert messages({"TIMEOUT": 10, "MAX_TIMEOUT": 10, "LOW_TIMEOUT_THRESHOLD": 9.99}) == []
+    (message,) = messages({"TIMEOUT": 5, "MAX_TIMEOUT": 10, "TIMEOUTS": 3})
+    assert message.startswith("AIO_REQUEST['TIMEOUTS'] is not a known key")
+    assert "CANCEL_ASYNC_VIEWS_ON_TIMEOUT" in message
+
+
+def test_the_middleware_refuses_to_start_with_invalid_settings(settings: Settings) -> None:
+    settings.AIO_REQUEST = {"TIMEOUT": 0}
+    with pytest.raises(ImproperlyConfigured, match=r"AIO_REQUEST\['TIMEOUT'\] must be"):
+        AioRequestMiddleware(lambda request: HttpResponse())
+    with pytest.raises(ImproperlyConfigured):
+        get_sync("/ctx")
+
+
+def test_the_middleware_is_sync_and_async_capable() -> None:
+    async def async_view(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    from asgiref.sync import iscoroutinefunction
+
+    assert AioRequestMiddleware.sync_capable
+    assert AioRequestMiddleware.async_capable
+    assert not iscoroutinefunction(AioRequestMiddleware(lambda request: HttpResponse()))
+    assert iscoroutinefunction(AioRequestMiddleware(async_view))
+
+
+# Cancelling async views at the deadline
+
+
+def cancelled() -> float:
+    return sample("aio_request_server_cancelled_total")
+
+
+@pytest.fixture
+def cancelling(settings: Settings) -> None:
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True)
+
+
+def timed_get(path: str, headers: dict[str, str] | None = None) -> tuple[HttpResponse, float]:
+    started = time.monotonic()
+    response = get_async(path, headers)
+    return response, time.monotonic() - started
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_a_slow_async_view_is_cancelled_at_the_deadline_and_answered_408() -> None:
+    before = cancelled()
+    response, took = timed_get("/aslow?sleep=3", {"X-Request-Timeout": "0.3"})
+    assert response.status_code == 408
+    assert "X-Do-Not-Retry" not in response.headers
+    assert 0.28 < took < 1.0
+    assert urls_server.finished == []
+    assert cancelled() == before + 1
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_an_async_view_that_is_in_time_is_not_cancelled() -> None:
+    response, _ = timed_get("/aslow?sleep=0.05", {"X-Request-Timeout": "2"})
+    assert response.status_code == 200
+    assert urls_server.finished == ["aslow"]
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_at_timeout_cancels_at_the_views_own_deadline() -> None:
+    for path in ("/atimed-slow?sleep=3", "/urls-async-slow?sleep=3"):
+        response, took = timed_get(path)  # no header: the view's 0.3 s, not the default 7 s
+        assert response.status_code == 408, path
+        assert 0.28 < took < 1.0, path
+    response, took = timed_get("/atimed-slow?sleep=0.5", {"X-Request-Timeout": "2"})  # the header wins
+    assert response.status_code == 200
+    assert urls_server.finished == ["atimed_slow"]
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_sync_views_are_never_cancelled() -> None:
+    response, took = timed_get("/slow?sleep=0.4", {"X-Request-Timeout": "0.1"})
+    assert response.status_code == 200
+    assert took >= 0.4
+    assert urls_server.finished == ["slow"]
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_the_views_own_timeout_error_is_not_mistaken_for_a_cancellation() -> None:
+    with pytest.raises(TimeoutError):
+        get_async("/araises-timeout", {"X-Request-Timeout": "5"})
+
+
+def test_without_the_setting_a_slow_async_view_runs_to_completion() -> None:
+    response, took = timed_get("/aslow?sleep=0.4", {"X-Request-Timeout": "0.1"})
+    assert response.status_code == 200
+    assert took >= 0.4
+    assert urls_server.finished == ["aslow"]
+
+
+# The real ASGI handler
+
+
+Answer = tuple[int, dict[str, str], bytes, float]
+
+
+async def asgi_request(handler: ASGIHandler, path: str, headers: dict[str, str]) -> Answer:
+    """One GET through django.core.handlers.asgi.ASGIHandler, as an ASGI server makes it:
+    status, headers, body and how long it took."""
+    sent: list[dict[str, Any]] = []
+    disconnected = asyncio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await disconnected.wait()  # the client stays connected until the answer is in
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    route, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": route,
+        "raw_path": route.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    started = time.monotonic()
+    await handler(scope, receive, send)
+    took = time.monotonic() - started
+    disconnected.set()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body, took
+
+
+def asgi_get(path: str, headers: dict[str, str]) -> Answer:
+    async def go() -> Answer:
+        return await asgi_request(ASGIHandler(), path, headers)
+
+    return asyncio.run(go())
+
+
+def test_the_real_asgi_handler_propagates_cancels_and_refuses(downstream: LoopbackServer, settings: Settings) -> None:
+    status, _, body, _ = asgi_get("/actx", {"X-Request-Timeout": "2.5", "X-Request-Priority": "Low"})
+    seen = json.loads(body)
+    assert status == 200
+    assert (seen["source"], seen["priority"]) == ("header", "low")
+    assert 2.0 < seen["timeout"] <= 2.5
+
+    status, _, body, _ = asgi_get("/acall", {"X-Request-Timeout": "2.5", "X-Request-Priority": "high"})
+    assert json.loads(body)["status"] == 200
+    ((timeout, priority, _),) = sent(downstream)
+    assert (priority, timeout <= 2.5) == ("high", True)
+
+    status, headers, _, _ = asgi_get("/actx", {"X-Request-Timeout": "0"})
+    assert (status, headers["X-Do-Not-Retry"]) == (408, "1")
+
+    status, _, body, _ = asgi_get("/actx", {"X-Request-Timeout": "1e400"})
+    assert json.loads(body)["source"] == "default"
+
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True)
+    status, _, _, took = asgi_get("/aslow?sleep=3", {"X-Request-Timeout": "0.3"})
+    assert status == 408
+    assert 0.28 < took < 1.0
+    status, _, _, took = asgi_get("/slow?sleep=0.3", {"X-Request-Timeout": "0.1"})
+    assert status == 200
+    assert urls_server.finished == ["slow"]
+
+
+def test_concurrent_requests_each_keep_their_own_deadline_and_priority() -> None:
+    priorities = ["high", "normal", "low"]
+    cases = [(f"{2 + i * 0.5:.1f}", priorities[i % 3]) for i in range(12)]
+
+    async def go() -> list[Answer]:
+        handler = ASGIHandler()
+        return await asyncio.gather(
+            *(asgi_request(handler, "/actx", {"X-Request-Timeout": t, "X-Request-Priority": p}) for t, p in cases)
+        )
+
+    for (timeout, priority), (status, _, body, _) in zip(cases, asyncio.run(go()), strict=True):
+        seen = json.loads(body)
+        assert status == 200
+        assert seen["priority"] == priority
+        assert float(timeout) - 0.5 < seen["timeout"] <= float(timeout)
+
+    def in_thread(case: tuple[str, str]) -> dict[str, Any]:
+        timeout, priority = case
+        return view_saw(get_sync("/ctx", {"X-Request-Timeout": timeout, "X-Request-Priority": priority}))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for (timeout, priority), seen in zip(cases, pool.map(in_thread, cases), strict=True):
+            assert seen["priority"] == priority
+            assert float(timeout) - 0.5 < seen["timeout"] <= float(timeout)
+
+
+# Metrics without prometheus_client
+
+
+def test_metrics_are_no_ops_without_prometheus_client() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['prometheus_client'] = None\n"
+        "from django_aio_request import metrics\n"
+        "assert not metrics.ENABLED\n"
+        "metrics.server_malformed_headers.labels(header='X-Request-Timeout').inc()\n"
+        "metrics.server_rejected.labels(reason='expired').inc()\n"
+        "metrics.server_cancelled.inc()\n"
+        "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')], 'django imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_metric_label_values_are_bounded() -> None:
+    from django_aio_request import metrics
+
+    assert metrics.ENABLED
+    assert metrics.MALFORMED_HEADERS == ("X-Request-Timeout", "X-Request-Priority")
+    assert metrics.REJECT_REASONS == ("expired", "low_timeout")
+    for header in metrics.MALFORMED_HEADERS:  # exported from the start
+        assert REGISTRY.get_sample_value("aio_request_server_malformed_headers_total", {"header": header}) is not None

@@ -1,0 +1,205 @@
+"""@timeout(seconds): a view's own default deadline; a valid X-Request-Timeout still wins."""
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from pytest_django.fixtures import Settings
+
+import django_aio_request
+from django_aio_request import Deadline, get_context, set_context
+from django_aio_request.view_timeout import timeout
+from tests import urls_server
+from tests.test_middleware import DEFAULT_TIMEOUT, GETTERS, MIDDLEWARE, server_setting, view_saw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.urls("tests.urls_server")
+
+# (path, the view's own timeout) for every way of applying @timeout
+DECORATED = [
+    ("/timed", 3),  # function
+    ("/atimed", 3),  # async function
+    ("/class", 3),  # class (wraps dispatch)
+    ("/async-class", 3),  # class with async handlers
+    ("/method", 3),  # a method of a class
+    ("/async-method", 3),  # an async method
+    ("/sub-class", 3),  # a subclass of a decorated class
+    ("/urls-fn", 4),  # in urls.py: timeout(4)(views.ctx)
+    ("/urls-async-fn", 4),  # in urls.py, an async function
+    ("/urls-class", 4),  # in urls.py: timeout(4)(PlainView.as_view())
+    ("/urls-nested", 4),  # in urls.py around a view decorated with 3: the outermost applies
+]
+IDS = [path for path, _ in DECORATED]
+
+
+@pytest.fixture(autouse=True)
+def _server_side(settings: Settings) -> None:
+    settings.MIDDLEWARE = [MIDDLEWARE]
+    settings.AIO_REQUEST = server_setting()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("path", "seconds"), DECORATED, ids=IDS)
+def test_without_a_header_the_view_timeout_is_the_deadline(mode: str, path: str, seconds: float) -> None:
+    seen = view_saw(GETTERS[mode](path))
+    assert seen["source"] == "view"
+    assert seconds - 0.5 < seen["timeout"] <= seconds
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("path", "seconds"), DECORATED, ids=IDS)
+def test_a_valid_header_wins_over_the_view_timeout(mode: str, path: str, seconds: float) -> None:
+    for header, expected in (("10", 10.0), ("1", 1.0), ("1000", 30.0)):  # longer, shorter, clamped
+        seen = view_saw(GETTERS[mode](path, {"X-Request-Timeout": header, "X-Request-Priority": "high"}))
+        assert (seen["source"], seen["priority"]) == ("header", "high")
+        assert expected - 0.5 < seen["timeout"] <= expected
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_malformed_header_leaves_the_view_timeout_in_force(mode: str) -> None:
+    seen = view_saw(GETTERS[mode]("/timed", {"X-Request-Timeout": "inf"}))
+    assert seen["source"] == "view"
+    assert 2.5 < seen["timeout"] <= 3
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_undecorated_views_keep_the_default(mode: str) -> None:
+    seen = view_saw(GETTERS[mode]("/ctx"))
+    assert seen["source"] == "default"
+    assert DEFAULT_TIMEOUT - 0.5 < seen["timeout"] <= DEFAULT_TIMEOUT
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("path", "seconds"), DECORATED, ids=IDS)
+def test_without_the_middleware_the_decorator_simply_sets_the_deadline(
+    settings: Settings, mode: str, path: str, seconds: float
+) -> None:
+    settings.MIDDLEWARE = []
+    seen = view_saw(GETTERS[mode](path, {"X-Request-Timeout": "10"}))  # nobody reads the header
+    assert seen["source"] == "view"
+    assert seen["priority"] is None
+    assert seconds - 0.5 < seen["timeout"] <= seconds
+    assert view_saw(GETTERS[mode]("/ctx"))["timeout"] is None
+
+
+def test_the_deadline_starts_when_the_view_is_called_and_ends_with_it() -> None:
+    request = RequestFactory().get("/")
+    assert get_context().deadline is None
+    seen = json.loads(urls_server.timed(request).content)
+    assert 2.5 < seen["timeout"] <= 3
+    assert get_context().deadline is None
+    seen = json.loads(asyncio.run(urls_server.atimed(request)).content)
+    assert 2.5 < seen["timeout"] <= 3
+    with set_context(deadline=Deadline.from_timeout(50)):  # a deadline already in force wins, as the header's
+        assert json.loads(urls_server.timed(request).content)["timeout"] > 40
+
+
+def test_the_deadline_is_restored_when_the_view_raises() -> None:
+    @timeout(2)
+    def broken(request: HttpRequest) -> HttpResponse:
+        raise RuntimeError("boom")
+
+    @timeout(2)
+    async def abroken(request: HttpRequest) -> HttpResponse:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        broken(RequestFactory().get("/"))
+    with pytest.raises(RuntimeError):
+        asyncio.run(abroken(RequestFactory().get("/")))
+    assert get_context().deadline is None
+
+
+def test_the_decorated_view_keeps_its_identity_and_markers() -> None:
+    @timeout(5)
+    @csrf_exempt
+    def view(request: HttpRequest) -> HttpResponse:
+        """Docs."""
+        return HttpResponse()
+
+    assert view.__name__ == "view"
+    assert view.__doc__ == "Docs."
+    assert getattr(view, "csrf_exempt", False) is True
+    assert getattr(view, "__aio_request_timeout__", None) == 5.0
+
+    wrapped = timeout(5)(urls_server.PlainView.as_view())
+    assert getattr(wrapped, "view_class", None) is urls_server.PlainView
+    from asgiref.sync import iscoroutinefunction
+
+    assert iscoroutinefunction(timeout(5)(urls_server.AsyncTimedView.as_view()))
+    assert iscoroutinefunction(urls_server.atimed)
+    assert not iscoroutinefunction(urls_server.timed)
+    assert urls_server.AsyncTimedView.view_is_async  # a decorated async method still counts as async
+    assert urls_server.AsyncMethodTimedView.view_is_async
+
+
+def test_decorating_a_class_returns_the_class() -> None:
+    class Plain(View):
+        def get(self, request: HttpRequest) -> HttpResponse:
+            deadline = get_context().deadline
+            return HttpResponse(str(deadline.timeout if deadline else None))
+
+    assert timeout(2)(Plain) is Plain
+    response = Plain.as_view()(RequestFactory().get("/"))
+    assert isinstance(response, HttpResponse)
+    assert float(response.content) <= 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error", "match"),
+    [
+        (0, ValueError, "positive, finite number of seconds, not 0"),
+        (-1, ValueError, "not -1"),
+        (math.inf, ValueError, "not inf"),
+        (math.nan, ValueError, "not nan"),
+        (True, TypeError, "not bool"),
+        ("5", TypeError, "not str"),
+        (None, TypeError, "not NoneType"),
+    ],
+)
+def test_the_seconds_are_validated_at_decoration_time(seconds: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        timeout(seconds)
+
+
+def test_forgetting_the_parentheses_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"write @timeout\(5\), not @timeout"):
+
+        @timeout  # type: ignore[arg-type]
+        def view(request: HttpRequest) -> HttpResponse:
+            return HttpResponse()
+
+
+def test_only_views_can_be_decorated() -> None:
+    class NotAView:
+        pass
+
+    with pytest.raises(TypeError, match="NotAView has no dispatch"):
+        timeout(1)(NotAView)
+    with pytest.raises(TypeError, match="decorates views, not int"):
+        timeout(1)(5)  # type: ignore[type-var]
+
+
+def test_exported_lazily_from_the_package_without_django() -> None:
+    assert django_aio_request.timeout is timeout
+    code = (
+        "import sys, django_aio_request as d\n"
+        "view = d.timeout(2)(lambda request: d.get_context().deadline.timeout)\n"
+        "assert 1.5 < view(None) <= 2\n"
+        "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')], 'django imported'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr

@@ -1,0 +1,168 @@
+"""Views and URLs for the server-side tests (middleware, @timeout): each view reports the deadline,
+priority and deadline source it saw, or calls the "down" client and reports what it got."""
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.views import View
+
+from django_aio_request import Priority, clients, get, get_context, timeout
+from django_aio_request.view_timeout import DefaultDeadline, ViewDeadline
+
+runs: dict[str, int] = {}
+finished: list[str] = []
+_lock = threading.Lock()
+
+
+def ran(name: str) -> None:
+    with _lock:
+        runs[name] = runs.get(name, 0) + 1
+
+
+def source(deadline: object) -> str | None:
+    """Where the deadline in force came from, told by its type."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, DefaultDeadline):
+        return "default"  # AIO_REQUEST["TIMEOUT"]
+    if isinstance(deadline, ViewDeadline):
+        return "view"  # @timeout
+    return "header"  # the middleware made it from X-Request-Timeout
+
+
+def seen() -> dict[str, Any]:
+    context = get_context()
+    return {
+        "timeout": None if context.deadline is None else context.deadline.timeout,
+        "priority": None if context.priority is None else str(context.priority),
+        "source": source(context.deadline),
+    }
+
+
+def ctx(request: HttpRequest) -> JsonResponse:
+    ran("ctx")
+    return JsonResponse(seen())
+
+
+async def actx(request: HttpRequest) -> JsonResponse:
+    ran("actx")
+    await asyncio.sleep(0)
+    return JsonResponse(seen())
+
+
+def _call(priority: str | None) -> dict[str, Any]:
+    named = Priority.parse(priority) if priority else None
+    with clients["down"].request(get("echo"), priority=named) as response:
+        return {"status": response.status, "body": response.read().decode()}
+
+
+def call(request: HttpRequest) -> JsonResponse:
+    time.sleep(float(request.GET.get("sleep", "0")))
+    return JsonResponse(_call(request.GET.get("priority")))
+
+
+async def acall(request: HttpRequest) -> JsonResponse:
+    await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    return JsonResponse(await sync_to_async(_call)(request.GET.get("priority")))
+
+
+async def aslow(request: HttpRequest) -> HttpResponse:
+    name = request.GET.get("name", "aslow")
+    await asyncio.sleep(float(request.GET["sleep"]))
+    finished.append(name)
+    return HttpResponse(b"done")
+
+
+def slow(request: HttpRequest) -> HttpResponse:
+    time.sleep(float(request.GET["sleep"]))
+    finished.append(request.GET.get("name", "slow"))
+    return HttpResponse(b"done")
+
+
+async def araises_timeout(request: HttpRequest) -> HttpResponse:
+    async with asyncio.timeout(0.01):
+        await asyncio.sleep(1)
+    return HttpResponse(b"unreachable")
+
+
+# @timeout in its every form
+
+
+@timeout(3)
+def timed(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(seen())
+
+
+@timeout(3)
+async def atimed(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(seen())
+
+
+@timeout(0.3)
+async def atimed_slow(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(float(request.GET["sleep"]))
+    finished.append("atimed_slow")
+    return HttpResponse(b"done")
+
+
+@timeout(3)
+class TimedView(View):
+    def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse(seen())
+
+
+@timeout(3)
+class AsyncTimedView(View):
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        await asyncio.sleep(0)
+        return JsonResponse(seen())
+
+
+class MethodTimedView(View):
+    @timeout(3)
+    def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse(seen())
+
+
+class AsyncMethodTimedView(View):
+    @timeout(3)
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse(seen())
+
+
+class PlainView(View):
+    def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse(seen())
+
+
+class SubTimedView(TimedView):
+    pass
+
+
+urlpatterns = [
+    path("ctx", ctx),
+    path("actx", actx),
+    path("call", call),
+    path("acall", acall),
+    path("aslow", aslow),
+    path("slow", slow),
+    path("araises-timeout", araises_timeout),
+    path("timed", timed),
+    path("atimed", atimed),
+    path("atimed-slow", atimed_slow),
+    path("class", TimedView.as_view()),
+    path("async-class", AsyncTimedView.as_view()),
+    path("method", MethodTimedView.as_view()),
+    path("async-method", AsyncMethodTimedView.as_view()),
+    path("sub-class", SubTimedView.as_view()),
+    path("urls-fn", timeout(4)(ctx)),
+    path("urls-async-fn", timeout(4)(actx)),
+    path("urls-class", timeout(4)(PlainView.as_view())),
+    path("urls-nested", timeout(4)(timed)),
+    path("urls-async-slow", timeout(0.3)(aslow)),
+]
