@@ -7,3 +7,6 @@ class DjangoAioRequestConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+        from .db import install
+
+        install()  # bounds PostgreSQL queries by the deadline when AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]

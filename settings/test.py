@@ -1,3 +1,6 @@
+import os
+import urllib.parse
+
 from .base import *  # noqa: F403
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
@@ -7,3 +10,25 @@ AIO_REQUEST = {
     "SERVICE_NAME": "tests",
     "CLIENTS": {},
 }
+
+# A real PostgreSQL server for the tests that need one (@pytest.mark.django_db(databases=["postgres"])).
+# pytest-django creates a test database on it (below). An empty URL leaves the alias out;
+# tests/postgres.py skips those tests when the server is not reachable (fails them when CI=true).
+POSTGRES_URL = os.environ.get("AIO_REQUEST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+if POSTGRES_URL:
+    _pg = urllib.parse.urlsplit(POSTGRES_URL)
+    _name = urllib.parse.unquote(_pg.path.lstrip("/")) or "postgres"
+    DATABASES["postgres"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _name,
+        "USER": urllib.parse.unquote(_pg.username or ""),
+        "PASSWORD": urllib.parse.unquote(_pg.password or ""),
+        "HOST": _pg.hostname or "",
+        "PORT": str(_pg.port or ""),
+        "TEST": {
+            # One test database per test run (test_test_<pid>), so that runs at the same time on one
+            # server do not drop each other's; pytest-django drops it at the end.
+            "NAME": f"test_{_name}_{os.getpid()}",
+            "DEPENDENCIES": [],  # created on its own, also when no test needs "default"
+        },
+    }

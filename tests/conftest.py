@@ -3,6 +3,7 @@ from collections.abc import Iterator
 import pytest
 
 from django_aio_request import RequestsTransport
+from tests import postgres
 from tests.loopback import LoopbackServer
 
 
@@ -20,3 +21,12 @@ def transport() -> Iterator[RequestsTransport]:
     made = RequestsTransport()
     yield made
     made.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    postgres.collection_modifyitems(items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    postgres.runtest_setup(item)
