@@ -1,40 +1,76 @@
-"""The demo project: one Django service that calls its own simulated downstream through named clients."""
+"""The demo's common settings: three services of this project, one process each, on 127.0.0.1.
 
+    browser -> frontend (DEMO_PORT, 8000) -> orders (DEMO_ORDERS_PORT, 8001) -> billing (DEMO_BILLING_PORT, 8002)
+
+``settings.demo_frontend``, ``settings.demo_orders`` and ``settings.demo_billing`` are the services
+(``python -m testproject.demo`` starts all three); this module is what they share, and what
+``manage.py`` uses when no settings module is named.
+"""
+
+import logging
 import os
 
 from .base import *  # noqa: F403
+from .base import BASE_DIR, MIDDLEWARE
 
 DEBUG = True
-DEMO_PORT = int(os.environ.get("DEMO_PORT", "8000"))
-_SELF = f"http://127.0.0.1:{DEMO_PORT}/demo/downstream/"
 
-AIO_REQUEST = {
-    "SERVICE_NAME": "demo",
-    "CLIENTS": {
-        "single": {"ENDPOINT": _SELF, "TIMEOUT": 2.0, "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
-        "sequential": {
-            "ENDPOINT": _SELF,
-            "TIMEOUT": 2.0,
-            "SAFE_METHOD_STRATEGY": {
-                "NAME": "sequential",
-                "ATTEMPTS_COUNT": 3,
-                "DELAYS": {"NAME": "constant", "DELAY": 0.05},
-            },
-        },
-        "hedged": {
-            "ENDPOINT": _SELF,
-            "TIMEOUT": 2.0,
-            "SAFE_METHOD_STRATEGY": {
-                "NAME": "parallel",
-                "ATTEMPTS_COUNT": 3,
-                "DELAYS": {"NAME": "constant", "DELAY": 0.05},
-            },
-            "CIRCUIT_BREAKER": {
-                "BREAK_DURATION": 5.0,
-                "SAMPLING_DURATION": 10.0,
-                "MINIMUM_THROUGHPUT": 5,
-                "FAILURE_THRESHOLD": 0.5,
-            },
-        },
-    },
+# The environment variable holding each service's port, and the ports: every service knows them all.
+PORT_VARIABLES = {"frontend": "DEMO_PORT", "orders": "DEMO_ORDERS_PORT", "billing": "DEMO_BILLING_PORT"}
+_FIRST_PORT = int(os.environ.get("DEMO_PORT", "8000"))
+DEMO_PORTS = {
+    service: int(os.environ.get(variable, str(_FIRST_PORT + offset)))
+    for offset, (service, variable) in enumerate(PORT_VARIABLES.items())
 }
+DEMO_PORT = DEMO_PORTS["frontend"]
+
+# Set by each service module: its name, and the client its chain endpoint calls (None: the end of the chain).
+DEMO_SERVICE = "demo"
+DEMO_NEXT_HOP: str | None = None
+
+
+def service_url(service: str) -> str:
+    """The base URL of a demo service's JSON endpoints (``hop``, ``stats``, ``downstream/...``)."""
+    return f"http://127.0.0.1:{DEMO_PORTS[service]}/demo/"
+
+
+# Only the frontend uses the database (the admin login); the tests point the services at ":memory:".
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DEMO_DATABASE") or BASE_DIR / "db.sqlite3",
+    }
+}
+
+# Every request is recorded first, so even one that AioRequestMiddleware (in base.MIDDLEWARE: it puts
+# the incoming deadline and priority into the context for the whole request) turns away is counted.
+MIDDLEWARE = ["testproject.arrivals.record_arrivals", *MIDDLEWARE]
+
+
+def _unexpected(record: logging.LogRecord) -> bool:
+    """Django's request logs, but only unhandled errors: the simulated 503s, the 408s and the
+    connections hedging abandons are the demo working."""
+    return getattr(record, "status_code", 500) == 500 and record.levelno >= logging.ERROR
+
+
+def demo_logging(service: str) -> dict[str, object]:
+    """Warnings and errors to stderr, each line naming the service. ``DEMO_VERBOSE=1``: every request too."""
+    verbose = os.environ.get("DEMO_VERBOSE", "") not in ("", "0")
+    django_logger = {
+        "handlers": ["console"],
+        "level": "INFO",
+        "propagate": False,
+        "filters": [] if verbose else ["unexpected"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"unexpected": {"()": "django.utils.log.CallbackFilter", "callback": _unexpected}},
+        "formatters": {"service": {"format": f"[{service}] %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "service"}},
+        "root": {"handlers": ["console"], "level": "WARNING"},
+        "loggers": {"django.server": django_logger, "django.request": django_logger},
+    }
+
+
+LOGGING = demo_logging(DEMO_SERVICE)

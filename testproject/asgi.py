@@ -2,5 +2,5 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.demo")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.demo_frontend")
 application = get_asgi_application()

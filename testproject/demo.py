@@ -1,27 +1,68 @@
-"""``make demo``: migrate, create the demo admin login, and start the demo server on loopback."""
+"""``make demo``: migrate, create the demo admin login, start the chain frontend -> orders -> billing
+(one process each, on 127.0.0.1), print where to look, and stop them all on Ctrl-C."""
 
 import os
+import signal
+import sys
+from types import FrameType
 
 import django
 from django.core.management import call_command
 
+from . import launcher
 
-def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings.demo")
+
+def main() -> int:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "settings.demo_frontend"  # the frontend owns the database
     django.setup()
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
     call_command("migrate", verbosity=0)
-    call_command("check", "--tag", "django_aio_request")
     user_model = get_user_model()
     if not user_model.objects.filter(username="demo").exists():
         user_model.objects.create_superuser("demo", "demo@example.invalid", "demo")
-    port = getattr(settings, "DEMO_PORT", 8000)
-    print(f"\nDemo running. Open http://127.0.0.1:{port}/  (admin: http://127.0.0.1:{port}/admin/, login demo / demo)")
-    print("Stop with Ctrl-C.\n", flush=True)
-    call_command("runserver", f"127.0.0.1:{port}", "--noreload")
+    ports: dict[str, int] = dict(getattr(settings, "DEMO_PORTS"))  # noqa: B009 - not in the type checker's settings
+    # Ctrl-C, and `kill <pid>`, stop the services too (SIGINT even when started in the background,
+    # where the shell has it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    print("Starting " + ", ".join(f"{name} on :{port}" for name, port in ports.items()) + " ...", flush=True)
+    try:
+        with launcher.running(ports) as services:
+            _print_urls(ports)
+            ended = launcher.wait_for_exit(services)
+            print(f"{ended.name} stopped (exit code {ended.returncode}); stopping the others.", file=sys.stderr)
+            return 1
+    except launcher.ServiceFailed as error:
+        print(f"{error}. Another demo still running? Set DEMO_PORT for other ports.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopped frontend, orders and billing.")
+        return 0
+
+
+def _print_urls(ports: dict[str, int]) -> None:
+    frontend = f"http://127.0.0.1:{ports['frontend']}"
+    print(
+        f"""
+Demo running: frontend -> orders -> billing, each its own process.
+  {frontend}/chain/     deadline and priority as each hop received them, and each hop's time
+  {frontend}/hedging/   single attempt versus hedging against billing's 5% slow tail (SVG histograms)
+  {frontend}/           one call to billing through each strategy (single, sequential, hedged)
+  {frontend}/admin/     admin, login demo / demo
+JSON: /demo/hop (one hop of the chain) and /demo/stats (requests received) on every service:
+  orders  http://127.0.0.1:{ports["orders"]}/demo/stats
+  billing http://127.0.0.1:{ports["billing"]}/demo/stats
+Stop with Ctrl-C.
+""",
+        flush=True,
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,10 @@ from . import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("chain/", views.chain_page, name="chain"),
+    path("hedging/", views.hedging_page, name="hedging"),
+    path("demo/hop", views.hop, name="hop"),
+    path("demo/stats", views.stats, name="stats"),
     path("demo/downstream/things/<str:name>", views.downstream, name="downstream"),
     path("admin/", admin.site.urls),
 ]

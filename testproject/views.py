@@ -1,52 +1,129 @@
-"""Demo views: a simulated downstream service, and a page that calls it through each named client."""
+"""Demo views. Every service: ``demo/hop`` (one hop of the chain), ``demo/stats`` (what it received)
+and ``demo/downstream/...`` (a simulated service). The frontend also serves the pages."""
 
-import random
+import functools
+import os
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
-from django_aio_request import Priority, clients, get
+from django_aio_request import Priority, clients, get, set_context, timeout
+
+from . import chain, hedging, svg
+from .arrivals import ARRIVALS
+from .forms import ChainForm, HedgingForm
+
+INDEX_CLIENTS = ("single", "sequential", "hedged")
+HEDGING_BUDGET_SECONDS = 20.0
+View = Callable[[HttpRequest], HttpResponse]
 
 
+def frontend_page(view: View) -> View:
+    """A page of the frontend; the other services answer 404."""
+
+    @functools.wraps(view)
+    def page(request: HttpRequest) -> HttpResponse:
+        if not getattr(settings, "DEMO_PAGES", False):
+            raise Http404(f"this is the {chain.service_name()} service; the pages are on the frontend")
+        return view(request)
+
+    return require_GET(page)
+
+
+@require_GET
+def hop(request: HttpRequest) -> JsonResponse:
+    report = chain.hop(request, request.GET.dict())
+    return JsonResponse(report, status=503 if report["failed"] else 200)
+
+
+@require_GET
+def stats(request: HttpRequest) -> JsonResponse:
+    """The service's request count; with ``?run=tag``, also the arrivals of requests tagged ``run=tag``."""
+    data: dict[str, object] = {"service": chain.service_name(), "pid": os.getpid(), "requests": ARRIVALS.count()}
+    if run := request.GET.get("run"):
+        data["arrivals"] = [asdict(arrival) for arrival in ARRIVALS.tagged(run)]
+    return JsonResponse(data)
+
+
+@require_GET
 def downstream(request: HttpRequest, name: str) -> HttpResponse:
     """A service to call: ``?delay=seconds`` waits, ``?fail=0.3`` answers 503 that often, ``?slow=0.1`` makes
-    that share of requests take ``slow_delay`` (default 1 s): a latency tail for hedging to cut."""
-    delay = float(request.GET.get("delay", "0"))
-    if random.random() < float(request.GET.get("slow", "0")):
-        delay += float(request.GET.get("slow_delay", "1"))
-    time.sleep(min(delay, 10.0))
-    if random.random() < float(request.GET.get("fail", "0")):
+    that share of requests take ``slow_delay`` (default 1 s) more: a latency tail for hedging to cut."""
+    slept, failed = chain.misbehave(request.GET.dict())
+    if failed:
         return JsonResponse({"error": "simulated failure"}, status=503)
-    return JsonResponse(
-        {
-            "name": name,
-            "slept": delay,
-            "received_timeout": request.headers.get("X-Request-Timeout"),
-            "received_priority": request.headers.get("X-Request-Priority"),
-            "caller": request.headers.get("X-Service-Name"),
-        }
-    )
+    return JsonResponse({"name": name, "slept": slept, "received": chain.received(request)})
 
 
+@frontend_page
 def index(request: HttpRequest) -> HttpResponse:
-    """Call the downstream through every configured client with the parameters given, and show the outcomes."""
+    """Call billing through each strategy's client with the parameters given, and show the outcomes."""
     params = {key: request.GET[key] for key in ("delay", "fail", "slow", "slow_delay") if request.GET.get(key)}
     priority = Priority.parse(request.GET.get("priority")) or Priority.NORMAL
     results = []
-    for alias in clients:
+    for alias in INDEX_CLIENTS:
         started = time.monotonic()
-        with clients[alias].request(get("things/{id}", path_parameters={"id": 42}, query_parameters=params),
-                                    priority=priority) as response:  # fmt: skip
+        call = get("downstream/things/{id}", path_parameters={"id": 42}, query_parameters=params)
+        with clients[alias].request(call, priority=priority) as response:
             body = response.json(content_type=None) if response.read() else None
-            results.append(
-                {
-                    "client": alias,
-                    "strategy": clients[alias].strategy,
-                    "status": response.status,
-                    "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-                    "circuit_breaker": "X-Circuit-Breaker" in response.headers,
-                    "body": body,
-                }
-            )
+        results.append(
+            {
+                "client": alias,
+                "strategy": clients[alias].strategy,
+                "status": response.status,
+                "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+                "circuit_breaker": "X-Circuit-Breaker" in response.headers,
+                "body": body,
+            }
+        )
     return render(request, "testproject/index.html", {"results": results, "params": params, "priority": priority})
+
+
+@frontend_page
+def chain_page(request: HttpRequest) -> HttpResponse:
+    """Call down the chain with the deadline and priority of the form (blank: those the frontend received)."""
+    form = ChainForm(request.GET or ChainForm.INITIAL)
+    rows: list[chain.Row] = []
+    if form.is_valid():
+        run = uuid.uuid4().hex  # tags this call's requests, to count what each service received
+        with set_context(**form.context_arguments()):
+            report = chain.hop(request, {**form.forwarded(), "run": run})
+        rows = chain.rows(report, run)
+    return render(request, "testproject/chain.html", {"form": form, "rows": rows})
+
+
+@frontend_page
+@timeout(60)  # the page's own deadline: the experiment takes up to HEDGING_BUDGET_SECONDS and then some
+def hedging_page(request: HttpRequest) -> HttpResponse:
+    """With ``?start=1``: the hedging experiment, drawn as two latency histograms side by side."""
+    form = HedgingForm(request.GET or None)
+    results: list[hedging.VariantResult] = []
+    picture = None
+    if "start" in request.GET and form.is_valid():
+        results = hedging.run(form.cleaned_data["calls"] or 300, HEDGING_BUDGET_SECONDS)
+        picture = svg.histograms(
+            [
+                svg.Histogram(
+                    title=f"{r.label} ({r.calls} calls)",
+                    latencies_ms=r.latencies_ms,
+                    marks=[("p50", r.p50), ("p99", r.p99)],
+                    colour=colour,
+                )
+                for r, colour in zip(results, ("#c0504d", "#4f81bd"), strict=True)
+            ]
+        )
+    context = {
+        "form": form,
+        "results": results,
+        "picture": picture,
+        "tail": hedging.TAIL,
+        "rate": hedging.RATE,
+        "budget": HEDGING_BUDGET_SECONDS / len(hedging.VARIANTS),
+    }
+    return render(request, "testproject/hedging.html", context)

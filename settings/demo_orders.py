@@ -1,0 +1,23 @@
+"""The demo's middle service: its chain endpoint calls billing, retrying failures within the deadline."""
+
+from .demo import *  # noqa: F403
+from .demo import demo_logging, service_url
+
+DEMO_SERVICE = "orders"
+LOGGING = demo_logging(DEMO_SERVICE)
+DEMO_NEXT_HOP = "billing"
+
+AIO_REQUEST = {
+    "SERVICE_NAME": "orders",
+    "CLIENTS": {
+        "billing": {
+            "ENDPOINT": service_url("billing"),
+            "TIMEOUT": 5.0,
+            "SAFE_METHOD_STRATEGY": {
+                "NAME": "sequential",
+                "ATTEMPTS_COUNT": 3,
+                "DELAYS": {"NAME": "constant", "DELAY": 0.05},
+            },
+        },
+    },
+}

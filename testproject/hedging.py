@@ -1,0 +1,137 @@
+"""The hedging page's experiment: the same logical GETs to billing with a 5% slow tail, through a
+single-attempt client and through a hedging one, bounded in calls and in time.
+
+Billing is told by the query to answer 5% of its requests after 500 ms. Each variant first makes a
+few unmeasured calls (they open connections and give the adaptive hedge delay its first samples),
+then ``calls`` measured ones, started at a steady rate; the load is the requests billing counted
+during the measured calls divided by the logical calls.
+"""
+
+import concurrent.futures
+import dataclasses
+import math
+import threading
+import time
+
+from django_aio_request import Client, PercentileDelaysProvider, clients, get
+
+TAIL = {"slow": "0.05", "slow_delay": "0.5"}
+VARIANTS = (
+    ("single", "single attempt"),
+    ("adaptive", "hedged: 2nd attempt after the p95"),
+)
+RATE = 100.0  # calls started per second, the same for both variants
+MAX_IN_FLIGHT = 16  # caller threads: enough for the calls a 500 ms tail keeps waiting at that rate
+WARMUP_CALLS = 30
+COUNTER_SETTLE_SECONDS = 0.1  # a hedge sent just before its call ended may still be on its way to billing
+_REQUEST = get("downstream/things/{id}", path_parameters={"id": "tail"}, query_parameters=TAIL)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantResult:
+    alias: str
+    label: str
+    latencies_ms: tuple[float, ...]  # sorted
+    failures: int
+    billing_requests: int
+    hedge_delay_ms: float | None  # the adaptive delay after the run
+    cut_short: bool  # the time budget ran out before all calls were made
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies_ms)
+
+    def percentile(self, share: float) -> float:
+        """Nearest rank: the latency that ``share`` of the calls did not exceed."""
+        if not self.latencies_ms:
+            return 0.0
+        rank = max(1, min(self.calls, math.ceil(share * self.calls - 1e-9)))  # 1e-9: 0.99 * 300 is 297.00000000000006
+        return self.latencies_ms[rank - 1]
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(0.5)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+    @property
+    def max(self) -> float:
+        return self.latencies_ms[-1] if self.latencies_ms else 0.0
+
+    @property
+    def load(self) -> float:
+        return self.billing_requests / self.calls if self.calls else 0.0
+
+
+def billing_requests() -> int:
+    """Requests billing has served so far (its process-local counter)."""
+    with clients["single"].request(get("stats")) as response:
+        return int(response.json()["requests"]) if response.is_successful() else 0
+
+
+def run(calls: int, budget_seconds: float) -> list[VariantResult]:
+    """Every variant in turn, each with its share of the time budget."""
+    return [run_variant(alias, label, calls, budget_seconds / len(VARIANTS)) for alias, label in VARIANTS]
+
+
+def run_variant(alias: str, label: str, calls: int, budget_seconds: float) -> VariantResult:
+    """Warm-up and measured calls through client ``alias``, no call started after ``budget_seconds``."""
+    client = clients[alias]
+    end = time.monotonic() + budget_seconds
+    _calls(client, WARMUP_CALLS, end)
+    before = billing_requests()
+    latencies, failures, cut_short = _calls(client, calls, end)
+    time.sleep(COUNTER_SETTLE_SECONDS)
+    return VariantResult(
+        alias=alias,
+        label=label,
+        latencies_ms=tuple(sorted(latencies)),
+        failures=failures,
+        billing_requests=billing_requests() - before,
+        hedge_delay_ms=_hedge_delay_ms(client),
+        cut_short=cut_short,
+    )
+
+
+def _calls(client: Client, calls: int, end: float) -> tuple[list[float], int, bool]:
+    """Make up to ``calls`` GETs at ``RATE`` calls per second, none started after ``end``.
+
+    The calls start on a fixed schedule, not each when the previous one ended: with callers that
+    wait for each other, a variant that cuts the tail would also send more requests per second, and
+    its fast requests would be slower only because the machine is busier.
+    """
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures = 0
+    scheduled = 0
+    began = time.monotonic()
+
+    def caller() -> None:
+        nonlocal failures, scheduled
+        while True:
+            with lock:
+                due = began + scheduled / RATE
+                if scheduled >= calls or due >= end:
+                    return
+                scheduled += 1
+            time.sleep(max(0.0, due - time.monotonic()))
+            started = time.monotonic()
+            with client.request(_REQUEST) as response:
+                ok = response.is_successful()
+            elapsed_ms = (time.monotonic() - started) * 1000
+            with lock:
+                latencies.append(elapsed_ms)
+                failures += not ok
+
+    with concurrent.futures.ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="hedging-demo") as pool:
+        for future in [pool.submit(caller) for _ in range(MAX_IN_FLIGHT)]:
+            future.result()
+    return latencies, failures, len(latencies) < calls
+
+
+def _hedge_delay_ms(client: Client) -> float | None:
+    safe = getattr(client.strategy, "safe", client.strategy)  # a method-based strategy's GET strategy
+    delays = getattr(safe, "delays", None)
+    return delays.delay(_REQUEST) * 1000 if isinstance(delays, PercentileDelaysProvider) else None

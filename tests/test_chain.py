@@ -1,0 +1,159 @@
+"""End to end on real servers: the demo's services frontend -> orders -> billing, each a separate
+Django process with AioRequestMiddleware, calling the next hop through a named client.
+
+The test is the first caller: it calls the frontend's hop (``/demo/hop``) with a deadline and a
+priority. Every service records each request it receives (time, path, propagation headers) before
+any other middleware runs, so a request the deadline middleware turns away is recorded too; the
+tests read these records from ``/demo/stats``. Times are compared on the wall clock
+(``time.time()``), which the processes of one machine share.
+"""
+
+import itertools
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import django_aio_request as dar
+from testproject.chain import hops
+from tests.services import Chain, running_chain
+
+SERVICES = ["frontend", "orders", "billing"]
+DEADLINE = 1.0
+LATE = 0.1  # the first caller has its answer at most this long after its deadline
+GRACE = 0.5  # after the deadline and this much, nothing may still reach billing
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    with running_chain(tmp_path_factory.mktemp("chain")) as running:
+        yield running
+
+
+@pytest.fixture
+def caller(chain: Chain) -> Iterator[dar.Client]:
+    client = dar.setup(
+        endpoint=chain.urls["frontend"] + "demo/",
+        safe_method_strategy=dar.single_attempt_strategy(),
+        service_name="test",
+    )
+    yield client
+    client.close()
+
+
+def run_tag() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.mark.parametrize("priority", [dar.Priority.HIGH, dar.Priority.LOW])
+def test_each_hop_receives_less_time_and_the_same_priority(
+    chain: Chain, caller: dar.Client, priority: dar.Priority
+) -> None:
+    work = 0.02  # each hop works this long before calling on: the time it passes on must shrink by as much
+    run = run_tag()
+    with caller.request(
+        dar.get("hop", query_parameters={"run": run, "work": work}),
+        deadline=dar.Deadline.from_timeout(5.0),
+        priority=priority,
+    ) as response:
+        assert response.status == 200, chain.logs()
+        chain_hops = hops(response.json())
+
+    assert [hop["service"] for hop in chain_hops] == SERVICES
+    received = [hop["received"] for hop in chain_hops]
+    assert [r["caller"] for r in received] == ["test", "frontend", "orders"]
+    assert [r["priority"] for r in received] == [priority.value] * 3
+    assert [r["context_priority"] for r in received] == [priority.value] * 3  # the middleware's doing
+    timeouts = [float(r["timeout"] or "nan") for r in received]
+    assert timeouts[0] <= 5.0
+    for previous, following in itertools.pairwise(timeouts):
+        assert following <= previous - work + 0.001, timeouts  # 0.001: the header has 3 decimals
+    assert timeouts[-1] > 5.0 - 2 * work - 1.0, timeouts  # two hops worked before billing; the rest is overhead
+    for r in received:
+        assert r["context_timeout"] is not None
+        assert r["context_timeout"] <= float(r["timeout"] or "nan") + 0.001  # the deadline in force is the header's
+    assert [hop["downstream"]["status"] for hop in chain_hops[:-1] if hop["downstream"]] == [200, 200]
+    # Each hop was called once, and billing's record agrees with what the hops report.
+    arrivals = {service: chain.arrivals(service, run) for service in SERVICES}
+    assert {service: len(found) for service, found in arrivals.items()} == dict.fromkeys(SERVICES, 1)
+    assert [arrivals[service][0]["timeout"] for service in SERVICES] == [r["timeout"] for r in received]
+
+
+def test_the_deadline_bounds_the_whole_chain(chain: Chain, caller: dar.Client) -> None:
+    """Billing sleeps 5 s; the first caller's deadline is 1 s. Orders would retry billing (3
+    sequential attempts) and the frontend would wait for orders: neither may outlive the deadline."""
+    run = run_tag()
+    deadline = dar.Deadline.from_timeout(DEADLINE)
+    wall_deadline = time.time() + deadline.timeout
+    started = time.monotonic()
+    with caller.request(dar.get("hop", query_parameters={"run": run, "delay": 5}), deadline=deadline) as response:
+        body = response.read()
+    elapsed = time.monotonic() - started
+
+    assert elapsed <= DEADLINE + LATE, (elapsed, chain.logs())
+    if response.status != 408:
+        # The frontend answered just in time with its fallback: a report of the chain up to the hop
+        # whose call ran out of time. Billing's answer, 4 s later, is in no report.
+        assert response.status == 200, (response.status, body)
+        chain_hops = hops(json.loads(body))
+        assert "billing" not in [hop["service"] for hop in chain_hops]
+        last_call = chain_hops[-1]["downstream"]
+        assert last_call is not None
+        assert last_call["status"] == 408
+
+    time.sleep(max(0.0, wall_deadline + GRACE - time.time()))
+    arrivals = {service: chain.arrivals(service, run) for service in SERVICES}
+    time.sleep(GRACE)
+    assert chain.arrivals("billing", run) == arrivals["billing"], "billing received requests after the deadline"
+    assert chain.arrivals("orders", run) == arrivals["orders"], "orders received requests after the deadline"
+    # Billing was called (the deadline was long enough for that) and nothing was sent after the
+    # deadline: no retry once the first attempt had used the time up.
+    assert [len(arrivals[service]) for service in SERVICES] == [1, 1, 1], arrivals
+    for service in SERVICES:
+        for arrival in arrivals[service]:
+            assert arrival["at"] < wall_deadline, (service, arrival["at"] - wall_deadline)
+            # and the time it was given did not reach past the first caller's deadline, but for the
+            # time in transit: a hop starts its clock when the request reaches it, so each hop adds
+            # the time its request spent between the caller's send and the view (tens of ms when busy)
+            assert arrival["at"] + float(arrival["timeout"]) <= wall_deadline + LATE, (service, arrival)
+
+
+def test_a_request_without_time_left_is_answered_at_once(chain: Chain) -> None:
+    run = run_tag()
+    request = urllib.request.Request(
+        chain.urls["frontend"] + f"demo/hop?run={run}&delay=5", headers={"X-Request-Timeout": "0.001"}
+    )
+    started = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5)
+    raised.value.close()
+    assert raised.value.code == 408
+    assert time.monotonic() - started < 0.5
+    assert len(chain.arrivals("frontend", run)) == 1  # it arrived, and went no further
+    assert chain.arrivals("orders", run) == []
+
+
+def test_the_demo_pages_render(chain: Chain) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def page(path: str) -> str:
+        with opener.open(chain.urls["frontend"] + path, timeout=20) as response:
+            assert response.status == 200
+            text: str = response.read().decode()
+            return text
+
+    chain_page = page("chain/?deadline=2&priority=high&work=0.01")
+    for service in SERVICES:
+        assert f"<strong>{service}</strong>" in chain_page
+    hedging_page = page("hedging/?start=1&calls=20")
+    assert hedging_page.count("<svg") == 1
+    assert "hedged" in hedging_page
+    assert "what billing received" in page("?delay=0.01")
+    with pytest.raises(urllib.error.HTTPError) as raised:  # the pages are the frontend's only
+        opener.open(chain.urls["orders"] + "chain/", timeout=5)
+    raised.value.close()
+    assert raised.value.code == 404
