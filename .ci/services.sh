@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Make sure the services the tests use are installed and running on this machine (Debian, root):
+# PostgreSQL on 127.0.0.1:5432 with trust authentication and a database named "test".
+set -euo pipefail
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  echo "PostgreSQL is not answering on 127.0.0.1:5432: installing and starting it"
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  pg_version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+  pg_hba="/etc/postgresql/$pg_version/main/pg_hba.conf"
+  grep -q '^host all all 127.0.0.1/32 trust' "$pg_hba" || sed -i '1i host all all 127.0.0.1/32 trust' "$pg_hba"
+  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  pg_isready -h 127.0.0.1 -p 5432
+fi
+psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+  || createdb -h 127.0.0.1 -U postgres test
+echo "PostgreSQL: ready on 127.0.0.1:5432"
