@@ -2,6 +2,7 @@
 and leaves its pool and threads in order afterwards. All against a real server on loopback."""
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,18 +247,25 @@ def test_aborted_connection_is_not_handed_to_the_next_call(
 # --- cancellation -------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def cancelled_after(seconds: float) -> Iterator[Cancellation]:
+    """A cancellation that another thread cancels ``seconds`` after the block starts."""
+    cancellation = Cancellation()
+    canceller = threading.Timer(seconds, cancellation.cancel)
+    canceller.start()
+    try:
+        yield cancellation
+    finally:
+        canceller.join()
+
+
 def test_cancellation_from_another_thread_aborts_a_blocked_attempt_at_once(
     server: LoopbackServer, transport: RequestsTransport, release: threading.Event
 ) -> None:
     server.route("/hang", hold(release))
     server.route("/ok", lambda h: h.reply(200, b"ok"))
-    cancellation = Cancellation()
-    canceller = threading.Timer(0.1, cancellation.cancel)
-    canceller.start()
-    try:
+    with cancelled_after(0.1) as cancellation:
         response, elapsed = timed(transport, server, "hang", 5.0, cancellation=cancellation)
-    finally:
-        canceller.join()
     assert response.status == 499
     assert 0.1 - 0.01 <= elapsed <= 0.1 + 0.15
     assert transport.send(server.url, get("ok"), 1.0).status == 200
@@ -265,13 +273,8 @@ def test_cancellation_from_another_thread_aborts_a_blocked_attempt_at_once(
 
 def test_cancellation_aborts_a_trickling_body(server: LoopbackServer, transport: RequestsTransport) -> None:
     server.route("/trickle", lambda h: trickle(h, size=200, interval=0.02))
-    cancellation = Cancellation()
-    canceller = threading.Timer(0.1, cancellation.cancel)
-    canceller.start()
-    try:
+    with cancelled_after(0.1) as cancellation:
         response, elapsed = timed(transport, server, "trickle", 5.0, cancellation=cancellation)
-    finally:
-        canceller.join()
     assert response.status == 499
     assert elapsed <= 0.1 + 0.15
 
@@ -284,13 +287,8 @@ def test_cancellation_ends_the_wait_for_a_connection_slot(server: LoopbackServer
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(transport.send, server.url, get("hang"), 5.0)
             _wait_until(lambda: len(server.received("/hang")) == 1)
-            cancellation = Cancellation()
-            canceller = threading.Timer(0.1, cancellation.cancel)
-            canceller.start()
-            try:
+            with cancelled_after(0.1) as cancellation:
                 response, elapsed = timed(transport, server, "other", 5.0, cancellation=cancellation)
-            finally:
-                canceller.join()
             assert response.status == 499
             assert elapsed <= 0.1 + 0.15
             release.set()
