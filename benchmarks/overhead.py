@@ -9,8 +9,12 @@ HTTP/1.1 server (benchmarks/_server.py), made two ways over the same server:
   break_duration=1, sampling_duration=10, minimum_throughput=10, failure_threshold=0.5)``),
   so every call passes the deadline, strategy, low-timeout, breaker and transport stages.
 
-The two are interleaved in one run, one raw call then one client call (the order flips every
-pair), after a warm-up, so that CPU frequency changes, other processes and GC hit both alike.
+The same run also makes the client call on a second client built with ``metrics=False`` (no
+Prometheus metrics recorded; the first records them, as clients do by default): ``metrics on/off``
+is the ratio of the two, target under 1.05x at p50 (docs/metrics.md).
+
+The three are interleaved in one run, one raw call then one call of each client (the order rotates
+every round), after a warm-up, so that CPU frequency changes, other processes and GC hit all alike.
 
 How to read it: p50 is the typical call, p99 its tail. ``client/raw`` is the ratio of the same
 percentile of the two series; the target is a client p50 within 1.10x of raw. "Overhead per call"
@@ -44,8 +48,10 @@ import requests
 
 import django_aio_request as dar
 from benchmarks._server import BenchServer, serve_in_subprocess
+from django_aio_request import metrics as dar_metrics
 
 TARGET_P50_RATIO = 1.10
+TARGET_METRICS_P50_RATIO = 1.05
 PATH = "ping"
 
 Call = Callable[[], object]
@@ -65,11 +71,12 @@ def breaker() -> dar.DefaultCircuitBreaker[str, dar.Response]:
     )
 
 
-def make_client(url: str, *, with_breaker: bool = True) -> dar.Client:
+def make_client(url: str, *, with_breaker: bool = True, metrics: bool = True) -> dar.Client:
     return dar.setup(
         endpoint=url,
         safe_method_strategy=dar.single_attempt_strategy(),
         circuit_breaker=breaker() if with_breaker else None,
+        metrics=metrics,
     )
 
 
@@ -156,21 +163,27 @@ def server_url(mode: str) -> Iterator[str]:
 
 
 def run_main(args: argparse.Namespace, url: str) -> float:
-    """The interleaved raw/client run; returns the p50 ratio."""
+    """The interleaved raw/client/client-without-metrics run; returns the client/raw p50 ratio."""
     session = requests.Session()
     client = make_client(url)
-    raw, cli = raw_call(session, url), client_call(client)
+    quiet = make_client(url, metrics=False)
+    calls = [raw_call(session, url), client_call(client), client_call(quiet)]
     try:
-        interleaved([raw, cli], args.warmup, args.max_seconds)
+        interleaved(calls, args.warmup, args.max_seconds)
         gc.collect()
         started = time.monotonic()
-        (raw_times, client_times), rounds = interleaved([raw, cli], args.pairs, args.max_seconds)
+        (raw_times, client_times, quiet_times), rounds = interleaved(calls, args.pairs, args.max_seconds)
         elapsed = time.monotonic() - started
     finally:
         client.close()
+        quiet.close()
         session.close()
-    r, c = summary(raw_times), summary(client_times)
-    print(f"{rounds} interleaved pairs after {args.warmup} warm-up pairs, {elapsed:.1f} s")
+    r, c, q = summary(raw_times), summary(client_times), summary(quiet_times)
+    print(
+        f"{rounds} interleaved rounds (raw, client, client without metrics) after {args.warmup} warm-up rounds, ",
+        end="",
+    )
+    print(f"{elapsed:.1f} s")
     if rounds < args.pairs:
         print(f"  (stopped early: --max-seconds {args.max_seconds} reached before {args.pairs} pairs)")
     print()
@@ -179,8 +192,16 @@ def run_main(args: argparse.Namespace, url: str) -> float:
     print(
         f"  {'client client.request(get(...))':<36}" + "".join(f"{c[k]:>9.1f}" for k in ("p50", "p90", "p99", "mean"))
     )
+    print(f"  {'client, metrics=False':<36}" + "".join(f"{q[k]:>9.1f}" for k in ("p50", "p90", "p99", "mean")))
     print(f"  {'ratio client/raw':<36}" + "".join(f"{c[k] / r[k]:>8.3f}x" for k in ("p50", "p90", "p99", "mean")))
+    print(f"  {'ratio metrics on/off':<36}" + "".join(f"{c[k] / q[k]:>8.3f}x" for k in ("p50", "p90", "p99", "mean")))
     print()
+    metrics_cost = paired_median_difference(quiet_times, client_times)
+    metrics_ratio = c["p50"] / q["p50"]
+    verdict = "MET" if metrics_ratio < TARGET_METRICS_P50_RATIO else "MISSED"
+    enabled = "" if dar_metrics.ENABLED else " (prometheus-client is not installed: both record nothing)"
+    print(f"  metrics per call (median of on - off over rounds): {metrics_cost:.1f} µs{enabled}")
+    print(f"  target: metrics add under 5% to p50 -> {metrics_ratio:.3f}x, {verdict}")
     overhead = paired_median_difference(raw_times, client_times)
     print(f"  overhead per call (median of client - raw over pairs): {overhead:.1f} µs")
     ratio = c["p50"] / r["p50"]

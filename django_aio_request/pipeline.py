@@ -3,6 +3,7 @@ low-timeout guard -> circuit breaker -> transport (which adds the system headers
 
 import abc
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 from . import headers as h
@@ -11,6 +12,7 @@ from .cancellation import Cancellation
 from .circuit_breaker import CircuitBreaker
 from .classifier import ResponseClassifier, ResponseVerdict
 from .deadline import Deadline
+from .metrics import ClientMetrics
 from .priority import Priority
 from .request import Request
 from .response import EmptyResponse, Response
@@ -40,11 +42,19 @@ class RequestModule(abc.ABC):
 class LowTimeoutModule(RequestModule):
     """With less time left than ``threshold`` no request could finish: answer 408 without sending."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, metrics: ClientMetrics | None = None) -> None:
         self.threshold = threshold
+        self.metrics = metrics  # counts every attempt here, the first stage, and the ones refused
 
     def execute(self, next_: Next, attempt: Attempt) -> Response:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.attempt(attempt.request.method, attempt.number)
         if attempt.deadline.timeout < self.threshold or attempt.deadline.expired:
+            if metrics is not None:
+                metrics.deadline_rejected(
+                    attempt.request.method, "expired" if attempt.deadline.expired else "low_timeout"
+                )
             return EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
         return next_(attempt)
 
@@ -84,7 +94,9 @@ class TransportModule(RequestModule):
         emit_system_headers: bool,
         request_enricher: RequestEnricher | None,
         service_name: str | None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.transport = transport
         self.emit_system_headers = emit_system_headers
         self.request_enricher = request_enricher
@@ -103,7 +115,12 @@ class TransportModule(RequestModule):
         if self.request_enricher is not None:
             request = self.request_enricher(request)
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
-        return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
+        if self.metrics is None:
+            return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
+        started = time.perf_counter()
+        response = self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
+        self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
+        return response
 
 
 def _seconds(value: float) -> str:

@@ -11,7 +11,7 @@ import logging
 import os
 
 from .base import *  # noqa: F403
-from .base import BASE_DIR, MIDDLEWARE
+from .base import BASE_DIR, INSTALLED_APPS, MIDDLEWARE
 
 DEBUG = True
 
@@ -45,6 +45,9 @@ DATABASES = {
 # Every request is recorded first, so even one that AioRequestMiddleware (in base.MIDDLEWARE: it puts
 # the incoming deadline and priority into the context for the whole request) turns away is counted.
 MIDDLEWARE = ["testproject.arrivals.record_arrivals", *MIDDLEWARE]
+
+# Prometheus metrics (ours and django-prometheus's) at /metrics: see docs/metrics.md.
+INSTALLED_APPS = [*INSTALLED_APPS, "django_prometheus"]
 
 
 def _unexpected(record: logging.LogRecord) -> bool:

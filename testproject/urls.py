@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("demo/stats", views.stats, name="stats"),
     path("demo/downstream/things/<str:name>", views.downstream, name="downstream"),
     path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),  # /metrics
 ]
