@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from .adaptive_delays import PercentileDelaysProvider
 from .cancellation import Cancellation
-from .circuit_breaker import CircuitBreaker, CircuitState, CircuitTransition, DefaultCircuitBreaker
+from .circuit_breaker import (
+    CircuitBreaker,
+    CircuitSnapshot,
+    CircuitState,
+    CircuitStore,
+    CircuitTransition,
+    DefaultCircuitBreaker,
+    MemoryCircuitStore,
+    Override,
+)
 from .classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
 from .client import Client
 from .context import Context, get_context, set_context
@@ -51,7 +60,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Cancellation",
     "CircuitBreaker",
+    "CircuitSnapshot",
     "CircuitState",
+    "CircuitStore",
     "CircuitTransition",
     "Client",
     "Context",
@@ -61,6 +72,8 @@ __all__ = [
     "DefaultResponseClassifier",
     "DelaysProvider",
     "EmptyResponse",
+    "MemoryCircuitStore",
+    "Override",
     "PercentileDelaysProvider",
     "Priority",
     "Request",

@@ -6,6 +6,9 @@ When at least ``minimum_throughput`` outcomes were seen and the failure ratio re
 touching the network. Then exactly one call is let through as a probe (half-open): its success
 closes the circuit, its failure opens it again. A probe that never reports (its caller died) is
 replaced by another after ``break_duration``.
+
+An :class:`Override` (``set_override``) forces a circuit open or closed by hand. Counts and blocks
+live in a :class:`CircuitStore`: in memory by default, or shared by processes (shared_breaker.py).
 """
 
 import abc
@@ -28,6 +31,8 @@ class CircuitState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"  # Override.FORCE_OPEN is set
+    FORCED_CLOSED = "forced_closed"  # Override.FORCE_CLOSED is set
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class CircuitBreaker(abc.ABC, Generic[TScope, TResult]):
     @abc.abstractmethod
     def state(self) -> Mapping[TScope, CircuitState]: ...
 
+    def close(self) -> None:
+        """Release what the breaker holds (e.g. a shared store's thread); it may still be used afterwards."""
+
 
 @dataclasses.dataclass(slots=True)
 class _Window:
@@ -110,13 +118,151 @@ class _RollingCounts:
             self._windows.popleft()
 
 
-class _Circuit:
-    __slots__ = ("blocked_until", "counts", "state")
+class CircuitStore(abc.ABC, Generic[TScope]):
+    """Where a :class:`DefaultCircuitBreaker` keeps, per scope, the outcome counts and until when the
+    circuit is blocked (open, or half-open with its probe out).
 
-    def __init__(self, counts: _RollingCounts) -> None:
-        self.state = CircuitState.CLOSED
-        self.blocked_until = 0.0
-        self.counts = counts
+    The breaker calls every method while holding its lock, so a store needs no lock of its own for
+    these calls (one with a background thread must guard what that thread shares). ``now()`` is the
+    store's clock for ``until`` values: monotonic in memory, wall-clock time when processes share it.
+    """
+
+    def bind(
+        self,
+        *,
+        sampling_duration: float,
+        windows_count: int,
+        break_duration: float,
+        on_change: Callable[[TScope], None],
+    ) -> None:
+        """Called once by the breaker: its settings, and a callback to call (outside any lock of the
+        store's) when the store learns of counts or blocks it did not make itself."""
+
+    @abc.abstractmethod
+    def now(self) -> float: ...
+
+    @abc.abstractmethod
+    def add(self, scope: TScope, success: bool) -> None:
+        """Count one outcome."""
+
+    @abc.abstractmethod
+    def totals(self, scope: TScope) -> tuple[int, int]:
+        """(failures, successes) in the sampling period."""
+
+    @abc.abstractmethod
+    def blocked_until(self, scope: TScope) -> float | None:
+        """Until when (``now()`` clock) the circuit is blocked; None when it is closed. A time in the
+        past means the break is over: the next caller may claim the probe."""
+
+    @abc.abstractmethod
+    def block(self, scope: TScope, until: float) -> None:
+        """Open the circuit until ``until``."""
+
+    @abc.abstractmethod
+    def claim_probe(self, scope: TScope, until: float) -> bool:
+        """Atomically: if the break is over, block until ``until`` and return True (the caller is the
+        one probe); else return False."""
+
+    @abc.abstractmethod
+    def close_circuit(self, scope: TScope) -> None:
+        """The circuit closed: forget its counts and its block."""
+
+    def close(self) -> None:
+        """Release what the store holds (threads, connections); it may still be used afterwards."""
+
+
+class MemoryCircuitStore(CircuitStore[TScope]):
+    """The default store: counts and blocks in this process only, on the ``clock`` given (monotonic)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._sampling_duration = 10.0
+        self._windows_count = 10
+        self._counts: dict[TScope, _RollingCounts] = {}
+        self._blocked: dict[TScope, float] = {}
+
+    def bind(
+        self,
+        *,
+        sampling_duration: float,
+        windows_count: int,
+        break_duration: float,
+        on_change: Callable[[TScope], None],
+    ) -> None:
+        self._sampling_duration = sampling_duration
+        self._windows_count = windows_count
+
+    def now(self) -> float:
+        return self._clock()
+
+    def add(self, scope: TScope, success: bool) -> None:
+        counts = self._counts.get(scope)
+        if counts is None:
+            counts = self._counts[scope] = _RollingCounts(self._sampling_duration, self._windows_count)
+        counts.add(success, self._clock())
+
+    def totals(self, scope: TScope) -> tuple[int, int]:
+        counts = self._counts.get(scope)
+        return counts.totals(self._clock()) if counts is not None else (0, 0)
+
+    def blocked_until(self, scope: TScope) -> float | None:
+        return self._blocked.get(scope)
+
+    def block(self, scope: TScope, until: float) -> None:
+        self._blocked[scope] = until
+
+    def claim_probe(self, scope: TScope, until: float) -> bool:
+        blocked = self._blocked.get(scope)
+        if blocked is not None and blocked > self._clock():
+            return False
+        self._blocked[scope] = until
+        return True
+
+    def close_circuit(self, scope: TScope) -> None:
+        counts = self._counts.get(scope)
+        if counts is not None:
+            counts.reset()
+        self._blocked.pop(scope, None)
+
+
+class Override(enum.StrEnum):
+    """A manual setting that replaces the automatic state of a circuit until it is removed."""
+
+    FORCE_OPEN = "force_open"  # isolate the endpoint: every call gets the fallback
+    FORCE_CLOSED = "force_closed"  # every call goes through, whatever the counts say
+
+
+_FORCED = {Override.FORCE_OPEN: CircuitState.FORCED_OPEN, Override.FORCE_CLOSED: CircuitState.FORCED_CLOSED}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CircuitSnapshot(Generic[TScope]):
+    """One scope of a breaker at one moment (``DefaultCircuitBreaker.snapshot()``)."""
+
+    scope: TScope
+    state: CircuitState  # FORCED_OPEN / FORCED_CLOSED while an override is set
+    failures: int
+    successes: int
+    changed_at: float  # time.time() of the last state change, 0.0 if it never changed
+    override: Override | None
+
+    @property
+    def failure_ratio(self) -> float:
+        total = self.failures + self.successes
+        return self.failures / total if total else 0.0
+
+
+class _Circuit:
+    __slots__ = ("changed_at", "override", "state")
+
+    def __init__(self) -> None:
+        self.state = CircuitState.CLOSED  # the automatic state, kept (frozen) while an override is set
+        self.override: Override | None = None
+        self.changed_at = 0.0
+
+    @property
+    def effective(self) -> CircuitState:
+        return self.state if self.override is None else _FORCED[self.override]
 
 
 class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
@@ -128,6 +274,7 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         minimum_throughput: int,
         failure_threshold: float,
         windows_count: int = 10,
+        store: CircuitStore[TScope] | None = None,
     ) -> None:
         if not break_duration > 0:
             raise ValueError(f"break_duration must be > 0 seconds, not {break_duration!r}")
@@ -144,6 +291,13 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         self.minimum_throughput = minimum_throughput
         self.failure_threshold = failure_threshold
         self.windows_count = windows_count
+        self.store: CircuitStore[TScope] = store if store is not None else MemoryCircuitStore()
+        self.store.bind(
+            sampling_duration=sampling_duration,
+            windows_count=windows_count,
+            break_duration=break_duration,
+            on_change=self._reconcile,
+        )
         self._lock = threading.Lock()
         self._circuits: dict[TScope, _Circuit] = {}
         self._listeners: list[TransitionListener[TScope]] = []
@@ -155,13 +309,39 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
     @property
     def state(self) -> Mapping[TScope, CircuitState]:
         with self._lock:
-            return {scope: circuit.state for scope, circuit in self._circuits.items()}
+            return {scope: circuit.effective for scope, circuit in self._circuits.items()}
 
     def counts(self, scope: TScope) -> tuple[int, int]:
         """(failures, successes) of ``scope`` in the current sampling period."""
         with self._lock:
-            circuit = self._circuits.get(scope)
-            return circuit.counts.totals(time.monotonic()) if circuit else (0, 0)
+            return self.store.totals(scope) if scope in self._circuits else (0, 0)
+
+    def snapshot(self) -> list[CircuitSnapshot[TScope]]:
+        """Every scope this breaker has seen: its state, counts, last change and override."""
+        with self._lock:
+            return [
+                CircuitSnapshot(
+                    scope, circuit.effective, *self.store.totals(scope), circuit.changed_at, circuit.override
+                )
+                for scope, circuit in self._circuits.items()
+            ]
+
+    def set_override(self, scope: TScope, override: Override | None) -> None:
+        """Force the circuit of ``scope`` open or closed; None gives it back to the automatic state
+        (which resumes where it was). Outcomes are still counted while forced. Listeners are told of
+        a change of the state shown (e.g. OPEN -> FORCED_CLOSED)."""
+        override = None if override is None else Override(override)
+        transition = None
+        with self._lock:
+            circuit = self._circuit(scope)
+            old = circuit.effective
+            circuit.override = override
+            if circuit.effective is not old:
+                transition = self._transition(scope, circuit, old)
+        self._notify(transition)
+
+    def close(self) -> None:
+        self.store.close()
 
     def execute(
         self,
@@ -182,54 +362,97 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
     def _circuit(self, scope: TScope) -> _Circuit:
         circuit = self._circuits.get(scope)
         if circuit is None:
-            circuit = _Circuit(_RollingCounts(self.sampling_duration, self.windows_count))
-            self._circuits[scope] = circuit
+            circuit = self._circuits[scope] = _Circuit()
         return circuit
 
     def _admit(self, scope: TScope) -> bool:
         transition = None
+        admit = True
         with self._lock:
             circuit = self._circuit(scope)
-            if circuit.state is CircuitState.CLOSED:
-                return True
-            now = time.monotonic()
-            if circuit.blocked_until > now:
-                return False
-            # The break is over (or the last probe went missing): this call is the one probe.
-            circuit.blocked_until = now + self.break_duration
-            if circuit.state is not CircuitState.HALF_OPEN:
-                transition = self._move(scope, circuit, CircuitState.HALF_OPEN, now)
+            if circuit.override is not None:
+                return circuit.override is Override.FORCE_CLOSED
+            store = self.store
+            until = store.blocked_until(scope)
+            if until is None:
+                if circuit.state is CircuitState.CLOSED:
+                    return True
+                # Closed by another process sharing the store (its probe succeeded).
+                transition = self._move(scope, circuit, CircuitState.CLOSED)
+            else:
+                now = store.now()
+                if until > now:
+                    # Blocked; in CLOSED state only when another process sharing the store opened it.
+                    if circuit.state is CircuitState.CLOSED:
+                        transition = self._move(scope, circuit, CircuitState.OPEN)
+                    admit = False
+                # The break is over (or the last probe went missing): this call may be the one probe.
+                elif store.claim_probe(scope, now + self.break_duration):
+                    if circuit.state is not CircuitState.HALF_OPEN:
+                        transition = self._move(scope, circuit, CircuitState.HALF_OPEN)
+                else:
+                    admit = False
         self._notify(transition)
-        return True
+        return admit
 
     def _record(self, scope: TScope, success: bool) -> None:
         transition = None
         with self._lock:
             circuit = self._circuit(scope)
-            now = time.monotonic()
+            store = self.store
+            if circuit.override is not None:
+                store.add(scope, success)
+                return
             if circuit.state is CircuitState.HALF_OPEN:
                 if success:
-                    transition = self._move(scope, circuit, CircuitState.CLOSED, now)
-                    circuit.counts.reset()
-                    circuit.blocked_until = 0.0
+                    transition = self._move(scope, circuit, CircuitState.CLOSED)
+                    store.close_circuit(scope)
                 else:
-                    circuit.counts.add(False, now)
-                    circuit.blocked_until = now + self.break_duration
-                    transition = self._move(scope, circuit, CircuitState.OPEN, now)
+                    store.add(scope, False)
+                    store.block(scope, store.now() + self.break_duration)
+                    transition = self._move(scope, circuit, CircuitState.OPEN)
             else:
-                circuit.counts.add(success, now)
-            if circuit.state is CircuitState.CLOSED and not success and transition is None:
-                failures, successes = circuit.counts.totals(now)
-                total = failures + successes
-                if total >= self.minimum_throughput and failures / total >= self.failure_threshold:
-                    circuit.blocked_until = now + self.break_duration
-                    transition = self._move(scope, circuit, CircuitState.OPEN, now)
+                store.add(scope, success)
+                if circuit.state is CircuitState.CLOSED and not success:
+                    transition = self._trip_if_due(scope, circuit)
         self._notify(transition)
 
-    def _move(self, scope: TScope, circuit: _Circuit, new: CircuitState, now: float) -> CircuitTransition[TScope]:
-        failures, successes = circuit.counts.totals(now)
-        old, circuit.state = circuit.state, new
-        return CircuitTransition(scope=scope, old=old, new=new, failures=failures, successes=successes, at=time.time())
+    def _trip_if_due(self, scope: TScope, circuit: _Circuit) -> CircuitTransition[TScope] | None:
+        failures, successes = self.store.totals(scope)
+        total = failures + successes
+        if total >= self.minimum_throughput and failures / total >= self.failure_threshold:
+            self.store.block(scope, self.store.now() + self.break_duration)
+            return self._move(scope, circuit, CircuitState.OPEN)
+        return None
+
+    def _reconcile(self, scope: TScope) -> None:
+        """The store learnt something from elsewhere (other processes): follow it without waiting for a call."""
+        transition = None
+        with self._lock:
+            circuit = self._circuits.get(scope)
+            if circuit is None or circuit.override is not None:
+                return
+            until = self.store.blocked_until(scope)
+            if circuit.state is CircuitState.CLOSED:
+                if until is not None and until > self.store.now():
+                    transition = self._move(scope, circuit, CircuitState.OPEN)
+                elif until is None:
+                    transition = self._trip_if_due(scope, circuit)
+            elif until is None:
+                transition = self._move(scope, circuit, CircuitState.CLOSED)
+        self._notify(transition)
+
+    def _move(self, scope: TScope, circuit: _Circuit, new: CircuitState) -> CircuitTransition[TScope]:
+        old = circuit.effective
+        circuit.state = new
+        return self._transition(scope, circuit, old)
+
+    def _transition(self, scope: TScope, circuit: _Circuit, old: CircuitState) -> CircuitTransition[TScope]:
+        failures, successes = self.store.totals(scope)
+        circuit.changed_at = time.time()
+        return CircuitTransition(
+            scope=scope, old=old, new=circuit.effective, failures=failures, successes=successes, at=circuit.changed_at
+        )
 
     def _notify(self, transition: CircuitTransition[TScope] | None) -> None:
         if transition is None:

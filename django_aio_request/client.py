@@ -1,10 +1,14 @@
 import contextlib
+import time
 from collections.abc import Iterator
 
+from . import headers as h
 from .cancellation import Cancellation
+from .circuit_breaker import CircuitBreaker
 from .classifier import ResponseClassifier
 from .context import get_context
 from .deadline import Deadline
+from .metrics import ClientMetrics
 from .pipeline import Attempt, Next
 from .priority import Priority
 from .request import Request
@@ -28,6 +32,8 @@ class Client:
         pipeline: Next,
         workers: WorkerPool,
         transport: Transport,
+        metrics: ClientMetrics | None = None,
+        circuit_breaker: CircuitBreaker[str, Response] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.strategy = strategy
@@ -35,8 +41,10 @@ class Client:
         self.timeout = timeout
         self.priority = priority
         self.transport = transport
+        self.circuit_breaker = circuit_breaker  # the breaker given to setup(), or None
         self._pipeline = pipeline
         self._workers = workers
+        self._metrics = metrics
 
     @contextlib.contextmanager
     def request(
@@ -57,7 +65,21 @@ class Client:
         if deadline is None:
             deadline = context.deadline if context.deadline is not None else Deadline.from_timeout(self.timeout)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
-        result = (strategy or self.strategy).request(self._send, self._workers, request, deadline, priority)
+        metrics = self._metrics
+        if metrics is None:
+            result = (strategy or self.strategy).request(self._send, self._workers, request, deadline, priority)
+        else:
+            started = time.perf_counter()
+            result = (strategy or self.strategy).request(self._send, self._workers, request, deadline, priority)
+            response = result.response
+            metrics.call(
+                request.method,
+                request.url,  # the template ("things/{id}"): a bounded label
+                response.status,
+                circuit_breaker=h.X_CIRCUIT_BREAKER in response.headers,
+                attempt=result.attempt,
+                elapsed=time.perf_counter() - started,
+            )
         yield result.response
 
     def _send(
@@ -70,6 +92,8 @@ class Client:
         """Wait for running attempts, then close pooled connections."""
         self._workers.shutdown()
         self.transport.close()
+        if self.circuit_breaker is not None:
+            self.circuit_breaker.close()
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint}>"

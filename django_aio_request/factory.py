@@ -1,5 +1,6 @@
 import urllib.parse
 
+from . import metrics as _metrics
 from .circuit_breaker import CircuitBreaker
 from .classifier import DefaultResponseClassifier, ResponseClassifier
 from .client import Client
@@ -50,13 +51,15 @@ def setup(
     circuit_breaker: CircuitBreaker[str, Response] | None = None,
     service_name: str | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    metrics: bool = True,
 ) -> Client:
     """Build a client for ``endpoint``.
 
     Safe methods use ``safe_method_strategy`` (default: 3 sequential attempts), the others
     ``unsafe_method_strategy`` (default: one attempt). ``max_workers`` bounds the threads that run
     parallel (hedged) attempts. Without a ``transport``, a :class:`RequestsTransport` is made with a
-    connection pool as large as the attempts it lets run at once.
+    connection pool as large as the attempts it lets run at once. ``metrics``: record the client's
+    Prometheus metrics (docs/metrics.md; nothing is recorded without prometheus-client anyway).
     """
     validate_endpoint(endpoint)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
@@ -65,9 +68,12 @@ def setup(
         raise ValueError(f"low_timeout_threshold must be >= 0, not {low_timeout_threshold!r}")
     classifier = response_classifier or DefaultResponseClassifier()
     strategy: MethodBasedStrategy = method_based_strategy(safe=safe_method_strategy, unsafe=unsafe_method_strategy)
-    modules: list[RequestModule] = [LowTimeoutModule(low_timeout_threshold)]
+    recorder = _metrics.ClientMetrics(endpoint) if metrics and _metrics.ENABLED else None
+    modules: list[RequestModule] = [LowTimeoutModule(low_timeout_threshold, recorder)]
     if circuit_breaker is not None:
         modules.append(CircuitBreakerModule(circuit_breaker, classifier))
+        if recorder is not None:
+            _metrics.watch_breaker(circuit_breaker, endpoint)
     transport = transport if transport is not None else RequestsTransport()
     modules.append(
         TransportModule(
@@ -75,6 +81,7 @@ def setup(
             emit_system_headers=emit_system_headers,
             request_enricher=request_enricher,
             service_name=service_name,
+            metrics=recorder,
         )
     )
     return Client(
@@ -86,4 +93,6 @@ def setup(
         pipeline=build_pipeline(modules),
         workers=WorkerPool(max_workers),
         transport=transport,
+        metrics=recorder,
+        circuit_breaker=circuit_breaker,
     )

@@ -1,0 +1,364 @@
+"""Circuit breaker state shared by every process and host through a Django cache (e.g. Redis).
+
+``AIO_REQUEST["CIRCUIT_BREAKER_STATE"] = "<cache alias>"`` gives each client's breaker a
+:class:`CacheCircuitStore`. In the cache, per (client, endpoint):
+
+- ``...:<window>:f`` / ``...:<window>:s``: failures and successes in each window of the sampling
+  period (windows aligned on wall-clock time, counted with ``cache.add`` + ``cache.incr``, expiring
+  after the sampling period);
+- ``...:open``: until when (``time.time()``) the circuit is blocked; absent when it is closed;
+- ``...:probe:<slot>``: the half-open probe claim, taken with ``cache.add`` (atomic), one per
+  ``break_duration`` slot, so one process of all probes.
+
+The hot path never waits for the cache, except the caller that tries to claim a probe (one
+``cache.add``) and the first call of the process to an endpoint (one ``cache.get`` of its block,
+so a recycled worker does not call into a circuit the others opened); never both in one call.
+Outcomes are batched in memory; a background thread flushes them every
+``sync_interval`` (0.1 s), writes opens and closes, and reads back the counts and the open-until
+of every endpoint in one ``get_many``, which callers then read from memory. The thread also tells
+the breaker, so a circuit opened by other processes opens here without a call having to fail.
+
+If the cache fails, this process goes on counting and deciding on its own (a
+:class:`MemoryCircuitStore` kept all along), logs one warning, and one more when the cache answers
+again; nothing raises into a caller.
+"""
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .circuit_breaker import CircuitStore, MemoryCircuitStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYNC_INTERVAL = 0.1
+# How long the "open until" key outlives its time: processes that were not told of a close in the
+# meantime (none probed) then count as closed.
+OPEN_KEY_GRACE = 60.0
+
+_Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
+
+
+class CacheCircuitStore(CircuitStore[str]):
+    """A :class:`CircuitStore` in the Django cache ``alias``, keys prefixed by ``namespace`` (the client name)."""
+
+    def __init__(self, alias: str, *, namespace: str, sync_interval: float = DEFAULT_SYNC_INTERVAL) -> None:
+        if not sync_interval > 0:
+            raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
+        self.alias = alias
+        self.namespace = namespace
+        self.sync_interval = sync_interval
+        self._local: MemoryCircuitStore[str] = MemoryCircuitStore(clock=time.time)
+        self._on_change: Callable[[str], None] = lambda scope: None
+        self._sampling_duration = 10.0
+        self._windows_count = 10
+        self._window = 1.0
+        self._break_duration = 5.0
+        self._cache: Any = None
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync at a time (the thread's, close()'s, a test's)
+        self._scopes: dict[str, str] = {}  # scope -> its key prefix
+        self._until: dict[str, float | None] = {}  # the shared "open until" as last known here
+        self._shared: dict[str, dict[tuple[int, str], int]] = {}  # scope -> (window, kind) -> count read
+        self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
+        self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
+        self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
+        self.healthy = True  # False during a cache outage: decisions are this process's own
+        self._pid = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        _STORES.add(self)
+
+    # -- CircuitStore, called under the breaker's lock -------------------------------------------
+
+    def bind(
+        self,
+        *,
+        sampling_duration: float,
+        windows_count: int,
+        break_duration: float,
+        on_change: Callable[[str], None],
+    ) -> None:
+        self._local.bind(
+            sampling_duration=sampling_duration,
+            windows_count=windows_count,
+            break_duration=break_duration,
+            on_change=on_change,
+        )
+        self._sampling_duration = sampling_duration
+        self._windows_count = windows_count
+        self._window = sampling_duration / windows_count
+        self._break_duration = break_duration
+        self._on_change = on_change
+
+    def now(self) -> float:
+        return time.time()
+
+    def add(self, scope: str, success: bool) -> None:
+        self._local.add(scope, success)
+        self._known(scope)
+        if self.healthy:
+            key = (scope, int(time.time() / self._window), "s" if success else "f")
+            with self._lock:
+                self._pending[key] = self._pending.get(key, 0) + 1
+
+    def totals(self, scope: str) -> tuple[int, int]:
+        if not self.healthy:
+            return self._local.totals(scope)
+        current = int(time.time() / self._window)
+        first = current - self._windows_count + 1
+        counts = {"f": 0, "s": 0}
+        with self._lock:
+            for (window, kind), count in self._shared.get(scope, {}).items():
+                if window >= first:
+                    counts[kind] += count
+            for source in (self._flushing, self._pending):
+                for (counted_scope, window, kind), count in source.items():
+                    if counted_scope == scope and window >= first:
+                        counts[kind] += count
+        return counts["f"], counts["s"]
+
+    def blocked_until(self, scope: str) -> float | None:
+        if scope not in self._scopes:
+            self._first_sight(scope)
+        self._known(scope)
+        if not self.healthy:
+            return self._local.blocked_until(scope)
+        return self._until.get(scope)
+
+    def block(self, scope: str, until: float) -> None:
+        self._local.block(scope, until)
+        self._known(scope)
+        with self._lock:
+            self._until[scope] = until
+            if self.healthy:
+                self._writes[scope] = until
+
+    def claim_probe(self, scope: str, until: float) -> bool:
+        if self.healthy:
+            now = time.time()
+            slot = int(now / self._break_duration)
+            try:
+                won = bool(self._backend().add(f"{self._prefix(scope)}:probe:{slot}", os.getpid(), self._seconds(2)))
+            except Exception as error:
+                self._outage(error)
+            else:
+                with self._lock:
+                    if won:
+                        self._until[scope] = until
+                        self._writes[scope] = until  # others see the block, and stop trying to claim
+                    else:
+                        self._until[scope] = now + self.sync_interval  # another process probes: ask again later
+                if won:
+                    self._local.block(scope, until)
+                return won
+        return self._local.claim_probe(scope, until)
+
+    def close_circuit(self, scope: str) -> None:
+        self._local.close_circuit(scope)
+        with self._lock:
+            self._until[scope] = None
+            self._shared.pop(scope, None)
+            for source in (self._pending, self._flushing):
+                for key in [key for key in source if key[0] == scope]:
+                    del source[key]
+            if self.healthy:
+                self._writes[scope] = None
+
+    def close(self) -> None:
+        """Stop the sync thread after a last flush (it starts again if the store is used)."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            self._stop.set()
+            if thread is not threading.current_thread():
+                thread.join(max(1.0, 10 * self.sync_interval))
+            self.sync()
+        self._thread = None
+
+    # -- the sync thread ---------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Flush the outcomes counted here, write opens and closes, read everything back (one step of
+        the background thread; tests call it to flush at once). Never raises."""
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        with self._lock:
+            scopes = dict(self._scopes)
+            writes, self._writes = self._writes, {}
+            pending, self._pending = self._pending, {}
+            for key, count in pending.items():
+                self._flushing[key] = self._flushing.get(key, 0) + count
+            flushing = dict(self._flushing)
+        if not scopes:
+            return
+        current = int(time.time() / self._window)
+        windows = range(current - self._windows_count + 1, current + 1)
+        try:
+            cache = self._backend()
+            self._write(cache, writes, scopes, windows)
+            self._flush(cache, flushing, scopes)
+            names = [f"{prefix}:{w}:{kind}" for prefix in scopes.values() for w in windows for kind in "fs"]
+            found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
+        except Exception as error:
+            with self._lock:
+                self._flushing.clear()
+            self._outage(error)
+            return
+        with self._lock:
+            for key, count in flushing.items():  # these outcomes are in the counts just read
+                left = self._flushing.get(key, 0) - count
+                if left > 0:
+                    self._flushing[key] = left
+                else:
+                    self._flushing.pop(key, None)
+            for scope, prefix in scopes.items():
+                self._shared[scope] = {
+                    (w, kind): int(found[f"{prefix}:{w}:{kind}"])
+                    for w in windows
+                    for kind in "fs"
+                    if f"{prefix}:{w}:{kind}" in found
+                }
+                if scope not in self._writes:  # a newer local decision waits to be written
+                    until = found.get(f"{prefix}:open")
+                    self._until[scope] = None if until is None else float(until)
+            recovered = not self.healthy
+            self.healthy = True
+        if recovered:
+            logger.warning(
+                "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self.namespace
+            )
+        for scope in scopes:
+            try:
+                self._on_change(scope)
+            except Exception:
+                logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _first_sight(self, scope: str) -> None:
+        """A new process (a recycled worker) must not send its first calls into a circuit the others
+        opened: read its block once, at the first call to ``scope`` (one round trip, once)."""
+        self._known(scope)
+        if not self.healthy:
+            return
+        try:
+            until = self._backend().get(f"{self._prefix(scope)}:open")
+        except Exception as error:
+            self._outage(error)
+            return
+        if until is None:
+            return
+        now = time.time()
+        with self._lock:
+            if scope not in self._writes:
+                # A break already over: claim the probe on a later call, not as a second round trip of this one.
+                self._until[scope] = max(float(until), now + self.sync_interval)
+
+    def _known(self, scope: str) -> None:
+        """Make sure the sync thread runs (in this process) and syncs ``scope``."""
+        if self._thread is None:
+            self._start()
+        if scope not in self._scopes:
+            with self._lock:
+                self._scopes[scope] = self._prefix(scope)
+
+    def _write(self, cache: Any, writes: dict[str, float | None], scopes: dict[str, str], windows: range) -> None:
+        for scope, until in writes.items():
+            prefix = scopes[scope]
+            if until is None:  # closed: forget the block and the counts that opened it
+                stale = [f"{prefix}:{w}:{kind}" for w in range(windows[0] - 1, windows[-1] + 1) for kind in "fs"]
+                cache.delete_many([f"{prefix}:open", *stale])
+            else:
+                cache.set(f"{prefix}:open", until, self._seconds_for(until - time.time() + OPEN_KEY_GRACE))
+
+    def _flush(self, cache: Any, flushing: dict[_Count, int], scopes: dict[str, str]) -> None:
+        timeout = self._seconds_for(self._sampling_duration + self._window)
+        for (scope, window, kind), count in flushing.items():
+            key = f"{scopes[scope]}:{window}:{kind}"
+            if not cache.add(key, count, timeout):
+                try:
+                    cache.incr(key, count)
+                except ValueError:  # expired between the two calls
+                    cache.add(key, count, timeout)
+
+    def _outage(self, error: BaseException) -> None:
+        with self._lock:
+            started = self.healthy
+            self.healthy = False
+            self._pending.clear()
+            self._writes.clear()
+        if started:
+            logger.warning(
+                "circuit breaker state: cache %r failed (%s: %s); %r counts in this process only until it answers",
+                self.alias,
+                type(error).__name__,
+                error,
+                self.namespace,
+            )
+
+    def _backend(self) -> Any:
+        """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
+        if self._cache is None:
+            from django.core.cache import caches
+
+            self._cache = caches.create_connection(self.alias)
+        return self._cache
+
+    def _prefix(self, scope: str) -> str:
+        digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:16]
+        return f"aio_request:cb:{self.namespace}:{digest}"
+
+    def _seconds(self, breaks: float) -> int:
+        return self._seconds_for(breaks * self._break_duration)
+
+    @staticmethod
+    def _seconds_for(seconds: float) -> int:
+        return max(1, math.ceil(seconds))  # Django's cache timeouts are whole seconds
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork(), and locks may have been held by one that did not: start anew.
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._cache = None  # the child opens its own connections
+        self._thread = None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=_run, args=(weakref.ref(self), self._stop, self.sync_interval), daemon=True
+            )
+            self._thread.name = f"aio-request-breaker-{self.namespace}"
+            self._thread.start()
+
+
+_STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, interval: float) -> None:
+    # Holds the store only while syncing, so a store nobody uses any more is collected and the thread ends.
+    while not stop.wait(interval):
+        store = ref()
+        if store is None:
+            return
+        store.sync()
+        del store

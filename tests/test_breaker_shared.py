@@ -1,0 +1,407 @@
+"""Circuit breaker state shared through a Django cache on a real Redis (the ``shared`` alias of settings.test).
+
+Separate OS processes trip together; one process of all probes; exact counts from many threads;
+and an outage of the cache leaves calls flowing on the local breaker, with one warning.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_aio_request import (
+    CircuitState,
+    DefaultCircuitBreaker,
+    EmptyResponse,
+    Override,
+    Response,
+    get,
+    single_attempt_strategy,
+)
+from django_aio_request.conf import read_settings
+from django_aio_request.shared_breaker import CacheCircuitStore
+from tests.loopback import LoopbackServer, clients, free_port, replies
+from tests.redis_server import RedisProcess, require_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGGER = "django_aio_request.shared_breaker"
+
+
+@pytest.fixture
+def redis() -> None:
+    require_redis()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """Keys of their own for each test (they expire by themselves)."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stores() -> Iterator[Callable[..., CacheCircuitStore]]:
+    made: list[CacheCircuitStore] = []
+
+    def make(namespace: str, alias: str = "shared", **kwargs: Any) -> CacheCircuitStore:
+        store = CacheCircuitStore(alias, namespace=namespace, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def breaker_with(store: CacheCircuitStore | None, **kwargs: float) -> DefaultCircuitBreaker[str, Response]:
+    options: dict[str, float] = {
+        "break_duration": 30.0,
+        "sampling_duration": 60.0,
+        "minimum_throughput": 6,
+        "failure_threshold": 0.5,
+    }
+    options.update(kwargs)
+    return DefaultCircuitBreaker(
+        break_duration=options["break_duration"],
+        sampling_duration=options["sampling_duration"],
+        minimum_throughput=int(options["minimum_throughput"]),
+        failure_threshold=options["failure_threshold"],
+        store=store,
+    )
+
+
+OK, FAILED = EmptyResponse(status=200), EmptyResponse(status=500)
+
+
+def run(
+    breaker: DefaultCircuitBreaker[str, Response], outcome: bool, during: Callable[[], object] = lambda: None
+) -> str:
+    def operation() -> Response:
+        during()
+        return OK if outcome else FAILED
+
+    result = breaker.execute(
+        scope="svc", operation=operation, fallback=lambda: EmptyResponse(status=502), is_successful=lambda r: r is OK
+    )
+    return "fallback" if result.status == 502 else "ran"
+
+
+def state_of(breaker: DefaultCircuitBreaker[str, Response]) -> CircuitState:
+    return breaker.state["svc"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Worker:
+    """tests/breaker_worker.py in its own process."""
+
+    def __init__(self, setting: dict[str, Any], name: str) -> None:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.breaker_worker", json.dumps(setting), name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        assert self.read() == {"ready": True}
+
+    def read(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, f"the worker died (exit code {self.process.poll()})"
+        return json.loads(line)
+
+    def ask(self, command: str) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("quit\n")
+            self.process.stdin.close()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.mark.timeout(60)
+def test_two_processes_trip_together(redis: None, server: LoopbackServer, namespace: str) -> None:
+    server.route("/fail", replies(500))
+    setting = {
+        "CIRCUIT_BREAKER_STATE": "shared",
+        "CLIENTS": {
+            namespace: {
+                "ENDPOINT": server.url,
+                "SAFE_METHOD_STRATEGY": {"NAME": "single"},
+                "CIRCUIT_BREAKER": {
+                    "BREAK_DURATION": 30.0,
+                    "SAMPLING_DURATION": 60.0,
+                    "MINIMUM_THROUGHPUT": 6,
+                    "FAILURE_THRESHOLD": 0.5,
+                },
+            }
+        },
+    }
+    first, second = Worker(setting, namespace), Worker(setting, namespace)
+    try:
+        # Alone, 4 failures are under the minimum throughput (6): the first process stays closed.
+        assert first.ask("call 4") == {"statuses": [500] * 4, "state": "closed"}
+        assert first.ask("wait_state open 0.5") == {"state": "closed"}
+
+        # The second one counts on top of the first's 4 (read in the background every 0.1 s): 5 of 6.
+        assert second.ask("call 1") == {"statuses": [500], "state": "closed"}
+        assert second.ask("wait_state open 0.3") == {"state": "closed"}
+        # Its next failure is the 6th of both: it opens, and rejects the next calls without a request.
+        assert second.ask("call 3") == {"statuses": [500, 502, 502], "state": "open"}
+        # And the first opens too, without another call of its own.
+        assert first.ask("wait_state open 5") == {"state": "open"}
+        assert first.ask("call 2") == {"statuses": [502, 502], "state": "open"}
+        assert len(server.received("/fail")) == 6
+    finally:
+        first.close()
+        second.close()
+
+
+def test_trip_together_and_snapshot_in_one_process(redis: None, namespace: str, stores: Any) -> None:
+    """The same with two stores in one process (as two processes would have), checked closely."""
+    a, b = breaker_with(stores(namespace)), breaker_with(stores(namespace))
+    for _ in range(3):
+        assert run(a, False) == "ran"
+        assert run(b, False) == "ran"
+    assert (a.state["svc"], b.state["svc"]) == (CircuitState.CLOSED, CircuitState.CLOSED)  # nobody synced yet
+
+    a.store.sync()  # type: ignore[attr-defined]
+    b.store.sync()  # type: ignore[attr-defined]  # sees 6 failures, opens, writes the block
+    a.store.sync()  # type: ignore[attr-defined]  # reads it
+
+    assert (a.state["svc"], b.state["svc"]) == (CircuitState.OPEN, CircuitState.OPEN)
+    [snapshot] = a.snapshot()
+    assert (snapshot.state, snapshot.failures, snapshot.successes) == (CircuitState.OPEN, 6, 0)
+    assert run(a, True) == "fallback"
+
+    # An override is this process's own: the other stays open.
+    a.set_override("svc", Override.FORCE_CLOSED)
+    assert run(a, True) == "ran"
+    assert run(b, True) == "fallback"
+
+
+def test_one_process_of_all_probes(redis: None, namespace: str, stores: Any) -> None:
+    breaker_duration = 0.3
+    breakers = [breaker_with(stores(namespace), break_duration=breaker_duration) for _ in range(2)]
+    for breaker in breakers:
+        breaker.store.block("svc", time.time() + breaker_duration)
+        breaker.store.sync()  # type: ignore[attr-defined]
+    # Probe claims are per break-long slot of wall-clock time: start well inside one.
+    time.sleep(breaker_duration)
+    while not 0.05 < time.time() % breaker_duration < 0.15:
+        time.sleep(0.005)
+    barrier = threading.Barrier(16)
+    results: list[str] = []
+    lock = threading.Lock()
+    others_answered = threading.Event()
+
+    def caller(breaker: DefaultCircuitBreaker[str, Response]) -> None:
+        barrier.wait(5)
+        result = run(breaker, True, during=lambda: others_answered.wait(5))
+        with lock:
+            results.append(result)
+            if results.count("fallback") == 15:
+                others_answered.set()
+
+    threads = [threading.Thread(target=caller, args=(breakers[n % 2],)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert sorted(results) == ["fallback"] * 15 + ["ran"]
+
+
+def test_a_probe_success_closes_the_circuit_everywhere(redis: None, namespace: str, stores: Any) -> None:
+    a, b = (breaker_with(stores(namespace), break_duration=0.2, minimum_throughput=2) for _ in range(2))
+    seen: list[tuple[CircuitState, CircuitState]] = []
+    b.add_listener(lambda t: seen.append((t.old, t.new)))
+    run(a, False)
+    run(a, False)
+    assert state_of(a) is CircuitState.OPEN
+    a.store.sync()  # type: ignore[attr-defined]
+    assert run(b, True) == "fallback"  # b's first call reads the block
+    assert state_of(b) is CircuitState.OPEN
+
+    time.sleep(0.25)
+    assert run(a, True) == "ran"  # a's probe succeeds: closed, counts forgotten
+    assert state_of(a) is CircuitState.CLOSED
+    a.store.sync()  # type: ignore[attr-defined]
+    b.store.sync()  # type: ignore[attr-defined]
+
+    assert state_of(b) is CircuitState.CLOSED  # told without a call of its own
+    assert seen == [(CircuitState.CLOSED, CircuitState.OPEN), (CircuitState.OPEN, CircuitState.CLOSED)]
+    assert b.counts("svc") == (0, 0)
+    assert run(b, True) == "ran"
+
+
+def test_exact_counts_from_many_threads(redis: None, namespace: str, stores: Any) -> None:
+    store = stores(namespace)
+    breaker = breaker_with(store, minimum_throughput=100, failure_threshold=0.9)
+    barrier = threading.Barrier(8)
+    per_thread = 500
+
+    def hammer(n: int) -> None:
+        barrier.wait(5)
+        for i in range(per_thread):
+            run(breaker, (i + n) % 4 != 0)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    store.sync()
+
+    expected = (8 * per_thread // 4, 8 * per_thread * 3 // 4)
+    assert breaker.counts("svc") == expected
+    assert breaker.state["svc"] is CircuitState.CLOSED
+    # What is in Redis, read by another store (another process would see the same).
+    reader = stores(namespace)
+    breaker_with(reader)  # binds it
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.totals("svc") == expected
+
+
+def test_cache_outage_keeps_calls_flowing_and_warns_once(
+    server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    down = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+    }
+    server.route("/fail", replies(500))
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    with override_settings(
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "down": down}
+    ):
+        store = stores(namespace, "down", sync_interval=0.02)
+        breaker = breaker_with(store, minimum_throughput=4, break_duration=0.2)
+        with clients(server.url) as make:
+            client = make(circuit_breaker=breaker, safe_method_strategy=single_attempt_strategy())
+            statuses = []
+            for _ in range(6):
+                with client.request(get("fail")) as response:  # never raises
+                    statuses.append(response.status)
+            assert wait_for(lambda: not store.healthy)
+            time.sleep(0.1)  # several failed syncs
+            store.sync()
+
+            # The local breaker counted and opened on its own.
+            assert statuses[:4] == [500] * 4
+            assert statuses[4:] == [502, 502]
+            assert len(server.received("/fail")) == 4
+            warnings = [r for r in caplog.records if r.name == LOGGER]
+            assert len(warnings) == 1, [r.getMessage() for r in warnings]
+            assert "'down' failed" in warnings[0].getMessage()
+            assert "counts in this process only" in warnings[0].getMessage()
+
+            # After the break the probe is claimed locally (the cache cannot be asked) and closes it.
+            server.route("/fail", replies(200))
+            time.sleep(0.25)
+            with client.request(get("fail")) as response:
+                assert response.status == 200
+            assert breaker.state[client.endpoint] is CircuitState.CLOSED
+
+            # The cache comes back: one more message, and counts are shared again.
+            try:
+                redis_process = RedisProcess(port)
+            except FileNotFoundError:
+                pytest.skip("redis-server is not installed: the recovery was not tested")
+            try:
+                assert wait_for(lambda: store.healthy)
+                time.sleep(0.1)
+                warnings = [r for r in caplog.records if r.name == LOGGER]
+                assert len(warnings) == 2, [r.getMessage() for r in warnings]
+                assert "answers again" in warnings[1].getMessage()
+                with client.request(get("fail")) as response:
+                    assert response.status == 200
+                store.sync()
+                assert breaker.counts(client.endpoint) == (0, 1)  # this success is in the cache now
+            finally:
+                store.close()
+                redis_process.stop()
+
+
+class TestSetting:
+    def base(self, **top: Any) -> dict[str, Any]:
+        breaker = {"MINIMUM_THROUGHPUT": 2}
+        return {"CLIENTS": {"billing": {"ENDPOINT": "http://billing/", "CIRCUIT_BREAKER": breaker}}, **top}
+
+    def test_local_by_default(self) -> None:
+        config, _ = read_settings(self.base())
+        assert config is not None
+        assert config.circuit_breaker_state == "local"
+        client = config.clients["billing"].build(None)
+        try:
+            assert isinstance(client.circuit_breaker, DefaultCircuitBreaker)
+            assert not isinstance(client.circuit_breaker.store, CacheCircuitStore)
+        finally:
+            client.close()
+
+    def test_a_cache_alias_shares_the_state(self) -> None:
+        config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE="shared"))
+        assert config is not None, problems
+        assert problems == []
+        client = config.clients["billing"].build(None)
+        try:
+            assert isinstance(client.circuit_breaker, DefaultCircuitBreaker)
+            store = client.circuit_breaker.store
+            assert isinstance(store, CacheCircuitStore)
+            assert (store.alias, store.namespace) == ("shared", "billing")
+        finally:
+            client.close()
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("nowhere", "is 'nowhere', not 'local' nor a cache in settings.CACHES"),
+            (3, "must be 'local' or the alias of a cache in settings.CACHES, not 3"),
+            ("", "must be 'local' or the alias of a cache"),
+        ],
+    )
+    def test_invalid_values(self, value: Any, message: str) -> None:
+        config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE=value))
+        assert config is None
+        [problem] = problems
+        assert problem.path == "['CIRCUIT_BREAKER_STATE']"
+        assert message in str(problem)
+        assert "'shared'" in str(problem)  # the allowed aliases are named
+
+    def test_a_per_process_cache_is_a_warning(self) -> None:
+        config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE="default"))
+        assert config is not None
+        [problem] = problems
+        assert problem.warning
+        assert "each process keeps apart" in str(problem)
