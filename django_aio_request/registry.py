@@ -50,13 +50,15 @@ class ClientsHandler:
             return client
         with self._lock:
             client = self._clients.get(name)
-            if client is None:
-                config = self.settings
-                spec = config.clients.get(name)
-                if spec is None:
-                    known = ", ".join(repr(n) for n in config.clients) or "none"
-                    raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
-                client = self._clients[name] = spec.build(config.service_name)
+            if client is not None:
+                return client
+            config = self.settings
+            spec = config.clients.get(name)
+            if spec is None:
+                known = ", ".join(repr(n) for n in config.clients) or "none"
+                raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
+            client = self._clients[name] = spec.build(config.service_name)
+        _publish_breaker(name, client)
         return client
 
     def __contains__(self, name: object) -> bool:
@@ -69,6 +71,10 @@ class ClientsHandler:
         if initialized_only:
             return list(self._clients.values())
         return [self[name] for name in self]
+
+    def built(self) -> list[tuple[str, Client]]:
+        """(name, client) of every client built so far in this process; builds none."""
+        return list(self._clients.items())
 
     def close_all(self) -> None:
         """Close every client built so far; the next ``clients[name]`` builds a new one."""
@@ -86,6 +92,18 @@ class ClientsHandler:
         # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
         self._lock = threading.Lock()
         self._clients = {}
+
+
+def _publish_breaker(name: str, client: Client) -> None:
+    """Let admin see (and steer) the breaker of a client: see ``breaker_publisher``."""
+    if client.circuit_breaker is None:
+        return
+    from django.apps import apps
+
+    if apps.ready and apps.is_installed("django_aio_request"):  # its models hold the published state
+        from .breaker_publisher import client_built
+
+        client_built(name, client)
 
 
 clients = ClientsHandler()

@@ -1,0 +1,304 @@
+"""Publishes this process's circuit breakers to the database for Django admin, and obeys admin's overrides.
+
+Breakers live in memory, one per client per process, so no single process can show what all
+workers see. One daemon thread per process (started when the first client with a breaker is
+built, again in a forked child) does, every ``interval`` seconds (1 s):
+
+1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
+   lift overrides that were removed;
+2. upsert this process's ``BreakerReport`` rows from each built client's ``breaker.snapshot()``
+   (one statement), and delete the rows of clients no longer built;
+3. insert the transitions a listener queued (the listener only appends to a bounded deque:
+   nothing on the request path touches the database);
+4. now and then, delete transitions older than ``CIRCUIT_BREAKER_HISTORY_DAYS`` (7) and reports
+   not refreshed for ``STALE_AFTER`` seconds (processes that died).
+
+When the database is down, calls go on with the breakers as they are (the last overrides
+applied stay applied), a warning is logged once per outage and once on recovery, transitions
+wait in the deque (the oldest are dropped beyond ``QUEUE_LENGTH``), and nothing raises into callers.
+"""
+
+import collections
+import contextlib
+import datetime
+import functools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import close_old_connections, router
+
+from .circuit_breaker import CircuitTransition, DefaultCircuitBreaker, MemoryCircuitStore, Override
+from .client import Client
+from .conf import AioRequestSettings
+from .models import LOCAL_STORE, BreakerOverride, BreakerReport, BreakerTransition
+
+logger = logging.getLogger(__name__)
+
+QUEUE_LENGTH = 10_000
+STALE_AFTER = 60.0  # seconds without a refresh after which a process's reports are deleted (it died)
+PRUNE_EVERY = 60.0  # seconds between two prunes by one process
+
+Key = tuple[str, str]  # (client name, endpoint)
+
+
+def _settings() -> AioRequestSettings:
+    from .registry import clients  # the registry imports this module
+
+    return clients.settings
+
+
+def history_days() -> float:
+    """``AIO_REQUEST["CIRCUIT_BREAKER_HISTORY_DAYS"]``: how long transitions are kept (7 days)."""
+    return _settings().circuit_breaker_history_days
+
+
+def _moment(timestamp: float) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC) if timestamp else None
+
+
+def _ratio(failures: int, successes: int) -> float:
+    total = failures + successes
+    return failures / total if total else 0.0
+
+
+def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
+    """ "local" for counts of this process alone, else the cache alias all processes share counts in."""
+    if isinstance(breaker.store, MemoryCircuitStore):
+        return LOCAL_STORE
+    return str(getattr(breaker.store, "alias", type(breaker.store).__name__))
+
+
+def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
+    """(client name, breaker) of every client built so far in this process that has a breaker."""
+    from .registry import clients
+
+    found = []
+    for name, client in clients.built():
+        breaker = client.circuit_breaker
+        if isinstance(breaker, DefaultCircuitBreaker):
+            found.append((name, breaker))
+    return found
+
+
+class Publisher:
+    def __init__(self, *, interval: float | None = None, database: str | None = None) -> None:
+        self.interval = interval if interval is not None else _settings().circuit_breaker_publish_interval
+        self.database = database
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[str, CircuitTransition[Any]]] = collections.deque(maxlen=QUEUE_LENGTH)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._published: set[Key] = set()
+        self._first_round = True
+        self._down = False
+        self._next_prune = 0.0
+
+    # -- the request path: only in memory --------------------------------------------------------
+
+    def watch(self, name: str, client: Client) -> None:
+        """Listen to ``client``'s breaker and make sure the thread runs (``registry`` calls this on build)."""
+        breaker = client.circuit_breaker
+        if not isinstance(breaker, DefaultCircuitBreaker):
+            return
+        breaker.add_listener(functools.partial(self._on_transition, name))
+        self.start()
+
+    def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
+        self._queue.append((name, transition))
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop,), daemon=True, name="aio-request-breakers"
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception:  # run_once handles database errors; anything else must not end the thread
+                logger.exception("circuit breaker publisher round failed")
+            # This thread's own connections: closed after each round unless CONN_MAX_AGE keeps them
+            # (and closed anyway when broken), so a round never reuses one the database dropped.
+            with contextlib.suppress(Exception):
+                close_old_connections()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone; the first client built here starts a new one."""
+        self._reset()
+
+    # -- one round -------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Publish and apply overrides once; never raises. False when the database could not be used."""
+        breakers = built_breakers()
+        if not breakers and not self._published and not self._queue:
+            return True  # nothing to say: do not touch the database
+        taken = self._take_transitions()
+        try:
+            self._round(breakers, taken)
+        except Exception as error:
+            self._queue.extendleft(reversed(taken))  # publish them when the database is back
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "circuit breaker state cannot be published to the database (%s: %s); calls go on with "
+                    "this process's breakers and the last overrides applied; retrying every %s s",
+                    type(error).__name__,
+                    error,
+                    self.interval,
+                )
+            return False
+        if self._down:
+            self._down = False
+            logger.warning("circuit breaker state is published to the database again")
+        return True
+
+    def _take_transitions(self) -> list[tuple[str, CircuitTransition[Any]]]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._queue.popleft())
+            except IndexError:
+                return taken
+
+    def _db(self, model: type[Any]) -> str:
+        return self.database or router.db_for_write(model)
+
+    def _round(
+        self,
+        breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]],
+        taken: list[tuple[str, CircuitTransition[Any]]],
+    ) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        if breakers:
+            self._apply_overrides(breakers)
+        now = datetime.datetime.now(tz=datetime.UTC)
+        rows = [
+            BreakerReport(
+                client=name,
+                endpoint=str(snap.scope),
+                host=host,
+                pid=pid,
+                state=str(snap.state),
+                failures=snap.failures,
+                successes=snap.successes,
+                failure_ratio=snap.failure_ratio,
+                changed_at=_moment(snap.changed_at),
+                reported_at=now,
+                store=store_name(breaker),
+            )
+            for name, breaker in breakers
+            for snap in breaker.snapshot()
+        ]
+        reports = BreakerReport.objects.using(self._db(BreakerReport))
+        if rows:
+            reports.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["client", "endpoint", "host", "pid"],
+                update_fields=["state", "failures", "successes", "failure_ratio", "changed_at", "reported_at", "store"],
+            )
+        keys = {(row.client, row.endpoint) for row in rows}
+        if self._first_round:  # rows a dead process with this pid left behind
+            mine = reports.filter(host=host, pid=pid)
+            self._delete(mine, set(mine.values_list("client", "endpoint")) - keys)
+        else:
+            self._delete(reports.filter(host=host, pid=pid), self._published - keys)
+        self._published, self._first_round = keys, False
+        # The transitions taken before the overrides were applied wait for the next round; their own are here now.
+        taken += self._take_transitions()
+        if taken:
+            BreakerTransition.objects.using(self._db(BreakerTransition)).bulk_create(
+                BreakerTransition(
+                    at=_moment(t.at) or now,
+                    client=name,
+                    endpoint=str(t.scope),
+                    host=host,
+                    pid=pid,
+                    from_state=str(t.old),
+                    to_state=str(t.new),
+                    failures=t.failures,
+                    successes=t.successes,
+                    failure_ratio=_ratio(t.failures, t.successes),
+                )
+                for name, t in taken
+            )
+            taken.clear()
+        if time.monotonic() >= self._next_prune:
+            self.prune(now)
+            self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
+
+    @staticmethod
+    def _delete(rows: "Any", keys: Iterable[Key]) -> None:
+        for client, endpoint in keys:
+            rows.filter(client=client, endpoint=endpoint).delete()
+
+    def _apply_overrides(self, breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]]) -> None:
+        names = [name for name, _ in breakers]
+        wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
+        overrides = BreakerOverride.objects.using(self._db(BreakerOverride)).filter(client__in=names)
+        for client, endpoint, mode in overrides.values_list("client", "endpoint", "mode"):
+            wanted[client][endpoint] = Override(mode)
+        for name, breaker in breakers:
+            want = wanted.get(name, {})
+            have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
+            for endpoint, mode in want.items():
+                if have.get(endpoint) != mode:
+                    breaker.set_override(endpoint, mode)
+            for scope, current in have.items():
+                if current is not None and scope not in want:
+                    breaker.set_override(scope, None)
+
+    def prune(self, now: datetime.datetime | None = None) -> None:
+        """Delete transitions older than the history and reports of processes that stopped reporting."""
+        now = now or datetime.datetime.now(tz=datetime.UTC)
+        BreakerTransition.objects.using(self._db(BreakerTransition)).filter(
+            at__lt=now - datetime.timedelta(days=history_days())
+        ).delete()
+        stale = max(STALE_AFTER, 10 * self.interval)
+        BreakerReport.objects.using(self._db(BreakerReport)).filter(
+            reported_at__lt=now - datetime.timedelta(seconds=stale)
+        ).delete()
+
+
+publisher = Publisher()
+
+
+def _after_fork() -> None:
+    publisher.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def client_built(name: str, client: Client) -> None:
+    """Called by the registry after it built ``clients[name]``."""
+    if client.circuit_breaker is not None:
+        publisher.watch(name, client)

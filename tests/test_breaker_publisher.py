@@ -1,0 +1,231 @@
+"""The publisher thread: this process's breakers into the database for admin, admin's overrides into the breakers."""
+
+import datetime
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.db import OperationalError
+from django.test import override_settings
+
+from django_aio_request import breaker_publisher, clients, get
+from django_aio_request.breaker_publisher import Publisher
+from django_aio_request.circuit_breaker import CircuitState, DefaultCircuitBreaker, Override
+from django_aio_request.models import BreakerOverride, BreakerReport, BreakerTransition, CircuitBreaker
+from tests.loopback import LoopbackServer
+
+BREAKER = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+
+
+def setting(url: str, **extra: object) -> dict[str, object]:
+    billing = {"ENDPOINT": url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    return {"SERVICE_NAME": "orders", "CLIENTS": {"billing": billing, "plain": {"ENDPOINT": url}}, **extra}
+
+
+@pytest.fixture
+def publisher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
+    """The process's publisher replaced by one whose thread never gets to a round: the test calls ``run_once``."""
+    made = Publisher(interval=3600)
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    yield made
+    made.stop()
+
+
+def call(name: str, times: int) -> list[int]:
+    statuses = []
+    for _ in range(times):
+        with clients[name].request(get("down")) as response:
+            statuses.append(response.status)
+    return statuses
+
+
+def breaker(name: str = "billing") -> DefaultCircuitBreaker[str, object]:
+    found = clients[name].circuit_breaker
+    assert isinstance(found, DefaultCircuitBreaker)
+    return found
+
+
+@pytest.mark.django_db
+def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]
+        call("plain", 1)  # no breaker: nothing published
+        assert publisher.running  # building a client with a breaker started the thread
+        assert publisher.run_once()
+
+        report = BreakerReport.objects.get()
+        assert (report.client, report.endpoint, report.state) == ("billing", server.url, "open")
+        assert (report.host, report.pid) == (socket.gethostname(), os.getpid())
+        assert (report.failures, report.successes, report.failure_ratio) == (2, 0, 1.0)
+        assert report.changed_at is not None
+        assert abs((report.changed_at - report.reported_at).total_seconds()) < 5
+
+        transition = BreakerTransition.objects.get()
+        assert (transition.client, transition.endpoint) == ("billing", server.url)
+        assert (transition.from_state, transition.to_state, transition.failure_ratio) == ("closed", "open", 1.0)
+
+        row = CircuitBreaker.objects.get()
+        assert (row.client, row.state, row.processes, row.failures, row.open_count) == ("billing", "open", 1, 2, 1)
+        assert row.processes_summary() == "1 process: 1 open"
+
+        # A second round updates the same row instead of adding one, and adds no transition.
+        assert publisher.run_once()
+        assert BreakerReport.objects.count() == 1
+        assert BreakerTransition.objects.count() == 1
+
+    # The client is gone (settings changed): its report goes too.
+    assert publisher.run_once()
+    assert not BreakerReport.objects.exists()
+
+
+@pytest.mark.django_db
+def test_overrides_are_applied_and_lifted(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+        BreakerOverride.objects.create(client="elsewhere", endpoint=server.url, mode="force_open", changed_at=now)
+        assert publisher.run_once()
+
+        assert breaker().state[server.url] is CircuitState.FORCED_CLOSED
+        assert call("billing", 2) == [500, 500]  # every call goes through, whatever the counts say
+        report = BreakerReport.objects.get()
+        assert report.state == "forced_closed"
+        # The transition the override caused is published in the same round.
+        assert list(BreakerTransition.objects.order_by("at", "id").values_list("from_state", "to_state")) == [
+            ("closed", "open"),
+            ("open", "forced_closed"),
+        ]
+        row = CircuitBreaker.objects.get()
+        assert (row.state, row.override) == ("forced_closed", "force_closed")
+
+        BreakerOverride.objects.filter(client="billing").update(mode="force_open")
+        assert publisher.run_once()
+        assert breaker().snapshot()[0].override is Override.FORCE_OPEN
+        assert call("billing", 1) == [502]
+
+        BreakerOverride.objects.filter(client="billing").delete()
+        assert publisher.run_once()
+        assert breaker().snapshot()[0].override is None
+        assert BreakerReport.objects.get().state == "open"  # the automatic state resumes where it was
+
+
+@pytest.mark.django_db
+def test_a_database_outage_is_logged_once_and_nothing_is_lost(
+    server: LoopbackServer, publisher: Publisher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    real_round = Publisher._round
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("connection refused")
+
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        monkeypatch.setattr(Publisher, "_round", down)
+        assert call("billing", 3) == [500, 500, 502]  # calls flow while the database is down
+        assert [publisher.run_once() for _ in range(3)] == [False, False, False]
+        assert len(caplog.records) == 1
+        assert "cannot be published" in caplog.records[0].getMessage()
+        assert "OperationalError" in caplog.records[0].getMessage()
+
+        monkeypatch.setattr(Publisher, "_round", real_round)
+        assert publisher.run_once()
+        assert publisher.run_once()
+        assert len(caplog.records) == 2
+        assert "again" in caplog.records[1].getMessage()
+        # The transition queued during the outage was kept and published.
+        assert list(BreakerTransition.objects.values_list("to_state", flat=True)) == ["open"]
+
+
+@pytest.mark.django_db
+def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> None:
+    publisher.interval = 1.0  # reports older than max(60 s, 10 intervals) are of dead processes
+    now = datetime.datetime.now(tz=datetime.UTC)
+    common = {"client": "billing", "endpoint": "http://b/", "host": "h"}
+    BreakerReport.objects.create(pid=1, state="open", reported_at=now, **common)
+    BreakerReport.objects.create(pid=2, state="open", reported_at=now - datetime.timedelta(minutes=10), **common)
+    for days in (1, 3):
+        at = now - datetime.timedelta(days=days)
+        BreakerTransition.objects.create(at=at, pid=1, from_state="closed", to_state="open", **common)
+    with override_settings(AIO_REQUEST={"CLIENTS": {}, "CIRCUIT_BREAKER_HISTORY_DAYS": 2}):
+        publisher.prune()
+    assert list(BreakerReport.objects.values_list("pid", flat=True)) == [1]
+    assert BreakerTransition.objects.get().at == now - datetime.timedelta(days=1)
+    publisher.prune()  # the default keeps 7 days
+    assert BreakerTransition.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thread, started by building the client, with its own database connection."""
+    server.route("/down", lambda h: h.reply(500))
+    made = Publisher(interval=0.2)
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            assert call("billing", 3) == [500, 500, 502]
+            assert made.running
+            wait_for(lambda: CircuitBreaker.objects.filter(state="open").exists(), "the open breaker published")
+            wait_for(BreakerTransition.objects.exists, "the transition published")
+            now = datetime.datetime.now(tz=datetime.UTC)
+            BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+            wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "the override obeyed")
+            wait_for(lambda: CircuitBreaker.objects.filter(state="forced_closed").exists(), "the forced state shown")
+    finally:
+        made.stop()
+    assert not made.running
+
+
+def test_a_forked_child_starts_its_own_thread(publisher: Publisher) -> None:
+    publisher.start()
+    assert publisher.running
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread did not survive the fork, and the publisher knows it
+        os._exit(0 if not publisher.running and publisher._thread is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert publisher.running  # the parent's own goes on
+
+
+def wait_for(condition: "object", what: str, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@pytest.mark.django_db(databases=["postgres"])
+def test_postgresql_reports_and_the_view(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    publisher.database = "postgres"
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        call("billing", 3)
+        assert publisher.run_once()
+        assert publisher.run_once()  # the upsert on conflict
+    now = datetime.datetime.now(tz=datetime.UTC)
+    BreakerReport.objects.using("postgres").create(
+        client="billing", endpoint=server.url, host="other", pid=1, state="closed", successes=2, reported_at=now
+    )
+    row = CircuitBreaker.objects.using("postgres").get()
+    assert (row.state, row.processes, row.failures, row.successes) == ("open", 2, 2, 2)
+    assert isinstance(row.failure_ratio, float)
+    assert row.failure_ratio == 0.5
+    assert row.processes_summary() == "2 processes: 1 open, 1 closed"
+    assert BreakerTransition.objects.using("postgres").get().to_state == "open"
+
+
+@pytest.mark.django_db
+def test_a_breaker_sharing_a_cache_reports_its_alias(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_STATE="default")):
+        call("billing", 1)
+        assert publisher.run_once()
+    assert BreakerReport.objects.get().store == "default"
