@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.hedging
 	$(PY) -m benchmarks.middleware
+	$(PY) -m benchmarks.breaker
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3

@@ -25,3 +25,20 @@ fi
 psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || createdb -h 127.0.0.1 -U postgres test
 echo "PostgreSQL: ready on 127.0.0.1:5432"
+
+# The admin browser test (tests/test_breaker_browser.py): headless Chromium and its driver, from Debian.
+if ! command -v chromedriver >/dev/null 2>&1; then
+  echo "chromedriver is missing: installing chromium and chromium-driver"
+  apt_install chromium chromium-driver
+fi
+echo "Chromium: $(chromium --version 2>/dev/null || echo missing); $(chromedriver --version 2>/dev/null || echo 'chromedriver missing')"
+
+# Redis on 127.0.0.1:6379 for the shared circuit breaker state tests (tests/test_breaker_shared.py).
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  echo "Redis is not answering on 127.0.0.1:6379: installing and starting it"
+  command -v redis-server >/dev/null || apt_install redis-server
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 30); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 1; done
+  redis-cli -h 127.0.0.1 ping
+fi
+echo "Redis: ready on 127.0.0.1:6379"

@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .circuit_breaker import DefaultCircuitBreaker
+from .circuit_breaker import CircuitStore, DefaultCircuitBreaker
 from .classifier import ResponseClassifier
 from .client import Client
 from .deadline_providers import pass_deadline_through, split_deadline_between_attempts
@@ -39,11 +39,18 @@ TOP_LEVEL_KEYS = (
     "CANCEL_ASYNC_VIEWS_ON_TIMEOUT",
     # the database wrapper (db.py)
     "DATABASE_STATEMENT_TIMEOUT",
+    # where circuit breakers count: "local" or a cache alias (shared_breaker.py)
+    "CIRCUIT_BREAKER_STATE",
+    # metrics: the calling services labelled by name (others are "other"); see docs/metrics.md
+    "KNOWN_SERVICES",
+    # the admin's view of breakers (breaker_publisher.py): how often each process publishes, history kept
+    "CIRCUIT_BREAKER_PUBLISH_INTERVAL",
+    "CIRCUIT_BREAKER_HISTORY_DAYS",
 )
 STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
 DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
 
-Factory = Callable[[], Any]
+Factory = Callable[..., Any]  # called with no arguments, but the breaker's with its store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +144,49 @@ def priority(reader: _Reader, path: str, value: Any) -> Priority | None:
     return parsed
 
 
+def names(reader: _Reader, path: str, value: Any) -> frozenset[str] | None:
+    """A list of non-empty names, returned lower-cased."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(path, f"must be a list of names, not {type(value).__name__}")
+        return None
+    bad = [name for name in value if not isinstance(name, str) or not name.strip()]
+    if bad:
+        reader.fail(path, f"must hold non-empty strings only, not {bad[0]!r}")
+        return None
+    return frozenset(name.strip().lower() for name in value)
+
+
+LOCAL_BREAKER_STATE = "local"
+# Caches that hold their data in each process: naming one shares nothing between processes.
+PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+
+def breaker_state(reader: _Reader, path: str, value: Any) -> str | None:
+    """ "local", or the alias of a cache in ``settings.CACHES`` (where every process shares breaker counts)."""
+    from django.conf import settings
+
+    aliases = list(getattr(settings, "CACHES", {}) or {})
+    allowed = ", ".join(repr(a) for a in [LOCAL_BREAKER_STATE, *aliases])
+    if not isinstance(value, str) or not value:
+        reader.fail(path, f"must be 'local' or the alias of a cache in settings.CACHES, not {value!r}", allowed)
+        return None
+    if value == LOCAL_BREAKER_STATE:
+        return value
+    if value not in aliases:
+        reader.fail(path, f"is {value!r}, not 'local' nor a cache in settings.CACHES", "allowed: " + allowed)
+        return None
+    backend = str(settings.CACHES[value].get("BACKEND", ""))
+    if backend in PER_PROCESS_CACHES:
+        hint = "use a cache all processes reach, e.g. django.core.cache.backends.redis.RedisCache"
+        reader.problems.append(
+            Problem(path, f"names cache {value!r} ({backend}), which each process keeps apart", hint, warning=True)
+        )
+    return value
+
+
 def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
     def read(reader: _Reader, path: str, value: Any) -> Any:
         from django.utils.module_loading import import_string
@@ -213,6 +263,9 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "LOW_TIMEOUT_THRESHOLD": (number(0, what="a number of seconds"), DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD),
     "CANCEL_ASYNC_VIEWS_ON_TIMEOUT": (boolean, False),
     "DATABASE_STATEMENT_TIMEOUT": (boolean, False),
+    "CIRCUIT_BREAKER_STATE": (breaker_state, LOCAL_BREAKER_STATE),
+    "CIRCUIT_BREAKER_PUBLISH_INTERVAL": (SECONDS, 1.0),
+    "CIRCUIT_BREAKER_HISTORY_DAYS": (number(0, inclusive=False, what="a number of days"), 7.0),
 }
 CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
 
@@ -304,7 +357,11 @@ def _circuit_breaker(reader: _Reader, path: str, value: Any) -> Factory | None:
     got = fields(reader, path, spec, CIRCUIT_BREAKER_SCHEMA)
     if None in got.values():
         return None
-    return lambda: DefaultCircuitBreaker(**{key.lower(): v for key, v in got.items()})
+
+    def make(store: CircuitStore[str] | None = None) -> DefaultCircuitBreaker[str, Any]:
+        return DefaultCircuitBreaker(store=store, **{key.lower(): v for key, v in got.items()})
+
+    return make
 
 
 def _endpoint(reader: _Reader, path: str, spec: Mapping[str, Any]) -> str | None:
@@ -331,9 +388,18 @@ class ClientSpec:
     options: Mapping[str, Any]
     factories: Mapping[str, Factory]
 
+    circuit_breaker_state: str = LOCAL_BREAKER_STATE  # AIO_REQUEST["CIRCUIT_BREAKER_STATE"]
+
     def build(self, service_name: str | None) -> Client:
         o = self.options
-        made = {key: make() for key, make in self.factories.items()}
+        made = {key: make() for key, make in self.factories.items() if key != "circuit_breaker"}
+        if "circuit_breaker" in self.factories:
+            store = None
+            if self.circuit_breaker_state != LOCAL_BREAKER_STATE:
+                from .shared_breaker import CacheCircuitStore
+
+                store = CacheCircuitStore(self.circuit_breaker_state, namespace=self.name)
+            made["circuit_breaker"] = self.factories["circuit_breaker"](store)
         return setup(
             endpoint=self.endpoint,
             transport=RequestsTransport(max_connections=o["MAX_CONNECTIONS"], connect_retries=o["CONNECT_RETRIES"]),
@@ -384,6 +450,10 @@ class AioRequestSettings:
     low_timeout_threshold: float = DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD
     cancel_async_views_on_timeout: bool = False
     database_statement_timeout: bool = False
+    circuit_breaker_state: str = LOCAL_BREAKER_STATE
+    known_services: frozenset[str] | None = None  # lower-cased; None: any name, bounded per process
+    circuit_breaker_publish_interval: float = 1.0
+    circuit_breaker_history_days: float = 7.0
 
 
 def _server(reader: _Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -427,15 +497,25 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         elif (spec := _client(reader, name, client_value)) is not None:
             clients[name] = spec
     server = _server(reader, top)
+    known = (
+        names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
+    )
     if server is None or any(not p.warning for p in reader.problems):
         return None, reader.problems
     return AioRequestSettings(
         service_name=service_name,
-        clients=clients,
+        clients={
+            name: dataclasses.replace(spec, circuit_breaker_state=server["CIRCUIT_BREAKER_STATE"])
+            for name, spec in clients.items()
+        },
         timeout=server["TIMEOUT"],
         priority=server["PRIORITY"],
         max_timeout=server["MAX_TIMEOUT"],
         low_timeout_threshold=server["LOW_TIMEOUT_THRESHOLD"],
         cancel_async_views_on_timeout=server["CANCEL_ASYNC_VIEWS_ON_TIMEOUT"],
         database_statement_timeout=server["DATABASE_STATEMENT_TIMEOUT"],
+        circuit_breaker_state=server["CIRCUIT_BREAKER_STATE"],
+        known_services=known,
+        circuit_breaker_publish_interval=server["CIRCUIT_BREAKER_PUBLISH_INTERVAL"],
+        circuit_breaker_history_days=server["CIRCUIT_BREAKER_HISTORY_DAYS"],
     ), reader.problems

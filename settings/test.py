@@ -1,5 +1,6 @@
 import os
 import urllib.parse
+from typing import Any
 
 from .base import *  # noqa: F403
 
@@ -32,3 +33,18 @@ if POSTGRES_URL:
             "DEPENDENCIES": [],  # created on its own, also when no test needs "default"
         },
     }
+
+# A real Redis for the shared circuit breaker state (AIO_REQUEST["CIRCUIT_BREAKER_STATE"] = "shared").
+# Only tests that use the "shared" alias connect; tests/redis_server.py skips them when it cannot be
+# reached (fails them when CI=true). Short socket timeouts: an outage must not hang the tests.
+REDIS_URL = os.environ.get("AIO_REQUEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_shared_cache: dict[str, Any] = {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache",
+    "LOCATION": REDIS_URL,
+    "KEY_PREFIX": "aio-request-tests",
+    "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "shared": _shared_cache,
+}

@@ -198,3 +198,29 @@ def test_manage_py_check_from_a_terminal(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "AIO_REQUEST['CLIENTS']['billing']['ENDPOINT']" in done.stderr
     assert "AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not 'soon'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            {"CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0},
+            "['CIRCUIT_BREAKER_PUBLISH_INTERVAL'] must be a number of seconds > 0",
+        ),
+        (
+            {"CIRCUIT_BREAKER_HISTORY_DAYS": "7"},
+            "['CIRCUIT_BREAKER_HISTORY_DAYS'] must be a number of days > 0, not '7'",
+        ),
+    ],
+)
+def test_breaker_publishing_settings_are_checked(setting: dict[str, object], expected: str) -> None:
+    found = messages(setting)
+    assert len(found) == 1
+    assert expected in found[0]
+
+
+def test_breaker_publishing_settings_reach_the_publisher() -> None:
+    from django_aio_request.breaker_publisher import history_days
+
+    with override_settings(AIO_REQUEST={"CIRCUIT_BREAKER_HISTORY_DAYS": 2.5}):
+        assert history_days() == 2.5
