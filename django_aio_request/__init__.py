@@ -41,6 +41,7 @@ from .request import (
 )
 from .requests_transport import RequestsTransport
 from .response import EmptyResponse, Response, UnexpectedContentTypeError
+from .retry_budget import RetryBudget
 from .strategies import (
     RequestStrategy,
     method_based_strategy,
@@ -83,6 +84,7 @@ __all__ = [
     "Response",
     "ResponseClassifier",
     "ResponseVerdict",
+    "RetryBudget",
     "Transport",
     "UnexpectedContentTypeError",
     "clients",

@@ -1,9 +1,10 @@
+import enum
 import urllib.parse
 
 from . import metrics as _metrics
 from .circuit_breaker import CircuitBreaker
 from .classifier import DefaultResponseClassifier, ResponseClassifier
-from .client import Client
+from .client import Client, HedgePriority, validate_hedge_priority
 from .pipeline import (
     CircuitBreakerModule,
     LowTimeoutModule,
@@ -15,11 +16,20 @@ from .pipeline import (
 from .priority import Priority
 from .requests_transport import RequestsTransport
 from .response import Response
+from .retry_budget import RetryBudget
 from .strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
 from .transport import Transport
 from .workers import WorkerPool
 
 DEFAULT_MAX_WORKERS = 32
+
+
+class _Default(enum.Enum):
+    DEFAULT = "default"
+
+
+#: ``setup(retry_budget=DEFAULT_RETRY_BUDGET)``: a new ``RetryBudget()`` (20% + 10/s over 10 s) per client.
+DEFAULT_RETRY_BUDGET = _Default.DEFAULT
 
 
 def validate_endpoint(endpoint: str) -> str:
@@ -52,6 +62,8 @@ def setup(
     service_name: str | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
     metrics: bool = True,
+    retry_budget: RetryBudget | _Default | None = DEFAULT_RETRY_BUDGET,
+    hedge_priority: HedgePriority = None,
 ) -> Client:
     """Build a client for ``endpoint``.
 
@@ -60,12 +72,22 @@ def setup(
     parallel (hedged) attempts. Without a ``transport``, a :class:`RequestsTransport` is made with a
     connection pool as large as the attempts it lets run at once. ``metrics``: record the client's
     Prometheus metrics (docs/metrics.md; nothing is recorded without prometheus-client anyway).
+
+    ``retry_budget`` bounds the extra attempts (retries and hedges) of all the client's strategies:
+    by default a new ``RetryBudget()`` (20% of first attempts plus 10 per second, over 10 s); None
+    turns it off. ``hedge_priority``: None sends hedges with the call's priority, ``"lower"`` one
+    step lower, a :class:`Priority` with that one (never above the call's). See
+    docs/budgets-and-shedding.md.
     """
     validate_endpoint(endpoint)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     if low_timeout_threshold < 0:
         raise ValueError(f"low_timeout_threshold must be >= 0, not {low_timeout_threshold!r}")
+    if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
+        raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")
+    budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
+    hedge_priority = validate_hedge_priority(hedge_priority)
     classifier = response_classifier or DefaultResponseClassifier()
     strategy: MethodBasedStrategy = method_based_strategy(safe=safe_method_strategy, unsafe=unsafe_method_strategy)
     recorder = _metrics.ClientMetrics(endpoint) if metrics and _metrics.ENABLED else None
@@ -74,6 +96,8 @@ def setup(
         modules.append(CircuitBreakerModule(circuit_breaker, classifier))
         if recorder is not None:
             _metrics.watch_breaker(circuit_breaker, endpoint)
+    if budget is not None and recorder is not None:
+        _metrics.client_retry_budget_exhausted.labels(endpoint)  # exported at 0 from the start
     transport = transport if transport is not None else RequestsTransport()
     modules.append(
         TransportModule(
@@ -95,4 +119,6 @@ def setup(
         transport=transport,
         metrics=recorder,
         circuit_breaker=circuit_breaker,
+        retry_budget=budget,
+        hedge_priority=hedge_priority,
     )

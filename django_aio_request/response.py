@@ -27,7 +27,7 @@ def _is_expected(actual: str, expected: str) -> bool:
 class Response:
     """A response whose body has been read; ``elapsed`` is the attempt's wall time in seconds."""
 
-    __slots__ = ("_body", "elapsed", "headers", "status")
+    __slots__ = ("_body", "budget_exhausted", "elapsed", "headers", "status")
 
     def __init__(
         self, *, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"", elapsed: float = 0.0
@@ -39,6 +39,9 @@ class Response:
         )
         self.elapsed = elapsed
         self._body = body
+        # Set by the client on a call's final response: its retry budget refused an extra attempt
+        # (a retry or a hedge) this call would have sent (docs/budgets-and-shedding.md).
+        self.budget_exhausted = False
 
     @property
     def content_type(self) -> str:

@@ -23,7 +23,17 @@ class ResponseWithVerdict:
 
 
 #: Sends one attempt through the client's pipeline: ``send(request, deadline, priority, attempt, cancellation)``.
-SendAttempt = Callable[[Request, Deadline, Priority, int, Cancellation | None], ResponseWithVerdict]
+#: It returns None, sending nothing, when the client's retry budget refuses an extra attempt
+#: (``attempt > 0``: a retry or a hedge); a strategy then makes no more attempts. It never refuses
+#: a call's first attempt (``attempt == 0``): see :func:`first_attempt`.
+SendAttempt = Callable[[Request, Deadline, Priority, int, Cancellation | None], ResponseWithVerdict | None]
+
+
+def first_attempt(result: ResponseWithVerdict | None) -> ResponseWithVerdict:
+    """The result of a call's first attempt, which no retry budget refuses."""
+    if result is None:
+        raise RuntimeError("send() refused a call's first attempt: only attempts > 0 may be refused")
+    return result
 
 
 class RequestStrategy(abc.ABC):

@@ -13,7 +13,7 @@ from ..priority import Priority
 from ..request import Request
 from ..response import EmptyResponse, Response
 from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from .base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
 
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
 # ends every attempt by its deadline; this only covers a pipeline stage that does not.
@@ -36,22 +36,30 @@ class _HedgedCall:
         self.request = request
         self.deadline = deadline
         self.priority = priority
-        self.outcomes: queue.SimpleQueue[ResponseWithVerdict | BaseException] = queue.SimpleQueue()
+        # None: an attempt the client's retry budget refused (it sent nothing)
+        self.outcomes: queue.SimpleQueue[ResponseWithVerdict | BaseException | None] = queue.SimpleQueue()
         self.cancellations: list[Cancellation] = []
         self.finished: list[ResponseWithVerdict] = []
         self.in_flight = 0
+        self.refused = False  # the retry budget refused an attempt: launch no more
 
     def launch(self, workers: WorkerPool, attempt: int) -> ResponseWithVerdict | None:
         """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
 
-        Returns the response when the attempt ran in this thread, else None.
+        Returns the response when the attempt ran in this thread, else None (also when the retry
+        budget refused it, which sets ``refused``).
         """
         cancellation = Cancellation()
         context = contextvars.copy_context()  # one copy per attempt: a context runs in one thread at a time
 
         def run() -> None:
             try:
-                result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
+                sent = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
+                result = sent if attempt else first_attempt(sent)
+                if result is None:
+                    self.refused = True  # before the put: the caller sees it once it hears of the attempt
+                    self.outcomes.put(None)
+                    return
                 # Observed here, not by the caller: the caller has often moved on before a loser ends,
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.observe(self.request, result.response)
@@ -65,18 +73,24 @@ class _HedgedCall:
             return None
         if self.in_flight:
             return None  # the pool is full: skip this hedge, the attempts in flight may still win
-        result = self.send(self.request, self.deadline, self.priority, attempt, None)
+        sent = self.send(self.request, self.deadline, self.priority, attempt, None)
+        result = sent if attempt else first_attempt(sent)
+        if result is None:
+            self.refused = True
+            return None
         self.observe(self.request, result.response)
         self.finished.append(result)
         return result
 
     def wait(self, timeout: float) -> ResponseWithVerdict | None:
-        """The next finished attempt, or None if none finished within ``timeout``."""
+        """The next finished attempt, or None if none finished within ``timeout`` (or it was refused)."""
         try:
             outcome = self.outcomes.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return None
         self.in_flight -= 1
+        if outcome is None:
+            return None
         if isinstance(outcome, BaseException):
             raise outcome
         self.finished.append(outcome)
@@ -112,7 +126,8 @@ class ParallelStrategy(RequestStrategy):
     attempt in flight has been rejected, the next one starts at once rather than at its time
     (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped, and
     a call with nothing in flight runs its attempt in the caller's own thread: a full pool degrades
-    hedging, it never blocks a caller.
+    hedging, it never blocks a caller. When the client's retry budget refuses an attempt, no
+    further one is launched; the attempts in flight may still win.
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
@@ -133,11 +148,13 @@ class ParallelStrategy(RequestStrategy):
                     accepted = call.wait_accepted_until(due)
                     if accepted is not None:
                         return accepted
-                    if deadline.expired:
+                    if deadline.expired or call.refused:
                         break
                 inline = call.launch(workers, attempt)
                 if inline is not None and inline.accepted:
                     return inline
+                if call.refused:
+                    break
             accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS)
             if accepted is not None:
                 return accepted

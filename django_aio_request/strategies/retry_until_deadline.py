@@ -1,5 +1,6 @@
 import time
 
+from ..cancellation import Cancellation
 from ..deadline import Deadline
 from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
 from ..priority import Priority
@@ -8,8 +9,44 @@ from ..workers import WorkerPool
 from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
 
 
+class _Refused(Exception):
+    """A round's first attempt was refused by the retry budget."""
+
+
+class _Rounds:
+    """The ``send`` each round's strategy gets: it numbers attempts on from the earlier rounds', so
+    the client sees every round's first attempt as the extra attempt it is (which the retry budget
+    may refuse: that ends the call)."""
+
+    def __init__(self, send: SendAttempt) -> None:
+        self._send = send
+        self.offset = 0  # attempts numbered by the rounds before this one
+        self.highest = -1  # the highest number the current round used
+        self.refused = False  # the retry budget refused an attempt: no more rounds
+
+    def next_round(self) -> None:
+        self.offset += self.highest + 1
+        self.highest = -1
+
+    def send(
+        self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
+    ) -> ResponseWithVerdict | None:
+        self.highest = max(self.highest, number)
+        result = self._send(request, deadline, priority, self.offset + number, cancellation)
+        if result is None:
+            self.refused = True
+            if number == 0:
+                raise _Refused
+        return result
+
+
 class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
-    """Runs ``strategy`` again and again, ``delays(k)`` apart, until it is accepted or time is up."""
+    """Runs ``strategy`` again and again, ``delays(k)`` apart, until it is accepted or time is up
+    (or the client's retry budget refuses an attempt: the call ends with the last response it got).
+
+    Attempts are numbered across rounds: the first attempt of the second round is attempt ``n``
+    when the first round made ``n``.
+    """
 
     def __init__(
         self, strategy: RequestStrategy, delays_provider: DelaysProvider | RequestAttemptDelaysProvider
@@ -20,16 +57,22 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
     def request(
         self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
+        rounds = _Rounds(send)
         round_ = 0
+        result = self.strategy.request(rounds.send, workers, request, deadline, priority)
         while True:
-            result = self.strategy.request(send, workers, request, deadline, priority)
-            if result.accepted or deadline.expired:
+            if result.accepted or deadline.expired or rounds.refused:
                 return result
             round_ += 1
             delay = self.delays(request, round_)
             if deadline.timeout <= delay:
                 return result
             time.sleep(delay)
+            rounds.next_round()
+            try:
+                result = self.strategy.request(rounds.send, workers, request, deadline, priority)
+            except _Refused:
+                return result
 
     def __repr__(self) -> str:
         return f"<RetryUntilDeadlineExpiredStrategy {self.strategy!r}>"

@@ -6,14 +6,15 @@ from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_de
 from ..priority import Priority
 from ..request import Request
 from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from .base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
 
 
 class SequentialStrategy(RequestStrategy):
     """Attempts one after another, in the caller's thread, until one is accepted.
 
     Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended; when the time left is shorter
-    than that wait, the call ends with the last rejected response instead of sleeping in vain.
+    than that wait, the call ends with the last rejected response instead of sleeping in vain. It
+    ends with it too when the client's retry budget refuses the next attempt.
     """
 
     def __init__(
@@ -37,6 +38,8 @@ class SequentialStrategy(RequestStrategy):
             for attempt in range(self.attempts_count):
                 attempt_deadline = self.deadline_provider(deadline, attempt, self.attempts_count)
                 result = send(request, attempt_deadline, priority, attempt, None)
+                if result is None:  # the retry budget is spent: no more attempts
+                    break
                 responses.append(result)
                 if result.accepted or attempt + 1 == self.attempts_count:
                     break
@@ -44,7 +47,7 @@ class SequentialStrategy(RequestStrategy):
                 if deadline.timeout <= delay:
                     break
                 time.sleep(delay)
-            return responses[-1]
+            return responses[-1] if responses else first_attempt(None)
         finally:
             self.observe(request, responses)
 

@@ -1,0 +1,511 @@
+"""The retry budget: its arithmetic, its thread safety, how strategies obey it on a real server,
+hedges at a lower priority, and the RETRY_BUDGET / HEDGE_PRIORITY settings."""
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.test import override_settings
+
+import django_aio_request as dar
+from django_aio_request import metrics
+from django_aio_request.checks import check_settings
+from django_aio_request.client import hedge_priority_for
+from django_aio_request.conf import read_settings
+from django_aio_request.retry_budget import RetryBudget
+from django_aio_request.strategies import ResponseWithVerdict
+from django_aio_request.workers import WorkerPool
+from tests.loopback import Handler, LoopbackServer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---------------------------------------------------------------- the arithmetic
+
+
+def test_the_floor_alone_allows_min_per_second_times_the_window() -> None:
+    clock = Clock()
+    budget = RetryBudget(ratio=0.0, min_per_second=1.0, window_seconds=10.0, clock=clock)
+    assert sum(budget.try_spend() for _ in range(50)) == 10
+    assert budget.refused == 40
+    clock.now += 9.5  # the spends are still in the window
+    assert not budget.try_spend()
+    clock.now += 1.0  # now they left it
+    assert sum(budget.try_spend() for _ in range(50)) == 10
+
+
+def test_first_attempts_pay_for_a_ratio_of_extras() -> None:
+    clock = Clock()
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0, clock=clock)
+    assert not budget.try_spend()  # nothing deposited, no floor
+    for _ in range(4):
+        budget.record_first()
+    assert not budget.try_spend()  # 0.8 of an extra: not a whole one
+    budget.record_first()
+    assert budget.available() == 1
+    assert budget.try_spend()
+    assert not budget.try_spend()
+    for _ in range(100):
+        budget.record_first()
+    assert budget.available() == 20  # 105 firsts pay for 21 extras, one spent
+    assert sum(budget.try_spend() for _ in range(100)) == 20
+
+
+def test_firsts_leave_the_window_and_stop_paying() -> None:
+    clock = Clock()
+    budget = RetryBudget(ratio=0.5, min_per_second=0.0, window_seconds=2.0, buckets=2, clock=clock)
+    for _ in range(10):
+        budget.record_first()
+    clock.now += 2.0  # a whole window later: forgotten
+    assert budget.available() == 0
+    assert not budget.try_spend()
+    clock.now += 100.0  # a long idle gap resets everything without walking every bucket
+    budget.record_first()
+    budget.record_first()
+    assert budget.try_spend()
+    assert not budget.try_spend()
+
+
+def test_the_sliding_window_expires_one_bucket_at_a_time() -> None:
+    clock = Clock()
+    clock.now = 0.0
+    budget = RetryBudget(ratio=1.0, min_per_second=0.0, window_seconds=10.0, clock=clock)
+    for second in range(10):
+        clock.now = second + 0.5
+        budget.record_first()  # one first in each one-second bucket
+    assert budget.available() == 10
+    clock.now = 12.5  # buckets 0, 1 and 2 have left the window
+    assert budget.available() == 7
+
+
+def test_over_any_run_extras_stay_within_ratio_times_firsts_plus_a_floor_per_window() -> None:
+    """The bound the class documents, checked on random traffic that tries to spend all the time."""
+    rng = random.Random(7)
+    for _ in range(20):
+        clock = Clock()
+        clock.now = rng.uniform(0, 100)
+        ratio, floor_rate, window = rng.choice([0.1, 0.2, 0.5]), rng.choice([0.0, 1.0, 3.0]), rng.choice([1.0, 10.0])
+        budget = RetryBudget(ratio=ratio, min_per_second=floor_rate, window_seconds=window, clock=clock)
+        started = clock.now
+        firsts = extras = 0
+        for _ in range(5000):
+            clock.now += rng.expovariate(200.0)
+            if rng.random() < 0.5:
+                budget.record_first()
+                firsts += 1
+            else:
+                extras += budget.try_spend()
+        buckets_touched = math.floor(clock.now / (window / 10)) - math.floor(started / (window / 10)) + 1
+        windows = math.ceil(buckets_touched / 10)
+        assert extras <= ratio * firsts + floor_rate * window * windows + 1e-9
+
+
+def test_concurrent_callers_never_overspend() -> None:
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, window_seconds=10.0, clock=lambda: 5.0)
+    threads = 8
+
+    def deposit() -> None:
+        for _ in range(5000):
+            budget.record_first()
+
+    spent = [0] * threads
+
+    def spend(index: int) -> None:
+        for _ in range(2000):
+            spent[index] += budget.try_spend()
+
+    for target in [lambda index: deposit(), spend]:
+        workers = [threading.Thread(target=target, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    # 40,000 firsts pay for 8,000 extras, plus the floor's 10
+    assert sum(spent) == 8010
+    assert budget.available() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ratio": -0.1}, "ratio must be a number >= 0"),
+        ({"ratio": float("nan")}, "ratio must be a number >= 0"),
+        ({"min_per_second": -1}, "min_per_second must be a number >= 0"),
+        ({"window_seconds": 0}, "window_seconds must be a number > 0"),
+        ({"window_seconds": True}, "window_seconds must be a number > 0"),
+        ({"buckets": 0}, "buckets must be a whole number >= 1"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetryBudget(**kwargs)  # type: ignore[arg-type]
+
+
+def test_hedge_priorities() -> None:
+    assert hedge_priority_for(dar.Priority.HIGH, "lower") is dar.Priority.NORMAL
+    assert hedge_priority_for(dar.Priority.NORMAL, "lower") is dar.Priority.LOW
+    assert hedge_priority_for(dar.Priority.LOW, "lower") is dar.Priority.LOW
+    assert hedge_priority_for(dar.Priority.HIGH, None) is dar.Priority.HIGH
+    assert hedge_priority_for(dar.Priority.HIGH, dar.Priority.LOW) is dar.Priority.LOW
+    assert hedge_priority_for(dar.Priority.LOW, dar.Priority.HIGH) is dar.Priority.LOW  # never above the call's
+    with pytest.raises(ValueError, match="hedge_priority must be None, 'lower' or a priority"):
+        dar.setup(endpoint="http://127.0.0.1:1/", hedge_priority="lowest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_budget must be a RetryBudget or None"):
+        dar.setup(endpoint="http://127.0.0.1:1/", retry_budget=0.2)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- on a real server
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    server = LoopbackServer()
+    server.route("/fail", lambda h: h.reply(500, b"down"))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    yield server
+    server.close()
+
+
+def call_many(client: dar.Client, path: str, calls: int, threads: int = 4) -> list[dar.Response]:
+    responses: list[dar.Response] = []
+    lock = threading.Lock()
+    left = iter(range(calls))
+
+    def caller() -> None:
+        while True:
+            with lock:
+                if next(left, None) is None:
+                    return
+            with client.request(dar.get(path)) as response, lock:
+                responses.append(response)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return responses
+
+
+def retrying_client(server: LoopbackServer, **options: object) -> dar.Client:
+    strategy = dar.sequential_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.0))
+    return dar.setup(endpoint=server.url, safe_method_strategy=strategy, **options)  # type: ignore[arg-type]
+
+
+def exhausted_count(endpoint: str) -> float:
+    if not metrics.ENABLED:
+        return 0.0
+    import prometheus_client
+
+    got = prometheus_client.REGISTRY.get_sample_value(
+        "aio_request_retry_budget_exhausted_total", {"request_endpoint": endpoint}
+    )
+    return got or 0.0
+
+
+def test_against_a_failing_server_the_budget_bounds_retries(server: LoopbackServer) -> None:
+    calls = 1000
+    client = retrying_client(server)  # the default budget: 20% + 10/s over 10 s
+    try:
+        started = time.monotonic()
+        responses = call_many(client, "fail", calls)
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    sent = len(server.received("/fail"))
+    # The bound RetryBudget documents: 0.2 x firsts + 100 per window the run spans.
+    windows = math.ceil((math.floor(elapsed) + 2) / 10)
+    assert calls <= sent <= calls * 1.2 + 100 * windows
+    assert len(responses) == calls
+    assert all(r.status == 500 for r in responses)
+    refused = sum(r.budget_exhausted for r in responses)
+    assert refused > calls // 2  # most calls were told that the budget cut them short
+    if metrics.ENABLED:
+        assert exhausted_count(server.url) >= refused
+    # a call the budget did not cut short made its 3 attempts; one it did made 1 or 2
+    assert 3 * (calls - refused) + refused <= sent <= 3 * (calls - refused) + 2 * refused
+
+
+def test_without_a_budget_every_call_retries_twice(server: LoopbackServer) -> None:
+    client = retrying_client(server, retry_budget=None)
+    try:
+        responses = call_many(client, "fail", 1000)
+    finally:
+        client.close()
+    assert len(server.received("/fail")) == 3000
+    assert not any(r.budget_exhausted for r in responses)
+    assert client.retry_budget is None
+
+
+def test_a_healthy_server_never_meets_the_budget(server: LoopbackServer) -> None:
+    client = retrying_client(server, retry_budget=RetryBudget(ratio=0.0, min_per_second=0.0))
+    try:
+        responses = call_many(client, "ok", 200)
+    finally:
+        client.close()
+    assert len(server.received("/ok")) == 200
+    assert all(r.status == 200 and not r.budget_exhausted for r in responses)
+
+
+def test_a_budget_shared_by_all_strategies_of_a_client(server: LoopbackServer) -> None:
+    budget = RetryBudget(ratio=0.0, min_per_second=0.2, window_seconds=10.0)  # 2 extras in all
+    strategy = dar.sequential_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.0))
+    client = dar.setup(
+        endpoint=server.url, safe_method_strategy=strategy, unsafe_method_strategy=strategy, retry_budget=budget
+    )
+    try:
+        with client.request(dar.get("fail")) as response:
+            assert not response.budget_exhausted  # two retries: the whole budget
+        with client.request(dar.post("fail")) as response:
+            assert response.budget_exhausted
+            assert response.status == 500
+    finally:
+        client.close()
+    assert client.retry_budget is budget
+    assert len(server.received("/fail")) == 4
+
+
+def test_a_refused_hedge_leaves_the_first_attempt_to_finish(server: LoopbackServer) -> None:
+    def slow(h: Handler) -> None:
+        time.sleep(0.2)
+        h.reply(200, b"late")
+
+    server.route("/slow", slow)
+    strategy = dar.parallel_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.02))
+    client = dar.setup(
+        endpoint=server.url, safe_method_strategy=strategy, retry_budget=RetryBudget(ratio=0.0, min_per_second=0.0)
+    )
+    try:
+        started = time.monotonic()
+        with client.request(dar.get("slow")) as response:
+            assert response.status == 200
+            assert response.read() == b"late"
+            assert response.budget_exhausted
+        assert time.monotonic() - started < 1.0
+    finally:
+        client.close()
+    assert len(server.received("/slow")) == 1
+
+
+def test_retry_until_deadline_stops_when_the_budget_is_spent(server: LoopbackServer) -> None:
+    strategy = dar.retry_until_deadline_expired(
+        dar.single_attempt_strategy(), delays_provider=dar.constant_delays(delay=0.01)
+    )
+    budget = RetryBudget(ratio=0.0, min_per_second=0.3, window_seconds=10.0)  # 3 extras
+    client = dar.setup(endpoint=server.url, safe_method_strategy=strategy, retry_budget=budget, timeout=5.0)
+    try:
+        started = time.monotonic()
+        with client.request(dar.get("fail")) as response:
+            assert response.status == 500
+            assert response.budget_exhausted
+        assert time.monotonic() - started < 2.0  # it did not retry until the 5 s deadline
+    finally:
+        client.close()
+    assert len(server.received("/fail")) == 4
+
+
+def slow_first(path: str, seconds: float) -> Callable[[Handler], None]:
+    """The first request to ``path`` takes ``seconds``, later ones answer at once."""
+    seen = 0
+    lock = threading.Lock()
+
+    def handle(h: Handler) -> None:
+        nonlocal seen
+        with lock:
+            seen += 1
+            slow = seen == 1
+        if slow:
+            time.sleep(seconds)
+        h.reply(200, b"slow" if slow else b"fast")
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("hedge_priority", "call_priority", "expected"),
+    [
+        ("lower", dar.Priority.HIGH, "normal"),
+        ("lower", dar.Priority.NORMAL, "low"),
+        (None, dar.Priority.NORMAL, "normal"),
+        (dar.Priority.LOW, dar.Priority.HIGH, "low"),
+    ],
+)
+def test_hedges_go_at_the_priority_asked_for(
+    server: LoopbackServer, hedge_priority: object, call_priority: dar.Priority, expected: str
+) -> None:
+    server.route("/tail", slow_first("/tail", 0.3))
+    strategy = dar.parallel_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.03))
+    client = dar.setup(endpoint=server.url, safe_method_strategy=strategy, hedge_priority=hedge_priority)  # type: ignore[arg-type]
+    try:
+        with client.request(dar.get("tail"), priority=call_priority) as response:
+            assert response.read() == b"fast"  # the hedge won
+    finally:
+        client.close()
+    first, hedge = server.received("/tail")
+    assert first.headers["X-Request-Priority"] == call_priority.value
+    assert hedge.headers["X-Request-Priority"] == expected
+
+
+def test_retries_after_a_finished_attempt_keep_the_calls_priority(server: LoopbackServer) -> None:
+    client = retrying_client(server, hedge_priority="lower")
+    try:
+        with client.request(dar.get("fail"), priority=dar.Priority.HIGH) as response:
+            assert response.status == 500
+    finally:
+        client.close()
+    assert [r.headers["X-Request-Priority"] for r in server.received("/fail")] == ["high"] * 3
+
+
+# ---------------------------------------------------------------- settings
+
+
+def client_from(options: dict[str, object]) -> dar.Client:
+    settings, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", **options}}})
+    assert settings is not None, [str(p) for p in problems]
+    return settings.clients["billing"].build(None)
+
+
+def test_settings_turn_the_budget_on_by_default_off_or_tune_it() -> None:
+    default = client_from({})
+    assert isinstance(default.retry_budget, RetryBudget)
+    assert (default.retry_budget.ratio, default.retry_budget.min_per_second) == (0.2, 10.0)
+    assert default.retry_budget.window_seconds == 10.0
+    assert default.hedge_priority is None
+    assert client_from({"RETRY_BUDGET": False}).retry_budget is None
+    tuned = client_from({"RETRY_BUDGET": {"RATIO": 0.1, "MIN_PER_SECOND": 0, "WINDOW_SECONDS": 30}})
+    assert tuned.retry_budget is not None
+    assert (tuned.retry_budget.ratio, tuned.retry_budget.min_per_second, tuned.retry_budget.window_seconds) == (
+        0.1,
+        0.0,
+        30.0,
+    )
+    assert client_from({"HEDGE_PRIORITY": "lower"}).hedge_priority == "lower"
+    assert client_from({"HEDGE_PRIORITY": "LOW"}).hedge_priority is dar.Priority.LOW
+    # each client built from the settings gets a budget of its own
+    assert client_from({}).retry_budget is not client_from({}).retry_budget
+
+
+def messages(options: dict[str, object]) -> list[str]:
+    with override_settings(AIO_REQUEST={"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", **options}}}):
+        return [f"{m.msg} | {m.hint}" for m in check_settings()]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"RETRY_BUDGET": 0.2},
+            "['RETRY_BUDGET'] must be False or a dict, not 0.2 | False to turn it off, or a dict with RATIO, "
+            "MIN_PER_SECOND, WINDOW_SECONDS",
+        ),
+        ({"RETRY_BUDGET": {"RATIO": -1}}, "['RETRY_BUDGET']['RATIO'] must be a ratio of first attempts >= 0, not -1"),
+        ({"RETRY_BUDGET": {"WINDOW_SECONDS": 0}}, "['RETRY_BUDGET']['WINDOW_SECONDS'] must be a number of seconds > 0"),
+        (
+            {"RETRY_BUDGET": {"MIN_PER_SECOND": "10"}},
+            "['MIN_PER_SECOND'] must be a number of extra attempts per second >= 0, not '10'",
+        ),
+        ({"RETRY_BUDGET": {"RATE": 0.1}}, "['RETRY_BUDGET']['RATE'] is not a known key | allowed keys: RATIO"),
+        (
+            {"HEDGE_PRIORITY": "lowest"},
+            "['HEDGE_PRIORITY'] is 'lowest', not a hedge priority | allowed: None (the call's priority), 'lower'",
+        ),
+    ],
+)
+def test_bad_settings_are_reported(options: dict[str, object], expected: str) -> None:
+    found = messages(options)
+    assert any(expected in message for message in found), found
+
+
+def test_good_settings_pass_the_checks() -> None:
+    assert messages({"RETRY_BUDGET": {"RATIO": 0.1}, "HEDGE_PRIORITY": "lower"}) == []
+    assert messages({"RETRY_BUDGET": False, "HEDGE_PRIORITY": None}) == []
+
+
+# ---------------------------------------------------------------- strategies, with a send that refuses extras
+
+
+class RefusingSend:
+    """A ``send`` that fails every attempt it sends and refuses (None) every attempt numbered >= ``allow``."""
+
+    def __init__(self, allow: int) -> None:
+        self.allow = allow
+        self.sent: list[int] = []
+        self.refused: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(
+        self,
+        request: dar.Request,
+        deadline: dar.Deadline,
+        priority: dar.Priority,
+        number: int,
+        cancellation: dar.Cancellation | None,
+    ) -> ResponseWithVerdict | None:
+        with self.lock:
+            if number >= self.allow:
+                self.refused.append(number)
+                return None
+            self.sent.append(number)
+        return ResponseWithVerdict(dar.EmptyResponse(status=500), dar.ResponseVerdict.REJECT, number)
+
+
+@pytest.fixture
+def workers() -> Iterator[WorkerPool]:
+    pool = WorkerPool(4)
+    yield pool
+    pool.shutdown()
+
+
+def run(strategy: dar.RequestStrategy, send: RefusingSend, workers: WorkerPool) -> ResponseWithVerdict:
+    return strategy.request(send, workers, dar.get("x"), dar.Deadline.from_timeout(2.0), dar.Priority.NORMAL)
+
+
+def test_a_sequential_strategy_stops_at_the_first_refusal(workers: WorkerPool) -> None:
+    send = RefusingSend(allow=2)
+    strategy = dar.sequential_strategy(attempts_count=5, delays_provider=dar.constant_delays(delay=0.0))
+    result = run(strategy, send, workers)
+    assert (send.sent, send.refused) == ([0, 1], [2])
+    assert result.attempt == 1  # the last response sent
+
+
+def test_a_parallel_strategy_launches_no_hedge_after_a_refusal(workers: WorkerPool) -> None:
+    send = RefusingSend(allow=1)
+    strategy = dar.parallel_strategy(attempts_count=4, delays_provider=dar.constant_delays(delay=0.01))
+    result = run(strategy, send, workers)
+    assert (send.sent, send.refused) == ([0], [1])
+    assert result.attempt == 0
+
+
+def test_retry_until_deadline_numbers_rounds_on_and_stops_at_a_refusal(workers: WorkerPool) -> None:
+    send = RefusingSend(allow=5)
+    inner = dar.sequential_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.0))
+    strategy = dar.retry_until_deadline_expired(inner, delays_provider=dar.constant_delays(delay=0.0))
+    result = run(strategy, send, workers)
+    assert (send.sent, send.refused) == ([0, 1, 2, 3, 4], [5])  # rounds (0, 1), (2, 3), (4, refused)
+    assert result.attempt == 4
+
+
+def test_a_send_that_refuses_a_first_attempt_is_a_bug(workers: WorkerPool) -> None:
+    for strategy in (dar.single_attempt_strategy(), dar.sequential_strategy(), dar.parallel_strategy()):
+        with pytest.raises(RuntimeError, match="refused a call's first attempt"):
+            run(strategy, RefusingSend(allow=0), workers)
+
+
+def test_the_metric_is_exported_at_zero_for_a_new_client() -> None:
+    if not metrics.ENABLED:
+        pytest.skip("prometheus_client is not installed")
+    import prometheus_client
+
+    endpoint = "http://budget-metric.invalid/"
+    dar.setup(endpoint=endpoint).close()
+    labels = {"request_endpoint": endpoint}
+    assert prometheus_client.REGISTRY.get_sample_value("aio_request_retry_budget_exhausted_total", labels) == 0.0
