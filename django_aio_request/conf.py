@@ -13,12 +13,14 @@ from typing import Any
 
 from .circuit_breaker import CircuitStore, DefaultCircuitBreaker
 from .classifier import ResponseClassifier
-from .client import Client
+from .client import Client, HedgePriority, validate_hedge_priority
 from .deadline_providers import pass_deadline_through, split_deadline_between_attempts
 from .delays import constant_delays, linear_backoff_delays
 from .factory import DEFAULT_MAX_WORKERS, setup, validate_endpoint
 from .priority import Priority
 from .requests_transport import DEFAULT_MAX_CONNECTIONS, RequestsTransport
+from .retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS, RetryBudget
+from .shedding import SheddingSettings
 from .strategies import (
     RequestStrategy,
     parallel_strategy,
@@ -46,6 +48,8 @@ TOP_LEVEL_KEYS = (
     # the admin's view of breakers (breaker_publisher.py): how often each process publishes, history kept
     "CIRCUIT_BREAKER_PUBLISH_INTERVAL",
     "CIRCUIT_BREAKER_HISTORY_DAYS",
+    # priority-aware load shedding in AioRequestMiddleware (shedding.py); None (the default): off
+    "SHEDDING",
 )
 STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
 DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
@@ -237,6 +241,47 @@ CIRCUIT_BREAKER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "FAILURE_THRESHOLD": (number(0, inclusive=False, below=1, what="a ratio"), 0.5),
     "WINDOWS_COUNT": (integer(1), 10),
 }
+RETRY_BUDGET_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "RATIO": (number(0, what="a ratio of first attempts"), DEFAULT_RATIO),
+    "MIN_PER_SECOND": (number(0, what="a number of extra attempts per second"), DEFAULT_MIN_PER_SECOND),
+    "WINDOW_SECONDS": (SECONDS, DEFAULT_WINDOW_SECONDS),
+}
+
+
+def retry_budget(reader: _Reader, path: str, value: Any) -> dict[str, float] | bool | None:
+    """A client's ``RETRY_BUDGET``: False (no budget), True (the defaults) or a dict of RETRY_BUDGET_SCHEMA."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        allowed = "False to turn it off, or a dict with " + ", ".join(RETRY_BUDGET_SCHEMA)
+        reader.fail(path, f"must be False or a dict, not {value!r}", allowed)
+        return None
+    spec = reader.mapping(path, value, tuple(RETRY_BUDGET_SCHEMA))
+    got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)
+    return None if None in got.values() else got
+
+
+def hedge_priority(reader: _Reader, path: str, value: Any) -> HedgePriority:
+    """A client's ``HEDGE_PRIORITY``: None, "lower", or a priority."""
+    try:
+        return validate_hedge_priority(value)
+    except ValueError:
+        allowed = "None (the call's priority), 'lower' (one step lower), or " + ", ".join(p.value for p in Priority)
+        reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed)
+        return None
+
+
+def build_retry_budget(value: dict[str, float] | bool) -> RetryBudget | None:
+    """A new budget (each client has its own) from a validated ``RETRY_BUDGET``."""
+    if value is False:
+        return None
+    if value is True:
+        return RetryBudget()
+    return RetryBudget(
+        ratio=value["RATIO"], min_per_second=value["MIN_PER_SECOND"], window_seconds=value["WINDOW_SECONDS"]
+    )
+
+
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "TIMEOUT": (SECONDS, 20.0),
     "PRIORITY": (priority, Priority.NORMAL),
@@ -250,6 +295,9 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
         None,
     ),
     "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),
+    # the retry budget (retry_budget.py) and hedges' priority: docs/budgets-and-shedding.md
+    "RETRY_BUDGET": (retry_budget, True),
+    "HEDGE_PRIORITY": (hedge_priority, None),
 }
 # The server side: how AioRequestMiddleware treats incoming requests.
 DEFAULT_SERVER_TIMEOUT = 20.0
@@ -267,6 +315,13 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "CIRCUIT_BREAKER_PUBLISH_INTERVAL": (SECONDS, 1.0),
     "CIRCUIT_BREAKER_HISTORY_DAYS": (number(0, inclusive=False, what="a number of days"), 7.0),
 }
+SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "HIGH_PRIORITY_RESERVE": (number(0, below=1, what="a share of MAX_CONCURRENCY"), 0.2),
+    "NORMAL_PRIORITY_RESERVE": (number(0, below=1, what="a share of MAX_CONCURRENCY"), 0.2),
+    "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.0),
+    "RETRY_AFTER": (integer(0), 1),
+}
+SHEDDING_KEYS = ("MAX_CONCURRENCY", *SHEDDING_SCHEMA)
 CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
 
 
@@ -410,6 +465,8 @@ class ClientSpec:
             max_workers=o["MAX_WORKERS"],
             request_enricher=o["REQUEST_ENRICHER"],
             service_name=service_name,
+            retry_budget=build_retry_budget(o["RETRY_BUDGET"]),
+            hedge_priority=o["HEDGE_PRIORITY"],
             **made,
         )
 
@@ -454,6 +511,38 @@ class AioRequestSettings:
     known_services: frozenset[str] | None = None  # lower-cased; None: any name, bounded per process
     circuit_breaker_publish_interval: float = 1.0
     circuit_breaker_history_days: float = 7.0
+    shedding: SheddingSettings | None = None  # AIO_REQUEST["SHEDDING"]; None: no load shedding
+
+
+def _shedding(reader: _Reader, path: str, value: Any) -> SheddingSettings | None:
+    """``AIO_REQUEST["SHEDDING"]``: a dict that turns load shedding on (see docs/budgets-and-shedding.md)."""
+    spec = reader.mapping(path, value, SHEDDING_KEYS)
+    if spec is None:
+        return None
+    errors_before = sum(not p.warning for p in reader.problems)
+    limit = spec.get("MAX_CONCURRENCY")
+    if limit is None:
+        hint = "the most requests this process serves at once; e.g. its threads, or what its CPU and database sustain"
+        reader.fail(f"{path}['MAX_CONCURRENCY']", "is required when SHEDDING is set", hint)
+    else:
+        limit = integer(1)(reader, f"{path}['MAX_CONCURRENCY']", limit)
+    got = fields(reader, path, spec, SHEDDING_SCHEMA)
+    high, normal = got["HIGH_PRIORITY_RESERVE"], got["NORMAL_PRIORITY_RESERVE"]
+    if high is not None and normal is not None and high + normal >= 1:
+        reader.fail(
+            f"{path}['NORMAL_PRIORITY_RESERVE']",
+            f"({normal}) plus HIGH_PRIORITY_RESERVE ({high}) must be less than 1",
+            "the rest of MAX_CONCURRENCY is what low-priority requests may use",
+        )
+    if limit is None or sum(not p.warning for p in reader.problems) > errors_before:
+        return None
+    return SheddingSettings(
+        max_concurrency=limit,
+        high_priority_reserve=high,
+        normal_priority_reserve=normal,
+        min_time_to_serve=got["MIN_TIME_TO_SERVE"],
+        retry_after=got["RETRY_AFTER"],
+    )
 
 
 def _server(reader: _Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -500,6 +589,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     known = (
         names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
     )
+    shedding = _shedding(reader, "['SHEDDING']", top["SHEDDING"]) if top.get("SHEDDING") is not None else None
     if server is None or any(not p.warning for p in reader.problems):
         return None, reader.problems
     return AioRequestSettings(
@@ -518,4 +608,5 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         known_services=known,
         circuit_breaker_publish_interval=server["CIRCUIT_BREAKER_PUBLISH_INTERVAL"],
         circuit_breaker_history_days=server["CIRCUIT_BREAKER_HISTORY_DAYS"],
+        shedding=shedding,
     ), reader.problems

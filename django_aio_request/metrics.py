@@ -101,6 +101,15 @@ server_database_cancelled = _counter(
     "Requests answered 408 because the database cancelled a query at the deadline (DATABASE_STATEMENT_TIMEOUT).",
 )
 
+# Load shedding (AIO_REQUEST["SHEDDING"]): label values are exactly these.
+SHED_PRIORITIES = ("high", "normal", "low")
+SHED_REASONS = ("capacity", "deadline")  # shedding.REASONS
+
+
+def shed(priority: str, reason: str) -> None:
+    """Count a request the middleware shed (answered 503) in ``aio_request_server_shed_total``."""
+    server_shed.labels(priority, reason).inc()
+
 
 # Labelled metrics used on every call and request: children are cached by label values (a dict
 # lookup instead of prometheus_client's locked labels()), which is safe because every label set is bounded.
@@ -249,6 +258,12 @@ client_deadline_rejected = _family(
     "Attempts answered 408 without sending: deadline expired, or less time left than LOW_TIMEOUT_THRESHOLD.",
     (*CLIENT, "reason"),
 )
+client_retry_budget_exhausted = _family(
+    "Counter",
+    "aio_request_retry_budget_exhausted_total",
+    "Extra attempts (retries and hedges) not sent because the client's retry budget was spent.",
+    ("request_endpoint",),
+)
 breaker_state = _family(
     "Gauge",
     "aio_request_circuit_breaker_state",
@@ -262,6 +277,15 @@ breaker_transitions = _family(
     "Circuit breaker state changes of an endpoint.",
     ("request_endpoint", "from_state", "to_state"),
 )
+server_shed = _family(
+    "Counter",
+    "aio_request_server_shed_total",
+    "Requests answered 503 by load shedding, by priority and reason (capacity, deadline).",
+    ("priority", "reason"),
+)
+for _priority in SHED_PRIORITIES:  # exported at 0 from the start, as the other server counters
+    for _reason in SHED_REASONS:
+        server_shed.labels(_priority, _reason)
 
 MAX_ATTEMPT_LABEL = 5  # attempt numbers from this one on share the label "5+"
 _ATTEMPTS = (*(str(n) for n in range(MAX_ATTEMPT_LABEL)), f"{MAX_ATTEMPT_LABEL}+")
@@ -293,6 +317,9 @@ class ClientMetrics:
 
     def deadline_rejected(self, method: str, reason: str) -> None:
         client_deadline_rejected.labels(self.endpoint, method, reason).inc()
+
+    def budget_exhausted(self) -> None:
+        client_retry_budget_exhausted.labels(self.endpoint).inc()
 
 
 _watched: "weakref.WeakSet[Any]" = weakref.WeakSet()

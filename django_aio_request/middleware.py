@@ -28,6 +28,7 @@ from .db import is_deadline_cancellation
 from .deadline import Deadline
 from .priority import Priority
 from .registry import clients
+from .shedding import Admission, ConcurrencyLimiter
 from .view_timeout import DefaultDeadline, _canceller
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
@@ -79,6 +80,23 @@ def _malformed(header: str, raw: str) -> None:
 def _rejected(reason: str) -> HttpResponse:
     metrics.server_rejected.labels(reason=reason).inc()
     return HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
+
+
+def _shed(priority: Priority, admission: Admission) -> HttpResponse:
+    """The 503 of a request load shedding refused (``AIO_REQUEST["SHEDDING"]``)."""
+    metrics.shed(priority.value, admission.reason or "capacity")
+    response = HttpResponse(status=503, headers={"Retry-After": str(admission.retry_after)})
+    if admission.do_not_retry:
+        response[h.X_DO_NOT_RETRY] = "1"
+    # Counted in aio_request_server_shed_total: Django's "Service Unavailable" error log line per shed
+    # request would flood the logs exactly when the process is overloaded.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+def _admit(limiter: ConcurrencyLimiter, context: Context) -> Admission:
+    priority = cast(Priority, context.priority)  # _begin always sets both
+    return limiter.try_acquire(priority, cast(Deadline, context.deadline).timeout)
 
 
 def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestSettings, started: float) -> None:
@@ -190,6 +208,8 @@ class AioRequestMiddleware:
         if not isinstance(context, Context):
             _observe(request, context, conf, started)
             return context
+        if conf.shedding is not None:
+            return self._call_limited(request, conf, context, conf.shedding.limiter, started)
         token = _context.set(context)
         try:
             response = self.get_response(request)
@@ -208,6 +228,30 @@ class AioRequestMiddleware:
             metrics.observe_server(key, started)
         return response
 
+    def _call_limited(
+        self,
+        request: HttpRequest,
+        conf: AioRequestSettings,
+        context: Context,
+        limiter: ConcurrencyLimiter,
+        started: float,
+    ) -> HttpResponseBase:
+        """The sync path with load shedding on: admitted requests hold a slot until the view returned."""
+        admission = _admit(limiter, context)
+        if not admission.admitted:
+            response: HttpResponseBase = _shed(cast(Priority, context.priority), admission)
+        else:
+            try:
+                token = _context.set(context)
+                try:
+                    response = self.get_response(request)
+                finally:
+                    _context.reset(token)
+            finally:
+                limiter.release()
+        _observe(request, response, conf, started)
+        return response
+
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         started = perf_counter()
         conf = clients.settings
@@ -215,7 +259,19 @@ class AioRequestMiddleware:
         if not isinstance(context, Context):
             _observe(request, context, conf, started)
             return context
-        response = await self._arespond(request, conf, context)
+        response: HttpResponseBase
+        if conf.shedding is None:
+            response = await self._arespond(request, conf, context)
+        else:
+            limiter = conf.shedding.limiter
+            admission = _admit(limiter, context)
+            if not admission.admitted:
+                response = _shed(cast(Priority, context.priority), admission)
+            else:
+                try:
+                    response = await self._arespond(request, conf, context)
+                finally:
+                    limiter.release()
         _observe(request, response, conf, started)
         return response
 

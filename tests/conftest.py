@@ -6,11 +6,24 @@ from django_aio_request import RequestsTransport
 from tests import postgres
 from tests.loopback import LoopbackServer
 
+_ports_used: set[int] = set()
+
 
 @pytest.fixture
 def server() -> Iterator[LoopbackServer]:
-    """A real HTTP server on loopback, new for each test."""
+    """A real HTTP server on loopback, new for each test, on a port no earlier test's server had.
+
+    Metrics are labelled by endpoint and live for the whole process: a port reused by the OS would
+    let one test see another's series.
+    """
     srv = LoopbackServer()
+    held = []
+    while srv.port in _ports_used:
+        held.append(srv)  # keep it open so the OS cannot hand out the same port again at once
+        srv = LoopbackServer()
+    for old in held:
+        old.close()
+    _ports_used.add(srv.port)
     yield srv
     srv.close()
 
