@@ -18,7 +18,7 @@ from .deadline_providers import pass_deadline_through, split_deadline_between_at
 from .delays import constant_delays, linear_backoff_delays
 from .factory import DEFAULT_MAX_WORKERS, setup, validate_endpoint
 from .priority import Priority
-from .requests_transport import DEFAULT_MAX_CONNECTIONS, RequestsTransport
+from .requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE, RequestsTransport
 from .retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS, RetryBudget
 from .shedding import SheddingSettings
 from .strategies import (
@@ -139,6 +139,11 @@ def boolean(reader: _Reader, path: str, value: Any) -> bool | None:
         reader.fail(path, f"must be True or False, not {value!r}")
         return None
     return value
+
+
+def optional(field: Field) -> Field:
+    """``field``, or None (no limit) when the value is None."""
+    return lambda reader, path, value: None if value is None else field(reader, path, value)
 
 
 def priority(reader: _Reader, path: str, value: Any) -> Priority | None:
@@ -290,6 +295,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "MAX_WORKERS": (integer(1), DEFAULT_MAX_WORKERS),
     "MAX_CONNECTIONS": (integer(1), DEFAULT_MAX_CONNECTIONS),
     "CONNECT_RETRIES": (integer(0), 0),
+    "MAX_RESPONSE_SIZE": (optional(integer(0)), DEFAULT_MAX_RESPONSE_SIZE),
     "RESPONSE_CLASSIFIER": (
         dotted("a ResponseClassifier subclass", lambda c: isinstance(c, type) and issubclass(c, ResponseClassifier)),
         None,
@@ -457,7 +463,11 @@ class ClientSpec:
             made["circuit_breaker"] = self.factories["circuit_breaker"](store)
         return setup(
             endpoint=self.endpoint,
-            transport=RequestsTransport(max_connections=o["MAX_CONNECTIONS"], connect_retries=o["CONNECT_RETRIES"]),
+            transport=RequestsTransport(
+                max_connections=o["MAX_CONNECTIONS"],
+                connect_retries=o["CONNECT_RETRIES"],
+                max_response_size=o["MAX_RESPONSE_SIZE"],
+            ),
             timeout=o["TIMEOUT"],
             priority=o["PRIORITY"],
             low_timeout_threshold=o["LOW_TIMEOUT_THRESHOLD"],

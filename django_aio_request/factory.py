@@ -39,6 +39,12 @@ def validate_endpoint(endpoint: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"endpoint must be an absolute http:// or https:// URL with a host, not {endpoint!r}")
+    if parts.username is not None or parts.password is not None:
+        # The endpoint labels metrics, keys breakers and appears in logs and admin: no place for secrets.
+        raise ValueError(
+            f"endpoint must not carry credentials (user:password@): the endpoint of {parts.hostname!r} is shown "
+            "in metrics, logs and admin; send credentials with a request enricher or a requests.Session's auth"
+        )
     try:
         _ = parts.port
     except ValueError as error:

@@ -27,6 +27,18 @@ DEFAULT_MAX_CONNECTIONS = 64
 # Socket timeouts above this overflow some platforms' limits; the deadline still ends the attempt.
 _MAX_SOCKET_TIMEOUT = 86_400.0
 _MAX_CACHED_HOSTS = 64
+DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
+_CHUNK_SIZE = 64 * 1024
+#: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
+X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
+
+
+def _redacted(endpoint: str) -> str:
+    """``endpoint`` for logs: credentials in it (``http://user:password@host/``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if "@" not in parts.netloc:
+        return endpoint
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -52,6 +64,11 @@ class RequestsTransport(Transport):
 
     ``connect_retries``: how many times a connection that failed before anything was sent is tried
     again within the same attempt (and within its deadline).
+
+    ``max_response_size``: the most bytes of (decoded) body an attempt reads, or None for no limit.
+    A larger body (by its Content-Length, or once that many bytes were read) is not read further:
+    the attempt ends as a 489 with ``X-Response-Too-Large: <limit>`` and ``X-Do-Not-Retry: 1``
+    (another attempt would get the same body), and its connection is closed.
     """
 
     def __init__(
@@ -60,11 +77,14 @@ class RequestsTransport(Transport):
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_retries: int = 0,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, not {max_connections}")
         if connect_retries < 0:
             raise ValueError(f"connect_retries must be >= 0, not {connect_retries}")
+        if max_response_size is not None and (isinstance(max_response_size, bool) or max_response_size < 0):
+            raise ValueError(f"max_response_size must be >= 0 or None, not {max_response_size!r}")
         if session is None:
             session = requests.Session()
             session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
@@ -88,6 +108,7 @@ class RequestsTransport(Transport):
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = max_connections
         self.max_connections = max_connections
+        self.max_response_size = max_response_size
 
     def send(
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
@@ -172,7 +193,8 @@ class RequestsTransport(Transport):
             )
         )
         remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
-        kwargs = {**self._environment(prepared.url or ""), "timeout": (remaining, remaining)}
+        # stream=True: the body is read below in chunks, so that its size can be bounded.
+        kwargs = {**self._environment(prepared.url or ""), "timeout": (remaining, remaining), "stream": True}
         response = session.send(prepared, allow_redirects=False, **kwargs)
         try:
             if request.allow_redirects and response.is_redirect:
@@ -188,12 +210,43 @@ class RequestsTransport(Transport):
                         elapsed=time.monotonic() - started,
                         headers={h.LOCATION: response.headers.get(h.LOCATION, "")},
                     )
-            body = response.content
+            body = self._read_body(response)
         finally:
-            response.close()
+            response.close()  # a body left unread closes the connection instead of pooling it
+        if body is None:
+            logger.warning(
+                "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
+                request.method,
+                _redacted(endpoint),
+                request.url,
+                self.max_response_size,
+                status.NETWORK_ERROR,
+            )
+            return EmptyResponse(
+                status=status.NETWORK_ERROR,
+                elapsed=time.monotonic() - started,
+                headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
+            )
         return Response(
             status=response.status_code, headers=response.headers, body=body, elapsed=time.monotonic() - started
         )
+
+    def _read_body(self, response: requests.Response) -> bytes | None:
+        """The whole body, or None if it is larger than ``max_response_size``."""
+        limit = self.max_response_size
+        if limit is None:
+            return response.content
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            return None
+        chunks = []
+        size = 0
+        for chunk in response.iter_content(_CHUNK_SIZE):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @staticmethod
     def _failure(
@@ -221,7 +274,7 @@ class RequestsTransport(Transport):
             logger.warning(
                 "%s %s%s failed after %.3fs: %s (status %s)",
                 request.method,
-                endpoint,
+                _redacted(endpoint),
                 request.url,
                 elapsed,
                 type(error).__name__,

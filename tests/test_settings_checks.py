@@ -12,6 +12,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from django_aio_request.checks import check_settings
+from tests.loopback import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = {"ENDPOINT": "http://billing:8080/"}
@@ -136,6 +137,8 @@ def enricher(request: object) -> object:
         ({**GOOD, "MAX_WORKERS": 0}, ["['MAX_WORKERS'] must be a whole number >= 1, not 0"]),
         ({**GOOD, "CONNECT_RETRIES": 1.5}, ["['CONNECT_RETRIES'] must be a whole number >= 0, not 1.5"]),
         ({**GOOD, "EMIT_SYSTEM_HEADERS": "yes"}, ["['EMIT_SYSTEM_HEADERS'] must be True or False, not 'yes'"]),
+        ({**GOOD, "MAX_RESPONSE_SIZE": -1}, ["['MAX_RESPONSE_SIZE'] must be a whole number >= 0, not -1"]),
+        ({"ENDPOINT": "http://u:p@billing/"}, ["['ENDPOINT'] endpoint must not carry credentials"]),
     ],
 )
 def test_a_bad_client_setting_is_an_error_naming_client_key_and_what_is_allowed(
@@ -224,3 +227,13 @@ def test_breaker_publishing_settings_reach_the_publisher() -> None:
 
     with override_settings(AIO_REQUEST={"CIRCUIT_BREAKER_HISTORY_DAYS": 2.5}):
         assert history_days() == 2.5
+
+
+def test_max_response_size_from_settings_bounds_the_body(server: LoopbackServer) -> None:
+    from django_aio_request import clients, get
+
+    server.route("/big", lambda h: h.reply(200, b"x" * 5000))
+    for limit, expected in ((1000, 489), (None, 200)):
+        config = {"CLIENTS": {"c": {"ENDPOINT": server.url, "MAX_RESPONSE_SIZE": limit}}}
+        with override_settings(AIO_REQUEST=config), clients["c"].request(get("big")) as response:
+            assert response.status == expected

@@ -1,0 +1,408 @@
+"""The fault matrix (docs/faults.md) on real sockets, through a client with a circuit breaker.
+
+For every fault: the call ends by its deadline, its outcome is the documented status (or exception),
+the breaker counts it as docs/usage.md says (408, 429, 489 and 5xx are failures; everything else,
+488 and a 489 carrying ``X-Do-Not-Retry`` included, is a success), and no thread or file descriptor
+is left behind. Outcomes already covered in detail elsewhere (test_transport*.py) are checked here
+only for what those tests do not: the deadline, the breaker and leaks, on the whole client.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import django_aio_request as dar
+from django_aio_request import status
+from django_aio_request.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
+from tests.loopback import LoopbackServer, free_port
+
+DEADLINE = 0.5
+#: How far past its deadline a call may end on a busy two-core machine.
+SLACK = 0.25
+#: Threads and descriptors a test may leave above where it started (none expected; a little noise).
+LEAK_BOUND = 2
+
+FAILURE = (1, 0)
+SUCCESS = (0, 1)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_up() -> None:
+    """One call before the first measurement, so process-wide threads (the watchdog) already run."""
+    server = LoopbackServer()
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = dar.setup(endpoint=server.url, metrics=False)
+    with client.request(dar.get("ok")) as response:
+        assert response.status == 200
+    client.close()
+    server.close()
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fails the test if threads or open descriptors stay above where they were at its start."""
+    threads, fds = threading.active_count(), _fds()
+    yield
+    assert _wait_until(lambda: threading.active_count() <= threads + LEAK_BOUND), (
+        f"threads: {threads} before, {threading.active_count()} after: {threading.enumerate()}"
+    )
+    assert _wait_until(lambda: _fds() <= fds + LEAK_BOUND), f"descriptors: {fds} before, {_fds()} after"
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that runs ``handle(conn)`` for every connection, speaking no HTTP of
+    its own; ``close()`` stops it and every connection thread."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self._handle = handle
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            self._handle(conn)
+
+    def close(self) -> None:
+        self.stop.set()
+        self._accepter.join()
+        for thread in self._threads:
+            thread.join(10)
+        self._listener.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
+    made: list[RawServer] = []
+
+    def make(handle: Callable[[socket.socket], None]) -> RawServer:
+        made.append(RawServer(handle))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with SO_LINGER 0: the peer gets a RST, not a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def send_then(data: bytes, *, reset: bool) -> Callable[[socket.socket], None]:
+    def handle(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(data)
+        time.sleep(0.05)  # let the bytes arrive before the reset, so it really comes mid-response
+        if reset:
+            _reset(conn)
+
+    return handle
+
+
+@contextlib.contextmanager
+def breaker_client(
+    endpoint: str, transport: dar.RequestsTransport | None = None
+) -> Iterator[tuple[dar.Client, dar.DefaultCircuitBreaker[str, dar.Response]]]:
+    """A client making one attempt per call, with a breaker that never opens during a test."""
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=1_000, failure_threshold=0.5
+    )
+    client = dar.setup(
+        endpoint=endpoint,
+        transport=transport,
+        safe_method_strategy=dar.single_attempt_strategy(),
+        circuit_breaker=breaker,
+        metrics=False,
+    )
+    try:
+        yield client, breaker
+    finally:
+        client.close()
+
+
+def call(
+    endpoint: str,
+    path: str = "x",
+    *,
+    deadline: float = DEADLINE,
+    transport: dar.RequestsTransport | None = None,
+    read: Callable[[dar.Response], object] | None = None,
+) -> tuple[dar.Response, tuple[int, int]]:
+    """One GET through a breaker client; checks it ended by its deadline. Returns the response and
+    the breaker's (failures, successes) for the endpoint afterwards."""
+    with breaker_client(endpoint, transport) as (client, breaker):
+        started = time.monotonic()
+        with client.request(dar.get(path), deadline=dar.Deadline.from_timeout(deadline)) as response:
+            if read is not None:
+                read(response)
+        elapsed = time.monotonic() - started
+        assert elapsed < deadline + SLACK, f"the call took {elapsed:.3f}s, its deadline was {deadline}s"
+        return response, breaker.counts(endpoint)
+
+
+# --- the matrix -----------------------------------------------------------------------------------------------
+
+
+def test_connection_refused(no_leaks: None) -> None:
+    response, counts = call(f"http://127.0.0.1:{free_port()}/")
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def test_unresolvable_host(no_leaks: None) -> None:
+    # .invalid never resolves (RFC 6761); the resolver fails locally, at once, without traffic.
+    # Name resolution is NOT bounded by the deadline (getaddrinfo runs before any socket timeout):
+    # a resolver that hangs would hold the call; this test checks only that failing is fast here.
+    response, counts = call("http://nothing.invalid/")
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: on Linux the kernel drops
+    further SYNs (tcp_abort_on_overflow=0), so a connect hangs as to a non-routable address."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        fillers.append(sock)
+    time.sleep(0.05)
+    yield port
+    for sock in fillers:
+        sock.close()
+    listener.close()
+
+
+def test_connect_timeout(full_backlog: int, no_leaks: None) -> None:
+    started = time.monotonic()
+    response, counts = call(f"http://127.0.0.1:{full_backlog}/", deadline=0.3)
+    assert response.status == status.TIMEOUT
+    assert time.monotonic() - started >= 0.25, "the connect did not hang: the backlog was not full"
+    assert counts == FAILURE
+
+
+def test_reset_mid_headers(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    server = raw_server(send_then(b"HTTP/1.1 200 OK\r\nContent-Le", reset=True))
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def test_reset_mid_body(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    server = raw_server(send_then(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100, reset=True))
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def test_close_after_part_of_the_body(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    server = raw_server(send_then(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100, reset=False))
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def test_close_after_part_of_a_chunked_body(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    server = raw_server(
+        send_then(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nabc", reset=False)
+    )
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def _trickle(conn: socket.socket, stop: threading.Event) -> None:
+    _read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b"x")
+
+
+def test_trickling_body(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    holder: list[RawServer] = []
+    server = raw_server(lambda conn: _trickle(conn, holder[0].stop))
+    holder.append(server)
+    response, counts = call(server.url, deadline=0.3)
+    assert response.status == status.TIMEOUT
+    assert counts == FAILURE
+
+
+def _trickle_headers(conn: socket.socket, stop: threading.Event) -> None:
+    _read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    while not stop.wait(0.05):
+        conn.sendall(b"X: y\r\n")
+
+
+def test_trickling_headers(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    holder: list[RawServer] = []
+    server = raw_server(lambda conn: _trickle_headers(conn, holder[0].stop))
+    holder.append(server)
+    response, counts = call(server.url, deadline=0.3)
+    # http.client gives up after 100 headers (about 5 s here), so the deadline ends it first.
+    assert response.status == status.TIMEOUT
+    assert counts == FAILURE
+
+
+@pytest.mark.parametrize("garbage", [b"garbage\r\n\r\n", b"\x00\xff" * 100, b"SSH-2.0-OpenSSH_9.6\r\n"])
+def test_garbage_instead_of_http(raw_server: Callable[..., RawServer], garbage: bytes, no_leaks: None) -> None:
+    server = raw_server(send_then(garbage, reset=False))
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def _endless_body(conn: socket.socket, *, length: bool) -> None:
+    _read_request(conn)
+    head = b"Content-Length: 1000000000\r\n" if length else b"Connection: close\r\n"
+    conn.sendall(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n")
+    chunk = b"x" * 65536
+    with contextlib.suppress(OSError):
+        for _ in range(16_000):  # ~1 GB at most: the client must stop reading long before
+            conn.sendall(chunk)
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "until-close"])
+def test_huge_body_is_cut_at_max_response_size(
+    raw_server: Callable[..., RawServer], length: bool, no_leaks: None
+) -> None:
+    server = raw_server(lambda conn: _endless_body(conn, length=length))
+    limit = 1024 * 1024
+    transport = dar.RequestsTransport(max_response_size=limit)
+    response, counts = call(server.url, deadline=2.0, transport=transport)
+    assert response.status == status.NETWORK_ERROR
+    assert response.headers[X_RESPONSE_TOO_LARGE] == str(limit)
+    assert response.headers["X-Do-Not-Retry"] == "1"
+    assert response.read() == b""
+    # Not retried, and not the endpoint's ill health: the breaker counts it as a success.
+    assert counts == SUCCESS
+
+
+def test_body_of_exactly_max_response_size_is_read(server: LoopbackServer, no_leaks: None) -> None:
+    server.route("/x", lambda h: h.reply(200, b"y" * 1000))
+    response, counts = call(server.url, transport=dar.RequestsTransport(max_response_size=1000))
+    assert response.status == 200
+    assert response.read() == b"y" * 1000
+    assert counts == SUCCESS
+    response, _ = call(server.url, transport=dar.RequestsTransport(max_response_size=999))
+    assert response.status == status.NETWORK_ERROR
+
+
+def test_max_response_size_defaults_to_32_mib_and_none_means_no_limit(server: LoopbackServer) -> None:
+    assert dar.RequestsTransport().max_response_size == DEFAULT_MAX_RESPONSE_SIZE == 32 * 1024 * 1024
+    server.route("/x", lambda h: h.reply(200, b"z" * 100_000))
+    response, _ = call(server.url, transport=dar.RequestsTransport(max_response_size=None))
+    assert response.read() == b"z" * 100_000
+    with pytest.raises(ValueError, match="max_response_size"):
+        dar.RequestsTransport(max_response_size=-1)
+
+
+def test_redirect_loop(server: LoopbackServer, no_leaks: None) -> None:
+    server.route("/x", lambda h: h.reply(302, b"", {"Location": "/x"}))
+    response, counts = call(server.url)
+    assert response.status == status.TOO_MANY_REDIRECTS
+    assert response.headers["Location"] == "/x"
+    assert counts == SUCCESS  # 488 is accepted: the endpoint answered, the redirects are the caller's
+
+
+def test_invalid_json_with_a_json_content_type(server: LoopbackServer, no_leaks: None) -> None:
+    server.route("/x", lambda h: h.reply(200, b'{"a": ', {"Content-Type": "application/json"}))
+    errors: list[Exception] = []
+
+    def parse(response: dar.Response) -> None:
+        try:
+            response.json()
+        except ValueError as error:
+            errors.append(error)
+
+    response, counts = call(server.url, read=parse)
+    assert response.status == 200
+    assert len(errors) == 1
+    assert isinstance(errors[0], json.JSONDecodeError)  # a ValueError subclass
+    assert counts == SUCCESS  # the transport does not parse bodies: a 200 is a success
+
+
+def test_tls_to_a_plain_http_port(server: LoopbackServer, no_leaks: None) -> None:
+    server.route("/x", lambda h: h.reply(200, b"plain"))
+    response, counts = call(f"https://127.0.0.1:{server.port}/")
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+
+
+def test_server_that_accepts_and_never_answers(raw_server: Callable[..., RawServer], no_leaks: None) -> None:
+    holder: list[RawServer] = []
+
+    def silent(conn: socket.socket) -> None:
+        _read_request(conn)
+        holder[0].stop.wait(10)
+
+    server = raw_server(silent)
+    holder.append(server)
+    response, counts = call(server.url, deadline=0.3)
+    assert response.status == status.TIMEOUT
+    assert counts == FAILURE
+
+
+def test_failures_leave_the_pool_usable(raw_server: Callable[..., RawServer], server: LoopbackServer) -> None:
+    """After a burst of every kind of fault on one transport, a healthy call through it still works."""
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    bad = raw_server(send_then(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", reset=True))
+    transport = dar.RequestsTransport(max_connections=2)
+    for _ in range(5):
+        assert transport.send(bad.url, dar.get("x"), DEADLINE).status == status.NETWORK_ERROR
+    assert transport.send(server.url, dar.get("ok"), DEADLINE).status == 200
+    transport.close()

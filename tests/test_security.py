@@ -1,0 +1,89 @@
+"""What the client logs about failing calls: never credentials (docs/security.md)."""
+
+import logging
+import time
+
+import pytest
+import requests
+
+import django_aio_request as dar
+from django_aio_request import status
+from tests.loopback import Handler, LoopbackServer, free_port
+
+SECRETS = ("Bearer-tok3n-AUTH", "sessionid=c00kie-SESSION", "pa55word-USERINFO", "qu3ry-TOKEN", "pa7h-ID")
+
+
+@pytest.fixture
+def everything_logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    return caplog
+
+
+HEADER_SECRETS = SECRETS[:3]  # Authorization, Cookie, the password in the endpoint
+
+
+def _assert_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """No logger logs headers or the endpoint's password; ours do not log path or query values either.
+
+    (urllib3's own DEBUG records carry the request line, path and query included: docs/security.md.)
+    """
+    ours = [r for r in caplog.records if r.name.startswith("django_aio_request")]
+    assert ours, "the failure was not logged at all: the test would prove nothing"
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.args) + (record.exc_text or "")
+        for secret in SECRETS if record in ours else HEADER_SECRETS:
+            assert secret not in text, f"{secret!r} logged by {record.name}: {text}"
+
+
+def _secret_request() -> dar.Request:
+    return dar.get(
+        "things/{id}",
+        path_parameters={"id": SECRETS[4]},
+        query_parameters={"token": SECRETS[3]},
+        headers={"Authorization": SECRETS[0], "Cookie": SECRETS[1]},
+    )
+
+
+def _enrich(request: dar.Request) -> dar.Request:
+    return request.with_headers({"Authorization": SECRETS[0]})
+
+
+@pytest.mark.parametrize("fault", ["refused", "timeout", "too_large", "reset"])
+def test_a_failing_calls_log_records_hold_no_credentials(
+    fault: str, server: LoopbackServer, everything_logged: pytest.LogCaptureFixture
+) -> None:
+    def late(handler: Handler) -> None:
+        time.sleep(0.5)
+        handler.reply(200, b"late")
+
+    def reset(handler: Handler) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
+        handler.close_connection = True
+
+    server.route("/things/*", {"timeout": late, "reset": reset}.get(fault, lambda h: h.reply(200, b"x" * 5000)))
+    port = server.port if fault != "refused" else free_port()
+    session = requests.Session()
+    session.auth = ("user", SECRETS[2])  # credentials go with the session, never in the endpoint
+    client = dar.setup(
+        endpoint=f"http://127.0.0.1:{port}/",
+        transport=dar.RequestsTransport(session, max_response_size=1000),
+        safe_method_strategy=dar.sequential_strategy(attempts_count=2),
+        request_enricher=_enrich,
+        circuit_breaker=dar.DefaultCircuitBreaker(
+            break_duration=1, sampling_duration=1, minimum_throughput=1, failure_threshold=0.5
+        ),
+        metrics=False,
+    )
+    try:
+        with client.request(_secret_request(), deadline=dar.Deadline.from_timeout(0.2)) as response:
+            # the first attempt fails; the breaker (minimum throughput 1) then answers the second
+            assert response.status in (status.NETWORK_ERROR, status.TIMEOUT, status.CIRCUIT_BREAKER_OPEN)
+    finally:
+        client.close()
+    _assert_no_secret(everything_logged)
+
+
+def test_an_endpoint_with_credentials_is_refused() -> None:
+    with pytest.raises(ValueError, match="must not carry credentials") as info:
+        dar.setup(endpoint=f"http://user:{SECRETS[2]}@127.0.0.1:1/")
+    assert SECRETS[2] not in str(info.value)
