@@ -608,15 +608,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
             name: dataclasses.replace(spec, circuit_breaker_state=server["CIRCUIT_BREAKER_STATE"])
             for name, spec in clients.items()
         },
-        timeout=server["TIMEOUT"],
-        priority=server["PRIORITY"],
-        max_timeout=server["MAX_TIMEOUT"],
-        low_timeout_threshold=server["LOW_TIMEOUT_THRESHOLD"],
-        cancel_async_views_on_timeout=server["CANCEL_ASYNC_VIEWS_ON_TIMEOUT"],
-        database_statement_timeout=server["DATABASE_STATEMENT_TIMEOUT"],
-        circuit_breaker_state=server["CIRCUIT_BREAKER_STATE"],
         known_services=known,
-        circuit_breaker_publish_interval=server["CIRCUIT_BREAKER_PUBLISH_INTERVAL"],
-        circuit_breaker_history_days=server["CIRCUIT_BREAKER_HISTORY_DAYS"],
         shedding=shedding,
+        **{key.lower(): value for key, value in server.items()},  # SERVER_SCHEMA's keys name the fields
     ), reader.problems
