@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.budget
 	$(PY) -m benchmarks.middleware
 	$(PY) -m benchmarks.breaker
+	$(PY) -m benchmarks.shedding
+	$(PY) -m benchmarks.load
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3
