@@ -33,7 +33,8 @@ from typing import Any
 
 import django_aio_request as dar
 from benchmarks._server import BenchServer
-from benchmarks.hedging import SLOW_FRACTION, SLOW_SECONDS, Schedule, drive, percentile, settle
+from benchmarks._stats import percentile
+from benchmarks.hedging import SLOW_FRACTION, SLOW_SECONDS, Schedule, drive, settle
 
 PATH = "item"
 

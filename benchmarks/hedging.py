@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 
 import django_aio_request as dar
 from benchmarks._server import BenchServer
+from benchmarks._stats import percentile
 
 SLOW_FRACTION = 0.05
 SLOW_SECONDS = 0.5
@@ -122,14 +123,6 @@ class Result:
 
     def pct(self, q: float) -> float:
         return percentile(sorted(self.latencies), q)
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
 
 
 def drive(client: dar.Client, calls: int, threads: int, max_seconds: float) -> tuple[list[float], dict[int, int]]:

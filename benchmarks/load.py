@@ -53,6 +53,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks._stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("single", "hedged")
 REQUEST_TIMEOUT_HEADER = "5"  # X-Request-Timeout the drivers send: the caller's deadline
@@ -299,11 +301,7 @@ class RunResult:
         return self.billing_requests / self.calls if self.calls else float("nan")
 
     def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        if not ordered:
-            return float("nan")
-        rank = max(1, min(len(ordered), -(-len(ordered) * q // 100)))
-        return ordered[int(rank) - 1]
+        return percentile(sorted(self.latencies), q)
 
 
 def run_drivers(url: str, callers: int, drivers: int, seconds: float, reconnect_every: int) -> dict[str, Any]:

@@ -48,6 +48,7 @@ import requests
 
 import django_aio_request as dar
 from benchmarks._server import BenchServer, serve_in_subprocess
+from benchmarks._stats import percentile
 from django_aio_request import metrics as dar_metrics
 
 TARGET_P50_RATIO = 1.10
@@ -55,14 +56,6 @@ TARGET_METRICS_P50_RATIO = 1.05
 PATH = "ping"
 
 Call = Callable[[], object]
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (q in 0..100)."""
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
 
 
 def breaker() -> dar.DefaultCircuitBreaker[str, dar.Response]:

@@ -40,6 +40,8 @@ import threading
 import time
 from typing import Any
 
+from benchmarks._stats import percentile
+
 WORK_SECONDS = 0.02
 PATTERN = ("high", "normal", "low", "normal", "low")  # 20% high, 40% normal, 40% low
 PRIORITIES = ("high", "normal", "low")
@@ -181,11 +183,6 @@ def stop_server(process: subprocess.Popen[str]) -> None:
         process.wait()
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))]
-
-
 def run(
     name: str, capacity: int, shedding: dict[str, Any] | None, *, rate: float, seconds: float, deadline: float
 ) -> dict[str, dict[str, float]]:
@@ -206,8 +203,8 @@ def run(
         served = [o.elapsed for o in mine if o.status == 200]
         shed = sum(o.status == 503 for o in mine)
         success = len(ok) / len(mine)
-        p50 = percentile(served, 0.5) * 1000 if served else float("nan")
-        p99 = percentile(served, 0.99) * 1000 if served else float("nan")
+        p50 = percentile(sorted(served), 50) * 1000 if served else float("nan")
+        p99 = percentile(sorted(served), 99) * 1000 if served else float("nan")
         other = (len(mine) - len(ok) - shed) / len(mine)  # late 200s, other statuses, no answer
         cells = (
             f"{len(mine)}",
