@@ -42,7 +42,8 @@ def percent(ratio: float) -> str:
     return f"{ratio:.0%}"
 
 
-DETAIL_FIELDS = (
+# What the list and the detail page both show of a circuit, in this order.
+SUMMARY_FIELDS = (
     "client",
     "endpoint",
     "state_display",
@@ -51,11 +52,8 @@ DETAIL_FIELDS = (
     "successes",
     "failure_ratio_display",
     "changed_at",
-    "reported_at",
-    "override_detail",
-    "processes_table",
-    "transitions_table",
 )
+DETAIL_FIELDS = (*SUMMARY_FIELDS, "reported_at", "override_detail", "processes_table", "transitions_table")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -73,18 +71,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(CircuitBreaker)
 class CircuitBreakerAdmin(ReadOnlyAdmin):
-    list_display = [
-        "client",
-        "endpoint",
-        "state_display",
-        "processes_display",
-        "failures",
-        "successes",
-        "failure_ratio_display",
-        "changed_at",
-        "override_display",
-        "reported_at",
-    ]
+    list_display = [*SUMMARY_FIELDS, "override_display", "reported_at"]
     list_display_links = ["client", "endpoint"]
     list_filter = ["client", "state", "override"]
     search_fields = ["client", "endpoint"]

@@ -21,19 +21,8 @@ from tests.loopback import LoopbackServer, clients, replies
 
 
 def make_breaker(**kwargs: float) -> DefaultCircuitBreaker[str, Response]:
-    options: dict[str, float] = {
-        "break_duration": 5.0,
-        "sampling_duration": 60.0,
-        "minimum_throughput": 3,
-        "failure_threshold": 0.5,
-    }
-    options.update(kwargs)
-    return DefaultCircuitBreaker(
-        break_duration=options["break_duration"],
-        sampling_duration=options["sampling_duration"],
-        minimum_throughput=int(options["minimum_throughput"]),
-        failure_threshold=options["failure_threshold"],
-    )
+    options = {"break_duration": 5.0, "sampling_duration": 60.0, "minimum_throughput": 3, "failure_threshold": 0.5}
+    return DefaultCircuitBreaker(**{**options, **kwargs})  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -63,20 +63,8 @@ def stores() -> Iterator[Callable[..., CacheCircuitStore]]:
 
 
 def breaker_with(store: CacheCircuitStore | None, **kwargs: float) -> DefaultCircuitBreaker[str, Response]:
-    options: dict[str, float] = {
-        "break_duration": 30.0,
-        "sampling_duration": 60.0,
-        "minimum_throughput": 6,
-        "failure_threshold": 0.5,
-    }
-    options.update(kwargs)
-    return DefaultCircuitBreaker(
-        break_duration=options["break_duration"],
-        sampling_duration=options["sampling_duration"],
-        minimum_throughput=int(options["minimum_throughput"]),
-        failure_threshold=options["failure_threshold"],
-        store=store,
-    )
+    options = {"break_duration": 30.0, "sampling_duration": 60.0, "minimum_throughput": 6, "failure_threshold": 0.5}
+    return DefaultCircuitBreaker(**{**options, **kwargs}, store=store)  # type: ignore[arg-type]
 
 
 OK, FAILED = EmptyResponse(status=200), EmptyResponse(status=500)
