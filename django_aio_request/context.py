@@ -2,17 +2,43 @@
 
 import contextlib
 import contextvars
-import dataclasses
 from collections.abc import Iterator
 
 from .deadline import Deadline
 from .priority import Priority
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Context:
-    deadline: Deadline | None = None
-    priority: Priority | None = None
+    """A deadline and a priority. Immutable: hedging workers and async tasks share one instance.
+
+    Not a frozen dataclass: its ``__init__`` sets fields through ``object.__setattr__``, which cost
+    about 1 µs per request inside Django (AioRequestMiddleware builds one per request).
+    """
+
+    __slots__ = ("_deadline", "_priority")
+
+    def __init__(self, deadline: Deadline | None = None, priority: Priority | None = None) -> None:
+        self._deadline = deadline
+        self._priority = priority
+
+    @property
+    def deadline(self) -> Deadline | None:
+        return self._deadline
+
+    @property
+    def priority(self) -> Priority | None:
+        return self._priority
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Context):
+            return NotImplemented
+        return (self._deadline, self._priority) == (other._deadline, other._priority)
+
+    def __hash__(self) -> int:
+        return hash((self._deadline, self._priority))
+
+    def __repr__(self) -> str:
+        return f"Context(deadline={self._deadline!r}, priority={self._priority!r})"
 
 
 _context: contextvars.ContextVar[Context] = contextvars.ContextVar("django_aio_request_context", default=Context())  # noqa: B039 - frozen

@@ -135,6 +135,26 @@ class TestContext:
             assert get_context() is outer
         assert get_context() == Context()
 
+    def test_a_context_cannot_be_changed_once_made(self) -> None:
+        # Hedging workers and async tasks share one instance: none may change it under the others.
+        context = Context(Deadline.from_timeout(5), Priority.HIGH)
+        with pytest.raises(AttributeError):
+            context.deadline = None  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            context.priority = Priority.LOW  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            context.extra = 1  # type: ignore[attr-defined]
+        assert context.priority is Priority.HIGH
+
+    def test_equal_contexts_hash_alike_and_read_well(self) -> None:
+        deadline = Deadline.from_timeout(5)
+        assert Context(deadline, Priority.LOW) == Context(deadline, Priority.LOW)
+        assert len({Context(deadline, Priority.LOW), Context(deadline, Priority.LOW), Context()}) == 2
+        assert Context(deadline, Priority.LOW) != Context(Deadline.from_timeout(5), Priority.LOW)
+        assert Context(deadline) != Context(deadline, Priority.LOW)
+        assert Context() != (None, None)
+        assert repr(Context(None, Priority.HIGH)) == "Context(deadline=None, priority=<Priority.HIGH: 'high'>)"
+
     def test_restored_when_the_block_raises(self) -> None:
         def fail_inside() -> None:
             with set_context(priority=Priority.LOW):
