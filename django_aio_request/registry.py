@@ -6,6 +6,7 @@ must be process-wide to be of any use.
 """
 
 import atexit
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -31,18 +32,17 @@ class ClientsHandler:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
-        self._settings: AioRequestSettings | None = None
 
-    @property
+    # Cached in the instance's __dict__, so a read is a plain attribute lookup: the middleware reads
+    # it on every request. reset() drops it.
+    @functools.cached_property
     def settings(self) -> AioRequestSettings:
         """The validated setting; invalid settings raise ``ImproperlyConfigured`` listing every problem."""
-        if self._settings is None:
-            parsed, problems = read_settings(getattr(settings, SETTING, None))
-            if parsed is None:
-                errors = "\n  ".join(str(p) for p in problems if not p.warning)
-                raise ImproperlyConfigured(f"{SETTING} is invalid (run 'manage.py check' for details):\n  {errors}")
-            self._settings = parsed
-        return self._settings
+        parsed, problems = read_settings(getattr(settings, SETTING, None))
+        if parsed is None:
+            errors = "\n  ".join(str(p) for p in problems if not p.warning)
+            raise ImproperlyConfigured(f"{SETTING} is invalid (run 'manage.py check' for details):\n  {errors}")
+        return parsed
 
     def __getitem__(self, name: str) -> Client:
         client = self._clients.get(name)
@@ -86,7 +86,7 @@ class ClientsHandler:
     def reset(self) -> None:
         """Forget the settings and close the clients (settings changed)."""
         self.close_all()
-        self._settings = None
+        self.__dict__.pop("settings", None)
 
     def _after_fork(self) -> None:
         # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
