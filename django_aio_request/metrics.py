@@ -13,13 +13,13 @@ one metric of each (whichever library is imported first creates it, the other us
 """
 
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from . import headers as h
 from .circuit_breaker import CircuitState
+from .deferred_observations import DeferredObservations
 
 
 class Counter(Protocol):
@@ -183,6 +183,9 @@ class _Shared:
         return []
 
     def collect(self) -> Any:
+        # Collected before every collector registered after this module's import (ours, and
+        # aio-request's when imported later), so a scrape sees every request that has finished.
+        flush()
         for name, own in self.families:
             if name not in _registered:
                 yield from own.collect()
@@ -401,19 +404,27 @@ def method_label(method: str | None) -> str:
     return method if method in _METHODS else "other"
 
 
-ServerKey = tuple[str | None, str | None, str, int, frozenset[str] | None]
+#: One request through AioRequestMiddleware: raw X-Service-Name or None, method, URL pattern, status,
+#: KNOWN_SERVICES or None, and seconds taken. Raw values: labels are made off the request path.
+ServerObservation = tuple[str | None, str | None, str, int, frozenset[str] | None, float]
 
 
-def observe_server(key: ServerKey, started: float) -> None:
-    """Observe one request in ``aio_request_server_latency``.
-
-    ``key``: (raw X-Service-Name or None, method, URL pattern, status, KNOWN_SERVICES or None).
-    """
-    elapsed = time.perf_counter() - started
+def _record_server(observation: ServerObservation) -> None:
     family = server_latency
+    key = observation[:5]
     child = family.cached(key)
     if child is None:
-        service, method, route, status, known = key
+        service, method, route, status, known, _ = observation
         values = (service_label(service, known), method_label(method), route, str(status))
         child = family.cache(key, family.labels(*values))
-    child.observe(elapsed)
+    child.observe(observation[5])
+
+
+#: ``server_observations.add(observation)`` records it in ``aio_request_server_latency`` off the
+#: request path, within deferred_observations.INTERVAL (see that module).
+server_observations = DeferredObservations(_record_server, name="server-latency")
+
+
+def flush() -> None:
+    """Record the server latencies still queued. In-process collection does this first by itself."""
+    server_observations.flush()

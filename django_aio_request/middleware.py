@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -54,6 +53,8 @@ _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usual
 
 def parse_timeout(raw: str) -> float | None:
     """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
+    if len(raw) <= _MAX_LENGTH and _TIMEOUT.fullmatch(raw) is not None:  # what senders send
+        return float(raw)
     value = raw.strip(_OWS)
     if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
         return None
@@ -105,21 +106,20 @@ def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestS
         return
     match = request.resolver_match
     route = "<unmatched>" if match is None else match.route
-    key = (request.META.get(META_SERVICE_NAME), request.method, route, response.status_code, conf.known_services)
-    metrics.observe_server(key, started)
+    service = request.META.get(META_SERVICE_NAME)
+    elapsed = time.monotonic() - started
+    observation = (service, request.method, route, response.status_code, conf.known_services, elapsed)
+    metrics.server_observations.add(observation)
 
 
-def _begin(request: HttpRequest, conf: AioRequestSettings) -> HttpResponse | Context:
-    """The request's deadline and priority, or the 408 to answer at once."""
+def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpResponse | Context:
+    """The request's deadline and priority, or the 408 to answer at once; ``now`` is ``time.monotonic()``."""
     meta = request.META
-    priority = conf.priority
     raw = meta.get(META_PRIORITY)
-    if raw is not None:
-        parsed = parse_priority(raw)
-        if parsed is None:
-            _malformed(h.X_REQUEST_PRIORITY, raw)
-        else:
-            priority = parsed
+    if raw is None:
+        priority = conf.priority
+    else:
+        priority = _PRIORITIES.get(raw) or parse_priority(raw) or _malformed_priority(raw, conf.priority)
     raw = meta.get(META_TIMEOUT)
     if raw is not None:
         seconds = parse_timeout(raw)
@@ -131,9 +131,14 @@ def _begin(request: HttpRequest, conf: AioRequestSettings) -> HttpResponse | Con
             return _rejected("low_timeout")
         else:
             # Deadline(...) rather than Deadline.from_timeout(): the value is known finite and positive.
-            return Context(Deadline(time.monotonic() + min(seconds, conf.max_timeout)), priority)
+            return Context(Deadline(now + min(seconds, conf.max_timeout)), priority)
     # The default deadline has its own type: that is how @timeout knows it may replace it.
-    return Context(DefaultDeadline(time.monotonic() + conf.timeout), priority)
+    return Context(DefaultDeadline(now + conf.timeout), priority)
+
+
+def _malformed_priority(raw: str, default: Priority) -> Priority:
+    _malformed(h.X_REQUEST_PRIORITY, raw)
+    return default
 
 
 class _Canceller:
@@ -202,9 +207,9 @@ class AioRequestMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._acall(request)
-        started = perf_counter()
+        started = time.monotonic()
         conf = clients.settings
-        context = _begin(request, conf)
+        context = _begin(request, conf, started)
         if not isinstance(context, Context):
             _observe(request, context, conf, started)
             return context
@@ -218,14 +223,10 @@ class AioRequestMiddleware:
         if metrics.ENABLED:  # _observe(), inlined: this runs on every request
             match = request.resolver_match
             route = "<unmatched>" if match is None else match.route
-            key = (
-                request.META.get(META_SERVICE_NAME),
-                request.method,
-                route,
-                response.status_code,
-                conf.known_services,
-            )
-            metrics.observe_server(key, started)
+            service = request.META.get(META_SERVICE_NAME)
+            elapsed = time.monotonic() - started
+            observation = (service, request.method, route, response.status_code, conf.known_services, elapsed)
+            metrics.server_observations.add(observation)
         return response
 
     def _call_limited(
@@ -253,9 +254,9 @@ class AioRequestMiddleware:
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        started = perf_counter()
+        started = time.monotonic()
         conf = clients.settings
-        context = _begin(request, conf)
+        context = _begin(request, conf, started)
         if not isinstance(context, Context):
             _observe(request, context, conf, started)
             return context

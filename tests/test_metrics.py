@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import django_aio_request as dar
 from django_aio_request import metrics
 from django_aio_request.conf import read_settings
+from django_aio_request.deferred_observations import INTERVAL
 from tests.loopback import Handler, LoopbackServer, free_port, replies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,8 +263,13 @@ from django_aio_request import metrics
 labels = ("http://e/", "GET", "things/{{id}}", "200", "False")
 theirs.latency_histogram.labels(*labels).observe(0.1)
 metrics.client_latency.labels(*labels).observe(0.2)
+metrics.server_observations.add(("Billing", "GET", "ping", 200, None, 0.1))
+metrics.flush()
 text = generate_latest(REGISTRY).decode()
 assert text.count("# TYPE aio_request_latency histogram") == 1, text
+assert text.count("# TYPE aio_request_server_latency histogram") == 1, text
+server = [x for x in text.splitlines() if x.startswith("aio_request_server_latency_count") and "billing" in x]
+assert server and server[0].split()[-1] == "1.0", text
 line = [x for x in text.splitlines() if x.startswith("aio_request_latency_count") and "http://e/" in x]
 print(line[0].split()[-1])
 """
@@ -506,11 +512,23 @@ def test_gunicorn_workers_add_up(gunicorn: str) -> None:
     pids = {body for _, body in answers}
     assert len(pids) == 2, f"one worker served everything: {pids}"
 
+    route = {"request_path": "metrics-test/ping", "response_status": "200"}
+    # Each worker records server latencies off the request path, within INTERVAL; a scrape served by
+    # one worker reads the other's from its file, so it may lag by that much, and no more.
+    recorded_by = time.monotonic() + INTERVAL + 1.0  # 1 s of slack for a loaded machine
+    while True:
+        status, body = _get(gunicorn + "metrics")
+        count = value(parse(body.decode()), "aio_request_server_latency_count", **route)
+        assert count <= requests_count
+        if count == requests_count:
+            break
+        assert time.monotonic() < recorded_by, f"{count} of {requests_count} requests recorded"
+        time.sleep(0.02)
+
     for _ in range(3):  # whichever worker answers the scrape, the figures are all workers'
         status, body = _get(gunicorn + "metrics")
         assert status == 200
         got = parse(body.decode())
-        route = {"request_path": "metrics-test/ping", "response_status": "200"}
         assert value(got, "aio_request_server_latency_count", **route) == requests_count
         assert value(got, "aio_request_server_latency_bucket", **route, le="+Inf") == requests_count
         assert value(got, "aio_request_server_latency_sum", **route) >= requests_count * 0.05

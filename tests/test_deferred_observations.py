@@ -1,0 +1,127 @@
+"""DeferredObservations: recorded off the caller's thread, nothing lost, nothing recorded twice."""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from django_aio_request.deferred_observations import INTERVAL, DeferredObservations
+
+ROOT = Path(__file__).resolve().parent.parent
+NEVER = 3600.0  # an interval the recording thread does not reach within a test
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, observation: object) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.seen.append(observation)
+
+
+def test_recorded_by_the_background_thread_within_the_interval() -> None:
+    recorder = Recorder()
+    deferred = DeferredObservations(recorder, name="test")
+    deferred.add(("a", 0.5))
+    assert recorder.seen == []  # not on the caller's thread
+    waited_until = time.monotonic() + INTERVAL + 2.0
+    while not recorder.seen and time.monotonic() < waited_until:
+        time.sleep(0.01)
+    assert recorder.seen == [("a", 0.5)]
+    assert recorder.threads == {"django-aio-request-test"}
+
+
+def test_flush_records_everything_added_before_it_in_order() -> None:
+    recorder = Recorder()
+    deferred = DeferredObservations(recorder, name="test", interval=NEVER)
+    for n in range(100):
+        deferred.add(n)
+    deferred.flush()
+    assert recorder.seen == list(range(100))
+    deferred.flush()
+    assert recorder.seen == list(range(100))  # each once
+
+
+def test_a_failing_record_is_logged_and_the_rest_are_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[int] = []
+
+    def record(n: int) -> None:
+        if n == 2:
+            raise ValueError("bad observation")
+        seen.append(n)
+
+    deferred = DeferredObservations(record, name="test", interval=NEVER)
+    for n in range(5):
+        deferred.add(n)
+    with caplog.at_level(logging.ERROR, logger="django_aio_request.deferred_observations"):
+        deferred.flush()
+    assert seen == [0, 1, 3, 4]
+    assert [r.getMessage() for r in caplog.records] == ["recording a test observation failed"]
+    assert caplog.records[0].exc_info is not None
+
+
+def test_many_threads_adding_while_the_thread_records_lose_and_repeat_nothing() -> None:
+    recorder = Recorder()
+    deferred = DeferredObservations(recorder, name="test", interval=0.001)
+    per_thread, threads = 5_000, 8
+
+    def produce(t: int) -> None:
+        for n in range(per_thread):
+            deferred.add((t, n))
+
+    workers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    deferred.flush()
+    assert len(recorder.seen) == per_thread * threads
+    assert set(recorder.seen) == {(t, n) for t in range(threads) for n in range(per_thread)}
+    seen = [observation for observation in recorder.seen if isinstance(observation, tuple)]
+    for t in range(threads):  # each producer's observations in the order it added them
+        assert [n for (u, n) in seen if u == t] == list(range(per_thread))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_records_only_its_own_observations() -> None:
+    recorder = Recorder()
+    deferred = DeferredObservations(recorder, name="test", interval=NEVER)
+    deferred.add("parent's")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it records, then leave without running the parent's cleanup
+        try:
+            deferred.add("child's")
+            deferred.flush()
+            os.write(write, repr(recorder.seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_seen = pipe.read()
+    os.waitpid(pid, 0)
+    # The parent's queued observation was in the child's copy of memory: recorded by the parent only.
+    assert child_seen == repr(["child's"])
+    deferred.flush()
+    assert recorder.seen == ["parent's"]
+
+
+def test_queued_observations_are_recorded_at_interpreter_exit() -> None:
+    code = """
+from django_aio_request.deferred_observations import DeferredObservations
+deferred = DeferredObservations(lambda o: print("recorded", o, flush=True), name="exit", interval=3600)
+deferred.add(1)
+deferred.add(2)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["recorded 1", "recorded 2"]
