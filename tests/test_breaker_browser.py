@@ -97,13 +97,17 @@ def staff(username: str, *codenames: str) -> None:
 
 def log_in(driver: "WebDriver", base: str, username: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(f"{base}/admin/login/?next=/admin/django_aio_request/circuitbreaker/")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys("secret-pw")
     driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    assert "Circuit breakers" in driver.title or "circuit breaker" in driver.title.lower(), driver.title
+    # click() can return before the next page has loaded: wait for it rather than read the old title.
+    WebDriverWait(driver, 10).until(
+        lambda d: "circuit breaker" in d.title.lower(), f"no circuit breaker list after logging in as {username}"
+    )
 
 
 def until(
@@ -136,7 +140,7 @@ def test_an_operator_sees_a_breaker_open_and_forces_it_closed(
     browser: "WebDriver", live_server: Any, server: LoopbackServer, fast_publisher: Publisher
 ) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     server.route("/down", lambda h: h.reply(500))
     staff("operator", "view_circuitbreaker", "override_circuit_breaker")
@@ -164,7 +168,10 @@ def test_an_operator_sees_a_breaker_open_and_forces_it_closed(
         browser.find_element(By.CSS_SELECTOR, "#result_list input[name=_selected_action]").click()
         Select(browser.find_element(By.NAME, "action")).select_by_visible_text("Force closed")
         browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-        assert "1 circuit breaker set forced closed" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+        message = WebDriverWait(browser, 10).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist"), "no message after the action"
+        )
+        assert "1 circuit breaker set forced closed" in message[0].text
 
         until(
             browser,
