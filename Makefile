@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.breaker
 	$(PY) -m benchmarks.shedding
 	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.resolver
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3

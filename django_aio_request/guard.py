@@ -9,16 +9,20 @@ the pool, so a late abort can never hit a connection that another call has picke
 """
 
 import contextlib
+import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+
+from .resolver import ResolutionUnfinished, resolver
 
 _local = threading.local()
 
@@ -26,7 +30,7 @@ _local = threading.local()
 class AttemptGuard:
     """The sockets of one attempt, and why it was aborted (None while it was not)."""
 
-    __slots__ = ("_closed", "_lock", "_owned", "_sockets", "deadline", "reason")
+    __slots__ = ("_closed", "_lock", "_owned", "_sockets", "_wakers", "deadline", "reason")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -34,6 +38,7 @@ class AttemptGuard:
         self._lock = threading.Lock()
         self._sockets: dict[int, socket.socket] = {}
         self._owned: set[int] = set()
+        self._wakers: set[threading.Event] = set()
         self._closed = False
 
     def remaining(self) -> float:
@@ -47,6 +52,20 @@ class AttemptGuard:
             self.reason = reason
             for sock in self._sockets.values():
                 _shutdown(sock)
+            for event in self._wakers:
+                event.set()
+
+    def wait(self, event: threading.Event) -> None:
+        """Block until ``event`` is set, the deadline passes or the attempt is aborted."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self._wakers.add(event)
+        try:
+            event.wait(max(0.0, self.remaining()))
+        finally:
+            with self._lock:
+                self._wakers.discard(event)
 
     def attach(self, conn: Any, sock: socket.socket | None, *, owned: bool = False) -> None:
         """Register the socket ``conn`` now uses (replacing its previous one).
@@ -108,9 +127,21 @@ def _current() -> AttemptGuard | None:
     return getattr(_local, "guard", None)
 
 
+def _is_name(host: str) -> bool:
+    """Whether connecting to ``host`` needs a lookup: it is not an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return False
+
+
 class _GuardedConnectionMixin:
     sock: socket.socket | None
     timeout: Any
+    host: str
+    port: int
+    _dns_host: str
 
     def connect(self) -> None:
         guard = _current()
@@ -125,15 +156,51 @@ class _GuardedConnectionMixin:
             guard.attach(self, self.sock)  # for TLS, the wrapped socket replaces the plain one
 
     def _new_conn(self) -> socket.socket:
+        guard = _current()
+        if guard is None:
+            plain: socket.socket = super()._new_conn()  # type: ignore[misc]
+            return plain
+        sock = self._connect_resolved(guard) if _is_name(self._dns_host) else super()._new_conn()  # type: ignore[misc]
         # The plain socket, registered before any TLS handshake so that an abort covers it too.
         # Wrapping it for TLS detaches this socket object, so the guard keeps a duplicate of the
         # descriptor (shutdown acts on the socket, whichever descriptor names it) until connect()
         # registers the wrapped socket in its place.
-        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-        guard = _current()
-        if guard is not None:
-            guard.attach(self, sock.dup(), owned=True)
+        guard.attach(self, sock.dup(), owned=True)
         return sock
+
+    def _connect_resolved(self, guard: AttemptGuard) -> socket.socket:
+        """Resolve the host within the deadline (see resolver.py), then try its addresses in turn."""
+        name: str = self._dns_host
+        conn = cast(HTTPConnection, self)
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            raise LocationParseError(f"'{name}', label empty or too long") from None
+        try:
+            addresses = resolver.resolve(name, self.port, allowed_gai_family(), guard)
+        except ResolutionUnfinished as error:
+            raise ConnectTimeoutError(self, f"resolving {name} did not finish before the deadline") from error
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, conn, error) from error
+        except OSError as error:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+        failure: Exception = NewConnectionError(conn, f"Failed to establish a new connection: no address for {name}")
+        try:
+            for address in addresses:  # urllib3's own loop, with an address instead of the name
+                remaining = guard.remaining()
+                if remaining <= 0:
+                    raise ConnectTimeoutError(self, "the deadline passed before connecting")
+                if not isinstance(self.timeout, int | float) or self.timeout > remaining:
+                    self.timeout = remaining
+                self._dns_host = address
+                try:
+                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+                    return sock
+                except (NewConnectionError, ConnectTimeoutError) as error:
+                    failure = error
+        finally:
+            self._dns_host = name
+        raise failure
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         guard = _current()

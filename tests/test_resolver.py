@@ -1,0 +1,201 @@
+"""Name resolution is bounded by the deadline, against a real DNS server and the C library's resolver.
+
+``getaddrinfo()`` reads the name server from /etc/resolv.conf, so each scenario runs in a child
+process in its own mount namespace (``unshare -m``, root only), where a bind mount makes that file
+name a DnsServer on 127.0.0.1:53 (tests/dns_server.py), with one try of 30 s: a lookup it never
+answers blocks ``getaddrinfo()`` for 30 s. The machine's own /etc/resolv.conf is not touched.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from django_aio_request import status
+from django_aio_request.guard import AttemptGuard
+from django_aio_request.resolver import ResolutionUnfinished, Resolver
+from tests.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE = 0.5
+SLACK = 0.25  # how far past its deadline a call may end on a busy two-core machine
+
+
+def _namespace_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: a mount namespace and port 53"
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "needs unshare and mount (util-linux)"
+    return None
+
+
+def run(scenario: str) -> dict[str, Any]:
+    problem = _namespace_problem()
+    if problem is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the DNS tests cannot run: {problem}")
+        pytest.skip(f"DNS deadline tests skipped: {problem}")
+    with tempfile.NamedTemporaryFile("w", suffix=".resolv.conf") as conf:
+        conf.write("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
+        conf.flush()
+        command = (
+            f'mount --bind "{conf.name}" /etc/resolv.conf && exec "{sys.executable}" -m tests.resolver_child {scenario}'
+        )
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_a_name_server_that_never_answers_ends_the_call_at_its_deadline() -> None:
+    got = run("hanging")
+    assert got["status"] == status.TIMEOUT
+    assert DEADLINE <= got["elapsed"] + 0.01 < DEADLINE + SLACK
+    assert got["queries"] == 1  # the lookup really went to the name server
+
+
+def test_a_slow_answer_within_the_deadline_is_used() -> None:
+    got = run("slow")
+    assert got["status"] == 200
+    assert got["elapsed"] >= 0.2  # the name server's delay
+    assert got["queries"] == 1
+    assert got["body"].startswith("slow.example.test:")  # connected to its address, named by its name
+
+
+def test_a_name_that_does_not_exist_is_a_network_error_at_once() -> None:
+    got = run("missing")
+    assert got["status"] == status.NETWORK_ERROR
+    assert got["elapsed"] < 1.0
+
+
+def test_a_cancelled_attempt_stops_waiting_for_its_lookup() -> None:
+    got = run("cancelled")
+    assert got["status"] == status.CANCELLED
+    assert 0.1 <= got["elapsed"] < 0.1 + SLACK
+
+
+def test_many_calls_to_hanging_names_share_lookups_and_a_bounded_number_of_threads() -> None:
+    got = run("crowd")
+    for call in got["same"] + got["distinct"]:
+        assert call["status"] == status.TIMEOUT
+        assert call["elapsed"] < DEADLINE + SLACK
+    assert got["queries"] == 1  # 20 calls for one name: one lookup
+    assert got["threads_for_one_name"] == 1
+    assert got["threads"] == got["max_threads"]  # 12 more names: no more threads than the bound
+
+
+# The Resolver on its own, with names the machine resolves from /etc/hosts.
+
+
+def test_resolves_a_name_from_the_hosts_file() -> None:
+    addresses = Resolver().resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+    assert "127.0.0.1" in addresses
+
+
+def test_a_lookup_error_reaches_the_caller() -> None:
+    with pytest.raises(socket.gaierror):
+        Resolver().resolve("no-such-host.invalid", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+
+
+def test_an_aborted_attempt_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = AttemptGuard(deadline_in(5))
+    guard.abort(status.CANCELLED)
+    blocked = threading.Event()
+    # The one stand-in here: a lookup that never returns, so only the abort can end the wait.
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: blocked.wait())
+    with pytest.raises(ResolutionUnfinished):
+        Resolver().resolve("example.test", 80, socket.AF_INET, guard)
+    blocked.set()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_resolves_with_threads_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.startswith("blocked"):  # stands in for a name server that does not answer
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    resolver = Resolver(max_threads=2)
+    for name in ("blocked-1", "blocked-2"):  # both threads busy, both names in flight
+        with pytest.raises(ResolutionUnfinished):
+            resolver.resolve(name, 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it resolves, then leave without running the parent's cleanup
+        try:
+            found = resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+            os.write(write, json.dumps(found).encode())
+        except BaseException as error:
+            os.write(write, json.dumps(repr(error)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_found = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    release.set()
+    # The parent's threads and lookups are not in the child: it starts a thread of its own.
+    assert "127.0.0.1" in child_found
+
+
+def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+    asked: list[str] = []
+
+    def lookup(host: str, *args: Any) -> Any:
+        asked.append(host)
+        if len(asked) == 1:  # the first lookup is stuck, as one can be in the C library
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    resolver = Resolver(share_for=1.0)
+    with pytest.raises(ResolutionUnfinished):
+        resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+    with pytest.raises(ResolutionUnfinished):  # within the window: joins the stuck lookup
+        resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+    assert asked == ["localhost"]
+    time.sleep(1.0)  # past the window now
+    assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+    assert asked == ["localhost", "localhost"]
+    release.set()
+
+
+def test_addresses_are_connected_to_without_a_lookup() -> None:
+    """An IP address in the URL goes straight to connect(): no resolver thread is started for it."""
+    from django_aio_request import get
+    from django_aio_request.requests_transport import RequestsTransport
+
+    before = {t for t in threading.enumerate() if t.name == "django-aio-request-resolver"}
+    server = LoopbackServer()
+    server.route("/x", lambda handler: handler.reply(200, b"ok"))
+    response = RequestsTransport().send(server.url, get("x"), 5.0)
+    assert response.status == 200
+    assert {t for t in threading.enumerate() if t.name == "django-aio-request-resolver"} == before
+
+
+def deadline_in(seconds: float) -> float:
+    return time.monotonic() + seconds
