@@ -42,11 +42,22 @@ def _redacted(endpoint: str) -> str:
 
 
 class _GuardedAdapter(HTTPAdapter):
-    """An adapter whose connection pools register sockets with the attempt's guard."""
+    """An adapter whose connection pools register sockets with the attempt's guard.
+
+    Also those of HTTP(S) proxies (from ``HTTP_PROXY``/``HTTPS_PROXY`` or the session): a proxy
+    that trickles would otherwise hold a call past its deadline. SOCKS proxies use PySocks'
+    connection classes, which are not guarded.
+    """
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
+        return manager
 
 
 class RequestsTransport(Transport):

@@ -406,3 +406,85 @@ def test_failures_leave_the_pool_usable(raw_server: Callable[..., RawServer], se
         assert transport.send(bad.url, dar.get("x"), DEADLINE).status == status.NETWORK_ERROR
     assert transport.send(server.url, dar.get("ok"), DEADLINE).status == 200
     transport.close()
+
+
+# --- through a proxy set in the environment ------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, RawServer], None]:
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def use(variable: str, proxy: RawServer) -> None:
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.port}")
+
+    return use
+
+
+def _first_line(conn: socket.socket, seen: list[bytes]) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    seen.append(data.split(b"\r\n", 1)[0])
+
+
+def test_a_proxy_from_the_environment_is_used(
+    raw_server: Callable[..., RawServer], proxy_env: Callable[[str, RawServer], None], no_leaks: None
+) -> None:
+    seen: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        _first_line(conn, seen)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nproxied")
+
+    proxy_env("HTTP_PROXY", raw_server(proxy))
+    response, counts = call("http://service.example.test/")  # a name the proxy resolves, not us
+    assert (response.status, response.read()) == (200, b"proxied")
+    assert seen == [b"GET http://service.example.test/x HTTP/1.1"]
+    assert counts == SUCCESS
+
+
+def test_a_trickling_proxy_ends_at_the_deadline(
+    raw_server: Callable[..., RawServer], proxy_env: Callable[[str, RawServer], None], no_leaks: None
+) -> None:
+    holder: list[RawServer] = []
+    seen: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        _first_line(conn, seen)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        while not holder[0].stop.wait(0.05):  # every byte well within the socket timeout
+            conn.sendall(b"x")
+
+    holder.append(raw_server(proxy))
+    proxy_env("HTTP_PROXY", holder[0])
+    response, counts = call("http://service.example.test/", deadline=0.3)
+    assert response.status == status.TIMEOUT
+    assert seen == [b"GET http://service.example.test/x HTTP/1.1"]
+    assert counts == FAILURE
+
+
+def test_a_proxy_trickling_its_answer_to_connect_ends_at_the_deadline(
+    raw_server: Callable[..., RawServer], proxy_env: Callable[[str, RawServer], None], no_leaks: None
+) -> None:
+    """HTTPS through an HTTP proxy: the tunnel's CONNECT answer never ends (http.client reads its
+    header lines without a limit), so only the deadline can stop the call."""
+    holder: list[RawServer] = []
+    seen: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        _first_line(conn, seen)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+        while not holder[0].stop.wait(0.05):
+            conn.sendall(b"X-Still: coming\r\n")
+
+    holder.append(raw_server(proxy))
+    proxy_env("HTTPS_PROXY", holder[0])
+    response, counts = call("https://service.example.test/", deadline=0.3)
+    assert response.status == status.TIMEOUT
+    assert [line.rsplit(b" ", 1)[0] for line in seen] == [b"CONNECT service.example.test:443"]
+    assert counts == FAILURE
