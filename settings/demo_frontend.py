@@ -16,6 +16,12 @@ AIO_REQUEST = {
         # The chain page's next hop. A single attempt: orders retries billing, and retrying at two
         # levels would multiply the requests billing gets when it struggles.
         "orders": {"ENDPOINT": service_url("orders"), "TIMEOUT": 5.0, "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
+        # The load-shedding page: callers of each priority overloading orders, one attempt per call.
+        "orders_single": {
+            "ENDPOINT": service_url("orders"),
+            "TIMEOUT": 2.0,
+            "SAFE_METHOD_STRATEGY": {"NAME": "single"},
+        },
         # The clients page: one logical GET to billing through each strategy.
         "single": {"ENDPOINT": _BILLING, "TIMEOUT": 2.0, "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
         "sequential": {

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("chain/", views.chain_page, name="chain"),
     path("hedging/", views.hedging_page, name="hedging"),
+    path("shedding/", views.shedding_page, name="shedding"),
     path("demo/hop", views.hop, name="hop"),
     path("demo/stats", views.stats, name="stats"),
     path("demo/downstream/things/<str:name>", views.downstream, name="downstream"),

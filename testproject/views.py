@@ -15,12 +15,13 @@ from django.views.decorators.http import require_GET
 
 from django_aio_request import Priority, clients, get, set_context, timeout
 
-from . import chain, hedging, svg
+from . import chain, hedging, shedding, svg
 from .arrivals import ARRIVALS
 from .forms import ChainForm, HedgingForm
 
 INDEX_CLIENTS = ("single", "sequential", "hedged")
 HEDGING_BUDGET_SECONDS = 20.0
+SHEDDING_SECONDS = 3.0
 View = Callable[[HttpRequest], HttpResponse]
 
 
@@ -127,3 +128,18 @@ def hedging_page(request: HttpRequest) -> HttpResponse:
         "budget": HEDGING_BUDGET_SECONDS / len(hedging.VARIANTS),
     }
     return render(request, "testproject/hedging.html", context)
+
+
+@frontend_page
+@timeout(30)
+def shedding_page(request: HttpRequest) -> HttpResponse:
+    """With ``?start=1``: orders overloaded by callers of each priority, and what it shed."""
+    results = shedding.run(SHEDDING_SECONDS) if "start" in request.GET else []
+    context = {
+        "results": results,
+        "seconds": SHEDDING_SECONDS,
+        "callers": shedding.CALLERS,
+        "service_ms": shedding.SERVICE_TIME * 1000,
+        "backoff_ms": shedding.BACKOFF * 1000,
+    }
+    return render(request, "testproject/shedding.html", context)

@@ -10,6 +10,7 @@ tests read these records from ``/demo/stats``. Times are compared on the wall cl
 
 import itertools
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -157,3 +158,30 @@ def test_the_demo_pages_render(chain: Chain) -> None:
         opener.open(chain.urls["orders"] + "chain/", timeout=5)
     raised.value.close()
     assert raised.value.code == 404
+
+
+def test_the_shedding_page_sheds_low_priority_first_and_orders_counts_it(chain: Chain) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(chain.urls["frontend"] + "shedding/?start=1", timeout=30) as response:
+        assert response.status == 200
+        page = response.read().decode()
+    rows = {
+        found["priority"]: {key: int(value) for key, value in found.items() if key != "priority"}
+        for found in (
+            match.groupdict()
+            for match in re.finditer(
+                r'data-priority="(?P<priority>\w+)" data-calls="(?P<calls>\d+)" data-answered="(?P<answered>\d+)"'
+                r' data-shed="(?P<shed>\d+)" data-other="(?P<other>\d+)" data-counted="(?P<counted>\d+)"',
+                page,
+            )
+        )
+    }
+    assert set(rows) == {"high", "normal", "low"}, page
+    for priority, row in rows.items():
+        assert row["calls"] > 0
+        assert row["other"] == 0, (priority, row)  # answered or shed, nothing timed out
+        assert row["counted"] == row["shed"], (priority, row)  # every 503 is in orders' shed metric
+    success = {priority: row["answered"] / row["calls"] for priority, row in rows.items()}
+    assert success["high"] >= 0.9, rows  # high priority has capacity kept for it
+    assert rows["low"]["shed"] > 0, rows  # orders was overloaded, and low priority absorbed it
+    assert success["low"] < success["high"], rows
