@@ -53,8 +53,6 @@ _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usual
 
 def parse_timeout(raw: str) -> float | None:
     """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
-    if len(raw) <= _MAX_LENGTH and _TIMEOUT.fullmatch(raw) is not None:  # what senders send
-        return float(raw)
     value = raw.strip(_OWS)
     if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
         return None
@@ -115,11 +113,14 @@ def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestS
 def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpResponse | Context:
     """The request's deadline and priority, or the 408 to answer at once; ``now`` is ``time.monotonic()``."""
     meta = request.META
+    priority = conf.priority
     raw = meta.get(META_PRIORITY)
-    if raw is None:
-        priority = conf.priority
-    else:
-        priority = _PRIORITIES.get(raw) or parse_priority(raw) or _malformed_priority(raw, conf.priority)
+    if raw is not None:
+        parsed = parse_priority(raw)
+        if parsed is None:
+            _malformed(h.X_REQUEST_PRIORITY, raw)
+        else:
+            priority = parsed
     raw = meta.get(META_TIMEOUT)
     if raw is not None:
         seconds = parse_timeout(raw)
@@ -134,11 +135,6 @@ def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpRe
             return Context(Deadline(now + min(seconds, conf.max_timeout)), priority)
     # The default deadline has its own type: that is how @timeout knows it may replace it.
     return Context(DefaultDeadline(now + conf.timeout), priority)
-
-
-def _malformed_priority(raw: str, default: Priority) -> Priority:
-    _malformed(h.X_REQUEST_PRIORITY, raw)
-    return default
 
 
 class _Canceller:
