@@ -49,6 +49,7 @@ def _print_urls(ports: dict[str, int]) -> None:
 Demo running: frontend -> orders -> billing, each its own process.
   {frontend}/chain/     deadline and priority as each hop received them, and each hop's time
   {frontend}/hedging/   single attempt versus hedging against billing's 5% slow tail (SVG histograms)
+  {frontend}/shedding/  orders overloaded by callers of three priorities: what it answers and sheds
   {frontend}/           one call to billing through each strategy (single, sequential, hedged)
   {frontend}/admin/     admin, login demo / demo
 JSON: /demo/hop (one hop of the chain) and /demo/stats (requests received) on every service:
