@@ -106,6 +106,19 @@ def test_calls_attempts_retries_and_winners_are_exported(server: LoopbackServer,
     assert value(got, "aio_request_winning_attempt_total", **mine, attempt="0") == 0
 
 
+def test_a_call_is_recorded_by_the_metrics_thread_within_the_interval(server: LoopbackServer, make) -> None:
+    """Without any scrape (which would record the queue itself), the thread records a call in time."""
+    server.route("/x", replies(200))
+    with make().request(dar.get("x")) as response:
+        assert response.status == 200
+    attempts = metrics.client_attempts.labels(server.url, "GET", "0")  # the counter itself: no flush
+    recorded_by = time.monotonic() + INTERVAL + 1.0  # 1 s of slack for a loaded machine
+    while attempts._value.get() < 1 and time.monotonic() < recorded_by:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert attempts._value.get() == 1  # type: ignore[attr-defined]
+    assert "django-aio-request-client-metrics" in {thread.name for thread in threading.enumerate()}
+
+
 def test_a_hedge_that_wins_is_counted(server: LoopbackServer, make) -> None:
     lock = threading.Lock()
     arrived = 0
