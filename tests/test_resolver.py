@@ -197,5 +197,53 @@ def test_addresses_are_connected_to_without_a_lookup() -> None:
     assert {t for t in threading.enumerate() if t.name == "django-aio-request-resolver"} == before
 
 
+def test_tls_to_a_host_name_is_verified_against_that_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection goes to the address the resolver found, but TLS still checks the certificate
+    against the name in the URL (and sends it as SNI and in Host)."""
+    import ssl
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+    import trustme
+
+    from django_aio_request import get
+    from django_aio_request.requests_transport import RequestsTransport
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (self.headers["Host"] or "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("localhost").configure_cert(context)  # for the name only, not for 127.0.0.1
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    # requests lets these variables override a session's own CA bundle.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    try:
+        with authority.cert_pem.tempfile() as ca_file:
+            session = requests.Session()
+            session.verify = ca_file
+            transport = RequestsTransport(session)
+            by_name = transport.send(f"https://localhost:{port}/", get("x"), 5.0)
+            by_address = transport.send(f"https://127.0.0.1:{port}/", get("x"), 5.0)
+            transport.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (by_name.status, by_name.text()) == (200, f"localhost:{port}")
+    assert by_address.status == status.NETWORK_ERROR  # the certificate does not name the address
+
+
 def deadline_in(seconds: float) -> float:
     return time.monotonic() + seconds
