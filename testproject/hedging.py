@@ -9,11 +9,12 @@ during the measured calls divided by the logical calls.
 
 import concurrent.futures
 import dataclasses
-import math
 import threading
 import time
 
 from django_aio_request import Client, PercentileDelaysProvider, clients, get
+
+from .stats import nearest_rank
 
 TAIL = {"slow": "0.05", "slow_delay": "0.5"}
 VARIANTS = (
@@ -43,10 +44,7 @@ class VariantResult:
 
     def percentile(self, share: float) -> float:
         """Nearest rank: the latency that ``share`` of the calls did not exceed."""
-        if not self.latencies_ms:
-            return 0.0
-        rank = max(1, min(self.calls, math.ceil(share * self.calls - 1e-9)))  # 1e-9: 0.99 * 300 is 297.00000000000006
-        return self.latencies_ms[rank - 1]
+        return nearest_rank(self.latencies_ms, share)
 
     @property
     def p50(self) -> float:

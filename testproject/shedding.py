@@ -10,7 +10,6 @@ shown beside what the callers saw.
 """
 
 import dataclasses
-import math
 import threading
 import time
 import urllib.parse
@@ -19,6 +18,8 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_aio_request import Priority, clients, get
+
+from .stats import nearest_rank
 
 CALLERS = {Priority.HIGH: 3, Priority.NORMAL: 10, Priority.LOW: 10}
 SERVICE_TIME = 0.1  # seconds orders takes for each admitted request
@@ -46,10 +47,7 @@ class PriorityResult:
 
     def percentile(self, share: float) -> float:
         """Nearest rank over the successful calls."""
-        if not self.latencies_ms:
-            return 0.0
-        count = len(self.latencies_ms)
-        return self.latencies_ms[max(1, min(count, math.ceil(share * count - 1e-9))) - 1]
+        return nearest_rank(self.latencies_ms, share)
 
     @property
     def p50(self) -> float:

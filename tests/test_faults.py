@@ -120,13 +120,15 @@ def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServ
         server.close()
 
 
-def _read_request(conn: socket.socket) -> None:
+def _read_request(conn: socket.socket) -> bytes:
+    """The request's head (what was read of it, if the client closed first)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(4096)
         if not chunk:
-            return
+            break
         data += chunk
+    return data
 
 
 def _reset(conn: socket.socket) -> None:
@@ -423,13 +425,7 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, RawServer], Non
 
 
 def _first_line(conn: socket.socket, seen: list[bytes]) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    seen.append(data.split(b"\r\n", 1)[0])
+    seen.append(_read_request(conn).split(b"\r\n", 1)[0])
 
 
 def test_a_proxy_from_the_environment_is_used(
