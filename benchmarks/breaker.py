@@ -62,7 +62,7 @@ def configure_django(redis_url: str) -> bool:
 def make_breaker(shared: bool) -> dar.DefaultCircuitBreaker[str, dar.Response]:
     store = None
     if shared:
-        from django_aio_request.shared_breaker import CacheCircuitStore
+        from django_aio_request.breaker.cache_store import CacheCircuitStore
 
         store = CacheCircuitStore("breakers", namespace=f"bench-{uuid.uuid4().hex[:8]}")
     return dar.DefaultCircuitBreaker(

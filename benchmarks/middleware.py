@@ -104,7 +104,7 @@ def make_call(middleware: list[str], headers: dict[str, str]) -> Any:
 
 def recording_cost(count: int) -> float:
     """µs of CPU per observation to queue and record ``count`` like those of the /ping requests."""
-    from django_aio_request import metrics
+    from django_aio_request.metrics import prometheus as metrics
 
     observation = (None, "GET", "ping", 200, None, 0.000125)
     metrics.flush()

@@ -51,7 +51,7 @@ import requests
 import django_aio_request as dar
 from benchmarks._server import BenchServer, serve_in_subprocess
 from benchmarks._stats import percentile
-from django_aio_request import metrics as dar_metrics
+from django_aio_request.metrics import prometheus as dar_metrics
 
 TARGET_P50_RATIO = 1.10
 TARGET_METRICS_P50_RATIO = 1.05

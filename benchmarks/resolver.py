@@ -20,8 +20,8 @@ from collections.abc import Callable
 import django_aio_request as dar
 from benchmarks._server import BenchServer
 from benchmarks.overhead import interleaved, paired_median_difference, summary
-from django_aio_request import guard
-from django_aio_request.requests_transport import RequestsTransport
+from django_aio_request.transport import attempt_sockets as guard
+from django_aio_request.transport.requests_transport import RequestsTransport
 
 
 def new_connection_call(transport: RequestsTransport, url: str, through_resolver: bool) -> Callable[[], object]:

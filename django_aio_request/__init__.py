@@ -6,9 +6,7 @@ Django; ``clients`` (named clients from settings) is loaded on first use.
 
 from typing import TYPE_CHECKING, Any
 
-from .adaptive_delays import PercentileDelaysProvider
-from .cancellation import Cancellation
-from .circuit_breaker import (
+from django_aio_request.breaker.circuit_breaker import (
     CircuitBreaker,
     CircuitSnapshot,
     CircuitState,
@@ -18,15 +16,14 @@ from .circuit_breaker import (
     MemoryCircuitStore,
     Override,
 )
-from .classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
-from .client import Client
-from .context import Context, get_context, set_context
-from .deadline import Deadline
-from .deadline_providers import DeadlineProvider, pass_deadline_through, split_deadline_between_attempts
-from .delays import DelaysProvider, RequestAttemptDelaysProvider, constant_delays, linear_backoff_delays
-from .factory import setup
-from .priority import Priority
-from .request import (
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
+from django_aio_request.core.client import Client
+from django_aio_request.core.client_setup import setup
+from django_aio_request.core.context import Context, get_context, set_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import (
     Request,
     delete,
     get,
@@ -39,10 +36,9 @@ from .request import (
     request,
     request_json,
 )
-from .requests_transport import RequestsTransport
-from .response import EmptyResponse, Response, UnexpectedContentTypeError
-from .retry_budget import RetryBudget
-from .strategies import (
+from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.strategies import (
     RequestStrategy,
     method_based_strategy,
     parallel_strategy,
@@ -50,11 +46,24 @@ from .strategies import (
     sequential_strategy,
     single_attempt_strategy,
 )
-from .transport import Transport
+from django_aio_request.strategies.deadline_providers import (
+    DeadlineProvider,
+    pass_deadline_through,
+    split_deadline_between_attempts,
+)
+from django_aio_request.strategies.delays import (
+    DelaysProvider,
+    RequestAttemptDelaysProvider,
+    constant_delays,
+    linear_backoff_delays,
+)
+from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+from django_aio_request.transport.base import Transport
+from django_aio_request.transport.requests_transport import RequestsTransport
 
 if TYPE_CHECKING:
-    from .registry import ClientsHandler
-    from .view_timeout import timeout as timeout
+    from django_aio_request.named_clients import ClientsHandler
+    from django_aio_request.server.view_timeout import timeout as timeout
 
     clients: ClientsHandler
 
@@ -116,11 +125,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "clients":
-        from .registry import clients
+        from django_aio_request.named_clients import clients
 
         return clients
     if name == "timeout":
-        from .view_timeout import timeout
+        from django_aio_request.server.view_timeout import timeout
 
         return timeout
     raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")

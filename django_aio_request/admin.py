@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from .models import BreakerOverride, BreakerTransition, CircuitBreaker, Mode, State
+from django_aio_request.models import BreakerOverride, BreakerStatus, BreakerTransition, Mode, State
 
 OVERRIDE_PERMISSION = "django_aio_request.override_circuit_breaker"
 RECENT_TRANSITIONS = 50
@@ -69,7 +69,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
-@admin.register(CircuitBreaker)
+@admin.register(BreakerStatus)
 class CircuitBreakerAdmin(ReadOnlyAdmin):
     list_display = [*SUMMARY_FIELDS, "override_display", "reported_at"]
     list_display_links = ["client", "endpoint"]
@@ -81,23 +81,23 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
     readonly_fields = DETAIL_FIELDS
 
     @admin.display(description="state", ordering="state")
-    def state_display(self, obj: CircuitBreaker) -> SafeString:
+    def state_display(self, obj: BreakerStatus) -> SafeString:
         return state_badge(obj.state)
 
     @admin.display(description="processes", ordering="processes")
-    def processes_display(self, obj: CircuitBreaker) -> str:
+    def processes_display(self, obj: BreakerStatus) -> str:
         return obj.processes_summary()
 
     @admin.display(description="failure ratio", ordering="failure_ratio")
-    def failure_ratio_display(self, obj: CircuitBreaker) -> str:
+    def failure_ratio_display(self, obj: BreakerStatus) -> str:
         return percent(obj.failure_ratio)
 
     @admin.display(description="override", ordering="override")
-    def override_display(self, obj: CircuitBreaker) -> str:
+    def override_display(self, obj: BreakerStatus) -> str:
         return Mode(obj.override).label if obj.override else "automatic"
 
     @admin.display(description="override")
-    def override_detail(self, obj: CircuitBreaker) -> str:
+    def override_detail(self, obj: BreakerStatus) -> str:
         row = BreakerOverride.objects.filter(client=obj.client, endpoint=obj.endpoint).select_related("changed_by")
         override = row.first()
         if override is None:
@@ -106,7 +106,7 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         return f"{override.get_mode_display()}, by {by} at {override.changed_at:%Y-%m-%d %H:%M:%S %Z}"
 
     @admin.display(description="reporting processes")
-    def processes_table(self, obj: CircuitBreaker) -> SafeString:
+    def processes_table(self, obj: BreakerStatus) -> SafeString:
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -124,7 +124,7 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
                            SafeString(head), rows)  # fmt: skip
 
     @admin.display(description=f"recent transitions (last {RECENT_TRANSITIONS})")
-    def transitions_table(self, obj: CircuitBreaker) -> SafeString:
+    def transitions_table(self, obj: BreakerStatus) -> SafeString:
         recent = obj.transitions().order_by("-at", "-id")[:RECENT_TRANSITIONS]
         rows = format_html_join(
             "",
@@ -144,18 +144,18 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         return request.user.has_perm(OVERRIDE_PERMISSION)
 
     @admin.action(description="Force open (isolate)", permissions=["override"])
-    def force_open(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
+    def force_open(self, request: HttpRequest, queryset: QuerySet[BreakerStatus]) -> None:
         self._override(request, queryset, Mode.FORCE_OPEN)
 
     @admin.action(description="Force closed", permissions=["override"])
-    def force_closed(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
+    def force_closed(self, request: HttpRequest, queryset: QuerySet[BreakerStatus]) -> None:
         self._override(request, queryset, Mode.FORCE_CLOSED)
 
     @admin.action(description="Back to automatic", permissions=["override"])
-    def back_to_automatic(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
+    def back_to_automatic(self, request: HttpRequest, queryset: QuerySet[BreakerStatus]) -> None:
         self._override(request, queryset, None)
 
-    def _override(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker], mode: Mode | None) -> None:
+    def _override(self, request: HttpRequest, queryset: QuerySet[BreakerStatus], mode: Mode | None) -> None:
         now = timezone.now()
         user = request.user if request.user.is_authenticated else None
         changed = 0

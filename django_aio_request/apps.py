@@ -6,7 +6,7 @@ class DjangoAioRequestConfig(AppConfig):
     verbose_name = "aio-request"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from .db import install
+        from django_aio_request import checks  # noqa: F401 - registers the system checks
+        from django_aio_request.server.database import install
 
         install()  # bounds PostgreSQL queries by the deadline when AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]

@@ -33,10 +33,15 @@ from typing import Any
 
 from django.db import close_old_connections, router
 
-from .circuit_breaker import CircuitTransition, DefaultCircuitBreaker, MemoryCircuitStore, Override
-from .client import Client
-from .conf import AioRequestSettings
-from .models import LOCAL_STORE, BreakerOverride, BreakerReport, BreakerTransition
+from django_aio_request.breaker.circuit_breaker import (
+    CircuitTransition,
+    DefaultCircuitBreaker,
+    MemoryCircuitStore,
+    Override,
+)
+from django_aio_request.conf.schema import AioRequestSettings
+from django_aio_request.core.client import Client
+from django_aio_request.models import LOCAL_STORE, BreakerOverride, BreakerReport, BreakerTransition
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ Key = tuple[str, str]  # (client name, endpoint)
 
 
 def _settings() -> AioRequestSettings:
-    from .registry import clients  # the registry imports this module
+    from django_aio_request.named_clients import clients  # the registry imports this module
 
     return clients.settings
 
@@ -76,7 +81,7 @@ def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
 
 def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
     """(client name, breaker) of every client built so far in this process that has a breaker."""
-    from .registry import clients
+    from django_aio_request.named_clients import clients
 
     found = []
     for name, client in clients.built():

@@ -3,7 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from .conf import SETTING, read_settings
+from django_aio_request.conf.schema import SETTING, read_settings
 
 
 @checks.register("django_aio_request")

@@ -3,7 +3,7 @@
 Breakers live in memory, one per client per process. Each process's publisher thread
 (``breaker_publisher``) writes what its breakers look like into ``BreakerReport`` (one row per
 client, endpoint, host and pid) and their transitions into ``BreakerTransition``, and reads
-``BreakerOverride`` to obey what operators decided. ``CircuitBreaker`` is a database view
+``BreakerOverride`` to obey what operators decided. ``BreakerStatus`` is a database view
 (migration 0002) folding the reports into one row per client and endpoint for the admin changelist.
 """
 
@@ -108,7 +108,7 @@ class BreakerOverride(models.Model):
         return f"{self.client} {self.endpoint}: {self.mode}"
 
 
-class CircuitBreaker(models.Model):
+class BreakerStatus(models.Model):
     """One row per client and endpoint: the reports of every process folded together (a database view)."""
 
     id = models.CharField(primary_key=True, max_length=CLIENT_LENGTH + ENDPOINT_LENGTH + 1)
@@ -164,5 +164,5 @@ class CircuitBreaker(models.Model):
 
 
 def breaker_id(client: str, endpoint: str) -> str:
-    """The primary key of a ``CircuitBreaker`` row (endpoints are URLs: they never hold a space)."""
+    """The primary key of a ``BreakerStatus`` row (endpoints are URLs: they never hold a space)."""
     return f"{client} {endpoint}"

@@ -17,8 +17,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .client import Client
-from .conf import SETTING, AioRequestSettings, read_settings
+from django_aio_request.conf.schema import SETTING, AioRequestSettings, read_settings
+from django_aio_request.core.client import Client
 
 
 class UnknownClientError(KeyError):
@@ -101,7 +101,7 @@ def _publish_breaker(name: str, client: Client) -> None:
     from django.apps import apps
 
     if apps.ready and apps.is_installed("django_aio_request"):  # its models hold the published state
-        from .breaker_publisher import client_built
+        from django_aio_request.breaker_publisher import client_built
 
         client_built(name, client)
 

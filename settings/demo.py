@@ -10,8 +10,8 @@
 import logging
 import os
 
-from .base import *  # noqa: F403
-from .base import BASE_DIR, INSTALLED_APPS, MIDDLEWARE
+from settings.base import *  # noqa: F403
+from settings.base import BASE_DIR, INSTALLED_APPS, MIDDLEWARE
 
 DEBUG = True
 

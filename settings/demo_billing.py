@@ -1,8 +1,8 @@
 """The demo's last service: it calls nobody; ``delay``, ``fail``, ``slow`` and ``slow_delay`` in the
 query (passed down the chain) make it slow or flaky, and ``/demo/stats`` counts what it served."""
 
-from .demo import *  # noqa: F403
-from .demo import demo_logging
+from settings.demo import *  # noqa: F403
+from settings.demo import demo_logging
 
 DEMO_SERVICE = "billing"
 LOGGING = demo_logging(DEMO_SERVICE)

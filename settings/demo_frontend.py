@@ -1,7 +1,7 @@
 """The demo's frontend: the pages, and the first hop of the chain frontend -> orders -> billing."""
 
-from .demo import *  # noqa: F403
-from .demo import demo_logging, service_url
+from settings.demo import *  # noqa: F403
+from settings.demo import demo_logging, service_url
 
 DEMO_SERVICE = "frontend"
 LOGGING = demo_logging(DEMO_SERVICE)

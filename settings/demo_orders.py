@@ -1,7 +1,7 @@
 """The demo's middle service: its chain endpoint calls billing, retrying failures within the deadline."""
 
-from .demo import *  # noqa: F403
-from .demo import demo_logging, service_url
+from settings.demo import *  # noqa: F403
+from settings.demo import demo_logging, service_url
 
 DEMO_SERVICE = "orders"
 LOGGING = demo_logging(DEMO_SERVICE)

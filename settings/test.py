@@ -2,7 +2,7 @@ import os
 import urllib.parse
 from typing import Any
 
-from .base import *  # noqa: F403
+from settings.base import *  # noqa: F403
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

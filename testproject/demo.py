@@ -9,7 +9,7 @@ from types import FrameType
 import django
 from django.core.management import call_command
 
-from . import launcher
+from testproject import launcher
 
 
 def main() -> int:

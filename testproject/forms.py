@@ -3,8 +3,7 @@
 from django import forms
 
 from django_aio_request import Deadline, Priority
-
-from .chain import FORWARDED
+from testproject.chain import FORWARDED
 
 PRIORITIES = [("", "pass on what was received"), *((p.value, p.value) for p in Priority)]
 

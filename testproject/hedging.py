@@ -13,8 +13,7 @@ import threading
 import time
 
 from django_aio_request import Client, PercentileDelaysProvider, clients, get
-
-from .stats import nearest_rank
+from testproject.stats import nearest_rank
 
 TAIL = {"slow": "0.05", "slow_delay": "0.5"}
 VARIANTS = (

@@ -18,8 +18,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_aio_request import Priority, clients, get
-
-from .stats import nearest_rank
+from testproject.stats import nearest_rank
 
 CALLERS = {Priority.HIGH: 3, Priority.NORMAL: 10, Priority.LOW: 10}
 SERVICE_TIME = 0.1  # seconds orders takes for each admitted request

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from . import views
+from testproject import views
 
 urlpatterns = [
     path("", views.index, name="index"),

@@ -14,10 +14,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from django_aio_request import Priority, clients, get, set_context, timeout
-
-from . import chain, hedging, shedding, svg
-from .arrivals import ARRIVALS
-from .forms import ChainForm, HedgingForm
+from testproject import chain, hedging, shedding, svg
+from testproject.arrivals import ARRIVALS
+from testproject.forms import ChainForm, HedgingForm
 
 INDEX_CLIENTS = ("single", "sequential", "hedged")
 HEDGING_BUDGET_SECONDS = 20.0

@@ -3,8 +3,8 @@ from collections.abc import Iterator
 import pytest
 
 from django_aio_request import RequestsTransport
-from tests import postgres
-from tests.loopback import LoopbackServer
+from tests.support import postgres
+from tests.support.loopback import LoopbackServer
 
 _ports_used: set[int] = set()
 

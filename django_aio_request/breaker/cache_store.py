@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .circuit_breaker import CircuitStore, MemoryCircuitStore
+from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
 
 logger = logging.getLogger(__name__)
 

@@ -11,22 +11,31 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .circuit_breaker import CircuitStore, DefaultCircuitBreaker
-from .classifier import ResponseClassifier
-from .client import Client, HedgePriority, validate_hedge_priority
-from .deadline_providers import pass_deadline_through, split_deadline_between_attempts
-from .delays import constant_delays, linear_backoff_delays
-from .factory import DEFAULT_MAX_WORKERS, setup, validate_endpoint
-from .priority import Priority
-from .requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE, RequestsTransport
-from .retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS, RetryBudget
-from .shedding import SheddingSettings
-from .strategies import (
+from django_aio_request.breaker.circuit_breaker import CircuitStore, DefaultCircuitBreaker
+from django_aio_request.core.classifier import ResponseClassifier
+from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
+from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, setup, validate_endpoint
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.retry_budget import (
+    DEFAULT_MIN_PER_SECOND,
+    DEFAULT_RATIO,
+    DEFAULT_WINDOW_SECONDS,
+    RetryBudget,
+)
+from django_aio_request.server.shedding import SheddingSettings
+from django_aio_request.strategies import (
     RequestStrategy,
     parallel_strategy,
     retry_until_deadline_expired,
     sequential_strategy,
     single_attempt_strategy,
+)
+from django_aio_request.strategies.deadline_providers import pass_deadline_through, split_deadline_between_attempts
+from django_aio_request.strategies.delays import constant_delays, linear_backoff_delays
+from django_aio_request.transport.requests_transport import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_SIZE,
+    RequestsTransport,
 )
 
 SETTING = "AIO_REQUEST"
@@ -351,7 +360,7 @@ def _delays(reader: _Reader, path: str, value: Any) -> Factory | None:
     if got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
         reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS")
         return None
-    from .adaptive_delays import PercentileDelaysProvider
+    from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 
     return lambda: PercentileDelaysProvider(
         percentile=got["PERCENTILE"],
@@ -457,7 +466,7 @@ class ClientSpec:
         if "circuit_breaker" in self.factories:
             store = None
             if self.circuit_breaker_state != LOCAL_BREAKER_STATE:
-                from .shared_breaker import CacheCircuitStore
+                from django_aio_request.breaker.cache_store import CacheCircuitStore
 
                 store = CacheCircuitStore(self.circuit_breaker_state, namespace=self.name)
             made["circuit_breaker"] = self.factories["circuit_breaker"](store)

@@ -6,7 +6,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class WorkerPool:
+class AttemptThreadPool:
     """A bounded thread pool that never queues: a task is either started now or refused.
 
     Queued hedges would start late, after the caller stopped caring, and a caller waiting on a

@@ -2,9 +2,9 @@ import abc
 import enum
 from collections.abc import Mapping
 
-from . import headers as h
-from . import status
-from .response import Response
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.response import Response
 
 
 class ResponseVerdict(enum.Enum):

@@ -4,21 +4,21 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
-from . import headers as h
-from .cancellation import Cancellation
-from .circuit_breaker import CircuitBreaker
-from .classifier import ResponseClassifier
-from .context import get_context
-from .deadline import Deadline
-from .metrics import ClientMetrics
-from .pipeline import Attempt, Next
-from .priority import Priority
-from .request import Request
-from .response import Response
-from .retry_budget import RetryBudget
-from .strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
-from .transport import Transport
-from .workers import WorkerPool
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core import headers as h
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseClassifier
+from django_aio_request.core.context import get_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.pipeline import Attempt, Next
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics.prometheus import ClientMetrics
+from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.transport.base import Transport
 
 #: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower
 #: (high -> normal -> low; low stays low); a Priority sends them with it, but never above the call's.
@@ -60,7 +60,7 @@ class Client:
         timeout: float,
         priority: Priority,
         pipeline: Next,
-        workers: WorkerPool,
+        workers: AttemptThreadPool,
         transport: Transport,
         metrics: ClientMetrics | None = None,
         circuit_breaker: CircuitBreaker[str, Response] | None = None,

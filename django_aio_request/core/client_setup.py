@@ -1,11 +1,11 @@
 import enum
 import urllib.parse
 
-from . import metrics as _metrics
-from .circuit_breaker import CircuitBreaker
-from .classifier import DefaultResponseClassifier, ResponseClassifier
-from .client import Client, HedgePriority, validate_hedge_priority
-from .pipeline import (
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier
+from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
+from django_aio_request.core.pipeline import (
     CircuitBreakerModule,
     LowTimeoutModule,
     RequestEnricher,
@@ -13,13 +13,13 @@ from .pipeline import (
     TransportModule,
     build_pipeline,
 )
-from .priority import Priority
-from .requests_transport import RequestsTransport
-from .response import Response
-from .retry_budget import RetryBudget
-from .strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
-from .transport import Transport
-from .workers import WorkerPool
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.response import Response
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics import prometheus as _metrics
+from django_aio_request.strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
+from django_aio_request.transport.base import Transport
+from django_aio_request.transport.requests_transport import RequestsTransport
 
 DEFAULT_MAX_WORKERS = 32
 
@@ -121,7 +121,7 @@ def setup(
         timeout=float(timeout),
         priority=Priority(priority),
         pipeline=build_pipeline(modules),
-        workers=WorkerPool(max_workers),
+        workers=AttemptThreadPool(max_workers),
         transport=transport,
         metrics=recorder,
         circuit_breaker=circuit_breaker,

@@ -4,8 +4,8 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from .deadline import Deadline
-from .priority import Priority
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
 
 
 class Context:

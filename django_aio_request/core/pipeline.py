@@ -6,17 +6,17 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
-from . import headers as h
-from . import status
-from .cancellation import Cancellation
-from .circuit_breaker import CircuitBreaker
-from .classifier import ResponseClassifier, ResponseVerdict
-from .deadline import Deadline
-from .metrics import ClientMetrics
-from .priority import Priority
-from .request import Request
-from .response import EmptyResponse, Response
-from .transport import Transport
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.metrics.prometheus import ClientMetrics
+from django_aio_request.transport.base import Transport
 
 RequestEnricher = Callable[[Request], Request]
 

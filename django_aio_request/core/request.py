@@ -7,7 +7,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import headers as h
+from django_aio_request.core import headers as h
 
 MAX_REDIRECTS = 10
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")

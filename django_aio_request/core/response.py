@@ -8,7 +8,7 @@ from typing import Any
 
 from requests.structures import CaseInsensitiveDict
 
-from . import headers as h
+from django_aio_request.core import headers as h
 
 _JSON = re.compile(r"^application/(?:[\w.+-]+?\+)?json", re.IGNORECASE)
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)

@@ -17,9 +17,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from . import headers as h
-from .circuit_breaker import CircuitState
-from .deferred_observations import DeferredObservations
+from django_aio_request.breaker.circuit_breaker import CircuitState
+from django_aio_request.core import headers as h
+from django_aio_request.metrics.deferred import DeferredObservations
 
 
 class Counter(Protocol):

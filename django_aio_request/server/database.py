@@ -26,9 +26,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.utils import InterfaceError, OperationalError
 
-from .context import get_context
-from .deadline import Deadline
-from .registry import clients
+from django_aio_request.core.context import get_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.named_clients import clients
 
 __all__ = [
     "SETTING_KEY",
@@ -44,7 +44,7 @@ __all__ = [
     "wrapper_for",
 ]
 
-logger = logging.getLogger("django_aio_request.db")
+logger = logging.getLogger("django_aio_request.server.database")
 
 SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
 
@@ -118,7 +118,9 @@ def install() -> None:
     attribute reads more.
     """
     is_enabled()
-    connection_created.connect(_connection_created, dispatch_uid="django_aio_request.db.connection_created")
+    connection_created.connect(
+        _connection_created, dispatch_uid="django_aio_request.server.database.connection_created"
+    )
     for connection in connections.all(initialized_only=True):
         if connection.connection is not None:
             attach(connection, opened=False)

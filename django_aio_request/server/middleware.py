@@ -19,16 +19,16 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from . import headers as h
-from . import metrics
-from .conf import AioRequestSettings
-from .context import Context, _context
-from .db import is_deadline_cancellation
-from .deadline import Deadline
-from .priority import Priority
-from .registry import clients
-from .shedding import Admission, ConcurrencyLimiter
-from .view_timeout import DefaultDeadline, _canceller
+from django_aio_request.conf.schema import AioRequestSettings
+from django_aio_request.core import headers as h
+from django_aio_request.core.context import Context, _context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.metrics import prometheus as metrics
+from django_aio_request.named_clients import clients
+from django_aio_request.server.database import is_deadline_cancellation
+from django_aio_request.server.shedding import Admission, ConcurrencyLimiter
+from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
 

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import threading
 
-from .priority import Priority
+from django_aio_request.core.priority import Priority
 
 __all__ = ["ADMITTED", "Admission", "ConcurrencyLimiter", "SheddingSettings"]
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import iscoroutinefunction
 
-from .context import Context, _context
-from .deadline import Deadline
+from django_aio_request.core.context import Context, _context
+from django_aio_request.core.deadline import Deadline
 
 __all__ = ["DefaultDeadline", "ViewDeadline", "timeout"]
 

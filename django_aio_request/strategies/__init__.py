@@ -1,9 +1,12 @@
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
-from .method_based import SAFE_METHODS, MethodBasedStrategy, method_based_strategy
-from .parallel import ParallelStrategy, parallel_strategy
-from .retry_until_deadline import RetryUntilDeadlineExpiredStrategy, retry_until_deadline_expired
-from .sequential import SequentialStrategy, sequential_strategy
-from .single import SingleAttemptStrategy, single_attempt_strategy
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.method_based import SAFE_METHODS, MethodBasedStrategy, method_based_strategy
+from django_aio_request.strategies.parallel import ParallelStrategy, parallel_strategy
+from django_aio_request.strategies.retry_until_deadline import (
+    RetryUntilDeadlineExpiredStrategy,
+    retry_until_deadline_expired,
+)
+from django_aio_request.strategies.sequential import SequentialStrategy, sequential_strategy
+from django_aio_request.strategies.single import SingleAttemptStrategy, single_attempt_strategy
 
 __all__ = [
     "SAFE_METHODS",

@@ -2,13 +2,13 @@ import abc
 import dataclasses
 from collections.abc import Callable
 
-from ..cancellation import Cancellation
-from ..classifier import ResponseVerdict
-from ..deadline import Deadline
-from ..priority import Priority
-from ..request import Request
-from ..response import Response
-from ..workers import WorkerPool
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseVerdict
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,5 +41,5 @@ class RequestStrategy(abc.ABC):
 
     @abc.abstractmethod
     def request(
-        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict: ...

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from .deadline import Deadline
+from django_aio_request.core.deadline import Deadline
 
 DeadlineProvider = Callable[[Deadline, int, int], Deadline]
 

@@ -3,8 +3,8 @@
 import random
 from collections.abc import Callable
 
-from .request import Request
-from .response import Response
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
 
 #: ``delays(attempt) -> seconds``. Sequential strategies wait this long after attempt k-1 ends;
 #: parallel ones start attempt k this long after the call started.

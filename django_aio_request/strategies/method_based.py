@@ -1,10 +1,10 @@
-from ..deadline import Deadline
-from ..priority import Priority
-from ..request import Request
-from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
-from .sequential import sequential_strategy
-from .single import single_attempt_strategy
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.sequential import sequential_strategy
+from django_aio_request.strategies.single import single_attempt_strategy
 
 #: Methods that do not change anything on the server (RFC 9110 9.2.1): retrying them is harmless.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -21,7 +21,7 @@ class MethodBasedStrategy(RequestStrategy):
         return self.safe if method in SAFE_METHODS else self.unsafe
 
     def request(
-        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
         return self.for_method(request.method).request(send, workers, request, deadline, priority)
 

@@ -3,17 +3,22 @@ import queue
 import time
 from collections.abc import Callable
 
-from .. import headers as h
-from .. import status
-from ..cancellation import Cancellation
-from ..classifier import ResponseVerdict
-from ..deadline import Deadline
-from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
-from ..priority import Priority
-from ..request import Request
-from ..response import EmptyResponse, Response
-from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseVerdict
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.strategies.delays import (
+    DelaysProvider,
+    RequestAttemptDelaysProvider,
+    as_request_delays,
+    linear_backoff_delays,
+)
 
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
 # ends every attempt by its deadline; this only covers a pipeline stage that does not.
@@ -43,7 +48,7 @@ class _HedgedCall:
         self.in_flight = 0
         self.refused = False  # the retry budget refused an attempt: launch no more
 
-    def launch(self, workers: WorkerPool, attempt: int) -> ResponseWithVerdict | None:
+    def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
         """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
 
         Returns the response when the attempt ran in this thread, else None (also when the retry
@@ -137,7 +142,7 @@ class ParallelStrategy(RequestStrategy):
         self.delays = as_request_delays(delays_provider)
 
     def request(
-        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
         call = _HedgedCall(send, request, deadline, priority, self.delays.observe)
         started = time.monotonic()

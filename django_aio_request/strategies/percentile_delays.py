@@ -3,10 +3,10 @@ import collections
 import threading
 import time
 
-from . import status
-from .delays import RequestAttemptDelaysProvider
-from .request import Request
-from .response import Response
+from django_aio_request.core import status
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
+from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
 class _Samples:

@@ -1,12 +1,17 @@
 import time
 
-from ..cancellation import Cancellation
-from ..deadline import Deadline
-from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
-from ..priority import Priority
-from ..request import Request
-from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.delays import (
+    DelaysProvider,
+    RequestAttemptDelaysProvider,
+    as_request_delays,
+    linear_backoff_delays,
+)
 
 
 class _Refused(Exception):
@@ -55,7 +60,7 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
         self.delays = as_request_delays(delays_provider)
 
     def request(
-        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
         rounds = _Rounds(send)
         round_ = 0

@@ -1,12 +1,17 @@
 import time
 
-from ..deadline import Deadline
-from ..deadline_providers import DeadlineProvider, pass_deadline_through
-from ..delays import DelaysProvider, RequestAttemptDelaysProvider, as_request_delays, linear_backoff_delays
-from ..priority import Priority
-from ..request import Request
-from ..workers import WorkerPool
-from .base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.strategies.deadline_providers import DeadlineProvider, pass_deadline_through
+from django_aio_request.strategies.delays import (
+    DelaysProvider,
+    RequestAttemptDelaysProvider,
+    as_request_delays,
+    linear_backoff_delays,
+)
 
 
 class SequentialStrategy(RequestStrategy):
@@ -31,7 +36,7 @@ class SequentialStrategy(RequestStrategy):
         self.deadline_provider = deadline_provider
 
     def request(
-        self, send: SendAttempt, workers: WorkerPool, request: Request, deadline: Deadline, priority: Priority
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
         responses: list[ResponseWithVerdict] = []
         try:

@@ -22,7 +22,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
-from .resolver import ResolutionUnfinished, resolver
+from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 
 _local = threading.local()
 

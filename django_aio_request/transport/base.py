@@ -1,8 +1,8 @@
 import abc
 
-from .cancellation import Cancellation
-from .request import Request
-from .response import Response
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
 
 
 class Transport(abc.ABC):

@@ -12,14 +12,14 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.retry import Retry
 
-from . import headers as h
-from . import status
-from .cancellation import Cancellation
-from .guard import POOL_CLASSES, AttemptGuard
-from .request import Request
-from .response import EmptyResponse, Response
-from .transport import Transport
-from .watchdog import watchdog
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptGuard
+from django_aio_request.transport.base import Transport
+from django_aio_request.transport.deadline_timer import watchdog
 
 logger = logging.getLogger(__name__)
 

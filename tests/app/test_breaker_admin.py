@@ -12,11 +12,11 @@ from django.core.management import call_command
 from django.test import Client as BrowserClient
 from django.urls import reverse
 
-from django_aio_request.models import BreakerOverride, BreakerReport, BreakerTransition, CircuitBreaker, breaker_id
+from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 BILLING = "http://billing:8080/"
-CHANGELIST = "admin:django_aio_request_circuitbreaker_changelist"
+CHANGELIST = "admin:django_aio_request_breakerstatus_changelist"
 
 
 def report(
@@ -56,7 +56,7 @@ def staff(username: str, *codenames: str) -> User:
     return user
 
 
-VIEW = ("view_circuitbreaker", "view_breakertransition", "view_breakeroverride")
+VIEW = ("view_breakerstatus", "view_breakertransition", "view_breakeroverride")
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_the_changelist_folds_every_process_into_one_row(reports: None, operator
     assert "Circuit breakers" in html
     assert "3 processes: 2 open, 1 closed" in html
     assert "1 process: 1 closed" in html
-    billing = CircuitBreaker.objects.get(client="billing")
+    billing = BreakerStatus.objects.get(client="billing")
     assert (billing.state, billing.failures, billing.successes) == ("open", 11, 9)
     assert billing.failure_ratio == pytest.approx(11 / 20)
     assert "55%" in html
@@ -98,7 +98,7 @@ def test_filters_by_state_and_client(reports: None, operator: BrowserClient) -> 
 
 
 def test_the_detail_page_lists_each_process_and_the_transitions(reports: None, viewer: BrowserClient) -> None:
-    url = reverse("admin:django_aio_request_circuitbreaker_change", args=[quote(breaker_id("billing", BILLING))])
+    url = reverse("admin:django_aio_request_breakerstatus_change", args=[quote(breaker_id("billing", BILLING))])
     page = viewer.get(url)
     assert page.status_code == 200
     html = page.content.decode().lower()
@@ -115,7 +115,7 @@ def test_actions_write_overrides_and_the_admin_log(reports: None, operator: Brow
     assert (override.client, override.endpoint, override.mode) == ("billing", BILLING, "force_closed")
     assert override.changed_by is not None
     assert override.changed_by.username == "operator"
-    assert CircuitBreaker.objects.get(client="billing").override == "force_closed"
+    assert BreakerStatus.objects.get(client="billing").override == "force_closed"
 
     operator.post(reverse(CHANGELIST), {"action": "force_open", "_selected_action": [billing]})
     assert BreakerOverride.objects.get().mode == "force_open"
@@ -131,7 +131,7 @@ def test_actions_write_overrides_and_the_admin_log(reports: None, operator: Brow
         "Back to automatic",
     ]
     # The history shows the override on the detail page too.
-    url = reverse("admin:django_aio_request_circuitbreaker_change", args=[quote(billing)])
+    url = reverse("admin:django_aio_request_breakerstatus_change", args=[quote(billing)])
     assert "automatic" in operator.get(url).content.decode()
 
 
@@ -147,7 +147,7 @@ def test_staff_without_the_permission_see_everything_but_change_nothing(reports:
     assert not BreakerOverride.objects.exists()
     assert not LogEntry.objects.exists()
     # Nobody adds or deletes rows by hand.
-    assert viewer.get(reverse("admin:django_aio_request_circuitbreaker_add")).status_code == 403
+    assert viewer.get(reverse("admin:django_aio_request_breakerstatus_add")).status_code == 403
     assert viewer.get(reverse("admin:django_aio_request_breakertransition_changelist")).status_code == 200
 
 
@@ -208,6 +208,6 @@ def test_counts_shared_through_a_cache_are_counted_once() -> None:
         BreakerReport.objects.create(client="billing", endpoint=BILLING, host="web-1", pid=pid, state="open",
                                      failures=6, successes=2, reported_at=NOW, store="redis")  # fmt: skip
     report("billing", BILLING, "web-2", 3, "closed", failures=1, successes=1)  # a process counting on its own
-    row = CircuitBreaker.objects.get()
+    row = BreakerStatus.objects.get()
     assert (row.processes, row.failures, row.successes) == (3, 7, 3)
     assert row.failure_ratio == pytest.approx(0.7)

@@ -19,9 +19,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import override_settings
 
 from django_aio_request import breaker_publisher, clients, get
+from django_aio_request.breaker.circuit_breaker import CircuitState, DefaultCircuitBreaker
 from django_aio_request.breaker_publisher import Publisher
-from django_aio_request.circuit_breaker import CircuitState, DefaultCircuitBreaker
-from tests.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -100,7 +100,7 @@ def log_in(driver: "WebDriver", base: str, username: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.delete_all_cookies()
-    driver.get(f"{base}/admin/login/?next=/admin/django_aio_request/circuitbreaker/")
+    driver.get(f"{base}/admin/login/?next=/admin/django_aio_request/breakerstatus/")
     driver.find_element(By.NAME, "username").send_keys(username)
     driver.find_element(By.NAME, "password").send_keys("secret-pw")
     driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
@@ -143,8 +143,8 @@ def test_an_operator_sees_a_breaker_open_and_forces_it_closed(
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     server.route("/down", lambda h: h.reply(500))
-    staff("operator", "view_circuitbreaker", "override_circuit_breaker")
-    staff("viewer", "view_circuitbreaker")
+    staff("operator", "view_breakerstatus", "override_circuit_breaker")
+    staff("viewer", "view_breakerstatus")
     billing = {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
     with override_settings(AIO_REQUEST={"SERVICE_NAME": "orders", "CLIENTS": {"billing": billing}}):
         breaker = clients["billing"].circuit_breaker

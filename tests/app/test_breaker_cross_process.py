@@ -25,9 +25,9 @@ from typing import Any, TextIO
 import pytest
 
 from django_aio_request.models import breaker_id
-from tests.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOUND = 5.0  # seconds: issue 4's "within 5 seconds", both ways
 PATIENCE = 20.0  # how long to wait for anything before failing with what was seen
 SETTINGS_MODULE = "cross_process_settings"
@@ -52,13 +52,13 @@ AIO_REQUEST: dict[str, Any] = {
 
 
 class Process:
-    """A subprocess of tests.breaker_registry_worker, answering in JSON lines read by a thread."""
+    """A subprocess of tests.support.breaker_registry_worker, answering in JSON lines read by a thread."""
 
     def __init__(self, args: list[str], env: dict[str, str], stderr: Path) -> None:
         self._stderr_path = stderr
         self._stderr: TextIO = stderr.open("w")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.breaker_registry_worker", *args],
+            [sys.executable, "-m", "tests.support.breaker_registry_worker", *args],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,

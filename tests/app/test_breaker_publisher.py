@@ -12,10 +12,10 @@ from django.db import OperationalError
 from django.test import override_settings
 
 from django_aio_request import breaker_publisher, clients, get
+from django_aio_request.breaker.circuit_breaker import CircuitState, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
-from django_aio_request.circuit_breaker import CircuitState, DefaultCircuitBreaker, Override
-from django_aio_request.models import BreakerOverride, BreakerReport, BreakerTransition, CircuitBreaker
-from tests.loopback import LoopbackServer
+from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition
+from tests.support.loopback import LoopbackServer
 
 BREAKER = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
 
@@ -68,7 +68,7 @@ def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publi
         assert (transition.client, transition.endpoint) == ("billing", server.url)
         assert (transition.from_state, transition.to_state, transition.failure_ratio) == ("closed", "open", 1.0)
 
-        row = CircuitBreaker.objects.get()
+        row = BreakerStatus.objects.get()
         assert (row.client, row.state, row.processes, row.failures, row.open_count) == ("billing", "open", 1, 2, 1)
         assert row.processes_summary() == "1 process: 1 open"
 
@@ -101,7 +101,7 @@ def test_overrides_are_applied_and_lifted(server: LoopbackServer, publisher: Pub
             ("closed", "open"),
             ("open", "forced_closed"),
         ]
-        row = CircuitBreaker.objects.get()
+        row = BreakerStatus.objects.get()
         assert (row.state, row.override) == ("forced_closed", "force_closed")
 
         BreakerOverride.objects.filter(client="billing").update(mode="force_open")
@@ -171,12 +171,12 @@ def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, m
         with override_settings(AIO_REQUEST=setting(server.url)):
             assert call("billing", 3) == [500, 500, 502]
             assert made.running
-            wait_for(lambda: CircuitBreaker.objects.filter(state="open").exists(), "the open breaker published")
+            wait_for(lambda: BreakerStatus.objects.filter(state="open").exists(), "the open breaker published")
             wait_for(BreakerTransition.objects.exists, "the transition published")
             now = datetime.datetime.now(tz=datetime.UTC)
             BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
             wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "the override obeyed")
-            wait_for(lambda: CircuitBreaker.objects.filter(state="forced_closed").exists(), "the forced state shown")
+            wait_for(lambda: BreakerStatus.objects.filter(state="forced_closed").exists(), "the forced state shown")
     finally:
         made.stop()
     assert not made.running
@@ -214,7 +214,7 @@ def test_postgresql_reports_and_the_view(server: LoopbackServer, publisher: Publ
     BreakerReport.objects.using("postgres").create(
         client="billing", endpoint=server.url, host="other", pid=1, state="closed", successes=2, reported_at=now
     )
-    row = CircuitBreaker.objects.using("postgres").get()
+    row = BreakerStatus.objects.using("postgres").get()
     assert (row.state, row.processes, row.failures, row.successes) == ("open", 2, 2, 2)
     assert isinstance(row.failure_ratio, float)
     assert row.failure_ratio == 0.5

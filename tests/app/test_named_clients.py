@@ -12,10 +12,10 @@ from django.test import override_settings
 
 import django_aio_request
 from django_aio_request import clients, get
-from django_aio_request.registry import UnknownClientError
-from tests.loopback import LoopbackServer
+from django_aio_request.named_clients import UnknownClientError
+from tests.support.loopback import LoopbackServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def setting(url: str, **extra: object) -> dict[str, object]:
@@ -107,8 +107,8 @@ def test_a_dotted_classifier_and_enricher_are_used(server: LoopbackServer) -> No
     server.route("/teapot", lambda h: h.reply(418))
     config = setting(
         server.url,
-        RESPONSE_CLASSIFIER="tests.test_registry.RetryTeapots",
-        REQUEST_ENRICHER="tests.test_registry.add_tenant",
+        RESPONSE_CLASSIFIER="tests.app.test_named_clients.RetryTeapots",
+        REQUEST_ENRICHER="tests.app.test_named_clients.add_tenant",
         SAFE_METHOD_STRATEGY={"NAME": "sequential", "ATTEMPTS_COUNT": 2, "DELAYS": {"NAME": "constant"}},
     )
     with override_settings(AIO_REQUEST=config), clients["billing"].request(get("teapot")) as response:

@@ -28,13 +28,13 @@ from django_aio_request import (
     get,
     single_attempt_strategy,
 )
-from django_aio_request.conf import read_settings
-from django_aio_request.shared_breaker import CacheCircuitStore
-from tests.loopback import LoopbackServer, clients, free_port, replies
-from tests.redis_server import RedisProcess, require_redis
+from django_aio_request.breaker.cache_store import CacheCircuitStore
+from django_aio_request.conf.schema import read_settings
+from tests.support.loopback import LoopbackServer, clients, free_port, replies
+from tests.support.redis_server import RedisProcess, require_redis
 
-ROOT = Path(__file__).resolve().parent.parent
-LOGGER = "django_aio_request.shared_breaker"
+ROOT = Path(__file__).resolve().parents[2]
+LOGGER = "django_aio_request.breaker.cache_store"
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ class Worker:
     def __init__(self, setting: dict[str, Any], name: str) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.breaker_worker", json.dumps(setting), name],
+            [sys.executable, "-m", "tests.support.breaker_worker", json.dumps(setting), name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -19,7 +19,7 @@ from django_aio_request import (
     parallel_strategy,
     single_attempt_strategy,
 )
-from tests.loopback import (
+from tests.support.loopback import (
     Handler,
     LoopbackServer,
     clients,
@@ -237,7 +237,7 @@ class TestListeners:
         breaker.add_listener(broken)
         breaker.add_listener(lambda t: seen.append(t.new))
 
-        with caplog.at_level(logging.ERROR, logger="django_aio_request.circuit_breaker"):
+        with caplog.at_level(logging.ERROR, logger="django_aio_request.breaker.circuit_breaker"):
             open_breaker(breaker, op)
 
         assert seen == [CircuitState.OPEN]  # later listeners still told

@@ -17,7 +17,7 @@ from django_aio_request import (
     get,
     single_attempt_strategy,
 )
-from tests.loopback import LoopbackServer, clients, replies
+from tests.support.loopback import LoopbackServer, clients, replies
 
 
 def make_breaker(**kwargs: float) -> DefaultCircuitBreaker[str, Response]:

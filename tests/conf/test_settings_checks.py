@@ -12,9 +12,9 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from django_aio_request.checks import check_settings
-from tests.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"ENDPOINT": "http://billing:8080/"}
 
 
@@ -59,7 +59,7 @@ def test_every_strategy_and_delay_kind_is_accepted() -> None:
     retrying = {"NAME": "retry_until_deadline_expired", "STRATEGY": {"NAME": "single"}}
     everything = {
         "RESPONSE_CLASSIFIER": "django_aio_request.DefaultResponseClassifier",
-        "REQUEST_ENRICHER": "tests.test_settings_checks.enricher",
+        "REQUEST_ENRICHER": "tests.conf.test_settings_checks.enricher",
         "PRIORITY": "HIGH",
         "EMIT_SYSTEM_HEADERS": False,
         "MAX_WORKERS": 4,
@@ -132,7 +132,10 @@ def enricher(request: object) -> object:
         ({**GOOD, "CIRCUIT_BREAKER": 5}, ["['CIRCUIT_BREAKER'] must be a dict, not int"]),
         ({**GOOD, "RESPONSE_CLASSIFIER": "no.such.Classifier"}, ["['RESPONSE_CLASSIFIER'] cannot be imported"]),
         ({**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.Response"}, ["not a ResponseClassifier subclass"]),
-        ({**GOOD, "REQUEST_ENRICHER": "django_aio_request.status.TIMEOUT"}, ["not a function taking and returning"]),
+        (
+            {**GOOD, "REQUEST_ENRICHER": "django_aio_request.core.status.TIMEOUT"},
+            ["not a function taking and returning"],
+        ),
         ({**GOOD, "LOW_TIMEOUT_THRESHOLD": -0.1}, ["['LOW_TIMEOUT_THRESHOLD'] must be a number of seconds >= 0"]),
         ({**GOOD, "MAX_WORKERS": 0}, ["['MAX_WORKERS'] must be a whole number >= 1, not 0"]),
         ({**GOOD, "CONNECT_RETRIES": 1.5}, ["['CONNECT_RETRIES'] must be a whole number >= 0, not 1.5"]),

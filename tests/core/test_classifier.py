@@ -3,7 +3,7 @@
 import pytest
 
 from django_aio_request import DefaultResponseClassifier, EmptyResponse, Response, ResponseVerdict
-from django_aio_request.classifier import ResponseClassifier
+from django_aio_request.core.classifier import ResponseClassifier
 
 ACCEPT = ResponseVerdict.ACCEPT
 REJECT = ResponseVerdict.REJECT

@@ -19,8 +19,8 @@ from django_aio_request import (
     set_context,
     single_attempt_strategy,
 )
-from tests.loopback import Handler, LoopbackServer, clients, hang_until_disconnect, replies, widen_backlog
-from tests.loopback import timed_call as call
+from tests.support.loopback import Handler, LoopbackServer, clients, hang_until_disconnect, replies, widen_backlog
+from tests.support.loopback import timed_call as call
 
 SYSTEM_HEADERS = ("X-Request-Timeout", "X-Request-Priority", "X-Service-Name")
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from django_aio_request import EmptyResponse, Response, UnexpectedContentTypeError
-from tests.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer
 
 
 def test_status_headers_elapsed_and_body() -> None:

@@ -11,14 +11,14 @@ import pytest
 from django.test import override_settings
 
 import django_aio_request as dar
-from django_aio_request import metrics
 from django_aio_request.checks import check_settings
-from django_aio_request.client import hedge_priority_for
-from django_aio_request.conf import read_settings
-from django_aio_request.retry_budget import RetryBudget
+from django_aio_request.conf.schema import read_settings
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.client import hedge_priority_for
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics import prometheus as metrics
 from django_aio_request.strategies import ResponseWithVerdict
-from django_aio_request.workers import WorkerPool
-from tests.loopback import Handler, LoopbackServer
+from tests.support.loopback import Handler, LoopbackServer
 
 
 class Clock:
@@ -459,17 +459,17 @@ class RefusingSend:
 
 
 @pytest.fixture
-def workers() -> Iterator[WorkerPool]:
-    pool = WorkerPool(4)
+def workers() -> Iterator[AttemptThreadPool]:
+    pool = AttemptThreadPool(4)
     yield pool
     pool.shutdown()
 
 
-def run(strategy: dar.RequestStrategy, send: RefusingSend, workers: WorkerPool) -> ResponseWithVerdict:
+def run(strategy: dar.RequestStrategy, send: RefusingSend, workers: AttemptThreadPool) -> ResponseWithVerdict:
     return strategy.request(send, workers, dar.get("x"), dar.Deadline.from_timeout(2.0), dar.Priority.NORMAL)
 
 
-def test_a_sequential_strategy_stops_at_the_first_refusal(workers: WorkerPool) -> None:
+def test_a_sequential_strategy_stops_at_the_first_refusal(workers: AttemptThreadPool) -> None:
     send = RefusingSend(allow=2)
     strategy = dar.sequential_strategy(attempts_count=5, delays_provider=dar.constant_delays(delay=0.0))
     result = run(strategy, send, workers)
@@ -477,7 +477,7 @@ def test_a_sequential_strategy_stops_at_the_first_refusal(workers: WorkerPool) -
     assert result.attempt == 1  # the last response sent
 
 
-def test_a_parallel_strategy_launches_no_hedge_after_a_refusal(workers: WorkerPool) -> None:
+def test_a_parallel_strategy_launches_no_hedge_after_a_refusal(workers: AttemptThreadPool) -> None:
     send = RefusingSend(allow=1)
     strategy = dar.parallel_strategy(attempts_count=4, delays_provider=dar.constant_delays(delay=0.01))
     result = run(strategy, send, workers)
@@ -485,7 +485,7 @@ def test_a_parallel_strategy_launches_no_hedge_after_a_refusal(workers: WorkerPo
     assert result.attempt == 0
 
 
-def test_retry_until_deadline_numbers_rounds_on_and_stops_at_a_refusal(workers: WorkerPool) -> None:
+def test_retry_until_deadline_numbers_rounds_on_and_stops_at_a_refusal(workers: AttemptThreadPool) -> None:
     send = RefusingSend(allow=5)
     inner = dar.sequential_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.0))
     strategy = dar.retry_until_deadline_expired(inner, delays_provider=dar.constant_delays(delay=0.0))
@@ -494,7 +494,7 @@ def test_retry_until_deadline_numbers_rounds_on_and_stops_at_a_refusal(workers: 
     assert result.attempt == 4
 
 
-def test_a_send_that_refuses_a_first_attempt_is_a_bug(workers: WorkerPool) -> None:
+def test_a_send_that_refuses_a_first_attempt_is_a_bug(workers: AttemptThreadPool) -> None:
     for strategy in (dar.single_attempt_strategy(), dar.sequential_strategy(), dar.parallel_strategy()):
         with pytest.raises(RuntimeError, match="refused a call's first attempt"):
             run(strategy, RefusingSend(allow=0), workers)

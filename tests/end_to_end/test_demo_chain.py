@@ -21,7 +21,7 @@ import pytest
 
 import django_aio_request as dar
 from testproject.chain import hops
-from tests.services import Chain, running_chain
+from tests.support.services import Chain, running_chain
 
 SERVICES = ["frontend", "orders", "billing"]
 DEADLINE = 1.0

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import django_aio_request as dar
-from django_aio_request import status
-from django_aio_request.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
-from tests.loopback import LoopbackServer, free_port
+from django_aio_request.core import status
+from django_aio_request.transport.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
+from tests.support.loopback import LoopbackServer, free_port
 
 DEADLINE = 0.5
 #: How far past its deadline a call may end on a busy two-core machine.

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from django_aio_request import Priority
 from django_aio_request.checks import check_settings
-from django_aio_request.conf import (
+from django_aio_request.conf.schema import (
     CIRCUIT_BREAKER_SCHEMA,
     CLIENT_KEYS,
     DELAYS_NAMES,
@@ -22,7 +22,7 @@ from django_aio_request.conf import (
     read_settings,
 )
 
-pytestmark = pytest.mark.urls("tests.urls_server")
+pytestmark = pytest.mark.urls("tests.support.urls_server")
 
 MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]
 DEFAULT_TIMEOUT = 7.0

@@ -27,9 +27,9 @@ from pytest_django.fixtures import Settings
 from pytest_django.live_server_helper import LiveServer
 
 import django_aio_request as dar
-from tests.aiohttp_service import AioHttpService, aio_request_call
-from tests.loopback import free_port
-from tests.urls_interop import ONWARD_CLIENT
+from tests.support.aiohttp_service import AioHttpService, aio_request_call
+from tests.support.loopback import free_port
+from tests.support.urls_interop import ONWARD_CLIENT
 
 HOP = 0.1
 SLACK = 0.002
@@ -317,7 +317,7 @@ def json_body(body: bytes) -> Any:
     return json.loads(body)
 
 
-@pytest.mark.urls("tests.urls_interop")
+@pytest.mark.urls("tests.support.urls_interop")
 class TestAioRequestClientToDjango:
     def test_the_view_sees_the_deadline_and_priority_aio_request_sends(self, django_service: DjangoService) -> None:
         reply = aio_request_call(

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import django_aio_request as dar
-from django_aio_request import status
-from tests.loopback import Handler, LoopbackServer
+from django_aio_request.core import status
+from tests.support.loopback import Handler, LoopbackServer
 
 CALLS = int(os.environ.get("AIO_REQUEST_LEAK_CALLS", "2000"))
 WARM_UP = 200

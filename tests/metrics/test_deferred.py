@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from django_aio_request.deferred_observations import INTERVAL, DeferredObservations
+from django_aio_request.metrics.deferred import INTERVAL, DeferredObservations
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEVER = 3600.0  # an interval the recording thread does not reach within a test
 
 
@@ -60,7 +60,7 @@ def test_a_failing_record_is_logged_and_the_rest_are_recorded(caplog: pytest.Log
     deferred = DeferredObservations(record, name="test", interval=NEVER)
     for n in range(5):
         deferred.add(n)
-    with caplog.at_level(logging.ERROR, logger="django_aio_request.deferred_observations"):
+    with caplog.at_level(logging.ERROR, logger="django_aio_request.metrics.deferred"):
         deferred.flush()
     assert seen == [0, 1, 3, 4]
     assert [r.getMessage() for r in caplog.records] == ["recording a test observation failed"]
@@ -115,7 +115,7 @@ def test_a_forked_child_records_only_its_own_observations() -> None:
 
 def test_queued_observations_are_recorded_at_interpreter_exit() -> None:
     code = """
-from django_aio_request.deferred_observations import DeferredObservations
+from django_aio_request.metrics.deferred import DeferredObservations
 deferred = DeferredObservations(lambda o: print("recorded", o, flush=True), name="exit", interval=3600)
 deferred.add(1)
 deferred.add(2)

@@ -27,14 +27,14 @@ from django.test import Client as DjangoClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import django_aio_request as dar
-from django_aio_request import metrics
-from django_aio_request.conf import read_settings
-from django_aio_request.deferred_observations import INTERVAL
-from tests.loopback import Handler, LoopbackServer, free_port, replies
+from django_aio_request.conf.schema import read_settings
+from django_aio_request.metrics import prometheus as metrics
+from django_aio_request.metrics.deferred import INTERVAL
+from tests.support.loopback import Handler, LoopbackServer, free_port, replies
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.urls("tests.urls_metrics")
+pytestmark = pytest.mark.urls("tests.support.urls_metrics")
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -272,7 +272,7 @@ def test_either_library_may_be_imported_first(first: str) -> None:
 import {first}, {second}
 import aio_request.client as theirs
 from prometheus_client import REGISTRY, generate_latest
-from django_aio_request import metrics
+from django_aio_request.metrics import prometheus as metrics
 labels = ("http://e/", "GET", "things/{{id}}", "200", "False")
 theirs.latency_histogram.labels(*labels).observe(0.1)
 metrics.client_latency.labels(*labels).observe(0.2)
@@ -423,9 +423,9 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "settings.test"
 import django
 from django.conf import settings
 django.setup()
-settings.ROOT_URLCONF = "tests.urls_server"
+settings.ROOT_URLCONF = "tests.support.urls_server"
 import django_aio_request as dar
-from django_aio_request import metrics
+from django_aio_request.metrics import prometheus as metrics
 assert not metrics.ENABLED
 try:
     import prometheus_client
@@ -475,7 +475,7 @@ def gunicorn() -> Iterator[str]:
     env = {
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": directory,
-        "DJANGO_SETTINGS_MODULE": "tests.settings_metrics",
+        "DJANGO_SETTINGS_MODULE": "tests.support.settings_metrics",
         "GUNICORN_WORKERS": "2",
     }
     process = subprocess.Popen(

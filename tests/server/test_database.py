@@ -1,4 +1,4 @@
-"""Queries bounded by the deadline in the context (django_aio_request.db), on a real PostgreSQL server."""
+"""Queries bounded by the deadline in the context (django_aio_request.server.database), on a real PostgreSQL server."""
 
 import re
 import time
@@ -15,8 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from django_aio_request import Deadline, db, set_context
-from django_aio_request.db import DeadlineExceeded, Value, is_deadline_cancellation, plan, reserve_ms
+from django_aio_request import Deadline, set_context
+from django_aio_request.server import database as db
+from django_aio_request.server.database import DeadlineExceeded, Value, is_deadline_cancellation, plan, reserve_ms
 
 PG = "postgres"
 # transaction=True: queries run in autocommit, as in a view without ATOMIC_REQUESTS.
@@ -379,7 +380,7 @@ class TestOnPostgres:
         with set_context(deadline=Deadline.from_timeout(0)):
             assert scalar("SELECT 1") == 1
 
-    @pytest.mark.urls("tests.urls_db")
+    @pytest.mark.urls("tests.support.urls_db")
     def test_a_view_answers_408_when_its_query_runs_out_of_the_deadline(
         self, pg: BaseDatabaseWrapper, client: Client, settings: SettingsWrapper
     ) -> None:
@@ -394,7 +395,7 @@ class TestOnPostgres:
         assert elapsed < 0.5 + 0.3
         assert client.get("/sleep/", {"sleep": "0.01", "timeout": "2"}).status_code == 200
 
-    @pytest.mark.urls("tests.urls_db")
+    @pytest.mark.urls("tests.support.urls_db")
     def test_the_middleware_answers_408_for_a_query_that_outlives_the_callers_deadline(
         self, pg: BaseDatabaseWrapper, client: Client, settings: SettingsWrapper
     ) -> None:

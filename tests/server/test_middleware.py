@@ -22,16 +22,16 @@ from pytest_django.fixtures import Settings
 
 from django_aio_request import Priority, get_context
 from django_aio_request.checks import check_settings
-from django_aio_request.middleware import AioRequestMiddleware, parse_priority, parse_timeout
-from tests import urls_server
-from tests.loopback import LoopbackServer
+from django_aio_request.server.middleware import AioRequestMiddleware, parse_priority, parse_timeout
+from tests.support import urls_server
+from tests.support.loopback import LoopbackServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
 DEFAULT_TIMEOUT = 7.0  # distinct from every other number here, so a test can tell the default apart
 MAX_TIMEOUT = 30.0
 
-pytestmark = pytest.mark.urls("tests.urls_server")
+pytestmark = pytest.mark.urls("tests.support.urls_server")
 
 
 def server_setting(**extra: Any) -> dict[str, Any]:
@@ -278,7 +278,7 @@ def test_the_context_is_reset_after_the_request_even_when_the_view_fails(setting
     outside = get_context()
     view_saw(get_sync("/ctx", {"X-Request-Timeout": "3", "X-Request-Priority": "high"}))
     assert get_context() == outside
-    settings.ROOT_URLCONF = "tests.urls_server"
+    settings.ROOT_URLCONF = "tests.support.urls_server"
     with pytest.raises(KeyError):
         get_sync("/aslow", {"X-Request-Timeout": "3"})  # no ?sleep=: the view raises
     assert get_context() == outside
@@ -642,7 +642,7 @@ def test_metrics_are_no_ops_without_prometheus_client() -> None:
     code = (
         "import sys\n"
         "sys.modules['prometheus_client'] = None\n"
-        "from django_aio_request import metrics\n"
+        "from django_aio_request.metrics import prometheus as metrics\n"
         "assert not metrics.ENABLED\n"
         "metrics.server_malformed_headers.labels(header='X-Request-Timeout').inc()\n"
         "metrics.server_rejected.labels(reason='expired').inc()\n"
@@ -657,7 +657,7 @@ def test_metrics_are_no_ops_without_prometheus_client() -> None:
 
 
 def test_metric_label_values_are_bounded() -> None:
-    from django_aio_request import metrics
+    from django_aio_request.metrics import prometheus as metrics
 
     assert metrics.ENABLED
     assert metrics.MALFORMED_HEADERS == ("X-Request-Timeout", "X-Request-Priority")

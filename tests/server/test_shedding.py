@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
 from django_aio_request import Priority, clients
-from django_aio_request.conf import read_settings
-from django_aio_request.shedding import ADMITTED, ConcurrencyLimiter
+from django_aio_request.conf.schema import read_settings
+from django_aio_request.server.shedding import ADMITTED, ConcurrencyLimiter
 
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW

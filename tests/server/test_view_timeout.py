@@ -17,13 +17,13 @@ from pytest_django.fixtures import Settings
 
 import django_aio_request
 from django_aio_request import Deadline, get_context, set_context
-from django_aio_request.view_timeout import timeout
-from tests import urls_server
-from tests.test_middleware import DEFAULT_TIMEOUT, GETTERS, MIDDLEWARE, server_setting, view_saw
+from django_aio_request.server.view_timeout import timeout
+from tests.server.test_middleware import DEFAULT_TIMEOUT, GETTERS, MIDDLEWARE, server_setting, view_saw
+from tests.support import urls_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.urls("tests.urls_server")
+pytestmark = pytest.mark.urls("tests.support.urls_server")
 
 # (path, the view's own timeout) for every way of applying @timeout
 DECORATED = [

@@ -19,8 +19,8 @@ from django_aio_request import (
     parallel_strategy,
     set_context,
 )
-from django_aio_request.workers import WorkerPool
-from tests.loopback import (
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from tests.support.loopback import (
     Handler,
     LoopbackServer,
     answer_after,
@@ -29,7 +29,7 @@ from tests.loopback import (
     wait_for_disconnect,
     widen_backlog,
 )
-from tests.loopback import timed_call as call
+from tests.support.loopback import timed_call as call
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
 
@@ -86,7 +86,7 @@ class Launches:
         return request
 
 
-def pool_idle_within(pool: WorkerPool, within: float) -> bool:
+def pool_idle_within(pool: AttemptThreadPool, within: float) -> bool:
     """True once every worker of ``pool`` can take a task, checking until ``within`` seconds pass."""
     end = time.monotonic() + within
     while True:
@@ -100,7 +100,7 @@ def pool_idle_within(pool: WorkerPool, within: float) -> bool:
         time.sleep(0.01)
 
 
-def workers_of(client: Client) -> WorkerPool:
+def workers_of(client: Client) -> AttemptThreadPool:
     return client._workers
 
 

@@ -23,7 +23,7 @@ from django_aio_request import (
     split_deadline_between_attempts,
 )
 from django_aio_request.strategies import SequentialStrategy
-from tests.loopback import (
+from tests.support.loopback import (
     Handler,
     LoopbackServer,
     answer_after,
@@ -33,7 +33,7 @@ from tests.loopback import (
     replies,
     wait_for_disconnect,
 )
-from tests.loopback import timed_call as call
+from tests.support.loopback import timed_call as call
 
 
 @pytest.fixture

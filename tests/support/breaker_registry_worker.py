@@ -1,7 +1,7 @@
 """The two sides of tests/test_breaker_cross_process.py, each a separate OS process sharing one database.
 
-    python -m tests.breaker_registry_worker worker CLIENT SECONDS
-    python -m tests.breaker_registry_worker operator USERNAME PASSWORD
+    python -m tests.support.breaker_registry_worker worker CLIENT SECONDS
+    python -m tests.support.breaker_registry_worker operator USERNAME PASSWORD
 
 Both run with ``DJANGO_SETTINGS_MODULE`` naming the test's settings module (its database file and
 ``AIO_REQUEST``).
@@ -47,9 +47,9 @@ def setup() -> None:
 def worker(name: str, seconds: float) -> None:
     setup()
     from django_aio_request import clients, get
+    from django_aio_request.breaker.circuit_breaker import DefaultCircuitBreaker
     from django_aio_request.breaker_publisher import publisher
-    from django_aio_request.circuit_breaker import DefaultCircuitBreaker
-    from django_aio_request.headers import X_CIRCUIT_BREAKER
+    from django_aio_request.core.headers import X_CIRCUIT_BREAKER
 
     client = clients[name]  # through the registry: this starts the publisher thread
     breaker = client.circuit_breaker
@@ -107,12 +107,12 @@ def operator(username: str, password: str) -> None:
     from django.urls import reverse
 
     user = User.objects.create_user(username, password=password, is_staff=True)
-    codenames = ("view_circuitbreaker", "view_breakertransition", "view_breakeroverride", "override_circuit_breaker")
+    codenames = ("view_breakerstatus", "view_breakertransition", "view_breakeroverride", "override_circuit_breaker")
     user.user_permissions.set(
         Permission.objects.filter(content_type__app_label="django_aio_request", codename__in=codenames)
     )
     browser = Browser(enforce_csrf_checks=True)
-    login_url, changelist = reverse("admin:login"), reverse("admin:django_aio_request_circuitbreaker_changelist")
+    login_url, changelist = reverse("admin:login"), reverse("admin:django_aio_request_breakerstatus_changelist")
 
     def token(page: Any) -> str:
         found = CSRF.search(page.content.decode())
@@ -135,7 +135,7 @@ def operator(username: str, password: str) -> None:
             assert page.status_code == 200, page.status_code
             answer({"rows": changelist_rows(page.content.decode()), "started": started, "finished": time.time()})
         elif command == "detail":
-            page = browser.get(reverse("admin:django_aio_request_circuitbreaker_change", args=[quote(rest)]))
+            page = browser.get(reverse("admin:django_aio_request_breakerstatus_change", args=[quote(rest)]))
             assert page.status_code == 200, page.status_code
             answer({"html": page.content.decode(), "started": started, "finished": time.time()})
         elif command == "action":

@@ -1,6 +1,6 @@
 """A separate OS process with one client from ``AIO_REQUEST`` (tests/test_breaker_shared.py drives it).
 
-    python -m tests.breaker_worker '<AIO_REQUEST as JSON>' <client name>
+    python -m tests.support.breaker_worker '<AIO_REQUEST as JSON>' <client name>
 
 Reads commands on stdin, answers each with one JSON line on stdout:
 ``call N`` (N GET calls: their statuses, and the state after), ``wait_state STATE SECONDS`` (the
@@ -19,7 +19,7 @@ def main() -> None:
 
     django.setup()
     from django_aio_request import get
-    from django_aio_request.conf import read_settings
+    from django_aio_request.conf.schema import read_settings
 
     config, problems = read_settings(json.loads(sys.argv[1]))
     assert config is not None, [str(p) for p in problems]

@@ -1,6 +1,6 @@
 """Calls through RequestsTransport to names a real DNS server resolves slowly, or never.
 
-Run by tests/test_resolver.py as ``python -m tests.resolver_child SCENARIO`` inside a mount
+Run by tests/test_resolver.py as ``python -m tests.support.resolver_child SCENARIO`` inside a mount
 namespace whose /etc/resolv.conf names 127.0.0.1 (the DnsServer started here) with one try of
 30 s, so an unanswered lookup blocks ``getaddrinfo()`` for 30 s. Prints one JSON object.
 """
@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django_aio_request import get
-from django_aio_request.cancellation import Cancellation
-from django_aio_request.requests_transport import RequestsTransport
-from django_aio_request.resolver import MAX_THREADS
-from tests.dns_server import Answer, DnsServer, NoSuchName, Rule, Silent
-from tests.loopback import LoopbackServer
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.transport.bounded_resolver import MAX_THREADS
+from django_aio_request.transport.requests_transport import RequestsTransport
+from tests.support.dns_server import Answer, DnsServer, NoSuchName, Rule, Silent
+from tests.support.loopback import LoopbackServer
 
 HANGING = "hang.example.test"
 SLOW = "slow.example.test"

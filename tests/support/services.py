@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from testproject import launcher
-from tests.loopback import free_port
+from tests.support.loopback import free_port
 
 READY_TIMEOUT = 25.0  # three Django processes starting at once on a busy 2-core machine
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

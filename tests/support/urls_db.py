@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from django_aio_request import Deadline, set_context
-from django_aio_request.db import is_deadline_cancellation
+from django_aio_request.server.database import is_deadline_cancellation
 
 
 def sleep(request: HttpRequest) -> HttpResponse:

@@ -1,4 +1,5 @@
-"""Django views an aio-request client calls in the interoperability tests (``tests.test_interop_aio_request``).
+"""Django views an aio-request client calls in the interoperability tests
+(``tests.end_to_end.test_interop_aio_request``).
 
 Both run behind ``django_aio_request.middleware.AioRequestMiddleware``, which puts the deadline
 and priority of the incoming request into the context:

@@ -12,7 +12,7 @@ from django.urls import path
 from django.views import View
 
 from django_aio_request import Priority, clients, get, get_context, timeout
-from django_aio_request.view_timeout import DefaultDeadline, ViewDeadline
+from django_aio_request.server.view_timeout import DefaultDeadline, ViewDeadline
 
 runs: dict[str, int] = {}
 finished: list[str] = []

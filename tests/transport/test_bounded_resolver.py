@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from django_aio_request import status
-from django_aio_request.guard import AttemptGuard
-from django_aio_request.resolver import ResolutionUnfinished, Resolver
-from tests.loopback import LoopbackServer
+from django_aio_request.core import status
+from django_aio_request.transport.attempt_sockets import AttemptGuard
+from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, Resolver
+from tests.support.loopback import LoopbackServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 0.5
 SLACK = 0.25  # how far past its deadline a call may end on a busy two-core machine
 
@@ -47,9 +47,8 @@ def run(scenario: str) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".resolv.conf") as conf:
         conf.write("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
         conf.flush()
-        command = (
-            f'mount --bind "{conf.name}" /etc/resolv.conf && exec "{sys.executable}" -m tests.resolver_child {scenario}'
-        )
+        child = f'"{sys.executable}" -m tests.support.resolver_child {scenario}'
+        command = f'mount --bind "{conf.name}" /etc/resolv.conf && exec {child}'
         done = subprocess.run(
             ["unshare", "--mount", "sh", "-c", command],
             cwd=ROOT,
@@ -187,7 +186,7 @@ def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(mo
 def test_addresses_are_connected_to_without_a_lookup() -> None:
     """An IP address in the URL goes straight to connect(): no resolver thread is started for it."""
     from django_aio_request import get
-    from django_aio_request.requests_transport import RequestsTransport
+    from django_aio_request.transport.requests_transport import RequestsTransport
 
     before = {t for t in threading.enumerate() if t.name == "django-aio-request-resolver"}
     server = LoopbackServer()
@@ -207,7 +206,7 @@ def test_tls_to_a_host_name_is_verified_against_that_name(monkeypatch: pytest.Mo
     import trustme
 
     from django_aio_request import get
-    from django_aio_request.requests_transport import RequestsTransport
+    from django_aio_request.transport.requests_transport import RequestsTransport
 
     class Echo(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

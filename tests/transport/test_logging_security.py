@@ -7,8 +7,8 @@ import pytest
 import requests
 
 import django_aio_request as dar
-from django_aio_request import status
-from tests.loopback import Handler, LoopbackServer, free_port
+from django_aio_request.core import status
+from tests.support.loopback import Handler, LoopbackServer, free_port
 
 SECRETS = ("Bearer-tok3n-AUTH", "sessionid=c00kie-SESSION", "pa55word-USERINFO", "qu3ry-TOKEN", "pa7h-ID")
 

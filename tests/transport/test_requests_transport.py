@@ -19,7 +19,7 @@ from django_aio_request import (
     post_json,
     request,
 )
-from tests.loopback import Handler, LoopbackServer, free_port
+from tests.support.loopback import Handler, LoopbackServer, free_port
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 

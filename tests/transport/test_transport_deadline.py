@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from django_aio_request import Cancellation, RequestsTransport, get
-from django_aio_request.watchdog import watchdog
-from tests.loopback import Handler, LoopbackServer, trickle
+from django_aio_request.transport.deadline_timer import watchdog
+from tests.support.loopback import Handler, LoopbackServer, trickle
 
 #: The spec's hard bound: a trickling server may hold the caller at most this long past the deadline.
 OVERSHOOT = 0.05

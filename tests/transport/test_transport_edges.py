@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 import django_aio_request as dar
-from django_aio_request import status
-from tests.loopback import Handler, LoopbackServer
+from django_aio_request.core import status
+from tests.support.loopback import Handler, LoopbackServer
 
 
 @pytest.fixture

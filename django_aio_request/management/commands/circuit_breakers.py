@@ -5,12 +5,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from ...models import CircuitBreaker, Mode, State
+from django_aio_request.models import BreakerStatus, Mode, State
 
 COLUMNS = ("client", "endpoint", "state", "processes", "failures", "successes", "ratio", "last change", "override")
 
 
-def table(rows: list[CircuitBreaker]) -> list[str]:
+def table(rows: list[BreakerStatus]) -> list[str]:
     """The lines of the table: a header, then one line per client and endpoint, columns aligned."""
     cells = [
         (
@@ -40,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--database", default=None, help="the database alias to read (default: routed)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        rows = CircuitBreaker.objects.all()
+        rows = BreakerStatus.objects.all()
         if options["database"]:
             rows = rows.using(options["database"])
         if options["client"]:
