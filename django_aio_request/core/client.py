@@ -16,7 +16,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
 from django_aio_request.core.retry_budget import RetryBudget
-from django_aio_request.metrics.prometheus import ClientMetrics
+from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
 from django_aio_request.transport.base import Transport
 

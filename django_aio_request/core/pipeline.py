@@ -15,7 +15,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
-from django_aio_request.metrics.prometheus import ClientMetrics
+from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.transport.base import Transport
 
 RequestEnricher = Callable[[Request], Request]

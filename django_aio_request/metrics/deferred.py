@@ -24,8 +24,9 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class DeferredObservations(Generic[T]):
         self._thread: threading.Thread | None = None
         atexit.register(self.flush)
         os.register_at_fork(after_in_child=self._after_fork)
+        _all.add(self)
 
     def add(self, observation: T) -> None:
         """Queue one observation; it is recorded within ``interval`` seconds, or by the next :meth:`flush`."""
@@ -86,3 +88,12 @@ class DeferredObservations(Generic[T]):
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread = None
+
+
+_all: "weakref.WeakSet[DeferredObservations[Any]]" = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Record what every queue in this process holds (client calls, server requests)."""
+    for queue in list(_all):
+        queue.flush()

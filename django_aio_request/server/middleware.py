@@ -24,7 +24,8 @@ from django_aio_request.core import headers as h
 from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
-from django_aio_request.metrics import prometheus as metrics
+from django_aio_request.metrics import server as metrics
+from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.named_clients import clients
 from django_aio_request.server.database import is_deadline_cancellation
 from django_aio_request.server.shedding import Admission, ConcurrencyLimiter
@@ -100,7 +101,7 @@ def _admit(limiter: ConcurrencyLimiter, context: Context) -> Admission:
 
 def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestSettings, started: float) -> None:
     """``aio_request_server_latency``: labelled by caller, method, URL pattern (never the raw path) and status."""
-    if not metrics.ENABLED:
+    if not METRICS_ENABLED:
         return
     match = request.resolver_match
     route = "<unmatched>" if match is None else match.route
@@ -216,7 +217,7 @@ class AioRequestMiddleware:
             response = self.get_response(request)
         finally:
             _context.reset(token)
-        if metrics.ENABLED:  # _observe(), inlined: this runs on every request
+        if METRICS_ENABLED:  # _observe(), inlined: this runs on every request
             match = request.resolver_match
             route = "<unmatched>" if match is None else match.route
             service = request.META.get(META_SERVICE_NAME)

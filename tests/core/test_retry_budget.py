@@ -16,7 +16,7 @@ from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.client import hedge_priority_for
 from django_aio_request.core.retry_budget import RetryBudget
-from django_aio_request.metrics import prometheus as metrics
+from django_aio_request.metrics import prometheus
 from django_aio_request.strategies import ResponseWithVerdict
 from tests.support.loopback import Handler, LoopbackServer
 
@@ -202,7 +202,7 @@ def retrying_client(server: LoopbackServer, **options: object) -> dar.Client:
 
 
 def exhausted_count(endpoint: str) -> float:
-    if not metrics.ENABLED:
+    if not prometheus.ENABLED:
         return 0.0
     import prometheus_client
 
@@ -229,7 +229,7 @@ def test_against_a_failing_server_the_budget_bounds_retries(server: LoopbackServ
     assert all(r.status == 500 for r in responses)
     refused = sum(r.budget_exhausted for r in responses)
     assert refused > calls // 2  # most calls were told that the budget cut them short
-    if metrics.ENABLED:
+    if prometheus.ENABLED:
         assert exhausted_count(server.url) >= refused
     # a call the budget did not cut short made its 3 attempts; one it did made 1 or 2
     assert 3 * (calls - refused) + refused <= sent <= 3 * (calls - refused) + 2 * refused
@@ -501,7 +501,7 @@ def test_a_send_that_refuses_a_first_attempt_is_a_bug(workers: AttemptThreadPool
 
 
 def test_the_metric_is_exported_at_zero_for_a_new_client() -> None:
-    if not metrics.ENABLED:
+    if not prometheus.ENABLED:
         pytest.skip("prometheus_client is not installed")
     import prometheus_client
 

@@ -28,7 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import django_aio_request as dar
 from django_aio_request.conf.schema import read_settings
-from django_aio_request.metrics import prometheus as metrics
+from django_aio_request.metrics import breaker as breaker_metrics
+from django_aio_request.metrics import client as client_metrics
+from django_aio_request.metrics import server as server_metrics
 from django_aio_request.metrics.deferred import INTERVAL
 from tests.support.loopback import Handler, LoopbackServer, free_port, replies
 
@@ -111,7 +113,7 @@ def test_a_call_is_recorded_by_the_metrics_thread_within_the_interval(server: Lo
     server.route("/x", replies(200))
     with make().request(dar.get("x")) as response:
         assert response.status == 200
-    attempts = metrics.client_attempts.labels(server.url, "GET", "0")  # the counter itself: no flush
+    attempts = client_metrics.client_attempts.labels(server.url, "GET", "0")  # the counter itself: no flush
     recorded_by = time.monotonic() + INTERVAL + 1.0  # 1 s of slack for a loaded machine
     while attempts._value.get() < 1 and time.monotonic() < recorded_by:  # type: ignore[attr-defined]
         time.sleep(0.01)
@@ -154,7 +156,7 @@ def test_a_hedge_that_wins_is_counted(server: LoopbackServer, make) -> None:
 
 
 def test_attempt_labels_are_capped() -> None:
-    assert [metrics.attempt_label(n) for n in (0, 1, 4, 5, 6, 100)] == ["0", "1", "4", "5+", "5+", "5+"]
+    assert [client_metrics.attempt_label(n) for n in (0, 1, 4, 5, 6, 100)] == ["0", "1", "4", "5+", "5+", "5+"]
 
 
 def test_breaker_state_gauge_and_transitions(server: LoopbackServer, make) -> None:
@@ -212,7 +214,7 @@ def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
     class Transition:
         scope, old, new = "http://forced.example/", State.CLOSED, State.FORCED_OPEN
 
-    metrics._on_transition(Transition())
+    breaker_metrics._on_transition(Transition())
     got = scrape()
     mine = {"request_endpoint": "http://forced.example/"}
     assert value(got, "aio_request_circuit_breaker_state", **mine, state="forced_open") == 1
@@ -272,12 +274,16 @@ def test_either_library_may_be_imported_first(first: str) -> None:
 import {first}, {second}
 import aio_request.client as theirs
 from prometheus_client import REGISTRY, generate_latest
-from django_aio_request.metrics import prometheus as metrics
+from django_aio_request import metrics as all_metrics
+from django_aio_request.metrics import breaker as breaker_metrics
+from django_aio_request.metrics import client as client_metrics
+from django_aio_request.metrics import prometheus
+from django_aio_request.metrics import server as server_metrics
 labels = ("http://e/", "GET", "things/{{id}}", "200", "False")
 theirs.latency_histogram.labels(*labels).observe(0.1)
-metrics.client_latency.labels(*labels).observe(0.2)
-metrics.server_observations.add(("Billing", "GET", "ping", 200, None, 0.1))
-metrics.flush()
+client_metrics.client_latency.labels(*labels).observe(0.2)
+server_metrics.server_observations.add(("Billing", "GET", "ping", 200, None, 0.1))
+all_metrics.flush()
 text = generate_latest(REGISTRY).decode()
 assert text.count("# TYPE aio_request_latency histogram") == 1, text
 assert text.count("# TYPE aio_request_server_latency histogram") == 1, text
@@ -381,24 +387,24 @@ def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None
     after = scrape()
     route = {"request_path": "metrics-test/ping"}
     everywhere = {labels["request_client"] for labels in series(after, "aio_request_server_latency_count")}
-    assert len({name for name in everywhere if name.startswith("attacker-")}) <= metrics.MAX_SERVICE_NAMES
+    assert len({name for name in everywhere if name.startswith("attacker-")}) <= server_metrics.MAX_SERVICE_NAMES
     # Names learned without KNOWN_SERVICES are at most MAX_SERVICE_NAMES per process, whatever was sent:
-    assert len(metrics._services) <= metrics.MAX_SERVICE_NAMES
+    assert len(server_metrics._services) <= server_metrics.MAX_SERVICE_NAMES
     # (the interop tests' in-process aiohttp server records into the same metric, unbounded: aio-request's)
     on_route_before = {
         labels["request_client"] for labels in series(before, "aio_request_server_latency_count", **route)
     }
     on_route = {labels["request_client"] for labels in series(after, "aio_request_server_latency_count", **route)}
     # The 20,000 names added at most MAX_SERVICE_NAMES series (fewer if other tests' names came first), plus "other".
-    assert len(on_route - on_route_before) <= metrics.MAX_SERVICE_NAMES + 1
+    assert len(on_route - on_route_before) <= server_metrics.MAX_SERVICE_NAMES + 1
     assert "other" in on_route
     assert (
         value(after, "aio_request_server_latency_count", **route)
         - value(before, "aio_request_server_latency_count", **route)
         == 20_000
     )
-    assert metrics.service_label("x" * 1000, None) == "other"
-    assert metrics.service_label(None, None) == "unknown"
+    assert server_metrics.service_label("x" * 1000, None) == "other"
+    assert server_metrics.service_label(None, None) == "unknown"
 
 
 # Without prometheus-client
@@ -425,8 +431,12 @@ from django.conf import settings
 django.setup()
 settings.ROOT_URLCONF = "tests.support.urls_server"
 import django_aio_request as dar
-from django_aio_request.metrics import prometheus as metrics
-assert not metrics.ENABLED
+from django_aio_request import metrics as all_metrics
+from django_aio_request.metrics import breaker as breaker_metrics
+from django_aio_request.metrics import client as client_metrics
+from django_aio_request.metrics import prometheus
+from django_aio_request.metrics import server as server_metrics
+assert not prometheus.ENABLED
 try:
     import prometheus_client
 except ImportError:

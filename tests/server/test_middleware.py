@@ -642,8 +642,9 @@ def test_metrics_are_no_ops_without_prometheus_client() -> None:
     code = (
         "import sys\n"
         "sys.modules['prometheus_client'] = None\n"
-        "from django_aio_request.metrics import prometheus as metrics\n"
-        "assert not metrics.ENABLED\n"
+        "from django_aio_request.metrics import server as metrics\n"
+        "from django_aio_request.metrics.prometheus import ENABLED\n"
+        "assert not ENABLED\n"
         "metrics.server_malformed_headers.labels(header='X-Request-Timeout').inc()\n"
         "metrics.server_rejected.labels(reason='expired').inc()\n"
         "metrics.server_cancelled.inc()\n"
@@ -657,9 +658,10 @@ def test_metrics_are_no_ops_without_prometheus_client() -> None:
 
 
 def test_metric_label_values_are_bounded() -> None:
-    from django_aio_request.metrics import prometheus as metrics
+    from django_aio_request.metrics import server as metrics
+    from django_aio_request.metrics.prometheus import ENABLED
 
-    assert metrics.ENABLED
+    assert ENABLED
     assert metrics.MALFORMED_HEADERS == ("X-Request-Timeout", "X-Request-Priority")
     assert metrics.REJECT_REASONS == ("expired", "low_timeout")
     for header in metrics.MALFORMED_HEADERS:  # exported from the start
