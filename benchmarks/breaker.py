@@ -62,9 +62,15 @@ def configure_django(redis_url: str) -> bool:
 def make_breaker(shared: bool) -> dar.DefaultCircuitBreaker[str, dar.Response]:
     store = None
     if shared:
+        from django.core.cache import caches
+
         from django_aio_request.breaker.cache_store import CacheCircuitStore
 
-        store = CacheCircuitStore("breakers", namespace=f"bench-{uuid.uuid4().hex[:8]}")
+        store = CacheCircuitStore(
+            "breakers",
+            connect=lambda: caches.create_connection("breakers"),
+            namespace=f"bench-{uuid.uuid4().hex[:8]}",
+        )
     return dar.DefaultCircuitBreaker(
         break_duration=600, sampling_duration=10, minimum_throughput=10, failure_threshold=0.5, store=store
     )

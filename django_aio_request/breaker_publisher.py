@@ -39,9 +39,11 @@ from django_aio_request.breaker.circuit_breaker import (
     MemoryCircuitStore,
     Override,
 )
+from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core.client import Client
 from django_aio_request.models import LOCAL_STORE, BreakerOverride, BreakerReport, BreakerTransition
+from django_aio_request.named_clients import clients
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,7 @@ Key = tuple[str, str]  # (client name, endpoint)
 
 
 def _settings() -> AioRequestSettings:
-    from django_aio_request.named_clients import clients  # the registry imports this module
-
-    return clients.settings
+    return current.settings
 
 
 def history_days() -> float:
@@ -81,8 +81,6 @@ def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
 
 def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
     """(client name, breaker) of every client built so far in this process that has a breaker."""
-    from django_aio_request.named_clients import clients
-
     found = []
     for name, client in clients.built():
         breaker = client.circuit_breaker
@@ -93,9 +91,14 @@ def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
 
 class Publisher:
     def __init__(self, *, interval: float | None = None, database: str | None = None) -> None:
-        self.interval = interval if interval is not None else _settings().circuit_breaker_publish_interval
+        self._interval = interval
         self.database = database
         self._reset()
+
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds: the one given, else ``CIRCUIT_BREAKER_PUBLISH_INTERVAL`` as set now."""
+        return self._interval if self._interval is not None else _settings().circuit_breaker_publish_interval
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -277,8 +280,8 @@ class Publisher:
             for endpoint, mode in want.items():
                 if have.get(endpoint) != mode:
                     breaker.set_override(endpoint, mode)
-            for scope, current in have.items():
-                if current is not None and scope not in want:
+            for scope, applied in have.items():
+                if applied is not None and scope not in want:
                     breaker.set_override(scope, None)
 
     def prune(self, now: datetime.datetime | None = None) -> None:
@@ -303,7 +306,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def client_built(name: str, client: Client) -> None:
-    """Called by the registry after it built ``clients[name]``."""
+def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:
+    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's breaker."""
     if client.circuit_breaker is not None:
         publisher.watch(name, client)

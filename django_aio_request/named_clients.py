@@ -6,19 +6,19 @@ must be process-wide to be of any use.
 """
 
 import atexit
-import functools
 import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.schema import SETTING, AioRequestSettings, read_settings
+from django_aio_request.conf.building import build_client
+from django_aio_request.conf.current import current
+from django_aio_request.conf.schema import SETTING, AioRequestSettings
 from django_aio_request.core.client import Client
+from django_aio_request.signals import client_built
 
 
 class UnknownClientError(KeyError):
@@ -33,16 +33,10 @@ class ClientsHandler:
         self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}
 
-    # Cached in the instance's __dict__, so a read is a plain attribute lookup: the middleware reads
-    # it on every request. reset() drops it.
-    @functools.cached_property
+    @property
     def settings(self) -> AioRequestSettings:
-        """The validated setting; invalid settings raise ``ImproperlyConfigured`` listing every problem."""
-        parsed, problems = read_settings(getattr(settings, SETTING, None))
-        if parsed is None:
-            errors = "\n  ".join(str(p) for p in problems if not p.warning)
-            raise ImproperlyConfigured(f"{SETTING} is invalid (run 'manage.py check' for details):\n  {errors}")
-        return parsed
+        """The validated setting (``conf.current``); invalid settings raise ``InvalidSettings`` listing every error."""
+        return current.settings
 
     def __getitem__(self, name: str) -> Client:
         client = self._clients.get(name)
@@ -57,8 +51,8 @@ class ClientsHandler:
             if spec is None:
                 known = ", ".join(repr(n) for n in config.clients) or "none"
                 raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
-            client = self._clients[name] = spec.build(config.service_name)
-        _publish_breaker(name, client)
+            client = self._clients[name] = build_client(spec, config.service_name)
+        client_built.send(sender=ClientsHandler, name=name, client=client)
         return client
 
     def __contains__(self, name: object) -> bool:
@@ -84,26 +78,14 @@ class ClientsHandler:
             client.close()
 
     def reset(self) -> None:
-        """Forget the settings and close the clients (settings changed)."""
+        """Close the clients and read the settings again on next use (settings changed)."""
         self.close_all()
-        self.__dict__.pop("settings", None)
+        current.reset()
 
     def _after_fork(self) -> None:
         # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
         self._lock = threading.Lock()
         self._clients = {}
-
-
-def _publish_breaker(name: str, client: Client) -> None:
-    """Let admin see (and steer) the breaker of a client: see ``breaker_publisher``."""
-    if client.circuit_breaker is None:
-        return
-    from django.apps import apps
-
-    if apps.ready and apps.is_installed("django_aio_request"):  # its models hold the published state
-        from django_aio_request.breaker_publisher import client_built
-
-        client_built(name, client)
 
 
 clients = ClientsHandler()

@@ -1,7 +1,9 @@
-"""Circuit breaker state shared by every process and host through a Django cache (e.g. Redis).
+"""Circuit breaker state shared by every process and host through a cache (e.g. Django's Redis cache).
 
 ``AIO_REQUEST["CIRCUIT_BREAKER_STATE"] = "<cache alias>"`` gives each client's breaker a
-:class:`CacheCircuitStore`. In the cache, per (client, endpoint):
+:class:`CacheCircuitStore` (built in ``conf/building.py``, which hands it a function that opens the
+Django cache: this module imports no Django and takes any object with Django's cache API). In the
+cache, per (client, endpoint):
 
 - ``...:<window>:f`` / ``...:<window>:s``: failures and successes in each window of the sampling
   period (windows aligned on wall-clock time, counted with ``cache.add`` + ``cache.incr``, expiring
@@ -46,12 +48,24 @@ _Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
 
 
 class CacheCircuitStore(CircuitStore[str]):
-    """A :class:`CircuitStore` in the Django cache ``alias``, keys prefixed by ``namespace`` (the client name)."""
+    """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name).
 
-    def __init__(self, alias: str, *, namespace: str, sync_interval: float = DEFAULT_SYNC_INTERVAL) -> None:
+    ``connect()`` returns the cache backend (an object with Django's cache API: ``get``, ``add``,
+    ``incr``, ``get_many``, ``set``, ``delete``), once, on first use; ``alias`` names it in logs.
+    """
+
+    def __init__(
+        self,
+        alias: str,
+        *,
+        connect: Callable[[], Any],
+        namespace: str,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+    ) -> None:
         if not sync_interval > 0:
             raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
         self.alias = alias
+        self._connect = connect
         self.namespace = namespace
         self.sync_interval = sync_interval
         self._local: MemoryCircuitStore[str] = MemoryCircuitStore(clock=time.time)
@@ -307,9 +321,7 @@ class CacheCircuitStore(CircuitStore[str]):
     def _backend(self) -> Any:
         """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
         if self._cache is None:
-            from django.core.cache import caches
-
-            self._cache = caches.create_connection(self.alias)
+            self._cache = self._connect()
         return self._cache
 
     def _prefix(self, scope: str) -> str:

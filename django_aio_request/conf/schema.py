@@ -1,44 +1,41 @@
-"""Reading and validating ``settings.AIO_REQUEST``.
+"""What ``settings.AIO_REQUEST`` may hold, read into plain, validated data.
 
-One reader serves both the system checks (which report every problem at once) and the clients
-registry (which refuses to build a client from settings with problems), so the two can never
-disagree about what is valid.
+:func:`read_settings` returns :class:`AioRequestSettings` (or None) and every :class:`Problem`. The
+system checks report the problems; the clients registry refuses to build from settings with
+errors; both read through this one function, so they never disagree about what is valid. Nothing
+is built here: ``building.py`` makes clients from a :class:`ClientSpec`.
 """
 
 import dataclasses
-import math
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from django_aio_request.breaker.circuit_breaker import CircuitStore, DefaultCircuitBreaker
+from django_aio_request.conf.reader import (
+    SECONDS,
+    SETTING,
+    Field,
+    Problem,
+    Reader,
+    boolean,
+    dotted,
+    fields,
+    integer,
+    names,
+    number,
+    optional,
+    priority,
+)
 from django_aio_request.core.classifier import ResponseClassifier
-from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
-from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, setup, validate_endpoint
+from django_aio_request.core.client import HedgePriority, validate_hedge_priority
+from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_endpoint
 from django_aio_request.core.priority import Priority
-from django_aio_request.core.retry_budget import (
-    DEFAULT_MIN_PER_SECOND,
-    DEFAULT_RATIO,
-    DEFAULT_WINDOW_SECONDS,
-    RetryBudget,
-)
+from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
 from django_aio_request.server.shedding import SheddingSettings
-from django_aio_request.strategies import (
-    RequestStrategy,
-    parallel_strategy,
-    retry_until_deadline_expired,
-    sequential_strategy,
-    single_attempt_strategy,
-)
-from django_aio_request.strategies.deadline_providers import pass_deadline_through, split_deadline_between_attempts
-from django_aio_request.strategies.delays import constant_delays, linear_backoff_delays
-from django_aio_request.transport.requests_transport import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_RESPONSE_SIZE,
-    RequestsTransport,
-)
+from django_aio_request.transport.requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE
 
-SETTING = "AIO_REQUEST"
+__all__ = ["SETTING", "AioRequestSettings", "ClientSpec", "DelaysSpec", "Problem", "StrategySpec", "read_settings"]
+
 TOP_LEVEL_KEYS = (
     "SERVICE_NAME",
     "CLIENTS",
@@ -63,116 +60,6 @@ TOP_LEVEL_KEYS = (
 STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
 DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
 
-Factory = Callable[..., Any]  # called with no arguments, but the breaker's with its store
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the setting: where (``path``), what, and what is allowed."""
-
-    path: str
-    message: str
-    hint: str | None = None
-    warning: bool = False
-
-    def __str__(self) -> str:
-        text = f"{SETTING}{self.path} {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
-
-
-class _Reader:
-    """Collects problems while reading; each method returns a value, or None after recording why not."""
-
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def fail(self, path: str, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(path, message, hint))
-
-    def mapping(self, path: str, value: Any, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
-        if not isinstance(value, Mapping):
-            self.fail(path, f"must be a dict, not {type(value).__name__}")
-            return None
-        for key in value:
-            if allowed is not None and key not in allowed:
-                self.fail(f"{path}[{key!r}]", "is not a known key", "allowed keys: " + ", ".join(allowed))
-        return value
-
-    def named(self, path: str, value: Any, names: tuple[str, ...]) -> str | None:
-        name = value.get("NAME") if isinstance(value, Mapping) else None
-        if name not in names:
-            self.fail(f"{path}['NAME']", f"is {name!r}, not a known name", "allowed: " + ", ".join(names))
-            return None
-        return str(name)
-
-
-# Each field reader takes (reader, path, value) and returns the value or None (a problem recorded).
-Field = Callable[[_Reader, str, Any], Any]
-
-
-def number(
-    minimum: float,
-    *,
-    inclusive: bool = True,
-    below: float | None = None,
-    at_most: float | None = None,
-    what: str = "a number",
-) -> Field:
-    def read(reader: _Reader, path: str, value: Any) -> float | None:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value >= minimum if inclusive else value > minimum)
-        ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
-        if not ok:
-            bounds = f">= {minimum}" if inclusive else f"> {minimum}"
-            bounds += f" and < {below}" if below is not None else ""
-            bounds += f" and <= {at_most}" if at_most is not None else ""
-            reader.fail(path, f"must be {what} {bounds}, not {value!r}")
-            return None
-        return float(value)
-
-    return read
-
-
-def integer(minimum: int) -> Field:
-    def read(reader: _Reader, path: str, value: Any) -> int | None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}")
-            return None
-        return value
-
-    return read
-
-
-def boolean(reader: _Reader, path: str, value: Any) -> bool | None:
-    if not isinstance(value, bool):
-        reader.fail(path, f"must be True or False, not {value!r}")
-        return None
-    return value
-
-
-def optional(field: Field) -> Field:
-    """``field``, or None (no limit) when the value is None."""
-    return lambda reader, path, value: None if value is None else field(reader, path, value)
-
-
-def priority(reader: _Reader, path: str, value: Any) -> Priority | None:
-    parsed = Priority.parse(value) if isinstance(value, str) else None
-    if parsed is None:
-        reader.fail(path, f"is {value!r}, not a priority", "allowed: " + ", ".join(p.value for p in Priority))
-    return parsed
-
-
-def names(reader: _Reader, path: str, value: Any) -> frozenset[str] | None:
-    """A list of non-empty names, returned lower-cased."""
-    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
-        reader.fail(path, f"must be a list of names, not {type(value).__name__}")
-        return None
-    bad = [name for name in value if not isinstance(name, str) or not name.strip()]
-    if bad:
-        reader.fail(path, f"must hold non-empty strings only, not {bad[0]!r}")
-        return None
-    return frozenset(name.strip().lower() for name in value)
-
 
 LOCAL_BREAKER_STATE = "local"
 # Caches that hold their data in each process: naming one shares nothing between processes.
@@ -182,7 +69,7 @@ PER_PROCESS_CACHES = (
 )
 
 
-def breaker_state(reader: _Reader, path: str, value: Any) -> str | None:
+def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
     """ "local", or the alias of a cache in ``settings.CACHES`` (where every process shares breaker counts)."""
     from django.conf import settings
 
@@ -205,35 +92,6 @@ def breaker_state(reader: _Reader, path: str, value: Any) -> str | None:
     return value
 
 
-def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
-    def read(reader: _Reader, path: str, value: Any) -> Any:
-        from django.utils.module_loading import import_string
-
-        if not isinstance(value, str):
-            reader.fail(path, f"must be the dotted path of {what}, not {type(value).__name__}")
-            return None
-        try:
-            found = import_string(value)
-        except ImportError as error:
-            reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}")
-            return None
-        if not accept(found):
-            reader.fail(path, f"names {found!r}, not {what}")
-            return None
-        return found
-
-    return read
-
-
-def fields(
-    reader: _Reader, path: str, spec: Mapping[str, Any], schema: Mapping[str, tuple[Field, Any]]
-) -> dict[str, Any]:
-    """Read every key of ``schema`` (``KEY: (field, default)``) from ``spec``; missing keys take the default."""
-    return {key: read(reader, f"{path}[{key!r}]", spec[key]) if key in spec else default
-            for key, (read, default) in schema.items()}  # fmt: skip
-
-
-SECONDS = number(0, inclusive=False, what="a number of seconds")
 DELAYS_SCHEMAS: dict[str, dict[str, tuple[Field, Any]]] = {
     "constant": {"DELAY": (number(0, what="a delay in seconds"), 0.0)},
     "linear_backoff": {
@@ -262,7 +120,7 @@ RETRY_BUDGET_SCHEMA: dict[str, tuple[Field, Any]] = {
 }
 
 
-def retry_budget(reader: _Reader, path: str, value: Any) -> dict[str, float] | bool | None:
+def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bool | None:
     """A client's ``RETRY_BUDGET``: False (no budget), True (the defaults) or a dict of RETRY_BUDGET_SCHEMA."""
     if isinstance(value, bool):
         return value
@@ -275,7 +133,7 @@ def retry_budget(reader: _Reader, path: str, value: Any) -> dict[str, float] | b
     return None if None in got.values() else got
 
 
-def hedge_priority(reader: _Reader, path: str, value: Any) -> HedgePriority:
+def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
     """A client's ``HEDGE_PRIORITY``: None, "lower", or a priority."""
     try:
         return validate_hedge_priority(value)
@@ -283,17 +141,6 @@ def hedge_priority(reader: _Reader, path: str, value: Any) -> HedgePriority:
         allowed = "None (the call's priority), 'lower' (one step lower), or " + ", ".join(p.value for p in Priority)
         reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed)
         return None
-
-
-def build_retry_budget(value: dict[str, float] | bool) -> RetryBudget | None:
-    """A new budget (each client has its own) from a validated ``RETRY_BUDGET``."""
-    if value is False:
-        return None
-    if value is True:
-        return RetryBudget()
-    return RetryBudget(
-        ratio=value["RATIO"], min_per_second=value["MIN_PER_SECOND"], window_seconds=value["WINDOW_SECONDS"]
-    )
 
 
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
@@ -340,7 +187,27 @@ SHEDDING_KEYS = ("MAX_CONCURRENCY", *SHEDDING_SCHEMA)
 CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
 
 
-def _delays(reader: _Reader, path: str, value: Any) -> Factory | None:
+@dataclasses.dataclass(frozen=True)
+class DelaysSpec:
+    """A validated ``DELAYS``: ``NAME`` and the keys of its schema (DELAYS_SCHEMAS), defaults filled in."""
+
+    name: str
+    options: Mapping[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A validated strategy (``SAFE_METHOD_STRATEGY`` and the like); ``conf/building.py`` makes it."""
+
+    name: str
+    attempts_count: int = 3
+    delays: DelaysSpec | None = None  # None: linear backoff with its defaults
+    split_deadline: bool = False  # DEADLINE_PROVIDER "split" (else "pass_through")
+    attempts_count_to_split: int | None = None
+    inner: "StrategySpec | None" = None  # retry_until_deadline_expired's STRATEGY
+
+
+def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
     name = reader.named(path, value, DELAYS_NAMES)
     if name is None:
         return None
@@ -351,39 +218,27 @@ def _delays(reader: _Reader, path: str, value: Any) -> Factory | None:
     got = fields(reader, path, spec, schema)
     if None in got.values():
         return None
-    if name == "constant":
-        return lambda: constant_delays(delay=got["DELAY"])
-    if name == "linear_backoff":
-        return lambda: linear_backoff_delays(
-            min_delay_seconds=got["MIN_DELAY_SECONDS"], delay_multiplier=got["DELAY_MULTIPLIER"], jitter=got["JITTER"]
-        )
-    if got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
+    if name == "percentile" and got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
         reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS")
         return None
-    from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
-
-    return lambda: PercentileDelaysProvider(
-        percentile=got["PERCENTILE"],
-        min_delay_seconds=got["MIN_DELAY_SECONDS"],
-        max_delay_seconds=got["MAX_DELAY_SECONDS"],
-        window_seconds=got["WINDOW_SECONDS"],
-    )
+    return DelaysSpec(name, got)
 
 
-def _deadline_provider(reader: _Reader, path: str, value: Any) -> Factory | None:
+def _deadline_provider(reader: Reader, path: str, value: Any) -> tuple[bool, int | None] | None:
+    """(split the deadline?, ATTEMPTS_COUNT_TO_SPLIT or None), or None after a problem."""
     name = reader.named(path, value, ("pass_through", "split"))
     spec = reader.mapping(path, value, ("NAME", "ATTEMPTS_COUNT_TO_SPLIT")) if name else None
     if spec is None:
         return None
     if name == "pass_through":
-        return pass_deadline_through
+        return False, None
     split = fields(reader, path, spec, {"ATTEMPTS_COUNT_TO_SPLIT": (integer(2), 0)})["ATTEMPTS_COUNT_TO_SPLIT"]
     if split is None:
         return None
-    return lambda: split_deadline_between_attempts(attempts_count_to_split=split or None)
+    return True, split or None
 
 
-def _strategy(reader: _Reader, path: str, value: Any) -> Callable[[], RequestStrategy] | None:
+def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
     name = reader.named(path, value, STRATEGY_NAMES)
     allowed = {
         "single": ("NAME",),
@@ -392,49 +247,49 @@ def _strategy(reader: _Reader, path: str, value: Any) -> Callable[[], RequestStr
         "retry_until_deadline_expired": ("NAME", "STRATEGY", "DELAYS"),
     }
     spec = reader.mapping(path, value, allowed[name]) if name else None
-    if spec is None:
+    if name is None or spec is None:
         return None
     if name == "single":
-        return single_attempt_strategy
-    delays = _delays(reader, f"{path}['DELAYS']", spec["DELAYS"]) if "DELAYS" in spec else linear_backoff_delays
+        return StrategySpec(name)
+    delays = _delays(reader, f"{path}['DELAYS']", spec["DELAYS"]) if "DELAYS" in spec else None
+    if "DELAYS" in spec and delays is None:
+        return None
     if name == "retry_until_deadline_expired":
         if "STRATEGY" not in spec:
             reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat")
             return None
         inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"])
-        if inner is None or delays is None:
-            return None
-        return lambda: retry_until_deadline_expired(inner(), delays_provider=delays())
+        return None if inner is None else StrategySpec(name, delays=delays, inner=inner)
     attempts = fields(reader, path, spec, {"ATTEMPTS_COUNT": (integer(1), 3)})["ATTEMPTS_COUNT"]
+    if attempts is None:
+        return None
     if name == "parallel":
-        if attempts is None or delays is None:
-            return None
-        return lambda: parallel_strategy(attempts_count=attempts, delays_provider=delays())
+        return StrategySpec(name, attempts_count=attempts, delays=delays)
     deadlines = (
         _deadline_provider(reader, f"{path}['DEADLINE_PROVIDER']", spec["DEADLINE_PROVIDER"])
         if "DEADLINE_PROVIDER" in spec
-        else pass_deadline_through
+        else (False, None)
     )
-    if attempts is None or delays is None or deadlines is None:
+    if deadlines is None:
         return None
-    return lambda: sequential_strategy(attempts_count=attempts, delays_provider=delays(), deadline_provider=deadlines())
+    split, split_count = deadlines
+    return StrategySpec(
+        name, attempts_count=attempts, delays=delays, split_deadline=split, attempts_count_to_split=split_count
+    )
 
 
-def _circuit_breaker(reader: _Reader, path: str, value: Any) -> Factory | None:
+def _circuit_breaker(reader: Reader, path: str, value: Any) -> dict[str, Any] | None:
+    """The breaker's options, keyed by ``DefaultCircuitBreaker``'s argument names."""
     spec = reader.mapping(path, value, tuple(CIRCUIT_BREAKER_SCHEMA))
     if spec is None:
         return None
     got = fields(reader, path, spec, CIRCUIT_BREAKER_SCHEMA)
     if None in got.values():
         return None
-
-    def make(store: CircuitStore[str] | None = None) -> DefaultCircuitBreaker[str, Any]:
-        return DefaultCircuitBreaker(store=store, **{key.lower(): v for key, v in got.items()})
-
-    return make
+    return {key.lower(): option for key, option in got.items()}
 
 
-def _endpoint(reader: _Reader, path: str, spec: Mapping[str, Any]) -> str | None:
+def _endpoint(reader: Reader, path: str, spec: Mapping[str, Any]) -> str | None:
     if "ENDPOINT" not in spec:
         reader.fail(path, "is required", "the absolute URL of the service, e.g. 'http://billing:8080/'")
         return None
@@ -451,46 +306,19 @@ def _endpoint(reader: _Reader, path: str, spec: Mapping[str, Any]) -> str | None
 
 @dataclasses.dataclass(frozen=True)
 class ClientSpec:
-    """A validated client entry; ``build()`` makes a new client, with fresh state, each time."""
+    """A validated client entry: plain data. ``conf.building.build_client`` makes a client of it."""
 
     name: str
     endpoint: str
-    options: Mapping[str, Any]
-    factories: Mapping[str, Factory]
-
+    options: Mapping[str, Any]  # CLIENT_SCHEMA's keys, validated, defaults filled in
+    safe_method_strategy: StrategySpec | None = None
+    unsafe_method_strategy: StrategySpec | None = None
+    circuit_breaker: Mapping[str, Any] | None = None
+    response_classifier: type[ResponseClassifier] | None = None
     circuit_breaker_state: str = LOCAL_BREAKER_STATE  # AIO_REQUEST["CIRCUIT_BREAKER_STATE"]
 
-    def build(self, service_name: str | None) -> Client:
-        o = self.options
-        made = {key: make() for key, make in self.factories.items() if key != "circuit_breaker"}
-        if "circuit_breaker" in self.factories:
-            store = None
-            if self.circuit_breaker_state != LOCAL_BREAKER_STATE:
-                from django_aio_request.breaker.cache_store import CacheCircuitStore
 
-                store = CacheCircuitStore(self.circuit_breaker_state, namespace=self.name)
-            made["circuit_breaker"] = self.factories["circuit_breaker"](store)
-        return setup(
-            endpoint=self.endpoint,
-            transport=RequestsTransport(
-                max_connections=o["MAX_CONNECTIONS"],
-                connect_retries=o["CONNECT_RETRIES"],
-                max_response_size=o["MAX_RESPONSE_SIZE"],
-            ),
-            timeout=o["TIMEOUT"],
-            priority=o["PRIORITY"],
-            low_timeout_threshold=o["LOW_TIMEOUT_THRESHOLD"],
-            emit_system_headers=o["EMIT_SYSTEM_HEADERS"],
-            max_workers=o["MAX_WORKERS"],
-            request_enricher=o["REQUEST_ENRICHER"],
-            service_name=service_name,
-            retry_budget=build_retry_budget(o["RETRY_BUDGET"]),
-            hedge_priority=o["HEDGE_PRIORITY"],
-            **made,
-        )
-
-
-def _client(reader: _Reader, name: str, value: Any) -> ClientSpec | None:
+def _client(reader: Reader, name: str, value: Any) -> ClientSpec | None:
     path = f"['CLIENTS'][{name!r}]"
     spec = reader.mapping(path, value, CLIENT_KEYS)
     if spec is None:
@@ -498,21 +326,26 @@ def _client(reader: _Reader, name: str, value: Any) -> ClientSpec | None:
     errors_before = sum(not p.warning for p in reader.problems)
     endpoint = _endpoint(reader, f"{path}['ENDPOINT']", spec)
     options = fields(reader, path, spec, CLIENT_SCHEMA)
-    factories: dict[str, Factory | None] = {}
-    for key, option in (
-        ("SAFE_METHOD_STRATEGY", "safe_method_strategy"),
-        ("UNSAFE_METHOD_STRATEGY", "unsafe_method_strategy"),
-    ):
-        if key in spec:
-            factories[option] = _strategy(reader, f"{path}[{key!r}]", spec[key])
+    strategies = {
+        key: _strategy(reader, f"{path}[{key!r}]", spec[key])
+        for key in ("SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY")
+        if key in spec
+    }
+    breaker = None
     if spec.get("CIRCUIT_BREAKER") is not None:
-        factories["circuit_breaker"] = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
+        breaker = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
     classifier = options.pop("RESPONSE_CLASSIFIER")
-    if classifier is not None:
-        factories["response_classifier"] = classifier
     if endpoint is None or sum(not p.warning for p in reader.problems) > errors_before:
         return None
-    return ClientSpec(name, endpoint, options, {k: f for k, f in factories.items() if f is not None})
+    return ClientSpec(
+        name,
+        endpoint,
+        options,
+        safe_method_strategy=strategies.get("SAFE_METHOD_STRATEGY"),
+        unsafe_method_strategy=strategies.get("UNSAFE_METHOD_STRATEGY"),
+        circuit_breaker=breaker,
+        response_classifier=classifier,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,7 +366,7 @@ class AioRequestSettings:
     shedding: SheddingSettings | None = None  # AIO_REQUEST["SHEDDING"]; None: no load shedding
 
 
-def _shedding(reader: _Reader, path: str, value: Any) -> SheddingSettings | None:
+def _shedding(reader: Reader, path: str, value: Any) -> SheddingSettings | None:
     """``AIO_REQUEST["SHEDDING"]``: a dict that turns load shedding on (see docs/budgets-and-shedding.md)."""
     spec = reader.mapping(path, value, SHEDDING_KEYS)
     if spec is None:
@@ -564,7 +397,7 @@ def _shedding(reader: _Reader, path: str, value: Any) -> SheddingSettings | None
     )
 
 
-def _server(reader: _Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
+def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
     """The server-side keys, checked one by one and then against each other."""
     got = fields(reader, "", top, SERVER_SCHEMA)
     if None in got.values():
@@ -591,7 +424,7 @@ def _server(reader: _Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
-    reader = _Reader()
+    reader = Reader()
     top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)
     if top is None:
         return None, reader.problems

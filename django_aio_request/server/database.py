@@ -26,9 +26,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.utils import InterfaceError, OperationalError
 
+from django_aio_request.conf.current import current
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
-from django_aio_request.named_clients import clients
 
 __all__ = [
     "SETTING_KEY",
@@ -105,19 +105,19 @@ def is_deadline_cancellation(exc: BaseException) -> bool:
 
 def is_enabled() -> bool:
     """``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]``, validated with the rest of the setting."""
-    return clients.settings.database_statement_timeout
+    return current.settings.database_statement_timeout
 
 
 def install() -> None:
     """Bound the queries of every PostgreSQL connection opened from now on by the context's deadline.
 
-    Call it from ``AppConfig.ready()``. Idempotent. Validates the setting at once (an invalid one
-    raises ``ImproperlyConfigured``), and also equips the connections this thread already has open.
+    Call it from ``AppConfig.ready()``. Idempotent. Reads no setting (``ready()`` must not fail on an
+    invalid ``AIO_REQUEST``: ``manage.py check`` reports it), and also equips the connections this
+    thread already has open.
     The wrapper goes on every PostgreSQL connection and reads the setting per query, so
     ``override_settings`` can turn the feature on and off; while it is off a query costs a few
     attribute reads more.
     """
-    is_enabled()
     connection_created.connect(
         _connection_created, dispatch_uid="django_aio_request.server.database.connection_created"
     )

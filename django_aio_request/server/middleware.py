@@ -19,6 +19,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core import headers as h
 from django_aio_request.core.context import Context, _context
@@ -26,7 +27,6 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
-from django_aio_request.named_clients import clients
 from django_aio_request.server.database import is_deadline_cancellation
 from django_aio_request.server.shedding import Admission, ConcurrencyLimiter
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
@@ -188,7 +188,7 @@ class AioRequestMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
-        clients.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
+        current.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A query the database cancelled at the deadline (see docs/database.md) answers 408, not 500."""
@@ -205,7 +205,7 @@ class AioRequestMiddleware:
         if self._async:
             return self._acall(request)
         started = time.monotonic()
-        conf = clients.settings
+        conf = current.settings
         context = _begin(request, conf, started)
         if not isinstance(context, Context):
             _observe(request, context, conf, started)
@@ -252,7 +252,7 @@ class AioRequestMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         started = time.monotonic()
-        conf = clients.settings
+        conf = current.settings
         context = _begin(request, conf, started)
         if not isinstance(context, Context):
             _observe(request, context, conf, started)

@@ -145,7 +145,7 @@ def test_a_database_outage_is_logged_once_and_nothing_is_lost(
 
 @pytest.mark.django_db
 def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> None:
-    publisher.interval = 1.0  # reports older than max(60 s, 10 intervals) are of dead processes
+    publisher._interval = 1.0  # reports older than max(60 s, 10 intervals) are of dead processes
     now = datetime.datetime.now(tz=datetime.UTC)
     common = {"client": "billing", "endpoint": "http://b/", "host": "h"}
     BreakerReport.objects.create(pid=1, state="open", reported_at=now, **common)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from django.test import override_settings
 
 from django_aio_request import (
@@ -29,6 +30,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request.breaker.cache_store import CacheCircuitStore
+from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from tests.support.loopback import LoopbackServer, clients, free_port, replies
 from tests.support.redis_server import RedisProcess, require_redis
@@ -53,7 +55,7 @@ def stores() -> Iterator[Callable[..., CacheCircuitStore]]:
     made: list[CacheCircuitStore] = []
 
     def make(namespace: str, alias: str = "shared", **kwargs: Any) -> CacheCircuitStore:
-        store = CacheCircuitStore(alias, namespace=namespace, **kwargs)
+        store = CacheCircuitStore(alias, connect=lambda: caches.create_connection(alias), namespace=namespace, **kwargs)
         made.append(store)
         return store
 
@@ -351,7 +353,7 @@ class TestSetting:
         config, _ = read_settings(self.base())
         assert config is not None
         assert config.circuit_breaker_state == "local"
-        client = config.clients["billing"].build(None)
+        client = build_client(config.clients["billing"], None)
         try:
             assert isinstance(client.circuit_breaker, DefaultCircuitBreaker)
             assert not isinstance(client.circuit_breaker.store, CacheCircuitStore)
@@ -362,7 +364,7 @@ class TestSetting:
         config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE="shared"))
         assert config is not None, problems
         assert problems == []
-        client = config.clients["billing"].build(None)
+        client = build_client(config.clients["billing"], None)
         try:
             assert isinstance(client.circuit_breaker, DefaultCircuitBreaker)
             store = client.circuit_breaker.store

@@ -12,6 +12,7 @@ from django.test import override_settings
 
 import django_aio_request as dar
 from django_aio_request.checks import check_settings
+from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.client import hedge_priority_for
@@ -371,7 +372,7 @@ def test_retries_after_a_finished_attempt_keep_the_calls_priority(server: Loopba
 def client_from(options: dict[str, object]) -> dar.Client:
     settings, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", **options}}})
     assert settings is not None, [str(p) for p in problems]
-    return settings.clients["billing"].build(None)
+    return build_client(settings.clients["billing"], None)
 
 
 def test_settings_turn_the_budget_on_by_default_off_or_tune_it() -> None:

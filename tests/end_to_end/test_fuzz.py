@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from django_aio_request import Priority
 from django_aio_request.checks import check_settings
+from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import (
     CIRCUIT_BREAKER_SCHEMA,
     CLIENT_KEYS,
@@ -246,4 +247,4 @@ def test_no_settings_value_raises_only_problems_are_reported(value: Any) -> None
     assert read is not None
     # accepted settings never fail later, at the first request: every client builds
     for spec in read.clients.values():
-        spec.build(read.service_name).close()
+        build_client(spec, read.service_name).close()

@@ -19,12 +19,13 @@ def main() -> None:
 
     django.setup()
     from django_aio_request import get
+    from django_aio_request.conf.building import build_client
     from django_aio_request.conf.schema import read_settings
 
     config, problems = read_settings(json.loads(sys.argv[1]))
     assert config is not None, [str(p) for p in problems]
     name = sys.argv[2]
-    client = config.clients[name].build("worker")
+    client = build_client(config.clients[name], "worker")
     breaker = client.circuit_breaker
     assert breaker is not None
 
