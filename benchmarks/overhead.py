@@ -240,7 +240,7 @@ def run_breakdown(args: argparse.Namespace, url: str) -> None:
     print(f"  (raw requests spends ~{env:.0f} µs of each call in Session.merge_environment_settings, which")
     print("   reads the proxy variables from os.environ every time; the transport reads them once per host,")
     print("   which is why it can be faster than raw: the client's own cost is the rows below it)")
-    print("  transport.send() alone = RequestsTransport: deadline guard, watchdog entry, connection slot,")
+    print("  transport.send() alone = RequestsTransport: deadline guard, deadline timer entry, connection slot,")
     print("  prepare_request, Response; the client rows add get_context,")
     print("  Deadline, strategy, pipeline modules, system headers (Request.with_headers) and the classifier.")
 

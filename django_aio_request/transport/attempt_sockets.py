@@ -3,7 +3,7 @@
 ``requests``' ``timeout=`` bounds each wait on the socket, not the call, so a server that trickles
 bytes can hold a caller for ever. Closing the socket from another thread does not wake a blocked
 reader; ``shutdown(SHUT_RDWR)`` does, at once. To reach the sockets, the transport installs
-connection classes (below) that register each socket with the :class:`AttemptGuard` of the attempt
+connection classes (below) that register each socket with the :class:`AttemptSockets` of the attempt
 running in the current thread, and a pool that unregisters a connection before it goes back to
 the pool, so a late abort can never hit a connection that another call has picked up since.
 """
@@ -27,7 +27,7 @@ from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, 
 _local = threading.local()
 
 
-class AttemptGuard:
+class AttemptSockets:
     """The sockets of one attempt, and why it was aborted (None while it was not)."""
 
     __slots__ = ("_closed", "_lock", "_owned", "_sockets", "_wakers", "deadline", "reason")
@@ -123,7 +123,7 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _current() -> AttemptGuard | None:
+def _current() -> AttemptSockets | None:
     return getattr(_local, "guard", None)
 
 
@@ -168,7 +168,7 @@ class _GuardedConnectionMixin:
         guard.attach(self, sock.dup(), owned=True)
         return sock
 
-    def _connect_resolved(self, guard: AttemptGuard) -> socket.socket:
+    def _connect_resolved(self, guard: AttemptSockets) -> socket.socket:
         """Resolve the host within the deadline (see resolver.py), then try its addresses in turn."""
         name: str = self._dns_host
         conn = cast(HTTPConnection, self)

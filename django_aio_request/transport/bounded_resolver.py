@@ -30,7 +30,7 @@ _Key = tuple[str, int, int]
 
 
 class Waiter(Protocol):
-    """What an attempt waits with: :class:`~django_aio_request.transport.attempt_sockets.AttemptGuard`."""
+    """What an attempt waits with: :class:`~django_aio_request.transport.attempt_sockets.AttemptSockets`."""
 
     def wait(self, event: threading.Event) -> None:
         """Block until ``event`` is set, the deadline passes or the attempt is aborted."""

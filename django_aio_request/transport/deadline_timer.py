@@ -21,7 +21,7 @@ _MAX_WAIT = 3600.0
 _Entry = list[object]
 
 
-class Watchdog:
+class DeadlineTimer:
     def __init__(self) -> None:
         self._condition = threading.Condition(threading.Lock())
         self._heap: list[_Entry] = []
@@ -54,7 +54,7 @@ class Watchdog:
                 self._cancelled = 0
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="django-aio-request-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="django-aio-request-deadline-timer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -92,4 +92,4 @@ class Watchdog:
         self._thread = None
 
 
-watchdog = Watchdog()
+deadline_timer = DeadlineTimer()

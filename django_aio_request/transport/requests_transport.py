@@ -17,9 +17,9 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
-from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptGuard
+from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets
 from django_aio_request.transport.base import Transport
-from django_aio_request.transport.deadline_timer import watchdog
+from django_aio_request.transport.deadline_timer import deadline_timer
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +125,13 @@ class RequestsTransport(Transport):
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
     ) -> Response:
         started = time.monotonic()
-        guard = AttemptGuard(started + timeout)
+        guard = AttemptSockets(started + timeout)
         unregister = cancellation.on_cancel(lambda: self._cancel(guard)) if cancellation else None
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
                 return EmptyResponse(status=guard.reason or status.TIMEOUT, elapsed=time.monotonic() - started)
-            cancel_watch = watchdog.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
+            cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
                     response = self._send(endpoint, request, guard, started)
@@ -166,7 +166,7 @@ class RequestsTransport(Transport):
             self._environments[key] = found
         return found
 
-    def _acquire_slot(self, guard: AttemptGuard) -> bool:
+    def _acquire_slot(self, guard: AttemptSockets) -> bool:
         """Take a slot, waiting for one until the deadline; False if the attempt ended first.
 
         An attempt cancelled before it starts takes no slot, so it never picks up (and shuts down)
@@ -188,12 +188,12 @@ class RequestsTransport(Transport):
             self._free_slots += 1
             self._slots.notify_all()  # waiters re-check; a notify() could go to one that is giving up
 
-    def _cancel(self, guard: AttemptGuard) -> None:
+    def _cancel(self, guard: AttemptSockets) -> None:
         guard.abort(status.CANCELLED)
         with self._slots:
             self._slots.notify_all()  # wake the attempt if it is waiting for a slot
 
-    def _send(self, endpoint: str, request: Request, guard: AttemptGuard, started: float) -> Response:
+    def _send(self, endpoint: str, request: Request, guard: AttemptSockets, started: float) -> Response:
         session = self._session
         prepared = session.prepare_request(
             requests.Request(
@@ -261,14 +261,14 @@ class RequestsTransport(Transport):
 
     @staticmethod
     def _failure(
-        request: Request, endpoint: str, error: requests.RequestException, guard: AttemptGuard, started: float
+        request: Request, endpoint: str, error: requests.RequestException, guard: AttemptSockets, started: float
     ) -> Response:
         elapsed = time.monotonic() - started
         if guard.reason is not None:
             code = guard.reason
         elif isinstance(error, requests.Timeout) or (error.args and isinstance(error.args[0], Urllib3TimeoutError)):
             # requests raises a read timeout in the body as ConnectionError(ReadTimeoutError): when the
-            # socket timeout (set to the time left) beats the watchdog, it is still the deadline.
+            # socket timeout (set to the time left) beats the deadline timer, it is still the deadline.
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS

@@ -48,7 +48,7 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm_up() -> None:
-    """One call before the first measurement, so process-wide threads (the watchdog) already run."""
+    """One call before the first measurement, so process-wide threads (the deadline timer) already run."""
     server = LoopbackServer()
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     client = dar.setup(endpoint=server.url, metrics=False)

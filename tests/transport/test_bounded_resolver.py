@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from django_aio_request.core import status
-from django_aio_request.transport.attempt_sockets import AttemptGuard
+from django_aio_request.transport.attempt_sockets import AttemptSockets
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, Resolver
 from tests.support.loopback import LoopbackServer
 
@@ -103,17 +103,17 @@ def test_many_calls_to_hanging_names_share_lookups_and_a_bounded_number_of_threa
 
 
 def test_resolves_a_name_from_the_hosts_file() -> None:
-    addresses = Resolver().resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+    addresses = Resolver().resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
     assert "127.0.0.1" in addresses
 
 
 def test_a_lookup_error_reaches_the_caller() -> None:
     with pytest.raises(socket.gaierror):
-        Resolver().resolve("no-such-host.invalid", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+        Resolver().resolve("no-such-host.invalid", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
 
 
 def test_an_aborted_attempt_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    guard = AttemptGuard(deadline_in(5))
+    guard = AttemptSockets(deadline_in(5))
     guard.abort(status.CANCELLED)
     blocked = threading.Event()
     # The one stand-in here: a lookup that never returns, so only the abort can end the wait.
@@ -138,12 +138,12 @@ def test_a_forked_child_resolves_with_threads_of_its_own(monkeypatch: pytest.Mon
     resolver = Resolver(max_threads=2)
     for name in ("blocked-1", "blocked-2"):  # both threads busy, both names in flight
         with pytest.raises(ResolutionUnfinished):
-            resolver.resolve(name, 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+            resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what it resolves, then leave without running the parent's cleanup
         try:
-            found = resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+            found = resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
             os.write(write, json.dumps(found).encode())
         except BaseException as error:
             os.write(write, json.dumps(repr(error)).encode())
@@ -173,12 +173,12 @@ def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(mo
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     resolver = Resolver(share_for=1.0)
     with pytest.raises(ResolutionUnfinished):
-        resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+        resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     with pytest.raises(ResolutionUnfinished):  # within the window: joins the stuck lookup
-        resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(0.05)))
+        resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     assert asked == ["localhost"]
     time.sleep(1.0)  # past the window now
-    assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptGuard(deadline_in(5)))
+    assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
     assert asked == ["localhost", "localhost"]
     release.set()
 

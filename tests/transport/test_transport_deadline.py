@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from django_aio_request import Cancellation, RequestsTransport, get
-from django_aio_request.transport.deadline_timer import watchdog
+from django_aio_request.transport.deadline_timer import deadline_timer
 from tests.support.loopback import Handler, LoopbackServer, trickle
 
 #: The spec's hard bound: a trickling server may hold the caller at most this long past the deadline.
@@ -127,7 +127,7 @@ def test_slow_headers_beyond_the_deadline_are_408_near_it(
 def test_stalled_body_is_408_even_when_the_socket_timeout_beats_the_watchdog(
     server: LoopbackServer, transport: RequestsTransport, release: threading.Event
 ) -> None:
-    """On a loaded machine the watchdog thread can run late; the socket timeout (the time left) then
+    """On a loaded machine the deadline timer thread can run late; the socket timeout (the time left) then
     ends the body read first. That is still the deadline (408), not a network error (489)."""
 
     def stall_body(handler: Handler) -> None:
@@ -144,8 +144,8 @@ def test_stalled_body_is_408_even_when_the_socket_timeout_beats_the_watchdog(
     def busy() -> None:
         watchdog_free.wait(1.0)
 
-    # Keep the (real, shared) watchdog thread busy across the attempt's deadline.
-    watchdog.schedule(time.monotonic() + 0.01, busy)
+    # Keep the (real, shared) deadline timer thread busy across the attempt's deadline.
+    deadline_timer.schedule(time.monotonic() + 0.01, busy)
     try:
         response, elapsed = timed(transport, server, "stall", 0.2)
     finally:
@@ -365,7 +365,7 @@ def test_no_thread_is_left_behind_after_aborted_calls(server: LoopbackServer, re
     server.route("/trickle", lambda h: trickle(h, size=100, interval=0.01))
     transport = RequestsTransport()
     try:
-        transport.send(server.url, get("trickle"), 0.01)  # starts the watchdog thread, if nothing had yet
+        transport.send(server.url, get("trickle"), 0.01)  # starts the deadline timer thread, if nothing had yet
         baseline = _client_threads()
         total_baseline = threading.active_count()
         for i in range(50):

@@ -70,7 +70,7 @@ def test_a_far_deadline_neither_raises_nor_stops_the_watchdog(server: LoopbackSe
         for _ in range(3):
             with client.request(dar.get("ok"), deadline=dar.Deadline.from_timeout(1e10)) as response:
                 assert response.status == 200
-        # the watchdog thread still enforces deadlines afterwards
+        # the deadline timer thread still enforces deadlines afterwards
         started = time.monotonic()
         with client.request(dar.get("slow"), deadline=dar.Deadline.from_timeout(0.2)) as response:
             assert response.status == status.TIMEOUT
