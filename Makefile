@@ -32,8 +32,11 @@ $(VENV42)/.installed-stamp: pyproject.toml
 test-django42: $(VENV42)/.installed-stamp
 	$(VENV42)/bin/python -m pytest -q
 
+## make lint: ruff, and the import contracts in pyproject.toml (the core imports no Django)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
