@@ -13,12 +13,14 @@ from django_aio_request import (
     CircuitTransition,
     Client,
     DefaultCircuitBreaker,
+    MemoryCircuitStore,
     Request,
     Response,
     get,
     parallel_strategy,
     single_attempt_strategy,
 )
+from tests.support.clock import FakeClock
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
@@ -39,13 +41,16 @@ def make_breaker(
     minimum_throughput: int = 4,
     failure_threshold: float = 0.5,
     windows_count: int = 10,
+    clock: FakeClock | None = None,
 ) -> Breaker:
+    """A breaker on real time, or on ``clock`` when given (tests then move time by hand, no sleeps)."""
     return DefaultCircuitBreaker(
         break_duration=break_duration,
         sampling_duration=sampling_duration,
         minimum_throughput=minimum_throughput,
         failure_threshold=failure_threshold,
         windows_count=windows_count,
+        store=MemoryCircuitStore(clock=clock) if clock is not None else None,
     )
 
 
@@ -124,10 +129,11 @@ class TestStateMachine:
         assert breaker.state == {"a": CircuitState.OPEN, "b": CircuitState.CLOSED}
 
     def test_after_the_break_exactly_one_probe_passes(self) -> None:
-        breaker, op = make_breaker(break_duration=0.2), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
         open_breaker(breaker, op)
         assert op.run(breaker, True) == "fallback"
-        time.sleep(0.25)
+        clock.advance(0.25)
 
         during_probe: list[tuple[str, CircuitState]] = []
 
@@ -138,9 +144,10 @@ class TestStateMachine:
         assert during_probe == [("fallback", CircuitState.HALF_OPEN)]  # others wait for the probe
 
     def test_probe_success_closes_and_forgets_old_failures(self) -> None:
-        breaker, op = make_breaker(break_duration=0.1), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.1, clock=clock), Operation()
         open_breaker(breaker, op)
-        time.sleep(0.15)
+        clock.advance(0.15)
 
         assert op.run(breaker, True) == "ran"
 
@@ -149,15 +156,16 @@ class TestStateMachine:
         assert [op.run(breaker, True) for _ in range(3)] == ["ran"] * 3
 
     def test_probe_failure_opens_again_for_another_break(self) -> None:
-        breaker, op = make_breaker(break_duration=0.2), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
         open_breaker(breaker, op)
-        time.sleep(0.25)
+        clock.advance(0.25)
 
         assert op.run(breaker, False) == "ran"
 
         assert state_of(breaker) is CircuitState.OPEN
         assert op.run(breaker, True) == "fallback"
-        time.sleep(0.25)
+        clock.advance(0.25)
         assert op.run(breaker, True) == "ran"
         assert state_of(breaker) is CircuitState.CLOSED
 
@@ -172,21 +180,26 @@ class TestStateMachine:
         assert breaker.counts("svc") == (1, 1)
 
     def test_a_cancelled_probe_is_replaced_after_a_break(self) -> None:
-        breaker, op = make_breaker(break_duration=0.2), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
         open_breaker(breaker, op)
-        time.sleep(0.25)
+        clock.advance(0.25)
 
         assert op.run(breaker, None) == "ran"  # the probe's caller gave up: no verdict
         assert state_of(breaker) is CircuitState.HALF_OPEN
         assert op.run(breaker, True) == "fallback"
-        time.sleep(0.25)
+        clock.advance(0.25)
         assert op.run(breaker, True) == "ran"
         assert state_of(breaker) is CircuitState.CLOSED
 
     def test_failures_leave_the_sampling_period(self) -> None:
-        breaker, op = make_breaker(sampling_duration=0.3, minimum_throughput=2, windows_count=3), Operation()
+        clock = FakeClock()
+        breaker, op = (
+            make_breaker(sampling_duration=0.3, minimum_throughput=2, windows_count=3, clock=clock),
+            Operation(),
+        )
         op.run(breaker, False)
-        time.sleep(0.35)
+        clock.advance(0.35)
         op.run(breaker, False)
         assert breaker.counts("svc") == (1, 0)
         assert state_of(breaker) is CircuitState.CLOSED
@@ -201,16 +214,17 @@ class TestStateMachine:
 
 class TestListeners:
     def test_told_of_every_transition_with_counts(self) -> None:
-        breaker, op = make_breaker(break_duration=0.1, minimum_throughput=4), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.1, minimum_throughput=4, clock=clock), Operation()
         transitions: list[CircuitTransition[str]] = []
         breaker.add_listener(transitions.append)
 
         op.run(breaker, True)
         for _ in range(3):
             op.run(breaker, False)  # 3 of 4 failed
-        time.sleep(0.15)
+        clock.advance(0.15)
         op.run(breaker, False)  # the probe fails
-        time.sleep(0.15)
+        clock.advance(0.15)
         op.run(breaker, True)  # the next probe succeeds
 
         assert [(t.old, t.new) for t in transitions] == [
@@ -277,10 +291,11 @@ class TestThreadSafety:
         assert op.calls == 8 * per_thread
 
     def test_one_probe_among_many_concurrent_callers(self) -> None:
-        breaker, op = make_breaker(break_duration=0.2), Operation()
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
         open_breaker(breaker, op)
         calls = op.calls
-        time.sleep(0.25)
+        clock.advance(0.25)
         barrier = threading.Barrier(16)
         results: list[str] = []
         lock = threading.Lock()
@@ -376,8 +391,13 @@ class TestThroughAClient:
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
         server.route("/down", replies(500, 500, 200))
+        clock = FakeClock()
         breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
-            break_duration=0.3, sampling_duration=60, minimum_throughput=2, failure_threshold=0.5
+            break_duration=0.3,
+            sampling_duration=60,
+            minimum_throughput=2,
+            failure_threshold=0.5,
+            store=MemoryCircuitStore(clock=clock),
         )
         client = make_client(circuit_breaker=breaker, safe_method_strategy=single_attempt_strategy())
 
@@ -390,7 +410,7 @@ class TestThroughAClient:
         assert "X-Do-Not-Retry" in response.headers
         assert len(server.received("/down")) == 2
 
-        time.sleep(0.35)
+        clock.advance(0.35)
         assert call(client, get("down")).status == 200  # the probe reached the server and closed it
         assert state_of(breaker, server.url) is CircuitState.CLOSED
         assert len(server.received("/down")) == 3
@@ -443,8 +463,13 @@ class TestThroughAClient:
         # (and abort it), or the circuit could never close again.
         slow_after_failures = _SlowAfter(failures=2, delay=0.2)
         server.route("/x", slow_after_failures)
+        clock = FakeClock()
         breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
-            break_duration=0.2, sampling_duration=60, minimum_throughput=2, failure_threshold=0.5
+            break_duration=0.2,
+            sampling_duration=60,
+            minimum_throughput=2,
+            failure_threshold=0.5,
+            store=MemoryCircuitStore(clock=clock),
         )
         client = make_client(
             circuit_breaker=breaker,
@@ -453,7 +478,7 @@ class TestThroughAClient:
         for _ in range(2):
             assert call(client, get("x"), strategy=single_attempt_strategy()).status == 500
         assert state_of(breaker, server.url) is CircuitState.OPEN
-        time.sleep(0.25)
+        clock.advance(0.25)
 
         response = call(client, get("x"))
 

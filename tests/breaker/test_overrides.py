@@ -12,17 +12,20 @@ from django_aio_request import (
     Client,
     DefaultCircuitBreaker,
     EmptyResponse,
+    MemoryCircuitStore,
     Override,
     Response,
     get,
     single_attempt_strategy,
 )
+from tests.support.clock import FakeClock
 from tests.support.loopback import LoopbackServer, clients, replies
 
 
-def make_breaker(**kwargs: float) -> DefaultCircuitBreaker[str, Response]:
+def make_breaker(clock: FakeClock | None = None, **kwargs: float) -> DefaultCircuitBreaker[str, Response]:
     options = {"break_duration": 5.0, "sampling_duration": 60.0, "minimum_throughput": 3, "failure_threshold": 0.5}
-    return DefaultCircuitBreaker(**{**options, **kwargs})  # type: ignore[arg-type]
+    store = MemoryCircuitStore[str](clock=clock) if clock is not None else None
+    return DefaultCircuitBreaker(store=store, **{**options, **kwargs})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -104,14 +107,15 @@ def test_back_to_automatic_resumes_the_automatic_state(
 
 
 def test_a_forced_open_probe_time_does_not_let_a_probe_through(server: LoopbackServer) -> None:
-    breaker = make_breaker(break_duration=0.05)
+    clock = FakeClock()
+    breaker = make_breaker(clock, break_duration=0.05)
     server.route("/thing", replies(500))
     with clients(server.url) as make:
         client = make(circuit_breaker=breaker, safe_method_strategy=single_attempt_strategy())
         for _ in range(3):
             call(client)
         breaker.set_override(client.endpoint, Override.FORCE_OPEN)
-        time.sleep(0.1)  # the automatic break is over: it would let a probe through
+        clock.advance(0.1)  # the automatic break is over: it would let a probe through
         assert is_fallback(call(client))
         assert len(server.received("/thing")) == 3
 
