@@ -5,7 +5,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import django_aio_request
 from django_aio_request import (
     Client,
     Deadline,
@@ -283,26 +282,3 @@ class TestCalls:
             bodies = list(pool.map(fetch, range(40)))
 
         assert bodies == [f"/item/{n}".encode() for n in range(40)]
-
-
-class TestSetup:
-    @pytest.mark.parametrize(
-        ("kwargs", "message"),
-        [
-            ({"endpoint": "127.0.0.1:8000"}, "absolute http"),
-            ({"endpoint": "ftp://example.com/"}, "absolute http"),
-            ({"endpoint": "http:///path"}, "absolute http"),
-            ({"endpoint": "http://example.com:99999/"}, "invalid port"),
-            ({"timeout": 0}, "timeout must be a positive"),
-            ({"timeout": -1}, "timeout must be a positive"),
-            ({"timeout": float("inf")}, "timeout must be a positive"),
-            ({"timeout": float("nan")}, "timeout must be a positive"),
-            ({"timeout": True}, "timeout must be a positive"),
-            ({"low_timeout_threshold": -0.1}, "low_timeout_threshold"),
-            ({"max_workers": 0}, "max_workers"),
-        ],
-    )
-    def test_invalid_arguments(self, kwargs: dict[str, object], message: str) -> None:
-        arguments: dict[str, object] = {"endpoint": "http://127.0.0.1:1/", **kwargs}
-        with pytest.raises(ValueError, match=message):
-            django_aio_request.setup(**arguments)  # type: ignore[arg-type]

@@ -1,0 +1,148 @@
+"""core/pipeline.py: the stages of one attempt (low-timeout guard, circuit breaker, transport) in order.
+
+A recording transport stands in for the network here: these tests are about what each stage does
+to the attempt and in which order, not about sockets (tests/transport/ has those).
+"""
+
+import threading
+
+import pytest
+
+from django_aio_request import (
+    DefaultCircuitBreaker,
+    DefaultResponseClassifier,
+    Request,
+    Response,
+    Transport,
+    get,
+)
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.pipeline import (
+    Attempt,
+    CircuitBreakerModule,
+    LowTimeoutModule,
+    TransportModule,
+    build_pipeline,
+)
+from django_aio_request.core.priority import Priority
+
+ENDPOINT = "http://billing.test/"
+
+
+class RecordingTransport(Transport):
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.sent: list[tuple[Request, float]] = []
+        self.lock = threading.Lock()
+
+    def send(
+        self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
+    ) -> Response:
+        with self.lock:
+            self.sent.append((request, timeout))
+        return Response(status=self.status, body=b"ok")
+
+
+def attempt(seconds: float = 5.0, *, priority: Priority = Priority.HIGH, number: int = 0) -> Attempt:
+    return Attempt(ENDPOINT, get("invoices"), Deadline.from_timeout(seconds), priority, number, None)
+
+
+def transport_stage(transport: Transport, **options: object) -> TransportModule:
+    settings: dict[str, object] = {"emit_system_headers": True, "request_enricher": None, "service_name": "shop"}
+    settings.update(options)
+    return TransportModule(transport, **settings)  # type: ignore[arg-type]
+
+
+def test_the_transport_stage_sends_the_time_left_the_priority_and_the_service_name() -> None:
+    transport = RecordingTransport()
+    send = build_pipeline([transport_stage(transport)])
+
+    assert send(attempt(2.0)).status == 200
+
+    ((request, timeout),) = transport.sent
+    assert 1.9 < float(request.headers["X-Request-Timeout"]) <= 2.0
+    assert request.headers["X-Request-Priority"] == "high"
+    assert request.headers["X-Service-Name"] == "shop"
+    assert 1.9 < timeout <= 2.0
+
+
+def test_without_system_headers_nothing_is_added_and_the_enricher_runs_last() -> None:
+    transport = RecordingTransport()
+    seen: list[Request] = []
+
+    def enrich(request: Request) -> Request:
+        seen.append(request)
+        return request.with_headers({"Authorization": "Bearer t"})
+
+    send = build_pipeline([transport_stage(transport, emit_system_headers=False, request_enricher=enrich)])
+    send(attempt())
+
+    ((request, _),) = transport.sent
+    assert "X-Request-Timeout" not in request.headers
+    assert "X-Request-Timeout" not in seen[0].headers
+    assert request.headers["Authorization"] == "Bearer t"
+
+
+def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:
+    transport = RecordingTransport()
+    send = build_pipeline(
+        [transport_stage(transport, request_enricher=lambda r: r.with_headers({"X-Request-Priority": "low"}))]
+    )
+    send(attempt())
+    assert transport.sent[0][0].headers["X-Request-Priority"] == "low"
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.004])
+def test_the_low_timeout_stage_answers_408_without_sending(seconds: float) -> None:
+    transport = RecordingTransport()
+    send = build_pipeline([LowTimeoutModule(0.005), transport_stage(transport)])
+
+    response = send(attempt(seconds))
+
+    assert response.status == 408
+    assert response.headers["X-Do-Not-Retry"] == "1"
+    assert transport.sent == []
+
+
+def test_an_open_circuit_answers_502_and_the_transport_is_not_reached() -> None:
+    transport = RecordingTransport(status=500)
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=60, sampling_duration=60, minimum_throughput=2, failure_threshold=0.5
+    )
+    send = build_pipeline(
+        [
+            LowTimeoutModule(0.005),
+            CircuitBreakerModule(breaker, DefaultResponseClassifier()),
+            transport_stage(transport),
+        ]
+    )
+
+    assert [send(attempt()).status for _ in range(2)] == [500, 500]
+    refused = send(attempt())
+
+    assert refused.status == 502
+    assert refused.headers["X-Circuit-Breaker"] == "1"
+    assert len(transport.sent) == 2  # the third never reached the transport
+    assert breaker.counts(ENDPOINT) == (2, 0)
+
+
+def test_a_low_timeout_refusal_is_not_counted_by_the_breaker() -> None:
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=60, sampling_duration=60, minimum_throughput=1, failure_threshold=0.5
+    )
+    send = build_pipeline(
+        [
+            LowTimeoutModule(0.005),
+            CircuitBreakerModule(breaker, DefaultResponseClassifier()),
+            transport_stage(RecordingTransport()),
+        ]
+    )
+    assert send(attempt(0.0)).status == 408
+    assert breaker.counts(ENDPOINT) == (0, 0)  # the guard comes first: the endpoint was never tried
+
+
+def test_a_pipeline_without_a_sending_stage_is_a_programming_error() -> None:
+    send = build_pipeline([LowTimeoutModule(0.005)])
+    with pytest.raises(RuntimeError, match="must end with a module that sends"):
+        send(attempt())

@@ -1,0 +1,150 @@
+"""strategies/percentile_delays.py: hedge delays learned from the latencies of recent responses."""
+
+import random
+import threading
+import time
+
+import pytest
+
+from django_aio_request import Response, get, post
+from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+
+
+def ok(elapsed: float) -> Response:
+    return Response(status=200, elapsed=elapsed)
+
+
+class TestPercentileDelaysProvider:
+    def test_min_delay_until_enough_samples(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.05, min_samples=10)
+        request = get("things")
+        assert provider(request, 1) == 0.05
+        for _ in range(9):
+            provider.observe(request, ok(1.0))
+        assert provider(request, 1) == 0.05
+        provider.observe(request, ok(1.0))
+        assert provider(request, 1) == pytest.approx(1.0)
+
+    def test_delay_is_about_the_percentile_of_successful_latencies(self) -> None:
+        provider = PercentileDelaysProvider(percentile=0.9, min_delay_seconds=0.0, min_samples=10)
+        request = get("things")
+        latencies = [i / 100 for i in range(1, 101)]  # 0.01 .. 1.00
+        random.Random(7).shuffle(latencies)
+        for latency in latencies:
+            provider.observe(request, ok(latency))
+        assert provider.delay(request) == pytest.approx(0.9, abs=0.02)
+
+        p50 = PercentileDelaysProvider(percentile=0.5, min_delay_seconds=0.0, min_samples=10)
+        for latency in latencies:
+            p50.observe(request, ok(latency))
+        assert p50.delay(request) == pytest.approx(0.5, abs=0.02)
+
+    def test_attempt_k_waits_k_times_the_delay(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=5)
+        request = get("things")
+        for _ in range(5):
+            provider.observe(request, ok(0.2))
+        assert [provider(request, k) for k in (1, 2, 3)] == pytest.approx([0.2, 0.4, 0.6])
+
+    def test_clamped_to_min_and_max(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.05, max_delay_seconds=2.0, min_samples=5)
+        fast, slow = get("fast"), get("slow")
+        for _ in range(5):
+            provider.observe(fast, ok(0.001))
+            provider.observe(slow, ok(30.0))
+        assert provider.delay(fast) == 0.05
+        assert provider.delay(slow) == 2.0
+        assert provider(slow, 2) == 4.0
+
+    def test_failed_responses_are_ignored(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=5)
+        request = get("things")
+        for status in (500, 503, 404, 408, 489, 302):
+            for _ in range(5):
+                provider.observe(request, Response(status=status, elapsed=9.0))
+        assert provider.delay(request) == 0.0  # still no samples
+        for _ in range(5):
+            provider.observe(request, ok(0.1))
+        for _ in range(20):
+            provider.observe(request, Response(status=500, elapsed=9.0))
+        assert provider.delay(request) == pytest.approx(0.1)
+
+    def test_keyed_by_method_and_url_template(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=4)
+        for thing_id in range(4):  # different ids, one template
+            provider.observe(get("things/{id}", path_parameters={"id": thing_id}), ok(0.3))
+        assert provider.delay(get("things/{id}", path_parameters={"id": 99})) == pytest.approx(0.3)
+        assert provider.delay(post("things/{id}", path_parameters={"id": 1})) == 0.0
+        assert provider.delay(get("other/{id}", path_parameters={"id": 1})) == 0.0
+
+    def test_follows_new_samples(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=10, refresh_seconds=3600)
+        request = get("things")
+        for _ in range(100):
+            provider.observe(request, ok(0.1))
+        assert provider.delay(request) == pytest.approx(0.1)
+        for _ in range(100):
+            provider.observe(request, ok(1.0))
+        # Half the window is now 1 s: its 95th percentile is 1 s, even though the refresh
+        # interval has not passed (many new samples arrived).
+        assert provider.delay(request) == pytest.approx(1.0)
+
+    def test_old_samples_leave_the_window(self) -> None:
+        provider = PercentileDelaysProvider(
+            min_delay_seconds=0.01, min_samples=5, window_seconds=0.2, refresh_seconds=0.0
+        )
+        request = get("things")
+        for _ in range(5):
+            provider.observe(request, ok(0.5))
+        assert provider.delay(request) == pytest.approx(0.5)
+        time.sleep(0.25)
+        assert provider.delay(request) == 0.01
+
+    def test_max_samples_keeps_only_the_newest(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=5, max_samples=10, refresh_seconds=0.0)
+        request = get("things")
+        for _ in range(50):
+            provider.observe(request, ok(2.0))
+        for _ in range(10):
+            provider.observe(request, ok(0.2))
+        assert provider.delay(request) == pytest.approx(0.2)
+
+    def test_concurrent_observers_and_readers(self) -> None:
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=10, refresh_seconds=0.0)
+        request = get("things")
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def work() -> None:
+            try:
+                barrier.wait(5)
+                for _ in range(300):
+                    provider.observe(request, ok(0.25))
+                    provider(request, 2)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert errors == []
+        assert provider(request, 2) == pytest.approx(0.5)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"percentile": 0},
+            {"percentile": 1},
+            {"percentile": 95},
+            {"min_delay_seconds": -0.1},
+            {"min_delay_seconds": 5, "max_delay_seconds": 1},
+            {"window_seconds": 0},
+            {"max_samples": 0},
+            {"min_samples": 0},
+        ],
+    )
+    def test_invalid_arguments(self, kwargs: dict[str, float]) -> None:
+        with pytest.raises(ValueError, match=r"must be|need"):
+            PercentileDelaysProvider(**kwargs)  # type: ignore[arg-type]
