@@ -1,0 +1,64 @@
+"""README.md and docs/ point at things that exist: every file path, test (``path::test_name``) and
+dotted name of the package they mention, so that a move or a rename cannot leave them behind."""
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# `some/path.py` or `some/path.py::test_name` (also .md, .json, .yml, .yaml, .toml), in backticks or a link
+PATH = re.compile(r"[`(]((?:[\w.-]+/)+[\w.-]+\.(?:py|md|json|ya?ml|toml|png))(?:::([\w\[\].-]+))?[`)]")
+DOTTED = re.compile(r"`(django_aio_request(?:\.\w+)+)")
+
+
+def _exists(path: str, page: Path) -> Path | None:
+    for base in (ROOT, ROOT / "django_aio_request", page.parent):
+        candidate = (base / path).resolve()
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _references(page: Path) -> list[tuple[str, str | None]]:
+    return [(m.group(1), m.group(2)) for m in PATH.finditer(page.read_text())]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_path_and_test_named_exists(page: Path) -> None:
+    missing = []
+    for path, test in _references(page):
+        if path.startswith(("http", "/")):
+            continue
+        found = _exists(path, page)
+        if found is None:
+            missing.append(path)
+        elif test is not None and not re.search(rf"def {re.escape(test.split('[')[0])}\b", found.read_text()):
+            missing.append(f"{path}::{test}")
+    assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_dotted_name_of_the_package_imports(page: Path) -> None:
+    names = set(DOTTED.findall(page.read_text()))
+    permissions = {n for n in names if n.count(".") == 1 and n.endswith("_circuit_breaker")}  # "app.codename"
+    missing = sorted(n for n in names - permissions if not _resolves(n))
+    assert not missing, f"{page.name} names what does not import: {missing}"
