@@ -1,20 +1,24 @@
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
+from django_aio_request.core import status
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.core.classifier import ResponseClassifier
+from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response
+from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
@@ -26,6 +30,10 @@ HedgePriority = Literal["lower"] | Priority | None
 
 _LOWER = {Priority.HIGH: Priority.NORMAL, Priority.NORMAL: Priority.LOW, Priority.LOW: Priority.LOW}
 _RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+
+# How long past its deadline an async call waits for a call thread to pick it up before answering
+# 408 itself. A call that has started ends by its deadline (the transport sees to that).
+_QUEUE_GRACE_SECONDS = 0.05
 
 
 def hedge_priority_for(priority: Priority, hedge_priority: HedgePriority) -> Priority:
@@ -79,6 +87,8 @@ class Client:
         self._pipeline = pipeline
         self._workers = workers
         self._metrics = metrics
+        self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._drivers_lock = threading.Lock()
 
     @contextlib.contextmanager
     def request(
@@ -91,20 +101,85 @@ class Client:
     ) -> Iterator[Response]:
         """Make the call and yield its final response.
 
-        The deadline is ``deadline``, else the context's (set by the middleware from the incoming
-        request), else the client's timeout from now. A call that names no priority sends the
-        context's, else the client's; a named one is normalised against the context's.
+        The deadline is ``deadline`` when given, else the earlier of the context's (set by the
+        middleware from the incoming request) and the client's timeout from now. A call that names
+        no priority sends the context's, else the client's; a named one is normalised against the
+        context's.
 
         ``response.budget_exhausted`` is True when the client's retry budget refused an extra
         attempt (a retry or a hedge) that the call would have made.
         """
         context = get_context()
-        if deadline is None:
-            deadline = context.deadline if context.deadline is not None else Deadline.from_timeout(self.timeout)
+        deadline = self._deadline(deadline, context.deadline)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
+        yield self._call(request, deadline, priority, strategy, None)
+
+    @contextlib.asynccontextmanager
+    async def arequest(
+        self,
+        request: Request,
+        *,
+        deadline: Deadline | None = None,
+        priority: Priority | None = None,
+        strategy: RequestStrategy | None = None,
+    ) -> AsyncIterator[Response]:
+        """:meth:`request` for async code: ``async with client.arequest(get(...)) as response:``.
+
+        The same call (deadline and priority from the context, strategies, breaker, retry budget,
+        metrics, connection pool), driven by one of the client's call threads so the event loop is
+        never blocked. Cancelling the awaiting task aborts every attempt in flight (their sockets
+        are shut down) and raises ``CancelledError`` at once. A call still waiting for a free call
+        thread when its deadline passes answers 408 without sending anything.
+        """
+        context = get_context()
+        deadline = self._deadline(deadline, context.deadline)
+        priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
+        cancellation = Cancellation()
+        copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
+        future = self._drivers().submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
+        try:
+            waiting = asyncio.wrap_future(future)
+            done, _ = await asyncio.wait({waiting}, timeout=deadline.timeout + _QUEUE_GRACE_SECONDS)
+            if not done and future.cancel():
+                # Never started (every call thread busy until the deadline): nothing was sent.
+                response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+            else:
+                response = await waiting
+        except asyncio.CancelledError:
+            cancellation.cancel()  # shuts the sockets of every attempt in flight
+            future.cancel()  # a call that has not started yet never will
+            raise
+        yield response
+
+    def _deadline(self, given: Deadline | None, context: Deadline | None) -> Deadline:
+        """The call's deadline: ``given``, else the earlier of ``context`` and the client's timeout.
+
+        aio-request (0.2.9) takes ``given or context or timeout``: inside a request served with a
+        20 s deadline, a client configured with a 0.5 s timeout waits 20 s. Here the client's
+        timeout caps it, as gRPC, Finagle and Envoy bound a call by the earlier of the propagated
+        deadline and the call's own timeout.
+        """
+        if given is not None:
+            return given
+        own = time.monotonic() + self.timeout
+        if context is not None and context.expires_at <= own:
+            return context
+        return Deadline(own)
+
+    def _call(
+        self,
+        request: Request,
+        deadline: Deadline,
+        priority: Priority,
+        strategy: RequestStrategy | None,
+        cancellation: Cancellation | None,
+    ) -> Response:
+        """Run the strategy in this thread; ``cancellation`` (async calls) aborts every attempt."""
         metrics = self._metrics
         call = None if self.retry_budget is None and self.hedge_priority is None else _Call(self)
         send: SendAttempt = self._send if call is None else call.send
+        if cancellation is not None:
+            send = _cancellable(send, cancellation)
         if metrics is None:
             result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
         else:
@@ -121,7 +196,19 @@ class Client:
             )
         if call is not None and call.refused:
             result.response.budget_exhausted = True
-        yield result.response
+        return result.response
+
+    def _drivers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that drive async calls: as many as the client's attempt workers, made on first use."""
+        drivers = self._async_drivers
+        if drivers is None:
+            with self._drivers_lock:
+                drivers = self._async_drivers
+                if drivers is None:
+                    drivers = self._async_drivers = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._workers.max_workers, thread_name_prefix=f"aio-request-async {self.endpoint}"
+                    )
+        return drivers
 
     def _send(
         self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
@@ -131,6 +218,8 @@ class Client:
 
     def close(self) -> None:
         """Wait for running attempts, then close pooled connections."""
+        if self._async_drivers is not None:
+            self._async_drivers.shutdown(wait=True, cancel_futures=True)
         self._workers.shutdown()
         self.transport.close()
         if self.circuit_breaker is not None:
@@ -138,6 +227,35 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint}>"
+
+
+def _cancellable(send: SendAttempt, cancellation: Cancellation) -> SendAttempt:
+    """``send`` whose attempts are also aborted by the call's ``cancellation``.
+
+    Each attempt gets a cancellation of its own, raised by either the strategy's (a hedge lost)
+    or the call's (the awaiting task was cancelled), so the transport shuts its socket in both
+    cases. Once the call is cancelled no attempt is sent: a first one answers 499, a later one
+    is refused like a retry the budget does not allow (the strategy makes no more).
+    """
+
+    def send_cancellable(
+        request: Request, deadline: Deadline, priority: Priority, number: int, from_strategy: Cancellation | None
+    ) -> ResponseWithVerdict | None:
+        if cancellation.cancelled:
+            if number:
+                return None
+            return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.ACCEPT, number)
+        attempt = Cancellation()
+        undo_call = cancellation.on_cancel(attempt.cancel)
+        undo_strategy = from_strategy.on_cancel(attempt.cancel) if from_strategy is not None else None
+        try:
+            return send(request, deadline, priority, number, attempt)
+        finally:
+            undo_call()
+            if undo_strategy is not None:
+                undo_strategy()
+
+    return send_cancellable
 
 
 class _Call:

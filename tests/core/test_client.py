@@ -39,7 +39,7 @@ def sent_timeouts(server: LoopbackServer, path: str) -> list[float]:
 
 
 class TestDeadline:
-    def test_argument_beats_context_beats_client_timeout(
+    def test_argument_beats_the_earlier_of_context_and_client_timeout(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
         server.route("/ok", ok)
@@ -51,12 +51,17 @@ class TestDeadline:
             call(client, get("ok"), deadline=Deadline.from_timeout(3.0))
         with set_context(deadline=Deadline.from_timeout(1.0)):
             call(client, get("ok"), deadline=Deadline.from_timeout(4.0))
+        with set_context(deadline=Deadline.from_timeout(30.0)):
+            call(client, get("ok"))  # the client's 7 s cap the context's 30 s
+            call(client, get("ok"), deadline=Deadline.from_timeout(9.0))  # an argument is not capped
 
-        client_timeout, from_context, shorter_argument, longer_argument = sent_timeouts(server, "/ok")
+        client_timeout, from_context, shorter_argument, longer_argument, capped, argument = sent_timeouts(server, "/ok")
         assert 6.5 < client_timeout <= 7.0
         assert 4.5 < from_context <= 5.0
         assert 2.5 < shorter_argument <= 3.0
         assert 3.5 < longer_argument <= 4.0
+        assert 6.5 < capped <= 7.0
+        assert 8.5 < argument <= 9.0
 
     def test_client_timeout_ends_a_hanging_call(
         self, server: LoopbackServer, make_client: Callable[..., Client]

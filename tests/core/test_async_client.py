@@ -1,0 +1,277 @@
+"""``client.arequest()``: the same call from async code, without blocking the event loop."""
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from django_aio_request import (
+    Client,
+    Deadline,
+    DefaultCircuitBreaker,
+    Priority,
+    Response,
+    constant_delays,
+    get,
+    parallel_strategy,
+    set_context,
+    single_attempt_strategy,
+)
+from django_aio_request import metrics as all_metrics
+from django_aio_request.breaker.circuit_breaker import Override
+from tests.support.loopback import Handler, LoopbackServer, answer_after, clients, wait_for_disconnect, widen_backlog
+
+
+@pytest.fixture
+def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
+    with clients(server.url) as make:
+        yield make
+
+
+class Disconnects:
+    """A route that never answers and notes when each caller hung up."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, handler: Handler) -> None:
+        closed = wait_for_disconnect(handler, 5.0)
+        with self.lock:
+            self.at.append(closed if closed is not None else float("inf"))
+        if closed is None:
+            handler.reply(200, b"late")
+
+
+async def acall(client: Client, *args: object, **kwargs: object) -> tuple[Response, float]:
+    started = time.monotonic()
+    async with client.arequest(*args, **kwargs) as response:  # type: ignore[arg-type]
+        pass
+    return response, time.monotonic() - started
+
+
+def test_deadline_and_priority_come_from_the_task_context(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"fine"))
+    client = make_client(timeout=10.0)
+
+    async def go() -> Response:
+        with set_context(deadline=Deadline.from_timeout(3.0), priority=Priority.HIGH):
+            async with client.arequest(get("ok")) as response:
+                return response
+
+    response = asyncio.run(go())
+
+    assert (response.status, response.read()) == (200, b"fine")
+    [received] = server.received("/ok")
+    assert 2.5 < float(received.headers["X-Request-Timeout"]) <= 3.0
+    assert received.headers["X-Request-Priority"] == "high"
+
+
+def test_client_timeout_caps_a_longer_context_deadline(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    disconnects = Disconnects()
+    server.route("/hang", disconnects)
+    client = make_client(timeout=0.3, safe_method_strategy=single_attempt_strategy())
+
+    async def go() -> tuple[Response, float]:
+        with set_context(deadline=Deadline.from_timeout(5.0)):
+            return await acall(client, get("hang"))
+
+    response, elapsed = asyncio.run(go())
+
+    assert response.status == 408
+    assert 0.28 < elapsed < 0.8
+    assert float(server.received("/hang")[0].headers["X-Request-Timeout"]) <= 0.3
+
+
+def test_the_loop_stays_responsive_during_slow_calls(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """Another task ticking every 10 ms is never held up while eight calls wait 0.5 s each; the same
+    ticker does see a blocking call (the control), so the measurement can fail."""
+    widen_backlog(server)
+    server.route("/slow", answer_after(0.5, body=b"slow"))
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+
+    async def worst_tick_gap(work: Callable[[], object]) -> tuple[float, object]:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.05)
+        result = work()
+        if asyncio.iscoroutine(result):
+            result = await result
+        stop.set()
+        await ticker
+        return max(gaps), result
+
+    async def eight_async_calls() -> list[tuple[Response, float]]:
+        return await asyncio.gather(*(acall(client, get("slow")) for _ in range(8)))
+
+    def one_blocking_call() -> Response:
+        with client.request(get("slow")) as response:
+            return response
+
+    async def go() -> tuple[tuple[float, object], tuple[float, object]]:
+        return await worst_tick_gap(eight_async_calls), await worst_tick_gap(one_blocking_call)
+
+    (async_gap, results), (blocking_gap, _) = asyncio.run(go())
+
+    assert [r.status for r, _ in results] == [200] * 8  # type: ignore[attr-defined]
+    assert max(e for _, e in results) < 1.4  # type: ignore[attr-defined]  # in parallel, not one after another
+    assert async_gap < 0.15, f"the loop was blocked for {async_gap:.3f} s"
+    assert blocking_gap > 0.4  # the control: a sync call in the loop does block it
+
+
+def test_cancelling_the_task_aborts_every_attempt_in_flight(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """Two hedged attempts hang; cancelling the awaiting task hangs both up at once, and the
+    client's threads are free again (no worker kept busy until the 10 s deadline)."""
+    disconnects = Disconnects()
+    server.route("/hang", disconnects)
+    client = make_client(
+        timeout=10.0,
+        max_workers=2,
+        retry_budget=None,
+        safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05)),
+    )
+
+    async def go() -> float:
+        task = asyncio.create_task(acall(client, get("hang")))
+        await asyncio.sleep(0.3)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - cancelled_at < 0.1  # the task ends at once
+        return cancelled_at
+
+    cancelled_at = asyncio.run(go())
+
+    assert len(server.received("/hang")) == 2
+    deadline = time.monotonic() + 2
+    while len(disconnects.at) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(disconnects.at) == 2
+    assert max(disconnects.at) - cancelled_at < 0.3, "an attempt's socket stayed open after the cancel"
+    # Both attempt workers and the call's thread are free: new calls start at once and succeed.
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+
+    async def again() -> list[tuple[Response, float]]:
+        return await asyncio.gather(*(acall(client, get("ok")) for _ in range(2)))
+
+    for response, elapsed in asyncio.run(again()):
+        assert response.status == 200
+        assert elapsed < 0.5
+
+
+def test_a_cancelled_sequential_call_sends_no_retry(server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+    disconnects = Disconnects()
+    server.route("/hang", disconnects)
+    client = make_client(timeout=10.0)  # GET: 3 sequential attempts by default
+
+    async def go() -> None:
+        task = asyncio.create_task(acall(client, get("hang")))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    time.sleep(0.3)
+
+    assert len(server.received("/hang")) == 1
+    assert len(disconnects.at) == 1
+
+
+def test_hedging_works_from_async_code(server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+    count = 0
+    lock = threading.Lock()
+
+    def first_slow(handler: Handler) -> None:
+        nonlocal count
+        with lock:
+            count += 1
+            n = count
+        if n == 1:
+            time.sleep(1.0)
+        handler.reply(200, str(n).encode())
+
+    server.route("/hedged", first_slow)
+    client = make_client(
+        retry_budget=None,
+        safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.1)),
+    )
+
+    response, elapsed = asyncio.run(acall(client, get("hedged")))
+
+    assert (response.status, response.read()) == (200, b"2")
+    assert elapsed < 0.6
+    assert len(server.received("/hedged")) == 2
+
+
+def test_shares_the_breaker_and_metrics_of_sync_calls(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=5, minimum_throughput=2, failure_threshold=0.5
+    )
+    client = make_client(circuit_breaker=breaker)
+    labels = {
+        "request_endpoint": server.url,
+        "request_method": "GET",
+        "request_path": "ok",
+        "response_status": "200",
+        "circuit_breaker": "False",
+    }
+
+    with client.request(get("ok")):
+        pass
+    response, _ = asyncio.run(acall(client, get("ok")))
+    assert response.status == 200
+    all_metrics.flush()
+    assert REGISTRY.get_sample_value("aio_request_latency_count", labels) == 2
+    assert breaker.counts(server.url)[1] == 2  # both calls counted by the one breaker
+
+    breaker.set_override(server.url, Override.FORCE_OPEN)
+    response, _ = asyncio.run(acall(client, get("ok")))
+    assert response.status == 502
+    assert response.headers["X-Circuit-Breaker"] == "1"
+    assert len(server.received("/ok")) == 2
+
+
+def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """One call thread (MAX_WORKERS 1), three calls: the ones waiting in line end by their deadline."""
+    disconnects = Disconnects()
+    server.route("/hang", disconnects)
+    client = make_client(max_workers=1, safe_method_strategy=single_attempt_strategy())
+
+    async def go() -> list[tuple[Response, float]]:
+        return await asyncio.gather(
+            *(acall(client, get("hang"), deadline=Deadline.from_timeout(0.3)) for _ in range(3))
+        )
+
+    results = asyncio.run(go())
+
+    assert [r.status for r, _ in results] == [408, 408, 408]
+    assert max(e for _, e in results) < 0.7
+    assert len(server.received("/hang")) == 1  # the others were never sent
