@@ -70,6 +70,20 @@ class ClientsHandler:
         """(name, client) of every client built so far in this process; builds none."""
         return list(self._clients.items())
 
+    def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
+        """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
+        it replaces. With ``only_if``, only while that one is still there (a settings change in
+        between rebuilt the clients). For ``django_aio_request.testing``; the caller closes clients."""
+        with self._lock:
+            previous = self._clients.get(name)
+            if only_if is not None and previous is not only_if:
+                return None
+            if client is None:
+                self._clients.pop(name, None)
+            else:
+                self._clients[name] = client
+        return previous
+
     def close_all(self) -> None:
         """Close every client built so far; the next ``clients[name]`` builds a new one."""
         with self._lock:

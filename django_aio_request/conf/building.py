@@ -30,6 +30,7 @@ from django_aio_request.strategies.delays import (
     linear_backoff_delays,
 )
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+from django_aio_request.transport.base import Transport
 from django_aio_request.transport.requests_transport import RequestsTransport
 
 
@@ -95,8 +96,9 @@ def build_circuit_breaker(spec: ClientSpec) -> DefaultCircuitBreaker[str, Any] |
     return DefaultCircuitBreaker(store=store, **spec.circuit_breaker)
 
 
-def build_client(spec: ClientSpec, service_name: str | None) -> Client:
-    """A new client for ``spec``, with fresh state (connections, breaker, budget, learned delays)."""
+def build_client(spec: ClientSpec, service_name: str | None, transport: Transport | None = None) -> Client:
+    """A new client for ``spec``, with fresh state (connections, breaker, budget, learned delays);
+    ``transport`` replaces the one the settings describe (``django_aio_request.testing``)."""
     o = spec.options
     made: dict[str, Any] = {}
     if spec.safe_method_strategy is not None:
@@ -107,7 +109,8 @@ def build_client(spec: ClientSpec, service_name: str | None) -> Client:
         made["response_classifier"] = spec.response_classifier()
     return setup(
         endpoint=spec.endpoint,
-        transport=RequestsTransport(
+        transport=transport
+        or RequestsTransport(
             max_connections=o["MAX_CONNECTIONS"],
             connect_retries=o["CONNECT_RETRIES"],
             max_response_size=o["MAX_RESPONSE_SIZE"],

@@ -1,0 +1,203 @@
+"""django_aio_request.testing: the helpers users test their own views with (docs/testing.md).
+
+The fake replaces the transport only: these tests check that retries, hedges, the breaker, the retry
+budget and metrics still run, and that the fake behaves like the real transport at a deadline."""
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from django.test import Client, SimpleTestCase, override_settings
+from prometheus_client import REGISTRY
+from pytest_django.fixtures import Settings
+
+from django_aio_request import Priority, RequestsTransport, clients, get
+from django_aio_request import metrics as all_metrics
+from django_aio_request.testing import (
+    FakeDownstream,
+    UnexpectedCallError,
+    fake_client,
+    force_breaker,
+    network_error,
+    reply,
+    request_headers,
+    serving,
+)
+from django_aio_request.testing.pytest_plugin import AioRequestFixture
+
+ENDPOINT = "http://billing.test:8080/api/"
+BREAKER = {"BREAK_DURATION": 5, "SAMPLING_DURATION": 5, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+
+
+def billing_settings(**extra: Any) -> dict[str, Any]:
+    return {
+        "SERVICE_NAME": "orders",
+        "CLIENTS": {
+            "billing": {"ENDPOINT": ENDPOINT, "TIMEOUT": 5.0, "CIRCUIT_BREAKER": BREAKER, **extra},
+        },
+    }
+
+
+@pytest.fixture(autouse=True)
+def _billing(settings: Settings) -> None:
+    settings.MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]
+    settings.ROOT_URLCONF = "tests.support.urls_app"
+    settings.AIO_REQUEST = billing_settings()
+
+
+def view(path: str, **headers: Any) -> dict[str, Any]:
+    answer = Client().get(path, headers=request_headers(**headers))
+    assert answer.status_code == 200
+    data: dict[str, Any] = answer.json()
+    return data
+
+
+def test_the_fixture_is_loaded_by_the_plugin_entry_point(pytestconfig: pytest.Config) -> None:
+    plugin = pytestconfig.pluginmanager.get_plugin("django_aio_request")
+    assert plugin is not None
+    assert plugin.__name__ == "django_aio_request.testing.pytest_plugin"
+
+
+def test_a_view_against_a_scripted_downstream(aio_request: AioRequestFixture) -> None:
+    billing = aio_request.fake("billing")
+    billing.route("invoices/{id}", reply(200, json={"id": 7, "amount": 10}))
+
+    data = view("/invoice/7/", timeout=2.0, priority="high")
+
+    assert data["status"] == 200
+    assert data["body"] == '{"id": 7, "amount": 10}'
+    [call] = billing.calls
+    assert (call.method, call.path, call.template) == ("GET", "invoices/7", "invoices/{id}")
+    assert call.timeout is not None
+    assert 1.5 < call.timeout <= 2.0
+    assert call.priority is Priority.HIGH
+    assert call.headers["X-Service-Name"] == "orders"
+
+
+def test_retries_run_through_the_real_strategy_and_metrics(settings: Settings, aio_request: AioRequestFixture) -> None:
+    """GET has 3 sequential attempts by default: a 503, a network error, then a 200."""
+    settings.AIO_REQUEST = billing_settings(CIRCUIT_BREAKER=None)
+    billing = aio_request.fake("billing")
+    billing.route("invoices/8", reply(503), network_error(), reply(200, body="third"))
+    labels = {"request_endpoint": ENDPOINT, "request_method": "GET", "attempt": "2"}
+    before = REGISTRY.get_sample_value("aio_request_winning_attempt_total", labels) or 0.0
+
+    data = view("/invoice/8/")
+
+    assert (data["status"], data["body"]) == (200, "third")
+    assert len(billing.calls_to("invoices/8")) == 3
+    all_metrics.flush()
+    assert REGISTRY.get_sample_value("aio_request_winning_attempt_total", labels) == before + 1
+
+
+def test_a_delay_past_the_deadline_ends_at_the_deadline(aio_request: AioRequestFixture) -> None:
+    billing = aio_request.fake("billing")
+    billing.route("invoices/9", reply(200, delay=3.0))
+
+    data = view("/invoice/9/", timeout=0.3)
+
+    assert data["status"] == 408
+    assert 0.25 < data["elapsed"] < 0.8  # not the reply's 3 s
+    assert len(billing.calls) == 1  # no time left for a retry
+
+
+def test_failures_trip_the_real_breaker(aio_request: AioRequestFixture) -> None:
+    billing = aio_request.fake("billing")
+    billing.route("invoices/*", reply(500))
+
+    # Two attempts fail (MINIMUM_THROUGHPUT 2, 100% failed): the breaker opens and answers the third.
+    first = view("/invoice/10/")
+    second = view("/invoice/11/")
+
+    assert first["status"] == second["status"] == 502
+    assert [c.path for c in billing.calls] == ["invoices/10", "invoices/10"]  # nothing more was sent
+
+
+def test_forcing_the_breaker_open_then_back(aio_request: AioRequestFixture) -> None:
+    billing = aio_request.fake("billing")
+    billing.route("invoices/*", reply(200))
+    with force_breaker("billing", "open"):
+        forced = view("/invoice/12/")
+    after = view("/invoice/13/")
+
+    assert forced["status"] == 502
+    assert after["status"] == 200
+    assert [c.path for c in billing.calls] == ["invoices/13"]
+
+
+def test_the_fixture_forces_a_breaker_until_the_end_of_the_test(aio_request: AioRequestFixture) -> None:
+    aio_request.fake("billing").route("invoices/*", reply(200))
+    aio_request.force_breaker("billing", "open")
+
+    assert view("/invoice/14/")["status"] == 502
+
+
+def test_an_unscripted_path_fails_the_test_loudly(aio_request: AioRequestFixture) -> None:
+    aio_request.fake("billing").route("invoices/1", reply(200))
+
+    unexpected = pytest.raises(UnexpectedCallError, match=r"GET invoices/2: no route .* \(routes: invoices/1\)")
+    with unexpected, clients["billing"].request(get("invoices/2")):
+        pass
+
+
+def test_hedges_and_cancellation_from_async_code(settings: Settings, aio_request: AioRequestFixture) -> None:
+    hedged = {"NAME": "parallel", "ATTEMPTS_COUNT": 2, "DELAYS": {"NAME": "constant", "DELAY": 0.1}}
+    settings.AIO_REQUEST = billing_settings(SAFE_METHOD_STRATEGY=hedged, RETRY_BUDGET=False)
+    billing = aio_request.fake("billing")
+    billing.route("invoices/15", reply(200, body="slow", delay=2.0), reply(200, body="hedge"))
+
+    async def go() -> tuple[int, bytes, float]:
+        started = time.monotonic()
+        with serving(timeout=3.0, priority="low"):
+            async with clients["billing"].arequest(get("invoices/15")) as response:
+                return response.status, response.read(), time.monotonic() - started
+
+    status, body, elapsed = asyncio.run(go())
+
+    assert (status, body) == (200, b"hedge")
+    assert elapsed < 0.6  # the slow first attempt was abandoned, not waited for
+    first, second = billing.calls
+    assert first.priority is second.priority is Priority.LOW
+    assert first.timeout is not None
+    assert 2.5 < first.timeout <= 3.0
+
+
+def test_the_real_client_comes_back_after_the_fake() -> None:
+    with fake_client("billing") as fake:
+        assert isinstance(clients["billing"].transport, FakeDownstream)
+        assert clients["billing"].transport is fake
+    assert isinstance(clients["billing"].transport, RequestsTransport)
+
+
+class UnittestStyle(SimpleTestCase):
+    """The same helpers in a Django TestCase, as context managers."""
+
+    @override_settings(
+        AIO_REQUEST=billing_settings(),
+        ROOT_URLCONF="tests.support.urls_app",
+        MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"],
+    )
+    def test_view_with_a_fake_and_a_deadline(self) -> None:
+        with fake_client("billing") as billing:
+            billing.route("invoices/5", reply(404, body="no such invoice"))
+            answer = self.client.get("/invoice/5/", headers=request_headers(timeout=1.5, priority="low"))
+
+        assert answer.json()["status"] == 404
+        [call] = billing.calls
+        assert call.priority is Priority.LOW
+        assert call.timeout is not None
+        assert call.timeout <= 1.5
+
+
+def test_helpers_refuse_bad_input() -> None:
+    with pytest.raises(ValueError, match="priority must be 'high', 'normal' or 'low'"):
+        request_headers(priority="urgent")
+    with pytest.raises(ValueError, match="finite number"):
+        request_headers(timeout=float("inf"))
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        reply(delay=-1)
+    with pytest.raises(TypeError, match="Reply objects"):
+        FakeDownstream(ENDPOINT).route("x", 200)  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="no client 'payments'"), fake_client("payments"):
+        pass

@@ -1,0 +1,136 @@
+"""Async views under a real ASGI server (uvicorn, one worker, one event loop) calling a downstream
+on loopback with ``clients[...].arequest()``."""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_after,
+    free_port,
+    hang_until_disconnect,
+    wait_for_disconnect,
+    widen_backlog,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def downstream() -> Iterator[LoopbackServer]:
+    server = LoopbackServer()
+    widen_backlog(server)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def service(downstream: LoopbackServer) -> Iterator[str]:
+    """The URL of a Django service served by uvicorn whose clients call ``downstream``."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.support.settings_asgi",
+        "BILLING_URL": downstream.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:application"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "off", "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(url + "aping/", timeout=1)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read().decode() if process.stdout else ""
+                    pytest.fail(f"uvicorn did not start: {output}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    started = time.monotonic()
+    answer = requests.get(url, headers=headers or {}, timeout=10)
+    answer.raise_for_status()
+    return answer.json(), time.monotonic() - started
+
+
+def test_async_view_sends_the_deadline_and_priority_it_serves_with(downstream: LoopbackServer, service: str) -> None:
+    downstream.route("/invoices/1", lambda h: h.reply(200, b"invoice 1"))
+
+    data, _ = fetch(service + "ainvoice/1/", {"X-Request-Timeout": "3", "X-Request-Priority": "low"})
+
+    assert (data["status"], data["body"]) == (200, "invoice 1")
+    [received] = downstream.received("/invoices/1")
+    assert 2.0 < float(received.headers["X-Request-Timeout"]) <= 3.0
+    assert received.headers["X-Request-Priority"] == "low"
+    assert received.headers["X-Service-Name"] == "asgi-tests"
+
+
+def test_slow_calls_do_not_hold_up_the_event_loop(downstream: LoopbackServer, service: str) -> None:
+    """Eight views each wait 0.8 s for the downstream at once; one event loop serves them all in
+    about 0.8 s, and answers another view meanwhile at once."""
+    downstream.route("/invoices/2", answer_after(0.8, body=b"slow"))
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        slow = [pool.submit(fetch, service + "ainvoice/2/") for _ in range(8)]
+        time.sleep(0.3)  # the eight are waiting for the downstream now
+        _, ping_elapsed = fetch(service + "aping/")
+        results = [future.result() for future in slow]
+
+    assert [data["status"] for data, _ in results] == [200] * 8
+    assert max(elapsed for _, elapsed in results) < 2.0  # a blocked loop would take 8 x 0.8 s
+    assert ping_elapsed < 0.3
+
+
+def test_client_timeout_caps_the_request_deadline(downstream: LoopbackServer, service: str) -> None:
+    downstream.route("/invoices/3", hang_until_disconnect)
+
+    data, elapsed = fetch(service + "ainvoice/3/?client=capped", {"X-Request-Timeout": "2"})
+
+    assert data["status"] == 408
+    assert 0.45 < data["elapsed"] < 0.9  # the client's TIMEOUT (0.5 s), not the request's 2 s
+    assert elapsed < 1.5
+    [received] = downstream.received("/invoices/3")
+    assert float(received.headers["X-Request-Timeout"]) <= 0.5
+
+
+def test_hedging_from_an_async_view(downstream: LoopbackServer, service: str) -> None:
+    lock = threading.Lock()
+    seen = 0
+
+    def first_slow(handler: Handler) -> None:
+        nonlocal seen
+        with lock:
+            seen += 1
+            n = seen
+        if n == 1:
+            wait_for_disconnect(handler, 2.0)  # hung up by the client once the hedge wins
+            return
+        handler.reply(200, b"hedge")
+
+    downstream.route("/invoices/4", first_slow)
+
+    data, _ = fetch(service + "ainvoice/4/?client=hedged")
+
+    assert (data["status"], data["body"]) == (200, "hedge")
+    assert data["elapsed"] < 0.6
+    assert len(downstream.received("/invoices/4")) == 2
