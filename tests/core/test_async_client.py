@@ -12,7 +12,6 @@ from django_aio_request import (
     Client,
     Deadline,
     DefaultCircuitBreaker,
-    Priority,
     Response,
     constant_delays,
     get,
@@ -21,7 +20,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request import metrics as all_metrics
-from django_aio_request.breaker.circuit_breaker import Override
+from django_aio_request.testing import force_breaker, serving
 from tests.support.loopback import Handler, LoopbackServer, answer_after, clients, wait_for_disconnect, widen_backlog
 
 
@@ -60,7 +59,7 @@ def test_deadline_and_priority_come_from_the_task_context(
     client = make_client(timeout=10.0)
 
     async def go() -> Response:
-        with set_context(deadline=Deadline.from_timeout(3.0), priority=Priority.HIGH):
+        with serving(timeout=3.0, priority="high"):
             async with client.arequest(get("ok")) as response:
                 return response
 
@@ -250,11 +249,12 @@ def test_shares_the_breaker_and_metrics_of_sync_calls(
     assert REGISTRY.get_sample_value("aio_request_latency_count", labels) == 2
     assert breaker.counts(server.url)[1] == 2  # both calls counted by the one breaker
 
-    breaker.set_override(server.url, Override.FORCE_OPEN)
-    response, _ = asyncio.run(acall(client, get("ok")))
+    with force_breaker(client, "open"):
+        response, _ = asyncio.run(acall(client, get("ok")))
     assert response.status == 502
     assert response.headers["X-Circuit-Breaker"] == "1"
     assert len(server.received("/ok")) == 2
+    assert breaker.snapshot()[0].override is None  # force_breaker put it back
 
 
 def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(

@@ -18,6 +18,7 @@ from django_aio_request import (
     set_context,
     single_attempt_strategy,
 )
+from django_aio_request.testing import serving
 from tests.support.loopback import Handler, LoopbackServer, clients, hang_until_disconnect, replies, widen_backlog
 from tests.support.loopback import timed_call as call
 
@@ -81,7 +82,7 @@ class TestDeadline:
         server.route("/hang", hang_until_disconnect)
         client = make_client(timeout=10.0)
 
-        with set_context(deadline=Deadline.from_timeout(0.3)):
+        with serving(timeout=0.3):  # as the middleware would for X-Request-Timeout: 0.3
             response, elapsed = call(client, get("hang"))
 
         assert response.status == 408

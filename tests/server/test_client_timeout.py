@@ -8,6 +8,7 @@ import pytest
 from django.test import Client
 from pytest_django.fixtures import Settings
 
+from django_aio_request.testing import request_headers
 from tests.support.loopback import LoopbackServer, hang_until_disconnect
 
 pytestmark = pytest.mark.urls("tests.support.urls_app")
@@ -40,7 +41,7 @@ def sent_timeout(server: LoopbackServer) -> float:
     return float(server.received()[-1].headers["X-Request-Timeout"])
 
 
-@pytest.mark.parametrize("incoming", [{"X-Request-Timeout": "2"}, {}], ids=["header-2s", "server-default-20s"])
+@pytest.mark.parametrize("incoming", [request_headers(timeout=2), {}], ids=["header-2s", "server-default-20s"])
 def test_client_timeout_caps_a_longer_request_deadline(downstream: LoopbackServer, incoming: dict[str, str]) -> None:
     data, elapsed = view("/invoice/1/?client=capped", incoming)
 
@@ -51,7 +52,7 @@ def test_client_timeout_caps_a_longer_request_deadline(downstream: LoopbackServe
 
 
 def test_a_shorter_request_deadline_caps_the_client_timeout(downstream: LoopbackServer) -> None:
-    data, _ = view("/invoice/2/?client=billing", {"X-Request-Timeout": "0.4"})
+    data, _ = view("/invoice/2/?client=billing", request_headers(timeout=0.4))
 
     assert data["status"] == 408
     assert 0.3 < data["elapsed"] < 0.8
@@ -61,7 +62,7 @@ def test_a_shorter_request_deadline_caps_the_client_timeout(downstream: Loopback
 def test_the_priority_still_comes_from_the_request(downstream: LoopbackServer) -> None:
     downstream.route("/invoices/3", lambda h: h.reply(200, b"ok"))
 
-    data, _ = view("/invoice/3/?client=capped", {"X-Request-Timeout": "2", "X-Request-Priority": "high"})
+    data, _ = view("/invoice/3/?client=capped", request_headers(timeout=2, priority="high"))
 
     assert data["status"] == 200
     received = downstream.received("/invoices/3")[0]
