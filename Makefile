@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-django42 lint typecheck bench clean
+.PHONY: demo test test-django42 wheel-smoke lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version)'
@@ -31,6 +31,10 @@ $(VENV42)/.installed-stamp: pyproject.toml
 
 test-django42: $(VENV42)/.installed-stamp
 	$(VENV42)/bin/python -m pytest -q
+
+## make wheel-smoke: build the wheel, install it into a fresh virtualenv and try it in a new Django project
+wheel-smoke:
+	PYTHON=$(PYTHON) bash .ci/wheel_smoke.sh
 
 ## make lint: ruff, and the import contracts in pyproject.toml (the core imports no Django)
 lint: $(STAMP)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the wheel, install it into a fresh virtualenv outside the checkout, and try it as a user
+# would (.ci/wheel_smoke.py: the wheel's contents, then a Django project using the installed package:
+# manage.py check and migrate, and calls through a named client to a loopback server).
+# Usage: .ci/wheel_smoke.sh  (PYTHON=python3.12 to use another interpreter; KEEP=1 keeps the work dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+checkout="$(pwd)"
+PYTHON="${PYTHON:-python3}"
+work="$(mktemp -d)"
+if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "work dir: $work"; fi
+
+# Build from a copy of the files git knows (committed or not, ignored ones left out), so that
+# nothing of a local .venv or build/ can slip into the wheel and the checkout stays clean.
+mkdir -p "$work/src"
+git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src"
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$work/src"
+
+"$PYTHON" -m venv "$work/venv"
+"$work/venv/bin/python" -m pip install --quiet --upgrade pip
+"$work/venv/bin/python" -m pip install --quiet "$work"/dist/*.whl
+# From the work dir, so that the checkout is not on sys.path: the installed wheel must do on its own.
+cd "$work"
+"$work/venv/bin/python" "$checkout/.ci/wheel_smoke.py" "$checkout" "$work"/dist/*.whl
