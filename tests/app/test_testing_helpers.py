@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+import requests
+import responses as responses_lib
 from django.test import Client, SimpleTestCase, override_settings
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
@@ -201,3 +203,45 @@ def test_helpers_refuse_bad_input() -> None:
         FakeDownstream(ENDPOINT).route("x", 200)  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="no client 'payments'"), fake_client("payments"):
         pass
+
+
+@responses_lib.activate
+def test_responses_checks_the_request_built() -> None:
+    """docs/testing.md's `responses` example: the real client and transport, requests' adapter mocked."""
+    responses_lib.get(ENDPOINT + "invoices/7?expand=lines", json={"id": 7})
+
+    with (
+        serving(timeout=2.0, priority="low"),
+        clients["billing"].request(
+            get("invoices/{id}", path_parameters={"id": 7}, query_parameters={"expand": "lines"})
+        ) as response,
+    ):
+        assert response.json() == {"id": 7}
+
+    [sent] = responses_lib.calls
+    assert sent.request.headers["X-Request-Priority"] == "low"
+    assert 1.5 < float(sent.request.headers["X-Request-Timeout"]) <= 2.0
+
+
+@responses_lib.activate
+def test_responses_network_errors_are_489() -> None:
+    """With `responses`, a mocked ConnectionError and an unregistered URL both reach the code as a 489."""
+    settings_free = {"SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    with override_settings(AIO_REQUEST=billing_settings(**settings_free)):
+        responses_lib.get(ENDPOINT + "invoices/1", body=requests.ConnectionError("refused"))
+        with clients["billing"].request(get("invoices/1")) as refused:
+            pass
+        with clients["billing"].request(get("invoices/2")) as unregistered:
+            pass
+
+    assert refused.status == unregistered.status == 489
+
+
+def test_serving_keeps_what_it_is_not_given() -> None:
+    with serving(timeout=2.0) as outer, serving(priority="low") as inner:
+        assert inner.deadline is outer.deadline
+        assert inner.priority is Priority.LOW
+    with serving(priority="high"), serving(timeout=1.0) as inner:
+        assert inner.priority is Priority.HIGH
+        assert inner.deadline is not None
+        assert 0.9 < inner.deadline.timeout <= 1.0
