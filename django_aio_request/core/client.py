@@ -206,7 +206,7 @@ class Client:
                 drivers = self._async_drivers
                 if drivers is None:
                     drivers = self._async_drivers = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=self._workers.max_workers, thread_name_prefix=f"aio-request-async {self.endpoint}"
+                        max_workers=self._workers.max_workers, thread_name_prefix="django-aio-request-async"
                     )
         return drivers
 
