@@ -219,7 +219,7 @@ class Client:
     def close(self) -> None:
         """Wait for running attempts, then close pooled connections."""
         if self._async_drivers is not None:
-            self._async_drivers.shutdown(wait=True, cancel_futures=True)
+            self._async_drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
         self._workers.shutdown()
         self.transport.close()
         if self.circuit_breaker is not None:

@@ -310,8 +310,9 @@ def test_a_huge_malformed_value_is_logged_truncated(caplog: pytest.LogCaptureFix
 @pytest.fixture
 def downstream(server: LoopbackServer, settings: Settings) -> LoopbackServer:
     server.route("/echo", lambda handler: handler.reply(200, b"ok"))
+    # TIMEOUT above MAX_TIMEOUT: the client's own cap never cuts the request's deadline these tests watch.
     settings.AIO_REQUEST = server_setting(
-        CLIENTS={"down": {"ENDPOINT": server.url, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}
+        CLIENTS={"down": {"ENDPOINT": server.url, "TIMEOUT": 60.0, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}
     )
     return server
 
