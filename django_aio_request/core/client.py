@@ -143,6 +143,8 @@ class Client:
             if not done and future.cancel():
                 # Never started (every call thread busy until the deadline): nothing was sent.
                 response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+                if self._metrics is not None:
+                    self._metrics.deadline_rejected(request.method, "expired")
             else:
                 response = await waiting
         except asyncio.CancelledError:

@@ -264,6 +264,7 @@ def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(
     disconnects = Disconnects()
     server.route("/hang", disconnects)
     client = make_client(max_workers=1, safe_method_strategy=single_attempt_strategy())
+    labels = {"request_endpoint": server.url, "request_method": "GET", "reason": "expired"}
 
     async def go() -> list[tuple[Response, float]]:
         return await asyncio.gather(
@@ -275,3 +276,4 @@ def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(
     assert [r.status for r, _ in results] == [408, 408, 408]
     assert max(e for _, e in results) < 0.7
     assert len(server.received("/hang")) == 1  # the others were never sent
+    assert REGISTRY.get_sample_value("aio_request_deadline_rejected_total", labels) == 2  # and are counted
