@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.shedding
 	$(PY) -m benchmarks.load
 	$(PY) -m benchmarks.resolver
+	$(PY) -m benchmarks.async_client
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3
