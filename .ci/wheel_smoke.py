@@ -8,7 +8,8 @@
 3. A new Django project using it (written to a temporary directory): ``manage.py check`` and
    ``manage.py migrate`` pass, and a view called through Django's test client with
    ``X-Request-Timeout: 2`` and ``X-Request-Priority: high`` calls a named client, sync and async,
-   to a loopback server, which receives the deadline, the priority and the service name.
+   to a loopback server, which receives the deadline, the priority and the service name; a
+   user's pytest test uses the ``aio_request`` fixture of the installed plugin.
 Any failure exits non-zero with a message saying what was wrong.
 """
 
@@ -142,6 +143,21 @@ async def ainvoice(request, pk):
 urlpatterns = [path("invoice/<int:pk>/", invoice), path("ainvoice/<int:pk>/", ainvoice)]
 """
 
+USERS_TEST = """
+from django_aio_request import Priority
+from django_aio_request.testing import reply
+
+
+def test_a_view_against_the_fake(client, aio_request):
+    billing = aio_request.fake("billing")
+    billing.route("invoices/{id}", reply(200, json={"id": 3}))
+    answer = client.get("/invoice/3/", headers=aio_request.headers(timeout=1.5, priority="low"))
+    assert answer.json() == {"status": 200, "body": {"id": 3}}
+    [call] = billing.calls
+    assert call.priority is Priority.LOW
+    assert 1.0 < call.timeout <= 1.5
+"""
+
 CALLS = """
 import asyncio, json
 from django.test import AsyncClient, Client
@@ -186,6 +202,19 @@ def check_project() -> None:
             fail(f"manage.py migrate did not apply the app's migrations:\n{migrated}")
         print("migrate: the app's migrations applied")
         status, sync_body, async_body = json.loads(run(project, "shell", "-c", CALLS).strip().splitlines()[-1])
+        (project / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = smoke.settings\n")
+        (project / "test_users.py").write_text(USERS_TEST)
+        tested = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if tested.returncode != 0:
+            fail(f"a user's test with the aio_request fixture failed:\n{tested.stdout}\n{tested.stderr}")
+        print("pytest: the aio_request fixture of the installed plugin works in a user's test")
     server.shutdown()
     if status != 200 or sync_body != {"status": 200, "body": {"invoice": "/invoices/7"}}:
         fail(f"the sync view answered {status} {sync_body}")

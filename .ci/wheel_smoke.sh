@@ -19,6 +19,8 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 "$PYTHON" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip
 "$work/venv/bin/python" -m pip install --quiet "$work"/dist/*.whl
+# pytest and pytest-django, to try the testing helpers' pytest plugin from the installed wheel.
+"$work/venv/bin/python" -m pip install --quiet pytest pytest-django
 # From the work dir, so that the checkout is not on sys.path: the installed wheel must do on its own.
 cd "$work"
 "$work/venv/bin/python" "$checkout/.ci/wheel_smoke.py" "$checkout" "$work"/dist/*.whl
