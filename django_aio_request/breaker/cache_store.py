@@ -12,13 +12,23 @@ cache, per (client, endpoint):
 - ``...:probe:<slot>``: the half-open probe claim, taken with ``cache.add`` (atomic), one per
   ``break_duration`` slot, so one process of all probes.
 
-The hot path never waits for the cache, except the caller that tries to claim a probe (one
-``cache.add``) and the first call of the process to an endpoint (one ``cache.get`` of its block,
-so a recycled worker does not call into a circuit the others opened); never both in one call.
-Outcomes are batched in memory; a background thread flushes them every
+No call ever waits for the cache: every round trip is made by a background thread, never under
+the breaker's lock, so a cache that hangs (a blackholed Redis without socket timeouts) costs a call
+nothing and holds no other thread. Outcomes are batched in memory; the thread flushes them every
 ``sync_interval`` (0.1 s), writes opens and closes, and reads back the counts and the open-until
 of every endpoint in one ``get_many``, which callers then read from memory. The thread also tells
 the breaker, so a circuit opened by other processes opens here without a call having to fail.
+
+Two things a call used to ask the cache itself are now asked for it, at once (the thread is woken):
+- the first call of a process to an endpoint goes by what is known (nothing: closed) and wakes the
+  thread, which reads the endpoint's block; a recycled worker learns of a circuit the others opened
+  one round trip later, instead of making its first call wait for that round trip;
+- the half-open probe: a call finding the break over gets the fallback and asks the thread to claim
+  the probe (``cache.add``, atomic: one process of all); once claimed, the next call of this
+  process is the probe. So a circuit closes one call later than with a claim on the call path.
+
+A round that has not finished after ``stall_after`` seconds (a hanging cache) counts as an outage
+for decisions: probes are claimed locally, as when the cache fails.
 
 If the cache fails, this process goes on counting and deciding on its own (a
 :class:`MemoryCircuitStore` kept all along), logs one warning, and one more when the cache answers
@@ -40,6 +50,8 @@ from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircu
 logger = logging.getLogger(__name__)
 
 DEFAULT_SYNC_INTERVAL = 0.1
+#: A sync round running longer than this (seconds, at least 10 intervals) means the cache hangs.
+DEFAULT_STALL_AFTER = 1.0
 # How long the "open until" key outlives its time: processes that were not told of a close in the
 # meantime (none probed) then count as closed.
 OPEN_KEY_GRACE = 60.0
@@ -61,6 +73,7 @@ class CacheCircuitStore(CircuitStore[str]):
         connect: Callable[[], Any],
         namespace: str,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
         if not sync_interval > 0:
             raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
@@ -68,6 +81,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._connect = connect
         self.namespace = namespace
         self.sync_interval = sync_interval
+        self.stall_after = max(stall_after, 10 * sync_interval)
         self._local: MemoryCircuitStore[str] = MemoryCircuitStore(clock=time.time)
         self._on_change: Callable[[str], None] = lambda scope: None
         self._sampling_duration = 10.0
@@ -83,9 +97,16 @@ class CacheCircuitStore(CircuitStore[str]):
         self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
         self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
         self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
+        self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
+        self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
+        self._granted: dict[str, tuple[str, float]] = {}  # scope -> (claimed probe key, claimed at)
+        self._probes: dict[str, str] = {}  # scope -> probe key of the probe out now (to release it)
+        self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
+        self._stall_logged = False
         self.healthy = True  # False during a cache outage: decisions are this process's own
         self._pid = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         _STORES.add(self)
 
@@ -118,9 +139,16 @@ class CacheCircuitStore(CircuitStore[str]):
         self._local.add(scope, success)
         self._known(scope)
         if self.healthy:
-            key = (scope, int(time.time() / self._window), "s" if success else "f")
+            window = int(time.time() / self._window)
+            key = (scope, window, "s" if success else "f")
             with self._lock:
-                self._pending[key] = self._pending.get(key, 0) + 1
+                count = self._pending.get(key)
+                if count is None and len(self._pending) > 2 * self._windows_count:
+                    # Not flushed for a while (the cache hangs): drop counts out of the sampling period.
+                    first = window - self._windows_count + 1
+                    for stale in [stale for stale in self._pending if stale[1] < first]:
+                        del self._pending[stale]
+                self._pending[key] = (count or 0) + 1
 
     def totals(self, scope: str) -> tuple[int, int]:
         if not self.healthy:
@@ -140,8 +168,8 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def blocked_until(self, scope: str) -> float | None:
         if scope not in self._scopes:
-            self._first_sight(scope)
-        self._known(scope)
+            self._known(scope)
+            self._wake.set()  # read its block now, not at the next interval
         if not self.healthy:
             return self._local.blocked_until(scope)
         return self._until.get(scope)
@@ -150,33 +178,47 @@ class CacheCircuitStore(CircuitStore[str]):
         self._local.block(scope, until)
         self._known(scope)
         with self._lock:
+            self._probes.pop(scope, None)
             self._until[scope] = until
             if self.healthy:
                 self._writes[scope] = until
 
     def claim_probe(self, scope: str, until: float) -> bool:
-        if self.healthy:
+        if self.healthy and not self._stalled():
             now = time.time()
-            slot = int(now / self._break_duration)
-            try:
-                won = bool(self._backend().add(f"{self._prefix(scope)}:probe:{slot}", os.getpid(), self._seconds(2)))
-            except Exception as error:
-                self._outage(error)
-            else:
-                with self._lock:
-                    if won:
-                        self._until[scope] = until
-                        self._writes[scope] = until  # others see the block, and stop trying to claim
-                    else:
-                        self._until[scope] = now + self.sync_interval  # another process probes: ask again later
-                if won:
-                    self._local.block(scope, until)
-                return won
+            with self._lock:
+                granted = self._granted.pop(scope, None)
+                if granted is not None and granted[1] > now - self._break_duration:
+                    self._probes[scope] = granted[0]
+                    self._until[scope] = until
+                    self._writes[scope] = until
+                else:
+                    granted = None
+                    self._wanted.add(scope)
+                    self._until[scope] = now + self.sync_interval  # ask again once the thread had its go
+            if granted is None:
+                self._wake.set()
+                return False
+            self._local.block(scope, until)
+            return True
         return self._local.claim_probe(scope, until)
+
+    def release_probe(self, scope: str) -> None:
+        """The probe of ``scope`` ended without an outcome (abandoned, or it raised): let the next
+        call (here or in another process) probe at once."""
+        self._local.block(scope, time.time())
+        with self._lock:
+            self._until[scope] = time.time()
+            probe = self._probes.pop(scope, None)
+            if self.healthy:
+                self._writes[scope] = time.time()
+                if probe is not None:
+                    self._released.add(probe)
 
     def close_circuit(self, scope: str) -> None:
         self._local.close_circuit(scope)
         with self._lock:
+            self._probes.pop(scope, None)
             self._until[scope] = None
             self._shared.pop(scope, None)
             for source in (self._pending, self._flushing):
@@ -186,26 +228,61 @@ class CacheCircuitStore(CircuitStore[str]):
                 self._writes[scope] = None
 
     def close(self) -> None:
-        """Stop the sync thread after a last flush (it starts again if the store is used)."""
+        """Stop the sync thread after a last flush, made by the thread itself and waited for at most
+        ``stall_after`` seconds: a cache that hangs cannot hold the caller (it starts again if the
+        store is used)."""
         thread = self._thread
         if thread is not None and self._pid == os.getpid():
             self._stop.set()
+            self._wake.set()
             if thread is not threading.current_thread():
-                thread.join(max(1.0, 10 * self.sync_interval))
-            self.sync()
+                thread.join(self.stall_after)
         self._thread = None
 
     # -- the sync thread ---------------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Flush the outcomes counted here, write opens and closes, read everything back (one step of
-        the background thread; tests call it to flush at once). Never raises."""
+        """Flush the outcomes counted here, write opens and closes, claim the probes calls asked
+        for, read everything back (one step of the background thread; tests call it to flush at
+        once). Never raises."""
         with self._sync_lock:
-            self._sync()
+            self._round_started = time.monotonic()
+            try:
+                self._sync()
+            finally:
+                self._round_started = None
+
+    def _stalled(self) -> bool:
+        started = self._round_started
+        if started is None or time.monotonic() - started < self.stall_after:
+            return False
+        if not self._stall_logged:
+            self._stall_logged = True
+            logger.warning(
+                "circuit breaker state: cache %r has not answered for %.1f s; %r decides in this process",
+                self.alias,
+                time.monotonic() - started,
+                self.namespace,
+            )
+        return True
+
+    def _claim(self, cache: Any, wanted: set[str], scopes: dict[str, str]) -> dict[str, tuple[str, float]]:
+        """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic)."""
+        won = {}
+        for scope in wanted:
+            now = time.time()
+            key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
+            if cache.add(key, os.getpid(), self._seconds(2)):
+                won[scope] = (key, now)
+                # Others see the block at once, and stop trying to claim.
+                cache.set(f"{scopes[scope]}:open", now + self._break_duration, self._seconds_for(OPEN_KEY_GRACE))
+        return won
 
     def _sync(self) -> None:
         with self._lock:
             scopes = dict(self._scopes)
+            wanted, self._wanted = self._wanted, set()
+            released, self._released = self._released, set()
             writes, self._writes = self._writes, {}
             pending, self._pending = self._pending, {}
             for key, count in pending.items():
@@ -217,8 +294,9 @@ class CacheCircuitStore(CircuitStore[str]):
         windows = range(current - self._windows_count + 1, current + 1)
         try:
             cache = self._backend()
-            self._write(cache, writes, scopes, windows)
+            self._write(cache, writes, scopes, windows, released)
             self._flush(cache, flushing, scopes)
+            won = self._claim(cache, wanted, scopes)
             names = [f"{prefix}:{w}:{kind}" for prefix in scopes.values() for w in windows for kind in "fs"]
             found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
         except Exception as error:
@@ -240,11 +318,17 @@ class CacheCircuitStore(CircuitStore[str]):
                     for kind in "fs"
                     if f"{prefix}:{w}:{kind}" in found
                 }
-                if scope not in self._writes:  # a newer local decision waits to be written
+                # Not when a newer local decision waits to be written, nor over a probe claimed here
+                # (the block read back is the one written for it).
+                if scope not in self._writes and scope not in self._granted and scope not in won:
                     until = found.get(f"{prefix}:open")
                     self._until[scope] = None if until is None else float(until)
+            for scope, granted in won.items():
+                self._granted[scope] = granted
+                self._until[scope] = granted[1]  # the break is over for this process's next call only
             recovered = not self.healthy
             self.healthy = True
+            self._stall_logged = False
         if recovered:
             logger.warning(
                 "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self.namespace
@@ -257,25 +341,6 @@ class CacheCircuitStore(CircuitStore[str]):
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _first_sight(self, scope: str) -> None:
-        """A new process (a recycled worker) must not send its first calls into a circuit the others
-        opened: read its block once, at the first call to ``scope`` (one round trip, once)."""
-        self._known(scope)
-        if not self.healthy:
-            return
-        try:
-            until = self._backend().get(f"{self._prefix(scope)}:open")
-        except Exception as error:
-            self._outage(error)
-            return
-        if until is None:
-            return
-        now = time.time()
-        with self._lock:
-            if scope not in self._writes:
-                # A break already over: claim the probe on a later call, not as a second round trip of this one.
-                self._until[scope] = max(float(until), now + self.sync_interval)
-
     def _known(self, scope: str) -> None:
         """Make sure the sync thread runs (in this process) and syncs ``scope``."""
         if self._thread is None:
@@ -284,7 +349,11 @@ class CacheCircuitStore(CircuitStore[str]):
             with self._lock:
                 self._scopes[scope] = self._prefix(scope)
 
-    def _write(self, cache: Any, writes: dict[str, float | None], scopes: dict[str, str], windows: range) -> None:
+    def _write(
+        self, cache: Any, writes: dict[str, float | None], scopes: dict[str, str], windows: range, released: set[str]
+    ) -> None:
+        if released:  # probes that ended without an outcome: others may claim at once
+            cache.delete_many(list(released))
         for scope, until in writes.items():
             prefix = scopes[scope]
             if until is None:  # closed: forget the block and the counts that opened it
@@ -309,6 +378,8 @@ class CacheCircuitStore(CircuitStore[str]):
             self.healthy = False
             self._pending.clear()
             self._writes.clear()
+            self._wanted.clear()
+            self._granted.clear()
         if started:
             logger.warning(
                 "circuit breaker state: cache %r failed (%s: %s); %r counts in this process only until it answers",
@@ -341,6 +412,16 @@ class CacheCircuitStore(CircuitStore[str]):
         self._sync_lock = threading.Lock()
         self._cache = None  # the child opens its own connections
         self._thread = None
+        self._round_started = None
+        # What the parent counted or decided is the parent's to write: a child writing it again
+        # would count every outcome twice (or once per child).
+        self._pending = {}
+        self._flushing = {}
+        self._writes = {}
+        self._wanted = set()
+        self._granted = {}
+        self._probes = {}
+        self._released = set()
 
     def _start(self) -> None:
         with self._lock:
@@ -348,8 +429,9 @@ class CacheCircuitStore(CircuitStore[str]):
                 return
             self._pid = os.getpid()
             self._stop = threading.Event()
+            self._wake = threading.Event()
             self._thread = threading.Thread(
-                target=_run, args=(weakref.ref(self), self._stop, self.sync_interval), daemon=True
+                target=_run, args=(weakref.ref(self), self._stop, self._wake, self.sync_interval), daemon=True
             )
             self._thread.name = f"aio-request-breaker-{self.namespace}"
             self._thread.start()
@@ -366,11 +448,15 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, interval: float) -> None:
+def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: threading.Event, interval: float) -> None:
     # Holds the store only while syncing, so a store nobody uses any more is collected and the thread ends.
-    while not stop.wait(interval):
+    while True:
+        wake.wait(interval)
+        wake.clear()
         store = ref()
         if store is None:
             return
-        store.sync()
+        store.sync()  # after stop too: the last flush
         del store
+        if stop.is_set():
+            return

@@ -125,6 +125,8 @@ class CircuitStore(abc.ABC, Generic[TScope]):
     The breaker calls every method while holding its lock, so a store needs no lock of its own for
     these calls (one with a background thread must guard what that thread shares). ``now()`` is the
     store's clock for ``until`` values: monotonic in memory, wall-clock time when processes share it.
+    A store must not block in these calls either (no network round trip): they run under the lock,
+    on the call path; a shared store talks to its backend from a thread of its own.
     """
 
     def bind(
@@ -166,6 +168,11 @@ class CircuitStore(abc.ABC, Generic[TScope]):
     @abc.abstractmethod
     def close_circuit(self, scope: TScope) -> None:
         """The circuit closed: forget its counts and its block."""
+
+    def release_probe(self, scope: TScope) -> None:
+        """The probe ended without an outcome (abandoned by its strategy, or it raised): the break is
+        over, so the next call may claim the probe at once."""
+        self.block(scope, self.now())
 
     def close(self) -> None:
         """Release what the store holds (threads, connections); it may still be used afterwards."""
@@ -351,12 +358,26 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         fallback: Callable[[], TResult],
         is_successful: Callable[[TResult], bool | None],
     ) -> TResult:
-        if not self._admit(scope):
+        admitted = self._admit(scope)
+        if admitted is None:
             return fallback()
-        result = operation()
-        success = is_successful(result)
+        # Whatever happens inside, the attempt's outcome is recorded: a probe that raised or was
+        # abandoned must not leave the circuit half-open (every other call would get the fallback
+        # until the next break ends).
+        try:
+            result = operation()
+            success = is_successful(result)
+        except Exception:
+            self._record(scope, False)  # a call that raised did not succeed
+            raise
+        except BaseException:
+            if admitted:
+                self._release(scope)
+            raise
         if success is not None:
             self._record(scope, success)
+        elif admitted:
+            self._release(scope)
         return result
 
     def _circuit(self, scope: TScope) -> _Circuit:
@@ -365,18 +386,19 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             circuit = self._circuits[scope] = _Circuit()
         return circuit
 
-    def _admit(self, scope: TScope) -> bool:
+    def _admit(self, scope: TScope) -> bool | None:
+        """None: not admitted; True: admitted as the half-open probe; False: admitted otherwise."""
         transition = None
-        admit = True
+        admit: bool | None = False
         with self._lock:
             circuit = self._circuit(scope)
             if circuit.override is not None:
-                return circuit.override is Override.FORCE_CLOSED
+                return False if circuit.override is Override.FORCE_CLOSED else None
             store = self.store
             until = store.blocked_until(scope)
             if until is None:
                 if circuit.state is CircuitState.CLOSED:
-                    return True
+                    return False
                 # Closed by another process sharing the store (its probe succeeded).
                 transition = self._move(scope, circuit, CircuitState.CLOSED)
             else:
@@ -385,15 +407,23 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                     # Blocked; in CLOSED state only when another process sharing the store opened it.
                     if circuit.state is CircuitState.CLOSED:
                         transition = self._move(scope, circuit, CircuitState.OPEN)
-                    admit = False
+                    admit = None
                 # The break is over (or the last probe went missing): this call may be the one probe.
                 elif store.claim_probe(scope, now + self.break_duration):
+                    admit = True
                     if circuit.state is not CircuitState.HALF_OPEN:
                         transition = self._move(scope, circuit, CircuitState.HALF_OPEN)
                 else:
-                    admit = False
+                    admit = None
         self._notify(transition)
         return admit
+
+    def _release(self, scope: TScope) -> None:
+        """The probe of ``scope`` ended without an outcome: the next call may probe at once."""
+        with self._lock:
+            circuit = self._circuit(scope)
+            if circuit.override is None and circuit.state is CircuitState.HALF_OPEN:
+                self.store.release_probe(scope)
 
     def _record(self, scope: TScope, success: bool) -> None:
         transition = None

@@ -1,5 +1,6 @@
 """The default transport, on a ``requests.Session``."""
 
+import contextlib
 import http.cookiejar
 import logging
 import threading
@@ -9,7 +10,10 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
+from urllib3.exceptions import LocationParseError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 
 from django_aio_request.core import headers as h
@@ -17,7 +21,7 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
-from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets
+from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.deadline_timer import deadline_timer
 
@@ -31,6 +35,10 @@ DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 _CHUNK_SIZE = 64 * 1024
 #: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
 X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
+#: Set on the synthetic 488 made for a redirect that cannot be followed; its value says why.
+X_INVALID_REDIRECT = "X-Invalid-Redirect"
+# A Content-Length of more digits than this (leading zeros aside) is above any size limit.
+_MAX_LENGTH_DIGITS = 18
 
 
 def _redacted(endpoint: str) -> str:
@@ -52,12 +60,27 @@ class _GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+        _close_dropped_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
+        _close_dropped_pools(manager)
         return manager
+
+
+def _close_dropped_pools(manager: Any) -> None:
+    """Close a pool's idle connections as soon as its manager drops it (``clear()``, or more hosts
+    than the manager keeps pools for). urllib3 2.x leaves that to a finalizer, which runs only when
+    the garbage collector frees the pool: an exception's traceback cycle can keep it (and its
+    sockets) open until the next ``gc.collect()``."""
+    manager.pools.dispose_func = _close_pool
+
+
+def _close_pool(pool: Any) -> None:
+    with contextlib.suppress(Exception):  # closing is best effort: a socket already gone is fine
+        pool.close()
 
 
 class RequestsTransport(Transport):
@@ -125,6 +148,9 @@ class RequestsTransport(Transport):
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
     ) -> Response:
         started = time.monotonic()
+        # The caller's own mistakes (an invalid URL, header or body) raise here, before anything is
+        # sent; from then on, whatever the peer answers ends as a status.
+        prepared, settings = self._prepare(endpoint, request)
         guard = AttemptSockets(started + timeout)
         unregister = cancellation.on_cancel(lambda: self._cancel(guard)) if cancellation else None
         try:
@@ -134,13 +160,13 @@ class RequestsTransport(Transport):
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
-                    response = self._send(endpoint, request, guard, started)
+                    response = self._send(prepared, settings, request, guard, started)
                 if guard.reason is not None:
                     # The EOF an abort causes can pass for the end of the headers, or of a body without
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
                     raise requests.ConnectionError("the attempt was aborted while its response was read")
                 return response
-            except requests.RequestException as error:
+            except Exception as error:  # anything a malformed answer makes requests or urllib3 raise
                 return self._failure(request, endpoint, error, guard, started)
             finally:
                 cancel_watch()
@@ -160,6 +186,7 @@ class RequestsTransport(Transport):
         key = f"{parts.scheme}://{parts.netloc}"
         found = self._environments.get(key)
         if found is None:
+            self._check_target(url)  # once per host: its checks depend on nothing else
             found = dict(self._session.merge_environment_settings(url, {}, False, None, None))
             if len(self._environments) >= _MAX_CACHED_HOSTS:
                 self._environments.clear()  # redirects to ever new hosts must not grow it without end
@@ -193,9 +220,9 @@ class RequestsTransport(Transport):
         with self._slots:
             self._slots.notify_all()  # wake the attempt if it is waiting for a slot
 
-    def _send(self, endpoint: str, request: Request, guard: AttemptSockets, started: float) -> Response:
-        session = self._session
-        prepared = session.prepare_request(
+    def _prepare(self, endpoint: str, request: Request) -> tuple[requests.PreparedRequest, dict[str, Any]]:
+        """The request as requests sends it, and its settings; raises for the caller's mistakes."""
+        prepared = self._session.prepare_request(
             requests.Request(
                 method=request.method,
                 url=request.build_url(endpoint),
@@ -203,14 +230,66 @@ class RequestsTransport(Transport):
                 data=request.body,
             )
         )
+        return prepared, self._environment(prepared.url or "")
+
+    def _check_target(self, url: str) -> None:
+        """Raise if ``url`` cannot be sent at all: no adapter for its scheme (``InvalidSchema``),
+        unparsable (``LocationParseError``), no host, or a host name that is no valid name."""
+        self._session.get_adapter(url)
+        host = parse_url(url).host
+        if not host:
+            raise requests.exceptions.InvalidURL(f"no host in {url!r}")
+        if _is_name(host):
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                raise LocationParseError(f"'{host}', label empty or too long") from None
+
+    def _redirect_problem(self, response: requests.Response) -> str | None:
+        """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
+        or None. A peer's ``Location`` is input like any other: it must end as a status, not raise."""
+        try:
+            target = self._session.get_redirect_target(response)
+        except UnicodeError:
+            return "Location is not UTF-8"
+        if not target:
+            return "empty Location"
+        try:
+            if target.startswith("//"):
+                target = f"{urllib.parse.urlsplit(response.url).scheme}:{target}"
+            parsed = urllib.parse.urlsplit(target)
+            url = requote_uri(target) if parsed.netloc else urllib.parse.urljoin(response.url, requote_uri(target))
+            self._check_target(url)
+        except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
+            return f"{type(error).__name__}: {error}"[:200]
+        return None
+
+    def _send(
+        self,
+        prepared: requests.PreparedRequest,
+        settings: dict[str, Any],
+        request: Request,
+        guard: AttemptSockets,
+        started: float,
+    ) -> Response:
+        session = self._session
         remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
         # stream=True: the body is read below in chunks, so that its size can be bounded.
-        kwargs = {**self._environment(prepared.url or ""), "timeout": (remaining, remaining), "stream": True}
-        response = session.send(prepared, allow_redirects=False, **kwargs)
+        kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
+        # Every response received (redirects too), as soon as it is: requests parses a redirect's
+        # Location inside send() even with allow_redirects=False, and one it cannot parse raises
+        # there (ValueError, InvalidURL, ...), before the response could be looked at.
+        answers: list[requests.Response] = []
+        prepared.hooks["response"].append(lambda answer, **_: answers.append(answer))
         try:
+            response = session.send(prepared, allow_redirects=False, **kwargs)
             if request.allow_redirects and response.is_redirect:
                 redirects = session.resolve_redirects(response, prepared, **kwargs)
                 for _ in range(request.max_redirects):
+                    problem = self._redirect_problem(response)
+                    if problem is not None:
+                        response.close()
+                        return self._invalid_redirect(request, response, problem, started)
                     response = next(redirects)
                     if not response.is_redirect:
                         break
@@ -221,15 +300,24 @@ class RequestsTransport(Transport):
                         elapsed=time.monotonic() - started,
                         headers={h.LOCATION: response.headers.get(h.LOCATION, "")},
                     )
+        except Exception:
+            answer = answers[-1] if answers else None
+            problem = self._redirect_problem(answer) if answer is not None and answer.is_redirect else None
+            if answer is None or problem is None:
+                raise
+            if request.allow_redirects:
+                answer.close()
+                return self._invalid_redirect(request, answer, problem, started)
+            response = answer  # not followed: the redirect itself is the answer
+        try:
             body = self._read_body(response)
         finally:
             response.close()  # a body left unread closes the connection instead of pooling it
         if body is None:
             logger.warning(
-                "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
+                "%s %s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
                 request.method,
-                _redacted(endpoint),
-                request.url,
+                _redacted(prepared.url or ""),
                 self.max_response_size,
                 status.NETWORK_ERROR,
             )
@@ -242,13 +330,28 @@ class RequestsTransport(Transport):
             status=response.status_code, headers=response.headers, body=body, elapsed=time.monotonic() - started
         )
 
+    @staticmethod
+    def _invalid_redirect(request: Request, response: requests.Response, problem: str, started: float) -> Response:
+        location = response.headers.get(h.LOCATION, "")
+        logger.warning(
+            "%s %s: a redirect that cannot be followed (%s; status %s)",
+            request.method,
+            _redacted(response.url or ""),
+            problem,
+            status.TOO_MANY_REDIRECTS,
+        )
+        return EmptyResponse(
+            status=status.TOO_MANY_REDIRECTS,
+            elapsed=time.monotonic() - started,
+            headers={h.LOCATION: location, X_INVALID_REDIRECT: problem},
+        )
+
     def _read_body(self, response: requests.Response) -> bytes | None:
         """The whole body, or None if it is larger than ``max_response_size``."""
         limit = self.max_response_size
         if limit is None:
             return response.content
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit:
+        if _declared_length(response.headers.get("Content-Length", "")) > limit:
             return None
         chunks = []
         size = 0
@@ -260,9 +363,7 @@ class RequestsTransport(Transport):
         return b"".join(chunks)
 
     @staticmethod
-    def _failure(
-        request: Request, endpoint: str, error: requests.RequestException, guard: AttemptSockets, started: float
-    ) -> Response:
+    def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
         elapsed = time.monotonic() - started
         if guard.reason is not None:
             code = guard.reason
@@ -272,15 +373,11 @@ class RequestsTransport(Transport):
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS
-        elif isinstance(
-            error,
-            requests.ConnectionError
-            | requests.exceptions.ChunkedEncodingError
-            | requests.exceptions.ContentDecodingError,
-        ):
-            code = status.NETWORK_ERROR
         else:
-            raise error  # an invalid URL, header or body: the caller's bug, not the network's
+            # Refused, reset, cut short, or an answer that is not valid HTTP: a malformed status line
+            # or Content-Length (requests' InvalidHeader), a body that does not decode, or whatever
+            # else requests or urllib3 raise on what the peer sent. The request was valid (_prepare).
+            code = status.NETWORK_ERROR
         if code != status.CANCELLED:
             logger.warning(
                 "%s %s%s failed after %.3fs: %s (status %s)",
@@ -294,4 +391,20 @@ class RequestsTransport(Transport):
         return EmptyResponse(status=code, elapsed=elapsed)
 
     def close(self) -> None:
+        """Close every pooled connection now (of proxies too), not when the garbage collector frees
+        the pools. Attempts still running keep their connection until they end; it is closed then,
+        as it cannot go back to a closed pool (see ``_close_dropped_pools``)."""
         self._session.close()
+
+
+def _declared_length(value: str) -> int:
+    """A response's Content-Length as a number; 0 when it is no plain ASCII number.
+
+    ``str.isdigit()`` accepts superscripts such as ``"²"`` that ``int()`` refuses, and ``int()``
+    refuses more than 4,300 digits: neither may decide on a peer's header. A number longer than
+    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted.
+    """
+    if not (value.isascii() and value.isdigit()):
+        return 0  # absent, a list ("5, 6"), or junk: urllib3 refused or ignored it already
+    digits = value.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63

@@ -179,7 +179,9 @@ class TestStateMachine:
         op.run(breaker, True)
         assert breaker.counts("svc") == (1, 1)
 
-    def test_a_cancelled_probe_is_replaced_after_a_break(self) -> None:
+    def test_a_cancelled_probe_is_replaced_at_once(self) -> None:
+        """A probe abandoned by its strategy (lost to a hedge) says nothing about the endpoint: the
+        next call probes, instead of every call getting the fallback for another break."""
         clock = FakeClock()
         breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
         open_breaker(breaker, op)
@@ -187,8 +189,37 @@ class TestStateMachine:
 
         assert op.run(breaker, None) == "ran"  # the probe's caller gave up: no verdict
         assert state_of(breaker) is CircuitState.HALF_OPEN
+        assert op.run(breaker, True) == "ran"
+        assert state_of(breaker) is CircuitState.CLOSED
+
+    def test_a_probe_that_raises_counts_as_a_failure(self) -> None:
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
+        open_breaker(breaker, op)
+        clock.advance(0.25)
+
+        def broken() -> str:
+            raise RuntimeError("a bug in an enricher")
+
+        with pytest.raises(RuntimeError):
+            breaker.execute(scope="svc", operation=broken, fallback=lambda: "fallback", is_successful=bool)
+        assert state_of(breaker) is CircuitState.OPEN  # not left half-open: opened again for a break
         assert op.run(breaker, True) == "fallback"
         clock.advance(0.25)
+        assert op.run(breaker, True) == "ran"
+        assert state_of(breaker) is CircuitState.CLOSED
+
+    def test_a_probe_interrupted_by_a_base_exception_is_replaced_at_once(self) -> None:
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
+        open_breaker(breaker, op)
+        clock.advance(0.25)
+
+        def interrupted() -> str:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            breaker.execute(scope="svc", operation=interrupted, fallback=lambda: "fallback", is_successful=bool)
         assert op.run(breaker, True) == "ran"
         assert state_of(breaker) is CircuitState.CLOSED
 
