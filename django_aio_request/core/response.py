@@ -61,23 +61,34 @@ class Response:
         loads: Callable[[str], Any] = json.loads,
         content_type: str | None = "application/json",
     ) -> Any:
-        """The body parsed as JSON. ``content_type=None`` skips the Content-Type check."""
+        """The body parsed as JSON. ``content_type=None`` skips the Content-Type check.
+
+        Raises only ``UnexpectedContentTypeError`` and what ``loads`` raises for invalid input
+        (``json.JSONDecodeError``, a ``ValueError``, also for nesting too deep to parse)."""
         if content_type is not None and not _is_expected(self.content_type, content_type):
             raise UnexpectedContentTypeError(
                 f"expected {content_type!r} but the response (status {self.status}) has {self.content_type!r}"
             )
         if not self._body:
             return None
-        return loads(self.text(encoding))
+        text = self.text(encoding)
+        try:
+            return loads(text)
+        except RecursionError:
+            # json.loads recurses once per nesting level: "[" * 100_000 from a peer must not escape
+            # as a RecursionError, which no caller expects from parsing.
+            raise json.JSONDecodeError("nested too deeply to parse", text, 0) from None
 
     def _charset(self) -> str | None:
         match = _CHARSET.search(self.content_type)
         if match is None:
             return None
         try:
-            return codecs.lookup(match.group(1)).name
+            info = codecs.lookup(match.group(1))
         except LookupError:
             return None
+        # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError).
+        return info.name if getattr(info, "_is_text_encoding", True) else None
 
     def is_informational(self) -> bool:
         return 100 <= self.status < 200
