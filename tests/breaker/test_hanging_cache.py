@@ -1,0 +1,165 @@
+"""A breaker cache that hangs (not one that refuses) costs a call nothing beyond its deadline and
+holds no other thread: a test backend whose every method hangs, and a real Redis frozen with
+SIGSTOP (no socket timeouts), under the settings users write (``CIRCUIT_BREAKER_STATE``).
+
+Printed (``pytest -s``): the worst call time and the worst overshoot past the deadline.
+"""
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_aio_request import Client, CircuitState, get
+from django_aio_request.conf.building import build_client
+from django_aio_request.conf.schema import read_settings
+from tests.support import hanging_cache
+from tests.support.loopback import LoopbackServer, free_port, replies
+from tests.support.redis_server import RedisProcess
+
+DEADLINE = 0.3
+#: How far past its deadline a call may end on a busy two-core machine.
+SLACK = 0.15
+THREADS = 8
+BREAK = 0.3
+
+
+def _client(server: LoopbackServer, alias: str) -> Client:
+    value = {
+        "CIRCUIT_BREAKER_STATE": alias,
+        "CLIENTS": {
+            "downstream": {
+                "ENDPOINT": server.url,
+                "TIMEOUT": DEADLINE,
+                "SAFE_METHOD_STRATEGY": {"NAME": "single"},
+                "CIRCUIT_BREAKER": {"BREAK_DURATION": BREAK, "MINIMUM_THROUGHPUT": 4, "FAILURE_THRESHOLD": 0.5},
+            }
+        },
+    }
+    read, problems = read_settings(value)
+    assert read is not None, problems
+    return build_client(read.clients["downstream"], None)
+
+
+def _calls(client: Client, path: str, threads: int, per_thread: int) -> list[tuple[int, float]]:
+    """(status, seconds) of every call, made from ``threads`` threads at once."""
+    results: list[tuple[int, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def run() -> None:
+        barrier.wait(5)
+        for _ in range(per_thread):
+            started = time.monotonic()
+            with client.request(get(path)) as response:
+                status = response.status
+            with lock:
+                results.append((status, time.monotonic() - started))
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    return results
+
+
+def _report(name: str, timings: list[float]) -> None:
+    worst = max(timings)
+    print(
+        f"\n[hanging cache: {name}] {len(timings)} calls, deadline {DEADLINE} s: worst call {worst:.3f} s, "
+        f"worst overshoot past the deadline {max(0.0, worst - DEADLINE) * 1000:.0f} ms"
+    )
+
+
+def _trip_and_recover(client: Client, server: LoopbackServer) -> list[float]:
+    """Open the circuit, then let a probe close it, all while the cache hangs; every call timed."""
+    timings = []
+    # Calls that end by their deadline (the server answers too late): the overshoot past it.
+    server.route("/slow", lambda h: (time.sleep(1.0), h.reply(200, b"late")))
+    for status, seconds in _calls(client, "slow", 4, 1):
+        timings.append(seconds)
+        assert status == 408
+    server.route("/svc", replies(500))
+    assert client.circuit_breaker is not None
+    for _ in range(100):  # the failure ratio passes 50% after as many failures as successes before
+        [(status, seconds)] = _calls(client, "svc", 1, 1)
+        timings.append(seconds)
+        assert status in (500, 502)
+        if client.circuit_breaker.state[client.endpoint] is CircuitState.OPEN:
+            break
+    assert client.circuit_breaker.state[client.endpoint] is CircuitState.OPEN
+    server.route("/svc", replies(200))
+    # The probe is claimed in this process once the cache's round counts as stalled (1 s).
+    end = time.monotonic() + BREAK + 3.0
+    while client.circuit_breaker.state[client.endpoint] is not CircuitState.CLOSED:
+        assert time.monotonic() < end, "the circuit did not close while the cache hung"
+        for _status, seconds in _calls(client, "svc", 1, 1):
+            timings.append(seconds)
+        time.sleep(0.05)
+    return timings
+
+
+@pytest.fixture
+def hanging() -> Iterator[None]:
+    hanging_cache.arm()
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "hanging": {"BACKEND": "tests.support.hanging_cache.HangingCache", "OPTIONS": {"seconds": 30}},
+    }
+    with override_settings(CACHES=caches):
+        yield
+    hanging_cache.release()
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_cache_backend_costs_calls_nothing(hanging: None, server: LoopbackServer) -> None:
+    server.route("/svc", lambda h: (time.sleep(0.05), h.reply(200, b"ok")))
+    client = _client(server, "hanging")
+    try:
+        first = _calls(client, "svc", THREADS, 5)  # first sight of the endpoint, from 8 threads at once
+        assert [status for status, _ in first] == [200] * THREADS * 5
+        assert hanging_cache.calls, "the store never asked the cache: the test tests nothing"
+        timings = [seconds for _, seconds in first] + _trip_and_recover(client, server)
+        _report("test backend whose methods hang 30 s", timings)
+        assert max(timings) <= DEADLINE + SLACK
+    finally:
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 2.0  # close() does not wait for the hung cache either
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_redis_costs_calls_nothing(server: LoopbackServer) -> None:
+    """A real Redis stopped with SIGSTOP: connections are accepted by the kernel, nothing answers,
+    and without socket timeouts (the default) redis-py waits for ever."""
+    port = free_port()
+    redis = RedisProcess(port)
+    frozen = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+    }
+    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "frozen": frozen}
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        with override_settings(CACHES=caches):
+            server.route("/svc", lambda h: (time.sleep(0.05), h.reply(200, b"ok")))
+            client = _client(server, "frozen")
+            try:
+                first = _calls(client, "svc", THREADS, 5)
+                assert [status for status, _ in first] == [200] * THREADS * 5
+                timings = [seconds for _, seconds in first] + _trip_and_recover(client, server)
+                _report("real Redis frozen with SIGSTOP", timings)
+                assert max(timings) <= DEADLINE + SLACK
+            finally:
+                started = time.monotonic()
+                client.close()
+                assert time.monotonic() - started < 2.0
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        redis.stop()
