@@ -19,3 +19,43 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
         for problem in problems
     ]
+
+
+#: Backends that talk to a server over a socket, with the OPTIONS keys of their socket timeouts.
+#: Without them the client library waits for ever on a server that stops answering.
+_SOCKET_TIMEOUT_OPTIONS = {
+    "django.core.cache.backends.redis.RedisCache": ("socket_timeout", "socket_connect_timeout"),
+    "django_redis.cache.RedisCache": ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
+    "django.core.cache.backends.memcached.PyMemcacheCache": ("timeout", "connect_timeout"),
+}
+
+
+@checks.register("django_aio_request")
+def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when the breaker's shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) has no socket
+    timeouts: no call waits for it, but a hung connection stops the sharing of breaker state until
+    the process restarts. Never raises, whatever the settings hold (check_settings reports those)."""
+    setting = getattr(settings, SETTING, None)
+    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, dict) else None
+    caches = getattr(settings, "CACHES", None)
+    if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
+        return []
+    backend = caches[alias].get("BACKEND")
+    names = _SOCKET_TIMEOUT_OPTIONS.get(backend) if isinstance(backend, str) else None
+    if names is None:
+        return []
+    options = caches[alias].get("OPTIONS")
+    options = options if isinstance(options, dict) else {}
+    missing = [name for name in names if options.get(name) is None]
+    if not missing:
+        return []
+    return [
+        checks.Warning(
+            f"settings.CACHES[{alias!r}], the circuit breakers' shared state, has no {' and no '.join(missing)}:"
+            " a cache server that stops answering (blackholed, frozen) hangs its connection for ever",
+            hint=f"set OPTIONS {', '.join(f'{name!r}' for name in names)} to a few seconds, e.g. "
+            + ", ".join(f"{name!r}: 1.0" for name in names),
+            obj=f"settings.CACHES[{alias!r}]",
+            id="django_aio_request.W010",
+        )
+    ]

@@ -9,17 +9,17 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.test import override_settings
 
-from django_aio_request import Client, CircuitState, get
+from django_aio_request import CircuitState, Client, get
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from tests.support import hanging_cache
-from tests.support.loopback import LoopbackServer, free_port, replies
+from tests.support.loopback import Handler, LoopbackServer, free_port, replies
 from tests.support.redis_server import RedisProcess
 
 DEADLINE = 0.3
@@ -69,6 +69,14 @@ def _calls(client: Client, path: str, threads: int, per_thread: int) -> list[tup
     return results
 
 
+def _answer_after(seconds: float) -> Callable[[Handler], None]:
+    def answer(handler: Handler) -> None:
+        time.sleep(seconds)
+        handler.reply(200, b"ok")
+
+    return answer
+
+
 def _report(name: str, timings: list[float]) -> None:
     worst = max(timings)
     print(
@@ -81,7 +89,7 @@ def _trip_and_recover(client: Client, server: LoopbackServer) -> list[float]:
     """Open the circuit, then let a probe close it, all while the cache hangs; every call timed."""
     timings = []
     # Calls that end by their deadline (the server answers too late): the overshoot past it.
-    server.route("/slow", lambda h: (time.sleep(1.0), h.reply(200, b"late")))
+    server.route("/slow", _answer_after(1.0))
     for status, seconds in _calls(client, "slow", 4, 1):
         timings.append(seconds)
         assert status == 408
@@ -119,7 +127,7 @@ def hanging() -> Iterator[None]:
 
 @pytest.mark.timeout(60)
 def test_a_hanging_cache_backend_costs_calls_nothing(hanging: None, server: LoopbackServer) -> None:
-    server.route("/svc", lambda h: (time.sleep(0.05), h.reply(200, b"ok")))
+    server.route("/svc", _answer_after(0.05))
     client = _client(server, "hanging")
     try:
         first = _calls(client, "svc", THREADS, 5)  # first sight of the endpoint, from 8 threads at once
@@ -148,7 +156,7 @@ def test_a_frozen_redis_costs_calls_nothing(server: LoopbackServer) -> None:
     os.kill(redis.process.pid, signal.SIGSTOP)
     try:
         with override_settings(CACHES=caches):
-            server.route("/svc", lambda h: (time.sleep(0.05), h.reply(200, b"ok")))
+            server.route("/svc", _answer_after(0.05))
             client = _client(server, "frozen")
             try:
                 first = _calls(client, "svc", THREADS, 5)

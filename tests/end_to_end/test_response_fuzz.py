@@ -9,20 +9,21 @@ is printed (``pytest -s``): answers by kind, statuses, exceptions escaped (0).
 """
 
 import collections
+import contextlib
 import gc
 import gzip
 import os
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import django_aio_request as dar
-from django_aio_request import Client, DefaultCircuitBreaker, Response, UnexpectedContentTypeError
+from django_aio_request import Client, DefaultCircuitBreaker, RequestStrategy, Response, UnexpectedContentTypeError
 from django_aio_request.core import status
 from django_aio_request.transport.requests_transport import X_INVALID_REDIRECT, X_RESPONSE_TOO_LARGE
 from tests.support.raw_server import RawAnswerServer
@@ -37,8 +38,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-STRATEGIES = {
-    "single": lambda: dar.single_attempt_strategy(),
+STRATEGIES: dict[str, Callable[[], RequestStrategy]] = {
+    "single": dar.single_attempt_strategy,
     "sequential": lambda: dar.sequential_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.0)),
     "parallel": lambda: dar.parallel_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.0)),
 }
@@ -48,7 +49,7 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _wait_until(condition: "collections.abc.Callable[[], bool]", timeout: float = 3.0) -> bool:
+def _wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
@@ -81,14 +82,10 @@ def call(client: Client) -> tuple[Response, float]:
         elapsed = time.monotonic() - started
         assert isinstance(response.read(), bytes)
         assert isinstance(response.text(), str)
-        try:
+        with contextlib.suppress(ValueError, UnexpectedContentTypeError):
             response.json()
-        except (ValueError, UnexpectedContentTypeError):
-            pass
-        try:
+        with contextlib.suppress(ValueError):
             response.json(content_type=None)
-        except ValueError:
-            pass
     return response, elapsed
 
 
@@ -111,7 +108,9 @@ REDIRECT_TARGETS = st.one_of(
     st.text(LATIN1, max_size=30),
 )
 HEADER_NAMES = st.one_of(
-    st.sampled_from(["X-A", "Content-Type", "Set-Cookie", "Connection", "Content-Encoding", "Location", "X-Do-Not-Retry"]),
+    st.sampled_from(
+        ["X-A", "Content-Type", "Set-Cookie", "Connection", "Content-Encoding", "Location", "X-Do-Not-Retry"]
+    ),
     st.text(LATIN1, max_size=12),
 )
 HEADER_VALUES = st.one_of(
@@ -218,9 +217,10 @@ def test_no_answer_raises_or_outlasts_the_deadline(strategy: str, gc_off: None) 
     finally:
         client.close()
         server.close()
+    kinds = dict(sorted((k, v) for k, v in tried.items() if k != "answers"))
     print(
-        f"\n[response fuzz, {strategy}] answers tried: {tried['answers']}; by kind: "
-        f"{dict(sorted((k, v) for k, v in tried.items() if k != 'answers'))}; statuses: {dict(sorted(statuses.items()))}; "
+        f"\n[response fuzz, {strategy}] answers tried: {tried['answers']}; by kind: {kinds}; "
+        f"statuses: {dict(sorted(statuses.items()))}; "
         f"exceptions escaped: {len(escaped)}; slowest call: {worst:.3f} s (deadline {DEADLINE} s)"
     )
     assert escaped == []
