@@ -1,0 +1,150 @@
+"""Connections are closed by the code, never left to the garbage collector (which runs here with
+``gc.disable()``): ``close()`` closes every pooled connection at once, and the connection of an
+attempt that timed out or lost to a hedge is closed by the time its call's deadline passes.
+
+Counted from outside Python objects: the client's sockets to the server in ``/proc/net/tcp``
+(ESTABLISHED or CLOSE_WAIT: still open on the client's side), the server's own, and this process's
+descriptors. Printed (``pytest -s``): descriptors and connections left after ``close()``.
+"""
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import django_aio_request as dar
+from tests.support.loopback import Handler, LoopbackServer
+
+DEADLINE = 0.3
+_OPEN_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT
+
+
+def _tcp(port: int) -> tuple[int, int]:
+    """(client-side, server-side) connections of ``port`` still open, IPv4 loopback."""
+    client = server = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.read().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state not in _OPEN_STATES:
+                continue
+            if int(remote.rsplit(":", 1)[1], 16) == port:
+                client += 1
+            elif int(local.rsplit(":", 1)[1], 16) == port:
+                server += 1
+    return client, server
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _settle(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture
+def gc_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _slow(handler: Handler) -> None:
+    time.sleep(1.0)
+    handler.reply(200, b"late")
+
+
+def test_close_closes_every_pooled_connection_at_once(server: LoopbackServer, gc_off: None) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    server.route("/slow", _slow)
+    fds = _fds()
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=DEADLINE, max_workers=8)
+    with client.request(dar.get("ok")) as response:
+        assert response.status == 200
+    # Ten connections in the pool: calls from ten threads at once.
+    barrier = threading.Barrier(10)
+
+    def call() -> None:
+        barrier.wait(5)
+        with client.request(dar.get("ok")):
+            pass
+
+    threads = [threading.Thread(target=call) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    with client.request(dar.get("slow")) as response:  # one 408
+        assert response.status == 408
+    pooled = _tcp(server.port)[0]
+    assert pooled >= 2, "the test needs pooled connections to close"
+
+    client.close()
+    left = _tcp(server.port)[0]
+    assert left == 0, f"{left} of {pooled} client connections still open right after close()"
+    assert _settle(lambda: _tcp(server.port) == (0, 0))  # the server saw every one close
+    assert _settle(lambda: _fds() <= fds + 1)  # +1: the server's worker thread may still hold one
+    print(f"\n[close] GC off: {pooled} pooled connections, {left} open after close(), descriptors +{_fds() - fds}")
+
+
+def test_close_after_hedging_leaves_nothing_open(server: LoopbackServer, gc_off: None) -> None:
+    fds = _fds()
+    client = dar.setup(
+        endpoint=server.url,
+        metrics=False,
+        timeout=DEADLINE * 3,
+        retry_budget=None,
+        safe_method_strategy=dar.parallel_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.05)),
+    )
+    arrivals = 0
+    lock = threading.Lock()
+
+    def first_of_each_call_slow(handler: Handler) -> None:
+        """The first attempt of each call is slow, so a hedge wins and the first is aborted."""
+        nonlocal arrivals
+        with lock:
+            arrivals += 1
+            first = arrivals % 3 == 1
+        if first:
+            time.sleep(1.0)
+        handler.reply(200, b"x")
+
+    server.route("/first-slow", first_of_each_call_slow)
+    for _ in range(5):
+        with client.request(dar.get("first-slow")) as response:
+            assert response.status == 200
+    client.close()
+    left = _tcp(server.port)[0]
+    assert left == 0, f"{left} client connections still open right after close()"
+    assert _settle(lambda: _fds() <= fds + 1, timeout=3.0), f"descriptors: {fds} before, {_fds()} after"
+    print(f"\n[close after hedging] GC off: {left} connections open after close(), descriptors +{_fds() - fds}")
+
+
+def test_an_abandoned_attempt_closes_its_connection_by_the_deadline(server: LoopbackServer, gc_off: None) -> None:
+    """During normal operation, not at close(): a timed-out attempt's connection is not pooled."""
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    server.route("/slow", _slow)
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=DEADLINE)
+    try:
+        with client.request(dar.get("ok")):
+            pass
+        assert _tcp(server.port)[0] == 1  # one pooled connection
+        started = time.monotonic()
+        with client.request(dar.get("slow")) as response:
+            assert response.status == 408
+        assert time.monotonic() - started <= DEADLINE + 0.15
+        assert _tcp(server.port)[0] == 0  # the pooled one was used, timed out, and closed: not pooled again
+    finally:
+        client.close()
