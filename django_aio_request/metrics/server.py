@@ -7,8 +7,10 @@ keeps it within a bounded set. See docs/metrics.md.
 import threading
 
 from django_aio_request.core import headers as h
+from django_aio_request.metrics import service_names
 from django_aio_request.metrics.deferred import DeferredObservations
 from django_aio_request.metrics.prometheus import BUCKETS, counter, family
+from django_aio_request.metrics.service_names import ServiceNames
 
 # Server side (the middleware): label values are exactly these.
 MALFORMED_HEADERS = (h.X_REQUEST_TIMEOUT, h.X_REQUEST_PRIORITY)
@@ -65,11 +67,11 @@ for _priority in SHED_PRIORITIES:  # exported at 0 from the start, as the other 
 
 # The server side: calling services named in X-Service-Name.
 
-MAX_SERVICE_NAMES = 100  # distinct calling-service names kept per process without KNOWN_SERVICES
+MAX_SERVICE_NAMES = 100  # distinct calling-service names kept without KNOWN_SERVICES, fleet-wide
 MAX_SERVICE_NAME_LENGTH = 64
 UNKNOWN_SERVICE = "unknown"  # no X-Service-Name (aio-request's label for it too)
 OTHER_SERVICE = "other"
-_services: set[str] = set()
+_services: ServiceNames | None = None  # made at first use: PROMETHEUS_MULTIPROC_DIR is read then
 _services_lock = threading.Lock()
 
 
@@ -77,23 +79,25 @@ def service_label(raw: str | None, known: frozenset[str] | None) -> str:
     """The ``request_client`` label for an ``X-Service-Name`` value: lower-cased, from a bounded set.
 
     With ``known`` (``AIO_REQUEST["KNOWN_SERVICES"]``, lower-cased) other names are ``other``;
-    without, the first :data:`MAX_SERVICE_NAMES` distinct names this process sees are kept and
-    later ones are ``other``, so no caller can create unbounded series.
+    without, the first :data:`MAX_SERVICE_NAMES` distinct names are kept and later ones are
+    ``other``: the first of the whole fleet in multiprocess mode (shared through
+    ``PROMETHEUS_MULTIPROC_DIR``, see service_names.py), so recycled workers add none.
     """
+    global _services
     if raw is None:
         return UNKNOWN_SERVICE
     name = raw.lower()
     if known is not None:
         return name if name in known else OTHER_SERVICE
-    if name in _services:
-        return name
     if not name or len(name) > MAX_SERVICE_NAME_LENGTH or not name.isascii() or not name.isprintable():
         return OTHER_SERVICE
-    with _services_lock:
-        if len(_services) >= MAX_SERVICE_NAMES:
-            return OTHER_SERVICE
-        _services.add(name)
-    return name
+    services = _services
+    if services is None:
+        with _services_lock:
+            if _services is None:
+                _services = service_names.for_this_process(MAX_SERVICE_NAMES)
+            services = _services
+    return name if services.admit(name) else OTHER_SERVICE
 
 
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"))
