@@ -389,6 +389,7 @@ def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None
     everywhere = {labels["request_client"] for labels in series(after, "aio_request_server_latency_count")}
     assert len({name for name in everywhere if name.startswith("attacker-")}) <= server_metrics.MAX_SERVICE_NAMES
     # Names learned without KNOWN_SERVICES are at most MAX_SERVICE_NAMES per process, whatever was sent:
+    assert server_metrics._services is not None
     assert len(server_metrics._services) <= server_metrics.MAX_SERVICE_NAMES
     # (the interop tests' in-process aiohttp server records into the same metric, unbounded: aio-request's)
     on_route_before = {
