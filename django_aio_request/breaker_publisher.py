@@ -102,7 +102,9 @@ class Publisher:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[str, CircuitTransition[Any]]] = collections.deque(maxlen=QUEUE_LENGTH)
+        # Bounded by hand, always dropping the oldest: a maxlen deque drops from the other end on
+        # extendleft, which would lose the newest transitions when a failed round puts its own back.
+        self._queue: collections.deque[tuple[str, CircuitTransition[Any]]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._published: set[Key] = set()
@@ -122,6 +124,14 @@ class Publisher:
 
     def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
         self._queue.append((name, transition))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest transitions beyond ``QUEUE_LENGTH`` (deque operations are atomic)."""
+        queue = self._queue
+        while len(queue) > QUEUE_LENGTH:
+            with contextlib.suppress(IndexError):
+                queue.popleft()
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -173,6 +183,7 @@ class Publisher:
             self._round(breakers, taken)
         except Exception as error:
             self._queue.extendleft(reversed(taken))  # publish them when the database is back
+            self._trim()  # the oldest go if the queue is full, never the ones queued meanwhile
             if not self._down:
                 self._down = True
                 logger.warning(

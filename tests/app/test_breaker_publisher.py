@@ -12,7 +12,7 @@ from django.db import OperationalError
 from django.test import override_settings
 
 from django_aio_request import breaker_publisher, clients, get
-from django_aio_request.breaker.circuit_breaker import CircuitState, DefaultCircuitBreaker, Override
+from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition
 from tests.support.loopback import LoopbackServer
@@ -141,6 +141,58 @@ def test_a_database_outage_is_logged_once_and_nothing_is_lost(
         assert "again" in caplog.records[1].getMessage()
         # The transition queued during the outage was kept and published.
         assert list(BreakerTransition.objects.values_list("to_state", flat=True)) == ["open"]
+
+
+def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
+    publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed round puts its transitions back in front; past QUEUE_LENGTH the oldest are the ones
+    dropped, never the newest (which say what the breakers do now)."""
+    monkeypatch.setattr(breaker_publisher, "QUEUE_LENGTH", 5)
+    taken: list[list[int]] = []
+
+    def transition(n: int) -> CircuitTransition[str]:
+        return CircuitTransition("http://b/", CircuitState.CLOSED, CircuitState.OPEN, n, 0, time.time())
+
+    def down(self: Publisher, breakers: object, batch: list[tuple[str, CircuitTransition[str]]]) -> None:
+        taken.append([t.failures for _, t in batch])
+        if len(taken) == 1:  # transitions keep coming while the round waits for the database
+            for n in range(4, 8):
+                publisher._on_transition("billing", transition(n))
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(Publisher, "_round", down)
+    for n in range(4):
+        publisher._on_transition("billing", transition(n))
+    assert publisher.run_once() is False  # 0-3 taken; 4-7 arrive; 0-3 put back in front
+    assert [t.failures for _, t in publisher._queue] == [3, 4, 5, 6, 7]  # 0, 1, 2: the oldest dropped
+    assert publisher.run_once() is False
+    assert taken[-1] == [3, 4, 5, 6, 7]
+    publisher._on_transition("billing", transition(8))
+    assert [t.failures for _, t in publisher._queue] == [4, 5, 6, 7, 8]
+
+
+@pytest.mark.django_db
+def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread reads CIRCUIT_BREAKER_PUBLISH_INTERVAL before every wait, not once at import."""
+    made = Publisher()
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    rounds: list[float] = []
+    monkeypatch.setattr(Publisher, "run_once", lambda self: rounds.append(time.monotonic()) or True)
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.3)):
+            made.start()
+            wait_for(lambda: len(rounds) >= 2, "two rounds at 0.3 s")
+            assert rounds[1] - rounds[0] >= 0.25
+            with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.02)):
+                seen = len(rounds)
+                wait_for(lambda: len(rounds) >= seen + 6, "rounds at the new interval", timeout=2.0)
+                gaps = [b - a for a, b in zip(rounds[seen + 1 :], rounds[seen + 2 :], strict=False)]
+                assert max(gaps) < 0.2, gaps  # the thread, not restarted, follows the new setting
+    finally:
+        made.stop()
 
 
 @pytest.mark.django_db

@@ -410,3 +410,29 @@ class TestSetting:
         [problem] = problems
         assert problem.warning
         assert "each process keeps apart" in str(problem)
+
+
+def test_a_forked_child_does_not_flush_its_parents_counts_again(redis: None, namespace: str, stores: Any) -> None:
+    """gunicorn forks workers from a master that may have made calls: each outcome is counted in the
+    cache once, by the process that saw it."""
+    store = stores(namespace, sync_interval=3600)  # nothing flushed unless the test says so
+    breaker = breaker_with(store, minimum_throughput=100)
+    for _ in range(3):
+        run(breaker, False)  # counted, not flushed yet
+    pid = os.fork()
+    if pid == 0:  # the child: one outcome of its own, flushed at once
+        code = 1
+        try:
+            run(breaker, False)
+            store.sync()
+            code = 0 if store.healthy else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.sync()
+    reader = stores(namespace)
+    breaker_with(reader, minimum_throughput=100)
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.totals("svc") == (4, 0)  # 3 of the parent's and 1 of the child's, each once
