@@ -180,7 +180,12 @@ def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round
     made = Publisher()
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     rounds: list[float] = []
-    monkeypatch.setattr(Publisher, "run_once", lambda self: rounds.append(time.monotonic()) or True)
+
+    def counted(self: Publisher) -> bool:
+        rounds.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr(Publisher, "run_once", counted)
     try:
         with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.3)):
             made.start()
