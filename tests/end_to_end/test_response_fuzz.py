@@ -347,3 +347,16 @@ def test_a_half_open_probe_that_gets_a_malformed_answer_ends_the_half_open_state
     finally:
         client.close()
         server.close()
+
+
+@pytest.mark.parametrize("location", ["http://[bad", "http://\xff\xfe/", "ftp://x/y"])
+def test_an_unfollowed_redirect_with_a_bad_location_is_the_answer(location: str) -> None:
+    server = RawAnswerServer(_answer(f"HTTP/1.1 302 Found\nLocation: {location}\nContent-Length: 4", b"body"))
+    client = _client(server.url, "single")
+    try:
+        with client.request(dar.get("x", allow_redirects=False)) as response:
+            assert (response.status, response.read()) == (302, b"body")
+            assert X_INVALID_REDIRECT not in response.headers
+    finally:
+        client.close()
+        server.close()
