@@ -160,7 +160,7 @@ class RequestsTransport(Transport):
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
-                    response = self._send(prepared, settings, request, guard, started)
+                    response = self._send((prepared, settings), request, endpoint, guard, started)
                 if guard.reason is not None:
                     # The EOF an abort causes can pass for the end of the headers, or of a body without
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
@@ -261,17 +261,18 @@ class RequestsTransport(Transport):
             url = requote_uri(target) if parsed.netloc else urllib.parse.urljoin(response.url, requote_uri(target))
             self._check_target(url)
         except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
-            return f"{type(error).__name__}: {error}"[:200]
+            return type(error).__name__  # not its message: it holds the URL, path values and all
         return None
 
     def _send(
         self,
-        prepared: requests.PreparedRequest,
-        settings: dict[str, Any],
+        sendable: tuple[requests.PreparedRequest, dict[str, Any]],
         request: Request,
+        endpoint: str,
         guard: AttemptSockets,
         started: float,
     ) -> Response:
+        prepared, settings = sendable
         session = self._session
         remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
         # stream=True: the body is read below in chunks, so that its size can be bounded.
@@ -289,7 +290,7 @@ class RequestsTransport(Transport):
                     problem = self._redirect_problem(response)
                     if problem is not None:
                         response.close()
-                        return self._invalid_redirect(request, response, problem, started)
+                        return self._invalid_redirect(request, endpoint, response, problem, started)
                     response = next(redirects)
                     if not response.is_redirect:
                         break
@@ -307,7 +308,7 @@ class RequestsTransport(Transport):
                 raise
             if request.allow_redirects:
                 answer.close()
-                return self._invalid_redirect(request, answer, problem, started)
+                return self._invalid_redirect(request, endpoint, answer, problem, started)
             response = answer  # not followed: the redirect itself is the answer
         try:
             body = self._read_body(response)
@@ -315,9 +316,10 @@ class RequestsTransport(Transport):
             response.close()  # a body left unread closes the connection instead of pooling it
         if body is None:
             logger.warning(
-                "%s %s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
+                "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
                 request.method,
-                _redacted(prepared.url or ""),
+                _redacted(endpoint),
+                request.url,
                 self.max_response_size,
                 status.NETWORK_ERROR,
             )
@@ -331,12 +333,15 @@ class RequestsTransport(Transport):
         )
 
     @staticmethod
-    def _invalid_redirect(request: Request, response: requests.Response, problem: str, started: float) -> Response:
+    def _invalid_redirect(
+        request: Request, endpoint: str, response: requests.Response, problem: str, started: float
+    ) -> Response:
         location = response.headers.get(h.LOCATION, "")
         logger.warning(
-            "%s %s: a redirect that cannot be followed (%s; status %s)",
+            "%s %s%s: a redirect that cannot be followed (%s; status %s)",
             request.method,
-            _redacted(response.url or ""),
+            _redacted(endpoint),
+            request.url,
             problem,
             status.TOO_MANY_REDIRECTS,
         )

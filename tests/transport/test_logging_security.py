@@ -48,7 +48,7 @@ def _enrich(request: dar.Request) -> dar.Request:
     return request.with_headers({"Authorization": SECRETS[0]})
 
 
-@pytest.mark.parametrize("fault", ["refused", "timeout", "too_large", "reset"])
+@pytest.mark.parametrize("fault", ["refused", "timeout", "too_large", "reset", "malformed", "bad_redirect"])
 def test_a_failing_calls_log_records_hold_no_credentials(
     fault: str, server: LoopbackServer, everything_logged: pytest.LogCaptureFixture
 ) -> None:
@@ -60,7 +60,15 @@ def test_a_failing_calls_log_records_hold_no_credentials(
         handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nab")
         handler.close_connection = True
 
-    server.route("/things/*", {"timeout": late, "reset": reset}.get(fault, lambda h: h.reply(200, b"x" * 5000)))
+    def malformed(handler: Handler) -> None:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nabcde")
+        handler.close_connection = True
+
+    def bad_redirect(handler: Handler) -> None:  # its target joined to the URL sent (which holds secrets)
+        handler.reply(302, b"", {"Location": "http://[bad/" + handler.path})
+
+    faults = {"timeout": late, "reset": reset, "malformed": malformed, "bad_redirect": bad_redirect}
+    server.route("/things/*", faults.get(fault, lambda h: h.reply(200, b"x" * 5000)))
     port = server.port if fault != "refused" else free_port()
     session = requests.Session()
     session.auth = ("user", SECRETS[2])  # credentials go with the session, never in the endpoint
@@ -77,7 +85,12 @@ def test_a_failing_calls_log_records_hold_no_credentials(
     try:
         with client.request(_secret_request(), deadline=dar.Deadline.from_timeout(0.2)) as response:
             # the first attempt fails; the breaker (minimum throughput 1) then answers the second
-            assert response.status in (status.NETWORK_ERROR, status.TIMEOUT, status.CIRCUIT_BREAKER_OPEN)
+            assert response.status in (
+                status.NETWORK_ERROR,
+                status.TIMEOUT,
+                status.CIRCUIT_BREAKER_OPEN,
+                status.TOO_MANY_REDIRECTS,
+            )
     finally:
         client.close()
     _assert_no_secret(everything_logged)
