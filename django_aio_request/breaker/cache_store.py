@@ -266,16 +266,26 @@ class CacheCircuitStore(CircuitStore[str]):
             )
         return True
 
-    def _claim(self, cache: Any, wanted: set[str], scopes: dict[str, str]) -> dict[str, tuple[str, float]]:
-        """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic)."""
+    def _claim(
+        self, cache: Any, wanted: set[str], scopes: dict[str, str], found: dict[str, Any]
+    ) -> dict[str, tuple[str, float]]:
+        """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic).
+
+        Only where the block just read says the break is over: a circuit another process closed
+        meanwhile (its ``open`` key deleted) or opened again must not be blocked by a late claim.
+        """
         won = {}
         for scope in wanted:
+            until = found.get(f"{scopes[scope]}:open")
             now = time.time()
+            if until is None or float(until) > now:
+                continue
             key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
             if cache.add(key, os.getpid(), self._seconds(2)):
                 won[scope] = (key, now)
                 # Others see the block at once, and stop trying to claim.
-                cache.set(f"{scopes[scope]}:open", now + self._break_duration, self._seconds_for(OPEN_KEY_GRACE))
+                ttl = self._seconds_for(self._break_duration + OPEN_KEY_GRACE)
+                cache.set(f"{scopes[scope]}:open", now + self._break_duration, ttl)
         return won
 
     def _sync(self) -> None:
@@ -296,9 +306,9 @@ class CacheCircuitStore(CircuitStore[str]):
             cache = self._backend()
             self._write(cache, writes, scopes, windows, released)
             self._flush(cache, flushing, scopes)
-            won = self._claim(cache, wanted, scopes)
             names = [f"{prefix}:{w}:{kind}" for prefix in scopes.values() for w in windows for kind in "fs"]
             found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
+            won = self._claim(cache, wanted, scopes, found)
         except Exception as error:
             with self._lock:
                 self._flushing.clear()

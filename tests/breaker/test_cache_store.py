@@ -436,3 +436,33 @@ def test_a_forked_child_does_not_flush_its_parents_counts_again(redis: None, nam
     reader.blocked_until("svc")
     reader.sync()
     assert reader.totals("svc") == (4, 0)  # 3 of the parent's and 1 of the child's, each once
+
+
+def test_a_probe_asked_for_after_another_process_closed_the_circuit_blocks_nothing(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A claim is made only where the block just read says the break is over: a late one must not
+    block again a circuit another process's probe closed meanwhile."""
+    a, b = (breaker_with(stores(namespace, sync_interval=3600), break_duration=0.2, minimum_throughput=2) for _ in "ab")
+    run(a, False)
+    run(a, False)
+    a.store.sync()  # type: ignore[attr-defined]
+    b.store.blocked_until("svc")
+    b.store.sync()  # type: ignore[attr-defined]
+    assert run(b, True) == "fallback"
+    time.sleep(0.25)
+    assert run(a, True) == "fallback"  # the break is over: a asks its thread for the probe
+    a.store.sync()  # type: ignore[attr-defined]
+    assert run(a, True) == "ran"  # a's probe closes the circuit everywhere
+    a.store.sync()  # type: ignore[attr-defined]
+    time.sleep(0.21)  # into the next claim slot: a claim by b now would win its add
+    # b has not heard of the close yet: it finds the break over and asks its thread for the probe,
+    # which reads the circuit closed and claims nothing.
+    assert run(b, True) == "fallback"
+    b.store.sync()  # type: ignore[attr-defined]
+    assert state_of(b) is CircuitState.CLOSED
+    reader = stores(namespace)
+    breaker_with(reader)
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.blocked_until("svc") is None
