@@ -42,3 +42,6 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 ping
 fi
 echo "Redis: ready on 127.0.0.1:6379"
+# The outage tests start throwaway servers of their own on other ports (one frozen with SIGSTOP:
+# tests/breaker/test_hanging_cache.py), also where Redis above runs elsewhere (a service container).
+command -v redis-server >/dev/null || apt_install redis-server
