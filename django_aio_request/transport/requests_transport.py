@@ -60,27 +60,28 @@ class _GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
-        _close_dropped_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
-        _close_dropped_pools(manager)
         return manager
 
+    def close(self) -> None:
+        """Close every pool's connections now, then drop the pools.
 
-def _close_dropped_pools(manager: Any) -> None:
-    """Close a pool's idle connections as soon as its manager drops it (``clear()``, or more hosts
-    than the manager keeps pools for). urllib3 2.x leaves that to a finalizer, which runs only when
-    the garbage collector frees the pool: an exception's traceback cycle can keep it (and its
-    sockets) open until the next ``gc.collect()``."""
-    manager.pools.dispose_func = _close_pool
-
-
-def _close_pool(pool: Any) -> None:
-    with contextlib.suppress(Exception):  # closing is best effort: a socket already gone is fine
-        pool.close()
+        urllib3 2.x's ``PoolManager.clear()`` only drops them and leaves the closing to a finalizer,
+        which runs when the garbage collector frees a pool: an exception's traceback cycle can keep a
+        pool (and its sockets) open until the next ``gc.collect()``. (Pools dropped because more
+        hosts were used than the manager keeps are not closed here: closing one another thread has
+        just picked would fail its call.)"""
+        for manager in [self.poolmanager, *self.proxy_manager.values()]:
+            for key in list(manager.pools.keys()):
+                pool = manager.pools.get(key)
+                if pool is not None:
+                    with contextlib.suppress(Exception):  # best effort: a socket already gone is fine
+                        pool.close()
+        super().close()
 
 
 class RequestsTransport(Transport):
@@ -397,8 +398,8 @@ class RequestsTransport(Transport):
 
     def close(self) -> None:
         """Close every pooled connection now (of proxies too), not when the garbage collector frees
-        the pools. Attempts still running keep their connection until they end; it is closed then,
-        as it cannot go back to a closed pool (see ``_close_dropped_pools``)."""
+        the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
+        it ends; it is closed then, as it cannot go back to a closed pool."""
         self._session.close()
 
 
