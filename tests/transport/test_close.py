@@ -159,3 +159,21 @@ def test_an_abandoned_attempt_closes_its_connection_by_the_deadline(server: Loop
         assert _tcp(server.port)[0] == 0  # the pooled one was used, timed out, and closed: not pooled again
     finally:
         client.close()
+
+
+def test_close_closes_the_connections_to_a_proxy_too(
+    server: LoopbackServer, gc_off: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls through an HTTP proxy from the environment use the proxy manager's pools: closed as well."""
+    server.route("http://service.example.test/ok", lambda h: h.reply(200, b"proxied"))
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = dar.setup(endpoint="http://service.example.test/", metrics=False, timeout=DEADLINE)
+    for _ in range(3):
+        with client.request(dar.get("ok")) as response:
+            assert (response.status, response.read()) == (200, b"proxied")
+    assert _tcp(server.port)[0] == 1  # one keep-alive connection to the proxy, pooled
+    client.close()
+    assert _tcp(server.port)[0] == 0
+    assert _settle(lambda: _tcp(server.port) == (0, 0))
