@@ -1,46 +1,64 @@
 """Bound every PostgreSQL query by the deadline in the context (Django layer).
 
-With ``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"] = True``, each query on a PostgreSQL connection
-runs with a ``statement_timeout`` no longer than the time left before the deadline in the context
-(``get_context().deadline``, set per request by the middleware from ``X-Request-Timeout``), so the
-server cancels a query the caller has stopped waiting for. Without a deadline the connection's own
-default applies. Other backends (SQLite, MySQL, ...) are left alone.
+With ``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"] = True``, a query sent on a PostgreSQL connection
+while a deadline is in the context (``get_context().deadline``: set per request by the middleware
+from ``X-Request-Timeout``) ends by that deadline:
 
-:func:`install` (called from ``AppConfig.ready``) puts a :class:`StatementTimeout` execute wrapper
-on every PostgreSQL connection as it opens. How it decides when to send a ``SET`` is in
-:func:`plan`; how it sends one without an extra round trip is in :class:`StatementTimeout`.
-See ``docs/database.md``.
+- Each connection that ran a query under a deadline has a timer at that deadline (less
+  :data:`CANCEL_LEAD`). If a query of the connection is still running when it fires, the timer
+  sends PostgreSQL a cancel request for it (``Connection.cancel_safe()``, the wire protocol's
+  CancelRequest). That reaches every statement the server runs for the connection, whatever it is:
+  the ``DECLARE ... WITH HOLD`` of ``.iterator()`` outside a transaction (whose query runs at the
+  implicit commit, where ``statement_timeout`` does not reach), ``FETCH`` from a server-side cursor,
+  a whole ``executemany`` batch, DDL. Nothing is parsed and nothing is ``SET``: the application's
+  own ``statement_timeout`` stays exactly what it made it, and nothing of one request's deadline
+  stays on the connection.
+- A query sent when the deadline is (all but) up is not sent: :class:`DeadlineExceeded` at once.
+  Statements that only end a transaction or a savepoint still go, so cleaning up always works.
+- A query the timer cancelled raises :class:`DeadlineExceeded` in place of the driver's error.
+
+The middleware turns those into a 408 (see :func:`catch_deadline_below`), also when they come
+from below the view (an inner middleware's ``process_response``, a signal). See
+``docs/database.md``. Other backends (SQLite, MySQL, ...) are left alone.
 """
 
-import enum
+import concurrent.futures
 import functools
 import logging
-import math
+import os
 import re
-import time
-from collections.abc import Callable
-from typing import Any
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.signals import got_request_exception, request_finished
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
-from django.db.utils import InterfaceError, OperationalError
+from django.db.utils import OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from django_aio_request.conf.current import current
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
+from django_aio_request.metrics import server as metrics
+from django_aio_request.transport.deadline_timer import deadline_timer
 
 __all__ = [
+    "CANCEL_LEAD",
     "SETTING_KEY",
+    "DeadlineBelowView",
     "DeadlineExceeded",
-    "StatementTimeout",
-    "Value",
+    "QueryBound",
     "attach",
+    "catch_deadline_below",
     "install",
     "is_deadline_cancellation",
     "is_enabled",
-    "plan",
-    "reserve_ms",
     "wrapper_for",
 ]
 
@@ -48,58 +66,57 @@ logger = logging.getLogger("django_aio_request.server.database")
 
 SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
 
-#: SQLSTATE of PostgreSQL's query_canceled: statement_timeout, or a cancel request.
+#: The timer fires this long before the deadline: a cancel request takes about 2 ms to reach a
+#: server on the same host (a new connection to it); a query sent with less time left is refused.
+CANCEL_LEAD = 0.005
+#: A cancel request that has not gone through after this long is given up (and logged).
+CANCEL_TIMEOUT = 2.0
+#: SQLSTATE of PostgreSQL's query_canceled: a cancel request, or statement_timeout.
 QUERY_CANCELED = "57014"
-#: A SET leaves this share of the time left unused (at most MAX_RESERVE_MS): see :func:`plan`.
-RESERVE_FRACTION = 0.05
-MAX_RESERVE_MS = 1000
 
-# libpq's PQtransactionStatus values (psycopg 3 and psycopg2 alike).
-_IDLE, _INTRANS = 0, 2
-
-
-class Value(enum.Enum):
-    """What the wrapper knows about a connection's ``statement_timeout`` besides a number of ms."""
-
-    #: The connection's own default (what ``RESET`` gives): nothing set, or restored.
-    DEFAULT = "DEFAULT"
-    #: Not known (after a failed statement, a SET by someone else, a connection from a pool).
-    UNKNOWN = "UNKNOWN"
-
-
-Setting = int | Value
+# Statements that only end a transaction or a savepoint: sent even after the deadline (atomic()'s
+# cleanup). A full match, so nothing can ride along: "ROLLBACK; SELECT ..." is not one of them.
+_ENDS_TRANSACTION = re.compile(
+    r"\s*(?:(?:ROLLBACK|ABORT|COMMIT|END)(?:\s+(?:WORK|TRANSACTION))?"
+    r'|(?:ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO|RELEASE)(?:\s+SAVEPOINT)?\s+(?:"[^"]+"|\w+))\s*;?\s*',
+    re.IGNORECASE,
+)
+_CATCHER = "_aio_request_catches_deadline"  # set on a request whose AioRequestMiddleware turns a deadline into 408
 
 
 class DeadlineExceeded(OperationalError):
     """A database query ran out of the deadline in the context.
 
-    Raised before the query is sent when the deadline has (all but) expired (``sent`` is False),
-    and in place of PostgreSQL's query_canceled when the server cancelled a query at the
-    ``statement_timeout`` set from the deadline (``sent`` is True; the driver's error is the
-    ``__cause__``). An ``OperationalError``, like the error it replaces, so existing handlers of
-    database errors still catch it; :func:`is_deadline_cancellation` recognises it.
+    Raised before the query is sent when the deadline is (all but) up (``sent`` is False), and in
+    place of the driver's query_canceled when the deadline's timer cancelled the query (``sent``
+    is True; the driver's error is the ``__cause__``). An ``OperationalError``, like the error it
+    replaces, so existing handlers of database errors still catch it.
     """
 
-    def __init__(self, message: str, *, alias: str = "", sent: bool = False, statement_timeout_ms: int | None = None):
+    def __init__(self, message: str, *, alias: str = "", sent: bool = False, sql: str = "") -> None:
         super().__init__(message)
         self.alias = alias
         self.sent = sent
-        self.statement_timeout_ms = statement_timeout_ms
+        #: The start of the statement (placeholders, never parameters): what was lost.
+        self.sql = sql
 
 
 def is_deadline_cancellation(exc: BaseException) -> bool:
-    """True for a query stopped by a deadline: a :class:`DeadlineExceeded`, or PostgreSQL's
-    query_canceled (SQLSTATE 57014) caused by ``statement_timeout``, raw or wrapped by Django.
+    """True for a query stopped by the deadline in the context: a :class:`DeadlineExceeded` (raised
+    or wrapped), or a query_canceled (SQLSTATE 57014) that came when that deadline was up (the
+    timer's cancel reaching a statement sent outside Django's cursors, such as a ``COMMIT``).
 
-    A cancel request (``pg_cancel_backend``) is also 57014 but not a timeout: False. The text
-    test is on the server's message, which is English unless ``lc_messages`` says otherwise; the
-    wrapper's own cancellations are recognised in any language (they are :class:`DeadlineExceeded`).
+    A ``statement_timeout`` of the application's own that fires before the deadline is the
+    application's error, not the deadline's: False.
     """
+    deadline: Deadline | None = None
     for error in _chain(exc):
         if isinstance(error, DeadlineExceeded):
             return True
-        if _sqlstate(error) == QUERY_CANCELED and "statement timeout" in str(error).lower():
-            return True
+        if _sqlstate(error) == QUERY_CANCELED:
+            deadline = deadline or get_context().deadline
+            if deadline is not None and deadline.timeout <= CANCEL_LEAD:
+                return True
     return False
 
 
@@ -109,363 +126,223 @@ def is_enabled() -> bool:
 
 
 def install() -> None:
-    """Bound the queries of every PostgreSQL connection opened from now on by the context's deadline.
+    """Bound the queries of every PostgreSQL connection by the context's deadline.
 
-    Call it from ``AppConfig.ready()``. Idempotent. Reads no setting (``ready()`` must not fail on an
-    invalid ``AIO_REQUEST``: ``manage.py check`` reports it), and also equips the connections this
-    thread already has open.
-    The wrapper goes on every PostgreSQL connection and reads the setting per query, so
-    ``override_settings`` can turn the feature on and off; while it is off a query costs a few
-    attribute reads more.
+    Called from ``AppConfig.ready()``. Idempotent. Validates the setting at once (an invalid one
+    raises ``ImproperlyConfigured``) and also equips the connections this thread already has
+    open. The bound goes on every PostgreSQL connection and reads the setting per query, so
+    ``override_settings`` turns the feature on and off.
     """
-    connection_created.connect(
-        _connection_created, dispatch_uid="django_aio_request.server.database.connection_created"
-    )
+    uid = "django_aio_request.server.database"
+    connection_created.connect(_connection_created, dispatch_uid=f"{uid}.connection_created")
+    request_finished.connect(_request_finished, dispatch_uid=f"{uid}.request_finished")
+    got_request_exception.connect(_got_request_exception, dispatch_uid=f"{uid}.got_request_exception")
     for connection in connections.all(initialized_only=True):
         if connection.connection is not None:
-            attach(connection, opened=False)
+            attach(connection)
 
 
-def attach(connection: BaseDatabaseWrapper, *, opened: bool = True) -> "StatementTimeout | None":
-    """Put the wrapper on an open PostgreSQL connection (once); None for other backends.
-
-    ``opened``: the connection was just opened (``connection_created``): what the wrapper knew
-    is forgotten and the server default is in force. Otherwise a wrapper already there is kept,
-    and a new one assumes nothing about what is in force.
-    """
+def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
+    """Put the bound on a PostgreSQL connection (once); None for other backends."""
     if connection.vendor != "postgresql":
         return None
-    wrapper = wrapper_for(connection)
-    if wrapper is None:
-        wrapper = StatementTimeout(connection.alias)
-        connection.execute_wrappers.append(wrapper)
-        wrapper.reset(connection, known=opened)
-    elif opened:
-        wrapper.reset(connection)
-    return wrapper
+    bound = wrapper_for(connection)
+    if bound is None:
+        bound = QueryBound(connection.alias)
+        connection.execute_wrappers.append(bound)
+    return bound
 
 
-def wrapper_for(connection: BaseDatabaseWrapper) -> "StatementTimeout | None":
-    """The connection's :class:`StatementTimeout`, if it has one."""
+def wrapper_for(connection: BaseDatabaseWrapper) -> "QueryBound | None":
+    """The connection's :class:`QueryBound`, if it has one."""
     for wrapper in connection.execute_wrappers:
-        if isinstance(wrapper, StatementTimeout):
+        if isinstance(wrapper, QueryBound):
             return wrapper
     return None
 
 
-def reserve_ms(left_ms: int) -> int:
-    """The part of ``left_ms`` a SET leaves unused: 5%, rounded up, at most 1 s."""
-    return min(MAX_RESERVE_MS, math.ceil(left_ms * RESERVE_FRACTION))
-
-
-def plan(current: Setting, left_ms: int | None, default_ms: int | Value | None) -> Setting | None:
-    """What to set before a query: a number of ms, ``Value.DEFAULT`` (restore), or None (nothing).
-
-    ``current`` is the ``statement_timeout`` in force on the connection, ``left_ms`` the whole
-    milliseconds left before the deadline (None: no deadline), ``default_ms`` the connection's own
-    default (None: no limit; ``Value.UNKNOWN`` until learned).
-
-    The rule, correctness first:
-
-    - No deadline: the connection's default applies; restore it only if something else is in force.
-    - A query never gets more time than is left: a value already in force is kept only if it is at
-      most ``left_ms``. A default that is itself at most ``left_ms`` already bounds the query, and is
-      never raised by a deadline (the deadline only ever shortens it).
-    - Otherwise the value kept must not be much smaller than ``left_ms``: at least ``left_ms`` minus
-      twice the reserve (the reserve is 5% of ``left_ms``, at most 1 s). A value from an earlier
-      deadline that left less time is replaced.
-    - A SET gives the query the time left minus the reserve. That margin keeps the value in force,
-      and so the SET unnecessary, while the next queries run: for the next 5% of the deadline
-      (25 ms of a 0.5 s one, 1 s of a long one). It also covers the time the query takes to reach
-      the server, whose clock starts when it arrives.
-
-    So under one deadline a SET is needed about once per 5% of it, however many queries run, and
-    each query is cancelled between 90% and 100% of the time it had left (100% minus the reserve
-    for the one that made the SET).
-    """
-    if left_ms is None:
-        return None if current is Value.DEFAULT else Value.DEFAULT
-    if isinstance(default_ms, int) and default_ms <= left_ms:
-        if current is Value.DEFAULT or (isinstance(current, int) and _close_enough(current, default_ms)):
-            return None
-        return Value.DEFAULT
-    if isinstance(current, int) and _close_enough(current, left_ms):
-        return None
-    return max(1, left_ms - reserve_ms(left_ms))
-
-
-def _close_enough(value: int, limit: int) -> bool:
-    return limit - 2 * reserve_ms(limit) <= value <= limit
-
-
-class _Kind(enum.Enum):
-    TRANSACTION_CONTROL = "transaction control"  # passed through untouched, never refused
-    TIMEOUT_SETTING = "sets statement_timeout"  # passed through; what is in force is then unknown
-    PREFIXABLE = "may carry the SET in the same round trip"
-    OTHER = "other"  # DDL, utility statements: a SET goes in a round trip of its own
-
-
-_TRANSACTION_CONTROL = re.compile(
-    r"\s*(?:BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE\s+TRANSACTION)\b", re.IGNORECASE
-)
-_ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+(?:WORK\s+|TRANSACTION\s+)?TO\b", re.IGNORECASE)
-_TIMEOUT_SETTING = re.compile(
-    r'\s*(?:(?:SET|RESET)\s+(?:SESSION\s+|LOCAL\s+)?(?:"?statement_timeout"?|ALL)\b|DISCARD\s+ALL\b)', re.IGNORECASE
-)
-# Statements PostgreSQL runs in a multi-statement string (VACUUM, CREATE DATABASE, CREATE INDEX
-# CONCURRENTLY and friends refuse to): the ORM's queries.
-_PREFIXABLE = re.compile(r"[\s(]*(?:SELECT|INSERT|UPDATE|DELETE|WITH|VALUES|TABLE|MERGE|SHOW|EXPLAIN)\b", re.IGNORECASE)
-
-
-def _classify(sql: object) -> _Kind:
-    if not isinstance(sql, str):
-        return _Kind.OTHER  # a psycopg sql.Composed, say
-    if _TRANSACTION_CONTROL.match(sql):
-        return _Kind.TRANSACTION_CONTROL
-    if _TIMEOUT_SETTING.match(sql):
-        return _Kind.TIMEOUT_SETTING
-    if _PREFIXABLE.match(sql):
-        return _Kind.PREFIXABLE
-    return _Kind.OTHER
-
-
-def _statement(target: Setting, *, local: bool, learn: bool) -> str:
-    """The SQL that puts ``target`` in force (``local``: for the current transaction only).
-
-    ``learn``: also read the connection's default and never set more than it, in the same statement.
-    """
-    if target is Value.DEFAULT:
-        return "SET LOCAL statement_timeout TO DEFAULT" if local else "RESET statement_timeout"
-    if not isinstance(target, int) or target < 1:  # an int we computed: safe as a literal
-        raise ValueError(f"cannot set statement_timeout to {target!r}")
-    if learn:
-        return (
-            "SELECT reset_val, set_config('statement_timeout', CASE WHEN reset_val::bigint BETWEEN 1 AND "
-            f"{target} THEN reset_val ELSE '{target}' END, {'true' if local else 'false'}) "
-            "FROM pg_settings WHERE name = 'statement_timeout'"
-        )
-    return f"SET LOCAL statement_timeout = {target}" if local else f"SET statement_timeout = {target}"
-
-
 Execute = Callable[[str, Any, bool, dict[str, Any]], Any]
+_T = TypeVar("_T")
 
 
-class _Change:
-    """A change of ``statement_timeout`` to send before a query."""
+class QueryBound:
+    """The execute wrapper of one PostgreSQL connection (one ``DatabaseWrapper``, so one thread).
 
-    __slots__ = ("in_transaction", "learn", "sql", "target")
+    It keeps one timer per connection, at the deadline of the last query that ran under one: a
+    request's queries share it, and a query under the same deadline costs a comparison. ``busy``
+    says whether a statement of ours is on the wire; the timer cancels only then, so a deadline
+    that passes while the connection is idle costs the server nothing.
 
-    def __init__(self, target: Setting, in_transaction: bool, *, learn: bool) -> None:
-        self.target = target
-        self.in_transaction = in_transaction
-        self.learn = learn
-        self.sql = _statement(target, local=in_transaction, learn=learn)
-
-    @property
-    def bound_ms(self) -> int | None:
-        """The most time the query will have: a number, or None when restoring the default."""
-        return self.target if isinstance(self.target, int) else None
-
-
-class StatementTimeout:
-    """The execute wrapper of one PostgreSQL connection (one ``DatabaseWrapper``).
-
-    It remembers what ``statement_timeout`` is in force on the connection, so that most queries go
-    through untouched (see :func:`plan`). When a change is needed:
-
-    - On psycopg 3 with client-side binding (Django's default) the ``SET`` travels in the same
-      execute as an ORM query (``SET statement_timeout = 475; SELECT ...``, one round trip); the
-      cursor is then moved past the SET's result, so callers see only their own. With psycopg2, a
-      server-side-binding or named (``.iterator()``) cursor, ``executemany`` and statements that
-      cannot run in a multi-statement string (DDL, VACUUM, ...), the ``SET`` is a statement of its
-      own just before the query.
-    - Outside a transaction it is a plain ``SET`` (``RESET`` to restore), kept by the session.
-      Inside one (``atomic``, or autocommit off) it is ``SET LOCAL``, gone at commit or rollback, so
-      a rolled-back transaction cannot leave a value the wrapper does not know about.
-      ``ROLLBACK TO SAVEPOINT`` may undo a ``SET LOCAL``: afterwards the value counts as unknown.
-    - The first ``SET`` on a connection also reads the connection's default (``pg_settings``) in the
-      same statement, and never sets more than it: a deadline only ever shortens a configured
-      ``statement_timeout``.
-    - A failed statement that carried a ``SET`` leaves the value unknown (PostgreSQL rolls a
-      multi-statement string back as a whole); the next query under a deadline sets it again.
-    - Transaction control (``ROLLBACK``, ``RELEASE SAVEPOINT``, ...) and statements in an aborted
-      transaction go through untouched: cleaning up after a cancellation always works.
+    ``lock`` orders the timer's cancel request against the owner thread: the owner clears ``busy``
+    and moves the timer while holding it, so a cancel request is either sent while the statement
+    it was meant for is still running, or not at all (libpq's cancel returns once the server has
+    passed the signal on, and a signal that reaches an idle backend is dropped).
     """
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        #: SETs and RESETs sent, and how many of them needed a round trip of their own.
-        self.changes = 0
-        self.round_trips = 0
-        self._session: Setting = Value.UNKNOWN
-        self._local: Setting | None = None  # what SET LOCAL put in force in this transaction
-        self._default: int | Value | None = Value.UNKNOWN
-        self._raw: object = None  # the driver connection that knowledge is about
+        #: Cancel requests sent; statements refused because the deadline was up.
+        self.cancels = 0
+        self.refused = 0
+        self.lock = threading.Lock()
+        self.busy = False
+        self._due: float | None = None  # the deadline the timer is at, on the monotonic clock
+        self._unschedule: Callable[[], None] | None = None
+        self._generation = 0
+        self._cancelled = -1  # the generation whose timer sent a cancel request
+        self._raw: Any = None  # the driver connection the timer cancels on
 
     def __repr__(self) -> str:
-        return f"<StatementTimeout {self.alias!r} session={self._session} local={self._local}>"
+        return f"<QueryBound {self.alias!r} due={self._due} busy={self.busy}>"
 
-    def reset(self, connection: BaseDatabaseWrapper, *, known: bool = True) -> None:
-        """Forget what was known. ``known``: the connection was just opened, its default is in force."""
-        pooled = bool(connection.settings_dict.get("OPTIONS", {}).get("pool"))
-        # A new connection has its default in force; one from a pool may carry a previous user's SET.
-        self._session = Value.DEFAULT if known and not pooled else Value.UNKNOWN
-        self._local = None
-        self._default = Value.UNKNOWN
-        self._raw = connection.connection
-
-    def in_force(self, in_transaction: bool) -> Setting:
-        """What the wrapper believes is in force (the transaction's SET LOCAL, else the session's)."""
-        return self._local if in_transaction and self._local is not None else self._session
+    @property
+    def armed(self) -> bool:
+        """Whether a timer is waiting to cancel this connection's query at a deadline."""
+        return self._due is not None
 
     def __call__(self, execute: Execute, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         deadline = get_context().deadline if is_enabled() else None
-        if deadline is None and self._session is Value.DEFAULT and self._local is None:
-            return execute(sql, params, many, context)  # the common case when idle: nothing to do
-
-        connection: BaseDatabaseWrapper = context["connection"]
-        raw = connection.connection
-        if raw is not self._raw:
-            self.reset(connection, known=False)  # a connection opened without connection_created
-        kind = _classify(sql)
-        if kind is _Kind.TRANSACTION_CONTROL:
-            try:
-                return execute(sql, params, many, context)
-            finally:
-                if self._local is not None and _ROLLBACK_TO.match(sql):
-                    self._local = Value.UNKNOWN
-
-        status = _transaction_status(raw, connection)
-        if status == _IDLE:
-            self._local = None  # any transaction, and its SET LOCAL, is over
-        elif status != _INTRANS or connection.needs_rollback:
-            # An aborted transaction (only a rollback will do), a query in progress or a broken
-            # connection: the statement fails or succeeds on its own, a SET would not run.
+        if deadline is None:
+            if self._due is not None:
+                self.disarm()
             return execute(sql, params, many, context)
-        in_transaction = status == _INTRANS or not connection.autocommit
-
-        if kind is _Kind.TIMEOUT_SETTING:
-            try:
-                return execute(sql, params, many, context)
-            finally:
-                self._session = Value.UNKNOWN
-                self._local = Value.UNKNOWN if in_transaction else None
-
-        left_ms = None if deadline is None else self._left_ms(deadline)
-        current = self.in_force(in_transaction)
-        target = plan(current, left_ms, self._default)
-        if target is None:
-            bound = current if left_ms is not None and isinstance(current, int) else None
-            return self._run(execute, sql, params, many, context, bound_ms=bound)
-        statement = _Change(target, in_transaction, learn=isinstance(target, int) and self._default is Value.UNKNOWN)
-        self.changes += 1
-        if kind is _Kind.PREFIXABLE and not many and _can_prefix(context["cursor"].cursor, raw):
-            return self._change_with(statement, execute, sql, params, context)
-        return self._change_before(statement, execute, sql, params, many=many, context=context)
-
-    def _left_ms(self, deadline: Deadline) -> int:
-        """Whole milliseconds left; less than 1 ms cannot be expressed (0 means no limit) nor used: raise."""
-        left = deadline.timeout
-        left_ms = math.floor(left * 1000)
-        if left_ms < 1:
-            raise DeadlineExceeded(
-                f"the deadline expired before the query was sent to database {self.alias!r} "
-                f"({left * 1000:.3f} ms left)",
-                alias=self.alias,
-            )
-        return left_ms
-
-    def _change_with(self, change: "_Change", execute: Execute, sql: str, params: Any, context: dict[str, Any]) -> Any:
-        """Send the change and the query in one execute, then move the cursor to the query's result."""
-        logger.debug("%s: %s, with the query", self.alias, change.sql)
-        cursor = context["cursor"].cursor
-        try:
-            result = self._run(execute, f"{change.sql}; {sql}", params, False, context, bound_ms=change.bound_ms)
-        except BaseException:
-            self._forget(change.in_transaction)  # PostgreSQL rolled the SET back with the query, or not
-            raise
-        row = cursor.fetchone() if change.learn else None
-        if not cursor.nextset():
-            raise InterfaceError("the database returned no result for the query after the statement_timeout SET")
-        self._record(change, row)
+        connection: BaseDatabaseWrapper = context["connection"]
+        result = self._bounded(deadline, connection, sql, functools.partial(execute, sql, params, many, context))
+        cursor = context["cursor"]
+        if getattr(cursor.cursor, "name", None):  # a server-side cursor: its FETCHes skip execute wrappers
+            self._bound_fetches(cursor, connection, sql)
         return result
 
-    def _change_before(
-        self, change: "_Change", execute: Execute, sql: str, params: Any, *, many: bool, context: dict[str, Any]
-    ) -> Any:
-        """Send the change as a statement of its own, then the query."""
-        logger.debug("%s: %s, in a round trip of its own", self.alias, change.sql)
-        connection: BaseDatabaseWrapper = context["connection"]
-        self.round_trips += 1
+    def _bounded(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object, call: Callable[[], _T]) -> _T:
+        """Run ``call`` (one statement's round trip) so that it ends by ``deadline``."""
+        self.busy = True  # before the clock is read: a timer that saw busy False fired before the check below
         try:
-            with connection.wrap_database_errors, connection.connection.cursor() as own:
-                own.execute(change.sql)
-                row = own.fetchone() if change.learn else None
-        except BaseException:
-            self._forget(change.in_transaction)
-            raise
-        value = self._record(change, row)
-        return self._run(execute, sql, params, many, context, bound_ms=value if isinstance(value, int) else None)
+            if deadline.timeout <= CANCEL_LEAD:
+                if not (isinstance(sql, str) and _ENDS_TRANSACTION.fullmatch(sql)):
+                    self.refused += 1
+                    raise DeadlineExceeded(
+                        f"the deadline was up before the query was sent to database {self.alias!r} "
+                        f"({deadline.timeout * 1000:.1f} ms left): {_head(sql)}",
+                        alias=self.alias,
+                        sql=_head(sql),
+                    )
+                self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
+            elif deadline.expires_at != self._due or connection.connection is not self._raw:
+                self._arm(deadline.expires_at, connection.connection)
+            generation = self._generation
+            try:
+                return call()
+            except Exception as error:
+                if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
+                    raise DeadlineExceeded(
+                        f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
+                        alias=self.alias,
+                        sent=True,
+                        sql=_head(sql),
+                    ) from error
+                raise
+        finally:
+            with self.lock:
+                self.busy = False
 
-    def _run(
-        self, execute: Execute, sql: str, params: Any, many: bool, context: dict[str, Any], *, bound_ms: int | None
-    ) -> Any:
-        """Run the query; a cancellation at ``bound_ms`` (a timeout set from the deadline) becomes DeadlineExceeded."""
-        started = time.monotonic()
-        try:
-            return execute(sql, params, many, context)
-        except Exception as error:
-            if bound_ms is not None and _cancelled_at(error, time.monotonic() - started, bound_ms):
-                raise DeadlineExceeded(
-                    f"database {self.alias!r} cancelled the query at the deadline "
-                    f"(statement_timeout {bound_ms} ms): {error}",
-                    alias=self.alias,
-                    sent=True,
-                    statement_timeout_ms=bound_ms,
-                ) from error
-            raise
+    def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
+        """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that
+        runs (part of) the query on the server and never passes an execute wrapper."""
+        if "fetchmany" in vars(cursor):
+            return  # executed again: its fetches are bounded already
+        for name in ("fetchone", "fetchmany", "fetchall"):
+            fetch = getattr(cursor, name)  # Django's error-wrapping method of the driver cursor
+            setattr(cursor, name, self._fetcher(fetch, connection, sql))
 
-    def _record(self, change: "_Change", row: Any) -> Setting:
-        """Note what ``change`` put in force (``row``: what a learning statement read) and return it."""
-        value = change.target
-        if row is not None:
-            default = int(row[0])
-            self._default = default if default > 0 else None
-            if isinstance(value, int) and 0 < default < value:
-                value = default  # the server kept its own, smaller, default
-        if change.in_transaction:
-            self._local = value
-        else:
-            self._session = value
-        return value
+    def _fetcher(self, fetch: Callable[..., _T], connection: BaseDatabaseWrapper, sql: object) -> Callable[..., _T]:
+        def bounded_fetch(*args: Any) -> _T:
+            deadline = get_context().deadline if is_enabled() else None
+            if deadline is None:
+                return fetch(*args)
+            return self._bounded(deadline, connection, sql, functools.partial(fetch, *args))
 
-    def _forget(self, in_transaction: bool) -> None:
-        if in_transaction:
-            self._local = Value.UNKNOWN
-        else:
-            self._session = Value.UNKNOWN
+        return bounded_fetch
+
+    def _arm(self, due: float, raw: Any) -> None:
+        with self.lock:
+            self._cancel_timer()
+            self._generation += 1
+            self._due = due
+            self._raw = raw
+            timer = functools.partial(self._timer, self._generation)
+            self._unschedule = deadline_timer.schedule(due - CANCEL_LEAD, timer)
+
+    def disarm(self) -> None:
+        """Drop the timer (after a cancel request in progress has gone through)."""
+        with self.lock:
+            self._cancel_timer()
+            self._generation += 1
+            self._due = None
+
+    def _cancel_timer(self) -> None:
+        if self._unschedule is not None:
+            self._unschedule()
+            self._unschedule = None
+
+    def _timer(self, generation: int) -> None:
+        """On the watchdog thread, at the deadline: hand a cancel over to a thread that may block."""
+        if self.busy and generation == self._generation:
+            _cancellers().submit(self._cancel, generation)
+
+    def _cancel(self, generation: int) -> None:
+        with self.lock:
+            if not self.busy or generation != self._generation:
+                return  # the statement ended, or the connection moved on to another deadline
+            self._cancelled = generation
+            self.cancels += 1
+            raw = self._raw
+            try:
+                cancel_safe = getattr(raw, "cancel_safe", None)
+                if cancel_safe is not None:  # psycopg 3: waits without holding the GIL, with a timeout
+                    cancel_safe(timeout=CANCEL_TIMEOUT)
+                else:  # psycopg2
+                    raw.cancel()
+            except Exception as error:
+                logger.warning("could not cancel a query of database %r at its deadline: %s", self.alias, error)
 
 
-def _cancelled_at(error: BaseException, elapsed: float, bound_ms: int) -> bool:
-    """Whether ``error`` is the server cancelling the query at the ``bound_ms`` statement_timeout.
-
-    query_canceled that came when the timeout was due (a cancel request comes earlier), or whose
-    message says so; the timing test works whatever language the server speaks.
-    """
-    for cause in _chain(error):
-        if _sqlstate(cause) == QUERY_CANCELED:
-            return elapsed >= bound_ms / 1000 - 0.002 or "statement timeout" in str(cause).lower()
-    return False
+def _head(sql: object) -> str:
+    text = " ".join(str(sql).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _cancellers() -> concurrent.futures.ThreadPoolExecutor:
+    """A few threads for cancel requests: each opens a connection to the server (about 2 ms on the
+    same host, longer across a network), which must not hold up the watchdog's other timers."""
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="django-aio-request-pg-cancel")
+    return _executor
+
+
+def _after_fork() -> None:
+    global _executor, _executor_lock
+    _executor, _executor_lock = None, threading.Lock()  # the threads did not survive fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and its causes (Django re-raises driver errors ``from`` them), at most a few deep."""
     seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(seen) < 8 and all(current is not s for s in seen):
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
+    error: BaseException | None = exc
+    while error is not None and len(seen) < 8 and all(error is not s for s in seen):
+        seen.append(error)
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -474,33 +351,132 @@ def _sqlstate(error: BaseException) -> str | None:
     return state if isinstance(state, str) else None
 
 
-def _transaction_status(raw: Any, connection: BaseDatabaseWrapper) -> int:
-    status = getattr(getattr(raw, "info", None), "transaction_status", None)
-    if status is None:  # a driver without libpq's status: Django's view of it
-        return _INTRANS if connection.in_atomic_block else _IDLE
-    return int(status)
-
-
-@functools.cache
-def _client_cursor_class() -> type | None:
-    try:
-        import psycopg
-    except ImportError:
-        return None
-    return psycopg.ClientCursor
-
-
-def _can_prefix(cursor: Any, raw: Any) -> bool:
-    """psycopg 3 sends a client-side-binding query as a simple Query message, which may hold several
-    statements (not in pipeline mode). psycopg2 would too, but keeps only the last result: a SET of
-    its own is simpler there than reading results it hides."""
-    client_cursor = _client_cursor_class()
-    return (
-        client_cursor is not None
-        and isinstance(cursor, client_cursor)
-        and getattr(getattr(raw, "pgconn", None), "pipeline_status", 1) == 0
-    )
+def _sqlstate_in_chain(error: BaseException) -> str | None:
+    for cause in _chain(error):
+        state = _sqlstate(cause)
+        if state is not None:
+            return state
+    return None
 
 
 def _connection_created(*, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     attach(connection)
+
+
+def _request_finished(**kwargs: Any) -> None:
+    """Drop this thread's timers when a request ends: a later request must never meet one."""
+    for connection in connections.all(initialized_only=True):
+        bound = wrapper_for(connection)
+        if bound is not None and bound.armed:
+            bound.disarm()
+
+
+# --- A deadline exceeded below the view answers 408 -------------------------------------------------
+
+
+class DeadlineBelowView(Exception):
+    """A deadline cancellation raised below the view (an inner middleware, a signal), carried up to
+    AioRequestMiddleware past Django's exception-to-500 conversion of the middleware in between."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _got_request_exception(sender: object, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """Django is about to turn an exception into a 500 (and log "Internal Server Error"): when it is
+    a deadline cancellation under AioRequestMiddleware, raise it on to the middleware instead.
+
+    Django sends this signal from ``response_for_exception`` for every layer that catches an
+    exception; raising here skips that layer's 500 handler and log line, and the next layer up
+    sends the signal again, until AioRequestMiddleware catches the exception (it marked the request).
+    """
+    if request is None or not getattr(request, _CATCHER, False):
+        return
+    exc = sys.exc_info()[1] or _exception_being_converted()
+    if isinstance(exc, DeadlineBelowView):
+        raise exc
+    if exc is not None and is_deadline_cancellation(exc):
+        raise DeadlineBelowView(exc) from exc
+
+
+def _exception_being_converted() -> BaseException | None:
+    """The exception ``response_for_exception(request, exc)`` is handling. Under ASGI Django calls it
+    in a worker thread where ``sys.exc_info()`` is empty; it is then a local of that frame."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "response_for_exception" and frame.f_globals.get("__name__", "").startswith(
+            "django.core.handlers"
+        ):
+            exc = frame.f_locals.get("exc")
+            return exc if isinstance(exc, BaseException) else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
+    """The 408 for a deadline exceeded below the view, with a log line saying what was lost."""
+    cause = below.cause
+    where, doing = _where(cause.__traceback__)
+    lost = next((e for e in _chain(cause) if isinstance(e, DeadlineExceeded)), None)
+    metrics.server_database_cancelled.inc()
+    logger.warning(
+        "%s %s: the deadline ran out below the view, in %s (calls: %s): answered 408, and the work left "
+        "there is lost: %s",
+        request.method,
+        request.path,
+        where,
+        doing,
+        lost.sql if lost is not None and lost.sql else cause,
+    )
+    return HttpResponse(status=408)
+
+
+_PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")
+_DATABASE = ("django.db.", "django_aio_request.", "psycopg", "contextlib")
+
+
+def _where(tb: TracebackType | None) -> tuple[str, str]:
+    """Where a deadline ran out: the outermost code below Django's request plumbing, by its full
+    name (``django.contrib.sessions.middleware.SessionMiddleware.process_response``), and the calls
+    from there down to the database layer (``SessionStore.save > SessionStore.create > ...``)."""
+    frames: list[tuple[str, str]] = []
+    while tb is not None:
+        frames.append((str(tb.tb_frame.f_globals.get("__name__", "?")), tb.tb_frame.f_code.co_qualname))
+        tb = tb.tb_next
+    below = [(module, name) for module, name in frames if not module.startswith(_PLUMBING)]
+    if not below:
+        return "?", "?"
+    outer = f"{below[0][0]}.{below[0][1]}"
+    calls = [name for module, name in below[1:] if not module.startswith(_DATABASE)]
+    if len(calls) > 6:
+        calls = [*calls[:3], "...", *calls[-2:]]
+    return outer, " > ".join(calls) or "directly"
+
+
+Handler = Callable[[HttpRequest], Any]
+
+
+def catch_deadline_below(get_response: Handler) -> Handler:
+    """Wrap AioRequestMiddleware's ``get_response``: a deadline cancellation raised anywhere below
+    answers 408 with a log line, where Django would have answered 500 ("Internal Server Error")."""
+    if iscoroutinefunction(get_response):
+        aget_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = get_response
+
+        async def acaught(request: HttpRequest) -> HttpResponseBase:
+            setattr(request, _CATCHER, True)
+            try:
+                return await aget_response(request)
+            except DeadlineBelowView as below:
+                return _answer_below_view(request, below)
+
+        return markcoroutinefunction(acaught)
+
+    def caught(request: HttpRequest) -> Any:
+        setattr(request, _CATCHER, True)
+        try:
+            return get_response(request)
+        except DeadlineBelowView as below:
+            return _answer_below_view(request, below)
+
+    return caught

@@ -27,7 +27,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
-from django_aio_request.server.database import is_deadline_cancellation
+from django_aio_request.server.database import catch_deadline_below, is_deadline_cancellation
 from django_aio_request.server.shedding import Admission, ConcurrencyLimiter
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
 
@@ -184,7 +184,8 @@ class AioRequestMiddleware:
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
+        # A deadline exceeded below (inner middleware, signals) answers 408, not Django's 500.
+        self.get_response = catch_deadline_below(get_response)
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)

@@ -1,31 +1,116 @@
-"""A view that queries PostgreSQL under a deadline and answers 408 when the query runs out of it."""
+"""Views that query PostgreSQL under the request's deadline (AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]).
 
-from django.db import DatabaseError, connections
+Served in the test process (``tests.support.urls_db`` with Django's test client, alias
+``postgres``) and by gunicorn and uvicorn (``tests.support.settings_db_server``, where the alias
+``postgres`` is the test database too). None of them handles a deadline cancellation: that is the
+middleware's job.
+"""
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+
+from django.contrib.auth.models import Group
+from django.db import DatabaseError, connections, transaction
+from django.db.models import IntegerField
+from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from django_aio_request import Deadline, set_context
 from django_aio_request.server.database import is_deadline_cancellation
 
+ALIAS = "postgres"
 
-def sleep(request: HttpRequest) -> HttpResponse:
-    """``?sleep=`` seconds of pg_sleep under a deadline of ``?timeout=`` seconds."""
-    with set_context(deadline=Deadline.from_timeout(float(request.GET["timeout"]))):
-        try:
-            with connections["postgres"].cursor() as cursor:
-                cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["sleep"])])
-        except DatabaseError as error:
-            if is_deadline_cancellation(error):
-                return HttpResponse("the query ran out of the deadline\n", status=408, content_type="text/plain")
-            raise
-    return HttpResponse("slept\n", content_type="text/plain")
+
+def _json(data: object, status: int = 200) -> HttpResponse:
+    return HttpResponse(json.dumps(data), status=status, content_type="application/json")
 
 
 def sleep_unguarded(request: HttpRequest) -> HttpResponse:
-    """``?sleep=`` seconds of pg_sleep under the request's own deadline, with no error handling."""
-    with connections["postgres"].cursor() as cursor:
+    """``?sleep=`` seconds of pg_sleep, with no error handling."""
+    with connections[ALIAS].cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["sleep"])])
     return HttpResponse("slept\n", content_type="text/plain")
 
 
-urlpatterns = [path("sleep/", sleep), path("sleep-unguarded/", sleep_unguarded)]
+def sql(request: HttpRequest) -> HttpResponse:
+    """The application's own statement (``?set=``, e.g. ``SET statement_timeout = 100``), then
+    ``?sleep=`` seconds of pg_sleep, in one ``atomic()`` block with ``?atomic=1``.
+
+    Answers what happened: the backend's pid (the same pid is the same connection), how long the
+    sleep took, the SQLSTATE of a database error that is not the deadline's (the application's own
+    timeout), and the ``statement_timeout`` in force afterwards. A deadline cancellation is raised on.
+    """
+    connection = connections[ALIAS]
+    error = None
+    started = time.monotonic()
+    try:
+        block = transaction.atomic(using=ALIAS) if request.GET.get("atomic") == "1" else contextlib.nullcontext()
+        with block, connection.cursor() as cursor:
+            if request.GET.get("set"):
+                cursor.execute(request.GET["set"])
+            started = time.monotonic()
+            if request.GET.get("sleep"):
+                cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["sleep"])])
+    except DatabaseError as failed:
+        if is_deadline_cancellation(failed):
+            raise
+        cause = failed.__cause__
+        error = getattr(cause, "sqlstate", None) or type(failed).__name__
+    elapsed = time.monotonic() - started
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('statement_timeout')")
+        pid, statement_timeout = cursor.fetchone()
+    return _json({"pid": pid, "elapsed": elapsed, "error": error, "statement_timeout": statement_timeout})
+
+
+def iterate(request: HttpRequest) -> HttpResponse:
+    """Every group through ``.iterator(chunk_size=10)``, each row costing ``?per_row=`` seconds on
+    the server; inside ``atomic()`` with ``?atomic=1`` (else Django declares a WITH HOLD cursor)."""
+    slow = RawSQL("length(pg_sleep(%s)::text)", (float(request.GET["per_row"]),), output_field=IntegerField())
+    rows = Group.objects.using(ALIAS).annotate(slow=slow).order_by("pk")
+    with transaction.atomic(using=ALIAS) if request.GET.get("atomic") == "1" else contextlib.nullcontext():
+        names = [group.name for group in rows.iterator(chunk_size=10)]
+    return _json({"rows": len(names)})
+
+
+def session_write(request: HttpRequest) -> HttpResponse:
+    """Writes to the session, then uses up ``?sleep=`` seconds: SessionMiddleware saves the session
+    after the view, in its ``process_response``."""
+    request.session["visits"] = int(request.session.get("visits", 0)) + 1
+    time.sleep(float(request.GET["sleep"]))
+    return HttpResponse("view done\n", content_type="text/plain")
+
+
+def broken_below(request: HttpRequest) -> HttpResponse:
+    """A view whose response breaks an inner middleware for a reason that is not the deadline."""
+    response = HttpResponse("view done\n", content_type="text/plain")
+    response.break_below = True  # type: ignore[attr-defined]
+    return response
+
+
+class InnerMiddleware:
+    """A middleware below AioRequestMiddleware: ``?before=`` seconds of pg_sleep before the view,
+    and a RuntimeError (not the deadline) after a view that asked for one (``broken_below``)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.GET.get("before"):
+            with connections[ALIAS].cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["before"])])
+        response = self.get_response(request)
+        if getattr(response, "break_below", False):
+            raise RuntimeError("an inner middleware failed after the view")
+        return response
+
+
+urlpatterns = [
+    path("sleep-unguarded/", sleep_unguarded),
+    path("sql/", sql),
+    path("iterate/", iterate),
+    path("session/", session_write),
+    path("broken-below/", broken_below),
+]
