@@ -1,0 +1,118 @@
+"""A deadline exceeded anywhere below AioRequestMiddleware answers 408, in the test process (WSGI
+and ASGI handlers through Django's test clients). The same through gunicorn and uvicorn, with a
+lost session write: test_database_servers.py."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.core.signals import got_request_exception
+from django.db import connections
+from django.http import HttpRequest
+from django.test import AsyncClient, Client
+from prometheus_client import REGISTRY
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from django_aio_request.server import database as db
+
+PG = "postgres"
+COUNTED = "aio_request_server_database_cancelled_total"
+SLACK = 0.2
+
+pytestmark = [pytest.mark.django_db(databases=[PG], transaction=True), pytest.mark.urls("tests.support.urls_db")]
+
+
+@pytest.fixture(autouse=True)
+def enabled(settings: SettingsWrapper) -> None:
+    db.install()
+    settings.AIO_REQUEST = {"SERVICE_NAME": "tests", db.SETTING_KEY: True}
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.support.urls_db.InnerMiddleware"]
+
+
+def counted() -> float:
+    return REGISTRY.get_sample_value(COUNTED) or 0.0
+
+
+def test_a_query_of_the_view_answers_408(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    before = counted()
+    started = time.monotonic()
+    response = client.get("/sleep-unguarded/", {"sleep": "3"}, headers={"X-Request-Timeout": "0.5"})
+    assert response.status_code == 408
+    assert time.monotonic() - started < 0.5 + SLACK
+    assert counted() == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    ok = client.get("/sleep-unguarded/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "2"})
+    assert ok.status_code == 200
+
+
+def test_a_query_of_an_inner_middleware_answers_408_and_says_what_was_lost(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = counted()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/sql/", {"before": "3"}, headers={"X-Request-Timeout": "0.4"})
+    assert response.status_code == 408
+    assert time.monotonic() - started < 0.4 + SLACK
+    assert counted() == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no "Internal Server Error"
+    lost = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
+    assert len(lost) == 1
+    assert lost[0].startswith("GET /sql/: the deadline ran out below the view, in ")
+    assert "tests.support.urls_db.InnerMiddleware.__call__" in lost[0]
+    assert lost[0].endswith("lost: SELECT pg_sleep(%s)")
+
+
+@pytest.fixture
+def asgi_threads_connections() -> Iterator[None]:
+    """Django's ASGI handler runs each request's sync code in a thread of its own, whose database
+    connections outlive it: end them, or the test database cannot be dropped at the end."""
+    yield
+    with connections[PG].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.mark.usefixtures("asgi_threads_connections")
+def test_under_asgi_too(async_client: AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Django converts exceptions of async middleware in a worker thread, without sys.exc_info()."""
+
+    async def requests() -> list[int]:
+        first = await async_client.get("/sql/", {"before": "3"}, headers={"X-Request-Timeout": "0.4"})
+        second = await async_client.get("/sleep-unguarded/", {"sleep": "3"}, headers={"X-Request-Timeout": "0.4"})
+        return [first.status_code, second.status_code]
+
+    started = time.monotonic()
+    assert asyncio.run(requests()) == [408, 408]
+    assert time.monotonic() - started < 0.8 + 2 * SLACK
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_other_errors_below_the_view_still_answer_500(client: Client) -> None:
+    client.raise_request_exception = False
+    response = client.get("/broken-below/", headers={"X-Request-Timeout": "5"})
+    assert response.status_code == 500
+
+
+def test_the_applications_own_timeout_is_its_own_error(client: Client) -> None:
+    """A statement_timeout of the application's that fires before the deadline is not a deadline
+    cancellation: the view sees it (tests/support/urls_db.py answers what it saw)."""
+    query = {"set": "SET statement_timeout = 100", "sleep": "1"}
+    response = client.get("/sql/", query, headers={"X-Request-Timeout": "5"})
+    assert response.status_code == 200
+    assert response.json()["error"] == "57014"
+    client.get("/sql/", {"set": "RESET statement_timeout"})
+
+
+def test_without_the_middleware_django_handles_it() -> None:
+    """Only a request AioRequestMiddleware serves has someone above to catch the exception: for any
+    other, Django's got_request_exception goes to its receivers as usual (and on to a 500)."""
+    request = HttpRequest()
+    try:
+        raise db.DeadlineExceeded("too late")
+    except db.DeadlineExceeded:
+        got_request_exception.send(sender=None, request=request)  # does not raise
