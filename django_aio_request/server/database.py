@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -66,9 +67,9 @@ logger = logging.getLogger("django_aio_request.server.database")
 
 SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
 
-#: The timer fires this long before the deadline: a cancel request takes about 2 ms to reach a
+#: The timer fires this long before the deadline: a cancel request takes 2-6 ms to reach a
 #: server on the same host (a new connection to it); a query sent with less time left is refused.
-CANCEL_LEAD = 0.005
+CANCEL_LEAD = 0.01
 #: A cancel request that has not gone through after this long is given up (and logged).
 CANCEL_TIMEOUT = 2.0
 #: SQLSTATE of PostgreSQL's query_canceled: a cancel request, or statement_timeout.
@@ -187,7 +188,7 @@ class QueryBound:
         self.lock = threading.Lock()
         self.busy = False
         self._due: float | None = None  # the deadline the timer is at, on the monotonic clock
-        self._unschedule: Callable[[], None] | None = None
+        self._timer_at: float | None = None  # when the earliest pending watchdog entry fires
         self._generation = 0
         self._cancelled = -1  # the generation whose timer sent a cancel request
         self._raw: Any = None  # the driver connection the timer cancels on
@@ -201,20 +202,21 @@ class QueryBound:
         return self._due is not None
 
     def __call__(self, execute: Execute, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        deadline = get_context().deadline if is_enabled() else None
+        deadline = get_context().deadline if current.settings.database_statement_timeout else None
         if deadline is None:
             if self._due is not None:
                 self.disarm()
             return execute(sql, params, many, context)
-        connection: BaseDatabaseWrapper = context["connection"]
-        result = self._bounded(deadline, connection, sql, functools.partial(execute, sql, params, many, context))
+        result = self._bounded(deadline, context["connection"], sql, execute, sql, params, many, context)
         cursor = context["cursor"]
         if getattr(cursor.cursor, "name", None):  # a server-side cursor: its FETCHes skip execute wrappers
-            self._bound_fetches(cursor, connection, sql)
+            self._bound_fetches(cursor, context["connection"], sql)
         return result
 
-    def _bounded(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object, call: Callable[[], _T]) -> _T:
-        """Run ``call`` (one statement's round trip) so that it ends by ``deadline``."""
+    def _bounded(
+        self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object, call: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Run ``call(*args)`` (one statement's round trip) so that it ends by ``deadline``."""
         self.busy = True  # before the clock is read: a timer that saw busy False fired before the check below
         try:
             if deadline.timeout <= CANCEL_LEAD:
@@ -231,7 +233,7 @@ class QueryBound:
                 self._arm(deadline.expires_at, connection.connection)
             generation = self._generation
             try:
-                return call()
+                return call(*args)
             except Exception as error:
                 if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
                     raise DeadlineExceeded(
@@ -259,35 +261,62 @@ class QueryBound:
             deadline = get_context().deadline if is_enabled() else None
             if deadline is None:
                 return fetch(*args)
-            return self._bounded(deadline, connection, sql, functools.partial(fetch, *args))
+            return self._bounded(deadline, connection, sql, fetch, *args)
 
         return bounded_fetch
 
     def _arm(self, due: float, raw: Any) -> None:
+        """Point the timer at ``due``. A watchdog entry is added only when ``due`` comes before the one
+        pending; a later ``due`` is picked up when that one fires (see :meth:`_timer`). So a stream
+        of requests with the same timeout schedules about one entry per timeout, not one per request."""
         with self.lock:
-            self._cancel_timer()
             self._generation += 1
             self._due = due
             self._raw = raw
-            timer = functools.partial(self._timer, self._generation)
-            self._unschedule = deadline_timer.schedule(due - CANCEL_LEAD, timer)
+            fire_at = due - CANCEL_LEAD
+            if self._timer_at is None or fire_at < self._timer_at:
+                self._schedule(fire_at)
 
     def disarm(self) -> None:
-        """Drop the timer (after a cancel request in progress has gone through)."""
+        """Forget the deadline (after a cancel request in progress has gone through); the pending
+        watchdog entry finds nothing to do when it fires."""
         with self.lock:
-            self._cancel_timer()
             self._generation += 1
             self._due = None
 
-    def _cancel_timer(self) -> None:
-        if self._unschedule is not None:
-            self._unschedule()
-            self._unschedule = None
+    def _schedule(self, fire_at: float) -> None:
+        self._timer_at = fire_at
+        deadline_timer.schedule(fire_at, functools.partial(self._timer, fire_at))
 
-    def _timer(self, generation: int) -> None:
-        """On the watchdog thread, at the deadline: hand a cancel over to a thread that may block."""
-        if self.busy and generation == self._generation:
-            _cancellers().submit(self._cancel, generation)
+    def _timer(self, fire_at: float) -> None:
+        """On the watchdog thread: at the deadline, hand a cancel over to a thread that may block;
+        before it (the connection moved on to a later deadline), wait on for that one."""
+        if not self.lock.acquire(blocking=False):
+            # A cancel request holds the lock (up to CANCEL_TIMEOUT): never make the shared watchdog,
+            # which also bounds HTTP calls, wait for it.
+            _cancellers().submit(self._timer_locked, fire_at)
+            return
+        try:
+            self._fire(fire_at)
+        finally:
+            self.lock.release()
+
+    def _timer_locked(self, fire_at: float) -> None:
+        with self.lock:
+            self._fire(fire_at)
+
+    def _fire(self, fire_at: float) -> None:
+        """With the lock held."""
+        if fire_at != self._timer_at:
+            return  # an entry an earlier one replaced
+        self._timer_at = None
+        if self._due is None:
+            return
+        due_at = self._due - CANCEL_LEAD
+        if time.monotonic() < due_at:
+            self._schedule(due_at)
+        elif self.busy and self._cancelled != self._generation:
+            _cancellers().submit(self._cancel, self._generation)
 
     def _cancel(self, generation: int) -> None:
         with self.lock:

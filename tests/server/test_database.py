@@ -305,6 +305,18 @@ class TestBound:
             scalar("SELECT pg_sleep(0.4)")  # a later, longer deadline: runs to its end
         assert bound(pg).cancels == cancels
 
+    @pytest.mark.parametrize(("first", "second"), [(0.2, 0.6), (2.0, 0.3), (0.3, 0.3)])
+    def test_each_deadline_bounds_its_own_queries_on_one_connection(
+        self, pg: BaseDatabaseWrapper, first: float, second: float
+    ) -> None:
+        """The timer is moved lazily from one deadline to the next: never cancelled at the earlier
+        one's time, never left past the later one's."""
+        with set_context(deadline=Deadline.from_timeout(first)):
+            assert scalar("SELECT 1") == 1
+        with Timed() as timed, set_context(deadline=Deadline.from_timeout(second)), pytest.raises(DeadlineExceeded):
+            scalar("SELECT pg_sleep(3)")
+        assert second - db.CANCEL_LEAD - 0.01 < timed.elapsed < second + SLACK
+
     def test_a_deadline_that_passes_while_the_connection_is_idle_sends_nothing(self, pg: BaseDatabaseWrapper) -> None:
         with set_context(deadline=Deadline.from_timeout(0.1)):
             assert scalar("SELECT 1") == 1
