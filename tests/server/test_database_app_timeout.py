@@ -4,6 +4,7 @@ value in force afterwards is exactly what the application made it (the bound add
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ pytestmark = pytest.mark.django_db(databases=[PG], transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def enabled(settings: SettingsWrapper) -> None:
+def enabled(settings: SettingsWrapper) -> Iterator[None]:
     db.install()
     settings.AIO_REQUEST = {**settings.AIO_REQUEST, db.SETTING_KEY: True}
+    yield
+    execute("RESET statement_timeout")  # the last example's, before pytest-django empties the tables
 
 
 def execute(sql: str) -> Any:
