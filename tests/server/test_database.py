@@ -3,6 +3,8 @@ PostgreSQL server, in the test process. Through real servers: test_database_serv
 application's own statement_timeout in many spellings: test_database_app_timeout.py."""
 
 import contextlib
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from django_aio_request import Deadline, set_context
 from django_aio_request.server import database as db
 from django_aio_request.server.database import DeadlineExceeded, is_deadline_cancellation
+from django_aio_request.transport.deadline_timer import deadline_timer
 
 PG = "postgres"
 # transaction=True: queries run in autocommit, as in a view without ATOMIC_REQUESTS.
@@ -373,3 +376,87 @@ class TestBound:
         assert timed.elapsed >= 0.25
         with set_context(deadline=Deadline.from_timeout(0)):
             assert scalar("SELECT 1") == 1
+
+
+def end_other_sessions() -> None:
+    """End the test database's sessions other than this thread's: the test database cannot be
+    dropped at the end of the run while one is left (a proxied one may outlive its proxy briefly)."""
+    run(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+
+class HangingProxy:
+    """A TCP proxy to the PostgreSQL server; with ``hang`` set, it accepts new connections (such as
+    a cancel request's) and never answers them: a server that hangs rather than refuses."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.hang = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.hang:
+                continue  # held open, never forwarded
+            upstream = socket.create_connection(self.target)
+            self.sockets.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@on_postgres
+def test_a_cancel_request_the_server_never_answers_is_given_up_and_logged(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit stated in docs/database.md: the statement then runs to its end. And the shared
+    watchdog, which also bounds HTTP calls, keeps its time meanwhile."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+    proxy = HangingProxy(pg.settings_dict["HOST"] or "127.0.0.1", int(pg.settings_dict["PORT"] or 5432))
+    saved = dict(pg.settings_dict)
+    pg.close()
+    pg.settings_dict.update(HOST="127.0.0.1", PORT=str(proxy.port))
+    try:
+        assert scalar("SELECT 1") == 1  # through the proxy
+        proxy.hang = True
+        fired: list[float] = []
+        due = time.monotonic() + 0.35
+        deadline_timer.schedule(due, lambda: fired.append(time.monotonic()))
+        with caplog.at_level(logging.WARNING), Timed() as timed, set_context(deadline=Deadline.from_timeout(0.2)):
+            scalar("SELECT pg_sleep(0.8)")  # the cancel request hangs: not cancelled
+        assert timed.elapsed >= 0.8
+        assert fired
+        assert fired[0] - due < 0.05  # the watchdog was not held up by the hanging cancel
+        time.sleep(0.1)
+        warnings = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
+        expected = "could not cancel a query of database 'postgres' at its deadline: cancellation timeout expired"
+        assert warnings == [expected]
+    finally:
+        pg.close()
+        pg.settings_dict.clear()
+        pg.settings_dict.update(saved)
+        proxy.close()
+        end_other_sessions()

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.signals import got_request_exception
-from django.db import connections
 from django.http import HttpRequest
 from django.test import AsyncClient, Client
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from django_aio_request.server import database as db
+from tests.server.test_database import end_other_sessions
 
 PG = "postgres"
 COUNTED = "aio_request_server_database_cancelled_total"
@@ -47,6 +47,19 @@ def test_a_query_of_the_view_answers_408(client: Client, caplog: pytest.LogCaptu
     assert ok.status_code == 200
 
 
+def test_the_timer_is_dropped_when_the_request_ends(client: Client) -> None:
+    from django.db import connections
+
+    response = client.get("/sql/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "5"})
+    assert response.status_code == 200
+    bound = db.wrapper_for(connections[PG])  # the test client serves in this thread: the same connection
+    assert bound is not None
+    assert not bound.armed  # request_finished dropped it
+    with connections[PG].cursor() as cursor:
+        cursor.execute("SELECT 1")  # no deadline outside a request
+    assert not bound.armed
+
+
 def test_a_query_of_an_inner_middleware_answers_408_and_says_what_was_lost(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -70,11 +83,7 @@ def asgi_threads_connections() -> Iterator[None]:
     """Django's ASGI handler runs each request's sync code in a thread of its own, whose database
     connections outlive it: end them, or the test database cannot be dropped at the end."""
     yield
-    with connections[PG].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    end_other_sessions()
 
 
 @pytest.mark.usefixtures("asgi_threads_connections")
