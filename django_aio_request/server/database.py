@@ -188,7 +188,7 @@ class QueryBound:
         self.lock = threading.Lock()
         self.busy = False
         self._due: float | None = None  # the deadline the timer is at, on the monotonic clock
-        self._timer_at: float | None = None  # when the earliest pending watchdog entry fires
+        self._timer_at: float | None = None  # when the earliest pending timer entry fires
         self._generation = 0
         self._cancelled = -1  # the generation whose timer sent a cancel request
         self._raw: Any = None  # the driver connection the timer cancels on
@@ -266,7 +266,7 @@ class QueryBound:
         return bounded_fetch
 
     def _arm(self, due: float, raw: Any) -> None:
-        """Point the timer at ``due``. A watchdog entry is added only when ``due`` comes before the one
+        """Point the timer at ``due``. A timer entry is added only when ``due`` comes before the one
         pending; a later ``due`` is picked up when that one fires (see :meth:`_timer`). So a stream
         of requests with the same timeout schedules about one entry per timeout, not one per request."""
         with self.lock:
@@ -279,7 +279,7 @@ class QueryBound:
 
     def disarm(self) -> None:
         """Forget the deadline (after a cancel request in progress has gone through); the pending
-        watchdog entry finds nothing to do when it fires."""
+        timer entry finds nothing to do when it fires."""
         with self.lock:
             self._generation += 1
             self._due = None
@@ -289,10 +289,10 @@ class QueryBound:
         deadline_timer.schedule(fire_at, functools.partial(self._timer, fire_at))
 
     def _timer(self, fire_at: float) -> None:
-        """On the watchdog thread: at the deadline, hand a cancel over to a thread that may block;
+        """On the deadline timer's thread: at the deadline, hand a cancel over to a thread that may block;
         before it (the connection moved on to a later deadline), wait on for that one."""
         if not self.lock.acquire(blocking=False):
-            # A cancel request holds the lock (up to CANCEL_TIMEOUT): never make the shared watchdog,
+            # A cancel request holds the lock (up to CANCEL_TIMEOUT): never make the shared deadline timer,
             # which also bounds HTTP calls, wait for it.
             _cancellers().submit(self._timer_locked, fire_at)
             return
@@ -346,7 +346,7 @@ _executor_lock = threading.Lock()
 
 def _cancellers() -> concurrent.futures.ThreadPoolExecutor:
     """A few threads for cancel requests: each opens a connection to the server (about 2 ms on the
-    same host, longer across a network), which must not hold up the watchdog's other timers."""
+    same host, longer across a network), which must not hold up the deadline timer's other callbacks."""
     global _executor
     if _executor is None:
         with _executor_lock:

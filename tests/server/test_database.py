@@ -433,7 +433,7 @@ def test_a_cancel_request_the_server_never_answers_is_given_up_and_logged(
     pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The limit stated in docs/database.md: the statement then runs to its end. And the shared
-    watchdog, which also bounds HTTP calls, keeps its time meanwhile."""
+    deadline timer, which also bounds HTTP calls, keeps its time meanwhile."""
     monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
     proxy = HangingProxy(pg.settings_dict["HOST"] or "127.0.0.1", int(pg.settings_dict["PORT"] or 5432))
     saved = dict(pg.settings_dict)
@@ -449,7 +449,7 @@ def test_a_cancel_request_the_server_never_answers_is_given_up_and_logged(
             scalar("SELECT pg_sleep(0.8)")  # the cancel request hangs: not cancelled
         assert timed.elapsed >= 0.8
         assert fired
-        assert fired[0] - due < 0.05  # the watchdog was not held up by the hanging cancel
+        assert fired[0] - due < 0.05  # the deadline timer was not held up by the hanging cancel
         time.sleep(0.1)
         warnings = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
         expected = "could not cancel a query of database 'postgres' at its deadline: cancellation timeout expired"
