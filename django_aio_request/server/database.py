@@ -67,8 +67,8 @@ logger = logging.getLogger("django_aio_request.server.database")
 
 SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
 
-#: The timer fires this long before the deadline: a cancel request takes 2-6 ms to reach a
-#: server on the same host (a new connection to it); a query sent with less time left is refused.
+#: The timer fires this long before the deadline: a cancel request (a new connection to the server)
+#: takes 2-6 ms on the same host, more under load; a query sent with less time left is refused.
 CANCEL_LEAD = 0.01
 #: A cancel request that has not gone through after this long is given up (and logged).
 CANCEL_TIMEOUT = 2.0
@@ -82,6 +82,7 @@ _ENDS_TRANSACTION = re.compile(
     r'|(?:ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO|RELEASE)(?:\s+SAVEPOINT)?\s+(?:"[^"]+"|\w+))\s*;?\s*',
     re.IGNORECASE,
 )
+_forks = 0  # how many times this process's ancestors forked: QueryBound state from before is void
 _CATCHER = "_aio_request_catches_deadline"  # set on a request whose AioRequestMiddleware turns a deadline into 408
 
 
@@ -104,8 +105,8 @@ class DeadlineExceeded(OperationalError):
 
 def is_deadline_cancellation(exc: BaseException) -> bool:
     """True for a query stopped by the deadline in the context: a :class:`DeadlineExceeded` (raised
-    or wrapped), or a query_canceled (SQLSTATE 57014) that came when that deadline was up (the
-    timer's cancel reaching a statement sent outside Django's cursors, such as a ``COMMIT``).
+    or wrapped), or a query_canceled (SQLSTATE 57014) that came when that deadline was up (a
+    cancel request that reached a statement sent outside Django's cursors).
 
     A ``statement_timeout`` of the application's own that fires before the deadline is the
     application's error, not the deadline's: False.
@@ -129,10 +130,10 @@ def is_enabled() -> bool:
 def install() -> None:
     """Bound the queries of every PostgreSQL connection by the context's deadline.
 
-    Called from ``AppConfig.ready()``. Idempotent. Validates the setting at once (an invalid one
-    raises ``ImproperlyConfigured``) and also equips the connections this thread already has
-    open. The bound goes on every PostgreSQL connection and reads the setting per query, so
-    ``override_settings`` turns the feature on and off.
+    Called from ``AppConfig.ready()``. Idempotent. Reads no setting (``ready()`` must not fail on an
+    invalid ``AIO_REQUEST``: ``manage.py check`` reports it) and also equips the connections this
+    thread already has open. The bound goes on every PostgreSQL connection and reads the setting
+    per query, so ``override_settings`` turns the feature on and off.
     """
     uid = "django_aio_request.server.database"
     connection_created.connect(_connection_created, dispatch_uid=f"{uid}.connection_created")
@@ -192,6 +193,7 @@ class QueryBound:
         self._generation = 0
         self._cancelled = -1  # the generation whose timer sent a cancel request
         self._raw: Any = None  # the driver connection the timer cancels on
+        self._forks = _forks  # the process this state belongs to (see _after_fork)
 
     def __repr__(self) -> str:
         return f"<QueryBound {self.alias!r} due={self._due} busy={self.busy}>"
@@ -269,6 +271,8 @@ class QueryBound:
         """Point the timer at ``due``. A timer entry is added only when ``due`` comes before the one
         pending; a later ``due`` is picked up when that one fires (see :meth:`_timer`). So a stream
         of requests with the same timeout schedules about one entry per timeout, not one per request."""
+        if self._forks != _forks:
+            self._forget_parent()
         with self.lock:
             self._generation += 1
             self._due = due
@@ -276,6 +280,13 @@ class QueryBound:
             fire_at = due - CANCEL_LEAD
             if self._timer_at is None or fire_at < self._timer_at:
                 self._schedule(fire_at)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's timer entries are gone (the deadline timer starts afresh)
+        and its lock may have been held by a thread that does not exist here."""
+        self.lock = threading.Lock()
+        self._due = self._timer_at = None
+        self._forks = _forks
 
     def disarm(self) -> None:
         """Forget the deadline (after a cancel request in progress has gone through); the pending
@@ -356,8 +367,9 @@ def _cancellers() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _after_fork() -> None:
-    global _executor, _executor_lock
+    global _executor, _executor_lock, _forks
     _executor, _executor_lock = None, threading.Lock()  # the threads did not survive fork()
+    _forks += 1
 
 
 if hasattr(os, "register_at_fork"):

@@ -4,6 +4,7 @@ application's own statement_timeout in many spellings: test_database_app_timeout
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -319,6 +320,29 @@ class TestBound:
         with Timed() as timed, set_context(deadline=Deadline.from_timeout(second)), pytest.raises(DeadlineExceeded):
             scalar("SELECT pg_sleep(3)")
         assert second - db.CANCEL_LEAD - 0.01 < timed.elapsed < second + SLACK
+
+    def test_a_forked_child_bounds_its_queries(self, pg: BaseDatabaseWrapper) -> None:
+        """gunicorn forks workers from a master that may have used a connection: the parent's timer
+        entries are gone in the child, which must not count on them (here: a later deadline)."""
+        with set_context(deadline=Deadline.from_timeout(0.3)):
+            assert scalar("SELECT 1") == 1  # a timer entry pending in the parent
+        pid = os.fork()
+        if pid == 0:  # the child: its own connection, never the parent's socket
+            code = 1
+            try:
+                pg.connection = None
+                started = time.monotonic()
+                with set_context(deadline=Deadline.from_timeout(1.0)):
+                    scalar("SELECT pg_sleep(3)")
+            except DeadlineExceeded:
+                code = 0 if time.monotonic() - started < 1.0 + SLACK else 2
+            finally:
+                with contextlib.suppress(Exception):
+                    pg.close()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert scalar("SELECT 1") == 1  # the parent's connection is untouched
 
     def test_a_deadline_that_passes_while_the_connection_is_idle_sends_nothing(self, pg: BaseDatabaseWrapper) -> None:
         with set_context(deadline=Deadline.from_timeout(0.1)):
