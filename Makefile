@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.load
 	$(PY) -m benchmarks.resolver
 	$(PY) -m benchmarks.async_client
+	$(PY) -m benchmarks.database
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3
