@@ -18,7 +18,7 @@ from django_aio_request.server import database as db
 from django_aio_request.server.database import DeadlineExceeded, is_deadline_cancellation
 
 PG = "postgres"
-SLACK = 0.15
+SLACK = 0.3  # scheduling on a shared 2-core machine (see docs/database.md, Limits)
 
 pytestmark = pytest.mark.django_db(databases=[PG], transaction=True)
 

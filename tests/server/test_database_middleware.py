@@ -19,7 +19,7 @@ from tests.server.test_database import end_other_sessions
 
 PG = "postgres"
 COUNTED = "aio_request_server_database_cancelled_total"
-SLACK = 0.2
+SLACK = 0.3  # scheduling on a shared 2-core machine
 
 pytestmark = [pytest.mark.django_db(databases=[PG], transaction=True), pytest.mark.urls("tests.support.urls_db")]
 
