@@ -136,13 +136,27 @@ def test_uvicorn_is_installed_for_these_tests() -> None:
     assert uvicorn.__version__
 
 
+def sleeps_running() -> int:
+    """Statements with pg_sleep the server is still running for other sessions: after a 408 the
+    database must not be working on for nobody."""
+    time.sleep(0.05)  # the backend's own bookkeeping after a cancel
+    with connections[PG].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%%pg_sleep%%'"
+        )
+        return int(cursor.fetchone()[0])
+
+
 @on_postgres
 class TestThroughTheMiddleware:
-    def test_a_slow_query_answers_408_by_the_deadline(self, srv: Server) -> None:
-        status, _, elapsed = srv.get("sleep-unguarded/", 0.5, sleep=3)
+    @pytest.mark.parametrize("view", ["sleep-unguarded/", "sleep-async/"], ids=["sync", "async-sync_to_async"])
+    def test_a_slow_query_answers_408_by_the_deadline(self, srv: Server, view: str) -> None:
+        status, _, elapsed = srv.get(view, 0.5, sleep=3)
         assert status == 408
         assert elapsed < 0.5 + SLACK
-        status, _, _ = srv.get("sleep-unguarded/", 2, sleep=0.01)
+        assert sleeps_running() == 0
+        status, _, _ = srv.get(view, 2, sleep=0.01)
         assert status == 200
 
     @pytest.mark.parametrize("atomic", ["0", "1"], ids=["with-hold", "atomic"])
@@ -151,6 +165,7 @@ class TestThroughTheMiddleware:
         status, body, elapsed = srv.get("iterate/", 0.5, per_row=0.05, atomic=atomic)  # 2 s of rows
         assert status == 408, body
         assert elapsed < 0.5 + SLACK
+        assert sleeps_running() == 0
         status, body, _ = srv.get("iterate/", 5, per_row=0.001, atomic=atomic)
         assert (status, body) == (200, {"rows": 40})
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
 from django.db import DatabaseError, connections, transaction
 from django.db.models import IntegerField
@@ -32,6 +33,17 @@ def sleep_unguarded(request: HttpRequest) -> HttpResponse:
     with connections[ALIAS].cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["sleep"])])
     return HttpResponse("slept\n", content_type="text/plain")
+
+
+async def sleep_async(request: HttpRequest) -> HttpResponse:
+    """An async view whose query runs in a thread given the request's context (``sync_to_async``)."""
+    await sync_to_async(_sleep)(float(request.GET["sleep"]))
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
+def _sleep(seconds: float) -> None:
+    with connections[ALIAS].cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [seconds])
 
 
 def sql(request: HttpRequest) -> HttpResponse:
@@ -109,6 +121,7 @@ class InnerMiddleware:
 
 urlpatterns = [
     path("sleep-unguarded/", sleep_unguarded),
+    path("sleep-async/", sleep_async),
     path("sql/", sql),
     path("iterate/", iterate),
     path("session/", session_write),
