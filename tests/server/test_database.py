@@ -28,7 +28,8 @@ from django_aio_request.transport.deadline_timer import deadline_timer
 PG = "postgres"
 # transaction=True: queries run in autocommit, as in a view without ATOMIC_REQUESTS.
 on_postgres = pytest.mark.django_db(databases=[PG], transaction=True)
-SLACK = 0.25  # scheduling on a shared 2-core machine; the bound itself is measured in benchmarks/
+SLACK = 0.5  # tells bounded from unbounded (the statements sleep 1-3 s) on a loaded shared machine; how
+# close to the deadline a cancellation comes is measured by benchmarks/database.py
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from django_aio_request.server import database as db
 from django_aio_request.server.database import DeadlineExceeded, is_deadline_cancellation
 
 PG = "postgres"
-SLACK = 0.3  # scheduling on a shared 2-core machine (see docs/database.md, Limits)
+SLACK = 0.5  # tells bounded from unbounded (the statements sleep 1-3 s) on a loaded shared machine; how
+# close to the deadline a cancellation comes is measured by benchmarks/database.py
 
 pytestmark = pytest.mark.django_db(databases=[PG], transaction=True)
 

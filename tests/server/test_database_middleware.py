@@ -19,7 +19,8 @@ from tests.server.test_database import end_other_sessions
 
 PG = "postgres"
 COUNTED = "aio_request_server_database_cancelled_total"
-SLACK = 0.3  # scheduling on a shared 2-core machine
+SLACK = 0.5  # tells bounded from unbounded (the statements sleep 1-3 s) on a loaded shared machine; how
+# close to the deadline a cancellation comes is measured by benchmarks/database.py
 
 pytestmark = [pytest.mark.django_db(databases=[PG], transaction=True), pytest.mark.urls("tests.support.urls_db")]
 

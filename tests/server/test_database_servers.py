@@ -29,7 +29,8 @@ from tests.support.loopback import free_port
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres"
 on_postgres = pytest.mark.django_db(databases=[PG], transaction=True)
-SLACK = 0.25  # a real server, a shared 2-core machine
+SLACK = 0.5  # tells bounded from unbounded (the statements sleep 1-3 s) on a loaded shared machine; how
+# close to the deadline a cancellation comes is measured by benchmarks/database.py
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -215,7 +216,7 @@ class TestThroughTheMiddleware:
         assert 0.1 <= body["elapsed"] < 0.1 + SLACK
 
     def test_an_application_set_never_weakens_later_deadlines(self, srv: Server) -> None:
-        status, _, elapsed = srv.get("sql/", 0.5, set="/* app */ SET statement_timeout = 0", sleep=1)
+        status, _, elapsed = srv.get("sql/", 0.5, set="/* app */ SET statement_timeout = 0", sleep=2)
         assert status == 408
         assert elapsed < 0.5 + SLACK
         pids = set()
