@@ -510,6 +510,8 @@ def catch_deadline_below(get_response: Handler) -> Handler:
                 return await aget_response(request)
             except DeadlineBelowView as below:
                 return _answer_below_view(request, below)
+            finally:
+                setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 
         return markcoroutinefunction(acaught)
 
@@ -519,5 +521,7 @@ def catch_deadline_below(get_response: Handler) -> Handler:
             return get_response(request)
         except DeadlineBelowView as below:
             return _answer_below_view(request, below)
+        finally:
+            setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 
     return caught

@@ -118,6 +118,15 @@ def test_the_applications_own_timeout_is_its_own_error(client: Client) -> None:
     client.get("/sql/", {"set": "RESET statement_timeout"})
 
 
+def test_above_the_middleware_django_handles_it(client: Client, settings: SettingsWrapper) -> None:
+    """A middleware listed before AioRequestMiddleware that meets a deadline cancellation of its own
+    (here: its own deadline) gets Django's usual 500: nobody above would catch a re-raise."""
+    client.raise_request_exception = False
+    settings.MIDDLEWARE = ["tests.support.urls_db.OuterMiddleware", *settings.MIDDLEWARE]
+    response = client.get("/sql/", {"outer": "3"}, headers={"X-Request-Timeout": "5"})
+    assert response.status_code == 500
+
+
 def test_without_the_middleware_django_handles_it() -> None:
     """Only a request AioRequestMiddleware serves has someone above to catch the exception: for any
     other, Django's got_request_exception goes to its receivers as usual (and on to a 500)."""

@@ -19,6 +19,7 @@ from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
+from django_aio_request import Deadline, set_context
 from django_aio_request.server.database import is_deadline_cancellation
 
 ALIAS = "postgres"
@@ -116,6 +117,21 @@ class InnerMiddleware:
         response = self.get_response(request)
         if getattr(response, "break_below", False):
             raise RuntimeError("an inner middleware failed after the view")
+        return response
+
+
+class OuterMiddleware:
+    """A middleware above AioRequestMiddleware: ``?outer=`` seconds of pg_sleep after the response,
+    under a deadline of its own of 0.2 s."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.GET.get("outer"):
+            with set_context(deadline=Deadline.from_timeout(0.2)), connections[ALIAS].cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["outer"])])
         return response
 
 
