@@ -1,3 +1,10 @@
+"""System checks: ``manage.py check`` reports every problem of ``settings.AIO_REQUEST``.
+
+Each problem is one message whose id names its kind (``django_aio_request.E001`` unknown key, ...:
+``conf/reader.py`` lists them); the message names the client and key, the hint what is allowed.
+Reading the setting never raises here: the checks exist to report bad settings, not to crash on them.
+"""
+
 from typing import Any
 
 from django.conf import settings
@@ -5,17 +12,29 @@ from django.core import checks
 
 from django_aio_request.conf.schema import SETTING, read_settings
 
+UNEXPECTED = "E099"  # reading the setting failed in a way the reader did not foresee (a bug of ours)
+
 
 @checks.register("django_aio_request")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Report every problem in ``settings.AIO_REQUEST`` (``manage.py check --tag django_aio_request``)."""
-    _, problems = read_settings(getattr(settings, SETTING, None))
+    try:
+        _, problems = read_settings(getattr(settings, SETTING, None))
+    except Exception as error:
+        return [
+            checks.Error(
+                f"{SETTING} could not be read: {type(error).__name__}: {error}",
+                hint="please report this with the setting's value: the reader should have named the problem",
+                obj=f"settings.{SETTING}",
+                id=f"django_aio_request.{UNEXPECTED}",
+            )
+        ]
     return [
         (checks.Warning if problem.warning else checks.Error)(
             f"{SETTING}{problem.path} {problem.message}",
             hint=problem.hint,
             obj=f"settings.{SETTING}",
-            id="django_aio_request.W001" if problem.warning else "django_aio_request.E001",
+            id=f"django_aio_request.{problem.code}",
         )
         for problem in problems
     ]

@@ -21,6 +21,7 @@ from types import FrameType
 
 from django.conf import settings
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.core.wsgi import get_wsgi_application
 
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     application = get_wsgi_application()  # sets Django up
-    call_command("check", stdout=io.StringIO())  # problems go to stderr; errors raise
+    try:
+        call_command("check", stdout=io.StringIO())  # warnings go to stderr
+    except SystemCheckError as error:  # the list of problems, without a traceback, as manage.py prints it
+        print(error, file=sys.stderr, flush=True)
+        return 1
     service = str(getattr(settings, "DEMO_SERVICE", "demo"))
     port = args.port or int(getattr(settings, "DEMO_PORTS", {}).get(service, 8000))
     try:

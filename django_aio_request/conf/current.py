@@ -27,8 +27,10 @@ class CurrentSettings:
     def settings(self) -> AioRequestSettings:
         parsed, problems = read_settings(getattr(settings, SETTING, None))
         if parsed is None:
-            errors = "\n  ".join(str(p) for p in problems if not p.warning)
-            raise InvalidSettings(f"{SETTING} is invalid (run 'manage.py check' for details):\n  {errors}")
+            errors = [str(p) for p in problems if not p.warning]
+            noun = "problem" if len(errors) == 1 else "problems"
+            listed = "\n  ".join(errors)
+            raise InvalidSettings(f"{SETTING} has {len(errors)} {noun}:\n  {listed}")
         return parsed
 
     def reset(self) -> None:

@@ -5,6 +5,7 @@ shows them all). Nothing here knows the keys of ``AIO_REQUEST``: ``schema.py`` d
 """
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,19 +14,50 @@ from django_aio_request.core.priority import Priority
 
 SETTING = "AIO_REQUEST"
 
+# The kinds of problem: ``manage.py check`` shows each as ``django_aio_request.<code>`` (docs/usage.md
+# lists them). Errors E001-E0xx, warnings W001-W009 (W010 onwards: checks.py's checks of other settings).
+UNKNOWN_KEY = "E001"  # a misspelt or misplaced key
+WRONG_TYPE = "E002"  # a dict, list, string or True/False expected, something else given
+BAD_NUMBER = "E003"  # not a number, or out of its range (negative timeout, ratio above 1, ...)
+BAD_ENDPOINT = "E004"  # ENDPOINT missing, not an absolute http(s) URL, with credentials, bad port
+UNKNOWN_NAME = "E005"  # an unknown strategy, delays or deadline provider NAME
+UNKNOWN_CACHE = "E006"  # CIRCUIT_BREAKER_STATE names no cache of settings.CACHES
+UNKNOWN_PRIORITY = "E007"  # not high, normal or low (or "lower" for HEDGE_PRIORITY)
+BAD_IMPORT = "E008"  # a dotted path that cannot be imported, or names the wrong kind of object
+CONFLICT = "E009"  # values that contradict each other (TIMEOUT above MAX_TIMEOUT, ...)
+MISSING_KEY = "E010"  # a required key is absent (a repeated STRATEGY, SHEDDING's MAX_CONCURRENCY)
+NO_TRAILING_SLASH = "W001"  # an ENDPOINT whose path does not end with "/"
+PER_PROCESS_CACHE = "W002"  # breaker counts in a cache each process keeps apart
+CODES = {
+    UNKNOWN_KEY: "unknown key",
+    WRONG_TYPE: "wrong type",
+    BAD_NUMBER: "number out of range",
+    BAD_ENDPOINT: "invalid endpoint",
+    UNKNOWN_NAME: "unknown strategy, delays or deadline provider",
+    UNKNOWN_CACHE: "unknown cache alias",
+    UNKNOWN_PRIORITY: "unknown priority",
+    BAD_IMPORT: "dotted path not importable or of the wrong kind",
+    CONFLICT: "values contradict each other",
+    MISSING_KEY: "required key missing",
+    NO_TRAILING_SLASH: "endpoint without a trailing slash",
+    PER_PROCESS_CACHE: "breaker counts kept per process",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the setting: where (``path``), what, and what is allowed."""
+    """One thing wrong with the setting: where (``path``), what, what is allowed, and its kind (``code``)."""
 
     path: str
     message: str
     hint: str | None = None
     warning: bool = False
+    code: str = WRONG_TYPE
 
     def __str__(self) -> str:
         text = f"{SETTING}{self.path} {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+        text = f"{text} ({self.hint})" if self.hint else text
+        return f"{text} [django_aio_request.{self.code}]"
 
 
 class Reader:
@@ -34,8 +66,8 @@ class Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def fail(self, path: str, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(path, message, hint))
+    def fail(self, path: str, message: str, hint: str | None = None, *, code: str = WRONG_TYPE) -> None:
+        self.problems.append(Problem(path, message, hint, code=code))
 
     def mapping(self, path: str, value: Any, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping):
@@ -43,13 +75,17 @@ class Reader:
             return None
         for key in value:
             if allowed is not None and key not in allowed:
-                self.fail(f"{path}[{key!r}]", "is not a known key", "allowed keys: " + ", ".join(allowed))
+                hint = "allowed keys: " + ", ".join(allowed)
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {close[0]!r}? {hint}" if close else hint
+                self.fail(f"{path}[{key!r}]", "is not a known key", hint, code=UNKNOWN_KEY)
         return value
 
     def named(self, path: str, value: Any, names: tuple[str, ...]) -> str | None:
         name = value.get("NAME") if isinstance(value, Mapping) else None
         if name not in names:
-            self.fail(f"{path}['NAME']", f"is {name!r}, not a known name", "allowed: " + ", ".join(names))
+            hint = "allowed: " + ", ".join(names)
+            self.fail(f"{path}['NAME']", f"is {name!r}, not a known name", hint, code=UNKNOWN_NAME)
             return None
         return str(name)
 
@@ -74,7 +110,7 @@ def number(
             bounds = f">= {minimum}" if inclusive else f"> {minimum}"
             bounds += f" and < {below}" if below is not None else ""
             bounds += f" and <= {at_most}" if at_most is not None else ""
-            reader.fail(path, f"must be {what} {bounds}, not {value!r}")
+            reader.fail(path, f"must be {what} {bounds}, not {value!r}", code=BAD_NUMBER)
             return None
         return float(value)
 
@@ -84,7 +120,7 @@ def number(
 def integer(minimum: int) -> Field:
     def read(reader: Reader, path: str, value: Any) -> int | None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}")
+            reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
             return None
         return value
 
@@ -106,7 +142,8 @@ def optional(field: Field) -> Field:
 def priority(reader: Reader, path: str, value: Any) -> Priority | None:
     parsed = Priority.parse(value) if isinstance(value, str) else None
     if parsed is None:
-        reader.fail(path, f"is {value!r}, not a priority", "allowed: " + ", ".join(p.value for p in Priority))
+        allowed = "allowed: " + ", ".join(p.value for p in Priority)
+        reader.fail(path, f"is {value!r}, not a priority", allowed, code=UNKNOWN_PRIORITY)
     return parsed
 
 
@@ -131,11 +168,11 @@ def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
             return None
         try:
             found = import_string(value)
-        except ImportError as error:
-            reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}")
+        except Exception as error:  # a module that fails as it is imported is a problem to report too
+            reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):
-            reader.fail(path, f"names {found!r}, not {what}")
+            reader.fail(path, f"names {found!r}, not {what}", code=BAD_IMPORT)
             return None
         return found
 

@@ -12,8 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from django_aio_request.conf.reader import (
+    BAD_ENDPOINT,
+    CONFLICT,
+    MISSING_KEY,
+    NO_TRAILING_SLASH,
+    PER_PROCESS_CACHE,
     SECONDS,
     SETTING,
+    UNKNOWN_CACHE,
+    UNKNOWN_PRIORITY,
     Field,
     Problem,
     Reader,
@@ -76,18 +83,26 @@ def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
     aliases = list(getattr(settings, "CACHES", {}) or {})
     allowed = ", ".join(repr(a) for a in [LOCAL_BREAKER_STATE, *aliases])
     if not isinstance(value, str) or not value:
-        reader.fail(path, f"must be 'local' or the alias of a cache in settings.CACHES, not {value!r}", allowed)
+        message = f"must be 'local' or the alias of a cache in settings.CACHES, not {value!r}"
+        reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
         return None
     if value == LOCAL_BREAKER_STATE:
         return value
     if value not in aliases:
-        reader.fail(path, f"is {value!r}, not 'local' nor a cache in settings.CACHES", "allowed: " + allowed)
+        message = f"is {value!r}, not 'local' nor a cache in settings.CACHES"
+        reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
         return None
     backend = str(settings.CACHES[value].get("BACKEND", ""))
     if backend in PER_PROCESS_CACHES:
         hint = "use a cache all processes reach, e.g. django.core.cache.backends.redis.RedisCache"
         reader.problems.append(
-            Problem(path, f"names cache {value!r} ({backend}), which each process keeps apart", hint, warning=True)
+            Problem(
+                path,
+                f"names cache {value!r} ({backend}), which each process keeps apart",
+                hint,
+                warning=True,
+                code=PER_PROCESS_CACHE,
+            )
         )
     return value
 
@@ -139,7 +154,7 @@ def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
         return validate_hedge_priority(value)
     except ValueError:
         allowed = "None (the call's priority), 'lower' (one step lower), or " + ", ".join(p.value for p in Priority)
-        reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed)
+        reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed, code=UNKNOWN_PRIORITY)
         return None
 
 
@@ -219,7 +234,7 @@ def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
     if None in got.values():
         return None
     if name == "percentile" and got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
-        reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS")
+        reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
         return None
     return DelaysSpec(name, got)
 
@@ -256,7 +271,8 @@ def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
         return None
     if name == "retry_until_deadline_expired":
         if "STRATEGY" not in spec:
-            reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat")
+            hint = "e.g. {'NAME': 'single'}"
+            reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat", hint, code=MISSING_KEY)
             return None
         inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"])
         return None if inner is None else StrategySpec(name, delays=delays, inner=inner)
@@ -291,16 +307,17 @@ def _circuit_breaker(reader: Reader, path: str, value: Any) -> dict[str, Any] | 
 
 def _endpoint(reader: Reader, path: str, spec: Mapping[str, Any]) -> str | None:
     if "ENDPOINT" not in spec:
-        reader.fail(path, "is required", "the absolute URL of the service, e.g. 'http://billing:8080/'")
+        hint = "the absolute URL of the service, e.g. 'http://billing:8080/'"
+        reader.fail(path, "is required", hint, code=BAD_ENDPOINT)
         return None
     try:
         endpoint = validate_endpoint(spec["ENDPOINT"])
     except ValueError as error:
-        reader.fail(path, str(error))
+        reader.fail(path, str(error), "e.g. 'http://billing:8080/'", code=BAD_ENDPOINT)
         return None
     if not urllib.parse.urlsplit(endpoint).path.endswith("/"):
         hint = "relative request URLs replace the endpoint's last path segment (RFC 3986); add a trailing '/'"
-        reader.problems.append(Problem(path, "does not end with '/'", hint, warning=True))
+        reader.problems.append(Problem(path, "does not end with '/'", hint, warning=True, code=NO_TRAILING_SLASH))
     return endpoint
 
 
@@ -375,7 +392,7 @@ def _shedding(reader: Reader, path: str, value: Any) -> SheddingSettings | None:
     limit = spec.get("MAX_CONCURRENCY")
     if limit is None:
         hint = "the most requests this process serves at once; e.g. its threads, or what its CPU and database sustain"
-        reader.fail(f"{path}['MAX_CONCURRENCY']", "is required when SHEDDING is set", hint)
+        reader.fail(f"{path}['MAX_CONCURRENCY']", "is required when SHEDDING is set", hint, code=MISSING_KEY)
     else:
         limit = integer(1)(reader, f"{path}['MAX_CONCURRENCY']", limit)
     got = fields(reader, path, spec, SHEDDING_SCHEMA)
@@ -385,6 +402,7 @@ def _shedding(reader: Reader, path: str, value: Any) -> SheddingSettings | None:
             f"{path}['NORMAL_PRIORITY_RESERVE']",
             f"({normal}) plus HIGH_PRIORITY_RESERVE ({high}) must be less than 1",
             "the rest of MAX_CONCURRENCY is what low-priority requests may use",
+            code=CONFLICT,
         )
     if limit is None or sum(not p.warning for p in reader.problems) > errors_before:
         return None
@@ -400,23 +418,24 @@ def _shedding(reader: Reader, path: str, value: Any) -> SheddingSettings | None:
 def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
     """The server-side keys, checked one by one and then against each other."""
     got = fields(reader, "", top, SERVER_SCHEMA)
-    if None in got.values():
-        return None
+    # The pairs are compared when both values are valid, whatever else is wrong: every problem at once.
+    ok = None not in got.values()
     timeout, max_timeout, threshold = got["TIMEOUT"], got["MAX_TIMEOUT"], got["LOW_TIMEOUT_THRESHOLD"]
-    ok = True
-    if timeout > max_timeout:
+    if timeout is not None and max_timeout is not None and timeout > max_timeout:
         given = "" if "TIMEOUT" in top else ", the default"
         reader.fail(
             "['TIMEOUT']",
             f"({timeout}{given}) must not exceed MAX_TIMEOUT ({max_timeout})",
             "MAX_TIMEOUT caps incoming X-Request-Timeout values; TIMEOUT is used when a request has none",
+            code=CONFLICT,
         )
         ok = False
-    if threshold >= timeout:
+    if timeout is not None and threshold is not None and threshold >= timeout:
         reader.fail(
             "['LOW_TIMEOUT_THRESHOLD']",
             f"({threshold}) must be less than TIMEOUT ({timeout})",
             "requests with less time left than LOW_TIMEOUT_THRESHOLD are answered 408 without running the view",
+            code=CONFLICT,
         )
         ok = False
     return got if ok else None

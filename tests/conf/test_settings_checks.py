@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from django_aio_request.checks import check_settings
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"ENDPOINT": "http://billing:8080/"}
@@ -82,74 +81,99 @@ def enricher(request: object) -> object:
 
 
 @pytest.mark.parametrize(
-    ("client", "expected"),
+    ("client", "expected", "code"),
     [
-        ({"TIMEOUT": 5}, ["['CLIENTS']['billing']['ENDPOINT'] is required"]),
-        ({**GOOD, "TIMEOUT": -1}, ["['TIMEOUT'] must be a number of seconds > 0, not -1"]),
-        ({**GOOD, "TIMEOUT": "5"}, ["['TIMEOUT'] must be a number of seconds > 0, not '5'"]),
-        ({**GOOD, "TIMEOUT": float("nan")}, ["['TIMEOUT'] must be a number of seconds > 0, not nan"]),
-        ({**GOOD, "TIMEOUT": True}, ["['TIMEOUT'] must be a number of seconds > 0, not True"]),
-        ({**GOOD, "TIMEOUT": 0}, ["['TIMEOUT'] must be a number of seconds > 0, not 0"]),
-        ({"ENDPOINT": "billing:8080/"}, ["['ENDPOINT'] endpoint must be an absolute http:// or https:// URL"]),
-        ({"ENDPOINT": "/billing/"}, ["['ENDPOINT'] endpoint must be an absolute"]),
-        ({"ENDPOINT": "ftp://billing/"}, ["['ENDPOINT'] endpoint must be an absolute"]),
-        ({"ENDPOINT": "http://billing:99999/"}, ["['ENDPOINT'] endpoint 'http://billing:99999/' has an invalid port"]),
-        ({**GOOD, "TIMOUT": 5}, ["['TIMOUT'] is not a known key | allowed keys: ENDPOINT, TIMEOUT"]),
-        ({**GOOD, "PRIORITY": "urgent"}, ["['PRIORITY'] is 'urgent', not a priority | allowed: high, normal, low"]),
+        ({"TIMEOUT": 5}, ["['CLIENTS']['billing']['ENDPOINT'] is required"], "E004"),
+        ({**GOOD, "TIMEOUT": -1}, ["['TIMEOUT'] must be a number of seconds > 0, not -1"], "E003"),
+        ({**GOOD, "TIMEOUT": "5"}, ["['TIMEOUT'] must be a number of seconds > 0, not '5'"], "E003"),
+        ({**GOOD, "TIMEOUT": float("nan")}, ["['TIMEOUT'] must be a number of seconds > 0, not nan"], "E003"),
+        ({**GOOD, "TIMEOUT": True}, ["['TIMEOUT'] must be a number of seconds > 0, not True"], "E003"),
+        ({**GOOD, "TIMEOUT": 0}, ["['TIMEOUT'] must be a number of seconds > 0, not 0"], "E003"),
+        ({"ENDPOINT": "billing:8080/"}, ["['ENDPOINT'] endpoint must be an absolute http:// or https:// URL"], "E004"),
+        ({"ENDPOINT": "/billing/"}, ["['ENDPOINT'] endpoint must be an absolute"], "E004"),
+        ({"ENDPOINT": "ftp://billing/"}, ["['ENDPOINT'] endpoint must be an absolute"], "E004"),
+        (
+            {"ENDPOINT": "http://billing:99999/"},
+            ["['ENDPOINT'] endpoint 'http://billing:99999/' has an invalid port"],
+            "E004",
+        ),
+        (
+            {**GOOD, "TIMOUT": 5},
+            ["['TIMOUT'] is not a known key | did you mean 'TIMEOUT'? allowed keys: ENDPOINT, TIMEOUT"],
+            "E001",
+        ),
+        (
+            {**GOOD, "PRIORITY": "urgent"},
+            ["['PRIORITY'] is 'urgent', not a priority | allowed: high, normal, low"],
+            "E007",
+        ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "hedged"}},
             ["['SAFE_METHOD_STRATEGY']['NAME'] is 'hedged', not a known name | allowed: single, sequential, parallel"],
+            "E005",
         ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "single", "ATTEMPTS_COUNT": 2}},
             ["['SAFE_METHOD_STRATEGY']['ATTEMPTS_COUNT'] is not a known key | allowed keys: NAME"],
+            "E001",
         ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "ATTEMPTS_COUNT": 0}},
             ["['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0"],
+            "E003",
         ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "exponential"}}},
             ["['DELAYS']['NAME'] is 'exponential', not a known name | allowed: constant, linear_backoff, percentile"],
+            "E005",
         ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "PERCENTILE": 95}}},
             ["['PERCENTILE'] must be a fraction > 0 and < 1, not 95"],
+            "E003",
         ),
         (
             {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired"}},
             ["['STRATEGY'] is required"],
+            "E010",
         ),
         (
             {**GOOD, "CIRCUIT_BREAKER": {"FAILURE_THRESHOLD": 1.5}},
             ["['FAILURE_THRESHOLD'] must be a ratio > 0 and < 1"],
+            "E003",
         ),
         (
             {**GOOD, "CIRCUIT_BREAKER": {"MINIMUM_THROUGHPUT": 0}},
             ["['MINIMUM_THROUGHPUT'] must be a whole number >= 1"],
+            "E003",
         ),
-        ({**GOOD, "CIRCUIT_BREAKER": {"BREAK_DURATON": 1}}, ["['BREAK_DURATON'] is not a known key"]),
-        ({**GOOD, "CIRCUIT_BREAKER": 5}, ["['CIRCUIT_BREAKER'] must be a dict, not int"]),
-        ({**GOOD, "RESPONSE_CLASSIFIER": "no.such.Classifier"}, ["['RESPONSE_CLASSIFIER'] cannot be imported"]),
-        ({**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.Response"}, ["not a ResponseClassifier subclass"]),
+        ({**GOOD, "CIRCUIT_BREAKER": {"BREAK_DURATON": 1}}, ["['BREAK_DURATON'] is not a known key"], "E001"),
+        ({**GOOD, "CIRCUIT_BREAKER": 5}, ["['CIRCUIT_BREAKER'] must be a dict, not int"], "E002"),
+        ({**GOOD, "RESPONSE_CLASSIFIER": "no.such.Classifier"}, ["['RESPONSE_CLASSIFIER'] cannot be imported"], "E008"),
+        ({**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.Response"}, ["not a ResponseClassifier subclass"], "E008"),
         (
             {**GOOD, "REQUEST_ENRICHER": "django_aio_request.core.status.TIMEOUT"},
             ["not a function taking and returning"],
+            "E008",
         ),
-        ({**GOOD, "LOW_TIMEOUT_THRESHOLD": -0.1}, ["['LOW_TIMEOUT_THRESHOLD'] must be a number of seconds >= 0"]),
-        ({**GOOD, "MAX_WORKERS": 0}, ["['MAX_WORKERS'] must be a whole number >= 1, not 0"]),
-        ({**GOOD, "CONNECT_RETRIES": 1.5}, ["['CONNECT_RETRIES'] must be a whole number >= 0, not 1.5"]),
-        ({**GOOD, "EMIT_SYSTEM_HEADERS": "yes"}, ["['EMIT_SYSTEM_HEADERS'] must be True or False, not 'yes'"]),
-        ({**GOOD, "MAX_RESPONSE_SIZE": -1}, ["['MAX_RESPONSE_SIZE'] must be a whole number >= 0, not -1"]),
-        ({"ENDPOINT": "http://u:p@billing/"}, ["['ENDPOINT'] endpoint must not carry credentials"]),
+        (
+            {**GOOD, "LOW_TIMEOUT_THRESHOLD": -0.1},
+            ["['LOW_TIMEOUT_THRESHOLD'] must be a number of seconds >= 0"],
+            "E003",
+        ),
+        ({**GOOD, "MAX_WORKERS": 0}, ["['MAX_WORKERS'] must be a whole number >= 1, not 0"], "E003"),
+        ({**GOOD, "CONNECT_RETRIES": 1.5}, ["['CONNECT_RETRIES'] must be a whole number >= 0, not 1.5"], "E003"),
+        ({**GOOD, "EMIT_SYSTEM_HEADERS": "yes"}, ["['EMIT_SYSTEM_HEADERS'] must be True or False, not 'yes'"], "E002"),
+        ({**GOOD, "MAX_RESPONSE_SIZE": -1}, ["['MAX_RESPONSE_SIZE'] must be a whole number >= 0, not -1"], "E003"),
+        ({"ENDPOINT": "http://u:p@billing/"}, ["['ENDPOINT'] endpoint must not carry credentials"], "E004"),
     ],
 )
 def test_a_bad_client_setting_is_an_error_naming_client_key_and_what_is_allowed(
-    client: dict[str, object], expected: list[str]
+    client: dict[str, object], expected: list[str], code: str
 ) -> None:
     found = messages({"CLIENTS": {"billing": client}})
     assert found, "expected an error"
-    assert all(m.startswith("django_aio_request.E001 AIO_REQUEST['CLIENTS']['billing']") for m in found), found
+    assert all(m.startswith(f"django_aio_request.{code} AIO_REQUEST['CLIENTS']['billing']") for m in found), found
     for text in expected:
         assert any(text in m for m in found), (text, found)
 
@@ -182,18 +206,48 @@ def test_call_command_check_fails_on_bad_settings() -> None:
         call_command("check", "--tag", "django_aio_request")
 
 
-def test_manage_py_check_from_a_terminal(tmp_path: Path) -> None:
-    (tmp_path / "bad_settings.py").write_text(
-        textwrap.dedent(
-            """
-            from settings.test import *
-            AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "billing", "TIMEOUT": "soon"}}}
-            """
-        )
-    )
+# One value of each kind of problem, and the id `manage.py check` must give it.
+EVERY_KIND = {
+    "django_aio_request.E001": "AIO_REQUEST['CLIENTS']['billing']['TIMOUT'] is not a known key",
+    "django_aio_request.E002": "AIO_REQUEST['CLIENTS']['billing']['EMIT_SYSTEM_HEADERS'] must be True or False",
+    "django_aio_request.E003": "AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1",
+    "django_aio_request.E004": "AIO_REQUEST['CLIENTS']['orders']['ENDPOINT'] endpoint must be an absolute",
+    "django_aio_request.E005": "AIO_REQUEST['CLIENTS']['billing']['SAFE_METHOD_STRATEGY']['NAME'] is 'hedged'",
+    "django_aio_request.E006": "AIO_REQUEST['CIRCUIT_BREAKER_STATE'] is 'redis', not 'local' nor a cache",
+    "django_aio_request.E007": "AIO_REQUEST['CLIENTS']['billing']['PRIORITY'] is 'urgent', not a priority",
+    "django_aio_request.E008": "AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] cannot be imported",
+    "django_aio_request.E009": "AIO_REQUEST['TIMEOUT'] (90.0) must not exceed MAX_TIMEOUT (60.0)",
+    "django_aio_request.E010": "AIO_REQUEST['SHEDDING']['MAX_CONCURRENCY'] is required when SHEDDING is set",
+}
+BAD_SETTINGS = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {
+    "CLIENTS": {
+        "billing": {
+            "ENDPOINT": "http://billing:8080/",
+            "TIMOUT": 5,
+            "TIMEOUT": -1,
+            "EMIT_SYSTEM_HEADERS": "yes",
+            "PRIORITY": "urgent",
+            "SAFE_METHOD_STRATEGY": {"NAME": "hedged"},
+            "RESPONSE_CLASSIFIER": "no.such.Classifier",
+        },
+        "orders": {"ENDPOINT": "orders:8080"},
+    },
+    "CIRCUIT_BREAKER_STATE": "redis",
+    "TIMEOUT": 90,
+    "SHEDDING": {"RETRY_AFTER": 2},
+}
+"""
+
+
+def manage(tmp_path: Path, *arguments: str, settings: str = BAD_SETTINGS) -> subprocess.CompletedProcess[str]:
+    """``python manage.py <arguments>`` in a subprocess, as a user runs it, with ``settings`` as its settings."""
+    (tmp_path / "bad_settings.py").write_text(settings)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bad_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
+    return subprocess.run(
+        [sys.executable, "manage.py", *arguments],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -201,9 +255,71 @@ def test_manage_py_check_from_a_terminal(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode != 0
-    assert "AIO_REQUEST['CLIENTS']['billing']['ENDPOINT']" in done.stderr
-    assert "AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not 'soon'" in done.stderr
+
+
+@pytest.mark.parametrize("arguments", [("check",), ("check", "--tag", "django_aio_request"), ("check", "--deploy")])
+def test_manage_py_check_reports_every_kind_with_its_id_and_no_traceback(
+    tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    done = manage(tmp_path, *arguments)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("settings.AIO_REQUEST: (")]
+    for check_id, text in EVERY_KIND.items():
+        assert any(f"({check_id}) {text}" in line for line in errors), (check_id, done.stderr)
+    assert len(errors) == len(EVERY_KIND)
+    assert "HINT: did you mean 'TIMEOUT'?" in done.stderr
+    assert "HINT: allowed: single, sequential, parallel, retry_until_deadline_expired" in done.stderr
+
+
+def test_other_commands_stop_with_the_same_list_and_no_traceback(tmp_path: Path) -> None:
+    for arguments in (("migrate",), ("runserver", "--noreload", f"127.0.0.1:{free_port()}"), ("circuit_breakers",)):
+        done = manage(tmp_path, *arguments)
+        assert done.returncode == 1, (arguments, done.stderr)
+        assert "Traceback" not in done.stderr + done.stdout, arguments
+        for check_id in EVERY_KIND:
+            assert f"({check_id})" in done.stderr, (arguments, check_id)
+
+
+def test_the_first_use_of_a_client_raises_one_message_naming_every_problem(tmp_path: Path) -> None:
+    # `shell` runs no system checks: the settings are read when a client is first used.
+    done = manage(tmp_path, "shell", "-c", "from django_aio_request import clients; clients['billing']")
+    assert done.returncode == 1
+    message = done.stderr[done.stderr.index("InvalidSettings: ") :]
+    assert message.startswith(f"InvalidSettings: AIO_REQUEST has {len(EVERY_KIND)} problems:")
+    for check_id, text in EVERY_KIND.items():
+        assert any(text in line and line.endswith(f"[{check_id}]") for line in message.splitlines()), check_id
+    # A command that uses no client is not stopped by the setting.
+    assert manage(tmp_path, "shell", "-c", "print('fine')").stdout.splitlines()[-1] == "fine"
+
+
+def test_a_valid_setting_passes_manage_py_check(tmp_path: Path) -> None:
+    done = manage(tmp_path, "check", settings="from settings.test import *\n")
+    assert done.returncode == 0, done.stderr
+    assert "System check identified no issues" in done.stdout
+
+
+def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "broken_classifier.py").write_text("raise RuntimeError('boom at import')\n")
+    settings = (
+        "from settings.test import *\n"
+        "AIO_REQUEST = {'CLIENTS': {'billing': {'ENDPOINT': 'http://billing/',"
+        " 'RESPONSE_CLASSIFIER': 'broken_classifier.Classifier'}}}\n"
+    )
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert (
+        "(django_aio_request.E008) AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] cannot be imported: boom"
+        in (done.stderr)
+    )
+
+
+def test_every_id_in_use_is_listed_with_its_kind() -> None:
+    from django_aio_request.conf.reader import CODES
+
+    assert {check_id.split(".")[1] for check_id in EVERY_KIND} <= set(CODES)
+    assert all(code.startswith(("E0", "W00")) for code in CODES)  # W010 onwards: checks of other settings
 
 
 @pytest.mark.parametrize(

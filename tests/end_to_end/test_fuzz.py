@@ -7,6 +7,7 @@ import string
 from typing import Any
 
 import pytest
+from django.core import checks
 from django.test import Client, override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from django_aio_request import Priority
 from django_aio_request.checks import check_settings
 from django_aio_request.conf.building import build_client
+from django_aio_request.conf.reader import CODES
 from django_aio_request.conf.schema import (
     CIRCUIT_BREAKER_SCHEMA,
     CLIENT_KEYS,
@@ -242,7 +244,9 @@ def test_no_settings_value_raises_only_problems_are_reported(value: Any) -> None
         assert read is None
         with override_settings(AIO_REQUEST=value):
             messages = check_settings()
-        assert any(message.id == "django_aio_request.E001" for message in messages)
+        error_ids = {f"django_aio_request.{problem.code}" for problem in errors}
+        assert error_ids <= {f"django_aio_request.{code}" for code in CODES if code.startswith("E")}
+        assert error_ids == {message.id for message in messages if message.level >= checks.ERROR}
         return
     assert read is not None
     # accepted settings never fail later, at the first request: every client builds
