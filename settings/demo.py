@@ -46,6 +46,12 @@ DATABASES = {
 # the incoming deadline and priority into the context for the whole request) turns away is counted.
 MIDDLEWARE = ["testproject.arrivals.record_arrivals", *MIDDLEWARE]
 
+# Static files (the admin's CSS and scripts) served by WhiteNoise, as a Django deployment serves them,
+# first: they are not the services' requests (not counted, no deadline). Served from the apps' static
+# directories (no collectstatic step), DEBUG or not.
+MIDDLEWARE = ["whitenoise.middleware.WhiteNoiseMiddleware", *MIDDLEWARE]
+WHITENOISE_USE_FINDERS = True
+
 # Prometheus metrics (ours and django-prometheus's) at /metrics: see docs/metrics.md.
 INSTALLED_APPS = [*INSTALLED_APPS, "django_prometheus"]
 

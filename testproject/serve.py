@@ -19,6 +19,7 @@ import sys
 import threading
 from types import FrameType
 
+import django
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -40,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-with-parent", action="store_true", help="stop when standard input closes")
     args = parser.parse_args(argv)
 
-    application = get_wsgi_application()  # sets Django up
+    django.setup(set_prefix=False)
     try:
         call_command("check", stdout=io.StringIO())  # warnings go to stderr
     except SystemCheckError as error:  # the list of problems, without a traceback, as manage.py prints it
         print(error, file=sys.stderr, flush=True)
         return 1
+    application = get_wsgi_application()
     service = str(getattr(settings, "DEMO_SERVICE", "demo"))
     port = args.port or int(getattr(settings, "DEMO_PORTS", {}).get(service, 8000))
     try:
