@@ -252,6 +252,14 @@ class CircuitSnapshot(Generic[TScope]):
     successes: int
     changed_at: float  # time.time() of the last state change, 0.0 if it never changed
     override: Override | None
+    # Since the scope was first seen, in this process (counters that only grow: a reader takes the
+    # difference of two snapshots for the outcomes of a period it chooses, whatever sampling_duration is).
+    failures_total: int = 0
+    successes_total: int = 0
+    rejected_total: int = 0  # calls answered with the fallback: circuit open, forced open, probe out
+    # time.time() until which the circuit is blocked (open, or half-open with its probe out); None: not blocked.
+    # In the past while the state is still OPEN: the break is over, the next call will be the probe.
+    blocked_until: float | None = None
 
     @property
     def failure_ratio(self) -> float:
@@ -260,12 +268,13 @@ class CircuitSnapshot(Generic[TScope]):
 
 
 class _Circuit:
-    __slots__ = ("changed_at", "override", "state")
+    __slots__ = ("changed_at", "failures_total", "override", "rejected_total", "state", "successes_total")
 
     def __init__(self) -> None:
         self.state = CircuitState.CLOSED  # the automatic state, kept (frozen) while an override is set
         self.override: Override | None = None
         self.changed_at = 0.0
+        self.failures_total = self.successes_total = self.rejected_total = 0
 
     @property
     def effective(self) -> CircuitState:
@@ -326,12 +335,25 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
     def snapshot(self) -> list[CircuitSnapshot[TScope]]:
         """Every scope this breaker has seen: its state, counts, last change and override."""
         with self._lock:
-            return [
-                CircuitSnapshot(
-                    scope, circuit.effective, *self.store.totals(scope), circuit.changed_at, circuit.override
+            store = self.store
+            wall_offset = time.time() - store.now()  # the store's clock to time.time()
+            snapshots = []
+            for scope, circuit in self._circuits.items():
+                until = store.blocked_until(scope)
+                snapshots.append(
+                    CircuitSnapshot(
+                        scope,
+                        circuit.effective,
+                        *store.totals(scope),
+                        circuit.changed_at,
+                        circuit.override,
+                        circuit.failures_total,
+                        circuit.successes_total,
+                        circuit.rejected_total,
+                        None if until is None else until + wall_offset,
+                    )
                 )
-                for scope, circuit in self._circuits.items()
-            ]
+            return snapshots
 
     def set_override(self, scope: TScope, override: Override | None) -> None:
         """Force the circuit of ``scope`` open or closed; None gives it back to the automatic state
@@ -393,7 +415,10 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         with self._lock:
             circuit = self._circuit(scope)
             if circuit.override is not None:
-                return False if circuit.override is Override.FORCE_CLOSED else None
+                if circuit.override is Override.FORCE_CLOSED:
+                    return False
+                circuit.rejected_total += 1
+                return None
             store = self.store
             until = store.blocked_until(scope)
             if until is None:
@@ -415,6 +440,8 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                         transition = self._move(scope, circuit, CircuitState.HALF_OPEN)
                 else:
                     admit = None
+            if admit is None:
+                circuit.rejected_total += 1
         self._notify(transition)
         return admit
 
@@ -429,6 +456,10 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         transition = None
         with self._lock:
             circuit = self._circuit(scope)
+            if success:
+                circuit.successes_total += 1
+            else:
+                circuit.failures_total += 1
             store = self.store
             if circuit.override is not None:
                 store.add(scope, success)

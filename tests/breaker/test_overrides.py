@@ -169,12 +169,18 @@ def test_snapshot_values() -> None:
 
     snapshots = {s.scope: s for s in breaker.snapshot()}
 
-    assert snapshots["a"] == CircuitSnapshot("a", CircuitState.CLOSED, 1, 1, 0.0, None)
+    assert snapshots["a"] == CircuitSnapshot("a", CircuitState.CLOSED, 1, 1, 0.0, None, 1, 1, 0, None)
     assert snapshots["a"].failure_ratio == 0.5
     b = snapshots["b"]
     assert (b.state, b.failures, b.successes, b.override) == (CircuitState.OPEN, 4, 1, None)
     assert b.failure_ratio == 0.8
     assert before <= b.changed_at <= time.time()
+    # Blocked for break_duration from the trip, on the wall clock although the store counts on monotonic time.
+    assert b.blocked_until is not None
+    assert b.changed_at + 5 - 0.5 < b.blocked_until <= b.changed_at + 5 + 0.5
+    assert (b.failures_total, b.successes_total, b.rejected_total) == (4, 1, 0)
+    run(breaker, True, "b")  # rejected: open
+    assert {s.scope: s for s in breaker.snapshot()}["b"].rejected_total == 1
     c = snapshots["c"]
     assert (c.state, c.failures, c.successes, c.override) == (CircuitState.FORCED_CLOSED, 0, 0, Override.FORCE_CLOSED)
     assert c.failure_ratio == 0.0
