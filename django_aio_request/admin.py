@@ -2,20 +2,49 @@
 their transitions, and the overrides operators set with the actions "Force open (isolate)",
 "Force closed" and "Back to automatic" (permission ``django_aio_request.override_circuit_breaker``)."""
 
+import contextvars
 import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from django_aio_request.models import BreakerOverride, BreakerStatus, BreakerTransition, Mode, State
+from django_aio_request.models import (
+    COUNT_WINDOW,
+    LOCAL_STORE,
+    BreakerOverride,
+    BreakerStatus,
+    BreakerTransition,
+    Mode,
+    State,
+)
 
 OVERRIDE_PERMISSION = "django_aio_request.override_circuit_breaker"
 RECENT_TRANSITIONS = 50
+# The detail page's buttons: (the value posted as "mode", the label), the same as the list's actions.
+OVERRIDE_BUTTONS = (
+    ("force_open", "Force open (isolate)"),
+    ("force_closed", "Force closed"),
+    ("automatic", "Back to automatic"),
+)
+# The request whose detail page is being drawn: readonly fields get only the object, and one admin
+# instance serves every thread.
+_drawing_for: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar("drawing_for", default=None)
 
 STATE_COLOURS = {
     State.CLOSED: "#2e7d32",
@@ -42,18 +71,74 @@ def percent(ratio: float) -> str:
     return f"{ratio:.0%}"
 
 
-# What the list and the detail page both show of a circuit, in this order.
-SUMMARY_FIELDS = (
+def _seconds(delta: datetime.timedelta) -> str:
+    seconds = max(0, round(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
+def ago(moment: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
+    """``"12:04:05 (3 s ago)"``; ``"never"``."""
+    if moment is None:
+        return "never"
+    now = now or timezone.now()
+    return f"{timezone.localtime(moment):%H:%M:%S} ({_seconds(now - moment)} ago)"
+
+
+def calls(failures: int, successes: int, rejected: int) -> str:
+    """``"12 failed, 30 ok (29%), 5 rejected"``: the calls of a window."""
+    total = failures + successes
+    text = f"{failures} failed, {successes} ok ({percent(failures / total if total else 0.0)})"
+    return f"{text}, {rejected} rejected" if rejected else text
+
+
+def state_note(obj: BreakerStatus, now: datetime.datetime | None = None) -> str:
+    """What the state means now: an override not yet applied everywhere, a probe due, a probe out."""
+    now = now or timezone.now()
+    if obj.override:
+        pending = obj.pending()
+        if pending:
+            return f"set; {pending} of {obj.processes} processes apply it at their next round"
+        return "override: " + (
+            "every call gets the fallback" if obj.override == Mode.FORCE_OPEN else "every call goes through"
+        )
+    if obj.state == State.OPEN and obj.blocked_until is not None:
+        if obj.blocked_until <= now:
+            return f"probe due: the break ended {_seconds(now - obj.blocked_until)} ago; the next call probes"
+        return f"probe in {_seconds(obj.blocked_until - now)} (at {timezone.localtime(obj.blocked_until):%H:%M:%S})"
+    if obj.state == State.HALF_OPEN:
+        return "one probe call is out: its outcome closes or reopens the circuit"
+    return ""
+
+
+# The list: the state calls get now first; narrow enough for 1280 px with the filters beside it.
+LIST_FIELDS = (
+    "state_display",
+    "client",
+    "endpoint_display",
+    "processes_display",
+    "calls_display",
+    "changed_display",
+    "seen_display",
+)
+DETAIL_FIELDS = (
+    "state_display",
+    "override_actions",
     "client",
     "endpoint",
-    "state_display",
+    "override_detail",
     "processes_display",
-    "failures",
-    "successes",
-    "failure_ratio_display",
-    "changed_at",
+    "calls_display",
+    "changed_display",
+    "seen_display",
+    "processes_table",
+    "transitions_table",
 )
-DETAIL_FIELDS = (*SUMMARY_FIELDS, "reported_at", "override_detail", "processes_table", "transitions_table")
+WINDOW_LABEL = f"calls, last {COUNT_WINDOW:.0f} s"
+WRAP = "overflow-wrap:anywhere;word-break:break-word"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -71,8 +156,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(BreakerStatus)
 class CircuitBreakerAdmin(ReadOnlyAdmin):
-    list_display = [*SUMMARY_FIELDS, "override_display", "reported_at"]
-    list_display_links = ["client", "endpoint"]
+    list_display = LIST_FIELDS
+    list_display_links = ["client", "endpoint_display"]
     list_filter = ["client", "state", "override"]
     search_fields = ["client", "endpoint"]
     list_per_page = 200
@@ -82,19 +167,31 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
 
     @admin.display(description="state", ordering="state")
     def state_display(self, obj: BreakerStatus) -> SafeString:
-        return state_badge(obj.state)
+        note = state_note(obj)
+        if not note:
+            return state_badge(obj.state)
+        return format_html('{}<div class="aio-note" style="font-size:11px;color:#666;max-width:16em">{}</div>',
+                           state_badge(obj.state), note)  # fmt: skip
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_display(self, obj: BreakerStatus) -> SafeString:
+        return format_html('<span style="{}">{}</span>', WRAP, obj.endpoint)
 
     @admin.display(description="processes", ordering="processes")
     def processes_display(self, obj: BreakerStatus) -> str:
         return obj.processes_summary()
 
-    @admin.display(description="failure ratio", ordering="failure_ratio")
-    def failure_ratio_display(self, obj: BreakerStatus) -> str:
-        return percent(obj.failure_ratio)
+    @admin.display(description=WINDOW_LABEL, ordering="failure_ratio")
+    def calls_display(self, obj: BreakerStatus) -> str:
+        return calls(obj.failures, obj.successes, obj.rejected)
 
-    @admin.display(description="override", ordering="override")
-    def override_display(self, obj: BreakerStatus) -> str:
-        return Mode(obj.override).label if obj.override else "automatic"
+    @admin.display(description="changed", ordering="changed_at")
+    def changed_display(self, obj: BreakerStatus) -> str:
+        return ago(obj.changed_at)
+
+    @admin.display(description="last seen", ordering="reported_at")
+    def seen_display(self, obj: BreakerStatus) -> str:
+        return ago(obj.reported_at)
 
     @admin.display(description="override")
     def override_detail(self, obj: BreakerStatus) -> str:
@@ -105,20 +202,34 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         by = override.changed_by.get_username() if override.changed_by else "unknown"
         return f"{override.get_mode_display()}, by {by} at {override.changed_at:%Y-%m-%d %H:%M:%S %Z}"
 
+    @admin.display(description="actions")
+    def override_actions(self, obj: BreakerStatus) -> SafeString:
+        """The list's actions for this one circuit: buttons of the page's form, posted to ``override/``."""
+        request = _drawing_for.get()
+        if request is None or not self.has_override_permission(request):
+            return SafeString("you may not override circuit breakers")
+        return format_html_join(
+            " ",
+            '<button type="submit" class="button" name="mode" value="{}" formaction="override/">{}</button>',
+            ((mode, label) for mode, label in OVERRIDE_BUTTONS),
+        )
+
     @admin.display(description="reporting processes")
     def processes_table(self, obj: BreakerStatus) -> SafeString:
+        now = timezone.now()
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (r.host, r.pid, state_badge(r.state), r.failures, r.successes, percent(r.failure_ratio),
-                 _when(r.changed_at), _when(r.reported_at))
+                (r.host, r.pid, state_badge(r.state), calls(r.failures, r.successes, r.rejected),
+                 f"{r.window_seconds:.0f} s", ago(r.changed_at, now), ago(r.reported_at, now),
+                 "this process" if r.store == LOCAL_STORE else f"shared in cache {r.store!r}")
                 for r in obj.reports().order_by("host", "pid")
             ),
         )  # fmt: skip
         head = "".join(
             f"<th>{h}</th>"
-            for h in ("host", "pid", "state", "failures", "successes", "failure ratio", "changed", "reported")
+            for h in ("host", "pid", "state", "calls", "over the last", "changed", "last seen", "breaker counts")
         )
         return format_html('<table class="aio-processes"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
                            SafeString(head), rows)  # fmt: skip
@@ -137,6 +248,47 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         head = "".join(f"<th>{h}</th>" for h in ("at", "host", "pid", "from", "to", "failure ratio"))
         return format_html('<table class="aio-transitions"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
                            SafeString(head), rows)  # fmt: skip
+
+    # -- the detail page's buttons ---------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        own = [
+            path(
+                "<path:object_id>/change/override/",
+                self.admin_site.admin_view(self.override_view),
+                name="{}_{}_override".format(*info),
+            )
+        ]
+        return own + super().get_urls()
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        token = _drawing_for.set(request)  # override_actions shows buttons only to those who may use them
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if isinstance(response, TemplateResponse):
+                response.render()  # now: the readonly fields are drawn as the template renders
+            return response
+        finally:
+            _drawing_for.reset(token)
+
+    def override_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_override_permission(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"no circuit breaker {unquote(object_id)!r}")
+        modes = {"force_open": Mode.FORCE_OPEN, "force_closed": Mode.FORCE_CLOSED, "automatic": None}
+        mode = request.POST.get("mode", "")
+        if mode not in modes:
+            return HttpResponseBadRequest(f"mode must be one of {', '.join(modes)}")
+        self._override(request, self.get_queryset(request).filter(pk=obj.pk), modes[mode])
+        info = self.opts.app_label, self.opts.model_name
+        return HttpResponseRedirect(reverse("admin:{}_{}_change".format(*info), args=[quote(obj.pk)]))
 
     # -- the actions: they need OVERRIDE_PERMISSION -----------------------------------------------
 

@@ -7,11 +7,13 @@ built, again in a forked child) does, every ``interval`` seconds (1 s):
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
    lift overrides that were removed;
 2. upsert this process's ``BreakerReport`` rows from each built client's ``breaker.snapshot()``
-   (one statement), and delete the rows of clients no longer built;
+   (one statement) with the calls of the last ``COUNT_WINDOW`` seconds, then stamp them with the
+   database's clock: seen now, expiring in ``heartbeat_ttl`` seconds (a few intervals); delete the
+   rows of clients no longer built;
 3. insert the transitions a listener queued (the listener only appends to a bounded deque:
    nothing on the request path touches the database);
-4. now and then, delete transitions older than ``CIRCUIT_BREAKER_HISTORY_DAYS`` (7) and reports
-   not refreshed for ``STALE_AFTER`` seconds (processes that died).
+4. now and then, delete transitions older than ``CIRCUIT_BREAKER_HISTORY_DAYS`` (7) and expired
+   reports (processes that stopped publishing: admin stopped counting them when they expired).
 
 When the database is down, calls go on with the breakers as they are (the last overrides
 applied stay applied), a warning is logged once per outage and once on recovery, transitions
@@ -32,8 +34,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import close_old_connections, router
+from django.db.models.functions import Now
 
 from django_aio_request.breaker.circuit_breaker import (
+    CircuitSnapshot,
     CircuitTransition,
     DefaultCircuitBreaker,
     MemoryCircuitStore,
@@ -42,16 +46,26 @@ from django_aio_request.breaker.circuit_breaker import (
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core.client import Client
-from django_aio_request.models import LOCAL_STORE, BreakerOverride, BreakerReport, BreakerTransition
+from django_aio_request.models import (
+    COUNT_WINDOW,
+    LOCAL_STORE,
+    BreakerOverride,
+    BreakerReport,
+    BreakerTransition,
+)
 from django_aio_request.named_clients import clients
 
 logger = logging.getLogger(__name__)
 
 QUEUE_LENGTH = 10_000
-STALE_AFTER = 60.0  # seconds without a refresh after which a process's reports are deleted (it died)
+# A report counts for HEARTBEAT_MISSES publishing intervals (at least MIN_HEARTBEAT_TTL seconds) after
+# it was written: a process that skips a round under load is not dropped, one that died is within seconds.
+HEARTBEAT_MISSES = 5
+MIN_HEARTBEAT_TTL = 5.0
 PRUNE_EVERY = 60.0  # seconds between two prunes by one process
 
 Key = tuple[str, str]  # (client name, endpoint)
+Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
 
 
 def _settings() -> AioRequestSettings:
@@ -100,6 +114,11 @@ class Publisher:
         """Seconds between rounds: the one given, else ``CIRCUIT_BREAKER_PUBLISH_INTERVAL`` as set now."""
         return self._interval if self._interval is not None else _settings().circuit_breaker_publish_interval
 
+    @property
+    def heartbeat_ttl(self) -> float:
+        """Seconds a report counts after it was written, unless the next round refreshes it."""
+        return max(MIN_HEARTBEAT_TTL, HEARTBEAT_MISSES * self.interval)
+
     def _reset(self) -> None:
         self._lock = threading.Lock()
         # Bounded by hand, always dropping the oldest: a maxlen deque drops from the other end on
@@ -108,6 +127,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._published: set[Key] = set()
+        self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
         self._down = False
         self._next_prune = 0.0
@@ -219,32 +239,47 @@ class Publisher:
         if breakers:
             self._apply_overrides(breakers)
         now = datetime.datetime.now(tz=datetime.UTC)
-        rows = [
-            BreakerReport(
-                client=name,
-                endpoint=str(snap.scope),
-                host=host,
-                pid=pid,
-                state=str(snap.state),
-                failures=snap.failures,
-                successes=snap.successes,
-                failure_ratio=snap.failure_ratio,
-                changed_at=_moment(snap.changed_at),
-                reported_at=now,
-                store=store_name(breaker),
-            )
-            for name, breaker in breakers
-            for snap in breaker.snapshot()
-        ]
+        ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
+        rows = []
+        for name, breaker in breakers:
+            for snap in breaker.snapshot():
+                failures, successes, rejected, seconds = self._window((name, str(snap.scope)), snap)
+                rows.append(
+                    BreakerReport(
+                        client=name,
+                        endpoint=str(snap.scope),
+                        host=host,
+                        pid=pid,
+                        state=str(snap.state),
+                        failures=failures,
+                        successes=successes,
+                        failure_ratio=_ratio(failures, successes),
+                        rejected=rejected,
+                        window_seconds=seconds,
+                        changed_at=_moment(snap.changed_at),
+                        blocked_until=None if snap.blocked_until is None else _moment(snap.blocked_until),
+                        reported_at=now,
+                        expires_at=now + ttl,
+                        store=store_name(breaker),
+                    )
+                )
         reports = BreakerReport.objects.using(self._db(BreakerReport))
         if rows:
             reports.bulk_create(
                 rows,
                 update_conflicts=True,
                 unique_fields=["client", "endpoint", "host", "pid"],
-                update_fields=["state", "failures", "successes", "failure_ratio", "changed_at", "reported_at", "store"],
-            )
+                update_fields=[
+                    "state", "failures", "successes", "failure_ratio", "rejected", "window_seconds", "changed_at",
+                    "blocked_until", "reported_at", "expires_at", "store",
+                ],
+            )  # fmt: skip
+            # The heartbeat on the database's clock, the one the admin's view compares expires_at with:
+            # hosts whose clocks differ from the database's by seconds still expire on time.
+            reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
         keys = {(row.client, row.endpoint) for row in rows}
+        for gone in set(self._history) - keys:
+            del self._history[gone]
         if self._first_round:  # rows a dead process with this pid left behind
             mine = reports.filter(host=host, pid=pid)
             self._delete(mine, set(mine.values_list("client", "endpoint")) - keys)
@@ -274,6 +309,26 @@ class Publisher:
             self.prune(now)
             self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
 
+    def _window(self, key: Key, snap: CircuitSnapshot[Any]) -> tuple[int, int, int, float]:
+        """(failures, successes, rejected, seconds covered) of the last ``COUNT_WINDOW`` seconds: the
+        circuit's totals now minus those of the newest sample taken at least that long ago. A circuit
+        seen for the first time counted from zero one round ago (it appeared since the last round)."""
+        now = time.monotonic()
+        history = self._history.get(key)
+        if history is None:
+            history = self._history[key] = collections.deque([(now - min(self.interval, COUNT_WINDOW), 0, 0, 0)])
+        history.append((now, snap.failures_total, snap.successes_total, snap.rejected_total))
+        start = now - COUNT_WINDOW
+        while len(history) > 1 and history[1][0] <= start:
+            history.popleft()
+        since, failures, successes, rejected = history[0]
+        return (
+            snap.failures_total - failures,
+            snap.successes_total - successes,
+            snap.rejected_total - rejected,
+            round(min(COUNT_WINDOW, now - since), 1),
+        )
+
     @staticmethod
     def _delete(rows: "Any", keys: Iterable[Key]) -> None:
         for client, endpoint in keys:
@@ -296,15 +351,13 @@ class Publisher:
                     breaker.set_override(scope, None)
 
     def prune(self, now: datetime.datetime | None = None) -> None:
-        """Delete transitions older than the history and reports of processes that stopped reporting."""
+        """Delete transitions older than the history, and the expired reports of processes that stopped
+        publishing (the admin's view ignores them from the moment they expire)."""
         now = now or datetime.datetime.now(tz=datetime.UTC)
         BreakerTransition.objects.using(self._db(BreakerTransition)).filter(
             at__lt=now - datetime.timedelta(days=history_days())
         ).delete()
-        stale = max(STALE_AFTER, 10 * self.interval)
-        BreakerReport.objects.using(self._db(BreakerReport)).filter(
-            reported_at__lt=now - datetime.timedelta(seconds=stale)
-        ).delete()
+        BreakerReport.objects.using(self._db(BreakerReport)).filter(expires_at__lt=Now()).delete()
 
 
 publisher = Publisher()

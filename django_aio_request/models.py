@@ -9,6 +9,7 @@ client, endpoint, host and pid) and their transitions into ``BreakerTransition``
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 
 
 class State(models.TextChoices):
@@ -32,21 +33,35 @@ SEVERITY = (State.FORCED_OPEN, State.OPEN, State.HALF_OPEN, State.FORCED_CLOSED,
 LOCAL_STORE = "local"
 CLIENT_LENGTH = 100
 ENDPOINT_LENGTH = 400
+# Reports count the calls of the last COUNT_WINDOW seconds, whatever a breaker's SAMPLING_DURATION:
+# a one-second sampling window would show 0 failures nearly always, also while the circuit is open.
+COUNT_WINDOW = 60.0
 
 
 class BreakerReport(models.Model):
-    """What one process's breaker of a client says about one endpoint, refreshed every second or so."""
+    """What one process's breaker of a client says about one endpoint, refreshed every second or so.
+
+    A report is a heartbeat: it counts only until ``expires_at`` (a few publishing intervals after it
+    was written, on the database's clock), so a process that stops publishing stops counting.
+    """
 
     client = models.CharField(max_length=CLIENT_LENGTH)
     endpoint = models.CharField(max_length=ENDPOINT_LENGTH)
     host = models.CharField(max_length=255)
     pid = models.PositiveIntegerField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
+    # The calls of the last window_seconds (COUNT_WINDOW; less for a circuit seen more recently).
     failures = models.PositiveIntegerField(default=0)
     successes = models.PositiveIntegerField(default=0)
     failure_ratio = models.FloatField(default=0.0)
+    rejected = models.PositiveIntegerField(default=0, help_text="calls answered with the fallback (no request)")
+    window_seconds = models.FloatField(default=COUNT_WINDOW)
     changed_at = models.DateTimeField(null=True, blank=True, help_text="when the state last changed; empty: never")
+    blocked_until = models.DateTimeField(
+        null=True, blank=True, help_text="open: when the break ends and the next call probes; empty: not blocked"
+    )
     reported_at = models.DateTimeField(db_index=True)
+    expires_at = models.DateTimeField(db_index=True, help_text="the report counts until then (heartbeat)")
     # "local" (counts of this process alone), else the cache alias whose counts all processes share:
     # the folded row adds up local counts but takes shared ones once.
     store = models.CharField(max_length=100, default=LOCAL_STORE)
@@ -109,12 +124,15 @@ class BreakerOverride(models.Model):
 
 
 class BreakerStatus(models.Model):
-    """One row per client and endpoint: the reports of every process folded together (a database view)."""
+    """One row per client and endpoint: the live reports of every process folded together (a database
+    view, migration 0004). ``state`` is what calls get now: the override when one is set, else the
+    worst state a live process reports (``reported_state``)."""
 
     id = models.CharField(primary_key=True, max_length=CLIENT_LENGTH + ENDPOINT_LENGTH + 1)
     client = models.CharField(max_length=CLIENT_LENGTH)
     endpoint = models.CharField(max_length=ENDPOINT_LENGTH)
     state = models.CharField(max_length=16, choices=State.choices)
+    reported_state = models.CharField(max_length=16, choices=State.choices)
     processes = models.PositiveIntegerField()
     closed_count = models.PositiveIntegerField()
     open_count = models.PositiveIntegerField()
@@ -124,7 +142,9 @@ class BreakerStatus(models.Model):
     failures = models.PositiveIntegerField()
     successes = models.PositiveIntegerField()
     failure_ratio = models.FloatField()
+    rejected = models.PositiveIntegerField()
     changed_at = models.DateTimeField(null=True)
+    blocked_until = models.DateTimeField(null=True)  # the earliest end of a break among the open processes
     reported_at = models.DateTimeField()
     override = models.CharField(max_length=16, choices=Mode.choices, null=True)
 
@@ -157,7 +177,15 @@ class BreakerStatus(models.Model):
         return f"{self.processes} {noun}: {parts}"
 
     def reports(self) -> "models.QuerySet[BreakerReport]":
-        return BreakerReport.objects.using(self._state.db).filter(client=self.client, endpoint=self.endpoint)
+        """The live reports of this client and endpoint (those the row folds)."""
+        return BreakerReport.objects.using(self._state.db).filter(
+            client=self.client, endpoint=self.endpoint, expires_at__gt=Now()
+        )
+
+    def pending(self) -> int:
+        """How many live processes do not show the override yet (they apply it at their next round)."""
+        forced = {Mode.FORCE_OPEN: self.forced_open_count, Mode.FORCE_CLOSED: self.forced_closed_count}
+        return self.processes - forced[Mode(self.override)] if self.override else 0
 
     def transitions(self) -> "models.QuerySet[BreakerTransition]":
         return BreakerTransition.objects.using(self._state.db).filter(client=self.client, endpoint=self.endpoint)

@@ -3,20 +3,25 @@ and ``manage.py circuit_breakers``."""
 
 import datetime
 import io
+import re
 
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
+from django.db.models.functions import Now
 from django.test import Client as BrowserClient
 from django.urls import reverse
+from django.utils import timezone
 
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
+LIVE = datetime.datetime(2999, 1, 1, tzinfo=datetime.UTC)  # a report that has not expired
 BILLING = "http://billing:8080/"
 CHANGELIST = "admin:django_aio_request_breakerstatus_changelist"
+CHANGE = "admin:django_aio_request_breakerstatus_change"
 
 
 def report(
@@ -34,6 +39,7 @@ def report(
         failure_ratio=failures / total if total else 0.0,
         changed_at=NOW - datetime.timedelta(minutes=pid),
         reported_at=NOW,
+        expires_at=LIVE,
     )
 
 
@@ -167,7 +173,7 @@ def test_hundreds_of_rows_load_in_a_bounded_number_of_queries(
     BreakerReport.objects.bulk_create(
         BreakerReport(client=f"client-{n % 7}", endpoint=f"http://service-{n}:8080/", host=f"web-{pid}", pid=pid,
                       state=("open", "closed", "half_open")[(n + pid) % 3], failures=n % 5, successes=pid,
-                      reported_at=NOW)
+                      reported_at=NOW, expires_at=LIVE)
         for n in range(300) for pid in (1, 2)
     )  # fmt: skip
     with django_assert_max_num_queries(12):  # type: ignore[operator]
@@ -181,33 +187,115 @@ def test_the_management_command_prints_the_same_table(reports: None) -> None:
     out = io.StringIO()
     call_command("circuit_breakers", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[0].split() == [
-        "client", "endpoint", "state", "processes", "failures", "successes", "ratio", "last", "change", "override",
-    ]  # fmt: skip
+    assert lines[0].split() == ["state", "client", "endpoint", "processes", "calls,", "last", "60", "s", "changed",
+                                "last", "seen"]  # fmt: skip
     assert len(lines) == 3
-    assert lines[1].startswith("billing  http://billing:8080/  open")
-    assert "3 processes: 2 open, 1 closed  11        9          55%" in lines[1]
-    assert lines[1].endswith("automatic")
-    assert lines[2].startswith("orders ")
+    assert lines[1].startswith("open  ")
+    assert "billing  http://billing:8080/  3 processes: 2 open, 1 closed  11 failed, 9 ok (55%)" in lines[1]
+    assert lines[1].endswith(" ago)")
+    assert lines[2].startswith("closed  orders ")
 
     out = io.StringIO()
     call_command("circuit_breakers", "--state", "closed", stdout=out)
-    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["client", "orders"]
+    assert [line.split()[1] for line in out.getvalue().splitlines()] == ["client", "orders"]
 
 
 @pytest.mark.django_db
 def test_the_management_command_without_reports() -> None:
     out = io.StringIO()
     call_command("circuit_breakers", stdout=out)
-    assert "No circuit breaker has been reported" in out.getvalue()
+    assert "No circuit breaker is reported now" in out.getvalue()
+
+
+def live_report(pid: int, state: str, **fields: object) -> BreakerReport:
+    values: dict[str, object] = {"client": "billing", "endpoint": BILLING, "host": "web-1", "pid": pid,
+                                 "state": state, "reported_at": NOW, "expires_at": LIVE, **fields}  # fmt: skip
+    return BreakerReport.objects.create(**values)
 
 
 @pytest.mark.django_db
-def test_counts_shared_through_a_cache_are_counted_once() -> None:
-    for pid in (1, 2):  # both processes see the same shared counts
-        BreakerReport.objects.create(client="billing", endpoint=BILLING, host="web-1", pid=pid, state="open",
-                                     failures=6, successes=2, reported_at=NOW, store="redis")  # fmt: skip
-    report("billing", BILLING, "web-2", 3, "closed", failures=1, successes=1)  # a process counting on its own
+def test_each_process_s_calls_add_up_shared_store_or_not() -> None:
+    # Each report counts the calls its own process made: two processes sharing a cache made 8 each.
+    for pid in (1, 2):
+        live_report(pid, "open", failures=6, successes=2, rejected=3, store="redis")
+    live_report(3, "closed", failures=1, successes=1)
     row = BreakerStatus.objects.get()
-    assert (row.processes, row.failures, row.successes) == (3, 7, 3)
-    assert row.failure_ratio == pytest.approx(0.7)
+    assert (row.processes, row.failures, row.successes, row.rejected) == (3, 13, 5, 6)
+    assert row.failure_ratio == pytest.approx(13 / 18)
+
+
+@pytest.mark.django_db
+def test_a_report_stops_counting_when_it_expires(operator: BrowserClient) -> None:
+    # The only live process is forced closed; one that died left an open report behind (issue 14).
+    live_report(1, "forced_closed", successes=4)
+    dead = live_report(2, "open", failures=9)
+    BreakerReport.objects.filter(pk=dead.pk).update(expires_at=Now() - datetime.timedelta(seconds=1))
+    row = BreakerStatus.objects.get()
+    assert (row.state, row.processes, row.failures, row.successes) == ("forced_closed", 1, 0, 4)
+    assert row.processes_summary() == "1 process: 1 forced closed"
+    assert [r.pid for r in row.reports()] == [1]
+    BreakerReport.objects.filter(pid=1).update(expires_at=Now() - datetime.timedelta(seconds=1))
+    assert not BreakerStatus.objects.exists()
+    assert "0 circuit breakers" in operator.get(reverse(CHANGELIST)).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_state_shown_is_the_override_at_once(operator: BrowserClient) -> None:
+    live_report(1, "closed", successes=5)
+    live_report(2, "closed", successes=5)
+    billing = breaker_id("billing", BILLING)
+    page = operator.post(reverse(CHANGELIST), {"action": "force_open", "_selected_action": [billing]}, follow=True)
+    row = BreakerStatus.objects.get()
+    assert (row.state, row.reported_state, row.override) == ("forced_open", "closed", "force_open")
+    html = page.content.decode()
+    first_row = html.split('id="result_list"', 1)[1].split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    assert first_row.index("aio-state-forced_open") < first_row.index("field-client")  # the state comes first
+    assert "set; 2 of 2 processes apply it at their next round" in first_row
+    BreakerReport.objects.update(state="forced_open")  # the processes obeyed
+    html = operator.get(reverse(CHANGELIST)).content.decode()
+    assert "override: every call gets the fallback" in html
+    assert "2 processes: 2 forced open" in html
+
+
+@pytest.mark.django_db
+def test_an_open_circuit_says_when_it_probes(operator: BrowserClient) -> None:
+    now = timezone.now()
+    live_report(1, "open", failures=5, blocked_until=now + datetime.timedelta(seconds=30))
+    html = operator.get(reverse(CHANGELIST)).content.decode()
+    assert re.search(r"probe in (29|30) s \(at \d\d:\d\d:\d\d\)", html), html
+    BreakerReport.objects.update(blocked_until=now - datetime.timedelta(seconds=90))
+    html = operator.get(reverse(CHANGELIST)).content.decode()
+    assert re.search(r"probe due: the break ended (90|91) s ago; the next call probes", html)
+    BreakerReport.objects.update(state="half_open", blocked_until=now + datetime.timedelta(seconds=5))
+    assert "one probe call is out" in operator.get(reverse(CHANGELIST)).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_page_says_which_window_the_counts_cover(operator: BrowserClient) -> None:
+    live_report(1, "open", failures=3, successes=1, rejected=7, window_seconds=42.0)
+    html = operator.get(reverse(CHANGELIST)).content.decode()
+    assert "Calls, last 60 s" in html  # the column header
+    assert "3 failed, 1 ok (75%), 7 rejected" in html
+    detail = operator.get(reverse(CHANGE, args=[quote(breaker_id("billing", BILLING))])).content.decode()
+    assert "<td>42 s</td>" in detail  # this process was seen for 42 s of the 60
+
+
+@pytest.mark.django_db
+def test_the_detail_page_has_the_actions(operator: BrowserClient, viewer: BrowserClient) -> None:
+    live_report(1, "open", failures=5)
+    url = reverse(CHANGE, args=[quote(breaker_id("billing", BILLING))])
+    html = operator.get(url).content.decode()
+    for mode, label in (("force_open", "Force open (isolate)"), ("force_closed", "Force closed"),
+                        ("automatic", "Back to automatic")):  # fmt: skip
+        assert f'name="mode" value="{mode}" formaction="override/">{label}</button>' in html
+    page = operator.post(url + "override/", {"mode": "force_closed"}, follow=True)
+    assert page.redirect_chain[-1][0] == url
+    assert "1 circuit breaker set forced closed" in page.content.decode()
+    assert BreakerStatus.objects.get().state == "forced_closed"
+    assert LogEntry.objects.get().get_change_message() == "Override: forced closed"
+    assert operator.post(url + "override/", {"mode": "sideways"}).status_code == 400
+    assert operator.get(url + "override/").status_code == 405
+
+    assert "Force closed</button>" not in viewer.get(url).content.decode()
+    assert viewer.post(url + "override/", {"mode": "automatic"}).status_code == 403
+    assert BreakerOverride.objects.get().mode == "force_closed"

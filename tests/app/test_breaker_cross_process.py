@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import pytest
 
+from django_aio_request.breaker_publisher import MIN_HEARTBEAT_TTL
 from django_aio_request.models import breaker_id
 from tests.support.loopback import LoopbackServer
 
@@ -174,14 +175,15 @@ def processes(tmp_path: Path, environment: dict[str, str]) -> Iterator[Callable[
         process.stop()
 
 
-def admin_row(operator: Process, state: str) -> tuple[dict[str, str], float]:
-    """Reloads the changelist until the row of ``flaky`` shows ``state``: (the row, when the page was read)."""
+def admin_row(operator: Process, state: str, processes: str | None = None) -> tuple[dict[str, str], float]:
+    """Reloads the changelist until the row of ``flaky`` shows ``state`` (and ``processes`` when given):
+    (the row, when the page was read)."""
     end = time.monotonic() + PATIENCE
     while True:
         page = operator.ask("changelist")
         rows = [row for row in page["rows"] if row["client"] == "flaky"]
         assert len(rows) <= 1, page["rows"]
-        if rows and rows[0]["state"] == state:
+        if rows and rows[0]["state"] == state and processes in (None, rows[0]["processes"]):
             return rows[0], page["finished"]
         if time.monotonic() > end:
             pytest.fail(f"admin never showed flaky {state}; last rows: {page['rows']}")
@@ -226,7 +228,6 @@ def test_admin_shows_another_process_s_breaker_and_that_process_obeys_its_overri
         "endpoint": server.url,
         "state": "open",
         "processes": "1 process: 1 open",
-        "override": "automatic",
     }
     assert f"<td>{ready['pid']}</td>" in operator.ask(f"detail {row['id']}")["html"]  # the worker's own report
     assert len(server.received("/fail")) == 2  # since it opened, no call reached the server
@@ -236,17 +237,26 @@ def test_admin_shows_another_process_s_breaker_and_that_process_obeys_its_overri
     assert "1 circuit breaker set forced closed" in done["message"]
     reached = obeyed(worker, server, "Force closed", done["started"], (500, False, "forced_closed"))
     assert len(server.received("/fail")) >= reached + 5  # the calls after it really reached the server
-    row, seen_at = admin_row(operator, "forced_closed")
+    row, seen_at = admin_row(operator, "forced_closed", "1 process: 1 forced closed")
     assert seen_at - done["started"] <= BOUND
-    assert (row["processes"], row["override"]) == ("1 process: 1 forced closed", "forced closed")
 
     # 3. "Back to automatic": within 5 s the worker's breaker is its own again, still open (its break is long).
     done = operator.ask(f"action back_to_automatic {row['id']}")
     assert "1 circuit breaker set back to automatic" in done["message"]
     reached = obeyed(worker, server, "Back to automatic", done["started"], (502, True, "open"))
     assert len(server.received("/fail")) == reached  # rejected again without touching the network
-    row, seen_at = admin_row(operator, "open")
+    row, seen_at = admin_row(operator, "open", "1 process: 1 open")
     assert seen_at - done["started"] <= BOUND
-    assert (row["processes"], row["override"]) == ("1 process: 1 open", "automatic")
     # The worker published each of its transitions: the row's page lists them (to forced closed, and from it).
     assert operator.ask(f"detail {row['id']}")["html"].count("aio-state-forced_closed") >= 2
+
+    # 4. The worker dies without a word (SIGKILL): its report stops counting within the heartbeat's
+    # time to live (5 s after its last round, itself at most 1 s before), not a minute later.
+    worker.popen.kill()
+    killed_at = time.time()
+    end = time.monotonic() + PATIENCE
+    while any(r["client"] == "flaky" for r in operator.ask("changelist")["rows"]):
+        assert time.monotonic() < end, "the dead worker's breaker stayed in admin"
+        time.sleep(0.1)
+    gone_after = time.time() - killed_at
+    assert gone_after <= MIN_HEARTBEAT_TTL + BOUND / 2, f"a dead process's report counted {gone_after:.1f} s"

@@ -3,6 +3,7 @@
 import datetime
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -202,11 +203,11 @@ def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round
 
 @pytest.mark.django_db
 def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> None:
-    publisher._interval = 1.0  # reports older than max(60 s, 10 intervals) are of dead processes
     now = datetime.datetime.now(tz=datetime.UTC)
     common = {"client": "billing", "endpoint": "http://b/", "host": "h"}
-    BreakerReport.objects.create(pid=1, state="open", reported_at=now, **common)
-    BreakerReport.objects.create(pid=2, state="open", reported_at=now - datetime.timedelta(minutes=10), **common)
+    live, expired = now + datetime.timedelta(seconds=30), now - datetime.timedelta(seconds=1)
+    BreakerReport.objects.create(pid=1, state="open", reported_at=now, expires_at=live, **common)
+    BreakerReport.objects.create(pid=2, state="open", reported_at=now, expires_at=expired, **common)
     for days in (1, 3):
         at = now - datetime.timedelta(days=days)
         BreakerTransition.objects.create(at=at, pid=1, from_state="closed", to_state="open", **common)
@@ -269,8 +270,9 @@ def test_postgresql_reports_and_the_view(server: LoopbackServer, publisher: Publ
         assert publisher.run_once()  # the upsert on conflict
     now = datetime.datetime.now(tz=datetime.UTC)
     BreakerReport.objects.using("postgres").create(
-        client="billing", endpoint=server.url, host="other", pid=1, state="closed", successes=2, reported_at=now
-    )
+        client="billing", endpoint=server.url, host="other", pid=1, state="closed", successes=2, reported_at=now,
+        expires_at=now + datetime.timedelta(minutes=1),
+    )  # fmt: skip
     row = BreakerStatus.objects.using("postgres").get()
     assert (row.state, row.processes, row.failures, row.successes) == ("open", 2, 2, 2)
     assert isinstance(row.failure_ratio, float)
@@ -286,3 +288,51 @@ def test_a_breaker_sharing_a_cache_reports_its_alias(server: LoopbackServer, pub
         call("billing", 1)
         assert publisher.run_once()
     assert BreakerReport.objects.get().store == "default"
+
+
+@pytest.mark.django_db
+def test_counts_cover_the_last_minute_whatever_the_sampling_window(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    """The README's example breaker samples 1 s: its own counts are empty a second later, also while open."""
+    server.route("/down", lambda h: h.reply(500))
+    quick = {"BREAK_DURATION": 0.5, "SAMPLING_DURATION": 1.0, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+    billing = {"ENDPOINT": server.url, "CIRCUIT_BREAKER": quick, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    with override_settings(AIO_REQUEST={"CLIENTS": {"billing": billing}}):
+        assert call("billing", 4) == [500, 500, 502, 502]  # two failures open it; two calls rejected
+        time.sleep(1.2)  # past the sampling window and the break
+        assert breaker().counts(server.url) == (0, 0)
+        assert publisher.run_once()
+        report = BreakerReport.objects.get()
+        assert (report.state, report.failures, report.successes, report.rejected) == ("open", 2, 0, 2)
+        assert report.window_seconds == 60.0
+        row = BreakerStatus.objects.get()
+        assert (row.failures, row.rejected, row.failure_ratio) == (2, 2, 1.0)
+        # The break is over and no call came: the page says a probe is due rather than only "open".
+        assert row.blocked_until is not None
+        assert row.blocked_until < datetime.datetime.now(tz=datetime.UTC)
+        from django_aio_request.admin import state_note
+
+        assert re.match(r"probe due: the break ended \d+ s ago; the next call probes$", state_note(row))
+        assert call("billing", 1) == [500]  # the probe, failed: open again for 0.5 s
+        assert publisher.run_once()
+        row = BreakerStatus.objects.get()
+        assert (row.state, row.failures, row.rejected) == ("open", 3, 2)
+        assert state_note(row).startswith("probe in ")
+
+
+@pytest.mark.django_db
+def test_a_round_stamps_the_heartbeat_on_the_database_clock(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        call("billing", 1)
+        publisher._interval = 1.0
+        assert publisher.run_once()
+        report = BreakerReport.objects.get()
+        ttl = (report.expires_at - report.reported_at).total_seconds()
+        assert ttl == pytest.approx(breaker_publisher.MIN_HEARTBEAT_TTL, abs=0.01)
+        assert abs((report.reported_at - datetime.datetime.now(tz=datetime.UTC)).total_seconds()) < 2
+        publisher._interval = 3.0
+        assert publisher.run_once()
+        report = BreakerReport.objects.get()
+        assert (report.expires_at - report.reported_at).total_seconds() == pytest.approx(15.0, abs=0.01)

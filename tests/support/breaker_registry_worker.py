@@ -93,7 +93,6 @@ def changelist_rows(page: str) -> list[dict[str, str]]:
                 "endpoint": cell("endpoint"),
                 "state": badge.group(1) if badge else "",
                 "processes": cell("processes_display"),
-                "override": cell("override_display"),
             }
         )
     return rows

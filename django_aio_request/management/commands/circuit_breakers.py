@@ -5,27 +5,30 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from django_aio_request.models import BreakerStatus, Mode, State
+from django_aio_request.admin import ago, calls, state_note
+from django_aio_request.models import COUNT_WINDOW, BreakerStatus, State
 
-COLUMNS = ("client", "endpoint", "state", "processes", "failures", "successes", "ratio", "last change", "override")
+COLUMNS = ("state", "client", "endpoint", "processes", f"calls, last {COUNT_WINDOW:.0f} s", "changed", "last seen")
 
 
 def table(rows: list[BreakerStatus]) -> list[str]:
-    """The lines of the table: a header, then one line per client and endpoint, columns aligned."""
-    cells = [
-        (
-            row.client,
-            row.endpoint,
-            State(row.state).label,
-            row.processes_summary(),
-            str(row.failures),
-            str(row.successes),
-            f"{row.failure_ratio:.0%}",
-            timezone.localtime(row.changed_at).strftime("%Y-%m-%d %H:%M:%S") if row.changed_at else "never",
-            Mode(row.override).label if row.override else "automatic",
+    """The lines of the table: a header, then one line per client and endpoint, columns aligned.
+    The same columns as the admin list; a state's note (probe due, override pending) follows it."""
+    now = timezone.now()
+    cells = []
+    for row in rows:
+        note = state_note(row, now)
+        cells.append(
+            (
+                State(row.state).label + (f" ({note})" if note else ""),
+                row.client,
+                row.endpoint,
+                row.processes_summary(),
+                calls(row.failures, row.successes, row.rejected),
+                ago(row.changed_at, now),
+                ago(row.reported_at, now),
+            )
         )
-        for row in rows
-    ]
     widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells, strict=False)]
     return ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
             for line in (COLUMNS, *cells)]  # fmt: skip
@@ -49,7 +52,9 @@ class Command(BaseCommand):
             rows = rows.filter(state__in=options["state"])
         found = list(rows)
         if not found:
-            self.stdout.write("No circuit breaker has been reported (no process has built a client with one).")
+            self.stdout.write(
+                "No circuit breaker is reported now (no live process has built a client with one, or made a call)."
+            )
             return
         for line in table(found):
             self.stdout.write(line)
