@@ -183,9 +183,12 @@ class BreakerStatus(models.Model):
         )
 
     def pending(self) -> int:
-        """How many live processes do not show the override yet (they apply it at their next round)."""
+        """How many live processes do not show the override yet, or still show one that was lifted
+        (they apply the change at their next round)."""
         forced = {Mode.FORCE_OPEN: self.forced_open_count, Mode.FORCE_CLOSED: self.forced_closed_count}
-        return self.processes - forced[Mode(self.override)] if self.override else 0
+        if self.override:
+            return self.processes - forced[Mode(self.override)]
+        return sum(forced.values())  # lifted: those still forced have not gone back to automatic yet
 
     def transitions(self) -> "models.QuerySet[BreakerTransition]":
         return BreakerTransition.objects.using(self._state.db).filter(client=self.client, endpoint=self.endpoint)

@@ -13,12 +13,13 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from django_aio_request import Priority, clients, get, set_context, timeout
-from testproject import chain, hedging, shedding, svg
+from django_aio_request import Deadline, Priority, clients, get, get_context, set_context, timeout
+from testproject import chain, describe, hedging, shedding, svg
 from testproject.arrivals import ARRIVALS
 from testproject.forms import ChainForm, HedgingForm
 
 INDEX_CLIENTS = ("single", "sequential", "hedged")
+TIMEOUT_SHOWN = 2.0  # the TIMEOUT of the Clients page's clients (settings.demo_frontend), named by its links
 HEDGING_BUDGET_SECONDS = 20.0
 SHEDDING_SECONDS = 3.0
 View = Callable[[HttpRequest], HttpResponse]
@@ -66,23 +67,37 @@ def index(request: HttpRequest) -> HttpResponse:
     """Call billing through each strategy's client with the parameters given, and show the outcomes."""
     params = {key: request.GET[key] for key in ("delay", "fail", "slow", "slow_delay") if request.GET.get(key)}
     priority = Priority.parse(request.GET.get("priority")) or Priority.NORMAL
+    configured = clients.settings.clients
     results = []
     for alias in INDEX_CLIENTS:
+        spec = configured[alias]
+        # Each call is bounded by its client's TIMEOUT, within what is left of this page's own deadline.
+        deadline = Deadline.from_timeout(spec.options["TIMEOUT"])
+        context_deadline = get_context().deadline
+        if context_deadline is not None and context_deadline.expires_at < deadline.expires_at:
+            deadline = context_deadline
         started = time.monotonic()
         call = get("downstream/things/{id}", path_parameters={"id": 42}, query_parameters=params)
-        with clients[alias].request(call, priority=priority) as response:
+        with clients[alias].request(call, priority=priority, deadline=deadline) as response:
             body = response.json(content_type=None) if response.read() else None
+        from_breaker = "X-Circuit-Breaker" in response.headers
+        breaker = clients[alias].circuit_breaker
         results.append(
             {
                 "client": alias,
-                "strategy": clients[alias].strategy,
+                "safe_strategy": describe.strategy(spec.safe_method_strategy, safe=True),
+                "unsafe_strategy": describe.strategy(spec.unsafe_method_strategy, safe=False),
+                "settings": describe.settings(spec),
                 "status": response.status,
-                "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
-                "circuit_breaker": "X-Circuit-Breaker" in response.headers,
-                "body": body,
+                "elapsed_ms": round((time.monotonic() - started) * 1000),
+                "breaker": "none"
+                if breaker is None
+                else str(breaker.state.get(spec.endpoint, "closed")).replace("_", " "),
+                "received": describe.received(body, response.status, from_breaker),
             }
         )
-    return render(request, "testproject/index.html", {"results": results, "params": params, "priority": priority})
+    context = {"results": results, "params": params, "priority": priority, "timeout": TIMEOUT_SHOWN}
+    return render(request, "testproject/index.html", context)
 
 
 @frontend_page

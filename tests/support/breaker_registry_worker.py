@@ -72,6 +72,11 @@ def worker(name: str, seconds: float) -> None:
         stdin_closed.wait(0.05)
 
 
+def first(pattern: str, text: str) -> str:
+    found = re.search(pattern, text, re.S)
+    return html.unescape(found.group(1)).strip() if found else ""
+
+
 def changelist_rows(page: str) -> list[dict[str, str]]:
     """The rows of the admin changelist table ``result_list``, as a person reads them."""
     if 'id="result_list"' not in page:
@@ -89,8 +94,8 @@ def changelist_rows(page: str) -> list[dict[str, str]]:
         rows.append(
             {
                 "id": html.unescape(selected.group(1)) if selected else "",
-                "client": cell("client"),
-                "endpoint": cell("endpoint"),
+                "client": first(r'class="field-client_display"[^>]*><a [^>]*>([^<]*)', row),
+                "endpoint": first(r'class="aio-endpoint"[^>]*>(.*?)</div>', row),
                 "state": badge.group(1) if badge else "",
                 "processes": cell("processes_display"),
             }
