@@ -33,6 +33,13 @@ if ! command -v chromedriver >/dev/null 2>&1; then
 fi
 echo "Chromium: $(chromium --version 2>/dev/null || echo missing); $(chromedriver --version 2>/dev/null || echo 'chromedriver missing')"
 
+# The dashboard and alert tests (tests/observability/): promtool and prometheus, from Debian.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "promtool or prometheus is missing: installing prometheus"
+  apt_install prometheus
+fi
+echo "Prometheus: $(prometheus --version 2>&1 | head -n 1)"
+
 # Redis on 127.0.0.1:6379 for the shared circuit breaker state tests (tests/test_breaker_shared.py).
 if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   echo "Redis is not answering on 127.0.0.1:6379: installing and starting it"

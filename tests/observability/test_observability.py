@@ -1,0 +1,244 @@
+"""The shipped Grafana dashboard and Prometheus alerts (observability/) against the real metrics.
+
+- promtool (Debian's ``prometheus`` package) checks the alerting rules and runs their unit tests
+  (observability/alerts.test.yml), and parses every query of the dashboard;
+- real calls (hedged, failing until a breaker opens, refused by a spent retry budget, past their
+  deadline) are made through named clients to a loopback server and to this process's own live
+  server, then every metric name and label each query uses must be on ``/metrics``;
+- a real Prometheus started on loopback scrapes that ``/metrics`` and evaluates every query: each
+  dashboard query returns series, no query errs.
+
+Skipped without promtool/prometheus, failed with ``CI=true`` (.ci/services.sh installs them).
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.test import override_settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from django_aio_request import Deadline, clients, get
+from django_aio_request.metrics.deferred import flush_all
+from tests.support.loopback import LoopbackServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+OBSERVABILITY = ROOT / "observability"
+DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
+ALERTS = OBSERVABILITY / "alerts.yml"
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+pytestmark = pytest.mark.urls("tests.support.urls_metrics")
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        reason = f"{name} not found: install Debian's prometheus package (apt-get install prometheus)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return found
+
+
+def dashboard_queries(rate_interval: str = "5m") -> list[tuple[str, str]]:
+    """(panel title, query) of every target of the dashboard, with Grafana's variables replaced as
+    Grafana replaces them (``$endpoint`` "All" is the regex ``.*``)."""
+    found = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            query = target["expr"].replace("$__rate_interval", rate_interval).replace("$endpoint", ".*")
+            found.append((panel["title"], query))
+    return found
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    return [(rule["alert"], rule["expr"]) for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_the_alerting_rules_pass_promtool_and_their_unit_tests() -> None:
+    promtool = tool("promtool")
+    for arguments in (("check", "rules", ALERTS.name), ("test", "rules", "alerts.test.yml")):
+        done = subprocess.run([promtool, *arguments], cwd=OBSERVABILITY, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert len(alert_queries()) == 8
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    promtool = tool("promtool")
+    queries = dashboard_queries()
+    assert len(queries) >= 13
+    # promtool parses the expression of every rule it checks: each query becomes a recording rule.
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{n}", "expr": query}
+                                                      for n, (_, query) in enumerate(queries)]}]}  # fmt: skip
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    done = subprocess.run([promtool, "check", "rules", "dashboard.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in done.stdout
+
+
+SELECTOR = re.compile(r"\b(aio_request_[a-z_]+)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def uses(query: str) -> tuple[dict[str, set[str]], set[str]]:
+    """The metrics a query reads with the labels its matchers name, and the labels it groups by."""
+    metrics: dict[str, set[str]] = {}
+    for name, matchers in SELECTOR.findall(query):
+        metrics.setdefault(name, set()).update(MATCHER.findall(matchers))
+    grouping = {label.strip() for group in GROUPING.findall(query) for label in group.split(",") if label.strip()}
+    return metrics, grouping
+
+
+def exported(text: str) -> dict[str, set[str]]:
+    """Sample name -> the label names it carries, from the text of /metrics."""
+    found: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+BREAKER = {"BREAK_DURATION": 60, "SAMPLING_DURATION": 30, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+
+
+def real_calls(server: LoopbackServer, live_url: str) -> None:
+    """Calls that make every metric the dashboard and the alerts read."""
+    first = {"seen": False}
+
+    def slow_first(handler: Any) -> None:
+        if not first["seen"]:
+            first["seen"] = True
+            time.sleep(0.5)  # the first attempt is slow: the hedge sent 50 ms later wins
+        handler.reply(200, b"ok")
+
+    server.route("/hedge", slow_first)
+    server.route("/down", lambda h: h.reply(503, b"down"))
+    setting = {
+        "SERVICE_NAME": "observer",
+        "CLIENTS": {
+            "own": {"ENDPOINT": live_url + "/metrics-test/"},
+            "hedged": {
+                "ENDPOINT": server.url,
+                "SAFE_METHOD_STRATEGY": {"NAME": "parallel", "ATTEMPTS_COUNT": 2,
+                                         "DELAYS": {"NAME": "constant", "DELAY": 0.05}},
+            },
+            "breaking": {"ENDPOINT": server.url + "b/", "CIRCUIT_BREAKER": BREAKER,
+                         "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
+            "budgeted": {"ENDPOINT": server.url + "c/", "RETRY_BUDGET": {"RATIO": 0.0, "MIN_PER_SECOND": 0.0},
+                         "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 3}},
+        },
+    }  # fmt: skip
+    server.route("/b/down", lambda h: h.reply(503, b"down"))
+    server.route("/c/down", lambda h: h.reply(503, b"down"))
+    with override_settings(AIO_REQUEST=setting):
+        for path in ("ping", "fails", "things/7"):
+            with clients["own"].request(get(path)) as response:
+                assert response.status in (200, 503), response.status
+        with clients["hedged"].request(get("hedge")) as response:
+            assert response.status == 200
+        statuses = []
+        for _ in range(3):
+            with clients["breaking"].request(get("down")) as response:
+                statuses.append(response.status)
+        assert statuses == [503, 503, 502]  # the third never left: the circuit was open
+        with clients["budgeted"].request(get("down")) as response:
+            assert response.status == 503
+            assert response.budget_exhausted
+        expired = Deadline.from_timeout(0.001)
+        time.sleep(0.01)
+        with clients["own"].request(get("ping"), deadline=expired) as response:
+            assert response.status == 408
+        flush_all()
+
+
+@pytest.fixture
+def scraped(server: LoopbackServer, live_server: Any) -> str:
+    real_calls(server, live_server.url)
+    with _NO_PROXY.open(live_server.url + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_every_metric_and_label_the_queries_use_is_on_metrics_after_real_calls(scraped: str) -> None:
+    on_metrics = exported(scraped)
+    for source, queries in (("dashboard", dashboard_queries()), ("alerts", alert_queries())):
+        for title, query in queries:
+            metrics, grouping = uses(query)
+            assert metrics, (source, title, query)
+            for name, labels in metrics.items():
+                assert name in on_metrics, f"{source} {title!r}: {name} is not on /metrics"
+                missing = labels - on_metrics[name]
+                assert not missing, f"{source} {title!r}: {name} has no label {missing}"
+            carried = set().union(*(on_metrics[name] for name in metrics))
+            assert grouping <= carried, f"{source} {title!r}: grouped by {grouping - carried}, not a label of {metrics}"
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, live_server: Any) -> Iterator[str]:
+    """A real Prometheus on loopback scraping the live server's /metrics every second; its URL."""
+    binary = tool("prometheus")
+    target = urllib.parse.urlsplit(live_server.url).netloc
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "scrape_configs": [{"job_name": "django", "metrics_path": "/metrics",
+                                  "static_configs": [{"targets": [target]}]}]}  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with (tmp_path / "prometheus.log").open("w") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def query(prometheus: str, expression: str) -> dict[str, Any]:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    try:
+        with _NO_PROXY.open(url, timeout=10) as response:
+            answer: dict[str, Any] = json.load(response)
+    except urllib.error.HTTPError as error:  # 400: a query Prometheus cannot parse or run
+        answer = json.load(error)
+    return answer
+
+
+def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometheus: str) -> None:
+    # Two scrapes at least after the calls: rate() needs two samples.
+    end = time.monotonic() + 30
+    while True:
+        try:
+            scrapes = query(prometheus, 'count_over_time(up{job="django"}[1m])')["data"]["result"]
+        except OSError:
+            scrapes = []
+        if scrapes and float(scrapes[0]["value"][1]) >= 3:
+            break
+        assert time.monotonic() < end, "Prometheus did not scrape /metrics three times in 30 s"
+        time.sleep(0.5)
+    for title, expression in dashboard_queries(rate_interval="1m"):
+        answer = query(prometheus, expression)
+        assert answer["status"] == "success", (title, answer)
+        assert answer["data"]["result"], f"dashboard {title!r}: no series for\n{expression}"
+    for alert, expression in alert_queries():
+        answer = query(prometheus, expression)
+        assert answer["status"] == "success", (alert, answer)  # firing or not: the data decides
