@@ -289,6 +289,10 @@ def test_the_first_use_of_a_client_raises_one_message_naming_every_problem(tmp_p
     assert message.startswith(f"InvalidSettings: AIO_REQUEST has {len(EVERY_KIND)} problems:")
     for check_id, text in EVERY_KIND.items():
         assert any(text in line and line.endswith(f"[{check_id}]") for line in message.splitlines()), check_id
+    # A server loading AioRequestMiddleware (gunicorn, uvicorn: the WSGI/ASGI handler) stops the same way.
+    done = manage(tmp_path, "shell", "-c", "from django.core.wsgi import get_wsgi_application; get_wsgi_application()")
+    assert done.returncode == 1
+    assert f"InvalidSettings: AIO_REQUEST has {len(EVERY_KIND)} problems:" in done.stderr
     # A command that uses no client is not stopped by the setting.
     assert manage(tmp_path, "shell", "-c", "print('fine')").stdout.splitlines()[-1] == "fine"
 

@@ -20,7 +20,7 @@ def table(rows: list[BreakerStatus]) -> list[str]:
         note = state_note(row, now)
         cells.append(
             (
-                State(row.state).label + (f" ({note})" if note else ""),
+                State(row.state).label + (f": {note}" if note else ""),
                 row.client,
                 row.endpoint,
                 row.processes_summary(),
