@@ -26,7 +26,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE 
   || createdb -h 127.0.0.1 -U postgres test
 echo "PostgreSQL: ready on 127.0.0.1:5432"
 
-# The admin browser test (tests/test_breaker_browser.py): headless Chromium and its driver, from Debian.
+# The demo browser test (tests/end_to_end/test_demo_browser.py): headless Chromium and its driver, from Debian.
 if ! command -v chromedriver >/dev/null 2>&1; then
   echo "chromedriver is missing: installing chromium and chromium-driver"
   apt_install chromium chromium-driver
