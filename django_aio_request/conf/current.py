@@ -30,7 +30,9 @@ class CurrentSettings:
             errors = [str(p) for p in problems if not p.warning]
             noun = "problem" if len(errors) == 1 else "problems"
             listed = "\n  ".join(errors)
-            raise InvalidSettings(f"{SETTING} has {len(errors)} {noun}:\n  {listed}")
+            raise InvalidSettings(
+                f"{SETTING} has {len(errors)} {noun}:\n  {listed}\n(`manage.py check` reports the same, with warnings)"
+            )
         return parsed
 
     def reset(self) -> None:

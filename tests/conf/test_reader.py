@@ -27,7 +27,10 @@ def test_reading_goes_on_after_a_problem_so_every_problem_is_reported() -> None:
 
     assert got == {"TIMEOUT": None, "WORKERS": None, "ON": None}
     assert [p.path for p in reader.problems] == ["['X']['TIMEOUT']", "['X']['WORKERS']", "['X']['ON']"]
-    assert str(reader.problems[0]) == "AIO_REQUEST['X']['TIMEOUT'] must be a number of seconds > 0, not -1"
+    assert str(reader.problems[0]) == (
+        "AIO_REQUEST['X']['TIMEOUT'] must be a number of seconds > 0, not -1 [django_aio_request.E003]"
+    )
+    assert [p.code for p in reader.problems] == ["E003", "E003", "E002"]  # bad numbers, a wrong type
 
 
 def test_missing_keys_take_their_defaults() -> None:
@@ -61,7 +64,10 @@ def test_unknown_keys_are_reported_with_the_allowed_ones() -> None:
     reader.mapping("['CLIENTS']['billing']", {"ENDPOINT": "http://b/", "TIMOUT": 1}, ("ENDPOINT", "TIMEOUT"))
     (problem,) = reader.problems
     assert problem == Problem(
-        "['CLIENTS']['billing']['TIMOUT']", "is not a known key", "allowed keys: ENDPOINT, TIMEOUT"
+        "['CLIENTS']['billing']['TIMOUT']",
+        "is not a known key",
+        "did you mean 'TIMEOUT'? allowed keys: ENDPOINT, TIMEOUT",
+        code="E001",
     )
 
 
