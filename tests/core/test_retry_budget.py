@@ -414,7 +414,10 @@ def messages(options: dict[str, object]) -> list[str]:
             {"RETRY_BUDGET": {"MIN_PER_SECOND": "10"}},
             "['MIN_PER_SECOND'] must be a number of extra attempts per second >= 0, not '10'",
         ),
-        ({"RETRY_BUDGET": {"RATE": 0.1}}, "['RETRY_BUDGET']['RATE'] is not a known key | allowed keys: RATIO"),
+        (
+            {"RETRY_BUDGET": {"RATE": 0.1}},
+            "['RETRY_BUDGET']['RATE'] is not a known key | did you mean 'RATIO'? allowed keys: RATIO",
+        ),
         (
             {"HEDGE_PRIORITY": "lowest"},
             "['HEDGE_PRIORITY'] is 'lowest', not a hedge priority | allowed: None (the call's priority), 'lower'",
