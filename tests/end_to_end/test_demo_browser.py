@@ -11,6 +11,8 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (.ci/services.sh installs th
 them, failed with ``CI=true``.
 """
 
+import contextlib
+import datetime
 import os
 import re
 import shutil
@@ -69,12 +71,15 @@ def missing() -> str | None:
 class Demo:
     """``python -m testproject.demo`` in a subprocess, as ``make demo`` runs it, on free ports."""
 
+    database: Path
+
     def __init__(self, directory: Path) -> None:
         ports = {"DEMO_PORT": free_port(), "DEMO_ORDERS_PORT": free_port(), "DEMO_BILLING_PORT": free_port()}
         self.url = f"http://127.0.0.1:{ports['DEMO_PORT']}"
         self.output: list[str] = []
         env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "PYTHONUNBUFFERED": "1"}
-        env["DEMO_DATABASE"] = str(directory / "demo.sqlite3")
+        self.database = directory / "demo.sqlite3"
+        env["DEMO_DATABASE"] = str(self.database)
         env.pop("DJANGO_SETTINGS_MODULE", None)  # the demo chooses its own, as under `make demo`
         self.process = subprocess.Popen(
             [sys.executable, "-m", "testproject.demo"],
@@ -193,6 +198,40 @@ def badge(row: "WebElement") -> "WebElement":
     return row.find_element("css selector", ".field-state_display .aio-state")
 
 
+LONG_ENDPOINT = "http://" + "a-rather-long-service-name." * 4 + "internal.example:8443/api/v2/"
+
+
+def another_process_reports(demo: Demo) -> None:
+    """A row with a long endpoint, as another live process would publish it (the demo has one breaker):
+    the list must wrap it, not scroll sideways. Written as Django writes datetimes to SQLite (UTC)."""
+    import sqlite3
+
+    now = datetime.datetime.now(tz=datetime.UTC).replace(tzinfo=None)
+    with contextlib.closing(sqlite3.connect(demo.database, timeout=20)) as db, db:
+        db.execute(
+            "INSERT INTO django_aio_request_breakerreport (client, endpoint, host, pid, state, failures, successes,"
+            " failure_ratio, rejected, window_seconds, changed_at, blocked_until, reported_at, expires_at, store)"
+            " VALUES ('inventory-with-a-long-name', ?, 'web-2', 4242, 'half_open', 17, 230, 0.069, 0, 60.0, ?, ?,"
+            " ?, ?, 'local')",
+            (LONG_ENDPOINT, str(now), str(now + datetime.timedelta(seconds=5)), str(now),
+             str(now + datetime.timedelta(hours=1))),
+        )  # fmt: skip
+
+
+def log_in(browser: "WebDriver", demo: Demo) -> None:
+    """The demo's login page, styled too; then the breakers list."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.delete_all_cookies()
+    browser.get(f"{demo.url}/admin/login/?next=/admin/django_aio_request/breakerstatus/")
+    stylesheet_loaded(browser)
+    browser.find_element(By.NAME, "username").send_keys("demo")
+    browser.find_element(By.NAME, "password").send_keys("demo")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 20).until(lambda d: "circuit breaker" in d.title.lower(), "no breaker list after login")
+
+
 def call_until_open(demo: Demo) -> None:
     """Press Call with every answer failing until the page says hedged's breaker is open."""
     for _ in range(10):
@@ -279,13 +318,8 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     call_until_open(demo)
-    browser.delete_all_cookies()
-    browser.get(f"{demo.url}/admin/login/?next=/admin/django_aio_request/breakerstatus/")
-    stylesheet_loaded(browser)
-    browser.find_element(By.NAME, "username").send_keys("demo")
-    browser.find_element(By.NAME, "password").send_keys("demo")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    WebDriverWait(browser, 20).until(lambda d: "circuit breaker" in d.title.lower(), "no breaker list after login")
+    another_process_reports(demo)
+    log_in(browser, demo)
 
     # The frontend's publisher writes every second: reload until the row is there, open.
     end = time.monotonic() + 15
@@ -301,6 +335,10 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
     assert "1 process: 1 open" in row.text
     assert re.search(r"\d+ failed, \d+ ok \(\d+%\)", row.text), row.text
     assert "CALLS, LAST 60 S" in browser.find_element(By.CSS_SELECTOR, "#result_list thead").text.upper()
+    other = row_of(browser, "inventory-with-a-long-name")
+    assert other is not None
+    assert badge(other).text == "half-open"
+    assert "one probe call is out" in other.text
     no_sideways_scroll(browser)
     screenshot(browser, tmp_path, "admin-breakers.png")
 
