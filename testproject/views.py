@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from django_aio_request import Deadline, Priority, clients, get, get_context, set_context, timeout
+from django_aio_request import Priority, clients, get, set_context, timeout
 from testproject import chain, describe, hedging, shedding, svg
 from testproject.arrivals import ARRIVALS
 from testproject.forms import ChainForm, HedgingForm
@@ -71,14 +71,10 @@ def index(request: HttpRequest) -> HttpResponse:
     results = []
     for alias in INDEX_CLIENTS:
         spec = configured[alias]
-        # Each call is bounded by its client's TIMEOUT, within what is left of this page's own deadline.
-        deadline = Deadline.from_timeout(spec.options["TIMEOUT"])
-        context_deadline = get_context().deadline
-        if context_deadline is not None and context_deadline.expires_at < deadline.expires_at:
-            deadline = context_deadline
         started = time.monotonic()
         call = get("downstream/things/{id}", path_parameters={"id": 42}, query_parameters=params)
-        with clients[alias].request(call, priority=priority, deadline=deadline) as response:
+        # The call's deadline: the client's TIMEOUT, or what is left of this page's own if that is less.
+        with clients[alias].request(call, priority=priority) as response:
             body = response.json(content_type=None) if response.read() else None
         from_breaker = "X-Circuit-Breaker" in response.headers
         breaker = clients[alias].circuit_breaker
