@@ -1,5 +1,6 @@
 """Issue 4 across real OS processes: a transition in a worker process shows in admin, and an override
-set in admin is obeyed by that worker, each within 5 seconds.
+set in admin is obeyed by that worker, each within 5 seconds; and (issue 14) a dead worker's report
+stops counting within seconds.
 
 Three processes share one SQLite database file (migrated once with ``manage.py migrate``): a worker
 (tests/breaker_registry_worker.py) that builds ``clients["flaky"]`` through the registry, so its
@@ -9,6 +10,7 @@ and runs its actions by posting the changelist's form as a browser does; and thi
 the server, counts what reaches it, and reads both processes' JSON lines.
 
 The publisher runs with its default interval (1 s), so the bound checked is the one operators get.
+Last, the worker is killed (SIGKILL): its report stops counting within the heartbeat's time to live.
 """
 
 import contextlib
