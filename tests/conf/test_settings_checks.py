@@ -360,3 +360,15 @@ def test_max_response_size_from_settings_bounds_the_body(server: LoopbackServer)
         config = {"CLIENTS": {"c": {"ENDPOINT": server.url, "MAX_RESPONSE_SIZE": limit}}}
         with override_settings(AIO_REQUEST=config), clients["c"].request(get("big")) as response:
             assert response.status == expected
+
+
+def test_a_reader_that_fails_unexpectedly_is_an_error_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django_aio_request import checks
+
+    def broken(value: object) -> object:
+        raise RuntimeError("a case the reader did not foresee")
+
+    monkeypatch.setattr(checks, "read_settings", broken)
+    (message,) = checks.check_settings()
+    assert message.id == "django_aio_request.E099"
+    assert "RuntimeError: a case the reader did not foresee" in message.msg
