@@ -10,9 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
+from django_aio_request.conf.reader import UNEXPECTED
 from django_aio_request.conf.schema import SETTING, read_settings
-
-UNEXPECTED = "E099"  # reading the setting failed in a way the reader did not foresee (a bug of ours)
 
 
 @checks.register("django_aio_request")
