@@ -38,10 +38,18 @@ from django_aio_request.core.client import HedgePriority, validate_hedge_priorit
 from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_endpoint
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
-from django_aio_request.server.shedding import SheddingSettings
 from django_aio_request.transport.requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE
 
-__all__ = ["SETTING", "AioRequestSettings", "ClientSpec", "DelaysSpec", "Problem", "StrategySpec", "read_settings"]
+__all__ = [
+    "SETTING",
+    "AioRequestSettings",
+    "ClientSpec",
+    "DelaysSpec",
+    "Problem",
+    "SheddingSettings",
+    "StrategySpec",
+    "read_settings",
+]
 
 TOP_LEVEL_KEYS = (
     "SERVICE_NAME",
@@ -61,7 +69,7 @@ TOP_LEVEL_KEYS = (
     # the admin's view of breakers (breaker_publisher.py): how often each process publishes, history kept
     "CIRCUIT_BREAKER_PUBLISH_INTERVAL",
     "CIRCUIT_BREAKER_HISTORY_DAYS",
-    # priority-aware load shedding in AioRequestMiddleware (shedding.py); None (the default): off
+    # priority-aware load shedding in AioRequestMiddleware (server/shedding/); None (the default): off
     "SHEDDING",
 )
 STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
@@ -192,13 +200,33 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "CIRCUIT_BREAKER_PUBLISH_INTERVAL": (SECONDS, 1.0),
     "CIRCUIT_BREAKER_HISTORY_DAYS": (number(0, inclusive=False, what="a number of days"), 7.0),
 }
+# Load shedding (AIO_REQUEST["SHEDDING"]): read into SheddingSettings; server/shedding/ builds the limiter.
+PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callable
+
+
+def _priority_policy(reader: Reader, path: str, value: Any) -> Any:
+    if value in PRIORITY_POLICIES:
+        return value
+    if isinstance(value, str) and "." in value:
+        return dotted("a callable (request, claimed priority) -> Priority", callable)(reader, path, value)
+    reader.fail(path, f"is {value!r}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path")
+    return None
+
+
 SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
-    "HIGH_PRIORITY_RESERVE": (number(0, below=1, what="a share of MAX_CONCURRENCY"), 0.2),
-    "NORMAL_PRIORITY_RESERVE": (number(0, below=1, what="a share of MAX_CONCURRENCY"), 0.2),
+    "MAX_CONCURRENCY": (optional(integer(1)), None),
+    "MIN_LIMIT": (integer(1), 1),
+    "MAX_LIMIT": (integer(1), 1000),
+    "LATENCY_TOLERANCE": (number(1, inclusive=False, what="a latency ratio"), 2.0),
+    "PROBE_INTERVAL": (SECONDS, 30.0),
+    "QUEUE_TIMEOUT": (number(0, what="a number of seconds"), 0.5),
     "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.0),
     "RETRY_AFTER": (integer(0), 1),
+    "PRIORITY_POLICY": (_priority_policy, "any"),
+    "UNTRUSTED_PRIORITY": (priority, Priority.NORMAL),
 }
-SHEDDING_KEYS = ("MAX_CONCURRENCY", *SHEDDING_SCHEMA)
+SHEDDING_KEYS = tuple(SHEDDING_SCHEMA)
+_REMOVED_SHEDDING_KEYS = ("HIGH_PRIORITY_RESERVE", "NORMAL_PRIORITY_RESERVE")
 CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
 
 
@@ -366,6 +394,22 @@ def _client(reader: Reader, name: str, value: Any) -> ClientSpec | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class SheddingSettings:
+    """``AIO_REQUEST["SHEDDING"]``, validated: plain data (``server/shedding/`` builds the limiter from it)."""
+
+    max_concurrency: int | None = None  # a fixed limit; None: learned from latency within MIN/MAX_LIMIT
+    min_limit: int = 1
+    max_limit: int = 1000
+    latency_tolerance: float = 2.0
+    probe_interval: float = 30.0
+    queue_timeout: float = 0.5
+    min_time_to_serve: float = 0.0
+    retry_after: int = 1
+    priority_policy: Any = "any"  # "any", "known_services" or a callable (request, claimed) -> Priority
+    untrusted_priority: Priority = Priority.NORMAL
+
+
+@dataclasses.dataclass(frozen=True)
 class AioRequestSettings:
     service_name: str | None
     clients: Mapping[str, ClientSpec]
@@ -383,36 +427,45 @@ class AioRequestSettings:
     shedding: SheddingSettings | None = None  # AIO_REQUEST["SHEDDING"]; None: no load shedding
 
 
-def _shedding(reader: Reader, path: str, value: Any) -> SheddingSettings | None:
-    """``AIO_REQUEST["SHEDDING"]``: a dict that turns load shedding on (see docs/budgets-and-shedding.md)."""
-    spec = reader.mapping(path, value, SHEDDING_KEYS)
+def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | None) -> SheddingSettings | None:
+    """``AIO_REQUEST["SHEDDING"]``: True or a dict turns load shedding on (see docs/budgets-and-shedding.md)."""
+    if value is False:
+        return None
+    if value is True:
+        value = {}
+    removed = [key for key in _REMOVED_SHEDDING_KEYS if isinstance(value, Mapping) and key in value]
+    for key in removed:
+        reader.fail(
+            f"{path}[{key!r}]",
+            "was removed: the priority queue keeps slots for higher priorities at any limit",
+            "delete it; PRIORITY_POLICY controls who may claim high priority",
+        )
+    spec = reader.mapping(path, value, (*SHEDDING_KEYS, *removed))
     if spec is None:
         return None
     errors_before = sum(not p.warning for p in reader.problems)
-    limit = spec.get("MAX_CONCURRENCY")
-    if limit is None:
-        hint = "the most requests this process serves at once; e.g. its threads, or what its CPU and database sustain"
-        reader.fail(f"{path}['MAX_CONCURRENCY']", "is required when SHEDDING is set", hint, code=MISSING_KEY)
-    else:
-        limit = integer(1)(reader, f"{path}['MAX_CONCURRENCY']", limit)
     got = fields(reader, path, spec, SHEDDING_SCHEMA)
-    high, normal = got["HIGH_PRIORITY_RESERVE"], got["NORMAL_PRIORITY_RESERVE"]
-    if high is not None and normal is not None and high + normal >= 1:
+    if got["MAX_CONCURRENCY"] is not None:
+        for key in ("MIN_LIMIT", "MAX_LIMIT", "LATENCY_TOLERANCE", "PROBE_INTERVAL"):
+            if key in spec:
+                reader.fail(
+                    f"{path}[{key!r}]",
+                    "applies to the adaptive limit, and MAX_CONCURRENCY sets a fixed one",
+                    "set MAX_CONCURRENCY for a fixed limit, or MIN_LIMIT/MAX_LIMIT to bound the adaptive one",
+                )
+    low, high = got["MIN_LIMIT"], got["MAX_LIMIT"]
+    if low is not None and high is not None and low > high:
+        reader.fail(f"{path}['MIN_LIMIT']", f"({low}) must not exceed MAX_LIMIT ({high})")
+    if got["PRIORITY_POLICY"] == "known_services" and not known:
         reader.fail(
-            f"{path}['NORMAL_PRIORITY_RESERVE']",
-            f"({normal}) plus HIGH_PRIORITY_RESERVE ({high}) must be less than 1",
-            "the rest of MAX_CONCURRENCY is what low-priority requests may use",
+            f"{path}['PRIORITY_POLICY']",
+            "is 'known_services' but AIO_REQUEST['KNOWN_SERVICES'] is not set",
+            "list the services whose X-Service-Name may claim any priority in KNOWN_SERVICES",
             code=CONFLICT,
         )
-    if limit is None or sum(not p.warning for p in reader.problems) > errors_before:
+    if sum(not p.warning for p in reader.problems) > errors_before:
         return None
-    return SheddingSettings(
-        max_concurrency=limit,
-        high_priority_reserve=high,
-        normal_priority_reserve=normal,
-        min_time_to_serve=got["MIN_TIME_TO_SERVE"],
-        retry_after=got["RETRY_AFTER"],
-    )
+    return SheddingSettings(**{key.lower(): value for key, value in got.items()})
 
 
 def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -460,7 +513,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     known = (
         names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
     )
-    shedding = _shedding(reader, "['SHEDDING']", top["SHEDDING"]) if top.get("SHEDDING") is not None else None
+    shedding = _shedding(reader, "['SHEDDING']", top["SHEDDING"], known) if top.get("SHEDDING") is not None else None
     if server is None or any(not p.warning for p in reader.problems):
         return None, reader.problems
     return AioRequestSettings(

@@ -9,7 +9,7 @@ import threading
 from django_aio_request.core import headers as h
 from django_aio_request.metrics import service_names
 from django_aio_request.metrics.deferred import DeferredObservations
-from django_aio_request.metrics.prometheus import BUCKETS, counter, family
+from django_aio_request.metrics.prometheus import _NO_OP, BUCKETS, Child, _prometheus, counter, family
 from django_aio_request.metrics.service_names import ServiceNames
 
 # Server side (the middleware): label values are exactly these.
@@ -39,7 +39,7 @@ server_database_cancelled = counter(
 
 # Load shedding (AIO_REQUEST["SHEDDING"]): label values are exactly these.
 SHED_PRIORITIES = ("high", "normal", "low")
-SHED_REASONS = ("capacity", "deadline")  # shedding.REASONS
+SHED_REASONS = ("capacity", "queue_timeout", "deadline")  # server/shedding/limiter.py REASONS
 
 
 def shed(priority: str, reason: str) -> None:
@@ -63,6 +63,42 @@ server_shed = family(
 for _priority in SHED_PRIORITIES:  # exported at 0 from the start, as the other server counters
     for _reason in SHED_REASONS:
         server_shed.labels(_priority, _reason)
+
+
+def _gauge(name: str, documentation: str) -> Child:
+    """An unlabelled gauge summed over a server's live workers (multiprocess mode)."""
+    if _prometheus is None:
+        return _NO_OP
+    gauge: Child = _prometheus.Gauge(name, documentation, multiprocess_mode="livesum")
+    return gauge
+
+
+shedding_limit = _gauge(
+    "aio_request_server_concurrency_limit",
+    "Requests this process serves at once with load shedding on: fixed or learned from latency.",
+)
+shedding_queue_length = family(
+    "Gauge",
+    "aio_request_server_queue_length",
+    "Requests waiting for a slot under load shedding, by priority.",
+    ("priority",),
+    multiprocess_mode="livesum",
+)
+shedding_queue_wait = family(
+    "Histogram",
+    "aio_request_server_queue_wait_seconds",
+    "Time requests that waited for a slot under load shedding waited before being served, by priority.",
+    ("priority",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+for _priority in SHED_PRIORITIES:
+    shedding_queue_length.labels(_priority)
+    shedding_queue_wait.labels(_priority)
+
+
+def shedding_waited(priority: str, seconds: float) -> None:
+    """A request waited ``seconds`` for a slot and was served."""
+    shedding_queue_wait.labels(priority).observe(seconds)
 
 
 # The server side: calling services named in X-Service-Name.

@@ -28,7 +28,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.server.database import catch_deadline_below, is_deadline_cancellation
-from django_aio_request.server.shedding import Admission, ConcurrencyLimiter
+from django_aio_request.server.shedding import Admission, Shedding, shedding_for
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
@@ -94,9 +94,14 @@ def _shed(priority: Priority, admission: Admission) -> HttpResponse:
     return response
 
 
-def _admit(limiter: ConcurrencyLimiter, context: Context) -> Admission:
-    priority = cast(Priority, context.priority)  # _begin always sets both
-    return limiter.try_acquire(priority, cast(Deadline, context.deadline).timeout)
+def _policed(shedding: Shedding, request: HttpRequest, context: Context) -> Context:
+    """The context with the priority the caller may claim (``SHEDDING["PRIORITY_POLICY"]``)."""
+    policy = shedding.policy
+    if policy is None:
+        return context
+    claimed = cast(Priority, context.priority)  # _begin always sets both
+    allowed = policy(request, claimed)
+    return context if allowed is claimed else Context(context.deadline, allowed)
 
 
 def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestSettings, started: float) -> None:
@@ -212,7 +217,7 @@ class AioRequestMiddleware:
             _observe(request, context, conf, started)
             return context
         if conf.shedding is not None:
-            return self._call_limited(request, conf, context, conf.shedding.limiter, started)
+            return self._call_limited(request, conf, context, shedding_for(conf.shedding, conf.known_services), started)
         token = _context.set(context)
         try:
             response = self.get_response(request)
@@ -232,13 +237,16 @@ class AioRequestMiddleware:
         request: HttpRequest,
         conf: AioRequestSettings,
         context: Context,
-        limiter: ConcurrencyLimiter,
+        shedding: Shedding,
         started: float,
     ) -> HttpResponseBase:
-        """The sync path with load shedding on: admitted requests hold a slot until the view returned."""
-        admission = _admit(limiter, context)
+        """The sync path with load shedding on: waits for a slot (or is refused), holds it until the view returned."""
+        context = _policed(shedding, request, context)
+        limiter = shedding.limiter
+        priority = cast(Priority, context.priority)
+        admission = limiter.acquire(priority, cast(Deadline, context.deadline).expires_at)
         if not admission.admitted:
-            response: HttpResponseBase = _shed(cast(Priority, context.priority), admission)
+            response: HttpResponseBase = _shed(priority, admission)
         else:
             try:
                 token = _context.set(context)
@@ -247,7 +255,7 @@ class AioRequestMiddleware:
                 finally:
                     _context.reset(token)
             finally:
-                limiter.release()
+                limiter.release(admission.admitted_at, thread=True)
         _observe(request, response, conf, started)
         return response
 
@@ -262,15 +270,18 @@ class AioRequestMiddleware:
         if conf.shedding is None:
             response = await self._arespond(request, conf, context)
         else:
-            limiter = conf.shedding.limiter
-            admission = _admit(limiter, context)
+            shedding = shedding_for(conf.shedding, conf.known_services)
+            context = _policed(shedding, request, context)
+            limiter = shedding.limiter
+            priority = cast(Priority, context.priority)
+            admission = await limiter.aacquire(priority, cast(Deadline, context.deadline).expires_at)
             if not admission.admitted:
-                response = _shed(cast(Priority, context.priority), admission)
+                response = _shed(priority, admission)
             else:
                 try:
                     response = await self._arespond(request, conf, context)
                 finally:
-                    limiter.release()
+                    limiter.release(admission.admitted_at, thread=False)
         _observe(request, response, conf, started)
         return response
 
