@@ -217,7 +217,7 @@ SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
     "MAX_CONCURRENCY": (optional(integer(1)), None),
     "MIN_LIMIT": (integer(1), 1),
     "MAX_LIMIT": (integer(1), 1000),
-    "LATENCY_TOLERANCE": (number(1, inclusive=False, what="a latency ratio"), 2.0),
+    "LATENCY_TOLERANCE": (number(1, inclusive=False, what="a latency ratio"), 1.5),
     "PROBE_INTERVAL": (SECONDS, 30.0),
     "QUEUE_TIMEOUT": (number(0, what="a number of seconds"), 0.5),
     "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.0),
@@ -400,7 +400,7 @@ class SheddingSettings:
     max_concurrency: int | None = None  # a fixed limit; None: learned from latency within MIN/MAX_LIMIT
     min_limit: int = 1
     max_limit: int = 1000
-    latency_tolerance: float = 2.0
+    latency_tolerance: float = 1.5
     probe_interval: float = 30.0
     queue_timeout: float = 0.5
     min_time_to_serve: float = 0.0

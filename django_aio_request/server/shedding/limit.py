@@ -75,7 +75,7 @@ class AdaptiveLimit:
         minimum: int = 1,
         maximum: int = 1000,
         initial: int | None = None,
-        tolerance: float = 2.0,
+        tolerance: float = 1.5,
         probe_interval: float = 30.0,
         now: float = 0.0,
         jitter: random.Random | None = None,

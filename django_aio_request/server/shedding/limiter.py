@@ -79,6 +79,7 @@ class Limiter:
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
         self._published_limit = -1
+
         metrics.shedding_limit.set(limit.current)
 
     @property

@@ -1,0 +1,187 @@
+"""Real servers running ``benchmarks/_shedding_service.py`` and closed-loop callers, for load-shedding
+tests and ``benchmarks/shedding.py``.
+
+A closed-loop caller sends a request, waits for its answer, and sends the next; after a 503 it first
+waits the ``Retry-After`` it was given, as a client honouring the refusal does. Each caller keeps
+one connection open.
+"""
+
+import dataclasses
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PATTERN = ("high", "normal", "low", "normal", "low")  # 20% high, 40% normal, 40% low
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(kind: str, threads: int, config: dict[str, object]) -> Iterator[str]:
+    """``kind`` "gunicorn" (one gthread worker with ``threads`` threads) or "uvicorn"; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "benchmarks._shedding_service",
+        "SHEDDING_SERVICE": json.dumps(config),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if kind == "gunicorn":
+        command = [str(BIN / "gunicorn"), "-c", "benchmarks/_load_gunicorn.py", "-k", "gthread", "--workers", "1",
+                   "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--backlog", "2048",
+                   "--log-level", "warning", "benchmarks._shedding_service:wsgi()"]  # fmt: skip
+    elif kind == "uvicorn":
+        command = [str(BIN / "uvicorn"), "--factory", "benchmarks._shedding_service:asgi", "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    else:
+        raise ValueError(kind)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    assert process.stderr is not None
+                    raise RuntimeError(f"{kind} did not start: {process.stderr.read().decode()}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    caller: str  # "real" or "impostor"
+    priority: str  # the priority claimed
+    status: int  # 0: no answer
+    elapsed: float
+    ended: float  # time.monotonic() when answered
+    do_not_retry: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Callers:
+    """``count`` callers cycling through ``priorities``, each naming itself ``service`` (None: no header)."""
+
+    count: int
+    priorities: Sequence[str] = PATTERN
+    service: str | None = "known"
+    kind: str = "real"
+
+
+def request(connection: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> tuple[int, bool, float]:
+    """Status, X-Do-Not-Retry, and Retry-After in seconds (0 without)."""
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    retry_after = response.getheader("Retry-After")
+    wait = float(retry_after) if retry_after is not None and retry_after.isdecimal() else 0.0
+    return response.status, response.getheader("X-Do-Not-Retry") is not None, wait
+
+
+def closed_loop(
+    url: str,
+    groups: Sequence[Callers],
+    *,
+    path: str,
+    seconds: float,
+    deadline: float,
+    backoff: float,
+    honour_retry_after: bool = True,
+) -> list[Outcome]:
+    """Every caller of every group for ``seconds``; each request carries ``X-Request-Timeout: deadline``.
+
+    After an answer other than 200 a caller waits ``Retry-After`` seconds when the answer has one (and
+    ``honour_retry_after``), else ``backoff`` seconds.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    start = threading.Barrier(sum(g.count for g in groups) + 1)
+    stop = [0.0]
+
+    def caller(group: Callers, index: int) -> None:
+        mine: list[Outcome] = []
+        connection = http.client.HTTPConnection(host, int(port), timeout=deadline + 5)
+        turn = index
+        start.wait()
+        while time.monotonic() < stop[0]:
+            priority = group.priorities[turn % len(group.priorities)]
+            turn += 1
+            headers = {"X-Request-Timeout": str(deadline), "X-Request-Priority": priority}
+            if group.service is not None:
+                headers["X-Service-Name"] = group.service
+            began = time.monotonic()
+            try:
+                status, do_not_retry, retry_after = request(connection, path, headers)
+            except (OSError, http.client.HTTPException):
+                status, do_not_retry, retry_after = 0, False, 0.0
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=deadline + 5)
+            ended = time.monotonic()
+            mine.append(Outcome(group.kind, priority, status, ended - began, ended, do_not_retry))
+            if status != 200:
+                time.sleep(retry_after if honour_retry_after and retry_after else backoff)
+        connection.close()
+        with lock:
+            outcomes.extend(mine)
+
+    threads = [
+        threading.Thread(target=caller, args=(group, index), daemon=True)
+        for group in groups
+        for index in range(group.count)
+    ]
+    for thread in threads:
+        thread.start()
+    stop[0] = time.monotonic() + seconds
+    start.wait()
+    for thread in threads:
+        thread.join(seconds + deadline + 30)
+    return outcomes
+
+
+def metric(url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample of the server's ``/metrics`` (0.0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (labels is None or all(sample.labels.get(k) == v for k, v in labels.items())):
+                return float(sample.value)
+    return 0.0

@@ -1,0 +1,113 @@
+"""A small Django service for load-shedding tests and ``benchmarks/shedding.py``: settings, URLs and views.
+
+Run it under a real server, configured by the environment variable ``SHEDDING_SERVICE`` (JSON:
+``{"shedding": <AIO_REQUEST["SHEDDING"]>, "known_services": [...]}``, shedding null for off):
+
+    DJANGO_SETTINGS_MODULE=benchmarks._shedding_service gunicorn -k gthread --threads 4 \\
+        'benchmarks._shedding_service:wsgi()'
+    DJANGO_SETTINGS_MODULE=benchmarks._shedding_service uvicorn --factory benchmarks._shedding_service:asgi
+
+Views: ``/cpu?ms=N`` spins the CPU for N ms (holding the GIL, as Python code does), ``/sleep?ms=N``
+waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/metrics`` is Prometheus's text.
+"""
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+_config: dict[str, Any] = json.loads(os.environ.get("SHEDDING_SERVICE", "{}"))
+
+# Django settings.
+DEBUG = False
+SECRET_KEY = "shedding-service-not-a-secret"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+ROOT_URLCONF = __name__
+INSTALLED_APPS = ["django_aio_request"]
+MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]
+DATABASES: dict[str, Any] = {}
+USE_TZ = True
+LOGGING_CONFIG = None
+AIO_REQUEST: dict[str, Any] = {"SERVICE_NAME": "shedding-service", "MAX_TIMEOUT": 60.0}
+if _config.get("shedding") is not None:
+    AIO_REQUEST["SHEDDING"] = _config["shedding"]
+if _config.get("known_services"):
+    AIO_REQUEST["KNOWN_SERVICES"] = _config["known_services"]
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _ms(request: Any) -> float:
+    return float(request.GET.get("ms", "10")) / 1000
+
+
+def cpu(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    _spin(_ms(request))
+    return HttpResponse(b"done")
+
+
+def sleep(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    time.sleep(_ms(request))
+    return HttpResponse(b"done")
+
+
+async def acpu(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    _spin(_ms(request))
+    return HttpResponse(b"done")
+
+
+async def asleep(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    await asyncio.sleep(_ms(request))
+    return HttpResponse(b"done")
+
+
+def metrics(request: Any) -> Any:
+    from django.http import HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _urls() -> list[Any]:
+    from django.urls import path
+
+    return [
+        path("cpu", cpu),
+        path("sleep", sleep),
+        path("acpu", acpu),
+        path("asleep", asleep),
+        path("metrics", metrics),
+    ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "urlpatterns":  # built when Django resolves the first URL, after setup
+        return _urls()
+    raise AttributeError(name)
+
+
+def wsgi() -> Any:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
+
+
+def asgi() -> Any:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+    from django.core.asgi import get_asgi_application
+
+    return get_asgi_application()
