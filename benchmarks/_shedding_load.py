@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(kind: str, threads: int, config: dict[str, object]) -> Iterator[str]:
+def server(kind: str, threads: int, config: Mapping[str, object]) -> Iterator[str]:
     """``kind`` "gunicorn" (one gthread worker with ``threads`` threads) or "uvicorn"; yields its base URL."""
     port = free_port()
     env = {

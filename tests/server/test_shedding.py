@@ -1,5 +1,6 @@
-"""Priority-aware load shedding: the limiter on its own, its settings, and AioRequestMiddleware with it
-on (sync views in threads and async views), with in-flight requests held exactly by blocking views."""
+"""Load shedding: the limiter with real threads and event loops, its settings, the priority policy,
+and AioRequestMiddleware with it on (sync views in threads, async views), with requests held in
+flight exactly by views that block on a gate."""
 
 import asyncio
 import threading
@@ -8,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client
 from django.urls import path
@@ -16,14 +18,17 @@ from pytest_django.fixtures import Settings
 
 from django_aio_request import Priority, clients
 from django_aio_request.conf.schema import read_settings
-from django_aio_request.server.shedding import ADMITTED, ConcurrencyLimiter
+from django_aio_request.core.context import get_context
+from django_aio_request.server import shedding as shedding_module
+from django_aio_request.server.shedding import FixedLimit, Limiter, shedding_for
 
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 
 pytestmark = pytest.mark.urls(__name__)
 
-# Views: "block" holds its request in flight until the gate opens; "ok" answers at once.
+# Views: "block" holds its request in flight until the gate opens; "ok" answers at once with the
+# priority the request is served with.
 gate = threading.Event()
 agate: dict[str, asyncio.Event] = {}
 
@@ -40,18 +45,42 @@ async def ablock(request: HttpRequest) -> HttpResponse:
 
 
 def ok(request: HttpRequest) -> HttpResponse:
-    return HttpResponse(b"ok")
+    return HttpResponse(str(get_context().priority).encode())
+
+
+async def asleep(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(float(request.GET["s"]))
+    return HttpResponse(str(get_context().priority).encode())
 
 
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("the view failed")
 
 
-urlpatterns = [path("block", block), path("ablock", ablock), path("ok", ok), path("boom", boom)]
+urlpatterns = [
+    path("block", block),
+    path("ablock", ablock),
+    path("ok", ok),
+    path("asleep", asleep),
+    path("boom", boom),
+]
 
 
-def shedding(**keys: Any) -> dict[str, Any]:
-    return {"SERVICE_NAME": "tests", "TIMEOUT": 7.0, "MAX_TIMEOUT": 30.0, "SHEDDING": keys}
+def settings_with(shedding: Any, **top: Any) -> dict[str, Any]:
+    return {"SERVICE_NAME": "tests", "TIMEOUT": 7.0, "MAX_TIMEOUT": 30.0, "SHEDDING": shedding, **top}
+
+
+def policy_high_only_for_the_header(request: Any, claimed: Priority) -> Priority:
+    """A PRIORITY_POLICY: high only with ``X-Trusted: yes``."""
+    return claimed if request.META.get("HTTP_X_TRUSTED") == "yes" else LOW
+
+
+def policy_raising_the_claim(request: Any, claimed: Priority) -> Priority:
+    return HIGH
+
+
+def policy_answering_junk(request: Any, claimed: Priority) -> Any:
+    return "high"
 
 
 @pytest.fixture(autouse=True)
@@ -73,36 +102,43 @@ def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
         time.sleep(0.002)
 
 
-def in_flight() -> int:
-    conf = clients.settings.shedding
-    assert conf is not None
-    return conf.limiter.in_flight
+def limiter() -> Limiter:
+    conf = clients.settings
+    assert conf.shedding is not None
+    return shedding_for(conf.shedding, conf.known_services).limiter
 
 
-def headers(priority: Priority, timeout: float | None = None) -> dict[str, str]:
-    sent = {"X-Request-Priority": priority.value}
+def headers(priority: Priority, timeout: float | None = None, **extra: str) -> dict[str, str]:
+    sent = {"X-Request-Priority": priority.value, **extra}
     if timeout is not None:
         sent["X-Request-Timeout"] = str(timeout)
     return sent
 
 
+def get(priority: Priority, timeout: float | None = None, url: str = "/block", **extra: str) -> Any:
+    return Client().get(url, headers=headers(priority, timeout, **extra))
+
+
 class Held:
-    """Requests to the blocking view, each on its own thread, held in flight until the gate opens."""
+    """Requests through the middleware, each on its own thread, until the gate opens."""
 
     def __init__(self) -> None:
         self.threads: list[threading.Thread] = []
         self.statuses: list[int] = []
 
-    def start(self, priority: Priority, timeout: float | None = None) -> None:
-        before = in_flight()
+    def start(self, priority: Priority, timeout: float | None = None, *, admitted: bool = True) -> None:
+        before = (limiter().in_flight, limiter().waiting)
 
         def run() -> None:
-            self.statuses.append(Client().get("/block", headers=headers(priority, timeout)).status_code)
+            self.statuses.append(get(priority, timeout).status_code)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         self.threads.append(thread)
-        wait_until(lambda: in_flight() == before + 1)
+        if admitted:
+            wait_until(lambda: limiter().in_flight == before[0] + 1)
+        else:
+            wait_until(lambda: limiter().waiting == before[1] + 1)
 
     def finish(self) -> list[int]:
         gate.set()
@@ -111,144 +147,270 @@ class Held:
         return self.statuses
 
 
-def get(priority: Priority, timeout: float | None = None, url: str = "/block") -> Any:
-    return Client().get(url, headers=headers(priority, timeout))
+def later(seconds: float) -> float:
+    return time.monotonic() + seconds
 
 
-# The limiter on its own.
+# The limiter with real threads: who gets a freed slot, how long a request may wait.
 
 
-def test_limits_keep_reserves_for_higher_priorities() -> None:
-    limiter = ConcurrencyLimiter(10, high_priority_reserve=0.2, normal_priority_reserve=0.2)
-    assert (limiter.limit(HIGH), limiter.limit(NORMAL), limiter.limit(LOW)) == (10, 8, 6)
-    for _ in range(6):
-        assert limiter.try_acquire(LOW, None) is ADMITTED
-    refused = limiter.try_acquire(LOW, None)
+def fill_threads(limiter: Limiter, count: int) -> None:
+    """Have ``count`` sync requests wait at once, as a server with more threads than that would."""
+    admissions = [limiter.acquire(HIGH, later(5)) for _ in range(limiter.limit.current)]
+
+    def wait() -> None:
+        admission = limiter.acquire(HIGH, later(5))
+        if admission.admitted:
+            limiter.release(admission.admitted_at, thread=True)
+
+    waiters = [threading.Thread(target=wait) for _ in range(count)]
+    for thread in waiters:
+        thread.start()
+    wait_until(lambda: limiter.waiting == count)
+    for admission in admissions:
+        limiter.release(admission.admitted_at, thread=True)
+    for thread in waiters:
+        thread.join(5)
+
+
+def release(admission: Any, lim: Limiter | None = None) -> None:
+    if admission.admitted:
+        (lim or _current_test_limiter[0]).release(admission.admitted_at, thread=True)
+
+
+_current_test_limiter: list[Limiter] = []
+
+
+@pytest.fixture
+def one_slot() -> Limiter:
+    made = Limiter(FixedLimit(1), queue_timeout=5.0)
+    _current_test_limiter[:] = [made]
+    return made
+
+
+def test_a_freed_slot_goes_to_the_highest_priority_then_the_earliest_deadline(one_slot: Limiter) -> None:
+    fill_threads(one_slot, 12)  # as a server with 13 threads would: 6 of them may wait
+    holder = one_slot.acquire(NORMAL, later(5))
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def request(name: str, priority: Priority, seconds: float) -> None:
+        admission = one_slot.acquire(priority, later(seconds))
+        with lock:
+            order.append(name)
+        time.sleep(0.01)
+        release(admission)
+
+    threads = []
+    for name, priority, seconds in [("low", LOW, 5), ("normal", NORMAL, 5), ("high-late", HIGH, 9),
+                                    ("high-soon", HIGH, 6), ("normal-soon", NORMAL, 4)]:  # fmt: skip
+        threads.append(threading.Thread(target=request, args=(name, priority, seconds)))
+        threads[-1].start()
+        count = len(threads)
+        wait_until(lambda: one_slot.waiting == count)  # noqa: B023 - used at once
+    one_slot.release(holder.admitted_at, thread=True)
+    for thread in threads:
+        thread.join(10)
+    assert order == ["high-soon", "high-late", "normal-soon", "normal", "low"]
+    assert one_slot.in_flight == 0
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_a_flood_of_low_priority_never_starves_high_priority(slots: int) -> None:
+    flood = Limiter(FixedLimit(slots), queue_timeout=0.5)
+    stop = time.monotonic() + 1.0
+    waits: list[float] = []
+    refused: list[Any] = []
+
+    def low() -> None:
+        while time.monotonic() < stop:
+            admission = flood.acquire(LOW, later(5))
+            if admission.admitted:
+                time.sleep(0.005)
+                flood.release(admission.admitted_at, thread=True)
+            else:
+                time.sleep(0.005)  # a refused caller comes back a little later, as over a network
+
+    def high() -> None:
+        while time.monotonic() < stop:
+            began = time.monotonic()
+            admission = flood.acquire(HIGH, later(5))
+            if not admission.admitted:
+                refused.append(admission)
+                continue
+            waits.append(time.monotonic() - began)
+            time.sleep(0.005)
+            flood.release(admission.admitted_at, thread=True)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=low) for _ in range(24)] + [threading.Thread(target=high)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert refused == []
+    assert len(waits) > 20
+    # A high request waits for the next freed slot only: a few service times (5 ms) at most.
+    assert max(waits) < 0.1, sorted(waits)[-5:]
+    assert flood.in_flight == 0
+
+
+def test_a_request_that_cannot_be_served_in_time_is_refused_at_once(one_slot: Limiter) -> None:
+    first = one_slot.acquire(NORMAL, later(5))
+    time.sleep(0.2)
+    one_slot.release(first.admitted_at, thread=True)  # requests take 0.2 s here
+    holder = one_slot.acquire(NORMAL, later(5))
+    began = time.monotonic()
+    refused = one_slot.acquire(HIGH, later(0.15))
+    assert time.monotonic() - began < 0.05
+    assert (refused.admitted, refused.reason, refused.do_not_retry) == (False, "deadline", True)
+    one_slot.release(holder.admitted_at, thread=True)
+
+
+def test_waiting_ends_at_queue_timeout_and_retrying_may_help() -> None:
+    limited = Limiter(FixedLimit(1), queue_timeout=0.1, retry_after=1)
+    holder = limited.acquire(NORMAL, later(5))
+    began = time.monotonic()
+    refused = asyncio.run(limited.aacquire(HIGH, later(5)))
+    assert 0.09 < time.monotonic() - began < 0.5
     assert (refused.admitted, refused.reason, refused.retry_after, refused.do_not_retry) == (
         False,
-        "capacity",
+        "queue_timeout",
         1,
         False,
     )
-    assert limiter.try_acquire(NORMAL, None).admitted
-    assert limiter.try_acquire(NORMAL, None).admitted
-    assert not limiter.try_acquire(NORMAL, None).admitted  # normal may not take the high reserve
-    assert limiter.try_acquire(HIGH, None).admitted
-    assert limiter.try_acquire(HIGH, None).admitted
-    assert not limiter.try_acquire(HIGH, None).admitted  # every slot taken
-    assert limiter.in_flight == 10
-    limiter.release()
-    assert not limiter.try_acquire(NORMAL, None).admitted  # a freed slot is still in the high reserve
-    assert limiter.try_acquire(HIGH, None).admitted
+    limited.release(holder.admitted_at, thread=True)
 
 
-def test_high_priority_alone_may_use_all_the_capacity() -> None:
-    limiter = ConcurrencyLimiter(4, high_priority_reserve=0.5, normal_priority_reserve=0.25)
-    assert (limiter.limit(HIGH), limiter.limit(NORMAL), limiter.limit(LOW)) == (4, 2, 1)
-    assert all(limiter.try_acquire(HIGH, 5.0).admitted for _ in range(4))
-    assert not limiter.try_acquire(HIGH, 5.0).admitted
+def test_waiting_is_bounded_by_the_deadline() -> None:
+    limited = Limiter(FixedLimit(1), queue_timeout=5.0)
+    holder = limited.acquire(NORMAL, later(5))
+    began = time.monotonic()
+    refused = asyncio.run(limited.aacquire(HIGH, later(0.2)))
+    assert 0.15 < time.monotonic() - began < 0.5
+    assert (refused.reason, refused.do_not_retry) == ("deadline", True)
+    limited.release(holder.admitted_at, thread=True)
 
 
-def test_short_deadlines_are_shed_first_whatever_their_priority() -> None:
-    limiter = ConcurrencyLimiter(10, min_time_to_serve=0.5, retry_after=1)
-    short = limiter.try_acquire(HIGH, 0.1)
-    assert short is ADMITTED  # no pressure yet: served
-    for _ in range(5):
-        limiter.try_acquire(LOW, None)
-    assert limiter.in_flight == 6  # the low limit: low is shed from here on, and so are short deadlines
-    refused = limiter.try_acquire(HIGH, 0.1)
-    assert (refused.admitted, refused.reason, refused.do_not_retry) == (False, "deadline", True)
-    assert limiter.try_acquire(HIGH, 0.6).admitted  # enough time left: the reserve is there for it
-    assert limiter.try_acquire(NORMAL, 0.6).admitted
+def test_on_the_last_thread_low_is_refused_at_once_and_high_waits(one_slot: Limiter) -> None:
+    fill_threads(one_slot, 2)  # a server with 3 threads
+    holder = one_slot.acquire(NORMAL, later(5))
+    waiting_low = threading.Thread(target=lambda: release(one_slot.acquire(LOW, later(5))))
+    waiting_low.start()
+    wait_until(lambda: one_slot.waiting == 1)  # a second thread may wait: one is still free
+    began = time.monotonic()
+    refused = one_slot.acquire(LOW, later(5))  # the last thread: it must not wait
+    assert (refused.admitted, refused.reason) == (False, "capacity")
+    assert time.monotonic() - began < 0.05
+    high = threading.Thread(target=lambda: release(one_slot.acquire(HIGH, later(5))))
+    high.start()  # the last thread again: the waiting low one makes room for it
+    waiting_low.join(5)
+    assert not waiting_low.is_alive()
+    assert one_slot.waiting == 1
+    one_slot.release(holder.admitted_at, thread=True)
+    high.join(5)
+    assert one_slot.in_flight == 0
 
 
-def test_do_not_retry_when_the_deadline_ends_before_retry_after() -> None:
-    limiter = ConcurrencyLimiter(1, high_priority_reserve=0, normal_priority_reserve=0, retry_after=2)
-    limiter.try_acquire(HIGH, None)
-    assert limiter.try_acquire(HIGH, 1.5).do_not_retry
-    assert not limiter.try_acquire(HIGH, 2.5).do_not_retry
-    assert not limiter.try_acquire(HIGH, None).do_not_retry
-    assert limiter.try_acquire(HIGH, 2.5).retry_after == 2
+def test_a_cancelled_async_waiter_leaves_the_queue_and_gives_back_a_granted_slot(one_slot: Limiter) -> None:
+    async def scenario() -> None:
+        holder = one_slot.acquire(NORMAL, later(5))
+        task = asyncio.create_task(one_slot.aacquire(HIGH, later(5)))
+        await asyncio.sleep(0.02)
+        assert one_slot.waiting == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert one_slot.waiting == 0
+        task = asyncio.create_task(one_slot.aacquire(HIGH, later(5)))
+        await asyncio.sleep(0.02)
+        one_slot.release(holder.admitted_at, thread=True)  # granted to the task...
+        task.cancel()  # ...which is cancelled before it runs: the slot comes back
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (one_slot.in_flight, one_slot.waiting) == (0, 0)
+        assert one_slot.acquire(LOW, later(5)).admitted
+
+    asyncio.run(scenario())
 
 
-def test_limiter_refuses_bad_arguments_and_unbalanced_release() -> None:
-    with pytest.raises(ValueError, match="max_concurrency"):
-        ConcurrencyLimiter(0)
-    with pytest.raises(ValueError, match="reserves"):
-        ConcurrencyLimiter(10, high_priority_reserve=0.6, normal_priority_reserve=0.4)
-    with pytest.raises(RuntimeError, match="release"):
-        ConcurrencyLimiter(1).release()
-
-
-def test_limiter_is_thread_safe() -> None:
-    limiter = ConcurrencyLimiter(5, high_priority_reserve=0.2, normal_priority_reserve=0.2)
-    limits = {HIGH: 5, NORMAL: 4, LOW: 3}
+def test_the_limiter_is_thread_safe() -> None:
+    limited = Limiter(FixedLimit(3), queue_timeout=0.05)
     lock = threading.Lock()
     held = [0]
-    over: list[tuple[Priority, int]] = []
+    over: list[int] = []
     start = threading.Barrier(12)
 
     def hammer(priority: Priority) -> None:
         start.wait()
-        for _ in range(3000):
-            if limiter.try_acquire(priority, None).admitted:
+        for _ in range(400):
+            admission = limited.acquire(priority, later(5))
+            if admission.admitted:
                 with lock:
                     held[0] += 1
-                    if held[0] > limits[priority]:
-                        over.append((priority, held[0]))
+                    if held[0] > 3:
+                        over.append(held[0])
                 with lock:
                     held[0] -= 1
-                limiter.release()
+                limited.release(admission.admitted_at, thread=True)
 
     threads = [threading.Thread(target=hammer, args=(p,)) for p in (HIGH, NORMAL, LOW) * 4]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(30)
     assert over == []
-    assert limiter.in_flight == 0
+    assert (limited.in_flight, limited.waiting) == (0, 0)
+    with pytest.raises(RuntimeError, match="release"):
+        limited.release(0.0, thread=True)
 
 
-# Settings.
+# Settings: plain data; reading them builds nothing.
 
 
-def test_shedding_is_off_by_default() -> None:
-    parsed, problems = read_settings({})
-    assert parsed is not None
-    assert parsed.shedding is None
-    assert problems == []
-    parsed, _ = read_settings({"SHEDDING": None})
-    assert parsed is not None
-    assert parsed.shedding is None
-
-
-def test_settings_are_read_with_defaults() -> None:
-    parsed, problems = read_settings({"SHEDDING": {"MAX_CONCURRENCY": 8}})
+def test_shedding_is_off_by_default_and_true_turns_on_the_adaptive_limit() -> None:
+    for value in ({}, {"SHEDDING": None}, {"SHEDDING": False}):
+        parsed, problems = read_settings(value)
+        assert parsed is not None
+        assert (parsed.shedding, problems) == (None, [])
+    parsed, problems = read_settings({"SHEDDING": True})
     assert parsed is not None
     assert problems == []
     conf = parsed.shedding
     assert conf is not None
-    assert (conf.max_concurrency, conf.high_priority_reserve, conf.normal_priority_reserve) == (8, 0.2, 0.2)
-    assert (conf.min_time_to_serve, conf.retry_after) == (0.0, 1)
-    assert conf.limiter.limit(LOW) == 6
+    assert (conf.max_concurrency, conf.min_limit, conf.max_limit, conf.latency_tolerance) == (None, 1, 1000, 1.5)
+    assert (conf.queue_timeout, conf.retry_after, conf.priority_policy) == (0.5, 1, "any")
+    assert not hasattr(conf, "limiter")
+
+
+def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 3})
+    before = shedding_module._current
+    read_settings(settings.AIO_REQUEST)
+    call_command("check", "--tag", "django_aio_request", verbosity=0)
+    assert shedding_module._current is before
 
 
 @pytest.mark.parametrize(
-    ("shedding", "message"),
+    ("shedding", "top", "message"),
     [
-        ({}, "AIO_REQUEST['SHEDDING']['MAX_CONCURRENCY'] is required when SHEDDING is set"),
-        ({"MAX_CONCURRENCY": 0}, "['MAX_CONCURRENCY'] must be a whole number >= 1, not 0"),
-        ({"MAX_CONCURRENCY": 4.5}, "['MAX_CONCURRENCY'] must be a whole number >= 1, not 4.5"),
-        ({"MAX_CONCURRENCY": 4, "HIGH_PRIORITY_RESERVE": 1}, "['HIGH_PRIORITY_RESERVE'] must be a share"),
-        ({"MAX_CONCURRENCY": 4, "HIGH_PRIORITY_RESERVE": 0.6, "NORMAL_PRIORITY_RESERVE": 0.4}, "must be less than 1"),
-        ({"MAX_CONCURRENCY": 4, "MIN_TIME_TO_SERVE": -1}, "['MIN_TIME_TO_SERVE'] must be a number of seconds"),
-        ({"MAX_CONCURRENCY": 4, "RETRY_AFTER": 0.5}, "['RETRY_AFTER'] must be a whole number >= 0"),
-        ({"MAX_CONCURRENCY": 4, "LIMIT": 3}, "['SHEDDING']['LIMIT'] is not a known key"),
-        (8, "AIO_REQUEST['SHEDDING'] must be a dict, not int"),
+        ({"MAX_CONCURRENCY": 0}, {}, "['MAX_CONCURRENCY'] must be a whole number >= 1, not 0"),
+        ({"MAX_CONCURRENCY": 4, "MIN_LIMIT": 2}, {}, "['MIN_LIMIT'] applies to the adaptive limit"),
+        ({"MIN_LIMIT": 5, "MAX_LIMIT": 4}, {}, "['MIN_LIMIT'] (5) must not exceed MAX_LIMIT (4)"),
+        ({"LATENCY_TOLERANCE": 1}, {}, "['LATENCY_TOLERANCE'] must be a latency ratio > 1"),
+        ({"QUEUE_TIMEOUT": -1}, {}, "['QUEUE_TIMEOUT'] must be a number of seconds"),
+        ({"RETRY_AFTER": 0.5}, {}, "['RETRY_AFTER'] must be a whole number >= 0"),
+        ({"HIGH_PRIORITY_RESERVE": 0.2}, {}, "['HIGH_PRIORITY_RESERVE'] was removed"),
+        ({"PRIORITY_POLICY": "everyone"}, {}, "['PRIORITY_POLICY'] is 'everyone', not a policy"),
+        ({"PRIORITY_POLICY": "known_services"}, {}, "KNOWN_SERVICES'] is not set"),
+        ({"PRIORITY_POLICY": "no.such.policy"}, {}, "['PRIORITY_POLICY'] cannot be imported"),
+        ({"UNTRUSTED_PRIORITY": "urgent"}, {}, "['UNTRUSTED_PRIORITY'] is 'urgent', not a priority"),
+        ({"LIMIT": 3}, {}, "['SHEDDING']['LIMIT'] is not a known key"),
+        (8, {}, "AIO_REQUEST['SHEDDING'] must be a dict, not int"),
     ],
 )
-def test_invalid_settings_are_reported(shedding: Any, message: str) -> None:
-    parsed, problems = read_settings({"SHEDDING": shedding})
+def test_invalid_settings_are_reported(shedding: Any, top: dict[str, Any], message: str) -> None:
+    parsed, problems = read_settings({"SHEDDING": shedding, **top})
     assert parsed is None
     assert any(message in str(problem) for problem in problems), [str(p) for p in problems]
 
@@ -270,79 +432,73 @@ def test_off_by_default_nothing_is_shed(settings: Settings) -> None:
     assert finished == [200] * 12
 
 
-def test_at_the_limit_low_is_shed_before_normal_before_high(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=5, HIGH_PRIORITY_RESERVE=0.2, NORMAL_PRIORITY_RESERVE=0.2)
-    before = {p: shed(p.value, "capacity") for p in Priority}
-    held = Held()
-    for _ in range(3):
-        held.start(LOW)
-    response = get(LOW)  # the low limit (3) is reached
-    assert response.status_code == 503
-    assert response["Retry-After"] == "1"
-    assert "X-Do-Not-Retry" not in response  # 7 s left: a retry after 1 s may succeed
-    held.start(NORMAL)  # normal still fits (limit 4)
-    assert get(NORMAL).status_code == 503
-    held.start(HIGH)  # high takes its reserve (limit 5)
-    assert get(HIGH).status_code == 503
-    assert in_flight() == 5
-    assert held.finish() == [200] * 5
-    assert in_flight() == 0
-    assert {p: shed(p.value, "capacity") - before[p] for p in Priority} == {HIGH: 1, NORMAL: 1, LOW: 1}
-    assert get(LOW, url="/ok").status_code == 200  # capacity is back
-
-
-def test_high_priority_uses_its_reserve(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=4, HIGH_PRIORITY_RESERVE=0.5, NORMAL_PRIORITY_RESERVE=0)
+def test_at_the_limit_requests_wait_and_then_are_refused_with_503_and_retry_after(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.1, "RETRY_AFTER": 2})
+    fill_threads(limiter(), 8)  # a server with threads to spare: nobody takes the last one
+    before = shed("low", "queue_timeout"), shed("high", "deadline")
     held = Held()
     held.start(NORMAL)
-    held.start(NORMAL)
-    assert get(NORMAL).status_code == 503
-    assert get(LOW).status_code == 503
-    held.start(HIGH)
-    held.start(HIGH)
-    assert get(HIGH).status_code == 503
-    assert held.finish() == [200] * 4
-
-
-def test_do_not_retry_when_the_deadline_is_shorter_than_retry_after(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(
-        MAX_CONCURRENCY=1, HIGH_PRIORITY_RESERVE=0, NORMAL_PRIORITY_RESERVE=0, RETRY_AFTER=2
-    )
-    held = Held()
-    held.start(HIGH)
-    short = get(HIGH, timeout=1.5)
+    response = get(LOW, timeout=5)  # waits QUEUE_TIMEOUT, then 503
+    assert (response.status_code, response["Retry-After"]) == (503, "2")
+    assert "X-Do-Not-Retry" not in response  # 5 s left: a retry after 2 s may succeed
+    short = get(HIGH, timeout=1.5)  # its deadline ends before it may retry
     assert (short.status_code, short["Retry-After"], short["X-Do-Not-Retry"]) == (503, "2", "1")
-    long = get(HIGH, timeout=5)
-    assert (long.status_code, long["Retry-After"]) == (503, "2")
-    assert "X-Do-Not-Retry" not in long
+    assert held.finish() == [200]
+    assert (shed("low", "queue_timeout") - before[0], shed("high", "deadline") - before[1]) == (1, 0)
+    assert get(LOW, url="/ok").status_code == 200  # the slot is back
+
+
+def test_a_waiting_request_is_served_when_a_slot_frees(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5})
+    held = Held()
+    held.start(LOW)
+    answer: list[Any] = []
+    waiting = threading.Thread(target=lambda: answer.append(get(HIGH, url="/ok")))
+    waiting.start()
+    wait_until(lambda: limiter().waiting == 1)
+    gate.set()
+    waiting.join(5)
+    assert (answer[0].status_code, answer[0].content) == (200, b"high")
+    assert REGISTRY.get_sample_value("aio_request_server_queue_wait_seconds_count", {"priority": "high"})
     held.finish()
 
 
-def test_short_deadlines_are_shed_first(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=4, HIGH_PRIORITY_RESERVE=0.25, NORMAL_PRIORITY_RESERVE=0.25,
-                                    MIN_TIME_TO_SERVE=1.0)  # fmt: skip
-    before = shed("high", "deadline")
-    assert get(HIGH, timeout=0.5, url="/ok").status_code == 200  # no pressure: served
+def test_the_limit_and_queue_are_exported(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 2, "QUEUE_TIMEOUT": 5})
+    fill_threads(limiter(), 8)
     held = Held()
-    held.start(LOW)
-    held.start(LOW)  # the low limit (2): shedding has begun
-    response = get(HIGH, timeout=0.5)
-    assert (response.status_code, response["X-Do-Not-Retry"]) == (503, "1")
-    assert shed("high", "deadline") - before == 1
-    held.start(HIGH, timeout=5)  # the same priority with time to be served gets in
+    held.start(NORMAL)
+    held.start(NORMAL)
+    assert REGISTRY.get_sample_value("aio_request_server_concurrency_limit") == 2
+    held.start(LOW, admitted=False)
+    assert REGISTRY.get_sample_value("aio_request_server_queue_length", {"priority": "low"}) == 1
     assert held.finish() == [200] * 3
+    assert REGISTRY.get_sample_value("aio_request_server_queue_length", {"priority": "low"}) == 0
+
+
+def test_the_limiter_is_rebuilt_when_the_settings_change_and_kept_otherwise(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 2})
+    assert get(NORMAL, url="/ok").status_code == 200
+    first = limiter()
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 2})  # equal settings read again
+    assert get(NORMAL, url="/ok").status_code == 200
+    assert limiter() is first
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 3})
+    assert get(NORMAL, url="/ok").status_code == 200
+    assert limiter() is not first
+    assert limiter().limit.current == 3
 
 
 def test_a_failing_view_releases_its_slot(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=1, HIGH_PRIORITY_RESERVE=0, NORMAL_PRIORITY_RESERVE=0)
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0})
     client = Client(raise_request_exception=False)
     assert client.get("/boom").status_code == 500
-    assert in_flight() == 0
+    assert limiter().in_flight == 0
     assert get(NORMAL, url="/ok").status_code == 200
 
 
 def test_shed_requests_are_measured_and_not_logged(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=1, HIGH_PRIORITY_RESERVE=0, NORMAL_PRIORITY_RESERVE=0)
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0})
     # Shed before the URL is resolved, as the 408s: no URL pattern is known yet.
     labels = {"request_client": "unknown", "request_method": "GET", "request_path": "<unmatched>",
               "response_status": "503"}  # fmt: skip
@@ -353,37 +509,94 @@ def test_shed_requests_are_measured_and_not_logged(settings: Settings, caplog: p
         assert get(NORMAL).status_code == 503
     assert caplog.records == []  # not one error log line per shed request under overload
     held.finish()
+    from django_aio_request.metrics.deferred import flush_all
+
+    flush_all()
     assert (REGISTRY.get_sample_value("aio_request_server_latency_count", labels) or 0.0) - before == 1
 
 
-# The middleware on the async path (ASGI, async view).
+# Who may claim which priority.
 
 
-def test_async_path_sheds_by_priority(settings: Settings) -> None:
-    settings.AIO_REQUEST = shedding(MAX_CONCURRENCY=3, HIGH_PRIORITY_RESERVE=0.34, NORMAL_PRIORITY_RESERVE=0.34)
-    asyncio.run(_async_path_sheds_by_priority())
+def test_by_default_any_caller_may_claim_high(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with(True)
+    assert get(HIGH, url="/ok").content == b"high"
 
 
-async def _async_path_sheds_by_priority() -> None:
-    agate["event"] = asyncio.Event()
+def test_known_services_policy_caps_other_callers(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": "known_services"}, KNOWN_SERVICES=["billing", "orders"])
+    assert get(HIGH, url="/ok", X_Service_Name="Billing").content == b"high"
+    assert get(HIGH, url="/ok", X_Service_Name="impostor").content == b"normal"
+    assert get(HIGH, url="/ok").content == b"normal"  # no name at all
+    assert get(LOW, url="/ok", X_Service_Name="impostor").content == b"low"  # below the cap: kept
+
+
+def test_untrusted_priority_sets_the_cap(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with(
+        {"PRIORITY_POLICY": "known_services", "UNTRUSTED_PRIORITY": "low"}, KNOWN_SERVICES=["billing"]
+    )
+    assert get(NORMAL, url="/ok", X_Service_Name="impostor").content == b"low"
+
+
+def test_a_callable_policy_decides_but_never_raises_a_claim(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.policy_high_only_for_the_header"})
+    assert get(HIGH, url="/ok", X_Trusted="yes").content == b"high"
+    assert get(HIGH, url="/ok").content == b"low"
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.policy_raising_the_claim"})
+    assert get(LOW, url="/ok").content == b"low"
+
+
+def test_a_policy_answering_junk_fails_loudly(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.policy_answering_junk"})
+    with pytest.raises(TypeError, match="not a Priority"):
+        get(HIGH, url="/ok")
+
+
+# The async path (ASGI, async views): waiting does not block the event loop.
+
+
+def test_async_requests_wait_by_priority_without_blocking_the_loop(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5})
+    asyncio.run(_async_wait_by_priority())
+
+
+async def _async_wait_by_priority() -> None:
     client = AsyncClient()
-    before = {p: shed(p.value, "capacity") for p in Priority}
+    finished: list[bytes] = []
 
-    async def held_until(count: int) -> None:
-        while in_flight() < count:
+    async def call(priority: Priority) -> None:
+        response = await client.get("/asleep?s=0.1", headers=headers(priority))
+        assert response.status_code == 200
+        finished.append(response.content)
+
+    began = time.monotonic()
+    first = asyncio.create_task(call(NORMAL))
+    await asyncio.sleep(0.03)
+    tasks = [asyncio.create_task(call(LOW)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    tasks.append(asyncio.create_task(call(HIGH)))
+    # While four requests wait, the event loop goes on: the first view's sleep ends on time.
+    await asyncio.wait_for(first, 0.5)
+    assert time.monotonic() - began < 0.3
+    await asyncio.gather(*tasks)
+    assert finished == [b"normal", b"high", b"low", b"low", b"low"]
+
+
+def test_async_path_refuses_with_503(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.05})
+
+    async def scenario() -> None:
+        agate["event"] = asyncio.Event()
+        client = AsyncClient()
+        before = shed("low", "queue_timeout")
+        holder = asyncio.create_task(client.get("/ablock", headers=headers(NORMAL)))
+        while limiter().in_flight < 1:
             await asyncio.sleep(0.002)
+        refused = await client.get("/ablock", headers=headers(LOW))
+        assert (refused.status_code, refused["Retry-After"]) == (503, "1")
+        assert shed("low", "queue_timeout") - before == 1
+        agate["event"].set()
+        assert (await holder).status_code == 200
+        assert limiter().in_flight == 0
 
-    tasks = [asyncio.create_task(client.get("/ablock", headers=headers(LOW)))]
-    await asyncio.wait_for(held_until(1), 5)
-    assert (await client.get("/ablock", headers=headers(LOW))).status_code == 503
-    tasks.append(asyncio.create_task(client.get("/ablock", headers=headers(NORMAL))))
-    await asyncio.wait_for(held_until(2), 5)
-    assert (await client.get("/ablock", headers=headers(NORMAL))).status_code == 503
-    tasks.append(asyncio.create_task(client.get("/ablock", headers=headers(HIGH))))
-    await asyncio.wait_for(held_until(3), 5)
-    refused = await client.get("/ablock", headers=headers(HIGH, timeout=0.5))
-    assert (refused.status_code, refused["Retry-After"], refused["X-Do-Not-Retry"]) == (503, "1", "1")
-    agate["event"].set()
-    assert [response.status_code for response in await asyncio.gather(*tasks)] == [200] * 3
-    assert in_flight() == 0
-    assert {p: shed(p.value, "capacity") - before[p] for p in Priority} == {HIGH: 1, NORMAL: 1, LOW: 1}
+    asyncio.run(scenario())

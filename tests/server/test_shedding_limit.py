@@ -1,0 +1,109 @@
+"""The adaptive concurrency limit on its own, fed latencies from simulated views on a fake clock.
+
+A simulated view takes ``service`` seconds alone; a CPU view (under the GIL) takes ``service`` times
+the number of requests running at once, a waiting (I/O) view the same time however many run.
+"""
+
+import random
+
+import pytest
+
+from django_aio_request.server.shedding import AdaptiveLimit, FixedLimit
+
+
+class Simulation:
+    """A closed system holding ``busy`` requests in flight (or the limit, if lower), on a fake clock."""
+
+    def __init__(self, limit: AdaptiveLimit, service: float, *, cpu: bool) -> None:
+        self.limit = limit
+        self.service = service
+        self.cpu = cpu
+        self.now = 0.0
+        self.seen: list[int] = []
+
+    def run(self, requests: int, busy: int = 1000) -> None:
+        for _ in range(requests):
+            running = max(1, min(busy, self.limit.current))
+            rtt = self.service * (running if self.cpu else 1)
+            admitted = self.now
+            self.now += rtt / running  # requests finish one after another
+            self.limit.sample(rtt, running, admitted, self.now)
+            self.seen.append(self.limit.current)
+
+
+def adaptive(**options: float) -> AdaptiveLimit:
+    return AdaptiveLimit(now=0.0, jitter=random.Random(1), **options)  # type: ignore[arg-type]
+
+
+def test_the_first_requests_measure_the_no_load_latency_at_the_minimum_limit() -> None:
+    limit = adaptive(minimum=2)
+    assert limit.probing
+    assert limit.current == 2  # the minimum while probing
+    for rtt in (0.011, 0.010, 0.030, 0.012, 0.010):
+        limit.sample(rtt, 1, 1.0, 1.0)
+    assert not limit.probing
+    assert limit.min_rtt == 0.011  # the median: one slow request does not set it
+    assert limit.current == 4  # back to the learned limit
+
+
+def test_requests_admitted_before_a_probe_do_not_count_in_it() -> None:
+    limit = adaptive()
+    for _ in range(4):
+        limit.sample(0.5, 9, -1.0, 1.0)  # admitted before the probe began at 0.0
+    assert limit.probing
+    assert limit.min_rtt is None
+
+
+def test_waiting_views_let_a_used_limit_grow_to_the_maximum() -> None:
+    simulation = Simulation(adaptive(maximum=64), 0.02, cpu=False)
+    simulation.run(2000)
+    assert simulation.limit.current == 64
+
+
+def test_a_limit_that_is_not_used_does_not_grow() -> None:
+    simulation = Simulation(adaptive(maximum=64), 0.02, cpu=False)
+    simulation.run(2000, busy=6)  # six threads: never more in flight
+    assert simulation.limit.current <= 12
+
+
+@pytest.mark.parametrize(("tolerance", "highest"), [(1.5, 2), (2.0, 3), (3.0, 4)])
+def test_cpu_views_settle_where_latency_stays_within_the_tolerance(tolerance: float, highest: int) -> None:
+    simulation = Simulation(adaptive(tolerance=tolerance, maximum=64), 0.01, cpu=True)
+    simulation.run(3000)
+    settled = simulation.seen[1000:]
+    assert max(settled) <= highest + 1
+    assert sum(settled) / len(settled) <= highest  # latency about tolerance x the no-load latency
+    assert min(settled) >= 1
+
+
+def test_the_no_load_latency_is_measured_again_after_the_probe_interval() -> None:
+    limit = adaptive(probe_interval=10.0, maximum=32)
+    simulation = Simulation(limit, 0.01, cpu=False)
+    simulation.run(3000)
+    assert limit.current == 32
+    assert limit.min_rtt == pytest.approx(0.01)
+    simulation.service = 0.05  # the view got 5x slower (a slower database), not more crowded
+    simulation.run(3000)
+    assert limit.min_rtt == pytest.approx(0.05)  # re-measured by a probe
+    assert limit.current == 32  # so the limit did not collapse for good
+
+
+def test_the_limit_keeps_within_its_bounds() -> None:
+    simulation = Simulation(adaptive(minimum=3, maximum=5), 0.01, cpu=True)
+    simulation.run(2000)
+    assert set(simulation.seen) == {3, 4, 5}  # 3 while probing: the minimum
+
+
+def test_fixed_limit_learns_nothing() -> None:
+    limit = FixedLimit(7)
+    limit.sample(10.0, 7, 0.0, 10.0)
+    assert limit.current == 7
+    with pytest.raises(ValueError, match="limit"):
+        FixedLimit(0)
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="minimum"):
+        AdaptiveLimit(minimum=5, maximum=4)
+    with pytest.raises(ValueError, match="tolerance"):
+        AdaptiveLimit(tolerance=1.0)

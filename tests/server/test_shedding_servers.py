@@ -1,0 +1,74 @@
+"""Load shedding as users run it: ``"SHEDDING": True`` in a service under gunicorn's gthread worker
+(1 to 32 threads) and under uvicorn, overloaded by closed-loop callers mixed 20% high, 40% normal,
+40% low that honour ``Retry-After``. Short runs (about two seconds each): the figures with their
+baselines are in ``benchmarks/shedding.py``."""
+
+import collections
+
+import pytest
+
+from benchmarks._shedding_load import Callers, Outcome, closed_loop, metric, server
+
+DEADLINE = 1.0
+
+
+def by_priority(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
+    grouped: dict[str, list[Outcome]] = collections.defaultdict(list)
+    for outcome in outcomes:
+        grouped[outcome.priority].append(outcome)
+    return grouped
+
+
+def in_time(outcomes: list[Outcome]) -> float:
+    return sum(o.status == 200 and o.elapsed <= DEADLINE for o in outcomes) / len(outcomes)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("threads", [1, 2, 4, 8, 16, 32])
+def test_gunicorn_gthread_serves_high_priority_in_time_at_any_thread_count(threads: int) -> None:
+    with server("gunicorn", threads, {"shedding": True}) as url:
+        # Views that use 4 ms of CPU; four callers per thread. The first second (the overload
+        # beginning, the limit being learned) is not counted.
+        outcomes = closed_loop(url, [Callers(4 * threads)], path="/cpu?ms=4", seconds=3.0, deadline=DEADLINE,
+                               backoff=0.01)  # fmt: skip
+        first = min(o.ended - o.elapsed for o in outcomes)
+        steady = [o for o in outcomes if o.ended - o.elapsed >= first + 1.0]
+        limit = metric(url, "aio_request_server_concurrency_limit")
+        shed_high = sum(metric(url, "aio_request_server_shed_total", {"priority": "high", "reason": reason})
+                        for reason in ("capacity", "queue_timeout", "deadline"))  # fmt: skip
+    grouped = by_priority(steady)
+    assert len(grouped["high"]) >= 20
+    assert in_time(grouped["high"]) >= 0.99, sorted(o.elapsed for o in grouped["high"])[-5:]
+    assert shed_high == 0
+    served = sum(o.status == 200 for o in steady)
+    assert served / 2.0 > 50  # requests a second: the server kept working (about 200/s unloaded)
+    assert 1 <= limit <= max(4, threads)  # views that use CPU: no use running many at once
+
+
+@pytest.mark.timeout(120)
+def test_uvicorn_waits_by_priority_without_blocking_the_event_loop() -> None:
+    config = {"shedding": {"MAX_CONCURRENCY": 2, "QUEUE_TIMEOUT": 0.2}}
+    with server("uvicorn", 1, config) as url:
+        # Each async view waits 20 ms (the event loop serves others meanwhile), at most 2 at once:
+        # 100/s. Twenty low-priority callers and two high ones, no backing off: far more than that.
+        groups = [Callers(20, priorities=("low",)), Callers(2, priorities=("high",))]
+        outcomes = closed_loop(url, groups, path="/asleep?ms=20", seconds=2.0, deadline=DEADLINE, backoff=0.0,
+                               honour_retry_after=False)  # fmt: skip
+    grouped = by_priority(outcomes)
+    assert in_time(grouped["high"]) == 1.0
+    high = sorted(o.elapsed for o in grouped["high"])
+    # A high request waits for the next freed slot (at most 20 ms), then takes 20 ms.
+    assert high[len(high) // 2] < 0.08, high[len(high) // 2]
+    low = grouped["low"]
+    assert sum(o.status == 503 for o in low) > 0
+    assert sum(o.status == 200 for o in low) > 0  # the rest of the capacity still goes to low
+
+
+@pytest.mark.timeout(120)
+def test_uvicorn_with_the_adaptive_limit_serves_everyone_when_views_wait() -> None:
+    with server("uvicorn", 1, {"shedding": True}) as url:
+        outcomes = closed_loop(url, [Callers(20)], path="/asleep?ms=20", seconds=1.5, deadline=DEADLINE,
+                               backoff=0.01)  # fmt: skip
+        limit = metric(url, "aio_request_server_concurrency_limit")
+    assert in_time(outcomes) >= 0.99
+    assert limit >= 8  # waiting views: the limit grew with the load instead of refusing it
