@@ -1,257 +1,156 @@
-"""Priority-aware load shedding under overload: a real server at twice its capacity.
+"""Load shedding under overload, on real servers: ``"SHEDDING": True`` (no MAX_CONCURRENCY) against none.
 
-The server is a separate process: Django with ``AioRequestMiddleware`` behind a threaded WSGI server
-(wsgiref, one thread per connection, so it never refuses a connection itself) on 127.0.0.1. Its
-one view does 20 ms of work on a resource with ``--capacity`` slots (default 4: a worker's CPU
-cores or database connections), so the server completes at most capacity / 20 ms requests a second
-(200/s by default); requests beyond that wait for a slot, as they would for a busy CPU or pool.
+For each thread count (1, 2, 4, 8, 16, 32), a service (``benchmarks/_shedding_service.py``) runs under
+gunicorn with one gthread worker of that many threads; its view spends ``--cpu-ms`` (default 5) of
+CPU, holding the GIL as Python code does. Closed-loop callers (``benchmarks/_shedding_load.py``: one
+request at a time each, ``Retry-After`` honoured after a 503) cycle through the priorities high,
+normal, low, normal, low (20/40/40), every request with ``X-Request-Timeout: --deadline``.
 
-The driver (this process) sends requests open-loop, at evenly spaced times, at ``--overload`` times
-that rate (default 2x: 400/s) for ``--seconds`` (default 5), in the repeating priority pattern
-high, normal, low, normal, low (20% high, 40% normal, 40% low). Each carries
-``X-Request-Timeout: --deadline`` (default 0.5 s) and its ``X-Request-Priority``. A request
-*succeeds* when it is answered 200 within its deadline; p50/p99 are over the requests answered
-200 (nearest rank), "shed" is the share answered 503 by shedding.
+Per thread count, interleaved (a fresh server for each setting, same machine minutes apart):
 
-Two runs, each against a fresh server process:
+1. *unloaded*, without shedding: as many callers as threads (every thread busy, none waiting):
+   the capacity (requests per second answered 200 in time) and the high-priority p99;
+2. *without shedding* at 2x and 4x as many callers;
+3. *with shedding* (``"SHEDDING": True``) at 2x and 4x;
+4. *impostors*: ``PRIORITY_POLICY = "known_services"``, 2x callers naming a known service, plus 20
+   callers with no known name claiming high on every request.
 
-* without shedding: ``AIO_REQUEST`` without ``SHEDDING``;
-* with shedding: ``SHEDDING = {"MAX_CONCURRENCY": 3 x capacity, "HIGH_PRIORITY_RESERVE": 0.5,
-  "NORMAL_PRIORITY_RESERVE": 0.25, "MIN_TIME_TO_SERVE": 0.05}``: normal and low together never hold
-  more than 1.5 x capacity in flight, low alone at most 0.75 x capacity, and high has the rest.
+The first ``--warmup`` seconds of each load are not counted (the limit is being learned then).
+Columns: *high ok*: high-priority requests answered 200 within the deadline; *goodput*: requests
+answered 200 in time per second, against the unloaded capacity; *high p99*: p99 of high-priority
+requests answered 200, against the unloaded p99; *limit*: the learned concurrency limit at the end.
+Targets with shedding: high ok >= 99.5%, goodput >= 90%, high p99 <= 2x; with impostors, real high
+ok >= 99%. Each cell says MET or MISSED; the worst case is printed at the end.
 
-The target: with shedding, high priority succeeds >= 99% within its deadline while low priority
-absorbs the shedding; without, every priority suffers alike (the queue grows without bound, so
-every priority's latency passes the deadline).
-
-    .venv/bin/python -m benchmarks.shedding [--seconds 5] [--capacity 4] [--overload 2] [--deadline 0.5]
+    .venv/bin/python -m benchmarks.shedding [--quick] [--threads 1,2,4] [--cpu-ms 5] [--deadline 0.5]
 """
 
 import argparse
-import concurrent.futures
 import dataclasses
-import http.client
-import json
 import os
 import platform
-import subprocess
-import sys
-import threading
 import time
-from typing import Any
+from collections.abc import Sequence
 
+from benchmarks._shedding_load import Callers, Outcome, closed_loop, metric, server
 from benchmarks._stats import percentile
 
-WORK_SECONDS = 0.02
-PATTERN = ("high", "normal", "low", "normal", "low")  # 20% high, 40% normal, 40% low
-PRIORITIES = ("high", "normal", "low")
+IMPOSTORS = 20
 
 
-# The server process.
-
-_resource: threading.BoundedSemaphore | None = None
-
-
-def work(request: Any) -> Any:
-    from django.http import HttpResponse
-
-    assert _resource is not None
-    with _resource:  # wait for a slot of the worker's capacity, then 20 ms of work
-        time.sleep(WORK_SECONDS)
-    return HttpResponse(b"done")
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    high_ok: float  # share of high-priority requests answered 200 within the deadline
+    goodput: float  # requests answered 200 in time, per second
+    high_p99: float  # seconds, over high-priority requests answered 200
+    shed: float  # share of all requests answered 503
+    impostor_ok: float = float("nan")
 
 
-urlpatterns: list[Any] = []
-
-
-def serve(capacity: int, shedding: dict[str, Any] | None) -> None:
-    """Configure Django, serve on an ephemeral port, print ``PORT <n>``; stops when stdin closes."""
-    global _resource
-    import django
-    from django.conf import settings
-
-    _resource = threading.BoundedSemaphore(capacity)
-    aio_request: dict[str, Any] = {"SERVICE_NAME": "bench", "MAX_TIMEOUT": 60.0}
-    if shedding is not None:
-        aio_request["SHEDDING"] = shedding
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="benchmark-not-a-secret",
-        ALLOWED_HOSTS=["127.0.0.1"],
-        ROOT_URLCONF=__name__,
-        INSTALLED_APPS=["django_aio_request"],
-        MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"],
-        DATABASES={},
-        AIO_REQUEST=aio_request,
-        LOGGING_CONFIG=None,
+def figures(outcomes: list[Outcome], seconds: float, deadline: float) -> Figures:
+    real = [o for o in outcomes if o.caller == "real"]
+    high = [o for o in real if o.priority == "high"]
+    in_time = [o for o in real if o.status == 200 and o.elapsed <= deadline]
+    served_high = sorted(o.elapsed for o in high if o.status == 200)
+    impostors = [o for o in outcomes if o.caller == "impostor"]
+    return Figures(
+        high_ok=sum(o.status == 200 and o.elapsed <= deadline for o in high) / max(1, len(high)),
+        goodput=len(in_time) / seconds,
+        high_p99=percentile(served_high, 99) if served_high else float("nan"),
+        shed=sum(o.status == 503 for o in real) / max(1, len(real)),
+        impostor_ok=(sum(o.status == 200 and o.elapsed <= deadline for o in impostors) / len(impostors))
+        if impostors
+        else float("nan"),
     )
-    django.setup()
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-    from django.core.wsgi import get_wsgi_application
-    from django.urls import path
-
-    urlpatterns.append(path("work", work))
-
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        request_queue_size = 4096
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = make_server("127.0.0.1", 0, get_wsgi_application(), server_class=Server, handler_class=Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"PORT {server.server_port}", flush=True)
-    sys.stdin.read()  # until the driver closes it
-    os._exit(0)  # do not wait for the requests still queued on the resource
 
 
-# The driver.
+def load(
+    url: str, groups: Sequence[Callers], *, cpu_ms: float, warmup: float, seconds: float, deadline: float
+) -> Figures:
+    outcomes = closed_loop(url, groups, path=f"/cpu?ms={cpu_ms:g}", seconds=warmup + seconds, deadline=deadline,
+                           backoff=0.01)  # fmt: skip
+    began = min(o.ended - o.elapsed for o in outcomes)
+    counted = [o for o in outcomes if o.ended - o.elapsed >= began + warmup and o.ended <= began + warmup + seconds]
+    time.sleep(1.2)  # callers stepping back for Retry-After are gone before the next load
+    return figures(counted, seconds, deadline)
 
 
-@dataclasses.dataclass
-class Outcome:
-    priority: str
-    status: int  # 0: no answer (connection error or socket timeout)
-    elapsed: float
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
 
 
-def one(port: int, priority: str, deadline: float) -> Outcome:
-    started = time.perf_counter()
-    status = 0
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=deadline + 1.0)
-        try:
-            connection.request(
-                "GET", "/work", headers={"X-Request-Timeout": str(deadline), "X-Request-Priority": priority}
-            )
-            response = connection.getresponse()
-            response.read()
-            status = response.status
-        finally:
-            connection.close()
-    except OSError:
-        pass
-    return Outcome(priority, status, time.perf_counter() - started)
-
-
-def drive(port: int, rate: float, seconds: float, deadline: float) -> list[Outcome]:
-    """Send ``rate`` requests a second at evenly spaced times (open loop) for ``seconds``."""
-    count = int(rate * seconds)
-    futures: list[concurrent.futures.Future[Outcome]] = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(512, int(rate * (deadline + 1.0)) + 16)) as pool:
-        start = time.perf_counter() + 0.05
-        for index in range(count):
-            delay = start + index / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(one, port, PATTERN[index % len(PATTERN)], deadline))
-        return [future.result() for future in futures]
-
-
-def start_server(capacity: int, shedding: dict[str, Any] | None) -> tuple[subprocess.Popen[str], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.shedding",
-            "--serve",
-            json.dumps({"capacity": capacity, "shedding": shedding}),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith("PORT "):
-        process.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
-    return process, int(line.split()[1])
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    assert process.stdin is not None
-    process.stdin.close()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def run(
-    name: str, capacity: int, shedding: dict[str, Any] | None, *, rate: float, seconds: float, deadline: float
-) -> dict[str, dict[str, float]]:
-    process, port = start_server(capacity, shedding)
-    try:
-        for priority in PRIORITIES:  # warm up: Django's first request, the URL resolver
-            one(port, priority, 5.0)
-        outcomes = drive(port, rate, seconds, deadline)
-    finally:
-        stop_server(process)
-    print(f"\n{name}: {len(outcomes)} requests in {seconds:.0f} s at {rate:.0f}/s")
-    columns = ("requests", "success", "shed 503", "late/other", "p50 ms", "p99 ms")
-    print(f"  {'priority':<8} " + " ".join(f"{c:>10}" for c in columns))
-    figures: dict[str, dict[str, float]] = {}
-    for priority in PRIORITIES:
-        mine = [o for o in outcomes if o.priority == priority]
-        ok = [o for o in mine if o.status == 200 and o.elapsed <= deadline]
-        served = [o.elapsed for o in mine if o.status == 200]
-        shed = sum(o.status == 503 for o in mine)
-        success = len(ok) / len(mine)
-        p50 = percentile(sorted(served), 50) * 1000 if served else float("nan")
-        p99 = percentile(sorted(served), 99) * 1000 if served else float("nan")
-        other = (len(mine) - len(ok) - shed) / len(mine)  # late 200s, other statuses, no answer
-        cells = (
-            f"{len(mine)}",
-            f"{success:.1%}",
-            f"{shed / len(mine):.1%}",
-            f"{other:.1%}",
-            f"{p50:.1f}",
-            f"{p99:.1f}",
-        )
-        print(f"  {priority:<8} " + " ".join(f"{c:>10}" for c in cells))
-        figures[priority] = {"success": success, "shed": shed / len(mine), "p50": p50, "p99": p99}
-    return figures
-
-
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--capacity", type=int, default=4)
-    parser.add_argument("--overload", type=float, default=2.0)
+    parser.add_argument("--threads", default="1,2,4,8,16,32")
+    parser.add_argument("--cpu-ms", type=float, default=5.0)
     parser.add_argument("--deadline", type=float, default=0.5)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=4.0, help="counted seconds of each load")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--quick", action="store_true", help="threads 1,4,16; 2 s loads after 1 s of warm-up")
     args = parser.parse_args()
-    if args.serve:
-        spec = json.loads(args.serve)
-        serve(spec["capacity"], spec["shedding"])
-        return
-    rate = args.overload * args.capacity / WORK_SECONDS
-    shedding = {
-        "MAX_CONCURRENCY": 3 * args.capacity,
-        "HIGH_PRIORITY_RESERVE": 0.5,
-        "NORMAL_PRIORITY_RESERVE": 0.25,
-        "MIN_TIME_TO_SERVE": 0.05,
-    }
-    print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs")
-    print(
-        f"capacity {args.capacity} x {WORK_SECONDS * 1000:.0f} ms = {args.capacity / WORK_SECONDS:.0f}/s, "
-        f"offered {rate:.0f}/s ({args.overload:g}x), deadline {args.deadline} s, mix 20/40/40 high/normal/low"
-    )
-    print(f"SHEDDING = {shedding}")
-    timing = {"rate": rate, "seconds": args.seconds, "deadline": args.deadline}
-    without = run("without shedding", args.capacity, None, **timing)
-    with_ = run("with shedding", args.capacity, shedding, **timing)
-    high = with_["high"]
-    verdict = "MET" if high["success"] >= 0.99 and high["p99"] <= args.deadline * 1000 else "MISSED"
-    print(f"\ntarget: with shedding, high succeeds >= 99% within its deadline -> {high['success']:.1%}, {verdict}")
-    spread = max(v["success"] for v in without.values()) - min(v["success"] for v in without.values())
-    print(f"without shedding, success spread across priorities: {spread:.1%} (all suffer alike when small)")
+    if args.quick:
+        args.threads, args.seconds, args.warmup = "1,4,16", 2.0, 1.0
+    timing = {"cpu_ms": args.cpu_ms, "warmup": args.warmup, "seconds": args.seconds, "deadline": args.deadline}
+    print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: "
+          f"other work may run at the same time)")  # fmt: skip
+    print(f"view: {args.cpu_ms:g} ms of CPU; deadline {args.deadline:g} s; callers cycle high/normal/low/normal/low "
+          f"and honour Retry-After; {args.warmup:g} s warm-up, {args.seconds:g} s counted per load\n")  # fmt: skip
+    header = (f"{'threads':>7} {'load':>4} | {'without: high ok':>16} {'goodput':>8} {'high p99':>9} | "
+              f"{'with: high ok':>13} {'goodput':>8} {'high p99':>9} {'shed':>6} {'limit':>5} | verdict")  # fmt: skip
+    print(f"{'':>13}| unloaded = as many callers as threads, without shedding; goodput and p99 against it")
+    print(header)
+    print("-" * len(header))
+    worst: dict[str, tuple[float, str]] = {}
+    impostor_rows: list[str] = []
+    started = time.monotonic()
+
+    def note(name: str, value: float, where: str, *, lower_is_worse: bool = True) -> None:
+        best = worst.get(name)
+        if best is None or (value < best[0] if lower_is_worse else value > best[0]):
+            worst[name] = (value, where)
+
+    for threads in [int(t) for t in args.threads.split(",")]:
+        with server("gunicorn", threads, {"shedding": None}) as url:
+            unloaded = load(url, [Callers(threads)], **timing)
+            without = {m: load(url, [Callers(m * threads)], **timing) for m in (2, 4)}
+        with server("gunicorn", threads, {"shedding": True}) as url:
+            with_ = {}
+            limits = {}
+            for m in (2, 4):
+                with_[m] = load(url, [Callers(m * threads)], **timing)
+                limits[m] = metric(url, "aio_request_server_concurrency_limit")
+        capacity, p99 = unloaded.goodput, unloaded.high_p99
+        print(f"{threads:>7} {'1x':>4} | {unloaded.high_ok:>16.1%} {capacity:>7.0f}/s {p99 * 1000:>7.1f}ms |")
+        for m in (2, 4):
+            off, on = without[m], with_[m]
+            goodput, ratio = on.goodput / capacity, on.high_p99 / p99
+            ok = on.high_ok >= 0.995 and goodput >= 0.9 and ratio <= 2
+            where = f"{threads} threads {m}x"
+            note("high ok", on.high_ok, where)
+            note("goodput", goodput, where)
+            note("high p99 ratio", ratio, where, lower_is_worse=False)
+            print(f"{'':>7} {f'{m}x':>4} | {off.high_ok:>16.1%} {off.goodput / capacity:>8.0%} "
+                  f"{off.high_p99 / p99:>8.1f}x | {on.high_ok:>13.1%} {goodput:>8.0%} {ratio:>8.1f}x "
+                  f"{on.shed:>6.0%} {limits[m]:>5.0f} | {verdict(ok)}")  # fmt: skip
+        policy = {"shedding": {"PRIORITY_POLICY": "known_services"}, "known_services": ["known"]}
+        with server("gunicorn", threads, policy) as url:
+            groups = [Callers(2 * threads), Callers(IMPOSTORS, priorities=("high",), service=None, kind="impostor")]
+            impostors = load(url, groups, **timing)
+        note("real high ok with impostors", impostors.high_ok, f"{threads} threads")
+        impostor_rows.append(
+            f"{threads:>7} | {impostors.high_ok:>13.1%} {impostors.impostor_ok:>19.1%} {impostors.shed:>12.0%} | "
+            f"{verdict(impostors.high_ok >= 0.99)}"
+        )
+    print(f"\n{IMPOSTORS} impostors claiming high (no known X-Service-Name) beside 2x real callers, "
+          "PRIORITY_POLICY = 'known_services':")  # fmt: skip
+    print(f"{'threads':>7} | {'real high ok':>13} {'impostors in time':>19} {'real shed':>12} | verdict")
+    for row in impostor_rows:
+        print(row)
+    print("\nworst case with shedding:")
+    for name, (value, where) in worst.items():
+        shown = f"{value:.1f}x" if "ratio" in name else f"{value:.1%}"
+        print(f"  {name}: {shown} ({where})")
+    print(f"\n{time.monotonic() - started:.0f} s in all")
 
 
 if __name__ == "__main__":
