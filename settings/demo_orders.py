@@ -9,9 +9,9 @@ DEMO_NEXT_HOP = "billing"
 
 AIO_REQUEST = {
     "SERVICE_NAME": "orders",
-    # The load-shedding page overloads orders: at most 10 requests in flight, 3 of them kept for high
-    # priority and 2 more for normal (low priority gets 5). See docs/budgets-and-shedding.md.
-    "SHEDDING": {"MAX_CONCURRENCY": 10, "HIGH_PRIORITY_RESERVE": 0.3, "NORMAL_PRIORITY_RESERVE": 0.2},
+    # The load-shedding page overloads orders, which learns how many requests it serves at once from
+    # their latency and serves high priority first. See docs/budgets-and-shedding.md.
+    "SHEDDING": True,
     "CLIENTS": {
         "billing": {
             "ENDPOINT": service_url("billing"),

@@ -72,9 +72,12 @@ def number(query: Mapping[str, str], key: str, default: float = 0.0, maximum: fl
 def misbehave(query: Mapping[str, str]) -> tuple[float, bool]:
     """Do what the query asks of the simulated service and return (seconds slept, failed).
 
-    ``delay`` seconds always; a share ``slow`` of requests ``slow_delay`` (default 1 s) more; a share
-    ``fail`` answers 503.
+    ``cpu`` seconds of CPU first (Python code holding the GIL); ``delay`` seconds always; a share
+    ``slow`` of requests ``slow_delay`` (default 1 s) more; a share ``fail`` answers 503.
     """
+    spin_until = time.perf_counter() + number(query, "cpu", maximum=1.0)
+    while time.perf_counter() < spin_until:
+        pass
     delay = number(query, "delay")
     if random.random() < number(query, "slow", maximum=1.0):
         delay += number(query, "slow_delay", default=1.0)

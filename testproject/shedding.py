@@ -1,12 +1,13 @@
 """The load-shedding page's experiment: orders overloaded by callers of three priorities.
 
-Orders sheds load (``SHEDDING`` in settings.demo_orders: at most 10 requests in flight, 3 of them kept
-for high priority and 2 more for normal). The frontend runs :data:`CALLERS` callers for a few seconds,
-each calling orders' ``downstream`` endpoint, which takes :data:`SERVICE_TIME`, again and again with
-its own priority: 3 high, 10 normal and 10 low, more than twice what orders admits at once. A caller
-whose request was shed waits :data:`BACKOFF` before the next one, as a client honouring the 503
-would. What orders counted in ``aio_request_server_shed_total`` (read from its ``/metrics``) is
-shown beside what the callers saw.
+Orders sheds load (``"SHEDDING": True`` in settings.demo_orders: no limit set by hand; it learns how
+many requests it serves at once from their latency). The frontend runs :data:`CALLERS` callers for a
+few seconds, each calling orders' ``downstream`` endpoint, which spends :data:`SERVICE_CPU` of CPU
+(Python code, holding the GIL: running more at once only makes each slower), again and again with
+its own priority: 3 high, 10 normal and 10 low. A caller whose request was shed waits
+:data:`BACKOFF` before the next one, as a client honouring the 503 would. What orders counted in
+``aio_request_server_shed_total`` (read from its ``/metrics``) is shown beside what the callers saw,
+and the limit orders learned, sampled every :data:`SAMPLE_EVERY` during the run.
 """
 
 import dataclasses
@@ -15,15 +16,18 @@ import time
 import urllib.parse
 import urllib.request
 
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_aio_request import Priority, clients, get
 from testproject.stats import nearest_rank
 
 CALLERS = {Priority.HIGH: 3, Priority.NORMAL: 10, Priority.LOW: 10}
-SERVICE_TIME = 0.1  # seconds orders takes for each admitted request
+SERVICE_CPU = 0.01  # seconds of CPU orders spends on each admitted request
 BACKOFF = 0.05  # seconds a shed caller waits before calling again
-_REQUEST = get("downstream/things/{id}", path_parameters={"id": "busy"}, query_parameters={"delay": str(SERVICE_TIME)})
+SAMPLE_EVERY = 0.1  # seconds between readings of orders' learned limit
+_REQUEST = get("downstream/things/{id}", path_parameters={"id": "busy"}, query_parameters={"cpu": str(SERVICE_CPU)})
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -57,13 +61,28 @@ class PriorityResult:
         return self.percentile(0.99)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """Orders' load-shedding gauges at one moment of the run."""
+
+    seconds: float  # since the run began
+    limit: float  # aio_request_server_concurrency_limit
+    waiting: float  # aio_request_server_queue_length, all priorities
+
+
+def _orders_metrics() -> str:
+    metrics = urllib.parse.urljoin(clients["orders_single"].endpoint, "/metrics")  # django-prometheus's view
+    # Orders sheds /metrics like any request: the scrape claims high priority to be answered in time.
+    request = urllib.request.Request(metrics, headers={"X-Request-Priority": "high"})
+    with _NO_PROXY.open(request, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
 def orders_shed() -> dict[str, float]:
     """Orders' ``aio_request_server_shed_total`` so far, by priority (all reasons together)."""
-    metrics = urllib.parse.urljoin(clients["orders_single"].endpoint, "/metrics")  # django-prometheus's view
-    with _NO_PROXY.open(metrics, timeout=5) as response:
-        text = response.read().decode()
     counts = {p.value: 0.0 for p in Priority}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_orders_metrics()):
         if family.name == "aio_request_server_shed":
             for sample in family.samples:
                 if sample.name.endswith("_total"):
@@ -71,9 +90,51 @@ def orders_shed() -> dict[str, float]:
     return counts
 
 
-def run(seconds: float) -> list[PriorityResult]:
-    """Every caller for ``seconds``, all at once; the outcome by priority."""
+def orders_gauges(seconds: float) -> Sample:
+    limit = waiting = 0.0
+    for family in text_string_to_metric_families(_orders_metrics()):
+        for sample in family.samples:
+            if sample.name == "aio_request_server_concurrency_limit":
+                limit = sample.value
+            elif sample.name == "aio_request_server_queue_length":
+                waiting += sample.value
+    return Sample(round(seconds, 2), limit, waiting)
+
+
+def timeline_svg(samples: list[Sample], width: int = 640, height: int = 160) -> SafeString:
+    """The learned limit (line) and the requests waiting for a slot (bars) over the run, as inline SVG."""
+    if not samples:
+        return mark_safe("")
+    end = max(s.seconds for s in samples) or 1.0
+    top = max(*(s.limit for s in samples), *(s.waiting for s in samples), 1.0)
+    left, bottom = 36, 20
+
+    def x(seconds: float) -> float:
+        return left + (width - left - 8) * seconds / end
+
+    def y(value: float) -> float:
+        return 8 + (height - bottom - 8) * (1 - value / top)
+
+    bar = '<rect x="{}" y="{}" width="3" height="{}" fill="#f0ad4e"/>'
+    bars = "".join(
+        format_html(bar, f"{x(s.seconds):.1f}", f"{y(s.waiting):.1f}", f"{y(0) - y(s.waiting):.1f}") for s in samples
+    )
+    points = " ".join(f"{x(s.seconds):.1f},{y(s.limit):.1f}" for s in samples)
+    return format_html(
+        '<svg class="timeline" width="{}" height="{}" role="img" aria-label="learned limit over time">'
+        '{}<polyline points="{}" fill="none" stroke="#4f81bd" stroke-width="2"/>'
+        '<text x="2" y="{}" font-size="11">{}</text><text x="2" y="{}" font-size="11">0</text>'
+        '<text x="{}" y="{}" font-size="11" text-anchor="end">{} s</text></svg>',
+        width, height, mark_safe(bars), points, f"{y(top) + 4:.0f}", f"{top:g}",
+        f"{y(0):.0f}", width - 8, height - 4, f"{end:g}",
+    )  # fmt: skip
+
+
+def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
+    """Every caller for ``seconds``, all at once; the outcome by priority and orders' limit over time."""
     before = orders_shed()
+    samples: list[Sample] = []
+    began = time.monotonic()
     outcomes: dict[Priority, list[tuple[int, float]]] = {p: [] for p in CALLERS}
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -94,12 +155,19 @@ def run(seconds: float) -> list[PriorityResult]:
         for priority, count in CALLERS.items()
         for n in range(count)
     ]
+
+    def sampler() -> None:
+        while time.monotonic() < stop_at:
+            samples.append(orders_gauges(time.monotonic() - began))
+            time.sleep(SAMPLE_EVERY)
+
+    threads.append(threading.Thread(target=sampler, name="shedding-sampler"))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     after = orders_shed()
-    return [
+    results = [
         PriorityResult(
             priority=priority,
             callers=CALLERS[priority],
@@ -110,3 +178,4 @@ def run(seconds: float) -> list[PriorityResult]:
         )
         for priority in CALLERS
     ]
+    return results, samples

@@ -144,12 +144,14 @@ def hedging_page(request: HttpRequest) -> HttpResponse:
 @timeout(30)
 def shedding_page(request: HttpRequest) -> HttpResponse:
     """With ``?start=1``: orders overloaded by callers of each priority, and what it shed."""
-    results = shedding.run(SHEDDING_SECONDS) if "start" in request.GET else []
+    results, samples = shedding.run(SHEDDING_SECONDS) if "start" in request.GET else ([], [])
     context = {
         "results": results,
+        "samples": samples,
+        "timeline": shedding.timeline_svg(samples),
         "seconds": SHEDDING_SECONDS,
         "callers": shedding.CALLERS,
-        "service_ms": shedding.SERVICE_TIME * 1000,
+        "service_ms": shedding.SERVICE_CPU * 1000,
         "backoff_ms": shedding.BACKOFF * 1000,
     }
     return render(request, "testproject/shedding.html", context)
