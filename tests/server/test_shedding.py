@@ -555,7 +555,7 @@ def test_a_policy_answering_junk_fails_loudly(settings: Settings) -> None:
 # The async path (ASGI, async views): waiting does not block the event loop.
 
 
-def test_async_requests_wait_by_priority_without_blocking_the_loop(settings: Settings) -> None:
+def test_async_requests_wait_by_priority_without_blocking_the_event_loop(settings: Settings) -> None:
     settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5})
     asyncio.run(_async_wait_by_priority())
 
