@@ -189,30 +189,58 @@ def one_slot() -> Limiter:
 
 
 def test_a_freed_slot_goes_to_the_highest_priority_then_the_earliest_deadline(one_slot: Limiter) -> None:
-    fill_threads(one_slot, 12)  # as a server with 13 threads would: 6 of them may wait
     holder = one_slot.acquire(NORMAL, later(5))
+    order: list[str] = []
+
+    async def request(name: str, priority: Priority, seconds: float) -> None:
+        admission = await one_slot.aacquire(priority, later(seconds))
+        assert admission.admitted
+        order.append(name)
+        await asyncio.sleep(0.01)
+        one_slot.release(admission.admitted_at, thread=False)
+
+    async def scenario() -> None:
+        tasks = []
+        for name, priority, seconds in [("low", LOW, 5), ("normal", NORMAL, 5), ("high-late", HIGH, 9),
+                                        ("high-soon", HIGH, 6), ("normal-soon", NORMAL, 4)]:  # fmt: skip
+            tasks.append(asyncio.create_task(request(name, priority, seconds)))
+            while one_slot.waiting < len(tasks):
+                await asyncio.sleep(0.002)
+        one_slot.release(holder.admitted_at, thread=True)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert order == ["high-soon", "high-late", "normal-soon", "normal", "low"]
+    assert one_slot.in_flight == 0
+
+
+def test_sync_waiters_are_served_by_priority_then_deadline() -> None:
+    slots = Limiter(FixedLimit(3), queue_timeout=5.0)
+    fill_threads(slots, 12)  # a server with 15 threads: three of them may wait
+    held = [slots.acquire(LOW, later(5)) for _ in range(3)]
     order: list[str] = []
     lock = threading.Lock()
 
     def request(name: str, priority: Priority, seconds: float) -> None:
-        admission = one_slot.acquire(priority, later(seconds))
+        admission = slots.acquire(priority, later(seconds))
         with lock:
-            order.append(name)
-        time.sleep(0.01)
-        release(admission)
+            order.append(name if admission.admitted else f"{name} refused")
+        if admission.admitted:
+            slots.release(admission.admitted_at, thread=True)
 
     threads = []
-    for name, priority, seconds in [("low", LOW, 5), ("normal", NORMAL, 5), ("high-late", HIGH, 9),
-                                    ("high-soon", HIGH, 6), ("normal-soon", NORMAL, 4)]:  # fmt: skip
+    for name, priority, seconds in [("low", LOW, 5), ("high-late", HIGH, 9), ("high-soon", HIGH, 6)]:
         threads.append(threading.Thread(target=request, args=(name, priority, seconds)))
         threads[-1].start()
         count = len(threads)
-        wait_until(lambda: one_slot.waiting == count)  # noqa: B023 - used at once
-    one_slot.release(holder.admitted_at, thread=True)
+        wait_until(lambda: slots.waiting == count)  # noqa: B023 - used at once
+    slots.release(held.pop().admitted_at, thread=True)  # each admitted one gives its slot to the next
     for thread in threads:
         thread.join(10)
-    assert order == ["high-soon", "high-late", "normal-soon", "normal", "low"]
-    assert one_slot.in_flight == 0
+    assert order == ["high-soon", "high-late", "low"]
+    for admission in held:
+        slots.release(admission.admitted_at, thread=True)
+    assert (slots.in_flight, slots.waiting) == (0, 0)
 
 
 @pytest.mark.parametrize("slots", [1, 3])
@@ -250,8 +278,9 @@ def test_a_flood_of_low_priority_never_starves_high_priority(slots: int) -> None
         thread.join(10)
     assert refused == []
     assert len(waits) > 20
-    # A high request waits for the next freed slot only: a few service times (5 ms) at most.
-    assert max(waits) < 0.1, sorted(waits)[-5:]
+    # A high request waits for the next freed slot only: a few service times (5 ms), and a loaded
+    # machine's scheduling, at most.
+    assert max(waits) < 0.25, sorted(waits)[-5:]
     assert flood.in_flight == 0
 
 

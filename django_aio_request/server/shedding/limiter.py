@@ -10,12 +10,14 @@ the best waiter: the highest priority, then the earliest deadline.
 Threads. A sync request holds a worker thread while it waits, and the server (gunicorn's gthread,
 for one) hands requests to threads in arrival order from a queue this process cannot see. If every
 thread waited here, nobody would take the next request off that queue, and a high-priority request
-behind a flood of low ones would wait for the flood. So at most half the threads the slots leave
-free may wait (the server's threads counted as the most sync requests ever in here at once): past
-that, the worst of the waiters and the newcomer is refused at once (reason ``capacity``) unless it
-is of high priority. The other threads keep pulling requests in, lower priorities are refused fast
-instead of blocking the way, and callers that honour ``Retry-After`` step back, which empties the
-queue nobody here can see. An async request (ASGI) waits on a future and holds no thread.
+behind a flood of low ones would wait for the flood. So at most one sync request per slot may wait,
+and never more than half the threads the slots leave free (the server's threads counted as the most
+sync requests ever in here at once): one waiter per slot keeps every slot refilled, and more would
+only hold threads that should be pulling. Past that, the worst of the waiters and the newcomer is
+refused at once (reason ``capacity``) unless it is of high priority. The other threads keep pulling
+requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
+``Retry-After`` step back, which empties the queue nobody here can see. An async request (ASGI)
+waits on a future and holds no thread.
 
 Reasons a request is refused, as counted in ``aio_request_server_shed_total``: ``capacity`` (no slot
 and no thread to wait on, or displaced by a better request), ``queue_timeout`` (waited the longest
@@ -175,8 +177,10 @@ class Limiter:
         queue = self._queue
         queue.push(waiter)
         if loop is None:
-            # Half the threads the slots leave free keep pulling requests in (see the module docstring).
-            room = (self._threads_peak - self.limit.current) // 2
+            # One waiter per slot refills every slot once; more would only hold threads that should
+            # be pulling requests in, and at least half the spare threads do (see the module docstring).
+            current = self.limit.current
+            room = min(current, (self._threads_peak - current) // 2)
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
                 self._published_queue(worst.priority)
