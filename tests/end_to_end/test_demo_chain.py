@@ -185,7 +185,8 @@ def test_the_shedding_page_sheds_low_priority_first_and_orders_counts_it(chain: 
     assert success["high"] >= 0.9, rows  # high priority has capacity kept for it
     assert rows["low"]["shed"] > 0, rows  # orders was overloaded, and low priority absorbed it
     assert success["low"] < success["high"], rows
-    # The limit orders learned (SHEDDING = True: none set by hand), sampled during the run, moved.
+    # The limit orders learned (SHEDDING = True: none set by hand), sampled during the run: small, as
+    # for any view that spends CPU, although orders' server starts a thread per connection.
     limits = [int(value) for value in re.findall(r'data-limit="(\d+)"', page)]
-    assert len(limits) >= 10, page
-    assert len(set(limits)) >= 2, limits
+    assert len(limits) >= 5, page
+    assert 1 <= min(limits) <= max(limits) <= 4, limits
