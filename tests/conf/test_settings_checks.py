@@ -217,7 +217,7 @@ EVERY_KIND = {
     "django_aio_request.E007": "AIO_REQUEST['CLIENTS']['billing']['PRIORITY'] is 'urgent', not a priority",
     "django_aio_request.E008": "AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] cannot be imported",
     "django_aio_request.E009": "AIO_REQUEST['TIMEOUT'] (90.0) must not exceed MAX_TIMEOUT (60.0)",
-    "django_aio_request.E010": "AIO_REQUEST['SHEDDING']['MAX_CONCURRENCY'] is required when SHEDDING is set",
+    "django_aio_request.E010": "AIO_REQUEST['CLIENTS']['billing']['UNSAFE_METHOD_STRATEGY']['STRATEGY'] is required",
 }
 BAD_SETTINGS = """
 from settings.test import *
@@ -231,13 +231,13 @@ AIO_REQUEST = {
             "EMIT_SYSTEM_HEADERS": "yes",
             "PRIORITY": "urgent",
             "SAFE_METHOD_STRATEGY": {"NAME": "hedged"},
+            "UNSAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired"},
             "RESPONSE_CLASSIFIER": "no.such.Classifier",
         },
         "orders": {"ENDPOINT": "orders:8080"},
     },
     "CIRCUIT_BREAKER_STATE": "redis",
     "TIMEOUT": 90,
-    "SHEDDING": {"RETRY_AFTER": 2},
 }
 """
 
