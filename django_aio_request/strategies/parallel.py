@@ -1,5 +1,6 @@
 import contextvars
 import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from django_aio_request.strategies.delays import (
     as_request_delays,
     linear_backoff_delays,
 )
+from django_aio_request.transport.deadline_timer import watchdog
 
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
 # ends every attempt by its deadline; this only covers a pipeline stage that does not.
@@ -26,7 +28,13 @@ _GRACE_SECONDS = 0.05
 
 
 class _HedgedCall:
-    """The state of one parallel call: attempts in flight, their cancellations, finished results."""
+    """The state of one parallel call: attempts in flight, their cancellations, finished results.
+
+    Attempt 0 runs in the caller's thread. While it runs, hedges are launched at their times by the
+    process-wide timer (transport/deadline_timer.py) onto the client's workers; an accepted hedge (or
+    a hedge that raised) aborts attempt 0 so that the caller hears of it at once. Once attempt 0 has
+    returned, the caller takes over and launches the attempts the timer has not.
+    """
 
     def __init__(
         self,
@@ -47,20 +55,68 @@ class _HedgedCall:
         self.finished: list[ResponseWithVerdict] = []
         self.in_flight = 0
         self.refused = False  # the retry budget refused an attempt: launch no more
+        self.lock = threading.Lock()
+        self.first = Cancellation()  # attempt 0's, raised by a hedge that settles the call
+        # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
+        self.next_attempt = 1
+        self.timer_running = False
+        self.cancel_timer: Callable[[], None] | None = None
+        # The caller's context, copied in the caller's thread: hedges may start from the timer's.
+        self.context = contextvars.copy_context()
 
-    def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
-        """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
+    def run_first(self) -> ResponseWithVerdict | None:
+        """Attempt 0, in this thread; None when a hedge aborted it."""
+        with self.lock:
+            self.in_flight += 1
+        try:
+            result = first_attempt(self.send(self.request, self.deadline, self.priority, 0, self.first))
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if result.response.status == status.CANCELLED:
+            return None  # aborted by a hedge that settled the call: the hedge's outcome is in the queue
+        self.observe(self.request, result.response)
+        self.finished.append(result)
+        return result
 
-        Returns the response when the attempt ran in this thread, else None (also when the retry
-        budget refused it, which sets ``refused``).
-        """
+    def start_timer(self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int) -> None:
+        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`."""
+
+        def fire() -> None:
+            with self.lock:
+                if not self.timer_running:
+                    return
+                attempt = self.next_attempt
+                self.next_attempt += 1
+                if not self.deadline.expired:
+                    self._submit(workers, attempt)  # a full pool skips this hedge: attempt 0 is in flight
+                if self.refused or self.next_attempt >= count or self.deadline.expired:
+                    self.timer_running = False
+                    return
+                self.cancel_timer = watchdog.schedule(due_at(self.next_attempt), fire)
+
+        with self.lock:
+            self.timer_running = True
+            self.cancel_timer = watchdog.schedule(due_at(1), fire)
+
+    def take_over(self) -> int:
+        """Stop the timer; the number of the first attempt it did not launch."""
+        with self.lock:
+            self.timer_running = False
+            cancel, self.cancel_timer = self.cancel_timer, None
+            next_attempt = self.next_attempt
+        if cancel is not None:
+            cancel()
+        return next_attempt
+
+    def _submit(self, workers: AttemptThreadPool, attempt: int) -> bool:
+        """Start ``attempt`` on a worker (holding ``lock``); False when every worker is busy."""
         cancellation = Cancellation()
-        context = contextvars.copy_context()  # one copy per attempt: a context runs in one thread at a time
+        context = self.context.copy()  # one copy per attempt: a context runs in one thread at a time
 
         def run() -> None:
             try:
-                sent = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
-                result = sent if attempt else first_attempt(sent)
+                result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
                 if result is None:
                     self.refused = True  # before the put: the caller sees it once it hears of the attempt
                     self.outcomes.put(None)
@@ -69,23 +125,34 @@ class _HedgedCall:
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.observe(self.request, result.response)
                 self.outcomes.put(result)
+                if result.accepted and h.X_CIRCUIT_BREAKER not in result.response.headers:
+                    self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
             except BaseException as error:
                 self.outcomes.put(error)
+                self.first.cancel()  # the caller must hear of it now
 
-        if workers.try_submit(lambda: context.run(run)) is not None:
-            self.cancellations.append(cancellation)
-            self.in_flight += 1
-            return None
-        if self.in_flight:
-            return None  # the pool is full: skip this hedge, the attempts in flight may still win
+        if workers.try_submit(lambda: context.run(run)) is None:
+            return False
+        self.cancellations.append(cancellation)
+        self.in_flight += 1
+        return True
+
+    def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
+        """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
+
+        Returns the response when the attempt ran in this thread, else None (also when the retry
+        budget refused it, which sets ``refused``).
+        """
+        with self.lock:
+            if self._submit(workers, attempt) or self.in_flight:
+                return None  # started, or the pool is full: skip this hedge, the attempts in flight may win
         sent = self.send(self.request, self.deadline, self.priority, attempt, None)
-        result = sent if attempt else first_attempt(sent)
-        if result is None:
+        if sent is None:
             self.refused = True
             return None
-        self.observe(self.request, result.response)
-        self.finished.append(result)
-        return result
+        self.observe(self.request, sent.response)
+        self.finished.append(sent)
+        return sent
 
     def wait(self, timeout: float) -> ResponseWithVerdict | None:
         """The next finished attempt, or None if none finished within ``timeout`` (or it was refused)."""
@@ -93,7 +160,8 @@ class _HedgedCall:
             outcome = self.outcomes.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return None
-        self.in_flight -= 1
+        with self.lock:
+            self.in_flight -= 1
         if outcome is None:
             return None
         if isinstance(outcome, BaseException):
@@ -118,7 +186,10 @@ class _HedgedCall:
         return not (self.in_flight and h.X_CIRCUIT_BREAKER in result.response.headers)
 
     def cancel_rest(self) -> None:
-        for cancellation in self.cancellations:
+        self.take_over()
+        with self.lock:
+            cancellations = list(self.cancellations)
+        for cancellation in cancellations:
             cancellation.cancel()
 
 
@@ -127,12 +198,14 @@ class ParallelStrategy(RequestStrategy):
     accepted response came first; the first accepted response wins and the others are aborted
     (an open circuit breaker's fallback wins only once no attempt is left in flight).
 
-    Attempts run on the client's worker pool with a copy of the caller's context each. When every
-    attempt in flight has been rejected, the next one starts at once rather than at its time
-    (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped, and
-    a call with nothing in flight runs its attempt in the caller's own thread: a full pool degrades
-    hedging, it never blocks a caller. When the client's retry budget refuses an attempt, no
-    further one is launched; the attempts in flight may still win.
+    Attempt 0 runs in the caller's own thread, so a call whose hedges never fire costs about what
+    a single attempt does (no thread hand-over). Hedges start at their times from a timer, on the
+    client's worker pool, each with a copy of the caller's context; an accepted hedge aborts attempt
+    0. When every attempt in flight has been rejected, the next one starts at once rather than at its
+    time (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped
+    (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
+    thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
+    refuses an attempt, no further one is launched; the attempts in flight may still win.
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
@@ -146,20 +219,30 @@ class ParallelStrategy(RequestStrategy):
     ) -> ResponseWithVerdict:
         call = _HedgedCall(send, request, deadline, priority, self.delays.observe)
         started = time.monotonic()
+        delays = self.delays
+
+        def due_at(attempt: int) -> float:
+            return min(started + delays(request, attempt), deadline.expires_at)
+
         try:
-            for attempt in range(self.attempts_count):
-                if attempt > 0:
-                    due = min(started + self.delays(request, attempt), deadline.expires_at)
-                    accepted = call.wait_accepted_until(due)
+            if self.attempts_count > 1:
+                call.start_timer(workers, due_at, self.attempts_count)
+            first = call.run_first()
+            next_attempt = call.take_over()
+            if first is not None and call.wins(first):
+                return first
+            if not call.refused:
+                for attempt in range(next_attempt, self.attempts_count):
+                    accepted = call.wait_accepted_until(due_at(attempt))
                     if accepted is not None:
                         return accepted
                     if deadline.expired or call.refused:
                         break
-                inline = call.launch(workers, attempt)
-                if inline is not None and inline.accepted:
-                    return inline
-                if call.refused:
-                    break
+                    inline = call.launch(workers, attempt)
+                    if inline is not None and inline.accepted:
+                        return inline
+                    if call.refused:
+                        break
             accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS)
             if accepted is not None:
                 return accepted

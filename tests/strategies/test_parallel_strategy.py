@@ -275,7 +275,9 @@ class TestDeadline:
 
         assert response.read() == b"slow"
         assert 0.3 <= elapsed < 0.6
-        assert len(server.received("/x")) == 1  # the one worker was busy with the first attempt
+        # Attempt 0 ran in the caller's thread, the first hedge on the one worker; the second
+        # hedge found the worker busy and was skipped.
+        assert len(server.received("/x")) == 2
 
 
 class TestContextAndErrors:
@@ -298,8 +300,10 @@ class TestContextAndErrors:
         assert response.read() == b"fast"
         assert [r.headers["X-Tenant"] for r in server.received("/x")] == ["acme", "acme"]
         assert [(value, priority) for _, value, priority in seen] == [("acme", Priority.HIGH)] * 2
-        caller = threading.current_thread().name
-        assert all(name != caller and name.startswith("django-aio-request") for name, _, _ in seen)
+        # Attempt 0 in the caller's own thread, the hedge (started by the timer) on a worker.
+        (first, _, _), (hedge, _, _) = seen
+        assert first == threading.current_thread().name
+        assert hedge.startswith("django-aio-request")
 
     def test_concurrent_callers_keep_their_own_context(
         self, server: LoopbackServer, make_client: Callable[..., Client]
@@ -336,7 +340,7 @@ class TestContextAndErrors:
         client = make_client(request_enricher=enrich, **hedged(attempts=2, delay=0.1))
 
         started = time.monotonic()
-        with pytest.raises(RuntimeError, match="enricher failed in django-aio-request"):
+        with pytest.raises(RuntimeError, match=f"enricher failed in {threading.current_thread().name}$"):
             call(client, get("x"))
         assert time.monotonic() - started < 0.5
         assert server.received() == []
@@ -387,3 +391,119 @@ class TestContextAndErrors:
                 call(client, get("x"))
         finally:
             occupier.join(5.0)
+
+
+class Threads:
+    """A request enricher noting the thread each attempt was sent from."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Request:
+        with self._lock:
+            self.names.append(threading.current_thread().name)
+        return request
+
+
+class TestFirstAttemptInTheCallersThread:
+    """Attempt 0 runs in the caller's thread; hedges start from a timer on the workers."""
+
+    def test_a_call_whose_hedges_never_fire_uses_no_worker(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(200, b"quick"))
+        threads = Threads()
+        client = make_client(request_enricher=threads, **hedged(attempts=3, delay=0.3))
+        for _ in range(5):
+            response, _ = call(client, get("x"))
+            assert response.read() == b"quick"
+        time.sleep(0.7)  # past every hedge's time: the timer must not launch one late
+        assert threads.names == [threading.current_thread().name] * 5
+        assert len(server.received("/x")) == 5
+        assert workers_of(client)._executor._threads == set()  # no worker thread was ever started
+
+    def test_the_deadline_bounds_attempt_0(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+        route = Hanging(hang=10)
+        server.route("/x", route)
+        threads = Threads()
+        client = make_client(request_enricher=threads, **hedged(attempts=2, delay=1.0))
+
+        response, elapsed = call(client, get("x"), deadline=Deadline.from_timeout(0.3))
+
+        assert response.status == 408
+        assert 0.3 <= elapsed < 0.3 + 0.2
+        assert threads.names == [threading.current_thread().name]  # no hedge: its time was past the deadline
+        assert route.wait_disconnects(1)[0] is not None  # the socket was shut down, not left hanging
+
+    def test_a_winning_hedge_aborts_attempt_0_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        route = Hanging(hang=1)
+        server.route("/x", route)
+        threads = Threads()
+        client = make_client(timeout=5.0, request_enricher=threads, **hedged(attempts=2, delay=0.1))
+
+        response, elapsed = call(client, get("x"))
+        returned_at = time.monotonic()
+
+        assert response.read() == b"fast"
+        assert 0.1 <= elapsed < 0.1 + 0.3  # not the 5 s attempt 0 would have held the caller
+        assert threads.names[0] == threading.current_thread().name
+        assert threads.names[1].startswith("django-aio-request")
+        (disconnected_at,) = route.wait_disconnects(1)
+        assert disconnected_at is not None
+        assert disconnected_at - returned_at < 0.3
+
+    def test_an_error_in_a_hedge_stops_attempt_0(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        route = Hanging(hang=1)
+        server.route("/x", route)
+
+        def enrich(request: Request) -> Request:
+            if threading.current_thread().name.startswith("django-aio-request"):
+                raise RuntimeError("hedge failed")
+            return request
+
+        client = make_client(timeout=5.0, request_enricher=enrich, **hedged(attempts=2, delay=0.1))
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="hedge failed"):
+            call(client, get("x"))
+        assert time.monotonic() - started < 0.5
+
+    def test_hedges_never_exceed_the_worker_bound(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """6 callers, 2 workers, 3 attempts each: at most 6 + 2 requests are ever in flight at once."""
+        widen_backlog(server)
+        gauge = [0, 0]  # now, most
+        lock = threading.Lock()
+
+        def slow(handler: Handler) -> None:
+            with lock:
+                gauge[0] += 1
+                gauge[1] = max(gauge)
+            time.sleep(0.3)
+            with lock:
+                gauge[0] -= 1
+            handler.reply(200, b"slow")
+
+        server.route("/x", slow)
+        client = make_client(timeout=2.0, max_workers=2, **hedged(attempts=3, delay=0.02))
+        callers = 6
+        results: list[bytes] = []
+
+        def caller() -> None:
+            response, _ = call(client, get("x"))
+            results.append(response.read())
+
+        threads = [threading.Thread(target=caller) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5.0)
+
+        assert results == [b"slow"] * callers
+        assert callers < gauge[1] <= callers + 2  # some hedges ran, never more than the workers
+        assert len(workers_of(client)._executor._threads) <= 2
