@@ -20,7 +20,7 @@ from django_aio_request.strategies.delays import (
     as_request_delays,
     linear_backoff_delays,
 )
-from django_aio_request.transport.deadline_timer import watchdog
+from django_aio_request.transport.deadline_timer import deadline_timer
 
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
 # ends every attempt by its deadline; this only covers a pipeline stage that does not.
@@ -61,6 +61,7 @@ class _HedgedCall:
         self.next_attempt = 1
         self.timer_running = False
         self.cancel_timer: Callable[[], None] | None = None
+        self.aborted_first: ResponseWithVerdict | None = None
         # The caller's context, copied in the caller's thread: hedges may start from the timer's.
         self.context = contextvars.copy_context()
 
@@ -74,7 +75,10 @@ class _HedgedCall:
             with self.lock:
                 self.in_flight -= 1
         if result.response.status == status.CANCELLED:
-            return None  # aborted by a hedge that settled the call: the hedge's outcome is in the queue
+            # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
+            # whole call (an async caller went away): the answer only if nothing else comes.
+            self.aborted_first = result
+            return None
         self.observe(self.request, result.response)
         self.finished.append(result)
         return result
@@ -93,11 +97,11 @@ class _HedgedCall:
                 if self.refused or self.next_attempt >= count or self.deadline.expired:
                     self.timer_running = False
                     return
-                self.cancel_timer = watchdog.schedule(due_at(self.next_attempt), fire)
+                self.cancel_timer = deadline_timer.schedule(due_at(self.next_attempt), fire)
 
         with self.lock:
             self.timer_running = True
-            self.cancel_timer = watchdog.schedule(due_at(1), fire)
+            self.cancel_timer = deadline_timer.schedule(due_at(1), fire)
 
     def take_over(self) -> int:
         """Stop the timer; the number of the first attempt it did not launch."""
@@ -248,6 +252,8 @@ class ParallelStrategy(RequestStrategy):
                 return accepted
             if call.finished:
                 return call.finished[0]
+            if call.aborted_first is not None:
+                return call.aborted_first
             timeout = EmptyResponse(status=status.TIMEOUT, elapsed=time.monotonic() - started)
             return ResponseWithVerdict(timeout, ResponseVerdict.REJECT)
         finally:
