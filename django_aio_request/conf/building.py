@@ -49,6 +49,7 @@ def build_delays(spec: DelaysSpec | None) -> DelaysProvider | RequestAttemptDela
         min_delay_seconds=o["MIN_DELAY_SECONDS"],
         max_delay_seconds=o["MAX_DELAY_SECONDS"],
         window_seconds=o["WINDOW_SECONDS"],
+        saturation_ratio=o["SATURATION_RATIO"] or None,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from django_aio_request.conf.reader import (
     BAD_ENDPOINT,
+    BAD_NUMBER,
     CONFLICT,
     MISSING_KEY,
     NO_TRAILING_SLASH,
@@ -127,6 +128,7 @@ DELAYS_SCHEMAS: dict[str, dict[str, tuple[Field, Any]]] = {
         "MIN_DELAY_SECONDS": (number(0), 0.01),
         "MAX_DELAY_SECONDS": (number(0), 10.0),
         "WINDOW_SECONDS": (SECONDS, 300.0),
+        "SATURATION_RATIO": (number(0), 0.0),  # 0: off; else > 1 (PercentileDelaysProvider)
     },
 }
 CIRCUIT_BREAKER_SCHEMA: dict[str, tuple[Field, Any]] = {
@@ -263,6 +265,9 @@ def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
         return None
     if name == "percentile" and got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
         reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
+        return None
+    if name == "percentile" and 0 < got["SATURATION_RATIO"] <= 1:
+        reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
         return None
     return DelaysSpec(name, got)
 

@@ -10,13 +10,16 @@ from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
 class _Samples:
-    __slots__ = ("cached", "cached_at", "latencies", "since_cached")
+    __slots__ = ("baseline", "baseline_at", "cached", "cached_at", "latencies", "since_cached")
 
     def __init__(self, size: int) -> None:
         self.latencies: collections.deque[tuple[float, float]] = collections.deque(maxlen=size)
         self.cached: float | None = None
         self.cached_at = 0.0
         self.since_cached = 0
+        # The lowest percentile learned since ``baseline_at``: what the server does when not busy.
+        self.baseline: float | None = None
+        self.baseline_at = 0.0
 
 
 class PercentileDelaysProvider(RequestAttemptDelaysProvider):
@@ -30,6 +33,13 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
 
     ``min_delay_seconds`` defaults to 10 ms, not aio-request's 50 ms: a 50 ms floor keeps a service
     answering in milliseconds from being hedged before 50 ms, which leaves most of its tail in place.
+
+    ``saturation_ratio`` (None: off): when the learned percentile rises above this many times its
+    baseline (the lowest value learned within the last ``window_seconds``, re-measured every window,
+    like the minimum RTT of Envoy's adaptive concurrency filter), the server is taken to be
+    saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add load to a
+    server that is slow because it has too much of it. They come back once the percentile falls
+    below the ratio again.
     """
 
     def __init__(
@@ -42,6 +52,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         max_samples: int = 2000,
         min_samples: int = 20,
         refresh_seconds: float = 1.0,
+        saturation_ratio: float | None = None,
     ) -> None:
         if not 0 < percentile < 1:
             raise ValueError(f"percentile must be between 0 and 1 (exclusive), not {percentile!r}")
@@ -49,7 +60,10 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
             raise ValueError("need 0 <= min_delay_seconds <= max_delay_seconds")
         if window_seconds <= 0 or max_samples < 1 or min_samples < 1:
             raise ValueError("window_seconds, max_samples and min_samples must be positive")
+        if saturation_ratio is not None and not saturation_ratio > 1:
+            raise ValueError(f"saturation_ratio must be above 1 or None, not {saturation_ratio!r}")
         self.percentile = percentile
+        self.saturation_ratio = saturation_ratio
         self.min_delay_seconds = min_delay_seconds
         self.max_delay_seconds = max_delay_seconds
         self._window = window_seconds
@@ -77,9 +91,18 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 samples.cached = self._compute(samples, now)
                 samples.cached_at = now
                 samples.since_cached = 0
+                self._track_baseline(samples, now)
             value = samples.cached
+            saturated = (
+                value is not None
+                and self.saturation_ratio is not None
+                and samples.baseline is not None
+                and value > self.saturation_ratio * max(samples.baseline, self.min_delay_seconds)
+            )
         if value is None:
             return self.min_delay_seconds
+        if saturated:
+            return self.max_delay_seconds
         return min(self.max_delay_seconds, max(self.min_delay_seconds, value))
 
     def observe(self, request: Request, response: Response) -> None:
@@ -97,6 +120,19 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 samples = self._samples[key] = _Samples(self._max_samples)
             samples.latencies.append((time.monotonic(), response.elapsed))
             samples.since_cached += 1
+
+    def _track_baseline(self, samples: _Samples, now: float) -> None:
+        value = samples.cached
+        if value is None:
+            return
+        if samples.baseline is None or now - samples.baseline_at >= self._window:
+            samples.baseline, samples.baseline_at = value, now  # re-measured every window
+        elif value < samples.baseline:
+            samples.baseline = value
+
+    def saturated(self, request: Request) -> bool:
+        """Whether the delay for ``request`` is held at ``max_delay_seconds`` for saturation."""
+        return self.saturation_ratio is not None and self.delay(request) == self.max_delay_seconds
 
     def _compute(self, samples: _Samples, now: float) -> float | None:
         while samples.latencies and now - samples.latencies[0][0] > self._window:

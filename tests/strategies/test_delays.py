@@ -2,8 +2,9 @@
 
 import pytest
 
-from django_aio_request import Response
+from django_aio_request import Response, get
 from django_aio_request.strategies.delays import constant_delays, linear_backoff_delays
+from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 
 
 def ok(elapsed: float) -> Response:
@@ -45,3 +46,54 @@ class TestLinearBackoffDelays:
     def test_invalid_arguments(self, kwargs: dict[str, float]) -> None:
         with pytest.raises(ValueError, match=r"must be (>= 0|between 0 and 1)"):
             linear_backoff_delays(**kwargs)
+
+
+class TestSaturation:
+    """PercentileDelaysProvider(saturation_ratio=...): no hedges while the learned delay says the
+    server is saturated (its percentile far above the baseline it showed within the window)."""
+
+    def provider(self, ratio: float | None) -> PercentileDelaysProvider:
+        return PercentileDelaysProvider(
+            min_samples=20, max_samples=100, refresh_seconds=0.0, saturation_ratio=ratio, max_delay_seconds=10.0
+        )
+
+    def test_a_saturated_server_gets_no_hedges_until_it_recovers(self) -> None:
+        provider, request = self.provider(3.0), get("things/{id}")
+        for _ in range(100):
+            provider.observe(request, ok(0.020))
+        assert provider.delay(request) == pytest.approx(0.020)
+        for _ in range(100):
+            provider.observe(request, ok(0.090))  # every answer 4.5x slower: the server is saturated
+        assert provider.delay(request) == 10.0
+        assert provider.saturated(request)
+        for _ in range(100):
+            provider.observe(request, ok(0.040))  # 2x the baseline: busy, not saturated
+        assert provider.delay(request) == pytest.approx(0.040)
+        assert not provider.saturated(request)
+
+    def test_off_by_default(self) -> None:
+        provider, request = self.provider(None), get("x")
+        for latency in (0.020, 0.090):
+            for _ in range(100):
+                provider.observe(request, ok(latency))
+        assert provider.delay(request) == pytest.approx(0.090)
+        assert not provider.saturated(request)
+
+    def test_the_ratio_must_be_above_one(self) -> None:
+        with pytest.raises(ValueError, match="saturation_ratio must be above 1"):
+            PercentileDelaysProvider(saturation_ratio=1.0)
+
+    def test_from_settings(self) -> None:
+        from django_aio_request.conf.building import build_delays
+        from django_aio_request.conf.schema import DelaysSpec
+
+        options = {
+            "PERCENTILE": 0.95,
+            "MIN_DELAY_SECONDS": 0.01,
+            "MAX_DELAY_SECONDS": 10.0,
+            "WINDOW_SECONDS": 300.0,
+            "SATURATION_RATIO": 4.0,
+        }
+        built = build_delays(DelaysSpec("percentile", options))
+        assert isinstance(built, PercentileDelaysProvider)
+        assert built.saturation_ratio == 4.0
