@@ -84,7 +84,10 @@ class _HedgedCall:
         return result
 
     def start_timer(self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int) -> None:
-        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`."""
+        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`.
+
+        ``fire`` runs on the process-wide timer thread: it only starts a worker and schedules the
+        next; ``due_at`` must be a plain look-up."""
 
         def fire() -> None:
             with self.lock:
@@ -225,8 +228,12 @@ class ParallelStrategy(RequestStrategy):
         started = time.monotonic()
         delays = self.delays
 
-        def due_at(attempt: int) -> float:
-            return min(started + delays(request, attempt), deadline.expires_at)
+        # Every attempt's time, worked out here in the caller's thread: the timer thread also ends
+        # attempts at their deadlines, so it must not wait on a delays provider (locks, sorting).
+        due = [started] + [
+            min(started + delays(request, k), deadline.expires_at) for k in range(1, self.attempts_count)
+        ]
+        due_at = due.__getitem__
 
         try:
             if self.attempts_count > 1:
