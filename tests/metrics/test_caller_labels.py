@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 
 from django_aio_request.metrics import server as server_metrics
 from django_aio_request.metrics.service_names import ServiceNames
-from tests.support.loopback import free_port
+from tests.support.loopback import free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = int(os.environ.get("AIO_REQUEST_LABEL_NAMES", "2000"))
@@ -72,15 +71,7 @@ def recycling_gunicorn() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.1)
+        wait_until_listening(process, port, "gunicorn")
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.send_signal(signal.SIGTERM)

@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics import client as client_metrics
 from django_aio_request.metrics import server as server_metrics
 from django_aio_request.metrics.deferred import INTERVAL
-from tests.support.loopback import Handler, LoopbackServer, free_port, replies
+from tests.support.loopback import Handler, LoopbackServer, free_port, replies, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -505,15 +504,10 @@ def gunicorn() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {process.stderr.read().decode()}") from None  # type: ignore[union-attr]
-                time.sleep(0.1)
+        try:
+            wait_until_listening(process, port, "gunicorn")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {process.stderr.read().decode()}") from None  # type: ignore[union-attr]
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

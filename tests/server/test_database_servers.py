@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
 from django.db import connections
 
-from tests.support.loopback import free_port
+from tests.support.loopback import free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres"
@@ -102,15 +101,10 @@ def server(
         process = subprocess.Popen(_command(kind, port), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     served = Server(kind, f"http://127.0.0.1:{port}/", log)
     try:
-        ready_by = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > ready_by:
-                    raise RuntimeError(f"{kind} did not start:\n{served.log_text()}") from None
-                time.sleep(0.1)
+        try:
+            wait_until_listening(process, port, kind)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}:\n{served.log_text()}") from None
         status, body, _ = served.get("sql/")  # the worker imports Django on its first request
         assert status == 200, body
         yield served

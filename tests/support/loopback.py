@@ -13,6 +13,7 @@ import dataclasses
 import json
 import select
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -227,3 +228,20 @@ def timed_call(client: "Client", request: "Request", **kwargs: Any) -> tuple["Re
     with client.request(request, **kwargs) as response:
         pass
     return response, time.monotonic() - started
+
+
+def wait_until_listening(process: "subprocess.Popen[Any]", port: int, what: str, seconds: float = 30.0) -> None:
+    """Wait until a server started as ``process`` accepts connections on ``port`` (loopback).
+
+    Raises RuntimeError naming ``what`` (for example the server's log) when the process exits or
+    ``seconds`` pass first.
+    """
+    ready_by = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > ready_by:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
