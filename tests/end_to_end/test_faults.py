@@ -9,7 +9,6 @@ only for what those tests do not: the deadline, the breaker and leaks, on the wh
 
 import contextlib
 import json
-import os
 import socket
 import struct
 import threading
@@ -22,6 +21,7 @@ import django_aio_request as dar
 from django_aio_request.core import status
 from django_aio_request.transport.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
 from tests.support.loopback import LoopbackServer, free_port
+from tests.support.resources import eventually, open_fds
 
 DEADLINE = 0.5
 #: How far past its deadline a call may end on a busy two-core machine.
@@ -31,19 +31,6 @@ LEAK_BOUND = 2
 
 FAILURE = (1, 0)
 SUCCESS = (0, 1)
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,12 +48,12 @@ def _warm_up() -> None:
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Fails the test if threads or open descriptors stay above where they were at its start."""
-    threads, fds = threading.active_count(), _fds()
+    threads, fds = threading.active_count(), open_fds()
     yield
-    assert _wait_until(lambda: threading.active_count() <= threads + LEAK_BOUND), (
+    assert eventually(lambda: threading.active_count() <= threads + LEAK_BOUND), (
         f"threads: {threads} before, {threading.active_count()} after: {threading.enumerate()}"
     )
-    assert _wait_until(lambda: _fds() <= fds + LEAK_BOUND), f"descriptors: {fds} before, {_fds()} after"
+    assert eventually(lambda: open_fds() <= fds + LEAK_BOUND), f"descriptors: {fds} before, {open_fds()} after"
 
 
 class RawServer:

@@ -15,13 +15,14 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import django_aio_request as dar
 from django_aio_request.core import status
 from tests.support.loopback import Handler, LoopbackServer
+from tests.support.resources import eventually, open_fds
 
 CALLS = int(os.environ.get("AIO_REQUEST_LEAK_CALLS", "2000"))
 WARM_UP = 200
@@ -45,10 +46,6 @@ TAILS: list[int] = []  # one entry per request the server received on /tail (lis
 MIX = ["ok"] * 5 + ["fail", "timeout"] + ["hedge"] * 3
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def _threads() -> int:
     """Threads other than the clients' hedging workers (bounded by MAX_WORKERS, kept for reuse)."""
     return sum(1 for thread in threading.enumerate() if not thread.name.startswith(WORKER_PREFIX))
@@ -68,15 +65,6 @@ def _drop_idle_connections(clients: dict[str, dar.Client]) -> None:
 def _rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -147,8 +135,8 @@ def test_no_threads_descriptors_or_memory_leak_through_every_strategy(busy_serve
         _run(clients, WARM_UP)
         _drop_idle_connections(clients)
         gc.collect()
-        _wait_until(lambda: _threads() <= threads_before_clients)  # the server's threads end
-        threads, fds, rss = _threads(), _fds(), _rss()
+        eventually(lambda: _threads() <= threads_before_clients, timeout=3.0)  # the server's threads end
+        threads, fds, rss = _threads(), open_fds(), _rss()
         tails_before = len(TAILS)
         started = time.monotonic()
         outcomes = _run(clients, CALLS)
@@ -169,10 +157,13 @@ def test_no_threads_descriptors_or_memory_leak_through_every_strategy(busy_serve
         finally:
             tracemalloc.stop()
         _drop_idle_connections(clients)
-        settled = _wait_until(lambda: _threads() <= threads + THREADS_BOUND and _fds() <= fds + FDS_BOUND)
+        settled = eventually(
+            lambda: _threads() <= threads + THREADS_BOUND and open_fds() <= fds + FDS_BOUND, timeout=3.0
+        )
         print(  # shown with -s: the figures of a manual run
             f"{CALLS} calls in {took:.1f}s: RSS +{rss_growth >> 10} KiB, traced +{traced_growth} B "
-            f"over {CALLS // 2} more, threads {threads} -> {_threads()} (+{_workers()} workers), fds {fds} -> {_fds()} "
+            f"over {CALLS // 2} more, threads {threads} -> {_threads()} (+{_workers()} workers), "
+            f"fds {fds} -> {open_fds()} "
             f"(settled: {settled})"
         )
         # every kind of outcome really happened, through every strategy
@@ -187,18 +178,20 @@ def test_no_threads_descriptors_or_memory_leak_through_every_strategy(busy_serve
         hedge_calls = sum(n for (_name, kind, _code), n in outcomes.items() if kind == "hedge")
         assert tails > hedge_calls, "no hedge fired"
 
-        assert _wait_until(lambda: _threads() <= threads + THREADS_BOUND), (
+        assert eventually(lambda: _threads() <= threads + THREADS_BOUND, timeout=3.0), (
             f"threads: {threads} after warm-up, {_threads()} after {CALLS} calls: {threading.enumerate()}"
         )
         assert _workers() <= MAX_WORKERS * len(clients)
-        assert _wait_until(lambda: _fds() <= fds + FDS_BOUND), f"descriptors: {fds} after warm-up, {_fds()} now"
+        assert eventually(lambda: open_fds() <= fds + FDS_BOUND, timeout=3.0), (
+            f"descriptors: {fds} after warm-up, {open_fds()} now"
+        )
         assert traced_growth < TRACED_BOUND, f"{traced_growth} bytes still allocated after {CALLS} calls: {growth[:5]}"
         assert rss_growth < RSS_BOUND, f"RSS grew by {rss_growth >> 20} MiB in {CALLS} calls ({took:.1f}s)"
     finally:
         for client in clients.values():
             client.close()
     # closing the clients ends their worker threads
-    assert _wait_until(lambda: threading.active_count() <= threads_before_clients + THREADS_BOUND), (
+    assert eventually(lambda: threading.active_count() <= threads_before_clients + THREADS_BOUND, timeout=3.0), (
         f"threads: {threads_before_clients} before the clients, {threading.active_count()} after closing them"
     )
     assert _workers() == 0

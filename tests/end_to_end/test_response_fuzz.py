@@ -12,7 +12,6 @@ import collections
 import contextlib
 import gc
 import gzip
-import os
 import threading
 import time
 import zlib
@@ -27,6 +26,7 @@ from django_aio_request import Client, DefaultCircuitBreaker, RequestStrategy, R
 from django_aio_request.core import status
 from django_aio_request.transport.requests_transport import X_INVALID_REDIRECT, X_RESPONSE_TOO_LARGE
 from tests.support.raw_server import RawAnswerServer
+from tests.support.resources import eventually, open_fds
 
 DEADLINE = 1.0
 #: How far past its deadline a call may end on a busy two-core machine.
@@ -49,19 +49,6 @@ STRATEGIES: dict[str, Callable[[], RequestStrategy]] = {
 #: Retrying until the deadline makes a rejected answer last the whole deadline: a shorter one, fewer examples.
 DEADLINES = {"retry_until_deadline": 0.2}
 EXAMPLES = {"retry_until_deadline": 30}
-
-
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def _client(url: str, strategy: str) -> Client:
@@ -195,7 +182,7 @@ def test_no_answer_raises_or_outlasts_the_deadline(strategy: str, gc_off: None) 
     client = _client(server.url, strategy)
     with client.request(dar.get("warm-up")) as response:  # process-wide threads (the deadline timer) start
         assert response.status in (status.NETWORK_ERROR, status.TIMEOUT)  # 408: retried until the deadline
-    threads, fds = threading.active_count(), _fds()
+    threads, fds = threading.active_count(), open_fds()
     tried: collections.Counter[str] = collections.Counter()
     statuses: collections.Counter[int] = collections.Counter()
     escaped: list[BaseException] = []
@@ -232,8 +219,8 @@ def test_no_answer_raises_or_outlasts_the_deadline(strategy: str, gc_off: None) 
         f"exceptions escaped: {len(escaped)}; slowest call: {worst:.3f} s (deadline {deadline} s)"
     )
     assert escaped == []
-    assert _wait_until(lambda: threading.active_count() <= threads), threading.enumerate()
-    assert _wait_until(lambda: _fds() <= fds), f"descriptors: {fds} before, {_fds()} after (GC off)"
+    assert eventually(lambda: threading.active_count() <= threads, timeout=3.0), threading.enumerate()
+    assert eventually(lambda: open_fds() <= fds, timeout=3.0), f"descriptors: {fds} before, {open_fds()} after (GC off)"
     assert server.open_connections == 0
 
 

@@ -8,15 +8,15 @@ descriptors. Printed (``pytest -s``): descriptors and connections left after ``c
 """
 
 import gc
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import django_aio_request as dar
 from tests.support.loopback import Handler, LoopbackServer
+from tests.support.resources import eventually, open_fds
 
 DEADLINE = 0.3
 _OPEN_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT
@@ -41,19 +41,6 @@ def _tcp(port: int) -> tuple[int, int]:
     return client, server
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _settle(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 @pytest.fixture
 def gc_off() -> Iterator[None]:
     gc.collect()
@@ -72,7 +59,7 @@ def _slow(handler: Handler) -> None:
 def test_close_closes_every_pooled_connection_at_once(server: LoopbackServer, gc_off: None) -> None:
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     server.route("/slow", _slow)
-    fds = _fds()
+    fds = open_fds()
     client = dar.setup(endpoint=server.url, metrics=False, timeout=DEADLINE, max_workers=8)
     with client.request(dar.get("ok")) as response:
         assert response.status == 200
@@ -97,13 +84,13 @@ def test_close_closes_every_pooled_connection_at_once(server: LoopbackServer, gc
     client.close()
     left = _tcp(server.port)[0]
     assert left == 0, f"{left} of {pooled} client connections still open right after close()"
-    assert _settle(lambda: _tcp(server.port) == (0, 0))  # the server saw every one close
-    assert _settle(lambda: _fds() <= fds + 1)  # +1: the server's worker thread may still hold one
-    print(f"\n[close] GC off: {pooled} pooled connections, {left} open after close(), descriptors +{_fds() - fds}")
+    assert eventually(lambda: _tcp(server.port) == (0, 0))  # the server saw every one close
+    assert eventually(lambda: open_fds() <= fds + 1)  # +1: the server's worker thread may still hold one
+    print(f"\n[close] GC off: {pooled} pooled connections, {left} open after close(), descriptors +{open_fds() - fds}")
 
 
 def test_hedge_losers_close_by_the_deadline_and_close_leaves_nothing_open(server: LoopbackServer, gc_off: None) -> None:
-    fds = _fds()
+    fds = open_fds()
     deadline = 0.5
     client = dar.setup(
         endpoint=server.url,
@@ -136,10 +123,10 @@ def test_hedge_losers_close_by_the_deadline_and_close_leaves_nothing_open(server
     client.close()
     left = _tcp(server.port)[0]
     assert left == 0, f"{left} client connections still open right after close()"
-    assert _settle(lambda: _fds() <= fds + 1, timeout=3.0), f"descriptors: {fds} before, {_fds()} after"
+    assert eventually(lambda: open_fds() <= fds + 1, timeout=3.0), f"descriptors: {fds} before, {open_fds()} after"
     print(
         f"\n[hedging] GC off: at most {most} connection open between calls (the pooled winner), "
-        f"{left} after close(), descriptors +{_fds() - fds}"
+        f"{left} after close(), descriptors +{open_fds() - fds}"
     )
 
 
@@ -176,4 +163,4 @@ def test_close_closes_the_connections_to_a_proxy_too(
     assert _tcp(server.port)[0] == 1  # one keep-alive connection to the proxy, pooled
     client.close()
     assert _tcp(server.port)[0] == 0
-    assert _settle(lambda: _tcp(server.port) == (0, 0))
+    assert eventually(lambda: _tcp(server.port) == (0, 0))
