@@ -6,12 +6,16 @@ import logging
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
-from urllib3.exceptions import LocationParseError
+from urllib3 import HTTPResponse
+from urllib3.exceptions import LocationParseError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
@@ -21,6 +25,7 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.transport import direct_send
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.deadline_timer import deadline_timer
@@ -39,6 +44,19 @@ X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
 X_INVALID_REDIRECT = "X-Invalid-Redirect"
 # A Content-Length of more digits than this (leading zeros aside) is above any size limit.
 _MAX_LENGTH_DIGITS = 18
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """What the transport works out once per host: requests' settings from the environment, and the
+    direct route to the host's pool (None when requests would send there differently)."""
+
+    settings: dict[str, Any]
+    route: direct_send.DirectRoute | None
+
+
+#: A request ready to send: the prepared request, its settings, and the direct route or None.
+_Sendable = tuple[requests.PreparedRequest, dict[str, Any], direct_send.DirectRoute | None]
 
 
 def _redacted(endpoint: str) -> str:
@@ -139,7 +157,7 @@ class RequestsTransport(Transport):
                 prefix, _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
             )
         self._session = session
-        self._environments: dict[str, dict[str, Any]] = {}
+        self._hosts: dict[str, _Host] = {}
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = max_connections
         self.max_connections = max_connections
@@ -151,7 +169,7 @@ class RequestsTransport(Transport):
         started = time.monotonic()
         # The caller's own mistakes (an invalid URL, header or body) raise here, before anything is
         # sent; from then on, whatever the peer answers ends as a status.
-        prepared, settings = self._prepare(endpoint, request)
+        sendable = self._prepare(endpoint, request)
         guard = AttemptSockets(started + timeout)
         unregister = cancellation.on_cancel(lambda: self._cancel(guard)) if cancellation else None
         try:
@@ -161,7 +179,7 @@ class RequestsTransport(Transport):
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
-                    response = self._send((prepared, settings), request, endpoint, guard, started)
+                    response = self._send(sendable, request, endpoint, guard, started)
                 if guard.reason is not None:
                     # The EOF an abort causes can pass for the end of the headers, or of a body without
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
@@ -177,21 +195,24 @@ class RequestsTransport(Transport):
             if unregister is not None:
                 unregister()
 
-    def _environment(self, url: str) -> dict[str, Any]:
-        """requests' settings from the environment (proxies, CA bundle) for ``url``'s host.
+    def _host(self, url: str) -> _Host:
+        """requests' settings from the environment (proxies, CA bundle) for ``url``'s host, and the
+        direct route to it (``direct_send``).
 
-        requests reads them from ``os.environ`` on every call, a fifth of a loopback call's time;
-        the environment of a running service does not change, so they are read once per host.
+        requests reads the environment from ``os.environ`` on every call, a fifth of a loopback
+        call's time; the environment of a running service does not change, so it is read once per
+        host (and so is a netrc file).
         """
         parts = urllib.parse.urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
-        found = self._environments.get(key)
+        found = self._hosts.get(key)
         if found is None:
             self._check_target(url)  # once per host: its checks depend on nothing else
-            found = dict(self._session.merge_environment_settings(url, {}, False, None, None))
-            if len(self._environments) >= _MAX_CACHED_HOSTS:
-                self._environments.clear()  # redirects to ever new hosts must not grow it without end
-            self._environments[key] = found
+            settings = dict(self._session.merge_environment_settings(url, {}, False, None, None))
+            found = _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
+            if len(self._hosts) >= _MAX_CACHED_HOSTS:
+                self._hosts.clear()  # redirects to ever new hosts must not grow it without end
+            self._hosts[key] = found
         return found
 
     def _acquire_slot(self, guard: AttemptSockets) -> bool:
@@ -221,17 +242,20 @@ class RequestsTransport(Transport):
         with self._slots:
             self._slots.notify_all()  # wake the attempt if it is waiting for a slot
 
-    def _prepare(self, endpoint: str, request: Request) -> tuple[requests.PreparedRequest, dict[str, Any]]:
-        """The request as requests sends it, and its settings; raises for the caller's mistakes."""
+    def _prepare(self, endpoint: str, request: Request) -> _Sendable:
+        """The request as requests sends it, its settings, and the direct route to take or None;
+        raises for the caller's mistakes."""
+        url = request.build_url(endpoint)
+        host = self._host(url)
+        route = host.route
+        if route is not None and direct_send.still_direct(self._session, route, url, request):
+            return direct_send.prepare(route, url, request), host.settings, route
         prepared = self._session.prepare_request(
-            requests.Request(
-                method=request.method,
-                url=request.build_url(endpoint),
-                headers=request.headers,
-                data=request.body,
-            )
+            requests.Request(method=request.method, url=url, headers=request.headers, data=request.body)
         )
-        return prepared, self._environment(prepared.url or "")
+        if prepared.url != url:
+            host = self._host(prepared.url or "")  # requests normalised the host: its own settings
+        return prepared, host.settings, None
 
     def _check_target(self, url: str) -> None:
         """Raise if ``url`` cannot be sent at all: no adapter for its scheme (``InvalidSchema``),
@@ -267,24 +291,55 @@ class RequestsTransport(Transport):
 
     def _send(
         self,
-        sendable: tuple[requests.PreparedRequest, dict[str, Any]],
+        sendable: _Sendable,
         request: Request,
         endpoint: str,
         guard: AttemptSockets,
         started: float,
     ) -> Response:
-        prepared, settings = sendable
-        session = self._session
+        prepared, settings, route = sendable
         remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
+        first: requests.Response | None = None
+        if route is not None:
+            raw = direct_send.send(self._session, route, prepared, remaining)
+            if not (request.allow_redirects and raw.status in REDIRECT_STATI and "location" in raw.headers):
+                return self._answer(request, endpoint, raw, started)
+            first = direct_send.as_requests_response(route, prepared, raw)  # followed by requests
         # stream=True: the body is read below in chunks, so that its size can be bounded.
         kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
+        outcome = self._send_with_requests(prepared, kwargs, request, endpoint, started=started, first=first)
+        if isinstance(outcome, Response):
+            return outcome
+        try:
+            body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE))
+        finally:
+            outcome.close()  # a body left unread closes the connection instead of pooling it
+        return self._answered(request, endpoint, outcome.status_code, outcome.headers, body, started=started)
+
+    def _send_with_requests(
+        self,
+        prepared: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        request: Request,
+        endpoint: str,
+        *,
+        started: float,
+        first: requests.Response | None,
+    ) -> requests.Response | Response:
+        """Send with requests' ``Session.send`` (or take ``first``, an answer already received) and
+        follow redirects: the final answer unread, or the status that ends the attempt."""
+        session = self._session
         # Every response received (redirects too), as soon as it is: requests parses a redirect's
         # Location inside send() even with allow_redirects=False, and one it cannot parse raises
         # there (ValueError, InvalidURL, ...), before the response could be looked at.
         answers: list[requests.Response] = []
         prepared.hooks["response"].append(lambda answer, **_: answers.append(answer))
         try:
-            response = session.send(prepared, allow_redirects=False, **kwargs)
+            if first is None:
+                response = session.send(prepared, allow_redirects=False, **kwargs)
+            else:
+                response = first
+                answers.append(first)
             if request.allow_redirects and response.is_redirect:
                 redirects = session.resolve_redirects(response, prepared, **kwargs)
                 for _ in range(request.max_redirects):
@@ -311,10 +366,26 @@ class RequestsTransport(Transport):
                 answer.close()
                 return self._invalid_redirect(request, endpoint, answer, problem, started)
             response = answer  # not followed: the redirect itself is the answer
+        return response
+
+    def _answer(self, request: Request, endpoint: str, raw: HTTPResponse, started: float) -> Response:
+        """The Response for an answer urllib3 received on the direct route (``direct_send``)."""
+        consumed = False
         try:
-            body = self._read_body(response)
+            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True))
+            consumed = body is not None
         finally:
-            response.close()  # a body left unread closes the connection instead of pooling it
+            # As requests' Response.close(): a body left unread closes the connection instead of
+            # pooling it; one read to its end is back in the pool already.
+            if not consumed:
+                raw.close()
+            raw.release_conn()
+        return self._answered(request, endpoint, raw.status, raw.headers, body, started=started)
+
+    def _answered(
+        self, request: Request, endpoint: str, status_code: int, headers: Any, body: bytes | None, *, started: float
+    ) -> Response:
+        """The Response for an answer whose body was read (``body``), or was too large (None)."""
         if body is None:
             logger.warning(
                 "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
@@ -329,9 +400,7 @@ class RequestsTransport(Transport):
                 elapsed=time.monotonic() - started,
                 headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
             )
-        return Response(
-            status=response.status_code, headers=response.headers, body=body, elapsed=time.monotonic() - started
-        )
+        return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
 
     @staticmethod
     def _invalid_redirect(
@@ -352,30 +421,31 @@ class RequestsTransport(Transport):
             headers={h.LOCATION: location, X_INVALID_REDIRECT: problem},
         )
 
-    def _read_body(self, response: requests.Response) -> bytes | None:
-        """The whole body, or None if it is larger than ``max_response_size``."""
+    def _read_body(self, headers: Any, chunks: Iterator[bytes]) -> bytes | None:
+        """The whole (decoded) body read from ``chunks``, or None if it is larger than
+        ``max_response_size``."""
         limit = self.max_response_size
         if limit is None:
-            return response.content
-        if _declared_length(response.headers.get("Content-Length", "")) > limit:
+            return b"".join(chunks)
+        if _declared_length(headers.get("Content-Length", "")) > limit:
             return None
-        chunks = []
+        read = []
         size = 0
-        for chunk in response.iter_content(_CHUNK_SIZE):
+        for chunk in chunks:
             size += len(chunk)
             if size > limit:
                 return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+            read.append(chunk)
+        return b"".join(read)
 
     @staticmethod
     def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
         elapsed = time.monotonic() - started
         if guard.reason is not None:
             code = guard.reason
-        elif isinstance(error, requests.Timeout) or (error.args and isinstance(error.args[0], Urllib3TimeoutError)):
-            # requests raises a read timeout in the body as ConnectionError(ReadTimeoutError): when the
-            # socket timeout (set to the time left) beats the deadline timer, it is still the deadline.
+        elif _is_timeout(error):
+            # When the socket timeout (set to the time left) beats the deadline timer, it is still the
+            # deadline.
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS
@@ -401,6 +471,20 @@ class RequestsTransport(Transport):
         the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
         it ends; it is closed then, as it cannot go back to a closed pool."""
         self._session.close()
+
+
+def _is_timeout(error: Exception) -> bool:
+    """Whether ``error`` is a socket timeout: requests' ``Timeout``, requests' ``ConnectionError``
+    around urllib3's ``ReadTimeoutError`` (a timeout while reading the body), or urllib3's own
+    (the direct route raises urllib3's exceptions unwrapped). A refused connection is urllib3's
+    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout."""
+    if isinstance(error, requests.Timeout):
+        return True
+    if isinstance(error, requests.RequestException) and error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
+    if isinstance(error, MaxRetryError) and error.reason is not None:
+        error = error.reason
+    return isinstance(error, Urllib3TimeoutError) and not isinstance(error, NewConnectionError)
 
 
 def _declared_length(value: str) -> int:

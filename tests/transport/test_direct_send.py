@@ -1,0 +1,314 @@
+"""The transport's direct route (transport/direct_send.py): it must put on the wire what requests
+would, and step aside whenever something in or around the session would change what requests does:
+mocking (responses, requests-mock), tracing wrappers, mounted adapters, auth, netrc, proxies and
+cookies."""
+
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+import responses
+import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool
+
+import django_aio_request as dar
+from django_aio_request.core import status
+from django_aio_request.transport import direct_send
+from django_aio_request.transport.requests_transport import RequestsTransport
+from tests.support.loopback import Handler, LoopbackServer
+from tests.support.recording_server import RecordingServer
+
+DEADLINE = 5.0
+
+
+class _SubclassSession(requests.Session):
+    """A session requests treats exactly like its own, but of a subclass: never on the direct route."""
+
+
+def _route(transport: RequestsTransport, url: str) -> direct_send.DirectRoute | None:
+    return transport._host(url).route
+
+
+@pytest.fixture(scope="module")
+def recording() -> Iterator[RecordingServer]:
+    server = RecordingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def both_paths() -> Iterator[tuple[RequestsTransport, RequestsTransport]]:
+    direct = RequestsTransport()
+    through_requests = RequestsTransport(_SubclassSession())
+    yield direct, through_requests
+    direct.close()
+    through_requests.close()
+
+
+_TOKEN = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~", min_size=1, max_size=12
+)
+_HEADER_VALUE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20).map(str.strip)
+_HEADER_NAME = st.one_of(_TOKEN, st.sampled_from(["accept", "USER-AGENT", "Connection", "Accept-Encoding", "Host"]))
+_ANY_TEXT = st.text(max_size=12)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> dar.Request:
+    template = draw(st.sampled_from(["", "things", "things/{id}", "a/{id}/b/{name}", "x?fixed=1", "Über/{id}"]))
+    parameters = {name: draw(_ANY_TEXT) for name in ("id", "name") if "{" + name + "}" in template}
+    return dar.request(
+        draw(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])),
+        template,
+        path_parameters=parameters,
+        query_parameters=draw(st.dictionaries(_TOKEN, st.one_of(_ANY_TEXT, st.integers(), st.lists(_ANY_TEXT)))),
+        headers=draw(st.dictionaries(_HEADER_NAME, _HEADER_VALUE, max_size=4)),
+        body=draw(st.one_of(st.none(), st.binary(max_size=40))),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=_requests())
+def test_the_direct_route_puts_on_the_wire_what_requests_would(
+    recording: RecordingServer, both_paths: tuple[RequestsTransport, RequestsTransport], request: dar.Request
+) -> None:
+    """Byte for byte: request line, headers (order and case) and body, for any method, path
+    parameters, query, headers (overriding the session's too) and body."""
+    direct, through_requests = both_paths
+    outcomes: list[object] = []
+    for transport in (direct, through_requests):
+        before = len(recording.requests())
+        try:
+            response = transport.send(recording.url, request, DEADLINE)
+        except Exception as error:  # a caller's mistake: both must refuse it, before sending
+            assert len(recording.requests()) == before
+            outcomes.append(type(error))
+            continue
+        assert response.status == 200
+        outcomes.append(recording.requests()[before])
+    assert _route(direct, recording.url) is not None
+    assert _route(through_requests, recording.url) is None
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_caller_mistake_raises_before_anything_is_sent_on_the_direct_route(recording: RecordingServer) -> None:
+    transport = RequestsTransport()
+    before = len(recording.requests())
+    with pytest.raises(requests.exceptions.InvalidHeader):
+        transport.send(recording.url, dar.get("x", headers={"X-Bad": "one\r\nInjected: two"}), DEADLINE)
+    with pytest.raises(ValueError, match="cannot be"):
+        transport.send(recording.url, dar.get("x/{id}", path_parameters={"id": ".."}), DEADLINE)
+    assert len(recording.requests()) == before
+    assert _route(transport, recording.url) is not None
+    transport.close()
+
+
+def test_the_direct_route_uses_the_adapters_own_pool_and_keeps_its_connection(recording: RecordingServer) -> None:
+    transport = RequestsTransport()
+    connections = recording.connections
+    for _ in range(5):
+        assert transport.send(recording.url, dar.get("pooled"), DEADLINE).status == 200
+    assert recording.connections == connections + 1
+    session = transport._session
+    adapter = session.get_adapter(recording.url)
+    assert isinstance(adapter, HTTPAdapter)
+    prepared = session.prepare_request(requests.Request("GET", recording.url + "pooled"))
+    verify = transport._host(recording.url).settings["verify"]  # True, or a CA bundle from the environment
+    pool = adapter.get_connection_with_tls_context(prepared, verify=verify)  # the one HTTPAdapter.send takes
+    assert isinstance(pool, HTTPConnectionPool)
+    assert (pool.num_connections, pool.num_requests) == (1, 5)
+    transport.close()
+
+
+def test_responses_intercepts_calls_of_a_transport_built_before_it_started(server: LoopbackServer) -> None:
+    transport = RequestsTransport()
+    server.route("/x", lambda h: h.reply(200, b"real"))
+    assert transport.send(server.url, dar.get("x"), DEADLINE).read() == b"real"
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.GET, server.url + "x", body=b"mocked")
+        assert transport.send(server.url, dar.get("x"), DEADLINE).read() == b"mocked"
+    assert transport.send(server.url, dar.get("x"), DEADLINE).read() == b"real"
+    assert len(server.received("/x")) == 2
+    transport.close()
+
+
+def test_a_wrapper_around_session_send_sees_every_call(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As OpenTelemetry's and ddtrace's instrumentation wrap ``requests.Session.send``, and inject
+    a trace header there: it must reach the server, and the wrapper must see every call."""
+    transport = RequestsTransport()
+    server.route("/x", lambda h: h.reply(200, b"ok"))
+    transport.send(server.url, dar.get("x"), DEADLINE)  # the direct route is planned for the host
+    original = requests.Session.send
+    seen = []
+
+    def traced(self: requests.Session, prepared: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        seen.append(prepared.url)
+        prepared.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        return original(self, prepared, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", traced)
+    for _ in range(3):
+        assert transport.send(server.url, dar.get("x"), DEADLINE).status == 200
+    monkeypatch.undo()
+    assert transport.send(server.url, dar.get("x"), DEADLINE).status == 200
+    assert seen == [server.url + "x"] * 3
+    traced_headers = [r.headers.get("traceparent") for r in server.received("/x")]
+    assert traced_headers == [None, *["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"] * 3, None]
+    transport.close()
+
+
+class _RecordingAdapter(HTTPAdapter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.sent.append(request.url or "")
+        return super().send(request, *args, **kwargs)
+
+
+def test_a_patched_get_adapter_is_used(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As requests-mock patches ``Session.get_adapter``."""
+    transport = RequestsTransport()
+    server.route("/x", lambda h: h.reply(200, b"ok"))
+    transport.send(server.url, dar.get("x"), DEADLINE)
+    adapter = _RecordingAdapter()
+    monkeypatch.setattr(requests.Session, "get_adapter", lambda self, url: adapter)
+    assert transport.send(server.url, dar.get("x"), DEADLINE).status == 200
+    assert adapter.sent == [server.url + "x"]
+    transport.close()
+
+
+def test_an_adapter_mounted_for_a_prefix_gets_its_calls(server: LoopbackServer) -> None:
+    session = requests.Session()
+    adapter = _RecordingAdapter()
+    session.mount(server.url + "special", adapter)
+    transport = RequestsTransport(session)
+    server.route("/*", lambda h: h.reply(200, b"ok"))
+    assert transport.send(server.url, dar.get("plain"), DEADLINE).status == 200
+    assert transport.send(server.url, dar.get("special/one"), DEADLINE).status == 200
+    assert adapter.sent == [server.url + "special/one"]
+    assert _route(transport, server.url) is not None  # the other paths still go direct
+    transport.close()
+
+
+def test_session_auth_is_sent(server: LoopbackServer) -> None:
+    session = requests.Session()
+    session.auth = ("user", "secret")
+    transport = RequestsTransport(session)
+    server.route("/x", lambda h: h.reply(200))
+    transport.send(server.url, dar.get("x"), DEADLINE)
+    assert server.received("/x")[0].headers["Authorization"] == "Basic dXNlcjpzZWNyZXQ="
+    assert _route(transport, server.url) is None
+    transport.close()
+
+
+def test_credentials_in_the_endpoint_are_sent_as_basic_auth(server: LoopbackServer) -> None:
+    transport = RequestsTransport()
+    server.route("/x", lambda h: h.reply(200))
+    endpoint = f"http://user:secret@127.0.0.1:{server.port}/"
+    assert transport.send(endpoint, dar.get("x"), DEADLINE).status == 200
+    assert server.received("/x")[0].headers["Authorization"] == "Basic dXNlcjpzZWNyZXQ="
+    transport.close()
+
+
+def test_a_netrc_entry_for_the_host_is_sent(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    transport = RequestsTransport()
+    server.route("/x", lambda h: h.reply(200))
+    transport.send(server.url, dar.get("x"), DEADLINE)
+    assert server.received("/x")[0].headers["Authorization"] == "Basic dXNlcjpzZWNyZXQ="
+    transport.close()
+
+
+def test_a_proxy_from_the_environment_is_used(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loopback server plays the proxy: a proxied request line carries the absolute URL."""
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    transport = RequestsTransport()
+    server.route("http://service.invalid/x", lambda h: h.reply(200))
+    target = "http://service.invalid/"
+    assert transport.send(target, dar.get("x"), DEADLINE).status == 200
+    assert server.requests[-1].path == "http://service.invalid/x"
+    assert _route(transport, target) is None
+    transport.close()
+
+
+def test_cookies_a_session_keeps_are_kept_and_sent(server: LoopbackServer) -> None:
+    """A session of the application's that keeps cookies (requests' default) keeps them on the
+    direct route too, and sends them on the next call. The transport's own session keeps none."""
+
+    def set_cookie(handler: Handler) -> None:
+        handler.reply(200, b"ok", {"Set-Cookie": "session=abc; Path=/"})
+
+    server.route("/login", set_cookie)
+    server.route("/next", lambda h: h.reply(200))
+    own = RequestsTransport(requests.Session())
+    own.send(server.url, dar.get("login"), DEADLINE)
+    own.send(server.url, dar.get("next"), DEADLINE)
+    default = RequestsTransport()
+    default.send(server.url, dar.get("login"), DEADLINE)
+    default.send(server.url, dar.get("next"), DEADLINE)
+    assert [r.headers.get("Cookie") for r in server.received("/next")] == ["session=abc", None]
+    own.close()
+    default.close()
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[tuple[int, trustme.CA]]:
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"secure")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server.server_address[1], authority
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_on_the_direct_route_verifies_the_certificate(
+    tls_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, authority = tls_server
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    url = f"https://127.0.0.1:{port}/"
+    with authority.cert_pem.tempfile() as ca_file:
+        session = requests.Session()
+        session.verify = ca_file
+        trusting = RequestsTransport(session)
+        answers = [trusting.send(url, dar.get("x"), DEADLINE) for _ in range(2)]
+        assert [(a.status, a.read()) for a in answers] == [(200, b"secure")] * 2
+        assert _route(trusting, url) is not None
+        trusting.close()
+    untrusting = RequestsTransport()  # the system's CAs: this certificate is refused
+    assert untrusting.send(url, dar.get("x"), DEADLINE).status == status.NETWORK_ERROR
+    assert _route(untrusting, url) is not None
+    untrusting.close()
