@@ -1,10 +1,11 @@
 """A small threaded HTTP/1.1 keep-alive server on 127.0.0.1 for the benchmarks.
 
-It answers every request with the same tiny ``200 ok``, after ``delay_for(index)`` seconds, where
-``index`` counts the requests the server has read (from 0, or from the last :meth:`reset`). The
-response goes out in a single ``send`` with Nagle off, so no 40 ms delayed-ACK stall can hide in
-the figures, and the request parser is deliberately minimal (request line, headers,
-``Content-Length`` body) so the server adds as little as possible to what is measured.
+It answers every request with the same ``200`` (a tiny ``ok``, or ``body_size`` bytes), after
+``delay_for(index)`` seconds, where ``index`` counts the requests the server has read (from 0, or
+from the last :meth:`reset`). The response goes out in a single ``send`` with Nagle off, so no
+40 ms delayed-ACK stall can hide in the figures, and the request parser is deliberately minimal
+(request line, headers, ``Content-Length`` body) so the server adds as little as possible to what
+is measured.
 
 In-process use::
 
@@ -32,10 +33,17 @@ DelayFor = Callable[[int], float]
 
 _MAX_LINE = 65_536
 _MAX_HEADERS = 100
-_BODY = b"ok"
-_OK = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
-)
+
+
+def _answer(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
 _BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -96,7 +104,7 @@ class _Handler(socketserver.StreamRequestHandler):
         delay = owner.delay_for(owner._arrived())
         if delay > 0:
             time.sleep(delay)
-        self.wfile.write(_OK)
+        self.wfile.write(owner.answer)
         return keep_alive
 
 
@@ -111,8 +119,9 @@ class _TCPServer(socketserver.ThreadingTCPServer):
 class BenchServer:
     """The server, serving from a daemon thread until :meth:`close`."""
 
-    def __init__(self, delay_for: DelayFor = _no_delay) -> None:
+    def __init__(self, delay_for: DelayFor = _no_delay, *, body_size: int | None = None) -> None:
         self.delay_for = delay_for
+        self.answer = _answer(b"ok" if body_size is None else b"x" * body_size)
         self._lock = threading.Lock()
         self._requests = 0
         self._connections = 0
@@ -176,12 +185,14 @@ class BenchServer:
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(*, max_seconds: float = 900.0) -> Iterator[str]:
+def serve_in_subprocess(*, max_seconds: float = 900.0, body_size: int | None = None) -> Iterator[str]:
     """Run a no-delay server in a child Python process; yields its base URL.
 
     The child serves until its stdin is closed (when the block ends) or ``max_seconds`` pass.
     """
     command = [sys.executable, "-m", "benchmarks._server", "--max-seconds", str(max_seconds)]
+    if body_size is not None:
+        command += ["--body-size", str(body_size)]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -202,8 +213,9 @@ def serve_in_subprocess(*, max_seconds: float = 900.0) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long at the latest")
+    parser.add_argument("--body-size", type=int, default=None, help="answer this many bytes (default: 'ok')")
     args = parser.parse_args()
-    server = BenchServer()
+    server = BenchServer(body_size=args.body_size)
     done = threading.Event()
 
     def wait_for_stdin_eof() -> None:
