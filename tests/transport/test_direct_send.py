@@ -16,13 +16,16 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
+from requests.sessions import REDIRECT_STATI
 from urllib3 import HTTPConnectionPool
 
 import django_aio_request as dar
 from django_aio_request.core import status
 from django_aio_request.transport import direct_send
 from django_aio_request.transport.requests_transport import RequestsTransport
+from tests.end_to_end.test_response_fuzz import answers
 from tests.support.loopback import Handler, LoopbackServer
+from tests.support.raw_server import RawAnswerServer
 from tests.support.recording_server import RecordingServer
 
 DEADLINE = 5.0
@@ -312,3 +315,40 @@ def test_https_on_the_direct_route_verifies_the_certificate(
     assert untrusting.send(url, dar.get("x"), DEADLINE).status == status.NETWORK_ERROR
     assert _route(untrusting, url) is not None
     untrusting.close()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(answer=answers())
+def test_any_answer_ends_as_the_same_response_on_both_paths(
+    raw_server: RawAnswerServer,
+    both_paths: tuple[RequestsTransport, RequestsTransport],
+    answer: tuple[bytes, frozenset[str]],
+) -> None:
+    """The malformed answers of the response fuzz (tests/end_to_end/test_response_fuzz.py), each
+    sent to both paths: the same status, body and headers."""
+    raw_server.answer = answer[0]
+    direct, through_requests = both_paths
+    outcomes = []
+    for transport in (direct, through_requests):
+        response = transport.send(raw_server.url, dar.get("x", allow_redirects=False), 1.0)
+        outcomes.append((response.status, response.read(), dict(response.headers)))
+    direct_outcome, requests_outcome = outcomes
+    if direct_outcome[0] == status.NETWORK_ERROR and requests_outcome[0] in REDIRECT_STATI:
+        # A redirect that is not followed and whose body does not decode: requests' Session.send
+        # reads a redirect's body itself and swallows the decoding error, so its path answers the
+        # redirect with an empty body; the direct route answers it as any undecodable body (489).
+        assert "redirect" in answer[1]
+        assert requests_outcome[1] == b""
+        return
+    assert direct_outcome == requests_outcome
+
+
+@pytest.fixture(scope="module")
+def raw_server() -> Iterator[RawAnswerServer]:
+    server = RawAnswerServer()
+    yield server
+    server.close()
