@@ -14,7 +14,10 @@ Each variant makes the same number of logical GETs (default 1,000) through its o
 * (c) hedged, adaptive: ``parallel_strategy(attempts_count=2, delays_provider=PercentileDelaysProvider())``,
   the provider with its defaults (95th percentile, at least 50 ms);
 * (d) as (c) with ``PercentileDelaysProvider(min_delay_seconds=0.005)``, so the learned percentile,
-  not the 50 ms floor, sets the delay.
+  not the 50 ms floor, sets the delay;
+* the anchor, aio-request (aiohttp) against the same server, from as many asyncio tasks as there are
+  caller threads: (e) its ``single_attempt_strategy()`` and (f) its ``parallel_strategy(attempts_count=2,
+  delays_provider=constant_delays(delay=0.02))``, as (b).
 
 Before the measured calls every variant makes ``--warmup`` unmeasured calls (default 200) with
 the same client, which opens its connections and lets the adaptive provider learn (it needs 20
@@ -30,10 +33,11 @@ attempt p99, with at most 10% extra load. With two attempts about 0.25% of calls
 slow request twice, more than the 0.1% that p99.9 looks at, so a hedged p99.9 near 500 ms is what
 this workload predicts, not a fault; how many such pairs a run meets depends on the seed.
 
-    .venv/bin/python -m benchmarks.hedging [--calls 1000] [--threads 4] [--warmup 200] [--seed 1]
+    .venv/bin/python -m benchmarks.hedging [--calls 1000] [--threads 4] [--warmup 200] [--seed 1] [--variants abcdef]
 """
 
 import argparse
+import asyncio
 import dataclasses
 import platform
 import random
@@ -42,6 +46,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import aio_request
+import aiohttp
 
 import django_aio_request as dar
 from benchmarks._server import BenchServer
@@ -59,8 +67,9 @@ PATH = "item"
 class Variant:
     key: str
     label: str
-    strategy: Callable[[], dar.RequestStrategy]
-    describe: Callable[[dar.RequestStrategy], str] = lambda _strategy: ""
+    strategy: Callable[[], Any]  # a dar.RequestStrategy, or an aio-request one when ``aio``
+    describe: Callable[[Any], str] = lambda _strategy: ""
+    aio: bool = False  # the anchor: aio-request on aiohttp
 
 
 def adaptive(provider: Callable[[], dar.PercentileDelaysProvider]) -> Callable[[], dar.RequestStrategy]:
@@ -87,6 +96,15 @@ VARIANTS = [
         "parallel x2, Percentile min 5 ms",
         adaptive(lambda: dar.PercentileDelaysProvider(min_delay_seconds=0.005)),
         learned_delay,
+    ),
+    Variant("e", "aio-request: single attempt", aio_request.single_attempt_strategy, aio=True),
+    Variant(
+        "f",
+        "aio-request: parallel x2, constant 20 ms",
+        lambda: aio_request.parallel_strategy(
+            attempts_count=2, delays_provider=aio_request.constant_delays(delay=0.02)
+        ),
+        aio=True,
     ),
 ]
 
@@ -169,19 +187,68 @@ def settle(server: BenchServer, quiet: float = 0.1, at_most: float = 2.0) -> Non
         seen = now
 
 
-def run_variant(variant: Variant, server: BenchServer, schedule: Schedule, args: argparse.Namespace) -> Result:
-    strategy = variant.strategy()
-    client = dar.setup(endpoint=server.url, safe_method_strategy=strategy)
-    try:
+async def drive_aio(
+    client: aio_request.Client, calls: int, tasks: int, max_seconds: float
+) -> tuple[list[float], dict[int, int]]:
+    """As :func:`drive`, with aio-request: ``calls`` GETs from ``tasks`` concurrent asyncio tasks."""
+    remaining = calls
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop_at = time.monotonic() + max_seconds
+
+    async def caller() -> None:
+        nonlocal remaining
+        while remaining > 0 and time.monotonic() < stop_at:
+            remaining -= 1
+            started = time.perf_counter()
+            async with client.request(aio_request.get(PATH)) as response:
+                await response.read()
+                status = response.status
+            latencies.append(time.perf_counter() - started)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    await asyncio.gather(*(caller() for _ in range(tasks)))
+    return latencies, statuses
+
+
+async def _measure_aio(
+    variant: Variant, server: BenchServer, args: argparse.Namespace
+) -> tuple[list[float], dict[int, int], float]:
+    async with aiohttp.ClientSession() as session:
+        client = aio_request.setup(
+            transport=aio_request.AioHttpTransport(session),
+            endpoint=server.url,
+            safe_method_strategy=variant.strategy(),
+            timeout=20.0,
+        )
         if args.warmup:
-            drive(client, args.warmup, args.threads, args.max_seconds)
-            settle(server)  # no warm-up hedge may still reach the server after the reset
+            await drive_aio(client, args.warmup, args.threads, args.max_seconds)
+            await asyncio.to_thread(settle, server)
         server.reset()
         started = time.monotonic()
-        latencies, statuses = drive(client, args.calls, args.threads, args.max_seconds)
+        latencies, statuses = await drive_aio(client, args.calls, args.threads, args.max_seconds)
         wall = time.monotonic() - started
-    finally:
-        client.close()  # waits for hedges still running, so the server has read all it will
+        await asyncio.to_thread(settle, server)  # hedges cancelled late may still reach the server
+    return latencies, statuses, wall
+
+
+def run_variant(variant: Variant, server: BenchServer, schedule: Schedule, args: argparse.Namespace) -> Result:
+    strategy = None
+    if variant.aio:
+        latencies, statuses, wall = asyncio.run(_measure_aio(variant, server, args))
+    else:
+        strategy = variant.strategy()
+        client = dar.setup(endpoint=server.url, safe_method_strategy=strategy)
+        try:
+            if args.warmup:
+                drive(client, args.warmup, args.threads, args.max_seconds)
+                settle(server)  # no warm-up hedge may still reach the server after the reset
+            server.reset()
+            started = time.monotonic()
+            latencies, statuses = drive(client, args.calls, args.threads, args.max_seconds)
+            wall = time.monotonic() - started
+        finally:
+            client.close()  # waits for hedges still running, so the server has read all it will
     served = server.requests
     return Result(
         variant=variant,
@@ -191,7 +258,7 @@ def run_variant(variant: Variant, server: BenchServer, schedule: Schedule, args:
         connections=server.connections,
         slow_served=schedule.slow_among_first(served),
         wall=wall,
-        note=variant.describe(strategy),
+        note=variant.describe(strategy) if strategy is not None else "",
     )
 
 
@@ -202,12 +269,12 @@ def ms(seconds: float) -> str:
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
     print(
-        f"  {'variant':<38}{'p50 ms':>8}{'p99 ms':>8}{'p99.9':>8}{'max':>8}{'mean':>8}"
+        f"  {'variant':<46}{'p50 ms':>8}{'p99 ms':>8}{'p99.9':>8}{'max':>8}{'mean':>8}"
         f"{'calls':>7}{'server':>8}{'load':>7}{'slow':>6}{'conns':>7}{'wall s':>8}"
     )
     for r in results:
         print(
-            f"  ({r.variant.key}) {r.variant.label:<34}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
+            f"  ({r.variant.key}) {r.variant.label:<42}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
             f"{ms(max(r.latencies, default=float('nan')))}{ms(statistics.fmean(r.latencies) if r.latencies else 0)}"
             f"{len(r.latencies):>7}{r.server_requests:>8}{r.load:>7.3f}{r.slow_served:>6}{r.connections:>7}{r.wall:>8.1f}"
         )
@@ -221,13 +288,13 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"  ({r.variant.key}) only {len(r.latencies)} of {args.calls} calls done: --max-seconds reached")
         if r.note:
             print(f"  ({r.variant.key}) {r.note}")
-    single = next((r for r in results if r.variant.key == "a"), None)
-    if single is None:
-        return
+    singles = {False: "a", True: "e"}  # each hedged variant against the single attempt of its library
     print()
     print(f"  targets: hedged p99 <= {TARGET_P99_RATIO:.2f} x single p99, load <= {TARGET_LOAD:.2f}")
+    print("  (a-d: this project, against (a); e-f: the anchor aio-request, against (e))")
     for r in results:
-        if r is single:
+        single = next((o for o in results if o.variant.key == singles[r.variant.aio]), None)
+        if single is None or r is single:
             continue
         ratio = r.pct(99) / single.pct(99)
         ratio_999 = r.pct(99.9) / single.pct(99.9)
@@ -245,7 +312,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured calls per variant first (default 200)")
     parser.add_argument("--threads", type=int, default=4, help="concurrent caller threads (default 4)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the slow/fast sequence (default 1)")
-    parser.add_argument("--variants", default="abcd", help="which variants to run, e.g. 'ab' (default abcd)")
+    parser.add_argument("--variants", default="abcdef", help="which variants to run, e.g. 'ab' (default abcdef)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a variant's calls after this long")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.warmup < 0 or not 1 <= args.threads <= 16 or args.max_seconds <= 0:
