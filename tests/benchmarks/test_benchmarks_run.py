@@ -1,0 +1,32 @@
+"""The benchmark scripts run as `make bench` runs them, on tiny sizes: they must keep working (their
+figures are not checked here: speed lives in the scripts, on a quiet machine)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*arguments: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("options", [(), ("--post-size", "100"), ("--body-size", "5000")])
+def test_overhead_runs_and_prints_its_ratios(options: tuple[str, ...]) -> None:
+    out = _run("benchmarks.overhead", "--pairs", "60", "--warmup", "10", *options)
+    assert "anchor: raw requests.Session." in out
+    assert "target: client p50 at most 0.60x raw ->" in out
+
+
+def test_hedging_runs_this_project_beside_aio_request() -> None:
+    out = _run("benchmarks.hedging", "--calls", "40", "--warmup", "25", "--variants", "abef")
+    for row in ("(a) single attempt", "(b) parallel x2", "(e) aio-request: single", "(f) aio-request: parallel"):
+        assert row in out
+    assert "(f) p99" in out
