@@ -3,6 +3,7 @@ on loopback with ``clients[...].arequest()``."""
 
 import concurrent.futures
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from tests.support.loopback import (
     wait_for_disconnect,
     widen_backlog,
 )
+from tests.support.resources import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,3 +136,31 @@ def test_hedging_from_an_async_view(downstream: LoopbackServer, service: str) ->
     assert (data["status"], data["body"]) == (200, "hedge")
     assert data["elapsed"] < 0.6
     assert len(downstream.received("/invoices/4")) == 2
+
+
+def test_a_caller_that_hangs_up_stops_the_downstream_call(downstream: LoopbackServer, service: str) -> None:
+    """The caller of an async view closes its connection while the view awaits a downstream call.
+    Django 5.0 and later cancel the view's task on the ASGI ``http.disconnect``, and the cancelled
+    ``arequest()`` shuts its socket: the downstream sees the call end at once, not at the deadline.
+    Django 4.2 does not cancel the view: the call runs on to its deadline (2 s here)."""
+    import django
+
+    hung_up: list[float] = []
+
+    def watch(handler: Handler) -> None:
+        closed = wait_for_disconnect(handler, 5.0)
+        hung_up.append(closed if closed is not None else float("inf"))
+
+    downstream.route("/invoices/5", watch)
+    with socket.create_connection(("127.0.0.1", int(service.rsplit(":", 1)[1].strip("/")))) as caller:
+        caller.sendall(b"GET /ainvoice/5/ HTTP/1.1\r\nHost: test\r\nX-Request-Timeout: 2\r\n\r\n")
+        assert eventually(lambda: len(downstream.received("/invoices/5")) == 1, timeout=3.0)
+        time.sleep(0.2)
+        gone = time.monotonic()
+    assert eventually(lambda: bool(hung_up), timeout=5.0)
+    after = hung_up[0] - gone
+    if django.VERSION >= (5, 0):
+        assert after < 0.5, f"the downstream call ended {after:.2f} s after the caller hung up"
+    else:
+        arrived = downstream.received("/invoices/5")[0].at
+        assert 1.5 < hung_up[0] - arrived < 2.6, "Django 4.2: the call should end at its 2 s deadline"
