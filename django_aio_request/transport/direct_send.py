@@ -20,6 +20,7 @@ Whatever requests would do differently takes requests' own path (``RequestsTrans
 """
 
 import functools
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,9 +41,18 @@ from django_aio_request.core.request import Request
 
 def _stock(owner: type, name: str, module: str) -> Callable[..., Any] | None:
     """``owner.name`` as requests defines it, or None if something replaced it before this import
-    (then no call takes the direct path: patched or not, it cannot be told apart)."""
+    (then no call takes the direct route). A wrapper made with ``functools.wraps`` (OpenTelemetry's
+    instrumentation, installed at start-up, before this import) copies the name and module of what
+    it wraps, but not its code: the code must come from requests' own file."""
     function = owner.__dict__.get(name)
-    if isinstance(function, types.FunctionType) and function.__module__ == module:
+    defined_in = getattr(sys.modules.get(module), "__file__", None)
+    if (
+        isinstance(function, types.FunctionType)
+        and function.__module__ == module
+        and not hasattr(function, "__wrapped__")
+        and defined_in is not None
+        and function.__code__.co_filename == defined_in
+    ):
         return function
     return None
 

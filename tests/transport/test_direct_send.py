@@ -4,6 +4,8 @@ mocking (responses, requests-mock), tracing wrappers, mounted adapters, auth, ne
 cookies."""
 
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -352,3 +354,29 @@ def raw_server() -> Iterator[RawAnswerServer]:
     server = RawAnswerServer()
     yield server
     server.close()
+
+
+def test_a_wrapper_installed_before_this_package_is_imported_is_seen(server: LoopbackServer) -> None:
+    """As ``opentelemetry-instrument`` does at start-up: ``requests.Session.send`` is replaced by a
+    ``functools.wraps`` wrapper (same name, same module) before django_aio_request is imported. A
+    fresh interpreter, so the import really comes after the wrapper."""
+    server.route("/x", lambda h: h.reply(200, b"ok"))
+    script = f"""
+import functools, requests
+original = requests.Session.send
+seen = []
+@functools.wraps(original)
+def traced(self, prepared, **kwargs):
+    seen.append(prepared.url)
+    return original(self, prepared, **kwargs)
+requests.Session.send = traced
+import django_aio_request as dar
+from django_aio_request.transport.requests_transport import RequestsTransport
+transport = RequestsTransport()
+for _ in range(3):
+    assert transport.send({server.url!r}, dar.get("x"), 5.0).status == 200
+print(len(seen))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3"
