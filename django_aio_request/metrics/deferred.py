@@ -38,6 +38,11 @@ T = TypeVar("T")
 class DeferredObservations(Generic[T]):
     """Queues observations and hands each to ``record`` on a background thread."""
 
+    #: Queue one observation; it is recorded within ``interval`` seconds, or by the next :meth:`flush`.
+    #: Until the recording thread runs, a method that starts it; from then on the queue's own
+    #: ``append``, so a request pays for no Python call (see docs/benchmarks.md, the middleware).
+    add: Callable[[T], None]
+
     def __init__(self, record: Callable[[T], None], *, name: str, interval: float = INTERVAL) -> None:
         self._record = record
         self._name = name
@@ -46,15 +51,14 @@ class DeferredObservations(Generic[T]):
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.add = self._add_and_start
         atexit.register(self.flush)
         os.register_at_fork(after_in_child=self._after_fork)
         _all.add(self)
 
-    def add(self, observation: T) -> None:
-        """Queue one observation; it is recorded within ``interval`` seconds, or by the next :meth:`flush`."""
+    def _add_and_start(self, observation: T) -> None:
         self._pending.append(observation)
-        if self._thread is None:
-            self._start()
+        self._start()
 
     def flush(self) -> None:
         """Record everything queued so far; when this returns, every earlier :meth:`add` is recorded."""
@@ -75,6 +79,7 @@ class DeferredObservations(Generic[T]):
             thread = threading.Thread(target=self._run, name=f"django-aio-request-{self._name}", daemon=True)
             thread.start()
             self._thread = thread
+            self.add = self._pending.append
 
     def _run(self) -> None:
         while True:
@@ -88,6 +93,7 @@ class DeferredObservations(Generic[T]):
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread = None
+        self.add = self._add_and_start  # the parent's queue, and no thread here yet
 
 
 _all: "weakref.WeakSet[DeferredObservations[Any]]" = weakref.WeakSet()
