@@ -27,7 +27,13 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
-from django_aio_request.server.database import catch_deadline_below, is_deadline_cancellation
+from django_aio_request.server.database import (
+    _CATCHER,
+    DeadlineBelowView,
+    _answer_below_view,
+    catch_deadline_below,
+    is_deadline_cancellation,
+)
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
 
@@ -47,6 +53,7 @@ META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
 # how Python's str() writes a float below 0.0001, so an aio-request caller with almost no time
 # left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
 _TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-[0-9]{1,3}")
+_MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}
 _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
@@ -191,6 +198,7 @@ class AioRequestMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         # A deadline exceeded below (inner middleware, signals) answers 408, not Django's 500.
         self.get_response = catch_deadline_below(get_response)
+        self._get_response = get_response  # the sync path of __call__ does what catch_deadline_below adds
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -204,32 +212,68 @@ class AioRequestMiddleware:
         logger.debug("a query ran out of the deadline: %s %s", request.method, request.path)
         return HttpResponse(status=408)
 
-    # The context is set with the contextvar itself rather than set_context(): this runs on every
-    # request, and the generator-based context manager was half of the middleware's own cost.
+    # The sync path below runs on every request of a WSGI server, so its common case is written out
+    # in one function (what it costs and why: docs/benchmarks.md, benchmarks/middleware.py): headers
+    # absent or in the form senders use, no load shedding. Everything else goes through _begin(),
+    # _call_limited() and _observe(), which do the same with every check spelled out. The context is
+    # set with the contextvar itself rather than set_context(), whose generator cost more than the rest.
 
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._acall(request)
         started = time.monotonic()
         conf = current.settings
-        context = _begin(request, conf, started)
-        if not isinstance(context, Context):
-            _observe(request, context, conf, started)
-            return context
+        meta = request.META
+        raw = meta.get(META_PRIORITY)
+        priority = conf.priority if raw is None else _PRIORITIES.get(raw)
+        raw = meta.get(META_TIMEOUT)
+        if raw is None:
+            deadline: Deadline | None = DefaultDeadline(started + conf.timeout)
+        else:
+            # "5", "4.987": the plain forms _TIMEOUT accepts (isdigit() alone also takes "²"), checked
+            # without the regular expression. Whatever is not one of them goes to _begin().
+            whole, dot, fraction = raw.partition(".")
+            deadline = None
+            if (
+                whole.isdigit()
+                and raw.isascii()
+                and len(whole) <= _MAX_INTEGER_DIGITS
+                and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
+            ):
+                seconds = float(raw)
+                if seconds > 0 and seconds >= conf.low_timeout_threshold:
+                    deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+        if deadline is None or priority is None:
+            context = _begin(request, conf, started)  # a refusal, a malformed value, white space, an exponent
+            if not isinstance(context, Context):
+                _observe(request, context, conf, started)
+                return context
+        else:
+            context = Context(deadline, priority)
         if conf.shedding is not None:
             return self._call_limited(request, conf, context, shedding_for(conf.shedding, conf.known_services), started)
+        # catch_deadline_below(), written out: the request's mark and the 408 for a deadline exceeded below.
+        setattr(request, _CATCHER, True)
         token = _context.set(context)
         try:
-            response = self.get_response(request)
+            response = self._get_response(request)
+        except DeadlineBelowView as below:
+            response = _answer_below_view(request, below)
         finally:
             _context.reset(token)
-        if METRICS_ENABLED:  # _observe(), inlined: this runs on every request
+            setattr(request, _CATCHER, False)
+        if METRICS_ENABLED:  # _observe(), written out
             match = request.resolver_match
-            route = "<unmatched>" if match is None else match.route
-            service = request.META.get(META_SERVICE_NAME)
-            elapsed = time.monotonic() - started
-            observation = (service, request.method, route, response.status_code, conf.known_services, elapsed)
-            metrics.server_observations.add(observation)
+            metrics.server_observations.add(
+                (
+                    meta.get(META_SERVICE_NAME),
+                    request.method,
+                    "<unmatched>" if match is None else match.route,
+                    response.status_code,
+                    conf.known_services,
+                    time.monotonic() - started,
+                )
+            )
         return response
 
     def _call_limited(

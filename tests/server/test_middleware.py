@@ -186,25 +186,41 @@ def test_a_bad_priority_is_ignored_counted_and_the_default_used(settings: Settin
     assert malformed("X-Request-Priority") == before + 1
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("5", 5.0),
-        ("0.25", 0.25),
-        ("12.5", 12.5),
-        ("007", 7.0),
-        ("5.000", 5.0),
-        (" 5 ", 5.0),  # optional whitespace around a field value (RFC 9110)
-        ("\t0.5\t", 0.5),
-        ("4.999873523011", 4.999873523011),  # aio-request sends str(float)
-        ("5.2e-05", 5.2e-05),  # ... which is how str() writes a float below 0.0001
-        ("1e-400", 0.0),
-        ("999999999", 999999999.0),
-        ("0", 0.0),
-    ],
-)
+GOOD_TIMEOUTS = [
+    ("5", 5.0),
+    ("0.25", 0.25),
+    ("12.5", 12.5),
+    ("007", 7.0),
+    ("5.000", 5.0),
+    (" 5 ", 5.0),  # optional whitespace around a field value (RFC 9110)
+    ("\t0.5\t", 0.5),
+    ("4.987", 4.987),  # what this package's client sends (core/pipeline.py)
+    ("4.999873523011", 4.999873523011),  # aio-request sends str(float)
+    ("5.2e-05", 5.2e-05),  # ... which is how str() writes a float below 0.0001
+    ("1e-400", 0.0),
+    ("999999999", 999999999.0),
+    ("0", 0.0),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), GOOD_TIMEOUTS)
 def test_plain_decimals_are_accepted(raw: str, expected: float) -> None:
     assert parse_timeout(raw) == expected
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("raw", "expected"), [(raw, seconds) for raw, seconds in GOOD_TIMEOUTS if seconds >= 0.005])
+def test_every_accepted_value_sets_the_same_deadline_through_the_sync_shortcut_and_the_async_path(
+    mode: str, raw: str, expected: float
+) -> None:
+    # The sync path checks the common forms ("5", "4.987") without parse_timeout(); the others go
+    # through it. Both must give the deadline parse_timeout() names, clamped to MAX_TIMEOUT.
+    before = malformed("X-Request-Timeout")
+    seen = view_saw(GETTERS[mode](CTX[mode], {"X-Request-Timeout": raw, "X-Request-Priority": "low"}))
+    assert seen["source"] == "header"
+    assert seen["priority"] == "low"
+    assert min(expected, MAX_TIMEOUT) - 1.0 < seen["timeout"] <= min(expected, MAX_TIMEOUT)
+    assert malformed("X-Request-Timeout") == before
 
 
 @pytest.mark.parametrize(
