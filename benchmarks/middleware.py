@@ -12,20 +12,22 @@ same settings except MIDDLEWARE:
 auth, messages: what ``startproject`` and this project's settings.base have). ``--stack none`` has
 an empty base stack, so its ratio is the harshest one can measure: the test client and the handler
 are all the rest. Every
-request carries ``X-Request-Timeout: 5`` and ``X-Request-Priority: high`` (``--no-headers``: none,
-the default-deadline path), so both variants parse the same bytes.
+request carries ``X-Request-Timeout: 5`` (``--timeout 4.987``: another value, such as the
+three-decimal form this package's client sends) and ``X-Request-Priority: high`` (``--no-headers``:
+none, the default-deadline path), so both variants parse the same bytes.
 
 The two are interleaved in one run (one request without, one with, the order flipping every pair)
 after a warm-up, so CPU frequency changes, other processes and GC hit both alike. ``with/without``
-is the ratio of the same percentile of the two series; the target is a p50 under 1.05x. "Overhead
+is the ratio of the same percentile of the two series; the target (issue 16) is a p50 of at most 1.03x. "Overhead
 per request" is the median over pairs of (with - without), the most noise-proof figure.
 
 The middleware hands each request's latency to a background thread, which records it in
-``aio_request_server_latency`` (see django_aio_request/deferred_observations.py). That work is not
+``aio_request_server_latency`` (see django_aio_request/metrics/deferred.py). That work is not
 in the request's time, so it is measured on its own and printed too: the CPU time per request the
 recording thread spends, from queueing and recording as many observations as there were requests.
 
-    .venv/bin/python -m benchmarks.middleware [--pairs 20000] [--warmup 2000] [--stack django|none] [--no-headers]
+    .venv/bin/python -m benchmarks.middleware [--pairs 20000] [--warmup 2000] [--stack django|none]
+        [--timeout 5] [--no-headers]
 """
 
 import argparse
@@ -40,7 +42,7 @@ from django.conf import settings
 
 from benchmarks.overhead import interleaved, paired_median_difference, summary
 
-TARGET_P50_RATIO = 1.05
+TARGET_P50_RATIO = 1.03
 OURS = "django_aio_request.middleware.AioRequestMiddleware"
 DJANGO_STACK = [
     "django.middleware.security.SecurityMiddleware",
@@ -122,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--stack", choices=("django", "none"), default="django")
+    parser.add_argument("--timeout", default="5", help="the X-Request-Timeout value sent (default: 5)")
     parser.add_argument("--no-headers", action="store_true")
     args = parser.parse_args(argv)
 
     configure(args.stack)
-    headers = {} if args.no_headers else {"X-Request-Timeout": "5", "X-Request-Priority": "high"}
+    headers = {} if args.no_headers else {"X-Request-Timeout": args.timeout, "X-Request-Priority": "high"}
     base, ours = stacks(args.stack)
     without, with_ = make_call(base, headers), make_call(ours, headers)
 
@@ -151,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  overhead per request (median of with - without over pairs): {paired_median_difference(a, b):.1f} µs")
     print(f"  recording thread, off the request path: {recording_cost(rounds):.1f} µs per request")
     ratio = t["p50"] / s["p50"]
-    verdict = "MET" if ratio < TARGET_P50_RATIO else "MISSED"
-    print(f"  target: p50 under {TARGET_P50_RATIO:.2f}x -> {ratio:.3f}x, {verdict}")
+    verdict = "MET" if ratio <= TARGET_P50_RATIO else "MISSED"
+    print(f"  target: p50 at most {TARGET_P50_RATIO:.2f}x -> {ratio:.3f}x, {verdict}")
     return 0
 
 
