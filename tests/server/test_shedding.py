@@ -20,7 +20,7 @@ from django_aio_request import Priority, clients
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.context import get_context
 from django_aio_request.server import shedding as shedding_module
-from django_aio_request.server.shedding import FixedLimit, Limiter, shedding_for
+from django_aio_request.server.shedding import AdaptiveLimit, FixedLimit, Limiter, shedding_for
 
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
@@ -57,12 +57,20 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("the view failed")
 
 
+def spin(request: HttpRequest) -> HttpResponse:
+    end = time.thread_time() + float(request.GET["s"])
+    while time.thread_time() < end:
+        pass
+    return HttpResponse(b"done")
+
+
 urlpatterns = [
     path("block", block),
     path("ablock", ablock),
     path("ok", ok),
     path("asleep", asleep),
     path("boom", boom),
+    path("spin", spin),
 ]
 
 
@@ -516,6 +524,24 @@ def test_the_limiter_is_rebuilt_when_the_settings_change_and_kept_otherwise(sett
     assert get(NORMAL, url="/ok").status_code == 200
     assert limiter() is not first
     assert limiter().limit.current == 3
+
+
+def test_sync_requests_tell_the_limit_the_cpu_time_their_view_spent(settings: Settings) -> None:
+    settings.AIO_REQUEST = settings_with(True)
+
+    async def through_asgi() -> int:
+        response = await AsyncClient().get("/spin?s=0.02", headers=headers(NORMAL))
+        return int(response.status_code)
+
+    # The async path (ASGI): the event loop's thread runs many requests, its CPU time is no one's.
+    assert asyncio.run(through_asgi()) == 200
+    limit = limiter().limit
+    assert isinstance(limit, AdaptiveLimit)
+    assert limit.cpu is None
+    for _ in range(3):
+        assert get(NORMAL, url="/spin?s=0.02").status_code == 200
+    assert limit.cpu is not None
+    assert limit.cpu >= 0.02  # each spent at least 20 ms of its thread's CPU time
 
 
 def test_a_failing_view_releases_its_slot(settings: Settings) -> None:

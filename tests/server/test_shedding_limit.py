@@ -4,6 +4,7 @@ A simulated view takes ``service`` seconds alone; a CPU view (under the GIL) tak
 the number of requests running at once, a waiting (I/O) view the same time however many run.
 """
 
+import itertools
 import random
 
 import pytest
@@ -12,12 +13,16 @@ from django_aio_request.server.shedding import AdaptiveLimit, FixedLimit
 
 
 class Simulation:
-    """A closed system holding ``busy`` requests in flight (or the limit, if lower), on a fake clock."""
+    """A closed system holding ``busy`` requests in flight (or the limit, if lower), on a fake clock.
 
-    def __init__(self, limit: AdaptiveLimit, service: float, *, cpu: bool) -> None:
+    ``cpu_time``: the CPU time each request reports (None: not reported, as on the async path).
+    """
+
+    def __init__(self, limit: AdaptiveLimit, service: float, *, cpu: bool, cpu_time: float | None = None) -> None:
         self.limit = limit
         self.service = service
         self.cpu = cpu
+        self.cpu_time = cpu_time
         self.now = 0.0
         self.seen: list[int] = []
 
@@ -27,8 +32,33 @@ class Simulation:
             rtt = self.service * (running if self.cpu else 1)
             admitted = self.now
             self.now += rtt / running  # requests finish one after another
-            self.limit.sample(rtt, running, admitted, self.now)
+            self.limit.sample(rtt, running, admitted, self.now, self.cpu_time)
             self.seen.append(self.limit.current)
+
+
+class MostlyAlone:
+    """Two server threads with CPU views that mostly run one at a time (as under the GIL): a request
+    ends beside another only with probability ``overlap``, and then took 1.8 times as long."""
+
+    def __init__(self, limit: AdaptiveLimit, service: float, overlap: float) -> None:
+        self.limit = limit
+        self.service = service
+        self.overlap = overlap
+        self.random = random.Random(2)
+        self.now = 0.0
+        self.seen: list[int] = []
+
+    def run(self, requests: int) -> None:
+        for _ in range(requests):
+            beside = self.limit.current >= 2 and self.random.random() < self.overlap
+            admitted = self.now
+            self.now += self.service
+            self.limit.sample(self.service * (1.8 if beside else 1.0), 2 if beside else 1, admitted, self.now)
+            self.seen.append(self.limit.current)
+
+
+def growths(seen: list[int]) -> int:
+    return sum(after > before for before, after in itertools.pairwise(seen))
 
 
 def adaptive(**options: float) -> AdaptiveLimit:
@@ -74,6 +104,56 @@ def test_cpu_views_settle_where_latency_stays_within_the_tolerance(tolerance: fl
     assert max(settled) <= highest + 1
     assert sum(settled) / len(settled) <= highest  # latency about tolerance x the no-load latency
     assert min(settled) >= 1
+
+
+@pytest.mark.parametrize("overlap", [0.1, 0.2, 0.5])
+def test_a_limit_the_threads_never_reach_still_comes_down(overlap: float) -> None:
+    # Two threads, so the limit is never reached above 2; judged by the plain mean of mostly lone
+    # requests, it stayed at 3-4 and the server's threads all ran requests, none ordered them.
+    simulation = MostlyAlone(adaptive(maximum=64), 0.005, overlap)
+    simulation.run(3000)
+    settled = simulation.seen[1000:]
+    assert max(settled) <= 2
+    assert sum(settled) / len(settled) <= 1.5
+
+
+def test_a_growth_that_does_not_hold_is_tried_less_and_less_often() -> None:
+    simulation = Simulation(adaptive(maximum=64), 0.01, cpu=True)
+    simulation.run(3000)
+    # Every growth from 1 to 2 is undone by the next window; it was tried every other window.
+    tries = growths(simulation.seen[1000:])
+    assert 1 <= tries <= 2000 / (3 * AdaptiveLimit.MAX_PATIENCE) + 5
+    # Once the views wait instead (a changed workload), a growth holds and growing resumes at once.
+    simulation.cpu = False
+    simulation.run(1500)
+    assert simulation.limit.current == 64
+
+
+@pytest.mark.parametrize(("cpu_time", "ceiling"), [(0.010, 1), (0.004, 3), (0.001, 15), (0.0001, 64)])
+def test_cpu_time_caps_the_limit_at_what_the_gil_can_run(cpu_time: float, ceiling: int) -> None:
+    # Views of 10 ms whose latency does not grow with concurrency: only the CPU time they report
+    # says how many can run at once under the GIL (tolerance 1.5 x 10 ms / CPU time, rounded down).
+    simulation = Simulation(adaptive(maximum=64), 0.01, cpu=False, cpu_time=cpu_time)
+    simulation.run(2000)
+    assert simulation.limit.ceiling == ceiling
+    assert max(simulation.seen) <= max(4, ceiling)  # 4: where it starts, before any CPU time was known
+    assert simulation.limit.current == ceiling
+
+
+def test_without_a_gil_or_a_cpu_time_there_is_no_ceiling() -> None:
+    free_threaded = Simulation(AdaptiveLimit(maximum=64, gil=False), 0.01, cpu=False, cpu_time=0.01)
+    free_threaded.run(2000)
+    assert free_threaded.limit.current == 64
+    unreported = Simulation(adaptive(maximum=64), 0.01, cpu=False, cpu_time=None)
+    unreported.run(2000)
+    assert (unreported.limit.cpu, unreported.limit.current) == (None, 64)
+
+
+def test_the_minimum_limit_wins_over_the_cpu_ceiling() -> None:
+    simulation = Simulation(adaptive(minimum=3, maximum=64), 0.01, cpu=False, cpu_time=0.01)
+    simulation.run(500)
+    assert simulation.limit.ceiling == 1
+    assert simulation.limit.current == 3
 
 
 def test_the_no_load_latency_is_measured_again_after_the_probe_interval() -> None:

@@ -42,7 +42,9 @@ def test_gunicorn_gthread_serves_high_priority_in_time_at_any_thread_count(threa
     assert shed_high == 0
     served = sum(o.status == 200 for o in steady)
     assert served / 2.0 > 50  # requests a second: the server kept working (about 200/s unloaded)
-    assert 1 <= limit <= max(4, threads)  # views that use CPU: no use running many at once
+    # Views that use CPU: under the GIL no use running many at once (the CPU time each reports caps
+    # the limit at 1, or 2 when waiting for the GIL made the no-load latency look longer).
+    assert 1 <= limit <= min(2, threads)
 
 
 @pytest.mark.timeout(120)

@@ -10,15 +10,35 @@ and the Vegas and Gradient2 limits of Netflix's concurrency-limits:
   because the view's own cost changes (a slower database, a bigger table). Between probes a faster
   sample lowers it at once.
 * the served requests are gathered in *windows* of about half a limit of samples; at the end of a
-  window its mean latency is compared with ``tolerance x min_rtt``. Below it the process has room:
-  if the window used the limit (its busiest moment reached it), the limit grows by its square root
-  (at least 1). Above it, requests queue for CPU, locks or connections inside the process: the
-  limit shrinks in proportion, ``limit x tolerance x min_rtt / latency``, by at most half a window.
+  window its latency is compared with ``tolerance x min_rtt``. The latency is the mean of the
+  requests that ended at the window's busiest (the most in flight at once): a concurrency is judged
+  by the requests that ran at it. (Under a threaded server whose threads mostly run one at a time,
+  a window's plain mean is made of requests that ran alone, and hides that every one run beside
+  another took twice as long.) Below it the process has room: if the window used the limit (its
+  busiest reached it), the limit grows by its square root (at least 1). Above it, requests queue
+  for CPU, locks or connections inside the process: the limit shrinks in proportion to what ran,
+  ``min(limit, busiest) x tolerance x min_rtt / latency``, by at most half a window; so a limit
+  above what the server's threads can ever reach still comes down.
+* a growth that the next used window undoes was a failed try: the limit then waits twice as many
+  good windows (up to ``MAX_PATIENCE``) before trying to grow again, and goes back to growing after
+  every good window once a growth holds. With CPU views under the GIL the limit thus stays at the
+  size where latency holds (often 1) and tries one more only now and then, leaving the server's
+  other threads free to take requests in and order them by priority.
+* a *ceiling* from CPU time: a sync request reports the CPU time its thread spent on it
+  (``time.thread_time()``). Under the GIL one thread runs Python at a time, so requests that spend
+  ``cpu`` of their no-load latency on the CPU use the process's whole throughput once ``min_rtt /
+  cpu`` of them run at once, and at ``tolerance x min_rtt / cpu`` latency reaches the tolerance: the
+  limit stays at or below that, rounded down (1 for views that only compute). Latency alone tells
+  this late, or not at all when a threaded server's threads rarely run at once; and a limit at or
+  above the server's threads leaves no thread free to take requests in, so they wait in the
+  server's own first-come queue where priority cannot order them. Free-threaded builds and async
+  requests (whose thread runs many) set no ceiling.
 
 With views that wait (I/O), latency does not grow with concurrency, so the limit climbs to what
 the threads allow (it only grows while it is used). With views that use CPU under the GIL, latency
 grows with every request run at once, so the limit settles where latency is about ``tolerance``
-times the no-load latency (2 to 3 requests at the default ``tolerance`` of 2).
+times the no-load latency (1 or 2 requests at the default ``tolerance`` of 1.5), and the CPU
+ceiling keeps it there from the first requests on.
 
 Not thread-safe on its own: the limiter calls it under its lock.
 """
@@ -26,6 +46,7 @@ Not thread-safe on its own: the limiter calls it under its lock.
 import math
 import random
 import statistics
+import sys
 
 __all__ = ["AdaptiveLimit", "FixedLimit", "Limit"]
 
@@ -42,7 +63,7 @@ class FixedLimit:
             raise ValueError(f"the limit must be >= 1, not {limit}")
         self.current = limit
 
-    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float) -> None:
+    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float, cpu: float | None = None) -> None:
         """A fixed limit learns nothing."""
 
 
@@ -50,13 +71,18 @@ class AdaptiveLimit:
     """The concurrency limit learned from the latency of served requests (see the module docstring)."""
 
     __slots__ = (
+        "_gil",
+        "_good",
+        "_grew",
         "_jitter",
         "_limit",
         "_next_probe",
+        "_patience",
         "_probe_began",
         "_probe_samples",
         "_window",
         "_window_busiest",
+        "cpu",
         "current",
         "maximum",
         "min_rtt",
@@ -68,6 +94,8 @@ class AdaptiveLimit:
     adaptive = True
     PROBE_SAMPLES = 5  # requests measured at the minimum limit; their median is the no-load latency
     SMALLEST_WINDOW = 3
+    MAX_PATIENCE = 16  # good windows waited, at most, before trying again a growth that failed
+    CPU_WEIGHT = 0.1  # of the newest request in the moving mean of CPU time
 
     def __init__(
         self,
@@ -79,6 +107,7 @@ class AdaptiveLimit:
         probe_interval: float = 30.0,
         now: float = 0.0,
         jitter: random.Random | None = None,
+        gil: bool | None = None,
     ) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError(f"need 1 <= minimum <= maximum, not {minimum} and {maximum}")
@@ -89,11 +118,17 @@ class AdaptiveLimit:
         self.tolerance = tolerance
         self.probe_interval = probe_interval
         self._jitter = jitter or random.Random()
+        # Free-threaded builds run Python on several cores at once: CPU time then sets no ceiling.
+        self._gil = getattr(sys, "_is_gil_enabled", lambda: True)() if gil is None else gil
+        self.cpu: float | None = None  # moving mean of the CPU time of requests served on threads
         start = max(minimum, min(maximum, 4 if initial is None else initial))
         self._limit = float(start)  # the learned limit; ``current`` is what applies now (the minimum while probing)
         self.min_rtt: float | None = None
-        self._window: list[float] = []
-        self._window_busiest = 0
+        self._window: list[tuple[float, int]] = []  # (time taken, requests in flight as it ended)
+        self._window_busiest = 0  # the most in flight as a request of the window ended
+        self._patience = 1  # good, used windows needed before the next growth
+        self._good = 0  # good, used windows since the last change
+        self._grew = False  # the last change was a growth not yet judged by a used window
         self._probe_samples: list[float] = []
         self._next_probe = now
         self._probe_began: float | None = None
@@ -103,7 +138,21 @@ class AdaptiveLimit:
     @property
     def learned(self) -> int:
         """The limit learned so far (``current`` is the minimum while a probe runs)."""
-        return max(self.minimum, min(self.maximum, int(self._limit)))
+        return max(self.minimum, min(self.maximum, self.ceiling, int(self._limit)))
+
+    @property
+    def ceiling(self) -> int:
+        """The most requests worth running at once under the GIL: ``tolerance x min_rtt / cpu``, rounded down.
+
+        Only one thread runs Python at a time, so requests that spend ``cpu`` of their ``min_rtt``
+        on the CPU reach the process's whole throughput with ``min_rtt / cpu`` of them at once; more
+        only wait for the GIL inside the process, where priority cannot order them. ``maximum``
+        until requests served on threads were measured (or without a GIL).
+        """
+        cpu, min_rtt = self.cpu, self.min_rtt
+        if not self._gil or cpu is None or min_rtt is None or cpu <= 0:
+            return self.maximum
+        return max(1, min(self.maximum, int(self.tolerance * min_rtt / cpu)))
 
     @property
     def probing(self) -> bool:
@@ -122,8 +171,14 @@ class AdaptiveLimit:
         self.current = self.learned
         self._next_probe = now + self.probe_interval * self._jitter.uniform(0.8, 1.2)
 
-    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float) -> None:
-        """A served request took ``rtt`` seconds from admission; ``in_flight`` counts it and the others running."""
+    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float, cpu: float | None = None) -> None:
+        """A served request took ``rtt`` seconds from admission; ``in_flight`` counts it and the others running.
+
+        ``cpu``: the CPU time its thread spent on it (None when unknown: an async request).
+        """
+        if cpu is not None:
+            previous = self.cpu
+            self.cpu = cpu if previous is None else previous + self.CPU_WEIGHT * (cpu - previous)
         if self._probe_began is not None:
             if admitted_at >= self._probe_began:  # admitted under the probe's limit: (nearly) alone
                 self._probe_samples.append(rtt)
@@ -137,19 +192,39 @@ class AdaptiveLimit:
         assert min_rtt is not None  # set by the first probe, before any window
         if rtt < min_rtt:
             self.min_rtt = min_rtt = rtt
-        self._window.append(rtt)
+        window = self._window
+        window.append((rtt, in_flight))
         self._window_busiest = max(self._window_busiest, in_flight)
-        if len(self._window) < max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):
-            return
-        latency = sum(self._window) / len(self._window)
+        if len(window) >= max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):
+            self._end_window(min_rtt)
+
+    def _end_window(self, min_rtt: float) -> None:
+        """Grow, keep or shrink the limit by the window's latency (see the module docstring)."""
+        window = self._window
+        busiest = self._window_busiest
+        used = busiest >= self.current  # the window reached the limit: only then may it grow
+        judged = [sample for sample, running in window if running >= busiest]
+        latency = sum(judged) / len(judged)
         limit = self._limit
         gradient = self.tolerance * min_rtt / latency if latency > 0 else 1.0
-        if gradient >= 1:
-            if self._window_busiest >= int(limit):  # grow only a limit that was used
+        if gradient < 1:
+            # From what ran at once, not from a limit the window never reached (with fewer threads
+            # than the limit, the limit is never reached and would otherwise never shrink).
+            limit = min(limit, float(busiest)) * max(0.5, gradient)
+            if self._grew:  # the last growth did not hold: wait longer before the next
+                self._patience = min(self.MAX_PATIENCE, self._patience * 2)
+            self._grew = False
+            self._good = 0
+        elif used:  # grow only a limit that was used
+            if self._grew:  # the last growth held
+                self._patience = 1
+                self._grew = False
+            self._good += 1
+            if self._good >= self._patience:
                 limit += max(1.0, math.sqrt(limit))
-        else:
-            limit *= max(0.5, gradient)
-        self._limit = max(float(self.minimum), min(float(self.maximum), limit))
+                self._grew = True
+                self._good = 0
+        self._limit = max(float(self.minimum), min(float(self.maximum), float(self.ceiling), limit))
         self.current = self.learned
         self._window = []
         self._window_busiest = 0

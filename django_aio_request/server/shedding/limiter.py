@@ -146,8 +146,11 @@ class Limiter:
         with self._lock:
             return self._leave(waiter, reason)
 
-    def release(self, admitted_at: float, *, thread: bool) -> None:
-        """The admitted request admitted at ``admitted_at`` is done: learn from its time, give its slot on."""
+    def release(self, admitted_at: float, *, thread: bool, cpu: float | None = None) -> None:
+        """The admitted request admitted at ``admitted_at`` is done: learn from its time, give its slot on.
+
+        ``cpu``: the CPU time the request's thread spent serving it (``time.thread_time()``), if known.
+        """
         now = self._clock()
         with self._lock:
             if self._in_flight <= 0:
@@ -155,7 +158,7 @@ class Limiter:
             if thread:
                 self._threads -= 1
             rtt = now - admitted_at
-            self.limit.sample(rtt, self._in_flight, admitted_at, now)
+            self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu)
             self._in_flight -= 1
             previous = self._service_time
             self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
