@@ -7,7 +7,7 @@ Run it under a real server, configured by the environment variable ``SHEDDING_SE
         'benchmarks._shedding_service:wsgi()'
     DJANGO_SETTINGS_MODULE=benchmarks._shedding_service uvicorn --factory benchmarks._shedding_service:asgi
 
-Views: ``/cpu?ms=N`` spins the CPU for N ms (holding the GIL, as Python code does), ``/sleep?ms=N``
+Views: ``/cpu?ms=N`` spends N ms of its thread's CPU time (holding the GIL, as Python code does), ``/sleep?ms=N``
 waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/metrics`` is Prometheus's text.
 """
 
@@ -37,8 +37,10 @@ if _config.get("known_services"):
 
 
 def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    # This thread's CPU time, not the wall clock: a real view's work is a fixed amount of CPU, so it
+    # takes longer while other threads hold the GIL (a loop to a wall-clock end would not).
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 

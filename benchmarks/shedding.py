@@ -2,18 +2,22 @@
 
 For each thread count (1, 2, 4, 8, 16, 32), a service (``benchmarks/_shedding_service.py``) runs under
 gunicorn with one gthread worker of that many threads; its view spends ``--cpu-ms`` (default 5) of
-CPU, holding the GIL as Python code does. Closed-loop callers (``benchmarks/_shedding_load.py``: one
-request at a time each, ``Retry-After`` honoured after a 503) cycle through the priorities high,
-normal, low, normal, low (20/40/40), every request with ``X-Request-Timeout: --deadline``.
+its thread's CPU time, holding the GIL as Python code does (so it takes longer while other threads
+hold the GIL). Closed-loop callers (``benchmarks/_shedding_load.py``: one request at a time each,
+``Retry-After`` honoured after a 503) cycle through the priorities high, normal, low, normal, low
+(20/40/40), every request with ``X-Request-Timeout: --deadline``.
 
-Per thread count, interleaved (a fresh server for each setting, same machine minutes apart):
+Per thread count, two servers run side by side, one without shedding and one with
+``"SHEDDING": True``; for 2x and then 4x, the loads alternate between them, so that other work on a
+shared machine weighs on the baseline and on what is compared with it alike:
 
 1. *unloaded*, without shedding: as many callers as threads (every thread busy, none waiting):
    the capacity (requests per second answered 200 in time) and the high-priority p99;
-2. *without shedding* at 2x and 4x as many callers;
-3. *with shedding* (``"SHEDDING": True``) at 2x and 4x;
-4. *impostors*: ``PRIORITY_POLICY = "known_services"``, 2x callers naming a known service, plus 20
-   callers with no known name claiming high on every request.
+2. *with shedding* at 2x (then 4x) as many callers;
+3. *without shedding* at the same load;
+
+then *impostors*: ``PRIORITY_POLICY = "known_services"``, 2x callers naming a known service, plus 20
+callers with no known name claiming high on every request.
 
 The first ``--warmup`` seconds of each load are not counted (the limit is being learned then).
 Columns: *high ok*: high-priority requests answered 200 within the deadline; *goodput*: requests
@@ -23,6 +27,8 @@ Targets with shedding: high ok >= 99.5%, goodput >= 90%, high p99 <= 2x; with im
 ok >= 99%. Each cell says MET or MISSED; the worst case is printed at the end.
 
     .venv/bin/python -m benchmarks.shedding [--quick] [--threads 1,2,4] [--cpu-ms 5] [--deadline 0.5]
+
+``--quick`` runs 2 s loads after 1 s of warm-up, on threads 1,4,16 unless ``--threads`` is given.
 """
 
 import argparse
@@ -81,7 +87,7 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", default="1,2,4,8,16,32")
+    parser.add_argument("--threads", default=None, help="default 1,2,4,8,16,32 (--quick: 1,4,16)")
     parser.add_argument("--cpu-ms", type=float, default=5.0)
     parser.add_argument("--deadline", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=4.0, help="counted seconds of each load")
@@ -89,15 +95,18 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     parser.add_argument("--quick", action="store_true", help="threads 1,4,16; 2 s loads after 1 s of warm-up")
     args = parser.parse_args()
     if args.quick:
-        args.threads, args.seconds, args.warmup = "1,4,16", 2.0, 1.0
+        args.threads, args.seconds, args.warmup = args.threads or "1,4,16", 2.0, 1.0
+    args.threads = args.threads or "1,2,4,8,16,32"
     timing = {"cpu_ms": args.cpu_ms, "warmup": args.warmup, "seconds": args.seconds, "deadline": args.deadline}
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: "
           f"other work may run at the same time)")  # fmt: skip
     print(f"view: {args.cpu_ms:g} ms of CPU; deadline {args.deadline:g} s; callers cycle high/normal/low/normal/low "
           f"and honour Retry-After; {args.warmup:g} s warm-up, {args.seconds:g} s counted per load\n")  # fmt: skip
-    header = (f"{'threads':>7} {'load':>4} | {'without: high ok':>16} {'goodput':>8} {'high p99':>9} | "
-              f"{'with: high ok':>13} {'goodput':>8} {'high p99':>9} {'shed':>6} {'limit':>5} | verdict")  # fmt: skip
-    print(f"{'':>13}| unloaded = as many callers as threads, without shedding; goodput and p99 against it")
+    header = (f"{'threads':>7} {'load':>4} | {'unloaded':>8} {'high p99':>9} | {'without: high ok':>16} {'goodput':>8} "
+              f"{'high p99':>9} | {'with: high ok':>13} {'goodput':>8} {'high p99':>9} {'shed':>6} {'limit':>5} | "
+              "verdict")  # fmt: skip
+    print(f"{'':>13}| unloaded: as many callers as threads, without shedding, measured just before the row's loads; "
+          "goodput and p99 against it")  # fmt: skip
     print(header)
     print("-" * len(header))
     worst: dict[str, tuple[float, str]] = {}
@@ -110,28 +119,28 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
             worst[name] = (value, where)
 
     for threads in [int(t) for t in args.threads.split(",")]:
-        with server("gunicorn", threads, {"shedding": None}) as url:
-            unloaded = load(url, [Callers(threads)], **timing)
-            without = {m: load(url, [Callers(m * threads)], **timing) for m in (2, 4)}
-        with server("gunicorn", threads, {"shedding": True}) as url:
-            with_ = {}
-            limits = {}
+        # Both servers run side by side and the loads alternate between them, so that other work on
+        # a shared machine weighs on the baseline and on the figures compared with it alike.
+        with (
+            server("gunicorn", threads, {"shedding": None}) as off,
+            server("gunicorn", threads, {"shedding": True}) as on,
+        ):
             for m in (2, 4):
-                with_[m] = load(url, [Callers(m * threads)], **timing)
-                limits[m] = metric(url, "aio_request_server_concurrency_limit")
-        capacity, p99 = unloaded.goodput, unloaded.high_p99
-        print(f"{threads:>7} {'1x':>4} | {unloaded.high_ok:>16.1%} {capacity:>7.0f}/s {p99 * 1000:>7.1f}ms |")
-        for m in (2, 4):
-            off, on = without[m], with_[m]
-            goodput, ratio = on.goodput / capacity, on.high_p99 / p99
-            ok = on.high_ok >= 0.995 and goodput >= 0.9 and ratio <= 2
-            where = f"{threads} threads {m}x"
-            note("high ok", on.high_ok, where)
-            note("goodput", goodput, where)
-            note("high p99 ratio", ratio, where, lower_is_worse=False)
-            print(f"{'':>7} {f'{m}x':>4} | {off.high_ok:>16.1%} {off.goodput / capacity:>8.0%} "
-                  f"{off.high_p99 / p99:>8.1f}x | {on.high_ok:>13.1%} {goodput:>8.0%} {ratio:>8.1f}x "
-                  f"{on.shed:>6.0%} {limits[m]:>5.0f} | {verdict(ok)}")  # fmt: skip
+                unloaded = load(off, [Callers(threads)], **timing)
+                on_ = load(on, [Callers(m * threads)], **timing)
+                limit = metric(on, "aio_request_server_concurrency_limit")
+                off_ = load(off, [Callers(m * threads)], **timing)
+                capacity, p99 = unloaded.goodput, unloaded.high_p99
+                goodput, ratio = on_.goodput / capacity, on_.high_p99 / p99
+                ok = on_.high_ok >= 0.995 and goodput >= 0.9 and ratio <= 2
+                where = f"{threads} threads {m}x"
+                note("high ok", on_.high_ok, where)
+                note("goodput", goodput, where)
+                note("high p99 ratio", ratio, where, lower_is_worse=False)
+                print(f"{threads if m == 2 else '':>7} {f'{m}x':>4} | {capacity:>6.0f}/s {p99 * 1000:>7.1f}ms | "
+                      f"{off_.high_ok:>16.1%} {off_.goodput / capacity:>8.0%} {off_.high_p99 / p99:>8.1f}x | "
+                      f"{on_.high_ok:>13.1%} {goodput:>8.0%} {ratio:>8.1f}x {on_.shed:>6.0%} {limit:>5.0f} | "
+                      f"{verdict(ok)}", flush=True)  # fmt: skip
         policy = {"shedding": {"PRIORITY_POLICY": "known_services"}, "known_services": ["known"]}
         with server("gunicorn", threads, policy) as url:
             groups = [Callers(2 * threads), Callers(IMPOSTORS, priorities=("high",), service=None, kind="impostor")]
