@@ -13,6 +13,7 @@ and the limit orders learned, sampled every :data:`SAMPLE_EVERY` during the run.
 import dataclasses
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -27,6 +28,7 @@ CALLERS = {Priority.HIGH: 3, Priority.NORMAL: 10, Priority.LOW: 10}
 SERVICE_CPU = 0.01  # seconds of CPU orders spends on each admitted request
 BACKOFF = 0.05  # seconds a shed caller waits before calling again
 SAMPLE_EVERY = 0.1  # seconds between readings of orders' learned limit
+SCRAPE_TRIES = 20  # reads of orders' /metrics before the page gives up (each shed one waits BACKOFF)
 _REQUEST = get("downstream/things/{id}", path_parameters={"id": "busy"}, query_parameters={"cpu": str(SERVICE_CPU)})
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -39,6 +41,7 @@ class PriorityResult:
     shed: int  # calls orders answered 503
     other: int  # any other outcome (a deadline, a network error)
     counted_by_orders: int  # the rise of orders' aio_request_server_shed_total for this priority
+    scrapes_shed: int = 0  # of those, this page's own reads of orders' /metrics (high priority)
 
     @property
     def calls(self) -> int:
@@ -70,13 +73,38 @@ class Sample:
     waiting: float  # aio_request_server_queue_length, all priorities
 
 
+class _Scrapes:
+    """This page's own reads of orders' ``/metrics`` that orders shed (they count in its metric too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.shed = 0
+
+    def count_one(self) -> None:
+        with self._lock:
+            self.shed += 1
+
+
+_scrapes = _Scrapes()
+
+
 def _orders_metrics() -> str:
     metrics = urllib.parse.urljoin(clients["orders_single"].endpoint, "/metrics")  # django-prometheus's view
-    # Orders sheds /metrics like any request: the scrape claims high priority to be answered in time.
+    # Orders sheds /metrics like any request: the scrape claims high priority to be answered in time,
+    # and is tried again after a shed (which orders counts as a high-priority one).
     request = urllib.request.Request(metrics, headers={"X-Request-Priority": "high"})
+    for _ in range(SCRAPE_TRIES - 1):
+        try:
+            with _NO_PROXY.open(request, timeout=5) as response:
+                return str(response.read().decode())
+        except urllib.error.HTTPError as error:
+            error.close()
+            if error.code != 503:
+                raise
+            _scrapes.count_one()
+            time.sleep(BACKOFF)
     with _NO_PROXY.open(request, timeout=5) as response:
-        text: str = response.read().decode()
-    return text
+        return str(response.read().decode())
 
 
 def orders_shed() -> dict[str, float]:
@@ -133,6 +161,7 @@ def timeline_svg(samples: list[Sample], width: int = 640, height: int = 160) -> 
 def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
     """Every caller for ``seconds``, all at once; the outcome by priority and orders' limit over time."""
     before = orders_shed()
+    scrapes_before = _scrapes.shed
     samples: list[Sample] = []
     began = time.monotonic()
     outcomes: dict[Priority, list[tuple[int, float]]] = {p: [] for p in CALLERS}
@@ -167,6 +196,7 @@ def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
     for thread in threads:
         thread.join()
     after = orders_shed()
+    scrapes = _scrapes.shed - scrapes_before  # a shed read is in orders' count before the read that answers
     results = [
         PriorityResult(
             priority=priority,
@@ -175,6 +205,7 @@ def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
             shed=sum(1 for status, _ in outcomes[priority] if status == 503),
             other=sum(1 for status, _ in outcomes[priority] if status not in (200, 503)),
             counted_by_orders=round(after[priority.value] - before[priority.value]),
+            scrapes_shed=scrapes if priority is Priority.HIGH else 0,
         )
         for priority in CALLERS
     ]
