@@ -139,7 +139,7 @@ def prepare(route: DirectRoute, url: str, request: Request) -> PreparedRequest:
     route's session (it raises for the same mistakes: an invalid URL or header)."""
     prepared = PreparedRequest()
     prepared.prepare_method(request.method)
-    prepared.url = _prepared_url(url)
+    prepared.url = _prepared_url(url) if len(url) <= MAX_CACHED_URL else _normalised_url(url)
     # prepare_headers() on the session's headers merged with the request's, without validating the
     # session's again (done once, in plan_route) or copying them key by key.
     headers: CaseInsensitiveDict[Any] = CaseInsensitiveDict()
@@ -152,13 +152,21 @@ def prepare(route: DirectRoute, url: str, request: Request) -> PreparedRequest:
     return prepared
 
 
-@functools.lru_cache(maxsize=1024)
-def _prepared_url(url: str) -> str:
-    """``url`` as requests' ``prepare_url`` leaves it (it raises for an invalid one; a raise is not
-    cached). A pure function of the URL, and a tenth of the direct route's Python time."""
+#: URLs longer than this are normalised on every call: the cache holds at most 1,024 of at most this
+#: size (2 MiB or so), whatever the application sends.
+MAX_CACHED_URL = 1024
+
+
+def _normalised_url(url: str) -> str:
+    """``url`` as requests' ``prepare_url`` leaves it; raises for an invalid one."""
     probe = PreparedRequest()
     probe.prepare_url(url, None)
     return probe.url or url
+
+
+#: The same, cached (a raise is not): a pure function of the URL, and a tenth of the direct route's
+#: Python time.
+_prepared_url = functools.lru_cache(maxsize=1024)(_normalised_url)
 
 
 def send(session: requests.Session, route: DirectRoute, prepared: PreparedRequest, timeout: float) -> HTTPResponse:

@@ -380,3 +380,16 @@ print(len(seen))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
+
+
+def test_long_urls_are_sent_whole_and_not_kept(recording: RecordingServer) -> None:
+    """A URL longer than the cache takes is normalised on every call, not kept in memory."""
+    transport = RequestsTransport()
+    long_value = "v" * (direct_send.MAX_CACHED_URL * 2)
+    before = direct_send._prepared_url.cache_info().currsize
+    request = dar.get("long", query_parameters={"q": long_value})
+    for _ in range(2):
+        assert transport.send(recording.url, request, DEADLINE).status == 200
+    assert recording.requests()[-1].startswith(f"GET /long?q={long_value} HTTP/1.1".encode())
+    assert direct_send._prepared_url.cache_info().currsize == before
+    transport.close()
