@@ -39,6 +39,9 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DEMO_DATABASE") or BASE_DIR / "db.sqlite3",
+        # The breaker publisher's thread writes every second beside the admin's requests: a write
+        # waits up to 20 s for the other's lock (SQLite's default, 5 s, can run out on a busy machine).
+        "OPTIONS": {"timeout": 20},
     }
 }
 

@@ -190,6 +190,27 @@ def stylesheet_loaded(driver: "WebDriver") -> None:
     assert header.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
 
 
+def admin_message(browser: "WebDriver", demo: Demo) -> list["WebElement"]:
+    """The message admin shows after an action; on a timeout, what the browser and the demo showed
+    instead (the page could be an error, or the action's POST may not have answered)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        found: list[WebElement] = WebDriverWait(browser, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist")
+        )
+    except TimeoutException:
+        pytest.fail(
+            f"no admin message after 30 s at {browser.current_url} ({browser.title!r}):\n"
+            + browser.page_source[:2000]
+            + "\n--- the demo's last output:\n"
+            + "".join(demo.output[-40:])
+        )
+    return found
+
+
 def row_of(driver: "WebDriver", client: str) -> "WebElement | None":
     for row in driver.find_elements("css selector", "#result_list tbody tr"):
         if row.find_element("css selector", ".field-client_display").text.splitlines()[0] == client:
@@ -356,7 +377,7 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
     row.find_element(By.CSS_SELECTOR, "input[name=_selected_action]").click()
     Select(browser.find_element(By.NAME, "action")).select_by_visible_text("Force open (isolate)")
     browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-    message = WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist"))
+    message = admin_message(browser, demo)
     assert "1 circuit breaker set forced open (isolated)" in message[0].text
     row = row_of(browser, "hedged")
     assert row is not None
@@ -372,7 +393,7 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
     no_sideways_scroll(browser)
     screenshot(browser, tmp_path, "admin-breaker-detail.png")
     browser.find_element(By.CSS_SELECTOR, "button[value=automatic]").click()
-    message = WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist"))
+    message = admin_message(browser, demo)
     assert "1 circuit breaker set back to automatic" in message[0].text
     # Until the process's next round, the page says the override is lifted but not yet applied; then its state.
     end = time.monotonic() + 10
