@@ -3,6 +3,7 @@
 The arbiter stops itself (SIGTERM: a graceful shutdown) when its standard input reaches end of file,
 which happens when the benchmark that started it with a pipe there ends, however it ends, and after
 ``LOAD_MAX_SECONDS`` at the latest: a benchmark killed with SIGKILL leaves no server behind.
+With ``PROMETHEUS_MULTIPROC_DIR`` set, ``/metrics`` of any worker reports all of them.
 """
 
 import os
@@ -31,3 +32,10 @@ def when_ready(server: Any) -> None:
     timer = threading.Timer(float(os.environ.get("LOAD_MAX_SECONDS", "300")), stop)
     timer.daemon = True
     timer.start()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,34 +1,53 @@
 """The demo under load: a caller service under gunicorn calling a downstream with a heavy latency tail,
-driven by separate processes, once with single attempts and once with hedging.
+driven by separate processes, with single attempts and with hedging, interleaved.
 
 Two services of the demo on 127.0.0.1, each its own process tree:
 
-* billing, the downstream: the demo's ``settings.demo_billing`` on its threaded server
-  (``testproject.serve``, one process, so its ``/demo/stats`` counts every request it served); told by
-  the query to answer ``--slow`` (5%) of its requests after ``--slow-delay`` (400 ms) and the rest at
-  once;
-* the caller: the demo's ``orders`` service (benchmarks/_load_settings.py) under gunicorn
+* billing, the downstream: the demo's billing (``benchmarks/_load_billing_settings.py``: with load
+  shedding at a fixed limit of 32 requests at once) on its threaded server (``testproject.serve``,
+  one process, so its ``/demo/stats`` and ``/metrics`` count every request it served); told by the
+  query to answer ``--slow`` (5%) of its requests after ``--slow-delay`` (400 ms) and the rest at once;
+* the caller: the demo's ``orders`` service (``benchmarks/_load_settings.py``) under gunicorn
   (``--workers`` processes, gthread with ``--threads`` threads each); its ``/demo/hop`` calls
-  billing's ``/demo/hop`` through the client ``billing``, whose GET strategy is ``single`` for the
-  first run and ``hedged`` (2 attempts, the second after the p95 of recent latencies) for the second:
-  gunicorn is started afresh for each run with ``LOAD_STRATEGY`` set.
+  billing's ``/demo/hop`` through the client ``billing``, whose GET strategy is ``single`` or
+  ``hedged`` (2 attempts, the second after the ``--hedge-percentile`` (p90) of recent latencies,
+  hedges at a lower priority, the default retry budget): gunicorn is started afresh for each run with
+  ``LOAD_STRATEGY`` set and ``PROMETHEUS_MULTIPROC_DIR`` a new directory, so its ``/metrics`` counts
+  the hedges, the hedges won and the budget's refusals of all its workers.
 
-Each run: ``--warmup`` seconds of unmeasured load, then ``--seconds`` of measured load from
-``--drivers`` driver processes (this script with ``--drive``) with ``--callers`` keep-alive callers
-in all, each sending its next GET when the previous one has been answered (a closed loop: throughput
-is what the system sustains), on a keep-alive connection renewed every ``--reconnect-every`` (100)
-requests: gunicorn's workers race to accept connections, and with connections that live for the
-whole run one worker often holds nearly all of them (the per-worker sockets show it; try
-``--reconnect-every 0``), which makes runs incomparable. A call's latency is from sending the
-request to reading the caller's whole answer; a call counts as failed when the caller answered other
-than 200 or reported that billing did. "load" is the requests billing served during the measured
-phase (and the hedges it led to) divided by the logical calls. For the caller's gunicorn workers,
-threads, open sockets (``socket:`` entries of ``/proc/PID/fd``) and RSS are read at the start (after
-the warm-up) and the end (after the measured load, once billing has had no request for a moment) of
-each run.
+The load (``--rate``):
 
-    .venv/bin/python -m benchmarks.load [--seconds 12] [--warmup 2] [--callers 32] [--drivers 2]
-        [--reconnect-every 100] [--workers 2] [--threads 16] [--slow 0.05] [--slow-delay 0.4]
+* ``auto`` (the default): first a calibration, ``--calibrate-seconds`` of closed-loop load on the
+  caller with single attempts (every caller sends its next GET when the previous one is answered:
+  what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate;
+* a number: that many calls a second in all;
+* ``closed``: every run a closed loop of ``--callers`` callers (what the machine sustains).
+
+An open-loop run schedules call ``k`` at a fixed time (the rate spread evenly over the ``--drivers``
+driver processes) and measures its latency from that time, not from when a connection was free to
+send it, so a stalled system cannot hide its queueing (no coordinated omission); "late" counts the
+calls that started more than 10 ms after their time because all of a driver's ``--callers`` /
+``--drivers`` connections were busy. Connections are keep-alive, renewed every
+``--reconnect-every`` (100) requests: gunicorn's workers race to accept connections, and with
+connections that live for the whole run one worker often holds nearly all of them.
+
+The runs: ``--pairs`` pairs in ABBA order (single, hedged, hedged, single, ...), then (``--anchor``,
+the default when aio-request and tdigest import) one pair with an aiohttp caller using aio-request
+(``benchmarks/_load_aio.py``, the same hop and settings) against the same billing at the same rate.
+Each run: ``--warmup`` seconds of unmeasured load, then ``--seconds`` measured. Calls/s is the calls
+answered OK within the measured window over its length; a call fails when the caller answered other
+than 200 or reported that billing did. CPU is the machine's busy share over the window
+(``/proc/stat``: everything on it, the drivers and other users included). load = requests billing
+served in the window (and the hedges it led to) / calls. Hedges, hedges won and budget refusals are
+the caller's ``aio_request_attempts_total{attempt="1"}``, ``aio_request_winning_attempt_total{attempt="1"}``
+and ``aio_request_retry_budget_exhausted_total`` over the window; shed is billing's
+``aio_request_server_shed_total`` by priority; "low" is how many of the run's requests billing
+received (of the last 5,000 it keeps) came with ``X-Request-Priority: low``; the hedge delay is
+what each worker's client had learned, asked every 0.5 s (``/load/hedge-delay``, benchmarks/_load_urls.py).
+
+    .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
+        [--seconds 12] [--warmup 2] [--callers 32] [--drivers 2] [--workers 2] [--threads 16]
+        [--slow 0.05] [--slow-delay 0.4] [--hedge-percentile 0.9] [--no-anchor]
 
 Everything is bounded: each driver stops starting calls after its seconds; every server stops when
 this script ends (its standard input closes) or after ``--max-seconds``; Ctrl-C stops them all.
@@ -41,10 +60,14 @@ import http.client
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -56,74 +79,17 @@ from typing import Any
 from benchmarks._stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
-STRATEGIES = ("single", "hedged")
+PROJECT_KINDS = ("single", "hedged")
+ANCHOR_KINDS = ("aio-single", "aio-hedged")
 REQUEST_TIMEOUT_HEADER = "5"  # X-Request-Timeout the drivers send: the caller's deadline
 SETTLE_QUIET = 0.3
+START_DELAY = 1.0  # seconds from launching the drivers to the common start of their load
+LATE = 0.010  # an open-loop call that starts this much after its time waited for a connection
+DELAY_SAMPLE_EVERY = 0.5
+SHED = "aio_request_server_shed_total"
 
 
 # --- the driver (a separate process) -----------------------------------------------------------
-
-
-def drive(url: str, callers: int, seconds: float, reconnect_every: int) -> dict[str, Any]:
-    """``callers`` threads, each a keep-alive connection making GETs to ``url`` one after another
-    until ``seconds`` have passed, opening a new connection after ``reconnect_every`` requests (0:
-    never); returns the latencies and outcomes."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    target = parts.path + ("?" + parts.query if parts.query else "")
-    headers = {"X-Request-Timeout": REQUEST_TIMEOUT_HEADER, "Connection": "keep-alive"}
-    lock = threading.Lock()
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    downstream_failures = 0
-    errors = 0
-    connections = 0
-    end = time.monotonic() + seconds
-
-    def caller() -> None:
-        nonlocal downstream_failures, errors, connections
-        conn: http.client.HTTPConnection | None = None
-        served = 0
-        try:
-            while time.monotonic() < end:
-                if conn is None:
-                    conn = http.client.HTTPConnection(host, port, timeout=15)
-                    with lock:
-                        connections += 1
-                outcome = _one_call(conn, target, headers)
-                if outcome is None:
-                    conn.close()
-                    conn = None
-                    with lock:
-                        errors += 1
-                    continue
-                elapsed, response = outcome
-                served += 1
-                if response.will_close or (reconnect_every and served % reconnect_every == 0):
-                    conn.close()
-                    conn = None
-                failed = response.status != 200 or _downstream_status(response.body) != 200
-                with lock:
-                    latencies.append(elapsed)
-                    statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
-                    downstream_failures += failed
-        finally:
-            if conn is not None:
-                conn.close()
-
-    threads = [threading.Thread(target=caller, name=f"caller-{n}", daemon=True) for n in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=seconds + 30)
-    with lock:
-        return {
-            "latencies": list(latencies),
-            "statuses": dict(statuses),
-            "failed": downstream_failures,
-            "errors": errors,
-            "connections": connections,
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,16 +99,117 @@ class Answer:
     will_close: bool
 
 
-def _one_call(conn: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> tuple[float, "Answer"] | None:
-    """One GET on ``conn``: (seconds, the answer), or None when the connection failed."""
-    started = time.perf_counter()
+class Driver:
+    """``connections`` threads, each a keep-alive connection to ``url`` renewed every
+    ``reconnect_every`` requests (0: never), from ``start_at`` (``time.monotonic()``, the same clock
+    in every process of the machine) for ``seconds``.
+
+    ``rate`` None: a closed loop, each thread sending its next GET when the previous one is answered;
+    latency from sending to the whole answer. ``rate`` R (calls a second for this driver, ``offset``
+    its first call's share of a gap): call ``k`` is due at ``start_at + (k + offset) / R`` and its
+    latency is from then, however long it waited for a free connection.
+    """
+
+    def __init__(
+        self, url: str, *, connections: int, seconds: float, reconnect_every: int, start_at: float, rate: float | None
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.target = parts.path + ("?" + parts.query if parts.query else "")
+        self.headers = {"X-Request-Timeout": REQUEST_TIMEOUT_HEADER, "Connection": "keep-alive"}
+        self.connections = connections
+        self.reconnect_every = reconnect_every
+        self.start_at = start_at
+        self.end = start_at + seconds
+        self.rate = rate
+        self.offset = 0.0
+        self.lock = threading.Lock()
+        self.next_call = 0
+        self.calls: list[tuple[float, float, int]] = []  # (latency, finished - start_at, ok)
+        self.statuses: dict[str, int] = {}
+        self.errors = 0
+        self.opened = 0
+        self.late = 0
+
+    def due(self) -> float | None:
+        """The time the next call is due (open loop), or None when the run is over."""
+        with self.lock:
+            assert self.rate is not None
+            due = self.start_at + (self.next_call + self.offset) / self.rate
+            if due >= self.end:
+                return None
+            self.next_call += 1
+            return due
+
+    def caller(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        served = 0
+        try:
+            time.sleep(max(0.0, self.start_at - time.monotonic()))
+            while True:
+                if self.rate is None:
+                    if time.monotonic() >= self.end:
+                        return
+                    due = None
+                else:
+                    due = self.due()
+                    if due is None:
+                        return
+                    time.sleep(max(0.0, due - time.monotonic()))
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
+                    with self.lock:
+                        self.opened += 1
+                started = time.monotonic()
+                answer = _one_call(conn, self.target, self.headers)
+                finished = time.monotonic()
+                if answer is None or answer.will_close:
+                    conn.close()
+                    conn = None
+                if answer is None:
+                    with self.lock:
+                        self.errors += 1
+                    continue
+                served += 1
+                if conn is not None and self.reconnect_every and served % self.reconnect_every == 0:
+                    conn.close()
+                    conn = None
+                ok = answer.status == 200 and _downstream_status(answer.body) == 200
+                with self.lock:
+                    self.calls.append((finished - (due if due is not None else started), finished - self.start_at, ok))
+                    self.statuses[str(answer.status)] = self.statuses.get(str(answer.status), 0) + 1
+                    self.late += due is not None and started - due > LATE
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def run(self) -> dict[str, Any]:
+        threads = [
+            threading.Thread(target=self.caller, name=f"caller-{n}", daemon=True) for n in range(self.connections)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=max(0.0, self.end - time.monotonic()) + 30)
+        with self.lock:
+            return {
+                "calls": list(self.calls),
+                "statuses": dict(self.statuses),
+                "errors": self.errors,
+                "connections": self.opened,
+                "late": self.late,
+            }
+
+
+def _one_call(conn: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> Answer | None:
+    """One GET on ``conn``: the answer, or None when the connection failed."""
     try:
         conn.request("GET", target, headers=headers)
         response = conn.getresponse()
         body = response.read()
     except (OSError, http.client.HTTPException):
         return None
-    return time.perf_counter() - started, Answer(response.status, body, response.will_close)
+    return Answer(response.status, body, response.will_close)
 
 
 def _downstream_status(body: bytes) -> int | None:
@@ -166,18 +233,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def get_json(url: str, timeout: float = 2.0) -> Any:
+def get_text(url: str, timeout: float = 5.0) -> str:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
     try:
-        conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""))
+        conn.request("GET", parts.path + ("?" + parts.query if parts.query else ""), headers={"Connection": "close"})
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
             raise OSError(f"{url} answered {response.status}")
-        return json.loads(body)
+        return body.decode()
     finally:
         conn.close()
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    return json.loads(get_text(url, timeout))
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 8.0) -> None:
@@ -227,7 +298,7 @@ def wait_until(ready: Any, process: subprocess.Popen[bytes], what: str, log: Pat
         time.sleep(0.1)
 
 
-# --- process figures -----------------------------------------------------------------------------
+# --- process, machine and service figures --------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,68 +347,169 @@ def workers_figures(arbiter: int) -> list[ProcessFigures]:
     return [f for pid in children_of(arbiter) if (f := figures_of(pid)) is not None]
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot, from the ``cpu`` line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - idle, total
+
+
+def cpu_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else float("nan")
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+Metrics = list[tuple[str, dict[str, str], float]]
+
+
+def read_metrics(url: str) -> Metrics | None:
+    """The samples of a Prometheus text exposition at ``url``, or None when it cannot be read."""
+    try:
+        text = get_text(url)
+    except (OSError, http.client.HTTPException):
+        return None
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("#") or not (match := _SAMPLE.match(line)):
+            continue
+        with contextlib.suppress(ValueError):
+            samples.append((match[1], dict(_LABEL.findall(match[2] or "")), float(match[3])))
+    return samples
+
+
+def metric_sum(samples: Metrics | None, name: str, **labels: str) -> float | None:
+    if samples is None:
+        return None
+    return sum(v for n, ls, v in samples if n == name and all(ls.get(k) == x for k, x in labels.items()))
+
+
+def metric_delta(before: Metrics | None, after: Metrics | None, name: str, **labels: str) -> int | None:
+    first, last = metric_sum(before, name, **labels), metric_sum(after, name, **labels)
+    return None if first is None or last is None else round(last - first)
+
+
+class Observer:
+    """Over a measured window: the machine's CPU share, and (``delay_url``) the hedge delay the caller's
+    workers have learned, asked every ``DELAY_SAMPLE_EVERY`` seconds on a new connection each time
+    (so both workers are asked)."""
+
+    def __init__(self, start_at: float, seconds: float, delay_url: str | None) -> None:
+        self.start_at, self.end = start_at, start_at + seconds
+        self.delay_url = delay_url
+        self.cpu = float("nan")
+        self.load_average = float("nan")
+        self.delays: list[tuple[int, float, bool]] = []  # (pid, ms, saturated)
+        self.thread = threading.Thread(target=self._observe, daemon=True, name="observer")
+
+    def __enter__(self) -> "Observer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(max(0.0, self.end - time.monotonic()) + 10)
+
+    def _observe(self) -> None:
+        time.sleep(max(0.0, self.start_at - time.monotonic()))
+        before = cpu_times()
+        while (now := time.monotonic()) < self.end:
+            if self.delay_url:
+                with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+                    d = get_json(self.delay_url, timeout=2.0)
+                    if d.get("delay_ms") is not None:
+                        self.delays.append((int(d["pid"]), float(d["delay_ms"]), bool(d["saturated"])))
+            time.sleep(max(0.0, min(DELAY_SAMPLE_EVERY, self.end - time.monotonic())) if now < self.end else 0)
+        self.cpu = cpu_share(before, cpu_times())
+        with contextlib.suppress(OSError, ValueError):
+            self.load_average = float(Path("/proc/loadavg").read_text().split()[0])
+
+
 # --- a run ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class RunResult:
-    strategy: str
-    latencies: list[float]
+    kind: str
+    number: int  # position in the sequence (0: the calibration, -1: the overload run)
+    rate: float | None  # offered calls a second in all (None: closed loop)
+    seconds: float
+    calls: list[tuple[float, float, int]]  # (latency, finished after the start, ok)
     statuses: dict[str, int]
-    failed: int
     errors: int
+    late: int
     driver_connections: int
     billing_requests: int
-    wall: float
+    cpu: float
+    load_average: float
     start: list[ProcessFigures]
     end: list[ProcessFigures]
+    hedges: int | None = None
+    hedges_won: int | None = None
+    budget_refused: int | None = None
+    caller_shed: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    billing_shed: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    low_arrivals: int | None = None
+    kept_arrivals: int | None = None
+    delays: list[tuple[int, float, bool]] = dataclasses.field(default_factory=list)
 
     @property
-    def calls(self) -> int:
-        return len(self.latencies)
+    def label(self) -> str:
+        return {0: "calibration", -1: "overload"}.get(self.number, f"{self.number} {self.kind}")
+
+    @property
+    def latencies(self) -> list[float]:
+        return sorted(latency for latency, _, _ in self.calls)
+
+    @property
+    def failed(self) -> int:
+        return sum(not ok for _, _, ok in self.calls)
+
+    @property
+    def throughput(self) -> float:
+        """Calls answered OK within the measured window, a second."""
+        return sum(ok and finished <= self.seconds for _, finished, ok in self.calls) / self.seconds
+
+    def shed(self, priority: str) -> int | None:
+        """Billing's 503s for ``priority`` over the window, all reasons."""
+        found = [n for key, n in self.billing_shed.items() if key.startswith(priority + "/")]
+        return None if not found or None in found else sum(n for n in found if n is not None)
 
     @property
     def load(self) -> float:
-        return self.billing_requests / self.calls if self.calls else float("nan")
+        return self.billing_requests / len(self.calls) if self.calls else float("nan")
 
     def pct(self, q: float) -> float:
-        return percentile(sorted(self.latencies), q)
+        return percentile(self.latencies, q)
 
 
-def run_drivers(url: str, callers: int, drivers: int, seconds: float, reconnect_every: int) -> dict[str, Any]:
-    """``callers`` callers split over ``drivers`` processes of this script for ``seconds``; merged results."""
-    shares = [callers // drivers + (n < callers % drivers) for n in range(drivers)]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.load",
-                "--drive",
-                url,
-                "--callers",
-                str(share),
-                "--seconds",
-                str(seconds),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-        )
-        for share in shares
-        if share
-    ]
-    merged: dict[str, Any] = {"latencies": [], "statuses": {}, "failed": 0, "errors": 0, "connections": 0}
+def run_drivers(
+    url: str, args: argparse.Namespace, seconds: float, rate: float | None, start_at: float
+) -> dict[str, Any]:
+    """``args.callers`` connections split over ``args.drivers`` processes of this script from ``start_at``
+    for ``seconds``, in a closed loop (``rate`` None) or at ``rate`` calls a second in all; merged results."""
+    shares = [args.callers // args.drivers + (n < args.callers % args.drivers) for n in range(args.drivers)]
+    drivers = [share for share in shares if share]
+    processes = []
+    for n, share in enumerate(drivers):
+        command = [sys.executable, "-m", "benchmarks.load", "--drive", url, "--callers", str(share)]
+        command += ["--seconds", str(seconds), "--start-at", repr(start_at)]
+        command += ["--reconnect-every", str(args.reconnect_every)]
+        if rate is not None:  # driver n takes every len(drivers)-th call of the whole schedule
+            command += ["--rate", repr(rate / len(drivers)), "--offset", repr(n / len(drivers))]
+        processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True))
+    merged: dict[str, Any] = {"calls": [], "statuses": {}, "errors": 0, "connections": 0, "late": 0}
     try:
         for process in processes:
-            out, _ = process.communicate(timeout=seconds + 45)
+            out, _ = process.communicate(timeout=max(0.0, start_at - time.monotonic()) + seconds + 45)
             if process.returncode != 0:
                 raise RuntimeError(f"a driver exited with code {process.returncode}")
             part = json.loads(out)
-            merged["latencies"] += part["latencies"]
+            merged["calls"] += part["calls"]
             for status, count in part["statuses"].items():
                 merged["statuses"][status] = merged["statuses"].get(status, 0) + count
-            for key in ("failed", "errors", "connections"):
+            for key in ("errors", "connections", "late"):
                 merged[key] += part[key]
     finally:
         for process in processes:
@@ -364,61 +536,107 @@ def settle(billing_url: str, at_most: float = 3.0) -> int:
     return seen
 
 
-def run(strategy: str, billing_url: str, environment: dict[str, str], args: argparse.Namespace) -> RunResult:
+def caller_command(kind: str, port: int, args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, "-m", "gunicorn", "-c", "python:benchmarks._load_gunicorn"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(args.workers), "--backlog", "512", "--keep-alive", "5"]
+    if kind in ANCHOR_KINDS:
+        return [*command, "--worker-class", "aiohttp.GunicornWebWorker", "benchmarks._load_aio:make_app"]
+    return [*command, "--worker-class", "gthread", "--threads", str(args.threads), "testproject.wsgi:application"]
+
+
+def run(
+    kind: str,
+    number: int,
+    *,
+    rate: float | None,
+    seconds: float,
+    billing_url: str,
+    environment: dict[str, str],
+    args: argparse.Namespace,
+    warmup_rate: float | str | None = "same",
+) -> RunResult:
+    """One run: a fresh caller of ``kind``, ``args.warmup`` seconds unmeasured (at ``warmup_rate``, by
+    default ``rate``), ``seconds`` measured."""
     port = free_port()
     caller_url = f"http://127.0.0.1:{port}/"
-    log = args.log_dir / f"caller-{strategy}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:benchmarks._load_gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.workers),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(args.threads),
-        "--backlog",
-        "512",
-        "--keep-alive",
-        "5",
-        "testproject.wsgi:application",
-    ]
-    env = {**environment, "DJANGO_SETTINGS_MODULE": "benchmarks._load_settings", "LOAD_STRATEGY": strategy}
-    with started(command, env, log) as gunicorn:
-        wait_until(
-            lambda: get_json(caller_url + "demo/stats") and len(children_of(gunicorn.pid)) >= args.workers,
-            gunicorn,
-            f"gunicorn ({strategy})",
-            log,
-        )
-        query = urllib.parse.urlencode({"slow": args.slow, "slow_delay": args.slow_delay})
-        target = f"{caller_url}demo/hop?{query}"
-        if args.warmup > 0:
-            run_drivers(target, args.callers, args.drivers, args.warmup, args.reconnect_every)
-        before = settle(billing_url)
-        start = workers_figures(gunicorn.pid)
-        began = time.monotonic()
-        measured = run_drivers(target, args.callers, args.drivers, args.seconds, args.reconnect_every)
-        wall = time.monotonic() - began
-        after = settle(billing_url)
-        end = workers_figures(gunicorn.pid)
-    return RunResult(
-        strategy=strategy,
-        latencies=measured["latencies"],
+    log = args.log_dir / f"caller-{number}-{kind}.log"
+    strategy = kind.removeprefix("aio-")
+    metrics_dir = Path(tempfile.mkdtemp(prefix="load-metrics-"))
+    env = {
+        **environment,
+        "DJANGO_SETTINGS_MODULE": "benchmarks._load_settings",
+        "LOAD_STRATEGY": strategy,
+        "LOAD_BILLING_URL": billing_url + "demo/",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    project = kind in PROJECT_KINDS
+    arrivals: list[dict[str, Any]] | None = None
+    try:
+        with started(caller_command(kind, port, args), env, log) as gunicorn:
+            wait_until(
+                lambda: get_json(caller_url + "demo/stats") and len(children_of(gunicorn.pid)) >= args.workers,
+                gunicorn,
+                f"the caller ({kind})",
+                log,
+            )
+            query = {"slow": args.slow, "slow_delay": args.slow_delay}
+            tag = f"run{number}-{os.getpid()}"
+            if args.warmup > 0:
+                warm = f"{caller_url}demo/hop?{urllib.parse.urlencode({**query, 'run': tag + '-warm'})}"
+                warm_rate = rate if warmup_rate == "same" else warmup_rate
+                assert not isinstance(warm_rate, str)
+                run_drivers(warm, args, args.warmup, warm_rate, time.monotonic() + START_DELAY)
+            target = f"{caller_url}demo/hop?{urllib.parse.urlencode({**query, 'run': tag})}"
+            before = settle(billing_url)
+            caller_before = read_metrics(caller_url + "metrics") if project else None
+            billing_before = read_metrics(billing_url + "metrics")
+            start = workers_figures(gunicorn.pid)
+            start_at = time.monotonic() + START_DELAY
+            delay_url = caller_url + "load/hedge-delay" if kind == "hedged" else None
+            with Observer(start_at, seconds, delay_url) as observer:
+                measured = run_drivers(target, args, seconds, rate, start_at)
+            after = settle(billing_url)
+            caller_after = read_metrics(caller_url + "metrics") if project else None
+            billing_after = read_metrics(billing_url + "metrics")
+            end = workers_figures(gunicorn.pid)
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                arrivals = get_json(f"{billing_url}demo/stats?run={tag}", timeout=10)["arrivals"]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    result = RunResult(
+        kind=kind,
+        number=number,
+        rate=rate,
+        seconds=seconds,
+        calls=[(float(c[0]), float(c[1]), int(c[2])) for c in measured["calls"]],
         statuses=measured["statuses"],
-        failed=measured["failed"],
         errors=measured["errors"],
+        late=measured["late"],
         driver_connections=measured["connections"],
         billing_requests=after - before,
-        wall=wall,
+        cpu=observer.cpu,
+        load_average=observer.load_average,
         start=start,
         end=end,
+        delays=observer.delays,
     )
+    if project:
+        result.hedges = metric_delta(caller_before, caller_after, "aio_request_attempts_total", attempt="1")
+        result.hedges_won = metric_delta(caller_before, caller_after, "aio_request_winning_attempt_total", attempt="1")
+        result.budget_refused = metric_delta(caller_before, caller_after, "aio_request_retry_budget_exhausted_total")
+        result.caller_shed = {
+            reason: metric_delta(caller_before, caller_after, "aio_request_server_shed_total", reason=reason)
+            for reason in ("capacity", "queue_timeout", "deadline")
+        }
+    result.billing_shed = {
+        f"{p}/{reason}": metric_delta(billing_before, billing_after, SHED, priority=p, reason=reason)
+        for p in ("high", "normal", "low")
+        for reason in ("capacity", "queue_timeout", "deadline")
+    }
+    if arrivals is not None:
+        result.low_arrivals = sum(a.get("priority") == "low" for a in arrivals)
+        result.kept_arrivals = len(arrivals)
+    return result
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -436,46 +654,145 @@ def totals(figures: Sequence[ProcessFigures]) -> tuple[int, int, float]:
     )
 
 
+def count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def caller_shed_text(r: RunResult) -> str:
+    if not r.caller_shed:
+        return "-"
+    return "/".join(count(r.caller_shed[reason]) for reason in ("capacity", "queue_timeout", "deadline"))
+
+
+def delays_text(r: RunResult) -> str:
+    if not r.delays:
+        return "-"
+    values = sorted(ms for _, ms, _ in r.delays)
+    saturated = sum(s for _, _, s in r.delays)
+    return (
+        f"{values[0]:.0f}/{statistics.median(values):.0f}/{values[-1]:.0f} ms, "
+        f"saturated {saturated}/{len(values)}, {len({pid for pid, _, _ in r.delays})} workers"
+    )
+
+
+def pairs_of(results: Sequence[RunResult], kinds: tuple[str, str]) -> list[tuple[RunResult, RunResult]]:
+    """The (single, hedged) pairs of consecutive runs of ``kinds``, in blocks of two (ABBA: 1-2, 3-4...)."""
+    runs = [r for r in results if r.kind in kinds and r.number > 0]
+    pairs = []
+    for first, second in zip(runs[::2], runs[1::2], strict=False):
+        single, hedged = (first, second) if first.kind == kinds[0] else (second, first)
+        if single.kind == kinds[0] and hedged.kind == kinds[1]:
+            pairs.append((single, hedged))
+    return pairs
+
+
 def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
     print()
     print(
-        f"  {'run':<8}{'calls':>8}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'max ms':>9}"
-        f"{'billing':>9}{'load':>7}{'failed':>8}{'errors':>7}"
+        f"  {'run':<14}{'rate/s':>8}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'max ms':>9}"
+        f"{'CPU %':>7}{'load1':>6}{'calls':>7}{'failed':>7}{'errors':>7}{'late':>6}"
     )
     for r in results:
+        rate = "closed" if r.rate is None else f"{r.rate:.1f}"
         print(
-            f"  {r.strategy:<8}{r.calls:>8}{r.calls / r.wall:>9.1f}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
-            f"{ms(max(r.latencies, default=float('nan')))}{r.billing_requests:>9}{r.load:>7.3f}"
-            f"{r.failed:>8}{r.errors:>7}"
+            f"  {r.label:<14}{rate:>8}{r.throughput:>9.1f}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
+            f"{ms(r.latencies[-1] if r.calls else float('nan'))}{100 * r.cpu:>7.1f}{r.load_average:>6.2f}"
+            f"{len(r.calls):>7}{r.failed:>7}{r.errors:>7}{r.late:>6}"
         )
-    print("  (billing = requests billing served in the measured phase; load = billing / calls; failed = caller")
-    print("   answered other than 200 or reported that billing did; errors = connection errors at the drivers)")
+    print("  (calls/s = calls answered OK within the measured window / its seconds; open loop: latency from each")
+    print("   call's scheduled time; CPU = the whole machine's busy share over the window, everything on it")
+    print("   included; load1 = its load average at the end; failed = the caller answered other than 200 or")
+    print("   reported that billing did; errors = connection errors; late = calls that waited > 10 ms for a")
+    print("   driver's connection)")
     print()
-    print("  caller's gunicorn workers, start -> end of the measured phase (per worker: threads/sockets/RSS MiB):")
+    print("  what keeps hedging safe, over each measured window:")
+    print(
+        f"  {'run':<14}{'billing':>8}{'load':>7}{'hedges':>7}{'won':>6}{'refused':>8}{'low/kept':>12}"
+        f"{'shed h/n/l':>12}{'caller shed':>12}  learned hedge delay min/median/max"
+    )
+    for r in results:
+        shed = "/".join(count(r.shed(p)) for p in ("high", "normal", "low"))
+        low = f"{count(r.low_arrivals)}/{count(r.kept_arrivals)}"
+        print(
+            f"  {r.label:<14}{r.billing_requests:>8}{r.load:>7.3f}{count(r.hedges):>7}{count(r.hedges_won):>6}"
+            f"{count(r.budget_refused):>8}{low:>12}{shed:>12}{caller_shed_text(r):>12}  {delays_text(r)}"
+        )
+    print("  (billing = requests billing served; load = billing / calls; hedges, won = the caller's second")
+    print("   attempts sent and answers they gave; refused = hedges the retry budget refused; low/kept = the run's")
+    print("   requests billing received with X-Request-Priority: low / of those it kept (its last 5,000); shed =")
+    print("   billing's 503s by priority; caller shed = the caller's own 503s (--caller-shedding) by reason,")
+    print("   capacity/queue_timeout/deadline; learned hedge delay = asked of the caller's workers every 0.5 s,")
+    print("   saturated = samples where SATURATION_RATIO held hedges back; -: not measured for this caller)")
+    for r in results:
+        if reasons := {key: n for key, n in r.billing_shed.items() if n}:
+            print(f"  {r.label}: billing shed (priority/reason) {reasons}")
+    print()
+    print("  caller's workers, start -> end of the measured window (threads, sockets, RSS MiB, summed):")
     for r in results:
         t0, s0, m0 = totals(r.start)
         t1, s1, m1 = totals(r.end)
-        print(
-            f"  {r.strategy:<8} threads {t0} -> {t1}, sockets {s0} -> {s1}, RSS {m0:.1f} -> {m1:.1f} MiB "
-            f"({len(r.start)} -> {len(r.end)} workers)"
-        )
-        ends = {f.pid: f for f in r.end}
-        for f in r.start:
-            e = ends.get(f.pid)
-            after = f"{e.threads}/{e.sockets}/{e.rss_kib / 1024:.1f}" if e else "gone"
-            print(f"           pid {f.pid}: {f.threads}/{f.sockets}/{f.rss_kib / 1024:.1f} -> {after}")
         other = {s: n for s, n in r.statuses.items() if s != "200"}
-        if other:
-            print(f"           non-200 answers from the caller: {other}")
-    if len(results) == 2:
-        single, hedged = results
-        throughput = (hedged.calls / hedged.wall) / (single.calls / single.wall)
-        print()
         print(
-            f"  hedged / single: p99 {hedged.pct(99) / single.pct(99):.3f}x, p99.9 "
-            f"{hedged.pct(99.9) / single.pct(99.9):.3f}x, throughput {throughput:.2f}x,"
-            f" extra load from hedging {100 * (hedged.load - 1):+.1f}% (single: {100 * (single.load - 1):+.1f}%)"
+            f"  {r.label:<14} threads {t0} -> {t1}, sockets {s0} -> {s1}, RSS {m0:.1f} -> {m1:.1f} MiB "
+            f"({len(r.start)} -> {len(r.end)} workers){f'; non-200 answers {other}' if other else ''}"
         )
+    report_overload(results)
+    report_pairs(results)
+
+
+def report_overload(results: Sequence[RunResult]) -> None:
+    runs = {r.number: r for r in results}
+    single, hedged = runs.get(0), runs.get(-1)
+    if single is None or hedged is None:
+        return
+    print()
+    print(
+        f"  at saturation (closed loop, calibration and overload runs): hedged / single p99 "
+        f"{hedged.pct(99) / single.pct(99):.3f}x, throughput {hedged.throughput / single.throughput:.3f}x, "
+        f"extra load {100 * (hedged.load - 1):+.1f}%, hedges {count(hedged.hedges)} for {len(hedged.calls)} calls"
+    )
+
+
+def report_pairs(results: Sequence[RunResult]) -> None:
+    pairs = pairs_of(results, PROJECT_KINDS)
+    if pairs:
+        print()
+        print("  hedged / single, per pair of adjacent runs:")
+        for single, hedged in pairs:
+            print(
+                f"  runs {single.number} and {hedged.number}: p99 {hedged.pct(99) / single.pct(99):.3f}x, p99.9 "
+                f"{hedged.pct(99.9) / single.pct(99.9):.3f}x, p50 {hedged.pct(50) / single.pct(50):.3f}x, throughput "
+                f"{hedged.throughput / single.throughput:.3f}x, CPU {100 * single.cpu:.0f}% -> "
+                f"{100 * hedged.cpu:.0f}%, extra load {100 * (hedged.load - 1):+.1f}%"
+            )
+        worst_p99 = max(pairs, key=lambda p: p[1].pct(99) / p[0].pct(99))
+        worst_tp = min(pairs, key=lambda p: p[1].throughput / p[0].throughput)
+        p99_ratio = worst_p99[1].pct(99) / worst_p99[0].pct(99)
+        tp_ratio = worst_tp[1].throughput / worst_tp[0].throughput
+        cpus = [100 * s.cpu for s, _ in pairs]
+        print(
+            f"  worst pair: p99 {p99_ratio:.3f}x (runs {worst_p99[0].number} and {worst_p99[1].number}), throughput "
+            f"{tp_ratio:.3f}x (runs {worst_tp[0].number} and {worst_tp[1].number})"
+        )
+        met = {True: "MET", False: "MISSED"}
+        print(f"  goal p99 <= 0.30x in every pair: {met[p99_ratio <= 0.30]} (worst {p99_ratio:.3f}x)")
+        print(f"  goal throughput >= 0.97x in every pair: {met[tp_ratio >= 0.97]} (worst {tp_ratio:.3f}x)")
+        print(f"  machine CPU during the single runs: {min(cpus):.0f}-{max(cpus):.0f}% (goal: about 70%)")
+    anchor = pairs_of(results, ANCHOR_KINDS)
+    if anchor:
+        print()
+        print("  anchor, aio-request (aiohttp) against the same billing at the same rate:")
+        hedged_p99 = [h.pct(99) for _, h in pairs]
+        for single, hedged in anchor:
+            line = (
+                f"  runs {single.number} and {hedged.number}: aio-request hedged / single p99 "
+                f"{hedged.pct(99) / single.pct(99):.3f}x, throughput {hedged.throughput / single.throughput:.3f}x, "
+                f"extra load {100 * (hedged.load - 1):+.1f}%"
+            )
+            if hedged_p99:
+                line += "; this project's hedged p99 (median of its runs) / aio-request's: "
+                line += f"{statistics.median(hedged_p99) / hedged.pct(99):.3f}x"
+            print(line)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -483,9 +800,27 @@ def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", default="auto", help="auto, closed, or calls a second in all (default auto)")
+    parser.add_argument(
+        "--load-fraction", type=float, default=0.7, help="--rate auto: share of the calibrated rate (0.7)"
+    )
+    parser.add_argument("--calibrate-seconds", type=float, default=6.0, help="--rate auto: closed-loop seconds (6)")
+    parser.add_argument(
+        "--overload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--rate auto: after the calibration, a closed-loop hedged run as long (default: on)",
+    )
+    parser.add_argument("--pairs", type=int, default=2, help="pairs of single and hedged runs, ABBA order (2)")
+    parser.add_argument(
+        "--anchor",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add a pair of aio-request runs (default: when aio-request and tdigest import)",
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="measured load per run (default 12)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured load per run first (default 2)")
-    parser.add_argument("--callers", type=int, default=32, help="concurrent callers in all (default 32)")
+    parser.add_argument("--callers", type=int, default=32, help="connections (closed loop: callers) in all (32)")
     parser.add_argument("--drivers", type=int, default=2, help="driver processes the callers are split over (2)")
     parser.add_argument(
         "--reconnect-every",
@@ -497,15 +832,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=16, help="gthread threads per worker (default 16)")
     parser.add_argument("--slow", type=float, default=0.05, help="share of billing's slow requests (0.05)")
     parser.add_argument("--slow-delay", type=float, default=0.4, help="seconds a slow request takes (0.4)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="runs, in order (single,hedged)")
-    parser.add_argument("--max-seconds", type=float, default=300.0, help="every server stops after this long")
+    parser.add_argument("--hedge-percentile", type=float, default=0.9, help="hedge after this percentile (0.9)")
+    parser.add_argument(
+        "--saturation-ratio", type=float, default=4.0, help="hedged client's SATURATION_RATIO (0: off; default 4)"
+    )
+    parser.add_argument(
+        "--caller-shedding",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the caller sheds load as the demo's orders does (default: off)",
+    )
+    parser.add_argument("--billing-concurrency", type=int, default=32, help="billing's shedding limit (32)")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="every server stops after this long")
     parser.add_argument("--log-dir", type=Path, default=None, help="servers' output (default: a temp dir)")
     parser.add_argument("--drive", metavar="URL", help=argparse.SUPPRESS)  # run as a driver process
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.strategies = [s for s in args.strategies.split(",") if s]
+    if args.drive and args.rate == "auto":
+        args.rate = "closed"  # a driver is told its rate, or runs a closed loop
+    try:
+        args.rate = None if args.rate == "closed" else args.rate if args.rate == "auto" else float(args.rate)
+    except ValueError:
+        parser.error("--rate is auto, closed or a number")
     if (
         not 0 < args.seconds <= 600
         or not 0 <= args.warmup <= 60
+        or not 0 < args.calibrate_seconds <= 60
+        or not 0 < args.load_fraction <= 1.5
+        or not 1 <= args.pairs <= 20
+        or (isinstance(args.rate, float) and not 0 < args.rate <= 100_000)
         or not 1 <= args.callers <= 512
         or not 1 <= args.drivers <= 16
         or not 0 <= args.reconnect_every <= 1_000_000
@@ -513,11 +869,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or not 1 <= args.threads <= 128
         or not 0 <= args.slow <= 1
         or not 0 <= args.slow_delay <= 5
-        or not set(args.strategies) <= set(STRATEGIES)
-        or not args.strategies
+        or not 0 < args.hedge_percentile < 1
+        or not (args.saturation_ratio == 0 or args.saturation_ratio > 1)
+        or not 1 <= args.billing_concurrency <= 10_000
+        or not 0 < args.max_seconds <= 86_400
     ):
         parser.error("an option is out of range (see --help)")
     return args
+
+
+def anchor_missing() -> str | None:
+    """Why the aio-request anchor cannot run here, or None."""
+    try:
+        import aio_request  # noqa: F401
+        import aiohttp.worker  # noqa: F401
+        import tdigest  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError as error:
+        return f"{error.name} does not import (aio-request's percentile delays need tdigest: pip install tdigest)"
+    return None
+
+
+def sequence(args: argparse.Namespace) -> list[str]:
+    """The runs in order: single and hedged in ABBA order, then the anchor's pair."""
+    kinds: list[str] = []
+    for n in range(args.pairs):
+        kinds += PROJECT_KINDS if n % 2 == 0 else PROJECT_KINDS[::-1]
+    return kinds + (list(ANCHOR_KINDS) if args.anchor else [])
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -527,23 +904,44 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.drive:
-        json.dump(drive(args.drive, args.callers, args.seconds, args.reconnect_every), sys.stdout)
+        driver = Driver(
+            args.drive,
+            connections=args.callers,
+            seconds=args.seconds,
+            reconnect_every=args.reconnect_every,
+            start_at=args.start_at,
+            rate=args.rate,
+        )
+        driver.offset = args.offset
+        json.dump(driver.run(), sys.stdout)
         return 0
     if args.log_dir is None:
-        import tempfile
-
         args.log_dir = Path(tempfile.mkdtemp(prefix="load-"))
     args.log_dir.mkdir(parents=True, exist_ok=True)
+    missing = anchor_missing()
+    if args.anchor is None:
+        args.anchor = missing is None
+    elif args.anchor and missing:
+        print(f"no anchor: {missing}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     signal.signal(signal.SIGTERM, _terminate)
     print(__doc__.split("\n\n", 1)[0])
+    if args.rate == "auto":
+        load = f"open loop at {args.load_fraction:g} of the calibrated rate"
+    else:
+        load = "closed loop" if args.rate is None else f"open loop at {args.rate:g} calls/s"
     print(
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs; caller: gunicorn {args.workers} workers x "
-        f"{args.threads} gthread threads; billing: {args.slow:.0%} of requests take {args.slow_delay * 1000:.0f} ms; "
-        f"{args.callers} callers in {args.drivers} driver processes (new connection every {args.reconnect_every} "
-        f"requests), {args.warmup:g} s warm-up + {args.seconds:g} s "
-        f"per run; servers' logs in {args.log_dir}"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; caller: gunicorn "
+        f"{args.workers} workers x {args.threads} gthread threads; billing: {args.slow:.0%} of requests take "
+        f"{args.slow_delay * 1000:.0f} ms, shedding at {args.billing_concurrency} at once; {load}; {args.callers} "
+        f"connections in {args.drivers} driver processes (new every {args.reconnect_every} requests); hedged: p"
+        f"{args.hedge_percentile * 100:g}, SATURATION_RATIO {args.saturation_ratio:g}, HEDGE_PRIORITY lower; "
+        f"{args.pairs} pairs, {args.warmup:g} s warm-up + {args.seconds:g} s a run; servers' logs in {args.log_dir}"
     )
+    if not args.anchor:
+        print(f"no aio-request anchor: {missing or '--no-anchor'}")
     billing_port = free_port()
     environment = {
         **os.environ,
@@ -551,20 +949,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         "DEMO_DATABASE": ":memory:",
         "PYTHONUNBUFFERED": "1",
         "LOAD_MAX_SECONDS": str(args.max_seconds),
+        "LOAD_HEDGE_PERCENTILE": repr(args.hedge_percentile),
+        "LOAD_SATURATION_RATIO": repr(args.saturation_ratio),
+        "LOAD_BILLING_CONCURRENCY": str(args.billing_concurrency),
+        "LOAD_CALLER_SHEDDING": "1" if args.caller_shedding else "0",
     }
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # billing exports its own metrics, alone
     billing_url = f"http://127.0.0.1:{billing_port}/"
     billing_log = args.log_dir / "billing.log"
-    results = []
+    results: list[RunResult] = []
     try:
         with started(
             [sys.executable, "-m", "testproject.serve", "--exit-with-parent"],
-            {**environment, "DJANGO_SETTINGS_MODULE": "settings.demo_billing"},
+            {**environment, "DJANGO_SETTINGS_MODULE": "benchmarks._load_billing_settings"},
             billing_log,
         ) as billing:
             wait_until(lambda: get_json(billing_url + "demo/stats"), billing, "billing", billing_log)
-            for strategy in args.strategies:
-                results.append(run(strategy, billing_url, environment, args))
-                print(f"  {strategy}: {results[-1].calls} calls in {results[-1].wall:.1f} s", flush=True)
+            rate = args.rate
+            if rate == "auto":
+                calibration = run(
+                    "single",
+                    0,
+                    rate=None,
+                    seconds=args.calibrate_seconds,
+                    billing_url=billing_url,
+                    environment=environment,
+                    args=args,
+                )
+                results.append(calibration)
+                rate = args.load_fraction * calibration.throughput
+                print(
+                    f"  calibration (single attempts, closed loop): {calibration.throughput:.1f} calls/s at "
+                    f"{100 * calibration.cpu:.0f}% CPU; runs at {rate:.1f} calls/s",
+                    flush=True,
+                )
+                if args.overload:
+                    overload = run(
+                        "hedged",
+                        -1,
+                        rate=None,
+                        seconds=args.calibrate_seconds,
+                        billing_url=billing_url,
+                        environment=environment,
+                        args=args,
+                        warmup_rate=rate,  # the delay learns its baseline below saturation first
+                    )
+                    results.append(overload)
+                    print(
+                        f"  overload (hedged, closed loop): {overload.throughput:.1f} calls/s at "
+                        f"{100 * overload.cpu:.0f}% CPU",
+                        flush=True,
+                    )
+            for number, kind in enumerate(sequence(args), start=1):
+                results.append(
+                    run(
+                        kind,
+                        number,
+                        rate=rate,
+                        seconds=args.seconds,
+                        billing_url=billing_url,
+                        environment=environment,
+                        args=args,
+                    )
+                )
+                r = results[-1]
+                print(
+                    f"  {r.label}: {len(r.calls)} calls, p99 {r.pct(99) * 1000:.1f} ms, CPU {100 * r.cpu:.0f}%",
+                    flush=True,
+                )
     except (KeyboardInterrupt, Stopped):
         print("\ninterrupted; servers stopped", file=sys.stderr)
         return 130
