@@ -13,23 +13,29 @@ Two services of the demo on 127.0.0.1, each its own process tree:
   ``hedged`` (2 attempts, the second after the ``--hedge-percentile`` (p90) of recent latencies,
   hedges at a lower priority, the default retry budget): gunicorn is started afresh for each run with
   ``LOAD_STRATEGY`` set and ``PROMETHEUS_MULTIPROC_DIR`` a new directory, so its ``/metrics`` counts
-  the hedges, the hedges won and the budget's refusals of all its workers.
+  the hedges, the hedges won and the budget's refusals of all its workers. The demo's orders sheds
+  load; here it does not unless ``--caller-shedding``: its limit, learned from latency, falls when 5%
+  of its calls wait 400 ms for billing, and it then refuses most calls (the load being measured).
 
 The load (``--rate``):
 
 * ``auto`` (the default): first a calibration, ``--calibrate-seconds`` of closed-loop load on the
   caller with single attempts (every caller sends its next GET when the previous one is answered:
-  what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate;
+  what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate; with
+  ``--overload`` (the default), right after it a hedged run as long in a closed loop (its warm-up at
+  the open-loop rate, so that the learned delay knows the unsaturated billing first): hedging at
+  saturation, where the safety mechanisms have something to do;
 * a number: that many calls a second in all;
 * ``closed``: every run a closed loop of ``--callers`` callers (what the machine sustains).
 
 An open-loop run schedules call ``k`` at a fixed time (the rate spread evenly over the ``--drivers``
 driver processes) and measures its latency from that time, not from when a connection was free to
 send it, so a stalled system cannot hide its queueing (no coordinated omission); "late" counts the
-calls that started more than 10 ms after their time because all of a driver's ``--callers`` /
-``--drivers`` connections were busy. Connections are keep-alive, renewed every
-``--reconnect-every`` (100) requests: gunicorn's workers race to accept connections, and with
-connections that live for the whole run one worker often holds nearly all of them.
+calls that started more than 10 ms after their time (all of a driver's ``--callers`` / ``--drivers``
+connections were busy, or the driver was not scheduled on a busy machine). Connections are
+keep-alive, renewed every ``--reconnect-every`` (100) requests: gunicorn's workers race to accept
+connections, and with connections that live for the whole run one worker often holds nearly all of
+them.
 
 The runs: ``--pairs`` pairs in ABBA order (single, hedged, hedged, single, ...), then (``--anchor``,
 the default when aio-request and tdigest import) one pair with an aiohttp caller using aio-request
@@ -130,6 +136,7 @@ class Driver:
         self.errors = 0
         self.opened = 0
         self.late = 0
+        self.busy = 0  # late calls whose time came while every connection of the driver was busy
 
     def due(self) -> float | None:
         """The time the next call is due (open loop), or None when the run is over."""
@@ -155,6 +162,7 @@ class Driver:
                     due = self.due()
                     if due is None:
                         return
+                    busy = time.monotonic() - due > LATE  # taken this late: no connection was free
                     time.sleep(max(0.0, due - time.monotonic()))
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
@@ -178,7 +186,9 @@ class Driver:
                 with self.lock:
                     self.calls.append((finished - (due if due is not None else started), finished - self.start_at, ok))
                     self.statuses[str(answer.status)] = self.statuses.get(str(answer.status), 0) + 1
-                    self.late += due is not None and started - due > LATE
+                    if due is not None and started - due > LATE:
+                        self.late += 1
+                        self.busy += busy
         finally:
             if conn is not None:
                 conn.close()
@@ -198,6 +208,7 @@ class Driver:
                 "errors": self.errors,
                 "connections": self.opened,
                 "late": self.late,
+                "busy": self.busy,
             }
 
 
@@ -308,6 +319,7 @@ class ProcessFigures:
     sockets: int
     fds: int
     rss_kib: int
+    cpu_ticks: int  # user + system time so far, in clock ticks
 
 
 def children_of(pid: int) -> list[int]:
@@ -338,6 +350,7 @@ def figures_of(pid: int) -> ProcessFigures | None:
             sockets=sockets,
             fds=fds,
             rss_kib=int(status["VmRSS"].split()[0]),
+            cpu_ticks=sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]),
         )
     except (OSError, KeyError, ValueError):
         return None
@@ -439,6 +452,7 @@ class RunResult:
     statuses: dict[str, int]
     errors: int
     late: int
+    busy: int
     driver_connections: int
     billing_requests: int
     cpu: float
@@ -453,6 +467,7 @@ class RunResult:
     low_arrivals: int | None = None
     kept_arrivals: int | None = None
     delays: list[tuple[int, float, bool]] = dataclasses.field(default_factory=list)
+    billing_cpu_ticks: int | None = None
 
     @property
     def label(self) -> str:
@@ -480,6 +495,17 @@ class RunResult:
     def load(self) -> float:
         return self.billing_requests / len(self.calls) if self.calls else float("nan")
 
+    def cpu_ms_per_call(self, figures: str) -> float:
+        """CPU time the caller's workers (``"caller"``) or billing (``"billing"``) used a call, ms."""
+        if figures == "billing":
+            ticks = self.billing_cpu_ticks
+        else:
+            ends = {f.pid: f for f in self.end}
+            ticks = sum(ends[f.pid].cpu_ticks - f.cpu_ticks for f in self.start if f.pid in ends)
+        if ticks is None or not self.calls:
+            return float("nan")
+        return 1000 * ticks / os.sysconf("SC_CLK_TCK") / len(self.calls)
+
     def pct(self, q: float) -> float:
         return percentile(self.latencies, q)
 
@@ -499,7 +525,7 @@ def run_drivers(
         if rate is not None:  # driver n takes every len(drivers)-th call of the whole schedule
             command += ["--rate", repr(rate / len(drivers)), "--offset", repr(n / len(drivers))]
         processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True))
-    merged: dict[str, Any] = {"calls": [], "statuses": {}, "errors": 0, "connections": 0, "late": 0}
+    merged: dict[str, Any] = {"calls": [], "statuses": {}, "errors": 0, "connections": 0, "late": 0, "busy": 0}
     try:
         for process in processes:
             out, _ = process.communicate(timeout=max(0.0, start_at - time.monotonic()) + seconds + 45)
@@ -509,7 +535,7 @@ def run_drivers(
             merged["calls"] += part["calls"]
             for status, count in part["statuses"].items():
                 merged["statuses"][status] = merged["statuses"].get(status, 0) + count
-            for key in ("errors", "connections", "late"):
+            for key in ("errors", "connections", "late", "busy"):
                 merged[key] += part[key]
     finally:
         for process in processes:
@@ -551,6 +577,7 @@ def run(
     rate: float | None,
     seconds: float,
     billing_url: str,
+    billing_pid: int,
     environment: dict[str, str],
     args: argparse.Namespace,
     warmup_rate: float | str | None = "same",
@@ -591,6 +618,7 @@ def run(
             caller_before = read_metrics(caller_url + "metrics") if project else None
             billing_before = read_metrics(billing_url + "metrics")
             start = workers_figures(gunicorn.pid)
+            billing_start = figures_of(billing_pid)
             start_at = time.monotonic() + START_DELAY
             delay_url = caller_url + "load/hedge-delay" if kind == "hedged" else None
             with Observer(start_at, seconds, delay_url) as observer:
@@ -599,6 +627,7 @@ def run(
             caller_after = read_metrics(caller_url + "metrics") if project else None
             billing_after = read_metrics(billing_url + "metrics")
             end = workers_figures(gunicorn.pid)
+            billing_end = figures_of(billing_pid)
             with contextlib.suppress(OSError, ValueError, KeyError):
                 arrivals = get_json(f"{billing_url}demo/stats?run={tag}", timeout=10)["arrivals"]
     finally:
@@ -612,6 +641,7 @@ def run(
         statuses=measured["statuses"],
         errors=measured["errors"],
         late=measured["late"],
+        busy=measured["busy"],
         driver_connections=measured["connections"],
         billing_requests=after - before,
         cpu=observer.cpu,
@@ -621,22 +651,41 @@ def run(
         delays=observer.delays,
     )
     if project:
-        result.hedges = metric_delta(caller_before, caller_after, "aio_request_attempts_total", attempt="1")
-        result.hedges_won = metric_delta(caller_before, caller_after, "aio_request_winning_attempt_total", attempt="1")
-        result.budget_refused = metric_delta(caller_before, caller_after, "aio_request_retry_budget_exhausted_total")
-        result.caller_shed = {
-            reason: metric_delta(caller_before, caller_after, "aio_request_server_shed_total", reason=reason)
-            for reason in ("capacity", "queue_timeout", "deadline")
-        }
+        add_caller_metrics(result, caller_before, caller_after)
+    add_billing_figures(
+        result, before=billing_before, after=billing_after, start=billing_start, end=billing_end, arrivals=arrivals
+    )
+    return result
+
+
+def add_caller_metrics(result: RunResult, before: Metrics | None, after: Metrics | None) -> None:
+    result.hedges = metric_delta(before, after, "aio_request_attempts_total", attempt="1")
+    result.hedges_won = metric_delta(before, after, "aio_request_winning_attempt_total", attempt="1")
+    result.budget_refused = metric_delta(before, after, "aio_request_retry_budget_exhausted_total")
+    result.caller_shed = {
+        reason: metric_delta(before, after, SHED, reason=reason) for reason in ("capacity", "queue_timeout", "deadline")
+    }
+
+
+def add_billing_figures(
+    result: RunResult,
+    *,
+    before: Metrics | None,
+    after: Metrics | None,
+    start: ProcessFigures | None,
+    end: ProcessFigures | None,
+    arrivals: list[dict[str, Any]] | None,
+) -> None:
     result.billing_shed = {
-        f"{p}/{reason}": metric_delta(billing_before, billing_after, SHED, priority=p, reason=reason)
+        f"{p}/{reason}": metric_delta(before, after, SHED, priority=p, reason=reason)
         for p in ("high", "normal", "low")
         for reason in ("capacity", "queue_timeout", "deadline")
     }
+    if start and end:
+        result.billing_cpu_ticks = end.cpu_ticks - start.cpu_ticks
     if arrivals is not None:
         result.low_arrivals = sum(a.get("priority") == "low" for a in arrivals)
         result.kept_arrivals = len(arrivals)
-    return result
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -690,20 +739,22 @@ def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
     print()
     print(
         f"  {'run':<14}{'rate/s':>8}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'max ms':>9}"
-        f"{'CPU %':>7}{'load1':>6}{'calls':>7}{'failed':>7}{'errors':>7}{'late':>6}"
+        f"{'CPU %':>7}{'caller':>7}{'billing':>8}{'load1':>6}{'calls':>7}{'failed':>7}{'errors':>7}{'late':>11}"
     )
     for r in results:
         rate = "closed" if r.rate is None else f"{r.rate:.1f}"
         print(
             f"  {r.label:<14}{rate:>8}{r.throughput:>9.1f}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
-            f"{ms(r.latencies[-1] if r.calls else float('nan'))}{100 * r.cpu:>7.1f}{r.load_average:>6.2f}"
-            f"{len(r.calls):>7}{r.failed:>7}{r.errors:>7}{r.late:>6}"
+            f"{ms(r.latencies[-1] if r.calls else float('nan'))}{100 * r.cpu:>7.1f}"
+            f"{r.cpu_ms_per_call('caller'):>7.2f}{r.cpu_ms_per_call('billing'):>8.2f}{r.load_average:>6.2f}"
+            f"{len(r.calls):>7}{r.failed:>7}{r.errors:>7}{f'{r.late} ({r.busy})':>11}"
         )
     print("  (calls/s = calls answered OK within the measured window / its seconds; open loop: latency from each")
     print("   call's scheduled time; CPU = the whole machine's busy share over the window, everything on it")
-    print("   included; load1 = its load average at the end; failed = the caller answered other than 200 or")
-    print("   reported that billing did; errors = connection errors; late = calls that waited > 10 ms for a")
-    print("   driver's connection)")
+    print("   included; caller, billing = CPU ms a call in the caller's workers and in billing (/proc/PID/stat);")
+    print("   load1 = the machine's load average at the end; failed = the caller answered other than 200 or")
+    print("   reported that billing did; errors = connection errors; late = calls started > 10 ms after their")
+    print("   time (in brackets: those whose time came while all the driver's connections were busy)")
     print()
     print("  what keeps hedging safe, over each measured window:")
     print(
@@ -973,6 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rate=None,
                     seconds=args.calibrate_seconds,
                     billing_url=billing_url,
+                    billing_pid=billing.pid,
                     environment=environment,
                     args=args,
                 )
@@ -990,6 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rate=None,
                         seconds=args.calibrate_seconds,
                         billing_url=billing_url,
+                        billing_pid=billing.pid,
                         environment=environment,
                         args=args,
                         warmup_rate=rate,  # the delay learns its baseline below saturation first
@@ -1008,6 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rate=rate,
                         seconds=args.seconds,
                         billing_url=billing_url,
+                        billing_pid=billing.pid,
                         environment=environment,
                         args=args,
                     )
