@@ -31,8 +31,8 @@ The load (``--rate``):
 An open-loop run schedules call ``k`` at a fixed time (the rate spread evenly over the ``--drivers``
 driver processes) and measures its latency from that time, not from when a connection was free to
 send it, so a stalled system cannot hide its queueing (no coordinated omission); "late" counts the
-calls that started more than 10 ms after their time (all of a driver's ``--callers`` / ``--drivers``
-connections were busy, or the driver was not scheduled on a busy machine). Connections are
+calls that started more than 10 ms after their time (all of a driver's ``--connections`` /
+``--drivers`` connections were busy, or the driver was not scheduled on a busy machine). Connections are
 keep-alive, renewed every ``--reconnect-every`` (100) requests: gunicorn's workers race to accept
 connections, and with connections that live for the whole run one worker often holds nearly all of
 them.
@@ -52,7 +52,7 @@ received (of the last 5,000 it keeps) came with ``X-Request-Priority: low``; the
 what each worker's client had learned, asked every 0.5 s (``/load/hedge-delay``, benchmarks/_load_urls.py).
 
     .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
-        [--seconds 12] [--warmup 2] [--callers 32] [--drivers 2] [--workers 2] [--threads 16]
+        [--seconds 12] [--warmup 2] [--callers 32] [--connections 64] [--drivers 2] [--workers 2] [--threads 16]
         [--slow 0.05] [--slow-delay 0.4] [--hedge-percentile 0.9] [--no-anchor]
 
 Everything is bounded: each driver stops starting calls after its seconds; every server stops when
@@ -515,7 +515,8 @@ def run_drivers(
 ) -> dict[str, Any]:
     """``args.callers`` connections split over ``args.drivers`` processes of this script from ``start_at``
     for ``seconds``, in a closed loop (``rate`` None) or at ``rate`` calls a second in all; merged results."""
-    shares = [args.callers // args.drivers + (n < args.callers % args.drivers) for n in range(args.drivers)]
+    total = args.callers if rate is None else args.connections
+    shares = [total // args.drivers + (n < total % args.drivers) for n in range(args.drivers)]
     drivers = [share for share in shares if share]
     processes = []
     for n, share in enumerate(drivers):
@@ -655,6 +656,7 @@ def run(
     add_billing_figures(
         result, before=billing_before, after=billing_after, start=billing_start, end=billing_end, arrivals=arrivals
     )
+    (args.log_dir / f"calls-{number}-{kind}.json").write_text(json.dumps(result.calls))
     return result
 
 
@@ -871,7 +873,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=12.0, help="measured load per run (default 12)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured load per run first (default 2)")
-    parser.add_argument("--callers", type=int, default=32, help="connections (closed loop: callers) in all (32)")
+    parser.add_argument("--callers", type=int, default=32, help="closed loop: callers in all (32)")
+    parser.add_argument("--connections", type=int, default=64, help="open loop: connections in all at most (64)")
     parser.add_argument("--drivers", type=int, default=2, help="driver processes the callers are split over (2)")
     parser.add_argument(
         "--reconnect-every",
@@ -914,6 +917,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or not 1 <= args.pairs <= 20
         or (isinstance(args.rate, float) and not 0 < args.rate <= 100_000)
         or not 1 <= args.callers <= 512
+        or not 1 <= args.connections <= 1024
         or not 1 <= args.drivers <= 16
         or not 0 <= args.reconnect_every <= 1_000_000
         or not 1 <= args.workers <= 16
@@ -987,7 +991,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; caller: gunicorn "
         f"{args.workers} workers x {args.threads} gthread threads; billing: {args.slow:.0%} of requests take "
         f"{args.slow_delay * 1000:.0f} ms, shedding at {args.billing_concurrency} at once; {load}; {args.callers} "
-        f"connections in {args.drivers} driver processes (new every {args.reconnect_every} requests); hedged: p"
+        f"callers (closed loop) or up to {args.connections} connections (open loop) in {args.drivers} driver "
+        f"processes (new every {args.reconnect_every} requests); hedged: p"
         f"{args.hedge_percentile * 100:g}, SATURATION_RATIO {args.saturation_ratio:g}, HEDGE_PRIORITY lower; "
         f"{args.pairs} pairs, {args.warmup:g} s warm-up + {args.seconds:g} s a run; servers' logs in {args.log_dir}"
     )
