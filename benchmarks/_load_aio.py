@@ -7,8 +7,8 @@ gunicorn with aiohttp's worker:
 
 ``LOAD_BILLING_URL`` is billing's ``/demo/`` URL; ``LOAD_STRATEGY`` ``single`` (one attempt) or
 ``hedged`` (2 attempts, the second after aio-request's own percentile delays, with the percentile
-``LOAD_HEDGE_PERCENTILE`` and a 10 ms floor like the project's hedged client; they need the
-``tdigest`` package). Timeout 2 s, the caller's deadline from ``X-Request-Timeout`` through
+``LOAD_HEDGE_PERCENTILE`` and the floor ``LOAD_HEDGE_MIN_DELAY``, as the project's hedged
+client; they need the ``tdigest`` package). Timeout 2 s, the caller's deadline from ``X-Request-Timeout`` through
 aio-request's server middleware, as for the project's caller. ``/demo/stats`` counts requests.
 """
 
@@ -32,7 +32,8 @@ def strategy() -> aio_request.RequestStrategy:
     )
 
     delays = PercentileBasedRequestAttemptDelaysProvider(
-        percentile=float(os.environ.get("LOAD_HEDGE_PERCENTILE", "0.9")), min_delay_seconds=0.01
+        percentile=float(os.environ.get("LOAD_HEDGE_PERCENTILE", "0.9")),
+        min_delay_seconds=float(os.environ.get("LOAD_HEDGE_MIN_DELAY", "0.05")),
     )
     return aio_request.parallel_strategy(attempts_count=2, delays_provider=delays)
 

@@ -1,7 +1,8 @@
 """Settings of the caller service of ``benchmarks/load.py``: the demo's ``orders`` service (its
 ``/demo/hop`` calls billing's ``/demo/hop`` through the client ``billing``), with ``DEBUG`` off and
 the client's GET strategy chosen by ``LOAD_STRATEGY``: ``single`` (one attempt) or ``hedged``
-(a second attempt after the ``LOAD_HEDGE_PERCENTILE`` percentile of recent latencies).
+(a second attempt after the ``LOAD_HEDGE_PERCENTILE`` percentile of recent latencies, not before
+``LOAD_HEDGE_MIN_DELAY`` seconds).
 
 The hedged client is set up the way a caller that must stay safe under load is: its hedges go at a
 lower priority than the call (``HEDGE_PRIORITY``: billing, which sheds load, refuses them first),
@@ -19,6 +20,7 @@ DEBUG = False
 ROOT_URLCONF = "benchmarks._load_urls"
 LOAD_STRATEGY = os.environ.get("LOAD_STRATEGY", "single")
 LOAD_HEDGE_PERCENTILE = float(os.environ.get("LOAD_HEDGE_PERCENTILE", "0.9"))
+LOAD_HEDGE_MIN_DELAY = float(os.environ.get("LOAD_HEDGE_MIN_DELAY", "0.05"))
 LOAD_SATURATION_RATIO = float(os.environ.get("LOAD_SATURATION_RATIO", "0"))  # 0: off
 # The demo's orders sheds load with a limit learned from latency; here off unless LOAD_CALLER_SHEDDING=1:
 # the server whose shedding this benchmark is about is billing, and the caller's own refusals would
@@ -33,6 +35,7 @@ _STRATEGIES: dict[str, dict[str, object]] = {
         "DELAYS": {
             "NAME": "percentile",
             "PERCENTILE": LOAD_HEDGE_PERCENTILE,
+            "MIN_DELAY_SECONDS": LOAD_HEDGE_MIN_DELAY,
             "SATURATION_RATIO": LOAD_SATURATION_RATIO,
         },
     },

@@ -10,12 +10,14 @@ Two services of the demo on 127.0.0.1, each its own process tree:
 * the caller: the demo's ``orders`` service (``benchmarks/_load_settings.py``) under gunicorn
   (``--workers`` processes, gthread with ``--threads`` threads each); its ``/demo/hop`` calls
   billing's ``/demo/hop`` through the client ``billing``, whose GET strategy is ``single`` or
-  ``hedged`` (2 attempts, the second after the ``--hedge-percentile`` (p90) of recent latencies,
-  hedges at a lower priority, the default retry budget): gunicorn is started afresh for each run with
-  ``LOAD_STRATEGY`` set and ``PROMETHEUS_MULTIPROC_DIR`` a new directory, so its ``/metrics`` counts
-  the hedges, the hedges won and the budget's refusals of all its workers. The demo's orders sheds
-  load; here it does not unless ``--caller-shedding``: its limit, learned from latency, falls when 5%
-  of its calls wait 400 ms for billing, and it then refuses most calls (the load being measured).
+  ``hedged`` (2 attempts, the second after the ``--hedge-percentile`` (p90) of recent latencies but
+  not before ``--hedge-min-delay`` (50 ms), hedges at a lower priority, the default retry budget,
+  no hedges while the learned delay is ``--saturation-ratio`` (2) times its lowest): gunicorn is
+  started afresh for each run with ``LOAD_STRATEGY`` set and ``PROMETHEUS_MULTIPROC_DIR`` a new
+  directory, so its ``/metrics`` counts the hedges, the hedges won and the budget's refusals of all
+  its workers. The demo's orders sheds load; here it does not unless ``--caller-shedding``: its
+  limit, learned from latency, falls when 5% of its calls wait 400 ms for billing, and it then
+  refuses most calls (the load being measured).
 
 The load (``--rate``):
 
@@ -53,7 +55,8 @@ what each worker's client had learned, asked every 0.5 s (``/load/hedge-delay``,
 
     .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
         [--seconds 12] [--warmup 2] [--callers 32] [--connections 64] [--drivers 2] [--workers 2] [--threads 16]
-        [--slow 0.05] [--slow-delay 0.4] [--hedge-percentile 0.9] [--no-anchor]
+        [--slow 0.05] [--slow-delay 0.4] [--hedge-percentile 0.9] [--hedge-min-delay 0.05]
+        [--saturation-ratio 2] [--no-anchor]
 
 Everything is bounded: each driver stops starting calls after its seconds; every server stops when
 this script ends (its standard input closes) or after ``--max-seconds``; Ctrl-C stops them all.
@@ -888,7 +891,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow-delay", type=float, default=0.4, help="seconds a slow request takes (0.4)")
     parser.add_argument("--hedge-percentile", type=float, default=0.9, help="hedge after this percentile (0.9)")
     parser.add_argument(
-        "--saturation-ratio", type=float, default=4.0, help="hedged client's SATURATION_RATIO (0: off; default 4)"
+        "--hedge-min-delay", type=float, default=0.05, help="hedged: MIN_DELAY_SECONDS, the least delay (0.05)"
+    )
+    parser.add_argument(
+        "--saturation-ratio", type=float, default=2.0, help="hedged client's SATURATION_RATIO (0: off; default 2)"
     )
     parser.add_argument(
         "--caller-shedding",
@@ -925,6 +931,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or not 0 <= args.slow <= 1
         or not 0 <= args.slow_delay <= 5
         or not 0 < args.hedge_percentile < 1
+        or not 0 <= args.hedge_min_delay <= 5
         or not (args.saturation_ratio == 0 or args.saturation_ratio > 1)
         or not 1 <= args.billing_concurrency <= 10_000
         or not 0 < args.max_seconds <= 86_400
@@ -993,7 +1000,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.slow_delay * 1000:.0f} ms, shedding at {args.billing_concurrency} at once; {load}; {args.callers} "
         f"callers (closed loop) or up to {args.connections} connections (open loop) in {args.drivers} driver "
         f"processes (new every {args.reconnect_every} requests); hedged: p"
-        f"{args.hedge_percentile * 100:g}, SATURATION_RATIO {args.saturation_ratio:g}, HEDGE_PRIORITY lower; "
+        f"{args.hedge_percentile * 100:g} (at least {args.hedge_min_delay * 1000:g} ms), "
+        f"SATURATION_RATIO {args.saturation_ratio:g}, HEDGE_PRIORITY lower; "
         f"{args.pairs} pairs, {args.warmup:g} s warm-up + {args.seconds:g} s a run; servers' logs in {args.log_dir}"
     )
     if not args.anchor:
@@ -1007,6 +1015,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LOAD_MAX_SECONDS": str(args.max_seconds),
         "LOAD_HEDGE_PERCENTILE": repr(args.hedge_percentile),
         "LOAD_SATURATION_RATIO": repr(args.saturation_ratio),
+        "LOAD_HEDGE_MIN_DELAY": repr(args.hedge_min_delay),
         "LOAD_BILLING_CONCURRENCY": str(args.billing_concurrency),
         "LOAD_CALLER_SHEDDING": "1" if args.caller_shedding else "0",
     }
