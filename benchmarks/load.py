@@ -509,6 +509,13 @@ class RunResult:
             return float("nan")
         return 1000 * ticks / os.sysconf("SC_CLK_TCK") / len(self.calls)
 
+    def worst_half_second(self) -> float:
+        """The highest median latency of the calls started in one half second of the window: stalls."""
+        buckets: dict[int, list[float]] = {}
+        for latency, finished, _ in self.calls:
+            buckets.setdefault(int((finished - latency) * 2), []).append(latency)
+        return max((statistics.median(v) for v in buckets.values()), default=float("nan"))
+
     def pct(self, q: float) -> float:
         return percentile(self.latencies, q)
 
@@ -743,19 +750,20 @@ def pairs_of(results: Sequence[RunResult], kinds: tuple[str, str]) -> list[tuple
 def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
     print()
     print(
-        f"  {'run':<14}{'rate/s':>8}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'max ms':>9}"
+        f"  {'run':<14}{'rate/s':>8}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>9}{'max ms':>9}{'stall':>8}"
         f"{'CPU %':>7}{'caller':>7}{'billing':>8}{'load1':>6}{'calls':>7}{'failed':>7}{'errors':>7}{'late':>11}"
     )
     for r in results:
         rate = "closed" if r.rate is None else f"{r.rate:.1f}"
         print(
             f"  {r.label:<14}{rate:>8}{r.throughput:>9.1f}{ms(r.pct(50))}{ms(r.pct(99))}{ms(r.pct(99.9))}"
-            f"{ms(r.latencies[-1] if r.calls else float('nan'))}{100 * r.cpu:>7.1f}"
+            f"{ms(r.latencies[-1] if r.calls else float('nan'))}{r.worst_half_second() * 1000:>8.1f}{100 * r.cpu:>7.1f}"
             f"{r.cpu_ms_per_call('caller'):>7.2f}{r.cpu_ms_per_call('billing'):>8.2f}{r.load_average:>6.2f}"
             f"{len(r.calls):>7}{r.failed:>7}{r.errors:>7}{f'{r.late} ({r.busy})':>11}"
         )
     print("  (calls/s = calls answered OK within the measured window / its seconds; open loop: latency from each")
-    print("   call's scheduled time; CPU = the whole machine's busy share over the window, everything on it")
+    print("   call's scheduled time; stall = the highest median latency of the calls started in one half")
+    print("   second; CPU = the whole machine's busy share over the window, everything on it")
     print("   included; caller, billing = CPU ms a call in the caller's workers and in billing (/proc/PID/stat);")
     print("   load1 = the machine's load average at the end; failed = the caller answered other than 200 or")
     print("   reported that billing did; errors = connection errors; late = calls started > 10 ms after their")
