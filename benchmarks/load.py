@@ -811,7 +811,8 @@ def report_overload(results: Sequence[RunResult]) -> None:
         return
     print()
     print(
-        f"  at saturation (closed loop, calibration and overload runs): hedged / single p99 "
+        f"  at saturation (closed loop; the calibration and the overload run, one each, not interleaved): "
+        f"hedged / single p99 "
         f"{hedged.pct(99) / single.pct(99):.3f}x, throughput {hedged.throughput / single.throughput:.3f}x, "
         f"extra load {100 * (hedged.load - 1):+.1f}%, hedges {count(hedged.hedges)} for {len(hedged.calls)} calls"
     )
