@@ -954,7 +954,7 @@ def anchor_missing() -> str | None:
     try:
         import aio_request  # noqa: F401
         import aiohttp.worker  # noqa: F401
-        import tdigest  # type: ignore[import-untyped]  # noqa: F401
+        import tdigest  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
     except ImportError as error:
         return f"{error.name} does not import (aio-request's percentile delays need tdigest: pip install tdigest)"
     return None
