@@ -60,6 +60,26 @@ def series(samples: Samples, name: str, **labels: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture
+def server(server: LoopbackServer) -> Iterator[LoopbackServer]:
+    """The shared fixture's server, or a newer one if its URL already labels a series here.
+
+    The shared fixture avoids ports its own servers had; servers other tests start themselves
+    (raw sockets, gunicorn, benchmarks) can have had the port too, and recorded calls to it.
+    """
+    seen = {labels.get("request_endpoint") for _, labels, _ in scrape()}
+    held: list[LoopbackServer] = []
+    fresh = server
+    while fresh.url in seen:
+        held.append(fresh)  # keep it bound so the OS cannot hand out the same port again at once
+        fresh = LoopbackServer()
+    for old in held[1:]:
+        old.close()
+    yield fresh
+    if fresh is not server:
+        fresh.close()
+
+
+@pytest.fixture
 def make(server: LoopbackServer) -> Iterator[Callable[..., dar.Client]]:
     made: list[dar.Client] = []
 
