@@ -8,12 +8,15 @@ Run it under a real server, configured by the environment variable ``SHEDDING_SE
     DJANGO_SETTINGS_MODULE=benchmarks._shedding_service uvicorn --factory benchmarks._shedding_service:asgi
 
 Views: ``/cpu?ms=N`` spends N ms of its thread's CPU time (holding the GIL, as Python code does), ``/sleep?ms=N``
-waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/metrics`` is Prometheus's text.
+waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/tail?ms=N&slow=F&slow_ms=M`` spends N ms
+of CPU and then, for a share F of requests drawn at random, sleeps M ms (a slow tail, for
+``benchmarks/hedge_safety.py``); ``/metrics`` is Prometheus's text.
 """
 
 import asyncio
 import json
 import os
+import random
 import time
 from typing import Any
 
@@ -62,6 +65,15 @@ def sleep(request: Any) -> Any:
     return HttpResponse(b"done")
 
 
+def tail(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    _spin(_ms(request))
+    if random.random() < float(request.GET.get("slow", "0")):
+        time.sleep(float(request.GET.get("slow_ms", "0")) / 1000)
+    return HttpResponse(b"done")
+
+
 async def acpu(request: Any) -> Any:
     from django.http import HttpResponse
 
@@ -89,6 +101,7 @@ def _urls() -> list[Any]:
     return [
         path("cpu", cpu),
         path("sleep", sleep),
+        path("tail", tail),
         path("acpu", acpu),
         path("asleep", asleep),
         path("metrics", metrics),

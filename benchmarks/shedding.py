@@ -3,9 +3,11 @@
 For each thread count (1, 2, 4, 8, 16, 32), a service (``benchmarks/_shedding_service.py``) runs under
 gunicorn with one gthread worker of that many threads; its view spends ``--cpu-ms`` (default 5) of
 its thread's CPU time, holding the GIL as Python code does (so it takes longer while other threads
-hold the GIL). Closed-loop callers (``benchmarks/_shedding_load.py``: one request at a time each,
-``Retry-After`` honoured after a 503) cycle through the priorities high, normal, low, normal, low
-(20/40/40), every request with ``X-Request-Timeout: --deadline``.
+hold the GIL); with ``--slow F``, a share F of the requests then waits ``--slow-ms`` (150) ms, as a
+view whose query is now and then slow (``/tail``). Closed-loop callers
+(``benchmarks/_shedding_load.py``: one request at a time each, ``Retry-After`` honoured after a 503)
+cycle through the priorities high, normal, low, normal, low (20/40/40), every request with
+``X-Request-Timeout: --deadline``.
 
 Per thread count, two servers run side by side, one without shedding and one with
 ``"SHEDDING": True``; for 2x and then 4x, the loads alternate between them, so that other work on a
@@ -26,7 +28,8 @@ requests answered 200, against the unloaded p99; *limit*: the learned concurrenc
 Targets with shedding: high ok >= 99.5%, goodput >= 90%, high p99 <= 2x; with impostors, real high
 ok >= 99%. Each cell says MET or MISSED; the worst case is printed at the end.
 
-    .venv/bin/python -m benchmarks.shedding [--quick] [--threads 1,2,4] [--cpu-ms 5] [--deadline 0.5]
+    .venv/bin/python -m benchmarks.shedding [--quick] [--threads 1,2,4] [--cpu-ms 5] [--slow 0.05]
+        [--slow-ms 150] [--deadline 0.5]
 
 ``--quick`` runs 2 s loads after 1 s of warm-up, on threads 1,4,16 unless ``--threads`` is given.
 """
@@ -70,10 +73,8 @@ def figures(outcomes: list[Outcome], seconds: float, deadline: float) -> Figures
     )
 
 
-def load(
-    url: str, groups: Sequence[Callers], *, cpu_ms: float, warmup: float, seconds: float, deadline: float
-) -> Figures:
-    outcomes = closed_loop(url, groups, path=f"/cpu?ms={cpu_ms:g}", seconds=warmup + seconds, deadline=deadline,
+def load(url: str, groups: Sequence[Callers], *, path: str, warmup: float, seconds: float, deadline: float) -> Figures:
+    outcomes = closed_loop(url, groups, path=path, seconds=warmup + seconds, deadline=deadline,
                            backoff=0.01)  # fmt: skip
     began = min(o.ended - o.elapsed for o in outcomes)
     counted = [o for o in outcomes if o.ended - o.elapsed >= began + warmup and o.ended <= began + warmup + seconds]
@@ -89,6 +90,8 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default=None, help="default 1,2,4,8,16,32 (--quick: 1,4,16)")
     parser.add_argument("--cpu-ms", type=float, default=5.0)
+    parser.add_argument("--slow", type=float, default=0.0, help="share of requests that then wait (default 0)")
+    parser.add_argument("--slow-ms", type=float, default=150.0, help="how long those wait, ms (150)")
     parser.add_argument("--deadline", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=4.0, help="counted seconds of each load")
     parser.add_argument("--warmup", type=float, default=1.5)
@@ -97,11 +100,16 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     if args.quick:
         args.threads, args.seconds, args.warmup = args.threads or "1,4,16", 2.0, 1.0
     args.threads = args.threads or "1,2,4,8,16,32"
-    timing = {"cpu_ms": args.cpu_ms, "warmup": args.warmup, "seconds": args.seconds, "deadline": args.deadline}
+    path = f"/cpu?ms={args.cpu_ms:g}"
+    if args.slow:
+        path = f"/tail?ms={args.cpu_ms:g}&slow={args.slow:g}&slow_ms={args.slow_ms:g}"
+    timing = {"path": path, "warmup": args.warmup, "seconds": args.seconds, "deadline": args.deadline}
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: "
           f"other work may run at the same time)")  # fmt: skip
-    print(f"view: {args.cpu_ms:g} ms of CPU; deadline {args.deadline:g} s; callers cycle high/normal/low/normal/low "
-          f"and honour Retry-After; {args.warmup:g} s warm-up, {args.seconds:g} s counted per load\n")  # fmt: skip
+    tail = f", then {args.slow:.0%} of requests wait {args.slow_ms:g} ms" if args.slow else ""
+    print(f"view: {args.cpu_ms:g} ms of CPU{tail}; deadline {args.deadline:g} s; callers cycle "
+          f"high/normal/low/normal/low and honour Retry-After; {args.warmup:g} s warm-up, "
+          f"{args.seconds:g} s counted per load\n")  # fmt: skip
     header = (f"{'threads':>7} {'load':>4} | {'unloaded':>8} {'high p99':>9} | {'without: high ok':>16} {'goodput':>8} "
               f"{'high p99':>9} | {'with: high ok':>13} {'goodput':>8} {'high p99':>9} {'shed':>6} {'limit':>5} | "
               "verdict")  # fmt: skip
