@@ -6,6 +6,8 @@ the number of requests running at once, a waiting (I/O) view the same time howev
 
 import itertools
 import random
+import statistics
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +34,7 @@ class Simulation:
             rtt = self.service * (running if self.cpu else 1)
             admitted = self.now
             self.now += rtt / running  # requests finish one after another
-            self.limit.sample(rtt, running, admitted, self.now, self.cpu_time)
+            self.limit.sample(rtt, running, admitted, self.now, cpu=self.cpu_time)
             self.seen.append(self.limit.current)
 
 
@@ -129,15 +131,90 @@ def test_a_growth_that_does_not_hold_is_tried_less_and_less_often() -> None:
     assert simulation.limit.current == 64
 
 
-@pytest.mark.parametrize(("cpu_time", "ceiling"), [(0.010, 1), (0.004, 3), (0.001, 15), (0.0001, 64)])
+@pytest.mark.parametrize(("cpu_time", "ceiling"), [(0.010, 1), (0.004, 5), (0.001, 21), (0.0001, 64)])
 def test_cpu_time_caps_the_limit_at_what_the_gil_can_run(cpu_time: float, ceiling: int) -> None:
-    # Views of 10 ms whose latency does not grow with concurrency: only the CPU time they report
-    # says how many can run at once under the GIL (tolerance 1.5 x 10 ms / CPU time, rounded down).
-    simulation = Simulation(adaptive(maximum=64), 0.01, cpu=False, cpu_time=cpu_time)
+    # Views of 10 ms alone, ``cpu_time`` of it on the CPU, that take turns on the GIL (the rest is
+    # waiting, I/O): the CPU time they report says how many can run at once under the GIL:
+    # tolerance 1.5 x 10 ms / CPU time, plus two spreads (square roots) of how many wait at once
+    # (10 ms / CPU time - 1), each rounded down.
+    simulation = Views(adaptive(maximum=64), cpu=cpu_time, rtt=lambda running, _: 0.01 - cpu_time + cpu_time * running)
     simulation.run(2000)
     assert simulation.limit.ceiling == ceiling
     assert max(simulation.seen) <= max(4, ceiling)  # 4: where it starts, before any CPU time was known
     assert simulation.limit.current == ceiling
+
+
+class Views:
+    """Views that report ``cpu`` seconds of CPU time and take ``rtt(running, draw)`` seconds with
+    ``running`` requests in flight (``busy``, or the limit if lower); ``draw`` is uniform in [0, 1)."""
+
+    def __init__(
+        self, limit: AdaptiveLimit, *, cpu: float, rtt: Callable[[int, float], float], busy: int = 1000
+    ) -> None:
+        self.limit = limit
+        self.cpu, self.rtt, self.busy = cpu, rtt, busy
+        self.random = random.Random(3)
+        self.now = 0.0
+        self.seen: list[int] = []
+
+    def run(self, requests: int) -> None:
+        for _ in range(requests):
+            running = max(1, min(self.busy, self.limit.current))
+            rtt = self.rtt(running, self.random.random())
+            admitted = self.now
+            self.now += rtt / running
+            self.limit.sample(rtt, running, admitted, self.now, cpu=self.cpu)
+            self.seen.append(self.limit.current)
+
+
+def slow_tail(cpu: float, slow: float, wait: float) -> Callable[[int, float], float]:
+    """CPU views taking turns on the GIL, of which a share ``slow`` then waits ``wait`` (a slow query)."""
+    return lambda running, draw: cpu * running + (wait if draw < slow else 0.0)
+
+
+def test_a_rare_slow_wait_keeps_enough_requests_at_once_to_keep_the_cpu_busy() -> None:
+    # 3 ms of CPU, and 5% wait 150 ms more: on average a request is busy 10.5 ms for 3 ms of CPU, so
+    # 3.5 at once keep the CPU busy (Little's law). Judged by the no-load latency alone (3 ms) the
+    # ceiling was 1: every slow request then held the only slot for 150 ms, and a server with 4
+    # threads served 95 requests a second instead of 225 (benchmarks/hedge_safety.py's view).
+    simulation = Views(adaptive(maximum=64), cpu=0.003, rtt=slow_tail(0.003, 0.05, 0.15))
+    simulation.run(2000)
+    needed, ceilings, waits = [], [], []
+    for _ in range(40):
+        simulation.run(100)
+        needed.append(simulation.limit.needed)
+        ceilings.append(simulation.limit.ceiling)
+        waits.append(simulation.limit.io or 0.0)
+    assert statistics.median(waits) == pytest.approx(0.0075, rel=0.25)  # the mean wait, GIL turns taken out
+    assert 3 <= statistics.median(needed) <= 4
+    settled = simulation.seen[2000:]
+    assert sum(settled) / len(settled) >= 3
+    # The ceiling: 1.5 x 3.5 plus two spreads of the 2.5 waiting (2 x 1.6), 5 + 3 = 8, with room for
+    # the noisy mean wait (a moving mean of a rare 150 ms).
+    assert 6 <= statistics.median(ceilings) <= 9
+    assert max(settled) <= max(ceilings) + 1 <= 13
+    # The same views without the slow ones: one at a time, as before.
+    cpu_only = Views(adaptive(maximum=64), cpu=0.003, rtt=slow_tail(0.003, 0.0, 0.15))
+    cpu_only.run(3000)
+    assert cpu_only.limit.ceiling == 1
+    assert set(cpu_only.seen[1000:]) == {1}
+
+
+def test_taking_turns_on_the_gil_does_not_shrink_the_limit_but_other_waiting_does() -> None:
+    # Requests that report their CPU time: under the GIL, running k at once makes each take about
+    # k times its CPU time, which the CPU ceiling bounds; latency beyond that is waiting for
+    # something else that concurrency crowds (a lock, a connection pool), and shrinks the limit.
+    # 10 ms views, 1 ms of it on the CPU: with k at once each waits for the others' turns on the GIL.
+    turns = Views(adaptive(maximum=64), cpu=0.001, rtt=lambda running, _: 0.009 + 0.001 * running)
+    turns.run(2000)
+    # 1.5 x 10 ms / 1 ms, plus two spreads of the 9 waiting at once (2 x 3), rounded down.
+    assert turns.limit.current == turns.limit.ceiling
+    assert 19 <= turns.limit.ceiling <= 21
+    # Views that barely compute but hold a lock for 10 ms: with k at once each waits k turns.
+    crowded = Views(adaptive(maximum=64), cpu=0.0001, rtt=lambda running, _: 0.01 * running)
+    crowded.run(3000)
+    settled = crowded.seen[1000:]
+    assert sum(settled) / len(settled) <= 3
 
 
 def test_without_a_gil_or_a_cpu_time_there_is_no_ceiling() -> None:

@@ -9,36 +9,45 @@ and the Vegas and Gradient2 limits of Netflix's concurrency-limits:
   ``probe_interval`` seconds (with jitter, so the workers of a server do not probe together),
   because the view's own cost changes (a slower database, a bigger table). Between probes a faster
   sample lowers it at once.
-* the served requests are gathered in *windows* of about half a limit of samples; at the end of a
-  window its latency is compared with ``tolerance x min_rtt``. The latency is the mean of the
-  requests that ended at the window's busiest (the most in flight at once): a concurrency is judged
-  by the requests that ran at it. (Under a threaded server whose threads mostly run one at a time,
-  a window's plain mean is made of requests that ran alone, and hides that every one run beside
-  another took twice as long.) Below it the process has room: if the window used the limit (its
-  busiest reached it), the limit grows by its square root (at least 1). Above it, requests queue
-  for CPU, locks or connections inside the process: the limit shrinks in proportion to what ran,
-  ``min(limit, busiest) x tolerance x min_rtt / latency``, by at most half a window; so a limit
-  above what the server's threads can ever reach still comes down.
+* the served requests are gathered in *windows* of about half a limit of samples (at least 10); at
+  the end of a window its latency is compared with ``tolerance x min_rtt``. The latency is the
+  median of the requests that ended at the window's busiest (the most in flight at once): a
+  concurrency is judged by the requests that ran at it (under a threaded server whose threads mostly
+  run one at a time, a window's plain mean is made of requests that ran alone, and hides that every
+  one run beside another took twice as long), and a rare slow request (a slow query) does not
+  decide. A sync request that reported its CPU time counts without the others' turns on the GIL
+  (about its own CPU time for each other request in flight, and one switch interval): those are the
+  ceiling's business (below), and what is left is waiting that concurrency crowds (locks, a
+  connection pool). Below it the process has room: if the window used the limit (its busiest reached
+  it), the limit grows by its square root (at least 1). Above it, requests queue inside the process:
+  the limit shrinks in proportion to what ran, ``min(limit, busiest) x tolerance x min_rtt /
+  latency``, by at most half a window; so a limit above what the server's threads can ever reach
+  still comes down.
 * a growth that the next used window undoes was a failed try: the limit then waits twice as many
   good windows (up to ``MAX_PATIENCE``) before trying to grow again, and goes back to growing after
   every good window once a growth holds. With CPU views under the GIL the limit thus stays at the
   size where latency holds (often 1) and tries one more only now and then, leaving the server's
   other threads free to take requests in and order them by priority.
 * a *ceiling* from CPU time: a sync request reports the CPU time its thread spent on it
-  (``time.thread_time()``). Under the GIL one thread runs Python at a time, so requests that spend
-  ``cpu`` of their no-load latency on the CPU use the process's whole throughput once ``min_rtt /
-  cpu`` of them run at once, and at ``tolerance x min_rtt / cpu`` latency reaches the tolerance: the
-  limit stays at or below that, rounded down (1 for views that only compute). Latency alone tells
-  this late, or not at all when a threaded server's threads rarely run at once; and a limit at or
-  above the server's threads leaves no thread free to take requests in, so they wait in the
-  server's own first-come queue where priority cannot order them. Free-threaded builds and async
-  requests (whose thread runs many) set no ceiling.
+  (``time.thread_time()``). Under the GIL one thread runs Python at a time. A request is busy, on
+  average, its CPU time plus its own waiting (I/O; its time less its CPU and the others' turns on
+  the GIL, a moving mean, so a 150 ms query in one request of twenty counts for 7.5 ms), and by
+  Little's law ``busy / cpu`` requests at once keep the CPU busy on average
+  (:attr:`~AdaptiveLimit.needed`); at ``tolerance x busy / cpu`` latency reaches the tolerance. How
+  many wait at a time varies, so two spreads of that count are added (``2 x sqrt(busy / cpu - 1)``,
+  none for views that barely wait): the limit stays at or below that, rounded down (1 for views that
+  only compute; 8 for 3 ms of CPU with 5% of requests waiting 150 ms, where a ceiling from the
+  no-load latency alone said 1 and every slow request held the only slot). Latency alone tells this
+  late, or not at all when a threaded server's threads rarely run at once; and a limit at or above
+  the server's threads leaves no thread free to take requests in, so they wait in the server's own
+  first-come queue where priority cannot order them. Free-threaded builds and async requests (whose
+  thread runs many) set no ceiling.
 
 With views that wait (I/O), latency does not grow with concurrency, so the limit climbs to what
-the threads allow (it only grows while it is used). With views that use CPU under the GIL, latency
-grows with every request run at once, so the limit settles where latency is about ``tolerance``
-times the no-load latency (1 or 2 requests at the default ``tolerance`` of 1.5), and the CPU
-ceiling keeps it there from the first requests on.
+the threads allow (it only grows while it is used). With views that use CPU under the GIL, the
+ceiling keeps the limit at what keeps the CPU busy from the first requests on; without a reported
+CPU time (async), latency grows with every request run at once, and the limit settles where it is
+about ``tolerance`` times the no-load latency (1 or 2 requests at the default ``tolerance`` of 1.5).
 
 Not thread-safe on its own: the limiter calls it under its lock.
 """
@@ -84,6 +93,7 @@ class AdaptiveLimit:
         "_window_busiest",
         "cpu",
         "current",
+        "io",
         "maximum",
         "min_rtt",
         "minimum",
@@ -93,9 +103,10 @@ class AdaptiveLimit:
 
     adaptive = True
     PROBE_SAMPLES = 5  # requests measured at the minimum limit; their median is the no-load latency
-    SMALLEST_WINDOW = 3
+    SMALLEST_WINDOW = 10  # so that a rare slow request among them does not move the median
     MAX_PATIENCE = 16  # good windows waited, at most, before trying again a growth that failed
     CPU_WEIGHT = 0.1  # of the newest request in the moving mean of CPU time
+    IO_WEIGHT = 0.01  # of the newest request in the moving mean of off-CPU time (a rare slow one counts)
 
     def __init__(
         self,
@@ -121,10 +132,12 @@ class AdaptiveLimit:
         # Free-threaded builds run Python on several cores at once: CPU time then sets no ceiling.
         self._gil = getattr(sys, "_is_gil_enabled", lambda: True)() if gil is None else gil
         self.cpu: float | None = None  # moving mean of the CPU time of requests served on threads
+        self.io: float | None = None  # moving mean of their off-CPU time, the GIL's turns taken out
         start = max(minimum, min(maximum, 4 if initial is None else initial))
         self._limit = float(start)  # the learned limit; ``current`` is what applies now (the minimum while probing)
         self.min_rtt: float | None = None
-        self._window: list[tuple[float, int]] = []  # (time taken, requests in flight as it ended)
+        # (time taken, requests in flight as it ended, whether the GIL's turns were taken out of it)
+        self._window: list[tuple[float, int, bool]] = []
         self._window_busiest = 0  # the most in flight as a request of the window ended
         self._patience = 1  # good, used windows needed before the next growth
         self._good = 0  # good, used windows since the last change
@@ -141,18 +154,41 @@ class AdaptiveLimit:
         return max(self.minimum, min(self.maximum, self.ceiling, int(self._limit)))
 
     @property
-    def ceiling(self) -> int:
-        """The most requests worth running at once under the GIL: ``tolerance x min_rtt / cpu``, rounded down.
+    def needed(self) -> int:
+        """How many requests at once keep the CPU busy under the GIL: ``busy / cpu``, rounded down (at least 1).
 
-        Only one thread runs Python at a time, so requests that spend ``cpu`` of their ``min_rtt``
-        on the CPU reach the process's whole throughput with ``min_rtt / cpu`` of them at once; more
-        only wait for the GIL inside the process, where priority cannot order them. ``maximum``
-        until requests served on threads were measured (or without a GIL).
+        A request that ran alone was busy ``busy`` seconds, ``cpu`` of them on the CPU (both means,
+        so a rare slow wait counts as often as it happens): by Little's law ``busy / cpu`` of them
+        at once keep one CPU busy. ``busy`` is the mean CPU plus off-CPU time of lone requests, or
+        the no-load latency until one was measured. ``maximum`` until requests served on threads
+        were measured (or without a GIL).
         """
+        ratio = self._busy_per_cpu()
+        return self.maximum if ratio is None else max(1, min(self.maximum, int(ratio)))
+
+    @property
+    def ceiling(self) -> int:
+        """The most requests worth running at once under the GIL: ``tolerance x busy / cpu``, rounded down.
+
+        Only one thread runs Python at a time: past ``busy / cpu`` (:attr:`needed`) more requests at
+        once only wait for the GIL inside the process, where priority cannot order them, and at
+        ``tolerance`` times that their latency reaches the tolerance.
+        """
+        ratio = self._busy_per_cpu()
+        if ratio is None:
+            return self.maximum
+        # How many wait at once varies (roughly as a Poisson count of mean ``ratio - 1``): with only
+        # the mean's worth of slots, the CPU idles whenever more than usual wait; two spreads more,
+        # rounded down, keep it busy then (none for views that barely wait).
+        spread = int(2 * math.sqrt(ratio - 1))
+        return max(1, min(self.maximum, int(self.tolerance * ratio) + spread))
+
+    def _busy_per_cpu(self) -> float | None:
         cpu, min_rtt = self.cpu, self.min_rtt
         if not self._gil or cpu is None or min_rtt is None or cpu <= 0:
-            return self.maximum
-        return max(1, min(self.maximum, int(self.tolerance * min_rtt / cpu)))
+            return None
+        busy = max(min_rtt, cpu + self.io) if self.io is not None else min_rtt
+        return busy / cpu
 
     @property
     def probing(self) -> bool:
@@ -166,8 +202,7 @@ class AdaptiveLimit:
     def _end_probe(self, now: float) -> None:
         self.min_rtt = statistics.median(self._probe_samples)
         self._probe_began = None
-        self._window = []
-        self._window_busiest = 0
+        self._begin_window()
         self.current = self.learned
         self._next_probe = now + self.probe_interval * self._jitter.uniform(0.8, 1.2)
 
@@ -179,6 +214,11 @@ class AdaptiveLimit:
         if cpu is not None:
             previous = self.cpu
             self.cpu = cpu if previous is None else previous + self.CPU_WEIGHT * (cpu - previous)
+            # What was neither its own CPU time nor the others' turns on the GIL (about as much each)
+            # was the view's own waiting (I/O, a sleep); exact for a request that ran alone.
+            waited = max(0.0, rtt - cpu * max(1, in_flight))
+            io = self.io
+            self.io = waited if io is None else io + self.IO_WEIGHT * (waited - io)
         if self._probe_began is not None:
             if admitted_at >= self._probe_began:  # admitted under the probe's limit: (nearly) alone
                 self._probe_samples.append(rtt)
@@ -193,7 +233,15 @@ class AdaptiveLimit:
         if rtt < min_rtt:
             self.min_rtt = min_rtt = rtt
         window = self._window
-        window.append((rtt, in_flight))
+        net = cpu is not None and self._gil
+        if cpu is not None and net and in_flight > 1:
+            # Under the GIL the others' CPU time is spent while this request waits: take out what
+            # they could have spent (about this request's own, each, and one switch interval, the
+            # longest a thread that wants the GIL waits before asking for it; the server's other
+            # threads take turns too) and judge the rest, the waiting that concurrency adds besides
+            # the GIL (locks, a connection pool). The GIL's own share is the CPU ceiling's business.
+            rtt = max(cpu, rtt - cpu * (in_flight - 1) - sys.getswitchinterval())
+        window.append((rtt, in_flight, net))
         self._window_busiest = max(self._window_busiest, in_flight)
         if len(window) >= max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):
             self._end_window(min_rtt)
@@ -203,8 +251,9 @@ class AdaptiveLimit:
         window = self._window
         busiest = self._window_busiest
         used = busiest >= self.current  # the window reached the limit: only then may it grow
-        judged = [sample for sample, running in window if running >= busiest]
-        latency = sum(judged) / len(judged)
+        # Samples with the GIL's turns taken out compare at any concurrency; the others only at the busiest.
+        judged = [sample for sample, running, net in window if net or running >= busiest]
+        latency = statistics.median(judged)  # a rare slow request (a slow query, a sleep) does not decide
         limit = self._limit
         gradient = self.tolerance * min_rtt / latency if latency > 0 else 1.0
         if gradient < 1:
@@ -226,6 +275,9 @@ class AdaptiveLimit:
                 self._good = 0
         self._limit = max(float(self.minimum), min(float(self.maximum), float(self.ceiling), limit))
         self.current = self.learned
+        self._begin_window()
+
+    def _begin_window(self) -> None:
         self._window = []
         self._window_busiest = 0
 
