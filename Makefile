@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.breaker
 	$(PY) -m benchmarks.shedding
 	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.hedge_safety
 	$(PY) -m benchmarks.resolver
 	$(PY) -m benchmarks.async_client
 	$(PY) -m benchmarks.database

@@ -30,3 +30,10 @@ def test_hedging_runs_this_project_beside_aio_request() -> None:
     for row in ("(a) single attempt", "(b) parallel x2", "(e) aio-request: single", "(f) aio-request: parallel"):
         assert row in out
     assert "(f) p99" in out
+
+
+def test_hedge_safety_runs_every_variant_at_a_load() -> None:
+    out = _run("benchmarks.hedge_safety", "--loads", "1.0", "--seconds", "1", "--warmup", "1")
+    assert "capacity C (single attempts, closed loop, 8 callers)" in out
+    for variant in ("| single |", "| hedged |", "| hedged, no ratio |"):
+        assert variant in out
