@@ -78,6 +78,20 @@ def test_the_first_requests_measure_the_no_load_latency_at_the_minimum_limit() -
     assert limit.current == 4  # back to the learned limit
 
 
+def test_one_fast_request_does_not_set_the_latency_without_queueing() -> None:
+    # 5 ms views, and now and then a /metrics scrape of 1 ms: the scrape is another view, not the
+    # 5 ms view without queueing. Once it set the latency without queueing, every later window of
+    # the 5 ms views looked 5 times too slow and the limit fell to 1.
+    simulation = Views(adaptive(maximum=64), cpu=0.001, rtt=lambda running, _: 0.004 + 0.001 * running)
+    simulation.run(1000)
+    before = simulation.limit.current
+    assert before >= 8
+    simulation.limit.sample(0.001, 1, simulation.now, simulation.now + 0.001, cpu=0.001)  # the scrape
+    simulation.run(1000)
+    assert simulation.limit.min_rtt == pytest.approx(0.005)
+    assert min(simulation.seen[-1000:]) >= before - 1
+
+
 def test_requests_admitted_before_a_probe_do_not_count_in_it() -> None:
     limit = adaptive()
     for _ in range(4):

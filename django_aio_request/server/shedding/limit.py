@@ -7,8 +7,10 @@ and the Vegas and Gradient2 limits of Netflix's concurrency-limits:
   to its minimum, so those run (nearly) alone, and their median time is the latency of the view
   without queueing inside the process. The probe runs first at start and again every
   ``probe_interval`` seconds (with jitter, so the workers of a server do not probe together),
-  because the view's own cost changes (a slower database, a bigger table). Between probes a faster
-  sample lowers it at once.
+  because the view's own cost changes (a slower database, a bigger table). Between probes nothing
+  lowers it: a process serves views of different costs, and the fastest one (a health check, a
+  ``/metrics`` scrape) is no measure of the others; a single fast request once set it, and every
+  window of the usual views then looked slow and the limit fell to 1.
 * the served requests are gathered in *windows* of about half a limit of samples (at least 10); at
   the end of a window its latency is compared with ``tolerance x min_rtt``. The latency is the
   median of the requests that ended at the window's busiest (the most in flight at once): a
@@ -230,8 +232,6 @@ class AdaptiveLimit:
             return
         min_rtt = self.min_rtt
         assert min_rtt is not None  # set by the first probe, before any window
-        if rtt < min_rtt:
-            self.min_rtt = min_rtt = rtt
         window = self._window
         net = cpu is not None and self._gil
         if cpu is not None and net and in_flight > 1:
