@@ -159,11 +159,12 @@ class AdaptiveLimit:
     def needed(self) -> int:
         """How many requests at once keep the CPU busy under the GIL: ``busy / cpu``, rounded down (at least 1).
 
-        A request that ran alone was busy ``busy`` seconds, ``cpu`` of them on the CPU (both means,
-        so a rare slow wait counts as often as it happens): by Little's law ``busy / cpu`` of them
-        at once keep one CPU busy. ``busy`` is the mean CPU plus off-CPU time of lone requests, or
-        the no-load latency until one was measured. ``maximum`` until requests served on threads
-        were measured (or without a GIL).
+        A request is busy ``busy`` seconds, ``cpu`` of them on the CPU (both means, so a rare slow
+        wait counts as often as it happens): by Little's law ``busy / cpu`` of them at once keep one
+        CPU busy. ``busy`` is the mean CPU time plus the mean wait that was not the others' turns on
+        the GIL (estimated as about its own CPU time for each other request in flight), and at
+        least the latency without queueing. ``maximum`` until requests served on threads were
+        measured (or without a GIL).
         """
         ratio = self._busy_per_cpu()
         return self.maximum if ratio is None else max(1, min(self.maximum, int(ratio)))
@@ -233,8 +234,8 @@ class AdaptiveLimit:
         min_rtt = self.min_rtt
         assert min_rtt is not None  # set by the first probe, before any window
         window = self._window
-        net = cpu is not None and self._gil
-        if cpu is not None and net and in_flight > 1:
+        net = cpu is not None and self._gil  # the GIL's turns can be taken out of this sample
+        if cpu is not None and net and in_flight > 1:  # (cpu repeated for the type checker)
             # Under the GIL the others' CPU time is spent while this request waits: take out what
             # they could have spent (about this request's own, each, and one switch interval, the
             # longest a thread that wants the GIL waits before asking for it; the server's other
