@@ -103,8 +103,17 @@ def _clients(endpoint: str) -> dict[str, dar.Client]:
             dar.single_attempt_strategy(), delays_provider=dar.constant_delays(delay=0.01)
         ),
     }
+    # No retry budget: with it, whether a hedge may fire depends on how fast the run goes (the
+    # failing and timing-out calls spend it first), and CI once met a run where none fired. The
+    # budget has tests of its own (tests/core/test_retry_budget.py).
     return {
-        name: dar.setup(endpoint=endpoint, safe_method_strategy=strategy, metrics=False, max_workers=MAX_WORKERS)
+        name: dar.setup(
+            endpoint=endpoint,
+            safe_method_strategy=strategy,
+            metrics=False,
+            max_workers=MAX_WORKERS,
+            retry_budget=None,
+        )
         for name, strategy in strategies.items()
     }
 
