@@ -63,6 +63,7 @@ QUEUE_LENGTH = 10_000
 HEARTBEAT_MISSES = 5
 MIN_HEARTBEAT_TTL = 5.0
 PRUNE_EVERY = 60.0  # seconds between two prunes by one process
+DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once (its default)
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -177,7 +178,14 @@ class Publisher:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval):
+        interval = DEFAULT_INTERVAL
+        while True:
+            try:
+                interval = self.interval
+            except Exception:  # settings changed to something invalid: say so, keep the last interval
+                logger.exception("circuit breaker publisher: AIO_REQUEST cannot be read; next round in %s s", interval)
+            if stop.wait(interval):
+                return
             try:
                 self.run_once()
             except Exception:  # run_once handles database errors; anything else must not end the thread

@@ -201,6 +201,39 @@ def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round
         made.stop()
 
 
+def test_settings_that_become_invalid_do_not_end_the_thread(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A test (or a reload) that sets an invalid AIO_REQUEST while the thread waits: it says so and
+    goes on with the last interval it read, then follows the settings again once they are valid."""
+    made = Publisher()
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    rounds: list[float] = []
+
+    def counted(self: Publisher) -> bool:
+        rounds.append(time.monotonic())
+        return True
+
+    monkeypatch.setattr(Publisher, "run_once", counted)
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.05)):
+            made.start()
+            wait_for(lambda: len(rounds) >= 2, "two rounds")
+            with (
+                caplog.at_level(logging.ERROR, logger="django_aio_request"),
+                override_settings(AIO_REQUEST={"NOT_A_KEY": 1}),
+            ):
+                seen = len(rounds)
+                wait_for(lambda: len(rounds) >= seen + 3, "rounds while the settings are invalid")
+                assert made.running
+                assert "AIO_REQUEST cannot be read" in caplog.text
+            seen = len(rounds)
+            wait_for(lambda: len(rounds) >= seen + 3, "rounds once the settings are valid again")
+    finally:
+        made.stop()
+    assert not made.running
+
+
 @pytest.mark.django_db
 def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> None:
     now = datetime.datetime.now(tz=datetime.UTC)
