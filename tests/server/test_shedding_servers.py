@@ -43,8 +43,9 @@ def test_gunicorn_gthread_serves_high_priority_in_time_at_any_thread_count(threa
     served = sum(o.status == 200 for o in steady)
     assert served / 2.0 > 50  # requests a second: the server kept working (about 200/s unloaded)
     # Views that use CPU: under the GIL no use running many at once (the CPU time each reports caps
-    # the limit at 1, or 2 when waiting for the GIL made the no-load latency look longer).
-    assert 1 <= limit <= min(2, threads)
+    # the limit at 1, 2 at times; 3 was seen with 32 threads, where the server's other threads'
+    # turns on the GIL count as the views' waits: the gap in docs/budgets-and-shedding.md, "Measured").
+    assert 1 <= limit <= min(3, threads)
 
 
 @pytest.mark.timeout(120)
