@@ -173,11 +173,8 @@ def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
     assert [t.failures for _, t in publisher._queue] == [4, 5, 6, 7, 8]
 
 
-@pytest.mark.django_db
-def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round(
-    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The thread reads CIRCUIT_BREAKER_PUBLISH_INTERVAL before every wait, not once at import."""
+def counting_publisher(monkeypatch: pytest.MonkeyPatch) -> tuple[Publisher, list[float]]:
+    """A publisher (installed as the process's) whose rounds only note when they ran."""
     made = Publisher()
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     rounds: list[float] = []
@@ -187,6 +184,15 @@ def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round
         return True
 
     monkeypatch.setattr(Publisher, "run_once", counted)
+    return made, rounds
+
+
+@pytest.mark.django_db
+def test_a_change_of_the_publish_interval_setting_takes_effect_at_the_next_round(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread reads CIRCUIT_BREAKER_PUBLISH_INTERVAL before every wait, not once at import."""
+    made, rounds = counting_publisher(monkeypatch)
     try:
         with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.3)):
             made.start()
@@ -206,15 +212,7 @@ def test_settings_that_become_invalid_do_not_end_the_thread(
 ) -> None:
     """A test (or a reload) that sets an invalid AIO_REQUEST while the thread waits: it says so and
     goes on with the last interval it read, then follows the settings again once they are valid."""
-    made = Publisher()
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
-    rounds: list[float] = []
-
-    def counted(self: Publisher) -> bool:
-        rounds.append(time.monotonic())
-        return True
-
-    monkeypatch.setattr(Publisher, "run_once", counted)
+    made, rounds = counting_publisher(monkeypatch)
     try:
         with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_PUBLISH_INTERVAL=0.05)):
             made.start()
