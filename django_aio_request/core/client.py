@@ -15,6 +15,7 @@ from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
@@ -112,7 +113,17 @@ class Client:
         context = get_context()
         deadline = self._deadline(deadline, context.deadline)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
-        yield self._call(request, deadline, priority, strategy, None)
+        wait = current_downstream_wait()
+        if wait is None:
+            yield self._call(request, deadline, priority, strategy, None)
+            return
+        wait.begin()  # load shedding judges the request being served without this wait
+        cpu = time.thread_time()
+        try:
+            response = self._call(request, deadline, priority, strategy, None)
+        finally:
+            wait.end(time.thread_time() - cpu)
+        yield response
 
     @contextlib.asynccontextmanager
     async def arequest(
@@ -136,6 +147,9 @@ class Client:
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
         cancellation = Cancellation()
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
+        wait = current_downstream_wait()
+        if wait is not None:
+            wait.begin()  # load shedding judges the request being served without this wait
         future = self._drivers().submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
         try:
             waiting = asyncio.wrap_future(future)
@@ -151,6 +165,9 @@ class Client:
             cancellation.cancel()  # shuts the sockets of every attempt in flight
             future.cancel()  # a call that has not started yet never will
             raise
+        finally:
+            if wait is not None:
+                wait.end()
         yield response
 
     def _deadline(self, given: Deadline | None, context: Deadline | None) -> Deadline:
