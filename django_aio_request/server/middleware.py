@@ -24,6 +24,7 @@ from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core import headers as h
 from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.downstream_wait import measure_downstream_wait, stop_measuring
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
@@ -293,6 +294,7 @@ class AioRequestMiddleware:
             response: HttpResponseBase = _shed(priority, admission)
         else:
             cpu = time.thread_time()  # the CPU the view uses tells the limit how many are worth running at once
+            wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
             try:
                 token = _context.set(context)
                 try:
@@ -300,7 +302,10 @@ class AioRequestMiddleware:
                 finally:
                     _context.reset(token)
             finally:
-                limiter.release(admission.admitted_at, thread=True, cpu=time.thread_time() - cpu)
+                stop_measuring(wait_token)
+                limiter.release(
+                    admission.admitted_at, thread=True, cpu=time.thread_time() - cpu, downstream=wait.off_cpu
+                )
         _observe(request, response, conf, started)
         return response
 
@@ -323,10 +328,12 @@ class AioRequestMiddleware:
             if not admission.admitted:
                 response = _shed(priority, admission)
             else:
+                wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
                 try:
                     response = await self._arespond(request, conf, context)
                 finally:
-                    limiter.release(admission.admitted_at, thread=False)
+                    stop_measuring(wait_token)
+                    limiter.release(admission.admitted_at, thread=False, downstream=wait.off_cpu)
         _observe(request, response, conf, started)
         return response
 

@@ -16,11 +16,13 @@ from django.urls import path
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
+import django_aio_request
 from django_aio_request import Priority, clients
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.context import get_context
 from django_aio_request.server import shedding as shedding_module
 from django_aio_request.server.shedding import AdaptiveLimit, FixedLimit, Limiter, shedding_for
+from tests.support.loopback import LoopbackServer, answer_after
 
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
@@ -64,7 +66,19 @@ def spin(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"done")
 
 
+def call_downstream(request: HttpRequest) -> HttpResponse:
+    with clients["downstream"].request(django_aio_request.get("slow")) as response:
+        return HttpResponse(str(response.status).encode())
+
+
+async def acall_downstream(request: HttpRequest) -> HttpResponse:
+    async with clients["downstream"].arequest(django_aio_request.get("slow")) as response:
+        return HttpResponse(str(response.status).encode())
+
+
 urlpatterns = [
+    path("call-downstream", call_downstream),
+    path("acall-downstream", acall_downstream),
     path("block", block),
     path("ablock", ablock),
     path("ok", ok),
@@ -542,6 +556,35 @@ def test_sync_requests_tell_the_limit_the_cpu_time_their_view_spent(settings: Se
         assert get(NORMAL, url="/spin?s=0.02").status_code == 200
     assert limit.cpu is not None
     assert limit.cpu >= 0.02  # each spent at least 20 ms of its thread's CPU time
+
+
+@pytest.mark.parametrize(
+    ("handler", "url", "probe_interval"),
+    [("wsgi", "/call-downstream", 31.0), ("wsgi", "/acall-downstream", 32.0), ("asgi", "/acall-downstream", 33.0)],
+)
+def test_the_time_a_view_waits_on_another_service_is_not_judged_as_queueing_here(
+    settings: Settings, server: LoopbackServer, handler: str, url: str, probe_interval: float
+) -> None:
+    server.route("/slow", answer_after(0.1))
+    # Settings of this test's own, so that a limiter of its own learns from its requests only.
+    shedding = {"PROBE_INTERVAL": probe_interval}
+    settings.AIO_REQUEST = settings_with(shedding, CLIENTS={"downstream": {"ENDPOINT": server.url}})
+    limit = limiter().limit
+    assert isinstance(limit, AdaptiveLimit)
+    assert (limit.min_rtt, limit.io) == (None, None)
+
+    async def through_asgi() -> Any:
+        return await AsyncClient().get(url, headers=headers(NORMAL))
+
+    for _ in range(AdaptiveLimit.PROBE_SAMPLES):
+        response = get(NORMAL, url=url) if handler == "wsgi" else asyncio.run(through_asgi())
+        assert (response.status_code, response.content) == (200, b"200")
+    # The probe measured the latency without queueing: the view's own time, not the downstream's 100 ms.
+    assert limit.min_rtt is not None
+    assert limit.min_rtt < 0.05
+    if handler == "wsgi":  # on a thread: the CPU ceiling counts the wait (Little's law)
+        assert limit.io is not None
+        assert limit.io >= 0.09
 
 
 def test_a_failing_view_releases_its_slot(settings: Settings) -> None:

@@ -231,6 +231,32 @@ def test_taking_turns_on_the_gil_does_not_shrink_the_limit_but_other_waiting_doe
     assert sum(settled) / len(settled) <= 3
 
 
+def stalled_downstream(*, report: bool, threads: int = 16) -> list[int]:
+    """Views of 1.5 ms of CPU that call another service; of every 100 calls, 8 wait 400 ms for it and
+    end together (the downstream stalled). ``report``: the server side tells the limit that wait."""
+    limit = adaptive(maximum=64)
+    now, seen = 0.0, []
+    for number in range(4000):
+        running = max(1, min(threads, limit.current))
+        waited = 0.4 if number % 100 >= 92 else 0.0
+        rtt = 0.0015 * running + waited
+        admitted = now
+        now += rtt / running
+        limit.sample(rtt, running, admitted, now, cpu=0.0015, downstream=waited if report else 0.0)
+        seen.append(limit.current)
+    return seen[1000:]
+
+
+def test_waiting_on_another_service_does_not_shrink_the_limit() -> None:
+    # A window of ten requests of which eight waited for a stalled downstream looked like queueing
+    # here: the limit halved, the slots left filled with requests waiting on the downstream, and the
+    # demo's orders refused a third of its calls at 72% CPU (benchmarks/load.py --caller-shedding).
+    told = stalled_downstream(report=True)
+    assert min(told) >= 16  # as many at once as the threads run: the CPU ceiling counts the wait
+    untold = stalled_downstream(report=False)
+    assert min(untold) <= 9  # the same latencies judged as queueing here
+
+
 def test_without_a_gil_or_a_cpu_time_there_is_no_ceiling() -> None:
     free_threaded = Simulation(AdaptiveLimit(maximum=64, gil=False), 0.01, cpu=False, cpu_time=0.01)
     free_threaded.run(2000)

@@ -25,6 +25,12 @@ and the Vegas and Gradient2 limits of Netflix's concurrency-limits:
   the limit shrinks in proportion to what ran, ``min(limit, busiest) x tolerance x min_rtt /
   latency``, by at most half a window; so a limit above what the server's threads can ever reach
   still comes down.
+* the time a request waited on another service through this package's clients is no queueing here
+  (the downstream sheds its own load; the call's deadline, breaker and retry budget bound what it
+  is sent): the probe and the windows judge a request without it. Judged with it, a window in
+  which a slow downstream's answers came in together looked like queueing, the limit halved, the
+  slots left filled with requests waiting on the downstream, and a caller refused 5-33% of its
+  calls at 58-72% CPU (``benchmarks/load.py --caller-shedding``).
 * a growth that the next used window undoes was a failed try: the limit then waits twice as many
   good windows (up to ``MAX_PATIENCE``) before trying to grow again, and goes back to growing after
   every good window once a growth holds. With CPU views under the GIL the limit thus stays at the
@@ -74,7 +80,16 @@ class FixedLimit:
             raise ValueError(f"the limit must be >= 1, not {limit}")
         self.current = limit
 
-    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float, cpu: float | None = None) -> None:
+    def sample(
+        self,
+        rtt: float,
+        in_flight: int,
+        admitted_at: float,
+        now: float,
+        cpu: float | None = None,
+        *,
+        downstream: float = 0.0,
+    ) -> None:
         """A fixed limit learns nothing."""
 
 
@@ -209,17 +224,32 @@ class AdaptiveLimit:
         self.current = self.learned
         self._next_probe = now + self.probe_interval * self._jitter.uniform(0.8, 1.2)
 
-    def sample(self, rtt: float, in_flight: int, admitted_at: float, now: float, cpu: float | None = None) -> None:
+    def sample(
+        self,
+        rtt: float,
+        in_flight: int,
+        admitted_at: float,
+        now: float,
+        cpu: float | None = None,
+        *,
+        downstream: float = 0.0,
+    ) -> None:
         """A served request took ``rtt`` seconds from admission; ``in_flight`` counts it and the others running.
 
         ``cpu``: the CPU time its thread spent on it (None when unknown: an async request).
+        ``downstream``: the part of ``rtt`` it waited, off the CPU, on calls made through this
+        package's clients (:mod:`~django_aio_request.core.downstream_wait`). That wait is no
+        queueing here, and the latency is judged without it; the CPU ceiling counts it (a request
+        waiting on another service leaves the CPU to the others).
         """
+        downstream = min(max(0.0, downstream), rtt)
+        rtt -= downstream  # what the request spent here: its own work, and waiting for this process
         if cpu is not None:
             previous = self.cpu
             self.cpu = cpu if previous is None else previous + self.CPU_WEIGHT * (cpu - previous)
             # What was neither its own CPU time nor the others' turns on the GIL (about as much each)
-            # was the view's own waiting (I/O, a sleep); exact for a request that ran alone.
-            waited = max(0.0, rtt - cpu * max(1, in_flight))
+            # was the view's own waiting (I/O, a sleep, a downstream call); exact for a request that ran alone.
+            waited = downstream + max(0.0, rtt - cpu * max(1, in_flight))
             io = self.io
             self.io = waited if io is None else io + self.IO_WEIGHT * (waited - io)
         if self._probe_began is not None:
@@ -241,7 +271,7 @@ class AdaptiveLimit:
             # longest a thread that wants the GIL waits before asking for it; the server's other
             # threads take turns too) and judge the rest, the waiting that concurrency adds besides
             # the GIL (locks, a connection pool). The GIL's own share is the CPU ceiling's business.
-            rtt = max(cpu, rtt - cpu * (in_flight - 1) - sys.getswitchinterval())
+            rtt = max(min(cpu, rtt), rtt - cpu * (in_flight - 1) - sys.getswitchinterval())
         window.append((rtt, in_flight, net))
         self._window_busiest = max(self._window_busiest, in_flight)
         if len(window) >= max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):

@@ -146,10 +146,11 @@ class Limiter:
         with self._lock:
             return self._leave(waiter, reason)
 
-    def release(self, admitted_at: float, *, thread: bool, cpu: float | None = None) -> None:
+    def release(self, admitted_at: float, *, thread: bool, cpu: float | None = None, downstream: float = 0.0) -> None:
         """The admitted request admitted at ``admitted_at`` is done: learn from its time, give its slot on.
 
-        ``cpu``: the CPU time the request's thread spent serving it (``time.thread_time()``), if known.
+        ``cpu``: the CPU time the request's thread spent serving it (``time.thread_time()``), if known;
+        ``downstream``: the time it waited on calls made through this package's clients.
         """
         now = self._clock()
         with self._lock:
@@ -158,7 +159,7 @@ class Limiter:
             if thread:
                 self._threads -= 1
             rtt = now - admitted_at
-            self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu)
+            self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
             self._in_flight -= 1
             previous = self._service_time
             self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
