@@ -147,10 +147,10 @@ class Client:
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
         cancellation = Cancellation()
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
+        future = self._drivers().submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
         wait = current_downstream_wait()
         if wait is not None:
             wait.begin()  # load shedding judges the request being served without this wait
-        future = self._drivers().submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
         try:
             waiting = asyncio.wrap_future(future)
             done, _ = await asyncio.wait({waiting}, timeout=deadline.timeout + _QUEUE_GRACE_SECONDS)

@@ -15,7 +15,7 @@ from django_aio_request.core.downstream_wait import (
     measure_downstream_wait,
     stop_measuring,
 )
-from tests.support.loopback import LoopbackServer, answer_after, clients
+from tests.support.loopback import LoopbackServer, answer_after, clients, hang_until_disconnect
 
 
 @pytest.fixture
@@ -123,3 +123,31 @@ def test_an_async_call_adds_the_time_it_waited(server: LoopbackServer, make_clie
         return wait.seconds
 
     assert 0.15 <= asyncio.run(main()) < 0.5
+
+
+def test_a_cancelled_async_call_stops_counting(server: LoopbackServer, make_client: Callable[..., Client]) -> None:
+    server.route("/hang", hang_until_disconnect)
+    client = make_client()
+
+    async def main() -> DownstreamWait:
+        wait, token = measure_downstream_wait()
+        try:
+
+            async def call() -> None:
+                async with client.arequest(get("hang")):
+                    pass
+
+            task = asyncio.create_task(call())
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            stop_measuring(token)
+        return wait
+
+    wait = asyncio.run(main())
+    counted = wait.seconds
+    time.sleep(0.05)
+    assert wait.seconds == counted  # closed when the task was cancelled, not still counting
+    assert 0.09 <= counted < 0.5
