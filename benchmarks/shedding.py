@@ -29,7 +29,7 @@ Targets with shedding: high ok >= 99.5%, goodput >= 90%, high p99 <= 2x; with im
 ok >= 99%. Each cell says MET or MISSED; the worst case is printed at the end.
 
     .venv/bin/python -m benchmarks.shedding [--quick] [--threads 1,2,4] [--cpu-ms 5] [--slow 0.05]
-        [--slow-ms 150] [--deadline 0.5]
+        [--slow-ms 150] [--deadline 0.5] [--switch-interval none|SECONDS]
 
 ``--quick`` runs 2 s loads after 1 s of warm-up, on threads 1,4,16 unless ``--threads`` is given.
 """
@@ -96,7 +96,17 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     parser.add_argument("--seconds", type=float, default=4.0, help="counted seconds of each load")
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--quick", action="store_true", help="threads 1,4,16; 2 s loads after 1 s of warm-up")
+    parser.add_argument(
+        "--switch-interval",
+        default=None,
+        help="SHEDDING['SWITCH_INTERVAL'] of the server with shedding: seconds, or 'none' (the "
+        "interpreter's own, 5 ms); default: the setting's default",
+    )
     args = parser.parse_args()
+    shedding: object = True
+    if args.switch_interval is not None:
+        value = None if args.switch_interval.lower() == "none" else float(args.switch_interval)
+        shedding = {"SWITCH_INTERVAL": value}
     if args.quick:
         args.threads, args.seconds, args.warmup = args.threads or "1,4,16", 2.0, 1.0
     args.threads = args.threads or "1,2,4,8,16,32"
@@ -131,7 +141,7 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
         # a shared machine weighs on the baseline and on the figures compared with it alike.
         with (
             server("gunicorn", threads, {"shedding": None}) as off,
-            server("gunicorn", threads, {"shedding": True}) as on,
+            server("gunicorn", threads, {"shedding": shedding}) as on,
         ):
             for m in (2, 4):
                 unloaded = load(off, [Callers(threads)], **timing)
