@@ -1,3 +1,4 @@
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +27,15 @@ def server() -> Iterator[LoopbackServer]:
     _ports_used.add(srv.port)
     yield srv
     srv.close()
+
+
+@pytest.fixture(autouse=True)
+def _switch_interval() -> Iterator[None]:
+    """Load shedding sets the interpreter's switch interval (SHEDDING["SWITCH_INTERVAL"]): each test
+    starts from the interpreter's own, and what one test's limiter set does not leak into the next."""
+    interval = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture

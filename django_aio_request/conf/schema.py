@@ -226,6 +226,7 @@ SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
     "RETRY_AFTER": (integer(0), 1),
     "PRIORITY_POLICY": (_priority_policy, "any"),
     "UNTRUSTED_PRIORITY": (priority, Priority.NORMAL),
+    "SWITCH_INTERVAL": (optional(SECONDS), 0.002),
 }
 SHEDDING_KEYS = tuple(SHEDDING_SCHEMA)
 _REMOVED_SHEDDING_KEYS = ("HIGH_PRIORITY_RESERVE", "NORMAL_PRIORITY_RESERVE")
@@ -412,6 +413,7 @@ class SheddingSettings:
     retry_after: int = 1
     priority_policy: Any = "any"  # "any", "known_services" or a callable (request, claimed) -> Priority
     untrusted_priority: Priority = Priority.NORMAL
+    switch_interval: float | None = 0.002  # sys.setswitchinterval() when the limiter is built; None: left alone
 
 
 @dataclasses.dataclass(frozen=True)

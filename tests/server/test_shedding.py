@@ -3,6 +3,7 @@ and AioRequestMiddleware with it on (sync views in threads, async views), with r
 flight exactly by views that block on a gate."""
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -363,6 +364,46 @@ def test_on_the_last_thread_low_is_refused_at_once_and_high_waits(one_slot: Limi
     assert one_slot.in_flight == 0
 
 
+def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests_in() -> None:
+    # CPU views (5 ms of CPU, 2 ms of waiting): one at a time keeps the CPU busy, and the learned
+    # limit may still reach 3 (the CPU ceiling's margin). On a server with 2 threads that is every
+    # thread: none would be left to take a high-priority request off the server's own queue.
+    limit = AdaptiveLimit(now=time.monotonic())
+    limiter = Limiter(limit, queue_timeout=5.0)
+    for _ in range(AdaptiveLimit.PROBE_SAMPLES):
+        now = time.monotonic()
+        limit.sample(0.007, 1, now, now, cpu=0.005)
+    assert (limit.current, limit.needed) == (3, 1)
+    first = limiter.acquire(NORMAL, later(5))  # one thread: the limit applies
+    assert first.admitted
+    refused = limiter.acquire(LOW, later(5))  # the second of 2 threads: it must stay free
+    assert (refused.admitted, refused.reason) == (False, "capacity")
+    high = threading.Thread(target=lambda: release(limiter.acquire(HIGH, later(5)), limiter))
+    high.start()  # high priority waits for the slot instead
+    wait_until(lambda: limiter.waiting == 1)
+    limiter.release(first.admitted_at, thread=True)
+    high.join(5)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+    assert limiter.slots == 1
+    # Once the server was seen with 4 threads busy at once, the limit (3) applies in full.
+    go = threading.Event()
+
+    def hold() -> None:
+        admission = limiter.acquire(HIGH, later(5))
+        go.wait(5)
+        release(admission, limiter)
+
+    holders = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in holders:
+        thread.start()
+    wait_until(lambda: limiter.in_flight + limiter.waiting == 4)
+    assert limiter.slots == 3
+    go.set()
+    for thread in holders:
+        thread.join(5)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 def test_a_cancelled_async_waiter_leaves_the_queue_and_gives_back_a_granted_slot(one_slot: Limiter) -> None:
     async def scenario() -> None:
         holder = one_slot.acquire(NORMAL, later(5))
@@ -456,6 +497,8 @@ def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> N
         ({"PRIORITY_POLICY": "known_services"}, {}, "KNOWN_SERVICES'] is not set"),
         ({"PRIORITY_POLICY": "no.such.policy"}, {}, "['PRIORITY_POLICY'] cannot be imported"),
         ({"UNTRUSTED_PRIORITY": "urgent"}, {}, "['UNTRUSTED_PRIORITY'] is 'urgent', not a priority"),
+        ({"SWITCH_INTERVAL": 0}, {}, "['SWITCH_INTERVAL'] must be a number of seconds > 0"),
+        ({"SWITCH_INTERVAL": "1ms"}, {}, "['SWITCH_INTERVAL'] must be a number of seconds"),
         ({"LIMIT": 3}, {}, "['SHEDDING']['LIMIT'] is not a known key"),
         (8, {}, "AIO_REQUEST['SHEDDING'] must be a dict, not int"),
     ],
@@ -585,6 +628,18 @@ def test_the_time_a_view_waits_on_another_service_is_not_judged_as_queueing_here
     if handler == "wsgi":  # on a thread: the CPU ceiling counts the wait (Little's law)
         assert limit.io is not None
         assert limit.io >= 0.09
+
+
+@pytest.mark.parametrize(("switch_interval", "expected"), [(None, 0.004), (0.001, 0.001), ("default", 0.002)])
+def test_shedding_sets_the_interpreters_switch_interval_unless_told_not_to(
+    settings: Settings, switch_interval: Any, expected: float
+) -> None:
+    sys.setswitchinterval(0.004)  # what the process had (the conftest fixture restores it after)
+    shedding = {} if switch_interval == "default" else {"SWITCH_INTERVAL": switch_interval}
+    settings.AIO_REQUEST = settings_with({**shedding, "QUEUE_TIMEOUT": 0.25})  # a limiter of this test's own
+    assert sys.getswitchinterval() == pytest.approx(0.004)  # reading the settings changes nothing
+    assert get(NORMAL, url="/ok").status_code == 200  # the first request builds the limiter
+    assert sys.getswitchinterval() == pytest.approx(expected)
 
 
 def test_a_failing_view_releases_its_slot(settings: Settings) -> None:

@@ -11,6 +11,7 @@ setting starts learning again). See docs/budgets-and-shedding.md.
 """
 
 import dataclasses
+import sys
 import threading
 import time
 
@@ -43,7 +44,17 @@ class Shedding:
 
 
 def build(settings: SheddingSettings, known_services: frozenset[str] | None) -> Shedding:
-    """A new limiter and policy for ``settings`` (``shedding_for`` keeps the process's one)."""
+    """A new limiter and policy for ``settings`` (``shedding_for`` keeps the process's one).
+
+    It also sets the interpreter's switch interval (``SWITCH_INTERVAL``): a thread that wants the
+    GIL waits up to that long for a thread running Python to let it go. With views that compute,
+    the server's other threads, the ones that take requests in and refuse what cannot be served,
+    wait that long for each turn (every read and write lets the GIL go and asks for it again), and
+    a high-priority request waits in the server's own queue behind the requests they are slow to
+    refuse (measured in docs/budgets-and-shedding.md).
+    """
+    if settings.switch_interval is not None:
+        sys.setswitchinterval(settings.switch_interval)
     limit: Limit
     if settings.max_concurrency is not None:
         limit = FixedLimit(settings.max_concurrency)

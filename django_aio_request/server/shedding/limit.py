@@ -124,6 +124,7 @@ class AdaptiveLimit:
     MAX_PATIENCE = 16  # good windows waited, at most, before trying again a growth that failed
     CPU_WEIGHT = 0.1  # of the newest request in the moving mean of CPU time
     IO_WEIGHT = 0.01  # of the newest request in the moving mean of off-CPU time (a rare slow one counts)
+    COMPUTING = 1.5  # busy / cpu under which the views are taken to mostly compute
 
     def __init__(
         self,
@@ -183,6 +184,15 @@ class AdaptiveLimit:
         """
         ratio = self._busy_per_cpu()
         return self.maximum if ratio is None else max(1, min(self.maximum, int(ratio)))
+
+    @property
+    def computes(self) -> bool:
+        """Whether the views mostly compute: measured busy under 1.5 times their CPU time (under the GIL).
+
+        Then one request at a time keeps the CPU about as busy as several (:attr:`needed` is 1).
+        """
+        ratio = self._busy_per_cpu()
+        return ratio is not None and ratio < self.COMPUTING
 
     @property
     def ceiling(self) -> int:
