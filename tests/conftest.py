@@ -1,11 +1,11 @@
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from django_aio_request import RequestsTransport
+from django_aio_request import Client, RequestsTransport
 from tests.support import postgres
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer, clients
 
 _ports_used: set[int] = set()
 
@@ -36,6 +36,13 @@ def _switch_interval() -> Iterator[None]:
     interval = sys.getswitchinterval()
     yield
     sys.setswitchinterval(interval)
+
+
+@pytest.fixture
+def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
+    """Builds clients (``django_aio_request.setup`` keywords) for the test's ``server``; closes them after."""
+    with clients(server.url) as make:
+        yield make
 
 
 @pytest.fixture

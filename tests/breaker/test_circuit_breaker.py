@@ -3,7 +3,7 @@
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from tests.support.clock import FakeClock
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
-    clients,
     hang_until_disconnect,
     replies,
     timed_call,
@@ -388,12 +387,6 @@ class TestValidation:
     def test_invalid_arguments(self, kwargs: dict[str, float], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             make_breaker(**kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
 
 
 def call(client: Client, request: Request, **kwargs: object) -> Response:

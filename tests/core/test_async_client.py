@@ -3,7 +3,7 @@
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
@@ -21,13 +21,7 @@ from django_aio_request import (
 )
 from django_aio_request import metrics as all_metrics
 from django_aio_request.testing import force_breaker, serving
-from tests.support.loopback import Handler, LoopbackServer, answer_after, clients, wait_for_disconnect, widen_backlog
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
+from tests.support.loopback import Handler, LoopbackServer, answer_after, wait_for_disconnect, widen_backlog
 
 
 class Disconnects:

@@ -1,7 +1,7 @@
 """The client: which deadline and priority a call gets, and the headers that carry them."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -19,16 +19,10 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request.testing import serving
-from tests.support.loopback import Handler, LoopbackServer, clients, hang_until_disconnect, replies, widen_backlog
+from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect, replies, widen_backlog
 from tests.support.loopback import timed_call as call
 
 SYSTEM_HEADERS = ("X-Request-Timeout", "X-Request-Priority", "X-Service-Name")
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
 
 
 def ok(handler: Handler) -> None:

@@ -4,7 +4,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -15,13 +15,7 @@ from django_aio_request.core.downstream_wait import (
     measure_downstream_wait,
     stop_measuring,
 )
-from tests.support.loopback import LoopbackServer, answer_after, clients, hang_until_disconnect
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
+from tests.support.loopback import LoopbackServer, answer_after, hang_until_disconnect
 
 
 def test_nothing_is_measured_unless_the_server_side_asks() -> None:

@@ -4,7 +4,7 @@ import contextvars
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +24,6 @@ from tests.support.loopback import (
     Handler,
     LoopbackServer,
     answer_after,
-    clients,
     replies,
     wait_for_disconnect,
     widen_backlog,
@@ -32,12 +31,6 @@ from tests.support.loopback import (
 from tests.support.loopback import timed_call as call
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
 
 
 def hedged(attempts: int = 2, delay: float = 0.2) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 import itertools
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -27,19 +27,12 @@ from tests.support.loopback import (
     Handler,
     LoopbackServer,
     answer_after,
-    clients,
     free_port,
     hang_until_disconnect,
     replies,
     wait_for_disconnect,
 )
 from tests.support.loopback import timed_call as call
-
-
-@pytest.fixture
-def make_client(server: LoopbackServer) -> Iterator[Callable[..., Client]]:
-    with clients(server.url) as make:
-        yield make
 
 
 def gaps(server: LoopbackServer, path: str) -> list[float]:
