@@ -29,8 +29,8 @@ and the Vegas and Gradient2 limits of Netflix's concurrency-limits:
   (the downstream sheds its own load; the call's deadline, breaker and retry budget bound what it
   is sent): the probe and the windows judge a request without it. Judged with it, a window in
   which a slow downstream's answers came in together looked like queueing, the limit halved, the
-  slots left filled with requests waiting on the downstream, and a caller refused 5-33% of its
-  calls at 58-72% CPU (``benchmarks/load.py --caller-shedding``).
+  slots left filled with requests waiting on the downstream, and a caller refused 4.8% of its
+  calls at 58% CPU (``benchmarks/load.py --caller-shedding``).
 * a growth that the next used window undoes was a failed try: the limit then waits twice as many
   good windows (up to ``MAX_PATIENCE``) before trying to grow again, and goes back to growing after
   every good window once a growth holds. With CPU views under the GIL the limit thus stays at the
