@@ -3,8 +3,8 @@
 Load shedding learns its concurrency limit from how long served requests take. A request that spends
 most of its time waiting on another service (a call to billing that sometimes takes 400 ms) is not
 queueing inside this process, and judging the limit by that time made it fall whenever the
-downstream was slow: requests waiting on billing then held the few slots left and the process
-refused most of its callers at 58% CPU. So the server side opens a :class:`DownstreamWait` for each
+downstream was slow: requests waiting on billing then held the few slots left and the demo's orders
+refused 4.8% of its calls at 58% CPU (docs/benchmarks.md). So the server side opens a :class:`DownstreamWait` for each
 request it limits, every call a client makes while it is open adds the time it took, and the limit
 judges a request by the rest (the downstream sheds its own load; the call's deadline, breaker and
 retry budget bound what it is sent).
@@ -55,14 +55,18 @@ class DownstreamWait:
     def seconds(self) -> float:
         """The time waited so far, a call still open counting up to now."""
         with self._lock:
-            if self._open:
-                return self._total + time.monotonic() - self._since
-            return self._total
+            return self._seconds()
 
     @property
     def off_cpu(self) -> float:
         """:attr:`seconds` less the CPU time the calls reported: the wait that was not work done here."""
-        return max(0.0, self.seconds - self._cpu)
+        with self._lock:  # both read at once: a call ending meanwhile adds to both
+            return max(0.0, self._seconds() - self._cpu)
+
+    def _seconds(self) -> float:
+        if self._open:
+            return self._total + time.monotonic() - self._since
+        return self._total
 
 
 _current: contextvars.ContextVar[DownstreamWait | None] = contextvars.ContextVar(
