@@ -240,7 +240,7 @@ def test_a_freed_slot_goes_to_the_highest_priority_then_the_earliest_deadline(on
 def test_sync_waiters_are_served_by_priority_then_deadline() -> None:
     slots = Limiter(FixedLimit(3), queue_timeout=5.0)
     fill_threads(slots, 12)  # a server with 15 threads: three of them may wait
-    held = [slots.acquire(LOW, later(5)) for _ in range(3)]
+    held = [slots.acquire(NORMAL, later(5)) for _ in range(3)]
     order: list[str] = []
     lock = threading.Lock()
 
@@ -258,6 +258,9 @@ def test_sync_waiters_are_served_by_priority_then_deadline() -> None:
         count = len(threads)
         wait_until(lambda: slots.waiting == count)  # noqa: B023 - used at once
     slots.release(held.pop().admitted_at, thread=True)  # each admitted one gives its slot to the next
+    wait_until(lambda: len(order) == 2)
+    assert slots.waiting == 1  # low may not take the last of the 3 slots (2 are still held)
+    slots.release(held.pop().admitted_at, thread=True)
     for thread in threads:
         thread.join(10)
     assert order == ["high-soon", "high-late", "low"]
@@ -305,6 +308,77 @@ def test_a_flood_of_low_priority_never_starves_high_priority(slots: int) -> None
     # machine's scheduling, at most.
     assert max(waits) < 0.25, sorted(waits)[-5:]
     assert flood.in_flight == 0
+
+
+@pytest.mark.parametrize(("slots", "open_to_low"), [(1, 1), (2, 1), (4, 3), (10, 9), (11, 9), (20, 18)])
+def test_low_priority_never_takes_the_last_slots(slots: int, open_to_low: int) -> None:
+    # Low priority (what this package's clients send hedges at) is what a caller can do without:
+    # from 2 slots on, a tenth of them, rounded up, stay for normal and high.
+    limited = Limiter(FixedLimit(slots), queue_timeout=5.0)
+    lows = [limited.acquire(LOW, later(5)) for _ in range(open_to_low)]
+    assert all(admission.admitted for admission in lows)
+    began = time.monotonic()
+    refused = limited.acquire(LOW, later(5))  # every thread busy here: it cannot wait, so it goes at once
+    assert (refused.admitted, refused.reason) == (False, "capacity")
+    assert time.monotonic() - began < 0.05
+    others = [limited.acquire(p, later(5)) for p in ([NORMAL, HIGH] * slots)[: slots - open_to_low]]
+    assert all(admission.admitted for admission in others)  # the kept slots were free for them
+    assert limited.in_flight == slots
+    limited.release(lows.pop().admitted_at, thread=True)
+    if slots > 1:
+        assert not limited.acquire(LOW, later(5)).admitted  # the freed slot is one of the kept ones now
+    normal = limited.acquire(NORMAL, later(5))
+    assert normal.admitted
+    for admission in [*lows, *others, normal]:
+        limited.release(admission.admitted_at, thread=True)
+    assert (limited.in_flight, limited.waiting) == (0, 0)
+
+
+def test_a_waiting_low_request_does_not_keep_normal_from_a_kept_slot() -> None:
+    limited = Limiter(FixedLimit(4), queue_timeout=5.0)
+
+    async def scenario() -> None:
+        lows = [await limited.aacquire(LOW, later(5)) for _ in range(3)]
+        waiting = asyncio.create_task(limited.aacquire(LOW, later(5)))  # async requests hold no thread: it waits
+        while limited.waiting < 1:
+            await asyncio.sleep(0.002)
+        normal = await asyncio.wait_for(limited.aacquire(NORMAL, later(5)), 0.05)  # not behind the low one
+        assert normal.admitted
+        limited.release(normal.admitted_at, thread=False)
+        assert not waiting.done()  # the slot normal gave back is a kept one
+        limited.release(lows[0].admitted_at, thread=False)  # now one low priority may take
+        granted = await asyncio.wait_for(waiting, 1)
+        assert granted.admitted
+        for admission in [*lows[1:], granted]:
+            limited.release(admission.admitted_at, thread=False)
+
+    asyncio.run(scenario())
+    assert (limited.in_flight, limited.waiting) == (0, 0)
+
+
+def test_a_process_that_serves_only_low_priority_still_grows_its_limit() -> None:
+    # The limit grows only when the requests reach it; low priority stops a slot short of it.
+    # Views that wait (5 ms, no CPU) for 16 threads of low-priority requests: the limit must grow.
+    limit = AdaptiveLimit(now=time.monotonic(), initial=4)
+    limited = Limiter(limit, queue_timeout=0.5)
+    stop = time.monotonic() + 1.5
+
+    def low() -> None:
+        while time.monotonic() < stop and limited.slots < 8:
+            admission = limited.acquire(LOW, later(5))
+            if admission.admitted:
+                time.sleep(0.005)
+                limited.release(admission.admitted_at, thread=True)
+            else:
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=low) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert limited.slots >= 8, limited.slots
+    assert (limited.in_flight, limited.waiting) == (0, 0)
 
 
 def test_a_request_that_cannot_be_served_in_time_is_refused_at_once(one_slot: Limiter) -> None:

@@ -76,3 +76,25 @@ def test_uvicorn_with_the_adaptive_limit_serves_everyone_when_views_wait() -> No
         limit = metric(url, "aio_request_server_concurrency_limit")
     assert in_time(outcomes) >= 0.99
     assert limit >= 8  # waiting views: the limit grew with the load instead of refusing it
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None:
+    # Four slots on 8 threads, four callers flooding low priority (as hedges go) and one sending
+    # normal: low may take 3 of the slots, so the normal request finds the fourth free and is served at
+    # once. Before, low took all four, and normal found none and no thread to wait on (refused).
+    config = {"shedding": {"MAX_CONCURRENCY": 4}}
+    with server("gunicorn", 8, config) as url:
+        groups = [Callers(1, priorities=("normal",)), Callers(4, priorities=("low",))]
+        outcomes = closed_loop(url, groups, path="/sleep?ms=20", seconds=3.0, deadline=DEADLINE, backoff=0.01,
+                               honour_retry_after=False)  # fmt: skip
+    first = min(o.ended - o.elapsed for o in outcomes)
+    # The first second is not counted: the worker's first requests take half a second or so.
+    grouped = by_priority([o for o in outcomes if o.ended - o.elapsed >= first + 1.0])
+    normal, low = grouped["normal"], grouped["low"]
+    assert len(normal) >= 20
+    assert in_time(normal) == 1.0
+    normal_times = sorted(o.elapsed for o in normal)
+    assert normal_times[len(normal_times) // 2] < 0.05  # served at once, not after a low one
+    assert sum(o.status == 503 for o in low) > 0
+    assert sum(o.status == 200 for o in low) / len(low) > 0.3  # the other three slots still go to low

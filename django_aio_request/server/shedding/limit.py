@@ -92,6 +92,9 @@ class FixedLimit:
     ) -> None:
         """A fixed limit learns nothing."""
 
+    def held_back(self) -> None:
+        """A fixed limit learns nothing."""
+
 
 class AdaptiveLimit:
     """The concurrency limit learned from the latency of served requests (see the module docstring)."""
@@ -108,6 +111,7 @@ class AdaptiveLimit:
         "_probe_samples",
         "_window",
         "_window_busiest",
+        "_window_held",
         "cpu",
         "current",
         "io",
@@ -157,6 +161,7 @@ class AdaptiveLimit:
         # (time taken, requests in flight as it ended, whether the GIL's turns were taken out of it)
         self._window: list[tuple[float, int, bool]] = []
         self._window_busiest = 0  # the most in flight as a request of the window ended
+        self._window_held = False  # a low-priority request found only the slots kept from it
         self._patience = 1  # good, used windows needed before the next growth
         self._good = 0  # good, used windows since the last change
         self._grew = False  # the last change was a growth not yet judged by a used window
@@ -287,11 +292,19 @@ class AdaptiveLimit:
         if len(window) >= max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):
             self._end_window(min_rtt)
 
+    def held_back(self) -> None:
+        """A low-priority request found free only the slots kept for higher priorities.
+
+        The limit counts as reached in this window: otherwise a process that serves mostly low
+        priority would never reach its limit and never grow it.
+        """
+        self._window_held = True
+
     def _end_window(self, min_rtt: float) -> None:
         """Grow, keep or shrink the limit by the window's latency (see the module docstring)."""
         window = self._window
         busiest = self._window_busiest
-        used = busiest >= self.current  # the window reached the limit: only then may it grow
+        used = busiest >= self.current or self._window_held  # the window reached the limit: only then may it grow
         # Samples with the GIL's turns taken out compare at any concurrency; the others only at the busiest.
         judged = [sample for sample, running, net in window if net or running >= busiest]
         latency = statistics.median(judged)  # a rare slow request (a slow query, a sleep) does not decide
@@ -321,6 +334,7 @@ class AdaptiveLimit:
     def _begin_window(self) -> None:
         self._window = []
         self._window_busiest = 0
+        self._window_held = False
 
 
 Limit = FixedLimit | AdaptiveLimit

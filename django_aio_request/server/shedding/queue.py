@@ -83,6 +83,9 @@ class WaitQueue:
         bisect.insort(self._waiters, waiter)
         self.counts[waiter.priority] += 1
 
+    def best(self) -> Waiter | None:
+        return self._waiters[0] if self._waiters else None
+
     def pop_best(self) -> Waiter:
         waiter = self._waiters.pop(0)
         self.counts[waiter.priority] -= 1
