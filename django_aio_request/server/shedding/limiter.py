@@ -197,7 +197,8 @@ class Limiter:
                 if self._in_flight < self._open_to(priority, slots):
                     self._in_flight += 1
                     return Admission(True, admitted_at=now)
-                self.limit.held_back()  # only the slots kept from low are free: the limit was reached
+                if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
+                    self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
         bound, reason = self._bound(deadline, now)
         if bound <= 0:
             return self._refuse(priority, REASON_DEADLINE, deadline - now)
