@@ -23,6 +23,7 @@ from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameReso
 from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
+from django_aio_request.transport.dropped_pools import RetiringPoolMixin
 
 _local = threading.local()
 
@@ -227,11 +228,11 @@ class _DetachOnReturnMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class GuardedHTTPConnectionPool(_DetachOnReturnMixin, HTTPConnectionPool):
+class GuardedHTTPConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool):
     ConnectionCls = GuardedHTTPConnection
 
 
-class GuardedHTTPSConnectionPool(_DetachOnReturnMixin, HTTPSConnectionPool):
+class GuardedHTTPSConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
 
 

@@ -29,6 +29,7 @@ from django_aio_request.transport import direct_send
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.deadline_timer import deadline_timer
+from django_aio_request.transport.dropped_pools import retire_dropped_pools
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,13 @@ class _GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+        retire_dropped_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
             manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
+            retire_dropped_pools(manager)
         return manager
 
     def close(self) -> None:
@@ -90,9 +93,8 @@ class _GuardedAdapter(HTTPAdapter):
 
         urllib3 2.x's ``PoolManager.clear()`` only drops them and leaves the closing to a finalizer,
         which runs when the garbage collector frees a pool: an exception's traceback cycle can keep a
-        pool (and its sockets) open until the next ``gc.collect()``. (Pools dropped because more
-        hosts were used than the manager keeps are not closed here: closing one another thread has
-        just picked would fail its call.)"""
+        pool (and its sockets) open until the next ``gc.collect()``. (Pools dropped earlier, because
+        more hosts were used than the manager keeps, were retired then: see ``dropped_pools``.)"""
         for manager in [self.poolmanager, *self.proxy_manager.values()]:
             for key in list(manager.pools.keys()):
                 pool = manager.pools.get(key)

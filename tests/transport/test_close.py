@@ -164,3 +164,77 @@ def test_close_closes_the_connections_to_a_proxy_too(
     client.close()
     assert _tcp(server.port)[0] == 0
     assert eventually(lambda: _tcp(server.port) == (0, 0))
+
+
+POOLS_KEPT = 16  # hosts the transport keeps connection pools for
+
+
+@pytest.fixture
+def other_hosts() -> Iterator[list[LoopbackServer]]:
+    """Servers on as many more ports than the transport keeps pools for, each answering ``/ok``."""
+    hosts = [LoopbackServer() for _ in range(POOLS_KEPT + 2)]
+    for host in hosts:
+        host.route("/ok", lambda h: h.reply(200, b"ok"))
+    yield hosts
+    for host in hosts:
+        host.close()
+
+
+def _redirects_to(hosts: list[LoopbackServer], server: LoopbackServer) -> None:
+    for index, host in enumerate(hosts):
+        server.route(f"/to/{index}", lambda h, url=host.url: h.reply(302, b"", {"Location": url + "ok"}))  # type: ignore[misc]
+
+
+def test_a_pool_dropped_for_newer_hosts_closes_its_connections_at_once(
+    server: LoopbackServer, other_hosts: list[LoopbackServer], gc_off: None
+) -> None:
+    _redirects_to(other_hosts, server)
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=2.0)
+    try:
+        with client.request(dar.get("to/0")) as response:
+            assert (response.status, response.read()) == (200, b"ok")
+        assert _tcp(other_hosts[0].port)[0] == 1  # its connection, pooled
+        for index in range(1, len(other_hosts)):  # one pool per host, and the endpoint's: 19 for 16 kept
+            with client.request(dar.get(f"to/{index}")) as response:
+                assert response.status == 200
+        assert _tcp(other_hosts[0].port)[0] == 0  # dropped: closed now, not when the collector runs
+        assert _tcp(other_hosts[-1].port)[0] == 1  # the newest pools keep theirs
+        with client.request(dar.get("to/0")) as response:  # the host again: a new pool, a new connection
+            assert (response.status, response.read()) == (200, b"ok")
+    finally:
+        client.close()
+    assert [_tcp(host.port)[0] for host in other_hosts] == [0] * len(other_hosts)
+
+
+def test_a_call_on_a_pool_dropped_meanwhile_succeeds_and_its_connection_is_closed(
+    server: LoopbackServer, other_hosts: list[LoopbackServer], gc_off: None
+) -> None:
+    released = threading.Event()
+
+    def slow(handler: Handler) -> None:
+        released.wait(5)
+        handler.reply(200, b"late")
+
+    other_hosts[0].route("/ok", slow)
+    _redirects_to(other_hosts, server)
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=5.0)
+    outcome: list[tuple[int, bytes]] = []
+
+    def call() -> None:
+        with client.request(dar.get("to/0")) as response:
+            outcome.append((response.status, response.read()))
+
+    try:
+        slow_call = threading.Thread(target=call)
+        slow_call.start()
+        assert eventually(lambda: _tcp(other_hosts[0].port)[0] == 1)
+        for index in range(1, len(other_hosts)):  # its pool is dropped while the call waits
+            with client.request(dar.get(f"to/{index}")) as response:
+                assert response.status == 200
+        released.set()
+        slow_call.join(5)
+        assert outcome == [(200, b"late")]
+        assert _tcp(other_hosts[0].port)[0] == 0  # given back to a dropped pool: closed, not kept
+    finally:
+        released.set()
+        client.close()
