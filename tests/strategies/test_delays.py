@@ -71,6 +71,20 @@ class TestSaturation:
         assert provider.delay(request) == pytest.approx(0.040)
         assert not provider.saturated(request)
 
+    def test_a_bigger_slow_tail_is_not_saturation(self) -> None:
+        # A server whose slowest few answers take 150 ms (a slow query) and the rest 5 ms. When that
+        # tail grows from 4% to 12%, the p90 jumps from 5 ms into it (30 times its lowest), but the
+        # server queues nothing: the median stays at 5 ms, and hedges go on.
+        provider, request = self.provider(2.0), get("orders/{id}")
+        provider.percentile = 0.9
+        for index in range(100):
+            provider.observe(request, ok(0.150 if index % 25 == 0 else 0.005))
+        assert provider.delay(request) == pytest.approx(0.010)  # the p90 (5 ms), floored at 10 ms
+        for index in range(100):
+            provider.observe(request, ok(0.150 if index % 25 < 3 else 0.005))
+        assert not provider.saturated(request)
+        assert provider.delay(request) == pytest.approx(0.150)  # the p90, now in the tail
+
     def test_off_by_default(self) -> None:
         provider, request = self.provider(None), get("x")
         for latency in (0.020, 0.090):
