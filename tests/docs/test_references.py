@@ -12,8 +12,9 @@ from django_aio_request.conf.reader import CODES
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# `some/path.py` or `some/path.py::test_name` (also .md, .json, .yml, .yaml, .toml), in backticks or a link
-PATH = re.compile(r"[`(]((?:[\w.-]+/)+[\w.-]+\.(?:py|md|json|ya?ml|toml|png))(?:::([\w\[\].-]+))?[`)]")
+# `some/path.py`, `some/path.py::test_name` or `some/path.py::TestClass::test_name` (also .md, .json,
+# .yml, .yaml, .toml), in backticks or a link
+PATH = re.compile(r"[`(]((?:[\w.-]+/)+[\w.-]+\.(?:py|md|json|ya?ml|toml|png))(?:::((?:\w+::)?[\w\[\].-]+))?[`)]")
 DOTTED = re.compile(r"`(django_aio_request(?:\.\w+)+)")
 
 
@@ -38,7 +39,10 @@ def test_every_path_and_test_named_exists(page: Path) -> None:
         found = _exists(path, page)
         if found is None:
             missing.append(path)
-        elif test is not None and not re.search(rf"def {re.escape(test.split('[')[0])}\b", found.read_text()):
+        elif test is not None and not all(
+            re.search(rf"(?:def|class) {re.escape(name.split('[')[0])}\b", found.read_text())
+            for name in test.split("::")
+        ):
             missing.append(f"{path}::{test}")
     assert not missing, f"{page.name} names what does not exist: {missing}"
 
