@@ -9,15 +9,15 @@ from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
 class _Samples:
-    __slots__ = ("baseline", "baseline_at", "cached", "cached_at", "latencies", "median", "since_cached")
+    __slots__ = ("baseline", "baseline_at", "body", "cached", "cached_at", "latencies", "since_cached")
 
     def __init__(self, size: int) -> None:
         self.latencies: collections.deque[tuple[float, float]] = collections.deque(maxlen=size)
         self.cached: float | None = None
-        self.median: float | None = None  # of the same latencies, computed with ``cached``
+        self.body: float | None = None  # their 75th percentile (BODY), computed with ``cached``
         self.cached_at = 0.0
         self.since_cached = 0
-        # The lowest median learned since ``baseline_at``: what the server does when not busy.
+        # The lowest ``body`` learned since ``baseline_at``: what the server does when not busy.
         self.baseline: float | None = None
         self.baseline_at = 0.0
 
@@ -34,16 +34,20 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     ``min_delay_seconds`` defaults to 10 ms, not aio-request's 50 ms: a 50 ms floor keeps a service
     answering in milliseconds from being hedged before 50 ms, which leaves most of its tail in place.
 
-    ``saturation_ratio`` (None: off): when the median of the recent latencies rises above this many
-    times its baseline (the lowest median learned within the last ``window_seconds``, re-measured
-    every window, like the minimum RTT of Envoy's adaptive concurrency filter), the server is taken
-    to be saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add load
-    to a server that is slow because it has too much of it. They come back once the median falls
-    below the ratio again. The median, not the hedging percentile: a saturated server queues every
-    request, which moves the body of the latencies; a percentile near a rare slow tail (the p90 of
-    a service whose slowest 5-10% take 150 ms) jumps whenever that tail grows a little, and judged
-    by it hedges stopped in 60% of the samples of a half-loaded server (docs/benchmarks.md).
+    ``saturation_ratio`` (None: off): when the 75th percentile of the recent latencies (the body of
+    them, :attr:`BODY`) rises above this many times its baseline (the lowest learned within the
+    last ``window_seconds``, re-measured every window, like the minimum RTT of Envoy's adaptive
+    concurrency filter) and above this many times ``min_delay_seconds``, the server is taken to be
+    saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add load to a
+    server that is slow because it has too much of it. They come back once it falls below again.
+    The body, not the hedging percentile: a saturated server queues most requests, which moves the
+    body of the latencies; a percentile near a rare slow tail (the p90 of a service whose slowest
+    5-10% take 150 ms) jumps whenever that tail grows a little, and judged by it hedges stopped in
+    60-100% of the samples of a half-loaded server (docs/benchmarks.md). The 75th and not the
+    median: queueing moves it sooner, and a tail a service lives with is well under a quarter.
     """
+
+    BODY = 0.75  # the percentile of the latencies that saturation is judged by
 
     def __init__(
         self,
@@ -91,17 +95,17 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 or now - samples.cached_at >= self._refresh
                 or (samples.since_cached * 20 >= len(samples.latencies))
             ):
-                samples.cached, samples.median = self._compute(samples, now)
+                samples.cached, samples.body = self._compute(samples, now)
                 samples.cached_at = now
                 samples.since_cached = 0
                 self._track_baseline(samples, now)
-            value, median = samples.cached, samples.median
+            value, body = samples.cached, samples.body
             saturated = (
-                median is not None
+                body is not None
                 and self.saturation_ratio is not None
                 and samples.baseline is not None
-                # Floored at the shortest delay: a median that stays under it saturates nothing hedges reach.
-                and median > self.saturation_ratio * max(samples.baseline, self.min_delay_seconds)
+                # Floored at the shortest delay: latencies that stay under it saturate nothing hedges reach.
+                and body > self.saturation_ratio * max(samples.baseline, self.min_delay_seconds)
             )
         if value is None:
             return self.min_delay_seconds
@@ -126,7 +130,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
             samples.since_cached += 1
 
     def _track_baseline(self, samples: _Samples, now: float) -> None:
-        value = samples.median
+        value = samples.body
         if value is None:
             return
         if samples.baseline is None or now - samples.baseline_at >= self._window:
@@ -139,11 +143,11 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         return self.saturation_ratio is not None and self.delay(request) == self.max_delay_seconds
 
     def _compute(self, samples: _Samples, now: float) -> tuple[float | None, float | None]:
-        """The percentile and the median of the latencies in the window (None, None: too few yet)."""
+        """The percentile and the body (:attr:`BODY`) of the latencies in the window (None, None: too few yet)."""
         while samples.latencies and now - samples.latencies[0][0] > self._window:
             samples.latencies.popleft()
         if len(samples.latencies) < self._min_samples:
             return None, None
         ordered = sorted(latency for _, latency in samples.latencies)
         index = min(len(ordered) - 1, int(self.percentile * len(ordered)))
-        return ordered[index], ordered[len(ordered) // 2]
+        return ordered[index], ordered[int(self.BODY * len(ordered))]

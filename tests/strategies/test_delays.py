@@ -74,7 +74,7 @@ class TestSaturation:
     def test_a_bigger_slow_tail_is_not_saturation(self) -> None:
         # A server whose slowest few answers take 150 ms (a slow query) and the rest 5 ms. When that
         # tail grows from 4% to 12%, the p90 jumps from 5 ms into it (30 times its lowest), but the
-        # server queues nothing: the median stays at 5 ms, and hedges go on.
+        # server queues nothing: the body of the latencies (their p75) stays at 5 ms, and hedges go on.
         provider, request = self.provider(2.0), get("orders/{id}")
         provider.percentile = 0.9
         for index in range(100):
