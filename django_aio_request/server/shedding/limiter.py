@@ -1,10 +1,11 @@
 """Admission at the concurrency limit: serve now, wait in the priority queue, or refuse at once.
 
-A request that finds a free slot (fewer than ``limit.current`` in flight and nobody waiting) is
-served. Otherwise it waits in the :class:`~.queue.WaitQueue` for at most ``queue_timeout`` seconds,
-and never longer than its own deadline allows (its remaining time less the time a request takes to
-serve here: the mean of recent ones, or ``min_time_to_serve`` if that is more). A request whose
-deadline leaves no time to wait is refused at once (reason ``deadline``). Each freed slot goes to
+A request that finds a free slot (fewer than the slots in flight, one it may take, and nobody of
+its priority or higher waiting) is served. Otherwise it waits in the :class:`~.queue.WaitQueue`
+for at most ``queue_timeout`` seconds, and never longer than its own deadline allows (its
+remaining time less the time a request takes to serve here: the mean of recent ones, or
+``min_time_to_serve`` if that is more). A request whose deadline leaves no time to wait is refused
+at once (reason ``deadline``). Each freed slot goes to
 the best waiter: the highest priority, then the earliest deadline.
 
 Low priority never takes the last slots: from 2 slots on, a tenth of them, rounded up (1 of 2 to
