@@ -113,3 +113,23 @@ def test_gunicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None
     assert normal_times[len(normal_times) // 2] < 0.05  # served at once, not after a low one
     assert sum(o.status == 503 for o in low) > 0
     assert sum(o.status == 200 for o in low) / len(low) > 0.3  # the other three slots still go to low
+
+
+@pytest.mark.timeout(120)
+def test_uvicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None:
+    # The same under ASGI, where every request reaches the middleware at once and waits on the event
+    # loop: four low callers keep three of the 4 slots busy and one low request waiting; the normal
+    # request finds the fourth slot free and is served at once (400 ms). Before, a slot it gave back
+    # went to the waiting low request, and its next request waited for another (up to 400 ms more).
+    config = {"shedding": {"MAX_CONCURRENCY": 4}}
+    with server("uvicorn", 1, config) as url:
+        groups = [Callers(1, priorities=("normal",)), Callers(4, priorities=("low",))]
+        outcomes = closed_loop(url, groups, path="/asleep?ms=400", seconds=4.0, deadline=DEADLINE, backoff=0.01,
+                               honour_retry_after=False)  # fmt: skip
+    first = min(o.ended - o.elapsed for o in outcomes)
+    grouped = by_priority([o for o in outcomes if o.ended - o.elapsed >= first + 0.5])
+    normal, low = grouped["normal"], grouped["low"]
+    assert len(normal) >= 5
+    assert in_time(normal) == 1.0
+    assert max(o.elapsed for o in normal) < 0.55, sorted(o.elapsed for o in normal)  # never waited for a slot
+    assert sum(o.status == 200 for o in low) > 0
