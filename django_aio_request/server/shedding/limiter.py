@@ -32,7 +32,8 @@ requests in, lower priorities are refused fast instead of blocking the way, and 
 waits on a future and holds no thread.
 
 Reasons a request is refused, as counted in ``aio_request_server_shed_total``: ``capacity`` (no slot
-and no thread to wait on, or displaced by a better request), ``queue_timeout`` (waited the longest
+it may take, low priority finding only the kept ones, and no thread to wait on; or displaced by a
+better request), ``queue_timeout`` (waited the longest
 allowed), ``deadline`` (could not be served before its deadline).
 """
 
