@@ -238,3 +238,38 @@ def test_a_call_on_a_pool_dropped_meanwhile_succeeds_and_its_connection_is_close
     finally:
         released.set()
         client.close()
+
+
+def test_many_threads_over_more_hosts_than_pools_all_succeed_and_leave_nothing_open(
+    server: LoopbackServer, other_hosts: list[LoopbackServer], gc_off: None
+) -> None:
+    """16 threads calling 18 hosts in turn for a second: pools are dropped and made again all the time."""
+    _redirects_to(other_hosts, server)
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=5.0)
+    statuses: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 1.0
+
+    def caller(offset: int) -> None:
+        turn = offset
+        mine = []
+        while time.monotonic() < stop:
+            with client.request(dar.get(f"to/{turn % len(other_hosts)}")) as response:
+                mine.append(response.status)
+            turn += 1
+        with lock:
+            statuses.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=(offset,)) for offset in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        # Only hosts whose pool is still kept (16 pools, the endpoint's among them) have connections open.
+        assert sum(_tcp(host.port)[0] > 0 for host in other_hosts) <= POOLS_KEPT - 1
+    finally:
+        client.close()
+    assert len(statuses) > 50
+    assert set(statuses) == {200}
+    assert [_tcp(host.port)[0] for host in other_hosts] == [0] * len(other_hosts)
