@@ -23,6 +23,25 @@ def in_time(outcomes: list[Outcome]) -> float:
     return sum(o.status == 200 and o.elapsed <= DEADLINE for o in outcomes) / len(outcomes)
 
 
+def after_start(outcomes: list[Outcome], seconds: float) -> list[Outcome]:
+    """The outcomes of requests sent ``seconds`` or more after the run's first."""
+    first = min(o.ended - o.elapsed for o in outcomes)
+    return [o for o in outcomes if o.ended - o.elapsed >= first + seconds]
+
+
+def low_flood_beside_normal(
+    kind: str, threads: int, path: str, seconds: float, skip: float
+) -> tuple[list[Outcome], list[Outcome]]:
+    """Four slots (``MAX_CONCURRENCY``), four callers flooding low priority and one sending normal, not
+    honouring ``Retry-After``: the normal and the low outcomes from ``skip`` seconds in."""
+    with server(kind, threads, {"shedding": {"MAX_CONCURRENCY": 4}}) as url:
+        groups = [Callers(1, priorities=("normal",)), Callers(4, priorities=("low",))]
+        outcomes = closed_loop(url, groups, path=path, seconds=seconds, deadline=DEADLINE, backoff=0.01,
+                               honour_retry_after=False)  # fmt: skip
+    grouped = by_priority(after_start(outcomes, skip))
+    return grouped["normal"], grouped["low"]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("threads", [1, 2, 4, 8, 16, 32])
 def test_gunicorn_gthread_serves_high_priority_in_time_at_any_thread_count(threads: int) -> None:
@@ -33,8 +52,7 @@ def test_gunicorn_gthread_serves_high_priority_in_time_at_any_thread_count(threa
         callers = min(4 * threads, 64)
         outcomes = closed_loop(url, [Callers(callers)], path="/cpu?ms=4", seconds=3.0, deadline=DEADLINE,
                                backoff=0.01)  # fmt: skip
-        first = min(o.ended - o.elapsed for o in outcomes)
-        steady = [o for o in outcomes if o.ended - o.elapsed >= first + 1.0]
+        steady = after_start(outcomes, 1.0)
         limit = metric(url, "aio_request_server_concurrency_limit")
         shed_high = sum(metric(url, "aio_request_server_shed_total", {"priority": "high", "reason": reason})
                         for reason in ("capacity", "queue_timeout", "deadline"))  # fmt: skip
@@ -87,8 +105,7 @@ def test_uvicorn_with_the_adaptive_limit_serves_everyone_when_views_wait() -> No
         limit = metric(url, "aio_request_server_concurrency_limit")
     # Counted from half a second in: the limit starts with its probe (1 request at a time, for 5 of
     # them: 0.5 s of 100 ms views), and requests arriving then wait it out or reach QUEUE_TIMEOUT.
-    first = min(o.ended - o.elapsed for o in outcomes)
-    outcomes = [o for o in outcomes if o.ended - o.elapsed >= first + 0.5]
+    outcomes = after_start(outcomes, 0.5)
     assert in_time(outcomes) >= 0.99
     assert limit >= 8  # waiting views: the limit grew with the load instead of refusing it
 
@@ -98,15 +115,8 @@ def test_gunicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None
     # Four slots on 8 threads, four callers flooding low priority (as hedges go) and one sending
     # normal: low may take 3 of the slots, so the normal request finds the fourth free and is served at
     # once. Before, low took all four, and normal found none and no thread to wait on (refused).
-    config = {"shedding": {"MAX_CONCURRENCY": 4}}
-    with server("gunicorn", 8, config) as url:
-        groups = [Callers(1, priorities=("normal",)), Callers(4, priorities=("low",))]
-        outcomes = closed_loop(url, groups, path="/sleep?ms=20", seconds=3.0, deadline=DEADLINE, backoff=0.01,
-                               honour_retry_after=False)  # fmt: skip
-    first = min(o.ended - o.elapsed for o in outcomes)
     # The first second is not counted: the worker's first requests take half a second or so.
-    grouped = by_priority([o for o in outcomes if o.ended - o.elapsed >= first + 1.0])
-    normal, low = grouped["normal"], grouped["low"]
+    normal, low = low_flood_beside_normal("gunicorn", 8, "/sleep?ms=20", seconds=3.0, skip=1.0)
     assert len(normal) >= 20
     assert in_time(normal) == 1.0
     normal_times = sorted(o.elapsed for o in normal)
@@ -121,14 +131,7 @@ def test_uvicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None:
     # loop: four low callers keep three of the 4 slots busy and one low request waiting; the normal
     # request finds the fourth slot free and is served at once (400 ms). Before, a slot it gave back
     # went to the waiting low request, and its next request waited for another (up to 400 ms more).
-    config = {"shedding": {"MAX_CONCURRENCY": 4}}
-    with server("uvicorn", 1, config) as url:
-        groups = [Callers(1, priorities=("normal",)), Callers(4, priorities=("low",))]
-        outcomes = closed_loop(url, groups, path="/asleep?ms=400", seconds=4.0, deadline=DEADLINE, backoff=0.01,
-                               honour_retry_after=False)  # fmt: skip
-    first = min(o.ended - o.elapsed for o in outcomes)
-    grouped = by_priority([o for o in outcomes if o.ended - o.elapsed >= first + 0.5])
-    normal, low = grouped["normal"], grouped["low"]
+    normal, low = low_flood_beside_normal("uvicorn", 1, "/asleep?ms=400", seconds=4.0, skip=0.5)
     assert len(normal) >= 5
     assert in_time(normal) == 1.0
     assert max(o.elapsed for o in normal) < 0.55, sorted(o.elapsed for o in normal)  # never waited for a slot
