@@ -86,7 +86,9 @@ def test_a_name_that_does_not_exist_is_a_network_error_at_once() -> None:
 def test_a_cancelled_attempt_stops_waiting_for_its_lookup() -> None:
     got = run("cancelled")
     assert got["status"] == status.CANCELLED
-    assert 0.1 <= got["elapsed"] < 0.1 + SLACK
+    # The cancelling timer starts just before the call's clock does (CI on 2026-12-01 saw 0.0984 s),
+    # hence the 10 ms, as in the deadline tests above.
+    assert 0.1 <= got["elapsed"] + 0.01 < 0.1 + SLACK
 
 
 def test_many_calls_to_hanging_names_share_lookups_and_a_bounded_number_of_threads() -> None:
