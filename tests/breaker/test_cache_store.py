@@ -162,7 +162,10 @@ def test_two_processes_trip_together(redis: None, server: LoopbackServer, namesp
         assert first.ask("wait_state open 0.5") == {"state": "closed"}
 
         # The second one counts on top of the first's 4 (read in the background every 0.1 s): 5 of 6.
+        # Waited for, not slept on: a process's first round trip (connecting to Redis) can take
+        # longer than a few intervals on a loaded machine.
         assert second.ask("call 1") == {"statuses": [500], "state": "closed"}
+        assert second.ask("wait_failures 5 10") == {"failures": 5, "state": "closed"}
         assert second.ask("wait_state open 0.3") == {"state": "closed"}
         # Its next failure is the 6th of both: it opens, and rejects the next calls without a request.
         assert second.ask("call 3") == {"statuses": [500, 502, 502], "state": "open"}

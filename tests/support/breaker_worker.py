@@ -4,7 +4,9 @@
 
 Reads commands on stdin, answers each with one JSON line on stdout:
 ``call N`` (N GET calls: their statuses, and the state after), ``wait_state STATE SECONDS`` (the
-state once it is STATE, or when the time is up), ``quit``.
+state once it is STATE, or when the time is up), ``wait_failures N SECONDS`` (the failures this
+process counts for the endpoint, its own and those read from the cache, once they are N or more,
+or when the time is up), ``quit``.
 """
 
 import json
@@ -18,7 +20,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from django_aio_request import get
+    from django_aio_request import DefaultCircuitBreaker, get
     from django_aio_request.conf.building import build_client
     from django_aio_request.conf.schema import read_settings
 
@@ -27,7 +29,7 @@ def main() -> None:
     name = sys.argv[2]
     client = build_client(config.clients[name], "worker")
     breaker = client.circuit_breaker
-    assert breaker is not None
+    assert isinstance(breaker, DefaultCircuitBreaker)
 
     def state() -> str:
         return str(breaker.state.get(client.endpoint, "closed"))
@@ -50,6 +52,11 @@ def main() -> None:
             while state() != args[0] and time.monotonic() < end:
                 time.sleep(0.01)
             answer({"state": state()})
+        elif command == "wait_failures":
+            end = time.monotonic() + float(args[1])
+            while breaker.store.totals(client.endpoint)[0] < int(args[0]) and time.monotonic() < end:
+                time.sleep(0.01)
+            answer({"failures": breaker.store.totals(client.endpoint)[0], "state": state()})
         elif command == "quit":
             break
     client.close()
