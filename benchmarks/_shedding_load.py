@@ -32,9 +32,14 @@ def free_port() -> int:
         return port
 
 
+#: gunicorn worker classes by ``server()`` kind
+WORKERS = {"gunicorn": "gthread", "gunicorn-priority": "django_aio_request.server.priority_worker.PriorityThreadWorker"}
+
+
 @contextmanager
 def server(kind: str, threads: int, config: Mapping[str, object]) -> Iterator[str]:
-    """``kind`` "gunicorn" (one gthread worker with ``threads`` threads) or "uvicorn"; yields its base URL."""
+    """``kind`` "gunicorn" (one gthread worker with ``threads`` threads), "gunicorn-priority" (the same
+    with this package's PriorityThreadWorker) or "uvicorn"; yields its base URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -43,8 +48,8 @@ def server(kind: str, threads: int, config: Mapping[str, object]) -> Iterator[st
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if kind == "gunicorn":
-        command = [str(BIN / "gunicorn"), "-c", "benchmarks/_load_gunicorn.py", "-k", "gthread", "--workers", "1",
+    if kind in WORKERS:
+        command = [str(BIN / "gunicorn"), "-c", "benchmarks/_load_gunicorn.py", "-k", WORKERS[kind], "--workers", "1",
                    "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--backlog", "2048",
                    "--log-level", "warning", "benchmarks._shedding_service:wsgi()"]  # fmt: skip
     elif kind == "uvicorn":
@@ -117,11 +122,13 @@ def closed_loop(
     deadline: float,
     backoff: float,
     honour_retry_after: bool = True,
+    new_connections: bool = False,
 ) -> list[Outcome]:
     """Every caller of every group for ``seconds``; each request carries ``X-Request-Timeout: deadline``.
 
     After an answer other than 200 a caller waits ``Retry-After`` seconds when the answer has one (and
-    ``honour_retry_after``), else ``backoff`` seconds.
+    ``honour_retry_after``), else ``backoff`` seconds. ``new_connections``: every request on a
+    connection of its own (``Connection: close``), else one kept-alive connection per caller.
     """
     host, port = url.removeprefix("http://").split(":")
     outcomes: list[Outcome] = []
@@ -140,11 +147,14 @@ def closed_loop(
             headers = {"X-Request-Timeout": str(deadline), "X-Request-Priority": priority}
             if group.service is not None:
                 headers["X-Service-Name"] = group.service
+            if new_connections:
+                headers["Connection"] = "close"
             began = time.monotonic()
             try:
                 status, do_not_retry, retry_after = request(connection, path, headers)
             except (OSError, http.client.HTTPException):
                 status, do_not_retry, retry_after = 0, False, 0.0
+            if new_connections or status == 0:
                 connection.close()
                 connection = http.client.HTTPConnection(host, int(port), timeout=deadline + 5)
             ended = time.monotonic()

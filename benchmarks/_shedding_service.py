@@ -10,7 +10,8 @@ Run it under a real server, configured by the environment variable ``SHEDDING_SE
 Views: ``/cpu?ms=N`` spends N ms of its thread's CPU time (holding the GIL, as Python code does), ``/sleep?ms=N``
 waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/tail?ms=N&slow=F&slow_ms=M`` spends N ms
 of CPU and then, for a share F of requests drawn at random, sleeps M ms (a slow tail, for
-``benchmarks/hedge_safety.py``); ``/metrics`` is Prometheus's text.
+``benchmarks/hedge_safety.py``); ``/timeout`` answers the ``X-Request-Timeout`` the application got
+(and the one received, when the server took its queueing time off); ``/metrics`` is Prometheus's text.
 """
 
 import asyncio
@@ -88,6 +89,16 @@ async def asleep(request: Any) -> Any:
     return HttpResponse(b"done")
 
 
+def timeout(request: Any) -> Any:
+    """The ``X-Request-Timeout`` the application was given, and the one received when a server took
+    time off it (``PriorityThreadWorker``: the time the request queued)."""
+    from django.http import JsonResponse
+
+    meta = request.META
+    return JsonResponse({"timeout": meta.get("HTTP_X_REQUEST_TIMEOUT"),
+                         "received": meta.get("django_aio_request.received_timeout")})  # fmt: skip
+
+
 def metrics(request: Any) -> Any:
     from django.http import HttpResponse
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -104,6 +115,7 @@ def _urls() -> list[Any]:
         path("tail", tail),
         path("acpu", acpu),
         path("asleep", asleep),
+        path("timeout", timeout),
         path("metrics", metrics),
     ]
 

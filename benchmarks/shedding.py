@@ -102,7 +102,15 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
         help="SHEDDING['SWITCH_INTERVAL'] of the server with shedding: seconds, or 'none' (the "
         "interpreter's own, 5 ms); default: the setting's default",
     )
+    parser.add_argument(
+        "--worker",
+        choices=("gthread", "priority"),
+        default="gthread",
+        help="the gunicorn worker of the servers with shedding: gthread, or priority "
+        "(django_aio_request.server.priority_worker.PriorityThreadWorker); the servers without stay gthread",
+    )
     args = parser.parse_args()
+    shedding_kind = "gunicorn" if args.worker == "gthread" else "gunicorn-priority"
     shedding: object = True
     if args.switch_interval is not None:
         value = None if args.switch_interval.lower() == "none" else float(args.switch_interval)
@@ -117,6 +125,7 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (shared machine: "
           f"other work may run at the same time)")  # fmt: skip
     tail = f", then {args.slow:.0%} of requests wait {args.slow_ms:g} ms" if args.slow else ""
+    print(f"servers with shedding: gunicorn worker {args.worker}")
     print(f"view: {args.cpu_ms:g} ms of CPU{tail}; deadline {args.deadline:g} s; callers cycle "
           f"high/normal/low/normal/low and honour Retry-After; {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s counted per load\n")  # fmt: skip
@@ -141,7 +150,7 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
         # a shared machine weighs on the baseline and on the figures compared with it alike.
         with (
             server("gunicorn", threads, {"shedding": None}) as off,
-            server("gunicorn", threads, {"shedding": shedding}) as on,
+            server(shedding_kind, threads, {"shedding": shedding}) as on,
         ):
             for m in (2, 4):
                 unloaded = load(off, [Callers(threads)], **timing)
@@ -160,7 +169,7 @@ def main() -> None:  # noqa: PLR0915 - one table, printed as it is measured
                       f"{on_.high_ok:>13.1%} {goodput:>8.0%} {ratio:>8.1f}x {on_.shed:>6.0%} {limit:>5.0f} | "
                       f"{verdict(ok)}", flush=True)  # fmt: skip
         policy = {"shedding": {"PRIORITY_POLICY": "known_services"}, "known_services": ["known"]}
-        with server("gunicorn", threads, policy) as url:
+        with server(shedding_kind, threads, policy) as url:
             groups = [Callers(2 * threads), Callers(IMPOSTORS, priorities=("high",), service=None, kind="impostor")]
             impostors = load(url, groups, **timing)
         note("real high ok with impostors", impostors.high_ok, f"{threads} threads")

@@ -1,0 +1,168 @@
+"""``PriorityThreadWorker``: gunicorn's gthread worker with its request queue ordered by priority.
+
+    gunicorn -k django_aio_request.server.priority_worker.PriorityThreadWorker --threads 4 mysite.wsgi
+
+Under gunicorn's own gthread worker, a request that finds every thread busy waits in the worker's
+thread pool queue, first come first served, before any code of the application sees it. The
+middleware orders only the requests that reach it, so with the limit at or above the threads (and
+always with one thread) a high-priority request waits behind every low-priority one ahead of it
+(docs/budgets-and-shedding.md, "Threads and the queue the process cannot see"). This worker changes
+two things and nothing else:
+
+* its pool (:class:`~django_aio_request.server.shedding.priority_pool.PriorityThreadPool`) gives a
+  freed thread to the best request waiting: the priority it claims (``X-Request-Priority``, read
+  from the socket with ``MSG_PEEK`` when the request is queued, capped by ``PRIORITY_POLICY`` as the
+  middleware would cap it), then arrival order;
+* the time a request waited in that queue is taken off its ``X-Request-Timeout`` before Django
+  sees it, so a request whose caller gave up while it waited is refused at once (408, as
+  ``AioRequestMiddleware`` refuses a request with no time left) instead of running its view for
+  nobody. The value received is kept in ``environ["django_aio_request.received_timeout"]``. A
+  request whose time ran out in the queue is taken before any other, so that refusal comes as
+  soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
+  past its caller's deadline (``TIMEOUT`` for a request without the header).
+
+A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
+queues it at once and a thread waits for them). The order is a hint read before the request is
+parsed: a request whose head has not fully arrived when it is queued, arrives over TLS, or does not carry
+the header on a complete line within the first :data:`PEEK_BYTES` is queued with the default
+priority (``AIO_REQUEST["PRIORITY"]``). A custom ``PRIORITY_POLICY`` callable needs the parsed
+request, so every claim is queued as an untrusted caller's (at most ``UNTRUSTED_PRIORITY``). The
+middleware still decides everything from the parsed headers. A request without
+``X-Request-Timeout`` gets the default deadline from when the middleware sees it, as under gthread.
+"""
+
+import functools
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from django_aio_request.conf.current import current
+from django_aio_request.core.priority import Priority
+from django_aio_request.server.shedding import shedding_for
+from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, lower
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for
+from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
+
+__all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
+
+#: How much of a request's head is peeked at to find its priority.
+PEEK_BYTES = 8192
+#: The environ key keeping the ``X-Request-Timeout`` value received, before the queue's wait was taken off.
+RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
+#: How long gthread's thread waits for a new connection's first bytes before handing it to the poller.
+FIRST_BYTES_TIMEOUT = 5.0
+META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+
+
+class _Head:
+    """What a priority policy reads of a request, from the peeked head (``known_services``: one header)."""
+
+    def __init__(self, service: str | None) -> None:
+        self.META = {} if service is None else {"HTTP_X_SERVICE_NAME": service}
+
+
+def queue_priority(claims: Claims) -> Priority:
+    """The priority a request waits in the queue with: its claim (or the default) under the policy."""
+    conf = current.settings
+    claimed = claims.priority if claims.priority is not None else conf.priority
+    shedding = conf.shedding
+    if shedding is None or shedding.priority_policy == ANY:
+        return claimed
+    if shedding.priority_policy == KNOWN_SERVICES:
+        policy = shedding_for(shedding, conf.known_services).policy  # the middleware's own
+        assert policy is not None
+        return policy(_Head(claims.service), claimed)
+    return lower(claimed, shedding.untrusted_priority)  # a callable needs the parsed request
+
+
+def queue_timeout(claims: Claims) -> float:
+    """Seconds the caller waits, as the middleware will count them: its valid ``X-Request-Timeout``
+    (at most ``MAX_TIMEOUT``), else the default ``TIMEOUT``."""
+    from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
+
+    conf = current.settings
+    seconds = None if claims.timeout is None else parse_timeout(claims.timeout)
+    return conf.timeout if seconds is None else min(seconds, conf.max_timeout)
+
+
+def _peek(sock: Any) -> bytes:
+    try:
+        return bytes(sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (OSError, ValueError):  # nothing yet, closed, or a TLS socket (which takes no flags)
+        return b""
+
+
+class QueueWaitApp:
+    """The WSGI application, given requests whose ``X-Request-Timeout`` lost the time they queued."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        waited = queued_for()
+        raw = environ.get(META_TIMEOUT)
+        if waited > 0 and raw is not None:
+            from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
+
+            seconds = parse_timeout(raw)
+            if seconds is not None:  # a malformed value is left to the middleware to count and ignore
+                left = seconds - waited
+                environ[RECEIVED_TIMEOUT] = raw
+                environ[META_TIMEOUT] = f"{left:.3f}" if left >= 0.001 else "0"
+        return self.app(environ, start_response)
+
+
+class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's gthread worker whose waiting requests are taken by priority (see the module)."""
+
+    def get_thread_pool(self) -> PriorityThreadPool:
+        return PriorityThreadPool(self.cfg.threads, self._rank, name="gunicorn-priority")
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi: Any = QueueWaitApp(self.wsgi)
+
+    def enqueue_req(self, conn: Any) -> None:
+        if not self._arrives_later(conn):
+            super().enqueue_req(conn)
+
+    def _arrives_later(self, conn: Any) -> bool:
+        """Put a new connection whose request has not arrived yet on the poller, as gunicorn puts one
+        a thread gave up waiting for; it is queued when readable, with its priority known.
+
+        gthread queues a connection as soon as it accepts it and a thread then waits for the request
+        (up to 5 s), so the queue's order could not see a new connection's priority. The connection
+        waits as long as gthread would let it (5 s, then ``--keep-alive``). Only where the worker
+        has gunicorn's waiting list for connections (gunicorn 23.0 and later) and not over TLS.
+        """
+        if conn.initialized or getattr(conn, "data_ready", True) or self.cfg.is_ssl:
+            return False
+        pending, poller = getattr(self, "pending_conns", None), getattr(self, "poller", None)
+        on_readable = getattr(self, "on_pending_socket_readable", None)
+        if pending is None or poller is None or on_readable is None:
+            return False
+        try:
+            conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass  # nothing yet
+        except OSError:
+            return False  # let the thread meet the error as gthread would
+        else:
+            return False  # the request (or the end of the stream) is there
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + FIRST_BYTES_TIMEOUT + self.cfg.keepalive
+        pending.append(conn)
+        poller.register(conn.sock, selectors.EVENT_READ, functools.partial(on_readable, conn))
+        return True
+
+    def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
+        """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up."""
+        conn = args[0] if args else None
+        sock = getattr(conn, "sock", None)
+        claims = read_claims(_peek(sock)) if sock is not None and not self.cfg.is_ssl else NOTHING
+        return _RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)

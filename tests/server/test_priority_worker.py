@@ -1,0 +1,209 @@
+"""``PriorityThreadWorker`` (``server/priority_worker.py``): gunicorn's gthread worker with its queue
+ordered by the claimed priority, under real gunicorn with 1 thread (where the whole queue is
+gunicorn's), plus what it reads from settings and how it hands the queueing time to Django."""
+
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pytest_django.fixtures import Settings
+
+from benchmarks._shedding_load import Callers, Outcome, closed_loop, metric, server
+from django_aio_request import Priority
+from django_aio_request.server import priority_worker
+from django_aio_request.server.priority_worker import RECEIVED_TIMEOUT, QueueWaitApp, queue_priority, queue_timeout
+from django_aio_request.server.shedding.request_head import Claims
+
+HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
+WORKER = "gunicorn-priority"
+
+
+def policy_trusting_nobody(request: Any, claimed: Priority) -> Priority:
+    return LOW
+
+
+# What the queue reads from settings.
+
+
+def test_the_queue_takes_the_claim_or_the_default_priority(settings: Settings) -> None:
+    settings.AIO_REQUEST = {"PRIORITY": "low"}
+    assert queue_priority(Claims(HIGH)) is HIGH
+    assert queue_priority(Claims()) is LOW  # nothing claimed: AIO_REQUEST["PRIORITY"]
+
+
+def test_the_queue_caps_claims_as_the_known_services_policy_does(settings: Settings) -> None:
+    settings.AIO_REQUEST = {"KNOWN_SERVICES": ["billing"], "SHEDDING": {"PRIORITY_POLICY": "known_services"}}
+    assert queue_priority(Claims(HIGH, "Billing")) is HIGH
+    assert queue_priority(Claims(HIGH, "impostor")) is NORMAL
+    assert queue_priority(Claims(HIGH)) is NORMAL
+    assert queue_priority(Claims(LOW, "impostor")) is LOW
+
+
+def test_under_a_callable_policy_every_claim_queues_as_an_untrusted_callers(settings: Settings) -> None:
+    settings.AIO_REQUEST = {
+        "SHEDDING": {"PRIORITY_POLICY": f"{__name__}.policy_trusting_nobody", "UNTRUSTED_PRIORITY": "normal"}
+    }
+    assert queue_priority(Claims(HIGH, "billing")) is NORMAL  # the callable needs the parsed request
+    assert queue_priority(Claims(LOW)) is LOW  # lowering a claim is always allowed
+
+
+def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settings) -> None:
+    settings.AIO_REQUEST = {"TIMEOUT": 7, "MAX_TIMEOUT": 30}
+    assert queue_timeout(Claims(timeout="4.987")) == 4.987
+    assert queue_timeout(Claims(timeout="900")) == 30  # capped as the middleware caps it
+    assert queue_timeout(Claims(timeout="junk")) == 7  # ignored as the middleware ignores it
+    assert queue_timeout(Claims()) == 7
+
+
+def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one_received(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.append(dict(environ))
+        return []
+
+    wrapped = QueueWaitApp(app)
+    monkeypatch.setattr(priority_worker, "queued_for", lambda: 0.25)
+    for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.25", "0"), ("0.1", "0"), ("junk", "junk")]:
+        wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
+        assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
+        assert seen[-1].get(RECEIVED_TIMEOUT) == (None if sent == "junk" else sent)
+    wrapped({}, lambda *a: None)
+    assert "HTTP_X_REQUEST_TIMEOUT" not in seen[-1]  # no header is made up
+    monkeypatch.setattr(priority_worker, "queued_for", lambda: 0.0)
+    wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, lambda *a: None)
+    assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == "5"
+    assert RECEIVED_TIMEOUT not in seen[-1]
+
+
+# Under gunicorn, one thread: every waiting request is in the worker's queue.
+
+
+def latencies(outcomes: list[Outcome], priority: str) -> list[float]:
+    return sorted(o.elapsed for o in outcomes if o.priority == priority and o.status == 200)
+
+
+def flood(kind: str, path: str, config: dict[str, Any] | None = None, **kwargs: Any) -> list[Outcome]:
+    """One gunicorn worker of one thread; three callers sending low priority and one sending high."""
+    with server(kind, 1, config or {"shedding": None}) as url:
+        groups = [Callers(1, priorities=("high",)), Callers(3, priorities=("low",))]
+        return closed_loop(url, groups, path=path, seconds=2.0, deadline=5.0, backoff=0.01, **kwargs)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shedding", [None, True], ids=["without shedding", "with shedding"])
+def test_on_one_thread_high_priority_waits_for_the_request_in_hand_not_for_the_queued_low(shedding: Any) -> None:
+    # 50 ms views: in gthread's first-come queue each high request waits for the one in hand and the
+    # three low ones queued before it (about 200 ms); here for the one in hand only (up to 100 ms).
+    outcomes = flood(WORKER, "/sleep?ms=50", {"shedding": shedding})
+    high, low = latencies(outcomes, "high"), latencies(outcomes, "low")
+    assert len(high) >= 10
+    assert len(low) >= 3
+    assert statistics.quantiles(high, n=10)[8] < 0.14, high
+
+
+def slow_starter(url: str, priority: str, stop: float, into: list[float]) -> None:
+    """Requests on new connections whose bytes come 20 ms after the connection (as from a client that
+    connects, then builds its request): gunicorn accepts each before its priority can be read."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"GET /sleep?ms=50 HTTP/1.1\r\nHost: svc\r\nX-Request-Priority: {priority}\r\nConnection: close\r\n\r\n"
+    while time.monotonic() < stop:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            time.sleep(0.02)
+            sent = time.monotonic()
+            sock.sendall(head.encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        if answer.startswith(b"HTTP/1.1 200"):
+            into.append(time.monotonic() - sent)
+
+
+@pytest.mark.timeout(120)
+def test_the_order_holds_for_requests_on_new_connections_that_write_after_connecting() -> None:
+    with server(WORKER, 1, {"shedding": None}) as url:
+        stop = time.monotonic() + 2.5
+        high: list[float] = []
+        lows: list[list[float]] = [[], [], []]
+        callers = [threading.Thread(target=slow_starter, args=(url, "high", stop, high))]
+        callers += [threading.Thread(target=slow_starter, args=(url, "low", stop, low)) for low in lows]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join(20)
+    assert len(high) >= 10
+    assert statistics.quantiles(high, n=10)[8] < 0.14, high
+    # Every low caller is served in turn: none is left behind requests whose priority was not yet known.
+    assert min(len(low) for low in lows) >= 3, [len(low) for low in lows]
+
+
+def ask(url: str, path: str, headers: dict[str, str], into: list[tuple[int, dict[str, str], bytes, float]]) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        into.append((response.status, dict(response.getheaders()), response.read(), time.monotonic() - started))
+    finally:
+        connection.close()
+
+
+def in_background(url: str, path: str, headers: dict[str, str]) -> tuple[threading.Thread, list[Any]]:
+    answers: list[Any] = []
+    thread = threading.Thread(target=ask, args=(url, path, headers, answers))
+    thread.start()
+    return thread, answers
+
+
+@pytest.mark.timeout(120)
+def test_a_request_that_outwaits_its_timeout_in_the_queue_is_refused_without_running_its_view() -> None:
+    with server(WORKER, 1, {"shedding": None}) as url:
+        busy, _ = in_background(url, "/sleep?ms=800", {})
+        time.sleep(0.2)
+        late, late_answer = in_background(url, "/timeout", {"X-Request-Timeout": "0.3"})
+        time.sleep(0.05)
+        queued, queued_answer = in_background(url, "/timeout", {"X-Request-Timeout": "5"})
+        for thread in (busy, late, queued):
+            thread.join(10)
+        rejected = metric(url, "aio_request_server_rejected_total", {"reason": "expired"})
+    status, headers, _, elapsed = late_answer[0]
+    assert (status, headers.get("X-Do-Not-Retry")) == (408, "1")
+    assert elapsed < 1.0  # answered as soon as the thread was free, not after a view
+    assert rejected == 1
+    # The other one ran, with what was left of its 5 s, and what it was sent kept beside it.
+    status, _, body, _ = queued_answer[0]
+    seen = json.loads(body)
+    assert status == 200
+    assert seen["received"] == "5"
+    assert 4.0 < float(seen["timeout"]) < 4.6  # it queued about 0.55 s
+
+
+@pytest.mark.timeout(120)
+def test_under_a_flood_of_high_priority_a_low_request_is_answered_by_its_deadline() -> None:
+    with server(WORKER, 1, {"shedding": None}) as url:
+        stop = time.monotonic() + 2.0
+
+        def high() -> None:
+            while time.monotonic() < stop:
+                ask(url, "/sleep?ms=30", {"X-Request-Priority": "high"}, [])
+
+        flooders = [threading.Thread(target=high) for _ in range(3)]
+        for thread in flooders:
+            thread.start()
+        time.sleep(0.3)
+        answers: list[Any] = []
+        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low", "X-Request-Timeout": "0.5"}, answers)
+        for thread in flooders:
+            thread.join(10)
+    status, _, _, elapsed = answers[0]
+    assert status == 408
+    assert elapsed < 0.9
