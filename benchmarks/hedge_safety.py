@@ -5,7 +5,8 @@ while the learned delay says the downstream is saturated?
 never saturates, so neither safety rule has anything to do. Here the downstream runs out first:
 
 * billing: ``benchmarks/_shedding_service.py`` under gunicorn, one gthread worker with ``--threads``
-  (4) threads, load shedding on with nothing but ``"SHEDDING": True`` (its limit learned). Its
+  (4) threads (``--worker priority``: PriorityThreadWorker, gthread with its queue by priority),
+  load shedding on with nothing but ``"SHEDDING": True`` (its limit learned). Its
   ``/tail`` view spends ``--cpu-ms`` (3) ms of CPU, and ``--slow`` (5%) of its requests then sleep
   ``--slow-ms`` (150) ms: a slow tail that hedging exists for, on a server that CPU bounds.
 * the caller: this process, one client per run (fresh learned delays and retry budget), a 1 s
@@ -200,9 +201,13 @@ class Sampler(threading.Thread):
                     self.limits.append(total(billing_samples(self.url), "aio_request_server_concurrency_limit"))
 
 
+#: ``--worker``: the kind of ``benchmarks/_shedding_load.py``'s ``server()``
+WORKER_KINDS = {"gthread": "gunicorn", "priority": "gunicorn-priority"}
+
+
 def measure(variant: str, load: float, capacity: float, args: argparse.Namespace, config: dict[str, Any]) -> Run:
     path = f"tail?ms={args.cpu_ms:g}&slow={args.slow:g}&slow_ms={args.slow_ms:g}"
-    with server("gunicorn", args.threads, config) as url:
+    with server(WORKER_KINDS[args.worker], args.threads, config) as url:
         # Billing's first second (its limit probing at 1, refusing) is slow: a client that learned
         # from it would hedge only after its 150 ms tail until 2,000 newer calls pushed it out. The
         # measured client meets a billing that is already running, as callers in service do.
@@ -239,7 +244,7 @@ def measure(variant: str, load: float, capacity: float, args: argparse.Namespace
 
 def calibrate(args: argparse.Namespace, config: dict[str, Any]) -> float:
     path = f"tail?ms={args.cpu_ms:g}&slow={args.slow:g}&slow_ms={args.slow_ms:g}"
-    with server("gunicorn", args.threads, config) as url:
+    with server(WORKER_KINDS[args.worker], args.threads, config) as url:
         client, _ = make_client("single", url + "/")
         try:
             closed_loop(client, path, 1.0, 2 * args.threads)
@@ -273,6 +278,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds a run (8)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds at 0.5 C first (3)")
     parser.add_argument("--threads", type=int, default=4, help="billing's gthread threads (4)")
+    parser.add_argument(
+        "--worker",
+        choices=tuple(WORKER_KINDS),
+        default="gthread",
+        help="billing's gunicorn worker: gthread, or priority (PriorityThreadWorker: its queue by priority)",
+    )
     parser.add_argument("--cpu-ms", type=float, default=3.0, help="CPU ms a billing request spends (3)")
     parser.add_argument("--slow", type=float, default=0.05, help="share of billing's requests that then sleep (0.05)")
     parser.add_argument("--slow-ms", type=float, default=150.0, help="how long they sleep, ms (150)")
@@ -302,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(__doc__.split("\n\n", 1)[0])
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, {os.cpu_count()} "
-        f"CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; billing: gunicorn gthread 1 x "
+        f"CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; billing: gunicorn {args.worker} 1 x "
         f"{args.threads} threads, SHEDDING True, {args.cpu_ms:g} ms CPU a request, {args.slow:.0%} then sleep "
         f"{args.slow_ms:g} ms; {args.callers} caller threads, {DEADLINE:g} s deadline, {args.seconds:g} s a run"
     )

@@ -7,7 +7,7 @@ thread pool queue, first come first served, before any code of the application s
 middleware orders only the requests that reach it, so with the limit at or above the threads (and
 always with one thread) a high-priority request waits behind every low-priority one ahead of it
 (docs/budgets-and-shedding.md, "Threads and the queue the process cannot see"). This worker changes
-two things and nothing else:
+these things and nothing else:
 
 * its pool (:class:`~django_aio_request.server.shedding.priority_pool.PriorityThreadPool`) gives a
   freed thread to the best request waiting: the priority it claims (``X-Request-Priority``, read
@@ -138,7 +138,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         gthread queues a connection as soon as it accepts it and a thread then waits for the request
         (up to 5 s), so the queue's order could not see a new connection's priority. The connection
         waits as long as gthread would let it (5 s, then ``--keep-alive``). Only where the worker
-        has gunicorn's waiting list for connections (gunicorn 23.0 and later) and not over TLS.
+        keeps gunicorn's list of connections waiting for data (``pending_conns``), and not over TLS.
         """
         if conn.initialized or getattr(conn, "data_ready", True) or self.cfg.is_ssl:
             return False
