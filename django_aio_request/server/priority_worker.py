@@ -11,8 +11,9 @@ these things and nothing else:
 
 * its pool (:class:`~django_aio_request.server.shedding.priority_pool.PriorityThreadPool`) gives a
   freed thread to the best request waiting: the priority it claims (``X-Request-Priority``, read
-  from the socket with ``MSG_PEEK`` when the request is queued, capped by ``PRIORITY_POLICY`` as the
-  middleware would cap it), then arrival order;
+  from the socket with ``MSG_PEEK`` when the request is queued, after any bytes of it gunicorn's
+  parser already read with the request before it; capped by ``PRIORITY_POLICY`` as the middleware
+  would cap it), then arrival order;
 * the time a request waited in that queue is taken off its ``X-Request-Timeout`` before Django
   sees it, so a request whose caller gave up while it waited is refused at once (408, as
   ``AioRequestMiddleware`` refuses a request with no time left) instead of running its view for
@@ -90,6 +91,13 @@ def queue_timeout(claims: Claims) -> float:
     return conf.timeout if seconds is None else min(seconds, conf.max_timeout)
 
 
+def _read_ahead(conn: Any) -> bytes:
+    """Bytes gunicorn's parser already read off the connection (the next of pipelined requests)."""
+    buffer = getattr(getattr(getattr(conn, "parser", None), "unreader", None), "buf", None)
+    value = getattr(buffer, "getvalue", None)
+    return bytes(value()) if callable(value) else b""
+
+
 def _peek(sock: Any) -> bytes:
     try:
         return bytes(sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT))
@@ -164,5 +172,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up."""
         conn = args[0] if args else None
         sock = getattr(conn, "sock", None)
-        claims = read_claims(_peek(sock)) if sock is not None and not self.cfg.is_ssl else NOTHING
+        claims = NOTHING
+        if sock is not None and not self.cfg.is_ssl:
+            claims = read_claims(_read_ahead(conn) + _peek(sock))
         return _RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)

@@ -207,3 +207,32 @@ def test_under_a_flood_of_high_priority_a_low_request_is_answered_by_its_deadlin
     status, _, _, elapsed = answers[0]
     assert status == 408
     assert elapsed < 0.9
+
+
+@pytest.mark.timeout(120)
+def test_a_pipelined_request_is_queued_with_its_own_priority() -> None:
+    # Two requests written at once on one connection: gunicorn reads the second with the first and
+    # queues the connection again for it; its priority is read from what gunicorn already read.
+    with server(WORKER, 1, {"shedding": None}) as url:
+        host, port = url.removeprefix("http://").split(":")
+        busy, _ = in_background(url, "/sleep?ms=300", {})
+        time.sleep(0.05)
+        pipelined = socket.create_connection((host, int(port)), timeout=10)
+        first = "GET /sleep?ms=10 HTTP/1.1\r\nHost: svc\r\nX-Request-Priority: normal\r\n\r\n"
+        second = "GET /sleep?ms=10 HTTP/1.1\r\nHost: svc\r\nX-Request-Priority: high\r\n\r\n"
+        pipelined.sendall((first + second).encode())
+        time.sleep(0.05)
+        others = [in_background(url, "/sleep?ms=100", {"X-Request-Priority": "normal"}) for _ in range(3)]
+        started = time.monotonic()
+        answer = b""
+        while answer.count(b"HTTP/1.1 200") < 2 or not answer.endswith(b"\r\n0\r\n\r\n"):  # chunked
+            chunk = pipelined.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        both = time.monotonic() - started
+        pipelined.close()
+        for thread, _ in others:
+            thread.join(10)
+        busy.join(10)
+    # Its second request goes before the three normal ones queued meanwhile (300 ms of views).
+    assert both < 0.45, both
