@@ -101,6 +101,26 @@ def shedding_waited(priority: str, seconds: float) -> None:
     shedding_queue_wait.labels(priority).observe(seconds)
 
 
+# PriorityThreadWorker: gunicorn's own queue, where requests wait for a thread before Django sees them.
+thread_queue_length = family(
+    "Gauge",
+    "aio_request_server_thread_queue_length",
+    "Requests waiting for a thread in PriorityThreadWorker's queue (gunicorn), by the priority they queued with.",
+    ("priority",),
+    multiprocess_mode="livesum",
+)
+thread_queue_wait = family(
+    "Histogram",
+    "aio_request_server_thread_queue_wait_seconds",
+    "Time requests waited for a thread in PriorityThreadWorker's queue (gunicorn), by the priority they queued with.",
+    ("priority",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+for _priority in SHED_PRIORITIES:
+    thread_queue_length.labels(_priority)
+    thread_queue_wait.labels(_priority)
+
+
 # The server side: calling services named in X-Service-Name.
 
 MAX_SERVICE_NAMES = 100  # distinct calling-service names kept without KNOWN_SERVICES, fleet-wide

@@ -24,12 +24,14 @@ these things and nothing else:
 
 A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
 queues it at once and a thread waits for them). The order is a hint read before the request is
-parsed: a request whose head has not fully arrived when it is queued, arrives over TLS, or does not carry
-the header on a complete line within the first :data:`PEEK_BYTES` is queued with the default
-priority (``AIO_REQUEST["PRIORITY"]``). A custom ``PRIORITY_POLICY`` callable needs the parsed
-request, so every claim is queued as an untrusted caller's (at most ``UNTRUSTED_PRIORITY``). The
-middleware still decides everything from the parsed headers. A request without
-``X-Request-Timeout`` gets the default deadline from when the middleware sees it, as under gthread.
+parsed: a request whose head has not fully arrived when it is queued, arrives over TLS, or does
+not carry the header on a complete line within the first :data:`PEEK_BYTES` is queued with the
+default priority (``AIO_REQUEST["PRIORITY"]``). A custom ``PRIORITY_POLICY`` callable needs the
+parsed request, so every claim is queued as an untrusted caller's (at most
+``UNTRUSTED_PRIORITY``). The middleware still decides everything from the parsed headers. A
+request without ``X-Request-Timeout`` gets the default deadline from when the middleware sees it,
+as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
+``aio_request_server_thread_queue_wait_seconds``, by the priority a request queued with.
 """
 
 import functools
@@ -43,6 +45,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from django_aio_request.conf.current import current
 from django_aio_request.core.priority import Priority
+from django_aio_request.metrics import server as metrics
 from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for
@@ -58,6 +61,7 @@ RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
 FIRST_BYTES_TIMEOUT = 5.0
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
 _RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+_NAMES = {rank: priority.value for priority, rank in _RANK.items()}
 
 
 class _Head:
@@ -89,6 +93,14 @@ def queue_timeout(claims: Claims) -> float:
     conf = current.settings
     seconds = None if claims.timeout is None else parse_timeout(claims.timeout)
     return conf.timeout if seconds is None else min(seconds, conf.max_timeout)
+
+
+def _queue_length(rank: int, count: int) -> None:
+    metrics.thread_queue_length.labels(_NAMES[rank]).set(count)
+
+
+def _queue_wait(rank: int, seconds: float) -> None:
+    metrics.thread_queue_wait.labels(_NAMES[rank]).observe(seconds)
 
 
 def _read_ahead(conn: Any) -> bytes:
@@ -129,7 +141,9 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
     """gunicorn's gthread worker whose waiting requests are taken by priority (see the module)."""
 
     def get_thread_pool(self) -> PriorityThreadPool:
-        return PriorityThreadPool(self.cfg.threads, self._rank, name="gunicorn-priority")
+        return PriorityThreadPool(
+            self.cfg.threads, self._rank, name="gunicorn-priority", on_length=_queue_length, on_start=_queue_wait
+        )
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pytest_django.fixtures import Settings
 
-from benchmarks._shedding_load import Callers, Outcome, closed_loop, metric, server
+from benchmarks._shedding_load import Callers, Outcome, closed_loop, server
 from django_aio_request import Priority
 from django_aio_request.server import priority_worker
 from django_aio_request.server.priority_worker import RECEIVED_TIMEOUT, QueueWaitApp, queue_priority, queue_timeout
@@ -157,6 +157,19 @@ def ask(url: str, path: str, headers: dict[str, str], into: list[tuple[int, dict
         connection.close()
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of one ``/metrics`` page, by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answers: list[Any] = []
+    ask(url, "/metrics", {}, answers)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answers[0][2].decode())
+        for sample in family.samples
+    }
+
+
 def in_background(url: str, path: str, headers: dict[str, str]) -> tuple[threading.Thread, list[Any]]:
     answers: list[Any] = []
     thread = threading.Thread(target=ask, args=(url, path, headers, answers))
@@ -174,11 +187,22 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_refused_without_run
         queued, queued_answer = in_background(url, "/timeout", {"X-Request-Timeout": "5"})
         for thread in (busy, late, queued):
             thread.join(10)
-        rejected = metric(url, "aio_request_server_rejected_total", {"reason": "expired"})
+        samples = scrape(url)
+    rejected = samples[("aio_request_server_rejected_total", (("reason", "expired"),))]
+    name = "aio_request_server_thread_queue_wait_seconds"
+    waits = {p: samples[(f"{name}_count", (("priority", p),))] for p in ("high", "normal", "low")}
+    waited_over_100ms = waits["normal"] - samples[(f"{name}_bucket", (("le", "0.1"), ("priority", "normal")))]
+    queued_now = samples[("aio_request_server_thread_queue_length", (("priority", "normal"),))]
     status, headers, _, elapsed = late_answer[0]
     assert (status, headers.get("X-Do-Not-Retry")) == (408, "1")
     assert elapsed < 1.0  # answered as soon as the thread was free, not after a view
     assert rejected == 1
+    # Every request went through the queue at normal priority (the default), the scrapes too; two
+    # waited for the 800 ms one.
+    assert waits["high"] == waits["low"] == 0
+    assert waits["normal"] >= 3
+    assert waited_over_100ms == 2
+    assert queued_now == 0
     # The other one ran, with what was left of its 5 s, and what it was sent kept beside it.
     status, _, body, _ = queued_answer[0]
     seen = json.loads(body)

@@ -12,6 +12,7 @@ wrapper of the worker takes it off the request's ``X-Request-Timeout``).
 
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 __all__ = ["PriorityThreadPool", "queued_for"]
 
+logger = logging.getLogger(__name__)
 _local = threading.local()
 
 
@@ -34,10 +36,13 @@ def _done() -> None:
 
 
 class _Item:
-    __slots__ = ("args", "expires_at", "fn", "future", "kwargs", "queued_at", "taken")
+    __slots__ = ("args", "expires_at", "fn", "future", "kwargs", "queued_at", "rank", "taken")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], expires: float) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], expires: float, rank: int
+    ) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.rank = rank
         self.future: Future[Any] = Future()
         self.queued_at = time.monotonic()
         self.expires_at = expires
@@ -48,22 +53,33 @@ class PriorityThreadPool(Executor):
     """At most ``max_workers`` threads, started as work arrives and none is idle.
 
     ``rank(args)`` gives an item's rank (lower runs first) and when it expires (``time.monotonic()``;
-    ``math.inf``: never) from its positional arguments. An item that expired while it waited is taken
-    before any other: for a request that is the caller's deadline gone, and serving it means a quick
-    refusal, where leaving it would hold a caller that did not give up for as long as better-ranked
-    work keeps coming. Like
+    ``math.inf``: never) from its positional arguments. An item that expired while it waited is
+    taken before any other: for a request that is the caller's deadline gone, and serving it means
+    a quick refusal, where leaving it would hold a caller that did not give up for as long as
+    better-ranked work keeps coming. ``on_length(rank, count)`` is told each time the number of
+    waiting items of a rank changes (with the pool's lock held: it must be quick and never call the
+    pool), ``on_start(rank, waited)`` when an item starts (PriorityThreadWorker's metrics). Like
     ``ThreadPoolExecutor``: :meth:`shutdown` lets the threads finish what is queued unless
     ``cancel_futures``; the threads are not daemons, so the interpreter waits for the work in hand.
     """
 
     def __init__(
-        self, max_workers: int, rank: Callable[[tuple[Any, ...]], tuple[int, float]], name: str = "priority-pool"
+        self,
+        max_workers: int,
+        rank: Callable[[tuple[Any, ...]], tuple[int, float]],
+        name: str = "priority-pool",
+        *,
+        on_length: Callable[[int, int], None] | None = None,
+        on_start: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
         self._max_workers = max_workers
         self._rank = rank
         self._name = name
+        self._on_length = on_length  # (rank, items of that rank waiting), called with the lock held
+        self._on_start = on_start  # (rank, seconds waited), called on the item's thread before it runs
+        self._by_rank_count: dict[int, int] = {}
         self._by_rank: list[tuple[int, int, _Item]] = []
         self._by_expiry: list[tuple[float, int, _Item]] = []  # only items that expire
         self._waiting = 0
@@ -75,7 +91,7 @@ class PriorityThreadPool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
         rank, expires_at = self._rank(args)  # outside the lock: it may read a socket
-        item = _Item(fn, args, kwargs, expires_at)
+        item = _Item(fn, args, kwargs, expires_at, rank)
         with self._condition:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -84,6 +100,7 @@ class PriorityThreadPool(Executor):
             if expires_at != math.inf:
                 heapq.heappush(self._by_expiry, (expires_at, arrival, item))
             self._waiting += 1
+            self._counted(rank, 1)
             # Each idle thread will take one item: a new thread only for items beyond them.
             if self._waiting > self._idle and len(self._threads) < self._max_workers:
                 thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}")
@@ -103,6 +120,8 @@ class PriorityThreadPool(Executor):
             if cancel_futures:
                 for _, _, item in self._by_rank:
                     if not item.taken:
+                        item.taken = True
+                        self._counted(item.rank, -1)
                         item.future.cancel()
                 self._by_rank.clear()
                 self._by_expiry.clear()
@@ -113,6 +132,11 @@ class PriorityThreadPool(Executor):
             for thread in threads:
                 if thread is not threading.current_thread():
                     thread.join()
+
+    def _counted(self, rank: int, change: int) -> None:
+        count = self._by_rank_count[rank] = self._by_rank_count.get(rank, 0) + change
+        if self._on_length is not None:
+            self._on_length(rank, count)
 
     def _take(self) -> _Item:
         """The item to run next (called with the lock held and something waiting)."""
@@ -128,6 +152,7 @@ class PriorityThreadPool(Executor):
                     break
         item.taken = True
         self._waiting -= 1
+        self._counted(item.rank, -1)
         # An item is in both heaps and leaves one of them when taken: drop the stale entries before
         # they outnumber the live ones (under a steady overload the other heap might never reach them).
         if len(self._by_rank) + len(self._by_expiry) > 4 * self._waiting + 64:
@@ -149,7 +174,12 @@ class PriorityThreadPool(Executor):
                 item = self._take()
             if not item.future.set_running_or_notify_cancel():
                 continue
-            _local.waited = time.monotonic() - item.queued_at
+            _local.waited = waited = time.monotonic() - item.queued_at
+            if self._on_start is not None:
+                try:
+                    self._on_start(item.rank, waited)
+                except Exception:  # a metric that failed must not cost the request
+                    logger.exception("%s: on_start failed", self._name)
             try:
                 result = item.fn(*item.args, **item.kwargs)
             except BaseException as error:
