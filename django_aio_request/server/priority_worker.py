@@ -35,6 +35,7 @@ as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
 """
 
 import functools
+import math
 import selectors
 import socket
 import time
@@ -48,7 +49,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, lower
-from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
 
 __all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
@@ -124,16 +125,18 @@ class QueueWaitApp:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        waited = queued_for()
+        waited = take_queued_for()
         raw = environ.get(META_TIMEOUT)
         if waited > 0 and raw is not None:
             from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
 
             seconds = parse_timeout(raw)
             if seconds is not None:  # a malformed value is left to the middleware to count and ignore
-                left = seconds - waited
+                # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s
+                # less a few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
+                left = math.floor((seconds - waited) * 1000)
                 environ[RECEIVED_TIMEOUT] = raw
-                environ[META_TIMEOUT] = f"{left:.3f}" if left >= 0.001 else "0"
+                environ[META_TIMEOUT] = f"{left / 1000:.3f}" if left > 0 else "0"
         return self.app(environ, start_response)
 
 
@@ -183,10 +186,24 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         return True
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
-        """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up."""
-        conn = args[0] if args else None
-        sock = getattr(conn, "sock", None)
-        claims = NOTHING
-        if sock is not None and not self.cfg.is_ssl:
-            claims = read_claims(_read_ahead(conn) + _peek(sock))
-        return _RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
+        """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up.
+
+        It runs on gunicorn's main loop, where an exception would end the worker with every request
+        it holds: one that cannot be ranked (settings that do not load, an app that is not Django)
+        queues at normal priority without expiring, and the first such failure is logged.
+        """
+        try:
+            conn = args[0] if args else None
+            sock = getattr(conn, "sock", None)
+            claims = NOTHING
+            if sock is not None and not self.cfg.is_ssl:
+                claims = read_claims(_read_ahead(conn) + _peek(sock))
+            return _RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
+        except Exception:
+            if not getattr(self, "_rank_failed", False):
+                self._rank_failed = True
+                self.log.exception(  # gunicorn's error log
+                    "PriorityThreadWorker could not rank a request by priority: requests it cannot rank are "
+                    "queued at normal priority, in arrival order (logged once per worker)"
+                )
+            return _RANK[Priority.NORMAL], math.inf

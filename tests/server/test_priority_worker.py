@@ -4,21 +4,28 @@ gunicorn's), plus what it reads from settings and how it hands the queueing time
 
 import http.client
 import json
+import math
+import os
+import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_django.fixtures import Settings
 
-from benchmarks._shedding_load import Callers, Outcome, closed_loop, server
+from benchmarks._shedding_load import BIN, ROOT, Callers, Outcome, closed_loop, server
 from django_aio_request import Priority
 from django_aio_request.server import priority_worker
 from django_aio_request.server.priority_worker import RECEIVED_TIMEOUT, QueueWaitApp, queue_priority, queue_timeout
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool
 from django_aio_request.server.shedding.request_head import Claims
+from tests.support.loopback import free_port, wait_until_listening
 
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 WORKER = "gunicorn-priority"
@@ -71,17 +78,46 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
         return []
 
     wrapped = QueueWaitApp(app)
-    monkeypatch.setattr(priority_worker, "queued_for", lambda: 0.25)
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.25)
     for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.25", "0"), ("0.1", "0"), ("junk", "junk")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
         assert seen[-1].get(RECEIVED_TIMEOUT) == (None if sent == "junk" else sent)
     wrapped({}, lambda *a: None)
     assert "HTTP_X_REQUEST_TIMEOUT" not in seen[-1]  # no header is made up
-    monkeypatch.setattr(priority_worker, "queued_for", lambda: 0.0)
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.0)
     wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, lambda *a: None)
     assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == "5"
     assert RECEIVED_TIMEOUT not in seen[-1]
+    # Rounded down to whole milliseconds: the time left never grows (0.0049 must not read 0.005,
+    # the default LOW_TIMEOUT_THRESHOLD).
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
+    for sent, given in [("0.0049", "0.004"), ("5", "4.999"), ("0.001", "0"), ("4.9e-03", "0.004")]:
+        wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
+        assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
+
+
+def test_only_the_first_request_of_a_queued_item_loses_the_queueing_time() -> None:
+    # An HTTP/2 connection is one item of the queue serving many requests: the later ones did not queue.
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.append(environ["HTTP_X_REQUEST_TIMEOUT"])
+        return []
+
+    wrapped = QueueWaitApp(app)
+    pool = PriorityThreadPool(1, lambda args: (1, math.inf))
+    try:
+        gate = threading.Event()
+        pool.submit(lambda: gate.wait(5))
+        item = pool.submit(lambda: [wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, lambda *a: None) for _ in range(2)])
+        time.sleep(0.2)
+        gate.set()
+        item.result(5)
+    finally:
+        pool.shutdown()
+    assert float(seen[0]) <= 4.8
+    assert seen[1] == "5"
 
 
 # Under gunicorn, one thread: every waiting request is in the worker's queue.
@@ -260,3 +296,28 @@ def test_a_pipelined_request_is_queued_with_its_own_priority() -> None:
         busy.join(10)
     # Its second request goes before the three normal ones queued meanwhile (300 ms of views).
     assert both < 0.45, both
+
+
+@pytest.mark.timeout(120)
+def test_a_request_it_cannot_rank_is_served_in_arrival_order_and_the_worker_lives_on(tmp_path: Path) -> None:
+    # Not a Django application: the settings the queue reads do not load. Ranking runs on gunicorn's
+    # main loop, where an exception would end the worker and every request it holds.
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    log = tmp_path / "gunicorn.log"
+    command = [str(BIN / "gunicorn"), "-k", "django_aio_request.server.priority_worker.PriorityThreadWorker",
+               "--threads", "2", "--bind", f"127.0.0.1:{port}", "--error-logfile", str(log),
+               "tests.support.plain_wsgi:app"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until_listening(process, port, "gunicorn")
+        answers: list[Any] = []
+        for priority in ["high", "low", "normal"] * 3:
+            ask(f"http://127.0.0.1:{port}", "/", {"X-Request-Priority": priority}, answers)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    assert [a[0] for a in answers] == [200] * 9
+    text = log.read_text()
+    assert text.count("could not rank a request by priority") == 1  # said once, in gunicorn's log
+    assert text.count("Booting worker") == 1  # no worker died and was replaced

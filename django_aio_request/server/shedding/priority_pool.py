@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-__all__ = ["PriorityThreadPool", "queued_for"]
+__all__ = ["PriorityThreadPool", "queued_for", "take_queued_for"]
 
 logger = logging.getLogger(__name__)
 _local = threading.local()
@@ -29,6 +29,14 @@ _local = threading.local()
 def queued_for() -> float:
     """Seconds the item running on this thread waited in its pool's queue (0 outside a pool item)."""
     return getattr(_local, "waited", 0.0)
+
+
+def take_queued_for() -> float:
+    """:func:`queued_for`, once: later calls in the same item get 0 (an HTTP/2 connection is one item
+    serving many requests, and only its first waited in the queue)."""
+    waited = getattr(_local, "waited", 0.0)
+    _local.waited = 0.0
+    return waited
 
 
 def _done() -> None:
@@ -136,7 +144,10 @@ class PriorityThreadPool(Executor):
     def _counted(self, rank: int, change: int) -> None:
         count = self._by_rank_count[rank] = self._by_rank_count.get(rank, 0) + change
         if self._on_length is not None:
-            self._on_length(rank, count)
+            try:
+                self._on_length(rank, count)
+            except Exception:  # a metric that failed must not cost the request, nor the caller's loop
+                logger.exception("%s: on_length failed", self._name)
 
     def _take(self) -> _Item:
         """The item to run next (called with the lock held and something waiting)."""
