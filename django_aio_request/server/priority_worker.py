@@ -37,7 +37,6 @@ as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
 import functools
 import math
 import selectors
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,6 +50,7 @@ from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
+from django_aio_request.server.socket_peek import peek
 
 __all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
 
@@ -112,14 +112,18 @@ def _read_ahead(conn: Any) -> bytes:
 
 
 def _peek(sock: Any) -> bytes:
-    try:
-        return bytes(sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (OSError, ValueError):  # nothing yet, closed, or a TLS socket (which takes no flags)
-        return b""
+    return peek(sock, PEEK_BYTES) or b""
 
 
 class QueueWaitApp:
-    """The WSGI application, given requests whose ``X-Request-Timeout`` lost the time they queued."""
+    """The WSGI application, given requests whose ``X-Request-Timeout`` lost the time they queued.
+
+    A request whose time the queue used up (nothing left, or less than ``LOW_TIMEOUT_THRESHOLD``
+    where what it was sent was not) is answered here, without Django: 503 with ``Retry-After`` (the
+    shedding setting's, else 1 s) and ``X-Do-Not-Retry``, counted in ``aio_request_server_shed_total``
+    with reason ``deadline``. It was refused for the server's load, not for its caller's timeout, and
+    a caller that honours ``Retry-After`` steps back (a 408 would bring it back at once).
+    """
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
@@ -134,10 +138,27 @@ class QueueWaitApp:
             if seconds is not None:  # a malformed value is left to the middleware to count and ignore
                 # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s
                 # less a few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
-                left = math.floor((seconds - waited) * 1000)
+                left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
+                threshold = current.settings.low_timeout_threshold
+                if seconds > 0 and seconds >= threshold and (left <= 0 or left < threshold):
+                    return _refuse(environ, start_response)
                 environ[RECEIVED_TIMEOUT] = raw
-                environ[META_TIMEOUT] = f"{left / 1000:.3f}" if left > 0 else "0"
+                environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
         return self.app(environ, start_response)
+
+
+def _refuse(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The 503 of a request whose time ran out while it queued (see :class:`QueueWaitApp`)."""
+    from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
+
+    conf = current.settings
+    raw = environ.get("HTTP_X_REQUEST_PRIORITY")
+    claims = Claims(None if raw is None else parse_priority(raw), environ.get("HTTP_X_SERVICE_NAME"))
+    metrics.shed(queue_priority(claims).value, "deadline")
+    retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
+    headers = [("Retry-After", str(retry_after)), ("X-Do-Not-Retry", "1"), ("Content-Length", "0")]
+    start_response("503 Service Unavailable", headers)
+    return [b""]
 
 
 class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
@@ -171,14 +192,8 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         on_readable = getattr(self, "on_pending_socket_readable", None)
         if pending is None or poller is None or on_readable is None:
             return False
-        try:
-            conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pass  # nothing yet
-        except OSError:
-            return False  # let the thread meet the error as gthread would
-        else:
-            return False  # the request (or the end of the stream) is there
+        if peek(conn.sock, 1) is not None:
+            return False  # the request, the end of the stream or an error: the thread meets it as in gthread
         conn.sock.setblocking(False)
         conn.timeout = time.monotonic() + FIRST_BYTES_TIMEOUT + self.cfg.keepalive
         pending.append(conn)
