@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
 from benchmarks._shedding_load import BIN, ROOT, Callers, Outcome, closed_loop, server
@@ -79,7 +80,7 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
 
     wrapped = QueueWaitApp(app)
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.25)
-    for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.25", "0"), ("0.1", "0"), ("junk", "junk")]:
+    for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.26", "0.010"), ("junk", "junk"), ("0", "0")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
         assert seen[-1].get(RECEIVED_TIMEOUT) == (None if sent == "junk" else sent)
@@ -89,12 +90,48 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
     wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, lambda *a: None)
     assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == "5"
     assert RECEIVED_TIMEOUT not in seen[-1]
-    # Rounded down to whole milliseconds: the time left never grows (0.0049 must not read 0.005,
-    # the default LOW_TIMEOUT_THRESHOLD).
+    # Rounded down to whole milliseconds: the time left never grows (0.0051 must not read 0.006).
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
-    for sent, given in [("0.0049", "0.004"), ("5", "4.999"), ("0.001", "0"), ("4.9e-03", "0.004")]:
+    for sent, given in [("0.0061", "0.006"), ("5", "4.999"), ("0.0049", "0.004"), ("4.9e-03", "0.004")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
-        assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
+        assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given  # the last two: below the threshold already
+
+
+def test_a_request_whose_time_the_queue_used_up_is_shed_without_django(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    settings.AIO_REQUEST = {"KNOWN_SERVICES": ["billing"], "SHEDDING": {"PRIORITY_POLICY": "known_services"}}
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        ran.append(environ["HTTP_X_REQUEST_TIMEOUT"])
+        return []
+
+    wrapped = QueueWaitApp(app)
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.25)
+    answers: list[tuple[str, dict[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        answers.append((status, dict(headers)))
+
+    def shed(priority: str) -> float:
+        labels = {"priority": priority, "reason": "deadline"}
+        return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
+
+    before = {p: shed(p) for p in ("high", "normal")}
+    for sent in ["0.25", "0.254", "0.1"]:  # nothing left; less than the 5 ms threshold; nothing left
+        body = wrapped({"HTTP_X_REQUEST_TIMEOUT": sent, "HTTP_X_REQUEST_PRIORITY": "high"}, start_response)
+        assert list(body) == [b""]
+    refusal = ("503 Service Unavailable", {"Retry-After": "1", "X-Do-Not-Retry": "1", "Content-Length": "0"})
+    assert answers == [refusal] * 3
+    assert ran == []  # Django never saw them
+    assert shed("normal") - before["normal"] == 3  # an unknown caller's high claim, capped as in the queue
+    headers = {"HTTP_X_REQUEST_PRIORITY": "high", "HTTP_X_SERVICE_NAME": "billing"}
+    wrapped({**headers, "HTTP_X_REQUEST_TIMEOUT": "0.3"}, start_response)
+    assert ran == ["0.050"]  # enough left: served with it
+    wrapped({**headers, "HTTP_X_REQUEST_TIMEOUT": "0.004"}, start_response)
+    assert ran[-1] == "0"  # sent below the threshold already: the middleware's 408, as without queueing
+    assert shed("high") == before["high"]
 
 
 def test_only_the_first_request_of_a_queued_item_loses_the_queueing_time() -> None:
@@ -214,7 +251,7 @@ def in_background(url: str, path: str, headers: dict[str, str]) -> tuple[threadi
 
 
 @pytest.mark.timeout(120)
-def test_a_request_that_outwaits_its_timeout_in_the_queue_is_refused_without_running_its_view() -> None:
+def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_running_its_view() -> None:
     with server(WORKER, 1, {"shedding": None}) as url:
         busy, _ = in_background(url, "/sleep?ms=800", {})
         time.sleep(0.2)
@@ -224,15 +261,15 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_refused_without_run
         for thread in (busy, late, queued):
             thread.join(10)
         samples = scrape(url)
-    rejected = samples[("aio_request_server_rejected_total", (("reason", "expired"),))]
+    shed = samples[("aio_request_server_shed_total", (("priority", "normal"), ("reason", "deadline")))]
     name = "aio_request_server_thread_queue_wait_seconds"
     waits = {p: samples[(f"{name}_count", (("priority", p),))] for p in ("high", "normal", "low")}
     waited_over_100ms = waits["normal"] - samples[(f"{name}_bucket", (("le", "0.1"), ("priority", "normal")))]
     queued_now = samples[("aio_request_server_thread_queue_length", (("priority", "normal"),))]
     status, headers, _, elapsed = late_answer[0]
-    assert (status, headers.get("X-Do-Not-Retry")) == (408, "1")
+    assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", "1")
     assert elapsed < 1.0  # answered as soon as the thread was free, not after a view
-    assert rejected == 1
+    assert shed == 1
     # Every request went through the queue at normal priority (the default), the scrapes too; two
     # waited for the 800 ms one.
     assert waits["high"] == waits["low"] == 0
@@ -265,8 +302,8 @@ def test_under_a_flood_of_high_priority_a_low_request_is_answered_by_its_deadlin
         for thread in flooders:
             thread.join(10)
     status, _, _, elapsed = answers[0]
-    assert status == 408
-    assert elapsed < 0.9
+    assert status == 503
+    assert elapsed < 0.9  # refused once its 0.5 s were gone, not after the flood (2 s)
 
 
 @pytest.mark.timeout(120)

@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -92,15 +93,18 @@ class PriorityThreadPool(Executor):
         self._by_expiry: list[tuple[float, int, _Item]] = []  # only items that expire
         self._waiting = 0
         self._arrivals = itertools.count()
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # held only to push and pop: nobody waits under it
+        # One token per item submitted (None: a thread is to end): threads block on this C queue, as
+        # ThreadPoolExecutor's do, then take the best item from the heaps.
+        self._tokens: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # released by each thread that waits for work
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
         rank, expires_at = self._rank(args)  # outside the lock: it may read a socket
         item = _Item(fn, args, kwargs, expires_at, rank)
-        with self._condition:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             arrival = next(self._arrivals)
@@ -109,21 +113,23 @@ class PriorityThreadPool(Executor):
                 heapq.heappush(self._by_expiry, (expires_at, arrival, item))
             self._waiting += 1
             self._counted(rank, 1)
-            # Each idle thread will take one item: a new thread only for items beyond them.
-            if self._waiting > self._idle and len(self._threads) < self._max_workers:
-                thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}")
-                self._threads.append(thread)
-                thread.start()
-            self._condition.notify()
+        self._tokens.put(True)
+        # An idle thread takes it; else a new thread, up to max_workers (as ThreadPoolExecutor).
+        if not self._idle.acquire(timeout=0):
+            with self._lock:
+                if len(self._threads) < self._max_workers:
+                    thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}")
+                    self._threads.append(thread)
+                    thread.start()
         return item.future
 
     def waiting(self) -> int:
         """How many items wait for a thread."""
-        with self._condition:
+        with self._lock:
             return self._waiting
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._condition:
+        with self._lock:
             self._closed = True
             if cancel_futures:
                 for _, _, item in self._by_rank:
@@ -134,8 +140,9 @@ class PriorityThreadPool(Executor):
                 self._by_rank.clear()
                 self._by_expiry.clear()
                 self._waiting = 0
-            self._condition.notify_all()
             threads = list(self._threads)
+        for _ in threads:  # after the items' tokens: what is queued is run first
+            self._tokens.put(None)
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():
@@ -175,29 +182,33 @@ class PriorityThreadPool(Executor):
 
     def _work(self) -> None:
         while True:
-            with self._condition:
-                self._idle += 1
-                while not self._waiting and not self._closed:
-                    self._condition.wait()
-                self._idle -= 1
-                if not self._waiting:
-                    return  # closed and nothing left
-                item = self._take()
-            if not item.future.set_running_or_notify_cancel():
+            if self._tokens.get() is None:
+                return
+            with self._lock:
+                item = self._take() if self._waiting else None  # None: cancelled by shutdown
+            if item is None:
                 continue
-            _local.waited = waited = time.monotonic() - item.queued_at
-            if self._on_start is not None:
-                try:
-                    self._on_start(item.rank, waited)
-                except Exception:  # a metric that failed must not cost the request
-                    logger.exception("%s: on_start failed", self._name)
             try:
-                result = item.fn(*item.args, **item.kwargs)
-            except BaseException as error:
-                item.future.set_exception(error)
-            else:
-                item.future.set_result(result)
+                self._run(item)
             finally:
-                _local.waited = 0.0
-                item.fn, item.args, item.kwargs = _done, (), {}  # its entry may linger in the other heap
+                self._idle.release()
             del item  # not kept alive while this thread waits for more
+
+    def _run(self, item: _Item) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return
+        _local.waited = waited = time.monotonic() - item.queued_at
+        if self._on_start is not None:
+            try:
+                self._on_start(item.rank, waited)
+            except Exception:  # a metric that failed must not cost the request
+                logger.exception("%s: on_start failed", self._name)
+        try:
+            result = item.fn(*item.args, **item.kwargs)
+        except BaseException as error:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+        finally:
+            _local.waited = 0.0
+            item.fn, item.args, item.kwargs = _done, (), {}  # its entry may linger in the other heap
