@@ -15,9 +15,9 @@ these things and nothing else:
   parser already read with the request before it; capped by ``PRIORITY_POLICY`` as the middleware
   would cap it), then arrival order;
 * the time a request waited in that queue is taken off its ``X-Request-Timeout`` before Django
-  sees it, so a request whose caller gave up while it waited is refused at once (408, as
-  ``AioRequestMiddleware`` refuses a request with no time left) instead of running its view for
-  nobody. The value received is kept in ``environ["django_aio_request.received_timeout"]``. A
+  sees it, so a request whose caller gave up while it waited is refused at once (503 with
+  ``Retry-After``, see :class:`QueueWaitApp`) instead of running its view for nobody. The value
+  received is kept in ``environ["django_aio_request.received_timeout"]``. A
   request whose time ran out in the queue is taken before any other, so that refusal comes as
   soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
   past its caller's deadline (``TIMEOUT`` for a request without the header).
