@@ -35,6 +35,7 @@ as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
 """
 
 import functools
+import logging
 import math
 import selectors
 import time
@@ -47,7 +48,7 @@ from django_aio_request.conf.current import current
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.server.shedding import shedding_for
-from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, lower
+from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
 from django_aio_request.server.socket_peek import peek
@@ -61,8 +62,8 @@ RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
 #: How long gthread's thread waits for a new connection's first bytes before handing it to the poller.
 FIRST_BYTES_TIMEOUT = 5.0
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
-_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-_NAMES = {rank: priority.value for priority, rank in _RANK.items()}
+logger = logging.getLogger(__name__)
+_NAMES = {rank: priority.value for priority, rank in RANK.items()}
 
 
 class _Head:
@@ -125,26 +126,47 @@ class QueueWaitApp:
     a caller that honours ``Retry-After`` steps back (a 408 would bring it back at once).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], log: Any = None) -> None:
         self.app = app
+        self._log = log if log is not None else logger  # the worker's: gunicorn's error log
+        self._failed = False
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         waited = take_queued_for()
-        raw = environ.get(META_TIMEOUT)
-        if waited > 0 and raw is not None:
-            from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
-
-            seconds = parse_timeout(raw)
-            if seconds is not None:  # a malformed value is left to the middleware to count and ignore
-                # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s
-                # less a few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
-                left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
-                threshold = current.settings.low_timeout_threshold
-                if seconds > 0 and seconds >= threshold and (left <= 0 or left < threshold):
-                    return _refuse(environ, start_response)
-                environ[RECEIVED_TIMEOUT] = raw
-                environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
+        if waited > 0 and META_TIMEOUT in environ:
+            try:
+                refused = self._take_off(waited, environ, start_response)
+            except Exception:  # settings that do not load, an app that is not Django: as received
+                if not self._failed:
+                    self._failed = True
+                    self._log.exception(
+                        "PriorityThreadWorker could not take the time queued off X-Request-Timeout: requests it "
+                        "cannot adjust go on as received (logged once per worker)"
+                    )
+                refused = None
+            if refused is not None:
+                return refused
         return self.app(environ, start_response)
+
+    def _take_off(
+        self, waited: float, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | None:
+        """Rewrite the timeout in ``environ``, or answer the 503 and return its body."""
+        from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
+
+        raw = environ[META_TIMEOUT]
+        seconds = parse_timeout(raw)
+        if seconds is None:  # a malformed value is left to the middleware to count and ignore
+            return None
+        # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
+        # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
+        left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
+        threshold = current.settings.low_timeout_threshold
+        if seconds > 0 and seconds >= threshold and (left <= 0 or left < threshold):
+            return _refuse(environ, start_response)
+        environ[RECEIVED_TIMEOUT] = raw
+        environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
+        return None
 
 
 def _refuse(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -171,7 +193,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi: Any = QueueWaitApp(self.wsgi)
+        self.wsgi: Any = QueueWaitApp(self.wsgi, self.log)
 
     def enqueue_req(self, conn: Any) -> None:
         if not self._arrives_later(conn):
@@ -213,7 +235,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             claims = NOTHING
             if sock is not None and not self.cfg.is_ssl:
                 claims = read_claims(_read_ahead(conn) + _peek(sock))
-            return _RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
+            return RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
         except Exception:
             if not getattr(self, "_rank_failed", False):
                 self._rank_failed = True
@@ -221,4 +243,4 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
                     "PriorityThreadWorker could not rank a request by priority: requests it cannot rank are "
                     "queued at normal priority, in arrival order (logged once per worker)"
                 )
-            return _RANK[Priority.NORMAL], math.inf
+            return RANK[Priority.NORMAL], math.inf

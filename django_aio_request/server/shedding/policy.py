@@ -19,13 +19,14 @@ from typing import Any
 
 from django_aio_request.core.priority import Priority
 
-__all__ = ["ANY", "KNOWN_SERVICES", "POLICY_NAMES", "PriorityPolicy", "build_policy"]
+__all__ = ["ANY", "KNOWN_SERVICES", "POLICY_NAMES", "RANK", "PriorityPolicy", "build_policy"]
 
 ANY = "any"
 KNOWN_SERVICES = "known_services"
 POLICY_NAMES = (ANY, KNOWN_SERVICES)
 META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
-_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
+#: Priorities in the order they are served: high first (0).
+RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 #: The policy as the middleware uses it: the request (an ``HttpRequest``) and the claimed priority
 #: in, the priority to serve it with out; None for ``"any"`` (nothing to do on the request path).
@@ -34,7 +35,7 @@ PriorityPolicy = Callable[[Any, Priority], Priority]
 
 def lower(claimed: Priority, cap: Priority) -> Priority:
     """The lower of two priorities."""
-    return claimed if _RANK[claimed] >= _RANK[cap] else cap
+    return claimed if RANK[claimed] >= RANK[cap] else cap
 
 
 def build_policy(
@@ -47,7 +48,7 @@ def build_policy(
         known = known_services or frozenset()
 
         def known_only(request: Any, claimed: Priority) -> Priority:
-            if claimed is untrusted or _RANK[claimed] > _RANK[untrusted]:
+            if claimed is untrusted or RANK[claimed] > RANK[untrusted]:
                 return claimed  # at or below the cap: nothing to check
             name = request.META.get(META_SERVICE_NAME)
             if name is not None and name.strip().lower() in known:
