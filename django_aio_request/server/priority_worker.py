@@ -222,6 +222,14 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         poller.register(conn.sock, selectors.EVENT_READ, functools.partial(on_readable, conn))
         return True
 
+    def _cap_keepalive(self, deadline: float) -> None:
+        """On a graceful stop gthread gives its kept-alive connections until ``deadline`` (2 s) for a
+        request already on its way; the same for the new connections this worker left waiting for
+        their first bytes, which would otherwise hold the stop for their whole 5 s + ``--keep-alive``."""
+        super()._cap_keepalive(deadline)
+        for conn in getattr(self, "pending_conns", ()):
+            conn.timeout = min(conn.timeout, deadline)
+
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up.
 
