@@ -45,16 +45,13 @@ def _done() -> None:
 
 
 class _Item:
-    __slots__ = ("args", "expires_at", "fn", "future", "kwargs", "queued_at", "rank", "taken")
+    __slots__ = ("args", "fn", "future", "kwargs", "queued_at", "rank", "taken")
 
-    def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], expires: float, rank: int
-    ) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], rank: int) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.rank = rank
         self.future: Future[Any] = Future()
         self.queued_at = time.monotonic()
-        self.expires_at = expires
         self.taken = False
 
 
@@ -103,7 +100,7 @@ class PriorityThreadPool(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
         rank, expires_at = self._rank(args)  # outside the lock: it may read a socket
-        item = _Item(fn, args, kwargs, expires_at, rank)
+        item = _Item(fn, args, kwargs, rank)  # its expiry is kept in the heap it is pushed on
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
