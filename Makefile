@@ -13,12 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
+# Other gunicorn releases, for tests/server/test_priority_worker_releases.py (list: tests/support/gunicorn_releases.py)
+RELEASES_STAMP := $(VENV)/gunicorn-releases/.stamp
+$(RELEASES_STAMP): $(STAMP) tests/support/gunicorn_releases.py
+	$(PY) -m tests.support.gunicorn_releases
+	touch $@
+
 ## make demo: install, migrate and start the demo project
 demo: $(STAMP)
 	$(PY) -m testproject.demo
 
 ## make test: the whole suite (lint and type checks first: they take seconds)
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(RELEASES_STAMP) lint typecheck
 	$(PY) -m pytest
 
 ## make test-django42: the test suite again on Django 4.2 LTS, in its own environment
@@ -29,7 +35,7 @@ $(VENV42)/.installed-stamp: pyproject.toml
 	$(VENV42)/bin/python -m pip install --quiet -e '.[test]' 'django>=4.2,<5.0'
 	touch $@
 
-test-django42: $(VENV42)/.installed-stamp
+test-django42: $(VENV42)/.installed-stamp $(RELEASES_STAMP)
 	$(VENV42)/bin/python -m pytest -q
 
 ## make wheel-smoke: build the wheel, install it into a fresh virtualenv and try it in a new Django project

@@ -37,15 +37,16 @@ WORKERS = {"gunicorn": "gthread", "gunicorn-priority": "django_aio_request.serve
 
 
 @contextmanager
-def server(kind: str, threads: int, config: Mapping[str, object]) -> Iterator[str]:
+def server(kind: str, threads: int, config: Mapping[str, object], *, first_on_path: str | None = None) -> Iterator[str]:
     """``kind`` "gunicorn" (one gthread worker with ``threads`` threads), "gunicorn-priority" (the same
-    with this package's PriorityThreadWorker) or "uvicorn"; yields its base URL."""
+    with this package's PriorityThreadWorker) or "uvicorn"; yields its base URL. ``first_on_path``: a
+    folder put before the environment's packages (another gunicorn release)."""
     port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "benchmarks._shedding_service",
         "SHEDDING_SERVICE": json.dumps(config),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(ROOT) if first_on_path is None else os.pathsep.join([first_on_path, str(ROOT)]),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if kind in WORKERS:

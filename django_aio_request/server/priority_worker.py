@@ -38,10 +38,12 @@ import functools
 import logging
 import math
 import selectors
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
 from django_aio_request.conf.current import current
@@ -61,6 +63,12 @@ PEEK_BYTES = 8192
 RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
 #: How long gthread's thread waits for a new connection's first bytes before handing it to the poller.
 FIRST_BYTES_TIMEOUT = 5.0
+#: On a stop, how long new connections still waiting for their first bytes stay open at most (gunicorn
+#: 27.0.1 gives its kept-alive connections as long, for a request already on its way).
+STOP_LINGER = 2.0
+#: gunicorn versions whose gthread queues a connection at once instead of waiting on the poller for
+#: its first bytes (22-23 wait on the poller, 25.2 and later keep ``pending_conns``).
+ACCEPT_QUEUES_AT_ONCE = ((24, 0), (25, 2))
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
 logger = logging.getLogger(__name__)
 _NAMES = {rank: priority.value for priority, rank in RANK.items()}
@@ -183,8 +191,24 @@ def _refuse(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iter
     return [b""]
 
 
+def _nothing() -> None:
+    pass
+
+
 class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn's gthread worker whose waiting requests are taken by priority (see the module)."""
+
+    _stopping = False
+
+    def init_process(self) -> None:
+        if ACCEPT_QUEUES_AT_ONCE[0] <= gunicorn.version_info < ACCEPT_QUEUES_AT_ONCE[1]:
+            self.log.warning(
+                "PriorityThreadWorker under gunicorn %s: this gunicorn queues a new connection as soon as it "
+                "accepts it, so a request whose bytes were not there yet is queued at the default priority "
+                "(requests on kept-alive connections are ordered); gunicorn 22-23 and 25.2 or later order both",
+                gunicorn.__version__,
+            )
+        super().init_process()
 
     def get_thread_pool(self) -> PriorityThreadPool:
         return PriorityThreadPool(
@@ -222,13 +246,23 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         poller.register(conn.sock, selectors.EVENT_READ, functools.partial(on_readable, conn))
         return True
 
-    def _cap_keepalive(self, deadline: float) -> None:
-        """On a graceful stop gthread gives its kept-alive connections until ``deadline`` (2 s) for a
-        request already on its way; the same for the new connections this worker left waiting for
-        their first bytes, which would otherwise hold the stop for their whole 5 s + ``--keep-alive``."""
-        super()._cap_keepalive(deadline)
-        for conn in getattr(self, "pending_conns", ()):
-            conn.timeout = min(conn.timeout, deadline)
+    def murder_pending(self) -> None:
+        """Close the connections whose first bytes did not come in time; once the worker stops (a
+        signal, ``--max-requests``), those still waiting get :data:`STOP_LINGER` more at most.
+
+        Without the cap a stop would wait for each its whole 5 s + ``--keep-alive``; and gunicorn
+        25.2-27.0.0 sleep on the poller during a stop until the graceful timeout (30 s) unless
+        something wakes them, so a timer wakes the loop when the linger ends.
+        """
+        if not self.alive and not self._stopping:
+            self._stopping = True
+            deadline = time.monotonic() + STOP_LINGER
+            for conn in self.pending_conns:
+                conn.timeout = min(conn.timeout, deadline)  # one deadline for all: the deque stays sorted
+            waker = threading.Timer(STOP_LINGER, self.method_queue.defer, args=(_nothing,))
+            waker.daemon = True
+            waker.start()
+        super().murder_pending()
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up.

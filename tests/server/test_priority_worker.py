@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gunicorn
 import pytest
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
@@ -308,6 +309,9 @@ def test_under_a_flood_of_high_priority_a_low_request_is_answered_by_its_deadlin
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    gunicorn.version_info < (27,), reason="gthread before gunicorn 27 answers only the first of pipelined requests"
+)
 def test_a_pipelined_request_is_queued_with_its_own_priority() -> None:
     # Two requests written at once on one connection: gunicorn reads the second with the first and
     # queues the connection again for it; its priority is read from what gunicorn already read.
@@ -360,32 +364,3 @@ def test_a_request_it_cannot_rank_is_served_in_arrival_order_and_the_worker_live
     assert text.count("could not rank a request by priority") == 1  # said once, in gunicorn's log
     assert text.count("could not take the time queued off") == 1
     assert text.count("Booting worker") == 1  # no worker died and was replaced
-
-
-@pytest.mark.timeout(120)
-def test_a_graceful_stop_does_not_wait_out_a_connection_that_never_writes() -> None:
-    # gthread waits up to 5 s in a thread for a new connection's first bytes (a stop took 4.95-4.98 s
-    # with this test's setup); the priority worker leaves it on the poller instead, and a stop must
-    # not wait for it longer than gthread would (before: 7.3 s, its 5 s + the 2 s keep-alive).
-    port = free_port()
-    worker = "django_aio_request.server.priority_worker.PriorityThreadWorker"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "benchmarks._shedding_service", "PYTHONPATH": str(ROOT)}
-    command = [str(BIN / "gunicorn"), "-k", worker, "--threads", "1", "--graceful-timeout", "30", "--bind",
-               f"127.0.0.1:{port}", "--log-level", "warning", "benchmarks._shedding_service:wsgi()"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    try:
-        wait_until_listening(process, port, "gunicorn")
-        answers: list[Any] = []
-        ask(f"http://127.0.0.1:{port}", "/sleep?ms=1", {}, answers)  # the worker is up and serving
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            time.sleep(0.3)  # accepted, nothing written
-            stopping = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            process.wait(20)
-            took = time.monotonic() - stopping
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert answers[0][0] == 200
-    assert took < 4.5, took
