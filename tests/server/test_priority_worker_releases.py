@@ -10,9 +10,7 @@ release cannot order new connections. ``None`` is the installed release.
 import os
 import signal
 import socket
-import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 
 from benchmarks._shedding_load import BIN, ROOT, server
-from tests.server.test_priority_worker import ask, slow_starter
+from tests.server.test_priority_worker import ask, check_the_order_of_new_connections
 from tests.support.gunicorn_releases import folder
 from tests.support.loopback import free_port, wait_until_listening
 
@@ -80,21 +78,9 @@ def gone(pid: int) -> bool:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("version", ["23.0.0", "26.2.0"])
 def test_requests_on_new_connections_are_ordered_by_priority(version: str) -> None:
-    # The same load as test_priority_worker.py's test for the installed release: one thread, one
-    # caller sending high and three low, each request on a new connection written 20 ms after it.
+    # The load of test_priority_worker.py's test of the installed release, under this one.
     with server("gunicorn-priority", 1, {"shedding": None}, first_on_path=first_on_path(version)) as url:
-        stop = time.monotonic() + 2.5
-        high: list[float] = []
-        lows: list[list[float]] = [[], [], []]
-        callers = [threading.Thread(target=slow_starter, args=(url, "high", stop, high))]
-        callers += [threading.Thread(target=slow_starter, args=(url, "low", stop, low)) for low in lows]
-        for thread in callers:
-            thread.start()
-        for thread in callers:
-            thread.join(20)
-    assert len(high) >= 10
-    assert statistics.quantiles(high, n=10)[8] < 0.14, high  # gthread: about 0.2 s, behind the lows
-    assert min(len(low) for low in lows) >= 3, [len(low) for low in lows]
+        check_the_order_of_new_connections(url)
 
 
 @pytest.mark.timeout(120)
