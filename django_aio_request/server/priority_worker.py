@@ -259,9 +259,11 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             deadline = time.monotonic() + STOP_LINGER
             for conn in self.pending_conns:
                 conn.timeout = min(conn.timeout, deadline)  # one deadline for all: the deque stays sorted
-            waker = threading.Timer(STOP_LINGER, self.method_queue.defer, args=(_nothing,))
-            waker.daemon = True
-            waker.start()
+            defer = getattr(getattr(self, "method_queue", None), "defer", None)  # absent: nothing to wake
+            if defer is not None:
+                waker = threading.Timer(STOP_LINGER, defer, args=(_nothing,))
+                waker.daemon = True
+                waker.start()
         super().murder_pending()
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:

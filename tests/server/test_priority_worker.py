@@ -2,6 +2,7 @@
 ordered by the claimed priority, under real gunicorn with 1 thread (where the whole queue is
 gunicorn's), plus what it reads from settings and how it hands the queueing time to Django."""
 
+import collections
 import http.client
 import json
 import math
@@ -14,17 +15,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gunicorn
 import pytest
+from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
 from benchmarks._shedding_load import BIN, ROOT, Callers, Outcome, closed_loop, server
 from django_aio_request import Priority
 from django_aio_request.server import priority_worker
-from django_aio_request.server.priority_worker import RECEIVED_TIMEOUT, QueueWaitApp, queue_priority, queue_timeout
+from django_aio_request.server.priority_worker import (
+    RECEIVED_TIMEOUT,
+    PriorityThreadWorker,
+    QueueWaitApp,
+    queue_priority,
+    queue_timeout,
+)
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool
 from django_aio_request.server.shedding.request_head import Claims
 from tests.support.loopback import free_port, wait_until_listening
@@ -199,6 +208,35 @@ def slow_starter(url: str, priority: str, stop: float, into: list[float]) -> Non
                 answer += chunk
         if answer.startswith(b"HTTP/1.1 200"):
             into.append(time.monotonic() - sent)
+
+
+def test_on_a_stop_connections_waiting_for_their_first_bytes_get_the_linger_and_the_loop_is_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gunicorn 25.2-27.0.0 sleep on the poller during a stop until something wakes them (their real
+    # servers: tests/server/test_priority_worker_releases.py); a release without that wake-up queue
+    # must not make the stop raise.
+    monkeypatch.setattr(priority_worker, "STOP_LINGER", 0.05)
+    monkeypatch.setattr(ThreadWorker, "murder_pending", lambda self: None)  # gthread's own closing
+    woken = threading.Event()
+
+    class MethodQueue:
+        def defer(self, callback: Callable[..., None], *args: Any) -> None:
+            callback(*args)
+            woken.set()
+
+    for method_queue in [MethodQueue(), None]:
+        worker = object.__new__(PriorityThreadWorker)
+        waiting, fresh = SimpleNamespace(timeout=time.monotonic() + 7), SimpleNamespace(timeout=time.monotonic() + 0.01)
+        worker.alive, worker.pending_conns = False, collections.deque([fresh, waiting])
+        if method_queue is not None:
+            worker.method_queue = method_queue
+        stopped_at = time.monotonic()
+        worker.murder_pending()
+        worker.murder_pending()  # once: later rounds do not start more timers
+        assert waiting.timeout <= stopped_at + 0.06
+        assert fresh.timeout < stopped_at + 0.02  # an earlier expiry is kept
+    assert woken.wait(2)
 
 
 def check_the_order_of_new_connections(url: str) -> None:
