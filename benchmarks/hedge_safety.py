@@ -22,7 +22,7 @@ each (its learned limit fresh):
 * ``hedged``: 2 attempts, the second after the p90 of recent latencies but not before 20 ms,
   ``hedge_priority="lower"`` (hedges go at low priority), the default retry budget, and
   ``saturation_ratio=2`` (no hedges while the 75th percentile of the latencies is above twice its
-  lowest and twice the 20 ms floor);
+  lowest and above half the 20 ms floor);
 * ``hedged, no ratio``: the same without ``saturation_ratio``: what the ratio holds back.
 
 Each run: 2 s at half of C from another client (billing's own start: its limit probing, some

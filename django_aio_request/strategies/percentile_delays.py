@@ -37,9 +37,15 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     ``saturation_ratio`` (None: off): when the 75th percentile of the recent latencies (the body of
     them, :attr:`BODY`) rises above this many times its baseline (the lowest learned within the
     last ``window_seconds``, re-measured every window, like the minimum RTT of Envoy's adaptive
-    concurrency filter) and above this many times ``min_delay_seconds``, the server is taken to be
-    saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add load to a
-    server that is slow because it has too much of it. They come back once it falls below again.
+    concurrency filter) and above half of ``min_delay_seconds`` (:attr:`BODY_FLOOR`), the server
+    is taken to be saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add
+    load to a server that is slow because it has too much of it. They come back once it falls below
+    again. The floor is a share of the shortest delay, not the delay itself: a body that has grown
+    from 4 ms to 20 ms is a server queueing, and queueing spreads latencies, so ever more attempts
+    pass a 50 ms delay and are hedged (benchmarks/load.py stalled so, with the body judged against the
+    whole 50 ms); below half of it, a few times a small body is jitter (or queueing too short to
+    matter) that sends few attempts past the delay. A quarter held hedges back at half load in
+    benchmarks/hedge_safety.py (31% of the samples in one run of two).
     The body, not the hedging percentile: a saturated server queues most requests, which moves the
     body of the latencies; a percentile near a rare slow tail (the p90 of a service whose slowest
     5-10% take 150 ms) jumps whenever that tail grows a little, and judged by it hedges stopped in
@@ -48,6 +54,10 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     """
 
     BODY = 0.75  # the percentile of the latencies that saturation is judged by
+    # A body under this share of min_delay_seconds is never saturation. If latencies spread like a
+    # queue's (exponentially), a p75 at half the delay sends 6% of attempts past it (4 ** -2): as many
+    # hedges from queueing alone as a 5% slow tail sends; at a quarter, 0.4%.
+    BODY_FLOOR = 0.5
 
     def __init__(
         self,
@@ -104,8 +114,8 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 body is not None
                 and self.saturation_ratio is not None
                 and samples.baseline is not None
-                # Floored at the shortest delay: latencies that stay under it saturate nothing hedges reach.
-                and body > self.saturation_ratio * max(samples.baseline, self.min_delay_seconds)
+                and body > self.saturation_ratio * samples.baseline
+                and body > self.BODY_FLOOR * self.min_delay_seconds
             )
         if value is None:
             return self.min_delay_seconds

@@ -85,6 +85,40 @@ class TestSaturation:
         assert not provider.saturated(request)
         assert provider.delay(request) == pytest.approx(0.150)  # the p90, now in the tail
 
+    def test_a_queueing_server_is_saturated_while_its_body_is_still_under_the_shortest_delay(self) -> None:
+        # benchmarks/load.py's billing: answers in 4 ms (p75) when not busy, hedges not before 50 ms.
+        # Queueing moves the body to 30 ms: still under 50 ms, yet 7.5 times its baseline, and the
+        # attempts past 50 ms (the hedges) multiply. The body judged against 2 x 50 ms saw nothing.
+        provider, request = self.provider(2.0), get("hop")
+        provider.min_delay_seconds, provider.percentile = 0.050, 0.9
+        for index in range(100):
+            provider.observe(request, ok(0.400 if index % 20 == 0 else 0.004))
+        assert provider.delay(request) == pytest.approx(0.050)
+        assert not provider.saturated(request)
+        for index in range(100):
+            provider.observe(request, ok(0.400 if index % 20 == 0 else 0.030))
+        assert provider.saturated(request)
+        assert provider.delay(request) == 10.0
+        for index in range(100):
+            provider.observe(request, ok(0.400 if index % 20 == 0 else 0.006))  # recovered: 1.5x its lowest
+        assert not provider.saturated(request)
+        assert provider.delay(request) == pytest.approx(0.050)
+
+    def test_a_few_times_a_small_body_is_not_saturation(self) -> None:
+        # 0.4 ms to 4 ms is ten times the baseline, but under half of the 10 ms shortest delay:
+        # jitter of a fast server, which sends few attempts past the delay. Hedges go on.
+        provider, request = self.provider(2.0), get("fast")
+        for _ in range(100):
+            provider.observe(request, ok(0.0004))
+        assert provider.delay(request) == pytest.approx(0.010)  # the baseline learned: 0.4 ms
+        for _ in range(100):
+            provider.observe(request, ok(0.004))
+        assert not provider.saturated(request)
+        assert provider.delay(request) == pytest.approx(0.010)
+        for _ in range(100):
+            provider.observe(request, ok(0.006))  # past half of it (5 ms), and 15 times the baseline
+        assert provider.saturated(request)
+
     def test_off_by_default(self) -> None:
         provider, request = self.provider(None), get("x")
         for latency in (0.020, 0.090):
