@@ -8,14 +8,27 @@ class Cancellation:
 
     Threads have nothing like asyncio's task cancellation, so attempts take this object and
     the transport registers a callback that aborts the attempt's socket when it is raised.
+
+    It is also how a strategy asks a running attempt whether its answer has already arrived
+    (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_answer`).
     """
 
-    __slots__ = ("_callbacks", "_cancelled", "_lock")
+    __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancelled = False
         self._callbacks: list[Callable[[], None]] = []
+        self._answer_probe: Callable[[], bool] | None = None
+
+    def watch_answer(self, probe: Callable[[], bool] | None) -> None:
+        """Set (or, with None, clear) how :meth:`answer_arrived` tells, while the attempt runs."""
+        self._answer_probe = probe
+
+    def answer_arrived(self) -> bool:
+        """Whether the attempt's answer has reached this process, unread yet; False when unknown."""
+        probe = self._answer_probe
+        return probe is not None and probe()
 
     @property
     def cancelled(self) -> bool:

@@ -33,7 +33,8 @@ class _HedgedCall:
     Attempt 0 runs in the caller's thread. While it runs, hedges are launched at their times by the
     process-wide timer (transport/deadline_timer.py) onto the client's workers; an accepted hedge (or
     a hedge that raised) aborts attempt 0 so that the caller hears of it at once. Once attempt 0 has
-    returned, the caller takes over and launches the attempts the timer has not.
+    returned, the caller takes over and launches the attempts the timer has not. The timer launches
+    nothing once attempt 0's answer has arrived unread (a busy caller, not a slow server).
     """
 
     def __init__(
@@ -92,6 +93,12 @@ class _HedgedCall:
         def fire() -> None:
             with self.lock:
                 if not self.timer_running:
+                    return
+                if self.first.answer_arrived():
+                    # Attempt 0's answer is in this process, unread: the caller is late, not the
+                    # server, and a hedge would only add to the work it is behind on. The caller
+                    # reads that answer next and launches the rest itself if it is not accepted.
+                    self.timer_running = False
                     return
                 attempt = self.next_attempt
                 self.next_attempt += 1
@@ -212,7 +219,9 @@ class ParallelStrategy(RequestStrategy):
     time (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped
     (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
     thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
-    refuses an attempt, no further one is launched; the attempts in flight may still win.
+    refuses an attempt, no further one is launched; the attempts in flight may still win. No hedge
+    is launched once attempt 0's answer waits unread in its socket (the transport can tell over plain
+    HTTP): the caller is behind, not the server; it reads that answer and goes on from there.
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:

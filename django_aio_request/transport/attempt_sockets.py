@@ -10,7 +10,9 @@ the pool, so a late abort can never hit a connection that another call has picke
 
 import contextlib
 import ipaddress
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ _local = threading.local()
 class AttemptSockets:
     """The sockets of one attempt, and why it was aborted (None while it was not)."""
 
-    __slots__ = ("_closed", "_lock", "_owned", "_sockets", "_wakers", "deadline", "reason")
+    __slots__ = ("_closed", "_lock", "_owned", "_sent", "_sockets", "_wakers", "deadline", "reason")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -41,6 +43,7 @@ class AttemptSockets:
         self._owned: set[int] = set()
         self._wakers: set[threading.Event] = set()
         self._closed = False
+        self._sent = False  # the request went out on the socket registered last
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -55,6 +58,33 @@ class AttemptSockets:
                 _shutdown(sock)
             for event in self._wakers:
                 event.set()
+
+    def answer_arrived(self) -> bool:
+        """Whether bytes wait unread on the attempt's connection after its request went out.
+
+        Then the answer (or the connection's end) has reached this process and only this process is
+        late reading it: a hedge sent now would add work and win nothing. A look, not a wait
+        (``poll`` with no timeout). Plain HTTP only: on a TLS connection the bytes waiting may be
+        the server's session tickets rather than its answer, so there it says False (unknown).
+        """
+        with self._lock:
+            if not self._sent or self._closed or self.reason is not None or not self._sockets:
+                return False
+            poller = select.poll()
+            for sock in self._sockets.values():
+                fd = sock.fileno()
+                if isinstance(sock, ssl.SSLSocket) or fd < 0:
+                    return False
+                poller.register(fd, select.POLLIN)
+            try:
+                return bool(poller.poll(0))
+            except OSError:
+                return False
+
+    def sent(self) -> None:
+        """The request went out in full on the socket registered last (see :meth:`answer_arrived`)."""
+        with self._lock:
+            self._sent = True
 
     def wait(self, event: threading.Event) -> None:
         """Block until ``event`` is set, the deadline passes or the attempt is aborted."""
@@ -82,6 +112,7 @@ class AttemptSockets:
                 return
             self._forget(conn)
             self._sockets[id(conn)] = sock
+            self._sent = False
             if owned:
                 self._owned.add(id(conn))
             conn._aio_request_guard = self
@@ -208,6 +239,8 @@ class _GuardedConnectionMixin:
         if guard is not None:
             guard.attach(self, self.sock)
         super().request(*args, **kwargs)  # type: ignore[misc]
+        if guard is not None:
+            guard.sent()
 
 
 class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):

@@ -173,7 +173,10 @@ class RequestsTransport(Transport):
         # sent; from then on, whatever the peer answers ends as a status.
         sendable = self._prepare(endpoint, request)
         guard = AttemptSockets(started + timeout)
-        unregister = cancellation.on_cancel(lambda: self._cancel(guard)) if cancellation else None
+        unregister = None
+        if cancellation is not None:
+            unregister = cancellation.on_cancel(lambda: self._cancel(guard))
+            cancellation.watch_answer(guard.answer_arrived)
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
@@ -194,6 +197,8 @@ class RequestsTransport(Transport):
                 guard.close()
                 self._release_slot()
         finally:
+            if cancellation is not None:
+                cancellation.watch_answer(None)
             if unregister is not None:
                 unregister()
 

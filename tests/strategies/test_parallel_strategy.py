@@ -20,6 +20,7 @@ from django_aio_request import (
     set_context,
 )
 from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
@@ -136,6 +137,79 @@ class TestHedging:
         assert response.read() == b"quick"
         assert elapsed < 0.25
         assert len(server.received("/x")) == 1
+
+    def test_no_hedge_for_an_answer_that_waits_unread_in_a_busy_caller(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The server answers at once, but the caller's thread gets to read the answer only 0.3 s
+        # later (a process short of CPU or of the GIL). Hedges due at 50 and 100 ms would only add
+        # work: the answer is already here.
+        server.route("/x", lambda h: h.reply(200, b"quick"))
+        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
+
+        def busy_caller(conn: GuardedHTTPConnection) -> object:
+            if threading.get_ident() == caller:
+                time.sleep(0.3)
+            return read(conn)
+
+        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        client = make_client(timeout=5.0, **hedged(attempts=3, delay=0.05))
+
+        response, elapsed = call(client, get("x"))
+        time.sleep(0.2)  # time for a hedge to reach the server, had one been sent
+
+        assert response.status == 200
+        assert response.read() == b"quick"
+        assert elapsed >= 0.3
+        assert len(server.received("/x")) == 1
+
+    def test_a_rejected_answer_left_unread_is_followed_by_the_next_attempt_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The hedge skipped for the waiting answer is not lost: that answer is a 500, so the caller
+        # sends attempt 1 itself as soon as it has read it, not at a later hedge time.
+        count = itertools.count()
+        server.route("/x", lambda h: h.reply(500, b"broken") if next(count) == 0 else h.reply(200, b"second"))
+        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
+
+        def busy_caller(conn: GuardedHTTPConnection) -> object:
+            if threading.get_ident() == caller:
+                time.sleep(0.3)
+            return read(conn)
+
+        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.05))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.status == 200
+        assert response.read() == b"second"
+        first, second = (r.at for r in server.received("/x"))
+        assert second - first >= 0.3  # not sent at 50 ms, while the 500 waited unread
+        assert elapsed < 0.3 + 0.3 + 0.2  # the caller ran attempt 1 at once, in its own thread (slow too)
+
+    def test_a_busy_caller_still_hedges_a_server_that_has_not_answered(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The same busy caller, but the first request's answer has not come when the hedge is due:
+        # the hedge goes out and wins.
+        route = Hanging(hang=1)
+        server.route("/x", route)
+        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
+
+        def busy_caller(conn: GuardedHTTPConnection) -> object:
+            if threading.get_ident() == caller:
+                time.sleep(0.1)
+            return read(conn)
+
+        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.2))
+
+        response, elapsed = call(client, get("x"))
+
+        assert response.read() == b"fast"
+        assert 0.2 <= elapsed < 0.2 + 0.3
+        assert len(server.received("/x")) == 2
 
     def test_hedges_start_at_their_own_times(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
         route, launches = Hanging(hang=2), Launches()

@@ -1,0 +1,115 @@
+"""transport/attempt_sockets.py: telling whether an attempt's answer has arrived, on real sockets.
+
+A hedge is not sent for an attempt whose answer already waits unread in the caller's socket
+(strategies/parallel.py); these tests hold a real urllib3 connection to a real listening socket and
+check what ``AttemptSockets.answer_arrived`` says before, while and after the server answers.
+"""
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from django_aio_request.core import status
+from django_aio_request.transport.attempt_sockets import AttemptSockets, GuardedHTTPConnection
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5.0)
+        yield server
+
+
+def connected(listener: socket.socket) -> tuple[AttemptSockets, GuardedHTTPConnection, socket.socket]:
+    """A guard, a guarded connection that has sent ``GET /`` through it, and the server's end."""
+    guard = AttemptSockets(time.monotonic() + 5.0)
+    conn = GuardedHTTPConnection("127.0.0.1", listener.getsockname()[1], timeout=5.0)
+    with guard.active():
+        conn.connect()
+        assert not guard.answer_arrived()  # connected, nothing sent yet
+        peer, _ = listener.accept()
+        conn.request("GET", "/")
+    peer.settimeout(5.0)
+    assert peer.recv(4096).startswith(b"GET / HTTP/1.1")
+    return guard, conn, peer
+
+
+def arrives_within(guard: AttemptSockets, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while not guard.answer_arrived():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_says_so_once_the_answer_waits_unread_and_not_before_or_after(listener: socket.socket) -> None:
+    guard, conn, peer = connected(listener)
+    with peer:
+        assert not guard.answer_arrived()  # sent, and the server has not answered
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        with guard.active():
+            assert conn.getresponse().data == b"ok"
+        assert not guard.answer_arrived()  # read to the end: nothing waits any more
+        conn.close()
+
+
+def test_a_connection_the_server_closed_counts_as_arrived(listener: socket.socket) -> None:
+    # The caller will read the end of the connection next and hear of the failure: no hedge is
+    # needed to learn it, and the caller launches the next attempt itself at once.
+    guard, conn, peer = connected(listener)
+    peer.close()
+    assert arrives_within(guard, 2.0)
+    conn.close()
+
+
+def test_says_nothing_for_an_aborted_or_finished_attempt(listener: socket.socket) -> None:
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        guard.abort(status.CANCELLED)
+        assert not guard.answer_arrived()
+    other, conn2, peer2 = connected(listener)
+    with peer2:
+        peer2.sendall(ANSWER)
+        assert arrives_within(other, 2.0)
+        other.close()
+        assert not other.answer_arrived()
+    conn.close()
+    conn2.close()
+
+
+def test_a_new_request_on_the_connection_starts_again_from_not_sent(listener: socket.socket) -> None:
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        with guard.active():
+            assert conn.getresponse().data == b"ok"
+        leftover = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        peer.sendall(leftover)  # bytes nobody asked for yet, on the kept-alive connection
+        assert arrives_within(guard, 2.0)
+        guard.attach(conn, conn.sock)  # what request() does first on the connection it is given
+        assert not guard.answer_arrived()  # those bytes are no answer to a request not yet sent
+        conn.close()
+
+
+def test_unknown_on_tls_where_waiting_bytes_may_be_session_tickets(listener: socket.socket) -> None:
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        context = ssl.create_default_context()
+        # A TLS socket object standing for the connection (never handshaken): only its type matters.
+        tls = context.wrap_socket(socket.socket(), server_hostname="localhost", do_handshake_on_connect=False)
+        with tls:
+            guard.attach(conn, tls)
+            guard.sent()
+            assert not guard.answer_arrived()
+        conn.close()
