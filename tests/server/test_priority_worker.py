@@ -359,29 +359,36 @@ def test_under_a_flood_of_high_priority_a_low_request_is_answered_by_its_deadlin
 def test_a_pipelined_request_is_queued_with_its_own_priority() -> None:
     # Two requests written at once on one connection: gunicorn reads the second with the first and
     # queues the connection again for it; its priority is read from what gunicorn already read.
+    # The gaps are wide (0.2 s for gunicorn to read each arrival, 200 ms views): with 50 ms gaps and
+    # a time bound a slow machine once failed it.
     with server(WORKER, 1, {"shedding": None}) as url:
         host, port = url.removeprefix("http://").split(":")
-        busy, _ = in_background(url, "/sleep?ms=300", {})
-        time.sleep(0.05)
+        busy, _ = in_background(url, "/sleep?ms=800", {})
+        time.sleep(0.1)
         pipelined = socket.create_connection((host, int(port)), timeout=10)
         first = "GET /sleep?ms=10 HTTP/1.1\r\nHost: svc\r\nX-Request-Priority: normal\r\n\r\n"
         second = "GET /sleep?ms=10 HTTP/1.1\r\nHost: svc\r\nX-Request-Priority: high\r\n\r\n"
         pipelined.sendall((first + second).encode())
-        time.sleep(0.05)
-        others = [in_background(url, "/sleep?ms=100", {"X-Request-Priority": "normal"}) for _ in range(3)]
+        time.sleep(0.2)
+        others = [in_background(url, "/sleep?ms=200", {"X-Request-Priority": "normal"}) for _ in range(3)]
         started = time.monotonic()
         answer = b""
         while answer.count(b"HTTP/1.1 200") < 2 or not answer.endswith(b"\r\n0\r\n\r\n"):  # chunked
             chunk = pipelined.recv(65536)
             assert chunk, answer
             answer += chunk
-        both = time.monotonic() - started
+        second_answered = time.monotonic() - started
         pipelined.close()
         for thread, _ in others:
             thread.join(10)
         busy.join(10)
-    # Its second request goes before the three normal ones queued meanwhile (300 ms of views).
-    assert both < 0.45, both
+    # Its second request goes before the normal ones queued meanwhile, but for one at most: when the
+    # first is answered, the thread takes the next request from the queue while gunicorn is still
+    # putting the connection back in it for the second. Under gthread all three go first.
+    answered = sorted(elapsed for _, answers in others for *_, elapsed in answers)
+    assert len(answered) == 3
+    before = [elapsed for elapsed in answered if elapsed < second_answered]
+    assert len(before) <= 1, (second_answered, answered)
 
 
 @pytest.mark.timeout(120)
