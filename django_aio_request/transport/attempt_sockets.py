@@ -65,15 +65,19 @@ class AttemptSockets:
         Then the answer (or the connection's end) has reached this process and only this process is
         late reading it: a hedge sent now would add work and win nothing. A look, not a wait
         (``poll`` with no timeout). Plain HTTP only: on a TLS connection the bytes waiting may be
-        the server's session tickets rather than its answer, so there it says False (unknown).
+        the server's session tickets rather than its answer, so there it says False (unknown), as
+        for any socket-like object that is not a plain socket (urllib3's TLS-in-TLS ``SSLTransport``
+        through an HTTPS proxy, pyOpenSSL's wrapper).
         """
         with self._lock:
             if not self._sent or self._closed or self.reason is not None or not self._sockets:
                 return False
             poller = select.poll()
             for sock in self._sockets.values():
+                if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+                    return False
                 fd = sock.fileno()
-                if isinstance(sock, ssl.SSLSocket) or fd < 0:
+                if fd < 0:
                     return False
                 poller.register(fd, select.POLLIN)
             try:

@@ -113,3 +113,25 @@ def test_unknown_on_tls_where_waiting_bytes_may_be_session_tickets(listener: soc
             guard.sent()
             assert not guard.answer_arrived()
         conn.close()
+
+
+class _TunnelledTLS:
+    """Stands for a socket-like object that is no socket: urllib3's ``SSLTransport`` (TLS inside an
+    HTTPS proxy's TLS) or pyOpenSSL's wrapper. Readable at the TCP level says nothing about its answer."""
+
+    def __init__(self, under: socket.socket) -> None:
+        self._under = under
+
+    def fileno(self) -> int:
+        return self._under.fileno()
+
+
+def test_unknown_on_a_socket_like_object_that_is_no_plain_socket(listener: socket.socket) -> None:
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        guard.attach(conn, _TunnelledTLS(conn.sock))  # type: ignore[arg-type]
+        guard.sent()
+        assert not guard.answer_arrived()
+        conn.close()
