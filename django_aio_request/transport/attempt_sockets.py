@@ -28,6 +28,7 @@ from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, 
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
 
 _local = threading.local()
+_CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)
 
 
 class AttemptSockets:
@@ -70,7 +71,7 @@ class AttemptSockets:
         through an HTTPS proxy, pyOpenSSL's wrapper).
         """
         with self._lock:
-            if not self._sent or self._closed or self.reason is not None or not self._sockets:
+            if not self._sent or self._closed or self.reason is not None or not self._sockets or not _CAN_POLL:
                 return False
             poller = select.poll()
             for sock in self._sockets.values():

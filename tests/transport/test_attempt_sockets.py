@@ -135,3 +135,16 @@ def test_unknown_on_a_socket_like_object_that_is_no_plain_socket(listener: socke
         guard.sent()
         assert not guard.answer_arrived()
         conn.close()
+
+
+def test_unknown_where_the_platform_has_no_poll(listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows has no select.poll: the hedge timer must hear "unknown", not an AttributeError.
+    from django_aio_request.transport import attempt_sockets
+
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        monkeypatch.setattr(attempt_sockets, "_CAN_POLL", False)
+        assert not guard.answer_arrived()
+        conn.close()
