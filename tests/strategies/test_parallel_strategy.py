@@ -98,6 +98,19 @@ def workers_of(client: Client) -> AttemptThreadPool:
     return client._workers
 
 
+def keep_this_thread_from_reading(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make this thread (the caller's: attempt 0 runs in it) start reading each answer ``seconds``
+    after its request went out: a process short of CPU or of the GIL. Hedges' threads read at once."""
+    caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
+
+    def busy_caller(conn: GuardedHTTPConnection) -> object:
+        if threading.get_ident() == caller:
+            time.sleep(seconds)
+        return read(conn)
+
+    monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+
+
 class TestHedging:
     def test_hedge_starts_after_the_delay_and_the_fast_one_wins(
         self, server: LoopbackServer, make_client: Callable[..., Client]
@@ -145,14 +158,7 @@ class TestHedging:
         # later (a process short of CPU or of the GIL). Hedges due at 50 and 100 ms would only add
         # work: the answer is already here.
         server.route("/x", lambda h: h.reply(200, b"quick"))
-        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
-
-        def busy_caller(conn: GuardedHTTPConnection) -> object:
-            if threading.get_ident() == caller:
-                time.sleep(0.3)
-            return read(conn)
-
-        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        keep_this_thread_from_reading(monkeypatch, 0.3)
         client = make_client(timeout=5.0, **hedged(attempts=3, delay=0.05))
 
         response, elapsed = call(client, get("x"))
@@ -170,14 +176,7 @@ class TestHedging:
         # sends attempt 1 itself as soon as it has read it, not at a later hedge time.
         count = itertools.count()
         server.route("/x", lambda h: h.reply(500, b"broken") if next(count) == 0 else h.reply(200, b"second"))
-        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
-
-        def busy_caller(conn: GuardedHTTPConnection) -> object:
-            if threading.get_ident() == caller:
-                time.sleep(0.3)
-            return read(conn)
-
-        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        keep_this_thread_from_reading(monkeypatch, 0.3)
         client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.05))
 
         response, elapsed = call(client, get("x"))
@@ -195,14 +194,7 @@ class TestHedging:
         # the hedge goes out and wins.
         route = Hanging(hang=1)
         server.route("/x", route)
-        caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
-
-        def busy_caller(conn: GuardedHTTPConnection) -> object:
-            if threading.get_ident() == caller:
-                time.sleep(0.1)
-            return read(conn)
-
-        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_caller)
+        keep_this_thread_from_reading(monkeypatch, 0.1)
         client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.2))
 
         response, elapsed = call(client, get("x"))

@@ -5,6 +5,7 @@ A hedge is not sent for an attempt whose answer already waits unread in the call
 check what ``AttemptSockets.answer_arrived`` says before, while and after the server answers.
 """
 
+import contextlib
 import socket
 import ssl
 import time
@@ -48,6 +49,19 @@ def arrives_within(guard: AttemptSockets, seconds: float) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def answered(listener: socket.socket) -> Iterator[tuple[AttemptSockets, GuardedHTTPConnection]]:
+    """A guard and its connection whose request's answer has arrived, unread."""
+    guard, conn, peer = connected(listener)
+    with peer:
+        peer.sendall(ANSWER)
+        assert arrives_within(guard, 2.0)
+        try:
+            yield guard, conn
+        finally:
+            conn.close()
+
+
 def test_says_so_once_the_answer_waits_unread_and_not_before_or_after(listener: socket.socket) -> None:
     guard, conn, peer = connected(listener)
     with peer:
@@ -70,20 +84,12 @@ def test_a_connection_the_server_closed_counts_as_arrived(listener: socket.socke
 
 
 def test_says_nothing_for_an_aborted_or_finished_attempt(listener: socket.socket) -> None:
-    guard, conn, peer = connected(listener)
-    with peer:
-        peer.sendall(ANSWER)
-        assert arrives_within(guard, 2.0)
+    with answered(listener) as (guard, _):
         guard.abort(status.CANCELLED)
         assert not guard.answer_arrived()
-    other, conn2, peer2 = connected(listener)
-    with peer2:
-        peer2.sendall(ANSWER)
-        assert arrives_within(other, 2.0)
-        other.close()
-        assert not other.answer_arrived()
-    conn.close()
-    conn2.close()
+    with answered(listener) as (guard, _):
+        guard.close()
+        assert not guard.answer_arrived()
 
 
 def test_a_new_request_on_the_connection_starts_again_from_not_sent(listener: socket.socket) -> None:
@@ -101,10 +107,7 @@ def test_a_new_request_on_the_connection_starts_again_from_not_sent(listener: so
 
 
 def test_unknown_on_tls_where_waiting_bytes_may_be_session_tickets(listener: socket.socket) -> None:
-    guard, conn, peer = connected(listener)
-    with peer:
-        peer.sendall(ANSWER)
-        assert arrives_within(guard, 2.0)
+    with answered(listener) as (guard, conn):
         context = ssl.create_default_context()
         # A TLS socket object standing for the connection (never handshaken): only its type matters.
         tls = context.wrap_socket(socket.socket(), server_hostname="localhost", do_handshake_on_connect=False)
@@ -112,7 +115,6 @@ def test_unknown_on_tls_where_waiting_bytes_may_be_session_tickets(listener: soc
             guard.attach(conn, tls)
             guard.sent()
             assert not guard.answer_arrived()
-        conn.close()
 
 
 class _TunnelledTLS:
@@ -127,24 +129,16 @@ class _TunnelledTLS:
 
 
 def test_unknown_on_a_socket_like_object_that_is_no_plain_socket(listener: socket.socket) -> None:
-    guard, conn, peer = connected(listener)
-    with peer:
-        peer.sendall(ANSWER)
-        assert arrives_within(guard, 2.0)
+    with answered(listener) as (guard, conn):
         guard.attach(conn, _TunnelledTLS(conn.sock))  # type: ignore[arg-type]
         guard.sent()
         assert not guard.answer_arrived()
-        conn.close()
 
 
 def test_unknown_where_the_platform_has_no_poll(listener: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
     # Windows has no select.poll: the hedge timer must hear "unknown", not an AttributeError.
     from django_aio_request.transport import attempt_sockets
 
-    guard, conn, peer = connected(listener)
-    with peer:
-        peer.sendall(ANSWER)
-        assert arrives_within(guard, 2.0)
+    with answered(listener) as (guard, _):
         monkeypatch.setattr(attempt_sockets, "_CAN_POLL", False)
         assert not guard.answer_arrived()
-        conn.close()
