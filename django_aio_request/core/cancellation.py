@@ -22,7 +22,8 @@ class Cancellation:
         self._answer_probe: Callable[[], bool] | None = None
 
     def watch_answer(self, probe: Callable[[], bool] | None) -> None:
-        """Set (or, with None, clear) how :meth:`answer_arrived` tells, while the attempt runs."""
+        """Set (or, with None, clear) how :meth:`answer_arrived` tells. The transport sets a look at
+        the attempt's socket while it runs, and one that says True once it is over."""
         self._answer_probe = probe
 
     def answer_arrived(self) -> bool:

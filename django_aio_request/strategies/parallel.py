@@ -25,6 +25,8 @@ from django_aio_request.transport.deadline_timer import deadline_timer
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
 # ends every attempt by its deadline; this only covers a pipeline stage that does not.
 _GRACE_SECONDS = 0.05
+# How soon the timer looks again at a hedge it held back because attempt 0's answer waited unread.
+_LOOK_AGAIN_SECONDS = 0.01
 
 
 class _HedgedCall:
@@ -33,8 +35,9 @@ class _HedgedCall:
     Attempt 0 runs in the caller's thread. While it runs, hedges are launched at their times by the
     process-wide timer (transport/deadline_timer.py) onto the client's workers; an accepted hedge (or
     a hedge that raised) aborts attempt 0 so that the caller hears of it at once. Once attempt 0 has
-    returned, the caller takes over and launches the attempts the timer has not. The timer launches
-    nothing once attempt 0's answer has arrived unread (a busy caller, not a slow server).
+    returned, the caller takes over and launches the attempts the timer has not. The timer holds a
+    due hedge back while attempt 0's answer waits unread (a busy caller, not a slow server), and
+    looks again every 10 ms.
     """
 
     def __init__(
@@ -96,9 +99,14 @@ class _HedgedCall:
                     return
                 if self.first.answer_arrived():
                     # Attempt 0's answer is in this process, unread: the caller is late, not the
-                    # server, and a hedge would only add to the work it is behind on. The caller
-                    # reads that answer next and launches the rest itself if it is not accepted.
-                    self.timer_running = False
+                    # server, and a hedge would only add to the work it is behind on. Look again
+                    # shortly rather than give up: what arrived may not end attempt 0 (a redirect
+                    # it follows to a server that has not answered). Once attempt 0 is over, the
+                    # caller takes over and launches the rest itself if its answer is not accepted.
+                    if self.deadline.expired:
+                        self.timer_running = False
+                    else:
+                        self.cancel_timer = deadline_timer.schedule(time.monotonic() + _LOOK_AGAIN_SECONDS, fire)
                     return
                 attempt = self.next_attempt
                 self.next_attempt += 1
@@ -220,8 +228,9 @@ class ParallelStrategy(RequestStrategy):
     (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
     thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
     refuses an attempt, no further one is launched; the attempts in flight may still win. No hedge
-    is launched once attempt 0's answer waits unread in its socket (the transport can tell over plain
-    HTTP): the caller is behind, not the server; it reads that answer and goes on from there.
+    is launched while attempt 0's answer waits unread in its socket (the transport can tell over plain
+    HTTP): the caller is behind, not the server. The hedge goes once nothing waits and attempt 0 is
+    still running (a redirect it followed), or the caller launches it after a rejected answer.
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:

@@ -47,6 +47,12 @@ X_INVALID_REDIRECT = "X-Invalid-Redirect"
 _MAX_LENGTH_DIGITS = 18
 
 
+def _attempt_over() -> bool:
+    """What an attempt's ``answer_arrived()`` says once ``send`` returned: whatever it got is in the
+    caller's hands, and a hedge due now must wait for the caller to take over from it."""
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class _Host:
     """What the transport works out once per host: requests' settings from the environment, and the
@@ -198,7 +204,7 @@ class RequestsTransport(Transport):
                 self._release_slot()
         finally:
             if cancellation is not None:
-                cancellation.watch_answer(None)
+                cancellation.watch_answer(_attempt_over)
             if unregister is not None:
                 unregister()
 

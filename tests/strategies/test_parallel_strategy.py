@@ -20,6 +20,7 @@ from django_aio_request import (
     set_context,
 )
 from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from tests.support.loopback import (
     Handler,
@@ -186,6 +187,60 @@ class TestHedging:
         first, second = (r.at for r in server.received("/x"))
         assert second - first >= 0.3  # not sent at 50 ms, while the 500 waited unread
         assert elapsed < 0.3 + 0.3 + 0.2  # the caller ran attempt 1 at once, in its own thread (slow too)
+
+    def test_no_hedge_after_attempt_0_is_over_while_the_caller_is_slow_to_take_over(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # Attempt 0 is answered and read at once, but the caller's thread then spends 0.3 s (here in
+        # the delays provider's observe(); in a busy process, anywhere) before it takes over from the
+        # hedge timer. The answer is in its hands: a hedge due at 50 ms would only add work.
+        caller = threading.get_ident()
+
+        class SlowToLearn(RequestAttemptDelaysProvider):
+            def __call__(self, request: Request, attempt: int) -> float:
+                return 0.05 * attempt
+
+            def observe(self, request: Request, response: object) -> None:
+                if threading.get_ident() == caller:
+                    time.sleep(0.3)
+
+        server.route("/x", lambda h: h.reply(200, b"quick"))
+        client = make_client(
+            timeout=5.0, safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=SlowToLearn())
+        )
+
+        response, elapsed = call(client, get("x"))
+        time.sleep(0.2)  # time for a hedge to reach the server, had one been sent
+
+        assert response.read() == b"quick"
+        assert elapsed >= 0.3
+        assert len(server.received("/x")) == 1
+
+    def test_a_redirect_left_unread_holds_the_hedge_back_only_until_it_is_read(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Attempt 0's answer is a 302, unread for 0.12 s when the hedge is due; attempt 0 then
+        # follows it to a server that never answers it. The hedge must still go once the 302 is read.
+        server.route("/r", lambda h: h.reply(302, b"", {"Location": "/slow"}))
+        server.route("/slow", Hanging(hang=1))
+        caller, read, reads = threading.get_ident(), GuardedHTTPConnection.getresponse, itertools.count()
+
+        def busy_while_the_redirect_waits(conn: GuardedHTTPConnection) -> object:
+            if threading.get_ident() == caller and next(reads) == 0:
+                time.sleep(0.12)
+            return read(conn)
+
+        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_while_the_redirect_waits)
+        client = make_client(timeout=3.0, **hedged(attempts=2, delay=0.05))
+
+        response, elapsed = call(client, get("r"))
+
+        assert response.status == 200
+        assert response.read() == b"fast"
+        assert elapsed < 0.12 + 0.3  # the hedge went soon after the 302 was read, not at the deadline
+        hedge_sent = [r.at for r in server.received("/r")][1]
+        slow_asked = server.received("/slow")[0].at
+        assert hedge_sent >= slow_asked  # held back while the 302 waited unread
 
     def test_a_busy_caller_still_hedges_a_server_that_has_not_answered(
         self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
