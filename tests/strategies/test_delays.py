@@ -119,6 +119,38 @@ class TestSaturation:
             provider.observe(request, ok(0.006))  # past half of it (5 ms), and 15 times the baseline
         assert provider.saturated(request)
 
+    def test_a_baseline_learned_in_a_fast_moment_holds_hedges_back_until_the_window_measures_it_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A documented limit: the baseline is the lowest body within the window. Answers at 1 ms
+        # first, then a steady, healthy 8 ms (8x, and above half the 10 ms shortest delay): hedges
+        # stay off until the window (60 s here) has passed and the baseline is measured again.
+        from django_aio_request.strategies import percentile_delays
+
+        now = [1000.0]
+
+        class Clock:  # the provider's clock only, not the time module everyone shares
+            @staticmethod
+            def monotonic() -> float:
+                return now[0]
+
+        monkeypatch.setattr(percentile_delays, "time", Clock)
+        provider = PercentileDelaysProvider(
+            min_samples=20, max_samples=100, refresh_seconds=0.0, saturation_ratio=2.0, window_seconds=60.0
+        )
+        request = get("warm")
+        for _ in range(40):
+            now[0] += 0.01
+            provider.observe(request, ok(0.001))
+            provider.delay(request)
+        held: list[bool] = []
+        for _ in range(1300):  # 65 s of steady 8 ms answers, one every 50 ms
+            now[0] += 0.05
+            provider.observe(request, ok(0.008))
+            held.append(provider.saturated(request))
+        assert all(held[100:1100])  # from 5 s to 55 s: still judged against the 1 ms of the first answers
+        assert not any(held[-50:])  # once the window has passed: 8 ms is the baseline, hedges are back
+
     def test_off_by_default(self) -> None:
         provider, request = self.provider(None), get("x")
         for latency in (0.020, 0.090):
