@@ -13,6 +13,7 @@ from django_aio_request import (
     Deadline,
     Priority,
     Request,
+    Response,
     constant_delays,
     get,
     get_context,
@@ -99,13 +100,21 @@ def workers_of(client: Client) -> AttemptThreadPool:
     return client._workers
 
 
-def keep_this_thread_from_reading(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make this thread (the caller's: attempt 0 runs in it) start reading each answer ``seconds``
-    after its request went out: a process short of CPU or of the GIL. Hedges' threads read at once."""
-    caller, read = threading.get_ident(), GuardedHTTPConnection.getresponse
+def call_then_wait_for_stray_hedges(client: Client, path: str) -> tuple[Response, float]:
+    """``timed_call``, then 0.2 s: time for a hedge to reach the server, had one been sent."""
+    response, elapsed = call(client, get(path))
+    time.sleep(0.2)
+    return response, elapsed
+
+
+def keep_this_thread_from_reading(monkeypatch: pytest.MonkeyPatch, seconds: float, *, first_only: bool = False) -> None:
+    """Make this thread (the caller's: attempt 0 runs in it) start reading each answer (``first_only``:
+    its first) ``seconds`` after its request went out: a process short of CPU or of the GIL. Hedges'
+    threads read at once."""
+    caller, read, reads = threading.get_ident(), GuardedHTTPConnection.getresponse, itertools.count()
 
     def busy_caller(conn: GuardedHTTPConnection) -> object:
-        if threading.get_ident() == caller:
+        if threading.get_ident() == caller and (next(reads) == 0 or not first_only):
             time.sleep(seconds)
         return read(conn)
 
@@ -162,8 +171,7 @@ class TestHedging:
         keep_this_thread_from_reading(monkeypatch, 0.3)
         client = make_client(timeout=5.0, **hedged(attempts=3, delay=0.05))
 
-        response, elapsed = call(client, get("x"))
-        time.sleep(0.2)  # time for a hedge to reach the server, had one been sent
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
 
         assert response.status == 200
         assert response.read() == b"quick"
@@ -209,8 +217,7 @@ class TestHedging:
             timeout=5.0, safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=SlowToLearn())
         )
 
-        response, elapsed = call(client, get("x"))
-        time.sleep(0.2)  # time for a hedge to reach the server, had one been sent
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
 
         assert response.read() == b"quick"
         assert elapsed >= 0.3
@@ -223,14 +230,7 @@ class TestHedging:
         # follows it to a server that never answers it. The hedge must still go once the 302 is read.
         server.route("/r", lambda h: h.reply(302, b"", {"Location": "/slow"}))
         server.route("/slow", Hanging(hang=1))
-        caller, read, reads = threading.get_ident(), GuardedHTTPConnection.getresponse, itertools.count()
-
-        def busy_while_the_redirect_waits(conn: GuardedHTTPConnection) -> object:
-            if threading.get_ident() == caller and next(reads) == 0:
-                time.sleep(0.12)
-            return read(conn)
-
-        monkeypatch.setattr(GuardedHTTPConnection, "getresponse", busy_while_the_redirect_waits)
+        keep_this_thread_from_reading(monkeypatch, 0.12, first_only=True)
         client = make_client(timeout=3.0, **hedged(attempts=2, delay=0.05))
 
         response, elapsed = call(client, get("r"))
