@@ -151,6 +151,43 @@ class TestSaturation:
         assert all(held[100:1100])  # from 5 s to 55 s: still judged against the 1 ms of the first answers
         assert not any(held[-50:])  # once the window has passed: 8 ms is the baseline, hedges are back
 
+    def test_a_stall_holds_hedges_back_within_seconds_and_no_longer_than_it_lasts(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # benchmarks/load.py's billing as one caller's worker sees it: 100 calls a second, 4 ms with a
+        # 5% tail at 400 ms, hedges after the p90 but not before 50 ms; the provider's defaults
+        # otherwise (2,000 samples: 20 s of them). Then 4 s of queueing (30 ms), then calm again.
+        # Judged by the whole window, hedges went on for the first 3.4 s of the stall and stayed off
+        # for 3.9 s after it; judged by the last 2 s, they stop after 0.5 s and are back 1.9 s after.
+        from django_aio_request.strategies import percentile_delays
+
+        now = [1000.0]
+
+        class Clock:  # the provider's clock only, not the time module everyone shares
+            @staticmethod
+            def monotonic() -> float:
+                return now[0]
+
+        monkeypatch.setattr(percentile_delays, "time", Clock)
+        provider = PercentileDelaysProvider(percentile=0.9, min_delay_seconds=0.050, saturation_ratio=2.0)
+        request = get("hop")
+
+        def run(seconds: float, body: float) -> list[bool]:
+            held = []
+            for index in range(round(seconds * 100)):
+                now[0] += 0.01
+                provider.observe(request, ok(0.400 if index % 20 == 0 else body))
+                held.append(provider.saturated(request))
+            return held
+
+        calm = run(12, 0.004)
+        assert not any(calm)
+        stall = run(4, 0.030)
+        assert all(stall[150:])  # held from 1.5 s into the stall on
+        after = run(20, 0.004)
+        assert not any(after[300:])  # and back 3 s after it
+        assert provider.delay(request) == pytest.approx(0.050)
+
     def test_off_by_default(self) -> None:
         provider, request = self.provider(None), get("x")
         for latency in (0.020, 0.090):
