@@ -55,6 +55,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.hedging
+	$(PY) -m benchmarks.hedge_cost
 	$(PY) -m benchmarks.budget
 	$(PY) -m benchmarks.middleware
 	$(PY) -m benchmarks.breaker

@@ -185,14 +185,19 @@ class BenchServer:
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(*, max_seconds: float = 900.0, body_size: int | None = None) -> Iterator[str]:
-    """Run a no-delay server in a child Python process; yields its base URL.
+def serve_in_subprocess(
+    *, max_seconds: float = 900.0, body_size: int | None = None, slow_every: int = 0, slow_seconds: float = 0.0
+) -> Iterator[str]:
+    """Run a server in a child Python process; yields its base URL. It answers at once, except every
+    ``slow_every``-th request it reads (from the first; 0: none), which it answers after ``slow_seconds``.
 
     The child serves until its stdin is closed (when the block ends) or ``max_seconds`` pass.
     """
     command = [sys.executable, "-m", "benchmarks._server", "--max-seconds", str(max_seconds)]
     if body_size is not None:
         command += ["--body-size", str(body_size)]
+    if slow_every:
+        command += ["--slow-every", str(slow_every), "--slow-seconds", str(slow_seconds)]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -214,8 +219,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop after this long at the latest")
     parser.add_argument("--body-size", type=int, default=None, help="answer this many bytes (default: 'ok')")
+    parser.add_argument("--slow-every", type=int, default=0, help="answer every n-th request late (0: none)")
+    parser.add_argument("--slow-seconds", type=float, default=0.0, help="how late (see --slow-every)")
     args = parser.parse_args()
-    server = BenchServer(body_size=args.body_size)
+    every, late = args.slow_every, args.slow_seconds
+    server = BenchServer(
+        (lambda index: late if index % every == 0 else 0.0) if every else _no_delay, body_size=args.body_size
+    )
     done = threading.Event()
 
     def wait_for_stdin_eof() -> None:

@@ -32,6 +32,15 @@ def test_hedging_runs_this_project_beside_aio_request() -> None:
     assert "(f) p99" in out
 
 
+def test_hedge_cost_runs_every_client_and_counts_the_hedges() -> None:
+    out = _run("benchmarks.hedge_cost", "--threads", "2", "--calls", "80", "--rounds", "1", "--slow-ms", "30")
+    for row in ("| 2 | single |", "| 2 | hedged, never fires |", "| 2 | hedged |"):
+        assert row in out
+    hedged = next(line for line in out.splitlines() if line.startswith("| 2 | hedged |"))
+    assert 0.03 <= float(hedged.split("|")[6]) <= 0.1  # 1 in 20 requests is slow: about 0.05 hedges a call
+    assert "2 thread(s): a hedge that fires costs the caller" in out
+
+
 def test_hedge_safety_runs_every_variant_at_a_load() -> None:
     out = _run("benchmarks.hedge_safety", "--loads", "1.0", "--seconds", "1", "--warmup", "1")
     assert "capacity C (single attempts, closed loop, 8 callers)" in out
