@@ -14,7 +14,12 @@ on (``dar.setup()``'s defaults):
 * ``hedged, never fires``: ``parallel_strategy(attempts_count=2)`` with a constant 5 s delay: the
   strategy's own work (its state, a timer entry set and cancelled), no hedge;
 * ``hedged``: the same with a constant ``--delay-ms`` (20) ms delay: every slow request gets a hedge,
-  which wins, and attempt 0 is aborted.
+  which wins, and attempt 0 is aborted;
+* ``never fires, short tail``: as ``hedged, never fires``, against a second server whose slow
+  requests take the hedge delay and 1 ms: its calls end when the hedged ones do, so as many caller
+  threads are busy at once. The control for a cost hedging does not cause: with several threads, a
+  caller's CPU a call grows with how many of them run at once (the GIL and its hand-overs), and a
+  tail cut short keeps more of them running.
 
 ``--rounds`` (6) rounds of ``--calls`` (1,600) calls per client, the order turning round every round
 (ABC, CBA, ...), after a warm-up round. Figures, medians over the rounds: the CPU of this whole
@@ -22,7 +27,8 @@ process per call (``getrusage``: user + system, every thread: the callers, the c
 workers, its timer and metrics threads), its system part, and the callers' own threads' CPU
 (``time.thread_time()``); hedges per call (``aio_request_attempts_total{attempt="1"}``). "CPU per
 hedge" is (hedged - never fires) / hedges per call: what one fired hedge costs the caller in all,
-also counted in single calls' worth.
+also counted in single calls' worth; "of which the hedge itself" is (hedged - never fires, short tail)
+/ hedges per call, the rest being the busier threads.
 
     .venv/bin/python -m benchmarks.hedge_cost [--threads 1,2,8] [--calls 1600] [--rounds 6] [--delay-ms 20]
         [--slow-every 20] [--slow-ms 100]
@@ -43,14 +49,14 @@ from benchmarks._server import serve_in_subprocess
 from django_aio_request import metrics as all_metrics
 
 NEVER_SECONDS = 5.0
-VARIANTS = ("single", "hedged, never fires", "hedged")
+VARIANTS = ("single", "hedged, never fires", "never fires, short tail", "hedged")
 
 
 def make_client(url: str, variant: str, delay: float) -> dar.Client:
     if variant == "single":
         strategy = dar.single_attempt_strategy()
     else:
-        seconds = NEVER_SECONDS if variant == "hedged, never fires" else delay
+        seconds = delay if variant == "hedged" else NEVER_SECONDS
         strategy = dar.parallel_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=seconds))
     return dar.setup(endpoint=url, safe_method_strategy=strategy)
 
@@ -100,8 +106,15 @@ def run(client: dar.Client, calls: int, threads: int) -> tuple[float, float, flo
     return (user + system) / done * 1e3, system / done * 1e3, sum(own) / done * 1e3, (hedges_sent() - hedges) / done
 
 
-def measure(url: str, threads: int, args: argparse.Namespace) -> dict[str, list[tuple[float, float, float, float]]]:
-    clients = {variant: make_client(url, variant, args.delay_ms / 1000) for variant in VARIANTS}
+def measure(
+    url: str, short_tail_url: str, threads: int, args: argparse.Namespace
+) -> dict[str, list[tuple[float, float, float, float]]]:
+    clients = {
+        variant: make_client(
+            short_tail_url if variant == "never fires, short tail" else url, variant, args.delay_ms / 1000
+        )
+        for variant in VARIANTS
+    }
     for client in clients.values():
         run(client, max(threads * 20, args.calls // 4), threads)  # connections opened, threads started
     results: dict[str, list[tuple[float, float, float, float]]] = {variant: [] for variant in VARIANTS}
@@ -136,9 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| threads | client | CPU ms a call (process) | of it system | callers' threads | hedges a call | / single |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     summaries = []
-    with serve_in_subprocess(slow_every=args.slow_every, slow_seconds=args.slow_ms / 1000) as url:
+    short_tail = (args.delay_ms + 1) / 1000
+    with (
+        serve_in_subprocess(slow_every=args.slow_every, slow_seconds=args.slow_ms / 1000) as url,
+        serve_in_subprocess(slow_every=args.slow_every, slow_seconds=short_tail) as short_tail_url,
+    ):
         for threads in counts:
-            results = measure(url, threads, args)
+            results = measure(url, short_tail_url, threads, args)
             medians = {
                 variant: [statistics.median(row[column] for row in rows) for column in range(4)]
                 for variant, rows in results.items()
@@ -148,14 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu, system, own, hedges = medians[variant]
                 figures = f"{cpu:.3f} | {system:.3f} | {own:.3f} | {hedges:.3f} | {cpu / single:.3f}x"
                 print(f"| {threads} | {variant} | {figures} |")
-            hedges = medians["hedged"][3]
-            per_hedge = (medians["hedged"][0] - medians["hedged, never fires"][0]) / hedges if hedges else float("nan")
-            summaries.append((threads, per_hedge, per_hedge / single, medians["hedged, never fires"][0] / single))
+            hedged, hedges = medians["hedged"][0], medians["hedged"][3]
+            per_hedge = (hedged - medians["hedged, never fires"][0]) / hedges if hedges else float("nan")
+            itself = (hedged - medians["never fires, short tail"][0]) / hedges if hedges else float("nan")
+            summaries.append((threads, per_hedge, itself, single, medians["hedged, never fires"][0] / single))
     print()
-    for threads, per_hedge, in_calls, never in summaries:
+    for threads, per_hedge, itself, single, never in summaries:
         print(
             f"{threads} thread(s): a hedge that fires costs the caller {per_hedge:.2f} ms of CPU "
-            f"({in_calls:.1f} single calls' worth); a hedge that never fires {never:.3f}x a single call"
+            f"({per_hedge / single:.1f} single calls' worth), of which the hedge itself {itself:.2f} ms "
+            f"({itself / single:.1f}); a hedge that never fires {never:.3f}x a single call"
         )
     return 0
 
