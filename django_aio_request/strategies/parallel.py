@@ -65,6 +65,10 @@ class _HedgedCall:
         self.next_attempt = 1
         self.timer_running = False
         self.cancel_timer: Callable[[], None] | None = None
+        # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
+        self.workers: AttemptThreadPool | None = None
+        self.due_at: Callable[[int], float] | None = None
+        self.count = 1
         self.aborted_first: ResponseWithVerdict | None = None
         # The caller's context, copied in the caller's thread: hedges may start from the timer's.
         self.context = contextvars.copy_context()
@@ -90,36 +94,44 @@ class _HedgedCall:
     def start_timer(self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int) -> None:
         """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`.
 
-        ``fire`` runs on the process-wide timer thread: it only starts a worker and schedules the
-        next; ``due_at`` must be a plain look-up."""
-
-        def fire() -> None:
-            with self.lock:
-                if not self.timer_running:
-                    return
-                if self.first.answer_arrived():
-                    # Attempt 0's answer is in this process, unread: the caller is late, not the
-                    # server, and a hedge would only add to the work it is behind on. Look again
-                    # shortly rather than give up: what arrived may not end attempt 0 (a redirect
-                    # it follows to a server that has not answered). Once attempt 0 is over, the
-                    # caller takes over and launches the rest itself if its answer is not accepted.
-                    if self.deadline.expired:
-                        self.timer_running = False
-                    else:
-                        self.cancel_timer = deadline_timer.schedule(time.monotonic() + _LOOK_AGAIN_SECONDS, fire)
-                    return
-                attempt = self.next_attempt
-                self.next_attempt += 1
-                if not self.deadline.expired:
-                    self._submit(workers, attempt)  # a full pool skips this hedge: attempt 0 is in flight
-                if self.refused or self.next_attempt >= count or self.deadline.expired:
-                    self.timer_running = False
-                    return
-                self.cancel_timer = deadline_timer.schedule(due_at(self.next_attempt), fire)
-
+        ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         with self.lock:
+            self.workers, self.due_at, self.count = workers, due_at, count
             self.timer_running = True
-            self.cancel_timer = deadline_timer.schedule(due_at(1), fire)
+            self.cancel_timer = deadline_timer.schedule(due_at(1), self._fire)
+
+    def _fire(self) -> None:
+        """On the process-wide timer thread: start the next hedge on a worker and schedule the one after.
+
+        A method, not a closure in :meth:`start_timer`: a closure that schedules itself holds itself in
+        its own cell, a reference cycle that kept each call's state (its responses among it) alive
+        until the garbage collector ran."""
+        with self.lock:
+            if not self.timer_running:
+                return
+            workers, due_at = self.workers, self.due_at
+            # start_timer() set both before it scheduled this
+            assert workers is not None
+            assert due_at is not None
+            if self.first.answer_arrived():
+                # Attempt 0's answer is in this process, unread: the caller is late, not the
+                # server, and a hedge would only add to the work it is behind on. Look again
+                # shortly rather than give up: what arrived may not end attempt 0 (a redirect
+                # it follows to a server that has not answered). Once attempt 0 is over, the
+                # caller takes over and launches the rest itself if its answer is not accepted.
+                if self.deadline.expired:
+                    self.timer_running = False
+                else:
+                    self.cancel_timer = deadline_timer.schedule(time.monotonic() + _LOOK_AGAIN_SECONDS, self._fire)
+                return
+            attempt = self.next_attempt
+            self.next_attempt += 1
+            if not self.deadline.expired:
+                self._submit(workers, attempt)  # a full pool skips this hedge: attempt 0 is in flight
+            if self.refused or self.next_attempt >= self.count or self.deadline.expired:
+                self.timer_running = False
+                return
+            self.cancel_timer = deadline_timer.schedule(due_at(self.next_attempt), self._fire)
 
     def take_over(self) -> int:
         """Stop the timer; the number of the first attempt it did not launch."""

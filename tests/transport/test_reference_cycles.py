@@ -1,0 +1,164 @@
+"""A call leaves nothing of its own to the garbage collector, whatever became of its attempts.
+
+Objects in a reference cycle live until the collector runs: a call's request, its responses (their
+bodies) and its hedging state would then stay in memory, however short the call. Two cycles did
+this: the exception of a failed or aborted attempt (urllib3 keeps it in a local of a frame of its
+own traceback, whose frames reach the caller's through ``f_back``), and the hedge timer's closure,
+which held itself in its own cell. Each test runs calls with the collector off, then asks it what
+it would have had to free.
+"""
+
+import contextlib
+import gc
+import threading
+import types
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_aio_request import Client, Response, constant_delays, get, parallel_strategy
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.transport.requests_transport import RequestsTransport
+from tests.support.loopback import Handler, LoopbackServer, answer_after, free_port, hang_until_disconnect
+from tests.transport.test_requests_transport import raw
+
+
+def ours(garbage: list[object]) -> list[str]:
+    """What of this package (objects, and frames of its code) is among ``garbage``."""
+    found = []
+    for item in garbage:
+        if isinstance(item, types.FrameType):
+            if "django_aio_request" in item.f_code.co_filename:
+                found.append(f"frame of {item.f_code.co_qualname}")
+        elif type(item).__module__.startswith("django_aio_request"):
+            found.append(type(item).__qualname__)
+    return found
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[list[object]]:
+    """Runs the block with the collector off; the list then holds what it found unreachable."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # keep what it finds, to say what it was
+    found: list[object] = []
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def read(client: Client, path: str) -> int:
+    with client.request(get(path)) as response:
+        response.read()
+        return response.status
+
+
+class TestFailedAttempts:
+    @pytest.mark.parametrize(
+        ("route", "expected"),
+        [
+            (raw(b"NOT HTTP AT ALL\r\n\r\n"), status.NETWORK_ERROR),  # a malformed status line
+            (raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"), status.NETWORK_ERROR),  # cut short
+            (raw(b""), status.NETWORK_ERROR),  # closed without a word
+        ],
+        ids=["malformed", "cut-short", "closed"],
+    )
+    def test_an_answer_that_is_not_http_leaves_no_garbage(
+        self,
+        server: LoopbackServer,
+        make_client: Callable[..., Client],
+        route: Callable[[Handler], None],
+        expected: int,
+    ) -> None:
+        server.route("/x", route)
+        client = make_client(timeout=5.0)
+        read(client, "x")  # connections and lazily built state made outside the measured block
+        with collector_off() as garbage:
+            statuses = [read(client, "x") for _ in range(3)]
+        assert statuses == [expected] * 3
+        assert ours(garbage) == []
+
+    def test_a_refused_connection_leaves_no_garbage(self) -> None:
+        transport = RequestsTransport()
+        try:
+            endpoint = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+            transport.send(endpoint, get("x"), 5.0)
+            with collector_off() as garbage:
+                answers = [transport.send(endpoint, get("x"), 5.0) for _ in range(3)]
+                codes = [answer.status for answer in answers]
+                del answers
+        finally:
+            transport.close()
+        assert codes == [status.NETWORK_ERROR] * 3
+        assert ours(garbage) == []
+
+    def test_a_timed_out_attempt_leaves_no_garbage(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/slow", answer_after(1.0))
+        client = make_client(timeout=0.2)
+        with collector_off() as garbage:
+            statuses = [read(client, "slow") for _ in range(2)]
+        assert statuses == [status.TIMEOUT] * 2
+        assert ours(garbage) == []
+
+    def test_an_aborted_attempt_leaves_no_garbage(self, server: LoopbackServer) -> None:
+        server.route("/hang", hang_until_disconnect)
+        transport = RequestsTransport()
+        try:
+            with collector_off() as garbage:
+                codes = []
+                for _ in range(3):
+                    cancellation = Cancellation()
+                    abort = threading.Timer(0.1, cancellation.cancel)  # as a winning hedge does
+                    abort.start()
+                    answer: Response = transport.send(server.url, get("hang"), 5.0, cancellation)
+                    abort.join()
+                    codes.append(answer.status)
+                    del answer
+        finally:
+            transport.close()
+        assert codes == [status.CANCELLED] * 3
+        assert ours(garbage) == []
+
+
+class TestHedgedCalls:
+    def test_a_hedge_that_never_fires_leaves_no_garbage(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(200, b"quick"))
+        strategy = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=5.0))
+        client = make_client(timeout=10.0, safe_method_strategy=strategy)
+        read(client, "x")
+        with collector_off() as garbage:
+            statuses = [read(client, "x") for _ in range(5)]
+        assert statuses == [200] * 5
+        assert ours(garbage) == []
+
+    def test_a_hedge_that_wins_leaves_no_garbage_of_the_attempt_it_aborted(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        arrivals = iter(range(1000))
+
+        def first_hangs(handler: Handler) -> None:  # even requests hang until the client hangs up
+            if next(arrivals) % 2 == 0:
+                hang_until_disconnect(handler)
+            else:
+                handler.reply(200, b"hedge")
+
+        server.route("/x", first_hangs)
+        strategy = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05))
+        client = make_client(timeout=5.0, safe_method_strategy=strategy)
+        with collector_off() as garbage:
+            bodies = []
+            for _ in range(3):
+                with client.request(get("x")) as response:
+                    bodies.append(response.read())
+        assert bodies == [b"hedge"] * 3
+        assert ours(garbage) == []
