@@ -383,6 +383,10 @@ class RequestsTransport(Transport):
                 answer.close()
                 return self._invalid_redirect(request, endpoint, answer, problem, started)
             response = answer  # not followed: the redirect itself is the answer
+        finally:
+            # The hook holds ``answers``, whose responses hold ``prepared`` (``response.request``), which
+            # holds the hook: emptied, the cycle no longer keeps the responses until the garbage collector.
+            answers.clear()
         return response
 
     def _answer(self, request: Request, endpoint: str, raw: HTTPResponse, started: float) -> Response:

@@ -1,11 +1,12 @@
 """A call leaves nothing of its own to the garbage collector, whatever became of its attempts.
 
 Objects in a reference cycle live until the collector runs: a call's request, its responses (their
-bodies) and its hedging state would then stay in memory, however short the call. Two cycles did
+bodies) and its hedging state would then stay in memory, however short the call. Three cycles did
 this: the exception of a failed or aborted attempt (urllib3 keeps it in a local of a frame of its
-own traceback, whose frames reach the caller's through ``f_back``), and the hedge timer's closure,
-which held itself in its own cell. Each test runs calls with the collector off, then asks it what
-it would have had to free.
+own traceback, whose frames reach the caller's through ``f_back``), the hedge timer's closure,
+which held itself in its own cell, and the response hook that collects the answers of a redirect
+chain (held by the request that each answer holds). Each test runs calls with the collector off,
+then asks it what it would have had to free.
 """
 
 import contextlib
@@ -23,16 +24,19 @@ from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.support.loopback import Handler, LoopbackServer, answer_after, free_port, hang_until_disconnect
 from tests.transport.test_requests_transport import raw
 
+_CALL_PATH = ("django_aio_request", "requests", "urllib3", "http.client")
+
 
 def ours(garbage: list[object]) -> list[str]:
-    """What of this package (objects, and frames of its code) is among ``garbage``."""
+    """What of a call's path (this package, requests, urllib3, http.client: objects, and frames of
+    their code) is among ``garbage``."""
     found = []
     for item in garbage:
         if isinstance(item, types.FrameType):
-            if "django_aio_request" in item.f_code.co_filename:
+            if any(part in item.f_code.co_filename for part in ("django_aio_request", "requests", "urllib3")):
                 found.append(f"frame of {item.f_code.co_qualname}")
-        elif type(item).__module__.startswith("django_aio_request"):
-            found.append(type(item).__qualname__)
+        elif type(item).__module__.startswith(_CALL_PATH):
+            found.append(f"{type(item).__module__}.{type(item).__qualname__}")
     return found
 
 
@@ -125,6 +129,36 @@ class TestFailedAttempts:
         finally:
             transport.close()
         assert codes == [status.CANCELLED] * 3
+        assert ours(garbage) == []
+
+
+class TestRedirects:
+    @pytest.mark.parametrize(
+        ("location", "expected"),
+        [("/x", status.TOO_MANY_REDIRECTS), ("http://[::1", status.TOO_MANY_REDIRECTS)],
+        ids=["loop", "unfollowable"],
+    )
+    def test_a_redirect_chain_that_ends_badly_leaves_no_garbage(
+        self, server: LoopbackServer, make_client: Callable[..., Client], location: str, expected: int
+    ) -> None:
+        server.route("/x", lambda h: h.reply(302, b"", {"Location": location}))
+        client = make_client(timeout=5.0)
+        read(client, "x")
+        with collector_off() as garbage:
+            statuses = [read(client, "x") for _ in range(2)]
+        assert statuses == [expected] * 2
+        assert ours(garbage) == []
+
+    def test_a_followed_redirect_leaves_no_garbage(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(302, b"", {"Location": "/y"}))
+        server.route("/y", lambda h: h.reply(200, b"there"))
+        client = make_client(timeout=5.0)
+        read(client, "x")
+        with collector_off() as garbage:
+            statuses = [read(client, "x") for _ in range(3)]
+        assert statuses == [200] * 3
         assert ours(garbage) == []
 
 
