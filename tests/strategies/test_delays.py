@@ -11,6 +11,22 @@ def ok(elapsed: float) -> Response:
     return Response(status=200, elapsed=elapsed)
 
 
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The percentile provider's clock, which the test moves: ``now[0]`` (not the time module everyone shares)."""
+    from django_aio_request.strategies import percentile_delays
+
+    moved = [1000.0]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return moved[0]
+
+    monkeypatch.setattr(percentile_delays, "time", Clock)
+    return moved
+
+
 class TestConstantDelays:
     def test_same_delay_for_every_attempt(self) -> None:
         delays = constant_delays(delay=0.25)
@@ -120,21 +136,11 @@ class TestSaturation:
         assert provider.saturated(request)
 
     def test_a_baseline_learned_in_a_fast_moment_holds_hedges_back_until_the_window_measures_it_again(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, now: list[float]
     ) -> None:
         # A documented limit: the baseline is the lowest body within the window. Answers at 1 ms
         # first, then a steady, healthy 8 ms (8x, and above half the 10 ms shortest delay): hedges
         # stay off until the window (60 s here) has passed and the baseline is measured again.
-        from django_aio_request.strategies import percentile_delays
-
-        now = [1000.0]
-
-        class Clock:  # the provider's clock only, not the time module everyone shares
-            @staticmethod
-            def monotonic() -> float:
-                return now[0]
-
-        monkeypatch.setattr(percentile_delays, "time", Clock)
         provider = PercentileDelaysProvider(
             min_samples=20, max_samples=100, refresh_seconds=0.0, saturation_ratio=2.0, window_seconds=60.0
         )
@@ -151,24 +157,12 @@ class TestSaturation:
         assert all(held[100:1100])  # from 5 s to 55 s: still judged against the 1 ms of the first answers
         assert not any(held[-50:])  # once the window has passed: 8 ms is the baseline, hedges are back
 
-    def test_a_stall_holds_hedges_back_within_seconds_and_no_longer_than_it_lasts(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_a_stall_holds_hedges_back_within_seconds_and_no_longer_than_it_lasts(self, now: list[float]) -> None:
         # benchmarks/load.py's billing as one caller's worker sees it: 100 calls a second, 4 ms with a
         # 5% tail at 400 ms, hedges after the p90 but not before 50 ms; the provider's defaults
         # otherwise (2,000 samples: 20 s of them). Then 4 s of queueing (30 ms), then calm again.
         # Judged by the whole window, hedges went on for the first 3.4 s of the stall and stayed off
         # for 3.9 s after it; judged by the last 2 s, they stop after 0.5 s and are back 1.9 s after.
-        from django_aio_request.strategies import percentile_delays
-
-        now = [1000.0]
-
-        class Clock:  # the provider's clock only, not the time module everyone shares
-            @staticmethod
-            def monotonic() -> float:
-                return now[0]
-
-        monkeypatch.setattr(percentile_delays, "time", Clock)
         provider = PercentileDelaysProvider(percentile=0.9, min_delay_seconds=0.050, saturation_ratio=2.0)
         request = get("hop")
 
