@@ -185,12 +185,16 @@ def flood(kind: str, path: str, config: dict[str, Any] | None = None, **kwargs: 
 @pytest.mark.parametrize("shedding", [None, True], ids=["without shedding", "with shedding"])
 def test_on_one_thread_high_priority_waits_for_the_request_in_hand_not_for_the_queued_low(shedding: Any) -> None:
     # 50 ms views: in gthread's first-come queue each high request waits for the one in hand and the
-    # three low ones queued before it (about 200 ms); here for the one in hand only (up to 100 ms).
+    # three low ones queued before it (about 200 ms), as long as the low ones wait; here for the one in
+    # hand only (up to 100 ms), while the low ones wait behind each other. Judged against the low ones
+    # of the same run, not a fixed bound: a slower machine stretches both (a 0.14 s bound failed on a
+    # VM where Django took 4 times as long, at p90 0.157-0.167 s).
     outcomes = flood(WORKER, "/sleep?ms=50", {"shedding": shedding})
     high, low = latencies(outcomes, "high"), latencies(outcomes, "low")
     assert len(high) >= 10
     assert len(low) >= 3
-    assert statistics.quantiles(high, n=10)[8] < 0.14, high
+    assert statistics.quantiles(high, n=10)[8] < statistics.median(low), (high, low)
+    assert statistics.median(high) < 0.5 * statistics.median(low), (high, low)
 
 
 def slow_starter(url: str, priority: str, stop: float, into: list[float]) -> None:
