@@ -42,10 +42,9 @@ import threading
 import time
 from collections.abc import Sequence
 
-from prometheus_client import REGISTRY
-
 import django_aio_request as dar
 from benchmarks._server import serve_in_subprocess
+from benchmarks.hedge_safety import caller_total
 from django_aio_request import metrics as all_metrics
 
 NEVER_SECONDS = 5.0
@@ -64,13 +63,7 @@ def make_client(url: str, variant: str, delay: float) -> dar.Client:
 def hedges_sent() -> float:
     """Second attempts sent by every client of this process so far."""
     all_metrics.flush()
-    return sum(
-        sample.value
-        for family in REGISTRY.collect()
-        if family.name == "aio_request_attempts"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels.get("attempt") == "1"
-    )
+    return caller_total("aio_request_attempts_total", attempt="1")
 
 
 def run(client: dar.Client, calls: int, threads: int) -> tuple[float, float, float, float]:
