@@ -7,8 +7,8 @@ the switch interval (2 ms with ``SHEDDING``) on every request it peeks at. Measu
 spinning beside it (``sys.setswitchinterval(0.002)``, 200 peeks of a waiting request): 1.0 µs
 median, 86.6 µs mean with ``socket.recv``; 1.6 µs median, 1.8 µs mean through ``ctypes.PyDLL``,
 which calls ``recv(2)`` with the GIL held. A peek with ``MSG_DONTWAIT`` never blocks, so holding the
-GIL for it costs the other threads nothing; and since no other Python thread runs meanwhile, one
-buffer serves every call.
+GIL for it costs the other threads nothing. The GIL is held during ``recv(2)`` only: another thread
+may run between the call and the copy of what it read, so each thread reads into a buffer of its own.
 
 Where libc's ``recv`` cannot be loaded, ``socket.recv`` is used (the same answers, slower under load).
 """
@@ -16,6 +16,7 @@ Where libc's ``recv`` cannot be loaded, ``socket.recv`` is used (the same answer
 import ctypes
 import errno
 import socket
+import threading
 from typing import Any
 
 __all__ = ["peek"]
@@ -36,7 +37,7 @@ def _load() -> Any:
 
 
 _recv = _load()
-_buffer = ctypes.create_string_buffer(_SIZE)
+_buffers = threading.local()  # one buffer a thread: a shared one was overwritten before it was copied
 
 
 def peek(sock: Any, size: int) -> bytes | None:
@@ -51,9 +52,13 @@ def peek(sock: Any, size: int) -> bytes | None:
         return b""
     if fd < 0:
         return b""
-    got = _recv(fd, _buffer, size, _FLAGS)
+    try:
+        buffer = _buffers.buffer
+    except AttributeError:
+        buffer = _buffers.buffer = ctypes.create_string_buffer(_SIZE)
+    got = _recv(fd, buffer, size, _FLAGS)
     if got >= 0:
-        return _buffer.raw[:got]
+        return ctypes.string_at(buffer, got)  # only what was read (.raw copies all 64 KiB first)
     return None if ctypes.get_errno() in _WOULD_BLOCK else b""
 
 

@@ -2,6 +2,7 @@
 
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -59,7 +60,16 @@ def test_a_closed_socket_or_a_tls_one_reads_as_empty(pair: tuple[socket.socket, 
     assert peek(server_side, 10) == b""  # encrypted bytes are never read as a request
 
 
-def test_many_threads_peeking_at_once_each_read_their_own_bytes(way: str) -> None:
+@pytest.fixture
+def threads_switching_often() -> Iterator[None]:
+    """A switch interval of 1 µs: a thread may lose the GIL between any two steps of a peek."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_many_threads_peeking_at_once_each_read_their_own_bytes(way: str, threads_switching_often: None) -> None:
     pairs = [socket.socketpair() for _ in range(16)]
     for i, (a, _) in enumerate(pairs):
         a.sendall(f"request {i:02d}".encode() * 50)
