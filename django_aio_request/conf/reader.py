@@ -28,6 +28,7 @@ CONFLICT = "E009"  # values that contradict each other (TIMEOUT above MAX_TIMEOU
 MISSING_KEY = "E010"  # a required key is absent (a repeated STRATEGY, SHEDDING's MAX_CONCURRENCY)
 NO_TRAILING_SLASH = "W001"  # an ENDPOINT whose path does not end with "/"
 PER_PROCESS_CACHE = "W002"  # breaker counts in a cache each process keeps apart
+LOSSY_CACHE = "W003"  # breaker counts in a shared cache whose add or incr is not atomic (files, database)
 UNEXPECTED = "E099"  # reading failed in a way this reader did not foresee (checks.py reports it; a bug of ours)
 CODES = {
     UNKNOWN_KEY: "unknown key",
@@ -42,6 +43,7 @@ CODES = {
     MISSING_KEY: "required key missing",
     NO_TRAILING_SLASH: "endpoint without a trailing slash",
     PER_PROCESS_CACHE: "breaker counts kept per process",
+    LOSSY_CACHE: "breaker counts lost when processes write at once",
     UNEXPECTED: "the setting could not be read",
 }
 

@@ -300,6 +300,50 @@ def test_exact_counts_from_many_threads(redis: None, namespace: str, stores: Any
     assert reader.totals("svc") == expected
 
 
+@pytest.fixture
+def file_cache(settings: Any, tmp_path: Path) -> None:
+    """A ``files`` alias: Django's FileBasedCache in a directory of the test's own."""
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    settings.CACHES = {**settings.CACHES, "files": {"BACKEND": backend, "LOCATION": str(tmp_path)}}
+
+
+@pytest.mark.parametrize("alias", ["shared", "files"])
+def test_counts_flushed_by_many_processes_at_once_add_up_only_where_incr_is_atomic(
+    redis: None, namespace: str, stores: Any, file_cache: None, alias: str
+) -> None:
+    """Eight stores (one a process) flush at the same moment, twenty times. Redis's ``incr`` is one
+    command; a FileBasedCache's is Django's generic read then write, so flushes at once overwrite
+    each other: what ``manage.py check`` warns about (django_aio_request.W003)."""
+    processes, rounds, per_round = 8, 20, 10
+    barrier = threading.Barrier(processes)
+
+    def process() -> None:
+        store = stores(namespace, alias)
+        breaker = breaker_with(store, minimum_throughput=10**6)
+        for _ in range(rounds):
+            for _ in range(per_round):
+                run(breaker, False)
+            barrier.wait(10)
+            store.sync()
+
+    threads = [threading.Thread(target=process) for _ in range(processes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    reader = stores(namespace, alias)
+    breaker_with(reader)  # binds it
+    reader.blocked_until("svc")
+    reader.sync()
+    failures, successes = reader.totals("svc")
+    sent = processes * rounds * per_round
+    assert successes == 0
+    if alias == "shared":  # Redis
+        assert failures == sent
+    else:
+        assert failures < sent * 0.9, failures  # lost, not merely late: every store has flushed
+
+
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
     server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -406,6 +450,17 @@ class TestSetting:
         assert problem.path == "['CIRCUIT_BREAKER_STATE']"
         assert message in str(problem)
         assert "'shared'" in str(problem)  # the allowed aliases are named
+
+    @pytest.mark.parametrize("backend", ["filebased.FileBasedCache", "db.DatabaseCache"])
+    def test_a_cache_whose_incr_is_not_atomic_is_a_warning(self, backend: str, settings: Any) -> None:
+        path = f"django.core.cache.backends.{backend}"
+        settings.CACHES = {**settings.CACHES, "elsewhere": {"BACKEND": path, "LOCATION": "somewhere"}}
+        config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE="elsewhere"))
+        assert config is not None  # a warning: the state is shared, only less exactly
+        [problem] = problems
+        assert (problem.warning, problem.code) == (True, "W003")
+        assert "outcomes that processes flush at once are lost" in str(problem)
+        assert "RedisCache" in str(problem.hint)
 
     def test_a_per_process_cache_is_a_warning(self) -> None:
         config, problems = read_settings(self.base(CIRCUIT_BREAKER_STATE="default"))

@@ -297,6 +297,19 @@ def test_the_first_use_of_a_client_raises_one_message_naming_every_problem(tmp_p
     assert manage(tmp_path, "shell", "-c", "print('fine')").stdout.splitlines()[-1] == "fine"
 
 
+def test_manage_py_check_warns_of_a_breaker_cache_that_loses_counts_and_still_passes(tmp_path: Path) -> None:
+    lossy = f"""
+from settings.test import *
+CACHES = {{**CACHES, "files": {{"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                               "LOCATION": {str(tmp_path / "cache")!r}}}}}
+AIO_REQUEST = {{"CIRCUIT_BREAKER_STATE": "files"}}
+"""
+    done = manage(tmp_path, "check", settings=lossy)
+    assert done.returncode == 0, done.stderr  # a warning: the state is shared, less exactly
+    assert "(django_aio_request.W003) AIO_REQUEST['CIRCUIT_BREAKER_STATE'] names cache 'files'" in done.stderr
+    assert "outcomes that processes flush at once are lost" in done.stderr
+
+
 def test_a_valid_setting_passes_manage_py_check(tmp_path: Path) -> None:
     done = manage(tmp_path, "check", settings="from settings.test import *\n")
     assert done.returncode == 0, done.stderr
