@@ -26,6 +26,7 @@ from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
+from django_aio_request.transport.interim_responses import FinalResponse
 
 _local = threading.local()
 _CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)
@@ -249,11 +250,11 @@ class _GuardedConnectionMixin:
 
 
 class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
-    pass
+    response_class = FinalResponse
 
 
 class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
-    pass
+    response_class = FinalResponse
 
 
 class _DetachOnReturnMixin:

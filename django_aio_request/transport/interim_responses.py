@@ -1,0 +1,31 @@
+"""Interim (1xx) responses are skipped: the call gets the final one, and no other call does.
+
+``http.client`` skips ``100 Continue`` only and returns any other 1xx as the response. A 1xx has no
+body, so the connection then went back to the pool with the final response still on its way, and
+the *next* call on it read that answer: call B got call A's body, another request's data (a server
+sending ``103 Early Hints`` does exactly this). RFC 9110 (15.2) asks a client to parse any number of
+1xx responses before the final one and allows it to ignore those it did not ask for, so
+:class:`FinalResponse` reads past them. ``101 Switching Protocols`` is never asked for here: it is
+returned as it is, and its connection is closed rather than reused (what follows is no longer
+HTTP/1.1). An endless stream of 1xx ends at the deadline, as any other read does.
+"""
+
+import http.client
+
+__all__ = ["FinalResponse"]
+
+
+class FinalResponse(http.client.HTTPResponse):
+    """``http.client.HTTPResponse`` that reads past interim responses (see the module docstring)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 100 <= status < 200 or status in (http.client.CONTINUE, http.client.SWITCHING_PROTOCOLS):
+                return version, status, reason  # begin() skips 100 Continue itself
+            http.client.parse_headers(self.fp)  # the interim response's fields (103's links): not wanted
+
+    def begin(self) -> None:
+        super().begin()
+        if 100 <= self.status < 200:  # 101: the connection speaks something else now
+            self.will_close = True

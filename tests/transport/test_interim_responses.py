@@ -1,0 +1,162 @@
+"""``transport/interim_responses.py``: 1xx answers before the final one, from a keep-alive server.
+
+A server may send interim responses (``103 Early Hints``, ``102 Processing``) before the final one.
+Taken as the answer, they left the final one on the pooled connection for the next call to read.
+"""
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import django_aio_request as dar
+from django_aio_request.core import status
+
+# What the server writes before the final answer to a request, by path.
+Interim = Callable[[socket.socket], None]
+
+
+class KeepAliveServer:
+    """Answers every request of a connection in turn: first what ``before[path]`` writes, then
+    ``200`` with body ``answer for <path>``. Counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, Interim] = {}
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            buffered = b""
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buffered:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                head, _, buffered = buffered.partition(b"\r\n\r\n")
+                path = head.split(b" ")[1].decode()
+                interim = self.before.get(path)
+                if interim is not None:
+                    interim(conn)
+                body = f"answer for {path}".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accepter.join(5)
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(6)
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[KeepAliveServer]:
+    server = KeepAliveServer()
+    yield server
+    server.close()
+
+
+def sends(*heads: bytes, pause: float = 0.0) -> Interim:
+    def write(conn: socket.socket) -> None:
+        for head in heads:
+            conn.sendall(head)
+            time.sleep(pause)
+
+    return write
+
+
+def answer(client: dar.Client, path: str) -> tuple[int, bytes]:
+    with client.request(dar.get(path), deadline=dar.Deadline.from_timeout(2.0)) as response:
+        return response.status, response.read()
+
+
+def test_early_hints_are_skipped_and_the_next_call_reads_its_own_answer(keep_alive: KeepAliveServer) -> None:
+    keep_alive.before["/a"] = sends(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n", pause=0.05)
+    client = dar.setup(endpoint=keep_alive.url, metrics=False)
+    try:
+        assert answer(client, "a") == (200, b"answer for /a")
+        assert answer(client, "b") == (200, b"answer for /b")  # was call a's answer
+        assert keep_alive.connections == 1  # the same connection, in step again
+    finally:
+        client.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    interim=st.lists(
+        st.tuples(
+            st.integers(100, 199).filter(lambda code: code != 101),
+            st.lists(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}: [ -~]{0,60}", fullmatch=True), max_size=5),
+        ),
+        max_size=6,
+    )
+)
+def test_any_run_of_interim_responses_leaves_every_call_its_own_answer(
+    keep_alive: KeepAliveServer, interim: list[tuple[int, list[str]]]
+) -> None:
+    heads = [
+        f"HTTP/1.1 {code} Interim\r\n{''.join(f + chr(13) + chr(10) for f in fields)}\r\n".encode()
+        for code, fields in interim
+    ]
+    keep_alive.before["/a"] = sends(*heads)
+    client = dar.setup(endpoint=keep_alive.url, metrics=False)
+    try:
+        for path in ("a", "b", "a"):
+            assert answer(client, path) == (200, f"answer for /{path}".encode())
+    finally:
+        client.close()
+
+
+def test_an_unasked_switching_protocols_is_the_answer_and_its_connection_is_not_reused(
+    keep_alive: KeepAliveServer,
+) -> None:
+    keep_alive.before["/a"] = sends(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nonsense\r\n\r\n")
+    client = dar.setup(endpoint=keep_alive.url, metrics=False)
+    try:
+        assert answer(client, "a")[0] == 101
+        assert answer(client, "b") == (200, b"answer for /b")
+        assert keep_alive.connections == 2
+    finally:
+        client.close()
+
+
+def test_endless_interim_responses_end_at_the_deadline_without_raising(keep_alive: KeepAliveServer) -> None:
+    def forever(conn: socket.socket) -> None:
+        while True:
+            conn.sendall(b"HTTP/1.1 102 Processing\r\n\r\n")
+            time.sleep(0.005)
+
+    keep_alive.before["/a"] = forever
+    transport = dar.RequestsTransport()
+    try:
+        started = time.monotonic()
+        response = transport.send(keep_alive.url + "a", dar.get("a"), 0.3)
+        elapsed = time.monotonic() - started
+        assert response.status == status.TIMEOUT
+        assert elapsed < 0.3 + 0.05
+    finally:
+        transport.close()
