@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_CONNECTIONS = 64
 # Socket timeouts above this overflow some platforms' limits; the deadline still ends the attempt.
 _MAX_SOCKET_TIMEOUT = 86_400.0
+#: How much of a redirect's body is read before following it, so that its connection can be reused.
+#: A longer one closes its connection instead: the body of a redirect is never the answer.
+REDIRECT_BODY_READ = 65_536
 _MAX_CACHED_HOSTS = 64
 DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 _CHUNK_SIZE = 64 * 1024
@@ -364,6 +367,7 @@ class RequestsTransport(Transport):
                     if problem is not None:
                         response.close()
                         return self._invalid_redirect(request, endpoint, response, problem, started)
+                    _drop_body(response)
                     response = next(redirects)
                     if not response.is_redirect:
                         break
@@ -540,3 +544,26 @@ def _declared_length(value: str) -> int:
         return 0  # absent, a list ("5, 6"), or junk: urllib3 refused or ignored it already
     digits = value.lstrip("0")
     return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63
+
+
+def _drop_body(redirect: requests.Response) -> None:
+    """Read the body of a ``redirect`` before requests follows it, as bytes on the wire.
+
+    requests' ``resolve_redirects`` reads a redirect's whole body to free its connection, decoded
+    and without a limit: a 302 with a 300 MB body, or a gzip bomb, went into memory whatever
+    ``max_response_size`` said. Up to :data:`REDIRECT_BODY_READ` bytes are read here, undecoded;
+    past that the connection is closed rather than read to its end. Either way requests then finds
+    the body consumed. Reads are on the attempt's sockets: the deadline bounds them.
+    """
+    raw = redirect.raw
+    left = REDIRECT_BODY_READ
+    try:
+        while left > 0:
+            chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
+            if not chunk:
+                return  # read to its end: the connection goes back to the pool
+            left -= len(chunk)
+        raw.close()  # longer: closed, never pooled with the rest of the body unread
+    finally:
+        redirect._content = b""
+        redirect._content_consumed = True  # type: ignore[attr-defined]

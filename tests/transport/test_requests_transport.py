@@ -2,10 +2,13 @@
 turns network failures, redirects, pooling and cookies into responses."""
 
 import concurrent.futures
+import gzip
 import logging
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -347,6 +350,51 @@ def test_cookie_set_by_a_redirect_is_not_kept_for_the_next_call(
     server.requests.clear()
     assert transport.send(server.url, get("other"), DEADLINE).status == 200
     assert "Cookie" not in server.received("/other")[0].headers
+
+
+def _redirect_with_body(chunks: list[bytes], length: int, headers: dict[str, str], written: list[int]) -> Any:
+    def handle(h: Handler) -> None:
+        h.send_response(302)
+        for name, value in {"Location": "/other", "Content-Length": str(length), **headers}.items():
+            h.send_header(name, value)
+        h.end_headers()
+        for chunk in chunks:
+            h.wfile.write(chunk)
+            written[0] += len(chunk)
+
+    return handle
+
+
+def test_a_redirect_s_huge_body_is_not_read_and_the_redirect_is_followed(server: LoopbackServer) -> None:
+    written = [0]
+    megabyte = b"x" * 1024 * 1024
+    server.route("/start", _redirect_with_body([megabyte] * 300, 300 * len(megabyte), {}, written))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport(max_response_size=1024 * 1024)
+    try:
+        response = transport.send(server.url, get("start"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"ok")
+    # requests read all 300 MB into memory to reuse the connection; now the connection is closed
+    # after 64 KiB, and the server could write no more than the socket buffers hold.
+    assert written[0] < 32 * len(megabyte)
+
+
+def test_a_redirect_s_compressed_body_is_never_decompressed(server: LoopbackServer) -> None:
+    bomb = gzip.compress(b"\0" * 64 * 1024 * 1024)  # 64 MiB in about 64 KB
+    server.route("/start", _redirect_with_body([bomb], len(bomb), {"Content-Encoding": "gzip"}, [0]))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport(max_response_size=1024 * 1024)
+    tracemalloc.start()
+    try:
+        response = transport.send(server.url, get("start"), DEADLINE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        transport.close()
+    assert (response.status, response.read()) == (200, b"ok")
+    assert peak < 8 * 1024 * 1024, peak  # requests decompressed the 64 MiB to throw them away
 
 
 def test_users_session_keeps_its_default_headers_and_auth(server: LoopbackServer) -> None:
