@@ -13,6 +13,7 @@ import ipaddress
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -198,13 +199,56 @@ class _GuardedConnectionMixin:
         if guard is None:
             plain: socket.socket = super()._new_conn()  # type: ignore[misc]
             return plain
-        sock = self._connect_resolved(guard) if _is_name(self._dns_host) else super()._new_conn()  # type: ignore[misc]
-        # The plain socket, registered before any TLS handshake so that an abort covers it too.
-        # Wrapping it for TLS detaches this socket object, so the guard keeps a duplicate of the
-        # descriptor (shutdown acts on the socket, whichever descriptor names it) until connect()
-        # registers the wrapped socket in its place.
-        guard.attach(self, sock.dup(), owned=True)
-        return sock
+        return self._connect_resolved(guard) if _is_name(self._dns_host) else self._connect_registered(guard)
+
+    def _connect_registered(self, guard: AttemptSockets) -> socket.socket:
+        """urllib3's ``_new_conn`` to an address (not a name), with each socket registered with the
+        attempt *before* ``connect()``.
+
+        Registered only once connected, an attempt whose SYN was dropped (a full accept queue, a
+        lost packet) could not be aborted: the caller whose hedge had won at 50 ms waited for the
+        kernel's retransmission (about 1 s), a cancelled async call's thread until the deadline. On
+        Linux ``shutdown()`` ends a ``connect()`` in progress at once. Wrapping the socket for TLS
+        detaches this socket object, so the guard keeps a duplicate of the descriptor (shutdown acts
+        on the socket, whichever descriptor names it) until ``connect()`` registers the wrapped
+        socket in its place.
+        """
+        conn = cast(HTTPConnection, self)
+        host = self._dns_host.strip("[]")
+        try:
+            error: OSError = OSError("getaddrinfo returns an empty list")
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                host, self.port, allowed_gai_family(), socket.SOCK_STREAM
+            ):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    for option in conn.socket_options or ():
+                        sock.setsockopt(*option)
+                    if isinstance(self.timeout, int | float):
+                        sock.settimeout(self.timeout)
+                    if conn.source_address:
+                        sock.bind(conn.source_address)
+                    guard.attach(self, sock.dup(), owned=True)
+                    if guard.reason is None:
+                        sock.connect(address)
+                    if guard.reason is not None:  # aborted before connect() began, which then missed the shutdown
+                        raise ConnectionAbortedError("the attempt was aborted while connecting")
+                except OSError as failed:
+                    sock.close()
+                    guard.detach(self)
+                    error = failed
+                    continue
+                sys.audit("http.client.connect", self, self.host, self.port)
+                return sock
+            raise error
+        except socket.gaierror as failed:
+            raise NameResolutionError(self.host, conn, failed) from failed
+        except TimeoutError as failed:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from failed
+        except OSError as failed:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {failed}") from failed
 
     def _connect_resolved(self, guard: AttemptSockets) -> socket.socket:
         """Resolve the host within the deadline (see resolver.py), then try its addresses in turn."""
@@ -232,8 +276,7 @@ class _GuardedConnectionMixin:
                     self.timeout = remaining
                 self._dns_host = address
                 try:
-                    sock: socket.socket = super()._new_conn()  # type: ignore[misc]
-                    return sock
+                    return self._connect_registered(guard)
                 except (NewConnectionError, ConnectTimeoutError) as error:
                     failure = error
         finally:
