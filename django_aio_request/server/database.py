@@ -39,7 +39,7 @@ from django.core.signals import got_request_exception, request_finished
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
-from django.db.utils import OperationalError
+from django.db.utils import DatabaseError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
@@ -151,7 +151,10 @@ def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
     bound = wrapper_for(connection)
     if bound is None:
         bound = QueryBound(connection.alias)
-        connection.execute_wrappers.append(bound)
+        # First in the list (the outermost wrapper), not last: a connection opened inside an app's
+        # ``with connection.execute_wrapper(w):`` block would otherwise have the bound appended after
+        # ``w``, and the block's exit, which pops the last wrapper, would take the bound off instead.
+        connection.execute_wrappers.insert(0, bound)
     return bound
 
 
@@ -377,13 +380,30 @@ if hasattr(os, "register_at_fork"):
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and its causes (Django re-raises driver errors ``from`` them), at most a few deep."""
+    """``exc`` and its causes (Django re-raises driver errors ``from`` them), at most a few deep.
+
+    The error being handled when another was raised (``__context__``) is followed only from a
+    database error (a rollback that failed after the query was cancelled). From any other error it
+    is not: an application's ``except DatabaseError: ...`` block that then fails (a ``KeyError``,
+    ``raise ValueError(...) from None``) has a bug of its own, which must answer 500 and reach the
+    error log, not 408 as if the deadline had stopped it.
+    """
     seen: list[BaseException] = []
     error: BaseException | None = exc
     while error is not None and len(seen) < 8 and all(error is not s for s in seen):
         seen.append(error)
         yield error
-        error = error.__cause__ or error.__context__
+        if error.__cause__ is not None:
+            error = error.__cause__
+        elif _is_database_error(error) and not error.__suppress_context__:
+            error = error.__context__
+        else:
+            error = None
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """Django's database errors and the PostgreSQL drivers' (psycopg 3, psycopg2)."""
+    return isinstance(error, DatabaseError) or type(error).__module__.partition(".")[0] in ("psycopg", "psycopg2")
 
 
 def _sqlstate(error: BaseException) -> str | None:

@@ -129,6 +129,30 @@ class TestIsDeadlineCancellation:
         with set_context(deadline=Deadline.from_timeout(0)):
             assert is_deadline_cancellation(legacy)
 
+    def test_an_error_raised_while_handling_one_is_only_if_it_is_a_database_error(self) -> None:
+        def raised_while_handling(make: Any) -> BaseException:
+            try:
+                try:
+                    raise DeadlineExceeded("too late")
+                except DatabaseError:
+                    make()
+            except Exception as error:
+                return error
+            raise AssertionError("nothing raised")
+
+        def key_error() -> None:
+            raise KeyError("EUR")
+
+        def value_error_from_none() -> None:
+            raise ValueError("fallback") from None
+
+        def rollback_failed() -> None:
+            raise OperationalError("the rollback failed too")
+
+        assert not is_deadline_cancellation(raised_while_handling(key_error))  # the application's bug: 500
+        assert not is_deadline_cancellation(raised_while_handling(value_error_from_none))
+        assert is_deadline_cancellation(raised_while_handling(rollback_failed))
+
     def test_other_errors_are_not(self) -> None:
         with set_context(deadline=Deadline.from_timeout(0)):
             assert not is_deadline_cancellation(self.PgError("deadlock detected", "40P01"))

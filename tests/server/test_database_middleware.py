@@ -4,6 +4,7 @@ lost session write: test_database_servers.py."""
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -135,3 +136,37 @@ def test_without_the_middleware_django_handles_it() -> None:
         raise db.DeadlineExceeded("too late")
     except db.DeadlineExceeded:
         got_request_exception.send(sender=None, request=request)  # does not raise
+
+
+@pytest.mark.parametrize("from_none", ["", "1"], ids=["chained", "from None"])
+def test_a_bug_in_the_handler_of_a_cancelled_query_answers_500_and_is_logged(
+    client: Client, caplog: pytest.LogCaptureFixture, from_none: str
+) -> None:
+    """The error raised while handling the cancellation is the application's, not the deadline's."""
+    client.raise_request_exception = False
+    response = client.get(
+        "/fallback-bug/", {"sleep": "3", "from_none": from_none}, headers={"X-Request-Timeout": "0.5"}
+    )
+    assert response.status_code == 500
+    assert any(r.getMessage().startswith("Internal Server Error: /fallback-bug/") for r in caplog.records)
+
+
+def test_a_connection_opened_inside_an_execute_wrapper_block_keeps_its_bound(client: Client) -> None:
+    """Served on a thread of its own, as a server's thread: its first query opens its connection."""
+    from django.db import connections
+
+    answers: list[int] = []
+
+    def serve() -> None:
+        try:
+            path = "/first-query-in-a-wrapper-block/"
+            answers.append(client.get(path, {"sleep": "3"}, headers={"X-Request-Timeout": "0.5"}).status_code)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=serve)
+    started = time.monotonic()
+    thread.start()
+    thread.join(10)
+    assert answers == [408]  # the block's exit took the bound off, and the sleep ran its 3 s
+    assert time.monotonic() - started < 0.5 + SLACK

@@ -120,6 +120,32 @@ class InnerMiddleware:
         return response
 
 
+def fallback_bug(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of pg_sleep, whose error handler has a bug of its own (``?from_none=1``:
+    raised ``from None``)."""
+    try:
+        _sleep(float(request.GET["sleep"]))
+    except DatabaseError:
+        if request.GET.get("from_none"):
+            raise ValueError("the fallback's own bug") from None
+        raise KeyError("the fallback's own bug")  # noqa: B904 - implicitly chained, as such bugs are
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
+def _logged(execute: Callable[..., object], sql: str, params: object, many: bool, context: object) -> object:
+    return execute(sql, params, many, context)
+
+
+def first_query_in_a_wrapper_block(request: HttpRequest) -> HttpResponse:
+    """The first query of the thread inside the app's ``execute_wrapper()`` block (the thread's
+    connection is opened there), then ``?sleep=`` seconds of pg_sleep outside it."""
+    connection = connections[ALIAS]
+    with connection.execute_wrapper(_logged), connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    _sleep(float(request.GET["sleep"]))
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
 class OuterMiddleware:
     """A middleware above AioRequestMiddleware: ``?outer=`` seconds of pg_sleep after the response,
     under a deadline of its own of 0.2 s."""
@@ -142,4 +168,6 @@ urlpatterns = [
     path("iterate/", iterate),
     path("session/", session_write),
     path("broken-below/", broken_below),
+    path("fallback-bug/", fallback_bug),
+    path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
 ]
