@@ -10,7 +10,10 @@ from requests.structures import CaseInsensitiveDict
 
 from django_aio_request.core import headers as h
 
-_JSON = re.compile(r"^application/(?:[\w.+-]+?\+)?json", re.IGNORECASE)
+# The media type alone: "application/json" or "application/<anything>+json", then parameters or nothing
+# ("application/jsonp", "application/json-seq" are other types).
+_JSON = re.compile(r"^\s*application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
+_PYTHON_LITERAL_CODECS = frozenset({"unicode-escape", "raw-unicode-escape"})
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
 
 
@@ -51,8 +54,22 @@ class Response:
         return self._body
 
     def text(self, encoding: str | None = None) -> str:
-        """The body decoded with ``encoding``, else the charset the response names, else UTF-8."""
-        return self._body.decode(encoding or self._charset() or "utf-8", errors="replace")
+        """The body decoded with ``encoding``, else the charset the response names, else UTF-8.
+
+        Bytes that do not decode are replaced. A charset the peer names that cannot decode that way
+        (``undefined``, ``idna``, ``punycode``: codecs that refuse ``errors="replace"`` or fail on
+        any input) is ignored, as an unknown one is: UTF-8 then. An ``encoding`` the caller passes
+        is the caller's: a wrong one raises.
+        """
+        if encoding is not None:
+            return self._body.decode(encoding, errors="replace")
+        charset = self._charset()
+        if charset is not None:
+            try:
+                return self._body.decode(charset, errors="replace")
+            except (UnicodeError, LookupError):
+                pass
+        return self._body.decode("utf-8", errors="replace")
 
     def json(
         self,
@@ -87,8 +104,11 @@ class Response:
             info = codecs.lookup(match.group(1))
         except LookupError:
             return None
-        # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError).
-        return info.name if getattr(info, "_is_text_encoding", True) else None
+        # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError);
+        # the escape codecs read Python literals, and warn (DeprecationWarning) on what they cannot.
+        if not getattr(info, "_is_text_encoding", True) or info.name in _PYTHON_LITERAL_CODECS:
+            return None
+        return info.name
 
     def is_informational(self) -> bool:
         return 100 <= self.status < 200

@@ -1,5 +1,6 @@
 """Responses: status, headers, body decoding, JSON with its Content-Type check, synthetic responses."""
 
+import contextlib
 import decimal
 import json
 
@@ -65,6 +66,34 @@ def test_text_with_unknown_charset_falls_back_to_utf8() -> None:
     assert response.text() == "é"
 
 
+def _every_codec_name() -> list[str]:
+    import encodings
+    import encodings.aliases
+    import pkgutil
+
+    modules = [m.name for m in pkgutil.iter_modules(encodings.__path__)]
+    return sorted({*encodings.aliases.aliases, *encodings.aliases.aliases.values(), *modules})
+
+
+@pytest.mark.parametrize("charset", ["undefined", "idna", "punycode", "rot13", "base64", "hex", "zlib", "mbcs"])
+def test_a_charset_that_cannot_decode_with_replacement_falls_back_to_utf8(charset: str) -> None:
+    response = Response(
+        status=200, headers={"Content-Type": f"text/plain; charset={charset}"}, body=b"caf\xc3\xa9 \xff"
+    )
+    assert response.text() == "café \ufffd"
+
+
+@pytest.mark.filterwarnings("error")
+def test_no_charset_a_peer_names_makes_text_or_json_raise_anything_else() -> None:
+    bodies = [b'{"a": "caf\xc3\xa9"}', b"\xff\xfe\x00{", bytes(range(256)), b""]
+    for charset in _every_codec_name():
+        for body in bodies:
+            response = Response(status=200, headers={"Content-Type": f"application/json; charset={charset}"}, body=body)
+            assert isinstance(response.text(), str), charset
+            with contextlib.suppress(ValueError):  # json.JSONDecodeError: the documented error
+                response.json()
+
+
 def test_text_replaces_undecodable_bytes_instead_of_raising() -> None:
     assert Response(status=200, body=b"ok\xff").text() == "ok\ufffd"
 
@@ -81,6 +110,7 @@ def test_text_replaces_undecodable_bytes_instead_of_raising() -> None:
         "application/problem+json",
         "application/vnd.api+json; charset=utf-8",
         "application/merge-patch+json",
+        "application/json ; charset=utf-8",
     ],
 )
 def test_json_accepts_json_content_types(content_type: str) -> None:
@@ -96,7 +126,20 @@ def test_problem_json_error_response_is_readable() -> None:
     assert response.json() == problem
 
 
-@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "text/plain", "application/xml", ""])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/html; charset=utf-8",
+        "text/plain",
+        "application/xml",
+        "",
+        "application/jsonp",
+        "application/json-seq",
+        "application/jsonl",
+        "application/json5",
+        "text/json",
+    ],
+)
 def test_json_refuses_other_content_types(content_type: str) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     response = Response(status=502, headers=headers, body=b'{"a": 1}')
