@@ -53,7 +53,8 @@ META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
 # One exception to "plain": a single digit with a negative exponent ("5.2e-05"), because that is
 # how Python's str() writes a float below 0.0001, so an aio-request caller with almost no time
 # left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
-_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-[0-9]{1,3}")
+# The exponent is at least 1 ("e-0", "e-00" would let "9.99...9e-0" round up to 10.0).
+_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-(?!0+$)[0-9]{1,3}")
 _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}

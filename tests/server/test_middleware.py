@@ -104,6 +104,9 @@ BAD_TIMEOUTS = [
     "+5",
     "1e400",
     "1e3",
+    "9e-0",  # an exponent of 0 ...
+    "9.99999999999999999999e-0",  # ... would let a value round up to 10.0, beyond "always below 10"
+    "5e-000",
     "1E2",
     "1e+16",
     "5e05",
