@@ -99,9 +99,16 @@ def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
     found = []
     for name, client in clients.built():
         breaker = client.circuit_breaker
-        if isinstance(breaker, DefaultCircuitBreaker):
+        if isinstance(breaker, DefaultCircuitBreaker) and not _is_fake(client):
             found.append((name, breaker))
     return found
+
+
+def _is_fake(client: Client) -> bool:
+    """A client of ``django_aio_request.testing.fake_client``: a test's, never published nor overridden."""
+    from django_aio_request.testing import FakeDownstream
+
+    return isinstance(client.transport, FakeDownstream)
 
 
 class Publisher:
@@ -128,6 +135,10 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._published: set[Key] = set()
+        # The overrides this publisher set from the database, by (client, endpoint): only those are
+        # lifted when their row goes. One set otherwise (force_breaker() in a test, set_override()
+        # in code) is not admin's to lift.
+        self._applied: dict[Key, Override] = {}
         self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
         self._down = False
@@ -354,9 +365,13 @@ class Publisher:
             for endpoint, mode in want.items():
                 if have.get(endpoint) != mode:
                     breaker.set_override(endpoint, mode)
+                self._applied[(name, endpoint)] = mode
             for scope, applied in have.items():
-                if applied is not None and scope not in want:
+                mine = None if scope in want else self._applied.pop((name, scope), None)
+                if mine is not None and applied is mine:  # still the one set from the database
                     breaker.set_override(scope, None)
+        for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {})]:
+            del self._applied[key]  # lifted, or its breaker is gone (a settings change rebuilt it)
 
     def prune(self, now: datetime.datetime | None = None) -> None:
         """Delete transitions older than the history, and the expired reports of processes that stopped

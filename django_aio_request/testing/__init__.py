@@ -162,7 +162,7 @@ class FakeDownstream(Transport):
     ) -> Response:
         started = time.monotonic()
         parts = urllib.parse.urlsplit(request.build_url(endpoint))
-        path = parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path.lstrip("/")
+        path = (parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path).lstrip("/")
         call = RecordedCall(
             request.method, path, request.url.lstrip("/"), parts.query, dict(request.headers), request.body, started
         )
@@ -214,11 +214,16 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     """Point ``clients[name]`` at a new :class:`FakeDownstream` for the block.
 
     The client is built from ``AIO_REQUEST["CLIENTS"][name]`` as in production, fresh (its breaker,
-    budget and learned delays start empty), with the fake as its transport. On exit it is closed and
-    the client used before comes back. Change settings (``override_settings``) before entering: a
-    change of ``AIO_REQUEST`` inside the block rebuilds every client, the fake's too.
+    budget and learned delays start empty), with the fake as its transport. Its breaker counts in
+    this process only, whatever ``CIRCUIT_BREAKER_STATE`` says: a fake's failures must not open the
+    real client's circuit in a shared cache (nor another test's fake), and the breaker publisher
+    leaves it out (admin never sees it, and its overrides never lift :func:`force_breaker`'s). On
+    exit it is closed and the client used before comes back. Change settings
+    (``override_settings``) before entering: a change of ``AIO_REQUEST`` inside the block rebuilds
+    every client, the fake's too.
     """
     from django_aio_request.conf.building import build_client
+    from django_aio_request.conf.schema import LOCAL_BREAKER_STATE
     from django_aio_request.named_clients import UnknownClientError, clients
 
     config = clients.settings
@@ -227,7 +232,8 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
         known = ", ".join(repr(n) for n in config.clients) or "none"
         raise UnknownClientError(f"no client {name!r} in AIO_REQUEST['CLIENTS']; configured: {known}")
     fake = FakeDownstream(spec.endpoint)
-    client = build_client(spec, config.service_name, transport=fake)
+    local = dataclasses.replace(spec, circuit_breaker_state=LOCAL_BREAKER_STATE)
+    client = build_client(local, config.service_name, transport=fake)
     previous = clients.replace(name, client)
     try:
         yield fake
@@ -236,6 +242,7 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
         client.close()
 
 
+_MAX_HEADER_TIMEOUT = 999_999_999  # nine digits: the longest X-Request-Timeout the middleware reads
 _STATES: dict[str, Override] = {"open": Override.FORCE_OPEN, "closed": Override.FORCE_CLOSED}
 
 
@@ -272,7 +279,12 @@ def request_headers(*, timeout: float | None = None, priority: str | Priority | 
     middleware serve the request with ``timeout`` seconds and ``priority``, as a caller would."""
     headers: dict[str, str] = {}
     if timeout is not None:
-        Deadline.from_timeout(timeout)  # the same checks: a finite number >= 0
+        Deadline.from_timeout(timeout)  # the same checks: a finite number >= 0 (TypeError for a non-number)
+        if timeout > _MAX_HEADER_TIMEOUT:  # repr() of larger ones has 10 digits or an exponent
+            raise ValueError(
+                f"timeout must be at most {_MAX_HEADER_TIMEOUT} seconds, not {timeout!r}: the middleware"
+                " ignores a longer X-Request-Timeout as malformed"
+            )
         headers[h.X_REQUEST_TIMEOUT] = repr(float(timeout))
     if priority is not None:
         headers[h.X_REQUEST_PRIORITY] = str(_priority(priority))

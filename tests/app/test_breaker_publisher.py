@@ -16,6 +16,7 @@ from django_aio_request import breaker_publisher, clients, get
 from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition
+from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.loopback import LoopbackServer
 
 BREAKER = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
@@ -114,6 +115,34 @@ def test_overrides_are_applied_and_lifted(server: LoopbackServer, publisher: Pub
         assert publisher.run_once()
         assert breaker().snapshot()[0].override is None
         assert BreakerReport.objects.get().state == "open"  # the automatic state resumes where it was
+
+
+@pytest.mark.django_db
+def test_an_override_set_in_the_process_is_not_lifted_by_a_round(server: LoopbackServer, publisher: Publisher) -> None:
+    """Only overrides the publisher set from the database go when their row goes: force_breaker()
+    in a test (or set_override() in code) holds until it is undone."""
+    server.route("/down", lambda h: h.reply(200))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 1) == [200]
+        with force_breaker("billing", "open"):
+            assert publisher.run_once()
+            assert call("billing", 1) == [502]  # a round found no row for it, and left it
+        assert call("billing", 1) == [200]
+
+
+@pytest.mark.django_db
+def test_a_fake_client_is_neither_published_nor_overridden(server: LoopbackServer, publisher: Publisher) -> None:
+    server.route("/down", lambda h: h.reply(200))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        call("plain", 1)  # a real client built: the publisher's thread is running
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+        with fake_client("billing") as billing, force_breaker("billing", "open"):
+            billing.route("down", reply(200))
+            assert publisher.run_once()
+            assert call("billing", 1) == [502]  # the fake's forced state, not admin's row for the real client
+            assert not BreakerReport.objects.exists()
+        assert billing.calls == []
 
 
 @pytest.mark.django_db

@@ -5,6 +5,7 @@ budget and metrics still run, and that the fake behaves like the real transport 
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from django_aio_request.testing import (
     serving,
 )
 from django_aio_request.testing.pytest_plugin import AioRequestFixture
+from tests.support.redis_server import require_redis
 
 ENDPOINT = "http://billing.test:8080/api/"
 BREAKER = {"BREAK_DURATION": 5, "SAMPLING_DURATION": 5, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
@@ -192,11 +194,56 @@ class UnittestStyle(SimpleTestCase):
         assert call.timeout <= 1.5
 
 
+@pytest.mark.parametrize("timeout", [999_999_999, 0.25, 5e-05, 1.5e-05])
+def test_every_timeout_request_headers_accepts_is_one_the_middleware_reads(timeout: float) -> None:
+    from django_aio_request.server.middleware import parse_timeout
+
+    assert parse_timeout(request_headers(timeout=timeout)["X-Request-Timeout"]) == timeout
+
+
+def test_each_fake_starts_with_a_closed_breaker_even_where_breakers_share_a_cache(settings: Settings) -> None:
+    """With CIRCUIT_BREAKER_STATE naming Redis, a fake's breaker counted in Redis under the real
+    client's name: a breaker one test tripped stayed open for the next test's fake, and for the real
+    clients of every process on that Redis."""
+    require_redis()
+    endpoint = f"http://billing-{uuid.uuid4().hex[:8]}.test:8080/api/"  # keys of its own in Redis
+    billing = billing_settings()["CLIENTS"]["billing"]
+    settings.AIO_REQUEST = {
+        "CIRCUIT_BREAKER_STATE": "shared",
+        "CLIENTS": {"billing": {**billing, "ENDPOINT": endpoint}},
+    }
+    with fake_client("billing") as tripped:
+        tripped.route("invoices/*", reply(500))
+        assert [view(f"/invoice/{n}/")["status"] for n in range(3)] == [502] * 3
+        time.sleep(0.5)  # a shared breaker's thread writes the open circuit to Redis every 0.1 s
+    with fake_client("billing") as fresh:
+        fresh.route("invoices/*", reply(200))
+        statuses = []
+        for n in range(4):
+            statuses.append(view(f"/invoice/{n}/")["status"])
+            time.sleep(0.25)  # time for a shared breaker to read the block back
+    assert statuses == [200] * 4
+
+
+def test_a_fake_of_an_endpoint_without_a_path_records_paths_relative_to_it(settings: Settings) -> None:
+    settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080"}}}
+    with fake_client("billing") as billing:
+        billing.route("invoices/7", reply(200))
+        with clients["billing"].request(get("invoices/{id}", path_parameters={"id": 7})) as response:
+            assert response.status == 200
+    assert [c.path for c in billing.calls] == ["invoices/7"]
+
+
 def test_helpers_refuse_bad_input() -> None:
     with pytest.raises(ValueError, match="priority must be 'high', 'normal' or 'low'"):
         request_headers(priority="urgent")
     with pytest.raises(ValueError, match="finite number"):
         request_headers(timeout=float("inf"))
+    for too_long in (1e9, 1e16, 1e300):  # repr() gives '1000000000.0', '1e+16': the middleware ignores them
+        with pytest.raises(ValueError, match="at most 999999999 seconds"):
+            request_headers(timeout=too_long)
+    with pytest.raises(TypeError, match="number of seconds"):
+        request_headers(timeout="2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="delay must be >= 0"):
         reply(delay=-1)
     with pytest.raises(TypeError, match="Reply objects"):
