@@ -21,6 +21,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics.breaker import unwatch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
 from django_aio_request.transport.base import Transport
@@ -243,6 +244,7 @@ class Client:
         self.transport.close()
         if self.circuit_breaker is not None:
             self.circuit_breaker.close()
+            unwatch_breaker(self.circuit_breaker)
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint}>"

@@ -28,6 +28,8 @@ class Child(Protocol):
 
     def inc(self, amount: float = 1) -> None: ...
 
+    def dec(self, amount: float = 1) -> None: ...
+
     def set(self, value: float) -> None: ...
 
     def observe(self, amount: float) -> None: ...
@@ -38,6 +40,9 @@ class _NoOpCounter:
         return self
 
     def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
         pass
 
     def set(self, value: float) -> None:

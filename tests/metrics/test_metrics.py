@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from django.test import AsyncClient, override_settings
@@ -223,6 +224,34 @@ def test_breaker_state_gauge_and_transitions(server: LoopbackServer, make) -> No
     assert transitions == {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
 
 
+def test_two_clients_of_one_endpoint_count_their_breakers_apart(server: LoopbackServer, make) -> None:
+    """A breaker each: one opens, the other stays closed; the gauge counts them, and a closed
+    client's breaker leaves it (settings changes rebuild clients)."""
+    server.route("/down", replies(503))
+
+    def client() -> dar.Client:
+        breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+            break_duration=30, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+        )
+        built: dar.Client = make(safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker)
+        return built
+
+    failing, quiet = client(), client()
+    mine = {"request_endpoint": server.url}
+    for _ in range(3):
+        with failing.request(dar.get("down")):
+            pass
+    got = scrape()
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="open") == 1
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="closed") == 1  # quiet's: was 0
+    failing.close()
+    got = scrape()
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="open") == 0
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="closed") == 1
+    quiet.close()
+    assert value(scrape(), "aio_request_circuit_breaker_state", **mine, state="closed") == 0
+
+
 def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
     import enum
 
@@ -233,7 +262,17 @@ def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
     class Transition:
         scope, old, new = "http://forced.example/", State.CLOSED, State.FORCED_OPEN
 
-    breaker_metrics._on_transition(Transition())
+    class Breaker:
+        state = {"http://forced.example/": State.CLOSED}
+        listeners: ClassVar[list[Any]] = []
+
+        def add_listener(self, listener: Any) -> None:
+            self.listeners.append(listener)
+
+    breaker = Breaker()
+    breaker_metrics.watch_breaker(breaker, "http://forced.example/")
+    for listener in breaker.listeners:
+        listener(Transition())
     got = scrape()
     mine = {"request_endpoint": "http://forced.example/"}
     assert value(got, "aio_request_circuit_breaker_state", **mine, state="forced_open") == 1
