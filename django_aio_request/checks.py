@@ -5,6 +5,7 @@ Each problem is one message whose id names its kind (``django_aio_request.E001``
 Reading the setting never raises here: the checks exist to report bad settings, not to crash on them.
 """
 
+import os
 from typing import Any
 
 from django.conf import settings
@@ -77,3 +78,38 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
             id="django_aio_request.W010",
         )
     ]
+
+
+@checks.register("django_aio_request")
+def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when queries are bounded by the deadline (``DATABASE_STATEMENT_TIMEOUT``) but opening a
+    PostgreSQL connection is not: libpq waits for a server that accepts and never answers as long
+    as the kernel keeps the connection (no ``connect_timeout`` by default), and a request that has
+    to connect first is held past its deadline. Never raises, whatever the settings hold."""
+    setting = getattr(settings, SETTING, None)
+    databases = getattr(settings, "DATABASES", None)
+    if not isinstance(setting, dict) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
+        return []
+    if not isinstance(databases, dict) or os.environ.get("PGCONNECT_TIMEOUT", "0").strip() not in ("", "0"):
+        return []
+    found: list[checks.CheckMessage] = []
+    for alias, database in databases.items():
+        if not isinstance(database, dict) or "postgresql" not in str(database.get("ENGINE", "")):
+            continue
+        options = database.get("OPTIONS")
+        timeout = options.get("connect_timeout") if isinstance(options, dict) else None
+        if timeout is not None and str(timeout).strip() not in ("", "0"):  # 0: wait for ever, as libpq reads it
+            continue
+        found.append(
+            checks.Warning(
+                f"settings.DATABASES[{alias!r}] has no connect_timeout: DATABASE_STATEMENT_TIMEOUT bounds its"
+                " queries by the request's deadline, but not the opening of a connection, which waits for a"
+                " server that accepts and never answers for as long as the kernel keeps trying",
+                hint="set OPTIONS {'connect_timeout': 2} (whole seconds, 2 at least: libpq reads 1 as 2; or"
+                " PGCONNECT_TIMEOUT in the environment),"
+                " and CONN_MAX_AGE so that few requests connect at all",
+                obj=f"settings.DATABASES[{alias!r}]",
+                id="django_aio_request.W011",
+            )
+        )
+    return found

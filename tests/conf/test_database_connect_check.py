@@ -1,0 +1,128 @@
+"""``manage.py check`` warns (django_aio_request.W011) when queries are bounded by the deadline but
+opening a PostgreSQL connection is not, and never crashes on the settings it looks at."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_aio_request.checks import check_database_connect_timeout
+
+ROOT = Path(__file__).resolve().parents[2]
+PG = "django.db.backends.postgresql"
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+ON = {"DATABASE_STATEMENT_TIMEOUT": True}
+
+
+def _ids(databases: Any, aio_request: Any) -> list[str]:
+    with override_settings(DATABASES=databases, AIO_REQUEST=aio_request):
+        return [message.id for message in check_database_connect_timeout() if message.id is not None]
+
+
+@pytest.mark.parametrize(
+    ("options", "warns"),
+    [
+        (None, True),
+        ({}, True),
+        ({"connect_timeout": 0}, True),  # libpq reads 0 as no limit
+        ({"connect_timeout": "0"}, True),
+        ({"connect_timeout": 2}, False),
+        ({"connect_timeout": "2"}, False),
+    ],
+)
+def test_a_postgresql_database_without_connect_timeout_warns(options: Any, warns: bool) -> None:
+    database: dict[str, Any] = {"ENGINE": PG, "NAME": "shop"}
+    if options is not None:
+        database["OPTIONS"] = options
+    assert _ids({"default": database}, ON) == (["django_aio_request.W011"] if warns else [])
+
+
+def test_only_where_the_bound_is_on_and_not_with_pgconnect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    bare = {"default": {"ENGINE": PG, "NAME": "shop"}}
+    assert _ids(bare, {}) == []
+    assert _ids(bare, {"DATABASE_STATEMENT_TIMEOUT": False}) == []
+    assert _ids({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}, ON) == []
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    assert _ids(bare, ON) == []
+
+
+@pytest.mark.parametrize(
+    "databases",
+    [None, "junk", {"default": "junk"}, {"default": {"ENGINE": 3}}, {"default": {"ENGINE": PG, "OPTIONS": "junk"}}],
+)
+def test_settings_it_cannot_read_are_not_its_business(databases: Any) -> None:
+    with override_settings(DATABASES=databases if isinstance(databases, dict) else {}, AIO_REQUEST=ON):
+        if not isinstance(databases, dict):
+            from django.conf import settings
+
+            settings.DATABASES = databases  # what a broken settings module holds
+        check_database_connect_timeout()  # no exception
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a frozen database server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_the_warning_s_advice_bounds_a_connection_to_a_silent_server(silent_server: int) -> None:
+    """What the warning is about, on the real driver: without connect_timeout, connecting to a server
+    that accepts and never answers outlasts any deadline; with it, it ends then."""
+    import psycopg
+
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(host="127.0.0.1", port=silent_server, user="x", dbname="x", connect_timeout=2)
+    assert time.monotonic() - started < 2.5  # 2 s is libpq's smallest: a 1 waits 2 s too
+    connect = f"import psycopg; psycopg.connect(host='127.0.0.1', port={silent_server}, user='x', dbname='x')"
+    environment = {k: v for k, v in os.environ.items() if k != "PGCONNECT_TIMEOUT"}
+    with pytest.raises(subprocess.TimeoutExpired):  # still waiting 3 s later
+        subprocess.run([sys.executable, "-c", connect], env=environment, timeout=3, capture_output=True, check=False)
+
+
+def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path) -> None:
+    (tmp_path / "pg_settings.py").write_text(
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop'}}\n"
+        "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "pg_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env.pop("PGCONNECT_TIMEOUT", None)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(django_aio_request.W011) settings.DATABASES['default'] has no connect_timeout" in done.stderr
