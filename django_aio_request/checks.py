@@ -14,6 +14,14 @@ from django.core import checks
 from django_aio_request.conf.reader import UNEXPECTED
 from django_aio_request.conf.schema import SETTING, read_settings
 
+#: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
+CACHE_WITHOUT_TIMEOUTS = "W010"
+DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
+CODES = {
+    CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache has no socket timeouts",
+    DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
+}
+
 
 @checks.register("django_aio_request")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -75,7 +83,7 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
             hint=f"set OPTIONS {', '.join(f'{name!r}' for name in names)} to a few seconds, e.g. "
             + ", ".join(f"{name!r}: 1.0" for name in names),
             obj=f"settings.CACHES[{alias!r}]",
-            id="django_aio_request.W010",
+            id=f"django_aio_request.{CACHE_WITHOUT_TIMEOUTS}",
         )
     ]
 
@@ -109,7 +117,7 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
                 " PGCONNECT_TIMEOUT in the environment),"
                 " and CONN_MAX_AGE so that few requests connect at all",
                 obj=f"settings.DATABASES[{alias!r}]",
-                id="django_aio_request.W011",
+                id=f"django_aio_request.{DATABASE_WITHOUT_CONNECT_TIMEOUT}",
             )
         )
     return found
