@@ -2,8 +2,9 @@
 
 ``PriorityThreadWorker`` overrides parts of gunicorn's gthread worker, which changed between
 releases. ``make test`` installs the releases below (gunicorn alone, pure Python) into
-``.venv/gunicorn-releases/<version>``; a server started with that folder first on ``PYTHONPATH``
-runs that release. Run ``python -m tests.support.gunicorn_releases`` to install the missing ones.
+``<virtualenv>/gunicorn-releases/<version>`` (the virtualenv running this, ``.venv`` or the Makefile's
+``VENV``); a server started with that folder first on ``PYTHONPATH`` runs that release. Run
+``python -m tests.support.gunicorn_releases`` with that virtualenv's Python to install the missing ones.
 """
 
 import os
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FOLDER = ROOT / ".venv" / "gunicorn-releases"
+FOLDER = Path(sys.prefix) / "gunicorn-releases"  # as the Makefile's $(VENV)/gunicorn-releases
 
 #: What each release does with a new connection: 23.0.0 waits on the poller for its first bytes;
 #: 24.1.1 (as 24.0-25.1) queues it for a thread at once; 26.2.0 (as 25.2-27.0.0) keeps those that
