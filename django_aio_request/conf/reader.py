@@ -98,6 +98,21 @@ class Reader:
 Field = Callable[[Reader, str, Any], Any]
 
 
+#: The largest number any key takes. Larger ones are mistakes, not settings, and break far from the
+#: setting: 1e10 seconds of TIMEOUT overflow the clocks a deadline meets (``OverflowError: timestamp
+#: out of range``), 1e308 retries a second or a latency tolerance overflow to infinity, 10**400 is
+#: not even a float. A billion seconds is 31 years.
+LARGEST = 1e9
+#: The smallest number of seconds a key takes: 1e-310 seconds is a float, but one over it is infinite.
+SMALLEST_SECONDS = 1e-6
+
+
+def _too_large(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) > LARGEST if isinstance(value, int) or math.isfinite(value) else False
+
+
 def number(
     minimum: float,
     *,
@@ -107,6 +122,9 @@ def number(
     what: str = "a number",
 ) -> Field:
     def read(reader: Reader, path: str, value: Any) -> float | None:
+        if _too_large(value):
+            reader.fail(path, f"must be {what} of at most {LARGEST:g}, not {value!r}", code=BAD_NUMBER)
+            return None
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= minimum if inclusive else value > minimum)
         ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
@@ -123,6 +141,9 @@ def number(
 
 def integer(minimum: int) -> Field:
     def read(reader: Reader, path: str, value: Any) -> int | None:
+        if _too_large(value):
+            reader.fail(path, f"must be a whole number of at most {LARGEST:g}, not {value!r}", code=BAD_NUMBER)
+            return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
             return None
@@ -191,4 +212,20 @@ def fields(
             for key, (read, default) in schema.items()}  # fmt: skip
 
 
-SECONDS = number(0, inclusive=False, what="a number of seconds")
+def seconds(*, at_most: float | None = None) -> Field:
+    """A number of seconds > 0, one microsecond at least."""
+    positive = number(0, inclusive=False, at_most=at_most, what="a number of seconds")
+
+    def read(reader: Reader, path: str, value: Any) -> float | None:
+        got: float | None = positive(reader, path, value)
+        if got is not None and got < SMALLEST_SECONDS:
+            reader.fail(
+                path, f"must be a number of seconds of at least {SMALLEST_SECONDS:g}, not {value!r}", code=BAD_NUMBER
+            )
+            return None
+        return got
+
+    return read
+
+
+SECONDS = seconds()

@@ -34,6 +34,7 @@ from django_aio_request.conf.reader import (
     number,
     optional,
     priority,
+    seconds,
 )
 from django_aio_request.core.classifier import ResponseClassifier
 from django_aio_request.core.client import HedgePriority, validate_hedge_priority
@@ -247,7 +248,7 @@ SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
     "RETRY_AFTER": (integer(0), 1),
     "PRIORITY_POLICY": (_priority_policy, "any"),
     "UNTRUSTED_PRIORITY": (priority, Priority.NORMAL),
-    "SWITCH_INTERVAL": (optional(SECONDS), 0.002),
+    "SWITCH_INTERVAL": (optional(seconds(at_most=1.0)), 0.002),  # more: the interpreter reads 1e300 as 0
 }
 SHEDDING_KEYS = tuple(SHEDDING_SCHEMA)
 _REMOVED_SHEDDING_KEYS = ("HIGH_PRIORITY_RESERVE", "NORMAL_PRIORITY_RESERVE")

@@ -79,3 +79,40 @@ def test_priorities_and_names() -> None:
     assert names(reader, "['K']", [" Shop ", "billing"]) == frozenset({"shop", "billing"})
     assert names(reader, "['K']", "shop") is None  # a string is not a list of names
     assert names(reader, "['K']", ["", "x"]) is None
+
+
+BREAKER = {"BREAK_DURATION": 5, "SAMPLING_DURATION": 10}
+HUGE_OR_TINY = [
+    ({"TIMEOUT": 1e10}, "['TIMEOUT'] must be a number of seconds of at most 1e+09, not 10000000000.0"),
+    ({"MAX_TIMEOUT": 10**400}, "['MAX_TIMEOUT'] must be a number of seconds of at most 1e+09"),
+    ({"SHEDDING": {"QUEUE_TIMEOUT": 1e10}}, "['SHEDDING']['QUEUE_TIMEOUT'] must be a number of seconds of at most"),
+    (
+        {"SHEDDING": {"LATENCY_TOLERANCE": 1e308}},
+        "['SHEDDING']['LATENCY_TOLERANCE'] must be a latency ratio of at most",
+    ),
+    ({"SHEDDING": {"MAX_CONCURRENCY": 10**400}}, "['SHEDDING']['MAX_CONCURRENCY'] must be a whole number of at most"),
+    ({"SHEDDING": {"SWITCH_INTERVAL": 1e300}}, "['SHEDDING']['SWITCH_INTERVAL'] must be a number of seconds"),
+    ({"SHEDDING": {"SWITCH_INTERVAL": 2.0}}, "['SWITCH_INTERVAL'] must be a number of seconds > 0 and <= 1.0"),
+    ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "RETRY_BUDGET": {"RATIO": 10**400}}}}, "['RATIO'] must be a ratio"),
+    ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "RETRY_BUDGET": {"MIN_PER_SECOND": 1e308}}}}, "['MIN_PER_SECOND']"),
+    (
+        {"CLIENTS": {"b": {"ENDPOINT": "http://b/", "RETRY_BUDGET": {"WINDOW_SECONDS": 1e-310}}}},
+        "['WINDOW_SECONDS'] must be a number of seconds of at least 1e-06",
+    ),
+    ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "MAX_WORKERS": 10**12}}}, "['MAX_WORKERS'] must be a whole number"),
+    ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "CIRCUIT_BREAKER": {**BREAKER, "BREAK_DURATION": 1e-320}}}}, "1e-06"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), HUGE_OR_TINY)
+def test_numbers_too_large_or_too_small_to_work_are_reported_with_their_key(
+    setting: dict[str, object], message: str
+) -> None:
+    """Each passed manage.py check and broke at run time (OverflowError: a shedding slot never given
+    back, a client that could not be built), or was reported only as "could not be read" (E099)."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings(setting)
+    assert parsed is None
+    assert [p.code for p in problems] == ["E003"], [str(p) for p in problems]
+    assert message in str(problems[0])

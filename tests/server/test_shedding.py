@@ -408,6 +408,19 @@ def test_waiting_ends_at_queue_timeout_and_retrying_may_help() -> None:
     limited.release(holder.admitted_at, thread=True)
 
 
+def test_a_queue_timeout_of_zero_refuses_at_once_for_the_queue_not_the_deadline() -> None:
+    """QUEUE_TIMEOUT 0: no queue. The refusal is the queue's (retrying later may help), not the
+    deadline's: answered X-Do-Not-Retry, a client that honours it never came back."""
+    limited = Limiter(FixedLimit(1), queue_timeout=0.0, retry_after=1)
+    holder = limited.acquire(NORMAL, later(10))
+    began = time.monotonic()
+    refused = limited.acquire(HIGH, later(10))
+    assert time.monotonic() - began < 0.05
+    assert (refused.admitted, refused.reason, refused.do_not_retry) == (False, "queue_timeout", False)
+    assert limited.acquire(HIGH, later(0.5)).do_not_retry  # ends before Retry-After: retrying cannot help
+    limited.release(holder.admitted_at, thread=True)
+
+
 def test_waiting_is_bounded_by_the_deadline() -> None:
     limited = Limiter(FixedLimit(1), queue_timeout=5.0)
     holder = limited.acquire(NORMAL, later(5))

@@ -202,8 +202,8 @@ class Limiter:
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
         bound, reason = self._bound(deadline, now)
-        if bound <= 0:
-            return self._refuse(priority, REASON_DEADLINE, deadline - now)
+        if bound <= 0:  # no time to wait: the deadline's doing, or QUEUE_TIMEOUT 0's (no queue at all)
+            return self._refuse(priority, reason, deadline - now)
         waiter = Waiter(priority, deadline, now, loop=loop)
         queue = self._queue
         queue.push(waiter)
