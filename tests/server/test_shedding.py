@@ -408,6 +408,18 @@ def test_waiting_ends_at_queue_timeout_and_retrying_may_help() -> None:
     limited.release(holder.admitted_at, thread=True)
 
 
+def test_a_limit_that_fails_to_learn_still_gets_its_slot_back() -> None:
+    class Broken(FixedLimit):
+        def sample(self, *args: Any, **kwargs: Any) -> None:
+            raise OverflowError("cannot convert float infinity to integer")
+
+    limited = Limiter(Broken(1), queue_timeout=0.0)
+    holder = limited.acquire(NORMAL, later(5))
+    with pytest.raises(OverflowError):
+        limited.release(holder.admitted_at, thread=True)
+    assert limited.acquire(NORMAL, later(5)).admitted  # the slot was given back
+
+
 def test_a_queue_timeout_of_zero_refuses_at_once_for_the_queue_not_the_deadline() -> None:
     """QUEUE_TIMEOUT 0: no queue. The refusal is the queue's (retrying later may help), not the
     deadline's: answered X-Do-Not-Retry, a client that honours it never came back."""

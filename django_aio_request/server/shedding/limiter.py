@@ -180,11 +180,13 @@ class Limiter:
             if thread:
                 self._threads -= 1
             rtt = now - admitted_at
-            self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
-            self._in_flight -= 1
-            previous = self._service_time
-            self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
-            self._grant(now)
+            try:
+                self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
+            finally:  # whatever learning does, the slot is given back (a lost one is never found again)
+                self._in_flight -= 1
+                previous = self._service_time
+                self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
+                self._grant(now)
 
     # Under the lock.
 
