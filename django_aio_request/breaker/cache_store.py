@@ -332,7 +332,16 @@ class CacheCircuitStore(CircuitStore[str]):
                 # (the block read back is the one written for it).
                 if scope not in self._writes and scope not in self._granted and scope not in won:
                     until = found.get(f"{prefix}:open")
-                    self._until[scope] = None if until is None else float(until)
+                    learned = None if until is None else float(until)
+                    known = self._until.get(scope)
+                    self._until[scope] = learned
+                    # What is read is kept in the local store too, which decides during an outage:
+                    # a process that learned of a circuit opened elsewhere went on calling through it
+                    # the moment the cache failed.
+                    if learned is not None and learned != known:
+                        self._local.block(scope, learned)
+                    elif learned is None and known is not None:
+                        self._local.close_circuit(scope)
             for scope, granted in won.items():
                 self._granted[scope] = granted
                 self._until[scope] = granted[1]  # the break is over for this process's next call only

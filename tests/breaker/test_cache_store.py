@@ -344,6 +344,38 @@ def test_counts_flushed_by_many_processes_at_once_add_up_only_where_incr_is_atom
         assert failures < sent * 0.9, failures  # lost, not merely late: every store has flushed
 
 
+def test_a_circuit_learned_from_the_cache_stays_open_through_an_outage(namespace: str, stores: Any) -> None:
+    """Process B learns from the cache that A opened the circuit; then the cache goes down. B goes on
+    with what it knows: blocked until the break ends. It forgot, and called through at once."""
+    port = free_port()
+    try:
+        redis_process = RedisProcess(port)
+    except FileNotFoundError:
+        pytest.fail("redis-server is not installed (.ci/services.sh installs it)")
+    mine = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
+    }
+    try:
+        with override_settings(
+            CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "mine": mine}
+        ):
+            a, b = stores(namespace, "mine", sync_interval=0.02), stores(namespace, "mine", sync_interval=0.02)
+            opener, learner = breaker_with(a, minimum_throughput=2), breaker_with(b, minimum_throughput=2)
+            assert [run(opener, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+            a.sync()
+            learner.state  # noqa: B018 - the first look registers the endpoint with b's thread
+            assert run(learner, True) in ("ran", "fallback")  # its first call goes by what b knew then
+            b.sync()
+            assert run(learner, True) == "fallback"  # learned from the cache
+            redis_process.stop()
+            assert wait_for(lambda: not b.healthy)
+            assert [run(learner, True) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
+    finally:
+        redis_process.stop()
+
+
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
     server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
