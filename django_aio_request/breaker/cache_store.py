@@ -331,17 +331,7 @@ class CacheCircuitStore(CircuitStore[str]):
                 # Not when a newer local decision waits to be written, nor over a probe claimed here
                 # (the block read back is the one written for it).
                 if scope not in self._writes and scope not in self._granted and scope not in won:
-                    until = found.get(f"{prefix}:open")
-                    learned = None if until is None else float(until)
-                    known = self._until.get(scope)
-                    self._until[scope] = learned
-                    # What is read is kept in the local store too, which decides during an outage:
-                    # a process that learned of a circuit opened elsewhere went on calling through it
-                    # the moment the cache failed.
-                    if learned is not None and learned != known:
-                        self._local.block(scope, learned)
-                    elif learned is None and known is not None:
-                        self._local.close_circuit(scope)
+                    self._learn_block(scope, found.get(f"{prefix}:open"))
             for scope, granted in won.items():
                 self._granted[scope] = granted
                 self._until[scope] = granted[1]  # the break is over for this process's next call only
@@ -359,6 +349,18 @@ class CacheCircuitStore(CircuitStore[str]):
                 logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _learn_block(self, scope: str, until: Any) -> None:
+        """Take the block read from the cache (under the lock). It goes to the local store too, which
+        decides during an outage: a process that had learned of a circuit opened elsewhere called
+        through it the moment the cache failed."""
+        learned = None if until is None else float(until)
+        known = self._until.get(scope)
+        self._until[scope] = learned
+        if learned is not None and learned != known:
+            self._local.block(scope, learned)
+        elif learned is None and known is not None:
+            self._local.close_circuit(scope)
 
     def _known(self, scope: str) -> None:
         """Make sure the sync thread runs (in this process) and syncs ``scope``."""
