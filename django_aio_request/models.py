@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
+from django_aio_request.conf.schema import CLIENT_NAME_LENGTH, ENDPOINT_LENGTH
+
 
 class State(models.TextChoices):
     # The values of circuit_breaker.CircuitState.
@@ -31,8 +33,7 @@ class Mode(models.TextChoices):
 SEVERITY = (State.FORCED_OPEN, State.OPEN, State.HALF_OPEN, State.FORCED_CLOSED, State.CLOSED)
 
 LOCAL_STORE = "local"
-CLIENT_LENGTH = 100
-ENDPOINT_LENGTH = 400
+CLIENT_LENGTH = CLIENT_NAME_LENGTH  # settings longer than these are errors (conf/schema.py)
 # Reports count the calls of the last COUNT_WINDOW seconds, whatever a breaker's SAMPLING_DURATION:
 # a one-second sampling window would show 0 failures nearly always, also while the circuit is open.
 COUNT_WINDOW = 60.0

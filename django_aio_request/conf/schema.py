@@ -79,6 +79,10 @@ STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expi
 DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
 
 
+#: The longest client name and ENDPOINT: what the breakers' tables in admin hold (models.py).
+CLIENT_NAME_LENGTH = 100
+ENDPOINT_LENGTH = 400
+
 LOCAL_BREAKER_STATE = "local"
 # Caches that hold their data in each process: naming one shares nothing between processes.
 PER_PROCESS_CACHES = (
@@ -371,6 +375,11 @@ def _endpoint(reader: Reader, path: str, spec: Mapping[str, Any]) -> str | None:
     except ValueError as error:
         reader.fail(path, str(error), "e.g. 'http://billing:8080/'", code=BAD_ENDPOINT)
         return None
+    if len(endpoint) > ENDPOINT_LENGTH:
+        # The breakers' tables in admin hold that much: a longer one failed every publishing round of
+        # the process (PostgreSQL: value too long), its other clients' reports and transitions too.
+        reader.fail(path, f"is longer than {ENDPOINT_LENGTH} characters ({len(endpoint)})", code=BAD_ENDPOINT)
+        return None
     if not urllib.parse.urlsplit(endpoint).path.endswith("/"):
         hint = "relative request URLs replace the endpoint's last path segment (RFC 3986); add a trailing '/'"
         reader.problems.append(Problem(path, "does not end with '/'", hint, warning=True, code=NO_TRAILING_SLASH))
@@ -536,6 +545,10 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
         if not isinstance(name, str) or not name:
             reader.fail(f"['CLIENTS'][{name!r}]", "is not a valid client name: use a non-empty string")
+        elif len(name) > CLIENT_NAME_LENGTH:  # admin's tables: a longer one failed every publishing round
+            reader.fail(
+                f"['CLIENTS'][{name[:40]!r}...]", f"is a client name longer than {CLIENT_NAME_LENGTH} characters"
+            )
         elif (spec := _client(reader, name, client_value)) is not None:
             clients[name] = spec
     server = _server(reader, top)

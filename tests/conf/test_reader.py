@@ -116,3 +116,18 @@ def test_numbers_too_large_or_too_small_to_work_are_reported_with_their_key(
     assert parsed is None
     assert [p.code for p in problems] == ["E003"], [str(p) for p in problems]
     assert message in str(problems[0])
+
+
+def test_names_and_endpoints_longer_than_admin_s_tables_hold_are_errors() -> None:
+    """A 401-character ENDPOINT passed the check, and on PostgreSQL every publishing round of the
+    process failed (value too long): no report, no transition, for its other clients either."""
+    from django_aio_request.conf.schema import read_settings
+
+    long_endpoint = "http://billing:8080/" + "a" * 400
+    parsed, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": long_endpoint}}})
+    assert parsed is None
+    assert [(p.code, p.message) for p in problems] == [("E004", "is longer than 400 characters (420)")]
+    parsed, problems = read_settings({"CLIENTS": {"b" * 101: {"ENDPOINT": "http://billing:8080/"}}})
+    assert parsed is None
+    assert "is a client name longer than 100 characters" in str(problems[0])
+    assert read_settings({"CLIENTS": {"b" * 100: {"ENDPOINT": "http://billing:8080/" + "a" * 380}}})[0] is not None
