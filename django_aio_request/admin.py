@@ -113,7 +113,12 @@ def state_note(obj: BreakerStatus, now: datetime.datetime | None = None) -> str:
             "every call gets the fallback" if obj.override == Mode.FORCE_OPEN else "every call goes through"
         )
     if obj.pending():
-        return f"override lifted; {obj.pending()} of {obj.processes} processes go back to automatic at their next round"
+        # Admin cannot tell an override lifted here from one a process set itself (in code, a test's
+        # force_breaker()), which the publisher does not lift: say both.
+        return (
+            f"forced in {obj.pending()} of {obj.processes} processes with no override set here: lifted and"
+            " not yet gone (they go back to automatic at their next round), or set in the process itself"
+        )
     if obj.state == State.OPEN and obj.blocked_until is not None:
         if obj.blocked_until <= now:
             return f"probe due: the break ended {_seconds(now - obj.blocked_until)} ago; the next call probes"

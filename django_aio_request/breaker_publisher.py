@@ -135,10 +135,11 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._published: set[Key] = set()
-        # The overrides this publisher set from the database, by (client, endpoint): only those are
-        # lifted when their row goes. One set otherwise (force_breaker() in a test, set_override()
-        # in code) is not admin's to lift.
-        self._applied: dict[Key, Override] = {}
+        # The overrides this publisher set from the database, by (client, endpoint), with the one in
+        # force before it (None, or one set in the process itself: force_breaker() in a test,
+        # set_override() in code). Only those are lifted when their row goes, and what was there
+        # before comes back: the process's own override is not admin's to lift.
+        self._applied: dict[Key, tuple[Override, Override | None]] = {}
         self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
         self._down = False
@@ -363,13 +364,16 @@ class Publisher:
             want = wanted.get(name, {})
             have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
             for endpoint, mode in want.items():
-                if have.get(endpoint) != mode:
+                current = have.get(endpoint)
+                earlier = self._applied.get((name, endpoint))
+                before = earlier[1] if earlier is not None and current is earlier[0] else current
+                if current != mode:
                     breaker.set_override(endpoint, mode)
-                self._applied[(name, endpoint)] = mode
+                self._applied[(name, endpoint)] = (mode, before)
             for scope, applied in have.items():
                 mine = None if scope in want else self._applied.pop((name, scope), None)
-                if mine is not None and applied is mine:  # still the one set from the database
-                    breaker.set_override(scope, None)
+                if mine is not None and applied is mine[0]:  # still the one set from the database
+                    breaker.set_override(scope, mine[1])
         for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {})]:
             del self._applied[key]  # lifted, or its breaker is gone (a settings change rebuilt it)
 

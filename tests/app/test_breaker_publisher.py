@@ -131,6 +131,27 @@ def test_an_override_set_in_the_process_is_not_lifted_by_a_round(server: Loopbac
 
 
 @pytest.mark.django_db
+def test_an_override_of_the_process_comes_back_when_admin_s_is_lifted(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    server.route("/down", lambda h: h.reply(200))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 1) == [200]
+        breaker().set_override(server.url, Override.FORCE_CLOSED)  # the process's own, in code
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+        assert publisher.run_once()
+        assert call("billing", 1) == [502]  # admin's wins while it is set
+        BreakerOverride.objects.filter(client="billing").update(mode="force_closed")
+        assert publisher.run_once()
+        BreakerOverride.objects.filter(client="billing").update(mode="force_open")
+        assert publisher.run_once()
+        BreakerOverride.objects.filter(client="billing").delete()
+        assert publisher.run_once()
+        assert breaker().snapshot()[0].override is Override.FORCE_CLOSED  # was lifted to automatic
+
+
+@pytest.mark.django_db
 def test_a_fake_client_is_neither_published_nor_overridden(server: LoopbackServer, publisher: Publisher) -> None:
     server.route("/down", lambda h: h.reply(200))
     with override_settings(AIO_REQUEST=setting(server.url)):

@@ -397,8 +397,8 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
     assert "1 circuit breaker set back to automatic" in message[0].text
     # Until the process's next round, the page says the override is lifted but not yet applied; then its state.
     end = time.monotonic() + 10
-    while "forced" in (state := browser.find_element(By.CSS_SELECTOR, ".field-state_display").text):
-        assert "override lifted; 1 of 1 processes go back to automatic at their next round" in state
+    while "forced open" in (state := browser.find_element(By.CSS_SELECTOR, ".field-state_display").text):
+        assert "forced in 1 of 1 processes with no override set here: lifted and not yet gone" in state
         assert time.monotonic() < end, state
         time.sleep(0.5)
         browser.refresh()
