@@ -3,7 +3,11 @@ and ``manage.py circuit_breakers``."""
 
 import datetime
 import io
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -205,6 +209,16 @@ def test_the_management_command_without_reports() -> None:
     out = io.StringIO()
     call_command("circuit_breakers", stdout=out)
     assert "No circuit breaker is reported now" in out.getvalue()
+
+
+def test_the_management_command_names_an_unknown_database_without_a_traceback() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "PYTHONPATH": str(root)}
+    command = [sys.executable, "manage.py", "circuit_breakers", "--database", "nope"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "CommandError: no database 'nope' in settings.DATABASES (known: default" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def live_report(pid: int, state: str, **fields: object) -> BreakerReport:

@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 from django.utils import timezone
 
 from django_aio_request.admin import ago, calls, state_note
@@ -45,6 +46,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         rows = BreakerStatus.objects.all()
         if options["database"]:
+            if options["database"] not in connections:
+                known = ", ".join(connections) or "none"
+                raise CommandError(f"no database {options['database']!r} in settings.DATABASES (known: {known})")
             rows = rows.using(options["database"])
         if options["client"]:
             rows = rows.filter(client__in=options["client"])
