@@ -36,10 +36,12 @@ from django_aio_request.conf.reader import (
     priority,
     seconds,
 )
+from django_aio_request.core import headers as h
 from django_aio_request.core.classifier import ResponseClassifier
 from django_aio_request.core.client import HedgePriority, validate_hedge_priority
 from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_endpoint
 from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import check_headers
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
 from django_aio_request.transport.requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE
 
@@ -541,6 +543,11 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     service_name = top.get("SERVICE_NAME")
     if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
         reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {service_name!r}")
+    elif service_name is not None:
+        try:
+            check_headers({h.X_SERVICE_NAME: service_name})  # sent on every call: it must fit in a header
+        except ValueError as error:
+            reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
     clients: dict[str, ClientSpec] = {}
     for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
         if not isinstance(name, str) or not name:

@@ -67,17 +67,40 @@ class CircuitBreakerModule(RequestModule):
         self.classifier = classifier
 
     def execute(self, next_: Next, attempt: Attempt) -> Response:
-        return self.breaker.execute(
+        # What raises below is a programming error (a header HTTP cannot carry, an enricher that
+        # fails: the transport never raises for the network's doing), not the endpoint's: counted as
+        # its failure, three of them opened the circuit on a healthy server. The breaker is given no
+        # verdict instead (a probe lets the next call probe), and the error is raised on.
+        raised: list[Exception] = []
+
+        def operation() -> Response:
+            try:
+                return next_(attempt)
+            except Exception as error:
+                raised.append(error)
+                return _NO_VERDICT
+
+        response = self.breaker.execute(
             scope=attempt.endpoint,
-            operation=lambda: next_(attempt),
+            operation=operation,
             fallback=_open_circuit_response,
             is_successful=self._is_successful,
         )
+        if raised:
+            error = raised.pop()
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame, which the traceback holds
+        return response
 
     def _is_successful(self, response: Response) -> bool | None:
-        if response.status == status.CANCELLED:
-            return None  # abandoned by its strategy: says nothing about the endpoint
+        if response.status == status.CANCELLED or response is _NO_VERDICT:
+            return None  # abandoned by its strategy, or raised: says nothing about the endpoint
         return self.classifier.classify(response) is ResponseVerdict.ACCEPT
+
+
+_NO_VERDICT = EmptyResponse(status=status.CANCELLED)  # stands for a raised error inside the breaker only
 
 
 def _open_circuit_response() -> Response:

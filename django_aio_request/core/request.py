@@ -59,12 +59,14 @@ class Request:
         self.path_parameters = path_parameters
         self.query_parameters = query_parameters
         self.headers: dict[str, str] = dict(headers) if headers else {}
+        check_headers(self.headers)
         self.body = bytes(body) if body is not None else None
         self.allow_redirects = allow_redirects
         self.max_redirects = max_redirects
 
     def with_headers(self, extra: Headers) -> "Request":
         """A copy whose headers are updated with ``extra`` (case-insensitively replacing)."""
+        check_headers(extra)
         lowered = {name.lower() for name in extra}
         merged = {k: v for k, v in self.headers.items() if k.lower() not in lowered}
         merged.update(extra)
@@ -94,6 +96,29 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
+
+
+def check_headers(headers: Headers) -> None:
+    """Header names and values HTTP/1.1 can carry: text that encodes as Latin-1, without line breaks.
+
+    Anything else is a programming error, raised here before anything is sent. A value such as
+    ``"заказы"`` failed only as ``http.client`` encoded it, as a network error (489): retried, counted
+    against the circuit breaker, which then opened on a healthy server.
+    """
+    for name, value in headers.items():
+        for part, what in ((name, "name"), (value, "value")):
+            if not isinstance(part, str):
+                raise TypeError(f"header {name!r}: the {what} must be a str, not {type(part).__name__}")
+            if not part.isascii():
+                try:
+                    part.encode("latin-1")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"header {name!r}: the {what} has characters HTTP/1.1 cannot carry (not Latin-1);"
+                        " encode it (e.g. percent-encoding or base64)"
+                    ) from None
+            if "\r" in part or "\n" in part or "\0" in part:
+                raise ValueError(f"header {name!r}: the {what} holds a line break or NUL")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -131,3 +131,17 @@ def test_names_and_endpoints_longer_than_admin_s_tables_hold_are_errors() -> Non
     assert parsed is None
     assert "is a client name longer than 100 characters" in str(problems[0])
     assert read_settings({"CLIENTS": {"b" * 100: {"ENDPOINT": "http://billing:8080/" + "a" * 380}}})[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("заказы", "has characters HTTP/1.1 cannot carry"), ("orders\r\nX-Admin: 1", "holds a line break or NUL")],
+)
+def test_a_service_name_no_header_can_carry_is_an_error(name: str, message: str) -> None:
+    """It passed the check, and every call of every client then failed as a network error (489)."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings({"SERVICE_NAME": name})
+    assert parsed is None
+    assert [p.path for p in problems] == ["['SERVICE_NAME']"]
+    assert message in str(problems[0])

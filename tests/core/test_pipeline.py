@@ -5,6 +5,7 @@ to the attempt and in which order, not about sockets (tests/transport/ has those
 """
 
 import threading
+import time
 
 import pytest
 
@@ -140,6 +141,43 @@ def test_a_low_timeout_refusal_is_not_counted_by_the_breaker() -> None:
     )
     assert send(attempt(0.0)).status == 408
     assert breaker.counts(ENDPOINT) == (0, 0)  # the guard comes first: the endpoint was never tried
+
+
+def test_an_error_raised_below_the_breaker_is_raised_on_and_says_nothing_about_the_endpoint() -> None:
+    """A programming error (an enricher that fails, a header HTTP cannot carry) is not the endpoint's
+    failure: three of them opened the circuit on a healthy server. A probe that raises lets the next
+    call probe, as one abandoned by its strategy does."""
+    transport = RecordingTransport(status=500)
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=0.05, sampling_duration=60, minimum_throughput=2, failure_threshold=0.5
+    )
+    failing = [True]
+
+    def enricher(request: Request) -> Request:
+        if failing[0]:
+            raise RuntimeError("the enricher's own bug")
+        return request
+
+    send = build_pipeline(
+        [
+            CircuitBreakerModule(breaker, DefaultResponseClassifier()),
+            transport_stage(transport, request_enricher=enricher),
+        ]
+    )
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="the enricher's own bug"):
+            send(attempt())
+    assert breaker.counts(ENDPOINT) == (0, 0)
+    failing[0] = False
+    assert [send(attempt()).status for _ in range(3)] == [500, 500, 502]  # the endpoint's own failures open it
+    time.sleep(0.06)  # the break is over: the next call is the probe
+    failing[0] = True
+    with pytest.raises(RuntimeError):
+        send(attempt())  # the probe raised
+    failing[0] = False
+    transport.status = 200
+    assert send(attempt()).status == 200  # probes again at once, and closes the circuit
+    assert breaker.state[ENDPOINT].value == "closed"
 
 
 def test_a_pipeline_without_a_sending_stage_is_a_programming_error() -> None:

@@ -9,8 +9,10 @@ import pytest
 import responses
 
 from django_aio_request import (
+    DefaultCircuitBreaker,
     Request,
     RequestsTransport,
+    Response,
     delete,
     get,
     patch,
@@ -22,6 +24,7 @@ from django_aio_request import (
     request,
     request_json,
 )
+from tests.support.loopback import LoopbackServer, clients
 
 ENDPOINT = "http://svc.test/api/"
 _ANY_URL = re.compile(r"http://svc\.test/.*")
@@ -136,6 +139,44 @@ def test_absolute_url_is_a_value_error_naming_it(url: str) -> None:
     with pytest.raises(ValueError, match="relative to the client's endpoint") as info:
         get(url)
     assert url in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "message"),
+    [
+        ({"X-User": "Жанна"}, ValueError, "'X-User': the value has characters HTTP/1.1 cannot carry"),
+        ({"X-Заказ": "1"}, ValueError, "the name has characters HTTP/1.1 cannot carry"),
+        ({"X-Bad": "a\r\nInjected: 1"}, ValueError, "'X-Bad': the value holds a line break"),
+        ({"X-Bad": "a\x00"}, ValueError, "line break or NUL"),
+        ({"X-Count": 5}, TypeError, "'X-Count': the value must be a str, not int"),
+        ({"X-Raw": b"bytes"}, TypeError, "must be a str, not bytes"),
+    ],
+)
+def test_a_header_http_cannot_carry_raises_as_the_request_is_built(
+    headers: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        get("x", headers=headers)
+    with pytest.raises(error, match=re.escape(message)):
+        get("x").with_headers(headers)  # what a REQUEST_ENRICHER adds, too
+    assert get("x", headers={"X-Latin-1": "café"}).headers == {"X-Latin-1": "café"}  # Latin-1 is HTTP's
+
+
+def test_a_call_with_such_a_header_raises_sends_nothing_and_leaves_the_breaker_alone(server: LoopbackServer) -> None:
+    """It was a network error (489): retried, counted as the endpoint's failure, and the breaker
+    opened on a healthy server."""
+    server.route("/x", lambda h: h.reply(200))
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    with clients(server.url) as make:
+        enriching = make(circuit_breaker=breaker, request_enricher=lambda r: r.with_headers({"X-User": "Жанна"}))
+        for _ in range(3):
+            with pytest.raises(ValueError, match="cannot carry"), enriching.request(get("x")):
+                pass
+        assert server.received() == []
+        assert breaker.counts(server.url) == (0, 0)
+        assert enriching.circuit_breaker is breaker
 
 
 def test_negative_max_redirects_is_a_value_error() -> None:

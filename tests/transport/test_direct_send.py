@@ -106,8 +106,12 @@ def test_the_direct_route_puts_on_the_wire_what_requests_would(
 def test_a_caller_mistake_raises_before_anything_is_sent_on_the_direct_route(recording: RecordingServer) -> None:
     transport = RequestsTransport()
     before = len(recording.requests())
+    with pytest.raises(ValueError, match="line break"):  # the request refuses it as it is built ...
+        dar.get("x", headers={"X-Bad": "one\r\nInjected: two"})
+    smuggled = dar.get("x")
+    smuggled.headers["X-Bad"] = "one\r\nInjected: two"  # ... and the transport, should one get past
     with pytest.raises(requests.exceptions.InvalidHeader):
-        transport.send(recording.url, dar.get("x", headers={"X-Bad": "one\r\nInjected: two"}), DEADLINE)
+        transport.send(recording.url, smuggled, DEADLINE)
     with pytest.raises(ValueError, match="cannot be"):
         transport.send(recording.url, dar.get("x/{id}", path_parameters={"id": ".."}), DEADLINE)
     assert len(recording.requests()) == before
