@@ -136,7 +136,12 @@ class TransportModule(RequestModule):
                 system[h.X_SERVICE_NAME] = self.service_name
             request = request.with_headers(system)
         if self.request_enricher is not None:
+            sent = request.headers.get(h.X_REQUEST_TIMEOUT)
             request = self.request_enricher(request)
+            if sent is not None and request.headers.get(h.X_REQUEST_TIMEOUT) == sent:
+                # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
+                # its own: it promised the downstream the time left before the enricher ran.
+                request = request.with_headers({h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout)})
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
             return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)

@@ -85,6 +85,20 @@ def test_without_system_headers_nothing_is_added_and_the_enricher_runs_last() ->
     assert request.headers["Authorization"] == "Bearer t"
 
 
+def test_the_time_left_is_stamped_after_a_slow_enricher() -> None:
+    transport = RecordingTransport()
+
+    def slow(request: Request) -> Request:  # a token fetched from an identity provider
+        time.sleep(0.3)
+        return request.with_headers({"Authorization": "Bearer t"})
+
+    send = build_pipeline([transport_stage(transport, request_enricher=slow)])
+    send(attempt(1.0))
+    [(request, timeout)] = transport.sent
+    assert float(request.headers["X-Request-Timeout"]) <= 0.71  # was 1.000: 0.3 s it no longer had
+    assert abs(float(request.headers["X-Request-Timeout"]) - timeout) < 0.01
+
+
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:
     transport = RecordingTransport()
     send = build_pipeline(
