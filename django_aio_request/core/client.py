@@ -2,8 +2,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
@@ -91,6 +93,7 @@ class Client:
         self._metrics = metrics
         self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_lock = threading.Lock()
+        _clients.add(self)
 
     @contextlib.contextmanager
     def request(
@@ -236,6 +239,12 @@ class Client:
         response = self._pipeline(Attempt(self.endpoint, request, deadline, priority, number, cancellation))
         return ResponseWithVerdict(response, self.classifier.classify(response), number)
 
+    def _after_fork_in_child(self) -> None:
+        # As AttemptThreadPool's: the parent's call threads are gone; the child makes its own on use
+        # (the first async calls of a client used before fork() never started, and answered 408).
+        self._async_drivers = None
+        self._drivers_lock = threading.Lock()
+
     def close(self) -> None:
         """Wait for running attempts, then close pooled connections."""
         if self._async_drivers is not None:
@@ -322,3 +331,14 @@ class _Call:
         finally:
             with lock:
                 self._in_flight -= 1
+
+
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,5 +1,9 @@
 """The client: which deadline and priority a call gets, and the headers that carry them."""
 
+import asyncio
+import json
+import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -12,6 +16,7 @@ from django_aio_request import (
     Request,
     constant_delays,
     get,
+    parallel_strategy,
     post,
     post_json,
     sequential_strategy,
@@ -282,3 +287,92 @@ class TestCalls:
             bodies = list(pool.map(fetch, range(40)))
 
         assert bodies == [f"/item/{n}".encode() for n in range(40)]
+
+
+class TestLifetime:
+    """A client closed while a call is in flight, and a client used on both sides of a fork()."""
+
+    @staticmethod
+    def slow_first_fast_hedge(server: LoopbackServer) -> None:
+        arrivals = [0]
+
+        def handle(handler: Handler) -> None:
+            arrivals[0] += 1
+            if arrivals[0] % 2:  # each call's attempt 0 is slow, its hedge fast
+                time.sleep(1.0)
+            handler.reply(200, b"ok")
+
+        server.route("/h", handle)
+
+    def test_closing_a_client_while_a_hedged_call_is_in_flight_raises_nothing(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """As when the settings change under a named client: the attempt launched after attempt 0 was
+        rejected found the pool shut down and raised RuntimeError('cannot schedule new futures after
+        shutdown'). Now a closed pool is as one whose workers are all busy."""
+
+        arrivals = [0]
+
+        def first_fails(handler: Handler) -> None:
+            arrivals[0] += 1
+            if arrivals[0] == 1:
+                time.sleep(0.2)
+                handler.reply(503)  # rejected: the next attempt starts at once, on the closed pool
+            else:
+                handler.reply(200, b"ok")
+
+        server.route("/h", first_fails)
+        hedged = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.5))
+        client = make_client(safe_method_strategy=hedged)
+        answers: list[object] = []
+
+        def run() -> None:
+            try:
+                with client.request(get("h")) as response:
+                    answers.append(response.status)
+            except Exception as error:
+                answers.append(error)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(0.05)  # attempt 0 sent
+        client.close()
+        thread.join(5)
+        assert answers == [200]  # the next attempt ran on the caller's thread
+        assert len(server.received("/h")) == 2
+
+    def test_a_client_used_before_fork_hedges_and_calls_async_in_the_child(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """The child inherits executors that count the parent's idle threads, which it has not: its
+        first hedge was never sent (the call took attempt 0's 1 s) and its first async calls never
+        started (408 at their deadline)."""
+        self.slow_first_fast_hedge(server)
+        hedging = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05))
+        client = make_client(safe_method_strategy=hedging)
+        with client.request(get("h")) as response:  # the parent's workers exist now
+            assert response.status == 200
+        assert asyncio.run(self.async_status(client)) == 200
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave without running the parent's cleanup
+            try:
+                started = time.monotonic()
+                with client.request(get("h"), deadline=Deadline.from_timeout(3.0)) as response:
+                    hedged = (response.status, time.monotonic() - started)
+                status = asyncio.run(self.async_status(client))
+                os.write(write, json.dumps({"hedged": hedged, "async": status}).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            got = json.loads(pipe.read() or "{}")
+        os.waitpid(pid, 0)
+        assert got["hedged"][0] == 200
+        assert got["hedged"][1] < 0.8, got  # the hedge's answer, not attempt 0's 1 s
+        assert got["async"] == 200
+
+    @staticmethod
+    async def async_status(client: Client) -> int:
+        async with client.arequest(get("h"), deadline=Deadline.from_timeout(2.0)) as response:
+            return response.status
