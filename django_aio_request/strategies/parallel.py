@@ -82,12 +82,12 @@ class _HedgedCall:
         finally:
             with self.lock:
                 self.in_flight -= 1
+        self.observe(self.request, result.response)  # aborted too: usually the slow one a hedge beat
         if result.response.status == status.CANCELLED:
             # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
             # whole call (an async caller went away): the answer only if nothing else comes.
             self.aborted_first = result
             return None
-        self.observe(self.request, result.response)
         self.finished.append(result)
         return result
 

@@ -621,3 +621,41 @@ class TestFirstAttemptInTheCallersThread:
         assert results == [b"slow"] * callers
         assert callers < gauge[1] <= callers + 2  # some hedges ran, never more than the workers
         assert len(workers_of(client)._executor._threads) <= 2
+
+
+def test_a_learning_delays_provider_hears_of_attempt_0_when_a_hedge_beat_it(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """Attempt 0 is the one a hedge usually beats, the slow one an adaptive delay must learn about
+    (usage.md: "it learns from attempts abandoned for a faster one"). It was never observed: 25
+    calls won by the hedge taught a percentile provider 25 fast latencies and no slow one."""
+    arrivals = itertools.count()
+
+    def slow_first(handler: Handler) -> None:
+        if next(arrivals) % 2 == 0:  # each call's attempt 0
+            time.sleep(0.3)
+        handler.reply(200, b"ok")
+
+    server.route("/tail", slow_first)
+
+    class Learning(RequestAttemptDelaysProvider):
+        def __init__(self) -> None:
+            self.heard: list[tuple[int, float]] = []
+            self.lock = threading.Lock()
+
+        def __call__(self, request: Request, attempt: int) -> float:
+            return 0.05 * attempt
+
+        def observe(self, request: Request, response: Response) -> None:
+            with self.lock:
+                self.heard.append((response.status, response.elapsed))
+
+    learning = Learning()
+    client = make_client(safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=learning))
+    for _ in range(5):
+        with client.request(get("tail")) as response:
+            assert response.status == 200
+    time.sleep(0.1)
+    statuses = sorted(status for status, _ in learning.heard)
+    assert statuses == [200] * 5 + [499] * 5  # the hedges' answers, and the attempt 0s they beat
+    assert all(elapsed >= 0.05 for status, elapsed in learning.heard if status == 499)
