@@ -139,13 +139,16 @@ def number(
     return read
 
 
-def integer(minimum: int) -> Field:
+def integer(minimum: int, *, at_most: int | None = None) -> Field:
     def read(reader: Reader, path: str, value: Any) -> int | None:
         if _too_large(value):
             reader.fail(path, f"must be a whole number of at most {LARGEST:g}, not {value!r}", code=BAD_NUMBER)
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
+            return None
+        if at_most is not None and value > at_most:
+            reader.fail(path, f"must be a whole number of at most {at_most}, not {value!r}", code=BAD_NUMBER)
             return None
         return value
 

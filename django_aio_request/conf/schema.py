@@ -43,6 +43,7 @@ from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_e
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import check_headers
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
+from django_aio_request.strategies.base import MAX_ATTEMPTS
 from django_aio_request.transport.requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE
 
 __all__ = [
@@ -338,7 +339,7 @@ def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
             return None
         inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"])
         return None if inner is None else StrategySpec(name, delays=delays, inner=inner)
-    attempts = fields(reader, path, spec, {"ATTEMPTS_COUNT": (integer(1), 3)})["ATTEMPTS_COUNT"]
+    attempts = fields(reader, path, spec, {"ATTEMPTS_COUNT": (integer(1, at_most=MAX_ATTEMPTS), 3)})["ATTEMPTS_COUNT"]
     if attempts is None:
         return None
     if name == "parallel":

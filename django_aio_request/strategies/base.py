@@ -43,3 +43,8 @@ class RequestStrategy(abc.ABC):
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict: ...
+
+
+#: The most attempts one strategy makes in a call: a call works out its attempts' delays before it
+#: sends the first, and a million of them held it past its deadline with nothing sent.
+MAX_ATTEMPTS = 100

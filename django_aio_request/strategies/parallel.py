@@ -13,7 +13,13 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
-from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.strategies.base import (
+    MAX_ATTEMPTS,
+    RequestStrategy,
+    ResponseWithVerdict,
+    SendAttempt,
+    first_attempt,
+)
 from django_aio_request.strategies.delays import (
     DelaysProvider,
     RequestAttemptDelaysProvider,
@@ -246,8 +252,8 @@ class ParallelStrategy(RequestStrategy):
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
-        if attempts_count < 1:
-            raise ValueError(f"attempts_count must be >= 1, not {attempts_count}")
+        if not 1 <= attempts_count <= MAX_ATTEMPTS:
+            raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
         self.attempts_count = attempts_count
         self.delays = as_request_delays(delays_provider)
 

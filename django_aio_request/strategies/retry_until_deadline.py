@@ -1,10 +1,12 @@
 import time
+from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
 from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
 from django_aio_request.strategies.delays import (
     DelaysProvider,
@@ -23,8 +25,9 @@ class _Rounds:
     the client sees every round's first attempt as the extra attempt it is (which the retry budget
     may refuse: that ends the call)."""
 
-    def __init__(self, send: SendAttempt) -> None:
+    def __init__(self, send: SendAttempt, observe: Callable[[Request, Response], None]) -> None:
         self._send = send
+        self._observe = observe  # the rounds' delays provider learns from every attempt (percentile)
         self.offset = 0  # attempts numbered by the rounds before this one
         self.highest = -1  # the highest number the current round used
         self.refused = False  # the retry budget refused an attempt: no more rounds
@@ -42,6 +45,8 @@ class _Rounds:
             self.refused = True
             if number == 0:
                 raise _Refused
+        else:
+            self._observe(request, result.response)
         return result
 
 
@@ -62,7 +67,7 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
-        rounds = _Rounds(send)
+        rounds = _Rounds(send, self.delays.observe)
         round_ = 0
         result = self.strategy.request(rounds.send, workers, request, deadline, priority)
         while True:

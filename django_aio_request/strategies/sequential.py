@@ -4,7 +4,13 @@ from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, first_attempt
+from django_aio_request.strategies.base import (
+    MAX_ATTEMPTS,
+    RequestStrategy,
+    ResponseWithVerdict,
+    SendAttempt,
+    first_attempt,
+)
 from django_aio_request.strategies.deadline_providers import DeadlineProvider, pass_deadline_through
 from django_aio_request.strategies.delays import (
     DelaysProvider,
@@ -29,8 +35,8 @@ class SequentialStrategy(RequestStrategy):
         delays_provider: DelaysProvider | RequestAttemptDelaysProvider,
         deadline_provider: DeadlineProvider,
     ) -> None:
-        if attempts_count < 1:
-            raise ValueError(f"attempts_count must be >= 1, not {attempts_count}")
+        if not 1 <= attempts_count <= MAX_ATTEMPTS:
+            raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
         self.attempts_count = attempts_count
         self.delays = as_request_delays(delays_provider)
         self.deadline_provider = deadline_provider

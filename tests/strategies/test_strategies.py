@@ -233,7 +233,7 @@ class TestSequential:
         assert 0.1 <= delays.delay(get("slowish")) < 0.3
 
     def test_attempts_count_must_be_positive(self) -> None:
-        with pytest.raises(ValueError, match="attempts_count must be >= 1"):
+        with pytest.raises(ValueError, match="attempts_count must be from 1 to 100, not 0"):
             sequential_strategy(attempts_count=0)
 
 
@@ -321,6 +321,20 @@ class TestRetryUntilDeadlineExpired:
         assert response.status == 200
         assert len(server.received("/flaky")) == 5
 
+    def test_a_percentile_between_rounds_learns_from_every_attempt(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """Allowed as its DELAYS in settings, the provider was never told of a response: it stayed at
+        its floor whatever the server's latencies."""
+        server.route("/ok", answer_after(0.02, 200, b"ok"))
+        provider = PercentileDelaysProvider(min_delay_seconds=0.001, min_samples=10)
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(single_attempt_strategy(), delays_provider=provider)
+        )
+        for _ in range(12):
+            call(client, get("ok"))
+        assert provider.delay(get("ok")) >= 0.02  # learned; it was 0.001
+
     def test_a_hanging_server_is_bounded_by_the_deadline(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
@@ -331,3 +345,19 @@ class TestRetryUntilDeadlineExpired:
 
         assert response.status == 408
         assert elapsed < 0.4 + 0.2
+
+
+def test_attempts_count_is_at_most_100() -> None:
+    """A call works out its attempts' delays before it sends attempt 0: a million attempts held a
+    call past its deadline with nothing sent."""
+    from django_aio_request import parallel_strategy
+    from django_aio_request.conf.schema import read_settings
+
+    for make in (sequential_strategy, parallel_strategy):
+        make(attempts_count=100, delays_provider=constant_delays())
+        with pytest.raises(ValueError, match="attempts_count must be from 1 to 100, not 1000000"):
+            make(attempts_count=1_000_000, delays_provider=constant_delays())
+    strategy = {"NAME": "parallel", "ATTEMPTS_COUNT": 101}
+    parsed, problems = read_settings({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "SAFE_METHOD_STRATEGY": strategy}}})
+    assert parsed is None
+    assert "['ATTEMPTS_COUNT'] must be a whole number of at most 100, not 101" in str(problems[0])
