@@ -92,6 +92,20 @@ def test_one_fast_request_does_not_set_the_latency_without_queueing() -> None:
     assert min(simulation.seen[-1000:]) >= before - 1
 
 
+def test_a_probe_made_of_cheaper_views_is_corrected_by_requests_that_ran_alone() -> None:
+    """The first requests after a start were another page's (1 ms); the views then served take
+    10 ms and wait (I/O). At a limit of 1 nothing queues in the process, yet every window looked 10
+    times too slow: the limit stayed at 1 until the next probe, 30 s later."""
+    limit = adaptive(maximum=32, probe_interval=1e9)
+    for _ in range(5):
+        limit.sample(0.001, 1, 0.0, 0.001)  # the probe
+    assert limit.min_rtt == 0.001
+    simulation = Simulation(limit, 0.01, cpu=False)
+    simulation.run(2000)
+    assert limit.min_rtt == pytest.approx(0.01)
+    assert limit.current == 32
+
+
 def test_requests_admitted_before_a_probe_do_not_count_in_it() -> None:
     limit = adaptive()
     for _ in range(4):

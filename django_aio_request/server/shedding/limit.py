@@ -308,6 +308,12 @@ class AdaptiveLimit:
         # Samples with the GIL's turns taken out compare at any concurrency; the others only at the busiest.
         judged = [sample for sample, running, net in window if net or running >= busiest]
         latency = statistics.median(judged)  # a rare slow request (a slow query, a sleep) does not decide
+        if busiest <= 1 and latency > self.tolerance * min_rtt:
+            # Every request of the window ran alone, so none queued here: this is the latency without
+            # queueing of the views served now, and the probe's came from cheaper ones (the first
+            # requests after a start were another page's). Judged against it, a limit of 1 never grew
+            # until the next probe (30 s of a demo's shedding page refusing 98% of normal priority).
+            self.min_rtt = min_rtt = latency
         limit = self._limit
         gradient = self.tolerance * min_rtt / latency if latency > 0 else 1.0
         if gradient < 1:
