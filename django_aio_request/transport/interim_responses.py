@@ -11,8 +11,28 @@ HTTP/1.1). An endless stream of 1xx ends at the deadline, as any other read does
 """
 
 import http.client
+from typing import Any
 
 __all__ = ["FinalResponse"]
+
+
+class _HeadReader:
+    """The response's file while its head is read: notes whether the stream ended before a blank line."""
+
+    __slots__ = ("ended", "file")
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.ended = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.file.readline(limit)
+        if not line.endswith(b"\n"):
+            self.ended = True  # end of the stream within the status line or the header fields
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 class FinalResponse(http.client.HTTPResponse):
@@ -26,6 +46,18 @@ class FinalResponse(http.client.HTTPResponse):
             http.client.parse_headers(self.fp)  # the interim response's fields (103's links): not wanted
 
     def begin(self) -> None:
-        super().begin()
+        if self.headers is not None:
+            return
+        # http.client ends the header block at the end of the stream as at a blank line: a server
+        # that closed (or died) in the middle of its headers gave a 200 with an empty body, which the
+        # breaker counted as a success. A head cut short is an error (489), as a reset one is.
+        file = self.fp
+        watched = self.fp = _HeadReader(file)
+        try:
+            super().begin()
+        finally:
+            self.fp = file
+        if watched.ended:
+            raise http.client.RemoteDisconnected("the connection ended in the middle of the response's head")
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import django_aio_request as dar
 from django_aio_request.core import status
+from tests.support.raw_server import RawAnswerServer
 
 # What the server writes before the final answer to a request, by path.
 Interim = Callable[[socket.socket], None]
@@ -160,3 +161,37 @@ def test_endless_interim_responses_end_at_the_deadline_without_raising(keep_aliv
         assert elapsed < 0.3 + 0.05
     finally:
         transport.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nContent-Le", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"],
+)
+def test_a_head_cut_short_by_the_end_of_the_stream_is_a_489_and_a_failure(head: bytes) -> None:
+    """http.client ends the header block at the end of the stream as at a blank line: a server that
+    closed (or was killed) in the middle of its headers gave 200 with an empty body, a success."""
+    server = RawAnswerServer(head)
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=100, failure_threshold=0.5
+    )
+    client = dar.setup(
+        endpoint=server.url, safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker, metrics=False
+    )
+    try:
+        with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(2.0)) as response:
+            assert response.status == status.NETWORK_ERROR
+        assert breaker.counts(server.url) == (1, 0)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_whole_head_with_no_body_is_still_an_answer() -> None:
+    server = RawAnswerServer(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
+    client = dar.setup(endpoint=server.url, metrics=False)
+    try:
+        with client.request(dar.get("x")) as response:
+            assert (response.status, response.headers["X-A"]) == (204, "1")
+    finally:
+        client.close()
+        server.close()
