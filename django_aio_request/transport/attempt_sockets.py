@@ -27,7 +27,7 @@ from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
-from django_aio_request.transport.interim_responses import FinalResponse
+from django_aio_request.transport.response_head import FinalResponse
 
 _local = threading.local()
 _CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)

@@ -1,4 +1,4 @@
-"""``transport/interim_responses.py``: 1xx answers before the final one, from a keep-alive server.
+"""``transport/response_head.py``: 1xx answers before the final one, and heads cut short, from real servers.
 
 A server may send interim responses (``103 Early Hints``, ``102 Processing``) before the final one.
 Taken as the answer, they left the final one on the pooled connection for the next call to read.
