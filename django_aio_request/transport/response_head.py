@@ -1,4 +1,9 @@
-"""Interim (1xx) responses are skipped: the call gets the final one, and no other call does.
+"""The head of a response, as the transport's connections read it (``FinalResponse``).
+
+Two things ``http.client`` gets wrong for a client that pools connections. The end of the stream
+in the middle of the head is taken for its blank line (a 200 with an empty body, see ``begin``).
+And interim (1xx) responses are not skipped; here they are: the call gets the final one, and no
+other call does.
 
 ``http.client`` skips ``100 Continue`` only and returns any other 1xx as the response. A 1xx has no
 body, so the connection then went back to the pool with the final response still on its way, and
