@@ -95,6 +95,12 @@ class Response:
             # json.loads recurses once per nesting level: "[" * 100_000 from a peer must not escape
             # as a RecursionError, which no caller expects from parsing.
             raise json.JSONDecodeError("nested too deeply to parse", text, 0) from None
+        except ValueError as error:
+            if loads is not json.loads or isinstance(error, json.JSONDecodeError):
+                raise
+            # A number of more than 4,300 digits (int()'s limit) is valid JSON that json.loads refuses
+            # with a plain ValueError: the documented error, so that a caller's except catches it.
+            raise json.JSONDecodeError(f"cannot be parsed: {error}", text, 0) from None
 
     def _charset(self) -> str | None:
         match = _CHARSET.search(self.content_type)

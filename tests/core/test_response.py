@@ -173,6 +173,12 @@ def test_json_with_invalid_body_raises_value_error() -> None:
         response.json()
 
 
+def test_json_with_a_number_longer_than_int_takes_raises_the_documented_error() -> None:
+    response = Response(status=200, headers={"Content-Type": "application/json"}, body=b"[" + b"1" * 5000 + b"]")
+    with pytest.raises(json.JSONDecodeError, match="4300 digits"):  # a plain ValueError from int() before
+        response.json()
+
+
 def test_json_uses_charset_encoding_and_custom_loads() -> None:
     body = '{"price": 1.10, "name": "café"}'.encode("latin-1")
     response = Response(status=200, headers={"Content-Type": "application/json; charset=latin-1"}, body=body)
