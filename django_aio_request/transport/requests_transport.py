@@ -7,6 +7,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
 from urllib3 import HTTPResponse
-from urllib3.exceptions import LocationParseError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
@@ -332,6 +333,7 @@ class RequestsTransport(Transport):
             return outcome
         try:
             body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE))
+            _check_decoded_to_the_end(outcome.raw, body)
         finally:
             outcome.close()  # a body left unread closes the connection instead of pooling it
         return self._answered(request, endpoint, outcome.status_code, outcome.headers, body, started=started)
@@ -398,6 +400,7 @@ class RequestsTransport(Transport):
         consumed = False
         try:
             body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True))
+            _check_decoded_to_the_end(raw, body)
             consumed = body is not None
         finally:
             # As requests' Response.close(): a body left unread closes the connection instead of
@@ -496,6 +499,31 @@ class RequestsTransport(Transport):
         the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
         it ends; it is closed then, as it cannot go back to a closed pool."""
         self._session.close()
+
+
+_ZLIB_STREAM = type(zlib.decompressobj())
+
+
+def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
+    """Raise ``DecodeError`` when a gzip or deflate body ended before its compressed stream did.
+
+    urllib3 decodes what arrives and does not look for the stream's end: a complete message whose
+    gzip data was cut in half (a proxy that truncated it, a server that died mid-write with
+    ``Content-Length`` set for the part it wrote) gave a 200 with half a body, which the breaker
+    counted as a success. Python's gzip refuses the same bytes (``EOFError``). Looks at urllib3's
+    decoder objects (``_decoder``, ``_decoders``, ``_obj``): where a release has none, it says nothing.
+    """
+    if body is None or not raw.tell():  # too large (decided already), or no byte read
+        return
+    decoder = getattr(raw, "_decoder", None)
+    parts = getattr(decoder, "_decoders", None) or ([decoder] if decoder is not None else [])
+    for part in parts:
+        stream = getattr(part, "_obj", None)
+        if isinstance(stream, _ZLIB_STREAM) and not stream.eof and getattr(part, "_state", 0) != _SWALLOWING:
+            raise DecodeError("the compressed body ended before its compressed stream did")
+
+
+_SWALLOWING = 2  # urllib3's GzipDecoderState.SWALLOW_DATA: trailing garbage after a complete member
 
 
 def _let_go(error: BaseException) -> None:

@@ -4,6 +4,7 @@ turns network failures, redirects, pooling and cookies into responses."""
 import concurrent.futures
 import gzip
 import logging
+import random
 import threading
 import time
 import tracemalloc
@@ -397,6 +398,33 @@ def test_a_redirect_s_compressed_body_is_never_decompressed(server: LoopbackServ
         transport.close()
     assert (response.status, response.read()) == (200, b"ok")
     assert peak < 8 * 1024 * 1024, peak  # requests decompressed the 64 MiB to throw them away
+
+
+def _gzip_route(data: bytes) -> Any:
+    def handle(h: Handler) -> None:
+        h.reply(200, data, {"Content-Encoding": "gzip"})
+
+    return handle
+
+
+@pytest.mark.parametrize("path", ["gz", "via-redirect"], ids=["direct route", "requests' Session"])
+def test_a_gzip_body_cut_in_half_is_a_489_not_half_a_body(server: LoopbackServer, path: str) -> None:
+    """A complete message (its Content-Length says so) whose gzip stream ends in the middle: urllib3
+    decoded what came and answered 200 with half the body, which the breaker counted as a success."""
+    payload = bytes(random.Random(3).randrange(256) for _ in range(40_000))
+    whole = gzip.compress(payload)
+    server.route("/gz", _gzip_route(whole[: len(whole) // 2]))
+    server.route("/via-redirect", lambda h: h.reply(302, b"", {"Location": "/gz"}))
+    server.route("/whole", _gzip_route(whole))
+    server.route("/members", _gzip_route(gzip.compress(payload[:100]) + gzip.compress(payload[100:])))
+    transport = RequestsTransport()
+    try:
+        assert transport.send(server.url, get(path), DEADLINE).status == 489
+        for complete in ("whole", "members"):
+            answer = transport.send(server.url, get(complete), DEADLINE)
+            assert (answer.status, answer.read()) == (200, payload), complete
+    finally:
+        transport.close()
 
 
 def test_users_session_keeps_its_default_headers_and_auth(server: LoopbackServer) -> None:
