@@ -3,10 +3,7 @@ and ``manage.py circuit_breakers``."""
 
 import datetime
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
+from tests.conf.test_settings_checks import manage
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 LIVE = datetime.datetime(2999, 1, 1, tzinfo=datetime.UTC)  # a report that has not expired
@@ -211,11 +209,8 @@ def test_the_management_command_without_reports() -> None:
     assert "No circuit breaker is reported now" in out.getvalue()
 
 
-def test_the_management_command_names_an_unknown_database_without_a_traceback() -> None:
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "PYTHONPATH": str(root)}
-    command = [sys.executable, "manage.py", "circuit_breakers", "--database", "nope"]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False)
+def test_the_management_command_names_an_unknown_database_without_a_traceback(tmp_path: Path) -> None:
+    done = manage(tmp_path, "circuit_breakers", "--database", "nope", settings="from settings.test import *\n")
     assert done.returncode == 1
     assert "CommandError: no database 'nope' in settings.DATABASES (known: default" in done.stderr
     assert "Traceback" not in done.stderr

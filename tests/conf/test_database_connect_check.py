@@ -2,10 +2,8 @@
 opening a PostgreSQL connection is not, and never crashes on the settings it looks at."""
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,8 @@ import pytest
 from django.test import override_settings
 
 from django_aio_request.checks import check_database_connect_timeout
+from tests.conf.test_settings_checks import manage
+from tests.support.loopback import silent_listener
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "django.db.backends.postgresql"
@@ -70,26 +70,8 @@ def test_settings_it_cannot_read_are_not_its_business(databases: Any) -> None:
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never says a word (a frozen database server)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
+    with silent_listener() as port:
+        yield port
 
 
 def test_the_warning_s_advice_bounds_a_connection_to_a_silent_server(silent_server: int) -> None:
@@ -107,22 +89,13 @@ def test_the_warning_s_advice_bounds_a_connection_to_a_silent_server(silent_serv
         subprocess.run([sys.executable, "-c", connect], env=environment, timeout=3, capture_output=True, check=False)
 
 
-def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path) -> None:
-    (tmp_path / "pg_settings.py").write_text(
+def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    settings = (
         "from settings.test import *\n"
         "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop'}}\n"
         "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "pg_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    env.pop("PGCONNECT_TIMEOUT", None)
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = manage(tmp_path, "check", settings=settings)
     assert done.returncode == 0, done.stderr
     assert "(django_aio_request.W011) settings.DATABASES['default'] has no connect_timeout" in done.stderr

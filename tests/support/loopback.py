@@ -245,3 +245,31 @@ def wait_until_listening(process: "subprocess.Popen[Any]", port: int, what: str,
             if process.poll() is not None or time.monotonic() > ready_by:
                 raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word (a stuck TLS server,
+    a frozen database); the connections are closed on exit."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()

@@ -1,6 +1,5 @@
 """Edges of the transport's hard deadline: TLS handshakes, far deadlines, templates without values."""
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -9,49 +8,31 @@ import pytest
 
 import django_aio_request as dar
 from django_aio_request.core import status
-from tests.support.loopback import Handler, LoopbackServer
+from tests.support.loopback import Handler, LoopbackServer, silent_listener
 
 
 @pytest.fixture
-def silent_listener() -> Iterator[int]:
+def silent_port() -> Iterator[int]:
     """A TCP port that accepts connections and never says a word (a stuck TLS server)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
+    with silent_listener() as port:
+        yield port
 
 
-def test_a_stuck_tls_handshake_ends_by_the_deadline(silent_listener: int) -> None:
+def test_a_stuck_tls_handshake_ends_by_the_deadline(silent_port: int) -> None:
     transport = dar.RequestsTransport()
     started = time.monotonic()
-    response = transport.send(f"https://127.0.0.1:{silent_listener}/", dar.get("x"), 0.3)
+    response = transport.send(f"https://127.0.0.1:{silent_port}/", dar.get("x"), 0.3)
     elapsed = time.monotonic() - started
     assert response.status == status.TIMEOUT
     assert elapsed < 0.3 + 0.05
 
 
-def test_cancelling_an_attempt_stuck_in_its_tls_handshake_stops_it_at_once(silent_listener: int) -> None:
+def test_cancelling_an_attempt_stuck_in_its_tls_handshake_stops_it_at_once(silent_port: int) -> None:
     transport = dar.RequestsTransport()
     cancellation = dar.Cancellation()
     threading.Timer(0.1, cancellation.cancel).start()
     started = time.monotonic()
-    response = transport.send(f"https://127.0.0.1:{silent_listener}/", dar.get("x"), 5.0, cancellation)
+    response = transport.send(f"https://127.0.0.1:{silent_port}/", dar.get("x"), 5.0, cancellation)
     elapsed = time.monotonic() - started
     assert response.status == status.CANCELLED
     assert elapsed < 0.1 + 0.1, "the handshake's socket was not reachable by the abort"
