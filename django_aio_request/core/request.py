@@ -101,11 +101,14 @@ class Request:
 def check_headers(headers: Headers) -> None:
     """Header names and values HTTP/1.1 can carry: text that encodes as Latin-1, without line breaks.
 
-    Anything else is a programming error, raised here before anything is sent. A value such as
+    Anything else is a programming error, raised here before anything is sent (a value of None is
+    requests' way of dropping a session's default header, and passes). A value such as
     ``"заказы"`` failed only as ``http.client`` encoded it, as a network error (489): retried, counted
     against the circuit breaker, which then opened on a healthy server.
     """
     for name, value in headers.items():
+        if value is None:  # as in requests: drops a default of the session
+            continue
         for part, what in ((name, "name"), (value, "value")):
             if not isinstance(part, str):
                 raise TypeError(f"header {name!r}: the {what} must be a str, not {type(part).__name__}")

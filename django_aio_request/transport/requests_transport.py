@@ -519,11 +519,14 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
     parts = getattr(decoder, "_decoders", None) or ([decoder] if decoder is not None else [])
     for part in parts:
         stream = getattr(part, "_obj", None)
-        if isinstance(stream, _ZLIB_STREAM) and not stream.eof and getattr(part, "_state", 0) != _SWALLOWING:
+        # Only the first gzip member (or a deflate stream, which has no members): after a complete
+        # member, urllib3 takes whatever follows for another, and a stray byte (a NUL, a newline)
+        # is trailing garbage that other clients accept too.
+        if isinstance(stream, _ZLIB_STREAM) and not stream.eof and getattr(part, "_state", _FIRST) == _FIRST:
             raise DecodeError("the compressed body ended before its compressed stream did")
 
 
-_SWALLOWING = 2  # urllib3's GzipDecoderState.SWALLOW_DATA: trailing garbage after a complete member
+_FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
 
 
 def _let_go(error: BaseException) -> None:
@@ -584,7 +587,7 @@ def _drop_body(redirect: requests.Response) -> None:
     the body consumed. Reads are on the attempt's sockets: the deadline bounds them.
     """
     raw = redirect.raw
-    left = REDIRECT_BODY_READ
+    left = REDIRECT_BODY_READ + 1  # one more byte: a body of exactly the limit is read to its end
     try:
         while left > 0:
             chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)

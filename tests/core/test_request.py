@@ -160,6 +160,8 @@ def test_a_header_http_cannot_carry_raises_as_the_request_is_built(
     with pytest.raises(error, match=re.escape(message)):
         get("x").with_headers(headers)  # what a REQUEST_ENRICHER adds, too
     assert get("x", headers={"X-Latin-1": "café"}).headers == {"X-Latin-1": "café"}  # Latin-1 is HTTP's
+    dropped: dict[str, Any] = {"User-Agent": None}  # requests' way of dropping a session's default
+    assert get("x", headers=dropped).headers == dropped
 
 
 def test_a_call_with_such_a_header_raises_sends_nothing_and_leaves_the_breaker_alone(server: LoopbackServer) -> None:
