@@ -3,10 +3,12 @@
 import contextlib
 import http.cookiejar
 import logging
+import os
 import threading
 import time
 import traceback
 import urllib.parse
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,6 +177,26 @@ class RequestsTransport(Transport):
         self._free_slots = max_connections
         self.max_connections = max_connections
         self.max_response_size = max_response_size
+        _transports.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's transport: pools and slots of its own.
+
+        The parent's pooled keep-alive connections are the parent's sockets too: parent and child
+        calling at once on one of them read each other's answers. And the slots taken by the
+        parent's calls in flight at the fork are never given back here (with ``max_connections=1``
+        every call of the child was a 408). The parent's pools are dropped, not closed: closing
+        takes their locks, which a thread of the parent may have held at the fork, and the child's
+        copies of the sockets close when the pools are freed, which leaves the parent's open.
+        """
+        self._slots = threading.Condition(threading.Lock())
+        self._free_slots = self.max_connections
+        self._hosts = {}  # their direct routes name the parent's pools
+        for adapter in list(self._session.adapters.values()):
+            if isinstance(adapter, HTTPAdapter):
+                connections, most, block = adapter._pool_connections, adapter._pool_maxsize, adapter._pool_block  # type: ignore[attr-defined]
+                adapter.init_poolmanager(connections, most, block=block)
+                adapter.proxy_manager = {}
 
     def send(
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
@@ -527,6 +549,17 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
 
 
 _FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
+
+
+_transports: "weakref.WeakSet[RequestsTransport]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_transports):
+        transport._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _let_go(error: BaseException) -> None:

@@ -1,0 +1,86 @@
+"""transport/requests_transport.py: a transport used before fork() gets pools and slots of its own in
+the child (gunicorn forks its workers; ``--preload`` and module-level clients share one across it)."""
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import django_aio_request as dar
+from tests.support.loopback import Handler, LoopbackServer
+
+PORTS: dict[str, int] = {}  # path -> the client's port it came from (its connection)
+
+
+def echo_after(seconds: float) -> Callable[[Handler], None]:
+    def handle(handler: Handler) -> None:
+        PORTS[handler.path] = handler.client_address[1]
+        time.sleep(seconds)
+        handler.reply(200, handler.path.encode())
+
+    return handle
+
+
+def in_child(work: Callable[[], Any]) -> Any:
+    """``work()`` in a forked child; its JSON result, read back through a pipe."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, json.dumps(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        got = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(got or "null")
+
+
+def answer(transport: dar.RequestsTransport, url: str, path: str, timeout: float = 2.0) -> list[Any]:
+    response = transport.send(url, dar.get(path), timeout)
+    return [response.status, response.read().decode()]
+
+
+def test_parent_and_child_calling_at_once_each_read_their_own_answer(server: LoopbackServer) -> None:
+    """The keep-alive connection the parent pooled is the child's too: calling on it at once, each
+    read the other's answer (the parent got the child's, in three runs of three)."""
+    server.route("/warm", echo_after(0))
+    server.route("/parent", echo_after(0.3))
+    server.route("/child", echo_after(0.3))
+    transport = dar.RequestsTransport()
+    try:
+        assert answer(transport, server.url, "warm") == [200, "/warm"]  # pools a connection
+
+        def child() -> list[Any]:
+            time.sleep(0.05)  # after the parent's request went out on the pooled connection
+            return answer(transport, server.url, "child")
+
+        results: list[Any] = []
+        thread = threading.Thread(target=lambda: results.append(in_child(child)))
+        thread.start()
+        parent = answer(transport, server.url, "parent")
+        thread.join(10)
+    finally:
+        transport.close()
+    assert parent == [200, "/parent"]
+    assert results == [[200, "/child"]]
+    assert PORTS["/child"] not in (PORTS["/warm"], PORTS["/parent"])  # a connection of the child's own
+
+
+def test_slots_taken_by_the_parent_s_calls_in_flight_are_the_child_s_to_use(server: LoopbackServer) -> None:
+    """With max_connections=1 and a call of the parent's in flight at the fork, every call of the
+    child waited for a slot nobody there would give back: 408."""
+    server.route("/slow", echo_after(1.0))
+    server.route("/fast", echo_after(0))
+    transport = dar.RequestsTransport(max_connections=1)
+    try:
+        thread = threading.Thread(target=answer, args=(transport, server.url, "slow", 5.0))
+        thread.start()
+        time.sleep(0.2)  # the parent's call holds the only slot
+        assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
+        thread.join(10)
+    finally:
+        transport.close()
