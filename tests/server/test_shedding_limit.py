@@ -106,6 +106,22 @@ def test_a_probe_made_of_cheaper_views_is_corrected_by_requests_that_ran_alone()
     assert limit.current == 32
 
 
+def test_one_window_of_a_slower_page_served_alone_does_not_let_the_cheap_page_queue() -> None:
+    """CPU views of 10 ms keep the limit at 1. A window of a 50 ms page, served alone, looks queued
+    as well: it measures again from the requests that come next, rather than take its own latency,
+    which let the cheap page's requests queue tenfold until the next probe."""
+    limit = adaptive(maximum=32, probe_interval=1e9)
+    simulation = Simulation(limit, 0.01, cpu=True, cpu_time=0.01)
+    simulation.run(1000)
+    assert limit.current == 1
+    simulation.service, simulation.cpu_time = 0.05, 0.05
+    simulation.run(10)  # one window of the slow page
+    simulation.service, simulation.cpu_time = 0.01, 0.01
+    simulation.run(1000)
+    assert limit.min_rtt == pytest.approx(0.01)
+    assert max(simulation.seen[-900:]) == 1
+
+
 def test_requests_admitted_before_a_probe_do_not_count_in_it() -> None:
     limit = adaptive()
     for _ in range(4):

@@ -290,7 +290,7 @@ class AdaptiveLimit:
         window.append((rtt, in_flight, net))
         self._window_busiest = max(self._window_busiest, in_flight)
         if len(window) >= max(self.SMALLEST_WINDOW, math.ceil(self._limit / 2)):
-            self._end_window(min_rtt)
+            self._end_window(min_rtt, now)
 
     def held_back(self) -> None:
         """A low-priority request found free only the slots kept for higher priorities.
@@ -300,7 +300,7 @@ class AdaptiveLimit:
         """
         self._window_held = True
 
-    def _end_window(self, min_rtt: float) -> None:
+    def _end_window(self, min_rtt: float, now: float) -> None:
         """Grow, keep or shrink the limit by the window's latency (see the module docstring)."""
         window = self._window
         busiest = self._window_busiest
@@ -308,12 +308,17 @@ class AdaptiveLimit:
         # Samples with the GIL's turns taken out compare at any concurrency; the others only at the busiest.
         judged = [sample for sample, running, net in window if net or running >= busiest]
         latency = statistics.median(judged)  # a rare slow request (a slow query, a sleep) does not decide
-        if busiest <= 1 and latency > self.tolerance * min_rtt:
-            # Every request of the window ran alone, so none queued here: this is the latency without
-            # queueing of the views served now, and the probe's came from cheaper ones (the first
-            # requests after a start were another page's). Judged against it, a limit of 1 never grew
-            # until the next probe (30 s of a demo's shedding page refusing 98% of normal priority).
-            self.min_rtt = min_rtt = latency
+        if busiest <= 1 and not min_rtt / self.tolerance <= latency <= self.tolerance * min_rtt:
+            # Every request of the window ran alone, so none queued here, and still its latency is
+            # not the probe's: the probe measured other views (the first requests after a start were
+            # a cheaper page's, or a slower page's came and went). Judged against it, a limit of 1
+            # never grew until the next probe (30 s of a demo's shedding page refusing 98% of normal
+            # priority). Measured again now, from the requests that come next; taking this window's
+            # latency instead let one window of a slow page raise it until the next probe, and the
+            # cheap page's requests then queued tenfold.
+            self._begin_window()
+            self._begin_probe(now)
+            return
         limit = self._limit
         gradient = self.tolerance * min_rtt / latency if latency > 0 else 1.0
         if gradient < 1:
