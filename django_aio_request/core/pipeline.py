@@ -13,7 +13,7 @@ from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
-from django_aio_request.core.request import Request
+from django_aio_request.core.request import Request, check_headers
 from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.transport.base import Transport
@@ -138,6 +138,7 @@ class TransportModule(RequestModule):
         if self.request_enricher is not None:
             sent = request.headers.get(h.X_REQUEST_TIMEOUT)
             request = self.request_enricher(request)
+            check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
             if sent is not None and request.headers.get(h.X_REQUEST_TIMEOUT) == sent:
                 # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
                 # its own: it promised the downstream the time left before the enricher ran.

@@ -176,6 +176,15 @@ def test_a_call_with_such_a_header_raises_sends_nothing_and_leaves_the_breaker_a
         for _ in range(3):
             with pytest.raises(ValueError, match="cannot carry"), enriching.request(get("x")):
                 pass
+
+        def in_place(request: Request) -> Request:
+            request.headers["X-Tenant"] = "заказы"  # past with_headers(): checked after the enricher too
+            return request
+
+        mutating = make(circuit_breaker=breaker, request_enricher=in_place)
+        for _ in range(3):
+            with pytest.raises(ValueError, match="cannot carry"), mutating.request(get("x")):
+                pass
         assert server.received() == []
         assert breaker.counts(server.url) == (0, 0)
         assert enriching.circuit_breaker is breaker
