@@ -101,8 +101,9 @@ Field = Callable[[Reader, str, Any], Any]
 #: The largest number any key takes. Larger ones are mistakes, not settings, and break far from the
 #: setting: 1e10 seconds of TIMEOUT overflow the clocks a deadline meets (``OverflowError: timestamp
 #: out of range``), 1e308 retries a second or a latency tolerance overflow to infinity, 10**400 is
-#: not even a float. A billion seconds is 31 years.
-LARGEST = 1e9
+#: not even a float. 999,999,999 seconds is 31 years, and the most X-Request-Timeout carries (nine
+#: digits, server/middleware.py): a client TIMEOUT of 1e9 sent a header its downstream ignored.
+LARGEST = 999_999_999
 #: The smallest number of seconds a key takes: 1e-310 seconds is a float, but one over it is infinite.
 SMALLEST_SECONDS = 1e-6
 
@@ -123,7 +124,7 @@ def number(
 ) -> Field:
     def read(reader: Reader, path: str, value: Any) -> float | None:
         if _too_large(value):
-            reader.fail(path, f"must be {what} of at most {LARGEST:g}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be {what} of at most {LARGEST}, not {value!r}", code=BAD_NUMBER)
             return None
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= minimum if inclusive else value > minimum)
@@ -142,7 +143,7 @@ def number(
 def integer(minimum: int, *, at_most: int | None = None) -> Field:
     def read(reader: Reader, path: str, value: Any) -> int | None:
         if _too_large(value):
-            reader.fail(path, f"must be a whole number of at most {LARGEST:g}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be a whole number of at most {LARGEST}, not {value!r}", code=BAD_NUMBER)
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)

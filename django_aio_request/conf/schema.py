@@ -165,7 +165,7 @@ CIRCUIT_BREAKER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "SAMPLING_DURATION": (SECONDS, 10.0),
     "MINIMUM_THROUGHPUT": (integer(1), 10),
     "FAILURE_THRESHOLD": (number(0, inclusive=False, below=1, what="a ratio"), 0.5),
-    "WINDOWS_COUNT": (integer(1), 10),
+    "WINDOWS_COUNT": (integer(1, at_most=1000), 10),  # a shared store reads 2 keys a window every 0.1 s
 }
 RETRY_BUDGET_SCHEMA: dict[str, tuple[Field, Any]] = {
     "RATIO": (number(0, what="a ratio of first attempts"), DEFAULT_RATIO),

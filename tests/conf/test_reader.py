@@ -83,8 +83,8 @@ def test_priorities_and_names() -> None:
 
 BREAKER = {"BREAK_DURATION": 5, "SAMPLING_DURATION": 10}
 HUGE_OR_TINY = [
-    ({"TIMEOUT": 1e10}, "['TIMEOUT'] must be a number of seconds of at most 1e+09, not 10000000000.0"),
-    ({"MAX_TIMEOUT": 10**400}, "['MAX_TIMEOUT'] must be a number of seconds of at most 1e+09"),
+    ({"TIMEOUT": 1e10}, "['TIMEOUT'] must be a number of seconds of at most 999999999, not 10000000000.0"),
+    ({"MAX_TIMEOUT": 10**400}, "['MAX_TIMEOUT'] must be a number of seconds of at most 999999999"),
     ({"SHEDDING": {"QUEUE_TIMEOUT": 1e10}}, "['SHEDDING']['QUEUE_TIMEOUT'] must be a number of seconds of at most"),
     (
         {"SHEDDING": {"LATENCY_TOLERANCE": 1e308}},
@@ -100,6 +100,11 @@ HUGE_OR_TINY = [
         "['WINDOW_SECONDS'] must be a number of seconds of at least 1e-06",
     ),
     ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "MAX_WORKERS": 10**12}}}, "['MAX_WORKERS'] must be a whole number"),
+    ({"TIMEOUT": 1e9}, "['TIMEOUT'] must be a number of seconds of at most 999999999"),  # a header nobody reads
+    (
+        {"CLIENTS": {"b": {"ENDPOINT": "http://b/", "CIRCUIT_BREAKER": {**BREAKER, "WINDOWS_COUNT": 1001}}}},
+        "['WINDOWS_COUNT'] must be a whole number of at most 1000",  # 1e9 windows: 2e9 keys a round
+    ),
     ({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "CIRCUIT_BREAKER": {**BREAKER, "BREAK_DURATION": 1e-320}}}}, "1e-06"),
 ]
 
