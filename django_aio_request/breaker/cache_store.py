@@ -180,8 +180,9 @@ class CacheCircuitStore(CircuitStore[str]):
         with self._lock:
             self._probes.pop(scope, None)
             self._until[scope] = until
-            if self.healthy:
-                self._writes[scope] = until
+            # Written when the cache answers, in an outage too: a circuit this process opened while
+            # it could not tell the others was read back as closed the moment the cache answered.
+            self._writes[scope] = until
 
     def claim_probe(self, scope: str, until: float) -> bool:
         if self.healthy and not self._stalled():
@@ -224,8 +225,7 @@ class CacheCircuitStore(CircuitStore[str]):
             for source in (self._pending, self._flushing):
                 for key in [key for key in source if key[0] == scope]:
                     del source[key]
-            if self.healthy:
-                self._writes[scope] = None
+            self._writes[scope] = None  # in an outage too: the others learn of it once the cache answers
 
     def close(self) -> None:
         """Stop the sync thread after a last flush, made by the thread itself and waited for at most
@@ -310,9 +310,7 @@ class CacheCircuitStore(CircuitStore[str]):
             found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
             won = self._claim(cache, wanted, scopes, found)
         except Exception as error:
-            with self._lock:
-                self._flushing.clear()
-            self._outage(error)
+            self._round_failed(error, writes)
             return
         with self._lock:
             for key, count in flushing.items():  # these outcomes are in the counts just read
@@ -349,6 +347,13 @@ class CacheCircuitStore(CircuitStore[str]):
                 logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
+        with self._lock:
+            self._flushing.clear()
+            for scope, until in writes.items():  # not written: once the cache answers, unless newer
+                self._writes.setdefault(scope, until)
+        self._outage(error)
 
     def _learn_block(self, scope: str, until: Any) -> None:
         """Take the block read from the cache (under the lock). It goes to the local store too, which

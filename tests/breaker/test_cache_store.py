@@ -376,6 +376,42 @@ def test_a_circuit_learned_from_the_cache_stays_open_through_an_outage(namespace
         redis_process.stop()
 
 
+def test_a_circuit_opened_during_an_outage_stays_open_when_the_cache_answers_again(namespace: str, stores: Any) -> None:
+    """The cache never heard of a block this process set while it was down: read back as closed,
+    the circuit closed the moment the cache answered, and calls went to the failing endpoint."""
+    port = free_port()
+    try:
+        redis_process = RedisProcess(port)
+    except FileNotFoundError:
+        pytest.fail("redis-server is not installed (.ci/services.sh installs it)")
+    mine = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
+    }
+    try:
+        locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        with override_settings(CACHES={"default": locmem, "mine": mine}):
+            store = stores(namespace, "mine", sync_interval=0.02)
+            breaker = breaker_with(store, minimum_throughput=2)
+            assert run(breaker, True) == "ran"
+            store.sync()
+            redis_process.stop()
+            assert wait_for(lambda: not store.healthy)
+            assert [run(breaker, False) for _ in range(4)][-1] == "fallback"  # opened here, in the outage
+            redis_process = RedisProcess(port)  # back, and empty
+            assert wait_for(lambda: store.healthy)
+            store.sync()
+            assert [run(breaker, False) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
+            other = stores(namespace, "mine")
+            breaker_with(other)  # binds it
+            other.blocked_until("svc")
+            other.sync()
+            assert other.blocked_until("svc") is not None  # and the others learn of it
+    finally:
+        redis_process.stop()
+
+
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
     server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
