@@ -64,6 +64,43 @@ def stores() -> Iterator[Callable[..., CacheCircuitStore]]:
         store.close()
 
 
+class OwnRedis:
+    """A redis-server of the test's own on a free port, as the cache alias ``mine`` (0.2 s socket
+    timeouts): stopped, started again (empty), as a test needs."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: RedisProcess | None = None
+        self.start()
+        self.cache = {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{self.port}/0",
+            "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
+        }
+
+    def start(self) -> None:
+        try:
+            self.process = RedisProcess(self.port)
+        except FileNotFoundError:
+            pytest.fail("redis-server is not installed (.ci/services.sh installs it)")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    redis = OwnRedis()
+    locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    try:
+        with override_settings(CACHES={"default": locmem, "mine": redis.cache}):
+            yield redis
+    finally:
+        redis.stop()
+
+
 def breaker_with(store: CacheCircuitStore | None, **kwargs: float) -> DefaultCircuitBreaker[str, Response]:
     options = {"break_duration": 30.0, "sampling_duration": 60.0, "minimum_throughput": 6, "failure_threshold": 0.5}
     return DefaultCircuitBreaker(**{**options, **kwargs}, store=store)  # type: ignore[arg-type]
@@ -344,72 +381,45 @@ def test_counts_flushed_by_many_processes_at_once_add_up_only_where_incr_is_atom
         assert failures < sent * 0.9, failures  # lost, not merely late: every store has flushed
 
 
-def test_a_circuit_learned_from_the_cache_stays_open_through_an_outage(namespace: str, stores: Any) -> None:
+def test_a_circuit_learned_from_the_cache_stays_open_through_an_outage(
+    namespace: str, stores: Any, own_redis: OwnRedis
+) -> None:
     """Process B learns from the cache that A opened the circuit; then the cache goes down. B goes on
     with what it knows: blocked until the break ends. It forgot, and called through at once."""
-    port = free_port()
-    try:
-        redis_process = RedisProcess(port)
-    except FileNotFoundError:
-        pytest.fail("redis-server is not installed (.ci/services.sh installs it)")
-    mine = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": f"redis://127.0.0.1:{port}/0",
-        "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
-    }
-    try:
-        with override_settings(
-            CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "mine": mine}
-        ):
-            a, b = stores(namespace, "mine", sync_interval=0.02), stores(namespace, "mine", sync_interval=0.02)
-            opener, learner = breaker_with(a, minimum_throughput=2), breaker_with(b, minimum_throughput=2)
-            assert [run(opener, False) for _ in range(3)] == ["ran", "ran", "fallback"]
-            a.sync()
-            learner.state  # noqa: B018 - the first look registers the endpoint with b's thread
-            assert run(learner, True) in ("ran", "fallback")  # its first call goes by what b knew then
-            b.sync()
-            assert run(learner, True) == "fallback"  # learned from the cache
-            redis_process.stop()
-            assert wait_for(lambda: not b.healthy)
-            assert [run(learner, True) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
-    finally:
-        redis_process.stop()
+    a, b = stores(namespace, "mine", sync_interval=0.02), stores(namespace, "mine", sync_interval=0.02)
+    opener, learner = breaker_with(a, minimum_throughput=2), breaker_with(b, minimum_throughput=2)
+    assert [run(opener, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+    a.sync()
+    learner.state  # noqa: B018 - the first look registers the endpoint with b's thread
+    assert run(learner, True) in ("ran", "fallback")  # its first call goes by what b knew then
+    b.sync()
+    assert run(learner, True) == "fallback"  # learned from the cache
+    own_redis.stop()
+    assert wait_for(lambda: not b.healthy)
+    assert [run(learner, True) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
 
 
-def test_a_circuit_opened_during_an_outage_stays_open_when_the_cache_answers_again(namespace: str, stores: Any) -> None:
+def test_a_circuit_opened_during_an_outage_stays_open_when_the_cache_answers_again(
+    namespace: str, stores: Any, own_redis: OwnRedis
+) -> None:
     """The cache never heard of a block this process set while it was down: read back as closed,
     the circuit closed the moment the cache answered, and calls went to the failing endpoint."""
-    port = free_port()
-    try:
-        redis_process = RedisProcess(port)
-    except FileNotFoundError:
-        pytest.fail("redis-server is not installed (.ci/services.sh installs it)")
-    mine = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": f"redis://127.0.0.1:{port}/0",
-        "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
-    }
-    try:
-        locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-        with override_settings(CACHES={"default": locmem, "mine": mine}):
-            store = stores(namespace, "mine", sync_interval=0.02)
-            breaker = breaker_with(store, minimum_throughput=2)
-            assert run(breaker, True) == "ran"
-            store.sync()
-            redis_process.stop()
-            assert wait_for(lambda: not store.healthy)
-            assert [run(breaker, False) for _ in range(4)][-1] == "fallback"  # opened here, in the outage
-            redis_process = RedisProcess(port)  # back, and empty
-            assert wait_for(lambda: store.healthy)
-            store.sync()
-            assert [run(breaker, False) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
-            other = stores(namespace, "mine")
-            breaker_with(other)  # binds it
-            other.blocked_until("svc")
-            other.sync()
-            assert other.blocked_until("svc") is not None  # and the others learn of it
-    finally:
-        redis_process.stop()
+    store = stores(namespace, "mine", sync_interval=0.02)
+    breaker = breaker_with(store, minimum_throughput=2)
+    assert run(breaker, True) == "ran"
+    store.sync()
+    own_redis.stop()
+    assert wait_for(lambda: not store.healthy)
+    assert [run(breaker, False) for _ in range(4)][-1] == "fallback"  # opened here, in the outage
+    own_redis.start()  # back, and empty
+    assert wait_for(lambda: store.healthy)
+    store.sync()
+    assert [run(breaker, False) for _ in range(3)] == ["fallback"] * 3  # 30 s of break left
+    other = stores(namespace, "mine")
+    breaker_with(other)  # binds it
+    other.blocked_until("svc")
+    other.sync()
+    assert other.blocked_until("svc") is not None  # and the others learn of it
 
 
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
