@@ -403,7 +403,8 @@ class CacheCircuitStore(CircuitStore[str]):
             started = self.healthy
             self.healthy = False
             self._pending.clear()
-            self._writes.clear()
+            # self._writes is kept: opens and closes decided in the outage are written once the cache
+            # answers (cleared here, a circuit opened in an outage of more than one round was lost).
             self._wanted.clear()
             self._granted.clear()
         if started:
