@@ -195,7 +195,10 @@ class RequestsTransport(Transport):
         for adapter in list(self._session.adapters.values()):
             if isinstance(adapter, HTTPAdapter):
                 connections, most, block = adapter._pool_connections, adapter._pool_maxsize, adapter._pool_block  # type: ignore[attr-defined]
-                adapter.init_poolmanager(connections, most, block=block)
+                # And the options a user's adapter gave its pools (source_address, ssl_context, ...).
+                kept = getattr(adapter.poolmanager, "connection_pool_kw", {})
+                extra = {name: value for name, value in kept.items() if name not in ("maxsize", "block")}
+                adapter.init_poolmanager(connections, most, block=block, **extra)
                 adapter.proxy_manager = {}
 
     def send(

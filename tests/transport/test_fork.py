@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
+from requests.adapters import HTTPAdapter
+
 import django_aio_request as dar
 from tests.support.loopback import Handler, LoopbackServer
 
@@ -82,5 +85,21 @@ def test_slots_taken_by_the_parent_s_calls_in_flight_are_the_child_s_to_use(serv
         time.sleep(0.2)  # the parent's call holds the only slot
         assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
         thread.join(10)
+    finally:
+        transport.close()
+
+
+def test_pool_options_of_a_user_s_adapter_hold_in_the_child(server: LoopbackServer) -> None:
+    """The child's pools were made with the pool size alone: options the user gave the adapter's
+    pools (here source_address; also ssl_context, socket_options) were dropped there."""
+    server.route("/who", lambda handler: handler.reply(200, handler.client_address[0].encode()))
+    session = requests.Session()
+    adapter = HTTPAdapter()
+    adapter.init_poolmanager(10, 10, source_address=("127.0.0.2", 0))  # calls leave from 127.0.0.2
+    session.mount(server.url, adapter)
+    transport = dar.RequestsTransport(session)
+    try:
+        assert answer(transport, server.url, "who") == [200, "127.0.0.2"]
+        assert in_child(lambda: answer(transport, server.url, "who")) == [200, "127.0.0.2"]
     finally:
         transport.close()
