@@ -40,24 +40,28 @@ class RawAnswerServer:
     def _serve(self, conn: socket.socket, answer: bytes) -> None:
         try:
             with conn, contextlib.suppress(OSError):
-                conn.settimeout(2)
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    head += chunk
-                conn.sendall(answer)
-                conn.shutdown(socket.SHUT_WR)
-                # Wait for the client to close (or give up): a close with unread input sends a RST,
-                # which could destroy the answer before the client read it.
-                with contextlib.suppress(OSError):
-                    while conn.recv(4096):
-                        pass
+                self._converse(conn, answer)
         finally:
             with self._lock:
                 self.open_connections -= 1
                 self._threads.discard(threading.current_thread())
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        """One connection: read the request's head, write ``answer``, close (a subclass may differ)."""
+        conn.settimeout(2)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+        # Wait for the client to close (or give up): a close with unread input sends a RST,
+        # which could destroy the answer before the client read it.
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
 
     def close(self) -> None:
         self._stop.set()

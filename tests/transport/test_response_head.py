@@ -4,9 +4,7 @@ A server may send interim responses (``103 Early Hints``, ``102 Processing``) be
 Taken as the answer, they left the final one on the pooled connection for the next call to read.
 """
 
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,56 +20,30 @@ from tests.support.raw_server import RawAnswerServer
 Interim = Callable[[socket.socket], None]
 
 
-class KeepAliveServer:
+class KeepAliveServer(RawAnswerServer):
     """Answers every request of a connection in turn: first what ``before[path]`` writes, then
-    ``200`` with body ``answer for <path>``. Counts the connections it accepted."""
+    ``200`` with body ``answer for <path>``. Counts the connections it accepted (``connections``)."""
 
     def __init__(self) -> None:
         self.before: dict[str, Interim] = {}
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            conn.settimeout(5)
-            buffered = b""
-            while not self._stop.is_set():
-                while b"\r\n\r\n" not in buffered:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buffered += chunk
-                head, _, buffered = buffered.partition(b"\r\n\r\n")
-                path = head.split(b" ")[1].decode()
-                interim = self.before.get(path)
-                if interim is not None:
-                    interim(conn)
-                body = f"answer for {path}".encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepter.join(5)
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(6)
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        conn.settimeout(5)
+        buffered = b""
+        while True:
+            while b"\r\n\r\n" not in buffered:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buffered += chunk
+            head, _, buffered = buffered.partition(b"\r\n\r\n")
+            path = head.split(b" ")[1].decode()
+            interim = self.before.get(path)
+            if interim is not None:
+                interim(conn)
+            body = f"answer for {path}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 @pytest.fixture
