@@ -1,11 +1,10 @@
 """The client: which deadline and priority a call gets, and the headers that carry them."""
 
 import asyncio
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -24,6 +23,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request.testing import serving
+from tests.support.forking import in_child
 from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect, replies, widen_backlog
 from tests.support.loopback import timed_call as call
 
@@ -353,21 +353,14 @@ class TestLifetime:
         with client.request(get("h")) as response:  # the parent's workers exist now
             assert response.status == 200
         assert asyncio.run(self.async_status(client)) == 200
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report and leave without running the parent's cleanup
-            try:
-                started = time.monotonic()
-                with client.request(get("h"), deadline=Deadline.from_timeout(3.0)) as response:
-                    hedged = (response.status, time.monotonic() - started)
-                status = asyncio.run(self.async_status(client))
-                os.write(write, json.dumps({"hedged": hedged, "async": status}).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            got = json.loads(pipe.read() or "{}")
-        os.waitpid(pid, 0)
+
+        def child() -> dict[str, Any]:
+            started = time.monotonic()
+            with client.request(get("h"), deadline=Deadline.from_timeout(3.0)) as response:
+                hedged = (response.status, time.monotonic() - started)
+            return {"hedged": hedged, "async": asyncio.run(self.async_status(client))}
+
+        got = in_child(child) or {}
         assert got["hedged"][0] == 200
         assert got["hedged"][1] < 0.8, got  # the hedge's answer, not attempt 0's 1 s
         assert got["async"] == 200

@@ -1,8 +1,6 @@
 """transport/requests_transport.py: a transport used before fork() gets pools and slots of its own in
 the child (gunicorn forks its workers; ``--preload`` and module-level clients share one across it)."""
 
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +10,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 import django_aio_request as dar
+from tests.support.forking import in_child
 from tests.support.loopback import Handler, LoopbackServer
 
 PORTS: dict[str, int] = {}  # path -> the client's port it came from (its connection)
@@ -24,22 +23,6 @@ def echo_after(seconds: float) -> Callable[[Handler], None]:
         handler.reply(200, handler.path.encode())
 
     return handle
-
-
-def in_child(work: Callable[[], Any]) -> Any:
-    """``work()`` in a forked child; its JSON result, read back through a pipe."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write, json.dumps(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        got = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(got or "null")
 
 
 def answer(transport: dar.RequestsTransport, url: str, path: str, timeout: float = 2.0) -> list[Any]:
