@@ -23,9 +23,15 @@ $(RELEASES_STAMP): $(STAMP) tests/support/gunicorn_releases.py
 demo: $(STAMP)
 	$(PY) -m testproject.demo
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each taking whole files (a file's servers
+# and fixtures stay in one process). Its tests wait on servers, sockets and subprocesses more than
+# they compute: one process kept 45% of one CPU busy. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
 ## make test: the whole suite (lint and type checks first: they take seconds)
 test: $(STAMP) $(RELEASES_STAMP) lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest $(PARALLEL)
 
 ## make test-django42: the test suite again on Django 4.2 LTS, in its own environment
 VENV42 := .venv-django42
@@ -43,7 +49,7 @@ DJANGO42_SKIP := --ignore=tests/transport --ignore=tests/strategies --ignore=tes
 	--ignore=tests/server/test_priority_worker_releases.py
 
 test-django42: $(VENV42)/.installed-stamp
-	$(VENV42)/bin/python -m pytest -q $(DJANGO42_SKIP)
+	$(VENV42)/bin/python -m pytest -q $(PARALLEL) $(DJANGO42_SKIP)
 
 ## make wheel-smoke: build the wheel, install it into a fresh virtualenv and try it in a new Django project
 wheel-smoke:

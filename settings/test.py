@@ -41,7 +41,9 @@ REDIS_URL = os.environ.get("AIO_REQUEST_TEST_REDIS_URL", "redis://127.0.0.1:6379
 _shared_cache: dict[str, Any] = {
     "BACKEND": "django.core.cache.backends.redis.RedisCache",
     "LOCATION": REDIS_URL,
-    "KEY_PREFIX": "aio-request-tests",
+    # One prefix per pytest-xdist worker (processes the tests start inherit the variable), so tests
+    # running at the same time on one Redis never read each other's breakers.
+    "KEY_PREFIX": f"aio-request-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}",
     "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
 }
 CACHES = {
