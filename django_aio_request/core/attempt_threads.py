@@ -28,22 +28,32 @@ class AttemptThreadPool:
 
     def try_submit(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T] | None":
         """Start ``fn`` on a free worker, or return None when all are busy."""
-        if not self._free.acquire(blocking=False):
+        free = self._free  # the one this task takes, also when reopen() makes another meanwhile
+        if not free.acquire(blocking=False):
             return None
         try:
             future = self._executor.submit(fn)
         except RuntimeError:  # shut down (the client closed while a call was in flight): as when all are busy
-            self._free.release()
+            free.release()
             return None
         except BaseException:
-            self._free.release()
+            free.release()
             raise
-        future.add_done_callback(lambda _: self._free.release())
+        future.add_done_callback(lambda _: free.release())
         return future
 
     def shutdown(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
+
+    def reopen(self) -> None:
+        """After :meth:`shutdown`, workers of a new pool (started as tasks come), as many as before."""
+        if self._closed:
+            self._free = threading.BoundedSemaphore(self.max_workers)
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.max_workers, thread_name_prefix=self._name
+            )
+            self._closed = False
 
     def _after_fork_in_child(self) -> None:
         # The parent's workers do not exist here, but its executor still counts the idle ones and

@@ -23,7 +23,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.core.retry_budget import RetryBudget
-from django_aio_request.metrics.breaker import unwatch_breaker
+from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
 from django_aio_request.transport.base import Transport
@@ -93,6 +93,7 @@ class Client:
         self._metrics = metrics
         self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_lock = threading.Lock()
+        self._closed = False
         _clients.add(self)
 
     @contextlib.contextmanager
@@ -114,6 +115,8 @@ class Client:
         ``response.budget_exhausted`` is True when the client's retry budget refused an extra
         attempt (a retry or a hedge) that the call would have made.
         """
+        if self._closed:
+            self._reopen()
         context = get_context()
         deadline = self._deadline(deadline, context.deadline)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
@@ -146,6 +149,8 @@ class Client:
         are shut down) and raises ``CancelledError`` at once. A call still waiting for a free call
         thread when its deadline passes answers 408 without sending anything.
         """
+        if self._closed:
+            self._reopen()
         context = get_context()
         deadline = self._deadline(deadline, context.deadline)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
@@ -246,14 +251,34 @@ class Client:
         self._drivers_lock = threading.Lock()
 
     def close(self) -> None:
-        """Wait for running attempts, then close pooled connections."""
-        if self._async_drivers is not None:
-            self._async_drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
+        """Wait for running attempts, then close pooled connections and stop the client's threads.
+
+        Calls in flight meanwhile send no more hedges. A call made after ``close()`` opens what it
+        needs again (threads, connections), as a requests ``Session`` or a Django cache connection
+        does: a client held past a settings change (``clients.reset()``) keeps working, sync and
+        async alike, hedges included.
+        """
+        self._closed = True
+        drivers = self._async_drivers
+        if drivers is not None:
+            drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
         self._workers.shutdown()
         self.transport.close()
         if self.circuit_breaker is not None:
             self.circuit_breaker.close()
             unwatch_breaker(self.circuit_breaker)
+
+    def _reopen(self) -> None:
+        """The first call after :meth:`close`: new attempt workers and async drivers (made on use),
+        and the breaker back in the state gauge. The transport reopens its pools by itself."""
+        with self._drivers_lock:
+            if not self._closed:
+                return
+            self._workers.reopen()
+            self._async_drivers = None
+            if self.circuit_breaker is not None and self._metrics is not None:
+                watch_breaker(self.circuit_breaker, self.endpoint)
+            self._closed = False
 
     def __repr__(self) -> str:
         return f"<Client {self.endpoint}>"

@@ -27,6 +27,7 @@ from tests.support.forking import in_child
 from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect, replies, widen_backlog
 from tests.support.loopback import timed_call as call
 
+CLIENT_THREADS = ("django-aio-request_", "django-aio-request-async_")  # ThreadPoolExecutor's names
 SYSTEM_HEADERS = ("X-Request-Timeout", "X-Request-Priority", "X-Service-Name")
 
 
@@ -340,6 +341,36 @@ class TestLifetime:
         thread.join(5)
         assert answers == [200]  # the next attempt ran on the caller's thread
         assert len(server.received("/h")) == 2
+
+    def test_a_closed_client_opens_again_on_use_sync_async_and_hedges_alike(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """What a client held past ``close()`` (a settings change under ``clients``) does on its next
+        calls. Before: an async call raised RuntimeError('cannot schedule new futures after
+        shutdown') once the client had made one before close(), and a sync call never sent its
+        hedge (the worker pool stayed shut: the call took attempt 0's 1 s)."""
+        self.slow_first_fast_hedge(server)
+        hedging = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05))
+        before = set(threading.enumerate())
+        client = make_client(safe_method_strategy=hedging)
+
+        def threads_of_the_client() -> list[threading.Thread]:  # its attempt workers and async drivers
+            return [t for t in set(threading.enumerate()) - before if t.name.startswith(CLIENT_THREADS)]
+
+        with client.request(get("h")) as response:
+            assert response.status == 200
+        assert asyncio.run(self.async_status(client)) == 200
+        assert threads_of_the_client()
+        for _ in range(2):  # closed twice over: each close() stops what the calls after the last one started
+            client.close()
+            assert not threads_of_the_client()
+            started = time.monotonic()
+            with client.request(get("h"), deadline=Deadline.from_timeout(3.0)) as response:
+                assert response.status == 200
+            assert time.monotonic() - started < 0.8  # the hedge's answer, not attempt 0's 1 s
+            assert asyncio.run(self.async_status(client)) == 200
+        client.close()
+        assert not threads_of_the_client()
 
     def test_a_client_used_before_fork_hedges_and_calls_async_in_the_child(
         self, server: LoopbackServer, make_client: Callable[..., Client]

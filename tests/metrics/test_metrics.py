@@ -250,6 +250,11 @@ def test_two_clients_of_one_endpoint_count_their_breakers_apart(server: Loopback
     assert value(got, "aio_request_circuit_breaker_state", **mine, state="closed") == 1
     quiet.close()
     assert value(scrape(), "aio_request_circuit_breaker_state", **mine, state="closed") == 0
+    with failing.request(dar.get("down")):  # a closed client used again (it opens again) is counted again
+        pass
+    got = scrape()
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="open") == 1
+    assert value(got, "aio_request_circuit_breaker_state", **mine, state="closed") == 0
 
 
 def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
