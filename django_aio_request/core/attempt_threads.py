@@ -27,13 +27,15 @@ class AttemptThreadPool:
         _pools.add(self)
 
     def try_submit(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T] | None":
-        """Start ``fn`` on a free worker, or return None when all are busy."""
-        free = self._free  # the one this task takes, also when reopen() makes another meanwhile
+        """Start ``fn`` on a free worker, or return None when all are busy (or the pool is closed)."""
+        if self._closed:  # the client closed while a call was in flight: as when all are busy
+            return None
+        free, executor = self._free, self._executor  # this task's, also when reopen() makes others meanwhile
         if not free.acquire(blocking=False):
             return None
         try:
-            future = self._executor.submit(fn)
-        except RuntimeError:  # shut down (the client closed while a call was in flight): as when all are busy
+            future = executor.submit(fn)
+        except RuntimeError:  # shut down between the check and here
             free.release()
             return None
         except BaseException:
@@ -42,12 +44,19 @@ class AttemptThreadPool:
         future.add_done_callback(lambda _: free.release())
         return future
 
-    def shutdown(self) -> None:
+    def detach(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Refuse new tasks from now on (until :meth:`reopen`); the executor, for the caller to shut
+        down. Split from :meth:`shutdown` so that a client can close its pool and mark itself closed
+        in one step, and wait for the running tasks after it (a call may reopen the pool meanwhile)."""
         self._closed = True
-        self._executor.shutdown(wait=True)
+        return self._executor
+
+    def shutdown(self) -> None:
+        """Refuse new tasks, then wait for the running ones."""
+        self.detach().shutdown(wait=True)
 
     def reopen(self) -> None:
-        """After :meth:`shutdown`, workers of a new pool (started as tasks come), as many as before."""
+        """After :meth:`shutdown` or :meth:`detach`: a new pool (threads started as tasks come), as large."""
         if self._closed:
             self._free = threading.BoundedSemaphore(self.max_workers)
             self._executor = concurrent.futures.ThreadPoolExecutor(

@@ -156,7 +156,14 @@ class Client:
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
         cancellation = Cancellation()
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
-        future = self._drivers().submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
+        while True:
+            drivers = self._drivers()
+            try:
+                future = drivers.submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
+                break
+            except RuntimeError:
+                if drivers is self._async_drivers:
+                    raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
         wait = current_downstream_wait()
         if wait is not None:
             wait.begin()  # load shedding judges the request being served without this wait
@@ -258,24 +265,27 @@ class Client:
         does: a client held past a settings change (``clients.reset()``) keeps working, sync and
         async alike, hedges included.
         """
-        self._closed = True
-        drivers = self._async_drivers
+        with self._drivers_lock:  # closed in one step: a call from now on reopens what it needs anew
+            self._closed = True
+            drivers, self._async_drivers = self._async_drivers, None
+            workers = self._workers.detach()
+            if self.circuit_breaker is not None:
+                unwatch_breaker(self.circuit_breaker)
         if drivers is not None:
             drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
-        self._workers.shutdown()
+        workers.shutdown(wait=True)
         self.transport.close()
         if self.circuit_breaker is not None:
             self.circuit_breaker.close()
-            unwatch_breaker(self.circuit_breaker)
 
     def _reopen(self) -> None:
-        """The first call after :meth:`close`: new attempt workers and async drivers (made on use),
-        and the breaker back in the state gauge. The transport reopens its pools by itself."""
+        """The first call after :meth:`close`: a new pool of attempt workers (threads made on use),
+        and the breaker back in the state gauge. Async drivers are made on use by :meth:`_drivers`;
+        the transport reopens its pools by itself."""
         with self._drivers_lock:
             if not self._closed:
                 return
             self._workers.reopen()
-            self._async_drivers = None
             if self.circuit_breaker is not None and self._metrics is not None:
                 watch_breaker(self.circuit_breaker, self.endpoint)
             self._closed = False

@@ -107,13 +107,21 @@ class _GuardedAdapter(HTTPAdapter):
         urllib3 2.x's ``PoolManager.clear()`` only drops them and leaves the closing to a finalizer,
         which runs when the garbage collector frees a pool: an exception's traceback cycle can keep a
         pool (and its sockets) open until the next ``gc.collect()``. (Pools dropped earlier, because
-        more hosts were used than the manager keeps, were retired then: see ``dropped_pools``.)"""
+        more hosts were used than the manager keeps, were retired then: see ``dropped_pools``.)
+
+        Each pool is retired, not closed: a call that picked it just before (a call racing
+        ``Client.close()``) still gets a connection, closed when it is given back, where a closed
+        pool would raise ``ClosedPoolError`` (a 489 from a healthy server)."""
         for manager in [self.poolmanager, *self.proxy_manager.values()]:
             for key in list(manager.pools.keys()):
                 pool = manager.pools.get(key)
                 if pool is not None:
                     with contextlib.suppress(Exception):  # best effort: a socket already gone is fine
-                        pool.close()
+                        retire = getattr(pool, "retire", None)
+                        if retire is not None:
+                            retire()
+                        else:
+                            pool.close()
         super().close()
 
 

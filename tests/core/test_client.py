@@ -1,6 +1,7 @@
 """The client: which deadline and priority a call gets, and the headers that carry them."""
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -371,6 +372,58 @@ class TestLifetime:
             assert asyncio.run(self.async_status(client)) == 200
         client.close()
         assert not threads_of_the_client()
+
+    def test_calls_racing_close_all_answer_and_the_client_hedges_after(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """Sync and async calls while another thread closes the client over and over. Before: a
+        call that reopened the client while close() waited left the worker pool shut for good (no
+        hedge ever again), an async call raised RuntimeError, and calls that picked a pool close()
+        then closed answered 489 (ClosedPoolError) from a healthy server."""
+        server.route("/ok", ok)
+        self.slow_first_fast_hedge(server)
+        hedging = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05))
+        client = make_client(safe_method_strategy=hedging)
+        stop = threading.Event()
+        statuses: list[object] = []
+
+        def sync_calls() -> None:
+            while not stop.is_set():
+                with client.request(get("ok")) as response:
+                    statuses.append(response.status)
+
+        async def async_calls() -> None:
+            while not stop.is_set():
+                async with client.arequest(get("ok")) as response:
+                    statuses.append(response.status)
+
+        def closes() -> None:
+            while not stop.is_set():
+                client.close()
+
+        def record(target: Callable[[], object]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    target()
+                except Exception as error:
+                    statuses.append(repr(error))
+
+            return run
+
+        threads = [threading.Thread(target=record(f)) for f in (sync_calls, sync_calls, closes)]
+        threads.append(threading.Thread(target=record(lambda: asyncio.run(async_calls()))))
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        assert len(statuses) > 50
+        assert set(statuses) == {200}, collections.Counter(map(str, statuses))
+        started = time.monotonic()
+        with client.request(get("h"), deadline=Deadline.from_timeout(3.0)) as response:
+            assert response.status == 200
+        assert time.monotonic() - started < 0.8  # the hedge's answer, not attempt 0's 1 s
 
     def test_a_client_used_before_fork_hedges_and_calls_async_in_the_child(
         self, server: LoopbackServer, make_client: Callable[..., Client]
