@@ -24,6 +24,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from django_aio_request.breaker_words import ago, calls, duration, percent
+from django_aio_request.breaker_words import state_note as state_note  # noqa: PLC0414 - still found here
 from django_aio_request.models import (
     COUNT_WINDOW,
     LOCAL_STORE,
@@ -67,65 +69,11 @@ def state_badge(state: str) -> SafeString:
     )
 
 
-def percent(ratio: float) -> str:
-    return f"{ratio:.0%}"
-
-
-def _seconds(delta: datetime.timedelta) -> str:
-    seconds = max(0, round(delta.total_seconds()))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
-
-
-def ago(moment: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
-    """``"12:04:05 (3 s ago)"``; ``"never"``."""
-    if moment is None:
-        return "never"
-    now = now or timezone.now()
-    return f"{timezone.localtime(moment):%H:%M:%S} ({_seconds(now - moment)} ago)"
-
-
 def ago_short(moment: datetime.datetime | None) -> SafeString:
     """``"3 s ago"``, the time itself in the tooltip: the list's narrow columns."""
     if moment is None:
         return SafeString("never")
-    return format_html('<span title="{}">{} ago</span>', _when(moment), _seconds(timezone.now() - moment))
-
-
-def calls(failures: int, successes: int, rejected: int) -> str:
-    """``"12 failed, 30 ok (29%), 5 rejected"``: the calls of a window."""
-    total = failures + successes
-    text = f"{failures} failed, {successes} ok ({percent(failures / total if total else 0.0)})"
-    return f"{text}, {rejected} rejected" if rejected else text
-
-
-def state_note(obj: BreakerStatus, now: datetime.datetime | None = None) -> str:
-    """What the state means now: an override not yet applied everywhere, a probe due, a probe out."""
-    now = now or timezone.now()
-    if obj.override:
-        pending = obj.pending()
-        if pending:
-            return f"set; {pending} of {obj.processes} processes apply it at their next round"
-        return "override: " + (
-            "every call gets the fallback" if obj.override == Mode.FORCE_OPEN else "every call goes through"
-        )
-    if obj.pending():
-        # Admin cannot tell an override lifted here from one a process set itself (in code, a test's
-        # force_breaker()), which the publisher does not lift: say both.
-        return (
-            f"forced in {obj.pending()} of {obj.processes} processes with no override set here: lifted and"
-            " not yet gone (they go back to automatic at their next round), or set in the process itself"
-        )
-    if obj.state == State.OPEN and obj.blocked_until is not None:
-        if obj.blocked_until <= now:
-            return f"probe due: the break ended {_seconds(now - obj.blocked_until)} ago; the next call probes"
-        return f"probe in {_seconds(obj.blocked_until - now)} (at {timezone.localtime(obj.blocked_until):%H:%M:%S})"
-    if obj.state == State.HALF_OPEN:
-        return "one probe call is out: its outcome closes or reopens the circuit"
-    return ""
+    return format_html('<span title="{}">{} ago</span>', _when(moment), duration(timezone.now() - moment))
 
 
 # The list: the state calls get now first; narrow enough for 1280 px with the filters beside it.

@@ -4,6 +4,9 @@ from django.apps import AppConfig
 class DjangoAioRequestConfig(AppConfig):
     name = "django_aio_request"
     verbose_name = "aio-request"
+    # What the migrations were made with, whatever the project's DEFAULT_AUTO_FIELD: without it, a
+    # project that leaves the setting out (AutoField) got models.W042 and a pending "Alter field id".
+    default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
         """Connect the app's parts. Reads no setting: an invalid ``AIO_REQUEST`` must not stop

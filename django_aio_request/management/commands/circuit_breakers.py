@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils import timezone
 
-from django_aio_request.admin import ago, calls, state_note
+from django_aio_request.breaker_words import ago, calls, state_note
 from django_aio_request.models import COUNT_WINDOW, BreakerStatus, State
 
 COLUMNS = ("state", "client", "endpoint", "processes", f"calls, last {COUNT_WINDOW:.0f} s", "changed", "last seen")
