@@ -6,6 +6,7 @@ Reading the setting never raises here: the checks exist to report bad settings, 
 """
 
 import os
+import urllib.parse
 from typing import Any
 
 from django.conf import settings
@@ -57,6 +58,33 @@ _SOCKET_TIMEOUT_OPTIONS = {
 }
 
 
+def _in_every_redis_url(location: object) -> set[str]:
+    """The query parameters every ``redis://`` URL of a cache's LOCATION sets (redis-py reads
+    ``?socket_timeout=1&socket_connect_timeout=1`` as those options); LOCATION is a URL, several
+    separated by commas, or a list of them."""
+    urls = location.split(",") if isinstance(location, str) else location
+    if not isinstance(urls, list | tuple) or not urls:
+        return set()
+    found: set[str] | None = None
+    for url in urls:
+        if not isinstance(url, str):
+            return set()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query)
+        named = {name.lower() for name, values in query.items() if values and values[-1].strip()}
+        found = named if found is None else found & named
+    return found or set()
+
+
+def _bounds_connecting(value: object) -> bool:
+    """Whether a ``connect_timeout`` (or PGCONNECT_TIMEOUT) bounds opening a connection: libpq and
+    psycopg take its whole seconds (``int(float(value))``) and wait for ever (psycopg: 130 s) for
+    0 or less, so ``0.5``, ``"00"`` and ``-1`` do not."""
+    try:
+        return int(float(str(value).strip())) >= 1
+    except (ValueError, OverflowError):
+        return False
+
+
 @checks.register("django_aio_request")
 def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn when the breaker's shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) has no socket
@@ -73,7 +101,8 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
         return []
     options = caches[alias].get("OPTIONS")
     options = options if isinstance(options, dict) else {}
-    missing = [name for name in names if options.get(name) is None]
+    in_urls = _in_every_redis_url(caches[alias].get("LOCATION")) if "redis" in backend.lower() else set()
+    missing = [name for name in names if options.get(name) is None and name.lower() not in in_urls]
     if not missing:
         return []
     return [
@@ -98,15 +127,16 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     databases = getattr(settings, "DATABASES", None)
     if not isinstance(setting, dict) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
         return []
-    if not isinstance(databases, dict) or os.environ.get("PGCONNECT_TIMEOUT", "0").strip() not in ("", "0"):
+    if not isinstance(databases, dict) or _bounds_connecting(os.environ.get("PGCONNECT_TIMEOUT", "0")):
         return []
     found: list[checks.CheckMessage] = []
     for alias, database in databases.items():
-        if not isinstance(database, dict) or "postgresql" not in str(database.get("ENGINE", "")):
+        engine = str(database.get("ENGINE", "")) if isinstance(database, dict) else ""
+        if "postgresql" not in engine and "postgis" not in engine:  # PostGIS's queries are bounded too
             continue
         options = database.get("OPTIONS")
         timeout = options.get("connect_timeout") if isinstance(options, dict) else None
-        if timeout is not None and str(timeout).strip() not in ("", "0"):  # 0: wait for ever, as libpq reads it
+        if timeout is not None and _bounds_connecting(timeout):
             continue
         found.append(
             checks.Warning(

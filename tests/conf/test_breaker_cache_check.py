@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.test import override_settings
 
 from django_aio_request.checks import check_breaker_cache_timeouts
@@ -35,6 +36,24 @@ def _ids(caches: Any, aio_request: Any) -> list[str]:
 def test_django_redis_cache_without_socket_timeouts_warns(options: dict[str, Any], warns: bool) -> None:
     caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:1/0", "OPTIONS": options}}
     assert _ids(caches, {"CIRCUIT_BREAKER_STATE": "shared"}) == (["django_aio_request.W010"] if warns else [])
+
+
+@pytest.mark.parametrize(
+    ("location", "warns"),
+    [
+        ("redis://127.0.0.1:1/0?socket_timeout=1&socket_connect_timeout=1", False),
+        (["redis://a:1/0?socket_timeout=1&socket_connect_timeout=1", "redis://b:1/0?socket_timeout=1"], True),
+        ("redis://a:1/0?socket_timeout=1&socket_connect_timeout=1,redis://b:1/0?socket_timeout=1", True),
+        ("redis://127.0.0.1:1/0?socket_timeout=&socket_connect_timeout=1", True),
+    ],
+)
+def test_socket_timeouts_in_every_url_of_the_location_count(location: Any, warns: bool) -> None:
+    """redis-py reads them from the URL (what the warning said were missing were set there)."""
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
+    assert _ids(caches, {"CIRCUIT_BREAKER_STATE": "shared"}) == (["django_aio_request.W010"] if warns else [])
+    if not warns:
+        kwargs = redis.ConnectionPool.from_url(location).connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (1.0, 1.0)
 
 
 def test_django_redis_package_spells_them_in_capitals() -> None:

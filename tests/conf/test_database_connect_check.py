@@ -36,6 +36,13 @@ def _ids(databases: Any, aio_request: Any) -> list[str]:
         ({"connect_timeout": "0"}, True),
         ({"connect_timeout": 2}, False),
         ({"connect_timeout": "2"}, False),
+        # Whole seconds, and 0 or less waits for ever: none of these bounds connecting.
+        ({"connect_timeout": 0.5}, True),
+        ({"connect_timeout": "0.9"}, True),
+        ({"connect_timeout": "00"}, True),
+        ({"connect_timeout": -1}, True),
+        ({"connect_timeout": "soon"}, True),
+        ({"connect_timeout": "1.9"}, False),
     ],
 )
 def test_a_postgresql_database_without_connect_timeout_warns(options: Any, warns: bool) -> None:
@@ -50,8 +57,15 @@ def test_only_where_the_bound_is_on_and_not_with_pgconnect_timeout(monkeypatch: 
     assert _ids(bare, {}) == []
     assert _ids(bare, {"DATABASE_STATEMENT_TIMEOUT": False}) == []
     assert _ids({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}, ON) == []
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "-1")  # waits for ever, as 0 does
+    assert _ids(bare, ON) == ["django_aio_request.W011"]
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
     assert _ids(bare, ON) == []
+
+
+def test_a_postgis_database_is_bounded_so_it_is_warned_about_too() -> None:
+    postgis = {"default": {"ENGINE": "django.contrib.gis.db.backends.postgis", "NAME": "maps"}}
+    assert _ids(postgis, ON) == ["django_aio_request.W011"]
 
 
 @pytest.mark.parametrize(
