@@ -1,5 +1,9 @@
 import enum
+import ipaddress
 import urllib.parse
+
+import requests
+import urllib3
 
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core.attempt_threads import AttemptThreadPool
@@ -51,7 +55,38 @@ def validate_endpoint(endpoint: str) -> str:
         _ = parts.port
     except ValueError as error:
         raise ValueError(f"endpoint {endpoint!r} has an invalid port: {error}") from None
+    if parts.query or parts.fragment or endpoint.endswith(("?", "#")):
+        # Never sent (a call's URL is the endpoint's path joined with the call's), and the endpoint
+        # is shown in metrics, logs and admin: a token there would be both lost and exposed.
+        shown = urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
+        raise ValueError(
+            f"endpoint must not have a query (?...) or fragment (#...), {shown!r} has one: it is never sent, and "
+            "the endpoint is shown in metrics, logs and admin; put parameters in each request, or add them "
+            "with a request enricher"
+        )
+    _check_host(endpoint, parts.hostname)
     return endpoint
+
+
+def _check_host(endpoint: str, host: str) -> None:
+    """Refuse a host that the first call would fail to build a URL or a socket address for (urllib3's
+    parser, requests' IDNA encoding, then the codec ``socket`` encodes names with: empty labels,
+    labels over 63 characters, spaces, zero-width and full-width characters)."""
+    try:
+        urllib3.util.parse_url(endpoint)
+        requests.PreparedRequest().prepare_url(endpoint, None)
+        if not _is_ip_address(host):
+            host.encode("idna")
+    except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL, UnicodeError) as error:
+        raise ValueError(f"endpoint {endpoint!r} has an invalid host {host!r}: {error}") from None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def setup(

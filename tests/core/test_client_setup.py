@@ -21,6 +21,16 @@ from tests.support.loopback import LoopbackServer, clients, replies
         ("http://user:secret@billing/", "must not carry credentials"),
         ("http://billing:99999/", "invalid port"),
         (b"http://billing/", "must be a string URL"),
+        # Before, these passed and the first call raised LocationParseError (a status was promised).
+        ("http://billing..test:8080/", "invalid host"),
+        ("http://bil ling:8080/", "invalid host"),
+        ("http://billing\u200b:8080/", "invalid host"),  # a zero-width space, pasted in
+        ("http://" + "a" * 64 + ".test/", "invalid host"),  # a label is at most 63 characters
+        ("http://\uff41.test/", "invalid host"),  # a full-width letter
+        ("http://a.\u3002b/", "invalid host"),
+        # Before, accepted: the query was never sent and showed in metrics and logs.
+        ("http://billing/?api_key=secret", "must not have a query"),
+        ("http://billing/api#v2", "must not have a query"),
     ],
 )
 def test_endpoints_that_are_refused(endpoint: object, message: str) -> None:
@@ -34,6 +44,21 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
     with pytest.raises(ValueError, match="credentials") as error:
         validate_endpoint("http://user:secret@billing/")
     assert "secret" not in str(error.value)
+    with pytest.raises(ValueError, match="query") as error:
+        validate_endpoint("http://billing/?api_key=secret")
+    assert "secret" not in str(error.value)
+
+
+@pytest.mark.parametrize("endpoint", ["http://b\u00fccher.test/", "http://under_score.test/", "http://billing.test./"])
+def test_an_odd_host_that_is_accepted_gives_its_first_call_a_status(endpoint: str) -> None:
+    """Unicode (sent as punycode), underscores, a trailing dot: names nothing resolves here, so the
+    call ends in 489 (or 408 at its short deadline), and does not raise."""
+    client = setup(endpoint=endpoint, timeout=0.5, metrics=False)
+    try:
+        with client.request(get("x")) as response:
+            assert response.status in (408, 489)
+    finally:
+        client.close()
 
 
 def test_by_default_a_get_is_tried_three_times_and_a_post_once(server: LoopbackServer) -> None:
