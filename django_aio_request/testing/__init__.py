@@ -129,7 +129,9 @@ class FakeDownstream(Transport):
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self._base = urllib.parse.urlsplit(endpoint).path
+        # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("//api/" and
+        # "/api/./v1/" become "/api/" and "/api/v1/"), so recorded paths stay relative to it.
+        self._base = urllib.parse.urlsplit(urllib.parse.urljoin(endpoint, "x")).path[:-1]
         self._lock = threading.Lock()
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
@@ -285,7 +287,7 @@ def request_headers(*, timeout: float | None = None, priority: str | Priority | 
                 f"timeout must be at most {_MAX_HEADER_TIMEOUT} seconds, not {timeout!r}: the middleware"
                 " ignores a longer X-Request-Timeout as malformed"
             )
-        headers[h.X_REQUEST_TIMEOUT] = repr(float(timeout))
+        headers[h.X_REQUEST_TIMEOUT] = repr(abs(float(timeout)))  # abs: -0.0 passes the checks, "-0.0" would not
     if priority is not None:
         headers[h.X_REQUEST_PRIORITY] = str(_priority(priority))
     return headers

@@ -194,7 +194,8 @@ class UnittestStyle(SimpleTestCase):
         assert call.timeout <= 1.5
 
 
-@pytest.mark.parametrize("timeout", [999_999_999, 0.25, 5e-05, 1.5e-05])
+# -0.0 (what round(-0.0001, 2) gives): sent as "-0.0", which the middleware ignored as malformed.
+@pytest.mark.parametrize("timeout", [999_999_999, 0.25, 5e-05, 1.5e-05, 0, 0.0, -0.0, round(-0.0001, 2)])
 def test_every_timeout_request_headers_accepts_is_one_the_middleware_reads(timeout: float) -> None:
     from django_aio_request.server.middleware import parse_timeout
 
@@ -227,6 +228,20 @@ def test_each_fake_starts_with_a_closed_breaker_even_where_breakers_share_a_cach
 
 def test_a_fake_of_an_endpoint_without_a_path_records_paths_relative_to_it(settings: Settings) -> None:
     settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080"}}}
+    with fake_client("billing") as billing:
+        billing.route("invoices/7", reply(200))
+        with clients["billing"].request(get("invoices/{id}", path_parameters={"id": 7})) as response:
+            assert response.status == 200
+    assert [c.path for c in billing.calls] == ["invoices/7"]
+
+
+@pytest.mark.parametrize("endpoint", ["http://billing.test:8080//api/", "http://billing.test:8080/api/./v1/"])
+def test_a_fake_of_an_endpoint_whose_path_the_join_tidies_records_paths_relative_to_it(
+    settings: Settings, endpoint: str
+) -> None:
+    """Before: the fake recorded "api/invoices/7" and "api/v1/invoices/7" (the endpoint's path as
+    written, not as calls carry it), so the route never matched and the call raised UnexpectedCallError."""
+    settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": endpoint}}}
     with fake_client("billing") as billing:
         billing.route("invoices/7", reply(200))
         with clients["billing"].request(get("invoices/{id}", path_parameters={"id": 7})) as response:
