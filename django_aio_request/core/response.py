@@ -14,7 +14,19 @@ from django_aio_request.core import headers as h
 # ("application/jsonp", "application/json-seq" are other types).
 _JSON = re.compile(r"^\s*application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
 _PYTHON_LITERAL_CODECS = frozenset({"unicode-escape", "raw-unicode-escape"})
-_CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+_QUOTES_AND_SPACE = "\"' \t"
+
+
+def _charset_parameter(content_type: str) -> str | None:
+    """The ``charset`` parameter of a media type (``text/html; charset="utf-8"``), read as requests
+    reads it (each ``;``-separated parameter, quotes stripped): not a ``charset=`` that appears
+    inside another parameter's value (``foo="charset=utf-16"``)."""
+    found = None
+    for parameter in content_type.split(";")[1:]:
+        key, equals, value = parameter.partition("=")
+        if equals and key.strip(_QUOTES_AND_SPACE).lower() == "charset":
+            found = value.strip(_QUOTES_AND_SPACE)
+    return found
 
 
 class UnexpectedContentTypeError(Exception):
@@ -103,11 +115,11 @@ class Response:
             raise json.JSONDecodeError(f"cannot be parsed: {error}", text, 0) from None
 
     def _charset(self) -> str | None:
-        match = _CHARSET.search(self.content_type)
-        if match is None:
+        name = _charset_parameter(self.content_type)
+        if not name:
             return None
         try:
-            info = codecs.lookup(match.group(1))
+            info = codecs.lookup(name)
         except LookupError:
             return None
         # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError);

@@ -49,10 +49,21 @@ def test_text_defaults_to_utf8() -> None:
         "text/plain;charset=ISO-8859-1",
         'text/plain; charset="latin-1"',
         "text/plain; format=flowed; charset=latin1",
+        "text/plain; charset='iso-8859-1'",  # single quotes, as requests reads them (before: UTF-8)
+        'text/plain; CHARSET = "latin-1" ',
     ],
 )
 def test_text_uses_the_charset_the_response_names(content_type: str) -> None:
     response = Response(status=200, headers={"Content-Type": content_type}, body="café".encode("latin-1"))
+    assert response.text() == "café"
+
+
+@pytest.mark.parametrize(
+    "content_type", ['text/html; foo="charset=utf-16"', "text/html; xcharset=utf-16", "charset=utf-16"]
+)
+def test_a_charset_that_is_not_the_charset_parameter_is_not_used(content_type: str) -> None:
+    """Before: ``charset=`` found anywhere decoded the body as UTF-16."""
+    response = Response(status=200, headers={"Content-Type": content_type}, body="café".encode())
     assert response.text() == "café"
 
 
