@@ -73,6 +73,11 @@ class Reader:
     def fail(self, path: str, message: str, hint: str | None = None, *, code: str = WRONG_TYPE) -> None:
         self.problems.append(Problem(path, message, hint, code=code))
 
+    @property
+    def errors(self) -> int:
+        """How many errors (not warnings) were recorded so far: a part read without a new one is valid."""
+        return sum(not p.warning for p in self.problems)
+
     def mapping(self, path: str, value: Any, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping):
             self.fail(path, f"must be a dict, not {type(value).__name__}")

@@ -282,78 +282,91 @@ class StrategySpec:
     inner: "StrategySpec | None" = None  # retry_until_deadline_expired's STRATEGY
 
 
+# With an unknown NAME, the keys are still read where they mean the same whatever the name (each key
+# reads alike in every schema that has it), so that their problems are reported with the name's.
+_ANY_DELAYS_SCHEMA = {key: field for schema in DELAYS_SCHEMAS.values() for key, field in schema.items()}
+STRATEGY_KEYS = {
+    "single": ("NAME",),
+    "sequential": ("NAME", "ATTEMPTS_COUNT", "DELAYS", "DEADLINE_PROVIDER"),
+    "parallel": ("NAME", "ATTEMPTS_COUNT", "DELAYS"),
+    "retry_until_deadline_expired": ("NAME", "STRATEGY", "DELAYS"),
+}
+_ANY_STRATEGY_KEYS = tuple(dict.fromkeys(key for keys in STRATEGY_KEYS.values() for key in keys))
+DEADLINE_PROVIDER_KEYS = {"pass_through": ("NAME",), "split": ("NAME", "ATTEMPTS_COUNT_TO_SPLIT")}
+ATTEMPTS_COUNT = integer(1, at_most=MAX_ATTEMPTS)
+ATTEMPTS_COUNT_TO_SPLIT = integer(2)
+
+# Each part below reads every key it has, whatever else is wrong, and builds nothing if any of them
+# (or the NAME) is: every problem is reported at once, not one per run of `manage.py check`.
+
+
 def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
     name = reader.named(path, value, DELAYS_NAMES)
-    if name is None:
-        return None
-    schema = DELAYS_SCHEMAS[name]
-    spec = reader.mapping(path, value, ("NAME", *schema))
-    if spec is None:
-        return None
-    got = fields(reader, path, spec, schema)
-    if None in got.values():
-        return None
-    if name == "percentile" and got["MIN_DELAY_SECONDS"] > got["MAX_DELAY_SECONDS"]:
-        reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
-        return None
-    if name == "percentile" and 0 < got["SATURATION_RATIO"] <= 1:
-        reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    schema = DELAYS_SCHEMAS[name] if name else _ANY_DELAYS_SCHEMA
+    reader.mapping(path, value, ("NAME", *schema))  # reports the keys not in the schema
+    got = fields(reader, path, value, schema)
+    if name == "percentile":
+        low, high, ratio = got["MIN_DELAY_SECONDS"], got["MAX_DELAY_SECONDS"], got["SATURATION_RATIO"]
+        if low is not None and high is not None and low > high:
+            reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
+        if ratio is not None and 0 < ratio <= 1:
+            reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
+    if name is None or reader.errors > errors:
         return None
     return DelaysSpec(name, got)
 
 
 def _deadline_provider(reader: Reader, path: str, value: Any) -> tuple[bool, int | None] | None:
     """(split the deadline?, ATTEMPTS_COUNT_TO_SPLIT or None), or None after a problem."""
-    name = reader.named(path, value, ("pass_through", "split"))
-    spec = reader.mapping(path, value, ("NAME", "ATTEMPTS_COUNT_TO_SPLIT")) if name else None
-    if spec is None:
+    name = reader.named(path, value, tuple(DEADLINE_PROVIDER_KEYS))
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    allowed = DEADLINE_PROVIDER_KEYS[name] if name else DEADLINE_PROVIDER_KEYS["split"]
+    spec = reader.mapping(path, value, allowed) or {}
+    split = (
+        ATTEMPTS_COUNT_TO_SPLIT(reader, f"{path}['ATTEMPTS_COUNT_TO_SPLIT']", spec["ATTEMPTS_COUNT_TO_SPLIT"])
+        if "ATTEMPTS_COUNT_TO_SPLIT" in spec and "ATTEMPTS_COUNT_TO_SPLIT" in allowed
+        else None
+    )
+    if name is None or reader.errors > errors:
         return None
-    if name == "pass_through":
-        return False, None
-    split = fields(reader, path, spec, {"ATTEMPTS_COUNT_TO_SPLIT": (integer(2), 0)})["ATTEMPTS_COUNT_TO_SPLIT"]
-    if split is None:
-        return None
-    return True, split or None
+    return name == "split", split
 
 
 def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
     name = reader.named(path, value, STRATEGY_NAMES)
-    allowed = {
-        "single": ("NAME",),
-        "sequential": ("NAME", "ATTEMPTS_COUNT", "DELAYS", "DEADLINE_PROVIDER"),
-        "parallel": ("NAME", "ATTEMPTS_COUNT", "DELAYS"),
-        "retry_until_deadline_expired": ("NAME", "STRATEGY", "DELAYS"),
-    }
-    spec = reader.mapping(path, value, allowed[name]) if name else None
-    if name is None or spec is None:
-        return None
-    if name == "single":
-        return StrategySpec(name)
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    allowed = STRATEGY_KEYS[name] if name else _ANY_STRATEGY_KEYS
+    spec = {key: option for key, option in (reader.mapping(path, value, allowed) or {}).items() if key in allowed}
     delays = _delays(reader, f"{path}['DELAYS']", spec["DELAYS"]) if "DELAYS" in spec else None
-    if "DELAYS" in spec and delays is None:
-        return None
-    if name == "retry_until_deadline_expired":
-        if "STRATEGY" not in spec:
-            hint = "e.g. {'NAME': 'single'}"
-            reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat", hint, code=MISSING_KEY)
-            return None
-        inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"])
-        return None if inner is None else StrategySpec(name, delays=delays, inner=inner)
-    attempts = fields(reader, path, spec, {"ATTEMPTS_COUNT": (integer(1, at_most=MAX_ATTEMPTS), 3)})["ATTEMPTS_COUNT"]
-    if attempts is None:
-        return None
-    if name == "parallel":
-        return StrategySpec(name, attempts_count=attempts, delays=delays)
+    attempts = (
+        ATTEMPTS_COUNT(reader, f"{path}['ATTEMPTS_COUNT']", spec["ATTEMPTS_COUNT"]) if "ATTEMPTS_COUNT" in spec else 3
+    )
     deadlines = (
         _deadline_provider(reader, f"{path}['DEADLINE_PROVIDER']", spec["DEADLINE_PROVIDER"])
         if "DEADLINE_PROVIDER" in spec
         else (False, None)
     )
-    if deadlines is None:
+    inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"]) if "STRATEGY" in spec else None
+    if name == "retry_until_deadline_expired" and "STRATEGY" not in spec:
+        hint = "e.g. {'NAME': 'single'}"
+        reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat", hint, code=MISSING_KEY)
+    if name is None or attempts is None or deadlines is None or reader.errors > errors:
         return None
     split, split_count = deadlines
     return StrategySpec(
-        name, attempts_count=attempts, delays=delays, split_deadline=split, attempts_count_to_split=split_count
+        name,
+        attempts_count=attempts,
+        delays=delays,
+        split_deadline=split,
+        attempts_count_to_split=split_count,
+        inner=inner,
     )
 
 
@@ -403,12 +416,11 @@ class ClientSpec:
     circuit_breaker_state: str = LOCAL_BREAKER_STATE  # AIO_REQUEST["CIRCUIT_BREAKER_STATE"]
 
 
-def _client(reader: Reader, name: str, value: Any) -> ClientSpec | None:
-    path = f"['CLIENTS'][{name!r}]"
+def _client(reader: Reader, name: str, value: Any, path: str) -> ClientSpec | None:
     spec = reader.mapping(path, value, CLIENT_KEYS)
     if spec is None:
         return None
-    errors_before = sum(not p.warning for p in reader.problems)
+    errors = reader.errors
     endpoint = _endpoint(reader, f"{path}['ENDPOINT']", spec)
     options = fields(reader, path, spec, CLIENT_SCHEMA)
     strategies = {
@@ -420,7 +432,7 @@ def _client(reader: Reader, name: str, value: Any) -> ClientSpec | None:
     if spec.get("CIRCUIT_BREAKER") is not None:
         breaker = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
     classifier = options.pop("RESPONSE_CLASSIFIER")
-    if endpoint is None or sum(not p.warning for p in reader.problems) > errors_before:
+    if endpoint is None or reader.errors > errors:
         return None
     return ClientSpec(
         name,
@@ -484,7 +496,7 @@ def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | Non
     spec = reader.mapping(path, value, (*SHEDDING_KEYS, *removed))
     if spec is None:
         return None
-    errors_before = sum(not p.warning for p in reader.problems)
+    errors = reader.errors
     got = fields(reader, path, spec, SHEDDING_SCHEMA)
     if got["MAX_CONCURRENCY"] is not None:
         for key in ("MIN_LIMIT", "MAX_LIMIT", "LATENCY_TOLERANCE", "PROBE_INTERVAL"):
@@ -504,7 +516,7 @@ def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | Non
             "list the services whose X-Service-Name may claim any priority in KNOWN_SERVICES",
             code=CONFLICT,
         )
-    if sum(not p.warning for p in reader.problems) > errors_before:
+    if reader.errors > errors:
         return None
     return SheddingSettings(**{key.lower(): value for key, value in got.items()})
 
@@ -551,13 +563,16 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
             reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
     clients: dict[str, ClientSpec] = {}
     for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
+        path = f"['CLIENTS'][{name!r}]"
+        valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH
         if not isinstance(name, str) or not name:
-            reader.fail(f"['CLIENTS'][{name!r}]", "is not a valid client name: use a non-empty string")
+            reader.fail(path, "is not a valid client name: use a non-empty string")
         elif len(name) > CLIENT_NAME_LENGTH:  # admin's tables: a longer one failed every publishing round
-            reader.fail(
-                f"['CLIENTS'][{name[:40]!r}...]", f"is a client name longer than {CLIENT_NAME_LENGTH} characters"
-            )
-        elif (spec := _client(reader, name, client_value)) is not None:
+            path = f"['CLIENTS'][{name[:40]!r}...]"
+            reader.fail(path, f"is a client name longer than {CLIENT_NAME_LENGTH} characters")
+        # The entry is read with a bad name too: its own problems are reported with the name's.
+        spec = _client(reader, str(name), client_value, path)
+        if valid_name and spec is not None:
             clients[name] = spec
     server = _server(reader, top)
     known = (

@@ -150,3 +150,179 @@ def test_a_service_name_no_header_can_carry_is_an_error(name: str, message: str)
     assert parsed is None
     assert [p.path for p in problems] == ["['SERVICE_NAME']"]
     assert message in str(problems[0])
+
+
+def _client_with(key: str, value: object) -> dict[str, object]:
+    return {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", key: value}}}
+
+
+#: Settings with several independent problems, and every message (after "AIO_REQUEST") each must give
+#: in the one run. Before, a bad DELAYS hid ATTEMPTS_COUNT and DEADLINE_PROVIDER (never read), a bad
+#: ATTEMPTS_COUNT hid DEADLINE_PROVIDER, a bad percentile number hid SATURATION_RATIO and MIN > MAX,
+#: an unknown NAME hid everything under it, and a bad client name hid the client's entry.
+STRATEGY = "['CLIENTS']['billing']['SAFE_METHOD_STRATEGY']"
+COMBINED = [
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {
+                "NAME": "sequential",
+                "ATTEMPTS_COUNT": 0,
+                "DEADLINE_PROVIDER": {"NAME": "spilt"},
+                "DELAYS": {"NAME": "constant", "DELAY": -1},
+            },
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['DELAY'] must be a delay in seconds >= 0, not -1",
+            f"{STRATEGY}['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0",
+            f"{STRATEGY}['DEADLINE_PROVIDER']['NAME'] is 'spilt', not a known name",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "MIN_DELAY_SECONDS": -1, "SATURATION_RATIO": 0.5}},
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['MIN_DELAY_SECONDS'] must be a number >= 0, not -1",
+            f"{STRATEGY}['DELAYS']['SATURATION_RATIO'] must be 0 (off) or above 1",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {
+                "NAME": "parallel",
+                "DELAYS": {"NAME": "percentile", "MIN_DELAY_SECONDS": 2, "MAX_DELAY_SECONDS": 1, "PERCENTILE": 95},
+            },
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['PERCENTILE'] must be a fraction > 0 and < 1, not 95",
+            f"{STRATEGY}['DELAYS']['MIN_DELAY_SECONDS'] must not exceed MAX_DELAY_SECONDS",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "sequentail", "ATTEMPTS_COUNT": 0, "DELAYS": {"NAME": "constant", "DELAY": -1}, "ATTEMPTS": 2},
+        ),
+        [
+            f"{STRATEGY}['NAME'] is 'sequentail', not a known name",
+            f"{STRATEGY}['ATTEMPTS'] is not a known key",  # a key no strategy has
+            f"{STRATEGY}['DELAYS']['DELAY'] must be a delay in seconds >= 0, not -1",
+            f"{STRATEGY}['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "parallel", "DELAYS": {"NAME": "expo", "DELAY": -1, "JITTER": 2}, "ATTEMPTS_COUNT": 101},
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['NAME'] is 'expo', not a known name",
+            f"{STRATEGY}['DELAYS']['DELAY'] must be a delay in seconds >= 0, not -1",
+            f"{STRATEGY}['DELAYS']['JITTER'] must be a fraction >= 0 and <= 1, not 2",
+            f"{STRATEGY}['ATTEMPTS_COUNT'] must be a whole number of at most 100, not 101",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "retry_until_deadline_expired", "DELAYS": {"NAME": "constant", "DELAY": -1}},
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['DELAY'] must be a delay in seconds >= 0, not -1",
+            f"{STRATEGY}['STRATEGY'] is required: the strategy to repeat",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {
+                "NAME": "retry_until_deadline_expired",
+                "DELAYS": {"NAME": "linear_backoff", "JITTER": -1},
+                "STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 0, "DEADLINE_PROVIDER": {"NAME": "x"}},
+            },
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['JITTER'] must be a fraction >= 0 and <= 1, not -1",
+            f"{STRATEGY}['STRATEGY']['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0",
+            f"{STRATEGY}['STRATEGY']['DEADLINE_PROVIDER']['NAME'] is 'x', not a known name",
+        ],
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "sequential", "DEADLINE_PROVIDER": {"NAME": "splt", "ATTEMPTS_COUNT_TO_SPLIT": 1}},
+        ),
+        [
+            f"{STRATEGY}['DEADLINE_PROVIDER']['NAME'] is 'splt', not a known name",
+            f"{STRATEGY}['DEADLINE_PROVIDER']['ATTEMPTS_COUNT_TO_SPLIT'] must be a whole number >= 2, not 1",
+        ],
+    ),
+    (
+        {"CLIENTS": {"b" * 101: {"ENDPOINT": "orders:8080", "TIMEOUT": -1}}},
+        [
+            f"['CLIENTS'][{'b' * 40!r}...] is a client name longer than 100 characters",
+            f"['CLIENTS'][{'b' * 40!r}...]['ENDPOINT'] endpoint must be an absolute",
+            f"['CLIENTS'][{'b' * 40!r}...]['TIMEOUT'] must be a number of seconds > 0, not -1",
+        ],
+    ),
+    (
+        {"CLIENTS": {"": {"ENDPOINT": "http://b/", "TIMOUT": 1}}},
+        ["['CLIENTS'][''] is not a valid client name", "['CLIENTS']['']['TIMOUT'] is not a known key"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("setting", "messages"), COMBINED)
+def test_independent_problems_are_all_reported_in_one_run(setting: dict[str, object], messages: list[str]) -> None:
+    """docs/checks.md: "reports every problem at once, one message per problem". Each of these took
+    two or three runs of manage.py check, the user fixing the one reported to meet the next."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings(setting)
+    assert parsed is None
+    errors = [str(p).removeprefix("AIO_REQUEST") for p in problems if not p.warning]
+    assert len(errors) == len(messages), errors
+    for message in messages:
+        assert [e for e in errors if e.startswith(message)], (message, errors)
+
+
+def test_valid_strategies_read_as_before() -> None:
+    from django_aio_request.conf.schema import DelaysSpec, StrategySpec, read_settings
+
+    constant = {"NAME": "constant", "DELAY": 0.1}
+    strategies = {
+        "single": {"NAME": "single"},
+        "parallel": {"NAME": "parallel", "ATTEMPTS_COUNT": 2, "DELAYS": constant},
+        "sequential": {"NAME": "sequential", "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 2}},
+        "passed": {"NAME": "sequential", "ATTEMPTS_COUNT": 5, "DEADLINE_PROVIDER": {"NAME": "pass_through"}},
+        "retry": {"NAME": "retry_until_deadline_expired", "STRATEGY": {"NAME": "single"}, "DELAYS": constant},
+    }
+    parsed, problems = read_settings(
+        {"CLIENTS": {name: {"ENDPOINT": "http://b/", "SAFE_METHOD_STRATEGY": s} for name, s in strategies.items()}}
+    )
+    assert parsed is not None, [str(p) for p in problems]
+    delays = DelaysSpec("constant", {"DELAY": 0.1})
+    assert {name: spec.safe_method_strategy for name, spec in parsed.clients.items()} == {
+        "single": StrategySpec("single"),
+        "parallel": StrategySpec("parallel", attempts_count=2, delays=delays),
+        "sequential": StrategySpec("sequential", split_deadline=True, attempts_count_to_split=2),
+        "passed": StrategySpec("sequential", attempts_count=5),
+        "retry": StrategySpec("retry_until_deadline_expired", delays=delays, inner=StrategySpec("single")),
+    }
+
+
+def test_attempts_count_to_split_with_pass_through_is_a_misplaced_key() -> None:
+    """It was accepted and ignored (never even read: "x" passed): the deadline was not split."""
+    from django_aio_request.conf.schema import read_settings
+
+    provider = {"NAME": "pass_through", "ATTEMPTS_COUNT_TO_SPLIT": "x"}
+    parsed, problems = read_settings(
+        _client_with("SAFE_METHOD_STRATEGY", {"NAME": "sequential", "DEADLINE_PROVIDER": provider})
+    )
+    assert parsed is None
+    assert [(p.code, p.path, p.hint) for p in problems] == [
+        ("E001", f"{STRATEGY}['DEADLINE_PROVIDER']['ATTEMPTS_COUNT_TO_SPLIT']", "allowed keys: NAME")
+    ]
