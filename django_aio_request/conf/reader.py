@@ -145,16 +145,19 @@ def number(
     return read
 
 
-def integer(minimum: int, *, at_most: int | None = None) -> Field:
+def integer(minimum: int, *, at_most: int | None = None, why: str | None = None) -> Field:
+    """A whole number >= ``minimum``, and <= ``at_most`` if given (``why``: the hint when it is above)."""
+
     def read(reader: Reader, path: str, value: Any) -> int | None:
         if _too_large(value):
-            reader.fail(path, f"must be a whole number of at most {LARGEST}, not {value!r}", code=BAD_NUMBER)
+            most, hint = (LARGEST, None) if at_most is None else (min(at_most, LARGEST), why)
+            reader.fail(path, f"must be a whole number of at most {most}, not {value!r}", hint, code=BAD_NUMBER)
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
             return None
         if at_most is not None and value > at_most:
-            reader.fail(path, f"must be a whole number of at most {at_most}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be a whole number of at most {at_most}, not {value!r}", why, code=BAD_NUMBER)
             return None
         return value
 

@@ -1,6 +1,7 @@
 """conf/reader.py: the validating reader collects every problem in one pass, with path and what is allowed."""
 
 import math
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from django_aio_request.conf.reader import (
     priority,
 )
 from django_aio_request.core.priority import Priority
+from tests.support.loopback import LoopbackServer, replies
 
 
 def test_reading_goes_on_after_a_problem_so_every_problem_is_reported() -> None:
@@ -326,3 +328,41 @@ def test_attempts_count_to_split_with_pass_through_is_a_misplaced_key() -> None:
     assert [(p.code, p.path, p.hint) for p in problems] == [
         ("E001", f"{STRATEGY}['DEADLINE_PROVIDER']['ATTEMPTS_COUNT_TO_SPLIT']", "allowed keys: NAME")
     ]
+
+
+@pytest.mark.parametrize("value", [10_001, 10**7, 999_999_999, 10**12])
+def test_max_connections_above_ten_thousand_is_an_error_saying_why(value: int) -> None:
+    """10**7 passed the check, and the first call filled a pool of 10**7 slots: 7.3 s and 69 MB,
+    a 408 past its TIMEOUT of 1 s (999,999,999 was allowed: minutes and gigabytes)."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings(_client_with("MAX_CONNECTIONS", value))
+    assert parsed is None
+    assert [(p.code, p.path) for p in problems] == [("E003", "['CLIENTS']['billing']['MAX_CONNECTIONS']")]
+    assert problems[0].message == f"must be a whole number of at most 10000, not {value!r}"
+    assert "connection pool is made with this many slots at the first call" in (problems[0].hint or "")
+    parsed, problems = read_settings(_client_with("MAX_CONNECTIONS", 10_000))
+    assert parsed is not None, [str(p) for p in problems]
+
+
+def test_a_client_at_the_most_connections_builds_and_calls_at_once(server: LoopbackServer) -> None:
+    """The bound is cheap to reach: built from settings at MOST_CONNECTIONS, a client and its first
+    call (which makes the pool) take milliseconds (about 10 here; 10**7 took 7.3 s)."""
+    from django_aio_request import get
+    from django_aio_request.conf.building import build_client
+    from django_aio_request.conf.schema import MOST_CONNECTIONS, read_settings
+
+    server.route("/x", replies(200))
+    parsed, problems = read_settings(
+        {"CLIENTS": {"billing": {"ENDPOINT": server.url, "TIMEOUT": 5, "MAX_CONNECTIONS": MOST_CONNECTIONS}}}
+    )
+    assert parsed is not None, [str(p) for p in problems]
+    started = time.perf_counter()
+    client = build_client(parsed.clients["billing"], None)
+    try:
+        with client.request(get("x")) as response:
+            assert response.status == 200
+        took = time.perf_counter() - started
+    finally:
+        client.close()
+    assert took < 0.5, took
