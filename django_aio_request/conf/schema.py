@@ -227,6 +227,26 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "RETRY_BUDGET": (retry_budget, True),
     "HEDGE_PRIORITY": (hedge_priority, None),
 }
+#: The most CIRCUIT_BREAKER_HISTORY_DAYS: a century, longer than any history is looked at. Each
+#: prune deletes the transitions before now minus that many days, and past about 739,000 days (the
+#: days since 1 January of year 1) that date does not exist: every publishing round failed with
+#: OverflowError and the admin never saw the process
+#: (tests/conf/test_reader.py::test_history_days_above_a_century_is_an_error).
+MOST_HISTORY_DAYS = 36_500
+_DAYS = number(0, inclusive=False, what="a number of days")
+
+
+def days_kept(reader: Reader, path: str, value: Any) -> float | None:
+    """A number of days > 0, at most MOST_HISTORY_DAYS."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > MOST_HISTORY_DAYS:
+        message = f"must be a number of days of at most {MOST_HISTORY_DAYS} (a century), not {value!r}"
+        hint = "the days breaker transitions are kept: 740,000 days ago is before year 1, and pruning failed"
+        reader.fail(path, message, hint, code=BAD_NUMBER)
+        return None
+    got: float | None = _DAYS(reader, path, value)
+    return got
+
+
 # The server side: how AioRequestMiddleware treats incoming requests.
 DEFAULT_SERVER_TIMEOUT = 20.0
 DEFAULT_SERVER_PRIORITY = Priority.NORMAL
@@ -241,7 +261,7 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
     "DATABASE_STATEMENT_TIMEOUT": (boolean, False),
     "CIRCUIT_BREAKER_STATE": (breaker_state, LOCAL_BREAKER_STATE),
     "CIRCUIT_BREAKER_PUBLISH_INTERVAL": (SECONDS, 1.0),
-    "CIRCUIT_BREAKER_HISTORY_DAYS": (number(0, inclusive=False, what="a number of days"), 7.0),
+    "CIRCUIT_BREAKER_HISTORY_DAYS": (days_kept, 7.0),
 }
 # Load shedding (AIO_REQUEST["SHEDDING"]): read into SheddingSettings; server/shedding/ builds the limiter.
 PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callable

@@ -366,3 +366,36 @@ def test_a_client_at_the_most_connections_builds_and_calls_at_once(server: Loopb
     finally:
         client.close()
     assert took < 0.5, took
+
+
+@pytest.mark.parametrize("days", [36_501, 740_000, 1_000_000, 999_999_999, 1e10, 10**400])
+def test_history_days_above_a_century_is_an_error(days: float) -> None:
+    """1,000,000 (keep it forever) passed the check, and every publishing round then failed with
+    OverflowError: now minus that many days is before year 1; the admin never saw the process."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings({"CIRCUIT_BREAKER_HISTORY_DAYS": days})
+    assert parsed is None
+    assert [(p.code, p.path) for p in problems] == [("E003", "['CIRCUIT_BREAKER_HISTORY_DAYS']")]
+    assert problems[0].message == f"must be a number of days of at most 36500 (a century), not {days!r}"
+
+
+@pytest.mark.django_db
+def test_history_days_at_a_century_prunes() -> None:
+    import datetime
+
+    from django.test import override_settings
+
+    from django_aio_request.breaker_publisher import Publisher
+    from django_aio_request.conf.schema import MOST_HISTORY_DAYS, read_settings
+    from django_aio_request.models import BreakerTransition
+
+    setting = {"CLIENTS": {}, "CIRCUIT_BREAKER_HISTORY_DAYS": MOST_HISTORY_DAYS}
+    assert read_settings(setting)[0] is not None
+    now = datetime.datetime.now(tz=datetime.UTC)
+    common = {"client": "billing", "endpoint": "http://b/", "host": "h", "pid": 1, "from_state": "closed"}
+    for days in (1, MOST_HISTORY_DAYS + 1):
+        BreakerTransition.objects.create(at=now - datetime.timedelta(days=days), to_state=str(days), **common)
+    with override_settings(AIO_REQUEST=setting):
+        Publisher().prune()
+    assert list(BreakerTransition.objects.values_list("to_state", flat=True)) == ["1"]
