@@ -209,6 +209,14 @@ _CONNECTIONS_WHY = (
     " in flight takes a thread and a socket of this process"
 )
 
+#: The most CONNECT_RETRIES. urllib3 retries by calling itself again, two frames deeper each time:
+#: from a shallow stack the 480th retry or so failed with RecursionError (a 489 logged as one, and
+#: 30 MB of tracebacks), sooner from a view's deeper stack. 100 (urllib3's own default is 3) keeps
+#: 200 frames at most, whatever calls the client
+#: (tests/conf/test_reader.py::test_connect_retries_at_the_bound_retry_without_recursion_error).
+MOST_CONNECT_RETRIES = 100
+_RETRIES_WHY = "urllib3 retries a connection by calling itself again: hundreds of retries end in RecursionError"
+
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "TIMEOUT": (SECONDS, 20.0),
     "PRIORITY": (priority, Priority.NORMAL),
@@ -216,7 +224,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "EMIT_SYSTEM_HEADERS": (boolean, True),
     "MAX_WORKERS": (integer(1), DEFAULT_MAX_WORKERS),
     "MAX_CONNECTIONS": (integer(1, at_most=MOST_CONNECTIONS, why=_CONNECTIONS_WHY), DEFAULT_MAX_CONNECTIONS),
-    "CONNECT_RETRIES": (integer(0), 0),
+    "CONNECT_RETRIES": (integer(0, at_most=MOST_CONNECT_RETRIES, why=_RETRIES_WHY), 0),
     "MAX_RESPONSE_SIZE": (optional(integer(0)), DEFAULT_MAX_RESPONSE_SIZE),
     "RESPONSE_CLASSIFIER": (
         dotted("a ResponseClassifier subclass", lambda c: isinstance(c, type) and issubclass(c, ResponseClassifier)),

@@ -2,6 +2,7 @@
 
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -399,3 +400,58 @@ def test_history_days_at_a_century_prunes() -> None:
     with override_settings(AIO_REQUEST=setting):
         Publisher().prune()
     assert list(BreakerTransition.objects.values_list("to_state", flat=True)) == ["1"]
+
+
+@pytest.mark.parametrize("value", [101, 1_000, 999_999_999])
+def test_connect_retries_above_a_hundred_is_an_error(value: int) -> None:
+    """999,999,999 (retry until the deadline) passed the check, and the ~480th retry of an attempt
+    failed with RecursionError: urllib3 retries by calling itself again."""
+    from django_aio_request.conf.schema import read_settings
+
+    parsed, problems = read_settings(_client_with("CONNECT_RETRIES", value))
+    assert parsed is None
+    assert [(p.code, p.path) for p in problems] == [("E003", "['CLIENTS']['billing']['CONNECT_RETRIES']")]
+    assert problems[0].message == f"must be a whole number of at most 100, not {value}"
+    assert "RecursionError" in (problems[0].hint or "")
+
+
+def test_connect_retries_at_the_bound_retry_without_recursion_error(caplog: pytest.LogCaptureFixture) -> None:
+    """At MOST_CONNECT_RETRIES every retry is made, from a stack 300 frames deep (a view's is less),
+    and the refused attempt ends as a network error, not a RecursionError."""
+    import urllib3.connectionpool
+
+    from django_aio_request import get
+    from django_aio_request.conf.building import build_client
+    from django_aio_request.conf.schema import MOST_CONNECT_RETRIES, read_settings
+    from tests.support.loopback import free_port
+
+    client_setting = {
+        "ENDPOINT": f"http://127.0.0.1:{free_port()}/",  # nothing listens: every connection is refused
+        "CONNECT_RETRIES": MOST_CONNECT_RETRIES,
+        "SAFE_METHOD_STRATEGY": {"NAME": "single"},
+    }
+    parsed, problems = read_settings({"CLIENTS": {"billing": client_setting}})
+    assert parsed is not None, [str(p) for p in problems]
+    client = build_client(parsed.clients["billing"], None)
+    opened = 0
+    urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return urlopen(self, *args, **kwargs)
+
+    def deep(frames: int) -> int:
+        if frames:
+            return deep(frames - 1)
+        with client.request(get("x")) as response:
+            return response.status
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", counted)
+            assert deep(300) == 489
+    finally:
+        client.close()
+    assert opened == MOST_CONNECT_RETRIES + 1
+    assert "RecursionError" not in caplog.text
