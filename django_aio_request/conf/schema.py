@@ -44,7 +44,14 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import check_headers
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
 from django_aio_request.strategies.base import MAX_ATTEMPTS
-from django_aio_request.transport.requests_transport import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_RESPONSE_SIZE
+from django_aio_request.transport.requests_transport import (
+    _CONNECTIONS_WHY,
+    _RETRIES_WHY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_SIZE,
+    MOST_CONNECT_RETRIES,
+    MOST_CONNECTIONS,
+)
 
 __all__ = [
     "SETTING",
@@ -196,26 +203,6 @@ def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
         reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed, code=UNKNOWN_PRIORITY)
         return None
 
-
-#: The most MAX_CONNECTIONS. urllib3 fills each host's connection pool with that many empty slots
-#: at its first call, in time and memory in proportion (about 1 microsecond a slot): 10**7 passed the
-#: check, and the first call took 7.3 s and 69 MB (a 408, past its TIMEOUT); 10,000 takes about 10 ms
-#: (tests/conf/test_reader.py::test_a_client_at_the_most_connections_builds_and_calls_at_once). And
-#: 10,000 is past what one process uses: each connection in flight is an attempt running on a thread
-#: of its own, and a socket (a file descriptor: 1,024 a process by default on Linux).
-MOST_CONNECTIONS = 10_000
-_CONNECTIONS_WHY = (
-    "each host's connection pool is made with this many slots at the first call, and each connection"
-    " in flight takes a thread and a socket of this process"
-)
-
-#: The most CONNECT_RETRIES. urllib3 retries by calling itself again, two frames deeper each time:
-#: from a shallow stack the 480th retry or so failed with RecursionError (a 489 logged as one, and
-#: 30 MB of tracebacks), sooner from a view's deeper stack. 100 (urllib3's own default is 3) keeps
-#: 200 frames at most, whatever calls the client
-#: (tests/conf/test_reader.py::test_connect_retries_at_the_bound_retry_without_recursion_error).
-MOST_CONNECT_RETRIES = 100
-_RETRIES_WHY = "urllib3 retries a connection by calling itself again: hundreds of retries end in RecursionError"
 
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "TIMEOUT": (SECONDS, 20.0),

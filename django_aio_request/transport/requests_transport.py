@@ -38,6 +38,26 @@ from django_aio_request.transport.dropped_pools import retire_dropped_pools
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 64
+
+#: The most MAX_CONNECTIONS. urllib3 fills each host's connection pool with that many empty slots
+#: at its first call, in time and memory in proportion (about 1 microsecond a slot): 10**7 passed the
+#: check, and the first call took 7.3 s and 69 MB (a 408, past its TIMEOUT); 10,000 takes about 10 ms
+#: (tests/conf/test_reader.py::test_a_client_at_the_most_connections_builds_and_calls_at_once). And
+#: 10,000 is past what one process uses: each connection in flight is an attempt running on a thread
+#: of its own, and a socket (a file descriptor: 1,024 a process by default on Linux).
+MOST_CONNECTIONS = 10_000
+_CONNECTIONS_WHY = (
+    "each host's connection pool is made with this many slots at the first call, and each connection"
+    " in flight takes a thread and a socket of this process"
+)
+
+#: The most CONNECT_RETRIES. urllib3 retries by calling itself again, two frames deeper each time:
+#: from a shallow stack the 480th retry or so failed with RecursionError (a 489 logged as one, and
+#: 30 MB of tracebacks), sooner from a view's deeper stack. 100 (urllib3's own default is 3) keeps
+#: 200 frames at most, whatever calls the client
+#: (tests/conf/test_reader.py::test_connect_retries_at_the_bound_retry_without_recursion_error).
+MOST_CONNECT_RETRIES = 100
+_RETRIES_WHY = "urllib3 retries a connection by calling itself again: hundreds of retries end in RecursionError"
 # Socket timeouts above this overflow some platforms' limits; the deadline still ends the attempt.
 _MAX_SOCKET_TIMEOUT = 86_400.0
 #: How much of a redirect's body is read before following it, so that its connection can be reused.
@@ -155,10 +175,14 @@ class RequestsTransport(Transport):
         connect_retries: int = 0,
         max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, not {max_connections}")
-        if connect_retries < 0:
-            raise ValueError(f"connect_retries must be >= 0, not {connect_retries}")
+        if not 1 <= max_connections <= MOST_CONNECTIONS:
+            raise ValueError(
+                f"max_connections must be from 1 to {MOST_CONNECTIONS}, not {max_connections}: {_CONNECTIONS_WHY}"
+            )
+        if not 0 <= connect_retries <= MOST_CONNECT_RETRIES:
+            raise ValueError(
+                f"connect_retries must be from 0 to {MOST_CONNECT_RETRIES}, not {connect_retries}: {_RETRIES_WHY}"
+            )
         if max_response_size is not None and (isinstance(max_response_size, bool) or max_response_size < 0):
             raise ValueError(f"max_response_size must be >= 0 or None, not {max_response_size!r}")
         if session is None:

@@ -351,7 +351,8 @@ def test_a_client_at_the_most_connections_builds_and_calls_at_once(server: Loopb
     call (which makes the pool) take milliseconds (about 10 here; 10**7 took 7.3 s)."""
     from django_aio_request import get
     from django_aio_request.conf.building import build_client
-    from django_aio_request.conf.schema import MOST_CONNECTIONS, read_settings
+    from django_aio_request.conf.schema import read_settings
+    from django_aio_request.transport.requests_transport import MOST_CONNECTIONS
 
     server.route("/x", replies(200))
     parsed, problems = read_settings(
@@ -422,7 +423,8 @@ def test_connect_retries_at_the_bound_retry_without_recursion_error(caplog: pyte
 
     from django_aio_request import get
     from django_aio_request.conf.building import build_client
-    from django_aio_request.conf.schema import MOST_CONNECT_RETRIES, read_settings
+    from django_aio_request.conf.schema import read_settings
+    from django_aio_request.transport.requests_transport import MOST_CONNECT_RETRIES
     from tests.support.loopback import free_port
 
     client_setting = {
