@@ -33,8 +33,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db import close_old_connections, router
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from django_aio_request.breaker.circuit_breaker import (
     CircuitSnapshot,
@@ -79,7 +81,11 @@ def history_days() -> float:
 
 
 def _moment(timestamp: float) -> datetime.datetime | None:
-    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC) if timestamp else None
+    """``timestamp`` (``time.time()``) as Django stores it: aware with ``USE_TZ``, else naive local time
+    (what ``timezone.now()`` gives; an aware one makes SQLite refuse the whole round)."""
+    if not timestamp:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC if django_settings.USE_TZ else None)
 
 
 def _ratio(failures: int, successes: int) -> float:
@@ -258,7 +264,7 @@ class Publisher:
         host, pid = socket.gethostname(), os.getpid()
         if breakers:
             self._apply_overrides(breakers)
-        now = datetime.datetime.now(tz=datetime.UTC)
+        now = timezone.now()
         ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
         rows = []
         for name, breaker in breakers:
@@ -296,7 +302,13 @@ class Publisher:
             )  # fmt: skip
             # The heartbeat on the database's clock, the one the admin's view compares expires_at with:
             # hosts whose clocks differ from the database's by seconds still expire on time.
-            reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
+            if django_settings.USE_TZ:
+                reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
+            else:
+                # Naive datetimes are local time (TIME_ZONE) to Django, SQLite's clock is UTC: reported_at,
+                # which admin compares with timezone.now(), stays this process's; only expires_at, which
+                # the view compares with the database's clock, is on that clock.
+                reports.filter(host=host, pid=pid).update(expires_at=Now() + ttl)
         keys = {(row.client, row.endpoint) for row in rows}
         for gone in set(self._history) - keys:
             del self._history[gone]
@@ -380,7 +392,7 @@ class Publisher:
     def prune(self, now: datetime.datetime | None = None) -> None:
         """Delete transitions older than the history, and the expired reports of processes that stopped
         publishing (the admin's view ignores them from the moment they expire)."""
-        now = now or datetime.datetime.now(tz=datetime.UTC)
+        now = now or timezone.now()
         BreakerTransition.objects.using(self._db(BreakerTransition)).filter(
             at__lt=now - datetime.timedelta(days=history_days())
         ).delete()

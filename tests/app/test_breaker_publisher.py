@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import OperationalError
 from django.test import override_settings
+from django.utils import timezone
 
 from django_aio_request import breaker_publisher, clients, get
 from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
@@ -82,6 +83,32 @@ def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publi
     # The client is gone (settings changed): its report goes too.
     assert publisher.run_once()
     assert not BreakerReport.objects.exists()
+
+
+@pytest.mark.django_db
+def test_rounds_publish_with_use_tz_false(server: LoopbackServer, publisher: Publisher) -> None:
+    """Django's default before 5.0: datetimes are naive, in TIME_ZONE (here not UTC). SQLite refused
+    every round ("does not support timezone-aware datetimes"): admin showed nothing."""
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(USE_TZ=False, TIME_ZONE="Asia/Kolkata", AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]
+        assert publisher.run_once()
+        now = timezone.now()
+        assert now.tzinfo is None
+        report = BreakerReport.objects.get()
+        assert report.state == "open"
+        # In local time, as admin compares them with timezone.now() ("changed 2 s ago", "last seen").
+        for moment in (report.changed_at, report.reported_at, BreakerTransition.objects.get().at):
+            assert moment is not None
+            assert moment.tzinfo is None
+            assert abs((now - moment).total_seconds()) < 5, (now, moment)
+        # Alive for the view (its expires_at is on the database's clock, as the view's CURRENT_TIMESTAMP).
+        row = BreakerStatus.objects.get()
+        assert (row.client, row.state, row.processes) == ("billing", "open", 1)
+        publisher.prune()  # neither the live report nor the fresh transition goes
+        assert BreakerReport.objects.count() == BreakerTransition.objects.count() == 1
+        assert publisher.run_once()  # a second round updates the row
+        assert BreakerReport.objects.count() == 1
 
 
 @pytest.mark.django_db
