@@ -39,8 +39,10 @@ import hashlib
 import logging
 import math
 import os
+import re
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -58,9 +60,27 @@ OPEN_KEY_GRACE = 60.0
 
 _Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
 
+# Memcached refuses keys with spaces, control characters or non-ASCII, and keys over 250 bytes (with
+# the cache's KEY_PREFIX and version); Django warns of them (CacheKeyWarning) on every backend.
+MAX_NAMESPACE_IN_KEY = 64
+
+
+def key_namespace(namespace: str) -> str:
+    """``namespace`` (a client name) as it goes into keys: unchanged when it is made of ASCII letters,
+    digits, ``_``, ``.``, ``-`` and ``~`` (keys stay readable, and the same as before for such names);
+    else percent-escaped (``billing%20v2``), which no plain name can collide with; a long one is cut
+    and ends with a hash of the whole name (``#`` + 16 hex digits: ``#`` is always escaped)."""
+    escaped = urllib.parse.quote(namespace, safe="")
+    if len(escaped) <= MAX_NAMESPACE_IN_KEY:
+        return escaped
+    digest = hashlib.sha1(namespace.encode(), usedforsecurity=False).hexdigest()[:16]
+    cut = re.sub(r"%[0-9A-F]?$", "", escaped[: MAX_NAMESPACE_IN_KEY - 17])  # not within an escape
+    return f"{cut}#{digest}"
+
 
 class CacheCircuitStore(CircuitStore[str]):
-    """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name).
+    """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name, escaped
+    where memcached would refuse it: :func:`key_namespace`).
 
     ``connect()`` returns the cache backend (an object with Django's cache API: ``get``, ``add``,
     ``incr``, ``get_many``, ``set``, ``delete``), once, on first use; ``alias`` names it in logs.
@@ -80,6 +100,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self.alias = alias
         self._connect = connect
         self.namespace = namespace
+        self.key_namespace = key_namespace(namespace)
         self.sync_interval = sync_interval
         self.stall_after = max(stall_after, 10 * sync_interval)
         self._local: MemoryCircuitStore[str] = MemoryCircuitStore(clock=time.time)
@@ -424,7 +445,7 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def _prefix(self, scope: str) -> str:
         digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:16]
-        return f"aio_request:cb:{self.namespace}:{digest}"
+        return f"aio_request:cb:{self.key_namespace}:{digest}"
 
     def _seconds(self, breaks: float) -> int:
         return self._seconds_for(breaks * self._break_duration)

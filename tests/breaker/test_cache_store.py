@@ -12,12 +12,14 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.core.cache.backends.base import CacheKeyWarning, memcache_key_warnings
 from django.test import override_settings
 
 from django_aio_request import (
@@ -29,7 +31,7 @@ from django_aio_request import (
     get,
     single_attempt_strategy,
 )
-from django_aio_request.breaker.cache_store import CacheCircuitStore
+from django_aio_request.breaker.cache_store import MAX_NAMESPACE_IN_KEY, CacheCircuitStore, key_namespace
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from tests.support.loopback import LoopbackServer, clients, free_port, replies
@@ -306,6 +308,92 @@ def test_a_probe_success_closes_the_circuit_everywhere(redis: None, namespace: s
     assert seen == [(CircuitState.CLOSED, CircuitState.OPEN), (CircuitState.OPEN, CircuitState.CLOSED)]
     assert b.counts("svc") == (0, 0)
     assert run(b, True) == "ran"
+
+
+class KeyRecorder:
+    """A cache backend that notes every key it is given, then passes the call on."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.keys: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.cache, name)
+
+        def noted(key: Any, *args: Any, **kwargs: Any) -> Any:
+            self.keys.extend([key] if isinstance(key, str) else list(key))
+            return method(key, *args, **kwargs)
+
+        return noted
+
+
+def test_keys_are_memcached_safe_whatever_the_client_name(redis: None, namespace: str) -> None:
+    """A client name with a space and non-ASCII went into every key as it was: Memcached refused every
+    round (InvalidCacheKey: the state was never shared, after one warning), and Redis warned
+    (CacheKeyWarning) for each new key."""
+    name = f"billing v2 facturación {namespace}"
+    recorders: list[KeyRecorder] = []
+    made: list[CacheCircuitStore] = []
+
+    def store() -> CacheCircuitStore:
+        def connect() -> KeyRecorder:
+            recorders.append(KeyRecorder(caches.create_connection("shared")))
+            return recorders[-1]
+
+        made.append(CacheCircuitStore("shared", connect=connect, namespace=name, sync_interval=3600))
+        return made[-1]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            a, b = (breaker_with(store(), break_duration=0.2, minimum_throughput=2) for _ in range(2))
+            run(a, False)
+            run(a, False)
+            a.store.sync()  # type: ignore[attr-defined]
+            b.store.blocked_until("svc")
+            b.store.sync()  # type: ignore[attr-defined]
+            assert run(b, True) == "fallback"  # the state is shared: b learned of a's open circuit
+            time.sleep(0.25)
+            assert run(a, True) == "fallback"  # the probe is claimed (probe key), then it closes the circuit
+            a.store.sync()  # type: ignore[attr-defined]
+            assert run(a, True) == "ran"
+            a.store.sync()  # type: ignore[attr-defined]
+            b.store.sync()  # type: ignore[attr-defined]
+            assert state_of(b) is CircuitState.CLOSED
+        finally:
+            for made_store in made:
+                made_store.close()
+    assert [w for w in caught if issubclass(w.category, CacheKeyWarning)] == []
+    keys = {key for recorder in recorders for key in recorder.keys}
+    # Every kind of key was used: counts, the block, the probe claim.
+    assert {key.rsplit(":", 1)[-1] for key in keys} >= {"f", "s", "open"}
+    assert any(":probe:" in key for key in keys)
+    cache = caches["shared"]
+    for key in keys:
+        full = cache.make_key(key)
+        assert list(memcache_key_warnings(full)) == [], full
+        assert full.isascii(), full  # pymemcache refuses non-ASCII keys
+        assert key.startswith(f"aio_request:cb:billing%20v2%20facturaci%C3%B3n%20{namespace}:"), key
+
+
+def test_keys_of_a_plain_client_name_are_unchanged_and_long_names_are_bounded() -> None:
+    """Keys of names of letters, digits, ``_``, ``.``, ``-``: as before (a rolling deploy shares state
+    between old and new processes); others escaped, none colliding with a plain name; long ones cut."""
+    assert [key_namespace(name) for name in ("billing", "billing_v2", "api.v1-eu~x")] == [
+        "billing",
+        "billing_v2",
+        "api.v1-eu~x",
+    ]
+    assert key_namespace("billing v2") == "billing%20v2"
+    assert key_namespace("a:b") != key_namespace("a%3Ab")  # an escape cannot pass for a plain name
+    long_names = ["é" * 200, "x" * 200, "x" * 199 + "y"]
+    cut = [key_namespace(name) for name in long_names]
+    assert len(set(cut)) == 3
+    for key in cut:
+        assert len(key) <= MAX_NAMESPACE_IN_KEY
+        assert key.isascii()
+        assert list(memcache_key_warnings(key)) == []
+        assert "%" not in key.split("#")[0][-2:]  # not cut within an escape
 
 
 def test_exact_counts_from_many_threads(redis: None, namespace: str, stores: Any) -> None:
