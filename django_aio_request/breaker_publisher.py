@@ -2,7 +2,8 @@
 
 Breakers live in memory, one per client per process, so no single process can show what all
 workers see. One daemon thread per process (started when the first client with a breaker is
-built, again in a forked child) does, every ``interval`` seconds (1 s):
+built, again in a forked child) does, at once when it starts, at once again when another client
+with a breaker is built, and every ``interval`` seconds (1 s):
 
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
    lift overrides that were removed;
@@ -14,6 +15,12 @@ built, again in a forked child) does, every ``interval`` seconds (1 s):
    nothing on the request path touches the database);
 4. now and then, delete transitions older than ``CIRCUIT_BREAKER_HISTORY_DAYS`` (7) and expired
    reports (processes that stopped publishing: admin stopped counting them when they expired).
+
+Building a client with a breaker waits for the round that reads its overrides, at most
+``FIRST_READ_WAIT`` seconds (0.25), so that a process started after an operator forced an
+endpoint open makes no call to it: with a healthy database the override is applied before the
+client is returned. A database that does not answer by then costs that one build the wait, and
+no other build waits until a round has finished (the round then applies the overrides as usual).
 
 When the database is down, calls go on with the breakers as they are (the last overrides
 applied stay applied), a warning is logged once per outage and once on recovery, transitions
@@ -66,6 +73,9 @@ HEARTBEAT_MISSES = 5
 MIN_HEARTBEAT_TTL = 5.0
 PRUNE_EVERY = 60.0  # seconds between two prunes by one process
 DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once (its default)
+# Seconds building a client with a breaker waits for the round that reads its overrides: a fresh
+# worker obeys admin's force open from its first call, and a hanging database costs one build that long.
+FIRST_READ_WAIT = 0.25
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -118,9 +128,12 @@ def _is_fake(client: Client) -> bool:
 
 
 class Publisher:
-    def __init__(self, *, interval: float | None = None, database: str | None = None) -> None:
+    def __init__(
+        self, *, interval: float | None = None, database: str | None = None, first_read_wait: float = FIRST_READ_WAIT
+    ) -> None:
         self._interval = interval
         self.database = database
+        self.first_read_wait = first_read_wait
         self._reset()
 
     @property
@@ -140,6 +153,13 @@ class Publisher:
         self._queue: collections.deque[tuple[str, CircuitTransition[Any]]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a client was built: a round now, not at the next interval
+        # Clients watched so far, and how many of them a round has read the overrides for (or failed
+        # to): a build waits, on the condition, until the second reaches its number.
+        self._read_done = threading.Condition()
+        self._watched = 0
+        self._read = 0
+        self._late = False  # a build's wait ran out and no round has finished since: builds do not wait
         self._published: set[Key] = set()
         # The overrides this publisher set from the database, by (client, endpoint), with the one in
         # force before it (None, or one set in the process itself: force_breaker() in a test,
@@ -148,18 +168,49 @@ class Publisher:
         self._applied: dict[Key, tuple[Override, Override | None]] = {}
         self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
+        self._number = 0  # the clients watched when the round running began
         self._down = False
         self._next_prune = 0.0
 
     # -- the request path: only in memory --------------------------------------------------------
 
     def watch(self, name: str, client: Client) -> None:
-        """Listen to ``client``'s breaker and make sure the thread runs (``registry`` calls this on build)."""
+        """Listen to ``client``'s breaker, make sure the thread runs, have it read the overrides now,
+        and wait for that, at most ``first_read_wait`` seconds (``registry`` calls this on build,
+        after the client is in the registry, where the round finds it)."""
         breaker = client.circuit_breaker
         if not isinstance(breaker, DefaultCircuitBreaker):
             return
         breaker.add_listener(functools.partial(self._on_transition, name))
+        with self._read_done:
+            self._watched += 1
+            number = self._watched
         self.start()
+        self._wake.set()
+        self._await_read(name, number)
+
+    def _await_read(self, name: str, number: int) -> None:
+        if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
+            return
+        with self._read_done:
+            if self._late:  # the database has not answered a round since an earlier build gave up
+                return
+            if self._read_done.wait_for(lambda: self._read >= number, self.first_read_wait):
+                return
+            self._late = True
+        logger.warning(
+            "circuit breaker overrides not read within %s s (the database is slow or hangs): client %r "
+            "calls before admin's overrides are applied; builds do not wait until a round finishes",
+            self.first_read_wait,
+            name,
+        )
+
+    def _overrides_read(self, number: int) -> None:
+        """A round read the overrides of the clients watched up to ``number`` (or could not)."""
+        with self._read_done:
+            self._read = max(self._read, number)
+            self._late = False
+            self._read_done.notify_all()
 
     def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
         self._queue.append((name, transition))
@@ -180,7 +231,7 @@ class Publisher:
                 return
             self._stop = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, args=(self._stop,), daemon=True, name="aio-request-breakers"
+                target=self._run, args=(self._stop, self._wake), daemon=True, name="aio-request-breakers"
             )
             self._thread.start()
 
@@ -188,6 +239,7 @@ class Publisher:
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop.set()
+            self._wake.set()
         if thread is not None:
             thread.join(timeout)
 
@@ -195,15 +247,11 @@ class Publisher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, wake: threading.Event) -> None:
         interval = DEFAULT_INTERVAL
-        while True:
-            try:
-                interval = self.interval
-            except Exception:  # settings changed to something invalid: say so, keep the last interval
-                logger.exception("circuit breaker publisher: AIO_REQUEST cannot be read; next round in %s s", interval)
-            if stop.wait(interval):
-                return
+        while not stop.is_set():
+            # The first round at once: the client that started the thread waits for its overrides.
+            wake.clear()  # before the round: a client built during it wakes the next one
             try:
                 self.run_once()
             except Exception:  # run_once handles database errors; anything else must not end the thread
@@ -212,6 +260,11 @@ class Publisher:
             # (and closed anyway when broken), so a round never reuses one the database dropped.
             with contextlib.suppress(Exception):
                 close_old_connections()
+            try:
+                interval = self.interval
+            except Exception:  # settings changed to something invalid: say so, keep the last interval
+                logger.exception("circuit breaker publisher: AIO_REQUEST cannot be read; next round in %s s", interval)
+            wake.wait(interval)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's thread is gone; the first client built here starts a new one."""
@@ -221,6 +274,14 @@ class Publisher:
 
     def run_once(self) -> bool:
         """Publish and apply overrides once; never raises. False when the database could not be used."""
+        number = self._watched  # before listing the clients: those watched up to it are in the list
+        try:
+            return self._run_once(number)
+        finally:
+            self._overrides_read(number)  # done, or failed: builds waiting for it go on
+
+    def _run_once(self, number: int) -> bool:
+        self._number = number
         breakers = built_breakers()
         if not breakers and not self._published and not self._queue:
             return True  # nothing to say: do not touch the database
@@ -264,6 +325,7 @@ class Publisher:
         host, pid = socket.gethostname(), os.getpid()
         if breakers:
             self._apply_overrides(breakers)
+        self._overrides_read(self._number)  # builds waiting for them go on: the rest is for admin
         now = timezone.now()
         ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
         rows = []

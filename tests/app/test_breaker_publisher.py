@@ -1,12 +1,17 @@
 """The publisher thread: this process's breakers into the database for admin, admin's overrides into the breakers."""
 
 import datetime
+import json
 import logging
 import os
 import re
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.db import OperationalError
@@ -20,6 +25,8 @@ from django_aio_request.models import BreakerOverride, BreakerReport, BreakerSta
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.loopback import LoopbackServer
 
+ROOT = Path(__file__).resolve().parents[2]
+
 BREAKER = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
 
 
@@ -30,8 +37,10 @@ def setting(url: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture
 def publisher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
-    """The process's publisher replaced by one whose thread never gets to a round: the test calls ``run_once``."""
-    made = Publisher(interval=3600)
+    """The process's publisher replaced by one whose thread never runs a round, nor does a client
+    built wait for one: the test calls ``run_once``."""
+    made = Publisher(interval=3600, first_read_wait=0)
+    monkeypatch.setattr(made, "_run", lambda stop, wake: stop.wait())
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     yield made
     made.stop()
@@ -346,6 +355,126 @@ def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, m
     finally:
         made.stop()
     assert not made.running
+
+
+def two_breakers(url: str) -> dict[str, object]:
+    refunds = {"ENDPOINT": url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    base = setting(url)
+    return {**base, "CLIENTS": {**base["CLIENTS"], "refunds": refunds}}  # type: ignore[dict-item]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """admin.md: force open means the fallback without touching the network. The thread waited a whole
+    interval before its first round, and a client built while it waited called the isolated endpoint
+    until its next round; now building it has the thread read the overrides, and waits for that."""
+    server.route("/down", lambda h: h.reply(200))
+    made = Publisher(interval=3600)  # only the rounds a build asks for come within the test
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    for name in ("billing", "refunds"):
+        BreakerOverride.objects.create(client=name, endpoint=server.url, mode="force_open", changed_at=now)
+    try:
+        with override_settings(AIO_REQUEST=two_breakers(server.url)):
+            assert call("billing", 3) == [502, 502, 502]  # the client that started the thread
+            assert made.running
+            assert call("refunds", 3) == [502, 502, 502]  # one built while the thread waits its interval
+            assert server.received("/down") == []
+    finally:
+        made.stop()
+
+
+def test_a_hanging_database_delays_one_client_build_by_the_first_read_wait_at_most(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round stuck on the database: the build that waits for it gives up after ``first_read_wait``
+    and says so; builds after it do not wait until a round finishes; calls go on."""
+    server.route("/down", lambda h: h.reply(200))
+    made = Publisher(interval=3600, first_read_wait=0.3)
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    hanging = threading.Event()
+
+    def hang(self: Publisher, breakers: object) -> None:
+        hanging.wait(10)
+        raise OperationalError("timed out")
+
+    monkeypatch.setattr(Publisher, "_apply_overrides", hang)
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
+    try:
+        with override_settings(AIO_REQUEST=two_breakers(server.url)):
+            started = time.monotonic()
+            client = clients["billing"]
+            waited = time.monotonic() - started
+            assert 0.25 <= waited < 0.8, waited
+            assert "not read within 0.3 s" in caplog.text
+            started = time.monotonic()
+            clients["refunds"]  # builds it
+            assert time.monotonic() - started < 0.2  # the round still hangs: no second wait
+            assert call("billing", 1) == [200]
+            assert clients["billing"] is client
+    finally:
+        hanging.set()
+        made.stop()
+    assert not made.running
+
+
+def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackServer, tmp_path: Path) -> None:
+    """A worker started (or recycled) after an operator forced an endpoint open: as it happens in
+    production, a separate OS process, the override written to the database by another one. Its
+    first calls reached the isolated endpoint for a whole publishing interval (10 of 20 in a second)."""
+    server.route("/up", lambda h: h.reply(200))
+    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER,
+                                   "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "shared.sqlite3")}
+    (tmp_path / "fresh_worker_settings.py").write_text(
+        "from settings.test import *  # noqa: F403\n\n"
+        f"DATABASES = {{'default': {database!r}}}\n"
+        f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CLIENTS': {clients_setting!r}}}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "fresh_worker_settings",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPERATOR, server.url)  # the operator's process, gone before the worker starts
+    answer = json.loads(run("-c", FRESH_WORKER).strip().splitlines()[-1])
+    assert answer["calls"] == [[502, True]] * 20, answer
+    assert server.received("/up") == []
+    assert answer["built"] < 2.0  # the build waited for the overrides, not for an interval
+
+
+OPERATOR = """
+import sys, django
+django.setup()
+from django.utils import timezone
+from django_aio_request.models import BreakerOverride
+BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="force_open", changed_at=timezone.now())
+"""
+
+FRESH_WORKER = """
+import json, time, django
+django.setup()
+from django_aio_request import clients, get
+started = time.monotonic()
+client = clients["billing"]
+built = time.monotonic() - started
+calls = []
+for _ in range(20):
+    with client.request(get("up")) as response:
+        calls.append([response.status, "X-Circuit-Breaker" in response.headers])
+print(json.dumps({"built": built, "calls": calls}))
+"""
 
 
 def test_a_forked_child_starts_its_own_thread(publisher: Publisher) -> None:
