@@ -20,9 +20,10 @@ of every endpoint in one ``get_many``, which callers then read from memory. The 
 the breaker, so a circuit opened by other processes opens here without a call having to fail.
 
 Two things a call used to ask the cache itself are now asked for it, at once (the thread is woken):
-- the first call of a process to an endpoint goes by what is known (nothing: closed) and wakes the
-  thread, which reads the endpoint's block; a recycled worker learns of a circuit the others opened
-  one round trip later, instead of making its first call wait for that round trip;
+- the first call of a process to an endpoint wakes the thread, which reads the endpoint's block;
+  until that read lands, every call to the endpoint (the first and any made meanwhile, from other
+  threads too) goes by what is known (nothing: closed): a recycled worker learns of a circuit the
+  others opened one round trip later, instead of making its calls wait for that round trip;
 - the half-open probe: a call finding the break over gets the fallback and asks the thread to claim
   the probe (``cache.add``, atomic: one process of all); once claimed, the next call of this
   process is the probe. So a circuit closes one call later than with a claim on the call path.

@@ -396,6 +396,40 @@ def test_keys_of_a_plain_client_name_are_unchanged_and_long_names_are_bounded() 
         assert "%" not in key.split("#")[0][-2:]  # not cut within an escape
 
 
+def test_every_call_before_a_fresh_process_s_first_read_goes_by_what_it_knows(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """Not only the first call: every call a process makes to an endpoint before its thread's first
+    read of it lands goes by what the process knows (closed), none waits for the cache. A fresh worker
+    with 8 threads sent 13 calls to a circuit the others had opened (here, the read is held back)."""
+    opener = breaker_with(stores(namespace), minimum_throughput=2)
+    run(opener, False)
+    run(opener, False)
+    opener.store.sync()  # type: ignore[attr-defined]
+    gate = threading.Event()
+
+    def connect() -> Any:
+        gate.wait(10)  # the fresh process's first round trip (connecting, reading) takes its time
+        return caches.create_connection("shared")
+
+    store = CacheCircuitStore("shared", connect=connect, namespace=namespace)
+    fresh = breaker_with(store, minimum_throughput=2)
+    try:
+        results: list[str] = []
+        threads = [threading.Thread(target=lambda: results.append(run(fresh, True))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert results == ["ran"] * 8  # through the open circuit, without waiting for the cache
+        gate.set()
+        assert wait_for(lambda: store.blocked_until("svc") is not None)  # the read landed
+        assert run(fresh, True) == "fallback"
+    finally:
+        gate.set()
+        store.close()
+
+
 def test_exact_counts_from_many_threads(redis: None, namespace: str, stores: Any) -> None:
     store = stores(namespace)
     breaker = breaker_with(store, minimum_throughput=100, failure_threshold=0.9)
