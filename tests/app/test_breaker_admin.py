@@ -214,6 +214,27 @@ def test_the_management_command_names_an_unknown_database_without_a_traceback(tm
     assert done.returncode == 1
     assert "CommandError: no database 'nope' in settings.DATABASES (known: default" in done.stderr
     assert "Traceback" not in done.stderr
+    empty = manage(tmp_path, "circuit_breakers", "--database=", settings="from settings.test import *\n")
+    assert empty.returncode == 1  # before: read the default database without a word
+    assert "CommandError: no database '' in settings.DATABASES" in empty.stderr
+
+
+def test_the_management_command_on_a_database_not_migrated_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """Before: the OperationalError (no such table) ended in a traceback."""
+    empty = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "empty.sqlite3")}
+    settings = f"from settings.test import *\nDATABASES = {{'default': {empty!r}}}\n"
+    done = manage(tmp_path, "circuit_breakers", settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "CommandError: cannot read the circuit breakers from database 'default'" in done.stderr
+    assert "migrate django_aio_request" in done.stderr
+
+
+@pytest.mark.django_db
+def test_the_management_command_names_the_filters_that_matched_nothing(reports: None) -> None:
+    out = io.StringIO()
+    call_command("circuit_breakers", "--client", "nope", "--state", "open", stdout=out)
+    assert "No circuit breaker matching client nope, state open is reported now" in out.getvalue()
 
 
 def live_report(pid: int, state: str, **fields: object) -> BreakerReport:

@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from django_aio_request.breaker_words import ago, calls, state_note
@@ -45,7 +45,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         rows = BreakerStatus.objects.all()
-        if options["database"]:
+        if options["database"] is not None:
             if options["database"] not in connections:
                 known = ", ".join(connections) or "none"
                 raise CommandError(f"no database {options['database']!r} in settings.DATABASES (known: {known})")
@@ -54,10 +54,23 @@ class Command(BaseCommand):
             rows = rows.filter(client__in=options["client"])
         if options["state"]:
             rows = rows.filter(state__in=options["state"])
-        found = list(rows)
+        try:
+            found = list(rows)
+        except DatabaseError as error:  # not migrated there, or unreachable: say so, no traceback
+            raise CommandError(
+                f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
+                " has `manage.py migrate django_aio_request` run there?"
+            ) from None
         if not found:
+            wanted = (
+                " matching "
+                + ", ".join(f"{name} {' or '.join(options[name])}" for name in ("client", "state") if options[name])
+                if options["client"] or options["state"]
+                else ""
+            )
             self.stdout.write(
-                "No circuit breaker is reported now (no live process has built a client with one, or made a call)."
+                f"No circuit breaker{wanted} is reported now"
+                " (no live process has built a client with one, or made a call)."
             )
             return
         for line in table(found):
