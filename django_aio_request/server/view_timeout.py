@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import iscoroutinefunction
 
+from django_aio_request.conf.reader import LARGEST, SMALLEST_SECONDS
 from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
 
@@ -117,8 +118,18 @@ def _check_seconds(seconds: object) -> float:
         raise TypeError("timeout() needs a number of seconds: write @timeout(5), not @timeout")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(f"timeout() takes a positive, finite number of seconds, not {type(seconds).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"timeout() takes a positive, finite number of seconds, not {seconds!r}")
+    # repr() but for an int too large for one: 10**400 is no float (float() raises OverflowError,
+    # math.isfinite() too) and 10**5000 has no repr (int max str digits).
+    shown = (
+        f"an int of {seconds.bit_length()} bits"
+        if isinstance(seconds, int) and seconds.bit_length() > 64
+        else repr(seconds)
+    )
+    if seconds <= 0 or (isinstance(seconds, float) and not math.isfinite(seconds)):
+        raise ValueError(f"timeout() takes a positive, finite number of seconds, not {shown}")
+    if not SMALLEST_SECONDS <= seconds <= LARGEST:
+        # The range AIO_REQUEST's numbers take (conf/reader.py): 1e10 s overflow the clocks a deadline meets.
+        raise ValueError(f"timeout() takes {SMALLEST_SECONDS} to {LARGEST} seconds, not {shown}")
     return float(seconds)
 
 

@@ -165,11 +165,25 @@ def test_decorating_a_class_returns_the_class() -> None:
         (True, TypeError, "not bool"),
         ("5", TypeError, "not str"),
         (None, TypeError, "not NoneType"),
+        # Out of the range AIO_REQUEST's numbers take: the decorator's own message, not OverflowError
+        pytest.param(10**400, ValueError, r"takes 1e-06 to 999999999 seconds, not an int of 1329 bits", id="10**400"),
+        pytest.param(10**5000, ValueError, r"not an int of 16610 bits", id="10**5000"),  # no str() either
+        pytest.param(-(10**400), ValueError, r"positive, finite number of seconds, not an int of 1329", id="-10**400"),
+        (1_000_000_000, ValueError, r"takes 1e-06 to 999999999 seconds, not 1000000000"),
+        (1e10, ValueError, r"not 10000000000\.0"),
+        (1e308, ValueError, r"not 1e\+308"),
+        (1e-7, ValueError, r"takes 1e-06 to 999999999 seconds, not 1e-07"),
     ],
 )
 def test_the_seconds_are_validated_at_decoration_time(seconds: Any, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         timeout(seconds)
+
+
+def test_the_bounds_of_the_range_are_accepted() -> None:
+    for seconds in (999_999_999, 999_999_999.0, 1e-6, 2**20):
+        view = timeout(seconds)(lambda request: None)
+        assert getattr(view, "__aio_request_timeout__", None) == float(seconds)
 
 
 def test_forgetting_the_parentheses_is_a_clear_error() -> None:
