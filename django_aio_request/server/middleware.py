@@ -157,22 +157,30 @@ class _Canceller:
 
     A sync view (run in a thread by ``sync_to_async``) cannot be stopped: cancelling the task would
     answer while the view goes on in its thread, so it is left to finish. ``@timeout`` on an async
-    view moves the deadline with :meth:`reschedule`.
+    view moves the cancellation to the view's deadline with :meth:`reschedule` while the view runs,
+    and back with :meth:`view_returned`: to the request's own deadline (the header's or the default),
+    or the view's if that is later, so the middleware below is never cancelled at a deadline that was
+    only the view's, nor at the default one a view given more time has outlived.
     """
 
-    __slots__ = ("_handle", "_loop", "_request", "_timeout")
+    __slots__ = ("_deadline", "_handle", "_loop", "_request", "_timeout")
 
     RECHECK = 0.01  # the view was not resolved yet at the deadline: look again this much later
 
-    def __init__(self, request: HttpRequest, timeout: asyncio.Timeout) -> None:
+    def __init__(self, request: HttpRequest, timeout: asyncio.Timeout, deadline: Deadline) -> None:
         self._loop = asyncio.get_running_loop()
         self._request = request
         self._timeout = timeout
+        self._deadline = deadline  # the request's own
         self._handle: asyncio.TimerHandle | None = None
 
     def reschedule(self, deadline: Deadline) -> None:
         self.disarm()
         self._handle = self._loop.call_later(deadline.timeout, self._fire)
+
+    def view_returned(self, deadline: Deadline) -> None:
+        own = self._deadline
+        self.reschedule(deadline if deadline.expires_at > own.expires_at else own)
 
     def disarm(self) -> None:
         if self._handle is not None:
@@ -180,6 +188,8 @@ class _Canceller:
             self._handle = None
 
     def _fire(self) -> None:
+        if self._timeout.expired():
+            return  # cancelling already (a view_returned() on the way out of the cancelled view moved the timer)
         match = self._request.resolver_match
         if match is None:  # still before URL resolution (slow middleware): the view will start late
             self._handle = self._loop.call_later(self.RECHECK, self._fire)
@@ -347,7 +357,7 @@ class AioRequestMiddleware:
             deadline = cast(Deadline, context.deadline)  # _begin always sets one
             try:
                 async with asyncio.timeout(None) as timeout:
-                    canceller = _Canceller(request, timeout)
+                    canceller = _Canceller(request, timeout, deadline)
                     canceller_token = _canceller.set(canceller)
                     try:
                         canceller.reschedule(deadline)

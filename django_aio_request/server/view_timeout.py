@@ -44,7 +44,12 @@ class ViewDeadline(Deadline):
 class Canceller(Protocol):
     """Cancels an async view at its deadline (the middleware's, with CANCEL_ASYNC_VIEWS_ON_TIMEOUT)."""
 
-    def reschedule(self, deadline: Deadline) -> None: ...
+    def reschedule(self, deadline: Deadline) -> None:
+        """Cancel at ``deadline`` (the view's ``@timeout``, while the view runs)."""
+
+    def view_returned(self, deadline: Deadline) -> None:
+        """The view that ran under ``deadline`` returned (or raised): cancel at the request's own
+        deadline again, or at ``deadline`` if that is later (the view was given more time)."""
 
 
 # Set by AioRequestMiddleware around async views when CANCEL_ASYNC_VIEWS_ON_TIMEOUT is on.
@@ -73,17 +78,22 @@ class _ViewDeadline:
 
 
 async def _await_within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """Await an async view (or the coroutine of a class's async handler) under its deadline.
+
+    With the middleware's canceller (CANCEL_ASYNC_VIEWS_ON_TIMEOUT), the cancellation moves to the
+    view's deadline while the view runs, and back when it returned: the middleware below, still to
+    run, must not be cancelled at a deadline that was the view's alone. Only from async code running
+    on the request's event loop: the canceller's timer lives there.
+    """
     with _ViewDeadline(seconds) as applied:
-        if applied.deadline is not None:
-            _reschedule_cancellation(applied.deadline)
-        return await awaitable
-
-
-def _reschedule_cancellation(deadline: Deadline) -> None:
-    # Only from async code running on the request's event loop: the canceller's timer lives there.
-    canceller = _canceller.get()
-    if canceller is not None:
+        deadline = applied.deadline
+        if deadline is None or (canceller := _canceller.get()) is None:
+            return await awaitable
         canceller.reschedule(deadline)
+        try:
+            return await awaitable
+        finally:
+            canceller.view_returned(deadline)
 
 
 def _wrap(view: Callable[..., Any], seconds: float) -> Callable[..., Any]:
@@ -91,10 +101,7 @@ def _wrap(view: Callable[..., Any], seconds: float) -> Callable[..., Any]:
 
         @functools.wraps(view)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _ViewDeadline(seconds) as applied:
-                if applied.deadline is not None:
-                    _reschedule_cancellation(applied.deadline)
-                return await view(*args, **kwargs)
+            return await _await_within(seconds, view(*args, **kwargs))
 
         async_wrapper.__aio_request_timeout__ = seconds  # type: ignore[attr-defined] # as aio-request marks views
         return async_wrapper

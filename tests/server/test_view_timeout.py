@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pytest_django.fixtures import Settings
 import django_aio_request
 from django_aio_request import Deadline, get_context, set_context
 from django_aio_request.server.view_timeout import timeout
-from tests.server.test_middleware import DEFAULT_TIMEOUT, GETTERS, MIDDLEWARE, server_setting, view_saw
+from tests.server.test_middleware import DEFAULT_TIMEOUT, GETTERS, MIDDLEWARE, asgi_get, server_setting, view_saw
 from tests.support import urls_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,3 +218,75 @@ def test_exported_lazily_from_the_package_without_django() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+# CANCEL_ASYNC_VIEWS_ON_TIMEOUT: @timeout's deadline cancels only while the view runs. Through Django's
+# ASGIHandler (tests/server/test_middleware.py::asgi_get), with an async middleware below
+# AioRequestMiddleware that awaits ?post= seconds after the view returned.
+
+AFTER_VIEW = "tests.support.urls_server.AsyncAfterViewMiddleware"
+QUICK = ["/atimed-quick", "/async-class-quick", "/urls-async-slow?sleep=0"]  # @timeout(0.3), answer at once
+
+
+@pytest.fixture
+def cancelling_below(settings: Settings) -> None:
+    settings.MIDDLEWARE = [MIDDLEWARE, AFTER_VIEW]
+    urls_server.finished.clear()
+
+
+def with_query(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}"
+
+
+@pytest.mark.usefixtures("cancelling_below")
+@pytest.mark.parametrize("path", QUICK)
+def test_a_returned_view_is_not_cancelled_at_its_timeout_while_the_middleware_below_finishes(
+    settings: Settings, path: str
+) -> None:
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True)  # TIMEOUT 7 s
+    status, _, body, took = asgi_get(with_query(path, "post=0.8"), {})
+    assert (status, body) == (200, b"done")  # was 408 at the view's 0.3 s, the view's answer lost
+    assert took >= 0.8
+    assert urls_server.finished[-1] == "after_view"
+
+
+@pytest.mark.usefixtures("cancelling_below")
+@pytest.mark.parametrize("path", QUICK)
+def test_after_the_view_returned_the_requests_own_deadline_cancels_again(settings: Settings, path: str) -> None:
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True, TIMEOUT=1.0)
+    status, _, _, took = asgi_get(with_query(path, "post=3"), {})
+    assert status == 408
+    assert 0.95 < took < 1.6  # TIMEOUT's 1 s from the request's arrival, neither the view's 0.3 s nor never
+    assert "after_view" not in urls_server.finished
+    status, _, _, took = asgi_get(with_query(path, "post=3"), {"X-Request-Timeout": "0.6"})
+    assert status == 408  # the header's deadline: @timeout did not apply at all
+    assert 0.55 < took < 1.0
+
+
+@pytest.mark.usefixtures("cancelling_below")
+def test_a_view_given_more_time_than_the_default_is_not_cancelled_after_it_returned(settings: Settings) -> None:
+    # @timeout(1.5) under TIMEOUT 0.5: the view returns at 0.8 s, past the default deadline it was given
+    # more time than; the middleware below then finishes under the view's deadline, not a 408 at once.
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True, TIMEOUT=0.5)
+    status, _, body, took = asgi_get("/atimed-long?sleep=0.8&post=0.3", {})
+    assert (status, body) == (200, b"done")
+    assert took >= 1.1
+    assert urls_server.finished == ["atimed_long", "after_view"]
+    status, _, _, took = asgi_get("/atimed-long?sleep=5", {})
+    assert status == 408  # and the view's own deadline still cancels it while it runs
+    assert 1.45 < took < 2.1
+
+
+@pytest.mark.usefixtures("cancelling_below")
+def test_a_cancelled_view_leaves_no_timer_behind_while_the_middleware_below_cleans_up(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The view is cancelled at its 0.3 s; on its way out the cancellation goes back to TIMEOUT's 0.5 s,
+    # which passes while the middleware below awaits its cleanup: nothing more is cancelled, nothing fails.
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True, TIMEOUT=0.5)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        status, _, _, took = asgi_get("/atimed-quick?sleep=3&cleanup=0.5", {})
+    assert status == 408
+    assert 0.75 < took < 1.4
+    assert urls_server.finished == []
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # no "Exception in callback"

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views import View
@@ -110,6 +110,49 @@ async def atimed_slow(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"done")
 
 
+@timeout(0.3)
+async def atimed_quick(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    finished.append("atimed_quick")
+    return HttpResponse(b"done")
+
+
+@timeout(1.5)
+async def atimed_long(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    finished.append("atimed_long")
+    return HttpResponse(b"done")
+
+
+@timeout(0.3)
+class AsyncQuickView(View):
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        finished.append("async_quick_view")
+        return HttpResponse(b"done")
+
+
+class AsyncAfterViewMiddleware:
+    """Async-only middleware to put below AioRequestMiddleware: awaits ``?post=`` seconds after the
+    view returned (an async ``process_response`` with work to do), and notes when it is done; awaits
+    ``?cleanup=`` seconds after the view, also when the view was cancelled (a cleanup in ``finally``)."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response: HttpResponse = await self.get_response(request)
+        finally:
+            await asyncio.shield(asyncio.sleep(float(request.GET.get("cleanup", "0"))))  # cleanup, cancelled or not
+        await asyncio.sleep(float(request.GET.get("post", "0")))
+        finished.append("after_view")
+        return response
+
+
 @timeout(3)
 class TimedView(View):
     def get(self, request: HttpRequest) -> JsonResponse:
@@ -165,4 +208,7 @@ urlpatterns = [
     path("urls-class", timeout(4)(PlainView.as_view())),
     path("urls-nested", timeout(4)(timed)),
     path("urls-async-slow", timeout(0.3)(aslow)),
+    path("atimed-quick", atimed_quick),
+    path("atimed-long", atimed_long),
+    path("async-class-quick", AsyncQuickView.as_view()),
 ]
