@@ -16,6 +16,9 @@ from ``X-Request-Timeout``) ends by that deadline:
 - A query sent when the deadline is (all but) up is not sent: :class:`DeadlineExceeded` at once.
   Statements that only end a transaction or a savepoint still go, so cleaning up always works.
 - A query the timer cancelled raises :class:`DeadlineExceeded` in place of the driver's error.
+- psycopg 3's ``cursor.copy()`` and ``cursor.stream()`` send their statement without passing an
+  execute wrapper: the connection's cursor wrappers bound them the same way, for as long as the
+  ``with cursor.copy(...)`` block or the iteration over ``cursor.stream(...)`` lasts.
 
 The middleware turns those into a 408 (see :func:`catch_deadline_below`), also when they come
 from below the view (an inner middleware's ``process_response``, a signal). See
@@ -23,6 +26,7 @@ from below the view (an inner middleware's ``process_response``, a signal). See
 """
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -30,7 +34,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -155,6 +159,7 @@ def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
         # ``with connection.execute_wrapper(w):`` block would otherwise have the bound appended after
         # ``w``, and the block's exit, which pops the last wrapper, would take the bound off instead.
         connection.execute_wrappers.insert(0, bound)
+        _bound_copy_and_stream(connection)
     return bound
 
 
@@ -224,33 +229,59 @@ class QueryBound:
         """Run ``call(*args)`` (one statement's round trip) so that it ends by ``deadline``."""
         self.busy = True  # before the clock is read: a timer that saw busy False fired before the check below
         try:
-            if deadline.timeout <= CANCEL_LEAD:
-                if not (isinstance(sql, str) and _ENDS_TRANSACTION.fullmatch(sql)):
-                    self.refused += 1
-                    raise DeadlineExceeded(
-                        f"the deadline was up before the query was sent to database {self.alias!r} "
-                        f"({deadline.timeout * 1000:.1f} ms left): {_head(sql)}",
-                        alias=self.alias,
-                        sql=_head(sql),
-                    )
-                self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
-            elif deadline.expires_at != self._due or connection.connection is not self._raw:
-                self._arm(deadline.expires_at, connection.connection)
-            generation = self._generation
+            generation = self._start(deadline, connection, sql)
             try:
                 return call(*args)
             except Exception as error:
-                if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
-                    raise DeadlineExceeded(
-                        f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
-                        alias=self.alias,
-                        sent=True,
-                        sql=_head(sql),
-                    ) from error
+                self._raise_if_cancelled(error, generation, sql)
                 raise
         finally:
             with self.lock:
                 self.busy = False
+
+    @contextlib.contextmanager
+    def spanning(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> Generator[None]:
+        """:meth:`_bounded` for a statement whose round trips span a block of the caller's code:
+        psycopg 3's ``copy()`` (the ``with`` block) and ``stream()`` (the iteration). The statement
+        is on the wire, and cancelled at the deadline, until the block ends."""
+        self.busy = True
+        try:
+            generation = self._start(deadline, connection, sql)
+            try:
+                yield
+            except Exception as error:
+                self._raise_if_cancelled(error, generation, sql)
+                raise
+        finally:
+            with self.lock:
+                self.busy = False
+
+    def _start(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> int:
+        """With ``busy`` set: refuse the statement if the deadline is (all but) up, else point the
+        timer at the deadline; the generation a cancel request for this statement will carry."""
+        if deadline.timeout <= CANCEL_LEAD:
+            if not (isinstance(sql, str) and _ENDS_TRANSACTION.fullmatch(sql)):
+                self.refused += 1
+                raise DeadlineExceeded(
+                    f"the deadline was up before the query was sent to database {self.alias!r} "
+                    f"({deadline.timeout * 1000:.1f} ms left): {_head(sql)}",
+                    alias=self.alias,
+                    sql=_head(sql),
+                )
+            self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
+        elif deadline.expires_at != self._due or connection.connection is not self._raw:
+            self._arm(deadline.expires_at, connection.connection)
+        return self._generation
+
+    def _raise_if_cancelled(self, error: Exception, generation: int, sql: object) -> None:
+        """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
+        if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
+            raise DeadlineExceeded(
+                f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
+                alias=self.alias,
+                sent=True,
+                sql=_head(sql),
+            ) from error
 
     def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
         """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that
@@ -347,6 +378,68 @@ class QueryBound:
                     raw.cancel()
             except Exception as error:
                 logger.warning("could not cancel a query of database %r at its deadline: %s", self.alias, error)
+
+
+class _CopyAndStreamBound:
+    """Mixed into the class of a PostgreSQL connection's cursor wrappers (psycopg 3): ``copy()`` and
+    ``stream()``, which Django passes through to the driver cursor past its execute wrappers, go
+    through :meth:`QueryBound.spanning` like any statement. Django's ``CursorDebugWrapper.copy()``
+    (which logs the statement) is kept: it comes next in the method order."""
+
+    cursor: Any  # Django's CursorWrapper: the driver cursor and the connection
+    db: BaseDatabaseWrapper
+
+    @contextlib.contextmanager
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Generator[Any]:
+        inner = getattr(super(), "copy", None) or self.cursor.copy
+        with _spanning(self.db, statement), inner(statement, *args, **kwargs) as copy:
+            yield copy
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Generator[Any]:
+        inner = getattr(super(), "stream", None) or self.cursor.stream
+        with _spanning(self.db, query):
+            yield from inner(query, *args, **kwargs)
+
+
+def _spanning(connection: BaseDatabaseWrapper, sql: object) -> contextlib.AbstractContextManager[None]:
+    bound = wrapper_for(connection)
+    if bound is None:
+        return contextlib.nullcontext()
+    deadline = get_context().deadline if is_enabled() else None
+    if deadline is None:
+        if bound.armed:
+            bound.disarm()
+        return contextlib.nullcontext()
+    return bound.spanning(deadline, connection, sql)
+
+
+_bounded_classes: dict[type, type] = {}
+
+
+def _bound_copy_and_stream(connection: BaseDatabaseWrapper) -> None:
+    """Give the cursor wrappers the connection makes from now on a bounded ``copy()`` and ``stream()``
+    (psycopg 3; psycopg2's cursors have neither)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # type: ignore[import-untyped]
+
+    if not is_psycopg3:
+        return
+    for name in ("make_cursor", "make_debug_cursor"):
+        setattr(connection, name, functools.partial(_bounded_cursor, getattr(connection, name)))
+
+
+def _bounded_cursor(make: Callable[[Any], Any], cursor: Any) -> Any:
+    """The cursor wrapper ``make`` returns (Django's, or the debug one with DEBUG), as an instance of
+    a subclass with :class:`_CopyAndStreamBound` mixed in: the same object, nothing copied."""
+    wrapped = make(cursor)
+    cls = type(wrapped)
+    bounded = _bounded_classes.get(cls)
+    if bounded is None:
+        if issubclass(cls, _CopyAndStreamBound):
+            return wrapped
+        bounded = type(cls.__name__, (_CopyAndStreamBound, cls), {"__module__": __name__})
+        bounded = _bounded_classes.setdefault(cls, bounded)
+    wrapped.__class__ = bounded
+    return wrapped
 
 
 def _head(sql: object) -> str:

@@ -313,6 +313,102 @@ class TestBound:
             pg.close()
             pg.settings_dict["OPTIONS"] = options
 
+    @pytest.mark.parametrize("debug", [False, True], ids=["cursor", "debug-cursor"])
+    def test_copy_is_bounded(self, pg: BaseDatabaseWrapper, debug: bool) -> None:
+        """psycopg 3's cursor.copy() sends its statement past Django's execute wrappers."""
+        pg.force_debug_cursor = debug  # Django's CursorDebugWrapper has a copy() of its own, which logs it
+        try:
+            with (
+                Timed() as timed,
+                set_context(deadline=Deadline.from_timeout(0.5)),
+                pytest.raises(DeadlineExceeded) as caught,
+                pg.cursor() as cursor,
+                cursor.copy("COPY (SELECT pg_sleep(3)) TO STDOUT") as copy,
+            ):
+                list(copy)
+            assert 0.5 - db.CANCEL_LEAD - 0.01 < timed.elapsed < 0.5 + SLACK
+            assert caught.value.sent
+            assert caught.value.sql == "COPY (SELECT pg_sleep(3)) TO STDOUT"
+            assert getattr(caught.value.__cause__, "sqlstate", None) == "57014"
+            if debug:
+                assert pg.queries[-1]["sql"] == "COPY (SELECT pg_sleep(3)) TO STDOUT"
+            assert scalar("SELECT 1") == 1  # the connection is still usable
+        finally:
+            pg.force_debug_cursor = False
+
+    def test_stream_is_bounded(self, pg: BaseDatabaseWrapper) -> None:
+        """psycopg 3's cursor.stream() sends its statement past Django's execute wrappers."""
+        with (
+            Timed() as timed,
+            set_context(deadline=Deadline.from_timeout(0.5)),
+            pytest.raises(DeadlineExceeded) as caught,
+            pg.cursor() as cursor,
+        ):
+            list(cursor.stream("SELECT pg_sleep(3)"))
+        assert timed.elapsed < 0.5 + SLACK
+        assert caught.value.sent
+        got: list[Any] = []
+
+        def iterate() -> None:
+            with set_context(deadline=Deadline.from_timeout(0.5)), pg.cursor() as cursor:
+                for row in cursor.stream("SELECT i, pg_sleep(0.05) FROM generate_series(1, 40) AS i"):  # 2 s of rows
+                    got.append(row[0])
+
+        with Timed() as timed, pytest.raises(DeadlineExceeded):
+            iterate()
+        assert timed.elapsed < 0.5 + SLACK
+        assert 0 < len(got) < 40
+        assert scalar("SELECT 1") == 1
+
+    def test_copy_from_stdin_is_cancelled_when_its_block_ends(self, pg: BaseDatabaseWrapper) -> None:
+        """The server waits for the data the block writes, and takes the cancel request when more comes
+        (psycopg sends these small writes when the block ends): the block runs on, then nothing is copied."""
+
+        def write() -> None:
+            with (
+                set_context(deadline=Deadline.from_timeout(0.3)),
+                pg.cursor() as cursor,
+                cursor.copy("COPY auth_group (name) FROM STDIN") as copy,
+            ):
+                for i in range(10):  # 1 s of writing
+                    copy.write_row([f"g{i}"])
+                    time.sleep(0.1)
+
+        with Timed() as timed, pytest.raises(DeadlineExceeded) as caught:
+            write()
+        assert timed.elapsed >= 1.0
+        assert caught.value.sent
+        assert bound(pg).cancels >= 1
+        assert not Group.objects.using(PG).exists()
+
+    def test_copy_and_stream_in_time_are_untouched(self, pg: BaseDatabaseWrapper, settings: SettingsWrapper) -> None:
+        cancels = bound(pg).cancels
+        with set_context(deadline=Deadline.from_timeout(5)), pg.cursor() as cursor:
+            with cursor.copy("COPY (SELECT i FROM generate_series(1, 3) AS i) TO STDOUT") as copy:
+                assert list(copy.rows()) == [("1",), ("2",), ("3",)]
+            with cursor.copy("COPY auth_group (name) FROM STDIN") as copy:
+                copy.write_row(["copied"])
+            assert [row[0] for row in cursor.stream("SELECT i FROM generate_series(1, 3) AS i")] == [1, 2, 3]
+        assert not bound(pg).busy
+        assert list(Group.objects.using(PG).values_list("name", flat=True)) == ["copied"]
+        with Timed() as timed, pg.cursor() as cursor:  # the timer of the 5 s deadline reaches no later statement
+            assert len(list(cursor.stream("SELECT pg_sleep(0.3)"))) == 1
+        assert timed.elapsed >= 0.3
+        assert bound(pg).cancels == cancels
+        # With the deadline up, neither is sent; with the setting off, neither is bounded.
+        refused = bound(pg).refused
+        with set_context(deadline=Deadline.from_timeout(0)), pg.cursor() as cursor:
+            with pytest.raises(DeadlineExceeded) as caught, cursor.copy("COPY auth_group (name) FROM STDIN"):
+                pass
+            assert not caught.value.sent
+            with pytest.raises(DeadlineExceeded):
+                next(cursor.stream("SELECT 1"))
+        assert bound(pg).refused == refused + 2
+        settings.AIO_REQUEST = {**settings.AIO_REQUEST, db.SETTING_KEY: False}
+        with set_context(deadline=Deadline.from_timeout(0.1)), Timed() as timed, pg.cursor() as cursor:
+            assert len(list(cursor.stream("SELECT pg_sleep(0.25)"))) == 1
+        assert timed.elapsed >= 0.25
+
     def test_a_new_connection_under_the_same_deadline_is_bounded_too(self, pg: BaseDatabaseWrapper) -> None:
         with set_context(deadline=Deadline.from_timeout(0.4)):
             assert scalar("SELECT 1") == 1
