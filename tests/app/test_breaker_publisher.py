@@ -35,6 +35,14 @@ def setting(url: str, **extra: object) -> dict[str, object]:
     return {"SERVICE_NAME": "orders", "CLIENTS": {"billing": billing, "plain": {"ENDPOINT": url}}, **extra}
 
 
+@pytest.fixture(autouse=True)
+def _no_other_publisher_runs() -> None:
+    """Stop the process's own publisher thread, which an earlier test's client may have started (it
+    is started once per process): its rounds wrote rows of its breakers while these tests counted
+    theirs (a second transition where prune() had left one, under pytest-xdist's ordering)."""
+    breaker_publisher.publisher.stop()
+
+
 @pytest.fixture
 def publisher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
     """The process's publisher replaced by one whose thread never runs a round, nor does a client
