@@ -7,6 +7,7 @@ is built here: ``building.py`` makes clients from a :class:`ClientSpec`.
 """
 
 import dataclasses
+import inspect
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -204,6 +205,20 @@ def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
         return None
 
 
+def _classifier_class(found: Any) -> bool:
+    """A ResponseClassifier subclass that the client can build as it does, ``cls()``: one whose
+    ``__init__`` needs arguments passed the check and raised TypeError when the client was built."""
+    if not (isinstance(found, type) and issubclass(found, ResponseClassifier)):
+        return False
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a class made in C): the build will tell
+        return True
+    return True
+
+
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "TIMEOUT": (SECONDS, 20.0),
     "PRIORITY": (priority, Priority.NORMAL),
@@ -214,7 +229,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "CONNECT_RETRIES": (integer(0, at_most=MOST_CONNECT_RETRIES, why=_RETRIES_WHY), 0),
     "MAX_RESPONSE_SIZE": (optional(integer(0)), DEFAULT_MAX_RESPONSE_SIZE),
     "RESPONSE_CLASSIFIER": (
-        dotted("a ResponseClassifier subclass", lambda c: isinstance(c, type) and issubclass(c, ResponseClassifier)),
+        dotted("a ResponseClassifier subclass built with no arguments", _classifier_class),
         None,
     ),
     "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),

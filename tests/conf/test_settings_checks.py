@@ -151,6 +151,11 @@ def enricher(request: object) -> object:
         ({**GOOD, "CIRCUIT_BREAKER": 5}, ["['CIRCUIT_BREAKER'] must be a dict, not int"], "E002"),
         ({**GOOD, "RESPONSE_CLASSIFIER": "no.such.Classifier"}, ["['RESPONSE_CLASSIFIER'] cannot be imported"], "E008"),
         ({**GOOD, "RESPONSE_CLASSIFIER": "django_aio_request.Response"}, ["not a ResponseClassifier subclass"], "E008"),
+        (  # before: passed the check, and building the client raised TypeError
+            {**GOOD, "RESPONSE_CLASSIFIER": "tests.support.classifiers.NeedsArguments"},
+            ["not a ResponseClassifier subclass built with no arguments"],
+            "E008",
+        ),
         (
             {**GOOD, "REQUEST_ENRICHER": "django_aio_request.core.status.TIMEOUT"},
             ["not a function taking and returning"],
