@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from django_aio_request.metrics.deferred import INTERVAL, DeferredObservations
+from tests.support.forking import in_child
 
 ROOT = Path(__file__).resolve().parents[2]
 NEVER = 3600.0  # an interval the recording thread does not reach within a test
@@ -94,21 +95,15 @@ def test_a_forked_child_records_only_its_own_observations() -> None:
     recorder = Recorder()
     deferred = DeferredObservations(recorder, name="test", interval=NEVER)
     deferred.add("parent's")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report what it records, then leave without running the parent's cleanup
-        try:
-            deferred.add("child's")
-            deferred.flush()
-            os.write(write, repr(recorder.seen).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        child_seen = pipe.read()
-    os.waitpid(pid, 0)
+
+    def child() -> list[object]:  # what the child records
+        deferred.add("child's")
+        deferred.flush()
+        return list(recorder.seen)
+
+    child_seen = in_child(child)
     # The parent's queued observation was in the child's copy of memory: recorded by the parent only.
-    assert child_seen == repr(["child's"])
+    assert child_seen == ["child's"]
     deferred.flush()
     assert recorder.seen == ["parent's"]
 
