@@ -243,7 +243,9 @@ class QueryBound:
     def spanning(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> Generator[None]:
         """:meth:`_bounded` for a statement whose round trips span a block of the caller's code:
         psycopg 3's ``copy()`` (the ``with`` block) and ``stream()`` (the iteration). The statement
-        is on the wire, and cancelled at the deadline, until the block ends."""
+        is on the wire, and cancelled at the deadline, until the block ends. The same steps as
+        :meth:`_bounded`, which does not go through this: it runs for every query, and a generator
+        context manager would cost each one a microsecond or so."""
         self.busy = True
         try:
             generation = self._start(deadline, connection, sql)
