@@ -32,6 +32,7 @@ from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.transport import direct_send
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
+from django_aio_request.transport.codings import unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
 
@@ -68,6 +69,9 @@ DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 _CHUNK_SIZE = 64 * 1024
 #: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
 X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
+#: Set on the synthetic 489 made for a body in a coding the client cannot take off (transport/codings.py);
+#: its value names it: ``Transfer-Encoding: gzip``, ``Content-Encoding: br``.
+X_UNREADABLE_CODING = "X-Unreadable-Coding"
 #: Set on the synthetic 488 made for a redirect that cannot be followed; its value says why.
 X_INVALID_REDIRECT = "X-Invalid-Redirect"
 # A Content-Length of more digits than this (leading zeros aside) is above any size limit.
@@ -381,7 +385,7 @@ class RequestsTransport(Transport):
         if route is not None:
             raw = direct_send.send(self._session, route, prepared, remaining)
             if not (request.allow_redirects and raw.status in REDIRECT_STATI and "location" in raw.headers):
-                return self._answer(request, endpoint, raw, started)
+                return self._answer(request, endpoint, raw, started, prepared.headers.get("Accept-Encoding"))
             first = direct_send.as_requests_response(route, prepared, raw)  # followed by requests
         # stream=True: the body is read below in chunks, so that its size can be bounded.
         kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
@@ -393,7 +397,10 @@ class RequestsTransport(Transport):
             _check_decoded_to_the_end(outcome.raw, body)
         finally:
             outcome.close()  # a body left unread closes the connection instead of pooling it
-        return self._answered(request, endpoint, outcome.status_code, outcome.headers, body, started=started)
+        accepted = outcome.request.headers.get("Accept-Encoding")  # the last request's, after redirects
+        return self._answered(
+            request, endpoint, outcome.status_code, outcome.headers, body, accepted=accepted, started=started
+        )
 
     def _send_with_requests(
         self,
@@ -452,7 +459,9 @@ class RequestsTransport(Transport):
             answers.clear()
         return response
 
-    def _answer(self, request: Request, endpoint: str, raw: HTTPResponse, started: float) -> Response:
+    def _answer(
+        self, request: Request, endpoint: str, raw: HTTPResponse, started: float, accepted: str | None
+    ) -> Response:
         """The Response for an answer urllib3 received on the direct route (``direct_send``)."""
         consumed = False
         try:
@@ -465,12 +474,21 @@ class RequestsTransport(Transport):
             if not consumed:
                 raw.close()
             raw.release_conn()
-        return self._answered(request, endpoint, raw.status, raw.headers, body, started=started)
+        return self._answered(request, endpoint, raw.status, raw.headers, body, accepted=accepted, started=started)
 
     def _answered(
-        self, request: Request, endpoint: str, status_code: int, headers: Any, body: bytes | None, *, started: float
+        self,
+        request: Request,
+        endpoint: str,
+        status_code: int,
+        headers: Any,
+        body: bytes | None,
+        *,
+        accepted: str | None,
+        started: float,
     ) -> Response:
-        """The Response for an answer whose body was read (``body``), or was too large (None)."""
+        """The Response for an answer whose body was read (``body``), or was too large (None);
+        ``accepted`` is the ``Accept-Encoding`` the request sent."""
         if body is None:
             logger.warning(
                 "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
@@ -484,6 +502,21 @@ class RequestsTransport(Transport):
                 status=status.NETWORK_ERROR,
                 elapsed=time.monotonic() - started,
                 headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
+            )
+        unreadable = unreadable_coding(headers, accepted) if body else None
+        if unreadable is not None:
+            logger.warning(
+                "%s %s%s: the response's body is in a coding this client cannot take off (%s; status %s)",
+                request.method,
+                _redacted(endpoint),
+                request.url,
+                unreadable,
+                status.NETWORK_ERROR,
+            )
+            return EmptyResponse(
+                status=status.NETWORK_ERROR,
+                elapsed=time.monotonic() - started,
+                headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
             )
         return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
 

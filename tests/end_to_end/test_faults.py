@@ -8,6 +8,7 @@ only for what those tests do not: the deadline, the breaker and leaks, on the wh
 """
 
 import contextlib
+import gzip
 import json
 import socket
 import struct
@@ -19,7 +20,11 @@ import pytest
 
 import django_aio_request as dar
 from django_aio_request.core import status
-from django_aio_request.transport.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
+from django_aio_request.transport.requests_transport import (
+    DEFAULT_MAX_RESPONSE_SIZE,
+    X_RESPONSE_TOO_LARGE,
+    X_UNREADABLE_CODING,
+)
 from tests.support.loopback import LoopbackServer, free_port
 from tests.support.resources import eventually, open_fds
 
@@ -318,6 +323,28 @@ def test_huge_body_is_cut_at_max_response_size(
     assert response.headers["X-Do-Not-Retry"] == "1"
     assert response.read() == b""
     # Not retried, and not the endpoint's ill health: the breaker counts it as a success.
+    assert counts == SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("head", "named"),
+    [
+        (b"Transfer-Encoding: gzip, chunked", "Transfer-Encoding: gzip"),
+        (b"Content-Encoding: x-nonsense\r\nTransfer-Encoding: chunked", "Content-Encoding: x-nonsense"),
+    ],
+    ids=["transfer-coding", "content-coding"],
+)
+def test_a_body_in_a_coding_the_client_cannot_take_off(
+    raw_server: Callable[..., RawServer], head: bytes, named: str, no_leaks: None
+) -> None:
+    zipped = gzip.compress(b'{"ok": true}')
+    body = b"%x\r\n" % len(zipped) + zipped + b"\r\n0\r\n\r\n"
+    server = raw_server(send_then(b"HTTP/1.1 200 OK\r\n" + head + b"\r\n\r\n" + body, reset=False))
+    response, counts = call(server.url)
+    assert response.status == status.NETWORK_ERROR
+    assert response.headers[X_UNREADABLE_CODING] == named
+    assert response.read() == b""
+    # Not retried (the endpoint would send the same), and the endpoint did answer: a success.
     assert counts == SUCCESS
 
 

@@ -24,7 +24,11 @@ from hypothesis import strategies as st
 import django_aio_request as dar
 from django_aio_request import Client, DefaultCircuitBreaker, RequestStrategy, Response, UnexpectedContentTypeError
 from django_aio_request.core import status
-from django_aio_request.transport.requests_transport import X_INVALID_REDIRECT, X_RESPONSE_TOO_LARGE
+from django_aio_request.transport.requests_transport import (
+    X_INVALID_REDIRECT,
+    X_RESPONSE_TOO_LARGE,
+    X_UNREADABLE_CODING,
+)
 from tests.support.raw_server import RawAnswerServer
 from tests.support.resources import eventually, open_fds
 
@@ -235,6 +239,8 @@ def _redirect_to(location: str) -> bytes:
     return _answer(f"HTTP/1.1 302 Found\nLocation: {location}\nContent-Length: 0")
 
 
+_GZIPPED = gzip.compress(b'{"a": 1}')
+
 #: name -> (answer, status it ends as, header the synthetic response carries or None)
 REGRESSIONS: dict[str, tuple[bytes, int, str | None]] = {
     # str.isdigit() is true for "²", int() refuses it: urllib3 ignores the header and reads until close.
@@ -262,6 +268,24 @@ REGRESSIONS: dict[str, tuple[bytes, int, str | None]] = {
         _answer("HTTP/1.1 200 OK\nContent-Encoding: gzip\nContent-Length: 3", b"abc"),
         status.NETWORK_ERROR,
         None,
+    ),
+    # Codings urllib3 does not take off: the body came still compressed, a 200 of garbage.
+    "transfer_coding_gzip_then_chunked": (
+        _answer(
+            "HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked", b"%x\r\n" % len(_GZIPPED) + _GZIPPED + b"\r\n0\r\n\r\n"
+        ),
+        status.NETWORK_ERROR,
+        X_UNREADABLE_CODING,
+    ),
+    "chunked_twice": (
+        _answer("HTTP/1.1 200 OK\nTransfer-Encoding: chunked, chunked", b"c\r\n2\r\nhi\r\n0\r\n\r\n\r\n0\r\n\r\n"),
+        status.NETWORK_ERROR,
+        X_UNREADABLE_CODING,
+    ),
+    "content_coding_not_asked_for": (
+        _answer("HTTP/1.1 200 OK\nContent-Encoding: x-nonsense\nContent-Length: 3", b"abc"),
+        status.NETWORK_ERROR,
+        X_UNREADABLE_CODING,
     ),
     "redirect_to_invalid_ipv6": (_redirect_to("http://[bad"), status.TOO_MANY_REDIRECTS, X_INVALID_REDIRECT),
     "redirect_to_ftp": (_redirect_to("ftp://x/y"), status.TOO_MANY_REDIRECTS, X_INVALID_REDIRECT),

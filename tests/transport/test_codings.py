@@ -1,0 +1,143 @@
+"""Bodies in a coding the client cannot take off (transport/codings.py): a 489 saying which, never a
+200 whose body is still compressed; a coding the caller asked for is the caller's."""
+
+import gzip
+import logging
+from collections.abc import Callable
+
+import pytest
+import requests
+
+from django_aio_request import RequestsTransport, get, request
+from django_aio_request.core import status
+from django_aio_request.transport.codings import unreadable_coding
+from django_aio_request.transport.requests_transport import X_UNREADABLE_CODING
+from tests.support.loopback import Handler, LoopbackServer
+
+DEADLINE = 5.0
+JSON = b'{"a": 1}'
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+
+def _raw(head: bytes, body: bytes) -> Callable[[Handler], None]:
+    def handle(handler: Handler) -> None:
+        handler.wfile.write(head + b"\r\n\r\n" + body)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return handle
+
+
+def _encoded(coding: str, body: bytes) -> Callable[[Handler], None]:
+    return lambda h: h.reply(200, body, {"Content-Encoding": coding, "Content-Type": "application/json"})
+
+
+@pytest.fixture
+def routes(server: LoopbackServer) -> LoopbackServer:
+    zipped = gzip.compress(JSON)
+    server.route("/te-gzip-chunked", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", _chunked(zipped)))
+    server.route("/te-gzip", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close", zipped))
+    server.route("/te-identity", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close", JSON))
+    server.route("/ce-unknown", _encoded("x-squeeze", b"\x00\x01squeezed"))
+    server.route("/ce-gzip", _encoded("gzip", zipped))
+    server.route("/ce-unknown-empty", lambda h: h.reply(204, b"", {"Content-Encoding": "x-squeeze"}))
+    server.route("/redirect", lambda h: h.reply(302, b"", {"Location": "/te-gzip-chunked"}))
+    return server
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("te-gzip-chunked", "Transfer-Encoding: gzip"),
+        ("te-gzip", "Transfer-Encoding: gzip"),
+        ("ce-unknown", "Content-Encoding: x-squeeze"),
+        ("redirect", "Transfer-Encoding: gzip"),  # reached through requests' redirects, not the direct route
+    ],
+)
+def test_a_body_still_coded_is_a_489_naming_the_coding_not_a_200_of_garbage(
+    routes: LoopbackServer, path: str, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = RequestsTransport()
+    try:
+        with caplog.at_level(logging.WARNING):
+            response = transport.send(routes.url, get(path), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == status.NETWORK_ERROR
+    assert response.headers[X_UNREADABLE_CODING] == named
+    assert response.headers["X-Do-Not-Retry"] == "1"  # the same endpoint would send the same coding again
+    assert response.read() == b""
+    assert named in caplog.text
+
+
+@pytest.mark.parametrize("path", ["ce-gzip", "te-identity"])
+def test_codings_taken_off_give_the_body(routes: LoopbackServer, path: str) -> None:
+    transport = RequestsTransport()
+    try:
+        response = transport.send(routes.url, get(path), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, JSON)
+
+
+def test_an_empty_body_with_any_content_coding_is_the_answer(routes: LoopbackServer) -> None:
+    """No body, nothing to decode: a 204 (or a HEAD's answer) naming a coding is fine."""
+    transport = RequestsTransport()
+    try:
+        response = transport.send(routes.url, get("ce-unknown-empty"), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == 204
+
+
+def test_a_content_coding_the_caller_asked_for_is_handed_over_as_it_came(routes: LoopbackServer) -> None:
+    transport = RequestsTransport()
+    try:
+        asked = transport.send(
+            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "x-squeeze"}), DEADLINE
+        )
+        refused = transport.send(
+            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "x-squeeze;q=0, gzip"}), DEADLINE
+        )
+    finally:
+        transport.close()
+    assert (asked.status, asked.read()) == (200, b"\x00\x01squeezed")
+    assert refused.status == status.NETWORK_ERROR
+
+
+def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer) -> None:
+    session = requests.Session()
+    session.headers["Accept-Encoding"] = "x-squeeze"
+    transport = RequestsTransport(session=session)
+    try:
+        response = transport.send(routes.url, get("ce-unknown"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"\x00\x01squeezed")
+
+
+@pytest.mark.parametrize(
+    ("headers", "accept", "expected"),
+    [
+        ({}, None, None),
+        ({"Transfer-Encoding": "chunked"}, None, None),
+        ({"Transfer-Encoding": "Chunked"}, None, None),
+        ({"Transfer-Encoding": "identity"}, None, None),
+        ({"Transfer-Encoding": "chunked, chunked"}, None, "Transfer-Encoding: chunked, chunked"),
+        ({"Transfer-Encoding": "GZIP, chunked"}, "gzip", "Transfer-Encoding: gzip"),  # Accept-Encoding is for content
+        ({"Content-Encoding": "gzip"}, None, None),
+        ({"Content-Encoding": "x-gzip, deflate"}, None, None),
+        ({"Content-Encoding": "identity"}, None, None),
+        ({"Content-Encoding": "compress"}, "gzip, deflate", "Content-Encoding: compress"),
+        ({"Content-Encoding": "compress"}, "gzip, Compress;q=0.5", None),
+        ({"Content-Encoding": "compress"}, "compress; q=0.000", "Content-Encoding: compress"),
+        ({"Content-Encoding": "gzip, compress"}, "gzip", "Content-Encoding: compress"),
+    ],
+)
+def test_which_codings_leave_a_body_unreadable(
+    headers: dict[str, str], accept: str | None, expected: str | None
+) -> None:
+    assert unreadable_coding(requests.structures.CaseInsensitiveDict(headers), accept) == expected
