@@ -100,7 +100,9 @@ class Response:
             )
         if not self._body:
             return None
-        text = self.text(encoding)
+        # A byte order mark before the JSON text: RFC 8259 lets a parser ignore it, requests does,
+        # json.loads refuses it ("Unexpected UTF-8 BOM").
+        text = self.text(encoding).removeprefix("\ufeff")
         try:
             return loads(text)
         except RecursionError:

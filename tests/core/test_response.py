@@ -190,6 +190,16 @@ def test_json_with_a_number_longer_than_int_takes_raises_the_documented_error() 
         response.json()
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
+def test_json_after_a_byte_order_mark_is_parsed(content_type: str) -> None:
+    """RFC 8259 lets a parser ignore a BOM, and requests does; json.loads refused it."""
+    response = Response(status=200, headers={"Content-Type": content_type}, body=b'\xef\xbb\xbf{"a": 1}')
+    assert response.json() == {"a": 1}
+    assert response.json(encoding="utf-8") == {"a": 1}
+    with pytest.raises(json.JSONDecodeError):  # a BOM alone is no JSON text
+        Response(status=200, headers={"Content-Type": content_type}, body=b"\xef\xbb\xbf").json()
+
+
 def test_json_uses_charset_encoding_and_custom_loads() -> None:
     body = '{"price": 1.10, "name": "café"}'.encode("latin-1")
     response = Response(status=200, headers={"Content-Type": "application/json; charset=latin-1"}, body=body)
