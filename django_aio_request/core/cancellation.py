@@ -1,5 +1,7 @@
 import contextlib
+import contextvars
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -56,3 +58,35 @@ class Cancellation:
     def _remove(self, callback: Callable[[], None]) -> None:
         with self._lock, contextlib.suppress(ValueError):
             self._callbacks.remove(callback)
+
+
+# The cancellation of the call whose strategy runs in this context (async calls only: a sync call
+# cannot be cancelled from outside its thread).
+_call_cancellation: contextvars.ContextVar[Cancellation | None] = contextvars.ContextVar(
+    "django_aio_request_call_cancellation", default=None
+)
+
+
+def heed_in_pauses(cancellation: Cancellation) -> None:
+    """Make ``cancellation`` the one :func:`pause` heeds in this context: an async call runs it in
+    the context its strategy will run in (``contextvars.Context.run``), which no other call shares."""
+    _call_cancellation.set(cancellation)
+
+
+def pause(seconds: float) -> None:
+    """Wait ``seconds`` between a call's attempts, or until the call is cancelled if that is sooner.
+
+    A strategy's pause before a retry, where ``time.sleep`` held the call's thread to its end after
+    the awaiting task was cancelled (an async call). After a cancellation no attempt is sent, so the
+    strategy ends at once.
+    """
+    cancellation = _call_cancellation.get()
+    if cancellation is None:
+        time.sleep(seconds)
+        return
+    woken = threading.Event()
+    undo = cancellation.on_cancel(woken.set)
+    try:
+        woken.wait(seconds)
+    finally:
+        undo()

@@ -13,7 +13,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.attempt_threads import AttemptThreadPool
-from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
@@ -156,6 +156,7 @@ class Client:
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
         cancellation = Cancellation()
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
+        copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         while True:
             drivers = self._drivers()
             try:

@@ -1,8 +1,7 @@
-import time
 from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
-from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.cancellation import Cancellation, pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
@@ -77,7 +76,7 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
             delay = self.delays(request, round_)
             if deadline.timeout <= delay:
                 return result
-            time.sleep(delay)
+            pause(delay)
             rounds.next_round()
             try:
                 result = self.strategy.request(rounds.send, workers, request, deadline, priority)

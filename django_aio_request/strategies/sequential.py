@@ -1,6 +1,5 @@
-import time
-
 from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
@@ -57,7 +56,7 @@ class SequentialStrategy(RequestStrategy):
                 delay = self.delays(request, attempt + 1)
                 if deadline.timeout <= delay:
                     break
-                time.sleep(delay)
+                pause(delay)
             return responses[-1] if responses else first_attempt(None)
         finally:
             self.observe(request, responses)

@@ -16,6 +16,8 @@ from django_aio_request import (
     constant_delays,
     get,
     parallel_strategy,
+    retry_until_deadline_expired,
+    sequential_strategy,
     set_context,
     single_attempt_strategy,
 )
@@ -191,6 +193,38 @@ def test_a_cancelled_sequential_call_sends_no_retry(server: LoopbackServer, make
 
     assert len(server.received("/hang")) == 1
     assert len(disconnects.at) == 1
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "retry_until_deadline"])
+def test_a_call_cancelled_in_its_pause_before_a_retry_frees_its_thread_at_once(
+    server: LoopbackServer, make_client: Callable[..., Client], strategy: str
+) -> None:
+    """The pause between attempts heeds the cancellation: with one call thread, the next call
+    starts at once instead of waiting out the cancelled call's 3 s pause."""
+    server.route("/fail", lambda h: h.reply(500, b"no"))
+    server.route("/ok", lambda h: h.reply(200, b"yes"))
+    pause = constant_delays(delay=3.0)
+    chosen = (
+        sequential_strategy(attempts_count=2, delays_provider=pause)
+        if strategy == "sequential"
+        else retry_until_deadline_expired(single_attempt_strategy(), delays_provider=pause)
+    )
+    client = make_client(timeout=10.0, max_workers=1, retry_budget=None, safe_method_strategy=chosen)
+
+    async def go() -> tuple[Response, float]:
+        task = asyncio.create_task(acall(client, get("fail")))
+        await asyncio.sleep(0.3)  # the first attempt's 500 is in; the call is in its pause
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await acall(client, get("ok"))
+
+    response, elapsed = asyncio.run(go())
+
+    assert response.status == 200
+    assert elapsed < 1.0, elapsed  # it waited for the only call thread until the pause ended: ~2.7 s
+    time.sleep(0.2)
+    assert len(server.received("/fail")) == 1  # no retry after the cancellation
 
 
 def test_hedging_works_from_async_code(server: LoopbackServer, make_client: Callable[..., Client]) -> None:
