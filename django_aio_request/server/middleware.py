@@ -142,7 +142,9 @@ def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpRe
         if seconds is None:
             _malformed(h.X_REQUEST_TIMEOUT, raw)
         elif seconds == 0:
-            return _rejected("expired")
+            # "0", "0.000": the caller's deadline has passed. "1e-400" is some time left, too little
+            # for a float: counted as the low timeout it is.
+            return _rejected("low_timeout" if raw.strip(_OWS).partition("e")[0].strip("0.") else "expired")
         elif seconds < conf.low_timeout_threshold:
             return _rejected("low_timeout")
         else:

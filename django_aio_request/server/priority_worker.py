@@ -168,9 +168,13 @@ class QueueWaitApp:
             return None
         # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
         # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
-        left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
         threshold = current.settings.low_timeout_threshold
-        if seconds > 0 and seconds >= threshold and (left <= 0 or left < threshold):
+        if seconds == 0 or seconds < threshold:
+            # Refused by the middleware as it came, under the reason it names ("expired" for 0,
+            # "low_timeout" for 1 ms left): rewritten, 1 ms less the time queued would read "0".
+            return None
+        left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
+        if left <= 0 or left < threshold:
             return _refuse(environ, start_response)
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"

@@ -90,10 +90,16 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
 
     wrapped = QueueWaitApp(app)
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.25)
-    for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.26", "0.010"), ("junk", "junk"), ("0", "0")]:
+    for sent, given in [("5", "4.750"), (" 1.5 ", "1.250"), ("0.26", "0.010")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given
-        assert seen[-1].get(RECEIVED_TIMEOUT) == (None if sent == "junk" else sent)
+        assert seen[-1].get(RECEIVED_TIMEOUT) == sent
+    # Junk, 0 and values below LOW_TIMEOUT_THRESHOLD (5 ms) go on as received: the middleware
+    # counts them under their own reason (a rewritten "0.001" read "0", counted as "expired").
+    for sent in ["junk", "0", "0.001", "5.2e-05", "1e-400"]:
+        wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
+        assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == sent
+        assert RECEIVED_TIMEOUT not in seen[-1]
     wrapped({}, lambda *a: None)
     assert "HTTP_X_REQUEST_TIMEOUT" not in seen[-1]  # no header is made up
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.0)
@@ -102,7 +108,7 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
     assert RECEIVED_TIMEOUT not in seen[-1]
     # Rounded down to whole milliseconds: the time left never grows (0.0051 must not read 0.006).
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
-    for sent, given in [("0.0061", "0.006"), ("5", "4.999"), ("0.0049", "0.004"), ("4.9e-03", "0.004")]:
+    for sent, given in [("0.0061", "0.006"), ("5", "4.999"), ("0.0049", "0.0049"), ("4.9e-03", "4.9e-03")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given  # the last two: below the threshold already
 
@@ -140,7 +146,7 @@ def test_a_request_whose_time_the_queue_used_up_is_shed_without_django(
     wrapped({**headers, "HTTP_X_REQUEST_TIMEOUT": "0.3"}, start_response)
     assert ran == ["0.050"]  # enough left: served with it
     wrapped({**headers, "HTTP_X_REQUEST_TIMEOUT": "0.004"}, start_response)
-    assert ran[-1] == "0"  # sent below the threshold already: the middleware's 408, as without queueing
+    assert ran[-1] == "0.004"  # below the threshold already: the middleware's 408 (low_timeout), as without queueing
     assert shed("high") == before["high"]
 
 

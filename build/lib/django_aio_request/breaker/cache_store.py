@@ -1,0 +1,511 @@
+"""Circuit breaker state shared by every process and host through a cache (e.g. Django's Redis cache).
+
+``AIO_REQUEST["CIRCUIT_BREAKER_STATE"] = "<cache alias>"`` gives each client's breaker a
+:class:`CacheCircuitStore` (built in ``conf/building.py``, which hands it a function that opens the
+Django cache: this module imports no Django and takes any object with Django's cache API). In the
+cache, per (client, endpoint):
+
+- ``...:<window>:f`` / ``...:<window>:s``: failures and successes in each window of the sampling
+  period (windows aligned on wall-clock time, counted with ``cache.add`` + ``cache.incr``, expiring
+  after the sampling period);
+- ``...:open``: until when (``time.time()``) the circuit is blocked; absent when it is closed;
+- ``...:probe:<slot>``: the half-open probe claim, taken with ``cache.add`` (atomic), one per
+  ``break_duration`` slot, so one process of all probes.
+
+No call ever waits for the cache: every round trip is made by a background thread, never under
+the breaker's lock, so a cache that hangs (a blackholed Redis without socket timeouts) costs a call
+nothing and holds no other thread. Outcomes are batched in memory; the thread flushes them every
+``sync_interval`` (0.1 s), writes opens and closes, and reads back the counts and the open-until
+of every endpoint in one ``get_many``, which callers then read from memory. The thread also tells
+the breaker, so a circuit opened by other processes opens here without a call having to fail.
+
+Two things a call used to ask the cache itself are now asked for it, at once (the thread is woken):
+- the first call of a process to an endpoint wakes the thread, which reads the endpoint's block;
+  until that read lands, every call to the endpoint (the first and any made meanwhile, from other
+  threads too) goes by what is known (nothing: closed): a recycled worker learns of a circuit the
+  others opened one round trip later, instead of making its calls wait for that round trip;
+- the half-open probe: a call finding the break over gets the fallback and asks the thread to claim
+  the probe (``cache.add``, atomic: one process of all); once claimed, the next call of this
+  process is the probe. So a circuit closes one call later than with a claim on the call path.
+
+A round that has not finished after ``stall_after`` seconds (a hanging cache) counts as an outage
+for decisions: probes are claimed locally, as when the cache fails.
+
+If the cache fails, this process goes on counting and deciding on its own (a
+:class:`MemoryCircuitStore` kept all along), logs one warning, and one more when the cache answers
+again; nothing raises into a caller.
+"""
+
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYNC_INTERVAL = 0.1
+#: A sync round running longer than this (seconds, at least 10 intervals) means the cache hangs.
+DEFAULT_STALL_AFTER = 1.0
+# How long the "open until" key outlives its time: processes that were not told of a close in the
+# meantime (none probed) then count as closed.
+OPEN_KEY_GRACE = 60.0
+
+_Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
+
+# Memcached refuses keys with spaces, control characters or non-ASCII, and keys over 250 bytes (with
+# the cache's KEY_PREFIX and version); Django warns of them (CacheKeyWarning) on every backend.
+MAX_NAMESPACE_IN_KEY = 64
+
+
+def key_namespace(namespace: str) -> str:
+    """``namespace`` (a client name) as it goes into keys: unchanged when it is made of ASCII letters,
+    digits, ``_``, ``.``, ``-`` and ``~`` (keys stay readable, and the same as before for such names);
+    else percent-escaped (``billing%20v2``), which no plain name can collide with; a long one is cut
+    and ends with a hash of the whole name (``#`` + 16 hex digits: ``#`` is always escaped)."""
+    escaped = urllib.parse.quote(namespace, safe="")
+    if len(escaped) <= MAX_NAMESPACE_IN_KEY:
+        return escaped
+    digest = hashlib.sha1(namespace.encode(), usedforsecurity=False).hexdigest()[:16]
+    cut = re.sub(r"%[0-9A-F]?$", "", escaped[: MAX_NAMESPACE_IN_KEY - 17])  # not within an escape
+    return f"{cut}#{digest}"
+
+
+class CacheCircuitStore(CircuitStore[str]):
+    """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name, escaped
+    where memcached would refuse it: :func:`key_namespace`).
+
+    ``connect()`` returns the cache backend (an object with Django's cache API: ``get``, ``add``,
+    ``incr``, ``get_many``, ``set``, ``delete``), once, on first use; ``alias`` names it in logs.
+    """
+
+    def __init__(
+        self,
+        alias: str,
+        *,
+        connect: Callable[[], Any],
+        namespace: str,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        stall_after: float = DEFAULT_STALL_AFTER,
+    ) -> None:
+        if not sync_interval > 0:
+            raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
+        self.alias = alias
+        self._connect = connect
+        self.namespace = namespace
+        self.key_namespace = key_namespace(namespace)
+        self.sync_interval = sync_interval
+        self.stall_after = max(stall_after, 10 * sync_interval)
+        self._local: MemoryCircuitStore[str] = MemoryCircuitStore(clock=time.time)
+        self._on_change: Callable[[str], None] = lambda scope: None
+        self._sampling_duration = 10.0
+        self._windows_count = 10
+        self._window = 1.0
+        self._break_duration = 5.0
+        self._cache: Any = None
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync at a time (the thread's, close()'s, a test's)
+        self._scopes: dict[str, str] = {}  # scope -> its key prefix
+        self._until: dict[str, float | None] = {}  # the shared "open until" as last known here
+        self._shared: dict[str, dict[tuple[int, str], int]] = {}  # scope -> (window, kind) -> count read
+        self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
+        self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
+        self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
+        self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
+        self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
+        self._granted: dict[str, tuple[str, float]] = {}  # scope -> (claimed probe key, claimed at)
+        self._probes: dict[str, str] = {}  # scope -> probe key of the probe out now (to release it)
+        self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
+        self._stall_logged = False
+        self.healthy = True  # False during a cache outage: decisions are this process's own
+        self._pid = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        _STORES.add(self)
+
+    # -- CircuitStore, called under the breaker's lock -------------------------------------------
+
+    def bind(
+        self,
+        *,
+        sampling_duration: float,
+        windows_count: int,
+        break_duration: float,
+        on_change: Callable[[str], None],
+    ) -> None:
+        self._local.bind(
+            sampling_duration=sampling_duration,
+            windows_count=windows_count,
+            break_duration=break_duration,
+            on_change=on_change,
+        )
+        self._sampling_duration = sampling_duration
+        self._windows_count = windows_count
+        self._window = sampling_duration / windows_count
+        self._break_duration = break_duration
+        self._on_change = on_change
+
+    def now(self) -> float:
+        return time.time()
+
+    def add(self, scope: str, success: bool) -> None:
+        self._local.add(scope, success)
+        self._known(scope)
+        if self.healthy:
+            window = int(time.time() / self._window)
+            key = (scope, window, "s" if success else "f")
+            with self._lock:
+                count = self._pending.get(key)
+                if count is None and len(self._pending) > 2 * self._windows_count:
+                    # Not flushed for a while (the cache hangs): drop counts out of the sampling period.
+                    first = window - self._windows_count + 1
+                    for stale in [stale for stale in self._pending if stale[1] < first]:
+                        del self._pending[stale]
+                self._pending[key] = (count or 0) + 1
+
+    def totals(self, scope: str) -> tuple[int, int]:
+        if not self.healthy:
+            return self._local.totals(scope)
+        current = int(time.time() / self._window)
+        first = current - self._windows_count + 1
+        counts = {"f": 0, "s": 0}
+        with self._lock:
+            for (window, kind), count in self._shared.get(scope, {}).items():
+                if window >= first:
+                    counts[kind] += count
+            for source in (self._flushing, self._pending):
+                for (counted_scope, window, kind), count in source.items():
+                    if counted_scope == scope and window >= first:
+                        counts[kind] += count
+        return counts["f"], counts["s"]
+
+    def blocked_until(self, scope: str) -> float | None:
+        if scope not in self._scopes:
+            self._known(scope)
+            self._wake.set()  # read its block now, not at the next interval
+        if not self.healthy:
+            return self._local.blocked_until(scope)
+        return self._until.get(scope)
+
+    def block(self, scope: str, until: float) -> None:
+        self._local.block(scope, until)
+        self._known(scope)
+        with self._lock:
+            self._probes.pop(scope, None)
+            self._until[scope] = until
+            # Written when the cache answers, in an outage too: a circuit this process opened while
+            # it could not tell the others was read back as closed the moment the cache answered.
+            self._writes[scope] = until
+
+    def claim_probe(self, scope: str, until: float) -> bool:
+        if self.healthy and not self._stalled():
+            now = time.time()
+            with self._lock:
+                granted = self._granted.pop(scope, None)
+                if granted is not None and granted[1] > now - self._break_duration:
+                    self._probes[scope] = granted[0]
+                    self._until[scope] = until
+                    self._writes[scope] = until
+                else:
+                    granted = None
+                    self._wanted.add(scope)
+                    self._until[scope] = now + self.sync_interval  # ask again once the thread had its go
+            if granted is None:
+                self._wake.set()
+                return False
+            self._local.block(scope, until)
+            return True
+        return self._local.claim_probe(scope, until)
+
+    def release_probe(self, scope: str) -> None:
+        """The probe of ``scope`` ended without an outcome (abandoned, or it raised): let the next
+        call (here or in another process) probe at once."""
+        self._local.block(scope, time.time())
+        with self._lock:
+            self._until[scope] = time.time()
+            probe = self._probes.pop(scope, None)
+            if self.healthy:
+                self._writes[scope] = time.time()
+                if probe is not None:
+                    self._released.add(probe)
+
+    def close_circuit(self, scope: str) -> None:
+        self._local.close_circuit(scope)
+        with self._lock:
+            self._probes.pop(scope, None)
+            self._until[scope] = None
+            self._shared.pop(scope, None)
+            for source in (self._pending, self._flushing):
+                for key in [key for key in source if key[0] == scope]:
+                    del source[key]
+            self._writes[scope] = None  # in an outage too: the others learn of it once the cache answers
+
+    def close(self) -> None:
+        """Stop the sync thread after a last flush, made by the thread itself and waited for at most
+        ``stall_after`` seconds: a cache that hangs cannot hold the caller (it starts again if the
+        store is used)."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            self._stop.set()
+            self._wake.set()
+            if thread is not threading.current_thread():
+                thread.join(self.stall_after)
+        self._thread = None
+
+    # -- the sync thread ---------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Flush the outcomes counted here, write opens and closes, claim the probes calls asked
+        for, read everything back (one step of the background thread; tests call it to flush at
+        once). Never raises."""
+        with self._sync_lock:
+            self._round_started = time.monotonic()
+            try:
+                self._sync()
+            finally:
+                self._round_started = None
+
+    def _stalled(self) -> bool:
+        started = self._round_started
+        if started is None or time.monotonic() - started < self.stall_after:
+            return False
+        if not self._stall_logged:
+            self._stall_logged = True
+            logger.warning(
+                "circuit breaker state: cache %r has not answered for %.1f s; %r decides in this process",
+                self.alias,
+                time.monotonic() - started,
+                self.namespace,
+            )
+        return True
+
+    def _claim(
+        self, cache: Any, wanted: set[str], scopes: dict[str, str], found: dict[str, Any]
+    ) -> dict[str, tuple[str, float]]:
+        """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic).
+
+        Only where the block just read says the break is over: a circuit another process closed
+        meanwhile (its ``open`` key deleted) or opened again must not be blocked by a late claim.
+        """
+        won = {}
+        for scope in wanted:
+            until = found.get(f"{scopes[scope]}:open")
+            now = time.time()
+            if until is None or float(until) > now:
+                continue
+            key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
+            if cache.add(key, os.getpid(), self._seconds(2)):
+                won[scope] = (key, now)
+                # Others see the block at once, and stop trying to claim.
+                ttl = self._seconds_for(self._break_duration + OPEN_KEY_GRACE)
+                cache.set(f"{scopes[scope]}:open", now + self._break_duration, ttl)
+        return won
+
+    def _sync(self) -> None:
+        with self._lock:
+            scopes = dict(self._scopes)
+            wanted, self._wanted = self._wanted, set()
+            released, self._released = self._released, set()
+            writes, self._writes = self._writes, {}
+            pending, self._pending = self._pending, {}
+            for key, count in pending.items():
+                self._flushing[key] = self._flushing.get(key, 0) + count
+            flushing = dict(self._flushing)
+        if not scopes:
+            return
+        current = int(time.time() / self._window)
+        windows = range(current - self._windows_count + 1, current + 1)
+        try:
+            cache = self._backend()
+            self._write(cache, writes, scopes, windows, released)
+            self._flush(cache, flushing, scopes)
+            names = [f"{prefix}:{w}:{kind}" for prefix in scopes.values() for w in windows for kind in "fs"]
+            found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
+            won = self._claim(cache, wanted, scopes, found)
+        except Exception as error:
+            self._round_failed(error, writes)
+            return
+        with self._lock:
+            for key, count in flushing.items():  # these outcomes are in the counts just read
+                left = self._flushing.get(key, 0) - count
+                if left > 0:
+                    self._flushing[key] = left
+                else:
+                    self._flushing.pop(key, None)
+            for scope, prefix in scopes.items():
+                self._shared[scope] = {
+                    (w, kind): int(found[f"{prefix}:{w}:{kind}"])
+                    for w in windows
+                    for kind in "fs"
+                    if f"{prefix}:{w}:{kind}" in found
+                }
+                # Not when a newer local decision waits to be written, nor over a probe claimed here
+                # (the block read back is the one written for it).
+                if scope not in self._writes and scope not in self._granted and scope not in won:
+                    self._learn_block(scope, found.get(f"{prefix}:open"))
+            for scope, granted in won.items():
+                self._granted[scope] = granted
+                self._until[scope] = granted[1]  # the break is over for this process's next call only
+            recovered = not self.healthy
+            self.healthy = True
+            self._stall_logged = False
+        if recovered:
+            logger.warning(
+                "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self.namespace
+            )
+        for scope in scopes:
+            try:
+                self._on_change(scope)
+            except Exception:
+                logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
+        with self._lock:
+            self._flushing.clear()
+            for scope, until in writes.items():  # not written: once the cache answers, unless newer
+                self._writes.setdefault(scope, until)
+        self._outage(error)
+
+    def _learn_block(self, scope: str, until: Any) -> None:
+        """Take the block read from the cache (under the lock). It goes to the local store too, which
+        decides during an outage: a process that had learned of a circuit opened elsewhere called
+        through it the moment the cache failed."""
+        learned = None if until is None else float(until)
+        known = self._until.get(scope)
+        self._until[scope] = learned
+        if learned is not None and learned != known:
+            self._local.block(scope, learned)
+        elif learned is None and known is not None:
+            self._local.close_circuit(scope)
+
+    def _known(self, scope: str) -> None:
+        """Make sure the sync thread runs (in this process) and syncs ``scope``."""
+        if self._thread is None:
+            self._start()
+        if scope not in self._scopes:
+            with self._lock:
+                self._scopes[scope] = self._prefix(scope)
+
+    def _write(
+        self, cache: Any, writes: dict[str, float | None], scopes: dict[str, str], windows: range, released: set[str]
+    ) -> None:
+        if released:  # probes that ended without an outcome: others may claim at once
+            cache.delete_many(list(released))
+        for scope, until in writes.items():
+            prefix = scopes[scope]
+            if until is None:  # closed: forget the block and the counts that opened it
+                stale = [f"{prefix}:{w}:{kind}" for w in range(windows[0] - 1, windows[-1] + 1) for kind in "fs"]
+                cache.delete_many([f"{prefix}:open", *stale])
+            else:
+                cache.set(f"{prefix}:open", until, self._seconds_for(until - time.time() + OPEN_KEY_GRACE))
+
+    def _flush(self, cache: Any, flushing: dict[_Count, int], scopes: dict[str, str]) -> None:
+        timeout = self._seconds_for(self._sampling_duration + self._window)
+        for (scope, window, kind), count in flushing.items():
+            key = f"{scopes[scope]}:{window}:{kind}"
+            if not cache.add(key, count, timeout):
+                try:
+                    cache.incr(key, count)
+                except ValueError:  # expired between the two calls
+                    cache.add(key, count, timeout)
+
+    def _outage(self, error: BaseException) -> None:
+        with self._lock:
+            started = self.healthy
+            self.healthy = False
+            self._pending.clear()
+            # self._writes is kept: opens and closes decided in the outage are written once the cache
+            # answers (cleared here, a circuit opened in an outage of more than one round was lost).
+            self._wanted.clear()
+            self._granted.clear()
+        if started:
+            logger.warning(
+                "circuit breaker state: cache %r failed (%s: %s); %r counts in this process only until it answers",
+                self.alias,
+                type(error).__name__,
+                error,
+                self.namespace,
+            )
+
+    def _backend(self) -> Any:
+        """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
+        if self._cache is None:
+            self._cache = self._connect()
+        return self._cache
+
+    def _prefix(self, scope: str) -> str:
+        digest = hashlib.sha1(scope.encode(), usedforsecurity=False).hexdigest()[:16]
+        return f"aio_request:cb:{self.key_namespace}:{digest}"
+
+    def _seconds(self, breaks: float) -> int:
+        return self._seconds_for(breaks * self._break_duration)
+
+    @staticmethod
+    def _seconds_for(seconds: float) -> int:
+        return max(1, math.ceil(seconds))  # Django's cache timeouts are whole seconds
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork(), and locks may have been held by one that did not: start anew.
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._cache = None  # the child opens its own connections
+        self._thread = None
+        self._round_started = None
+        # What the parent counted or decided is the parent's to write: a child writing it again
+        # would count every outcome twice (or once per child).
+        self._pending = {}
+        self._flushing = {}
+        self._writes = {}
+        self._wanted = set()
+        self._granted = {}
+        self._probes = {}
+        self._released = set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._wake = threading.Event()
+            self._thread = threading.Thread(
+                target=_run, args=(weakref.ref(self), self._stop, self._wake, self.sync_interval), daemon=True
+            )
+            self._thread.name = f"aio-request-breaker-{self.namespace}"
+            self._thread.start()
+
+
+_STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: threading.Event, interval: float) -> None:
+    # Holds the store only while syncing, so a store nobody uses any more is collected and the thread ends.
+    while True:
+        wake.wait(interval)
+        wake.clear()
+        store = ref()
+        if store is None:
+            return
+        store.sync()  # after stop too: the last flush
+        del store
+        if stop.is_set():
+            return

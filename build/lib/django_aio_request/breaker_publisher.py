@@ -1,0 +1,477 @@
+"""Publishes this process's circuit breakers to the database for Django admin, and obeys admin's overrides.
+
+Breakers live in memory, one per client per process, so no single process can show what all
+workers see. One daemon thread per process (started when the first client with a breaker is
+built, again in a forked child) does, at once when it starts, at once again when another client
+with a breaker is built, and every ``interval`` seconds (1 s):
+
+1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
+   lift overrides that were removed;
+2. upsert this process's ``BreakerReport`` rows from each built client's ``breaker.snapshot()``
+   (one statement) with the calls of the last ``COUNT_WINDOW`` seconds, then stamp them with the
+   database's clock: seen now, expiring in ``heartbeat_ttl`` seconds (a few intervals); delete the
+   rows of clients no longer built;
+3. insert the transitions a listener queued (the listener only appends to a bounded deque:
+   nothing on the request path touches the database);
+4. now and then, delete transitions older than ``CIRCUIT_BREAKER_HISTORY_DAYS`` (7) and expired
+   reports (processes that stopped publishing: admin stopped counting them when they expired).
+
+Building a client with a breaker waits for the round that reads its overrides, at most
+``FIRST_READ_WAIT`` seconds (0.25), so that a process started after an operator forced an
+endpoint open makes no call to it: with a healthy database the override is applied before the
+client is returned. A database that does not answer by then costs that one build the wait, and
+no other build waits until a round has finished (the round then applies the overrides as usual).
+
+When the database is down, calls go on with the breakers as they are (the last overrides
+applied stay applied), a warning is logged once per outage and once on recovery, transitions
+wait in the deque (the oldest are dropped beyond ``QUEUE_LENGTH``), and nothing raises into callers.
+"""
+
+import collections
+import contextlib
+import datetime
+import functools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import close_old_connections, router
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from django_aio_request.breaker.circuit_breaker import (
+    CircuitSnapshot,
+    CircuitTransition,
+    DefaultCircuitBreaker,
+    MemoryCircuitStore,
+    Override,
+)
+from django_aio_request.conf.current import current
+from django_aio_request.conf.schema import AioRequestSettings
+from django_aio_request.core.client import Client
+from django_aio_request.models import (
+    COUNT_WINDOW,
+    LOCAL_STORE,
+    BreakerOverride,
+    BreakerReport,
+    BreakerTransition,
+)
+from django_aio_request.named_clients import clients
+
+logger = logging.getLogger(__name__)
+
+QUEUE_LENGTH = 10_000
+# A report counts for HEARTBEAT_MISSES publishing intervals (at least MIN_HEARTBEAT_TTL seconds) after
+# it was written: a process that skips a round under load is not dropped, one that died is within seconds.
+HEARTBEAT_MISSES = 5
+MIN_HEARTBEAT_TTL = 5.0
+PRUNE_EVERY = 60.0  # seconds between two prunes by one process
+DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once (its default)
+# Seconds building a client with a breaker waits for the round that reads its overrides: a fresh
+# worker obeys admin's force open from its first call, and a hanging database costs one build that long.
+FIRST_READ_WAIT = 0.25
+
+Key = tuple[str, str]  # (client name, endpoint)
+Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
+
+
+def _settings() -> AioRequestSettings:
+    return current.settings
+
+
+def history_days() -> float:
+    """``AIO_REQUEST["CIRCUIT_BREAKER_HISTORY_DAYS"]``: how long transitions are kept (7 days)."""
+    return _settings().circuit_breaker_history_days
+
+
+def _moment(timestamp: float) -> datetime.datetime | None:
+    """``timestamp`` (``time.time()``) as Django stores it: aware with ``USE_TZ``, else naive local time
+    (what ``timezone.now()`` gives; an aware one makes SQLite refuse the whole round)."""
+    if not timestamp:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC if django_settings.USE_TZ else None)
+
+
+def _ratio(failures: int, successes: int) -> float:
+    total = failures + successes
+    return failures / total if total else 0.0
+
+
+def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
+    """ "local" for counts of this process alone, else the cache alias all processes share counts in."""
+    if isinstance(breaker.store, MemoryCircuitStore):
+        return LOCAL_STORE
+    return str(getattr(breaker.store, "alias", type(breaker.store).__name__))
+
+
+def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
+    """(client name, breaker) of every client built so far in this process that has a breaker."""
+    found = []
+    for name, client in clients.built():
+        breaker = client.circuit_breaker
+        if isinstance(breaker, DefaultCircuitBreaker) and not _is_fake(client):
+            found.append((name, breaker))
+    return found
+
+
+def _is_fake(client: Client) -> bool:
+    """A client of ``django_aio_request.testing.fake_client``: a test's, never published nor overridden."""
+    from django_aio_request.testing import FakeDownstream
+
+    return isinstance(client.transport, FakeDownstream)
+
+
+class Publisher:
+    def __init__(
+        self, *, interval: float | None = None, database: str | None = None, first_read_wait: float = FIRST_READ_WAIT
+    ) -> None:
+        self._interval = interval
+        self.database = database
+        self.first_read_wait = first_read_wait
+        self._reset()
+
+    @property
+    def interval(self) -> float:
+        """Seconds between rounds: the one given, else ``CIRCUIT_BREAKER_PUBLISH_INTERVAL`` as set now."""
+        return self._interval if self._interval is not None else _settings().circuit_breaker_publish_interval
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        """Seconds a report counts after it was written, unless the next round refreshes it."""
+        return max(MIN_HEARTBEAT_TTL, HEARTBEAT_MISSES * self.interval)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        # Bounded by hand, always dropping the oldest: a maxlen deque drops from the other end on
+        # extendleft, which would lose the newest transitions when a failed round puts its own back.
+        self._queue: collections.deque[tuple[str, CircuitTransition[Any]]] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a client was built: a round now, not at the next interval
+        # Clients watched so far, and how many of them a round has read the overrides for (or failed
+        # to): a build waits, on the condition, until the second reaches its number.
+        self._read_done = threading.Condition()
+        self._watched = 0
+        self._read = 0
+        self._late = False  # a build's wait ran out and no round has finished since: builds do not wait
+        self._published: set[Key] = set()
+        # The overrides this publisher set from the database, by (client, endpoint), with the one in
+        # force before it (None, or one set in the process itself: force_breaker() in a test,
+        # set_override() in code). Only those are lifted when their row goes, and what was there
+        # before comes back: the process's own override is not admin's to lift.
+        self._applied: dict[Key, tuple[Override, Override | None]] = {}
+        self._history: dict[Key, collections.deque[Sample]] = {}
+        self._first_round = True
+        self._number = 0  # the clients watched when the round running began
+        self._down = False
+        self._next_prune = 0.0
+
+    # -- the request path: only in memory --------------------------------------------------------
+
+    def watch(self, name: str, client: Client) -> None:
+        """Listen to ``client``'s breaker, make sure the thread runs, have it read the overrides now,
+        and wait for that, at most ``first_read_wait`` seconds (``registry`` calls this on build,
+        after the client is in the registry, where the round finds it)."""
+        breaker = client.circuit_breaker
+        if not isinstance(breaker, DefaultCircuitBreaker):
+            return
+        breaker.add_listener(functools.partial(self._on_transition, name))
+        with self._read_done:
+            self._watched += 1
+            number = self._watched
+        self.start()
+        self._wake.set()
+        self._await_read(name, number)
+
+    def _await_read(self, name: str, number: int) -> None:
+        if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
+            return
+        with self._read_done:
+            if self._late:  # the database has not answered a round since an earlier build gave up
+                return
+            if self._read_done.wait_for(lambda: self._read >= number, self.first_read_wait):
+                return
+            self._late = True
+        logger.warning(
+            "circuit breaker overrides not read within %s s (the database is slow or hangs): client %r "
+            "calls before admin's overrides are applied; builds do not wait until a round finishes",
+            self.first_read_wait,
+            name,
+        )
+
+    def _overrides_read(self, number: int) -> None:
+        """A round read the overrides of the clients watched up to ``number`` (or could not)."""
+        with self._read_done:
+            self._read = max(self._read, number)
+            self._late = False
+            self._read_done.notify_all()
+
+    def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
+        self._queue.append((name, transition))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest transitions beyond ``QUEUE_LENGTH`` (deque operations are atomic)."""
+        queue = self._queue
+        while len(queue) > QUEUE_LENGTH:
+            with contextlib.suppress(IndexError):
+                queue.popleft()
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop, self._wake), daemon=True, name="aio-request-breakers"
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+            self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, stop: threading.Event, wake: threading.Event) -> None:
+        interval = DEFAULT_INTERVAL
+        while not stop.is_set():
+            # The first round at once: the client that started the thread waits for its overrides.
+            wake.clear()  # before the round: a client built during it wakes the next one
+            try:
+                self.run_once()
+            except Exception:  # run_once handles database errors; anything else must not end the thread
+                logger.exception("circuit breaker publisher round failed")
+            # This thread's own connections: closed after each round unless CONN_MAX_AGE keeps them
+            # (and closed anyway when broken), so a round never reuses one the database dropped.
+            with contextlib.suppress(Exception):
+                close_old_connections()
+            try:
+                interval = self.interval
+            except Exception:  # settings changed to something invalid: say so, keep the last interval
+                logger.exception("circuit breaker publisher: AIO_REQUEST cannot be read; next round in %s s", interval)
+            wake.wait(interval)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone; the first client built here starts a new one."""
+        self._reset()
+
+    # -- one round -------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Publish and apply overrides once; never raises. False when the database could not be used."""
+        number = self._watched  # before listing the clients: those watched up to it are in the list
+        try:
+            return self._run_once(number)
+        finally:
+            self._overrides_read(number)  # done, or failed: builds waiting for it go on
+
+    def _run_once(self, number: int) -> bool:
+        self._number = number
+        breakers = built_breakers()
+        if not breakers and not self._published and not self._queue:
+            return True  # nothing to say: do not touch the database
+        taken = self._take_transitions()
+        try:
+            self._round(breakers, taken)
+        except Exception as error:
+            self._queue.extendleft(reversed(taken))  # publish them when the database is back
+            self._trim()  # the oldest go if the queue is full, never the ones queued meanwhile
+            if not self._down:
+                self._down = True
+                logger.warning(
+                    "circuit breaker state cannot be published to the database (%s: %s); calls go on with "
+                    "this process's breakers and the last overrides applied; retrying every %s s",
+                    type(error).__name__,
+                    error,
+                    self.interval,
+                )
+            return False
+        if self._down:
+            self._down = False
+            logger.warning("circuit breaker state is published to the database again")
+        return True
+
+    def _take_transitions(self) -> list[tuple[str, CircuitTransition[Any]]]:
+        taken = []
+        while True:
+            try:
+                taken.append(self._queue.popleft())
+            except IndexError:
+                return taken
+
+    def _db(self, model: type[Any]) -> str:
+        return self.database or router.db_for_write(model)
+
+    def _round(
+        self,
+        breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]],
+        taken: list[tuple[str, CircuitTransition[Any]]],
+    ) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        if breakers:
+            self._apply_overrides(breakers)
+        self._overrides_read(self._number)  # builds waiting for them go on: the rest is for admin
+        now = timezone.now()
+        ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
+        rows = []
+        for name, breaker in breakers:
+            for snap in breaker.snapshot():
+                failures, successes, rejected, seconds = self._window((name, str(snap.scope)), snap)
+                rows.append(
+                    BreakerReport(
+                        client=name,
+                        endpoint=str(snap.scope),
+                        host=host,
+                        pid=pid,
+                        state=str(snap.state),
+                        failures=failures,
+                        successes=successes,
+                        failure_ratio=_ratio(failures, successes),
+                        rejected=rejected,
+                        window_seconds=seconds,
+                        changed_at=_moment(snap.changed_at),
+                        blocked_until=None if snap.blocked_until is None else _moment(snap.blocked_until),
+                        reported_at=now,
+                        expires_at=now + ttl,
+                        store=store_name(breaker),
+                    )
+                )
+        reports = BreakerReport.objects.using(self._db(BreakerReport))
+        if rows:
+            reports.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["client", "endpoint", "host", "pid"],
+                update_fields=[
+                    "state", "failures", "successes", "failure_ratio", "rejected", "window_seconds", "changed_at",
+                    "blocked_until", "reported_at", "expires_at", "store",
+                ],
+            )  # fmt: skip
+            # The heartbeat on the database's clock, the one the admin's view compares expires_at with:
+            # hosts whose clocks differ from the database's by seconds still expire on time.
+            if django_settings.USE_TZ:
+                reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
+            else:
+                # Naive datetimes are local time (TIME_ZONE) to Django, SQLite's clock is UTC: reported_at,
+                # which admin compares with timezone.now(), stays this process's; only expires_at, which
+                # the view compares with the database's clock, is on that clock.
+                reports.filter(host=host, pid=pid).update(expires_at=Now() + ttl)
+        keys = {(row.client, row.endpoint) for row in rows}
+        for gone in set(self._history) - keys:
+            del self._history[gone]
+        if self._first_round:  # rows a dead process with this pid left behind
+            mine = reports.filter(host=host, pid=pid)
+            self._delete(mine, set(mine.values_list("client", "endpoint")) - keys)
+        else:
+            self._delete(reports.filter(host=host, pid=pid), self._published - keys)
+        self._published, self._first_round = keys, False
+        # The transitions taken before the overrides were applied wait for the next round; their own are here now.
+        taken += self._take_transitions()
+        if taken:
+            BreakerTransition.objects.using(self._db(BreakerTransition)).bulk_create(
+                BreakerTransition(
+                    at=_moment(t.at) or now,
+                    client=name,
+                    endpoint=str(t.scope),
+                    host=host,
+                    pid=pid,
+                    from_state=str(t.old),
+                    to_state=str(t.new),
+                    failures=t.failures,
+                    successes=t.successes,
+                    failure_ratio=_ratio(t.failures, t.successes),
+                )
+                for name, t in taken
+            )
+            taken.clear()
+        if time.monotonic() >= self._next_prune:
+            self.prune(now)
+            self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
+
+    def _window(self, key: Key, snap: CircuitSnapshot[Any]) -> tuple[int, int, int, float]:
+        """(failures, successes, rejected, seconds covered) of the last ``COUNT_WINDOW`` seconds: the
+        circuit's totals now minus those of the newest sample taken at least that long ago. A circuit
+        seen for the first time counted from zero one round ago (it appeared since the last round)."""
+        now = time.monotonic()
+        history = self._history.get(key)
+        if history is None:
+            history = self._history[key] = collections.deque([(now - min(self.interval, COUNT_WINDOW), 0, 0, 0)])
+        history.append((now, snap.failures_total, snap.successes_total, snap.rejected_total))
+        start = now - COUNT_WINDOW
+        while len(history) > 1 and history[1][0] <= start:
+            history.popleft()
+        since, failures, successes, rejected = history[0]
+        return (
+            snap.failures_total - failures,
+            snap.successes_total - successes,
+            snap.rejected_total - rejected,
+            round(min(COUNT_WINDOW, now - since), 1),
+        )
+
+    @staticmethod
+    def _delete(rows: "Any", keys: Iterable[Key]) -> None:
+        for client, endpoint in keys:
+            rows.filter(client=client, endpoint=endpoint).delete()
+
+    def _apply_overrides(self, breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]]) -> None:
+        names = [name for name, _ in breakers]
+        wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
+        overrides = BreakerOverride.objects.using(self._db(BreakerOverride)).filter(client__in=names)
+        for client, endpoint, mode in overrides.values_list("client", "endpoint", "mode"):
+            wanted[client][endpoint] = Override(mode)
+        for name, breaker in breakers:
+            want = wanted.get(name, {})
+            have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
+            for endpoint, mode in want.items():
+                current = have.get(endpoint)
+                earlier = self._applied.get((name, endpoint))
+                before = earlier[1] if earlier is not None and current is earlier[0] else current
+                if current != mode:
+                    breaker.set_override(endpoint, mode)
+                self._applied[(name, endpoint)] = (mode, before)
+            for scope, applied in have.items():
+                mine = None if scope in want else self._applied.pop((name, scope), None)
+                if mine is not None and applied is mine[0]:  # still the one set from the database
+                    breaker.set_override(scope, mine[1])
+        for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {})]:
+            del self._applied[key]  # lifted, or its breaker is gone (a settings change rebuilt it)
+
+    def prune(self, now: datetime.datetime | None = None) -> None:
+        """Delete transitions older than the history, and the expired reports of processes that stopped
+        publishing (the admin's view ignores them from the moment they expire)."""
+        now = now or timezone.now()
+        BreakerTransition.objects.using(self._db(BreakerTransition)).filter(
+            at__lt=now - datetime.timedelta(days=history_days())
+        ).delete()
+        BreakerReport.objects.using(self._db(BreakerReport)).filter(expires_at__lt=Now()).delete()
+
+
+publisher = Publisher()
+
+
+def _after_fork() -> None:
+    publisher.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:
+    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's breaker."""
+    if client.circuit_breaker is not None:
+        publisher.watch(name, client)

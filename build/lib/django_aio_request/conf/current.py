@@ -1,0 +1,48 @@
+"""The validated ``settings.AIO_REQUEST`` of this process, read once and again after it changes.
+
+The middleware reads it on every request (``current.settings``: an attribute look-up once read),
+the clients registry when it builds a client, the database bound and the breaker publisher when
+they need a value. Invalid settings raise ``ImproperlyConfigured`` listing every error; the system
+checks (``checks.py``) read the same setting through the same reader and report instead.
+"""
+
+import functools
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from django_aio_request.conf.schema import SETTING, AioRequestSettings, read_settings
+
+
+class InvalidSettings(ImproperlyConfigured):
+    """``settings.AIO_REQUEST`` has errors; the message lists every one."""
+
+
+class CurrentSettings:
+    # Cached in the instance's __dict__, so a read is a plain attribute look-up; reset() drops it.
+    @functools.cached_property
+    def settings(self) -> AioRequestSettings:
+        parsed, problems = read_settings(getattr(settings, SETTING, None))
+        if parsed is None:
+            errors = [str(p) for p in problems if not p.warning]
+            noun = "problem" if len(errors) == 1 else "problems"
+            listed = "\n  ".join(errors)
+            raise InvalidSettings(
+                f"{SETTING} has {len(errors)} {noun}:\n  {listed}\n(`manage.py check` reports the same, with warnings)"
+            )
+        return parsed
+
+    def reset(self) -> None:
+        self.__dict__.pop("settings", None)
+
+
+current = CurrentSettings()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        current.reset()

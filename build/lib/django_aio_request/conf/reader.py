@@ -1,0 +1,243 @@
+"""A validating reader for nested settings: each field reader returns a value or records a :class:`Problem`.
+
+Reading goes on after a problem, so one pass reports every problem at once (``manage.py check``
+shows them all). Nothing here knows the keys of ``AIO_REQUEST``: ``schema.py`` does.
+"""
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django_aio_request.core.priority import Priority
+
+SETTING = "AIO_REQUEST"
+
+# The kinds of problem: ``manage.py check`` shows each as ``django_aio_request.<code>`` (docs/usage.md
+# lists them). Errors E001-E0xx, warnings W001-W009 (W010 onwards: checks.py's checks of other settings).
+UNKNOWN_KEY = "E001"  # a misspelt or misplaced key
+WRONG_TYPE = "E002"  # a dict, list, string or True/False expected, something else given
+BAD_NUMBER = "E003"  # not a number, or out of its range (negative timeout, ratio above 1, ...)
+BAD_ENDPOINT = "E004"  # ENDPOINT missing, not an absolute http(s) URL, with credentials, bad port
+UNKNOWN_NAME = "E005"  # an unknown strategy, delays or deadline provider NAME
+UNKNOWN_CACHE = "E006"  # CIRCUIT_BREAKER_STATE names no cache of settings.CACHES
+UNKNOWN_PRIORITY = "E007"  # not high, normal or low (or "lower" for HEDGE_PRIORITY)
+BAD_IMPORT = "E008"  # a dotted path that cannot be imported, or names the wrong kind of object
+CONFLICT = "E009"  # values that contradict each other (TIMEOUT above MAX_TIMEOUT, ...)
+MISSING_KEY = "E010"  # a required key is absent (a repeated STRATEGY, SHEDDING's MAX_CONCURRENCY)
+NO_TRAILING_SLASH = "W001"  # an ENDPOINT whose path does not end with "/"
+PER_PROCESS_CACHE = "W002"  # breaker counts in a cache each process keeps apart
+LOSSY_CACHE = "W003"  # breaker counts in a shared cache whose add or incr is not atomic (files, database)
+UNEXPECTED = "E099"  # reading failed in a way this reader did not foresee (checks.py reports it; a bug of ours)
+CODES = {
+    UNKNOWN_KEY: "unknown key",
+    WRONG_TYPE: "wrong type",
+    BAD_NUMBER: "number out of range",
+    BAD_ENDPOINT: "invalid endpoint",
+    UNKNOWN_NAME: "unknown strategy, delays or deadline provider",
+    UNKNOWN_CACHE: "unknown cache alias",
+    UNKNOWN_PRIORITY: "unknown priority",
+    BAD_IMPORT: "dotted path not importable or of the wrong kind",
+    CONFLICT: "values contradict each other",
+    MISSING_KEY: "required key missing",
+    NO_TRAILING_SLASH: "endpoint without a trailing slash",
+    PER_PROCESS_CACHE: "breaker counts kept per process",
+    LOSSY_CACHE: "breaker counts lost when processes write at once",
+    UNEXPECTED: "the setting could not be read",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the setting: where (``path``), what, what is allowed, and its kind (``code``)."""
+
+    path: str
+    message: str
+    hint: str | None = None
+    warning: bool = False
+    code: str = WRONG_TYPE
+
+    def __str__(self) -> str:
+        text = f"{SETTING}{self.path} {self.message}"
+        text = f"{text} ({self.hint})" if self.hint else text
+        return f"{text} [django_aio_request.{self.code}]"
+
+
+class Reader:
+    """Collects problems while reading; each method returns a value, or None after recording why not."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def fail(self, path: str, message: str, hint: str | None = None, *, code: str = WRONG_TYPE) -> None:
+        self.problems.append(Problem(path, message, hint, code=code))
+
+    @property
+    def errors(self) -> int:
+        """How many errors (not warnings) were recorded so far: a part read without a new one is valid."""
+        return sum(not p.warning for p in self.problems)
+
+    def mapping(self, path: str, value: Any, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be a dict, not {type(value).__name__}")
+            return None
+        for key in value:
+            if allowed is not None and key not in allowed:
+                hint = "allowed keys: " + ", ".join(allowed)
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {close[0]!r}? {hint}" if close else hint
+                self.fail(f"{path}[{key!r}]", "is not a known key", hint, code=UNKNOWN_KEY)
+        return value
+
+    def named(self, path: str, value: Any, names: tuple[str, ...]) -> str | None:
+        name = value.get("NAME") if isinstance(value, Mapping) else None
+        if name not in names:
+            hint = "allowed: " + ", ".join(names)
+            self.fail(f"{path}['NAME']", f"is {name!r}, not a known name", hint, code=UNKNOWN_NAME)
+            return None
+        return str(name)
+
+
+# Each field reader takes (reader, path, value) and returns the value or None (a problem recorded).
+Field = Callable[[Reader, str, Any], Any]
+
+
+#: The largest number any key takes. Larger ones are mistakes, not settings, and break far from the
+#: setting: 1e10 seconds of TIMEOUT overflow the clocks a deadline meets (``OverflowError: timestamp
+#: out of range``), 1e308 retries a second or a latency tolerance overflow to infinity, 10**400 is
+#: not even a float. 999,999,999 seconds is 31 years, and the most X-Request-Timeout carries (nine
+#: digits, server/middleware.py): a client TIMEOUT of 1e9 sent a header its downstream ignored.
+LARGEST = 999_999_999
+#: The smallest number of seconds a key takes: 1e-310 seconds is a float, but one over it is infinite.
+SMALLEST_SECONDS = 1e-6
+
+
+def _too_large(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) > LARGEST if isinstance(value, int) or math.isfinite(value) else False
+
+
+def number(
+    minimum: float,
+    *,
+    inclusive: bool = True,
+    below: float | None = None,
+    at_most: float | None = None,
+    what: str = "a number",
+) -> Field:
+    def read(reader: Reader, path: str, value: Any) -> float | None:
+        if _too_large(value):
+            reader.fail(path, f"must be {what} of at most {LARGEST}, not {value!r}", code=BAD_NUMBER)
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (value >= minimum if inclusive else value > minimum)
+        ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
+        if not ok:
+            bounds = f">= {minimum}" if inclusive else f"> {minimum}"
+            bounds += f" and < {below}" if below is not None else ""
+            bounds += f" and <= {at_most}" if at_most is not None else ""
+            reader.fail(path, f"must be {what} {bounds}, not {value!r}", code=BAD_NUMBER)
+            return None
+        return float(value)
+
+    return read
+
+
+def integer(minimum: int, *, at_most: int | None = None, why: str | None = None) -> Field:
+    """A whole number >= ``minimum``, and <= ``at_most`` if given (``why``: the hint when it is above)."""
+
+    def read(reader: Reader, path: str, value: Any) -> int | None:
+        if _too_large(value):
+            most, hint = (LARGEST, None) if at_most is None else (min(at_most, LARGEST), why)
+            reader.fail(path, f"must be a whole number of at most {most}, not {value!r}", hint, code=BAD_NUMBER)
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
+            return None
+        if at_most is not None and value > at_most:
+            reader.fail(path, f"must be a whole number of at most {at_most}, not {value!r}", why, code=BAD_NUMBER)
+            return None
+        return value
+
+    return read
+
+
+def boolean(reader: Reader, path: str, value: Any) -> bool | None:
+    if not isinstance(value, bool):
+        reader.fail(path, f"must be True or False, not {value!r}")
+        return None
+    return value
+
+
+def optional(field: Field) -> Field:
+    """``field``, or None (no limit) when the value is None."""
+    return lambda reader, path, value: None if value is None else field(reader, path, value)
+
+
+def priority(reader: Reader, path: str, value: Any) -> Priority | None:
+    parsed = Priority.parse(value) if isinstance(value, str) else None
+    if parsed is None:
+        allowed = "allowed: " + ", ".join(p.value for p in Priority)
+        reader.fail(path, f"is {value!r}, not a priority", allowed, code=UNKNOWN_PRIORITY)
+    return parsed
+
+
+def names(reader: Reader, path: str, value: Any) -> frozenset[str] | None:
+    """A list of non-empty names, returned lower-cased."""
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(path, f"must be a list of names, not {type(value).__name__}")
+        return None
+    bad = [name for name in value if not isinstance(name, str) or not name.strip()]
+    if bad:
+        reader.fail(path, f"must hold non-empty strings only, not {bad[0]!r}")
+        return None
+    return frozenset(name.strip().lower() for name in value)
+
+
+def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
+    def read(reader: Reader, path: str, value: Any) -> Any:
+        from django.utils.module_loading import import_string
+
+        if not isinstance(value, str):
+            reader.fail(path, f"must be the dotted path of {what}, not {type(value).__name__}")
+            return None
+        try:
+            found = import_string(value)
+        except Exception as error:  # a module that fails as it is imported is a problem to report too
+            reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
+            return None
+        if not accept(found):
+            reader.fail(path, f"names {found!r}, not {what}", code=BAD_IMPORT)
+            return None
+        return found
+
+    return read
+
+
+def fields(
+    reader: Reader, path: str, spec: Mapping[str, Any], schema: Mapping[str, tuple[Field, Any]]
+) -> dict[str, Any]:
+    """Read every key of ``schema`` (``KEY: (field, default)``) from ``spec``; missing keys take the default."""
+    return {key: read(reader, f"{path}[{key!r}]", spec[key]) if key in spec else default
+            for key, (read, default) in schema.items()}  # fmt: skip
+
+
+def seconds(*, at_most: float | None = None) -> Field:
+    """A number of seconds > 0, one microsecond at least."""
+    positive = number(0, inclusive=False, at_most=at_most, what="a number of seconds")
+
+    def read(reader: Reader, path: str, value: Any) -> float | None:
+        got: float | None = positive(reader, path, value)
+        if got is not None and got < SMALLEST_SECONDS:
+            reader.fail(
+                path, f"must be a number of seconds of at least {SMALLEST_SECONDS:g}, not {value!r}", code=BAD_NUMBER
+            )
+            return None
+        return got
+
+    return read
+
+
+SECONDS = seconds()

@@ -1,0 +1,635 @@
+"""What ``settings.AIO_REQUEST`` may hold, read into plain, validated data.
+
+:func:`read_settings` returns :class:`AioRequestSettings` (or None) and every :class:`Problem`. The
+system checks report the problems; the clients registry refuses to build from settings with
+errors; both read through this one function, so they never disagree about what is valid. Nothing
+is built here: ``building.py`` makes clients from a :class:`ClientSpec`.
+"""
+
+import dataclasses
+import inspect
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from django_aio_request.conf.reader import (
+    BAD_ENDPOINT,
+    BAD_NUMBER,
+    CONFLICT,
+    LOSSY_CACHE,
+    MISSING_KEY,
+    NO_TRAILING_SLASH,
+    PER_PROCESS_CACHE,
+    SECONDS,
+    SETTING,
+    UNKNOWN_CACHE,
+    UNKNOWN_PRIORITY,
+    Field,
+    Problem,
+    Reader,
+    boolean,
+    dotted,
+    fields,
+    integer,
+    names,
+    number,
+    optional,
+    priority,
+    seconds,
+)
+from django_aio_request.core import headers as h
+from django_aio_request.core.classifier import ResponseClassifier
+from django_aio_request.core.client import HedgePriority, validate_hedge_priority
+from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_endpoint
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import check_headers
+from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
+from django_aio_request.strategies.base import MAX_ATTEMPTS
+from django_aio_request.transport.requests_transport import (
+    _CONNECTIONS_WHY,
+    _RETRIES_WHY,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_SIZE,
+    MOST_CONNECT_RETRIES,
+    MOST_CONNECTIONS,
+)
+
+__all__ = [
+    "SETTING",
+    "AioRequestSettings",
+    "ClientSpec",
+    "DelaysSpec",
+    "Problem",
+    "SheddingSettings",
+    "StrategySpec",
+    "read_settings",
+]
+
+TOP_LEVEL_KEYS = (
+    "SERVICE_NAME",
+    "CLIENTS",
+    # the server side (AioRequestMiddleware), read with SERVER_SCHEMA
+    "TIMEOUT",
+    "PRIORITY",
+    "MAX_TIMEOUT",
+    "LOW_TIMEOUT_THRESHOLD",
+    "CANCEL_ASYNC_VIEWS_ON_TIMEOUT",
+    # the database wrapper (db.py)
+    "DATABASE_STATEMENT_TIMEOUT",
+    # where circuit breakers count: "local" or a cache alias (shared_breaker.py)
+    "CIRCUIT_BREAKER_STATE",
+    # metrics: the calling services labelled by name (others are "other"); see docs/metrics.md
+    "KNOWN_SERVICES",
+    # the admin's view of breakers (breaker_publisher.py): how often each process publishes, history kept
+    "CIRCUIT_BREAKER_PUBLISH_INTERVAL",
+    "CIRCUIT_BREAKER_HISTORY_DAYS",
+    # priority-aware load shedding in AioRequestMiddleware (server/shedding/); None (the default): off
+    "SHEDDING",
+)
+STRATEGY_NAMES = ("single", "sequential", "parallel", "retry_until_deadline_expired")
+DELAYS_NAMES = ("constant", "linear_backoff", "percentile")
+
+
+#: The longest client name and ENDPOINT: what the breakers' tables in admin hold (models.py).
+CLIENT_NAME_LENGTH = 100
+ENDPOINT_LENGTH = 400
+
+LOCAL_BREAKER_STATE = "local"
+# Caches that hold their data in each process: naming one shares nothing between processes.
+PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+# Shared caches whose `incr` is Django's generic one, a `get` then a `set` (and, for files, `add` a
+# look then a write): two processes flushing counts at once keep one of them, and two may win a
+# probe claim. Eight stores flushing at once into a FileBasedCache kept about a fifth of the counts
+# (tests/breaker/test_cache_store.py::test_counts_flushed_by_many_processes_at_once_add_up_only_where_incr_is_atomic).
+LOSSY_CACHES = (
+    "django.core.cache.backends.filebased.FileBasedCache",
+    "django.core.cache.backends.db.DatabaseCache",
+)
+
+
+def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
+    """ "local", or the alias of a cache in ``settings.CACHES`` (where every process shares breaker counts)."""
+    from django.conf import settings
+
+    aliases = list(getattr(settings, "CACHES", {}) or {})
+    allowed = ", ".join(repr(a) for a in [LOCAL_BREAKER_STATE, *aliases])
+    if not isinstance(value, str) or not value:
+        message = f"must be 'local' or the alias of a cache in settings.CACHES, not {value!r}"
+        reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
+        return None
+    if value == LOCAL_BREAKER_STATE:
+        return value
+    if value not in aliases:
+        message = f"is {value!r}, not 'local' nor a cache in settings.CACHES"
+        reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
+        return None
+    backend = str(settings.CACHES[value].get("BACKEND", ""))
+    if backend in PER_PROCESS_CACHES:
+        hint = "use a cache all processes reach, e.g. django.core.cache.backends.redis.RedisCache"
+        reader.problems.append(
+            Problem(
+                path,
+                f"names cache {value!r} ({backend}), which each process keeps apart",
+                hint,
+                warning=True,
+                code=PER_PROCESS_CACHE,
+            )
+        )
+    elif backend in LOSSY_CACHES:
+        hint = "use a cache with atomic add and incr, e.g. django.core.cache.backends.redis.RedisCache or Memcached"
+        reader.problems.append(
+            Problem(
+                path,
+                f"names cache {value!r} ({backend}), whose incr is a read then a write: outcomes that"
+                " processes flush at once are lost, and the breakers open late or not at all",
+                hint,
+                warning=True,
+                code=LOSSY_CACHE,
+            )
+        )
+    return value
+
+
+DELAYS_SCHEMAS: dict[str, dict[str, tuple[Field, Any]]] = {
+    "constant": {"DELAY": (number(0, what="a delay in seconds"), 0.0)},
+    "linear_backoff": {
+        "MIN_DELAY_SECONDS": (number(0), 0.0),
+        "DELAY_MULTIPLIER": (number(0), 0.05),
+        "JITTER": (number(0, at_most=1, what="a fraction"), 0.2),
+    },
+    "percentile": {
+        "PERCENTILE": (number(0, inclusive=False, below=1, what="a fraction"), 0.95),
+        "MIN_DELAY_SECONDS": (number(0), 0.01),
+        "MAX_DELAY_SECONDS": (number(0), 10.0),
+        "WINDOW_SECONDS": (SECONDS, 300.0),
+        "SATURATION_RATIO": (number(0), 0.0),  # 0: off; else > 1 (PercentileDelaysProvider)
+    },
+}
+CIRCUIT_BREAKER_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "BREAK_DURATION": (SECONDS, 5.0),
+    "SAMPLING_DURATION": (SECONDS, 10.0),
+    "MINIMUM_THROUGHPUT": (integer(1), 10),
+    "FAILURE_THRESHOLD": (number(0, inclusive=False, below=1, what="a ratio"), 0.5),
+    "WINDOWS_COUNT": (integer(1, at_most=1000), 10),  # a shared store reads 2 keys a window every 0.1 s
+}
+RETRY_BUDGET_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "RATIO": (number(0, what="a ratio of first attempts"), DEFAULT_RATIO),
+    "MIN_PER_SECOND": (number(0, what="a number of extra attempts per second"), DEFAULT_MIN_PER_SECOND),
+    "WINDOW_SECONDS": (SECONDS, DEFAULT_WINDOW_SECONDS),
+}
+
+
+def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bool | None:
+    """A client's ``RETRY_BUDGET``: False (no budget), True (the defaults) or a dict of RETRY_BUDGET_SCHEMA."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        allowed = "False to turn it off, or a dict with " + ", ".join(RETRY_BUDGET_SCHEMA)
+        reader.fail(path, f"must be False or a dict, not {value!r}", allowed)
+        return None
+    spec = reader.mapping(path, value, tuple(RETRY_BUDGET_SCHEMA))
+    got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)
+    return None if None in got.values() else got
+
+
+def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
+    """A client's ``HEDGE_PRIORITY``: None, "lower", or a priority."""
+    try:
+        return validate_hedge_priority(value)
+    except ValueError:
+        allowed = "None (the call's priority), 'lower' (one step lower), or " + ", ".join(p.value for p in Priority)
+        reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed, code=UNKNOWN_PRIORITY)
+        return None
+
+
+def _classifier_class(found: Any) -> bool:
+    """A ResponseClassifier subclass that the client can build as it does, ``cls()``: one whose
+    ``__init__`` needs arguments passed the check and raised TypeError when the client was built."""
+    if not (isinstance(found, type) and issubclass(found, ResponseClassifier)):
+        return False
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a class made in C): the build will tell
+        return True
+    return True
+
+
+CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "TIMEOUT": (SECONDS, 20.0),
+    "PRIORITY": (priority, Priority.NORMAL),
+    "LOW_TIMEOUT_THRESHOLD": (number(0, what="a number of seconds"), 0.005),
+    "EMIT_SYSTEM_HEADERS": (boolean, True),
+    "MAX_WORKERS": (integer(1), DEFAULT_MAX_WORKERS),
+    "MAX_CONNECTIONS": (integer(1, at_most=MOST_CONNECTIONS, why=_CONNECTIONS_WHY), DEFAULT_MAX_CONNECTIONS),
+    "CONNECT_RETRIES": (integer(0, at_most=MOST_CONNECT_RETRIES, why=_RETRIES_WHY), 0),
+    "MAX_RESPONSE_SIZE": (optional(integer(0)), DEFAULT_MAX_RESPONSE_SIZE),
+    "RESPONSE_CLASSIFIER": (
+        dotted("a ResponseClassifier subclass built with no arguments", _classifier_class),
+        None,
+    ),
+    "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),
+    # the retry budget (retry_budget.py) and hedges' priority: docs/budgets-and-shedding.md
+    "RETRY_BUDGET": (retry_budget, True),
+    "HEDGE_PRIORITY": (hedge_priority, None),
+}
+#: The most CIRCUIT_BREAKER_HISTORY_DAYS: a century, longer than any history is looked at. Each
+#: prune deletes the transitions before now minus that many days, and past about 739,000 days (the
+#: days since 1 January of year 1) that date does not exist: every publishing round failed with
+#: OverflowError and the admin never saw the process
+#: (tests/conf/test_reader.py::test_history_days_above_a_century_is_an_error).
+MOST_HISTORY_DAYS = 36_500
+_DAYS = number(0, inclusive=False, what="a number of days")
+
+
+def days_kept(reader: Reader, path: str, value: Any) -> float | None:
+    """A number of days > 0, at most MOST_HISTORY_DAYS."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > MOST_HISTORY_DAYS:
+        message = f"must be a number of days of at most {MOST_HISTORY_DAYS} (a century), not {value!r}"
+        hint = "the days breaker transitions are kept: 740,000 days ago is before year 1, and pruning failed"
+        reader.fail(path, message, hint, code=BAD_NUMBER)
+        return None
+    got: float | None = _DAYS(reader, path, value)
+    return got
+
+
+# The server side: how AioRequestMiddleware treats incoming requests.
+DEFAULT_SERVER_TIMEOUT = 20.0
+DEFAULT_SERVER_PRIORITY = Priority.NORMAL
+DEFAULT_MAX_TIMEOUT = 60.0
+DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD = 0.005
+SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "TIMEOUT": (SECONDS, DEFAULT_SERVER_TIMEOUT),
+    "PRIORITY": (priority, DEFAULT_SERVER_PRIORITY),
+    "MAX_TIMEOUT": (SECONDS, DEFAULT_MAX_TIMEOUT),
+    "LOW_TIMEOUT_THRESHOLD": (number(0, what="a number of seconds"), DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD),
+    "CANCEL_ASYNC_VIEWS_ON_TIMEOUT": (boolean, False),
+    "DATABASE_STATEMENT_TIMEOUT": (boolean, False),
+    "CIRCUIT_BREAKER_STATE": (breaker_state, LOCAL_BREAKER_STATE),
+    "CIRCUIT_BREAKER_PUBLISH_INTERVAL": (SECONDS, 1.0),
+    "CIRCUIT_BREAKER_HISTORY_DAYS": (days_kept, 7.0),
+}
+# Load shedding (AIO_REQUEST["SHEDDING"]): read into SheddingSettings; server/shedding/ builds the limiter.
+PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callable
+
+
+def _priority_policy(reader: Reader, path: str, value: Any) -> Any:
+    if value in PRIORITY_POLICIES:
+        return value
+    if isinstance(value, str) and "." in value:
+        return dotted("a callable (request, claimed priority) -> Priority", callable)(reader, path, value)
+    reader.fail(path, f"is {value!r}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path")
+    return None
+
+
+SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
+    "MAX_CONCURRENCY": (optional(integer(1)), None),
+    "MIN_LIMIT": (integer(1), 1),
+    "MAX_LIMIT": (integer(1), 1000),
+    "LATENCY_TOLERANCE": (number(1, inclusive=False, what="a latency ratio"), 1.5),
+    "PROBE_INTERVAL": (SECONDS, 30.0),
+    "QUEUE_TIMEOUT": (number(0, what="a number of seconds"), 0.5),
+    "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.0),
+    "RETRY_AFTER": (integer(0), 1),
+    "PRIORITY_POLICY": (_priority_policy, "any"),
+    "UNTRUSTED_PRIORITY": (priority, Priority.NORMAL),
+    "SWITCH_INTERVAL": (optional(seconds(at_most=1.0)), 0.002),  # more: the interpreter reads 1e300 as 0
+}
+SHEDDING_KEYS = tuple(SHEDDING_SCHEMA)
+_REMOVED_SHEDDING_KEYS = ("HIGH_PRIORITY_RESERVE", "NORMAL_PRIORITY_RESERVE")
+CLIENT_KEYS = ("ENDPOINT", *CLIENT_SCHEMA, "SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY", "CIRCUIT_BREAKER")
+
+
+@dataclasses.dataclass(frozen=True)
+class DelaysSpec:
+    """A validated ``DELAYS``: ``NAME`` and the keys of its schema (DELAYS_SCHEMAS), defaults filled in."""
+
+    name: str
+    options: Mapping[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A validated strategy (``SAFE_METHOD_STRATEGY`` and the like); ``conf/building.py`` makes it."""
+
+    name: str
+    attempts_count: int = 3
+    delays: DelaysSpec | None = None  # None: linear backoff with its defaults
+    split_deadline: bool = False  # DEADLINE_PROVIDER "split" (else "pass_through")
+    attempts_count_to_split: int | None = None
+    inner: "StrategySpec | None" = None  # retry_until_deadline_expired's STRATEGY
+
+
+# With an unknown NAME, the keys are still read where they mean the same whatever the name (each key
+# reads alike in every schema that has it), so that their problems are reported with the name's.
+_ANY_DELAYS_SCHEMA = {key: field for schema in DELAYS_SCHEMAS.values() for key, field in schema.items()}
+STRATEGY_KEYS = {
+    "single": ("NAME",),
+    "sequential": ("NAME", "ATTEMPTS_COUNT", "DELAYS", "DEADLINE_PROVIDER"),
+    "parallel": ("NAME", "ATTEMPTS_COUNT", "DELAYS"),
+    "retry_until_deadline_expired": ("NAME", "STRATEGY", "DELAYS"),
+}
+_ANY_STRATEGY_KEYS = tuple(dict.fromkeys(key for keys in STRATEGY_KEYS.values() for key in keys))
+DEADLINE_PROVIDER_KEYS = {"pass_through": ("NAME",), "split": ("NAME", "ATTEMPTS_COUNT_TO_SPLIT")}
+ATTEMPTS_COUNT = integer(1, at_most=MAX_ATTEMPTS)
+ATTEMPTS_COUNT_TO_SPLIT = integer(2)
+
+# Each part below reads every key it has, whatever else is wrong, and builds nothing if any of them
+# (or the NAME) is: every problem is reported at once, not one per run of `manage.py check`.
+
+
+def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
+    name = reader.named(path, value, DELAYS_NAMES)
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    schema = DELAYS_SCHEMAS[name] if name else _ANY_DELAYS_SCHEMA
+    reader.mapping(path, value, ("NAME", *schema))  # reports the keys not in the schema
+    got = fields(reader, path, value, schema)
+    if name == "percentile":
+        low, high, ratio = got["MIN_DELAY_SECONDS"], got["MAX_DELAY_SECONDS"], got["SATURATION_RATIO"]
+        if low is not None and high is not None and low > high:
+            reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
+        if ratio is not None and 0 < ratio <= 1:
+            reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
+    if name is None or reader.errors > errors:
+        return None
+    return DelaysSpec(name, got)
+
+
+def _deadline_provider(reader: Reader, path: str, value: Any) -> tuple[bool, int | None] | None:
+    """(split the deadline?, ATTEMPTS_COUNT_TO_SPLIT or None), or None after a problem."""
+    name = reader.named(path, value, tuple(DEADLINE_PROVIDER_KEYS))
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    allowed = DEADLINE_PROVIDER_KEYS[name] if name else DEADLINE_PROVIDER_KEYS["split"]
+    spec = reader.mapping(path, value, allowed) or {}
+    split = (
+        ATTEMPTS_COUNT_TO_SPLIT(reader, f"{path}['ATTEMPTS_COUNT_TO_SPLIT']", spec["ATTEMPTS_COUNT_TO_SPLIT"])
+        if "ATTEMPTS_COUNT_TO_SPLIT" in spec and "ATTEMPTS_COUNT_TO_SPLIT" in allowed
+        else None
+    )
+    if name is None or reader.errors > errors:
+        return None
+    return name == "split", split
+
+
+def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
+    name = reader.named(path, value, STRATEGY_NAMES)
+    if not isinstance(value, Mapping):
+        return None  # named() reported it
+    errors = reader.errors
+    allowed = STRATEGY_KEYS[name] if name else _ANY_STRATEGY_KEYS
+    spec = {key: option for key, option in (reader.mapping(path, value, allowed) or {}).items() if key in allowed}
+    delays = _delays(reader, f"{path}['DELAYS']", spec["DELAYS"]) if "DELAYS" in spec else None
+    attempts = (
+        ATTEMPTS_COUNT(reader, f"{path}['ATTEMPTS_COUNT']", spec["ATTEMPTS_COUNT"]) if "ATTEMPTS_COUNT" in spec else 3
+    )
+    deadlines = (
+        _deadline_provider(reader, f"{path}['DEADLINE_PROVIDER']", spec["DEADLINE_PROVIDER"])
+        if "DEADLINE_PROVIDER" in spec
+        else (False, None)
+    )
+    inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"]) if "STRATEGY" in spec else None
+    if name == "retry_until_deadline_expired" and "STRATEGY" not in spec:
+        hint = "e.g. {'NAME': 'single'}"
+        reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat", hint, code=MISSING_KEY)
+    if name is None or attempts is None or deadlines is None or reader.errors > errors:
+        return None
+    split, split_count = deadlines
+    return StrategySpec(
+        name,
+        attempts_count=attempts,
+        delays=delays,
+        split_deadline=split,
+        attempts_count_to_split=split_count,
+        inner=inner,
+    )
+
+
+def _circuit_breaker(reader: Reader, path: str, value: Any) -> dict[str, Any] | None:
+    """The breaker's options, keyed by ``DefaultCircuitBreaker``'s argument names."""
+    spec = reader.mapping(path, value, tuple(CIRCUIT_BREAKER_SCHEMA))
+    if spec is None:
+        return None
+    got = fields(reader, path, spec, CIRCUIT_BREAKER_SCHEMA)
+    if None in got.values():
+        return None
+    return {key.lower(): option for key, option in got.items()}
+
+
+def _endpoint(reader: Reader, path: str, spec: Mapping[str, Any]) -> str | None:
+    if "ENDPOINT" not in spec:
+        hint = "the absolute URL of the service, e.g. 'http://billing:8080/'"
+        reader.fail(path, "is required", hint, code=BAD_ENDPOINT)
+        return None
+    try:
+        endpoint = validate_endpoint(spec["ENDPOINT"])
+    except ValueError as error:
+        reader.fail(path, str(error), "e.g. 'http://billing:8080/'", code=BAD_ENDPOINT)
+        return None
+    if len(endpoint) > ENDPOINT_LENGTH:
+        # The breakers' tables in admin hold that much: a longer one failed every publishing round of
+        # the process (PostgreSQL: value too long), its other clients' reports and transitions too.
+        reader.fail(path, f"is longer than {ENDPOINT_LENGTH} characters ({len(endpoint)})", code=BAD_ENDPOINT)
+        return None
+    if not urllib.parse.urlsplit(endpoint).path.endswith("/"):
+        hint = "relative request URLs replace the endpoint's last path segment (RFC 3986); add a trailing '/'"
+        reader.problems.append(Problem(path, "does not end with '/'", hint, warning=True, code=NO_TRAILING_SLASH))
+    return endpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSpec:
+    """A validated client entry: plain data. ``conf.building.build_client`` makes a client of it."""
+
+    name: str
+    endpoint: str
+    options: Mapping[str, Any]  # CLIENT_SCHEMA's keys, validated, defaults filled in
+    safe_method_strategy: StrategySpec | None = None
+    unsafe_method_strategy: StrategySpec | None = None
+    circuit_breaker: Mapping[str, Any] | None = None
+    response_classifier: type[ResponseClassifier] | None = None
+    circuit_breaker_state: str = LOCAL_BREAKER_STATE  # AIO_REQUEST["CIRCUIT_BREAKER_STATE"]
+
+
+def _client(reader: Reader, name: str, value: Any, path: str) -> ClientSpec | None:
+    spec = reader.mapping(path, value, CLIENT_KEYS)
+    if spec is None:
+        return None
+    errors = reader.errors
+    endpoint = _endpoint(reader, f"{path}['ENDPOINT']", spec)
+    options = fields(reader, path, spec, CLIENT_SCHEMA)
+    strategies = {
+        key: _strategy(reader, f"{path}[{key!r}]", spec[key])
+        for key in ("SAFE_METHOD_STRATEGY", "UNSAFE_METHOD_STRATEGY")
+        if key in spec
+    }
+    breaker = None
+    if spec.get("CIRCUIT_BREAKER") is not None:
+        breaker = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
+    classifier = options.pop("RESPONSE_CLASSIFIER")
+    if endpoint is None or reader.errors > errors:
+        return None
+    return ClientSpec(
+        name,
+        endpoint,
+        options,
+        safe_method_strategy=strategies.get("SAFE_METHOD_STRATEGY"),
+        unsafe_method_strategy=strategies.get("UNSAFE_METHOD_STRATEGY"),
+        circuit_breaker=breaker,
+        response_classifier=classifier,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SheddingSettings:
+    """``AIO_REQUEST["SHEDDING"]``, validated: plain data (``server/shedding/`` builds the limiter from it)."""
+
+    max_concurrency: int | None = None  # a fixed limit; None: learned from latency within MIN/MAX_LIMIT
+    min_limit: int = 1
+    max_limit: int = 1000
+    latency_tolerance: float = 1.5
+    probe_interval: float = 30.0
+    queue_timeout: float = 0.5
+    min_time_to_serve: float = 0.0
+    retry_after: int = 1
+    priority_policy: Any = "any"  # "any", "known_services" or a callable (request, claimed) -> Priority
+    untrusted_priority: Priority = Priority.NORMAL
+    switch_interval: float | None = 0.002  # sys.setswitchinterval() when the limiter is built; None: left alone
+
+
+@dataclasses.dataclass(frozen=True)
+class AioRequestSettings:
+    service_name: str | None
+    clients: Mapping[str, ClientSpec]
+    # the server side (AioRequestMiddleware)
+    timeout: float = DEFAULT_SERVER_TIMEOUT
+    priority: Priority = DEFAULT_SERVER_PRIORITY
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    low_timeout_threshold: float = DEFAULT_SERVER_LOW_TIMEOUT_THRESHOLD
+    cancel_async_views_on_timeout: bool = False
+    database_statement_timeout: bool = False
+    circuit_breaker_state: str = LOCAL_BREAKER_STATE
+    known_services: frozenset[str] | None = None  # lower-cased; None: any name, bounded per process
+    circuit_breaker_publish_interval: float = 1.0
+    circuit_breaker_history_days: float = 7.0
+    shedding: SheddingSettings | None = None  # AIO_REQUEST["SHEDDING"]; None: no load shedding
+
+
+def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | None) -> SheddingSettings | None:
+    """``AIO_REQUEST["SHEDDING"]``: True or a dict turns load shedding on (see docs/budgets-and-shedding.md)."""
+    if value is False:
+        return None
+    if value is True:
+        value = {}
+    removed = [key for key in _REMOVED_SHEDDING_KEYS if isinstance(value, Mapping) and key in value]
+    for key in removed:
+        reader.fail(
+            f"{path}[{key!r}]",
+            "was removed: the priority queue keeps slots for higher priorities at any limit",
+            "delete it; PRIORITY_POLICY controls who may claim high priority",
+        )
+    spec = reader.mapping(path, value, (*SHEDDING_KEYS, *removed))
+    if spec is None:
+        return None
+    errors = reader.errors
+    got = fields(reader, path, spec, SHEDDING_SCHEMA)
+    if got["MAX_CONCURRENCY"] is not None:
+        for key in ("MIN_LIMIT", "MAX_LIMIT", "LATENCY_TOLERANCE", "PROBE_INTERVAL"):
+            if key in spec:
+                reader.fail(
+                    f"{path}[{key!r}]",
+                    "applies to the adaptive limit, and MAX_CONCURRENCY sets a fixed one",
+                    "set MAX_CONCURRENCY for a fixed limit, or MIN_LIMIT/MAX_LIMIT to bound the adaptive one",
+                )
+    low, high = got["MIN_LIMIT"], got["MAX_LIMIT"]
+    if low is not None and high is not None and low > high:
+        reader.fail(f"{path}['MIN_LIMIT']", f"({low}) must not exceed MAX_LIMIT ({high})")
+    if got["PRIORITY_POLICY"] == "known_services" and not known:
+        reader.fail(
+            f"{path}['PRIORITY_POLICY']",
+            "is 'known_services' but AIO_REQUEST['KNOWN_SERVICES'] is not set",
+            "list the services whose X-Service-Name may claim any priority in KNOWN_SERVICES",
+            code=CONFLICT,
+        )
+    if reader.errors > errors:
+        return None
+    return SheddingSettings(**{key.lower(): value for key, value in got.items()})
+
+
+def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The server-side keys, checked one by one and then against each other."""
+    got = fields(reader, "", top, SERVER_SCHEMA)
+    # The pairs are compared when both values are valid, whatever else is wrong: every problem at once.
+    ok = None not in got.values()
+    timeout, max_timeout, threshold = got["TIMEOUT"], got["MAX_TIMEOUT"], got["LOW_TIMEOUT_THRESHOLD"]
+    if timeout is not None and max_timeout is not None and timeout > max_timeout:
+        given = "" if "TIMEOUT" in top else ", the default"
+        reader.fail(
+            "['TIMEOUT']",
+            f"({timeout}{given}) must not exceed MAX_TIMEOUT ({max_timeout})",
+            "MAX_TIMEOUT caps incoming X-Request-Timeout values; TIMEOUT is used when a request has none",
+            code=CONFLICT,
+        )
+        ok = False
+    if timeout is not None and threshold is not None and threshold >= timeout:
+        reader.fail(
+            "['LOW_TIMEOUT_THRESHOLD']",
+            f"({threshold}) must be less than TIMEOUT ({timeout})",
+            "requests with less time left than LOW_TIMEOUT_THRESHOLD are answered 408 without running the view",
+            code=CONFLICT,
+        )
+        ok = False
+    return got if ok else None
+
+
+def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
+    """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
+    reader = Reader()
+    top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)
+    if top is None:
+        return None, reader.problems
+    service_name = top.get("SERVICE_NAME")
+    if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
+        reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {service_name!r}")
+    elif service_name is not None:
+        try:
+            check_headers({h.X_SERVICE_NAME: service_name})  # sent on every call: it must fit in a header
+        except ValueError as error:
+            reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
+    clients: dict[str, ClientSpec] = {}
+    for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
+        path = f"['CLIENTS'][{name!r}]"
+        valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH
+        if not isinstance(name, str) or not name:
+            reader.fail(path, "is not a valid client name: use a non-empty string")
+        elif len(name) > CLIENT_NAME_LENGTH:  # admin's tables: a longer one failed every publishing round
+            path = f"['CLIENTS'][{name[:40]!r}...]"
+            reader.fail(path, f"is a client name longer than {CLIENT_NAME_LENGTH} characters")
+        # The entry is read with a bad name too: its own problems are reported with the name's.
+        spec = _client(reader, str(name), client_value, path)
+        if valid_name and spec is not None:
+            clients[name] = spec
+    server = _server(reader, top)
+    known = (
+        names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
+    )
+    shedding = _shedding(reader, "['SHEDDING']", top["SHEDDING"], known) if top.get("SHEDDING") is not None else None
+    if server is None or any(not p.warning for p in reader.problems):
+        return None, reader.problems
+    return AioRequestSettings(
+        service_name=service_name,
+        clients={
+            name: dataclasses.replace(spec, circuit_breaker_state=server["CIRCUIT_BREAKER_STATE"])
+            for name, spec in clients.items()
+        },
+        known_services=known,
+        shedding=shedding,
+        **{key.lower(): value for key, value in server.items()},  # SERVER_SCHEMA's keys name the fields
+    ), reader.problems

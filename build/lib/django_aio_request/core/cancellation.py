@@ -1,0 +1,92 @@
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+
+
+class Cancellation:
+    """A one-way flag a strategy raises to stop an attempt it no longer needs.
+
+    Threads have nothing like asyncio's task cancellation, so attempts take this object and
+    the transport registers a callback that aborts the attempt's socket when it is raised.
+
+    It is also how a strategy asks a running attempt whether its answer has already arrived
+    (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_answer`).
+    """
+
+    __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._answer_probe: Callable[[], bool] | None = None
+
+    def watch_answer(self, probe: Callable[[], bool] | None) -> None:
+        """Set (or, with None, clear) how :meth:`answer_arrived` tells. The transport sets a look at
+        the attempt's socket while it runs, and one that says True once it is over."""
+        self._answer_probe = probe
+
+    def answer_arrived(self) -> bool:
+        """Whether the attempt's answer has reached this process, unread yet; False when unknown."""
+        probe = self._answer_probe
+        return probe is not None and probe()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` on cancel (at once if already cancelled); returns an unregister function."""
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return lambda: self._remove(callback)
+        callback()
+        return lambda: None
+
+    def _remove(self, callback: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
+# The cancellation of the call whose strategy runs in this context (async calls only: a sync call
+# cannot be cancelled from outside its thread).
+_call_cancellation: contextvars.ContextVar[Cancellation | None] = contextvars.ContextVar(
+    "django_aio_request_call_cancellation", default=None
+)
+
+
+def heed_in_pauses(cancellation: Cancellation) -> None:
+    """Make ``cancellation`` the one :func:`pause` heeds in this context: an async call runs it in
+    the context its strategy will run in (``contextvars.Context.run``), which no other call shares."""
+    _call_cancellation.set(cancellation)
+
+
+def pause(seconds: float) -> None:
+    """Wait ``seconds`` between a call's attempts, or until the call is cancelled if that is sooner.
+
+    A strategy's pause before a retry, where ``time.sleep`` held the call's thread to its end after
+    the awaiting task was cancelled (an async call). After a cancellation no attempt is sent, so the
+    strategy ends at once.
+    """
+    cancellation = _call_cancellation.get()
+    if cancellation is None:
+        time.sleep(seconds)
+        return
+    woken = threading.Event()
+    undo = cancellation.on_cancel(woken.set)
+    try:
+        woken.wait(seconds)
+    finally:
+        undo()

@@ -1,0 +1,380 @@
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import os
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Literal
+
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
+from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
+from django_aio_request.core.context import get_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.downstream_wait import current_downstream_wait
+from django_aio_request.core.pipeline import Attempt, Next
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
+from django_aio_request.metrics.client import ClientMetrics
+from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.transport.base import Transport
+
+#: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower
+#: (high -> normal -> low; low stays low); a Priority sends them with it, but never above the call's.
+HedgePriority = Literal["lower"] | Priority | None
+
+_LOWER = {Priority.HIGH: Priority.NORMAL, Priority.NORMAL: Priority.LOW, Priority.LOW: Priority.LOW}
+_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+
+# How long past its deadline an async call waits for a call thread to pick it up before answering
+# 408 itself. A call that has started ends by its deadline (the transport sees to that).
+_QUEUE_GRACE_SECONDS = 0.05
+
+
+def hedge_priority_for(priority: Priority, hedge_priority: HedgePriority) -> Priority:
+    """The priority a hedge of a call of ``priority`` is sent with."""
+    if hedge_priority is None:
+        return priority
+    if hedge_priority == "lower":
+        return _LOWER[priority]
+    wanted = Priority(hedge_priority)
+    return wanted if _RANK[wanted] < _RANK[priority] else priority
+
+
+def validate_hedge_priority(value: object) -> HedgePriority:
+    """``value`` if it is a valid ``hedge_priority``, else raise ValueError."""
+    if value is None or value == "lower":
+        return "lower" if value is not None else None
+    parsed = Priority.parse(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise ValueError(f"hedge_priority must be None, 'lower' or a priority (high, normal, low), not {value!r}")
+    return parsed
+
+
+class Client:
+    """Calls one endpoint; made by :func:`django_aio_request.setup`. Safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        strategy: RequestStrategy,
+        classifier: ResponseClassifier,
+        timeout: float,
+        priority: Priority,
+        pipeline: Next,
+        workers: AttemptThreadPool,
+        transport: Transport,
+        metrics: ClientMetrics | None = None,
+        circuit_breaker: CircuitBreaker[str, Response] | None = None,
+        retry_budget: RetryBudget | None = None,
+        hedge_priority: HedgePriority = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.strategy = strategy
+        self.classifier = classifier
+        self.timeout = timeout
+        self.priority = priority
+        self.transport = transport
+        self.circuit_breaker = circuit_breaker  # the breaker given to setup(), or None
+        self.retry_budget = retry_budget  # shared by all the client's strategies; None: no budget
+        self.hedge_priority = validate_hedge_priority(hedge_priority)
+        self._pipeline = pipeline
+        self._workers = workers
+        self._metrics = metrics
+        self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._drivers_lock = threading.Lock()
+        self._closed = False
+        _clients.add(self)
+
+    @contextlib.contextmanager
+    def request(
+        self,
+        request: Request,
+        *,
+        deadline: Deadline | None = None,
+        priority: Priority | None = None,
+        strategy: RequestStrategy | None = None,
+    ) -> Iterator[Response]:
+        """Make the call and yield its final response.
+
+        The deadline is ``deadline`` when given, else the earlier of the context's (set by the
+        middleware from the incoming request) and the client's timeout from now. A call that names
+        no priority sends the context's, else the client's; a named one is normalised against the
+        context's.
+
+        ``response.budget_exhausted`` is True when the client's retry budget refused an extra
+        attempt (a retry or a hedge) that the call would have made.
+        """
+        if self._closed:
+            self._reopen()
+        context = get_context()
+        deadline = self._deadline(deadline, context.deadline)
+        priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
+        wait = current_downstream_wait()
+        if wait is None:
+            yield self._call(request, deadline, priority, strategy, None)
+            return
+        wait.begin()  # load shedding judges the request being served without this wait
+        cpu = time.thread_time()
+        try:
+            response = self._call(request, deadline, priority, strategy, None)
+        finally:
+            wait.end(time.thread_time() - cpu)
+        yield response
+
+    @contextlib.asynccontextmanager
+    async def arequest(
+        self,
+        request: Request,
+        *,
+        deadline: Deadline | None = None,
+        priority: Priority | None = None,
+        strategy: RequestStrategy | None = None,
+    ) -> AsyncIterator[Response]:
+        """:meth:`request` for async code: ``async with client.arequest(get(...)) as response:``.
+
+        The same call (deadline and priority from the context, strategies, breaker, retry budget,
+        metrics, connection pool), driven by one of the client's call threads so the event loop is
+        never blocked. Cancelling the awaiting task aborts every attempt in flight (their sockets
+        are shut down) and raises ``CancelledError`` at once. A call still waiting for a free call
+        thread when its deadline passes answers 408 without sending anything.
+        """
+        if self._closed:
+            self._reopen()
+        context = get_context()
+        deadline = self._deadline(deadline, context.deadline)
+        priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
+        cancellation = Cancellation()
+        copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
+        copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
+        while True:
+            drivers = self._drivers()
+            try:
+                future = drivers.submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
+                break
+            except RuntimeError:
+                if drivers is self._async_drivers:
+                    raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
+        wait = current_downstream_wait()
+        if wait is not None:
+            wait.begin()  # load shedding judges the request being served without this wait
+        try:
+            waiting = asyncio.wrap_future(future)
+            done, _ = await asyncio.wait({waiting}, timeout=deadline.timeout + _QUEUE_GRACE_SECONDS)
+            if not done and future.cancel():
+                # Never started (every call thread busy until the deadline): nothing was sent.
+                response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+                if self._metrics is not None:
+                    self._metrics.deadline_rejected(request.method, "expired")
+            else:
+                response = await waiting
+        except asyncio.CancelledError:
+            cancellation.cancel()  # shuts the sockets of every attempt in flight
+            future.cancel()  # a call that has not started yet never will
+            raise
+        finally:
+            if wait is not None:
+                wait.end()
+        yield response
+
+    def _deadline(self, given: Deadline | None, context: Deadline | None) -> Deadline:
+        """The call's deadline: ``given``, else the earlier of ``context`` and the client's timeout.
+
+        aio-request (0.2.9) takes ``given or context or timeout``: inside a request served with a
+        20 s deadline, a client configured with a 0.5 s timeout waits 20 s. Here the client's
+        timeout caps it, as gRPC, Finagle and Envoy bound a call by the earlier of the propagated
+        deadline and the call's own timeout.
+        """
+        if given is not None:
+            return given
+        own = time.monotonic() + self.timeout
+        if context is not None and context.expires_at <= own:
+            return context
+        return Deadline(own)
+
+    def _call(
+        self,
+        request: Request,
+        deadline: Deadline,
+        priority: Priority,
+        strategy: RequestStrategy | None,
+        cancellation: Cancellation | None,
+    ) -> Response:
+        """Run the strategy in this thread; ``cancellation`` (async calls) aborts every attempt."""
+        metrics = self._metrics
+        call = None if self.retry_budget is None and self.hedge_priority is None else _Call(self)
+        send: SendAttempt = self._send if call is None else call.send
+        if cancellation is not None:
+            send = _cancellable(send, cancellation)
+        if metrics is None:
+            result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
+        else:
+            started = time.perf_counter()
+            result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
+            response = result.response
+            metrics.call(
+                request.method,
+                request.url,  # the template ("things/{id}"): a bounded label
+                response.status,
+                circuit_breaker=h.X_CIRCUIT_BREAKER in response.headers,
+                attempt=result.attempt,
+                elapsed=time.perf_counter() - started,
+            )
+        if call is not None and call.refused:
+            result.response.budget_exhausted = True
+        return result.response
+
+    def _drivers(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads that drive async calls: as many as the client's attempt workers, made on first use."""
+        drivers = self._async_drivers
+        if drivers is None:
+            with self._drivers_lock:
+                drivers = self._async_drivers
+                if drivers is None:
+                    drivers = self._async_drivers = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=self._workers.max_workers, thread_name_prefix="django-aio-request-async"
+                    )
+        return drivers
+
+    def _send(
+        self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
+    ) -> ResponseWithVerdict:
+        response = self._pipeline(Attempt(self.endpoint, request, deadline, priority, number, cancellation))
+        return ResponseWithVerdict(response, self.classifier.classify(response), number)
+
+    def _after_fork_in_child(self) -> None:
+        # As AttemptThreadPool's: the parent's call threads are gone; the child makes its own on use
+        # (the first async calls of a client used before fork() never started, and answered 408).
+        self._async_drivers = None
+        self._drivers_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Wait for running attempts, then close pooled connections and stop the client's threads.
+
+        Calls in flight meanwhile send no more hedges. A call made after ``close()`` opens what it
+        needs again (threads, connections), as a requests ``Session`` or a Django cache connection
+        does: a client held past a settings change (``clients.reset()``) keeps working, sync and
+        async alike, hedges included.
+        """
+        with self._drivers_lock:  # closed in one step: a call from now on reopens what it needs anew
+            self._closed = True
+            drivers, self._async_drivers = self._async_drivers, None
+            workers = self._workers.detach()
+            if self.circuit_breaker is not None:
+                unwatch_breaker(self.circuit_breaker)
+        if drivers is not None:
+            drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
+        workers.shutdown(wait=True)
+        self.transport.close()
+        if self.circuit_breaker is not None:
+            self.circuit_breaker.close()
+
+    def _reopen(self) -> None:
+        """The first call after :meth:`close`: a new pool of attempt workers (threads made on use),
+        and the breaker back in the state gauge. Async drivers are made on use by :meth:`_drivers`;
+        the transport reopens its pools by itself."""
+        with self._drivers_lock:
+            if not self._closed:
+                return
+            self._workers.reopen()
+            if self.circuit_breaker is not None and self._metrics is not None:
+                watch_breaker(self.circuit_breaker, self.endpoint)
+            self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Client {self.endpoint}>"
+
+
+def _cancellable(send: SendAttempt, cancellation: Cancellation) -> SendAttempt:
+    """``send`` whose attempts are also aborted by the call's ``cancellation``.
+
+    Each attempt gets a cancellation of its own, raised by either the strategy's (a hedge lost)
+    or the call's (the awaiting task was cancelled), so the transport shuts its socket in both
+    cases. Once the call is cancelled no attempt is sent: a first one answers 499, a later one
+    is refused like a retry the budget does not allow (the strategy makes no more).
+    """
+
+    def send_cancellable(
+        request: Request, deadline: Deadline, priority: Priority, number: int, from_strategy: Cancellation | None
+    ) -> ResponseWithVerdict | None:
+        if cancellation.cancelled:
+            if number:
+                return None
+            return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.ACCEPT, number)
+        attempt = Cancellation()
+        undo_call = cancellation.on_cancel(attempt.cancel)
+        undo_strategy = from_strategy.on_cancel(attempt.cancel) if from_strategy is not None else None
+        try:
+            return send(request, deadline, priority, number, attempt)
+        finally:
+            undo_call()
+            if undo_strategy is not None:
+                undo_strategy()
+
+    return send_cancellable
+
+
+class _Call:
+    """One call's ``send``: spends the retry budget and lowers the priority of hedges.
+
+    An attempt numbered > 0 is an extra one, which the budget may refuse (nothing is sent, and
+    ``send`` returns None); a first attempt deposits. A hedge is an extra attempt sent while another
+    attempt of the same call is still in flight: with ``hedge_priority`` it goes at a lower
+    priority. A retry after a finished attempt keeps the call's priority.
+    """
+
+    __slots__ = ("_client", "_in_flight", "_lock", "refused")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._in_flight = 0
+        self._lock = threading.Lock() if client.hedge_priority is not None else None
+        self.refused = False
+
+    def send(
+        self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
+    ) -> ResponseWithVerdict | None:
+        client = self._client
+        budget = client.retry_budget
+        if budget is not None:
+            if number == 0:
+                budget.record_first()
+            elif not budget.try_spend():
+                self.refused = True
+                if client._metrics is not None:
+                    client._metrics.budget_exhausted()
+                return None
+        lock = self._lock
+        if lock is None:
+            return client._send(request, deadline, priority, number, cancellation)
+        with lock:
+            hedge = number > 0 and self._in_flight > 0
+            self._in_flight += 1
+        try:
+            if hedge:
+                priority = hedge_priority_for(priority, client.hedge_priority)
+            return client._send(request, deadline, priority, number, cancellation)
+        finally:
+            with lock:
+                self._in_flight -= 1
+
+
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,167 @@
+import enum
+import ipaddress
+import urllib.parse
+
+import requests
+import urllib3
+
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier
+from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
+from django_aio_request.core.pipeline import (
+    CircuitBreakerModule,
+    LowTimeoutModule,
+    RequestEnricher,
+    RequestModule,
+    TransportModule,
+    build_pipeline,
+)
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.response import Response
+from django_aio_request.core.retry_budget import RetryBudget
+from django_aio_request.metrics.breaker import watch_breaker
+from django_aio_request.metrics.client import ClientMetrics, client_retry_budget_exhausted
+from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
+from django_aio_request.strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
+from django_aio_request.transport.base import Transport
+from django_aio_request.transport.requests_transport import RequestsTransport
+
+DEFAULT_MAX_WORKERS = 32
+
+
+class _Default(enum.Enum):
+    DEFAULT = "default"
+
+
+#: ``setup(retry_budget=DEFAULT_RETRY_BUDGET)``: a new ``RetryBudget()`` (20% + 10/s over 10 s) per client.
+DEFAULT_RETRY_BUDGET = _Default.DEFAULT
+
+
+def validate_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` if it is an absolute http(s) URL with a host, else raise ValueError."""
+    if not isinstance(endpoint, str):
+        raise ValueError(f"endpoint must be a string URL, not {type(endpoint).__name__}")
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"endpoint must be an absolute http:// or https:// URL with a host, not {endpoint!r}")
+    if parts.username is not None or parts.password is not None:
+        # The endpoint labels metrics, keys breakers and appears in logs and admin: no place for secrets.
+        raise ValueError(
+            f"endpoint must not carry credentials (user:password@): the endpoint of {parts.hostname!r} is shown "
+            "in metrics, logs and admin; send credentials with a request enricher or a requests.Session's auth"
+        )
+    try:
+        _ = parts.port
+    except ValueError as error:
+        raise ValueError(f"endpoint {endpoint!r} has an invalid port: {error}") from None
+    if parts.query or parts.fragment or endpoint.endswith(("?", "#")):
+        # Never sent (a call's URL is the endpoint's path joined with the call's), and the endpoint
+        # is shown in metrics, logs and admin: a token there would be both lost and exposed.
+        shown = urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
+        raise ValueError(
+            f"endpoint must not have a query (?...) or fragment (#...), {shown!r} has one: it is never sent, and "
+            "the endpoint is shown in metrics, logs and admin; put parameters in each request, or add them "
+            "with a request enricher"
+        )
+    _check_host(endpoint, parts.hostname)
+    return endpoint
+
+
+def _check_host(endpoint: str, host: str) -> None:
+    """Refuse a host that the first call would fail to build a URL or a socket address for (urllib3's
+    parser, requests' IDNA encoding, then the codec ``socket`` encodes names with: empty labels,
+    labels over 63 characters, spaces, zero-width and full-width characters)."""
+    try:
+        urllib3.util.parse_url(endpoint)
+        requests.PreparedRequest().prepare_url(endpoint, None)
+        if not _is_ip_address(host):
+            host.encode("idna")
+    except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL, UnicodeError) as error:
+        raise ValueError(f"endpoint {endpoint!r} has an invalid host {host!r}: {error}") from None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def setup(
+    *,
+    endpoint: str,
+    transport: Transport | None = None,
+    safe_method_strategy: RequestStrategy | None = None,
+    unsafe_method_strategy: RequestStrategy | None = None,
+    response_classifier: ResponseClassifier | None = None,
+    timeout: float = 20.0,
+    priority: Priority = Priority.NORMAL,
+    low_timeout_threshold: float = 0.005,
+    emit_system_headers: bool = True,
+    request_enricher: RequestEnricher | None = None,
+    circuit_breaker: CircuitBreaker[str, Response] | None = None,
+    service_name: str | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    metrics: bool = True,
+    retry_budget: RetryBudget | _Default | None = DEFAULT_RETRY_BUDGET,
+    hedge_priority: HedgePriority = None,
+) -> Client:
+    """Build a client for ``endpoint``.
+
+    Safe methods use ``safe_method_strategy`` (default: 3 sequential attempts), the others
+    ``unsafe_method_strategy`` (default: one attempt). ``max_workers`` bounds the threads that run
+    parallel (hedged) attempts. Without a ``transport``, a :class:`RequestsTransport` is made with a
+    connection pool as large as the attempts it lets run at once. ``metrics``: record the client's
+    Prometheus metrics (docs/metrics.md; nothing is recorded without prometheus-client anyway).
+
+    ``retry_budget`` bounds the extra attempts (retries and hedges) of all the client's strategies:
+    by default a new ``RetryBudget()`` (20% of first attempts plus 10 per second, over 10 s); None
+    turns it off. ``hedge_priority``: None sends hedges with the call's priority, ``"lower"`` one
+    step lower, a :class:`Priority` with that one (never above the call's). See
+    docs/budgets-and-shedding.md.
+    """
+    validate_endpoint(endpoint)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if low_timeout_threshold < 0:
+        raise ValueError(f"low_timeout_threshold must be >= 0, not {low_timeout_threshold!r}")
+    if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
+        raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")
+    budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
+    hedge_priority = validate_hedge_priority(hedge_priority)
+    classifier = response_classifier or DefaultResponseClassifier()
+    strategy: MethodBasedStrategy = method_based_strategy(safe=safe_method_strategy, unsafe=unsafe_method_strategy)
+    recorder = ClientMetrics(endpoint) if metrics and METRICS_ENABLED else None
+    modules: list[RequestModule] = [LowTimeoutModule(low_timeout_threshold, recorder)]
+    if circuit_breaker is not None:
+        modules.append(CircuitBreakerModule(circuit_breaker, classifier))
+        if recorder is not None:
+            watch_breaker(circuit_breaker, endpoint)
+    if budget is not None and recorder is not None:
+        client_retry_budget_exhausted.labels(endpoint)  # exported at 0 from the start
+    transport = transport if transport is not None else RequestsTransport()
+    modules.append(
+        TransportModule(
+            transport,
+            emit_system_headers=emit_system_headers,
+            request_enricher=request_enricher,
+            service_name=service_name,
+            metrics=recorder,
+        )
+    )
+    return Client(
+        endpoint=endpoint,
+        strategy=strategy,
+        classifier=classifier,
+        timeout=float(timeout),
+        priority=Priority(priority),
+        pipeline=build_pipeline(modules),
+        workers=AttemptThreadPool(max_workers),
+        transport=transport,
+        metrics=recorder,
+        circuit_breaker=circuit_breaker,
+        retry_budget=budget,
+        hedge_priority=hedge_priority,
+    )

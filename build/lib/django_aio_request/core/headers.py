@@ -1,0 +1,11 @@
+"""Header names of the wire format shared with aio-request."""
+
+from typing import Final
+
+X_REQUEST_TIMEOUT: Final = "X-Request-Timeout"
+X_REQUEST_PRIORITY: Final = "X-Request-Priority"
+X_SERVICE_NAME: Final = "X-Service-Name"
+X_DO_NOT_RETRY: Final = "X-Do-Not-Retry"
+X_CIRCUIT_BREAKER: Final = "X-Circuit-Breaker"
+CONTENT_TYPE: Final = "Content-Type"
+LOCATION: Final = "Location"

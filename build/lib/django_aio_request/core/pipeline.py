@@ -1,0 +1,169 @@
+"""The stages one attempt passes through, each wrapping the next, as in aio-request:
+low-timeout guard -> circuit breaker -> transport (which adds the system headers)."""
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from django_aio_request.breaker.circuit_breaker import CircuitBreaker
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request, check_headers
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.metrics.client import ClientMetrics
+from django_aio_request.transport.base import Transport
+
+RequestEnricher = Callable[[Request], Request]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    endpoint: str
+    request: Request
+    deadline: Deadline
+    priority: Priority
+    number: int  # 0 for a call's first attempt
+    cancellation: Cancellation | None
+
+
+Next = Callable[[Attempt], Response]
+
+
+class RequestModule(abc.ABC):
+    @abc.abstractmethod
+    def execute(self, next_: Next, attempt: Attempt) -> Response: ...
+
+
+class LowTimeoutModule(RequestModule):
+    """With less time left than ``threshold`` no request could finish: answer 408 without sending."""
+
+    def __init__(self, threshold: float, metrics: ClientMetrics | None = None) -> None:
+        self.threshold = threshold
+        self.metrics = metrics  # counts every attempt here, the first stage, and the ones refused
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.attempt(attempt.request.method, attempt.number)
+        if attempt.deadline.timeout < self.threshold or attempt.deadline.expired:
+            if metrics is not None:
+                metrics.deadline_rejected(
+                    attempt.request.method, "expired" if attempt.deadline.expired else "low_timeout"
+                )
+            return EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+        return next_(attempt)
+
+
+class CircuitBreakerModule(RequestModule):
+    """Counts outcomes per endpoint; an open circuit answers 502 without touching the network."""
+
+    def __init__(self, breaker: CircuitBreaker[str, Response], classifier: ResponseClassifier) -> None:
+        self.breaker = breaker
+        self.classifier = classifier
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        # What raises below is a programming error (a header HTTP cannot carry, an enricher that
+        # fails: the transport never raises for the network's doing), not the endpoint's: counted as
+        # its failure, three of them opened the circuit on a healthy server. The breaker is given no
+        # verdict instead (a probe lets the next call probe), and the error is raised on.
+        raised: list[Exception] = []
+
+        def operation() -> Response:
+            try:
+                return next_(attempt)
+            except Exception as error:
+                raised.append(error)
+                return _NO_VERDICT
+
+        response = self.breaker.execute(
+            scope=attempt.endpoint,
+            operation=operation,
+            fallback=_open_circuit_response,
+            is_successful=self._is_successful,
+        )
+        if raised:
+            error = raised.pop()
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame, which the traceback holds
+        return response
+
+    def _is_successful(self, response: Response) -> bool | None:
+        if response.status == status.CANCELLED or response is _NO_VERDICT:
+            return None  # abandoned by its strategy, or raised: says nothing about the endpoint
+        return self.classifier.classify(response) is ResponseVerdict.ACCEPT
+
+
+_NO_VERDICT = EmptyResponse(status=status.CANCELLED)  # stands for a raised error inside the breaker only
+
+
+def _open_circuit_response() -> Response:
+    return EmptyResponse(status=status.CIRCUIT_BREAKER_OPEN, headers={h.X_CIRCUIT_BREAKER: "1", h.X_DO_NOT_RETRY: "1"})
+
+
+class TransportModule(RequestModule):
+    """Adds the propagation headers, lets the enricher have its say, and sends."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        emit_system_headers: bool,
+        request_enricher: RequestEnricher | None,
+        service_name: str | None,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.transport = transport
+        self.emit_system_headers = emit_system_headers
+        self.request_enricher = request_enricher
+        self.service_name = service_name
+
+    def execute(self, next_: Next, attempt: Attempt) -> Response:
+        request = attempt.request
+        if self.emit_system_headers:
+            system = {
+                h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout),
+                h.X_REQUEST_PRIORITY: str(attempt.priority),
+            }
+            if self.service_name:
+                system[h.X_SERVICE_NAME] = self.service_name
+            request = request.with_headers(system)
+        if self.request_enricher is not None:
+            sent = request.headers.get(h.X_REQUEST_TIMEOUT)
+            request = self.request_enricher(request)
+            check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
+            if sent is not None and request.headers.get(h.X_REQUEST_TIMEOUT) == sent:
+                # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
+                # its own: it promised the downstream the time left before the enricher ran.
+                request = request.with_headers({h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout)})
+        # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
+        if self.metrics is None:
+            return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
+        started = time.perf_counter()
+        response = self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
+        self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
+        return response
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def build_pipeline(modules: Sequence[RequestModule]) -> Next:
+    def end(_attempt: Attempt) -> Response:
+        raise RuntimeError("the pipeline must end with a module that sends")
+
+    def link(module: RequestModule, next_: Next) -> Next:
+        return lambda attempt: module.execute(next_, attempt)
+
+    pipeline: Next = end
+    for module in reversed(modules):
+        pipeline = link(module, pipeline)
+    return pipeline

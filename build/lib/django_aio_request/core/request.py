@@ -1,0 +1,211 @@
+"""Requests relative to a client's endpoint, and the builders that make them."""
+
+import functools
+import json
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django_aio_request.core import headers as h
+
+MAX_REDIRECTS = 10
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+PathParameters = Mapping[str, Any]
+QueryParameters = Mapping[str, Any] | Iterable[tuple[str, Any]]
+Headers = Mapping[str, str]
+
+
+class Request:
+    """One logical request: the method, a URL template relative to the endpoint, and its parts.
+
+    ``url`` stays a template (``"things/{id}"``); ``path_parameters`` fill it when the request is
+    sent, so the template can label metrics and key latency statistics with a bounded set of values.
+    """
+
+    __slots__ = (
+        "allow_redirects",
+        "body",
+        "headers",
+        "max_redirects",
+        "method",
+        "path_parameters",
+        "query_parameters",
+        "url",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        path_parameters: PathParameters | None = None,
+        query_parameters: QueryParameters | None = None,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        allow_redirects: bool = True,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme or parsed.netloc:
+            raise ValueError(f"request URL must be relative to the client's endpoint, not absolute: {url!r}")
+        if body is not None and not isinstance(body, bytes | bytearray):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}; use post_json() for objects")
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, not {max_redirects}")
+        self.method = method.upper()
+        self.url = url
+        self.path_parameters = path_parameters
+        self.query_parameters = query_parameters
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        check_headers(self.headers)
+        self.body = bytes(body) if body is not None else None
+        self.allow_redirects = allow_redirects
+        self.max_redirects = max_redirects
+
+    def with_headers(self, extra: Headers) -> "Request":
+        """A copy whose headers are updated with ``extra`` (case-insensitively replacing)."""
+        check_headers(extra)
+        lowered = {name.lower() for name in extra}
+        merged = {k: v for k, v in self.headers.items() if k.lower() not in lowered}
+        merged.update(extra)
+        copy = object.__new__(Request)  # every attribute is already valid: skip __init__'s checks
+        for name in Request.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.headers = merged
+        return copy
+
+    def build_url(self, endpoint: str) -> str:
+        """The absolute URL: the endpoint joined (RFC 3986) with the filled template and the query."""
+        path = self.url
+        for name, value in (self.path_parameters or {}).items():
+            quoted = urllib.parse.quote(str(value), safe="")
+            if quoted in (".", ".."):
+                # A dot segment would move the request to another path (RFC 3986 removes it on join,
+                # and requests decodes %2E back to a dot), so it can only be refused.
+                raise ValueError(f"path parameter {name!r} cannot be {value!r}: it would change the path")
+            path = path.replace("{" + name + "}", quoted)
+        if "{" in path and (missing := _PLACEHOLDER.search(path)):
+            raise ValueError(f"request URL {self.url!r} has a placeholder {missing.group(0)} with no path parameter")
+        url = _join(endpoint, path)
+        query = encode_query(self.query_parameters)
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        return url
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url}>"
+
+
+def check_headers(headers: Headers) -> None:
+    """Header names and values HTTP/1.1 can carry: text that encodes as Latin-1, without line breaks.
+
+    Anything else is a programming error, raised here before anything is sent (a value of None is
+    requests' way of dropping a session's default header, and passes). A value such as
+    ``"заказы"`` failed only as ``http.client`` encoded it, as a network error (489): retried, counted
+    against the circuit breaker, which then opened on a healthy server.
+    """
+    for name, value in headers.items():
+        if value is None:  # as in requests: drops a default of the session
+            continue
+        for part, what in ((name, "name"), (value, "value")):
+            if not isinstance(part, str):
+                raise TypeError(f"header {name!r}: the {what} must be a str, not {type(part).__name__}")
+            if not part.isascii():
+                try:
+                    part.encode("latin-1")
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"header {name!r}: the {what} has characters HTTP/1.1 cannot carry (not Latin-1);"
+                        " encode it (e.g. percent-encoding or base64)"
+                    ) from None
+            if "\r" in part or "\n" in part or "\0" in part:
+                raise ValueError(f"header {name!r}: the {what} holds a line break or NUL")
+
+
+@functools.lru_cache(maxsize=1024)
+def _join(endpoint: str, path: str) -> str:
+    return urllib.parse.urljoin(endpoint, path)
+
+
+def encode_query(parameters: QueryParameters | None) -> str:
+    """Encode query parameters: lists become repeated keys, None values are dropped."""
+    if not parameters:
+        return ""
+    items = parameters.items() if isinstance(parameters, Mapping) else parameters
+    pairs: list[tuple[str, str]] = []
+    for name, value in items:
+        values = value if isinstance(value, list | tuple | set | frozenset) else [value]
+        pairs.extend((name, _query_value(v)) for v in values if v is not None)
+    return urllib.parse.urlencode(pairs)
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def request(
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    path_parameters: PathParameters | None = None,
+    query_parameters: QueryParameters | None = None,
+    headers: Headers | None = None,
+    allow_redirects: bool = True,
+    max_redirects: int = MAX_REDIRECTS,
+) -> Request:
+    return Request(
+        method=method,
+        url=url,
+        body=body,
+        path_parameters=path_parameters,
+        query_parameters=query_parameters,
+        headers=headers,
+        allow_redirects=allow_redirects,
+        max_redirects=max_redirects,
+    )
+
+
+def get(url: str, **kwargs: Any) -> Request:
+    return request("GET", url, **kwargs)
+
+
+def delete(url: str, **kwargs: Any) -> Request:
+    return request("DELETE", url, **kwargs)
+
+
+def post(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("POST", url, body=body, **kwargs)
+
+
+def put(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("PUT", url, body=body, **kwargs)
+
+
+def patch(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+    return request("PATCH", url, body=body, **kwargs)
+
+
+def request_json(method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Any) -> Request:
+    """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    merged = dict(headers or {})
+    if not any(name.lower() == h.CONTENT_TYPE.lower() for name in merged):  # the caller's own type wins
+        merged[h.CONTENT_TYPE] = "application/json"
+    return request(method, url, body=body, headers=merged, **kwargs)
+
+
+def post_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("POST", url, data, **kwargs)
+
+
+def put_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("PUT", url, data, **kwargs)
+
+
+def patch_json(url: str, data: Any, **kwargs: Any) -> Request:
+    return request_json("PATCH", url, data, **kwargs)

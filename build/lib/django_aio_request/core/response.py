@@ -1,0 +1,158 @@
+"""Responses: one read in full by the transport, or a synthetic one made without the network."""
+
+import codecs
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from requests.structures import CaseInsensitiveDict
+
+from django_aio_request.core import headers as h
+
+# The media type alone: "application/json" or "application/<anything>+json", then parameters or nothing
+# ("application/jsonp", "application/json-seq" are other types).
+_JSON = re.compile(r"^\s*application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
+_PYTHON_LITERAL_CODECS = frozenset({"unicode-escape", "raw-unicode-escape"})
+_QUOTES_AND_SPACE = "\"' \t"
+
+
+def _charset_parameter(content_type: str) -> str | None:
+    """The ``charset`` parameter of a media type (``text/html; charset="utf-8"``), read as requests
+    reads it (each ``;``-separated parameter, quotes stripped): not a ``charset=`` that appears
+    inside another parameter's value (``foo="charset=utf-16"``)."""
+    found = None
+    for parameter in content_type.split(";")[1:]:
+        key, equals, value = parameter.partition("=")
+        if equals and key.strip(_QUOTES_AND_SPACE).lower() == "charset":
+            found = value.strip(_QUOTES_AND_SPACE)
+    return found
+
+
+class UnexpectedContentTypeError(Exception):
+    """The response's Content-Type is not the one the caller expected."""
+
+
+def _is_expected(actual: str, expected: str) -> bool:
+    if expected == "application/json":
+        return bool(_JSON.match(actual))
+    return expected.lower() in actual.lower()
+
+
+class Response:
+    """A response whose body has been read; ``elapsed`` is the attempt's wall time in seconds."""
+
+    __slots__ = ("_body", "budget_exhausted", "elapsed", "headers", "status")
+
+    def __init__(
+        self, *, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"", elapsed: float = 0.0
+    ) -> None:
+        self.status = status
+        # A transport hands over requests' own dict, which nothing else holds: no need to copy it.
+        self.headers: CaseInsensitiveDict[str] = (
+            headers if isinstance(headers, CaseInsensitiveDict) else CaseInsensitiveDict(headers or {})
+        )
+        self.elapsed = elapsed
+        self._body = body
+        # Set by the client on a call's final response: its retry budget refused an extra attempt
+        # (a retry or a hedge) this call would have sent (docs/budgets-and-shedding.md).
+        self.budget_exhausted = False
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get(h.CONTENT_TYPE, "")
+
+    def read(self) -> bytes:
+        return self._body
+
+    def text(self, encoding: str | None = None) -> str:
+        """The body decoded with ``encoding``, else the charset the response names, else UTF-8.
+
+        Bytes that do not decode are replaced. A charset the peer names that cannot decode that way
+        (``undefined``, ``idna``, ``punycode``: codecs that refuse ``errors="replace"`` or fail on
+        any input) is ignored, as an unknown one is: UTF-8 then. An ``encoding`` the caller passes
+        is the caller's: a wrong one raises.
+        """
+        if encoding is not None:
+            return self._body.decode(encoding, errors="replace")
+        charset = self._charset()
+        if charset is not None:
+            try:
+                return self._body.decode(charset, errors="replace")
+            except (UnicodeError, LookupError):
+                pass
+        return self._body.decode("utf-8", errors="replace")
+
+    def json(
+        self,
+        *,
+        encoding: str | None = None,
+        loads: Callable[[str], Any] = json.loads,
+        content_type: str | None = "application/json",
+    ) -> Any:
+        """The body parsed as JSON. ``content_type=None`` skips the Content-Type check.
+
+        Raises only ``UnexpectedContentTypeError`` and what ``loads`` raises for invalid input
+        (``json.JSONDecodeError``, a ``ValueError``, also for nesting too deep to parse)."""
+        if content_type is not None and not _is_expected(self.content_type, content_type):
+            raise UnexpectedContentTypeError(
+                f"expected {content_type!r} but the response (status {self.status}) has {self.content_type!r}"
+            )
+        if not self._body:
+            return None
+        # A byte order mark before the JSON text: RFC 8259 lets a parser ignore it, requests does,
+        # json.loads refuses it ("Unexpected UTF-8 BOM").
+        text = self.text(encoding).removeprefix("\ufeff")
+        try:
+            return loads(text)
+        except RecursionError:
+            # json.loads recurses once per nesting level: "[" * 100_000 from a peer must not escape
+            # as a RecursionError, which no caller expects from parsing.
+            raise json.JSONDecodeError("nested too deeply to parse", text, 0) from None
+        except ValueError as error:
+            if loads is not json.loads or isinstance(error, json.JSONDecodeError):
+                raise
+            # A number of more than 4,300 digits (int()'s limit) is valid JSON that json.loads refuses
+            # with a plain ValueError: the documented error, so that a caller's except catches it.
+            raise json.JSONDecodeError(f"cannot be parsed: {error}", text, 0) from None
+
+    def _charset(self) -> str | None:
+        name = _charset_parameter(self.content_type)
+        if not name:
+            return None
+        try:
+            info = codecs.lookup(name)
+        except LookupError:
+            return None
+        # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError);
+        # the escape codecs read Python literals, and warn (DeprecationWarning) on what they cannot.
+        if not getattr(info, "_is_text_encoding", True) or info.name in _PYTHON_LITERAL_CODECS:
+            return None
+        return info.name
+
+    def is_informational(self) -> bool:
+        return 100 <= self.status < 200
+
+    def is_successful(self) -> bool:
+        return 200 <= self.status < 300
+
+    def is_redirection(self) -> bool:
+        return 300 <= self.status < 400
+
+    def is_client_error(self) -> bool:
+        return 400 <= self.status < 500
+
+    def is_server_error(self) -> bool:
+        return 500 <= self.status < 600
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+class EmptyResponse(Response):
+    """A response made without a body, for outcomes decided without the server (timeout, open breaker)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, status: int, headers: Mapping[str, str] | None = None, elapsed: float = 0.0) -> None:
+        super().__init__(status=status, headers=headers, elapsed=elapsed)

@@ -1,0 +1,139 @@
+"""A retry budget, as in Finagle and Envoy: extra attempts (retries and hedges) may add at most a
+share of a client's first attempts, plus a small floor, over a sliding window.
+
+This module imports no Django.
+"""
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+DEFAULT_RATIO = 0.2
+DEFAULT_MIN_PER_SECOND = 10.0
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_BUCKETS = 10
+
+
+class RetryBudget:
+    """Allows an extra attempt only while, over the last ``window_seconds``::
+
+        extras + 1 <= ratio * firsts + min_per_second * window_seconds
+
+    ``record_first()`` deposits a first attempt; ``try_spend()`` asks for an extra one and records
+    it when allowed. The window is a ring of ``buckets`` buckets of ``window_seconds / buckets``
+    each (one second with the defaults): a call costs O(1), amortised over the buckets it expires.
+
+    What it guarantees: over any run, the extras it allows are at most
+    ``ratio * firsts + min_per_second * window_seconds * k``, where ``k`` is the number of disjoint
+    windows the run spans (``ceil(buckets touched / buckets)``; 1 or 2 for a run shorter than the
+    window). An extra is always recorded no earlier than the firsts that paid for it, so it stays
+    in every window they are in: the same firsts never pay twice.
+
+    Thread-safe: one lock, held for a few arithmetic operations. One budget is shared by all the
+    strategies of a client; several clients may share one too.
+    """
+
+    __slots__ = (
+        "_bucket_seconds",
+        "_clock",
+        "_current",
+        "_extras",
+        "_firsts",
+        "_floor",
+        "_lock",
+        "_ring",
+        "_size",
+        "min_per_second",
+        "ratio",
+        "refused",
+        "window_seconds",
+    )
+
+    def __init__(
+        self,
+        ratio: float = DEFAULT_RATIO,
+        min_per_second: float = DEFAULT_MIN_PER_SECOND,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        *,
+        buckets: int = DEFAULT_BUCKETS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not _finite(ratio) or ratio < 0:
+            raise ValueError(f"ratio must be a number >= 0, not {ratio!r}")
+        if not _finite(min_per_second) or min_per_second < 0:
+            raise ValueError(f"min_per_second must be a number >= 0, not {min_per_second!r}")
+        if not _finite(window_seconds) or window_seconds <= 0:
+            raise ValueError(f"window_seconds must be a number > 0, not {window_seconds!r}")
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+            raise ValueError(f"buckets must be a whole number >= 1, not {buckets!r}")
+        self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.window_seconds = float(window_seconds)
+        self._floor = self.min_per_second * self.window_seconds
+        self._size = buckets
+        self._bucket_seconds = self.window_seconds / buckets
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Per bucket: [bucket index (time // bucket_seconds), firsts, extras]; totals kept alongside.
+        self._ring: list[list[int]] = [[-1, 0, 0] for _ in range(buckets)]
+        self._current = self._index()
+        self._firsts = 0
+        self._extras = 0
+        self.refused = 0  # extra attempts refused since the budget was made
+
+    def record_first(self) -> None:
+        """Deposit a first attempt."""
+        with self._lock:
+            bucket = self._advance()
+            bucket[1] += 1
+            self._firsts += 1
+
+    def try_spend(self) -> bool:
+        """Ask for an extra attempt: True (and recorded) when the budget allows it, else False."""
+        with self._lock:
+            bucket = self._advance()
+            if self._extras + 1 > self.ratio * self._firsts + self._floor:
+                self.refused += 1
+                return False
+            bucket[2] += 1
+            self._extras += 1
+            return True
+
+    def available(self) -> int:
+        """How many extra attempts the budget would allow right now."""
+        with self._lock:
+            self._advance()
+            return max(0, math.floor(self.ratio * self._firsts + self._floor) - self._extras)
+
+    def _index(self) -> int:
+        return math.floor(self._clock() / self._bucket_seconds)
+
+    def _advance(self) -> list[int]:
+        """Expire the buckets that left the window; the current bucket. Call with the lock held."""
+        now = self._index()
+        if now > self._current:
+            # Each bucket is reset at most once per window; past a whole window, every one is.
+            for index in range(max(self._current + 1, now - self._size + 1), now + 1):
+                bucket = self._ring[index % self._size]
+                if bucket[0] != index:
+                    self._firsts -= bucket[1]
+                    self._extras -= bucket[2]
+                    bucket[0], bucket[1], bucket[2] = index, 0, 0
+            self._current = now
+        bucket = self._ring[self._current % self._size]
+        if bucket[0] != self._current:  # the first use of the very first bucket
+            self._firsts -= bucket[1]
+            self._extras -= bucket[2]
+            bucket[0], bucket[1], bucket[2] = self._current, 0, 0
+        return bucket
+
+    def __repr__(self) -> str:
+        return (
+            f"<RetryBudget ratio={self.ratio:g} min_per_second={self.min_per_second:g} "
+            f"window_seconds={self.window_seconds:g}>"
+        )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

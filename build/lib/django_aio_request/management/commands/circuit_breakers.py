@@ -1,0 +1,77 @@
+"""``manage.py circuit_breakers``: the admin's "Circuit breakers" table, in a terminal."""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections
+from django.utils import timezone
+
+from django_aio_request.breaker_words import ago, calls, state_note
+from django_aio_request.models import COUNT_WINDOW, BreakerStatus, State
+
+COLUMNS = ("state", "client", "endpoint", "processes", f"calls, last {COUNT_WINDOW:.0f} s", "changed", "last seen")
+
+
+def table(rows: list[BreakerStatus]) -> list[str]:
+    """The lines of the table: a header, then one line per client and endpoint, columns aligned.
+    The same columns as the admin list; a state's note (probe due, override pending) follows it."""
+    now = timezone.now()
+    cells = []
+    for row in rows:
+        note = state_note(row, now)
+        cells.append(
+            (
+                State(row.state).label + (f": {note}" if note else ""),
+                row.client,
+                row.endpoint,
+                row.processes_summary(),
+                calls(row.failures, row.successes, row.rejected),
+                ago(row.changed_at, now),
+                ago(row.reported_at, now),
+            )
+        )
+    widths = [max(len(text) for text in column) for column in zip(COLUMNS, *cells, strict=False)]
+    return ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+            for line in (COLUMNS, *cells)]  # fmt: skip
+
+
+class Command(BaseCommand):
+    help = "Print every circuit breaker as all processes report it (the admin's 'Circuit breakers' page)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--client", action="append", help="only this client (repeatable)")
+        parser.add_argument("--state", action="append", choices=State.values, help="only this state (repeatable)")
+        parser.add_argument("--database", default=None, help="the database alias to read (default: routed)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        rows = BreakerStatus.objects.all()
+        if options["database"] is not None:
+            if options["database"] not in connections:
+                known = ", ".join(connections) or "none"
+                raise CommandError(f"no database {options['database']!r} in settings.DATABASES (known: {known})")
+            rows = rows.using(options["database"])
+        if options["client"]:
+            rows = rows.filter(client__in=options["client"])
+        if options["state"]:
+            rows = rows.filter(state__in=options["state"])
+        try:
+            found = list(rows)
+        except DatabaseError as error:  # not migrated there, or unreachable: say so, no traceback
+            raise CommandError(
+                f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
+                " has `manage.py migrate django_aio_request` run there?"
+            ) from None
+        if not found:
+            wanted = (
+                " matching "
+                + ", ".join(f"{name} {' or '.join(options[name])}" for name in ("client", "state") if options[name])
+                if options["client"] or options["state"]
+                else ""
+            )
+            self.stdout.write(
+                f"No circuit breaker{wanted} is reported now"
+                " (no live process has built a client with one, or made a call)."
+            )
+            return
+        for line in table(found):
+            self.stdout.write(line)

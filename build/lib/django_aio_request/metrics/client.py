@@ -1,0 +1,118 @@
+"""The client's metrics: call and transport latency, attempts, winning attempts, budget and deadline refusals.
+
+Every label value comes from a bounded set: configured endpoints, request path templates, methods,
+status codes and attempt numbers (``5+`` from the fifth on). See docs/metrics.md.
+"""
+
+from typing import Any
+
+from django_aio_request.metrics.deferred import DeferredObservations
+from django_aio_request.metrics.prometheus import BUCKETS, family
+
+CLIENT = ("request_endpoint", "request_method")
+client_latency = family(
+    "Histogram",
+    "aio_request_latency",
+    "Duration of client requests.",
+    (*CLIENT, "request_path", "response_status", "circuit_breaker"),
+    buckets=BUCKETS,
+)
+transport_latency = family(
+    "Histogram",
+    "aio_request_transport_latency",
+    "Duration of transport requests.",
+    (*CLIENT, "request_path", "response_status"),
+    buckets=BUCKETS,
+)
+client_attempts = family(
+    "Counter",
+    "aio_request_attempts_total",
+    "Attempts started by client calls, by attempt number (0: the first; retries and hedges above).",
+    (*CLIENT, "attempt"),
+)
+client_retries = family(
+    "Counter",
+    "aio_request_retries_total",
+    "Attempts beyond a call's first (retries and hedges).",
+    CLIENT,
+)
+client_winning_attempt = family(
+    "Counter",
+    "aio_request_winning_attempt_total",
+    "Client calls by the attempt whose response the call returned (0: the first).",
+    (*CLIENT, "attempt"),
+)
+client_deadline_rejected = family(
+    "Counter",
+    "aio_request_deadline_rejected_total",
+    "Attempts answered 408 without sending: deadline expired, or less time left than LOW_TIMEOUT_THRESHOLD.",
+    (*CLIENT, "reason"),
+)
+client_retry_budget_exhausted = family(
+    "Counter",
+    "aio_request_retry_budget_exhausted_total",
+    "Extra attempts (retries and hedges) not sent because the client's retry budget was spent.",
+    ("request_endpoint",),
+)
+
+MAX_ATTEMPT_LABEL = 5  # attempt numbers from this one on share the label "5+"
+_ATTEMPTS = (*(str(n) for n in range(MAX_ATTEMPT_LABEL)), f"{MAX_ATTEMPT_LABEL}+")
+
+
+def attempt_label(number: int) -> str:
+    return _ATTEMPTS[min(number, MAX_ATTEMPT_LABEL)]
+
+
+class ClientMetrics:
+    """The metrics of one client (one endpoint label), called by the client and its pipeline.
+
+    What every call records (its latency, its attempts, each attempt's transport latency) is queued
+    and recorded off the caller's thread, as the server's latency is (see deferred.py):
+    recorded inline, these cost about 20 µs a call.
+    """
+
+    __slots__ = ("endpoint",)
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def call(self, method: str, path: str, status: int, *, circuit_breaker: bool, attempt: int, elapsed: float) -> None:
+        _client_observations.add((_record_call, self.endpoint, method, path, status, circuit_breaker, attempt, elapsed))
+
+    def attempt(self, method: str, number: int) -> None:
+        _client_observations.add((_record_attempt, self.endpoint, method, number))
+
+    def transport(self, method: str, path: str, status: int, elapsed: float) -> None:
+        _client_observations.add((_record_transport, self.endpoint, method, path, status, elapsed))
+
+    def deadline_rejected(self, method: str, reason: str) -> None:
+        client_deadline_rejected.labels(self.endpoint, method, reason).inc()
+
+    def budget_exhausted(self) -> None:
+        client_retry_budget_exhausted.labels(self.endpoint).inc()
+
+
+def _record_call(observation: tuple[Any, ...]) -> None:
+    _, endpoint, method, path, status, circuit_breaker, attempt, elapsed = observation
+    client_latency.labels(endpoint, method, path, str(status), str(circuit_breaker)).observe(elapsed)
+    client_winning_attempt.labels(endpoint, method, attempt_label(attempt)).inc()
+
+
+def _record_attempt(observation: tuple[Any, ...]) -> None:
+    _, endpoint, method, number = observation
+    client_attempts.labels(endpoint, method, attempt_label(number)).inc()
+    if number:
+        client_retries.labels(endpoint, method).inc()
+
+
+def _record_transport(observation: tuple[Any, ...]) -> None:
+    _, endpoint, method, path, status, elapsed = observation
+    transport_latency.labels(endpoint, method, path, str(status)).observe(elapsed)
+
+
+def _record(observation: tuple[Any, ...]) -> None:
+    """An observation is ``(record_function, *values)``; the function unpacks it."""
+    observation[0](observation)
+
+
+_client_observations: DeferredObservations[tuple[Any, ...]] = DeferredObservations(_record, name="client-metrics")

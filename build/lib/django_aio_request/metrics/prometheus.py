@@ -1,0 +1,182 @@
+"""prometheus-client, optional: metric families that are no-ops without it, and sharing with aio-request.
+
+The metrics live on prometheus_client's default registry, so django-prometheus's ``/metrics`` view
+(or ``prometheus_client.start_http_server``) exposes them. Without prometheus-client installed
+(``pip install django-aio-request[metrics]``) every metric here is a no-op.
+
+``aio_request_latency``, ``aio_request_transport_latency`` and ``aio_request_server_latency`` have
+aio-request's names, help texts, labels and buckets, so a process running both libraries shares
+one metric of each (whichever library is imported first creates it, the other uses it): see
+:class:`_Shared`. The metrics themselves are defined by their users: ``client.py``, ``breaker.py``
+and ``server.py`` beside this module.
+"""
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from django_aio_request.metrics.deferred import flush_all
+
+
+class Counter(Protocol):
+    def labels(self, *values: str, **labels: str) -> "Counter": ...
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Child(Protocol):
+    """One labelled series: a counter's, a gauge's or a histogram's."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+    def dec(self, amount: float = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+    def observe(self, amount: float) -> None: ...
+
+
+class _NoOpCounter:
+    def labels(self, *values: str, **labels: str) -> "_NoOpCounter":
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_NO_OP = _NoOpCounter()
+
+
+def counter(name: str, documentation: str, label: str | None = None, values: tuple[str, ...] = ()) -> Counter:
+    if _prometheus is None:
+        return _NoOpCounter()
+    if label is None:
+        unlabelled: Counter = _prometheus.Counter(name, documentation)
+        return unlabelled
+    counter: Counter = _prometheus.Counter(name, documentation, [label])
+    for value in values:  # exported at 0 from the start, so rates and alerts work before the first event
+        counter.labels(**{label: value})
+    return counter
+
+
+try:
+    import prometheus_client
+
+    _prometheus: Any = prometheus_client
+except ImportError:  # the optional extra is not installed
+    _prometheus = None
+
+ENABLED = _prometheus is not None
+
+
+# Labelled metrics used on every call and request: children are cached by label values (a dict
+# lookup instead of prometheus_client's locked labels()), which is safe because every label set is bounded.
+
+#: aio-request's buckets, for its three latency histograms.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75,
+           1.0, 5.0, 10.0, 15.0, 20.0)  # fmt: skip
+
+
+class Family:
+    """A labelled metric with a cache of its children (``labels(*values)``, positional only)."""
+
+    __slots__ = ("_by_key", "_children", "_labelnames", "_name", "_own", "_shared", "_target")
+
+    MAX_KEYS = 4096  # entries of the cache by caller's key (cached()/cache()); misses past it are not kept
+
+    def __init__(self, own: Any, name: str, labelnames: tuple[str, ...], *, shared: bool = False) -> None:
+        self._own = own
+        self._name = name
+        self._labelnames = labelnames
+        self._shared = shared
+        self._target = own
+        self._children: dict[tuple[str, ...], Child] = {}
+        self._by_key: dict[Any, Child] = {}
+
+    def labels(self, *values: str) -> Child:
+        if self._shared and _registered.get(self._name, self._own) is not self._target:
+            self._follow()
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._target.labels(*values)
+        return child
+
+    def cached(self, key: Any) -> Child | None:
+        """The child cached under the caller's own ``key`` (raw values a caller maps to labels), or None."""
+        if self._shared and _registered.get(self._name, self._own) is not self._target:
+            self._follow()
+        return self._by_key.get(key)
+
+    def cache(self, key: Any, child: Child) -> Child:
+        if len(self._by_key) < self.MAX_KEYS:
+            self._by_key[key] = child
+        return child
+
+    def _follow(self) -> None:
+        """Record into aio-request's collector of the same name once one is registered (see _Shared)."""
+        found = _registered.get(self._name)
+        if found is not None and found is not self._target and _compatible(found, self._own):
+            self._target = found
+            self._children = {}
+            self._by_key = {}
+
+
+def _compatible(found: Any, own: Any) -> bool:
+    return type(found) is type(own) and tuple(getattr(found, "_labelnames", ())) == tuple(own._labelnames)
+
+
+class _Shared:
+    """Exports our histograms of aio-request's names unless another collector registered the name.
+
+    Ours are not registered under their names: aio-request registers its own at import without a
+    duplicate check, so claiming a name would make ``import aio_request`` fail after us. This
+    collector claims no name (``describe()`` is empty) and collects ours while nobody else holds
+    the name; from the moment aio-request does, :class:`Family` records into its collector instead.
+    """
+
+    def __init__(self) -> None:
+        self.families: list[tuple[str, Any]] = []
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        # Collected before every collector registered after this module's import (ours, and
+        # aio-request's when imported later), so a scrape sees every request that has finished.
+        flush_all()
+        for name, own in self.families:
+            if name not in _registered:
+                yield from own.collect()
+
+
+def family(kind: str, name: str, documentation: str, labelnames: tuple[str, ...], **options: Any) -> Family:
+    if _prometheus is None:
+        return _NO_OP  # type: ignore[return-value]
+    factory = getattr(_prometheus, kind)
+    existing = _registered.get(name)
+    if existing is not None:  # registered already (aio-request was imported first): share it
+        probe = factory(name, documentation, labelnames, registry=None, **options)
+        if _compatible(existing, probe):
+            return Family(existing, name, labelnames)
+        raise ValueError(f"a different metric named {name} is registered already: {existing!r}")
+    if name in _AIO_REQUEST_NAMES:
+        own = factory(name, documentation, labelnames, registry=None, **options)
+        _shared.families.append((name, own))
+        return Family(own, name, labelnames, shared=True)
+    return Family(factory(name, documentation, labelnames, **options), name, labelnames)
+
+
+_AIO_REQUEST_NAMES = ("aio_request_latency", "aio_request_transport_latency", "aio_request_server_latency")
+_shared = _Shared()
+_registered: Mapping[str, Any] = {}
+if _prometheus is not None:
+    _registered = _prometheus.REGISTRY._names_to_collectors  # read only: name -> collector
+    _prometheus.REGISTRY.register(_shared)

@@ -1,0 +1,113 @@
+"""``clients["name"]``: clients built from ``settings.AIO_REQUEST``, like Django's ``caches``.
+
+Unlike ``caches`` (an asgiref ``Local``: one object per thread), each client is built once per
+process and shared by all threads: its connection pool, worker threads and circuit breaker state
+must be process-wide to be of any use.
+"""
+
+import atexit
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from django_aio_request.conf.building import build_client
+from django_aio_request.conf.current import current
+from django_aio_request.conf.schema import SETTING, AioRequestSettings
+from django_aio_request.core.client import Client
+from django_aio_request.signals import client_built
+
+
+class UnknownClientError(KeyError):
+    """No client of that name in ``AIO_REQUEST["CLIENTS"]``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ClientsHandler:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}
+
+    @property
+    def settings(self) -> AioRequestSettings:
+        """The validated setting (``conf.current``); invalid settings raise ``InvalidSettings`` listing every error."""
+        return current.settings
+
+    def __getitem__(self, name: str) -> Client:
+        client = self._clients.get(name)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(name)
+            if client is not None:
+                return client
+            config = self.settings
+            spec = config.clients.get(name)
+            if spec is None:
+                known = ", ".join(repr(n) for n in config.clients) or "none"
+                raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
+            client = self._clients[name] = build_client(spec, config.service_name)
+        client_built.send(sender=ClientsHandler, name=name, client=client)
+        return client
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.settings.clients
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.settings.clients)
+
+    def all(self, initialized_only: bool = False) -> list[Client]:
+        if initialized_only:
+            return list(self._clients.values())
+        return [self[name] for name in self]
+
+    def built(self) -> list[tuple[str, Client]]:
+        """(name, client) of every client built so far in this process; builds none."""
+        return list(self._clients.items())
+
+    def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
+        """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
+        it replaces. With ``only_if``, only while that one is still there (a settings change in
+        between rebuilt the clients). For ``django_aio_request.testing``; the caller closes clients."""
+        with self._lock:
+            previous = self._clients.get(name)
+            if only_if is not None and previous is not only_if:
+                return None
+            if client is None:
+                self._clients.pop(name, None)
+            else:
+                self._clients[name] = client
+        return previous
+
+    def close_all(self) -> None:
+        """Close every client built so far; the next ``clients[name]`` builds a new one."""
+        with self._lock:
+            built, self._clients = list(self._clients.values()), {}
+        for client in built:
+            client.close()
+
+    def reset(self) -> None:
+        """Close the clients and read the settings again on next use (settings changed)."""
+        self.close_all()
+        current.reset()
+
+    def _after_fork(self) -> None:
+        # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
+        self._lock = threading.Lock()
+        self._clients = {}
+
+
+clients = ClientsHandler()
+atexit.register(clients.close_all)
+os.register_at_fork(after_in_child=clients._after_fork)
+
+
+@receiver(setting_changed)
+def _reset_clients(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        clients.reset()

@@ -1,0 +1,642 @@
+"""Bound every PostgreSQL query by the deadline in the context (Django layer).
+
+With ``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"] = True``, a query sent on a PostgreSQL connection
+while a deadline is in the context (``get_context().deadline``: set per request by the middleware
+from ``X-Request-Timeout``) ends by that deadline:
+
+- Each connection that ran a query under a deadline has a timer at that deadline (less
+  :data:`CANCEL_LEAD`). If a query of the connection is still running when it fires, the timer
+  sends PostgreSQL a cancel request for it (``Connection.cancel_safe()``, the wire protocol's
+  CancelRequest). That reaches every statement the server runs for the connection, whatever it is:
+  the ``DECLARE ... WITH HOLD`` of ``.iterator()`` outside a transaction (whose query runs at the
+  implicit commit, where ``statement_timeout`` does not reach), ``FETCH`` from a server-side cursor,
+  a whole ``executemany`` batch, DDL. Nothing is parsed and nothing is ``SET``: the application's
+  own ``statement_timeout`` stays exactly what it made it, and nothing of one request's deadline
+  stays on the connection.
+- A query sent when the deadline is (all but) up is not sent: :class:`DeadlineExceeded` at once.
+  Statements that only end a transaction or a savepoint still go, so cleaning up always works.
+- A query the timer cancelled raises :class:`DeadlineExceeded` in place of the driver's error.
+- psycopg 3's ``cursor.copy()`` and ``cursor.stream()`` send their statement without passing an
+  execute wrapper: the connection's cursor wrappers bound them the same way, for as long as the
+  ``with cursor.copy(...)`` block or the iteration over ``cursor.stream(...)`` lasts.
+
+The middleware turns those into a 408 (see :func:`catch_deadline_below`), also when they come
+from below the view (an inner middleware's ``process_response``, a signal). See
+``docs/database.md``. Other backends (SQLite, MySQL, ...) are left alone.
+"""
+
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.signals import got_request_exception, request_finished
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+from django.db.utils import DatabaseError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from django_aio_request.conf.current import current
+from django_aio_request.core.context import get_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.metrics import server as metrics
+from django_aio_request.transport.deadline_timer import deadline_timer
+
+__all__ = [
+    "CANCEL_LEAD",
+    "SETTING_KEY",
+    "DeadlineBelowView",
+    "DeadlineExceeded",
+    "QueryBound",
+    "attach",
+    "catch_deadline_below",
+    "install",
+    "is_deadline_cancellation",
+    "is_enabled",
+    "wrapper_for",
+]
+
+logger = logging.getLogger("django_aio_request.server.database")
+
+SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
+
+#: The timer fires this long before the deadline: a cancel request (a new connection to the server)
+#: takes 2-6 ms on the same host, more under load; a query sent with less time left is refused.
+CANCEL_LEAD = 0.01
+#: A cancel request that has not gone through after this long is given up (and logged).
+CANCEL_TIMEOUT = 2.0
+#: SQLSTATE of PostgreSQL's query_canceled: a cancel request, or statement_timeout.
+QUERY_CANCELED = "57014"
+
+# Statements that only end a transaction or a savepoint: sent even after the deadline (atomic()'s
+# cleanup). A full match, so nothing can ride along: "ROLLBACK; SELECT ..." is not one of them.
+_ENDS_TRANSACTION = re.compile(
+    r"\s*(?:(?:ROLLBACK|ABORT|COMMIT|END)(?:\s+(?:WORK|TRANSACTION))?"
+    r'|(?:ROLLBACK(?:\s+(?:WORK|TRANSACTION))?\s+TO|RELEASE)(?:\s+SAVEPOINT)?\s+(?:"[^"]+"|\w+))\s*;?\s*',
+    re.IGNORECASE,
+)
+_forks = 0  # how many times this process's ancestors forked: QueryBound state from before is void
+_CATCHER = "_aio_request_catches_deadline"  # set on a request whose AioRequestMiddleware turns a deadline into 408
+
+
+class DeadlineExceeded(OperationalError):
+    """A database query ran out of the deadline in the context.
+
+    Raised before the query is sent when the deadline is (all but) up (``sent`` is False), and in
+    place of the driver's query_canceled when the deadline's timer cancelled the query (``sent``
+    is True; the driver's error is the ``__cause__``). An ``OperationalError``, like the error it
+    replaces, so existing handlers of database errors still catch it.
+    """
+
+    def __init__(self, message: str, *, alias: str = "", sent: bool = False, sql: str = "") -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.sent = sent
+        #: The start of the statement (placeholders, never parameters): what was lost.
+        self.sql = sql
+
+
+def is_deadline_cancellation(exc: BaseException) -> bool:
+    """True for a query stopped by the deadline in the context: a :class:`DeadlineExceeded` (raised
+    or wrapped), or a query_canceled (SQLSTATE 57014) that came when that deadline was up (a
+    cancel request that reached a statement sent outside Django's cursors).
+
+    A ``statement_timeout`` of the application's own that fires before the deadline is the
+    application's error, not the deadline's: False.
+    """
+    deadline: Deadline | None = None
+    for error in _chain(exc):
+        if isinstance(error, DeadlineExceeded):
+            return True
+        if _sqlstate(error) == QUERY_CANCELED:
+            deadline = deadline or get_context().deadline
+            if deadline is not None and deadline.timeout <= CANCEL_LEAD:
+                return True
+    return False
+
+
+def is_enabled() -> bool:
+    """``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]``, validated with the rest of the setting."""
+    return current.settings.database_statement_timeout
+
+
+def install() -> None:
+    """Bound the queries of every PostgreSQL connection by the context's deadline.
+
+    Called from ``AppConfig.ready()``. Idempotent. Reads no setting (``ready()`` must not fail on an
+    invalid ``AIO_REQUEST``: ``manage.py check`` reports it) and also equips the connections this
+    thread already has open. The bound goes on every PostgreSQL connection and reads the setting
+    per query, so ``override_settings`` turns the feature on and off.
+    """
+    uid = "django_aio_request.server.database"
+    connection_created.connect(_connection_created, dispatch_uid=f"{uid}.connection_created")
+    request_finished.connect(_request_finished, dispatch_uid=f"{uid}.request_finished")
+    got_request_exception.connect(_got_request_exception, dispatch_uid=f"{uid}.got_request_exception")
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None:
+            attach(connection)
+
+
+def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
+    """Put the bound on a PostgreSQL connection (once); None for other backends."""
+    if connection.vendor != "postgresql":
+        return None
+    bound = wrapper_for(connection)
+    if bound is None:
+        bound = QueryBound(connection.alias)
+        # First in the list (the outermost wrapper), not last: a connection opened inside an app's
+        # ``with connection.execute_wrapper(w):`` block would otherwise have the bound appended after
+        # ``w``, and the block's exit, which pops the last wrapper, would take the bound off instead.
+        connection.execute_wrappers.insert(0, bound)
+        _bound_copy_and_stream(connection)
+    return bound
+
+
+def wrapper_for(connection: BaseDatabaseWrapper) -> "QueryBound | None":
+    """The connection's :class:`QueryBound`, if it has one."""
+    for wrapper in connection.execute_wrappers:
+        if isinstance(wrapper, QueryBound):
+            return wrapper
+    return None
+
+
+Execute = Callable[[str, Any, bool, dict[str, Any]], Any]
+_T = TypeVar("_T")
+
+
+class QueryBound:
+    """The execute wrapper of one PostgreSQL connection (one ``DatabaseWrapper``, so one thread).
+
+    It keeps one timer per connection, at the deadline of the last query that ran under one: a
+    request's queries share it, and a query under the same deadline costs a comparison. ``busy``
+    says whether a statement of ours is on the wire; the timer cancels only then, so a deadline
+    that passes while the connection is idle costs the server nothing.
+
+    ``lock`` orders the timer's cancel request against the owner thread: the owner clears ``busy``
+    and moves the timer while holding it, so a cancel request is either sent while the statement
+    it was meant for is still running, or not at all (libpq's cancel returns once the server has
+    passed the signal on, and a signal that reaches an idle backend is dropped).
+    """
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        #: Cancel requests sent; statements refused because the deadline was up.
+        self.cancels = 0
+        self.refused = 0
+        self.lock = threading.Lock()
+        self.busy = False
+        self._due: float | None = None  # the deadline the timer is at, on the monotonic clock
+        self._timer_at: float | None = None  # when the earliest pending timer entry fires
+        self._generation = 0
+        self._cancelled = -1  # the generation whose timer sent a cancel request
+        self._raw: Any = None  # the driver connection the timer cancels on
+        self._forks = _forks  # the process this state belongs to (see _after_fork)
+
+    def __repr__(self) -> str:
+        return f"<QueryBound {self.alias!r} due={self._due} busy={self.busy}>"
+
+    @property
+    def armed(self) -> bool:
+        """Whether a timer is waiting to cancel this connection's query at a deadline."""
+        return self._due is not None
+
+    def __call__(self, execute: Execute, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        deadline = get_context().deadline if current.settings.database_statement_timeout else None
+        if deadline is None:
+            if self._due is not None:
+                self.disarm()
+            return execute(sql, params, many, context)
+        result = self._bounded(deadline, context["connection"], sql, execute, sql, params, many, context)
+        cursor = context["cursor"]
+        if getattr(cursor.cursor, "name", None):  # a server-side cursor: its FETCHes skip execute wrappers
+            self._bound_fetches(cursor, context["connection"], sql)
+        return result
+
+    def _bounded(
+        self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object, call: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Run ``call(*args)`` (one statement's round trip) so that it ends by ``deadline``."""
+        self.busy = True  # before the clock is read: a timer that saw busy False fired before the check below
+        try:
+            generation = self._start(deadline, connection, sql)
+            try:
+                return call(*args)
+            except Exception as error:
+                self._raise_if_cancelled(error, generation, sql)
+                raise
+        finally:
+            with self.lock:
+                self.busy = False
+
+    @contextlib.contextmanager
+    def spanning(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> Generator[None]:
+        """:meth:`_bounded` for a statement whose round trips span a block of the caller's code:
+        psycopg 3's ``copy()`` (the ``with`` block) and ``stream()`` (the iteration). The statement
+        is on the wire, and cancelled at the deadline, until the block ends. The same steps as
+        :meth:`_bounded`, which does not go through this: it runs for every query, and a generator
+        context manager would cost each one a microsecond or so."""
+        self.busy = True
+        try:
+            generation = self._start(deadline, connection, sql)
+            try:
+                yield
+            except Exception as error:
+                self._raise_if_cancelled(error, generation, sql)
+                raise
+        finally:
+            with self.lock:
+                self.busy = False
+
+    def _start(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> int:
+        """With ``busy`` set: refuse the statement if the deadline is (all but) up, else point the
+        timer at the deadline; the generation a cancel request for this statement will carry."""
+        if deadline.timeout <= CANCEL_LEAD:
+            if not (isinstance(sql, str) and _ENDS_TRANSACTION.fullmatch(sql)):
+                self.refused += 1
+                raise DeadlineExceeded(
+                    f"the deadline was up before the query was sent to database {self.alias!r} "
+                    f"({deadline.timeout * 1000:.1f} ms left): {_head(sql)}",
+                    alias=self.alias,
+                    sql=_head(sql),
+                )
+            self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
+        elif deadline.expires_at != self._due or connection.connection is not self._raw:
+            self._arm(deadline.expires_at, connection.connection)
+        return self._generation
+
+    def _raise_if_cancelled(self, error: Exception, generation: int, sql: object) -> None:
+        """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
+        if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
+            raise DeadlineExceeded(
+                f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
+                alias=self.alias,
+                sent=True,
+                sql=_head(sql),
+            ) from error
+
+    def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
+        """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that
+        runs (part of) the query on the server and never passes an execute wrapper."""
+        if "fetchmany" in vars(cursor):
+            return  # executed again: its fetches are bounded already
+        for name in ("fetchone", "fetchmany", "fetchall"):
+            fetch = getattr(cursor, name)  # Django's error-wrapping method of the driver cursor
+            setattr(cursor, name, self._fetcher(fetch, connection, sql))
+
+    def _fetcher(self, fetch: Callable[..., _T], connection: BaseDatabaseWrapper, sql: object) -> Callable[..., _T]:
+        def bounded_fetch(*args: Any) -> _T:
+            deadline = get_context().deadline if is_enabled() else None
+            if deadline is None:
+                return fetch(*args)
+            return self._bounded(deadline, connection, sql, fetch, *args)
+
+        return bounded_fetch
+
+    def _arm(self, due: float, raw: Any) -> None:
+        """Point the timer at ``due``. A timer entry is added only when ``due`` comes before the one
+        pending; a later ``due`` is picked up when that one fires (see :meth:`_timer`). So a stream
+        of requests with the same timeout schedules about one entry per timeout, not one per request."""
+        if self._forks != _forks:
+            self._forget_parent()
+        with self.lock:
+            self._generation += 1
+            self._due = due
+            self._raw = raw
+            fire_at = due - CANCEL_LEAD
+            if self._timer_at is None or fire_at < self._timer_at:
+                self._schedule(fire_at)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's timer entries are gone (the deadline timer starts afresh)
+        and its lock may have been held by a thread that does not exist here."""
+        self.lock = threading.Lock()
+        self._due = self._timer_at = None
+        self._forks = _forks
+
+    def disarm(self) -> None:
+        """Forget the deadline (after a cancel request in progress has gone through); the pending
+        timer entry finds nothing to do when it fires."""
+        with self.lock:
+            self._generation += 1
+            self._due = None
+
+    def _schedule(self, fire_at: float) -> None:
+        self._timer_at = fire_at
+        deadline_timer.schedule(fire_at, functools.partial(self._timer, fire_at))
+
+    def _timer(self, fire_at: float) -> None:
+        """On the deadline timer's thread: at the deadline, hand a cancel over to a thread that may block;
+        before it (the connection moved on to a later deadline), wait on for that one."""
+        if not self.lock.acquire(blocking=False):
+            # A cancel request holds the lock (up to CANCEL_TIMEOUT): never make the shared deadline timer,
+            # which also bounds HTTP calls, wait for it.
+            _cancellers().submit(self._timer_locked, fire_at)
+            return
+        try:
+            self._fire(fire_at)
+        finally:
+            self.lock.release()
+
+    def _timer_locked(self, fire_at: float) -> None:
+        with self.lock:
+            self._fire(fire_at)
+
+    def _fire(self, fire_at: float) -> None:
+        """With the lock held."""
+        if fire_at != self._timer_at:
+            return  # an entry an earlier one replaced
+        self._timer_at = None
+        if self._due is None:
+            return
+        due_at = self._due - CANCEL_LEAD
+        if time.monotonic() < due_at:
+            self._schedule(due_at)
+        elif self.busy and self._cancelled != self._generation:
+            _cancellers().submit(self._cancel, self._generation)
+
+    def _cancel(self, generation: int) -> None:
+        with self.lock:
+            if not self.busy or generation != self._generation:
+                return  # the statement ended, or the connection moved on to another deadline
+            self._cancelled = generation
+            self.cancels += 1
+            raw = self._raw
+            try:
+                cancel_safe = getattr(raw, "cancel_safe", None)
+                if cancel_safe is not None:  # psycopg 3: waits without holding the GIL, with a timeout
+                    cancel_safe(timeout=CANCEL_TIMEOUT)
+                else:  # psycopg2
+                    raw.cancel()
+            except Exception as error:
+                logger.warning("could not cancel a query of database %r at its deadline: %s", self.alias, error)
+
+
+class _CopyAndStreamBound:
+    """Mixed into the class of a PostgreSQL connection's cursor wrappers (psycopg 3): ``copy()`` and
+    ``stream()``, which Django passes through to the driver cursor past its execute wrappers, go
+    through :meth:`QueryBound.spanning` like any statement. Django's ``CursorDebugWrapper.copy()``
+    (which logs the statement) is kept: it comes next in the method order."""
+
+    cursor: Any  # Django's CursorWrapper: the driver cursor and the connection
+    db: BaseDatabaseWrapper
+
+    @contextlib.contextmanager
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Generator[Any]:
+        inner = getattr(super(), "copy", None) or self.cursor.copy
+        with _spanning(self.db, statement), inner(statement, *args, **kwargs) as copy:
+            yield copy
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Generator[Any]:
+        inner = getattr(super(), "stream", None) or self.cursor.stream
+        with _spanning(self.db, query):
+            yield from inner(query, *args, **kwargs)
+
+
+def _spanning(connection: BaseDatabaseWrapper, sql: object) -> contextlib.AbstractContextManager[None]:
+    bound = wrapper_for(connection)
+    if bound is None:
+        return contextlib.nullcontext()
+    deadline = get_context().deadline if is_enabled() else None
+    if deadline is None:
+        if bound.armed:
+            bound.disarm()
+        return contextlib.nullcontext()
+    return bound.spanning(deadline, connection, sql)
+
+
+_bounded_classes: dict[type, type] = {}
+
+
+def _bound_copy_and_stream(connection: BaseDatabaseWrapper) -> None:
+    """Give the cursor wrappers the connection makes from now on a bounded ``copy()`` and ``stream()``
+    (psycopg 3; psycopg2's cursors have neither)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # type: ignore[import-untyped]
+
+    if not is_psycopg3:
+        return
+    for name in ("make_cursor", "make_debug_cursor"):
+        setattr(connection, name, functools.partial(_bounded_cursor, getattr(connection, name)))
+
+
+def _bounded_cursor(make: Callable[[Any], Any], cursor: Any) -> Any:
+    """The cursor wrapper ``make`` returns (Django's, or the debug one with DEBUG), as an instance of
+    a subclass with :class:`_CopyAndStreamBound` mixed in: the same object, nothing copied."""
+    wrapped = make(cursor)
+    cls = type(wrapped)
+    bounded = _bounded_classes.get(cls)
+    if bounded is None:
+        if issubclass(cls, _CopyAndStreamBound):
+            return wrapped
+        bounded = type(cls.__name__, (_CopyAndStreamBound, cls), {"__module__": __name__})
+        bounded = _bounded_classes.setdefault(cls, bounded)
+    wrapped.__class__ = bounded
+    return wrapped
+
+
+def _head(sql: object) -> str:
+    text = " ".join(str(sql).split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _cancellers() -> concurrent.futures.ThreadPoolExecutor:
+    """A few threads for cancel requests: each opens a connection to the server (about 2 ms on the
+    same host, longer across a network), which must not hold up the deadline timer's other callbacks."""
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="django-aio-request-pg-cancel")
+    return _executor
+
+
+def _after_fork() -> None:
+    global _executor, _executor_lock, _forks
+    _executor, _executor_lock = None, threading.Lock()  # the threads did not survive fork()
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes (Django re-raises driver errors ``from`` them), at most a few deep.
+
+    The error being handled when another was raised (``__context__``) is followed only from a
+    database error (a rollback that failed after the query was cancelled). From any other error it
+    is not: an application's ``except DatabaseError: ...`` block that then fails (a ``KeyError``,
+    ``raise ValueError(...) from None``) has a bug of its own, which must answer 500 and reach the
+    error log, not 408 as if the deadline had stopped it.
+    """
+    seen: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and len(seen) < 8 and all(error is not s for s in seen):
+        seen.append(error)
+        yield error
+        if error.__cause__ is not None:
+            error = error.__cause__
+        elif _is_database_error(error) and not error.__suppress_context__:
+            error = error.__context__
+        else:
+            error = None
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """Django's database errors and the PostgreSQL drivers' (psycopg 3, psycopg2)."""
+    return isinstance(error, DatabaseError) or type(error).__module__.partition(".")[0] in ("psycopg", "psycopg2")
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    # psycopg 3: .sqlstate; psycopg2: .pgcode.
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _sqlstate_in_chain(error: BaseException) -> str | None:
+    for cause in _chain(error):
+        state = _sqlstate(cause)
+        if state is not None:
+            return state
+    return None
+
+
+def _connection_created(*, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    attach(connection)
+
+
+def _request_finished(**kwargs: Any) -> None:
+    """Drop this thread's timers when a request ends: a later request must never meet one."""
+    for connection in connections.all(initialized_only=True):
+        bound = wrapper_for(connection)
+        if bound is not None and bound.armed:
+            bound.disarm()
+
+
+# --- A deadline exceeded below the view answers 408 -------------------------------------------------
+
+
+class DeadlineBelowView(Exception):
+    """A deadline cancellation raised below the view (an inner middleware, a signal), carried up to
+    AioRequestMiddleware past Django's exception-to-500 conversion of the middleware in between."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _got_request_exception(sender: object, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """Django is about to turn an exception into a 500 (and log "Internal Server Error"): when it is
+    a deadline cancellation under AioRequestMiddleware, raise it on to the middleware instead.
+
+    Django sends this signal from ``response_for_exception`` for every layer that catches an
+    exception; raising here skips that layer's 500 handler and log line, and the next layer up
+    sends the signal again, until AioRequestMiddleware catches the exception (it marked the request).
+    """
+    if request is None or not getattr(request, _CATCHER, False):
+        return
+    exc = sys.exc_info()[1] or _exception_being_converted()
+    if isinstance(exc, DeadlineBelowView):
+        raise exc
+    if exc is not None and is_deadline_cancellation(exc):
+        raise DeadlineBelowView(exc) from exc
+
+
+def _exception_being_converted() -> BaseException | None:
+    """The exception ``response_for_exception(request, exc)`` is handling. Under ASGI Django calls it
+    in a worker thread where ``sys.exc_info()`` is empty; it is then a local of that frame."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "response_for_exception" and frame.f_globals.get("__name__", "").startswith(
+            "django.core.handlers"
+        ):
+            exc = frame.f_locals.get("exc")
+            return exc if isinstance(exc, BaseException) else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
+    """The 408 for a deadline exceeded below the view, with a log line saying what was lost."""
+    cause = below.cause
+    where, doing = _where(cause.__traceback__)
+    lost = next((e for e in _chain(cause) if isinstance(e, DeadlineExceeded)), None)
+    metrics.server_database_cancelled.inc()
+    logger.warning(
+        "%s %s: the deadline ran out below the view, in %s (calls: %s): answered 408, and the work left "
+        "there is lost: %s",
+        request.method,
+        request.path,
+        where,
+        doing,
+        lost.sql if lost is not None and lost.sql else cause,
+    )
+    return HttpResponse(status=408)
+
+
+_PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")
+_DATABASE = ("django.db.", "django_aio_request.", "psycopg", "contextlib")
+
+
+def _where(tb: TracebackType | None) -> tuple[str, str]:
+    """Where a deadline ran out: the outermost code below Django's request plumbing, by its full
+    name (``django.contrib.sessions.middleware.SessionMiddleware.process_response``), and the calls
+    from there down to the database layer (``SessionStore.save > SessionStore.create > ...``)."""
+    frames: list[tuple[str, str]] = []
+    while tb is not None:
+        frames.append((str(tb.tb_frame.f_globals.get("__name__", "?")), tb.tb_frame.f_code.co_qualname))
+        tb = tb.tb_next
+    below = [(module, name) for module, name in frames if not module.startswith(_PLUMBING)]
+    if not below:
+        return "?", "?"
+    outer = f"{below[0][0]}.{below[0][1]}"
+    calls = [name for module, name in below[1:] if not module.startswith(_DATABASE)]
+    if len(calls) > 6:
+        calls = [*calls[:3], "...", *calls[-2:]]
+    return outer, " > ".join(calls) or "directly"
+
+
+Handler = Callable[[HttpRequest], Any]
+
+
+def catch_deadline_below(get_response: Handler) -> Handler:
+    """Wrap AioRequestMiddleware's ``get_response``: a deadline cancellation raised anywhere below
+    answers 408 with a log line, where Django would have answered 500 ("Internal Server Error")."""
+    if iscoroutinefunction(get_response):
+        aget_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = get_response
+
+        async def acaught(request: HttpRequest) -> HttpResponseBase:
+            setattr(request, _CATCHER, True)
+            try:
+                return await aget_response(request)
+            except DeadlineBelowView as below:
+                return _answer_below_view(request, below)
+            finally:
+                setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
+
+        return markcoroutinefunction(acaught)
+
+    def caught(request: HttpRequest) -> Any:
+        setattr(request, _CATCHER, True)
+        try:
+            return get_response(request)
+        except DeadlineBelowView as below:
+            return _answer_below_view(request, below)
+        finally:
+            setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
+
+    return caught

@@ -1,0 +1,375 @@
+"""``AioRequestMiddleware``: the deadline and priority of an incoming request, for the whole request.
+
+It reads ``X-Request-Timeout`` and ``X-Request-Priority`` (the wire format shared with aio-request)
+and sets them in the context, so every ``clients[...]`` call made while serving the request (from
+the view's thread, from hedging workers, from async views and ``sync_to_async``) sends on the time
+that is left and the priority. Incoming values are untrusted: anything but a plain decimal number of
+seconds and a known priority name is ignored (the defaults apply), counted in a metric and logged
+at debug level; a request whose time is already up is answered 408 without running the view.
+"""
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from django_aio_request.conf.current import current
+from django_aio_request.conf.schema import AioRequestSettings
+from django_aio_request.core import headers as h
+from django_aio_request.core.context import Context, _context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.downstream_wait import measure_downstream_wait, stop_measuring
+from django_aio_request.core.priority import Priority
+from django_aio_request.metrics import server as metrics
+from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
+from django_aio_request.server.database import (
+    _CATCHER,
+    DeadlineBelowView,
+    _answer_below_view,
+    catch_deadline_below,
+    is_deadline_cancellation,
+)
+from django_aio_request.server.shedding import Admission, Shedding, shedding_for
+from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
+
+__all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
+
+logger = logging.getLogger(__name__)
+
+META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+META_PRIORITY = "HTTP_X_REQUEST_PRIORITY"
+META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
+
+# A plain decimal number of seconds: "5", "0.25", "12.500". No sign, "inf"/"nan", hex, underscores,
+# non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (a
+# far larger value is junk, not a long deadline) and 20 decimals (Python's repr of a float, which
+# aio-request sends, has up to 17 significant digits).
+# One exception to "plain": a single digit with a negative exponent ("5.2e-05"), because that is
+# how Python's str() writes a float below 0.0001, so an aio-request caller with almost no time
+# left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
+# The exponent is at least 1 ("e-0", "e-00" would let "9.99...9e-0" round up to 10.0).
+_TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-(?!0+$)[0-9]{1,3}")
+_MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
+_MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
+_PRIORITIES = {p.value: p for p in Priority}
+_OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
+
+
+def parse_timeout(raw: str) -> float | None:
+    """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
+    value = raw.strip(_OWS)
+    if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
+        return None
+    return float(value)
+
+
+def parse_priority(raw: str) -> Priority | None:
+    """The priority named by an ``X-Request-Priority`` value (ASCII, any case), or None."""
+    exact = _PRIORITIES.get(raw)  # what senders send: "high", "normal", "low"
+    if exact is not None:
+        return exact
+    value = raw.strip(_OWS)
+    if not value.isascii():
+        return None
+    return _PRIORITIES.get(value.lower())
+
+
+def _malformed(header: str, raw: str) -> None:
+    metrics.server_malformed_headers.labels(header=header).inc()
+    # Only this header's value, truncated and escaped by repr: never other headers (cookies, auth).
+    logger.debug("ignored a malformed %s header: %.80r", header, raw)
+
+
+def _rejected(reason: str) -> HttpResponse:
+    metrics.server_rejected.labels(reason=reason).inc()
+    return HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
+
+
+def _shed(priority: Priority, admission: Admission) -> HttpResponse:
+    """The 503 of a request load shedding refused (``AIO_REQUEST["SHEDDING"]``)."""
+    metrics.shed(priority.value, admission.reason or "capacity")
+    response = HttpResponse(status=503, headers={"Retry-After": str(admission.retry_after)})
+    if admission.do_not_retry:
+        response[h.X_DO_NOT_RETRY] = "1"
+    # Counted in aio_request_server_shed_total: Django's "Service Unavailable" error log line per shed
+    # request would flood the logs exactly when the process is overloaded.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+def _policed(shedding: Shedding, request: HttpRequest, context: Context) -> Context:
+    """The context with the priority the caller may claim (``SHEDDING["PRIORITY_POLICY"]``)."""
+    policy = shedding.policy
+    if policy is None:
+        return context
+    claimed = cast(Priority, context.priority)  # _begin always sets both
+    allowed = policy(request, claimed)
+    return context if allowed is claimed else Context(context.deadline, allowed)
+
+
+def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestSettings, started: float) -> None:
+    """``aio_request_server_latency``: labelled by caller, method, URL pattern (never the raw path) and status."""
+    if not METRICS_ENABLED:
+        return
+    match = request.resolver_match
+    route = "<unmatched>" if match is None else match.route
+    service = request.META.get(META_SERVICE_NAME)
+    elapsed = time.monotonic() - started
+    observation = (service, request.method, route, response.status_code, conf.known_services, elapsed)
+    metrics.server_observations.add(observation)
+
+
+def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpResponse | Context:
+    """The request's deadline and priority, or the 408 to answer at once; ``now`` is ``time.monotonic()``."""
+    meta = request.META
+    priority = conf.priority
+    raw = meta.get(META_PRIORITY)
+    if raw is not None:
+        parsed = parse_priority(raw)
+        if parsed is None:
+            _malformed(h.X_REQUEST_PRIORITY, raw)
+        else:
+            priority = parsed
+    raw = meta.get(META_TIMEOUT)
+    if raw is not None:
+        seconds = parse_timeout(raw)
+        if seconds is None:
+            _malformed(h.X_REQUEST_TIMEOUT, raw)
+        elif seconds == 0:
+            return _rejected("expired")
+        elif seconds < conf.low_timeout_threshold:
+            return _rejected("low_timeout")
+        else:
+            # Deadline(...) rather than Deadline.from_timeout(): the value is known finite and positive.
+            return Context(Deadline(now + min(seconds, conf.max_timeout)), priority)
+    # The default deadline has its own type: that is how @timeout knows it may replace it.
+    return Context(DefaultDeadline(now + conf.timeout), priority)
+
+
+class _Canceller:
+    """Cancels the request's task at the deadline, if the view being run then is an async view.
+
+    A sync view (run in a thread by ``sync_to_async``) cannot be stopped: cancelling the task would
+    answer while the view goes on in its thread, so it is left to finish. ``@timeout`` on an async
+    view moves the cancellation to the view's deadline with :meth:`reschedule` while the view runs,
+    and back with :meth:`view_returned`: to the request's own deadline (the header's or the default),
+    or the view's if that is later, so the middleware below is never cancelled at a deadline that was
+    only the view's, nor at the default one a view given more time has outlived.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_request", "_timeout")
+
+    RECHECK = 0.01  # the view was not resolved yet at the deadline: look again this much later
+
+    def __init__(self, request: HttpRequest, timeout: asyncio.Timeout, deadline: Deadline) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._request = request
+        self._timeout = timeout
+        self._deadline = deadline  # the request's own
+        self._handle: asyncio.TimerHandle | None = None
+
+    def reschedule(self, deadline: Deadline) -> None:
+        self.disarm()
+        self._handle = self._loop.call_later(deadline.timeout, self._fire)
+
+    def view_returned(self, deadline: Deadline) -> None:
+        own = self._deadline
+        self.reschedule(deadline if deadline.expires_at > own.expires_at else own)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        if self._timeout.expired():
+            return  # cancelling already (a view_returned() on the way out of the cancelled view moved the timer)
+        match = self._request.resolver_match
+        if match is None:  # still before URL resolution (slow middleware): the view will start late
+            self._handle = self._loop.call_later(self.RECHECK, self._fire)
+        elif iscoroutinefunction(match.func):
+            self._timeout.reschedule(self._loop.time())  # the timeout cancels the task now
+
+
+class AioRequestMiddleware:
+    """Sets the deadline and priority of each request from its headers (see docs/server.md).
+
+    Place it near the top of ``MIDDLEWARE`` (right after ``SecurityMiddleware``) so the deadline
+    covers the other middleware's work too and a request with no time left is refused cheaply.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        # A deadline exceeded below (inner middleware, signals) answers 408, not Django's 500.
+        self.get_response = catch_deadline_below(get_response)
+        self._get_response = get_response  # the sync path of __call__ does what catch_deadline_below adds
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+        current.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A query the database cancelled at the deadline (see docs/database.md) answers 408, not 500."""
+        if not is_deadline_cancellation(exception):
+            return None
+        metrics.server_database_cancelled.inc()
+        logger.debug("a query ran out of the deadline: %s %s", request.method, request.path)
+        return HttpResponse(status=408)
+
+    # The sync path below runs on every request of a WSGI server, so its common case is written out
+    # in one function (what it costs and why: docs/benchmarks.md, benchmarks/middleware.py): headers
+    # absent or in the form senders use, no load shedding. Everything else goes through _begin(),
+    # _call_limited() and _observe(), which do the same with every check spelled out. The context is
+    # set with the contextvar itself rather than set_context(), whose generator cost more than the rest.
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self._acall(request)
+        started = time.monotonic()
+        conf = current.settings
+        meta = request.META
+        raw = meta.get(META_PRIORITY)
+        priority = conf.priority if raw is None else _PRIORITIES.get(raw)
+        raw = meta.get(META_TIMEOUT)
+        if raw is None:
+            deadline: Deadline | None = DefaultDeadline(started + conf.timeout)
+        else:
+            # "5", "4.987": the plain forms _TIMEOUT accepts (isdigit() alone also takes "²"), checked
+            # without the regular expression. Whatever is not one of them goes to _begin().
+            whole, dot, fraction = raw.partition(".")
+            deadline = None
+            if (
+                whole.isdigit()
+                and raw.isascii()
+                and len(whole) <= _MAX_INTEGER_DIGITS
+                and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
+            ):
+                seconds = float(raw)
+                if seconds > 0 and seconds >= conf.low_timeout_threshold:
+                    deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+        if deadline is None or priority is None:
+            context = _begin(request, conf, started)  # a refusal, a malformed value, white space, an exponent
+            if not isinstance(context, Context):
+                _observe(request, context, conf, started)
+                return context
+        else:
+            context = Context(deadline, priority)
+        if conf.shedding is not None:
+            return self._call_limited(request, conf, context, shedding_for(conf.shedding, conf.known_services), started)
+        # catch_deadline_below(), written out: the request's mark and the 408 for a deadline exceeded below.
+        setattr(request, _CATCHER, True)
+        token = _context.set(context)
+        try:
+            response = self._get_response(request)
+        except DeadlineBelowView as below:
+            response = _answer_below_view(request, below)
+        finally:
+            _context.reset(token)
+            setattr(request, _CATCHER, False)
+        if METRICS_ENABLED:  # _observe(), written out
+            match = request.resolver_match
+            metrics.server_observations.add(
+                (
+                    meta.get(META_SERVICE_NAME),
+                    request.method,
+                    "<unmatched>" if match is None else match.route,
+                    response.status_code,
+                    conf.known_services,
+                    time.monotonic() - started,
+                )
+            )
+        return response
+
+    def _call_limited(
+        self,
+        request: HttpRequest,
+        conf: AioRequestSettings,
+        context: Context,
+        shedding: Shedding,
+        started: float,
+    ) -> HttpResponseBase:
+        """The sync path with load shedding on: waits for a slot (or is refused), holds it until the view returned."""
+        context = _policed(shedding, request, context)
+        limiter = shedding.limiter
+        priority = cast(Priority, context.priority)
+        admission = limiter.acquire(priority, cast(Deadline, context.deadline).expires_at)
+        if not admission.admitted:
+            response: HttpResponseBase = _shed(priority, admission)
+        else:
+            cpu = time.thread_time()  # the CPU the view uses tells the limit how many are worth running at once
+            wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
+            try:
+                token = _context.set(context)
+                try:
+                    response = self.get_response(request)
+                finally:
+                    _context.reset(token)
+            finally:
+                stop_measuring(wait_token)
+                limiter.release(
+                    admission.admitted_at, thread=True, cpu=time.thread_time() - cpu, downstream=wait.off_cpu
+                )
+        _observe(request, response, conf, started)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        started = time.monotonic()
+        conf = current.settings
+        context = _begin(request, conf, started)
+        if not isinstance(context, Context):
+            _observe(request, context, conf, started)
+            return context
+        response: HttpResponseBase
+        if conf.shedding is None:
+            response = await self._arespond(request, conf, context)
+        else:
+            shedding = shedding_for(conf.shedding, conf.known_services)
+            context = _policed(shedding, request, context)
+            limiter = shedding.limiter
+            priority = cast(Priority, context.priority)
+            admission = await limiter.aacquire(priority, cast(Deadline, context.deadline).expires_at)
+            if not admission.admitted:
+                response = _shed(priority, admission)
+            else:
+                wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
+                try:
+                    response = await self._arespond(request, conf, context)
+                finally:
+                    stop_measuring(wait_token)
+                    limiter.release(admission.admitted_at, thread=False, downstream=wait.off_cpu)
+        _observe(request, response, conf, started)
+        return response
+
+    async def _arespond(self, request: HttpRequest, conf: AioRequestSettings, context: Context) -> HttpResponseBase:
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        token = _context.set(context)
+        try:
+            if not conf.cancel_async_views_on_timeout:
+                return await get_response(request)
+            deadline = cast(Deadline, context.deadline)  # _begin always sets one
+            try:
+                async with asyncio.timeout(None) as timeout:
+                    canceller = _Canceller(request, timeout, deadline)
+                    canceller_token = _canceller.set(canceller)
+                    try:
+                        canceller.reschedule(deadline)
+                        return await get_response(request)
+                    finally:
+                        canceller.disarm()
+                        _canceller.reset(canceller_token)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the view's own TimeoutError, not our cancellation
+        finally:
+            _context.reset(token)
+        metrics.server_cancelled.inc()
+        logger.debug("cancelled an async view at its deadline: %s %s", request.method, request.path)
+        return HttpResponse(status=408)

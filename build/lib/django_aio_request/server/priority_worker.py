@@ -1,0 +1,290 @@
+"""``PriorityThreadWorker``: gunicorn's gthread worker with its request queue ordered by priority.
+
+    gunicorn -k django_aio_request.server.priority_worker.PriorityThreadWorker --threads 4 mysite.wsgi
+
+Under gunicorn's own gthread worker, a request that finds every thread busy waits in the worker's
+thread pool queue, first come first served, before any code of the application sees it. The
+middleware orders only the requests that reach it, so with the limit at or above the threads (and
+always with one thread) a high-priority request waits behind every low-priority one ahead of it
+(docs/budgets-and-shedding.md, "Threads and the queue the process cannot see"). This worker changes
+these things and nothing else:
+
+* its pool (:class:`~django_aio_request.server.shedding.priority_pool.PriorityThreadPool`) gives a
+  freed thread to the best request waiting: the priority it claims (``X-Request-Priority``, read
+  from the socket with ``MSG_PEEK`` when the request is queued, after any bytes of it gunicorn's
+  parser already read with the request before it; capped by ``PRIORITY_POLICY`` as the middleware
+  would cap it), then arrival order;
+* the time a request waited in that queue is taken off its ``X-Request-Timeout`` before Django
+  sees it, so a request whose caller gave up while it waited is refused at once (503 with
+  ``Retry-After``, see :class:`QueueWaitApp`) instead of running its view for nobody. The value
+  received is kept in ``environ["django_aio_request.received_timeout"]``. A
+  request whose time ran out in the queue is taken before any other, so that refusal comes as
+  soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
+  past its caller's deadline (``TIMEOUT`` for a request without the header).
+
+A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
+queues it at once and a thread waits for them). The order is a hint read before the request is
+parsed: a request whose head has not fully arrived when it is queued, arrives over TLS, or does
+not carry the header on a complete line within the first :data:`PEEK_BYTES` is queued with the
+default priority (``AIO_REQUEST["PRIORITY"]``). A custom ``PRIORITY_POLICY`` callable needs the
+parsed request, so every claim is queued as an untrusted caller's (at most
+``UNTRUSTED_PRIORITY``). The middleware still decides everything from the parsed headers. A
+request without ``X-Request-Timeout`` gets the default deadline from when the middleware sees it,
+as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
+``aio_request_server_thread_queue_wait_seconds``, by the priority a request queued with.
+"""
+
+import functools
+import logging
+import math
+import selectors
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gunicorn
+from gunicorn.workers.gthread import ThreadWorker
+
+from django_aio_request.conf.current import current
+from django_aio_request.core.priority import Priority
+from django_aio_request.metrics import server as metrics
+from django_aio_request.server.shedding import shedding_for
+from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
+from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
+from django_aio_request.server.socket_peek import peek
+
+__all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
+
+#: How much of a request's head is peeked at to find its priority.
+PEEK_BYTES = 8192
+#: The environ key keeping the ``X-Request-Timeout`` value received, before the queue's wait was taken off.
+RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
+#: How long gthread's thread waits for a new connection's first bytes before handing it to the poller.
+FIRST_BYTES_TIMEOUT = 5.0
+#: On a stop, how long new connections still waiting for their first bytes stay open at most (gunicorn
+#: 27.0.1 gives its kept-alive connections as long, for a request already on its way).
+STOP_LINGER = 2.0
+#: gunicorn versions whose gthread queues a connection at once instead of waiting on the poller for
+#: its first bytes (22-23 wait on the poller, 25.2 and later keep ``pending_conns``).
+ACCEPT_QUEUES_AT_ONCE = ((24, 0), (25, 2))
+META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+logger = logging.getLogger(__name__)
+_NAMES = {rank: priority.value for priority, rank in RANK.items()}
+
+
+class _Head:
+    """What a priority policy reads of a request, from the peeked head (``known_services``: one header)."""
+
+    def __init__(self, service: str | None) -> None:
+        self.META = {} if service is None else {"HTTP_X_SERVICE_NAME": service}
+
+
+def queue_priority(claims: Claims) -> Priority:
+    """The priority a request waits in the queue with: its claim (or the default) under the policy."""
+    conf = current.settings
+    claimed = claims.priority if claims.priority is not None else conf.priority
+    shedding = conf.shedding
+    if shedding is None or shedding.priority_policy == ANY:
+        return claimed
+    if shedding.priority_policy == KNOWN_SERVICES:
+        policy = shedding_for(shedding, conf.known_services).policy  # the middleware's own
+        assert policy is not None
+        return policy(_Head(claims.service), claimed)
+    return lower(claimed, shedding.untrusted_priority)  # a callable needs the parsed request
+
+
+def queue_timeout(claims: Claims) -> float:
+    """Seconds the caller waits, as the middleware will count them: its valid ``X-Request-Timeout``
+    (at most ``MAX_TIMEOUT``), else the default ``TIMEOUT``."""
+    from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
+
+    conf = current.settings
+    seconds = None if claims.timeout is None else parse_timeout(claims.timeout)
+    return conf.timeout if seconds is None else min(seconds, conf.max_timeout)
+
+
+def _queue_length(rank: int, count: int) -> None:
+    metrics.thread_queue_length.labels(_NAMES[rank]).set(count)
+
+
+def _queue_wait(rank: int, seconds: float) -> None:
+    metrics.thread_queue_wait.labels(_NAMES[rank]).observe(seconds)
+
+
+def _read_ahead(conn: Any) -> bytes:
+    """Bytes gunicorn's parser already read off the connection (the next of pipelined requests)."""
+    buffer = getattr(getattr(getattr(conn, "parser", None), "unreader", None), "buf", None)
+    value = getattr(buffer, "getvalue", None)
+    return bytes(value()) if callable(value) else b""
+
+
+def _peek(sock: Any) -> bytes:
+    return peek(sock, PEEK_BYTES) or b""
+
+
+class QueueWaitApp:
+    """The WSGI application, given requests whose ``X-Request-Timeout`` lost the time they queued.
+
+    A request whose time the queue used up (nothing left, or less than ``LOW_TIMEOUT_THRESHOLD``
+    where what it was sent was not) is answered here, without Django: 503 with ``Retry-After`` (the
+    shedding setting's, else 1 s) and ``X-Do-Not-Retry``, counted in ``aio_request_server_shed_total``
+    with reason ``deadline``. It was refused for the server's load, not for its caller's timeout, and
+    a caller that honours ``Retry-After`` steps back (a 408 would bring it back at once).
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], log: Any = None) -> None:
+        self.app = app
+        self._log = log if log is not None else logger  # the worker's: gunicorn's error log
+        self._failed = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        waited = take_queued_for()
+        if waited > 0 and META_TIMEOUT in environ:
+            try:
+                refused = self._take_off(waited, environ, start_response)
+            except Exception:  # settings that do not load, an app that is not Django: as received
+                if not self._failed:
+                    self._failed = True
+                    self._log.exception(
+                        "PriorityThreadWorker could not take the time queued off X-Request-Timeout: requests it "
+                        "cannot adjust go on as received (logged once per worker)"
+                    )
+                refused = None
+            if refused is not None:
+                return refused
+        return self.app(environ, start_response)
+
+    def _take_off(
+        self, waited: float, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | None:
+        """Rewrite the timeout in ``environ``, or answer the 503 and return its body."""
+        from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
+
+        raw = environ[META_TIMEOUT]
+        seconds = parse_timeout(raw)
+        if seconds is None:  # a malformed value is left to the middleware to count and ignore
+            return None
+        # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
+        # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
+        left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
+        threshold = current.settings.low_timeout_threshold
+        if seconds > 0 and seconds >= threshold and (left <= 0 or left < threshold):
+            return _refuse(environ, start_response)
+        environ[RECEIVED_TIMEOUT] = raw
+        environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
+        return None
+
+
+def _refuse(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The 503 of a request whose time ran out while it queued (see :class:`QueueWaitApp`)."""
+    from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
+
+    conf = current.settings
+    raw = environ.get("HTTP_X_REQUEST_PRIORITY")
+    claims = Claims(None if raw is None else parse_priority(raw), environ.get("HTTP_X_SERVICE_NAME"))
+    metrics.shed(queue_priority(claims).value, "deadline")
+    retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
+    headers = [("Retry-After", str(retry_after)), ("X-Do-Not-Retry", "1"), ("Content-Length", "0")]
+    start_response("503 Service Unavailable", headers)
+    return [b""]
+
+
+def _nothing() -> None:
+    pass
+
+
+class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn's gthread worker whose waiting requests are taken by priority (see the module)."""
+
+    _stopping = False
+
+    def init_process(self) -> None:
+        if ACCEPT_QUEUES_AT_ONCE[0] <= gunicorn.version_info < ACCEPT_QUEUES_AT_ONCE[1]:
+            self.log.warning(
+                "PriorityThreadWorker under gunicorn %s: this gunicorn queues a new connection as soon as it "
+                "accepts it, so a request whose bytes were not there yet is queued at the default priority "
+                "(requests on kept-alive connections are ordered); gunicorn 22-23 and 25.2 or later order both",
+                gunicorn.__version__,
+            )
+        super().init_process()
+
+    def get_thread_pool(self) -> PriorityThreadPool:
+        return PriorityThreadPool(
+            self.cfg.threads, self._rank, name="gunicorn-priority", on_length=_queue_length, on_start=_queue_wait
+        )
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi: Any = QueueWaitApp(self.wsgi, self.log)
+
+    def enqueue_req(self, conn: Any) -> None:
+        if not self._arrives_later(conn):
+            super().enqueue_req(conn)
+
+    def _arrives_later(self, conn: Any) -> bool:
+        """Put a new connection whose request has not arrived yet on the poller, as gunicorn puts one
+        a thread gave up waiting for; it is queued when readable, with its priority known.
+
+        gthread queues a connection as soon as it accepts it and a thread then waits for the request
+        (up to 5 s), so the queue's order could not see a new connection's priority. The connection
+        waits as long as gthread would let it (5 s, then ``--keep-alive``). Only where the worker
+        keeps gunicorn's list of connections waiting for data (``pending_conns``), and not over TLS.
+        """
+        if conn.initialized or getattr(conn, "data_ready", True) or self.cfg.is_ssl:
+            return False
+        pending, poller = getattr(self, "pending_conns", None), getattr(self, "poller", None)
+        on_readable = getattr(self, "on_pending_socket_readable", None)
+        if pending is None or poller is None or on_readable is None:
+            return False
+        if peek(conn.sock, 1) is not None:
+            return False  # the request, the end of the stream or an error: the thread meets it as in gthread
+        conn.sock.setblocking(False)
+        conn.timeout = time.monotonic() + FIRST_BYTES_TIMEOUT + self.cfg.keepalive
+        pending.append(conn)
+        poller.register(conn.sock, selectors.EVENT_READ, functools.partial(on_readable, conn))
+        return True
+
+    def murder_pending(self) -> None:
+        """Close the connections whose first bytes did not come in time; once the worker stops (a
+        signal, ``--max-requests``), those still waiting get :data:`STOP_LINGER` more at most.
+
+        Without the cap a stop would wait for each its whole 5 s + ``--keep-alive``; and gunicorn
+        25.2-27.0.0 sleep on the poller during a stop until the graceful timeout (30 s) unless
+        something wakes them, so a timer wakes the loop when the linger ends.
+        """
+        if not self.alive and not self._stopping:
+            self._stopping = True
+            deadline = time.monotonic() + STOP_LINGER
+            for conn in self.pending_conns:
+                conn.timeout = min(conn.timeout, deadline)  # one deadline for all: the deque stays sorted
+            defer = getattr(getattr(self, "method_queue", None), "defer", None)  # absent: nothing to wake
+            if defer is not None:
+                waker = threading.Timer(STOP_LINGER, defer, args=(_nothing,))
+                waker.daemon = True
+                waker.start()
+        super().murder_pending()
+
+    def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
+        """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up.
+
+        It runs on gunicorn's main loop, where an exception would end the worker with every request
+        it holds: one that cannot be ranked (settings that do not load, an app that is not Django)
+        queues at normal priority without expiring, and the first such failure is logged.
+        """
+        try:
+            conn = args[0] if args else None
+            sock = getattr(conn, "sock", None)
+            claims = NOTHING
+            if sock is not None and not self.cfg.is_ssl:
+                claims = read_claims(_read_ahead(conn) + _peek(sock))
+            return RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
+        except Exception:
+            if not getattr(self, "_rank_failed", False):
+                self._rank_failed = True
+                self.log.exception(  # gunicorn's error log
+                    "PriorityThreadWorker could not rank a request by priority: requests it cannot rank are "
+                    "queued at normal priority, in arrival order (logged once per worker)"
+                )
+            return RANK[Priority.NORMAL], math.inf

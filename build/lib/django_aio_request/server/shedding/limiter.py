@@ -1,0 +1,296 @@
+"""Admission at the concurrency limit: serve now, wait in the priority queue, or refuse at once.
+
+A request that finds a free slot (fewer than the slots in flight, one it may take, and nobody of
+its priority or higher waiting) is served. Otherwise it waits in the :class:`~.queue.WaitQueue`
+for at most ``queue_timeout`` seconds, and never longer than its own deadline allows (its
+remaining time less the time a request takes to serve here: the mean of recent ones, or
+``min_time_to_serve`` if that is more). A request whose deadline leaves no time to wait is refused
+at once (reason ``deadline``). Each freed slot goes to
+the best waiter: the highest priority, then the earliest deadline.
+
+Low priority never takes the last slots: from 2 slots on, a tenth of them, rounded up (1 of 2 to
+10, 2 of 11 to 20, ...), are kept for normal and high priority. Low is what a caller can do without
+(this package's clients send their hedges at low priority), so when the process is busy enough that
+only those slots are free, a low request waits or is refused like one that found none, and the
+next normal or high request finds a slot at once. A queue alone shed low first only among requests
+that meet in it; under a threaded server whose limit is near its threads most requests wait in the
+server's own first-come queue instead, and a benchmark saw billing refuse 0-0.9% of the hedges it
+got against 0-12.9% of first attempts (docs/benchmarks.md, ``benchmarks/hedge_safety.py``).
+Rounded up, not down: an earlier share of the slots reserved per priority rounded to nothing at
+the small sizes servers commonly run (4 x 0.2 = 0).
+
+Threads. A sync request holds a worker thread while it waits, and the server (gunicorn's gthread,
+for one) hands requests to threads in arrival order from a queue this process cannot see. If every
+thread waited here, nobody would take the next request off that queue, and a high-priority request
+behind a flood of low ones would wait for the flood. So at most one sync request per slot may wait,
+and never more than half the threads the slots leave free (the server's threads counted as the most
+sync requests ever in here at once): one waiter per slot keeps every slot refilled, and more would
+only hold threads that should be pulling. Past that, the worst of the waiters and the newcomer is
+refused at once (reason ``capacity``) unless it is of high priority. The other threads keep pulling
+requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
+``Retry-After`` step back, which empties the queue nobody here can see. An async request (ASGI)
+waits on a future and holds no thread.
+
+Reasons a request is refused, as counted in ``aio_request_server_shed_total``: ``capacity`` (no slot
+it may take, low priority finding only the kept ones, and no thread to wait on; or displaced by a
+better request), ``queue_timeout`` (waited the longest
+allowed), ``deadline`` (could not be served before its deadline).
+"""
+
+import asyncio
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from django_aio_request.core.priority import Priority
+from django_aio_request.metrics import server as metrics
+from django_aio_request.server.shedding.limit import AdaptiveLimit, Limit
+from django_aio_request.server.shedding.queue import RANK, Waiter, WaitQueue
+
+__all__ = ["ADMITTED", "REASONS", "Admission", "Limiter"]
+
+REASON_CAPACITY = "capacity"
+REASON_QUEUE_TIMEOUT = "queue_timeout"
+REASON_DEADLINE = "deadline"
+REASONS = (REASON_CAPACITY, REASON_QUEUE_TIMEOUT, REASON_DEADLINE)
+_RTT_WEIGHT = 0.2  # of the newest sample in the moving mean of service times
+_KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low priority may not take
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admission:
+    """The limiter's answer: admitted (at ``admitted_at``), or refused with why and whether retrying can help."""
+
+    admitted: bool
+    reason: str | None = None
+    retry_after: int = 0
+    do_not_retry: bool = False
+    admitted_at: float = 0.0
+
+
+ADMITTED = Admission(True)
+
+
+class Limiter:
+    """The process's admission control for one ``SHEDDING`` setting (thread-safe, sync and async)."""
+
+    def __init__(
+        self,
+        limit: Limit,
+        *,
+        queue_timeout: float = 0.5,
+        min_time_to_serve: float = 0.0,
+        retry_after: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.queue_timeout = queue_timeout
+        self.min_time_to_serve = min_time_to_serve
+        self.retry_after = retry_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._queue = WaitQueue()
+        self._in_flight = 0
+        self._threads = 0  # sync requests in the limiter now (admitted or waiting)
+        self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
+        self._service_time: float | None = None
+        self._published_limit = -1
+
+        metrics.shedding_limit.set(limit.current)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def slots(self) -> int:
+        """How many requests may be served at once now (the limit, or one less than the server's threads)."""
+        with self._lock:
+            return self._slots()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def service_time(self) -> float | None:
+        """The moving mean of the time admitted requests took, or None before the first."""
+        return self._service_time
+
+    # Sync requests (one thread each).
+
+    def acquire(self, priority: Priority, deadline: float) -> Admission:
+        """A slot for a sync request with ``deadline`` (``time.monotonic()`` seconds); blocks while it waits.
+
+        An admitted request must be :meth:`release`\\ d exactly once, with ``thread=True``.
+        """
+        now = self._clock()
+        with self._lock:
+            self._threads += 1
+            self._threads_peak = max(self._threads_peak, self._threads)
+            outcome = self._enter(priority, deadline, now, None)
+            if isinstance(outcome, Admission):
+                if not outcome.admitted:
+                    self._threads -= 1
+                return outcome
+        waiter, bound, reason = outcome
+        waiter.wait(bound)
+        with self._lock:
+            admission = self._leave(waiter, reason)
+            if not admission.admitted:
+                self._threads -= 1
+        return admission
+
+    # Async requests (ASGI).
+
+    async def aacquire(self, priority: Priority, deadline: float) -> Admission:
+        """As :meth:`acquire`, waiting without blocking the event loop; release with ``thread=False``."""
+        now = self._clock()
+        with self._lock:
+            outcome = self._enter(priority, deadline, now, asyncio.get_running_loop())
+        if isinstance(outcome, Admission):
+            return outcome
+        waiter, bound, reason = outcome
+        try:
+            await waiter.await_(bound)
+        except BaseException:  # cancelled (the client went away): give back what was granted
+            with self._lock:
+                if waiter.granted:
+                    self._in_flight -= 1
+                    self._grant(self._clock())
+                elif not waiter.evicted:
+                    self._queue.remove(waiter)
+                    self._published_queue(waiter.priority)
+            raise
+        with self._lock:
+            return self._leave(waiter, reason)
+
+    def release(self, admitted_at: float, *, thread: bool, cpu: float | None = None, downstream: float = 0.0) -> None:
+        """The admitted request admitted at ``admitted_at`` is done: learn from its time, give its slot on.
+
+        ``cpu``: the CPU time the request's thread spent serving it (``time.thread_time()``), if known;
+        ``downstream``: the time it waited on calls made through this package's clients.
+        """
+        now = self._clock()
+        with self._lock:
+            if self._in_flight <= 0:
+                raise RuntimeError("release() without an admitted request")
+            if thread:
+                self._threads -= 1
+            rtt = now - admitted_at
+            try:
+                self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
+            finally:  # whatever learning does, the slot is given back (a lost one is never found again)
+                self._in_flight -= 1
+                previous = self._service_time
+                self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
+                self._grant(now)
+
+    # Under the lock.
+
+    def _enter(
+        self, priority: Priority, deadline: float, now: float, loop: asyncio.AbstractEventLoop | None
+    ) -> Admission | tuple[Waiter, float, str]:
+        """Admitted or refused now, or the waiter queued with how long it may wait and why it would be refused."""
+        slots = self._slots()
+        if self._in_flight < slots:
+            best = self._queue.best()
+            if best is None or RANK[priority] < RANK[best.priority]:  # nobody as good waits for a slot
+                if self._in_flight < self._open_to(priority, slots):
+                    self._in_flight += 1
+                    return Admission(True, admitted_at=now)
+                if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
+                    self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
+        bound, reason = self._bound(deadline, now)
+        if bound <= 0:  # no time to wait: the deadline's doing, or QUEUE_TIMEOUT 0's (no queue at all)
+            return self._refuse(priority, reason, deadline - now)
+        waiter = Waiter(priority, deadline, now, loop=loop)
+        queue = self._queue
+        queue.push(waiter)
+        if loop is None:
+            # One waiter per slot refills every slot once; more would only hold threads that should
+            # be pulling requests in, and at least half the spare threads do (see the module docstring).
+            current = self._slots()
+            # Rounded down on purpose: a single spare thread keeps pulling (measured: with 2 threads
+            # letting it wait instead took the high-priority p99 from 1.9x to 7x the unloaded one).
+            room = min(current, (self._threads_peak - current) // 2)
+            while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
+                queue.remove(worst)
+                self._published_queue(worst.priority)
+                if worst is waiter:
+                    return self._refuse(priority, REASON_CAPACITY, deadline - now)
+                worst.evicted = True
+                worst.wake()
+        self._published_queue(priority)
+        return waiter, bound, reason
+
+    def _slots(self) -> int:
+        """How many may be served at once now: the limit, but one thread short of the server's threads
+        when the learned limit reaches them and the views mostly compute.
+
+        At a limit of every thread no thread is left to take the next request off the server's own
+        first-come queue, and priority orders nothing (measured with 2 threads and CPU views: the
+        limit reached 2, and the high-priority p99 went from 1.1x to 3.5x the unloaded one). For views
+        that compute, one request at a time keeps the CPU as busy, so the thread costs nothing.
+        Views that also wait keep every thread: one left idle cost a fifth of the goodput with 2 and
+        4 threads when 5% of requests wait 150 ms (each wait held one of the fewer slots).
+        """
+        limit = self.limit
+        current = limit.current
+        threads = self._threads_peak
+        if isinstance(limit, AdaptiveLimit) and 2 <= threads <= current and limit.computes:
+            return max(limit.minimum, threads - 1)
+        return current
+
+    @staticmethod
+    def _open_to(priority: Priority, slots: int) -> int:
+        """How many of ``slots`` a request of ``priority`` may find taken and still be admitted."""
+        if priority is Priority.LOW and slots >= 2:
+            return slots - math.ceil(slots * _KEPT_FROM_LOW)
+        return slots
+
+    def _bound(self, deadline: float, now: float) -> tuple[float, str]:
+        """How long a request may wait, and the reason it is refused if it waited that long for nothing."""
+        need = max(self.min_time_to_serve, self._service_time or 0.0)
+        budget = deadline - now - need
+        if budget < self.queue_timeout:
+            return budget, REASON_DEADLINE
+        return self.queue_timeout, REASON_QUEUE_TIMEOUT
+
+    def _leave(self, waiter: Waiter, reason: str) -> Admission:
+        now = self._clock()
+        if waiter.granted:
+            return Admission(True, admitted_at=waiter.since)  # since: set to the grant's time
+        if waiter.evicted:
+            reason = REASON_CAPACITY
+        else:
+            self._queue.remove(waiter)
+            self._published_queue(waiter.priority)
+        return self._refuse(waiter.priority, reason, waiter.deadline - now)
+
+    def _refuse(self, priority: Priority, reason: str, remaining: float) -> Admission:
+        # Retrying cannot help when the deadline is the reason, or it ends before the caller may retry.
+        do_not_retry = reason == REASON_DEADLINE or remaining < self.retry_after
+        return Admission(False, reason, self.retry_after, do_not_retry)
+
+    def _grant(self, now: float) -> None:
+        queue = self._queue
+        slots = self._slots()
+        while (best := queue.best()) is not None and self._in_flight < self._open_to(best.priority, slots):
+            waiter = queue.pop_best()
+            self._in_flight += 1
+            waiter.granted = True
+            waited = now - waiter.since
+            waiter.since = now  # from here on: when it was admitted
+            metrics.shedding_waited(waiter.priority.value, waited)
+            self._published_queue(waiter.priority)
+            waiter.wake()
+        current = slots
+        if current != self._published_limit:
+            self._published_limit = current
+            metrics.shedding_limit.set(current)
+
+    def _published_queue(self, priority: Priority) -> None:
+        metrics.shedding_queue_length.labels(priority.value).set(self._queue.counts[priority])

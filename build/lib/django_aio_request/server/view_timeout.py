@@ -1,0 +1,170 @@
+"""``@timeout(seconds)``: a view's own default deadline, as aio-request's ``aiohttp_timeout``.
+
+The deadline of a request comes from its ``X-Request-Timeout`` header when it has a valid one
+(the caller knows how long it will wait), else from the view's ``@timeout``, else from
+``AIO_REQUEST["TIMEOUT"]``. The middleware sets the header's or the default deadline before the
+URL is resolved; the default one is a :class:`DefaultDeadline`, and that type is the flag the
+decorator consults: running around the view, it replaces a ``DefaultDeadline`` (or no deadline at
+all: no middleware) with the view's, and leaves any other deadline (the header's, an outer
+``@timeout``'s) alone. No Django import here: the decorator only touches the context.
+"""
+
+import functools
+import inspect
+import math
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from typing import Any, Protocol, TypeVar
+
+from asgiref.sync import iscoroutinefunction
+
+from django_aio_request.conf.reader import LARGEST, SMALLEST_SECONDS
+from django_aio_request.core.context import Context, _context
+from django_aio_request.core.deadline import Deadline
+
+__all__ = ["DefaultDeadline", "ViewDeadline", "timeout"]
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+class DefaultDeadline(Deadline):
+    """The deadline AioRequestMiddleware gives a request without a valid ``X-Request-Timeout``
+    (``AIO_REQUEST["TIMEOUT"]`` from its arrival): a view's ``@timeout`` replaces it."""
+
+    __slots__ = ()
+
+
+class ViewDeadline(Deadline):
+    """A deadline set by ``@timeout``: ``seconds`` from when the view was called."""
+
+    __slots__ = ()
+
+
+class Canceller(Protocol):
+    """Cancels an async view at its deadline (the middleware's, with CANCEL_ASYNC_VIEWS_ON_TIMEOUT)."""
+
+    def reschedule(self, deadline: Deadline) -> None:
+        """Cancel at ``deadline`` (the view's ``@timeout``, while the view runs)."""
+
+    def view_returned(self, deadline: Deadline) -> None:
+        """The view that ran under ``deadline`` returned (or raised): cancel at the request's own
+        deadline again, or at ``deadline`` if that is later (the view was given more time)."""
+
+
+# Set by AioRequestMiddleware around async views when CANCEL_ASYNC_VIEWS_ON_TIMEOUT is on.
+_canceller: ContextVar[Canceller | None] = ContextVar("django_aio_request_canceller", default=None)
+
+
+class _ViewDeadline:
+    """Sets the view's deadline for a block, unless a deadline other than the default is in force."""
+
+    __slots__ = ("_seconds", "_token", "deadline")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self.deadline: ViewDeadline | None = None
+
+    def __enter__(self) -> "_ViewDeadline":
+        current = _context.get()
+        if current.deadline is None or type(current.deadline) is DefaultDeadline:
+            self.deadline = ViewDeadline(time.monotonic() + self._seconds)
+            self._token: Token[Context] = _context.set(Context(self.deadline, current.priority))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.deadline is not None:
+            _context.reset(self._token)
+
+
+async def _await_within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """Await an async view (or the coroutine of a class's async handler) under its deadline.
+
+    With the middleware's canceller (CANCEL_ASYNC_VIEWS_ON_TIMEOUT), the cancellation moves to the
+    view's deadline while the view runs, and back when it returned: the middleware below, still to
+    run, must not be cancelled at a deadline that was the view's alone. Only from async code running
+    on the request's event loop: the canceller's timer lives there.
+    """
+    with _ViewDeadline(seconds) as applied:
+        deadline = applied.deadline
+        if deadline is None or (canceller := _canceller.get()) is None:
+            return await awaitable
+        canceller.reschedule(deadline)
+        try:
+            return await awaitable
+        finally:
+            canceller.view_returned(deadline)
+
+
+def _wrap(view: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await _await_within(seconds, view(*args, **kwargs))
+
+        async_wrapper.__aio_request_timeout__ = seconds  # type: ignore[attr-defined] # as aio-request marks views
+        return async_wrapper
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _ViewDeadline(seconds):
+            result = view(*args, **kwargs)
+        if inspect.isawaitable(result):
+            # A class-based view with async handlers: dispatch() is sync and returns a coroutine,
+            # which runs after dispatch() returned; give it the deadline while it runs.
+            return _await_within(seconds, result)
+        return result
+
+    wrapper.__aio_request_timeout__ = seconds  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _check_seconds(seconds: object) -> float:
+    if callable(seconds):
+        raise TypeError("timeout() needs a number of seconds: write @timeout(5), not @timeout")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"timeout() takes a positive, finite number of seconds, not {type(seconds).__name__}")
+    # repr() but for an int too large for one: 10**400 is no float (float() raises OverflowError,
+    # math.isfinite() too) and 10**5000 has no repr (int max str digits).
+    shown = (
+        f"an int of {seconds.bit_length()} bits"
+        if isinstance(seconds, int) and seconds.bit_length() > 64
+        else repr(seconds)
+    )
+    if seconds <= 0 or (isinstance(seconds, float) and not math.isfinite(seconds)):
+        raise ValueError(f"timeout() takes a positive, finite number of seconds, not {shown}")
+    if not SMALLEST_SECONDS <= seconds <= LARGEST:
+        # The range AIO_REQUEST's numbers take (conf/reader.py): 1e10 s overflow the clocks a deadline meets.
+        raise ValueError(f"timeout() takes {SMALLEST_SECONDS} to {LARGEST} seconds, not {shown}")
+    return float(seconds)
+
+
+def timeout(seconds: float) -> Callable[[View], View]:
+    """Give a view its own default deadline: ``seconds`` from when the view is called.
+
+    Used when the request carries no valid ``X-Request-Timeout`` (a valid header's deadline wins,
+    as in aio-request). Works on function views (sync and async), on view classes (it wraps their
+    ``dispatch``, in place), on methods of view classes, and in ``urls.py``::
+
+        path("report/", timeout(30)(views.report)),
+        path("items/", timeout(2)(ItemsView.as_view())),
+
+    Nested ``@timeout`` (a decorated view decorated again in ``urls.py``, a decorated class and a
+    decorated method): the outermost applies. Without ``AioRequestMiddleware`` it simply sets the
+    deadline for the view.
+    """
+    checked = _check_seconds(seconds)
+
+    def decorate(view: View) -> View:
+        if isinstance(view, type):
+            dispatch = getattr(view, "dispatch", None)
+            if not callable(dispatch):
+                raise TypeError(f"timeout() decorates views and view classes; {view.__name__} has no dispatch()")
+            view.dispatch = _wrap(dispatch, checked)  # type: ignore[attr-defined]
+            return view
+        if not callable(view):
+            raise TypeError(f"timeout() decorates views, not {type(view).__name__}")
+        return _wrap(view, checked)  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,10 @@
+"""Signals of the Django layer.
+
+``client_built`` is sent by the clients registry (``named_clients.py``) after it built
+``clients[name]``, with ``name`` and ``client``. The app's ``ready()`` connects the breaker
+publisher to it, so the registry does not need to know the publisher (nor import the models).
+"""
+
+from django.dispatch import Signal
+
+client_built = Signal()

@@ -1,0 +1,57 @@
+"""How long to wait before attempt ``k`` (k >= 1) of a call."""
+
+import random
+from collections.abc import Callable
+
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import Response
+
+#: ``delays(attempt) -> seconds``. Sequential strategies wait this long after attempt k-1 ends;
+#: parallel ones start attempt k this long after the call started.
+DelaysProvider = Callable[[int], float]
+
+
+class RequestAttemptDelaysProvider:
+    """A delays provider that looks at the request; may also learn from responses (``observe``)."""
+
+    def __call__(self, request: Request, attempt: int) -> float:
+        raise NotImplementedError
+
+    def observe(self, request: Request, response: Response) -> None:
+        """Told of every response an attempt got (the default learns nothing)."""
+
+
+class _RequestUnaware(RequestAttemptDelaysProvider):
+    __slots__ = ("_delays",)
+
+    def __init__(self, delays: DelaysProvider) -> None:
+        self._delays = delays
+
+    def __call__(self, request: Request, attempt: int) -> float:
+        return self._delays(attempt)
+
+
+def as_request_delays(delays: "DelaysProvider | RequestAttemptDelaysProvider") -> RequestAttemptDelaysProvider:
+    return delays if isinstance(delays, RequestAttemptDelaysProvider) else _RequestUnaware(delays)
+
+
+def constant_delays(*, delay: float = 0.0) -> DelaysProvider:
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
+    return lambda _attempt: delay
+
+
+def linear_backoff_delays(
+    *, min_delay_seconds: float = 0.0, delay_multiplier: float = 0.05, jitter: float = 0.2
+) -> DelaysProvider:
+    """``min_delay_seconds + attempt * delay_multiplier``, moved up or down by up to ``jitter`` of itself."""
+    if min_delay_seconds < 0 or delay_multiplier < 0:
+        raise ValueError("min_delay_seconds and delay_multiplier must be >= 0")
+    if not 0 <= jitter <= 1:
+        raise ValueError(f"jitter must be between 0 and 1, not {jitter!r}")
+
+    def delays(attempt: int) -> float:
+        delay = min_delay_seconds + attempt * delay_multiplier
+        return delay * (1 + jitter * random.uniform(-1.0, 1.0))
+
+    return delays

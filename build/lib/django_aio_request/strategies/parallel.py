@@ -1,0 +1,315 @@
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.classifier import ResponseVerdict
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.strategies.base import (
+    MAX_ATTEMPTS,
+    RequestStrategy,
+    ResponseWithVerdict,
+    SendAttempt,
+    first_attempt,
+)
+from django_aio_request.strategies.delays import (
+    DelaysProvider,
+    RequestAttemptDelaysProvider,
+    as_request_delays,
+    linear_backoff_delays,
+)
+from django_aio_request.transport.deadline_timer import deadline_timer
+
+# How long past the deadline to wait for a worker's answer before making up a 408. The transport
+# ends every attempt by its deadline; this only covers a pipeline stage that does not.
+_GRACE_SECONDS = 0.05
+# How soon the timer looks again at a hedge it held back because attempt 0's answer waited unread.
+_LOOK_AGAIN_SECONDS = 0.01
+
+
+class _HedgedCall:
+    """The state of one parallel call: attempts in flight, their cancellations, finished results.
+
+    Attempt 0 runs in the caller's thread. While it runs, hedges are launched at their times by the
+    process-wide timer (transport/deadline_timer.py) onto the client's workers; an accepted hedge (or
+    a hedge that raised) aborts attempt 0 so that the caller hears of it at once. Once attempt 0 has
+    returned, the caller takes over and launches the attempts the timer has not. The timer holds a
+    due hedge back while attempt 0's answer waits unread (a busy caller, not a slow server), and
+    looks again every 10 ms.
+    """
+
+    def __init__(
+        self,
+        send: SendAttempt,
+        request: Request,
+        deadline: Deadline,
+        priority: Priority,
+        observe: Callable[[Request, Response], None],
+    ) -> None:
+        self.send = send
+        self.observe = observe
+        self.request = request
+        self.deadline = deadline
+        self.priority = priority
+        # None: an attempt the client's retry budget refused (it sent nothing)
+        self.outcomes: queue.SimpleQueue[ResponseWithVerdict | BaseException | None] = queue.SimpleQueue()
+        self.cancellations: list[Cancellation] = []
+        self.finished: list[ResponseWithVerdict] = []
+        self.in_flight = 0
+        self.refused = False  # the retry budget refused an attempt: launch no more
+        self.lock = threading.Lock()
+        self.first = Cancellation()  # attempt 0's, raised by a hedge that settles the call
+        # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
+        self.next_attempt = 1
+        self.timer_running = False
+        self.cancel_timer: Callable[[], None] | None = None
+        # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
+        self.workers: AttemptThreadPool | None = None
+        self.due_at: Callable[[int], float] | None = None
+        self.count = 1
+        self.aborted_first: ResponseWithVerdict | None = None
+        # The caller's context, copied in the caller's thread: hedges may start from the timer's.
+        self.context = contextvars.copy_context()
+
+    def run_first(self) -> ResponseWithVerdict | None:
+        """Attempt 0, in this thread; None when a hedge aborted it."""
+        with self.lock:
+            self.in_flight += 1
+        try:
+            result = first_attempt(self.send(self.request, self.deadline, self.priority, 0, self.first))
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        self.observe(self.request, result.response)  # aborted too: usually the slow one a hedge beat
+        if result.response.status == status.CANCELLED:
+            # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
+            # whole call (an async caller went away): the answer only if nothing else comes.
+            self.aborted_first = result
+            return None
+        self.finished.append(result)
+        return result
+
+    def start_timer(self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int) -> None:
+        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`.
+
+        ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
+        with self.lock:
+            self.workers, self.due_at, self.count = workers, due_at, count
+            self.timer_running = True
+            self.cancel_timer = deadline_timer.schedule(due_at(1), self._fire)
+
+    def _fire(self) -> None:
+        """On the process-wide timer thread: start the next hedge on a worker and schedule the one after.
+
+        A method, not a closure in :meth:`start_timer`: a closure that schedules itself holds itself in
+        its own cell, a reference cycle that kept each call's state (its responses among it) alive
+        until the garbage collector ran."""
+        with self.lock:
+            if not self.timer_running:
+                return
+            workers, due_at = self.workers, self.due_at
+            # start_timer() set both before it scheduled this
+            assert workers is not None
+            assert due_at is not None
+            if self.first.answer_arrived():
+                # Attempt 0's answer is in this process, unread: the caller is late, not the
+                # server, and a hedge would only add to the work it is behind on. Look again
+                # shortly rather than give up: what arrived may not end attempt 0 (a redirect
+                # it follows to a server that has not answered). Once attempt 0 is over, the
+                # caller takes over and launches the rest itself if its answer is not accepted.
+                if self.deadline.expired:
+                    self.timer_running = False
+                else:
+                    self.cancel_timer = deadline_timer.schedule(time.monotonic() + _LOOK_AGAIN_SECONDS, self._fire)
+                return
+            attempt = self.next_attempt
+            self.next_attempt += 1
+            if not self.deadline.expired:
+                self._submit(workers, attempt)  # a full pool skips this hedge: attempt 0 is in flight
+            if self.refused or self.next_attempt >= self.count or self.deadline.expired:
+                self.timer_running = False
+                return
+            self.cancel_timer = deadline_timer.schedule(due_at(self.next_attempt), self._fire)
+
+    def take_over(self) -> int:
+        """Stop the timer; the number of the first attempt it did not launch."""
+        with self.lock:
+            self.timer_running = False
+            cancel, self.cancel_timer = self.cancel_timer, None
+            next_attempt = self.next_attempt
+        if cancel is not None:
+            cancel()
+        return next_attempt
+
+    def _submit(self, workers: AttemptThreadPool, attempt: int) -> bool:
+        """Start ``attempt`` on a worker (holding ``lock``); False when every worker is busy."""
+        cancellation = Cancellation()
+        context = self.context.copy()  # one copy per attempt: a context runs in one thread at a time
+
+        def run() -> None:
+            try:
+                result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
+                if result is None:
+                    self.refused = True  # before the put: the caller sees it once it hears of the attempt
+                    self.outcomes.put(None)
+                    return
+                # Observed here, not by the caller: the caller has often moved on before a loser ends,
+                # and losers are the slow attempts an adaptive delay most needs to hear about.
+                self.observe(self.request, result.response)
+                self.outcomes.put(result)
+                if result.accepted and h.X_CIRCUIT_BREAKER not in result.response.headers:
+                    self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
+            except BaseException as error:
+                self.outcomes.put(error)
+                self.first.cancel()  # the caller must hear of it now
+
+        if workers.try_submit(lambda: context.run(run)) is None:
+            return False
+        self.cancellations.append(cancellation)
+        self.in_flight += 1
+        return True
+
+    def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
+        """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
+
+        Returns the response when the attempt ran in this thread, else None (also when the retry
+        budget refused it, which sets ``refused``).
+        """
+        with self.lock:
+            if self._submit(workers, attempt) or self.in_flight:
+                return None  # started, or the pool is full: skip this hedge, the attempts in flight may win
+        sent = self.send(self.request, self.deadline, self.priority, attempt, None)
+        if sent is None:
+            self.refused = True
+            return None
+        self.observe(self.request, sent.response)
+        self.finished.append(sent)
+        return sent
+
+    def wait(self, timeout: float) -> ResponseWithVerdict | None:
+        """The next finished attempt, or None if none finished within ``timeout`` (or it was refused)."""
+        try:
+            outcome = self.outcomes.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        with self.lock:
+            self.in_flight -= 1
+        if outcome is None:
+            return None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.finished.append(outcome)
+        return outcome
+
+    def wait_accepted_until(self, until: float) -> ResponseWithVerdict | None:
+        """Wait for a winning response until ``until`` or until nothing is in flight."""
+        while self.in_flight and (left := until - time.monotonic()) > 0:
+            result = self.wait(left)
+            if result is not None and self.wins(result):
+                return result
+        return None
+
+    def wins(self, result: ResponseWithVerdict) -> bool:
+        """An accepted response ends the call, except an open circuit's fallback while attempts
+        are still in flight: one of them may be the breaker's half-open probe, and aborting it
+        for the fallback would keep the circuit from ever closing."""
+        if not result.accepted:
+            return False
+        return not (self.in_flight and h.X_CIRCUIT_BREAKER in result.response.headers)
+
+    def cancel_rest(self) -> None:
+        self.take_over()
+        with self.lock:
+            cancellations = list(self.cancellations)
+        for cancellation in cancellations:
+            cancellation.cancel()
+
+
+class ParallelStrategy(RequestStrategy):
+    """Hedged attempts: attempt ``k`` starts ``delays(k)`` after the call started, unless an
+    accepted response came first; the first accepted response wins and the others are aborted
+    (an open circuit breaker's fallback wins only once no attempt is left in flight).
+
+    Attempt 0 runs in the caller's own thread, so a call whose hedges never fire costs about what
+    a single attempt does (no thread hand-over). Hedges start at their times from a timer, on the
+    client's worker pool, each with a copy of the caller's context; an accepted hedge aborts attempt
+    0. When every attempt in flight has been rejected, the next one starts at once rather than at its
+    time (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped
+    (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
+    thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
+    refuses an attempt, no further one is launched; the attempts in flight may still win. No hedge
+    is launched while attempt 0's answer waits unread in its socket (the transport can tell over plain
+    HTTP): the caller is behind, not the server. The hedge goes once nothing waits and attempt 0 is
+    still running (a redirect it followed), or the caller launches it after a rejected answer.
+    """
+
+    def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
+        if not 1 <= attempts_count <= MAX_ATTEMPTS:
+            raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
+        self.attempts_count = attempts_count
+        self.delays = as_request_delays(delays_provider)
+
+    def request(
+        self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
+    ) -> ResponseWithVerdict:
+        call = _HedgedCall(send, request, deadline, priority, self.delays.observe)
+        started = time.monotonic()
+        delays = self.delays
+
+        # Every attempt's time, worked out here in the caller's thread: the timer thread also ends
+        # attempts at their deadlines, so it must not wait on a delays provider (locks, sorting).
+        due = [started] + [
+            min(started + delays(request, k), deadline.expires_at) for k in range(1, self.attempts_count)
+        ]
+        due_at = due.__getitem__
+
+        try:
+            if self.attempts_count > 1:
+                call.start_timer(workers, due_at, self.attempts_count)
+            first = call.run_first()
+            next_attempt = call.take_over()
+            if first is not None and call.wins(first):
+                return first
+            if not call.refused:
+                for attempt in range(next_attempt, self.attempts_count):
+                    accepted = call.wait_accepted_until(due_at(attempt))
+                    if accepted is not None:
+                        return accepted
+                    if deadline.expired or call.refused:
+                        break
+                    inline = call.launch(workers, attempt)
+                    if inline is not None and inline.accepted:
+                        return inline
+                    if call.refused:
+                        break
+            accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS)
+            if accepted is not None:
+                return accepted
+            if call.finished:
+                return call.finished[0]
+            if call.aborted_first is not None:
+                return call.aborted_first
+            timeout = EmptyResponse(status=status.TIMEOUT, elapsed=time.monotonic() - started)
+            return ResponseWithVerdict(timeout, ResponseVerdict.REJECT)
+        finally:
+            call.cancel_rest()
+
+    def __repr__(self) -> str:
+        return f"<ParallelStrategy attempts={self.attempts_count}>"
+
+
+def parallel_strategy(
+    *, attempts_count: int = 3, delays_provider: DelaysProvider | RequestAttemptDelaysProvider | None = None
+) -> RequestStrategy:
+    return ParallelStrategy(
+        attempts_count=attempts_count,
+        delays_provider=delays_provider if delays_provider is not None else linear_backoff_delays(),
+    )

@@ -1,0 +1,313 @@
+"""Helpers for testing code that calls ``clients["name"]`` (see docs/testing.md).
+
+- :func:`fake_client` points a named client at a :class:`FakeDownstream`: a scripted transport that
+  answers by path with a status and body, after a delay, or with a network error, and records
+  every attempt with the deadline and priority it carried. Only the transport is replaced: the
+  client's strategies, retry budget, circuit breaker and metrics run as in production.
+- :func:`force_breaker` forces a named client's circuit open or closed.
+- :func:`request_headers` gives the headers for Django's test client that make the middleware serve
+  a request with a given ``X-Request-Timeout`` and priority; :func:`serving` sets that deadline and
+  priority directly around code called without the middleware.
+
+They are context managers, for unittest-style tests; the pytest plugin
+(``django_aio_request.testing.pytest_plugin``, loaded automatically) offers them as the
+``aio_request`` fixture, undone after each test.
+"""
+
+import contextlib
+import dataclasses
+import json as jsonlib
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from django_aio_request.breaker.circuit_breaker import Override
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.client import Client
+from django_aio_request.core.context import Context, set_context
+from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.transport.base import Transport
+
+__all__ = [
+    "FakeDownstream",
+    "RecordedCall",
+    "Reply",
+    "UnexpectedCallError",
+    "fake_client",
+    "force_breaker",
+    "network_error",
+    "reply",
+    "request_headers",
+    "serving",
+]
+
+
+class UnexpectedCallError(AssertionError):
+    """A call reached a :class:`FakeDownstream` on a path no route was given for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """What the fake answers one attempt with: made by :func:`reply` and :func:`network_error`."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering; an attempt with less time left ends 408 at its deadline
+    network_error: bool = False  # answer 489, as the real transport does for refused or reset connections
+
+
+def reply(
+    status: int = 200,
+    *,
+    body: bytes | str = b"",
+    json: Any = dataclasses.MISSING,
+    headers: Mapping[str, str] | None = None,
+    delay: float = 0.0,
+) -> Reply:
+    """An HTTP answer; ``json=`` serialises a body and sets ``Content-Type: application/json``."""
+    extra = dict(headers or {})
+    if json is not dataclasses.MISSING:
+        body = jsonlib.dumps(json)
+        extra.setdefault("Content-Type", "application/json")
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0, not {delay!r}")
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    return Reply(status=status, body=data, headers=extra, delay=delay)
+
+
+def network_error(*, delay: float = 0.0) -> Reply:
+    """A failed connection (refused, reset): the client sees 489, which its strategy may retry."""
+    if delay < 0:
+        raise ValueError(f"delay must be >= 0, not {delay!r}")
+    return Reply(status=status.NETWORK_ERROR, delay=delay, network_error=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedCall:
+    """One attempt that reached the fake, as the downstream service would have received it."""
+
+    method: str
+    path: str  # relative to the client's endpoint, filled in: "invoices/7"
+    template: str  # the request's URL template: "invoices/{id}"
+    query: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    at: float  # time.monotonic() of arrival
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds of ``X-Request-Timeout`` (the attempt's time left when sent), or None if not sent."""
+        value = self.headers.get(h.X_REQUEST_TIMEOUT)
+        return None if value is None else float(value)
+
+    @property
+    def priority(self) -> Priority | None:
+        """The ``X-Request-Priority`` sent, or None if not sent."""
+        return Priority.parse(self.headers.get(h.X_REQUEST_PRIORITY))
+
+
+class FakeDownstream(Transport):
+    """A transport that answers from a script instead of the network.
+
+    ``route(path, *replies, method=None)``: ``path`` is relative to the endpoint, filled in
+    (``"invoices/7"``), a URL template (``"invoices/{id}"``) or a prefix ending in ``*``; several
+    replies answer successive attempts in order, the last one repeating (``reply(503), reply(200)``
+    makes a first attempt fail and its retry succeed). A path with no route raises
+    :class:`UnexpectedCallError` out of the call, so a test cannot miss a call it did not expect.
+
+    Like a real transport, an attempt ends with 408 when its deadline comes before the reply's
+    delay, and with 499 when its strategy abandons it (a hedge that lost).
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("//api/" and
+        # "/api/./v1/" become "/api/" and "/api/v1/"), so recorded paths stay relative to it.
+        self._base = urllib.parse.urlsplit(urllib.parse.urljoin(endpoint, "x")).path[:-1]
+        self._lock = threading.Lock()
+        self._routes: dict[tuple[str | None, str], list[Reply]] = {}
+        self._served: dict[tuple[str | None, str], int] = {}
+        self._calls: list[RecordedCall] = []
+
+    def route(self, path: str, *replies: Reply, method: str | None = None) -> None:
+        """Answer attempts to ``path`` (any method, or only ``method``) with ``replies``."""
+        if not replies:
+            replies = (reply(),)
+        if not all(isinstance(r, Reply) for r in replies):
+            raise TypeError("route() takes Reply objects: make them with reply() or network_error()")
+        key = (method.upper() if method else None, path.lstrip("/"))
+        with self._lock:
+            self._routes[key] = list(replies)
+            self._served[key] = 0
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """Every attempt received so far, in order of arrival."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, path: str) -> list[RecordedCall]:
+        """The attempts whose filled-in path or template is ``path``."""
+        path = path.lstrip("/")
+        return [c for c in self.calls if path in (c.path, c.template)]
+
+    def send(
+        self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
+    ) -> Response:
+        started = time.monotonic()
+        parts = urllib.parse.urlsplit(request.build_url(endpoint))
+        path = (parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path).lstrip("/")
+        call = RecordedCall(
+            request.method, path, request.url.lstrip("/"), parts.query, dict(request.headers), request.body, started
+        )
+        with self._lock:
+            self._calls.append(call)
+            answer = self._next_reply(request.method, path, request.url.lstrip("/"))
+        if answer is None:
+            known = ", ".join(sorted(p for _, p in self._routes)) or "none"
+            raise UnexpectedCallError(f"{request.method} {path}: no route in the fake of {endpoint} (routes: {known})")
+        if answer.delay:
+            woken = threading.Event()
+            undo = cancellation.on_cancel(woken.set) if cancellation is not None else None
+            try:
+                if woken.wait(min(answer.delay, timeout)):
+                    return EmptyResponse(status=status.CANCELLED, elapsed=time.monotonic() - started)
+            finally:
+                if undo is not None:
+                    undo()
+            if answer.delay > timeout:
+                return EmptyResponse(status=status.TIMEOUT, elapsed=time.monotonic() - started)
+        if cancellation is not None and cancellation.cancelled:
+            return EmptyResponse(status=status.CANCELLED, elapsed=time.monotonic() - started)
+        if answer.network_error:
+            return EmptyResponse(status=status.NETWORK_ERROR, elapsed=time.monotonic() - started)
+        return Response(
+            status=answer.status, headers=answer.headers, body=answer.body, elapsed=time.monotonic() - started
+        )
+
+    def _next_reply(self, method: str, path: str, template: str) -> Reply | None:
+        exact: tuple[tuple[str | None, str], ...] = ((method, path), (None, path), (method, template), (None, template))
+        for key in exact:
+            if key in self._routes:
+                return self._take(key)
+        for key in self._routes:
+            wanted_method, pattern = key
+            if wanted_method in (None, method) and pattern.endswith("*") and path.startswith(pattern[:-1]):
+                return self._take(key)
+        return None
+
+    def _take(self, key: tuple[str | None, str]) -> Reply:
+        replies = self._routes[key]
+        served = self._served[key]
+        self._served[key] = served + 1
+        return replies[min(served, len(replies) - 1)]
+
+
+@contextlib.contextmanager
+def fake_client(name: str) -> Iterator[FakeDownstream]:
+    """Point ``clients[name]`` at a new :class:`FakeDownstream` for the block.
+
+    The client is built from ``AIO_REQUEST["CLIENTS"][name]`` as in production, fresh (its breaker,
+    budget and learned delays start empty), with the fake as its transport. Its breaker counts in
+    this process only, whatever ``CIRCUIT_BREAKER_STATE`` says: a fake's failures must not open the
+    real client's circuit in a shared cache (nor another test's fake), and the breaker publisher
+    leaves it out (admin never sees it, and its overrides never lift :func:`force_breaker`'s). On
+    exit it is closed and the client used before comes back. Change settings
+    (``override_settings``) before entering: a change of ``AIO_REQUEST`` inside the block rebuilds
+    every client, the fake's too.
+    """
+    from django_aio_request.conf.building import build_client
+    from django_aio_request.conf.schema import LOCAL_BREAKER_STATE
+    from django_aio_request.named_clients import UnknownClientError, clients
+
+    config = clients.settings
+    spec = config.clients.get(name)
+    if spec is None:
+        known = ", ".join(repr(n) for n in config.clients) or "none"
+        raise UnknownClientError(f"no client {name!r} in AIO_REQUEST['CLIENTS']; configured: {known}")
+    fake = FakeDownstream(spec.endpoint)
+    local = dataclasses.replace(spec, circuit_breaker_state=LOCAL_BREAKER_STATE)
+    client = build_client(local, config.service_name, transport=fake)
+    previous = clients.replace(name, client)
+    try:
+        yield fake
+    finally:
+        clients.replace(name, previous, only_if=client)
+        client.close()
+
+
+_MAX_HEADER_TIMEOUT = 999_999_999  # nine digits: the longest X-Request-Timeout the middleware reads
+_STATES: dict[str, Override] = {"open": Override.FORCE_OPEN, "closed": Override.FORCE_CLOSED}
+
+
+@contextlib.contextmanager
+def force_breaker(name_or_client: str | Client, state: Literal["open", "closed"]) -> Iterator[Client]:
+    """Force the circuit of a client's endpoint ``"open"`` (every call answers 502 with
+    ``X-Circuit-Breaker`` without sending) or ``"closed"`` for the block; the override in force
+    before comes back on exit. Works on a :func:`fake_client` too."""
+    if state not in _STATES:
+        raise ValueError(f"state must be 'open' or 'closed', not {state!r}")
+    if isinstance(name_or_client, Client):
+        client = name_or_client
+    else:
+        from django_aio_request.named_clients import clients
+
+        client = clients[name_or_client]
+    breaker = client.circuit_breaker
+    if breaker is None:
+        raise ValueError(f"{client!r} has no circuit breaker: give it CIRCUIT_BREAKER settings")
+    snapshot = getattr(breaker, "snapshot", None)
+    set_override = getattr(breaker, "set_override", None)
+    if snapshot is None or set_override is None:
+        raise TypeError(f"{type(breaker).__name__} cannot be forced: it has no set_override()")
+    before = next((s.override for s in snapshot() if s.scope == client.endpoint), None)
+    set_override(client.endpoint, _STATES[state])
+    try:
+        yield client
+    finally:
+        set_override(client.endpoint, before)
+
+
+def request_headers(*, timeout: float | None = None, priority: str | Priority | None = None) -> dict[str, str]:
+    """Headers for Django's test client (``client.get(url, headers=...)``) that make the
+    middleware serve the request with ``timeout`` seconds and ``priority``, as a caller would."""
+    headers: dict[str, str] = {}
+    if timeout is not None:
+        Deadline.from_timeout(timeout)  # the same checks: a finite number >= 0 (TypeError for a non-number)
+        if timeout > _MAX_HEADER_TIMEOUT:  # repr() of larger ones has 10 digits or an exponent
+            raise ValueError(
+                f"timeout must be at most {_MAX_HEADER_TIMEOUT} seconds, not {timeout!r}: the middleware"
+                " ignores a longer X-Request-Timeout as malformed"
+            )
+        headers[h.X_REQUEST_TIMEOUT] = repr(abs(float(timeout)))  # abs: -0.0 passes the checks, "-0.0" would not
+    if priority is not None:
+        headers[h.X_REQUEST_PRIORITY] = str(_priority(priority))
+    return headers
+
+
+@contextlib.contextmanager
+def serving(*, timeout: float | None = None, priority: str | Priority | None = None) -> Iterator[Context]:
+    """Set the deadline (``timeout`` seconds from now) and priority as the middleware would for a
+    request, around code called directly (a view function with ``RequestFactory``, a task)."""
+    values: dict[str, Any] = {}  # what is not given keeps the outer value
+    if timeout is not None:
+        values["deadline"] = Deadline.from_timeout(timeout)
+    if priority is not None:
+        values["priority"] = _priority(priority)
+    with set_context(**values) as context:
+        yield context
+
+
+def _priority(value: str | Priority) -> Priority:
+    parsed = value if isinstance(value, Priority) else Priority.parse(value)
+    if parsed is None:
+        raise ValueError(f"priority must be 'high', 'normal' or 'low', not {value!r}")
+    return parsed

@@ -1,0 +1,57 @@
+"""pytest fixtures for testing code that calls ``clients["name"]`` (see docs/testing.md).
+
+Loaded automatically through the ``pytest11`` entry point when django-aio-request is installed.
+It imports nothing from Django until a fixture is used, so it is harmless in projects that do not
+use Django.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import pytest
+
+if TYPE_CHECKING:
+    from django_aio_request.core.client import Client
+    from django_aio_request.core.context import Context
+    from django_aio_request.core.priority import Priority
+    from django_aio_request.testing import FakeDownstream
+
+
+class AioRequestFixture:
+    """What the ``aio_request`` fixture gives; everything it changes is undone after the test."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self._stack = stack
+
+    def fake(self, name: str) -> "FakeDownstream":
+        """Point ``clients[name]`` at a new scripted fake (:func:`django_aio_request.testing.fake_client`)."""
+        from django_aio_request.testing import fake_client
+
+        return self._stack.enter_context(fake_client(name))
+
+    def force_breaker(self, name_or_client: "str | Client", state: Literal["open", "closed"]) -> "Client":
+        """Force a client's circuit open or closed (:func:`django_aio_request.testing.force_breaker`)."""
+        from django_aio_request.testing import force_breaker
+
+        return self._stack.enter_context(force_breaker(name_or_client, state))
+
+    def serving(self, *, timeout: float | None = None, priority: "str | Priority | None" = None) -> "Context":
+        """Set the deadline and priority until the end of the test (:func:`django_aio_request.testing.serving`)."""
+        from django_aio_request.testing import serving
+
+        return self._stack.enter_context(serving(timeout=timeout, priority=priority))
+
+    @staticmethod
+    def headers(*, timeout: float | None = None, priority: "str | Priority | None" = None) -> dict[str, str]:
+        """Headers for Django's test client (:func:`django_aio_request.testing.request_headers`)."""
+        from django_aio_request.testing import request_headers
+
+        return request_headers(timeout=timeout, priority=priority)
+
+
+@pytest.fixture
+def aio_request() -> Iterator[AioRequestFixture]:
+    """Fake named clients, force breakers, set deadlines and priorities; all undone after the test."""
+    with contextlib.ExitStack() as stack:
+        yield AioRequestFixture(stack)

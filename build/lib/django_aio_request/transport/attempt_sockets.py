@@ -1,0 +1,321 @@
+"""Hard deadlines for blocking ``requests`` calls: shutting down the attempt's sockets.
+
+``requests``' ``timeout=`` bounds each wait on the socket, not the call, so a server that trickles
+bytes can hold a caller for ever. Closing the socket from another thread does not wake a blocked
+reader; ``shutdown(SHUT_RDWR)`` does, at once. To reach the sockets, the transport installs
+connection classes (below) that register each socket with the :class:`AttemptSockets` of the attempt
+running in the current thread, and a pool that unregisters a connection before it goes back to
+the pool, so a late abort can never hit a connection that another call has picked up since.
+"""
+
+import contextlib
+import ipaddress
+import select
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+
+from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
+from django_aio_request.transport.dropped_pools import RetiringPoolMixin
+from django_aio_request.transport.response_head import FinalResponse
+
+_local = threading.local()
+_CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)
+
+
+class AttemptSockets:
+    """The sockets of one attempt, and why it was aborted (None while it was not)."""
+
+    __slots__ = ("_closed", "_lock", "_owned", "_sent", "_sockets", "_wakers", "deadline", "reason")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: int | None = None
+        self._lock = threading.Lock()
+        self._sockets: dict[int, socket.socket] = {}
+        self._owned: set[int] = set()
+        self._wakers: set[threading.Event] = set()
+        self._closed = False
+        self._sent = False  # the request went out on the socket registered last
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def abort(self, reason: int) -> None:
+        """Stop the attempt: wake whatever read or write it is blocked in. ``reason`` is a status."""
+        with self._lock:
+            if self._closed or self.reason is not None:
+                return
+            self.reason = reason
+            for sock in self._sockets.values():
+                _shutdown(sock)
+            for event in self._wakers:
+                event.set()
+
+    def answer_arrived(self) -> bool:
+        """Whether bytes wait unread on the attempt's connection after its request went out.
+
+        Then the answer (or the connection's end) has reached this process and only this process is
+        late reading it: a hedge sent now would add work and win nothing. A look, not a wait
+        (``poll`` with no timeout). Plain HTTP only: on a TLS connection the bytes waiting may be
+        the server's session tickets rather than its answer, so there it says False (unknown), as
+        for any socket-like object that is not a plain socket (urllib3's TLS-in-TLS ``SSLTransport``
+        through an HTTPS proxy, pyOpenSSL's wrapper).
+        """
+        with self._lock:
+            if not self._sent or self._closed or self.reason is not None or not self._sockets or not _CAN_POLL:
+                return False
+            poller = select.poll()
+            for sock in self._sockets.values():
+                if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+                    return False
+                fd = sock.fileno()
+                if fd < 0:
+                    return False
+                poller.register(fd, select.POLLIN)
+            try:
+                return bool(poller.poll(0))
+            except OSError:
+                return False
+
+    def sent(self) -> None:
+        """The request went out in full on the socket registered last (see :meth:`answer_arrived`)."""
+        with self._lock:
+            self._sent = True
+
+    def wait(self, event: threading.Event) -> None:
+        """Block until ``event`` is set, the deadline passes or the attempt is aborted."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self._wakers.add(event)
+        try:
+            event.wait(max(0.0, self.remaining()))
+        finally:
+            with self._lock:
+                self._wakers.discard(event)
+
+    def attach(self, conn: Any, sock: socket.socket | None, *, owned: bool = False) -> None:
+        """Register the socket ``conn`` now uses (replacing its previous one).
+
+        ``owned``: the guard holds its own duplicate of the socket and closes it when done with it.
+        """
+        if sock is None:
+            return
+        with self._lock:
+            if self._closed:
+                if owned:
+                    sock.close()
+                return
+            self._forget(conn)
+            self._sockets[id(conn)] = sock
+            self._sent = False
+            if owned:
+                self._owned.add(id(conn))
+            conn._aio_request_guard = self
+            if self.reason is not None:
+                _shutdown(sock)
+
+    def detach(self, conn: Any) -> None:
+        with self._lock:
+            self._forget(conn)
+            conn._aio_request_guard = None
+
+    def close(self) -> None:
+        """The attempt is over: later aborts do nothing."""
+        with self._lock:
+            self._closed = True
+            for key in self._owned:
+                self._sockets[key].close()
+            self._owned.clear()
+            self._sockets.clear()
+
+    def _forget(self, conn: Any) -> None:
+        sock = self._sockets.pop(id(conn), None)
+        if sock is not None and id(conn) in self._owned:
+            self._owned.discard(id(conn))
+            sock.close()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this the guard of connections used by the current thread inside the block."""
+        previous = getattr(_local, "guard", None)
+        _local.guard = self
+        try:
+            yield
+        finally:
+            _local.guard = previous
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _current() -> AttemptSockets | None:
+    return getattr(_local, "guard", None)
+
+
+def _is_name(host: str) -> bool:
+    """Whether connecting to ``host`` needs a lookup: it is not an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return False
+
+
+class _GuardedConnectionMixin:
+    sock: socket.socket | None
+    timeout: Any
+    host: str
+    port: int
+    _dns_host: str
+
+    def connect(self) -> None:
+        guard = _current()
+        if guard is not None:
+            remaining = guard.remaining()
+            if remaining <= 0:
+                raise ConnectTimeoutError(self, "the deadline passed before connecting")
+            if not isinstance(self.timeout, int | float) or self.timeout > remaining:
+                self.timeout = remaining
+        super().connect()  # type: ignore[misc]
+        if guard is not None:
+            guard.attach(self, self.sock)  # for TLS, the wrapped socket replaces the plain one
+
+    def _new_conn(self) -> socket.socket:
+        guard = _current()
+        if guard is None:
+            plain: socket.socket = super()._new_conn()  # type: ignore[misc]
+            return plain
+        return self._connect_resolved(guard) if _is_name(self._dns_host) else self._connect_registered(guard)
+
+    def _connect_registered(self, guard: AttemptSockets) -> socket.socket:
+        """urllib3's ``_new_conn`` to an address (not a name), with each socket registered with the
+        attempt *before* ``connect()``.
+
+        Registered only once connected, an attempt whose SYN was dropped (a full accept queue, a
+        lost packet) could not be aborted: the caller whose hedge had won at 50 ms waited for the
+        kernel's retransmission (about 1 s), a cancelled async call's thread until the deadline. On
+        Linux ``shutdown()`` ends a ``connect()`` in progress at once. Wrapping the socket for TLS
+        detaches this socket object, so the guard keeps a duplicate of the descriptor (shutdown acts
+        on the socket, whichever descriptor names it) until ``connect()`` registers the wrapped
+        socket in its place.
+        """
+        conn = cast(HTTPConnection, self)
+        host = self._dns_host.strip("[]")
+        try:
+            error: OSError = OSError("getaddrinfo returns an empty list")
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                host, self.port, allowed_gai_family(), socket.SOCK_STREAM
+            ):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    for option in conn.socket_options or ():
+                        sock.setsockopt(*option)
+                    if isinstance(self.timeout, int | float):
+                        sock.settimeout(self.timeout)
+                    if conn.source_address:
+                        sock.bind(conn.source_address)
+                    guard.attach(self, sock.dup(), owned=True)
+                    if guard.reason is None:
+                        sock.connect(address)
+                    if guard.reason is not None:  # aborted before connect() began, which then missed the shutdown
+                        raise ConnectionAbortedError("the attempt was aborted while connecting")
+                except OSError as failed:
+                    sock.close()
+                    guard.detach(self)
+                    error = failed
+                    continue
+                sys.audit("http.client.connect", self, self.host, self.port)
+                return sock
+            raise error
+        except socket.gaierror as failed:
+            raise NameResolutionError(self.host, conn, failed) from failed
+        except TimeoutError as failed:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from failed
+        except OSError as failed:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {failed}") from failed
+
+    def _connect_resolved(self, guard: AttemptSockets) -> socket.socket:
+        """Resolve the host within the deadline (see resolver.py), then try its addresses in turn."""
+        name: str = self._dns_host
+        conn = cast(HTTPConnection, self)
+        try:
+            name.encode("idna")
+        except UnicodeError:
+            raise LocationParseError(f"'{name}', label empty or too long") from None
+        try:
+            addresses = resolver.resolve(name, self.port, allowed_gai_family(), guard)
+        except ResolutionUnfinished as error:
+            raise ConnectTimeoutError(self, f"resolving {name} did not finish before the deadline") from error
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, conn, error) from error
+        except OSError as error:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+        failure: Exception = NewConnectionError(conn, f"Failed to establish a new connection: no address for {name}")
+        try:
+            for address in addresses:  # urllib3's own loop, with an address instead of the name
+                remaining = guard.remaining()
+                if remaining <= 0:
+                    raise ConnectTimeoutError(self, "the deadline passed before connecting")
+                if not isinstance(self.timeout, int | float) or self.timeout > remaining:
+                    self.timeout = remaining
+                self._dns_host = address
+                try:
+                    return self._connect_registered(guard)
+                except (NewConnectionError, ConnectTimeoutError) as error:
+                    failure = error
+        finally:
+            self._dns_host = name
+        raise failure
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        guard = _current()
+        if guard is not None:
+            guard.attach(self, self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        if guard is not None:
+            guard.sent()
+
+
+class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    response_class = FinalResponse
+
+
+class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    response_class = FinalResponse
+
+
+class _DetachOnReturnMixin:
+    """Unregister a connection from its attempt before it goes back to the pool."""
+
+    def _put_conn(self, conn: Any) -> None:
+        guard = getattr(conn, "_aio_request_guard", None)
+        if guard is not None:
+            guard.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class GuardedHTTPConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+
+class GuardedHTTPSConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+
+POOL_CLASSES = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}

@@ -1,0 +1,124 @@
+"""Name resolution bounded by the attempt's deadline.
+
+``getaddrinfo()`` blocks in the C library and nothing can interrupt it: with a name server that
+does not answer, it takes the resolver's own timeout (5 s per try by default, several tries), far
+past any deadline. So lookups run on a few daemon threads here, and an attempt waits for its
+answer only until its deadline or its abort; a lookup it gave up on finishes on its thread.
+
+One lookup of a (host, port, family) in flight serves every attempt that asks for it meanwhile,
+so a name server that hangs costs one thread per name, not one per call, and at most
+:data:`MAX_THREADS` threads in all (further names wait for a free one, within their deadlines).
+A lookup older than :data:`SHARE_FOR` is not joined any more but asked again: one stuck in the C
+library for good (seen in a child forked while its parent's lookups hung) must not take its name
+down with it. Answers are not cached: each new connection asks again, as ``urllib3`` does.
+"""
+
+import copy
+import os
+import queue
+import socket
+import threading
+import time
+from typing import Protocol
+
+MAX_THREADS = 8
+#: Seconds a lookup in flight is shared with new attempts; glibc gives up on a silent name server
+#: after 5 s per try by default, so a lookup older than this is most likely stuck.
+SHARE_FOR = 10.0
+
+_Key = tuple[str, int, int]
+
+
+class Waiter(Protocol):
+    """What an attempt waits with: :class:`~django_aio_request.transport.attempt_sockets.AttemptSockets`."""
+
+    def wait(self, event: threading.Event) -> None:
+        """Block until ``event`` is set, the deadline passes or the attempt is aborted."""
+
+
+class ResolutionUnfinished(Exception):
+    """The attempt's deadline passed, or it was aborted, before the name was resolved."""
+
+
+class _Lookup:
+    __slots__ = ("addresses", "error", "finished", "started", "waiters")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.addresses: list[str] = []
+        self.error: Exception | None = None
+        self.finished = False
+        self.waiters: list[threading.Event] = []
+
+
+class Resolver:
+    def __init__(self, max_threads: int = MAX_THREADS, share_for: float = SHARE_FOR) -> None:
+        self._max_threads = max_threads
+        self._share_for = share_for
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # Also after fork(): the parent's threads, and the attempts waiting on them, are not in the child.
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[_Key, _Lookup]] = queue.SimpleQueue()
+        self._in_flight: dict[_Key, _Lookup] = {}
+        self._threads = 0
+        self._idle = 0  # threads waiting for a lookup
+        self._queued = 0  # lookups no thread has taken yet
+
+    def resolve(self, host: str, port: int, family: int, waiter: Waiter) -> list[str]:
+        """The addresses of ``host``, in ``getaddrinfo()`` order.
+
+        Raises ``socket.gaierror`` (and whatever else ``getaddrinfo()`` raised) if the lookup
+        failed, and :class:`ResolutionUnfinished` if the waiter's deadline or abort came first.
+        """
+        key = (host, port, family)
+        woken = threading.Event()
+        with self._lock:
+            lookup = self._in_flight.get(key)
+            if lookup is None or time.monotonic() - lookup.started > self._share_for:
+                lookup = self._in_flight[key] = _Lookup()
+                self._queue.put((key, lookup))
+                self._queued += 1
+                if self._queued > self._idle and self._threads < self._max_threads:
+                    self._start_thread()
+            lookup.waiters.append(woken)
+        waiter.wait(woken)
+        with self._lock:
+            if not lookup.finished:
+                lookup.waiters.remove(woken)
+                raise ResolutionUnfinished(host)
+        if lookup.error is not None:
+            # A copy: one exception object raised in several threads at once would mix their tracebacks.
+            raise copy.copy(lookup.error).with_traceback(None)
+        return lookup.addresses
+
+    def _start_thread(self) -> None:
+        self._threads += 1
+        threading.Thread(target=self._work, name="django-aio-request-resolver", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            key, lookup = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+            try:
+                host, port, family = key
+                found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+                lookup.addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
+            except Exception as error:  # handed to the waiting attempts, whatever it is
+                lookup.error = error
+            finally:
+                with self._lock:
+                    lookup.finished = True
+                    if self._in_flight.get(key) is lookup:  # not replaced as stale meanwhile
+                        del self._in_flight[key]
+                    for woken in lookup.waiters:
+                        woken.set()
+
+
+resolver = Resolver()

@@ -1,0 +1,55 @@
+"""Whether a response's body arrived in a coding this client can take off.
+
+urllib3 takes off the ``chunked`` framing and decodes the content codings it knows (gzip and deflate;
+br and zstd when the ``brotli`` and ``zstandard`` packages are installed). Any other coding it leaves
+as it came, and requests did the same: a ``Transfer-Encoding: gzip, chunked`` answer or a
+``Content-Encoding: br`` one without ``brotli`` became a 200 whose body was still compressed, which
+``text()`` and ``json()`` turned into garbage or an error far from its cause, and the breaker counted
+as a success. The transport answers those 489 instead (see docs/faults.md).
+
+A content coding the request asked for itself (its ``Accept-Encoding`` names it) is the caller's to
+decode: that body is handed over as it came, as requests does.
+"""
+
+from collections.abc import Mapping
+
+from urllib3.response import HTTPResponse
+
+__all__ = ["unreadable_coding"]
+
+# Transfer codings urllib3 takes off: chunked once (RFC 9112 forbids applying it twice), and
+# "identity", which RFC 2616 defined as no coding and some old servers still send.
+_TRANSFER = frozenset({"chunked", "identity"})
+
+
+def _codings(value: str) -> list[str]:
+    return [part.strip().lower() for part in value.split(",") if part.strip()]
+
+
+def _accepted(accept_encoding: str) -> set[str]:
+    """The codings an ``Accept-Encoding`` value names, but those it refuses with ``q=0``."""
+    accepted = set()
+    for item in _codings(accept_encoding):
+        name, _, parameters = item.partition(";")
+        weight = parameters.replace(" ", "")
+        if weight in ("q=0", "q=0.", "q=0.0", "q=0.00", "q=0.000"):
+            continue
+        accepted.add(name.strip())
+    return accepted
+
+
+def unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -> str | None:
+    """The header and coding that leave the body unreadable (``"Transfer-Encoding: gzip"``), or None.
+
+    ``headers`` are the response's; ``accept_encoding`` is the ``Accept-Encoding`` the request sent.
+    """
+    transfer = _codings(headers.get("Transfer-Encoding", ""))
+    unknown = [coding for coding in transfer if coding not in _TRANSFER]
+    if unknown or transfer.count("chunked") > 1:
+        return f"Transfer-Encoding: {', '.join(unknown or transfer)}"
+    content = _codings(headers.get("Content-Encoding", ""))
+    decoded = HTTPResponse.CONTENT_DECODERS
+    undecoded = [coding for coding in content if coding not in decoded and coding != "identity"]
+    if undecoded and not set(undecoded) <= _accepted(accept_encoding or ""):
+        return f"Content-Encoding: {', '.join(undecoded)}"
+    return None

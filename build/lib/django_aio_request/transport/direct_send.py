@@ -1,0 +1,209 @@
+"""Sending a request straight to the adapter's urllib3 pool, past requests' per-call machinery.
+
+On a loopback call, requests spends most of its time around the socket, not on it: merging the
+session's settings into every request (``isinstance`` checks against typing Protocols), looking
+for a netrc file, copying hooks, building a ``requests.Response`` and extracting cookies from it.
+When the session would change nothing of that for a host, the transport builds the same
+``PreparedRequest`` with requests' own ``prepare_url``, ``prepare_headers`` and ``prepare_body``
+and hands it to the same connection pool ``HTTPAdapter.send`` would pick, with the same arguments.
+
+Whatever requests would do differently takes requests' own path (``RequestsTransport._send``):
+
+* decided once per host (a session is never changed once it is shared, field notes): a session of
+  a subclass of ``requests.Session``, with ``auth``, ``params`` or response hooks, credentials in
+  the URL or a netrc entry for the host, a proxy for the host, or a mounted adapter that is not the
+  transport's own;
+* checked on every call, because tools patch them at any time: ``requests.Session.send`` (tracing:
+  OpenTelemetry, ddtrace), ``HTTPAdapter.send`` (``responses``), ``Session.get_adapter``
+  (requests-mock) or the session's own attributes replaced by something that is not requests' own,
+  a cookie in the session's jar, or a header value that is None (requests drops those).
+"""
+
+import functools
+import sys
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
+from requests.models import PreparedRequest
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity, get_auth_from_url, get_netrc_auth, select_proxy
+from urllib3 import HTTPResponse
+from urllib3.connection import port_by_scheme
+from urllib3.util import Timeout
+
+from django_aio_request.core.request import Request
+
+
+def _stock(owner: type, name: str, module: str) -> Callable[..., Any] | None:
+    """``owner.name`` as requests defines it, or None if something replaced it before this import
+    (then no call takes the direct route). A wrapper made with ``functools.wraps`` (OpenTelemetry's
+    instrumentation, installed at start-up, before this import) copies the name and module of what
+    it wraps, but not its code: the code must come from requests' own file."""
+    function = owner.__dict__.get(name)
+    defined_in = getattr(sys.modules.get(module), "__file__", None)
+    if (
+        isinstance(function, types.FunctionType)
+        and function.__module__ == module
+        and not hasattr(function, "__wrapped__")
+        and defined_in is not None
+        and function.__code__.co_filename == defined_in
+    ):
+        return function
+    return None
+
+
+_SESSION_SEND = _stock(requests.Session, "send", "requests.sessions")
+_SESSION_GET_ADAPTER = _stock(requests.Session, "get_adapter", "requests.sessions")
+_ADAPTER_SEND = _stock(HTTPAdapter, "send", "requests.adapters")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRoute:
+    """How to send to one host directly: the adapter whose pool is used, and the pool's key."""
+
+    adapter: HTTPAdapter
+    #: The key of the pool ``HTTPAdapter.send`` picks for the host, and what a new pool is made of.
+    pool_key: Any
+    pool_context: Mapping[str, Any]
+    https: bool
+    verify: Any
+    cert: Any
+    #: The session's headers, as ``prepare_headers`` left them (validated, None values dropped).
+    base_headers: CaseInsensitiveDict[Any]
+
+
+def plan_route(
+    session: requests.Session, adapter_class: type[HTTPAdapter], url: str, settings: Mapping[str, Any]
+) -> DirectRoute | None:
+    """The direct route to ``url``'s host, or None if requests would send to it differently.
+
+    ``settings`` are requests' environment settings for the host (proxies, verify, cert). Called
+    once per host; what is checked here does not change while the session is shared.
+    """
+    if type(session) is not requests.Session or None in (_SESSION_SEND, _SESSION_GET_ADAPTER, _ADAPTER_SEND):
+        return None
+    if session.auth is not None or session.params or any(session.hooks.get("response") or ()):
+        return None
+    if select_proxy(url, settings.get("proxies") or {}) is not None:
+        return None
+    if any(get_auth_from_url(url)):  # credentials in the URL: requests sends them as basic auth
+        return None
+    if session.trust_env and get_netrc_auth(url) is not None:
+        return None
+    adapter = session.get_adapter(url)
+    if type(adapter) is not adapter_class:
+        return None
+    probe = PreparedRequest()
+    probe.prepare_url(url, None)
+    verify, cert = settings.get("verify", True), settings.get("cert")
+    host_params, pool_kwargs = adapter.build_connection_pool_key_attributes(probe, verify, cert)
+    # What PoolManager.connection_from_host works out on every call, worked out once.
+    manager = adapter.poolmanager
+    context = dict(manager.connection_pool_kw)
+    for name, value in pool_kwargs.items():
+        if value is None:
+            context.pop(name, None)
+        else:
+            context[name] = value
+    scheme = host_params["scheme"]
+    context.update(scheme=scheme, host=host_params["host"], port=host_params["port"] or port_by_scheme[scheme])
+    pool_key = manager.key_fn_by_scheme[scheme](context)
+    # requests drops a session header set to None, and validates the rest on every call.
+    probe.prepare_headers({name: value for name, value in session.headers.items() if value is not None})
+    return DirectRoute(adapter, pool_key, context, scheme == "https", verify, cert, probe.headers)
+
+
+def still_direct(session: requests.Session, route: DirectRoute, url: str, request: Request) -> bool:
+    """The per-call checks: nothing has been patched in since the route was planned."""
+    return (
+        requests.Session.send is _SESSION_SEND
+        and requests.Session.get_adapter is _SESSION_GET_ADAPTER
+        and HTTPAdapter.send is _ADAPTER_SEND
+        and type(route.adapter).send is _ADAPTER_SEND
+        and "send" not in session.__dict__
+        and "get_adapter" not in session.__dict__
+        and "send" not in route.adapter.__dict__
+        and session.get_adapter(url) is route.adapter
+        and not len(session.cookies)
+        and None not in request.headers.values()
+    )
+
+
+def prepare(route: DirectRoute, url: str, request: Request) -> PreparedRequest:
+    """The ``PreparedRequest`` requests' ``Session.prepare_request`` makes for ``request`` on this
+    route's session (it raises for the same mistakes: an invalid URL or header)."""
+    prepared = PreparedRequest()
+    prepared.prepare_method(request.method)
+    prepared.url = _prepared_url(url) if len(url) <= MAX_CACHED_URL else _normalised_url(url)
+    # prepare_headers() on the session's headers merged with the request's, without validating the
+    # session's again (done once, in plan_route) or copying them key by key.
+    headers: CaseInsensitiveDict[Any] = CaseInsensitiveDict()
+    headers._store = route.base_headers._store.copy()  # type: ignore[attr-defined]
+    for header in request.headers.items():
+        check_header_validity(header)
+        headers[header[0]] = header[1]
+    prepared.headers = headers
+    prepared.prepare_body(request.body, None)
+    return prepared
+
+
+#: URLs longer than this are normalised on every call: the cache holds at most 1,024 of at most this
+#: size (2 MiB or so), whatever the application sends.
+MAX_CACHED_URL = 1024
+
+
+def _normalised_url(url: str) -> str:
+    """``url`` as requests' ``prepare_url`` leaves it; raises for an invalid one."""
+    probe = PreparedRequest()
+    probe.prepare_url(url, None)
+    return probe.url or url
+
+
+#: The same, cached (a raise is not): a pure function of the URL, and a tenth of the direct route's
+#: Python time.
+_prepared_url = functools.lru_cache(maxsize=1024)(_normalised_url)
+
+
+def send(session: requests.Session, route: DirectRoute, prepared: PreparedRequest, timeout: float) -> HTTPResponse:
+    """Send ``prepared`` as ``HTTPAdapter.send`` would, and return urllib3's response unread.
+
+    A cookie the answer sets goes into the session's jar as ``Session.send`` puts it there (if the
+    jar's policy keeps it: the transport's own session keeps none); the next call then carries it,
+    on requests' own path. Raises what urllib3 raises (not requests' wrappers); the transport turns
+    both into statuses.
+    """
+    adapter = route.adapter
+    # The pool is looked up on every call (not kept): PoolManager drops the least recently used
+    # pools past its size, and a kept one would outlive the manager's close().
+    pool = adapter.poolmanager.connection_from_pool_key(route.pool_key, request_context=dict(route.pool_context))
+    if route.https:
+        adapter.cert_verify(pool, prepared.url, route.verify, route.cert)  # type: ignore[no-untyped-call]
+    body = prepared.body
+    response: HTTPResponse = pool.urlopen(
+        method=prepared.method,
+        url=prepared.path_url,
+        body=body,
+        headers=prepared.headers,
+        redirect=False,
+        assert_same_host=False,
+        preload_content=False,
+        decode_content=False,
+        retries=adapter.max_retries,
+        timeout=Timeout(connect=timeout, read=timeout),
+        chunked=not (body is None or "Content-Length" in prepared.headers),
+    )
+    if "set-cookie" in response.headers:
+        extract_cookies_to_jar(session.cookies, prepared, response)  # type: ignore[no-untyped-call]
+    return response
+
+
+def as_requests_response(route: DirectRoute, prepared: PreparedRequest, raw: HTTPResponse) -> requests.Response:
+    """``raw`` as the ``requests.Response`` requests' own path would have made (for following a
+    redirect with requests' own ``resolve_redirects``)."""
+    prepared.prepare_cookies(RequestsCookieJar())  # as prepare_request's: an empty jar the redirect reads
+    return route.adapter.build_response(prepared, raw)

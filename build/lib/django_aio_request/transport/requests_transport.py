@@ -1,0 +1,701 @@
+"""The default transport, on a ``requests.Session``."""
+
+import contextlib
+import http.cookiejar
+import logging
+import os
+import threading
+import time
+import traceback
+import urllib.parse
+import weakref
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.sessions import REDIRECT_STATI
+from requests.utils import requote_uri
+from urllib3 import HTTPResponse
+from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+from urllib3.util import parse_url
+from urllib3.util.retry import Retry
+
+from django_aio_request.core import headers as h
+from django_aio_request.core import status
+from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.request import Request
+from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.transport import direct_send
+from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
+from django_aio_request.transport.base import Transport
+from django_aio_request.transport.codings import unreadable_coding
+from django_aio_request.transport.deadline_timer import deadline_timer
+from django_aio_request.transport.dropped_pools import retire_dropped_pools
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS = 64
+
+#: The most MAX_CONNECTIONS. urllib3 fills each host's connection pool with that many empty slots
+#: at its first call, in time and memory in proportion (about 1 microsecond a slot): 10**7 passed the
+#: check, and the first call took 7.3 s and 69 MB (a 408, past its TIMEOUT); 10,000 takes about 10 ms
+#: (tests/conf/test_reader.py::test_a_client_at_the_most_connections_builds_and_calls_at_once). And
+#: 10,000 is past what one process uses: each connection in flight is an attempt running on a thread
+#: of its own, and a socket (a file descriptor: 1,024 a process by default on Linux).
+MOST_CONNECTIONS = 10_000
+_CONNECTIONS_WHY = (
+    "each host's connection pool is made with this many slots at the first call, and each connection"
+    " in flight takes a thread and a socket of this process"
+)
+
+#: The most CONNECT_RETRIES. urllib3 retries by calling itself again, two frames deeper each time:
+#: from a shallow stack the 480th retry or so failed with RecursionError (a 489 logged as one, and
+#: 30 MB of tracebacks), sooner from a view's deeper stack. 100 (urllib3's own default is 3) keeps
+#: 200 frames at most, whatever calls the client
+#: (tests/conf/test_reader.py::test_connect_retries_at_the_bound_retry_without_recursion_error).
+MOST_CONNECT_RETRIES = 100
+_RETRIES_WHY = "urllib3 retries a connection by calling itself again: hundreds of retries end in RecursionError"
+# Socket timeouts above this overflow some platforms' limits; the deadline still ends the attempt.
+_MAX_SOCKET_TIMEOUT = 86_400.0
+#: How much of a redirect's body is read before following it, so that its connection can be reused.
+#: A longer one closes its connection instead: the body of a redirect is never the answer.
+REDIRECT_BODY_READ = 65_536
+_MAX_CACHED_HOSTS = 64
+DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
+_CHUNK_SIZE = 64 * 1024
+#: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
+X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
+#: Set on the synthetic 489 made for a body in a coding the client cannot take off (transport/codings.py);
+#: its value names it: ``Transfer-Encoding: gzip``, ``Content-Encoding: br``.
+X_UNREADABLE_CODING = "X-Unreadable-Coding"
+#: Set on the synthetic 488 made for a redirect that cannot be followed; its value says why.
+X_INVALID_REDIRECT = "X-Invalid-Redirect"
+# A Content-Length of more digits than this (leading zeros aside) is above any size limit.
+_MAX_LENGTH_DIGITS = 18
+
+
+def _attempt_over() -> bool:
+    """What an attempt's ``answer_arrived()`` says once ``send`` returned: whatever it got is in the
+    caller's hands, and a hedge due now must wait for the caller to take over from it."""
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """What the transport works out once per host: requests' settings from the environment, and the
+    direct route to the host's pool (None when requests would send there differently)."""
+
+    settings: dict[str, Any]
+    route: direct_send.DirectRoute | None
+
+
+#: A request ready to send: the prepared request, its settings, and the direct route or None.
+_Sendable = tuple[requests.PreparedRequest, dict[str, Any], direct_send.DirectRoute | None]
+
+
+def _redacted(endpoint: str) -> str:
+    """``endpoint`` for logs: credentials in it (``http://user:password@host/``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if "@" not in parts.netloc:
+        return endpoint
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """An adapter whose connection pools register sockets with the attempt's guard.
+
+    Also those of HTTP(S) proxies (from ``HTTP_PROXY``/``HTTPS_PROXY`` or the session): a proxy
+    that trickles would otherwise hold a call past its deadline. SOCKS proxies use PySocks'
+    connection classes, which are not guarded.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+        retire_dropped_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
+            retire_dropped_pools(manager)
+        return manager
+
+    def close(self) -> None:
+        """Close every pool's connections now, then drop the pools.
+
+        urllib3 2.x's ``PoolManager.clear()`` only drops them and leaves the closing to a finalizer,
+        which runs when the garbage collector frees a pool: an exception's traceback cycle can keep a
+        pool (and its sockets) open until the next ``gc.collect()``. (Pools dropped earlier, because
+        more hosts were used than the manager keeps, were retired then: see ``dropped_pools``.)
+
+        Each pool is retired, not closed: a call that picked it just before (a call racing
+        ``Client.close()``) still gets a connection, closed when it is given back, where a closed
+        pool would raise ``ClosedPoolError`` (a 489 from a healthy server)."""
+        for manager in [self.poolmanager, *self.proxy_manager.values()]:
+            for key in list(manager.pools.keys()):
+                pool = manager.pools.get(key)
+                if pool is not None:
+                    with contextlib.suppress(Exception):  # best effort: a socket already gone is fine
+                        retire = getattr(pool, "retire", None)
+                        if retire is not None:
+                            retire()
+                        else:
+                            pool.close()
+        super().close()
+
+
+class RequestsTransport(Transport):
+    """Sends attempts with ``requests``, bounding each one by its deadline on the wall clock.
+
+    ``session``: a session to send with, fully configured before it is given here (requests
+    sessions are shared between threads only if nothing mutates them afterwards). Its adapters for
+    ``http://`` and ``https://`` are replaced by ones that enforce deadlines; headers, auth, certs
+    and proxies are kept. Without one, a session is made that keeps no cookies: a cookie one
+    downstream response sets must not ride along on calls made for other users.
+
+    ``max_connections``: attempts in flight at once through this transport, and the size of each
+    host's connection pool, so the pool never has to throw a connection away. An attempt that finds
+    every slot taken waits for one until its deadline (then it is a 408) or its cancellation (499).
+
+    ``connect_retries``: how many times a connection that failed before anything was sent is tried
+    again within the same attempt (and within its deadline).
+
+    ``max_response_size``: the most bytes of (decoded) body an attempt reads, or None for no limit.
+    A larger body (by its Content-Length, or once that many bytes were read) is not read further:
+    the attempt ends as a 489 with ``X-Response-Too-Large: <limit>`` and ``X-Do-Not-Retry: 1``
+    (another attempt would get the same body), and its connection is closed.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        connect_retries: int = 0,
+        max_response_size: int | None = DEFAULT_MAX_RESPONSE_SIZE,
+    ) -> None:
+        if not 1 <= max_connections <= MOST_CONNECTIONS:
+            raise ValueError(
+                f"max_connections must be from 1 to {MOST_CONNECTIONS}, not {max_connections}: {_CONNECTIONS_WHY}"
+            )
+        if not 0 <= connect_retries <= MOST_CONNECT_RETRIES:
+            raise ValueError(
+                f"connect_retries must be from 0 to {MOST_CONNECT_RETRIES}, not {connect_retries}: {_RETRIES_WHY}"
+            )
+        if max_response_size is not None and (isinstance(max_response_size, bool) or max_response_size < 0):
+            raise ValueError(f"max_response_size must be >= 0 or None, not {max_response_size!r}")
+        if session is None:
+            session = requests.Session()
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            session.max_redirects = 1_000  # each request's own max_redirects is enforced below
+        retries = Retry(
+            total=connect_retries,
+            connect=connect_retries,
+            read=False,
+            redirect=False,
+            status=0,
+            other=0,
+            backoff_factor=0,
+            raise_on_status=False,
+        )
+        for prefix in ("http://", "https://"):
+            session.mount(
+                prefix, _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
+            )
+        self._session = session
+        self._hosts: dict[str, _Host] = {}
+        self._slots = threading.Condition(threading.Lock())
+        self._free_slots = max_connections
+        self.max_connections = max_connections
+        self.max_response_size = max_response_size
+        _transports.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's transport: pools and slots of its own.
+
+        The parent's pooled keep-alive connections are the parent's sockets too: parent and child
+        calling at once on one of them read each other's answers. And the slots taken by the
+        parent's calls in flight at the fork are never given back here (with ``max_connections=1``
+        every call of the child was a 408). The parent's pools are dropped, not closed: closing
+        takes their locks, which a thread of the parent may have held at the fork, and the child's
+        copies of the sockets close when the pools are freed, which leaves the parent's open.
+        """
+        self._slots = threading.Condition(threading.Lock())
+        self._free_slots = self.max_connections
+        self._hosts = {}  # their direct routes name the parent's pools
+        for adapter in list(self._session.adapters.values()):
+            if isinstance(adapter, HTTPAdapter):
+                connections, most, block = adapter._pool_connections, adapter._pool_maxsize, adapter._pool_block  # type: ignore[attr-defined]
+                # And the options a user's adapter gave its pools (source_address, ssl_context, ...).
+                kept = getattr(adapter.poolmanager, "connection_pool_kw", {})
+                extra = {name: value for name, value in kept.items() if name not in ("maxsize", "block")}
+                adapter.init_poolmanager(connections, most, block=block, **extra)
+                adapter.proxy_manager = {}
+
+    def send(
+        self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
+    ) -> Response:
+        started = time.monotonic()
+        # The caller's own mistakes (an invalid URL, header or body) raise here, before anything is
+        # sent; from then on, whatever the peer answers ends as a status.
+        sendable = self._prepare(endpoint, request)
+        guard = AttemptSockets(started + timeout)
+        unregister = None
+        if cancellation is not None:
+            unregister = cancellation.on_cancel(lambda: self._cancel(guard))
+            cancellation.watch_answer(guard.answer_arrived)
+        try:
+            if not self._acquire_slot(guard):
+                # Cancelled or out of time before it had a connection: nothing was sent.
+                return EmptyResponse(status=guard.reason or status.TIMEOUT, elapsed=time.monotonic() - started)
+            cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
+            try:
+                with guard.active():
+                    response = self._send(sendable, request, endpoint, guard, started)
+                if guard.reason is not None:
+                    # The EOF an abort causes can pass for the end of the headers, or of a body without
+                    # Content-Length: what was read may be cut short, so it is not the server's answer.
+                    raise requests.ConnectionError("the attempt was aborted while its response was read")
+                return response
+            except Exception as error:  # anything a malformed answer makes requests or urllib3 raise
+                try:
+                    return self._failure(request, endpoint, error, guard, started)
+                finally:
+                    _let_go(error)
+            finally:
+                cancel_watch()
+                guard.close()
+                self._release_slot()
+        finally:
+            if cancellation is not None:
+                cancellation.watch_answer(_attempt_over)
+            if unregister is not None:
+                unregister()
+
+    def _host(self, url: str) -> _Host:
+        """requests' settings from the environment (proxies, CA bundle) for ``url``'s host, and the
+        direct route to it (``direct_send``).
+
+        requests reads the environment from ``os.environ`` on every call, a fifth of a loopback
+        call's time; the environment of a running service does not change, so it is read once per
+        host (and so is a netrc file).
+        """
+        parts = urllib.parse.urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        found = self._hosts.get(key)
+        if found is None:
+            self._check_target(url)  # once per host: its checks depend on nothing else
+            settings = dict(self._session.merge_environment_settings(url, {}, False, None, None))
+            found = _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
+            if len(self._hosts) >= _MAX_CACHED_HOSTS:
+                self._hosts.clear()  # redirects to ever new hosts must not grow it without end
+            self._hosts[key] = found
+        return found
+
+    def _acquire_slot(self, guard: AttemptSockets) -> bool:
+        """Take a slot, waiting for one until the deadline; False if the attempt ended first.
+
+        An attempt cancelled before it starts takes no slot, so it never picks up (and shuts down)
+        a pooled keep-alive connection just to abort it.
+        """
+        with self._slots:
+            while guard.reason is None:
+                if self._free_slots:
+                    self._free_slots -= 1
+                    return True
+                left = guard.remaining()
+                if left <= 0:
+                    return False
+                self._slots.wait(left)
+            return False
+
+    def _release_slot(self) -> None:
+        with self._slots:
+            self._free_slots += 1
+            self._slots.notify_all()  # waiters re-check; a notify() could go to one that is giving up
+
+    def _cancel(self, guard: AttemptSockets) -> None:
+        guard.abort(status.CANCELLED)
+        with self._slots:
+            self._slots.notify_all()  # wake the attempt if it is waiting for a slot
+
+    def _prepare(self, endpoint: str, request: Request) -> _Sendable:
+        """The request as requests sends it, its settings, and the direct route to take or None;
+        raises for the caller's mistakes."""
+        url = request.build_url(endpoint)
+        host = self._host(url)
+        route = host.route
+        if route is not None and direct_send.still_direct(self._session, route, url, request):
+            return direct_send.prepare(route, url, request), host.settings, route
+        prepared = self._session.prepare_request(
+            requests.Request(method=request.method, url=url, headers=request.headers, data=request.body)
+        )
+        if prepared.url != url:
+            host = self._host(prepared.url or "")  # requests normalised the host: its own settings
+        return prepared, host.settings, None
+
+    def _check_target(self, url: str) -> None:
+        """Raise if ``url`` cannot be sent at all: no adapter for its scheme (``InvalidSchema``),
+        unparsable (``LocationParseError``), no host, or a host name that is no valid name."""
+        self._session.get_adapter(url)
+        host = parse_url(url).host
+        if not host:
+            raise requests.exceptions.InvalidURL(f"no host in {url!r}")
+        if _is_name(host):
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                raise LocationParseError(f"'{host}', label empty or too long") from None
+
+    def _redirect_problem(self, response: requests.Response) -> str | None:
+        """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
+        or None. A peer's ``Location`` is input like any other: it must end as a status, not raise."""
+        try:
+            target = self._session.get_redirect_target(response)
+        except UnicodeError:
+            return "Location is not UTF-8"
+        if not target:
+            return "empty Location"
+        try:
+            if target.startswith("//"):
+                target = f"{urllib.parse.urlsplit(response.url).scheme}:{target}"
+            parsed = urllib.parse.urlsplit(target)
+            url = requote_uri(target) if parsed.netloc else urllib.parse.urljoin(response.url, requote_uri(target))
+            self._check_target(url)
+        except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
+            return type(error).__name__  # not its message: it holds the URL, path values and all
+        return None
+
+    def _send(
+        self,
+        sendable: _Sendable,
+        request: Request,
+        endpoint: str,
+        guard: AttemptSockets,
+        started: float,
+    ) -> Response:
+        prepared, settings, route = sendable
+        remaining = min(max(guard.remaining(), 0.001), _MAX_SOCKET_TIMEOUT)
+        first: requests.Response | None = None
+        if route is not None:
+            raw = direct_send.send(self._session, route, prepared, remaining)
+            if not (request.allow_redirects and raw.status in REDIRECT_STATI and "location" in raw.headers):
+                return self._answer(request, endpoint, raw, started, prepared.headers.get("Accept-Encoding"))
+            first = direct_send.as_requests_response(route, prepared, raw)  # followed by requests
+        # stream=True: the body is read below in chunks, so that its size can be bounded.
+        kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
+        outcome = self._send_with_requests(prepared, kwargs, request, endpoint, started=started, first=first)
+        if isinstance(outcome, Response):
+            return outcome
+        try:
+            body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE))
+            _check_decoded_to_the_end(outcome.raw, body)
+        finally:
+            outcome.close()  # a body left unread closes the connection instead of pooling it
+        accepted = outcome.request.headers.get("Accept-Encoding")  # the last request's, after redirects
+        return self._answered(
+            request, endpoint, outcome.status_code, outcome.headers, body, accepted=accepted, started=started
+        )
+
+    def _send_with_requests(
+        self,
+        prepared: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        request: Request,
+        endpoint: str,
+        *,
+        started: float,
+        first: requests.Response | None,
+    ) -> requests.Response | Response:
+        """Send with requests' ``Session.send`` (or take ``first``, an answer already received) and
+        follow redirects: the final answer unread, or the status that ends the attempt."""
+        session = self._session
+        # Every response received (redirects too), as soon as it is: requests parses a redirect's
+        # Location inside send() even with allow_redirects=False, and one it cannot parse raises
+        # there (ValueError, InvalidURL, ...), before the response could be looked at.
+        answers: list[requests.Response] = []
+        prepared.hooks["response"].append(lambda answer, **_: answers.append(answer))
+        try:
+            if first is None:
+                response = session.send(prepared, allow_redirects=False, **kwargs)
+            else:
+                response = first
+                answers.append(first)
+            if request.allow_redirects and response.is_redirect:
+                redirects = session.resolve_redirects(response, prepared, **kwargs)
+                for _ in range(request.max_redirects):
+                    problem = self._redirect_problem(response)
+                    if problem is not None:
+                        response.close()
+                        return self._invalid_redirect(request, endpoint, response, problem, started)
+                    _drop_body(response)
+                    response = next(redirects)
+                    if not response.is_redirect:
+                        break
+                else:
+                    response.close()
+                    return EmptyResponse(
+                        status=status.TOO_MANY_REDIRECTS,
+                        elapsed=time.monotonic() - started,
+                        headers={h.LOCATION: response.headers.get(h.LOCATION, "")},
+                    )
+        except Exception:
+            answer = answers[-1] if answers else None
+            problem = self._redirect_problem(answer) if answer is not None and answer.is_redirect else None
+            if answer is None or problem is None:
+                raise
+            if request.allow_redirects:
+                answer.close()
+                return self._invalid_redirect(request, endpoint, answer, problem, started)
+            response = answer  # not followed: the redirect itself is the answer
+        finally:
+            # The hook holds ``answers``, whose responses hold ``prepared`` (``response.request``), which
+            # holds the hook: emptied, the cycle no longer keeps the responses until the garbage collector.
+            answers.clear()
+        return response
+
+    def _answer(
+        self, request: Request, endpoint: str, raw: HTTPResponse, started: float, accepted: str | None
+    ) -> Response:
+        """The Response for an answer urllib3 received on the direct route (``direct_send``)."""
+        consumed = False
+        try:
+            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True))
+            _check_decoded_to_the_end(raw, body)
+            consumed = body is not None
+        finally:
+            # As requests' Response.close(): a body left unread closes the connection instead of
+            # pooling it; one read to its end is back in the pool already.
+            if not consumed:
+                raw.close()
+            raw.release_conn()
+        return self._answered(request, endpoint, raw.status, raw.headers, body, accepted=accepted, started=started)
+
+    def _answered(
+        self,
+        request: Request,
+        endpoint: str,
+        status_code: int,
+        headers: Any,
+        body: bytes | None,
+        *,
+        accepted: str | None,
+        started: float,
+    ) -> Response:
+        """The Response for an answer whose body was read (``body``), or was too large (None);
+        ``accepted`` is the ``Accept-Encoding`` the request sent."""
+        if body is None:
+            logger.warning(
+                "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
+                request.method,
+                _redacted(endpoint),
+                request.url,
+                self.max_response_size,
+                status.NETWORK_ERROR,
+            )
+            return EmptyResponse(
+                status=status.NETWORK_ERROR,
+                elapsed=time.monotonic() - started,
+                headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
+            )
+        unreadable = unreadable_coding(headers, accepted) if body else None
+        if unreadable is not None:
+            logger.warning(
+                "%s %s%s: the response's body is in a coding this client cannot take off (%s; status %s)",
+                request.method,
+                _redacted(endpoint),
+                request.url,
+                unreadable,
+                status.NETWORK_ERROR,
+            )
+            return EmptyResponse(
+                status=status.NETWORK_ERROR,
+                elapsed=time.monotonic() - started,
+                headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
+            )
+        return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
+
+    @staticmethod
+    def _invalid_redirect(
+        request: Request, endpoint: str, response: requests.Response, problem: str, started: float
+    ) -> Response:
+        location = response.headers.get(h.LOCATION, "")
+        logger.warning(
+            "%s %s%s: a redirect that cannot be followed (%s; status %s)",
+            request.method,
+            _redacted(endpoint),
+            request.url,
+            problem,
+            status.TOO_MANY_REDIRECTS,
+        )
+        return EmptyResponse(
+            status=status.TOO_MANY_REDIRECTS,
+            elapsed=time.monotonic() - started,
+            headers={h.LOCATION: location, X_INVALID_REDIRECT: problem},
+        )
+
+    def _read_body(self, headers: Any, chunks: Iterator[bytes]) -> bytes | None:
+        """The whole (decoded) body read from ``chunks``, or None if it is larger than
+        ``max_response_size``."""
+        limit = self.max_response_size
+        if limit is None:
+            return b"".join(chunks)
+        if _declared_length(headers.get("Content-Length", "")) > limit:
+            return None
+        read = []
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                return None
+            read.append(chunk)
+        return b"".join(read)
+
+    @staticmethod
+    def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
+        elapsed = time.monotonic() - started
+        if guard.reason is not None:
+            code = guard.reason
+        elif _is_timeout(error):
+            # When the socket timeout (set to the time left) beats the deadline timer, it is still the
+            # deadline.
+            code = status.TIMEOUT
+        elif isinstance(error, requests.TooManyRedirects):
+            code = status.TOO_MANY_REDIRECTS
+        else:
+            # Refused, reset, cut short, or an answer that is not valid HTTP: a malformed status line
+            # or Content-Length (requests' InvalidHeader), a body that does not decode, or whatever
+            # else requests or urllib3 raise on what the peer sent. The request was valid (_prepare).
+            code = status.NETWORK_ERROR
+        if code != status.CANCELLED:
+            logger.warning(
+                "%s %s%s failed after %.3fs: %s (status %s)",
+                request.method,
+                _redacted(endpoint),
+                request.url,
+                elapsed,
+                type(error).__name__,
+                code,
+            )
+        return EmptyResponse(status=code, elapsed=elapsed)
+
+    def close(self) -> None:
+        """Close every pooled connection now (of proxies too), not when the garbage collector frees
+        the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
+        it ends; it is closed then, as it cannot go back to a closed pool."""
+        self._session.close()
+
+
+_ZLIB_STREAM = type(zlib.decompressobj())
+
+
+def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
+    """Raise ``DecodeError`` when a gzip or deflate body ended before its compressed stream did.
+
+    urllib3 decodes what arrives and does not look for the stream's end: a complete message whose
+    gzip data was cut in half (a proxy that truncated it, a server that died mid-write with
+    ``Content-Length`` set for the part it wrote) gave a 200 with half a body, which the breaker
+    counted as a success. Python's gzip refuses the same bytes (``EOFError``). Looks at urllib3's
+    decoder objects (``_decoder``, ``_decoders``, ``_obj``): where a release has none, it says nothing.
+    """
+    if body is None or not raw.tell():  # too large (decided already), or no byte read
+        return
+    decoder = getattr(raw, "_decoder", None)
+    parts = getattr(decoder, "_decoders", None) or ([decoder] if decoder is not None else [])
+    for part in parts:
+        stream = getattr(part, "_obj", None)
+        # Only the first gzip member (or a deflate stream, which has no members): after a complete
+        # member, urllib3 takes whatever follows for another, and a stray byte (a NUL, a newline)
+        # is trailing garbage that other clients accept too.
+        if isinstance(stream, _ZLIB_STREAM) and not stream.eof and getattr(part, "_state", _FIRST) == _FIRST:
+            raise DecodeError("the compressed body ended before its compressed stream did")
+
+
+_FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
+
+
+_transports: "weakref.WeakSet[RequestsTransport]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_transports):
+        transport._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _let_go(error: BaseException) -> None:
+    """Clear the frames of ``error``'s tracebacks, and of the exceptions it chains or wraps.
+
+    urllib3 keeps the exception it is handling in a local of the frame it raises it from
+    (``urlopen``'s ``new_e``), so an exception caught here sits in a reference cycle with its own
+    traceback, whose frames reach up to the caller's through ``f_back``: the request, the call's
+    responses (their bodies) and its hedging state, about 230 objects an aborted attempt, stayed
+    alive until the garbage collector ran. Cleared, they go when the call returns.
+    """
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if item.__traceback__ is not None:
+            traceback.clear_frames(item.__traceback__)  # skips the frames still running (this one's caller)
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+
+
+def _is_timeout(error: Exception) -> bool:
+    """Whether ``error`` is a socket timeout: requests' ``Timeout``, requests' ``ConnectionError``
+    around urllib3's ``ReadTimeoutError`` (a timeout while reading the body), or urllib3's own
+    (the direct route raises urllib3's exceptions unwrapped). A refused connection is urllib3's
+    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout."""
+    if isinstance(error, requests.Timeout):
+        return True
+    if isinstance(error, requests.RequestException) and error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
+    if isinstance(error, MaxRetryError) and error.reason is not None:
+        error = error.reason
+    return isinstance(error, Urllib3TimeoutError) and not isinstance(error, NewConnectionError)
+
+
+def _declared_length(value: str) -> int:
+    """A response's Content-Length as a number; 0 when it is no plain ASCII number.
+
+    ``str.isdigit()`` accepts superscripts such as ``"²"`` that ``int()`` refuses, and ``int()``
+    refuses more than 4,300 digits: neither may decide on a peer's header. A number longer than
+    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted.
+    """
+    if not (value.isascii() and value.isdigit()):
+        return 0  # absent, a list ("5, 6"), or junk: urllib3 refused or ignored it already
+    digits = value.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63
+
+
+def _drop_body(redirect: requests.Response) -> None:
+    """Read the body of a ``redirect`` before requests follows it, as bytes on the wire.
+
+    requests' ``resolve_redirects`` reads a redirect's whole body to free its connection, decoded
+    and without a limit: a 302 with a 300 MB body, or a gzip bomb, went into memory whatever
+    ``max_response_size`` said. Up to :data:`REDIRECT_BODY_READ` bytes are read here, undecoded;
+    past that the connection is closed rather than read to its end. Either way requests then finds
+    the body consumed. Reads are on the attempt's sockets: the deadline bounds them.
+    """
+    raw = redirect.raw
+    left = REDIRECT_BODY_READ + 1  # one more byte: a body of exactly the limit is read to its end
+    try:
+        while left > 0:
+            chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
+            if not chunk:
+                return  # read to its end: the connection goes back to the pool
+            left -= len(chunk)
+        raw.close()  # longer: closed, never pooled with the rest of the body unread
+    finally:
+        redirect._content = b""
+        redirect._content_consumed = True  # type: ignore[attr-defined]
