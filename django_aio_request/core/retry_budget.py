@@ -93,7 +93,7 @@ class RetryBudget:
         """Ask for an extra attempt: True (and recorded) when the budget allows it, else False."""
         with self._lock:
             bucket = self._advance()
-            if self._extras + 1 > self.ratio * self._firsts + self._floor:
+            if self._extras + 1 > self._allowed():
                 self.refused += 1
                 return False
             bucket[2] += 1
@@ -104,7 +104,12 @@ class RetryBudget:
         """How many extra attempts the budget would allow right now."""
         with self._lock:
             self._advance()
-            return max(0, math.floor(self.ratio * self._firsts + self._floor) - self._extras)
+            return max(0, math.floor(self._allowed()) - self._extras)
+
+    def _allowed(self) -> float:
+        """``ratio * firsts + floor``, rounded to 9 decimals: in binary floats 0.29 * 100 is
+        28.999999999999996, which refused the 29th extra attempt the rule allows."""
+        return round(self.ratio * self._firsts + self._floor, 9)
 
     def _index(self) -> int:
         return math.floor(self._clock() / self._bucket_seconds)

@@ -61,6 +61,22 @@ def test_first_attempts_pay_for_a_ratio_of_extras() -> None:
     assert sum(budget.try_spend() for _ in range(100)) == 20
 
 
+@pytest.mark.parametrize("ratio", ["0.29", "0.57", "0.1", "0.7", "0.15"])
+@pytest.mark.parametrize("firsts", [100, 200, 1000])
+@pytest.mark.parametrize("floor", [0.0, 10.0])
+def test_the_budget_allows_exactly_what_the_rule_allows_in_decimal(ratio: str, firsts: int, floor: float) -> None:
+    """extras + 1 <= ratio x firsts + floor, as written: 0.29 x 100 is 28.999999999999996 in binary
+    floats, which refused the 29th extra attempt."""
+    from decimal import Decimal
+
+    budget = RetryBudget(ratio=float(ratio), min_per_second=floor / 10.0, window_seconds=10.0, clock=Clock())
+    for _ in range(firsts):
+        budget.record_first()
+    expected = math.floor(Decimal(ratio) * firsts + Decimal(str(floor)))
+    assert budget.available() == expected
+    assert sum(budget.try_spend() for _ in range(expected + 10)) == expected
+
+
 def test_firsts_leave_the_window_and_stop_paying() -> None:
     clock = Clock()
     budget = RetryBudget(ratio=0.5, min_per_second=0.0, window_seconds=2.0, buckets=2, clock=clock)
