@@ -35,8 +35,30 @@ class CurrentSettings:
             )
         return parsed
 
+    @functools.cached_property
+    def database_statement_timeout(self) -> bool:
+        """``DATABASE_STATEMENT_TIMEOUT``, which the database bound reads on every query.
+
+        When ``AIO_REQUEST`` has errors elsewhere (a client's ``ENDPOINT``), this key is read on its
+        own: in a process that runs no checks (``manage.py shell``, a task worker) an HTTP client's
+        mistake raises where that client is used, and must not fail every database query. An invalid
+        value of this key, or an ``AIO_REQUEST`` that is no dict, still raises ``InvalidSettings``.
+        """
+        try:
+            return self.settings.database_statement_timeout
+        except InvalidSettings:
+            raw = getattr(settings, SETTING, None)
+            if not isinstance(raw, dict):
+                raise
+            key = "DATABASE_STATEMENT_TIMEOUT"
+            alone, _ = read_settings({key: raw[key]} if key in raw else {})
+            if alone is None:
+                raise
+            return alone.database_statement_timeout
+
     def reset(self) -> None:
         self.__dict__.pop("settings", None)
+        self.__dict__.pop("database_statement_timeout", None)
 
 
 current = CurrentSettings()

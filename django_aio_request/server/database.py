@@ -127,8 +127,8 @@ def is_deadline_cancellation(exc: BaseException) -> bool:
 
 
 def is_enabled() -> bool:
-    """``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]``, validated with the rest of the setting."""
-    return current.settings.database_statement_timeout
+    """``AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]`` (see ``CurrentSettings.database_statement_timeout``)."""
+    return current.database_statement_timeout
 
 
 def install() -> None:
@@ -212,7 +212,7 @@ class QueryBound:
         return self._due is not None
 
     def __call__(self, execute: Execute, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        deadline = get_context().deadline if current.settings.database_statement_timeout else None
+        deadline = get_context().deadline if current.database_statement_timeout else None
         if deadline is None:
             if self._due is not None:
                 self.disarm()

@@ -21,6 +21,7 @@ from django.db.models.expressions import RawSQL
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from django_aio_request import Deadline, set_context
+from django_aio_request.conf.current import current
 from django_aio_request.server import database as db
 from django_aio_request.server.database import DeadlineExceeded, is_deadline_cancellation
 from django_aio_request.transport.deadline_timer import deadline_timer
@@ -173,6 +174,33 @@ class TestSetting:
         with pytest.raises(ImproperlyConfigured, match=r"AIO_REQUEST\['DATABASE_STATEMENT_TIMEOUT'\] must be True or"):
             db.is_enabled()
         db.install()  # AppConfig.ready() calls it: it reads no setting, so an invalid one cannot crash startup
+
+
+@on_postgres
+@pytest.mark.parametrize("statement_timeout", [None, False, True])
+def test_an_error_elsewhere_in_the_setting_fails_no_query(
+    settings: SettingsWrapper, statement_timeout: bool | None
+) -> None:
+    """A client's bad ENDPOINT, in a process that runs no checks (a shell, a task worker): that
+    client raises where it is used, and queries go on, bounded as DATABASE_STATEMENT_TIMEOUT says.
+    Every query raised InvalidSettings, with the bound off too."""
+    db.install()
+    bad = {"CLIENTS": {"billing": {"ENDPOINT": "ftp://bad/"}}}
+    settings.AIO_REQUEST = bad if statement_timeout is None else {**bad, db.SETTING_KEY: statement_timeout}
+    connection = connections[PG]
+    connection.ensure_connection()
+    assert scalar("SELECT 1") == 1
+    with set_context(deadline=Deadline.from_timeout(0.3)):
+        if statement_timeout:
+            with pytest.raises(DeadlineExceeded):
+                scalar("SELECT pg_sleep(2)")
+        else:
+            assert scalar("SELECT pg_sleep(0.5), 1") is not None  # unbounded: runs past the deadline
+    with pytest.raises(ImproperlyConfigured, match="ENDPOINT"):  # the setting is still invalid where it is read
+        current.settings  # noqa: B018
+    settings.AIO_REQUEST = {**bad, db.SETTING_KEY: "yes"}  # this key itself invalid: every query says so
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_STATEMENT_TIMEOUT"):
+        scalar("SELECT 1")
 
 
 @pytest.mark.django_db
