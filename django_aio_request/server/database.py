@@ -16,6 +16,12 @@ from ``X-Request-Timeout``) ends by that deadline:
 - A query sent when the deadline is (all but) up is not sent: :class:`DeadlineExceeded` at once.
   Statements that only end a transaction or a savepoint still go, so cleaning up always works.
 - A query the timer cancelled raises :class:`DeadlineExceeded` in place of the driver's error.
+- When the server cannot be told (its cancel request got no answer within :data:`CANCEL_TIMEOUT`:
+  a network partition, a proxy that drops cancel requests) or the statement has not ended
+  :data:`CANCEL_TIMEOUT` after it was told (the connection's own packets lost), the connection's
+  socket is shut down: the thread waiting on it gets an error at once (:class:`DeadlineExceeded`)
+  and Django opens a new connection for the next request. Without it the request waited for the
+  statement's end, or for TCP to give up on a dead network (minutes).
 - psycopg 3's ``cursor.copy()`` and ``cursor.stream()`` send their statement without passing an
   execute wrapper: the connection's cursor wrappers bound them the same way, for as long as the
   ``with cursor.copy(...)`` block or the iteration over ``cursor.stream(...)`` lasts.
@@ -31,6 +37,7 @@ import functools
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -74,7 +81,8 @@ SETTING_KEY = "DATABASE_STATEMENT_TIMEOUT"
 #: The timer fires this long before the deadline: a cancel request (a new connection to the server)
 #: takes 2-6 ms on the same host, more under load; a query sent with less time left is refused.
 CANCEL_LEAD = 0.01
-#: A cancel request that has not gone through after this long is given up (and logged).
+#: A cancel request that has not gone through after this long is given up (and logged), and the
+#: connection is closed; so is one whose cancelled statement has not ended this long after.
 CANCEL_TIMEOUT = 2.0
 #: SQLSTATE of PostgreSQL's query_canceled: a cancel request, or statement_timeout.
 QUERY_CANCELED = "57014"
@@ -200,6 +208,7 @@ class QueryBound:
         self._timer_at: float | None = None  # when the earliest pending timer entry fires
         self._generation = 0
         self._cancelled = -1  # the generation whose timer sent a cancel request
+        self._severed = -1  # the generation whose connection was shut down (the cancel did not end it)
         self._raw: Any = None  # the driver connection the timer cancels on
         self._forks = _forks  # the process this state belongs to (see _after_fork)
 
@@ -277,6 +286,14 @@ class QueryBound:
 
     def _raise_if_cancelled(self, error: Exception, generation: int, sql: object) -> None:
         """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
+        if self._severed == generation:
+            raise DeadlineExceeded(
+                f"database {self.alias!r} did not end the query at the deadline, and its connection was "
+                f"closed: {_head(sql)}",
+                alias=self.alias,
+                sent=True,
+                sql=_head(sql),
+            ) from error
         if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
             raise DeadlineExceeded(
                 f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
@@ -379,7 +396,36 @@ class QueryBound:
                 else:  # psycopg2
                     raw.cancel()
             except Exception as error:
-                logger.warning("could not cancel a query of database %r at its deadline: %s", self.alias, error)
+                self._sever(generation, f"could not cancel it ({error})")
+                return
+        # Told: the statement ends at once, unless its connection's own packets are lost.
+        later = time.monotonic() + CANCEL_TIMEOUT
+        deadline_timer.schedule(later, functools.partial(self._check_ended, generation))
+
+    def _check_ended(self, generation: int) -> None:
+        """On the deadline timer's thread, which must never wait for the lock (a cancel request may hold it)."""
+        _cancellers().submit(self._sever_if_running, generation)
+
+    def _sever_if_running(self, generation: int) -> None:
+        with self.lock:
+            if self.busy and generation == self._generation and self._severed != generation:
+                self._sever(generation, f"it was still running {CANCEL_TIMEOUT:g} s after it was cancelled")
+
+    def _sever(self, generation: int, why: str) -> None:
+        """With the lock held: shut the connection's socket down, so the thread waiting for the
+        statement's answer gets an error now. The statement may run on in the server until it
+        notices; the next request gets a new connection."""
+        self._severed = generation
+        logger.warning("a query of database %r ran past its deadline and %s: its connection is closed", self.alias, why)
+        try:
+            pgconn = getattr(self._raw, "pgconn", None)  # psycopg 3; psycopg2 has fileno()
+            fileno = pgconn.socket if pgconn is not None else self._raw.fileno()
+            # A duplicate of the descriptor: shutdown() acts on the socket both share, close() on the
+            # duplicate alone, so the driver's descriptor is never closed under it.
+            with socket.socket(fileno=os.dup(fileno)) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+        except Exception as error:
+            logger.warning("could not close the connection of database %r: %s", self.alias, error)
 
 
 class _CopyAndStreamBound:

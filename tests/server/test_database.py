@@ -563,11 +563,14 @@ def end_other_sessions() -> None:
 
 class HangingProxy:
     """A TCP proxy to the PostgreSQL server; with ``hang`` set, it accepts new connections (such as
-    a cancel request's) and never answers them: a server that hangs rather than refuses."""
+    a cancel request's) and never answers them: a server that hangs rather than refuses. After
+    :meth:`freeze`, the connections it carries then pass nothing on either way (a network
+    partition: packets lost, nobody closes anything)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.hang = False
+        self.frozen: set[socket.socket] = set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -587,13 +590,17 @@ class HangingProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                sink.sendall(data)
+                if source not in self.frozen:
+                    sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        """Lose every packet of the connections carried now (new ones pass)."""
+        self.frozen = set(self.sockets)
 
     def close(self) -> None:
         self.listener.close()
@@ -602,35 +609,101 @@ class HangingProxy:
                 sock.close()
 
 
-@on_postgres
-def test_a_cancel_request_the_server_never_answers_is_given_up_and_logged(
-    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The limit stated in docs/database.md: the statement then runs to its end. And the shared
-    deadline timer, which also bounds HTTP calls, keeps its time meanwhile."""
-    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+@contextlib.contextmanager
+def through_proxy(pg: BaseDatabaseWrapper) -> Iterator[HangingProxy]:
+    """``pg``'s connections go through a :class:`HangingProxy` for the block."""
     proxy = HangingProxy(pg.settings_dict["HOST"] or "127.0.0.1", int(pg.settings_dict["PORT"] or 5432))
     saved = dict(pg.settings_dict)
     pg.close()
     pg.settings_dict.update(HOST="127.0.0.1", PORT=str(proxy.port))
     try:
-        assert scalar("SELECT 1") == 1  # through the proxy
-        proxy.hang = True
-        fired: list[float] = []
-        due = time.monotonic() + 0.35
-        deadline_timer.schedule(due, lambda: fired.append(time.monotonic()))
-        with caplog.at_level(logging.WARNING), Timed() as timed, set_context(deadline=Deadline.from_timeout(0.2)):
-            scalar("SELECT pg_sleep(0.8)")  # the cancel request hangs: not cancelled
-        assert timed.elapsed >= 0.8
-        assert fired
-        assert fired[0] - due < 0.05  # the deadline timer was not held up by the hanging cancel
-        time.sleep(0.1)
-        warnings = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
-        expected = "could not cancel a query of database 'postgres' at its deadline: cancellation timeout expired"
-        assert warnings == [expected]
+        yield proxy
     finally:
         pg.close()
         pg.settings_dict.clear()
         pg.settings_dict.update(saved)
         proxy.close()
         end_other_sessions()
+
+
+def _database_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
+
+
+@on_postgres
+def test_a_cancel_request_the_server_never_answers_is_given_up_and_the_connection_closed(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that drops cancel requests: the request ends CANCEL_TIMEOUT after its deadline (it
+    waited for the statement's end), and the shared deadline timer, which also bounds HTTP calls,
+    keeps its time meanwhile. The next query gets a new connection."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+    with through_proxy(pg) as proxy:
+        assert scalar("SELECT 1") == 1  # through the proxy
+        proxy.hang = True
+        fired: list[float] = []
+        due = time.monotonic() + 0.35
+        deadline_timer.schedule(due, lambda: fired.append(time.monotonic()))
+        with (
+            caplog.at_level(logging.WARNING),
+            Timed() as timed,
+            set_context(deadline=Deadline.from_timeout(0.2)),
+            pytest.raises(DeadlineExceeded, match="its connection was closed"),
+        ):
+            scalar("SELECT pg_sleep(3)")
+        assert 0.2 + 0.3 - db.CANCEL_LEAD - 0.05 < timed.elapsed < 0.2 + 0.3 + SLACK
+        assert fired
+        assert fired[0] - due < 0.05  # the deadline timer was not held up by the hanging cancel
+        assert _database_warnings(caplog) == [
+            "a query of database 'postgres' ran past its deadline and could not cancel it (cancellation "
+            "timeout expired): its connection is closed"
+        ]
+        proxy.hang = False
+        pg.close_if_unusable_or_obsolete()  # what Django does when a request ends (request_finished)
+        with set_context(deadline=Deadline.from_timeout(5)):
+            assert scalar("SELECT 2") == 2  # on a new connection
+
+
+@on_postgres
+def test_a_network_partition_ends_the_query_by_its_deadline_plus_the_cancel_timeout(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the statement's answer nor a cancel request gets through: without the shutdown the
+    thread waited for TCP to give up on the connection (minutes)."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+    with through_proxy(pg) as proxy:
+        assert scalar("SELECT 1") == 1
+        proxy.freeze()
+        proxy.hang = True
+        with (
+            caplog.at_level(logging.WARNING),
+            Timed() as timed,
+            set_context(deadline=Deadline.from_timeout(0.3)),
+            pytest.raises(DeadlineExceeded),
+        ):
+            scalar("SELECT 1")  # sent, never answered
+        assert timed.elapsed < 0.3 + 0.3 + SLACK
+        assert len(_database_warnings(caplog)) == 1
+
+
+@on_postgres
+def test_a_cancelled_query_whose_answer_is_lost_ends_the_cancel_timeout_later(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cancel request goes through (a new connection), the connection's own packets are lost."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+    with through_proxy(pg) as proxy:
+        assert scalar("SELECT 1") == 1
+        proxy.freeze()
+        with (
+            caplog.at_level(logging.WARNING),
+            Timed() as timed,
+            set_context(deadline=Deadline.from_timeout(0.3)),
+            pytest.raises(DeadlineExceeded),
+        ):
+            scalar("SELECT pg_sleep(3)")
+        assert 0.3 + 0.3 - db.CANCEL_LEAD - 0.05 < timed.elapsed < 0.3 + 0.3 + SLACK
+        assert _database_warnings(caplog) == [
+            "a query of database 'postgres' ran past its deadline and it was still running 0.3 s after it "
+            "was cancelled: its connection is closed"
+        ]
