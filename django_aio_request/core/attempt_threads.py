@@ -26,8 +26,14 @@ class AttemptThreadPool:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
         _pools.add(self)
 
-    def try_submit(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T] | None":
-        """Start ``fn`` on a free worker, or return None when all are busy (or the pool is closed)."""
+    def try_submit(
+        self, fn: Callable[[], T], stop: Callable[[], None] | None = None
+    ) -> "concurrent.futures.Future[T] | None":
+        """Start ``fn`` on a free worker, or return None when all are busy (or the pool is closed).
+
+        ``stop`` ends ``fn`` early; it is called if the interpreter exits while ``fn`` runs (see
+        :func:`_stop_at_exit`).
+        """
         if self._closed:  # the client closed while a call was in flight: as when all are busy
             return None
         free, executor = self._free, self._executor  # this task's, also when reopen() makes others meanwhile
@@ -41,6 +47,9 @@ class AttemptThreadPool:
         except BaseException:
             free.release()
             raise
+        if stop is not None:
+            _running.add(stop)
+            future.add_done_callback(lambda _: _running.discard(stop))
         future.add_done_callback(lambda _: free.release())
         return future
 
@@ -76,6 +85,26 @@ class AttemptThreadPool:
 
 
 _pools: "weakref.WeakSet[AttemptThreadPool]" = weakref.WeakSet()
+_running: set[Callable[[], None]] = set()  # how to stop each task running now (its ``stop``)
+
+
+def _stop_at_exit() -> None:
+    """At interpreter exit, before ``concurrent.futures`` joins its workers: refuse new tasks and
+    stop the running ones. A hedge still waiting for its answer kept the process alive until the
+    call's deadline (20 s by default) after the caller, a daemon thread, or the main thread had
+    gone; its socket is shut down now, as a lost hedge's is."""
+    for pool in list(_pools):
+        pool._closed = True
+    for stop in list(_running):
+        stop()
+
+
+# Python joins the workers of every ThreadPoolExecutor at exit, before ``atexit`` handlers run, with
+# the functions registered here (concurrent.futures registers its own when it is imported, above):
+# they run last registered first, so this one runs before the join.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_stop_at_exit)
 
 
 def _after_fork_in_child() -> None:

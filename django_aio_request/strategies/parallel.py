@@ -171,7 +171,7 @@ class _HedgedCall:
                 self.outcomes.put(error)
                 self.first.cancel()  # the caller must hear of it now
 
-        if workers.try_submit(lambda: context.run(run)) is None:
+        if workers.try_submit(lambda: context.run(run), stop=cancellation.cancel) is None:
             return False
         self.cancellations.append(cancellation)
         self.in_flight += 1
