@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from django_aio_request.breaker_words import ago, calls, duration, percent
+from django_aio_request.breaker_words import ago, calls, duration, local, percent
 from django_aio_request.breaker_words import state_note as state_note  # noqa: PLC0414 - still found here
 from django_aio_request.models import (
     COUNT_WINDOW,
@@ -168,7 +168,7 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         if override is None:
             return "automatic"
         by = override.changed_by.get_username() if override.changed_by else "unknown"
-        return f"{override.get_mode_display()}, by {by} at {override.changed_at:%Y-%m-%d %H:%M:%S %Z}"
+        return f"{override.get_mode_display()}, by {by} at {_when(override.changed_at)}"
 
     @admin.display(description="actions")
     def override_actions(self, obj: BreakerStatus) -> SafeString:
@@ -347,4 +347,4 @@ class BreakerOverrideAdmin(ReadOnlyAdmin):
 def _when(moment: datetime.datetime | None) -> str:
     if moment is None:
         return "never"
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{local(moment):%Y-%m-%d %H:%M:%S}"

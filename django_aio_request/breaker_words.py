@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from django_aio_request.models import BreakerStatus, Mode, State
 
-__all__ = ["ago", "calls", "duration", "percent", "state_note"]
+__all__ = ["ago", "calls", "duration", "local", "percent", "state_note"]
 
 
 def percent(ratio: float) -> str:
@@ -27,12 +27,19 @@ def duration(delta: datetime.timedelta) -> str:
     return f"{seconds // 3600} h"
 
 
+def local(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` in the current time zone, to be shown: an aware one (``USE_TZ = True``) converted to it;
+    a naive one (``USE_TZ = False``) is in ``TIME_ZONE`` already, as Django reads and writes them
+    (``timezone.localtime()`` refuses it)."""
+    return timezone.localtime(moment) if timezone.is_aware(moment) else moment
+
+
 def ago(moment: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
     """``"12:04:05 (3 s ago)"``; ``"never"``."""
     if moment is None:
         return "never"
     now = now or timezone.now()
-    return f"{timezone.localtime(moment):%H:%M:%S} ({duration(now - moment)} ago)"
+    return f"{local(moment):%H:%M:%S} ({duration(now - moment)} ago)"
 
 
 def calls(failures: int, successes: int, rejected: int) -> str:
@@ -62,7 +69,7 @@ def state_note(obj: BreakerStatus, now: datetime.datetime | None = None) -> str:
     if obj.state == State.OPEN and obj.blocked_until is not None:
         if obj.blocked_until <= now:
             return f"probe due: the break ended {duration(now - obj.blocked_until)} ago; the next call probes"
-        return f"probe in {duration(obj.blocked_until - now)} (at {timezone.localtime(obj.blocked_until):%H:%M:%S})"
+        return f"probe in {duration(obj.blocked_until - now)} (at {local(obj.blocked_until):%H:%M:%S})"
     if obj.state == State.HALF_OPEN:
         return "one probe call is out: its outcome closes or reopens the circuit"
     return ""

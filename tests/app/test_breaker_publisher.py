@@ -1,6 +1,7 @@
 """The publisher thread: this process's breakers into the database for admin, admin's overrides into the breakers."""
 
 import datetime
+import io
 import json
 import logging
 import os
@@ -10,18 +11,23 @@ import subprocess
 import sys
 import threading
 import time
+import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.contrib.admin.utils import quote
+from django.core.management import call_command
 from django.db import OperationalError
+from django.test import Client as BrowserClient
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 from django_aio_request import breaker_publisher, clients, get
 from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
-from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition
+from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.loopback import LoopbackServer
 
@@ -126,6 +132,72 @@ def test_rounds_publish_with_use_tz_false(server: LoopbackServer, publisher: Pub
         assert BreakerReport.objects.count() == BreakerTransition.objects.count() == 1
         assert publisher.run_once()  # a second round updates the row
         assert BreakerReport.objects.count() == 1
+
+
+def assert_clock_of(zone: str, shown: list[str], slack: float = 40.0) -> None:
+    """Each ``HH:MM:SS`` of ``shown`` is the wall clock of ``zone`` now, give or take ``slack`` seconds."""
+    assert shown
+    now = datetime.datetime.now(zoneinfo.ZoneInfo(zone))
+    for text in shown:
+        hours, minutes, seconds = map(int, text.split(":"))
+        off = (hours * 3600 + minutes * 60 + seconds - (now.hour * 3600 + now.minute * 60 + now.second)) % 86400
+        assert min(off, 86400 - off) <= slack, (text, f"{now:%H:%M:%S} in {zone}")
+
+
+@pytest.mark.django_db
+def test_admin_and_the_command_show_local_times_with_use_tz_false(
+    server: LoopbackServer, publisher: Publisher, admin_client: BrowserClient
+) -> None:
+    """``USE_TZ = False``, ``TIME_ZONE`` far from UTC, a live process's row: the list answered 500, the
+    row's page left its table of processes blank and ``manage.py circuit_breakers`` ended in a
+    traceback (``timezone.localtime()`` refuses the naive times Django reads then)."""
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(USE_TZ=False, TIME_ZONE="Asia/Tokyo", AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]  # open, the break ends in 30 s
+        assert publisher.run_once()
+        billing = breaker_id("billing", server.url)
+        page = admin_client.get(reverse("admin:django_aio_request_breakerstatus_changelist"))
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "1 process: 1 open" in html
+        probe = re.search(r"probe in (29|30) s \(at (\d\d:\d\d:\d\d)\)", html)
+        assert probe, html
+        # changed, last seen: "2 s ago", the time in the tooltip.
+        seen = re.findall(r'<span title="(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)">(\d+) s ago</span>', html)
+        assert len(seen) == 2
+        assert all(int(ago) < 10 for _, _, ago in seen)
+        assert_clock_of("Asia/Tokyo", [probe[2], *(clock for _, clock, _ in seen)])
+
+        page = admin_client.get(reverse("admin:django_aio_request_breakerstatus_change", args=[quote(billing)]))
+        assert page.status_code == 200
+        html = page.content.decode()
+        processes = html.split('<table class="aio-processes">', 1)[1].split("</table>", 1)[0]
+        assert f"<td>{os.getpid()}</td>" in processes
+        changed_seen = re.findall(r"<td>(\d\d:\d\d:\d\d) \((\d+) s ago\)</td>", processes)
+        assert len(changed_seen) == 2
+        assert all(int(ago) < 10 for _, ago in changed_seen)
+        transitions = html.split('<table class="aio-transitions">', 1)[1].split("</table>", 1)[0]
+        at = re.findall(r"<td>\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d)</td>", transitions)
+        assert len(at) == 1
+        assert_clock_of("Asia/Tokyo", [clock for clock, _ in changed_seen] + at)
+
+        admin_client.post(reverse("admin:django_aio_request_breakerstatus_changelist"),
+                          {"action": "force_open", "_selected_action": [billing]})  # fmt: skip
+        page = admin_client.get(reverse("admin:django_aio_request_breakerstatus_change", args=[quote(billing)]))
+        override = re.search(r"forced open \(isolated\), by admin at \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d)",
+                             page.content.decode())  # fmt: skip
+        assert override
+        assert_clock_of("Asia/Tokyo", [override[1]])
+        BreakerOverride.objects.all().delete()
+
+        out = io.StringIO()
+        call_command("circuit_breakers", stdout=out)
+        line = out.getvalue().splitlines()[1]
+        assert line.startswith("open: probe in "), line
+        shown = re.findall(r"(\d\d:\d\d:\d\d)", line)
+        assert len(shown) == 3  # the probe, changed, last seen
+        assert re.search(r"\d\d:\d\d:\d\d \(\d s ago\)  \d\d:\d\d:\d\d \(\d s ago\)$", line), line
+        assert_clock_of("Asia/Tokyo", shown)
 
 
 @pytest.mark.django_db
