@@ -4,6 +4,7 @@ their transitions, and the overrides operators set with the actions "Force open 
 
 import contextvars
 import datetime
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -34,6 +35,7 @@ from django_aio_request.models import (
     BreakerTransition,
     Mode,
     State,
+    breaker_id,
 )
 
 OVERRIDE_PERMISSION = "django_aio_request.override_circuit_breaker"
@@ -276,32 +278,43 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         self._override(request, queryset, None)
 
     def _override(self, request: HttpRequest, queryset: QuerySet[BreakerStatus], mode: Mode | None) -> None:
-        now = timezone.now()
-        user = request.user if request.user.is_authenticated else None
-        changed = 0
-        for breaker in queryset:
-            overrides = BreakerOverride.objects.filter(client=breaker.client, endpoint=breaker.endpoint)
-            if mode is None:
-                deleted, _ = overrides.delete()
-                if not deleted:
-                    continue
-                message = "Back to automatic"
-            else:
-                BreakerOverride.objects.update_or_create(
-                    client=breaker.client,
-                    endpoint=breaker.endpoint,
-                    defaults={"mode": mode, "changed_by": user, "changed_at": now},
-                )
-                message = f"Override: {mode.label}"
-            self.log_change(request, breaker, message)
-            changed += 1
-        what = "back to automatic" if mode is None else mode.label
-        noun = "circuit breaker" if changed == 1 else "circuit breakers"
-        self.message_user(
-            request,
-            f"{changed} {noun} set {what}; every process obeys within a few seconds.",
-            messages.SUCCESS,
-        )
+        set_overrides(self, request, queryset, mode)
+
+
+def set_overrides(
+    model_admin: admin.ModelAdmin,  # type: ignore[type-arg]
+    request: HttpRequest,
+    circuits: Iterable[BreakerStatus],
+    mode: Mode | None,
+) -> None:
+    """Set ``mode`` on each circuit (None: back to automatic), log it in admin's log against the circuit
+    (its history, "Recent actions") and say how many changed."""
+    now = timezone.now()
+    user = request.user if request.user.is_authenticated else None
+    changed = 0
+    for breaker in circuits:
+        overrides = BreakerOverride.objects.filter(client=breaker.client, endpoint=breaker.endpoint)
+        if mode is None:
+            deleted, _ = overrides.delete()
+            if not deleted:
+                continue
+            message = "Back to automatic"
+        else:
+            BreakerOverride.objects.update_or_create(
+                client=breaker.client,
+                endpoint=breaker.endpoint,
+                defaults={"mode": mode, "changed_by": user, "changed_at": now},
+            )
+            message = f"Override: {mode.label}"
+        model_admin.log_change(request, breaker, message)
+        changed += 1
+    what = "back to automatic" if mode is None else mode.label
+    noun = "circuit breaker" if changed == 1 else "circuit breakers"
+    model_admin.message_user(
+        request,
+        f"{changed} {noun} set {what}; every process obeys within a few seconds.",
+        messages.SUCCESS,
+    )
 
 
 @admin.register(BreakerTransition)
@@ -337,11 +350,26 @@ class BreakerTransitionAdmin(ReadOnlyAdmin):
 
 @admin.register(BreakerOverride)
 class BreakerOverrideAdmin(ReadOnlyAdmin):
-    """What operators decided; set and lifted with the actions of "Circuit breakers"."""
+    """What operators decided; set and lifted with the actions of "Circuit breakers", and lifted here
+    too: "Circuit breakers" has rows only for circuits a live process reports, so an override of a
+    client renamed or removed, or whose processes are all down, can only be lifted here."""
 
     list_display = ["client", "endpoint", "mode", "changed_by", "changed_at"]
     list_filter = ["client", "mode"]
     list_select_related = ["changed_by"]
+    actions = ["back_to_automatic"]
+
+    def has_override_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(OVERRIDE_PERMISSION)
+
+    @admin.action(description="Back to automatic", permissions=["override"])
+    def back_to_automatic(self, request: HttpRequest, queryset: QuerySet[BreakerOverride]) -> None:
+        # Logged against the circuit, as the actions of "Circuit breakers" are: its row may be gone.
+        circuits = [
+            BreakerStatus(pk=breaker_id(row.client, row.endpoint), client=row.client, endpoint=row.endpoint)
+            for row in queryset
+        ]
+        set_overrides(self, request, circuits, None)
 
 
 def _when(moment: datetime.datetime | None) -> str:

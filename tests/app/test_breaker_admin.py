@@ -329,3 +329,64 @@ def test_the_detail_page_has_the_actions(operator: BrowserClient, viewer: Browse
     assert "Force closed</button>" not in viewer.get(url).content.decode()
     assert viewer.post(url + "override/", {"mode": "automatic"}).status_code == 403
     assert BreakerOverride.objects.get().mode == "force_closed"
+
+
+OVERRIDES = "admin:django_aio_request_breakeroverride_changelist"
+
+
+@pytest.mark.django_db
+def test_an_override_no_live_process_reports_goes_back_to_automatic_from_the_overrides_list(
+    operator: BrowserClient, viewer: BrowserClient
+) -> None:
+    """The list "Circuit breakers" has only circuits a live process reports: an override of a client
+    renamed or removed, or whose processes are all down, could not be lifted at all (no action here,
+    the delete page 403), and came back with the client."""
+    renamed = BreakerOverride.objects.create(client="billing-old", endpoint=BILLING, mode="force_open", changed_at=NOW)
+    live_report(1, "forced_closed")
+    live = BreakerOverride.objects.create(client="billing", endpoint=BILLING, mode="force_closed", changed_at=NOW)
+    assert list(BreakerStatus.objects.values_list("client", flat=True)) == ["billing"]
+
+    # Without the permission: no action offered, a forged post changes nothing.
+    html = viewer.get(reverse(OVERRIDES)).content.decode()
+    assert "billing-old" in html
+    assert 'name="action"' not in html
+    assert "Back to automatic" not in html
+    page = viewer.post(reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [renamed.pk]})
+    assert page.status_code == 200
+    assert BreakerOverride.objects.count() == 2
+    assert not LogEntry.objects.exists()
+
+    # A post without the CSRF token is refused.
+    guarded = BrowserClient(enforce_csrf_checks=True)
+    guarded.force_login(User.objects.get(username="operator"))
+    page = guarded.post(reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [renamed.pk]})
+    assert page.status_code == 403
+    assert BreakerOverride.objects.count() == 2
+
+    # With the permission, the form of the list (its token) lifts the selected override only.
+    html = guarded.get(reverse(OVERRIDES)).content.decode()
+    assert '<option value="back_to_automatic">Back to automatic</option>' in html
+    assert "delete_selected" not in html  # nobody deletes rows by hand: the action is the way
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert token
+    page = guarded.post(
+        reverse(OVERRIDES),
+        {"action": "back_to_automatic", "_selected_action": [renamed.pk], "csrfmiddlewaretoken": token[1]},
+        follow=True,
+    )
+    assert "1 circuit breaker set back to automatic" in page.content.decode()
+    assert list(BreakerOverride.objects.all()) == [live]
+
+    # Logged against the circuit, as the actions of "Circuit breakers" are.
+    entry = LogEntry.objects.get()
+    assert entry.user.username == "operator"
+    assert (entry.content_type.model, entry.object_id) == ("breakerstatus", breaker_id("billing-old", BILLING))
+    assert entry.object_repr == f"billing-old {BILLING}"
+    assert entry.get_change_message() == "Back to automatic"
+
+    # A live circuit's override is lifted the same way, and its page shows it in its history.
+    operator.post(reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [live.pk]})
+    assert not BreakerOverride.objects.exists()
+    assert BreakerStatus.objects.get().override is None
+    history = reverse("admin:django_aio_request_breakerstatus_history", args=[quote(breaker_id("billing", BILLING))])
+    assert "Back to automatic" in operator.get(history).content.decode()
