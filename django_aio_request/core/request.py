@@ -50,6 +50,9 @@ class Request:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme or parsed.netloc:
             raise ValueError(f"request URL must be relative to the client's endpoint, not absolute: {url!r}")
+        if "#" in url:
+            # Never sent, and query parameters appended after it would go into it, unsent too.
+            raise ValueError(f"request URL cannot have a fragment (#...): {url!r}")
         if body is not None and not isinstance(body, bytes | bytearray):
             raise TypeError(f"body must be bytes, not {type(body).__name__}; use post_json() for objects")
         if max_redirects < 0:
@@ -81,9 +84,10 @@ class Request:
         path = self.url
         for name, value in (self.path_parameters or {}).items():
             quoted = urllib.parse.quote(str(value), safe="")
-            if quoted in (".", ".."):
+            if quoted in (".", "..", ""):
                 # A dot segment would move the request to another path (RFC 3986 removes it on join,
-                # and requests decodes %2E back to a dot), so it can only be refused.
+                # and requests decodes %2E back to a dot), so it can only be refused. So would an empty
+                # one: "users//orders" is "users/orders" to servers that merge slashes (nginx's default).
                 raise ValueError(f"path parameter {name!r} cannot be {value!r}: it would change the path")
             path = path.replace("{" + name + "}", quoted)
         if "{" in path and (missing := _PLACEHOLDER.search(path)):
@@ -125,8 +129,46 @@ def check_headers(headers: Headers) -> None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _join(endpoint: str, path: str) -> str:
-    return urllib.parse.urljoin(endpoint, path)
+def _join(endpoint: str, reference: str) -> str:
+    """``reference`` (a relative URL: a path and a query) resolved against ``endpoint`` as RFC 3986
+    (5.2) does. Python 3.11's ``urljoin`` drops empty path segments: an endpoint ``.../v1//api/``
+    sent to ``/v1/api/...``, another resource."""
+    path, mark, query = reference.partition("?")
+    origin, directory, base_path = _base(endpoint)
+    if not path:
+        target = base_path
+    elif path.startswith("/"):
+        target = _remove_dot_segments(path)
+    else:
+        target = _remove_dot_segments(directory + path)
+    return f"{origin}{target}{mark}{query}"
+
+
+@functools.lru_cache(maxsize=256)
+def _base(endpoint: str) -> tuple[str, str, str]:
+    """The origin (``scheme://host:port``), directory (up to its last ``/``) and path of an endpoint
+    (which has no query or fragment: ``client_setup.validate_endpoint``)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    path = parts.path or "/"
+    return f"{parts.scheme}://{parts.netloc}", path[: path.rfind("/") + 1], path
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4, keeping empty segments."""
+    if "." not in path:
+        return path
+    segments = path.split("/")
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if len(kept) > 1:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    if segments[-1] in (".", ".."):
+        kept.append("")  # "a/b/.." is the directory "a/"
+    joined = "/".join(kept)
+    return joined if joined.startswith("/") else "/" + joined
 
 
 def encode_query(parameters: QueryParameters | None) -> str:

@@ -2,11 +2,14 @@
 
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import responses
+from hypothesis import given
+from hypothesis import strategies as st
 
 from django_aio_request import (
     DefaultCircuitBreaker,
@@ -221,9 +224,10 @@ def test_path_parameter_values_are_quoted_so_they_stay_one_segment(value: str, s
     assert req.build_url(ENDPOINT) == f"http://svc.test/api/things/{segment}/parts"
 
 
-@pytest.mark.parametrize("value", ["..", "."])
+@pytest.mark.parametrize("value", ["..", ".", ""])
 def test_dot_segment_path_parameter_is_refused(value: str) -> None:
-    # "users/{id}/delete" with id ".." would otherwise become "delete" after RFC 3986 resolution.
+    # "users/{id}/delete" with id ".." would otherwise become "delete" after RFC 3986 resolution; with
+    # id "" it was sent as "users/delete" (and "users//delete" is that to servers that merge slashes).
     req = get("users/{id}/delete", path_parameters={"id": value})
     with pytest.raises(ValueError, match="would change the path"):
         req.build_url(ENDPOINT)
@@ -287,6 +291,45 @@ def test_query_parameters_extend_a_query_in_the_template() -> None:
 )
 def test_endpoint_join(endpoint: str, url: str, expected: str) -> None:
     assert get(url).build_url(endpoint) == expected
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url", "expected"),
+    [
+        ("http://svc.test/v1//api/", "x", "http://svc.test/v1//api/x"),  # urljoin sent /v1/api/x
+        ("http://svc.test/api/", "a//b", "http://svc.test/api/a//b"),
+        ("http://svc.test/api/", "a//b/../c", "http://svc.test/api/a//c"),
+        ("http://svc.test/api/", "/a//b?q=1", "http://svc.test/a//b?q=1"),
+    ],
+)
+def test_empty_path_segments_are_kept_as_rfc_3986_says(endpoint: str, url: str, expected: str) -> None:
+    assert get(url).build_url(endpoint) == expected
+
+
+_SEGMENT = st.text(alphabet="abc.%-_~", min_size=1, max_size=4)
+
+
+@given(
+    base=st.lists(_SEGMENT, max_size=4),
+    slash=st.booleans(),
+    reference=st.lists(_SEGMENT | st.sampled_from([".", ".."]), max_size=5),
+    rooted=st.booleans(),
+    query=st.none() | st.text(alphabet="ab=&", min_size=1, max_size=5),  # urljoin drops a bare "?"
+)
+def test_the_join_is_urllib_s_where_no_segment_is_empty(
+    base: list[str], slash: bool, reference: list[str], rooted: bool, query: str | None
+) -> None:
+    """Without empty segments, Python's urljoin is right (RFC 3986): the join must agree with it."""
+    endpoint = "http://svc.test/" + "/".join(base) + ("/" if slash and base else "")
+    url = ("/" if rooted else "") + "/".join(reference) + ("" if query is None else "?" + query)
+    assert get(url).build_url(endpoint) == urllib.parse.urljoin(endpoint, url)
+
+
+@pytest.mark.parametrize("url", ["things#top", "things/{id}#", "#"])
+def test_a_fragment_in_the_request_url_is_refused(url: str) -> None:
+    """Never sent, and query parameters were appended after it: inside the fragment, unsent too."""
+    with pytest.raises(ValueError, match="fragment"):
+        get(url, query_parameters={"a": 1})
 
 
 # --- with_headers -------------------------------------------------------------------------------------------
