@@ -290,7 +290,11 @@ class RequestsTransport(Transport):
         found = self._hosts.get(key)
         if found is None:
             self._check_target(url)  # once per host: its checks depend on nothing else
-            settings = dict(self._session.merge_environment_settings(url, {}, False, None, None))
+            # The session's own certificates win over REQUESTS_CA_BUNDLE (requests lets the variable
+            # replace a session's verify, psf/requests#3829); a session left at verify=True takes it.
+            verify = self._session.verify
+            own = None if verify is True else verify
+            settings = dict(self._session.merge_environment_settings(url, {}, False, own, None))
             found = _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
             if len(self._hosts) >= _MAX_CACHED_HOSTS:
                 self._hosts.clear()  # redirects to ever new hosts must not grow it without end

@@ -323,6 +323,35 @@ def test_https_on_the_direct_route_verifies_the_certificate(
     untrusting.close()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify=False, on purpose
+@pytest.mark.parametrize("bundle", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_session_s_own_certificates_win_over_a_ca_bundle_variable(
+    tls_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch, bundle: str
+) -> None:
+    """requests lets the variable replace the session's verify (psf/requests#3829): the call was a
+    489 that the breaker counted. A session left at verify=True still takes the variable."""
+    port, authority = tls_server
+    url = f"https://127.0.0.1:{port}/"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with authority.cert_pem.tempfile() as ca_file:
+        monkeypatch.setenv(bundle, "/etc/ssl/certs/ca-certificates.crt")  # the system's: refuses this server
+        session = requests.Session()
+        session.verify = ca_file
+        own = RequestsTransport(session)
+        assert (own.send(url, dar.get("x"), DEADLINE).status, _route(own, url) is not None) == (200, True)
+        own.close()
+        unverified = requests.Session()
+        unverified.verify = False
+        skipping = RequestsTransport(unverified)
+        assert skipping.send(url, dar.get("x"), DEADLINE).status == 200
+        skipping.close()
+        monkeypatch.setenv(bundle, ca_file)
+        default = RequestsTransport()  # verify=True: the variable's bundle, which trusts this server
+        assert default.send(url, dar.get("x"), DEADLINE).status == 200
+        default.close()
+
+
 @settings(
     max_examples=150,
     deadline=None,
