@@ -1,5 +1,6 @@
 import enum
 import ipaddress
+import re
 import urllib.parse
 
 import requests
@@ -38,37 +39,92 @@ class _Default(enum.Enum):
 DEFAULT_RETRY_BUDGET = _Default.DEFAULT
 
 
+#: What of an endpoint's beginning is shown in a refusal: ``scheme://`` (or ``//``), or ``http:`` /
+#: ``https:`` with any slashes (``http:/host``), never a ``word:`` alone (``user:password@host``).
+_SHOWN_PREFIX = re.compile(r"\s*(?:(?:[A-Za-z][A-Za-z0-9+.-]*:)?//|[Hh][Tt][Tt][Pp][Ss]?:)/*")
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """``endpoint`` as a refusal may show it: scheme, host, port and path, never what may be
+    credentials, a query or a fragment, however malformed the rest is.
+
+    It does not parse (a parser reads a malformed URL in ways its writer did not mean: a password
+    with a ``/`` or ``#`` in it ends the host there): everything up to the last ``@`` after the
+    scheme is dropped (``***@``), and everything from the first ``?`` or ``#`` (``?***``). When a
+    ``?`` or ``#`` comes before the last ``@`` (a password with one, or a query with an ``@``),
+    nothing after the scheme is shown. An ``@`` in a path is dropped with what precedes it.
+    """
+    prefix = _SHOWN_PREFIX.match(endpoint)
+    head = prefix.group() if prefix else ""
+    rest = endpoint[len(head) :]
+    at = rest.rfind("@")
+    cut = min((index for index in (rest.find("?"), rest.find("#")) if index >= 0), default=-1)
+    if at >= 0 and 0 <= cut < at:
+        return f"{head}***"
+    shown = f"{head}***@" if at >= 0 else head
+    if cut >= 0:
+        return f"{shown}{rest[at + 1 : cut]}{rest[cut]}***"
+    return f"{shown}{rest[at + 1 :]}"
+
+
 def validate_endpoint(endpoint: str) -> str:
-    """Return ``endpoint`` if it is an absolute http(s) URL with a host, else raise ValueError."""
+    """Return ``endpoint`` if it is an absolute http(s) URL with a host, else raise ValueError.
+
+    The refusal shows the endpoint as :func:`shown_endpoint` does, never the credentials, query or
+    fragment it may carry, whatever else is wrong with it (docs/security.md).
+    """
     if not isinstance(endpoint, str):
         raise ValueError(f"endpoint must be a string URL, not {type(endpoint).__name__}")
-    parts = urllib.parse.urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"endpoint must be an absolute http:// or https:// URL with a host, not {endpoint!r}")
-    if parts.username is not None or parts.password is not None:
-        # The endpoint labels metrics, keys breakers and appears in logs and admin: no place for secrets.
+    shown = shown_endpoint(endpoint)
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+    except ValueError:  # an unclosed or invalid [IPv6] host
         raise ValueError(
-            f"endpoint must not carry credentials (user:password@): the endpoint of {parts.hostname!r} is shown "
+            f"endpoint {shown!r} is not a URL: its host in [brackets] is not an IPv6 address, or is not closed"
+        ) from None
+    # Credentials, query and fragment first: the endpoint labels metrics, keys breakers and appears
+    # in logs and admin, no place for secrets, and nothing below may show them (``shown`` does not).
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"endpoint must not carry credentials (user:password@), {shown!r} does: the endpoint is shown "
             "in metrics, logs and admin; send credentials with a request enricher or a requests.Session's auth"
         )
-    try:
-        _ = parts.port
-    except ValueError as error:
-        raise ValueError(f"endpoint {endpoint!r} has an invalid port: {error}") from None
     if parts.query or parts.fragment or endpoint.endswith(("?", "#")):
         # Never sent (a call's URL is the endpoint's path joined with the call's), and the endpoint
         # is shown in metrics, logs and admin: a token there would be both lost and exposed.
-        shown = urllib.parse.urlunsplit(parts._replace(query="", fragment=""))
         raise ValueError(
             f"endpoint must not have a query (?...) or fragment (#...), {shown!r} has one: it is never sent, and "
             "the endpoint is shown in metrics, logs and admin; put parameters in each request, or add them "
             "with a request enricher"
         )
-    _check_host(endpoint, parts.hostname)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"endpoint must be an absolute http:// or https:// URL with a host, not {shown!r}{_what_is_missing(shown)}"
+        )
+    # A parser's words may quote what ``shown`` withholds (a password with a "/" read as a port):
+    # they are given only when nothing was withheld.
+    told = shown == endpoint
+    try:
+        _ = parts.port
+    except ValueError as error:
+        detail = str(error) if told else "not a number from 0 to 65535"
+        raise ValueError(f"endpoint {shown!r} has an invalid port: {detail}") from None
+    _check_host(endpoint, shown, parts.hostname)
     return endpoint
 
 
-def _check_host(endpoint: str, host: str) -> None:
+def _what_is_missing(shown: str) -> str:
+    """Why ``shown`` (an endpoint as a refusal shows it) is not an absolute http(s) URL with a host:
+    read from ``shown``, so that it repeats nothing withheld."""
+    scheme = re.match(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://", shown)
+    if scheme is None:
+        return " (it does not start with http:// or https://)"
+    if scheme.group(1).lower() not in ("http", "https"):
+        return f" (its scheme is {scheme.group(1)!r})"
+    return " (no host after ://)"
+
+
+def _check_host(endpoint: str, shown: str, host: str) -> None:
     """Refuse a host that the first call would fail to build a URL or a socket address for (urllib3's
     parser, requests' IDNA encoding, then the codec ``socket`` encodes names with: empty labels,
     labels over 63 characters, spaces, zero-width and full-width characters)."""
@@ -78,7 +134,9 @@ def _check_host(endpoint: str, host: str) -> None:
         if not _is_ip_address(host):
             host.encode("idna")
     except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL, UnicodeError) as error:
-        raise ValueError(f"endpoint {endpoint!r} has an invalid host {host!r}: {error}") from None
+        # The parsers quote the URL: their words only when ``shown`` withholds nothing of it.
+        detail = f": {error}" if shown == endpoint else ""
+        raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}{detail}") from None
 
 
 def _is_ip_address(host: str) -> bool:

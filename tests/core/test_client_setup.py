@@ -4,11 +4,24 @@ Behaviour is checked through calls to a real loopback server: how many requests 
 a failing POST make, which budget each client gets.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from django.test import override_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_aio_request import RetryBudget, get, post
+from django_aio_request.conf.current import InvalidSettings, current
+from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.client_setup import setup, validate_endpoint
 from tests.support.loopback import LoopbackServer, clients, replies
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "Zq7s3cretXk"
 
 
 @pytest.mark.parametrize(
@@ -47,6 +60,134 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
     with pytest.raises(ValueError, match="query") as error:
         validate_endpoint("http://billing/?api_key=secret")
     assert "secret" not in str(error.value)
+
+
+#: Endpoints that carry a secret and are wrong in another way as well: the other fault was reported
+#: first, with the endpoint repeated whole, secret included (a reviewer's list, 2026-12-02).
+MALFORMED_WITH_A_SECRET = [
+    "http://user:s3cret@/",
+    "http://user:s3cret@:8080/",
+    "user:s3cret@billing:8080",  # the scheme forgotten
+    "//user:s3cret@billing/",
+    "http:/user:s3cret@billing/",
+    "http//user:s3cret@billing/",
+    "ftp://user:s3cret@billing/",
+    "ftp://billing/?api_key=s3cret",
+    "http://billing:99999/?api_key=s3cret",
+    "http://user:s3cret@[::1/",
+    "http://user:s3cret@[x]/",
+    "http://user:pa/s3cret@billing:8080/",  # a "/" in the password: parsers read "pa/..." as port and path
+    "http://user:pa#s3cret@billing/",  # a "#" in the password: parsers read a fragment
+    "ftp://billing/?next=a@s3cret",  # an "@" in the query
+    " http://user:s3cret@billing/",
+]
+
+
+@pytest.mark.parametrize("endpoint", MALFORMED_WITH_A_SECRET)
+def test_a_refusal_never_repeats_credentials_query_or_fragment_whatever_else_is_wrong(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="endpoint") as error:
+        validate_endpoint(endpoint)
+    assert "s3cret" not in str(error.value)
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    messages = [f"{problem.message} {problem.hint}" for problem in problems]
+    assert messages
+    assert not [message for message in messages if "s3cret" in message]
+    with (
+        override_settings(AIO_REQUEST={"CLIENTS": {"billing": {"ENDPOINT": endpoint}}}),
+        pytest.raises(InvalidSettings, match="E004") as invalid,
+    ):
+        current.settings  # noqa: B018  (what the first use of a client, and a server's startup, raise)
+    assert "s3cret" not in str(invalid.value)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://user:s3cret@/", "'http://***@/'"),
+        ("user:s3cret@billing:8080", "'***@billing:8080' (it does not start with http:// or https://)"),
+        ("http:/user:s3cret@billing/", "'http:/***@billing/' (it does not start with http:// or https://)"),
+        ("ftp://billing/?api_key=s3cret", "'ftp://billing/?***'"),
+        ("ftp://billing/", "'ftp://billing/' (its scheme is 'ftp')"),
+        ("http:///path", "'http:///path' (no host after ://)"),
+        ("http://billing:99999/?api_key=s3cret", "'http://billing:99999/?***'"),
+        ("http://user:pa/s3cret@billing:8080/", "'http://***@billing:8080/' has an invalid port"),
+        ("http://user:pa#s3cret@billing/", "'http://***'"),
+        ("http://billing:80a/", "'http://billing:80a/' has an invalid port: Port could not be cast"),
+    ],
+)
+def test_a_refusal_shows_scheme_host_port_and_path_and_what_is_wrong(endpoint: str, shown: str) -> None:
+    with pytest.raises(ValueError, match="endpoint") as error:
+        validate_endpoint(endpoint)
+    assert shown in str(error.value)
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_characters=SECRET), max_size=8)
+_PREFIXES = ["", "http://", "https://", "HTTP://", "ftp://", "//", "/", "http:/", "http:", "http//", " http://", "s://"]
+_HOSTS = ["", "billing", "bil ling", "billing..test", "[::1", "[x]", "127.0.0.1", "a" * 64 + ".test"]
+_PORTS = ["", ":", ":8080", ":99999", ":80a", ":-1"]
+
+
+@st.composite
+def _endpoints_with_a_secret(draw: st.DrawFn) -> str:
+    """scheme, userinfo, host, port, path, query, fragment, each of them right or wrong, with the
+    secret in the userinfo (user or password, among any characters, "/", "?", "#" and "@" included),
+    the query or the fragment, or several of them."""
+    places = draw(st.sets(st.sampled_from(["user", "password", "query", "fragment"]), min_size=1))
+
+    def part(place: str) -> str:
+        if place not in places:
+            return draw(_TEXT)
+        return draw(_TEXT) + SECRET + draw(_TEXT)
+
+    userinfo = ""
+    if bool({"user", "password"} & places) or draw(st.booleans()):
+        user = part("user").replace("/", "")  # a "user//..." with no scheme before it would be one
+        password = part("password").lstrip("/")
+        userinfo = f"{user}:{password}@" if draw(st.booleans()) or "user" in places else f"{password}@"
+    path = draw(st.sampled_from(["", "/", "/api/", "/@v2/", "/a b/"])) + draw(_TEXT).replace("?", "").replace("#", "")
+    query = "?" + part("query") if "query" in places or draw(st.booleans()) else ""
+    fragment = "#" + part("fragment") if "fragment" in places or draw(st.booleans()) else ""
+    host, port, prefix = draw(st.sampled_from(_HOSTS)), draw(st.sampled_from(_PORTS)), draw(st.sampled_from(_PREFIXES))
+    return f"{prefix}{userinfo}{host}{port}{path}{query}{fragment}"
+
+
+@settings(max_examples=600, deadline=None)
+@given(_endpoints_with_a_secret())
+def test_no_refusal_of_an_endpoint_repeats_its_userinfo_query_or_fragment(endpoint: str) -> None:
+    refusal = ""
+    try:
+        validate_endpoint(endpoint)
+    except ValueError as error:
+        refusal = str(error)
+        assert refusal.startswith("endpoint ")
+    assert SECRET not in refusal
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    assert not [problem for problem in problems if SECRET in f"{problem.path} {problem.message} {problem.hint}"]
+
+
+def test_manage_py_check_does_not_print_the_secret_of_a_malformed_endpoint(tmp_path: Path) -> None:
+    """As an operator runs it: manage.py check in a subprocess, with an endpoint that carries a password
+    and has no host."""
+    (tmp_path / "leaky_settings.py").write_text(
+        "from settings.test import *  # noqa: F403\n"
+        "AIO_REQUEST = {'CLIENTS': {'billing': {'ENDPOINT': 'http://user:s3cret@:8080/'},"
+        " 'orders': {'ENDPOINT': 'ftp://orders/?api_key=s3cret'}}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "leaky_settings", "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--tag", "django_aio_request"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("django_aio_request.E004") == 2, result.stderr
+    assert "'http://***@:8080/'" in result.stderr
+    assert "'ftp://orders/?***'" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("endpoint", ["http://b\u00fccher.test/", "http://under_score.test/", "http://billing.test./"])
