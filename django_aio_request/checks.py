@@ -5,6 +5,7 @@ Each problem is one message whose id names its kind (``django_aio_request.E001``
 Reading the setting never raises here: the checks exist to report bad settings, not to crash on them.
 """
 
+import inspect
 import os
 import urllib.parse
 from typing import Any
@@ -19,7 +20,7 @@ from django_aio_request.conf.schema import SETTING, read_settings
 CACHE_WITHOUT_TIMEOUTS = "W010"
 DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
 CODES = {
-    CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache has no socket timeouts",
+    CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
 }
 
@@ -49,13 +50,78 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     ]
 
 
-#: Backends that talk to a server over a socket, with the OPTIONS keys of their socket timeouts.
-#: Without them the client library waits for ever on a server that stops answering.
+#: Backends that talk to a server over a socket, with the OPTIONS keys of their socket timeouts
+#: (read, connect). pymemcache sets none by default: it waits for ever on a server that stops
+#: answering; redis-py waits for ever before 8.0 and 5 s from 8.0 on (``redis_default_timeouts``).
 _SOCKET_TIMEOUT_OPTIONS = {
     "django.core.cache.backends.redis.RedisCache": ("socket_timeout", "socket_connect_timeout"),
     "django_redis.cache.RedisCache": ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
     "django.core.cache.backends.memcached.PyMemcacheCache": ("timeout", "connect_timeout"),
 }
+#: Django's RedisCache hands OPTIONS to redis-py as they are, None included (django-redis drops a None).
+_PASSES_NONE = "django.core.cache.backends.redis.RedisCache"
+
+
+def redis_default_timeouts() -> tuple[float | None, float | None, str]:
+    """The socket timeouts (read, connect) a redis-py ``Connection`` gets when none is given, and the
+    installed redis-py's version: (None, None) before redis-py 8.0 (no bound), (5, 5) from 8.0 on.
+    Read from ``Connection.__init__``'s defaults, as Django's RedisCache and django-redis build their
+    pools (``ConnectionPool.from_url`` with the timeouts only if set)."""
+    try:
+        import redis
+        import redis.connection
+    except ImportError:  # the cache cannot work at all; its first use says so
+        return None, None, "not installed"
+    found: dict[str, Any] = {}
+    for cls in redis.connection.Connection.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            continue
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            if name in parameters and name not in found:
+                found[name] = parameters[name].default
+    read, connect = found.get("socket_timeout"), found.get("socket_connect_timeout")
+    return (
+        read if isinstance(read, int | float) else None,
+        connect if isinstance(connect, int | float) else None,
+        str(getattr(redis, "__version__", "?")),
+    )
+
+
+def _timeout_sources(
+    backend: str, names: tuple[str, str], options: dict[str, Any], in_urls: set[str]
+) -> dict[str, str]:
+    """Where each socket timeout of the cache comes from: "set" (OPTIONS or every redis:// URL),
+    "default" (redis-py's own, from 8.0 on) or "none" (no bound). redis-py bounds connecting by the
+    read timeout when no connect timeout is given (before 8.0 always, from 8.0 on when it is None)."""
+    read_name, connect_name = names
+    if "memcached" in backend.lower():
+        return {name: "set" if options.get(name) is not None else "none" for name in names}
+    read_default, connect_default, _ = redis_default_timeouts()
+
+    def given(name: str) -> bool:
+        return options.get(name) is not None or name.lower() in in_urls
+
+    def none_passed(name: str) -> bool:  # None handed to redis-py, which then has no default to fall back on
+        return backend == _PASSES_NONE and name in options and options[name] is None
+
+    if given(read_name):
+        read = "set"
+    elif none_passed(read_name) or read_default is None:
+        read = "none"
+    else:
+        read = "default"
+    if given(connect_name):
+        connect = "set"
+    elif none_passed(connect_name) or connect_default is None:
+        connect = read
+    else:
+        connect = "default"
+    return {read_name: read, connect_name: connect}
 
 
 def _in_every_redis_url(location: object) -> set[str]:
@@ -87,9 +153,12 @@ def _bounds_connecting(value: object) -> bool:
 
 @checks.register("django_aio_request")
 def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Warn when the breaker's shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) has no socket
-    timeouts: no call waits for it, but a hung connection stops the sharing of breaker state until
-    the process restarts. Never raises, whatever the settings hold (check_settings reports those)."""
+    """Warn when the breaker's shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) does not bound
+    its socket timeouts itself. No call waits for the cache, but a round of the sync thread does:
+    without a bound (pymemcache, redis-py before 8.0, or None), a server that stops answering stops
+    the sharing of breaker state until it answers on that connection again; with redis-py 8's default
+    (5 s), each round stalls 5 s, so sharing resumes up to 5 s after the server is back. Never raises,
+    whatever the settings hold (check_settings reports those)."""
     setting = getattr(settings, SETTING, None)
     alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, dict) else None
     caches = getattr(settings, "CACHES", None)
@@ -97,20 +166,48 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
         return []
     backend = caches[alias].get("BACKEND")
     names = _SOCKET_TIMEOUT_OPTIONS.get(backend) if isinstance(backend, str) else None
-    if names is None:
+    if names is None or not isinstance(backend, str):
         return []
     options = caches[alias].get("OPTIONS")
     options = options if isinstance(options, dict) else {}
     in_urls = _in_every_redis_url(caches[alias].get("LOCATION")) if "redis" in backend.lower() else set()
-    missing = [name for name in names if options.get(name) is None and name.lower() not in in_urls]
-    if not missing:
+    sources = _timeout_sources(backend, names, options, in_urls)
+    unbounded = [name for name in names if sources[name] == "none"]
+    defaulted = [name for name in names if sources[name] == "default"]
+    hint = f"set OPTIONS {', '.join(f'{name!r}' for name in names)} to what a sync round may take, e.g. " + ", ".join(
+        f"{name!r}: 1.0" for name in names
+    )
+    where = f"settings.CACHES[{alias!r}], the circuit breakers' shared state,"
+    _, _, version = redis_default_timeouts()
+    if unbounded:
+        if "memcached" in backend.lower():
+            why = " (pymemcache sets none by default)"
+        elif backend == _PASSES_NONE and names[0] in options:  # socket_timeout None: connecting falls back on it
+            why = " (None: no bound, whatever redis-py's default)"
+        else:
+            why = f" (redis-py {version} sets none by default; 8.0 and later set 5 s)"
+        message = (
+            f"{where} has no {' and no '.join(unbounded)}{why}: a cache server that stops answering (frozen,"
+            " blackholed) holds a sync round of the breakers with no bound, and breaker state is not shared"
+            " until it answers on that connection again, which a blackholed one may never do (calls are not"
+            " held: each process decides alone meanwhile)"
+        )
+    elif defaulted:
+        seconds = max(value for value in redis_default_timeouts()[:2] if value is not None)
+        them = "them" if len(defaulted) > 1 else "it"
+        message = (
+            f"{where} sets no {' and no '.join(defaulted)}: redis-py {version} bounds {them} at its default of"
+            f" {seconds:g} s, so a cache server that stops answering (frozen, blackholed) holds each sync round of"
+            f" the breakers {seconds:g} s before it fails, and the sharing of breaker state resumes up to"
+            f" {seconds:g} s after the server is back (calls are not held: each process decides alone once a"
+            " round has stalled 1 s); redis-py before 8.0 has no default: the same settings wait with no bound"
+        )
+    else:
         return []
     return [
         checks.Warning(
-            f"settings.CACHES[{alias!r}], the circuit breakers' shared state, has no {' and no '.join(missing)}:"
-            " a cache server that stops answering (blackholed, frozen) hangs its connection for ever",
-            hint=f"set OPTIONS {', '.join(f'{name!r}' for name in names)} to a few seconds, e.g. "
-            + ", ".join(f"{name!r}: 1.0" for name in names),
+            message,
+            hint=hint,
             obj=f"settings.CACHES[{alias!r}]",
             id=f"django_aio_request.{CACHE_WITHOUT_TIMEOUTS}",
         )

@@ -1,5 +1,6 @@
-"""``manage.py check`` warns (django_aio_request.W010) when the breakers' shared cache has no socket
-timeouts, and never crashes on the settings it looks at."""
+"""``manage.py check`` warns (django_aio_request.W010) when the breakers' shared cache sets no socket
+timeouts of its own, says what a server that stops answering then costs with the installed redis-py
+(no bound before 8.0, its 5 s default from 8.0 on), and never crashes on the settings it looks at."""
 
 import os
 import subprocess
@@ -11,16 +12,41 @@ import pytest
 import redis
 from django.test import override_settings
 
-from django_aio_request.checks import check_breaker_cache_timeouts
+from django_aio_request import checks as checks_module
+from django_aio_request.checks import check_breaker_cache_timeouts, redis_default_timeouts
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = "django.core.cache.backends.redis.RedisCache"
 LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+DJANGO_REDIS = "django_redis.cache.RedisCache"
+MEMCACHED = "django.core.cache.backends.memcached.PyMemcacheCache"
+#: redis-py's defaults (read, connect, version) before 8.0 and from 8.0 on.
+BEFORE_8 = (None, None, "7.4.1")
+FROM_8 = (5, 5, "8.1.0")
+
+
+@pytest.fixture(autouse=True)
+def _redis_py_8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check as with redis-py 8 (5 s defaults) whichever is installed, so that the tests mean the same
+    with any: before 8.0 a socket_timeout alone bounds connecting too (no warning for it)."""
+    monkeypatch.setattr(checks_module, "redis_default_timeouts", lambda: FROM_8)
 
 
 def _ids(caches: Any, aio_request: Any) -> list[str]:
     with override_settings(CACHES=caches, AIO_REQUEST=aio_request):
         return [message.id for message in check_breaker_cache_timeouts() if message.id is not None]
+
+
+def _warning(backend: str, options: dict[str, Any]) -> str | None:
+    """W010's message for a shared cache of ``backend`` with ``options``, or None without one."""
+    caches = {
+        "default": LOCMEM,
+        "shared": {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:1/0", "OPTIONS": options},
+    }
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        found = check_breaker_cache_timeouts()
+    assert [message.id for message in found] in ([], ["django_aio_request.W010"])
+    return found[0].msg if found else None
 
 
 @pytest.mark.parametrize(
@@ -101,3 +127,94 @@ def test_manage_py_check_shows_the_warning() -> None:
     assert result.returncode == 0, result.stderr  # a warning, not an error
     assert "django_aio_request.W010" in result.stderr
     assert "socket_timeout" in result.stderr
+    if redis_default_timeouts()[0] is None:  # the installed redis-py's, in the subprocess too
+        assert "a sync round of the breakers with no bound" in result.stderr
+    else:
+        assert f"redis-py {redis.__version__} bounds them at its default of 5 s" in result.stderr
+
+
+def test_the_detected_default_is_the_installed_redis_py_s() -> None:
+    """redis-py 8.0 made ``socket_timeout`` and ``socket_connect_timeout`` default to 5 s (redis/_defaults.py);
+    7.4.1 and before default both to None, no bound."""
+    read, connect, version = redis_default_timeouts()
+    assert version == redis.__version__
+    if int(redis.__version__.split(".")[0]) >= 8:
+        from redis._defaults import DEFAULT_SOCKET_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT
+
+        assert (read, connect) == (DEFAULT_SOCKET_TIMEOUT, DEFAULT_SOCKET_CONNECT_TIMEOUT) == (5, 5)
+    else:
+        assert (read, connect) == (None, None)
+
+
+# What each configuration gets: "none" (no bound, the warning says so), "default" (redis-py's 5 s, the
+# warning names it) or None (no warning), with redis-py before 8.0 and from 8.0 on.
+CASES = [
+    (REDIS, {}, "none", "default"),
+    # redis-py bounds connecting by socket_timeout when no socket_connect_timeout is given: always
+    # before 8.0; from 8.0 on only when it is None (left out, it is the 5 s default).
+    (REDIS, {"socket_timeout": 1.0}, None, "default"),
+    (REDIS, {"socket_timeout": 1.0, "socket_connect_timeout": None}, None, None),
+    (REDIS, {"socket_connect_timeout": 1.0}, "none", "default"),
+    # None is handed to redis-py as it is: no bound, whatever its default.
+    (REDIS, {"socket_timeout": None, "socket_connect_timeout": 1.0}, "none", "none"),
+    (REDIS, {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}, None, None),
+    # django-redis leaves a None out: redis-py's default applies.
+    (DJANGO_REDIS, {"SOCKET_TIMEOUT": None}, "none", "default"),
+    (DJANGO_REDIS, {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1}, None, None),
+    # pymemcache has no default, whatever redis-py's.
+    (MEMCACHED, {}, "none", "none"),
+    (MEMCACHED, {"timeout": 1, "connect_timeout": 1}, None, None),
+]
+
+
+@pytest.mark.parametrize(("backend", "options", "before_8", "from_8"), CASES)
+def test_the_warning_says_what_the_installed_redis_py_does_without_timeouts(
+    monkeypatch: pytest.MonkeyPatch, backend: str, options: dict[str, Any], before_8: str | None, from_8: str | None
+) -> None:
+    for defaults, expected in ((BEFORE_8, before_8), (FROM_8, from_8)):
+        monkeypatch.setattr(checks_module, "redis_default_timeouts", lambda defaults=defaults: defaults)
+        message = _warning(backend, options)
+        if expected is None:
+            assert message is None, (defaults, message)
+        elif expected == "none":
+            assert message is not None
+            assert "with no bound" in message
+            assert "default of 5 s" not in message
+        else:
+            assert message is not None
+            assert "redis-py 8.1.0 bounds" in message
+            assert "at its default of 5 s" in message
+            assert "holds each sync round of the breakers 5 s before it fails" in message
+            assert "redis-py before 8.0 has no default" in message
+            assert "with no bound" in message  # of the older redis-py only
+            assert "shared state, has no" not in message
+
+
+def test_the_message_names_the_redis_py_version_without_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks_module, "redis_default_timeouts", lambda: BEFORE_8)
+    message = _warning(REDIS, {})
+    assert message is not None
+    assert "has no socket_timeout and no socket_connect_timeout (redis-py 7.4.1 sets none by default" in message
+    assert "a sync round of the breakers with no bound" in message
+    message = _warning(REDIS, {"socket_timeout": None, "socket_connect_timeout": 1.0})
+    assert message is not None
+    assert "has no socket_timeout (None: no bound, whatever redis-py's default)" in message
+
+
+@pytest.mark.parametrize(("backend", "options", "before_8", "from_8"), [case for case in CASES if case[0] == REDIS])
+def test_what_the_check_says_of_django_s_redis_cache_is_what_the_installed_redis_py_does(
+    backend: str, options: dict[str, Any], before_8: str | None, from_8: str | None
+) -> None:
+    """The pool Django's RedisCache builds (``ConnectionPool.from_url`` with OPTIONS as they are): its
+    connections' timeouts are the ones set, redis-py's default, or None as the check says."""
+    read_default, _, _ = redis_default_timeouts()
+    expected = from_8 if read_default is not None else before_8
+    connection: Any = redis.ConnectionPool.from_url("redis://127.0.0.1:1/0", **options).make_connection()
+    timeouts = {connection.socket_timeout, connection.socket_connect_timeout}
+    if expected is None:
+        assert timeouts == {1.0}
+    elif expected == "none":
+        assert None in timeouts
+    else:
+        assert None not in timeouts
+        assert read_default in timeouts
