@@ -129,9 +129,9 @@ class FakeDownstream(Transport):
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("//api/" and
-        # "/api/./v1/" become "/api/" and "/api/v1/"), so recorded paths stay relative to it.
-        self._base = urllib.parse.urlsplit(urllib.parse.urljoin(endpoint, "x")).path[:-1]
+        # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("/api/./v1/"
+        # becomes "/api/v1/"), so recorded paths stay relative to it.
+        self._base = urllib.parse.urlsplit(Request(method="GET", url="x").build_url(endpoint)).path[:-1]
         self._lock = threading.Lock()
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
