@@ -390,7 +390,8 @@ def test_hedged_attempts_in_worker_threads_send_the_request_deadline_and_priorit
         assert json.loads(response.content)["status"] == 200
         (first, _, first_at), (second, _, second_at) = sorted(sent(server), key=lambda s: s[2])
         assert {p for _, p, _ in sent(server)} == {"low"}
-        assert second_at - first_at >= 0.09
+        # Sent 0.1 s after attempt 0 started; measured at the server, attempt 0 may arrive a little late.
+        assert second_at - first_at >= 0.05
         assert first <= 4.0
         assert second <= first - 0.09 + 0.001  # the hedge sent what was left when it started
 
