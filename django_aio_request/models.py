@@ -7,7 +7,6 @@ client, endpoint, host and pid) and their transitions into ``BreakerTransition``
 (migration 0002) folding the reports into one row per client and endpoint for the admin changelist.
 """
 
-from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
@@ -37,6 +36,8 @@ CLIENT_LENGTH = CLIENT_NAME_LENGTH  # settings longer than these are errors (con
 # Reports count the calls of the last COUNT_WINDOW seconds, whatever a breaker's SAMPLING_DURATION:
 # a one-second sampling window would show 0 failures nearly always, also while the circuit is open.
 COUNT_WINDOW = 60.0
+# Who changed an override: a username (auth's are 150 characters at most, an e-mail 254); longer is cut.
+CHANGED_BY_LENGTH = 255
 
 
 class BreakerReport(models.Model):
@@ -109,9 +110,9 @@ class BreakerOverride(models.Model):
     client = models.CharField(max_length=CLIENT_LENGTH)
     endpoint = models.CharField(max_length=ENDPOINT_LENGTH)
     mode = models.CharField(max_length=16, choices=Mode.choices)
-    changed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    # Who set it: the user's get_username() at the time, as text (migration 0005). Not a foreign key to
+    # settings.AUTH_USER_MODEL: the app installs and migrates without django.contrib.auth. Empty: unknown.
+    changed_by = models.CharField(max_length=CHANGED_BY_LENGTH, blank=True, default="")
     changed_at = models.DateTimeField()
 
     class Meta:

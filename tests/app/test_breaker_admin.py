@@ -121,8 +121,7 @@ def test_actions_write_overrides_and_the_admin_log(reports: None, operator: Brow
     assert "1 circuit breaker set forced closed" in page.content.decode()
     override = BreakerOverride.objects.get()
     assert (override.client, override.endpoint, override.mode) == ("billing", BILLING, "force_closed")
-    assert override.changed_by is not None
-    assert override.changed_by.username == "operator"
+    assert override.changed_by == "operator"
     assert BreakerStatus.objects.get(client="billing").override == "force_closed"
 
     operator.post(reverse(CHANGELIST), {"action": "force_open", "_selected_action": [billing]})
