@@ -1,0 +1,5 @@
+"""Unchanged since the release: the app's own."""
+
+import importlib
+
+Migration = importlib.import_module("django_aio_request.migrations.0002_circuit_breaker_view").Migration
