@@ -46,9 +46,14 @@ def check_contents(checkout: Path, wheel: Path) -> None:
         requires = [line for line in archive.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
         entry_points = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
         plugins = archive.read(entry_points).decode() if entry_points else ""
+        # Byte for byte the checkout's: a stale build/lib once put old copies of 16 modules into a
+        # wheel built from a source archive (every file with the same time, so setuptools kept them).
+        stale = sorted(n for n in expected & names if archive.read(n) != (checkout / n).read_bytes())
     missing = sorted(expected - names)
     if missing:
         fail(f"files of the package missing from the wheel: {missing}")
+    if stale:
+        fail(f"files of the wheel that are not the checkout's: {stale}")
     for needed in (f"{PACKAGE}/py.typed", f"{PACKAGE}/migrations/0001_circuit_breakers.py"):
         if needed not in names:
             fail(f"{needed} is not in the wheel")
