@@ -18,7 +18,7 @@ from typing import TypedDict
 from django.conf import settings
 from django.http import HttpRequest
 
-from django_aio_request import Deadline, Response, clients, get, get_context
+from django_aio_request import Deadline, Priority, Response, clients, get, get_context
 
 # Query parameters passed down the chain: the seconds each hop works before it calls on (or answers),
 # billing's behaviour, and a tag to find a call's requests by.
@@ -26,6 +26,7 @@ FORWARDED = ("work", "delay", "fail", "slow", "slow_delay", "run")
 CHAIN = ("frontend", "orders", "billing")
 # The frontend's clients to read the other services' ``stats`` through (their endpoints are ``/demo/``).
 STATS_CLIENTS = {"orders": "orders", "billing": "single"}
+STATS_TRIES, STATS_BACKOFF = 3, 0.2  # a read of /demo/stats a busy service shed is tried again
 
 
 class Received(TypedDict):
@@ -141,10 +142,22 @@ def rows(report: HopReport, run: str) -> list[Row]:
 
 def requests_received(service: str, run: str) -> int | None:
     """How many requests tagged ``run`` ``service`` has received (asked with a deadline of its own:
-    the chain's may be over)."""
+    the chain's may be over), or None when it cannot tell.
+
+    Orders sheds load, and right after a chain (its limit at 1, the chain's own request still there)
+    it shed this read at normal priority: the page said orders was "not called". The read claims high
+    priority and is tried again after a 503, as the shedding page's scrape is.
+    """
     call = get("stats", query_parameters={"run": run})
-    with clients[STATS_CLIENTS[service]].request(call, deadline=Deadline.from_timeout(2.0)) as response:
-        return len(response.json()["arrivals"]) if response.is_successful() else None
+    deadline = Deadline.from_timeout(2.0)
+    for _ in range(STATS_TRIES):
+        with clients[STATS_CLIENTS[service]].request(call, deadline=deadline, priority=Priority.HIGH) as response:
+            if response.is_successful():
+                return len(response.json()["arrivals"])
+            if response.status != 503 or deadline.timeout < STATS_BACKOFF:
+                return None
+        time.sleep(STATS_BACKOFF)
+    return None
 
 
 def _report_in(response: Response) -> HopReport | None:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,30 @@ def test_the_shedding_page_sheds_low_priority_first_and_orders_counts_it(chain: 
     limits = [int(value) for value in re.findall(r'data-limit="(\d+)"', page)]
     assert limits, page
     assert 1 <= min(limits) <= max(limits) < 23, limits
+
+
+def test_a_stats_read_a_busy_service_sheds_is_tried_again_and_unknown_is_not_zero(settings: Any) -> None:
+    """Orders sheds load: right after a chain it shed the page's read of its /demo/stats, and the page
+    said orders was "not called". The read claims high priority, is tried again after a 503, and a
+    count it cannot read is None ("could not be read"), never 0 ("not called")."""
+    from django.template.loader import render_to_string
+
+    from django_aio_request.testing import fake_client, reply
+    from testproject.chain import requests_received
+
+    settings.AIO_REQUEST = {"CLIENTS": {"orders": {"ENDPOINT": "http://orders.test/demo/"}}}
+    shed = reply(503, headers={"Retry-After": "1"})
+    with fake_client("orders") as orders:
+        orders.route("stats", shed, reply(200, json={"arrivals": [1.0]}))
+        assert requests_received("orders", "r1") == 1
+        assert [call.headers["X-Request-Priority"] for call in orders.calls] == ["high", "high"]
+    with fake_client("orders") as orders:
+        orders.route("stats", shed, shed, shed)
+        assert requests_received("orders", "r2") is None
+    rows = [
+        {"service": "orders", "report": None, "received": None},
+        {"service": "billing", "report": None, "received": 0},
+    ]
+    page = render_to_string("testproject/chain.html", {"rows": rows, "ran": True})
+    assert "could not be read" in page
+    assert page.count("not called") == 1  # billing's, whose count is 0
