@@ -5,6 +5,7 @@ from testproject import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("favicon.ico", views.no_favicon),  # browsers ask every page for one: no 404 in their console
     path("chain/", views.chain_page, name="chain"),
     path("hedging/", views.hedging_page, name="hedging"),
     path("shedding/", views.shedding_page, name="shedding"),

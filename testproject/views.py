@@ -62,6 +62,10 @@ def downstream(request: HttpRequest, name: str) -> HttpResponse:
     return JsonResponse({"name": name, "slept": slept, "received": chain.received(request)})
 
 
+def no_favicon(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(status=204)
+
+
 @frontend_page
 def index(request: HttpRequest) -> HttpResponse:
     """Call billing through each strategy's client with the parameters given, and show the outcomes."""

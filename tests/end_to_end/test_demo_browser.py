@@ -145,6 +145,7 @@ def browser() -> Iterator["WebDriver"]:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for console_errors()
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -152,6 +153,12 @@ def browser() -> Iterator["WebDriver"]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def console_errors(driver: "WebDriver") -> list[str]:
+    """The browser console's errors since the last call (a resource that failed to load, a script error)."""
+    log = driver.get_log("browser")  # type: ignore[attr-defined]  # Chrome's driver has it, the base class not
+    return [entry["message"] for entry in log if entry["level"] == "SEVERE"]
 
 
 def screenshot(driver: "WebDriver", directory: Path, name: str) -> None:
@@ -289,6 +296,10 @@ def link(page: str, name: str) -> str:
 def test_the_clients_page_reads_as_words_and_its_links_do_what_they_say(demo: Demo, browser: "WebDriver") -> None:
     from selenium.webdriver.common.by import By
 
+    console_errors(browser)  # what earlier pages left
+    for page_path in ("/", "/chain/", "/hedging/", "/shedding/", "/admin/login/"):
+        browser.get(demo.url + page_path)
+        assert console_errors(browser) == [], page_path  # the favicon was a 404 on every page
     browser.get(demo.url + "/")
     text = browser.find_element(By.TAG_NAME, "body").text
     for python in ("<", "{'", "None", "Strategy", "True", "False"):
