@@ -441,7 +441,8 @@ class CacheCircuitStore(CircuitStore[str]):
     def _backend(self) -> Any:
         """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
         if self._cache is None:
-            self._cache = self._connect()
+            with _CONNECTING:  # a fork() waits for it: see _before_fork
+                self._cache = self._connect()
         return self._cache
 
     def _prefix(self, scope: str) -> str:
@@ -489,12 +490,36 @@ class CacheCircuitStore(CircuitStore[str]):
 _STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
 
 
+# Held while a store's thread makes its cache backend, which imports the backend's library (Django's
+# RedisCache imports redis then). A fork() in the middle of that import left the child a half-made
+# module whose import lock belonged to a thread the child does not have: the child's first cache
+# access hung for ever (gunicorn --preload with a warm-up call). fork() waits for it instead, at
+# most CONNECT_WAIT (making a backend does no I/O; a backend that hangs in __init__ is not waited for).
+_CONNECTING = threading.Lock()
+CONNECT_WAIT = 5.0
+_held_for_fork = False
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _CONNECTING.acquire(timeout=CONNECT_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _CONNECTING.release()
+
+
 def _after_fork() -> None:
+    global _CONNECTING, _held_for_fork
+    _CONNECTING, _held_for_fork = threading.Lock(), False
     for store in list(_STORES):
         store._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
 
 
 def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: threading.Event, interval: float) -> None:

@@ -4,9 +4,11 @@ Separate OS processes trip together; one process of all probes; exact counts fro
 and an outage of the cache leaves calls flowing on the local breaker, with one warning.
 """
 
+import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +36,7 @@ from django_aio_request import (
 from django_aio_request.breaker.cache_store import MAX_NAMESPACE_IN_KEY, CacheCircuitStore, key_namespace
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
+from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, clients, free_port, replies
 from tests.support.redis_server import RedisProcess, require_redis
 
@@ -725,3 +728,26 @@ def test_a_probe_asked_for_after_another_process_closed_the_circuit_blocks_nothi
     reader.blocked_until("svc")
     reader.sync()
     assert reader.blocked_until("svc") is None
+
+
+def test_a_fork_while_the_store_makes_its_backend_waits_and_the_child_can_import_it() -> None:
+    """A fork in the middle of the store thread's import of the backend's library (Django's RedisCache
+    imports redis) left the child a half-made module whose import lock a missing thread held: the
+    child's first cache access hung for ever. fork() now waits for the backend to be made."""
+    module = "tests.support.slow_import_cache"
+    sys.modules.pop(module, None)
+    store = CacheCircuitStore("slow", connect=lambda: importlib.import_module(module).make(), namespace="slow-import")
+    try:
+        threading.Thread(target=store._backend, daemon=True).start()  # what the store's thread does first
+        time.sleep(0.2)  # the import is under way (it takes 1 s)
+
+        def child() -> str:
+            signal.alarm(5)  # a child stuck on the import lock dies, and the parent reads nothing
+            return type(importlib.import_module(module).make()).__name__
+
+        started = time.monotonic()
+        assert in_child(child) == "LocMemCache"
+        assert time.monotonic() - started >= 0.5  # the fork waited for the import to finish
+    finally:
+        store.close()
+        sys.modules.pop(module, None)
