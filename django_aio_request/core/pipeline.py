@@ -14,7 +14,7 @@ from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdi
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request, check_headers
-from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.transport.base import Transport
 
@@ -95,7 +95,7 @@ class CircuitBreakerModule(RequestModule):
         return response
 
     def _is_successful(self, response: Response) -> bool | None:
-        if response.status == status.CANCELLED or response is _NO_VERDICT:
+        if is_abandoned(response) or response is _NO_VERDICT:
             return None  # abandoned by its strategy, or raised: says nothing about the endpoint
         return self.classifier.classify(response) is ResponseVerdict.ACCEPT
 

@@ -9,6 +9,7 @@ from typing import Any
 from requests.structures import CaseInsensitiveDict
 
 from django_aio_request.core import headers as h
+from django_aio_request.core import status
 
 # The media type alone: "application/json" or "application/<anything>+json", then parameters or nothing
 # ("application/jsonp", "application/json-seq" are other types).
@@ -156,3 +157,9 @@ class EmptyResponse(Response):
 
     def __init__(self, *, status: int, headers: Mapping[str, str] | None = None, elapsed: float = 0.0) -> None:
         super().__init__(status=status, headers=headers, elapsed=elapsed)
+
+
+def is_abandoned(response: Response) -> bool:
+    """The attempt was stopped by its strategy (a hedge that lost) or with its call: the 499 made
+    here, which says nothing about the endpoint. A peer's own 499 is an answer like any other."""
+    return response.status == status.CANCELLED and isinstance(response, EmptyResponse)

@@ -12,7 +12,7 @@ from django_aio_request.core.classifier import ResponseVerdict
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
     RequestStrategy,
@@ -89,7 +89,7 @@ class _HedgedCall:
             with self.lock:
                 self.in_flight -= 1
         self.observe(self.request, result.response)  # aborted too: usually the slow one a hedge beat
-        if result.response.status == status.CANCELLED:
+        if is_abandoned(result.response):
             # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
             # whole call (an async caller went away): the answer only if nothing else comes.
             self.aborted_first = result

@@ -2,9 +2,8 @@ import collections
 import threading
 import time
 
-from django_aio_request.core import status
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response
+from django_aio_request.core.response import Response, is_abandoned
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
@@ -137,7 +136,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         An abandoned attempt's time is only a lower bound of its latency, but leaving it out
         would leave out exactly the slow tail and teach the provider to hedge too early.
         """
-        if not (response.is_successful() or response.status == status.CANCELLED):
+        if not (response.is_successful() or is_abandoned(response)):
             return
         key = (request.method, request.url)
         with self._lock:

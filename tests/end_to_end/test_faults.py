@@ -348,6 +348,16 @@ def test_a_body_in_a_coding_the_client_cannot_take_off(
     assert counts == SUCCESS
 
 
+def test_a_peer_s_own_499_is_an_answer_the_breaker_counts(server: LoopbackServer, no_leaks: None) -> None:
+    """499 is also the status of an attempt its strategy abandoned, which says nothing about the
+    endpoint: a peer that answered 499 (nginx's "client closed request") was counted neither way,
+    and one that always did was invisible to the breaker."""
+    server.route("/x", lambda h: h.reply(499, b"closed"))
+    response, counts = call(server.url)
+    assert (response.status, response.read()) == (499, b"closed")
+    assert counts == SUCCESS  # accepted (not 5xx, 408, 429 or 489): one attempt, a success
+
+
 def test_body_of_exactly_max_response_size_is_read(server: LoopbackServer, no_leaks: None) -> None:
     server.route("/x", lambda h: h.reply(200, b"y" * 1000))
     response, counts = call(server.url, transport=dar.RequestsTransport(max_response_size=1000))
