@@ -660,13 +660,24 @@ def _is_timeout(error: Exception) -> bool:
     around urllib3's ``ReadTimeoutError`` (a timeout while reading the body), or urllib3's own
     (the direct route raises urllib3's exceptions unwrapped). A refused connection is urllib3's
     ``NewConnectionError``, a subclass of its connect timeout: it is no timeout."""
-    if isinstance(error, requests.Timeout):
-        return True
-    if isinstance(error, requests.RequestException) and error.args and isinstance(error.args[0], Exception):
-        error = error.args[0]
-    if isinstance(error, MaxRetryError) and error.reason is not None:
-        error = error.reason
-    return isinstance(error, Urllib3TimeoutError) and not isinstance(error, NewConnectionError)
+    # Through the wrappers, as deep as they go: through a proxy a connect timeout comes as requests'
+    # ProxyError around MaxRetryError around urllib3's ProxyError around the ConnectTimeoutError.
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(error, requests.Timeout):
+            return True
+        if isinstance(error, Urllib3TimeoutError):
+            return not isinstance(error, NewConnectionError)
+        inner = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else None
+        inner = inner or getattr(error, "original_error", None)  # urllib3's ProxyError
+        if inner is None and isinstance(error, requests.RequestException) and error.args:
+            inner = error.args[0]
+        if not isinstance(inner, Exception):
+            return False
+        error = inner
+    return False
+
+
+_MAX_WRAPPERS = 8
 
 
 def _declared_length(value: str) -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 
 import django_aio_request as dar
 from django_aio_request.core import status
@@ -24,6 +25,7 @@ from django_aio_request.transport.requests_transport import (
     DEFAULT_MAX_RESPONSE_SIZE,
     X_RESPONSE_TOO_LARGE,
     X_UNREADABLE_CODING,
+    _is_timeout,
 )
 from tests.support.loopback import LoopbackServer, free_port
 from tests.support.resources import eventually, open_fds
@@ -446,6 +448,24 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, RawServer], Non
         monkeypatch.setenv(variable, f"http://127.0.0.1:{proxy.port}")
 
     return use
+
+
+def test_a_proxy_that_never_accepts_is_a_timeout_however_the_race_ends(full_backlog: int) -> None:
+    """The connect to the proxy times out: by the deadline's abort (408), or by the socket's own
+    timeout a moment before it. The latter came as requests' ProxyError around urllib3's ProxyError
+    around the ConnectTimeoutError, read as a network error: 489 about one time in two."""
+    proxies = {"http": f"http://127.0.0.1:{full_backlog}"}
+    with pytest.raises(requests.exceptions.ProxyError) as caught:  # the socket's timeout alone
+        requests.get("http://service.example.test/", proxies=proxies, timeout=0.2)
+    assert _is_timeout(caught.value)
+    session = requests.Session()
+    session.proxies.update(proxies)
+    transport = dar.RequestsTransport(session=session)
+    try:
+        outcomes = [call("http://service.example.test/", deadline=0.3, transport=transport)[0].status for _ in range(4)]
+    finally:
+        transport.close()
+    assert outcomes == [status.TIMEOUT] * 4
 
 
 def _first_line(conn: socket.socket, seen: list[bytes]) -> None:
