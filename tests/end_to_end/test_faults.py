@@ -11,10 +11,12 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -509,7 +511,10 @@ def test_a_trickling_proxy_ends_at_the_deadline(
 
 
 def test_a_proxy_trickling_its_answer_to_connect_ends_at_the_deadline(
-    raw_server: Callable[..., RawServer], proxy_env: Callable[[str, RawServer], None], no_leaks: None
+    raw_server: Callable[..., RawServer],
+    proxy_env: Callable[[str, RawServer], None],
+    no_leaks: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """HTTPS through an HTTP proxy: the tunnel's CONNECT answer never ends (http.client reads its
     header lines without a limit), so only the deadline can stop the call."""
@@ -524,7 +529,19 @@ def test_a_proxy_trickling_its_answer_to_connect_ends_at_the_deadline(
 
     holder.append(raw_server(proxy))
     proxy_env("HTTPS_PROXY", holder[0])
+    # After the abort, http.client took the end of the stream for the end of the answer and urllib3
+    # went on to load the CA bundle for TLS past the deadline: the call ended 30-340 ms late.
+    loads: list[float] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def noted_load(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> Any:
+        loads.append(time.monotonic())
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", noted_load)
+    started = time.monotonic()
     response, counts = call("https://service.example.test/", deadline=0.3)
     assert response.status == status.TIMEOUT
     assert [line.rsplit(b" ", 1)[0] for line in seen] == [b"CONNECT service.example.test:443"]
     assert counts == FAILURE
+    assert [at - started for at in loads if at - started >= 0.3] == []  # nothing of TLS after the deadline
