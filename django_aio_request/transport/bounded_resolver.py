@@ -6,8 +6,12 @@ past any deadline. So lookups run on a few daemon threads here, and an attempt w
 answer only until its deadline or its abort; a lookup it gave up on finishes on its thread.
 
 One lookup of a (host, port, family) in flight serves every attempt that asks for it meanwhile,
-so a name server that hangs costs one thread per name, not one per call, and at most
-:data:`MAX_THREADS` threads in all (further names wait for a free one, within their deadlines).
+so a name server that hangs costs one thread per name, not one per call. At most
+:data:`MAX_THREADS` threads look names up at once; a lookup running for more than
+:data:`STUCK_AFTER` does not count (its name server hangs), up to :data:`MOST_THREADS` threads in all:
+eight names whose lookups hung held every thread, and every other name, ``localhost`` from
+/etc/hosts included, waited for them past its deadline. Further names wait for a free thread,
+within their deadlines.
 A lookup older than :data:`SHARE_FOR` is not joined any more but asked again: one stuck in the C
 library for good (seen in a child forked while its parent's lookups hung) must not take its name
 down with it. Answers are not cached: each new connection asks again, as ``urllib3`` does.
@@ -21,7 +25,13 @@ import threading
 import time
 from typing import Protocol
 
+from django_aio_request.transport.deadline_timer import deadline_timer
+
 MAX_THREADS = 8
+#: Seconds after which a lookup in progress no longer counts against MAX_THREADS.
+STUCK_AFTER = 1.0
+#: Threads in all, stuck ones included.
+MOST_THREADS = 32
 #: Seconds a lookup in flight is shared with new attempts; glibc gives up on a silent name server
 #: after 5 s per try by default, so a lookup older than this is most likely stuck.
 SHARE_FOR = 10.0
@@ -41,13 +51,14 @@ class ResolutionUnfinished(Exception):
 
 
 class _Lookup:
-    __slots__ = ("addresses", "error", "finished", "started", "waiters")
+    __slots__ = ("addresses", "error", "finished", "started", "taken", "waiters")
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.addresses: list[str] = []
         self.error: Exception | None = None
         self.finished = False
+        self.taken = False  # a thread runs it
         self.waiters: list[threading.Event] = []
 
 
@@ -66,6 +77,8 @@ class Resolver:
         self._threads = 0
         self._idle = 0  # threads waiting for a lookup
         self._queued = 0  # lookups no thread has taken yet
+        self._running: dict[int, float] = {}  # thread ident: when its lookup started
+        self._recheck_due = False  # a look for stuck threads is scheduled
 
     def resolve(self, host: str, port: int, family: int, waiter: Waiter) -> list[str]:
         """The addresses of ``host``, in ``getaddrinfo()`` order.
@@ -81,8 +94,7 @@ class Resolver:
                 lookup = self._in_flight[key] = _Lookup()
                 self._queue.put((key, lookup))
                 self._queued += 1
-                if self._queued > self._idle and self._threads < self._max_threads:
-                    self._start_thread()
+                self._start_thread_if_room()
             lookup.waiters.append(woken)
         waiter.wait(woken)
         with self._lock:
@@ -94,6 +106,34 @@ class Resolver:
             raise copy.copy(lookup.error).with_traceback(None)
         return lookup.addresses
 
+    def _start_thread_if_room(self) -> None:
+        """With the lock held: a thread for a queued lookup if no idle one will take it and the
+        bounds allow; else, if only stuck lookups hold the threads back, look again once they count
+        as stuck."""
+        if self._queued <= self._idle:
+            return
+        if self._threads < self._max_threads:
+            self._start_thread()
+            return
+        if self._threads >= MOST_THREADS:
+            return
+        now = time.monotonic()
+        stuck = sum(1 for started in self._running.values() if now - started > STUCK_AFTER)
+        if self._threads - stuck < self._max_threads:
+            self._start_thread()
+        elif not self._recheck_due:
+            self._recheck_due = True
+            due = min(self._running.values(), default=now) + STUCK_AFTER + 0.01
+            deadline_timer.schedule(max(due, now + 0.01), self._recheck)
+
+    def _recheck(self) -> None:
+        """On the deadline timer's thread: the lock is held only for a few comparisons."""
+        with self._lock:
+            self._recheck_due = False
+            # Only for a lookup an attempt still waits for: those given up on wait for a free thread.
+            if any(not lookup.taken and lookup.waiters for lookup in self._in_flight.values()):
+                self._start_thread_if_room()
+
     def _start_thread(self) -> None:
         self._threads += 1
         threading.Thread(target=self._work, name="django-aio-request-resolver", daemon=True).start()
@@ -103,9 +143,12 @@ class Resolver:
             with self._lock:
                 self._idle += 1
             key, lookup = self._queue.get()
+            me = threading.get_ident()
             with self._lock:
                 self._idle -= 1
                 self._queued -= 1
+                self._running[me] = time.monotonic()
+                lookup.taken = True
             try:
                 host, port, family = key
                 found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
@@ -114,6 +157,7 @@ class Resolver:
                 lookup.error = error
             finally:
                 with self._lock:
+                    del self._running[me]
                     lookup.finished = True
                     if self._in_flight.get(key) is lookup:  # not replaced as stale meanwhile
                         del self._in_flight[key]

@@ -14,7 +14,7 @@ from typing import Any
 
 from django_aio_request import get
 from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.transport.bounded_resolver import MAX_THREADS
+from django_aio_request.transport.bounded_resolver import MAX_THREADS, MOST_THREADS
 from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.support.dns_server import Answer, DnsServer, NoSuchName, Rule, Silent
 from tests.support.loopback import LoopbackServer
@@ -66,6 +66,7 @@ def main(scenario: str) -> dict[str, Any]:
             "distinct": distinct,
             "threads": resolver_threads(),
             "max_threads": MAX_THREADS,
+            "most_threads": MOST_THREADS,
         }
     raise SystemExit(f"unknown scenario {scenario!r}")
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from django_aio_request.core import status
+from django_aio_request.transport import bounded_resolver
 from django_aio_request.transport.attempt_sockets import AttemptSockets
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, Resolver
 from tests.support.loopback import LoopbackServer
@@ -98,7 +99,9 @@ def test_many_calls_to_hanging_names_share_lookups_and_a_bounded_number_of_threa
         assert call["elapsed"] < DEADLINE + SLACK
     assert got["queries"] == 1  # 20 calls for one name: one lookup
     assert got["threads_for_one_name"] == 1
-    assert got["threads"] == got["max_threads"]  # 12 more names: no more threads than the bound
+    # 12 more names: the bound's threads, and one more at most for each lookup stuck past STUCK_AFTER
+    # by then (the first name's, 0.5 s old when they came, 1 s old before they gave up)
+    assert got["max_threads"] <= got["threads"] <= got["max_threads"] + 1 <= got["most_threads"]
 
 
 # The Resolver on its own, with names the machine resolves from /etc/hosts.
@@ -183,6 +186,41 @@ def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(mo
     assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
     assert asked == ["localhost", "localhost"]
     release.set()
+
+
+def test_names_whose_lookups_hang_do_not_hold_up_other_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every thread busy with a lookup that hangs: other names waited for them past their deadlines
+    (localhost from /etc/hosts was a 408). Past STUCK_AFTER those lookups do not count, up to
+    MOST_THREADS threads in all."""
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.endswith(".hang"):  # stands in for a name server that does not answer these names
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.2)
+    monkeypatch.setattr(bounded_resolver, "MOST_THREADS", 4)
+    resolver = Resolver(max_threads=2)
+    try:
+        for name in ("a.hang", "b.hang"):  # both threads stuck
+            with pytest.raises(ResolutionUnfinished):
+                resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+        started = time.monotonic()  # asked at once: answered when the two count as stuck
+        assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(2)))
+        assert time.monotonic() - started < 1.0
+        for name in ("c.hang", "d.hang"):  # now four threads, all stuck: the most there may be
+            with pytest.raises(ResolutionUnfinished):
+                resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.3)))
+        time.sleep(0.3)
+        with pytest.raises(ResolutionUnfinished):  # no fifth thread
+            resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.5)))
+        assert sum(t.name == "django-aio-request-resolver" for t in threading.enumerate()) >= 4
+    finally:
+        release.set()
 
 
 def test_addresses_are_connected_to_without_a_lookup() -> None:
