@@ -2,8 +2,9 @@
 
 Breakers live in memory, one per client per process, so no single process can show what all
 workers see. One daemon thread per process (started when the first client with a breaker is
-built, again in a forked child) does, at once when it starts, at once again when another client
-with a breaker is built, and every ``interval`` seconds (1 s):
+built; in a forked child, which keeps the parent's clients, at the first call of one of them or
+the first build there, see ``Publisher.after_fork``) does, at once when it starts, at once again
+when another client with a breaker is built, and every ``interval`` seconds (1 s):
 
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
    lift overrides that were removed;
@@ -37,6 +38,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -120,6 +122,14 @@ def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:
     return found
 
 
+def _totals_at_fork(breaker: DefaultCircuitBreaker[str, Any]) -> list[tuple[str, int, int, int]]:
+    """(endpoint, failures, successes, rejected) totals of each circuit, read in a forked child's at-fork
+    handler: without the breaker's lock, which a thread of the parent (absent here) may have held; the
+    child runs one thread then, so nothing changes them meanwhile."""
+    circuits = list(breaker._circuits.items())
+    return [(str(scope), c.failures_total, c.successes_total, c.rejected_total) for scope, c in circuits]
+
+
 def _is_fake(client: Client) -> bool:
     """A client of ``django_aio_request.testing.fake_client``: a test's, never published nor overridden."""
     from django_aio_request.testing import FakeDownstream
@@ -134,6 +144,9 @@ class Publisher:
         self._interval = interval
         self.database = database
         self.first_read_wait = first_read_wait
+        # The breakers this publisher listens to, with their client's name: a forked child's are
+        # the same objects (the registry keeps its clients across fork()), see after_fork.
+        self._watching: weakref.WeakKeyDictionary[DefaultCircuitBreaker[str, Any], str] = weakref.WeakKeyDictionary()
         self._reset()
 
     @property
@@ -182,6 +195,7 @@ class Publisher:
         if not isinstance(breaker, DefaultCircuitBreaker):
             return
         breaker.add_listener(functools.partial(self._on_transition, name))
+        self._watching[breaker] = name
         with self._read_done:
             self._watched += 1
             number = self._watched
@@ -267,8 +281,44 @@ class Publisher:
             wake.wait(interval)
 
     def after_fork(self) -> None:
-        """In a forked child: the parent's thread is gone; the first client built here starts a new one."""
+        """In a forked child (an at-fork handler: it starts no thread, takes no lock of the parent's).
+
+        The parent's thread is gone, and the child keeps the parent's clients (``named_clients``):
+        a reference kept across the fork is the client ``clients[name]`` returns. The first call of
+        each breaker watched before the fork starts the thread again, as a build does, and waits for
+        the round that reads the overrides (``_first_call_in_child``); until then it costs the child
+        nothing, and after it its calls pay nothing either (``breaker.execute`` is the class's again).
+        The parent's calls are the parent's to publish: the child's windows count from the totals at
+        the fork, and the transitions the parent queued stay the parent's. The overrides the
+        parent's rounds applied are on the child's copies of the breakers: the child's rounds lift
+        them when their rows go.
+        """
+        applied, watching = self._applied, list(self._watching.items())
         self._reset()
+        self._applied = dict(applied)
+        now = time.monotonic()
+        for breaker, name in watching:
+            for scope, failures, successes, rejected in _totals_at_fork(breaker):
+                self._history[(name, scope)] = collections.deque([(now, failures, successes, rejected)])
+            # An attribute of the instance, read where the pipeline looks ``execute`` up, and removed
+            # at the first call: no check on any later call.
+            vars(breaker)["execute"] = functools.partial(self._first_call_in_child, breaker, name)
+        if watching:
+            self._watched = 1  # the breakers kept: the first round in the child reads their overrides
+
+    def _first_call_in_child(self, breaker: DefaultCircuitBreaker[str, Any], name: str, **call: Any) -> Any:
+        """``breaker.execute`` at its first call in a forked child: start the thread, have it read the
+        overrides and wait for that (at most ``first_read_wait``), then call as the class does."""
+        try:
+            self.start()
+            if self._read < 1:
+                self._wake.set()
+            self._await_read(name, 1)
+        except Exception:  # e.g. no thread can be started: the call goes on with the breaker as it is
+            logger.exception("circuit breaker publisher: cannot start in this forked process")
+        finally:
+            vars(breaker).pop("execute", None)  # after the wait: concurrent first calls wait as well
+        return breaker.execute(**call)
 
     # -- one round -------------------------------------------------------------------------------
 

@@ -97,9 +97,13 @@ class ClientsHandler:
         current.reset()
 
     def _after_fork(self) -> None:
-        # Worker threads do not survive fork(): the child builds its own clients; the parent's stay open.
+        # The child keeps the parent's clients: one client per name per process, so a reference kept
+        # across fork() (a module-level ``billing = clients["billing"]``, a gunicorn --preload app that
+        # warmed its clients up) is the one ``clients["billing"]`` returns, published and obeying admin's
+        # overrides (breaker_publisher.Publisher.after_fork). Each client makes its threads, pools and
+        # connections anew on first use in the child (core/client.py, transport/requests_transport.py).
+        # Only the lock is new: a thread of the parent, absent here, may have held it.
         self._lock = threading.Lock()
-        self._clients = {}
 
 
 clients = ClientsHandler()

@@ -29,6 +29,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTran
 from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
+from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -568,6 +569,71 @@ def test_a_forked_child_starts_its_own_thread(publisher: Publisher) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert publisher.running  # the parent's own goes on
+
+
+@pytest.mark.django_db
+def test_a_client_kept_across_fork_is_the_child_s_published_and_overridden(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    """gunicorn --preload, or a module-level ``billing = clients["billing"]``: the client built and
+    used before fork() was neither published by the child nor given admin's overrides there (the
+    child's registry was emptied, so its rounds did not list it). In the child it is the registry's
+    client, its first call starts the thread, and the child's rounds report it under the child's pid
+    with the child's calls only, and lift the override the parent's round applied once its row goes.
+    (The child works on its copy of the in-memory test database.)"""
+    server.route("/down", lambda h: h.reply(200))  # call() asks for /down
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        kept = clients["billing"]
+        assert call("billing", 3) == [200, 200, 200]
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+        assert publisher.run_once()  # the parent's round applies it, and publishes 3 successes
+        assert breaker().state[server.url] is CircuitState.FORCED_CLOSED
+        parent_pid = os.getpid()
+
+        def child() -> dict[str, object]:
+            before_call = publisher.running
+            with kept.request(get("down")) as first:
+                pass
+            started = publisher.running
+            BreakerOverride.objects.filter(client="billing").delete()  # admin lifts it after the fork
+            with kept.request(get("down")) as second:
+                pass
+            assert publisher.run_once()
+            state = str(breaker().state[server.url])
+            BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+            assert publisher.run_once()
+            with kept.request(get("down")) as forced:
+                pass
+            assert publisher.run_once()
+            reports = {
+                "parent" if pid == parent_pid else "child" if pid == os.getpid() else str(pid): [successes, rejected]
+                for pid, successes, rejected in BreakerReport.objects.values_list("pid", "successes", "rejected")
+            }
+            return {
+                "same": clients["billing"] is kept,
+                "running": [before_call, started],
+                "statuses": [first.status, second.status, forced.status],
+                "after_lift": state,
+                "reports": reports,
+                "transitions_of_the_child": [
+                    list(t)
+                    for t in BreakerTransition.objects.filter(pid=os.getpid())
+                    .order_by("at", "id")
+                    .values_list("from_state", "to_state")
+                ],
+            }
+
+        answer = in_child(child)
+    assert answer == {
+        "same": True,
+        "running": [False, True],  # no thread until the first call in the child
+        "statuses": [200, 200, 502],
+        "after_lift": "closed",  # the parent's round applied FORCE_CLOSED: the child's lifted it
+        # The child's own calls (2 successes, 1 rejected), not the parent's 3 as well.
+        "reports": {"parent": [3, 0], "child": [2, 1]},
+        "transitions_of_the_child": [["forced_closed", "closed"], ["closed", "forced_open"]],
+    }
 
 
 def wait_for(condition: "object", what: str, timeout: float = 5.0) -> None:

@@ -1,6 +1,5 @@
 """clients["name"]: built once per process from settings, shared by threads, rebuilt when settings change."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from django.test import override_settings
 import django_aio_request
 from django_aio_request import clients, get
 from django_aio_request.named_clients import UnknownClientError
+from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,23 +144,44 @@ def test_the_core_does_not_import_django(server: LoopbackServer) -> None:
     assert done.stdout.strip() == "ok", done.stderr
 
 
-def test_a_forked_child_builds_its_own_clients(server: LoopbackServer) -> None:
+def test_a_forked_child_keeps_the_clients_built_before_the_fork(server: LoopbackServer) -> None:
+    """One client per name per process: a reference kept across fork() (a module-level
+    ``billing = clients["billing"]``, a gunicorn --preload app that warmed its clients up) is the one
+    the child's ``clients["billing"]`` returns, not a second client the child built beside it (which
+    alone was published and obeyed admin's overrides). Clients not built before the fork are built
+    in the child, and ``clients.reset()`` there still builds new ones."""
     server.route("/ping", lambda h: h.reply(200, b"pong"))
     with override_settings(AIO_REQUEST=setting(server.url)):
         parent = clients["billing"]
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report and leave at once, without running pytest's teardown
-            ok = False
-            try:
-                child = clients["billing"]
-                with child.request(get("ping")) as response:
-                    ok = child is not parent and response.status == 200
-            finally:
-                os.write(write, b"1" if ok else b"0")
-                os._exit(0)
-        os.close(write)
-        answer = os.read(read, 1)
-        os.waitpid(pid, 0)
-        os.close(read)
-    assert answer == b"1"
+        with parent.request(get("ping")) as response:
+            assert response.status == 200
+
+        def child() -> dict[str, object]:
+            same = clients["billing"] is parent
+            with parent.request(get("ping")) as kept:
+                pass
+            built = [name for name, _ in clients.built()]
+            other = clients["other"]
+            clients.reset()
+            fresh = clients["billing"]
+            with fresh.request(get("ping")) as after_reset:
+                pass
+            return {
+                "same": same,
+                "kept": kept.status,
+                "built": built,
+                "other_built_here": other is not parent,
+                "reset_builds_anew": fresh is not parent,
+                "after_reset": after_reset.status,
+            }
+
+        answer = in_child(child)
+        assert clients["billing"] is parent  # the parent's is untouched
+    assert answer == {
+        "same": True,
+        "kept": 200,
+        "built": ["billing"],
+        "other_built_here": True,
+        "reset_builds_anew": True,
+        "after_reset": 200,
+    }
