@@ -6,19 +6,22 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.admin.utils import quote
 from django.core.management import call_command
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from django.test import Client as BrowserClient
 from django.test import override_settings
 from django.urls import reverse
@@ -30,7 +33,7 @@ from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer, free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -634,6 +637,104 @@ def test_a_client_kept_across_fork_is_the_child_s_published_and_overridden(
         "reports": {"parent": [3, 0], "child": [2, 1]},
         "transitions_of_the_child": [["forced_closed", "closed"], ["closed", "forced_open"]],
     }
+
+
+PRELOAD_APP = """
+import django
+from django.core.wsgi import get_wsgi_application
+from django_aio_request import clients, get
+
+application = get_wsgi_application()
+billing = clients["billing"]  # built in gunicorn's master (--preload) and kept, as a module's client
+with billing.request(get("up")) as response:  # warmed up: a call before the workers are forked
+    assert response.status == 200, response.status
+"""
+
+PRELOAD_URLS = """
+import json, os
+from django.http import HttpResponse
+from django.urls import path
+from django_aio_request import clients, get
+import preload_app
+
+def call(request):
+    with preload_app.billing.request(get("up")) as response:
+        status = response.status
+    same = clients["billing"] is preload_app.billing
+    return HttpResponse(json.dumps({"pid": os.getpid(), "status": status, "same": same}))
+
+urlpatterns = [path("call", call)]
+"""
+
+
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
+def test_gunicorn_preload_workers_publish_the_master_s_client_and_obey_overrides(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """gunicorn --preload with a client built and used at import in the master (docs/admin.md): a
+    worker's calls on that module-level client are published under the worker's pid (its own
+    calls, not the master's warm-up), ``clients["billing"]`` is that very client, and an override
+    set after the fork is obeyed within the publishing interval. The worker's rounds listed no
+    client, no thread ran there, and the override was never applied: 200 for ever."""
+    server.route("/up", lambda h: h.reply(200))
+    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER,
+                                   "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
+    test_database = connections["postgres"].settings_dict  # the test run's PostgreSQL database, shared
+    database = {key: test_database[key] for key in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")}
+    (tmp_path / "preload_settings.py").write_text(
+        "from settings.test import *  # noqa: F403\n\n"
+        f"DATABASES = {{'default': {database!r}}}\n"
+        "ROOT_URLCONF = 'preload_urls'\nALLOWED_HOSTS = ['*']\n"
+        f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CIRCUIT_BREAKER_PUBLISH_INTERVAL': 0.2, "
+        f"'CLIENTS': {clients_setting!r}}}\n"
+    )
+    (tmp_path / "preload_app.py").write_text(PRELOAD_APP)
+    (tmp_path / "preload_urls.py").write_text(PRELOAD_URLS)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "preload_settings",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    command = [str(Path(sys.executable).parent / "gunicorn"), "--preload", "-w", "1", "-b", f"127.0.0.1:{port}",
+               "preload_app:application"]  # fmt: skip
+    with log.open("wb") as out:
+        gunicorn = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    reports = BreakerReport.objects.using("postgres")
+    try:
+        try:
+            wait_until_listening(gunicorn, port, "gunicorn")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}:\n{log.read_text()}") from None
+
+        def call_worker() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/call", timeout=10) as answer:
+                return json.loads(answer.read())  # type: ignore[no-any-return]
+
+        first = call_worker()
+        worker = first["pid"]
+        assert (first["status"], first["same"], worker != gunicorn.pid) == (200, True, True), first
+        # The worker's own call, not the master's warm-up as well (the master publishes that one).
+        wait_for(lambda: reports.filter(pid=worker, successes=1).exists(), "the worker publishes the master's client")
+        assert reports.filter(pid=gunicorn.pid, successes=1).exists()
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.using("postgres").create(
+            client="billing", endpoint=server.url, mode="force_open", changed_at=now
+        )
+        set_at = time.monotonic()
+        wait_for(lambda: call_worker()["status"] == 502, "the worker obeys the override set after the fork")
+        assert time.monotonic() - set_at < 2.0  # the interval is 0.2 s
+        last = call_worker()
+        assert (last["status"], last["same"], last["pid"]) == (502, True, worker), last
+        wait_for(lambda: reports.filter(pid=worker, state="forced_open").exists(), "the worker shows the forced state")
+    finally:
+        gunicorn.send_signal(signal.SIGTERM)
+        try:
+            gunicorn.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            gunicorn.kill()
+            gunicorn.wait()
 
 
 def wait_for(condition: "object", what: str, timeout: float = 5.0) -> None:
