@@ -16,10 +16,12 @@ import collections
 import dataclasses
 import enum
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +319,13 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         self._lock = threading.Lock()
         self._circuits: dict[TScope, _Circuit] = {}
         self._listeners: list[TransitionListener[TScope]] = []
+        _breakers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The lock may have been held at the fork by a thread the child does not have (the breaker
+        # publisher reading the state, the cache store's thread reconciling): held for ever there,
+        # and the child's first call through this breaker hung.
+        self._lock = threading.Lock()
 
     def add_listener(self, listener: TransitionListener[TScope]) -> None:
         """Call ``listener`` after every state change (outside the breaker's lock)."""
@@ -523,3 +532,14 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                 listener(transition)
             except Exception:
                 logger.exception("circuit breaker listener %r failed", listener)
+
+
+_breakers: "weakref.WeakSet[DefaultCircuitBreaker[Any, Any]]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for breaker in list(_breakers):
+        breaker._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,6 +1,7 @@
 """The circuit breakers' metrics: the state of each endpoint's circuit, and its transitions."""
 
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -28,6 +29,14 @@ breaker_transitions = family(
 # other's state (one open, the other closed, the gauge said closed).
 _counted: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a transition counted on another thread at the fork held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def watch_breaker(breaker: object, endpoint: str) -> None:

@@ -1,6 +1,7 @@
 """The circuit breaker: its state machine with fake operations, its thread safety, and through a client."""
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from tests.support.clock import FakeClock
+from tests.support.forking import in_child
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
@@ -542,3 +544,28 @@ class TestThroughAClient:
         assert call(client, get("hang")).status == 408
         assert breaker.counts(server.url) == (1, 0)
         assert call(client, get("hang")).status == 502
+
+
+def test_a_fork_while_another_thread_holds_the_breaker_leaves_the_child_a_working_breaker() -> None:
+    """The breaker publisher and the cache store's thread read and change a breaker under its lock:
+    a fork() meanwhile (gunicorn --preload) left the lock held for ever in the child, whose first
+    call through the breaker hung."""
+    breaker = make_breaker()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with breaker._lock:
+            held.set()
+            release.wait(5)
+
+    threading.Thread(target=hold, daemon=True).start()
+    assert held.wait(5)
+
+    def child() -> str:
+        signal.alarm(5)  # a child stuck on the lock dies, and the parent reads nothing
+        return str(dict(breaker.state))
+
+    try:
+        assert in_child(child) == "{}"
+    finally:
+        release.set()
