@@ -589,6 +589,10 @@ def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
     return got if ok else None
 
 
+#: The longest X-Service-Name a server running this app keeps as a metric label (metrics/server.py).
+MAX_SERVICE_NAME_LENGTH = 64
+
+
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
     reader = Reader()
@@ -598,6 +602,12 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     service_name = top.get("SERVICE_NAME")
     if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
         reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {service_name!r}")
+    elif service_name is not None and len(service_name) > MAX_SERVICE_NAME_LENGTH:
+        reader.fail(
+            "['SERVICE_NAME']",
+            f"is longer than {MAX_SERVICE_NAME_LENGTH} characters ({len(service_name)}): servers running this "
+            "app count such a caller as 'other' in their metrics",
+        )
     elif service_name is not None:
         try:
             check_headers({h.X_SERVICE_NAME: service_name})  # sent on every call: it must fit in a header

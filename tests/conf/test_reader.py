@@ -143,7 +143,13 @@ def test_names_and_endpoints_longer_than_admin_s_tables_hold_are_errors() -> Non
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("заказы", "has characters HTTP/1.1 cannot carry"), ("orders\r\nX-Admin: 1", "holds a line break or NUL")],
+    [
+        ("заказы", "has characters HTTP/1.1 cannot carry"),
+        ("orders\r\nX-Admin: 1", "holds a line break"),
+        ("orders\x01", "another control character"),  # check passed; aiohttp and gunicorn answered 400
+        (" orders", "starts with white space"),  # check passed; every call raised InvalidHeader
+        ("o" * 65, "longer than 64 characters"),  # this project's servers count it as "other"
+    ],
 )
 def test_a_service_name_no_header_can_carry_is_an_error(name: str, message: str) -> None:
     """It passed the check, and every call of every client then failed as a network error (489)."""
@@ -457,3 +463,11 @@ def test_connect_retries_at_the_bound_retry_without_recursion_error(caplog: pyte
         client.close()
     assert opened == MOST_CONNECT_RETRIES + 1
     assert "RecursionError" not in caplog.text
+
+
+def test_the_service_name_limit_is_the_servers_label_limit() -> None:
+    from django_aio_request.conf import schema
+    from django_aio_request.metrics import server
+
+    assert schema.MAX_SERVICE_NAME_LENGTH == server.MAX_SERVICE_NAME_LENGTH
+    assert schema.read_settings({"SERVICE_NAME": "o" * 64})[0] is not None
