@@ -209,6 +209,10 @@ class QueryBound:
         self._generation = 0
         self._cancelled = -1  # the generation whose timer sent a cancel request
         self._severed = -1  # the generation whose connection was shut down (the cancel did not end it)
+        # Statements returned (counted before the owner takes the lock to clear busy): a cancel that
+        # holds the lock can tell the statement it was sent for has ended meanwhile.
+        self._ended = 0
+        self._wrapper: BaseDatabaseWrapper | None = None  # Django's connection the raw one belongs to
         self._raw: Any = None  # the driver connection the timer cancels on
         self._forks = _forks  # the process this state belongs to (see _after_fork)
 
@@ -245,6 +249,7 @@ class QueryBound:
                 self._raise_if_cancelled(error, generation, sql)
                 raise
         finally:
+            self._ended += 1
             with self.lock:
                 self.busy = False
 
@@ -264,6 +269,7 @@ class QueryBound:
                 self._raise_if_cancelled(error, generation, sql)
                 raise
         finally:
+            self._ended += 1
             with self.lock:
                 self.busy = False
 
@@ -281,6 +287,7 @@ class QueryBound:
                 )
             self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
         elif deadline.expires_at != self._due or connection.connection is not self._raw:
+            self._wrapper = connection
             self._arm(deadline.expires_at, connection.connection)
         return self._generation
 
@@ -389,6 +396,7 @@ class QueryBound:
             self._cancelled = generation
             self.cancels += 1
             raw = self._raw
+            ended = self._ended
             try:
                 cancel_safe = getattr(raw, "cancel_safe", None)
                 if cancel_safe is not None:  # psycopg 3: waits without holding the GIL, with a timeout
@@ -396,19 +404,27 @@ class QueryBound:
                 else:  # psycopg2
                     raw.cancel()
             except Exception as error:
-                self._sever(generation, f"could not cancel it ({error})")
+                if self._ended == ended:  # not when the statement returned while the cancel hung: its
+                    self._sever(generation, f"could not cancel it ({error})")  # rows are the caller's
+                else:
+                    logger.warning(
+                        "could not cancel a query of database %r at its deadline (%s); it ended meanwhile",
+                        self.alias,
+                        error,
+                    )
                 return
         # Told: the statement ends at once, unless its connection's own packets are lost.
         later = time.monotonic() + CANCEL_TIMEOUT
-        deadline_timer.schedule(later, functools.partial(self._check_ended, generation))
+        deadline_timer.schedule(later, functools.partial(self._check_ended, generation, ended))
 
-    def _check_ended(self, generation: int) -> None:
+    def _check_ended(self, generation: int, ended: int) -> None:
         """On the deadline timer's thread, which must never wait for the lock (a cancel request may hold it)."""
-        _cancellers().submit(self._sever_if_running, generation)
+        _cancellers().submit(self._sever_if_running, generation, ended)
 
-    def _sever_if_running(self, generation: int) -> None:
+    def _sever_if_running(self, generation: int, ended: int) -> None:
         with self.lock:
-            if self.busy and generation == self._generation and self._severed != generation:
+            still = self.busy and self._ended == ended  # the statement the cancel was sent for, not a later one
+            if still and generation == self._generation and self._severed != generation:
                 self._sever(generation, f"it was still running {CANCEL_TIMEOUT:g} s after it was cancelled")
 
     def _sever(self, generation: int, why: str) -> None:
@@ -426,6 +442,11 @@ class QueryBound:
                 duplicate.shutdown(socket.SHUT_RDWR)
         except Exception as error:
             logger.warning("could not close the connection of database %r: %s", self.alias, error)
+        wrapper = self._wrapper
+        if wrapper is not None and wrapper.connection is self._raw:
+            # Django closes a connection with errors when a request ends (close_if_unusable_or_obsolete),
+            # also one whose statement returned just before the shutdown, so no later request gets it.
+            wrapper.errors_occurred = True
 
 
 class _CopyAndStreamBound:

@@ -665,6 +665,28 @@ def test_a_cancel_request_the_server_never_answers_is_given_up_and_the_connectio
 
 
 @on_postgres
+def test_a_statement_that_returns_while_its_cancel_request_hangs_keeps_its_rows_and_its_connection(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that drops cancel requests, and a statement that ends 0.3 s after its deadline, while
+    the cancel request still hangs: the connection was shut down after the statement had returned its
+    rows, unseen by Django, and the next request on it (or the COMMIT) failed with a 500."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.8)
+    with through_proxy(pg) as proxy:
+        assert scalar("SELECT 1") == 1
+        proxy.hang = True  # new connections (the cancel request's) are never answered
+        with caplog.at_level(logging.WARNING), set_context(deadline=Deadline.from_timeout(0.3)):
+            assert scalar("SELECT 7 FROM pg_sleep(0.6)") == 7  # ends at 0.6 s; the cancel gives up at 1.1 s
+        time.sleep(0.8)  # past the cancel's timeout
+        assert scalar("SELECT 2") == 2  # the same connection, still open
+        assert pg.errors_occurred is False
+        assert _database_warnings(caplog) == [
+            "could not cancel a query of database 'postgres' at its deadline (cancellation timeout expired); "
+            "it ended meanwhile"
+        ]
+
+
+@on_postgres
 def test_a_network_partition_ends_the_query_by_its_deadline_plus_the_cancel_timeout(
     pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
