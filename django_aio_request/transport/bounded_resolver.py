@@ -11,7 +11,7 @@ so a name server that hangs costs one thread per name, not one per call. At most
 :data:`STUCK_AFTER` does not count (its name server hangs), up to :data:`MOST_THREADS` threads in all:
 eight names whose lookups hung held every thread, and every other name, ``localhost`` from
 /etc/hosts included, waited for them past its deadline. Further names wait for a free thread,
-within their deadlines.
+within their deadlines; a queued lookup every asker gave up on is dropped, not run.
 A lookup older than :data:`SHARE_FOR` is not joined any more but asked again: one stuck in the C
 library for good (seen in a child forked while its parent's lookups hung) must not take its name
 down with it. Answers are not cached: each new connection asks again, as ``urllib3`` does.
@@ -94,8 +94,10 @@ class Resolver:
                 lookup = self._in_flight[key] = _Lookup()
                 self._queue.put((key, lookup))
                 self._queued += 1
+                lookup.waiters.append(woken)
                 self._start_thread_if_room()
-            lookup.waiters.append(woken)
+            else:
+                lookup.waiters.append(woken)
         waiter.wait(woken)
         with self._lock:
             if not lookup.finished:
@@ -110,7 +112,8 @@ class Resolver:
         """With the lock held: a thread for a queued lookup if no idle one will take it and the
         bounds allow; else, if only stuck lookups hold the threads back, look again once they count
         as stuck."""
-        if self._queued <= self._idle:
+        waited_for = sum(1 for lookup in self._in_flight.values() if lookup.waiters and not lookup.taken)
+        if waited_for <= self._idle:  # (queued lookups nobody waits for any more take no thread)
             return
         if self._threads < self._max_threads:
             self._start_thread()
@@ -130,9 +133,7 @@ class Resolver:
         """On the deadline timer's thread: the lock is held only for a few comparisons."""
         with self._lock:
             self._recheck_due = False
-            # Only for a lookup an attempt still waits for: those given up on wait for a free thread.
-            if any(not lookup.taken and lookup.waiters for lookup in self._in_flight.values()):
-                self._start_thread_if_room()
+            self._start_thread_if_room()
 
     def _start_thread(self) -> None:
         self._threads += 1
@@ -147,6 +148,13 @@ class Resolver:
             with self._lock:
                 self._idle -= 1
                 self._queued -= 1
+                if not lookup.waiters:
+                    # Every attempt that asked gave up: not worth a thread that may hang on it (a
+                    # name server that does not answer) while other names wait behind it.
+                    lookup.finished = True
+                    if self._in_flight.get(key) is lookup:
+                        del self._in_flight[key]
+                    continue
                 self._running[me] = time.monotonic()
                 lookup.taken = True
             try:

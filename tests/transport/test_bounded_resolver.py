@@ -223,6 +223,34 @@ def test_names_whose_lookups_hang_do_not_hold_up_other_names(monkeypatch: pytest
         release.set()
 
 
+def test_lookups_every_asker_gave_up_on_take_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More hanging names than threads: the queued ones whose callers gave up were taken first by
+    each new thread, and hung it, while a name someone waited for stayed behind them (a 408)."""
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.endswith(".hang"):
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.5)
+    resolver = Resolver(max_threads=2)
+    try:
+        for n in range(6):  # two hang on threads, four wait in the queue, all given up on
+            with pytest.raises(ResolutionUnfinished):
+                resolver.resolve(f"{n}.hang", 80, socket.AF_INET, AttemptSockets(deadline_in(0.01)))
+        time.sleep(0.6)  # the two running count as stuck now
+        started = time.monotonic()
+        assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(2)))
+        assert time.monotonic() - started < 0.5
+        assert resolver._threads == 3  # the two stuck, and one for localhost: none for the four given up
+    finally:
+        release.set()
+
+
 def test_addresses_are_connected_to_without_a_lookup() -> None:
     """An IP address in the URL goes straight to connect(): no resolver thread is started for it."""
     from django_aio_request import get
