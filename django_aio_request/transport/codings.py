@@ -7,8 +7,10 @@ as it came, and requests did the same: a ``Transfer-Encoding: gzip, chunked`` an
 ``text()`` and ``json()`` turned into garbage or an error far from its cause, and the breaker counted
 as a success. The transport answers those 489 instead (see docs/faults.md).
 
-A content coding the request asked for itself (its ``Accept-Encoding`` names it) is the caller's to
-decode: that body is handed over as it came, as requests does.
+A content coding the request asked for itself (its ``Accept-Encoding`` names it, or ``*``) is the
+caller's to decode: that body is handed over as it came, as requests does. So is one that is no
+coding at all (``Content-Encoding: none``, ``UTF-8``: servers that send those exist, and their
+bodies are readable): only the codings of IANA's registry are taken for compression.
 """
 
 from collections.abc import Mapping
@@ -20,6 +22,24 @@ __all__ = ["unreadable_coding"]
 # Transfer codings urllib3 takes off: chunked once (RFC 9112 forbids applying it twice), and
 # "identity", which RFC 2616 defined as no coding and some old servers still send.
 _TRANSFER = frozenset({"chunked", "identity"})
+# IANA's HTTP Content Coding Registry (and its transfer codings), less identity: the names that mean
+# the body was transformed. Any other name is a server's mistake that leaves the body as it is.
+_REGISTERED = frozenset(
+    {
+        "aes128gcm",
+        "br",
+        "compress",
+        "dcb",
+        "dcz",
+        "deflate",
+        "exi",
+        "gzip",
+        "pack200-gzip",
+        "x-compress",
+        "x-gzip",
+        "zstd",
+    }
+)
 
 
 def _codings(value: str) -> list[str]:
@@ -44,12 +64,14 @@ def unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -
     ``headers`` are the response's; ``accept_encoding`` is the ``Accept-Encoding`` the request sent.
     """
     transfer = _codings(headers.get("Transfer-Encoding", ""))
-    unknown = [coding for coding in transfer if coding not in _TRANSFER]
-    if unknown or transfer.count("chunked") > 1:
-        return f"Transfer-Encoding: {', '.join(unknown or transfer)}"
+    applied = [coding for coding in transfer if coding in _REGISTERED]
+    if applied or transfer.count("chunked") > 1:
+        return f"Transfer-Encoding: {', '.join(applied or transfer)}"
     content = _codings(headers.get("Content-Encoding", ""))
     decoded = HTTPResponse.CONTENT_DECODERS
-    undecoded = [coding for coding in content if coding not in decoded and coding != "identity"]
-    if undecoded and not set(undecoded) <= _accepted(accept_encoding or ""):
-        return f"Content-Encoding: {', '.join(undecoded)}"
+    undecoded = [coding for coding in content if coding in _REGISTERED and coding not in decoded]
+    if undecoded:
+        accepted = _accepted(accept_encoding or "")
+        if "*" not in accepted and not set(undecoded) <= accepted:
+            return f"Content-Encoding: {', '.join(undecoded)}"
     return None

@@ -41,9 +41,11 @@ def routes(server: LoopbackServer) -> LoopbackServer:
     server.route("/te-gzip-chunked", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", _chunked(zipped)))
     server.route("/te-gzip", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close", zipped))
     server.route("/te-identity", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close", JSON))
-    server.route("/ce-unknown", _encoded("x-squeeze", b"\x00\x01squeezed"))
+    server.route("/ce-unknown", _encoded("compress", b"\x00\x01squeezed"))
     server.route("/ce-gzip", _encoded("gzip", zipped))
-    server.route("/ce-unknown-empty", lambda h: h.reply(204, b"", {"Content-Encoding": "x-squeeze"}))
+    server.route("/ce-not-a-coding", _encoded("none", JSON))
+    server.route("/ce-charset", _encoded("UTF-8", JSON))
+    server.route("/ce-unknown-empty", lambda h: h.reply(204, b"", {"Content-Encoding": "compress"}))
     server.route("/redirect", lambda h: h.reply(302, b"", {"Location": "/te-gzip-chunked"}))
     return server
 
@@ -53,7 +55,7 @@ def routes(server: LoopbackServer) -> LoopbackServer:
     [
         ("te-gzip-chunked", "Transfer-Encoding: gzip"),
         ("te-gzip", "Transfer-Encoding: gzip"),
-        ("ce-unknown", "Content-Encoding: x-squeeze"),
+        ("ce-unknown", "Content-Encoding: compress"),
         ("redirect", "Transfer-Encoding: gzip"),  # reached through requests' redirects, not the direct route
     ],
 )
@@ -73,7 +75,7 @@ def test_a_body_still_coded_is_a_489_naming_the_coding_not_a_200_of_garbage(
     assert named in caplog.text
 
 
-@pytest.mark.parametrize("path", ["ce-gzip", "te-identity"])
+@pytest.mark.parametrize("path", ["ce-gzip", "te-identity", "ce-not-a-coding", "ce-charset"])
 def test_codings_taken_off_give_the_body(routes: LoopbackServer, path: str) -> None:
     transport = RequestsTransport()
     try:
@@ -97,10 +99,10 @@ def test_a_content_coding_the_caller_asked_for_is_handed_over_as_it_came(routes:
     transport = RequestsTransport()
     try:
         asked = transport.send(
-            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "x-squeeze"}), DEADLINE
+            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "compress"}), DEADLINE
         )
         refused = transport.send(
-            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "x-squeeze;q=0, gzip"}), DEADLINE
+            routes.url, request("GET", "ce-unknown", headers={"Accept-Encoding": "compress;q=0, gzip"}), DEADLINE
         )
     finally:
         transport.close()
@@ -110,7 +112,7 @@ def test_a_content_coding_the_caller_asked_for_is_handed_over_as_it_came(routes:
 
 def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer) -> None:
     session = requests.Session()
-    session.headers["Accept-Encoding"] = "x-squeeze"
+    session.headers["Accept-Encoding"] = "compress"
     transport = RequestsTransport(session=session)
     try:
         response = transport.send(routes.url, get("ce-unknown"), DEADLINE)
@@ -135,6 +137,12 @@ def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer)
         ({"Content-Encoding": "compress"}, "gzip, Compress;q=0.5", None),
         ({"Content-Encoding": "compress"}, "compress; q=0.000", "Content-Encoding: compress"),
         ({"Content-Encoding": "gzip, compress"}, "gzip", "Content-Encoding: compress"),
+        ({"Content-Encoding": "compress"}, "*", None),  # RFC 9110: * names every coding
+        ({"Content-Encoding": "compress"}, "*;q=0", "Content-Encoding: compress"),
+        # No coding of IANA's registry: the body is as it came (servers that send these exist).
+        ({"Content-Encoding": "none"}, None, None),
+        ({"Content-Encoding": "UTF-8"}, None, None),
+        ({"Transfer-Encoding": "none"}, None, None),
     ],
 )
 def test_which_codings_leave_a_body_unreadable(
