@@ -21,7 +21,7 @@ from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.response import EmptyResponse, Response, is_open_circuit_fallback
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
@@ -226,7 +226,7 @@ class Client:
                 request.method,
                 request.url,  # the template ("things/{id}"): a bounded label
                 response.status,
-                circuit_breaker=h.X_CIRCUIT_BREAKER in response.headers,
+                circuit_breaker=is_open_circuit_fallback(response),
                 attempt=result.attempt,
                 elapsed=time.perf_counter() - started,
             )

@@ -163,3 +163,10 @@ def is_abandoned(response: Response) -> bool:
     """The attempt was stopped by its strategy (a hedge that lost) or with its call: the 499 made
     here, which says nothing about the endpoint. A peer's own 499 is an answer like any other."""
     return response.status == status.CANCELLED and isinstance(response, EmptyResponse)
+
+
+def is_open_circuit_fallback(response: Response) -> bool:
+    """The 502 this client's own circuit breaker answered without sending (made in the pipeline,
+    core/pipeline.py). A peer's answer carrying ``X-Circuit-Breaker`` (a gateway passing on its own
+    breaker's fallback) is an answer like any other: the endpoint answered, and it said so."""
+    return isinstance(response, EmptyResponse) and h.X_CIRCUIT_BREAKER in response.headers

@@ -4,7 +4,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
@@ -12,7 +11,7 @@ from django_aio_request.core.classifier import ResponseVerdict
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
+from django_aio_request.core.response import EmptyResponse, Response, is_abandoned, is_open_circuit_fallback
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
     RequestStrategy,
@@ -165,7 +164,7 @@ class _HedgedCall:
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.observe(self.request, result.response)
                 self.outcomes.put(result)
-                if result.accepted and h.X_CIRCUIT_BREAKER not in result.response.headers:
+                if result.accepted and not is_open_circuit_fallback(result.response):
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
             except BaseException as error:
                 self.outcomes.put(error)
@@ -220,10 +219,11 @@ class _HedgedCall:
     def wins(self, result: ResponseWithVerdict) -> bool:
         """An accepted response ends the call, except an open circuit's fallback while attempts
         are still in flight: one of them may be the breaker's half-open probe, and aborting it
-        for the fallback would keep the circuit from ever closing."""
+        for the fallback would keep the circuit from ever closing. A peer's answer carrying
+        ``X-Circuit-Breaker`` is not that fallback: accepted, it wins like any other."""
         if not result.accepted:
             return False
-        return not (self.in_flight and h.X_CIRCUIT_BREAKER in result.response.headers)
+        return not (self.in_flight and is_open_circuit_fallback(result.response))
 
     def cancel_rest(self) -> None:
         self.take_over()

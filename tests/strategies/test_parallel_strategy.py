@@ -21,6 +21,7 @@ from django_aio_request import (
     set_context,
 )
 from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from tests.support.loopback import (
@@ -325,6 +326,39 @@ class TestHedging:
         assert response.status == 200
         assert response.read() == b"good"
         assert 0.4 <= elapsed < 0.4 + 0.3
+
+    def test_a_peers_circuit_breaker_answer_wins_like_any_accepted_answer(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A gateway passing on its own breaker's fallback: 502, X-Circuit-Breaker, X-Do-Not-Retry.
+        # Taken for this client's own fallback, it waited for attempt 0 (1 s) and sent a third attempt
+        # after the peer had said not to retry; aio-request's parallel strategy returns it at once.
+        count = itertools.count(1)
+        labelled: list[bool] = []
+        call_metrics = ClientMetrics.call
+
+        def slow_first_then_gateway_fallback(handler: Handler) -> None:
+            if next(count) == 1:
+                if wait_for_disconnect(handler, 1.0) is None:
+                    handler.reply(200, b"slow")
+            else:
+                handler.reply(502, b"downstream open", {"X-Circuit-Breaker": "1", "X-Do-Not-Retry": "1"})
+
+        def record(self: ClientMetrics, *args: object, circuit_breaker: bool, **kwargs: object) -> None:
+            labelled.append(circuit_breaker)
+            call_metrics(self, *args, circuit_breaker=circuit_breaker, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ClientMetrics, "call", record)
+        server.route("/x", slow_first_then_gateway_fallback)
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 502
+        assert response.read() == b"downstream open"
+        assert elapsed < 0.1 + 0.3  # the first hedge's answer, not attempt 0's second
+        assert len(server.received("/x")) == 2  # no hedge after the peer's X-Do-Not-Retry
+        assert labelled == [False]  # the endpoint answered: not this client's open breaker
 
 
 class TestDeadline:
