@@ -4,7 +4,7 @@ low-timeout guard -> circuit breaker -> transport (which adds the system headers
 import abc
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
@@ -136,12 +136,13 @@ class TransportModule(RequestModule):
                 system[h.X_SERVICE_NAME] = self.service_name
             request = request.with_headers(system)
         if self.request_enricher is not None:
-            sent = request.headers.get(h.X_REQUEST_TIMEOUT)
+            sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
             request = self.request_enricher(request)
             check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
-            if sent is not None and request.headers.get(h.X_REQUEST_TIMEOUT) == sent:
+            if sent is not None and _header(request.headers, h.X_REQUEST_TIMEOUT) == sent:
                 # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
-                # its own: it promised the downstream the time left before the enricher ran.
+                # its own: it promised the downstream the time left before the enricher ran. Its own may
+                # be in any letter case, set in place beside ours (request.headers["x-request-timeout"]).
                 request = request.with_headers({h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout)})
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
@@ -150,6 +151,18 @@ class TransportModule(RequestModule):
         response = self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
         self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
         return response
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of ``name`` that goes out: names are case-insensitive, and of two spellings in one
+    plain dict (one set in place beside another) the transport sends the last (requests merges
+    them into a case-insensitive dict in order)."""
+    found = None
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            found = value
+    return found
 
 
 def _seconds(value: float) -> str:

@@ -6,8 +6,10 @@ to the attempt and in which order, not about sockets (tests/transport/ has those
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
+from requests.structures import CaseInsensitiveDict
 
 from django_aio_request import (
     DefaultCircuitBreaker,
@@ -97,6 +99,49 @@ def test_the_time_left_is_stamped_after_a_slow_enricher() -> None:
     [(request, timeout)] = transport.sent
     assert float(request.headers["X-Request-Timeout"]) <= 0.71  # was 1.000: 0.3 s it no longer had
     assert abs(float(request.headers["X-Request-Timeout"]) - timeout) < 0.01
+
+
+def _set_in_place(name: str, value: str) -> Callable[[Request], Request]:
+    def enrich(request: Request) -> Request:
+        time.sleep(0.05)  # the time left falls: a re-stamp would change the timeout
+        request.headers[name] = value
+        return request
+
+    return enrich
+
+
+def _set_by_copy(name: str, value: str) -> Callable[[Request], Request]:
+    def enrich(request: Request) -> Request:
+        time.sleep(0.05)
+        return request.with_headers({name: value})
+
+    return enrich
+
+
+@pytest.mark.parametrize("set_header", [_set_in_place, _set_by_copy])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Request-Timeout", "5.000"),
+        ("x-request-timeout", "5.000"),
+        ("X-REQUEST-TIMEOUT", "5.000"),
+        ("x-request-priority", "low"),
+        ("x-service-name", "from-enricher"),
+    ],
+)
+def test_a_header_the_enricher_sets_itself_goes_out_in_any_letter_case(
+    set_header: Callable[[str, str], Callable[[Request], Request]], name: str, value: str
+) -> None:
+    # Set in place in lower case, beside the stamped X-Request-Timeout, the enricher's own timeout was
+    # overwritten by the re-stamp: the downstream got 1.000 (the time left), not the enricher's 5.000.
+    transport = RecordingTransport()
+    send = build_pipeline([transport_stage(transport, request_enricher=set_header(name, value))])
+
+    send(attempt(1.0))
+
+    [(request, _timeout)] = transport.sent
+    sent = CaseInsensitiveDict(request.headers)  # what requests sends: of two spellings, the last
+    assert sent[name] == value
 
 
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:
