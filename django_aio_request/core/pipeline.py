@@ -15,6 +15,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request, check_headers
 from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
+from django_aio_request.core.timeout_header import stamp
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.transport.base import Transport
 
@@ -129,7 +130,7 @@ class TransportModule(RequestModule):
         request = attempt.request
         if self.emit_system_headers:
             system = {
-                h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout),
+                h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout),
                 h.X_REQUEST_PRIORITY: str(attempt.priority),
             }
             if self.service_name:
@@ -143,7 +144,7 @@ class TransportModule(RequestModule):
                 # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
                 # its own: it promised the downstream the time left before the enricher ran. Its own may
                 # be in any letter case, set in place beside ours (request.headers["x-request-timeout"]).
-                request = request.with_headers({h.X_REQUEST_TIMEOUT: _seconds(attempt.deadline.timeout)})
+                request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
             return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
@@ -163,10 +164,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             found = value
     return found
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.3f}"
 
 
 def build_pipeline(modules: Sequence[RequestModule]) -> Next:

@@ -10,7 +10,7 @@ import traceback
 import urllib.parse
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.timeout_header import StampedTimeout, stamp
 from django_aio_request.transport import direct_send
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
@@ -147,6 +148,14 @@ class _GuardedAdapter(HTTPAdapter):
                         else:
                             pool.close()
         super().close()
+
+
+def _stamp_time_left(sent: requests.PreparedRequest | None, remaining: Callable[[], float]) -> None:
+    """Before a redirect is followed: requests sends the next hop a copy of ``sent``'s headers, so an
+    ``X-Request-Timeout`` the pipeline stamped (a :class:`StampedTimeout`) is made the time left now.
+    One the caller or a request enricher set themselves (a plain ``str``) is theirs: left as it is."""
+    if sent is not None and isinstance(sent.headers.get(h.X_REQUEST_TIMEOUT), StampedTimeout):
+        sent.headers[h.X_REQUEST_TIMEOUT] = stamp(max(remaining(), 0.0))
 
 
 class RequestsTransport(Transport):
@@ -393,7 +402,9 @@ class RequestsTransport(Transport):
             first = direct_send.as_requests_response(route, prepared, raw)  # followed by requests
         # stream=True: the body is read below in chunks, so that its size can be bounded.
         kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
-        outcome = self._send_with_requests(prepared, kwargs, request, endpoint, started=started, first=first)
+        outcome = self._send_with_requests(
+            prepared, kwargs, request, endpoint, started=started, first=first, remaining=guard.remaining
+        )
         if isinstance(outcome, Response):
             return outcome
         try:
@@ -415,9 +426,13 @@ class RequestsTransport(Transport):
         *,
         started: float,
         first: requests.Response | None,
+        remaining: Callable[[], float],
     ) -> requests.Response | Response:
         """Send with requests' ``Session.send`` (or take ``first``, an answer already received) and
-        follow redirects: the final answer unread, or the status that ends the attempt."""
+        follow redirects: the final answer unread, or the status that ends the attempt.
+
+        ``remaining()``: the attempt's time left now, which each redirect's target is told in place
+        of the ``X-Request-Timeout`` the pipeline stamped (requests resends the headers as prepared)."""
         session = self._session
         # Every response received (redirects too), as soon as it is: requests parses a redirect's
         # Location inside send() even with allow_redirects=False, and one it cannot parse raises
@@ -438,6 +453,7 @@ class RequestsTransport(Transport):
                         response.close()
                         return self._invalid_redirect(request, endpoint, response, problem, started)
                     _drop_body(response)
+                    _stamp_time_left(response.request, remaining)
                     response = next(redirects)
                     if not response.is_redirect:
                         break

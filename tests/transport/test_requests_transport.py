@@ -15,13 +15,16 @@ import pytest
 import requests
 
 from django_aio_request import (
+    Client,
     DefaultResponseClassifier,
+    Request,
     RequestsTransport,
     ResponseVerdict,
     get,
     post,
     post_json,
     request,
+    single_attempt_strategy,
 )
 from tests.support.loopback import Handler, LoopbackServer, free_port
 
@@ -276,6 +279,58 @@ def test_allow_redirects_false_returns_the_3xx(server: LoopbackServer, transport
     assert response.headers["location"] == "/new"
     assert response.read() == b"moved"
     assert server.received("/new") == []
+
+
+def slow_chain(handler: Handler) -> None:
+    """``/slow/N`` redirects to ``/slow/N-1`` after 0.3 s; ``/slow/0`` answers 200 at once."""
+    n = int(handler.path.rsplit("/", 1)[1])
+    if n == 0:
+        handler.reply(200, b"end")
+    else:
+        time.sleep(0.3)
+        handler.reply(302, b"", {"Location": f"/slow/{n - 1}"})
+
+
+def test_each_redirect_hop_is_told_the_time_left_then(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    # requests resends the headers as prepared: each target was told the time left at the first send.
+    server.route("/slow/*", slow_chain)
+    client = make_client(timeout=2.0, safe_method_strategy=single_attempt_strategy())
+
+    with client.request(get("slow/2")) as response:
+        assert response.status == 200
+
+    told = {r.path: float(r.headers["X-Request-Timeout"]) for r in server.received()}
+    assert told["/slow/2"] > 1.9
+    assert 1.0 < told["/slow/1"] <= told["/slow/2"] - 0.29  # 0.3 s spent at the first hop
+    assert 0.7 < told["/slow/0"] <= told["/slow/1"] - 0.29
+
+
+@pytest.mark.parametrize("by", ["caller", "enricher"])
+def test_a_timeout_header_set_by_the_caller_or_an_enricher_reaches_each_redirect_hop_as_set(
+    server: LoopbackServer, make_client: Callable[..., Client], by: str
+) -> None:
+    server.route("/slow/*", slow_chain)
+
+    def enrich(request: Request) -> Request:
+        request.headers["X-Request-Timeout"] = "5.000"
+        return request
+
+    if by == "caller":
+        client = make_client(timeout=2.0, safe_method_strategy=single_attempt_strategy(), emit_system_headers=False)
+        call = get("slow/1", headers={"X-Request-Timeout": "5.000"})
+    else:
+        client = make_client(timeout=2.0, safe_method_strategy=single_attempt_strategy(), request_enricher=enrich)
+        call = get("slow/1")
+
+    with client.request(call) as response:
+        assert response.status == 200
+
+    assert [(r.path, r.headers["X-Request-Timeout"]) for r in server.received()] == [
+        ("/slow/1", "5.000"),
+        ("/slow/0", "5.000"),
+    ]
 
 
 # --- connection pooling -------------------------------------------------------------------------------------
