@@ -11,6 +11,13 @@ class StampedTimeout(str):
     __slots__ = ()
 
 
+#: The most seconds the header carries: the largest a server running this app reads (at most 9
+#: integer digits, server/middleware.py; it caps them at its MAX_TIMEOUT). A longer deadline
+#: (``Deadline.from_timeout(1e9)``) sent as it is, "1000000000.000", was malformed there: ignored,
+#: the server's default TIMEOUT (20 s) instead of its MAX_TIMEOUT.
+MAX_SECONDS = 999_999_999
+
+
 def stamp(seconds: float) -> StampedTimeout:
-    """``seconds`` left, as the header carries them."""
-    return StampedTimeout(f"{seconds:.3f}")
+    """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`)."""
+    return StampedTimeout(f"{min(seconds, MAX_SECONDS):.3f}")

@@ -29,6 +29,7 @@ from django_aio_request.core.pipeline import (
     build_pipeline,
 )
 from django_aio_request.core.priority import Priority
+from django_aio_request.server.middleware import parse_timeout
 
 ENDPOINT = "http://billing.test/"
 
@@ -142,6 +143,18 @@ def test_a_header_the_enricher_sets_itself_goes_out_in_any_letter_case(
     [(request, _timeout)] = transport.sent
     sent = CaseInsensitiveDict(request.headers)  # what requests sends: of two spellings, the last
     assert sent[name] == value
+
+
+@pytest.mark.parametrize("seconds", [999_999_999.0, 999_999_999.9999, 1e9, 1e12])
+def test_the_longest_timeout_sent_is_the_largest_our_middleware_reads(seconds: float) -> None:
+    transport = RecordingTransport()
+    send = build_pipeline([transport_stage(transport)])
+
+    send(attempt(seconds))
+
+    [(request, _timeout)] = transport.sent
+    assert request.headers["X-Request-Timeout"] == "999999999.000"  # was "1000000000.000" for 1e9
+    assert parse_timeout(request.headers["X-Request-Timeout"]) == 999_999_999
 
 
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:

@@ -380,6 +380,23 @@ class TestAioRequestClientToDjango:
         assert verdicts_of_aio_request_response(from_django) == ("ACCEPT", "ACCEPT")
         assert verdicts_of_aio_request_response(from_aiohttp) == ("REJECT", "REJECT")
 
+    @pytest.mark.parametrize("seconds", [120.0, 999_999_999.9999, 1e9, 1e12])
+    def test_our_clients_longest_deadline_reaches_our_view_as_its_max_timeout(
+        self, django_service: DjangoService, our_clients: Callable[..., dar.Client], seconds: float
+    ) -> None:
+        # Sent as "1000000000.000", a deadline of 1e9 s was malformed to our own middleware (at most 9
+        # integer digits): ignored, the view got the default TIMEOUT (20 s) instead of MAX_TIMEOUT (60 s).
+        client = our_clients(django_service.url)
+
+        with client.request(dar.get("context/"), deadline=dar.Deadline.from_timeout(seconds)) as response:
+            seen = response.json()
+
+        assert 59.0 < seen["timeout"] <= 60.0  # MAX_TIMEOUT, whatever the deadline beyond it
+        sent = seen["headers"]["X-Request-Timeout"]
+        assert OUR_TIMEOUT_HEADER.fullmatch(sent)
+        most = min(seconds, 999_999_999)  # the largest our middleware reads
+        assert most - 1 < float(sent) <= most
+
     def test_aio_request_to_django_to_aiohttp(self, django_service: DjangoService) -> None:
         # aio-request client -> Django view (our middleware, our client) -> aiohttp (aio-request's middleware)
         reply = aio_request_call(
