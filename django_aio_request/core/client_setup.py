@@ -1,6 +1,8 @@
 import enum
+import functools
 import ipaddress
 import re
+import unicodedata
 import urllib.parse
 
 import requests
@@ -44,6 +46,15 @@ DEFAULT_RETRY_BUDGET = _Default.DEFAULT
 _SHOWN_PREFIX = re.compile(r"\s*(?:(?:[A-Za-z][A-Za-z0-9+.-]*:)?//|[Hh][Tt][Tt][Pp][Ss]?:)/*")
 
 
+@functools.lru_cache(maxsize=256)
+def _read_as(char: str) -> str:
+    """``@``, ``?`` or ``#`` for a character that NFKC normalisation turns into one (full-width
+    U+FF20, small-form U+FE6B, U+FF1F, U+2047 "??", U+FF03...), which urlsplit reads that way;
+    else ``char``."""
+    normalised = unicodedata.normalize("NFKC", char)
+    return next((delimiter for delimiter in "@?#" if delimiter in normalised), char)
+
+
 def shown_endpoint(endpoint: str) -> str:
     """``endpoint`` as a refusal may show it: scheme, host, port and path, never what may be
     credentials, a query or a fragment, however malformed the rest is.
@@ -52,13 +63,17 @@ def shown_endpoint(endpoint: str) -> str:
     with a ``/`` or ``#`` in it ends the host there): everything up to the last ``@`` after the
     scheme is dropped (``***@``), and everything from the first ``?`` or ``#`` (``?***``). When a
     ``?`` or ``#`` comes before the last ``@`` (a password with one, or a query with an ``@``),
-    nothing after the scheme is shown. An ``@`` in a path is dropped with what precedes it.
+    nothing after the scheme is shown. An ``@`` in a path is dropped with what precedes it. A
+    character that NFKC normalisation turns into ``@``, ``?`` or ``#`` (full-width or small-form:
+    U+FF20, U+FE6B, U+FF1F, U+FF03...) counts as one: urlsplit normalises a host so, and a reader
+    may take it for one.
     """
     prefix = _SHOWN_PREFIX.match(endpoint)
     head = prefix.group() if prefix else ""
     rest = endpoint[len(head) :]
-    at = rest.rfind("@")
-    cut = min((index for index in (rest.find("?"), rest.find("#")) if index >= 0), default=-1)
+    read = rest if rest.isascii() else "".join(char if char.isascii() else _read_as(char) for char in rest)
+    at = read.rfind("@")
+    cut = min((index for index in (read.find("?"), read.find("#")) if index >= 0), default=-1)
     if at >= 0 and 0 <= cut < at:
         return f"{head}***"
     shown = f"{head}***@" if at >= 0 else head
@@ -78,7 +93,12 @@ def validate_endpoint(endpoint: str) -> str:
     shown = shown_endpoint(endpoint)
     try:
         parts = urllib.parse.urlsplit(endpoint)
-    except ValueError:  # an unclosed or invalid [IPv6] host
+    except ValueError as error:  # an unclosed or invalid [IPv6] host, or characters NFKC makes "@:/?#"
+        if "NFKC" in str(error):
+            raise ValueError(
+                f"endpoint {shown!r} is not a URL: its host has characters that read as '@', ':', '/', '?' or "
+                "'#' once normalised (NFKC), such as a full-width at sign (U+FF20)"
+            ) from None
         raise ValueError(
             f"endpoint {shown!r} is not a URL: its host in [brackets] is not an IPv6 address, or is not closed"
         ) from None

@@ -80,6 +80,9 @@ MALFORMED_WITH_A_SECRET = [
     "http://user:pa#s3cret@billing/",  # a "#" in the password: parsers read a fragment
     "ftp://billing/?next=a@s3cret",  # an "@" in the query
     " http://user:s3cret@billing/",
+    "http://user:s3cret\uff20billing/",  # a full-width at sign: urlsplit refuses it under NFKC, shown whole
+    "http://user:s3cret\ufe6bbilling/",  # a small-form at sign
+    "ftp://billing/\uff1fapi_key=s3cret",  # a full-width question mark
 ]
 
 
@@ -113,6 +116,10 @@ def test_a_refusal_never_repeats_credentials_query_or_fragment_whatever_else_is_
         ("http://user:pa/s3cret@billing:8080/", "'http://***@billing:8080/' has an invalid port"),
         ("http://user:pa#s3cret@billing/", "'http://***'"),
         ("http://billing:80a/", "'http://billing:80a/' has an invalid port: Port could not be cast"),
+        (
+            "http://user:s3cret\uff20billing/",
+            "'http://***@billing/' is not a URL: its host has characters that read as",
+        ),
     ],
 )
 def test_a_refusal_shows_scheme_host_port_and_path_and_what_is_wrong(endpoint: str, shown: str) -> None:
@@ -125,13 +132,19 @@ _TEXT = st.text(st.characters(codec="utf-8", exclude_characters=SECRET), max_siz
 _PREFIXES = ["", "http://", "https://", "HTTP://", "ftp://", "//", "/", "http:/", "http:", "http//", " http://", "s://"]
 _HOSTS = ["", "billing", "bil ling", "billing..test", "[::1", "[x]", "127.0.0.1", "a" * 64 + ".test"]
 _PORTS = ["", ":", ":8080", ":99999", ":80a", ":-1"]
+# Each delimiter, and the characters NFKC normalisation turns into it (urlsplit normalises a host so):
+# "user:pw\uff20host" was refused as a bad [IPv6] host, shown whole, password and all.
+_AT = st.sampled_from(["@", "\uff20", "\ufe6b"])  # full-width, small-form
+_QUESTION = st.sampled_from(["?", "\uff1f", "\ufe16", "\ufe56", "\u2047", "\u2048", "\u2049"])
+_HASH = st.sampled_from(["#", "\uff03", "\ufe5f"])
 
 
 @st.composite
 def _endpoints_with_a_secret(draw: st.DrawFn) -> str:
     """scheme, userinfo, host, port, path, query, fragment, each of them right or wrong, with the
     secret in the userinfo (user or password, among any characters, "/", "?", "#" and "@" included),
-    the query or the fragment, or several of them."""
+    the query or the fragment, or several of them; each "@", "?" and "#" may be a character that
+    NFKC normalises into it (full-width U+FF20, small-form U+FE6B...)."""
     places = draw(st.sets(st.sampled_from(["user", "password", "query", "fragment"]), min_size=1))
 
     def part(place: str) -> str:
@@ -143,10 +156,11 @@ def _endpoints_with_a_secret(draw: st.DrawFn) -> str:
     if bool({"user", "password"} & places) or draw(st.booleans()):
         user = part("user").replace("/", "")  # a "user//..." with no scheme before it would be one
         password = part("password").lstrip("/")
-        userinfo = f"{user}:{password}@" if draw(st.booleans()) or "user" in places else f"{password}@"
+        at = draw(_AT)
+        userinfo = f"{user}:{password}{at}" if draw(st.booleans()) or "user" in places else f"{password}{at}"
     path = draw(st.sampled_from(["", "/", "/api/", "/@v2/", "/a b/"])) + draw(_TEXT).replace("?", "").replace("#", "")
-    query = "?" + part("query") if "query" in places or draw(st.booleans()) else ""
-    fragment = "#" + part("fragment") if "fragment" in places or draw(st.booleans()) else ""
+    query = draw(_QUESTION) + part("query") if "query" in places or draw(st.booleans()) else ""
+    fragment = draw(_HASH) + part("fragment") if "fragment" in places or draw(st.booleans()) else ""
     host, port, prefix = draw(st.sampled_from(_HOSTS)), draw(st.sampled_from(_PORTS)), draw(st.sampled_from(_PREFIXES))
     return f"{prefix}{userinfo}{host}{port}{path}{query}{fragment}"
 
