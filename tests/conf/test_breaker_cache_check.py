@@ -2,9 +2,6 @@
 timeouts of its own, says what a server that stops answering then costs with the installed redis-py
 (no bound before 8.0, its 5 s default from 8.0 on), and never crashes on the settings it looks at."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ from django.test import override_settings
 
 from django_aio_request import checks as checks_module
 from django_aio_request.checks import check_breaker_cache_timeouts, redis_default_timeouts
+from tests.support.manage import manage
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = "django.core.cache.backends.redis.RedisCache"
@@ -114,16 +112,7 @@ def test_other_settings_give_no_warning_and_no_crash(caches: Any, aio_request: A
 
 def test_manage_py_check_shows_the_warning() -> None:
     """As an operator runs it: manage.py in a subprocess, with settings naming a Redis without timeouts."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.support.settings_breaker_cache", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--tag", "django_aio_request"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("check", "--tag", "django_aio_request", settings="tests.support.settings_breaker_cache")
     assert result.returncode == 0, result.stderr  # a warning, not an error
     assert "django_aio_request.W010" in result.stderr
     assert "socket_timeout" in result.stderr

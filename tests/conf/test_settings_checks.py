@@ -1,8 +1,6 @@
 """AIO_REQUEST validation: every bad value is reported by `manage.py check`, naming client, key and what is allowed."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from django.test import override_settings
 
 from django_aio_request.checks import check_settings
 from tests.support.loopback import LoopbackServer, free_port
+from tests.support.manage import manage as run_manage
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"ENDPOINT": "http://billing:8080/"}
@@ -250,16 +249,7 @@ AIO_REQUEST = {
 def manage(tmp_path: Path, *arguments: str, settings: str = BAD_SETTINGS) -> subprocess.CompletedProcess[str]:
     """``python manage.py <arguments>`` in a subprocess, as a user runs it, with ``settings`` as its settings."""
     (tmp_path / "bad_settings.py").write_text(settings)
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bad_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    return subprocess.run(
-        [sys.executable, "manage.py", *arguments],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_manage(*arguments, settings="bad_settings", path=tmp_path)
 
 
 @pytest.mark.parametrize("arguments", [("check",), ("check", "--tag", "django_aio_request"), ("check", "--deploy")])

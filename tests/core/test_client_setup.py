@@ -4,9 +4,6 @@ Behaviour is checked through calls to a real loopback server: how many requests 
 a failing POST make, which budget each client gets.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.client_setup import setup, validate_endpoint
 from tests.support.loopback import LoopbackServer, clients, replies
+from tests.support.manage import manage
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Zq7s3cretXk"
@@ -187,16 +185,7 @@ def test_manage_py_check_does_not_print_the_secret_of_a_malformed_endpoint(tmp_p
         "AIO_REQUEST = {'CLIENTS': {'billing': {'ENDPOINT': 'http://user:s3cret@:8080/'},"
         " 'orders': {'ENDPOINT': 'ftp://orders/?api_key=s3cret'}}}\n"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "leaky_settings", "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--tag", "django_aio_request"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("check", "--tag", "django_aio_request", settings="leaky_settings", path=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("django_aio_request.E004") == 2, result.stderr
     assert "'http://***@:8080/'" in result.stderr
