@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -212,7 +213,9 @@ class QueryBound:
         # Statements returned (counted before the owner takes the lock to clear busy): a cancel that
         # holds the lock can tell the statement it was sent for has ended meanwhile.
         self._ended = 0
-        self._wrapper: BaseDatabaseWrapper | None = None  # Django's connection the raw one belongs to
+        # Django's connection the raw one belongs to; weak, as it holds this bound (its execute
+        # wrappers): a strong reference made a cycle that kept closed connections until the GC ran.
+        self._wrapper: weakref.ref[BaseDatabaseWrapper] | None = None
         self._raw: Any = None  # the driver connection the timer cancels on
         self._forks = _forks  # the process this state belongs to (see _after_fork)
 
@@ -287,7 +290,7 @@ class QueryBound:
                 )
             self.disarm()  # waits for a cancel request in progress: it cannot reach this statement
         elif deadline.expires_at != self._due or connection.connection is not self._raw:
-            self._wrapper = connection
+            self._wrapper = weakref.ref(connection)
             self._arm(deadline.expires_at, connection.connection)
         return self._generation
 
@@ -442,7 +445,7 @@ class QueryBound:
                 duplicate.shutdown(socket.SHUT_RDWR)
         except Exception as error:
             logger.warning("could not close the connection of database %r: %s", self.alias, error)
-        wrapper = self._wrapper
+        wrapper = self._wrapper() if self._wrapper is not None else None
         if wrapper is not None and wrapper.connection is self._raw:
             # Django closes a connection with errors when a request ends (close_if_unusable_or_obsolete),
             # also one whose statement returned just before the shutdown, so no later request gets it.
