@@ -60,3 +60,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     postgres.runtest_setup(item)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop this process's breaker publisher before the test's fixtures are torn down. A test that
+    built a client with a breaker started it, and its rounds write to the test database from their
+    own thread: SQLite's shared-cache memory database (the tests' default) refuses a flush at once
+    while one writes ("database table is locked", where a real database waits), and the failed flush
+    left pytest-django's blocks in place for the rest of the worker's tests. The next client built
+    starts it again."""
+    from django_aio_request import breaker_publisher
+
+    breaker_publisher.publisher.stop()

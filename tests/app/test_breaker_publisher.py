@@ -717,7 +717,7 @@ def test_gunicorn_preload_workers_publish_the_master_s_client_and_obey_overrides
         assert (first["status"], first["same"], worker != gunicorn.pid) == (200, True, True), first
         # The worker's own call, not the master's warm-up as well (the master publishes that one).
         wait_for(lambda: reports.filter(pid=worker, successes=1).exists(), "the worker publishes the master's client")
-        assert reports.filter(pid=gunicorn.pid, successes=1).exists()
+        wait_for(lambda: reports.filter(pid=gunicorn.pid, successes=1).exists(), "the master publishes its warm-up")
         now = datetime.datetime.now(tz=datetime.UTC)
         BreakerOverride.objects.using("postgres").create(
             client="billing", endpoint=server.url, mode="force_open", changed_at=now
