@@ -510,32 +510,24 @@ class RequestsTransport(Transport):
         """The Response for an answer whose body was read (``body``), or was too large (None);
         ``accepted`` is the ``Accept-Encoding`` the request sent."""
         if body is None:
-            logger.warning(
-                "%s %s%s: the response is larger than max_response_size (%s bytes) and was not read (status %s)",
-                request.method,
-                _redacted(endpoint),
-                request.url,
-                self.max_response_size,
+            return _refused(
+                request,
+                endpoint,
+                started,
                 status.NETWORK_ERROR,
-            )
-            return EmptyResponse(
-                status=status.NETWORK_ERROR,
-                elapsed=time.monotonic() - started,
+                what="the response is larger than max_response_size and was not read",
+                detail=f"{self.max_response_size} bytes",
                 headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
             )
         unreadable = unreadable_coding(headers, accepted) if body else None
         if unreadable is not None:
-            logger.warning(
-                "%s %s%s: the response's body is in a coding this client cannot take off (%s; status %s)",
-                request.method,
-                _redacted(endpoint),
-                request.url,
-                unreadable,
+            return _refused(
+                request,
+                endpoint,
+                started,
                 status.NETWORK_ERROR,
-            )
-            return EmptyResponse(
-                status=status.NETWORK_ERROR,
-                elapsed=time.monotonic() - started,
+                what="the response's body is in a coding this client cannot take off",
+                detail=unreadable,
                 headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
             )
         return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
@@ -544,19 +536,15 @@ class RequestsTransport(Transport):
     def _invalid_redirect(
         request: Request, endpoint: str, response: requests.Response, problem: str, started: float
     ) -> Response:
-        location = response.headers.get(h.LOCATION, "")
-        logger.warning(
-            "%s %s%s: a redirect that cannot be followed (%s; status %s)",
-            request.method,
-            _redacted(endpoint),
-            request.url,
-            problem,
+        headers = {h.LOCATION: response.headers.get(h.LOCATION, ""), X_INVALID_REDIRECT: problem}
+        return _refused(
+            request,
+            endpoint,
+            started,
             status.TOO_MANY_REDIRECTS,
-        )
-        return EmptyResponse(
-            status=status.TOO_MANY_REDIRECTS,
-            elapsed=time.monotonic() - started,
-            headers={h.LOCATION: location, X_INVALID_REDIRECT: problem},
+            what="a redirect that cannot be followed",
+            detail=problem,
+            headers=headers,
         )
 
     def _read_body(self, headers: Any, chunks: Iterator[bytes]) -> bytes | None:
@@ -609,6 +597,15 @@ class RequestsTransport(Transport):
         the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
         it ends; it is closed then, as it cannot go back to a closed pool."""
         self._session.close()
+
+
+def _refused(
+    request: Request, endpoint: str, started: float, code: int, *, what: str, detail: str, headers: dict[str, str]
+) -> Response:
+    """The synthetic answer for an answer the transport did not take (too large, a coding it cannot
+    take off, a redirect it cannot follow), with the warning that says why."""
+    logger.warning("%s %s%s: %s (%s; status %s)", request.method, _redacted(endpoint), request.url, what, detail, code)
+    return EmptyResponse(status=code, elapsed=time.monotonic() - started, headers=headers)
 
 
 _ZLIB_STREAM = type(zlib.decompressobj())
