@@ -23,7 +23,9 @@ The load (``--rate``):
 
 * ``auto`` (the default): first a calibration, ``--calibrate-seconds`` of closed-loop load on the
   caller with single attempts (every caller sends its next GET when the previous one is answered:
-  what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate; with
+  what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate, or, with
+  ``--target-cpu`` (0.7, the default; 0 for none), at the rate that short open-loop single runs
+  (``--steer-runs``, at most 4, of 6 s) find keeps the whole machine that busy; with
   ``--overload`` (the default), right after it a hedged run as long in a closed loop (its warm-up at
   the open-loop rate, so that the learned delay knows the unsaturated billing first): hedging at
   saturation, where the safety mechanisms have something to do;
@@ -89,6 +91,7 @@ from benchmarks._stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_KINDS = ("single", "hedged")
+STEER_NUMBER = -2  # the first steering run's number; the next ones count down
 ANCHOR_KINDS = ("aio-single", "aio-hedged")
 REQUEST_TIMEOUT_HEADER = "5"  # X-Request-Timeout the drivers send: the caller's deadline
 SETTLE_QUIET = 0.3
@@ -448,7 +451,7 @@ class Observer:
 @dataclasses.dataclass
 class RunResult:
     kind: str
-    number: int  # position in the sequence (0: the calibration, -1: the overload run)
+    number: int  # position in the sequence (0: the calibration, -1: the overload run, -2 and below: steering)
     rate: float | None  # offered calls a second in all (None: closed loop)
     seconds: float
     calls: list[tuple[float, float, int]]  # (latency, finished after the start, ok)
@@ -474,6 +477,8 @@ class RunResult:
 
     @property
     def label(self) -> str:
+        if self.number <= STEER_NUMBER:
+            return f"steer {STEER_NUMBER - self.number + 1}"
         return {0: "calibration", -1: "overload"}.get(self.number, f"{self.number} {self.kind}")
 
     @property
@@ -871,6 +876,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--calibrate-seconds", type=float, default=6.0, help="--rate auto: closed-loop seconds (6)")
     parser.add_argument(
+        "--target-cpu",
+        type=float,
+        default=0.7,
+        help="--rate auto: steer the rate until a single run keeps the machine this busy (0.7; 0: no steering)",
+    )
+    parser.add_argument(
+        "--steer-runs", type=int, default=4, help="--target-cpu: short single runs to steer with, at most (4)"
+    )
+    parser.add_argument(
         "--overload",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -929,6 +943,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or not 0 <= args.warmup <= 60
         or not 0 < args.calibrate_seconds <= 60
         or not 0 < args.load_fraction <= 1.5
+        or not 0 <= args.target_cpu < 1
+        or not 1 <= args.steer_runs <= 10
         or not 1 <= args.pairs <= 20
         or (isinstance(args.rate, float) and not 0 < args.rate <= 100_000)
         or not 1 <= args.callers <= 512
@@ -947,6 +963,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ):
         parser.error("an option is out of range (see --help)")
     return args
+
+
+STEER_TOLERANCE = 0.03  # a steering run this close to --target-cpu ends the steering
+STEER_SECONDS = 6.0  # shorter runs, just after gunicorn started, measured the CPU of a rate less steadily
+
+
+def steer(
+    rate: float,
+    *,
+    billing_url: str,
+    billing_pid: int,
+    environment: dict[str, str],
+    args: argparse.Namespace,
+    results: list["RunResult"],
+) -> float:
+    """The open-loop rate at which single attempts keep the machine ``args.target_cpu`` busy.
+
+    The closed-loop calibration meets this machine's capacity at one moment, and the capacity of
+    these VMs moves by a third from one minute to the next: 0.7 of it gave single runs at 61% to
+    84% CPU. Short open-loop single runs correct the rate in proportion (CPU grows about linearly
+    with the rate below saturation), each change at most by half, until one lands within 3 points
+    or ``args.steer_runs`` have run; the rate returned is the last one corrected. It only narrows the
+    spread: on one VM the same rate measured 58% and 72% a minute apart.
+    """
+    for step in range(args.steer_runs):
+        probe = run(
+            "single",
+            STEER_NUMBER - step,
+            rate=rate,
+            seconds=STEER_SECONDS,
+            billing_url=billing_url,
+            billing_pid=billing_pid,
+            environment=environment,
+            args=args,
+        )
+        results.append(probe)
+        close = abs(probe.cpu - args.target_cpu) <= STEER_TOLERANCE
+        if not close:
+            rate *= min(1.5, max(0.5, args.target_cpu / max(probe.cpu, 0.01)))
+        print(
+            f"  {probe.label}: {probe.throughput:.1f} calls/s at {100 * probe.cpu:.0f}% CPU"
+            + ("" if close else f"; next at {rate:.1f} calls/s"),
+            flush=True,
+        )
+        if close:
+            break
+    print(f"  runs at {rate:.1f} calls/s", flush=True)
+    return rate
 
 
 def anchor_missing() -> str | None:
@@ -1055,9 +1119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate = args.load_fraction * calibration.throughput
                 print(
                     f"  calibration (single attempts, closed loop): {calibration.throughput:.1f} calls/s at "
-                    f"{100 * calibration.cpu:.0f}% CPU; runs at {rate:.1f} calls/s",
+                    f"{100 * calibration.cpu:.0f}% CPU; {'first try' if args.target_cpu else 'runs'} at "
+                    f"{rate:.1f} calls/s",
                     flush=True,
                 )
+                if args.target_cpu:
+                    rate = steer(
+                        rate,
+                        billing_url=billing_url,
+                        billing_pid=billing.pid,
+                        environment=environment,
+                        args=args,
+                        results=results,
+                    )
                 if args.overload:
                     overload = run(
                         "hedged",

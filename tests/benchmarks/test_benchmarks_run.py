@@ -1,6 +1,7 @@
 """The benchmark scripts run as `make bench` runs them, on tiny sizes: they must keep working (their
 figures are not checked here: speed lives in the scripts, on a quiet machine)."""
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,42 @@ def test_hedge_safety_runs_every_variant_at_a_load() -> None:
     assert "capacity C (single attempts, closed loop, 8 callers)" in out
     for variant in ("| single |", "| hedged |", "| hedged, no ratio |"):
         assert variant in out
+
+
+class _Probe:
+    def __init__(self, rate: float, cpu: float) -> None:
+        self.rate, self.cpu, self.throughput = rate, cpu, rate
+
+    @property
+    def label(self) -> str:
+        return "steer"
+
+
+@pytest.mark.parametrize(
+    ("first_rate", "cpu_per_call", "expected_probes"),
+    [
+        (300.0, 0.0023, 1),  # 69% at the first try: within 3 points, kept
+        (300.0, 0.0020, 2),  # 60% -> 350 calls/s -> 70%
+        (900.0, 0.0023, 4),  # a fast calibration moment (the machine full): cut by at most half a step
+    ],
+)
+def test_load_steers_the_rate_to_the_target_cpu(
+    monkeypatch: pytest.MonkeyPatch, first_rate: float, cpu_per_call: float, expected_probes: int
+) -> None:
+    """benchmarks/load.py --target-cpu: the rate ends where the machine's CPU is within 3 points of it."""
+    from benchmarks import load
+
+    probes: list[float] = []
+
+    def fake_run(kind: str, number: int, *, rate: float, **_: object) -> _Probe:
+        assert kind == "single"
+        probes.append(rate)
+        return _Probe(rate, min(0.99, rate * cpu_per_call))  # a 2-CPU machine: CPU share linear in the rate
+
+    monkeypatch.setattr(load, "run", fake_run)
+    args = load.parse_args(["--target-cpu", "0.7", "--steer-runs", "4"])
+    results: list[object] = []
+    rate = load.steer(first_rate, billing_url="", billing_pid=0, environment={}, args=args, results=results)  # type: ignore[arg-type]
+    assert abs(rate * cpu_per_call - 0.7) <= load.STEER_TOLERANCE
+    assert len(results) == len(probes) == expected_probes
+    assert all(later / earlier >= 0.5 for earlier, later in itertools.pairwise(probes))
