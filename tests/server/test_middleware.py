@@ -107,6 +107,8 @@ BAD_TIMEOUTS = [
     "9e-0",  # an exponent of 0 ...
     "9.99999999999999999999e-0",  # ... would let a value round up to 10.0, beyond "always below 10"
     "5e-000",
+    "5e-0005",  # an exponent of more than three digits (docs/server.md) ...
+    "1e-1000",  # ... even where the value is what str() would write as 0.0
     "1E2",
     "1e+16",
     "5e05",
@@ -309,6 +311,7 @@ def test_malformed_values_are_logged_at_debug_level_only_and_no_other_header(cap
     get_sync("/ctx", {"X-Request-Timeout": "nan", "X-Request-Priority": "urgent", "Authorization": "Bearer s3cret"})
     records = [r for r in caplog.records if r.name.startswith("django_aio_request")]
     assert len(records) == 2
+    assert {r.name for r in records} == {"django_aio_request.server.middleware"}  # the logger docs/server.md names
     assert all(r.levelno == logging.DEBUG for r in records)
     assert not any("s3cret" in r.getMessage() for r in records)
     caplog.clear()
