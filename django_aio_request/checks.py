@@ -104,7 +104,7 @@ def _timeout_sources(
     read_default, connect_default, _ = redis_default_timeouts()
 
     def given(name: str) -> bool:
-        return options.get(name) is not None or name.lower() in in_urls
+        return _seconds(options.get(name)) or name.lower() in in_urls
 
     def none_passed(name: str) -> bool:  # None handed to redis-py, which then has no default to fall back on
         return backend == _PASSES_NONE and name in options and options[name] is None
@@ -124,21 +124,48 @@ def _timeout_sources(
     return {read_name: read, connect_name: connect}
 
 
+def _seconds(value: object) -> bool:
+    """Whether an OPTIONS timeout is one redis-py can use: a number of seconds above 0. A string
+    ("0.2") fails every command with TypeError, 0 makes the socket non-blocking."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _url_queries(location: object) -> list[dict[str, list[str]]]:
+    """The query parameters of each ``redis://`` URL of a cache's LOCATION (a URL, several separated
+    by commas, or a list of them); [] when LOCATION is none of those or a URL cannot be parsed."""
+    urls = location.split(",") if isinstance(location, str) else location
+    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+        return []
+    try:
+        return [urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query) for url in urls]
+    except ValueError:  # "redis://[::1:6379/0": redis-py cannot read it either; its first use says so
+        return []
+
+
 def _in_every_redis_url(location: object) -> set[str]:
     """The query parameters every ``redis://`` URL of a cache's LOCATION sets (redis-py reads
-    ``?socket_timeout=1&socket_connect_timeout=1`` as those options); LOCATION is a URL, several
-    separated by commas, or a list of them."""
-    urls = location.split(",") if isinstance(location, str) else location
-    if not isinstance(urls, list | tuple) or not urls:
-        return set()
+    ``?socket_timeout=1&socket_connect_timeout=1`` as those options, in lower case only)."""
     found: set[str] | None = None
-    for url in urls:
-        if not isinstance(url, str):
-            return set()
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query)
-        named = {name.lower() for name, values in query.items() if values and values[-1].strip()}
+    for query in _url_queries(location):
+        named = {name for name, values in query.items() if values and values[-1].strip()}
         found = named if found is None else found & named
     return found or set()
+
+
+def _unusable_timeouts(names: tuple[str, str], options: dict[str, Any], location: object, redis: bool) -> list[str]:
+    """Timeouts the cache is given in a form its client cannot use: each one fails every command."""
+    found = [
+        f"OPTIONS[{name!r}] is {options[name]!r}, not a number of seconds above 0"
+        for name in names
+        if options.get(name) is not None and not _seconds(options[name])
+    ]
+    if redis:
+        lower = {name.lower() for name in names}
+        spelt = {name for query in _url_queries(location) for name in query if name.lower() in lower} - lower
+        found += [
+            f"its LOCATION's ?{name}= is not a parameter redis-py reads (only {name.lower()})" for name in sorted(spelt)
+        ]
+    return found
 
 
 def _bounds_connecting(value: object) -> bool:
@@ -170,7 +197,23 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
         return []
     options = caches[alias].get("OPTIONS")
     options = options if isinstance(options, dict) else {}
-    in_urls = _in_every_redis_url(caches[alias].get("LOCATION")) if "redis" in backend.lower() else set()
+    is_redis = "redis" in backend.lower()
+    location = caches[alias].get("LOCATION")
+    in_urls = _in_every_redis_url(location) if is_redis else set()
+    unusable = _unusable_timeouts(names, options, location, is_redis)
+    if unusable:
+        return [
+            checks.Warning(
+                f"settings.CACHES[{alias!r}], the circuit breakers' shared state: {'; '.join(unusable)}: the cache"
+                " client fails every command with it, so breaker state is never shared (each process decides"
+                " alone, and logs the outage)",
+                hint=", ".join(f"{name!r}: 1.0" for name in names)
+                + " in OPTIONS"
+                + (", or ?socket_timeout=1&socket_connect_timeout=1 in a redis:// URL" if is_redis else ""),
+                obj=f"settings.CACHES[{alias!r}]",
+                id=f"django_aio_request.{CACHE_WITHOUT_TIMEOUTS}",
+            )
+        ]
     sources = _timeout_sources(backend, names, options, in_urls)
     unbounded = [name for name in names if sources[name] == "none"]
     defaulted = [name for name in names if sources[name] == "default"]

@@ -207,3 +207,39 @@ def test_what_the_check_says_of_django_s_redis_cache_is_what_the_installed_redis
     else:
         assert None not in timeouts
         assert read_default in timeouts
+
+
+@pytest.mark.parametrize(
+    ("options", "location"),
+    [
+        ({"socket_timeout": "0.2", "socket_connect_timeout": "0.2"}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": 0, "socket_connect_timeout": 0}, "redis://127.0.0.1:6379/0"),
+        ({}, "redis://127.0.0.1:6379/0?SOCKET_TIMEOUT=0.2&SOCKET_CONNECT_TIMEOUT=0.2"),
+    ],
+)
+def test_timeouts_the_cache_client_cannot_use_are_reported(options: dict[str, Any], location: str) -> None:
+    """A string, 0, or a URL parameter in capitals looked like a timeout to W010 ("no issues"), and the
+    cache failed every command with it: the warning now says so (checked on the real Redis)."""
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": options}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        (warning,) = check_breaker_cache_timeouts()
+        from django.core.cache import caches as django_caches
+
+        with pytest.raises(Exception):  # noqa: B017, PT011 - TypeError or BlockingIOError, whichever the client meets
+            django_caches["shared"].get("django-aio-request-check-probe")
+    assert warning.id == "django_aio_request.W010"
+    assert "fails every command" in warning.msg
+
+
+def test_a_location_that_is_not_a_url_does_not_crash_manage_py_check(tmp_path: Path) -> None:
+    """``redis://[::1:6379/0`` made ``check`` (and ``migrate``) end in a ValueError traceback, and the
+    settings' real errors were never shown."""
+    (tmp_path / "bad_location_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        "CACHES = {**CACHES, 'breakers': {**CACHES['breakers'], 'LOCATION': 'redis://[::1:6379/0'}}\n"
+        "AIO_REQUEST = {**AIO_REQUEST, 'TIMEOUT': -1}\n"
+    )
+    result = manage("check", settings="bad_location_settings", path=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "django_aio_request.E003" in result.stderr
