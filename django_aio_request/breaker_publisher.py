@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.db import close_old_connections, router
+from django.db import close_old_connections, router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -367,6 +367,27 @@ class Publisher:
     def _db(self, model: type[Any]) -> str:
         return self.database or router.db_for_write(model)
 
+    @staticmethod
+    def _upsert(reports: Any, rows: list[Any], host: str, pid: int, ttl: datetime.timedelta) -> None:
+        reports.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["client", "endpoint", "host", "pid"],
+            update_fields=[
+                "state", "failures", "successes", "failure_ratio", "rejected", "window_seconds", "changed_at",
+                "blocked_until", "reported_at", "expires_at", "store",
+            ],
+        )  # fmt: skip
+        # The heartbeat on the database's clock, the one the admin's view compares expires_at with:
+        # hosts whose clocks differ from the database's by seconds still expire on time.
+        if django_settings.USE_TZ:
+            reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
+        else:
+            # Naive datetimes are local time (TIME_ZONE) to Django, SQLite's clock is UTC: reported_at,
+            # which admin compares with timezone.now(), stays this process's; only expires_at, which
+            # the view compares with the database's clock, is on that clock.
+            reports.filter(host=host, pid=pid).update(expires_at=Now() + ttl)
+
     def _round(
         self,
         breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]],
@@ -403,24 +424,11 @@ class Publisher:
                 )
         reports = BreakerReport.objects.using(self._db(BreakerReport))
         if rows:
-            reports.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["client", "endpoint", "host", "pid"],
-                update_fields=[
-                    "state", "failures", "successes", "failure_ratio", "rejected", "window_seconds", "changed_at",
-                    "blocked_until", "reported_at", "expires_at", "store",
-                ],
-            )  # fmt: skip
-            # The heartbeat on the database's clock, the one the admin's view compares expires_at with:
-            # hosts whose clocks differ from the database's by seconds still expire on time.
-            if django_settings.USE_TZ:
-                reports.filter(host=host, pid=pid).update(reported_at=Now(), expires_at=Now() + ttl)
-            else:
-                # Naive datetimes are local time (TIME_ZONE) to Django, SQLite's clock is UTC: reported_at,
-                # which admin compares with timezone.now(), stays this process's; only expires_at, which
-                # the view compares with the database's clock, is on that clock.
-                reports.filter(host=host, pid=pid).update(expires_at=Now() + ttl)
+            # One transaction: between the two statements the rows' expires_at is this process's local
+            # time, which with USE_TZ = False and a TIME_ZONE behind UTC looks hours past on SQLite's
+            # clock (another process's view hid the live rows, its prune could delete them).
+            with transaction.atomic(using=self._db(BreakerReport)):
+                self._upsert(reports, rows, host, pid, ttl)
         keys = {(row.client, row.endpoint) for row in rows}
         for gone in set(self._history) - keys:
             del self._history[gone]

@@ -138,6 +138,32 @@ def test_rounds_publish_with_use_tz_false(server: LoopbackServer, publisher: Pub
         assert BreakerReport.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_with_use_tz_false_no_other_connection_sees_a_report_between_its_two_statements(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    """A round writes its reports, then moves their expires_at onto the database's clock. With
+    ``USE_TZ = False`` and a TIME_ZONE behind UTC, the first statement's expires_at (local time) is
+    hours past on SQLite's clock: between the two, other processes' admin hid live workers (2 list
+    loads of 717 showed 2 of 3) and their prune could delete them. Both statements now commit as one."""
+    server.route("/down", lambda h: h.reply(500))
+    seen: list[tuple[str, bool]] = []
+    connection = connections["default"]
+
+    def watch(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if "breakerreport" in sql.lower() and sql.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            seen.append((sql.lstrip().split()[0].upper(), connection.in_atomic_block))
+        return execute(sql, params, many, context)
+
+    with override_settings(USE_TZ=False, TIME_ZONE="America/New_York", AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]
+        with connection.execute_wrapper(watch):
+            assert publisher.run_once()
+        assert BreakerStatus.objects.get().processes == 1
+    assert [kind for kind, _ in seen] == ["INSERT", "UPDATE"]
+    assert all(atomic for _, atomic in seen), seen
+
+
 def assert_clock_of(zone: str, shown: list[str], slack: float = 40.0) -> None:
     """Each ``HH:MM:SS`` of ``shown`` is the wall clock of ``zone`` now, give or take ``slack`` seconds."""
     assert shown
