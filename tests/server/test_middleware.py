@@ -691,3 +691,16 @@ def test_metric_label_values_are_bounded() -> None:
     assert metrics.REJECT_REASONS == ("expired", "low_timeout")
     for header in metrics.MALFORMED_HEADERS:  # exported from the start
         assert REGISTRY.get_sample_value("aio_request_server_malformed_headers_total", {"header": header}) is not None
+
+
+def test_a_number_a_test_puts_in_the_headers_reads_as_its_text() -> None:
+    """Django's (sync) test client puts in META whatever a test passes: ``headers={"X-Request-Timeout": 0.5}``
+    answered 500 (``float`` has no ``partition``). It now reads as the text a server would have passed.
+    (The async test client refuses anything but text itself.)"""
+    headers: Any = {"X-Request-Timeout": 3, "X-Request-Priority": Priority.HIGH}
+    seen = view_saw(get_sync("/ctx", headers))
+    assert seen["source"] == "header"
+    assert seen["priority"] == "high"
+    assert 2.0 < seen["timeout"] <= 3.0
+    assert get_sync("/ctx", {"X-Request-Timeout": 0.0}).status_code == 408  # type: ignore[dict-item]
+    assert view_saw(get_sync("/ctx", {"X-Request-Timeout": 2.5}))["timeout"] <= 2.5  # type: ignore[dict-item]
