@@ -12,8 +12,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.utils.module_loading import import_string
 
-from django_aio_request.conf.reader import UNEXPECTED
+from django_aio_request.conf.reader import BAD_IMPORT, UNEXPECTED
 from django_aio_request.conf.schema import SETTING, read_settings
 
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
@@ -176,6 +177,34 @@ def _bounds_connecting(value: object) -> bool:
         return int(float(str(value).strip())) >= 1
     except (ValueError, OverflowError):
         return False
+
+
+@checks.register("django_aio_request")
+def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Report a breakers' shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) whose ``BACKEND`` is
+    missing or cannot be imported: every sync round of the breakers would fail, and each process
+    decide alone for good, with nothing but the outage's log line to say why. Never raises."""
+    setting = getattr(settings, SETTING, None)
+    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, dict) else None
+    caches = getattr(settings, "CACHES", None)
+    if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
+        return []  # check_settings reports an alias that names no cache
+    backend = caches[alias].get("BACKEND")
+    try:
+        if not isinstance(backend, str):
+            raise TypeError(f"BACKEND is {backend!r}, not a dotted path")
+        import_string(backend)
+    except Exception as error:  # whatever importing it raises is the message
+        return [
+            checks.Error(
+                f"settings.CACHES[{alias!r}], the circuit breakers' shared state, has a BACKEND that cannot be"
+                f" imported ({type(error).__name__}: {error}): breaker state would never be shared",
+                hint="a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
+                obj=f"settings.CACHES[{alias!r}]",
+                id=f"django_aio_request.{BAD_IMPORT}",
+            )
+        ]
+    return []
 
 
 @checks.register("django_aio_request")

@@ -243,3 +243,24 @@ def test_a_location_that_is_not_a_url_does_not_crash_manage_py_check(tmp_path: P
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "django_aio_request.E003" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["no.such.module.Cache", "django.core.cache.backends.redis.NoSuchCache", None, 3])
+def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: Any) -> None:
+    """It passed ``check`` silently, and every sync round then failed: the breakers never shared state."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    shared: dict[str, Any] = {"LOCATION": "redis://127.0.0.1:6379/0"}
+    if backend is not None:
+        shared["BACKEND"] = backend
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (error,) = check_breaker_cache_backend()
+    assert error.id == "django_aio_request.E008"
+    assert "cannot be imported" in error.msg
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": {**shared, "BACKEND": REDIS}},
+        AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
+    ):
+        assert check_breaker_cache_backend() == []
