@@ -503,6 +503,51 @@ def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
+def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refused() -> None:
+    # A server with 4 threads serving 4 requests at once (views that wait 100 ms). A probe lowers
+    # the slots to 1 for five requests; the other threads' requests wait their turn. Before, the room
+    # for waiters was sized by the probe's one slot: one waited and the next two were refused at once
+    # (capacity; with X-Do-Not-Retry under a 1 s deadline), at every probe.
+    limit = AdaptiveLimit(now=time.monotonic(), initial=4, probe_interval=0.0)  # a probe after every window
+    limiter = Limiter(limit, queue_timeout=5.0)
+    for _ in range(AdaptiveLimit.PROBE_SAMPLES):  # the first probe
+        now = time.monotonic()
+        limit.sample(0.1, 1, now, now, cpu=0.001)
+    assert (limit.probing, limiter.slots) == (False, 4)
+    serving = [limiter.acquire(NORMAL, later(5)) for _ in range(4)]  # the 4 threads busy at once
+    assert all(admission.admitted for admission in serving)
+    for admission in serving:  # the first to end begins the next probe
+        limiter.release(admission.admitted_at, thread=True)
+    assert (limit.probing, limiter.slots, limit.learned) == (True, 1, 4)
+    first = limiter.acquire(NORMAL, later(1))
+    assert first.admitted
+    refused: list[Any] = []
+
+    def wait() -> None:
+        admission = limiter.acquire(NORMAL, later(1))
+        if admission.admitted:
+            limiter.release(admission.admitted_at, thread=True)
+        else:
+            refused.append(admission)
+
+    others = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: limiter.waiting + len(refused) == 3)
+    assert refused == []
+    # No more threads than before the probe: a request on a fifth thread is refused at once, unless high.
+    extra = limiter.acquire(NORMAL, later(1))
+    assert (extra.admitted, extra.reason) == (False, "capacity")
+    high = threading.Thread(target=lambda: release(limiter.acquire(HIGH, later(5)), limiter))
+    high.start()
+    wait_until(lambda: len(refused) == 1)  # the worst waiter made room for it
+    assert limiter.waiting == 3
+    limiter.release(first.admitted_at, thread=True)
+    for thread in [*others, high]:
+        thread.join(5)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 def test_a_cancelled_async_waiter_leaves_the_queue_and_gives_back_a_granted_slot(one_slot: Limiter) -> None:
     async def scenario() -> None:
         holder = one_slot.acquire(NORMAL, later(5))

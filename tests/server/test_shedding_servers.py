@@ -136,3 +136,19 @@ def test_uvicorn_keeps_a_slot_from_a_flood_of_low_priority_for_normal() -> None:
     assert in_time(normal) == 1.0
     assert max(o.elapsed for o in normal) < 0.55, sorted(o.elapsed for o in normal)  # never waited for a slot
     assert sum(o.status == 200 for o in low) > 0
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_probes_make_requests_wait_instead_of_refusing_them() -> None:
+    # No overload: 4 threads, 4 callers, views that wait 100 ms, 1 s deadlines; a probe every second
+    # or so, the first at start. A probe serves one request at a time for five requests, and the
+    # other threads' requests wait their turn (0.4 s at most). Before, the room for waiters was sized
+    # by the probe's one slot: two of the four were refused at once (capacity, with X-Do-Not-Retry) at
+    # start and at every probe.
+    with server("gunicorn", 4, {"shedding": {"PROBE_INTERVAL": 1.0}}) as url:
+        outcomes = closed_loop(url, [Callers(4, priorities=("normal",))], path="/sleep?ms=100", seconds=4.0,
+                               deadline=DEADLINE, backoff=0.01)  # fmt: skip
+        capacity = metric(url, "aio_request_server_shed_total", {"priority": "normal", "reason": "capacity"})
+    assert len(outcomes) >= 40
+    assert capacity == 0
+    assert [o for o in outcomes if o.status != 200] == []

@@ -25,8 +25,12 @@ thread waited here, nobody would take the next request off that queue, and a hig
 behind a flood of low ones would wait for the flood. So at most one sync request per slot may wait,
 and never more than half the threads the slots leave free (the server's threads counted as the most
 sync requests ever in here at once): one waiter per slot keeps every slot refilled, and more would
-only hold threads that should be pulling. Past that, the worst of the waiters and the newcomer is
-refused at once (reason ``capacity``) unless it is of high priority. The other threads keep pulling
+only hold threads that should be pulling. A probe (``limit.py``) lowers the slots to the minimum for
+a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
+lowered, so the requests the process was serving on them wait their turn instead of being refused
+at once (sized by the probe's one slot, two of four were, at every probe). Past that, the worst
+of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
+priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
 ``Retry-After`` step back, which empties the queue nobody here can see. An async request (ASGI)
 waits on a future and holds no thread.
@@ -210,12 +214,7 @@ class Limiter:
         queue = self._queue
         queue.push(waiter)
         if loop is None:
-            # One waiter per slot refills every slot once; more would only hold threads that should
-            # be pulling requests in, and at least half the spare threads do (see the module docstring).
-            current = self._slots()
-            # Rounded down on purpose: a single spare thread keeps pulling (measured: with 2 threads
-            # letting it wait instead took the high-priority p99 from 1.9x to 7x the unloaded one).
-            room = min(current, (self._threads_peak - current) // 2)
+            room = self._room(self._slots())
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
                 self._published_queue(worst.priority)
@@ -237,12 +236,37 @@ class Limiter:
         Views that also wait keep every thread: one left idle cost a fifth of the goodput with 2 and
         4 threads when 5% of requests wait 150 ms (each wait held one of the fewer slots).
         """
+        return self._slots_at(self.limit.current)
+
+    def _slots_at(self, current: int) -> int:
+        """The slots a limit of ``current`` gives (see :meth:`_slots`)."""
         limit = self.limit
-        current = limit.current
         threads = self._threads_peak
         if isinstance(limit, AdaptiveLimit) and 2 <= threads <= current and limit.computes:
             return max(limit.minimum, threads - 1)
         return current
+
+    def _room(self, slots: int) -> int:
+        """How many sync requests may wait for ``slots`` (see the module docstring).
+
+        One waiter per slot refills every slot once; more would only hold threads that should be
+        pulling requests in, and at least half the spare threads do. During a probe the slots are
+        the probe's few for a few requests' time, not what the process can serve: as many threads
+        as it held at the limit the probe lowered (serving, or waiting as above) are held now,
+        serving or waiting, so that a probe makes requests wait instead of refusing at once what
+        the process was serving before it (with 4 threads and 4 callers, a limit of 1 left room for
+        1 waiter and refused 2 of 4 requests at every probe).
+        """
+        threads = self._threads_peak
+        # Rounded down on purpose: a single spare thread keeps pulling (measured: with 2 threads
+        # letting it wait instead took the high-priority p99 from 1.9x to 7x the unloaded one).
+        room = min(slots, (threads - slots) // 2)
+        limit = self.limit
+        if isinstance(limit, AdaptiveLimit) and limit.probing:
+            before = self._slots_at(limit.learned)
+            held = before + max(0, min(before, (threads - before) // 2))
+            room = max(room, held - max(slots, self._in_flight))  # those admitted before it still run
+        return room
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
