@@ -57,6 +57,7 @@ class Request:
             raise TypeError(f"body must be bytes, not {type(body).__name__}; use post_json() for objects")
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, not {max_redirects}")
+        check_method(method)
         self.method = method.upper()
         self.url = url
         self.path_parameters = path_parameters
@@ -100,6 +101,21 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
+
+
+def check_method(method: str) -> None:
+    """A method HTTP/1.1 can carry (RFC 9110 9.1): a non-empty token of ASCII letters, digits and
+    ``!#$%&'*+-.^_`|~``.
+
+    Anything else is a programming error, raised here before anything is sent. ``"GE T"``, a line
+    break or ``"GÉT"`` failed only in ``http.client``, as a network error (489): retried, logged as
+    the endpoint's failure (the line break went into the log line) and counted against the circuit
+    breaker, which opened on a healthy server; ``""`` went out as the request line ``" /x HTTP/1.1"``.
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"the method must be a str, not {type(method).__name__}")
+    if _TOKEN.fullmatch(method) is None:
+        raise ValueError(f"the method must be a token (ASCII letters, digits and !#$%&'*+-.^_`|~), not {method!r}")
 
 
 def check_headers(headers: Headers) -> None:

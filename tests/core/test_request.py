@@ -92,6 +92,40 @@ def test_request_builder_upper_cases_the_method_and_takes_every_part() -> None:
     assert req.build_url(ENDPOINT) == "http://svc.test/api/things/x?q=1"
 
 
+@pytest.mark.parametrize("method", ["GET", "propfind", "M-SEARCH", "X_Custom.1", "!#$%&'*+-.^_`|~"])
+def test_a_method_of_token_characters_is_taken_and_upper_cased(method: str) -> None:
+    assert request(method, "x").method == method.upper()
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "message"),
+    [
+        ("GE T", ValueError, "the method must be a token"),
+        ("GET\r\nX-Injected: 1", ValueError, "the method must be a token"),
+        ("GET\n", ValueError, "the method must be a token"),
+        ("G\tET", ValueError, "the method must be a token"),
+        ("GÉT", ValueError, "the method must be a token"),
+        ("ǵet", ValueError, "the method must be a token"),
+        ("GET/1", ValueError, "the method must be a token"),
+        ("", ValueError, "the method must be a token"),
+        (b"GET", TypeError, "the method must be a str, not bytes"),
+        (None, TypeError, "the method must be a str, not NoneType"),
+    ],
+)
+def test_a_method_http_cannot_carry_raises_as_the_request_is_built(
+    method: Any, error: type[Exception], message: str
+) -> None:
+    """It was sent as far as http.client and answered 489: retried, logged as a network failure (a
+    line break into the log line) and counted against the endpoint, whose breaker opened on a
+    healthy server; "" went out as the request line " /x HTTP/1.1"."""
+    with pytest.raises(error, match=re.escape(message)):
+        request(method, "x")
+    with pytest.raises(error, match=re.escape(message)):
+        Request(method=method, url="x")
+    with pytest.raises(error, match=re.escape(message)):
+        request_json(method, "x", {})
+
+
 def test_bytearray_body_is_kept_as_bytes() -> None:
     req = post("things", bytearray(b"abc"))  # type: ignore[arg-type]  # accepted at run time too
     assert req.body == b"abc"
