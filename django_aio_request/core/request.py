@@ -47,7 +47,7 @@ class Request:
         allow_redirects: bool = True,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
-        parsed = urllib.parse.urlsplit(url)
+        parsed = _urlsplit(url)
         if parsed.scheme or parsed.netloc:
             raise ValueError(f"request URL must be relative to the client's endpoint, not absolute: {url!r}")
         if "#" in url:
@@ -93,7 +93,7 @@ class Request:
             path = path.replace("{" + name + "}", quoted)
         if "{" in path and (missing := _PLACEHOLDER.search(path)):
             raise ValueError(f"request URL {self.url!r} has a placeholder {missing.group(0)} with no path parameter")
-        url = _join(endpoint, path)
+        url = _join(endpoint, path) if len(endpoint) + len(path) <= MAX_CACHED_JOIN else _joined(endpoint, path)
         query = encode_query(self.query_parameters)
         if query:
             url += ("&" if "?" in url else "?") + query
@@ -156,13 +156,19 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-@functools.lru_cache(maxsize=1024)
-def _join(endpoint: str, reference: str) -> str:
+#: A join whose endpoint and path are together longer than this is done on every call, not kept:
+#: the caches below hold at most 1,024 joins and 256 endpoints of at most this size (2 MiB or so),
+#: whatever the application sends (a path parameter of 64 KB kept 64 KB twice, key and join, for
+#: each of the last 1,024 URLs). The bound of transport/direct_send.py's cache (MAX_CACHED_URL).
+MAX_CACHED_JOIN = 1024
+
+
+def _joined(endpoint: str, reference: str) -> str:
     """``reference`` (a relative URL: a path and a query) resolved against ``endpoint`` as RFC 3986
     (5.2) does. Python 3.11's ``urljoin`` drops empty path segments: an endpoint ``.../v1//api/``
     sent to ``/v1/api/...``, another resource."""
     path, mark, query = reference.partition("?")
-    origin, directory, base_path = _base(endpoint)
+    origin, directory, base_path = _base(endpoint) if len(endpoint) <= MAX_CACHED_JOIN else _split(endpoint)
     if not path:
         target = base_path
     elif path.startswith("/"):
@@ -172,13 +178,31 @@ def _join(endpoint: str, reference: str) -> str:
     return f"{origin}{target}{mark}{query}"
 
 
-@functools.lru_cache(maxsize=256)
-def _base(endpoint: str) -> tuple[str, str, str]:
+#: The same, cached for joins of at most MAX_CACHED_JOIN characters (build_url): a pure function.
+_join = functools.lru_cache(maxsize=1024)(_joined)
+
+
+def _urlsplit(url: str) -> urllib.parse.SplitResult:
+    """``urllib.parse.urlsplit(url)``, without Python's own cache (128 URLs of any length, from
+    3.11 on) for a URL longer than MAX_CACHED_JOIN: a template built by the caller (``f"docs/{key}"``)
+    of 64 KB kept 128 KB in it."""
+    if len(url) <= MAX_CACHED_JOIN:
+        return urllib.parse.urlsplit(url)
+    uncached: Any = getattr(urllib.parse.urlsplit, "__wrapped__", urllib.parse.urlsplit)
+    split: urllib.parse.SplitResult = uncached(url)
+    return split
+
+
+def _split(endpoint: str) -> tuple[str, str, str]:
     """The origin (``scheme://host:port``), directory (up to its last ``/``) and path of an endpoint
     (which has no query or fragment: ``client_setup.validate_endpoint``)."""
-    parts = urllib.parse.urlsplit(endpoint)
+    parts = _urlsplit(endpoint)
     path = parts.path or "/"
     return f"{parts.scheme}://{parts.netloc}", path[: path.rfind("/") + 1], path
+
+
+#: The same, cached for endpoints of at most MAX_CACHED_JOIN characters (_joined).
+_base = functools.lru_cache(maxsize=256)(_split)
 
 
 def _remove_dot_segments(path: str) -> str:

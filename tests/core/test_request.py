@@ -1,9 +1,11 @@
 """Building requests: URL templates, path and query parameters, headers and bodies."""
 
+import gc
 import json
 import re
+import tracemalloc
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from django_aio_request import (
     request,
     request_json,
 )
+from django_aio_request.core import request as request_module
 from tests.support.loopback import LoopbackServer, clients
 
 ENDPOINT = "http://svc.test/api/"
@@ -369,6 +372,82 @@ def test_the_join_is_urllib_s_where_no_segment_is_empty(
     endpoint = "http://svc.test/" + "/".join(base) + ("/" if slash and base else "")
     url = ("/" if rooted else "") + "/".join(reference) + ("" if query is None else "?" + query)
     assert get(url).build_url(endpoint) == urllib.parse.urljoin(endpoint, url)
+
+
+def test_a_join_longer_than_the_bound_is_done_on_every_call_and_not_kept() -> None:
+    """A join of at most MAX_CACHED_JOIN characters is kept (a pure function, a hot path); a longer
+    one is not: a 64 KB path parameter kept 128 KB (key and join) for each of the last 1,024 URLs."""
+    bound = request_module.MAX_CACHED_JOIN
+    request_module._join.cache_clear()
+    request_module._base.cache_clear()
+    short = get("docs/{key}", path_parameters={"key": "k"})
+    assert short.build_url(ENDPOINT) == "http://svc.test/api/docs/k"
+    assert request_module._join.cache_info().currsize == 1
+    fits = get("docs/{key}", path_parameters={"key": "k" * (bound - len(ENDPOINT) - len("docs/"))})
+    assert len(ENDPOINT) + len("docs/") + len(fits.path_parameters["key"]) == bound  # type: ignore[index]
+    fits.build_url(ENDPOINT)
+    assert request_module._join.cache_info().currsize == 2
+    value = "k" * bound
+    long = get("docs/{key}", path_parameters={"key": value}, query_parameters={"q": 1})
+    for _ in range(2):
+        assert long.build_url(ENDPOINT) == f"http://svc.test/api/docs/{value}?q=1"
+    assert request_module._join.cache_info().currsize == 2
+    far = "http://svc.test/" + "e" * bound + "/"  # an endpoint longer than the bound: not kept either
+    assert get("x").build_url(far) == far + "x"
+    assert request_module._join.cache_info().currsize == 2
+    assert request_module._base.cache_info().currsize == 1
+
+
+def _held_by_this_module(calls: Callable[[], None]) -> int:
+    """Bytes still held, once ``calls`` are done, by what was allocated in core/request.py (or by
+    what it called: urllib's own cache of urlsplit)."""
+    gc.collect()
+    tracemalloc.start(10)
+    try:
+        before = tracemalloc.take_snapshot()
+        calls()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    only = [tracemalloc.Filter(True, request_module.__file__, all_frames=True)]
+    return sum(stat.size_diff for stat in after.filter_traces(only).compare_to(before.filter_traces(only), "filename"))
+
+
+def test_calls_with_distinct_long_paths_keep_nothing_of_them(server: LoopbackServer) -> None:
+    """usage.md: the join is kept for the last 1,024 URLs of up to 1,024 characters, about 2 MiB at
+    most. 1,100 calls with distinct 64 KB path parameters kept 135 MiB."""
+    server.route("/docs/*", lambda h: h.reply(200))
+    with clients(server.url) as make:
+        client = make()
+
+        def calls() -> None:
+            for number in range(150):
+                with client.request(get("docs/{key}", path_parameters={"key": f"{number:04d}" + "k" * 16_000})) as r:
+                    assert r.status == 200
+            # The transport splits the URL it sends, and Python keeps its last 128 in urlsplit's own
+            # cache: not this module's (and bounded by count).
+            urllib.parse.urlsplit.cache_clear()  # type: ignore[attr-defined]
+
+        held = _held_by_this_module(calls)
+    assert [len(received.path) for received in server.received()][-1] == len("/docs/0149") + 16_000  # sent whole
+    assert held < 256 * 1024, f"{held / 2**20:.1f} MiB still held"
+
+
+def test_requests_with_distinct_long_templates_keep_nothing_of_them() -> None:
+    """A template the caller builds (f"docs/{key}", not a path parameter) is split to refuse an
+    absolute URL: Python's urlsplit keeps its last 128 URLs whatever their length (64 KB each kept
+    128 KB), so a long one is split without that cache."""
+
+    def built() -> None:
+        for number in range(150):
+            url = f"docs/{number:04d}" + "k" * 16_000
+            assert get(url).build_url(ENDPOINT) == "http://svc.test/api/" + url
+
+    held = _held_by_this_module(built)
+    assert held < 256 * 1024, f"{held / 2**20:.1f} MiB still held"
+    with pytest.raises(ValueError, match="relative to the client's endpoint"):
+        get("http://other.test/" + "k" * 16_000)  # still refused however long
 
 
 @pytest.mark.parametrize("url", ["things#top", "things/{id}#", "#"])
