@@ -474,6 +474,7 @@ def _client(reader: Reader, name: str, value: Any, path: str) -> ClientSpec | No
     if spec.get("CIRCUIT_BREAKER") is not None:
         breaker = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
     classifier = options.pop("RESPONSE_CLASSIFIER")
+    _check_threshold_below_timeout(reader, path, spec, options["TIMEOUT"], options["LOW_TIMEOUT_THRESHOLD"])
     if endpoint is None or reader.errors > errors:
         return None
     return ClientSpec(
@@ -485,6 +486,28 @@ def _client(reader: Reader, name: str, value: Any, path: str) -> ClientSpec | No
         circuit_breaker=breaker,
         response_classifier=classifier,
     )
+
+
+def _check_threshold_below_timeout(
+    reader: Reader, path: str, spec: Mapping[str, Any], timeout: float | None, threshold: float | None
+) -> None:
+    """A client's LOW_TIMEOUT_THRESHOLD must be below its TIMEOUT: an attempt with less time left
+    than the threshold is answered 408 without being sent, and a call with no deadline of its own
+    has at most TIMEOUT. TIMEOUT 1 with LOW_TIMEOUT_THRESHOLD 5, or TIMEOUT 0.004 (below the default
+    0.005), passed the check and the client sent nothing, ever. Told at the key that was set."""
+    if timeout is None or threshold is None or threshold < timeout:
+        return
+    hint = (
+        "an attempt with less time left than LOW_TIMEOUT_THRESHOLD is answered 408 without being sent,"
+        " and a call with no deadline of its own has at most TIMEOUT: the client would send none"
+    )
+    if "LOW_TIMEOUT_THRESHOLD" in spec:
+        given = "" if "TIMEOUT" in spec else ", the default"
+        message = f"({threshold}) must be less than TIMEOUT ({timeout}{given})"
+        reader.fail(f"{path}['LOW_TIMEOUT_THRESHOLD']", message, hint, code=CONFLICT)
+    else:
+        message = f"({timeout}) must be more than LOW_TIMEOUT_THRESHOLD ({threshold}, the default)"
+        reader.fail(f"{path}['TIMEOUT']", message, hint, code=CONFLICT)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -203,8 +203,20 @@ def setup(
     validate_endpoint(endpoint)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    if low_timeout_threshold < 0:
-        raise ValueError(f"low_timeout_threshold must be >= 0, not {low_timeout_threshold!r}")
+    if (
+        isinstance(low_timeout_threshold, bool)
+        or not isinstance(low_timeout_threshold, int | float)
+        or not 0 <= low_timeout_threshold < float("inf")
+    ):
+        raise ValueError(f"low_timeout_threshold must be a number of seconds >= 0, not {low_timeout_threshold!r}")
+    if low_timeout_threshold >= timeout:
+        # The client would send nothing: an attempt with less time left than the threshold is a 408,
+        # and a call with no deadline of its own has at most ``timeout``.
+        raise ValueError(
+            f"low_timeout_threshold ({low_timeout_threshold!r}) must be less than timeout ({timeout!r}): an attempt"
+            " with less time left than low_timeout_threshold is answered 408 without being sent, and a call with"
+            " no deadline of its own has at most timeout, so the client would send none"
+        )
     if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
         raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")
     budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget

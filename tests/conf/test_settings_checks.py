@@ -370,6 +370,69 @@ def test_max_response_size_from_settings_bounds_the_body(server: LoopbackServer)
             assert response.status == expected
 
 
+_NEVER_SENDS = "the client would send none"
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        (
+            {"TIMEOUT": 1.0, "LOW_TIMEOUT_THRESHOLD": 5.0},
+            "['LOW_TIMEOUT_THRESHOLD'] (5.0) must be less than TIMEOUT (1.0)",
+        ),
+        ({"TIMEOUT": 1, "LOW_TIMEOUT_THRESHOLD": 1}, "['LOW_TIMEOUT_THRESHOLD'] (1.0) must be less than TIMEOUT (1.0)"),
+        (
+            {"LOW_TIMEOUT_THRESHOLD": 30},
+            "['LOW_TIMEOUT_THRESHOLD'] (30.0) must be less than TIMEOUT (20.0, the default)",
+        ),
+        (
+            {"TIMEOUT": 0.004},
+            "['TIMEOUT'] (0.004) must be more than LOW_TIMEOUT_THRESHOLD (0.005, the default)",
+        ),
+    ],
+)
+def test_a_client_whose_threshold_is_not_below_its_timeout_is_an_error(
+    client: dict[str, object], expected: str
+) -> None:
+    """Every call with no deadline of its own was a 408 and nothing was sent, and the check said nothing."""
+    found = messages({"CLIENTS": {"billing": {**GOOD, **client}}})
+    assert len(found) == 1, found
+    assert found[0].startswith(f"django_aio_request.E009 AIO_REQUEST['CLIENTS']['billing']{expected} | "), found
+    assert _NEVER_SENDS in found[0]
+
+
+def test_a_client_whose_threshold_is_below_its_timeout_sends(server: LoopbackServer) -> None:
+    from django_aio_request import clients, get
+
+    server.route("/x", lambda h: h.reply(200))
+    config = {"CLIENTS": {"c": {"ENDPOINT": server.url, "TIMEOUT": 1.0, "LOW_TIMEOUT_THRESHOLD": 0.9}}}
+    assert messages(config) == []
+    with override_settings(AIO_REQUEST=config), clients["c"].request(get("x")) as response:
+        assert response.status == 200
+    assert len(server.received("/x")) == 1
+
+
+def test_manage_py_check_reports_a_client_that_can_never_send(tmp_path: Path) -> None:
+    never = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {
+    "a": {"ENDPOINT": "http://127.0.0.1:1/", "TIMEOUT": 1.0, "LOW_TIMEOUT_THRESHOLD": 5.0},
+    "b": {"ENDPOINT": "http://127.0.0.1:1/", "TIMEOUT": 0.004},
+}}
+"""
+    done = manage(tmp_path, "check", settings=never)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("settings.AIO_REQUEST: (")]
+    assert errors == [
+        "settings.AIO_REQUEST: (django_aio_request.E009) AIO_REQUEST['CLIENTS']['a']['LOW_TIMEOUT_THRESHOLD'] (5.0)"
+        " must be less than TIMEOUT (1.0)",
+        "settings.AIO_REQUEST: (django_aio_request.E009) AIO_REQUEST['CLIENTS']['b']['TIMEOUT'] (0.004)"
+        " must be more than LOW_TIMEOUT_THRESHOLD (0.005, the default)",
+    ]
+
+
 def test_a_reader_that_fails_unexpectedly_is_an_error_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     from django_aio_request import checks
 

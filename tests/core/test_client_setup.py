@@ -228,6 +228,16 @@ def test_each_client_gets_a_budget_of_its_own_unless_one_is_given(server: Loopba
         assert make(retry_budget=None).retry_budget is None
 
 
+def test_a_threshold_below_the_timeout_sends(server: LoopbackServer) -> None:
+    server.route("/x", lambda h: h.reply(200))
+    with clients(server.url) as make:
+        with make(timeout=1, low_timeout_threshold=0.9).request(get("x")) as response:
+            assert response.status == 200
+        with pytest.raises(ValueError, match="the client would send none"):
+            make(timeout=1, low_timeout_threshold=1)
+    assert len(server.received("/x")) == 1
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -236,7 +246,15 @@ def test_each_client_gets_a_budget_of_its_own_unless_one_is_given(server: Loopba
         ({"timeout": float("nan")}, "timeout must be a positive number"),
         ({"timeout": True}, "timeout must be a positive number"),
         ({"timeout": float("inf")}, "timeout must be a positive number"),
-        ({"low_timeout_threshold": -1}, "low_timeout_threshold must be >= 0"),
+        ({"low_timeout_threshold": -1}, "low_timeout_threshold must be a number of seconds >= 0"),
+        ({"low_timeout_threshold": float("nan")}, "low_timeout_threshold must be a number of seconds >= 0"),
+        ({"low_timeout_threshold": float("inf")}, "low_timeout_threshold must be a number of seconds >= 0"),
+        ({"low_timeout_threshold": "0.1"}, "low_timeout_threshold must be a number of seconds >= 0"),
+        ({"low_timeout_threshold": True}, "low_timeout_threshold must be a number of seconds >= 0"),
+        # The client would send nothing: every call with no deadline of its own was a 408.
+        ({"timeout": 1, "low_timeout_threshold": 5}, r"low_timeout_threshold \(5\) must be less than timeout \(1\)"),
+        ({"timeout": 1, "low_timeout_threshold": 1}, r"low_timeout_threshold \(1\) must be less than timeout \(1\)"),
+        ({"timeout": 0.004}, r"low_timeout_threshold \(0.005\) must be less than timeout \(0.004\)"),
         ({"retry_budget": 5}, "retry_budget must be a RetryBudget or None"),
         ({"max_workers": 0}, "max_workers must be >= 1"),
     ],
