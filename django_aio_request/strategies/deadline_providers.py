@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 from django_aio_request.core.deadline import Deadline
+from django_aio_request.strategies.arguments import whole
 
 DeadlineProvider = Callable[[Deadline, int, int], Deadline]
 
@@ -19,8 +20,10 @@ def split_deadline_between_attempts(*, attempts_count_to_split: int | None = Non
     last one whatever is left. With ``attempts_count_to_split=k``, only the first ``k`` attempts share:
     the k-th and later get all that is left.
     """
-    if attempts_count_to_split is not None and attempts_count_to_split < 2:
-        raise ValueError(f"attempts_count_to_split must be >= 2, not {attempts_count_to_split}")
+    if attempts_count_to_split is not None:
+        if whole("attempts_count_to_split", attempts_count_to_split) < 2:
+            raise ValueError(f"attempts_count_to_split must be >= 2, not {attempts_count_to_split}")
+        attempts_count_to_split = int(attempts_count_to_split)
 
     def provider(deadline: Deadline, attempt: int, attempts_count: int) -> Deadline:
         sharing = attempts_count if attempts_count_to_split is None else min(attempts_count_to_split, attempts_count)

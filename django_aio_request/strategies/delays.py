@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
+from django_aio_request.strategies.arguments import finite
 
 #: ``delays(attempt) -> seconds``. Sequential strategies wait this long after attempt k-1 ends;
 #: parallel ones start attempt k this long after the call started.
@@ -36,22 +37,29 @@ def as_request_delays(delays: "DelaysProvider | RequestAttemptDelaysProvider") -
 
 
 def constant_delays(*, delay: float = 0.0) -> DelaysProvider:
-    if delay < 0:
+    """``delay`` seconds before every attempt: a finite number >= 0 (NaN or infinity raise here)."""
+    seconds = finite("delay", delay)
+    if seconds < 0:
         raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
-    return lambda _attempt: delay
+    return lambda _attempt: seconds
 
 
 def linear_backoff_delays(
     *, min_delay_seconds: float = 0.0, delay_multiplier: float = 0.05, jitter: float = 0.2
 ) -> DelaysProvider:
-    """``min_delay_seconds + attempt * delay_multiplier``, moved up or down by up to ``jitter`` of itself."""
-    if min_delay_seconds < 0 or delay_multiplier < 0:
+    """``min_delay_seconds + attempt * delay_multiplier``, moved up or down by up to ``jitter`` of itself.
+
+    Each a finite number (NaN or infinity raise here, not in the middle of a call)."""
+    least = finite("min_delay_seconds", min_delay_seconds)
+    multiplier = finite("delay_multiplier", delay_multiplier)
+    spread = finite("jitter", jitter)
+    if least < 0 or multiplier < 0:
         raise ValueError("min_delay_seconds and delay_multiplier must be >= 0")
-    if not 0 <= jitter <= 1:
+    if not 0 <= spread <= 1:
         raise ValueError(f"jitter must be between 0 and 1, not {jitter!r}")
 
     def delays(attempt: int) -> float:
-        delay = min_delay_seconds + attempt * delay_multiplier
-        return delay * (1 + jitter * random.uniform(-1.0, 1.0))
+        delay = least + attempt * multiplier
+        return delay * (1 + spread * random.uniform(-1.0, 1.0))
 
     return delays

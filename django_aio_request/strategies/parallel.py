@@ -12,6 +12,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response, is_abandoned, is_open_circuit_fallback
+from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
     RequestStrategy,
@@ -252,9 +253,9 @@ class ParallelStrategy(RequestStrategy):
     """
 
     def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
-        if not 1 <= attempts_count <= MAX_ATTEMPTS:
+        if not 1 <= whole("attempts_count", attempts_count) <= MAX_ATTEMPTS:
             raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
-        self.attempts_count = attempts_count
+        self.attempts_count = int(attempts_count)
         self.delays = as_request_delays(delays_provider)
 
     def request(

@@ -4,6 +4,7 @@ import time
 
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response, is_abandoned
+from django_aio_request.strategies.arguments import finite, whole
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
@@ -78,12 +79,24 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         refresh_seconds: float = 1.0,
         saturation_ratio: float | None = None,
     ) -> None:
+        # Numbers that are finite, and counts that are whole: NaN passed every range check below.
+        percentile = finite("percentile", percentile)
+        min_delay_seconds = finite("min_delay_seconds", min_delay_seconds)
+        max_delay_seconds = finite("max_delay_seconds", max_delay_seconds)
+        window_seconds = finite("window_seconds", window_seconds)
+        refresh_seconds = finite("refresh_seconds", refresh_seconds)
+        max_samples = whole("max_samples", max_samples)
+        min_samples = whole("min_samples", min_samples)
+        if saturation_ratio is not None:
+            saturation_ratio = finite("saturation_ratio", saturation_ratio)
         if not 0 < percentile < 1:
             raise ValueError(f"percentile must be between 0 and 1 (exclusive), not {percentile!r}")
         if not 0 <= min_delay_seconds <= max_delay_seconds:
             raise ValueError("need 0 <= min_delay_seconds <= max_delay_seconds")
         if window_seconds <= 0 or max_samples < 1 or min_samples < 1:
             raise ValueError("window_seconds, max_samples and min_samples must be positive")
+        if refresh_seconds < 0:
+            raise ValueError(f"refresh_seconds must be >= 0, not {refresh_seconds!r}")
         if saturation_ratio is not None and not saturation_ratio > 1:
             raise ValueError(f"saturation_ratio must be above 1 or None, not {saturation_ratio!r}")
         self.percentile = percentile

@@ -3,6 +3,7 @@ from django_aio_request.core.cancellation import pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
+from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
     RequestStrategy,
@@ -34,9 +35,9 @@ class SequentialStrategy(RequestStrategy):
         delays_provider: DelaysProvider | RequestAttemptDelaysProvider,
         deadline_provider: DeadlineProvider,
     ) -> None:
-        if not 1 <= attempts_count <= MAX_ATTEMPTS:
+        if not 1 <= whole("attempts_count", attempts_count) <= MAX_ATTEMPTS:
             raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
-        self.attempts_count = attempts_count
+        self.attempts_count = int(attempts_count)
         self.delays = as_request_delays(delays_provider)
         self.deadline_provider = deadline_provider
 

@@ -38,3 +38,8 @@ class TestDeadlineProviders:
     def test_split_needs_at_least_two_attempts(self, count: int) -> None:
         with pytest.raises(ValueError, match="attempts_count_to_split must be >= 2"):
             split_deadline_between_attempts(attempts_count_to_split=count)
+
+    @pytest.mark.parametrize("count", [2.5, 3.0, float("nan"), True, "3"])
+    def test_split_needs_a_whole_number(self, count: object) -> None:
+        with pytest.raises(TypeError, match=r"^attempts_count_to_split must be a whole number \(an int\), not "):
+            split_deadline_between_attempts(attempts_count_to_split=count)  # type: ignore[arg-type]

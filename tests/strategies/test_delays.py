@@ -1,5 +1,8 @@
 """strategies/delays.py: fixed and backing-off delays between attempts."""
 
+import math
+from typing import Any
+
 import pytest
 
 from django_aio_request import Response, get
@@ -37,6 +40,24 @@ class TestConstantDelays:
         with pytest.raises(ValueError, match="delay must be >= 0"):
             constant_delays(delay=-0.1)
 
+    @pytest.mark.parametrize(
+        ("delay", "error", "message"),
+        [
+            (math.nan, ValueError, "delay must be a finite number, not nan"),
+            (math.inf, ValueError, "delay must be a finite number, not inf"),
+            (-math.inf, ValueError, "delay must be a finite number, not -inf"),
+            ("0.1", TypeError, "delay must be a number, not '0.1'"),
+            (True, TypeError, "delay must be a number, not True"),
+            (None, TypeError, "delay must be a number, not None"),
+        ],
+    )
+    def test_a_delay_that_is_not_a_finite_number_is_refused_at_once(
+        self, delay: Any, error: type[Exception], message: str
+    ) -> None:
+        """NaN passed the check (nan < 0 is False) and the call raised ValueError after attempt 0 was sent."""
+        with pytest.raises(error, match=f"^{message}$"):
+            constant_delays(delay=delay)
+
 
 class TestLinearBackoffDelays:
     def test_without_jitter_grows_linearly(self) -> None:
@@ -62,6 +83,19 @@ class TestLinearBackoffDelays:
     def test_invalid_arguments(self, kwargs: dict[str, float]) -> None:
         with pytest.raises(ValueError, match=r"must be (>= 0|between 0 and 1)"):
             linear_backoff_delays(**kwargs)
+
+    @pytest.mark.parametrize("name", ["min_delay_seconds", "delay_multiplier", "jitter"])
+    @pytest.mark.parametrize("value", [math.nan, math.inf])
+    def test_an_argument_that_is_not_finite_is_refused_at_once(self, name: str, value: float) -> None:
+        """NaN passed the checks (every comparison with it is False) and the call raised later."""
+        with pytest.raises(ValueError, match=f"^{name} must be a finite number, not {value}$"):
+            linear_backoff_delays(**{name: value})
+
+    @pytest.mark.parametrize("name", ["min_delay_seconds", "delay_multiplier", "jitter"])
+    def test_an_argument_that_is_not_a_number_is_a_type_error(self, name: str) -> None:
+        for value in ("0.1", True, None):
+            with pytest.raises(TypeError, match=f"^{name} must be a number, not "):
+                linear_backoff_delays(**{name: value})  # type: ignore[arg-type]
 
 
 class TestSaturation:

@@ -148,3 +148,30 @@ class TestPercentileDelaysProvider:
     def test_invalid_arguments(self, kwargs: dict[str, float]) -> None:
         with pytest.raises(ValueError, match=r"must be|need"):
             PercentileDelaysProvider(**kwargs)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "percentile",
+            "min_delay_seconds",
+            "max_delay_seconds",
+            "window_seconds",
+            "refresh_seconds",
+            "saturation_ratio",
+        ],
+    )
+    @pytest.mark.parametrize("value", [float("nan"), float("inf")])
+    def test_a_number_that_is_not_finite_is_refused_at_once(self, name: str, value: float) -> None:
+        """window_seconds=nan passed (nan <= 0 is False), so did an infinite max_delay_seconds."""
+        with pytest.raises(ValueError, match=f"^{name} must be a finite number, not {value}$"):
+            PercentileDelaysProvider(**{name: value})  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("name", ["max_samples", "min_samples"])
+    @pytest.mark.parametrize("value", [2.5, 20.0, True])
+    def test_a_count_that_is_not_a_whole_number_is_refused_at_once(self, name: str, value: object) -> None:
+        with pytest.raises(TypeError, match=f"^{name} must be a whole number \\(an int\\), not {value}$"):
+            PercentileDelaysProvider(**{name: value})  # type: ignore[arg-type]
+
+    def test_a_negative_refresh_is_refused(self) -> None:
+        with pytest.raises(ValueError, match=r"refresh_seconds must be >= 0, not -1\.0"):
+            PercentileDelaysProvider(refresh_seconds=-1)

@@ -347,6 +347,17 @@ class TestRetryUntilDeadlineExpired:
         assert elapsed < 0.4 + 0.2
 
 
+@pytest.mark.parametrize("count", [2.5, 2.0, float("nan"), True, "3", None])
+def test_attempts_count_that_is_not_a_whole_number_is_refused_at_once(count: object) -> None:
+    """parallel_strategy(attempts_count=2.5) was accepted (1 <= 2.5 <= 100) and raised TypeError
+    inside the call; nan passed as well."""
+    from django_aio_request import parallel_strategy
+
+    for make in (sequential_strategy, parallel_strategy):
+        with pytest.raises(TypeError, match=r"^attempts_count must be a whole number \(an int\), not "):
+            make(attempts_count=count)  # type: ignore[arg-type]
+
+
 def test_attempts_count_is_at_most_100() -> None:
     """A call works out its attempts' delays before it sends attempt 0: a million attempts held a
     call past its deadline with nothing sent."""
