@@ -228,16 +228,20 @@ def encode_query(parameters: QueryParameters | None) -> str:
     if not parameters:
         return ""
     items = parameters.items() if isinstance(parameters, Mapping) else parameters
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str | bytes]] = []
     for name, value in items:
         values = value if isinstance(value, list | tuple | set | frozenset) else [value]
         pairs.extend((name, _query_value(v)) for v in values if v is not None)
     return urllib.parse.urlencode(pairs)
 
 
-def _query_value(value: Any) -> str:
+def _query_value(value: Any) -> str | bytes:
+    """A value as it goes into the query: bytes as they are (percent-encoded, as requests does; str()
+    would send ``b'x'``), True and False as ``true`` and ``false``, anything else as its text."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
     return str(value)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 import responses
 from hypothesis import given
 from hypothesis import strategies as st
@@ -305,10 +306,18 @@ def test_dot_segment_path_parameter_never_reaches_the_network(
         ([("a", 1), ("b", 2), ("a", 3)], "a=1&b=2&a=3"),
         ({"q": "a&b=c"}, "q=a%26b%3Dc"),
         ({"q": "ü"}, "q=%C3%BC"),
+        ({"q": b"x", "r": b"\xff&", "s": bytearray(b"a b")}, "q=x&r=%FF%26&s=a+b"),  # bytes as requests sends them
     ],
 )
 def test_query_parameters(query: Any, expected: str) -> None:
     assert get("things", query_parameters=query).build_url(ENDPOINT) == f"http://svc.test/api/things?{expected}"
+
+
+def test_bytes_in_the_query_go_as_requests_sends_them() -> None:
+    """``{"q": b"x"}`` was sent as ``q=b%27x%27`` (the text of the bytes object), where requests sends ``q=x``."""
+    query = {"q": b"x", "r": [b"\xc3\xbc", "\u00fc"]}
+    prepared = requests.Request("GET", "http://svc.test/api/things", params=query).prepare()
+    assert get("things", query_parameters=query).build_url(ENDPOINT) == prepared.url
 
 
 @pytest.mark.parametrize("query", [None, {}, [], {"a": None}])
