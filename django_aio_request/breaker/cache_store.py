@@ -192,6 +192,12 @@ class CacheCircuitStore(CircuitStore[str]):
         if scope not in self._scopes:
             self._known(scope)
             self._wake.set()  # read its block now, not at the next interval
+        elif self._thread is None:
+            # Known scopes but no thread: a forked child (gunicorn --preload: threads do not survive
+            # fork()), or a closed store used again. Without it, a circuit open at the fork was never
+            # probed nor learnt closed: claim_probe asked a thread that did not exist.
+            self._start()
+            self._wake.set()
         if not self.healthy:
             return self._local.blocked_until(scope)
         return self._until.get(scope)
@@ -207,6 +213,7 @@ class CacheCircuitStore(CircuitStore[str]):
             self._writes[scope] = until
 
     def claim_probe(self, scope: str, until: float) -> bool:
+        self._known(scope)  # the thread claims it: it must run
         if self.healthy and not self._stalled():
             now = time.time()
             with self._lock:
@@ -474,6 +481,8 @@ class CacheCircuitStore(CircuitStore[str]):
         self._released = set()
 
     def _start(self) -> None:
+        if getattr(_sync_thread, "store", None) is self:
+            return  # the thread of a store being closed, telling the breaker of its last round: no new one
         with self._lock:
             if self._thread is not None:
                 return
@@ -522,6 +531,9 @@ def _after_fork() -> None:
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
 
 
+_sync_thread = threading.local()  # .store: the store whose sync thread this is, while it syncs
+
+
 def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: threading.Event, interval: float) -> None:
     # Holds the store only while syncing, so a store nobody uses any more is collected and the thread ends.
     while True:
@@ -530,7 +542,11 @@ def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: thr
         store = ref()
         if store is None:
             return
-        store.sync()  # after stop too: the last flush
+        _sync_thread.store = store
+        try:
+            store.sync()  # after stop too: the last flush
+        finally:
+            _sync_thread.store = None
         del store
         if stop.is_set():
             return

@@ -751,3 +751,72 @@ def test_a_fork_while_the_store_makes_its_backend_waits_and_the_child_can_import
     finally:
         store.close()
         sys.modules.pop(module, None)
+
+
+def test_a_forked_child_whose_circuit_was_open_at_the_fork_probes_after_the_break(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """gunicorn --preload: the master used the client, its circuit is open when a worker is forked. The
+    child inherits the store's known endpoints but not its thread (threads do not survive fork()); the
+    thread was started again only for an endpoint not known yet, so the child asked a thread that did
+    not exist to claim the probe, and every call got the fallback for ever."""
+    breaker = breaker_with(stores(namespace), break_duration=0.3, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+    assert state_of(breaker) is CircuitState.OPEN
+    breaker.store.sync()  # type: ignore[attr-defined]  # the block is in Redis, the endpoint known here
+
+    def child() -> dict[str, Any]:
+        signal.alarm(10)
+        time.sleep(0.35)  # the break is over
+        results = [run(breaker, True)]
+        end = time.monotonic() + 3
+        while results[-1] == "fallback" and time.monotonic() < end:
+            time.sleep(0.02)
+            results.append(run(breaker, True))
+        breaker.store.sync()  # type: ignore[attr-defined]  # the close is written before the child leaves
+        return {"results": results, "state": state_of(breaker), "thread": breaker.store._thread is not None}  # type: ignore[attr-defined]
+
+    got = in_child(child)
+    assert got["results"][-1] == "ran", got  # the child probed: a thread claimed it for the child
+    assert 2 <= len(got["results"]) <= 10
+    assert got == {**got, "state": "closed", "thread": True}
+    reader = stores(namespace)
+    breaker_with(reader)
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.blocked_until("svc") is None  # the child's probe closed it for everyone
+
+
+def test_a_forked_child_learns_that_a_circuit_open_at_the_fork_was_closed_elsewhere(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """The same fork, the parent probing: the child's thread reads the close, the child calls through."""
+    breaker = breaker_with(stores(namespace), break_duration=0.3, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+    breaker.store.sync()  # type: ignore[attr-defined]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first call after the parent closed the circuit
+        code = 1
+        try:
+            signal.alarm(10)
+            os.close(write)
+            os.read(read, 1)  # the parent's probe closed it
+            assert state_of(breaker) is CircuitState.OPEN  # as the parent left it at the fork
+            breaker.store.blocked_until("svc")  # a look (the admin's snapshot, a call) starts the thread
+            code = 0 if wait_for(lambda: state_of(breaker) is CircuitState.CLOSED, 3) else 2
+            code = code or (0 if run(breaker, True) == "ran" else 3)
+        finally:
+            os._exit(code)
+    os.close(read)
+    time.sleep(0.35)
+    assert run(breaker, True) == "fallback"  # the break is over: the parent's thread claims the probe
+    breaker.store.sync()  # type: ignore[attr-defined]
+    assert run(breaker, True) == "ran"
+    breaker.store.sync()  # type: ignore[attr-defined]  # the close is written
+    os.write(write, b"x")
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
