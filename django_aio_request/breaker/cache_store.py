@@ -26,7 +26,9 @@ Two things a call used to ask the cache itself are now asked for it, at once (th
   others opened one round trip later, instead of making its calls wait for that round trip;
 - the half-open probe: a call finding the break over gets the fallback and asks the thread to claim
   the probe (``cache.add``, atomic: one process of all); once claimed, the next call of this
-  process is the probe. So a circuit closes one call later than with a claim on the call path.
+  process is the probe, however late it comes (the claim is dropped only when the thread reads
+  another block: a later claim of another process's, made once this one's block ended, or a close).
+  So a circuit closes one call later than with a claim on the call path.
 
 A round that has not finished after ``stall_after`` seconds (a hanging cache) counts as an outage
 for decisions: probes are claimed locally, as when the cache fails.
@@ -121,7 +123,9 @@ class CacheCircuitStore(CircuitStore[str]):
         self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
         self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
         self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
-        self._granted: dict[str, tuple[str, float]] = {}  # scope -> (claimed probe key, claimed at)
+        # scope -> (claimed probe key, claimed at, the "open until" written with the claim): held until
+        # this process's next call (the probe), however late, unless the thread reads another block.
+        self._granted: dict[str, tuple[str, float, float]] = {}
         self._probes: dict[str, str] = {}  # scope -> probe key of the probe out now (to release it)
         self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
         self._stall_logged = False
@@ -207,6 +211,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._known(scope)
         with self._lock:
             self._probes.pop(scope, None)
+            self._granted.pop(scope, None)
             self._until[scope] = until
             # Written when the cache answers, in an outage too: a circuit this process opened while
             # it could not tell the others was read back as closed the moment the cache answered.
@@ -218,7 +223,7 @@ class CacheCircuitStore(CircuitStore[str]):
             now = time.time()
             with self._lock:
                 granted = self._granted.pop(scope, None)
-                if granted is not None and granted[1] > now - self._break_duration:
+                if granted is not None:
                     self._probes[scope] = granted[0]
                     self._until[scope] = until
                     self._writes[scope] = until
@@ -249,6 +254,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._local.close_circuit(scope)
         with self._lock:
             self._probes.pop(scope, None)
+            self._granted.pop(scope, None)
             self._until[scope] = None
             self._shared.pop(scope, None)
             for source in (self._pending, self._flushing):
@@ -297,13 +303,13 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def _claim(
         self, cache: Any, wanted: set[str], scopes: dict[str, str], found: dict[str, Any]
-    ) -> dict[str, tuple[str, float]]:
+    ) -> dict[str, tuple[str, float, float]]:
         """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic).
 
         Only where the block just read says the break is over: a circuit another process closed
         meanwhile (its ``open`` key deleted) or opened again must not be blocked by a late claim.
         """
-        won = {}
+        won: dict[str, tuple[str, float, float]] = {}
         for scope in wanted:
             until = found.get(f"{scopes[scope]}:open")
             now = time.time()
@@ -311,10 +317,11 @@ class CacheCircuitStore(CircuitStore[str]):
                 continue
             key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
             if cache.add(key, os.getpid(), self._seconds(2)):
-                won[scope] = (key, now)
+                blocked = now + self._break_duration
+                won[scope] = (key, now, blocked)
                 # Others see the block at once, and stop trying to claim.
                 ttl = self._seconds_for(self._break_duration + OPEN_KEY_GRACE)
-                cache.set(f"{scopes[scope]}:open", now + self._break_duration, ttl)
+                cache.set(f"{scopes[scope]}:open", blocked, ttl)
         return won
 
     def _sync(self) -> None:
@@ -349,19 +356,7 @@ class CacheCircuitStore(CircuitStore[str]):
                 else:
                     self._flushing.pop(key, None)
             for scope, prefix in scopes.items():
-                self._shared[scope] = {
-                    (w, kind): int(found[f"{prefix}:{w}:{kind}"])
-                    for w in windows
-                    for kind in "fs"
-                    if f"{prefix}:{w}:{kind}" in found
-                }
-                # Not when a newer local decision waits to be written, nor over a probe claimed here
-                # (the block read back is the one written for it).
-                if scope not in self._writes and scope not in self._granted and scope not in won:
-                    self._learn_block(scope, found.get(f"{prefix}:open"))
-            for scope, granted in won.items():
-                self._granted[scope] = granted
-                self._until[scope] = granted[1]  # the break is over for this process's next call only
+                self._take(scope, prefix, found, windows, won.get(scope))
             recovered = not self.healthy
             self.healthy = True
             self._stall_logged = False
@@ -376,6 +371,32 @@ class CacheCircuitStore(CircuitStore[str]):
                 logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _take(
+        self, scope: str, prefix: str, found: dict[str, Any], windows: range, won: tuple[str, float, float] | None
+    ) -> None:
+        """Take what a round read of ``scope`` (and the probe it won), under the lock."""
+        self._shared[scope] = {
+            (w, kind): int(found[f"{prefix}:{w}:{kind}"])
+            for w in windows
+            for kind in "fs"
+            if f"{prefix}:{w}:{kind}" in found
+        }
+        if won is not None:
+            self._granted[scope] = won
+            self._until[scope] = won[1]  # the break is over for this process's next call only
+            return
+        until = found.get(f"{prefix}:open")
+        held = self._granted.get(scope)
+        if held is not None and (until is None or float(until) != held[2]):
+            # Another process claimed a later probe (this one's next call came after the claim's
+            # block ended), or the circuit was closed or opened again: the claim is not ours any more.
+            del self._granted[scope]
+            held = None
+        # Not when a newer local decision waits to be written, nor over a probe claimed here (the
+        # block read back is the one written for it).
+        if scope not in self._writes and held is None:
+            self._learn_block(scope, until)
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:

@@ -820,3 +820,45 @@ def test_a_forked_child_learns_that_a_circuit_open_at_the_fork_was_closed_elsewh
     os.close(write)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_process_calling_less_often_than_once_a_break_probes_at_its_next_call(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """The probe a process's thread claimed was good for one break only: a caller calling less often
+    than that asked again at every call, got the fallback each time and never probed, however healthy
+    the endpoint. The claim now holds until this process's next call (the thread's rounds read back
+    the block written with it meanwhile)."""
+    breaker = breaker_with(stores(namespace), break_duration=0.3, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+    results = []
+    for _ in range(3):
+        time.sleep(0.45)  # longer than a break: several rounds of the thread in between
+        results.append(run(breaker, True))
+    assert results == ["fallback", "ran", "ran"]  # the first asks for the probe, the next is the probe
+    assert state_of(breaker) is CircuitState.CLOSED
+
+
+def test_a_claim_held_for_a_late_call_gives_way_to_another_process_s_later_claim(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A process holding a claim while its next call is late must not probe once another process,
+    finding the claim's block over, claimed a later probe (as it does when the holder died): one probe."""
+    a, b = (breaker_with(stores(namespace, sync_interval=3600), break_duration=0.3, minimum_throughput=2) for _ in "ab")
+    run(a, False)
+    run(a, False)
+    a.store.sync()  # type: ignore[attr-defined]
+    b.store.blocked_until("svc")
+    b.store.sync()  # type: ignore[attr-defined]
+    time.sleep(0.35)
+    assert run(a, True) == "fallback"  # a asks for the probe...
+    a.store.sync()  # type: ignore[attr-defined]  # ...and wins it; its next call is late:
+    b.store.sync()  # type: ignore[attr-defined]
+    time.sleep(0.35)  # the block written with a's claim is over
+    assert run(b, True) == "fallback"  # b asks for the probe...
+    b.store.sync()  # type: ignore[attr-defined]  # ...and wins the next slot's
+    a.store.sync()  # type: ignore[attr-defined]  # a reads b's block: its claim is not the one out any more
+    assert run(a, True) == "fallback"
+    assert run(b, True) == "ran"
+    assert state_of(b) is CircuitState.CLOSED
