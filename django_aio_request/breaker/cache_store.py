@@ -127,6 +127,8 @@ class CacheCircuitStore(CircuitStore[str]):
         # this process's next call (the probe), however late, unless the thread reads another block.
         self._granted: dict[str, tuple[str, float, float]] = {}
         self._probes: dict[str, str] = {}  # scope -> probe key of the probe out now (to release it)
+        # scope -> how many times it was closed here: what a round read before a close is stale.
+        self._closes: dict[str, int] = {}
         self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
         self._stall_logged = False
         self.healthy = True  # False during a cache outage: decisions are this process's own
@@ -261,6 +263,9 @@ class CacheCircuitStore(CircuitStore[str]):
                 for key in [key for key in source if key[0] == scope]:
                     del source[key]
             self._writes[scope] = None  # in an outage too: the others learn of it once the cache answers
+            # A round under way read the counts and the block from before this close (they are deleted
+            # by the next round): taken, they tripped the circuit again on the failures that opened it.
+            self._closes[scope] = self._closes.get(scope, 0) + 1
 
     def close(self) -> None:
         """Stop the sync thread after a last flush, made by the thread itself and waited for at most
@@ -334,6 +339,7 @@ class CacheCircuitStore(CircuitStore[str]):
             for key, count in pending.items():
                 self._flushing[key] = self._flushing.get(key, 0) + count
             flushing = dict(self._flushing)
+            closes = dict(self._closes)
         if not scopes:
             return
         current = int(time.time() / self._window)
@@ -356,7 +362,8 @@ class CacheCircuitStore(CircuitStore[str]):
                 else:
                     self._flushing.pop(key, None)
             for scope, prefix in scopes.items():
-                self._take(scope, prefix, found, windows, won.get(scope))
+                if self._closes.get(scope) == closes.get(scope):  # else read before a close made here since
+                    self._take(scope, prefix, found, windows, won.get(scope))
             recovered = not self.healthy
             self.healthy = True
             self._stall_logged = False

@@ -862,3 +862,69 @@ def test_a_claim_held_for_a_late_call_gives_way_to_another_process_s_later_claim
     assert run(a, True) == "fallback"
     assert run(b, True) == "ran"
     assert state_of(b) is CircuitState.CLOSED
+
+
+class HeldReads:
+    """A cache backend whose ``get_many`` answers, then holds the answer while ``hold`` is set (a round
+    whose reads landed late: a Redis that paused, a slow network), then passes it on."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.hold = threading.Event()
+        self.read = threading.Event()  # a held read is done, its answer waits
+        self.go = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+    def get_many(self, keys: Any) -> Any:
+        found = self.cache.get_many(keys)
+        if self.hold.is_set():
+            self.read.set()
+            self.go.wait(10)
+        return found
+
+
+def test_what_a_round_read_before_a_probe_closed_the_circuit_does_not_open_it_again(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A probe that succeeded while a sync round was under way was undone when the round landed: it
+    brought back the failures read before the close, and the breaker tripped on them, opening the
+    circuit again, here and (through the block it wrote) everywhere. What a round read before a close
+    made here since is now dropped."""
+    held = HeldReads(caches.create_connection("shared"))
+    a = breaker_with(
+        CacheCircuitStore("shared", connect=lambda: held, namespace=namespace, sync_interval=3600),
+        break_duration=0.2,
+        minimum_throughput=2,
+    )
+    b = breaker_with(stores(namespace, sync_interval=3600), break_duration=0.2, minimum_throughput=2)
+    try:
+        run(a, False)
+        run(a, False)
+        a.store.sync()  # type: ignore[attr-defined]
+        b.store.blocked_until("svc")
+        b.store.sync()  # type: ignore[attr-defined]
+        assert run(b, True) == "fallback"
+        assert state_of(b) is CircuitState.OPEN
+        time.sleep(0.25)
+        assert run(a, True) == "fallback"  # the break is over: a asks for the probe
+        a.store.sync()  # type: ignore[attr-defined]  # and wins it
+        held.hold.set()
+        round_ = threading.Thread(target=a.store.sync)  # type: ignore[attr-defined]
+        round_.start()
+        assert held.read.wait(5)  # a round read the failures and the block; its answer is late
+        assert run(a, True) == "ran"  # the probe succeeds: closed, counts forgotten
+        assert state_of(a) is CircuitState.CLOSED
+        held.go.set()  # the round lands
+        round_.join(5)
+        held.hold.clear()
+        assert state_of(a) is CircuitState.CLOSED
+        assert a.counts("svc") == (0, 0)
+        a.store.sync()  # type: ignore[attr-defined]  # the close is written
+        b.store.sync()  # type: ignore[attr-defined]
+        assert state_of(b) is CircuitState.CLOSED
+        assert [run(a, True), run(b, True)] == ["ran", "ran"]
+    finally:
+        held.go.set()
+        a.close()
