@@ -85,8 +85,8 @@ class CacheCircuitStore(CircuitStore[str]):
     """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name, escaped
     where memcached would refuse it: :func:`key_namespace`).
 
-    ``connect()`` returns the cache backend (an object with Django's cache API: ``get``, ``add``,
-    ``incr``, ``get_many``, ``set``, ``delete``), once, on first use; ``alias`` names it in logs.
+    ``connect()`` returns the cache backend (an object with the Django cache API's ``add``,
+    ``incr``, ``get_many``, ``set`` and ``delete_many``), once, on first use; ``alias`` names it in logs.
     """
 
     def __init__(

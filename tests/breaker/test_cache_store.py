@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import CacheKeyWarning, memcache_key_warnings
 from django.test import override_settings
@@ -928,3 +930,23 @@ def test_what_a_round_read_before_a_probe_closed_the_circuit_does_not_open_it_ag
     finally:
         held.go.set()
         a.close()
+
+
+def test_the_store_example_of_the_docs_runs(redis: None, namespace: str) -> None:
+    """docs/circuit-breaker.md's example of a breaker given a CacheCircuitStore by hand, run as it is
+    written (its cache alias is the shared Redis here): it left out ``connect`` and raised TypeError."""
+    page = (ROOT / "docs" / "circuit-breaker.md").read_text()
+    [example] = [block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "CacheCircuitStore(" in block]
+    with override_settings(CACHES={**settings.CACHES, "breakers": settings.CACHES["shared"]}):
+        scope: dict[str, Any] = {}
+        exec(compile(example, "docs/circuit-breaker.md", "exec"), scope)
+        breaker = scope["breaker"]
+        try:
+            assert breaker.store.namespace == "billing"
+            breaker.store.namespace = breaker.store.key_namespace = namespace  # keys of the test's own
+            assert run(breaker, True) == "ran"
+            breaker.store.sync()
+            assert breaker.store.healthy
+            assert breaker.store.totals("svc") == (0, 1)
+        finally:
+            breaker.close()
