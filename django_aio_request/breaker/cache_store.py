@@ -198,10 +198,11 @@ class CacheCircuitStore(CircuitStore[str]):
         if scope not in self._scopes:
             self._known(scope)
             self._wake.set()  # read its block now, not at the next interval
-        elif self._thread is None:
-            # Known scopes but no thread: a forked child (gunicorn --preload: threads do not survive
-            # fork()), or a closed store used again. Without it, a circuit open at the fork was never
-            # probed nor learnt closed: claim_probe asked a thread that did not exist.
+        elif self._thread is None and self._pid != os.getpid():
+            # Known scopes but no thread in a forked child (gunicorn --preload: threads do not survive
+            # fork()). Without it, a circuit open at the fork was never learnt closed, nor probed:
+            # claim_probe asked a thread that did not exist. (A store closed here starts again on
+            # use, by claim_probe or an outcome, not on a look such as a snapshot.)
             self._start()
             self._wake.set()
         if not self.healthy:
@@ -220,7 +221,7 @@ class CacheCircuitStore(CircuitStore[str]):
             self._writes[scope] = until
 
     def claim_probe(self, scope: str, until: float) -> bool:
-        self._known(scope)  # the thread claims it: it must run
+        self._known(scope)  # the thread claims it: it must run (in a forked child, or after close())
         if self.healthy and not self._stalled():
             now = time.time()
             with self._lock:

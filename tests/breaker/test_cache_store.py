@@ -824,6 +824,22 @@ def test_a_forked_child_learns_that_a_circuit_open_at_the_fork_was_closed_elsewh
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_closed_store_used_again_with_its_circuit_open_probes_after_the_break(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """close() stops the thread; a call after it (a client used past clients.reset()) whose circuit is
+    open asks for the probe, which starts the thread again: it claims the probe."""
+    breaker = breaker_with(stores(namespace), break_duration=0.3, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+    breaker.close()
+    assert breaker.store._thread is None  # type: ignore[attr-defined]
+    time.sleep(0.35)
+    assert run(breaker, True) == "fallback"  # asks for the probe
+    assert wait_for(lambda: run(breaker, True) == "ran", 3)
+    assert state_of(breaker) is CircuitState.CLOSED
+
+
 def test_a_process_calling_less_often_than_once_a_break_probes_at_its_next_call(
     redis: None, namespace: str, stores: Any
 ) -> None:
