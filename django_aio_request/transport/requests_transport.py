@@ -408,7 +408,8 @@ class RequestsTransport(Transport):
         if isinstance(outcome, Response):
             return outcome
         try:
-            body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE))
+            bodiless = _bodiless(outcome.request.method or "", outcome.status_code)  # the last hop's method
+            body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE), bodiless=bodiless)
             _check_decoded_to_the_end(outcome.raw, body)
         finally:
             outcome.close()  # a body left unread closes the connection instead of pooling it
@@ -485,7 +486,8 @@ class RequestsTransport(Transport):
         """The Response for an answer urllib3 received on the direct route (``direct_send``)."""
         consumed = False
         try:
-            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True))
+            bodiless = _bodiless(request.method, raw.status)
+            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True), bodiless=bodiless)
             _check_decoded_to_the_end(raw, body)
             consumed = body is not None
         finally:
@@ -547,13 +549,16 @@ class RequestsTransport(Transport):
             headers=headers,
         )
 
-    def _read_body(self, headers: Any, chunks: Iterator[bytes]) -> bytes | None:
+    def _read_body(self, headers: Any, chunks: Iterator[bytes], *, bodiless: bool) -> bytes | None:
         """The whole (decoded) body read from ``chunks``, or None if it is larger than
-        ``max_response_size``."""
+        ``max_response_size``.
+
+        ``bodiless``: an answer that has no body by definition (see :func:`_bodiless`), whose
+        Content-Length is the size of the resource, not of a body to read: never refused for it."""
         limit = self.max_response_size
         if limit is None:
             return b"".join(chunks)
-        if _declared_length(headers.get("Content-Length", "")) > limit:
+        if not bodiless and _declared_length(headers.get("Content-Length", "")) > limit:
             return None
         read = []
         size = 0
@@ -691,6 +696,13 @@ def _is_timeout(error: Exception) -> bool:
 
 
 _MAX_WRAPPERS = 8
+
+
+def _bodiless(method: str, status_code: int) -> bool:
+    """Whether an answer has no body by definition (RFC 9112 6.3): one to a HEAD request, an
+    interim (1xx), a 204 or a 304. Its Content-Length, if any, is that of the resource (a HEAD's
+    answer, a 304's representation), and http.client reads no body for it whatever it says."""
+    return method.upper() == "HEAD" or status_code < 200 or status_code in (204, 304)
 
 
 def _declared_length(value: str) -> int:

@@ -460,6 +460,53 @@ def test_a_redirect_s_compressed_body_is_never_decompressed(server: LoopbackServ
     assert peak < 8 * 1024 * 1024, peak  # requests decompressed the 64 MiB to throw them away
 
 
+def _head_only(status: int) -> Callable[[Handler], None]:
+    """Answers ``status`` with the Content-Length of a 100 MB resource and no body (as for a HEAD,
+    a 204 or a 304), then serves the next request on the same connection."""
+
+    def handle(h: Handler) -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", "100000000")
+        h.send_header("ETag", '"v1"')
+        h.end_headers()
+        h.wfile.flush()
+
+    return handle
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+def test_an_answer_without_a_body_is_never_refused_for_its_content_length(server: LoopbackServer, route: str) -> None:
+    """A HEAD's answer, a 204 or a 304 has no body; its Content-Length is the resource's (RFC 9110
+    8.6). One above max_response_size was a 489 "too large" (plain requests gives the answer)."""
+    server.route("/file", _head_only(200))
+    server.route("/not-modified", _head_only(304))
+    server.route("/no-content", _head_only(204))
+    server.route("/after", lambda h: h.reply(200, b"next"))
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session, max_response_size=1024)
+    try:
+        head = transport.send(server.url, request("HEAD", "file"), DEADLINE)
+        not_modified = transport.send(server.url, get("not-modified", headers={"If-None-Match": '"v1"'}), DEADLINE)
+        no_content = transport.send(server.url, get("no-content"), DEADLINE)
+        after = transport.send(server.url, get("after"), DEADLINE)
+    finally:
+        transport.close()
+    for answer, code in [(head, 200), (not_modified, 304), (no_content, 204)]:
+        assert (answer.status, answer.read(), answer.headers["Content-Length"]) == (code, b"", "100000000")
+        assert answer.headers["ETag"] == '"v1"'
+    assert (after.status, after.read()) == (200, b"next")  # the connection was left clean
+    # A GET's body of that declared size is still refused before it is read.
+    server.route("/big", lambda h: h.reply(200, b"x" * 2048))
+    transport = RequestsTransport(max_response_size=1024)
+    try:
+        big = transport.send(server.url, get("big"), DEADLINE)
+    finally:
+        transport.close()
+    assert (big.status, big.headers["X-Response-Too-Large"]) == (489, "1024")
+
+
 def _gzip_route(data: bytes) -> Any:
     def handle(h: Handler) -> None:
         h.reply(200, data, {"Content-Encoding": "gzip"})
