@@ -164,8 +164,9 @@ class RequestsTransport(Transport):
     ``session``: a session to send with, fully configured before it is given here (requests
     sessions are shared between threads only if nothing mutates them afterwards). Its adapters for
     ``http://`` and ``https://`` are replaced by ones that enforce deadlines; headers, auth, certs
-    and proxies are kept. Without one, a session is made that keeps no cookies: a cookie one
-    downstream response sets must not ride along on calls made for other users.
+    and proxies are kept; its ``max_redirects`` is not used (each request's own is), unless it is 0:
+    then requests follows no redirect (a 488). Without one, a session is made that keeps no
+    cookies: a cookie one downstream response sets must not ride along on calls made for other users.
 
     ``max_connections``: attempts in flight at once through this transport, and the size of each
     host's connection pool, so the pool never has to throw a connection away. An attempt that finds
@@ -201,7 +202,6 @@ class RequestsTransport(Transport):
         if session is None:
             session = requests.Session()
             session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-            session.max_redirects = 1_000  # each request's own max_redirects is enforced below
         retries = Retry(
             total=connect_retries,
             connect=connect_retries,
@@ -447,7 +447,7 @@ class RequestsTransport(Transport):
                 response = first
                 answers.append(first)
             if request.allow_redirects and response.is_redirect:
-                redirects = session.resolve_redirects(response, prepared, **kwargs)
+                sent = prepared
                 for _ in range(request.max_redirects):
                     problem = self._redirect_problem(response)
                     if problem is not None:
@@ -455,18 +455,23 @@ class RequestsTransport(Transport):
                         return self._invalid_redirect(request, endpoint, response, problem, started)
                     _drop_body(response)
                     _stamp_time_left(response.request, remaining)
-                    response = next(redirects)
+                    # One hop, from a generator of its own: requests counts the hops of one generator
+                    # against the session's max_redirects (30 by default) and raised TooManyRedirects
+                    # past it, whatever the request allowed. The request's max_redirects is the
+                    # limit, counted here; the session (maybe the caller's, shared) is left as it is.
+                    response = next(session.resolve_redirects(response, sent, **kwargs))
+                    sent = response.request or sent  # what requests sent: the next hop is made from it
                     if not response.is_redirect:
                         break
                 else:
                     response.close()
-                    return EmptyResponse(
-                        status=status.TOO_MANY_REDIRECTS,
-                        elapsed=time.monotonic() - started,
-                        headers={h.LOCATION: response.headers.get(h.LOCATION, "")},
-                    )
-        except Exception:
+                    return self._too_many_redirects(response, started)
+        except Exception as error:
             answer = answers[-1] if answers else None
+            if isinstance(error, requests.TooManyRedirects) and answer is not None and request.allow_redirects:
+                # A caller's session whose own max_redirects is below 1: requests follows no redirect.
+                answer.close()
+                return self._too_many_redirects(answer, started)
             problem = self._redirect_problem(answer) if answer is not None and answer.is_redirect else None
             if answer is None or problem is None:
                 raise
@@ -533,6 +538,15 @@ class RequestsTransport(Transport):
                 headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
             )
         return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
+
+    @staticmethod
+    def _too_many_redirects(response: requests.Response, started: float) -> Response:
+        """The 488 for a redirect past the request's ``max_redirects``: not followed."""
+        return EmptyResponse(
+            status=status.TOO_MANY_REDIRECTS,
+            elapsed=time.monotonic() - started,
+            headers={h.LOCATION: response.headers.get(h.LOCATION, "")},
+        )
 
     @staticmethod
     def _invalid_redirect(

@@ -271,6 +271,45 @@ def test_max_redirects_is_honoured_exactly(
     assert len(server.received()) == max_redirects + 1
 
 
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+def test_a_callers_session_follows_the_requests_max_redirects_and_is_left_as_it_was(
+    server: LoopbackServer, route: str
+) -> None:
+    """requests counts redirects against the session's max_redirects (30 by default): with the
+    caller's session, 35 redirects allowed by the request's max_redirects=40 were a 488 without
+    Location (TooManyRedirects), where the transport's own session followed them."""
+    server.route("/chain/*", chain)
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session)
+    try:
+        ok = transport.send(server.url, get("chain/35", max_redirects=40), DEADLINE)
+        server.requests.clear()
+        too_many = transport.send(server.url, get("chain/41", max_redirects=40), DEADLINE)
+    finally:
+        transport.close()
+    assert (ok.status, ok.read()) == (200, b"end")
+    assert (too_many.status, too_many.headers["Location"]) == (488, "/chain/0")
+    assert len(server.received()) == 41  # the request and the 40 redirects allowed
+    assert session.max_redirects == 30  # not changed: the session may be shared
+
+
+def test_a_callers_session_that_allows_no_redirect_makes_a_redirect_a_488_with_its_location(
+    server: LoopbackServer,
+) -> None:
+    server.route("/chain/*", chain)
+    session = requests.Session()
+    session.max_redirects = 0  # requests follows none
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(server.url, get("chain/2"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.headers["Location"]) == (488, "/chain/1")
+    assert [r.path for r in server.received()] == ["/chain/2"]
+
+
 def test_allow_redirects_false_returns_the_3xx(server: LoopbackServer, transport: RequestsTransport) -> None:
     server.route("/old", lambda h: h.reply(302, b"moved", {"Location": "/new"}))
     response = transport.send(server.url, get("old", allow_redirects=False), DEADLINE)
