@@ -1,6 +1,7 @@
 """The head of a response, as the transport's connections read it (``FinalResponse``).
 
-Two things ``http.client`` gets wrong for a client that pools connections. The end of the stream
+Two things ``http.client`` gets wrong for a client that pools connections (and, once the head is
+read, a chunked body's framing is checked: see framing.py). The end of the stream
 in the middle of the head is taken for its blank line (a 200 with an empty body, see ``begin``).
 And interim (1xx) responses are not skipped; here they are: the call gets the final one, and no
 other call does.
@@ -17,6 +18,8 @@ HTTP/1.1). An endless stream of 1xx ends at the deadline, as any other read does
 
 import http.client
 from typing import Any
+
+from django_aio_request.transport.framing import ChunkedFraming, is_chunked
 
 __all__ = ["FinalResponse"]
 
@@ -66,3 +69,7 @@ class FinalResponse(http.client.HTTPResponse):
             raise http.client.RemoteDisconnected("the connection ended in the middle of the response's head")
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True
+        if self._method == "HEAD" or self.status < 200 or self.status in (204, 304):
+            return  # no body, whatever the headers say
+        if is_chunked(self.headers.get("Transfer-Encoding")):
+            self.fp = ChunkedFraming(self.fp)  # its framing, which the parsers take leniently: framing.py

@@ -1,0 +1,153 @@
+"""A chunked body's framing that is not valid HTTP/1.1 (transport/framing.py): a 489 on both paths, where the
+parsers' leniency made it a 200 with whatever they read; valid framing, however it is split into
+reads, still reads as before."""
+
+import io
+from collections.abc import Iterator
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from django_aio_request import RequestsTransport, get
+from django_aio_request.core import status
+from django_aio_request.transport.framing import ChunkedFraming, MalformedFraming
+from tests.support.loopback import LoopbackServer
+from tests.support.raw_server import RawAnswerServer
+
+DEADLINE = 5.0
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.fixture
+def raw_server() -> Iterator[RawAnswerServer]:
+    server = RawAnswerServer()
+    yield server
+    server.close()
+
+
+def _call(server: RawAnswerServer, answer: bytes, route: str) -> tuple[int, bytes]:
+    """``answer`` to a GET, through a transport of its own (no connection left from another case)."""
+    server.answer = answer
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(server.url, get("x"), DEADLINE)
+        return response.status, response.read()
+    finally:
+        transport.close()
+
+
+MALFORMED = {
+    "chunk data not followed by CRLF": CHUNKED + b"3\r\nabcXX3\r\ndef\r\n0\r\n\r\n",
+    "chunk data followed by LF alone": CHUNKED + b"3\r\nabc\n3\r\ndef\r\n0\r\n\r\n",
+    "chunk size 0x3": CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n",
+    "chunk size +3": CHUNKED + b"+3\r\nabc\r\n0\r\n\r\n",
+    "chunk size 0_3": CHUNKED + b"0_3\r\nabc\r\n0\r\n\r\n",
+    "chunk size after a space": CHUNKED + b" 3\r\nabc\r\n0\r\n\r\n",
+    "last chunk size 0x0": CHUNKED + b"3\r\nabc\r\n0x0\r\n\r\n",
+}
+
+VALID = {
+    "upper-case hexadecimal": (CHUNKED + b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+    "leading zeros": (CHUNKED + b"0003\r\nabc\r\n000\r\n\r\n", b"abc"),
+    "an extension, after spaces": (CHUNKED + b"3 ;name=value\r\nabc\r\n0;last\r\n\r\n", b"abc"),
+    "lines ended by LF alone": (CHUNKED + b"3\nabc\r\n0\n\n", b"abc"),
+    "a trailer": (CHUNKED + b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n", b"abc"),
+    "no blank line after the last chunk": (CHUNKED + b"3\r\nabc\r\n0\r\n", b"abc"),
+}
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@pytest.mark.parametrize("answer", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_framing_is_a_489(raw_server: RawAnswerServer, answer: bytes, route: str) -> None:
+    """urllib3 took ``int(size, 16)`` (``0x3`` is 3) and dropped the two bytes after a chunk's data
+    unread: these were 200s with ``abc`` or ``abcdef``."""
+    assert _call(raw_server, answer, route) == (status.NETWORK_ERROR, b"")
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@pytest.mark.parametrize("case", list(VALID.values()), ids=list(VALID))
+def test_valid_framing_reads_as_before(raw_server: RawAnswerServer, case: tuple[bytes, bytes], route: str) -> None:
+    answer, body = case
+    assert _call(raw_server, answer, route) == (200, body)
+
+
+@pytest.mark.parametrize("size", [b"3", b"0x3"])
+def test_a_followed_redirect_s_malformed_chunks_are_a_489(
+    raw_server: RawAnswerServer, server: LoopbackServer, size: bytes
+) -> None:
+    """A redirect's body is read by http.client's parser (as lenient as urllib3's) before it is
+    followed: one framed so was followed as if it were valid."""
+    server.route("/next", lambda h: h.reply(200, b"ok"))
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: %snext\r\nTransfer-Encoding: chunked\r\n\r\n" % server.url.encode()
+    expected = (200, b"ok") if size == b"3" else (status.NETWORK_ERROR, b"")
+    assert _call(raw_server, redirect + size + b"\r\nabc\r\n0\r\n\r\n", "direct") == expected
+
+
+@pytest.mark.parametrize("length", ["+3", "0_3", "\u0663"], ids=["plus sign", "underscore", "Arabic-Indic digit"])
+def test_a_content_length_python_s_int_takes_is_that_number(raw_server: RawAnswerServer, length: str) -> None:
+    """Not checked here (only a chunked body's framing is): urllib3 and http.client take it for the
+    number ``int()`` makes of it, as docs/faults.md says."""
+    answer = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nabc".encode()
+    assert _call(raw_server, answer, "direct") == (200, b"abc")
+
+
+def _chunked(pieces: list[bytes], extension: bytes, lf_only: bool) -> bytes:
+    end = b"\n" if lf_only else b"\r\n"
+    framed = b"".join(b"%x%s%s%s\r\n" % (len(piece), extension, end, piece) for piece in pieces if piece)
+    return framed + b"0" + end + end
+
+
+def _read_all(stream: bytes, cuts: list[int], method: str) -> bytes:
+    """Read ``stream`` through ChunkedFraming, in reads ending at ``cuts`` then to the end."""
+    framing = ChunkedFraming(io.BufferedReader(io.BytesIO(stream)))
+    read: list[bytes] = []
+    at = 0
+    while True:
+        amount = min([cut for cut in cuts if cut > at] or [len(stream) + 1]) - at
+        if method == "readinto":
+            buffer = bytearray(amount)
+            data = bytes(buffer[: framing.readinto(buffer)])
+        else:
+            data = getattr(framing, method)(amount)
+        if not data:
+            return b"".join(read)
+        read.append(data)
+        at += len(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.binary(max_size=40), max_size=6),
+    extension=st.sampled_from([b"", b";a=b", b" \t;x"]),
+    lf_only=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+    method=st.sampled_from(["read", "read1", "readinto", "readline"]),
+)
+def test_valid_framing_passes_however_it_is_split_into_reads(
+    pieces: list[bytes], extension: bytes, lf_only: bool, cuts: list[int], method: str
+) -> None:
+    stream = _chunked(pieces, extension, lf_only)
+    assert _read_all(stream, cuts, method) == stream
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=6),
+    which=st.integers(min_value=0),
+    stray=st.binary(min_size=2, max_size=2).filter(lambda b: b != b"\r\n"),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+def test_chunk_data_not_followed_by_crlf_is_refused_however_it_is_split(
+    pieces: list[bytes], which: int, stray: bytes, cuts: list[int]
+) -> None:
+    which %= len(pieces)
+    stream = b"".join(
+        b"%x\r\n%s%s" % (len(piece), piece, stray if index == which else b"\r\n") for index, piece in enumerate(pieces)
+    )
+    with pytest.raises(MalformedFraming):
+        _read_all(stream + b"0\r\n\r\n", cuts, "read")
