@@ -150,6 +150,26 @@ class _GuardedAdapter(HTTPAdapter):
         super().close()
 
 
+def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:
+    """A guarded adapter with ``adapter``'s settings: its pool sizes, retries and the options it gave
+    its pools (``source_address``, ``ssl_context``, ... set with ``init_poolmanager``).
+
+    ``adapter`` itself is left as it is (another session may use it): the transport's session mounts
+    the copy in its place, as it mounts its own adapters for ``http://`` and ``https://``.
+    """
+    copy = _GuardedAdapter(
+        pool_connections=adapter._pool_connections,  # type: ignore[attr-defined]
+        pool_maxsize=adapter._pool_maxsize,  # type: ignore[attr-defined]
+        max_retries=adapter.max_retries,
+        pool_block=adapter._pool_block,  # type: ignore[attr-defined]
+    )
+    kept = getattr(adapter.poolmanager, "connection_pool_kw", {})
+    extra = {name: value for name, value in kept.items() if name not in ("maxsize", "block")}
+    if extra:
+        copy.init_poolmanager(copy._pool_connections, copy._pool_maxsize, block=copy._pool_block, **extra)  # type: ignore[attr-defined]
+    return copy
+
+
 def _stamp_time_left(sent: requests.PreparedRequest | None, remaining: Callable[[], float]) -> None:
     """Before a redirect is followed: requests sends the next hop a copy of ``sent``'s headers, so an
     ``X-Request-Timeout`` the pipeline stamped (a :class:`StampedTimeout`) is made the time left now.
@@ -163,7 +183,10 @@ class RequestsTransport(Transport):
 
     ``session``: a session to send with, fully configured before it is given here (requests
     sessions are shared between threads only if nothing mutates them afterwards). Its adapters for
-    ``http://`` and ``https://`` are replaced by ones that enforce deadlines; headers, auth, certs
+    ``http://`` and ``https://`` are replaced by ones that enforce deadlines, and so is a plain
+    ``HTTPAdapter`` mounted for a longer prefix (by one with its settings: ``_guarded_copy``); an
+    adapter of another class is used as it is, and only the time left when an attempt starts bounds
+    each of its waits on the socket, not the attempt (docs/usage.md). Headers, auth, certs
     and proxies are kept; its ``max_redirects`` is not used (each request's own is), unless it is 0:
     then requests follows no redirect (a 488). Without one, a session is made that keeps no
     cookies: a cookie one downstream response sets must not ride along on calls made for other users.
@@ -216,6 +239,9 @@ class RequestsTransport(Transport):
             session.mount(
                 prefix, _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
             )
+        for prefix, adapter in list(session.adapters.items()):
+            if type(adapter) is HTTPAdapter:  # mounted for a longer prefix: unguarded, a trickle outlasted the deadline
+                session.mount(prefix, _guarded_copy(adapter))
         self._session = session
         self._hosts: dict[str, _Host] = {}
         self._slots = threading.Condition(threading.Lock())

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+from urllib3.util.retry import Retry
 
 from django_aio_request import (
     Client,
@@ -26,7 +29,7 @@ from django_aio_request import (
     request,
     single_attempt_strategy,
 )
-from tests.support.loopback import Handler, LoopbackServer, free_port
+from tests.support.loopback import Handler, LoopbackServer, free_port, trickle
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -609,3 +612,43 @@ def test_users_session_still_gets_deadlines(server: LoopbackServer) -> None:
         transport.close()
     assert response.status == 408
     assert elapsed < 0.2 + 0.3
+
+
+class _OwnAdapter(HTTPAdapter):
+    """An adapter class of the user's own: used as it is."""
+
+
+@pytest.mark.parametrize("prefix", ["host", "path"], ids=["mounted for the host", "mounted for a path"])
+def test_a_plain_adapter_mounted_for_a_prefix_is_bounded_by_the_deadline_and_left_as_it_was(
+    server: LoopbackServer, prefix: str
+) -> None:
+    """A session with its own HTTPAdapter for the service's URL (to size its pool, say): its pools'
+    sockets were not guarded, and a body trickling a byte every 50 ms held a 0.3 s call for 10 s.
+    The transport's session now mounts a guarded copy in its place, with the adapter's settings;
+    the user's adapter, which another session may use, is not changed."""
+    server.route("/api/trickle", lambda h: trickle(h, size=200, interval=0.05))
+    server.route("/api/ok", lambda h: h.reply(200, b"ok"))
+    session = requests.Session()
+    mounted = server.url if prefix == "host" else server.url + "api/"
+    retries = Retry(total=1, read=False)
+    adapter = HTTPAdapter(pool_maxsize=4, max_retries=retries)
+    session.mount(mounted, adapter)
+    own = _OwnAdapter()
+    session.mount(server.url + "elsewhere/", own)
+    transport = RequestsTransport(session)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("api/trickle"), 0.3)
+        elapsed = time.monotonic() - started
+        ok = transport.send(server.url, get("api/ok"), DEADLINE)
+        copy = session.get_adapter(server.url + "api/ok")
+    finally:
+        transport.close()
+    assert response.status == 408
+    assert elapsed < 0.3 + 0.3, elapsed
+    assert (ok.status, ok.read()) == (200, b"ok")
+    assert copy is not adapter
+    assert isinstance(copy, HTTPAdapter)
+    assert (copy._pool_maxsize, copy.max_retries) == (4, retries)  # type: ignore[attr-defined]
+    assert adapter.poolmanager.pool_classes_by_scheme is PoolManager().pool_classes_by_scheme  # as it was
+    assert session.adapters[server.url + "elsewhere/"] is own  # another class: used as it is
