@@ -47,7 +47,7 @@ class Request:
         allow_redirects: bool = True,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
-        parsed = _urlsplit(url)
+        parsed = split_url(url)
         if parsed.scheme or parsed.netloc:
             raise ValueError(f"request URL must be relative to the client's endpoint, not absolute: {url!r}")
         if "#" in url:
@@ -182,7 +182,7 @@ def _joined(endpoint: str, reference: str) -> str:
 _join = functools.lru_cache(maxsize=1024)(_joined)
 
 
-def _urlsplit(url: str) -> urllib.parse.SplitResult:
+def split_url(url: str) -> urllib.parse.SplitResult:
     """``urllib.parse.urlsplit(url)``, without Python's own cache (128 URLs of any length, from
     3.11 on) for a URL longer than MAX_CACHED_JOIN: a template built by the caller (``f"docs/{key}"``)
     of 64 KB kept 128 KB in it."""
@@ -196,7 +196,7 @@ def _urlsplit(url: str) -> urllib.parse.SplitResult:
 def _split(endpoint: str) -> tuple[str, str, str]:
     """The origin (``scheme://host:port``), directory (up to its last ``/``) and path of an endpoint
     (which has no query or fragment: ``client_setup.validate_endpoint``)."""
-    parts = _urlsplit(endpoint)
+    parts = split_url(endpoint)
     path = parts.path or "/"
     return f"{parts.scheme}://{parts.netloc}", path[: path.rfind("/") + 1], path
 

@@ -36,7 +36,7 @@ from urllib3 import HTTPResponse
 from urllib3.connection import port_by_scheme
 from urllib3.util import Timeout
 
-from django_aio_request.core.request import Request
+from django_aio_request.core.request import Request, split_url
 
 
 def _stock(owner: type, name: str, module: str) -> Callable[..., Any] | None:
@@ -157,6 +157,17 @@ def prepare(route: DirectRoute, url: str, request: Request) -> PreparedRequest:
 MAX_CACHED_URL = 1024
 
 
+def _path_url(prepared: PreparedRequest) -> str:
+    """``prepared.path_url``: the path and query sent in the request line. requests splits the URL
+    with Python's ``urlsplit``, whose cache keeps the last 128 URLs of any length (a 64 KB path each
+    kept 128 KB); a URL longer than MAX_CACHED_URL is split without it."""
+    url = prepared.url or ""
+    if len(url) <= MAX_CACHED_URL:
+        return prepared.path_url
+    parts = split_url(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def _normalised_url(url: str) -> str:
     """``url`` as requests' ``prepare_url`` leaves it; raises for an invalid one."""
     probe = PreparedRequest()
@@ -186,7 +197,7 @@ def send(session: requests.Session, route: DirectRoute, prepared: PreparedReques
     body = prepared.body
     response: HTTPResponse = pool.urlopen(
         method=prepared.method,
-        url=prepared.path_url,
+        url=_path_url(prepared),
         body=body,
         headers=prepared.headers,
         redirect=False,

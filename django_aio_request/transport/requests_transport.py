@@ -27,7 +27,7 @@ from urllib3.util.retry import Retry
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.core.request import Request
+from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.core.timeout_header import StampedTimeout, stamp
 from django_aio_request.transport import direct_send
@@ -320,7 +320,7 @@ class RequestsTransport(Transport):
         call's time; the environment of a running service does not change, so it is read once per
         host (and so is a netrc file).
         """
-        parts = urllib.parse.urlsplit(url)
+        parts = split_url(url)  # not Python's cached urlsplit: it keeps 128 URLs of any length
         key = f"{parts.scheme}://{parts.netloc}"
         found = self._hosts.get(key)
         if found is None:
@@ -402,8 +402,8 @@ class RequestsTransport(Transport):
             return "empty Location"
         try:
             if target.startswith("//"):
-                target = f"{urllib.parse.urlsplit(response.url).scheme}:{target}"
-            parsed = urllib.parse.urlsplit(target)
+                target = f"{split_url(response.url).scheme}:{target}"
+            parsed = split_url(target)
             url = requote_uri(target) if parsed.netloc else urllib.parse.urljoin(response.url, requote_uri(target))
             self._check_target(url)
         except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
