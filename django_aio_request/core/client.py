@@ -147,7 +147,8 @@ class Client:
         metrics, connection pool), driven by one of the client's call threads so the event loop is
         never blocked. Cancelling the awaiting task aborts every attempt in flight (their sockets
         are shut down) and raises ``CancelledError`` at once. A call still waiting for a free call
-        thread when its deadline passes answers 408 without sending anything.
+        thread when its deadline passes answers 408 without sending anything (its metrics are those of
+        a sync call past its deadline).
         """
         if self._closed:
             self._reopen()
@@ -157,6 +158,7 @@ class Client:
         cancellation = Cancellation()
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
+        started = time.perf_counter()
         while True:
             drivers = self._drivers()
             try:
@@ -174,8 +176,20 @@ class Client:
             if not done and future.cancel():
                 # Never started (every call thread busy until the deadline): nothing was sent.
                 response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
-                if self._metrics is not None:
-                    self._metrics.deadline_rejected(request.method, "expired")
+                metrics = self._metrics
+                if metrics is not None:
+                    # Recorded as a sync call past its deadline is (LowTimeoutModule, then _call): its
+                    # first attempt refused as expired, and the call, with the 408 it returned.
+                    metrics.attempt(request.method, 0)
+                    metrics.deadline_rejected(request.method, "expired")
+                    metrics.call(
+                        request.method,
+                        request.url,
+                        response.status,
+                        circuit_breaker=False,
+                        attempt=0,
+                        elapsed=time.perf_counter() - started,
+                    )
             else:
                 response = await waiting
         except asyncio.CancelledError:

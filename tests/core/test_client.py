@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from django_aio_request import (
     Client,
@@ -23,6 +24,7 @@ from django_aio_request import (
     set_context,
     single_attempt_strategy,
 )
+from django_aio_request import metrics as all_metrics
 from django_aio_request.testing import serving
 from tests.support.forking import in_child
 from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect, replies, widen_backlog
@@ -453,3 +455,47 @@ class TestLifetime:
     async def async_status(client: Client) -> int:
         async with client.arequest(get("h"), deadline=Deadline.from_timeout(2.0)) as response:
             return response.status
+
+
+class TestMetrics:
+    """What the client records of a call (docs/metrics.md), whichever way it ended."""
+
+    @staticmethod
+    def recorded(endpoint: str) -> dict[str, float]:
+        all_metrics.flush()
+        call = {"request_endpoint": endpoint, "request_method": "GET"}
+        latency = {**call, "request_path": "hang", "response_status": "408", "circuit_breaker": "False"}
+        samples = {
+            "latency_408": ("aio_request_latency_count", latency),
+            "attempt_0": ("aio_request_attempts_total", {**call, "attempt": "0"}),
+            "winning_0": ("aio_request_winning_attempt_total", {**call, "attempt": "0"}),
+            "expired": ("aio_request_deadline_rejected_total", {**call, "reason": "expired"}),
+        }
+        return {what: REGISTRY.get_sample_value(name, labels) or 0.0 for what, (name, labels) in samples.items()}
+
+    def test_async_calls_that_never_got_a_call_thread_are_observed_as_a_sync_call_past_its_deadline(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """One call thread, held by a call the server never answers: the three calls queued behind it
+        answer 408 at their deadline without sending. Before, they were only in
+        aio_request_deadline_rejected_total: aio_request_latency ("one per client call") had 1 of 4."""
+        server.route("/hang", hang_until_disconnect)
+        client = make_client(max_workers=1, safe_method_strategy=single_attempt_strategy())
+
+        async def four() -> list[int]:
+            async def one(timeout: float) -> int:
+                async with client.arequest(get("hang"), deadline=Deadline.from_timeout(timeout)) as response:
+                    return response.status
+
+            return await asyncio.gather(one(0.6), *(one(0.2) for _ in range(3)))
+
+        assert asyncio.run(four()) == [408] * 4
+        assert len(server.received("/hang")) == 1  # the queued ones were never sent
+        queued = self.recorded(server.url)
+        assert queued == {"latency_408": 4, "attempt_0": 4, "winning_0": 4, "expired": 3}
+
+        # What a sync call past its deadline adds, each counted once: the same as a queued one.
+        with client.request(get("hang"), deadline=Deadline(time.monotonic() - 1)) as response:
+            assert response.status == 408
+        after = self.recorded(server.url)
+        assert {what: after[what] - queued[what] for what in after} == dict.fromkeys(after, 1.0)
