@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitState
+from django_aio_request.metrics.deferred import DeferredObservations
 from django_aio_request.metrics.prometheus import ENABLED, family
 
 breaker_state = family(
@@ -24,19 +25,73 @@ breaker_transitions = family(
     ("request_endpoint", "from_state", "to_state"),
 )
 
+
 # Per watched breaker, the state each of its scopes is counted in. The gauge counts breakers: two
 # clients with the same ENDPOINT have a breaker each, and setting 1 and 0 made them overwrite each
 # other's state (one open, the other closed, the gauge said closed).
-_counted: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
+_counted: "weakref.WeakKeyDictionary[Any, _Watched]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+class _Watched:
+    """A watched breaker's entry: the state each of its scopes is counted in, and the finalizer that
+    takes them out of the gauge if the breaker is garbage-collected while watched. Neither refers
+    to the breaker."""
+
+    __slots__ = ("counted", "finalizer")
+
+    def __init__(self, counted: dict[str, str], finalizer: "weakref.finalize[Any, Any]") -> None:
+        self.counted = counted
+        self.finalizer = finalizer
 
 
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # a transition counted on another thread at the fork held it
+    # Registered before _dropped's own hook (made below), so this one still sees what the parent
+    # had queued, which the child's queue then forgets (the parent records it). Without
+    # multiprocess mode the child's gauge is a copy of the parent's, which still counts those
+    # breakers: the child sets it anew from the breakers it has.
+    if ENABLED and _dropped.pending():
+        _recount()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _on_collected(counted: dict[str, str]) -> None:
+    """A watched breaker was garbage-collected: its client was dropped without ``close()``, so
+    nothing called :func:`unwatch_breaker`, and the gauge kept counting it for the life of the
+    process (an open one fired the alert forever). This runs inside the garbage collector, on
+    whichever thread it ran, maybe while that thread holds ``_lock`` or a lock of prometheus_client
+    (neither reentrant): it only queues the states, for the recording thread to take out of the
+    gauge within 0.1 s (a collection in this process records the queue first, see deferred.py)."""
+    _dropped.add(counted)
+
+
+def _uncount(counted: dict[str, str]) -> None:
+    with _lock:
+        _take_out(counted)
+
+
+def _take_out(counted: dict[str, str]) -> None:
+    """Take a breaker's states out of the gauge, once; the caller holds ``_lock``."""
+    for scope, state in counted.items():
+        breaker_state.labels(scope, state).dec()
+    counted.clear()
+
+
+_dropped: DeferredObservations[dict[str, str]] = DeferredObservations(_uncount, name="breaker-metrics")
+
+
+def _recount() -> None:
+    """Set every series of the gauge to what this process's watched breakers say (after fork, in the child)."""
+    totals = dict.fromkeys(breaker_state.label_sets(), 0)
+    for watched in list(_counted.values()):
+        for scope, state in watched.counted.items():
+            totals[scope, state] = totals.get((scope, state), 0) + 1
+    for (scope, state), count in totals.items():
+        breaker_state.labels(scope, state).set(count)
 
 
 def watch_breaker(breaker: object, endpoint: str) -> None:
@@ -52,7 +107,10 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     with _lock:
         if breaker in _counted:
             return
-        _counted[breaker] = {}
+        counted: dict[str, str] = {}
+        finalizer = weakref.finalize(breaker, _on_collected, counted)
+        finalizer.atexit = False  # at exit the gauge goes with the process
+        _counted[breaker] = _Watched(counted, finalizer)
     states: Mapping[Any, Any] = getattr(breaker, "state", {})
     state = states.get(endpoint)
     _move(breaker, endpoint, "closed" if state is None else str(state.value))
@@ -63,16 +121,18 @@ def unwatch_breaker(breaker: object) -> None:
     """Take a closed breaker out of the gauge (``Client.close()``): a client rebuilt with new
     settings must not be counted twice."""
     with _lock:
-        counted = _counted.pop(breaker, None)
-        for scope, state in (counted or {}).items():
-            breaker_state.labels(scope, state).dec()
+        watched = _counted.pop(breaker, None)
+        if watched is not None:
+            watched.finalizer.detach()
+            _take_out(watched.counted)
 
 
 def _move(breaker: object, scope: str, new: str) -> None:
     with _lock:
-        counted = _counted.get(breaker)
-        if counted is None:  # closed meanwhile
+        watched = _counted.get(breaker)
+        if watched is None:  # closed meanwhile
             return
+        counted = watched.counted
         old = counted.get(scope)
         if old == new:
             return

@@ -72,14 +72,25 @@ class DeferredObservations(Generic[T]):
                 except Exception:
                     logger.exception("recording a %s observation failed", self._name)
 
+    def pending(self) -> int:
+        """How many observations are queued and not yet recorded."""
+        return len(self._pending)
+
     def _start(self) -> None:
-        with self._start_lock:
+        # Without waiting: whoever holds the lock starts the thread, or found it started, and either
+        # way it records what was just queued. So ``add`` may run inside the garbage collector (a
+        # weakref callback, metrics/breaker.py) while this thread is in here already.
+        if not self._start_lock.acquire(blocking=False):
+            return
+        try:
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._run, name=f"django-aio-request-{self._name}", daemon=True)
             thread.start()
             self._thread = thread
             self.add = self._pending.append
+        finally:
+            self._start_lock.release()
 
     def _run(self) -> None:
         while True:

@@ -109,6 +109,10 @@ class Family:
             child = self._children[values] = self._target.labels(*values)
         return child
 
+    def label_sets(self) -> list[tuple[str, ...]]:
+        """The label values of every child this family has handed out (through :meth:`labels`)."""
+        return list(self._children)
+
     def cached(self, key: Any) -> Child | None:
         """The child cached under the caller's own ``key`` (raw values a caller maps to labels), or None."""
         if self._shared and _registered.get(self._name, self._own) is not self._target:

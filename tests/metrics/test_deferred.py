@@ -120,3 +120,24 @@ deferred.add(2)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["recorded 1", "recorded 2"]
+
+
+def test_add_does_not_wait_for_a_start_under_way_on_its_own_thread() -> None:
+    """``add`` may run inside the garbage collector (a breaker's finalizer, metrics/breaker.py), on
+    a thread already starting the recording thread: it must not wait for the lock that thread holds."""
+    recorder = Recorder()
+    deferred = DeferredObservations(recorder, name="test")
+    returned = threading.Event()
+
+    def add_while_starting() -> None:
+        with deferred._start_lock:  # as in _start(), when a finalizer runs there
+            deferred.add("inside")
+            returned.set()
+        deferred.add("after")  # starts the thread, which records both
+
+    threading.Thread(target=add_while_starting, daemon=True).start()
+    assert returned.wait(5)
+    waited_until = time.monotonic() + INTERVAL + 2.0
+    while len(recorder.seen) < 2 and time.monotonic() < waited_until:
+        time.sleep(0.01)
+    assert recorder.seen == ["inside", "after"]
