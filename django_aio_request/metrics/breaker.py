@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitState
-from django_aio_request.metrics.deferred import DeferredObservations
-from django_aio_request.metrics.prometheus import ENABLED, family
+from django_aio_request.metrics.deferred import DeferredObservations, before_recording
+from django_aio_request.metrics.prometheus import ENABLED, MULTIPROCESS, family
 
 breaker_state = family(
     "Gauge",
@@ -45,18 +45,43 @@ class _Watched:
         self.finalizer = finalizer
 
 
+# After fork(), the child's gauge may not be what its breakers say, until _settle() sets it anew:
+# - In multiprocess mode prometheus_client starts the child's values at 0 (a file of its own) while
+#   _counted still says each breaker is counted: with gunicorn --preload, the master's client counted
+#   closed 1 in the master's file, and a worker opening it wrote closed -1, open 1 in its own, so
+#   the gauge said closed -1 once both workers' were open.
+# - Without it, the child's values are a copy of the parent's, which still count the breakers
+#   collected and queued but not yet taken out (the parent's queue, which the child's forgets).
+# Settled when the child first records metrics (deferred.py's before_recording: the first call or
+# request recorded, a collection in the process) or touches the gauge: not in the fork hook, so a
+# child that never records (a subprocess's preexec_fn, a short multiprocessing task) leaves no file
+# of its own in the multiprocess directory counting the parent's breakers for ever.
+_unsettled = False
+
+
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _unsettled
     _lock = threading.Lock()  # a transition counted on another thread at the fork held it
-    # Registered before _dropped's own hook (made below), so this one still sees what the parent
-    # had queued, which the child's queue then forgets (the parent records it). Without
-    # multiprocess mode the child's gauge is a copy of the parent's, which still counts those
-    # breakers: the child sets it anew from the breakers it has.
-    if ENABLED and _dropped.pending():
+    # Registered before _dropped's own hook (made below): it still sees what the parent had queued.
+    _unsettled = ENABLED and ((MULTIPROCESS and len(_counted) > 0) or _dropped.pending() > 0)
+
+
+def _settle() -> None:
+    """Set the gauge from this process's breakers if a fork left it unsettled; the caller holds ``_lock``."""
+    global _unsettled
+    if _unsettled:
+        _unsettled = False
         _recount()
 
 
+def _settle_before_recording() -> None:
+    if _unsettled:
+        with _lock:
+            _settle()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+before_recording(_settle_before_recording)
 
 
 def _on_collected(counted: dict[str, str]) -> None:
@@ -71,6 +96,7 @@ def _on_collected(counted: dict[str, str]) -> None:
 
 def _uncount(counted: dict[str, str]) -> None:
     with _lock:
+        _settle()
         _take_out(counted)
 
 
@@ -85,7 +111,7 @@ _dropped: DeferredObservations[dict[str, str]] = DeferredObservations(_uncount, 
 
 
 def _recount() -> None:
-    """Set every series of the gauge to what this process's watched breakers say (after fork, in the child)."""
+    """Set every series of the gauge to what this process's watched breakers say."""
     totals = dict.fromkeys(breaker_state.label_sets(), 0)
     for watched in list(_counted.values()):
         for scope, state in watched.counted.items():
@@ -105,6 +131,7 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     if not ENABLED or add_listener is None:
         return
     with _lock:
+        _settle()
         if breaker in _counted:
             return
         counted: dict[str, str] = {}
@@ -121,6 +148,7 @@ def unwatch_breaker(breaker: object) -> None:
     """Take a closed breaker out of the gauge (``Client.close()``): a client rebuilt with new
     settings must not be counted twice."""
     with _lock:
+        _settle()
         watched = _counted.pop(breaker, None)
         if watched is not None:
             watched.finalizer.detach()
@@ -129,6 +157,7 @@ def unwatch_breaker(breaker: object) -> None:
 
 def _move(breaker: object, scope: str, new: str) -> None:
     with _lock:
+        _settle()
         watched = _counted.get(breaker)
         if watched is None:  # closed meanwhile
             return

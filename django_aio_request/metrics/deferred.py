@@ -93,6 +93,7 @@ class DeferredObservations(Generic[T]):
             self._start_lock.release()
 
     def _run(self) -> None:
+        run_before_recording()
         while True:
             time.sleep(self._interval)
             self.flush()
@@ -112,5 +113,24 @@ _all: "weakref.WeakSet[DeferredObservations[Any]]" = weakref.WeakSet()
 
 def flush_all() -> None:
     """Record what every queue in this process holds (client calls, server requests)."""
+    run_before_recording()
     for queue in list(_all):
         queue.flush()
+
+
+_before_recording: list[Callable[[], None]] = []
+
+
+def before_recording(callback: Callable[[], None]) -> None:
+    """Have ``callback`` run by :func:`flush_all` and by each recording thread as it starts (in every
+    process: a forked child starts threads of its own): what a process owes its metrics before it
+    records any (metrics/breaker.py, after fork). It runs often: it must be cheap when there is nothing to do."""
+    _before_recording.append(callback)
+
+
+def run_before_recording() -> None:
+    for callback in _before_recording:
+        try:
+            callback()
+        except Exception:
+            logger.exception("a metrics callback before recording failed")

@@ -75,6 +75,9 @@ except ImportError:  # the optional extra is not installed
     _prometheus = None
 
 ENABLED = _prometheus is not None
+#: prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set when it was imported):
+#: each process has values of its own, and a forked child's start at 0 (see metrics/breaker.py).
+MULTIPROCESS = ENABLED and _prometheus.values.ValueClass is not _prometheus.values.MutexValue
 
 
 # Labelled metrics used on every call and request: children are cached by label values (a dict
