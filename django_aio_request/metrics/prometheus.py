@@ -11,6 +11,9 @@ one metric of each (whichever library is imported first creates it, the other us
 and ``server.py`` beside this module.
 """
 
+import logging
+import os
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -80,6 +83,18 @@ ENABLED = _prometheus is not None
 MULTIPROCESS = ENABLED and _prometheus.values.ValueClass is not _prometheus.values.MutexValue
 
 
+logger = logging.getLogger(__name__)
+
+_follow_lock = threading.Lock()  # a family starts following another collector once
+
+
+def _after_fork_in_child() -> None:
+    global _follow_lock
+    _follow_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 # Labelled metrics used on every call and request: children are cached by label values (a dict
 # lookup instead of prometheus_client's locked labels()), which is safe because every label set is bounded.
 
@@ -128,16 +143,47 @@ class Family:
         return child
 
     def _follow(self) -> None:
-        """Record into aio-request's collector of the same name once one is registered (see _Shared)."""
-        found = _registered.get(self._name)
-        if found is not None and found is not self._target and _compatible(found, self._own):
+        """Record into aio-request's collector of the same name once one is registered (see _Shared),
+        with what ours recorded until then added to it."""
+        with _follow_lock:
+            found = _registered.get(self._name)
+            if found is None or found is self._target or not _compatible(found, self._own):
+                return
+            if self._target is self._own and not MULTIPROCESS:
+                # Without this, the counts recorded before ``import aio_request`` were no longer
+                # exported (ours is not, once the name is taken) and the series started again at 0.
+                # In multiprocess mode they are not lost: values live in the process's file, keyed
+                # by name and labels, and aio-request's series read ours from it when made.
+                _add_into(found, self._own, self._children)
             self._target = found
             self._children = {}
             self._by_key = {}
 
+    def follow(self) -> bool:
+        """For a shared family, whether another collector holds its name: ours is then not exported,
+        and records into that one from now on, what it recorded before added, when compatible."""
+        if _registered.get(self._name) is None:
+            return False
+        if _registered[self._name] is not self._target:
+            self._follow()
+        return True
+
 
 def _compatible(found: Any, own: Any) -> bool:
     return type(found) is type(own) and tuple(getattr(found, "_labelnames", ())) == tuple(own._labelnames)
+
+
+def _add_into(found: Any, own: Any, children: Mapping[tuple[str, ...], Any]) -> None:
+    """Add what the series of ``own`` (our histogram, its ``children``) recorded to the same series
+    of ``found``: per bucket, and the sum (prometheus-client has no public way to add to a histogram)."""
+    if list(getattr(found, "_upper_bounds", ())) != list(own._upper_bounds):
+        logger.warning("another %s with other buckets took the name: what was recorded before is not in it", own._name)
+        return
+    for values, mine in list(children.items()):
+        theirs = found.labels(*values)
+        for bucket, into in zip(mine._buckets, theirs._buckets, strict=True):
+            into.inc(bucket.get())
+        theirs._sum.inc(mine._sum.get())
 
 
 class _Shared:
@@ -146,22 +192,25 @@ class _Shared:
     Ours are not registered under their names: aio-request registers its own at import without a
     duplicate check, so claiming a name would make ``import aio_request`` fail after us. This
     collector claims no name (``describe()`` is empty) and collects ours while nobody else holds
-    the name; from the moment aio-request does, :class:`Family` records into its collector instead.
+    the name; from the moment aio-request does, :class:`Family` records into its collector instead,
+    with what ours had recorded added to it (at the family's next record, or the next collection).
     """
 
     def __init__(self) -> None:
-        self.families: list[tuple[str, Any]] = []
+        self.families: list[Family] = []
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Any:
         # Collected before every collector registered after this module's import (ours, and
-        # aio-request's when imported later), so a scrape sees every request that has finished.
+        # aio-request's when imported later), so a scrape sees every request that has finished,
+        # and a family that had nothing to record since aio-request's import has handed what it
+        # recorded to aio-request's collector, which is collected after this one.
         flush_all()
-        for name, own in self.families:
-            if name not in _registered:
-                yield from own.collect()
+        for family in self.families:
+            if not family.follow():
+                yield from family._own.collect()
 
 
 def family(kind: str, name: str, documentation: str, labelnames: tuple[str, ...], **options: Any) -> Family:
@@ -175,9 +224,11 @@ def family(kind: str, name: str, documentation: str, labelnames: tuple[str, ...]
             return Family(existing, name, labelnames)
         raise ValueError(f"a different metric named {name} is registered already: {existing!r}")
     if name in _AIO_REQUEST_NAMES:
-        own = factory(name, documentation, labelnames, registry=None, **options)
-        _shared.families.append((name, own))
-        return Family(own, name, labelnames, shared=True)
+        shared = Family(
+            factory(name, documentation, labelnames, registry=None, **options), name, labelnames, shared=True
+        )
+        _shared.families.append(shared)
+        return shared
     return Family(factory(name, documentation, labelnames, **options), name, labelnames)
 
 

@@ -1,0 +1,87 @@
+"""Histograms of aio-request's names: one metric of each name in a process running both libraries,
+whichever is imported first, with nothing recorded lost (docs/metrics.md). Each test imports
+aio_request in a subprocess, so this process keeps the import order its other tests expect."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LATE_IMPORT = """
+import http.server, json, os, sys, threading
+import django_aio_request as dar
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from django_aio_request import metrics as all_metrics
+from django_aio_request.metrics import server as server_metrics
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args): pass
+
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+endpoint = f"http://127.0.0.1:{srv.server_port}/"
+client = dar.setup(endpoint=endpoint)
+
+def call():
+    with client.request(dar.get("x")) as response:
+        assert response.status == 200
+    server_metrics.server_observations.add(("orders", "GET", "ping", 200, None, 0.03))
+
+def samples():
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # what a scrape reads from the processes' files
+        all_metrics.flush()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    got = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            mine = sample.labels.get("request_endpoint") == endpoint or sample.labels.get("request_client") == "orders"
+            if family.name.endswith("latency") and mine and not sample.name.endswith("_created"):
+                key = sample.name + "{" + sample.labels.get("le", "") + "}"
+                got[key] = got.get(key, 0) + sample.value
+    return got
+
+for _ in range(5):
+    call()
+before = samples()
+import aio_request.client, aio_request.pipeline  # aio-request's histograms take the names
+at_import = samples()
+call()
+after = samples()
+theirs = REGISTRY._names_to_collectors["aio_request_latency"] is aio_request.client.latency_histogram
+print(json.dumps([before, at_import, after, theirs]))
+"""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one process", "multiprocess mode"])
+def test_counts_recorded_before_a_late_aio_request_import_are_kept(multiprocess: bool, tmp_path: Path) -> None:
+    """django_aio_request first, 5 calls, then ``import aio_request``: the 5 were no longer exported
+    (5, then none, then 1 after one more call). They are now added to aio-request's histograms,
+    which ours record into from then on; in multiprocess mode the processes' files kept them
+    already, and are not counted twice."""
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_IMPORT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    before, at_import, after, theirs = json.loads(done.stdout)
+
+    assert theirs is True  # the name is aio-request's now
+    for name in ("aio_request_latency", "aio_request_transport_latency", "aio_request_server_latency"):
+        assert before[f"{name}_count{{}}"] == 5, before
+    assert at_import == before  # every bucket and sum of the three, unchanged by the import
+    assert after["aio_request_latency_count{}"] == 6
+    assert after["aio_request_server_latency_count{}"] == 6
+    assert after["aio_request_server_latency_sum{}"] == pytest.approx(6 * 0.03)
+    assert after["aio_request_server_latency_bucket{0.05}"] == 6
