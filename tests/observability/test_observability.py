@@ -89,6 +89,15 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     assert f"SUCCESS: {len(queries)} rules found" in done.stdout
 
 
+def test_the_error_ratio_panel_counts_the_statuses_the_alert_counts() -> None:
+    """The panel counted 5xx and 408 but not 489 (a network error), which the alert counts: it showed
+    no errors for an endpoint refusing every connection while AioRequestErrorRatioHigh fired."""
+    statuses = re.compile(r'response_status\s*=~\s*"([^"]*)"')
+    panel = dict(dashboard_queries())["Error ratio by endpoint"]
+    alert = dict(alert_queries())["AioRequestErrorRatioHigh"]
+    assert statuses.findall(panel) == statuses.findall(alert) == ["5..|408|489"]
+
+
 SELECTOR = re.compile(r"\b(aio_request_[a-z_]+)\s*(\{[^}]*\})?")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
@@ -115,8 +124,8 @@ def exported(text: str) -> dict[str, set[str]]:
 BREAKER = {"BREAK_DURATION": 60, "SAMPLING_DURATION": 30, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
 
 
-def real_calls(server: LoopbackServer, live_url: str) -> None:
-    """Calls that make every metric the dashboard and the alerts read."""
+def real_calls(server: LoopbackServer, live_url: str, unreachable: str) -> None:
+    """Calls that make every metric the dashboard and the alerts read (``unreachable``: refused, 489)."""
     first = {"seen": False}
 
     def slow_first(handler: Any) -> None:
@@ -140,6 +149,7 @@ def real_calls(server: LoopbackServer, live_url: str) -> None:
                          "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
             "budgeted": {"ENDPOINT": server.url + "c/", "RETRY_BUDGET": {"RATIO": 0.0, "MIN_PER_SECOND": 0.0},
                          "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 3}},
+            "unreachable": {"ENDPOINT": unreachable, "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
         },
     }  # fmt: skip
     server.route("/b/down", lambda h: h.reply(503, b"down"))
@@ -158,6 +168,8 @@ def real_calls(server: LoopbackServer, live_url: str) -> None:
         with clients["budgeted"].request(get("down")) as response:
             assert response.status == 503
             assert response.budget_exhausted
+        with clients["unreachable"].request(get("ping")) as response:
+            assert response.status == 489  # a network error: the connection was refused
         expired = Deadline.from_timeout(0.001)
         time.sleep(0.01)
         with clients["own"].request(get("ping"), deadline=expired) as response:
@@ -166,8 +178,14 @@ def real_calls(server: LoopbackServer, live_url: str) -> None:
 
 
 @pytest.fixture
-def scraped(server: LoopbackServer, live_server: Any) -> str:
-    real_calls(server, live_server.url)
+def unreachable() -> str:
+    """An endpoint nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}/"
+
+
+@pytest.fixture
+def scraped(server: LoopbackServer, live_server: Any, unreachable: str) -> str:
+    real_calls(server, live_server.url, unreachable)
     with _NO_PROXY.open(live_server.url + "/metrics", timeout=10) as response:
         return str(response.read().decode())
 
@@ -223,7 +241,7 @@ def query(prometheus: str, expression: str) -> dict[str, Any]:
     return answer
 
 
-def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometheus: str) -> None:
+def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometheus: str, unreachable: str) -> None:
     # Two scrapes at least after the calls: rate() needs two samples.
     end = time.monotonic() + 30
     while True:
@@ -239,6 +257,9 @@ def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometh
         answer = query(prometheus, expression)
         assert answer["status"] == "success", (title, answer)
         assert answer["data"]["result"], f"dashboard {title!r}: no series for\n{expression}"
+        if title == "Error ratio by endpoint":  # the refused call (489) is an error, as the alert counts it
+            endpoints = {r["metric"]["request_endpoint"] for r in answer["data"]["result"]}
+            assert unreachable in endpoints, endpoints  # (NaN here: no call moved the counters between scrapes)
     for alert, expression in alert_queries():
         answer = query(prometheus, expression)
         assert answer["status"] == "success", (alert, answer)  # firing or not: the data decides
