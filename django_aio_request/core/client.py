@@ -115,6 +115,7 @@ class Client:
         ``response.budget_exhausted`` is True when the client's retry budget refused an extra
         attempt (a retry or a hedge) that the call would have made.
         """
+        _check_call(request, deadline, priority)
         if self._closed:
             self._reopen()
         context = get_context()
@@ -150,6 +151,7 @@ class Client:
         thread when its deadline passes answers 408 without sending anything (its metrics are those of
         a sync call past its deadline).
         """
+        _check_call(request, deadline, priority)
         if self._closed:
             self._reopen()
         context = get_context()
@@ -336,6 +338,17 @@ def _cancellable(send: SendAttempt, cancellation: Cancellation) -> SendAttempt:
                 undo_strategy()
 
     return send_cancellable
+
+
+def _check_call(request: object, deadline: object, priority: object) -> None:
+    """Raise TypeError, before anything is sent, for arguments of the wrong type (a float deadline, a
+    priority's name), which otherwise failed inside the call with an AttributeError."""
+    if not isinstance(request, Request):
+        raise TypeError(f"request must be a Request (get(...), post(...)), not {type(request).__name__}")
+    if deadline is not None and not isinstance(deadline, Deadline):
+        raise TypeError(f"deadline must be a Deadline (Deadline.from_timeout(seconds)), not {deadline!r}")
+    if priority is not None and not isinstance(priority, Priority):
+        raise TypeError(f"priority must be a Priority (Priority.parse(text) for a name), not {priority!r}")
 
 
 class _Call:

@@ -499,3 +499,34 @@ class TestMetrics:
             assert response.status == 408
         after = self.recorded(server.url)
         assert {what: after[what] - queued[what] for what in after} == dict.fromkeys(after, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"deadline": 5.0}, "deadline must be a Deadline"),
+        ({"priority": "high"}, "priority must be a Priority"),
+        ({"request": "ok"}, "request must be a Request"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_arguments_of_the_wrong_type_raise_a_type_error_before_anything_is_sent(
+    server: LoopbackServer, make_client: Callable[..., Client], arguments: dict[str, Any], named: str, mode: str
+) -> None:
+    """A float deadline, a priority's name or a URL for the request raised AttributeError from inside the call."""
+    server.route("/ok", ok)
+    client = make_client()
+    keywords = {k: v for k, v in arguments.items() if k != "request"}
+    request: Any = arguments.get("request", get("ok"))
+
+    def sync_call() -> None:
+        with client.request(request, **keywords):
+            pass
+
+    async def async_call() -> None:
+        async with client.arequest(request, **keywords):
+            pass
+
+    with pytest.raises(TypeError, match=named):
+        sync_call() if mode == "sync" else asyncio.run(async_call())
+    assert server.received("/ok") == []
