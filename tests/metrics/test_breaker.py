@@ -5,7 +5,6 @@ import gc
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import django_aio_request as dar
 from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics.deferred import INTERVAL
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer, free_port, replies, wait_until_listening
+from tests.support.loopback import LoopbackServer, free_port, replies, stop_server, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,12 +210,7 @@ def preloaded(tmp_path: Path) -> Iterator[tuple[str, str]]:
             raise RuntimeError(f"{error}:\n{log.read_text()}") from None
         yield f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{dead_port}/"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -9,7 +9,6 @@ runs the issue's measurement. Printed (``pytest -s``): names sent, workers seen,
 import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import pytest
 
 from django_aio_request.metrics import server as server_metrics
 from django_aio_request.metrics.service_names import ServiceNames
-from tests.support.loopback import free_port, wait_until_listening
+from tests.support.loopback import free_port, stop_server, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = int(os.environ.get("AIO_REQUEST_LABEL_NAMES", "2000"))
@@ -74,12 +73,7 @@ def recycling_gunicorn() -> Iterator[str]:
         wait_until_listening(process, port, "gunicorn")
         yield f"http://127.0.0.1:{port}/"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
         shutil.rmtree(directory, ignore_errors=True)
 
 

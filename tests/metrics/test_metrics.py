@@ -9,7 +9,6 @@ compares figures before and after.
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics import client as client_metrics
 from django_aio_request.metrics import server as server_metrics
 from django_aio_request.metrics.deferred import INTERVAL
-from tests.support.loopback import Handler, LoopbackServer, free_port, replies, wait_until_listening
+from tests.support.loopback import Handler, LoopbackServer, free_port, replies, stop_server, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -574,12 +573,7 @@ def gunicorn() -> Iterator[str]:
             raise RuntimeError(f"{error}: {process.stderr.read().decode()}") from None  # type: ignore[union-attr]
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
         if process.stderr is not None:
             process.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)

@@ -6,7 +6,6 @@ requests share one database connection (the tests check its backend pid)."""
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
 from django.db import connections
 
-from tests.support.loopback import free_port, wait_until_listening
+from tests.support.loopback import free_port, stop_server, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = "postgres"
@@ -109,12 +108,7 @@ def server(
         assert status == 200, body
         yield served
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 @pytest.fixture

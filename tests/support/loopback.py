@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -245,6 +246,17 @@ def wait_until_listening(process: "subprocess.Popen[Any]", port: int, what: str,
             if process.poll() is not None or time.monotonic() > ready_by:
                 raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.1)
+
+
+def stop_server(process: "subprocess.Popen[Any]", timeout: float = 15.0) -> None:
+    """Stop a server started by :func:`wait_until_listening`'s caller as its operator would: SIGTERM
+    (gunicorn's graceful stop), then SIGKILL if it has not exited after ``timeout`` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager
