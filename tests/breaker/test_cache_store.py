@@ -702,17 +702,29 @@ def test_a_forked_child_does_not_flush_its_parents_counts_again(redis: None, nam
     assert reader.totals("svc") == (4, 0)  # 3 of the parent's and 1 of the child's, each once
 
 
-def test_a_probe_asked_for_after_another_process_closed_the_circuit_blocks_nothing(
-    redis: None, namespace: str, stores: Any
-) -> None:
-    """A claim is made only where the block just read says the break is over: a late one must not
-    block again a circuit another process's probe closed meanwhile."""
-    a, b = (breaker_with(stores(namespace, sync_interval=3600), break_duration=0.2, minimum_throughput=2) for _ in "ab")
+def _opened_by_a_and_read_by_b(
+    namespace: str, stores: Any, break_duration: float
+) -> tuple[DefaultCircuitBreaker[str, Response], DefaultCircuitBreaker[str, Response]]:
+    """Two processes' breakers sharing state (no rounds of their own: the test calls sync()): a
+    opens the circuit with two failures and publishes it, b reads it."""
+    a, b = (
+        breaker_with(stores(namespace, sync_interval=3600), break_duration=break_duration, minimum_throughput=2)
+        for _ in "ab"
+    )
     run(a, False)
     run(a, False)
     a.store.sync()  # type: ignore[attr-defined]
     b.store.blocked_until("svc")
     b.store.sync()  # type: ignore[attr-defined]
+    return a, b
+
+
+def test_a_probe_asked_for_after_another_process_closed_the_circuit_blocks_nothing(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A claim is made only where the block just read says the break is over: a late one must not
+    block again a circuit another process's probe closed meanwhile."""
+    a, b = _opened_by_a_and_read_by_b(namespace, stores, break_duration=0.2)
     assert run(b, True) == "fallback"
     time.sleep(0.25)
     assert run(a, True) == "fallback"  # the break is over: a asks its thread for the probe
@@ -863,12 +875,7 @@ def test_a_claim_held_for_a_late_call_gives_way_to_another_process_s_later_claim
 ) -> None:
     """A process holding a claim while its next call is late must not probe once another process,
     finding the claim's block over, claimed a later probe (as it does when the holder died): one probe."""
-    a, b = (breaker_with(stores(namespace, sync_interval=3600), break_duration=0.3, minimum_throughput=2) for _ in "ab")
-    run(a, False)
-    run(a, False)
-    a.store.sync()  # type: ignore[attr-defined]
-    b.store.blocked_until("svc")
-    b.store.sync()  # type: ignore[attr-defined]
+    a, b = _opened_by_a_and_read_by_b(namespace, stores, break_duration=0.3)
     time.sleep(0.35)
     assert run(a, True) == "fallback"  # a asks for the probe...
     a.store.sync()  # type: ignore[attr-defined]  # ...and wins it; its next call is late:
