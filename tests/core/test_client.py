@@ -106,8 +106,10 @@ class TestDeadline:
         first_timeout, second_timeout = sent_timeouts(server, "/flaky")
         assert 1.8 < first_timeout <= 2.0
         assert second_timeout < first_timeout - 0.2
-        # The second attempt was told the time the call had left when it was sent.
-        assert (first_timeout - second_timeout) == pytest.approx(second.at - first.at, abs=0.05)
+        # The second attempt was told the time the call had left when it was sent. (Within 0.1 s: the
+        # server stamps each request when one of its threads has read it, on a loaded machine some
+        # tens of milliseconds late; a second attempt told the first's time would show 0.2 s apart.)
+        assert (first_timeout - second_timeout) == pytest.approx(second.at - first.at, abs=0.1)
 
 
 class TestPriority:
