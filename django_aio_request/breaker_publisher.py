@@ -22,12 +22,17 @@ Building a client with a breaker waits for the round that reads its overrides, a
 endpoint open makes no call to it: with a healthy database the override is applied before the
 client is returned. A database that does not answer by then costs that one build the wait, and
 no other build waits until a round has finished (the round then applies the overrides as usual).
+A build on a thread running an event loop (the first ``clients["billing"]`` in an async view) does
+not wait, as waiting would stall every task of the loop: its client calls by the breaker's own
+state until the round applies the overrides; when they are not read within ``FIRST_READ_WAIT``,
+the loop logs the same warning and builds stop waiting, as after a build whose wait ran out.
 
 When the database is down, calls go on with the breakers as they are (the last overrides
 applied stay applied), a warning is logged once per outage and once on recovery, transitions
 wait in the deque (the oldest are dropped beyond ``QUEUE_LENGTH``), and nothing raises into callers.
 """
 
+import asyncio
 import collections
 import contextlib
 import datetime
@@ -189,8 +194,8 @@ class Publisher:
 
     def watch(self, name: str, client: Client) -> None:
         """Listen to ``client``'s breaker, make sure the thread runs, have it read the overrides now,
-        and wait for that, at most ``first_read_wait`` seconds (``registry`` calls this on build,
-        after the client is in the registry, where the round finds it)."""
+        and wait for that, at most ``first_read_wait`` seconds, unless this thread runs an event loop
+        (``registry`` calls this on build, after the client is in the registry, where the round finds it)."""
         breaker = client.circuit_breaker
         if not isinstance(breaker, DefaultCircuitBreaker):
             return
@@ -206,17 +211,41 @@ class Publisher:
     def _await_read(self, name: str, number: int) -> None:
         if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
             return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._read_done:
             if self._late:  # the database has not answered a round since an earlier build gave up
+                return
+            if loop is not None:
+                # Waiting here would stall every task of the loop (up to first_read_wait with a hanging
+                # database): the client calls before the overrides are read, as after a wait that ran
+                # out, and the loop looks at the end of the wait whether they were read.
+                if self._read < number:
+                    loop.call_later(self.first_read_wait, self._read_late, name, number)
                 return
             if self._read_done.wait_for(lambda: self._read >= number, self.first_read_wait):
                 return
             self._late = True
+        self._warn_late(name, "")
+
+    def _read_late(self, name: str, number: int) -> None:
+        """On the event loop that built ``name`` without waiting, ``first_read_wait`` later: the
+        warning, and no build waits until a round finishes, if the overrides are still not read."""
+        with self._read_done:
+            if self._late or self._read >= number:
+                return
+            self._late = True
+        self._warn_late(name, " (built on an event loop's thread, which does not wait for them)")
+
+    def _warn_late(self, name: str, where: str) -> None:
         logger.warning(
-            "circuit breaker overrides not read within %s s (the database is slow or hangs): client %r "
+            "circuit breaker overrides not read within %s s (the database is slow or hangs): client %r%s "
             "calls before admin's overrides are applied; builds do not wait until a round finishes",
             self.first_read_wait,
             name,
+            where,
         )
 
     def _overrides_read(self, number: int) -> None:

@@ -33,7 +33,7 @@ from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer, free_port, wait_until_listening
+from tests.support.loopback import LoopbackServer, free_port, silent_listener, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -586,6 +586,83 @@ for _ in range(20):
     with client.request(get("up")) as response:
         calls.append([response.status, "X-Circuit-Breaker" in response.headers])
 print(json.dumps({"built": built, "calls": calls}))
+"""
+
+
+@pytest.mark.parametrize("loop_stays", [False, True], ids=["loop-ends", "loop-stays"])
+def test_a_first_lookup_on_an_event_loop_does_not_wait_for_a_hanging_database(
+    server: LoopbackServer, tmp_path: Path, loop_stays: bool
+) -> None:
+    """The first ``clients["billing"]`` in an async view held the event loop for the whole first-read
+    wait (0.25 s, every task of the loop with it) while a database that never answers was read. Now
+    a lookup on a loop's thread returns at once and the client calls before the overrides are read;
+    a sync lookup still waits, and says so (loop-ends: the loop is gone before its check is due).
+    When the loop is still there at the end of the wait, it logs the warning, naming the loop, and
+    later builds do not wait, as after a sync build that gave up (loop-stays)."""
+    server.route("/up", lambda h: h.reply(200))
+    breakers = {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER} for name in ("billing", "refunds")}
+    with silent_listener() as port:
+        database = {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1", "PORT": str(port),
+                    "NAME": "hangs", "USER": "nobody"}  # fmt: skip
+        (tmp_path / "hanging_database_settings.py").write_text(
+            "from settings.test import *  # noqa: F403\n\n"
+            f"DATABASES = {{'default': {database!r}}}\n"
+            f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CLIENTS': {breakers!r}}}\n"
+        )
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "hanging_database_settings",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", ON_A_LOOP, "stays" if loop_stays else "ends"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["looked_up"] < 0.1, answer  # it waited 0.25 s on the loop's thread
+    assert answer["status"] == 200, answer
+    late = "circuit breaker overrides not read within 0.25 s (the database is slow or hangs): client"
+    if loop_stays:
+        assert answer["warned_on_loop"] == [
+            f"{late} 'billing' (built on an event loop's thread, which does not wait for them) calls before "
+            "admin's overrides are applied; builds do not wait until a round finishes"
+        ], answer
+        assert answer["sync_lookup"] < 0.2, answer  # the database hangs: no build waits for it now
+        assert len(answer["warnings"]) == 1, answer
+    else:
+        assert answer["warned_on_loop"] == [], answer  # nothing while the read may still land in time
+        assert 0.25 <= answer["sync_lookup"] < 0.8, answer  # a sync build waits, as before
+        assert len(answer["warnings"]) == 1, answer
+        assert answer["warnings"][0].startswith(f"{late} 'refunds' calls before"), answer
+
+
+ON_A_LOOP = """
+import asyncio, json, logging, sys, time, django
+django.setup()
+from django_aio_request import clients, get
+
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("django_aio_request.breaker_publisher").addHandler(handler)
+
+async def view(stays):
+    started = time.monotonic()
+    client = clients["billing"]
+    looked_up = time.monotonic() - started
+    async with client.arequest(get("up")) as response:
+        status = response.status
+    if stays:
+        await asyncio.sleep(0.6)  # past the first-read wait: the loop looks whether the read landed
+    return {"looked_up": looked_up, "status": status, "warned_on_loop": list(warnings)}
+
+answer = asyncio.run(view(sys.argv[1] == "stays"))
+started = time.monotonic()
+clients["refunds"]
+answer["sync_lookup"] = time.monotonic() - started
+answer["warnings"] = warnings
+print(json.dumps(answer))
 """
 
 
