@@ -48,8 +48,8 @@ class AttemptThreadPool:
             free.release()
             raise
         if stop is not None:
-            _running.add(stop)
-            future.add_done_callback(lambda _: _running.discard(stop))
+            forget = stop_at_exit(stop)
+            future.add_done_callback(lambda _: forget())
         future.add_done_callback(lambda _: free.release())
         return future
 
@@ -88,11 +88,21 @@ _pools: "weakref.WeakSet[AttemptThreadPool]" = weakref.WeakSet()
 _running: set[Callable[[], None]] = set()  # how to stop each task running now (its ``stop``)
 
 
+def stop_at_exit(stop: Callable[[], None]) -> Callable[[], None]:
+    """Call ``stop`` if the interpreter exits before the function returned here is called.
+
+    For work running on a ``ThreadPoolExecutor`` worker, which the interpreter waits for at exit:
+    a hedge (:meth:`AttemptThreadPool.try_submit`) and an async call (``Client.arequest``)."""
+    _running.add(stop)
+    return lambda: _running.discard(stop)
+
+
 def _stop_at_exit() -> None:
     """At interpreter exit, before ``concurrent.futures`` joins its workers: refuse new tasks and
-    stop the running ones. A hedge still waiting for its answer kept the process alive until the
-    call's deadline (20 s by default) after the caller, a daemon thread, or the main thread had
-    gone; its socket is shut down now, as a lost hedge's is."""
+    stop the running ones. A hedge still waiting for its answer, or an async call whose event loop
+    ran in a daemon thread, kept the process alive until the call's deadline (20 s by default) after
+    the caller, a daemon thread, or the main thread had gone; its sockets are shut down now, as a
+    lost hedge's are."""
     for pool in list(_pools):
         pool._closed = True
     for stop in list(_running):
@@ -108,6 +118,7 @@ if _register_atexit is not None:
 
 
 def _after_fork_in_child() -> None:
+    _running.clear()  # the parent's tasks: they do not run here, and nothing would take them out
     for pool in list(_pools):
         pool._after_fork_in_child()
 

@@ -12,7 +12,7 @@ from typing import Literal
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
-from django_aio_request.core.attempt_threads import AttemptThreadPool
+from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_exit
 from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
@@ -161,6 +161,9 @@ class Client:
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         started = time.perf_counter()
+        # Its call thread is a ThreadPoolExecutor worker, which the interpreter waits for at exit: a
+        # call whose event loop runs in a daemon thread held the process until its deadline.
+        forget = stop_at_exit(cancellation.cancel)
         while True:
             drivers = self._drivers()
             try:
@@ -168,7 +171,12 @@ class Client:
                 break
             except RuntimeError:
                 if drivers is self._async_drivers:
+                    forget()
                     raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
+            except BaseException:
+                forget()
+                raise
+        future.add_done_callback(lambda _: forget())
         wait = current_downstream_wait()
         if wait is not None:
             wait.begin()  # load shedding judges the request being served without this wait
