@@ -2,11 +2,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
@@ -94,6 +95,9 @@ class Client:
         self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
         self._drivers_lock = threading.Lock()
         self._closed = False
+        # Async calls submitted and not done (queued or running): close() waits for none of them.
+        self._async_in_flight = 0
+        self._in_flight_lock = threading.Lock()
         _clients.add(self)
 
     @contextlib.contextmanager
@@ -161,22 +165,9 @@ class Client:
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         started = time.perf_counter()
-        # Its call thread is a ThreadPoolExecutor worker, which the interpreter waits for at exit: a
-        # call whose event loop runs in a daemon thread held the process until its deadline.
-        forget = stop_at_exit(cancellation.cancel)
-        while True:
-            drivers = self._drivers()
-            try:
-                future = drivers.submit(copied.run, self._call, request, deadline, priority, strategy, cancellation)
-                break
-            except RuntimeError:
-                if drivers is self._async_drivers:
-                    forget()
-                    raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
-            except BaseException:
-                forget()
-                raise
-        future.add_done_callback(lambda _: forget())
+        future = self._submit_async(
+            functools.partial(copied.run, self._call, request, deadline, priority, strategy, cancellation), cancellation
+        )
         wait = current_downstream_wait()
         if wait is not None:
             wait.begin()  # load shedding judges the request being served without this wait
@@ -210,6 +201,40 @@ class Client:
             if wait is not None:
                 wait.end()
         yield response
+
+    def _submit_async(
+        self, call: Callable[[], Response], cancellation: Cancellation
+    ) -> "concurrent.futures.Future[Response]":
+        """Hand an async ``call`` (``cancellation`` aborts it) to a call thread, counted in flight
+        (see :meth:`close`) until it is done.
+
+        Its call thread is a ``ThreadPoolExecutor`` worker, which the interpreter waits for at exit:
+        a call whose event loop ran in a daemon thread held the process until its deadline. Until it
+        is done, exit cancels it as it stops a hedge.
+        """
+        forget = stop_at_exit(cancellation.cancel)
+        with self._in_flight_lock:  # counted before it can reach the drivers: see close()
+            self._async_in_flight += 1
+
+        def done(_: object = None) -> None:
+            forget()
+            with self._in_flight_lock:
+                self._async_in_flight -= 1
+
+        while True:
+            drivers = self._drivers()
+            try:
+                future = drivers.submit(call)
+                break
+            except RuntimeError:
+                if drivers is self._async_drivers:
+                    done()
+                    raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
+            except BaseException:
+                done()
+                raise
+        future.add_done_callback(done)
+        return future
 
     def _deadline(self, given: Deadline | None, context: Deadline | None) -> Deadline:
         """The call's deadline: ``given``, else the earlier of ``context`` and the client's timeout.
@@ -281,14 +306,23 @@ class Client:
         # (the first async calls of a client used before fork() never started, and answered 408).
         self._async_drivers = None
         self._drivers_lock = threading.Lock()
+        self._async_in_flight = 0  # the parent's: they do not run here
+        self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:
-        """Wait for running attempts, then close pooled connections and stop the client's threads.
+        """Stop the client's threads and close its pooled connections; never wait for an async call.
 
-        Calls in flight meanwhile send no more hedges. A call made after ``close()`` opens what it
-        needs again (threads, connections), as a requests ``Session`` or a Django cache connection
-        does: a client held past a settings change (``clients.reset()``) keeps working, sync and
-        async alike, hedges included.
+        Calls in flight meanwhile go on (an attempt running keeps its connection until it ends, and
+        closes it then) and send no more hedges. With no async call in flight, ``close()`` waits for
+        the hedges running, and returns with none of the client's threads left. With an async call
+        in flight (queued or running) it waits for nothing: it may be running on the event loop that
+        awaits the call, or that serves the call's downstream, which it froze until the call ended
+        (a downstream on that loop could only answer 408, at the call's deadline). The call gets
+        its answer; its thread and those of the hedges running end when they are done.
+
+        A call made after ``close()`` opens what it needs again (threads, connections), as a
+        requests ``Session`` or a Django cache connection does: a client held past a settings change
+        (``clients.reset()``) keeps working, sync and async alike, hedges included.
         """
         with self._drivers_lock:  # closed in one step: a call from now on reopens what it needs anew
             self._closed = True
@@ -297,8 +331,16 @@ class Client:
             if self.circuit_breaker is not None:
                 unwatch_breaker(self.circuit_breaker)
         if drivers is not None:
-            drivers.shutdown(wait=True)  # queued calls still run: none is cancelled unasked
-        workers.shutdown(wait=True)
+            # Takes no new call; queued calls still run (none is cancelled unasked), idle threads end.
+            drivers.shutdown(wait=False)
+        # Read after that shutdown: an async call counted later is refused by those drivers, and one
+        # counted before keeps it above 0. At 0, every call these drivers took is done.
+        if self._async_in_flight:
+            workers.shutdown(wait=False)
+        else:
+            if drivers is not None:
+                drivers.shutdown(wait=True)  # their threads, idle, end at once
+            workers.shutdown(wait=True)
         self.transport.close()
         if self.circuit_breaker is not None:
             self.circuit_breaker.close()

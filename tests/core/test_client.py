@@ -27,8 +27,16 @@ from django_aio_request import (
 from django_aio_request import metrics as all_metrics
 from django_aio_request.testing import serving
 from tests.support.forking import in_child
-from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect, replies, widen_backlog
+from tests.support.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_after,
+    hang_until_disconnect,
+    replies,
+    widen_backlog,
+)
 from tests.support.loopback import timed_call as call
+from tests.support.resources import eventually
 
 CLIENT_THREADS = ("django-aio-request_", "django-aio-request-async_")  # ThreadPoolExecutor's names
 SYSTEM_HEADERS = ("X-Request-Timeout", "X-Request-Priority", "X-Service-Name")
@@ -346,6 +354,38 @@ class TestLifetime:
         thread.join(5)
         assert answers == [200]  # the next attempt ran on the caller's thread
         assert len(server.received("/h")) == 2
+
+    def test_close_on_the_event_loop_does_not_wait_for_an_async_call_in_flight(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """``close()`` called on the loop thread (a settings change under ``clients`` in async code)
+        while an ``arequest()`` is in flight: it waited for the call's thread, freezing the loop until
+        the answer came (a downstream served by that loop could then only answer 408, at the call's
+        deadline). Now it returns at once; the call gets its answer, and the client's threads end
+        with it."""
+        server.route("/slow", answer_after(1.0, body=b"late"))
+        before = set(threading.enumerate())
+        client = make_client(safe_method_strategy=single_attempt_strategy(), timeout=5.0)
+
+        async def go() -> tuple[float, int, bytes]:
+            async def one() -> tuple[int, bytes]:
+                async with client.arequest(get("slow")) as response:
+                    return response.status, response.read()
+
+            task = asyncio.create_task(one())
+            await asyncio.sleep(0.1)  # the call is waiting for its answer
+            started = time.monotonic()
+            client.close()
+            closing = time.monotonic() - started
+            return (closing, *await task)
+
+        closing, status, body = asyncio.run(go())
+
+        assert closing < 0.3, closing  # it took 0.9 s: until the answer
+        assert (status, body) == (200, b"late")
+        assert eventually(
+            lambda: not [t for t in set(threading.enumerate()) - before if t.name.startswith(CLIENT_THREADS)]
+        )
 
     def test_a_closed_client_opens_again_on_use_sync_async_and_hedges_alike(
         self, server: LoopbackServer, make_client: Callable[..., Client]
