@@ -127,12 +127,12 @@ class Client:
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
         wait = current_downstream_wait()
         if wait is None:
-            yield self._call(request, deadline, priority, strategy, None)
+            yield self._call(request, deadline, priority, strategy)
             return
         wait.begin()  # load shedding judges the request being served without this wait
         cpu = time.thread_time()
         try:
-            response = self._call(request, deadline, priority, strategy, None)
+            response = self._call(request, deadline, priority, strategy)
         finally:
             wait.end(time.thread_time() - cpu)
         yield response
@@ -151,7 +151,8 @@ class Client:
         The same call (deadline and priority from the context, strategies, breaker, retry budget,
         metrics, connection pool), driven by one of the client's call threads so the event loop is
         never blocked. Cancelling the awaiting task aborts every attempt in flight (their sockets
-        are shut down) and raises ``CancelledError`` at once. A call still waiting for a free call
+        are shut down) and raises ``CancelledError`` at once; the metrics count the attempts it sent,
+        not a call that returned (docs/metrics.md). A call still waiting for a free call
         thread when its deadline passes answers 408 without sending anything (its metrics are those of
         a sync call past its deadline).
         """
@@ -166,7 +167,7 @@ class Client:
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         started = time.perf_counter()
         future = self._submit_async(
-            functools.partial(copied.run, self._call, request, deadline, priority, strategy, cancellation), cancellation
+            functools.partial(copied.run, self._run, request, deadline, priority, strategy, cancellation), cancellation
         )
         wait = current_downstream_wait()
         if wait is not None:
@@ -192,7 +193,11 @@ class Client:
                         elapsed=time.perf_counter() - started,
                     )
             else:
-                response = await waiting
+                result, elapsed = await waiting
+                # Recorded here, once the call returns it: a call whose task was cancelled returned
+                # nothing (its strategy's 499 reached nobody), and counts only the attempts it sent.
+                self._record_call(request, result, elapsed)
+                response = result.response
         except asyncio.CancelledError:
             cancellation.cancel()  # shuts the sockets of every attempt in flight
             future.cancel()  # a call that has not started yet never will
@@ -203,8 +208,8 @@ class Client:
         yield response
 
     def _submit_async(
-        self, call: Callable[[], Response], cancellation: Cancellation
-    ) -> "concurrent.futures.Future[Response]":
+        self, call: Callable[[], tuple[ResponseWithVerdict, float]], cancellation: Cancellation
+    ) -> "concurrent.futures.Future[tuple[ResponseWithVerdict, float]]":
         """Hand an async ``call`` (``cancellation`` aborts it) to a call thread, counted in flight
         (see :meth:`close`) until it is done.
 
@@ -252,24 +257,38 @@ class Client:
         return Deadline(own)
 
     def _call(
+        self, request: Request, deadline: Deadline, priority: Priority, strategy: RequestStrategy | None
+    ) -> Response:
+        """A sync call: run the strategy in this thread and record the call."""
+        result, elapsed = self._run(request, deadline, priority, strategy, None)
+        self._record_call(request, result, elapsed)
+        return result.response
+
+    def _run(
         self,
         request: Request,
         deadline: Deadline,
         priority: Priority,
         strategy: RequestStrategy | None,
         cancellation: Cancellation | None,
-    ) -> Response:
-        """Run the strategy in this thread; ``cancellation`` (async calls) aborts every attempt."""
-        metrics = self._metrics
+    ) -> tuple[ResponseWithVerdict, float]:
+        """Run the strategy in this thread: the call's result and how long it took. ``cancellation``
+        (async calls) aborts every attempt."""
         call = None if self.retry_budget is None and self.hedge_priority is None else _Call(self)
         send: SendAttempt = self._send if call is None else call.send
         if cancellation is not None:
             send = _cancellable(send, cancellation)
-        if metrics is None:
-            result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
-        else:
-            started = time.perf_counter()
-            result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
+        started = time.perf_counter()
+        result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
+        elapsed = time.perf_counter() - started
+        if call is not None and call.refused:
+            result.response.budget_exhausted = True
+        return result, elapsed
+
+    def _record_call(self, request: Request, result: ResponseWithVerdict, elapsed: float) -> None:
+        """Record a call that returned ``result`` to its caller (not one its caller cancelled)."""
+        metrics = self._metrics
+        if metrics is not None:
             response = result.response
             metrics.call(
                 request.method,
@@ -277,11 +296,8 @@ class Client:
                 response.status,
                 circuit_breaker=is_open_circuit_fallback(response),
                 attempt=result.attempt,
-                elapsed=time.perf_counter() - started,
+                elapsed=elapsed,
             )
-        if call is not None and call.refused:
-            result.response.budget_exhausted = True
-        return result.response
 
     def _drivers(self) -> concurrent.futures.ThreadPoolExecutor:
         """The threads that drive async calls: as many as the client's attempt workers, made on first use."""

@@ -1,6 +1,7 @@
 """``client.arequest()``: the same call from async code, without blocking the event loop."""
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,14 @@ from django_aio_request import (
 )
 from django_aio_request import metrics as all_metrics
 from django_aio_request.testing import force_breaker, serving
-from tests.support.loopback import Handler, LoopbackServer, answer_after, wait_for_disconnect, widen_backlog
+from tests.support.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_after,
+    hang_until_disconnect,
+    wait_for_disconnect,
+    widen_backlog,
+)
 
 
 class Disconnects:
@@ -305,3 +313,47 @@ def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(
     assert max(e for _, e in results) < 0.7
     assert len(server.received("/hang")) == 1  # the others were never sent
     assert REGISTRY.get_sample_value("aio_request_deadline_rejected_total", labels) == 2  # and are counted
+
+
+def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """The task was cancelled: the call returned nothing (CancelledError). It was recorded in
+    aio_request_latency as a call that returned 499 and in aio_request_winning_attempt_total as won
+    by attempt 0. Its attempt, sent, is still counted. One call thread: the next call starts once
+    the cancelled one is done, recorded what it records."""
+    server.route("/hang", hang_until_disconnect)
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = make_client(timeout=10.0, max_workers=1, safe_method_strategy=single_attempt_strategy())
+
+    def recorded() -> dict[str, float]:
+        all_metrics.flush()
+        totals: dict[str, float] = collections.defaultdict(float)
+        for metric in REGISTRY.collect():
+            for sample in metric.samples:
+                if sample.labels.get("request_endpoint") != server.url:
+                    continue
+                if sample.name == "aio_request_latency_count":
+                    totals[f"latency {sample.labels['response_status']}"] += sample.value
+                elif sample.name in ("aio_request_winning_attempt_total", "aio_request_attempts_total"):
+                    totals[sample.name] += sample.value
+        return totals
+
+    async def go() -> Response:
+        task = asyncio.create_task(acall(client, get("hang")))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        response, _ = await acall(client, get("ok"))
+        return response
+
+    before = recorded()
+    assert asyncio.run(go()).status == 200
+    after = recorded()
+
+    assert {what: count - before.get(what, 0.0) for what, count in after.items() if count != before.get(what)} == {
+        "latency 200": 1,  # the next call; the cancelled one was there as "latency 499"
+        "aio_request_winning_attempt_total": 1,  # the next call; it was 2
+        "aio_request_attempts_total": 2,  # the cancelled call's attempt was sent
+    }
