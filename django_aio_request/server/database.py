@@ -31,9 +31,10 @@ from below the view (an inner middleware's ``process_response``, a signal). See
 ``docs/database.md``. Other backends (SQLite, MySQL, ...) are left alone.
 """
 
-import concurrent.futures
+import collections
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
@@ -519,18 +520,66 @@ def _head(sql: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
+class _Cancellers:
+    """Threads for the work that may block for up to :data:`CANCEL_TIMEOUT` (psycopg 3): cancel
+    requests, each a new connection to the server (about 2 ms on the same host, longer across a
+    network, 2 s when it gets no answer), and what waits for a connection's lock one of them holds. None of it may hold
+    up the deadline timer's other callbacks, nor wait for another cancel request to end.
+
+    A task starts at once: on an idle thread, else on a new one. So there is no fixed number of
+    threads: as many as tasks in progress, which are a few per connection whose statement is past
+    its deadline (its cancel request, at most one at a time, and the timer entries waiting for it),
+    never more than a few times the connections to PostgreSQL the process has open. A thread idle
+    for :attr:`IDLE` seconds ends. (A pool of 4 made the fifth of five unanswered cancel requests
+    sent at once wait 2 s for a thread, and its query raise 4 s after the deadline, not 2.)
+    """
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._tasks: collections.deque[Callable[[], object]] = collections.deque()
+        self._idle = 0  # threads waiting for a task
+        self.threads = 0
+        self._names = itertools.count()
+
+    def submit(self, call: Callable[..., object], *args: Any) -> None:
+        with self._condition:
+            self._tasks.append(functools.partial(call, *args))
+            if len(self._tasks) > self._idle:  # every idle thread has a task already: start one
+                self.threads += 1
+                name = f"django-aio-request-pg-cancel_{next(self._names)}"
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            else:
+                self._condition.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                if not self._tasks:
+                    self._idle += 1
+                    self._condition.wait(self.IDLE)
+                    self._idle -= 1
+                if not self._tasks:
+                    self.threads -= 1
+                    return
+                task = self._tasks.popleft()
+            try:
+                task()
+            except Exception:
+                logger.exception("a cancel task of the database bound failed")
+
+
+_executor: _Cancellers | None = None
 _executor_lock = threading.Lock()
 
 
-def _cancellers() -> concurrent.futures.ThreadPoolExecutor:
-    """A few threads for cancel requests: each opens a connection to the server (about 2 ms on the
-    same host, longer across a network), which must not hold up the deadline timer's other callbacks."""
+def _cancellers() -> _Cancellers:
     global _executor
     if _executor is None:
         with _executor_lock:
             if _executor is None:
-                _executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="django-aio-request-pg-cancel")
+                _executor = _Cancellers()
     return _executor
 
 

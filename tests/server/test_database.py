@@ -561,15 +561,33 @@ def end_other_sessions() -> None:
     )
 
 
+# The codes of PostgreSQL's CancelRequest, and of SSLRequest and GSSENCRequest, which may come first.
+CANCEL_REQUEST_CODE = 80877102
+ENCRYPTION_REQUEST_CODES = (80877103, 80877104)
+
+
+def _receive(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        if not (more := sock.recv(size - len(data))):
+            return None
+        data += more
+    return data
+
+
 class HangingProxy:
     """A TCP proxy to the PostgreSQL server; with ``hang`` set, it accepts new connections (such as
-    a cancel request's) and never answers them: a server that hangs rather than refuses. After
-    :meth:`freeze`, the connections it carries then pass nothing on either way (a network
-    partition: packets lost, nobody closes anything)."""
+    a cancel request's) and never answers them: a server that hangs rather than refuses. With
+    ``swallow_cancels`` set, only the connections that carry a cancel request are held unanswered,
+    as by a proxy that does not pass them on; others connect as usual. After :meth:`freeze`, the
+    connections it carries then pass nothing on either way (a network partition: packets lost,
+    nobody closes anything)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.hang = False
+        self.swallow_cancels = False
+        self.swallowed = 0
         self.frozen: set[socket.socket] = set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -585,10 +603,32 @@ class HangingProxy:
             self.sockets.append(client)
             if self.hang:
                 continue  # held open, never forwarded
-            upstream = socket.create_connection(self.target)
-            self.sockets.append(upstream)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            if self.swallow_cancels:
+                threading.Thread(target=self._forward_unless_cancel, args=(client,), daemon=True).start()
+            else:
+                self._forward(client)
+
+    def _forward(self, client: socket.socket, head: bytes = b"") -> None:
+        upstream = socket.create_connection(self.target)
+        self.sockets.append(upstream)
+        upstream.sendall(head)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _forward_unless_cancel(self, client: socket.socket) -> None:
+        """Hold a connection whose first message is a CancelRequest; forward the others. An SSL or
+        GSSAPI encryption request before it (libpq 17's cancel requests send one when the
+        connection's did) is declined here, as a server without SSL would, and the next read."""
+        with contextlib.suppress(OSError):
+            while (head := _receive(client, 8)) is not None:
+                code = int.from_bytes(head[4:8], "big")
+                if code == CANCEL_REQUEST_CODE:
+                    self.swallowed += 1
+                    return  # held open, never answered
+                if code not in ENCRYPTION_REQUEST_CODES:
+                    self._forward(client, head)
+                    return
+                client.sendall(b"N")
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -729,3 +769,54 @@ def test_a_cancelled_query_whose_answer_is_lost_ends_the_cancel_timeout_later(
             "a query of database 'postgres' ran past its deadline and it was still running 0.3 s after it "
             "was cancelled: its connection is closed"
         ]
+
+
+@on_postgres
+def test_cancel_requests_left_unanswered_at_once_each_end_their_query_the_cancel_timeout_after_the_deadline(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten threads' queries reach their deadline together, through a proxy that swallows cancel
+    requests: each raises CANCEL_TIMEOUT after the deadline. The cancel requests went out from 4
+    threads, each held by an unanswered one for CANCEL_TIMEOUT: the others waited their turn, and
+    the last queries raised 3 x CANCEL_TIMEOUT after the deadline."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 1.0)
+    count, timeout = 10, 0.3
+    clock: dict[str, Any] = {}
+    results: dict[int, tuple[float, BaseException | None]] = {}
+
+    def start() -> None:  # run by the last thread to reach the barrier, before any goes on
+        clock["started"] = time.monotonic()
+        clock["deadline"] = Deadline.from_timeout(timeout)
+
+    ready = threading.Barrier(count, action=start)
+
+    def worker(index: int) -> None:
+        error: BaseException | None = None
+        try:
+            scalar("SELECT 1")  # connected through the proxy before the clock starts
+            ready.wait(10)
+            with set_context(deadline=clock["deadline"]):
+                scalar("SELECT pg_sleep(10)")
+        except Exception as caught:
+            error = caught
+        finally:
+            results[index] = (time.monotonic() - clock.get("started", 0.0), error)
+            connections.close_all()
+
+    with through_proxy(pg) as proxy, caplog.at_level(logging.WARNING):
+        proxy.swallow_cancels = True
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert len(results) == count
+    for _, error in results.values():
+        assert isinstance(error, DeadlineExceeded), error
+        assert "its connection was closed" in str(error)
+    elapsed = sorted(round(e, 2) for e, _ in results.values())
+    # Each at about 1.3 s (before: 4 at 1.3, 4 at 2.3, 2 at 3.3).
+    assert timeout + db.CANCEL_TIMEOUT - db.CANCEL_LEAD - 0.05 < elapsed[0], elapsed
+    assert elapsed[-1] < timeout + db.CANCEL_TIMEOUT + 0.8, elapsed
+    assert proxy.swallowed == count
+    assert len(_database_warnings(caplog)) == count
