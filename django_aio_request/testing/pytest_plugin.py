@@ -51,7 +51,13 @@ class AioRequestFixture:
 
 
 @pytest.fixture
-def aio_request() -> Iterator[AioRequestFixture]:
+def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
     """Fake named clients, force breakers, set deadlines and priorities; all undone after the test."""
+    if "_django_db_helper" in request.fixturenames:
+        # The test uses pytest-django's database (db, transactional_db, live_server...), whose
+        # teardown (rollback or flush) must not run under a deadline set here: set it up first, so
+        # that it is torn down after this fixture, whatever the order the test names them in. Only
+        # when the test asked for the database: requesting it otherwise would give it access.
+        request.getfixturevalue("_django_db_helper")
     with contextlib.ExitStack() as stack:
         yield AioRequestFixture(stack)

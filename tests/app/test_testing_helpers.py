@@ -4,8 +4,13 @@ The fake replaces the transport only: these tests check that retries, hedges, th
 budget and metrics still run, and that the fake behaves like the real transport at a deadline."""
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +33,10 @@ from django_aio_request.testing import (
     serving,
 )
 from django_aio_request.testing.pytest_plugin import AioRequestFixture
+from tests.support import postgres
 from tests.support.redis_server import require_redis
 
+ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT = "http://billing.test:8080/api/"
 BREAKER = {"BREAK_DURATION": 5, "SAMPLING_DURATION": 5, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
 
@@ -307,3 +314,83 @@ def test_serving_keeps_what_it_is_not_given() -> None:
         assert inner.priority is Priority.HIGH
         assert inner.deadline is not None
         assert 0.9 < inner.deadline.timeout <= 1.0
+
+
+_DEADLINE_PROJECT_TESTS = """
+import time
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+
+
+def test_1_a_job_under_a_deadline_names_the_fixture_first(aio_request, transactional_db):
+    aio_request.serving(timeout=0.2)
+    ContentType.objects.create(app_label="leak", model="transactional")
+    time.sleep(0.3)  # the deadline passes after the work is done: the flush at teardown must still run
+
+
+def test_2_starts_from_an_empty_database(transactional_db):
+    assert not ContentType.objects.filter(app_label="leak").exists()
+
+
+def test_3_the_same_with_db(aio_request, db):
+    aio_request.serving(timeout=0.2)
+    ContentType.objects.create(app_label="leak", model="rolled_back")
+    time.sleep(0.3)
+
+
+def test_4_starts_from_an_empty_database(db):
+    assert not ContentType.objects.filter(app_label="leak").exists()
+
+
+def test_5_the_fixture_alone_gives_no_database_access(aio_request):
+    with pytest.raises(RuntimeError, match="Database access not allowed"):
+        ContentType.objects.exists()
+"""
+
+
+def test_the_fixture_s_deadline_ends_before_pytest_django_s_database_teardown(tmp_path: Path) -> None:
+    """A deadline set with ``aio_request.serving()`` lasts until the end of the test, and not through
+    pytest-django's database teardown, also when the test names ``aio_request`` before
+    ``transactional_db`` / ``db``: with DATABASE_STATEMENT_TIMEOUT the flush (or rollback) would be
+    refused under the expired deadline, and the rows left for the next test. The fixture alone still
+    gives no database access. A pytest project of its own, on the real PostgreSQL server."""
+    reason = postgres.unreachable()
+    if reason is not None:
+        if postgres.in_ci():
+            pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run, not be skipped)", pytrace=False)
+        pytest.skip(reason)
+    from django.conf import settings
+
+    server = settings.DATABASES[postgres.ALIAS]
+    name = f"aio_fixture_{uuid.uuid4().hex[:12]}"  # pytest-django creates and drops test_<name>
+    database = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        **{key: server[key] for key in ("USER", "PASSWORD", "HOST", "PORT")},
+        "OPTIONS": {"connect_timeout": 3},
+    }
+    (tmp_path / "deadline_settings.py").write_text(
+        textwrap.dedent(f"""
+        SECRET_KEY = "x"
+        INSTALLED_APPS = ["django.contrib.contenttypes", "django_aio_request"]
+        DATABASES = {{"default": {database!r}}}
+        AIO_REQUEST = {{"SERVICE_NAME": "jobs", "DATABASE_STATEMENT_TIMEOUT": True}}
+        USE_TZ = True
+        """)
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = deadline_settings\n")
+    (tmp_path / "test_jobs.py").write_text(_DEADLINE_PROJECT_TESTS)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "5 passed" in done.stdout, done.stdout[-4000:]
