@@ -296,7 +296,7 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     databases = getattr(settings, "DATABASES", None)
     if not isinstance(setting, dict) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
         return []
-    if not isinstance(databases, dict) or _bounds_connecting(os.environ.get("PGCONNECT_TIMEOUT", "0")):
+    if not isinstance(databases, dict):
         return []
     found: list[checks.CheckMessage] = []
     for alias, database in databases.items():
@@ -305,15 +305,24 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
             continue
         options = database.get("OPTIONS")
         timeout = options.get("connect_timeout") if isinstance(options, dict) else None
-        if timeout is not None and _bounds_connecting(timeout):
+        # A connect_timeout in OPTIONS, even 0, is what libpq and psycopg use: PGCONNECT_TIMEOUT only
+        # counts where there is none (psycopg drops a None, so the environment counts then too).
+        if timeout is None:
+            from_environment = os.environ.get("PGCONNECT_TIMEOUT")
+            if from_environment is not None and _bounds_connecting(from_environment):
+                continue
+            what = "has no connect_timeout"
+        elif _bounds_connecting(timeout):
             continue
+        else:
+            what = f"has connect_timeout {timeout!r}, which does not bound connecting (and overrides PGCONNECT_TIMEOUT)"
         found.append(
             checks.Warning(
-                f"settings.DATABASES[{alias!r}] has no connect_timeout: DATABASE_STATEMENT_TIMEOUT bounds its"
+                f"settings.DATABASES[{alias!r}] {what}: DATABASE_STATEMENT_TIMEOUT bounds its"
                 " queries by the request's deadline, but not the opening of a connection, which waits for a"
                 " server that accepts and never answers for as long as the kernel keeps trying",
                 hint="set OPTIONS {'connect_timeout': 2} (whole seconds, 2 at least: libpq reads 1 as 2; or"
-                " PGCONNECT_TIMEOUT in the environment),"
+                " PGCONNECT_TIMEOUT in the environment, for a database whose OPTIONS have no connect_timeout),"
                 " and CONN_MAX_AGE so that few requests connect at all",
                 obj=f"settings.DATABASES[{alias!r}]",
                 id=f"django_aio_request.{DATABASE_WITHOUT_CONNECT_TIMEOUT}",

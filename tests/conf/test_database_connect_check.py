@@ -63,6 +63,30 @@ def test_only_where_the_bound_is_on_and_not_with_pgconnect_timeout(monkeypatch: 
     assert _ids(bare, ON) == []
 
 
+@pytest.mark.parametrize("options", [{"connect_timeout": 0}, {"connect_timeout": "0"}, {"connect_timeout": -1}])
+def test_pgconnect_timeout_does_not_hide_a_connect_timeout_in_options_that_waits_for_ever(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any]
+) -> None:
+    """libpq and psycopg use OPTIONS' connect_timeout, even 0, over PGCONNECT_TIMEOUT (psycopg's
+    conninfo get_param() reads the environment only for a parameter not given): the environment
+    bounds only the databases without one, and each database is judged on its own."""
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "5")
+    unbounded = {"ENGINE": PG, "NAME": "shop", "OPTIONS": options}
+    from_environment = {"ENGINE": PG, "NAME": "stock"}
+    given_none = {"ENGINE": PG, "NAME": "stock", "OPTIONS": {"connect_timeout": None}}  # psycopg drops a None
+    with override_settings(
+        DATABASES={"default": unbounded, "stock": from_environment, "none": given_none}, AIO_REQUEST=ON
+    ):
+        found = check_database_connect_timeout()
+    assert [(message.id, message.obj) for message in found] == [
+        ("django_aio_request.W011", "settings.DATABASES['default']")
+    ]
+    assert f"has connect_timeout {options['connect_timeout']!r}, which does not bound connecting" in found[0].msg
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "0")
+    bounded = {"ENGINE": PG, "NAME": "shop", "OPTIONS": {"connect_timeout": 2}}  # OPTIONS win this way too
+    assert _ids({"default": bounded}, ON) == []
+
+
 def test_a_postgis_database_is_bounded_so_it_is_warned_about_too() -> None:
     postgis = {"default": {"ENGINE": "django.contrib.gis.db.backends.postgis", "NAME": "maps"}}
     assert _ids(postgis, ON) == ["django_aio_request.W011"]
