@@ -8,6 +8,7 @@ Reading the setting never raises here: the checks exist to report bad settings, 
 import inspect
 import os
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -185,7 +186,7 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     missing or cannot be imported: every sync round of the breakers would fail, and each process
     decide alone for good, with nothing but the outage's log line to say why. Never raises."""
     setting = getattr(settings, SETTING, None)
-    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, dict) else None
+    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
     caches = getattr(settings, "CACHES", None)
     if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
         return []  # check_settings reports an alias that names no cache
@@ -216,7 +217,7 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     (5 s), each round stalls 5 s, so sharing resumes up to 5 s after the server is back. Never raises,
     whatever the settings hold (check_settings reports those)."""
     setting = getattr(settings, SETTING, None)
-    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, dict) else None
+    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
     caches = getattr(settings, "CACHES", None)
     if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
         return []
@@ -294,7 +295,7 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     to connect first is held past its deadline. Never raises, whatever the settings hold."""
     setting = getattr(settings, SETTING, None)
     databases = getattr(settings, "DATABASES", None)
-    if not isinstance(setting, dict) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
+    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
         return []
     if not isinstance(databases, dict):
         return []

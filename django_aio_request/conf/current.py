@@ -7,6 +7,7 @@ checks (``checks.py``) read the same setting through the same reader and report 
 """
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -42,13 +43,14 @@ class CurrentSettings:
         When ``AIO_REQUEST`` has errors elsewhere (a client's ``ENDPOINT``), this key is read on its
         own: in a process that runs no checks (``manage.py shell``, a task worker) an HTTP client's
         mistake raises where that client is used, and must not fail every database query. An invalid
-        value of this key, or an ``AIO_REQUEST`` that is no dict, still raises ``InvalidSettings``.
+        value of this key, or an ``AIO_REQUEST`` that is no mapping, still raises ``InvalidSettings``.
+        Any mapping (a ``types.MappingProxyType`` too) is read, as the settings reader accepts them.
         """
         try:
             return self.settings.database_statement_timeout
         except InvalidSettings:
             raw = getattr(settings, SETTING, None)
-            if not isinstance(raw, dict):
+            if not isinstance(raw, Mapping):
                 raise
             key = "DATABASE_STATEMENT_TIMEOUT"
             alone, _ = read_settings({key: raw[key]} if key in raw else {})

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,13 @@ def test_pgconnect_timeout_does_not_hide_a_connect_timeout_in_options_that_waits
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "0")
     bounded = {"ENGINE": PG, "NAME": "shop", "OPTIONS": {"connect_timeout": 2}}  # OPTIONS win this way too
     assert _ids({"default": bounded}, ON) == []
+
+
+def test_an_aio_request_that_is_any_mapping_is_read_as_a_dict() -> None:
+    """The settings reader accepts any mapping for AIO_REQUEST (a types.MappingProxyType too): so does the check."""
+    bare = {"default": {"ENGINE": PG, "NAME": "shop"}}
+    assert _ids(bare, types.MappingProxyType(ON)) == ["django_aio_request.W011"]
+    assert _ids(bare, types.MappingProxyType({"DATABASE_STATEMENT_TIMEOUT": False})) == []
 
 
 def test_a_postgis_database_is_bounded_so_it_is_warned_about_too() -> None:

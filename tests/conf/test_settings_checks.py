@@ -1,9 +1,11 @@
 """AIO_REQUEST validation: every bad value is reported by `manage.py check`, naming client, key and what is allowed."""
 
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
+from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
@@ -443,3 +445,26 @@ def test_a_reader_that_fails_unexpectedly_is_an_error_not_a_crash(monkeypatch: p
     (message,) = checks.check_settings()
     assert message.id == "django_aio_request.E099"
     assert "RuntimeError: a case the reader did not foresee" in message.msg
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_every_check_reads_an_aio_request_that_is_any_mapping_as_a_dict() -> None:
+    """The settings reader accepts any mapping for AIO_REQUEST (a types.MappingProxyType too): the
+    checks that look at other settings through it (the breakers' cache, the database connect bound)
+    report the same for it as for a dict."""
+    setting = {
+        "CIRCUIT_BREAKER_STATE": "shared",
+        "DATABASE_STATEMENT_TIMEOUT": True,
+        "CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080"}},  # no trailing slash: W-level, named too
+    }
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {"BACKEND": "no.such.CacheBackend"},
+    }
+    databases = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop"}}
+    found = {}
+    for kind in (dict, types.MappingProxyType):
+        with override_settings(AIO_REQUEST=kind(setting), CACHES=caches, DATABASES=databases):
+            found[kind] = sorted(str(m.id) for m in checks.run_checks(tags=["django_aio_request"]))
+    assert {"django_aio_request.E008", "django_aio_request.W011"} <= set(found[dict]), found
+    assert found[types.MappingProxyType] == found[dict]
