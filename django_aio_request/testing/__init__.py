@@ -77,17 +77,22 @@ def reply(
     if json is not dataclasses.MISSING:
         body = jsonlib.dumps(json)
         extra.setdefault("Content-Type", "application/json")
-    if delay < 0:
-        raise ValueError(f"delay must be >= 0, not {delay!r}")
+    _check_delay(delay)
     data = body.encode() if isinstance(body, str) else bytes(body)
     return Reply(status=status, body=data, headers=extra, delay=delay)
 
 
 def network_error(*, delay: float = 0.0) -> Reply:
     """A failed connection (refused, reset): the client sees 489, which its strategy may retry."""
-    if delay < 0:
-        raise ValueError(f"delay must be >= 0, not {delay!r}")
+    _check_delay(delay)
     return Reply(status=status.NETWORK_ERROR, delay=delay, network_error=True)
+
+
+def _check_delay(delay: float) -> None:
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError(f"delay must be a number of seconds, not {delay!r}")
+    if not delay >= 0:  # NaN too: it compares false with anything, and would answer at once
+        raise ValueError(f"delay must be >= 0, not {delay!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +312,8 @@ def serving(*, timeout: float | None = None, priority: str | Priority | None = N
 
 
 def _priority(value: str | Priority) -> Priority:
+    if not isinstance(value, str):  # a Priority is a str too
+        raise TypeError(f"priority must be 'high', 'normal', 'low' or a Priority, not {type(value).__name__} {value!r}")
     parsed = value if isinstance(value, Priority) else Priority.parse(value)
     if parsed is None:
         raise ValueError(f"priority must be 'high', 'normal' or 'low', not {value!r}")

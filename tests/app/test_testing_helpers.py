@@ -274,6 +274,32 @@ def test_helpers_refuse_bad_input() -> None:
         pass
 
 
+def test_helpers_refuse_a_priority_of_another_type_and_a_delay_that_is_no_number(
+    aio_request: AioRequestFixture,
+) -> None:
+    """A priority that is no string (an int, an enum of the app's own) is a TypeError, not an
+    AttributeError from inside the parsing; a NaN delay, which compares false with everything and
+    would answer at once, is refused as a negative one is."""
+    for priority in (1, Priority.HIGH.value.encode(), True):
+        for call in (
+            lambda: request_headers(priority=priority),  # type: ignore[arg-type]  # noqa: B023
+            lambda: serving(priority=priority).__enter__(),  # type: ignore[arg-type]  # noqa: B023
+            lambda: aio_request.serving(priority=priority),  # type: ignore[arg-type]  # noqa: B023
+            lambda: aio_request.headers(priority=priority),  # type: ignore[arg-type]  # noqa: B023
+        ):
+            with pytest.raises(TypeError, match="priority must be 'high', 'normal', 'low' or a Priority"):
+                call()
+    assert request_headers(priority=Priority.LOW) == {"X-Request-Priority": "low"}
+    for make in (reply, network_error):
+        with pytest.raises(ValueError, match="delay must be >= 0, not nan"):
+            make(delay=float("nan"))
+        with pytest.raises(ValueError, match="delay must be >= 0, not -inf"):
+            make(delay=float("-inf"))
+        with pytest.raises(TypeError, match="delay must be a number of seconds, not '1'"):
+            make(delay="1")  # type: ignore[arg-type]
+        assert make(delay=1).delay == 1
+
+
 @responses_lib.activate
 def test_responses_checks_the_request_built() -> None:
     """docs/testing.md's `responses` example: the real client and transport, requests' adapter mocked."""
