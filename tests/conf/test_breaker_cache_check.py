@@ -264,3 +264,34 @@ def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: A
         AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
     ):
         assert check_breaker_cache_backend() == []
+
+
+@pytest.mark.parametrize(
+    ("backend", "django_says"),
+    [
+        ("no.such.module.Cache", "InvalidCacheBackendError: Could not find backend 'no.such.module.Cache'"),
+        (None, "KeyError: 'BACKEND'"),
+    ],
+)
+def test_a_breaker_cache_without_a_usable_backend_is_e008_only_under_the_app_s_tag(
+    tmp_path: Path, backend: Any, django_says: str
+) -> None:
+    """As docs/checks.md (E008) and the README say: Django's own cache check opens every cache of
+    settings.CACHES before this app's checks run, so plain ``check`` and ``migrate`` end in Django's
+    traceback naming the backend; ``check --tag django_aio_request`` runs only this app's and shows
+    E008. If a Django stops raising there, this test says the docs must change."""
+    shared = {"LOCATION": "redis://127.0.0.1:6379/0", **({} if backend is None else {"BACKEND": backend})}
+    (tmp_path / "unusable_backend_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        f"CACHES = {{**CACHES, 'breakers': {shared!r}}}\n"
+    )
+    for command in (["check"], ["migrate"]):
+        result = manage(*command, settings="unusable_backend_settings", path=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" in result.stderr
+        assert django_says in result.stderr.strip().splitlines()[-1], result.stderr
+        assert "django_aio_request.E008" not in result.stderr
+    result = manage("check", "--tag", "django_aio_request", settings="unusable_backend_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "django_aio_request.E008" in result.stderr
