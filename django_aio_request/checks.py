@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from django_aio_request.conf.reader import BAD_IMPORT, UNEXPECTED
+from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED
 from django_aio_request.conf.schema import SETTING, read_settings
 
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
@@ -127,9 +127,12 @@ def _timeout_sources(
 
 
 def _seconds(value: object) -> bool:
-    """Whether an OPTIONS timeout is one redis-py can use: a number of seconds above 0. A string
-    ("0.2") fails every command with TypeError, 0 makes the socket non-blocking."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    """Whether an OPTIONS timeout is one the cache client can use: a number of seconds above 0 and at
+    most LARGEST (999,999,999), which ``socket.settimeout`` takes. A string ("0.2") fails every command
+    with TypeError, 0 (or False) makes the socket non-blocking, inf or 1e10 fail every command with
+    OverflowError (``timestamp out of range for platform time_t``), and so does NaN. True is taken:
+    redis-py and pymemcache hand it to ``socket.settimeout``, which reads it as 1 s."""
+    return isinstance(value, int | float) and 0 < value <= LARGEST
 
 
 def _url_queries(location: object) -> list[dict[str, list[str]]]:
@@ -157,7 +160,7 @@ def _in_every_redis_url(location: object) -> set[str]:
 def _unusable_timeouts(names: tuple[str, str], options: dict[str, Any], location: object, redis: bool) -> list[str]:
     """Timeouts the cache is given in a form its client cannot use: each one fails every command."""
     found = [
-        f"OPTIONS[{name!r}] is {options[name]!r}, not a number of seconds above 0"
+        f"OPTIONS[{name!r}] is {options[name]!r}, not a number of seconds above 0 and at most {LARGEST:,}"
         for name in names
         if options.get(name) is not None and not _seconds(options[name])
     ]

@@ -214,6 +214,10 @@ def test_what_the_check_says_of_django_s_redis_cache_is_what_the_installed_redis
     [
         ({"socket_timeout": "0.2", "socket_connect_timeout": "0.2"}, "redis://127.0.0.1:6379/0"),
         ({"socket_timeout": 0, "socket_connect_timeout": 0}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": False, "socket_connect_timeout": False}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": float("inf"), "socket_connect_timeout": float("inf")}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": 1e10, "socket_connect_timeout": 1e10}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": float("nan"), "socket_connect_timeout": float("nan")}, "redis://127.0.0.1:6379/0"),
         ({}, "redis://127.0.0.1:6379/0?SOCKET_TIMEOUT=0.2&SOCKET_CONNECT_TIMEOUT=0.2"),
     ],
 )
@@ -229,6 +233,23 @@ def test_timeouts_the_cache_client_cannot_use_are_reported(options: dict[str, An
             django_caches["shared"].get("django-aio-request-check-probe")
     assert warning.id == "django_aio_request.W010"
     assert "fails every command" in warning.msg
+
+
+@pytest.mark.parametrize("value", [True, 1, 999_999_999])
+def test_timeouts_the_cache_client_can_use_are_not_reported(value: Any) -> None:
+    """True was reported as failing every command, yet redis-py hands it to ``socket.settimeout``,
+    which reads it as 1 s: the cache works (on the real Redis), and the check says nothing. The
+    largest number the settings take (999,999,999 s) is one the socket takes too."""
+    options = {"socket_timeout": value, "socket_connect_timeout": value}
+    caches = {
+        "default": LOCMEM,
+        "shared": {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "OPTIONS": options},
+    }
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert check_breaker_cache_timeouts() == []
+        from django.core.cache import caches as django_caches
+
+        assert django_caches["shared"].get("django-aio-request-check-probe") is None
 
 
 def test_a_location_that_is_not_a_url_does_not_crash_manage_py_check(tmp_path: Path) -> None:
