@@ -300,15 +300,16 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     databases = getattr(settings, "DATABASES", None)
     if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
         return []
-    if not isinstance(databases, dict):
+    if not isinstance(databases, Mapping):
         return []
     found: list[checks.CheckMessage] = []
     for alias, database in databases.items():
-        engine = str(database.get("ENGINE", "")) if isinstance(database, dict) else ""
+        engine = str(database.get("ENGINE", "")) if isinstance(database, Mapping) else ""
         if "postgresql" not in engine and "postgis" not in engine:  # PostGIS's queries are bounded too
             continue
         options = database.get("OPTIONS")
-        timeout = options.get("connect_timeout") if isinstance(options, dict) else None
+        # Any mapping (a types.MappingProxyType too): Django and psycopg read it as a dict.
+        timeout = options.get("connect_timeout") if isinstance(options, Mapping) else None
         # A connect_timeout in OPTIONS, even 0, is what libpq and psycopg use: PGCONNECT_TIMEOUT only
         # counts where there is none (psycopg drops a None, so the environment counts then too).
         if timeout is None:

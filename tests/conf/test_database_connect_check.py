@@ -53,6 +53,17 @@ def test_a_postgresql_database_without_connect_timeout_warns(options: Any, warns
     assert _ids({"default": database}, ON) == (["django_aio_request.W011"] if warns else [])
 
 
+def test_a_connect_timeout_in_options_that_are_any_mapping_counts() -> None:
+    """OPTIONS (or DATABASES, or an entry) given as a read-only mapping: Django and psycopg connect with
+    its connect_timeout, and W011 said there was none."""
+    options = types.MappingProxyType({"connect_timeout": 5})
+    database = types.MappingProxyType({"ENGINE": PG, "NAME": "shop", "OPTIONS": options})
+    assert _ids({"default": {"ENGINE": PG, "NAME": "shop", "OPTIONS": options}}, ON) == []
+    assert _ids(types.MappingProxyType({"default": database}), ON) == []
+    bare = types.MappingProxyType({"default": types.MappingProxyType({"ENGINE": PG, "NAME": "shop"})})
+    assert _ids(bare, ON) == ["django_aio_request.W011"]
+
+
 def test_only_where_the_bound_is_on_and_not_with_pgconnect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     bare = {"default": {"ENGINE": PG, "NAME": "shop"}}
     assert _ids(bare, {}) == []
