@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
-from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED
+from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
 from django_aio_request.conf.schema import SETTING, read_settings
 
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
@@ -160,7 +160,7 @@ def _in_every_redis_url(location: object) -> set[str]:
 def _unusable_timeouts(names: tuple[str, str], options: dict[str, Any], location: object, redis: bool) -> list[str]:
     """Timeouts the cache is given in a form its client cannot use: each one fails every command."""
     found = [
-        f"OPTIONS[{name!r}] is {options[name]!r}, not a number of seconds above 0 and at most {LARGEST:,}"
+        f"OPTIONS[{name!r}] is {shown(options[name])}, not a number of seconds above 0 and at most {LARGEST:,}"
         for name in names
         if options.get(name) is not None and not _seconds(options[name])
     ]
@@ -196,7 +196,7 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     backend = caches[alias].get("BACKEND")
     try:
         if not isinstance(backend, str):
-            raise TypeError(f"BACKEND is {backend!r}, not a dotted path")
+            raise TypeError(f"BACKEND is {shown(backend)}, not a dotted path")
         import_string(backend)
     except Exception as error:  # whatever importing it raises is the message
         return [
@@ -320,7 +320,10 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
         elif _bounds_connecting(timeout):
             continue
         else:
-            what = f"has connect_timeout {timeout!r}, which does not bound connecting (and overrides PGCONNECT_TIMEOUT)"
+            what = (
+                f"has connect_timeout {shown(timeout)}, which does not bound connecting"
+                " (and overrides PGCONNECT_TIMEOUT)"
+            )
         found.append(
             checks.Warning(
                 f"settings.DATABASES[{alias!r}] {what}: DATABASE_STATEMENT_TIMEOUT bounds its"

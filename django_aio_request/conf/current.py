@@ -15,18 +15,32 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.schema import SETTING, AioRequestSettings, read_settings
+from django_aio_request.conf.reader import UNEXPECTED
+from django_aio_request.conf.schema import SETTING, AioRequestSettings, Problem, read_settings
 
 
 class InvalidSettings(ImproperlyConfigured):
     """``settings.AIO_REQUEST`` has errors; the message lists every one."""
 
 
+def _read(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
+    """``read_settings(value)``; whatever it raises that it did not foresee (a bug of the reader) is
+    an ``InvalidSettings`` naming it, with the id ``check`` reports it under (E099), not a plain
+    ValueError or AttributeError at the first use of a client."""
+    try:
+        return read_settings(value)
+    except Exception as error:
+        raise InvalidSettings(
+            f"{SETTING} could not be read: {type(error).__name__}: {error} [django_aio_request.{UNEXPECTED}]"
+            "\n(a bug of django-aio-request: please report it with the setting's value)"
+        ) from error
+
+
 class CurrentSettings:
     # Cached in the instance's __dict__, so a read is a plain attribute look-up; reset() drops it.
     @functools.cached_property
     def settings(self) -> AioRequestSettings:
-        parsed, problems = read_settings(getattr(settings, SETTING, None))
+        parsed, problems = _read(getattr(settings, SETTING, None))
         if parsed is None:
             errors = [str(p) for p in problems if not p.warning]
             noun = "problem" if len(errors) == 1 else "problems"
@@ -53,7 +67,7 @@ class CurrentSettings:
             if not isinstance(raw, Mapping):
                 raise
             key = "DATABASE_STATEMENT_TIMEOUT"
-            alone, _ = read_settings({key: raw[key]} if key in raw else {})
+            alone, _ = _read({key: raw[key]} if key in raw else {})
             if alone is None:
                 raise
             return alone.database_statement_timeout

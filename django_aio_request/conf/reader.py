@@ -85,18 +85,32 @@ class Reader:
         for key in value:
             if allowed is not None and key not in allowed:
                 hint = "allowed keys: " + ", ".join(allowed)
-                close = difflib.get_close_matches(str(key), allowed, n=1)
+                close = difflib.get_close_matches(key if isinstance(key, str) else shown(key), allowed, n=1)
                 hint = f"did you mean {close[0]!r}? {hint}" if close else hint
-                self.fail(f"{path}[{key!r}]", "is not a known key", hint, code=UNKNOWN_KEY)
+                self.fail(f"{path}[{shown(key)}]", "is not a known key", hint, code=UNKNOWN_KEY)
         return value
 
     def named(self, path: str, value: Any, names: tuple[str, ...]) -> str | None:
         name = value.get("NAME") if isinstance(value, Mapping) else None
         if name not in names:
             hint = "allowed: " + ", ".join(names)
-            self.fail(f"{path}['NAME']", f"is {name!r}, not a known name", hint, code=UNKNOWN_NAME)
+            self.fail(f"{path}['NAME']", f"is {shown(name)}, not a known name", hint, code=UNKNOWN_NAME)
             return None
         return str(name)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, or what the value is when Python will not print it: a whole
+    number of more than 4,300 digits (``10**5000``) is "an integer of 5001 digits", as ``repr`` raises
+    ValueError for it, and for a list holding one; a message must never fail to be written."""
+    try:
+        return repr(value)
+    except Exception as error:
+        if isinstance(value, int):
+            digits = math.floor(math.log10(abs(value))) + 1
+            digits -= abs(value) < 10 ** (digits - 1)  # log10 of 10**n - 1 rounds up to n
+            return f"an integer of {digits} digits"
+        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
 
 
 # Each field reader takes (reader, path, value) and returns the value or None (a problem recorded).
@@ -129,7 +143,7 @@ def number(
 ) -> Field:
     def read(reader: Reader, path: str, value: Any) -> float | None:
         if _too_large(value):
-            reader.fail(path, f"must be {what} of at most {LARGEST}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be {what} of at most {LARGEST}, not {shown(value)}", code=BAD_NUMBER)
             return None
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= minimum if inclusive else value > minimum)
@@ -138,7 +152,7 @@ def number(
             bounds = f">= {minimum}" if inclusive else f"> {minimum}"
             bounds += f" and < {below}" if below is not None else ""
             bounds += f" and <= {at_most}" if at_most is not None else ""
-            reader.fail(path, f"must be {what} {bounds}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be {what} {bounds}, not {shown(value)}", code=BAD_NUMBER)
             return None
         return float(value)
 
@@ -151,13 +165,13 @@ def integer(minimum: int, *, at_most: int | None = None, why: str | None = None)
     def read(reader: Reader, path: str, value: Any) -> int | None:
         if _too_large(value):
             most, hint = (LARGEST, None) if at_most is None else (min(at_most, LARGEST), why)
-            reader.fail(path, f"must be a whole number of at most {most}, not {value!r}", hint, code=BAD_NUMBER)
+            reader.fail(path, f"must be a whole number of at most {most}, not {shown(value)}", hint, code=BAD_NUMBER)
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            reader.fail(path, f"must be a whole number >= {minimum}, not {value!r}", code=BAD_NUMBER)
+            reader.fail(path, f"must be a whole number >= {minimum}, not {shown(value)}", code=BAD_NUMBER)
             return None
         if at_most is not None and value > at_most:
-            reader.fail(path, f"must be a whole number of at most {at_most}, not {value!r}", why, code=BAD_NUMBER)
+            reader.fail(path, f"must be a whole number of at most {at_most}, not {shown(value)}", why, code=BAD_NUMBER)
             return None
         return value
 
@@ -166,7 +180,7 @@ def integer(minimum: int, *, at_most: int | None = None, why: str | None = None)
 
 def boolean(reader: Reader, path: str, value: Any) -> bool | None:
     if not isinstance(value, bool):
-        reader.fail(path, f"must be True or False, not {value!r}")
+        reader.fail(path, f"must be True or False, not {shown(value)}")
         return None
     return value
 
@@ -180,7 +194,7 @@ def priority(reader: Reader, path: str, value: Any) -> Priority | None:
     parsed = Priority.parse(value) if isinstance(value, str) else None
     if parsed is None:
         allowed = "allowed: " + ", ".join(p.value for p in Priority)
-        reader.fail(path, f"is {value!r}, not a priority", allowed, code=UNKNOWN_PRIORITY)
+        reader.fail(path, f"is {shown(value)}, not a priority", allowed, code=UNKNOWN_PRIORITY)
     return parsed
 
 
@@ -191,7 +205,7 @@ def names(reader: Reader, path: str, value: Any) -> frozenset[str] | None:
         return None
     bad = [name for name in value if not isinstance(name, str) or not name.strip()]
     if bad:
-        reader.fail(path, f"must hold non-empty strings only, not {bad[0]!r}")
+        reader.fail(path, f"must hold non-empty strings only, not {shown(bad[0])}")
         return None
     return frozenset(name.strip().lower() for name in value)
 
@@ -209,7 +223,7 @@ def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
             reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):
-            reader.fail(path, f"names {found!r}, not {what}", code=BAD_IMPORT)
+            reader.fail(path, f"names {shown(found)}, not {what}", code=BAD_IMPORT)
             return None
         return found
 
@@ -232,7 +246,9 @@ def seconds(*, at_most: float | None = None) -> Field:
         got: float | None = positive(reader, path, value)
         if got is not None and got < SMALLEST_SECONDS:
             reader.fail(
-                path, f"must be a number of seconds of at least {SMALLEST_SECONDS:g}, not {value!r}", code=BAD_NUMBER
+                path,
+                f"must be a number of seconds of at least {SMALLEST_SECONDS:g}, not {shown(value)}",
+                code=BAD_NUMBER,
             )
             return None
         return got

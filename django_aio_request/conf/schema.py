@@ -36,6 +36,7 @@ from django_aio_request.conf.reader import (
     optional,
     priority,
     seconds,
+    shown,
 )
 from django_aio_request.core import headers as h
 from django_aio_request.core.classifier import ResponseClassifier
@@ -114,25 +115,31 @@ def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
     """ "local", or the alias of a cache in ``settings.CACHES`` (where every process shares breaker counts)."""
     from django.conf import settings
 
-    aliases = list(getattr(settings, "CACHES", {}) or {})
+    caches = getattr(settings, "CACHES", None)
+    caches = caches if isinstance(caches, Mapping) else {}  # Django itself fails on CACHES of another type
+    aliases = list(caches)
     allowed = ", ".join(repr(a) for a in [LOCAL_BREAKER_STATE, *aliases])
     if not isinstance(value, str) or not value:
-        message = f"must be 'local' or the alias of a cache in settings.CACHES, not {value!r}"
+        message = f"must be 'local' or the alias of a cache in settings.CACHES, not {shown(value)}"
         reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
         return None
     if value == LOCAL_BREAKER_STATE:
         return value
     if value not in aliases:
-        message = f"is {value!r}, not 'local' nor a cache in settings.CACHES"
+        message = f"is {shown(value)}, not 'local' nor a cache in settings.CACHES"
         reader.fail(path, message, "allowed: " + allowed, code=UNKNOWN_CACHE)
         return None
-    backend = str(settings.CACHES[value].get("BACKEND", ""))
+    if not isinstance(caches[value], Mapping):  # a list, a URL: Django cannot open it either
+        message = f"names settings.CACHES[{value!r}], which is a {type(caches[value]).__name__}, not a cache's settings"
+        reader.fail(path, message, "a dict with BACKEND (and LOCATION), as Django's CACHES takes", code=UNKNOWN_CACHE)
+        return None
+    backend = str(caches[value].get("BACKEND", ""))
     if backend in PER_PROCESS_CACHES:
         hint = "use a cache all processes reach, e.g. django.core.cache.backends.redis.RedisCache"
         reader.problems.append(
             Problem(
                 path,
-                f"names cache {value!r} ({backend}), which each process keeps apart",
+                f"names cache {shown(value)} ({backend}), which each process keeps apart",
                 hint,
                 warning=True,
                 code=PER_PROCESS_CACHE,
@@ -143,7 +150,7 @@ def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
         reader.problems.append(
             Problem(
                 path,
-                f"names cache {value!r} ({backend}), whose incr is a read then a write: outcomes that"
+                f"names cache {shown(value)} ({backend}), whose incr is a read then a write: outcomes that"
                 " processes flush at once are lost, and the breakers open late or not at all",
                 hint,
                 warning=True,
@@ -188,7 +195,7 @@ def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bo
         return value
     if not isinstance(value, Mapping):
         allowed = "False to turn it off, or a dict with " + ", ".join(RETRY_BUDGET_SCHEMA)
-        reader.fail(path, f"must be False or a dict, not {value!r}", allowed)
+        reader.fail(path, f"must be False or a dict, not {shown(value)}", allowed)
         return None
     spec = reader.mapping(path, value, tuple(RETRY_BUDGET_SCHEMA))
     got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)
@@ -201,7 +208,7 @@ def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
         return validate_hedge_priority(value)
     except ValueError:
         allowed = "None (the call's priority), 'lower' (one step lower), or " + ", ".join(p.value for p in Priority)
-        reader.fail(path, f"is {value!r}, not a hedge priority", "allowed: " + allowed, code=UNKNOWN_PRIORITY)
+        reader.fail(path, f"is {shown(value)}, not a hedge priority", "allowed: " + allowed, code=UNKNOWN_PRIORITY)
         return None
 
 
@@ -249,7 +256,7 @@ _DAYS = number(0, inclusive=False, what="a number of days")
 def days_kept(reader: Reader, path: str, value: Any) -> float | None:
     """A number of days > 0, at most MOST_HISTORY_DAYS."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value > MOST_HISTORY_DAYS:
-        message = f"must be a number of days of at most {MOST_HISTORY_DAYS} (a century), not {value!r}"
+        message = f"must be a number of days of at most {MOST_HISTORY_DAYS} (a century), not {shown(value)}"
         hint = "the days breaker transitions are kept: 740,000 days ago is before year 1, and pruning failed"
         reader.fail(path, message, hint, code=BAD_NUMBER)
         return None
@@ -282,7 +289,9 @@ def _priority_policy(reader: Reader, path: str, value: Any) -> Any:
         return value
     if isinstance(value, str) and "." in value:
         return dotted("a callable (request, claimed priority) -> Priority", callable)(reader, path, value)
-    reader.fail(path, f"is {value!r}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path")
+    reader.fail(
+        path, f"is {shown(value)}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path"
+    )
     return None
 
 
@@ -624,7 +633,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         return None, reader.problems
     service_name = top.get("SERVICE_NAME")
     if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
-        reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {service_name!r}")
+        reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {shown(service_name)}")
     elif service_name is not None and len(service_name) > MAX_SERVICE_NAME_LENGTH:
         reader.fail(
             "['SERVICE_NAME']",
@@ -638,7 +647,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
             reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
     clients: dict[str, ClientSpec] = {}
     for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
-        path = f"['CLIENTS'][{name!r}]"
+        path = f"['CLIENTS'][{shown(name)}]"
         valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH
         if not isinstance(name, str) or not name:
             reader.fail(path, "is not a valid client name: use a non-empty string")
@@ -646,7 +655,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
             path = f"['CLIENTS'][{name[:40]!r}...]"
             reader.fail(path, f"is a client name longer than {CLIENT_NAME_LENGTH} characters")
         # The entry is read with a bad name too: its own problems are reported with the name's.
-        spec = _client(reader, str(name), client_value, path)
+        spec = _client(reader, name if isinstance(name, str) else shown(name), client_value, path)
         if valid_name and spec is not None:
             clients[name] = spec
     server = _server(reader, top)

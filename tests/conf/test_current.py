@@ -44,3 +44,42 @@ def test_an_error_elsewhere_leaves_the_database_bound_readable_in_any_mapping(
     settings.AIO_REQUEST = [("DATABASE_STATEMENT_TIMEOUT", True)]  # no mapping: refused whole
     with pytest.raises(InvalidSettings):
         current.database_statement_timeout  # noqa: B018
+
+
+def test_a_reader_that_fails_unexpectedly_raises_invalid_settings_naming_it(
+    settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the reader did not foresee raised its own ValueError or AttributeError at the first use of
+    a client, not the InvalidSettings docs/checks.md promises; it is now one, with the id (E099) that
+    check reports it under."""
+    from django_aio_request.conf import current as current_module
+
+    def broken(value: object) -> object:
+        raise AttributeError("a case the reader did not foresee")
+
+    monkeypatch.setattr(current_module, "read_settings", broken)
+    settings.AIO_REQUEST = {"SERVICE_NAME": "unforeseen"}
+    with pytest.raises(InvalidSettings) as error:
+        current.settings  # noqa: B018
+    assert "AttributeError: a case the reader did not foresee [django_aio_request.E099]" in str(error.value)
+    assert isinstance(error.value.__cause__, AttributeError)
+    with pytest.raises(InvalidSettings, match="E099"):
+        current.database_statement_timeout  # noqa: B018
+
+
+def test_settings_that_broke_the_reader_raise_invalid_settings_at_the_first_use_of_a_client(
+    settings: SettingsWrapper,
+) -> None:
+    """Both ways the reader raised (a number too long to print, a CACHES entry that is a list) reached
+    the first use of a client as ValueError or AttributeError; they are problems like any other."""
+    from django_aio_request import clients
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "b": ["redis://x"]}
+    settings.AIO_REQUEST = {
+        "CIRCUIT_BREAKER_STATE": "b",
+        "CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIMEOUT": 10**5000}},
+    }
+    with pytest.raises(InvalidSettings) as error:
+        clients["billing"]
+    assert "an integer of 5001 digits [django_aio_request.E003]" in str(error.value)
+    assert "[django_aio_request.E006]" in str(error.value)

@@ -471,3 +471,33 @@ def test_the_service_name_limit_is_the_servers_label_limit() -> None:
 
     assert schema.MAX_SERVICE_NAME_LENGTH == server.MAX_SERVICE_NAME_LENGTH
     assert schema.read_settings({"SERVICE_NAME": "o" * 64})[0] is not None
+
+
+HUGE = 10**5000  # more digits than Python prints: repr() raises ValueError
+
+
+@pytest.mark.parametrize(
+    ("aio_request", "path", "shown"),
+    [
+        (_client_with("TIMEOUT", HUGE), "['CLIENTS']['billing']['TIMEOUT']", "an integer of 5001 digits"),
+        (_client_with("MAX_WORKERS", -HUGE), "['CLIENTS']['billing']['MAX_WORKERS']", "an integer of 5001 digits"),
+        (_client_with("RETRY_BUDGET", [HUGE]), "['CLIENTS']['billing']['RETRY_BUDGET']", "a list that cannot be"),
+        ({"DATABASE_STATEMENT_TIMEOUT": HUGE - 1}, "['DATABASE_STATEMENT_TIMEOUT']", "an integer of 5000 digits"),
+        ({"CLIENTS": {HUGE: {"ENDPOINT": "http://billing:8080/"}}}, "['CLIENTS'][an integer of", "client name"),
+        ({HUGE: 1}, "[an integer of 5001 digits]", "is not a known key"),
+    ],
+)
+def test_a_number_too_long_to_print_is_reported_with_the_others_not_e099(
+    aio_request: Any, path: str, shown: str
+) -> None:
+    """A whole number of more than 4,300 digits made the reader raise ValueError as it wrote the
+    message: check reported E099 ("a bug") and hid every other problem, and the first use of a
+    client raised that ValueError. It is now described ("an integer of 5001 digits") in its problem."""
+    from django_aio_request.conf.schema import read_settings
+
+    settings, problems = read_settings({**aio_request, "PRIORITY": "urgent"})
+    assert settings is None
+    assert any(str(problem).startswith(f"AIO_REQUEST{path}") and shown in str(problem) for problem in problems), [
+        str(problem) for problem in problems
+    ]
+    assert "['PRIORITY'] is 'urgent', not a priority" in "\n".join(map(str, problems))  # not hidden

@@ -468,3 +468,16 @@ def test_every_check_reads_an_aio_request_that_is_any_mapping_as_a_dict() -> Non
             found[kind] = sorted(str(m.id) for m in checks.run_checks(tags=["django_aio_request"]))
     assert {"django_aio_request.E008", "django_aio_request.W011"} <= set(found[dict]), found
     assert found[types.MappingProxyType] == found[dict]
+
+
+@pytest.mark.parametrize("entry", [["redis://127.0.0.1:6379/0"], "redis://127.0.0.1:6379/0"])
+def test_a_breaker_cache_entry_that_is_no_mapping_is_e006_with_the_other_problems(entry: object) -> None:
+    """CIRCUIT_BREAKER_STATE naming a CACHES entry that is a list (or a URL) made the reader raise
+    AttributeError: check reported E099 ("a bug") and hid every other problem."""
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "b": entry}
+    aio_request = {"CIRCUIT_BREAKER_STATE": "b", "TIMEOUT": -1}
+    with override_settings(CACHES=caches, AIO_REQUEST=aio_request):
+        found = check_settings()
+    by_id = {message.id: message.msg for message in found}
+    assert set(by_id) == {"django_aio_request.E006", "django_aio_request.E003"}, by_id
+    assert "names settings.CACHES['b'], which is a" in by_id["django_aio_request.E006"]
