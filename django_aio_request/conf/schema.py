@@ -579,10 +579,11 @@ def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | Non
                     f"{path}[{key!r}]",
                     "applies to the adaptive limit, and MAX_CONCURRENCY sets a fixed one",
                     "set MAX_CONCURRENCY for a fixed limit, or MIN_LIMIT/MAX_LIMIT to bound the adaptive one",
+                    code=CONFLICT,
                 )
     low, high = got["MIN_LIMIT"], got["MAX_LIMIT"]
     if low is not None and high is not None and low > high:
-        reader.fail(f"{path}['MIN_LIMIT']", f"({low}) must not exceed MAX_LIMIT ({high})")
+        reader.fail(f"{path}['MIN_LIMIT']", f"({low}) must not exceed MAX_LIMIT ({high})", code=CONFLICT)
     if got["PRIORITY_POLICY"] == "known_services" and not known:
         reader.fail(
             f"{path}['PRIORITY_POLICY']",

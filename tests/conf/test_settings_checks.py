@@ -481,3 +481,32 @@ def test_a_breaker_cache_entry_that_is_no_mapping_is_e006_with_the_other_problem
     by_id = {message.id: message.msg for message in found}
     assert set(by_id) == {"django_aio_request.E006", "django_aio_request.E003"}, by_id
     assert "names settings.CACHES['b'], which is a" in by_id["django_aio_request.E006"]
+
+
+@pytest.mark.parametrize(
+    ("shedding", "key"),
+    [
+        ({"MIN_LIMIT": 10, "MAX_LIMIT": 5}, "MIN_LIMIT"),
+        ({"MAX_CONCURRENCY": 4, "MIN_LIMIT": 2}, "MIN_LIMIT"),
+        ({"MAX_CONCURRENCY": 4, "MAX_LIMIT": 8}, "MAX_LIMIT"),
+        ({"MAX_CONCURRENCY": 4, "LATENCY_TOLERANCE": 2}, "LATENCY_TOLERANCE"),
+        ({"MAX_CONCURRENCY": 4, "PROBE_INTERVAL": 10}, "PROBE_INTERVAL"),
+    ],
+)
+def test_shedding_settings_that_contradict_each_other_are_e009(shedding: dict[str, int], key: str) -> None:
+    """They were reported as E002 ("a value of the wrong type"), though each value had the right type:
+    docs/checks.md lists contradictions under E009."""
+    with override_settings(AIO_REQUEST={"SHEDDING": shedding}):
+        found = check_settings()
+    assert [(message.id, message.msg.split(" ")[0]) for message in found] == [
+        ("django_aio_request.E009", f"AIO_REQUEST['SHEDDING'][{key!r}]")
+    ]
+
+
+def test_shedding_without_max_concurrency_is_valid_and_a_removed_key_is_e002() -> None:
+    with override_settings(AIO_REQUEST={"SHEDDING": {"QUEUE_TIMEOUT": 0.5}}):
+        assert check_settings() == []  # MAX_CONCURRENCY is optional: the limit is then learned
+    with override_settings(AIO_REQUEST={"SHEDDING": {"HIGH_PRIORITY_RESERVE": 0.6}}):
+        (removed,) = check_settings()
+    assert removed.id == "django_aio_request.E002"
+    assert "was removed" in removed.msg
