@@ -95,7 +95,7 @@ def redis_default_timeouts() -> tuple[float | None, float | None, str]:
 
 
 def _timeout_sources(
-    backend: str, names: tuple[str, str], options: dict[str, Any], in_urls: set[str]
+    backend: str, names: tuple[str, str], options: Mapping[str, Any], in_urls: set[str]
 ) -> dict[str, str]:
     """Where each socket timeout of the cache comes from: "set" (OPTIONS or every redis:// URL),
     "default" (redis-py's own, from 8.0 on) or "none" (no bound). redis-py bounds connecting by the
@@ -157,7 +157,7 @@ def _in_every_redis_url(location: object) -> set[str]:
     return found or set()
 
 
-def _unusable_timeouts(names: tuple[str, str], options: dict[str, Any], location: object, redis: bool) -> list[str]:
+def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], location: object, redis: bool) -> list[str]:
     """Timeouts the cache is given in a form its client cannot use: each one fails every command."""
     found = [
         f"OPTIONS[{name!r}] is {shown(options[name])}, not a number of seconds above 0 and at most {LARGEST:,}"
@@ -191,7 +191,7 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     setting = getattr(settings, SETTING, None)
     alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
     caches = getattr(settings, "CACHES", None)
-    if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
+    if not isinstance(alias, str) or not isinstance(caches, Mapping) or not isinstance(caches.get(alias), Mapping):
         return []  # check_settings reports an alias that names no cache
     backend = caches[alias].get("BACKEND")
     try:
@@ -222,14 +222,14 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     setting = getattr(settings, SETTING, None)
     alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
     caches = getattr(settings, "CACHES", None)
-    if not isinstance(alias, str) or not isinstance(caches, dict) or not isinstance(caches.get(alias), dict):
+    if not isinstance(alias, str) or not isinstance(caches, Mapping) or not isinstance(caches.get(alias), Mapping):
         return []
     backend = caches[alias].get("BACKEND")
     names = _SOCKET_TIMEOUT_OPTIONS.get(backend) if isinstance(backend, str) else None
     if names is None or not isinstance(backend, str):
         return []
     options = caches[alias].get("OPTIONS")
-    options = options if isinstance(options, dict) else {}
+    options = options if isinstance(options, Mapping) else {}
     is_redis = "redis" in backend.lower()
     location = caches[alias].get("LOCATION")
     in_urls = _in_every_redis_url(location) if is_redis else set()

@@ -2,6 +2,7 @@
 timeouts of its own, says what a server that stops answering then costs with the installed redis-py
 (no bound before 8.0, its 5 s default from 8.0 on), and never crashes on the settings it looks at."""
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +286,27 @@ def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: A
         AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
     ):
         assert check_breaker_cache_backend() == []
+
+
+def test_a_breaker_cache_given_as_any_mapping_is_checked_as_a_dict() -> None:
+    """A breaker cache (or its OPTIONS) given as a MappingProxyType, which Django opens as it opens a
+    dict, was skipped by E008 and W010 without a word."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    bad = types.MappingProxyType({"BACKEND": "no.such.module.Cache", "LOCATION": "redis://127.0.0.1:6379/0"})
+    with override_settings(CACHES={"default": LOCMEM, "shared": bad}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert [e.id for e in check_breaker_cache_backend()] == ["django_aio_request.E008"]
+    unbounded = types.MappingProxyType(
+        {
+            "BACKEND": REDIS,
+            "LOCATION": "redis://127.0.0.1:6379/0",
+            "OPTIONS": types.MappingProxyType({"socket_timeout": 0, "socket_connect_timeout": 0}),
+        }
+    )
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": unbounded}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        assert [w.id for w in check_breaker_cache_timeouts()] == ["django_aio_request.W010"]
 
 
 @pytest.mark.parametrize(
