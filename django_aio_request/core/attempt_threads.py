@@ -27,12 +27,16 @@ class AttemptThreadPool:
         _pools.add(self)
 
     def try_submit(
-        self, fn: Callable[[], T], stop: Callable[[], None] | None = None
+        self,
+        fn: Callable[[], T],
+        stop: Callable[[], None] | None = None,
+        caller: threading.Thread | None = None,
     ) -> "concurrent.futures.Future[T] | None":
         """Start ``fn`` on a free worker, or return None when all are busy (or the pool is closed).
 
-        ``stop`` ends ``fn`` early; it is called if the interpreter exits while ``fn`` runs (see
-        :func:`_stop_at_exit`).
+        ``stop`` ends ``fn`` early; it is called if the interpreter exits while ``fn`` runs and
+        ``caller``, the thread waiting for ``fn`` (this one by default), can no longer wait for it
+        (see :func:`_stop_at_exit`).
         """
         if self._closed:  # the client closed while a call was in flight: as when all are busy
             return None
@@ -48,10 +52,15 @@ class AttemptThreadPool:
             free.release()
             raise
         if stop is not None:
-            forget = stop_at_exit(stop)
+            forget = stop_at_exit(stop, caller)
             future.add_done_callback(lambda _: forget())
         future.add_done_callback(lambda _: free.release())
         return future
+
+    def for_caller(self, caller: threading.Thread) -> "AttemptThreadPool":
+        """This pool, for one call made in ``caller``: the tasks submitted through it belong to
+        ``caller`` whichever thread submits them (a hedge is started by the timer's)."""
+        return _CallersPool(self, caller)
 
     def detach(self) -> concurrent.futures.ThreadPoolExecutor:
         """Refuse new tasks from now on (until :meth:`reopen`); the executor, for the caller to shut
@@ -84,29 +93,80 @@ class AttemptThreadPool:
             )
 
 
+class _CallersPool(AttemptThreadPool):
+    """What :meth:`AttemptThreadPool.for_caller` returns: submits to ``pool`` on ``caller``'s behalf."""
+
+    def __init__(self, pool: AttemptThreadPool, caller: threading.Thread) -> None:
+        # No pool of its own: not AttemptThreadPool.__init__.
+        self.max_workers = pool.max_workers
+        self._pool = pool
+        self._caller = caller
+
+    def try_submit(
+        self,
+        fn: Callable[[], T],
+        stop: Callable[[], None] | None = None,
+        caller: threading.Thread | None = None,
+    ) -> "concurrent.futures.Future[T] | None":
+        return self._pool.try_submit(fn, stop, caller or self._caller)
+
+    def for_caller(self, caller: threading.Thread) -> AttemptThreadPool:
+        return self._pool.for_caller(caller)
+
+    def detach(self) -> concurrent.futures.ThreadPoolExecutor:
+        return self._pool.detach()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+    def reopen(self) -> None:
+        self._pool.reopen()
+
+
 _pools: "weakref.WeakSet[AttemptThreadPool]" = weakref.WeakSet()
-_running: set[Callable[[], None]] = set()  # how to stop each task running now (its ``stop``)
+# Each task running now: how to stop it (its ``stop``), and the thread waiting for it (its caller).
+_running: dict[object, tuple[Callable[[], None], threading.Thread]] = {}
 
 
-def stop_at_exit(stop: Callable[[], None]) -> Callable[[], None]:
-    """Call ``stop`` if the interpreter exits before the function returned here is called.
+def stop_at_exit(stop: Callable[[], None], caller: threading.Thread | None = None) -> Callable[[], None]:
+    """Call ``stop`` if the interpreter exits before the function returned here is called, and
+    ``caller`` (the thread waiting for the work ``stop`` ends; this one by default) can no longer
+    wait for it then: see :func:`_stop_at_exit`.
 
     For work running on a ``ThreadPoolExecutor`` worker, which the interpreter waits for at exit:
     a hedge (:meth:`AttemptThreadPool.try_submit`) and an async call (``Client.arequest``)."""
-    _running.add(stop)
-    return lambda: _running.discard(stop)
+    token = object()
+    _running[token] = (stop, caller or threading.current_thread())
+
+    def forget() -> None:
+        _running.pop(token, None)
+
+    return forget
+
+
+def _abandoned(caller: threading.Thread) -> bool:
+    """At exit: ``caller`` will never wait for its work again. The thread exiting (the main thread) has
+    returned; a daemon thread is killed once the non-daemon threads are done; an ended one is gone. A
+    non-daemon thread still running is joined after this: it keeps running, and waits for its work."""
+    return caller is threading.current_thread() or caller.daemon or not caller.is_alive()
 
 
 def _stop_at_exit() -> None:
     """At interpreter exit, before ``concurrent.futures`` joins its workers: refuse new tasks and
-    stop the running ones. A hedge still waiting for its answer, or an async call whose event loop
-    ran in a daemon thread, kept the process alive until the call's deadline (20 s by default) after
-    the caller, a daemon thread, or the main thread had gone; its sockets are shut down now, as a
-    lost hedge's are."""
+    stop the running ones whose caller can no longer wait for them (:func:`_abandoned`). A hedge
+    still waiting for its answer, or an async call whose event loop ran in a daemon thread, kept the
+    process alive until the call's deadline (20 s by default) after the caller, a daemon thread, or
+    the main thread had gone; its sockets are shut down now, as a lost hedge's are. A call made in a
+    non-daemon thread still running (a ``threading.Thread``, a job of the user's own
+    ``ThreadPoolExecutor``), which the interpreter goes on running, is left alone: it gets its answer
+    (its hedges included), as it would before the main thread returned. Once exit began,
+    ``concurrent.futures`` takes no new work: a hedge started from now on is skipped, as when the
+    pool is full, and a new async call raises RuntimeError."""
     for pool in list(_pools):
         pool._closed = True
-    for stop in list(_running):
-        stop()
+    for stop, caller in list(_running.values()):
+        if _abandoned(caller):
+            stop()
 
 
 # Python joins the workers of every ThreadPoolExecutor at exit, before ``atexit`` handlers run, with

@@ -215,7 +215,9 @@ class Client:
 
         Its call thread is a ``ThreadPoolExecutor`` worker, which the interpreter waits for at exit:
         a call whose event loop ran in a daemon thread held the process until its deadline. Until it
-        is done, exit cancels it as it stops a hedge.
+        is done, exit cancels it as it stops a hedge, if the thread submitting it (the loop's) can no
+        longer wait for it: the main thread, a daemon thread, or one that ended. A call made in a
+        non-daemon thread still running gets its answer.
         """
         forget = stop_at_exit(cancellation.cancel)
         with self._in_flight_lock:  # counted before it can reach the drivers: see close()
@@ -279,7 +281,10 @@ class Client:
         if cancellation is not None:
             send = _cancellable(send, cancellation)
         started = time.perf_counter()
-        result = (strategy or self.strategy).request(send, self._workers, request, deadline, priority)
+        # Its hedges belong to this thread, the one waiting for them, whichever starts them: see
+        # attempt_threads._stop_at_exit.
+        workers = self._workers.for_caller(threading.current_thread())
+        result = (strategy or self.strategy).request(send, workers, request, deadline, priority)
         elapsed = time.perf_counter() - started
         if call is not None and call.refused:
             result.response.budget_exhausted = True

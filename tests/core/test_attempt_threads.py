@@ -6,7 +6,7 @@ import sys
 import textwrap
 import time
 
-from tests.support.loopback import LoopbackServer, wait_for_disconnect
+from tests.support.loopback import Handler, LoopbackServer, answer_after, wait_for_disconnect
 
 CHILD = """
 import threading, time
@@ -66,3 +66,61 @@ def test_an_async_call_in_flight_does_not_hold_the_process_at_exit(server: Loopb
     elapsed = time.monotonic() - started
     assert len(server.received("/hang")) == 1  # the call was sent
     assert elapsed < 3.0, elapsed  # it took 10 s: the deadline
+
+
+NON_DAEMON_CHILD = """
+import asyncio, concurrent.futures, threading, time
+import django_aio_request as dar
+
+client = dar.setup(
+    endpoint={url!r}, metrics=False, timeout=5.0, retry_budget=None, safe_method_strategy=dar.single_attempt_strategy()
+)
+hedged = dar.parallel_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0.05))
+
+async def call(name):
+    async with client.arequest(dar.get("slow")) as response:
+        print(name, response.status, response.read().decode(), flush=True)
+
+def hedged_call():
+    with client.request(dar.get("first-hangs"), strategy=hedged) as response:
+        print("hedged-sync-call", response.status, response.read().decode(), flush=True)
+
+threading.Thread(target=lambda: asyncio.run(call("async-call-in-a-thread"))).start()
+concurrent.futures.ThreadPoolExecutor(1).submit(lambda: asyncio.run(call("async-call-in-an-executor-job")))
+threading.Thread(target=hedged_call).start()
+time.sleep(0.3)  # the main thread returns while the three calls wait for their answers
+"""
+
+
+def test_calls_in_flight_in_non_daemon_threads_get_their_answers_after_the_main_thread_returns(
+    server: LoopbackServer,
+) -> None:
+    """Python goes on running non-daemon threads (and the jobs of a ``ThreadPoolExecutor``) after the
+    main thread returns, and their calls must get their answers. Exit stopped every async call and
+    hedge in flight, whoever waited for them: the async calls answered 499 at once, and the hedged
+    sync call lost the hedge that was to answer it (attempt 0 never answers)."""
+    server.route("/slow", answer_after(1.0, body=b"late"))
+    arrivals = [0]
+
+    def first_hangs(handler: Handler) -> None:
+        arrivals[0] += 1
+        if arrivals[0] == 1:
+            wait_for_disconnect(handler, 15.0)
+        else:
+            time.sleep(1.0)
+            handler.reply(200, b"hedge")
+
+    server.route("/first-hangs", first_hangs)
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(NON_DAEMON_CHILD.format(url=server.url))],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+    answers = sorted(line for line in child.stdout.splitlines() if line)
+    assert answers == [
+        "async-call-in-a-thread 200 late",
+        "async-call-in-an-executor-job 200 late",
+        "hedged-sync-call 200 hedge",
+    ], child.stdout + child.stderr
