@@ -22,7 +22,7 @@ class AttemptThreadPool:
         self.max_workers = max_workers
         self._name = name
         self._closed = False
-        self._free = threading.BoundedSemaphore(max_workers)
+        self._free = _Slots(max_workers)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
         _pools.add(self)
 
@@ -41,20 +41,20 @@ class AttemptThreadPool:
         if self._closed:  # the client closed while a call was in flight: as when all are busy
             return None
         free, executor = self._free, self._executor  # this task's, also when reopen() makes others meanwhile
-        if not free.acquire(blocking=False):
+        if not free.take():
             return None
         try:
             future = executor.submit(fn)
         except RuntimeError:  # shut down between the check and here
-            free.release()
+            free.give()
             return None
         except BaseException:
-            free.release()
+            free.give()
             raise
         if stop is not None:
             forget = stop_at_exit(stop, caller)
             future.add_done_callback(lambda _: forget())
-        future.add_done_callback(lambda _: free.release())
+        future.add_done_callback(lambda _: free.give())
         return future
 
     def for_caller(self, caller: threading.Thread) -> "AttemptThreadPool":
@@ -62,12 +62,13 @@ class AttemptThreadPool:
         ``caller`` whichever thread submits them (a hedge is started by the timer's)."""
         return _CallersPool(self, caller)
 
-    def detach(self) -> concurrent.futures.ThreadPoolExecutor:
-        """Refuse new tasks from now on (until :meth:`reopen`); the executor, for the caller to shut
-        down. Split from :meth:`shutdown` so that a client can close its pool and mark itself closed
-        in one step, and wait for the running tasks after it (a call may reopen the pool meanwhile)."""
+    def detach(self) -> "Detached":
+        """Refuse new tasks from now on (until :meth:`reopen`); the pool's threads, for the caller to
+        shut down. Split from :meth:`shutdown` so that a client can close its pool and mark itself
+        closed in one step, and wait for the running tasks after it (a call may reopen the pool
+        meanwhile)."""
         self._closed = True
-        return self._executor
+        return Detached(self._executor, self._free)
 
     def shutdown(self) -> None:
         """Refuse new tasks, then wait for the running ones."""
@@ -76,7 +77,7 @@ class AttemptThreadPool:
     def reopen(self) -> None:
         """After :meth:`shutdown` or :meth:`detach`: a new pool (threads started as tasks come), as large."""
         if self._closed:
-            self._free = threading.BoundedSemaphore(self.max_workers)
+            self._free = _Slots(self.max_workers)
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_workers, thread_name_prefix=self._name
             )
@@ -87,10 +88,54 @@ class AttemptThreadPool:
         # would hand them work nobody runs: the first hedges of a client used before fork() were
         # never sent. A pool of the child's own.
         if not self._closed:
-            self._free = threading.BoundedSemaphore(self.max_workers)
+            self._free = _Slots(self.max_workers)
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_workers, thread_name_prefix=self._name
             )
+
+
+class _Slots:
+    """How many more tasks a pool's threads may take; as a BoundedSemaphore's ``acquire(blocking=False)``
+    and ``release()``, that also tells how many are running."""
+
+    __slots__ = ("_left", "_lock", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._left = size
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if not self._left:
+                return False
+            self._left -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._left += 1
+
+    @property
+    def taken(self) -> int:
+        return self._size - self._left
+
+
+class Detached:
+    """The threads of a pool that :meth:`AttemptThreadPool.detach` closed: its tasks still running."""
+
+    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor, slots: _Slots) -> None:
+        self._executor = executor
+        self._slots = slots
+
+    @property
+    def running(self) -> int:
+        """How many of its tasks have not ended yet."""
+        return self._slots.taken
+
+    def shutdown(self, wait: bool) -> None:
+        """Let its threads end once idle; with ``wait``, wait for its running tasks and its threads."""
+        self._executor.shutdown(wait=wait)
 
 
 class _CallersPool(AttemptThreadPool):
@@ -113,7 +158,7 @@ class _CallersPool(AttemptThreadPool):
     def for_caller(self, caller: threading.Thread) -> AttemptThreadPool:
         return self._pool.for_caller(caller)
 
-    def detach(self) -> concurrent.futures.ThreadPoolExecutor:
+    def detach(self) -> Detached:
         return self._pool.detach()
 
     def shutdown(self) -> None:

@@ -331,15 +331,23 @@ class Client:
         self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:
-        """Stop the client's threads and close its pooled connections; never wait for an async call.
+        """Stop the client's threads and close its pooled connections; never wait for a call.
 
         Calls in flight meanwhile go on (an attempt running keeps its connection until it ends, and
-        closes it then) and send no more hedges. With no async call in flight, ``close()`` waits for
-        the hedges running, and returns with none of the client's threads left. With an async call
-        in flight (queued or running) it waits for nothing: it may be running on the event loop that
-        awaits the call, or that serves the call's downstream, which it froze until the call ended
-        (a downstream on that loop could only answer 408, at the call's deadline). The call gets
-        its answer; its thread and those of the hedges running end when they are done.
+        closes it then) and send no more hedges. With nothing running on the client's threads (no
+        async call in flight, queued or running, and no hedge running), ``close()`` joins them and
+        returns with none of them left: a client used only by sync calls and closed between calls
+        leaves no thread behind. With something running there it waits for nothing: the call gets
+        its answer, and its thread and those of the hedges running end when they are done (by the
+        call's deadline at the latest).
+
+        Why never wait: ``close()`` is called where it cannot tell whether blocking holds a call up,
+        and often it does. A settings change in async code (``override_settings(AIO_REQUEST=...)``,
+        which closes the named clients) runs it on the event loop, which may be the one awaiting an
+        async call, or serving the downstream of a call made from another thread, sync (hedged)
+        calls included: waiting froze that loop until the call ended, at its deadline with a 408
+        when the loop was its downstream. Waiting bought nothing but threads gone sooner, which
+        end on their own anyway.
 
         A call made after ``close()`` opens what it needs again (threads, connections), as a
         requests ``Session`` or a Django cache connection does: a client held past a settings change
@@ -354,14 +362,15 @@ class Client:
         if drivers is not None:
             # Takes no new call; queued calls still run (none is cancelled unasked), idle threads end.
             drivers.shutdown(wait=False)
-        # Read after that shutdown: an async call counted later is refused by those drivers, and one
-        # counted before keeps it above 0. At 0, every call these drivers took is done.
-        if self._async_in_flight:
+        # Read after those shutdowns: an async call counted later is refused by those drivers, and
+        # one counted before keeps it above 0 (at 0, every call these drivers took is done); the
+        # detached workers take no new hedge.
+        if self._async_in_flight or workers.running:
             workers.shutdown(wait=False)
         else:
             if drivers is not None:
                 drivers.shutdown(wait=True)  # their threads, idle, end at once
-            workers.shutdown(wait=True)
+            workers.shutdown(wait=True)  # as theirs
         self.transport.close()
         if self.circuit_breaker is not None:
             self.circuit_breaker.close()

@@ -387,6 +387,58 @@ class TestLifetime:
             lambda: not [t for t in set(threading.enumerate()) - before if t.name.startswith(CLIENT_THREADS)]
         )
 
+    def test_close_on_the_event_loop_does_not_wait_for_the_hedges_of_a_sync_call_in_flight(
+        self, make_client: Callable[..., Client]
+    ) -> None:
+        """``close()`` on the loop thread while a sync hedged call, made from another thread (a sync
+        view in the same ASGI process), waits for a downstream served by that loop: it waited for the
+        running hedges, freezing the loop, so neither attempt could be answered and the call got a
+        408 at its 3 s deadline. Now it returns at once and the call gets its answer."""
+        before = set(threading.enumerate())
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.3)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                pass  # the losing attempt, aborted
+            finally:
+                writer.close()
+
+        async def go() -> tuple[float, list[tuple[int, bytes]]]:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            client = make_client(
+                endpoint=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/",
+                timeout=3.0,
+                retry_budget=None,
+                safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05)),
+            )
+            answers: list[tuple[int, bytes]] = []
+
+            def sync_view() -> None:
+                with client.request(get("x")) as response:
+                    answers.append((response.status, response.read()))
+
+            thread = threading.Thread(target=sync_view)
+            thread.start()
+            await asyncio.sleep(0.15)  # attempt 0 and its hedge wait for this loop's answer
+            started = time.monotonic()
+            client.close()
+            closing = time.monotonic() - started
+            await asyncio.to_thread(thread.join, 10)
+            server.close()
+            return closing, answers
+
+        closing, answers = asyncio.run(go())
+
+        assert closing < 0.1, closing  # it took 2.9 s: until the deadline
+        assert answers == [(200, b"ok")]  # it was a 408
+        assert eventually(
+            lambda: not [t for t in set(threading.enumerate()) - before if t.name.startswith(CLIENT_THREADS)]
+        )
+
     def test_a_closed_client_opens_again_on_use_sync_async_and_hedges_alike(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
