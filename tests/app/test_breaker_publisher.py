@@ -78,6 +78,23 @@ def breaker(name: str = "billing") -> DefaultCircuitBreaker[str, object]:
     return found
 
 
+def settings_module(
+    tmp_path: Path, name: str, database: dict[str, str], aio_request: dict[str, object], extra: str = ""
+) -> dict[str, str]:
+    """Write a settings module ``name`` (the test settings with this database, AIO_REQUEST and
+    ``extra`` lines) into ``tmp_path``: the environment of a subprocess that uses it."""
+    (tmp_path / f"{name}.py").write_text(
+        "from settings.test import *  # noqa: F403\n\n"
+        f"DATABASES = {{'default': {database!r}}}\n{extra}"
+        f"AIO_REQUEST = {aio_request!r}\n"
+    )
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": name,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
 @pytest.mark.django_db
 def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publisher: Publisher) -> None:
     server.route("/down", lambda h: h.reply(500))
@@ -540,16 +557,9 @@ def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackS
     clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER,
                                    "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
     database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "shared.sqlite3")}
-    (tmp_path / "fresh_worker_settings.py").write_text(
-        "from settings.test import *  # noqa: F403\n\n"
-        f"DATABASES = {{'default': {database!r}}}\n"
-        f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CLIENTS': {clients_setting!r}}}\n"
+    env = settings_module(
+        tmp_path, "fresh_worker_settings", database, {"SERVICE_NAME": "orders", "CLIENTS": clients_setting}
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "fresh_worker_settings",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
 
     def run(*args: str) -> str:
         done = subprocess.run(
@@ -604,16 +614,9 @@ def test_a_first_lookup_on_an_event_loop_does_not_wait_for_a_hanging_database(
     with silent_listener() as port:
         database = {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.1", "PORT": str(port),
                     "NAME": "hangs", "USER": "nobody"}  # fmt: skip
-        (tmp_path / "hanging_database_settings.py").write_text(
-            "from settings.test import *  # noqa: F403\n\n"
-            f"DATABASES = {{'default': {database!r}}}\n"
-            f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CLIENTS': {breakers!r}}}\n"
+        env = settings_module(
+            tmp_path, "hanging_database_settings", database, {"SERVICE_NAME": "orders", "CLIENTS": breakers}
         )
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "hanging_database_settings",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
         done = subprocess.run(
             [sys.executable, "-c", ON_A_LOOP, "stays" if loop_stays else "ends"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -784,20 +787,12 @@ def test_gunicorn_preload_workers_publish_the_master_s_client_and_obey_overrides
                                    "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
     test_database = connections["postgres"].settings_dict  # the test run's PostgreSQL database, shared
     database = {key: test_database[key] for key in ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT")}
-    (tmp_path / "preload_settings.py").write_text(
-        "from settings.test import *  # noqa: F403\n\n"
-        f"DATABASES = {{'default': {database!r}}}\n"
-        "ROOT_URLCONF = 'preload_urls'\nALLOWED_HOSTS = ['*']\n"
-        f"AIO_REQUEST = {{'SERVICE_NAME': 'orders', 'CIRCUIT_BREAKER_PUBLISH_INTERVAL': 0.2, "
-        f"'CLIENTS': {clients_setting!r}}}\n"
+    aio_request = {"SERVICE_NAME": "orders", "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.2, "CLIENTS": clients_setting}
+    env = settings_module(
+        tmp_path, "preload_settings", database, aio_request, "ROOT_URLCONF = 'preload_urls'\nALLOWED_HOSTS = ['*']\n"
     )
     (tmp_path / "preload_app.py").write_text(PRELOAD_APP)
     (tmp_path / "preload_urls.py").write_text(PRELOAD_URLS)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "preload_settings",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     port = free_port()
     log = tmp_path / "gunicorn.log"
     command = [str(Path(sys.executable).parent / "gunicorn"), "--preload", "-w", "1", "-b", f"127.0.0.1:{port}",
