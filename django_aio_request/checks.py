@@ -149,24 +149,48 @@ def _url_queries(location: object) -> list[dict[str, list[str]]]:
 
 def _in_every_redis_url(location: object) -> set[str]:
     """The query parameters every ``redis://`` URL of a cache's LOCATION sets (redis-py reads
-    ``?socket_timeout=1&socket_connect_timeout=1`` as those options, in lower case only)."""
+    ``?socket_timeout=1&socket_connect_timeout=1`` as those options, in lower case only, its first
+    value of each, and lets them replace the same options given in OPTIONS)."""
     found: set[str] | None = None
     for query in _url_queries(location):
-        named = {name for name, values in query.items() if values and values[-1].strip()}
+        named = {name for name, values in query.items() if values and values[0].strip()}
         found = named if found is None else found & named
     return found or set()
 
 
+def _url_seconds(value: str) -> bool:
+    """Whether a URL's timeout is one redis-py can use: it reads it with ``float()`` (a value that
+    cannot be read fails the cache's first use), then as an OPTIONS value (:func:`_seconds`)."""
+    try:
+        return _seconds(float(value))
+    except ValueError:
+        return False
+
+
 def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], location: object, redis: bool) -> list[str]:
-    """Timeouts the cache is given in a form its client cannot use: each one fails every command."""
+    """Timeouts the cache is given in a form its client cannot use: each one fails every command.
+
+    With redis, a timeout in the LOCATION's URL replaces the one in OPTIONS (redis-py's
+    ``ConnectionPool.from_url``): an OPTIONS value every URL replaces is never used, and the URL's
+    own value is the one judged."""
+    queries = _url_queries(location) if redis else []
+    replaced = _in_every_redis_url(location) if redis else set()
     found = [
         f"OPTIONS[{name!r}] is {shown(options[name])}, not a number of seconds above 0 and at most {LARGEST:,}"
         for name in names
-        if options.get(name) is not None and not _seconds(options[name])
+        if options.get(name) is not None and not _seconds(options[name]) and name.lower() not in replaced
     ]
     if redis:
         lower = {name.lower() for name in names}
-        spelt = {name for query in _url_queries(location) for name in query if name.lower() in lower} - lower
+        found += sorted(
+            {
+                f"its LOCATION's ?{name}={values[0][:40]} is not a number of seconds above 0 and at most {LARGEST:,}"
+                for query in queries
+                for name, values in query.items()
+                if name in lower and values and values[0].strip() and not _url_seconds(values[0])
+            }
+        )
+        spelt = {name for query in queries for name in query if name.lower() in lower} - lower
         found += [
             f"its LOCATION's ?{name}= is not a parameter redis-py reads (only {name.lower()})" for name in sorted(spelt)
         ]

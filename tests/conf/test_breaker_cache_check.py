@@ -236,6 +236,37 @@ def test_timeouts_the_cache_client_cannot_use_are_reported(options: dict[str, An
     assert "fails every command" in warning.msg
 
 
+@pytest.mark.parametrize("value", ["0", "inf", "1e10", "abc"])
+def test_a_timeout_in_the_url_replaces_options_and_is_judged_itself(value: str) -> None:
+    """redis-py lets the URL's timeouts replace those of OPTIONS: usable OPTIONS passed W010 while a
+    URL's 0, inf, 1e10 or unreadable value failed every command (on the real Redis)."""
+    location = f"redis://127.0.0.1:6379/0?socket_timeout={value}&socket_connect_timeout={value}"
+    options = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": options}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        (warning,) = check_breaker_cache_timeouts()
+        from django.core.cache import caches as django_caches
+
+        with pytest.raises(Exception):  # noqa: B017, PT011 - ValueError, OverflowError or a connection error
+            django_caches["shared"].get("django-aio-request-check-probe")
+    assert warning.id == "django_aio_request.W010"
+    assert f"?socket_timeout={value} is not a number of seconds" in warning.msg
+    assert "OPTIONS" not in warning.msg.split(":")[1]  # the OPTIONS values are replaced, not blamed
+
+
+def test_options_every_url_replaces_are_not_reported() -> None:
+    """OPTIONS timeouts of 0 that the URL replaces with 1 s were reported as failing every command,
+    though redis-py never uses them and the cache works (on the real Redis)."""
+    location = "redis://127.0.0.1:6379/0?socket_timeout=1&socket_connect_timeout=1"
+    options = {"socket_timeout": 0.0, "socket_connect_timeout": 0.0}
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": options}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert check_breaker_cache_timeouts() == []
+        from django.core.cache import caches as django_caches
+
+        assert django_caches["shared"].get("django-aio-request-check-probe") is None
+
+
 @pytest.mark.parametrize("value", [True, 1, 999_999_999])
 def test_timeouts_the_cache_client_can_use_are_not_reported(value: Any) -> None:
     """True was reported as failing every command, yet redis-py hands it to ``socket.settimeout``,
