@@ -79,6 +79,7 @@ class Client:
         circuit_breaker: CircuitBreaker[str, Response] | None = None,
         retry_budget: RetryBudget | None = None,
         hedge_priority: HedgePriority = None,
+        low_timeout_threshold: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
         self.strategy = strategy
@@ -89,6 +90,9 @@ class Client:
         self.circuit_breaker = circuit_breaker  # the breaker given to setup(), or None
         self.retry_budget = retry_budget  # shared by all the client's strategies; None: no budget
         self.hedge_priority = validate_hedge_priority(hedge_priority)
+        # An extra attempt with less time left than this is not sent (see _too_late): setup() gives
+        # the pipeline's LowTimeoutModule threshold, which answers 408 to a first attempt instead.
+        self.low_timeout_threshold = low_timeout_threshold
         self._pipeline = pipeline
         self._workers = workers
         self._metrics = metrics
@@ -318,9 +322,21 @@ class Client:
 
     def _send(
         self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
-    ) -> ResponseWithVerdict:
+    ) -> ResponseWithVerdict | None:
+        if number > 0 and self._too_late(deadline):
+            return None
         response = self._pipeline(Attempt(self.endpoint, request, deadline, priority, number, cancellation))
         return ResponseWithVerdict(response, self.classifier.classify(response), number)
+
+    def _too_late(self, deadline: Deadline) -> bool:
+        """Whether an extra attempt (a retry or a hedge) has too little time left to be sent.
+
+        It is not sent, and the strategy ends with the responses it has, as when the retry budget
+        refuses one (``send`` returns None): the pipeline would answer it a 408 marked
+        ``X-Do-Not-Retry``, which the classifier accepts, so a call whose server had answered 503
+        returned that made-up 408 instead, and the budget paid for an attempt never sent.
+        """
+        return deadline.expired or deadline.timeout < self.low_timeout_threshold
 
     def _after_fork_in_child(self) -> None:
         # As AttemptThreadPool's: the parent's call threads are gone; the child makes its own on use
@@ -454,6 +470,8 @@ class _Call:
         self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
     ) -> ResponseWithVerdict | None:
         client = self._client
+        if number > 0 and client._too_late(deadline):
+            return None  # never sent, so neither spent from the budget nor counted as a hedge
         budget = client.retry_budget
         if budget is not None:
             if number == 0:

@@ -254,4 +254,5 @@ def setup(
         circuit_breaker=circuit_breaker,
         retry_budget=budget,
         hedge_priority=hedge_priority,
+        low_timeout_threshold=low_timeout_threshold,
     )

@@ -529,3 +529,50 @@ def test_the_metric_is_exported_at_zero_for_a_new_client() -> None:
     dar.setup(endpoint=endpoint).close()
     labels = {"request_endpoint": endpoint}
     assert prometheus_client.REGISTRY.get_sample_value("aio_request_retry_budget_exhausted_total", labels) == 0.0
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        dar.sequential_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.8)),
+        dar.retry_until_deadline_expired(dar.single_attempt_strategy(), delays_provider=dar.constant_delays(delay=0.8)),
+    ],
+    ids=["sequential", "retry_until_deadline"],
+)
+def test_a_retry_left_too_little_time_is_not_sent_nor_paid_for_and_the_call_keeps_the_server_s_answer(
+    server: LoopbackServer, strategy: dar.RequestStrategy
+) -> None:
+    # After attempt 0 (a 500) and the 0.8 s pause, under 0.2 s of the call's 1 s is left, below the
+    # client's low-timeout threshold (0.3 s here): attempt 1 cannot be sent. The call answered the
+    # 408 the pipeline makes for it (marked X-Do-Not-Retry, so accepted), not the server's 500, and
+    # the budget paid for an attempt never sent.
+    budget = RetryBudget(ratio=0.0, min_per_second=1.0, window_seconds=10.0)
+    client = dar.setup(
+        endpoint=server.url,
+        safe_method_strategy=strategy,
+        retry_budget=budget,
+        low_timeout_threshold=0.3,
+        metrics=False,
+    )
+    try:
+        with client.request(dar.get("fail"), deadline=dar.Deadline.from_timeout(1.0)) as response:
+            assert response.status == 500
+            assert response.read() == b"down"
+            assert not response.budget_exhausted
+    finally:
+        client.close()
+    assert len(server.received("/fail")) == 1
+    assert budget.available() == 10  # the floor's 10 extras, none spent
+
+
+def test_without_a_budget_a_retry_left_too_little_time_is_not_sent_either(server: LoopbackServer) -> None:
+    strategy = dar.sequential_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.8))
+    client = dar.setup(
+        endpoint=server.url, safe_method_strategy=strategy, retry_budget=None, low_timeout_threshold=0.3, metrics=False
+    )
+    try:
+        with client.request(dar.get("fail"), deadline=dar.Deadline.from_timeout(1.0)) as response:
+            assert response.status == 500
+    finally:
+        client.close()
+    assert len(server.received("/fail")) == 1
