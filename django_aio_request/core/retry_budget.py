@@ -15,6 +15,9 @@ DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_BUCKETS = 10
 
 
+_LARGEST = 999_999_999  # conf/reader.py's LARGEST: the core imports nothing of the Django layer
+
+
 class RetryBudget:
     """Allows an extra attempt only while, over the last ``window_seconds``::
 
@@ -59,12 +62,14 @@ class RetryBudget:
         buckets: int = DEFAULT_BUCKETS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not _finite(ratio) or ratio < 0:
-            raise ValueError(f"ratio must be a number >= 0, not {ratio!r}")
-        if not _finite(min_per_second) or min_per_second < 0:
-            raise ValueError(f"min_per_second must be a number >= 0, not {min_per_second!r}")
-        if not _finite(window_seconds) or window_seconds <= 0:
-            raise ValueError(f"window_seconds must be a number > 0, not {window_seconds!r}")
+        # At most _LARGEST each (the settings' own bound): ratio * firsts and the floor stay finite,
+        # where 1e308 overflowed to inf and available() raised OverflowError.
+        if not _finite(ratio) or not 0 <= ratio <= _LARGEST:
+            raise ValueError(f"ratio must be a number from 0 to {_LARGEST:,}, not {ratio!r}")
+        if not _finite(min_per_second) or not 0 <= min_per_second <= _LARGEST:
+            raise ValueError(f"min_per_second must be a number from 0 to {_LARGEST:,}, not {min_per_second!r}")
+        if not _finite(window_seconds) or not 0 < window_seconds <= _LARGEST:
+            raise ValueError(f"window_seconds must be a number above 0, at most {_LARGEST:,}, not {window_seconds!r}")
         if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
             raise ValueError(f"buckets must be a whole number >= 1, not {buckets!r}")
         self.ratio = float(ratio)

@@ -154,17 +154,28 @@ def test_concurrent_callers_never_overspend() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ratio": -0.1}, "ratio must be a number >= 0"),
-        ({"ratio": float("nan")}, "ratio must be a number >= 0"),
-        ({"min_per_second": -1}, "min_per_second must be a number >= 0"),
-        ({"window_seconds": 0}, "window_seconds must be a number > 0"),
-        ({"window_seconds": True}, "window_seconds must be a number > 0"),
+        ({"ratio": -0.1}, "ratio must be a number from 0 to 999,999,999"),
+        ({"ratio": float("nan")}, "ratio must be a number from 0 to 999,999,999"),
+        ({"ratio": 1e308}, "ratio must be a number from 0 to 999,999,999"),  # available() overflowed
+        ({"min_per_second": -1}, "min_per_second must be a number from 0 to 999,999,999"),
+        ({"min_per_second": 1e308}, "min_per_second must be a number from 0 to 999,999,999"),
+        ({"window_seconds": 0}, "window_seconds must be a number above 0"),
+        ({"window_seconds": True}, "window_seconds must be a number above 0"),
+        ({"window_seconds": 1e308}, "window_seconds must be a number above 0, at most 999,999,999"),
         ({"buckets": 0}, "buckets must be a whole number >= 1"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RetryBudget(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_largest_budget_still_says_what_it_allows() -> None:
+    budget = RetryBudget(ratio=999_999_999, min_per_second=999_999_999, window_seconds=999_999_999)
+    for _ in range(100):
+        budget.record_first()
+    assert budget.try_spend()
+    assert budget.available() > 10**17  # the floor alone: 1e9 a second over 1e9 s
 
 
 def test_hedge_priorities() -> None:
