@@ -56,6 +56,18 @@ async def acall(client: Client, *args: object, **kwargs: object) -> tuple[Respon
     return response, time.monotonic() - started
 
 
+async def cancel_call_after(client: Client, path: str, seconds: float) -> float:
+    """Start a GET of ``path``, cancel its task ``seconds`` later and see it raise CancelledError;
+    the ``time.monotonic()`` of the cancel."""
+    task = asyncio.create_task(acall(client, get(path)))
+    await asyncio.sleep(seconds)
+    cancelled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return cancelled_at
+
+
 def test_deadline_and_priority_come_from_the_task_context(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
@@ -156,12 +168,7 @@ def test_cancelling_the_task_aborts_every_attempt_in_flight(
     )
 
     async def go() -> float:
-        task = asyncio.create_task(acall(client, get("hang")))
-        await asyncio.sleep(0.3)
-        cancelled_at = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        cancelled_at = await cancel_call_after(client, "hang", 0.3)
         assert time.monotonic() - cancelled_at < 0.1  # the task ends at once
         return cancelled_at
 
@@ -190,11 +197,7 @@ def test_a_cancelled_sequential_call_sends_no_retry(server: LoopbackServer, make
     client = make_client(timeout=10.0)  # GET: 3 sequential attempts by default
 
     async def go() -> None:
-        task = asyncio.create_task(acall(client, get("hang")))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_call_after(client, "hang", 0.2)
 
     asyncio.run(go())
     time.sleep(0.3)
@@ -220,11 +223,7 @@ def test_a_call_cancelled_in_its_pause_before_a_retry_frees_its_thread_at_once(
     client = make_client(timeout=10.0, max_workers=1, retry_budget=None, safe_method_strategy=chosen)
 
     async def go() -> tuple[Response, float]:
-        task = asyncio.create_task(acall(client, get("fail")))
-        await asyncio.sleep(0.3)  # the first attempt's 500 is in; the call is in its pause
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_call_after(client, "fail", 0.3)  # the first attempt's 500 is in; the call is in its pause
         return await acall(client, get("ok"))
 
     response, elapsed = asyncio.run(go())
@@ -340,11 +339,7 @@ def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
         return totals
 
     async def go() -> Response:
-        task = asyncio.create_task(acall(client, get("hang")))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_call_after(client, "hang", 0.2)
         response, _ = await acall(client, get("ok"))
         return response
 
