@@ -325,6 +325,12 @@ class Client:
     ) -> ResponseWithVerdict | None:
         if number > 0 and self._too_late(deadline):
             return None
+        return self._attempt(request, deadline, priority, number, cancellation)
+
+    def _attempt(
+        self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
+    ) -> ResponseWithVerdict:
+        """Send an attempt through the pipeline (``_send`` and ``_Call.send`` decided it goes)."""
         response = self._pipeline(Attempt(self.endpoint, request, deadline, priority, number, cancellation))
         return ResponseWithVerdict(response, self.classifier.classify(response), number)
 
@@ -353,11 +359,10 @@ class Client:
         closes it then) and send no more hedges until a call reopens the client: the hedges they send
         after that go to its new threads, counted against ``max_workers`` there. With nothing running
         on the client's threads (no async call in flight, queued or running, and no hedge running),
-        ``close()`` joins them and
-        returns with none of them left: a client used only by sync calls and closed between calls
-        leaves no thread behind. With something running there it waits for nothing: the call gets
-        its answer, and its thread and those of the hedges running end when they are done (by the
-        call's deadline at the latest).
+        ``close()`` joins them and returns with none of them left: a client used only by sync calls
+        and closed between calls leaves no thread behind. With something running there it waits for
+        nothing: the call gets its answer, and its thread and those of the hedges running end when
+        they are done (by the call's deadline at the latest).
 
         Why never wait: ``close()`` is called where it cannot tell whether blocking holds a call up,
         and often it does. A settings change in async code (``override_settings(AIO_REQUEST=...)``,
@@ -483,14 +488,14 @@ class _Call:
                 return None
         lock = self._lock
         if lock is None:
-            return client._send(request, deadline, priority, number, cancellation)
+            return client._attempt(request, deadline, priority, number, cancellation)
         with lock:
             hedge = number > 0 and self._in_flight > 0
             self._in_flight += 1
         try:
             if hedge:
                 priority = hedge_priority_for(priority, client.hedge_priority)
-            return client._send(request, deadline, priority, number, cancellation)
+            return client._attempt(request, deadline, priority, number, cancellation)
         finally:
             with lock:
                 self._in_flight -= 1
