@@ -36,6 +36,13 @@ for decisions: probes are claimed locally, as when the cache fails.
 If the cache fails, this process goes on counting and deciding on its own (a
 :class:`MemoryCircuitStore` kept all along), logs one warning, and one more when the cache answers
 again; nothing raises into a caller.
+
+A value in the store's keys that the store does not write (another writer's, through the same
+cache: a string, None, a list or NaN for a count, anything but a finite number for ``open``) counts
+as absent, with one warning naming the key; a flush adding to such a count replaces it. Before, it
+raised out of the thread, which ended for good: counts were no longer shared and an open circuit
+never probed again in that process. A round that raises anyway (a bug) is logged and taken as an
+outage, and a thread that ended is started again by the next call.
 """
 
 import hashlib
@@ -62,6 +69,19 @@ DEFAULT_STALL_AFTER = 1.0
 OPEN_KEY_GRACE = 60.0
 
 _Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
+
+_ABSENT = object()  # a cache.get default: tells a missing key from one holding None
+
+
+def _count(value: Any) -> int | None:
+    """``value`` read from a count key, or None when it is not a count the store writes."""
+    return value if type(value) is int and value >= 0 else None  # type(): not bool
+
+
+def _open_until(value: Any) -> float | None:
+    """``value`` read from an ``open`` key, or None when it is not a time the store writes."""
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else None
+
 
 # Memcached refuses keys with spaces, control characters or non-ASCII, and keys over 250 bytes (with
 # the cache's KEY_PREFIX and version); Django warns of them (CacheKeyWarning) on every backend.
@@ -131,6 +151,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._closes: dict[str, int] = {}
         self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
         self._stall_logged = False
+        self._malformed: set[str] = set()  # keys the last round found holding a value not the store's
         self.healthy = True  # False during a cache outage: decisions are this process's own
         self._pid = 0
         self._stop = threading.Event()
@@ -278,18 +299,25 @@ class CacheCircuitStore(CircuitStore[str]):
             self._wake.set()
             if thread is not threading.current_thread():
                 thread.join(self.stall_after)
-        self._thread = None
+        with self._lock:
+            if self._thread is thread:  # not one a call started meanwhile (it finds an ended thread dead)
+                self._thread = None
 
     # -- the sync thread ---------------------------------------------------------------------------
 
     def sync(self) -> None:
         """Flush the outcomes counted here, write opens and closes, claim the probes calls asked
         for, read everything back (one step of the background thread; tests call it to flush at
-        once). Never raises."""
+        once). Never raises: the thread that calls it must go on, or nothing would be shared or
+        probed again in this process."""
         with self._sync_lock:
             self._round_started = time.monotonic()
             try:
                 self._sync()
+            except Exception as error:  # not the cache's (_sync handles those): a bug
+                with self._lock:
+                    self._flushing.clear()
+                self._outage(error, crashed=True)
             finally:
                 self._round_started = None
 
@@ -308,7 +336,7 @@ class CacheCircuitStore(CircuitStore[str]):
         return True
 
     def _claim(
-        self, cache: Any, wanted: set[str], scopes: dict[str, str], found: dict[str, Any]
+        self, cache: Any, wanted: set[str], scopes: dict[str, str], found: dict[str, float]
     ) -> dict[str, tuple[str, float, float]]:
         """Claim the probes calls asked for: one process of all gets each (``cache.add`` is atomic).
 
@@ -319,7 +347,7 @@ class CacheCircuitStore(CircuitStore[str]):
         for scope in wanted:
             until = found.get(f"{scopes[scope]}:open")
             now = time.time()
-            if until is None or float(until) > now:
+            if until is None or until > now:
                 continue
             key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
             if cache.add(key, os.getpid(), self._seconds(2)):
@@ -348,9 +376,9 @@ class CacheCircuitStore(CircuitStore[str]):
         try:
             cache = self._backend()
             self._write(cache, writes, scopes, windows, released)
-            self._flush(cache, flushing, scopes)
+            malformed = self._flush(cache, flushing, scopes)
             names = [f"{prefix}:{w}:{kind}" for prefix in scopes.values() for w in windows for kind in "fs"]
-            found = cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())])
+            found = self._parse(cache.get_many([*names, *(f"{prefix}:open" for prefix in scopes.values())]), malformed)
             won = self._claim(cache, wanted, scopes, found)
         except Exception as error:
             self._round_failed(error, writes)
@@ -368,6 +396,17 @@ class CacheCircuitStore(CircuitStore[str]):
             recovered = not self.healthy
             self.healthy = True
             self._stall_logged = False
+            new = sorted(set(malformed) - self._malformed)
+            self._malformed = set(malformed)
+        if new:
+            logger.warning(
+                "circuit breaker state: cache %r has a value the store does not write (another writer's?) in "
+                "key%s %s; %r counts it as absent",
+                self.alias,
+                "s" if len(new) > 1 else "",
+                ", ".join(map(repr, new[:3])) + (f" and {len(new) - 3} more" if len(new) > 3 else ""),
+                self.namespace,
+            )
         if recovered:
             logger.warning(
                 "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self.namespace
@@ -380,8 +419,21 @@ class CacheCircuitStore(CircuitStore[str]):
 
     # -- internals -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _parse(raw: dict[str, Any], malformed: list[str]) -> dict[str, float]:
+        """The counts and blocks ``get_many`` read, without the values the store does not write (another
+        writer's, through the same cache), whose keys go to ``malformed``: they count as absent."""
+        found: dict[str, float] = {}
+        for key, value in raw.items():
+            parsed = _open_until(value) if key.endswith(":open") else _count(value)
+            if parsed is None:
+                malformed.append(key)
+            else:
+                found[key] = parsed
+        return found
+
     def _take(
-        self, scope: str, prefix: str, found: dict[str, Any], windows: range, won: tuple[str, float, float] | None
+        self, scope: str, prefix: str, found: dict[str, float], windows: range, won: tuple[str, float, float] | None
     ) -> None:
         """Take what a round read of ``scope`` (and the probe it won), under the lock."""
         self._shared[scope] = {
@@ -396,7 +448,7 @@ class CacheCircuitStore(CircuitStore[str]):
             return
         until = found.get(f"{prefix}:open")
         held = self._granted.get(scope)
-        if held is not None and (until is None or float(until) != held[2]):
+        if held is not None and (until is None or until != held[2]):
             # Another process claimed a later probe (this one's next call came after the claim's
             # block ended), or the circuit was closed or opened again: the claim is not ours any more.
             del self._granted[scope]
@@ -413,11 +465,10 @@ class CacheCircuitStore(CircuitStore[str]):
                 self._writes.setdefault(scope, until)
         self._outage(error)
 
-    def _learn_block(self, scope: str, until: Any) -> None:
+    def _learn_block(self, scope: str, learned: float | None) -> None:
         """Take the block read from the cache (under the lock). It goes to the local store too, which
         decides during an outage: a process that had learned of a circuit opened elsewhere called
         through it the moment the cache failed."""
-        learned = None if until is None else float(until)
         known = self._until.get(scope)
         self._until[scope] = learned
         if learned is not None and learned != known:
@@ -427,7 +478,8 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def _known(self, scope: str) -> None:
         """Make sure the sync thread runs (in this process) and syncs ``scope``."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # not started, or ended (it must not, but then: again)
             self._start()
         if scope not in self._scopes:
             with self._lock:
@@ -446,17 +498,29 @@ class CacheCircuitStore(CircuitStore[str]):
             else:
                 cache.set(f"{prefix}:open", until, self._seconds_for(until - time.time() + OPEN_KEY_GRACE))
 
-    def _flush(self, cache: Any, flushing: dict[_Count, int], scopes: dict[str, str]) -> None:
+    def _flush(self, cache: Any, flushing: dict[_Count, int], scopes: dict[str, str]) -> list[str]:
+        """Add the outcomes counted here to the shared counts; returns the keys whose value was not a
+        count (another writer's), which are replaced by this process's count."""
         timeout = self._seconds_for(self._sampling_duration + self._window)
+        malformed = []
         for (scope, window, kind), count in flushing.items():
             key = f"{scopes[scope]}:{window}:{kind}"
-            if not cache.add(key, count, timeout):
-                try:
-                    cache.incr(key, count)
-                except ValueError:  # expired between the two calls
+            if cache.add(key, count, timeout):
+                continue
+            try:
+                cache.incr(key, count)
+            except Exception:  # Django's ValueError when missing, else the cache's own (Redis: ResponseError)
+                value = cache.get(key, _ABSENT)  # raises in turn when the cache failed
+                if value is _ABSENT:  # expired between the two calls
                     cache.add(key, count, timeout)
+                elif _count(value) is None:  # a value incr cannot add to, which counts as absent
+                    cache.set(key, count, timeout)
+                    malformed.append(key)
+                else:  # added by another process since it expired, or a passing failure: once more
+                    cache.incr(key, count)
+        return malformed
 
-    def _outage(self, error: BaseException) -> None:
+    def _outage(self, error: BaseException, *, crashed: bool = False) -> None:
         with self._lock:
             started = self.healthy
             self.healthy = False
@@ -465,7 +529,17 @@ class CacheCircuitStore(CircuitStore[str]):
             # answers (cleared here, a circuit opened in an outage of more than one round was lost).
             self._wanted.clear()
             self._granted.clear()
-        if started:
+        if started and crashed:
+            logger.error(
+                "circuit breaker state: a sync round with cache %r raised (%s: %s); %r counts in this process "
+                "only until a round succeeds",
+                self.alias,
+                type(error).__name__,
+                error,
+                self.namespace,
+                exc_info=error,
+            )
+        elif started:
             logger.warning(
                 "circuit breaker state: cache %r failed (%s: %s); %r counts in this process only until it answers",
                 self.alias,
@@ -513,7 +587,7 @@ class CacheCircuitStore(CircuitStore[str]):
         if getattr(_sync_thread, "store", None) is self:
             return  # the thread of a store being closed, telling the breaker of its last round: no new one
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None and self._thread.is_alive():
                 return
             self._pid = os.getpid()
             self._stop = threading.Event()

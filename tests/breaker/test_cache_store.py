@@ -955,6 +955,125 @@ def test_what_a_round_read_before_a_probe_closed_the_circuit_does_not_open_it_ag
         a.close()
 
 
+# Values another writer could leave in the store's keys through Django's cache API.
+MALFORMED = [None, "x", "12", b"x", [1], float("nan"), {"a": 1}, 1.5, -3]
+
+
+def test_values_another_writer_left_in_the_shared_counts_count_as_absent(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value the store does not write, read from a count key, raised out of the sync thread, which
+    ended for good: counts were no longer shared and the open circuit never probed again in this
+    process (every call got the fallback). Such values now count as absent, with one warning naming
+    the keys; the thread goes on, and the circuit probes and closes."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    store = stores(namespace)  # its own thread syncs, every 0.1 s
+    breaker = breaker_with(store, break_duration=0.5, minimum_throughput=2)
+    seen: list[tuple[CircuitState, CircuitState]] = []
+    breaker.add_listener(lambda t: seen.append((t.old, t.new)))
+    assert [run(breaker, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+    prefix = store._prefix("svc")
+    assert wait_for(lambda: caches["shared"].get(f"{prefix}:open") is not None)  # the block is written
+
+    current = int(time.time() / store._window)
+    keys = [f"{prefix}:{w}:{kind}" for w in range(current - 9, current + 2) for kind in "fs"]
+    caches["shared"].set_many({key: MALFORMED[n % len(MALFORMED)] for n, key in enumerate(keys)}, 60)
+    assert wait_for(lambda: any(r.name == LOGGER for r in caplog.records))
+    assert store._thread.is_alive()
+    assert store.healthy
+
+    # The endpoint is healthy again: after the break, a call probes and closes the circuit.
+    assert wait_for(lambda: run(breaker, True) == "ran", 10)
+    assert state_of(breaker) is CircuitState.CLOSED
+    assert seen[-2:] == [(CircuitState.OPEN, CircuitState.HALF_OPEN), (CircuitState.HALF_OPEN, CircuitState.CLOSED)]
+    assert [run(breaker, True) for _ in range(3)] == ["ran"] * 3
+    time.sleep(0.3)  # a few more rounds
+    assert store._thread.is_alive()
+    assert store.healthy
+    [warning] = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert f"'shared' has a value the store does not write (another writer's?) in keys '{prefix}:" in warning
+    assert f"{namespace!r} counts it as absent" in warning
+
+
+@pytest.mark.parametrize("value", ["x", None, b"x", [1], {"a": 1}, float("nan"), float("inf")], ids=repr)
+def test_an_open_key_another_writer_left_a_value_in_reads_as_closed(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, value: Any
+) -> None:
+    """As when the key is gone: the circuit closes (the counts open it again if they still say so)."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    store = stores(namespace)
+    breaker = breaker_with(store, minimum_throughput=2)  # a break of 30 s
+    assert [run(breaker, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+    prefix = store._prefix("svc")
+    assert wait_for(lambda: caches["shared"].get(f"{prefix}:open") is not None)
+    current = int(time.time() / store._window)
+    caches["shared"].delete_many([f"{prefix}:{w}:f" for w in range(current - 10, current + 2)])  # else they reopen it
+    caches["shared"].set(f"{prefix}:open", value, 60)
+    assert wait_for(lambda: state_of(breaker) is CircuitState.CLOSED)
+    assert run(breaker, True) == "ran"
+    time.sleep(0.3)
+    assert store._thread.is_alive()
+    assert store.healthy
+    [warning] = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert f"in key '{prefix}:open'" in warning
+
+
+def test_a_flush_replaces_a_count_another_writer_left(redis: None, namespace: str, stores: Any) -> None:
+    """A count key holding a value ``incr`` cannot add to (Redis refuses it) failed every round that
+    flushed to it, as an outage of the cache; the flush now replaces it with this process's count."""
+    store = stores(namespace, sync_interval=3600)
+    breaker = breaker_with(store)
+    run(breaker, True)
+    store.sync()
+    while time.time() % store._window > store._window / 2:  # not near the next one
+        time.sleep(0.05)
+    key = f"{store._prefix('svc')}:{int(time.time() / store._window)}:f"
+    caches["shared"].set(key, "x", 60)
+    run(breaker, False)
+    run(breaker, False)
+    store.sync()
+    assert store.healthy
+    assert caches["shared"].get(key) == 2
+    assert breaker.counts("svc") == (2, 1)
+
+
+def test_a_store_whose_thread_ended_starts_it_again_at_the_next_call(redis: None, namespace: str, stores: Any) -> None:
+    """A sync thread that ended (as one did when a round raised) was never started again: an open
+    circuit never probed in this process. The next call now starts it again."""
+    store = stores(namespace)
+    breaker = breaker_with(store, break_duration=0.3, minimum_throughput=2)
+    assert [run(breaker, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+    thread = store._thread
+    store._stop.set()  # the thread ends, as if it had died
+    store._wake.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert wait_for(lambda: run(breaker, True) == "ran", 10)
+    assert state_of(breaker) is CircuitState.CLOSED
+    assert store._thread.is_alive()
+
+
+def test_a_round_that_raises_is_logged_and_taken_as_an_outage(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sync() never raises, whatever goes wrong in a round (a bug): the thread must go on."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    store = stores(namespace, sync_interval=3600)
+    breaker = breaker_with(store)
+    run(breaker, True)
+    monkeypatch.setattr(store, "_take", lambda *args: 1 / 0)
+    store.sync()
+    assert not store.healthy  # this process decides on its own until a round succeeds
+    monkeypatch.undo()
+    store.sync()
+    assert store.healthy
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert len(messages) == 2, messages
+    assert messages[0][0] == logging.ERROR
+    assert "a sync round with cache 'shared' raised (ZeroDivisionError" in messages[0][1]
+    assert "answers again" in messages[1][1]
+
+
 def test_the_store_example_of_the_docs_runs(redis: None, namespace: str) -> None:
     """docs/circuit-breaker.md's example of a breaker given a CacheCircuitStore by hand, run as it is
     written (its cache alias is the shared Redis here): it left out ``connect`` and raised TypeError."""
