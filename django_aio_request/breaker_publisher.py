@@ -7,7 +7,8 @@ the first build there, see ``Publisher.after_fork``) does, at once when it start
 when another client with a breaker is built, and every ``interval`` seconds (1 s):
 
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
-   lift overrides that were removed;
+   lift overrides that were removed; a row whose ``mode`` is not an ``Override`` (written by a
+   script, a fixture or SQL: admin writes none) is skipped as if absent, with one warning naming it;
 2. upsert this process's ``BreakerReport`` rows from each built client's ``breaker.snapshot()``
    (one statement) with the calls of the last ``COUNT_WINDOW`` seconds, then stamp them with the
    database's clock: seen now, expiring in ``heartbeat_ttl`` seconds (a few intervals); delete the
@@ -184,6 +185,9 @@ class Publisher:
         # set_override() in code). Only those are lifted when their row goes, and what was there
         # before comes back: the process's own override is not admin's to lift.
         self._applied: dict[Key, tuple[Override, Override | None]] = {}
+        # Override rows whose mode is not an Override, as (client, endpoint, mode): warned of once, while
+        # they stay so (one such row failed every round, for every client, before it was skipped).
+        self._invalid: set[tuple[str, str, str]] = set()
         self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
         self._number = 0  # the clients watched when the round running began
@@ -519,8 +523,22 @@ class Publisher:
         names = [name for name, _ in breakers]
         wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
         overrides = BreakerOverride.objects.using(self._db(BreakerOverride)).filter(client__in=names)
+        invalid = set()
         for client, endpoint, mode in overrides.values_list("client", "endpoint", "mode"):
-            wanted[client][endpoint] = Override(mode)
+            try:
+                wanted[client][endpoint] = Override(mode)
+            except ValueError:
+                invalid.add((client, endpoint, mode))
+        for client, endpoint, mode in sorted(invalid - self._invalid, key=repr):
+            logger.warning(
+                "circuit breaker override of client %r, endpoint %r has mode %r, which is neither %s: "
+                "ignored (as if the row were absent) until it is changed in admin or deleted",
+                client,
+                endpoint,
+                mode,
+                " nor ".join(repr(str(override)) for override in Override),
+            )
+        self._invalid = invalid
         for name, breaker in breakers:
             want = wanted.get(name, {})
             have = {str(snap.scope): snap.override for snap in breaker.snapshot()}

@@ -515,6 +515,46 @@ def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
         made.stop()
 
 
+@pytest.mark.django_db
+def test_an_override_row_with_an_invalid_mode_is_skipped_with_one_warning(
+    server: LoopbackServer, publisher: Publisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose mode is not an Override (admin writes none; a script, a fixture or SQL may) failed
+    every round of every process with that client: no override of any client was obeyed, the
+    process's reports expired (it vanished from admin within seconds), and the only log said the
+    database could not be used. It is now skipped as if absent, with one warning naming it."""
+    server.route("/down", lambda h: h.reply(200))
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
+    with override_settings(AIO_REQUEST=two_breakers(server.url)):
+        assert call("billing", 1) == [200]
+        assert call("refunds", 1) == [200]
+        now = datetime.datetime.now(tz=datetime.UTC)
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="FORCE_OPEN", changed_at=now)
+        BreakerOverride.objects.create(client="refunds", endpoint=server.url, mode="force_open", changed_at=now)
+        assert [publisher.run_once() for _ in range(3)] == [True, True, True]
+
+        assert call("refunds", 1) == [502]  # the other client's override is obeyed
+        assert call("billing", 1) == [200]  # the invalid row is not
+        assert breaker("billing").snapshot()[0].override is None
+        assert sorted(BreakerReport.objects.values_list("client", "state")) == [
+            ("billing", "closed"),
+            ("refunds", "forced_open"),
+        ]
+        [warning] = [r.getMessage() for r in caplog.records]  # one, not one per round
+        assert f"override of client 'billing', endpoint {server.url!r} has mode 'FORCE_OPEN'" in warning
+        assert "neither 'force_open' nor 'force_closed': ignored (as if the row were absent)" in warning
+
+        # An override applied from a valid row is lifted when a script spoils its mode, as if deleted.
+        BreakerOverride.objects.filter(client="billing").update(mode="force_closed")
+        assert publisher.run_once()
+        assert breaker("billing").snapshot()[0].override is Override.FORCE_CLOSED
+        BreakerOverride.objects.filter(client="billing").update(mode="")
+        assert publisher.run_once()
+        assert breaker("billing").snapshot()[0].override is None
+        assert len(caplog.records) == 2
+        assert "has mode ''" in caplog.records[1].getMessage()
+
+
 def test_a_hanging_database_delays_one_client_build_by_the_first_read_wait_at_most(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
