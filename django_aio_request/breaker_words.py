@@ -52,6 +52,11 @@ def calls(failures: int, successes: int, rejected: int) -> str:
 def state_note(obj: BreakerStatus, now: datetime.datetime | None = None) -> str:
     """What the state means now: an override not yet applied everywhere, a probe due, a probe out."""
     now = now or timezone.now()
+    if obj.override and obj.known_override() is None:
+        return (
+            f"override {obj.override!r} is no mode: every process ignores it"
+            " (Back to automatic, under Circuit breaker overrides, removes it)"
+        )
     if obj.override:
         pending = obj.pending()
         if pending:

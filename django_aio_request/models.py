@@ -184,12 +184,21 @@ class BreakerStatus(models.Model):
             client=self.client, endpoint=self.endpoint, expires_at__gt=Now()
         )
 
+    def known_override(self) -> "Mode | None":
+        """The override as a :class:`Mode`; None without one, or when its row holds a mode no process
+        obeys (written by a script, a fixture or SQL: every process skips it as if it were absent)."""
+        try:
+            return Mode(self.override) if self.override else None
+        except ValueError:
+            return None
+
     def pending(self) -> int:
         """How many live processes do not show the override yet, or still show one that was lifted
         (they apply the change at their next round)."""
         forced = {Mode.FORCE_OPEN: self.forced_open_count, Mode.FORCE_CLOSED: self.forced_closed_count}
-        if self.override:
-            return self.processes - forced[Mode(self.override)]
+        override = self.known_override()
+        if override is not None:
+            return self.processes - forced[override]
         return sum(forced.values())  # lifted: those still forced have not gone back to automatic yet
 
     def transitions(self) -> "models.QuerySet[BreakerTransition]":

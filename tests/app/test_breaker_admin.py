@@ -287,6 +287,22 @@ def test_the_state_shown_is_the_override_at_once(operator: BrowserClient) -> Non
 
 
 @pytest.mark.django_db
+def test_an_override_row_with_a_mode_no_process_obeys_is_shown_as_ignored(operator: BrowserClient) -> None:
+    """A row admin never writes (a script's FORCE_OPEN): the publisher skips it; the changelist and
+    the circuit's page showed a 500 (ValueError: 'FORCE_OPEN' is not a valid Mode)."""
+    live_report(1, "closed", successes=5)
+    BreakerOverride.objects.create(client="billing", endpoint=BILLING, mode="FORCE_OPEN", changed_at=NOW)
+    page = operator.get(reverse(CHANGELIST))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "override &#x27;FORCE_OPEN&#x27; is no mode: every process ignores it" in html
+    row = BreakerStatus.objects.get()
+    assert row.known_override() is None
+    assert row.pending() == 0
+    assert operator.get(reverse(CHANGE, args=[row.pk])).status_code == 200
+
+
+@pytest.mark.django_db
 def test_an_open_circuit_says_when_it_probes(operator: BrowserClient) -> None:
     now = timezone.now()
     live_report(1, "open", failures=5, blocked_until=now + datetime.timedelta(seconds=30))
