@@ -71,7 +71,8 @@ class Response:
 
         Bytes that do not decode are replaced. A charset the peer names that cannot decode that way
         (``undefined``, ``idna``, ``punycode``: codecs that refuse ``errors="replace"`` or fail on
-        any input) is ignored, as an unknown one is: UTF-8 then. An ``encoding`` the caller passes
+        any input) is ignored, as an unknown one is, or one ``codecs.lookup`` refuses with ValueError
+        (a NUL or a lone surrogate in it): UTF-8 then. An ``encoding`` the caller passes
         is the caller's: a wrong one raises.
         """
         if encoding is not None:
@@ -123,7 +124,9 @@ class Response:
             return None
         try:
             info = codecs.lookup(name)
-        except LookupError:
+        except (LookupError, ValueError):
+            # ValueError: codecs.lookup refuses a name with a NUL in it ("embedded null character")
+            # and one with a lone surrogate (UnicodeEncodeError): a peer's junk like any unknown name.
             return None
         # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError);
         # the escape codecs read Python literals, and warn (DeprecationWarning) on what they cannot.

@@ -5,6 +5,8 @@ import decimal
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_aio_request import EmptyResponse, Response, UnexpectedContentTypeError
 from tests.support.loopback import LoopbackServer
@@ -101,8 +103,43 @@ def test_no_charset_a_peer_names_makes_text_or_json_raise_anything_else() -> Non
         for body in bodies:
             response = Response(status=200, headers={"Content-Type": f"application/json; charset={charset}"}, body=body)
             assert isinstance(response.text(), str), charset
-            with contextlib.suppress(ValueError):  # json.JSONDecodeError: the documented error
+            with contextlib.suppress(json.JSONDecodeError):  # the documented error, and no other
                 response.json()
+
+
+_BODIES = [b'{"a": "caf\xc3\xa9"}', b"\xff\xfe\x00{", bytes(range(256)), b"", b"[1, 2]"]
+# Real codec names with junk around them (a NUL, a control character, a lone surrogate, Latin-1
+# letters), and anything at all: a peer's header is Latin-1, one a caller builds any str.
+_JUNK = st.text(alphabet=st.sampled_from(["\x00", "\x01", "\x7f", "\ud800", "\xe9", " ", "\t", "-", "."]), max_size=3)
+_CHARSETS = st.one_of(
+    st.builds(lambda before, name, after: before + name + after, _JUNK, st.sampled_from(_every_codec_name()), _JUNK),
+    st.text(alphabet=st.characters(max_codepoint=255), max_size=40),
+    st.text(max_size=40),
+)
+
+
+@pytest.mark.filterwarnings("error")
+@settings(max_examples=600, deadline=None)
+@given(charset=_CHARSETS, body=st.sampled_from(_BODIES))
+def test_text_never_raises_and_json_raises_only_json_decode_error_whatever_the_charset(
+    charset: str, body: bytes
+) -> None:
+    """Before: ``charset=utf-8\\0`` made ``text()`` raise ``ValueError("embedded null character")``
+    (codecs.lookup raises ValueError, not only LookupError) and ``json()`` the same plain ValueError,
+    which is no ``json.JSONDecodeError``."""
+    response = Response(status=200, headers={"Content-Type": f"application/json; charset={charset}"}, body=body)
+    assert isinstance(response.text(), str)
+    with contextlib.suppress(json.JSONDecodeError):  # the documented error, and no other
+        response.json()
+
+
+@pytest.mark.parametrize("junk", ["\x00", "\x00\x00", "\ud800"])
+def test_a_charset_with_a_nul_or_a_surrogate_falls_back_to_utf8(junk: str) -> None:
+    response = Response(
+        status=200, headers={"Content-Type": f"application/json; charset=utf-8{junk}"}, body='{"a": "é"}'.encode()
+    )
+    assert response.text() == '{"a": "é"}'
+    assert response.json() == {"a": "é"}
 
 
 def test_text_replaces_undecodable_bytes_instead_of_raising() -> None:
@@ -291,3 +328,23 @@ def test_response_from_the_network(server: LoopbackServer) -> None:
     assert response.headers["CONTENT-LENGTH"] == str(len(response.read()))
     assert response.json() == {"név": "Ödön"}
     assert 0 < response.elapsed < 5
+
+
+def test_a_nul_in_the_charset_a_server_names_reads_as_utf8(server: LoopbackServer) -> None:
+    """Before: ``Content-Type: application/json; charset=utf-8\\0`` from a server made ``text()`` and
+    ``json()`` of a valid JSON body raise ``ValueError: embedded null character``."""
+    from django_aio_request import RequestsTransport, get
+
+    server.route(
+        "/doc",
+        lambda h: h.reply(200, '{"a": "é"}'.encode(), {"Content-Type": "application/json; charset=utf-8\x00"}),
+    )
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("doc"), 5.0)
+    finally:
+        transport.close()
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8\x00"
+    assert response.text() == '{"a": "é"}'
+    assert response.json() == {"a": "é"}
