@@ -665,7 +665,7 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
     counted as a success. Python's gzip refuses the same bytes (``EOFError``). Looks at urllib3's
     decoder objects (``_decoder``, ``_decoders``, ``_obj``): where a release has none, it says nothing.
     """
-    if body is None or not raw.tell():  # too large (decided already), or no byte read
+    if body is None or not _body_was_read(raw):  # too large (decided already), or no byte read
         return
     decoder = getattr(raw, "_decoder", None)
     parts = getattr(decoder, "_decoders", None) or ([decoder] if decoder is not None else [])
@@ -679,6 +679,21 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
 
 
 _FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
+
+
+def _body_was_read(raw: Any) -> bool:
+    """Whether any byte of body reached ``raw``'s decoder: an empty body (a 204's, a HEAD's answer,
+    ``Content-Length: 0``) names a coding and has no stream to end.
+
+    ``tell()`` counts the bytes of a body framed by ``Content-Length`` or by the connection's close,
+    but urllib3's ``read_chunked`` reads past that counter: it is 0 for every chunked body, and a
+    gzip body cut in half, sent chunked as servers send what they compress on the fly, was a 200
+    with half the body. For a chunked body, urllib3's ``_has_decoded_content``, set once the
+    decoder was handed a chunk (``read_chunked`` hands it only chunks that have bytes), says it.
+    """
+    if getattr(raw, "chunked", False):
+        return bool(getattr(raw, "_has_decoded_content", False))
+    return bool(raw.tell())
 
 
 _transports: "weakref.WeakSet[RequestsTransport]" = weakref.WeakSet()
