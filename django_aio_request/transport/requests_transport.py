@@ -4,6 +4,7 @@ import contextlib
 import http.cookiejar
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -386,10 +387,9 @@ class RequestsTransport(Transport):
         if not host:
             raise requests.exceptions.InvalidURL(f"no host in {url!r}")
         if _is_name(host):
-            try:
-                host.encode("idna")
-            except UnicodeError:
-                raise LocationParseError(f"'{host}', label empty or too long") from None
+            problem = host_name_problem(host)
+            if problem is not None:
+                raise LocationParseError(f"{host!r}: {problem}")
 
     def _redirect_problem(self, response: requests.Response) -> str | None:
         """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
@@ -642,6 +642,41 @@ class RequestsTransport(Transport):
         the pools (``_GuardedAdapter.close``). An attempt still running keeps its connection until
         it ends; it is closed then, as it cannot go back to a closed pool."""
         self._session.close()
+
+
+#: A label of a host name once in ASCII (lower case): letters, digits and hyphens (RFC 1123), and the
+#: underscore, which DNS carries and resolvers look up (Docker Compose names services ``my_api``).
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+#: The most characters of a host name (without a trailing dot): 255 octets on the wire (RFC 1035).
+MOST_NAME_CHARACTERS = 253
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why ``host``, a name (not an IP address), can never be looked up, or None if it can.
+
+    Encoded as ``socket`` encodes it (Python's ``idna`` codec, which refuses an empty label or one
+    over 63 characters), it must be at most 253 characters (a trailing dot aside, which a name may
+    end with), each label of letters, digits, ``-`` or ``_``, and each ``xn--`` label valid punycode.
+    The codec alone let ``a%20b`` (``http://a b/`` once requoted), a 260-character name and
+    ``xn--zz-`` through: each went to the resolver, and its failure was a 489, retried and
+    counted against the endpoint, for a redirect the endpoint answered correctly.
+    """
+    try:
+        name = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return "a label that is empty, longer than 63 characters or not encodable"
+    name = name.removesuffix(".")
+    if len(name) > MOST_NAME_CHARACTERS:
+        return f"longer than {MOST_NAME_CHARACTERS} characters"
+    for label in name.split("."):
+        if not _LABEL.fullmatch(label):
+            return "a label that is empty or has a character other than a letter, a digit, '-' or '_'"
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                return "an xn-- label that is not valid punycode"
+    return None
 
 
 def _refused(

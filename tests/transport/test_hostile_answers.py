@@ -7,9 +7,18 @@ import zlib
 from collections.abc import Callable
 
 import pytest
+from urllib3.exceptions import LocationParseError
 
-from django_aio_request import RequestsTransport, get
-from tests.support.loopback import Handler, LoopbackServer
+from django_aio_request import (
+    Deadline,
+    DefaultCircuitBreaker,
+    RequestsTransport,
+    Response,
+    get,
+    sequential_strategy,
+)
+from django_aio_request.transport.requests_transport import host_name_problem
+from tests.support.loopback import Handler, LoopbackServer, clients
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -89,3 +98,98 @@ def test_a_whole_compressed_chunked_body_is_read_as_before(server: LoopbackServe
             assert (answer.status, answer.read()) == (200, expected), name
     finally:
         transport.close()
+
+
+_INVALID_HOSTS = {
+    "space": "http://a b/x",  # requoted to a%20b
+    "bang": "http://a!b/x",
+    "name-of-259-characters": "http://" + "a." * 128 + "com/",
+    "label-of-64-characters": "http://" + "a" * 64 + ".com/",
+    "invalid-punycode": "http://xn--zz-/x",
+    "empty-punycode": "http://xn--.example/",
+    "non-ascii-name": "http://ü.example/",  # requests percent-encodes it when it follows: never resolvable
+}
+
+
+@pytest.mark.parametrize("location", list(_INVALID_HOSTS.values()), ids=list(_INVALID_HOSTS))
+def test_a_redirect_to_a_host_that_is_no_valid_name_is_a_488_not_fetched_not_retried(
+    server: LoopbackServer, location: str
+) -> None:
+    """Such a redirect went to the resolver, whose failure was a 489: retried (the endpoint that
+    answered the redirect asked again) and counted against that healthy endpoint, whose circuit
+    opened (502 to every call). It cannot be followed: a 488 with X-Invalid-Redirect, a success."""
+    # As a server sends it: UTF-8 bytes (the loopback server writes a header's str as Latin-1).
+    sent = location.encode().decode("latin-1")
+    server.route("/x", lambda h: h.reply(302, b"", {"Location": sent}))
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=30, sampling_duration=10, minimum_throughput=3, failure_threshold=0.5
+    )
+    with clients(server.url) as make:
+        client = make(
+            metrics=False,
+            safe_method_strategy=sequential_strategy(attempts_count=3),
+            circuit_breaker=breaker,
+        )
+        for _ in range(4):
+            with client.request(get("x"), deadline=Deadline.from_timeout(DEADLINE)) as response:
+                assert response.status == 488
+                assert response.headers["X-Invalid-Redirect"] == "LocationParseError"
+                assert response.headers["Location"] == sent
+    assert len(server.received("/x")) == 4  # one request a call: no retry, and the circuit stayed closed
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://localhost:{port}/ok", "http://LocalHost:{port}/ok", "http://127.0.0.1:{port}/ok"],
+)
+def test_a_redirect_to_a_valid_host_is_followed(server: LoopbackServer, location: str) -> None:
+    server.route("/x", lambda h: h.reply(302, b"", {"Location": location.format(port=server.port)}))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport()
+    try:
+        answer = transport.send(server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (answer.status, answer.read()) == (200, b"ok")
+
+
+_INVALID_ENDPOINTS = {name: url for name, url in _INVALID_HOSTS.items() if name != "non-ascii-name"}
+
+
+@pytest.mark.parametrize("endpoint", list(_INVALID_ENDPOINTS.values()), ids=list(_INVALID_ENDPOINTS))
+def test_an_endpoint_whose_host_is_no_valid_name_raises_before_anything_is_sent(endpoint: str) -> None:
+    """Such an endpoint went to the resolver on every call: a 489 each time, the breaker's failure.
+    (A non-ASCII endpoint host is encoded by urllib3 and requests before it is looked up: valid.)"""
+    transport = RequestsTransport()
+    try:
+        with pytest.raises(LocationParseError):  # a ValueError
+            transport.send(endpoint, get("y"), DEADLINE)
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("example.com", True),
+        ("example.com.", True),  # a trailing dot: the name is absolute
+        ("my_api", True),  # underscores: DNS carries them, Docker Compose names services so
+        ("xn--tda.example", True),  # ü.example
+        ("ü.example", True),  # encoded as socket encodes it
+        ("-edge-", True),  # no LDH rule for a label's ends: resolvers look such names up
+        ("a" * 63 + ".com", True),
+        (".".join(["a" * 63] * 3 + ["a" * 61]), True),  # 253 characters, the most
+        (".".join(["a" * 63] * 3 + ["a" * 61]) + ".", True),
+        (".".join(["a" * 63] * 3 + ["a" * 62]), False),  # 254
+        ("a" * 64 + ".com", False),
+        ("a..b", False),
+        (".", False),
+        ("a%20b", False),
+        ("a!b", False),
+        ("xn--zz-", False),
+        ("XN--ZZ-", False),
+        ("xn--", False),
+    ],
+)
+def test_which_host_names_are_valid(host: str, valid: bool) -> None:
+    assert (host_name_problem(host) is None) == valid, host_name_problem(host)
