@@ -1,7 +1,11 @@
 """Responses: one read in full by the transport, or a synthetic one made without the network."""
 
 import codecs
+import encodings
+import encodings.aliases
+import functools
 import json
+import pkgutil
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +32,24 @@ def _charset_parameter(content_type: str) -> str | None:
         if equals and key.strip(_QUOTES_AND_SPACE).lower() == "charset":
             found = value.strip(_QUOTES_AND_SPACE)
     return found
+
+
+#: The longest charset name a response may name: Python's longest codec name or alias has 21 characters.
+_MOST_CHARSET_CHARACTERS = 64
+
+
+def _normalized(name: str) -> str:
+    """``name`` as Python's codec search reads it: lower case, each run of other characters than
+    letters, digits and ``.`` one ``_`` (``UTF-8``, ``utf 8`` and ``utf---8`` are all ``utf_8``)."""
+    return encodings.normalize_encoding(name).lower()
+
+
+@functools.cache
+def _shipped_codecs() -> frozenset[str]:
+    """Every codec name and alias Python ships, normalized: a few hundred."""
+    modules = (module.name for module in pkgutil.iter_modules(encodings.__path__))
+    names = {*encodings.aliases.aliases, *encodings.aliases.aliases.values(), *modules}
+    return frozenset(_normalized(name) for name in names)
 
 
 class UnexpectedContentTypeError(Exception):
@@ -71,8 +93,8 @@ class Response:
 
         Bytes that do not decode are replaced. A charset the peer names that cannot decode that way
         (``undefined``, ``idna``, ``punycode``: codecs that refuse ``errors="replace"`` or fail on
-        any input) is ignored, as an unknown one is, or one ``codecs.lookup`` refuses with ValueError
-        (a NUL or a lone surrogate in it): UTF-8 then. An ``encoding`` the caller passes
+        any input) is ignored, as an unknown one is, and one Python does not ship (``_charset``):
+        UTF-8 then, whatever the name holds (a NUL, a lone surrogate). An ``encoding`` the caller passes
         is the caller's: a wrong one raises.
         """
         if encoding is not None:
@@ -119,14 +141,29 @@ class Response:
             raise json.JSONDecodeError(f"cannot be parsed: {error}", text, 0) from None
 
     def _charset(self) -> str | None:
+        """The codec of the charset the response names, if it is one Python ships that decodes text.
+
+        Only a name Python ships (normalized) is looked up: Python's codec search keeps every name
+        it was asked for, found or not, for the life of the process, and a peer naming a new
+        charset in each response (``charset=x1``, ``x2``..., or ``utf-`` with ever more hyphens)
+        grew it without end (20,000 reads of 4 KB names took 77 MB). A codec registered with
+        ``codecs.register`` is therefore not used for a peer's charset: pass ``encoding``.
+        """
         name = _charset_parameter(self.content_type)
-        if not name:
+        if not name or len(name) > _MOST_CHARSET_CHARACTERS:
             return None
+        normalized = _normalized(name)
+        if normalized not in _shipped_codecs():
+            # Python's search also tries the name with "." as "_" ("iso8859.1").
+            normalized = normalized.replace(".", "_")
+            if normalized not in _shipped_codecs():
+                return None
         try:
-            info = codecs.lookup(name)
+            info = codecs.lookup(normalized)
         except (LookupError, ValueError):
-            # ValueError: codecs.lookup refuses a name with a NUL in it ("embedded null character")
-            # and one with a lone surrogate (UnicodeEncodeError): a peer's junk like any unknown name.
+            # LookupError: a module Python ships for another platform (mbcs, oem off Windows).
+            # ValueError: what codecs.lookup raises for a NUL or a lone surrogate, which a
+            # normalized name no longer holds.
             return None
         # "base64", "rot13", "zlib"... are codecs too, but bytes.decode() refuses them (LookupError);
         # the escape codecs read Python literals, and warn (DeprecationWarning) on what they cannot.
