@@ -28,7 +28,7 @@ from django_aio_request.metrics.client import ClientMetrics, client_retry_budget
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
 from django_aio_request.transport.base import Transport
-from django_aio_request.transport.requests_transport import RequestsTransport
+from django_aio_request.transport.requests_transport import RequestsTransport, host_name_problem
 
 DEFAULT_MAX_WORKERS = 32
 
@@ -151,12 +151,14 @@ def _check_host(endpoint: str, shown: str, host: str) -> None:
     try:
         urllib3.util.parse_url(endpoint)
         requests.PreparedRequest().prepare_url(endpoint, None)
-        if not _is_ip_address(host):
-            host.encode("idna")
+        problem = None if _is_ip_address(host) else host_name_problem(host)
     except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL, UnicodeError) as error:
         # The parsers quote the URL: their words only when ``shown`` withholds nothing of it.
         detail = f": {error}" if shown == endpoint else ""
         raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}{detail}") from None
+    if problem is not None:
+        # The same rule as for a redirect's target (a 488 there): the first call would fail.
+        raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}: {problem}")
 
 
 def _is_ip_address(host: str) -> bool:

@@ -39,6 +39,10 @@ SECRET = "Zq7s3cretXk"
         ("http://" + "a" * 64 + ".test/", "invalid host"),  # a label is at most 63 characters
         ("http://\uff41.test/", "invalid host"),  # a full-width letter
         ("http://a.\u3002b/", "invalid host"),
+        # Before, these passed setup() and the settings check, and every call answered 489.
+        ("http://xn--zz-/", "invalid host"),  # an xn-- label that is no punycode
+        ("http://" + ".".join(["a" * 60] * 5) + "/", "invalid host"),  # a name over 253 characters
+        ("http://a!b/", "invalid host"),
         # Before, accepted: the query was never sent and showed in metrics and logs.
         ("http://billing/?api_key=secret", "must not have a query"),
         ("http://billing/api#v2", "must not have a query"),
