@@ -1,42 +1,113 @@
 """The head of a response, as the transport's connections read it (``FinalResponse``).
 
-Two things ``http.client`` gets wrong for a client that pools connections (and, once the head is
-read, a chunked body's framing is checked: see framing.py). The end of the stream
-in the middle of the head is taken for its blank line (a 200 with an empty body, see ``begin``).
-And interim (1xx) responses are not skipped; here they are: the call gets the final one, and no
-other call does.
+Three things ``http.client`` gets wrong for a client that pools connections (and, once the head is
+read, a chunked body's framing is checked: see framing.py).
 
-``http.client`` skips ``100 Continue`` only and returns any other 1xx as the response. A 1xx has no
-body, so the connection then went back to the pool with the final response still on its way, and
-the *next* call on it read that answer: call B got call A's body, another request's data (a server
-sending ``103 Early Hints`` does exactly this). RFC 9110 (15.2) asks a client to parse any number of
-1xx responses before the final one and allows it to ignore those it did not ask for, so
-:class:`FinalResponse` reads past them. ``101 Switching Protocols`` is never asked for here: it is
-returned as it is, and its connection is closed rather than reused (what follows is no longer
-HTTP/1.1). An endless stream of 1xx ends at the deadline, as any other read does.
+The end of the stream in the middle of the head is taken for its blank line (a 200 with an empty
+body, see ``_read_fields``).
+
+A header line it cannot parse ends the header block without a word. Its parser is the ``email``
+package's: a line with no colon, a space in the field's name or before its colon, a NUL or a
+non-ASCII byte in the name is recorded as a "defect" and that line and every one after it are
+taken for the start of the body (urllib3 only logs "Failed to parse headers"). The fields after it
+were lost, ``Content-Length``, ``Transfer-Encoding`` and ``Content-Encoding`` among them: a
+keep-alive server's answer waited for the end of the stream (a 408 at the deadline), a closing
+one's was a 200 whose body was still gzip or still in chunk framing. The field section is parsed
+here instead, as RFC 9112 (5) says a field line is: a name that is a token, a colon, a value. Any
+other line is a :class:`MalformedHead`, an ``http.client.HTTPException`` (urllib3 makes it a
+``ProtocolError``, the transport a 489), as other answers that are not valid HTTP are. Lines that
+were harmless are still taken as before: an empty value, whitespace-preceded lines before the first
+field (RFC 9112 2.2 lets a recipient ignore them) and a first line ``From ...``.
+
+And interim (1xx) responses are not skipped; here they are: the call gets the final one, and no
+other call does. ``http.client`` skips ``100 Continue`` only and returns any other 1xx as the
+response. A 1xx has no body, so the connection then went back to the pool with the final response
+still on its way, and the *next* call on it read that answer: call B got call A's body, another
+request's data (a server sending ``103 Early Hints`` does exactly this). RFC 9110 (15.2) asks a
+client to parse any number of 1xx responses before the final one and allows it to ignore those it
+did not ask for, so :class:`FinalResponse` reads past them. ``101 Switching Protocols`` is never
+asked for here: it is returned as it is, and its connection is closed rather than reused (what
+follows is no longer HTTP/1.1). An endless stream of 1xx ends at the deadline, as any other read
+does.
 """
 
 import http.client
+import re
 from typing import Any
 
 from django_aio_request.transport.framing import ChunkedFraming, is_chunked
 
-__all__ = ["FinalResponse"]
+__all__ = ["FinalResponse", "MalformedHead"]
+
+_MAX_LINE = 65536  # the longest header line, in bytes: http.client's _MAXLINE
+_MAX_LINES = 100  # header lines, the blank line after them included: http.client's _MAXHEADERS
+# A field's name: RFC 9110's token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The fields http.client's begin() reads to frame the body and decide whether the connection is kept.
+_FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "keep-alive", "proxy-connection"})
+
+
+class MalformedHead(http.client.HTTPException):
+    """A header line that is not valid HTTP/1.1 (the message names what, never the peer's bytes)."""
+
+
+def _read_fields(file: Any) -> list[tuple[str, str]]:
+    """The header fields of a head whose status line was read, through the blank line after them.
+
+    ``http.client`` ends the header block at the end of the stream as at a blank line: a server that
+    closed (or died) in the middle of its headers gave a 200 with an empty body, which the breaker
+    counted as a success. A head cut short is an error (489), as a reset one is.
+
+    A value is taken as ``http.client`` took it: without the whitespace before it, a folded line's
+    continuation joined to it as it came. A CR or NUL inside it is a space (RFC 9110 5.5: a CR
+    ended the line for ``http.client``'s parser, whose rest became a field of its own).
+    """
+    fields: list[list[bytes]] = []
+    lines = 0
+    while True:
+        line: bytes = file.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        if not line.endswith(b"\n"):
+            raise http.client.RemoteDisconnected("the connection ended in the middle of the response's head")
+        lines += 1
+        if lines > _MAX_LINES:
+            raise http.client.HTTPException(f"got more than {_MAX_LINES} headers")
+        if line in (b"\r\n", b"\n"):
+            break
+        content = line.rstrip(b"\r\n")
+        if content[:1] in (b" ", b"\t"):  # continues the line before (obs-fold)
+            if fields:
+                fields[-1][1] += b"\r\n" + _spaced(content)
+            continue  # before any field: ignored (RFC 9112 2.2)
+        if lines == 1 and content.startswith(b"From "):
+            continue  # http.client's parser took it for a mailbox's separator, and always has
+        name, colon, value = content.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            raise MalformedHead("a header line that is not a field name, a colon and a value")
+        fields.append([name, _spaced(value.lstrip(b" \t"))])
+    return [(name.decode("ascii"), value.decode("iso-8859-1")) for name, value in fields]
+
+
+def _spaced(value: bytes) -> bytes:
+    """``value`` with each CR and NUL in it replaced by a space (RFC 9110 5.5)."""
+    return value.replace(b"\r", b" ").replace(b"\x00", b" ")
 
 
 class _HeadReader:
-    """The response's file while its head is read: notes whether the stream ended before a blank line."""
+    """The response's file while ``begin`` reads the head: hands ``http.client``'s own header parser
+    the lines ``FinalResponse._read_status`` left for it (``replay``, last first) before the peer's."""
 
-    __slots__ = ("ended", "file")
+    __slots__ = ("file", "replay")
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.ended = False
+        self.replay: list[bytes] = []
 
     def readline(self, limit: int = -1) -> bytes:
+        if self.replay:
+            return self.replay.pop()
         line: bytes = self.file.readline(limit)
-        if not line.endswith(b"\n"):
-            self.ended = True  # end of the stream within the status line or the header fields
         return line
 
     def __getattr__(self, name: str) -> Any:
@@ -44,29 +115,46 @@ class _HeadReader:
 
 
 class FinalResponse(http.client.HTTPResponse):
-    """``http.client.HTTPResponse`` that reads past interim responses (see the module docstring)."""
+    """``http.client.HTTPResponse`` that reads past interim responses and parses its header fields
+    as HTTP does (see the module docstring)."""
+
+    _fields: list[tuple[str, str]]  # the final response's, read by _read_status
 
     def _read_status(self) -> tuple[str, int, str]:
+        """The final (or ``100``/``101``) status line and, within ``begin``, its header fields.
+
+        The proxy tunnel's ``_tunnel`` calls it on its own and then reads the fields of the answer
+        to ``CONNECT`` itself: those are left to it."""
+        head = self.fp if isinstance(self.fp, _HeadReader) else None
         while True:
             version, status, reason = super()._read_status()  # type: ignore[misc]
             if not 100 <= status < 200 or status in (http.client.CONTINUE, http.client.SWITCHING_PROTOCOLS):
-                return version, status, reason  # begin() skips 100 Continue itself
-            http.client.parse_headers(self.fp)  # the interim response's fields (103's links): not wanted
+                break  # begin() skips 100 Continue itself
+            _read_fields(self.fp)  # the interim response's fields (103's links): not wanted
+        if head is not None:
+            self._fields = fields = _read_fields(head.file)
+            # http.client's begin() parses the header block again, and frames the body by what it
+            # finds: it is given the first of each field it reads for that, and none of the others.
+            framing: dict[str, bytes] = {}
+            for name, value in fields:
+                if name.lower() in _FRAMING:
+                    framing.setdefault(name.lower(), f"{name}: {value}\r\n".encode("iso-8859-1"))
+            head.replay = [b"\r\n", *reversed(framing.values())]
+        return version, status, reason
 
     def begin(self) -> None:
         if self.headers is not None:
             return
-        # http.client ends the header block at the end of the stream as at a blank line: a server
-        # that closed (or died) in the middle of its headers gave a 200 with an empty body, which the
-        # breaker counted as a success. A head cut short is an error (489), as a reset one is.
         file = self.fp
-        watched = self.fp = _HeadReader(file)
+        self.fp = _HeadReader(file)
         try:
             super().begin()
         finally:
             self.fp = file
-        if watched.ended:
-            raise http.client.RemoteDisconnected("the connection ended in the middle of the response's head")
+        message = http.client.HTTPMessage()
+        for name, value in self._fields:
+            message[name] = value
+        self.headers = self.msg = message
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True
         if self._method == "HEAD" or self.status < 200 or self.status in (204, 304):

@@ -1,0 +1,189 @@
+"""``transport/response_head.py``: a response's header fields, parsed as HTTP says, from raw servers.
+
+``http.client`` parses them with the ``email`` package, which ends the header block at the first
+line it cannot parse and takes the rest for the body: the fields after it were lost without a word.
+"""
+
+import asyncio
+import contextlib
+import gzip
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+import django_aio_request as dar
+from django_aio_request import RequestsTransport, get
+from django_aio_request.core import status
+from tests.support.raw_server import RawAnswerServer
+
+DEADLINE = 5.0
+GZIPPED = gzip.compress(b'{"a": 1}')
+
+
+class HoldingServer(RawAnswerServer):
+    """Writes ``answer`` and keeps the connection open until the client closes it, as a keep-alive
+    server does: an answer whose end the client cannot find waits for the deadline."""
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        conn.settimeout(DEADLINE * 2)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        conn.sendall(answer)
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass
+
+
+@pytest.fixture
+def raw_server() -> Iterator[RawAnswerServer]:
+    server = RawAnswerServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def holding_server() -> Iterator[HoldingServer]:
+    server = HoldingServer()
+    yield server
+    server.close()
+
+
+def _call(server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE) -> tuple[int, bytes, float]:
+    """``answer`` to a GET through a transport of its own: the status, body and seconds taken."""
+    server.answer = answer
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("x"), deadline)
+        return response.status, response.read(), time.monotonic() - started
+    finally:
+        transport.close()
+
+
+ROUTES = pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+
+MALFORMED_LINES = {
+    "a space in the name": b"X Bad: v",
+    "a space before the colon": b"X-Bad : v",
+    "a tab before the colon": b"X-Bad\t: v",
+    "no colon": b"no colon here",
+    "an empty name": b": v",
+    "a NUL in the name": b"X-\x00: v",
+    "a non-ASCII byte in the name": b"\xd1: v",
+    "a separator in the name": b"X(y): v",
+}
+
+FRAMED = {
+    "Content-Length": b"Content-Length: 2\r\n\r\nok",
+    "Content-Encoding": b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(GZIPPED), GZIPPED),
+    "Transfer-Encoding": b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("framed", list(FRAMED.values()), ids=list(FRAMED))
+@pytest.mark.parametrize("line", list(MALFORMED_LINES.values()), ids=list(MALFORMED_LINES))
+def test_a_malformed_header_line_is_a_489_at_once(
+    holding_server: HoldingServer, line: bytes, framed: bytes, route: str
+) -> None:
+    """The fields after such a line were dropped: a keep-alive server's answer (its end unknown
+    without Content-Length) was a 408 at the deadline, a closing one's a 200 still gzip or framed."""
+    code, body, elapsed = _call(holding_server, b"HTTP/1.1 200 OK\r\n" + line + b"\r\n" + framed, route)
+    assert (code, body) == (status.NETWORK_ERROR, b"")
+    assert elapsed < DEADLINE / 2
+
+
+@ROUTES
+@pytest.mark.parametrize("line", list(MALFORMED_LINES.values()), ids=list(MALFORMED_LINES))
+def test_a_malformed_header_line_from_a_closing_server_is_a_489(
+    raw_server: RawAnswerServer, line: bytes, route: str
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + line + b"\r\nContent-Encoding: gzip\r\n\r\n" + GZIPPED
+    assert _call(raw_server, answer, route)[:2] == (status.NETWORK_ERROR, b"")
+
+
+HARMLESS = {
+    "an empty value": (b"X-Empty:\r\n", {"X-Empty": ""}),
+    "a line of spaces before the first field": (b"   \r\n", {}),
+    "a folded line before the first field": (b" X-Folded: y\r\n\tmore\r\n", {}),
+    "a first line From": (b"From x\r\n", {}),
+    "a bare LF ending a line": (b"X-A: 1\n", {"X-A": "1"}),
+    "a value with obs-text": (b"X-A: caf\xe9\r\n", {"X-A": "caf\xe9"}),
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("case", list(HARMLESS.values()), ids=list(HARMLESS))
+def test_harmless_odd_lines_are_taken_as_before(
+    holding_server: HoldingServer, case: tuple[bytes, dict[str, str]], route: str
+) -> None:
+    lines, expected = case
+    server = holding_server
+    server.answer = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read(), response.headers["Content-Length"]) == (200, b"ok", "2")
+    assert {name: response.headers[name] for name in expected} == expected
+
+
+def test_a_cr_inside_a_value_does_not_start_a_field() -> None:
+    """``http.client``'s parser ended the line at a bare CR and took what followed for a field."""
+    server = HoldingServer(b"HTTP/1.1 200 OK\r\nX-A: 1\rContent-Length: 99\r\nContent-Length: 2\r\n\r\nok")
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+        server.close()
+    assert (response.status, response.read(), response.headers["X-A"]) == (200, b"ok", "1 Content-Length: 99")
+
+
+def _breaker() -> dar.DefaultCircuitBreaker[str, dar.Response]:
+    return dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=100, failure_threshold=0.5
+    )
+
+
+def test_through_a_client_a_malformed_head_is_a_489_the_breaker_counts_as_a_failure(
+    holding_server: HoldingServer,
+) -> None:
+    holding_server.answer = b"HTTP/1.1 200 OK\r\nX Bad: v\r\nContent-Length: 2\r\n\r\nok"
+    breaker = _breaker()
+    client = dar.setup(
+        endpoint=holding_server.url,
+        safe_method_strategy=dar.single_attempt_strategy(),
+        circuit_breaker=breaker,
+        metrics=False,
+    )
+    try:
+        started = time.monotonic()
+        with client.request(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as response:
+            assert response.status == status.NETWORK_ERROR
+        assert time.monotonic() - started < DEADLINE / 2
+
+        async def acall() -> int:
+            async with client.arequest(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as answer:
+                return answer.status
+
+        started = time.monotonic()
+        assert asyncio.run(acall()) == status.NETWORK_ERROR
+        assert time.monotonic() - started < DEADLINE / 2
+        assert breaker.counts(holding_server.url) == (2, 0)
+    finally:
+        client.close()
