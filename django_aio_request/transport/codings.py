@@ -7,6 +7,13 @@ as it came, and requests did the same: a ``Transfer-Encoding: gzip, chunked`` an
 ``text()`` and ``json()`` turned into garbage or an error far from its cause, and the breaker counted
 as a success. The transport answers those 489 instead (see docs/faults.md).
 
+What urllib3 decodes is decided by comparing the field's value as it is: ``gzip`` alone, or a list
+(with a comma) naming one of its codings. A coding it knows written otherwise (``gzip;q=1``: content
+codings take no parameters) is left as it came too, and so is ``chunked`` with a parameter
+(``chunked;x=1``: the body was read to the end of the stream with its chunk framing in it): those
+are 489s as well. (The whitespace around a value is not part of it, RFC 9110 5.5, and is gone
+before this look: response_head.py.)
+
 A content coding the request asked for itself (its ``Accept-Encoding`` names it, or ``*``) is the
 caller's to decode: that body is handed over as it came, as requests does. So is one that is no
 coding at all (``Content-Encoding: none``, ``UTF-8``: servers that send those exist, and their
@@ -46,6 +53,19 @@ def _codings(value: str) -> list[str]:
     return [part.strip().lower() for part in value.split(",") if part.strip()]
 
 
+def _name(coding: str) -> str:
+    """The coding's name, without the parameters after a ``;``."""
+    return coding.partition(";")[0].strip()
+
+
+def _decoded_by_urllib3(value: str, codings: list[str]) -> bool:
+    """Whether urllib3 puts a body whose ``Content-Encoding`` is ``value`` through its decoders
+    (``HTTPResponse._init_decoder``); in a list, each coding then gets one, and a body a coding's
+    decoder cannot read raises ``DecodeError``."""
+    decoded = HTTPResponse.CONTENT_DECODERS
+    return value.lower() in decoded or ("," in value and any(coding in decoded for coding in codings))
+
+
 def _accepted(accept_encoding: str) -> set[str]:
     """The codings an ``Accept-Encoding`` value names, but those it refuses with ``q=0``."""
     accepted = set()
@@ -64,14 +84,22 @@ def unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -
     ``headers`` are the response's; ``accept_encoding`` is the ``Accept-Encoding`` the request sent.
     """
     transfer = _codings(headers.get("Transfer-Encoding", ""))
-    applied = [coding for coding in transfer if coding in _REGISTERED]
+    applied = [coding for coding in transfer if _name(coding) in _REGISTERED]
+    applied += [coding for coding in transfer if _name(coding) == "chunked" and coding != "chunked"]
     if applied or transfer.count("chunked") > 1:
         return f"Transfer-Encoding: {', '.join(applied or transfer)}"
-    content = _codings(headers.get("Content-Encoding", ""))
+    value = headers.get("Content-Encoding", "")
+    content = _codings(value)
     decoded = HTTPResponse.CONTENT_DECODERS
-    undecoded = [coding for coding in content if coding in _REGISTERED and coding not in decoded]
+    if not _decoded_by_urllib3(value, content):
+        # A coding urllib3 decodes, written so that it does not (gzip;q=1): urllib3 decodes these
+        # for every caller, so no caller decodes one itself, whatever its Accept-Encoding says.
+        misread = [coding for coding in content if _name(coding) in decoded]
+        if misread:
+            return f"Content-Encoding: {', '.join(misread)}"
+    undecoded = [coding for coding in content if _name(coding) in _REGISTERED and _name(coding) not in decoded]
     if undecoded:
         accepted = _accepted(accept_encoding or "")
-        if "*" not in accepted and not set(undecoded) <= accepted:
+        if "*" not in accepted and not {_name(coding) for coding in undecoded} <= accepted:
             return f"Content-Encoding: {', '.join(undecoded)}"
     return None

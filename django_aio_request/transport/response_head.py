@@ -58,9 +58,13 @@ def _read_fields(file: Any) -> list[tuple[str, str]]:
     closed (or died) in the middle of its headers gave a 200 with an empty body, which the breaker
     counted as a success. A head cut short is an error (489), as a reset one is.
 
-    A value is taken as ``http.client`` took it: without the whitespace before it, a folded line's
-    continuation joined to it as it came. A CR or NUL inside it is a space (RFC 9110 5.5: a CR
-    ended the line for ``http.client``'s parser, whose rest became a field of its own).
+    A value is taken as RFC 9110 (5.5) and 9112 (5.2) say a recipient takes it: the whitespace
+    around it is not part of it, each obs-fold (a line that starts with a space or tab continues the
+    one before) is one space, and a CR or NUL inside it is a space (a CR ended the line for
+    ``http.client``'s parser, whose rest became a field of its own). ``http.client`` kept the
+    whitespace after the value and the fold's CRLF, and urllib3 and requests compare values as they
+    are: ``Content-Encoding: gzip `` left the body compressed (a 200), ``Location: /target ``
+    redirected to ``/target%20``.
     """
     fields: list[list[bytes]] = []
     lines = 0
@@ -78,7 +82,7 @@ def _read_fields(file: Any) -> list[tuple[str, str]]:
         content = line.rstrip(b"\r\n")
         if content[:1] in (b" ", b"\t"):  # continues the line before (obs-fold)
             if fields:
-                fields[-1][1] += b"\r\n" + _spaced(content)
+                fields[-1][1] = fields[-1][1].rstrip(b" \t") + b" " + _spaced(content.lstrip(b" \t"))
             continue  # before any field: ignored (RFC 9112 2.2)
         if lines == 1 and content.startswith(b"From "):
             continue  # http.client's parser took it for a mailbox's separator, and always has
@@ -86,7 +90,7 @@ def _read_fields(file: Any) -> list[tuple[str, str]]:
         if not colon or _TOKEN.fullmatch(name) is None:
             raise MalformedHead("a header line that is not a field name, a colon and a value")
         fields.append([name, _spaced(value.lstrip(b" \t"))])
-    return [(name.decode("ascii"), value.decode("iso-8859-1")) for name, value in fields]
+    return [(name.decode("ascii"), value.strip(b" \t").decode("iso-8859-1")) for name, value in fields]
 
 
 def _spaced(value: bytes) -> bytes:

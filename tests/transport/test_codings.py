@@ -43,6 +43,8 @@ def routes(server: LoopbackServer) -> LoopbackServer:
     server.route("/te-identity", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nConnection: close", JSON))
     server.route("/ce-unknown", _encoded("compress", b"\x00\x01squeezed"))
     server.route("/ce-gzip", _encoded("gzip", zipped))
+    server.route("/ce-gzip-parameter", _encoded("gzip;q=1", zipped))
+    server.route("/te-chunked-parameter", _raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1", _chunked(JSON)))
     server.route("/ce-not-a-coding", _encoded("none", JSON))
     server.route("/ce-charset", _encoded("UTF-8", JSON))
     server.route("/ce-unknown-empty", lambda h: h.reply(204, b"", {"Content-Encoding": "compress"}))
@@ -56,6 +58,8 @@ def routes(server: LoopbackServer) -> LoopbackServer:
         ("te-gzip-chunked", "Transfer-Encoding: gzip"),
         ("te-gzip", "Transfer-Encoding: gzip"),
         ("ce-unknown", "Content-Encoding: compress"),
+        ("ce-gzip-parameter", "Content-Encoding: gzip;q=1"),  # urllib3 compares the value as it is
+        ("te-chunked-parameter", "Transfer-Encoding: chunked;x=1"),  # read to the end, framing and all
         ("redirect", "Transfer-Encoding: gzip"),  # reached through requests' redirects, not the direct route
     ],
 )
@@ -139,6 +143,15 @@ def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer)
         ({"Content-Encoding": "gzip, compress"}, "gzip", "Content-Encoding: compress"),
         ({"Content-Encoding": "compress"}, "*", None),  # RFC 9110: * names every coding
         ({"Content-Encoding": "compress"}, "*;q=0", "Content-Encoding: compress"),
+        # A coding urllib3 decodes, written so that it does not (it compares the value as it is).
+        ({"Content-Encoding": "gzip;q=1"}, None, "Content-Encoding: gzip;q=1"),
+        ({"Content-Encoding": "GZIP; q=1"}, "gzip", "Content-Encoding: gzip; q=1"),  # asked or not
+        ({"Content-Encoding": "gzip "}, None, "Content-Encoding: gzip"),
+        ({"Content-Encoding": "gzip, gzip;q=1"}, None, None),  # a list: each gets a decoder (or DecodeError)
+        ({"Content-Encoding": "compress;x=1"}, "compress", None),
+        ({"Content-Encoding": "compress;x=1"}, None, "Content-Encoding: compress;x=1"),
+        ({"Transfer-Encoding": "gzip;q=1, chunked"}, None, "Transfer-Encoding: gzip;q=1"),
+        ({"Transfer-Encoding": "chunked;x=1"}, None, "Transfer-Encoding: chunked;x=1"),
         # No coding of IANA's registry: the body is as it came (servers that send these exist).
         ({"Content-Encoding": "none"}, None, None),
         ({"Content-Encoding": "UTF-8"}, None, None),

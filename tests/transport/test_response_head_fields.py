@@ -17,6 +17,7 @@ import requests
 import django_aio_request as dar
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
+from tests.support.loopback import Handler, LoopbackServer
 from tests.support.raw_server import RawAnswerServer
 
 DEADLINE = 5.0
@@ -187,3 +188,53 @@ def test_through_a_client_a_malformed_head_is_a_489_the_breaker_counts_as_a_fail
         assert breaker.counts(holding_server.url) == (2, 0)
     finally:
         client.close()
+
+
+FOLDED_OR_PADDED = {
+    "a space after the value": b"Content-Encoding: gzip \r\n",
+    "a tab after the value": b"Content-Encoding: gzip\t\r\n",
+    "the value on a folded line": b"Content-Encoding:\r\n gzip\r\n",
+    "the value folded after spaces": b"Content-Encoding: \r\n\t gzip \r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("field", list(FOLDED_OR_PADDED.values()), ids=list(FOLDED_OR_PADDED))
+def test_whitespace_around_a_value_is_not_part_of_it(raw_server: RawAnswerServer, field: bytes, route: str) -> None:
+    """RFC 9110 5.5 and 9112 5.2: urllib3 compared ``gzip `` with ``gzip`` and left the body
+    compressed, a 200 whose ``json()`` raised."""
+    answer = b"HTTP/1.1 200 OK\r\n" + field + b"Content-Length: %d\r\n\r\n%s" % (len(GZIPPED), GZIPPED)
+    assert _call(raw_server, answer, route)[:2] == (200, b'{"a": 1}')
+
+
+def test_a_folded_value_is_one_line_joined_by_a_space(raw_server: RawAnswerServer) -> None:
+    raw_server.answer = b"HTTP/1.1 200 OK\r\nX-A:  one \r\n  two\r\n\tthree\t\r\nX-B: \t\r\nContent-Length: 0\r\n\r\n"
+    transport = RequestsTransport()
+    try:
+        response = transport.send(raw_server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.headers["X-A"], response.headers["X-B"]) == ("one two three", "")
+
+
+@pytest.mark.parametrize("location", [b"/target ", b"/target\t", b"\r\n /target"], ids=["space", "tab", "folded"])
+def test_a_location_with_whitespace_around_it_is_followed_to_its_target(
+    server: LoopbackServer, location: bytes
+) -> None:
+    """It was followed to ``/target%20``."""
+
+    def redirect(handler: Handler) -> None:
+        handler.wfile.write(
+            b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    server.route("/start", redirect)
+    server.route("/target", lambda h: h.reply(200, b"there"))
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("start"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"there")
