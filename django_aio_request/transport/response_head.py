@@ -17,7 +17,9 @@ here instead, as RFC 9112 (5) says a field line is: a name that is a token, a co
 other line is a :class:`MalformedHead`, an ``http.client.HTTPException`` (urllib3 makes it a
 ``ProtocolError``, the transport a 489), as other answers that are not valid HTTP are. Lines that
 were harmless are still taken as before: an empty value, whitespace-preceded lines before the first
-field (RFC 9112 2.2 lets a recipient ignore them) and a first line ``From ...``.
+field (RFC 9112 2.2 lets a recipient ignore them) and a first line ``From ...``. ``http.client``'s
+limit of 100 header lines is :data:`MAX_HEADER_LINES` here, the bytes they may take in all
+:data:`MAX_HEAD_BYTES` (a head past either is a :class:`HeadTooLarge`).
 
 And interim (1xx) responses are not skipped; here they are: the call gets the final one, and no
 other call does. ``http.client`` skips ``100 Continue`` only and returns any other 1xx as the
@@ -37,10 +39,17 @@ from typing import Any
 
 from django_aio_request.transport.framing import ChunkedFraming, is_chunked
 
-__all__ = ["FinalResponse", "MalformedHead"]
+__all__ = ["MAX_HEADER_LINES", "MAX_HEAD_BYTES", "FinalResponse", "HeadTooLarge", "MalformedHead"]
 
+#: The most header lines (fields, and the continuation lines of folded ones) a response's head may
+#: have. HTTP sets no limit; ``http.client`` stops at 100 with the blank line after them (its
+#: ``_MAXHEADERS``), which valid answers pass: a hundred ``Set-Cookie`` fields were a 489, retried
+#: and counted against the endpoint.
+MAX_HEADER_LINES = 1000
 _MAX_LINE = 65536  # the longest header line, in bytes: http.client's _MAXLINE
-_MAX_LINES = 100  # header lines, the blank line after them included: http.client's _MAXHEADERS
+#: The most bytes the header lines may take in all: what ``http.client``'s limits allowed (100
+#: lines of 64 KiB), so that no head it took is refused and one takes no more memory than before.
+MAX_HEAD_BYTES = 100 * _MAX_LINE
 # A field's name: RFC 9110's token.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The fields http.client's begin() reads to frame the body and decide whether the connection is kept.
@@ -49,6 +58,12 @@ _FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "keep
 
 class MalformedHead(http.client.HTTPException):
     """A header line that is not valid HTTP/1.1 (the message names what, never the peer's bytes)."""
+
+
+class HeadTooLarge(http.client.HTTPException):
+    """A head past this client's limits: more than :data:`MAX_HEADER_LINES` header lines, one longer
+    than 64 KiB, or more than :data:`MAX_HEAD_BYTES` in all. It may be valid HTTP: the endpoint
+    answered, and would answer the same again."""
 
 
 def _read_fields(file: Any) -> list[tuple[str, str]]:
@@ -67,18 +82,21 @@ def _read_fields(file: Any) -> list[tuple[str, str]]:
     redirected to ``/target%20``.
     """
     fields: list[list[bytes]] = []
-    lines = 0
+    lines = size = 0
     while True:
         line: bytes = file.readline(_MAX_LINE + 1)
         if len(line) > _MAX_LINE:
-            raise http.client.LineTooLong("header line")
+            raise HeadTooLarge(f"a header line longer than {_MAX_LINE} bytes")
         if not line.endswith(b"\n"):
             raise http.client.RemoteDisconnected("the connection ended in the middle of the response's head")
-        lines += 1
-        if lines > _MAX_LINES:
-            raise http.client.HTTPException(f"got more than {_MAX_LINES} headers")
         if line in (b"\r\n", b"\n"):
             break
+        lines += 1
+        size += len(line)
+        if lines > MAX_HEADER_LINES:
+            raise HeadTooLarge(f"more than {MAX_HEADER_LINES} header lines")
+        if size > MAX_HEAD_BYTES:
+            raise HeadTooLarge(f"header lines of more than {MAX_HEAD_BYTES} bytes")
         content = line.rstrip(b"\r\n")
         if content[:1] in (b" ", b"\t"):  # continues the line before (obs-fold)
             if fields:
@@ -137,8 +155,9 @@ class FinalResponse(http.client.HTTPResponse):
             _read_fields(self.fp)  # the interim response's fields (103's links): not wanted
         if head is not None:
             self._fields = fields = _read_fields(head.file)
-            # http.client's begin() parses the header block again, and frames the body by what it
-            # finds: it is given the first of each field it reads for that, and none of the others.
+            # http.client's begin() parses the header block again (and stops at 100 lines), and
+            # frames the body by what it finds: it is given the first of each field it reads for
+            # that, and none of the others.
             framing: dict[str, bytes] = {}
             for name, value in fields:
                 if name.lower() in _FRAMING:

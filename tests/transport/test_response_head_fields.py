@@ -17,6 +17,8 @@ import requests
 import django_aio_request as dar
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
+from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
+from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer
 from tests.support.raw_server import RawAnswerServer
 
@@ -25,21 +27,22 @@ GZIPPED = gzip.compress(b'{"a": 1}')
 
 
 class HoldingServer(RawAnswerServer):
-    """Writes ``answer`` and keeps the connection open until the client closes it, as a keep-alive
-    server does: an answer whose end the client cannot find waits for the deadline."""
+    """Writes ``answer`` to each request of a connection and keeps the connection open until the
+    client closes it, as a keep-alive server does: an answer whose end the client cannot find waits
+    for the deadline."""
 
     def _converse(self, conn: socket.socket, answer: bytes) -> None:
         conn.settimeout(DEADLINE * 2)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            head += chunk
-        conn.sendall(answer)
+        buffered = b""
         with contextlib.suppress(OSError):
-            while conn.recv(4096):
-                pass
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                buffered = buffered.partition(b"\r\n\r\n")[2]
+                conn.sendall(answer)
 
 
 @pytest.fixture
@@ -238,3 +241,86 @@ def test_a_location_with_whitespace_around_it_is_followed_to_its_target(
     finally:
         transport.close()
     assert (response.status, response.read()) == (200, b"there")
+
+
+def _fields(count: int) -> bytes:
+    """``count`` header lines: ``count - 1`` fields ``X-N<i>`` and ``Content-Length: 2``."""
+    return b"".join(b"X-N%d: v%d\r\n" % (index, index) for index in range(count - 1)) + b"Content-Length: 2\r\n"
+
+
+@ROUTES
+def test_a_head_of_up_to_max_header_lines_is_the_answer(holding_server: HoldingServer, route: str) -> None:
+    """HTTP sets no limit; http.client's 100 made such an answer a 489, retried and counted against
+    the endpoint (enough of them opened the circuit)."""
+    holding_server.answer = b"HTTP/1.1 200 OK\r\n" + _fields(MAX_HEADER_LINES) + b"\r\nok"
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(holding_server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    last = MAX_HEADER_LINES - 2
+    assert (response.status, response.read()) == (200, b"ok")
+    assert (response.headers["X-N0"], response.headers[f"X-N{last}"]) == ("v0", f"v{last}")
+
+
+def test_a_head_of_max_head_bytes_is_the_answer(holding_server: HoldingServer) -> None:
+    """Header lines of exactly MAX_HEAD_BYTES in all are taken: http.client's limits allowed as much
+    (100 lines of 64 KiB), and no head it took is refused for its size."""
+    line = b"X-Long: %s\r\n" % (b"v" * (65536 - 10))
+    lines = line * (MAX_HEAD_BYTES // len(line) - 1)
+    end = b"Content-Length: 2\r\n"
+    lines += b"X-End: %s\r\n" % (b"v" * (MAX_HEAD_BYTES - len(lines) - len(end) - 9)) + end
+    assert len(lines) == MAX_HEAD_BYTES
+    code, body, _ = _call(holding_server, b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok", "direct")
+    assert (code, body) == (200, b"ok")
+
+
+def test_through_a_client_a_head_of_many_fields_is_the_answer_and_a_success(holding_server: HoldingServer) -> None:
+    holding_server.answer = (
+        b"HTTP/1.1 200 OK\r\n" + b"Set-Cookie: c=v; Path=/\r\n" * 150 + b"Content-Length: 2\r\n\r\nok"
+    )
+    breaker = _breaker()
+    client = dar.setup(endpoint=holding_server.url, circuit_breaker=breaker, metrics=False)
+    try:
+        with client.request(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as response:
+            assert (response.status, response.read()) == (200, b"ok")
+
+        async def acall() -> tuple[int, bytes]:
+            async with client.arequest(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as answer:
+                return answer.status, answer.read()
+
+        assert asyncio.run(acall()) == (200, b"ok")
+        assert breaker.counts(holding_server.url) == (0, 2)
+    finally:
+        client.close()
+
+
+PAST_THE_LIMIT = {
+    "one header line too many": _fields(MAX_HEADER_LINES + 1),
+    "a folded line too many": _fields(MAX_HEADER_LINES) + b" folded\r\n",
+    "a line longer than 64 KiB": b"X-Long: " + b"v" * 65536 + b"\r\nContent-Length: 2\r\n",
+    "more than MAX_HEAD_BYTES in all": b"X-Long: %s\r\n" % (b"v" * 65000) * 101 + b"Content-Length: 2\r\n",
+}
+
+
+@pytest.mark.parametrize("lines", list(PAST_THE_LIMIT.values()), ids=list(PAST_THE_LIMIT))
+def test_a_head_past_the_limits_is_head_too_large(holding_server: HoldingServer, lines: bytes) -> None:
+    holding_server.answer = b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok"
+    connection = GuardedHTTPConnection("127.0.0.1", holding_server.port, timeout=DEADLINE)
+    try:
+        connection.request("GET", "/x")
+        with pytest.raises(HeadTooLarge):
+            connection.getresponse()
+    finally:
+        connection.close()
+
+
+@ROUTES
+@pytest.mark.parametrize("lines", list(PAST_THE_LIMIT.values()), ids=list(PAST_THE_LIMIT))
+def test_a_head_past_the_limits_is_a_489_at_once(holding_server: HoldingServer, lines: bytes, route: str) -> None:
+    code, body, elapsed = _call(holding_server, b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok", route)
+    assert (code, body) == (status.NETWORK_ERROR, b"")
+    assert elapsed < DEADLINE / 2
