@@ -37,6 +37,7 @@ from django_aio_request.transport.base import Transport
 from django_aio_request.transport.codings import unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
+from django_aio_request.transport.response_head import HeadTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,9 @@ class RequestsTransport(Transport):
     ``max_response_size``: the most bytes of (decoded) body an attempt reads, or None for no limit.
     A larger body (by its Content-Length, or once that many bytes were read) is not read further:
     the attempt ends as a 489 with ``X-Response-Too-Large: <limit>`` and ``X-Do-Not-Retry: 1``
-    (another attempt would get the same body), and its connection is closed.
+    (another attempt would get the same body), and its connection is closed. A head past its own
+    limits (response_head.py's ``MAX_HEADER_LINES`` and ``MAX_HEAD_BYTES``) ends the same way, with
+    ``X-Response-Too-Large: head``.
     """
 
     def __init__(
@@ -620,6 +623,18 @@ class RequestsTransport(Transport):
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS
+        elif (too_large := _head_too_large(error)) is not None:
+            # As a body past max_response_size: the endpoint answered, and would send the same head
+            # again, so it is not retried and the breaker counts the endpoint as answering.
+            return _refused(
+                request,
+                endpoint,
+                started,
+                status.NETWORK_ERROR,
+                what="the response's head is larger than this client takes and was not read",
+                detail=str(too_large),
+                headers={X_RESPONSE_TOO_LARGE: "head", h.X_DO_NOT_RETRY: "1"},
+            )
         else:
             # Refused, reset, cut short, or an answer that is not valid HTTP: a malformed status line
             # or Content-Length (requests' InvalidHeader), a body that does not decode, or whatever
@@ -761,6 +776,22 @@ def _let_go(error: BaseException) -> None:
         if item.__traceback__ is not None:
             traceback.clear_frames(item.__traceback__)  # skips the frames still running (this one's caller)
         pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+
+
+def _head_too_large(error: BaseException) -> HeadTooLarge | None:
+    """The ``HeadTooLarge`` (response_head.py) ``error`` wraps, however deep (urllib3's
+    ``ProtocolError`` holds it in its arguments, requests' ``ConnectionError`` holds that), or None."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, HeadTooLarge):
+            return item
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return None
 
 
 def _is_timeout(error: Exception) -> bool:

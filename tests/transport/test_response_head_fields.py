@@ -18,6 +18,7 @@ import django_aio_request as dar
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
+from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
 from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer
 from tests.support.raw_server import RawAnswerServer
@@ -320,7 +321,44 @@ def test_a_head_past_the_limits_is_head_too_large(holding_server: HoldingServer,
 
 @ROUTES
 @pytest.mark.parametrize("lines", list(PAST_THE_LIMIT.values()), ids=list(PAST_THE_LIMIT))
-def test_a_head_past_the_limits_is_a_489_at_once(holding_server: HoldingServer, lines: bytes, route: str) -> None:
-    code, body, elapsed = _call(holding_server, b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok", route)
-    assert (code, body) == (status.NETWORK_ERROR, b"")
+def test_a_head_past_the_limits_is_a_489_too_large_at_once(
+    holding_server: HoldingServer, lines: bytes, route: str
+) -> None:
+    """Answered as a body past max_response_size is: not retried, the endpoint counted as answering."""
+    holding_server.answer = b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok"
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")
+    transport = RequestsTransport(session)
+    try:
+        started = time.monotonic()
+        response = transport.send(holding_server.url, get("x"), DEADLINE)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (status.NETWORK_ERROR, b"")
+    assert (response.headers[X_RESPONSE_TOO_LARGE], response.headers["X-Do-Not-Retry"]) == ("head", "1")
     assert elapsed < DEADLINE / 2
+
+
+def test_through_a_client_a_head_past_the_limits_is_not_retried_and_a_success(holding_server: HoldingServer) -> None:
+    holding_server.answer = b"HTTP/1.1 200 OK\r\n" + _fields(MAX_HEADER_LINES + 1) + b"\r\nok"
+    breaker = _breaker()
+    client = dar.setup(
+        endpoint=holding_server.url,
+        safe_method_strategy=dar.sequential_strategy(attempts_count=3),
+        circuit_breaker=breaker,
+        metrics=False,
+    )
+    try:
+        with client.request(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as response:
+            assert (response.status, response.headers[X_RESPONSE_TOO_LARGE]) == (status.NETWORK_ERROR, "head")
+
+        async def acall() -> int:
+            async with client.arequest(get("x"), deadline=dar.Deadline.from_timeout(DEADLINE)) as answer:
+                return answer.status
+
+        assert asyncio.run(acall()) == status.NETWORK_ERROR
+        assert breaker.counts(holding_server.url) == (0, 2)  # one attempt each, the endpoint answering
+    finally:
+        client.close()
