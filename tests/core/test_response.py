@@ -385,7 +385,7 @@ def test_a_nul_in_the_charset_a_server_names_reads_as_utf8(server: LoopbackServe
 
     server.route(
         "/doc",
-        lambda h: h.reply(200, '{"a": "é"}'.encode(), {"Content-Type": "application/json; charset=utf-8\x00"}),
+        lambda h: h.reply(200, '{"a": "é"}'.encode(), {"Content-Type": "application/json; charset=utf-\x008"}),
     )
     transport = RequestsTransport()
     try:
@@ -393,6 +393,8 @@ def test_a_nul_in_the_charset_a_server_names_reads_as_utf8(server: LoopbackServe
     finally:
         transport.close()
     assert response.status == 200
-    assert response.headers["Content-Type"] == "application/json; charset=utf-8\x00"
+    # The head parser reads a NUL in a value as a space (transport/response_head.py): a charset no
+    # codec has, so UTF-8; the unit test above passes the NUL itself.
+    assert response.headers["Content-Type"] == "application/json; charset=utf- 8"
     assert response.text() == '{"a": "é"}'
     assert response.json() == {"a": "é"}
