@@ -14,10 +14,11 @@ these things and nothing else:
   from the socket with ``MSG_PEEK`` when the request is queued, after any bytes of it gunicorn's
   parser already read with the request before it; capped by ``PRIORITY_POLICY`` as the middleware
   would cap it), then arrival order;
-* the time a request waited in that queue is taken off its ``X-Request-Timeout`` before Django
-  sees it, so a request whose caller gave up while it waited is refused at once (503 with
-  ``Retry-After``, see :class:`QueueWaitApp`) instead of running its view for nobody. The value
-  received is kept in ``environ["django_aio_request.received_timeout"]``. A
+* the time a request waited in that queue is taken off its ``X-Request-Timeout`` (cut to
+  ``MAX_TIMEOUT`` first, as the middleware cuts it) before Django sees it, so a request whose
+  caller gave up while it waited is refused at once (503 with ``Retry-After``, see
+  :class:`QueueWaitApp`) instead of running its view for nobody. The value received is kept in
+  ``environ["django_aio_request.received_timeout"]``. A
   request whose time ran out in the queue is taken before any other, so that refusal comes as
   soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
   past its caller's deadline (``TIMEOUT`` for a request without the header).
@@ -166,13 +167,18 @@ class QueueWaitApp:
         seconds = parse_timeout(raw)
         if seconds is None:  # a malformed value is left to the middleware to count and ignore
             return None
-        # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
-        # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
-        threshold = current.settings.low_timeout_threshold
+        conf = current.settings
+        threshold = conf.low_timeout_threshold
         if seconds == 0 or seconds < threshold:
             # Refused by the middleware as it came, under the reason it names ("expired" for 0,
             # "low_timeout" for 1 ms left): rewritten, 1 ms less the time queued would read "0".
             return None
+        # Clamped to MAX_TIMEOUT first, as the middleware and the queue (queue_timeout) count it: the
+        # queue took this request ahead of every other as expired once MAX_TIMEOUT had passed, and
+        # taken off the value as sent ("100") the view would then run with a fresh MAX_TIMEOUT.
+        seconds = min(seconds, conf.max_timeout)
+        # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
+        # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
         left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
         if left <= 0 or left < threshold:
             return _refuse(environ, start_response)
