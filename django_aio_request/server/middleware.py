@@ -244,8 +244,11 @@ class AioRequestMiddleware:
         started = time.monotonic()
         conf = current.settings
         meta = request.META
+        # A value that is not exactly str (only a test client puts one in META: a number, bytes, a
+        # list) goes to _begin(), which reads it as _text() does: a list is not hashable, bytes has
+        # no str partition, and either raised TypeError here.
         raw = meta.get(META_PRIORITY)
-        priority = conf.priority if raw is None else _PRIORITIES.get(raw)
+        priority = conf.priority if raw is None else _PRIORITIES.get(raw) if type(raw) is str else None
         raw = meta.get(META_TIMEOUT)
         if raw is None:
             deadline: Deadline | None = DefaultDeadline(started + conf.timeout)
@@ -253,19 +256,17 @@ class AioRequestMiddleware:
             # "5", "4.987": the plain forms _TIMEOUT accepts (isdigit() alone also takes "²"), checked
             # without the regular expression. Whatever is not one of them goes to _begin().
             deadline = None
-            try:
+            if type(raw) is str:
                 whole, dot, fraction = raw.partition(".")
-            except AttributeError:  # not text: only a test client puts that in META; _begin() reads it
-                whole = dot = fraction = ""
-            if (
-                whole.isdigit()
-                and raw.isascii()
-                and len(whole) <= _MAX_INTEGER_DIGITS
-                and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
-            ):
-                seconds = float(raw)
-                if seconds > 0 and seconds >= conf.low_timeout_threshold:
-                    deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+                if (
+                    whole.isdigit()
+                    and raw.isascii()
+                    and len(whole) <= _MAX_INTEGER_DIGITS
+                    and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
+                ):
+                    seconds = float(raw)
+                    if seconds > 0 and seconds >= conf.low_timeout_threshold:
+                        deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
         if deadline is None or priority is None:
             context = _begin(request, conf, started)  # a refusal, a malformed value, white space, an exponent
             if not isinstance(context, Context):

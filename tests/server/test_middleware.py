@@ -16,7 +16,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpResponse
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
@@ -704,3 +704,38 @@ def test_a_number_a_test_puts_in_the_headers_reads_as_its_text() -> None:
     assert 2.0 < seen["timeout"] <= 3.0
     assert get_sync("/ctx", {"X-Request-Timeout": 0.0}).status_code == 408  # type: ignore[dict-item]
     assert view_saw(get_sync("/ctx", {"X-Request-Timeout": 2.5}))["timeout"] <= 2.5  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Request-Timeout", b"5"),
+        ("X-Request-Timeout", ["5"]),
+        ("X-Request-Priority", b"high"),
+        ("X-Request-Priority", ["high"]),
+    ],
+    ids=["timeout bytes", "timeout list", "priority bytes", "priority list"],
+)
+def test_bytes_or_a_list_a_test_puts_in_the_headers_is_ignored_on_both_paths(
+    settings: Settings, header: str, value: Any
+) -> None:
+    """What else a test may pass to Django's test client (bytes, a list) is ignored as malformed, as
+    on the async path: the sync path raised TypeError (bytes has no str partition, a list no hash)."""
+    settings.AIO_REQUEST = server_setting(PRIORITY="low")
+    request = RequestFactory().get("/", headers={header: value})
+    seen: list[dict[str, Any]] = []
+
+    def view(request: Any) -> HttpResponse:
+        seen.append(urls_server.seen())
+        return HttpResponse()
+
+    async def aview(request: Any) -> HttpResponse:
+        return view(request)
+
+    before = malformed(header)
+    assert AioRequestMiddleware(view)(request).status_code == 200
+    assert asyncio.run(AioRequestMiddleware(aview)(request)).status_code == 200
+    assert malformed(header) - before == 2
+    for context in seen:  # the defaults, on both paths
+        assert (context["source"], context["priority"]) == ("default", "low")
+        assert DEFAULT_TIMEOUT - 2 < context["timeout"] <= DEFAULT_TIMEOUT
