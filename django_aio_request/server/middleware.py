@@ -10,6 +10,7 @@ at debug level; a request whose time is already up is answered 408 without runni
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -111,6 +112,19 @@ def _policed(shedding: Shedding, request: HttpRequest, context: Context) -> Cont
     claimed = cast(Priority, context.priority)  # _begin always sets both
     allowed = policy(request, claimed)
     return context if allowed is claimed else Context(context.deadline, allowed)
+
+
+def _judged(context: Context) -> float:
+    """The deadline load shedding judges a request by: its caller's (``X-Request-Timeout``), or none.
+
+    Without the header the deadline in the context is ``TIMEOUT``'s, a default the view's
+    ``@timeout`` replaces once the view is called, and nobody waits for it: judged by it, a request
+    for a view given 60 s was refused at once as unservable in time (503, ``X-Do-Not-Retry``)
+    whenever ``TIMEOUT`` was shorter than a request takes here. With no deadline the limiter lets it
+    wait up to ``QUEUE_TIMEOUT`` and never refuses it with ``X-Do-Not-Retry``.
+    """
+    deadline = cast(Deadline, context.deadline)  # _begin always sets one
+    return math.inf if type(deadline) is DefaultDeadline else deadline.expires_at
 
 
 def _observe(request: HttpRequest, response: HttpResponseBase, conf: AioRequestSettings, started: float) -> None:
@@ -312,7 +326,7 @@ class AioRequestMiddleware:
         context = _policed(shedding, request, context)
         limiter = shedding.limiter
         priority = cast(Priority, context.priority)
-        admission = limiter.acquire(priority, cast(Deadline, context.deadline).expires_at)
+        admission = limiter.acquire(priority, _judged(context))
         if not admission.admitted:
             response: HttpResponseBase = _shed(priority, admission)
         else:
@@ -347,7 +361,7 @@ class AioRequestMiddleware:
             context = _policed(shedding, request, context)
             limiter = shedding.limiter
             priority = cast(Priority, context.priority)
-            admission = await limiter.aacquire(priority, cast(Deadline, context.deadline).expires_at)
+            admission = await limiter.aacquire(priority, _judged(context))
             if not admission.admitted:
                 response = _shed(priority, admission)
             else:

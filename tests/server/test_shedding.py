@@ -3,6 +3,7 @@ and AioRequestMiddleware with it on (sync views in threads, async views), with r
 flight exactly by views that block on a gate."""
 
 import asyncio
+import math
 import sys
 import threading
 import time
@@ -177,12 +178,13 @@ def later(seconds: float) -> float:
 # The limiter with real threads: who gets a freed slot, how long a request may wait.
 
 
-def fill_threads(limiter: Limiter, count: int) -> None:
-    """Have ``count`` sync requests wait at once, as a server with more threads than that would."""
-    admissions = [limiter.acquire(HIGH, later(5)) for _ in range(limiter.limit.current)]
+def fill_threads(limiter: Limiter, count: int, deadline: float = 5) -> None:
+    """Have ``count`` sync requests wait at once, as a server with more threads than that would;
+    ``deadline``: seconds from now (``math.inf``: no deadline)."""
+    admissions = [limiter.acquire(HIGH, later(deadline)) for _ in range(limiter.limit.current)]
 
     def wait() -> None:
-        admission = limiter.acquire(HIGH, later(5))
+        admission = limiter.acquire(HIGH, later(deadline))
         if admission.admitted:
             limiter.release(admission.admitted_at, thread=True)
 
@@ -688,6 +690,26 @@ def test_at_the_limit_requests_wait_and_then_are_refused_with_503_and_retry_afte
     assert get(LOW, url="/ok").status_code == 200  # the slot is back
 
 
+def test_a_request_without_a_deadline_waits_for_a_slot_however_short_timeout_is(settings: Settings) -> None:
+    """No X-Request-Timeout: nobody waits for TIMEOUT (7 s here), a default the view's @timeout
+    replaces. Judged by it against a request's 30 s here (MIN_TIME_TO_SERVE), it was refused at once
+    (503, reason deadline, X-Do-Not-Retry); it waits for a slot up to QUEUE_TIMEOUT instead."""
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.3, "MIN_TIME_TO_SERVE": 30})
+    fill_threads(limiter(), 8, math.inf)  # a server with threads to spare: nobody takes the last one
+    before = shed("normal", "deadline"), shed("normal", "queue_timeout")
+    held = Held()
+    held.start(HIGH, timeout=20)
+    began = time.monotonic()
+    refused = get(NORMAL)
+    waited = time.monotonic() - began
+    assert (refused.status_code, refused["Retry-After"]) == (503, "1")
+    assert "X-Do-Not-Retry" not in refused  # its caller may try again
+    assert waited >= 0.25  # it waited QUEUE_TIMEOUT (0.3 s) for the slot
+    assert (shed("normal", "deadline") - before[0], shed("normal", "queue_timeout") - before[1]) == (0, 1)
+    held.start(NORMAL, admitted=False)  # waits for the slot ...
+    assert held.finish() == [200, 200]  # ... and is served when it frees
+
+
 def test_a_waiting_request_is_served_when_a_slot_frees(settings: Settings) -> None:
     settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5})
     held = Held()
@@ -879,6 +901,25 @@ async def _async_wait_by_priority() -> None:
     assert time.monotonic() - began < 0.3
     await asyncio.gather(*tasks)
     assert finished == [b"normal", b"high", b"low", b"low", b"low"]
+
+
+def test_async_requests_without_a_deadline_wait_for_a_slot_however_short_timeout_is(settings: Settings) -> None:
+    # As test_a_request_without_a_deadline_waits_for_a_slot_however_short_timeout_is, under ASGI.
+    settings.AIO_REQUEST = settings_with({"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5, "MIN_TIME_TO_SERVE": 30})
+
+    async def scenario() -> None:
+        agate["event"] = asyncio.Event()
+        client = AsyncClient()
+        holder = asyncio.create_task(client.get("/ablock", headers=headers(NORMAL, 20)))
+        while limiter().in_flight < 1:
+            await asyncio.sleep(0.002)
+        waiter = asyncio.create_task(client.get("/ablock", headers=headers(NORMAL)))
+        while limiter().waiting < 1 and not waiter.done():
+            await asyncio.sleep(0.002)
+        agate["event"].set()
+        assert [(await holder).status_code, (await waiter).status_code] == [200, 200]
+
+    asyncio.run(scenario())
 
 
 def test_async_path_refuses_with_503(settings: Settings) -> None:

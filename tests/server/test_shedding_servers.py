@@ -4,6 +4,9 @@
 baselines are in ``benchmarks/shedding.py``."""
 
 import collections
+import http.client
+import threading
+import time
 
 import pytest
 
@@ -152,3 +155,40 @@ def test_gunicorn_probes_make_requests_wait_instead_of_refusing_them() -> None:
     assert len(outcomes) >= 40
     assert capacity == 0
     assert [o for o in outcomes if o.status != 200] == []
+
+
+def answer(url: str, path: str, headers: dict[str, str], into: list[tuple[int, str | None, float]]) -> None:
+    """One GET: its status, its X-Do-Not-Retry and how long it took."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        into.append((response.status, response.getheader("X-Do-Not-Retry"), time.monotonic() - started))
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("kind", "path"), [("gunicorn", "/sleep"), ("uvicorn", "/asleep")])
+def test_a_request_without_a_deadline_waits_for_the_slot_however_long_requests_take(kind: str, path: str) -> None:
+    # No X-Request-Timeout: the default deadline (TIMEOUT, 20 s) is nobody's, and a view's @timeout
+    # replaces it. A request taking 30 s here (MIN_TIME_TO_SERVE) was judged by it: refused at once,
+    # 503 with X-Do-Not-Retry, while the slot was free again 0.6 s later. High priority: under gunicorn
+    # the limiter has seen two threads, and would keep the second from waiting for any lower one.
+    config = {"shedding": {"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 5, "MIN_TIME_TO_SERVE": 30}}
+    with server(kind, 4, config) as url:
+        answer(url, f"{path}?ms=1", {}, [])  # the process loaded before the timed part
+        first: list[tuple[int, str | None, float]] = []
+        holder = threading.Thread(target=answer, args=(url, f"{path}?ms=800", {}, first))
+        holder.start()
+        time.sleep(0.2)
+        second: list[tuple[int, str | None, float]] = []
+        answer(url, f"{path}?ms=10", {"X-Request-Priority": "high"}, second)
+        holder.join(30)
+    assert first[0][0] == 200
+    status, do_not_retry, elapsed = second[0]
+    assert (status, do_not_retry) == (200, None)
+    assert elapsed > 0.3  # it waited for the slot

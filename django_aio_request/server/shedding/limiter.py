@@ -128,6 +128,10 @@ class Limiter:
     def acquire(self, priority: Priority, deadline: float) -> Admission:
         """A slot for a sync request with ``deadline`` (``time.monotonic()`` seconds); blocks while it waits.
 
+        ``deadline`` is when its caller stops waiting; ``math.inf`` when that is not known (no
+        ``X-Request-Timeout``): it then waits up to ``queue_timeout``, after those of its priority
+        that have one, and is never refused for its deadline nor told not to retry.
+
         An admitted request must be :meth:`release`\\ d exactly once, with ``thread=True``.
         """
         now = self._clock()
