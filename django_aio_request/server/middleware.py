@@ -114,6 +114,17 @@ def _policed(shedding: Shedding, request: HttpRequest, context: Context) -> Cont
     return context if allowed is claimed else Context(context.deadline, allowed)
 
 
+async def _apoliced(shedding: Shedding, request: HttpRequest, context: Context) -> Context:
+    """:func:`_policed` on the async path: a callable policy runs as Django would run it (in a
+    thread if it is sync, so that it may use the ORM; awaited if it is ``async def``)."""
+    apolicy = shedding.apolicy
+    if apolicy is None:
+        return _policed(shedding, request, context)
+    claimed = cast(Priority, context.priority)  # _begin always sets both
+    allowed = await apolicy(request, claimed)
+    return context if allowed is claimed else Context(context.deadline, allowed)
+
+
 def _judged(context: Context) -> float:
     """The deadline load shedding judges a request by: its caller's (``X-Request-Timeout``), or none.
 
@@ -358,7 +369,7 @@ class AioRequestMiddleware:
             response = await self._arespond(request, conf, context)
         else:
             shedding = shedding_for(conf.shedding, conf.known_services)
-            context = _policed(shedding, request, context)
+            context = await _apoliced(shedding, request, context)
             limiter = shedding.limiter
             priority = cast(Priority, context.priority)
             admission = await limiter.aacquire(priority, _judged(context))

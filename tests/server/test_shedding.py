@@ -107,6 +107,28 @@ def policy_answering_junk(request: Any, claimed: Priority) -> Any:
     return "high"
 
 
+async def apolicy_high_only_for_the_header(request: Any, claimed: Priority) -> Priority:
+    await asyncio.sleep(0)
+    return policy_high_only_for_the_header(request, claimed)
+
+
+async def apolicy_raising_the_claim(request: Any, claimed: Priority) -> Priority:
+    return HIGH
+
+
+async def apolicy_answering_junk(request: Any, claimed: Priority) -> Any:
+    return "high"
+
+
+def policy_on_the_event_loop(request: Any, claimed: Priority) -> Priority:
+    """A sync PRIORITY_POLICY that tells whether it was called on an event loop (as a query would)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return claimed
+    return LOW
+
+
 @pytest.fixture(autouse=True)
 def _middleware(settings: Settings) -> Iterator[None]:
     settings.MIDDLEWARE = [MIDDLEWARE]
@@ -871,6 +893,30 @@ def test_a_policy_answering_junk_fails_loudly(settings: Settings) -> None:
     settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.policy_answering_junk"})
     with pytest.raises(TypeError, match="not a Priority"):
         get(HIGH, url="/ok")
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_an_async_def_policy_is_awaited_on_both_paths(settings: Settings, path: str) -> None:
+    def claim(priority: Priority, trusted: str = "no") -> Any:
+        if path == "sync":
+            return get(priority, url="/ok", X_Trusted=trusted)
+        return asyncio.run(AsyncClient().get("/asleep?s=0", headers=headers(priority, X_Trusted=trusted)))
+
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.apolicy_high_only_for_the_header"})
+    assert claim(HIGH, "yes").content == b"high"
+    assert claim(HIGH).content == b"low"
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.apolicy_raising_the_claim"})
+    assert claim(LOW).content == b"low"  # never more than the claim
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.apolicy_answering_junk"})
+    with pytest.raises(TypeError, match="not a Priority"):
+        claim(HIGH)
+
+
+def test_on_the_async_path_a_sync_policy_runs_off_the_event_loop(settings: Settings) -> None:
+    # Where a database query works (it raised SynchronousOnlyOperation on the loop).
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": f"{__name__}.policy_on_the_event_loop"})
+    response = asyncio.run(AsyncClient().get("/asleep?s=0", headers=headers(HIGH)))
+    assert response.content == b"high"
 
 
 # The async path (ASGI, async views): waiting does not block the event loop.

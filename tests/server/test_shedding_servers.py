@@ -5,12 +5,19 @@ baselines are in ``benchmarks/shedding.py``."""
 
 import collections
 import http.client
+import json
+import os
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from benchmarks._shedding_load import Callers, Outcome, closed_loop, metric, server
+from benchmarks._shedding_load import BIN, ROOT, Callers, Outcome, closed_loop, free_port, metric, server
+from tests.support.loopback import stop_server, wait_until_listening
 
 DEADLINE = 1.0
 
@@ -192,3 +199,116 @@ def test_a_request_without_a_deadline_waits_for_the_slot_however_long_requests_t
     status, do_not_retry, elapsed = second[0]
     assert (status, do_not_retry) == (200, None)
     assert elapsed > 0.3  # it waited for the slot
+
+
+# A callable PRIORITY_POLICY that reads the database: where each server runs it.
+
+POLICY_SERVICE = """
+import os
+
+from benchmarks._shedding_service import *  # noqa: F403
+from benchmarks._shedding_service import AIO_REQUEST as _AIO
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import JsonResponse
+from django.urls import path
+
+from django_aio_request import Priority, get_context
+
+ROOT_URLCONF = __name__
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["POLICY_DB"]}}
+AIO_REQUEST = {**_AIO, "SHEDDING": {"PRIORITY_POLICY": __name__ + "." + os.environ["POLICY"]}}
+if os.environ.get("SYNC_ONLY_BELOW"):  # the middleware's sync path under ASGI too
+    MIDDLEWARE = [*MIDDLEWARE, __name__ + ".sync_only"]
+
+
+def trusted(request):
+    # A query, as a policy checking a token table would make: on the event loop Django refuses it.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s = 'billing'", [request.META.get("HTTP_X_SERVICE_NAME", "")])
+        return bool(cursor.fetchone()[0])
+
+
+def sync_policy(request, claimed):
+    return claimed if trusted(request) else Priority.LOW
+
+
+async def async_policy(request, claimed):
+    return claimed if await sync_to_async(trusted)(request) else Priority.LOW
+
+
+def sync_only(get_response):
+    return lambda request: get_response(request)
+
+
+def priority(request):
+    return JsonResponse({"priority": get_context().priority.value})
+
+
+async def apriority(request):
+    return JsonResponse({"priority": get_context().priority.value})
+
+
+urlpatterns = [path("priority", priority), path("apriority", apriority)]
+"""
+
+
+@contextmanager
+def policy_service(kind: str, folder: Path, policy: str, *, sync_only_below: bool = False) -> Iterator[str]:
+    """The shedding service with ``PRIORITY_POLICY`` ``policy`` (a function of POLICY_SERVICE) under
+    ``kind`` ("gunicorn": gthread, 2 threads; "uvicorn"); yields its base URL."""
+    (folder / "policy_service.py").write_text(POLICY_SERVICE)
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "policy_service", "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}",
+           "POLICY": policy, "POLICY_DB": str(folder / "db.sqlite3"),
+           "SYNC_ONLY_BELOW": "1" if sync_only_below else ""}  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if kind == "gunicorn":
+        command = [str(BIN / "gunicorn"), "-c", "benchmarks/_load_gunicorn.py", "-k", "gthread", "--threads", "2",
+                   "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+                   "benchmarks._shedding_service:wsgi()"]  # fmt: skip
+    else:
+        command = [str(BIN / "uvicorn"), "--factory", "benchmarks._shedding_service:asgi", "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE)
+    try:
+        wait_until_listening(process, port, kind)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
+        assert process.stdin is not None
+        process.stdin.close()
+
+
+def served_with(url: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, json.loads(body)["priority"] if response.status == 200 else None
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("policy", ["sync_policy", "async_policy"])
+@pytest.mark.parametrize(
+    ("kind", "path", "sync_only_below"),
+    [("gunicorn", "/priority", False), ("uvicorn", "/apriority", False), ("uvicorn", "/priority", True)],
+    ids=["gunicorn", "uvicorn", "uvicorn-sync-middleware-below"],
+)
+def test_a_policy_that_queries_the_database_decides_under_every_server(
+    tmp_path: Path, kind: str, path: str, sync_only_below: bool, policy: str
+) -> None:
+    # Under uvicorn the middleware's async path ran a plain policy on the event loop, where the query
+    # raised SynchronousOnlyOperation (500 on every request); an async def policy returned a
+    # coroutine (500 everywhere). The third case: a sync-only middleware below makes Django run ours
+    # on its sync path, in a thread, under ASGI.
+    with policy_service(kind, tmp_path, policy, sync_only_below=sync_only_below) as url:
+        claims = [{"X-Request-Priority": "high", "X-Service-Name": name} for name in ("billing", "batch")]
+        trusted, other = ([served_with(url, path, headers) for _ in range(3)] for headers in claims)
+    assert trusted == [(200, "high")] * 3
+    assert other == [(200, "low")] * 3

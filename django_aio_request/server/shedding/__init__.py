@@ -18,7 +18,12 @@ import time
 from django_aio_request.conf.schema import SheddingSettings
 from django_aio_request.server.shedding.limit import AdaptiveLimit, FixedLimit, Limit
 from django_aio_request.server.shedding.limiter import ADMITTED, REASONS, Admission, Limiter
-from django_aio_request.server.shedding.policy import PriorityPolicy, build_policy
+from django_aio_request.server.shedding.policy import (
+    AsyncPriorityPolicy,
+    PriorityPolicy,
+    build_async_policy,
+    build_policy,
+)
 
 __all__ = [
     "ADMITTED",
@@ -35,12 +40,14 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Shedding:
-    """What the middleware uses: the limiter and the priority policy (None: every claim honoured)."""
+    """What the middleware uses: the limiter and the priority policy (None: every claim honoured);
+    ``apolicy``: the policy as the async path awaits it, for a callable (None: call ``policy``)."""
 
     settings: SheddingSettings
     known_services: frozenset[str] | None
     limiter: Limiter
     policy: PriorityPolicy | None
+    apolicy: AsyncPriorityPolicy | None = None
 
 
 def build(settings: SheddingSettings, known_services: frozenset[str] | None) -> Shedding:
@@ -73,7 +80,7 @@ def build(settings: SheddingSettings, known_services: frozenset[str] | None) -> 
         retry_after=settings.retry_after,
     )
     policy = build_policy(settings.priority_policy, known_services, settings.untrusted_priority)
-    return Shedding(settings, known_services, limiter, policy)
+    return Shedding(settings, known_services, limiter, policy, build_async_policy(settings.priority_policy))
 
 
 _current: Shedding | None = None

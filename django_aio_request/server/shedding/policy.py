@@ -7,19 +7,35 @@ kept for high priority. The policy caps the priority a request is served (and ca
 * ``"known_services"``: callers whose ``X-Service-Name`` is in ``KNOWN_SERVICES`` keep their claim;
   any other caller gets at most ``UNTRUSTED_PRIORITY`` (default ``normal``);
 * a callable (a dotted path in settings) given the request and the claimed priority, returning the
-  priority to use; it may only lower the claim (a higher answer is capped at the claim).
+  priority to use; it may only lower the claim (a higher answer is capped at the claim). It may be
+  an ``async def`` function. Each runs where Django would run a view of its kind, so either may use
+  the ORM: on the async path (ASGI) a plain function runs in a thread (``sync_to_async``, thread
+  sensitive as Django's own adapters: on the event loop a database query raised
+  ``SynchronousOnlyOperation``) and an ``async def`` one is awaited; on the sync path a plain
+  function is called and an ``async def`` one runs through ``async_to_sync``.
 
 ``X-Service-Name`` is a header like any other: ``"known_services"`` trusts it, so it keeps out
 callers that do not pretend (a batch job, a misconfigured client), not an attacker who can reach
 the service and set headers. See docs/security.md.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 
 from django_aio_request.core.priority import Priority
 
-__all__ = ["ANY", "KNOWN_SERVICES", "POLICY_NAMES", "RANK", "PriorityPolicy", "build_policy"]
+__all__ = [
+    "ANY",
+    "KNOWN_SERVICES",
+    "POLICY_NAMES",
+    "RANK",
+    "AsyncPriorityPolicy",
+    "PriorityPolicy",
+    "build_async_policy",
+    "build_policy",
+]
 
 ANY = "any"
 KNOWN_SERVICES = "known_services"
@@ -31,6 +47,8 @@ RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 #: The policy as the middleware uses it: the request (an ``HttpRequest``) and the claimed priority
 #: in, the priority to serve it with out; None for ``"any"`` (nothing to do on the request path).
 PriorityPolicy = Callable[[Any, Priority], Priority]
+#: The policy as the middleware's async path awaits it (a callable of the settings only).
+AsyncPriorityPolicy = Callable[[Any, Priority], Awaitable[Priority]]
 
 
 def lower(claimed: Priority, cap: Priority) -> Priority:
@@ -58,12 +76,41 @@ def build_policy(
         return known_only
     if not callable(policy):
         raise ValueError(f"unknown priority policy {policy!r}")
-    custom = policy
+    custom = async_to_sync(policy) if _is_async(policy) else policy
 
     def checked(request: Any, claimed: Priority) -> Priority:
-        answer = custom(request, claimed)
-        if not isinstance(answer, Priority):
-            raise TypeError(f"the priority policy {custom!r} returned {answer!r}, not a Priority")
-        return lower(answer, claimed)
+        return _capped(policy, custom(request, claimed), claimed)
 
     return checked
+
+
+def build_async_policy(policy: str | Callable[..., Any]) -> AsyncPriorityPolicy | None:
+    """The policy as the async path awaits it, for a callable; None for ``"any"`` and
+    ``"known_services"``, whose sync form only reads a header and is called on the event loop."""
+    if not callable(policy):
+        return None
+    custom = policy
+    if _is_async(custom):
+
+        async def awaited(request: Any, claimed: Priority) -> Priority:
+            return _capped(custom, await custom(request, claimed), claimed)
+
+        return awaited
+
+    def checked(request: Any, claimed: Priority) -> Priority:
+        return _capped(custom, custom(request, claimed), claimed)
+
+    # Thread sensitive, as Django runs a sync view or middleware under ASGI: the ORM's connection
+    # is the request's, in the thread that runs its other sync code.
+    return sync_to_async(checked, thread_sensitive=True)
+
+
+def _is_async(policy: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one (as asgiref tells them)."""
+    return iscoroutinefunction(policy) or iscoroutinefunction(type(policy).__call__)
+
+
+def _capped(policy: Callable[..., Any], answer: Any, claimed: Priority) -> Priority:
+    if not isinstance(answer, Priority):
+        raise TypeError(f"the priority policy {policy!r} returned {answer!r}, not a Priority")
+    return lower(answer, claimed)
