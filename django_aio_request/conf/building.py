@@ -60,7 +60,11 @@ def build_strategy(spec: StrategySpec) -> RequestStrategy:
         assert spec.inner is not None  # the schema requires STRATEGY
         return retry_until_deadline_expired(build_strategy(spec.inner), delays_provider=build_delays(spec.delays))
     if spec.name == "parallel":
-        return parallel_strategy(attempts_count=spec.attempts_count, delays_provider=build_delays(spec.delays))
+        return parallel_strategy(
+            attempts_count=spec.attempts_count,
+            delays_provider=build_delays(spec.delays),
+            stragglers_only=spec.stragglers_only,
+        )
     deadlines: DeadlineProvider = (
         split_deadline_between_attempts(attempts_count_to_split=spec.attempts_count_to_split)
         if spec.split_deadline

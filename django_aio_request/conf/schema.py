@@ -331,6 +331,7 @@ class StrategySpec:
     split_deadline: bool = False  # DEADLINE_PROVIDER "split" (else "pass_through")
     attempts_count_to_split: int | None = None
     inner: "StrategySpec | None" = None  # retry_until_deadline_expired's STRATEGY
+    stragglers_only: bool = True  # parallel's STRAGGLERS_ONLY
 
 
 # With an unknown NAME, the keys are still read where they mean the same whatever the name (each key
@@ -339,7 +340,7 @@ _ANY_DELAYS_SCHEMA = {key: field for schema in DELAYS_SCHEMAS.values() for key, 
 STRATEGY_KEYS = {
     "single": ("NAME",),
     "sequential": ("NAME", "ATTEMPTS_COUNT", "DELAYS", "DEADLINE_PROVIDER"),
-    "parallel": ("NAME", "ATTEMPTS_COUNT", "DELAYS"),
+    "parallel": ("NAME", "ATTEMPTS_COUNT", "DELAYS", "STRAGGLERS_ONLY"),
     "retry_until_deadline_expired": ("NAME", "STRATEGY", "DELAYS"),
 }
 _ANY_STRATEGY_KEYS = tuple(dict.fromkeys(key for keys in STRATEGY_KEYS.values() for key in keys))
@@ -405,10 +406,13 @@ def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
         else (False, None)
     )
     inner = _strategy(reader, f"{path}['STRATEGY']", spec["STRATEGY"]) if "STRATEGY" in spec else None
+    stragglers_only = (
+        boolean(reader, f"{path}['STRAGGLERS_ONLY']", spec["STRAGGLERS_ONLY"]) if "STRAGGLERS_ONLY" in spec else True
+    )
     if name == "retry_until_deadline_expired" and "STRATEGY" not in spec:
         hint = "e.g. {'NAME': 'single'}"
         reader.fail(f"{path}['STRATEGY']", "is required: the strategy to repeat", hint, code=MISSING_KEY)
-    if name is None or attempts is None or deadlines is None or reader.errors > errors:
+    if name is None or attempts is None or deadlines is None or stragglers_only is None or reader.errors > errors:
         return None
     split, split_count = deadlines
     return StrategySpec(
@@ -418,6 +422,7 @@ def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
         split_deadline=split,
         attempts_count_to_split=split_count,
         inner=inner,
+        stragglers_only=stragglers_only,
     )
 
 

@@ -26,6 +26,7 @@ from django_aio_request.strategies.delays import (
     as_request_delays,
     linear_backoff_delays,
 )
+from django_aio_request.strategies.stragglers import Pace, Paces
 from django_aio_request.transport.deadline_timer import deadline_timer
 
 # How long past the deadline to wait for a worker's answer before making up a 408. The transport
@@ -42,8 +43,8 @@ class _HedgedCall:
     process-wide timer (transport/deadline_timer.py) onto the client's workers; an accepted hedge (or
     a hedge that raised) aborts attempt 0 so that the caller hears of it at once. Once attempt 0 has
     returned, the caller takes over and launches the attempts the timer has not. The timer holds a
-    due hedge back while attempt 0's answer waits unread (a busy caller, not a slow server), and
-    looks again every 10 ms.
+    due hedge back while attempt 0's answer waits unread (a busy caller, not a slow server), or while
+    the call is no straggler (strategies/stragglers.py), and looks again every 10 ms.
     """
 
     def __init__(
@@ -78,6 +79,11 @@ class _HedgedCall:
         self.aborted_first: ResponseWithVerdict | None = None
         # The caller's context, copied in the caller's thread: hedges may start from the timer's.
         self.context = contextvars.copy_context()
+        # With stragglers_only: the calls of this method and URL template, this call's number among
+        # them, and how long a younger call must have waited unanswered to hold a hedge back.
+        self.pace: Pace | None = None
+        self.number = 0
+        self.age = 0.0
 
     def run_first(self) -> ResponseWithVerdict | None:
         """Attempt 0, in this thread; None when a hedge aborted it."""
@@ -89,6 +95,7 @@ class _HedgedCall:
             with self.lock:
                 self.in_flight -= 1
         self.observe(self.request, result.response)  # aborted too: usually the slow one a hedge beat
+        self.answered(result.response)
         if is_abandoned(result.response):
             # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
             # whole call (an async caller went away): the answer only if nothing else comes.
@@ -97,10 +104,16 @@ class _HedgedCall:
         self.finished.append(result)
         return result
 
-    def start_timer(self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int) -> None:
-        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`.
+    def start_timer(
+        self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int, pace: Pace | None
+    ) -> None:
+        """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`; with a
+        ``pace``, only while the call is a straggler among its method and URL template's calls.
 
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
+        if pace is not None:
+            self.pace, self.number = pace, pace.start(due_at(0))
+            self.age = (due_at(1) - due_at(0)) / 2  # half the first hedge's delay
         with self.lock:
             self.workers, self.due_at, self.count = workers, due_at, count
             self.timer_running = True
@@ -119,12 +132,17 @@ class _HedgedCall:
             # start_timer() set both before it scheduled this
             assert workers is not None
             assert due_at is not None
-            if self.first.answer_arrived():
+            pace = self.pace
+            if self.first.answer_arrived() or (
+                pace is not None and pace.holds_back(self.number, time.monotonic(), self.age)
+            ):
                 # Attempt 0's answer is in this process, unread: the caller is late, not the
-                # server, and a hedge would only add to the work it is behind on. Look again
-                # shortly rather than give up: what arrived may not end attempt 0 (a redirect
-                # it follows to a server that has not answered). Once attempt 0 is over, the
-                # caller takes over and launches the rest itself if its answer is not accepted.
+                # server, and a hedge would only add to the work it is behind on. Or younger calls
+                # wait as long and none was answered: a stall or a queue, not a straggler. Look
+                # again shortly rather than give up: what arrived may not end attempt 0 (a redirect
+                # it follows to a server that has not answered), a younger call may be answered.
+                # Once attempt 0 is over, the caller takes over and launches the rest itself if
+                # its answer is not accepted.
                 if self.deadline.expired:
                     self.timer_running = False
                 else:
@@ -164,6 +182,7 @@ class _HedgedCall:
                 # Observed here, not by the caller: the caller has often moved on before a loser ends,
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.observe(self.request, result.response)
+                self.answered(result.response)
                 self.outcomes.put(result)
                 if result.accepted and not is_open_circuit_fallback(result.response):
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
@@ -176,6 +195,11 @@ class _HedgedCall:
         self.cancellations.append(cancellation)
         self.in_flight += 1
         return True
+
+    def answered(self, response: Response) -> None:
+        """Tell the pace an attempt got the server's answer (not one made up here: a timeout, an abort)."""
+        if self.pace is not None and not isinstance(response, EmptyResponse):
+            self.pace.answer(self.number)
 
     def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
         """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
@@ -191,6 +215,7 @@ class _HedgedCall:
             self.refused = True
             return None
         self.observe(self.request, sent.response)
+        self.answered(sent.response)
         self.finished.append(sent)
         return sent
 
@@ -252,11 +277,21 @@ class ParallelStrategy(RequestStrategy):
     still running (a redirect it followed), or the caller launches it after a rejected answer.
     """
 
-    def __init__(self, *, attempts_count: int, delays_provider: DelaysProvider | RequestAttemptDelaysProvider) -> None:
+    def __init__(
+        self,
+        *,
+        attempts_count: int,
+        delays_provider: DelaysProvider | RequestAttemptDelaysProvider,
+        stragglers_only: bool = True,
+    ) -> None:
         if not 1 <= whole("attempts_count", attempts_count) <= MAX_ATTEMPTS:
             raise ValueError(f"attempts_count must be from 1 to {MAX_ATTEMPTS}, not {attempts_count}")
+        if not isinstance(stragglers_only, bool):
+            raise TypeError(f"stragglers_only must be True or False, not {stragglers_only!r}")
         self.attempts_count = int(attempts_count)
         self.delays = as_request_delays(delays_provider)
+        self.stragglers_only = stragglers_only
+        self._paces = Paces()
 
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
@@ -274,7 +309,8 @@ class ParallelStrategy(RequestStrategy):
 
         try:
             if self.attempts_count > 1:
-                call.start_timer(workers, due_at, self.attempts_count)
+                pace = self._paces.of(request.method, request.url) if self.stragglers_only else None
+                call.start_timer(workers, due_at, self.attempts_count, pace)
             first = call.run_first()
             next_attempt = call.take_over()
             if first is not None and call.wins(first):
@@ -304,13 +340,17 @@ class ParallelStrategy(RequestStrategy):
             call.cancel_rest()
 
     def __repr__(self) -> str:
-        return f"<ParallelStrategy attempts={self.attempts_count}>"
+        return f"<ParallelStrategy attempts={self.attempts_count} stragglers_only={self.stragglers_only}>"
 
 
 def parallel_strategy(
-    *, attempts_count: int = 3, delays_provider: DelaysProvider | RequestAttemptDelaysProvider | None = None
+    *,
+    attempts_count: int = 3,
+    delays_provider: DelaysProvider | RequestAttemptDelaysProvider | None = None,
+    stragglers_only: bool = True,
 ) -> RequestStrategy:
     return ParallelStrategy(
         attempts_count=attempts_count,
         delays_provider=delays_provider if delays_provider is not None else linear_backoff_delays(),
+        stragglers_only=stragglers_only,
     )

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import django_aio_request
 from django_aio_request import clients, get
 from django_aio_request.named_clients import UnknownClientError
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer, answer_after
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,6 +89,33 @@ def test_a_client_from_settings_calls_with_its_strategy_and_service_name(server:
     assert len(received) == 2
     assert received[-1].headers["X-Service-Name"] == "orders"
     assert received[-1].headers["X-Request-Priority"] == "low"
+
+
+@pytest.mark.parametrize("stragglers_only", [None, True, False])
+def test_a_parallel_client_from_settings_hedges_stragglers_only_unless_told_otherwise(
+    server: LoopbackServer, stragglers_only: bool | None
+) -> None:
+    """STRAGGLERS_ONLY (docs/usage.md): by default, of two calls slow together only the younger one
+    (which has no younger call to compare with) is hedged; with False, both are."""
+    server.route("/slow", answer_after(0.5, body=b"ok"))
+    strategy: dict[str, object] = {"NAME": "parallel", "ATTEMPTS_COUNT": 2}
+    strategy["DELAYS"] = {"NAME": "constant", "DELAY": 0.15}
+    if stragglers_only is not None:
+        strategy["STRAGGLERS_ONLY"] = stragglers_only
+    with override_settings(AIO_REQUEST=setting(server.url, SAFE_METHOD_STRATEGY=strategy)):
+        client = clients["billing"]
+
+        def one() -> None:
+            with client.request(get("slow")) as response:
+                assert response.status == 200
+
+        older = threading.Thread(target=one)
+        older.start()
+        time.sleep(0.02)
+        one()
+        older.join(5)
+    time.sleep(0.2)  # time for a hedge sent late to arrive
+    assert len(server.received("/slow")) == (4 if stragglers_only is False else 3)
 
 
 def test_a_circuit_breaker_from_settings_opens(server: LoopbackServer) -> None:

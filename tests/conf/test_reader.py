@@ -237,6 +237,20 @@ COMBINED = [
     (
         _client_with(
             "SAFE_METHOD_STRATEGY",
+            {"NAME": "parallel", "STRAGGLERS_ONLY": "yes", "ATTEMPTS_COUNT": 0},
+        ),
+        [
+            f"{STRATEGY}['ATTEMPTS_COUNT'] must be a whole number >= 1, not 0",
+            f"{STRATEGY}['STRAGGLERS_ONLY'] must be True or False, not 'yes'",
+        ],
+    ),
+    (
+        _client_with("SAFE_METHOD_STRATEGY", {"NAME": "sequential", "STRAGGLERS_ONLY": False}),
+        [f"{STRATEGY}['STRAGGLERS_ONLY'] is not a known key"],  # hedging's, not a sequential strategy's
+    ),
+    (
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
             {"NAME": "retry_until_deadline_expired", "DELAYS": {"NAME": "constant", "DELAY": -1}},
         ),
         [

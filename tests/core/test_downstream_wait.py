@@ -84,7 +84,8 @@ def test_a_hedged_call_and_calls_made_on_other_threads_count_the_time_any_was_op
 ) -> None:
     server.route("/slow", answer_after(0.2))
     client = make_client()
-    hedged = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05))
+    # Both calls are slow together: hedged all the same (stragglers_only would hedge only the younger).
+    hedged = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05), stragglers_only=False)
     wait, token = measure_downstream_wait()
     try:
         started = time.monotonic()

@@ -700,3 +700,90 @@ def test_a_learning_delays_provider_hears_of_attempt_0_when_a_hedge_beat_it(
     # With the time it ran until the hedge won: a lower bound of its latency (how much of the 0.05 s
     # hedge delay that is depends on when attempt 0 got the CPU on a busy machine).
     assert all(elapsed > 0 for status, elapsed in learning.heard if status == 499), learning.heard
+
+
+def calls_in_threads(client: Client, path: str, count: int, gap: float) -> list[tuple[Response, float]]:
+    """``count`` calls of ``path``, each in a thread of its own, started ``gap`` seconds apart."""
+    results: list[tuple[Response, float] | None] = [None] * count
+
+    def one(index: int) -> None:
+        results[index] = call(client, get(path))
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+        time.sleep(gap)
+    for thread in threads:
+        thread.join(10)
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+class TestStragglers:
+    """With ``stragglers_only`` (the default), a hedge goes to a call that younger calls have passed,
+    not to calls that are all slow together (docs/usage.md, strategies/stragglers.py)."""
+
+    def test_a_call_younger_calls_passed_is_hedged_at_its_time(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", Hanging(hang=1))  # the first request hangs, every other answers at once
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.2))
+
+        (slow, slow_elapsed), (fast, fast_elapsed) = calls_in_threads(client, "x", 2, gap=0.05)
+
+        assert fast.status == 200
+        assert fast_elapsed < 0.15
+        assert slow.status == 200
+        assert slow.read() == b"fast"
+        assert 0.2 <= slow_elapsed < 0.2 + 0.3  # hedged at its time, as with no rule
+        assert len(server.received("/x")) == 3
+
+    @pytest.mark.parametrize("stragglers_only", [True, False])
+    def test_calls_slow_together_are_not_hedged_but_the_youngest(
+        self, server: LoopbackServer, make_client: Callable[..., Client], stragglers_only: bool
+    ) -> None:
+        # Every call takes 0.6 s (a server queueing, or a caller short of CPU): a hedge would be as
+        # slow and add load. The youngest call has no younger one to compare with: hedged as before.
+        server.route("/x", answer_after(0.6))
+        strategy = parallel_strategy(
+            attempts_count=2, delays_provider=constant_delays(delay=0.2), stragglers_only=stragglers_only
+        )
+        client = make_client(timeout=5.0, safe_method_strategy=strategy)
+
+        results = calls_in_threads(client, "x", 3, gap=0.02)
+
+        assert [response.status for response, _ in results] == [200, 200, 200]
+        time.sleep(0.2)  # time for a hedge sent late to arrive
+        assert len(server.received("/x")) == (4 if stragglers_only else 6)
+
+    def test_a_held_hedge_goes_once_a_younger_call_is_answered(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        arrivals = itertools.count()
+
+        def route(handler: Handler) -> None:
+            arrival = next(arrivals)
+            if arrival == 0:  # the older call: hangs
+                Hanging(hang=1)(handler)
+            elif arrival in (1, 2):  # the younger call and its own hedge (it is the youngest): 0.5 s
+                answer_after(0.5, body=b"younger")(handler)
+            else:  # the older call's hedge
+                handler.reply(200, b"hedge")
+
+        server.route("/x", route)
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.1))
+
+        (older, older_elapsed), (younger, _) = calls_in_threads(client, "x", 2, gap=0.02)
+
+        assert younger.read() == b"younger"
+        assert older.read() == b"hedge"
+        # Not hedged at 0.1 s (the younger call had waited 80 ms unanswered), but right after the
+        # younger one was answered (0.52 s from the older call's start), not at the 5 s deadline.
+        assert 0.5 <= older_elapsed < 0.5 + 0.5
+        hedge_at = server.received("/x")[3].at - server.received("/x")[0].at
+        assert hedge_at >= 0.4
+
+
+def test_stragglers_only_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="stragglers_only"):
+        parallel_strategy(attempts_count=2, stragglers_only=1)  # type: ignore[arg-type]

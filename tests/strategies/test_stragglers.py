@@ -1,0 +1,73 @@
+"""The rule that tells a straggler from calls slow together (strategies/stragglers.py), on its own.
+
+The hedging it decides is tested against a real server in test_parallel_strategy.py (TestStragglers)."""
+
+import threading
+
+from django_aio_request.strategies.stragglers import _KEPT, Pace, Paces
+
+
+def test_with_no_younger_call_there_is_nothing_to_compare_with_and_the_hedge_goes() -> None:
+    pace = Pace()
+    number = pace.start(10.0)
+    assert not pace.holds_back(number, now=10.05, age=0.025)
+
+
+def test_a_younger_call_that_just_started_holds_nothing_back_yet() -> None:
+    pace = Pace()
+    older = pace.start(10.0)
+    pace.start(10.04)
+    assert not pace.holds_back(older, now=10.05, age=0.025)  # in flight 10 ms: too soon to tell
+    assert pace.holds_back(older, now=10.07, age=0.025)  # 30 ms and unanswered: slow together
+
+
+def test_an_answered_younger_call_makes_the_older_one_a_straggler() -> None:
+    pace = Pace()
+    older = pace.start(10.0)
+    younger = pace.start(10.01)
+    pace.start(10.02)
+    assert pace.holds_back(older, now=10.05, age=0.025)
+    pace.answer(younger)
+    assert not pace.holds_back(older, now=10.05, age=0.025)
+    pace.answer(older)  # an older answer does not take it back
+    assert not pace.holds_back(older, now=10.05, age=0.025)
+
+
+def test_only_younger_answers_count() -> None:
+    pace = Pace()
+    oldest = pace.start(10.0)
+    older = pace.start(10.0)
+    pace.start(10.0)
+    pace.answer(oldest)
+    assert pace.holds_back(older, now=10.05, age=0.025)
+
+
+def test_more_younger_calls_than_are_kept_none_answered_hold_the_hedge_back() -> None:
+    pace = Pace()
+    number = pace.start(10.0)
+    for _ in range(_KEPT + 3):
+        pace.start(10.049)  # all young, but so many unanswered: a stall
+    assert pace.holds_back(number, now=10.05, age=0.025)
+
+
+def test_numbers_are_unique_across_threads() -> None:
+    pace, numbers, lock = Pace(), [], threading.Lock()
+
+    def starts() -> None:
+        mine = [pace.start(1.0) for _ in range(2000)]
+        with lock:
+            numbers.extend(mine)
+
+    threads = [threading.Thread(target=starts) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(numbers) == list(range(16000))
+
+
+def test_each_method_and_url_template_has_its_own_pace() -> None:
+    paces = Paces()
+    assert paces.of("GET", "orders/{id}") is paces.of("GET", "orders/{id}")
+    assert paces.of("GET", "orders/{id}") is not paces.of("HEAD", "orders/{id}")
+    assert paces.of("GET", "orders/{id}") is not paces.of("GET", "items/{id}")
