@@ -22,6 +22,7 @@ LOAD_STRATEGY = os.environ.get("LOAD_STRATEGY", "single")
 LOAD_HEDGE_PERCENTILE = float(os.environ.get("LOAD_HEDGE_PERCENTILE", "0.9"))
 LOAD_HEDGE_MIN_DELAY = float(os.environ.get("LOAD_HEDGE_MIN_DELAY", "0.05"))
 LOAD_SATURATION_RATIO = float(os.environ.get("LOAD_SATURATION_RATIO", "0"))  # 0: off
+LOAD_STRAGGLERS_ONLY = os.environ.get("LOAD_STRAGGLERS_ONLY", "1") not in ("", "0")
 # The demo's orders sheds load with a limit learned from latency; here off unless LOAD_CALLER_SHEDDING=1:
 # the server whose shedding this benchmark is about is billing, and the caller's own refusals would
 # stand in for the latency being measured.
@@ -38,6 +39,7 @@ _STRATEGIES: dict[str, dict[str, object]] = {
             "MIN_DELAY_SECONDS": LOAD_HEDGE_MIN_DELAY,
             "SATURATION_RATIO": LOAD_SATURATION_RATIO,
         },
+        "STRAGGLERS_ONLY": LOAD_STRAGGLERS_ONLY,
     },
 }
 

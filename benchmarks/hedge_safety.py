@@ -112,13 +112,15 @@ def caller_total(name: str, **labels: str) -> float:
     )
 
 
-def make_client(variant: str, url: str) -> tuple[dar.Client, dar.PercentileDelaysProvider | None]:
+def make_client(
+    variant: str, url: str, stragglers_only: bool = True
+) -> tuple[dar.Client, dar.PercentileDelaysProvider | None]:
     if variant == "single":
         return dar.setup(endpoint=url, safe_method_strategy=dar.single_attempt_strategy(), timeout=DEADLINE), None
     delays = dar.PercentileDelaysProvider(
         percentile=0.9, min_delay_seconds=0.02, saturation_ratio=2.0 if variant == "hedged" else None
     )
-    strategy = dar.parallel_strategy(attempts_count=2, delays_provider=delays)
+    strategy = dar.parallel_strategy(attempts_count=2, delays_provider=delays, stragglers_only=stragglers_only)
     client = dar.setup(endpoint=url, safe_method_strategy=strategy, timeout=DEADLINE, hedge_priority="lower")
     return client, delays
 
@@ -216,7 +218,7 @@ def measure(variant: str, load: float, capacity: float, args: argparse.Namespace
             open_loop(starter, path, WARMUP_LOAD * capacity, BILLING_WARMUP_SECONDS, args.callers)
         finally:
             starter.close()
-        client, delays = make_client(variant, url + "/")
+        client, delays = make_client(variant, url + "/", args.stragglers_only)
         try:
             open_loop(client, path, WARMUP_LOAD * capacity, args.warmup, args.callers)
             hedges = caller_total("aio_request_attempts_total", request_endpoint=url + "/", attempt="1")
@@ -288,6 +290,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow", type=float, default=0.05, help="share of billing's requests that then sleep (0.05)")
     parser.add_argument("--slow-ms", type=float, default=150.0, help="how long they sleep, ms (150)")
     parser.add_argument("--callers", type=int, default=64, help="caller threads (64)")
+    parser.add_argument(
+        "--stragglers-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hedged clients hedge only calls younger calls passed (default: on)",
+    )
     args = parser.parse_args(argv)
     try:
         args.loads = [float(x) for x in args.loads.split(",")]
@@ -315,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, {os.cpu_count()} "
         f"CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; billing: gunicorn {args.worker} 1 x "
         f"{args.threads} threads, SHEDDING True, {args.cpu_ms:g} ms CPU a request, {args.slow:.0%} then sleep "
-        f"{args.slow_ms:g} ms; {args.callers} caller threads, {DEADLINE:g} s deadline, {args.seconds:g} s a run"
+        f"{args.slow_ms:g} ms; {args.callers} caller threads, {DEADLINE:g} s deadline, {args.seconds:g} s a run; "
+        f"hedged clients' stragglers_only {args.stragglers_only}"
     )
     capacity = calibrate(args, config)
     print(f"capacity C (single attempts, closed loop, {2 * args.threads} callers): {capacity:.1f} calls/s\n")

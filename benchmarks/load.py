@@ -920,6 +920,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--saturation-ratio", type=float, default=2.0, help="hedged client's SATURATION_RATIO (0: off; default 2)"
     )
     parser.add_argument(
+        "--stragglers-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hedged client's STRAGGLERS_ONLY: hedge only calls younger calls passed (default: on)",
+    )
+    parser.add_argument(
         "--caller-shedding",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -1074,7 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"callers (closed loop) or up to {args.connections} connections (open loop) in {args.drivers} driver "
         f"processes (new every {args.reconnect_every} requests); hedged: p"
         f"{args.hedge_percentile * 100:g} (at least {args.hedge_min_delay * 1000:g} ms), "
-        f"SATURATION_RATIO {args.saturation_ratio:g}, HEDGE_PRIORITY lower; "
+        f"SATURATION_RATIO {args.saturation_ratio:g}, STRAGGLERS_ONLY {args.stragglers_only}, HEDGE_PRIORITY lower; "
         f"{args.pairs} pairs, {args.warmup:g} s warm-up + {args.seconds:g} s a run; servers' logs in {args.log_dir}"
     )
     if not args.anchor:
@@ -1089,6 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LOAD_HEDGE_PERCENTILE": repr(args.hedge_percentile),
         "LOAD_SATURATION_RATIO": repr(args.saturation_ratio),
         "LOAD_HEDGE_MIN_DELAY": repr(args.hedge_min_delay),
+        "LOAD_STRAGGLERS_ONLY": "1" if args.stragglers_only else "0",
         "LOAD_BILLING_CONCURRENCY": str(args.billing_concurrency),
         "LOAD_CALLER_SHEDDING": "1" if args.caller_shedding else "0",
     }
