@@ -62,15 +62,24 @@ class Pace:
 
 
 class Paces:
-    """A :class:`Pace` per method and URL template, for one strategy."""
+    """A :class:`Pace` per method and URL template, for one strategy.
 
-    __slots__ = ("_paces",)
+    At most :attr:`MAX_TEMPLATES` of them: templates built from data (``get(f"things/{id}")``, which
+    docs/metrics.md asks callers not to write) would otherwise keep one per URL sent. Past the bound,
+    the new ones share one pace, where calls are compared with calls to other URLs."""
+
+    __slots__ = ("_others", "_paces")
+
+    MAX_TEMPLATES = 1000
 
     def __init__(self) -> None:
         self._paces: dict[tuple[str, str], Pace] = {}
+        self._others = Pace()
 
     def of(self, method: str, url: str) -> Pace:
         pace = self._paces.get((method, url))
         if pace is None:
+            if len(self._paces) >= self.MAX_TEMPLATES:
+                return self._others
             pace = self._paces.setdefault((method, url), Pace())  # setdefault: one Pace if two threads race
         return pace

@@ -71,3 +71,15 @@ def test_each_method_and_url_template_has_its_own_pace() -> None:
     assert paces.of("GET", "orders/{id}") is paces.of("GET", "orders/{id}")
     assert paces.of("GET", "orders/{id}") is not paces.of("HEAD", "orders/{id}")
     assert paces.of("GET", "orders/{id}") is not paces.of("GET", "items/{id}")
+
+
+def test_templates_past_the_bound_share_one_pace() -> None:
+    """A template built from data (get(f"things/{id}")) makes a new URL per call: the paces kept stay
+    bounded."""
+    paces = Paces()
+    kept = [paces.of("GET", f"things/{n}") for n in range(Paces.MAX_TEMPLATES)]
+    assert len({id(pace) for pace in kept}) == Paces.MAX_TEMPLATES
+    others = {id(paces.of("GET", f"things/{n}")) for n in range(Paces.MAX_TEMPLATES, Paces.MAX_TEMPLATES + 500)}
+    assert len(others) == 1
+    assert paces.of("GET", "things/0") is kept[0]
+    assert len(paces._paces) == Paces.MAX_TEMPLATES
