@@ -34,6 +34,9 @@ from django_aio_request.transport.deadline_timer import deadline_timer
 _GRACE_SECONDS = 0.05
 # How soon the timer looks again at a hedge it held back because attempt 0's answer waited unread.
 _LOOK_AGAIN_SECONDS = 0.01
+# A hedge held back because the call is no straggler (yet) is woken when a younger call is answered
+# or the one holding it back ends (strategies/stragglers.py); this is only a safety net.
+_LOOK_AGAIN_HELD_SECONDS = 0.5
 
 
 class _HedgedCall:
@@ -72,6 +75,8 @@ class _HedgedCall:
         self.next_attempt = 1
         self.timer_running = False
         self.cancel_timer: Callable[[], None] | None = None
+        self.token: object = None  # the timer entry that may act: an earlier one replaced by _wake does not
+        self.held = False  # held back by the pace, waiting for a younger call's answer
         # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
         self.workers: AttemptThreadPool | None = None
         self.due_at: Callable[[int], float] | None = None
@@ -117,37 +122,57 @@ class _HedgedCall:
         with self.lock:
             self.workers, self.due_at, self.count = workers, due_at, count
             self.timer_running = True
-            self.cancel_timer = deadline_timer.schedule(due_at(1), self._fire)
+            self._schedule(due_at(1))
 
-    def _fire(self) -> None:
+    def _schedule(self, due: float) -> None:
+        """(Holding ``lock``.) Run :meth:`_fire` at ``due``, and no timer entry scheduled before."""
+        token = self.token = object()
+        self.cancel_timer = deadline_timer.schedule(due, lambda: self._fire(token))
+
+    def _wake(self) -> None:
+        """A younger call was answered: a hedge held back for this call goes now (on the timer thread)."""
+        with self.lock:
+            if not (self.held and self.timer_running):
+                return
+            self.held = False
+            cancel = self.cancel_timer
+            self._schedule(time.monotonic())
+        if cancel is not None:
+            cancel()
+
+    def _fire(self, token: object) -> None:
         """On the process-wide timer thread: start the next hedge on a worker and schedule the one after.
 
         A method, not a closure in :meth:`start_timer`: a closure that schedules itself holds itself in
         its own cell, a reference cycle that kept each call's state (its responses among it) alive
         until the garbage collector ran."""
         with self.lock:
-            if not self.timer_running:
+            if not self.timer_running or token is not self.token:
                 return
             workers, due_at = self.workers, self.due_at
             # start_timer() set both before it scheduled this
             assert workers is not None
             assert due_at is not None
-            pace = self.pace
-            if self.first.answer_arrived() or (
-                pace is not None and pace.holds_back(self.number, time.monotonic(), self.age)
-            ):
+            self.held = False
+            if self.first.answer_arrived():
                 # Attempt 0's answer is in this process, unread: the caller is late, not the
-                # server, and a hedge would only add to the work it is behind on. Or younger calls
-                # wait as long and none was answered: a stall or a queue, not a straggler. Look
-                # again shortly rather than give up: what arrived may not end attempt 0 (a redirect
-                # it follows to a server that has not answered), a younger call may be answered.
-                # Once attempt 0 is over, the caller takes over and launches the rest itself if
-                # its answer is not accepted.
-                if self.deadline.expired:
-                    self.timer_running = False
-                else:
-                    self.cancel_timer = deadline_timer.schedule(time.monotonic() + _LOOK_AGAIN_SECONDS, self._fire)
+                # server, and a hedge would only add to the work it is behind on. Look again
+                # shortly rather than give up: what arrived may not end attempt 0 (a redirect it
+                # follows to a server that has not answered). Once attempt 0 is over, the caller
+                # takes over and launches the rest itself if its answer is not accepted.
+                self._look_again(_LOOK_AGAIN_SECONDS)
                 return
+            pace = self.pace
+            while pace is not None:
+                # Younger calls wait as long and none was answered: a stall or a queue, not a
+                # straggler. Held until a younger call is answered or the one holding it back ends.
+                holder = pace.holder(self.number, time.monotonic(), self.age)
+                if holder is None:
+                    break
+                if pace.wait(self.number, holder, self._wake):
+                    self.held = True
+                    self._look_again(_LOOK_AGAIN_HELD_SECONDS)
+                    return
             attempt = self.next_attempt
             self.next_attempt += 1
             if not self.deadline.expired:
@@ -155,7 +180,14 @@ class _HedgedCall:
             if self.refused or self.next_attempt >= self.count or self.deadline.expired:
                 self.timer_running = False
                 return
-            self.cancel_timer = deadline_timer.schedule(due_at(self.next_attempt), self._fire)
+            self._schedule(due_at(self.next_attempt))
+
+    def _look_again(self, seconds: float) -> None:
+        """(Holding ``lock``.) Fire again ``seconds`` from now, or stop at the deadline."""
+        if self.deadline.expired:
+            self.timer_running = False
+        else:
+            self._schedule(time.monotonic() + seconds)
 
     def take_over(self) -> int:
         """Stop the timer; the number of the first attempt it did not launch."""
@@ -257,6 +289,8 @@ class _HedgedCall:
             cancellations = list(self.cancellations)
         for cancellation in cancellations:
             cancellation.cancel()
+        if self.pace is not None:
+            self.pace.end(self.number)  # no longer holds an older call's hedge back
 
 
 class ParallelStrategy(RequestStrategy):

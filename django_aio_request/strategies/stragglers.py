@@ -8,57 +8,112 @@ around the slow one did. A straggler is passed by younger calls: ones that start
 been answered. In a stall or a queue, the younger calls wait too.
 
 So before sending a hedge, the parallel strategy asks :meth:`Pace.holds_back`: the hedge waits while
-a younger call has been in flight for a while (half the hedge's delay) and no younger call has been
-answered, and goes once one is (the timer looks again every 10 ms). With no younger call, or only
-one that has just started, there is nothing to compare with and the hedge goes at its time, as
-before: a service called now and then is hedged as if there were no rule.
+the oldest younger call still in flight has been so for a while (half the hedge's delay) and no
+younger call has been answered. It goes as soon as one is (:meth:`Pace.answer` wakes it), or is
+looked at again when the younger call that held it back ends without an answer (a 408 made here, a
+call cancelled; :meth:`Pace.end`): no polling. With no younger call in flight, or only ones that
+just started, there is nothing to compare with and the hedge goes at its time, as before: a service
+called now and then is hedged as if there were no rule.
 
-The same rule, kept per method and URL template (what the percentile delays key by), costs a call
-one counter step and one list store; MapReduce's backup tasks go to stragglers for the same reason.
+Kept per method and URL template (what the percentile delays key by), the rule costs a call a
+counter step, a small list and a store when it starts, and a look-up when it ends; MapReduce's
+backup tasks go to stragglers for the same reason.
 """
 
 import itertools
+import threading
+from collections.abc import Callable
 
 __all__ = ["Pace", "Paces"]
 
-# The starts of the last this-many calls are kept. A call with more younger calls than that, none
-# of them answered, is held back without looking at when they started: so many calls in flight and
-# not one answered is a stall.
+# The last this-many calls are kept: a hedge is held back by the oldest of them that started after
+# its call and is still in flight.
 _KEPT = 64
-_NOT_STARTED = (-1, 0.0)
 
 
 class Pace:
-    """The calls of one method and URL template: when each started, and the youngest answered."""
+    """The calls of one method and URL template: when each started, whether it ended, the youngest
+    answered, and the hedges held back, each until a younger call is answered or the call that holds
+    it back ends."""
 
-    __slots__ = ("_numbers", "_starts", "answered")
+    __slots__ = ("_latest", "_lock", "_numbers", "_slots", "_waiting", "answered")
 
     def __init__(self) -> None:
         self._numbers = itertools.count()  # next() on it is atomic in CPython: no lock per call
-        self._starts: list[tuple[int, float]] = [_NOT_STARTED] * _KEPT
+        # [number, started at, ended] of the call whose number is the index modulo _KEPT: a new list
+        # per call, so a reader never sees one call's number with another's time.
+        self._slots: list[list[object]] = [[-1, 0.0, True]] * _KEPT
+        self._latest = -1
         self.answered = -1  # the number of the youngest call an attempt of which got an answer
+        # Held hedges: their call's number -> (the younger call that holds it back, wake).
+        self._waiting: dict[int, tuple[int, Callable[[], None]]] = {}
+        self._lock = threading.Lock()  # for _waiting
 
     def start(self, at: float) -> int:
         """Note a call that started at ``at`` (``time.monotonic()``); its number, for the methods below."""
         number = next(self._numbers)
-        self._starts[number % _KEPT] = (number, at)
+        self._slots[number % _KEPT] = [number, at, False]
+        self._latest = max(self._latest, number)  # a race may leave an older number: the next start mends it
         return number
 
+    def end(self, number: int) -> None:
+        """Call ``number`` is over, answered or not (a 408 made here, a cancelled call): it holds no
+        older call's hedge back any more, and its own is no longer held."""
+        slot = self._slots[number % _KEPT]
+        if slot[0] == number:
+            slot[2] = True  # before the look at _waiting: see wait()
+        if self._waiting:
+            with self._lock:
+                self._waiting.pop(number, None)
+                woken = self._take(lambda held, holder: holder == number)
+            for wake in woken:
+                wake()
+
     def answer(self, number: int) -> None:
-        """An attempt of call ``number`` got an answer from the server (not one made up here)."""
-        # A read and a store, not atomic together: a race can leave an older number, which holds a
-        # hedge back until the next answer at most.
-        self.answered = max(self.answered, number)
+        """An attempt of call ``number`` got an answer from the server (not one made up here), which
+        makes every older call that still waits a straggler: the hedges held back for them go now."""
+        self.answered = max(self.answered, number)  # a race may keep an older number: see holds_back
+        if self._waiting:
+            with self._lock:
+                woken = self._take(lambda held, holder: held < number)
+            for wake in woken:
+                wake()
+
+    def _take(self, which: Callable[[int, int], bool]) -> list[Callable[[], None]]:
+        """(Holding ``_lock``.) Remove the held hedges ``which(number, holder)`` picks; their wakes."""
+        picked = [held for held, (holder, _) in self._waiting.items() if which(held, holder)]
+        return [self._waiting.pop(held)[1] for held in picked]
+
+    def holder(self, number: int, now: float, age: float) -> int | None:
+        """The younger call that holds call ``number``'s hedge back, or None if the hedge may go:
+        held while no younger call was answered and the oldest younger call still in flight has been
+        so for ``age`` seconds or more (that call's number is returned)."""
+        if self.answered > number:
+            return None  # a younger call was answered: this one is a straggler
+        latest = self._latest
+        for younger in range(max(number + 1, latest - _KEPT + 1), latest + 1):
+            found, started, ended = self._slots[younger % _KEPT]
+            if found != younger or ended:
+                continue  # over (answered or not: a 408 made here, a call cancelled), or not noted yet
+            return younger if now - started >= age else None  # type: ignore[operator]
+        return None  # no younger call in flight: nothing to compare with
 
     def holds_back(self, number: int, now: float, age: float) -> bool:
-        """Whether call ``number``'s hedge must wait: no younger call answered, though one has been
-        in flight for ``age`` seconds or more (or more younger calls started than are kept)."""
-        if self.answered > number:
-            return False  # a younger call was answered: this one is a straggler
-        younger, started = self._starts[(number + 1) % _KEPT]
-        if younger <= number:
-            return False  # no younger call yet: nothing to compare with
-        return younger > number + 1 or now - started >= age
+        return self.holder(number, now, age) is not None
+
+    def wait(self, number: int, holder: int, wake: Callable[[], None]) -> bool:
+        """Hold call ``number``'s hedge until a younger call is answered or call ``holder`` ends, then
+        call ``wake`` (once). False, holding nothing, if either happened already: registered first
+        and checked after, while :meth:`end` and :meth:`answer` note first and look after, so that
+        one of the two sees the other."""
+        with self._lock:
+            self._waiting[number] = (holder, wake)
+        slot = self._slots[holder % _KEPT]
+        if self.answered > number or slot[0] != holder or slot[2]:
+            with self._lock:
+                self._waiting.pop(number, None)
+            return False
+        return True
 
 
 class Paces:

@@ -783,6 +783,25 @@ class TestStragglers:
         hedge_at = server.received("/x")[3].at - server.received("/x")[0].at
         assert hedge_at >= 0.4
 
+    def test_a_younger_call_that_ended_without_an_answer_holds_nothing_back(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # The younger call's deadline is spent: a 408 made here, nothing sent. It held the older
+        # call's hedge back until the older call's own answer (2 s), as if it were still waiting.
+        server.route("/x", Hanging(hang=1))
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.2))
+        results: list[tuple[Response, float]] = []
+        older = threading.Thread(target=lambda: results.append(call(client, get("x"))))
+        older.start()
+        time.sleep(0.03)
+        with client.request(get("x"), deadline=Deadline.from_timeout(0.001)) as younger:
+            assert younger.status == 408
+        older.join(5)
+
+        [(response, elapsed)] = results
+        assert response.read() == b"fast"
+        assert 0.2 <= elapsed < 0.2 + 0.3  # hedged at its time
+
 
 def test_stragglers_only_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="stragglers_only"):

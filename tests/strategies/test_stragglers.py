@@ -42,12 +42,67 @@ def test_only_younger_answers_count() -> None:
     assert pace.holds_back(older, now=10.05, age=0.025)
 
 
-def test_more_younger_calls_than_are_kept_none_answered_hold_the_hedge_back() -> None:
+def test_more_younger_calls_than_are_kept_hold_the_hedge_back_by_the_oldest_kept() -> None:
     pace = Pace()
     number = pace.start(10.0)
     for _ in range(_KEPT + 3):
-        pace.start(10.049)  # all young, but so many unanswered: a stall
+        pace.start(10.01)  # so many in flight for 40 ms, none answered: a stall
     assert pace.holds_back(number, now=10.05, age=0.025)
+
+
+def test_a_younger_call_that_ended_without_an_answer_holds_nothing_back() -> None:
+    """A younger call answered 408 without being sent (its deadline spent), or cancelled by its
+    caller, is over: it held the older call's hedge back until that call's own answer (2 s)."""
+    pace = Pace()
+    older = pace.start(10.0)
+    younger = pace.start(10.01)
+    assert pace.holds_back(older, now=10.05, age=0.025)
+    pace.end(younger)  # no answer: a made-up 408, a cancellation
+    assert not pace.holds_back(older, now=10.05, age=0.025)
+
+
+def test_the_oldest_younger_call_still_in_flight_decides() -> None:
+    pace = Pace()
+    older = pace.start(10.0)
+    pace.end(pace.start(10.005))  # over, without an answer
+    pace.start(10.02)  # in flight for 30 ms at 10.05
+    pace.start(10.04)
+    assert pace.holds_back(older, now=10.05, age=0.025)
+    assert not pace.holds_back(older, now=10.05, age=0.035)
+
+
+def test_an_answer_wakes_the_older_calls_held_and_only_those() -> None:
+    pace = Pace()
+    first, second, third, fourth = (pace.start(10.0) for _ in range(4))
+    woken: list[int] = []
+    assert pace.wait(first, fourth, lambda: woken.append(first))
+    assert pace.wait(second, fourth, lambda: woken.append(second))
+    pace.answer(second)  # older than the third, younger than the first
+    assert woken == [first]
+    pace.end(second)  # over: never woken after
+    pace.answer(third)
+    assert woken == [first]
+
+
+def test_the_end_of_the_call_that_holds_a_hedge_back_wakes_it() -> None:
+    pace = Pace()
+    older, younger = pace.start(10.0), pace.start(10.01)
+    woken: list[int] = []
+    assert pace.holder(older, now=10.05, age=0.025) == younger
+    assert pace.wait(older, younger, lambda: woken.append(older))
+    pace.end(younger)  # a 408 made here, a cancelled call: no answer
+    assert woken == [older]
+    assert not pace.holds_back(older, now=10.05, age=0.025)
+
+
+def test_waiting_on_a_call_that_already_ended_or_after_an_answer_holds_nothing() -> None:
+    pace = Pace()
+    older, younger, youngest = pace.start(10.0), pace.start(10.01), pace.start(10.02)
+    pace.end(younger)
+    assert not pace.wait(older, younger, lambda: None)
+    pace.answer(youngest)
+    assert not pace.wait(older, youngest, lambda: None)
+    assert not pace._waiting
 
 
 def test_numbers_are_unique_across_threads() -> None:
