@@ -377,10 +377,12 @@ class Client:
         (``clients.reset()``) keeps working, sync and async alike, hedges included.
         """
         with self._drivers_lock:  # closed in one step: a call from now on reopens what it needs anew
-            self._closed = True
+            was_open, self._closed = not self._closed, True
             drivers, self._async_drivers = self._async_drivers, None
             workers = self._workers.detach()
-            if self.circuit_breaker is not None:
+            # Only a client that watches its breaker (one with metrics, open) ends its watch: another
+            # client sharing the breaker keeps it in the gauge (see watch_breaker).
+            if was_open and self.circuit_breaker is not None and self._metrics is not None:
                 unwatch_breaker(self.circuit_breaker)
         if drivers is not None:
             # Takes no new call; queued calls still run (none is cancelled unasked), idle threads end.

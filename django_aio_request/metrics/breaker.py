@@ -34,15 +34,22 @@ _lock = threading.Lock()
 
 
 class _Watched:
-    """A watched breaker's entry: the state each of its scopes is counted in, and the finalizer that
-    takes them out of the gauge if the breaker is garbage-collected while watched. Neither refers
-    to the breaker."""
+    """A watched breaker's entry: the state each of its scopes is counted in, the finalizer that
+    takes them out of the gauge if the breaker is garbage-collected while watched, and how many
+    clients watch it (open clients with metrics sharing it). None refers to the breaker."""
 
-    __slots__ = ("counted", "finalizer")
+    __slots__ = ("counted", "finalizer", "watchers")
 
     def __init__(self, counted: dict[str, str], finalizer: "weakref.finalize[Any, Any]") -> None:
         self.counted = counted
         self.finalizer = finalizer
+        self.watchers = 1
+
+
+# The breakers whose transitions are counted: a listener is added once per breaker, for its life.
+# A client closed and used again watches its breaker anew; a second listener counted each of its
+# transitions twice.
+_listened: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 # After fork(), the child's gauge may not be what its breakers say, until _settle() sets it anew:
@@ -126,33 +133,48 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     Works with any breaker that has ``state`` (scope -> state enum) and ``add_listener``; a breaker
     shared by several clients is counted once. State labels are the enum's values. The gauge holds,
     per endpoint and state, how many breakers are in it: 1 and 0s with one client of an endpoint.
+
+    Each call is one watcher (a client with metrics, built or used again after ``close()``), ended by
+    one :func:`unwatch_breaker`: the breaker stays in the gauge while any of its watchers is open.
     """
     add_listener: Callable[[Callable[[Any], None]], None] | None = getattr(breaker, "add_listener", None)
     if not ENABLED or add_listener is None:
         return
     with _lock:
         _settle()
-        if breaker in _counted:
+        watched = _counted.get(breaker)
+        if watched is not None:
+            watched.watchers += 1
             return
         counted: dict[str, str] = {}
         finalizer = weakref.finalize(breaker, _on_collected, counted)
         finalizer.atexit = False  # at exit the gauge goes with the process
         _counted[breaker] = _Watched(counted, finalizer)
+        listen = breaker not in _listened
+        _listened.add(breaker)
     states: Mapping[Any, Any] = getattr(breaker, "state", {})
     state = states.get(endpoint)
     _move(breaker, endpoint, "closed" if state is None else str(state.value))
-    add_listener(functools.partial(_on_transition, weakref.ref(breaker)))
+    if listen:
+        add_listener(functools.partial(_on_transition, weakref.ref(breaker)))
 
 
 def unwatch_breaker(breaker: object) -> None:
-    """Take a closed breaker out of the gauge (``Client.close()``): a client rebuilt with new
-    settings must not be counted twice."""
+    """End one watcher of the breaker (``Client.close()`` of a client with metrics); the last one
+    takes it out of the gauge: a client rebuilt with new settings must not be counted twice, and a
+    breaker shared by several clients stays counted while one of them is open (closing the other
+    took it out, and the gauge said 0 open while the live client's circuit was open)."""
     with _lock:
         _settle()
-        watched = _counted.pop(breaker, None)
-        if watched is not None:
-            watched.finalizer.detach()
-            _take_out(watched.counted)
+        watched = _counted.get(breaker)
+        if watched is None:
+            return
+        watched.watchers -= 1
+        if watched.watchers > 0:
+            return
+        del _counted[breaker]
+        watched.finalizer.detach()
+        _take_out(watched.counted)
 
 
 def _move(breaker: object, scope: str, new: str) -> None:

@@ -121,6 +121,44 @@ def test_a_closed_client_is_taken_out_once_even_when_collected_later(endpoint: s
     other.close()
 
 
+def build_sharing(
+    endpoint: str, breaker: "dar.DefaultCircuitBreaker[str, dar.Response]", *, metrics: bool = True
+) -> dar.Client:
+    return dar.setup(
+        endpoint=endpoint, safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker, metrics=metrics
+    )
+
+
+@pytest.mark.parametrize("other_metrics", [False, True], ids=["other-without-metrics", "other-with-metrics"])
+def test_closing_one_of_two_clients_sharing_a_breaker_keeps_it_in_the_gauge(endpoint: str, other_metrics: bool) -> None:
+    """Before, closing either client took the shared breaker out (even one built with metrics=False,
+    which records none): the live client's circuit opened and the gauge said 0 open, 0 closed."""
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    live = build_sharing(endpoint, breaker)
+    other = build_sharing(endpoint, breaker, metrics=other_metrics)
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (1, 0)  # one breaker, counted once
+    other.close()
+    other.close()  # a second close ends no other client's watch
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (1, 0)
+    open_breaker(live)
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 1)
+    live.close()
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 0)  # the last watcher took it out
+
+
+def test_a_client_closed_and_used_again_counts_each_transition_once(endpoint: str) -> None:
+    client = build(endpoint)
+    client.close()
+    open_breaker(client)  # its first call watches the breaker again
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 1)
+    labels = {"request_endpoint": endpoint, "from_state": "closed", "to_state": "open"}
+    assert REGISTRY.get_sample_value("aio_request_circuit_breaker_transitions_total", labels) == 1
+    client.close()
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 0)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_child_forked_before_a_dropped_breaker_was_taken_out_does_not_count_it(endpoint: str) -> None:
     """The parent's queue is the parent's to record; the child's gauge is a copy of the parent's
