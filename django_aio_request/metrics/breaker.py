@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitState
-from django_aio_request.metrics.deferred import DeferredObservations, before_recording
+from django_aio_request.metrics.deferred import DeferredObservations, before_recording, recording
 from django_aio_request.metrics.prometheus import ENABLED, MULTIPROCESS, family
 
 breaker_state = family(
@@ -83,7 +83,7 @@ def _settle() -> None:
 
 def _settle_before_recording() -> None:
     if _unsettled:
-        with _lock:
+        with recording(), _lock:  # in this order everywhere (see deferred.recording)
             _settle()
 
 
@@ -102,7 +102,7 @@ def _on_collected(counted: dict[str, str]) -> None:
 
 
 def _uncount(counted: dict[str, str]) -> None:
-    with _lock:
+    with recording(), _lock:
         _settle()
         _take_out(counted)
 
@@ -140,7 +140,7 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     add_listener: Callable[[Callable[[Any], None]], None] | None = getattr(breaker, "add_listener", None)
     if not ENABLED or add_listener is None:
         return
-    with _lock:
+    with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
         if watched is not None:
@@ -164,7 +164,7 @@ def unwatch_breaker(breaker: object) -> None:
     takes it out of the gauge: a client rebuilt with new settings must not be counted twice, and a
     breaker shared by several clients stays counted while one of them is open (closing the other
     took it out, and the gauge said 0 open while the live client's circuit was open)."""
-    with _lock:
+    with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
         if watched is None:
@@ -178,7 +178,7 @@ def unwatch_breaker(breaker: object) -> None:
 
 
 def _move(breaker: object, scope: str, new: str) -> None:
-    with _lock:
+    with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
         if watched is None:  # closed meanwhile
@@ -198,7 +198,8 @@ def _move(breaker: object, scope: str, new: str) -> None:
 
 def _on_transition(ref: "weakref.ref[Any]", transition: Any) -> None:
     scope, old, new = str(transition.scope), str(transition.old.value), str(transition.new.value)
-    breaker_transitions.labels(scope, old, new).inc()
+    with recording():
+        breaker_transitions.labels(scope, old, new).inc()
     breaker = ref()
     if breaker is not None:
         _move(breaker, scope, new)

@@ -6,7 +6,7 @@ status codes and attempt numbers (``5+`` from the fifth on). See docs/metrics.md
 
 from typing import Any
 
-from django_aio_request.metrics.deferred import DeferredObservations
+from django_aio_request.metrics.deferred import DeferredObservations, recording
 from django_aio_request.metrics.prometheus import BUCKETS, family
 
 CLIENT = ("request_endpoint", "request_method")
@@ -86,10 +86,12 @@ class ClientMetrics:
         _client_observations.add((_record_transport, self.endpoint, method, path, status, elapsed))
 
     def deadline_rejected(self, method: str, reason: str) -> None:
-        client_deadline_rejected.labels(self.endpoint, method, reason).inc()
+        with recording():  # inline: rare, and a fork must not copy it half done (see deferred.py)
+            client_deadline_rejected.labels(self.endpoint, method, reason).inc()
 
     def budget_exhausted(self) -> None:
-        client_retry_budget_exhausted.labels(self.endpoint).inc()
+        with recording():
+            client_retry_budget_exhausted.labels(self.endpoint).inc()
 
 
 def _record_call(observation: tuple[Any, ...]) -> None:

@@ -16,6 +16,8 @@ Nothing is dropped:
 A reader in the same process calls :meth:`DeferredObservations.flush` first and sees every item
 added before. A reader in another process (prometheus_client's multiprocess mode, where a scrape
 reads the workers' files) lags by at most :data:`INTERVAL`.
+
+A fork never copies a recording half done: see :func:`recording`.
 """
 
 import atexit
@@ -26,6 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,39 @@ logger = logging.getLogger(__name__)
 INTERVAL = 0.1  # seconds between two rounds of the recording thread
 
 T = TypeVar("T")
+
+# Held while anything records into prometheus_client: each observation the recording thread
+# records, and the few metrics recorded inline (breaker transitions, deadline and budget refusals,
+# shedding). prometheus_client's locks (one per process for every value in multiprocess mode, one
+# per value without) are not reinitialised in a forked child: a fork while the recording thread
+# held one left it held there for ever, and the child hung at its first metric (a breaker
+# transition on the calling thread, past the call's deadline) and in its own recording thread.
+# The fork takes this lock first, so no recording is under way while it copies the process: the
+# fork waits for at most one record (microseconds), never for a whole drain. Reentrant: a record
+# may record inline metrics (breaker.py's).
+_guard = threading.RLock()
+
+
+def recording() -> AbstractContextManager[Any]:
+    """The lock to hold around a recording into prometheus_client made outside :class:`DeferredObservations`
+    (which holds it around each record); taken before any lock of the caller's own."""
+    return _guard
+
+
+def _before_fork() -> None:
+    _guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _guard
+    _guard = threading.RLock()  # held by the forking thread in the parent: a new one, free
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 class DeferredObservations(Generic[T]):
@@ -68,7 +104,8 @@ class DeferredObservations(Generic[T]):
             while pending:
                 observation = pending.popleft()
                 try:
-                    record(observation)
+                    with _guard:  # per observation: a fork waits for one record, not the drain
+                        record(observation)
                 except Exception:
                     logger.exception("recording a %s observation failed", self._name)
 

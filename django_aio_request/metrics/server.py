@@ -8,7 +8,7 @@ import threading
 
 from django_aio_request.core import headers as h
 from django_aio_request.metrics import service_names
-from django_aio_request.metrics.deferred import DeferredObservations
+from django_aio_request.metrics.deferred import DeferredObservations, recording
 from django_aio_request.metrics.prometheus import _NO_OP, BUCKETS, Child, _prometheus, counter, family
 from django_aio_request.metrics.service_names import ServiceNames
 
@@ -44,7 +44,8 @@ SHED_REASONS = ("capacity", "queue_timeout", "deadline")  # server/shedding/limi
 
 def shed(priority: str, reason: str) -> None:
     """Count a request the middleware shed (answered 503) in ``aio_request_server_shed_total``."""
-    server_shed.labels(priority, reason).inc()
+    with recording():  # inline (see deferred.recording)
+        server_shed.labels(priority, reason).inc()
 
 
 server_latency = family(
@@ -98,7 +99,8 @@ for _priority in SHED_PRIORITIES:
 
 def shedding_waited(priority: str, seconds: float) -> None:
     """A request waited ``seconds`` for a slot and was served."""
-    shedding_queue_wait.labels(priority).observe(seconds)
+    with recording():
+        shedding_queue_wait.labels(priority).observe(seconds)
 
 
 # PriorityThreadWorker: gunicorn's own queue, where requests wait for a thread before Django sees them.

@@ -141,3 +141,102 @@ def test_add_does_not_wait_for_a_start_under_way_on_its_own_thread() -> None:
     while len(recorder.seen) < 2 and time.monotonic() < waited_until:
         time.sleep(0.01)
     assert recorder.seen == ["inside", "after"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_while_the_thread_records_gets_prometheus_locks_free() -> None:
+    """prometheus_client's locks are not made anew in a forked child: one the recording thread held
+    at the fork stayed held there for ever, and the child hung at its first metric. The fork now
+    waits for the record under way (one, not the whole queue)."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    counter = prometheus_client.Counter("test_fork_guard_total", "A counter of this test.", registry=None)
+    value_lock = counter._value._lock  # what counter.inc() holds (MutexValue, a lock per value)
+    recording = threading.Event()
+
+    def record(observation: object) -> None:  # as an inc() half done when the fork comes
+        with value_lock:
+            recording.set()
+            time.sleep(0.3)
+
+    deferred = DeferredObservations(record, name="test")
+    deferred.add("slow")
+    assert recording.wait(5)
+
+    def child() -> bool:  # whether the child can record: inc() from a thread, waited for generously
+        done = threading.Event()
+
+        def record_one() -> None:
+            counter.inc()
+            done.set()
+
+        threading.Thread(target=record_one, daemon=True).start()
+        return done.wait(10)
+
+    assert in_child(child) is True
+
+
+# In prometheus_client's multiprocess mode (one lock for every value of the process): a worker whose
+# recording thread is busy forks children that each make calls opening their circuit (a breaker
+# transition, recorded inline on the calling thread). Prints 1 if a child was still running well
+# past its calls' deadlines, else 0.
+FORKS_WHILE_RECORDING = """
+import logging, multiprocessing, threading, time
+logging.disable(logging.WARNING)
+import django_aio_request as dar
+from django_aio_request.metrics.client import ClientMetrics
+from tests.support.loopback import free_port
+
+client = dar.setup(
+    endpoint=f"http://127.0.0.1:{free_port()}/", timeout=1.0, safe_method_strategy=dar.single_attempt_strategy(),
+    circuit_breaker=dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    ),
+)
+busy = ClientMetrics("http://busy.example/")
+stop = threading.Event()
+
+def other_calls():
+    while not stop.is_set():
+        for _ in range(2000):
+            busy.call("GET", "things/{id}", 200, circuit_breaker=False, attempt=0, elapsed=0.01)
+        time.sleep(0.001)
+
+threading.Thread(target=other_calls, daemon=True).start()
+time.sleep(0.3)
+
+def child():
+    for _ in range(4):  # a refused endpoint: the circuit opens at the third
+        with client.request(dar.get("x")):
+            pass
+
+hung = 0
+for i in range(12):
+    time.sleep(0.011 * (i % 7))
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(20)  # 4 calls of at most 1 s each
+    if process.is_alive():
+        hung += 1
+        process.kill()
+        process.join()
+        break  # one is enough
+stop.set()
+print(hung)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.timeout(180)
+def test_in_multiprocess_mode_children_forked_while_the_thread_records_do_not_hang(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS_WHILE_RECORDING],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], "children hung: " + done.stdout
