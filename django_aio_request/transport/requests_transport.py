@@ -31,7 +31,7 @@ from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response
 from django_aio_request.core.timeout_header import StampedTimeout, stamp
-from django_aio_request.transport import direct_send
+from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.codings import unreadable_coding
@@ -252,6 +252,7 @@ class RequestsTransport(Transport):
         self._free_slots = max_connections
         self.max_connections = max_connections
         self.max_response_size = max_response_size
+        urllib3_logging.install()  # urllib3 logs a retried or unparsable request's URL at WARNING
         _transports.add(self)
 
     def _after_fork_in_child(self) -> None:
