@@ -191,6 +191,12 @@ def _move(breaker: object, scope: str, new: str) -> None:
         if old is None:  # a new scope: every known state exported, at 0 but its own
             for known in CircuitState:
                 breaker_state.labels(scope, known.value).inc(0)
+            # And every transition between them, at 0: a counter series born at 1 hides its first
+            # event from increase() and rate() (the circuit's first opening counted 0 times).
+            for before in CircuitState:
+                for after in CircuitState:
+                    if before is not after:
+                        breaker_transitions.labels(scope, before.value, after.value)
         else:
             breaker_state.labels(scope, old).dec()
         breaker_state.labels(scope, new).inc()

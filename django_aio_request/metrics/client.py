@@ -55,6 +55,13 @@ client_retry_budget_exhausted = family(
     ("request_endpoint",),
 )
 
+#: Why an attempt was answered 408 without sending (``deadline_rejected``'s reasons).
+DEADLINE_REASONS = ("expired", "low_timeout")
+#: The methods of the request helpers (``get()``, ``post()``...): their deadline refusals are exported
+#: at 0 from a client's setup, since a counter born at 1 hides its first event from ``increase()``.
+#: A call may use any method: another one's series is made at its first refusal.
+EXPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
 MAX_ATTEMPT_LABEL = 5  # attempt numbers from this one on share the label "5+"
 _ATTEMPTS = (*(str(n) for n in range(MAX_ATTEMPT_LABEL)), f"{MAX_ATTEMPT_LABEL}+")
 
@@ -75,6 +82,10 @@ class ClientMetrics:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
+        with recording():  # exported at 0 from the start: increase() and rate() see the first refusal
+            for method in EXPORTED_METHODS:
+                for reason in DEADLINE_REASONS:
+                    client_deadline_rejected.labels(endpoint, method, reason)
 
     def call(self, method: str, path: str, status: int, *, circuit_breaker: bool, attempt: int, elapsed: float) -> None:
         _client_observations.add((_record_call, self.endpoint, method, path, status, circuit_breaker, attempt, elapsed))

@@ -220,7 +220,8 @@ def test_breaker_state_gauge_and_transitions(server: LoopbackServer, make) -> No
         )
         for labels in series(got, "aio_request_circuit_breaker_transitions_total", **mine)
     }
-    assert transitions == {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
+    happened = {pair: count for pair, count in transitions.items() if count}  # the others are exported at 0
+    assert happened == {("closed", "open"): 1, ("open", "half_open"): 1, ("half_open", "closed"): 1}
 
 
 def test_two_clients_of_one_endpoint_count_their_breakers_apart(server: LoopbackServer, make) -> None:
@@ -282,6 +283,39 @@ def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
     assert value(got, "aio_request_circuit_breaker_state", **mine, state="forced_open") == 1
     assert value(got, "aio_request_circuit_breaker_state", **mine, state="closed") == 0
     assert value(got, "aio_request_circuit_breaker_transitions_total", **mine, to_state="forced_open") == 1
+
+
+def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(server: LoopbackServer, make) -> None:
+    """A counter series born at 1 hides its first event from increase() and rate(): the documented
+    "how often it opened" query said 0 after the circuit's first opening, and a client's first
+    refusal by the deadline was not seen either. Their series are exported at 0 from the client's
+    setup, a bounded set: every transition between known states, the helpers' methods."""
+    server.route("/x", replies(503))
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    client = make(safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker)
+    mine = {"request_endpoint": server.url}
+    before = scrape()
+    transitions = "aio_request_circuit_breaker_transitions_total"
+    assert len(series(before, transitions, **mine)) == 5 * 4  # from each known state to each other
+    assert series(before, transitions, **mine, from_state="closed", to_state="open")
+    assert value(before, transitions, **mine, to_state="open") == 0
+    rejected = "aio_request_deadline_rejected_total"
+    assert len(series(before, rejected, **mine)) == 5 * 2  # GET, POST, PUT, PATCH, DELETE; both reasons
+    assert series(before, rejected, **mine, request_method="GET", reason="expired")
+    assert value(before, rejected, **mine) == 0
+
+    for _ in range(3):
+        with client.request(dar.get("x")):
+            pass
+    with client.request(dar.get("x"), deadline=dar.Deadline(time.monotonic() - 1)) as response:
+        assert response.status == 408
+    after = scrape()
+    assert value(after, transitions, **mine, from_state="closed", to_state="open") == 1
+    assert value(after, rejected, **mine, request_method="GET", reason="expired") == 1
+    assert len(series(after, transitions, **mine)) == 20
+    assert len(series(after, rejected, **mine)) == 10
 
 
 def test_deadline_rejections_on_the_client(server: LoopbackServer, make) -> None:
