@@ -282,3 +282,60 @@ def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometh
     for alert, expression in alert_queries():
         answer = query(prometheus, expression)
         assert answer["status"] == "success", (alert, answer)  # firing or not: the data decides
+
+
+def docs_query(after: str) -> str:
+    """The first ```promql block of docs/metrics.md after the line starting with ``after``."""
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    start = text.index("\n" + after)
+    block = re.search(r"```promql\n(.*?)```", text[start:], re.DOTALL)
+    assert block is not None, after
+    return block.group(1).strip()
+
+
+def test_the_time_open_query_of_the_docs_counts_only_the_time_open(tmp_path: Path) -> None:
+    """A series younger than the hour (born 20 minutes before, its circuit open for the last 10):
+    avg_over_time(...[1h]) * 3600 said 1,800 s. promtool evaluates the documented query on it, and
+    on a series as old as the hour with its circuit open for its last 10 minutes: 600 s both,
+    within two steps either way (the subquery counts the step at the hour's end)."""
+    promtool = tool("promtool")
+    expression = docs_query("Time a breaker spent open over the last hour")
+    assert "aio_request_circuit_breaker_state" in expression, expression
+    # A sample every 15 s ("v xN" is N + 1 samples, "_xN" N missing ones): absent for 40 minutes,
+    # closed for 10, then open for 10.
+    young = "_x160 0x39 1x39"
+    old = "0x199 1x39"  # closed for 50 minutes, then open for 10
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [
+                    {
+                        "series": 'aio_request_circuit_breaker_state{request_endpoint="young", state="open"}',
+                        "values": young,
+                    },
+                    {
+                        "series": 'aio_request_circuit_breaker_state{request_endpoint="old", state="open"}',
+                        "values": old,
+                    },
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"abs(({expression}) - 600) <= bool 20",
+                        "eval_time": "60m",
+                        "exp_samples": [
+                            {"labels": '{request_endpoint="young", state="open"}', "value": 1},
+                            {"labels": '{request_endpoint="old", state="open"}', "value": 1},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "time_open.test.yml").write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        [promtool, "test", "rules", "time_open.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"{expression}\n{done.stdout}{done.stderr}"
