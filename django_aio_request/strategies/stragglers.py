@@ -2,10 +2,12 @@
 
 A hedge helps a call that is slow on its own (a slow replica, a lost packet, a request that met a
 garbage collection on the server): another attempt will likely be fast. It does nothing but add
-load when every call is slow together: the caller's own process stalled (short of CPU), or the
-server queueing (the hedge joins the back of the same queue). The two cases differ in what the calls
-around the slow one did. A straggler is passed by younger calls: ones that started after it have
-been answered. In a stall or a queue, the younger calls wait too.
+load when every call is slow together: the server queueing (the hedge joins the back of the same
+queue), or the caller's process stopped. The cases differ in what the calls around the slow one
+did. A straggler is passed by younger calls: ones that started after it have been answered. In a
+queue or a pause, the younger calls wait too. (A caller short of CPU is not seen: its threads take
+the GIL in no fixed order, so younger calls get answered while older ones wait; the percentile
+delays' saturation ratio is for that, docs/benchmarks.md.)
 
 So before sending a hedge, the parallel strategy asks :meth:`Pace.holds_back`: the hedge waits while
 the oldest younger call still in flight has been so for a while (half the hedge's delay) and no
