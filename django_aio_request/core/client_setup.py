@@ -1,6 +1,5 @@
 import enum
 import functools
-import ipaddress
 import re
 import unicodedata
 import urllib.parse
@@ -145,28 +144,27 @@ def _what_is_missing(shown: str) -> str:
 
 
 def _check_host(endpoint: str, shown: str, host: str) -> None:
-    """Refuse a host that the first call would fail to build a URL or a socket address for (urllib3's
-    parser, requests' IDNA encoding, then the codec ``socket`` encodes names with: empty labels,
-    labels over 63 characters, spaces, zero-width and full-width characters)."""
+    """Refuse a host that the first call would fail to build a URL or a socket address for: urllib3's
+    parser (empty labels, spaces, zero-width and full-width characters, a label IDNA 2008 does not
+    encode), requests' IDNA encoding, then the rule a call applies to the host it sends to (its
+    ``_check_target``: ``host_name_problem`` on the host as urllib3 reads it from the URL, as given
+    and as requests prepared it). The same hosts as a call's, the same rule: checked on the host as
+    written (``faß.de``), it read ``ß`` as IDNA 2003 does (``fass.de``) where a call sends
+    ``xn--fa-hia.de``, and the two could disagree."""
     try:
-        urllib3.util.parse_url(endpoint)
-        requests.PreparedRequest().prepare_url(endpoint, None)
-        problem = None if _is_ip_address(host) else host_name_problem(host)
+        prepared = requests.PreparedRequest()
+        prepared.prepare_url(endpoint, None)
+        sent = [urllib3.util.parse_url(url).host or "" for url in (endpoint, prepared.url or "")]
     except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL, UnicodeError) as error:
         # The parsers quote the URL: their words only when ``shown`` withholds nothing of it.
         detail = f": {error}" if shown == endpoint else ""
         raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}{detail}") from None
-    if problem is not None:
-        # The same rule as for a redirect's target (a 488 there): the first call would fail.
-        raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}: {problem}")
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    for name in dict.fromkeys(sent):
+        problem = host_name_problem(name) if name else "no host once parsed"
+        if problem is not None:
+            # The same rule as for a redirect's target (a 488 there): the first call would fail.
+            as_sent = "" if name == host else f" (sent as {name!r})"
+            raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}{as_sent}: {problem}")
 
 
 def setup(

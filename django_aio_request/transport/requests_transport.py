@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import idna
 import requests
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
@@ -390,10 +391,9 @@ class RequestsTransport(Transport):
         host = parse_url(url).host
         if not host:
             raise requests.exceptions.InvalidURL(f"no host in {url!r}")
-        if _is_name(host):
-            problem = host_name_problem(host)
-            if problem is not None:
-                raise LocationParseError(f"{host!r}: {problem}")
+        problem = host_name_problem(host)
+        if problem is not None:
+            raise LocationParseError(f"{host!r}: {problem}")
 
     def _redirect_problem(self, response: requests.Response) -> str | None:
         """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
@@ -668,31 +668,55 @@ MOST_NAME_CHARACTERS = 253
 
 
 def host_name_problem(host: str) -> str | None:
-    """Why ``host``, a name (not an IP address), can never be looked up, or None if it can.
+    """Why ``host`` can never be looked up, or None if it can (or if it is an IP address).
 
-    Encoded as ``socket`` encodes it (Python's ``idna`` codec, which refuses an empty label or one
-    over 63 characters), it must be at most 253 characters (a trailing dot aside, which a name may
-    end with), each label of letters, digits, ``-`` or ``_``, and each ``xn--`` label valid punycode.
-    The codec alone let ``a%20b`` (``http://a b/`` once requoted), a 260-character name and
-    ``xn--zz-`` through: each went to the resolver, and its failure was a 489, retried and
-    counted against the endpoint, for a redirect the endpoint answered correctly.
+    A name is taken as urllib3 sends it (``_as_sent``: a label not in ASCII encoded by IDNA 2008).
+    It must be at most 253 characters (a trailing dot aside, which a name may end with), each label
+    of letters, digits, ``-`` or ``_``, and each ``xn--`` label punycode for a label that is not all
+    ASCII. Refused otherwise: ``a%20b`` (``http://a b/`` once requoted), a 260-character name and
+    ``xn--zz-`` each went to the resolver, and its failure was a 489, retried and counted against
+    the endpoint, for a redirect the endpoint answered correctly.
+
+    An ``xn--`` label is decoded as punycode alone, not by an IDNA standard's round trip: Python's
+    ``idna`` codec is IDNA 2003, which reads ``xn--fa-hia`` (``faß``, as IDNA 2008, the ``idna``
+    package, urllib3, requests and registries write it) as ``fass`` and refused ``faß.de`` and
+    ``βόλος.com``; IDNA 2008 in turn refuses names registered before it (``💩.la``, ``xn--ls8h.la``)
+    that resolvers still look up.
     """
+    if not _is_name(host):
+        return None
     try:
-        name = host.encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return "a label that is empty, longer than 63 characters or not encodable"
-    name = name.removesuffix(".")
+        name = _as_sent(host).removesuffix(".")
+    except (idna.IDNAError, UnicodeError):
+        return "a label that is not ASCII and not a valid internationalised (IDNA 2008) label"
     if len(name) > MOST_NAME_CHARACTERS:
         return f"longer than {MOST_NAME_CHARACTERS} characters"
     for label in name.split("."):
         if not _LABEL.fullmatch(label):
             return "a label that is empty or has a character other than a letter, a digit, '-' or '_'"
-        if label.startswith("xn--"):
-            try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError:
-                return "an xn-- label that is not valid punycode"
+        if label.startswith("xn--") and not _is_punycode(label[4:]):
+            return "an xn-- label that is not valid punycode"
     return None
+
+
+def _as_sent(host: str) -> str:
+    """``host`` as urllib3 sends it (``parse_url``): in lower case, and each label that is not ASCII
+    encoded by the ``idna`` package (IDNA 2008), which requests depends on. Raises ``IDNAError``."""
+    if host.isascii():
+        return host.lower()
+    return ".".join(
+        label.lower() if label.isascii() else idna.encode(label.lower(), strict=True, std3_rules=True).decode("ascii")
+        for label in host.split(".")
+    )
+
+
+def _is_punycode(encoded: str) -> bool:
+    """Whether ``encoded`` (an ``xn--`` label without its prefix) is punycode (RFC 3492) for a label
+    with a character that is not ASCII, as every IDNA encoder writes one (``zz-`` decodes to ``zz``)."""
+    try:
+        return not encoded.encode("ascii").decode("punycode").isascii()
+    except UnicodeError:
+        return False
 
 
 def _refused(

@@ -41,6 +41,7 @@ SECRET = "Zq7s3cretXk"
         ("http://a.\u3002b/", "invalid host"),
         # Before, these passed setup() and the settings check, and every call answered 489.
         ("http://xn--zz-/", "invalid host"),  # an xn-- label that is no punycode
+        ("http://xn--abc-/", "invalid host"),  # punycode for "abc", which no IDNA encoder writes
         ("http://" + ".".join(["a" * 60] * 5) + "/", "invalid host"),  # a name over 253 characters
         ("http://a!b/", "invalid host"),
         # Before, accepted: the query was never sent and showed in metrics and logs.
@@ -53,6 +54,34 @@ def test_endpoints_that_are_refused(endpoint: object, message: str) -> None:
         validate_endpoint(endpoint)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         setup(endpoint=endpoint)  # type: ignore[arg-type]
+
+
+#: IDNA 2008 names, as written and as urllib3 and requests send them (faß.de, βόλος.com, ශ්‍රී.lk).
+IDNA_2008_ENDPOINTS = [
+    "http://xn--fa-hia.de/",
+    "http://fa\u00df.de/",
+    "http://xn--nxasmm1c.com/",
+    "http://\u03b2\u03cc\u03bb\u03bf\u03c2.com/",
+    "http://xn--10cl1a0b660p.lk:8080/",
+    "http://\u0dc1\u0dca\u200d\u0dbb\u0dd3.lk:8080/",
+]
+
+
+@pytest.mark.parametrize("endpoint", IDNA_2008_ENDPOINTS)
+def test_an_endpoint_of_an_idna_2008_name_is_accepted(endpoint: str) -> None:
+    """setup() and the settings check refused the names written in ASCII, as Python's IDNA 2003
+    codec reads xn--fa-hia as "fass" ("not valid punycode"), and passed them written in Unicode,
+    after which every call raised (tests/transport/test_hostile_answers.py)."""
+    assert validate_endpoint(endpoint) == endpoint
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    assert not problems
+    setup(endpoint=endpoint, metrics=False).close()
+
+
+def test_the_refusal_names_the_host_as_sent_when_it_differs() -> None:
+    sent_as = r"invalid host 'fa\u00df\.xn--zz-' \(sent as 'xn--fa-hia\.xn--zz-'\): an xn--"
+    with pytest.raises(ValueError, match=sent_as):
+        validate_endpoint("http://fa\u00df.xn--zz-/")
 
 
 def test_the_refusal_of_credentials_does_not_repeat_them() -> None:

@@ -3,8 +3,10 @@ chunked message, a redirect to a host that is no valid name."""
 
 import gzip
 import random
+import socket
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from urllib3.exceptions import LocationParseError
@@ -189,7 +191,85 @@ def test_an_endpoint_whose_host_is_no_valid_name_raises_before_anything_is_sent(
         ("xn--zz-", False),
         ("XN--ZZ-", False),
         ("xn--", False),
+        ("xn--abc-", False),  # punycode for "abc", which no IDNA encoder writes so
+        ("xn--99999999999", False),  # not punycode at all
+        # IDNA 2008, as the idna package, urllib3, requests and registries write them: Python's
+        # idna codec (IDNA 2003) read xn--fa-hia as "fass" and called these "not valid punycode".
+        ("xn--fa-hia.de", True),  # faß.de
+        ("xn--nxasmm1c.com", True),  # βόλος.com
+        ("xn--10cl1a0b660p.lk", True),  # ශ්‍රී.lk (with a zero-width joiner)
+        ("faß.de", True),
+        ("βόλος.com", True),
+        ("ශ්‍රී.lk", True),
+        ("xn--ls8h.la", True),  # 💩.la: registered under IDNA 2003, still looked up
+        ("127.0.0.1", True),  # IP addresses are not names
+        ("[::1]", True),
     ],
 )
 def test_which_host_names_are_valid(host: str, valid: bool) -> None:
     assert (host_name_problem(host) is None) == valid, host_name_problem(host)
+
+
+#: IDNA 2008 names (their Unicode form: as urllib3 and requests send it, as DNS holds it).
+_IDNA_2008_NAMES = {
+    "faß.de": "xn--fa-hia.de",
+    "βόλος.com": "xn--nxasmm1c.com",
+    "\u0dc1\u0dca\u200d\u0dbb\u0dd3.lk": "xn--10cl1a0b660p.lk",  # ශ්‍රී.lk, with a zero-width joiner
+}
+
+
+@pytest.fixture
+def idna_names_to_loopback(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of ``_IDNA_2008_NAMES`` resolve to 127.0.0.1, as a name server resolves them to their
+    hosts; the names looked up, in order."""
+    real_getaddrinfo = socket.getaddrinfo
+    asked: list[str] = []
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        asked.append(name)
+        return real_getaddrinfo("127.0.0.1" if name in _IDNA_2008_NAMES.values() else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return asked
+
+
+@pytest.mark.parametrize("name", list(_IDNA_2008_NAMES.values()))
+def test_a_redirect_to_an_idna_2008_name_is_followed(
+    server: LoopbackServer, idna_names_to_loopback: list[str], name: str
+) -> None:
+    """Python's IDNA 2003 codec called these names, as every IDNA 2008 encoder writes them, "not
+    valid punycode": the redirect was a 488, nothing fetched."""
+    server.route("/x", _redirect_to(f"http://{name}:{server.port}/ok"))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport()
+    try:
+        answer = transport.send(server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (answer.status, answer.read()) == (200, b"ok")
+    assert name in idna_names_to_loopback
+    assert server.received("/ok")[0].headers["Host"] == f"{name}:{server.port}"
+
+
+@pytest.mark.parametrize("written", ["ascii", "unicode"])
+@pytest.mark.parametrize("name", list(_IDNA_2008_NAMES))
+def test_an_endpoint_of_an_idna_2008_name_is_accepted_and_called(
+    server: LoopbackServer, idna_names_to_loopback: list[str], name: str, written: str
+) -> None:
+    """setup() refused the name as written in ASCII (xn--fa-hia.de); written in Unicode (faß.de),
+    setup() checked it as IDNA 2003 reads it (fass.de) and let it pass, and then every call raised
+    LocationParseError, for the xn--fa-hia.de that urllib3 makes of it. Both are called now, and so
+    is the endpoint again after a redirect to a path on it."""
+    sent = _IDNA_2008_NAMES[name]
+    host = sent if written == "ascii" else name
+    server.route("/x", _redirect_to("/ok"))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    with clients(f"http://{host}:{server.port}/") as make:
+        client = make(metrics=False)
+        for path in ("ok", "x"):
+            with client.request(get(path), deadline=Deadline.from_timeout(DEADLINE)) as response:
+                assert (response.status, response.read()) == (200, b"ok"), path
+    assert sent in idna_names_to_loopback
+    assert set(idna_names_to_loopback) <= {sent, "127.0.0.1"}  # the address is looked up to connect
+    assert [r.headers["Host"] for r in server.received("/ok")] == [f"{sent}:{server.port}"] * 2
