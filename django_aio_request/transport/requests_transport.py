@@ -738,7 +738,8 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
     gzip data was cut in half (a proxy that truncated it, a server that died mid-write with
     ``Content-Length`` set for the part it wrote) gave a 200 with half a body, which the breaker
     counted as a success. Python's gzip refuses the same bytes (``EOFError``). Looks at urllib3's
-    decoder objects (``_decoder``, ``_decoders``, ``_obj``): where a release has none, it says nothing.
+    decoder objects (``_decoder``, ``_decoders``, ``_obj``, ``_state``): where a release has none, it
+    says nothing.
     """
     if body is None or not _body_was_read(raw):  # too large (decided already), or no byte read
         return
@@ -746,14 +747,41 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
     parts = getattr(decoder, "_decoders", None) or ([decoder] if decoder is not None else [])
     for part in parts:
         stream = getattr(part, "_obj", None)
-        # Only the first gzip member (or a deflate stream, which has no members): after a complete
-        # member, urllib3 takes whatever follows for another, and a stray byte (a NUL, a newline)
-        # is trailing garbage that other clients accept too.
-        if isinstance(stream, _ZLIB_STREAM) and not stream.eof and getattr(part, "_state", _FIRST) == _FIRST:
+        if not isinstance(stream, _ZLIB_STREAM) or stream.eof:
+            continue
+        state = getattr(part, "_state", _FIRST)  # a deflate decoder has none: one stream, no members
+        if state == _FIRST or (state == _OTHER_MEMBERS and _member_begun(stream)):
             raise DecodeError("the compressed body ended before its compressed stream did")
 
 
 _FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
+_OTHER_MEMBERS = 1  # GzipDecoderState.OTHER_MEMBERS: a member complete, urllib3 decodes what follows
+#: zlib's words when what follows a gzip member does not start as one: not gzip's magic number
+#: (``1f 8b``), a compression method other than deflate (8), reserved flags set.
+_NOT_A_MEMBER = ("incorrect header check", "unknown compression method", "unknown header flags set")
+
+
+def _member_begun(stream: Any) -> bool:
+    """Whether ``stream``, the decompressor urllib3 handed what followed a complete gzip member, was
+    handed the start of another member: gzip's magic number at least, maybe its whole header and
+    data. A gzip body may have several members (``cat a.gz b.gz``, pigz, bgzip), and one cut short
+    in its second was a 200 with part of the body, a success; Python's gzip says ``EOFError``.
+
+    What follows a member and is no member is trailing garbage, which urllib3 and other clients
+    accept (NUL padding, a newline): once zlib refuses it (from two bytes on), urllib3 stops
+    decoding and does not consult this decoder; a single byte, whatever it is, or a header begun
+    wrong whose next byte zlib waits for (``1f 8b 09``), is still pending here. A copy is handed
+    one more byte, ``08``: after a single byte it makes no magic number (a lone byte is no member,
+    whatever it is), and anywhere later in a header it is valid (deflate's method number, a flag),
+    so zlib refuses the header only if what came was none. zlib's messages are matched: it has no
+    other way to say so, and they have been the same since zlib 1.2 (2003), and in zlib-ng.
+    """
+    probe = stream.copy()
+    try:
+        probe.decompress(b"\x08")
+    except zlib.error as error:
+        return not any(words in str(error) for words in _NOT_A_MEMBER)
+    return True
 
 
 def _body_was_read(raw: Any) -> bool:

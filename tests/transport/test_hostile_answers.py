@@ -50,6 +50,7 @@ def _redirect_to(location: str) -> Callable[[Handler], None]:
 
 _PAYLOAD = bytes(random.Random(4).randrange(256) for _ in range(40_000))
 _GZIP = gzip.compress(_PAYLOAD)
+_FIRST_MEMBER, _SECOND_MEMBER = gzip.compress(_PAYLOAD[:100]), gzip.compress(_PAYLOAD[100:])
 _ZLIB = zlib.compress(_PAYLOAD)  # what most servers send as "deflate"
 _RAW_DEFLATE = zlib.compress(_PAYLOAD, wbits=-zlib.MAX_WBITS)  # what some send
 
@@ -62,6 +63,9 @@ def test_a_compressed_body_cut_short_in_a_chunked_message_is_a_489(server: Loopb
     cut = {
         "gzip-half": ("gzip", _GZIP[: len(_GZIP) // 2]),
         "gzip-header-only": ("gzip", _GZIP[:12]),  # bytes read, nothing decoded yet
+        # Several members (cat a.gz b.gz, pigz), the second cut short: only the first was checked.
+        "gzip-second-member-half": ("gzip", _FIRST_MEMBER + _SECOND_MEMBER[: len(_SECOND_MEMBER) // 2]),
+        "gzip-second-member-header-only": ("gzip", _FIRST_MEMBER + _SECOND_MEMBER[:10]),
         "zlib-half": ("deflate", _ZLIB[: len(_ZLIB) // 2]),
         "raw-deflate-half": ("deflate", _RAW_DEFLATE[: len(_RAW_DEFLATE) // 2]),
     }
@@ -82,8 +86,9 @@ def test_a_whole_compressed_chunked_body_is_read_as_before(server: LoopbackServe
     complete = {
         "gzip": ("gzip", _GZIP),
         "gzip-in-one-chunk": ("gzip", _GZIP),
-        "gzip-members": ("gzip", gzip.compress(_PAYLOAD[:100]) + gzip.compress(_PAYLOAD[100:])),
+        "gzip-members": ("gzip", _FIRST_MEMBER + _SECOND_MEMBER),
         "gzip-padded": ("gzip", _GZIP + b"\x00"),  # a stray byte after it: trailing garbage, accepted
+        "gzip-members-padded": ("gzip", _FIRST_MEMBER + _SECOND_MEMBER + b"\x00" * 512),
         "zlib": ("deflate", _ZLIB),
         "raw-deflate": ("deflate", _RAW_DEFLATE),
         "empty": ("gzip", b""),  # no chunk at all: no stream to end

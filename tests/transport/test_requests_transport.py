@@ -577,6 +577,52 @@ def test_a_gzip_body_cut_in_half_is_a_489_not_half_a_body(server: LoopbackServer
         transport.close()
 
 
+def _redirect_route(location: str) -> Callable[[Handler], None]:
+    return lambda h: h.reply(302, b"", {"Location": location})
+
+
+@pytest.mark.parametrize("path", ["", "via-redirect/"], ids=["direct route", "requests' Session"])
+def test_a_gzip_body_cut_short_in_a_later_member_is_a_489_trailing_garbage_is_not(
+    server: LoopbackServer, path: str
+) -> None:
+    """A gzip body may have several members (``cat a.gz b.gz``, pigz, bgzip): one cut short in its
+    second member, in a complete message, was a 200 with part of the body, a success (only the
+    first member was checked for its end). What follows a member and does not start as one is
+    trailing garbage, as before."""
+    payload = bytes(random.Random(5).randrange(256) for _ in range(40_000))
+    first, second, third = (
+        gzip.compress(payload[:100]),
+        gzip.compress(payload[100:30_000]),
+        gzip.compress(payload[30_000:]),
+    )
+    cut = {
+        "second-half": first + second[: len(second) // 2],
+        "second-header-only": first + second[:10],  # its header read, nothing decoded of it
+        "second-magic-only": first + second[:2],
+        "third-half": first + second + third[: len(third) // 2],
+    }
+    complete = {
+        "three-members": first + second + third,
+        "members-and-a-newline": first + second + third + b"\n",
+        "members-and-one-byte": first + second + third + b"\x1f",  # no member: one byte of one is not
+        "members-and-nul-padding": first + second + third + b"\x00" * 512,
+        "members-and-no-member": first + second + third + b"\x1f\x8b\x09",  # no compression method 9
+    }
+    for name, data in {**cut, **complete}.items():
+        server.route(f"/{name}", _gzip_route(data))
+        server.route(f"/via-redirect/{name}", _redirect_route(f"/{name}"))
+    transport = RequestsTransport()
+    try:
+        for name in cut:
+            answer = transport.send(server.url, get(path + name), DEADLINE)
+            assert (answer.status, answer.read()) == (489, b""), name
+        for name in complete:
+            answer = transport.send(server.url, get(path + name), DEADLINE)
+            assert (answer.status, answer.read()) == (200, payload), name
+    finally:
+        transport.close()
+
+
 def test_users_session_keeps_its_default_headers_and_auth(server: LoopbackServer) -> None:
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     session = requests.Session()
