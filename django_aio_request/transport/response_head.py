@@ -180,7 +180,16 @@ class FinalResponse(http.client.HTTPResponse):
         self.headers = self.msg = message
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True
+        chunked = is_chunked(self.headers.get("Transfer-Encoding"))
         if self._method == "HEAD" or self.status < 200 or self.status in (204, 304):
-            return  # no body, whatever the headers say
-        if is_chunked(self.headers.get("Transfer-Encoding")):
+            # No body, whatever the headers say (RFC 9112 6.3). http.client still took the 304 or
+            # 204 that names chunked (a 304 may: RFC 9112 6.1) for chunked, and urllib3 read its
+            # chunks from the next answer's bytes, or waited for them until the deadline: its
+            # read_chunked reads nothing from a response already closed, and gives the connection
+            # back to the pool then.
+            self.chunked, self.length = False, 0
+            if chunked:
+                self._close_conn()
+            return
+        if chunked:
             self.fp = ChunkedFraming(self.fp)  # its framing, which the parsers take leniently: framing.py

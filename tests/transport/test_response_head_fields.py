@@ -15,7 +15,7 @@ import pytest
 import requests
 
 import django_aio_request as dar
-from django_aio_request import RequestsTransport, get
+from django_aio_request import RequestsTransport, Response, get
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
@@ -44,6 +44,52 @@ class HoldingServer(RawAnswerServer):
                     buffered += chunk
                 buffered = buffered.partition(b"\r\n\r\n")[2]
                 conn.sendall(answer)
+
+
+class TurnServer(RawAnswerServer):
+    """Answers the requests it gets, on whatever connection, with ``answers`` in turn (the last one
+    to every request after them), and keeps each connection open until the client closes it."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = answers
+        self.requests = 0
+        super().__init__()
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        conn.settimeout(DEADLINE * 2)
+        buffered = b""
+        with contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buffered:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                buffered = buffered.partition(b"\r\n\r\n")[2]
+                with self._lock:
+                    turn = min(self.requests, len(self.answers) - 1)
+                    self.requests += 1
+                conn.sendall(self.answers[turn])
+
+
+NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
+
+
+def _then_next(server: TurnServer, route: str) -> tuple[Response, float, Response]:
+    """A GET answered by ``server``'s first answer, the seconds it took, and then a second GET
+    through the same transport (its pool): answered ``NEXT`` unless the connections fell out of step."""
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session)
+    try:
+        started = time.monotonic()
+        first = transport.send(server.url, get("x"), DEADLINE)
+        elapsed = time.monotonic() - started
+        return first, elapsed, transport.send(server.url, get("y"), DEADLINE)
+    finally:
+        transport.close()
+        server.close()
 
 
 @pytest.fixture
@@ -362,3 +408,23 @@ def test_through_a_client_a_head_past_the_limits_is_not_retried_and_a_success(ho
         assert breaker.counts(holding_server.url) == (0, 2)  # one attempt each, the endpoint answering
     finally:
         client.close()
+
+
+NO_BODY = {
+    "a 304 naming chunked": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nTransfer-Encoding: chunked\r\n\r\n',
+    "a 204 naming chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "a 304 naming gzip, chunked": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("answer", list(NO_BODY.values()), ids=list(NO_BODY))
+def test_an_answer_with_no_body_that_names_chunked_is_the_answer_at_once(answer: bytes, route: str) -> None:
+    """RFC 9112 6.1 lets a 304 carry Transfer-Encoding, 6.3 says it has no body whatever its
+    fields say. urllib3 read its chunks all the same: a 408 at the deadline, the connection dropped."""
+    server = TurnServer(answer, NEXT)
+    first, elapsed, second = _then_next(server, route)
+    assert (first.status, first.read()) == (int(answer[9:12]), b"")
+    assert elapsed < DEADLINE / 2
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1  # the same connection, back in the pool in step
