@@ -12,7 +12,9 @@ What urllib3 decodes is decided by comparing the field's value as it is: ``gzip`
 codings take no parameters) is left as it came too, and so is ``chunked`` with a parameter
 (``chunked;x=1``: the body was read to the end of the stream with its chunk framing in it): those
 are 489s as well. (The whitespace around a value is not part of it, RFC 9110 5.5, and is gone
-before this look: response_head.py.)
+before this look, and so are the empty elements and ``identity`` of a ``Content-Encoding`` list,
+which name no coding, RFC 9110 5.6.1, and which urllib3 gave a decoder: response_head.py. This
+look ignores them too.)
 
 A content coding the request asked for itself (its ``Accept-Encoding`` names it, or ``*``) is the
 caller's to decode: that body is handed over as it came, as requests does. So is one that is no

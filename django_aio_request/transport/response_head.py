@@ -116,6 +116,17 @@ def _spaced(value: bytes) -> bytes:
     return value.replace(b"\r", b" ").replace(b"\x00", b" ")
 
 
+def _without_identity(value: str) -> str:
+    """A ``Content-Encoding`` value without its empty elements and ``identity`` (RFC 9110 5.6.1:
+    a recipient ignores empty list elements; ``identity`` names no coding). urllib3 gives every
+    element of a list a decoder, deflate's to those it does not know: ``gzip, identity``, ``, gzip``
+    and ``gzip,`` were a ``DecodeError`` (a 489, retried and counted against the endpoint) for a
+    body that gzip alone decodes. A value with nothing to take out is kept as it came."""
+    elements = [element.strip(" \t") for element in value.split(",")]
+    kept = [element for element in elements if element and element.lower() != "identity"]
+    return value if len(kept) == len(elements) else ", ".join(kept)
+
+
 class _HeadReader:
     """The response's file while ``begin`` reads the head: hands ``http.client``'s own header parser
     the lines ``FinalResponse._read_status`` left for it (``replay``, last first) before the peer's."""
@@ -176,7 +187,10 @@ class FinalResponse(http.client.HTTPResponse):
             self.fp = file
         message = http.client.HTTPMessage()
         for name, value in self._fields:
-            message[name] = value
+            if name.lower() != "content-encoding":
+                message[name] = value
+            elif codings := _without_identity(value):
+                message[name] = codings  # (one that names no coding at all is left out)
         self.headers = self.msg = message
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True

@@ -137,6 +137,8 @@ def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer)
         ({"Content-Encoding": "gzip"}, None, None),
         ({"Content-Encoding": "x-gzip, deflate"}, None, None),
         ({"Content-Encoding": "identity"}, None, None),
+        ({"Content-Encoding": ", identity, compress,"}, None, "Content-Encoding: compress"),
+        ({"Content-Encoding": "identity, compress"}, "compress", None),
         ({"Content-Encoding": "compress"}, "gzip, deflate", "Content-Encoding: compress"),
         ({"Content-Encoding": "compress"}, "gzip, Compress;q=0.5", None),
         ({"Content-Encoding": "compress"}, "compress; q=0.000", "Content-Encoding: compress"),

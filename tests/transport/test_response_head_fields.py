@@ -428,3 +428,35 @@ def test_an_answer_with_no_body_that_names_chunked_is_the_answer_at_once(answer:
     assert elapsed < DEADLINE / 2
     assert (second.status, second.read()) == (200, b"next")
     assert server.connections == 1  # the same connection, back in the pool in step
+
+
+CODING_LISTS = {
+    "an empty element first": b"Content-Encoding: , gzip\r\n",
+    "an empty element last": b"Content-Encoding: gzip,\r\n",
+    "identity after": b"Content-Encoding: gzip, identity\r\n",
+    "Identity before": b"Content-Encoding: Identity, gzip\r\n",
+    "a field of identity": b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
+    "an empty field": b"Content-Encoding:\r\nContent-Encoding: gzip\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("fields", list(CODING_LISTS.values()), ids=list(CODING_LISTS))
+def test_empty_elements_and_identity_in_content_encoding_are_no_coding(fields: bytes, route: str) -> None:
+    """RFC 9110 5.6.1: a recipient ignores empty list elements; identity is no coding. urllib3 gave
+    each element a decoder (deflate's to those it did not know): a DecodeError, a 489 retried."""
+    answer = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: %d\r\n\r\n%s" % (len(GZIPPED), GZIPPED)
+    server = TurnServer(answer, NEXT)
+    first, _, second = _then_next(server, route)
+    assert (first.status, first.read()) == (200, b'{"a": 1}')
+    assert first.headers["Content-Encoding"] == "gzip"
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1
+
+
+@ROUTES
+def test_a_content_encoding_of_identity_alone_is_no_coding(route: str) -> None:
+    server = TurnServer(b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\nok", NEXT)
+    first, _, second = _then_next(server, route)
+    assert (first.status, first.read(), "Content-Encoding" in first.headers) == (200, b"ok", False)
+    assert (second.status, second.read()) == (200, b"next")
