@@ -116,6 +116,33 @@ def _spaced(value: bytes) -> bytes:
     return value.replace(b"\r", b" ").replace(b"\x00", b" ")
 
 
+def _framing_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The fields ``http.client``'s ``begin`` frames the body by (and decides by whether the
+    connection is kept), as urllib3, which reads the body, takes them.
+
+    ``http.client`` reads the first field of a name; urllib3 joins the fields of one name with
+    ``", "``, as RFC 9110 5.3 says a recipient may (their lines are one list), and reads the body as
+    chunked when any element of ``Transfer-Encoding`` is ``chunked``. Given the first field alone,
+    ``Transfer-Encoding: identity`` (or an empty one) then ``Transfer-Encoding: chunked`` was
+    chunked for urllib3 only: read by its lenient parser, past the framing check (framing.py), and
+    the connection closed after it. Here the fields of a name are one value, and a
+    ``Transfer-Encoding`` urllib3 reads as chunked is ``chunked``, the one value ``http.client``
+    takes for it. (``Content-Length`` is its first field.)"""
+    values: dict[str, tuple[str, list[str]]] = {}
+    for name, value in fields:
+        if name.lower() in _FRAMING:
+            values.setdefault(name.lower(), (name, []))[1].append(value)
+    framing = []
+    for lowered, (name, given) in values.items():
+        value = ", ".join(given)
+        if lowered == "transfer-encoding" and is_chunked(value):
+            value = "chunked"
+        elif lowered == "content-length":
+            value = given[0]  # different numbers are urllib3's to refuse (a 489)
+        framing.append((name, value))
+    return framing
+
+
 def _without_identity(value: str) -> str:
     """A ``Content-Encoding`` value without its empty elements and ``identity`` (RFC 9110 5.6.1:
     a recipient ignores empty list elements; ``identity`` names no coding). urllib3 gives every
@@ -167,13 +194,10 @@ class FinalResponse(http.client.HTTPResponse):
         if head is not None:
             self._fields = fields = _read_fields(head.file)
             # http.client's begin() parses the header block again (and stops at 100 lines), and
-            # frames the body by what it finds: it is given the first of each field it reads for
-            # that, and none of the others.
-            framing: dict[str, bytes] = {}
-            for name, value in fields:
-                if name.lower() in _FRAMING:
-                    framing.setdefault(name.lower(), f"{name}: {value}\r\n".encode("iso-8859-1"))
-            head.replay = [b"\r\n", *reversed(framing.values())]
+            # frames the body by what it finds: it is given the fields it reads for that, and none
+            # of the others, as urllib3 (which reads the body) takes them: _framing_fields.
+            lines = [f"{name}: {value}\r\n".encode("iso-8859-1") for name, value in _framing_fields(fields)]
+            head.replay = [b"\r\n", *reversed(lines)]
         return version, status, reason
 
     def begin(self) -> None:
@@ -194,7 +218,8 @@ class FinalResponse(http.client.HTTPResponse):
         self.headers = self.msg = message
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True
-        chunked = is_chunked(self.headers.get("Transfer-Encoding"))
+        # urllib3 reads the body as chunked when chunked is in the Transfer-Encoding fields, joined.
+        chunked = is_chunked(", ".join(message.get_all("Transfer-Encoding", ())))
         if self._method == "HEAD" or self.status < 200 or self.status in (204, 304):
             # No body, whatever the headers say (RFC 9112 6.3). http.client still took the 304 or
             # 204 that names chunked (a 304 may: RFC 9112 6.1) for chunked, and urllib3 read its

@@ -414,6 +414,9 @@ NO_BODY = {
     "a 304 naming chunked": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nTransfer-Encoding: chunked\r\n\r\n',
     "a 204 naming chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
     "a 304 naming gzip, chunked": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    "a 304 naming chunked in its second field": (
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ),
 }
 
 
@@ -460,3 +463,40 @@ def test_a_content_encoding_of_identity_alone_is_no_coding(route: str) -> None:
     first, _, second = _then_next(server, route)
     assert (first.status, first.read(), "Content-Encoding" in first.headers) == (200, b"ok", False)
     assert (second.status, second.read()) == (200, b"next")
+
+
+SPLIT_CHUNKED = {
+    "an empty field, then chunked": b"Transfer-Encoding:\r\nTransfer-Encoding: chunked\r\n",
+    "identity, then chunked": b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+}
+BAD_CHUNKS = {
+    "a chunk size 0x3": b"0x3\r\nabc\r\n0\r\n\r\n",
+    "data not followed by CRLF": b"3\r\nabcXX3\r\ndef\r\n0\r\n\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("body", list(BAD_CHUNKS.values()), ids=list(BAD_CHUNKS))
+@pytest.mark.parametrize("fields", list(SPLIT_CHUNKED.values()), ids=list(SPLIT_CHUNKED))
+def test_a_transfer_encoding_split_over_fields_has_its_chunks_checked(fields: bytes, body: bytes, route: str) -> None:
+    """urllib3 joins the fields and read the body as chunked, with its lenient parser, while the
+    framing check asked the first field alone: 200s with ``abc`` and ``abcdef``."""
+    server = TurnServer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n" + body, NEXT)
+    first, elapsed, second = _then_next(server, route)
+    assert (first.status, first.read()) == (status.NETWORK_ERROR, b"")
+    assert elapsed < DEADLINE / 2
+    assert (second.status, second.read()) == (200, b"next")  # on a connection of its own
+
+
+@ROUTES
+@pytest.mark.parametrize("fields", list(SPLIT_CHUNKED.values()), ids=list(SPLIT_CHUNKED))
+def test_a_chunked_body_whose_transfer_encoding_is_split_over_fields_keeps_its_connection(
+    fields: bytes, route: str
+) -> None:
+    """http.client, given the first field alone, took the body for one read to the end of the
+    stream and closed the connection after it."""
+    server = TurnServer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n3\r\nabc\r\n0\r\n\r\n", NEXT)
+    first, _, second = _then_next(server, route)
+    assert (first.status, first.read()) == (200, b"abc")
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1
