@@ -127,7 +127,8 @@ def _framing_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
     chunked for urllib3 only: read by its lenient parser, past the framing check (framing.py), and
     the connection closed after it. Here the fields of a name are one value, and a
     ``Transfer-Encoding`` urllib3 reads as chunked is ``chunked``, the one value ``http.client``
-    takes for it. (``Content-Length`` is its first field.)"""
+    takes for it; a ``Content-Length`` is its one number (:func:`_content_length`), else its first
+    field."""
     values: dict[str, tuple[str, list[str]]] = {}
     for name, value in fields:
         if name.lower() in _FRAMING:
@@ -138,9 +139,26 @@ def _framing_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if lowered == "transfer-encoding" and is_chunked(value):
             value = "chunked"
         elif lowered == "content-length":
-            value = given[0]  # different numbers are urllib3's to refuse (a 489)
+            value = _content_length(value) or given[0]
         framing.append((name, value))
     return framing
+
+
+def _content_length(value: str) -> str | None:
+    """The one number a ``Content-Length`` list repeats (``2, 2``), as urllib3 reads it (``int()``
+    each element, which refuses more than 4,300 digits before it converts any), or None.
+
+    RFC 9110 8.6 lets a recipient take such a list for the number, and urllib3 does; ``http.client``
+    could not ``int()`` it, and read to the end of the stream: a keep-alive server's answer waited
+    for the deadline. A list of different numbers (``5, 6``) is urllib3's to refuse (a 489 at once),
+    and a single value is given to ``http.client`` as it came."""
+    if "," not in value:
+        return None
+    try:
+        lengths = {int(part) for part in value.split(",")}
+    except ValueError:
+        return None
+    return str(lengths.pop()) if len(lengths) == 1 else None
 
 
 def _without_identity(value: str) -> str:

@@ -500,3 +500,34 @@ def test_a_chunked_body_whose_transfer_encoding_is_split_over_fields_keeps_its_c
     assert (first.status, first.read()) == (200, b"abc")
     assert (second.status, second.read()) == (200, b"next")
     assert server.connections == 1
+
+
+REPEATED_LENGTHS = {
+    "one field 2, 2": b"Content-Length: 2, 2\r\n",
+    "one field 2,2,2": b"Content-Length: 2,2,2\r\n",
+    "a field 2, 2 and a field 2": b"Content-Length: 2, 2\r\nContent-Length: 2\r\n",
+    "two fields of 2": b"Content-Length: 2\r\nContent-Length: 2\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("fields", list(REPEATED_LENGTHS.values()), ids=list(REPEATED_LENGTHS))
+def test_a_content_length_list_of_one_number_is_that_number(fields: bytes, route: str) -> None:
+    """RFC 9110 8.6. urllib3 took ``2, 2`` for 2, but http.client, which reads the body, could not
+    int() it and read to the end of the stream: from a keep-alive server, a 408 at the deadline."""
+    server = TurnServer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nok", NEXT)
+    first, elapsed, second = _then_next(server, route)
+    assert (first.status, first.read()) == (200, b"ok")
+    assert elapsed < DEADLINE / 2
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1
+
+
+@ROUTES
+@pytest.mark.parametrize("fields", [b"Content-Length: 2, 3\r\n", b"Content-Length: 2, 2\r\nContent-Length: 3\r\n"])
+def test_a_content_length_list_of_different_numbers_is_a_489_at_once(fields: bytes, route: str) -> None:
+    server = TurnServer(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nok!", NEXT)
+    first, elapsed, second = _then_next(server, route)
+    assert (first.status, first.read()) == (status.NETWORK_ERROR, b"")
+    assert elapsed < DEADLINE / 2
+    assert (second.status, second.read()) == (200, b"next")
