@@ -180,7 +180,10 @@ class _HedgedCall:
             if self.refused or self.next_attempt >= self.count or self.deadline.expired:
                 self.timer_running = False
                 return
-            self._schedule(due_at(self.next_attempt))
+            # The next one at its time, but no sooner after this one than their times are apart:
+            # a hedge held back (or fired late) must not let the ones due meanwhile go with it.
+            now, gap = time.monotonic(), due_at(self.next_attempt) - due_at(attempt)
+            self._schedule(max(due_at(self.next_attempt), now + gap))
 
     def _look_again(self, seconds: float) -> None:
         """(Holding ``lock``.) Fire again ``seconds`` from now, or stop at the deadline."""
@@ -267,11 +270,18 @@ class _HedgedCall:
         return outcome
 
     def wait_accepted_until(self, until: float) -> ResponseWithVerdict | None:
-        """Wait for a winning response until ``until`` or until nothing is in flight."""
-        while self.in_flight and (left := until - time.monotonic()) > 0:
-            result = self.wait(left)
+        """Wait for a winning response until ``until`` or until nothing is in flight.
+
+        Past ``until``, the outcomes already queued are still looked at: a caller whose thread came
+        back late (a pause, a busy process) returned attempt 0's 499 though a hedge's accepted answer
+        had been waiting in the queue since long before the deadline."""
+        while self.in_flight:
+            left = until - time.monotonic()
+            result = self.wait(left)  # at once when left <= 0: only what is queued already
             if result is not None and self.wins(result):
                 return result
+            if result is None and left <= 0:
+                return None
         return None
 
     def wins(self, result: ResponseWithVerdict) -> bool:

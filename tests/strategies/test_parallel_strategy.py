@@ -802,7 +802,55 @@ class TestStragglers:
         assert response.read() == b"fast"
         assert 0.2 <= elapsed < 0.2 + 0.3  # hedged at its time
 
+    def test_a_held_hedge_that_goes_late_does_not_take_the_hedges_due_meanwhile_with_it(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # Four attempts, hedges at 0.1, 0.2 and 0.3 s. The older call's hedge is held until the
+        # younger call is answered (0.5 s): then one hedge goes, not all three at once.
+        arrivals = itertools.count()
+
+        def route(handler: Handler) -> None:
+            arrival = next(arrivals)
+            if arrival == 0:
+                Hanging(hang=1)(handler)  # the older call's attempt 0
+            elif arrival in (1, 2, 3, 4):  # the younger call's attempts (it is the youngest: hedged)
+                answer_after(0.5, body=b"younger")(handler)
+            else:
+                handler.reply(200, b"hedge")
+
+        server.route("/x", route)
+        strategy = parallel_strategy(attempts_count=4, delays_provider=lambda k: 0.1 * k)
+        client = make_client(timeout=5.0, safe_method_strategy=strategy)
+
+        (older, _), _ = calls_in_threads(client, "x", 2, gap=0.02)
+
+        assert older.read() == b"hedge"
+        time.sleep(0.3)  # time for the hedges that should not go to arrive
+        assert len(server.received("/x")) - 4 == 2  # the older call's attempt 0 and one hedge (the younger's 4 aside)
+
 
 def test_stragglers_only_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="stragglers_only"):
         parallel_strategy(attempts_count=2, stragglers_only=1)  # type: ignore[arg-type]
+
+
+def test_an_accepted_hedge_is_the_answer_however_late_the_caller_comes_back(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """A hedge answered 200 at about 60 ms; the caller's thread came back to the call 0.46 s in, past
+    the 0.3 s deadline (a pause: here a delays provider that sleeps when told of the aborted attempt 0).
+    The call returned attempt 0's made-up 499 with the accepted 200 waiting in its queue."""
+    server.route("/x", Hanging(hang=1))
+
+    class Stall(RequestAttemptDelaysProvider):
+        def __call__(self, request: Request, attempt: int) -> float:
+            return 0.05 * attempt
+
+        def observe(self, request: Request, response: Response) -> None:
+            if response.status == 499 and threading.current_thread() is threading.main_thread():
+                time.sleep(0.4)
+
+    client = make_client(timeout=3.0, safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=Stall()))
+    with client.request(get("x"), deadline=Deadline.from_timeout(0.3)) as response:
+        assert response.status == 200
+        assert response.read() == b"fast"
