@@ -38,11 +38,14 @@ If the cache fails, this process goes on counting and deciding on its own (a
 again; nothing raises into a caller.
 
 A value in the store's keys that the store does not write (another writer's, through the same
-cache: a string, None, a list or NaN for a count, anything but a finite number for ``open``) counts
-as absent, with one warning naming the key; a flush adding to such a count replaces it. Before, it
-raised out of the thread, which ended for good: counts were no longer shared and an open circuit
-never probed again in that process. A round that raises anyway (a bug) is logged and taken as an
-outage, and a thread that ended is started again by the next call.
+cache: a string, None, a list, NaN or an integer from 2**63 up, which Redis cannot add to, for a
+count; anything but a finite number, or a time more than ``OPEN_AHEAD_BOUND`` (10) times
+``break_duration`` + ``OPEN_KEY_GRACE`` ahead, for ``open``) counts as absent, with one warning naming
+the key; a flush adding to such a count, or to one it would take past 2**63 - 1, replaces it. Before,
+it raised out of the thread, which ended for good: counts were no longer shared and an open circuit
+never probed again in that process (and an integer too large for Redis or for a float failed every
+round, as an outage). A round that raises anyway (a bug) is logged and taken as an outage, and a
+thread that ended is started again by the next call.
 """
 
 import hashlib
@@ -73,14 +76,30 @@ _Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
 _ABSENT = object()  # a cache.get default: tells a missing key from one holding None
 
 
+# Redis keeps counts as signed 64-bit integers: INCR refuses a larger one, and one that would overflow.
+MAX_COUNT = 2**63 - 1
+# An ``open`` key further ahead than this many times (break_duration + OPEN_KEY_GRACE) was not written
+# by the store (it writes now + break_duration): another writer's, read as absent like any such value.
+OPEN_AHEAD_BOUND = 10
+
+
 def _count(value: Any) -> int | None:
-    """``value`` read from a count key, or None when it is not a count the store writes."""
-    return value if type(value) is int and value >= 0 else None  # type(): not bool
+    """``value`` read from a count key, or None when it is not a count the store writes (one Redis
+    could not add to either: 2**64 failed every INCR, and so every round, as an outage)."""
+    return value if type(value) is int and 0 <= value <= MAX_COUNT else None  # type(): not bool
 
 
-def _open_until(value: Any) -> float | None:
-    """``value`` read from an ``open`` key, or None when it is not a time the store writes."""
-    return float(value) if type(value) in (int, float) and math.isfinite(value) else None
+def _open_until(value: Any, latest: float) -> float | None:
+    """``value`` read from an ``open`` key, or None when it is not a time the store writes: not a
+    finite number, or one after ``latest`` (an int too large for a float raised OverflowError, a round
+    failed on it as an outage, and a time centuries ahead blocked the circuit as long as the key lived)."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        until = float(value)
+    except OverflowError:
+        return None
+    return until if math.isfinite(until) and until <= latest else None
 
 
 # Memcached refuses keys with spaces, control characters or non-ASCII, and keys over 250 bytes (with
@@ -419,13 +438,13 @@ class CacheCircuitStore(CircuitStore[str]):
 
     # -- internals -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _parse(raw: dict[str, Any], malformed: list[str]) -> dict[str, float]:
+    def _parse(self, raw: dict[str, Any], malformed: list[str]) -> dict[str, float]:
         """The counts and blocks ``get_many`` read, without the values the store does not write (another
         writer's, through the same cache), whose keys go to ``malformed``: they count as absent."""
         found: dict[str, float] = {}
+        latest = time.time() + OPEN_AHEAD_BOUND * (self._break_duration + OPEN_KEY_GRACE)
         for key, value in raw.items():
-            parsed = _open_until(value) if key.endswith(":open") else _count(value)
+            parsed = _open_until(value, latest) if key.endswith(":open") else _count(value)
             if parsed is None:
                 malformed.append(key)
             else:
@@ -513,7 +532,7 @@ class CacheCircuitStore(CircuitStore[str]):
                 value = cache.get(key, _ABSENT)  # raises in turn when the cache failed
                 if value is _ABSENT:  # expired between the two calls
                     cache.add(key, count, timeout)
-                elif _count(value) is None:  # a value incr cannot add to, which counts as absent
+                elif _count(value) is None or value + count > MAX_COUNT:  # incr cannot add to it: absent
                     cache.set(key, count, timeout)
                     malformed.append(key)
                 else:  # added by another process since it expired, or a passing failure: once more

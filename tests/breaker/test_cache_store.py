@@ -956,7 +956,7 @@ def test_what_a_round_read_before_a_probe_closed_the_circuit_does_not_open_it_ag
 
 
 # Values another writer could leave in the store's keys through Django's cache API.
-MALFORMED = [None, "x", "12", b"x", [1], float("nan"), {"a": 1}, 1.5, -3]
+MALFORMED = [None, "x", "12", b"x", [1], float("nan"), {"a": 1}, 1.5, -3, 2**64, 2**63]
 
 
 def test_values_another_writer_left_in_the_shared_counts_count_as_absent(
@@ -975,6 +975,9 @@ def test_values_another_writer_left_in_the_shared_counts_count_as_absent(
     prefix = store._prefix("svc")
     assert wait_for(lambda: caches["shared"].get(f"{prefix}:open") is not None)  # the block is written
 
+    # Not near the next window: the keys set for it, read once it begins, were named in a second warning.
+    while time.time() % store._window > store._window / 2:
+        time.sleep(0.05)
     current = int(time.time() / store._window)
     keys = [f"{prefix}:{w}:{kind}" for w in range(current - 9, current + 2) for kind in "fs"]
     caches["shared"].set_many({key: MALFORMED[n % len(MALFORMED)] for n, key in enumerate(keys)}, 60)
@@ -995,7 +998,16 @@ def test_values_another_writer_left_in_the_shared_counts_count_as_absent(
     assert f"{namespace!r} counts it as absent" in warning
 
 
-@pytest.mark.parametrize("value", ["x", None, b"x", [1], {"a": 1}, float("nan"), float("inf")], ids=repr)
+# 10**400 is too large for a float (float() raised OverflowError, failing every round as an outage);
+# 10**39 and 1e18 are times no store writes (it writes now + break_duration), centuries ahead.
+@pytest.mark.parametrize(
+    "value",
+    [
+        *["x", None, b"x", [1], {"a": 1}, float("nan"), float("inf")],
+        *[pytest.param(10**400, id="10**400"), pytest.param(10**39, id="10**39"), 1e18],
+    ],
+    ids=repr,
+)
 def test_an_open_key_another_writer_left_a_value_in_reads_as_closed(
     redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, value: Any
 ) -> None:
@@ -1018,23 +1030,38 @@ def test_an_open_key_another_writer_left_a_value_in_reads_as_closed(
     assert f"in key '{prefix}:open'" in warning
 
 
-def test_a_flush_replaces_a_count_another_writer_left(redis: None, namespace: str, stores: Any) -> None:
+# Redis refuses to INCR a string, an integer beyond 64 bits (2**64), and one that would overflow (2**63 - 1).
+@pytest.mark.parametrize("value", ["x", 2**64, 2**63 - 1, 2**63 - 2], ids=["'x'", "2**64", "2**63-1", "2**63-2"])
+def test_a_flush_replaces_a_count_another_writer_left(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, value: Any
+) -> None:
     """A count key holding a value ``incr`` cannot add to (Redis refuses it) failed every round that
-    flushed to it, as an outage of the cache; the flush now replaces it with this process's count."""
+    flushed to it, as an outage of the cache (with a false "failed" / "answers again" warning pair
+    each round); the flush now replaces it with this process's count, with one warning naming it."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
     store = stores(namespace, sync_interval=3600)
     breaker = breaker_with(store)
     run(breaker, True)
-    store.sync()
+    # The round the first call woke the thread for is done (close() waits for its last one), and the
+    # next call starts a thread that waits an hour: only the test's rounds from here. A thread's late
+    # round read a huge count of failures (2**63 - 1 is one) and opened the circuit.
+    store.close()
     while time.time() % store._window > store._window / 2:  # not near the next one
         time.sleep(0.05)
     key = f"{store._prefix('svc')}:{int(time.time() / store._window)}:f"
-    caches["shared"].set(key, "x", 60)
+    caches["shared"].set(key, value, 60)
     run(breaker, False)
     run(breaker, False)
     store.sync()
     assert store.healthy
     assert caches["shared"].get(key) == 2
     assert breaker.counts("svc") == (2, 1)
+    run(breaker, False)
+    store.sync()
+    assert store.healthy
+    assert caches["shared"].get(key) == 3
+    [warning] = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert f"has a value the store does not write (another writer's?) in key '{key}'" in warning
 
 
 def test_a_store_whose_thread_ended_starts_it_again_at_the_next_call(redis: None, namespace: str, stores: Any) -> None:
