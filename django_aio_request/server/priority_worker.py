@@ -21,18 +21,28 @@ these things and nothing else:
   ``environ["django_aio_request.received_timeout"]``. A
   request whose time ran out in the queue is taken before any other, so that refusal comes as
   soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
-  past its caller's deadline (``TIMEOUT`` for a request without the header).
+  past its caller's deadline;
+* a request without a valid ``X-Request-Timeout`` has no deadline in the queue, as in the
+  middleware's (``TIMEOUT`` is a default nobody waits for): it never expires, so it is never taken
+  ahead of better priorities, and it comes after the requests of its priority that have one. With
+  ``SHEDDING`` it waits at most ``QUEUE_TIMEOUT``, as for a slot: then it is taken before any
+  other and refused (503 with ``Retry-After``, without ``X-Do-Not-Retry``: its caller may try
+  again). Judged by ``TIMEOUT``, one that outwaited it was taken before high priority and served in
+  full (with ``TIMEOUT`` 0.5 s and 0.2 s views on one thread, high-priority requests were answered
+  after every such request queued before them).
 
 A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
-queues it at once and a thread waits for them). The order is a hint read before the request is
+queues it at once and a thread waits for them); a connection its caller closed is queued to be
+closed, before any other (closing it is quick). The order is a hint read before the request is
 parsed: a request whose head has not fully arrived when it is queued, arrives over TLS, or does
 not carry the header on a complete line within the first :data:`PEEK_BYTES` is queued with the
-default priority (``AIO_REQUEST["PRIORITY"]``). A custom ``PRIORITY_POLICY`` callable needs the
-parsed request, so every claim is queued as an untrusted caller's (at most
-``UNTRUSTED_PRIORITY``). The middleware still decides everything from the parsed headers. A
-request without ``X-Request-Timeout`` gets the default deadline from when the middleware sees it,
-as under gthread. Metrics: ``aio_request_server_thread_queue_length`` and
-``aio_request_server_thread_queue_wait_seconds``, by the priority a request queued with.
+default priority (``AIO_REQUEST["PRIORITY"]``), and likewise without a deadline for
+``X-Request-Timeout``. A custom ``PRIORITY_POLICY`` callable needs the parsed request, so every
+claim is queued as an untrusted caller's (at most ``UNTRUSTED_PRIORITY``). The middleware still
+decides everything from the parsed headers. A request without ``X-Request-Timeout`` gets the
+default deadline from when the middleware sees it, as under gthread. Metrics:
+``aio_request_server_thread_queue_length`` and ``aio_request_server_thread_queue_wait_seconds``, by
+the priority a request queued with.
 """
 
 import functools
@@ -70,7 +80,13 @@ STOP_LINGER = 2.0
 #: gunicorn versions whose gthread queues a connection at once instead of waiting on the poller for
 #: its first bytes (22-23 wait on the poller, 25.2 and later keep ``pending_conns``).
 ACCEPT_QUEUES_AT_ONCE = ((24, 0), (25, 2))
+#: A request without a deadline is taken ahead of any other once ``QUEUE_TIMEOUT`` has passed since
+#: it was ranked, and refused when it waited ``QUEUE_TIMEOUT`` less this: the pool counts its wait
+#: from a moment after the ranking, so at the promotion it has waited a little less (and, refused
+#: only from ``QUEUE_TIMEOUT`` on, would have been served ahead of every other).
+QUEUE_TIMEOUT_SLACK = 0.01
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+REASON_QUEUE_TIMEOUT = "queue_timeout"  # the limiter's reason: waited as long as a request may for a slot
 logger = logging.getLogger(__name__)
 _NAMES = {rank: priority.value for priority, rank in RANK.items()}
 
@@ -98,20 +114,47 @@ def queue_priority(claims: Claims) -> Priority:
 
 def queue_timeout(claims: Claims) -> float:
     """Seconds the caller waits, as the middleware will count them: its valid ``X-Request-Timeout``
-    (at most ``MAX_TIMEOUT``), else the default ``TIMEOUT``."""
+    (at most ``MAX_TIMEOUT``), else ``math.inf``: no deadline, as load shedding judges such a request
+    (the ``TIMEOUT`` default is not what anybody waits for, and a view's ``@timeout`` replaces it)."""
     from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
 
     conf = current.settings
     seconds = None if claims.timeout is None else parse_timeout(claims.timeout)
-    return conf.timeout if seconds is None else min(seconds, conf.max_timeout)
+    return math.inf if seconds is None else min(seconds, conf.max_timeout)
 
 
-def _queue_length(rank: int, count: int) -> None:
-    metrics.thread_queue_length.labels(_NAMES[rank]).set(count)
+def _queue_bound() -> float:
+    """How long a request without a deadline may wait in the queue: ``QUEUE_TIMEOUT`` with ``SHEDDING``
+    (as it may for a slot), else for ever. ``QUEUE_TIMEOUT`` 0 bounds nothing here: every request
+    queues for a moment, even for an idle thread, and would be refused."""
+    shedding = current.settings.shedding
+    if shedding is None or shedding.queue_timeout <= 0:
+        return math.inf
+    return float(shedding.queue_timeout)
+
+
+# The pool's rank of a request: its priority's (0 high, 1 normal, 2 low) twice, plus 1 without a
+# deadline, so that it comes after those of its priority that have one. Metrics are by priority.
+def _pool_rank(priority: Priority, deadline: bool) -> int:
+    return 2 * RANK[priority] + (0 if deadline else 1)
 
 
 def _queue_wait(rank: int, seconds: float) -> None:
-    metrics.thread_queue_wait.labels(_NAMES[rank]).observe(seconds)
+    metrics.thread_queue_wait.labels(_NAMES[rank // 2]).observe(seconds)
+
+
+class _QueueLength:
+    """``on_length`` of the pool: the requests waiting of each priority, with and without a deadline."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, int] = {}
+
+    def __call__(self, rank: int, count: int) -> None:  # called with the pool's lock held: no race
+        self._counts[rank] = count
+        first = rank - rank % 2
+        metrics.thread_queue_length.labels(_NAMES[rank // 2]).set(
+            self._counts.get(first, 0) + self._counts.get(first + 1, 0)
+        )
 
 
 def _read_ahead(conn: Any) -> bytes:
@@ -121,8 +164,9 @@ def _read_ahead(conn: Any) -> bytes:
     return bytes(value()) if callable(value) else b""
 
 
-def _peek(sock: Any) -> bytes:
-    return peek(sock, PEEK_BYTES) or b""
+def _peek(sock: Any) -> bytes | None:
+    """The bytes waiting on ``sock`` (left there), None when none has arrived, b"" at its end."""
+    return peek(sock, PEEK_BYTES)
 
 
 class QueueWaitApp:
@@ -132,7 +176,9 @@ class QueueWaitApp:
     where what it was sent was not) is answered here, without Django: 503 with ``Retry-After`` (the
     shedding setting's, else 1 s) and ``X-Do-Not-Retry``, counted in ``aio_request_server_shed_total``
     with reason ``deadline``. It was refused for the server's load, not for its caller's timeout, and
-    a caller that honours ``Retry-After`` steps back (a 408 would bring it back at once).
+    a caller that honours ``Retry-After`` steps back (a 408 would bring it back at once). A request
+    without a valid ``X-Request-Timeout`` that waited ``QUEUE_TIMEOUT`` (with ``SHEDDING``) is
+    answered the same 503 without ``X-Do-Not-Retry``, with reason ``queue_timeout``.
     """
 
     def __init__(self, app: Callable[..., Iterable[bytes]], log: Any = None) -> None:
@@ -142,7 +188,7 @@ class QueueWaitApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         waited = take_queued_for()
-        if waited > 0 and META_TIMEOUT in environ:
+        if waited > 0:
             try:
                 refused = self._take_off(waited, environ, start_response)
             except Exception:  # settings that do not load, an app that is not Django: as received
@@ -163,9 +209,11 @@ class QueueWaitApp:
         """Rewrite the timeout in ``environ``, or answer the 503 and return its body."""
         from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
 
-        raw = environ[META_TIMEOUT]
-        seconds = parse_timeout(raw)
-        if seconds is None:  # a malformed value is left to the middleware to count and ignore
+        raw = environ.get(META_TIMEOUT)
+        seconds = None if raw is None else parse_timeout(raw)
+        if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
+            if waited >= _queue_bound() - QUEUE_TIMEOUT_SLACK:
+                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT)
             return None
         conf = current.settings
         threshold = conf.low_timeout_threshold
@@ -181,22 +229,26 @@ class QueueWaitApp:
         # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
         left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
         if left <= 0 or left < threshold:
-            return _refuse(environ, start_response)
+            return _refuse(environ, start_response, "deadline")
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
         return None
 
 
-def _refuse(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """The 503 of a request whose time ran out while it queued (see :class:`QueueWaitApp`)."""
+def _refuse(environ: dict[str, Any], start_response: Callable[..., Any], reason: str) -> Iterable[bytes]:
+    """The 503 of a request whose time ran out while it queued (reason ``deadline``: see
+    :class:`QueueWaitApp`), or that had none and waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``,
+    without ``X-Do-Not-Retry``: nobody said its caller had given up, and trying again may help)."""
     from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
 
     conf = current.settings
     raw = environ.get("HTTP_X_REQUEST_PRIORITY")
     claims = Claims(None if raw is None else parse_priority(raw), environ.get("HTTP_X_SERVICE_NAME"))
-    metrics.shed(queue_priority(claims).value, "deadline")
+    metrics.shed(queue_priority(claims).value, reason)
     retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
-    headers = [("Retry-After", str(retry_after)), ("X-Do-Not-Retry", "1"), ("Content-Length", "0")]
+    headers = [("Retry-After", str(retry_after)), ("Content-Length", "0")]
+    if reason != REASON_QUEUE_TIMEOUT:
+        headers.insert(1, ("X-Do-Not-Retry", "1"))
     start_response("503 Service Unavailable", headers)
     return [b""]
 
@@ -222,7 +274,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def get_thread_pool(self) -> PriorityThreadPool:
         return PriorityThreadPool(
-            self.cfg.threads, self._rank, name="gunicorn-priority", on_length=_queue_length, on_start=_queue_wait
+            self.cfg.threads, self._rank, name="gunicorn-priority", on_length=_QueueLength(), on_start=_queue_wait
         )
 
     def load_wsgi(self) -> None:
@@ -277,7 +329,9 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
         super().murder_pending()
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
-        """The queue rank of ``handle(conn)`` (0 high, 1 normal, 2 low) and when its caller gives up.
+        """The queue rank of ``handle(conn)`` (:func:`_pool_rank`: by priority, then with a deadline
+        before without) and when it is to be taken ahead of any other: when its caller gives up, or
+        for a request without a deadline once it waited as long as it may (:func:`_queue_bound`).
 
         It runs on gunicorn's main loop, where an exception would end the worker with every request
         it holds: one that cannot be ranked (settings that do not load, an app that is not Django)
@@ -288,8 +342,17 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             sock = getattr(conn, "sock", None)
             claims = NOTHING
             if sock is not None and not self.cfg.is_ssl:
-                claims = read_claims(_read_ahead(conn) + _peek(sock))
-            return RANK[queue_priority(claims)], time.monotonic() + queue_timeout(claims)
+                ahead, waiting = _read_ahead(conn), _peek(sock)
+                if not ahead and waiting == b"":
+                    # No request: the caller hung up (a kept-alive connection it closed, a check that
+                    # the port listens), or the socket failed. Handling it only closes it: at once,
+                    # as expired, rather than hold the connection after every request with a deadline.
+                    return _pool_rank(queue_priority(NOTHING), True), time.monotonic()
+                claims = read_claims(ahead + (waiting or b""))
+            priority, seconds = queue_priority(claims), queue_timeout(claims)
+            if seconds == math.inf:
+                return _pool_rank(priority, False), time.monotonic() + _queue_bound()
+            return _pool_rank(priority, True), time.monotonic() + seconds
         except Exception:
             if not getattr(self, "_rank_failed", False):
                 self._rank_failed = True
@@ -297,4 +360,4 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
                     "PriorityThreadWorker could not rank a request by priority: requests it cannot rank are "
                     "queued at normal priority, in arrival order (logged once per worker)"
                 )
-            return RANK[Priority.NORMAL], math.inf
+            return _pool_rank(Priority.NORMAL, False), math.inf

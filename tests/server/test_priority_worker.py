@@ -13,7 +13,8 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -75,8 +76,52 @@ def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settin
     settings.AIO_REQUEST = {"TIMEOUT": 7, "MAX_TIMEOUT": 30}
     assert queue_timeout(Claims(timeout="4.987")) == 4.987
     assert queue_timeout(Claims(timeout="900")) == 30  # capped as the middleware caps it
-    assert queue_timeout(Claims(timeout="junk")) == 7  # ignored as the middleware ignores it
-    assert queue_timeout(Claims()) == 7
+    # No deadline, as load shedding judges such a request: TIMEOUT (7) is a default nobody waits for.
+    assert queue_timeout(Claims(timeout="junk")) == math.inf  # ignored as the middleware ignores it
+    assert queue_timeout(Claims()) == math.inf
+
+
+def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_and_may_try_again(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    ran: list[dict[str, Any]] = []
+    answers: list[tuple[str, dict[str, str]]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        ran.append(dict(environ))
+        return []
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        answers.append((status, dict(headers)))
+
+    def shed() -> float:
+        labels = {"priority": "low", "reason": "queue_timeout"}
+        return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
+
+    wrapped = QueueWaitApp(app)
+    before = shed()
+    settings.AIO_REQUEST = {"TIMEOUT": 0.2, "SHEDDING": {"QUEUE_TIMEOUT": 0.5, "RETRY_AFTER": 3}}
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.48)
+    for environ in [{}, {"HTTP_X_REQUEST_TIMEOUT": "junk"}]:  # waited past TIMEOUT, short of QUEUE_TIMEOUT: served
+        wrapped({**environ, "HTTP_X_REQUEST_PRIORITY": "low"}, start_response)
+        assert ran.pop() == {**environ, "HTTP_X_REQUEST_PRIORITY": "low"}  # as received
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.5)
+    for environ in [{}, {"HTTP_X_REQUEST_TIMEOUT": "junk"}]:
+        body = wrapped({**environ, "HTTP_X_REQUEST_PRIORITY": "low"}, start_response)
+        assert list(body) == [b""]
+    assert ran == []  # Django never saw them
+    assert answers == [("503 Service Unavailable", {"Retry-After": "3", "Content-Length": "0"})] * 2
+    assert shed() - before == 2
+    # QUEUE_TIMEOUT 0 bounds nothing here (every request queues for a moment), nor does no SHEDDING.
+    for conf in [{"SHEDDING": {"QUEUE_TIMEOUT": 0}}, {}]:
+        settings.AIO_REQUEST = conf
+        wrapped({}, start_response)
+        assert ran.pop() == {}
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 1e-5)
+    settings.AIO_REQUEST = {"SHEDDING": {"QUEUE_TIMEOUT": 0}}
+    wrapped({}, start_response)
+    assert ran.pop() == {}
+    assert len(answers) == 2
 
 
 def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one_received(
@@ -333,7 +378,9 @@ def in_background(url: str, path: str, headers: dict[str, str]) -> tuple[threadi
 def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_running_its_view() -> None:
     with server(WORKER, 1, {"shedding": None}) as url:
         busy_sent = time.monotonic()
-        busy, busy_answer = in_background(url, "/sleep?ms=800", {})
+        # With a deadline, as the others: one without is taken after them when they queue together
+        # (the first request a worker ranks loads Django, and the next ones may queue meanwhile).
+        busy, busy_answer = in_background(url, "/sleep?ms=800", {"X-Request-Timeout": "10"})
         time.sleep(0.2)
         late_sent = time.monotonic()
         late, late_answer = in_background(url, "/timeout", {"X-Request-Timeout": "0.3"})
@@ -356,7 +403,8 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_runnin
     assert late_sent + elapsed - thread_free < 0.5
     assert shed == 1
     # Every request went through the queue at normal priority (the default), the scrapes too; two
-    # waited for the 800 ms one.
+    # waited for the 800 ms one. (Not the connection that found the server listening, closed without
+    # a request: it is closed before any other, where with no deadline it waited after all of them.)
     assert waits["high"] == waits["low"] == 0
     assert waits["normal"] >= 3
     assert waited_over_100ms == 2
@@ -408,6 +456,92 @@ def test_a_request_asking_for_more_than_max_timeout_that_outwaits_it_in_the_queu
     seen = json.loads(body)
     assert seen["received"] == "100"
     assert 0.1 < float(seen["timeout"]) <= 0.5  # MAX_TIMEOUT less the little it queued
+
+
+@contextmanager
+def worker_with(tmp_path: Path, aio_request: dict[str, Any]) -> Iterator[str]:
+    """A PriorityThreadWorker of one thread serving the shedding service with ``aio_request`` added
+    to its ``AIO_REQUEST``; yields its URL once Django is loaded."""
+    (tmp_path / "worker_settings.py").write_text(
+        "from benchmarks._shedding_service import *  # noqa: F403\n"
+        "from benchmarks._shedding_service import AIO_REQUEST as _AIO\n"
+        f"AIO_REQUEST = {{**_AIO, **{aio_request!r}}}\n"
+    )
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "worker_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [str(BIN / "gunicorn"), "-k", "django_aio_request.server.priority_worker.PriorityThreadWorker",
+               "--threads", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+               "benchmarks._shedding_service:wsgi()"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_listening(process, port, "gunicorn")
+        ask(url, "/timeout", {}, [])  # Django loaded before the timed part
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+
+
+@pytest.mark.timeout(120)
+def test_requests_without_a_deadline_wait_after_high_priority_and_after_their_own_with_one(tmp_path: Path) -> None:
+    # TIMEOUT 0.5 s, 200 ms views, one thread. Judged by TIMEOUT, the requests without
+    # X-Request-Timeout (or with junk in it) expired in the queue while the 1 s view ran, and were
+    # all taken before the high-priority ones (served in full: nothing refuses them), which came last.
+    # Now they have no deadline: high priority first, then normal with a deadline, then those.
+    with worker_with(tmp_path, {"TIMEOUT": 0.5}) as url:
+        busy, _ = in_background(url, "/sleep?ms=1000", {})
+        time.sleep(0.2)
+        sent: list[tuple[str, float, tuple[threading.Thread, list[Any]]]] = []
+        for name, headers in [
+            *[(f"none{n}", {}) for n in range(3)],
+            ("junk", {"X-Request-Timeout": "junk"}),
+            *[(f"normal{n}", {"X-Request-Timeout": "10"}) for n in range(2)],
+            *[(f"high{n}", {"X-Request-Priority": "high", "X-Request-Timeout": "10"}) for n in range(2)],
+        ]:
+            sent.append((name, time.monotonic(), in_background(url, "/sleep?ms=200", headers)))
+            time.sleep(0.05)  # queued in this order, all while the 1 s view runs
+        busy.join(20)
+        for _, _, (thread, _) in sent:
+            thread.join(20)
+    statuses = {name: answers[0][0] for name, _, (_, answers) in sent}
+    assert set(statuses.values()) == {200}, statuses  # no SHEDDING: nothing bounds their wait
+    at = {name: started + answers[0][3] for name, started, (_, answers) in sent}  # when each was answered
+    order = sorted(at, key=lambda name: at[name])
+    assert order[:4] == ["high0", "high1", "normal0", "normal1"], at
+    assert sorted(order[4:]) == ["junk", "none0", "none1", "none2"], at
+
+
+@pytest.mark.timeout(120)
+def test_under_a_flood_of_high_priority_a_request_without_a_deadline_is_refused_after_queue_timeout(
+    tmp_path: Path,
+) -> None:
+    # With SHEDDING, a request without X-Request-Timeout waits for a thread at most QUEUE_TIMEOUT, as
+    # for a slot: then it is refused at once, and told it may try again (no X-Do-Not-Retry).
+    with worker_with(tmp_path, {"SHEDDING": {"QUEUE_TIMEOUT": 0.5}}) as url:
+        first: list[Any] = []
+        ask(url, "/sleep?ms=30", {}, first)  # a free thread: served, though it queued for a moment
+        stop = time.monotonic() + 4.0
+
+        def high() -> None:
+            while time.monotonic() < stop:
+                ask(url, "/sleep?ms=30", {"X-Request-Priority": "high", "X-Request-Timeout": "5"}, [])
+
+        flooders = [threading.Thread(target=high) for _ in range(3)]
+        for thread in flooders:
+            thread.start()
+        time.sleep(0.3)
+        answers: list[Any] = []
+        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low"}, answers)
+        for thread in flooders:
+            thread.join(10)
+        samples = scrape(url)
+    assert first[0][0] == 200
+    status, headers, _, elapsed = answers[0]
+    assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", None)
+    assert 0.4 < elapsed < 2.5  # refused once QUEUE_TIMEOUT (0.5 s) had passed, not after the flood (4 s)
+    assert samples[("aio_request_server_shed_total", (("priority", "low"), ("reason", "queue_timeout")))] == 1
 
 
 @pytest.mark.timeout(120)
