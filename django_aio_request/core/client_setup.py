@@ -24,6 +24,7 @@ from django_aio_request.core.response import Response
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import watch_breaker
 from django_aio_request.metrics.client import ClientMetrics, client_retry_budget_exhausted
+from django_aio_request.metrics.deferred import recording
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
 from django_aio_request.transport.base import Transport
@@ -230,7 +231,8 @@ def setup(
         if recorder is not None:
             watch_breaker(circuit_breaker, endpoint)
     if budget is not None and recorder is not None:
-        client_retry_budget_exhausted.labels(endpoint)  # exported at 0 from the start
+        with recording():  # a fork meanwhile must not copy prometheus-client's lock held (metrics/deferred.py)
+            client_retry_budget_exhausted.labels(endpoint)  # exported at 0 from the start
     transport = transport if transport is not None else RequestsTransport()
     modules.append(
         TransportModule(

@@ -143,15 +143,19 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
+        listen = False
         if watched is not None:
             watched.watchers += 1
-            return
-        counted: dict[str, str] = {}
-        finalizer = weakref.finalize(breaker, _on_collected, counted)
-        finalizer.atexit = False  # at exit the gauge goes with the process
-        _counted[breaker] = _Watched(counted, finalizer)
-        listen = breaker not in _listened
-        _listened.add(breaker)
+        else:
+            counted: dict[str, str] = {}
+            finalizer = weakref.finalize(breaker, _on_collected, counted)
+            finalizer.atexit = False  # at exit the gauge goes with the process
+            _counted[breaker] = _Watched(counted, finalizer)
+            listen = breaker not in _listened
+            _listened.add(breaker)
+    # The endpoint's scope, even for a breaker counted already: one breaker may serve the clients of
+    # several endpoints, and the second one's state and transitions were missing until its first
+    # transition, which then started its counter at 1 (increase() missed its first opening).
     states: Mapping[Any, Any] = getattr(breaker, "state", {})
     state = states.get(endpoint)
     _move(breaker, endpoint, "closed" if state is None else str(state.value))

@@ -148,6 +148,50 @@ def test_closing_one_of_two_clients_sharing_a_breaker_keeps_it_in_the_gauge(endp
     assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 0)  # the last watcher took it out
 
 
+def test_one_breaker_for_two_endpoints_exports_both_from_setup(endpoint: str, server: LoopbackServer) -> None:
+    """The breaker keys its state by endpoint, so one breaker may serve the clients of two. The second
+    endpoint had no state series and no transitions at 0 until its first transition, which then
+    started its counter at 1: the documented increase() query missed its first opening."""
+    other = endpoint.rstrip("/") + "/other/"
+    server.route("/other/x", replies(503))
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    first, second = build_sharing(endpoint, breaker), build_sharing(other, breaker)
+    try:
+        transitions = "aio_request_circuit_breaker_transitions_total"
+        for url in (endpoint, other):
+            assert (gauge(url, "closed"), gauge(url, "open")) == (1, 0)
+            labels = {"request_endpoint": url, "from_state": "closed", "to_state": "open"}
+            assert REGISTRY.get_sample_value(transitions, labels) == 0
+        open_breaker(second)
+        assert (gauge(other, "closed"), gauge(other, "open")) == (0, 1)
+        assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (1, 0)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_setup_creates_the_budget_series_under_the_fork_guard(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork while setup() created the retry budget's series (prometheus-client's lock held, one
+    for the whole process in multiprocess mode) left the child's first metric waiting for ever:
+    the series is created holding the guard a fork takes first (metrics/deferred.py)."""
+    from django_aio_request.core import client_setup
+    from django_aio_request.metrics import deferred
+
+    held: list[bool] = []
+    counter = client_setup.client_retry_budget_exhausted  # type: ignore[attr-defined]
+
+    class Watched:
+        def labels(self, *values: str) -> object:
+            held.append(deferred._guard._is_owned())  # type: ignore[attr-defined]
+            return counter.labels(*values)
+
+    monkeypatch.setattr(client_setup, "client_retry_budget_exhausted", Watched())
+    dar.setup(endpoint=endpoint, safe_method_strategy=dar.single_attempt_strategy()).close()
+    assert held == [True]
+
+
 def test_a_client_closed_and_used_again_counts_each_transition_once(endpoint: str) -> None:
     client = build(endpoint)
     client.close()
