@@ -5,6 +5,22 @@ lines). It reads the request's head, writes ``answer``, and closes the connectio
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
+
+
+def request_heads(conn: socket.socket, timeout: float) -> Iterator[bytes]:
+    """The head of each request ``conn`` brings (a keep-alive connection: one after another), until
+    the client closes it; requests here have no body."""
+    conn.settimeout(timeout)
+    buffered = b""
+    while True:
+        while b"\r\n\r\n" not in buffered:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            buffered += chunk
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        yield head
 
 
 class RawAnswerServer:

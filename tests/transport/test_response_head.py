@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import django_aio_request as dar
 from django_aio_request.core import status
-from tests.support.raw_server import RawAnswerServer
+from tests.support.raw_server import RawAnswerServer, request_heads
 
 # What the server writes before the final answer to a request, by path.
 Interim = Callable[[socket.socket], None]
@@ -29,15 +29,7 @@ class KeepAliveServer(RawAnswerServer):
         super().__init__()
 
     def _converse(self, conn: socket.socket, answer: bytes) -> None:
-        conn.settimeout(5)
-        buffered = b""
-        while True:
-            while b"\r\n\r\n" not in buffered:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, _, buffered = buffered.partition(b"\r\n\r\n")
+        for head in request_heads(conn, 5):
             path = head.split(b" ")[1].decode()
             interim = self.before.get(path)
             if interim is not None:

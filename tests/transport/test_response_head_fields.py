@@ -21,7 +21,7 @@ from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
 from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer
-from tests.support.raw_server import RawAnswerServer
+from tests.support.raw_server import RawAnswerServer, request_heads
 
 DEADLINE = 5.0
 GZIPPED = gzip.compress(b'{"a": 1}')
@@ -33,16 +33,8 @@ class HoldingServer(RawAnswerServer):
     for the deadline."""
 
     def _converse(self, conn: socket.socket, answer: bytes) -> None:
-        conn.settimeout(DEADLINE * 2)
-        buffered = b""
         with contextlib.suppress(OSError):
-            while True:
-                while b"\r\n\r\n" not in buffered:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buffered += chunk
-                buffered = buffered.partition(b"\r\n\r\n")[2]
+            for _ in request_heads(conn, DEADLINE * 2):
                 conn.sendall(answer)
 
 
@@ -56,16 +48,8 @@ class TurnServer(RawAnswerServer):
         super().__init__()
 
     def _converse(self, conn: socket.socket, answer: bytes) -> None:
-        conn.settimeout(DEADLINE * 2)
-        buffered = b""
         with contextlib.suppress(OSError):
-            while True:
-                while b"\r\n\r\n" not in buffered:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buffered += chunk
-                buffered = buffered.partition(b"\r\n\r\n")[2]
+            for _ in request_heads(conn, DEADLINE * 2):
                 with self._lock:
                     turn = min(self.requests, len(self.answers) - 1)
                     self.requests += 1
