@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from django_aio_request import EmptyResponse, Response, UnexpectedContentTypeError
-from tests.support.loopback import LoopbackServer
+from tests.support.loopback import LoopbackServer, send_once
 
 
 def test_status_headers_elapsed_and_body() -> None:
@@ -355,7 +355,7 @@ def test_empty_response_takes_no_body() -> None:
 
 
 def test_response_from_the_network(server: LoopbackServer) -> None:
-    from django_aio_request import RequestsTransport, get
+    from django_aio_request import get
 
     server.route(
         "/doc",
@@ -365,11 +365,7 @@ def test_response_from_the_network(server: LoopbackServer) -> None:
             {"Content-Type": "application/json; charset=iso-8859-2", "X-Trace": "t-1"},
         ),
     )
-    transport = RequestsTransport()
-    try:
-        response = transport.send(server.url, get("doc"), 5.0)
-    finally:
-        transport.close()
+    response = send_once(server.url, get("doc"), 5.0)
     assert response.status == 200
     assert response.is_successful()
     assert response.headers["x-trace"] == "t-1"
@@ -381,17 +377,13 @@ def test_response_from_the_network(server: LoopbackServer) -> None:
 def test_a_nul_in_the_charset_a_server_names_reads_as_utf8(server: LoopbackServer) -> None:
     """Before: ``Content-Type: application/json; charset=utf-8\\0`` from a server made ``text()`` and
     ``json()`` of a valid JSON body raise ``ValueError: embedded null character``."""
-    from django_aio_request import RequestsTransport, get
+    from django_aio_request import get
 
     server.route(
         "/doc",
         lambda h: h.reply(200, '{"a": "é"}'.encode(), {"Content-Type": "application/json; charset=utf-\x008"}),
     )
-    transport = RequestsTransport()
-    try:
-        response = transport.send(server.url, get("doc"), 5.0)
-    finally:
-        transport.close()
+    response = send_once(server.url, get("doc"), 5.0)
     assert response.status == 200
     # The head parser reads a NUL in a value as a space (transport/response_head.py): a charset no
     # codec has, so UTF-8; the unit test above passes the NUL itself.

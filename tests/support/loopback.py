@@ -223,6 +223,17 @@ def hang_until_disconnect(handler: Handler) -> None:
         handler.reply(200, b"late")
 
 
+def send_once(url: str, request: "Request", deadline: float) -> "Response":
+    """One attempt through a new ``RequestsTransport`` of its own, closed after: the transport alone."""
+    from django_aio_request import RequestsTransport
+
+    transport = RequestsTransport()
+    try:
+        return transport.send(url, request, deadline)
+    finally:
+        transport.close()
+
+
 def timed_call(client: "Client", request: "Request", **kwargs: Any) -> tuple["Response", float]:
     """Make a call with ``client.request`` and return its response and how long it took."""
     started = time.monotonic()

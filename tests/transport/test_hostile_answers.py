@@ -20,7 +20,7 @@ from django_aio_request import (
     sequential_strategy,
 )
 from django_aio_request.transport.requests_transport import host_name_problem
-from tests.support.loopback import Handler, LoopbackServer, clients
+from tests.support.loopback import Handler, LoopbackServer, clients, send_once
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -152,11 +152,7 @@ def test_a_redirect_to_a_host_that_is_no_valid_name_is_a_488_not_fetched_not_ret
 def test_a_redirect_to_a_valid_host_is_followed(server: LoopbackServer, location: str) -> None:
     server.route("/x", lambda h: h.reply(302, b"", {"Location": location.format(port=server.port)}))
     server.route("/ok", lambda h: h.reply(200, b"ok"))
-    transport = RequestsTransport()
-    try:
-        answer = transport.send(server.url, get("x"), DEADLINE)
-    finally:
-        transport.close()
+    answer = send_once(server.url, get("x"), DEADLINE)
     assert (answer.status, answer.read()) == (200, b"ok")
 
 
@@ -247,11 +243,7 @@ def test_a_redirect_to_an_idna_2008_name_is_followed(
     valid punycode": the redirect was a 488, nothing fetched."""
     server.route("/x", _redirect_to(f"http://{name}:{server.port}/ok"))
     server.route("/ok", lambda h: h.reply(200, b"ok"))
-    transport = RequestsTransport()
-    try:
-        answer = transport.send(server.url, get("x"), DEADLINE)
-    finally:
-        transport.close()
+    answer = send_once(server.url, get("x"), DEADLINE)
     assert (answer.status, answer.read()) == (200, b"ok")
     assert name in idna_names_to_loopback
     assert server.received("/ok")[0].headers["Host"] == f"{name}:{server.port}"

@@ -20,7 +20,7 @@ from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
 from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, HeadTooLarge
-from tests.support.loopback import Handler, LoopbackServer
+from tests.support.loopback import Handler, LoopbackServer, send_once
 from tests.support.raw_server import RawAnswerServer, request_heads
 
 DEADLINE = 5.0
@@ -180,11 +180,9 @@ def test_harmless_odd_lines_are_taken_as_before(
 def test_a_cr_inside_a_value_does_not_start_a_field() -> None:
     """``http.client``'s parser ended the line at a bare CR and took what followed for a field."""
     server = HoldingServer(b"HTTP/1.1 200 OK\r\nX-A: 1\rContent-Length: 99\r\nContent-Length: 2\r\n\r\nok")
-    transport = RequestsTransport()
     try:
-        response = transport.send(server.url, get("x"), DEADLINE)
+        response = send_once(server.url, get("x"), DEADLINE)
     finally:
-        transport.close()
         server.close()
     assert (response.status, response.read(), response.headers["X-A"]) == (200, b"ok", "1 Content-Length: 99")
 
@@ -243,11 +241,7 @@ def test_whitespace_around_a_value_is_not_part_of_it(raw_server: RawAnswerServer
 
 def test_a_folded_value_is_one_line_joined_by_a_space(raw_server: RawAnswerServer) -> None:
     raw_server.answer = b"HTTP/1.1 200 OK\r\nX-A:  one \r\n  two\r\n\tthree\t\r\nX-B: \t\r\nContent-Length: 0\r\n\r\n"
-    transport = RequestsTransport()
-    try:
-        response = transport.send(raw_server.url, get("x"), DEADLINE)
-    finally:
-        transport.close()
+    response = send_once(raw_server.url, get("x"), DEADLINE)
     assert (response.headers["X-A"], response.headers["X-B"]) == ("one two three", "")
 
 
@@ -266,11 +260,7 @@ def test_a_location_with_whitespace_around_it_is_followed_to_its_target(
 
     server.route("/start", redirect)
     server.route("/target", lambda h: h.reply(200, b"there"))
-    transport = RequestsTransport()
-    try:
-        response = transport.send(server.url, get("start"), DEADLINE)
-    finally:
-        transport.close()
+    response = send_once(server.url, get("start"), DEADLINE)
     assert (response.status, response.read()) == (200, b"there")
 
 
