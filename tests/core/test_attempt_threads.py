@@ -69,8 +69,13 @@ def test_an_async_call_in_flight_does_not_hold_the_process_at_exit(server: Loopb
 
 
 NON_DAEMON_CHILD = """
-import asyncio, concurrent.futures, threading, time
+import asyncio, concurrent.futures, os, threading, time
 import django_aio_request as dar
+
+def say(*words):
+    # one write(2) a line: print() writes its words and the newline apart, and three threads
+    # answering at once interleaved them ("async-call-in-a-thread async-call-in-an-executor-job ...")
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
 
 client = dar.setup(
     endpoint={url!r}, metrics=False, timeout=5.0, retry_budget=None, safe_method_strategy=dar.single_attempt_strategy()
@@ -79,11 +84,11 @@ hedged = dar.parallel_strategy(attempts_count=2, delays_provider=dar.constant_de
 
 async def call(name):
     async with client.arequest(dar.get("slow")) as response:
-        print(name, response.status, response.read().decode(), flush=True)
+        say(name, response.status, response.read().decode())
 
 def hedged_call():
     with client.request(dar.get("first-hangs"), strategy=hedged) as response:
-        print("hedged-sync-call", response.status, response.read().decode(), flush=True)
+        say("hedged-sync-call", response.status, response.read().decode())
 
 threading.Thread(target=lambda: asyncio.run(call("async-call-in-a-thread"))).start()
 concurrent.futures.ThreadPoolExecutor(1).submit(lambda: asyncio.run(call("async-call-in-an-executor-job")))
