@@ -19,14 +19,16 @@ look ignores them too.)
 A content coding the request asked for itself (its ``Accept-Encoding`` names it, or ``*``) is the
 caller's to decode: that body is handed over as it came, as requests does. So is one that is no
 coding at all (``Content-Encoding: none``, ``UTF-8``: servers that send those exist, and their
-bodies are readable): only the codings of IANA's registry are taken for compression.
+bodies are readable): only the codings of IANA's registry are taken for compression. In a list
+(``gzip, none``) such a name is taken out of the value before urllib3 sees it (response_head.py),
+which would give it deflate's decoder.
 """
 
 from collections.abc import Mapping
 
 from urllib3.response import HTTPResponse
 
-__all__ = ["unreadable_coding"]
+__all__ = ["is_no_coding", "unreadable_coding"]
 
 # Transfer codings urllib3 takes off: chunked once (RFC 9112 forbids applying it twice), and
 # "identity", which RFC 2616 defined as no coding and some old servers still send.
@@ -49,6 +51,12 @@ _REGISTERED = frozenset(
         "zstd",
     }
 )
+
+
+def is_no_coding(coding: str) -> bool:
+    """Whether a ``Content-Encoding`` element names no coding of IANA's registry (``none``,
+    ``UTF-8``): a server's mistake that leaves the body as it is."""
+    return _name(coding.lower()) not in _REGISTERED
 
 
 def _codings(value: str) -> list[str]:

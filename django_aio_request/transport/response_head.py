@@ -37,6 +37,7 @@ import http.client
 import re
 from typing import Any
 
+from django_aio_request.transport.codings import is_no_coding
 from django_aio_request.transport.framing import ChunkedFraming, is_chunked
 
 __all__ = ["MAX_HEADER_LINES", "MAX_HEAD_BYTES", "FinalResponse", "HeadTooLarge", "MalformedHead"]
@@ -162,13 +163,21 @@ def _content_length(value: str) -> str | None:
 
 
 def _without_identity(value: str) -> str:
-    """A ``Content-Encoding`` value without its empty elements and ``identity`` (RFC 9110 5.6.1:
-    a recipient ignores empty list elements; ``identity`` names no coding). urllib3 gives every
-    element of a list a decoder, deflate's to those it does not know: ``gzip, identity``, ``, gzip``
-    and ``gzip,`` were a ``DecodeError`` (a 489, retried and counted against the endpoint) for a
-    body that gzip alone decodes. A value with nothing to take out is kept as it came."""
+    """A ``Content-Encoding`` value without the elements that name no coding: empty elements and
+    ``identity`` (RFC 9110 5.6.1: a recipient ignores empty list elements; ``identity`` names no
+    coding) and, in a list, names that are no content coding at all (``gzip, none``: see
+    codings.py). urllib3 gives every element of a list a decoder, deflate's to those it does not
+    know: ``gzip, identity``, ``, gzip``, ``gzip,`` and ``gzip, none`` were a ``DecodeError`` (a 489,
+    retried and counted against the endpoint) for a body that gzip alone decodes, and ``none, UTF-8``
+    one for a body in no coding. A value with nothing to take out is kept as it came, and so is a
+    single name that is no coding (urllib3 leaves the body alone then)."""
     elements = [element.strip(" \t") for element in value.split(",")]
-    kept = [element for element in elements if element and element.lower() != "identity"]
+    listed = len(elements) > 1
+    kept = [
+        element
+        for element in elements
+        if element and element.lower() != "identity" and not (listed and is_no_coding(element))
+    ]
     return value if len(kept) == len(elements) else ", ".join(kept)
 
 
@@ -228,11 +237,15 @@ class FinalResponse(http.client.HTTPResponse):
         finally:
             self.fp = file
         message = http.client.HTTPMessage()
+        # Content-Encoding fields are one list (RFC 9110 5.3), as urllib3 reads them: joined, in the
+        # place of the first, what names no coding taken out (a value that names none is left out).
+        encodings = [value for name, value in self._fields if name.lower() == "content-encoding"]
+        codings = _without_identity(", ".join(encodings)) if encodings else ""
         for name, value in self._fields:
             if name.lower() != "content-encoding":
                 message[name] = value
-            elif codings := _without_identity(value):
-                message[name] = codings  # (one that names no coding at all is left out)
+            elif codings:
+                message[name], codings = codings, ""
         self.headers = self.msg = message
         if 100 <= self.status < 200:  # 101: the connection speaks something else now
             self.will_close = True

@@ -414,6 +414,8 @@ CODING_LISTS = {
     "Identity before": b"Content-Encoding: Identity, gzip\r\n",
     "a field of identity": b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
     "an empty field": b"Content-Encoding:\r\nContent-Encoding: gzip\r\n",
+    "a name that is no coding after": b"Content-Encoding: gzip, none\r\n",
+    "a field of a name that is no coding": b"Content-Encoding: UTF-8\r\nContent-Encoding: gzip\r\n",
 }
 
 
@@ -429,6 +431,19 @@ def test_empty_elements_and_identity_in_content_encoding_are_no_coding(fields: b
     assert first.headers["Content-Encoding"] == "gzip"
     assert (second.status, second.read()) == (200, b"next")
     assert server.connections == 1
+
+
+@ROUTES
+@pytest.mark.parametrize("value", [b"none, UTF-8", b"identity, none"])
+def test_a_content_encoding_list_of_names_that_are_no_coding_leaves_the_body_as_it_came(
+    value: bytes, route: str
+) -> None:
+    """A single ``none`` was the body as it came; a list of such names got deflate's decoder each
+    from urllib3: a DecodeError, a 489 retried, for a body in no coding at all."""
+    server = TurnServer(b"HTTP/1.1 200 OK\r\nContent-Encoding: " + value + b"\r\nContent-Length: 2\r\n\r\nok", NEXT)
+    first, _, second = _then_next(server, route)
+    assert (first.status, first.read(), "Content-Encoding" in first.headers) == (200, b"ok", False)
+    assert (second.status, second.read()) == (200, b"next")
 
 
 @ROUTES
