@@ -469,12 +469,12 @@ class RequestsTransport(Transport):
         # Location inside send() even with allow_redirects=False, and one it cannot parse raises
         # there (ValueError, InvalidURL, ...), before the response could be looked at.
         answers: list[requests.Response] = []
-        prepared.hooks["response"].append(lambda answer, **_: answers.append(answer))
+        prepared.hooks["response"].append(lambda answer, **_: answers.append(_with_ascii_redirect_host(answer)))
         try:
             if first is None:
                 response = session.send(prepared, allow_redirects=False, **kwargs)
             else:
-                response = first
+                response = _with_ascii_redirect_host(first)
                 answers.append(first)
             if request.allow_redirects and response.is_redirect:
                 sent = prepared
@@ -708,6 +708,30 @@ def _as_sent(host: str) -> str:
         label.lower() if label.isascii() else idna.encode(label.lower(), strict=True, std3_rules=True).decode("ascii")
         for label in host.split(".")
     )
+
+
+def _with_ascii_redirect_host(answer: requests.Response) -> requests.Response:
+    """``answer``, its ``Location`` rewritten when it is a redirect to a host name not in ASCII
+    (``http://faß.de/x``): with the name as urllib3 sends it (``_as_sent``, IDNA 2008), as a browser
+    follows it. requests percent-encodes every character of a ``Location`` that is not ASCII, the
+    host's too (``fa%C3%9F.de``), which no resolver can be asked for: such a redirect was a 488.
+    A ``Location`` this cannot read is left as it came, for ``_redirect_problem`` to name."""
+    location = answer.headers.get("location")
+    if location is None or location.isascii() or not answer.is_redirect:
+        return answer
+    try:
+        target = location.encode("latin-1").decode("utf-8")  # as requests' get_redirect_target reads it
+        netloc = urllib.parse.urlsplit(target).netloc
+        userinfo, at, host_port = netloc.rpartition("@")
+        host, colon, port = host_port.partition(":")
+        if host.isascii() or host.startswith("["):
+            return answer
+        ascii_netloc = f"{userinfo}{at}{_as_sent(host)}{colon}{port}"
+    except (ValueError, idna.IDNAError):  # UnicodeError and urlsplit's ValueError too
+        return answer
+    rewritten = target.replace(netloc, ascii_netloc, 1)
+    answer.headers["Location"] = rewritten.encode("utf-8").decode("latin-1")
+    return answer
 
 
 def _is_punycode(encoded: str) -> bool:

@@ -223,11 +223,12 @@ def hang_until_disconnect(handler: Handler) -> None:
         handler.reply(200, b"late")
 
 
-def send_once(url: str, request: "Request", deadline: float) -> "Response":
-    """One attempt through a new ``RequestsTransport`` of its own, closed after: the transport alone."""
+def send_once(url: str, request: "Request", deadline: float, session: Any = None) -> "Response":
+    """One attempt through a new ``RequestsTransport`` of its own (on ``session``, a
+    ``requests.Session``, if given), closed after: the transport alone."""
     from django_aio_request import RequestsTransport
 
-    transport = RequestsTransport()
+    transport = RequestsTransport(session)
     try:
         return transport.send(url, request, deadline)
     finally:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from urllib3.exceptions import LocationParseError
 
 from django_aio_request import (
@@ -114,7 +115,7 @@ _INVALID_HOSTS = {
     "label-of-64-characters": "http://" + "a" * 64 + ".com/",
     "invalid-punycode": "http://xn--zz-/x",
     "empty-punycode": "http://xn--.example/",
-    "non-ascii-name": "http://ü.example/",  # requests percent-encodes it when it follows: never resolvable
+    "non-ascii-name-idna-2008-refuses": "http://\u2603.example/",  # a snowman: no IDNA 2008 label
 }
 
 
@@ -156,7 +157,7 @@ def test_a_redirect_to_a_valid_host_is_followed(server: LoopbackServer, location
     assert (answer.status, answer.read()) == (200, b"ok")
 
 
-_INVALID_ENDPOINTS = {name: url for name, url in _INVALID_HOSTS.items() if name != "non-ascii-name"}
+_INVALID_ENDPOINTS = dict(_INVALID_HOSTS)
 
 
 @pytest.mark.parametrize("endpoint", list(_INVALID_ENDPOINTS.values()), ids=list(_INVALID_ENDPOINTS))
@@ -247,6 +248,28 @@ def test_a_redirect_to_an_idna_2008_name_is_followed(
     assert (answer.status, answer.read()) == (200, b"ok")
     assert name in idna_names_to_loopback
     assert server.received("/ok")[0].headers["Host"] == f"{name}:{server.port}"
+
+
+@pytest.mark.parametrize("route", ["requests' Session", "direct route"])
+@pytest.mark.parametrize("name", list(_IDNA_2008_NAMES))
+def test_a_redirect_to_a_name_in_unicode_is_followed_to_its_idna_2008_name(
+    server: LoopbackServer, idna_names_to_loopback: list[str], name: str, route: str
+) -> None:
+    """requests percent-encodes a Location's characters that are not ASCII, the host's too
+    (``fa%C3%9F.de``), a name no resolver can be asked for: the redirect was a 488. It is followed
+    now to the name as urllib3 sends an endpoint written in Unicode, as a browser follows it."""
+    sent = f"http://{name}:{server.port}/ok?q=\u00e9".encode().decode("latin-1")  # UTF-8 bytes, as servers send
+    server.route("/x", lambda h: h.reply(302, b"", {"Location": sent}))
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    session = requests.Session()
+    if route == "requests' Session":
+        session.auth = ("u", "p")  # takes requests' own path: the first answer is hooked there
+    answer = send_once(server.url, get("x"), DEADLINE, session)
+    assert (answer.status, answer.read()) == (200, b"ok")
+    assert _IDNA_2008_NAMES[name] in idna_names_to_loopback
+    (received,) = server.received("/ok")
+    assert received.headers["Host"] == f"{_IDNA_2008_NAMES[name]}:{server.port}"
+    assert received.path == "/ok?q=%C3%A9"  # the rest of the Location as requests sends it
 
 
 @pytest.mark.parametrize("written", ["ascii", "unicode"])
