@@ -469,10 +469,16 @@ class RequestsTransport(Transport):
         # Location inside send() even with allow_redirects=False, and one it cannot parse raises
         # there (ValueError, InvalidURL, ...), before the response could be looked at.
         answers: list[requests.Response] = []
-        prepared.hooks["response"].append(lambda answer, **_: answers.append(_with_ascii_redirect_host(answer)))
+
+        def received(answer: requests.Response, **_: Any) -> None:
+            answers.append(_with_ascii_redirect_host(answer))
+            _hide_location(answer)
+
+        prepared.hooks["response"].append(received)
         try:
             if first is None:
                 response = session.send(prepared, allow_redirects=False, **kwargs)
+                _show_location(response)
             else:
                 response = _with_ascii_redirect_host(first)
                 answers.append(first)
@@ -490,6 +496,7 @@ class RequestsTransport(Transport):
                     # past it, whatever the request allowed. The request's max_redirects is the
                     # limit, counted here; the session (maybe the caller's, shared) is left as it is.
                     response = next(session.resolve_redirects(response, sent, **kwargs))
+                    _show_location(response)
                     sent = response.request or sent  # what requests sent: the next hop is made from it
                     if not response.is_redirect:
                         break
@@ -497,6 +504,7 @@ class RequestsTransport(Transport):
                     response.close()
                     return self._too_many_redirects(response, started)
         except Exception as error:
+            _show_location(*answers)
             answer = answers[-1] if answers else None
             if isinstance(error, requests.TooManyRedirects) and answer is not None and request.allow_redirects:
                 # A caller's session whose own max_redirects is below 1: requests follows no redirect.
@@ -914,6 +922,34 @@ def _declared_length(value: str) -> int:
         return 0  # absent, a list ("5, 6"), or junk: urllib3 refused or ignored it already
     digits = value.lstrip("0")
     return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63
+
+
+#: Where a redirect's ``Location`` waits while requests' ``Session.send`` ends (``_hide_location``).
+_HIDDEN_LOCATION = "_aio_request_hidden_location"
+
+
+def _hide_location(answer: requests.Response) -> None:
+    """Take a redirect's ``Location`` out of ``answer`` until :func:`_show_location` puts it back.
+
+    ``Session.send(allow_redirects=False)`` works out the next hop of every redirect it receives
+    (``Response.next``) through ``resolve_redirects``, which reads the redirect's whole body first,
+    decoded and without a limit: every hop after the first, and the first too when the call took
+    requests' path (a proxy, ``session.auth``), put a gzip bomb of a redirect's body into memory
+    (200 KB on the wire, 200 MiB read), and a redirect that was the answer (``allow_redirects``
+    off) was read past ``max_response_size``. Without its ``Location`` an answer is no redirect to
+    requests, which then reads nothing; this transport follows redirects itself, hop by hop, and
+    reads their bodies with :func:`_drop_body`, the answer's with the limit."""
+    if answer.status_code in REDIRECT_STATI:
+        location = answer.headers.pop("location", None)
+        if location is not None:
+            setattr(answer, _HIDDEN_LOCATION, location)
+
+
+def _show_location(*answers: requests.Response) -> None:
+    for answer in answers:
+        location = answer.__dict__.pop(_HIDDEN_LOCATION, None)
+        if location is not None:
+            answer.headers["Location"] = location
 
 
 def _drop_body(redirect: requests.Response) -> None:

@@ -22,6 +22,7 @@ from django_aio_request import (
     DefaultResponseClassifier,
     Request,
     RequestsTransport,
+    Response,
     ResponseVerdict,
     get,
     post,
@@ -486,20 +487,63 @@ def test_a_redirect_s_huge_body_is_not_read_and_the_redirect_is_followed(server:
     assert written[0] < 32 * len(megabyte)
 
 
-def test_a_redirect_s_compressed_body_is_never_decompressed(server: LoopbackServer) -> None:
-    bomb = gzip.compress(b"\0" * 64 * 1024 * 1024)  # 64 MiB in about 64 KB
-    server.route("/start", _redirect_with_body([bomb], len(bomb), {"Content-Encoding": "gzip"}, [0]))
-    server.route("/other", lambda h: h.reply(200, b"ok"))
-    transport = RequestsTransport(max_response_size=1024 * 1024)
+ROUTES = pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+
+
+def _transport_on(route: str, max_response_size: int) -> RequestsTransport:
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path, as a proxy or a session's params do
+    return RequestsTransport(session, max_response_size=max_response_size)
+
+
+def _peak_memory(send: Callable[[], Response]) -> tuple[Response, int]:
     tracemalloc.start()
     try:
-        response = transport.send(server.url, get("start"), DEADLINE)
-        peak = tracemalloc.get_traced_memory()[1]
+        return send(), tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@ROUTES
+@pytest.mark.parametrize("hop", ["first", "second"])
+def test_a_redirect_s_compressed_body_is_never_decompressed(server: LoopbackServer, route: str, hop: str) -> None:
+    """requests decompressed a redirect's body to throw it away: the first hop's on requests' path,
+    and every later hop's on both (``Session.send`` works out each redirect's next hop, reading
+    its body whole), 1 GiB of memory for a 1 MB gzip bomb."""
+    bomb = gzip.compress(b"\0" * 64 * 1024 * 1024)  # 64 MiB in about 64 KB
+    server.route("/start", lambda h: h.reply(302, b"", {"Location": "/bomb"}))
+    server.route(
+        "/bomb" if hop == "second" else "/start",
+        _redirect_with_body([bomb], len(bomb), {"Content-Encoding": "gzip"}, [0]),
+    )
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = _transport_on(route, 1024 * 1024)
+    try:
+        response, peak = _peak_memory(lambda: transport.send(server.url, get("start"), DEADLINE))
+    finally:
         transport.close()
     assert (response.status, response.read()) == (200, b"ok")
-    assert peak < 8 * 1024 * 1024, peak  # requests decompressed the 64 MiB to throw them away
+    assert peak < 8 * 1024 * 1024, peak
+
+
+@ROUTES
+def test_a_redirect_that_is_the_answer_has_its_body_read_within_the_limit(server: LoopbackServer, route: str) -> None:
+    """With ``allow_redirects`` off the redirect is the answer, its body read up to
+    ``max_response_size``: requests' ``Session.send`` had read it whole and decoded first."""
+    bomb = gzip.compress(b"\0" * 64 * 1024 * 1024)
+    server.route("/bomb", _redirect_with_body([bomb], len(bomb), {"Content-Encoding": "gzip"}, [0]))
+    server.route("/small", lambda h: h.reply(302, b"moved", {"Location": "/other"}))
+    transport = _transport_on(route, 1024 * 1024)
+    try:
+        response, peak = _peak_memory(lambda: transport.send(server.url, get("bomb", allow_redirects=False), DEADLINE))
+        small = transport.send(server.url, get("small", allow_redirects=False), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.headers["X-Response-Too-Large"]) == (489, str(1024 * 1024))
+    assert peak < 8 * 1024 * 1024, peak
+    assert (small.status, small.read(), small.headers["Location"]) == (302, b"moved", "/other")
+    assert server.received("/other") == []
 
 
 def _head_only(status: int) -> Callable[[Handler], None]:
@@ -516,7 +560,7 @@ def _head_only(status: int) -> Callable[[Handler], None]:
     return handle
 
 
-@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@ROUTES
 def test_an_answer_without_a_body_is_never_refused_for_its_content_length(server: LoopbackServer, route: str) -> None:
     """A HEAD's answer, a 204 or a 304 has no body; its Content-Length is the resource's (RFC 9110
     8.6). One above max_response_size was a 489 "too large" (plain requests gives the answer)."""
