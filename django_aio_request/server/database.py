@@ -516,8 +516,36 @@ def _bounded_cursor(make: Callable[[Any], Any], cursor: Any) -> Any:
 
 
 def _head(sql: object) -> str:
-    text = " ".join(str(sql).split())
+    """The start of a statement's text, for errors and logs: never a value in it (see :func:`_text`)."""
+    text = " ".join(_text(sql).split())
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _text(sql: object) -> str:
+    """A statement's text with a placeholder for each value composed into it.
+
+    Django hands the bound a ``str`` with placeholders; psycopg's ``cursor.copy()`` takes an
+    ``sql.Composed`` too, whose ``str()`` is its repr, values and all (``Literal('secret')``): its
+    SQL, names and placeholders are kept and each ``Literal`` written ``%s``. An object of another
+    kind is named by its type alone."""
+    if isinstance(sql, str):
+        return sql
+    if isinstance(sql, bytes):
+        return sql.decode("utf-8", "replace")
+    kind = type(sql)
+    if kind.__module__ not in ("psycopg.sql", "psycopg2.sql"):
+        return f"<{kind.__name__}>"
+    if kind.__name__ == "Composed":
+        return "".join(_text(part) for part in sql)  # type: ignore[attr-defined]
+    string = getattr(sql, "string", None)  # psycopg2's SQL
+    if kind.__name__ == "SQL" and isinstance(string, str):
+        return string
+    if kind.__name__ in ("SQL", "Identifier", "Placeholder"):
+        try:
+            return str(sql.as_string(None))  # type: ignore[attr-defined]
+        except Exception:  # psycopg2's, and older psycopg 3's, want a connection
+            return f"<{kind.__name__}>"
+    return "%s"  # Literal, and whatever else carries a value
 
 
 class _Cancellers:

@@ -364,6 +364,24 @@ class TestBound:
         finally:
             pg.force_debug_cursor = False
 
+    def test_a_composed_copy_statement_is_named_without_its_values(self, pg: BaseDatabaseWrapper) -> None:
+        """psycopg's ``sql.Composed`` printed as its repr, so the error and the 408's warning held
+        the values composed into the statement (``Literal('secret-value')``)."""
+        from psycopg import sql
+
+        statement = sql.SQL("COPY (SELECT pg_sleep(3), {} FROM {}) TO STDOUT").format(
+            sql.Literal("secret-value"), sql.Identifier("pg_catalog", "pg_am")
+        )
+        with (
+            set_context(deadline=Deadline.from_timeout(0.5)),
+            pytest.raises(DeadlineExceeded) as caught,
+            pg.cursor() as cursor,
+            cursor.copy(statement) as copy,
+        ):
+            list(copy)
+        assert caught.value.sql == 'COPY (SELECT pg_sleep(3), %s FROM "pg_catalog"."pg_am") TO STDOUT'
+        assert "secret-value" not in str(caught.value)
+
     def test_stream_is_bounded(self, pg: BaseDatabaseWrapper) -> None:
         """psycopg 3's cursor.stream() sends its statement past Django's execute wrappers."""
         with (
