@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.db import close_old_connections, router, transaction
+from django.db import connections, router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -303,10 +303,12 @@ class Publisher:
                 self.run_once()
             except Exception:  # run_once handles database errors; anything else must not end the thread
                 logger.exception("circuit breaker publisher round failed")
-            # This thread's own connections: closed after each round unless CONN_MAX_AGE keeps them
-            # (and closed anyway when broken), so a round never reuses one the database dropped.
+            # This thread's own connections: closed after each round, whatever CONN_MAX_AGE says.
+            # A round never reuses one the database dropped, and none stays open between rounds: one
+            # kept (CONN_MAX_AGE > 0) held the test database of `manage.py test`, which Django could
+            # then not drop ("being accessed by other users": exit 1, the database left behind).
             with contextlib.suppress(Exception):
-                close_old_connections()
+                connections.close_all()
             try:
                 interval = self.interval
             except Exception:  # settings changed to something invalid: say so, keep the last interval

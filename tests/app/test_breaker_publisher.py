@@ -966,3 +966,62 @@ def test_a_round_stamps_the_heartbeat_on_the_database_clock(server: LoopbackServ
         assert publisher.run_once()
         report = BreakerReport.objects.get()
         assert (report.expires_at - report.reported_at).total_seconds() == pytest.approx(15.0, abs=0.01)
+
+
+SHOP_TESTS = """
+import time
+
+import responses
+from django.test import TestCase
+
+from django_aio_request import clients, get
+
+
+class InvoiceTests(TestCase):
+    @responses.activate
+    def test_request_built(self):
+        responses.get("http://billing.test:8080/api/invoices/7", json={"id": 7})
+        with clients["billing"].request(get("invoices/{id}", path_parameters={"id": 7})) as response:
+            self.assertEqual(response.json(), {"id": 7})
+        time.sleep(0.6)  # the publisher's rounds (every 0.2 s) run while the test does
+"""
+
+
+@pytest.mark.django_db(databases=["postgres"])
+def test_manage_py_test_on_postgresql_with_conn_max_age_drops_its_test_database(tmp_path: Path) -> None:
+    """The docs/testing.md way (``responses``, a client with a breaker) in ``manage.py test`` on
+    PostgreSQL with ``CONN_MAX_AGE``: the publisher's thread kept its connection to the test
+    database, which Django could then not drop ("being accessed by other users"): exit 1, and the
+    database left behind."""
+    test_database = connections["postgres"].settings_dict
+    name = f"test_publisher_conn_max_age_{os.getpid()}"
+    database = {key: test_database[key] for key in ("ENGINE", "USER", "PASSWORD", "HOST", "PORT")}
+    database |= {"NAME": test_database["NAME"], "CONN_MAX_AGE": 60, "TEST": {"NAME": name}}
+    aio_request = {
+        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.2,
+        "CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/", "CIRCUIT_BREAKER": {}}},
+    }
+    extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'shop']\nTEST_RUNNER = 'django.test.runner.DiscoverRunner'\n"
+    env = settings_module(tmp_path, "shop_settings", database, aio_request, extra)
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "tests.py").write_text(SHOP_TESTS)
+
+    import psycopg
+
+    # Its own connection, in autocommit: DROP DATABASE cannot run in the test's transaction.
+    server = psycopg.connect(
+        host=test_database["HOST"], port=test_database["PORT"] or None, user=test_database["USER"],
+        password=test_database["PASSWORD"] or None, dbname=test_database["NAME"], autocommit=True,
+    )  # fmt: skip
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "django", "test", "shop", "--noinput"],
+            check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Ran 1 test" in run.stderr
+        assert server.execute("SELECT datname FROM pg_database WHERE datname = %s", [name]).fetchall() == []
+    finally:
+        server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        server.close()
