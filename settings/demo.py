@@ -10,6 +10,8 @@
 import logging
 import os
 
+from django.core.exceptions import ImproperlyConfigured
+
 from settings.base import *  # noqa: F403
 from settings.base import BASE_DIR, INSTALLED_APPS, MIDDLEWARE
 
@@ -17,10 +19,29 @@ DEBUG = True
 
 # The environment variable holding each service's port, and the ports: every service knows them all.
 PORT_VARIABLES = {"frontend": "DEMO_PORT", "orders": "DEMO_ORDERS_PORT", "billing": "DEMO_BILLING_PORT"}
-_FIRST_PORT = int(os.environ.get("DEMO_PORT", "8000"))
+
+
+def _port(variable: str, default: int) -> int:
+    """The port in ``variable``, else ``default``: a TCP port number, or ImproperlyConfigured saying
+    which variable is wrong (``DEMO_PORT=abc`` was a ValueError traceback; ``0``, a port the system
+    picks that the launcher could not know, waited 60 s for a service to answer on it)."""
+    raw = os.environ.get(variable)
+    if raw is None:
+        if default > 65535:
+            raise ImproperlyConfigured(
+                f"{variable} is DEMO_PORT + {default - _FIRST_PORT} by default, {default}: no TCP port. "
+                f"Set DEMO_PORT to at most {65535 - len(PORT_VARIABLES) + 1}, or set {variable}."
+            )
+        return default
+    port = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ImproperlyConfigured(f"{variable} must be a TCP port number from 1 to 65535, not {raw!r}.")
+    return port
+
+
+_FIRST_PORT = _port("DEMO_PORT", 8000)
 DEMO_PORTS = {
-    service: int(os.environ.get(variable, str(_FIRST_PORT + offset)))
-    for offset, (service, variable) in enumerate(PORT_VARIABLES.items())
+    service: _port(variable, _FIRST_PORT + offset) for offset, (service, variable) in enumerate(PORT_VARIABLES.items())
 }
 DEMO_PORT = DEMO_PORTS["frontend"]
 

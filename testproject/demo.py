@@ -3,26 +3,40 @@
 
 import os
 import signal
+import socket
 import sys
 from types import FrameType
 
 import django
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
-
-from testproject import launcher
 
 
 def main() -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = "settings.demo_frontend"  # the frontend owns the database
-    django.setup()
+    try:
+        django.setup()
+    except ImproperlyConfigured as error:  # a DEMO_PORT that is no port: the message, not a traceback
+        print(f"make demo: {error}", file=sys.stderr)
+        return 2
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
+    from testproject import launcher  # reads settings.demo's ports: after the check above
+
+    ports: dict[str, int] = dict(getattr(settings, "DEMO_PORTS"))  # noqa: B009 - not in the type checker's settings
+    taken = [f"{name}'s port {port}" for name, port in ports.items() if _in_use(port)]
+    if taken:
+        print(
+            f"make demo: {', '.join(taken)} already in use (another demo still running?). "
+            "Set DEMO_PORT (and DEMO_ORDERS_PORT, DEMO_BILLING_PORT) for other ports.",
+            file=sys.stderr,
+        )
+        return 1
     call_command("migrate", verbosity=0)
     user_model = get_user_model()
     if not user_model.objects.filter(username="demo").exists():
         user_model.objects.create_superuser("demo", "demo@example.invalid", "demo")
-    ports: dict[str, int] = dict(getattr(settings, "DEMO_PORTS"))  # noqa: B009 - not in the type checker's settings
     # Ctrl-C, and `kill <pid>`, stop the services too (SIGINT even when started in the background,
     # where the shell has it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -35,11 +49,23 @@ def main() -> int:
             print(f"{ended.name} stopped (exit code {ended.returncode}); stopping the others.", file=sys.stderr)
             return 1
     except launcher.ServiceFailed as error:
-        print(f"{error}. Another demo still running? Set DEMO_PORT for other ports.", file=sys.stderr)
+        print(f"make demo: {error}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nStopped frontend, orders and billing.")
         return 0
+
+
+def _in_use(port: int) -> bool:
+    """Whether something listens on ``port`` of 127.0.0.1 (the services bind there). With
+    SO_REUSEADDR, as the services' servers bind: a port a stopped demo left in TIME_WAIT is free."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _print_urls(ports: dict[str, int]) -> None:
