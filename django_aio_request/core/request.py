@@ -84,6 +84,8 @@ class Request:
         """The absolute URL: the endpoint joined (RFC 3986) with the filled template and the query."""
         path = self.url
         for name, value in (self.path_parameters or {}).items():
+            if value is None:  # sent as the segment "None": a missing value, not a name
+                raise ValueError(f"path parameter {name!r} is None: give it a value")
             quoted = urllib.parse.quote(str(value), safe="")
             if quoted in (".", "..", ""):
                 # A dot segment would move the request to another path (RFC 3986 removes it on join,

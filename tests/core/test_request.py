@@ -284,6 +284,13 @@ def test_dot_segment_path_parameter_is_refused(value: str) -> None:
         req.build_url(ENDPOINT)
 
 
+def test_a_path_parameter_of_none_is_refused() -> None:
+    """It was sent as the segment ``None`` (``users/None/delete``), a request to another resource."""
+    req = get("users/{id}/delete", path_parameters={"id": None})
+    with pytest.raises(ValueError, match="path parameter 'id' is None"):
+        req.build_url(ENDPOINT)
+
+
 def test_dot_segment_path_parameter_never_reaches_the_network(
     transport: RequestsTransport, mocked: responses.RequestsMock
 ) -> None:
