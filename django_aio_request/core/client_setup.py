@@ -11,6 +11,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier
 from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
+from django_aio_request.core.headers import X_SERVICE_NAME
 from django_aio_request.core.pipeline import (
     CircuitBreakerModule,
     LowTimeoutModule,
@@ -20,6 +21,7 @@ from django_aio_request.core.pipeline import (
     build_pipeline,
 )
 from django_aio_request.core.priority import Priority
+from django_aio_request.core.request import check_headers
 from django_aio_request.core.response import Response
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import watch_breaker
@@ -218,6 +220,14 @@ def setup(
             " with less time left than low_timeout_threshold is answered 408 without being sent, and a call with"
             " no deadline of its own has at most timeout, so the client would send none"
         )
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        # 1.5 and True went through (a pool of True threads), where the settings reader refuses them.
+        raise ValueError(f"max_workers must be an int >= 1, not {max_workers!r}")
+    if service_name is not None:
+        # Sent on every call: a value no header can carry ("a\nb", 5) made every call raise.
+        if not isinstance(service_name, str) or not service_name.strip():
+            raise ValueError(f"service_name must be a non-empty string, not {service_name!r}")
+        check_headers({X_SERVICE_NAME: service_name})
     if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
         raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")
     budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget

@@ -289,7 +289,14 @@ def test_a_threshold_below_the_timeout_sends(server: LoopbackServer) -> None:
         ({"timeout": 1, "low_timeout_threshold": 1}, r"low_timeout_threshold \(1\) must be less than timeout \(1\)"),
         ({"timeout": 0.004}, r"low_timeout_threshold \(0.005\) must be less than timeout \(0.004\)"),
         ({"retry_budget": 5}, "retry_budget must be a RetryBudget or None"),
-        ({"max_workers": 0}, "max_workers must be >= 1"),
+        ({"max_workers": 0}, "max_workers must be an int >= 1, not 0"),
+        # A pool of 1.5 or True threads was built, where the settings reader refuses both.
+        ({"max_workers": 1.5}, "max_workers must be an int >= 1, not 1.5"),
+        ({"max_workers": True}, "max_workers must be an int >= 1, not True"),
+        # Sent on every call as X-Service-Name: every call raised.
+        ({"service_name": "a\nb"}, "X-Service-Name"),
+        ({"service_name": 5}, "service_name must be a non-empty string, not 5"),
+        ({"service_name": " "}, "service_name must be a non-empty string"),
     ],
 )
 def test_invalid_options(options: dict[str, object], message: str) -> None:
