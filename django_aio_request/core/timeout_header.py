@@ -1,8 +1,14 @@
 """The ``X-Request-Timeout`` value this client stamps: the time left, in seconds to the millisecond.
 
-The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here: a redirect followed
-by the transport carries the time left at that hop only in place of a stamped value, never of one
-the caller or a request enricher set themselves (any plain ``str``)."""
+The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here. The transport
+stamps it again (:func:`restamp`) as the request goes out, after its wait for a connection slot and
+for the connection itself, and before each redirect it follows: only in place of a stamped value,
+never of one the caller or a request enricher set themselves (any plain ``str``)."""
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from django_aio_request.core import headers as h
 
 
 class StampedTimeout(str):
@@ -21,3 +27,10 @@ MAX_SECONDS = 999_999_999
 def stamp(seconds: float) -> StampedTimeout:
     """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`)."""
     return StampedTimeout(f"{min(seconds, MAX_SECONDS):.3f}")
+
+
+def restamp(headers: MutableMapping[str, Any], seconds: float) -> None:
+    """Make a stamped ``X-Request-Timeout`` in ``headers`` (requests' case-insensitive dict) the
+    ``seconds`` left now. One the caller or a request enricher set themselves is theirs: left as it is."""
+    if isinstance(headers.get(h.X_REQUEST_TIMEOUT), StampedTimeout):
+        headers[h.X_REQUEST_TIMEOUT] = stamp(max(seconds, 0.0))

@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
+from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
 from django_aio_request.transport.response_head import FinalResponse
@@ -294,9 +295,21 @@ class _GuardedConnectionMixin:
             raise ConnectionAbortedError("the attempt was aborted while the proxy answered CONNECT")
 
     def request(self, *args: Any, **kwargs: Any) -> None:
+        """Send the request; its ``X-Request-Timeout``, if the pipeline stamped it, is the time left
+        now: after the attempt's wait for a connection slot and for this connection.
+
+        A new plain-HTTP connection is made here, before the head is written, rather than by
+        ``http.client`` once the head is buffered (urllib3 connects an HTTPS one before this call).
+        """
         guard = _current()
         if guard is not None:
-            guard.attach(self, self.sock)
+            if self.sock is None:
+                self.connect()  # registers its socket with the guard
+            else:
+                guard.attach(self, self.sock)
+            headers = kwargs.get("headers", args[3] if len(args) > 3 else None)
+            if headers is not None:
+                restamp(headers, guard.remaining())
         super().request(*args, **kwargs)  # type: ignore[misc]
         if guard is not None:
             guard.sent()

@@ -31,7 +31,7 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response
-from django_aio_request.core.timeout_header import StampedTimeout, stamp
+from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
@@ -174,11 +174,13 @@ def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:
 
 
 def _stamp_time_left(sent: requests.PreparedRequest | None, remaining: Callable[[], float]) -> None:
-    """Before a redirect is followed: requests sends the next hop a copy of ``sent``'s headers, so an
-    ``X-Request-Timeout`` the pipeline stamped (a :class:`StampedTimeout`) is made the time left now.
-    One the caller or a request enricher set themselves (a plain ``str``) is theirs: left as it is."""
-    if sent is not None and isinstance(sent.headers.get(h.X_REQUEST_TIMEOUT), StampedTimeout):
-        sent.headers[h.X_REQUEST_TIMEOUT] = stamp(max(remaining(), 0.0))
+    """Before requests sends ``sent`` (or, for a redirect, the next hop a copy of its headers): an
+    ``X-Request-Timeout`` the pipeline stamped (a ``StampedTimeout``) is made the time left now.
+    One the caller or a request enricher set themselves (a plain ``str``) is theirs: left as it is.
+    The transport's own connections stamp it again as they send (attempt_sockets.py); this is for an
+    adapter of the session's own, whose connections do not."""
+    if sent is not None:
+        restamp(sent.headers, remaining())
 
 
 class RequestsTransport(Transport):
@@ -430,6 +432,8 @@ class RequestsTransport(Transport):
             if not (request.allow_redirects and raw.status in REDIRECT_STATI and "location" in raw.headers):
                 return self._answer(request, endpoint, raw, started, prepared.headers.get("Accept-Encoding"))
             first = direct_send.as_requests_response(route, prepared, raw)  # followed by requests
+        else:
+            _stamp_time_left(prepared, guard.remaining)  # the time left after the wait for a slot
         # stream=True: the body is read below in chunks, so that its size can be bounded.
         kwargs = {**settings, "timeout": (remaining, remaining), "stream": True}
         outcome = self._send_with_requests(

@@ -5,6 +5,7 @@ import concurrent.futures
 import gzip
 import logging
 import random
+import socket
 import threading
 import time
 import tracemalloc
@@ -19,6 +20,7 @@ from urllib3.util.retry import Retry
 
 from django_aio_request import (
     Client,
+    Deadline,
     DefaultResponseClassifier,
     Request,
     RequestsTransport,
@@ -374,6 +376,91 @@ def test_a_timeout_header_set_by_the_caller_or_an_enricher_reaches_each_redirect
         ("/slow/1", "5.000"),
         ("/slow/0", "5.000"),
     ]
+
+
+class _SessionOfItsOwn(requests.Session):
+    """A subclass: the transport sends with requests' own path (no direct route)."""
+
+
+class _AdapterOfItsOwn(HTTPAdapter):
+    """An adapter of another class: used as it is, with urllib3's own (unguarded) connections."""
+
+
+def _transport_sending_on(route: str, server: LoopbackServer, **kwargs: Any) -> RequestsTransport:
+    """A transport that sends to ``server`` on ``route``: "direct", "requests" (requests' own path with
+    the transport's adapter) or "own adapter" (requests' path with an adapter of the session's own)."""
+    if route == "direct":
+        return RequestsTransport(**kwargs)
+    session = _SessionOfItsOwn()
+    if route == "own adapter":
+        session.mount(server.url, _AdapterOfItsOwn())
+    return RequestsTransport(session, **kwargs)
+
+
+def _promised_and_left(server: LoopbackServer, path: str, deadline: Deadline) -> tuple[float, float]:
+    """The X-Request-Timeout the server received at ``path``, and the time really left then."""
+    (received,) = server.received(path)
+    return float(received.headers["X-Request-Timeout"]), deadline.expires_at - received.at
+
+
+@pytest.mark.parametrize("route", ["direct", "requests", "own adapter"])
+def test_the_timeout_header_tells_the_time_left_after_the_wait_for_a_connection_slot(
+    server: LoopbackServer, make_client: Callable[..., Client], route: str
+) -> None:
+    # One slot, held 0.5 s by a first call: the second, with 1 s, waits for it and is sent with
+    # ~0.5 s left. It was stamped before the wait: it promised its downstream 1.000 s.
+    def held_half_a_second(handler: Handler) -> None:
+        time.sleep(0.5)
+        handler.reply(200, b"held")
+
+    server.route("/hold", held_half_a_second)
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    transport = _transport_sending_on(route, server, max_connections=1)
+    client = make_client(transport=transport, safe_method_strategy=single_attempt_strategy())
+
+    def hold() -> None:
+        with client.request(get("hold")) as held:
+            assert held.status == 200
+
+    first = threading.Thread(target=hold)
+    first.start()
+    try:
+        while not server.received("/hold"):
+            time.sleep(0.005)
+        deadline = Deadline.from_timeout(1.0)
+        with client.request(get("ok"), deadline=deadline) as response:
+            assert response.status == 200
+    finally:
+        first.join()
+
+    promised, left = _promised_and_left(server, "/ok", deadline)
+    assert left < 0.7  # it did wait for the slot
+    assert left - 0.01 < promised < left + 0.1
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"])
+def test_the_timeout_header_tells_the_time_left_after_connecting(
+    server: LoopbackServer, make_client: Callable[..., Client], route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connecting (here its address lookup) took 0.4 s of the attempt's 1 s; the header was already
+    # written: it promised 1.000 s. The transport's own connections stamp it after connecting.
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    looked_up = socket.getaddrinfo
+
+    def slow_lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if port == server.port:
+            time.sleep(0.4)
+        return looked_up(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    client = make_client(transport=_transport_sending_on(route, server), safe_method_strategy=single_attempt_strategy())
+    deadline = Deadline.from_timeout(1.0)
+    with client.request(get("ok"), deadline=deadline) as response:
+        assert response.status == 200
+
+    promised, left = _promised_and_left(server, "/ok", deadline)
+    assert left < 0.65  # it did spend the time connecting
+    assert left - 0.01 < promised < left + 0.1
 
 
 # --- connection pooling -------------------------------------------------------------------------------------
