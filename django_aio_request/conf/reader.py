@@ -210,7 +210,9 @@ def names(reader: Reader, path: str, value: Any) -> frozenset[str] | None:
     return frozenset(name.strip().lower() for name in value)
 
 
-def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
+def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | None] | None = None) -> Field:
+    """The object a dotted path names, if ``accept`` takes it; ``why`` gives the hint of one it does not."""
+
     def read(reader: Reader, path: str, value: Any) -> Any:
         from django.utils.module_loading import import_string
 
@@ -223,7 +225,7 @@ def dotted(what: str, accept: Callable[[Any], bool]) -> Field:
             reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):
-            reader.fail(path, f"names {shown(found)}, not {what}", code=BAD_IMPORT)
+            reader.fail(path, f"names {shown(found)}, not {what}", why(found) if why else None, code=BAD_IMPORT)
             return None
         return found
 

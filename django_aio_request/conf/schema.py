@@ -214,8 +214,10 @@ def hedge_priority(reader: Reader, path: str, value: Any) -> HedgePriority:
 
 def _classifier_class(found: Any) -> bool:
     """A ResponseClassifier subclass that the client can build as it does, ``cls()``: one whose
-    ``__init__`` needs arguments passed the check and raised TypeError when the client was built."""
-    if not (isinstance(found, type) and issubclass(found, ResponseClassifier)):
+    ``__init__`` needs arguments passed the check and raised TypeError when the client was built, and
+    so did one still abstract (``classify`` misspelt, or ResponseClassifier itself): "Can't
+    instantiate abstract class" at the first use of the client, in every view that used it."""
+    if not (isinstance(found, type) and issubclass(found, ResponseClassifier)) or inspect.isabstract(found):
         return False
     try:
         inspect.signature(found).bind()
@@ -224,6 +226,14 @@ def _classifier_class(found: Any) -> bool:
     except ValueError:  # no signature to read (a class made in C): the build will tell
         return True
     return True
+
+
+def _not_a_classifier(found: Any) -> str | None:
+    """Why a class that subclasses ResponseClassifier cannot be the client's classifier."""
+    if isinstance(found, type) and issubclass(found, ResponseClassifier) and inspect.isabstract(found):
+        missing = ", ".join(sorted(getattr(found, "__abstractmethods__", ())))
+        return f"{found.__name__} is abstract: it does not define {missing} (is its name misspelt?)"
+    return None
 
 
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
@@ -236,7 +246,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "CONNECT_RETRIES": (integer(0, at_most=MOST_CONNECT_RETRIES, why=_RETRIES_WHY), 0),
     "MAX_RESPONSE_SIZE": (optional(integer(0)), DEFAULT_MAX_RESPONSE_SIZE),
     "RESPONSE_CLASSIFIER": (
-        dotted("a ResponseClassifier subclass built with no arguments", _classifier_class),
+        dotted("a ResponseClassifier subclass built with no arguments", _classifier_class, _not_a_classifier),
         None,
     ),
     "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),

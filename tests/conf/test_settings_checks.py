@@ -10,7 +10,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+from django_aio_request import Response, ResponseVerdict
 from django_aio_request.checks import check_settings
+from django_aio_request.core.classifier import ResponseClassifier
 from tests.support.loopback import LoopbackServer, free_port
 from tests.support.manage import manage as run_manage
 
@@ -510,3 +512,45 @@ def test_shedding_without_max_concurrency_is_valid_and_a_removed_key_is_e002() -
         (removed,) = check_settings()
     assert removed.id == "django_aio_request.E002"
     assert "was removed" in removed.msg
+
+
+class MisspeltClassifier(ResponseClassifier):
+    """``classify`` misspelt: the class stays abstract, and ``cls()`` raises TypeError."""
+
+    def clasify(self, response: Response) -> ResponseVerdict:
+        return ResponseVerdict.ACCEPT
+
+
+@pytest.mark.parametrize(
+    "path", ["tests.conf.test_settings_checks.MisspeltClassifier", "django_aio_request.ResponseClassifier"]
+)
+def test_an_abstract_classifier_is_e008(path: str) -> None:
+    """It passed the check, and the first use of the client raised TypeError ("Can't instantiate
+    abstract class"): a 500 in every view that used it."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": path}}})
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] names")
+    assert "is abstract: it does not define classify" in found
+
+
+def test_manage_py_check_reports_an_abstract_classifier_and_the_client_is_not_built(tmp_path: Path) -> None:
+    abstract = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {
+    "a": {"ENDPOINT": "http://127.0.0.1:1/",
+          "RESPONSE_CLASSIFIER": "tests.conf.test_settings_checks.MisspeltClassifier"},
+    "b": {"ENDPOINT": "http://127.0.0.1:1/", "RESPONSE_CLASSIFIER": "django_aio_request.ResponseClassifier"},
+}}
+"""
+    done = manage(tmp_path, "check", settings=abstract)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("settings.AIO_REQUEST: (")]
+    assert [line.split(" ")[2] for line in errors] == [
+        "AIO_REQUEST['CLIENTS']['a']['RESPONSE_CLASSIFIER']",
+        "AIO_REQUEST['CLIENTS']['b']['RESPONSE_CLASSIFIER']",
+    ], done.stderr
+    assert all("(django_aio_request.E008)" in line for line in errors)
+    assert "HINT: MisspeltClassifier is abstract: it does not define classify" in done.stderr
+    done = manage(tmp_path, "shell", "-c", "from django_aio_request import clients; clients['a']", settings=abstract)
+    assert "InvalidSettings: AIO_REQUEST has 2 problems:" in done.stderr
+    assert "Can't instantiate" not in done.stderr
