@@ -236,6 +236,22 @@ def _not_a_classifier(found: Any) -> str | None:
     return None
 
 
+def _enricher(found: Any) -> bool:
+    """A function (or an instance with ``__call__``) the client calls with each attempt's Request.
+    A class is callable too, but calling it makes an instance of it, not a Request: a class passed
+    the check and every call raised TypeError ("AuthEnricher() takes no arguments")."""
+    return callable(found) and not isinstance(found, type)
+
+
+def _not_an_enricher(found: Any) -> str | None:
+    if isinstance(found, type):
+        return (
+            f"{found.__name__} is a class: the client would call it with each Request and get an instance"
+            f" of it back; name a function, or an instance (e.g. enricher = {found.__name__}())"
+        )
+    return None
+
+
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
     "TIMEOUT": (SECONDS, 20.0),
     "PRIORITY": (priority, Priority.NORMAL),
@@ -249,7 +265,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
         dotted("a ResponseClassifier subclass built with no arguments", _classifier_class, _not_a_classifier),
         None,
     ),
-    "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", callable), None),
+    "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", _enricher, _not_an_enricher), None),
     # the retry budget (retry_budget.py) and hedges' priority: docs/budgets-and-shedding.md
     "RETRY_BUDGET": (retry_budget, True),
     "HEDGE_PRIORITY": (hedge_priority, None),

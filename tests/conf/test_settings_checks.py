@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from django_aio_request import Response, ResponseVerdict
+from django_aio_request import Request, Response, ResponseVerdict
 from django_aio_request.checks import check_settings
 from django_aio_request.core.classifier import ResponseClassifier
 from tests.support.loopback import LoopbackServer, free_port
@@ -554,3 +554,37 @@ AIO_REQUEST = {"CLIENTS": {
     done = manage(tmp_path, "shell", "-c", "from django_aio_request import clients; clients['a']", settings=abstract)
     assert "InvalidSettings: AIO_REQUEST has 2 problems:" in done.stderr
     assert "Can't instantiate" not in done.stderr
+
+
+class HeaderEnricher:
+    """A class-based enricher: settings name an instance of it (``header_enricher``), not the class."""
+
+    def __call__(self, request: Request) -> Request:
+        return request.with_headers({"X-Enriched": "yes"})
+
+
+header_enricher = HeaderEnricher()
+
+
+def test_a_request_enricher_naming_a_class_is_e008_and_an_instance_of_it_works(server: LoopbackServer) -> None:
+    """A class is callable, so it passed the check; then every call raised TypeError
+    ("HeaderEnricher() takes no arguments"), the client calling the class with the Request."""
+    from django_aio_request import clients, get
+
+    (found,) = messages(
+        {"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "tests.conf.test_settings_checks.HeaderEnricher"}}}
+    )
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] names")
+    assert "| HeaderEnricher is a class:" in found
+    assert "enricher = HeaderEnricher()" in found
+    server.route("/x", lambda h: h.reply(200))
+    config = {
+        "CLIENTS": {
+            "c": {"ENDPOINT": server.url, "REQUEST_ENRICHER": "tests.conf.test_settings_checks.header_enricher"}
+        }
+    }
+    assert messages(config) == []
+    with override_settings(AIO_REQUEST=config), clients["c"].request(get("x")) as response:
+        assert response.status == 200
+    (received,) = server.received("/x")
+    assert received.headers["X-Enriched"] == "yes"
