@@ -515,6 +515,10 @@ def _client(reader: Reader, name: str, value: Any, path: str) -> ClientSpec | No
         breaker = _circuit_breaker(reader, f"{path}['CIRCUIT_BREAKER']", spec["CIRCUIT_BREAKER"])
     classifier = options.pop("RESPONSE_CLASSIFIER")
     _check_threshold_below_timeout(reader, path, spec, options["TIMEOUT"], options["LOW_TIMEOUT_THRESHOLD"])
+    for key, strategy in strategies.items():
+        _check_threshold_below_first_share(
+            reader, f"{path}[{key!r}]", strategy, options["TIMEOUT"], options["LOW_TIMEOUT_THRESHOLD"]
+        )
     if endpoint is None or reader.errors > errors:
         return None
     return ClientSpec(
@@ -548,6 +552,49 @@ def _check_threshold_below_timeout(
     else:
         message = f"({timeout}) must be more than LOW_TIMEOUT_THRESHOLD ({threshold}, the default)"
         reader.fail(f"{path}['TIMEOUT']", message, hint, code=CONFLICT)
+
+
+def _sharing(path: str, strategy: StrategySpec) -> tuple[str, int] | None:
+    """Where a strategy splits the call's deadline, and among how many attempts its first attempt
+    shares it, as split_deadline_between_attempts divides (strategies/deadline_providers.py): attempt
+    0 of a sequential strategy gets 1/sharing of the time left, sharing being ATTEMPTS_COUNT or, if
+    smaller, ATTEMPTS_COUNT_TO_SPLIT (1: the whole of it). retry_until_deadline_expired gives its
+    STRATEGY the whole deadline, so its first attempt is that strategy's. None: no split."""
+    if strategy.name == "retry_until_deadline_expired" and strategy.inner is not None:
+        return _sharing(f"{path}['STRATEGY']", strategy.inner)
+    if strategy.name != "sequential" or not strategy.split_deadline:
+        return None
+    count, to_split = strategy.attempts_count, strategy.attempts_count_to_split
+    sharing = count if to_split is None else min(to_split, count)
+    return (f"{path}['DEADLINE_PROVIDER']", sharing) if sharing > 1 else None
+
+
+def _check_threshold_below_first_share(
+    reader: Reader, path: str, strategy: StrategySpec | None, timeout: float | None, threshold: float | None
+) -> None:
+    """A strategy that splits the deadline must leave its first attempt more than LOW_TIMEOUT_THRESHOLD
+    of TIMEOUT: TIMEOUT 0.25 split among 3 attempts gives attempt 0 0.083 s, and with a threshold of
+    0.1 it was answered 408 with X-Do-Not-Retry, so a call with no deadline of its own never sent
+    anything, and the check said nothing. (A threshold not below TIMEOUT itself is told once, at
+    that key: _check_threshold_below_timeout.)"""
+    if strategy is None or timeout is None or threshold is None or threshold >= timeout:
+        return
+    split = _sharing(path, strategy)
+    if split is None:
+        return
+    where, sharing = split
+    share = timeout / sharing
+    if threshold < share:
+        return
+    reader.fail(
+        where,
+        f"splits TIMEOUT ({timeout}) among {sharing} attempts: the first gets {share:.6g} s, not more than"
+        f" LOW_TIMEOUT_THRESHOLD ({threshold})",
+        "an attempt with less time left than LOW_TIMEOUT_THRESHOLD is answered 408 (X-Do-Not-Retry) without"
+        " being sent, so a call with no deadline of its own would send none: raise TIMEOUT, lower"
+        " LOW_TIMEOUT_THRESHOLD, or split among fewer attempts (ATTEMPTS_COUNT_TO_SPLIT)",
+        code=CONFLICT,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -588,3 +588,116 @@ def test_a_request_enricher_naming_a_class_is_e008_and_an_instance_of_it_works(s
         assert response.status == 200
     (received,) = server.received("/x")
     assert received.headers["X-Enriched"] == "yes"
+
+
+_SPLIT = {"NAME": "sequential", "ATTEMPTS_COUNT": 3, "DEADLINE_PROVIDER": {"NAME": "split"}}
+
+
+@pytest.mark.parametrize(
+    ("client", "where", "expected"),
+    [
+        (
+            {"TIMEOUT": 0.25, "LOW_TIMEOUT_THRESHOLD": 0.1, "SAFE_METHOD_STRATEGY": _SPLIT},
+            "['SAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (0.25) among 3 attempts: the first gets 0.0833333 s, not more than"
+            " LOW_TIMEOUT_THRESHOLD (0.1)",
+        ),
+        (  # the share equal to the threshold: less is left by the time attempt 0 is sent
+            {"TIMEOUT": 0.2, "LOW_TIMEOUT_THRESHOLD": 0.1, "UNSAFE_METHOD_STRATEGY": {**_SPLIT, "ATTEMPTS_COUNT": 2}},
+            "['UNSAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (0.2) among 2 attempts: the first gets 0.1 s",
+        ),
+        (  # ATTEMPTS_COUNT_TO_SPLIT: only that many share
+            {
+                "TIMEOUT": 1,
+                "LOW_TIMEOUT_THRESHOLD": 0.3,
+                "SAFE_METHOD_STRATEGY": {
+                    **_SPLIT,
+                    "ATTEMPTS_COUNT": 10,
+                    "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 4},
+                },
+            },
+            "['SAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (1.0) among 4 attempts: the first gets 0.25 s",
+        ),
+        (  # retry_until_deadline_expired hands its STRATEGY the whole deadline
+            {
+                "TIMEOUT": 0.25,
+                "LOW_TIMEOUT_THRESHOLD": 0.1,
+                "SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired", "STRATEGY": _SPLIT},
+            },
+            "['SAFE_METHOD_STRATEGY']['STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (0.25) among 3 attempts",
+        ),
+        (  # the default TIMEOUT (20 s)
+            {"LOW_TIMEOUT_THRESHOLD": 0.2, "SAFE_METHOD_STRATEGY": {**_SPLIT, "ATTEMPTS_COUNT": 100}},
+            "['SAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (20.0) among 100 attempts: the first gets 0.2 s",
+        ),
+        (  # the default LOW_TIMEOUT_THRESHOLD (0.005 s)
+            {"TIMEOUT": 0.01, "SAFE_METHOD_STRATEGY": {**_SPLIT, "ATTEMPTS_COUNT": 2}},
+            "['SAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "splits TIMEOUT (0.01) among 2 attempts: the first gets 0.005 s, not more than"
+            " LOW_TIMEOUT_THRESHOLD (0.005)",
+        ),
+    ],
+)
+def test_a_split_deadline_whose_first_share_is_not_above_the_threshold_is_e009(
+    client: dict[str, object], where: str, expected: str
+) -> None:
+    """TIMEOUT 0.25 split among 3 attempts gives attempt 0 0.083 s: with LOW_TIMEOUT_THRESHOLD 0.1 every
+    call was a 408 with X-Do-Not-Retry, nothing was sent, and the check said nothing."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, **client}}})
+    assert found.startswith(f"django_aio_request.E009 AIO_REQUEST['CLIENTS']['billing']{where} {expected}"), found
+    assert "would send none" in found
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {**_SPLIT, "DEADLINE_PROVIDER": {"NAME": "split", "ATTEMPTS_COUNT_TO_SPLIT": 2}},  # 0.125 s each
+        {**_SPLIT, "DEADLINE_PROVIDER": {"NAME": "pass_through"}},
+        {"NAME": "parallel", "ATTEMPTS_COUNT": 3},
+        {**_SPLIT, "ATTEMPTS_COUNT": 1},
+    ],
+)
+def test_a_first_attempt_with_more_than_the_threshold_is_valid_and_sends(
+    server: LoopbackServer, strategy: dict[str, object]
+) -> None:
+    from django_aio_request import clients, get
+
+    server.route("/x", lambda h: h.reply(200))
+    config = {
+        "CLIENTS": {
+            "c": {
+                "ENDPOINT": server.url,
+                "TIMEOUT": 0.25,
+                "LOW_TIMEOUT_THRESHOLD": 0.1,
+                "SAFE_METHOD_STRATEGY": strategy,
+            }
+        }
+    }
+    assert messages(config) == []
+    with override_settings(AIO_REQUEST=config), clients["c"].request(get("x")) as response:
+        assert response.status == 200
+    assert len(server.received("/x")) == 1
+
+
+def test_manage_py_check_reports_a_split_deadline_that_never_sends(tmp_path: Path) -> None:
+    never = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {"billing": {
+    "ENDPOINT": "http://127.0.0.1:1/", "TIMEOUT": 0.25, "LOW_TIMEOUT_THRESHOLD": 0.1,
+    "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 3, "DEADLINE_PROVIDER": {"NAME": "split"}},
+}}}
+"""
+    done = manage(tmp_path, "check", settings=never)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("settings.AIO_REQUEST: (")]
+    assert errors == [
+        "settings.AIO_REQUEST: (django_aio_request.E009) AIO_REQUEST['CLIENTS']['billing']['SAFE_METHOD_STRATEGY']"
+        "['DEADLINE_PROVIDER'] splits TIMEOUT (0.25) among 3 attempts: the first gets 0.0833333 s, not more than"
+        " LOW_TIMEOUT_THRESHOLD (0.1)"
+    ]
