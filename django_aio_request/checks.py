@@ -7,6 +7,7 @@ Reading the setting never raises here: the checks exist to report bad settings, 
 
 import inspect
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -135,10 +136,20 @@ def _seconds(value: object) -> bool:
     return isinstance(value, int | float) and 0 < value <= LARGEST
 
 
-def _url_queries(location: object) -> list[dict[str, list[str]]]:
+#: How each Redis backend splits a LOCATION string into its servers' URLs (the first is the primary,
+#: which every write goes to): Django's RedisCache on ";" or "," (``re.split("[;,]", server)``),
+#: django-redis on "," only (``DefaultClient``: ``server.split(",")``).
+_LOCATION_SEPARATORS = {_PASSES_NONE: "[;,]", "django_redis.cache.RedisCache": ","}
+
+
+def _url_queries(location: object, backend: str) -> list[dict[str, list[str]]]:
     """The query parameters of each ``redis://`` URL of a cache's LOCATION (a URL, several separated
-    by commas, or a list of them); [] when LOCATION is none of those or a URL cannot be parsed."""
-    urls = location.split(",") if isinstance(location, str) else location
+    as ``backend`` separates them, or a list of them); [] when LOCATION is none of those or a URL
+    cannot be parsed. Split on "," only, a LOCATION of Django's RedisCache with ";" read as one URL:
+    ``redis://p/0;redis://r/0?socket_timeout=1&socket_connect_timeout=1`` had no warning, though
+    the primary sets no timeouts, and the same with both URLs timed had a wrong one (its
+    ``?socket_connect_timeout=1;redis://...`` "not a number")."""
+    urls = re.split(_LOCATION_SEPARATORS.get(backend, ","), location) if isinstance(location, str) else location
     if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
         return []
     try:
@@ -147,12 +158,12 @@ def _url_queries(location: object) -> list[dict[str, list[str]]]:
         return []
 
 
-def _in_every_redis_url(location: object) -> set[str]:
+def _in_every_redis_url(location: object, backend: str) -> set[str]:
     """The query parameters every ``redis://`` URL of a cache's LOCATION sets (redis-py reads
     ``?socket_timeout=1&socket_connect_timeout=1`` as those options, in lower case only, its first
     value of each, and lets them replace the same options given in OPTIONS)."""
     found: set[str] | None = None
-    for query in _url_queries(location):
+    for query in _url_queries(location, backend):
         named = {name for name, values in query.items() if values and values[0].strip()}
         found = named if found is None else found & named
     return found or set()
@@ -167,14 +178,15 @@ def _url_seconds(value: str) -> bool:
         return False
 
 
-def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], location: object, redis: bool) -> list[str]:
+def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], location: object, backend: str) -> list[str]:
     """Timeouts the cache is given in a form its client cannot use: each one fails every command.
 
     With redis, a timeout in the LOCATION's URL replaces the one in OPTIONS (redis-py's
     ``ConnectionPool.from_url``): an OPTIONS value every URL replaces is never used, and the URL's
     own value is the one judged."""
-    queries = _url_queries(location) if redis else []
-    replaced = _in_every_redis_url(location) if redis else set()
+    redis = "redis" in backend.lower()
+    queries = _url_queries(location, backend) if redis else []
+    replaced = _in_every_redis_url(location, backend) if redis else set()
     found = [
         f"OPTIONS[{name!r}] is {shown(options[name])}, not a number of seconds above 0 and at most {LARGEST:,}"
         for name in names
@@ -256,8 +268,8 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     options = options if isinstance(options, Mapping) else {}
     is_redis = "redis" in backend.lower()
     location = caches[alias].get("LOCATION")
-    in_urls = _in_every_redis_url(location) if is_redis else set()
-    unusable = _unusable_timeouts(names, options, location, is_redis)
+    in_urls = _in_every_redis_url(location, backend) if is_redis else set()
+    unusable = _unusable_timeouts(names, options, location, backend)
     if unusable:
         return [
             checks.Warning(

@@ -369,3 +369,38 @@ def test_a_breaker_cache_without_a_usable_backend_is_e008_only_under_the_app_s_t
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "django_aio_request.E008" in result.stderr
+
+
+_TIMED = "?socket_timeout=1&socket_connect_timeout=1"
+
+
+@pytest.mark.parametrize(
+    ("backend", "location", "warning"),
+    [
+        # Django's RedisCache splits on ";" or ",": the primary (every write) has no timeouts of its own
+        (REDIS, f"redis://127.0.0.1:6379/0;redis://127.0.0.1:6379/1{_TIMED}", "sets no socket_timeout"),
+        (REDIS, f"redis://127.0.0.1:6379/0{_TIMED};redis://127.0.0.1:6379/1{_TIMED}", None),
+        (REDIS, f"redis://127.0.0.1:6379/0{_TIMED};redis://127.0.0.1:6379/1{_TIMED},redis://b:1/2{_TIMED}", None),
+        # django-redis splits on "," only: ";" is part of the URL, and its timeout is not a number
+        (DJANGO_REDIS, f"redis://a:1/0{_TIMED};redis://b:1/1{_TIMED}", "?socket_connect_timeout=1;redis://b:1/1"),
+    ],
+)
+def test_a_location_is_split_into_urls_as_its_backend_splits_it(backend: str, location: str, warning: Any) -> None:
+    """Split on "," only, a LOCATION of Django's RedisCache with ";" was read as one URL: no W010 for a
+    primary without timeouts, and a wrong one ("?socket_connect_timeout=1;redis://... is not a number")
+    when every URL set them."""
+    caches = {"default": LOCMEM, "shared": {"BACKEND": backend, "LOCATION": location}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        found = check_breaker_cache_timeouts()
+    if warning is None:
+        assert found == []
+        from django.core.cache.backends.redis import RedisCache
+
+        servers = RedisCache(location, {})._servers  # type: ignore[attr-defined]
+        for url in servers:  # what redis-py gets, URL by URL: timed
+            kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
+            assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (1.0, 1.0)
+    else:
+        (message,) = found
+        assert message.id == "django_aio_request.W010"
+        assert warning in message.msg, message.msg
