@@ -91,7 +91,14 @@ class Reader:
         return value
 
     def named(self, path: str, value: Any, names: tuple[str, ...]) -> str | None:
-        name = value.get("NAME") if isinstance(value, Mapping) else None
+        """The NAME of a dict that has one of ``names``. A value that is no dict is E002 at its own key
+        (``"parallel"`` or None was told as E005 "['NAME'] is None, not a known name")."""
+        if not isinstance(value, Mapping):
+            example = value if isinstance(value, str) and value in names else names[0]
+            hint = f"a dict with a NAME, e.g. {{'NAME': {example!r}}}; NAME allowed: " + ", ".join(names)
+            self.fail(path, f"must be a dict, not {type(value).__name__}", hint)
+            return None
+        name = value.get("NAME")
         if name not in names:
             hint = "allowed: " + ", ".join(names)
             self.fail(f"{path}['NAME']", f"is {shown(name)}, not a known name", hint, code=UNKNOWN_NAME)

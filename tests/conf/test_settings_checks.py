@@ -701,3 +701,40 @@ AIO_REQUEST = {"CLIENTS": {"billing": {
         "['DEADLINE_PROVIDER'] splits TIMEOUT (0.25) among 3 attempts: the first gets 0.0833333 s, not more than"
         " LOW_TIMEOUT_THRESHOLD (0.1)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("client", "where", "kind", "example"),
+    [
+        ({"SAFE_METHOD_STRATEGY": "parallel"}, "['SAFE_METHOD_STRATEGY']", "str", "{'NAME': 'parallel'}"),
+        ({"UNSAFE_METHOD_STRATEGY": None}, "['UNSAFE_METHOD_STRATEGY']", "NoneType", "{'NAME': 'single'}"),
+        (
+            {"SAFE_METHOD_STRATEGY": {"NAME": "parallel", "DELAYS": ["constant"]}},
+            "['SAFE_METHOD_STRATEGY']['DELAYS']",
+            "list",
+            "{'NAME': 'constant'}",
+        ),
+        (
+            {"SAFE_METHOD_STRATEGY": {"NAME": "sequential", "DEADLINE_PROVIDER": "split"}},
+            "['SAFE_METHOD_STRATEGY']['DEADLINE_PROVIDER']",
+            "str",
+            "{'NAME': 'split'}",
+        ),
+        (
+            {"SAFE_METHOD_STRATEGY": {"NAME": "retry_until_deadline_expired", "STRATEGY": "single"}},
+            "['SAFE_METHOD_STRATEGY']['STRATEGY']",
+            "str",
+            "{'NAME': 'single'}",
+        ),
+    ],
+)
+def test_a_strategy_delays_or_deadline_provider_that_is_no_dict_is_e002_at_its_key(
+    client: dict[str, object], where: str, kind: str, example: str
+) -> None:
+    """ "SAFE_METHOD_STRATEGY": "parallel" (or None) was E005 "['SAFE_METHOD_STRATEGY']['NAME'] is None,
+    not a known name", a key that was never written: a value of the wrong type is E002, at its key."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, **client}}})
+    assert found.startswith(
+        f"django_aio_request.E002 AIO_REQUEST['CLIENTS']['billing']{where} must be a dict, not {kind} | "
+        f"a dict with a NAME, e.g. {example}; NAME allowed: "
+    ), found
