@@ -36,10 +36,6 @@ HedgePriority = Literal["lower"] | Priority | None
 _LOWER = {Priority.HIGH: Priority.NORMAL, Priority.NORMAL: Priority.LOW, Priority.LOW: Priority.LOW}
 _RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
 
-# How long past its deadline an async call waits for a call thread to pick it up before answering
-# 408 itself. A call that has started ends by its deadline (the transport sees to that).
-_QUEUE_GRACE_SECONDS = 0.05
-
 
 def hedge_priority_for(priority: Priority, hedge_priority: HedgePriority) -> Priority:
     """The priority a hedge of a call of ``priority`` is sent with."""
@@ -178,7 +174,14 @@ class Client:
             wait.begin()  # load shedding judges the request being served without this wait
         try:
             waiting = asyncio.wrap_future(future)
-            done, _ = await asyncio.wait({waiting}, timeout=deadline.timeout + _QUEUE_GRACE_SECONDS)
+            # Waits until the deadline, not past it: a call still queued then answers 408 at once.
+            # One a call thread has started cannot be cancelled (future.cancel() is False): it gives
+            # its own answer, by its deadline (the transport sees to that), and is awaited below. (A
+            # 50 ms grace past the deadline, for a call started meanwhile to answer itself, bought
+            # nothing cancel() does not ensure, and made a call given 0.2 s return after 0.25 s.)
+            done, _ = await asyncio.wait({waiting}, timeout=deadline.timeout)
+            while not done and not deadline.expired:  # the loop's timer may fire a clock tick early
+                done, _ = await asyncio.wait({waiting}, timeout=max(deadline.timeout, 0.001))
             if not done and future.cancel():
                 # Never started (every call thread busy until the deadline): nothing was sent.
                 response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})

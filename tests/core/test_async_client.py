@@ -314,6 +314,35 @@ def test_a_call_waiting_for_a_thread_past_its_deadline_answers_408(
     assert REGISTRY.get_sample_value("aio_request_deadline_rejected_total", labels) == 2  # and are counted
 
 
+def test_a_call_waiting_for_a_thread_answers_408_at_its_deadline_not_after(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """The one call thread is busy: a call queued behind it answers 408 when its deadline passes,
+    not 50 ms later (it waited ``deadline + 0.05 s``: a call given 0.2 s returned after 0.25 s)."""
+    server.route("/hang", hang_until_disconnect)
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = make_client(timeout=5.0, max_workers=1, safe_method_strategy=single_attempt_strategy())
+
+    async def go() -> tuple[Response, float]:
+        busy = asyncio.create_task(acall(client, get("hang")))
+        while not server.received("/hang"):
+            await asyncio.sleep(0.005)
+        deadline = Deadline.from_timeout(0.2)
+        async with client.arequest(get("ok"), deadline=deadline) as response:
+            late = time.monotonic() - deadline.expires_at
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+        return response, late
+
+    response, late = asyncio.run(go())
+
+    assert response.status == 408
+    assert response.headers["X-Do-Not-Retry"] == "1"
+    assert late < 0.04  # 0.05 and more with the grace
+    assert not server.received("/ok")  # never sent
+
+
 def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
