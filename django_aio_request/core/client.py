@@ -27,6 +27,7 @@ from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.base import low_timeout_threshold
 from django_aio_request.transport.base import Transport
 
 #: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower
@@ -291,7 +292,8 @@ class Client:
         # Its hedges belong to this thread, the one waiting for them, whichever starts them: see
         # attempt_threads._stop_at_exit.
         workers = self._workers.for_caller(threading.current_thread())
-        result = (strategy or self.strategy).request(send, workers, request, deadline, priority)
+        with low_timeout_threshold(self.low_timeout_threshold):  # a strategy does not pause for a retry it cannot send
+            result = (strategy or self.strategy).request(send, workers, request, deadline, priority)
         elapsed = time.perf_counter() - started
         if call is not None and call.refused:
             result.response.budget_exhausted = True

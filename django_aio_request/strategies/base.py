@@ -1,6 +1,8 @@
 import abc
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
@@ -48,3 +50,34 @@ class RequestStrategy(abc.ABC):
 #: The most attempts one strategy makes in a call: a call works out its attempts' delays before it
 #: sends the first, and a million of them held it past its deadline with nothing sent.
 MAX_ATTEMPTS = 100
+
+
+# The LOW_TIMEOUT_THRESHOLD of the client whose call runs its strategy in this context (see
+# :func:`low_timeout_threshold`); 0 for a strategy run outside a client (tests, custom callers).
+_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "django_aio_request_low_timeout_threshold", default=0.0
+)
+
+
+@contextlib.contextmanager
+def low_timeout_threshold(threshold: float) -> Iterator[None]:
+    """Within it, :func:`too_late_to_send` knows the client's threshold: the client's call (sync or
+    async) runs its strategy inside it."""
+    token = _low_timeout_threshold.set(threshold)
+    try:
+        yield
+    finally:
+        _low_timeout_threshold.reset(token)
+
+
+def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
+    """Whether an extra attempt with ``deadline``, sent ``after`` seconds from now, would have too
+    little time left to be sent: its deadline passed, or less than the client's low-timeout
+    threshold left (the client then refuses it, as ``send`` returning None).
+
+    A strategy asks before pausing ``after`` seconds for a retry: it ended with the response it had
+    only when the time left was shorter than the pause, so with 0.30 s left, a 0.25 s pause and a
+    0.1 s threshold it slept 0.25 s for a retry that was then refused, and answered that much later.
+    """
+    left = deadline.timeout - after
+    return left <= 0 or left < _low_timeout_threshold.get()

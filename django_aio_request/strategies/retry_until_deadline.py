@@ -6,7 +6,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
-from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, too_late_to_send
 from django_aio_request.strategies.delays import (
     DelaysProvider,
     RequestAttemptDelaysProvider,
@@ -74,7 +74,7 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
                 return result
             round_ += 1
             delay = self.delays(request, round_)
-            if deadline.timeout <= delay:
+            if too_late_to_send(deadline, after=delay):  # the next round could not send its first attempt
                 return result
             pause(delay)
             rounds.next_round()

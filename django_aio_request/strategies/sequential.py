@@ -10,6 +10,7 @@ from django_aio_request.strategies.base import (
     ResponseWithVerdict,
     SendAttempt,
     first_attempt,
+    too_late_to_send,
 )
 from django_aio_request.strategies.deadline_providers import DeadlineProvider, pass_deadline_through
 from django_aio_request.strategies.delays import (
@@ -23,9 +24,10 @@ from django_aio_request.strategies.delays import (
 class SequentialStrategy(RequestStrategy):
     """Attempts one after another, in the caller's thread, until one is accepted.
 
-    Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended; when the time left is shorter
-    than that wait, the call ends with the last rejected response instead of sleeping in vain. It
-    ends with it too when the client's retry budget refuses the next attempt.
+    Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended; when the time left after that
+    wait would be too short for attempt ``k`` to be sent (its deadline passed, or less than the
+    client's low-timeout threshold left), the call ends with the last rejected response instead of
+    sleeping in vain. It ends with it too when the client's retry budget refuses the next attempt.
     """
 
     def __init__(
@@ -55,7 +57,10 @@ class SequentialStrategy(RequestStrategy):
                 if result.accepted or attempt + 1 == self.attempts_count:
                     break
                 delay = self.delays(request, attempt + 1)
-                if deadline.timeout <= delay:
+                # The deadline the retry would get after the pause: when it leaves too little time
+                # to send it, the call ends now rather than pausing for a retry refused after it.
+                after_pause = Deadline(deadline.expires_at - delay)
+                if too_late_to_send(self.deadline_provider(after_pause, attempt + 1, self.attempts_count)):
                     break
                 pause(delay)
             return responses[-1] if responses else first_attempt(None)

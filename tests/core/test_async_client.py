@@ -343,6 +343,25 @@ def test_a_call_waiting_for_a_thread_answers_408_at_its_deadline_not_after(
     assert not server.received("/ok")  # never sent
 
 
+def test_an_async_sequential_call_does_not_pause_for_a_retry_it_could_not_send(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """The client's LOW_TIMEOUT_THRESHOLD reaches the strategy on the call thread too: with 0.3 s
+    left, a 0.25 s pause and a 0.1 s threshold the retry could not go, so the 503 comes at once."""
+    server.route("/down", lambda h: h.reply(503, b"down"))
+    client = make_client(
+        timeout=1.0,
+        low_timeout_threshold=0.1,
+        safe_method_strategy=sequential_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.25)),
+    )
+
+    response, elapsed = asyncio.run(acall(client, get("down"), deadline=Deadline.from_timeout(0.3)))
+
+    assert response.status == 503
+    assert elapsed < 0.15
+    assert len(server.received("/down")) == 1
+
+
 def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:

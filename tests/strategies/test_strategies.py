@@ -154,6 +154,56 @@ class TestSequential:
         assert elapsed < 0.2  # returned at once instead of sleeping past the deadline
         assert len(server.received("/down")) == 1
 
+    def test_does_not_pause_for_a_retry_the_low_timeout_threshold_would_refuse(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """0.3 s left, a 0.25 s pause, a 0.1 s threshold: the retry would leave with 0.05 s and not be
+        sent. It slept the 0.25 s anyway and returned the first 503 that much later."""
+        server.route("/down", replies(503))
+        client = make_client(timeout=1.0, low_timeout_threshold=0.1, safe_method_strategy=sequential(2, delay=0.25))
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.3))
+
+        assert response.status == 503
+        assert elapsed < 0.15  # at once, not after the 0.25 s pause
+        assert len(server.received("/down")) == 1
+
+    def test_does_not_pause_for_a_retry_whose_split_share_the_threshold_would_refuse(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """Three attempts share the time left: 0.35 s, attempt 0 gets 0.117 s. After a 0.2 s pause
+        attempt 1 would get half of the 0.15 s left, below the 0.1 s threshold, and be refused,
+        although the call's own 0.15 s is not below it: the call ends at once."""
+        server.route("/down", replies(503))
+        client = make_client(
+            timeout=1.0,
+            low_timeout_threshold=0.1,
+            safe_method_strategy=sequential(3, delay=0.2, deadline_provider=split_deadline_between_attempts()),
+        )
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.35))
+
+        assert response.status == 503
+        assert elapsed < 0.15  # not after the 0.2 s pause
+        assert len(server.received("/down")) == 1
+
+        # With time enough for every share, all three attempts go, 0.2 s apart.
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(1.0))
+        assert response.status == 503
+        assert len(server.received("/down")) == 4
+
+    def test_still_pauses_for_a_retry_the_threshold_lets_through(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/down", replies(503))
+        client = make_client(timeout=1.0, low_timeout_threshold=0.1, safe_method_strategy=sequential(2, delay=0.15))
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.4))
+
+        assert response.status == 503
+        assert len(server.received("/down")) == 2
+        assert 0.15 <= elapsed < 0.4
+
     def test_retries_while_the_deadline_allows(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
@@ -307,6 +357,26 @@ class TestRetryUntilDeadlineExpired:
         assert response.status in (503, 408)
         assert len(server.received("/down")) >= 4
         assert elapsed <= 0.6 + 0.1
+
+    def test_does_not_pause_for_a_round_the_low_timeout_threshold_would_refuse(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """As the sequential strategy between attempts: it slept 0.25 s for a round whose attempt was
+        then refused."""
+        server.route("/down", replies(503))
+        client = make_client(
+            timeout=1.0,
+            low_timeout_threshold=0.1,
+            safe_method_strategy=retry_until_deadline_expired(
+                single_attempt_strategy(), delays_provider=constant_delays(delay=0.25)
+            ),
+        )
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.3))
+
+        assert response.status == 503
+        assert elapsed < 0.15
+        assert len(server.received("/down")) == 1
 
     def test_wraps_another_strategy(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
         server.route("/flaky", replies(500, 500, 500, 500, 200))
