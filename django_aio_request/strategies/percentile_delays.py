@@ -28,7 +28,8 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
 
     Hedging after the 95th percentile sends about 5% more requests and takes away most of the tail
     above it. Latencies are kept per method and URL template over ``window_seconds`` (at most
-    ``max_samples`` of them); until ``min_samples`` are seen, ``min_delay_seconds`` is used. The
+    ``max_samples`` of them), for at most :attr:`MAX_TEMPLATES` templates (the ones past it share
+    one record); until ``min_samples`` are seen, ``min_delay_seconds`` is used. The
     percentile is recomputed at most every ``refresh_seconds`` or after 5% new samples, so
     asking for a delay costs a dictionary look-up.
 
@@ -66,6 +67,13 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     # calm seconds held hedges back from 3.4 s into it until 3.9 s after it (0.5 s and 1.9 s now).
     RECENT_SECONDS = 2.0
     RECENT_SAMPLES = 50
+    # At most this many method and URL template records (as the stragglers rule's paces): templates
+    # built from data (get(f"things/{id}"), which docs/metrics.md asks callers not to write) kept one
+    # per URL sent, 100,000 of them 113 MiB. Past the bound, new templates share one record, their
+    # latencies pooled. A record whose samples have all left the window is dropped when it is read,
+    # and, once the bound is reached, by a sweep (at most every SWEEP_SECONDS) that makes room.
+    MAX_TEMPLATES = 1000
+    SWEEP_SECONDS = 1.0
 
     def __init__(
         self,
@@ -109,23 +117,31 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         self._refresh = refresh_seconds
         self._lock = threading.Lock()
         self._samples: dict[tuple[str, str], _Samples] = {}
+        self._others = _Samples(max_samples)  # the templates past MAX_TEMPLATES, pooled
+        self._swept_at = float("-inf")
 
     def __call__(self, request: Request, attempt: int) -> float:
         return self.delay(request) * attempt
 
     def delay(self, request: Request) -> float:
         """The current hedge delay for ``request`` (attempt 1)."""
+        key = (request.method, request.url)
         with self._lock:
-            samples = self._samples.get((request.method, request.url))
+            samples = self._samples.get(key)
             now = time.monotonic()
             if samples is None:
-                return self.min_delay_seconds
+                if len(self._samples) < self.MAX_TEMPLATES or not self._others.latencies:
+                    return self.min_delay_seconds
+                samples = self._others  # may be where its latencies went (see observe)
             if (
                 samples.cached is None
                 or now - samples.cached_at >= self._refresh
                 or (samples.since_cached * 20 >= len(samples.latencies))
             ):
                 samples.cached, samples.body, samples.recent_body = self._compute(samples, now)
+                if not samples.latencies and samples is not self._others:
+                    del self._samples[key]  # every sample left the window: nothing to keep
+                    return self.min_delay_seconds
                 samples.cached_at = now
                 samples.since_cached = 0
                 self._track_baseline(samples, now)
@@ -153,11 +169,27 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
             return
         key = (request.method, request.url)
         with self._lock:
+            now = time.monotonic()
             samples = self._samples.get(key)
             if samples is None:
-                samples = self._samples[key] = _Samples(self._max_samples)
-            samples.latencies.append((time.monotonic(), response.elapsed))
+                if len(self._samples) >= self.MAX_TEMPLATES and now - self._swept_at >= self.SWEEP_SECONDS:
+                    self._sweep(now)
+                if len(self._samples) < self.MAX_TEMPLATES:
+                    samples = self._samples[key] = _Samples(self._max_samples)
+                else:
+                    samples = self._others
+            samples.latencies.append((now, response.elapsed))
             samples.since_cached += 1
+
+    def _sweep(self, now: float) -> None:
+        """(Holding ``_lock``.) Drop the records whose latest sample has left the window."""
+        self._swept_at = now
+        stale = [key for key, samples in self._samples.items() if not self._in_window(samples, now)]
+        for key in stale:
+            del self._samples[key]
+
+    def _in_window(self, samples: _Samples, now: float) -> bool:
+        return bool(samples.latencies) and now - samples.latencies[-1][0] <= self._window
 
     def _track_baseline(self, samples: _Samples, now: float) -> None:
         value = samples.body

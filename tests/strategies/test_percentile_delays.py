@@ -100,6 +100,46 @@ class TestPercentileDelaysProvider:
         time.sleep(0.25)
         assert provider.delay(request) == 0.01
 
+    def test_at_most_max_templates_records_the_ones_past_it_pooled(self) -> None:
+        """Templates built from data (get(f"things/{id}")) kept a record each without a bound:
+        100,000 of them kept 100,001 records, ~113 MiB."""
+        provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=5, refresh_seconds=0.0)
+        for i in range(5 * PercentileDelaysProvider.MAX_TEMPLATES):
+            provider.observe(get(f"things/{i}"), ok(0.3))
+        assert len(provider._samples) == PercentileDelaysProvider.MAX_TEMPLATES
+        # The templates past the bound share one record: a new one's delay is theirs pooled.
+        assert provider.delay(get("things/new")) == pytest.approx(0.3)
+        assert provider.delay(get("things/0")) == 0.0  # its own record: 1 sample, under min_samples
+
+    def test_a_record_whose_samples_all_left_the_window_is_dropped_when_read(self) -> None:
+        provider = PercentileDelaysProvider(
+            min_delay_seconds=0.01, min_samples=5, window_seconds=0.2, refresh_seconds=0.0
+        )
+        request = get("things")
+        for _ in range(5):
+            provider.observe(request, ok(0.5))
+        assert provider.delay(request) == pytest.approx(0.5)
+        time.sleep(0.25)
+        assert provider.delay(request) == 0.01
+        assert not provider._samples
+        provider.observe(request, ok(0.5))  # learns again from scratch
+        assert len(provider._samples[("GET", "things")].latencies) == 1
+
+    def test_templates_gone_quiet_make_room_for_new_ones(self) -> None:
+        class Small(PercentileDelaysProvider):
+            MAX_TEMPLATES = 10
+            SWEEP_SECONDS = 0.0
+
+        provider = Small(min_delay_seconds=0.0, min_samples=1, window_seconds=0.2, refresh_seconds=0.0)
+        for i in range(10):
+            provider.observe(get(f"old/{i}"), ok(0.1))
+        provider.observe(get("busy"), ok(0.2))  # past the bound: pooled
+        assert ("GET", "busy") not in provider._samples
+        time.sleep(0.25)  # every old sample leaves the window
+        provider.observe(get("new"), ok(0.3))
+        assert list(provider._samples) == [("GET", "new")]
+        assert provider.delay(get("new")) == pytest.approx(0.3)
+
     def test_max_samples_keeps_only_the_newest(self) -> None:
         provider = PercentileDelaysProvider(min_delay_seconds=0.0, min_samples=5, max_samples=10, refresh_seconds=0.0)
         request = get("things")
