@@ -27,7 +27,7 @@ from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
-from django_aio_request.strategies.base import low_timeout_threshold
+from django_aio_request.strategies.base import client_low_timeout_threshold
 from django_aio_request.transport.base import Transport
 
 #: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower
@@ -292,8 +292,12 @@ class Client:
         # Its hedges belong to this thread, the one waiting for them, whichever starts them: see
         # attempt_threads._stop_at_exit.
         workers = self._workers.for_caller(threading.current_thread())
-        with low_timeout_threshold(self.low_timeout_threshold):  # a strategy does not pause for a retry it cannot send
+        # The strategy does not pause for a retry this client would refuse to send (too_late_to_send).
+        threshold = client_low_timeout_threshold.set(self.low_timeout_threshold)
+        try:
             result = (strategy or self.strategy).request(send, workers, request, deadline, priority)
+        finally:
+            client_low_timeout_threshold.reset(threshold)
         elapsed = time.perf_counter() - started
         if call is not None and call.refused:
             result.response.budget_exhausted = True

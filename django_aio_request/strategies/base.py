@@ -1,8 +1,7 @@
 import abc
-import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
@@ -52,22 +51,13 @@ class RequestStrategy(abc.ABC):
 MAX_ATTEMPTS = 100
 
 
-# The LOW_TIMEOUT_THRESHOLD of the client whose call runs its strategy in this context (see
-# :func:`low_timeout_threshold`); 0 for a strategy run outside a client (tests, custom callers).
-_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.ContextVar(
+#: The LOW_TIMEOUT_THRESHOLD of the client whose call runs its strategy in this context, which
+#: :func:`too_late_to_send` reads: the client's call (sync or async) sets it around its strategy's
+#: ``request`` (with the token, not a context manager: a generator per call cost more); 0 for a
+#: strategy run outside a client (tests, custom callers).
+client_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.ContextVar(
     "django_aio_request_low_timeout_threshold", default=0.0
 )
-
-
-@contextlib.contextmanager
-def low_timeout_threshold(threshold: float) -> Iterator[None]:
-    """Within it, :func:`too_late_to_send` knows the client's threshold: the client's call (sync or
-    async) runs its strategy inside it."""
-    token = _low_timeout_threshold.set(threshold)
-    try:
-        yield
-    finally:
-        _low_timeout_threshold.reset(token)
 
 
 def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
@@ -80,4 +70,4 @@ def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
     0.1 s threshold it slept 0.25 s for a retry that was then refused, and answered that much later.
     """
     left = deadline.timeout - after
-    return left <= 0 or left < _low_timeout_threshold.get()
+    return left <= 0 or left < client_low_timeout_threshold.get()
