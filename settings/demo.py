@@ -33,9 +33,12 @@ def _port(variable: str, default: int) -> int:
                 f"Set DEMO_PORT to at most {65535 - len(PORT_VARIABLES) + 1}, or set {variable}."
             )
         return default
-    port = int(raw) if raw.strip().isdigit() else 0
+    digits = raw.strip()
+    # ASCII digits only, and few: int() refuses "²" (isdigit() is True for it) and 4,301 digits.
+    port = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 5 else 0
     if not 1 <= port <= 65535:
-        raise ImproperlyConfigured(f"{variable} must be a TCP port number from 1 to 65535, not {raw!r}.")
+        shown = repr(raw) if len(raw) <= 40 else repr(raw[:40]) + "..."
+        raise ImproperlyConfigured(f"{variable} must be a TCP port number from 1 to 65535, not {shown}.")
     return port
 
 

@@ -23,17 +23,19 @@ def _demo(tmp_path: Path, **ports: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("ports", "said"),
-    [
-        ({"DEMO_PORT": "abc"}, "DEMO_PORT must be a TCP port number from 1 to 65535, not 'abc'"),
-        ({"DEMO_PORT": "0"}, "DEMO_PORT must be a TCP port number from 1 to 65535, not '0'"),
-        ({"DEMO_PORT": "70000"}, "DEMO_PORT must be a TCP port number from 1 to 65535, not '70000'"),
-        ({"DEMO_BILLING_PORT": "-1"}, "DEMO_BILLING_PORT must be a TCP port number from 1 to 65535, not '-1'"),
-        ({"DEMO_PORT": "65535"}, "DEMO_ORDERS_PORT is DEMO_PORT + 1 by default, 65536: no TCP port"),
-    ],
-    ids=["not a number", "zero", "too large", "negative", "no room for the next two"],
-)
+_MESSAGE = "must be a TCP port number from 1 to 65535, not"
+BAD_PORTS = {
+    "not a number": ({"DEMO_PORT": "abc"}, f"DEMO_PORT {_MESSAGE} 'abc'"),
+    "zero": ({"DEMO_PORT": "0"}, f"DEMO_PORT {_MESSAGE} '0'"),
+    "too large": ({"DEMO_PORT": "70000"}, f"DEMO_PORT {_MESSAGE} '70000'"),
+    "negative": ({"DEMO_BILLING_PORT": "-1"}, f"DEMO_BILLING_PORT {_MESSAGE} '-1'"),
+    "a superscript two": ({"DEMO_PORT": "\u00b2"}, f"DEMO_PORT {_MESSAGE} '\u00b2'"),  # isdigit(), not int()
+    "5,000 digits": ({"DEMO_ORDERS_PORT": "9" * 5000}, f"DEMO_ORDERS_PORT {_MESSAGE} '{'9' * 40}'..."),
+    "no room for the next two": ({"DEMO_PORT": "65535"}, "DEMO_ORDERS_PORT is DEMO_PORT + 1 by default, 65536"),
+}
+
+
+@pytest.mark.parametrize(("ports", "said"), list(BAD_PORTS.values()), ids=list(BAD_PORTS))
 def test_a_demo_port_that_is_no_port_is_named_without_a_traceback(
     tmp_path: Path, ports: dict[str, str], said: str
 ) -> None:
