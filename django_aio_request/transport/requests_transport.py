@@ -397,6 +397,34 @@ class RequestsTransport(Transport):
         if problem is not None:
             raise LocationParseError(f"{host!r}: {problem}")
 
+    def _next_hop(
+        self,
+        response: requests.Response,
+        sent: requests.PreparedRequest,
+        kwargs: dict[str, Any],
+        remaining: Callable[[], float],
+    ) -> tuple[str | None, requests.Response | None]:
+        """Follow the redirect ``response`` (to ``sent``'s next hop): (None, the next answer), or
+        (why it cannot be followed, None)."""
+        with _followed_location(response):
+            problem = self._redirect_problem(response)
+            if problem is not None:
+                return problem, None
+            _drop_body(response)
+            _stamp_time_left(response.request, remaining)
+            # One hop, from a generator of its own: requests counts the hops of one generator against
+            # the session's max_redirects (30 by default) and raised TooManyRedirects past it,
+            # whatever the request allowed. The request's max_redirects is the limit, counted here;
+            # the session (maybe the caller's, shared) is left as it is.
+            return None, next(self._session.resolve_redirects(response, sent, **kwargs))
+
+    def _followed_problem(self, answer: requests.Response | None) -> str | None:
+        """:meth:`_redirect_problem` of ``answer`` if it is a redirect, else None."""
+        if answer is None or not answer.is_redirect:
+            return None
+        with _followed_location(answer):
+            return self._redirect_problem(answer)
+
     def _redirect_problem(self, response: requests.Response) -> str | None:
         """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
         or None. A peer's ``Location`` is input like any other: it must end as a status, not raise."""
@@ -475,7 +503,7 @@ class RequestsTransport(Transport):
         answers: list[requests.Response] = []
 
         def received(answer: requests.Response, **_: Any) -> None:
-            answers.append(_with_ascii_redirect_host(answer))
+            answers.append(answer)
             _hide_location(answer)
 
         prepared.hooks["response"].append(received)
@@ -484,22 +512,16 @@ class RequestsTransport(Transport):
                 response = session.send(prepared, allow_redirects=False, **kwargs)
                 _show_location(response)
             else:
-                response = _with_ascii_redirect_host(first)
+                response = first
                 answers.append(first)
             if request.allow_redirects and response.is_redirect:
                 sent = prepared
                 for _ in range(request.max_redirects):
-                    problem = self._redirect_problem(response)
-                    if problem is not None:
+                    problem, following = self._next_hop(response, sent, kwargs, remaining)
+                    if following is None:
                         response.close()
-                        return self._invalid_redirect(request, endpoint, response, problem, started)
-                    _drop_body(response)
-                    _stamp_time_left(response.request, remaining)
-                    # One hop, from a generator of its own: requests counts the hops of one generator
-                    # against the session's max_redirects (30 by default) and raised TooManyRedirects
-                    # past it, whatever the request allowed. The request's max_redirects is the
-                    # limit, counted here; the session (maybe the caller's, shared) is left as it is.
-                    response = next(session.resolve_redirects(response, sent, **kwargs))
+                        return self._invalid_redirect(request, endpoint, response, str(problem), started)
+                    response = following
                     _show_location(response)
                     sent = response.request or sent  # what requests sent: the next hop is made from it
                     if not response.is_redirect:
@@ -514,7 +536,7 @@ class RequestsTransport(Transport):
                 # A caller's session whose own max_redirects is below 1: requests follows no redirect.
                 answer.close()
                 return self._too_many_redirects(answer, started)
-            problem = self._redirect_problem(answer) if answer is not None and answer.is_redirect else None
+            problem = self._followed_problem(answer)
             if answer is None or problem is None:
                 raise
             if request.allow_redirects:
@@ -722,28 +744,44 @@ def _as_sent(host: str) -> str:
     )
 
 
-def _with_ascii_redirect_host(answer: requests.Response) -> requests.Response:
-    """``answer``, its ``Location`` rewritten when it is a redirect to a host name not in ASCII
-    (``http://faß.de/x``): with the name as urllib3 sends it (``_as_sent``, IDNA 2008), as a browser
+@contextlib.contextmanager
+def _followed_location(answer: requests.Response) -> Iterator[None]:
+    """For the block, a redirect's ``Location`` as it is followed: a host name in Unicode
+    (``http://faß.de/x``) written as urllib3 sends a name (``_as_sent``, IDNA 2008), as a browser
     follows it. requests percent-encodes every character of a ``Location`` that is not ASCII, the
     host's too (``fa%C3%9F.de``), which no resolver can be asked for: such a redirect was a 488.
-    A ``Location`` this cannot read is left as it came, for ``_redirect_problem`` to name."""
-    location = answer.headers.get("location")
-    if location is None or location.isascii() or not answer.is_redirect:
-        return answer
+
+    After the block the ``Location`` is the one received again: it is what a 488 shows, and what
+    a redirect that is the answer carries. One this cannot read is left as it came, for
+    ``_redirect_problem`` to name."""
+    received = answer.headers.get("location")
+    rewritten = None if received is None or not answer.is_redirect else _with_ascii_host(received)
+    if received is None or rewritten is None:
+        yield
+        return
+    answer.headers["Location"] = rewritten
+    try:
+        yield
+    finally:
+        answer.headers["Location"] = received
+
+
+def _with_ascii_host(location: str) -> str | None:
+    """``location`` (a header value as requests holds it: Latin-1 for UTF-8 bytes) with its host in
+    ASCII, or None when its host is no name in Unicode or it cannot be read."""
+    if location.isascii():
+        return None
     try:
         target = location.encode("latin-1").decode("utf-8")  # as requests' get_redirect_target reads it
         netloc = urllib.parse.urlsplit(target).netloc
         userinfo, at, host_port = netloc.rpartition("@")
         host, colon, port = host_port.partition(":")
         if host.isascii() or host.startswith("["):
-            return answer
+            return None
         ascii_netloc = f"{userinfo}{at}{_as_sent(host)}{colon}{port}"
     except (ValueError, idna.IDNAError):  # UnicodeError and urlsplit's ValueError too
-        return answer
-    rewritten = target.replace(netloc, ascii_netloc, 1)
-    answer.headers["Location"] = rewritten.encode("utf-8").decode("latin-1")
-    return answer
+        return None
+    return target.replace(netloc, ascii_netloc, 1).encode("utf-8").decode("latin-1")
 
 
 def _is_punycode(encoded: str) -> bool:

@@ -272,6 +272,24 @@ def test_a_redirect_to_a_name_in_unicode_is_followed_to_its_idna_2008_name(
     assert received.path == "/ok?q=%C3%A9"  # the rest of the Location as requests sends it
 
 
+@pytest.mark.parametrize("route", ["requests' Session", "direct route"])
+@pytest.mark.parametrize("follow", [True, False], ids=["followed", "not followed"])
+def test_a_redirect_to_a_name_in_unicode_shows_the_location_received(
+    server: LoopbackServer, route: str, follow: bool
+) -> None:
+    """The host is written in ASCII only to follow the redirect: a 488 (here, for its port) and a
+    redirect that is the answer showed the rewritten ``xn--`` name, on requests' path only for the
+    second."""
+    sent = "http://fa\u00df.example:99999/x".encode().decode("latin-1")  # UTF-8 bytes, as servers send
+    server.route("/x", lambda h: h.reply(302, b"moved", {"Location": sent}))
+    session = requests.Session()
+    if route == "requests' Session":
+        session.auth = ("u", "p")
+    answer = send_once(server.url, get("x", allow_redirects=follow), DEADLINE, session)
+    assert answer.status == (488 if follow else 302)
+    assert answer.headers["Location"] == sent
+
+
 @pytest.mark.parametrize("written", ["ascii", "unicode"])
 @pytest.mark.parametrize("name", list(_IDNA_2008_NAMES))
 def test_an_endpoint_of_an_idna_2008_name_is_accepted_and_called(
