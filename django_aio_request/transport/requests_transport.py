@@ -469,13 +469,17 @@ class RequestsTransport(Transport):
         )
         if isinstance(outcome, Response):
             return outcome
+        accepted = outcome.request.headers.get("Accept-Encoding")  # the last request's, after redirects
         try:
             bodiless = _bodiless(outcome.request.method or "", outcome.status_code)  # the last hop's method
-            body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE), bodiless=bodiless)
-            _check_decoded_to_the_end(outcome.raw, body)
+            if unreadable_coding(outcome.headers, accepted) is None:
+                body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE), bodiless=bodiless)
+                _check_decoded_to_the_end(outcome.raw, body)
+            else:  # read as it came: _answered() refuses it (see _answer)
+                chunks = outcome.raw.stream(_CHUNK_SIZE, decode_content=False)
+                body = self._read_body(outcome.headers, chunks, bodiless=bodiless)
         finally:
             outcome.close()  # a body left unread closes the connection instead of pooling it
-        accepted = outcome.request.headers.get("Accept-Encoding")  # the last request's, after redirects
         return self._answered(
             request, endpoint, outcome.status_code, outcome.headers, body, accepted=accepted, started=started
         )
@@ -556,8 +560,14 @@ class RequestsTransport(Transport):
         consumed = False
         try:
             bodiless = _bodiless(request.method, raw.status)
-            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=True), bodiless=bodiless)
-            _check_decoded_to_the_end(raw, body)
+            # A body in a coding this client cannot take off is read as it came, for _answered() to
+            # refuse: urllib3 gives each coding of a list a decoder, deflate's to one it does not know
+            # (``gzip, br`` without brotli), whose DecodeError was a plain 489, retried and counted
+            # against the endpoint, where ``br`` alone was the 489 that says so and is not retried.
+            decode = unreadable_coding(raw.headers, accepted) is None
+            body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=decode), bodiless=bodiless)
+            if decode:
+                _check_decoded_to_the_end(raw, body)
             consumed = body is not None
         finally:
             # As requests' Response.close(): a body left unread closes the connection instead of
