@@ -139,6 +139,11 @@ class TransportModule(RequestModule):
         if self.request_enricher is not None:
             sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
             request = self.request_enricher(request)
+            if not isinstance(request, Request):  # it edited the request in place and returned nothing
+                raise TypeError(
+                    f"the request enricher {self.request_enricher!r} returned {type(request).__name__},"
+                    " not a Request: it must return the request (request.with_headers(...) makes one)"
+                )
             check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
             if sent is not None and _header(request.headers, h.X_REQUEST_TIMEOUT) == sent:
                 # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set

@@ -88,6 +88,19 @@ def test_without_system_headers_nothing_is_added_and_the_enricher_runs_last() ->
     assert request.headers["Authorization"] == "Bearer t"
 
 
+def test_an_enricher_that_returns_no_request_is_named() -> None:
+    """One that set a header in place and forgot ``return`` raised AttributeError: 'NoneType'
+    object has no attribute 'headers', from deep in the pipeline."""
+
+    def forgets_return(request: Request) -> Request:
+        request.headers["Authorization"] = "Bearer t"
+        return None  # type: ignore[return-value]
+
+    send = build_pipeline([transport_stage(RecordingTransport(), request_enricher=forgets_return)])
+    with pytest.raises(TypeError, match="returned NoneType, not a Request: it must return the request"):
+        send(attempt())
+
+
 def test_the_time_left_is_stamped_after_a_slow_enricher() -> None:
     transport = RecordingTransport()
 
