@@ -236,10 +236,10 @@ def _not_a_classifier(found: Any) -> str | None:
     return None
 
 
-def _enricher(found: Any) -> bool:
-    """A function (or an instance with ``__call__``) the client calls with each attempt's Request.
-    A class is callable too, but calling it makes an instance of it, not a Request: a class passed
-    the check and every call raised TypeError ("AuthEnricher() takes no arguments")."""
+def _function_or_instance(found: Any) -> bool:
+    """A function (or an instance with ``__call__``), such as the client calls with each attempt's
+    Request. A class is callable too, but calling it makes an instance of it, not a Request: a class
+    passed the check and every call raised TypeError ("AuthEnricher() takes no arguments")."""
     return callable(found) and not isinstance(found, type)
 
 
@@ -265,7 +265,10 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
         dotted("a ResponseClassifier subclass built with no arguments", _classifier_class, _not_a_classifier),
         None,
     ),
-    "REQUEST_ENRICHER": (dotted("a function taking and returning a Request", _enricher, _not_an_enricher), None),
+    "REQUEST_ENRICHER": (
+        dotted("a function taking and returning a Request", _function_or_instance, _not_an_enricher),
+        None,
+    ),
     # the retry budget (retry_budget.py) and hedges' priority: docs/budgets-and-shedding.md
     "RETRY_BUDGET": (retry_budget, True),
     "HEDGE_PRIORITY": (hedge_priority, None),
@@ -310,11 +313,23 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
 PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callable
 
 
+def _not_a_policy(found: Any) -> str | None:
+    """A class is callable, but calling it with (request, priority) makes an instance of it: every
+    request under load shedding would have failed, as a class named by REQUEST_ENRICHER did."""
+    if isinstance(found, type):
+        return (
+            f"{found.__name__} is a class: calling it with (request, claimed priority) makes an instance of it,"
+            f" not a Priority; name a function, or an instance (e.g. policy = {found.__name__}())"
+        )
+    return None
+
+
 def _priority_policy(reader: Reader, path: str, value: Any) -> Any:
     if value in PRIORITY_POLICIES:
         return value
     if isinstance(value, str) and "." in value:
-        return dotted("a callable (request, claimed priority) -> Priority", callable)(reader, path, value)
+        policy = dotted("a callable (request, claimed priority) -> Priority", _function_or_instance, _not_a_policy)
+        return policy(reader, path, value)
     reader.fail(
         path, f"is {shown(value)}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path"
     )

@@ -666,6 +666,8 @@ def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> N
         ({"PRIORITY_POLICY": "everyone"}, {}, "['PRIORITY_POLICY'] is 'everyone', not a policy"),
         ({"PRIORITY_POLICY": "known_services"}, {}, "KNOWN_SERVICES'] is not set"),
         ({"PRIORITY_POLICY": "no.such.policy"}, {}, "['PRIORITY_POLICY'] cannot be imported"),
+        # A class is callable: it passed, and every request under load shedding called it (a 500).
+        ({"PRIORITY_POLICY": "collections.OrderedDict"}, {}, "OrderedDict is a class: calling it with (request"),
         ({"UNTRUSTED_PRIORITY": "urgent"}, {}, "['UNTRUSTED_PRIORITY'] is 'urgent', not a priority"),
         ({"SWITCH_INTERVAL": 0}, {}, "['SWITCH_INTERVAL'] must be a number of seconds > 0"),
         ({"SWITCH_INTERVAL": "1ms"}, {}, "['SWITCH_INTERVAL'] must be a number of seconds"),
