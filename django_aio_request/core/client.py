@@ -50,8 +50,10 @@ def hedge_priority_for(priority: Priority, hedge_priority: HedgePriority) -> Pri
 
 def validate_hedge_priority(value: object) -> HedgePriority:
     """``value`` if it is a valid ``hedge_priority``, else raise ValueError."""
-    if value is None or value == "lower":
-        return "lower" if value is not None else None
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "lower":  # in any case, as the priorities are
+        return "lower"
     parsed = Priority.parse(value) if isinstance(value, str) else None
     if parsed is None:
         raise ValueError(f"hedge_priority must be None, 'lower' or a priority (high, normal, low), not {value!r}")

@@ -188,6 +188,9 @@ def test_hedge_priorities() -> None:
     assert hedge_priority_for(dar.Priority.LOW, dar.Priority.HIGH) is dar.Priority.LOW  # never above the call's
     with pytest.raises(ValueError, match="hedge_priority must be None, 'lower' or a priority"):
         dar.setup(endpoint="http://127.0.0.1:1/", hedge_priority="lowest")  # type: ignore[arg-type]
+    # In any case, as the priorities are ("HIGH" was taken, "LOWER" refused).
+    assert dar.setup(endpoint="http://127.0.0.1:1/", hedge_priority="LOWER").hedge_priority == "lower"  # type: ignore[arg-type]
+    assert dar.setup(endpoint="http://127.0.0.1:1/", hedge_priority="HIGH").hedge_priority is dar.Priority.HIGH  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="retry_budget must be a RetryBudget or None"):
         dar.setup(endpoint="http://127.0.0.1:1/", retry_budget=0.2)  # type: ignore[arg-type]
 
