@@ -493,7 +493,8 @@ def _endpoint(reader: Reader, path: str, spec: Mapping[str, Any]) -> str | None:
         # the process (PostgreSQL: value too long), its other clients' reports and transitions too.
         reader.fail(path, f"is longer than {ENDPOINT_LENGTH} characters ({len(endpoint)})", code=BAD_ENDPOINT)
         return None
-    if not urllib.parse.urlsplit(endpoint).path.endswith("/"):
+    path_part = urllib.parse.urlsplit(endpoint).path
+    if path_part and not path_part.endswith("/"):  # none at all ("http://billing:8080") joins as "/"
         hint = "relative request URLs replace the endpoint's last path segment (RFC 3986); add a trailing '/'"
         reader.problems.append(Problem(path, "does not end with '/'", hint, warning=True, code=NO_TRAILING_SLASH))
     return endpoint

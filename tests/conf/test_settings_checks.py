@@ -206,6 +206,18 @@ def test_an_endpoint_without_trailing_slash_is_a_warning() -> None:
     assert found[0].startswith("django_aio_request.W001 AIO_REQUEST['CLIENTS']['a']['ENDPOINT'] does not end with '/'")
 
 
+def test_an_endpoint_with_no_path_at_all_is_no_warning(server: LoopbackServer) -> None:
+    """``http://billing:8080`` joins as ``http://billing:8080/`` (a request for ``x`` goes to ``/x``):
+    W001 warned of a join that was right."""
+    from django_aio_request import clients, get
+
+    endpoint = server.url.rstrip("/")
+    assert messages({"CLIENTS": {"a": {"ENDPOINT": endpoint}}}) == []
+    server.route("/x", lambda h: h.reply(200))
+    with override_settings(AIO_REQUEST={"CLIENTS": {"a": {"ENDPOINT": endpoint}}}), clients["a"].request(get("x")) as r:
+        assert r.status == 200
+
+
 def test_call_command_check_fails_on_bad_settings() -> None:
     with (
         override_settings(AIO_REQUEST={"CLIENTS": {"billing": {**GOOD, "TIMEOUT": -1}}}),
