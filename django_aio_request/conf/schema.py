@@ -716,8 +716,7 @@ def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
     return got if ok else None
 
 
-#: The longest X-Service-Name a server running this app keeps as a metric label (metrics/server.py).
-MAX_SERVICE_NAME_LENGTH = 64
+MAX_SERVICE_NAME_LENGTH = h.MAX_SERVICE_NAME_LENGTH
 
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:

@@ -11,7 +11,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier
 from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
-from django_aio_request.core.headers import X_SERVICE_NAME
+from django_aio_request.core.headers import MAX_SERVICE_NAME_LENGTH, X_SERVICE_NAME
 from django_aio_request.core.pipeline import (
     CircuitBreakerModule,
     LowTimeoutModule,
@@ -227,6 +227,11 @@ def setup(
         # Sent on every call: a value no header can carry ("a\nb", 5) made every call raise.
         if not isinstance(service_name, str) or not service_name.strip():
             raise ValueError(f"service_name must be a non-empty string, not {service_name!r}")
+        if len(service_name) > MAX_SERVICE_NAME_LENGTH:  # servers answered a 100,000-character one 431
+            raise ValueError(
+                f"service_name is longer than {MAX_SERVICE_NAME_LENGTH} characters ({len(service_name)}): servers"
+                " running this app count such a caller as 'other' in their metrics"
+            )
         check_headers({X_SERVICE_NAME: service_name})
     if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
         raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")

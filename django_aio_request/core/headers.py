@@ -5,6 +5,9 @@ from typing import Final
 X_REQUEST_TIMEOUT: Final = "X-Request-Timeout"
 X_REQUEST_PRIORITY: Final = "X-Request-Priority"
 X_SERVICE_NAME: Final = "X-Service-Name"
+#: The longest X-Service-Name a server running this app keeps as a metric label (metrics/server.py):
+#: a longer name is counted as "other" there, so neither setup() nor the settings take one.
+MAX_SERVICE_NAME_LENGTH: Final = 64
 X_DO_NOT_RETRY: Final = "X-Do-Not-Retry"
 X_CIRCUIT_BREAKER: Final = "X-Circuit-Breaker"
 CONTENT_TYPE: Final = "Content-Type"

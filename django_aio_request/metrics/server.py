@@ -126,7 +126,7 @@ for _priority in SHED_PRIORITIES:
 # The server side: calling services named in X-Service-Name.
 
 MAX_SERVICE_NAMES = 100  # distinct calling-service names kept without KNOWN_SERVICES, fleet-wide
-MAX_SERVICE_NAME_LENGTH = 64
+MAX_SERVICE_NAME_LENGTH = h.MAX_SERVICE_NAME_LENGTH
 UNKNOWN_SERVICE = "unknown"  # no X-Service-Name (aio-request's label for it too)
 OTHER_SERVICE = "other"
 _services: ServiceNames | None = None  # made at first use: PROMETHEUS_MULTIPROC_DIR is read then

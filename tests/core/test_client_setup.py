@@ -297,6 +297,8 @@ def test_a_threshold_below_the_timeout_sends(server: LoopbackServer) -> None:
         ({"service_name": "a\nb"}, "X-Service-Name"),
         ({"service_name": 5}, "service_name must be a non-empty string, not 5"),
         ({"service_name": " "}, "service_name must be a non-empty string"),
+        # Servers answered 431 to a 100,000-character name; the settings refuse more than 64 too.
+        ({"service_name": "s" * 65}, r"service_name is longer than 64 characters \(65\)"),
     ],
 )
 def test_invalid_options(options: dict[str, object], message: str) -> None:
