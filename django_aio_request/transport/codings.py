@@ -93,12 +93,16 @@ def unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -
 
     ``headers`` are the response's; ``accept_encoding`` is the ``Accept-Encoding`` the request sent.
     """
-    transfer = _codings(headers.get("Transfer-Encoding", ""))
+    transfer_value = headers.get("Transfer-Encoding")
+    value = headers.get("Content-Encoding")
+    if value is None and (transfer_value is None or transfer_value == "chunked"):
+        return None  # what nearly every answer is: asked about on every call, without the lists below
+    transfer = _codings(transfer_value or "")
     applied = [coding for coding in transfer if _name(coding) in _REGISTERED]
     applied += [coding for coding in transfer if _name(coding) == "chunked" and coding != "chunked"]
     if applied or transfer.count("chunked") > 1:
         return f"Transfer-Encoding: {', '.join(applied or transfer)}"
-    value = headers.get("Content-Encoding", "")
+    value = value or ""
     content = _codings(value)
     decoded = HTTPResponse.CONTENT_DECODERS
     if not _decoded_by_urllib3(value, content):

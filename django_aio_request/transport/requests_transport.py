@@ -469,19 +469,20 @@ class RequestsTransport(Transport):
         )
         if isinstance(outcome, Response):
             return outcome
-        accepted = outcome.request.headers.get("Accept-Encoding")  # the last request's, after redirects
+        # The last request's Accept-Encoding, after redirects: see _answer for why this comes first.
+        unreadable = unreadable_coding(outcome.headers, outcome.request.headers.get("Accept-Encoding"))
         try:
             bodiless = _bodiless(outcome.request.method or "", outcome.status_code)  # the last hop's method
-            if unreadable_coding(outcome.headers, accepted) is None:
+            if unreadable is None:
                 body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE), bodiless=bodiless)
                 _check_decoded_to_the_end(outcome.raw, body)
-            else:  # read as it came: _answered() refuses it (see _answer)
+            else:  # read as it came, for _answered() to refuse
                 chunks = outcome.raw.stream(_CHUNK_SIZE, decode_content=False)
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless)
         finally:
             outcome.close()  # a body left unread closes the connection instead of pooling it
         return self._answered(
-            request, endpoint, outcome.status_code, outcome.headers, body, accepted=accepted, started=started
+            request, endpoint, outcome.status_code, outcome.headers, body, unreadable=unreadable, started=started
         )
 
     def _send_with_requests(
@@ -564,7 +565,8 @@ class RequestsTransport(Transport):
             # refuse: urllib3 gives each coding of a list a decoder, deflate's to one it does not know
             # (``gzip, br`` without brotli), whose DecodeError was a plain 489, retried and counted
             # against the endpoint, where ``br`` alone was the 489 that says so and is not retried.
-            decode = unreadable_coding(raw.headers, accepted) is None
+            unreadable = unreadable_coding(raw.headers, accepted)
+            decode = unreadable is None
             body = self._read_body(raw.headers, raw.stream(_CHUNK_SIZE, decode_content=decode), bodiless=bodiless)
             if decode:
                 _check_decoded_to_the_end(raw, body)
@@ -575,7 +577,7 @@ class RequestsTransport(Transport):
             if not consumed:
                 raw.close()
             raw.release_conn()
-        return self._answered(request, endpoint, raw.status, raw.headers, body, accepted=accepted, started=started)
+        return self._answered(request, endpoint, raw.status, raw.headers, body, unreadable=unreadable, started=started)
 
     def _answered(
         self,
@@ -585,11 +587,11 @@ class RequestsTransport(Transport):
         headers: Any,
         body: bytes | None,
         *,
-        accepted: str | None,
+        unreadable: str | None,
         started: float,
     ) -> Response:
         """The Response for an answer whose body was read (``body``), or was too large (None);
-        ``accepted`` is the ``Accept-Encoding`` the request sent."""
+        ``unreadable``: the coding that leaves the body unreadable (``unreadable_coding``), or None."""
         if body is None:
             return _refused(
                 request,
@@ -600,8 +602,7 @@ class RequestsTransport(Transport):
                 detail=f"{self.max_response_size} bytes",
                 headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
             )
-        unreadable = unreadable_coding(headers, accepted) if body else None
-        if unreadable is not None:
+        if unreadable is not None and body:  # an empty body (a 204, a HEAD's answer) is the answer
             return _refused(
                 request,
                 endpoint,
