@@ -1,4 +1,3 @@
-import contextlib
 import contextvars
 import threading
 import time
@@ -56,8 +55,10 @@ class Cancellation:
         return lambda: None
 
     def _remove(self, callback: Callable[[], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):
-            self._callbacks.remove(callback)
+        with self._lock:
+            # Not contextlib.suppress: an object a call, on every attempt's way out.
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 # The cancellation of the call whose strategy runs in this context (async calls only: a sync call
