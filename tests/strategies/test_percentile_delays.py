@@ -89,7 +89,7 @@ class TestPercentileDelaysProvider:
         # interval has not passed (many new samples arrived).
         assert provider.delay(request) == pytest.approx(1.0)
 
-    def test_old_samples_leave_the_window(self) -> None:
+    def test_old_samples_leave_the_window_and_their_record_is_dropped_when_read(self) -> None:
         provider = PercentileDelaysProvider(
             min_delay_seconds=0.01, min_samples=5, window_seconds=0.2, refresh_seconds=0.0
         )
@@ -99,6 +99,9 @@ class TestPercentileDelaysProvider:
         assert provider.delay(request) == pytest.approx(0.5)
         time.sleep(0.25)
         assert provider.delay(request) == 0.01
+        assert not provider._samples  # the record whose samples all left the window
+        provider.observe(request, ok(0.5))  # learns again from scratch
+        assert len(provider._samples[("GET", "things")].latencies) == 1
 
     def test_at_most_max_templates_records_the_ones_past_it_pooled(self) -> None:
         """Templates built from data (get(f"things/{id}")) kept a record each without a bound:
@@ -110,20 +113,6 @@ class TestPercentileDelaysProvider:
         # The templates past the bound share one record: a new one's delay is theirs pooled.
         assert provider.delay(get("things/new")) == pytest.approx(0.3)
         assert provider.delay(get("things/0")) == 0.0  # its own record: 1 sample, under min_samples
-
-    def test_a_record_whose_samples_all_left_the_window_is_dropped_when_read(self) -> None:
-        provider = PercentileDelaysProvider(
-            min_delay_seconds=0.01, min_samples=5, window_seconds=0.2, refresh_seconds=0.0
-        )
-        request = get("things")
-        for _ in range(5):
-            provider.observe(request, ok(0.5))
-        assert provider.delay(request) == pytest.approx(0.5)
-        time.sleep(0.25)
-        assert provider.delay(request) == 0.01
-        assert not provider._samples
-        provider.observe(request, ok(0.5))  # learns again from scratch
-        assert len(provider._samples[("GET", "things")].latencies) == 1
 
     def test_templates_gone_quiet_make_room_for_new_ones(self) -> None:
         class Small(PercentileDelaysProvider):
