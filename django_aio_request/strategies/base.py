@@ -45,6 +45,13 @@ class RequestStrategy(abc.ABC):
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict: ...
 
+    def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
+        """The deadline this strategy gives the first attempt of a call whose deadline is ``deadline``:
+        all of it, unless the strategy shares it between its attempts (``sequential`` with a split
+        deadline). A strategy that runs this one again (``retry_until_deadline_expired``) asks it
+        before it pauses for a round whose first attempt would have too little time to be sent."""
+        return deadline
+
 
 #: The most attempts one strategy makes in a call: a call works out its attempts' delays before it
 #: sends the first, and a million of them held it past its deadline with nothing sent.

@@ -74,7 +74,10 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
                 return result
             round_ += 1
             delay = self.delays(request, round_)
-            if too_late_to_send(deadline, after=delay):  # the next round could not send its first attempt
+            # The deadline the next round's first attempt would get after the pause (a third of what
+            # is left, for a sequential strategy splitting it over three): when that is too short to
+            # send it, the call ends now rather than pausing for a round refused after it.
+            if too_late_to_send(self.strategy.first_attempt_deadline(Deadline(deadline.expires_at - delay))):
                 return result
             pause(delay)
             rounds.next_round()
@@ -82,6 +85,9 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
                 result = self.strategy.request(rounds.send, workers, request, deadline, priority)
             except _Refused:
                 return result
+
+    def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
+        return self.strategy.first_attempt_deadline(deadline)
 
     def __repr__(self) -> str:
         return f"<RetryUntilDeadlineExpiredStrategy {self.strategy!r}>"

@@ -43,6 +43,9 @@ class SequentialStrategy(RequestStrategy):
         self.delays = as_request_delays(delays_provider)
         self.deadline_provider = deadline_provider
 
+    def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
+        return self.deadline_provider(deadline, 0, self.attempts_count)
+
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:

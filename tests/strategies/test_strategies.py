@@ -378,6 +378,28 @@ class TestRetryUntilDeadlineExpired:
         assert elapsed < 0.15
         assert len(server.received("/down")) == 1
 
+    def test_does_not_pause_for_a_round_whose_split_first_share_the_threshold_would_refuse(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """It judged the next round by the whole deadline: with about 0.59 s left and a 0.4 s pause,
+        0.19 s looked enough, but the round's sequential strategy gave its first attempt a third of
+        it (0.063 s), which the threshold refused: the 503 came back after the pause, not at once."""
+        server.route("/down", replies(503))
+        client = make_client(
+            timeout=1.0,
+            low_timeout_threshold=0.1,
+            safe_method_strategy=retry_until_deadline_expired(
+                sequential(3, deadline_provider=split_deadline_between_attempts()),
+                delays_provider=constant_delays(delay=0.4),
+            ),
+        )
+
+        response, elapsed = call(client, get("down"), deadline=Deadline.from_timeout(0.6))
+
+        assert response.status == 503
+        assert len(server.received("/down")) == 3  # the first round's three attempts, no second round
+        assert elapsed < 0.3  # no pause: the round would have been refused after it
+
     def test_wraps_another_strategy(self, server: LoopbackServer, make_client: Callable[..., Client]) -> None:
         server.route("/flaky", replies(500, 500, 500, 500, 200))
         client = make_client(
