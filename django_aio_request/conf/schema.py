@@ -239,12 +239,18 @@ def _not_a_classifier(found: Any) -> str | None:
 def _function_or_instance(found: Any) -> bool:
     """A function (or an instance with ``__call__``), such as the client calls with each attempt's
     Request. A class is callable too, but calling it makes an instance of it, not a Request: a class
-    passed the check and every call raised TypeError ("AuthEnricher() takes no arguments")."""
-    return callable(found) and not isinstance(found, type)
+    passed the check and every call raised TypeError ("AuthEnricher() takes no arguments"). A class
+    whose metaclass defines ``__call__`` is called as that says, and is taken."""
+    return callable(found) and not _makes_instances(found)
+
+
+def _makes_instances(found: Any) -> bool:
+    """Whether calling ``found`` makes an instance of it: a class whose metaclass calls as ``type`` does."""
+    return isinstance(found, type) and type(found).__call__ is type.__call__
 
 
 def _not_an_enricher(found: Any) -> str | None:
-    if isinstance(found, type):
+    if _makes_instances(found):
         return (
             f"{found.__name__} is a class: the client would call it with each Request and get an instance"
             f" of it back; name a function, or an instance (e.g. enricher = {found.__name__}())"
@@ -316,7 +322,7 @@ PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callabl
 def _not_a_policy(found: Any) -> str | None:
     """A class is callable, but calling it with (request, priority) makes an instance of it: every
     request under load shedding would have failed, as a class named by REQUEST_ENRICHER did."""
-    if isinstance(found, type):
+    if _makes_instances(found):
         return (
             f"{found.__name__} is a class: calling it with (request, claimed priority) makes an instance of it,"
             f" not a Priority; name a function, or an instance (e.g. policy = {found.__name__}())"

@@ -3,6 +3,7 @@
 import subprocess
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core import checks
@@ -576,6 +577,27 @@ class HeaderEnricher:
 
 
 header_enricher = HeaderEnricher()
+
+
+class _CallsAsEnricher(type):
+    def __call__(cls, request: Any) -> Any:
+        return request.with_headers({"X-Enriched": "by-class"})
+
+
+class ClassEnricher(metaclass=_CallsAsEnricher):
+    """A class whose metaclass makes calling it enrich the request: a valid enricher."""
+
+
+def test_a_request_enricher_class_whose_metaclass_calls_as_an_enricher_is_taken(server: LoopbackServer) -> None:
+    """E008 refused every class, this one too, whose call returns the Request."""
+    from django_aio_request import clients, get
+
+    server.route("/x", lambda h: h.reply(200))
+    config = {"CLIENTS": {"c": {"ENDPOINT": server.url, "REQUEST_ENRICHER": f"{__name__}.ClassEnricher"}}}
+    assert messages(config) == []
+    with override_settings(AIO_REQUEST=config), clients["c"].request(get("x")) as response:
+        assert response.status == 200
+    assert server.received("/x")[0].headers["X-Enriched"] == "by-class"
 
 
 def test_a_request_enricher_naming_a_class_is_e008_and_an_instance_of_it_works(server: LoopbackServer) -> None:
