@@ -109,6 +109,13 @@ def _redacted(endpoint: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
+def _logged_target(endpoint: str, request: Request) -> str:
+    """What a log line names: the request's URL template joined with the endpoint as the request
+    was (``http://billing:8080`` and ``things/{id}`` are ``http://billing:8080/things/{id}``, not
+    ``http://billing:8080things/{id}``), credentials redacted; never path or query values."""
+    return urllib.parse.urljoin(_redacted(endpoint), request.url)
+
+
 class _GuardedAdapter(HTTPAdapter):
     """An adapter whose connection pools register sockets with the attempt's guard.
 
@@ -688,10 +695,9 @@ class RequestsTransport(Transport):
             code = status.NETWORK_ERROR
         if code != status.CANCELLED:
             logger.warning(
-                "%s %s%s failed after %.3fs: %s (status %s)",
+                "%s %s failed after %.3fs: %s (status %s)",
                 request.method,
-                _redacted(endpoint),
-                request.url,
+                _logged_target(endpoint, request),
                 elapsed,
                 type(error).__name__,
                 code,
@@ -809,7 +815,7 @@ def _refused(
 ) -> Response:
     """The synthetic answer for an answer the transport did not take (too large, a coding it cannot
     take off, a redirect it cannot follow), with the warning that says why."""
-    logger.warning("%s %s%s: %s (%s; status %s)", request.method, _redacted(endpoint), request.url, what, detail, code)
+    logger.warning("%s %s: %s (%s; status %s)", request.method, _logged_target(endpoint, request), what, detail, code)
     return EmptyResponse(status=code, elapsed=time.monotonic() - started, headers=headers)
 
 

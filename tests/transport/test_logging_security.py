@@ -100,3 +100,26 @@ def test_an_endpoint_with_credentials_is_refused() -> None:
     with pytest.raises(ValueError, match="must not carry credentials") as info:
         dar.setup(endpoint=f"http://user:{SECRETS[2]}@127.0.0.1:1/")
     assert SECRETS[2] not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "logged"),
+    [
+        ("http://127.0.0.1:{port}", "http://127.0.0.1:{port}/things/{{id}}"),
+        ("http://127.0.0.1:{port}/api/", "http://127.0.0.1:{port}/api/things/{{id}}"),
+    ],
+    ids=["no path", "a path"],
+)
+def test_a_failure_is_logged_under_the_url_template_as_it_was_joined(
+    endpoint: str, logged: str, everything_logged: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint with no path joins as "/": the line named ``http://127.0.0.1:1234things/{id}``."""
+    port = free_port()
+    transport = dar.RequestsTransport()
+    try:
+        answer = transport.send(endpoint.format(port=port), dar.get("things/{id}", path_parameters={"id": 7}), 1.0)
+    finally:
+        transport.close()
+    assert answer.status == status.NETWORK_ERROR
+    lines = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
+    assert any(line.startswith(f"GET {logged.format(port=port)} failed after") for line in lines), lines
