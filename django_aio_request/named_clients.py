@@ -14,6 +14,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from django_aio_request.breaker.cache_store import closing_together
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import SETTING, AioRequestSettings
@@ -85,11 +86,17 @@ class ClientsHandler:
         return previous
 
     def close_all(self) -> None:
-        """Close every client built so far; the next ``clients[name]`` builds a new one."""
+        """Close every client built so far; the next ``clients[name]`` builds a new one.
+
+        Their breakers' shared-state threads are stopped together: a cache that hangs holds this
+        ``stall_after`` (1 s) in all, not once per client (it runs at exit and on settings changes).
+        """
         with self._lock:
             built, self._clients = list(self._clients.values()), {}
-        for client in built:
-            client.close()
+        stores = [getattr(client.circuit_breaker, "store", None) for client in built]  # one's own breaker: maybe none
+        with closing_together(stores):
+            for client in built:
+                client.close()
 
     def reset(self) -> None:
         """Close the clients and read the settings again on next use (settings changed)."""

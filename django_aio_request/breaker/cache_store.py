@@ -48,6 +48,8 @@ round, as an outage). A round that raises anyway (a bug) is logged and taken as 
 thread that ended is started again by the next call.
 """
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import math
@@ -57,7 +59,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
@@ -311,13 +313,14 @@ class CacheCircuitStore(CircuitStore[str]):
     def close(self) -> None:
         """Stop the sync thread after a last flush, made by the thread itself and waited for at most
         ``stall_after`` seconds: a cache that hangs cannot hold the caller (it starts again if the
-        store is used)."""
+        store is used). Inside :func:`closing_together`, at most until that block's shared end."""
         thread = self._thread
         if thread is not None and self._pid == os.getpid():
             self._stop.set()
             self._wake.set()
             if thread is not threading.current_thread():
-                thread.join(self.stall_after)
+                together = _close_by.get()
+                thread.join(self.stall_after if together is None else max(0.0, together - time.monotonic()))
         with self._lock:
             if self._thread is thread:  # not one a call started meanwhile (it finds an ended thread dead)
                 self._thread = None
@@ -619,6 +622,31 @@ class CacheCircuitStore(CircuitStore[str]):
 
 
 _STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
+
+_close_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("aio_request_close_by", default=None)
+
+
+@contextlib.contextmanager
+def closing_together(stores: Iterable[object]) -> Iterator[None]:
+    """Close several stores in one wait: ``close()`` calls inside the block wait for their threads'
+    last flush only until a shared end, the longest ``stall_after`` of ``stores`` from now.
+
+    Each store's thread is told to stop first, so the last flushes run at the same time. Without
+    this, closing N clients whose cache hangs (blackholed, no socket timeouts) waited ``stall_after``
+    for each in turn: N seconds at every process exit (``clients.close_all()`` runs at exit, and a
+    gunicorn worker past its graceful timeout is killed) and at every settings change.
+    Objects that are not :class:`CacheCircuitStore` are left alone.
+    """
+    shared = [store for store in stores if isinstance(store, CacheCircuitStore)]
+    for store in shared:
+        if store._thread is not None and store._pid == os.getpid():
+            store._stop.set()
+            store._wake.set()
+    token = _close_by.set(time.monotonic() + max((store.stall_after for store in shared), default=0.0))
+    try:
+        yield
+    finally:
+        _close_by.reset(token)
 
 
 # Held while a store's thread makes its cache backend, which imports the backend's library (Django's

@@ -172,3 +172,33 @@ def test_a_frozen_redis_costs_calls_nothing(server: LoopbackServer) -> None:
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
         redis.stop()
+
+
+@pytest.mark.timeout(60)
+def test_closing_many_named_clients_on_a_hanging_cache_waits_for_it_once(hanging: None, server: LoopbackServer) -> None:
+    """``clients.close_all()`` (run at process exit and on every settings change) with five clients
+    whose breakers share state through a cache that hangs: it waited ``stall_after`` (1 s) for each
+    client in turn, 5 s here (10 s at the exit of a process with ten clients)."""
+    from django_aio_request import clients
+
+    server.route("/svc", replies(200))
+    names = [f"downstream{n}" for n in range(5)]
+    value = {
+        "CIRCUIT_BREAKER_STATE": "hanging",
+        "CLIENTS": {name: {"ENDPOINT": server.url, "TIMEOUT": DEADLINE, "CIRCUIT_BREAKER": {}} for name in names},
+    }
+    with override_settings(AIO_REQUEST=value):
+        try:
+            for name in names:  # a call each: every breaker's sync thread starts and hangs in the cache
+                with clients[name].request(get("svc")) as response:
+                    assert response.status == 200
+            stores = [clients[name].circuit_breaker.store for name in names]  # type: ignore[union-attr]
+            assert all(store._thread is not None and store._thread.is_alive() for store in stores)
+            stall_after = max(store.stall_after for store in stores)
+            started = time.monotonic()
+            clients.close_all()
+            took = time.monotonic() - started
+            print(f"\n[hanging cache] close_all() of {len(names)} clients: {took:.2f} s (stall_after {stall_after} s)")
+            assert took < stall_after + 0.5
+        finally:
+            hanging_cache.release()
