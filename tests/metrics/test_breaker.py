@@ -369,3 +369,42 @@ def test_in_multiprocess_mode_a_forked_child_counts_its_breakers_once_it_records
     files = {path.name for path in tmp_path.iterdir()}
     assert f"gauge_livesum_{quiet}.db" not in files, files
     assert f"gauge_livesum_{recording}.db" in files, files
+
+
+def test_an_opening_shared_through_the_cache_is_counted_by_every_process_that_learns_it(endpoint: str) -> None:
+    """What docs/metrics.md's "how often it opened" query says: with ``CIRCUIT_BREAKER_STATE``, each
+    process's breaker counts the opening it learns from the cache, so a sum over processes counts
+    one opening once per process (two stores in one process stand for two processes here)."""
+    import uuid
+
+    from django.core.cache import caches
+
+    from django_aio_request.breaker.cache_store import CacheCircuitStore
+    from tests.support.redis_server import require_redis
+
+    require_redis()
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    made = []
+    for _ in range(2):
+        store = CacheCircuitStore("shared", connect=lambda: caches.create_connection("shared"), namespace=namespace)
+        breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+            break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5, store=store
+        )
+        made.append(
+            dar.setup(endpoint=endpoint, safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker)
+        )
+    a, b = made
+    try:
+        with b.request(dar.get("x")):  # b has seen the endpoint (a process that never called it learns nothing)
+            pass
+        open_breaker(a)
+        assert b.circuit_breaker is not None
+        deadline = time.monotonic() + 5
+        while str(b.circuit_breaker.state[b.endpoint].value) != "open":
+            assert time.monotonic() < deadline, "b never learned the opening"
+            time.sleep(0.05)
+        labels = {"request_endpoint": endpoint, "from_state": "closed", "to_state": "open"}
+        assert REGISTRY.get_sample_value("aio_request_circuit_breaker_transitions_total", labels) == 2
+    finally:
+        for client in made:
+            client.close()
