@@ -86,7 +86,7 @@ class Request:
         for name, value in (self.path_parameters or {}).items():
             if value is None:  # sent as the segment "None": a missing value, not a name
                 raise ValueError(f"path parameter {name!r} is None: give it a value")
-            quoted = urllib.parse.quote(str(value), safe="")
+            quoted = urllib.parse.quote(_query_value(value), safe="")  # bytes and bools as in the query
             if quoted in (".", "..", ""):
                 # A dot segment would move the request to another path (RFC 3986 removes it on join,
                 # and requests decodes %2E back to a dot), so it can only be refused. So would an empty
@@ -238,8 +238,9 @@ def encode_query(parameters: QueryParameters | None) -> str:
 
 
 def _query_value(value: Any) -> str | bytes:
-    """A value as it goes into the query: bytes as they are (percent-encoded, as requests does; str()
-    would send ``b'x'``), True and False as ``true`` and ``false``, anything else as its text."""
+    """A value as it goes into the query or a path segment: bytes as they are (percent-encoded, as
+    requests does; str() would send ``b'x'``), True and False as ``true`` and ``false``, anything
+    else as its text."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, bytes | bytearray):

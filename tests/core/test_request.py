@@ -275,6 +275,26 @@ def test_path_parameter_values_are_quoted_so_they_stay_one_segment(value: str, s
     assert req.build_url(ENDPOINT) == f"http://svc.test/api/things/{segment}/parts"
 
 
+def test_bytes_and_booleans_in_the_path_go_as_in_the_query(server: LoopbackServer) -> None:
+    """``b"ab12"`` was sent as the segment ``b%27ab12%27`` and ``True`` as ``True`` (a 200 from another
+    resource): the str() of the object, where the query sends ``ab12`` and ``true``."""
+    server.route("/items/*", lambda h: h.reply(200))
+    with clients(server.url) as make:
+        client = make()
+        for value in (b"ab12", bytearray(b"a/\xff"), True, False):
+            with client.request(get("items/{id}", path_parameters={"id": value}, query_parameters={"q": value})):
+                pass
+    assert [r.path for r in server.received()] == [
+        "/items/ab12?q=ab12",
+        "/items/a%2F%FF?q=a%2F%FF",
+        "/items/true?q=true",
+        "/items/false?q=false",
+    ]
+    for value in (b"", b".", b".."):
+        with pytest.raises(ValueError, match="would change the path"):
+            get("items/{id}", path_parameters={"id": value}).build_url(ENDPOINT)
+
+
 @pytest.mark.parametrize("value", ["..", ".", ""])
 def test_dot_segment_path_parameter_is_refused(value: str) -> None:
     # "users/{id}/delete" with id ".." would otherwise become "delete" after RFC 3986 resolution; with
