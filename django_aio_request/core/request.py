@@ -292,8 +292,20 @@ def patch(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
 
 
 def request_json(method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Any) -> Request:
-    """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``.
+
+    A float NaN or infinity in ``data`` raises ValueError: Python writes them ``NaN`` and
+    ``Infinity``, which are not JSON (RFC 8259), and requests' own ``json=`` refuses them too.
+    """
+    try:
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError as error:
+        if "not JSON compliant" not in str(error):  # a circular reference, say: json's own words
+            raise
+        raise ValueError(
+            f"data cannot be sent as JSON: it holds a float NaN or infinity ({error}); NaN and infinity are"
+            " not JSON (RFC 8259): send null, a string or a number instead"
+        ) from None
     merged = dict(headers or {})
     if not any(name.lower() == h.CONTENT_TYPE.lower() for name in merged):  # the caller's own type wins
         merged[h.CONTENT_TYPE] = "application/json"

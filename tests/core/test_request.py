@@ -173,6 +173,26 @@ def test_json_builder_rejects_what_json_cannot_encode() -> None:
         post_json("things", {"raw": b"bytes"})
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_json_builders_refuse_nan_and_infinity_and_send_nothing(server: LoopbackServer, number: float) -> None:
+    """``{"amount": nan}`` went out as ``{"amount":NaN}``, which is not JSON (RFC 8259): a strict
+    peer refuses it, and requests' own ``json=`` raises ``InvalidJSONError`` before sending."""
+    server.route("/x", lambda h: h.reply(200))
+    with clients(server.url) as make:
+        client = make()
+        for method, data in (("POST", {"amount": number}), ("PUT", [1, {"limit": number}])):
+            with (
+                pytest.raises(ValueError, match=r"data cannot be sent as JSON: .*NaN and infinity are not JSON"),
+                client.request(request_json(method, "x", data)),
+            ):
+                pass
+    assert server.received() == []
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match=r"^Circular reference detected$"):  # json's own error, as it was
+        post_json("x", looped)
+
+
 # --- URL validation -----------------------------------------------------------------------------------------
 
 
