@@ -131,8 +131,22 @@ def validate_endpoint(endpoint: str) -> str:
     except ValueError as error:
         detail = str(error) if told else "not a number from 0 to 65535"
         raise ValueError(f"endpoint {shown!r} has an invalid port: {detail}") from None
+    if parts.port == 0:
+        raise ValueError(f"endpoint {shown!r} has port 0, which no server listens on: give the service's port")
+    # urlsplit drops tabs and line breaks wherever they are (and control characters and spaces at
+    # either end), so the checks above read another URL than the one written, and calls went to
+    # another path; urllib3 names a space or tab before the scheme as part of an invalid host.
+    if (odd := _ODD_CHARACTER.search(endpoint)) is not None:
+        raise ValueError(
+            f"endpoint {shown!r} has a control character or white space ({odd.group()!r}) in it: URL parsers drop"
+            " or refuse it, and calls would go to another path than written; percent-encode it (%20) or remove it"
+        )
     _check_host(endpoint, shown, parts.hostname)
     return endpoint
+
+
+#: An ASCII control character, or white space of any kind (a space, a no-break space...).
+_ODD_CHARACTER = re.compile(r"[\x00-\x1f\x7f\s]")
 
 
 def _what_is_missing(shown: str) -> str:

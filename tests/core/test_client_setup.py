@@ -4,6 +4,7 @@ Behaviour is checked through calls to a real loopback server: how many requests 
 a failing POST make, which budget each client gets.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ SECRET = "Zq7s3cretXk"
         (b"http://billing/", "must be a string URL"),
         # Before, these passed and the first call raised LocationParseError (a status was promised).
         ("http://billing..test:8080/", "invalid host"),
-        ("http://bil ling:8080/", "invalid host"),
+        ("http://bil ling:8080/", "white space"),
         ("http://billing\u200b:8080/", "invalid host"),  # a zero-width space, pasted in
         ("http://" + "a" * 64 + ".test/", "invalid host"),  # a label is at most 63 characters
         ("http://\uff41.test/", "invalid host"),  # a full-width letter
@@ -54,6 +55,49 @@ def test_endpoints_that_are_refused(endpoint: object, message: str) -> None:
         validate_endpoint(endpoint)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         setup(endpoint=endpoint)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "character"),
+    [
+        ("http://127.0.0.1:{port}/api\n/v1/", r"'\n'"),
+        ("http://127.0.0.1:{port}/a\tb/", r"'\t'"),
+        ("http://127.0.0.1:{port}/a\r\nX: y/", r"'\r'"),
+        ("http://127.0.0.1:{port}/a\x00/", r"'\x00'"),
+        ("http://127.0.0.1:{port}/a\x7f/", r"'\x7f'"),
+        ("http://127.0.0.1:{port}/a b/", "' '"),
+        ("http://127.0.0.1:{port}/a\u00a0b/", r"'\xa0'"),
+        ("http://127.0.0.1:{port}/v1/\n", r"'\n'"),
+        (" http://127.0.0.1:{port}/", "' '"),
+        ("\thttp://127.0.0.1:{port}/", r"'\t'"),
+        ("http://127.0.0.1:{port}/\n", r"'\n'"),
+        ("http://127.0.0.1:{port}/ ", "' '"),
+    ],
+)
+def test_an_endpoint_with_a_control_character_or_white_space_is_refused(
+    server: LoopbackServer, endpoint: str, character: str
+) -> None:
+    """urlsplit drops tabs and line breaks wherever they are, and control characters and spaces at
+    either end: such an endpoint passed setup() and the settings check, and calls went to another
+    path (``/api\n/v1/x`` was sent as ``/api/v1/x``)."""
+    endpoint = endpoint.format(port=server.port)
+    message = f"has a control character or white space ({character}) in it"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        setup(endpoint=endpoint)
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    assert [(p.path, p.code) for p in problems] == [("['CLIENTS']['billing']['ENDPOINT']", "E004")]
+    assert message in problems[0].message
+    assert server.received() == []
+
+
+def test_an_endpoint_with_port_0_is_refused() -> None:
+    """No server listens on port 0: every call was a 489 (connection refused), counted by the breaker."""
+    with pytest.raises(ValueError, match=re.escape("endpoint 'http://billing:0/' has port 0")):
+        setup(endpoint="http://billing:0/")
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": "http://billing:0/"}}})
+    assert [p.code for p in problems] == ["E004"]
+    assert "has port 0" in problems[0].message
+    assert validate_endpoint("http://billing:00080/") == "http://billing:00080/"
 
 
 #: IDNA 2008 names, as written and as urllib3 and requests send them (faß.de, βόλος.com, ශ්‍රී.lk).
