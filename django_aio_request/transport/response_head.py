@@ -215,6 +215,11 @@ class FinalResponse(http.client.HTTPResponse):
         head = self.fp if isinstance(self.fp, _HeadReader) else None
         while True:
             version, status, reason = super()._read_status()  # type: ignore[misc]
+            if status > 599:
+                # RFC 9110 (15) has 100-599; http.client refuses only what is outside 100-999, and a
+                # 600 was an answer: accepted, not retried, a success for the breaker. A 489 now,
+                # as a 2000 or a 099 is.
+                raise http.client.BadStatusLine(f"{version} {status} {reason}".strip())
             if not 100 <= status < 200 or status in (http.client.CONTINUE, http.client.SWITCHING_PROTOCOLS):
                 break  # begin() skips 100 Continue itself
             _read_fields(self.fp)  # the interim response's fields (103's links): not wanted

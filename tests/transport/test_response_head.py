@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,6 +146,49 @@ def test_a_head_cut_short_by_the_end_of_the_stream_is_a_489_and_a_failure(head: 
         with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(2.0)) as response:
             assert response.status == status.NETWORK_ERROR
         assert breaker.counts(server.url) == (1, 0)
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@pytest.mark.parametrize("code", [b"600", b"699", b"999", b"099", b"2000"])
+def test_a_status_outside_100_to_599_is_a_489_and_a_failure(code: bytes, route: str) -> None:
+    """RFC 9110 (15) limits status codes to 100-599; http.client refuses only those outside
+    100-999, so a 600 to 999 was an answer: accepted (not retried), a success for the breaker."""
+    server = RawAnswerServer(b"HTTP/1.1 " + code + b" Broken\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=100, failure_threshold=0.5
+    )
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path, not the direct one (transport/direct_send.py)
+    client = dar.setup(
+        endpoint=server.url,
+        transport=dar.RequestsTransport(session),
+        safe_method_strategy=dar.single_attempt_strategy(),
+        circuit_breaker=breaker,
+        metrics=False,
+    )
+    try:
+        with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(2.0)) as response:
+            assert response.status == status.NETWORK_ERROR
+        assert breaker.counts(server.url) == (1, 0)  # a failure, no success
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("code", [b"100", b"599"])
+def test_a_status_of_100_to_599_is_an_answer(code: bytes) -> None:
+    head = b"HTTP/1.1 " + code + b" Edge\r\nContent-Length: 0\r\n\r\n"
+    if code == b"100":  # an interim answer, then the final one
+        head += b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    server = RawAnswerServer(head)
+    client = dar.setup(endpoint=server.url, safe_method_strategy=dar.single_attempt_strategy(), metrics=False)
+    try:
+        with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(2.0)) as response:
+            assert response.status == (200 if code == b"100" else 599)
     finally:
         client.close()
         server.close()
