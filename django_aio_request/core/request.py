@@ -60,8 +60,8 @@ class Request:
         check_method(method)
         self.method = method.upper()
         self.url = url
-        self.path_parameters = path_parameters
-        self.query_parameters = query_parameters
+        self.path_parameters = _checked_path_parameters(path_parameters)
+        self.query_parameters = _checked_query_parameters(query_parameters)
         self.headers: dict[str, str] = dict(headers) if headers else {}
         check_headers(self.headers)
         self.body = bytes(body) if body is not None else None
@@ -103,6 +103,56 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
+
+
+def _checked_path_parameters(parameters: PathParameters | None) -> PathParameters | None:
+    """``parameters`` if it is a mapping whose text values UTF-8 can encode, else TypeError or
+    ValueError naming what is wrong, as the request is built (both raised inside the call)."""
+    if parameters is None:
+        return None
+    if not isinstance(parameters, Mapping):
+        raise TypeError(f"path_parameters must be a mapping, not {type(parameters).__name__}: {parameters!r}")
+    for name, value in parameters.items():
+        _check_encodable(value, f"path parameter {name!r}")
+    return parameters
+
+
+def _checked_query_parameters(parameters: QueryParameters | None) -> QueryParameters | None:
+    """``parameters`` as a mapping, or its (name, value) pairs as a tuple (a generator's were sent
+    by the first attempt only: retries went without them); TypeError for anything else (``"a=1"``
+    raised ``not enough values to unpack`` inside the call, ``["ab"]`` was sent as ``a=b``) and
+    ValueError for a name or value UTF-8 cannot encode (a lone surrogate), as the request is built."""
+    if parameters is None:
+        return None
+    if isinstance(parameters, str | bytes | bytearray) or not isinstance(parameters, Iterable):
+        kind = type(parameters).__name__
+        raise TypeError(f"query_parameters must be a mapping or (name, value) pairs, not {kind}: {parameters!r}")
+    if isinstance(parameters, Mapping):
+        items: Iterable[tuple[str, Any]] = parameters.items()
+    else:
+        parameters = tuple(parameters)
+        for pair in parameters:
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(f"query_parameters: each pair must be a (name, value) tuple or list, not {pair!r}")
+        items = parameters
+    for name, value in items:
+        _check_encodable(name, f"query parameter name {name!r}")
+        for each in value if isinstance(value, list | tuple | set | frozenset) else (value,):
+            _check_encodable(each, f"query parameter {name!r}")
+    return parameters
+
+
+def _check_encodable(value: Any, what: str) -> None:
+    """ValueError if ``value`` is text UTF-8 cannot encode: a lone surrogate, as ``os.fsdecode`` or
+    the ``surrogateescape`` error handler make of bytes that are not UTF-8."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{what} has a lone surrogate ({value[error.start]!r}), which UTF-8 cannot encode: pass the"
+                " original bytes, or text decoded from them"
+            ) from None
 
 
 def check_method(method: str) -> None:

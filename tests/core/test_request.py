@@ -373,6 +373,63 @@ def test_empty_query_adds_no_question_mark(query: Any) -> None:
     assert get("things", query_parameters=query).build_url(ENDPOINT) == "http://svc.test/api/things"
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("a=1", "query_parameters must be a mapping or (name, value) pairs, not str: 'a=1'"),
+        (b"a=1", "query_parameters must be a mapping or (name, value) pairs, not bytes: b'a=1'"),
+        (5, "query_parameters must be a mapping or (name, value) pairs, not int: 5"),
+        ([("a",)], "query_parameters: each pair must be a (name, value) tuple or list, not ('a',)"),
+        (["ab"], "query_parameters: each pair must be a (name, value) tuple or list, not 'ab'"),
+    ],
+)
+def test_query_parameters_that_are_no_mapping_nor_pairs_raise_a_type_error_as_the_request_is_built(
+    query: Any, message: str
+) -> None:
+    """``"a=1"`` raised ``ValueError: not enough values to unpack`` from inside the call, and
+    ``["ab"]`` was sent as ``a=b``."""
+    with pytest.raises(TypeError, match=re.escape(message)):
+        get("things", query_parameters=query)
+
+
+def test_path_parameters_that_are_no_mapping_raise_a_type_error_as_the_request_is_built() -> None:
+    with pytest.raises(TypeError, match=re.escape("path_parameters must be a mapping, not list: [('id', 1)]")):
+        get("things/{id}", path_parameters=[("id", 1)])
+
+
+def test_pairs_from_a_generator_are_sent_by_every_attempt() -> None:
+    """A generator was used up by the first attempt: a retry went without the query."""
+    req = get("things", query_parameters=(pair for pair in [("a", 1), ("b", 2)]))
+    assert req.build_url(ENDPOINT) == req.build_url(ENDPOINT) == "http://svc.test/api/things?a=1&b=2"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"path_parameters": {"id": "a\udc80"}}, "path parameter 'id' has a lone surrogate ('\\udc80')"),
+        ({"query_parameters": {"q": "\ud800"}}, "query parameter 'q' has a lone surrogate ('\\ud800')"),
+        ({"query_parameters": {"q": ["ok", "\udfff"]}}, "query parameter 'q' has a lone surrogate ('\\udfff')"),
+        ({"query_parameters": [("q", "x\udc80")]}, "query parameter 'q' has a lone surrogate"),
+        ({"query_parameters": {"\udc80": "x"}}, "query parameter name '\\udc80' has a lone surrogate"),
+    ],
+)
+def test_a_lone_surrogate_in_a_parameter_raises_a_value_error_naming_it_and_sends_nothing(
+    server: LoopbackServer, kwargs: dict[str, Any], message: str
+) -> None:
+    """It raised UnicodeEncodeError from inside the call (an unpaired surrogate, as
+    ``os.fsdecode`` or ``surrogateescape`` makes of bytes that are not UTF-8)."""
+    server.route("/*", lambda h: h.reply(200))
+    with clients(server.url) as make:
+        client = make()
+        with (
+            pytest.raises(ValueError, match=re.escape(message)),
+            client.request(get("things/{id}" if "path_parameters" in kwargs else "things", **kwargs)),
+        ):
+            pass
+    assert server.received() == []
+    assert get("things/{id}", path_parameters={"id": "\U0001f600"}).build_url(ENDPOINT).endswith("/%F0%9F%98%80")
+
+
 def test_query_parameters_extend_a_query_in_the_template() -> None:
     req = get("things?fixed=1", query_parameters={"page": 2})
     assert req.build_url(ENDPOINT) == "http://svc.test/api/things?fixed=1&page=2"
