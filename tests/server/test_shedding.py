@@ -529,6 +529,46 @@ def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
+@pytest.mark.parametrize(("every", "light"), [(0.1, True), (0.05, True), (0.012, False), (0.007, False)])
+def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_being_refused(
+    every: float, light: bool
+) -> None:
+    """With 2 threads and one slot the room rule leaves no thread to wait on: in a flood the spare
+    thread must keep pulling requests in. At light load it refused the requests that happened to
+    overlap another (gunicorn, 2-4 threads, a learned limit of 1, views computing 5 ms, 10-20
+    requests a second: 4-10% answered 503 at 7-15% CPU). Requests served in 7 ms, one every
+    ``every`` seconds before (a clock moved by the test): under half the slot's capacity (14 ms
+    apart and more), the overlapping request waits for the slot; at 0.6 to 1 of it, it is refused."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
+    for _ in range(400):  # seconds of history (the arrival rate is counted over about one)
+        served = limiter.acquire(NORMAL, clock() + 5)
+        offset[0] += 0.007
+        limiter.release(served.admitted_at, thread=True)
+        offset[0] += every - 0.007
+    first = limiter.acquire(NORMAL, clock() + 5)
+    assert first.admitted
+    outcome: list[Any] = []
+    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(NORMAL, clock() + 5)))
+    overlapping.start()  # the second of 2 threads
+    if light:
+        wait_until(lambda: limiter.waiting == 1)
+        offset[0] += 0.007
+        limiter.release(first.admitted_at, thread=True)
+        overlapping.join(5)
+        assert outcome[0].admitted
+        limiter.release(outcome[0].admitted_at, thread=True)
+    else:
+        overlapping.join(5)
+        assert (outcome[0].admitted, outcome[0].reason) == (False, "capacity")
+        limiter.release(first.admitted_at, thread=True)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refused() -> None:
     # A server with 4 threads serving 4 requests at once (views that wait 100 ms). A probe lowers
     # the slots to 1 for five requests; the other threads' requests wait their turn. Before, the room

@@ -164,6 +164,35 @@ def test_gunicorn_probes_make_requests_wait_instead_of_refusing_them() -> None:
     assert [o for o in outcomes if o.status != 200] == []
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["gunicorn", "gunicorn-priority"])
+def test_at_light_load_nothing_is_shed_on_two_threads(kind: str) -> None:
+    # Requests at random times, 20 a second (each on its own connection, as independent callers
+    # send them), to views that compute 5 ms: a few percent of the CPU. Two threads and a learned
+    # limit of 1 left no thread to wait on, and the requests that happened to overlap another were
+    # refused at once (4-6% answered 503 with X-Do-Not-Retry, 2026-12-03): they wait for the slot now.
+    import random
+
+    statuses: list[tuple[int, str | None, float]] = []
+    with server(kind, 2, {"shedding": True}) as url:
+        headers = {"X-Request-Timeout": "1", "X-Request-Priority": "normal"}
+        senders = []
+        began = time.monotonic()
+        due = began
+        while due < began + 6.0:
+            due += random.expovariate(20.0)
+            time.sleep(max(0.0, due - time.monotonic()))
+            sender = threading.Thread(target=answer, args=(url, "/cpu?ms=5", headers, statuses))
+            sender.start()
+            senders.append(sender)
+        for sender in senders:
+            sender.join(10)
+        shed = metric(url, "aio_request_server_shed_total", {"priority": "normal", "reason": "capacity"})
+    assert len(statuses) >= 80
+    assert [status for status, _, _ in statuses if status != 200] == []
+    assert shed == 0
+
+
 def answer(url: str, path: str, headers: dict[str, str], into: list[tuple[int, str | None, float]]) -> None:
     """One GET: its status, its X-Do-Not-Retry and how long it took."""
     host, port = url.removeprefix("http://").split(":")

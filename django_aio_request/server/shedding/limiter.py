@@ -28,7 +28,9 @@ sync requests ever in here at once): one waiter per slot keeps every slot refill
 only hold threads that should be pulling. A probe (``limit.py``) lowers the slots to the minimum for
 a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
 lowered, so the requests the process was serving on them wait their turn instead of being refused
-at once (sized by the probe's one slot, two of four were, at every probe). Past that, the worst
+at once (sized by the probe's one slot, two of four were, at every probe). At light load (requests
+coming in at under half what the slots serve) one request per slot may wait on the spare threads
+whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
@@ -61,6 +63,11 @@ REASON_DEADLINE = "deadline"
 REASONS = (REASON_CAPACITY, REASON_QUEUE_TIMEOUT, REASON_DEADLINE)
 _RTT_WEIGHT = 0.2  # of the newest sample in the moving mean of service times
 _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low priority may not take
+# Below this share of the slots' capacity (arrivals a second times the mean service time, per slot),
+# a sync request that finds every slot taken may wait on a spare thread even where the room rule
+# leaves none (see _room).
+_LIGHT_LOAD = 0.5
+_ARRIVALS_SPAN = 1.0  # seconds over which arrivals are counted (an exponentially decaying count)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +107,8 @@ class Limiter:
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
+        self._arrivals = 0.0  # requests that came in, decayed over _ARRIVALS_SPAN: about the rate times it
+        self._last_arrival: float | None = None
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -202,6 +211,10 @@ class Limiter:
         self, priority: Priority, deadline: float, now: float, loop: asyncio.AbstractEventLoop | None
     ) -> Admission | tuple[Waiter, float, str]:
         """Admitted or refused now, or the waiter queued with how long it may wait and why it would be refused."""
+        last, self._last_arrival = self._last_arrival, now
+        if last is not None:
+            self._arrivals *= math.exp(-max(0.0, now - last) / _ARRIVALS_SPAN)
+        self._arrivals += 1.0
         slots = self._slots()
         if self._in_flight < slots:
             best = self._queue.best()
@@ -218,7 +231,11 @@ class Limiter:
         queue = self._queue
         queue.push(waiter)
         if loop is None:
-            room = self._room(self._slots())
+            slots = self._slots()
+            room = self._room(slots)
+            light_room = min(slots, self._threads_peak - slots)  # one waiter per slot on the spare threads
+            if room < light_room and self._lightly_loaded():
+                room = light_room
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
                 self._published_queue(worst.priority)
@@ -271,6 +288,23 @@ class Limiter:
             held = before + max(0, min(before, (threads - before) // 2))
             room = max(room, held - max(slots, self._in_flight))  # those admitted before it still run
         return room
+
+    def _lightly_loaded(self) -> bool:
+        """Whether requests come in at under half what the slots can serve (by the requests served so far).
+
+        Then one request per slot may wait for a slot on the spare threads (bounded by its deadline
+        and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all pulling
+        requests in: that is for a flood, when requests waiting here keep the next ones in the
+        server's queue. At light load it refused the requests that happened to overlap another (with
+        2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a second:
+        4-10% of them, answered 503 at 7-15% CPU); a request coming meanwhile waits in the server's
+        queue for about one request's time. Before the first request was served there is no measure
+        of the load, and the room rule stands.
+        """
+        service = self._service_time
+        if service is None:
+            return False  # nothing served yet: no measure of the load, so the room rule stands
+        return self._arrivals / _ARRIVALS_SPAN * service < _LIGHT_LOAD * self._slots()
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
