@@ -249,13 +249,33 @@ def _makes_instances(found: Any) -> bool:
     return isinstance(found, type) and type(found).__call__ is type.__call__
 
 
+def _not_callable_with(found: Any, arguments: int, what: str) -> str | None:
+    """Why ``found`` cannot be called with ``arguments`` positional arguments, read from its
+    signature (None when it can, or when it has none to read: a builtin, a C extension's callable)."""
+    try:
+        signature = inspect.signature(found)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*[None] * arguments)
+    except TypeError as error:
+        name = getattr(found, "__qualname__", None) or type(found).__qualname__
+        return f"{name}{signature} cannot be called with {what}: {error}"
+    return None
+
+
+def _an_enricher(found: Any) -> bool:
+    return _function_or_instance(found) and _not_an_enricher(found) is None
+
+
 def _not_an_enricher(found: Any) -> str | None:
     if _makes_instances(found):
         return (
             f"{found.__name__} is a class: the client would call it with each Request and get an instance"
             f" of it back; name a function, or an instance (e.g. enricher = {found.__name__}())"
         )
-    return None
+    # A wrong number of parameters passed the check, and every call raised TypeError.
+    return _not_callable_with(found, 1, "the Request alone, as the client calls it")
 
 
 CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
@@ -272,7 +292,7 @@ CLIENT_SCHEMA: dict[str, tuple[Field, Any]] = {
         None,
     ),
     "REQUEST_ENRICHER": (
-        dotted("a function taking and returning a Request", _function_or_instance, _not_an_enricher),
+        dotted("a function taking and returning a Request", _an_enricher, _not_an_enricher),
         None,
     ),
     # the retry budget (retry_budget.py) and hedges' priority: docs/budgets-and-shedding.md
@@ -319,6 +339,10 @@ SERVER_SCHEMA: dict[str, tuple[Field, Any]] = {
 PRIORITY_POLICIES = ("any", "known_services")  # or the dotted path of a callable
 
 
+def _a_policy(found: Any) -> bool:
+    return _function_or_instance(found) and _not_a_policy(found) is None
+
+
 def _not_a_policy(found: Any) -> str | None:
     """A class is callable, but calling it with (request, priority) makes an instance of it: every
     request under load shedding would have failed, as a class named by REQUEST_ENRICHER did."""
@@ -327,14 +351,15 @@ def _not_a_policy(found: Any) -> str | None:
             f"{found.__name__} is a class: calling it with (request, claimed priority) makes an instance of it,"
             f" not a Priority; name a function, or an instance (e.g. policy = {found.__name__}())"
         )
-    return None
+    # A wrong number of parameters passed the check, and every request under shedding answered 500.
+    return _not_callable_with(found, 2, "(request, claimed priority), as the middleware calls it")
 
 
 def _priority_policy(reader: Reader, path: str, value: Any) -> Any:
     if value in PRIORITY_POLICIES:
         return value
     if isinstance(value, str) and "." in value:
-        policy = dotted("a callable (request, claimed priority) -> Priority", _function_or_instance, _not_a_policy)
+        policy = dotted("a callable (request, claimed priority) -> Priority", _a_policy, _not_a_policy)
         return policy(reader, path, value)
     reader.fail(
         path, f"is {shown(value)}, not a policy", "allowed: " + ", ".join(PRIORITY_POLICIES) + ", or a dotted path"

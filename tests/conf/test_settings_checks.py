@@ -772,3 +772,37 @@ def test_a_strategy_delays_or_deadline_provider_that_is_no_dict_is_e002_at_its_k
         f"django_aio_request.E002 AIO_REQUEST['CLIENTS']['billing']{where} must be a dict, not {kind} | "
         f"a dict with a NAME, e.g. {example}; NAME allowed: "
     ), found
+
+
+def enricher_of_two(request: Any, extra: Any) -> Any:
+    return request
+
+
+def policy_of_one(request: Any) -> Any:
+    return None
+
+
+def policy_of_any(*args: Any, **kwargs: Any) -> Any:
+    return None
+
+
+def test_an_enricher_or_policy_that_cannot_take_its_arguments_is_e008(tmp_path: Path) -> None:
+    """A function with the wrong parameters passed the check; then every call raised TypeError (a
+    client's calls with REQUEST_ENRICHER; every request under load shedding, a 500, with PRIORITY_POLICY)."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.enricher_of_two"}}})
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] names")
+    assert "enricher_of_two(request: Any, extra: Any) -> Any cannot be called with the Request alone" in found
+    (found,) = messages({"SHEDDING": {"PRIORITY_POLICY": f"{__name__}.policy_of_one"}})
+    assert "AIO_REQUEST['SHEDDING']['PRIORITY_POLICY']" in found
+    assert "policy_of_one(request: Any) -> Any cannot be called with (request, claimed priority)" in found
+    assert messages({"SHEDDING": {"PRIORITY_POLICY": f"{__name__}.policy_of_any"}}) == []
+    assert messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.header_enricher"}}}) == []
+    # As users run it: manage.py check in a subprocess says so and exits non-zero.
+    bad = f"""
+from settings.test import *
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}}
+AIO_REQUEST = {{"SHEDDING": {{"PRIORITY_POLICY": "{__name__}.policy_of_one"}}}}
+"""
+    done = manage(tmp_path, "check", settings=bad)
+    assert done.returncode != 0
+    assert "cannot be called with (request, claimed priority)" in done.stderr
