@@ -228,10 +228,16 @@ class QueueWaitApp:
         # Whole milliseconds, rounded down: the time left may only shrink (rounded up, 0.0049 s less a
         # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
         left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
+        shown = f"{left:.3f}"
+        if left <= 0:
+            # Under a millisecond left, which a LOW_TIMEOUT_THRESHOLD of 0 lets through: in whole
+            # microseconds (rounded to 0 ms, a request gthread serves was refused here).
+            left = math.floor((seconds - waited) * 1e6 + 1e-3) / 1e6
+            shown = f"{left:.6f}"
         if left <= 0 or left < threshold:
             return _refuse(environ, start_response, "deadline")
         environ[RECEIVED_TIMEOUT] = raw
-        environ[META_TIMEOUT] = f"{left:.3f}" if left > 0 else "0"
+        environ[META_TIMEOUT] = shown
         return None
 
 

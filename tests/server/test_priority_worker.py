@@ -158,6 +158,31 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given  # the last two: below the threshold already
 
 
+def test_with_no_low_timeout_threshold_under_a_millisecond_left_is_served_in_microseconds(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """LOW_TIMEOUT_THRESHOLD 0 lets any time left through, as gthread serves it; the time left was
+    counted in whole milliseconds, so 0.0009 s less 10 µs queued read 0 and was refused (503)."""
+    settings.AIO_REQUEST = {"LOW_TIMEOUT_THRESHOLD": 0}
+    seen: list[str] = []
+    answers: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.append(environ["HTTP_X_REQUEST_TIMEOUT"])
+        return []
+
+    wrapped = QueueWaitApp(app)
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
+    for sent, given in [("0.0009", "0.000890"), ("5.2e-05", "0.000042"), ("0.0019", "0.001")]:
+        wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda status, headers: answers.append(status))
+        assert seen[-1] == given
+    assert answers == []
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.001)
+    body = wrapped({"HTTP_X_REQUEST_TIMEOUT": "0.0009"}, lambda status, headers: answers.append(status))
+    assert list(body) == [b""]
+    assert answers == ["503 Service Unavailable"]  # the queue used it up
+
+
 def test_a_timeout_above_max_timeout_loses_the_time_queued_from_max_timeout(
     monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
