@@ -529,16 +529,21 @@ def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-@pytest.mark.parametrize(("every", "light"), [(0.1, True), (0.05, True), (0.012, False), (0.007, False)])
+@pytest.mark.parametrize(
+    ("every", "priority", "light"),
+    [(0.1, NORMAL, True), (0.05, NORMAL, True), (0.1, LOW, False), (0.012, NORMAL, False), (0.007, NORMAL, False)],
+)
 def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_being_refused(
-    every: float, light: bool
+    every: float, priority: Priority, light: bool
 ) -> None:
     """With 2 threads and one slot the room rule leaves no thread to wait on: in a flood the spare
     thread must keep pulling requests in. At light load it refused the requests that happened to
     overlap another (gunicorn, 2-4 threads, a learned limit of 1, views computing 5 ms, 10-20
     requests a second: 4-10% answered 503 at 7-15% CPU). Requests served in 7 ms, one every
     ``every`` seconds before (a clock moved by the test): under half the slot's capacity (14 ms
-    apart and more), the overlapping request waits for the slot; at 0.6 to 1 of it, it is refused."""
+    apart and more), the overlapping request waits for the slot; at 0.6 to 1 of it, it is refused.
+    Low priority keeps the rule at any load: the first moments of a flood after a quiet spell look
+    like light load, and lows waiting then delayed high priority 3-4 times (a review's burst test)."""
     offset = [0.0]
 
     def clock() -> float:
@@ -553,7 +558,7 @@ def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_
     first = limiter.acquire(NORMAL, clock() + 5)
     assert first.admitted
     outcome: list[Any] = []
-    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(NORMAL, clock() + 5)))
+    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(priority, clock() + 5)))
     overlapping.start()  # the second of 2 threads
     if light:
         wait_until(lambda: limiter.waiting == 1)

@@ -29,8 +29,8 @@ only hold threads that should be pulling. A probe (``limit.py``) lowers the slot
 a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
 lowered, so the requests the process was serving on them wait their turn instead of being refused
 at once (sized by the probe's one slot, two of four were, at every probe). At light load (requests
-coming in at under half what the slots serve) one request per slot may wait on the spare threads
-whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
+coming in at under half what the slots serve) one normal or high request per slot may wait on the
+spare threads whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
@@ -67,7 +67,15 @@ _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low prio
 # a sync request that finds every slot taken may wait on a spare thread even where the room rule
 # leaves none (see _room).
 _LIGHT_LOAD = 0.5
-_ARRIVALS_SPAN = 1.0  # seconds over which arrivals are counted (an exponentially decaying count)
+# Arrivals are counted over about this many mean service times (an exponentially decaying count),
+# and at least _MIN_ARRIVALS_SPAN seconds. Short, so that a flood after a quiet spell is seen within
+# a few requests' time: the limiter counts only the requests the server's threads took in, one per
+# service time or so once the spare ones wait, and counted over 1 s a flood after 4 s of quiet was
+# taken for light load for 0.7 s (high priority's p50 3-4 times the old one's while lows waited).
+# Not shorter: the two requests that overlap must not read as load by themselves (2 / span x the
+# service time is 0.1 here).
+_SPAN_SERVICES = 20
+_MIN_ARRIVALS_SPAN = 0.1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,7 +115,7 @@ class Limiter:
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
-        self._arrivals = 0.0  # requests that came in, decayed over _ARRIVALS_SPAN: about the rate times it
+        self._arrivals = 0.0  # requests that came in, decayed over _span(): about the rate times it
         self._last_arrival: float | None = None
         self._published_limit = -1
 
@@ -213,7 +221,7 @@ class Limiter:
         """Admitted or refused now, or the waiter queued with how long it may wait and why it would be refused."""
         last, self._last_arrival = self._last_arrival, now
         if last is not None:
-            self._arrivals *= math.exp(-max(0.0, now - last) / _ARRIVALS_SPAN)
+            self._arrivals *= math.exp(-max(0.0, now - last) / self._span())
         self._arrivals += 1.0
         slots = self._slots()
         if self._in_flight < slots:
@@ -234,7 +242,7 @@ class Limiter:
             slots = self._slots()
             room = self._room(slots)
             light_room = min(slots, self._threads_peak - slots)  # one waiter per slot on the spare threads
-            if room < light_room and self._lightly_loaded():
+            if priority is not Priority.LOW and room < light_room and self._lightly_loaded():
                 room = light_room
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
@@ -290,21 +298,29 @@ class Limiter:
         return room
 
     def _lightly_loaded(self) -> bool:
-        """Whether requests come in at under half what the slots can serve (by the requests served so far).
+        """Whether requests came in at under half what the slots can serve over the last twenty
+        service times or so (by the requests served so far).
 
-        Then one request per slot may wait for a slot on the spare threads (bounded by its deadline
+        Then one normal or high request per slot may wait for a slot on the spare threads (bounded by its deadline
         and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all pulling
         requests in: that is for a flood, when requests waiting here keep the next ones in the
         server's queue. At light load it refused the requests that happened to overlap another (with
         2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a second:
         4-10% of them, answered 503 at 7-15% CPU); a request coming meanwhile waits in the server's
         queue for about one request's time. Before the first request was served there is no measure
-        of the load, and the room rule stands.
+        of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
+        keeps the rule: the first moments of a flood after a quiet spell look like light load here
+        (see _SPAN_SERVICES), and lows waiting then held the spare thread while high-priority
+        requests queued behind them in the server.
         """
         service = self._service_time
         if service is None:
             return False  # nothing served yet: no measure of the load, so the room rule stands
-        return self._arrivals / _ARRIVALS_SPAN * service < _LIGHT_LOAD * self._slots()
+        return self._arrivals / self._span() * service < _LIGHT_LOAD * self._slots()
+
+    def _span(self) -> float:
+        """Seconds over which arrivals are counted: see _SPAN_SERVICES."""
+        return max(_MIN_ARRIVALS_SPAN, _SPAN_SERVICES * (self._service_time or 0.0))
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
