@@ -144,9 +144,8 @@ def timeout(seconds: float) -> Callable[[View], View]:
     """Give a view its own default deadline: ``seconds`` from when the view is called.
 
     Used when the request carries no valid ``X-Request-Timeout`` (a valid header's deadline wins,
-    as in aio-request). Works on function views (sync and async), on view classes (it returns a
-    subclass whose ``dispatch`` is wrapped, leaving the class as it was), on methods of view
-    classes, and in ``urls.py``::
+    as in aio-request). Works on function views (sync and async), on view classes (it wraps their
+    ``dispatch``, in place), on methods of view classes, and in ``urls.py``::
 
         path("report/", timeout(30)(views.report)),
         path("items/", timeout(2)(ItemsView.as_view())),
@@ -162,15 +161,8 @@ def timeout(seconds: float) -> Callable[[View], View]:
             dispatch = getattr(view, "dispatch", None)
             if not callable(dispatch):
                 raise TypeError(f"timeout() decorates views and view classes; {view.__name__} has no dispatch()")
-            # A subclass, not the class changed in place: ``timeout(60)(Report).as_view()`` in urls.py
-            # changed Report for every route, and a later ``timeout(2)(Report)`` rewrote the first.
-            namespace = {
-                "dispatch": _wrap(dispatch, checked),
-                "__module__": view.__module__,
-                "__qualname__": view.__qualname__,
-                "__doc__": view.__doc__,
-            }
-            return type(view)(view.__name__, (view,), namespace)
+            view.dispatch = _wrap(dispatch, checked)  # type: ignore[attr-defined]
+            return view
         if not callable(view):
             raise TypeError(f"timeout() decorates views, not {type(view).__name__}")
         return _wrap(view, checked)  # type: ignore[return-value]
