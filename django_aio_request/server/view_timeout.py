@@ -145,7 +145,8 @@ def timeout(seconds: float) -> Callable[[View], View]:
 
     Used when the request carries no valid ``X-Request-Timeout`` (a valid header's deadline wins,
     as in aio-request). Works on function views (sync and async), on view classes (it wraps their
-    ``dispatch``, in place), on methods of view classes, and in ``urls.py``::
+    ``dispatch``, in place: decorating one again with another timeout raises TypeError), on methods
+    of view classes, and in ``urls.py`` (a route's own timeout: decorate its ``as_view()``)::
 
         path("report/", timeout(30)(views.report)),
         path("items/", timeout(2)(ItemsView.as_view())),
@@ -161,6 +162,19 @@ def timeout(seconds: float) -> Callable[[View], View]:
             dispatch = getattr(view, "dispatch", None)
             if not callable(dispatch):
                 raise TypeError(f"timeout() decorates views and view classes; {view.__name__} has no dispatch()")
+            # In place, as Django's method_decorator does (a subclass changed view_class, broke
+            # pickling and met __init_subclass__ and metaclass registries). So a class decorated
+            # twice, with two timeouts (in urls.py, one per route), would take the last for every
+            # route: that is refused, the same timeout again is nothing new.
+            earlier = getattr(view.__dict__.get("dispatch"), "__aio_request_timeout__", None)
+            if earlier is not None:
+                if earlier == checked:
+                    return view
+                raise TypeError(
+                    f"{view.__name__} is already decorated with @timeout({earlier:g}), and a class is decorated in"
+                    f" place: @timeout({checked:g}) would apply to every route using {view.__name__}. For one"
+                    f" route's timeout, decorate that route's view: timeout({checked:g})({view.__name__}.as_view())"
+                )
             view.dispatch = _wrap(dispatch, checked)  # type: ignore[attr-defined]
             return view
         if not callable(view):

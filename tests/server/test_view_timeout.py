@@ -156,6 +156,37 @@ def test_decorating_a_class_returns_the_class() -> None:
     assert float(response.content) <= 2
 
 
+def test_a_class_decorated_again_with_another_timeout_is_refused_and_each_route_gets_its_own_via_as_view() -> None:
+    """A class is decorated in place (as Django's method_decorator does): ``timeout(60)(Report)``
+    and then ``timeout(2)(Report)`` in urls.py gave every route using Report 2 s, silently."""
+
+    class Report(View):
+        def get(self, request: HttpRequest) -> HttpResponse:
+            deadline = get_context().deadline
+            return HttpResponse(str(deadline.timeout if deadline else None))
+
+    def seconds(view: Any) -> float:
+        return float(view(RequestFactory().get("/")).content)
+
+    assert timeout(60)(Report) is Report
+    assert timeout(60)(Report) is Report  # the same timeout again: nothing new (a urls.py imported twice)
+    with pytest.raises(
+        TypeError, match=r"Report is already decorated with @timeout\(60\).*timeout\(2\)\(Report.as_view\(\)\)"
+    ):
+        timeout(2)(Report)
+    export, summary = Report.as_view(), timeout(2)(Report.as_view())
+    assert 2 < seconds(export) <= 60
+    assert 0 < seconds(summary) <= 2
+    assert summary.view_class is Report  # type: ignore[attr-defined]
+
+    class Quarterly(Report):  # a subclass of a decorated class may have its own
+        pass
+
+    assert timeout(5)(Quarterly) is Quarterly
+    assert 0 < seconds(Quarterly.as_view()) <= 5
+    assert 5 < seconds(Report.as_view()) <= 60
+
+
 @pytest.mark.parametrize(
     ("seconds", "error", "match"),
     [
