@@ -251,17 +251,26 @@ def _makes_instances(found: Any) -> bool:
 
 def _not_callable_with(found: Any, arguments: int, what: str) -> str | None:
     """Why ``found`` cannot be called with ``arguments`` positional arguments, read from its
-    signature (None when it can, or when it has none to read: a builtin, a C extension's callable)."""
-    try:
-        signature = inspect.signature(found)
-    except (TypeError, ValueError):
-        return None
-    try:
-        signature.bind(*[None] * arguments)
-    except TypeError as error:
-        name = getattr(found, "__qualname__", None) or type(found).__qualname__
-        return f"{name}{signature} cannot be called with {what}: {error}"
-    return None
+    signature (None when it can, or when it has none to read: a builtin, a C extension's callable).
+
+    Both the signature ``functools.wraps`` shows (the wrapped function's) and the wrapper's own must
+    refuse: a wrapper ``(request, priority)`` around a function with one more keyword argument is
+    called as the wrapper says, and was refused by the wrapped function's signature alone.
+    """
+    problem = None
+    for follow_wrapped in (True, False):
+        try:
+            signature = inspect.signature(found, follow_wrapped=follow_wrapped)
+        except (TypeError, ValueError):
+            return None
+        try:
+            signature.bind(*[None] * arguments)
+        except TypeError as error:
+            name = getattr(found, "__qualname__", None) or type(found).__qualname__
+            problem = problem or f"{name}{signature} cannot be called with {what}: {error}"
+        else:
+            return None
+    return problem
 
 
 def _an_enricher(found: Any) -> bool:

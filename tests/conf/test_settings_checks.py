@@ -1,5 +1,6 @@
 """AIO_REQUEST validation: every bad value is reported by `manage.py check`, naming client, key and what is allowed."""
 
+import functools
 import subprocess
 import types
 from pathlib import Path
@@ -786,6 +787,19 @@ def policy_of_any(*args: Any, **kwargs: Any) -> Any:
     return None
 
 
+def _traced(function: Any) -> Any:
+    @functools.wraps(function)
+    def wrapper(request: Any, priority: Any) -> Any:
+        return function(request, priority, tracer="t")
+
+    return wrapper
+
+
+@_traced
+def traced_policy(request: Any, priority: Any, tracer: str) -> Any:
+    return priority
+
+
 def test_an_enricher_or_policy_that_cannot_take_its_arguments_is_e008(tmp_path: Path) -> None:
     """A function with the wrong parameters passed the check; then every call raised TypeError (a
     client's calls with REQUEST_ENRICHER; every request under load shedding, a 500, with PRIORITY_POLICY)."""
@@ -796,6 +810,8 @@ def test_an_enricher_or_policy_that_cannot_take_its_arguments_is_e008(tmp_path: 
     assert "AIO_REQUEST['SHEDDING']['PRIORITY_POLICY']" in found
     assert "policy_of_one(request: Any) -> Any cannot be called with (request, claimed priority)" in found
     assert messages({"SHEDDING": {"PRIORITY_POLICY": f"{__name__}.policy_of_any"}}) == []
+    # Called as its functools.wraps wrapper says, though the function it wraps takes one more.
+    assert messages({"SHEDDING": {"PRIORITY_POLICY": f"{__name__}.traced_policy"}}) == []
     assert messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.header_enricher"}}}) == []
     # As users run it: manage.py check in a subprocess says so and exits non-zero.
     bad = f"""
