@@ -599,6 +599,18 @@ class RequestsTransport(Transport):
     ) -> Response:
         """The Response for an answer whose body was read (``body``), or was too large (None);
         ``unreadable``: the coding that leaves the body unreadable (``unreadable_coding``), or None."""
+        if not 100 <= status_code <= 599:
+            # The status-line parser refuses these on the wire (response_head.py); an adapter mounted
+            # on the session (``responses`` in tests, say) hands over whatever status it was given.
+            return _refused(
+                request,
+                endpoint,
+                started,
+                status.NETWORK_ERROR,
+                what="the response's status is not one of HTTP's (100-599)",
+                detail=str(status_code),
+                headers={},
+            )
         if body is None:
             return _refused(
                 request,

@@ -179,6 +179,25 @@ def test_a_status_outside_100_to_599_is_a_489_and_a_failure(code: bytes, route: 
         server.close()
 
 
+@pytest.mark.parametrize("code", [600, 999])
+def test_a_status_outside_100_to_599_from_a_mounted_adapter_is_a_489_too(code: int) -> None:
+    """``responses`` (an adapter in the session's place) hands over whatever status a test gave it:
+    a mocked 600 was an accepted answer where the same status from a real peer is a 489."""
+    import responses
+
+    client = dar.setup(endpoint="http://svc.test/", safe_method_strategy=dar.single_attempt_strategy(), metrics=False)
+    try:
+        with responses.RequestsMock() as mocked:
+            mocked.add(responses.GET, "http://svc.test/x", status=code, body=b"ok")
+            with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(2.0)) as response:
+                assert response.status == status.NETWORK_ERROR
+            mocked.add(responses.GET, "http://svc.test/y", status=599, body=b"ok")
+            with client.request(dar.get("y"), deadline=dar.Deadline.from_timeout(2.0)) as response:
+                assert response.status == 599
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("code", [b"100", b"599"])
 def test_a_status_of_100_to_599_is_an_answer(code: bytes) -> None:
     head = b"HTTP/1.1 " + code + b" Edge\r\nContent-Length: 0\r\n\r\n"
