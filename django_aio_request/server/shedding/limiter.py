@@ -301,10 +301,10 @@ class Limiter:
         """Whether requests came in at under half what the slots can serve over the last twenty
         service times or so (by the requests served so far).
 
-        Then one normal or high request per slot may wait for a slot on the spare threads (bounded by its deadline
-        and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all pulling
-        requests in: that is for a flood, when requests waiting here keep the next ones in the
-        server's queue. At light load it refused the requests that happened to overlap another (with
+        Then one normal or high request per slot may wait for a slot on the spare threads (bounded
+        by its deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them
+        or all pulling requests in: that is for a flood, when requests waiting here keep the next
+        ones in the server's queue. At light load it refused the requests that happened to overlap another (with
         2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a second:
         4-10% of them, answered 503 at 7-15% CPU); a request coming meanwhile waits in the server's
         queue for about one request's time. Before the first request was served there is no measure
