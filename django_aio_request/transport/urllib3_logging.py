@@ -12,11 +12,19 @@ line (DEBUG): path parameter values and query tokens reached production logs kep
 process, however many are built): each of the two messages keeps everything but the path and the
 query, replaced by ``/***``; host and port stay (the retry's from urllib3's own ``extra``). Every
 other record passes as it is, and none is dropped.
+
+The second also wrote the head's "unparsed data": every field after the line ``http.client`` could
+not parse (``Set-Cookie`` values, tokens), in its message and again in its traceback's last line.
+Both now name the defects found (their class names: a defect's own text may quote the line) and
+say the data was withheld; the traceback keeps its frames.
 """
 
 import contextlib
 import logging
+import re
 from typing import Any
+
+from urllib3.exceptions import HeaderParsingError
 
 REDACTED = "/***"
 
@@ -24,6 +32,7 @@ REDACTED = "/***"
 RETRYING = "Retrying (%r) after connection broken by '%r': %s"
 FAILED_TO_PARSE_HEADERS = "Failed to parse headers (url=%s): %s"
 _RETRY_EXTRA = "__urllib3-retry-warning"  # urllib3 2.x names the pool's host in this record attribute
+_DEFECT_NAME = re.compile(r"\b([A-Z][A-Za-z0-9]*Defect)\(")
 
 
 def redact_url(url: object) -> str:
@@ -59,7 +68,26 @@ class RedactUrls(logging.Filter):
             target = f"{host}{REDACTED}" if host else redact_url(args[2])
             record.args = (args[0], args[1], target)
         elif record.msg == FAILED_TO_PARSE_HEADERS and len(args) == 2:
-            record.args = (redact_url(args[0]), args[1])
+            error = args[1]
+            if isinstance(error, HeaderParsingError):
+                error = _withheld(error)
+                if record.exc_info and record.exc_info[1] is args[1]:
+                    record.exc_info = (type(error), error, record.exc_info[2])
+                    record.exc_text = None
+            record.args = (redact_url(args[0]), error)
+
+
+def _withheld(error: HeaderParsingError) -> HeaderParsingError:
+    """A copy of ``error`` (same class and traceback) that names its defects and not the data.
+
+    urllib3 builds the message as ``f"{defects!r}, unparsed data: {data!r}"``: the names are read
+    off the defects' reprs, the data (``None`` when there was none) is only said to exist."""
+    text = str(error)
+    names = ", ".join(_DEFECT_NAME.findall(text.partition(", unparsed data: ")[0])) or "Unknown"
+    data = "" if text.endswith(", unparsed data: None") else ", unparsed data withheld"
+    copy = HeaderParsingError.__new__(type(error))
+    copy.args = (f"[{names}]{data}",)
+    return copy.with_traceback(error.__traceback__)
 
 
 _FILTER = RedactUrls()

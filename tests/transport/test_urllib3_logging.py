@@ -102,7 +102,54 @@ def test_a_header_line_urllib3_cannot_parse_is_logged_without_path_or_query_valu
     warnings = _urllib3_records(urllib3_at_info, "urllib3.connection", "Failed to parse headers")
     assert len(warnings) == 1, warnings
     assert f"url=http://127.0.0.1:{server.port}/***" in warnings[0], warnings[0]
-    assert "Missing header name" in warnings[0], warnings[0]
+    assert "InvalidHeaderDefect" in warnings[0], warnings[0]
+    _assert_no_value(urllib3_at_info)
+
+
+COOKIE_SECRET = "c00kie-SESSION-SECRET"
+
+
+def test_a_head_urllib3_cannot_parse_is_logged_without_the_unparsed_fields(
+    server: LoopbackServer, urllib3_at_info: pytest.LogCaptureFixture
+) -> None:
+    """A line that is no field ends http.client's header block: the fields after it (a
+    ``Set-Cookie`` here) are its "unparsed data", which urllib3 wrote into its warning, once in the
+    message and again in the traceback (``HeaderParsingError: [...], unparsed data: '...'``).
+    The warning still says which defects were found, and its traceback still shows where."""
+
+    def line_without_colon(handler: Handler) -> None:
+        handler.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nnot a field\r\n"
+            b"Set-Cookie: sid=" + COOKIE_SECRET.encode() + b"\r\nConnection: close\r\n\r\nok"
+        )
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    class OwnAdapter(requests.adapters.HTTPAdapter):
+        pass
+
+    server.route("/things/*", line_without_colon)
+    session = requests.Session()
+    session.mount(server.url, OwnAdapter())
+    client = dar.setup(
+        endpoint=server.url,
+        safe_method_strategy=dar.single_attempt_strategy(),
+        metrics=False,
+        transport=dar.RequestsTransport(session=session),
+    )
+    try:
+        with client.request(_secret_request()) as response:
+            assert response.status == 200
+    finally:
+        client.close()
+    warnings = _urllib3_records(urllib3_at_info, "urllib3.connection", "Failed to parse headers")
+    assert len(warnings) == 1, warnings
+    text = warnings[0]
+    assert COOKIE_SECRET not in text, text
+    assert "MissingHeaderBodySeparatorDefect" in text, text  # what was wrong is still said
+    assert "unparsed data withheld" in text, text
+    assert "Traceback" in text, text  # and where
+    assert "assert_header_parsing" in text, text
     _assert_no_value(urllib3_at_info)
 
 
