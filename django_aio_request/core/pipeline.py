@@ -138,6 +138,7 @@ class TransportModule(RequestModule):
             request = request.with_headers(system)
         if self.request_enricher is not None:
             sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
+            before = {name.lower(): value for name, value in request.headers.items()}  # it may edit in place
             request = self.request_enricher(request)
             if not isinstance(request, Request):  # it edited the request in place and returned nothing
                 raise TypeError(
@@ -150,6 +151,10 @@ class TransportModule(RequestModule):
                 # its own: it promised the downstream the time left before the enricher ran. Its own may
                 # be in any letter case, set in place beside ours (request.headers["x-request-timeout"]).
                 request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
+            enriched = _enriched(before, request.headers)
+            if enriched:
+                request = request.with_headers({})  # a copy: the enricher may have returned the caller's own
+                request.enricher_headers = enriched
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
             return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
@@ -157,6 +162,19 @@ class TransportModule(RequestModule):
         response = self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
         self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
         return response
+
+
+_WIRE_FORMAT = frozenset(name.lower() for name in (h.X_REQUEST_TIMEOUT, h.X_REQUEST_PRIORITY, h.X_SERVICE_NAME))
+
+
+def _enriched(before: Mapping[str, str], after: Mapping[str, str]) -> frozenset[str]:
+    """The names (lowercase) of the headers in ``after`` that are not in ``before`` or differ: what
+    the enricher set. The wire format's own headers are not among them: they are meant for every hop."""
+    return frozenset(
+        lowered
+        for name, value in after.items()
+        if (lowered := name.lower()) not in _WIRE_FORMAT and before.get(lowered) != value
+    )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -27,6 +27,7 @@ class Request:
     __slots__ = (
         "allow_redirects",
         "body",
+        "enricher_headers",
         "headers",
         "max_redirects",
         "method",
@@ -67,6 +68,10 @@ class Request:
         self.body = bytes(body) if body is not None else None
         self.allow_redirects = allow_redirects
         self.max_redirects = max_redirects
+        #: The names (lowercase) of the headers the client's request enricher added or changed, set
+        #: by the client after the enricher ran. They were made for the client's endpoint (credentials
+        #: go there), so a transport does not carry them on a redirect to another origin.
+        self.enricher_headers: frozenset[str] = frozenset()
 
     def with_headers(self, extra: Headers) -> "Request":
         """A copy whose headers are updated with ``extra`` (case-insensitively replacing)."""

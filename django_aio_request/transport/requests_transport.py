@@ -410,15 +410,23 @@ class RequestsTransport(Transport):
         sent: requests.PreparedRequest,
         kwargs: dict[str, Any],
         remaining: Callable[[], float],
+        endpoint_only: frozenset[str],
     ) -> tuple[str | None, requests.Response | None]:
         """Follow the redirect ``response`` (to ``sent``'s next hop): (None, the next answer), or
-        (why it cannot be followed, None)."""
+        (why it cannot be followed, None). ``endpoint_only``: the (lowercase) names of headers not
+        sent to another origin (the request enricher's: ``Request.enricher_headers``)."""
         with _followed_location(response):
-            problem = self._redirect_problem(response)
+            problem, target = self._redirect_target(response)
             if problem is not None:
                 return problem, None
             _drop_body(response)
             _stamp_time_left(response.request, remaining)
+            if endpoint_only and self._session.should_strip_auth(sent.url or "", target):  # type: ignore[no-untyped-call]
+                # The rule requests applies to Authorization: another host, port or scheme (but
+                # http to https on the default ports). The hops after it are made from this copy.
+                sent = sent.copy()
+                for name in [name for name in sent.headers if name.lower() in endpoint_only]:
+                    del sent.headers[name]
             # One hop, from a generator of its own: requests counts the hops of one generator against
             # the session's max_redirects (30 by default) and raised TooManyRedirects past it,
             # whatever the request allowed. The request's max_redirects is the limit, counted here;
@@ -433,14 +441,19 @@ class RequestsTransport(Transport):
             return self._redirect_problem(answer)
 
     def _redirect_problem(self, response: requests.Response) -> str | None:
-        """Why the redirect ``response`` cannot be followed (worked out the way requests follows it),
-        or None. A peer's ``Location`` is input like any other: it must end as a status, not raise."""
+        """Why the redirect ``response`` cannot be followed, or None."""
+        return self._redirect_target(response)[0]
+
+    def _redirect_target(self, response: requests.Response) -> tuple[str | None, str]:
+        """(why the redirect ``response`` cannot be followed, or None; the URL it goes to, worked out
+        the way requests follows it). A peer's ``Location`` is input like any other: it must end as
+        a status, not raise."""
         try:
             target = self._session.get_redirect_target(response)
         except UnicodeError:
-            return "Location is not UTF-8"
+            return "Location is not UTF-8", ""
         if not target:
-            return "empty Location"
+            return "empty Location", ""
         try:
             if target.startswith("//"):
                 target = f"{split_url(response.url).scheme}:{target}"
@@ -448,8 +461,8 @@ class RequestsTransport(Transport):
             url = requote_uri(target) if parsed.netloc else urllib.parse.urljoin(response.url, requote_uri(target))
             self._check_target(url)
         except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
-            return type(error).__name__  # not its message: it holds the URL, path values and all
-        return None
+            return type(error).__name__, ""  # not its message: it holds the URL, path values and all
+        return None, url
 
     def _send(
         self,
@@ -529,7 +542,7 @@ class RequestsTransport(Transport):
             if request.allow_redirects and response.is_redirect:
                 sent = prepared
                 for _ in range(request.max_redirects):
-                    problem, following = self._next_hop(response, sent, kwargs, remaining)
+                    problem, following = self._next_hop(response, sent, kwargs, remaining, request.enricher_headers)
                     if following is None:
                         response.close()
                         return self._invalid_redirect(request, endpoint, response, str(problem), started)

@@ -30,6 +30,7 @@ from django_aio_request import (
     post,
     post_json,
     request,
+    setup,
     single_attempt_strategy,
 )
 from tests.support.loopback import Handler, LoopbackServer, free_port, trickle
@@ -376,6 +377,59 @@ def test_a_timeout_header_set_by_the_caller_or_an_enricher_reaches_each_redirect
         ("/slow/1", "5.000"),
         ("/slow/0", "5.000"),
     ]
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["with_headers", "in-place"])
+@pytest.mark.parametrize("route", ["direct", "requests", "own adapter"])
+def test_headers_the_enricher_set_do_not_follow_a_redirect_to_another_origin(
+    server: LoopbackServer, route: str, in_place: bool
+) -> None:
+    """Credentials go in a request enricher (docs/security.md), which adds them for the client's
+    endpoint: a redirect to another host, port or scheme must not carry them (requests drops only
+    ``Authorization``; an ``X-Api-Key`` went to wherever the endpoint redirected). A redirect within
+    the endpoint's origin keeps them, and the caller's own headers and the wire format's go on."""
+    other = LoopbackServer()
+    try:
+        other.route("/landing", lambda h: h.reply(200, b"there"))
+        server.route("/away", redirect(f"{other.url}landing"))
+        server.route("/home", redirect("/landing"))
+        server.route("/landing", lambda h: h.reply(200, b"here"))
+
+        def enrich(request: Request) -> Request:
+            if in_place:
+                request.headers.update({"x-api-key": "s3cret", "Authorization": "Bearer t0ken"})
+                return request
+            return request.with_headers({"X-Api-Key": "s3cret", "Authorization": "Bearer t0ken"})
+
+        client = setup(
+            endpoint=server.url,
+            transport=_transport_sending_on(route, server),
+            safe_method_strategy=single_attempt_strategy(),
+            request_enricher=enrich,
+            metrics=False,
+        )
+        try:
+            for path, body in (("away", b"there"), ("home", b"here")):
+                with client.request(get(path, headers={"X-Trace": "t-1"})) as response:
+                    assert (response.status, response.read()) == (200, body)
+        finally:
+            client.close()
+        first = _lowercase(server.received("/away")[0].headers)
+        assert (first["x-api-key"], first["authorization"]) == ("s3cret", "Bearer t0ken")
+        landed = _lowercase(other.received("/landing")[0].headers)
+        assert "x-api-key" not in landed, landed
+        assert "authorization" not in landed, landed
+        assert landed["x-trace"] == "t-1"
+        assert "x-request-timeout" in landed
+        assert "x-request-priority" in landed
+        same_origin = _lowercase(server.received("/landing")[0].headers)
+        assert (same_origin["x-api-key"], same_origin["authorization"]) == ("s3cret", "Bearer t0ken")
+    finally:
+        other.close()
+
+
+def _lowercase(headers: dict[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
 
 
 class _SessionOfItsOwn(requests.Session):
