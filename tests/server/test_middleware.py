@@ -514,6 +514,22 @@ def test_a_slow_async_view_is_cancelled_at_the_deadline_and_answered_408() -> No
 
 
 @pytest.mark.usefixtures("cancelling")
+def test_a_cancelled_view_is_logged_with_its_path_never_its_query(caplog: pytest.LogCaptureFixture) -> None:
+    """What docs/security.md says the server side logs of a 408: its method and path (no query
+    string) at DEBUG from the middleware, and at WARNING from Django's ``django.request``, which logs
+    every 4xx so."""
+    caplog.set_level(logging.DEBUG)
+    response, _ = timed_get("/aslow?sleep=3&token=qu3ry-SECRET", {"X-Request-Timeout": "0.2"})
+    assert response.status_code == 408
+    ours = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.middleware"]
+    assert ours == ["cancelled an async view at its deadline: GET /aslow"], ours
+    assert [r.levelno for r in caplog.records if r.name == "django_aio_request.server.middleware"] == [logging.DEBUG]
+    djangos = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "django.request"]
+    assert djangos == [(logging.WARNING, "Request Timeout: /aslow")], djangos
+    assert not [r for r in caplog.records if "qu3ry-SECRET" in r.getMessage()]
+
+
+@pytest.mark.usefixtures("cancelling")
 def test_an_async_view_that_is_in_time_is_not_cancelled() -> None:
     response, _ = timed_get("/aslow?sleep=0.05", {"X-Request-Timeout": "2"})
     assert response.status_code == 200
