@@ -137,8 +137,12 @@ class TransportModule(RequestModule):
                 system[h.X_SERVICE_NAME] = self.service_name
             request = request.with_headers(system)
         if self.request_enricher is not None:
+            if request is attempt.request:
+                # The caller's own (no system headers copied it): an enricher that edits in place would
+                # write into it, and the next attempt or call would take what it set for the caller's.
+                request = request.with_headers({})
             sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
-            before = {name.lower(): value for name, value in request.headers.items()}  # it may edit in place
+            before = {name.lower(): value for name, value in request.headers.items()}
             request = self.request_enricher(request)
             if not isinstance(request, Request):  # it edited the request in place and returned nothing
                 raise TypeError(
@@ -153,7 +157,7 @@ class TransportModule(RequestModule):
                 request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
             enriched = _enriched(before, request.headers)
             if enriched:
-                request = request.with_headers({})  # a copy: the enricher may have returned the caller's own
+                request = request.with_headers({})  # a copy: the enricher may return a request of its own keeping
                 request.enricher_headers = enriched
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:

@@ -26,14 +26,16 @@ from django_aio_request import (
     RequestsTransport,
     Response,
     ResponseVerdict,
+    constant_delays,
     get,
     post,
     post_json,
     request,
+    sequential_strategy,
     setup,
     single_attempt_strategy,
 )
-from tests.support.loopback import Handler, LoopbackServer, free_port, trickle
+from tests.support.loopback import Handler, LoopbackServer, free_port, replies, trickle
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -424,6 +426,51 @@ def test_headers_the_enricher_set_do_not_follow_a_redirect_to_another_origin(
         assert "x-request-priority" in landed
         same_origin = _lowercase(server.received("/landing")[0].headers)
         assert (same_origin["x-api-key"], same_origin["authorization"]) == ("s3cret", "Bearer t0ken")
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("system_headers", [True, False], ids=["system-headers", "no-system-headers"])
+def test_an_in_place_enricher_s_headers_do_not_follow_a_retry_s_redirect_to_another_origin(
+    server: LoopbackServer, system_headers: bool
+) -> None:
+    """With ``EMIT_SYSTEM_HEADERS`` off, the enricher was handed the caller's own request: one that
+    set its header in place wrote it into the caller's object, so the retry (and the next call
+    made with that request) found it there before the enricher ran, took it for the caller's, and
+    sent it to the other origin the retry was redirected to."""
+    other = LoopbackServer()
+    try:
+        other.route("/landing", lambda h: h.reply(200, b"there"))
+        answers = iter([replies(503), redirect(f"{other.url}landing"), redirect(f"{other.url}landing")])
+
+        def flaky(handler: Handler) -> None:
+            next(answers)(handler)
+
+        server.route("/flaky", flaky)
+
+        def enrich(request: Request) -> Request:
+            request.headers["X-Api-Key"] = "s3cret"
+            return request
+
+        client = setup(
+            endpoint=server.url,
+            safe_method_strategy=sequential_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.0)),
+            request_enricher=enrich,
+            emit_system_headers=system_headers,
+            metrics=False,
+        )
+        call = get("flaky")
+        try:
+            for _ in range(2):
+                with client.request(call) as response:
+                    assert (response.status, response.read()) == (200, b"there")
+        finally:
+            client.close()
+        assert call.headers == {}, "the enricher wrote into the caller's request"
+        assert [_lowercase(r.headers).get("x-api-key") for r in server.received("/flaky")] == ["s3cret"] * 3
+        landed = [_lowercase(r.headers) for r in other.received("/landing")]
+        assert len(landed) == 2
+        assert not [h for h in landed if "x-api-key" in h], landed
     finally:
         other.close()
 
