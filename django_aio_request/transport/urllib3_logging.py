@@ -16,12 +16,14 @@ other record passes as it is, and none is dropped.
 The second also wrote the head's "unparsed data": every field after the line ``http.client`` could
 not parse (``Set-Cookie`` values, tokens), in its message and again in its traceback's last line.
 Both now name the defects found (their class names: a defect's own text may quote the line) and
-say the data was withheld; the traceback keeps its frames.
+say the data was withheld. The traceback is kept as text (``record.exc_text``, which formatters
+print as it is): its frames' variables hold the data and the URL, so the frames are not handed on.
 """
 
 import contextlib
 import logging
 import re
+import traceback
 from typing import Any
 
 from urllib3.exceptions import HeaderParsingError
@@ -72,22 +74,32 @@ class RedactUrls(logging.Filter):
             if isinstance(error, HeaderParsingError):
                 error = _withheld(error)
                 if record.exc_info and record.exc_info[1] is args[1]:
-                    record.exc_info = (type(error), error, record.exc_info[2])
-                    record.exc_text = None
+                    # The traceback as text, frames dropped: their variables hold the data and the
+                    # URL (urllib3's exception, the unparsed payload, the request's URL), and a
+                    # formatter that shows them (structlog's dict tracebacks) wrote them out.
+                    frames = traceback.format_tb(record.exc_info[2])
+                    text = "".join(
+                        ["Traceback (most recent call last):\n", *frames, *traceback.format_exception_only(error)]
+                    )
+                    record.exc_info = None
+                    record.exc_text = text.rstrip("\n")
             record.args = (redact_url(args[0]), error)
 
 
 def _withheld(error: HeaderParsingError) -> HeaderParsingError:
-    """A copy of ``error`` (same class and traceback) that names its defects and not the data.
+    """A copy of ``error`` (same class, no traceback) that names its defects and not the data.
 
     urllib3 builds the message as ``f"{defects!r}, unparsed data: {data!r}"``: the names are read
-    off the defects' reprs, the data (``None`` when there was none) is only said to exist."""
+    off the defects' reprs, the data (``None``, or empty, when there was none) is only said to exist."""
     text = str(error)
     names = ", ".join(_DEFECT_NAME.findall(text.partition(", unparsed data: ")[0])) or "Unknown"
-    data = "" if text.endswith(", unparsed data: None") else ", unparsed data withheld"
+    data = "" if text.endswith(_NO_DATA) else ", unparsed data withheld"
     copy = HeaderParsingError.__new__(type(error))
     copy.args = (f"[{names}]{data}",)
-    return copy.with_traceback(error.__traceback__)
+    return copy
+
+
+_NO_DATA = tuple(f", unparsed data: {empty!r}" for empty in (None, "", b""))
 
 
 _FILTER = RedactUrls()

@@ -1,10 +1,14 @@
 """urllib3's own warnings that name a request's URL hold no path or query value (docs/security.md)."""
 
 import logging
+import traceback
+from email.errors import InvalidHeaderDefect
+from typing import Any
 
 import pytest
 import requests
 import requests.adapters
+from urllib3.exceptions import HeaderParsingError
 
 import django_aio_request as dar
 from django_aio_request.transport import urllib3_logging
@@ -109,6 +113,13 @@ def test_a_header_line_urllib3_cannot_parse_is_logged_without_path_or_query_valu
 COOKIE_SECRET = "c00kie-SESSION-SECRET"
 
 
+class LocalsFormatter(logging.Formatter):
+    """Writes each frame's variables under a traceback, as structlog's dict tracebacks do."""
+
+    def formatException(self, ei: Any) -> str:
+        return "".join(traceback.TracebackException(*ei, capture_locals=True).format())
+
+
 def test_a_head_urllib3_cannot_parse_is_logged_without_the_unparsed_fields(
     server: LoopbackServer, urllib3_at_info: pytest.LogCaptureFixture
 ) -> None:
@@ -145,6 +156,15 @@ def test_a_head_urllib3_cannot_parse_is_logged_without_the_unparsed_fields(
     warnings = _urllib3_records(urllib3_at_info, "urllib3.connection", "Failed to parse headers")
     assert len(warnings) == 1, warnings
     text = warnings[0]
+    (record,) = [r for r in urllib3_at_info.records if r.getMessage().startswith("Failed to parse headers")]
+    if record.exc_info:
+        record.exc_text = None  # a handler before this one cached its own text
+    with_locals = LocalsFormatter("%(message)s").format(record)
+    for secret in (COOKIE_SECRET, PATH_SECRET, QUERY_SECRET):
+        # The frames' variables held them (urllib3's exception, the unparsed data, the request URL):
+        # a formatter that shows them (structlog's dict tracebacks do by default) wrote them out.
+        assert secret not in with_locals, with_locals
+        assert secret not in repr(record.__dict__), record.__dict__
     assert COOKIE_SECRET not in text, text
     assert "MissingHeaderBodySeparatorDefect" in text, text  # what was wrong is still said
     assert "unparsed data withheld" in text, text
@@ -174,6 +194,19 @@ def test_other_records_of_those_loggers_pass_untouched() -> None:
     )
     assert redact.filter(record) is True
     assert record.getMessage() == "Connection pool is full, discarding connection: h"
+    for data, said in ((None, "[InvalidHeaderDefect]"), ("", "[InvalidHeaderDefect]")):
+        error = HeaderParsingError([InvalidHeaderDefect("Missing header name.")], data)
+        record = logging.LogRecord(
+            "urllib3.connection",
+            logging.WARNING,
+            __file__,
+            1,
+            urllib3_logging.FAILED_TO_PARSE_HEADERS,
+            ("http://h/x", error),
+            None,
+        )
+        assert redact.filter(record) is True
+        assert record.getMessage() == f"Failed to parse headers (url=http://h/***): {said}"  # nothing withheld
     odd = logging.LogRecord(
         "urllib3.connection", logging.WARNING, __file__, 1, urllib3_logging.FAILED_TO_PARSE_HEADERS, None, None
     )
