@@ -21,7 +21,9 @@ from ``X-Request-Timeout``) ends by that deadline:
   :data:`CANCEL_TIMEOUT` after it was told (the connection's own packets lost), the connection's
   socket is shut down: the thread waiting on it gets an error at once (:class:`DeadlineExceeded`)
   and Django opens a new connection for the next request. Without it the request waited for the
-  statement's end, or for TCP to give up on a dead network (minutes).
+  statement's end, or for TCP to give up on a dead network (minutes). Inside ``atomic()`` the
+  connection is closed as the statement raises (Django's "closed in transaction"): the block's exit
+  touches it no more and opens no new one.
 - psycopg 3's ``cursor.copy()`` and ``cursor.stream()`` send their statement without passing an
   execute wrapper: the connection's cursor wrappers bound them the same way, for as long as the
   ``with cursor.copy(...)`` block or the iteration over ``cursor.stream(...)`` lasts.
@@ -250,7 +252,7 @@ class QueryBound:
             try:
                 return call(*args)
             except Exception as error:
-                self._raise_if_cancelled(error, generation, sql)
+                self._raise_if_cancelled(error, generation, sql, connection)
                 raise
         finally:
             self._ended += 1
@@ -270,7 +272,7 @@ class QueryBound:
             try:
                 yield
             except Exception as error:
-                self._raise_if_cancelled(error, generation, sql)
+                self._raise_if_cancelled(error, generation, sql, connection)
                 raise
         finally:
             self._ended += 1
@@ -295,9 +297,12 @@ class QueryBound:
             self._arm(deadline.expires_at, connection.connection)
         return self._generation
 
-    def _raise_if_cancelled(self, error: Exception, generation: int, sql: object) -> None:
+    def _raise_if_cancelled(
+        self, error: Exception, generation: int, sql: object, connection: BaseDatabaseWrapper
+    ) -> None:
         """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
         if self._severed == generation:
+            self._close_severed(connection)
             raise DeadlineExceeded(
                 f"database {self.alias!r} did not end the query at the deadline, and its connection was "
                 f"closed: {_head(sql)}",
@@ -312,6 +317,22 @@ class QueryBound:
                 sent=True,
                 sql=_head(sql),
             ) from error
+
+    def _close_severed(self, connection: BaseDatabaseWrapper) -> None:
+        """In the owner thread, as its statement fails inside ``atomic()``: close Django's connection
+        whose socket :meth:`_sever` shut down, the way Django closes one that broke in a transaction
+        (which the server rolls back). The block's exit then sends no ``ROLLBACK`` or ``COMMIT`` on
+        it, which failed with an error that was not the deadline's (a 500, also where the view had
+        caught the deadline and answered), and opens no new connection to restore autocommit, which
+        made the 408 wait for that connect (``connect_timeout``, or for ever when the server hangs).
+        Outside a transaction the connection is left to Django, which closes it when the request
+        ends (``errors_occurred``, set by :meth:`_sever`)."""
+        if not connection.in_atomic_block or connection.connection is not self._raw:
+            return
+        try:
+            connection.close()
+        except Exception as error:  # its socket is shut down: closing may fail, it is closed all the same
+            logger.debug("closing the severed connection of database %r: %s", self.alias, error)
 
     def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
         """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that

@@ -161,6 +161,26 @@ class OuterMiddleware:
         return response
 
 
+def report(request: HttpRequest) -> HttpResponse:
+    """docs/database.md's example: ``?sleep=`` seconds of pg_sleep; a deadline cancellation answers
+    503, any other database error is raised on."""
+    try:
+        _sleep(float(request.GET["sleep"]))
+    except DatabaseError as error:
+        if is_deadline_cancellation(error):
+            return HttpResponse("partial report unavailable", status=503)
+        raise
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
+def atomic_sleep(request: HttpRequest) -> HttpResponse:
+    """A write, then ``?sleep=`` seconds of pg_sleep, in one ``transaction.atomic()`` block."""
+    with transaction.atomic(using=ALIAS):
+        Group.objects.using(ALIAS).create(name="written in the view")
+        _sleep(float(request.GET["sleep"]))
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
 urlpatterns = [
     path("sleep-unguarded/", sleep_unguarded),
     path("sleep-async/", sleep_async),
@@ -170,4 +190,6 @@ urlpatterns = [
     path("broken-below/", broken_below),
     path("fallback-bug/", fallback_bug),
     path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
+    path("report/", report),
+    path("atomic-sleep/", atomic_sleep),
 ]

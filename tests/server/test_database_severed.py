@@ -1,0 +1,101 @@
+"""A connection the bound shut down at the deadline (the server could not be told to cancel the
+statement: a proxy that leaves cancel requests unanswered, a server that hangs) while the request
+is in a transaction (``ATOMIC_REQUESTS``, ``transaction.atomic()``): through AioRequestMiddleware
+and Django's test client, in the test process, against the real PostgreSQL server behind
+:class:`tests.server.test_database.HangingProxy`."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from django_aio_request.server import database as db
+from tests.server.test_database import HangingProxy, through_proxy
+
+PG = "postgres"
+SLACK = 0.5  # tells "by the deadline plus the cancel timeout" from "after a connect timeout" (2 s)
+TIMEOUT = 0.5  # X-Request-Timeout
+CANCEL_TIMEOUT = 0.3
+
+pytestmark = [pytest.mark.django_db(databases=[PG], transaction=True), pytest.mark.urls("tests.support.urls_db")]
+
+
+@pytest.fixture(autouse=True)
+def enabled(settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.install()
+    settings.AIO_REQUEST = {"SERVICE_NAME": "tests", db.SETTING_KEY: True}
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", CANCEL_TIMEOUT)
+
+
+@pytest.fixture
+def proxied() -> Iterator[tuple[BaseDatabaseWrapper, HangingProxy]]:
+    """The test client serves in this thread: its connection to ``postgres`` goes through a proxy,
+    opened before the request (as a persistent connection is), with ``connect_timeout`` 2, as
+    docs/database.md advises (without it, a connect to a hung server waits for ever)."""
+    pg = connections[PG]
+    pg.ensure_connection()
+    with through_proxy(pg) as proxy:
+        pg.settings_dict["OPTIONS"] = {**pg.settings_dict["OPTIONS"], "connect_timeout": 2}
+        with pg.cursor() as cursor:
+            cursor.execute("SELECT 1")  # connected through the proxy
+        yield pg, proxy
+
+
+def internal_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Internal Server Error")]
+
+
+@pytest.mark.parametrize(("path", "status"), [("/sleep-unguarded/", 408), ("/report/", 503)], ids=["view", "caught"])
+def test_atomic_requests_answer_the_deadline_when_the_cancel_request_is_lost(
+    client: Client,
+    proxied: tuple[BaseDatabaseWrapper, HangingProxy],
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    status: int,
+) -> None:
+    """``ATOMIC_REQUESTS``, and a proxy that leaves new connections (the cancel request's) unanswered:
+    the statement's connection is shut down CANCEL_TIMEOUT after the deadline. A view that does not
+    catch the deadline answers 408, docs/database.md's example that catches it its 503, both by the
+    deadline plus the cancel timeout. Before, the ROLLBACK (or the example's COMMIT) on the shut-down
+    connection failed ("the connection is lost") and Django opened a new connection to restore
+    autocommit: 408 after the 2 s connect timeout, and the example's 503 a 500 ("Internal Server Error")."""
+    pg, proxy = proxied
+    pg.settings_dict["ATOMIC_REQUESTS"] = True
+    client.raise_request_exception = False
+    proxy.hang = True
+    started = time.monotonic()
+    response = client.get(path, {"sleep": "3"}, headers={"X-Request-Timeout": str(TIMEOUT)})
+    elapsed = time.monotonic() - started
+    assert response.status_code == status
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    assert internal_errors(caplog) == []
+    proxy.hang = False
+    ok = client.get("/sql/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "5"})
+    assert ok.status_code == 200  # on a new connection
+
+
+def test_an_atomic_block_answers_408_by_the_deadline_when_the_server_hangs(
+    client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy]
+) -> None:
+    """A server that stops answering altogether (the connection's packets lost, new connections
+    never answered) during a view's ``transaction.atomic()`` block: 408 by the deadline plus the
+    cancel timeout, and the block's write is not committed. Before, the block's exit opened a new
+    connection to restore autocommit after the failed ROLLBACK, and the 408 came after the 2 s
+    connect timeout (without ``connect_timeout``: never)."""
+    _, proxy = proxied
+    proxy.freeze()
+    proxy.hang = True
+    started = time.monotonic()
+    response = client.get("/atomic-sleep/", {"sleep": "3"}, headers={"X-Request-Timeout": str(TIMEOUT)})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 408
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    proxy.close()
+    connections[PG].close()
+    connections[PG].settings_dict.update(HOST="", PORT="")  # straight to the server (through_proxy restores it)
+    assert not Group.objects.using(PG).exists()
