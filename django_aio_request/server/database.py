@@ -172,6 +172,7 @@ def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
         # ``w``, and the block's exit, which pops the last wrapper, would take the bound off instead.
         connection.execute_wrappers.insert(0, bound)
         _bound_copy_and_stream(connection)
+        _refuse_connects_past_the_deadline(connection, bound)
     return bound
 
 
@@ -505,6 +506,34 @@ def _spanning(connection: BaseDatabaseWrapper, sql: object) -> contextlib.Abstra
             bound.disarm()
         return contextlib.nullcontext()
     return bound.spanning(deadline, connection, sql)
+
+
+def _refuse_connects_past_the_deadline(connection: BaseDatabaseWrapper, bound: QueryBound) -> None:
+    """Make the connection's ``ensure_connection()`` raise :class:`DeadlineExceeded` rather than
+    open a new connection when the deadline in the context is (all but) up: whatever it would have
+    sent is refused anyway, and the connect itself is not bounded (a server that hangs holds it for
+    ``connect_timeout``, or for ever). Reached after the connection was closed at the deadline (a
+    query after an ``atomic()`` block whose connection was shut down, Django restoring autocommit
+    after a failed ``ROLLBACK``). The connection's first connect comes before this is in place."""
+    owner = weakref.ref(connection)  # the connection holds this function: no cycle through it
+
+    def ensure_connection() -> None:
+        connection = owner()
+        assert connection is not None  # it is calling its own method
+        if connection.connection is None and current.database_statement_timeout:
+            deadline = get_context().deadline
+            if deadline is not None and deadline.timeout <= CANCEL_LEAD:
+                bound.refused += 1
+                raise DeadlineExceeded(
+                    f"the deadline was up before connecting to database {bound.alias!r} "
+                    f"({deadline.timeout * 1000:.1f} ms left)",
+                    alias=bound.alias,
+                )
+        # The class's method looked up at each call, not kept: pytest-django blocks database access
+        # by replacing it on the class between tests.
+        type(connection).ensure_connection(connection)
+
+    connection.ensure_connection = ensure_connection  # type: ignore[method-assign]
 
 
 _bounded_classes: dict[type, type] = {}

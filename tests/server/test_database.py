@@ -253,6 +253,16 @@ class TestBound:
             scalar("SELECT 1")  # less time left than a cancel request needs
         assert seen.statements == []
 
+    def test_no_connection_is_opened_when_the_deadline_is_up(self, pg: BaseDatabaseWrapper) -> None:
+        """Its queries would be refused anyway, and a connect to a server that hangs is not bounded."""
+        pg.close()
+        with set_context(deadline=Deadline.from_timeout(0)), pytest.raises(DeadlineExceeded) as caught:
+            scalar("SELECT 1")
+        assert "the deadline was up before connecting to database 'postgres'" in str(caught.value)
+        assert pg.connection is None
+        with set_context(deadline=Deadline.from_timeout(5)):
+            assert scalar("SELECT 1") == 1  # in time: connects
+
     def test_a_transaction_still_rolls_back_after_the_deadline(self, pg: BaseDatabaseWrapper) -> None:
         def write_then_sleep() -> None:
             with transaction.atomic(using=PG), set_context(deadline=Deadline.from_timeout(0.3)):

@@ -99,3 +99,25 @@ def test_an_atomic_block_answers_408_by_the_deadline_when_the_server_hangs(
     connections[PG].close()
     connections[PG].settings_dict.update(HOST="", PORT="")  # straight to the server (through_proxy restores it)
     assert not Group.objects.using(PG).exists()
+
+
+def test_no_connection_is_opened_past_the_deadline(
+    client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stops answering during a view's ``atomic()`` block, whose connection is closed
+    at the deadline plus the cancel timeout; the view catches the deadline and runs a fallback query
+    after the block: refused at once (``DeadlineExceeded``, the middleware's 408) instead of opening
+    a new connection past the deadline, which made the 408 wait the 2 s connect timeout (without
+    ``connect_timeout``: for ever)."""
+    _, proxy = proxied
+    client.raise_request_exception = False
+    proxy.freeze()
+    proxy.hang = True
+    accepted = len(proxy.sockets)
+    started = time.monotonic()
+    response = client.get("/atomic-fallback/", {"sleep": "3"}, headers={"X-Request-Timeout": str(TIMEOUT)})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 408
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    assert internal_errors(caplog) == []
+    assert len(proxy.sockets) == accepted + 1  # the cancel request's connection, and no other

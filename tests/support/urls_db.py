@@ -181,6 +181,19 @@ def atomic_sleep(request: HttpRequest) -> HttpResponse:
     return HttpResponse("slept\n", content_type="text/plain")
 
 
+def atomic_fallback(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block; when the deadline stops
+    it, a fallback query after the block (which the deadline refuses too: the middleware's 408)."""
+    try:
+        with transaction.atomic(using=ALIAS):
+            _sleep(float(request.GET["sleep"]))
+    except DatabaseError as error:
+        if not is_deadline_cancellation(error):
+            raise
+        return _json({"fallback": Group.objects.using(ALIAS).count()})
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
 urlpatterns = [
     path("sleep-unguarded/", sleep_unguarded),
     path("sleep-async/", sleep_async),
@@ -192,4 +205,5 @@ urlpatterns = [
     path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
     path("report/", report),
     path("atomic-sleep/", atomic_sleep),
+    path("atomic-fallback/", atomic_fallback),
 ]
