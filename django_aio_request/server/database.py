@@ -24,6 +24,9 @@ from ``X-Request-Timeout``) ends by that deadline:
   statement's end, or for TCP to give up on a dead network (minutes). Inside ``atomic()`` the
   connection is closed as the statement raises (Django's "closed in transaction"): the block's exit
   touches it no more and opens no new one.
+- Django's health check (``CONN_HEALTH_CHECKS``: ``is_usable()``'s ``SELECT 1`` on the driver's
+  cursor) is bounded like a query when it runs under a deadline, and a connection the deadline
+  closed is not opened again while the deadline is up: :class:`DeadlineExceeded`.
 - psycopg 3's ``cursor.copy()`` and ``cursor.stream()`` send their statement without passing an
   execute wrapper: the connection's cursor wrappers bound them the same way, for as long as the
   ``with cursor.copy(...)`` block or the iteration over ``cursor.stream(...)`` lasts.
@@ -173,6 +176,7 @@ def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
         connection.execute_wrappers.insert(0, bound)
         _bound_copy_and_stream(connection)
         _refuse_connects_past_the_deadline(connection, bound)
+        _bound_health_check(connection, bound)
     return bound
 
 
@@ -534,6 +538,31 @@ def _refuse_connects_past_the_deadline(connection: BaseDatabaseWrapper, bound: Q
         type(connection).ensure_connection(connection)
 
     connection.ensure_connection = ensure_connection  # type: ignore[method-assign]
+
+
+#: What a health check's refusal or cancellation names as lost.
+HEALTH_CHECK = "SELECT 1 (Django's CONN_HEALTH_CHECKS)"
+
+
+def _bound_health_check(connection: BaseDatabaseWrapper, bound: QueryBound) -> None:
+    """Bound the connection's ``is_usable()`` like a query: with ``CONN_HEALTH_CHECKS``, Django runs
+    it (a ``SELECT 1`` on the driver's cursor, past the execute wrappers) before the request's first
+    query, under the request's deadline, and a server that hangs held it for ever. Cancelled or cut
+    off at the deadline it returns False, like any failed check: Django closes the connection, and
+    the query's connect is refused (:func:`_refuse_connects_past_the_deadline`). With the deadline
+    (all but) up it is refused: :class:`DeadlineExceeded`, as the query it comes before would be."""
+    owner = weakref.ref(connection)  # the connection holds this function: no cycle through it
+
+    def is_usable() -> bool:
+        connection = owner()
+        assert connection is not None  # it is calling its own method
+        deadline = get_context().deadline if current.database_statement_timeout else None
+        usable = type(connection).is_usable  # looked up at each call (see _refuse_connects_past_the_deadline)
+        if deadline is None or connection.connection is None:
+            return bool(usable(connection))
+        return bool(bound._bounded(deadline, connection, HEALTH_CHECK, usable, connection))
+
+    connection.is_usable = is_usable  # type: ignore[method-assign]
 
 
 _bounded_classes: dict[type, type] = {}

@@ -263,6 +263,21 @@ class TestBound:
         with set_context(deadline=Deadline.from_timeout(5)):
             assert scalar("SELECT 1") == 1  # in time: connects
 
+    def test_the_health_check_is_bounded_like_a_query(self, pg: BaseDatabaseWrapper, seen: Seen) -> None:
+        """Django's CONN_HEALTH_CHECKS runs is_usable() on the driver's cursor: in time it checks as
+        before; with the deadline up it is refused like a query (its own test through the
+        middleware, with a server that hangs: tests/server/test_database_severed.py)."""
+        with set_context(deadline=Deadline.from_timeout(5)):
+            assert pg.is_usable()
+        assert not bound(pg).busy
+        with (
+            set_context(deadline=Deadline.from_timeout(0)),
+            pytest.raises(DeadlineExceeded, match=r"SELECT 1 \(Django's CONN_HEALTH_CHECKS\)"),
+        ):
+            pg.is_usable()
+        assert pg.is_usable()  # no deadline: Django's own check
+        assert seen.statements == []  # on the driver's cursor, past the execute wrappers
+
     def test_a_transaction_still_rolls_back_after_the_deadline(self, pg: BaseDatabaseWrapper) -> None:
         def write_then_sleep() -> None:
             with transaction.atomic(using=PG), set_context(deadline=Deadline.from_timeout(0.3)):

@@ -4,6 +4,9 @@ is in a transaction (``ATOMIC_REQUESTS``, ``transaction.atomic()``): through Aio
 and Django's test client, in the test process, against the real PostgreSQL server behind
 :class:`tests.server.test_database.HangingProxy`."""
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -121,3 +124,47 @@ def test_no_connection_is_opened_past_the_deadline(
     assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
     assert internal_errors(caplog) == []
     assert len(proxy.sockets) == accepted + 1  # the cancel request's connection, and no other
+
+
+@contextlib.contextmanager
+def cut_off_after(proxy: HangingProxy, seconds: float) -> Iterator[None]:
+    """Shut the proxy's connections down ``seconds`` into the block: without the bound, what waits on
+    a server that hangs would wait for ever."""
+
+    def cut() -> None:
+        for sock in list(proxy.sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(seconds, cut)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+
+
+def test_the_health_check_at_the_requests_first_query_is_bounded_by_the_deadline(
+    client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy]
+) -> None:
+    """``CONN_HEALTH_CHECKS`` with a persistent connection: Django checks the connection (``SELECT 1``
+    on the driver's cursor) before the request's first query, in the view, under the request's
+    deadline. The server hangs: 408 by the deadline plus the cancel timeout. Before, the check
+    waited for the server for ever (here: until the test cut the connection off at 4 s)."""
+    pg, proxy = proxied
+    pg.settings_dict.update(CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True)
+    pg.close()
+    pg.ensure_connection()
+    pg.close_if_unusable_or_obsolete()  # what Django does when a request starts (request_started)
+    assert vars(pg)["health_check_done"] is False  # the request's first query checks the connection
+    proxy.freeze()
+    proxy.hang = True
+    with cut_off_after(proxy, 4):
+        started = time.monotonic()
+        response = client.get("/sleep-unguarded/", {"sleep": "0.01"}, headers={"X-Request-Timeout": str(TIMEOUT)})
+        elapsed = time.monotonic() - started
+    assert response.status_code == 408
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    proxy.hang = False
+    ok = client.get("/sql/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "5"})
+    assert ok.status_code == 200  # on a new connection, checked in time
