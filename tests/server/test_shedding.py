@@ -574,6 +574,73 @@ def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
+def test_a_flood_after_quiet_is_told_from_light_load_by_requests_that_come_straight_off_the_servers_queue() -> None:
+    """Two threads, one slot, views taking 0.2 s, a request every 2 s until now: light load, so a
+    normal request that finds the slot taken waits for it. Then a flood: the thread that gives the
+    slot to the waiter pulls the next request off the server's queue at once, and it finds the slot
+    taken again. The count of arrivals needed 14 service times to see that (a review's burst after
+    quiet, gunicorn gthread, 2 threads, 100 ms views, 80% normal and 20% high at 2.5 times the
+    capacity: high priority's p50 818 ms in the burst's first 1.5 s, 7 of 34 past their 1 s
+    deadline, while normal requests held the spare thread; 185 ms with no light-load waiting).
+    The second such request in two service times ends light load: the next normal request is
+    refused at once, and a high one waits. After a quiet spell, light load is back."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    limiter = Limiter(FixedLimit(1), queue_timeout=2.0, clock=clock)
+    for _ in range(100):  # light load: 0.2 s of service every 2 s
+        served = limiter.acquire(NORMAL, clock() + 30)
+        offset[0] += 0.2
+        limiter.release(served.admitted_at, thread=True)
+        offset[0] += 1.8
+
+    def pulled(priority: Priority) -> tuple[threading.Thread, list[Any]]:
+        """A request taken off the server's queue by a thread of its own (it may wait)."""
+        outcome: list[Any] = []
+        thread = threading.Thread(target=lambda: outcome.append(limiter.acquire(priority, clock() + 30)))
+        thread.start()
+        return thread, outcome
+
+    first = limiter.acquire(NORMAL, clock() + 30)
+    second, second_outcome = pulled(NORMAL)  # finds the slot taken: waits (light load)
+    wait_until(lambda: limiter.waiting == 1)
+    offset[0] += 0.2
+    limiter.release(first.admitted_at, thread=True)  # the slot goes to the waiter...
+    second.join(5)
+    assert second_outcome[0].admitted
+    third, third_outcome = pulled(NORMAL)  # ...and this thread pulls the next at once: a coincidence, once
+    wait_until(lambda: limiter.waiting == 1)
+    offset[0] += 0.2
+    limiter.release(second_outcome[0].admitted_at, thread=True)
+    third.join(5)
+    assert third_outcome[0].admitted
+    began = time.monotonic()
+    fourth = limiter.acquire(NORMAL, clock() + 30)  # twice in two service times: a queue in the server
+    assert (fourth.admitted, fourth.reason) == (False, "capacity")
+    assert time.monotonic() - began < 0.5  # refused at once: the thread goes on pulling
+    high, high_outcome = pulled(HIGH)  # and finds the high request behind it, which waits
+    wait_until(lambda: limiter.waiting == 1)
+    offset[0] += 0.2
+    limiter.release(third_outcome[0].admitted_at, thread=True)
+    high.join(5)
+    assert high_outcome[0].admitted
+    offset[0] += 0.2
+    limiter.release(high_outcome[0].admitted_at, thread=True)
+
+    offset[0] += 60.0  # a quiet minute: light load again
+    again = limiter.acquire(NORMAL, clock() + 30)
+    waiting, waiting_outcome = pulled(NORMAL)
+    wait_until(lambda: limiter.waiting == 1)
+    offset[0] += 0.2
+    limiter.release(again.admitted_at, thread=True)
+    waiting.join(5)
+    assert waiting_outcome[0].admitted
+    limiter.release(waiting_outcome[0].admitted_at, thread=True)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refused() -> None:
     # A server with 4 threads serving 4 requests at once (views that wait 100 ms). A probe lowers
     # the slots to 1 for five requests; the other threads' requests wait their turn. Before, the room
