@@ -49,6 +49,18 @@ def test_hedge_safety_runs_every_variant_at_a_load() -> None:
         assert variant in out
 
 
+def test_shedding_open_loop_runs_shedding_beside_no_shedding() -> None:
+    out = _run(
+        "benchmarks.shedding_open_loop",
+        *("--rounds", "1", "--seconds", "1", "--warmup", "0.5", "--trickle", "0.5", "--quiet", "0.5"),
+        *("--burst-seconds", "1", "--burst-rate", "10"),
+    )
+    assert "round 1 shedding" in out
+    assert "round 1 none" in out
+    assert "| light load refused (all rounds; worst round) |" in out
+    assert "| burst high p50, first half" in out
+
+
 class _Probe:
     def __init__(self, rate: float, cpu: float) -> None:
         self.rate, self.cpu, self.throughput = rate, cpu, rate
