@@ -225,6 +225,9 @@ class QueryBound:
         # wrappers): a strong reference made a cycle that kept closed connections until the GC ran.
         self._wrapper: weakref.ref[BaseDatabaseWrapper] | None = None
         self._raw: Any = None  # the driver connection the timer cancels on
+        # The driver connection _close_severed closed inside a transaction: Django keeps it until
+        # the outermost atomic block ends (closed in transaction), and a cursor made on it failed.
+        self.closed_at_deadline: Any = None
         self._forks = _forks  # the process this state belongs to (see _after_fork)
 
     def __repr__(self) -> str:
@@ -334,6 +337,7 @@ class QueryBound:
         ends (``errors_occurred``, set by :meth:`_sever`)."""
         if not connection.in_atomic_block or connection.connection is not self._raw:
             return
+        self.closed_at_deadline = self._raw
         try:
             connection.close()
         except Exception as error:  # its socket is shut down: closing may fail, it is closed all the same
@@ -524,6 +528,18 @@ def _refuse_connects_past_the_deadline(connection: BaseDatabaseWrapper, bound: Q
     def ensure_connection() -> None:
         connection = owner()
         assert connection is not None  # it is calling its own method
+        closed = bound.closed_at_deadline
+        if closed is not None:
+            if connection.closed_in_transaction and connection.connection is closed:
+                # Closed at the deadline inside atomic(): a cursor on it failed with the driver's
+                # "the connection is closed" (not the deadline's error: a 500), until the outermost
+                # block ended, as in a nested block whose deadline the view caught.
+                bound.refused += 1
+                raise DeadlineExceeded(
+                    f"database {bound.alias!r}'s connection was closed at the deadline inside this transaction",
+                    alias=bound.alias,
+                )
+            bound.closed_at_deadline = None  # the transaction ended: Django has let it go
         if connection.connection is None and current.database_statement_timeout:
             deadline = get_context().deadline
             if deadline is not None and deadline.timeout <= CANCEL_LEAD:

@@ -168,3 +168,30 @@ def test_the_health_check_at_the_requests_first_query_is_bounded_by_the_deadline
     proxy.hang = False
     ok = client.get("/sql/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "5"})
     assert ok.status_code == 200  # on a new connection, checked in time
+
+
+@pytest.mark.parametrize(("catch", "status"), [("", 408), ("1", 503)], ids=["left-to-the-middleware", "caught"])
+def test_a_query_after_a_nested_block_the_deadline_closed_answers_the_deadline(
+    client: Client,
+    proxied: tuple[BaseDatabaseWrapper, HangingProxy],
+    caplog: pytest.LogCaptureFixture,
+    catch: str,
+    status: int,
+) -> None:
+    """``ATOMIC_REQUESTS`` and an inner ``atomic()`` whose deadline the view catches, then a query in
+    the outer block: the connection closed at the deadline stays Django's (closed in the
+    transaction) until the outer block ends, and the query's cursor failed on it ("the connection is
+    closed", not the deadline's error): a 500 where the middleware answers 408 and the view its 503."""
+    pg, proxy = proxied
+    pg.settings_dict["ATOMIC_REQUESTS"] = True
+    client.raise_request_exception = False
+    proxy.hang = True
+    started = time.monotonic()
+    response = client.get(
+        "/nested-fallback/", {"sleep": "3", "catch": catch}, headers={"X-Request-Timeout": str(TIMEOUT)}
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == status
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    assert internal_errors(caplog) == []
+    proxy.hang = False

@@ -194,8 +194,28 @@ def atomic_fallback(request: HttpRequest) -> HttpResponse:
     return HttpResponse("slept\n", content_type="text/plain")
 
 
+def nested_fallback(request: HttpRequest) -> HttpResponse:
+    """Under ``ATOMIC_REQUESTS``: ``?sleep=`` seconds of pg_sleep in an inner ``transaction.atomic()``
+    block, whose deadline is caught; then a query after the ``except`` (in the outer block), whose
+    deadline is answered 503 with ``?catch=1`` (docs/database.md's example) and left to the
+    middleware's 408 otherwise."""
+    try:
+        with transaction.atomic(using=ALIAS):
+            _sleep(float(request.GET["sleep"]))
+    except DatabaseError as error:
+        if not is_deadline_cancellation(error):
+            raise
+    try:
+        return _json({"after": Group.objects.using(ALIAS).count()})
+    except DatabaseError as error:
+        if request.GET.get("catch") and is_deadline_cancellation(error):
+            return HttpResponse("partial report unavailable", status=503)
+        raise
+
+
 urlpatterns = [
     path("sleep-unguarded/", sleep_unguarded),
+    path("nested-fallback/", nested_fallback),
     path("sleep-async/", sleep_async),
     path("sql/", sql),
     path("iterate/", iterate),
