@@ -47,6 +47,7 @@ allowed), ``deadline`` (could not be served before its deadline).
 import asyncio
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -69,15 +70,17 @@ _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low prio
 # leaves none (see _room).
 _LIGHT_LOAD = 0.5
 # Arrivals are counted over about this many mean service times (an exponentially decaying count),
-# and at least _MIN_ARRIVALS_SPAN seconds. Long, so that the clusters of an ordinary random stream
-# do not read as load: over 20 service times 10 arrivals a slot made half its capacity, and at a
-# third of it (7 expected) clusters crossed that as requests overlapped, which is when the rule
-# matters (4-12% refused with 20 ms views, a review). A flood after a quiet spell is not seen by this
-# count, which grows by about one a service time once the spare threads wait (the limiter sees only
-# what the server's threads took in), but by the requests that come straight off the server's queue
-# (below).
-_SPAN_SERVICES = 100
-_MIN_ARRIVALS_SPAN = 1.0
+# and at least _MIN_ARRIVALS_SPAN seconds: short, so that a step from moderate load to a flood and
+# the end of a burst are seen within a few requests' time. Counted over a hundred service times
+# (which kept the clusters of a random stream at a third of the capacity from reading as load), a
+# step from 15 to 65 requests a second on 2 threads (20 ms views) read as light for half a second,
+# and light load came back 16 s after a 3 s burst with 100 ms views (a review: 19% of the requests
+# at a third of the slot refused 5-10 s after it). The count alone does not see a flood after a
+# quiet spell, which grows it by about one a service time once the spare threads wait (the limiter
+# sees only what the server's threads took in): the requests that come straight off the server's
+# queue do (below).
+_SPAN_SERVICES = 20
+_MIN_ARRIVALS_SPAN = 0.1
 # A request that finds every slot taken within this share of a service time after a slot was given
 # back may have come straight off the server's queue: the thread that gave the slot to a waiter
 # pulled it at once. Two such requests within _BACK_TO_BACK_WINDOW service times are no coincidence
@@ -86,6 +89,15 @@ _MIN_ARRIVALS_SPAN = 1.0
 _BACK_TO_BACK_SHARE = 0.25
 _BACK_TO_BACK_WINDOW = 2
 _BUSY_SERVICES = 2
+
+
+def _back_to_back_floor() -> float:
+    """The least time after a slot was given back that still counts as straight off the server's
+    queue: two of the interpreter's thread switch intervals (5 ms each by default). With views that
+    compute, the thread that gave the slot back gets the GIL back from the one now serving only at
+    a switch: it took the next request 5-15 ms later (20 ms views, a review), past a quarter of the
+    service time."""
+    return 2 * sys.getswitchinterval()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -247,7 +259,7 @@ class Limiter:
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
         service = self._service_time
-        if service is not None and now - self._last_release < _BACK_TO_BACK_SHARE * service:
+        if service is not None and now - self._last_release < max(_BACK_TO_BACK_SHARE * service, _back_to_back_floor()):
             if now - self._back_to_back_at < _BACK_TO_BACK_WINDOW * service:  # again: a queue in the server
                 self._busy_until = now + _BUSY_SERVICES * service
             self._back_to_back_at = now
@@ -320,7 +332,7 @@ class Limiter:
         return room
 
     def _lightly_loaded(self, now: float) -> bool:
-        """Whether requests came in at under half what the slots can serve over the last hundred
+        """Whether requests came in at under half what the slots can serve over the last twenty
         service times or so (by the requests served so far), and none came straight off the
         server's queue lately (see _BACK_TO_BACK_SHARE).
 
@@ -329,14 +341,14 @@ class Limiter:
         or all pulling requests in: that is for a flood, when requests waiting here keep the next
         ones in the server's queue. At light load it refused the requests that happened to overlap
         another (with 2-4 threads and views that compute 5-80 ms, a learned limit of 1 and a third of
-        its capacity: 4-10% of them, answered 503); a request coming meanwhile waits in the server's
+        its capacity: up to 4-10% of them, answered 503); a request coming meanwhile waits in the server's
         queue for about one request's time. Before the first request was served there is no measure
         of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
         keeps the rule, and its waiters count against the room alone: lows waiting in the first
         moments of a flood held the spare thread while high-priority requests queued behind them in
         the server. So did normal ones until the flood was told by requests coming straight off the
         server's queue rather than by the count of arrivals (high priority's p50 in a burst's first
-        1.5 s 526 ms, 212 ms now; see docs/budgets-and-shedding.md).
+        1.5 s 535 ms, 211 ms now; see docs/budgets-and-shedding.md).
         """
         service = self._service_time
         if service is None:
