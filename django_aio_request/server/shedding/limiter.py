@@ -47,7 +47,6 @@ allowed), ``deadline`` (could not be served before its deadline).
 import asyncio
 import dataclasses
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -89,15 +88,6 @@ _MIN_ARRIVALS_SPAN = 0.1
 _BACK_TO_BACK_SHARE = 0.25
 _BACK_TO_BACK_WINDOW = 2
 _BUSY_SERVICES = 2
-
-
-def _back_to_back_floor() -> float:
-    """The least time after a slot was given back that still counts as straight off the server's
-    queue: two of the interpreter's thread switch intervals (5 ms each by default). With views that
-    compute, the thread that gave the slot back gets the GIL back from the one now serving only at
-    a switch: it took the next request 5-15 ms later (20 ms views, a review), past a quarter of the
-    service time."""
-    return 2 * sys.getswitchinterval()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,7 +249,7 @@ class Limiter:
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
         service = self._service_time
-        if service is not None and now - self._last_release < max(_BACK_TO_BACK_SHARE * service, _back_to_back_floor()):
+        if service is not None and now - self._last_release < _BACK_TO_BACK_SHARE * service:
             if now - self._back_to_back_at < _BACK_TO_BACK_WINDOW * service:  # again: a queue in the server
                 self._busy_until = now + _BUSY_SERVICES * service
             self._back_to_back_at = now
@@ -348,7 +338,7 @@ class Limiter:
         moments of a flood held the spare thread while high-priority requests queued behind them in
         the server. So did normal ones until the flood was told by requests coming straight off the
         server's queue rather than by the count of arrivals (high priority's p50 in a burst's first
-        1.5 s 535 ms, 211 ms now; see docs/budgets-and-shedding.md).
+        1.5 s 535 ms, 210 ms now; see docs/budgets-and-shedding.md).
         """
         service = self._service_time
         if service is None:
