@@ -29,9 +29,8 @@ only hold threads that should be pulling. A probe (``limit.py``) lowers the slot
 a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
 lowered, so the requests the process was serving on them wait their turn instead of being refused
 at once (sized by the probe's one slot, two of four were, at every probe). At light load (requests
-coming in at under half what the slots serve, and none coming straight off the server's queue) two
-normal or high requests per slot may wait on the spare threads whatever the rest of this rule says
-(``Limiter._lightly_loaded``). Past that, the worst
+coming in at under half what the slots serve) one normal or high request per slot may wait on the
+spare threads whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
@@ -69,25 +68,14 @@ _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low prio
 # leaves none (see _room).
 _LIGHT_LOAD = 0.5
 # Arrivals are counted over about this many mean service times (an exponentially decaying count),
-# and at least _MIN_ARRIVALS_SPAN seconds: short, so that a step from moderate load to a flood and
-# the end of a burst are seen within a few requests' time. Counted over a hundred service times
-# (which kept the clusters of a random stream at a third of the capacity from reading as load), a
-# step from 15 to 65 requests a second on 2 threads (20 ms views) read as light for half a second,
-# and light load came back 16 s after a 3 s burst with 100 ms views (a review: 19% of the requests
-# at a third of the slot refused 5-10 s after it). The count alone does not see a flood after a
-# quiet spell, which grows it by about one a service time once the spare threads wait (the limiter
-# sees only what the server's threads took in): the requests that come straight off the server's
-# queue do (below).
+# and at least _MIN_ARRIVALS_SPAN seconds. Short, so that a flood after a quiet spell is seen within
+# a few requests' time: the limiter counts only the requests the server's threads took in, one per
+# service time or so once the spare ones wait, and counted over 1 s a flood after 4 s of quiet was
+# taken for light load for 0.7 s (high priority's p50 3-4 times the old one's while lows waited).
+# Not shorter: the two requests that overlap must not read as load by themselves (2 / span x the
+# service time is 0.1 here).
 _SPAN_SERVICES = 20
 _MIN_ARRIVALS_SPAN = 0.1
-# A request that finds every slot taken within this share of a service time after a slot was given
-# back may have come straight off the server's queue: the thread that gave the slot to a waiter
-# pulled it at once. Two such requests within _BACK_TO_BACK_WINDOW service times are no coincidence
-# (one is, at light load, about one grant in ten): no light load, whatever the count of arrivals
-# says yet, for _BUSY_SERVICES service times, renewed by each one after. See Limiter._lightly_loaded.
-_BACK_TO_BACK_SHARE = 0.25
-_BACK_TO_BACK_WINDOW = 2
-_BUSY_SERVICES = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,9 +117,6 @@ class Limiter:
         self._service_time: float | None = None
         self._arrivals = 0.0  # requests that came in, decayed over _span(): about the rate times it
         self._last_arrival: float | None = None
-        self._last_release = -math.inf
-        self._back_to_back_at = -math.inf  # the last request that found every slot taken just after a release
-        self._busy_until = -math.inf  # no light load before this (see _lightly_loaded)
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -224,7 +209,6 @@ class Limiter:
                 self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
             finally:  # whatever learning does, the slot is given back (a lost one is never found again)
                 self._in_flight -= 1
-                self._last_release = now
                 previous = self._service_time
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
                 self._grant(now)
@@ -248,11 +232,6 @@ class Limiter:
                     return Admission(True, admitted_at=now)
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
-        service = self._service_time
-        if service is not None and now - self._last_release < _BACK_TO_BACK_SHARE * service:
-            if now - self._back_to_back_at < _BACK_TO_BACK_WINDOW * service:  # again: a queue in the server
-                self._busy_until = now + _BUSY_SERVICES * service
-            self._back_to_back_at = now
         bound, reason = self._bound(deadline, now)
         if bound <= 0:  # no time to wait: the deadline's doing, or QUEUE_TIMEOUT 0's (no queue at all)
             return self._refuse(priority, reason, deadline - now)
@@ -261,14 +240,11 @@ class Limiter:
         queue.push(waiter)
         if loop is None:
             slots = self._slots()
-            room = base = self._room(slots)
-            light_room = min(2 * slots, self._threads_peak - slots)  # two waiters per slot on the spare threads
-            if priority is not Priority.LOW and room < light_room and self._lightly_loaded(now):
-                room = light_room  # for normal and high: low waiters keep to the base room
-            while len(queue) > base and (
-                (worst := queue.worst()).priority is not Priority.HIGH
-                and (len(queue) > room or worst.priority is Priority.LOW)
-            ):
+            room = self._room(slots)
+            light_room = min(slots, self._threads_peak - slots)  # one waiter per slot on the spare threads
+            if priority is not Priority.LOW and room < light_room and self._lightly_loaded():
+                room = light_room
+            while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
                 self._published_queue(worst.priority)
                 if worst is waiter:
@@ -321,30 +297,25 @@ class Limiter:
             room = max(room, held - max(slots, self._in_flight))  # those admitted before it still run
         return room
 
-    def _lightly_loaded(self, now: float) -> bool:
+    def _lightly_loaded(self) -> bool:
         """Whether requests came in at under half what the slots can serve over the last twenty
-        service times or so (by the requests served so far), and none came straight off the
-        server's queue lately (see _BACK_TO_BACK_SHARE).
+        service times or so (by the requests served so far).
 
-        Then two normal or high requests per slot may wait for a slot on the spare threads (bounded
-        by their deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them
+        Then one normal or high request per slot may wait for a slot on the spare threads (bounded
+        by its deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them
         or all pulling requests in: that is for a flood, when requests waiting here keep the next
-        ones in the server's queue. At light load it refused the requests that happened to overlap
-        another (with 2-4 threads and views that compute 5-80 ms, a learned limit of 1 and a third of
-        its capacity: up to 4-10% of them, answered 503); a request coming meanwhile waits in the server's
+        ones in the server's queue. At light load it refused the requests that happened to overlap another (with
+        2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a second:
+        4-10% of them, answered 503 at 7-15% CPU); a request coming meanwhile waits in the server's
         queue for about one request's time. Before the first request was served there is no measure
         of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
-        keeps the rule, and its waiters count against the room alone: lows waiting in the first
-        moments of a flood held the spare thread while high-priority requests queued behind them in
-        the server. So did normal ones until the flood was told by requests coming straight off the
-        server's queue rather than by the count of arrivals (high priority's p50 in a burst's first
-        1.5 s 535 ms, 210 ms now; see docs/budgets-and-shedding.md).
+        keeps the rule: the first moments of a flood after a quiet spell look like light load here
+        (see _SPAN_SERVICES), and lows waiting then held the spare thread while high-priority
+        requests queued behind them in the server.
         """
         service = self._service_time
         if service is None:
             return False  # nothing served yet: no measure of the load, so the room rule stands
-        if now < self._busy_until:
-            return False
         return self._arrivals / self._span() * service < _LIGHT_LOAD * self._slots()
 
     def _span(self) -> float:
