@@ -48,6 +48,35 @@ def _assert_no_value(caplog: pytest.LogCaptureFixture) -> None:
             assert QUERY_SECRET not in text, text
 
 
+def _call_through_an_adapter_of_its_own(server: LoopbackServer, answer: bytes) -> None:
+    """One call whose downstream writes ``answer`` as it is, read through an adapter of the caller's
+    own class (the transport uses it as it is, docs/usage.md): http.client parses the head, and
+    urllib3 warns about what it could not parse."""
+
+    def write(handler: Handler) -> None:
+        handler.wfile.write(answer)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    class OwnAdapter(requests.adapters.HTTPAdapter):
+        pass
+
+    server.route("/things/*", write)
+    session = requests.Session()
+    session.mount(server.url, OwnAdapter())
+    client = dar.setup(
+        endpoint=server.url,
+        safe_method_strategy=dar.single_attempt_strategy(),
+        metrics=False,
+        transport=dar.RequestsTransport(session=session),
+    )
+    try:
+        with client.request(_secret_request()) as response:
+            assert response.status == 200
+    finally:
+        client.close()
+
+
 def test_a_retried_connection_is_logged_without_path_or_query_values(urllib3_at_info: pytest.LogCaptureFixture) -> None:
     """CONNECT_RETRIES >= 1 and a refused connection: urllib3 warned ``Retrying (...) after connection
     broken by ...: /things/pa7h-ID-SECRET?token=qu3ry-TOKEN-SECRET`` once a retry."""
@@ -80,28 +109,9 @@ def test_a_header_line_urllib3_cannot_parse_is_logged_without_path_or_query_valu
     own class, which the transport uses as it is (docs/usage.md), reads it with http.client's parser
     and urllib3 warns."""
 
-    def nameless_header(handler: Handler) -> None:
-        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n: x\r\nConnection: close\r\n\r\nok")
-        handler.wfile.flush()
-        handler.close_connection = True
-
-    class OwnAdapter(requests.adapters.HTTPAdapter):
-        pass
-
-    server.route("/things/*", nameless_header)
-    session = requests.Session()
-    session.mount(server.url, OwnAdapter())
-    client = dar.setup(
-        endpoint=server.url,
-        safe_method_strategy=dar.single_attempt_strategy(),
-        metrics=False,
-        transport=dar.RequestsTransport(session=session),
+    _call_through_an_adapter_of_its_own(
+        server, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n: x\r\nConnection: close\r\n\r\nok"
     )
-    try:
-        with client.request(_secret_request()) as response:
-            assert response.status == 200
-    finally:
-        client.close()
     assert server.received(f"/things/{PATH_SECRET}"), "the request was not sent as the test means"
     warnings = _urllib3_records(urllib3_at_info, "urllib3.connection", "Failed to parse headers")
     assert len(warnings) == 1, warnings
@@ -128,31 +138,11 @@ def test_a_head_urllib3_cannot_parse_is_logged_without_the_unparsed_fields(
     message and again in the traceback (``HeaderParsingError: [...], unparsed data: '...'``).
     The warning still says which defects were found, and its traceback still shows where."""
 
-    def line_without_colon(handler: Handler) -> None:
-        handler.wfile.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nnot a field\r\n"
-            b"Set-Cookie: sid=" + COOKIE_SECRET.encode() + b"\r\nConnection: close\r\n\r\nok"
-        )
-        handler.wfile.flush()
-        handler.close_connection = True
-
-    class OwnAdapter(requests.adapters.HTTPAdapter):
-        pass
-
-    server.route("/things/*", line_without_colon)
-    session = requests.Session()
-    session.mount(server.url, OwnAdapter())
-    client = dar.setup(
-        endpoint=server.url,
-        safe_method_strategy=dar.single_attempt_strategy(),
-        metrics=False,
-        transport=dar.RequestsTransport(session=session),
+    _call_through_an_adapter_of_its_own(
+        server,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nnot a field\r\n"
+        b"Set-Cookie: sid=" + COOKIE_SECRET.encode() + b"\r\nConnection: close\r\n\r\nok",
     )
-    try:
-        with client.request(_secret_request()) as response:
-            assert response.status == 200
-    finally:
-        client.close()
     warnings = _urllib3_records(urllib3_at_info, "urllib3.connection", "Failed to parse headers")
     assert len(warnings) == 1, warnings
     text = warnings[0]
