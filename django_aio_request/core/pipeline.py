@@ -143,7 +143,8 @@ class TransportModule(RequestModule):
                 request = request.with_headers({})
             sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
             before = {name.lower(): value for name, value in request.headers.items()}
-            request = self.request_enricher(request)
+            given = request  # a copy of our own: the enricher may edit it in place
+            request = self.request_enricher(given)
             if not isinstance(request, Request):  # it edited the request in place and returned nothing
                 raise TypeError(
                     f"the request enricher {self.request_enricher!r} returned {type(request).__name__},"
@@ -157,7 +158,8 @@ class TransportModule(RequestModule):
                 request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
             enriched = _enriched(before, request.headers)
             if enriched:
-                request = request.with_headers({})  # a copy: the enricher may return a request of its own keeping
+                if request is not given:  # one of the enricher's own keeping: not ours to mark
+                    request = request.with_headers({})
                 request.enricher_headers = enriched
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
