@@ -28,8 +28,9 @@ sync requests ever in here at once): one waiter per slot keeps every slot refill
 only hold threads that should be pulling. A probe (``limit.py``) lowers the slots to the minimum for
 a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
 lowered, so the requests the process was serving on them wait their turn instead of being refused
-at once (sized by the probe's one slot, two of four were, at every probe). At light load (requests
-coming in at under half what the slots serve) one normal or high request per slot may wait on the
+at once (sized by the probe's one slot, two of four were, at every probe). Unless the slots were
+all taken nine tenths of the time lately (a flood keeps them so), one normal or high request per
+slot may wait on the
 spare threads whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
@@ -63,19 +64,23 @@ REASON_DEADLINE = "deadline"
 REASONS = (REASON_CAPACITY, REASON_QUEUE_TIMEOUT, REASON_DEADLINE)
 _RTT_WEIGHT = 0.2  # of the newest sample in the moving mean of service times
 _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low priority may not take
-# Below this share of the slots' capacity (arrivals a second times the mean service time, per slot),
-# a sync request that finds every slot taken may wait on a spare thread even where the room rule
-# leaves none (see _room).
-_LIGHT_LOAD = 0.5
-# Arrivals are counted over about this many mean service times (an exponentially decaying count),
-# and at least _MIN_ARRIVALS_SPAN seconds. Short, so that a flood after a quiet spell is seen within
-# a few requests' time: the limiter counts only the requests the server's threads took in, one per
-# service time or so once the spare ones wait, and counted over 1 s a flood after 4 s of quiet was
-# taken for light load for 0.7 s (high priority's p50 3-4 times the old one's while lows waited).
-# Not shorter: the two requests that overlap must not read as load by themselves (2 / span x the
-# service time is 0.1 here).
-_SPAN_SERVICES = 20
-_MIN_ARRIVALS_SPAN = 0.1
+# Below this share of the time with every slot taken (a moving mean), a normal or high sync request
+# that finds every slot taken may wait on a spare thread even where the room rule leaves none (see
+# _room). In a flood the slots are never free (a freed one goes to the request waiting for it at
+# once), so the mean climbs to 1 whatever the flood's size; at light load a slot is free most of the
+# time. A count of arrivals (tried first: light under half the slots' capacity) was noisy at the
+# rates a small service sees: with 2 threads, views computing 5 ms that took 20 ms on a busy machine
+# and 20 requests a second, a random cluster of them read as load, and the requests overlapping it
+# were refused (CI, 2026-12-03: 9 of 120).
+_SATURATED = 0.9
+# The busy time is averaged over about this many mean service times (an exponential moving mean),
+# and at least _MIN_BUSY_SPAN seconds. A flood is taken for one after about 2.3 of these (0.6 s for
+# views of up to 50 ms, 1.2 s for 100 ms views); a stall shorter than about 1.8 of them after the
+# slots were taken 40% of the time (the process's CPU taken by others for 0.4 s while a request was
+# served, the requests arriving meanwhile waiting in the server's queue) is not. Not a count in service times alone: for views of
+# a few milliseconds that is a few tens of milliseconds, and any stall read as a flood.
+_SPAN_SERVICES = 5
+_MIN_BUSY_SPAN = 0.25
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,8 +120,8 @@ class Limiter:
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
-        self._arrivals = 0.0  # requests that came in, decayed over _span(): about the rate times it
-        self._last_arrival: float | None = None
+        self._busy = 0.0  # the share of the time every slot was taken, a moving mean over _span()
+        self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -183,8 +188,10 @@ class Limiter:
         except BaseException:  # cancelled (the client went away): give back what was granted
             with self._lock:
                 if waiter.granted:
+                    now = self._clock()
+                    self._tally(now, self._slots())
                     self._in_flight -= 1
-                    self._grant(self._clock())
+                    self._grant(now)
                 elif not waiter.evicted:
                     self._queue.remove(waiter)
                     self._published_queue(waiter.priority)
@@ -204,6 +211,7 @@ class Limiter:
                 raise RuntimeError("release() without an admitted request")
             if thread:
                 self._threads -= 1
+            self._tally(now, self._slots())
             rtt = now - admitted_at
             try:
                 self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
@@ -219,11 +227,8 @@ class Limiter:
         self, priority: Priority, deadline: float, now: float, loop: asyncio.AbstractEventLoop | None
     ) -> Admission | tuple[Waiter, float, str]:
         """Admitted or refused now, or the waiter queued with how long it may wait and why it would be refused."""
-        last, self._last_arrival = self._last_arrival, now
-        if last is not None:
-            self._arrivals *= math.exp(-max(0.0, now - last) / self._span())
-        self._arrivals += 1.0
         slots = self._slots()
+        self._tally(now, slots)
         if self._in_flight < slots:
             best = self._queue.best()
             if best is None or RANK[priority] < RANK[best.priority]:  # nobody as good waits for a slot
@@ -298,8 +303,8 @@ class Limiter:
         return room
 
     def _lightly_loaded(self) -> bool:
-        """Whether requests came in at under half what the slots can serve over the last twenty
-        service times or so (by the requests served so far).
+        """Whether every slot was taken less than nine tenths of the time over the last five service
+        times or so (and at least a quarter of a second), by the requests served so far.
 
         Then one normal or high request per slot may wait for a slot on the spare threads (bounded
         by its deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them
@@ -310,17 +315,34 @@ class Limiter:
         queue for about one request's time. Before the first request was served there is no measure
         of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
         keeps the rule: the first moments of a flood after a quiet spell look like light load here
-        (see _SPAN_SERVICES), and lows waiting then held the spare thread while high-priority
+        (see _SATURATED), and lows waiting then held the spare thread while high-priority
         requests queued behind them in the server.
         """
-        service = self._service_time
-        if service is None:
-            return False  # nothing served yet: no measure of the load, so the room rule stands
-        return self._arrivals / self._span() * service < _LIGHT_LOAD * self._slots()
+        return self._busy_at is not None and self._busy < _SATURATED
+
+    def _tally(self, now: float, slots: int) -> None:
+        """Bring the moving mean of the busy time up to ``now``: call before ``_in_flight`` changes.
+
+        Every slot counts as taken while ``_in_flight`` is at ``slots`` or more (a probe lowers
+        the slots below what runs). Counting starts with the first request served: before, the
+        process's first request (imports, a cold cache: half a second and more under gunicorn on a
+        busy machine) would read as a flood.
+        """
+        since = self._busy_at
+        if since is None:
+            if self._service_time is not None:
+                self._busy_at = now
+            return
+        elapsed = now - since
+        if elapsed <= 0:
+            return
+        taken = 1.0 if self._in_flight >= slots else 0.0
+        self._busy = taken + (self._busy - taken) * math.exp(-elapsed / self._span())
+        self._busy_at = now
 
     def _span(self) -> float:
-        """Seconds over which arrivals are counted: see _SPAN_SERVICES."""
-        return max(_MIN_ARRIVALS_SPAN, _SPAN_SERVICES * (self._service_time or 0.0))
+        """Seconds over which the busy time is averaged: see _SPAN_SERVICES."""
+        return max(_MIN_BUSY_SPAN, _SPAN_SERVICES * (self._service_time or 0.0))
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
