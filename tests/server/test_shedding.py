@@ -469,17 +469,20 @@ def test_waiting_is_bounded_by_the_deadline() -> None:
     limited.release(holder.admitted_at, thread=True)
 
 
-def test_on_the_last_thread_low_is_refused_at_once_and_high_waits(one_slot: Limiter) -> None:
+def test_on_the_last_thread_low_is_refused_at_once_and_high_waits() -> None:
+    offset = [0.0]
+    one_slot = Limiter(FixedLimit(1), queue_timeout=5.0, clock=lambda: time.monotonic() + offset[0])
     fill_threads(one_slot, 2)  # a server with 3 threads
     holder = one_slot.acquire(NORMAL, later(5))
-    waiting_low = threading.Thread(target=lambda: release(one_slot.acquire(LOW, later(5))))
+    offset[0] += 1.0  # the slot taken for a second: a flood, not light load (where high would wait beside low)
+    waiting_low = threading.Thread(target=lambda: release(one_slot.acquire(LOW, later(5)), one_slot))
     waiting_low.start()
     wait_until(lambda: one_slot.waiting == 1)  # a second thread may wait: one is still free
     began = time.monotonic()
     refused = one_slot.acquire(LOW, later(5))  # the last thread: it must not wait
     assert (refused.admitted, refused.reason) == (False, "capacity")
     assert time.monotonic() - began < 0.05
-    high = threading.Thread(target=lambda: release(one_slot.acquire(HIGH, later(5))))
+    high = threading.Thread(target=lambda: release(one_slot.acquire(HIGH, later(5)), one_slot))
     high.start()  # the last thread again: the waiting low one makes room for it
     waiting_low.join(5)
     assert not waiting_low.is_alive()
@@ -583,6 +586,49 @@ def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
+@pytest.mark.parametrize(("held", "waiting"), [(0.0, 3), (1.0, 1)])
+def test_at_light_load_every_spare_thread_may_wait_and_in_a_flood_half_of_them(held: float, waiting: int) -> None:
+    """Four threads, one slot (views that compute): at light load (requests of 7 ms, one every 50
+    ms) three overlapping requests all wait for the slot. One waiter per slot, as before, refused
+    the third and fourth request at once when clusters came (4 threads, 16 requests a second to 20
+    ms views: 16 of 420 refused in ``benchmarks/shedding_open_loop.py --threads 4``). With the slot
+    taken for a second, as in a flood, half the spare threads (rounded down) keep pulling requests
+    in: one waits, the others are refused at once."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
+    fill_threads(limiter, 3)  # a server with 4 threads
+    for _ in range(100):
+        served = limiter.acquire(NORMAL, clock() + 5)
+        offset[0] += 0.007
+        limiter.release(served.admitted_at, thread=True)
+        offset[0] += 0.043
+    first = limiter.acquire(NORMAL, clock() + 5)
+    offset[0] += held
+    outcomes: list[Any] = []
+
+    def overlap() -> None:
+        admission = limiter.acquire(NORMAL, clock() + 5)
+        outcomes.append(admission)
+        if admission.admitted:
+            limiter.release(admission.admitted_at, thread=True)
+
+    others = [threading.Thread(target=overlap) for _ in range(3)]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: limiter.waiting + len(outcomes) == 3)
+    assert limiter.waiting == waiting
+    assert [(o.admitted, o.reason) for o in outcomes] == [(False, "capacity")] * (3 - waiting)
+    limiter.release(first.admitted_at, thread=True)
+    for thread in others:
+        thread.join(5)
+    assert sum(o.admitted for o in outcomes) == waiting
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 @pytest.mark.parametrize(("held", "light"), [(0.4, True), (0.8, False)])
 def test_a_stall_is_not_taken_for_a_flood_but_a_slot_taken_for_longer_is(held: float, light: bool) -> None:
     """Requests of 7 ms with the slot taken 40% of the time, then one that holds the slot for
@@ -645,27 +691,39 @@ def test_before_the_first_request_is_served_the_room_rule_stands() -> None:
 
 
 def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refused() -> None:
-    # A server with 4 threads serving 4 requests at once (views that wait 100 ms). A probe lowers
-    # the slots to 1 for five requests; the other threads' requests wait their turn. Before, the room
-    # for waiters was sized by the probe's one slot: one waited and the next two were refused at once
-    # (capacity; with X-Do-Not-Retry under a 1 s deadline), at every probe.
+    # A server with 4 threads serving 4 requests at once (views that wait 100 ms), every slot taken
+    # for a second (a flood: the room rule applies, not light load's). A probe lowers the slots to 1
+    # for five requests; the other threads' requests wait their turn. Before, the room for waiters
+    # was sized by the probe's one slot: one waited and the next two were refused at once (capacity;
+    # with X-Do-Not-Retry under a 1 s deadline), at every probe.
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    def soon(seconds: float) -> float:
+        return clock() + seconds
+
     limit = AdaptiveLimit(now=time.monotonic(), initial=4, probe_interval=0.0)  # a probe after every window
-    limiter = Limiter(limit, queue_timeout=5.0)
+    limiter = Limiter(limit, queue_timeout=5.0, clock=clock)
     for _ in range(AdaptiveLimit.PROBE_SAMPLES):  # the first probe
         now = time.monotonic()
         limit.sample(0.1, 1, now, now, cpu=0.001)
     assert (limit.probing, limiter.slots) == (False, 4)
-    serving = [limiter.acquire(NORMAL, later(5)) for _ in range(4)]  # the 4 threads busy at once
+    serving = [limiter.acquire(NORMAL, soon(5)) for _ in range(4)]  # the 4 threads busy at once
     assert all(admission.admitted for admission in serving)
-    for admission in serving:  # the first to end begins the next probe
+    offset[0] += 0.1
+    limiter.release(serving[0].admitted_at, thread=True)  # the first to end begins the next probe
+    offset[0] += 2.0  # the other three hold the probe's slot and more
+    for admission in serving[1:]:
         limiter.release(admission.admitted_at, thread=True)
     assert (limit.probing, limiter.slots, limit.learned) == (True, 1, 4)
-    first = limiter.acquire(NORMAL, later(1))
+    first = limiter.acquire(NORMAL, soon(3))
     assert first.admitted
     refused: list[Any] = []
 
     def wait() -> None:
-        admission = limiter.acquire(NORMAL, later(1))
+        admission = limiter.acquire(NORMAL, soon(3))
         if admission.admitted:
             limiter.release(admission.admitted_at, thread=True)
         else:
@@ -677,9 +735,9 @@ def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refus
     wait_until(lambda: limiter.waiting + len(refused) == 3)
     assert refused == []
     # No more threads than before the probe: a request on a fifth thread is refused at once, unless high.
-    extra = limiter.acquire(NORMAL, later(1))
+    extra = limiter.acquire(NORMAL, soon(3))
     assert (extra.admitted, extra.reason) == (False, "capacity")
-    high = threading.Thread(target=lambda: release(limiter.acquire(HIGH, later(5)), limiter))
+    high = threading.Thread(target=lambda: release(limiter.acquire(HIGH, soon(5)), limiter))
     high.start()
     wait_until(lambda: len(refused) == 1)  # the worst waiter made room for it
     assert limiter.waiting == 3

@@ -29,9 +29,8 @@ only hold threads that should be pulling. A probe (``limit.py``) lowers the slot
 a few requests' time: meanwhile as many threads may wait or be served as were held at the limit it
 lowered, so the requests the process was serving on them wait their turn instead of being refused
 at once (sized by the probe's one slot, two of four were, at every probe). Unless the slots were
-all taken nine tenths of the time lately (a flood keeps them so), one normal or high request per
-slot may wait on the
-spare threads whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
+all taken nine tenths of the time lately (a flood keeps them so), normal and high requests may
+wait on every spare thread whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
@@ -77,8 +76,9 @@ _SATURATED = 0.9
 # and at least _MIN_BUSY_SPAN seconds. A flood is taken for one after about 2.3 of these (0.6 s for
 # views of up to 50 ms, 1.2 s for 100 ms views); a stall shorter than about 1.8 of them after the
 # slots were taken 40% of the time (the process's CPU taken by others for 0.4 s while a request was
-# served, the requests arriving meanwhile waiting in the server's queue) is not. Not a count in service times alone: for views of
-# a few milliseconds that is a few tens of milliseconds, and any stall read as a flood.
+# served, the requests arriving meanwhile waiting in the server's queue) is not. Not a count in
+# service times alone: for views of a few milliseconds that is a few tens of milliseconds, and any
+# stall read as a flood.
 _SPAN_SERVICES = 5
 _MIN_BUSY_SPAN = 0.25
 
@@ -219,6 +219,8 @@ class Limiter:
                 self._in_flight -= 1
                 previous = self._service_time
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
+                if self._busy_at is None:  # the first request served: the busy time is counted from here on
+                    self._busy_at = now
                 self._grant(now)
 
     # Under the lock.
@@ -246,7 +248,7 @@ class Limiter:
         if loop is None:
             slots = self._slots()
             room = self._room(slots)
-            light_room = min(slots, self._threads_peak - slots)  # one waiter per slot on the spare threads
+            light_room = self._threads_peak - slots  # every spare thread
             if priority is not Priority.LOW and room < light_room and self._lightly_loaded():
                 room = light_room
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
@@ -306,13 +308,14 @@ class Limiter:
         """Whether every slot was taken less than nine tenths of the time over the last five service
         times or so (and at least a quarter of a second), by the requests served so far.
 
-        Then one normal or high request per slot may wait for a slot on the spare threads (bounded
-        by its deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them
-        or all pulling requests in: that is for a flood, when requests waiting here keep the next
-        ones in the server's queue. At light load it refused the requests that happened to overlap another (with
-        2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a second:
-        4-10% of them, answered 503 at 7-15% CPU); a request coming meanwhile waits in the server's
-        queue for about one request's time. Before the first request was served there is no measure
+        Then normal and high requests may wait for a slot on every spare thread (bounded by their
+        deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all
+        pulling requests in: that is for a flood, when requests waiting here keep the next ones in
+        the server's queue. At light load it refused the requests that happened to overlap another
+        (with 2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a
+        second: 4-10% of them, answered 503 at 7-15% CPU), and one waiter per slot still refused
+        clusters of three or four on 4 threads; a request coming while every thread waits here
+        waits in the server's queue for a request's time or two. Before the first request was served there is no measure
         of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
         keeps the rule: the first moments of a flood after a quiet spell look like light load here
         (see _SATURATED), and lows waiting then held the spare thread while high-priority
@@ -329,9 +332,7 @@ class Limiter:
         busy machine) would read as a flood.
         """
         since = self._busy_at
-        if since is None:
-            if self._service_time is not None:
-                self._busy_at = now
+        if since is None:  # nothing served yet (see release())
             return
         elapsed = now - since
         if elapsed <= 0:
