@@ -181,30 +181,33 @@ def atomic_sleep(request: HttpRequest) -> HttpResponse:
     return HttpResponse("slept\n", content_type="text/plain")
 
 
-def atomic_fallback(request: HttpRequest) -> HttpResponse:
-    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block; when the deadline stops
-    it, a fallback query after the block (which the deadline refuses too: the middleware's 408)."""
+def _sleep_in_atomic(request: HttpRequest) -> bool:
+    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block: whether the deadline
+    stopped it (any other database error is raised)."""
     try:
         with transaction.atomic(using=ALIAS):
             _sleep(float(request.GET["sleep"]))
     except DatabaseError as error:
         if not is_deadline_cancellation(error):
             raise
+        return True
+    return False
+
+
+def atomic_fallback(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block; when the deadline stops
+    it, a fallback query after the block (which the deadline refuses too: the middleware's 408)."""
+    if _sleep_in_atomic(request):
         return _json({"fallback": Group.objects.using(ALIAS).count()})
     return HttpResponse("slept\n", content_type="text/plain")
 
 
 def nested_fallback(request: HttpRequest) -> HttpResponse:
     """Under ``ATOMIC_REQUESTS``: ``?sleep=`` seconds of pg_sleep in an inner ``transaction.atomic()``
-    block, whose deadline is caught; then a query after the ``except`` (in the outer block), whose
-    deadline is answered 503 with ``?catch=1`` (docs/database.md's example) and left to the
-    middleware's 408 otherwise."""
-    try:
-        with transaction.atomic(using=ALIAS):
-            _sleep(float(request.GET["sleep"]))
-    except DatabaseError as error:
-        if not is_deadline_cancellation(error):
-            raise
+    block, whose deadline is caught; then a query after it (in the outer block), whose deadline is
+    answered 503 with ``?catch=1`` (docs/database.md's example) and left to the middleware's 408
+    otherwise."""
+    _sleep_in_atomic(request)
     try:
         return _json({"after": Group.objects.using(ALIAS).count()})
     except DatabaseError as error:
