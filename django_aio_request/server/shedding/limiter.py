@@ -72,6 +72,12 @@ _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low prio
 # and 20 requests a second, a random cluster of them read as load, and the requests overlapping it
 # were refused (CI, 2026-12-03: 9 of 120).
 _SATURATED = 0.9
+# Once taken for a flood, the process stays so until the slots were taken under half the time: while
+# requests are refused at once nobody waits for a freed slot, and it stays free while a thread takes
+# the next request in, so a flood of views of a few milliseconds keeps the mean at about 0.9 itself
+# (a review: 66-80% of a flood's arrivals after the first saturation saw under 0.9, and normal
+# requests waited on the spare thread again).
+_CALM = 0.5
 # The busy time is averaged over about this many mean service times (an exponential moving mean),
 # and at least _MIN_BUSY_SPAN seconds. A flood is taken for one after about 2.3 of these (0.6 s for
 # views of up to 50 ms, 1.2 s for 100 ms views); a stall shorter than about 1.8 of them after the
@@ -122,6 +128,7 @@ class Limiter:
         self._service_time: float | None = None
         self._busy = 0.0  # the share of the time every slot was taken, a moving mean over _span()
         self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
+        self._flooded = False  # _busy reached _SATURATED and has not come down to _CALM since
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -306,7 +313,8 @@ class Limiter:
 
     def _lightly_loaded(self) -> bool:
         """Whether every slot was taken less than nine tenths of the time over the last five service
-        times or so (and at least a quarter of a second), by the requests served so far.
+        times or so (and at least a quarter of a second), by the requests served so far; once it
+        was, until they are taken less than half the time (see _CALM).
 
         Then normal and high requests may wait for a slot on every spare thread (bounded by their
         deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all
@@ -321,7 +329,7 @@ class Limiter:
         (see _SATURATED), and lows waiting then held the spare thread while high-priority
         requests queued behind them in the server.
         """
-        return self._busy_at is not None and self._busy < _SATURATED
+        return self._busy_at is not None and not self._flooded
 
     def _tally(self, now: float, slots: int) -> None:
         """Bring the moving mean of the busy time up to ``now``: call before ``_in_flight`` changes.
@@ -338,8 +346,9 @@ class Limiter:
         if elapsed <= 0:
             return
         taken = 1.0 if self._in_flight >= slots else 0.0
-        self._busy = taken + (self._busy - taken) * math.exp(-elapsed / self._span())
+        self._busy = busy = taken + (self._busy - taken) * math.exp(-elapsed / self._span())
         self._busy_at = now
+        self._flooded = busy >= (_CALM if self._flooded else _SATURATED)
 
     def _span(self) -> float:
         """Seconds over which the busy time is averaged: see _SPAN_SERVICES."""
