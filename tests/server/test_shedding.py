@@ -4,6 +4,7 @@ flight exactly by views that block on a gate."""
 
 import asyncio
 import math
+import random
 import sys
 import threading
 import time
@@ -223,6 +224,29 @@ def fill_threads(limiter: Limiter, count: int, deadline: float = 5) -> None:
 def release(admission: Any, lim: Limiter | None = None) -> None:
     if admission.admitted:
         (lim or _current_test_limiter[0]).release(admission.admitted_at, thread=True)
+
+
+class FakeClock:
+    """``time.monotonic()`` plus seconds the test moves it on by (``advance``)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def serve(limiter: Limiter, clock: FakeClock, seconds: float, *, every: float, took: float = 0.007) -> None:
+    """Requests that take ``took`` seconds, one every ``every`` seconds, for ``seconds`` of ``clock``:
+    ``every == took`` keeps the slot taken without a break, as in a flood."""
+    for _ in range(round(seconds / every)):
+        served = limiter.acquire(NORMAL, clock() + 5)
+        clock.advance(took)
+        limiter.release(served.admitted_at, thread=True)
+        clock.advance(every - took)
 
 
 _current_test_limiter: list[Limiter] = []
@@ -470,11 +494,11 @@ def test_waiting_is_bounded_by_the_deadline() -> None:
 
 
 def test_on_the_last_thread_low_is_refused_at_once_and_high_waits() -> None:
-    offset = [0.0]
-    one_slot = Limiter(FixedLimit(1), queue_timeout=5.0, clock=lambda: time.monotonic() + offset[0])
+    clock = FakeClock()
+    one_slot = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
     fill_threads(one_slot, 2)  # a server with 3 threads
+    serve(one_slot, clock, 1.0, every=0.007)  # a flood, not light load (where high would wait beside low)
     holder = one_slot.acquire(NORMAL, later(5))
-    offset[0] += 1.0  # the slot taken for a second: a flood, not light load (where high would wait beside low)
     waiting_low = threading.Thread(target=lambda: release(one_slot.acquire(LOW, later(5)), one_slot))
     waiting_low.start()
     wait_until(lambda: one_slot.waiting == 1)  # a second thread may wait: one is still free
@@ -586,32 +610,22 @@ def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-def test_a_flood_stays_one_until_the_slot_is_free_half_the_time() -> None:
+def test_a_flood_stays_one_until_the_slot_is_free_a_fifth_of_the_time() -> None:
     """While requests are refused at once nobody waits for a freed slot, and it stays free while a
     thread takes the next request in: a flood of views of a few milliseconds kept every slot taken
     only about 0.9 of the time, and two thirds of its arrivals after the first saturation were taken
     for light load again (a review: normal requests waited on the spare thread, 70-86 times in 5 s).
-    Once a flood, the slot taken 80% of the time still is one; free for a second, it is not."""
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.monotonic() + offset[0]
-
+    Once a flood, the slot taken 85% of the time still is one; free for a second, it is not."""
+    clock = FakeClock()
     limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
     fill_threads(limiter, 1)  # a server with 2 threads
-    holder = limiter.acquire(NORMAL, clock() + 5)
-    offset[0] += 1.0  # taken for a second: a flood
-    limiter.release(holder.admitted_at, thread=True)
-    for _ in range(200):  # 4 ms taken, 1 ms free: 0.8 of the time
-        served = limiter.acquire(NORMAL, clock() + 5)
-        offset[0] += 0.004
-        limiter.release(served.admitted_at, thread=True)
-        offset[0] += 0.001
+    serve(limiter, clock, 1.0, every=0.007)  # a flood
+    serve(limiter, clock, 1.0, every=0.01, took=0.0085)
     holder = limiter.acquire(NORMAL, clock() + 5)
     overlapping = limiter.acquire(NORMAL, clock() + 5)  # as if on the second thread
     assert (overlapping.admitted, overlapping.reason) == (False, "capacity")
     limiter.release(holder.admitted_at, thread=True)
-    offset[0] += 1.0  # nothing for a second
+    clock.advance(1.0)  # nothing for a second
     holder = limiter.acquire(NORMAL, clock() + 5)
     waiter = threading.Thread(target=lambda: release(limiter.acquire(NORMAL, clock() + 5), limiter))
     waiter.start()
@@ -621,28 +635,20 @@ def test_a_flood_stays_one_until_the_slot_is_free_half_the_time() -> None:
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-@pytest.mark.parametrize(("held", "waiting"), [(0.0, 3), (1.0, 1)])
-def test_at_light_load_every_spare_thread_may_wait_and_in_a_flood_half_of_them(held: float, waiting: int) -> None:
+@pytest.mark.parametrize(("flood", "waiting"), [(0.0, 3), (1.0, 1)])
+def test_at_light_load_every_spare_thread_may_wait_and_in_a_flood_half_of_them(flood: float, waiting: int) -> None:
     """Four threads, one slot (views that compute): at light load (requests of 7 ms, one every 50
     ms) three overlapping requests all wait for the slot. One waiter per slot, as before, refused
     the third and fourth request at once when clusters came (4 threads, 16 requests a second to 20
-    ms views: 16 of 420 refused in ``benchmarks/shedding_open_loop.py --threads 4``). With the slot
-    taken for a second, as in a flood, half the spare threads (rounded down) keep pulling requests
-    in: one waits, the others are refused at once."""
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.monotonic() + offset[0]
-
+    ms views: 16 of 420 refused in ``benchmarks/shedding_open_loop.py --threads 4``). After a second
+    of requests served back to back, as in a flood, half the spare threads (rounded down) keep
+    pulling requests in: one waits, the others are refused at once."""
+    clock = FakeClock()
     limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
     fill_threads(limiter, 3)  # a server with 4 threads
-    for _ in range(100):
-        served = limiter.acquire(NORMAL, clock() + 5)
-        offset[0] += 0.007
-        limiter.release(served.admitted_at, thread=True)
-        offset[0] += 0.043
+    serve(limiter, clock, 5.0, every=0.05)
+    serve(limiter, clock, flood, every=0.007)
     first = limiter.acquire(NORMAL, clock() + 5)
-    offset[0] += held
     outcomes: list[Any] = []
 
     def overlap() -> None:
@@ -664,27 +670,23 @@ def test_at_light_load_every_spare_thread_may_wait_and_in_a_flood_half_of_them(h
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
-@pytest.mark.parametrize(("held", "light"), [(0.4, True), (0.8, False)])
-def test_a_stall_is_not_taken_for_a_flood_but_a_slot_taken_for_longer_is(held: float, light: bool) -> None:
+@pytest.mark.parametrize(("held", "flood", "light"), [(0.4, 0.0, True), (2.0, 0.0, True), (0.0, 0.8, False)])
+def test_a_stall_is_not_taken_for_a_flood_but_a_slot_taken_again_and_again_is(
+    held: float, flood: float, light: bool
+) -> None:
     """Requests of 7 ms with the slot taken 40% of the time, then one that holds the slot for
     ``held`` seconds (the process's CPU taken by others, a slow query) while another comes in on
-    the second thread. After 0.4 s it waits for the slot: the requests queued in the server during
-    a stall are served, not refused (the count of arrivals used before read clusters and stalls at
-    light load as a flood: 9 of 120 refused in CI). After 0.8 s of a slot taken without a break,
-    as in a flood, the room rule applies again and it is refused at once."""
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.monotonic() + offset[0]
-
+    the second thread: it waits for the slot, and the requests queued in the server during a
+    stall are served, not refused (the count of arrivals used before read clusters and stalls at
+    light load as a flood: 9 of 120 refused in CI; and one request counted however long it took
+    read two slow ones close together as a flood: up to 9% refused, a review). After 0.8 s of
+    requests served back to back, as in a flood, the room rule applies again and it is refused."""
+    clock = FakeClock()
     limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
-    for _ in range(200):
-        served = limiter.acquire(NORMAL, clock() + 5)
-        offset[0] += 0.007
-        limiter.release(served.admitted_at, thread=True)
-        offset[0] += 0.0105
+    serve(limiter, clock, 3.5, every=0.0175)
+    serve(limiter, clock, flood, every=0.007)
     first = limiter.acquire(NORMAL, clock() + 5)
-    offset[0] += held
+    clock.advance(held)
     outcome: list[Any] = []
     overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(NORMAL, clock() + 5)))
     overlapping.start()
@@ -726,32 +728,32 @@ def test_before_the_first_request_is_served_the_room_rule_stands() -> None:
 
 
 def test_during_a_probe_the_threads_served_before_it_wait_instead_of_being_refused() -> None:
-    # A server with 4 threads serving 4 requests at once (views that wait 100 ms), every slot taken
-    # for a second (a flood: the room rule applies, not light load's). A probe lowers the slots to 1
+    # A server with 4 threads serving 4 requests at once (views that wait 100 ms) back to back for
+    # 1.3 s (a flood: the room rule applies, not light load's). A probe then lowers the slots to 1
     # for five requests; the other threads' requests wait their turn. Before, the room for waiters
     # was sized by the probe's one slot: one waited and the next two were refused at once (capacity;
     # with X-Do-Not-Retry under a 1 s deadline), at every probe.
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.monotonic() + offset[0]
+    clock = FakeClock()
 
     def soon(seconds: float) -> float:
         return clock() + seconds
 
-    limit = AdaptiveLimit(now=time.monotonic(), initial=4, probe_interval=0.0)  # a probe after every window
+    class NoJitter(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return 1.0
+
+    limit = AdaptiveLimit(now=clock(), initial=4, maximum=4, probe_interval=1.3, jitter=NoJitter())
     limiter = Limiter(limit, queue_timeout=5.0, clock=clock)
     for _ in range(AdaptiveLimit.PROBE_SAMPLES):  # the first probe
-        now = time.monotonic()
+        now = clock()
         limit.sample(0.1, 1, now, now, cpu=0.001)
     assert (limit.probing, limiter.slots) == (False, 4)
-    serving = [limiter.acquire(NORMAL, soon(5)) for _ in range(4)]  # the 4 threads busy at once
-    assert all(admission.admitted for admission in serving)
-    offset[0] += 0.1
-    limiter.release(serving[0].admitted_at, thread=True)  # the first to end begins the next probe
-    offset[0] += 2.0  # the other three hold the probe's slot and more
-    for admission in serving[1:]:
-        limiter.release(admission.admitted_at, thread=True)
+    while not limit.probing:  # the 4 threads busy at once, until the next probe begins
+        serving = [limiter.acquire(NORMAL, soon(5)) for _ in range(4)]
+        assert all(admission.admitted for admission in serving)
+        clock.advance(0.1)
+        for admission in serving:
+            limiter.release(admission.admitted_at, thread=True)
     assert (limit.probing, limiter.slots, limit.learned) == (True, 1, 4)
     first = limiter.acquire(NORMAL, soon(3))
     assert first.admitted

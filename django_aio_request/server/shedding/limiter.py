@@ -72,12 +72,19 @@ _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low prio
 # and 20 requests a second, a random cluster of them read as load, and the requests overlapping it
 # were refused (CI, 2026-12-03: 9 of 120).
 _SATURATED = 0.9
-# Once taken for a flood, the process stays so until the slots were taken under half the time: while
+# Once taken for a flood, the process stays so until the slots were taken under 0.8 of the time: while
 # requests are refused at once nobody waits for a freed slot, and it stays free while a thread takes
 # the next request in, so a flood of views of a few milliseconds keeps the mean at about 0.9 itself
 # (a review: 66-80% of a flood's arrivals after the first saturation saw under 0.9, and normal
 # requests waited on the spare thread again).
-_CALM = 0.5
+_CALM = 0.8
+# A request counts as holding its slot for at most this many mean service times after the last
+# admission. One that takes far longer (a slow query, the process's CPU taken by others for 0.4 s)
+# keeps the slot taken without a flood behind it, and read as one: the requests queued meanwhile in
+# the server were refused at once when it ended (a review: 3% of requests taking 300 ms instead of
+# 5 ms, at 20 a second on 2 threads, the slot taken 28% of the time: up to 9% refused). In a flood a
+# freed slot is taken again at once, and every service counts.
+_LONGEST_COUNTED = 3
 # The busy time is averaged over about this many mean service times (an exponential moving mean),
 # and at least _MIN_BUSY_SPAN seconds. A flood is taken for one after about 2.3 of these (0.6 s for
 # views of up to 50 ms, 1.2 s for 100 ms views); a stall shorter than about 1.8 of them after the
@@ -129,6 +136,7 @@ class Limiter:
         self._busy = 0.0  # the share of the time every slot was taken, a moving mean over _span()
         self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
         self._flooded = False  # _busy reached _SATURATED and has not come down to _CALM since
+        self._last_admitted = 0.0  # when a request was last admitted (or granted a slot)
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -243,6 +251,7 @@ class Limiter:
             if best is None or RANK[priority] < RANK[best.priority]:  # nobody as good waits for a slot
                 if self._in_flight < self._open_to(priority, slots):
                     self._in_flight += 1
+                    self._last_admitted = now
                     return Admission(True, admitted_at=now)
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
@@ -345,8 +354,16 @@ class Limiter:
         elapsed = now - since
         if elapsed <= 0:
             return
-        taken = 1.0 if self._in_flight >= slots else 0.0
-        self._busy = busy = taken + (self._busy - taken) * math.exp(-elapsed / self._span())
+        span = self._span()
+        busy = self._busy
+        if self._in_flight >= slots:
+            # Taken from ``since`` until now, but no longer than _LONGEST_COUNTED service times after
+            # the last admission: one long request is a long request, not a flood.
+            until = self._last_admitted + _LONGEST_COUNTED * (self._service_time or 0.0)
+            taken = min(elapsed, max(0.0, until - since))
+            busy = 1.0 + (busy - 1.0) * math.exp(-taken / span)
+            elapsed -= taken
+        self._busy = busy = busy * math.exp(-elapsed / span)
         self._busy_at = now
         self._flooded = busy >= (_CALM if self._flooded else _SATURATED)
 
@@ -391,6 +408,7 @@ class Limiter:
         while (best := queue.best()) is not None and self._in_flight < self._open_to(best.priority, slots):
             waiter = queue.pop_best()
             self._in_flight += 1
+            self._last_admitted = now
             waiter.granted = True
             waited = now - waiter.since
             waiter.since = now  # from here on: when it was admitted
