@@ -635,6 +635,49 @@ def test_a_flood_stays_one_until_the_slot_is_free_a_fifth_of_the_time() -> None:
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
 
 
+def test_a_flood_of_requests_some_of_them_long_is_taken_for_one() -> None:
+    """Back to back for 1.5 s, every twentieth request taking 100 ms and the rest 5 ms (a mix whose
+    long requests exceed three times the mean): a flood, and the request overlapping it is refused.
+    Counting each request for at most three mean service times (tried, to tell slow requests at
+    light load from a flood) counted the long ones for 20 ms: such a flood never reached 0.9 (a
+    review: 0 of 269 normal requests refused, high priority's p50 0.32 s)."""
+    clock = FakeClock()
+    limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
+    serve(limiter, clock, 3.0, every=0.05, took=0.005)  # light load first
+    for count in range(300):
+        took = 0.1 if count % 20 == 19 else 0.005
+        served = limiter.acquire(NORMAL, clock() + 5)
+        clock.advance(took)
+        limiter.release(served.admitted_at, thread=True)
+    holder = limiter.acquire(NORMAL, clock() + 5)
+    overlapping = limiter.acquire(NORMAL, clock() + 5)  # as if on the second thread
+    assert (overlapping.admitted, overlapping.reason) == (False, "capacity")
+    limiter.release(holder.admitted_at, thread=True)
+
+
+def test_a_flood_stays_one_while_the_limit_rises_above_the_threads() -> None:
+    """Two threads: while the limit is 3, both threads serving is every slot the process can take.
+    Counted as free (no request could take the third slot), a flood's mean fell while the learned
+    limit was above the threads, and when it came back to 1 normal requests waited on the spare
+    thread for 0.4-0.7 s of the flood (a review, 27 of them)."""
+    clock = FakeClock()
+    limit = FixedLimit(1)
+    limiter = Limiter(limit, queue_timeout=5.0, clock=clock)
+    fill_threads(limiter, 1)  # a server with 2 threads
+    serve(limiter, clock, 1.0, every=0.007)  # a flood
+    limit.current = 3
+    for _ in range(150):  # both threads served back to back for about a second
+        both = [limiter.acquire(NORMAL, clock() + 5) for _ in range(2)]
+        clock.advance(0.007)
+        for admission in both:
+            limiter.release(admission.admitted_at, thread=True)
+    limit.current = 1
+    holder = limiter.acquire(NORMAL, clock() + 5)
+    overlapping = limiter.acquire(NORMAL, clock() + 5)  # as if on the second thread
+    assert (overlapping.admitted, overlapping.reason) == (False, "capacity")
+    limiter.release(holder.admitted_at, thread=True)
+
+
 @pytest.mark.parametrize(("flood", "waiting"), [(0.0, 3), (1.0, 1)])
 def test_at_light_load_every_spare_thread_may_wait_and_in_a_flood_half_of_them(flood: float, waiting: int) -> None:
     """Four threads, one slot (views that compute): at light load (requests of 7 ms, one every 50

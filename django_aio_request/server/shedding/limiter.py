@@ -78,22 +78,23 @@ _SATURATED = 0.9
 # (a review: 66-80% of a flood's arrivals after the first saturation saw under 0.9, and normal
 # requests waited on the spare thread again).
 _CALM = 0.8
-# A request counts as holding its slot for at most this many mean service times after the last
-# admission. One that takes far longer (a slow query, the process's CPU taken by others for 0.4 s)
-# keeps the slot taken without a flood behind it, and read as one: the requests queued meanwhile in
-# the server were refused at once when it ended (a review: 3% of requests taking 300 ms instead of
-# 5 ms, at 20 a second on 2 threads, the slot taken 28% of the time: up to 9% refused). In a flood a
-# freed slot is taken again at once, and every service counts.
-_LONGEST_COUNTED = 3
-# The busy time is averaged over about this many mean service times (an exponential moving mean),
-# and at least _MIN_BUSY_SPAN seconds. A flood is taken for one after about 2.3 of these (0.6 s for
-# views of up to 50 ms, 1.2 s for 100 ms views); a stall shorter than about 1.8 of them after the
-# slots were taken 40% of the time (the process's CPU taken by others for 0.4 s while a request was
-# served, the requests arriving meanwhile waiting in the server's queue) is not. Not a count in
-# service times alone: for views of a few milliseconds that is a few tens of milliseconds, and any
-# stall read as a flood.
+# The busy time is averaged over a span of about this many mean service times (an exponential
+# moving mean), at least _MIN_BUSY_SPAN seconds, and at least _SPAN_LONGEST times the longest recent
+# request (or the time since the last admission, while every slot is taken). A flood is taken for one
+# after about 2.3 spans: 0.6 s for views of up to 50 ms, 1.2 s for 100 ms views, longer where some
+# requests take far more than the rest. A stall is not: the process's CPU taken by others for 0.4 s
+# while a request runs, or two slow requests in a row at light load (3% of requests taking 300 ms
+# instead of 5 ms, 20 a second on 2 threads, the slot taken 28% of the time: read as a flood with
+# the span of the mean alone, and up to 29 of about 200 refused, a review; none in 6 runs with
+# three times the longest, 7 of 231 in one of 4 runs with twice), keep the slot taken for under a
+# span of their own length. Capping what a long request counts for instead (tried) hid
+# floods of such mixes: 5% of requests at 100 ms counted for 20 ms each, and a flood of them never
+# reached 0.9 (a review). Not a span in mean service times alone: for views of a few milliseconds
+# that is a few tens of milliseconds, and any stall read as a flood.
 _SPAN_SERVICES = 5
 _MIN_BUSY_SPAN = 0.25
+_SPAN_LONGEST = 3
+_LONGEST_MEMORY = 2.0  # seconds over which the longest recent request's time decays (by e)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class Limiter:
         self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
         self._flooded = False  # _busy reached _SATURATED and has not come down to _CALM since
         self._last_admitted = 0.0  # when a request was last admitted (or granted a slot)
+        self._longest = 0.0  # the longest recent service time, decaying over _LONGEST_MEMORY
+        self._longest_at = 0.0
         self._published_limit = -1
 
         metrics.shedding_limit.set(limit.current)
@@ -235,7 +238,11 @@ class Limiter:
                 previous = self._service_time
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
                 if self._busy_at is None:  # the first request served: the busy time is counted from here on
-                    self._busy_at = now
+                    self._busy_at = now  # (and its time, a cold start's, is no measure of the longest)
+                else:
+                    decayed = self._longest * math.exp(-(now - self._longest_at) / _LONGEST_MEMORY)
+                    self._longest = max(rtt, decayed)
+                    self._longest_at = now
                 self._grant(now)
 
     # Under the lock.
@@ -343,8 +350,10 @@ class Limiter:
     def _tally(self, now: float, slots: int) -> None:
         """Bring the moving mean of the busy time up to ``now``: call before ``_in_flight`` changes.
 
-        Every slot counts as taken while ``_in_flight`` is at ``slots`` or more (a probe lowers
-        the slots below what runs). Counting starts with the first request served: before, the
+        Every slot counts as taken while ``_in_flight`` is at ``slots`` or more, or every thread
+        serves (a probe lowers the slots below what runs; a learned limit may rise above the
+        server's threads, and a flood then left no slot ever taken and was taken for light load,
+        a review). Counting starts with the first request served: before, the
         process's first request (imports, a cold cache: half a second and more under gunicorn on a
         busy machine) would read as a flood.
         """
@@ -354,22 +363,19 @@ class Limiter:
         elapsed = now - since
         if elapsed <= 0:
             return
-        span = self._span()
-        busy = self._busy
-        if self._in_flight >= slots:
-            # Taken from ``since`` until now, but no longer than _LONGEST_COUNTED service times after
-            # the last admission: one long request is a long request, not a flood.
-            until = self._last_admitted + _LONGEST_COUNTED * (self._service_time or 0.0)
-            taken = min(elapsed, max(0.0, until - since))
-            busy = 1.0 + (busy - 1.0) * math.exp(-taken / span)
-            elapsed -= taken
-        self._busy = busy = busy * math.exp(-elapsed / span)
+        threads = self._threads_peak
+        full = self._in_flight >= (min(slots, threads) if threads else slots)
+        span = self._span(now - self._last_admitted if full else 0.0)
+        taken = 1.0 if full else 0.0
+        self._busy = busy = taken + (self._busy - taken) * math.exp(-elapsed / span)
         self._busy_at = now
         self._flooded = busy >= (_CALM if self._flooded else _SATURATED)
 
-    def _span(self) -> float:
-        """Seconds over which the busy time is averaged: see _SPAN_SERVICES."""
-        return max(_MIN_BUSY_SPAN, _SPAN_SERVICES * (self._service_time or 0.0))
+    def _span(self, running: float) -> float:
+        """Seconds over which the busy time is averaged (see _SPAN_SERVICES); ``running``: how long
+        every slot has been taken without a new admission."""
+        longest = max(running, self._longest)
+        return max(_MIN_BUSY_SPAN, _SPAN_SERVICES * (self._service_time or 0.0), _SPAN_LONGEST * longest)
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
