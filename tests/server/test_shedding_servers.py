@@ -177,7 +177,7 @@ def test_at_light_load_nothing_is_shed_on_two_and_four_threads(kind: str, thread
     # next refused). They wait for the slot now.
     import random
 
-    statuses: list[tuple[int, str | None, float]] = []
+    sent: list[tuple[float, list[tuple[int, str | None, float]]]] = []  # when, and the answer
     with server(kind, threads, {"shedding": True}) as url:
         headers = {"X-Request-Timeout": "1", "X-Request-Priority": "normal"}
         senders = []
@@ -186,20 +186,32 @@ def test_at_light_load_nothing_is_shed_on_two_and_four_threads(kind: str, thread
         while due < began + 6.0:
             due += random.expovariate(20.0)
             time.sleep(max(0.0, due - time.monotonic()))
-            sender = threading.Thread(target=answer, args=(url, "/cpu?ms=5", headers, statuses))
+            into: list[tuple[int, str | None, float]] = []
+            sent.append((time.monotonic(), into))
+            sender = threading.Thread(target=answer, args=(url, "/cpu?ms=5", headers, into))
             sender.start()
             senders.append(sender)
         for sender in senders:
             sender.join(10)
-        shed = metric(url, "aio_request_server_shed_total", {"priority": "normal", "reason": "capacity"})
-    assert len(statuses) >= 80
-    # None refused that its caller was still waiting for. When the machine stops this process for a
-    # second or more (CI runs three test processes on two cores), the requests queued in the server
-    # meanwhile arrive together and are served back to back: a flood, for this process, and those
-    # refused had outwaited their 1 s deadline in the server's queue before it could see them.
-    refused = sorted(elapsed for status, _, elapsed in statuses if status != 200)
-    assert [elapsed for elapsed in refused if elapsed < 1.0] == []
-    assert shed == len(refused)
+        shed = {
+            reason: metric(url, "aio_request_server_shed_total", {"priority": "normal", "reason": reason})
+            for reason in ("capacity", "queue_timeout", "deadline")
+        }
+    answers = [(at, *into[0]) for at, into in sent if into]
+    assert len(answers) == len(sent) >= 80
+    # None refused while the process kept up with its load. When the machine takes the CPU from
+    # this process (CI runs three test processes on two cores, and installs a second environment
+    # meanwhile), its 5 ms views take far longer, the requests queue and are served back to back:
+    # a flood, for this process, and refusing then is the rule. So a refusal counts against the
+    # rule only when the requests sent within half a second of it were answered within 250 ms.
+    refused = [(at, elapsed) for at, status, _, elapsed in answers if status != 200]
+    kept_up = [
+        (round(at - began, 3), round(elapsed, 3))
+        for at, elapsed in refused
+        if max((e for a, st, _, e in answers if st == 200 and abs(a - at) <= 0.5), default=0.0) < 0.25
+    ]
+    assert kept_up == [], (shed, kept_up, len(refused))
+    assert sum(shed.values()) == len(refused)
 
 
 def answer(url: str, path: str, headers: dict[str, str], into: list[tuple[int, str | None, float]]) -> None:
