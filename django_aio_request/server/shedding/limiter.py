@@ -339,13 +339,15 @@ class Limiter:
         (with 2-4 threads and views that compute 5 ms, a learned limit of 1 and 10-20 requests a
         second: 4-10% of them, answered 503 at 7-15% CPU), and one waiter per slot still refused
         clusters of three or four on 4 threads; a request coming while every thread waits here
-        waits in the server's queue for a request's time or two. Before the first request was served there is no measure
-        of the load, and the room rule stands. Low priority (what a caller can do without: hedges)
+        waits in the server's queue for a request's time or two. Before the first request was
+        served, too: the requests that queued in the server while a worker started come in
+        together, and the room rule refused them (8-16 threads, 50 ms views, 60 requests a second:
+        15-26 answered 503 in the first 0.4 s, a review). Low priority (what a caller can do without: hedges)
         keeps the rule: the first moments of a flood after a quiet spell look like light load here
         (see _SATURATED), and lows waiting then held the spare thread while high-priority
         requests queued behind them in the server.
         """
-        return self._busy_at is not None and not self._flooded
+        return not self._flooded
 
     def _tally(self, now: float, slots: int) -> None:
         """Bring the moving mean of the busy time up to ``now``: call before ``_in_flight`` changes.
@@ -364,7 +366,9 @@ class Limiter:
         if elapsed <= 0:
             return
         threads = self._threads_peak
-        full = self._in_flight >= (min(slots, threads) if threads else slots)
+        # Anyone waiting found no slot it may take (the last slots are kept from low priority, and
+        # stay free while only lows wait): that counts as full too.
+        full = self._in_flight >= (min(slots, threads) if threads else slots) or len(self._queue) > 0
         span = self._span(now - self._last_admitted if full else 0.0)
         taken = 1.0 if full else 0.0
         self._busy = busy = taken + (self._busy - taken) * math.exp(-elapsed / span)
