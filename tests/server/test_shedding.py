@@ -249,6 +249,29 @@ def serve(limiter: Limiter, clock: FakeClock, seconds: float, *, every: float, t
         clock.advance(every - took)
 
 
+def check_overlapping(
+    limiter: Limiter, clock: FakeClock, first: Any, *, waits: bool, priority: Priority = NORMAL, took: float = 0.0
+) -> None:
+    """A request of ``priority`` on a second thread while ``first`` holds the only slot: it waits for
+    the slot and is served when ``first`` ends ``took`` seconds later (``waits``), or it is refused
+    at once for capacity."""
+    outcome: list[Any] = []
+    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(priority, clock() + 5)))
+    overlapping.start()
+    if waits:
+        wait_until(lambda: limiter.waiting == 1)
+        clock.advance(took)
+        limiter.release(first.admitted_at, thread=True)
+        overlapping.join(5)
+        assert outcome[0].admitted
+        limiter.release(outcome[0].admitted_at, thread=True)
+    else:
+        overlapping.join(5)
+        assert (outcome[0].admitted, outcome[0].reason) == (False, "capacity")
+        limiter.release(first.admitted_at, thread=True)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
 _current_test_limiter: list[Limiter] = []
 
 
@@ -580,34 +603,12 @@ def test_at_light_load_a_request_finding_the_slot_taken_waits_for_it_instead_of_
     0.58 of the slot, and at a third of it when requests clustered.) Low priority keeps the rule at
     any load: the first moments of a flood after a quiet spell look like light load, and lows
     waiting then delayed high priority 3-4 times (a review's burst test)."""
-    offset = [0.0]
-
-    def clock() -> float:
-        return time.monotonic() + offset[0]
-
+    clock = FakeClock()
     limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
-    for _ in range(400):  # seconds of history (the busy time is averaged over a quarter of one)
-        served = limiter.acquire(NORMAL, clock() + 5)
-        offset[0] += 0.007
-        limiter.release(served.admitted_at, thread=True)
-        offset[0] += every - 0.007
+    serve(limiter, clock, 400 * every, every=every)  # the busy time is averaged over a quarter of a second
     first = limiter.acquire(NORMAL, clock() + 5)
     assert first.admitted
-    outcome: list[Any] = []
-    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(priority, clock() + 5)))
-    overlapping.start()  # the second of 2 threads
-    if light:
-        wait_until(lambda: limiter.waiting == 1)
-        offset[0] += 0.007
-        limiter.release(first.admitted_at, thread=True)
-        overlapping.join(5)
-        assert outcome[0].admitted
-        limiter.release(outcome[0].admitted_at, thread=True)
-    else:
-        overlapping.join(5)
-        assert (outcome[0].admitted, outcome[0].reason) == (False, "capacity")
-        limiter.release(first.admitted_at, thread=True)
-    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+    check_overlapping(limiter, clock, first, waits=light, priority=priority, took=0.007)
 
 
 def test_a_flood_stays_one_until_the_slot_is_free_a_fifth_of_the_time() -> None:
@@ -730,20 +731,7 @@ def test_a_stall_is_not_taken_for_a_flood_but_a_slot_taken_again_and_again_is(
     serve(limiter, clock, flood, every=0.007)
     first = limiter.acquire(NORMAL, clock() + 5)
     clock.advance(held)
-    outcome: list[Any] = []
-    overlapping = threading.Thread(target=lambda: outcome.append(limiter.acquire(NORMAL, clock() + 5)))
-    overlapping.start()
-    if light:
-        wait_until(lambda: limiter.waiting == 1)
-        limiter.release(first.admitted_at, thread=True)
-        overlapping.join(5)
-        assert outcome[0].admitted
-        limiter.release(outcome[0].admitted_at, thread=True)
-    else:
-        overlapping.join(5)
-        assert (outcome[0].admitted, outcome[0].reason) == (False, "capacity")
-        limiter.release(first.admitted_at, thread=True)
-    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+    check_overlapping(limiter, clock, first, waits=light)
 
 
 def test_before_the_first_request_is_served_the_requests_coming_in_wait_for_it() -> None:
