@@ -330,7 +330,7 @@ class Limiter:
     def _lightly_loaded(self) -> bool:
         """Whether every slot was taken less than nine tenths of the time over the last five service
         times or so (and at least a quarter of a second), by the requests served so far; once it
-        was, until they are taken less than half the time (see _CALM).
+        was, until they are taken less than 0.8 of the time (see _CALM).
 
         Then normal and high requests may wait for a slot on every spare thread (bounded by their
         deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all
