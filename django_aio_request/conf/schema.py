@@ -7,6 +7,7 @@ is built here: ``building.py`` makes clients from a :class:`ClientSpec`.
 """
 
 import dataclasses
+import enum
 import inspect
 import urllib.parse
 from collections.abc import Mapping
@@ -245,8 +246,11 @@ def _function_or_instance(found: Any) -> bool:
 
 
 def _makes_instances(found: Any) -> bool:
-    """Whether calling ``found`` makes an instance of it: a class whose metaclass calls as ``type`` does."""
-    return isinstance(found, type) and type(found).__call__ is type.__call__
+    """Whether calling ``found`` makes an instance of it: a class whose metaclass calls as ``type`` does,
+    or an Enum class, whose metaclass's ``__call__`` looks up a member (an instance of it) and, given a
+    second argument, tries to make a new Enum: ``Priority`` named as the policy passed the check and
+    every request under load shedding raised TypeError ("cannot extend <enum 'Priority'>")."""
+    return isinstance(found, type) and (type(found).__call__ is type.__call__ or issubclass(found, enum.Enum))
 
 
 def _not_callable_with(found: Any, arguments: int, what: str) -> str | None:

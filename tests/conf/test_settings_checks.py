@@ -625,6 +625,14 @@ def test_a_request_enricher_naming_a_class_is_e008_and_an_instance_of_it_works(s
     assert received.headers["X-Enriched"] == "yes"
 
 
+def test_a_request_enricher_naming_an_enum_class_is_e008() -> None:
+    """Calling an Enum class looks up a member: ``Priority`` passed as an enricher (its metaclass has
+    a ``__call__`` of its own) and every call raised ValueError ("... is not a valid Priority")."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "django_aio_request.Priority"}}})
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] names")
+    assert "| Priority is a class:" in found
+
+
 _SPLIT = {"NAME": "sequential", "ATTEMPTS_COUNT": 3, "DEADLINE_PROVIDER": {"NAME": "split"}}
 
 
