@@ -15,8 +15,12 @@ class Deadline:
         """A deadline ``seconds`` from now. Negative, NaN and infinite values are errors."""
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise TypeError(f"timeout must be a number of seconds, not {type(seconds).__name__}")
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"timeout must be a finite number of seconds >= 0, not {seconds!r}")
+        try:
+            finite = math.isfinite(seconds)
+        except OverflowError:  # an int too large for a float: 10**400
+            finite = False
+        if not finite or seconds < 0:
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, not {_shown(seconds)}")
         return cls(time.monotonic() + seconds)
 
     @property
@@ -46,3 +50,12 @@ class Deadline:
 
     def __repr__(self) -> str:
         return "<Deadline expired>" if self.expired else f"<Deadline timeout={self.timeout:.3f}s>"
+
+
+def _shown(value: float) -> str:
+    """``repr`` of a number, cut short: the error of a 5,000-digit int would be 5,000 characters long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return f"an int of {value.bit_length()} bits" if isinstance(value, int) else "a number"
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"

@@ -20,15 +20,18 @@ import json as jsonlib
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
+
+from requests.structures import CaseInsensitiveDict
 
 from django_aio_request.breaker.circuit_breaker import Override
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.client import Client
-from django_aio_request.core.context import Context, set_context
+from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
@@ -72,11 +75,20 @@ def reply(
     headers: Mapping[str, str] | None = None,
     delay: float = 0.0,
 ) -> Reply:
-    """An HTTP answer; ``json=`` serialises a body and sets ``Content-Type: application/json``."""
+    """An HTTP answer; ``json=`` serialises a body and sets ``Content-Type: application/json``
+    unless ``headers`` name a content type of their own (in any case)."""
+    if isinstance(status, bool) or not isinstance(status, int):
+        raise TypeError(f"status must be an int, not {type(status).__name__} {status!r}")
+    if not 100 <= status <= 599:
+        raise ValueError(f"status must be an HTTP status from 100 to 599, not {status}")
     extra = dict(headers or {})
     if json is not dataclasses.MISSING:
         body = jsonlib.dumps(json)
-        extra.setdefault("Content-Type", "application/json")
+        if not any(name.lower() == "content-type" for name in extra):
+            extra["Content-Type"] = "application/json"
+    if not isinstance(body, str | bytes | bytearray | memoryview):
+        # bytes(5) is five NUL bytes: a body of 5 read as b"\x00\x00\x00\x00\x00"
+        raise TypeError(f"body must be bytes or str, not {type(body).__name__}; json= serialises other values")
     _check_delay(delay)
     data = body.encode() if isinstance(body, str) else bytes(body)
     return Reply(status=status, body=data, headers=extra, delay=delay)
@@ -100,10 +112,10 @@ class RecordedCall:
     """One attempt that reached the fake, as the downstream service would have received it."""
 
     method: str
-    path: str  # relative to the client's endpoint, filled in: "invoices/7"
+    path: str  # relative to the client's endpoint, filled in, as sent (percent-encoded): "invoices/7"
     template: str  # the request's URL template: "invoices/{id}"
     query: str
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # any case: call.headers["x-request-timeout"] too
     body: bytes | None
     at: float  # time.monotonic() of arrival
 
@@ -160,9 +172,9 @@ class FakeDownstream(Transport):
             return list(self._calls)
 
     def calls_to(self, path: str) -> list[RecordedCall]:
-        """The attempts whose filled-in path or template is ``path``."""
+        """The attempts whose filled-in path (as sent, or percent-decoded) or template is ``path``."""
         path = path.lstrip("/")
-        return [c for c in self.calls if path in (c.path, c.template)]
+        return [c for c in self.calls if path in (c.path, urllib.parse.unquote(c.path), c.template)]
 
     def send(
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
@@ -170,9 +182,8 @@ class FakeDownstream(Transport):
         started = time.monotonic()
         parts = urllib.parse.urlsplit(request.build_url(endpoint))
         path = (parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path).lstrip("/")
-        call = RecordedCall(
-            request.method, path, request.url.lstrip("/"), parts.query, dict(request.headers), request.body, started
-        )
+        headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(request.headers)
+        call = RecordedCall(request.method, path, request.url.lstrip("/"), parts.query, headers, request.body, started)
         with self._lock:
             self._calls.append(call)
             answer = self._next_reply(request.method, path, request.url.lstrip("/"))
@@ -199,14 +210,24 @@ class FakeDownstream(Transport):
         )
 
     def _next_reply(self, method: str, path: str, template: str) -> Reply | None:
-        exact: tuple[tuple[str | None, str], ...] = ((method, path), (None, path), (method, template), (None, template))
+        decoded = urllib.parse.unquote(path)  # a route written as the test reads it: "files/a b"
+        exact: tuple[tuple[str | None, str], ...] = (
+            (method, path),
+            (None, path),
+            (method, decoded),
+            (None, decoded),
+            (method, template),
+            (None, template),
+        )
         for key in exact:
             if key in self._routes:
                 return self._take(key)
         for key in self._routes:
             wanted_method, pattern = key
-            if wanted_method in (None, method) and pattern.endswith("*") and path.startswith(pattern[:-1]):
-                return self._take(key)
+            if wanted_method in (None, method) and pattern.endswith("*"):
+                prefix = pattern[:-1]
+                if path.startswith(prefix) or decoded.startswith(prefix):
+                    return self._take(key)
         return None
 
     def _take(self, key: tuple[str | None, str]) -> Reply:
@@ -245,8 +266,22 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     try:
         yield fake
     finally:
-        clients.replace(name, previous, only_if=client)
+        with _fakes_lock:
+            back = previous
+            while back is not None and back in _ended_fakes:  # a fake below this one whose block ended first
+                back = _ended_fakes[back]
+            if clients.replace(name, back, only_if=client) is None:
+                # Not the client under the name: a fake made after this one is (a test's own block
+                # and a fixture's end in either order), or settings rebuilt the clients. Whichever
+                # fake ends last puts back what was there before this one, never this closed one.
+                _ended_fakes[client] = back
         client.close()
+
+
+# A fake client whose block ended while a fake made after it was still under its name -> the client
+# to put back in its place. Weak keys: an entry lasts as long as the fake above still holds it.
+_ended_fakes: "weakref.WeakKeyDictionary[Client, Client | None]" = weakref.WeakKeyDictionary()
+_fakes_lock = threading.Lock()
 
 
 _MAX_HEADER_TIMEOUT = 999_999_999  # nine digits: the longest X-Request-Timeout the middleware reads
@@ -273,12 +308,41 @@ def force_breaker(name_or_client: str | Client, state: Literal["open", "closed"]
     set_override = getattr(breaker, "set_override", None)
     if snapshot is None or set_override is None:
         raise TypeError(f"{type(breaker).__name__} cannot be forced: it has no set_override()")
-    before = next((s.override for s in snapshot() if s.scope == client.endpoint), None)
-    set_override(client.endpoint, _STATES[state])
+    key = (id(breaker), client.endpoint)  # the breaker lives while a block of it is open
+    mine = (_STATES[state],)  # this block's entry: a tuple of its own, compared by identity
+    with _forced_lock:
+        forced = _forced.get(key)
+        if forced is None:
+            before = next((s.override for s in snapshot() if s.scope == client.endpoint), None)
+            forced = _forced[key] = _Forced(before)
+        forced.blocks.append(mine)
+        set_override(client.endpoint, mine[0])
     try:
         yield client
     finally:
-        set_override(client.endpoint, before)
+        with _forced_lock:
+            # The blocks of one breaker may end in any order (a fixture's and a test's own): the
+            # state in force is the newest block still open's, and the one before them all once
+            # every block has ended (an outer block ending first restored its "before" and the
+            # inner one then put the outer's state back, for the rest of the session).
+            forced.blocks[:] = [b for b in forced.blocks if b is not mine]
+            if forced.blocks:
+                set_override(client.endpoint, forced.blocks[-1][0])
+            else:
+                del _forced[key]
+                set_override(client.endpoint, forced.before)
+
+
+@dataclasses.dataclass
+class _Forced:
+    """The :func:`force_breaker` blocks open on one breaker's endpoint, and the override before them."""
+
+    before: Override | None
+    blocks: list[tuple[Override]] = dataclasses.field(default_factory=list)
+
+
+_forced: dict[tuple[int, str], _Forced] = {}
+_forced_lock = threading.Lock()
 
 
 def request_headers(*, timeout: float | None = None, priority: str | Priority | None = None) -> dict[str, str]:
@@ -302,13 +366,38 @@ def request_headers(*, timeout: float | None = None, priority: str | Priority | 
 def serving(*, timeout: float | None = None, priority: str | Priority | None = None) -> Iterator[Context]:
     """Set the deadline (``timeout`` seconds from now) and priority as the middleware would for a
     request, around code called directly (a view function with ``RequestFactory``, a task)."""
-    values: dict[str, Any] = {}  # what is not given keeps the outer value
-    if timeout is not None:
-        values["deadline"] = Deadline.from_timeout(timeout)
-    if priority is not None:
-        values["priority"] = _priority(priority)
-    with set_context(**values) as context:
+    context, undo = _serve_until_undone(timeout=timeout, priority=priority)
+    try:
         yield context
+    finally:
+        undo()
+
+
+def _serve_until_undone(
+    *, timeout: float | None = None, priority: str | Priority | None = None
+) -> tuple[Context, Callable[[], None]]:
+    """:func:`serving` without the block: the context set, and the function that undoes it.
+
+    For the pytest fixture, whose ``serving()`` lasts until the test ends: the test may call it from
+    async code or another thread, in a context of its own, and the fixture undoes it at teardown,
+    in the test's. Resetting by token raised ``ValueError`` there ("created in a different
+    Context"); and ``async_to_sync`` copies its context's changes back to its caller, so the
+    deadline stayed set for every later test of the session. ``undo`` resets by token where it
+    can, and otherwise puts the value before back wherever this one is still in force.
+    """
+    outer = _context.get()
+    deadline = outer.deadline if timeout is None else Deadline.from_timeout(timeout)
+    new = Context(deadline, outer.priority if priority is None else _priority(priority))
+    token = _context.set(new)
+
+    def undo() -> None:
+        try:
+            _context.reset(token)
+        except ValueError:  # set in another context (async code, a thread): undo it in this one
+            if _context.get() is new:
+                _context.set(outer)
+
+    return new, undo
 
 
 def _priority(value: str | Priority) -> Priority:

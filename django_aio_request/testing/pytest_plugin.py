@@ -38,9 +38,13 @@ class AioRequestFixture:
 
     def serving(self, *, timeout: float | None = None, priority: "str | Priority | None" = None) -> "Context":
         """Set the deadline and priority until the end of the test (:func:`django_aio_request.testing.serving`)."""
-        from django_aio_request.testing import serving
+        from django_aio_request.testing import _serve_until_undone
 
-        return self._stack.enter_context(serving(timeout=timeout, priority=priority))
+        # Not the serving() block: the test may call this from async code or another thread, and
+        # the block's exit at teardown, in the test's own context, failed there (_serve_until_undone).
+        context, undo = _serve_until_undone(timeout=timeout, priority=priority)
+        self._stack.callback(undo)
+        return context
 
     @staticmethod
     def headers(*, timeout: float | None = None, priority: "str | Priority | None" = None) -> dict[str, str]:

@@ -421,3 +421,169 @@ def test_the_fixture_s_deadline_ends_before_pytest_django_s_database_teardown(tm
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "5 passed" in done.stdout, done.stdout[-4000:]
+
+
+_LEFTOVERS_PROJECT_TESTS = """
+import asyncio
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from django_aio_request import RequestsTransport, clients, get, get_context
+from django_aio_request.testing import fake_client, force_breaker, reply
+
+
+def real_client_untouched():
+    assert isinstance(clients["billing"].transport, RequestsTransport), clients["billing"].transport
+    overrides = {s.scope: s.override for s in clients["billing"].circuit_breaker.snapshot()}
+    assert set(overrides.values()) <= {None}, overrides
+    assert get_context().deadline is None, get_context()
+
+
+@pytest.fixture
+def own_fake():
+    with fake_client("billing") as fake:  # a project's own fixture, ending after the aio_request fixture
+        yield fake
+
+
+@pytest.fixture
+def own_closed():
+    with force_breaker("billing", "closed") as client:
+        yield client
+
+
+def test_a_fixture_fake_beside_a_project_fixture_s_fake(aio_request, own_fake):
+    aio_request.fake("billing").route("x", reply(404))
+    with clients["billing"].request(get("x")) as response:
+        assert response.status == 404
+
+
+def test_a_after_it(aio_request):
+    real_client_untouched()
+
+
+def test_b_a_with_block_around_a_fixture_fake(aio_request):
+    with fake_client("billing"):
+        aio_request.fake("billing")
+
+
+def test_b_after_it():
+    real_client_untouched()
+
+
+def test_c_a_fixture_force_beside_a_project_fixture_s(aio_request, own_closed):
+    aio_request.force_breaker("billing", "open")
+    with clients["billing"].request(get("x")) as response:
+        assert response.status == 502
+
+
+def test_c_after_it():
+    real_client_untouched()
+
+
+def test_d_serving_from_asyncio_run(aio_request):
+    async def job():
+        aio_request.serving(timeout=1.0, priority="low")
+        return get_context().priority.value
+
+    assert asyncio.run(job()) == "low"
+
+
+def test_d_serving_from_async_to_sync(aio_request):
+    async def job():
+        aio_request.serving(timeout=0.2)
+
+    async_to_sync(job)()
+    assert get_context().deadline is not None  # asgiref brings the change back to the test
+
+
+def test_d_serving_from_a_thread(aio_request):
+    thread = threading.Thread(target=lambda: aio_request.serving(timeout=0.2))
+    thread.start()
+    thread.join()
+
+
+def test_d_after_them(aio_request):
+    time.sleep(0.3)  # past the 0.2 s set above: a deadline left behind would answer this call 408
+    real_client_untouched()
+    fake = aio_request.fake("billing")
+    fake.route("x", reply(200))
+    with clients["billing"].request(get("x")) as response:
+        assert (response.status, len(fake.calls)) == (200, 1)
+"""
+
+
+def test_nothing_a_test_set_is_left_for_the_next_however_its_blocks_end(tmp_path: Path) -> None:
+    """A project's pytest run: fakes and forced breakers whose blocks (the fixture's, a project
+    fixture's, a ``with``) end in another order than they began, and the fixture's ``serving()``
+    called from ``asyncio.run``, ``async_to_sync`` and a thread. Before: the later tests got a closed
+    fake instead of the real client, the breaker still forced, and ``ValueError`` ("created in a
+    different Context") at teardown, with async_to_sync's deadline left set for every later test."""
+    (tmp_path / "leftover_settings.py").write_text(
+        textwrap.dedent(f"""
+        SECRET_KEY = "x"
+        INSTALLED_APPS = ["django_aio_request"]
+        AIO_REQUEST = {billing_settings()!r}
+        """)
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = leftover_settings\n")
+    (tmp_path / "test_leftovers.py").write_text(_LEFTOVERS_PROJECT_TESTS)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "10 passed" in done.stdout, done.stdout[-4000:]
+    assert "error" not in done.stdout, done.stdout[-4000:]
+
+
+def test_reply_checks_its_status_and_body_and_keeps_a_content_type_given_in_any_case() -> None:
+    with pytest.raises(TypeError, match="status must be an int, not str '503'"):
+        reply("503")  # type: ignore[arg-type]  # failed later, inside the client's classifier
+    with pytest.raises(ValueError, match="from 100 to 599, not 2000"):
+        reply(2000)
+    with pytest.raises(TypeError, match="body must be bytes or str, not int"):
+        reply(body=5)  # type: ignore[arg-type]  # was five NUL bytes
+    problem = reply(200, json={"a": 1}, headers={"content-type": "application/problem+json"})
+    assert dict(problem.headers) == {"content-type": "application/problem+json"}  # was replaced
+    assert dict(reply(json=[]).headers) == {"Content-Type": "application/json"}
+
+
+def test_a_path_with_spaces_or_accents_is_routed_and_found_as_written(aio_request: AioRequestFixture) -> None:
+    """The call's path is recorded as sent (percent-encoded); a route and calls_to() written as the
+    test reads the path match it too (they raised UnexpectedCallError / found nothing)."""
+    billing = aio_request.fake("billing")
+    billing.route("files/rapport été", reply(200, body="exact"))
+    billing.route("notes/a b*", reply(200, body="prefix"))
+    with clients["billing"].request(get("files/{name}", path_parameters={"name": "rapport été"})) as response:
+        assert response.read() == b"exact"
+    with clients["billing"].request(get("notes/{name}", path_parameters={"name": "a b c"})) as response:
+        assert response.read() == b"prefix"
+    (call,) = billing.calls_to("files/rapport été")
+    assert call.path == "files/rapport%20%C3%A9t%C3%A9"
+    assert billing.calls_to(call.path) == [call]
+
+
+def test_recorded_headers_are_read_in_any_case(aio_request: AioRequestFixture) -> None:
+    billing = aio_request.fake("billing")
+    billing.route("x", reply(200))
+    with clients["billing"].request(get("x")) as response:
+        assert response.status == 200
+    (call,) = billing.calls
+    assert call.headers["x-request-timeout"] == call.headers["X-Request-Timeout"]
+    assert call.headers.get("x-service-name") == "orders"
+
+
+def test_a_timeout_too_large_for_a_float_is_a_value_error() -> None:
+    for call in (lambda: request_headers(timeout=10**400), lambda: serving(timeout=10**5000).__enter__()):
+        with pytest.raises(ValueError, match="finite number of seconds"):  # was OverflowError
+            call()
