@@ -31,8 +31,10 @@ class UnknownClientError(KeyError):
 
 class ClientsHandler:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: dict[str, Client] = {}
+        # Re-entrant: a receiver of client_built, run under it, may look up another client.
+        self._lock = threading.RLock()
+        self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
+        self._building: dict[str, Client] = {}  # built, their receivers running (under the lock)
 
     @property
     def settings(self) -> AioRequestSettings:
@@ -44,7 +46,7 @@ class ClientsHandler:
         if client is not None:
             return client
         with self._lock:
-            client = self._clients.get(name)
+            client = self._clients.get(name) or self._building.get(name)  # building: this thread's receiver
             if client is not None:
                 return client
             config = self.settings
@@ -52,8 +54,16 @@ class ClientsHandler:
             if spec is None:
                 known = ", ".join(repr(n) for n in config.clients) or "none"
                 raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
-            client = self._clients[name] = build_client(spec, config.service_name)
-        client_built.send(sender=ClientsHandler, name=name, client=client)
+            client = self._building[name] = build_client(spec, config.service_name)
+            # The receivers run before any thread gets the client: the breaker publisher has admin's
+            # overrides read meanwhile (at most its FIRST_READ_WAIT, 0.25 s). Sent after the lock was
+            # let go, the builder waited for them while the threads that had waited for the lock
+            # called at once: 1 to 7 of 8 first calls reached an endpoint an operator had forced open.
+            try:
+                client_built.send(sender=ClientsHandler, name=name, client=client)
+            finally:
+                self._clients[name] = client  # before leaving _building: built() always lists it
+                del self._building[name]
         return client
 
     def __contains__(self, name: object) -> bool:
@@ -68,8 +78,9 @@ class ClientsHandler:
         return [self[name] for name in self]
 
     def built(self) -> list[tuple[str, Client]]:
-        """(name, client) of every client built so far in this process; builds none."""
-        return list(self._clients.items())
+        """(name, client) of every client built so far in this process, those whose build's receivers
+        are still running too (the breaker publisher's round must find them); builds none."""
+        return list({**self._building, **self._clients}.items())
 
     def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
         """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
@@ -109,8 +120,9 @@ class ClientsHandler:
         # warmed its clients up) is the one ``clients["billing"]`` returns, published and obeying admin's
         # overrides (breaker_publisher.Publisher.after_fork). Each client makes its threads, pools and
         # connections anew on first use in the child (core/client.py, transport/requests_transport.py).
-        # Only the lock is new: a thread of the parent, absent here, may have held it.
-        self._lock = threading.Lock()
+        # Only the lock is new (a thread of the parent, absent here, may have held it), and no build is half done.
+        self._lock = threading.RLock()
+        self._building = {}  # a build another thread of the parent was in: built anew here
 
 
 clients = ClientsHandler()

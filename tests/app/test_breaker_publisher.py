@@ -515,6 +515,38 @@ def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
         made.stop()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_threads_looking_up_a_client_while_it_is_built_obey_an_override_from_their_first_call(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight threads' first calls at once, as a fresh gthread worker's: only the thread that built the
+    client waited for the overrides; the others, let through the registry's lock when the build was
+    done, called at once, and 1 to 7 of 8 reached the endpoint an operator had forced open."""
+    server.route("/down", lambda h: h.reply(200))
+    made = Publisher(interval=3600)  # only the round the build asks for comes within the test
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+    start = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def first_call() -> None:
+        start.wait()
+        statuses.extend(call("billing", 1))
+
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            threads = [threading.Thread(target=first_call) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            assert statuses == [502] * 8
+            assert server.received("/down") == []
+    finally:
+        made.stop()
+
+
 @pytest.mark.django_db
 def test_an_override_row_with_an_invalid_mode_is_skipped_with_one_warning(
     server: LoopbackServer, publisher: Publisher, caplog: pytest.LogCaptureFixture
