@@ -530,7 +530,12 @@ class CacheCircuitStore(CircuitStore[str]):
             if cache.add(key, count, timeout):
                 continue
             try:
-                cache.incr(key, count)
+                total = cache.incr(key, count)
+                if type(total) is int and total < count:
+                    # It held a negative number, which Redis adds to: read as absent, it swallowed every
+                    # outcome flushed to it until it climbed back to 0. Replaced, as below.
+                    cache.set(key, count, timeout)
+                    malformed.append(key)
             except Exception:  # Django's ValueError when missing, else the cache's own (Redis: ResponseError)
                 value = cache.get(key, _ABSENT)  # raises in turn when the cache failed
                 if value is _ABSENT:  # expired between the two calls
