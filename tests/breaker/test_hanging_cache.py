@@ -5,7 +5,9 @@ SIGSTOP (no socket timeouts), under the settings users write (``CIRCUIT_BREAKER_
 Printed (``pytest -s``): the worst call time and the worst overshoot past the deadline.
 """
 
+import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -202,3 +204,25 @@ def test_closing_many_named_clients_on_a_hanging_cache_waits_for_it_once(hanging
             assert took < stall_after + 0.5
         finally:
             hanging_cache.release()
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_cache_is_named_in_one_warning_when_a_probe_finds_its_round_stalled(
+    hanging: None, server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/circuit-breaker.md: a cache that hangs (not one that fails) is named in one warning,
+    given when an open circuit's probe is due and the round has taken ``stall_after`` (1 s) or more;
+    the seconds it names are the round's so far, so at least 1.0."""
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker.cache_store")
+    server.route("/svc", _answer_after(0.05))
+    client = _client(server, "hanging")
+    try:
+        _trip_and_recover(client, server)  # the probe that closes the circuit is claimed in this process
+        stalled = [r.getMessage() for r in caplog.records if "has not answered for" in r.getMessage()]
+        assert len(stalled) == 1, stalled
+        pattern = r"cache 'hanging' has not answered for ([0-9.]+) s; '[^']+' decides in this process"
+        found = re.search(pattern, stalled[0])
+        assert found is not None, stalled
+        assert float(found.group(1)) >= 1.0
+    finally:
+        client.close()
