@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.signals import got_request_exception
 from django.http import HttpRequest
 from django.test import AsyncClient, Client
@@ -170,3 +171,42 @@ def test_a_connection_opened_inside_an_execute_wrapper_block_keeps_its_bound(cli
     thread.join(10)
     assert answers == [408]  # the block's exit took the bound off, and the sleep ran its 3 s
     assert time.monotonic() - started < 0.5 + SLACK
+
+
+def test_a_view_given_more_time_than_timeout_keeps_it_for_the_middleware_after_it(
+    client: Client, settings: SettingsWrapper
+) -> None:
+    """docs/server.md: ``@timeout(5)`` when the caller does not say, with ``TIMEOUT`` 1 s. Once the
+    view had returned (after 1.2 s), the request's own deadline came back, already over: the query
+    an inner middleware made after it (as SessionMiddleware saves a session) was refused, a 408."""
+    settings.AIO_REQUEST = {"SERVICE_NAME": "tests", "TIMEOUT": 1, db.SETTING_KEY: True}
+    response = client.get("/timed-long/", {"sleep": "1.2", "after": "0.01"})
+    assert response.status_code == 200, response.content
+
+
+def test_a_template_response_is_rendered_under_the_view_s_timeout(client: Client, settings: SettingsWrapper) -> None:
+    """Django renders a TemplateResponse after the view returned: a generic ListView's queryset runs
+    then. Rendered under the request's deadline, ``@timeout(0.3)`` bounded nothing (a 3 s query was a
+    200 after 3 s) and ``@timeout(5)`` with ``TIMEOUT`` 1 s was a 408 at 1 s."""
+    started = time.monotonic()
+    response = client.get("/lazy-list-short/", {"sleep": "3"})
+    assert response.status_code == 408, response.content
+    assert time.monotonic() - started < 0.3 + SLACK
+    settings.AIO_REQUEST = {"SERVICE_NAME": "tests", "TIMEOUT": 1, db.SETTING_KEY: True}
+    response = client.get("/lazy-list-long/", {"sleep": "1.3"})
+    assert (response.status_code, response.content) == (200, b"slept")
+    response = client.get("/lazy-list-short/", {"sleep": "3"}, headers={"X-Request-Timeout": "5"})
+    assert (response.status_code, response.content) == (200, b"slept")  # the caller's deadline wins
+
+
+@pytest.mark.usefixtures("asgi_threads_connections")
+def test_an_async_view_s_template_response_is_rendered_under_its_timeout(async_client: AsyncClient) -> None:
+    from django.db import connections
+
+    # The test client renders in asgiref's one shared thread, whose connection an earlier test's
+    # end_other_sessions() may have ended: a new one.
+    asyncio.run(sync_to_async(connections.close_all)())
+    started = time.monotonic()
+    response = asyncio.run(async_client.get("/alazy-list-short/", {"sleep": "3"}))
+    assert response.status_code == 408, response.content
+    assert time.monotonic() - started < 0.3 + 2 * SLACK

@@ -321,3 +321,32 @@ def test_a_cancelled_view_leaves_no_timer_behind_while_the_middleware_below_clea
     assert 0.75 < took < 1.4
     assert urls_server.finished == []
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []  # no "Exception in callback"
+
+
+def test_a_template_response_renders_under_the_view_s_deadline_and_pickles_after() -> None:
+    """The render Django runs after the view sees the view's deadline; the response keeps no
+    closure once rendered, so the cache middleware can still pickle it."""
+    import pickle
+
+    from django.template import engines
+    from django.template.response import TemplateResponse
+
+    seen: list[float] = []
+
+    class Rows:
+        def __iter__(self) -> Any:
+            deadline = get_context().deadline
+            seen.append(math.inf if deadline is None else deadline.timeout)
+            return iter(["row"])
+
+    @timeout(3)
+    def listing(request: HttpRequest) -> TemplateResponse:
+        template = engines["django"].from_string("{% for r in rows %}{{ r }}{% endfor %}")
+        return TemplateResponse(request, template, {"rows": Rows()})
+
+    response = listing(RequestFactory().get("/"))
+    assert get_context().deadline is None  # no middleware: nothing after the view
+    response.render()
+    assert response.content == b"row"
+    assert 2.5 < seen[0] <= 3
+    assert pickle.loads(pickle.dumps(response)).content == b"row"

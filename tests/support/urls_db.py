@@ -9,7 +9,7 @@ middleware's job.
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
@@ -17,9 +17,11 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import IntegerField
 from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
+from django.template import engines
+from django.template.response import TemplateResponse
 from django.urls import path
 
-from django_aio_request import Deadline, set_context
+from django_aio_request import Deadline, set_context, timeout
 from django_aio_request.server.database import is_deadline_cancellation
 
 ALIAS = "postgres"
@@ -117,7 +119,40 @@ class InnerMiddleware:
         response = self.get_response(request)
         if getattr(response, "break_below", False):
             raise RuntimeError("an inner middleware failed after the view")
+        if request.GET.get("after"):  # a query after the view, as SessionMiddleware's save
+            with connections[ALIAS].cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(%s)", [float(request.GET["after"])])
         return response
+
+
+def python_sleep(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of Python work, no query."""
+    time.sleep(float(request.GET["sleep"]))
+    return HttpResponse("view done\n", content_type="text/plain")
+
+
+class _SleepWhenIterated:
+    """Rows a template iterates: ``seconds`` of pg_sleep, run only then, as a ListView's queryset."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __iter__(self) -> Iterator[str]:
+        _sleep(self.seconds)
+        return iter(["slept"])
+
+
+_ROWS = "{% for row in rows %}{{ row }}{% endfor %}"
+
+
+def lazy_list(request: HttpRequest) -> TemplateResponse:
+    """A TemplateResponse whose query runs when Django renders it, after the view returned."""
+    rows = _SleepWhenIterated(float(request.GET["sleep"]))
+    return TemplateResponse(request, engines["django"].from_string(_ROWS), {"rows": rows})
+
+
+async def alazy_list(request: HttpRequest) -> TemplateResponse:
+    return lazy_list(request)
 
 
 def fallback_bug(request: HttpRequest) -> HttpResponse:
@@ -217,6 +252,10 @@ def nested_fallback(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
+    path("timed-long/", timeout(5)(python_sleep)),
+    path("lazy-list-short/", timeout(0.3)(lazy_list)),
+    path("lazy-list-long/", timeout(5)(lazy_list)),
+    path("alazy-list-short/", timeout(0.3)(alazy_list)),
     path("sleep-unguarded/", sleep_unguarded),
     path("nested-fallback/", nested_fallback),
     path("sleep-async/", sleep_async),
