@@ -197,7 +197,8 @@ class QueryBound:
 
     It keeps one timer per connection, at the deadline of the last query that ran under one: a
     request's queries share it, and a query under the same deadline costs a comparison. ``busy``
-    says whether a statement of ours is on the wire; the timer cancels only then, so a deadline
+    counts the statements of ours under way (an application's execute wrapper may run one of its own
+    inside ours: a flag the inner one cleared left the outer one unbounded); the timer cancels only then, so a deadline
     that passes while the connection is idle costs the server nothing.
 
     ``lock`` orders the timer's cancel request against the owner thread: the owner clears ``busy``
@@ -212,7 +213,7 @@ class QueryBound:
         self.cancels = 0
         self.refused = 0
         self.lock = threading.Lock()
-        self.busy = False
+        self.busy = 0
         self._due: float | None = None  # the deadline the timer is at, on the monotonic clock
         self._timer_at: float | None = None  # when the earliest pending timer entry fires
         self._generation = 0
@@ -254,7 +255,7 @@ class QueryBound:
         self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object, call: Callable[..., _T], *args: Any
     ) -> _T:
         """Run ``call(*args)`` (one statement's round trip) so that it ends by ``deadline``."""
-        self.busy = True  # before the clock is read: a timer that saw busy False fired before the check below
+        self.busy += 1  # before the clock is read: a timer that saw busy 0 fired before the check below
         try:
             generation = self._start(deadline, connection, sql)
             try:
@@ -265,7 +266,7 @@ class QueryBound:
         finally:
             self._ended += 1
             with self.lock:
-                self.busy = False
+                self.busy -= 1
 
     @contextlib.contextmanager
     def spanning(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> Generator[None]:
@@ -274,7 +275,7 @@ class QueryBound:
         is on the wire, and cancelled at the deadline, until the block ends. The same steps as
         :meth:`_bounded`, which does not go through this: it runs for every query, and a generator
         context manager would cost each one a microsecond or so."""
-        self.busy = True
+        self.busy += 1
         try:
             generation = self._start(deadline, connection, sql)
             try:
@@ -285,7 +286,7 @@ class QueryBound:
         finally:
             self._ended += 1
             with self.lock:
-                self.busy = False
+                self.busy -= 1
 
     def _start(self, deadline: Deadline, connection: BaseDatabaseWrapper, sql: object) -> int:
         """With ``busy`` set: refuse the statement if the deadline is (all but) up, else point the

@@ -210,3 +210,16 @@ def test_an_async_view_s_template_response_is_rendered_under_its_timeout(async_c
     response = asyncio.run(async_client.get("/alazy-list-short/", {"sleep": "3"}))
     assert response.status_code == 408, response.content
     assert time.monotonic() - started < 0.3 + 2 * SLACK
+
+
+def test_a_query_inside_an_application_wrapper_that_runs_its_own_statement_is_bounded(client: Client) -> None:
+    """docs/database.md: every statement ends by the deadline, inside the application's own
+    execute_wrapper() blocks too. One that ran a statement of its own on the connection before each
+    query ended the bound's 'a statement is under way' for the query it wrapped: a 3 s query ran in
+    full at a 0.5 s deadline (a 200 after 3 s)."""
+    started = time.monotonic()
+    response = client.get("/sleep-audited/", {"sleep": "3"}, headers={"X-Request-Timeout": "0.5"})
+    assert response.status_code == 408, response.content
+    assert time.monotonic() - started < 0.5 + SLACK
+    ok = client.get("/sleep-audited/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "2"})
+    assert ok.status_code == 200

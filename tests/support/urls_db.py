@@ -8,8 +8,10 @@ middleware's job.
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
@@ -129,6 +131,29 @@ def python_sleep(request: HttpRequest) -> HttpResponse:
     """``?sleep=`` seconds of Python work, no query."""
     time.sleep(float(request.GET["sleep"]))
     return HttpResponse("view done\n", content_type="text/plain")
+
+
+_in_audit = threading.local()
+
+
+def _audit(execute: Callable[..., object], sql: str, params: object, many: bool, context: dict[str, Any]) -> object:
+    """An application's execute wrapper that runs a statement of its own on the connection before
+    each query (guarded against itself: its own statement passes through it too)."""
+    if not getattr(_in_audit, "on", False):
+        _in_audit.on = True
+        try:
+            with context["connection"].cursor() as cursor:
+                cursor.execute("SELECT set_config('application_name', %s, false)", ["audited"])
+        finally:
+            _in_audit.on = False
+    return execute(sql, params, many, context)
+
+
+def sleep_audited(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of pg_sleep inside the application's own execute wrapper (``_audit``)."""
+    with connections[ALIAS].execute_wrapper(_audit):
+        _sleep(float(request.GET["sleep"]))
+    return HttpResponse("slept\n", content_type="text/plain")
 
 
 class _SleepWhenIterated:
@@ -253,6 +278,7 @@ def nested_fallback(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("timed-long/", timeout(5)(python_sleep)),
+    path("sleep-audited/", sleep_audited),
     path("lazy-list-short/", timeout(0.3)(lazy_list)),
     path("lazy-list-long/", timeout(5)(lazy_list)),
     path("alazy-list-short/", timeout(0.3)(alazy_list)),
