@@ -392,7 +392,11 @@ class QueryBound:
 
     def _schedule(self, fire_at: float) -> None:
         self._timer_at = fire_at
-        deadline_timer.schedule(fire_at, functools.partial(self._timer, fire_at))
+        # Weakly: this bound holds its driver connection, and the timer's entry lived until the
+        # deadline. Under ASGI each request's sync code runs in a thread of its own, whose
+        # connection Django leaves open (CONN_MAX_AGE > 0) until the thread's objects go: every
+        # request's connection stayed open for its whole deadline (20 s by default) after it ended.
+        deadline_timer.schedule(fire_at, functools.partial(_timer_of, weakref.ref(self), fire_at))
 
     def _timer(self, fire_at: float) -> None:
         """On the deadline timer's thread: at the deadline, hand a cancel over to a thread that may block;
@@ -748,6 +752,13 @@ def _sqlstate(error: BaseException) -> str | None:
     # psycopg 3: .sqlstate; psycopg2: .pgcode.
     state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     return state if isinstance(state, str) else None
+
+
+def _timer_of(bound: "weakref.ref[QueryBound]", fire_at: float) -> None:
+    """The deadline timer's entry of a bound: nothing once the bound's connection is gone."""
+    alive = bound()
+    if alive is not None:
+        alive._timer(fire_at)
 
 
 def _sqlstate_in_chain(error: BaseException) -> str | None:
