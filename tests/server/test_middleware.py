@@ -547,6 +547,79 @@ def test_at_timeout_cancels_at_the_views_own_deadline() -> None:
     assert urls_server.finished == ["atimed_slow"]
 
 
+async def _answered_at(path: str, headers: dict[str, str]) -> tuple[int, float]:
+    """Status and when the answer's last byte was sent through Django's ASGI handler (the handler
+    itself returns later: it closes the response in the request's sync thread)."""
+    started = time.monotonic()
+    answered: list[tuple[int, float]] = []
+    status = 0
+    requested = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not requested.is_set():
+            requested.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif not message.get("more_body"):
+            answered.append((status, time.monotonic() - started))
+
+    route, _, query = path.partition("?")
+    scope = {
+        **_ASGI_SCOPE,
+        "path": route,
+        "raw_path": route.encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    await ASGIHandler()(scope, receive, send)
+    return answered[0]
+
+
+_ASGI_SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "root_path": "",
+    "client": ("127.0.0.1", 50000),
+    "server": ("testserver", 80),
+}
+
+
+@pytest.mark.usefixtures("cancelling")
+@pytest.mark.parametrize(
+    ("how", "above", "at_the_deadline"),
+    [
+        ("to_thread", ["django.middleware.security.SecurityMiddleware"], True),
+        ("sync_to_async", ["django.middleware.security.SecurityMiddleware"], False),
+        ("sync_to_async", [], True),
+    ],
+    ids=["to_thread", "sync_to_async-below-SecurityMiddleware", "sync_to_async-first"],
+)
+def test_an_async_view_waiting_on_a_thread_is_answered_at_the_deadline_unless_sync_code_above_needs_that_thread(
+    settings: Settings, how: str, above: list[str], at_the_deadline: bool
+) -> None:
+    """docs/server.md: the view is cancelled at the deadline in every case, but Django runs the sync
+    code of a middleware above this one (SecurityMiddleware's process_response) in the request's one
+    sync thread, which sync_to_async work (thread-sensitive, as ORM calls are) still holds: the 408
+    waits for that work. The docs said the view just stopped waiting (a 408 at 3.0 s for a 0.5 s
+    deadline under uvicorn)."""
+    settings.MIDDLEWARE = [*above, MIDDLEWARE, "django.contrib.sessions.middleware.SessionMiddleware"]
+    status, took = asyncio.run(_answered_at(f"/athread?how={how}&sleep=1", {"X-Request-Timeout": "0.3"}))
+    assert status == 408
+    if at_the_deadline:
+        assert 0.28 < took < 0.8
+    else:
+        assert took >= 1.0
+
+
 @pytest.mark.usefixtures("cancelling")
 def test_sync_views_are_never_cancelled() -> None:
     response, took = timed_get("/slow?sleep=0.4", {"X-Request-Timeout": "0.1"})

@@ -78,6 +78,16 @@ async def aslow(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"done")
 
 
+async def athread(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of blocking work handed to a thread, ``?how=`` sync_to_async or to_thread."""
+    seconds = float(request.GET["sleep"])
+    if request.GET["how"] == "sync_to_async":
+        await sync_to_async(time.sleep)(seconds)
+    else:
+        await asyncio.to_thread(time.sleep, seconds)
+    return HttpResponse(b"done")
+
+
 def slow(request: HttpRequest) -> HttpResponse:
     time.sleep(float(request.GET["sleep"]))
     finished.append(request.GET.get("name", "slow"))
@@ -193,6 +203,7 @@ urlpatterns = [
     path("call", call),
     path("acall", acall),
     path("aslow", aslow),
+    path("athread", athread),
     path("slow", slow),
     path("araises-timeout", araises_timeout),
     path("timed", timed),
