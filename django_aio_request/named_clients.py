@@ -5,6 +5,7 @@ process and shared by all threads: its connection pool, worker threads and circu
 must be process-wide to be of any use.
 """
 
+import asyncio
 import atexit
 import os
 import threading
@@ -29,12 +30,28 @@ class UnknownClientError(KeyError):
         return str(self.args[0])
 
 
+# How long a thread looking up a client waits for another thread's build of it to finish sending
+# client_built (the breaker publisher's receiver waits at most 0.25 s for admin's overrides): a
+# receiver that waited for such a lookup in turn would otherwise never return.
+BUILD_WAIT = 1.0
+
+
+class _Build:
+    """A client built, whose ``client_built`` receivers are running in the thread that built it."""
+
+    __slots__ = ("client", "done", "thread")
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.thread = threading.get_ident()
+        self.done = threading.Event()
+
+
 class ClientsHandler:
     def __init__(self) -> None:
-        # Re-entrant: a receiver of client_built, run under it, may look up another client.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
-        self._building: dict[str, Client] = {}  # built, their receivers running (under the lock)
+        self._building: dict[str, _Build] = {}  # built, their receivers running
 
     @property
     def settings(self) -> AioRequestSettings:
@@ -46,25 +63,45 @@ class ClientsHandler:
         if client is not None:
             return client
         with self._lock:
-            client = self._clients.get(name) or self._building.get(name)  # building: this thread's receiver
+            client = self._clients.get(name)
             if client is not None:
                 return client
-            config = self.settings
-            spec = config.clients.get(name)
-            if spec is None:
-                known = ", ".join(repr(n) for n in config.clients) or "none"
-                raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
-            client = self._building[name] = build_client(spec, config.service_name)
-            # The receivers run before any thread gets the client: the breaker publisher has admin's
-            # overrides read meanwhile (at most its FIRST_READ_WAIT, 0.25 s). Sent after the lock was
-            # let go, the builder waited for them while the threads that had waited for the lock
-            # called at once: 1 to 7 of 8 first calls reached an endpoint an operator had forced open.
-            try:
-                client_built.send(sender=ClientsHandler, name=name, client=client)
-            finally:
-                self._clients[name] = client  # before leaving _building: built() always lists it
-                del self._building[name]
-        return client
+            build = self._building.get(name)
+            if build is not None:
+                mine = False
+            else:
+                config = self.settings
+                spec = config.clients.get(name)
+                if spec is None:
+                    known = ", ".join(repr(n) for n in config.clients) or "none"
+                    raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
+                build = self._building[name] = _Build(build_client(spec, config.service_name))
+                mine = True
+        return self._announce(name, build) if mine else self._await_build(build)
+
+    def _announce(self, name: str, build: _Build) -> Client:
+        """Send ``client_built`` (outside the lock: a receiver may look clients up), then hand the
+        client out. Threads looking it up meanwhile wait for this (:meth:`_await_build`): the breaker
+        publisher's receiver has admin's overrides read before any first call. Handed out before
+        the receivers ran, 1 to 7 of a fresh worker's 8 first calls reached an endpoint an operator
+        had forced open; only the building thread had waited."""
+        try:
+            client_built.send(sender=ClientsHandler, name=name, client=build.client)
+        finally:
+            with self._lock:
+                if self._building.get(name) is build:  # else close_all() took it meanwhile
+                    self._clients[name] = build.client  # before leaving _building: built() always lists it
+                    del self._building[name]
+            build.done.set()
+        return build.client
+
+    @staticmethod
+    def _await_build(build: _Build) -> Client:
+        if build.thread != threading.get_ident() and not _runs_event_loop():
+            # Not on an event loop's thread: waiting would hold every task of the loop, and a build
+            # there does not wait for the overrides either (breaker_publisher.py).
+            build.done.wait(BUILD_WAIT)
+        return build.client
 
     def __contains__(self, name: object) -> bool:
         return name in self.settings.clients
@@ -80,7 +117,8 @@ class ClientsHandler:
     def built(self) -> list[tuple[str, Client]]:
         """(name, client) of every client built so far in this process, those whose build's receivers
         are still running too (the breaker publisher's round must find them); builds none."""
-        return list({**self._building, **self._clients}.items())
+        building = {name: build.client for name, build in list(self._building.items())}
+        return list({**building, **self._clients}.items())
 
     def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
         """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
@@ -104,6 +142,8 @@ class ClientsHandler:
         """
         with self._lock:
             built, self._clients = list(self._clients.values()), {}
+            built += [build.client for build in self._building.values()]  # handed out as they are, closed
+            self._building = {}
         stores = [getattr(client.circuit_breaker, "store", None) for client in built]  # one's own breaker: maybe none
         with closing_together(stores):
             for client in built:
@@ -121,8 +161,16 @@ class ClientsHandler:
         # overrides (breaker_publisher.Publisher.after_fork). Each client makes its threads, pools and
         # connections anew on first use in the child (core/client.py, transport/requests_transport.py).
         # Only the lock is new (a thread of the parent, absent here, may have held it), and no build is half done.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._building = {}  # a build another thread of the parent was in: built anew here
+
+
+def _runs_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 clients = ClientsHandler()

@@ -1,6 +1,10 @@
 """signals.client_built: sent once per built client; the app connects the breaker publisher to it."""
 
+import asyncio
+import concurrent.futures
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -8,6 +12,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from django_aio_request import clients
 from django_aio_request.breaker_publisher import client_built as watch_breaker
 from django_aio_request.core.client import Client
+from django_aio_request.named_clients import BUILD_WAIT
 from django_aio_request.signals import client_built
 from tests.support.loopback import clients as clients_for
 
@@ -75,3 +80,72 @@ def test_other_threads_get_the_client_after_the_receivers_ran_and_a_receiver_may
     built = clients["billing"]
     assert looked_up == [built, clients["plain"]]
     assert got == [(built, True)]
+
+
+THREE = {"CLIENTS": {name: {"ENDPOINT": "http://127.0.0.1:1/"} for name in ("c0", "c1", "c2")}}
+
+
+def test_a_build_holds_up_neither_other_clients_nor_an_event_loop(settings: SettingsWrapper) -> None:
+    """While one thread's build of c0 runs its receivers (the publisher may wait 0.25 s there, for a
+    database that hangs): another thread builds c1, a receiver builds c2 from a thread of its own and
+    waits for it, and a task on an event loop looks c0 up, all without waiting for it. Holding one
+    registry lock through the receivers, each of these waited: builds were serialised (a worker's 8
+    first requests, 0.70 s against 0.25 s), the loop stalled, the receiver's wait never ended."""
+    settings.AIO_REQUEST = THREE
+    release = threading.Event()
+    in_receiver = threading.Event()
+    waited: dict[str, float] = {}
+
+    def receiver(sender: Any, *, name: str, client: Any, **kwargs: Any) -> None:
+        if name == "c0":
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # another thread, waited for
+                pool.submit(lambda: clients["c2"]).result(timeout=5)
+            in_receiver.set()
+            release.wait(5)
+
+    def timed(label: str, look_up: Callable[[], object]) -> None:
+        started = time.monotonic()
+        look_up()
+        waited[label] = time.monotonic() - started
+
+    async def on_a_loop() -> None:
+        timed("c0 on an event loop", lambda: clients["c0"])
+
+    client_built.connect(receiver)
+    try:
+        builder = threading.Thread(target=lambda: clients["c0"])
+        builder.start()
+        assert in_receiver.wait(5)
+        other = threading.Thread(target=timed, args=("c1 in another thread", lambda: clients["c1"]))
+        other.start()
+        other.join(5)
+        asyncio.run(on_a_loop())
+        release.set()
+        builder.join(5)
+    finally:
+        release.set()
+        client_built.disconnect(receiver)
+    assert max(waited.values()) < 0.2, waited
+    assert len(waited) == 2
+
+
+def test_a_lookup_waits_at_most_build_wait_for_another_thread_s_build(settings: SettingsWrapper) -> None:
+    """A receiver that waits, in turn, for another thread's lookup of the client it is announcing
+    would never return: that lookup gives up waiting after BUILD_WAIT and takes the client."""
+    settings.AIO_REQUEST = THREE
+    got: list[Any] = []
+
+    def receiver(sender: Any, *, name: str, client: Any, **kwargs: Any) -> None:
+        if name == "c0":
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                got.append(pool.submit(lambda: clients["c0"]).result(timeout=BUILD_WAIT + 3))
+
+    client_built.connect(receiver)
+    try:
+        started = time.monotonic()
+        built = clients["c0"]
+        took = time.monotonic() - started
+    finally:
+        client_built.disconnect(receiver)
+    assert got == [built]
+    assert BUILD_WAIT <= took < BUILD_WAIT + 1
