@@ -59,11 +59,14 @@ _canceller: ContextVar[Canceller | None] = ContextVar("django_aio_request_cancel
 class _ViewDeadline:
     """Sets the view's deadline for a block, unless a deadline other than the default is in force."""
 
-    __slots__ = ("_seconds", "_token", "deadline")
+    __slots__ = ("_seconds", "_token", "deadline", "returned")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self.deadline: ViewDeadline | None = None
+        # Whether the view is over when the block ends (False: a class's sync dispatch() returned the
+        # coroutine of its async handler, which runs next under _await_within's own block).
+        self.returned = True
 
     def __enter__(self) -> "_ViewDeadline":
         current = _context.get()
@@ -76,6 +79,8 @@ class _ViewDeadline:
         if self.deadline is None:
             return
         _context.reset(self._token)
+        if not self.returned:
+            return
         # The view returned (or raised); the middleware below it and the response's rendering are
         # still to run, under the request's own deadline again, or the view's if that is later: a
         # view given more time than TIMEOUT was answered 408 when the session middleware saved its
@@ -122,12 +127,14 @@ def _rendered_within(response: Any, deadline: ViewDeadline | None) -> Any:
 
     @functools.wraps(render)
     def render_within() -> Any:
+        # First: the render's post-render callbacks may pickle the response (cache_page stores it
+        # from there), and this closure in its __dict__ failed every such request (PicklingError).
+        vars(response).pop("render", None)
         token = _context.set(Context(deadline, _context.get().priority))
         try:
             return render()
         finally:
             _context.reset(token)
-            vars(response).pop("render", None)  # a response kept in a cache is pickled: no closure in it
 
     response.render = render_within  # the instance's, as Django looks it up: response.render()
     return response
@@ -147,6 +154,10 @@ def _wrap(view: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with _ViewDeadline(seconds) as applied:
             result = view(*args, **kwargs)
+            # A class with async handlers: the view runs when its coroutine is awaited, below; had
+            # this block kept its deadline as the view's after it, _await_within would find a
+            # deadline other than the default in force and move no cancellation to the view's.
+            applied.returned = not inspect.isawaitable(result)
         if inspect.isawaitable(result):
             # A class-based view with async handlers: dispatch() is sync and returns a coroutine,
             # which runs after dispatch() returned; give it the deadline while it runs.

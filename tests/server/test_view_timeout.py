@@ -295,17 +295,36 @@ def test_after_the_view_returned_the_requests_own_deadline_cancels_again(setting
 
 
 @pytest.mark.usefixtures("cancelling_below")
-def test_a_view_given_more_time_than_the_default_is_not_cancelled_after_it_returned(settings: Settings) -> None:
+@pytest.mark.parametrize("path", ["/atimed-long", "/async-class-long"], ids=["function", "class"])
+def test_a_view_given_more_time_than_the_default_is_not_cancelled_after_it_returned(
+    settings: Settings, path: str
+) -> None:
     # @timeout(1.5) under TIMEOUT 0.5: the view returns at 0.8 s, past the default deadline it was given
     # more time than; the middleware below then finishes under the view's deadline, not a 408 at once.
+    # The class (a sync dispatch() returning its async handler's coroutine) was cancelled at TIMEOUT.
     settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True, TIMEOUT=0.5)
-    status, _, body, took = asgi_get("/atimed-long?sleep=0.8&post=0.3", {})
+    status, _, body, took = asgi_get(f"{path}?sleep=0.8&post=0.3", {})
     assert (status, body) == (200, b"done")
     assert took >= 1.1
     assert urls_server.finished == ["atimed_long", "after_view"]
-    status, _, _, took = asgi_get("/atimed-long?sleep=5", {})
+    status, _, _, took = asgi_get(f"{path}?sleep=5", {})
     assert status == 408  # and the view's own deadline still cancels it while it runs
     assert 1.45 < took < 2.1
+
+
+@pytest.mark.parametrize("path", ["/cached-timed-listing", "/timed-cached-listing"])
+def test_a_cached_template_response_of_a_timed_view_is_stored_and_served_from_the_cache(path: str) -> None:
+    """cache_page pickles the response from a post-render callback, inside the render @timeout runs
+    under its deadline: the closure kept on the response failed every request (PicklingError)."""
+    from django.core.cache import cache
+    from django.test import Client
+
+    cache.clear()
+    urls_server.rendered.clear()
+    first, second = Client().get(path), Client().get(path)
+    assert (first.status_code, first.content) == (200, b"rendered 1")
+    assert (second.status_code, second.content) == (200, b"rendered 1")  # from the cache
+    assert urls_server.rendered == [path]
 
 
 @pytest.mark.usefixtures("cancelling_below")

@@ -8,8 +8,11 @@ from typing import Any
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template import engines
+from django.template.response import TemplateResponse
 from django.urls import path
 from django.views import View
+from django.views.decorators.cache import cache_page
 
 from django_aio_request import Priority, clients, get, get_context, timeout
 from django_aio_request.server.view_timeout import DefaultDeadline, ViewDeadline
@@ -134,6 +137,26 @@ async def atimed_long(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"done")
 
 
+@timeout(1.5)
+class AsyncLongView(View):
+    """atimed_long as a class: the sync dispatch() @timeout wraps returns the handler's coroutine."""
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(float(request.GET.get("sleep", "0")))
+        finished.append("atimed_long")
+        return HttpResponse(b"done")
+
+
+def listing(request: HttpRequest) -> TemplateResponse:
+    """A TemplateResponse counting its renders (what cache_page stores, pickled, after the render)."""
+    rendered.append(request.path)
+    template = engines["django"].from_string("rendered {{ count }}")
+    return TemplateResponse(request, template, {"count": len(rendered)})
+
+
+rendered: list[str] = []
+
+
 @timeout(0.3)
 class AsyncQuickView(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
@@ -222,4 +245,7 @@ urlpatterns = [
     path("atimed-quick", atimed_quick),
     path("atimed-long", atimed_long),
     path("async-class-quick", AsyncQuickView.as_view()),
+    path("async-class-long", AsyncLongView.as_view()),
+    path("cached-timed-listing", cache_page(60)(timeout(5)(listing))),
+    path("timed-cached-listing", timeout(5)(cache_page(60)(listing))),
 ]
