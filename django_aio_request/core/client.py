@@ -170,7 +170,13 @@ class Client:
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         started = time.perf_counter()
         future = self._submit_async(
-            functools.partial(copied.run, self._run, request, deadline, priority, strategy, cancellation), cancellation
+            functools.partial(
+                self._run_unless_cancelled,
+                task := asyncio.current_task(),
+                0 if task is None else task.cancelling(),
+                functools.partial(copied.run, self._run, request, deadline, priority, strategy, cancellation),
+            ),
+            cancellation,
         )
         wait = current_downstream_wait()
         if wait is not None:
@@ -216,6 +222,23 @@ class Client:
             if wait is not None:
                 wait.end()
         yield response
+
+    @staticmethod
+    def _run_unless_cancelled(
+        task: "asyncio.Task[object] | None", requests: int, run: Callable[[], tuple[ResponseWithVerdict, float]]
+    ) -> tuple[ResponseWithVerdict, float]:
+        """``run()`` on the call thread that took the call, unless its task was cancelled meanwhile.
+
+        ``task.cancel()`` counts the request at once (``Task.cancelling()``, read here from the call
+        thread), while the task learns of it at its next step: when several queued calls were
+        cancelled together, the thread the first one's abort freed took the next before that one's
+        task ran its ``future.cancel()``, and sent it (a POST among them) after the cancellation.
+        ``requests`` is the count when the call was made (a task may go on after a cancellation it
+        caught without ``uncancel()``).
+        """
+        if task is not None and task.cancelling() > requests:
+            return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.REJECT), 0.0
+        return run()
 
     def _submit_async(
         self, call: Callable[[], tuple[ResponseWithVerdict, float]], cancellation: Cancellation

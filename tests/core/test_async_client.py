@@ -17,6 +17,7 @@ from django_aio_request import (
     constant_delays,
     get,
     parallel_strategy,
+    post,
     retry_until_deadline_expired,
     sequential_strategy,
     set_context,
@@ -204,6 +205,44 @@ def test_a_cancelled_sequential_call_sends_no_retry(server: LoopbackServer, make
 
     assert len(server.received("/hang")) == 1
     assert len(disconnects.at) == 1
+
+
+def test_a_queued_call_whose_task_was_cancelled_is_not_sent_by_the_thread_that_takes_it(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """MAX_WORKERS 1: a POST in flight, a second queued; the second's task is cancelled, and the
+    call thread is freed before that task runs again (the loop busy meanwhile). The thread took the
+    queued call and sent it: with 20 calls cancelled at once (an asyncio.timeout around a gather),
+    a second POST reached the server after the cancellation in 3 of 8 runs."""
+    release = threading.Event()
+
+    def first(handler: Handler) -> None:
+        release.wait(5)
+        handler.reply(200, b"first")
+
+    server.route("/first", first)
+    server.route("/second", lambda handler: handler.reply(200, b"second"))
+    client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
+
+    async def call(path: str) -> int:
+        async with client.arequest(post(path, body=b"charge-the-card"), deadline=Deadline.from_timeout(5)) as answer:
+            return answer.status
+
+    async def scenario() -> None:
+        first_call = asyncio.create_task(call("first"))
+        await asyncio.sleep(0.1)  # on the only call thread
+        second_call = asyncio.create_task(call("second"))
+        await asyncio.sleep(0.05)  # queued for it
+        second_call.cancel()
+        release.set()  # the call thread ends the first call and takes the second...
+        time.sleep(0.3)  # ...while this loop is busy: the second's task has not run since its cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second_call
+        assert await first_call == 200
+
+    asyncio.run(scenario())
+    time.sleep(0.1)
+    assert [r.path for r in server.received()] == ["/first"]
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "retry_until_deadline"])
