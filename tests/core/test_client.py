@@ -213,6 +213,29 @@ class TestSystemHeaders:
         assert response.status == 408
         assert elapsed < 0.6 + 0.15
 
+    def test_an_enricher_slower_than_the_deadline_holds_the_call_until_it_returns(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """README "What a call does", 1: the deadline bounds the call's waits, not the caller's own
+        code: an enricher that takes 1 s holds a call with 0.5 s until it returns, although a hedge
+        answered at 0.3 s (attempt 0 runs on the caller's thread). What it answers then is that hedge's."""
+        server.route("/slow", answer_after(0.2))
+        first = threading.Event()
+
+        def slow_first_time(request: Request) -> Request:
+            if not first.is_set():
+                first.set()
+                time.sleep(1.0)
+            return request
+
+        hedged = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.1))
+        client = make_client(request_enricher=slow_first_time, safe_method_strategy=hedged)
+
+        response, elapsed = call(client, get("slow"), deadline=Deadline.from_timeout(0.5))
+
+        assert response.status == 200
+        assert 1.0 <= elapsed < 1.3
+
     def test_enricher_error_reaches_the_caller(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
