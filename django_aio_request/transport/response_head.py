@@ -63,7 +63,7 @@ class MalformedHead(http.client.HTTPException):
 
 class HeadTooLarge(http.client.HTTPException):
     """A head past this client's limits: more than :data:`MAX_HEADER_LINES` header lines, one longer
-    than 64 KiB, or more than :data:`MAX_HEAD_BYTES` in all. It may be valid HTTP: the endpoint
+    than 64 KiB (or a status line), or more than :data:`MAX_HEAD_BYTES` in all. It may be valid HTTP: the endpoint
     answered, and would answer the same again."""
 
 
@@ -214,7 +214,10 @@ class FinalResponse(http.client.HTTPResponse):
         to ``CONNECT`` itself: those are left to it."""
         head = self.fp if isinstance(self.fp, _HeadReader) else None
         while True:
-            version, status, reason = super()._read_status()  # type: ignore[misc]
+            try:
+                version, status, reason = super()._read_status()  # type: ignore[misc]
+            except http.client.LineTooLong as error:  # a status line past 64 KiB: a plain 489, retried
+                raise HeadTooLarge(f"a status line longer than {_MAX_LINE} bytes") from error
             if status > 599:
                 # RFC 9110 (15) has 100-599; http.client refuses only what is outside 100-999, and a
                 # 600 was an answer: accepted, not retried, a success for the breaker. A 489 now,
