@@ -35,7 +35,7 @@ from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
 from django_aio_request.transport.base import Transport
-from django_aio_request.transport.codings import unreadable_coding
+from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
 from django_aio_request.transport.response_head import HeadTooLarge
@@ -679,7 +679,10 @@ class RequestsTransport(Transport):
         limit = self.max_response_size
         if limit is None:
             return b"".join(chunks)
-        if not bodiless and _declared_length(headers.get("Content-Length", "")) > limit:
+        # The declared length is the body on the wire: only when that is the body the limit counts
+        # (a gzip body of 30 bytes holding 10 was refused under a limit of 20).
+        coded = any(not is_no_coding(part) for part in headers.get("Content-Encoding", "").split(",") if part.strip())
+        if not bodiless and not coded and _declared_length(headers.get("Content-Length", "")) > limit:
             return None
         read = []
         size = 0

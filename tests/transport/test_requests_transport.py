@@ -781,6 +781,27 @@ def test_an_answer_without_a_body_is_never_refused_for_its_content_length(server
     assert (big.status, big.headers["X-Response-Too-Large"]) == (489, "1024")
 
 
+@ROUTES
+def test_max_response_size_counts_a_compressed_body_decoded(server: LoopbackServer, route: str) -> None:
+    """usage.md: MAX_RESPONSE_SIZE is bytes of body read, decoded. The declared Content-Length of a
+    gzip body (its size on the wire) was held against it before reading: 10 bytes in a 30-byte gzip
+    body were refused under a limit of 20."""
+    small = gzip.compress(b"0123456789")
+    big = gzip.compress(b"x" * 64)
+    assert len(small) > 20
+    assert len(big) < 64
+    server.route("/small", _gzip_route(small))
+    server.route("/big", _gzip_route(big))
+    transport = _transport_on(route, 20)
+    try:
+        answer = transport.send(server.url, get("small"), DEADLINE)
+        refused = transport.send(server.url, get("big"), DEADLINE)
+    finally:
+        transport.close()
+    assert (answer.status, answer.read()) == (200, b"0123456789")
+    assert (refused.status, refused.headers["X-Response-Too-Large"]) == (489, "20")  # 64 decoded: too large
+
+
 def _gzip_route(data: bytes) -> Any:
     def handle(h: Handler) -> None:
         h.reply(200, data, {"Content-Encoding": "gzip"})
