@@ -677,21 +677,25 @@ class RequestsTransport(Transport):
         ``bodiless``: an answer that has no body by definition (see :func:`_bodiless`), whose
         Content-Length is the size of the resource, not of a body to read: never refused for it."""
         limit = self.max_response_size
+        # Into one buffer as they come: urllib3 yields a chunked body one wire chunk at a time, and
+        # a list of them held about 69 times the body in objects when a peer sent 2-byte chunks
+        # (138 MiB for a body of 2 MiB, within the limit).
         if limit is None:
-            return b"".join(chunks)
+            whole = bytearray()
+            for chunk in chunks:
+                whole += chunk
+            return bytes(whole)
         # The declared length is the body on the wire: only when that is the body the limit counts
         # (a gzip body of 30 bytes holding 10 was refused under a limit of 20).
         coded = any(not is_no_coding(part) for part in headers.get("Content-Encoding", "").split(",") if part.strip())
         if not bodiless and not coded and _declared_length(headers.get("Content-Length", "")) > limit:
             return None
-        read = []
-        size = 0
+        read = bytearray()
         for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
+            if len(read) + len(chunk) > limit:
                 return None
-            read.append(chunk)
-        return b"".join(read)
+            read += chunk
+        return bytes(read)
 
     @staticmethod
     def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
