@@ -88,11 +88,31 @@ def _accepted(accept_encoding: str) -> set[str]:
     return accepted
 
 
+#: The most characters of the peer's codings ``unreadable_coding`` repeats (the rest is cut).
+MOST_SHOWN = 100
+
+
 def unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -> str | None:
     """The header and coding that leave the body unreadable (``"Transfer-Encoding: gzip"``), or None.
 
     ``headers`` are the response's; ``accept_encoding`` is the ``Accept-Encoding`` the request sent.
+    What it names is the peer's text, which the transport logs and puts in ``X-Unreadable-Coding``:
+    escaped and cut to :data:`MOST_SHOWN` characters (:func:`_shown`).
     """
+    found = _unreadable_coding(headers, accept_encoding)
+    return None if found is None else _shown(found)
+
+
+def _shown(text: str) -> str:
+    """``text`` with what is not printable ASCII escaped as ``repr`` escapes it, cut to
+    :data:`MOST_SHOWN` characters: a coding's parameters are the peer's, and a 60,000-character one,
+    or one with terminal escapes (ESC [2J), went into a warning line as it was."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if " " <= c <= "~" else repr(c)[1:-1] for c in escaped)
+    return escaped if len(escaped) <= MOST_SHOWN else f"{escaped[:MOST_SHOWN]}... ({len(escaped)} characters)"
+
+
+def _unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) -> str | None:
     transfer_value = headers.get("Transfer-Encoding")
     value = headers.get("Content-Encoding")
     if value is None and (transfer_value is None or transfer_value == "chunked"):

@@ -123,3 +123,36 @@ def test_a_failure_is_logged_under_the_url_template_as_it_was_joined(
     assert answer.status == status.NETWORK_ERROR
     lines = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
     assert any(line.startswith(f"GET {logged.format(port=port)} failed after") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Transfer-Encoding", "gzip;token=Set-Cookie=s%3Dsecret\x1b[2J\x1b[31mFAKE LOG LINE"),
+        ("Content-Encoding", "gzip;q=" + "9" * 60_000),
+    ],
+    ids=["terminal escapes", "60,000 characters"],
+)
+def test_a_peer_s_coding_is_logged_escaped_and_cut_short(
+    header: str, value: str, server: LoopbackServer, everything_logged: pytest.LogCaptureFixture
+) -> None:
+    """The coding a body cannot be read in is the peer's text, parameters and all: it went into the
+    warning as it was, terminal escapes included, and a 60,000-character one made a warning and an
+    X-Unreadable-Coding header of 60,000 characters."""
+
+    def coded(handler: Handler) -> None:
+        handler.reply(200, b"body", {header: value, "Content-Length": "4"})
+
+    server.route("/coded", coded)
+    transport = dar.RequestsTransport()
+    try:
+        response = transport.send(server.url, dar.get("coded"), 2.0)
+    finally:
+        transport.close()
+    assert response.status == status.NETWORK_ERROR
+    shown = response.headers["X-Unreadable-Coding"]
+    assert len(shown) < 150
+    assert shown.startswith(f"{header}: gzip;")
+    [warning] = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
+    assert len(warning) < 400, len(warning)
+    assert "\x1b" not in warning
