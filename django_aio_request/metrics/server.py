@@ -144,10 +144,12 @@ def service_label(raw: str | None, known: frozenset[str] | None) -> str:
     global _services
     if raw is None:
         return UNKNOWN_SERVICE
-    name = raw.lower()
+    name = h.service_name(raw)  # the name the priority policy judges by
+    if name is None:
+        return OTHER_SERVICE
     if known is not None:
         return name if name in known else OTHER_SERVICE
-    if not name or len(name) > MAX_SERVICE_NAME_LENGTH or not name.isascii() or not name.isprintable():
+    if len(name) > MAX_SERVICE_NAME_LENGTH or not name.isprintable():
         return OTHER_SERVICE
     services = _services
     if services is None:

@@ -1159,6 +1159,21 @@ def test_known_services_policy_caps_other_callers(settings: Settings) -> None:
     assert get(LOW, url="/ok", X_Service_Name="impostor").content == b"low"  # below the cap: kept
 
 
+@pytest.mark.parametrize(
+    ("name", "trusted"),
+    [(" Billing\t", True), ("BILLING", True), ("billing\xa0", False), ("\x85billing", False), ("billing\x1c", False)],
+    ids=["blanks", "upper case", "no-break space", "next line", "a separator"],
+)
+def test_the_policy_trusts_the_names_the_metrics_label_as_known(settings: Settings, name: str, trusted: bool) -> None:
+    """One rule for both (core/headers.py service_name): the policy stripped Unicode whitespace and
+    separators and trusted "billing\\xa0" with high priority, while the metrics labelled it other."""
+    from django_aio_request.metrics.server import service_label
+
+    settings.AIO_REQUEST = settings_with({"PRIORITY_POLICY": "known_services"}, KNOWN_SERVICES=["billing"])
+    assert get(HIGH, url="/ok", X_Service_Name=name).content == (b"high" if trusted else b"normal")
+    assert service_label(name, frozenset({"billing"})) == ("billing" if trusted else "other")
+
+
 def test_untrusted_priority_sets_the_cap(settings: Settings) -> None:
     settings.AIO_REQUEST = settings_with(
         {"PRIORITY_POLICY": "known_services", "UNTRUSTED_PRIORITY": "low"}, KNOWN_SERVICES=["billing"]

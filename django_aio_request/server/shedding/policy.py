@@ -24,6 +24,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 
+from django_aio_request.core.headers import service_name
 from django_aio_request.core.priority import Priority
 
 __all__ = [
@@ -68,8 +69,8 @@ def build_policy(
         def known_only(request: Any, claimed: Priority) -> Priority:
             if claimed is untrusted or RANK[claimed] > RANK[untrusted]:
                 return claimed  # at or below the cap: nothing to check
-            name = request.META.get(META_SERVICE_NAME)
-            if name is not None and name.strip().lower() in known:
+            name = service_name(request.META.get(META_SERVICE_NAME))
+            if name is not None and name in known:
                 return claimed
             return untrusted
 
