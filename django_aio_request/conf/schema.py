@@ -250,7 +250,11 @@ def _makes_instances(found: Any) -> bool:
     or an Enum class, whose metaclass's ``__call__`` looks up a member (an instance of it) and, given a
     second argument, tries to make a new Enum: ``Priority`` named as the policy passed the check and
     every request under load shedding raised TypeError ("cannot extend <enum 'Priority'>")."""
-    return isinstance(found, type) and (type(found).__call__ is type.__call__ or issubclass(found, enum.Enum))
+    return isinstance(found, type) and (type(found).__call__ is type.__call__ or _is_enum(found))
+
+
+def _is_enum(found: Any) -> bool:
+    return isinstance(found, type) and issubclass(found, enum.Enum)
 
 
 def _not_callable_with(found: Any, arguments: int, what: str) -> str | None:
@@ -282,6 +286,8 @@ def _an_enricher(found: Any) -> bool:
 
 
 def _not_an_enricher(found: Any) -> str | None:
+    if _is_enum(found):
+        return f"{found.__name__} is a class, an Enum: calling it with each Request looks up a member; name a function"
     if _makes_instances(found):
         return (
             f"{found.__name__} is a class: the client would call it with each Request and get an instance"
@@ -359,6 +365,11 @@ def _a_policy(found: Any) -> bool:
 def _not_a_policy(found: Any) -> str | None:
     """A class is callable, but calling it with (request, priority) makes an instance of it: every
     request under load shedding would have failed, as a class named by REQUEST_ENRICHER did."""
+    if _is_enum(found):
+        return (
+            f"{found.__name__} is a class, an Enum: calling it with (request, claimed priority) tries to make a"
+            " new Enum; name a function"
+        )
     if _makes_instances(found):
         return (
             f"{found.__name__} is a class: calling it with (request, claimed priority) makes an instance of it,"

@@ -630,7 +630,7 @@ def test_a_request_enricher_naming_an_enum_class_is_e008() -> None:
     a ``__call__`` of its own) and every call raised ValueError ("... is not a valid Priority")."""
     (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "django_aio_request.Priority"}}})
     assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] names")
-    assert "| Priority is a class:" in found
+    assert "| Priority is a class, an Enum: calling it with each Request looks up a member" in found
 
 
 _SPLIT = {"NAME": "sequential", "ATTEMPTS_COUNT": 3, "DEADLINE_PROVIDER": {"NAME": "split"}}

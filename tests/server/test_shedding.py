@@ -950,7 +950,7 @@ def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> N
         # A class is callable: it passed, and every request under load shedding called it (a 500).
         ({"PRIORITY_POLICY": "collections.OrderedDict"}, {}, "OrderedDict is a class: calling it with (request"),
         # An Enum class's call looks up a member: it passed, and every request raised "cannot extend <enum ...>".
-        ({"PRIORITY_POLICY": "django_aio_request.Priority"}, {}, "Priority is a class: calling it with (request"),
+        ({"PRIORITY_POLICY": "django_aio_request.Priority"}, {}, "Priority is a class, an Enum: calling it"),
         ({"UNTRUSTED_PRIORITY": "urgent"}, {}, "['UNTRUSTED_PRIORITY'] is 'urgent', not a priority"),
         ({"SWITCH_INTERVAL": 0}, {}, "['SWITCH_INTERVAL'] must be a number of seconds > 0"),
         ({"SWITCH_INTERVAL": "1ms"}, {}, "['SWITCH_INTERVAL'] must be a number of seconds"),
