@@ -397,17 +397,23 @@ def test_the_fixture_s_deadline_ends_before_pytest_django_s_database_teardown(tm
         **{key: server[key] for key in ("USER", "PASSWORD", "HOST", "PORT")},
         "OPTIONS": {"connect_timeout": 3},
     }
-    (tmp_path / "deadline_settings.py").write_text(
-        textwrap.dedent(f"""
+    settings_text = f"""
         SECRET_KEY = "x"
         INSTALLED_APPS = ["django.contrib.contenttypes", "django_aio_request"]
         DATABASES = {{"default": {database!r}}}
         AIO_REQUEST = {{"SERVICE_NAME": "jobs", "DATABASE_STATEMENT_TIMEOUT": True}}
         USE_TZ = True
-        """)
-    )
-    (tmp_path / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = deadline_settings\n")
-    (tmp_path / "test_jobs.py").write_text(_DEADLINE_PROJECT_TESTS)
+        """
+    done = run_project_tests(tmp_path, settings_text, _DEADLINE_PROJECT_TESTS)
+    assert "5 passed" in done.stdout, done.stdout[-4000:]
+
+
+def run_project_tests(tmp_path: Path, settings_text: str, tests_text: str) -> subprocess.CompletedProcess[str]:
+    """pytest run in a project of its own (these settings, these tests), as a user's project runs
+    it: the plugin loaded by its entry point, no xdist. Fails on a failure or an error."""
+    (tmp_path / "project_settings.py").write_text(textwrap.dedent(settings_text))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = project_settings\n")
+    (tmp_path / "test_project.py").write_text(tests_text)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
     environment.pop("DJANGO_SETTINGS_MODULE", None)
     done = subprocess.run(
@@ -420,7 +426,8 @@ def test_the_fixture_s_deadline_ends_before_pytest_django_s_database_teardown(tm
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "5 passed" in done.stdout, done.stdout[-4000:]
+    assert "error" not in done.stdout, done.stdout[-4000:]
+    return done
 
 
 _LEFTOVERS_PROJECT_TESTS = """
@@ -521,29 +528,13 @@ def test_nothing_a_test_set_is_left_for_the_next_however_its_blocks_end(tmp_path
     called from ``asyncio.run``, ``async_to_sync`` and a thread. Before: the later tests got a closed
     fake instead of the real client, the breaker still forced, and ``ValueError`` ("created in a
     different Context") at teardown, with async_to_sync's deadline left set for every later test."""
-    (tmp_path / "leftover_settings.py").write_text(
-        textwrap.dedent(f"""
+    settings_text = f"""
         SECRET_KEY = "x"
         INSTALLED_APPS = ["django_aio_request"]
         AIO_REQUEST = {billing_settings()!r}
-        """)
-    )
-    (tmp_path / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = leftover_settings\n")
-    (tmp_path / "test_leftovers.py").write_text(_LEFTOVERS_PROJECT_TESTS)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    environment.pop("DJANGO_SETTINGS_MODULE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        """
+    done = run_project_tests(tmp_path, settings_text, _LEFTOVERS_PROJECT_TESTS)
     assert "10 passed" in done.stdout, done.stdout[-4000:]
-    assert "error" not in done.stdout, done.stdout[-4000:]
 
 
 def test_reply_checks_its_status_and_body_and_keeps_a_content_type_given_in_any_case() -> None:

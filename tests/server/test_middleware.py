@@ -569,28 +569,27 @@ async def _answered_at(path: str, headers: dict[str, str]) -> tuple[int, float]:
         elif not message.get("more_body"):
             answered.append((status, time.monotonic() - started))
 
-    route, _, query = path.partition("?")
-    scope = {
-        **_ASGI_SCOPE,
-        "path": route,
-        "raw_path": route.encode(),
-        "query_string": query.encode(),
-        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-    }
-    await ASGIHandler()(scope, receive, send)
+    await ASGIHandler()(_asgi_scope(path, headers), receive, send)
     return answered[0]
 
 
-_ASGI_SCOPE = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "root_path": "",
-    "client": ("127.0.0.1", 50000),
-    "server": ("testserver", 80),
-}
+def _asgi_scope(path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The scope of a GET of ``path`` (its query string included) as an ASGI server makes it."""
+    route, _, query = path.partition("?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": route,
+        "raw_path": route.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
 
 
 @pytest.mark.usefixtures("cancelling")
@@ -665,21 +664,7 @@ async def asgi_request(handler: ASGIHandler, path: str, headers: dict[str, str])
     async def send(message: Mapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    route, _, query = path.partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": route,
-        "raw_path": route.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = _asgi_scope(path, headers)
     started = time.monotonic()
     await handler(scope, receive, send)
     took = time.monotonic() - started
