@@ -726,12 +726,15 @@ class RequestsTransport(Transport):
             # else requests or urllib3 raise on what the peer sent. The request was valid (_prepare).
             code = status.NETWORK_ERROR
         if code != status.CANCELLED:
+            # At the deadline the timer shut the socket down, and what urllib3 raised then (a
+            # ProtocolError, a ConnectionError) named a broken peer: the log says the deadline.
+            why = "the deadline ran out" if code == status.TIMEOUT else type(error).__name__
             logger.warning(
                 "%s %s failed after %.3fs: %s (status %s)",
                 request.method,
                 _logged_target(endpoint, request),
                 elapsed,
-                type(error).__name__,
+                why,
                 code,
             )
         return EmptyResponse(status=code, elapsed=elapsed)

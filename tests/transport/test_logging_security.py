@@ -156,3 +156,25 @@ def test_a_peer_s_coding_is_logged_escaped_and_cut_short(
     [warning] = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
     assert len(warning) < 400, len(warning)
     assert "\x1b" not in warning
+
+
+def test_a_call_ended_by_its_deadline_is_logged_as_such(
+    server: LoopbackServer, everything_logged: pytest.LogCaptureFixture
+) -> None:
+    """It read "failed after 1.000s: ProtocolError (status 408)": what urllib3 raised once the deadline
+    timer had shut the socket, naming a broken peer where the server was only slow."""
+
+    def slow(handler: Handler) -> None:
+        time.sleep(1.0)
+        handler.reply(200, b"late")
+
+    server.route("/slow", slow)
+    transport = dar.RequestsTransport()
+    try:
+        answer = transport.send(server.url, dar.get("slow"), 0.3)
+    finally:
+        transport.close()
+    assert answer.status == status.TIMEOUT
+    [line] = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
+    assert line.startswith("GET ")
+    assert line.endswith(": the deadline ran out (status 408)"), line
