@@ -42,14 +42,17 @@ class _Build:
     __slots__ = ("client", "done", "thread")
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        self.client = client  # once done: the client under the name (a test's fake_client() may have come first)
         self.thread = threading.get_ident()
         self.done = threading.Event()
 
 
 class ClientsHandler:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: reading the settings imports the dotted paths they name, and a module among them
+        # may look a client up as it is imported (``AUTH = clients["auth"]``): with a plain lock that
+        # lookup, and every later one in the process, waited for ever.
+        self._lock = threading.RLock()
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
         self._building: dict[str, _Build] = {}  # built, their receivers running
 
@@ -85,14 +88,26 @@ class ClientsHandler:
         publisher's receiver has admin's overrides read before any first call. Handed out before
         the receivers ran, 1 to 7 of a fresh worker's 8 first calls reached an endpoint an operator
         had forced open; only the building thread had waited."""
+        orphan = None
         try:
-            client_built.send(sender=ClientsHandler, name=name, client=build.client)
+            # Every receiver runs, whatever one of them raises (Django logs it): one that raised
+            # first left the breaker publisher's unrun, and the client unwatched for good.
+            answers = client_built.send_robust(sender=ClientsHandler, name=name, client=build.client)
         finally:
             with self._lock:
                 if self._building.get(name) is build:  # else close_all() took it meanwhile
-                    self._clients[name] = build.client  # before leaving _building: built() always lists it
+                    current = self._clients.get(name)
+                    if current is None:
+                        self._clients[name] = build.client  # before leaving _building: built() lists it
+                    else:  # fake_client() put a client under the name meanwhile: that one stays
+                        orphan, build.client = build.client, current
                     del self._building[name]
             build.done.set()
+        if orphan is not None:
+            orphan.close()
+        for _receiver, answer in answers:
+            if isinstance(answer, Exception):
+                raise answer  # the builder hears of it, as before; the client stays, its receivers all run
         return build.client
 
     @staticmethod
@@ -161,7 +176,7 @@ class ClientsHandler:
         # overrides (breaker_publisher.Publisher.after_fork). Each client makes its threads, pools and
         # connections anew on first use in the child (core/client.py, transport/requests_transport.py).
         # Only the lock is new (a thread of the parent, absent here, may have held it), and no build is half done.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._building = {}  # a build another thread of the parent was in: built anew here
 
 

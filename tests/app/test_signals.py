@@ -2,11 +2,15 @@
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from django_aio_request import clients
@@ -14,6 +18,7 @@ from django_aio_request.breaker_publisher import client_built as watch_breaker
 from django_aio_request.core.client import Client
 from django_aio_request.named_clients import BUILD_WAIT
 from django_aio_request.signals import client_built
+from django_aio_request.testing import fake_client
 from tests.support.loopback import clients as clients_for
 
 
@@ -149,3 +154,81 @@ def test_a_lookup_waits_at_most_build_wait_for_another_thread_s_build(settings: 
         client_built.disconnect(receiver)
     assert got == [built]
     assert BUILD_WAIT <= took < BUILD_WAIT + 1
+
+
+def test_a_module_the_settings_name_may_look_a_client_up_as_it_is_imported(
+    settings: SettingsWrapper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the settings imports the enricher's module, here one that does ``AUTH = clients["auth"]``
+    at import: under a plain registry lock that lookup, and every later one, waited for ever."""
+    module = f"enricher_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from django_aio_request import clients\n"
+        "def enrich(request):\n"
+        "    return request\n"
+        "AUTH = clients['auth']  # looked up as the settings are read\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings.AIO_REQUEST = {
+        "CLIENTS": {
+            "auth": {"ENDPOINT": "http://127.0.0.1:1/"},
+            "billing": {"ENDPOINT": "http://127.0.0.1:1/", "REQUEST_ENRICHER": f"{module}.enrich"},
+        }
+    }
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        billing = pool.submit(lambda: clients["billing"]).result(timeout=5)
+    assert billing is clients["billing"]
+    assert sys.modules[module].AUTH is clients["auth"]
+
+
+def test_a_fake_made_while_the_real_client_is_built_stays_under_the_name(settings: SettingsWrapper) -> None:
+    """fake_client() in a test while another thread's build of the client runs its receivers (the
+    breaker publisher may take 0.25 s there): the build's end put the real client back over the fake,
+    and the test's call went to the real endpoint."""
+    settings.AIO_REQUEST = THREE
+    in_receiver, release = threading.Event(), threading.Event()
+
+    def receiver(sender: Any, *, name: str, client: Any, **kwargs: Any) -> None:
+        if name == "c0":
+            in_receiver.set()
+            release.wait(5)
+
+    client_built.connect(receiver)
+    built: list[Client] = []
+    try:
+        builder = threading.Thread(target=lambda: built.append(clients["c0"]))
+        builder.start()
+        assert in_receiver.wait(5)
+        with fake_client("c0") as fake:
+            release.set()
+            builder.join(5)
+            assert clients["c0"].transport is fake
+            assert built == [clients["c0"]]  # the builder too gets what is under the name
+    finally:
+        release.set()
+        client_built.disconnect(receiver)
+
+
+def test_a_receiver_that_raises_leaves_the_others_to_run(settings: SettingsWrapper) -> None:
+    """Django's send() stops at the first receiver that raises: the breaker publisher's, connected
+    after it, never ran, and the client stayed unwatched for good. The builder still hears of it."""
+    settings.AIO_REQUEST = THREE
+    ran: list[str] = []
+
+    def broken(sender: Any, *, name: str, client: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a receiver's bug")
+
+    def after(sender: Any, *, name: str, client: Any, **kwargs: Any) -> None:
+        ran.append(name)
+
+    client_built.connect(broken)
+    client_built.connect(after)
+    try:
+        with pytest.raises(RuntimeError, match="a receiver's bug"):
+            clients["c0"]
+        assert ran == ["c0"]
+        assert clients["c0"] is clients["c0"]  # kept, not built again
+        assert ran == ["c0"]
+    finally:
+        client_built.disconnect(broken)
+        client_built.disconnect(after)
