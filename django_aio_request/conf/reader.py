@@ -8,8 +8,9 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
+from django_aio_request.core.headers import service_name
 from django_aio_request.core.priority import Priority
 
 SETTING = "AIO_REQUEST"
@@ -206,15 +207,21 @@ def priority(reader: Reader, path: str, value: Any) -> Priority | None:
 
 
 def names(reader: Reader, path: str, value: Any) -> frozenset[str] | None:
-    """A list of non-empty names, returned lower-cased."""
+    """A list of service names as ``X-Service-Name`` carries them (``core.headers.service_name``:
+    non-empty, ASCII), returned lower-cased. A name that is not ASCII passed, and no header could
+    ever match it: the server refuses such a header's name as untrusted."""
     if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
         reader.fail(path, f"must be a list of names, not {type(value).__name__}")
         return None
-    bad = [name for name in value if not isinstance(name, str) or not name.strip()]
+    bad = [name for name in value if not isinstance(name, str) or not (service_name(name) or "\n").isprintable()]
     if bad:
-        reader.fail(path, f"must hold non-empty strings only, not {shown(bad[0])}")
+        reader.fail(
+            path,
+            f"must hold non-empty printable ASCII names only, not {shown(bad[0])}",
+            "an X-Service-Name that is not ASCII is never taken for a known service",
+        )
         return None
-    return frozenset(name.strip().lower() for name in value)
+    return frozenset(cast(str, service_name(name)) for name in value)
 
 
 def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | None] | None = None) -> Field:

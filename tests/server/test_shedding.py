@@ -946,6 +946,9 @@ def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> N
         ({"HIGH_PRIORITY_RESERVE": 0.2}, {}, "['HIGH_PRIORITY_RESERVE'] was removed"),
         ({"PRIORITY_POLICY": "everyone"}, {}, "['PRIORITY_POLICY'] is 'everyone', not a policy"),
         ({"PRIORITY_POLICY": "known_services"}, {}, "KNOWN_SERVICES'] is not set"),
+        # A name no X-Service-Name can match (the server takes ASCII names only): it passed, unmatched.
+        (True, {"KNOWN_SERVICES": ["straße"]}, "['KNOWN_SERVICES'] must hold non-empty printable ASCII names only"),
+        (True, {"KNOWN_SERVICES": ["billing", " "]}, "['KNOWN_SERVICES'] must hold non-empty printable ASCII"),
         ({"PRIORITY_POLICY": "no.such.policy"}, {}, "['PRIORITY_POLICY'] cannot be imported"),
         # A class is callable: it passed, and every request under load shedding called it (a 500).
         ({"PRIORITY_POLICY": "collections.OrderedDict"}, {}, "OrderedDict is a class: calling it with (request"),
