@@ -45,9 +45,7 @@ class CurrentSettings:
             errors = [str(p) for p in problems if not p.warning]
             noun = "problem" if len(errors) == 1 else "problems"
             listed = "\n  ".join(errors)
-            raise InvalidSettings(
-                f"{SETTING} has {len(errors)} {noun}:\n  {listed}\n(`manage.py check` reports the same, with warnings)"
-            )
+            raise InvalidSettings(f"{SETTING} has {len(errors)} {noun}:\n  {listed}\n{_where_checked()}")
         return parsed
 
     @functools.cached_property
@@ -84,3 +82,13 @@ current = CurrentSettings()
 def _reset(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING:
         current.reset()
+
+
+def _where_checked() -> str:
+    """Where else the problems are reported: by `manage.py check`, if the app is installed (its checks
+    are registered by its AppConfig); it said so without the app too, where check passed them all."""
+    from django.apps import apps
+
+    if apps.ready and not apps.is_installed("django_aio_request"):
+        return "(add 'django_aio_request' to INSTALLED_APPS for `manage.py check` to report them, with warnings)"
+    return "(`manage.py check` reports the same, with warnings)"

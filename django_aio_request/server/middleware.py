@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
@@ -247,6 +249,14 @@ class AioRequestMiddleware:
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
+        if not apps.is_installed("django_aio_request"):
+            # Without the app the middleware and the clients work, and nothing says what is missing:
+            # no checks (`manage.py check` passed a typo), no database bound (a 3 s query ran in full
+            # at a 1 s deadline), no breaker publisher. Said at startup instead.
+            raise ImproperlyConfigured(
+                "AioRequestMiddleware needs 'django_aio_request' in INSTALLED_APPS: without it its checks,"
+                " the database bound (DATABASE_STATEMENT_TIMEOUT) and the admin's circuit breakers do not run"
+            )
         current.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -813,3 +813,21 @@ def test_bytes_or_a_list_a_test_puts_in_the_headers_is_ignored_on_both_paths(
     for context in seen:  # the defaults, on both paths
         assert (context["source"], context["priority"]) == ("default", "low")
         assert DEFAULT_TIMEOUT - 2 < context["timeout"] <= DEFAULT_TIMEOUT
+
+
+def test_without_the_app_installed_the_middleware_refuses_to_start_and_says_why() -> None:
+    """Without 'django_aio_request' in INSTALLED_APPS the middleware and the clients worked, and
+    nothing said what was missing: `manage.py check` passed a misspelt key (its checks are the
+    app's), a 3 s query ran in full at a 1 s deadline (the database bound is the app's), and the
+    InvalidSettings of the first client use sent the user to that check."""
+    from django_aio_request import clients
+
+    with override_settings(INSTALLED_APPS=["django.contrib.contenttypes"]):
+        with pytest.raises(ImproperlyConfigured, match="needs 'django_aio_request' in INSTALLED_APPS"):
+            AioRequestMiddleware(lambda request: HttpResponse())
+        misspelt = {"CLIENTS": {"billing": {"ENDPOINT": "http://x/", "TIMOUT": 1}}}
+        with (
+            override_settings(AIO_REQUEST=misspelt),
+            pytest.raises(ImproperlyConfigured, match="add 'django_aio_request' to INSTALLED_APPS for"),
+        ):
+            clients["billing"]
