@@ -25,7 +25,7 @@ def main() -> int:
     from testproject import launcher  # reads settings.demo's ports: after the check above
 
     ports: dict[str, int] = dict(getattr(settings, "DEMO_PORTS"))  # noqa: B009 - not in the type checker's settings
-    taken = [f"{name}'s port {port}" for name, port in ports.items() if _in_use(port)]
+    taken = [f"port {port} ({name})" for name, port in ports.items() if _in_use(port)]
     if taken:
         print(
             f"make demo: {', '.join(taken)} already in use (another demo still running?). "

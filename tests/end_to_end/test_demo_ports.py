@@ -55,6 +55,6 @@ def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
         others = {"DEMO_ORDERS_PORT": str(free_port()), "DEMO_BILLING_PORT": str(free_port())}
         run = _demo(tmp_path, DEMO_PORT=str(taken), **others)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert f"frontend's port {taken} already in use (another demo still running?)" in run.stderr
+    assert f"port {taken} (frontend) already in use (another demo still running?)" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "demo.sqlite3").exists()
