@@ -144,11 +144,7 @@ def test_a_peer_s_coding_is_logged_escaped_and_cut_short(
         handler.reply(200, b"body", {header: value, "Content-Length": "4"})
 
     server.route("/coded", coded)
-    transport = dar.RequestsTransport()
-    try:
-        response = transport.send(server.url, dar.get("coded"), 2.0)
-    finally:
-        transport.close()
+    response = _sent_once(server, "coded", 2.0)
     assert response.status == status.NETWORK_ERROR
     shown = response.headers["X-Unreadable-Coding"]
     assert len(shown) < 150
@@ -169,12 +165,17 @@ def test_a_call_ended_by_its_deadline_is_logged_as_such(
         handler.reply(200, b"late")
 
     server.route("/slow", slow)
-    transport = dar.RequestsTransport()
-    try:
-        answer = transport.send(server.url, dar.get("slow"), 0.3)
-    finally:
-        transport.close()
+    answer = _sent_once(server, "slow", 0.3)
     assert answer.status == status.TIMEOUT
     [line] = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
     assert line.startswith("GET ")
     assert line.endswith(": the deadline ran out (status 408)"), line
+
+
+def _sent_once(server: LoopbackServer, path: str, timeout: float) -> dar.Response:
+    """One GET of ``path`` through a transport of its own, closed after."""
+    transport = dar.RequestsTransport()
+    try:
+        return transport.send(server.url, dar.get(path), timeout)
+    finally:
+        transport.close()
