@@ -17,7 +17,7 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
-from django_aio_request.conf.schema import SETTING, read_settings
+from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
 
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
 CACHE_WITHOUT_TIMEOUTS = "W010"
@@ -33,7 +33,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     """Report every problem in ``settings.AIO_REQUEST`` (``manage.py check --tag django_aio_request``)."""
     try:
         _, problems = read_settings(getattr(settings, SETTING, None))
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         return [
             checks.Error(
                 f"{SETTING} could not be read: {type(error).__name__}: {error}",
@@ -224,17 +224,16 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     """Report a breakers' shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) whose ``BACKEND`` is
     missing or cannot be imported: every sync round of the breakers would fail, and each process
     decide alone for good, with nothing but the outage's log line to say why. Never raises."""
-    setting = getattr(settings, SETTING, None)
-    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
-    caches = getattr(settings, "CACHES", None)
-    if not isinstance(alias, str) or not isinstance(caches, Mapping) or not isinstance(caches.get(alias), Mapping):
+    found = _breaker_cache()
+    if found is None:
         return []  # check_settings reports an alias that names no cache
-    backend = caches[alias].get("BACKEND")
+    alias, cache = found
+    backend = cache.get("BACKEND")
     try:
         if not isinstance(backend, str):
             raise TypeError(f"BACKEND is {shown(backend)}, not a dotted path")
         import_string(backend)
-    except Exception as error:  # whatever importing it raises is the message
+    except (Exception, SystemExit) as error:  # whatever importing it raises is the message
         return [
             checks.Error(
                 f"settings.CACHES[{alias!r}], the circuit breakers' shared state, has a BACKEND that cannot be"
@@ -255,19 +254,18 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     the sharing of breaker state until it answers on that connection again; with redis-py 8's default
     (5 s), each round stalls 5 s, so sharing resumes up to 5 s after the server is back. Never raises,
     whatever the settings hold (check_settings reports those)."""
-    setting = getattr(settings, SETTING, None)
-    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
-    caches = getattr(settings, "CACHES", None)
-    if not isinstance(alias, str) or not isinstance(caches, Mapping) or not isinstance(caches.get(alias), Mapping):
+    found = _breaker_cache()
+    if found is None:
         return []
-    backend = caches[alias].get("BACKEND")
+    alias, cache = found
+    backend = cache.get("BACKEND")
     names = _SOCKET_TIMEOUT_OPTIONS.get(backend) if isinstance(backend, str) else None
     if names is None or not isinstance(backend, str):
         return []
-    options = caches[alias].get("OPTIONS")
+    options = cache.get("OPTIONS")
     options = options if isinstance(options, Mapping) else {}
     is_redis = "redis" in backend.lower()
-    location = caches[alias].get("LOCATION")
+    location = cache.get("LOCATION")
     in_urls = _in_every_redis_url(location, backend) if is_redis else set()
     unusable = _unusable_timeouts(names, options, location, backend)
     if unusable:
@@ -373,3 +371,16 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
             )
         )
     return found
+
+
+def _breaker_cache() -> tuple[str, Mapping[str, Any]] | None:
+    """(alias, settings) of the cache ``CIRCUIT_BREAKER_STATE`` names, or None: "local" (the breakers
+    keep their state in memory, even where a cache is called "local": W010 judged that one) or an
+    alias that names no cache (check_settings reports it)."""
+    setting = getattr(settings, SETTING, None)
+    alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
+    caches = getattr(settings, "CACHES", None)
+    if not isinstance(alias, str) or alias == LOCAL_BREAKER_STATE or not isinstance(caches, Mapping):
+        return None
+    cache = caches.get(alias)
+    return (alias, cache) if isinstance(cache, Mapping) else None

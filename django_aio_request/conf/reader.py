@@ -235,7 +235,7 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
             return None
         try:
             found = import_string(value)
-        except Exception as error:  # a module that fails as it is imported is a problem to report too
+        except (Exception, SystemExit) as error:  # a module that fails (or exits) as it is imported, too
             reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):

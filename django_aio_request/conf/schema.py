@@ -485,7 +485,15 @@ def _deadline_provider(reader: Reader, path: str, value: Any) -> tuple[bool, int
     return name == "split", split
 
 
+#: How deep strategies may nest (retry_until_deadline_expired's STRATEGY, and so on): a dict that
+#: held itself recursed until Python's limit, an E099 "a bug to report" that hid every other problem.
+MOST_NESTED_STRATEGIES = 8
+
+
 def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
+    if path.count("['STRATEGY']") > MOST_NESTED_STRATEGIES:
+        reader.fail(path, f"nests strategies more than {MOST_NESTED_STRATEGIES} deep", "does a STRATEGY hold itself?")
+        return None
     name = reader.named(path, value, STRATEGY_NAMES)
     if not isinstance(value, Mapping):
         return None  # named() reported it

@@ -111,6 +111,19 @@ def test_other_settings_give_no_warning_and_no_crash(caches: Any, aio_request: A
         assert ids == []
 
 
+def test_local_breaker_state_judges_no_cache_even_one_called_local() -> None:
+    """CIRCUIT_BREAKER_STATE "local" keeps the breakers' state in memory, whatever CACHES holds: a
+    Redis cache that happened to be called "local" was judged as their shared state (W010, and
+    E008 under --tag for a BACKEND that cannot be imported)."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    caches = {"default": LOCMEM, "local": {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:1/0"}}
+    assert _ids(caches, {"CIRCUIT_BREAKER_STATE": "local"}) == []
+    caches["local"] = {"BACKEND": "no.such.Backend"}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "local"}):
+        assert check_breaker_cache_backend() == []
+
+
 def test_manage_py_check_shows_the_warning() -> None:
     """As an operator runs it: manage.py in a subprocess, with settings naming a Redis without timeouts."""
     result = manage("check", "--tag", "django_aio_request", settings="tests.support.settings_breaker_cache")

@@ -625,6 +625,28 @@ def test_a_request_enricher_naming_a_class_is_e008_and_an_instance_of_it_works(s
     assert received.headers["X-Enriched"] == "yes"
 
 
+def test_a_module_that_exits_as_it_is_imported_is_e008_and_hides_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SystemExit is no Exception: a module the settings name that called sys.exit() as it was imported
+    ended manage.py check, migrate and the app's command at once, silently, with its exit code."""
+    (tmp_path / "exits_on_import.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "exits_on_import.f"}}})
+    assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
+    assert any("['REQUEST_ENRICHER'] cannot be imported: 3" in m for m in found), found
+
+
+def test_a_strategy_that_holds_itself_is_reported_with_the_other_problems() -> None:
+    """It recursed to Python's limit: an E099 ("a bug to report", RecursionError) that hid the rest."""
+    looped: dict[str, Any] = {"NAME": "retry_until_deadline_expired"}
+    looped["STRATEGY"] = looped
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "SAFE_METHOD_STRATEGY": looped}}})
+    assert len(found) == 2, found
+    assert any("nests strategies more than 8 deep" in m for m in found), found
+    assert any(m.startswith("django_aio_request.E003 AIO_REQUEST['TIMEOUT']") for m in found), found
+
+
 def test_a_request_enricher_naming_an_enum_class_is_e008() -> None:
     """Calling an Enum class looks up a member: ``Priority`` passed as an enricher (its metaclass has
     a ``__call__`` of its own) and every call raised ValueError ("... is not a valid Priority")."""
