@@ -174,9 +174,14 @@ class _HedgedCall:
                     self._look_again(_LOOK_AGAIN_HELD_SECONDS)
                     return
             attempt = self.next_attempt
+            if not self.deadline.expired and not self._submit(workers, attempt):
+                # Every worker busy: no hedge while attempt 0 runs, and the attempts left are the
+                # caller's once it ends (in its own thread if need be). Counted as launched, they
+                # were lost: a rejected attempt 0 was followed by nothing (1.12 requests a call
+                # where 3 were due, 8 callers on 1 worker).
+                self.timer_running = False
+                return
             self.next_attempt += 1
-            if not self.deadline.expired:
-                self._submit(workers, attempt)  # a full pool skips this hedge: attempt 0 is in flight
             if self.refused or self.next_attempt >= self.count or self.deadline.expired:
                 self.timer_running = False
                 return
@@ -237,14 +242,26 @@ class _HedgedCall:
             self.pace.answer(self.number)
 
     def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
-        """Start ``attempt`` on a worker; with none free, run it here if nothing else is in flight.
+        """Start ``attempt`` on a worker; with none free, once the attempts in flight have ended
+        without an accepted answer, run it here.
 
-        Returns the response when the attempt ran in this thread, else None (also when the retry
-        budget refused it, which sets ``refused``).
+        Returns the response when the attempt ran in this thread, or the accepted answer of one in
+        flight that came while it waited for a worker; else None (also when the retry budget refused
+        it, which sets ``refused``). Skipped while others were in flight, the attempt was lost once
+        they were rejected: 2 of 3 attempts a call for a sequential-like strategy on a full pool.
         """
-        with self.lock:
-            if self._submit(workers, attempt) or self.in_flight:
-                return None  # started, or the pool is full: skip this hedge, the attempts in flight may win
+        while True:
+            with self.lock:
+                if self._submit(workers, attempt):
+                    return None
+                busy = self.in_flight
+            if not busy:
+                break
+            accepted = self.wait_accepted_until(self.deadline.expires_at)
+            if accepted is not None:
+                return accepted
+            if self.deadline.expired or self.refused:
+                return None
         sent = self.send(self.request, self.deadline, self.priority, attempt, None)
         if sent is None:
             self.refused = True

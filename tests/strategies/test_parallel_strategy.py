@@ -1,5 +1,6 @@
 """Hedged (parallel) attempts against a real server: when hedges start, who wins, what is aborted."""
 
+import concurrent.futures
 import contextvars
 import itertools
 import threading
@@ -431,6 +432,29 @@ class TestDeadline:
         # Attempt 0 ran in the caller's thread, the first hedge on the one worker; the second
         # hedge found the worker busy and was skipped.
         assert len(server.received("/x")) == 2
+
+    def test_a_full_pool_postpones_the_attempts_left_until_those_in_flight_fail(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """docs/usage.md: when every attempt in flight was rejected, the next starts at once, in the
+        caller's thread if no worker is free. A hedge the timer found no worker for was counted as
+        sent: attempt 0's 503 was followed by nothing (8 callers on 1 worker: 1.12 requests a call,
+        where 3 were due), and one the caller skipped for the same reason was lost too (2.00)."""
+        server.route("/x", answer_after(0.1, status=503))
+        client = make_client(max_workers=1, **hedged(attempts=3, delay=0.02))
+
+        def calls(count: int) -> list[int]:
+            statuses = []
+            for _ in range(count):
+                response, _ = call(client, get("x"))
+                statuses.append(response.status)
+            return statuses
+
+        with concurrent.futures.ThreadPoolExecutor(8) as callers:
+            statuses = [status for done in callers.map(calls, [5] * 8) for status in done]
+
+        assert statuses == [503] * 40
+        assert len(server.received("/x")) == 3 * 40
 
 
 class TestContextAndErrors:
