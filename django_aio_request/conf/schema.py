@@ -784,6 +784,7 @@ MAX_SERVICE_NAME_LENGTH = h.MAX_SERVICE_NAME_LENGTH
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
+    value = _without_lazy_strings(value, {})
     reader = Reader()
     top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)
     if top is None:
@@ -832,3 +833,29 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         shedding=shedding,
         **{key.lower(): value for key, value in server.items()},  # SERVER_SCHEMA's keys name the fields
     ), reader.problems
+
+
+def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
+    """``value`` with every lazy string (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made
+    the text it stands for; ``value`` itself when it holds none. A lazy string is no ``str``, and
+    printed like one: it was refused with messages that contradicted themselves (``['PRIORITY'] is
+    'high', not a priority``). ``made`` keeps a mapping or list that holds itself from looping."""
+    from django.utils.functional import Promise
+
+    if isinstance(value, Promise):
+        return str(value)
+    if id(value) in made:
+        return made[id(value)]
+    if isinstance(value, Mapping):
+        copy: dict[Any, Any] = {}
+        made[id(value)] = copy
+        for key, item in value.items():
+            copy[_without_lazy_strings(key, made)] = _without_lazy_strings(item, made)
+        same = len(copy) == len(value) and all(key in value and copy[key] is value[key] for key in copy)
+        return value if same else copy
+    if isinstance(value, list | tuple):
+        items = [_without_lazy_strings(item, made) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    return value

@@ -852,3 +852,24 @@ AIO_REQUEST = {{"SHEDDING": {{"PRIORITY_POLICY": "{__name__}.policy_of_one"}}}}
     done = manage(tmp_path, "check", settings=bad)
     assert done.returncode != 0
     assert "cannot be called with (request, claimed priority)" in done.stderr
+
+
+def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
+    """gettext_lazy / lazy(..., str) values are no str and print as one: they were refused with
+    messages that contradicted themselves ("['PRIORITY'] is 'high', not a priority")."""
+    from django.utils.functional import lazy
+    from django.utils.translation import gettext_lazy
+
+    from django_aio_request.conf.schema import read_settings
+
+    text = lazy(str, str)
+    setting = {
+        "SERVICE_NAME": gettext_lazy("orders"),
+        "PRIORITY": text("high"),
+        "CLIENTS": {text("billing"): {"ENDPOINT": text("http://billing:8080/"), "PRIORITY": text("low")}},
+    }
+    assert messages(setting) == []
+    parsed, _ = read_settings(setting)
+    assert parsed is not None
+    assert (parsed.service_name, parsed.priority.value) == ("orders", "high")
+    assert parsed.clients["billing"].endpoint == "http://billing:8080/"
