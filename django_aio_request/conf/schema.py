@@ -836,10 +836,11 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
 
 
 def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
-    """``value`` with every lazy string (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made
-    the text it stands for; ``value`` itself when it holds none. A lazy string is no ``str``, and
-    printed like one: it was refused with messages that contradicted themselves (``['PRIORITY'] is
-    'high', not a priority``). ``made`` keeps a mapping or list that holds itself from looping."""
+    """A copy of ``value`` (its mappings as dicts, its lists and tuples as such) with every lazy string
+    (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made the text it stands for. A lazy
+    string is no ``str``, and printed like one: it was refused with messages that contradicted
+    themselves (``['PRIORITY'] is 'high', not a priority``). ``made`` keeps a mapping or list that
+    holds itself from looping (its copy holds itself as the original did)."""
     from django.utils.functional import Promise
 
     if isinstance(value, Promise):
@@ -847,15 +848,14 @@ def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
     if id(value) in made:
         return made[id(value)]
     if isinstance(value, Mapping):
-        copy: dict[Any, Any] = {}
-        made[id(value)] = copy
+        copy: dict[Any, Any] = made.setdefault(id(value), {})
         for key, item in value.items():
             copy[_without_lazy_strings(key, made)] = _without_lazy_strings(item, made)
-        same = len(copy) == len(value) and all(key in value and copy[key] is value[key] for key in copy)
-        return value if same else copy
-    if isinstance(value, list | tuple):
-        items = [_without_lazy_strings(item, made) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
-            return value
-        return items if isinstance(value, list) else tuple(items)
+        return copy
+    if isinstance(value, list):
+        items: list[Any] = made.setdefault(id(value), [])
+        items.extend(_without_lazy_strings(item, made) for item in value)
+        return items
+    if isinstance(value, tuple):
+        return tuple(_without_lazy_strings(item, made) for item in value)
     return value
