@@ -47,6 +47,7 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import check_headers
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS
 from django_aio_request.strategies.base import MAX_ATTEMPTS
+from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 from django_aio_request.transport.requests_transport import (
     _CONNECTIONS_WHY,
     _RETRIES_WHY,
@@ -462,6 +463,14 @@ def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
             reader.fail(f"{path}['MIN_DELAY_SECONDS']", "must not exceed MAX_DELAY_SECONDS", code=CONFLICT)
         if ratio is not None and 0 < ratio <= 1:
             reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
+        window, shortest = got["WINDOW_SECONDS"], PercentileDelaysProvider.MIN_SATURATION_WINDOW
+        if ratio and window is not None and window < shortest:
+            reader.fail(
+                f"{path}['WINDOW_SECONDS']",
+                f"must be at least {shortest:g} with SATURATION_RATIO on: the baseline saturation is judged"
+                " against is the least 75th percentile of the window",
+                code=CONFLICT,
+            )
     if name is None or reader.errors > errors:
         return None
     return DelaysSpec(name, got)

@@ -1,26 +1,43 @@
 import collections
+import itertools
+import math
 import threading
 import time
 
+from django_aio_request.core import status
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response, is_abandoned
+from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
 from django_aio_request.strategies.arguments import finite, whole
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
+def _nearest_rank(ordered: list[float], share: float) -> float:
+    """The ``share`` percentile of ``ordered`` (sorted, not empty) by nearest rank: of 20 latencies
+    the p95 is the 19th, not the slowest (``int(0.95 * 20)`` picked the 20th)."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def ran_out_of_time(response: Response) -> bool:
+    """The attempt was sent and its deadline ended it before an answer (the 408 the transport makes,
+    with the time it waited). The 408 of an attempt refused as too late to send waited nothing."""
+    return response.status == status.TIMEOUT and isinstance(response, EmptyResponse) and response.elapsed > 0
+
+
 class _Samples:
-    __slots__ = ("baseline", "baseline_at", "body", "cached", "cached_at", "latencies", "recent_body", "since_cached")
+    __slots__ = ("baselines", "body", "cached", "cached_at", "held", "latencies", "recent_body", "since_cached")
 
     def __init__(self, size: int) -> None:
-        self.latencies: collections.deque[tuple[float, float]] = collections.deque(maxlen=size)
+        # (when, latency, learned while held back for saturation)
+        self.latencies: collections.deque[tuple[float, float, bool]] = collections.deque(maxlen=size)
         self.cached: float | None = None
         self.body: float | None = None  # their 75th percentile (BODY), computed with ``cached``
         self.recent_body: float | None = None  # the same of the last RECENT_SECONDS only
         self.cached_at = 0.0
         self.since_cached = 0
-        # The lowest ``body`` learned since ``baseline_at``: what the server does when not busy.
-        self.baseline: float | None = None
-        self.baseline_at = 0.0
+        self.held = False  # the verdict of the last computation: saturated
+        # The lowest ``body`` learned in each tenth of the window (its number, the body), oldest
+        # first: their least is what the server does when not busy (see _baseline).
+        self.baselines: collections.deque[tuple[int, float]] = collections.deque()
 
 
 class PercentileDelaysProvider(RequestAttemptDelaysProvider):
@@ -38,16 +55,23 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
 
     ``saturation_ratio`` (None: off): when the 75th percentile of the latencies of the last two
     seconds (the body of them, :attr:`BODY`, :attr:`RECENT_SECONDS`) rises above this many times the
-    baseline (the lowest body of the whole window learned within the last ``window_seconds``,
-    re-measured every window, like the minimum RTT of Envoy's adaptive concurrency filter) and above
-    half of ``min_delay_seconds`` (:attr:`BODY_FLOOR`), the server
-    is taken to be saturated and the delay is ``max_delay_seconds``: no hedges while a hedge would add
-    load to a server that is slow because it has too much of it. They come back once it falls below
-    again. The floor is a share of the shortest delay, not the delay itself: a body that has grown
-    from 4 ms to 20 ms is a server queueing, and queueing spreads latencies, so ever more attempts
-    pass a 50 ms delay and are hedged (benchmarks/load.py stalled so, with the body judged against the
-    whole 50 ms); below half of it, a few times a small body is jitter (or queueing too short to
-    matter) that sends few attempts past the delay. A quarter held hedges back at half load in
+    baseline (the lowest body of the whole window learned within the last ``window_seconds``, kept
+    per tenth of the window so that a body counts for one to 1.1 windows after it was learned, like
+    the minimum RTT of Envoy's adaptive concurrency filter: a server slower for longer than a window
+    is the server as it now is) and above half of ``min_delay_seconds`` (:attr:`BODY_FLOOR`), the
+    server is taken to be saturated and the delay of that template is ``max_delay_seconds``: no
+    hedges while a hedge would add load to a server that is slow because it has too much of it. They
+    come back once it falls below again, at the delay learned without the latencies that came while
+    they were held (the saturated ones, which would keep the delay at their level for a window),
+    while ``min_samples`` others are left. With the ratio on, the window is at least
+    :attr:`MIN_SATURATION_WINDOW`: a window little longer than the recent seconds judged against it
+    has a baseline as recent as they are, and held nothing (10% of a 10 s saturation with 3 s).
+
+    The floor is a share of the shortest delay, not the delay itself: a body that has grown from 4 ms
+    to 20 ms is a server queueing, and queueing spreads latencies, so ever more attempts pass a 50 ms
+    delay and are hedged (benchmarks/load.py stalled so, with the body judged against the whole
+    50 ms); below half of it, a few times a small body is jitter (or queueing too short to matter)
+    that sends few attempts past the delay. A quarter held hedges back at half load in
     benchmarks/hedge_safety.py (31% of the samples in one run of two).
     The body, not the hedging percentile: a saturated server queues most requests, which moves the
     body of the latencies; a percentile near a rare slow tail (the p90 of a service whose slowest
@@ -67,6 +91,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     # calm seconds held hedges back from 3.4 s into it until 3.9 s after it (0.5 s and 1.9 s now).
     RECENT_SECONDS = 2.0
     RECENT_SAMPLES = 50
+    MIN_SATURATION_WINDOW = 10 * RECENT_SECONDS  # the shortest window_seconds with saturation_ratio
     # At most this many method and URL template records (as the stragglers rule's paces): templates
     # built from data (get(f"things/{id}"), which docs/metrics.md asks callers not to write) kept one
     # per URL sent, 100,000 of them 113 MiB. Past the bound, new templates share one record, their
@@ -103,10 +128,18 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
             raise ValueError("need 0 <= min_delay_seconds <= max_delay_seconds")
         if window_seconds <= 0 or max_samples < 1 or min_samples < 1:
             raise ValueError("window_seconds, max_samples and min_samples must be positive")
+        if min_samples > max_samples:
+            # The record never held min_samples latencies: the delay stayed at its floor for ever.
+            raise ValueError(f"min_samples ({min_samples}) must not be above max_samples ({max_samples})")
         if refresh_seconds < 0:
             raise ValueError(f"refresh_seconds must be >= 0, not {refresh_seconds!r}")
         if saturation_ratio is not None and not saturation_ratio > 1:
             raise ValueError(f"saturation_ratio must be above 1 or None, not {saturation_ratio!r}")
+        if saturation_ratio is not None and window_seconds < self.MIN_SATURATION_WINDOW:
+            raise ValueError(
+                f"window_seconds must be at least {self.MIN_SATURATION_WINDOW:g} with saturation_ratio, not"
+                f" {window_seconds!r}: the baseline is the least body of the window"
+            )
         self.percentile = percentile
         self.saturation_ratio = saturation_ratio
         self.min_delay_seconds = min_delay_seconds
@@ -125,13 +158,21 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
 
     def delay(self, request: Request) -> float:
         """The current hedge delay for ``request`` (attempt 1)."""
+        return self._delay(request)[0]
+
+    def saturated(self, request: Request) -> bool:
+        """Whether the delay for ``request`` is held at ``max_delay_seconds`` for saturation (not
+        merely learned that long, nor floored there by ``min_delay_seconds``)."""
+        return self._delay(request)[1]
+
+    def _delay(self, request: Request) -> tuple[float, bool]:
         key = (request.method, request.url)
         with self._lock:
             samples = self._samples.get(key)
             now = time.monotonic()
             if samples is None:
                 if len(self._samples) < self.MAX_TEMPLATES or not self._others.latencies:
-                    return self.min_delay_seconds
+                    return self.min_delay_seconds, False
                 samples = self._others  # may be where its latencies went (see observe)
             if (
                 samples.cached is None
@@ -141,31 +182,44 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 samples.cached, samples.body, samples.recent_body = self._compute(samples, now)
                 if not samples.latencies and samples is not self._others:
                     del self._samples[key]  # every sample left the window: nothing to keep
-                    return self.min_delay_seconds
+                    return self.min_delay_seconds, False
                 samples.cached_at = now
                 samples.since_cached = 0
-                self._track_baseline(samples, now)
-            value, body = samples.cached, samples.recent_body
-            saturated = (
-                body is not None
-                and self.saturation_ratio is not None
-                and samples.baseline is not None
-                and body > self.saturation_ratio * samples.baseline
-                and body > self.BODY_FLOOR * self.min_delay_seconds
-            )
-        if value is None:
-            return self.min_delay_seconds
+                baseline = self._track_baseline(samples, now)
+                body = samples.recent_body
+                held = (
+                    body is not None
+                    and self.saturation_ratio is not None
+                    and baseline is not None
+                    and body > self.saturation_ratio * baseline
+                    and body > self.BODY_FLOOR * self.min_delay_seconds
+                )
+                if held and not samples.held:
+                    self._hold_recent(samples, now)
+                samples.held = held
+            value, saturated = samples.cached, samples.held
         if saturated:
-            return self.max_delay_seconds
-        return min(self.max_delay_seconds, max(self.min_delay_seconds, value))
+            return self.max_delay_seconds, True
+        if value is None:
+            return self.min_delay_seconds, False
+        return min(self.max_delay_seconds, max(self.min_delay_seconds, value)), False
 
     def observe(self, request: Request, response: Response) -> None:
-        """Learn from a successful response, or from an attempt abandoned for a faster one.
+        """Learn from a successful response, from an attempt abandoned for a faster one, and from an
+        attempt its deadline ended.
 
-        An abandoned attempt's time is only a lower bound of its latency, but leaving it out
-        would leave out exactly the slow tail and teach the provider to hedge too early.
+        The time of the last two is only a lower bound of their latency, but leaving them out would
+        leave out exactly the slow tail: the provider would hedge too early, and a server too slow to
+        answer within the deadline would never be seen as saturated (every call hedged into it, twice
+        the load on a stalled server). A strategy passes an abandoned attempt only when another
+        attempt of the same call settled it: one abandoned with its call (a caller that gave up) says
+        nothing of the server. A latency that is not a finite number of seconds >= 0 (a custom
+        transport's) is not learned: one NaN made the baseline NaN and saturation never held.
         """
-        if not (response.is_successful() or is_abandoned(response)):
+        if not (response.is_successful() or is_abandoned(response) or ran_out_of_time(response)):
+            return
+        elapsed = response.elapsed
+        if not (isinstance(elapsed, int | float) and 0 <= elapsed < math.inf):
             return
         key = (request.method, request.url)
         with self._lock:
@@ -178,8 +232,30 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                     samples = self._samples[key] = _Samples(self._max_samples)
                 else:
                     samples = self._others
-            samples.latencies.append((now, response.elapsed))
+            samples.latencies.append((now, elapsed, samples.held))
             samples.since_cached += 1
+
+    def _recent_count(self, samples: _Samples, now: float) -> int:
+        """(Holding ``_lock``.) How many of the newest latencies are the recent ones (see _compute)."""
+        latencies, since = samples.latencies, now - self.RECENT_SECONDS
+        least = max(self.RECENT_SAMPLES, self._min_samples)
+        count = 0
+        for at, _, _ in reversed(latencies):
+            if at < since and count >= least:
+                break
+            count += 1
+        return count
+
+    def _hold_recent(self, samples: _Samples, now: float) -> None:
+        """(Holding ``_lock``.) Saturation was just seen in the recent latencies: count them among
+        those learned while held, which the hedging percentile leaves out. Otherwise the ones that
+        came before it was seen (up to a second of them at 100 calls a second, 10 s of them at 5)
+        kept the delay after the saturation at their level for most of a window."""
+        latencies = samples.latencies
+        end = len(latencies)
+        for index in range(end - self._recent_count(samples, now), end):
+            at, latency, _ = latencies[index]
+            latencies[index] = (at, latency, True)
 
     def _sweep(self, now: float) -> None:
         """(Holding ``_lock``.) Drop the records whose latest sample has left the window."""
@@ -191,34 +267,47 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     def _in_window(self, samples: _Samples, now: float) -> bool:
         return bool(samples.latencies) and now - samples.latencies[-1][0] <= self._window
 
-    def _track_baseline(self, samples: _Samples, now: float) -> None:
-        value = samples.body
-        if value is None:
-            return
-        if samples.baseline is None or now - samples.baseline_at >= self._window:
-            samples.baseline, samples.baseline_at = value, now  # re-measured every window
-        elif value < samples.baseline:
-            samples.baseline = value
+    def _track_baseline(self, samples: _Samples, now: float) -> float | None:
+        """(Holding ``_lock``.) Add the body just computed; the least body of the last window.
 
-    def saturated(self, request: Request) -> bool:
-        """Whether the delay for ``request`` is held at ``max_delay_seconds`` for saturation."""
-        return self.saturation_ratio is not None and self.delay(request) == self.max_delay_seconds
+        A sliding minimum, in tenths of the window: a single minimum re-measured every window (as
+        it was) could be re-measured in the middle of a saturation, which then became the baseline
+        and hedges went back into it (a 10 minute saturation was held for its first 5 minutes at
+        most, 11 s of it when it began 10 s before the re-measure)."""
+        tenth = self._window / 10
+        number = math.floor(now / tenth)
+        baselines = samples.baselines
+        while baselines and baselines[0][0] < number - 10:  # its tenth ended more than a window ago
+            baselines.popleft()
+        value = samples.body
+        if value is not None:
+            if baselines and baselines[-1][0] == number:
+                if value < baselines[-1][1]:
+                    baselines[-1] = (number, value)
+            else:
+                baselines.append((number, value))
+        return min((least for _, least in baselines), default=None)
 
     def _compute(self, samples: _Samples, now: float) -> tuple[float | None, float | None, float | None]:
         """The percentile and the body (:attr:`BODY`) of the latencies in the window, and the body of
-        the recent ones (:attr:`RECENT_SECONDS`, at least :attr:`RECENT_SAMPLES`); Nones: too few yet."""
+        the recent ones (:attr:`RECENT_SECONDS`, at least :attr:`RECENT_SAMPLES`); Nones: too few yet.
+
+        The percentile leaves out the latencies that came while hedges were held for saturation, as
+        long as ``min_samples`` others are left: the delay after a saturation is the one learned
+        before it, not the saturated latencies' for the rest of the window."""
         latencies = samples.latencies
         while latencies and now - latencies[0][0] > self._window:
             latencies.popleft()
         if len(latencies) < self._min_samples:
             return None, None, None
-        ordered = sorted(latency for _, latency in latencies)
-        index = min(len(ordered) - 1, int(self.percentile * len(ordered)))
-        since, least = now - self.RECENT_SECONDS, max(self.RECENT_SAMPLES, self._min_samples)
-        recent: list[float] = []
-        for at, latency in reversed(latencies):
-            if at < since and len(recent) >= least:
-                break
-            recent.append(latency)
-        recent.sort()
-        return ordered[index], ordered[int(self.BODY * len(ordered))], recent[int(self.BODY * len(recent))]
+        ordered = sorted(latency for _, latency, _ in latencies)
+        unheld = sorted(latency for _, latency, held in latencies if not held)
+        hedging = unheld if len(unheld) >= self._min_samples else ordered
+        recent = sorted(
+            latency for _, latency, _ in itertools.islice(reversed(latencies), self._recent_count(samples, now))
+        )
+        return (
+            _nearest_rank(hedging, self.percentile),
+            _nearest_rank(ordered, self.BODY),
+            _nearest_rank(recent, self.BODY),
+        )

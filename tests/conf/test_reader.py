@@ -211,6 +211,17 @@ COMBINED = [
         ],
     ),
     (
+        # A window little longer than the two recent seconds: the baseline as recent as they are.
+        _client_with(
+            "SAFE_METHOD_STRATEGY",
+            {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "WINDOW_SECONDS": 3, "SATURATION_RATIO": 2}},
+        ),
+        [
+            f"{STRATEGY}['DELAYS']['WINDOW_SECONDS'] must be at least 20 with SATURATION_RATIO on: the baseline"
+            " saturation is judged against is the least 75th percentile of the window",
+        ],
+    ),
+    (
         _client_with(
             "SAFE_METHOD_STRATEGY",
             {"NAME": "sequentail", "ATTEMPTS_COUNT": 0, "DELAYS": {"NAME": "constant", "DELAY": -1}, "ATTEMPTS": 2},

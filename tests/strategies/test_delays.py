@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from django_aio_request import Response, get
+from django_aio_request import Request, Response, get
 from django_aio_request.strategies.delays import constant_delays, linear_backoff_delays
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 
@@ -96,6 +96,21 @@ class TestLinearBackoffDelays:
         for value in ("0.1", True, None):
             with pytest.raises(TypeError, match=f"^{name} must be a number, not "):
                 linear_backoff_delays(**{name: value})  # type: ignore[arg-type]
+
+
+class Calls:
+    """Calls at ``rate`` a second on the provider's test clock, each learned, then asked whether held."""
+
+    def __init__(self, provider: PercentileDelaysProvider, request: Request, now: list[float], rate: int) -> None:
+        self.provider, self.request, self.now, self.rate = provider, request, now, rate
+
+    def run(self, seconds: float, latency: float) -> list[bool]:
+        held = []
+        for _ in range(round(seconds * self.rate)):
+            self.now[0] += 1 / self.rate
+            self.provider.observe(self.request, ok(latency))
+            held.append(self.provider.saturated(self.request))
+        return held
 
 
 class TestSaturation:
@@ -215,6 +230,71 @@ class TestSaturation:
         after = run(20, 0.004)
         assert not any(after[300:])  # and back 3 s after it
         assert provider.delay(request) == pytest.approx(0.050)
+
+    def test_a_saturation_is_held_for_a_whole_window_wherever_it_begins(self, now: list[float]) -> None:
+        # The baseline was one minimum re-measured every window: re-measured in the middle of a
+        # saturation, it became the saturated body and hedges went back into it (one that began 10 s
+        # before the re-measure was held for 11 s). Now the least body of the last window, kept per
+        # tenth of it: held for the first window of any saturation, then the server as it now is.
+        for calm_seconds in (100, 250, 290):
+            provider = PercentileDelaysProvider(saturation_ratio=2.0)  # window 300 s, 2,000 samples
+            calls = Calls(provider, get("slowing"), now, rate=20)
+            assert not any(calls.run(calm_seconds, 0.010))
+            saturated = calls.run(300, 0.100)
+            assert all(saturated[5 * 20 :]), f"hedges back {saturated.index(False, 100) / 20} s into it"
+            later = calls.run(150, 0.100)
+            assert not any(later[-20 * 20 :])  # 10x slower for over a window: the server as it is now
+
+    def test_the_delay_after_a_saturation_is_the_one_learned_before_it(self, now: list[float]) -> None:
+        # The latencies of a saturation stayed in the hedging percentile for the rest of the window:
+        # hedges came back once the hold lifted, but at the saturated latencies (150 ms for a server
+        # hedged at 10 ms before), for 20 s at 100 calls a second and 295 s at 5.
+        for rate in (5, 100):
+            provider = PercentileDelaysProvider(saturation_ratio=2.0)
+            request = get("recovering")
+            calls = Calls(provider, request, now, rate=rate)
+            calls.run(60, 0.004)
+            before = provider.delay(request)
+            assert calls.run(20, 0.150)[-1]
+            after = calls.run(30, 0.004)
+            lifted = after.index(False)
+            assert not any(after[lifted:])
+            assert lifted / rate < 15
+            assert provider.delay(request) == pytest.approx(before)
+
+    def test_saturated_says_held_only_when_held(self) -> None:
+        # saturated() compared the delay with MAX_DELAY_SECONDS: a server answering in 3 s with a
+        # 2 s maximum, or MIN == MAX, read as saturated although nothing was held.
+        steady = PercentileDelaysProvider(saturation_ratio=2.0, max_delay_seconds=2.0)
+        request = get("slow")
+        for _ in range(100):
+            steady.observe(request, ok(3.0))
+        assert steady.delay(request) == 2.0
+        assert not steady.saturated(request)
+        fixed = PercentileDelaysProvider(saturation_ratio=2.0, min_delay_seconds=0.5, max_delay_seconds=0.5)
+        assert fixed.delay(request) == 0.5
+        assert not fixed.saturated(request)
+
+    def test_a_latency_that_is_not_a_number_is_not_learned(self) -> None:
+        # One NaN (a custom transport's elapsed) made the baseline NaN, and no saturation was seen again.
+        provider = PercentileDelaysProvider(min_samples=20, refresh_seconds=0.0, saturation_ratio=2.0)
+        request = get("odd")
+        for latency in (math.nan, math.inf, -1.0):
+            for _ in range(30):  # a transport that said so for a while
+                provider.observe(request, ok(latency))
+        provider.delay(request)
+        for _ in range(100):
+            provider.observe(request, ok(0.020))
+        assert not provider.saturated(request)
+        for _ in range(100):
+            provider.observe(request, ok(0.500))
+        assert provider.saturated(request)
+
+    def test_the_window_must_be_far_longer_than_the_recent_seconds(self) -> None:
+        # With a window of 3 s a 10 s saturation was held in 10% of its calls, with 1 s in 3%.
+        with pytest.raises(ValueError, match="window_seconds must be at least 20 with saturation_ratio"):
+            PercentileDelaysProvider(saturation_ratio=2.0, window_seconds=3.0)
+        PercentileDelaysProvider(window_seconds=3.0)  # without the ratio, any window
 
     def test_off_by_default(self) -> None:
         provider, request = self.provider(None), get("x")

@@ -201,6 +201,19 @@ class TestPercentileDelaysProvider:
         with pytest.raises(TypeError, match=f"^{name} must be a whole number \\(an int\\), not {value}$"):
             PercentileDelaysProvider(**{name: value})  # type: ignore[arg-type]
 
+    def test_the_percentile_is_by_nearest_rank(self) -> None:
+        # int(0.95 * 20) picked the 20th of 20 latencies, the slowest, as their 95th percentile.
+        provider, request = PercentileDelaysProvider(min_samples=20), get("few")
+        for _ in range(19):
+            provider.observe(request, ok(0.020))
+        provider.observe(request, ok(3.0))
+        assert provider.delay(request) == pytest.approx(0.020)
+
+    def test_min_samples_above_max_samples_is_refused(self) -> None:
+        # The record never held min_samples latencies: the delay stayed at its floor for ever.
+        with pytest.raises(ValueError, match=r"min_samples \(20\) must not be above max_samples \(10\)"):
+            PercentileDelaysProvider(max_samples=10, min_samples=20)
+
     def test_a_negative_refresh_is_refused(self) -> None:
         with pytest.raises(ValueError, match=r"refresh_seconds must be >= 0, not -1\.0"):
             PercentileDelaysProvider(refresh_seconds=-1)
