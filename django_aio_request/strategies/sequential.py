@@ -3,6 +3,7 @@ from django_aio_request.core.cancellation import pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
+from django_aio_request.core.response import is_abandoned
 from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
@@ -72,7 +73,10 @@ class SequentialStrategy(RequestStrategy):
 
     def observe(self, request: Request, responses: list[ResponseWithVerdict]) -> None:
         for result in responses:
-            self.delays.observe(request, result.response)
+            # An attempt abandoned here was abandoned with its call (no other attempt runs beside
+            # it): no latency of the server's, and a learning provider must not take it for one.
+            if not is_abandoned(result.response):
+                self.delays.observe(request, result.response)
 
     def __repr__(self) -> str:
         return f"<SequentialStrategy attempts={self.attempts_count}>"

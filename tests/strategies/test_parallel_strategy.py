@@ -24,6 +24,7 @@ from django_aio_request import (
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
+from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from tests.support.loopback import (
     Handler,
@@ -878,3 +879,95 @@ def test_an_accepted_hedge_is_the_answer_however_late_the_caller_comes_back(
     with client.request(get("x"), deadline=Deadline.from_timeout(0.3)) as response:
         assert response.status == 200
         assert response.read() == b"fast"
+
+
+class TestWhatAPercentileProviderLearns:
+    """What the parallel (and sequential) strategies tell a learning delays provider, against a real
+    server: the attempts their deadline ended, and abandoned attempts only when a faster one won."""
+
+    def test_a_server_too_slow_for_the_deadline_is_seen_saturated_and_gets_no_hedges(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # Every attempt ended at the 0.3 s deadline (the client's own 408) taught nothing: the recent
+        # latencies stayed the healthy ones, and every call sent two requests to a server that
+        # could answer none of them in time (docs/usage.md: hedges stop soon after a stall begins).
+        slow = threading.Event()
+
+        def stalls(handler: Handler) -> None:
+            time.sleep(1.0 if slow.is_set() else 0.005)
+            handler.reply(200, b"ok")
+
+        server.route("/stall", stalls)
+        provider = PercentileDelaysProvider(saturation_ratio=2.0)
+        client = make_client(
+            timeout=0.3,
+            retry_budget=None,
+            safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=provider, stragglers_only=False),
+        )
+        for _ in range(60):
+            with client.request(get("stall")) as response:
+                assert response.status == 200
+        assert not provider.saturated(get("stall"))
+        slow.set()
+        calls = 0
+        while not provider.saturated(get("stall")) and calls < 30:
+            with client.request(get("stall")) as response:
+                assert response.status == 408
+            calls += 1
+        # 13 of the last 50 latencies move their 75th percentile: a call or two of them each
+        assert provider.saturated(get("stall")), "30 calls past the deadline and no saturation seen"
+        assert calls <= 15
+        held_from = len(server.received("/stall"))
+        for _ in range(5):
+            with client.request(get("stall")) as response:
+                assert response.status == 408
+        assert len(server.received("/stall")) - held_from == 5  # one request a call, no hedge
+
+    @pytest.mark.parametrize("strategy", ["parallel", "sequential"])
+    def test_calls_their_caller_gave_up_on_teach_no_latency(
+        self, server: LoopbackServer, make_client: Callable[..., Client], strategy: str
+    ) -> None:
+        # An async call cancelled by its caller ends attempt 0 as an abandoned 499 after a few ms.
+        # Learned as a latency, 250 such calls to a server answering in 20 ms made it look saturated
+        # (the baseline fell to 7 ms) and hedges were held back for a window (300 s).
+        import asyncio
+
+        from django_aio_request import sequential_strategy
+
+        server.route("/api", answer_after(0.05))
+        heard: list[int] = []
+
+        class Learning(PercentileDelaysProvider):
+            def observe(self, request: Request, response: Response) -> None:
+                heard.append(response.status)
+                super().observe(request, response)
+
+        provider = Learning(min_delay_seconds=1.0)  # no hedge fires within these calls
+        made = (
+            parallel_strategy(attempts_count=2, delays_provider=provider, stragglers_only=False)
+            if strategy == "parallel"
+            else sequential_strategy(attempts_count=2, delays_provider=provider)
+        )
+        client = make_client(safe_method_strategy=made)
+
+        async def given_up() -> None:
+            async def one() -> None:
+                async with client.arequest(get("api")):
+                    pass
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(one(), timeout=0.01)
+
+        async def calls() -> None:
+            for _ in range(5):
+                await given_up()
+            async with client.arequest(get("api")) as response:
+                assert response.status == 200
+
+        asyncio.run(calls())
+        deadline = time.monotonic() + 2.0
+        while len(heard) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the given-up calls' attempts end in their threads
+        time.sleep(0.1)
+        assert heard.count(200) == 1
+        assert 499 not in heard, heard
