@@ -36,7 +36,7 @@ from django_aio_request.core.request import (
     request,
     request_json,
 )
-from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError
+from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError, UnsentResponse
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.strategies import (
     RequestStrategy,
@@ -96,6 +96,7 @@ __all__ = [
     "RetryBudget",
     "Transport",
     "UnexpectedContentTypeError",
+    "UnsentResponse",
     "clients",
     "constant_delays",
     "delete",

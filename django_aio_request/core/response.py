@@ -199,6 +199,14 @@ class EmptyResponse(Response):
         super().__init__(status=status, headers=headers, elapsed=elapsed)
 
 
+class UnsentResponse(EmptyResponse):
+    """The outcome of an attempt that never left this process: cancelled or out of time while it
+    waited for one of the client's connections (``MAX_CONNECTIONS``). Its ``elapsed`` is that wait,
+    which says nothing of the server: a learning delays provider leaves it out."""
+
+    __slots__ = ()
+
+
 def is_abandoned(response: Response) -> bool:
     """The attempt was stopped by its strategy (a hedge that lost) or with its call: the 499 made
     here, which says nothing about the endpoint. A peer's own 499 is an answer like any other."""

@@ -30,7 +30,7 @@ from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.request import Request, split_url
-from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
@@ -302,7 +302,7 @@ class RequestsTransport(Transport):
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
-                return EmptyResponse(status=guard.reason or status.TIMEOUT, elapsed=time.monotonic() - started)
+                return UnsentResponse(status=guard.reason or status.TIMEOUT, elapsed=time.monotonic() - started)
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():

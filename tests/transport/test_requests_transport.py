@@ -35,6 +35,7 @@ from django_aio_request import (
     setup,
     single_attempt_strategy,
 )
+from django_aio_request.core.response import UnsentResponse
 from tests.support.loopback import Handler, LoopbackServer, free_port, replies, trickle
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
@@ -477,6 +478,38 @@ def test_an_in_place_enricher_s_headers_do_not_follow_a_retry_s_redirect_to_anot
 
 def _lowercase(headers: dict[str, str]) -> dict[str, str]:
     return {name.lower(): value for name, value in headers.items()}
+
+
+def test_an_attempt_that_never_had_a_connection_says_so(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    # One slot, held 0.5 s: a call with 0.1 s waits for it and runs out of time unsent. Its 408 carried
+    # the wait as its elapsed time, and a learning delays provider took the client's own queue for the
+    # server's latency (182 such 408s learned in a burst: the hedge delay went from 19 ms to the deadline).
+    def held_half_a_second(handler: Handler) -> None:
+        time.sleep(0.5)
+        handler.reply(200, b"held")
+
+    server.route("/hold", held_half_a_second)
+    transport = RequestsTransport(max_connections=1)
+    client = make_client(transport=transport, safe_method_strategy=single_attempt_strategy())
+
+    def hold() -> None:
+        with client.request(get("hold")) as held:
+            assert held.status == 200
+
+    first = threading.Thread(target=hold)
+    first.start()
+    try:
+        while not server.received("/hold"):
+            time.sleep(0.005)
+        unsent = transport.send(server.url, get("ok"), 0.1)
+    finally:
+        first.join()
+    assert unsent.status == 408
+    assert isinstance(unsent, UnsentResponse)
+    assert unsent.elapsed == pytest.approx(0.1, abs=0.05)
+    assert not server.received("/ok")
 
 
 class _SessionOfItsOwn(requests.Session):
