@@ -464,7 +464,7 @@ def _delays(reader: Reader, path: str, value: Any) -> DelaysSpec | None:
         if ratio is not None and 0 < ratio <= 1:
             reader.fail(f"{path}['SATURATION_RATIO']", "must be 0 (off) or above 1", code=BAD_NUMBER)
         window, shortest = got["WINDOW_SECONDS"], PercentileDelaysProvider.MIN_SATURATION_WINDOW
-        if ratio and window is not None and window < shortest:
+        if ratio is not None and ratio > 1 and window is not None and window < shortest:
             reader.fail(
                 f"{path}['WINDOW_SECONDS']",
                 f"must be at least {shortest:g} with SATURATION_RATIO on: the baseline saturation is judged"

@@ -6,7 +6,7 @@ import time
 
 from django_aio_request.core import status
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
+from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse, is_abandoned
 from django_aio_request.strategies.arguments import finite, whole
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
@@ -19,15 +19,22 @@ def _nearest_rank(ordered: list[float], share: float) -> float:
 
 def ran_out_of_time(response: Response) -> bool:
     """The attempt was sent and its deadline ended it before an answer (the 408 the transport makes,
-    with the time it waited). The 408 of an attempt refused as too late to send waited nothing."""
-    return response.status == status.TIMEOUT and isinstance(response, EmptyResponse) and response.elapsed > 0
+    with the time it waited). The 408 of an attempt refused as too late to send waited nothing; one
+    that never had a connection (:class:`UnsentResponse`) waited for this client, not the server."""
+    return (
+        response.status == status.TIMEOUT
+        and isinstance(response, EmptyResponse)
+        and not isinstance(response, UnsentResponse)
+        and response.elapsed > 0
+    )
 
 
 class _Samples:
     __slots__ = ("baselines", "body", "cached", "cached_at", "held", "latencies", "recent_body", "since_cached")
 
     def __init__(self, size: int) -> None:
-        # (when, latency, learned while held back for saturation)
+        # (when, latency, whether the hedging percentile takes it: not a deadline's lower bound, not
+        # learned while held for saturation); the body and saturation are judged on all of them
         self.latencies: collections.deque[tuple[float, float, bool]] = collections.deque(maxlen=size)
         self.cached: float | None = None
         self.body: float | None = None  # their 75th percentile (BODY), computed with ``cached``
@@ -163,7 +170,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     def saturated(self, request: Request) -> bool:
         """Whether the delay for ``request`` is held at ``max_delay_seconds`` for saturation (not
         merely learned that long, nor floored there by ``min_delay_seconds``)."""
-        return self._delay(request)[1]
+        return self.saturation_ratio is not None and self._delay(request)[1]
 
     def _delay(self, request: Request) -> tuple[float, bool]:
         key = (request.method, request.url)
@@ -209,17 +216,26 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         attempt its deadline ended.
 
         The time of the last two is only a lower bound of their latency, but leaving them out would
-        leave out exactly the slow tail: the provider would hedge too early, and a server too slow to
-        answer within the deadline would never be seen as saturated (every call hedged into it, twice
-        the load on a stalled server). A strategy passes an abandoned attempt only when another
-        attempt of the same call settled it: one abandoned with its call (a caller that gave up) says
-        nothing of the server. A latency that is not a finite number of seconds >= 0 (a custom
-        transport's) is not learned: one NaN made the baseline NaN and saturation never held.
+        leave out exactly the slow tail: without abandoned ones the provider would hedge too early,
+        and without the deadline's a server too slow to answer within it would never be seen as
+        saturated (every call hedged into it, twice the load on a stalled server). The deadline's are
+        for the body and saturation only, not the hedging percentile: a few percent of calls timing
+        out (two such latencies each, attempt 0's and its hedge's) pushed the p95 to the deadline and
+        stopped the hedges that would have cured the rest of the tail.
+
+        A strategy passes an abandoned attempt only when another attempt of the same call settled
+        it: one abandoned with its call (a caller that gave up) says nothing of the server; nor does
+        an attempt that never had a connection (:class:`UnsentResponse`). A latency that is not a
+        finite number of seconds >= 0 (a custom transport's) is not learned: one NaN made the
+        baseline NaN and saturation never held.
         """
-        if not (response.is_successful() or is_abandoned(response) or ran_out_of_time(response)):
-            return
         elapsed = response.elapsed
         if not (isinstance(elapsed, int | float) and 0 <= elapsed < math.inf):
+            return
+        timed_out = ran_out_of_time(response)
+        if not (timed_out or response.is_successful() or is_abandoned(response)) or isinstance(
+            response, UnsentResponse
+        ):
             return
         key = (request.method, request.url)
         with self._lock:
@@ -232,7 +248,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                     samples = self._samples[key] = _Samples(self._max_samples)
                 else:
                     samples = self._others
-            samples.latencies.append((now, elapsed, samples.held))
+            samples.latencies.append((now, elapsed, not (timed_out or samples.held)))
             samples.since_cached += 1
 
     def _recent_count(self, samples: _Samples, now: float) -> int:
@@ -255,7 +271,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         end = len(latencies)
         for index in range(end - self._recent_count(samples, now), end):
             at, latency, _ = latencies[index]
-            latencies[index] = (at, latency, True)
+            latencies[index] = (at, latency, False)
 
     def _sweep(self, now: float) -> None:
         """(Holding ``_lock``.) Drop the records whose latest sample has left the window."""
@@ -292,17 +308,21 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         """The percentile and the body (:attr:`BODY`) of the latencies in the window, and the body of
         the recent ones (:attr:`RECENT_SECONDS`, at least :attr:`RECENT_SAMPLES`); Nones: too few yet.
 
-        The percentile leaves out the latencies that came while hedges were held for saturation, as
-        long as ``min_samples`` others are left: the delay after a saturation is the one learned
-        before it, not the saturated latencies' for the rest of the window."""
+        The percentile leaves out the latencies that came while hedges were held for saturation and
+        those a deadline ended (see :meth:`observe`), as long as ``min_samples`` others are left: the
+        delay after a saturation is the one learned before it, not the saturated latencies' for the
+        rest of the window."""
         latencies = samples.latencies
         while latencies and now - latencies[0][0] > self._window:
             latencies.popleft()
         if len(latencies) < self._min_samples:
             return None, None, None
         ordered = sorted(latency for _, latency, _ in latencies)
-        unheld = sorted(latency for _, latency, held in latencies if not held)
-        hedging = unheld if len(unheld) >= self._min_samples else ordered
+        hedging = ordered
+        if not all(taken for _, _, taken in latencies):
+            taken = sorted(latency for _, latency, taken in latencies if taken)
+            if len(taken) >= self._min_samples:
+                hedging = taken
         recent = sorted(
             latency for _, latency, _ in itertools.islice(reversed(latencies), self._recent_count(samples, now))
         )

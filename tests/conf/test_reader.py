@@ -190,7 +190,16 @@ COMBINED = [
     (
         _client_with(
             "SAFE_METHOD_STRATEGY",
-            {"NAME": "parallel", "DELAYS": {"NAME": "percentile", "MIN_DELAY_SECONDS": -1, "SATURATION_RATIO": 0.5}},
+            {
+                "NAME": "parallel",
+                # the short window is no conflict with a ratio that is invalid, not on
+                "DELAYS": {
+                    "NAME": "percentile",
+                    "MIN_DELAY_SECONDS": -1,
+                    "SATURATION_RATIO": 0.5,
+                    "WINDOW_SECONDS": 10,
+                },
+            },
         ),
         [
             f"{STRATEGY}['DELAYS']['MIN_DELAY_SECONDS'] must be a number >= 0, not -1",

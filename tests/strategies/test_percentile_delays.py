@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from django_aio_request import Response, get, post
+from django_aio_request import EmptyResponse, Response, get, post
+from django_aio_request.core.response import UnsentResponse
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 
 
@@ -208,6 +209,32 @@ class TestPercentileDelaysProvider:
             provider.observe(request, ok(0.020))
         provider.observe(request, ok(3.0))
         assert provider.delay(request) == pytest.approx(0.020)
+
+    def test_attempts_a_deadline_ended_count_for_saturation_not_for_the_delay(self) -> None:
+        # Learned into the hedging percentile, 3-4% of calls timing out (attempt 0 and its hedge,
+        # two latencies each) pushed a 33 ms p95 to the 150 ms deadline: no hedges for the curable
+        # rest of the tail. They are lower bounds for the body, which saturation is judged by.
+        provider = PercentileDelaysProvider(percentile=0.9, min_samples=20, refresh_seconds=0.0)
+        request = get("tail")
+        for index in range(200):
+            provider.observe(request, ok(0.030 if index % 10 == 0 else 0.005))
+            if index % 10 == 5:
+                provider.observe(request, EmptyResponse(status=408, elapsed=0.150))
+        assert provider.delay(request) == pytest.approx(0.010)  # the p90 of the answers (5 ms), floored
+
+    def test_what_says_nothing_of_the_server_is_not_learned(self) -> None:
+        provider = PercentileDelaysProvider(min_samples=1, min_delay_seconds=0.0)
+        request = get("quiet")
+        # waited for one of this client's connections, then out of time or abandoned: never sent
+        provider.observe(request, UnsentResponse(status=408, elapsed=0.5))
+        provider.observe(request, UnsentResponse(status=499, elapsed=0.5))
+        provider.observe(request, EmptyResponse(status=408))  # refused as too late to send
+        provider.observe(request, Response(status=503, elapsed=0.5))  # failed
+        provider.observe(request, EmptyResponse(status=408, elapsed=None))  # type: ignore[arg-type]
+        provider.observe(request, EmptyResponse(status=408, elapsed="0.1"))  # type: ignore[arg-type]
+        assert provider.delay(request) == 0.0  # nothing learned: the floor
+        provider.observe(request, ok(0.2))
+        assert provider.delay(request) == pytest.approx(0.2)
 
     def test_min_samples_above_max_samples_is_refused(self) -> None:
         # The record never held min_samples latencies: the delay stayed at its floor for ever.
