@@ -21,7 +21,7 @@ def hedge_delay(request: HttpRequest) -> JsonResponse:
     if not isinstance(delays, PercentileDelaysProvider):
         return JsonResponse({"pid": os.getpid(), "delay_ms": None, "saturated": None})
     delay = delays.delay(_HOP)
-    saturated = delays.saturation_ratio is not None and delay == delays.max_delay_seconds
+    saturated = delays.saturated(_HOP)
     return JsonResponse({"pid": os.getpid(), "delay_ms": delay * 1000, "saturated": saturated})
 
 

@@ -227,7 +227,9 @@ class _HedgedCall:
                 self.learn(result.response)
                 self.answered(result.response)
                 if result.accepted and not is_open_circuit_fallback(result.response):
-                    self.won = True  # before attempt 0 is aborted (it learns its 499 only then)
+                    # The classifier accepts the 499 of an attempt abandoned with its call (a 4xx):
+                    # that settles the call, but wins nothing over the others abandoned with it.
+                    self.won = not is_abandoned(result.response)  # before attempt 0 is aborted
                     self.outcomes.put(result)
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
                 else:
@@ -384,7 +386,7 @@ class ParallelStrategy(RequestStrategy):
 
         try:
             result = self._settle(call, workers, due_at, started)
-            if result.accepted:
+            if result.accepted and not is_abandoned(result.response):
                 call.won = True  # the attempts cancel_rest() aborts lost to it
             return result
         finally:

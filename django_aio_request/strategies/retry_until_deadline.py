@@ -5,7 +5,7 @@ from django_aio_request.core.cancellation import Cancellation, pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response
+from django_aio_request.core.response import Response, is_abandoned
 from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, too_late_to_send
 from django_aio_request.strategies.delays import (
     DelaysProvider,
@@ -44,7 +44,9 @@ class _Rounds:
             self.refused = True
             if number == 0:
                 raise _Refused
-        else:
+        elif not is_abandoned(result.response):
+            # Abandoned, it lost to another attempt of the round or went with the call: this level
+            # cannot tell which, and the second is no latency of the server's (see parallel.py).
             self._observe(request, result.response)
         return result
 
