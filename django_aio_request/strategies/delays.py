@@ -19,7 +19,12 @@ class RequestAttemptDelaysProvider:
         raise NotImplementedError
 
     def observe(self, request: Request, response: Response) -> None:
-        """Told of every response an attempt got (the default learns nothing)."""
+        """Told of the response each attempt got (the default learns nothing), on the thread that ran it.
+
+        An attempt abandoned here (the 499 of :func:`~django_aio_request.core.response.is_abandoned`) is
+        passed only when another attempt of the same call won: one abandoned with its call (a caller
+        that gave up) is not. An :class:`~django_aio_request.core.response.UnsentResponse` is passed
+        like any response; it never reached the server."""
 
 
 class _RequestUnaware(RequestAttemptDelaysProvider):
