@@ -14,7 +14,7 @@ from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdi
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request, check_headers
-from django_aio_request.core.response import EmptyResponse, Response, is_abandoned
+from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse, is_abandoned
 from django_aio_request.core.timeout_header import stamp
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.transport.base import Transport
@@ -96,8 +96,10 @@ class CircuitBreakerModule(RequestModule):
         return response
 
     def _is_successful(self, response: Response) -> bool | None:
-        if is_abandoned(response) or response is _NO_VERDICT:
-            return None  # abandoned by its strategy, or raised: says nothing about the endpoint
+        if is_abandoned(response) or response is _NO_VERDICT or isinstance(response, UnsentResponse):
+            # abandoned by its strategy, raised, or never had one of this client's connections (a
+            # burst past MAX_CONNECTIONS opened the circuit of a healthy endpoint): nothing of its own
+            return None
         return self.classifier.classify(response) is ResponseVerdict.ACCEPT
 
 
@@ -166,7 +168,13 @@ class TransportModule(RequestModule):
             return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
         started = time.perf_counter()
         response = self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
-        self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
+        if isinstance(response, UnsentResponse):
+            # Not sent, so no transport latency: the deadline ran out while it waited for a connection
+            # (or it was cancelled then, which the attempt's own counters tell).
+            if response.status == status.TIMEOUT:
+                self.metrics.deadline_rejected(request.method, "no_connection")
+        else:
+            self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
         return response
 
 

@@ -56,7 +56,7 @@ client_retry_budget_exhausted = family(
 )
 
 #: Why an attempt was answered 408 without sending (``deadline_rejected``'s reasons).
-DEADLINE_REASONS = ("expired", "low_timeout")
+DEADLINE_REASONS = ("expired", "low_timeout", "no_connection")
 #: The methods of the request helpers (``get()``, ``post()``...): their deadline refusals are exported
 #: at 0 from a client's setup, since a counter born at 1 hides its first event from ``increase()``.
 #: A call may use any method: another one's series is made at its first refusal.

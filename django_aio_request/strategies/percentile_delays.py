@@ -30,7 +30,17 @@ def ran_out_of_time(response: Response) -> bool:
 
 
 class _Samples:
-    __slots__ = ("baselines", "body", "cached", "cached_at", "held", "latencies", "recent_body", "since_cached")
+    __slots__ = (
+        "baselines",
+        "body",
+        "cached",
+        "cached_at",
+        "held",
+        "latencies",
+        "learned",
+        "recent_body",
+        "since_cached",
+    )
 
     def __init__(self, size: int) -> None:
         # (when, latency, whether the hedging percentile takes it: not a deadline's lower bound, not
@@ -42,6 +52,8 @@ class _Samples:
         self.cached_at = 0.0
         self.since_cached = 0
         self.held = False  # the verdict of the last computation: saturated
+        # The last hedging percentile taken from min_samples latencies it may take (see _compute).
+        self.learned: float | None = None
         # The lowest ``body`` learned in each tenth of the window (its number, the body), oldest
         # first: their least is what the server does when not busy (see _baseline).
         self.baselines: collections.deque[tuple[int, float]] = collections.deque()
@@ -53,7 +65,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     Hedging after the 95th percentile sends about 5% more requests and takes away most of the tail
     above it. Latencies are kept per method and URL template over ``window_seconds`` (at most
     ``max_samples`` of them), for at most :attr:`MAX_TEMPLATES` templates (the ones past it share
-    one record); until ``min_samples`` are seen, ``min_delay_seconds`` is used. The
+    one record); until ``min_samples`` it may take are seen, ``min_delay_seconds`` is used. The
     percentile is recomputed at most every ``refresh_seconds`` or after 5% new samples, so
     asking for a delay costs a dictionary look-up.
 
@@ -69,8 +81,8 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
     server is taken to be saturated and the delay of that template is ``max_delay_seconds``: no
     hedges while a hedge would add load to a server that is slow because it has too much of it. They
     come back once it falls below again, at the delay learned without the latencies that came while
-    they were held (the saturated ones, which would keep the delay at their level for a window),
-    while ``min_samples`` others are left. With the ratio on, the window is at least
+    they were held (the saturated ones, which would keep the delay at their level for a window; with
+    fewer than ``min_samples`` others left, the delay learned before). With the ratio on, the window is at least
     :attr:`MIN_SATURATION_WINDOW`: a window little longer than the recent seconds judged against it
     has a baseline as recent as they are, and held nothing (10% of a 10 s saturation with 3 s).
 
@@ -181,11 +193,8 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
                 if len(self._samples) < self.MAX_TEMPLATES or not self._others.latencies:
                     return self.min_delay_seconds, False
                 samples = self._others  # may be where its latencies went (see observe)
-            if (
-                samples.cached is None
-                or now - samples.cached_at >= self._refresh
-                or (samples.since_cached * 20 >= len(samples.latencies))
-            ):
+            # A record never computed has all its latencies new (since_cached): computed at once.
+            if now - samples.cached_at >= self._refresh or samples.since_cached * 20 >= len(samples.latencies):
                 samples.cached, samples.body, samples.recent_body = self._compute(samples, now)
                 if not samples.latencies and samples is not self._others:
                     del self._samples[key]  # every sample left the window: nothing to keep
@@ -309,25 +318,24 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         the recent ones (:attr:`RECENT_SECONDS`, at least :attr:`RECENT_SAMPLES`); Nones: too few yet.
 
         The percentile leaves out the latencies that came while hedges were held for saturation and
-        those a deadline ended (see :meth:`observe`), as long as ``min_samples`` others are left: the
-        delay after a saturation is the one learned before it, not the saturated latencies' for the
-        rest of the window."""
+        those a deadline ended (see :meth:`observe`): the delay after a saturation is the one learned
+        before it, not the saturated latencies' for the rest of the window. With fewer than
+        ``min_samples`` others it is the last one taken from enough of them (the floor, before any
+        was): falling back on every latency put the delay at the deadline for a template whose
+        first calls timed out, and at the saturated latencies for a second after a hold that had
+        filled the window."""
         latencies = samples.latencies
         while latencies and now - latencies[0][0] > self._window:
             latencies.popleft()
         if len(latencies) < self._min_samples:
             return None, None, None
         ordered = sorted(latency for _, latency, _ in latencies)
-        hedging = ordered
+        usable = ordered
         if not all(taken for _, _, taken in latencies):
-            taken = sorted(latency for _, latency, taken in latencies if taken)
-            if len(taken) >= self._min_samples:
-                hedging = taken
+            usable = sorted(latency for _, latency, taken in latencies if taken)
+        if len(usable) >= self._min_samples:
+            samples.learned = _nearest_rank(usable, self.percentile)
         recent = sorted(
             latency for _, latency, _ in itertools.islice(reversed(latencies), self._recent_count(samples, now))
         )
-        return (
-            _nearest_rank(hedging, self.percentile),
-            _nearest_rank(ordered, self.BODY),
-            _nearest_rank(recent, self.BODY),
-        )
+        return samples.learned, _nearest_rank(ordered, self.BODY), _nearest_rank(recent, self.BODY)

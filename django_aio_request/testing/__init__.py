@@ -35,7 +35,7 @@ from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response
+from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.transport.base import Transport
 
 __all__ = [
@@ -141,7 +141,8 @@ class FakeDownstream(Transport):
     :class:`UnexpectedCallError` out of the call, so a test cannot miss a call it did not expect.
 
     Like a real transport, an attempt ends with 408 when its deadline comes before the reply's
-    delay, and with 499 when its strategy abandons it (a hedge that lost).
+    delay, and with 499 when its strategy abandons it (a hedge that lost); one cancelled before it
+    was sent is neither sent nor recorded (an :class:`~django_aio_request.core.response.UnsentResponse`).
     """
 
     def __init__(self, endpoint: str) -> None:
@@ -182,6 +183,9 @@ class FakeDownstream(Transport):
         started = time.monotonic()
         parts = urllib.parse.urlsplit(request.build_url(endpoint))
         path = (parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path).lstrip("/")
+        if cancellation is not None and cancellation.cancelled:
+            # Like the real transport: cancelled before it was sent, it is not sent (nor recorded).
+            return UnsentResponse(status=status.CANCELLED, elapsed=time.monotonic() - started)
         headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(request.headers)
         call = RecordedCall(request.method, path, request.url.lstrip("/"), parts.query, headers, request.body, started)
         with self._lock:

@@ -578,3 +578,20 @@ def test_a_timeout_too_large_for_a_float_is_a_value_error() -> None:
     for call in (lambda: request_headers(timeout=10**400), lambda: serving(timeout=10**5000).__enter__()):
         with pytest.raises(ValueError, match="finite number of seconds"):  # was OverflowError
             call()
+
+
+def test_an_attempt_cancelled_before_it_is_sent_is_not_recorded_like_a_real_transport() -> None:
+    # The fake recorded it and answered an EmptyResponse 499 that a learning delays provider took
+    # for a ~0 s latency; the real transport sends nothing and says so (UnsentResponse).
+    from django_aio_request.core.cancellation import Cancellation
+    from django_aio_request.core.response import UnsentResponse
+
+    fake = FakeDownstream("http://billing.test/")
+    fake.route("invoices", reply(200))
+    cancelled = Cancellation()
+    cancelled.cancel()
+    response = fake.send(fake.endpoint, get("invoices"), 1.0, cancelled)
+    assert (response.status, type(response)) == (499, UnsentResponse)
+    assert fake.calls == []
+    assert fake.send(fake.endpoint, get("invoices"), 1.0, Cancellation()).status == 200
+    assert len(fake.calls) == 1

@@ -12,6 +12,7 @@ import pytest
 from requests.structures import CaseInsensitiveDict
 
 from django_aio_request import (
+    Client,
     DefaultCircuitBreaker,
     DefaultResponseClassifier,
     Request,
@@ -30,6 +31,7 @@ from django_aio_request.core.pipeline import (
 )
 from django_aio_request.core.priority import Priority
 from django_aio_request.server.middleware import parse_timeout
+from tests.support.loopback import Handler, LoopbackServer
 
 ENDPOINT = "http://billing.test/"
 
@@ -270,3 +272,61 @@ def test_a_pipeline_without_a_sending_stage_is_a_programming_error() -> None:
     send = build_pipeline([LowTimeoutModule(0.005)])
     with pytest.raises(RuntimeError, match="must end with a module that sends"):
         send(attempt())
+
+
+def test_an_attempt_that_never_had_a_connection_is_no_failure_and_no_transport_latency(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """A burst past MAX_CONNECTIONS: attempts that waited for a connection until their deadline
+    opened the circuit of a healthy endpoint (7,060 502s after 57 such 408s) and were recorded as
+    transport latencies of attempts never sent. They are counted as no_connection refusals instead."""
+    from prometheus_client import REGISTRY
+
+    from django_aio_request import RequestsTransport, single_attempt_strategy
+    from django_aio_request import metrics as all_metrics
+    from django_aio_request.core.response import UnsentResponse
+
+    def held(handler: Handler) -> None:
+        time.sleep(0.5)
+        handler.reply(200, b"held")
+
+    server.route("/hold", held)
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+        break_duration=60, sampling_duration=60, minimum_throughput=3, failure_threshold=0.5
+    )
+    client = make_client(
+        transport=RequestsTransport(max_connections=1),
+        circuit_breaker=breaker,
+        safe_method_strategy=single_attempt_strategy(),
+    )
+
+    def hold() -> None:
+        with client.request(get("hold")) as answer:
+            assert answer.status == 200
+
+    first = threading.Thread(target=hold)
+    first.start()
+    try:
+        while not server.received("/hold"):
+            time.sleep(0.005)
+        unsent = []
+        for _ in range(5):
+            with client.request(get("ok"), deadline=Deadline.from_timeout(0.05)) as response:
+                unsent.append((response.status, type(response)))
+    finally:
+        first.join()
+    assert unsent == [(408, UnsentResponse)] * 5
+    assert not server.received("/ok")
+    with client.request(get("ok")) as response:
+        assert response.status == 200  # the circuit stayed closed
+    assert breaker.counts(server.url) == (0, 2)  # the held call and this one: no failure
+    all_metrics.flush()
+    labels = {"request_endpoint": server.url, "request_method": "GET"}
+    assert REGISTRY.get_sample_value("aio_request_deadline_rejected_total", {**labels, "reason": "no_connection"}) == 5
+    assert (
+        REGISTRY.get_sample_value(
+            "aio_request_transport_latency_count", {**labels, "request_path": "ok", "response_status": "408"}
+        )
+        is None
+    )

@@ -302,7 +302,7 @@ def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(se
     assert series(before, transitions, **mine, from_state="closed", to_state="open")
     assert value(before, transitions, **mine, to_state="open") == 0
     rejected = "aio_request_deadline_rejected_total"
-    assert len(series(before, rejected, **mine)) == 5 * 2  # GET, POST, PUT, PATCH, DELETE; both reasons
+    assert len(series(before, rejected, **mine)) == 5 * 3  # GET, POST, PUT, PATCH, DELETE; the three reasons
     assert series(before, rejected, **mine, request_method="GET", reason="expired")
     assert value(before, rejected, **mine) == 0
 
@@ -315,7 +315,7 @@ def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(se
     assert value(after, transitions, **mine, from_state="closed", to_state="open") == 1
     assert value(after, rejected, **mine, request_method="GET", reason="expired") == 1
     assert len(series(after, transitions, **mine)) == 20
-    assert len(series(after, rejected, **mine)) == 10
+    assert len(series(after, rejected, **mine)) == 15
 
 
 def test_deadline_rejections_on_the_client(server: LoopbackServer, make) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from django_aio_request import Request, Response, get
+from django_aio_request import EmptyResponse, Request, Response, get
 from django_aio_request.strategies.delays import constant_delays, linear_backoff_delays
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 
@@ -105,11 +105,14 @@ class Calls:
         self.provider, self.request, self.now, self.rate = provider, request, now, rate
 
     def run(self, seconds: float, latency: float) -> list[bool]:
+        """Whether each call was held; the delay each was given is appended to ``delays``."""
         held = []
+        self.delays: list[float] = []
         for _ in range(round(seconds * self.rate)):
             self.now[0] += 1 / self.rate
             self.provider.observe(self.request, ok(latency))
             held.append(self.provider.saturated(self.request))
+            self.delays.append(self.provider.delay(self.request))
         return held
 
 
@@ -133,6 +136,7 @@ class TestSaturation:
         assert provider.saturated(request)
         for _ in range(100):
             provider.observe(request, ok(0.040))  # 2x the baseline: busy, not saturated
+            provider.delay(request)  # as each call asks: the answers after the hold lifted are learned
         assert provider.delay(request) == pytest.approx(0.040)
         assert not provider.saturated(request)
 
@@ -260,7 +264,24 @@ class TestSaturation:
             lifted = after.index(False)
             assert not any(after[lifted:])
             assert lifted / rate < 15
-            assert provider.delay(request) == pytest.approx(before)
+            # From the first call after the hold: at 100 calls a second the saturation filled the
+            # window (2,000 latencies), and falling back on all of them gave 150 ms for a second.
+            assert calls.delays[lifted:] == pytest.approx([before] * (len(after) - lifted))
+
+    def test_a_new_template_whose_first_calls_time_out_is_hedged_at_the_floor(self, now: list[float]) -> None:
+        # Its first 15 calls stalled (attempt 0 and its hedge ended by a 0.3 s deadline, two latencies
+        # each), then the server answered in 5 ms: the delay was the deadline (300 ms) for the next
+        # 21 calls, a deadline's lower bound taken for the hedging percentile.
+        provider, request = PercentileDelaysProvider(refresh_seconds=0.0), get("fresh")
+        for _ in range(15):
+            now[0] += 0.3
+            provider.observe(request, EmptyResponse(status=408, elapsed=0.300))
+            provider.observe(request, EmptyResponse(status=408, elapsed=0.290))
+            assert provider.delay(request) == 0.010
+        for _ in range(40):
+            now[0] += 0.01
+            provider.observe(request, ok(0.005))
+            assert provider.delay(request) == 0.010
 
     def test_saturated_says_held_only_when_held(self) -> None:
         # saturated() compared the delay with MAX_DELAY_SECONDS: a server answering in 3 s with a
