@@ -23,7 +23,9 @@ backup tasks go to stragglers for the same reason.
 """
 
 import itertools
+import os
 import threading
+import weakref
 from collections.abc import Callable
 
 __all__ = ["Pace", "Paces"]
@@ -38,7 +40,7 @@ class Pace:
     answered, and the hedges held back, each until a younger call is answered or the call that holds
     it back ends."""
 
-    __slots__ = ("_latest", "_lock", "_numbers", "_slots", "_waiting", "answered")
+    __slots__ = ("__weakref__", "_latest", "_lock", "_numbers", "_slots", "_waiting", "answered")
 
     def __init__(self) -> None:
         self._numbers = itertools.count()  # next() on it is atomic in CPython: no lock per call
@@ -49,7 +51,8 @@ class Pace:
         self.answered = -1  # the number of the youngest call an attempt of which got an answer
         # Held hedges: their call's number -> (the younger call that holds it back, wake).
         self._waiting: dict[int, tuple[int, Callable[[], None]]] = {}
-        self._lock = threading.Lock()  # for _waiting
+        self._lock = threading.Lock()  # for _waiting and answered
+        _paces.add(self)
 
     def start(self, at: float) -> int:
         """Note a call that started at ``at`` (``time.monotonic()``); its number, for the methods below."""
@@ -74,12 +77,13 @@ class Pace:
     def answer(self, number: int) -> None:
         """An attempt of call ``number`` got an answer from the server (not one made up here), which
         makes every older call that still waits a straggler: the hedges held back for them go now."""
-        self.answered = max(self.answered, number)  # a race may keep an older number: see holds_back
-        if self._waiting:
-            with self._lock:
-                woken = self._take(lambda held, holder: held < number)
-            for wake in woken:
-                wake()
+        # Under the lock: two answers at once left the older number (332 of 1,264 runs of four
+        # threads), and a hedge woken by the younger answer could be held again by holder().
+        with self._lock:
+            self.answered = max(self.answered, number)
+            woken = self._take(lambda held, holder: held < number) if self._waiting else []
+        for wake in woken:
+            wake()
 
     def _take(self, which: Callable[[int, int], bool]) -> list[Callable[[], None]]:
         """(Holding ``_lock``.) Remove the held hedges ``which(number, holder)`` picks; their wakes."""
@@ -116,6 +120,21 @@ class Pace:
                 self._waiting.pop(number, None)
             return False
         return True
+
+
+def _after_fork_in_child() -> None:
+    """The parent's calls are not this process's: their held hedges (woken here, they were sent by the
+    child for the parent's calls and aborted the parent's attempt on the socket both share) and a lock
+    a parent thread held at the fork (the child's hedge timer then waited on it for ever)."""
+    for pace in list(_paces):
+        pace._lock = threading.Lock()
+        pace._waiting = {}
+        pace._slots = [[-1, 0.0, True]] * _KEPT  # the parent's calls in flight never end here
+
+
+_paces: "weakref.WeakSet[Pace]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Paces:
