@@ -979,3 +979,83 @@ class TestWhatAPercentileProviderLearns:
         with client.request(get("api")) as response:
             assert response.status == 200
         assert 200 in heard
+
+
+class TestHedgesAfterARefusalOrAShed:
+    def test_no_hedge_goes_after_the_budget_refused_one(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # The refusal was noted on the hedge's worker after the timer had scheduled the next hedge,
+        # which then went: two hedges sent where the first was refused (docs/budgets-and-shedding.md:
+        # "a parallel call launches no more hedges").
+        from django_aio_request import RetryBudget, post
+
+        def answers(handler: Handler) -> None:
+            if handler.command == "GET":
+                time.sleep(0.3 if "warm" in handler.path else 1.0)
+            handler.reply(200, b"ok")
+
+        server.route("/warm", answers)
+        server.route("/x", answers)
+        server.route("/y", answers)
+        client = make_client(
+            timeout=5.0,
+            retry_budget=RetryBudget(ratio=0.3, min_per_second=0, window_seconds=10),
+            safe_method_strategy=parallel_strategy(
+                attempts_count=3, delays_provider=lambda k: 0.1 * k, stragglers_only=False
+            ),
+        )
+        with client.request(get("warm")) as warm:  # its hedge refused; the hedge worker now exists
+            assert warm.status == 200
+        result: list[tuple[int, bool]] = []
+
+        def call() -> None:
+            with client.request(get("x")) as response:
+                result.append((response.status, response.budget_exhausted))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.15)  # the first hedge (0.1 s) was refused; two first attempts pay for another
+        for _ in range(2):
+            with client.request(post("y")) as paid:
+                assert paid.status == 200
+        caller.join()
+        assert result == [(200, True)]
+        assert len(server.received("/x")) == 1  # attempt 0 only: no hedge at 0.2 s
+
+    @pytest.mark.parametrize("younger_answer", [503, 429, 200])
+    def test_an_overloaded_answer_to_a_younger_call_makes_no_straggler(
+        self, server: LoopbackServer, make_client: Callable[..., Client], younger_answer: int
+    ) -> None:
+        # A shedding server answers younger calls 503 at once while older ones wait in its queue:
+        # counted as answers, every queued call read as a straggler and was hedged into the queue.
+        def queued(handler: Handler) -> None:
+            who = handler.headers.get("X-Who")
+            if who == "C":
+                handler.reply(younger_answer, b"")
+                return
+            time.sleep(0.6)  # A and B wait in the queue
+            handler.reply(200, b"ok")
+
+        server.route("/x", queued)
+        client = make_client(
+            timeout=0.4,
+            retry_budget=None,
+            safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.15)),
+            response_classifier=None,
+        )
+
+        def call(who: str) -> None:
+            with client.request(get("x", headers={"X-Who": who}, query_parameters={"who": who})):
+                pass
+
+        threads = []
+        for who in ("A", "B", "C"):
+            threads.append(threading.Thread(target=call, args=(who,)))
+            threads[-1].start()
+            time.sleep(0.03)
+        for thread in threads:
+            thread.join()
+        sent_for_a = [r for r in server.received("/x") if r.headers.get("X-Who") == "A"]
+        # B (younger, in the queue too) holds A's hedge back unless C's answer made A a straggler
+        assert len(sent_for_a) == (2 if younger_answer == 200 else 1)
