@@ -196,8 +196,8 @@ def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bo
     if isinstance(value, bool):
         return value
     if not isinstance(value, Mapping):
-        allowed = "False to turn it off, or a dict with " + ", ".join(RETRY_BUDGET_SCHEMA)
-        reader.fail(path, f"must be False or a dict, not {shown(value)}", allowed)
+        allowed = "False to turn it off, True for the defaults, or a dict with " + ", ".join(RETRY_BUDGET_SCHEMA)
+        reader.fail(path, f"must be False, True or a dict, not {shown(value)}", allowed)
         return None
     spec = reader.mapping(path, value, tuple(RETRY_BUDGET_SCHEMA))
     got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)

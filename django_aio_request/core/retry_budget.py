@@ -4,6 +4,7 @@ share of a client's first attempts, plus a small floor, over a sliding window.
 This module imports no Django.
 """
 
+import decimal
 import math
 import os
 import threading
@@ -18,6 +19,9 @@ DEFAULT_BUCKETS = 10
 
 
 _LARGEST = 999_999_999  # conf/reader.py's LARGEST: the core imports nothing of the Django layer
+_SHORTEST_WINDOW = 1e-6  # conf/reader.py's SMALLEST_SECONDS
+# Enough digits for any ratio (17 significant) times any count of first attempts, exactly.
+_EXACT = decimal.Context(prec=60)
 
 
 class RetryBudget:
@@ -46,8 +50,9 @@ class RetryBudget:
         "_current",
         "_extras",
         "_firsts",
-        "_floor",
+        "_floor_decimal",
         "_lock",
+        "_ratio_decimal",
         "_ring",
         "_size",
         "min_per_second",
@@ -71,14 +76,24 @@ class RetryBudget:
             raise ValueError(f"ratio must be a number from 0 to {_LARGEST:,}, not {ratio!r}")
         if not _finite(min_per_second) or not 0 <= min_per_second <= _LARGEST:
             raise ValueError(f"min_per_second must be a number from 0 to {_LARGEST:,}, not {min_per_second!r}")
-        if not _finite(window_seconds) or not 0 < window_seconds <= _LARGEST:
-            raise ValueError(f"window_seconds must be a number above 0, at most {_LARGEST:,}, not {window_seconds!r}")
+        # At least the settings' shortest number of seconds: 1e-300 passed, 1e-310 raised OverflowError
+        # and 5e-324 ZeroDivisionError as the budget was made.
+        if not _finite(window_seconds) or not _SHORTEST_WINDOW <= window_seconds <= _LARGEST:
+            raise ValueError(
+                f"window_seconds must be a number from {_SHORTEST_WINDOW:g} to {_LARGEST:,}, not {window_seconds!r}"
+            )
         if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
             raise ValueError(f"buckets must be a whole number >= 1, not {buckets!r}")
         self.ratio = float(ratio)
         self.min_per_second = float(min_per_second)
         self.window_seconds = float(window_seconds)
-        self._floor = self.min_per_second * self.window_seconds
+        # The rule in decimal arithmetic, of the numbers as written (their repr): binary floats
+        # refused the 29th extra of 0.29 x 100 firsts, and rounding them to 9 decimals allowed the
+        # one extra of 0.9999999999 x 1 first the rule refuses.
+        self._ratio_decimal = decimal.Decimal(repr(self.ratio))
+        self._floor_decimal = _EXACT.multiply(
+            decimal.Decimal(repr(self.min_per_second)), decimal.Decimal(repr(self.window_seconds))
+        )
         self._size = buckets
         self._bucket_seconds = self.window_seconds / buckets
         self._clock = clock
@@ -115,10 +130,9 @@ class RetryBudget:
             self._advance()
             return max(0, math.floor(self._allowed()) - self._extras)
 
-    def _allowed(self) -> float:
-        """``ratio * firsts + floor``, rounded to 9 decimals: in binary floats 0.29 * 100 is
-        28.999999999999996, which refused the 29th extra attempt the rule allows."""
-        return round(self.ratio * self._firsts + self._floor, 9)
+    def _allowed(self) -> decimal.Decimal:
+        """``ratio * firsts + floor`` in decimal arithmetic (see __init__)."""
+        return _EXACT.add(_EXACT.multiply(self._ratio_decimal, self._firsts), self._floor_decimal)
 
     def _index(self) -> int:
         return math.floor(self._clock() / self._bucket_seconds)

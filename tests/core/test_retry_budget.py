@@ -78,6 +78,19 @@ def test_the_budget_allows_exactly_what_the_rule_allows_in_decimal(ratio: str, f
     assert sum(budget.try_spend() for _ in range(expected + 10)) == expected
 
 
+@pytest.mark.parametrize(
+    ("ratio", "firsts", "min_per_second"),
+    [("0.9999999999", 1, "0"), ("0.4999999999", 2, "0"), ("0", 0, "0.09999999999"), ("0.9999999999999", 1, "0")],
+)
+def test_just_below_a_whole_attempt_is_no_attempt(ratio: str, firsts: int, min_per_second: str) -> None:
+    # Rounded to 9 decimals, 0.9999999999 x 1 first became 1.0: an extra the rule refuses was allowed.
+    budget = RetryBudget(ratio=float(ratio), min_per_second=float(min_per_second), window_seconds=10.0, clock=Clock())
+    for _ in range(firsts):
+        budget.record_first()
+    assert budget.available() == 0
+    assert not budget.try_spend()
+
+
 def test_firsts_leave_the_window_and_stop_paying() -> None:
     clock = Clock()
     budget = RetryBudget(ratio=0.5, min_per_second=0.0, window_seconds=2.0, buckets=2, clock=clock)
@@ -160,9 +173,13 @@ def test_concurrent_callers_never_overspend() -> None:
         ({"ratio": 1e308}, "ratio must be a number from 0 to 999,999,999"),  # available() overflowed
         ({"min_per_second": -1}, "min_per_second must be a number from 0 to 999,999,999"),
         ({"min_per_second": 1e308}, "min_per_second must be a number from 0 to 999,999,999"),
-        ({"window_seconds": 0}, "window_seconds must be a number above 0"),
-        ({"window_seconds": True}, "window_seconds must be a number above 0"),
-        ({"window_seconds": 1e308}, "window_seconds must be a number above 0, at most 999,999,999"),
+        ({"window_seconds": 0}, "window_seconds must be a number from 1e-06 to 999,999,999"),
+        ({"window_seconds": True}, "window_seconds must be a number from 1e-06 to 999,999,999"),
+        ({"window_seconds": 1e308}, "window_seconds must be a number from 1e-06 to 999,999,999"),
+        # as the settings are: 1e-300 was taken, 1e-310 raised OverflowError, 5e-324 ZeroDivisionError
+        ({"window_seconds": 1e-300}, "window_seconds must be a number from 1e-06"),
+        ({"window_seconds": 1e-310}, "window_seconds must be a number from 1e-06"),
+        ({"window_seconds": 5e-324}, "window_seconds must be a number from 1e-06"),
         ({"buckets": 0}, "buckets must be a whole number >= 1"),
     ],
 )
@@ -436,8 +453,8 @@ def messages(options: dict[str, object]) -> list[str]:
     [
         (
             {"RETRY_BUDGET": 0.2},
-            "['RETRY_BUDGET'] must be False or a dict, not 0.2 | False to turn it off, or a dict with RATIO, "
-            "MIN_PER_SECOND, WINDOW_SECONDS",
+            "['RETRY_BUDGET'] must be False, True or a dict, not 0.2 | False to turn it off, True for the defaults,"
+            " or a dict with RATIO, MIN_PER_SECOND, WINDOW_SECONDS",
         ),
         ({"RETRY_BUDGET": {"RATIO": -1}}, "['RETRY_BUDGET']['RATIO'] must be a ratio of first attempts >= 0, not -1"),
         ({"RETRY_BUDGET": {"WINDOW_SECONDS": 0}}, "['RETRY_BUDGET']['WINDOW_SECONDS'] must be a number of seconds > 0"),
