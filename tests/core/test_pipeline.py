@@ -31,7 +31,7 @@ from django_aio_request.core.pipeline import (
 )
 from django_aio_request.core.priority import Priority
 from django_aio_request.server.middleware import parse_timeout
-from tests.support.loopback import Handler, LoopbackServer
+from tests.support.loopback import LoopbackServer, holding_the_only_connection
 
 ENDPOINT = "http://billing.test/"
 
@@ -286,11 +286,6 @@ def test_an_attempt_that_never_had_a_connection_is_no_failure_and_no_transport_l
     from django_aio_request import metrics as all_metrics
     from django_aio_request.core.response import UnsentResponse
 
-    def held(handler: Handler) -> None:
-        time.sleep(0.5)
-        handler.reply(200, b"held")
-
-    server.route("/hold", held)
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
         break_duration=60, sampling_duration=60, minimum_throughput=3, failure_threshold=0.5
@@ -301,21 +296,11 @@ def test_an_attempt_that_never_had_a_connection_is_no_failure_and_no_transport_l
         safe_method_strategy=single_attempt_strategy(),
     )
 
-    def hold() -> None:
-        with client.request(get("hold")) as answer:
-            assert answer.status == 200
-
-    first = threading.Thread(target=hold)
-    first.start()
-    try:
-        while not server.received("/hold"):
-            time.sleep(0.005)
-        unsent = []
+    unsent = []
+    with holding_the_only_connection(server, client):
         for _ in range(5):
             with client.request(get("ok"), deadline=Deadline.from_timeout(0.05)) as response:
                 unsent.append((response.status, type(response)))
-    finally:
-        first.join()
     assert unsent == [(408, UnsentResponse)] * 5
     assert not server.received("/ok")
     with client.request(get("ok")) as response:

@@ -19,7 +19,7 @@ from django_aio_request.core.client import hedge_priority_for
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics import prometheus
 from django_aio_request.strategies import ResponseWithVerdict
-from tests.support.forking import in_child
+from tests.support.forking import held_by_another_thread, in_child
 from tests.support.loopback import Handler, LoopbackServer
 
 
@@ -614,26 +614,13 @@ def test_a_forked_child_spends_from_a_budget_whose_lock_another_thread_held_at_t
     """gunicorn --preload forks a master whose threads may be in the budget: the lock they held
     stayed held in the child, whose first retry waited for ever."""
     budget = RetryBudget(ratio=0.0, min_per_second=1.0, window_seconds=10.0)
-    holding, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with budget._lock:
-            holding.set()
-            release.wait(10)
+    def spend() -> list[object]:
+        done: list[object] = []
+        spender = threading.Thread(target=lambda: done.append(budget.try_spend()), daemon=True)
+        spender.start()
+        spender.join(2)
+        return done
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(5)
-    try:
-
-        def spend() -> list[object]:
-            done: list[object] = []
-            spender = threading.Thread(target=lambda: done.append(budget.try_spend()), daemon=True)
-            spender.start()
-            spender.join(2)
-            return done
-
+    with held_by_another_thread(budget._lock):
         assert in_child(spend) == [True]
-    finally:
-        release.set()
-        holder.join()

@@ -174,33 +174,19 @@ def test_a_forked_child_keeps_neither_the_parents_held_hedges_nor_a_lock_held_at
     # The child woke the parent's held hedges at its first answer and sent them, for the parent's
     # calls, aborting the parent's attempt on the socket both shared; a lock a parent thread held at
     # the fork stopped the child's hedge timer for ever.
-    from tests.support.forking import in_child
+    from tests.support.forking import held_by_another_thread, in_child
 
     pace = Pace()
     older, holder = pace.start(0.0), pace.start(0.1)
     woken: list[int] = []
     assert pace.wait(older, holder, lambda: woken.append(older))
-    held = threading.Event()
-    release = threading.Event()
 
-    def hold_the_lock() -> None:
-        with pace._lock:
-            held.set()
-            release.wait(5)
+    def child() -> object:
+        done = threading.Event()
+        threading.Thread(target=lambda: (pace.answer(pace.start(1.0)), done.set()), daemon=True).start()
+        return {"answered": done.wait(2), "woken": woken, "in flight": pace.holder(older, 2.0, 0.0)}
 
-    thread = threading.Thread(target=hold_the_lock)
-    thread.start()
-    held.wait(5)
-    try:
-
-        def child() -> object:
-            done = threading.Event()
-            threading.Thread(target=lambda: (pace.answer(pace.start(1.0)), done.set()), daemon=True).start()
-            return {"answered": done.wait(2), "woken": woken, "in flight": pace.holder(older, 2.0, 0.0)}
-
+    with held_by_another_thread(pace._lock):
         assert in_child(child) == {"answered": True, "woken": [], "in flight": None}
-    finally:
-        release.set()
-        thread.join()
     pace.answer(holder + 1)  # in the parent, the held hedge is still there and goes
     assert woken == [older]

@@ -1,8 +1,10 @@
 """Run a function in a forked child and read its result back: for tests of what survives fork()."""
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -21,3 +23,23 @@ def in_child(work: Callable[[], Any]) -> Any:
         got = pipe.read()
     os.waitpid(pid, 0)
     return json.loads(got or "null")
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread for the whole block: what a fork inside the block copies."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()

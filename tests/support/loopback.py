@@ -297,3 +297,30 @@ def silent_listener() -> Iterator[int]:
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+@contextlib.contextmanager
+def holding_the_only_connection(server: LoopbackServer, client: "Client", seconds: float = 0.5) -> Iterator[None]:
+    """``client`` (given one connection, ``RequestsTransport(max_connections=1)``) holds it for
+    ``seconds`` with a call to ``/hold`` in another thread; the block runs while it does."""
+
+    def held(handler: Handler) -> None:
+        time.sleep(seconds)
+        handler.reply(200, b"held")
+
+    server.route("/hold", held)
+
+    def hold() -> None:
+        from django_aio_request import get
+
+        with client.request(get("hold")) as answer:
+            assert answer.status == 200
+
+    first = threading.Thread(target=hold)
+    first.start()
+    try:
+        while not server.received("/hold"):
+            time.sleep(0.005)
+        yield
+    finally:
+        first.join()

@@ -36,7 +36,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request.core.response import UnsentResponse
-from tests.support.loopback import Handler, LoopbackServer, free_port, replies, trickle
+from tests.support.loopback import Handler, LoopbackServer, free_port, holding_the_only_connection, replies, trickle
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -486,26 +486,10 @@ def test_an_attempt_that_never_had_a_connection_says_so(
     # One slot, held 0.5 s: a call with 0.1 s waits for it and runs out of time unsent. Its 408 carried
     # the wait as its elapsed time, and a learning delays provider took the client's own queue for the
     # server's latency (182 such 408s learned in a burst: the hedge delay went from 19 ms to the deadline).
-    def held_half_a_second(handler: Handler) -> None:
-        time.sleep(0.5)
-        handler.reply(200, b"held")
-
-    server.route("/hold", held_half_a_second)
     transport = RequestsTransport(max_connections=1)
     client = make_client(transport=transport, safe_method_strategy=single_attempt_strategy())
-
-    def hold() -> None:
-        with client.request(get("hold")) as held:
-            assert held.status == 200
-
-    first = threading.Thread(target=hold)
-    first.start()
-    try:
-        while not server.received("/hold"):
-            time.sleep(0.005)
+    with holding_the_only_connection(server, client):
         unsent = transport.send(server.url, get("ok"), 0.1)
-    finally:
-        first.join()
     assert unsent.status == 408
     assert isinstance(unsent, UnsentResponse)
     assert unsent.elapsed == pytest.approx(0.1, abs=0.05)
@@ -543,29 +527,13 @@ def test_the_timeout_header_tells_the_time_left_after_the_wait_for_a_connection_
 ) -> None:
     # One slot, held 0.5 s by a first call: the second, with 1 s, waits for it and is sent with
     # ~0.5 s left. It was stamped before the wait: it promised its downstream 1.000 s.
-    def held_half_a_second(handler: Handler) -> None:
-        time.sleep(0.5)
-        handler.reply(200, b"held")
-
-    server.route("/hold", held_half_a_second)
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     transport = _transport_sending_on(route, server, max_connections=1)
     client = make_client(transport=transport, safe_method_strategy=single_attempt_strategy())
-
-    def hold() -> None:
-        with client.request(get("hold")) as held:
-            assert held.status == 200
-
-    first = threading.Thread(target=hold)
-    first.start()
-    try:
-        while not server.received("/hold"):
-            time.sleep(0.005)
+    with holding_the_only_connection(server, client):
         deadline = Deadline.from_timeout(1.0)
         with client.request(get("ok"), deadline=deadline) as response:
             assert response.status == 200
-    finally:
-        first.join()
 
     promised, left = _promised_and_left(server, "/ok", deadline)
     assert left < 0.7  # it did wait for the slot
