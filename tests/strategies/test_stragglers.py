@@ -183,7 +183,12 @@ def test_a_forked_child_keeps_neither_the_parents_held_hedges_nor_a_lock_held_at
 
     def child() -> object:
         done = threading.Event()
-        threading.Thread(target=lambda: (pace.answer(pace.start(1.0)), done.set()), daemon=True).start()
+
+        def answer() -> None:
+            pace.answer(pace.start(1.0))
+            done.set()
+
+        threading.Thread(target=answer, daemon=True).start()
         return {"answered": done.wait(2), "woken": woken, "in flight": pace.holder(older, 2.0, 0.0)}
 
     with held_by_another_thread(pace._lock):
