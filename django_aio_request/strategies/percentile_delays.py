@@ -1,8 +1,10 @@
 import collections
 import itertools
 import math
+import os
 import threading
 import time
+import weakref
 
 from django_aio_request.core import status
 from django_aio_request.core.request import Request
@@ -168,6 +170,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         self._min_samples = min_samples
         self._refresh = refresh_seconds
         self._lock = threading.Lock()
+        _providers.add(self)
         self._samples: dict[tuple[str, str], _Samples] = {}
         self._others = _Samples(max_samples)  # the templates past MAX_TEMPLATES, pooled
         self._swept_at = float("-inf")
@@ -339,3 +342,15 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
             latency for _, latency, _ in itertools.islice(reversed(latencies), self._recent_count(samples, now))
         )
         return samples.learned, _nearest_rank(ordered, self.BODY), _nearest_rank(recent, self.BODY)
+
+
+def _after_fork_in_child() -> None:
+    """A lock a parent thread held at the fork stays held in the child, whose every hedged call then
+    waited on it (the delays are worked out in the caller's thread): a new one. What was learned stays."""
+    for provider in list(_providers):
+        provider._lock = threading.Lock()
+
+
+_providers: "weakref.WeakSet[PercentileDelaysProvider]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

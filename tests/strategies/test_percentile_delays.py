@@ -244,3 +244,21 @@ class TestPercentileDelaysProvider:
     def test_a_negative_refresh_is_refused(self) -> None:
         with pytest.raises(ValueError, match=r"refresh_seconds must be >= 0, not -1\.0"):
             PercentileDelaysProvider(refresh_seconds=-1)
+
+
+def test_a_forked_child_asks_for_a_delay_whose_lock_another_thread_held_at_the_fork() -> None:
+    # The lock stayed held in the child, and every hedged call there waited on it for ever.
+    from tests.support.forking import held_by_another_thread, in_child
+
+    provider, request = PercentileDelaysProvider(min_samples=1, min_delay_seconds=0.0), get("forked")
+    provider.observe(request, ok(0.2))
+
+    def ask() -> list[float]:
+        asked: list[float] = []
+        asking = threading.Thread(target=lambda: asked.append(provider.delay(request)), daemon=True)
+        asking.start()
+        asking.join(2)
+        return asked
+
+    with held_by_another_thread(provider._lock):
+        assert in_child(ask) == [pytest.approx(0.2)]
