@@ -48,6 +48,7 @@ round, as an outage). A round that raises anyway (a bug) is logged and taken as 
 thread that ended is started again by the next call.
 """
 
+import asyncio
 import contextlib
 import contextvars
 import hashlib
@@ -313,12 +314,15 @@ class CacheCircuitStore(CircuitStore[str]):
     def close(self) -> None:
         """Stop the sync thread after a last flush, made by the thread itself and waited for at most
         ``stall_after`` seconds: a cache that hangs cannot hold the caller (it starts again if the
-        store is used). Inside :func:`closing_together`, at most until that block's shared end."""
+        store is used). Inside :func:`closing_together`, at most until that block's shared end. On a
+        thread that runs an event loop, not waited for at all: a settings change in async code closes
+        the clients there, and waiting froze the loop, and the deadlines of the calls in flight on it,
+        for ``stall_after`` (a 0.3 s call answered at 1.05 s)."""
         thread = self._thread
         if thread is not None and self._pid == os.getpid():
             self._stop.set()
             self._wake.set()
-            if thread is not threading.current_thread():
+            if thread is not threading.current_thread() and not _runs_event_loop():
                 together = _close_by.get()
                 thread.join(self.stall_after if together is None else max(0.0, together - time.monotonic()))
         with self._lock:
@@ -705,3 +709,11 @@ def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: thr
         del store
         if stop.is_set():
             return
+
+
+def _runs_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

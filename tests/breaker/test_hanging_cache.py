@@ -226,3 +226,50 @@ def test_a_hanging_cache_is_named_in_one_warning_when_a_probe_finds_its_round_st
         assert float(found.group(1)) >= 1.0
     finally:
         client.close()
+
+
+@pytest.mark.timeout(60)
+def test_closing_on_an_event_loop_does_not_wait_for_a_hanging_cache(hanging: None, server: LoopbackServer) -> None:
+    """A settings change in async code (override_settings around async tests) closes the clients on
+    the loop's thread: closing waited ``stall_after`` (1 s) for the breaker's sync thread, stuck in
+    the cache, and froze the loop, so calls in flight with 0.3 s answered at 1.05 s."""
+    import asyncio
+
+    from django_aio_request import Deadline, clients
+
+    def slow(handler: Handler) -> None:
+        time.sleep(2.0)
+        handler.reply(200, b"late")
+
+    server.route("/svc", replies(200))
+    server.route("/slow", slow)
+    value = {
+        "CIRCUIT_BREAKER_STATE": "hanging",
+        "CLIENTS": {"downstream": {"ENDPOINT": server.url, "TIMEOUT": DEADLINE, "CIRCUIT_BREAKER": {}}},
+    }
+
+    async def scenario() -> tuple[float, list[float]]:
+        client = clients["downstream"]
+        async with client.arequest(get("svc")) as first:  # the breaker's sync thread starts, and hangs
+            assert first.status == 200
+
+        async def call() -> float:
+            started = time.monotonic()
+            async with client.arequest(get("slow"), deadline=Deadline.from_timeout(0.3)) as response:
+                assert response.status == 408
+            return time.monotonic() - started
+
+        calls = [asyncio.create_task(call()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        clients.close_all()  # what a settings change does, here on the loop's thread
+        held = time.monotonic() - started
+        return held, list(await asyncio.gather(*calls))
+
+    with override_settings(AIO_REQUEST=value):
+        try:
+            held, elapsed = asyncio.run(scenario())
+        finally:
+            hanging_cache.release()
+    assert held < 0.2
+    assert max(elapsed) < 0.3 + 0.15
