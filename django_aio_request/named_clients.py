@@ -5,7 +5,6 @@ process and shared by all threads: its connection pool, worker threads and circu
 must be process-wide to be of any use.
 """
 
-import asyncio
 import atexit
 import os
 import threading
@@ -20,6 +19,7 @@ from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import SETTING, AioRequestSettings
 from django_aio_request.core.client import Client
+from django_aio_request.core.event_loop import runs_event_loop
 from django_aio_request.signals import client_built
 
 
@@ -112,7 +112,7 @@ class ClientsHandler:
 
     @staticmethod
     def _await_build(build: _Build) -> Client:
-        if build.thread != threading.get_ident() and not _runs_event_loop():
+        if build.thread != threading.get_ident() and not runs_event_loop():
             # Not on an event loop's thread: waiting would hold every task of the loop, and a build
             # there does not wait for the overrides either (breaker_publisher.py).
             build.done.wait(BUILD_WAIT)
@@ -178,14 +178,6 @@ class ClientsHandler:
         # Only the lock is new (a thread of the parent, absent here, may have held it), and no build is half done.
         self._lock = threading.RLock()
         self._building = {}  # a build another thread of the parent was in: built anew here
-
-
-def _runs_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 clients = ClientsHandler()

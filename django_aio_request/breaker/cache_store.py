@@ -48,7 +48,6 @@ round, as an outage). A round that raises anyway (a bug) is logged and taken as 
 thread that ended is started again by the next call.
 """
 
-import asyncio
 import contextlib
 import contextvars
 import hashlib
@@ -64,6 +63,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
+from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class CacheCircuitStore(CircuitStore[str]):
         if thread is not None and self._pid == os.getpid():
             self._stop.set()
             self._wake.set()
-            if thread is not threading.current_thread() and not _runs_event_loop():
+            if thread is not threading.current_thread() and not runs_event_loop():
                 together = _close_by.get()
                 thread.join(self.stall_after if together is None else max(0.0, together - time.monotonic()))
         with self._lock:
@@ -709,11 +709,3 @@ def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: thr
         del store
         if stop.is_set():
             return
-
-
-def _runs_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
