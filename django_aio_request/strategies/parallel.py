@@ -234,14 +234,13 @@ class _HedgedCall:
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.learn(result.response)
                 self.answered(result.response)
+                self.outcomes.put(result)
                 if result.accepted and not is_open_circuit_fallback(result.response):
                     # The classifier accepts the 499 of an attempt abandoned with its call (a 4xx):
                     # that settles the call, but wins nothing over the others abandoned with it.
-                    self.won = not is_abandoned(result.response)  # before attempt 0 is aborted
-                    self.outcomes.put(result)
+                    if not is_abandoned(result.response):
+                        self.won = True  # before attempt 0 is aborted: it learns its 499 only then
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
-                else:
-                    self.outcomes.put(result)
             except BaseException as error:
                 self.outcomes.put(error)
                 self.first.cancel()  # the caller must hear of it now
