@@ -6,11 +6,11 @@ This module imports no Django.
 
 import decimal
 import math
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
+
+from django_aio_request.core.after_fork import renewed_in_forked_child
 
 DEFAULT_RATIO = 0.2
 DEFAULT_MIN_PER_SECOND = 10.0
@@ -98,7 +98,7 @@ class RetryBudget:
         self._bucket_seconds = self.window_seconds / buckets
         self._clock = clock
         self._lock = threading.Lock()
-        _budgets.add(self)
+        _renewed_in_forked_child(self)
         # Per bucket: [bucket index (time // bucket_seconds), firsts, extras]; totals kept alongside.
         self._ring: list[list[int]] = [[-1, 0, 0] for _ in range(buckets)]
         self._current = self._index()
@@ -167,17 +167,11 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# A budget's lock held by another thread at fork() (gunicorn --preload forks a master whose
-# threads made calls) stays held in the child, whose first retry then waits for ever: each child
-# gets new locks, as the client's other locks do. The counts are kept, as they are the parent's
-# until the window has passed.
-_budgets: "weakref.WeakSet[RetryBudget]" = weakref.WeakSet()
+def _new_lock(budget: RetryBudget) -> None:
+    # A budget's lock held by another thread at fork() stays held in the child, whose first retry then
+    # waits for ever: each child gets a new one. The counts are kept, as they are the parent's until
+    # the window has passed.
+    budget._lock = threading.Lock()
 
 
-def _after_fork_in_child() -> None:
-    for budget in list(_budgets):
-        budget._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_renewed_in_forked_child = renewed_in_forked_child(_new_lock)

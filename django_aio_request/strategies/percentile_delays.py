@@ -1,12 +1,11 @@
 import collections
 import itertools
 import math
-import os
 import threading
 import time
-import weakref
 
 from django_aio_request.core import status
+from django_aio_request.core.after_fork import renewed_in_forked_child
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse, is_abandoned
 from django_aio_request.strategies.arguments import finite, whole
@@ -170,7 +169,7 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         self._min_samples = min_samples
         self._refresh = refresh_seconds
         self._lock = threading.Lock()
-        _providers.add(self)
+        _renewed_in_forked_child(self)
         self._samples: dict[tuple[str, str], _Samples] = {}
         self._others = _Samples(max_samples)  # the templates past MAX_TEMPLATES, pooled
         self._swept_at = float("-inf")
@@ -344,13 +343,10 @@ class PercentileDelaysProvider(RequestAttemptDelaysProvider):
         return samples.learned, _nearest_rank(ordered, self.BODY), _nearest_rank(recent, self.BODY)
 
 
-def _after_fork_in_child() -> None:
+def _new_lock(provider: PercentileDelaysProvider) -> None:
     """A lock a parent thread held at the fork stays held in the child, whose every hedged call then
     waited on it (the delays are worked out in the caller's thread): a new one. What was learned stays."""
-    for provider in list(_providers):
-        provider._lock = threading.Lock()
+    provider._lock = threading.Lock()
 
 
-_providers: "weakref.WeakSet[PercentileDelaysProvider]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_renewed_in_forked_child = renewed_in_forked_child(_new_lock)

@@ -23,10 +23,10 @@ backup tasks go to stragglers for the same reason.
 """
 
 import itertools
-import os
 import threading
-import weakref
 from collections.abc import Callable
+
+from django_aio_request.core.after_fork import renewed_in_forked_child
 
 __all__ = ["Pace", "Paces"]
 
@@ -52,7 +52,7 @@ class Pace:
         # Held hedges: their call's number -> (the younger call that holds it back, wake).
         self._waiting: dict[int, tuple[int, Callable[[], None]]] = {}
         self._lock = threading.Lock()  # for _waiting and answered
-        _paces.add(self)
+        _renewed_in_forked_child(self)
 
     def start(self, at: float) -> int:
         """Note a call that started at ``at`` (``time.monotonic()``); its number, for the methods below."""
@@ -122,19 +122,16 @@ class Pace:
         return True
 
 
-def _after_fork_in_child() -> None:
+def _renew(pace: Pace) -> None:
     """The parent's calls are not this process's: their held hedges (woken here, they were sent by the
     child for the parent's calls and aborted the parent's attempt on the socket both share) and a lock
     a parent thread held at the fork (the child's hedge timer then waited on it for ever)."""
-    for pace in list(_paces):
-        pace._lock = threading.Lock()
-        pace._waiting = {}
-        pace._slots = [[-1, 0.0, True]] * _KEPT  # the parent's calls in flight never end here
+    pace._lock = threading.Lock()
+    pace._waiting = {}
+    pace._slots = [[-1, 0.0, True]] * _KEPT  # the parent's calls in flight never end here
 
 
-_paces: "weakref.WeakSet[Pace]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_renewed_in_forked_child = renewed_in_forked_child(_renew)
 
 
 class Paces:
