@@ -16,6 +16,10 @@ request carries ``X-Request-Timeout: 5`` (``--timeout 4.987``: another value, su
 three-decimal form this package's client sends) and ``X-Request-Priority: high`` (``--no-headers``:
 none, the default-deadline path), so both variants parse the same bytes.
 
+The middleware remembers the timeout values it accepted (server/middleware.py, ``_ACCEPTED``), so a
+value sent again costs a look-up. ``--new-values`` measures the other case, the worst one: every
+request carries a timeout never sent before (``str()`` of a float, as aio-request sends it).
+
 The two are interleaved in one run (one request without, one with, the order flipping every pair)
 after a warm-up, so CPU frequency changes, other processes and GC hit both alike. ``with/without``
 is the ratio of the same percentile of the two series; the target (issue 16) is a p50 of at most 1.03x. "Overhead
@@ -27,14 +31,16 @@ in the request's time, so it is measured on its own and printed too: the CPU tim
 recording thread spends, from queueing and recording as many observations as there were requests.
 
     .venv/bin/python -m benchmarks.middleware [--pairs 20000] [--warmup 2000] [--stack django|none]
-        [--timeout 5] [--no-headers]
+        [--timeout 5] [--no-headers] [--new-values]
 """
 
 import argparse
 import gc
+import itertools
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import django
@@ -88,20 +94,35 @@ def stacks(stack: str) -> tuple[list[str], list[str]]:
     return base, [*base[:at], OURS, *base[at:]]
 
 
-def make_call(middleware: list[str], headers: dict[str, str]) -> Any:
+def make_call(middleware: list[str], headers: Sequence[dict[str, str]]) -> Any:
+    """A call of /ping through a handler with ``middleware``; each sends the next of ``headers``, round."""
     from django.test import Client, override_settings
 
     client = Client()
     with override_settings(MIDDLEWARE=middleware):
-        client.get("/ping", headers=headers)  # the handler loads MIDDLEWARE on its first request
+        client.get("/ping", headers=headers[-1])  # the handler loads MIDDLEWARE on its first request
+    sent = itertools.cycle(headers)
 
     def call() -> object:
-        response = client.get("/ping", headers=headers)
+        response = client.get("/ping", headers=next(sent))
         if response.status_code != 200:
             raise RuntimeError(f"got {response.status_code}")
         return response
 
     return call
+
+
+def header_values(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The headers the requests carry, in turn: one set, or with ``--new-values`` one per request."""
+    if args.no_headers:
+        return [{}]
+    if not args.new_values:
+        return [{"X-Request-Timeout": args.timeout, "X-Request-Priority": "high"}]
+    # Each differs from every other (10 µs apart) and is in the form aio-request sends, str(float).
+    # The last is the handlers' first request (make_call); the timed ones never go round to it.
+    start = float(args.timeout)
+    count = 2 * args.warmup + args.pairs + 2
+    return [{"X-Request-Timeout": str(start - n * 1e-5), "X-Request-Priority": "high"} for n in range(count)]
 
 
 def recording_cost(count: int) -> float:
@@ -126,15 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", choices=("django", "none"), default="django")
     parser.add_argument("--timeout", default="5", help="the X-Request-Timeout value sent (default: 5)")
     parser.add_argument("--no-headers", action="store_true")
+    parser.add_argument(
+        "--new-values",
+        action="store_true",
+        help="a timeout never sent before on every request (as aio-request sends a float's repr), not the same one",
+    )
     args = parser.parse_args(argv)
 
     configure(args.stack)
-    headers = {} if args.no_headers else {"X-Request-Timeout": args.timeout, "X-Request-Priority": "high"}
+    headers = header_values(args)
     base, ours = stacks(args.stack)
     without, with_ = make_call(base, headers), make_call(ours, headers)
 
     print(f"Python {platform.python_version()}, Django {django.get_version()}, {platform.machine()}")
-    print(f"stack: {args.stack} ({len(base)} middleware), headers: {headers or 'none'}")
+    shown = headers[0] if len(headers) == 1 else f"{headers[0]} and then a new timeout each request"
+    print(f"stack: {args.stack} ({len(base)} middleware), headers: {shown or 'none'}")
     interleaved([without, with_], args.warmup, args.max_seconds)
     gc.collect()
     started = time.monotonic()

@@ -64,12 +64,37 @@ _PRIORITIES = {p.value: p for p in Priority}
 _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
 
 
+# The values parse_timeout() accepted, and their seconds: a request carrying one of them again is
+# answered by one dictionary look-up, where checking and converting the text cost the WSGI path
+# about a quarter of what the middleware adds to a request (cold code inside a Django request: see
+# docs/benchmarks.md). Callers repeat values: this package's client sends the time left to the
+# millisecond, and a caller given a fixed timeout sends nearly the same one every time. A longer
+# value (aio-request sends a float's repr, "4.999873523011") hardly ever comes again: it costs one
+# failed look-up and is not kept. Bounded: emptied when full, so a peer sending new values cannot
+# make it grow. Only accepted values are kept, so junk is never a key; whole operations on a dict
+# are atomic, so threads share it.
+_ACCEPTED: dict[str, float] = {}
+_ACCEPTED_MAX = 1024
+_REMEMBERED_LENGTH = 10  # "999999.999": a float's repr ("4.999873523011") is not kept, it would not come again
+
+
 def parse_timeout(raw: str) -> float | None:
     """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
+    seconds = _ACCEPTED.get(raw)
+    if seconds is not None:
+        return seconds
     value = raw.strip(_OWS)
     if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
         return None
-    return float(value)
+    return _remember(raw, float(value))
+
+
+def _remember(raw: str, seconds: float) -> float:
+    if len(raw) <= _REMEMBERED_LENGTH:
+        if len(_ACCEPTED) >= _ACCEPTED_MAX:
+            _ACCEPTED.clear()
+        _ACCEPTED[raw] = seconds
+    return seconds
 
 
 def parse_priority(raw: str) -> Priority | None:
@@ -269,7 +294,7 @@ class AioRequestMiddleware:
 
     # The sync path below runs on every request of a WSGI server, so its common case is written out
     # in one function (what it costs and why: docs/benchmarks.md, benchmarks/middleware.py): headers
-    # absent or in the form senders use, no load shedding. Everything else goes through _begin(),
+    # absent or seen before (_ACCEPTED), no load shedding. Everything else goes through _begin(),
     # _call_limited() and _observe(), which do the same with every check spelled out. The context is
     # set with the contextvar itself rather than set_context(), whose generator cost more than the rest.
 
@@ -288,20 +313,29 @@ class AioRequestMiddleware:
         if raw is None:
             deadline: Deadline | None = DefaultDeadline(started + conf.timeout)
         else:
-            # "5", "4.987": the plain forms _TIMEOUT accepts (isdigit() alone also takes "²"), checked
-            # without the regular expression. Whatever is not one of them goes to _begin().
-            deadline = None
+            # A value accepted before (_ACCEPTED), or one of the plain forms _TIMEOUT accepts ("5",
+            # "4.987"; isdigit() alone also takes "²"), checked without the regular expression and then
+            # remembered. Whatever else goes to _begin(): refused, ignored, or parsed by parse_timeout().
+            seconds = None
             if type(raw) is str:
-                whole, dot, fraction = raw.partition(".")
-                if (
-                    whole.isdigit()
-                    and raw.isascii()
-                    and len(whole) <= _MAX_INTEGER_DIGITS
-                    and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
-                ):
-                    seconds = float(raw)
-                    if seconds > 0 and seconds >= conf.low_timeout_threshold:
-                        deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+                seconds = _ACCEPTED.get(raw)
+                if seconds is None:
+                    whole, dot, fraction = raw.partition(".")
+                    if (
+                        whole.isdigit()
+                        and raw.isascii()
+                        and len(whole) <= _MAX_INTEGER_DIGITS
+                        and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
+                    ):
+                        seconds = float(raw)
+                        if len(raw) <= _REMEMBERED_LENGTH:  # _remember(), written out
+                            if len(_ACCEPTED) >= _ACCEPTED_MAX:
+                                _ACCEPTED.clear()
+                            _ACCEPTED[raw] = seconds
+            if seconds is not None and seconds > 0 and seconds >= conf.low_timeout_threshold:
+                deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+            else:
+                deadline = None
         if deadline is None or priority is None:
             context = _begin(request, conf, started)  # a refusal, a malformed value, white space, an exponent
             if not isinstance(context, Context):

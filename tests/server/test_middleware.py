@@ -17,11 +17,15 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, RequestFactory, override_settings
+from hypothesis import given
+from hypothesis import settings as settings_of_hypothesis
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
 from django_aio_request import Priority, get_context
 from django_aio_request.checks import check_settings
+from django_aio_request.server import middleware
 from django_aio_request.server.middleware import AioRequestMiddleware, parse_priority, parse_timeout
 from tests.support import urls_server
 from tests.support.loopback import LoopbackServer
@@ -831,3 +835,86 @@ def test_without_the_app_installed_the_middleware_refuses_to_start_and_says_why(
             pytest.raises(ImproperlyConfigured, match="add 'django_aio_request' to INSTALLED_APPS for"),
         ):
             clients["billing"]
+
+
+# Remembered timeouts (server/middleware.py, _ACCEPTED): a value seen before is looked up, not parsed.
+
+TIMEOUT_TEXT = st.one_of(
+    st.from_regex(middleware._TIMEOUT, fullmatch=True),
+    st.sampled_from(BAD_TIMEOUTS + [raw for raw, _ in GOOD_TIMEOUTS]),
+    st.text(alphabet=" \t.e-+0123456789\u00b2\u0663\uff15xa", max_size=12),
+    st.text(max_size=40),
+)
+
+
+def context_seen(raw: str) -> tuple[int, str, str, float]:
+    """What the sync path made of ``raw``: status, deadline source, priority and the seconds left."""
+    seen: list[dict[str, Any]] = []
+
+    def view(request: Any) -> HttpResponse:
+        seen.append(urls_server.seen())
+        return HttpResponse()
+
+    request = RequestFactory().get("/", headers={"X-Request-Timeout": raw, "X-Request-Priority": "low"})
+    response = AioRequestMiddleware(view)(request)
+    if not seen:
+        return response.status_code, "", "", 0.0
+    return response.status_code, seen[0]["source"], seen[0]["priority"], seen[0]["timeout"]
+
+
+@given(raw=TIMEOUT_TEXT)
+@settings_of_hypothesis(max_examples=300, deadline=None)
+def test_a_timeout_sent_again_means_what_it_meant_the_first_time_and_junk_is_never_remembered(raw: str) -> None:
+    """The second time a value comes, it is looked up: the request must get the same answer (408,
+    default or the header's deadline, clamped) as the first, and parse_timeout() the same number.
+    What is remembered is only ever what the regular expression accepts, as the number it names."""
+    middleware._ACCEPTED.clear()
+    first_parse = parse_timeout(raw)
+    middleware._ACCEPTED.clear()
+    first = context_seen(raw)
+    again = context_seen(raw)
+    assert again[:3] == first[:3]
+    assert abs(again[3] - first[3]) < 0.5
+    assert parse_timeout(raw) == first_parse
+    for key, seconds in middleware._ACCEPTED.items():
+        assert middleware._TIMEOUT.fullmatch(key.strip(" \t")) is not None, key
+        assert seconds == float(key.strip(" \t"))
+
+
+def test_a_remembered_timeout_is_judged_by_the_settings_of_each_request(settings: Settings) -> None:
+    """The seconds are remembered, not the verdict: a value accepted under one LOW_TIMEOUT_THRESHOLD
+    or MAX_TIMEOUT is refused or clamped under the next."""
+    settings.AIO_REQUEST = server_setting(LOW_TIMEOUT_THRESHOLD=0)
+    assert [context_seen("0")[0] for _ in range(2)] == [408, 408]  # no time left is none, at any threshold
+    assert context_seen("0.002")[:2] == (200, "header")
+    assert context_seen("25")[3] > 24
+    settings.AIO_REQUEST = server_setting(LOW_TIMEOUT_THRESHOLD=0.005, MAX_TIMEOUT=10)
+    before = rejected("low_timeout")
+    assert context_seen("0.002")[0] == 408
+    assert rejected("low_timeout") == before + 1
+    assert 9 < context_seen("25")[3] <= 10
+    assert context_seen("0")[0] == 408  # a remembered 0 is still a deadline passed
+
+
+def test_remembered_timeouts_stay_bounded_while_many_threads_send_new_ones() -> None:
+    """Peers sending a new value on every request cannot grow the memory: emptied when full. Eight
+    threads at once parse right throughout. A float's repr, as aio-request sends it, is not kept."""
+    middleware._ACCEPTED.clear()
+    assert parse_timeout("4.999873523011") == 4.999873523011
+    assert context_seen("4.999873523011")[:2] == (200, "header")
+    assert middleware._ACCEPTED == {}
+    wrong: list[str] = []
+    sizes: list[int] = []
+
+    def send(offset: int) -> None:
+        for n in range(3000):
+            raw = f"{(offset * 3000 + n) / 1000:.3f}"  # what this package's client sends
+            if parse_timeout(raw) != float(raw):
+                wrong.append(raw)
+            sizes.append(len(middleware._ACCEPTED))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, range(8)))
+    assert wrong == []
+    assert max(sizes) == middleware._ACCEPTED_MAX  # filled, and emptied when full
+    assert len(middleware._ACCEPTED) <= middleware._ACCEPTED_MAX
