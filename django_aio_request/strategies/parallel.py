@@ -72,9 +72,10 @@ class _HedgedCall:
         self.finished: list[ResponseWithVerdict] = []
         self.in_flight = 0
         self.refused = False  # the retry budget refused an attempt: launch no more
-        # An accepted answer settled the call: the attempts abandoned from then on lost to a faster
-        # one, and their time is a lower bound worth learning (see learn()).
-        self.won = False
+        # The time the accepted answer that settled the call took: the attempts abandoned from then
+        # on lost to it, and the time of those that ran at least as long is a lower bound worth
+        # learning (see learn()). None until then; never unset.
+        self.won_in: float | None = None
         self.lock = threading.Lock()
         self.first = Cancellation()  # attempt 0's, raised by a hedge that settles the call
         # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
@@ -238,8 +239,9 @@ class _HedgedCall:
                 if result.accepted and not is_open_circuit_fallback(result.response):
                     # The classifier accepts the 499 of an attempt abandoned with its call (a 4xx):
                     # that settles the call, but wins nothing over the others abandoned with it.
-                    if not is_abandoned(result.response):
-                        self.won = True  # before attempt 0 is aborted: it learns its 499 only then
+                    if not is_abandoned(result.response) and self.won_in is None:
+                        # Before attempt 0 is aborted: it learns its 499 only then.
+                        self.won_in = result.response.elapsed
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
             except BaseException as error:
                 self.outcomes.put(error)
@@ -291,10 +293,19 @@ class _HedgedCall:
 
     def learn(self, response: Response) -> None:
         """Tell the delays provider of an attempt's response; an abandoned one only when an accepted
-        answer settled the call: one abandoned with its call (an async caller cancelled, a sibling
-        that raised) is no latency of the server's. Learned, 250 calls cancelled by their caller at
-        3 ms made a server answering in 20 ms look saturated, hedges held for a window."""
-        if self.won or not is_abandoned(response):
+        answer settled the call and the abandoned attempt had run at least as long as that answer
+        took (attempt 0 a hedge beat: the slow one an adaptive delay must hear of).
+
+        One abandoned with its call (an async caller cancelled, a sibling that raised) is no latency
+        of the server's: learned, 250 calls cancelled by their caller at 3 ms made a server answering
+        in 20 ms look saturated, hedges held for a window. Nor is a hedge launched just before
+        attempt 0 answered: a lower bound of a few milliseconds below a latency the call measured,
+        which pulled the percentile and the baseline of saturation down with every such call."""
+        if not is_abandoned(response):
+            self.observe(self.request, response)
+            return
+        won_in = self.won_in
+        if won_in is not None and response.elapsed >= won_in:
             self.observe(self.request, response)
 
     def wait(self, timeout: float) -> ResponseWithVerdict | None:
@@ -396,8 +407,8 @@ class ParallelStrategy(RequestStrategy):
 
         try:
             result = self._settle(call, workers, due_at, started)
-            if result.accepted and not is_abandoned(result.response):
-                call.won = True  # the attempts cancel_rest() aborts lost to it
+            if result.accepted and not is_abandoned(result.response) and call.won_in is None:
+                call.won_in = result.response.elapsed  # the attempts cancel_rest() aborts lost to it
             return result
         finally:
             call.cancel_rest()

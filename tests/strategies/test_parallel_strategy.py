@@ -727,6 +727,46 @@ def test_a_learning_delays_provider_hears_of_attempt_0_when_a_hedge_beat_it(
     assert all(elapsed > 0 for status, elapsed in learning.heard if status == 499), learning.heard
 
 
+def test_a_hedge_abandoned_because_attempt_0_won_is_not_learned_as_a_short_latency(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """A hedge launched shortly before attempt 0 answered is abandoned having run a few
+    milliseconds: a lower bound below a latency the call just measured, so it says nothing of the
+    tail. Learned, each such call taught the provider a near-zero latency beside the real one (here
+    about 10 ms beside 60 ms), pulling its percentile and the baseline of saturation down. An
+    attempt abandoned after running at least as long as the winner took (attempt 0 a hedge beat)
+    is still learned: the previous test."""
+    arrivals = itertools.count()
+
+    def hedges_hang(handler: Handler) -> None:
+        time.sleep(0.06 if next(arrivals) % 2 == 0 else 0.5)  # attempt 0 answers in 60 ms, its hedge later
+        handler.reply(200, b"ok")
+
+    server.route("/late-hedge", hedges_hang)
+
+    class Learning(RequestAttemptDelaysProvider):
+        def __init__(self) -> None:
+            self.heard: list[tuple[int, float]] = []
+            self.lock = threading.Lock()
+
+        def __call__(self, request: Request, attempt: int) -> float:
+            return 0.04 * attempt
+
+        def observe(self, request: Request, response: Response) -> None:
+            with self.lock:
+                self.heard.append((response.status, response.elapsed))
+
+    learning = Learning()
+    client = make_client(safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=learning))
+    for _ in range(5):
+        with client.request(get("late-hedge")) as response:
+            assert response.status == 200
+    time.sleep(0.1)
+    assert next(arrivals) == 10  # every call's hedge was sent (and abandoned when attempt 0 answered)
+    assert sorted(status for status, _ in learning.heard) == [200] * 5, learning.heard
+    assert all(elapsed >= 0.05 for _, elapsed in learning.heard), learning.heard
+
+
 def calls_in_threads(client: Client, path: str, count: int, gap: float) -> list[tuple[Response, float]]:
     """``count`` calls of ``path``, each in a thread of its own, started ``gap`` seconds apart."""
     results: list[tuple[Response, float] | None] = [None] * count
