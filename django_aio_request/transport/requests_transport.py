@@ -258,6 +258,7 @@ class RequestsTransport(Transport):
                 session.mount(prefix, _guarded_copy(adapter))
         self._session = session
         self._hosts: dict[str, _Host] = {}
+        self._planning = threading.Lock()  # held while one thread works out a host's route (_host)
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = max_connections
         self.max_connections = max_connections
@@ -278,6 +279,7 @@ class RequestsTransport(Transport):
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = self.max_connections
         self._hosts = {}  # their direct routes name the parent's pools
+        self._planning = threading.Lock()  # a thread of the parent may have held it at the fork
         for adapter in list(self._session.adapters.values()):
             if isinstance(adapter, HTTPAdapter):
                 connections, most, block = adapter._pool_connections, adapter._pool_maxsize, adapter._pool_block  # type: ignore[attr-defined]
@@ -334,22 +336,33 @@ class RequestsTransport(Transport):
         requests reads the environment from ``os.environ`` on every call, a fifth of a loopback
         call's time; the environment of a running service does not change, so it is read once per
         host (and so is a netrc file).
+
+        One thread at a time works a host out; the others wait and take its result. Each of 32 threads
+        calling a fresh transport's https host at once planned the route itself, each loading the CA
+        bundle (~55 ms of CPU, before the attempt's deadline is watched): calls given 0.3 s ended 1.0
+        to 2.5 s past it. One load is ~55 ms, the most a first call can be late by for it.
         """
         parts = split_url(url)  # not Python's cached urlsplit: it keeps 128 URLs of any length
         key = f"{parts.scheme}://{parts.netloc}"
         found = self._hosts.get(key)
         if found is None:
-            self._check_target(url)  # once per host: its checks depend on nothing else
-            # The session's own certificates win over REQUESTS_CA_BUNDLE (requests lets the variable
-            # replace a session's verify, psf/requests#3829); a session left at verify=True takes it.
-            verify = self._session.verify
-            own = None if verify is True else verify
-            settings = dict(self._session.merge_environment_settings(url, {}, False, own, None))
-            found = _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
-            if len(self._hosts) >= _MAX_CACHED_HOSTS:
-                self._hosts.clear()  # redirects to ever new hosts must not grow it without end
-            self._hosts[key] = found
+            with self._planning:
+                found = self._hosts.get(key)  # worked out while this thread waited
+                if found is None:
+                    found = self._plan(url)
+                    if len(self._hosts) >= _MAX_CACHED_HOSTS:
+                        self._hosts.clear()  # redirects to ever new hosts must not grow it without end
+                    self._hosts[key] = found
         return found
+
+    def _plan(self, url: str) -> _Host:
+        self._check_target(url)  # once per host: its checks depend on nothing else
+        # The session's own certificates win over REQUESTS_CA_BUNDLE (requests lets the variable
+        # replace a session's verify, psf/requests#3829); a session left at verify=True takes it.
+        verify = self._session.verify
+        own = None if verify is True else verify
+        settings = dict(self._session.merge_environment_settings(url, {}, False, own, None))
+        return _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
 
     def _acquire_slot(self, guard: AttemptSockets) -> bool:
         """Take a slot, waiting for one until the deadline; False if the attempt ended first.

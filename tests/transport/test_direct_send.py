@@ -3,10 +3,12 @@ would, and step aside whenever something in or around the session would change w
 mocking (responses, requests-mock), tracing wrappers, mounted adapters, auth, netrc, proxies and
 cookies."""
 
+import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -363,6 +365,49 @@ def test_new_tls_connections_to_a_host_share_one_context_loaded_once(
     contexts = {id(context) for _, _, context in wrapped}
     assert len(contexts) == 1
     assert wrapped[0][2] is not None
+
+
+def test_a_burst_of_first_calls_to_a_host_plans_its_route_and_loads_its_certificates_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each of 32 threads calling a fresh transport's https host at once planned the host's route
+    itself, each loading the CA bundle (~55 ms of CPU, before the deadline's guard exists): calls
+    given 0.3 s ended 1.0 s (p50) to 2.5 s past it (benchmarks/tls_deadline.py, a fresh client). One
+    thread plans a host's route now; the others wait for it and take it."""
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    planned: list[str] = []
+    plan = direct_send.plan_route
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        planned.append(args[2])
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(direct_send, "plan_route", counting)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)  # accepts, never answers the handshake
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+    transport = RequestsTransport()
+    start = threading.Barrier(32)
+    late: list[float] = []
+
+    def call() -> None:
+        start.wait()
+        began = time.monotonic()
+        assert transport.send(url, dar.get("x"), 0.3).status == status.TIMEOUT
+        late.append(time.monotonic() - began - 0.3)
+
+    threads = [threading.Thread(target=call) for _ in range(32)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        transport.close()
+        listener.close()
+    assert len(late) == 32
+    assert planned == [url + "x"]  # once, by one of the threads
+    assert max(late) < 0.5, sorted(late)[-5:]
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify=False, on purpose

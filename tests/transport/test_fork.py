@@ -10,7 +10,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 import django_aio_request as dar
-from tests.support.forking import in_child
+from tests.support.forking import held_by_another_thread, in_child
 from tests.support.loopback import Handler, LoopbackServer
 
 PORTS: dict[str, int] = {}  # path -> the client's port it came from (its connection)
@@ -68,6 +68,18 @@ def test_slots_taken_by_the_parent_s_calls_in_flight_are_the_child_s_to_use(serv
         time.sleep(0.2)  # the parent's call holds the only slot
         assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
         thread.join(10)
+    finally:
+        transport.close()
+
+
+def test_a_route_being_planned_at_the_fork_is_planned_again_in_the_child(server: LoopbackServer) -> None:
+    """A thread of the parent working out a host's route at the fork holds the transport's planning
+    lock: the child's copy would stay held, and its first call to any new host would wait for ever."""
+    server.route("/fast", echo_after(0))
+    transport = dar.RequestsTransport()
+    try:
+        with held_by_another_thread(transport._planning):
+            assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
     finally:
         transport.close()
 
