@@ -106,3 +106,10 @@ def test_middleware_runs_with_one_timeout_new_timeouts_or_none(options: tuple[st
     assert "100 interleaved pairs after 20 warm-up pairs" in out
     assert ("then a new timeout each request" in out) == ("--new-values" in options)
     assert "target: p50 at most 1.03x ->" in out
+
+
+def test_tls_deadline_runs_the_client_beside_plain_requests() -> None:
+    out = _run("benchmarks.tls_deadline", "--threads", "4", "--calls", "1", "--rounds", "2", "--async-calls", "8")
+    for row in ("  client  ", "  requests  ", "  client, async  "):
+        assert row in out
+    assert "p99 overshoot, client against requests:" in out
