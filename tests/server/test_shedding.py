@@ -1289,3 +1289,74 @@ def test_async_path_refuses_with_503(settings: Settings) -> None:
         assert limiter().in_flight == 0
 
     asyncio.run(scenario())
+
+
+# A stalled request lends its slot (limiter.py, _STALL_SERVICES): under a learned limit only.
+
+
+@pytest.mark.parametrize("lends", [True, False], ids=["learned limit", "MAX_CONCURRENCY"])
+def test_a_request_past_four_service_times_lends_its_slot_once_and_a_fixed_limit_never_does(lends: bool) -> None:
+    """At a learned limit of 1, a request stuck for 1.5 s (a lock, a slow report) held the only slot:
+    every request coming meanwhile, high priority too, waited QUEUE_TIMEOUT (0.5 s) and was refused.
+    Past four mean service times (and 0.1 s) it lends its slot: a request already waiting gets it
+    when that time comes (nobody else needs to arrive), the next ones find it taken by the borrower
+    and wait for it (at most twice the limit run at once). MAX_CONCURRENCY is the user's own bound."""
+    limit = AdaptiveLimit(minimum=1, maximum=1, now=time.monotonic()) if lends else FixedLimit(1)
+    limiter = Limiter(limit)  # the default QUEUE_TIMEOUT, 0.5 s
+    stuck = limiter.acquire(NORMAL, time.monotonic() + 5)
+    outcomes: list[tuple[Priority, bool, str | None, float]] = []
+    peak: list[int] = []
+
+    def arrive(priority: Priority) -> None:
+        began = time.monotonic()
+        admission = limiter.acquire(priority, time.monotonic() + 5)
+        outcomes.append((priority, admission.admitted, admission.reason, time.monotonic() - began))
+        if admission.admitted:
+            peak.append(limiter.in_flight)
+            time.sleep(0.1)  # what the borrower holds the lent slot for (then 4 mean service times are 0.4 s)
+            limiter.release(admission.admitted_at, thread=True)
+
+    first = threading.Thread(target=arrive, args=(HIGH,))  # comes while the stuck one is young
+    first.start()
+    time.sleep(0.15)
+    second = threading.Thread(target=arrive, args=(NORMAL,))  # comes while the lent slot is taken
+    second.start()
+    first.join(5)
+    second.join(5)
+    limiter.release(stuck.admitted_at, thread=True)
+    assert (limiter.in_flight, limiter.waiting) == (0, 0)
+    if lends:
+        (p1, ok1, _, waited1), (p2, ok2, _, waited2) = outcomes
+        assert (p1, ok1, p2, ok2) == (HIGH, True, NORMAL, True), outcomes
+        assert 0.05 < waited1 < 0.3  # granted when the stuck request passed 0.1 s, no arrival needed
+        assert waited2 > 0.1  # waited for the borrower, not admitted beside it, then for the new threshold
+        assert max(peak) == 2
+    else:
+        assert [(p, ok, reason) for p, ok, reason, _ in outcomes] == [
+            (HIGH, False, "queue_timeout"),
+            (NORMAL, False, "queue_timeout"),
+        ]
+
+
+def test_one_long_request_does_not_make_the_next_ones_look_unservable_in_time() -> None:
+    """What a request takes here, for its deadline, was the moving mean of service times: one 10 s
+    report among 5 ms views took it to 2 s, and the next requests with 0.3 s left that found the
+    slot taken (for 5 ms more) were refused at once as unservable in time, reason deadline with
+    X-Do-Not-Retry (a review: 9 in a row). It is the median of the last 15 now: they wait."""
+    clock = FakeClock()
+    limiter = Limiter(FixedLimit(1), clock=clock)
+    serve(limiter, clock, 0.5, every=0.01, took=0.005)
+    report = limiter.acquire(NORMAL, clock() + 60)
+    clock.advance(10.0)
+    limiter.release(report.admitted_at, thread=True)
+    holder = limiter.acquire(NORMAL, clock() + 5)
+    outcome: list[Any] = []
+    waiter = threading.Thread(target=lambda: outcome.append(limiter.acquire(HIGH, clock() + 0.3)))
+    waiter.start()
+    wait_until(lambda: limiter.waiting == 1 or bool(outcome))
+    assert outcome == []  # waiting, not refused
+    clock.advance(0.005)
+    limiter.release(holder.admitted_at, thread=True)
+    waiter.join(5)
+    assert outcome[0].admitted
+    release(outcome[0], limiter)

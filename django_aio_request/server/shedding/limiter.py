@@ -3,7 +3,7 @@
 A request that finds a free slot (fewer than the slots in flight, one it may take, and nobody of
 its priority or higher waiting) is served. Otherwise it waits in the :class:`~.queue.WaitQueue`
 for at most ``queue_timeout`` seconds, and never longer than its own deadline allows (its
-remaining time less the time a request takes to serve here: the mean of recent ones, or
+remaining time less the time a request takes to serve here: the median of the last 15, or
 ``min_time_to_serve`` if that is more). A request whose deadline leaves no time to wait is refused
 at once (reason ``deadline``). Each freed slot goes to
 the best waiter: the highest priority, then the earliest deadline.
@@ -44,8 +44,11 @@ allowed), ``deadline`` (could not be served before its deadline).
 """
 
 import asyncio
+import bisect
+import collections
 import dataclasses
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +65,7 @@ REASON_QUEUE_TIMEOUT = "queue_timeout"
 REASON_DEADLINE = "deadline"
 REASONS = (REASON_CAPACITY, REASON_QUEUE_TIMEOUT, REASON_DEADLINE)
 _RTT_WEIGHT = 0.2  # of the newest sample in the moving mean of service times
+_RECENT = 15  # service times whose median is what a request takes here (see Limiter._typical)
 _KEPT_FROM_LOW = 0.1  # of the slots (rounded up, from 2 slots on) that low priority may not take
 # Below this share of the time with every slot taken (a moving mean), a normal or high sync request
 # that finds every slot taken may wait on a spare thread even where the room rule leaves none (see
@@ -95,6 +99,18 @@ _SPAN_SERVICES = 5
 _MIN_BUSY_SPAN = 0.25
 _SPAN_LONGEST = 3
 _LONGEST_MEMORY = 2.0  # seconds over which the longest recent request's time decays (by e)
+# A request that has run this many typical service times (the median of the last _RECENT; at least
+# _STALL_MIN seconds) is stalled:
+# with a learned limit, it lends its slot to the next request (at most as many as the slots, so
+# twice the limit at most run at once). A learned limit is what the process serves well at once,
+# not a promise to run no more: at a limit of 1 (views that compute), one request stuck on a lock
+# or a slow report held the only slot, and every other request, high priority too, waited
+# QUEUE_TIMEOUT and was refused, for as long as it ran (a review: 0 of 26 answered in 8 s, 4 to 8
+# threads idle), and a probe at a worker's start, or every PROBE_INTERVAL, did the same behind any
+# long request in flight. MAX_CONCURRENCY (a FixedLimit) is the user's own bound: never lent.
+_STALL_SERVICES = 4
+_STALL_MIN = 0.1
+_STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learned limit
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,9 +147,17 @@ class Limiter:
         self._lock = threading.Lock()
         self._queue = WaitQueue()
         self._in_flight = 0
+        self._running: list[float] = []  # when each admitted request was admitted, in order (see _lent)
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
+        # The median of the last _RECENT service times: what a request takes here, for its deadline
+        # (_bound) and for when it counts as stalled (_stall_after). Not the moving mean, which one
+        # 10 s report among 5 ms views took to 2 s: the next requests with 0.3 s left were refused
+        # at once as unservable in time (reason deadline, X-Do-Not-Retry) while the slot was free
+        # again in 5 ms (a review: 9 in a row).
+        self._recent: collections.deque[float] = collections.deque(maxlen=_RECENT)
+        self._typical: float | None = None
         self._busy = 0.0  # the share of the time every slot was taken, a moving mean over _span()
         self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
         self._flooded = False  # _busy reached _SATURATED and has not come down to _CALM since
@@ -184,7 +208,15 @@ class Limiter:
                     self._threads -= 1
                 return outcome
         waiter, bound, reason = outcome
-        waiter.wait(bound)
+        ends = now + bound
+        while True:
+            with self._lock:
+                lends_at = self._next_lend(self._clock())
+            waiter.wait(max(0.0, min(ends, lends_at) - self._clock()))
+            if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+                break
+            with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
+                self._grant(self._clock())
         with self._lock:
             admission = self._leave(waiter, reason)
             if not admission.admitted:
@@ -201,14 +233,23 @@ class Limiter:
         if isinstance(outcome, Admission):
             return outcome
         waiter, bound, reason = outcome
+        ends = now + bound
         try:
-            await waiter.await_(bound)
+            while True:
+                with self._lock:
+                    lends_at = self._next_lend(self._clock())
+                await waiter.await_(max(0.0, min(ends, lends_at) - self._clock()))
+                if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+                    break
+                with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
+                    self._grant(self._clock())
         except BaseException:  # cancelled (the client went away): give back what was granted
             with self._lock:
                 if waiter.granted:
                     now = self._clock()
                     self._tally(now, self._slots())
                     self._in_flight -= 1
+                    self._forget(waiter.since)
                     self._grant(now)
                 elif not waiter.evicted:
                     self._queue.remove(waiter)
@@ -235,8 +276,11 @@ class Limiter:
                 self.limit.sample(rtt, self._in_flight, admitted_at, now, cpu, downstream=downstream)
             finally:  # whatever learning does, the slot is given back (a lost one is never found again)
                 self._in_flight -= 1
+                self._forget(admitted_at)
                 previous = self._service_time
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
+                self._recent.append(rtt)
+                self._typical = statistics.median(self._recent)
                 if self._busy_at is None:  # the first request served: the busy time is counted from here on
                     self._busy_at = now  # (and its time, a cold start's, is no measure of the longest)
                 else:
@@ -253,12 +297,16 @@ class Limiter:
         """Admitted or refused now, or the waiter queued with how long it may wait and why it would be refused."""
         slots = self._slots()
         self._tally(now, slots)
-        if self._in_flight < slots:
+        if self._queue.best() is not None:
+            self._grant(now)  # a request in flight may have stalled since the queue was last served
+        counted = self._in_flight - self._lent(now, slots)
+        if counted < slots:
             best = self._queue.best()
             if best is None or RANK[priority] < RANK[best.priority]:  # nobody as good waits for a slot
-                if self._in_flight < self._open_to(priority, slots):
+                if counted < self._open_to(priority, slots):
                     self._in_flight += 1
                     self._last_admitted = now
+                    bisect.insort(self._running, now)
                     return Admission(True, admitted_at=now)
                 if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
                     self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
@@ -390,7 +438,7 @@ class Limiter:
 
     def _bound(self, deadline: float, now: float) -> tuple[float, str]:
         """How long a request may wait, and the reason it is refused if it waited that long for nothing."""
-        need = max(self.min_time_to_serve, self._service_time or 0.0)
+        need = max(self.min_time_to_serve, self._typical or 0.0)
         budget = deadline - now - need
         if budget < self.queue_timeout:
             return budget, REASON_DEADLINE
@@ -415,10 +463,12 @@ class Limiter:
     def _grant(self, now: float) -> None:
         queue = self._queue
         slots = self._slots()
-        while (best := queue.best()) is not None and self._in_flight < self._open_to(best.priority, slots):
+        lent = self._lent(now, slots)
+        while (best := queue.best()) is not None and self._in_flight - lent < self._open_to(best.priority, slots):
             waiter = queue.pop_best()
             self._in_flight += 1
             self._last_admitted = now
+            bisect.insort(self._running, now)
             waiter.granted = True
             waited = now - waiter.since
             waiter.since = now  # from here on: when it was admitted
@@ -429,6 +479,38 @@ class Limiter:
         if current != self._published_limit:
             self._published_limit = current
             metrics.shedding_limit.set(current)
+
+    def _stall_after(self) -> float:
+        """How long a request runs before it counts as stalled (see _STALL_SERVICES)."""
+        return max(_STALL_MIN, _STALL_SERVICES * (self._typical or 0.0))
+
+    def _lent(self, now: float, slots: int) -> int:
+        """How many slots stalled requests lend now: none under a fixed limit; at most ``slots``."""
+        if not isinstance(self.limit, AdaptiveLimit):
+            return 0
+        stalled = bisect.bisect_right(self._running, now - self._stall_after())
+        return min(stalled, slots)
+
+    def _next_lend(self, now: float) -> float:
+        """When a waiter should look again whether a stalled request lends it a slot: when the next
+        request in flight stalls, and at least every _STALL_RECHECK seconds, since a request served
+        meanwhile moves the threshold (``math.inf`` under a fixed limit, which never lends)."""
+        running = self._running
+        if not isinstance(self.limit, AdaptiveLimit) or not running:
+            return math.inf
+        after = self._stall_after()
+        stalled = bisect.bisect_right(running, now - after)
+        recheck = now + _STALL_RECHECK
+        if stalled >= len(running) or stalled >= self._slots():
+            return recheck
+        return min(recheck, running[stalled] + after)
+
+    def _forget(self, admitted_at: float) -> None:
+        """A request admitted at ``admitted_at`` is no longer in flight."""
+        running = self._running
+        index = bisect.bisect_left(running, admitted_at)
+        if index < len(running) and running[index] == admitted_at:
+            del running[index]
 
     def _published_queue(self, priority: Priority) -> None:
         metrics.shedding_queue_length.labels(priority.value).set(self._queue.counts[priority])
