@@ -3,7 +3,10 @@ and ``manage.py circuit_breakers``."""
 
 import datetime
 import io
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from django.utils import timezone
 
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from tests.conf.test_settings_checks import manage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
 LIVE = datetime.datetime(2999, 1, 1, tzinfo=datetime.UTC)  # a report that has not expired
@@ -405,3 +410,84 @@ def test_an_override_no_live_process_reports_goes_back_to_automatic_from_the_ove
     assert BreakerStatus.objects.get().override is None
     history = reverse("admin:django_aio_request_breakerstatus_history", args=[quote(breaker_id("billing", BILLING))])
     assert "Back to automatic" in operator.get(history).content.decode()
+
+
+SQLITE_WRITER_SCRIPT = """
+import json, sqlite3, sys, threading, time, types
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=[
+        "django.contrib.admin",
+        "django.contrib.contenttypes",
+        "django.contrib.auth",
+        "django.contrib.messages",
+        "django.contrib.sessions",
+        "django_aio_request",
+    ],
+    DATABASES={
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": sys.argv[1], "OPTIONS": {"timeout": 20}}
+    },
+    USE_TZ=True,
+    AIO_REQUEST={},
+)
+django.setup()
+from django.contrib.auth.models import AnonymousUser
+from django.core.management import call_command
+from django_aio_request.admin import set_overrides
+from django_aio_request.models import BreakerOverride, Mode
+
+call_command("migrate", verbosity=0)
+admin = types.SimpleNamespace(log_change=lambda *args: None, message_user=lambda *args: None)
+request = types.SimpleNamespace(user=AnonymousUser())
+circuit = types.SimpleNamespace(client="billing", endpoint="http://billing/")
+
+
+def other_writer(holding):
+    # Another process's write transaction (the breaker publisher's) holds the write lock 0.5 s.
+    other = sqlite3.connect(sys.argv[1], timeout=20, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO django_content_type (app_label, model) VALUES ('x', 'y' || random())")
+    holding.set()
+    time.sleep(0.5)
+    other.execute("COMMIT")
+
+
+results = []
+for mode in (Mode.FORCE_OPEN, Mode.FORCE_CLOSED, None):
+    holding = threading.Event()
+    thread = threading.Thread(target=other_writer, args=(holding,))
+    thread.start()
+    holding.wait(5)
+    began = time.monotonic()
+    try:
+        set_overrides(admin, request, [circuit], mode)
+        results.append(["ok", round(time.monotonic() - began, 2)])
+    except Exception as error:
+        results.append([type(error).__name__ + ": " + str(error), 0])
+    thread.join()
+print(json.dumps([results, list(BreakerOverride.objects.values_list("mode", flat=True))]))
+"""
+
+
+def test_on_sqlite_an_override_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    """On SQLite (the demo's database), setting an override read the row and then wrote it
+    (update_or_create) in one transaction: while another connection held the write lock (the
+    breaker publisher writes every second), SQLite refused that transaction at once, "database is
+    locked", without the busy timeout's wait, and the admin answered 500 (a review: 2 of 377 actions
+    with one operator, 20 of 151 with four). Written first now, it waits for the lock as any write:
+    forced open (a new row), forced closed (the row changed), back to automatic (deleted)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SQLITE_WRITER_SCRIPT, str(tmp_path / "db.sqlite3")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes, left = json.loads(done.stdout)
+    assert [outcome for outcome, _ in outcomes] == ["ok", "ok", "ok"], outcomes
+    assert all(0.3 < waited < 5 for _, waited in outcomes), outcomes  # each waited for the other writer
+    assert left == []  # no override left after back to automatic
