@@ -4,6 +4,7 @@ and ``manage.py circuit_breakers``."""
 import datetime
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -163,6 +164,22 @@ def test_staff_without_the_permission_see_everything_but_change_nothing(reports:
     assert viewer.get(reverse("admin:django_aio_request_breakertransition_changelist")).status_code == 200
 
 
+def test_each_list_needs_its_own_view_permission(reports: None) -> None:
+    """admin.md: Can view circuit breaker shows the list, each circuit's page with its transitions and
+    its history; the transitions and overrides lists need their own view permissions (a review read
+    "the history" as the transitions list, which answered 403)."""
+    browser = BrowserClient()
+    browser.force_login(staff("status-only", "view_breakerstatus"))
+    billing = quote(breaker_id("billing", BILLING))
+    assert browser.get(reverse(CHANGELIST)).status_code == 200
+    page = browser.get(reverse("admin:django_aio_request_breakerstatus_change", args=[billing]))
+    assert page.status_code == 200
+    assert "closed" in page.content.decode()  # the circuit's transitions, on its page
+    assert browser.get(reverse("admin:django_aio_request_breakerstatus_history", args=[billing])).status_code == 200
+    assert browser.get(reverse("admin:django_aio_request_breakertransition_changelist")).status_code == 403
+    assert browser.get(reverse("admin:django_aio_request_breakeroverride_changelist")).status_code == 403
+
+
 def test_the_transitions_history_is_a_read_only_list_with_filters(reports: None, viewer: BrowserClient) -> None:
     url = reverse("admin:django_aio_request_breakertransition_changelist")
     page = viewer.get(url, {"to_state__exact": "open", "client": "billing"})
@@ -232,6 +249,16 @@ def test_the_management_command_on_a_database_not_migrated_says_so_without_a_tra
     assert "Traceback" not in done.stderr
     assert "CommandError: cannot read the circuit breakers from database 'default'" in done.stderr
     assert "migrate django_aio_request" in done.stderr
+
+
+def test_the_management_command_names_a_client_that_is_not_text_without_a_traceback(tmp_path: Path) -> None:
+    """``--client $'\\xff'``: a byte that is not UTF-8 reaches Python as a lone surrogate, which no
+    database takes: a UnicodeEncodeError traceback before (a review)."""
+    settings = "from settings.test import *\n"
+    done = manage(tmp_path, "circuit_breakers", "--client", os.fsdecode(b"bill\xffing"), settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "CommandError: --client 'bill\\udcffing' is not text (bytes that are not UTF-8)" in done.stderr
 
 
 @pytest.mark.django_db

@@ -51,6 +51,11 @@ class Command(BaseCommand):
                 raise CommandError(f"no database {options['database']!r} in settings.DATABASES (known: {known})")
             rows = rows.using(options["database"])
         if options["client"]:
+            for client in options["client"]:
+                try:
+                    client.encode()
+                except UnicodeEncodeError:  # a byte that is not UTF-8 on the command line: a lone surrogate
+                    raise CommandError(f"--client {client!r} is not text (bytes that are not UTF-8)") from None
             rows = rows.filter(client__in=options["client"])
         if options["state"]:
             rows = rows.filter(state__in=options["state"])
