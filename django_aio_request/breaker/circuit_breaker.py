@@ -475,7 +475,9 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                 return
             if circuit.state is CircuitState.HALF_OPEN:
                 if success:
-                    transition = self._move(scope, circuit, CircuitState.CLOSED)
+                    # The figures the close was decided on: the window's, and this probe's success
+                    # (not added to the window, which closing empties).
+                    transition = self._move(scope, circuit, CircuitState.CLOSED, probe_succeeded=True)
                     store.close_circuit(scope)
                 else:
                     store.add(scope, False)
@@ -512,13 +514,18 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                 transition = self._move(scope, circuit, CircuitState.CLOSED)
         self._notify(transition)
 
-    def _move(self, scope: TScope, circuit: _Circuit, new: CircuitState) -> CircuitTransition[TScope]:
+    def _move(
+        self, scope: TScope, circuit: _Circuit, new: CircuitState, *, probe_succeeded: bool = False
+    ) -> CircuitTransition[TScope]:
         old = circuit.effective
         circuit.state = new
-        return self._transition(scope, circuit, old)
+        return self._transition(scope, circuit, old, probe_succeeded=probe_succeeded)
 
-    def _transition(self, scope: TScope, circuit: _Circuit, old: CircuitState) -> CircuitTransition[TScope]:
+    def _transition(
+        self, scope: TScope, circuit: _Circuit, old: CircuitState, *, probe_succeeded: bool = False
+    ) -> CircuitTransition[TScope]:
         failures, successes = self.store.totals(scope)
+        successes += probe_succeeded
         circuit.changed_at = time.time()
         return CircuitTransition(
             scope=scope, old=old, new=circuit.effective, failures=failures, successes=successes, at=circuit.changed_at

@@ -270,6 +270,9 @@ class TestListeners:
         assert (opened.scope, opened.failures, opened.successes) == ("svc", 3, 1)
         assert opened.failure_ratio == 0.75
         assert (transitions[2].failures, transitions[2].successes) == (4, 1)  # the failed probe counts
+        # ... and so does the probe that closes it: it read 4 failures, 1 success (80%), the figures
+        # from before it, in the admin's history (a review: "half-open -> closed at 100%").
+        assert (transitions[4].failures, transitions[4].successes) == (4, 2)
         assert all(abs(t.at - time.time()) < 5 for t in transitions)
         assert CircuitTransition("s", CircuitState.OPEN, CircuitState.CLOSED, 0, 0, 0.0).failure_ratio == 0.0
 
