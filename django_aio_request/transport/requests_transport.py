@@ -258,7 +258,9 @@ class RequestsTransport(Transport):
                 session.mount(prefix, _guarded_copy(adapter))
         self._session = session
         self._hosts: dict[str, _Host] = {}
-        self._planning = threading.Lock()  # held while one thread works out a host's route (_host)
+        # A lock per host whose route a thread is working out (_host), while it does; and the lock of that dict.
+        self._planning: dict[str, threading.Lock] = {}
+        self._planning_guard = threading.Lock()
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = max_connections
         self.max_connections = max_connections
@@ -279,7 +281,8 @@ class RequestsTransport(Transport):
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = self.max_connections
         self._hosts = {}  # their direct routes name the parent's pools
-        self._planning = threading.Lock()  # a thread of the parent may have held it at the fork
+        self._planning = {}  # a thread of the parent may have held them at the fork
+        self._planning_guard = threading.Lock()
         for adapter in list(self._session.adapters.values()):
             if isinstance(adapter, HTTPAdapter):
                 connections, most, block = adapter._pool_connections, adapter._pool_maxsize, adapter._pool_block  # type: ignore[attr-defined]
@@ -337,22 +340,30 @@ class RequestsTransport(Transport):
         call's time; the environment of a running service does not change, so it is read once per
         host (and so is a netrc file).
 
-        One thread at a time works a host out; the others wait and take its result. Each of 32 threads
-        calling a fresh transport's https host at once planned the route itself, each loading the CA
-        bundle (~55 ms of CPU, before the attempt's deadline is watched): calls given 0.3 s ended 1.0
-        to 2.5 s past it. One load is ~55 ms, the most a first call can be late by for it.
+        One thread at a time works a host out; the others calling that host wait and take its result
+        (calls to other hosts do not wait: a CA bundle on a hanging file system held every host's
+        first call). Each of 32 threads calling a fresh transport's https host at once planned the
+        route itself, each loading the CA bundle (~55 ms of CPU, before the attempt's deadline is
+        watched): calls given 0.3 s ended 1.0 to 2.5 s past it.
         """
         parts = split_url(url)  # not Python's cached urlsplit: it keeps 128 URLs of any length
         key = f"{parts.scheme}://{parts.netloc}"
         found = self._hosts.get(key)
         if found is None:
-            with self._planning:
-                found = self._hosts.get(key)  # worked out while this thread waited
-                if found is None:
-                    found = self._plan(url)
-                    if len(self._hosts) >= _MAX_CACHED_HOSTS:
-                        self._hosts.clear()  # redirects to ever new hosts must not grow it without end
-                    self._hosts[key] = found
+            with self._planning_guard:
+                lock = self._planning.setdefault(key, threading.Lock())
+            try:
+                with lock:
+                    found = self._hosts.get(key)  # worked out while this thread waited
+                    if found is None:
+                        found = self._plan(url)
+                        if len(self._hosts) >= _MAX_CACHED_HOSTS:
+                            self._hosts.clear()  # redirects to ever new hosts must not grow it without end
+                        self._hosts[key] = found
+            finally:
+                with self._planning_guard:
+                    if self._planning.get(key) is lock and not lock.locked():
+                        del self._planning[key]  # planned (or failed): the next caller looks at _hosts first
         return found
 
     def _plan(self, url: str) -> _Host:

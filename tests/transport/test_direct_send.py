@@ -513,3 +513,36 @@ def test_long_urls_are_sent_whole_and_not_kept(recording: RecordingServer) -> No
     assert recording.requests()[-1].startswith(f"GET /long?q={long_value} HTTP/1.1".encode())
     assert direct_send._prepared_url.cache_info().currsize == before
     transport.close()
+
+
+def test_a_host_whose_route_is_slow_to_plan_holds_no_call_to_another_host(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning is one thread at a time per host, not per transport: a CA bundle on a file system
+    that hangs held the first call to every other host of the transport past its deadline (a
+    review: a 0.5 s call answered after 5 s, when the file came back)."""
+    server.route("/x", lambda handler: handler.reply(200, b"other host"))
+    entered, release = threading.Event(), threading.Event()
+    plan = direct_send.plan_route
+
+    def hanging_for_one_host(session: Any, adapter: Any, url: str, settings: Any) -> Any:
+        if "hanging.invalid" in url:
+            entered.set()
+            release.wait(10)
+        return plan(session, adapter, url, settings)
+
+    monkeypatch.setattr(direct_send, "plan_route", hanging_for_one_host)
+    transport = RequestsTransport()
+    stuck = threading.Thread(target=transport.send, args=("http://hanging.invalid/", dar.get("x"), 1.0))
+    stuck.start()
+    try:
+        assert entered.wait(5)
+        began = time.monotonic()
+        answer = transport.send(server.url, dar.get("x"), 0.5)
+        elapsed = time.monotonic() - began
+    finally:
+        release.set()
+        stuck.join(10)
+        transport.close()
+    assert (answer.status, answer.read()) == (200, b"other host")
+    assert elapsed < 0.4

@@ -78,7 +78,9 @@ def test_a_route_being_planned_at_the_fork_is_planned_again_in_the_child(server:
     server.route("/fast", echo_after(0))
     transport = dar.RequestsTransport()
     try:
-        with held_by_another_thread(transport._planning):
+        host = server.url.rstrip("/")
+        transport._planning[host] = threading.Lock()
+        with held_by_another_thread(transport._planning[host]), held_by_another_thread(transport._planning_guard):
             assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
     finally:
         transport.close()
