@@ -1360,3 +1360,37 @@ def test_one_long_request_does_not_make_the_next_ones_look_unservable_in_time() 
     waiter.join(5)
     assert outcome[0].admitted
     release(outcome[0], limiter)
+
+
+@pytest.mark.parametrize(("cpu_share", "lent"), [(0.9, False), (0.5, True)])
+def test_nothing_is_lent_while_the_cpu_is_saturated(cpu_share: float, lent: bool) -> None:
+    """A request that runs long because the process's CPU is saturated is no stall: lending then ran
+    two CPU-bound views at once where the limit (and on 2 threads the thread kept free) wanted one
+    (a review: no fast request in time). With the process's threads taking 0.9 CPU seconds a second
+    lately (as measured at releases, over a quarter of a second at least), a request holding the
+    slot past the stall threshold lends nothing: the next waits, and is refused at QUEUE_TIMEOUT;
+    at 0.5 it lends. (The measure on a real server:
+    test_shedding_servers.py::test_requests_slow_because_the_cpu_is_saturated_lend_no_slot.)"""
+    limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, now=time.monotonic()), queue_timeout=0.3)
+    limiter._cpu_share = cpu_share
+    limiter._cpu_mark = (math.inf, 0.0)  # no new measure during the test
+    stuck = limiter.acquire(NORMAL, time.monotonic() + 5)
+    time.sleep(0.15)  # past the stall threshold (0.1 s: nothing served yet)
+    waited = limiter.acquire(HIGH, time.monotonic() + 5)
+    if waited.admitted:
+        limiter.release(waited.admitted_at, thread=True)
+    limiter.release(stuck.admitted_at, thread=True)
+    assert (waited.admitted, waited.reason) == ((True, None) if lent else (False, "queue_timeout"))
+
+
+def test_a_waiter_gives_up_in_real_time_when_the_limiter_s_clock_stands_still() -> None:
+    """Under a learned limit a waiter looks again now and then for a lent slot; with a clock given to
+    the limiter that does not move (a test's), it looked for ever (a review). It gives up after its
+    wait in real time too, as it did before lending."""
+    limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, now=100.0), queue_timeout=0.3, clock=lambda: 100.0)
+    held = limiter.acquire(NORMAL, 105.0)
+    began = time.monotonic()
+    refused = limiter.acquire(NORMAL, 105.0)
+    assert (refused.admitted, refused.reason) == (False, "queue_timeout")
+    assert time.monotonic() - began < 2
+    limiter.release(held.admitted_at, thread=True)

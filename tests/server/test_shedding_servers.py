@@ -397,3 +397,28 @@ def test_a_long_request_does_not_hold_the_only_slot_from_everyone_else(kind: str
     assert [status for status, _, _ in report] == [200]
     assert [status for status, _, _ in others] == [200] * 8, others
     assert max(elapsed for _, _, elapsed in others) < 0.45, others  # none waited out QUEUE_TIMEOUT
+
+
+@pytest.mark.timeout(120)
+def test_requests_slow_because_the_cpu_is_saturated_lend_no_slot() -> None:
+    # 2 threads: four callers of 200 ms CPU views beside eight of 5 ms ones (high, normal, low). A
+    # request that runs long because the CPU is saturated is no stall: lent, the slot the limiter
+    # keeps free on a 2-thread server ran a second slow view, and no fast request was answered in
+    # time (a review: 0 a second, 0% of high priority; 20-25 a second and 86-90% without lending).
+    with server("gunicorn", 2, {"shedding": True}) as url:
+        closed_loop(url, [Callers(2)], path="/cpu?ms=5", seconds=1.5, deadline=DEADLINE, backoff=0.05)  # warm-up
+        slow: list[Outcome] = []
+        slow_callers = [Callers(4, priorities=("normal",))]
+
+        def slow_flood() -> None:
+            slow.extend(closed_loop(url, slow_callers, path="/cpu?ms=200", seconds=5.0, deadline=2.0, backoff=0.05))
+
+        flood = threading.Thread(target=slow_flood)
+        flood.start()
+        fast = closed_loop(url, [Callers(8)], path="/cpu?ms=5", seconds=5.0, deadline=0.5, backoff=0.05)
+        flood.join(30)
+    high = [o for o in fast if o.priority == "high"]
+    in_time = [o for o in high if o.status == 200 and o.elapsed <= 0.5]
+    assert len(high) >= 5
+    assert len(in_time) >= len(high) / 2, collections.Counter((o.status, o.elapsed <= 0.5) for o in high)
+    assert slow  # the slow callers were served or refused, not left hanging

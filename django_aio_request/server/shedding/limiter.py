@@ -110,7 +110,15 @@ _LONGEST_MEMORY = 2.0  # seconds over which the longest recent request's time de
 # long request in flight. MAX_CONCURRENCY (a FixedLimit) is the user's own bound: never lent.
 _STALL_SERVICES = 4
 _STALL_MIN = 0.1
-_STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learned limit
+_STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learned limit (see _next_lend)
+_RECHECKING = 20  # waiters who look again that often; with more, each looks less often (all: 400 times a second)
+# Nothing is lent while the process's threads took this much CPU time per second of wall time lately
+# (measured over _CPU_SPAN at least, at releases): a request that runs long because the CPU is
+# saturated is no stall, and lending let such requests run two at once: with 2 threads and four
+# callers of 200 ms CPU views beside eight of 5 ms ones, no fast request answered in time (a review;
+# 20-25 a second, 86-90% of high priority, without lending).
+_CPU_SATURATED = 0.8
+_CPU_SPAN = 0.25
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,6 +166,8 @@ class Limiter:
         # again in 5 ms (a review: 9 in a row).
         self._recent: collections.deque[float] = collections.deque(maxlen=_RECENT)
         self._typical: float | None = None
+        self._cpu_mark = (time.monotonic(), time.process_time())  # where the CPU share's current span began
+        self._cpu_share = 0.0  # the process's CPU seconds per second over the last span (see _CPU_SATURATED)
         self._busy = 0.0  # the share of the time every slot was taken, a moving mean over _span()
         self._busy_at: float | None = None  # when _busy was brought up to date (None: nothing served yet)
         self._flooded = False  # _busy reached _SATURATED and has not come down to _CALM since
@@ -208,12 +218,14 @@ class Limiter:
                     self._threads -= 1
                 return outcome
         waiter, bound, reason = outcome
-        ends = now + bound
+        ends, gives_up = now + bound, time.monotonic() + bound  # the latter: a test's clock may stand still
         while True:
             with self._lock:
                 lends_at = self._next_lend(self._clock())
             waiter.wait(max(0.0, min(ends, lends_at) - self._clock()))
             if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+                break
+            if time.monotonic() >= gives_up:
                 break
             with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
                 self._grant(self._clock())
@@ -233,13 +245,15 @@ class Limiter:
         if isinstance(outcome, Admission):
             return outcome
         waiter, bound, reason = outcome
-        ends = now + bound
+        ends, gives_up = now + bound, time.monotonic() + bound  # the latter: a test's clock may stand still
         try:
             while True:
                 with self._lock:
                     lends_at = self._next_lend(self._clock())
                 await waiter.await_(max(0.0, min(ends, lends_at) - self._clock()))
                 if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+                    break
+                if time.monotonic() >= gives_up:
                     break
                 with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
                     self._grant(self._clock())
@@ -281,6 +295,7 @@ class Limiter:
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
                 self._recent.append(rtt)
                 self._typical = statistics.median(self._recent)
+                self._measure_cpu()
                 if self._busy_at is None:  # the first request served: the busy time is counted from here on
                     self._busy_at = now  # (and its time, a cold start's, is no measure of the longest)
                 else:
@@ -484,9 +499,18 @@ class Limiter:
         """How long a request runs before it counts as stalled (see _STALL_SERVICES)."""
         return max(_STALL_MIN, _STALL_SERVICES * (self._typical or 0.0))
 
+    def _measure_cpu(self) -> None:
+        """Bring the CPU share up to date once a span has passed (real time: the limiter's clock may be a test's)."""
+        wall, cpu = time.monotonic(), time.process_time()
+        began, used = self._cpu_mark
+        if wall - began >= _CPU_SPAN:
+            self._cpu_share = (cpu - used) / (wall - began)
+            self._cpu_mark = (wall, cpu)
+
     def _lent(self, now: float, slots: int) -> int:
-        """How many slots stalled requests lend now: none under a fixed limit; at most ``slots``."""
-        if not isinstance(self.limit, AdaptiveLimit):
+        """How many slots stalled requests lend now: none under a fixed limit, nor while the CPU is
+        saturated (_CPU_SATURATED); at most ``slots``."""
+        if not isinstance(self.limit, AdaptiveLimit) or self._cpu_share >= _CPU_SATURATED:
             return 0
         stalled = bisect.bisect_right(self._running, now - self._stall_after())
         return min(stalled, slots)
@@ -500,7 +524,8 @@ class Limiter:
             return math.inf
         after = self._stall_after()
         stalled = bisect.bisect_right(running, now - after)
-        recheck = now + _STALL_RECHECK
+        # Thousands of async waiters each looking 20 times a second took 1.3 s of CPU in 1.75 s (a review).
+        recheck = now + _STALL_RECHECK * max(1.0, len(self._queue) / _RECHECKING)
         if stalled >= len(running) or stalled >= self._slots():
             return recheck
         return min(recheck, running[stalled] + after)
