@@ -687,6 +687,22 @@ class TestFirstAttemptInTheCallersThread:
         assert len(workers_of(client)._executor._threads) <= 2
 
 
+class Learning(RequestAttemptDelaysProvider):
+    """Hedge k after ``step`` x k seconds; every response it is told of, as (status, elapsed)."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.heard: list[tuple[int, float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request, attempt: int) -> float:
+        return self.step * attempt
+
+    def observe(self, request: Request, response: Response) -> None:
+        with self.lock:
+            self.heard.append((response.status, response.elapsed))
+
+
 def test_a_learning_delays_provider_hears_of_attempt_0_when_a_hedge_beat_it(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
@@ -702,19 +718,7 @@ def test_a_learning_delays_provider_hears_of_attempt_0_when_a_hedge_beat_it(
 
     server.route("/tail", slow_first)
 
-    class Learning(RequestAttemptDelaysProvider):
-        def __init__(self) -> None:
-            self.heard: list[tuple[int, float]] = []
-            self.lock = threading.Lock()
-
-        def __call__(self, request: Request, attempt: int) -> float:
-            return 0.05 * attempt
-
-        def observe(self, request: Request, response: Response) -> None:
-            with self.lock:
-                self.heard.append((response.status, response.elapsed))
-
-    learning = Learning()
+    learning = Learning(step=0.05)
     client = make_client(safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=learning))
     for _ in range(5):
         with client.request(get("tail")) as response:
@@ -744,19 +748,7 @@ def test_a_hedge_abandoned_because_attempt_0_won_is_not_learned_as_a_short_laten
 
     server.route("/late-hedge", hedges_hang)
 
-    class Learning(RequestAttemptDelaysProvider):
-        def __init__(self) -> None:
-            self.heard: list[tuple[int, float]] = []
-            self.lock = threading.Lock()
-
-        def __call__(self, request: Request, attempt: int) -> float:
-            return 0.04 * attempt
-
-        def observe(self, request: Request, response: Response) -> None:
-            with self.lock:
-                self.heard.append((response.status, response.elapsed))
-
-    learning = Learning()
+    learning = Learning(step=0.04)
     client = make_client(safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=learning))
     for _ in range(5):
         with client.request(get("late-hedge")) as response:

@@ -220,15 +220,10 @@ class Limiter:
         waiter, bound, reason = outcome
         ends, gives_up = now + bound, time.monotonic() + bound  # the latter: a test's clock may stand still
         while True:
-            with self._lock:
-                lends_at = self._next_lend(self._clock())
-            waiter.wait(max(0.0, min(ends, lends_at) - self._clock()))
-            if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+            timeout, lends_at = self._next_wait(ends)
+            waiter.wait(timeout)
+            if self._done_waiting(waiter, ends, lends_at, gives_up):
                 break
-            if time.monotonic() >= gives_up:
-                break
-            with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
-                self._grant(self._clock())
         with self._lock:
             admission = self._leave(waiter, reason)
             if not admission.admitted:
@@ -248,15 +243,10 @@ class Limiter:
         ends, gives_up = now + bound, time.monotonic() + bound  # the latter: a test's clock may stand still
         try:
             while True:
-                with self._lock:
-                    lends_at = self._next_lend(self._clock())
-                await waiter.await_(max(0.0, min(ends, lends_at) - self._clock()))
-                if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+                timeout, lends_at = self._next_wait(ends)
+                await waiter.await_(timeout)
+                if self._done_waiting(waiter, ends, lends_at, gives_up):
                     break
-                if time.monotonic() >= gives_up:
-                    break
-                with self._lock:  # a request in flight has stalled meanwhile: its slot may be lent (_lent)
-                    self._grant(self._clock())
         except BaseException:  # cancelled (the client went away): give back what was granted
             with self._lock:
                 if waiter.granted:
@@ -529,6 +519,23 @@ class Limiter:
         if stalled >= len(running) or stalled >= self._slots():
             return recheck
         return min(recheck, running[stalled] + after)
+
+    def _next_wait(self, ends: float) -> tuple[float, float]:
+        """How long a waiter whose wait ends at ``ends`` waits now, and when it looks again for a lent slot."""
+        with self._lock:
+            lends_at = self._next_lend(self._clock())
+        return max(0.0, min(ends, lends_at) - self._clock()), lends_at
+
+    def _done_waiting(self, waiter: Waiter, ends: float, lends_at: float, gives_up: float) -> bool:
+        """After a wait: whether it is over (granted, evicted, or its time is up); if not, a request in
+        flight may have stalled meanwhile, and its slot is lent to the best waiter (_lent)."""
+        if waiter.granted or waiter.evicted or lends_at >= ends or self._clock() >= ends:
+            return True
+        if time.monotonic() >= gives_up:
+            return True
+        with self._lock:
+            self._grant(self._clock())
+        return False
 
     def _forget(self, admitted_at: float) -> None:
         """A request admitted at ``admitted_at`` is no longer in flight."""
