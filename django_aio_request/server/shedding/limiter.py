@@ -48,7 +48,6 @@ import bisect
 import collections
 import dataclasses
 import math
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -283,8 +282,10 @@ class Limiter:
                 self._forget(admitted_at)
                 previous = self._service_time
                 self._service_time = rtt if previous is None else previous + _RTT_WEIGHT * (rtt - previous)
-                self._recent.append(rtt)
-                self._typical = statistics.median(self._recent)
+                recent = self._recent
+                recent.append(rtt)
+                ordered, middle = sorted(recent), len(recent) // 2  # statistics.median, without its overhead
+                self._typical = ordered[middle] if len(recent) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
                 self._measure_cpu()
                 if self._busy_at is None:  # the first request served: the busy time is counted from here on
                     self._busy_at = now  # (and its time, a cold start's, is no measure of the longest)
@@ -491,9 +492,10 @@ class Limiter:
 
     def _measure_cpu(self) -> None:
         """Bring the CPU share up to date once a span has passed (real time: the limiter's clock may be a test's)."""
-        wall, cpu = time.monotonic(), time.process_time()
+        wall = time.monotonic()
         began, used = self._cpu_mark
-        if wall - began >= _CPU_SPAN:
+        if wall - began >= _CPU_SPAN:  # the process's CPU clock read once a span, not at every release
+            cpu = time.process_time()
             self._cpu_share = (cpu - used) / (wall - began)
             self._cpu_mark = (wall, cpu)
 
