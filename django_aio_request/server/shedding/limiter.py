@@ -99,14 +99,14 @@ _MIN_BUSY_SPAN = 0.25
 _SPAN_LONGEST = 3
 _LONGEST_MEMORY = 2.0  # seconds over which the longest recent request's time decays (by e)
 # A request that has run this many typical service times (the median of the last _RECENT; at least
-# _STALL_MIN seconds) is stalled:
-# with a learned limit, it lends its slot to the next request (at most as many as the slots, so
-# twice the limit at most run at once). A learned limit is what the process serves well at once,
-# not a promise to run no more: at a limit of 1 (views that compute), one request stuck on a lock
-# or a slow report held the only slot, and every other request, high priority too, waited
-# QUEUE_TIMEOUT and was refused, for as long as it ran (a review: 0 of 26 answered in 8 s, 4 to 8
-# threads idle), and a probe at a worker's start, or every PROBE_INTERVAL, did the same behind any
-# long request in flight. MAX_CONCURRENCY (a FixedLimit) is the user's own bound: never lent.
+# _STALL_MIN seconds) is stalled: with a learned limit, it lends its slot to the next request (at
+# most as many as the slots, so twice the limit at most run at once). A learned limit is what the
+# process serves well at once, not a promise to run no more: at a limit of 1 (views that compute),
+# one request stuck on a lock or a slow report held the only slot, and every other request, high
+# priority too, waited QUEUE_TIMEOUT and was refused, for as long as it ran (a review: 0 of 26
+# answered in 8 s, 4 to 8 threads idle), and a probe at a worker's start, or every PROBE_INTERVAL,
+# did the same behind any long request in flight. MAX_CONCURRENCY (a FixedLimit) is the user's own
+# bound: never lent.
 _STALL_SERVICES = 4
 _STALL_MIN = 0.1
 _STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learned limit (see _next_lend)
