@@ -1369,8 +1369,7 @@ def test_nothing_is_lent_while_the_cpu_is_saturated(cpu_share: float, lent: bool
     (a review: no fast request in time). With the process's threads taking 0.9 CPU seconds a second
     lately (as measured at releases, over a quarter of a second at least), a request holding the
     slot past the stall threshold lends nothing: the next waits, and is refused at QUEUE_TIMEOUT;
-    at 0.5 it lends. (The measure on a real server:
-    test_shedding_servers.py::test_requests_slow_because_the_cpu_is_saturated_lend_no_slot.)"""
+    at 0.5 it lends."""
     limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, now=time.monotonic()), queue_timeout=0.3)
     limiter._cpu_share = cpu_share
     limiter._cpu_mark = (math.inf, 0.0)  # no new measure during the test
