@@ -109,7 +109,7 @@ def test_middleware_runs_with_new_timeouts_or_none(options: tuple[str, ...]) -> 
 
 
 def test_tls_deadline_runs_the_client_beside_plain_requests() -> None:
-    out = _run("benchmarks.tls_deadline", "--threads", "4", "--calls", "1", "--rounds", "2", "--async-calls", "8")
+    out = _run("benchmarks.tls_deadline", "--threads", "2", "--calls", "1", "--rounds", "1", "--async-calls", "4")
     for row in ("  client  ", "  requests  ", "  client, async  "):
         assert row in out
     assert "p99 overshoot, client against requests:" in out

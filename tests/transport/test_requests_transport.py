@@ -825,7 +825,7 @@ def test_a_body_of_tiny_chunks_takes_the_memory_of_the_body(
     """security.md: max_response_size bounds the memory a body takes. urllib3 yields a chunked body
     one wire chunk at a time, and each was kept as a bytes object of its own: 2-byte chunks took
     about 69 times the body (138 MiB for 2 MiB). Read into one buffer: at most about twice."""
-    size = 256 * 1024
+    size = 128 * 1024  # a quarter of a million chunks took 15 s under tracemalloc; half as many show the same
     server.route("/tiny", _tiny_chunks(size))
     transport = _transport_on(route, limit)  # type: ignore[arg-type]
     try:
