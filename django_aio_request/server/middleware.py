@@ -327,11 +327,7 @@ class AioRequestMiddleware:
                         and len(whole) <= _MAX_INTEGER_DIGITS
                         and (not dot or (fraction.isdigit() and len(fraction) <= _MAX_DECIMALS))
                     ):
-                        seconds = float(raw)
-                        if len(raw) <= _REMEMBERED_LENGTH:  # _remember(), written out
-                            if len(_ACCEPTED) >= _ACCEPTED_MAX:
-                                _ACCEPTED.clear()
-                            _ACCEPTED[raw] = seconds
+                        seconds = _remember(raw, float(raw))  # a miss only: the call costs no measurable time
             if seconds is not None and seconds > 0 and seconds >= conf.low_timeout_threshold:
                 deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
             else:
