@@ -288,12 +288,15 @@ def test_on_one_thread_high_priority_waits_for_the_request_in_hand_not_for_the_q
     # three low ones queued before it (about 200 ms), as long as the low ones wait; here for the one in
     # hand only (up to 100 ms), while the low ones wait behind each other. Judged against the low ones
     # of the same run, not a fixed bound: a slower machine stretches both (a 0.14 s bound failed on a
-    # VM where Django took 4 times as long, at p90 0.157-0.167 s).
+    # VM where Django took 4 times as long, at p90 0.157-0.167 s). Three in four high requests, not nine
+    # in ten: of the ~16 a run sends, the p90 is the second slowest, and two requests held up by a
+    # machine busy elsewhere (0.72 s beside a low median of 0.32 s, CI beside three other sessions)
+    # decided it; in the first-come queue the high ones wait as the low ones do, and this fails too.
     outcomes = flood(WORKER, "/sleep?ms=50", {"shedding": shedding})
     high, low = latencies(outcomes, "high"), latencies(outcomes, "low")
     assert len(high) >= 10
     assert len(low) >= 3
-    assert statistics.quantiles(high, n=10)[8] < statistics.median(low), (high, low)
+    assert statistics.quantiles(high, n=4)[2] < statistics.median(low), (high, low)
     assert statistics.median(high) < 0.5 * statistics.median(low), (high, low)
 
 
