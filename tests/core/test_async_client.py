@@ -443,3 +443,34 @@ def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
         "aio_request_winning_attempt_total": 1,  # the next call; it was 2
         "aio_request_attempts_total": 2,  # the cancelled call's attempt was sent
     }
+
+
+def test_a_call_that_waited_for_a_call_thread_is_recorded_with_its_wait(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """aio_request_latency is what the caller waited: six calls queued on one call thread for a peer
+    answering in 0.1 s wait 0.35 s on average, and were recorded at 0.1 s each (timed from the
+    call thread's start), so a saturated client's latency looked healthy."""
+    server.route("/slow", answer_after(0.1))
+    client = make_client(timeout=5.0, max_workers=1, safe_method_strategy=single_attempt_strategy())
+    labels = {
+        "request_endpoint": server.url,
+        "request_method": "GET",
+        "request_path": "slow",
+        "response_status": "200",
+        "circuit_breaker": "False",
+    }
+
+    async def go() -> list[tuple[Response, float]]:
+        return await asyncio.gather(*(acall(client, get("slow")) for _ in range(6)))
+
+    results = asyncio.run(go())
+    all_metrics.flush()
+
+    assert [r.status for r, _ in results] == [200] * 6
+    waited = sum(elapsed for _, elapsed in results)
+    assert waited > 1.5  # 0.1 + 0.2 + ... + 0.6 = 2.1 s
+    assert REGISTRY.get_sample_value("aio_request_latency_count", labels) == 6
+    recorded = REGISTRY.get_sample_value("aio_request_latency_sum", labels)
+    assert recorded is not None
+    assert abs(recorded - waited) < 0.1 * waited, (recorded, waited)
