@@ -49,9 +49,12 @@ class _Build:
 
 class ClientsHandler:
     def __init__(self) -> None:
-        # Re-entrant: reading the settings imports the dotted paths they name, and a module among them
-        # may look a client up as it is imported (``AUTH = clients["auth"]``): with a plain lock that
-        # lookup, and every later one in the process, waited for ever.
+        # Held to build a client, never to read the settings: reading them imports the dotted paths
+        # they name, and a module among them may look a client up as it is imported
+        # (``AUTH = clients["auth"]``). Held while reading, a thread reading the settings waited for
+        # another thread's import of that module, which waited for this lock: both hung for good
+        # (and the same lookup in the importing thread itself, before it was re-entrant).
+        # Re-entrant still: a classifier or transport built here may look a client up.
         self._lock = threading.RLock()
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
         self._building: dict[str, _Build] = {}  # built, their receivers running
@@ -65,6 +68,11 @@ class ClientsHandler:
         client = self._clients.get(name)
         if client is not None:
             return client
+        config = self.settings  # outside the lock: see __init__
+        spec = config.clients.get(name)
+        if spec is None:
+            known = ", ".join(repr(n) for n in config.clients) or "none"
+            raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
         with self._lock:
             client = self._clients.get(name)
             if client is not None:
@@ -73,11 +81,6 @@ class ClientsHandler:
             if build is not None:
                 mine = False
             else:
-                config = self.settings
-                spec = config.clients.get(name)
-                if spec is None:
-                    known = ", ".join(repr(n) for n in config.clients) or "none"
-                    raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
                 build = self._building[name] = _Build(build_client(spec, config.service_name))
                 mine = True
         return self._announce(name, build) if mine else self._await_build(build)

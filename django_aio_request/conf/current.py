@@ -6,9 +6,8 @@ they need a value. Invalid settings raise ``ImproperlyConfigured`` listing every
 checks (``checks.py``) read the same setting through the same reader and report instead.
 """
 
-import functools
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, overload
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -36,9 +35,46 @@ def _read(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
         ) from error
 
 
+T = TypeVar("T")
+
+
+class _ReadOnce(Generic[T]):
+    """``functools.cached_property`` without its lock: the value is kept in the instance's ``__dict__``,
+    so a read is a plain attribute look-up (the middleware reads the settings on every request).
+
+    Python 3.11's ``cached_property`` holds one lock for the whole computation, and reading the
+    settings imports the modules their dotted paths name. A thread reading them while another
+    thread imported one of those modules, which looked a client up as it was imported
+    (``AUTH = clients["auth"]``), waited for that import, which waited for the lock: both hung for
+    good, and every later first use of a client with them. Here two threads may both read the
+    settings, as two imports would; the first value kept is the one every later read gets. A read
+    that :meth:`CurrentSettings.reset` overtook keeps nothing (the setting changed meanwhile).
+    """
+
+    def __init__(self, read: Callable[[Any], T]) -> None:
+        self._read = read
+        self._name = read.__name__
+        self.__doc__ = read.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> "_ReadOnce[T]": ...
+    @overload
+    def __get__(self, instance: "CurrentSettings", owner: type | None = None) -> T: ...
+    def __get__(self, instance: "CurrentSettings | None", owner: type | None = None) -> "T | _ReadOnce[T]":
+        if instance is None:
+            return self
+        generation = instance._generation
+        value = self._read(instance)
+        if instance._generation == generation:
+            value = instance.__dict__.setdefault(self._name, value)
+        return value
+
+
 class CurrentSettings:
-    # Cached in the instance's __dict__, so a read is a plain attribute look-up; reset() drops it.
-    @functools.cached_property
+    _generation = 0  # how many times reset() ran: a read it overtook is not kept
+
+    # Kept in the instance's __dict__, so a read is a plain attribute look-up; reset() drops it.
+    @_ReadOnce
     def settings(self) -> AioRequestSettings:
         parsed, problems = _read(getattr(settings, SETTING, None))
         if parsed is None:
@@ -48,7 +84,7 @@ class CurrentSettings:
             raise InvalidSettings(f"{SETTING} has {len(errors)} {noun}:\n  {listed}\n{_where_checked()}")
         return parsed
 
-    @functools.cached_property
+    @_ReadOnce
     def database_statement_timeout(self) -> bool:
         """``DATABASE_STATEMENT_TIMEOUT``, which the database bound reads on every query.
 
@@ -71,6 +107,7 @@ class CurrentSettings:
             return alone.database_statement_timeout
 
     def reset(self) -> None:
+        self._generation += 1
         self.__dict__.pop("settings", None)
         self.__dict__.pop("database_statement_timeout", None)
 

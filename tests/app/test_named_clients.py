@@ -1,5 +1,6 @@
 """clients["name"]: built once per process from settings, shared by threads, rebuilt when settings change."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -213,3 +214,60 @@ def test_a_forked_child_keeps_the_clients_built_before_the_fork(server: Loopback
         "reset_builds_anew": True,
         "after_reset": 200,
     }
+
+
+DEADLOCK_SCRIPT = """
+import os, sys, threading, time
+import django
+django.setup()
+from django_aio_request import clients
+
+done = []
+def importer():  # a view module importing the enricher's module, which looks "auth" up as it is imported
+    import slow_enricher
+    done.append("import")
+def user():  # another request's first use of "billing": reading the settings imports slow_enricher
+    import slow_enricher_started
+    slow_enricher_started.started.wait(5)
+    clients["billing"]
+    done.append("billing")
+threads = [threading.Thread(target=importer, daemon=True), threading.Thread(target=user, daemon=True)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(5)
+print(sorted(done), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_thread_reading_the_settings_never_deadlocks_with_an_import_that_looks_a_client_up(tmp_path: Path) -> None:
+    """Thread A's first clients["billing"] reads the settings, which imports the enricher's module;
+    thread B is importing that module, which does ``AUTH = clients["auth"]``. A waited for B's import
+    while holding the registry's lock (and Python 3.11's cached_property lock), and B for that lock:
+    both hung for good (3 of 3 runs), and every later first use of a client with them."""
+    (tmp_path / "slow_enricher_started.py").write_text("import threading\nstarted = threading.Event()\n")
+    (tmp_path / "slow_enricher.py").write_text(
+        "import time\n"
+        "import slow_enricher_started\n"
+        "slow_enricher_started.started.set()\n"
+        "time.sleep(0.3)  # a slow import: thread A starts reading the settings meanwhile\n"
+        "from django_aio_request import clients\n"
+        "def enrich(request):\n"
+        "    return request\n"
+        "AUTH = clients['auth']\n"
+    )
+    (tmp_path / "deadlock_settings.py").write_text(
+        "SECRET_KEY = 'test'\n"
+        "INSTALLED_APPS = ['django_aio_request']\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'slow_enricher.enrich'},\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:9/'},\n"
+        "}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "deadlock_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-c", DEADLOCK_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "['billing', 'import']", (done.stdout, done.stderr[-2000:])

@@ -5,6 +5,7 @@ import types
 import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from django_aio_request.conf import current as current_module
 from django_aio_request.conf.current import InvalidSettings, current
 
 
@@ -13,6 +14,25 @@ def test_read_once_and_read_again_when_the_setting_changes(settings: SettingsWra
     first = current.settings
     assert current.settings is first  # cached: the middleware reads it on every request
     settings.AIO_REQUEST = {"SERVICE_NAME": "two"}
+    assert current.settings.service_name == "two"
+
+
+def test_a_read_the_setting_changed_under_is_not_kept(
+    settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading takes no lock (a thread reading the settings imported a module another thread was
+    importing, which looked a client up: both hung, tests/app/test_named_clients.py), so a change
+    can come in the middle of a read: that read's value is not kept, the next read gets the new one."""
+    settings.AIO_REQUEST = {"SERVICE_NAME": "one"}
+    read = current_module._read
+
+    def read_while_the_setting_changes(value: object) -> object:
+        settings.AIO_REQUEST = {"SERVICE_NAME": "two"}  # setting_changed: current.reset()
+        return read(value)
+
+    monkeypatch.setattr(current_module, "_read", read_while_the_setting_changes)
+    assert current.settings.service_name == "one"  # what this read was asked for
+    monkeypatch.setattr(current_module, "_read", read)
     assert current.settings.service_name == "two"
 
 
