@@ -127,10 +127,13 @@ class AttemptSockets:
             if self.reason is not None:
                 _shutdown(sock)
 
-    def detach(self, conn: Any) -> None:
+    def detach(self, conn: Any) -> bool:
+        """Unregister ``conn``: later aborts leave it alone. Whether the attempt was aborted (its
+        socket shut down) by then."""
         with self._lock:
             self._forget(conn)
             conn._aio_request_guard = None
+            return self.reason is not None
 
     def close(self) -> None:
         """The attempt is over: later aborts do nothing."""
@@ -324,12 +327,18 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
 
 
 class _DetachOnReturnMixin:
-    """Unregister a connection from its attempt before it goes back to the pool."""
+    """Unregister a connection from its attempt before it goes back to the pool; closed first if the
+    attempt was aborted.
+
+    An aborted attempt's socket was shut down, and urllib3 may still hand its connection back: a
+    POST whose peer answered at once without reading the body sent until the deadline's shutdown,
+    urllib3 took that broken pipe for the peer's early answer, read the answer and pooled the
+    connection, open, though the call was a 408 (8 of 8 calls in a review)."""
 
     def _put_conn(self, conn: Any) -> None:
         guard = getattr(conn, "_aio_request_guard", None)
-        if guard is not None:
-            guard.detach(conn)
+        if guard is not None and guard.detach(conn):
+            conn.close()  # pooled closed, as urllib3 pools a connection that failed: its next use connects anew
         super()._put_conn(conn)  # type: ignore[misc]
 
 

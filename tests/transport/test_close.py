@@ -8,6 +8,7 @@ descriptors. Printed (``pytest -s``): descriptors and connections left after ``c
 """
 
 import gc
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 import django_aio_request as dar
 from tests.support.loopback import Handler, LoopbackServer
+from tests.support.raw_server import RawAnswerServer
 from tests.support.resources import eventually, open_fds
 
 DEADLINE = 0.3
@@ -146,6 +148,39 @@ def test_an_abandoned_attempt_closes_its_connection_by_the_deadline(server: Loop
         assert _tcp(server.port)[0] == 0  # the pooled one was used, timed out, and closed: not pooled again
     finally:
         client.close()
+
+
+class _AnswersEarly(RawAnswerServer):
+    """Answers 200 as soon as the head is in, never reads the body, and keeps the connection open."""
+
+    def __init__(self) -> None:
+        super().__init__(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.done = threading.Event()
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        conn.settimeout(2)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096) or b"\r\n\r\n"
+        conn.sendall(answer)
+        self.done.wait(5)
+
+
+def test_an_attempt_aborted_while_sending_its_body_does_not_pool_its_connection(gc_off: None) -> None:
+    """A POST whose peer answered at once without reading the body: the client sends until the
+    deadline shuts its socket down, urllib3 takes that broken pipe for the peer's early answer, reads
+    the answer and puts the connection back in the pool, open (a review: 8 of 8 calls). The call is
+    a 408 (its body was never sent in full); its connection is closed by the time it returns."""
+    server = _AnswersEarly()
+    client = dar.setup(endpoint=server.url, metrics=False, timeout=DEADLINE)
+    try:
+        with client.request(dar.post("upload", body=b"x" * (20 * 1024 * 1024))) as response:
+            assert response.status == 408
+        assert _tcp(server.port)[0] == 0
+    finally:
+        server.done.set()
+        client.close()
+        server.close()
 
 
 def test_close_closes_the_connections_to_a_proxy_too(
