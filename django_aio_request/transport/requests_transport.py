@@ -33,7 +33,7 @@ from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
-from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name
+from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name, stop_if_over
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
@@ -859,7 +859,8 @@ def _is_punycode(encoded: str) -> bool:
 
 
 def _joined(chunks: Iterator[bytes], limit: int | None) -> bytes | None:
-    """The ``chunks`` as one ``bytes``, or None once they pass ``limit`` bytes.
+    """The ``chunks`` as one ``bytes``, or None once they pass ``limit`` bytes; raises once the
+    attempt is aborted or past its deadline (:func:`stop_if_over`).
 
     A body that comes in one piece (most do) is returned as it came; more pieces go into one buffer
     as they come: urllib3 yields a chunked body one wire chunk at a time, and a list of them held
@@ -868,6 +869,7 @@ def _joined(chunks: Iterator[bytes], limit: int | None) -> bytes | None:
     first = b""
     whole: bytearray | None = None
     for chunk in chunks:
+        stop_if_over()  # reading what has come in is no wait the deadline's timer can end
         if whole is None:
             if not first:
                 first = chunk

@@ -214,6 +214,7 @@ class FinalResponse(http.client.HTTPResponse):
         to ``CONNECT`` itself: those are left to it."""
         head = self.fp if isinstance(self.fp, _HeadReader) else None
         while True:
+            self._before_status_line()
             try:
                 version, status, reason = super()._read_status()  # type: ignore[misc]
             except http.client.LineTooLong as error:  # a status line past 64 KiB: a plain 489, retried
@@ -234,6 +235,9 @@ class FinalResponse(http.client.HTTPResponse):
             lines = [f"{name}: {value}\r\n".encode("iso-8859-1") for name, value in _framing_fields(fields)]
             head.replay = [b"\r\n", *reversed(lines)]
         return version, status, reason
+
+    def _before_status_line(self) -> None:
+        """Called before each status line is read (interim responses come before the final one)."""
 
     def begin(self) -> None:
         if self.headers is not None:
