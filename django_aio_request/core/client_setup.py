@@ -141,6 +141,15 @@ def validate_endpoint(endpoint: str) -> str:
             f"endpoint {shown!r} has a control character or white space ({odd.group()!r}) in it: URL parsers drop"
             " or refuse it, and calls would go to another path than written; percent-encode it (%20) or remove it"
         )
+    if "\\" in endpoint:
+        # urllib3 ends the host at a backslash, as browsers do; urlsplit reads it as part of the
+        # host: "http://127.0.0.1\\:18080/api/" passed every check as 127.0.0.1 port 18080, and
+        # calls went to port 80, path "/%5C:18080/api/".
+        raise ValueError(
+            f"endpoint {shown!r} has a backslash in it: URL parsers disagree on where it ends the host"
+            " (urllib3 reads it as '/'), and calls could go to another host, port or path than written;"
+            " percent-encode it (%5C) or remove it"
+        )
     _check_host(endpoint, shown, parts.hostname)
     return endpoint
 

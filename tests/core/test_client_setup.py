@@ -90,6 +90,21 @@ def test_an_endpoint_with_a_control_character_or_white_space_is_refused(
     assert server.received() == []
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://127.0.0.1\\:{port}/api/", "http://127.0.0.1:{port}/a\\b/", "http://localhost\\.127.0.0.1:{port}/"],
+)
+def test_an_endpoint_with_a_backslash_is_refused(server: LoopbackServer, endpoint: str) -> None:
+    """urllib3 ends the host at a backslash, urlsplit does not: ``http://127.0.0.1\\:18080/api/``
+    passed setup() and the settings check as port 18080, and calls went to port 80."""
+    endpoint = endpoint.format(port=server.port)
+    with pytest.raises(ValueError, match="has a backslash in it"):
+        setup(endpoint=endpoint)
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    assert [(p.path, p.code) for p in problems] == [("['CLIENTS']['billing']['ENDPOINT']", "E004")]
+    assert server.received() == []
+
+
 def test_an_endpoint_with_port_0_is_refused() -> None:
     """No server listens on port 0: every call was a 489 (connection refused), counted by the breaker."""
     with pytest.raises(ValueError, match=re.escape("endpoint 'http://billing:0/' has port 0")):
