@@ -8,6 +8,7 @@ is built here: ``building.py`` makes clients from a :class:`ClientSpec`.
 
 import dataclasses
 import enum
+import functools
 import inspect
 import urllib.parse
 from collections.abc import Mapping
@@ -221,6 +222,8 @@ def _classifier_class(found: Any) -> bool:
     instantiate abstract class" at the first use of the client, in every view that used it."""
     if not (isinstance(found, type) and issubclass(found, ResponseClassifier)) or inspect.isabstract(found):
         return False
+    if _is_async(getattr(found, "classify", None)):
+        return False
     try:
         inspect.signature(found).bind()
     except TypeError:
@@ -235,7 +238,22 @@ def _not_a_classifier(found: Any) -> str | None:
     if isinstance(found, type) and issubclass(found, ResponseClassifier) and inspect.isabstract(found):
         missing = ", ".join(sorted(getattr(found, "__abstractmethods__", ())))
         return f"{found.__name__} is abstract: it does not define {missing} (is its name misspelt?)"
+    if isinstance(found, type) and _is_async(getattr(found, "classify", None)):
+        # Its coroutine, never awaited, was taken for the verdict: every 200 a failure, the breaker open.
+        return (
+            f"{found.__name__}.classify is async (async def): the client calls it on the call's thread and"
+            " takes what it returns as the verdict, never awaited; write it as a plain def"
+        )
     return None
+
+
+def _is_async(found: Any) -> bool:
+    """Whether calling ``found`` (a function, or an instance with ``__call__``) makes a coroutine or an
+    async generator, which the client, calling it on the call's thread, would never await."""
+    if found is None:
+        return False
+    function = found if inspect.isroutine(found) or isinstance(found, functools.partial) else type(found).__call__
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
 
 def _function_or_instance(found: Any) -> bool:
@@ -293,6 +311,13 @@ def _not_an_enricher(found: Any) -> str | None:
         return (
             f"{found.__name__} is a class: the client would call it with each Request and get an instance"
             f" of it back; name a function, or an instance (e.g. enricher = {found.__name__}())"
+        )
+    if _is_async(found):
+        # Passed the check, and every call raised TypeError ("returned coroutine, not a Request").
+        name = getattr(found, "__qualname__", None) or type(found).__qualname__
+        return (
+            f"{name} is async (async def): the client calls it on the call's thread and takes what it"
+            " returns as the Request, never awaited; write it as a plain def"
         )
     # A wrong number of parameters passed the check, and every call raised TypeError.
     return _not_callable_with(found, 1, "the Request alone, as the client calls it")

@@ -854,6 +854,37 @@ AIO_REQUEST = {{"SHEDDING": {{"PRIORITY_POLICY": "{__name__}.policy_of_one"}}}}
     assert "cannot be called with (request, claimed priority)" in done.stderr
 
 
+async def async_enricher(request: Any) -> Any:
+    return request
+
+
+class AsyncCallEnricher:
+    async def __call__(self, request: Any) -> Any:
+        return request
+
+
+async_call_enricher = AsyncCallEnricher()
+
+
+class AsyncClassifier(ResponseClassifier):
+    async def classify(self, response: Any) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+def test_an_async_enricher_or_classifier_is_e008() -> None:
+    """The client calls both on the call's thread and never awaits them: an ``async def`` enricher
+    passed the check and every call raised TypeError ("returned coroutine, not a Request"); an
+    async ``classify`` passed too, its coroutine was taken for the verdict, and the breaker opened
+    on a healthy endpoint. (SHEDDING's PRIORITY_POLICY may be async: the middleware awaits it.)"""
+    for enricher in ("async_enricher", "async_call_enricher"):
+        (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.{enricher}"}}})
+        assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER']")
+        assert "is async (async def)" in found
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": f"{__name__}.AsyncClassifier"}}})
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER']")
+    assert "AsyncClassifier.classify is async (async def)" in found
+
+
 def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
     """gettext_lazy / lazy(..., str) values are no str and print as one: they were refused with
     messages that contradicted themselves ("['PRIORITY'] is 'high', not a priority")."""
