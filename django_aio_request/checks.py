@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
@@ -379,6 +380,8 @@ def _breaker_cache() -> tuple[str, Mapping[str, Any]] | None:
     alias that names no cache (check_settings reports it)."""
     setting = getattr(settings, SETTING, None)
     alias = setting.get("CIRCUIT_BREAKER_STATE") if isinstance(setting, Mapping) else None
+    if isinstance(alias, Promise):  # a lazy string reads as its text, as the settings reader reads it
+        alias = str(alias)
     caches = getattr(settings, "CACHES", None)
     if not isinstance(alias, str) or alias == LOCAL_BREAKER_STATE or not isinstance(caches, Mapping):
         return None

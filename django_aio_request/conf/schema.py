@@ -870,7 +870,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
 
 
 def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
-    """A copy of ``value`` (its mappings as dicts, its lists and tuples as such) with every lazy string
+    """A copy of ``value`` (its mappings as dicts, its lists, tuples and sets as such) with every lazy string
     (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made the text it stands for. A lazy
     string is no ``str``, and printed like one: it was refused with messages that contradicted
     themselves (``['PRIORITY'] is 'high', not a priority``). ``made`` keeps a mapping or list that
@@ -892,4 +892,6 @@ def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
         return items
     if isinstance(value, tuple):
         return tuple(_without_lazy_strings(item, made) for item in value)
+    if isinstance(value, set | frozenset):  # KNOWN_SERVICES may be one: its lazy names were refused
+        return type(value)(_without_lazy_strings(item, made) for item in value)
     return value

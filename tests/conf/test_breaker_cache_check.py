@@ -417,3 +417,12 @@ def test_a_location_is_split_into_urls_as_its_backend_splits_it(backend: str, lo
         (message,) = found
         assert message.id == "django_aio_request.W010"
         assert warning in message.msg, message.msg
+
+
+def test_a_lazy_alias_is_judged_as_its_text() -> None:
+    """A lazy string reads as the text it stands for (docs/checks.md): the settings reader took a lazy
+    CIRCUIT_BREAKER_STATE, and this check skipped it (no W010 for the same cache a plain alias got)."""
+    from django.utils.functional import lazy
+
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:1/0"}}
+    assert _ids(caches, {"CIRCUIT_BREAKER_STATE": lazy(str, str)("shared")}) == ["django_aio_request.W010"]

@@ -904,3 +904,6 @@ def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
     assert parsed is not None
     assert (parsed.service_name, parsed.priority.value) == ("orders", "high")
     assert parsed.clients["billing"].endpoint == "http://billing:8080/"
+    # In a set too (KNOWN_SERVICES may be one): its lazy names were refused, "not 'billing'".
+    for kind in (set, frozenset, list):
+        assert messages({"KNOWN_SERVICES": kind([text("billing"), "orders"])}) == [], kind
