@@ -266,6 +266,8 @@ class Publisher:
             self._read_done.notify_all()
 
     def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
+        if transition.already_open:
+            return  # the process that opened it wrote the opening; the state shows in this one's report
         self._queue.append((name, transition))
         self._trim()
 

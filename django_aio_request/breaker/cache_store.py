@@ -159,6 +159,9 @@ class CacheCircuitStore(CircuitStore[str]):
         self._sync_lock = threading.Lock()  # one sync at a time (the thread's, close()'s, a test's)
         self._scopes: dict[str, str] = {}  # scope -> its key prefix
         self._until: dict[str, float | None] = {}  # the shared "open until" as last known here
+        # scope -> the "open until" its first read here found (a circuit already open elsewhere when
+        # this process started): see open_before_first_read. Scopes read are in _until.
+        self._at_first_read: dict[str, float] = {}
         self._shared: dict[str, dict[tuple[int, str], int]] = {}  # scope -> (window, kind) -> count read
         self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
         self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
@@ -251,6 +254,10 @@ class CacheCircuitStore(CircuitStore[str]):
         if not self.healthy:
             return self._local.blocked_until(scope)
         return self._until.get(scope)
+
+    def open_before_first_read(self, scope: str) -> bool:
+        until = self._until.get(scope)
+        return until is not None and self._at_first_read.get(scope) == until
 
     def block(self, scope: str, until: float) -> None:
         self._local.block(scope, until)
@@ -495,6 +502,8 @@ class CacheCircuitStore(CircuitStore[str]):
         """Take the block read from the cache (under the lock). It goes to the local store too, which
         decides during an outage: a process that had learned of a circuit opened elsewhere called
         through it the moment the cache failed."""
+        if scope not in self._until and learned is not None:
+            self._at_first_read[scope] = learned
         known = self._until.get(scope)
         self._until[scope] = learned
         if learned is not None and learned != known:

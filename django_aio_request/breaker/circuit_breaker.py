@@ -47,6 +47,11 @@ class CircuitTransition(Generic[TScope]):
     failures: int
     successes: int
     at: float  # time.time()
+    #: Closed -> open because the circuit was already open in a store shared with other processes when
+    #: this one first read it (a worker started or recycled during a break): this process's view
+    #: changed, nothing opened. Counted as no opening by the metrics and admin's history: one opening
+    #: read by each of 20 recycled workers counted 20 to 30 times in a review.
+    already_open: bool = False
 
     @property
     def failure_ratio(self) -> float:
@@ -161,6 +166,11 @@ class CircuitStore(abc.ABC, Generic[TScope]):
     @abc.abstractmethod
     def block(self, scope: TScope, until: float) -> None:
         """Open the circuit until ``until``."""
+
+    def open_before_first_read(self, scope: TScope) -> bool:
+        """Whether the block :meth:`blocked_until` gives now was there when this process first read
+        ``scope`` from a store shared with other processes (see ``CircuitTransition.already_open``)."""
+        return False
 
     @abc.abstractmethod
     def claim_probe(self, scope: TScope, until: float) -> bool:
@@ -440,7 +450,9 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                 if until > now:
                     # Blocked; in CLOSED state only when another process sharing the store opened it.
                     if circuit.state is CircuitState.CLOSED:
-                        transition = self._move(scope, circuit, CircuitState.OPEN)
+                        transition = self._move(
+                            scope, circuit, CircuitState.OPEN, already_open=store.open_before_first_read(scope)
+                        )
                     admit = None
                 # The break is over (or the last probe went missing): this call may be the one probe.
                 elif store.claim_probe(scope, now + self.break_duration):
@@ -507,7 +519,9 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             until = self.store.blocked_until(scope)
             if circuit.state is CircuitState.CLOSED:
                 if until is not None and until > self.store.now():
-                    transition = self._move(scope, circuit, CircuitState.OPEN)
+                    transition = self._move(
+                        scope, circuit, CircuitState.OPEN, already_open=self.store.open_before_first_read(scope)
+                    )
                 elif until is None:
                     transition = self._trip_if_due(scope, circuit)
             elif until is None:
@@ -515,20 +529,38 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
         self._notify(transition)
 
     def _move(
-        self, scope: TScope, circuit: _Circuit, new: CircuitState, *, probe_succeeded: bool = False
+        self,
+        scope: TScope,
+        circuit: _Circuit,
+        new: CircuitState,
+        *,
+        probe_succeeded: bool = False,
+        already_open: bool = False,
     ) -> CircuitTransition[TScope]:
         old = circuit.effective
         circuit.state = new
-        return self._transition(scope, circuit, old, probe_succeeded=probe_succeeded)
+        return self._transition(scope, circuit, old, probe_succeeded=probe_succeeded, already_open=already_open)
 
     def _transition(
-        self, scope: TScope, circuit: _Circuit, old: CircuitState, *, probe_succeeded: bool = False
+        self,
+        scope: TScope,
+        circuit: _Circuit,
+        old: CircuitState,
+        *,
+        probe_succeeded: bool = False,
+        already_open: bool = False,
     ) -> CircuitTransition[TScope]:
         failures, successes = self.store.totals(scope)
         successes += probe_succeeded
         circuit.changed_at = time.time()
         return CircuitTransition(
-            scope=scope, old=old, new=circuit.effective, failures=failures, successes=successes, at=circuit.changed_at
+            scope=scope,
+            old=old,
+            new=circuit.effective,
+            failures=failures,
+            successes=successes,
+            at=circuit.changed_at,
+            already_open=already_open,
         )
 
     def _notify(self, transition: CircuitTransition[TScope] | None) -> None:

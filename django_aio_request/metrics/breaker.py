@@ -208,8 +208,9 @@ def _move(breaker: object, scope: str, new: str) -> None:
 
 def _on_transition(ref: "weakref.ref[Any]", transition: Any) -> None:
     scope, old, new = str(transition.scope), str(transition.old.value), str(transition.new.value)
-    with recording():
-        breaker_transitions.labels(scope, old, new).inc()
+    if not getattr(transition, "already_open", False):  # one opening counts once per process that saw it happen
+        with recording():
+            breaker_transitions.labels(scope, old, new).inc()
     breaker = ref()
     if breaker is not None:
         _move(breaker, scope, new)

@@ -706,6 +706,18 @@ def test_a_database_that_hangs_holds_exit_no_longer_than_the_exit_wait(
         made.stop()
 
 
+def test_an_opening_found_at_the_first_read_is_not_written_to_the_history() -> None:
+    """The process that opened the circuit writes the opening; one that found it open when it started
+    (a recycled worker) writes no second one (20-30 rows for one opening in a review)."""
+    made = Publisher(interval=3600, first_read_wait=0)
+    scope, closed, open_ = "http://billing/", CircuitState.CLOSED, CircuitState.OPEN
+    made._on_transition("billing", CircuitTransition(scope, closed, open_, 0, 0, 0.0, already_open=True))
+    assert made._take_transitions() == []
+    opened = CircuitTransition(scope, closed, open_, 6, 0, 0.0)
+    made._on_transition("billing", opened)
+    assert made._take_transitions() == [("billing", opened)]
+
+
 EXITING_WORKER = """
 import django
 django.setup()

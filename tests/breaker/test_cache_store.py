@@ -25,9 +25,11 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import CacheKeyWarning, memcache_key_warnings
 from django.test import override_settings
+from prometheus_client import REGISTRY
 
 from django_aio_request import (
     CircuitState,
+    CircuitTransition,
     DefaultCircuitBreaker,
     EmptyResponse,
     Override,
@@ -35,9 +37,11 @@ from django_aio_request import (
     get,
     single_attempt_strategy,
 )
+from django_aio_request import metrics as all_metrics
 from django_aio_request.breaker.cache_store import MAX_NAMESPACE_IN_KEY, CacheCircuitStore, key_namespace
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
+from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, clients, free_port, replies
 from tests.support.redis_server import RedisProcess, require_redis
@@ -717,6 +721,55 @@ def _opened_by_a_and_read_by_b(
     b.store.blocked_until("svc")
     b.store.sync()  # type: ignore[attr-defined]
     return a, b
+
+
+def test_an_opening_a_process_finds_at_its_first_read_is_no_opening_of_its_own(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A worker started or recycled during a break finds the circuit open at its first read: its view
+    changes (calls get the fallback) but nothing opened, so the transition says ``already_open`` and
+    the metrics and admin's history do not count it (one opening read by each of 20 recycled workers
+    counted 20-30 openings). A process that had read the circuit closed and then reads it open saw
+    it open: counted, as before."""
+    seen: dict[str, list[CircuitTransition[str]]] = {"a": [], "b": [], "c": []}
+    c = breaker_with(stores(namespace, sync_interval=3600), minimum_throughput=2)
+    c.add_listener(seen["c"].append)
+    c.store.blocked_until("svc")
+    c.store.sync()  # type: ignore[attr-defined]  # c reads it closed first
+    a, b = _opened_by_a_and_read_by_b(namespace, stores, break_duration=30.0)
+    a.add_listener(seen["a"].append)  # after a's own opening: the listener of a sees none
+    b.add_listener(seen["b"].append)
+    watch_breaker(b, "svc")
+    watch_breaker(c, "svc")
+    labels = {"request_endpoint": "svc", "from_state": "closed", "to_state": "open"}
+
+    def openings() -> float:
+        all_metrics.flush()
+        return REGISTRY.get_sample_value("aio_request_circuit_breaker_transitions_total", labels) or 0.0
+
+    def gauge_open() -> float:
+        all_metrics.flush()
+        return (
+            REGISTRY.get_sample_value("aio_request_circuit_breaker_state", {"request_endpoint": "svc", "state": "open"})
+            or 0.0
+        )
+
+    try:
+        counted, open_ = openings(), gauge_open()
+        assert run(b, True) == "fallback"
+        assert (openings(), gauge_open()) == (counted, open_ + 1)  # b's view is open, b opened nothing
+        assert run(c, True) == "ran"  # c has not read again yet
+        c.store.sync()  # type: ignore[attr-defined]
+        assert run(c, True) == "fallback"
+        assert (openings(), gauge_open()) == (counted + 1, open_ + 2)
+    finally:
+        unwatch_breaker(b)
+        unwatch_breaker(c)
+
+    [learned] = seen["b"]
+    assert (learned.old, learned.new, learned.already_open) == (CircuitState.CLOSED, CircuitState.OPEN, True)
+    [opened] = [t for t in seen["c"] if t.new is CircuitState.OPEN]
+    assert opened.already_open is False
 
 
 def test_a_probe_asked_for_after_another_process_closed_the_circuit_blocks_nothing(
