@@ -57,6 +57,7 @@ from django.db import connections, router, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from django_aio_request.breaker.cache_store import CacheCircuitStore
 from django_aio_request.breaker.circuit_breaker import (
     CircuitSnapshot,
     CircuitTransition,
@@ -216,7 +217,24 @@ class Publisher:
             number = self._watched
         self.start()
         self._wake.set()
+        # A store shared through a cache: its first read of the endpoint starts now, beside the
+        # overrides', and the build waits for both within first_read_wait (cache_store.read_now).
+        store = breaker.store if isinstance(breaker.store, CacheCircuitStore) else None
+        target = store.read_now(client.endpoint) if store is not None else 0
+        started = time.monotonic()
         self._await_read(name, number)
+        if store is not None and self._may_wait():
+            store.wait_for_read(target, self.first_read_wait - (time.monotonic() - started))
+
+    def _may_wait(self) -> bool:
+        """Whether a build may wait here: not on this publisher's thread, nor on an event loop's."""
+        if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
 
     def _await_read(self, name: str, number: int) -> None:
         if self.first_read_wait <= 0 or threading.current_thread() is self._thread:

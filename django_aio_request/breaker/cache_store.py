@@ -175,6 +175,8 @@ class CacheCircuitStore(CircuitStore[str]):
         # scope -> how many times it was closed here: what a round read before a close is stale.
         self._closes: dict[str, int] = {}
         self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
+        self._rounds = 0  # rounds ended (read, or failed): what wait_for_read waits for
+        self._rounds_done = threading.Condition(threading.Lock())
         self._stall_logged = False
         self._malformed: set[str] = set()  # keys the last round found holding a value not the store's
         self.healthy = True  # False during a cache outage: decisions are this process's own
@@ -353,6 +355,38 @@ class CacheCircuitStore(CircuitStore[str]):
                 self._outage(error, crashed=True)
             finally:
                 self._round_started = None
+                with self._rounds_done:
+                    self._rounds += 1
+                    self._rounds_done.notify_all()
+                _late_aliases.discard(self.alias)
+
+    def read_now(self, scope: str) -> int:
+        """Have the thread read ``scope`` now; the number of rounds whose end means it was read (for
+        :meth:`wait_for_read`).
+
+        For a client's build (breaker_publisher.Publisher.watch): until this process's first read
+        of an endpoint lands, its calls go by what it knows, and in a fresh process that read
+        imports the cache's client library and connects (80-110 ms with Django's RedisCache): a
+        single-threaded worker recycled during a break sent calls to the open circuit until its own
+        failures tripped it (up to MINIMUM_THROUGHPUT each, 83-107 calls from 3 workers in 6 s)."""
+        self._known(scope)
+        with self._rounds_done:
+            # A round under way may have listed its scopes before this one: the next one reads it.
+            target = self._rounds + (1 if self._round_started is None else 2)
+        self._wake.set()
+        return target
+
+    def wait_for_read(self, target: int, timeout: float) -> bool:
+        """Wait until ``target`` rounds have ended (:meth:`read_now`), at most ``timeout`` seconds; none
+        while a wait of a store of the same cache ran out and no round of it has ended since (a cache
+        that hangs holds one build, not each). Whether they had."""
+        if timeout <= 0 or self.alias in _late_aliases:
+            return False
+        with self._rounds_done:
+            if self._rounds_done.wait_for(lambda: self._rounds >= target, timeout):
+                return True
+        _late_aliases.add(self.alias)
+        return False
 
     def _stalled(self) -> bool:
         started = self._round_started
@@ -610,6 +644,7 @@ class CacheCircuitStore(CircuitStore[str]):
         # Threads do not survive fork(), and locks may have been held by one that did not: start anew.
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
+        self._rounds_done = threading.Condition(threading.Lock())
         self._cache = None  # the child opens its own connections
         self._thread = None
         self._round_started = None
@@ -640,6 +675,8 @@ class CacheCircuitStore(CircuitStore[str]):
 
 
 _STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
+# Cache aliases a wait_for_read ran out on, until a round of a store of theirs ends.
+_late_aliases: set[str] = set()
 
 _close_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("aio_request_close_by", default=None)
 
@@ -692,6 +729,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork() -> None:
     global _CONNECTING, _held_for_fork
     _CONNECTING, _held_for_fork = threading.Lock(), False
+    _late_aliases.clear()
     for store in list(_STORES):
         store._after_fork_in_child()
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from django_aio_request.models import BreakerOverride, BreakerReport, BreakerSta
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, free_port, silent_listener, wait_until_listening
+from tests.support.redis_server import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -717,6 +719,71 @@ def test_an_opening_found_at_the_first_read_is_not_written_to_the_history() -> N
     made._on_transition("billing", opened)
     assert made._take_transitions() == [("billing", opened)]
 
+
+def test_a_new_process_calls_no_endpoint_the_shared_cache_says_is_open(server: LoopbackServer, tmp_path: Path) -> None:
+    """A worker started (or recycled) during a break, breakers sharing state through Redis: its build
+    waits for the store's first read of the endpoint (at most FIRST_READ_WAIT, beside admin's
+    overrides). Its calls went by what it knew until that read landed (80-110 ms in a fresh process:
+    the read imports redis and connects), so each fresh single-threaded worker sent calls to the open
+    circuit until its own failures tripped it (83-107 calls from 3 workers in 6 s in a review)."""
+    require_redis()
+    server.route("/down", lambda h: h.reply(500))
+    name = f"billing_{uuid.uuid4().hex[:8]}"  # keys of its own in the shared Redis
+    clients_setting = {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER,
+                              "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "shared.sqlite3")}
+    caches = (
+        "CACHES = {'default': {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache'}, 'breakers': {"
+        "'BACKEND': 'django.core.cache.backends.redis.RedisCache', 'LOCATION': 'redis://127.0.0.1:6379/0',"
+        " 'OPTIONS': {'socket_timeout': 1, 'socket_connect_timeout': 1}}}\n"
+    )
+    setting: dict[str, object] = {
+        "SERVICE_NAME": "orders",
+        "CIRCUIT_BREAKER_STATE": "breakers",
+        "CLIENTS": clients_setting,
+    }
+    env = settings_module(tmp_path, "shared_breaker_settings", database, setting, extra=caches)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPENER, name)  # opens the circuit (2 failures) and exits once the block is in Redis
+    assert len(server.received("/down")) == 2
+    answer = json.loads(run("-c", NEW_WORKER, name).strip().splitlines()[-1])
+    assert answer["calls"] == [[502, True]] * 10, answer
+    assert len(server.received("/down")) == 2  # none of the new worker's
+    assert answer["built"] < 1.0
+
+
+OPENER = """
+import sys, django
+django.setup()
+from django_aio_request import clients, get
+client = clients[sys.argv[1]]
+for _ in range(2):
+    with client.request(get("down")):
+        pass
+client.circuit_breaker.store.sync()  # the block written to Redis before this process exits
+"""
+
+NEW_WORKER = """
+import json, sys, time, django
+django.setup()
+from django_aio_request import clients, get
+started = time.monotonic()
+client = clients[sys.argv[1]]
+built = time.monotonic() - started
+calls = []
+for _ in range(10):
+    with client.request(get("down")) as response:
+        calls.append([response.status, "X-Circuit-Breaker" in response.headers])
+print(json.dumps({"built": built, "calls": calls}))
+"""
 
 EXITING_WORKER = """
 import django

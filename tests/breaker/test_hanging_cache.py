@@ -273,3 +273,36 @@ def test_closing_on_an_event_loop_does_not_wait_for_a_hanging_cache(hanging: Non
             hanging_cache.release()
     assert held < 0.2
     assert max(elapsed) < 0.3 + 0.15
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_cache_holds_one_client_build_by_the_first_read_wait_at_most(
+    hanging: None, server: LoopbackServer
+) -> None:
+    """A build waits for its store's first read of the endpoint (a fresh worker's first calls must not
+    reach a circuit the others opened), at most FIRST_READ_WAIT: with the cache hanging, the first
+    build waits that long and calls on; the next builds on that cache do not wait until a round of
+    it ends."""
+    from django_aio_request import clients
+    from django_aio_request.breaker import cache_store
+    from django_aio_request.breaker_publisher import FIRST_READ_WAIT
+
+    server.route("/svc", replies(200))
+    names = ["one", "two", "three"]
+    value = {
+        "CIRCUIT_BREAKER_STATE": "hanging",
+        "CLIENTS": {name: {"ENDPOINT": server.url, "TIMEOUT": DEADLINE, "CIRCUIT_BREAKER": {}} for name in names},
+    }
+    with override_settings(AIO_REQUEST=value):
+        try:
+            took = []
+            for name in names:
+                started = time.monotonic()
+                with clients[name].request(get("svc")) as response:
+                    assert response.status == 200
+                took.append(time.monotonic() - started)
+            assert FIRST_READ_WAIT - 0.01 <= took[0] < FIRST_READ_WAIT + 0.2, took
+            assert max(took[1:]) < 0.1, took
+        finally:
+            hanging_cache.release()
+            cache_store._late_aliases.discard("hanging")
