@@ -197,6 +197,7 @@ class Publisher:
         self._invalid: set[tuple[str, str, str]] = set()
         self._history: dict[Key, collections.deque[Sample]] = {}
         self._first_round = True
+        self._databases: tuple[tuple[str, Any], ...] | None = None  # where the last round wrote (_where)
         self._number = 0  # the clients watched when the round running began
         self._down = False
         self._next_prune = 0.0
@@ -332,6 +333,15 @@ class Publisher:
         self.stop(timeout)
         if thread.is_alive():
             return  # a round is under way and does not end (the database hangs): it holds the queue
+        try:
+            moved = self._databases is not None and self._where() != self._databases
+        except Exception:  # settings that cannot be read any more: no round either
+            moved = True
+        if moved:
+            # The database the rounds wrote to is not the one the settings name now: a test run's,
+            # which Django's test runner and pytest-django drop at the end and then name the real
+            # one again. The last round wrote the test's circuits into that database.
+            return
         last = threading.Thread(target=self._last_round, daemon=True, name="aio-request-breakers-exit")
         last.start()
         last.join(max(0.0, timeout - (time.monotonic() - started)))
@@ -419,6 +429,7 @@ class Publisher:
         breakers = built_breakers()
         if not breakers and not self._published and not self._queue:
             return True  # nothing to say: do not touch the database
+        self._databases = self._where()
         taken = self._take_transitions()
         try:
             self._round(breakers, taken)
@@ -450,6 +461,11 @@ class Publisher:
 
     def _db(self, model: type[Any]) -> str:
         return self.database or router.db_for_write(model)
+
+    def _where(self) -> tuple[tuple[str, Any], ...]:
+        """The databases a round writes to, as (alias, NAME) pairs."""
+        aliases = dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition))
+        return tuple((alias, connections[alias].settings_dict.get("NAME")) for alias in aliases)
 
     @staticmethod
     def _upsert(reports: Any, rows: list[Any], host: str, pid: int, ttl: datetime.timedelta) -> None:

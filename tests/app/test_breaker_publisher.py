@@ -132,6 +132,36 @@ def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publi
 
 
 @pytest.mark.django_db
+def test_the_last_round_at_exit_writes_only_where_the_rounds_wrote(
+    server: LoopbackServer, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test run's rounds write to its test database, which Django's test runner and pytest-django
+    drop at the end, naming the real database again in the settings: the last round at exit then wrote
+    the test's circuits into that one (a report and a transition per run, 4 of 4 runs in a review)."""
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 3) == [500, 500, 502]
+        assert publisher.run_once()  # to the test database
+        assert publisher.running
+        opened = BreakerTransition.objects.count()
+        publisher._on_transition(
+            "billing", CircuitTransition(server.url, CircuitState.OPEN, CircuitState.HALF_OPEN, 2, 0, 0.0)
+        )
+        monkeypatch.setitem(connections["default"].settings_dict, "NAME", "the_real_database")  # as at teardown
+        rounds: list[int] = []
+
+        def round_(number: int) -> bool:
+            rounds.append(number)
+            return True
+
+        monkeypatch.setattr(publisher, "_run_once", round_)
+        publisher.publish_at_exit(timeout=1.0)
+    assert rounds == []  # no round, so nothing written to the database named now
+    monkeypatch.undo()
+    assert BreakerTransition.objects.count() == opened
+
+
+@pytest.mark.django_db
 def test_rounds_publish_with_use_tz_false(server: LoopbackServer, publisher: Publisher) -> None:
     """Django's default before 5.0: datetimes are naive, in TIME_ZONE (here not UTC). SQLite refused
     every round ("does not support timezone-aware datetimes"): admin showed nothing."""
