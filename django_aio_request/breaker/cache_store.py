@@ -358,7 +358,13 @@ class CacheCircuitStore(CircuitStore[str]):
                 with self._rounds_done:
                     self._rounds += 1
                     self._rounds_done.notify_all()
-                _late_aliases.discard(self.alias)
+                # Builds wait again once a round has read; not after one that failed: a cache that
+                # hangs past its socket timeout fails a round a second, and each cleared the mark, so
+                # every build spread over time waited again (5 builds 1.5 s apart: 0.25 s each).
+                if self.healthy:
+                    _late_aliases.discard(self.alias)
+                else:
+                    _late_aliases.add(self.alias)
 
     def read_now(self, scope: str) -> int:
         """Have the thread read ``scope`` now; the number of rounds whose end means it was read (for
@@ -378,8 +384,9 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def wait_for_read(self, target: int, timeout: float) -> bool:
         """Wait until ``target`` rounds have ended (:meth:`read_now`), at most ``timeout`` seconds; none
-        while a wait of a store of the same cache ran out and no round of it has ended since (a cache
-        that hangs holds one build, not each). Whether they had."""
+        while the last round of a store of the same cache failed, or a wait for one ran out, and no
+        round of it has read since (a cache that hangs or fails holds one build, not each). Whether
+        they had."""
         if timeout <= 0 or self.alias in _late_aliases:
             return False
         with self._rounds_done:
@@ -675,7 +682,8 @@ class CacheCircuitStore(CircuitStore[str]):
 
 
 _STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
-# Cache aliases a wait_for_read ran out on, until a round of a store of theirs ends.
+# Cache aliases whose last round failed, or a wait_for_read ran out on: builds do not wait for them
+# until a round of a store of theirs has read.
 _late_aliases: set[str] = set()
 
 _close_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("aio_request_close_by", default=None)

@@ -306,3 +306,41 @@ def test_a_hanging_cache_holds_one_client_build_by_the_first_read_wait_at_most(
         finally:
             hanging_cache.release()
             cache_store._late_aliases.discard("hanging")
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_redis_with_socket_timeouts_holds_one_build_of_those_spread_over_time(server: LoopbackServer) -> None:
+    """With socket timeouts (0.2 s), rounds on a frozen Redis fail one after another: each cleared the
+    mark that a build's wait had run out, so every build spread over time waited its 0.25 s again."""
+    from django_aio_request import clients
+    from django_aio_request.breaker import cache_store
+
+    port = free_port()
+    redis = RedisProcess(port)
+    frozen = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": {"socket_timeout": 0.2, "socket_connect_timeout": 0.2},
+    }
+    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "frozen": frozen}
+    server.route("/svc", replies(200))
+    names = ["one", "two", "three", "four"]
+    value = {
+        "CIRCUIT_BREAKER_STATE": "frozen",
+        "CLIENTS": {name: {"ENDPOINT": server.url, "TIMEOUT": DEADLINE, "CIRCUIT_BREAKER": {}} for name in names},
+    }
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        with override_settings(CACHES=caches, AIO_REQUEST=value):
+            took = []
+            for name in names:
+                started = time.monotonic()
+                clients[name]
+                took.append(time.monotonic() - started)
+                time.sleep(0.5)  # rounds fail on the socket timeout meanwhile
+            assert took[0] >= 0.2, took
+            assert max(took[1:]) < 0.1, took
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        redis.stop()
+        cache_store._late_aliases.discard("frozen")
