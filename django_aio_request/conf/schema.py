@@ -253,6 +253,12 @@ def _is_async(found: Any) -> bool:
     if found is None:
         return False
     function = found if inspect.isroutine(found) or isinstance(found, functools.partial) else type(found).__call__
+    # A partialmethod read from its class is a plain function holding it (Python 3.11 and 3.12 look no further).
+    partial_method = getattr(function, "_partialmethod", None) or getattr(function, "__partialmethod__", None)
+    if isinstance(partial_method, functools.partialmethod):
+        function = partial_method.func
+    # Not through __wrapped__: a sync wrapper of an async def may run it (asgiref's async_to_sync is
+    # one), or return its coroutine; the check cannot tell the two apart, and takes the wrapper as sync.
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
 

@@ -871,6 +871,14 @@ class AsyncClassifier(ResponseClassifier):
         return ResponseVerdict.ACCEPT
 
 
+async def _classify_with(self: Any, response: Any, verdict: Any) -> Any:
+    return verdict
+
+
+class AsyncPartialClassifier(ResponseClassifier):
+    classify = functools.partialmethod(_classify_with, verdict=ResponseVerdict.ACCEPT)
+
+
 def test_an_async_enricher_or_classifier_is_e008() -> None:
     """The client calls both on the call's thread and never awaits them: an ``async def`` enricher
     passed the check and every call raised TypeError ("returned coroutine, not a Request"); an
@@ -880,9 +888,10 @@ def test_an_async_enricher_or_classifier_is_e008() -> None:
         (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.{enricher}"}}})
         assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER']")
         assert "is async (async def)" in found
-    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": f"{__name__}.AsyncClassifier"}}})
-    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER']")
-    assert "AsyncClassifier.classify is async (async def)" in found
+    for classifier in ("AsyncClassifier", "AsyncPartialClassifier"):
+        (found,) = messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": f"{__name__}.{classifier}"}}})
+        assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER']")
+        assert f"{classifier}.classify is async (async def)" in found
 
 
 def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
