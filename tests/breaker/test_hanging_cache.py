@@ -284,7 +284,6 @@ def test_a_hanging_cache_holds_one_client_build_by_the_first_read_wait_at_most(
     build waits that long and calls on; the next builds on that cache do not wait until a round of
     it ends."""
     from django_aio_request import clients
-    from django_aio_request.breaker import cache_store
     from django_aio_request.breaker_publisher import FIRST_READ_WAIT
 
     server.route("/svc", replies(200))
@@ -305,7 +304,6 @@ def test_a_hanging_cache_holds_one_client_build_by_the_first_read_wait_at_most(
             assert max(took[1:]) < 0.1, took
         finally:
             hanging_cache.release()
-            cache_store._late_aliases.discard("hanging")
 
 
 @pytest.mark.timeout(60)
@@ -313,7 +311,6 @@ def test_a_frozen_redis_with_socket_timeouts_holds_one_build_of_those_spread_ove
     """With socket timeouts (0.2 s), rounds on a frozen Redis fail one after another: each cleared the
     mark that a build's wait had run out, so every build spread over time waited its 0.25 s again."""
     from django_aio_request import clients
-    from django_aio_request.breaker import cache_store
 
     port = free_port()
     redis = RedisProcess(port)
@@ -343,4 +340,3 @@ def test_a_frozen_redis_with_socket_timeouts_holds_one_build_of_those_spread_ove
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
         redis.stop()
-        cache_store._late_aliases.discard("frozen")
