@@ -1,6 +1,7 @@
 """The publisher thread: this process's breakers into the database for admin, admin's overrides into the breakers."""
 
 import datetime
+import functools
 import io
 import json
 import logging
@@ -95,6 +96,16 @@ def settings_module(
         "DJANGO_SETTINGS_MODULE": name,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+
+
+def python(env: dict[str, str], *args: str) -> str:
+    """``python <args>`` in a subprocess with ``env`` (see :func:`settings_module`), as a separate OS
+    process of the project runs; its stdout, once it exited 0."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 @pytest.mark.django_db
@@ -665,13 +676,7 @@ def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackS
         tmp_path, "fresh_worker_settings", database, {"SERVICE_NAME": "orders", "CLIENTS": clients_setting}
     )
 
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
+    run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
     run("-c", OPERATOR, server.url)  # the operator's process, gone before the worker starts
     answer = json.loads(run("-c", FRESH_WORKER).strip().splitlines()[-1])
@@ -695,13 +700,7 @@ def test_a_process_that_exits_publishes_its_last_transitions(server: LoopbackSer
         {"SERVICE_NAME": "orders", "CLIENTS": clients_setting, "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 30},
     )
 
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
+    run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
     run("-c", EXITING_WORKER)  # the round at build has run; the next would be 30 s later
     answer = json.loads(run("-c", TRANSITIONS).strip().splitlines()[-1])
@@ -774,13 +773,7 @@ def test_a_new_process_calls_no_endpoint_the_shared_cache_says_is_open(server: L
     }
     env = settings_module(tmp_path, "shared_breaker_settings", database, setting, extra=caches)
 
-    def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
+    run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
     run("-c", OPENER, name)  # opens the circuit (2 failures) and exits once the block is in Redis
     assert len(server.received("/down")) == 2
