@@ -429,9 +429,9 @@ class Publisher:
         breakers = built_breakers()
         if not breakers and not self._published and not self._queue:
             return True  # nothing to say: do not touch the database
-        self._databases = self._where()
         taken = self._take_transitions()
         try:
+            self._databases = self._where()  # an alias that names no database fails here, as in the round
             self._round(breakers, taken)
         except Exception as error:
             self._queue.extendleft(reversed(taken))  # publish them when the database is back
