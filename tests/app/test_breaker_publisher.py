@@ -679,7 +679,7 @@ def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackS
     run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
     run("-c", OPERATOR, server.url)  # the operator's process, gone before the worker starts
-    answer = json.loads(run("-c", FRESH_WORKER).strip().splitlines()[-1])
+    answer = json.loads(run("-c", FRESH_WORKER, "billing", "up", "20").strip().splitlines()[-1])
     assert answer["calls"] == [[502, True]] * 20, answer
     assert server.received("/up") == []
     assert answer["built"] < 2.0  # the build waited for the overrides, not for an interval
@@ -777,7 +777,7 @@ def test_a_new_process_calls_no_endpoint_the_shared_cache_says_is_open(server: L
     run("manage.py", "migrate", "--noinput", "-v", "0")
     run("-c", OPENER, name)  # opens the circuit (2 failures) and exits once the block is in Redis
     assert len(server.received("/down")) == 2
-    answer = json.loads(run("-c", NEW_WORKER, name).strip().splitlines()[-1])
+    answer = json.loads(run("-c", FRESH_WORKER, name, "down", "10").strip().splitlines()[-1])
     assert answer["calls"] == [[502, True]] * 10, answer
     assert len(server.received("/down")) == 2  # none of the new worker's
     assert answer["built"] < 1.0
@@ -792,20 +792,6 @@ for _ in range(2):
     with client.request(get("down")):
         pass
 client.circuit_breaker.store.sync()  # the block written to Redis before this process exits
-"""
-
-NEW_WORKER = """
-import json, sys, time, django
-django.setup()
-from django_aio_request import clients, get
-started = time.monotonic()
-client = clients[sys.argv[1]]
-built = time.monotonic() - started
-calls = []
-for _ in range(10):
-    with client.request(get("down")) as response:
-        calls.append([response.status, "X-Circuit-Breaker" in response.headers])
-print(json.dumps({"built": built, "calls": calls}))
 """
 
 EXITING_WORKER = """
@@ -835,15 +821,16 @@ BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="for
 """
 
 FRESH_WORKER = """
-import json, time, django
+import json, sys, time, django
 django.setup()
 from django_aio_request import clients, get
+name, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])  # the client, the path it calls, how often
 started = time.monotonic()
-client = clients["billing"]
+client = clients[name]
 built = time.monotonic() - started
 calls = []
-for _ in range(20):
-    with client.request(get("up")) as response:
+for _ in range(count):
+    with client.request(get(path)) as response:
         calls.append([response.status, "X-Circuit-Breaker" in response.headers])
 print(json.dumps({"built": built, "calls": calls}))
 """
