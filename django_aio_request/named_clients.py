@@ -17,7 +17,7 @@ from django.dispatch import receiver
 from django_aio_request.breaker.cache_store import closing_together
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import current
-from django_aio_request.conf.schema import SETTING, AioRequestSettings
+from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
 from django_aio_request.core.client import Client
 from django_aio_request.core.event_loop import runs_event_loop
 from django_aio_request.signals import client_built
@@ -30,31 +30,36 @@ class UnknownClientError(KeyError):
         return str(self.args[0])
 
 
-# How long a thread looking up a client waits for another thread's build of it to finish sending
-# client_built (the breaker publisher's receiver waits at most 0.25 s for admin's overrides): a
-# receiver that waited for such a lookup in turn would otherwise never return.
+# How long a thread looking up a client waits for another thread's build of it: to be made, then to
+# finish sending client_built (the breaker publisher's receiver waits at most 0.25 s for admin's
+# overrides). A build that takes longer may be waiting for the looking thread itself (an import it
+# holds, or a receiver waiting for such a lookup): it then makes its own, and the first made is kept.
 BUILD_WAIT = 1.0
 
 
 class _Build:
-    """A client built, whose ``client_built`` receivers are running in the thread that built it."""
+    """A client of one name being made, or made and its ``client_built`` receivers running, in the thread
+    that builds it."""
 
-    __slots__ = ("client", "done", "thread")
+    __slots__ = ("client", "done", "made", "thread")
 
-    def __init__(self, client: Client) -> None:
-        self.client = client  # once done: the client under the name (a test's fake_client() may have come first)
+    def __init__(self, client: Client | None = None) -> None:
+        # None while being made; once done, the client under the name (a test's fake_client() may have come first)
+        self.client = client
         self.thread = threading.get_ident()
-        self.done = threading.Event()
+        self.made = threading.Event()  # made (or its making failed): whoever waits looks again
+        self.done = threading.Event()  # its client_built receivers ran
+        if client is not None:
+            self.made.set()
 
 
 class ClientsHandler:
     def __init__(self) -> None:
-        # Held to build a client, never to read the settings: reading them imports the dotted paths
-        # they name, and a module among them may look a client up as it is imported
-        # (``AUTH = clients["auth"]``). Held while reading, a thread reading the settings waited for
-        # another thread's import of that module, which waited for this lock: both hung for good
-        # (and the same lookup in the importing thread itself, before it was re-entrant).
-        # Re-entrant still: a classifier or transport built here may look a client up.
+        # Held to look the registry up and change it, never while reading the settings or making a
+        # client: reading the settings imports the dotted paths they name, and making a client calls
+        # its classifier's and transport's ``__init__``; a module they import may look a client up as
+        # it is imported (``AUTH = clients["auth"]``). Held meanwhile, a thread doing so waited for
+        # another thread's import of that module, which waited for this lock: both hung for good.
         self._lock = threading.RLock()
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
         self._building: dict[str, _Build] = {}  # built, their receivers running
@@ -68,6 +73,7 @@ class ClientsHandler:
         client = self._clients.get(name)
         if client is not None:
             return client
+        waited: _Build | None = None
         while True:
             generation = current._generation
             config = self.settings  # outside the lock: see __init__
@@ -79,20 +85,78 @@ class ClientsHandler:
                 client = self._clients.get(name)
                 if client is not None:
                     return client
-                build = self._building.get(name)
-                if build is not None:
-                    mine = False
-                elif current._generation != generation:
+                if current._generation != generation:
                     # The setting changed while it was read (reset() bumps the generation before it
                     # closes the clients): built from what was read, the client was the old settings'
                     # and stayed under the name for good (5 of 5 runs in a review). Read them again.
                     continue
-                else:
-                    build = self._building[name] = _Build(build_client(spec, config.service_name))
-                    mine = True
-            return self._announce(name, build) if mine else self._await_build(build)
+                build = self._building.get(name)
+                mine = build is None
+                if build is None:
+                    build = self._building[name] = _Build()
+            if not mine:
+                if build.client is not None:
+                    return self._await_build(build, build.client)
+                if self._may_wait_for(name, build, waited):
+                    waited = build
+                    build.made.wait(BUILD_WAIT)
+                    continue
+                # Being made elsewhere for BUILD_WAIT already, or this is an event loop's thread (waiting
+                # would hold every task of the loop): made here too, and the first made is kept.
+            client = self._keep(
+                name, self._make(name, spec, config.service_name, build if mine else None), build, mine, generation
+            )
+            if client is not None:
+                return client
 
-    def _announce(self, name: str, build: _Build) -> Client:
+    @staticmethod
+    def _may_wait_for(name: str, build: _Build, waited: _Build | None) -> bool:
+        """Whether to wait for another thread's making of the client (once, up to BUILD_WAIT)."""
+        if build.thread == threading.get_ident():
+            raise RuntimeError(
+                f"clients[{name!r}] was looked up while it was being made in the same thread (by its classifier,"
+                " its transport or a module they import): it cannot be used before it exists"
+            )
+        return build is not waited and not runs_event_loop()
+
+    def _keep(self, name: str, made: Client, build: _Build, mine: bool, generation: int) -> Client | None:
+        """The client ``made`` under ``name``, its receivers run; or None, and ``made`` closed, when another
+        thread's was made first or the setting changed meanwhile (the caller looks again)."""
+        with self._lock:
+            kept = self._building.get(name)
+            keep = (
+                self._clients.get(name) is None
+                and current._generation == generation
+                and (kept is None or kept.client is None)
+            )
+            if keep:
+                if kept is not None and kept is not build:
+                    kept.made.set()  # its waiters look again and find this one
+                if mine:
+                    build.client = made
+                else:
+                    build = _Build(made)
+                self._building[name] = build
+        if mine:
+            build.made.set()
+        if keep:
+            return self._announce(name, build, made)
+        made.close()
+        return None
+
+    def _make(self, name: str, spec: ClientSpec, service_name: str | None, build: _Build | None) -> Client:
+        """``build_client()``, outside the lock; when it raises, ``build`` (this thread's) leaves the registry."""
+        try:
+            return build_client(spec, service_name)
+        except BaseException:
+            if build is not None:
+                with self._lock:
+                    if self._building.get(name) is build:
+                        del self._building[name]
+                build.made.set()
+            raise
+
+    def _announce(self, name: str, build: _Build, client: Client) -> Client:
         """Send ``client_built`` (outside the lock: a receiver may look clients up), then hand the
         client out. Threads looking it up meanwhile wait for this (:meth:`_await_build`): the breaker
         publisher's receiver has admin's overrides read before any first call. Handed out before
@@ -102,15 +166,15 @@ class ClientsHandler:
         try:
             # Every receiver runs, whatever one of them raises (Django logs it): one that raised
             # first left the breaker publisher's unrun, and the client unwatched for good.
-            answers = client_built.send_robust(sender=ClientsHandler, name=name, client=build.client)
+            answers = client_built.send_robust(sender=ClientsHandler, name=name, client=client)
         finally:
             with self._lock:
                 if self._building.get(name) is build:  # else close_all() took it meanwhile
-                    current = self._clients.get(name)
-                    if current is None:
-                        self._clients[name] = build.client  # before leaving _building: built() lists it
+                    present = self._clients.get(name)
+                    if present is None:
+                        self._clients[name] = client  # before leaving _building: built() lists it
                     else:  # fake_client() put a client under the name meanwhile: that one stays
-                        orphan, build.client = build.client, current
+                        orphan, build.client = client, present
                     del self._building[name]
             build.done.set()
         if orphan is not None:
@@ -118,15 +182,16 @@ class ClientsHandler:
         for _receiver, answer in answers:
             if isinstance(answer, Exception):
                 raise answer  # the builder hears of it, as before; the client stays, its receivers all run
-        return build.client
+        return build.client or client
 
     @staticmethod
-    def _await_build(build: _Build) -> Client:
+    def _await_build(build: _Build, client: Client) -> Client:
+        """``client``, made by ``build``, once its receivers ran (or the one a test's fake_client() put first)."""
         if build.thread != threading.get_ident() and not runs_event_loop():
             # Not on an event loop's thread: waiting would hold every task of the loop, and a build
             # there does not wait for the overrides either (breaker_publisher.py).
             build.done.wait(BUILD_WAIT)
-        return build.client
+        return build.client or client
 
     def __contains__(self, name: object) -> bool:
         return name in self.settings.clients
@@ -142,7 +207,7 @@ class ClientsHandler:
     def built(self) -> list[tuple[str, Client]]:
         """(name, client) of every client built so far in this process, those whose build's receivers
         are still running too (the breaker publisher's round must find them); builds none."""
-        building = {name: build.client for name, build in list(self._building.items())}
+        building = {name: build.client for name, build in list(self._building.items()) if build.client is not None}
         return list({**building, **self._clients}.items())
 
     def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
@@ -167,7 +232,8 @@ class ClientsHandler:
         """
         with self._lock:
             built, self._clients = list(self._clients.values()), {}
-            built += [build.client for build in self._building.values()]  # handed out as they are, closed
+            # handed out as their receivers run, closed; one being made is closed by its maker, which finds it gone
+            built += [build.client for build in self._building.values() if build.client is not None]
             self._building = {}
         stores = [getattr(client.circuit_breaker, "store", None) for client in built]  # one's own breaker: maybe none
         with closing_together(stores):

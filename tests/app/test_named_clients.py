@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from django.test import override_settings
 
 import django_aio_request
 from django_aio_request import clients, get
+from django_aio_request.core.client import Client
 from django_aio_request.named_clients import UnknownClientError
+from django_aio_request.signals import client_built
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, answer_after
 
@@ -274,6 +277,79 @@ def test_a_thread_reading_the_settings_never_deadlocks_with_an_import_that_looks
     assert done.stdout.strip() == "['billing', 'import']", (done.stdout, done.stderr[-2000:])
 
 
+BUILD_DEADLOCK_SCRIPT = """
+import os, threading
+import django
+django.setup()
+from django_aio_request import clients
+
+done = []
+def importer():  # a view module importing a module that looks "auth" up as it is imported
+    import looks_auth_up
+    done.append("import")
+def user():  # another request's first use of "billing": its classifier's __init__ imports that module
+    import gates
+    gates.importing.wait(5)
+    clients["billing"]
+    done.append("billing")
+threads = [threading.Thread(target=importer, daemon=True), threading.Thread(target=user, daemon=True)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(5)
+if len(done) < 2:  # hung: a lookup now would hang this thread too
+    print(sorted(done), flush=True)
+    os._exit(0)
+print(sorted(done), clients["billing"] is clients["billing"], clients["auth"].endpoint, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_client_up_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """Thread A's first clients["billing"] builds its classifier, whose ``__init__`` imports a module
+    thread B is importing, and that module does ``AUTH = clients["auth"]``. Built under the registry's
+    lock, A waited for B's import while holding the lock, and B for the lock: both hung for good
+    (3 of 3 runs), and every later first use of a client with them."""
+    (tmp_path / "gates.py").write_text("import threading\nimporting = threading.Event()\n")
+    (tmp_path / "looks_auth_up.py").write_text(
+        "import time\n"
+        "import gates\n"
+        "gates.importing.set()\n"
+        "time.sleep(0.3)  # a slow import: thread A builds billing meanwhile\n"
+        "from django_aio_request import clients\n"
+        "AUTH = clients['auth']\n"
+    )
+    (tmp_path / "importing_classifier.py").write_text(
+        "from django_aio_request import DefaultResponseClassifier\n"
+        "class Classifier(DefaultResponseClassifier):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        import looks_auth_up  # noqa: F401\n"
+    )
+    (tmp_path / "build_deadlock_settings.py").write_text(
+        "SECRET_KEY = 'test'\n"
+        "INSTALLED_APPS = ['django_aio_request']\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {\n"
+        "        'ENDPOINT': 'http://127.0.0.1:9/', 'RESPONSE_CLASSIFIER': 'importing_classifier.Classifier',\n"
+        "    },\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
+        "}}\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "build_deadlock_settings",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", BUILD_DEADLOCK_SCRIPT], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.stdout.strip() == "['billing', 'import'] True http://127.0.0.1:8/", (done.stdout, done.stderr[-2000:])
+
+
 def test_a_settings_change_during_a_first_lookup_leaves_no_client_of_the_old_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,3 +381,121 @@ def test_a_settings_change_during_a_first_lookup_leaves_no_client_of_the_old_set
             gates.go.set()
             first.join(10)
             assert clients["billing"].endpoint == "http://127.0.0.1:2222/"
+
+
+class CountedClassifier(django_aio_request.DefaultResponseClassifier):
+    """Counts how many times a client's classifier is made; ``gate`` holds the first making back."""
+
+    made: list["CountedClassifier"] = []
+    gate: threading.Event | None = None
+    looks_itself_up = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        first = not CountedClassifier.made
+        CountedClassifier.made.append(self)
+        if CountedClassifier.looks_itself_up:
+            clients["billing"]
+        if first and CountedClassifier.gate is not None:
+            CountedClassifier.gate.wait(10)
+
+
+@pytest.fixture
+def counted() -> Iterator[type[CountedClassifier]]:
+    CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
+    yield CountedClassifier
+    if CountedClassifier.gate is not None:
+        CountedClassifier.gate.set()
+    CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
+
+
+COUNTED = "tests.app.test_named_clients.CountedClassifier"
+
+
+def built_signals() -> tuple[list[object], Callable[[], object]]:
+    sent: list[object] = []
+
+    def receiver(sender: object, name: str, client: object, **kwargs: object) -> None:
+        sent.append(client)
+
+    client_built.connect(receiver, weak=False)
+    return sent, lambda: client_built.disconnect(receiver)
+
+
+def test_threads_racing_for_a_first_lookup_get_one_client_made_once(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """The client is made outside the registry's lock (the deadlock test above): threads arriving while
+    it is made wait for it, rather than each making one (a classifier's __init__ ran once)."""
+    counted.gate = threading.Event()
+    sent, disconnect = built_signals()
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+            seen: list[object] = []
+            threads = [threading.Thread(target=lambda: seen.append(clients["billing"])) for _ in range(16)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2)  # all 16 are in: one making the client, held by the gate; the rest waiting
+            counted.gate.set()
+            for t in threads:
+                t.join(5)
+            assert len(seen) == 16
+            assert all(c is seen[0] for c in seen)
+            assert len(counted.made) == 1
+            assert sent == [seen[0]]
+    finally:
+        disconnect()
+
+
+def test_a_making_that_outlasts_the_wait_is_not_waited_for_and_the_first_made_is_kept(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """A making held for longer than BUILD_WAIT (by an import the waiting thread holds, say) is not
+    waited for again: the waiting thread makes its own, which is kept; the slow one is closed."""
+    counted.gate = threading.Event()
+    sent, disconnect = built_signals()
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+            slow: list[Client] = []
+            first = threading.Thread(target=lambda: slow.append(clients["billing"]))
+            first.start()
+            while not counted.made:
+                time.sleep(0.01)
+            started = time.monotonic()
+            second = clients["billing"]
+            waited = time.monotonic() - started
+            assert 0.9 < waited < 3  # BUILD_WAIT, then made here
+            counted.gate.set()
+            first.join(5)
+            assert slow == [second]  # the first thread gets the client kept, not its own
+            assert len(counted.made) == 2
+            assert sent == [second]  # announced once
+            server.route("/ok", lambda h: h.reply(200))
+            with clients["billing"].request(get("ok")) as response:
+                assert response.status == 200
+    finally:
+        disconnect()
+
+
+def test_a_client_that_looks_itself_up_while_being_made_is_an_error_naming_it(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    counted.looks_itself_up = True
+    with (
+        override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)),
+        pytest.raises(RuntimeError, match=r"clients\['billing'\] was looked up while it was being made"),
+    ):
+        clients["billing"]
+
+
+def test_a_failed_making_raises_where_it_was_made_and_the_next_lookup_makes_the_client_again(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    counted.looks_itself_up = True  # the first making fails (RuntimeError above) ...
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        with pytest.raises(RuntimeError):
+            clients["billing"]
+        counted.looks_itself_up = False  # ... and nothing of it stays in the registry
+        client = clients["billing"]
+        assert clients["billing"] is client
+        assert len(counted.made) == 2
