@@ -216,6 +216,24 @@ def is_abandoned(response: Response) -> bool:
     return response.status == status.CANCELLED and isinstance(response, EmptyResponse)
 
 
+# The statuses of a server that declines to serve an attempt now (its time, its load), not of a failure.
+_DECLINED = frozenset((408, 429, 503))
+
+
+def is_refusal(response: Response) -> bool:
+    """The server declined this attempt and said not to try again: ``X-Do-Not-Retry`` on a 408, 429
+    or 503 (a shedding server's 503 for an attempt it cannot serve within the caller's deadline, the
+    middleware's 408 for too little time left). It speaks of that attempt, not of the others of the
+    call already admitted and running: a hedge it answers ends no attempt in flight
+    (strategies/parallel.py). Not one carrying ``X-Circuit-Breaker`` (a gateway's breaker, open: the
+    endpoint behind it is failing, and the attempts in flight with it)."""
+    return (
+        response.status in _DECLINED
+        and h.X_DO_NOT_RETRY in response.headers
+        and h.X_CIRCUIT_BREAKER not in response.headers
+    )
+
+
 def is_open_circuit_fallback(response: Response) -> bool:
     """The 502 this client's own circuit breaker answered without sending (made in the pipeline,
     core/pipeline.py). A peer's answer carrying ``X-Circuit-Breaker`` (a gateway passing on its own

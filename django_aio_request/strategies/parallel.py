@@ -11,7 +11,13 @@ from django_aio_request.core.classifier import ResponseVerdict
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response, is_abandoned, is_open_circuit_fallback
+from django_aio_request.core.response import (
+    EmptyResponse,
+    Response,
+    is_abandoned,
+    is_open_circuit_fallback,
+    is_refusal,
+)
 from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
@@ -71,7 +77,9 @@ class _HedgedCall:
         self.cancellations: list[Cancellation] = []
         self.finished: list[ResponseWithVerdict] = []
         self.in_flight = 0
-        self.refused = False  # the retry budget refused an attempt: launch no more
+        # Launch no more attempts: the retry budget refused one, or the server refused one and said
+        # not to try again (is_refusal). The attempts in flight go on, and may still win.
+        self.refused = False
         # The time the accepted answer that settled the call took: the attempts abandoned from then
         # on lost to it, and the time of those that ran at least as long is a lower bound worth
         # learning (see learn()). None until then; never unset.
@@ -108,6 +116,8 @@ class _HedgedCall:
                 self.in_flight -= 1
         self.learn(result.response)  # aborted too: usually the slow one a hedge beat
         self.answered(result.response)
+        if is_refusal(result.response):
+            self.refused = True
         if is_abandoned(result.response):
             # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
             # whole call (an async caller went away): the answer only if nothing else comes.
@@ -235,6 +245,14 @@ class _HedgedCall:
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.learn(result.response)
                 self.answered(result.response)
+                if is_refusal(result.response):
+                    # The server declined this hedge (shed, or too little time left for it): no
+                    # further hedges, and attempt 0, admitted before, runs on. Taken as the call's
+                    # answer, a shedding server's 503 ended every hedged call at its limit with
+                    # attempt 0 aborted mid-view (20 of 20 calls that single attempts served).
+                    self.refused = True  # before the put: the caller sees it once it hears of the attempt
+                    self.outcomes.put(result)
+                    return
                 self.outcomes.put(result)
                 if result.accepted and not is_open_circuit_fallback(result.response):
                     # The classifier accepts the 499 of an attempt abandoned with its call (a 4xx):
@@ -288,6 +306,8 @@ class _HedgedCall:
             return None
         self.learn(sent.response)
         self.answered(sent.response)
+        if is_refusal(sent.response):
+            self.refused = True
         self.finished.append(sent)
         return sent
 
@@ -339,13 +359,16 @@ class _HedgedCall:
         return None
 
     def wins(self, result: ResponseWithVerdict) -> bool:
-        """An accepted response ends the call, except an open circuit's fallback while attempts
-        are still in flight: one of them may be the breaker's half-open probe, and aborting it
-        for the fallback would keep the circuit from ever closing. A peer's answer carrying
-        ``X-Circuit-Breaker`` is not that fallback: accepted, it wins like any other."""
+        """An accepted response ends the call, except, while attempts are still in flight, an open
+        circuit's fallback (one of them may be the breaker's half-open probe, and aborting it for the
+        fallback would keep the circuit from ever closing) and a server's refusal of that attempt
+        (:func:`is_refusal`: the others were admitted and may be answered). Either is the call's
+        answer once nothing else is. A peer's answer carrying ``X-Circuit-Breaker`` is not that
+        fallback: accepted, it wins like any other."""
         if not result.accepted:
             return False
-        return not (self.in_flight and is_open_circuit_fallback(result.response))
+        response = result.response
+        return not (self.in_flight and (is_open_circuit_fallback(response) or is_refusal(response)))
 
     def cancel_rest(self) -> None:
         self.take_over()
@@ -366,7 +389,10 @@ class ParallelStrategy(RequestStrategy):
     a single attempt does (no thread hand-over). Hedges start at their times from a timer, on the
     client's worker pool, each with a copy of the caller's context; an accepted hedge aborts attempt
     0. When every attempt in flight has been rejected, the next one starts at once rather than at its
-    time (aio-request waits; waiting only adds latency). When the pool is full, a hedge is skipped
+    time (aio-request waits; waiting only adds latency). A server's refusal of an attempt
+    (``X-Do-Not-Retry`` on a 408, 429 or 503: shed, or too little time left for it) launches no
+    further attempt and ends none in flight; it is the answer only if none of them wins (aio-request
+    takes it as the answer at once). When the pool is full, a hedge is skipped
     (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
     thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
     refuses an attempt, no further one is launched; the attempts in flight may still win. No hedge

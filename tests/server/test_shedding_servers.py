@@ -365,3 +365,37 @@ def test_a_policy_that_queries_the_database_decides_under_every_server(
         trusted, other = ([served_with(url, path, headers) for _ in range(3)] for headers in claims)
     assert trusted == [(200, "high")] * 3
     assert other == [(200, "low")] * 3
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["gunicorn", "gunicorn-priority"])
+def test_a_hedge_the_server_sheds_leaves_the_admitted_attempt_to_answer(kind: str) -> None:
+    """A shedding server at its limit refuses a hedge at once (503, ``X-Do-Not-Retry``: the caller's
+    deadline ends before ``Retry-After``). That refusal is of the hedge: attempt 0, admitted, is still
+    served. Taken as the call's answer, it aborted attempt 0 mid-view, and every hedged call answered
+    503 where single attempts answered 200 (20 of 20 in a review)."""
+    import django_aio_request as dar
+
+    with server(kind, 4, {"shedding": {"MAX_CONCURRENCY": 1}}) as url:
+        hedged = dar.setup(
+            endpoint=url,
+            safe_method_strategy=dar.parallel_strategy(
+                attempts_count=2, delays_provider=dar.constant_delays(delay=0.05), stragglers_only=False
+            ),
+            metrics=False,
+        )
+        try:
+            for _ in range(3):  # the first requests load Django's views: slower than the deadline here
+                answer(url, "/sleep?ms=0", {}, [])
+            outcomes = []
+            for _ in range(8):
+                time.sleep(0.3)  # a hedge admitted late runs its view on for nobody: not into the next call
+                started = time.monotonic()
+                with hedged.request(dar.get("sleep?ms=200"), deadline=dar.Deadline.from_timeout(0.35)) as response:
+                    outcomes.append((response.status, round(time.monotonic() - started, 3)))
+        finally:
+            hedged.close()
+        shed = sum(metric(url, "aio_request_server_shed_total", {"priority": p, "reason": r})
+                   for p in ("high", "normal", "low") for r in ("capacity", "queue_timeout", "deadline"))  # fmt: skip
+    assert [status for status, _ in outcomes] == [200] * 8, outcomes
+    assert shed >= 4  # the hedges were refused: what this test is about happened

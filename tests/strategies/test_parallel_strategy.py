@@ -334,6 +334,75 @@ class TestHedging:
         assert response.read() == b"good"
         assert 0.4 <= elapsed < 0.4 + 0.3
 
+    @pytest.mark.parametrize(
+        ("refusal", "headers"),
+        [
+            (503, {"Retry-After": "1", "X-Do-Not-Retry": "1"}),  # a shedding server at its limit
+            (429, {"X-Do-Not-Retry": "1"}),
+            (408, {"X-Do-Not-Retry": "1"}),  # AioRequestMiddleware: too little time left for the hedge
+        ],
+    )
+    def test_a_hedge_the_server_refuses_ends_no_attempt_in_flight_and_launches_no_more(
+        self, server: LoopbackServer, make_client: Callable[..., Client], refusal: int, headers: dict[str, str]
+    ) -> None:
+        # Taken as the call's answer, a shedding server's 503 to the hedge ended the call and aborted
+        # attempt 0, admitted before and being served: 20 of 20 calls a single attempt answered 200.
+        count = itertools.count(1)
+        hung_up: list[float | None] = []
+
+        def slow_first_then_refuse(handler: Handler) -> None:
+            if next(count) == 1:
+                hung_up.append(wait_for_disconnect(handler, 0.4))
+                if hung_up[-1] is None:
+                    handler.reply(200, b"served")
+            else:
+                handler.reply(refusal, b"refused", headers)
+
+        server.route("/x", slow_first_then_refuse)
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 200
+        assert response.read() == b"served"
+        assert hung_up == [None]  # attempt 0 ran to its answer
+        assert 0.4 <= elapsed < 0.4 + 0.3
+        assert len(server.received("/x")) == 2  # no third attempt after the server said not to retry
+
+    def test_a_refused_hedge_is_the_answer_once_nothing_in_flight_is_accepted(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        count = itertools.count(1)
+
+        def slow_failure_then_refuse(handler: Handler) -> None:
+            if next(count) == 1:
+                time.sleep(0.3)
+                handler.reply(500, b"failed")
+            else:
+                handler.reply(503, b"refused", {"Retry-After": "1", "X-Do-Not-Retry": "1"})
+
+        server.route("/x", slow_failure_then_refuse)
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 503  # the server said not to try again: no third attempt
+        assert response.read() == b"refused"
+        assert 0.3 <= elapsed < 0.3 + 0.3  # when attempt 0 failed, not at the deadline
+        assert len(server.received("/x")) == 2
+
+    def test_a_refused_attempt_0_with_nothing_in_flight_is_the_answer_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(503, b"refused", {"Retry-After": "1", "X-Do-Not-Retry": "1"}))
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.2))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 503
+        assert elapsed < 0.15
+        assert len(server.received("/x")) == 1
+
     def test_a_peers_circuit_breaker_answer_wins_like_any_accepted_answer(
         self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
     ) -> None:
