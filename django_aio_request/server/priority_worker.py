@@ -24,12 +24,13 @@ these things and nothing else:
   past its caller's deadline;
 * a request without a valid ``X-Request-Timeout`` has no deadline in the queue, as in the
   middleware's (``TIMEOUT`` is a default nobody waits for): it never expires, so it is never taken
-  ahead of better priorities, and it comes after the requests of its priority that have one. With
-  ``SHEDDING`` it waits at most ``QUEUE_TIMEOUT``, as for a slot: then it is taken before any
-  other and refused (503 with ``Retry-After``, without ``X-Do-Not-Retry``: its caller may try
-  again). Judged by ``TIMEOUT``, one that outwaited it was taken before high priority and served in
-  full (with ``TIMEOUT`` 0.5 s and 0.2 s views on one thread, high-priority requests were answered
-  after every such request queued before them).
+  ahead of better priorities, and it comes after the requests of its priority that have one.
+  Judged by ``TIMEOUT``, one that outwaited it was taken before high priority and served in full
+  (with ``TIMEOUT`` 0.5 s and 0.2 s views on one thread, high-priority requests were answered after
+  every such request queued before them);
+* with ``SHEDDING`` no request waits longer than ``QUEUE_TIMEOUT``, as for a slot: then it is taken
+  before any other and refused (503 with ``Retry-After``, and ``X-Do-Not-Retry`` only when its
+  caller's deadline ends before ``Retry-After``: its caller may try again).
 
 A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
 queues it at once and a thread waits for them); a connection its caller closed is queued to be
@@ -124,9 +125,10 @@ def queue_timeout(claims: Claims) -> float:
 
 
 def _queue_bound() -> float:
-    """How long a request without a deadline may wait in the queue: ``QUEUE_TIMEOUT`` with ``SHEDDING``
-    (as it may for a slot), else for ever. ``QUEUE_TIMEOUT`` 0 bounds nothing here: every request
-    queues for a moment, even for an idle thread, and would be refused."""
+    """How long a request may wait in the queue (one with a deadline no longer than that allows):
+    ``QUEUE_TIMEOUT`` with ``SHEDDING`` (as it may for a slot), else for ever. ``QUEUE_TIMEOUT`` 0
+    bounds nothing here: every request queues for a moment, even for an idle thread, and would be
+    refused."""
     shedding = current.settings.shedding
     if shedding is None or shedding.queue_timeout <= 0:
         return math.inf
@@ -213,7 +215,7 @@ class QueueWaitApp:
         seconds = None if raw is None else parse_timeout(raw)
         if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
             if waited >= _queue_bound() - QUEUE_TIMEOUT_SLACK:
-                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT)
+                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, do_not_retry=False)
             return None
         conf = current.settings
         threshold = conf.low_timeout_threshold
@@ -236,15 +238,23 @@ class QueueWaitApp:
             shown = f"{left:.6f}"
         if left <= 0 or left < threshold:
             return _refuse(environ, start_response, "deadline")
+        if waited >= _queue_bound() - QUEUE_TIMEOUT_SLACK:
+            # Waited QUEUE_TIMEOUT with time left: refused as the limiter refuses a request that waited
+            # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
+            # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
+            retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
+            return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, do_not_retry=left < retry_after)
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = shown
         return None
 
 
-def _refuse(environ: dict[str, Any], start_response: Callable[..., Any], reason: str) -> Iterable[bytes]:
+def _refuse(
+    environ: dict[str, Any], start_response: Callable[..., Any], reason: str, *, do_not_retry: bool = True
+) -> Iterable[bytes]:
     """The 503 of a request whose time ran out while it queued (reason ``deadline``: see
-    :class:`QueueWaitApp`), or that had none and waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``,
-    without ``X-Do-Not-Retry``: nobody said its caller had given up, and trying again may help)."""
+    :class:`QueueWaitApp`), or that waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``, with
+    ``X-Do-Not-Retry`` only when its caller's deadline ends before ``Retry-After``, as the limiter's)."""
     from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
 
     conf = current.settings
@@ -253,7 +263,7 @@ def _refuse(environ: dict[str, Any], start_response: Callable[..., Any], reason:
     metrics.shed(queue_priority(claims).value, reason)
     retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
     headers = [("Retry-After", str(retry_after)), ("Content-Length", "0")]
-    if reason != REASON_QUEUE_TIMEOUT:
+    if do_not_retry:
         headers.insert(1, ("X-Do-Not-Retry", "1"))
     start_response("503 Service Unavailable", headers)
     return [b""]
@@ -337,7 +347,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (:func:`_pool_rank`: by priority, then with a deadline
         before without) and when it is to be taken ahead of any other: when its caller gives up, or
-        for a request without a deadline once it waited as long as it may (:func:`_queue_bound`).
+        once it waited as long as it may (:func:`_queue_bound`), whichever comes first.
 
         It runs on gunicorn's main loop, where an exception would end the worker with every request
         it holds: one that cannot be ranked (settings that do not load, an app that is not Django)
@@ -358,7 +368,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             priority, seconds = queue_priority(claims), queue_timeout(claims)
             if seconds == math.inf:
                 return _pool_rank(priority, False), time.monotonic() + _queue_bound()
-            return _pool_rank(priority, True), time.monotonic() + seconds
+            return _pool_rank(priority, True), time.monotonic() + min(seconds, _queue_bound())
         except Exception:
             if not getattr(self, "_rank_failed", False):
                 self._rank_failed = True

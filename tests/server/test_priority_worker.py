@@ -124,6 +124,48 @@ def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_an
     assert len(answers) == 2
 
 
+def test_a_request_with_a_deadline_is_refused_once_it_waited_queue_timeout_and_told_whether_to_try_again(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """QUEUE_TIMEOUT bounds a request with a deadline too: under a flood of better priority, one sent
+    with 5 s waited for a thread all 5 s and was then refused (503, X-Do-Not-Retry) in a review."""
+    ran: list[dict[str, Any]] = []
+    answers: list[tuple[str, dict[str, str]]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        ran.append(dict(environ))
+        return []
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        answers.append((status, dict(headers)))
+
+    def shed() -> float:
+        labels = {"priority": "low", "reason": "queue_timeout"}
+        return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
+
+    wrapped = QueueWaitApp(app)
+    before = shed()
+    settings.AIO_REQUEST = {"SHEDDING": {"QUEUE_TIMEOUT": 0.5, "RETRY_AFTER": 3}}
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.48)
+    wrapped({"HTTP_X_REQUEST_TIMEOUT": "5", "HTTP_X_REQUEST_PRIORITY": "low"}, start_response)
+    assert ran.pop()["HTTP_X_REQUEST_TIMEOUT"] == "4.520"  # short of QUEUE_TIMEOUT: served, with the time left
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.5)
+    for sent in ["5", "2"]:
+        body = wrapped({"HTTP_X_REQUEST_TIMEOUT": sent, "HTTP_X_REQUEST_PRIORITY": "low"}, start_response)
+        assert list(body) == [b""]
+    assert ran == []  # Django never saw them
+    assert answers == [
+        ("503 Service Unavailable", {"Retry-After": "3", "Content-Length": "0"}),  # 4.5 s left: may try again
+        ("503 Service Unavailable", {"Retry-After": "3", "X-Do-Not-Retry": "1", "Content-Length": "0"}),  # 1.5 s
+    ]
+    assert shed() - before == 2
+    # Without SHEDDING (or with QUEUE_TIMEOUT 0) only the deadline bounds the wait.
+    for conf in [{"SHEDDING": {"QUEUE_TIMEOUT": 0}}, {}]:
+        settings.AIO_REQUEST = conf
+        wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, start_response)
+        assert ran.pop()["HTTP_X_REQUEST_TIMEOUT"] == "4.500"
+
+
 def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one_received(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -555,6 +597,35 @@ def test_under_a_flood_of_high_priority_a_request_without_a_deadline_is_refused_
     status, headers, _, elapsed = answers[0]
     assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", None)
     assert 0.4 < elapsed < 2.5  # refused once QUEUE_TIMEOUT (0.5 s) had passed, not after the flood (4 s)
+    assert samples[("aio_request_server_shed_total", (("priority", "low"), ("reason", "queue_timeout")))] == 1
+
+
+def test_under_a_flood_of_high_priority_a_request_with_a_deadline_is_refused_after_queue_timeout(
+    tmp_path: Path,
+) -> None:
+    # Sent with 5 s, it waited for a thread all 5 s and was then refused (a review: 5 of 5 normal and
+    # low requests at 5,006-5,011 ms). Refused once QUEUE_TIMEOUT has passed, as the limiter refuses
+    # one that waited that long for a slot; 4.5 s left is more than Retry-After: it may try again.
+    with worker_with(tmp_path, {"SHEDDING": {"QUEUE_TIMEOUT": 0.5}}) as url:
+        ask(url, "/sleep?ms=30", {}, [])
+        stop = time.monotonic() + 3.0
+
+        def high() -> None:
+            while time.monotonic() < stop:
+                ask(url, "/sleep?ms=30", {"X-Request-Priority": "high", "X-Request-Timeout": "5"}, [])
+
+        flooders = [threading.Thread(target=high) for _ in range(3)]
+        for thread in flooders:
+            thread.start()
+        time.sleep(0.3)
+        answers: list[Any] = []
+        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low", "X-Request-Timeout": "5"}, answers)
+        for thread in flooders:
+            thread.join(10)
+        samples = scrape(url)
+    status, headers, _, elapsed = answers[0]
+    assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", None)
+    assert 0.4 < elapsed < 2.5  # once QUEUE_TIMEOUT (0.5 s) had passed, not after the flood (3 s) nor 5 s
     assert samples[("aio_request_server_shed_total", (("priority", "low"), ("reason", "queue_timeout")))] == 1
 
 
