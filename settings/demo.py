@@ -46,6 +46,18 @@ _FIRST_PORT = _port("DEMO_PORT", 8000)
 DEMO_PORTS = {
     service: _port(variable, _FIRST_PORT + offset) for offset, (service, variable) in enumerate(PORT_VARIABLES.items())
 }
+_sharing = {
+    port: [PORT_VARIABLES[service] for service, used in DEMO_PORTS.items() if used == port]
+    for port in set(DEMO_PORTS.values())
+}
+for _port_shared, _variables in sorted(_sharing.items()):
+    if len(_variables) > 1:
+        # Each was free when checked, then the services raced for it and one, at random, was
+        # blamed for a taken port.
+        raise ImproperlyConfigured(
+            f"{' and '.join(_variables)} are {'both' if len(_variables) == 2 else 'all'} {_port_shared}:"
+            " each demo service needs a port of its own."
+        )
 DEMO_PORT = DEMO_PORTS["frontend"]
 
 # Set by each service module: its name, and the client its chain endpoint calls (None: the end of the chain).

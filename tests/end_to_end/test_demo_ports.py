@@ -32,6 +32,11 @@ BAD_PORTS = {
     "a superscript two": ({"DEMO_PORT": "\u00b2"}, f"DEMO_PORT {_MESSAGE} '\u00b2'"),  # isdigit(), not int()
     "5,000 digits": ({"DEMO_ORDERS_PORT": "9" * 5000}, f"DEMO_ORDERS_PORT {_MESSAGE} '{'9' * 40}'..."),
     "no room for the next two": ({"DEMO_PORT": "65535"}, "DEMO_ORDERS_PORT is DEMO_PORT + 1 by default, 65536"),
+    # Each free when checked, then the services raced for it and one, at random, was blamed for a taken port.
+    "one port for two": (
+        {"DEMO_PORT": "8400", "DEMO_ORDERS_PORT": "8400"},
+        "DEMO_PORT and DEMO_ORDERS_PORT are both 8400: each demo service needs a port of its own.",
+    ),
 }
 
 
