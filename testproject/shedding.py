@@ -11,6 +11,7 @@ and the limit orders learned, sampled every :data:`SAMPLE_EVERY` during the run.
 """
 
 import dataclasses
+import http.client
 import threading
 import time
 import urllib.error
@@ -158,8 +159,9 @@ def timeline_svg(samples: list[Sample], width: int = 640, height: int = 160) -> 
     )  # fmt: skip
 
 
-def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
-    """Every caller for ``seconds``, all at once; the outcome by priority and orders' limit over time."""
+def run(seconds: float) -> tuple[list[PriorityResult], list[Sample], int]:
+    """Every caller for ``seconds``, all at once; the outcome by priority, orders' limit over time and
+    how many of its samples could not be read (orders did not answer the read in time, or reset it)."""
     before = orders_shed()
     scrapes_before = _scrapes.shed
     samples: list[Sample] = []
@@ -185,9 +187,17 @@ def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
         for n in range(count)
     ]
 
+    missed = 0
+
     def sampler() -> None:
+        nonlocal missed
         while time.monotonic() < stop_at:
-            samples.append(orders_gauges(time.monotonic() - began))
+            try:
+                samples.append(orders_gauges(time.monotonic() - began))
+            except (OSError, http.client.HTTPException):  # urllib's errors are OSErrors
+                # An overloaded orders may reset a read: that sample is missing (the page says how
+                # many), not the rest of the run's (the thread died with the traceback).
+                missed += 1
             time.sleep(SAMPLE_EVERY)
 
     threads.append(threading.Thread(target=sampler, name="shedding-sampler"))
@@ -209,4 +219,4 @@ def run(seconds: float) -> tuple[list[PriorityResult], list[Sample]]:
         )
         for priority in CALLERS
     ]
-    return results, samples
+    return results, samples, missed

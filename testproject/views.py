@@ -3,6 +3,7 @@ and ``demo/downstream/...`` (a simulated service). The frontend also serves the 
 
 import functools
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,42 @@ TIMEOUT_SHOWN = 2.0  # the TIMEOUT of the Clients page's clients (settings.demo_
 HEDGING_BUDGET_SECONDS = 20.0
 SHEDDING_SECONDS = 3.0
 View = Callable[[HttpRequest], HttpResponse]
+
+
+class _OneRun:
+    """The hedging and load-shedding experiments, one at a time in the frontend's process.
+
+    Their figures are what billing and orders counted over the run: a run abandoned in the browser
+    (a double click on Run, a reload) goes on here to its end, and a run started meanwhile counted
+    its requests too (single attempts "load 1.993" for 300 calls, orders' 503s twice the page's).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started: tuple[str, float] | None = None  # (the page, time.monotonic()) of the run going on
+
+    def begin(self, page: str) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self.started = (page, time.monotonic())
+        return True
+
+    def end(self) -> None:
+        self.started = None
+        self._lock.release()
+
+    def busy_message(self) -> str:
+        started = self.started
+        if started is None:  # it ended meanwhile
+            return "Another run was just ending: run again."
+        page, at = started
+        return (
+            f"A {page} run started {time.monotonic() - at:.0f} s ago is still going (a page left or reloaded "
+            "runs to its end here): its requests would be counted in this run's figures. Run again when it ends."
+        )
+
+
+_ONE_RUN = _OneRun()
 
 
 def frontend_page(view: View) -> View:
@@ -120,18 +157,29 @@ def hedging_page(request: HttpRequest) -> HttpResponse:
     form = HedgingForm(request.GET or None)
     results: list[hedging.VariantResult] = []
     picture = None
+    busy = None
     if "start" in request.GET and form.is_valid():
-        results = hedging.run(form.cleaned_data["calls"] or 300, HEDGING_BUDGET_SECONDS)
-        picture = svg.histograms(
-            [
-                svg.Histogram(
-                    title=f"{r.label} ({r.calls} calls)",
-                    latencies_ms=r.latencies_ms,
-                    marks=[("p50", r.p50), ("p99", r.p99)],
-                    colour=colour,
-                )
-                for r, colour in zip(results, ("#c0504d", "#4f81bd"), strict=True)
-            ]
+        if not _ONE_RUN.begin("hedging"):
+            busy = _ONE_RUN.busy_message()
+        else:
+            try:
+                results = hedging.run(form.cleaned_data["calls"] or 300, HEDGING_BUDGET_SECONDS)
+            finally:
+                _ONE_RUN.end()
+        picture = (
+            None
+            if busy
+            else svg.histograms(
+                [
+                    svg.Histogram(
+                        title=f"{r.label} ({r.calls} calls)",
+                        latencies_ms=r.latencies_ms,
+                        marks=[("p50", r.p50), ("p99", r.p99)],
+                        colour=colour,
+                    )
+                    for r, colour in zip(results, ("#c0504d", "#4f81bd"), strict=True)
+                ]
+            )
         )
     context = {
         "form": form,
@@ -140,22 +188,36 @@ def hedging_page(request: HttpRequest) -> HttpResponse:
         "tail": hedging.TAIL,
         "rate": hedging.RATE,
         "budget": HEDGING_BUDGET_SECONDS / len(hedging.VARIANTS),
+        "busy": busy,
     }
-    return render(request, "testproject/hedging.html", context)
+    return render(request, "testproject/hedging.html", context, status=409 if busy else 200)
 
 
 @frontend_page
 @timeout(30)
 def shedding_page(request: HttpRequest) -> HttpResponse:
     """With ``?start=1``: orders overloaded by callers of each priority, and what it shed."""
-    results, samples = shedding.run(SHEDDING_SECONDS) if "start" in request.GET else ([], [])
+    results: list[shedding.PriorityResult] = []
+    samples: list[shedding.Sample] = []
+    missed = 0
+    busy = None
+    if "start" in request.GET:
+        if not _ONE_RUN.begin("load shedding"):
+            busy = _ONE_RUN.busy_message()
+        else:
+            try:
+                results, samples, missed = shedding.run(SHEDDING_SECONDS)
+            finally:
+                _ONE_RUN.end()
     context = {
+        "busy": busy,
         "results": results,
         "samples": samples,
+        "missed": missed,
         "timeline": shedding.timeline_svg(samples),
         "seconds": SHEDDING_SECONDS,
         "callers": shedding.CALLERS,
         "service_ms": shedding.SERVICE_CPU * 1000,
         "backoff_ms": shedding.BACKOFF * 1000,
     }
-    return render(request, "testproject/shedding.html", context)
+    return render(request, "testproject/shedding.html", context, status=409 if busy else 200)

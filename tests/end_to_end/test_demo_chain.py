@@ -199,6 +199,39 @@ def test_the_shedding_page_sheds_low_priority_first_and_orders_counts_it(chain: 
     assert 1 <= min(limits) <= max(limits) < 23, limits
 
 
+def test_a_run_abandoned_in_the_browser_is_not_counted_in_the_next(chain: Chain) -> None:
+    """A run left in the browser (a double click on Run, a reload) goes on in the frontend to its end,
+    and a run started meanwhile counted its requests too: single attempts showed "load 1.993" for 300
+    calls, orders' 503s twice the page's (2 of 2 double clicks in a browser, 4 of 4 runs at once)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    frontend = chain.urls["frontend"]
+    with pytest.raises(OSError, match="timed out"):  # left after 0.5 s: 200 calls a variant, at 100 a second
+        opener.open(frontend + "hedging/?start=1&calls=200", timeout=0.5)
+    for path in ("hedging/?start=1&calls=20", "shedding/?start=1"):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            opener.open(frontend + path, timeout=20)
+        body = raised.value.read().decode()
+        raised.value.close()
+        assert raised.value.code == 409
+        assert "A hedging run started" in body
+        assert 'data-busy="1"' in body
+        assert "data-variant" not in body  # no figures shown
+        assert "data-priority" not in body
+    until = time.monotonic() + 30
+    page = ""
+    while not page and time.monotonic() < until:
+        try:
+            with opener.open(frontend + "hedging/?start=1&calls=50", timeout=30) as response:
+                page = response.read().decode()
+        except urllib.error.HTTPError as error:  # 409 while the run left goes on
+            error.close()
+            if error.code != 409:
+                raise
+            time.sleep(0.5)
+    rows = dict(re.findall(r'data-variant="([^"]+)" data-calls="50" data-billing="(\d+)"', page))
+    assert rows.get("single attempt") == "50", page  # its own requests only: nothing of the run left
+
+
 def test_a_stats_read_a_busy_service_sheds_is_tried_again_and_unknown_is_not_zero(settings: Any) -> None:
     """Orders sheds load: right after a chain it shed the page's read of its /demo/stats, and the page
     said orders was "not called". The read claims high priority, is tried again after a 503, and a
