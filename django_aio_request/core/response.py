@@ -1,10 +1,13 @@
 """Responses: one read in full by the transport, or a synthetic one made without the network."""
 
 import codecs
+import datetime
+import email.utils
 import encodings
 import encodings.aliases
 import functools
 import json
+import math
 import pkgutil
 import re
 from collections.abc import Callable, Mapping
@@ -214,6 +217,35 @@ def is_abandoned(response: Response) -> bool:
     """The attempt was stopped by its strategy (a hedge that lost) or with its call: the 499 made
     here, which says nothing about the endpoint. A peer's own 499 is an answer like any other."""
     return response.status == status.CANCELLED and isinstance(response, EmptyResponse)
+
+
+# The most a Retry-After is taken to ask for: a larger one is the same as "not within this call".
+_RETRY_AFTER_MAX_DIGITS = 9
+
+
+def retry_after(response: Response) -> float:
+    """Seconds a 503 or 429 asks its client to wait before trying again (``Retry-After``, RFC 9110
+    10.2.3: whole seconds, or an HTTP date); 0 when it asks nothing, or asks it in a form that is not
+    one of those (a malformed value from the peer is no reason to wait, nor to fail the call).
+
+    Sequential retries wait at least this long (strategies/sequential.py): a shedding server asks
+    its callers to step back, and retried at the backoff's 50 ms, 146 retries of a review's callers
+    came within 58 ms of the 503 that asked for 1 s."""
+    if response.status not in (429, 503):
+        return 0.0
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return 0.0
+    value = raw.strip()
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) <= _RETRY_AFTER_MAX_DIGITS else math.inf
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": a time in UTC, says RFC 5322
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 # The statuses of a server that declines to serve an attempt now (its time, its load), not of a failure.

@@ -5,7 +5,7 @@ from django_aio_request.core.cancellation import Cancellation, pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response, is_abandoned
+from django_aio_request.core.response import Response, is_abandoned, retry_after
 from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, too_late_to_send
 from django_aio_request.strategies.delays import (
     DelaysProvider,
@@ -75,7 +75,7 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
             if result.accepted or deadline.expired or rounds.refused:
                 return result
             round_ += 1
-            delay = self.delays(request, round_)
+            delay = max(self.delays(request, round_), retry_after(result.response))  # as sequential.py
             # The deadline the next round's first attempt would get after the pause (a third of what
             # is left, for a sequential strategy splitting it over three): when that is too short to
             # send it, the call ends now rather than pausing for a round refused after it.

@@ -3,7 +3,7 @@ from django_aio_request.core.cancellation import pause
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import is_abandoned
+from django_aio_request.core.response import is_abandoned, retry_after
 from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
     MAX_ATTEMPTS,
@@ -25,7 +25,8 @@ from django_aio_request.strategies.delays import (
 class SequentialStrategy(RequestStrategy):
     """Attempts one after another, in the caller's thread, until one is accepted.
 
-    Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended; when the time left after that
+    Attempt ``k`` waits ``delays(k)`` after attempt ``k-1`` ended, or longer when that attempt's 503
+    or 429 asked for it (``Retry-After``); when the time left after that
     wait would be too short for attempt ``k`` to be sent (its deadline passed, or less than the
     client's low-timeout threshold left), the call ends with the last rejected response instead of
     sleeping in vain. It ends with it too when the client's retry budget refuses the next attempt.
@@ -60,7 +61,8 @@ class SequentialStrategy(RequestStrategy):
                 responses.append(result)
                 if result.accepted or attempt + 1 == self.attempts_count:
                     break
-                delay = self.delays(request, attempt + 1)
+                # At least what a 503 or 429 asked for (Retry-After): a shedding server's callers step back.
+                delay = max(self.delays(request, attempt + 1), retry_after(result.response))
                 # The deadline the retry would get after the pause: when it leaves too little time
                 # to send it, the call ends now rather than pausing for a retry refused after it.
                 after_pause = Deadline(deadline.expires_at - delay)

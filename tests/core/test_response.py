@@ -390,3 +390,46 @@ def test_a_nul_in_the_charset_a_server_names_reads_as_utf8(server: LoopbackServe
     assert response.headers["Content-Type"] == "application/json; charset=utf- 8"
     assert response.text() == '{"a": "é"}'
     assert response.json() == {"a": "é"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=60), status=st.sampled_from([200, 429, 500, 503]))
+def test_retry_after_never_raises_and_never_asks_a_negative_wait(value: str, status: int) -> None:
+    """``Retry-After`` is the peer's text: whatever it is, reading it gives a wait, never an error."""
+    from django_aio_request.core.response import retry_after
+
+    waited = retry_after(Response(status=status, headers={"Retry-After": value}))
+    assert waited >= 0
+    if status not in (429, 503):
+        assert waited == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("1", 1.0),
+        (" 2 ", 2.0),
+        ("0", 0.0),
+        ("1.5", 0.0),
+        ("-1", 0.0),
+        ("soon", 0.0),
+        ("\u00b2", 0.0),
+        ("9" * 12, float("inf")),
+    ],
+)
+def test_retry_after_reads_whole_seconds(value: str, seconds: float) -> None:
+    from django_aio_request.core.response import retry_after
+
+    assert retry_after(Response(status=503, headers={"Retry-After": value})) == seconds
+
+
+def test_retry_after_reads_an_http_date_as_the_seconds_until_then() -> None:
+    import email.utils
+    import time
+
+    from django_aio_request.core.response import retry_after
+
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= retry_after(Response(status=429, headers={"Retry-After": later})) <= 31
+    earlier = email.utils.formatdate(time.time() - 30, usegmt=True)
+    assert retry_after(Response(status=503, headers={"Retry-After": earlier})) == 0

@@ -142,6 +142,62 @@ class TestSequential:
         assert 0.1 <= first_gap < 0.1 + 0.15
         assert 0.2 <= second_gap < 0.2 + 0.15
 
+    def test_a_retry_waits_for_what_a_shed_503_asks_in_retry_after(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # A shedding server asks its callers to step back: retried at the backoff's 50 ms, 146 retries
+        # in a review came within 58 ms of a 503 that asked for 1 s.
+        count = itertools.count(1)
+
+        def shed_then_served(handler: Handler) -> None:
+            if next(count) == 1:
+                handler.reply(503, b"shed", {"Retry-After": "1"})
+            else:
+                handler.reply(200, b"served")
+
+        server.route("/busy", shed_then_served)
+        client = make_client(safe_method_strategy=sequential(3, delay=0.05))
+
+        response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(3.0))
+
+        assert response.status == 200
+        assert 1.0 <= elapsed < 1.0 + 0.3
+        (gap,) = gaps(server, "/busy")
+        assert gap >= 1.0
+
+    @pytest.mark.parametrize("asked", ["2", "  7 ", "99999999999999", "Wed, 21 Oct 2099 07:28:00 GMT"])
+    def test_a_retry_after_beyond_the_deadline_ends_the_call_with_the_503_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client], asked: str
+    ) -> None:
+        server.route("/busy", lambda h: h.reply(503, b"shed", {"Retry-After": asked}))
+        client = make_client(safe_method_strategy=sequential(3, delay=0.05))
+
+        response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(1.0))
+
+        assert response.status == 503
+        assert elapsed < 0.3
+        assert len(server.received("/busy")) == 1
+
+    @pytest.mark.parametrize("asked", ["soon", "-1", "1.5", "", "Wed, 21 Oct 2015 07:28:00 GMT", "\u00b2"])
+    def test_a_retry_after_that_asks_nothing_leaves_the_delays_as_they_are(
+        self, server: LoopbackServer, make_client: Callable[..., Client], asked: str
+    ) -> None:
+        count = itertools.count(1)
+
+        def shed_then_served(handler: Handler) -> None:
+            if next(count) == 1:
+                handler.reply(503, b"shed", {"Retry-After": asked})
+            else:
+                handler.reply(200, b"served")
+
+        server.route("/busy", shed_then_served)
+        client = make_client(safe_method_strategy=sequential(3, delay=0.05))
+
+        response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(3.0))
+
+        assert response.status == 200
+        assert elapsed < 0.4  # the backoff's 50 ms: malformed, or in the past
+
     def test_stops_when_the_deadline_is_shorter_than_the_next_delay(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
@@ -340,6 +396,23 @@ class TestRetryUntilDeadlineExpired:
         assert response.read() == b"6"
         assert len(server.received("/flaky")) == 6
         assert all(gap >= 0.02 for gap in gaps(server, "/flaky"))
+
+    def test_a_round_waits_for_what_a_shed_503_asks_in_retry_after(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/busy", lambda h: h.reply(503, b"shed", {"Retry-After": "1"}))
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(
+                single_attempt_strategy(), delays_provider=constant_delays(delay=0.02)
+            )
+        )
+
+        response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(2.5))
+
+        assert response.status == 503
+        assert len(server.received("/busy")) == 3  # at 0, 1 and 2 s: not every 20 ms
+        assert all(gap >= 1.0 for gap in gaps(server, "/busy"))
+        assert elapsed < 2.5 + 0.2
 
     def test_gives_up_at_the_deadline_with_the_last_response(
         self, server: LoopbackServer, make_client: Callable[..., Client]
