@@ -81,11 +81,14 @@ def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settin
     assert queue_timeout(Claims()) == math.inf
 
 
-def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_and_may_try_again(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings
-) -> None:
+Answers = list[tuple[str, dict[str, str]]]
+
+
+def recording_app() -> tuple[QueueWaitApp, list[dict[str, Any]], Answers, Callable[..., None]]:
+    """A QueueWaitApp around an application recording the environs it ran, and a start_response
+    recording the answers the worker made itself."""
     ran: list[dict[str, Any]] = []
-    answers: list[tuple[str, dict[str, str]]] = []
+    answers: Answers = []
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         ran.append(dict(environ))
@@ -94,12 +97,19 @@ def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_an
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
         answers.append((status, dict(headers)))
 
-    def shed() -> float:
-        labels = {"priority": "low", "reason": "queue_timeout"}
-        return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
+    return QueueWaitApp(app), ran, answers, start_response
 
-    wrapped = QueueWaitApp(app)
-    before = shed()
+
+def low_shed_for_queue_timeout() -> float:
+    labels = {"priority": "low", "reason": "queue_timeout"}
+    return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
+
+
+def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_and_may_try_again(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    wrapped, ran, answers, start_response = recording_app()
+    before = low_shed_for_queue_timeout()
     settings.AIO_REQUEST = {"TIMEOUT": 0.2, "SHEDDING": {"QUEUE_TIMEOUT": 0.5, "RETRY_AFTER": 3}}
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.48)
     for environ in [{}, {"HTTP_X_REQUEST_TIMEOUT": "junk"}]:  # waited past TIMEOUT, short of QUEUE_TIMEOUT: served
@@ -111,7 +121,7 @@ def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_an
         assert list(body) == [b""]
     assert ran == []  # Django never saw them
     assert answers == [("503 Service Unavailable", {"Retry-After": "3", "Content-Length": "0"})] * 2
-    assert shed() - before == 2
+    assert low_shed_for_queue_timeout() - before == 2
     # QUEUE_TIMEOUT 0 bounds nothing here (every request queues for a moment), nor does no SHEDDING.
     for conf in [{"SHEDDING": {"QUEUE_TIMEOUT": 0}}, {}]:
         settings.AIO_REQUEST = conf
@@ -129,22 +139,8 @@ def test_a_request_with_a_deadline_is_refused_once_it_waited_queue_timeout_and_t
 ) -> None:
     """QUEUE_TIMEOUT bounds a request with a deadline too: under a flood of better priority, one sent
     with 5 s waited for a thread all 5 s and was then refused (503, X-Do-Not-Retry) in a review."""
-    ran: list[dict[str, Any]] = []
-    answers: list[tuple[str, dict[str, str]]] = []
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        ran.append(dict(environ))
-        return []
-
-    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
-        answers.append((status, dict(headers)))
-
-    def shed() -> float:
-        labels = {"priority": "low", "reason": "queue_timeout"}
-        return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
-
-    wrapped = QueueWaitApp(app)
-    before = shed()
+    wrapped, ran, answers, start_response = recording_app()
+    before = low_shed_for_queue_timeout()
     settings.AIO_REQUEST = {"SHEDDING": {"QUEUE_TIMEOUT": 0.5, "RETRY_AFTER": 3}}
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.48)
     wrapped({"HTTP_X_REQUEST_TIMEOUT": "5", "HTTP_X_REQUEST_PRIORITY": "low"}, start_response)
@@ -158,7 +154,7 @@ def test_a_request_with_a_deadline_is_refused_once_it_waited_queue_timeout_and_t
         ("503 Service Unavailable", {"Retry-After": "3", "Content-Length": "0"}),  # 4.5 s left: may try again
         ("503 Service Unavailable", {"Retry-After": "3", "X-Do-Not-Retry": "1", "Content-Length": "0"}),  # 1.5 s
     ]
-    assert shed() - before == 2
+    assert low_shed_for_queue_timeout() - before == 2
     # Without SHEDDING (or with QUEUE_TIMEOUT 0) only the deadline bounds the wait.
     for conf in [{"SHEDDING": {"QUEUE_TIMEOUT": 0}}, {}]:
         settings.AIO_REQUEST = conf

@@ -40,6 +40,19 @@ def gaps(server: LoopbackServer, path: str) -> list[float]:
     return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
 
 
+def shed_then_served(retry_after: str) -> Callable[[Handler], None]:
+    """A route answering its first request 503 with ``Retry-After: retry_after``, the rest 200."""
+    count = itertools.count(1)
+
+    def handle(handler: Handler) -> None:
+        if next(count) == 1:
+            handler.reply(503, b"shed", {"Retry-After": retry_after})
+        else:
+            handler.reply(200, b"served")
+
+    return handle
+
+
 def sequential(attempts: int, delay: float = 0.0, **kwargs: object) -> SequentialStrategy:
     strategy = sequential_strategy(attempts_count=attempts, delays_provider=constant_delays(delay=delay), **kwargs)  # type: ignore[arg-type]
     assert isinstance(strategy, SequentialStrategy)
@@ -147,15 +160,7 @@ class TestSequential:
     ) -> None:
         # A shedding server asks its callers to step back: retried at the backoff's 50 ms, 146 retries
         # in a review came within 58 ms of a 503 that asked for 1 s.
-        count = itertools.count(1)
-
-        def shed_then_served(handler: Handler) -> None:
-            if next(count) == 1:
-                handler.reply(503, b"shed", {"Retry-After": "1"})
-            else:
-                handler.reply(200, b"served")
-
-        server.route("/busy", shed_then_served)
+        server.route("/busy", shed_then_served("1"))
         client = make_client(safe_method_strategy=sequential(3, delay=0.05))
 
         response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(3.0))
@@ -182,15 +187,7 @@ class TestSequential:
     def test_a_retry_after_that_asks_nothing_leaves_the_delays_as_they_are(
         self, server: LoopbackServer, make_client: Callable[..., Client], asked: str
     ) -> None:
-        count = itertools.count(1)
-
-        def shed_then_served(handler: Handler) -> None:
-            if next(count) == 1:
-                handler.reply(503, b"shed", {"Retry-After": asked})
-            else:
-                handler.reply(200, b"served")
-
-        server.route("/busy", shed_then_served)
+        server.route("/busy", shed_then_served(asked))
         client = make_client(safe_method_strategy=sequential(3, delay=0.05))
 
         response, elapsed = call(client, get("busy"), deadline=Deadline.from_timeout(3.0))
