@@ -566,15 +566,14 @@ def test_requests_without_a_deadline_wait_after_high_priority_and_after_their_ow
 
 
 @pytest.mark.timeout(120)
-def test_under_a_flood_of_high_priority_a_request_without_a_deadline_is_refused_after_queue_timeout(
-    tmp_path: Path,
-) -> None:
-    # With SHEDDING, a request without X-Request-Timeout waits for a thread at most QUEUE_TIMEOUT, as
-    # for a slot: then it is refused at once, and told it may try again (no X-Do-Not-Retry).
+def low_request_under_a_high_flood(tmp_path: Path, headers: dict[str, str], *, flood: float) -> tuple[Any, Any, Any]:
+    """With SHEDDING (QUEUE_TIMEOUT 0.5 s) on one thread: a first request, alone; then, 0.3 s into
+    ``flood`` seconds of high-priority requests from three callers, one low request with ``headers``.
+    The first's answer, the low one's and the metrics scraped after."""
     with worker_with(tmp_path, {"SHEDDING": {"QUEUE_TIMEOUT": 0.5}}) as url:
         first: list[Any] = []
         ask(url, "/sleep?ms=30", {}, first)  # a free thread: served, though it queued for a moment
-        stop = time.monotonic() + 4.0
+        stop = time.monotonic() + flood
 
         def high() -> None:
             while time.monotonic() < stop:
@@ -585,12 +584,19 @@ def test_under_a_flood_of_high_priority_a_request_without_a_deadline_is_refused_
             thread.start()
         time.sleep(0.3)
         answers: list[Any] = []
-        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low"}, answers)
+        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low", **headers}, answers)
         for thread in flooders:
             thread.join(10)
-        samples = scrape(url)
-    assert first[0][0] == 200
-    status, headers, _, elapsed = answers[0]
+        return first[0], answers[0], scrape(url)
+
+
+def test_under_a_flood_of_high_priority_a_request_without_a_deadline_is_refused_after_queue_timeout(
+    tmp_path: Path,
+) -> None:
+    # With SHEDDING, a request without X-Request-Timeout waits for a thread at most QUEUE_TIMEOUT, as
+    # for a slot: then it is refused at once, and told it may try again (no X-Do-Not-Retry).
+    first, (status, headers, _, elapsed), samples = low_request_under_a_high_flood(tmp_path, {}, flood=4.0)
+    assert first[0] == 200
     assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", None)
     assert 0.4 < elapsed < 2.5  # refused once QUEUE_TIMEOUT (0.5 s) had passed, not after the flood (4 s)
     assert samples[("aio_request_server_shed_total", (("priority", "low"), ("reason", "queue_timeout")))] == 1
@@ -602,24 +608,9 @@ def test_under_a_flood_of_high_priority_a_request_with_a_deadline_is_refused_aft
     # Sent with 5 s, it waited for a thread all 5 s and was then refused (a review: 5 of 5 normal and
     # low requests at 5,006-5,011 ms). Refused once QUEUE_TIMEOUT has passed, as the limiter refuses
     # one that waited that long for a slot; 4.5 s left is more than Retry-After: it may try again.
-    with worker_with(tmp_path, {"SHEDDING": {"QUEUE_TIMEOUT": 0.5}}) as url:
-        ask(url, "/sleep?ms=30", {}, [])
-        stop = time.monotonic() + 3.0
-
-        def high() -> None:
-            while time.monotonic() < stop:
-                ask(url, "/sleep?ms=30", {"X-Request-Priority": "high", "X-Request-Timeout": "5"}, [])
-
-        flooders = [threading.Thread(target=high) for _ in range(3)]
-        for thread in flooders:
-            thread.start()
-        time.sleep(0.3)
-        answers: list[Any] = []
-        ask(url, "/sleep?ms=30", {"X-Request-Priority": "low", "X-Request-Timeout": "5"}, answers)
-        for thread in flooders:
-            thread.join(10)
-        samples = scrape(url)
-    status, headers, _, elapsed = answers[0]
+    _, (status, headers, _, elapsed), samples = low_request_under_a_high_flood(
+        tmp_path, {"X-Request-Timeout": "5"}, flood=3.0
+    )
     assert (status, headers.get("Retry-After"), headers.get("X-Do-Not-Retry")) == (503, "1", None)
     assert 0.4 < elapsed < 2.5  # once QUEUE_TIMEOUT (0.5 s) had passed, not after the flood (3 s) nor 5 s
     assert samples[("aio_request_server_shed_total", (("priority", "low"), ("reason", "queue_timeout")))] == 1
