@@ -220,64 +220,7 @@ def test_a_forked_child_keeps_the_clients_built_before_the_fork(server: Loopback
     }
 
 
-DEADLOCK_SCRIPT = """
-import os, sys, threading, time
-import django
-django.setup()
-from django_aio_request import clients
-
-done = []
-def importer():  # a view module importing the enricher's module, which looks "auth" up as it is imported
-    import slow_enricher
-    done.append("import")
-def user():  # another request's first use of "billing": reading the settings imports slow_enricher
-    import slow_enricher_started
-    slow_enricher_started.started.wait(5)
-    clients["billing"]
-    done.append("billing")
-threads = [threading.Thread(target=importer, daemon=True), threading.Thread(target=user, daemon=True)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join(5)
-print(sorted(done), flush=True)
-os._exit(0)
-"""
-
-
-def test_a_thread_reading_the_settings_never_deadlocks_with_an_import_that_looks_a_client_up(tmp_path: Path) -> None:
-    """Thread A's first clients["billing"] reads the settings, which imports the enricher's module;
-    thread B is importing that module, which does ``AUTH = clients["auth"]``. A waited for B's import
-    while holding the registry's lock (and Python 3.11's cached_property lock), and B for that lock:
-    both hung for good (3 of 3 runs), and every later first use of a client with them."""
-    (tmp_path / "slow_enricher_started.py").write_text("import threading\nstarted = threading.Event()\n")
-    (tmp_path / "slow_enricher.py").write_text(
-        "import time\n"
-        "import slow_enricher_started\n"
-        "slow_enricher_started.started.set()\n"
-        "time.sleep(0.3)  # a slow import: thread A starts reading the settings meanwhile\n"
-        "from django_aio_request import clients\n"
-        "def enrich(request):\n"
-        "    return request\n"
-        "AUTH = clients['auth']\n"
-    )
-    (tmp_path / "deadlock_settings.py").write_text(
-        "SECRET_KEY = 'test'\n"
-        "INSTALLED_APPS = ['django_aio_request']\n"
-        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
-        "AIO_REQUEST = {'CLIENTS': {\n"
-        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'slow_enricher.enrich'},\n"
-        "    'auth': {'ENDPOINT': 'http://127.0.0.1:9/'},\n"
-        "}}\n"
-    )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "deadlock_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-c", DEADLOCK_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.stdout.strip() == "['billing', 'import']", (done.stdout, done.stderr[-2000:])
-
-
-BUILD_DEADLOCK_SCRIPT = """
+IMPORT_RACE_SCRIPT = """
 import os, threading
 import django
 django.setup()
@@ -287,7 +230,7 @@ done = []
 def importer():  # a view module importing a module that looks "auth" up as it is imported
     import looks_auth_up
     done.append("import")
-def user():  # another request's first use of "billing": its classifier's __init__ imports that module
+def user():  # another request's first use of "billing", which imports that module (see the settings)
     import gates
     gates.importing.wait(5)
     clients["billing"]
@@ -305,20 +248,20 @@ os._exit(0)
 """
 
 
-def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_client_up_does_not_deadlock(
-    tmp_path: Path,
-) -> None:
-    """Thread A's first clients["billing"] builds its classifier, whose ``__init__`` imports a module
-    thread B is importing, and that module does ``AUTH = clients["auth"]``. Built under the registry's
-    lock, A waited for B's import while holding the lock, and B for the lock: both hung for good
-    (3 of 3 runs), and every later first use of a client with them."""
+def import_race(tmp_path: Path, billing_option: str) -> str:
+    """In a new process, thread B imports ``looks_auth_up``, which does ``AUTH = clients["auth"]`` as
+    it is imported (slowly); meanwhile thread A's first ``clients["billing"]`` imports that module too,
+    through ``billing_option`` of its settings. What the script printed: both threads' ends, whether
+    billing is one client, auth's endpoint."""
     (tmp_path / "gates.py").write_text("import threading\nimporting = threading.Event()\n")
     (tmp_path / "looks_auth_up.py").write_text(
         "import time\n"
         "import gates\n"
         "gates.importing.set()\n"
-        "time.sleep(0.3)  # a slow import: thread A builds billing meanwhile\n"
+        "time.sleep(0.3)  # a slow import: thread A looks billing up meanwhile\n"
         "from django_aio_request import clients\n"
+        "def enrich(request):\n"
+        "    return request\n"
         "AUTH = clients['auth']\n"
     )
     (tmp_path / "importing_classifier.py").write_text(
@@ -328,26 +271,45 @@ def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_clien
         "        super().__init__()\n"
         "        import looks_auth_up  # noqa: F401\n"
     )
-    (tmp_path / "build_deadlock_settings.py").write_text(
+    (tmp_path / "import_race_settings.py").write_text(
         "SECRET_KEY = 'test'\n"
         "INSTALLED_APPS = ['django_aio_request']\n"
         "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
         "AIO_REQUEST = {'CLIENTS': {\n"
-        "    'billing': {\n"
-        "        'ENDPOINT': 'http://127.0.0.1:9/', 'RESPONSE_CLASSIFIER': 'importing_classifier.Classifier',\n"
-        "    },\n"
+        f"    'billing': {{'ENDPOINT': 'http://127.0.0.1:9/', {billing_option}}},\n"
         "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
         "}}\n"
     )
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "build_deadlock_settings",
+        "DJANGO_SETTINGS_MODULE": "import_race_settings",
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
     }
     done = subprocess.run(
-        [sys.executable, "-c", BUILD_DEADLOCK_SCRIPT], env=env, capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-c", IMPORT_RACE_SCRIPT], env=env, capture_output=True, text=True, timeout=30, check=False
     )
-    assert done.stdout.strip() == "['billing', 'import'] True http://127.0.0.1:8/", (done.stdout, done.stderr[-2000:])
+    return done.stdout.strip() or done.stderr[-2000:]
+
+
+BOTH_ENDED = "['billing', 'import'] True http://127.0.0.1:8/"
+
+
+def test_a_thread_reading_the_settings_never_deadlocks_with_an_import_that_looks_a_client_up(tmp_path: Path) -> None:
+    """Thread A's first clients["billing"] reads the settings, which imports the enricher's module;
+    thread B is importing that module, which does ``AUTH = clients["auth"]``. A waited for B's import
+    while holding the registry's lock (and Python 3.11's cached_property lock), and B for that lock:
+    both hung for good (3 of 3 runs), and every later first use of a client with them."""
+    assert import_race(tmp_path, "'REQUEST_ENRICHER': 'looks_auth_up.enrich'") == BOTH_ENDED
+
+
+def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_client_up_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    """Thread A's first clients["billing"] builds its classifier, whose ``__init__`` imports a module
+    thread B is importing, and that module does ``AUTH = clients["auth"]``. Built under the registry's
+    lock, A waited for B's import while holding the lock, and B for the lock: both hung for good
+    (3 of 3 runs), and every later first use of a client with them."""
+    assert import_race(tmp_path, "'RESPONSE_CLASSIFIER': 'importing_classifier.Classifier'") == BOTH_ENDED
 
 
 def test_a_settings_change_during_a_first_lookup_leaves_no_client_of_the_old_settings(
