@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django_aio_request.core import status
 from django_aio_request.core.attempt_threads import AttemptThreadPool
-from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.cancellation import Cancellation, pause
 from django_aio_request.core.classifier import ResponseVerdict
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
@@ -17,6 +17,7 @@ from django_aio_request.core.response import (
     is_abandoned,
     is_open_circuit_fallback,
     is_refusal,
+    retry_after,
 )
 from django_aio_request.strategies.arguments import whole
 from django_aio_request.strategies.base import (
@@ -25,6 +26,7 @@ from django_aio_request.strategies.base import (
     ResponseWithVerdict,
     SendAttempt,
     first_attempt,
+    too_late_to_send,
 )
 from django_aio_request.strategies.delays import (
     DelaysProvider,
@@ -80,6 +82,10 @@ class _HedgedCall:
         # Launch no more attempts: the retry budget refused one, or the server refused one and said
         # not to try again (is_refusal). The attempts in flight go on, and may still win.
         self.refused = False
+        # time.monotonic() before which no further attempt goes: what a rejected 503 or 429 asked in
+        # Retry-After (a shedding server asks its callers to step back). Plain float writes: a race
+        # between two answers keeps one of their times, either a bound the server asked for.
+        self.not_before = 0.0
         # The time the accepted answer that settled the call took: the attempts abandoned from then
         # on lost to it, and the time of those that ran at least as long is a lower bound worth
         # learning (see learn()). None until then; never unset.
@@ -116,6 +122,7 @@ class _HedgedCall:
                 self.in_flight -= 1
         self.learn(result.response)  # aborted too: usually the slow one a hedge beat
         self.answered(result.response)
+        self.asked_to_wait(result)
         if is_refusal(result.response):
             self.refused = True
         if is_abandoned(result.response):
@@ -190,6 +197,13 @@ class _HedgedCall:
                     self.held = True
                     self._look_again(_LOOK_AGAIN_HELD_SECONDS)
                     return
+            if self.not_before > time.monotonic():
+                # A rejected attempt's 503 or 429 asked for a pause (Retry-After): the hedge goes after it.
+                if self.not_before >= self.deadline.expires_at:
+                    self.timer_running = False
+                else:
+                    self._schedule(self.not_before)
+                return
             if self.refused:
                 # The budget refused an earlier hedge (on its worker, after this entry was scheduled):
                 # no more attempts, as the caller's own loop does (two hedges went where one was refused).
@@ -245,6 +259,7 @@ class _HedgedCall:
                 # and losers are the slow attempts an adaptive delay most needs to hear about.
                 self.learn(result.response)
                 self.answered(result.response)
+                self.asked_to_wait(result)
                 if is_refusal(result.response):
                     # The server declined this hedge (shed, or too little time left for it): no
                     # further hedges, and attempt 0, admitted before, runs on. Taken as the call's
@@ -271,6 +286,13 @@ class _HedgedCall:
         self.in_flight += 1
         return True
 
+    def asked_to_wait(self, result: ResponseWithVerdict) -> None:
+        """Keep what a rejected 503 or 429 asked in ``Retry-After``: no attempt before then."""
+        if not result.accepted:
+            wait = retry_after(result.response)
+            if wait > 0:
+                self.not_before = max(self.not_before, time.monotonic() + wait)
+
     def answered(self, response: Response) -> None:
         """Tell the pace an attempt got the server's answer (not one made up here: a timeout, an abort),
         unless it is the server saying it is overloaded (503, 429): a shedding server answers younger
@@ -289,6 +311,19 @@ class _HedgedCall:
         they were rejected: 2 of 3 attempts a call for a sequential-like strategy on a full pool.
         """
         while True:
+            wait = self.not_before - time.monotonic()
+            if wait > 0:  # a rejected 503 or 429 asked for a pause (Retry-After)
+                if too_late_to_send(self.deadline, after=wait):
+                    self.refused = True  # asked to wait past the deadline: no more attempts
+                    return None
+                if self.in_flight:  # their answers may still win meanwhile
+                    accepted = self.wait_accepted_until(self.not_before)
+                    if accepted is not None:
+                        return accepted
+                    continue
+                pause(wait)
+                if self.deadline.expired:
+                    return None
             with self.lock:
                 if self._submit(workers, attempt):
                     return None
@@ -306,6 +341,7 @@ class _HedgedCall:
             return None
         self.learn(sent.response)
         self.answered(sent.response)
+        self.asked_to_wait(sent)
         if is_refusal(sent.response):
             self.refused = True
         self.finished.append(sent)
@@ -389,7 +425,9 @@ class ParallelStrategy(RequestStrategy):
     a single attempt does (no thread hand-over). Hedges start at their times from a timer, on the
     client's worker pool, each with a copy of the caller's context; an accepted hedge aborts attempt
     0. When every attempt in flight has been rejected, the next one starts at once rather than at its
-    time (aio-request waits; waiting only adds latency). A server's refusal of an attempt
+    time (aio-request waits; waiting only adds latency), unless a rejected 503 or 429 asked for a
+    pause in ``Retry-After``: no attempt goes before it, none if it ends past the deadline. A
+    server's refusal of an attempt
     (``X-Do-Not-Retry`` on a 408, 429 or 503: shed, or too little time left for it) launches no
     further attempt and ends none in flight; it is the answer only if none of them wins (aio-request
     takes it as the answer at once). When the pool is full, a hedge is skipped

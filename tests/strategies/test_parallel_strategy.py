@@ -403,6 +403,61 @@ class TestHedging:
         assert elapsed < 0.15
         assert len(server.received("/x")) == 1
 
+    def test_the_next_attempt_waits_for_what_a_rejected_503_asks_in_retry_after(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # Started at once after a rejection, a shed 503 asking for 1 s was tried again within milliseconds.
+        count = itertools.count(1)
+
+        def shed_then_served(handler: Handler) -> None:
+            if next(count) == 1:
+                handler.reply(503, b"shed", {"Retry-After": "1"})
+            else:
+                handler.reply(200, b"served")
+
+        server.route("/x", shed_then_served)
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 200
+        assert 1.0 <= elapsed < 1.0 + 0.3
+        first, second = (r.at for r in server.received("/x"))
+        assert second - first >= 1.0
+
+    def test_a_retry_after_past_the_deadline_ends_the_call_with_the_503_at_once(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        server.route("/x", lambda h: h.reply(503, b"shed", {"Retry-After": "5"}))
+        client = make_client(timeout=1.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 503
+        assert elapsed < 0.3
+        assert len(server.received("/x")) == 1
+
+    def test_a_hedge_due_after_a_rejected_hedge_asked_to_wait_goes_only_after_the_wait(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        count = itertools.count(1)
+
+        def slow_first_then_shed(handler: Handler) -> None:
+            if next(count) == 1:
+                time.sleep(0.6)
+                handler.reply(200, b"served")
+            else:
+                handler.reply(503, b"shed", {"Retry-After": "1"})
+
+        server.route("/x", slow_first_then_shed)
+        client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 200
+        assert 0.6 <= elapsed < 0.6 + 0.3
+        assert len(server.received("/x")) == 2  # the third, due at 0.2 s, held for the 1 s asked: never sent
+
     def test_a_peers_circuit_breaker_answer_wins_like_any_accepted_answer(
         self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
     ) -> None:
