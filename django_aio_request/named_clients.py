@@ -33,7 +33,8 @@ class UnknownClientError(KeyError):
 # How long a thread looking up a client waits for another thread's build of it: to be made, then to
 # finish sending client_built (the breaker publisher's receiver waits at most 0.25 s for admin's
 # overrides). A build that takes longer may be waiting for the looking thread itself (an import it
-# holds, or a receiver waiting for such a lookup): it then makes its own, and the first made is kept.
+# holds, or a receiver waiting for such a lookup): it then makes one in its place (later lookups wait
+# for that), and the first made is kept.
 BUILD_WAIT = 1.0
 
 
@@ -43,14 +44,12 @@ class _Build:
 
     __slots__ = ("client", "done", "made", "thread")
 
-    def __init__(self, client: Client | None = None) -> None:
+    def __init__(self) -> None:
         # None while being made; once done, the client under the name (a test's fake_client() may have come first)
-        self.client = client
+        self.client: Client | None = None
         self.thread = threading.get_ident()
         self.made = threading.Event()  # made (or its making failed): whoever waits looks again
         self.done = threading.Event()  # its client_built receivers ran
-        if client is not None:
-            self.made.set()
 
 
 class ClientsHandler:
@@ -91,69 +90,71 @@ class ClientsHandler:
                     # and stayed under the name for good (5 of 5 runs in a review). Read them again.
                     continue
                 build = self._building.get(name)
-                mine = build is None
-                if build is None:
+                if build is None or self._takes_over(name, build, waited):
                     build = self._building[name] = _Build()
-            if not mine:
-                if build.client is not None:
-                    return self._await_build(build, build.client)
-                if self._may_wait_for(name, build, waited):
-                    waited = build
-                    build.made.wait(BUILD_WAIT)
-                    continue
-                # Being made elsewhere for BUILD_WAIT already, or this is an event loop's thread (waiting
-                # would hold every task of the loop): made here too, and the first made is kept.
-            client = self._keep(
-                name, self._make(name, spec, config.service_name, build if mine else None), build, mine, generation
-            )
-            if client is not None:
-                return client
+                    mine = True
+                else:
+                    mine = False
+            if mine:
+                client = self._keep(name, self._make(name, spec, config.service_name, build), build, generation)
+                if client is not None:
+                    return client
+            elif build.client is not None:
+                return self._await_build(build, build.client)
+            else:
+                waited = build
+                build.made.wait(BUILD_WAIT)
 
     @staticmethod
-    def _may_wait_for(name: str, build: _Build, waited: _Build | None) -> bool:
-        """Whether to wait for another thread's making of the client (once, up to BUILD_WAIT)."""
+    def _takes_over(name: str, build: _Build, waited: _Build | None) -> bool:
+        """(Holding the lock.) Whether this thread makes the client in place of another thread's making
+        of it: one it waited for already (BUILD_WAIT) and that still goes on, or any on an event loop's
+        thread (waiting would hold every task of the loop). Later lookups then wait for this one, and
+        the first made is kept: with each waiter making its own, a 1.5 s making was made once per
+        thread waiting (32 of 32 in a review)."""
+        if build.client is not None:
+            return False  # made: its receivers are running
         if build.thread == threading.get_ident():
             raise RuntimeError(
                 f"clients[{name!r}] was looked up while it was being made in the same thread (by its classifier,"
                 " its transport or a module they import): it cannot be used before it exists"
             )
-        return build is not waited and not runs_event_loop()
+        return build is waited or runs_event_loop()
 
-    def _keep(self, name: str, made: Client, build: _Build, mine: bool, generation: int) -> Client | None:
-        """The client ``made`` under ``name``, its receivers run; or None, and ``made`` closed, when another
-        thread's was made first or the setting changed meanwhile (the caller looks again)."""
+    def _keep(self, name: str, made: Client, build: _Build, generation: int) -> Client | None:
+        """The client ``made`` (by ``build``) under ``name``, its receivers run; or None, and ``made``
+        closed, when another making was done first, the setting changed or ``close_all()`` ran
+        meanwhile (the caller looks again)."""
         with self._lock:
             kept = self._building.get(name)
+            # kept is None: close_all() took this making's entry (it closes what is built, not what is
+            # being made); kept by a later making that took over and is not done: this one was first.
             keep = (
-                self._clients.get(name) is None
+                kept is not None
+                and kept.client is None
+                and self._clients.get(name) is None
                 and current._generation == generation
-                and (kept is None or kept.client is None)
             )
             if keep:
                 if kept is not None and kept is not build:
                     kept.made.set()  # its waiters look again and find this one
-                if mine:
-                    build.client = made
-                else:
-                    build = _Build(made)
+                build.client = made
                 self._building[name] = build
-        if mine:
-            build.made.set()
+        build.made.set()
         if keep:
             return self._announce(name, build, made)
         made.close()
         return None
 
-    def _make(self, name: str, spec: ClientSpec, service_name: str | None, build: _Build | None) -> Client:
-        """``build_client()``, outside the lock; when it raises, ``build`` (this thread's) leaves the registry."""
+    def _make(self, name: str, spec: ClientSpec, service_name: str | None, build: _Build) -> Client:
+        """``build_client()``, outside the lock; when it raises, ``build`` leaves the registry."""
         try:
             return build_client(spec, service_name)
         except BaseException:
-            if build is not None:
-                with self._lock:
-                    if self._building.get(name) is build:
-                        del self._building[name]
-                build.made.set()
+            with self._lock:
+                if self._building.get(name) is build:
+                    del self._building[name]
+            build.made.set()
             raise
 
     def _announce(self, name: str, build: _Build, client: Client) -> Client:

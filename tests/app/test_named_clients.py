@@ -351,6 +351,7 @@ class CountedClassifier(django_aio_request.DefaultResponseClassifier):
     made: list["CountedClassifier"] = []
     gate: threading.Event | None = None
     looks_itself_up = False
+    takes = 0.0  # seconds every making takes (the first also waits for the gate)
 
     def __init__(self) -> None:
         super().__init__()
@@ -360,15 +361,18 @@ class CountedClassifier(django_aio_request.DefaultResponseClassifier):
             clients["billing"]
         if first and CountedClassifier.gate is not None:
             CountedClassifier.gate.wait(10)
+        time.sleep(CountedClassifier.takes)
 
 
 @pytest.fixture
 def counted() -> Iterator[type[CountedClassifier]]:
     CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
+    CountedClassifier.takes = 0.0
     yield CountedClassifier
     if CountedClassifier.gate is not None:
         CountedClassifier.gate.set()
     CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
+    CountedClassifier.takes = 0.0
 
 
 COUNTED = "tests.app.test_named_clients.CountedClassifier"
@@ -461,3 +465,56 @@ def test_a_failed_making_raises_where_it_was_made_and_the_next_lookup_makes_the_
         client = clients["billing"]
         assert clients["billing"] is client
         assert len(counted.made) == 2
+
+
+def test_threads_that_outwait_a_slow_making_make_one_client_between_them_not_one_each(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """Past BUILD_WAIT, each of 32 waiting threads made its own client (a 1.5 s making made 32 times,
+    63 of 64 closed again): now the first to stop waiting makes one in the slow making's place, and the
+    others wait for that."""
+    counted.gate = threading.Event()
+    counted.takes = 0.5  # every making is slow: those begun by the threads that stopped waiting too
+    release = threading.Timer(1.5, counted.gate.set)
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        seen: list[object] = []
+        threads = [threading.Thread(target=lambda: seen.append(clients["billing"])) for _ in range(16)]
+        release.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(seen) == 16
+        assert all(c is seen[0] for c in seen)
+        assert len(counted.made) <= 3  # the slow one, and one (rarely two) in its place
+
+
+def test_close_all_during_a_making_leaves_no_client_of_it_open_or_registered(
+    server: LoopbackServer, counted: type[CountedClassifier], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close_all() (at exit, say) while a client was being made: the made client stayed registered and
+    was never closed (3 of 3 in a review). Its maker closes it and makes another, as a lookup after
+    close_all() would."""
+    closed: list[Client] = []
+    close = Client.close
+
+    def recording_close(self: Client) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(Client, "close", recording_close)
+    counted.gate = threading.Event()
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        got: list[Client] = []
+        first = threading.Thread(target=lambda: got.append(clients["billing"]))
+        first.start()
+        while not counted.made:
+            time.sleep(0.01)
+        clients.close_all()
+        counted.gate.set()
+        first.join(5)
+        assert len(counted.made) == 2  # the one close_all() overtook, and one after it
+        assert got == [clients["billing"]]
+        assert got[0] not in closed
+        assert len(closed) == 1  # the one made during close_all()
+        assert closed[0] is not got[0]
