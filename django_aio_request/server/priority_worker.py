@@ -135,6 +135,14 @@ def _queue_bound() -> float:
     return float(shedding.queue_timeout)
 
 
+def _waited_too_long(waited: float) -> bool:
+    """Whether a request that waited ``waited`` seconds in the queue waited as long as it may
+    (:func:`_queue_bound`, less the slack, which is never more than a tenth of it: a ``QUEUE_TIMEOUT``
+    below the 10 ms slack refused every request, each having queued for a moment, on an idle server)."""
+    bound = _queue_bound()
+    return waited >= bound - min(QUEUE_TIMEOUT_SLACK, bound / 10)
+
+
 # The pool's rank of a request: its priority's (0 high, 1 normal, 2 low) twice, plus 1 without a
 # deadline, so that it comes after those of its priority that have one. Metrics are by priority.
 def _pool_rank(priority: Priority, deadline: bool) -> int:
@@ -214,7 +222,7 @@ class QueueWaitApp:
         raw = environ.get(META_TIMEOUT)
         seconds = None if raw is None else parse_timeout(raw)
         if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
-            if waited >= _queue_bound() - QUEUE_TIMEOUT_SLACK:
+            if _waited_too_long(waited):
                 return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, do_not_retry=False)
             return None
         conf = current.settings
@@ -238,7 +246,7 @@ class QueueWaitApp:
             shown = f"{left:.6f}"
         if left <= 0 or left < threshold:
             return _refuse(environ, start_response, "deadline")
-        if waited >= _queue_bound() - QUEUE_TIMEOUT_SLACK:
+        if _waited_too_long(waited):
             # Waited QUEUE_TIMEOUT with time left: refused as the limiter refuses a request that waited
             # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
             # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
