@@ -228,9 +228,9 @@ def retry_after(response: Response) -> float:
     10.2.3: whole seconds, or an HTTP date); 0 when it asks nothing, or asks it in a form that is not
     one of those (a malformed value from the peer is no reason to wait, nor to fail the call).
 
-    Sequential retries wait at least this long (strategies/sequential.py): a shedding server asks
-    its callers to step back, and retried at the backoff's 50 ms, 146 retries of a review's callers
-    came within 58 ms of the 503 that asked for 1 s."""
+    A call's next attempt waits at least this long, whatever its strategy (strategies/): a shedding
+    server asks its callers to step back, and retried at the backoff's 50 ms, 146 retries of a
+    review's callers came within 58 ms of the 503 that asked for 1 s."""
     if response.status not in (429, 503):
         return 0.0
     raw = response.headers.get("Retry-After")

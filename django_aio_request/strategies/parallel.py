@@ -427,10 +427,9 @@ class ParallelStrategy(RequestStrategy):
     0. When every attempt in flight has been rejected, the next one starts at once rather than at its
     time (aio-request waits; waiting only adds latency), unless a rejected 503 or 429 asked for a
     pause in ``Retry-After``: no attempt goes before it, none if it ends past the deadline. A
-    server's refusal of an attempt
-    (``X-Do-Not-Retry`` on a 408, 429 or 503: shed, or too little time left for it) launches no
-    further attempt and ends none in flight; it is the answer only if none of them wins (aio-request
-    takes it as the answer at once). When the pool is full, a hedge is skipped
+    server's refusal of an attempt (``X-Do-Not-Retry`` on a 408, 429 or 503: shed, or too little
+    time left for it) launches no further attempt and ends none in flight; it is the answer only if
+    none of them wins (aio-request takes it as the answer at once). When the pool is full, a hedge is skipped
     (and once attempt 0 is over, a call with nothing in flight runs its next attempt in the caller's
     thread): a full pool degrades hedging, it never blocks a caller. When the client's retry budget
     refuses an attempt, no further one is launched; the attempts in flight may still win. No hedge
