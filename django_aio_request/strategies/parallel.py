@@ -86,6 +86,10 @@ class _HedgedCall:
         # Retry-After (a shedding server asks its callers to step back). Plain float writes: a race
         # between two answers keeps one of their times, either a bound the server asked for.
         self.not_before = 0.0
+        # time.monotonic() when the caller last launched an attempt (0.0: never): the next is due no
+        # sooner after it than their times are apart, so a pause for Retry-After that let two
+        # attempts' times pass sends them one gap apart, not together.
+        self.launched_at = 0.0
         # The time the accepted answer that settled the call took: the attempts abandoned from then
         # on lost to it, and the time of those that ran at least as long is a lower bound worth
         # learning (see learn()). None until then; never unset.
@@ -325,6 +329,7 @@ class _HedgedCall:
                 if self.deadline.expired:
                     return None
             with self.lock:
+                self.launched_at = time.monotonic()
                 if self._submit(workers, attempt):
                     return None
                 busy = self.in_flight
@@ -494,7 +499,10 @@ class ParallelStrategy(RequestStrategy):
             return first
         if not call.refused:
             for attempt in range(next_attempt, self.attempts_count):
-                accepted = call.wait_accepted_until(due_at(attempt))
+                due = due_at(attempt)
+                if attempt > next_attempt:  # the caller launched the one before: their gap at least
+                    due = max(due, call.launched_at + due - due_at(attempt - 1))
+                accepted = call.wait_accepted_until(due)
                 if accepted is not None:
                     return accepted
                 if deadline.expired or call.refused:
