@@ -31,6 +31,7 @@ from tests.support.loopback import (
     LoopbackServer,
     answer_after,
     replies,
+    shed_then_served,
     wait_for_disconnect,
     widen_backlog,
 )
@@ -407,15 +408,7 @@ class TestHedging:
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
         # Started at once after a rejection, a shed 503 asking for 1 s was tried again within milliseconds.
-        count = itertools.count(1)
-
-        def shed_then_served(handler: Handler) -> None:
-            if next(count) == 1:
-                handler.reply(503, b"shed", {"Retry-After": "1"})
-            else:
-                handler.reply(200, b"served")
-
-        server.route("/x", shed_then_served)
+        server.route("/x", shed_then_served("1"))
         client = make_client(timeout=3.0, **hedged(attempts=3, delay=0.1))
 
         response, elapsed = call_then_wait_for_stray_hedges(client, "x")

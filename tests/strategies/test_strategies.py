@@ -30,6 +30,7 @@ from tests.support.loopback import (
     free_port,
     hang_until_disconnect,
     replies,
+    shed_then_served,
     wait_for_disconnect,
 )
 from tests.support.loopback import timed_call as call
@@ -38,19 +39,6 @@ from tests.support.loopback import timed_call as call
 def gaps(server: LoopbackServer, path: str) -> list[float]:
     arrivals = [r.at for r in server.received(path)]
     return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-
-
-def shed_then_served(retry_after: str) -> Callable[[Handler], None]:
-    """A route answering its first request 503 with ``Retry-After: retry_after``, the rest 200."""
-    count = itertools.count(1)
-
-    def handle(handler: Handler) -> None:
-        if next(count) == 1:
-            handler.reply(503, b"shed", {"Retry-After": retry_after})
-        else:
-            handler.reply(200, b"served")
-
-    return handle
 
 
 def sequential(attempts: int, delay: float = 0.0, **kwargs: object) -> SequentialStrategy:

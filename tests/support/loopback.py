@@ -10,6 +10,7 @@ route runs, so tests can check what reached the server and when.
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import select
 import signal
@@ -205,6 +206,19 @@ def widen_backlog(server: LoopbackServer, backlog: int = 128) -> None:
     wait a second to retry: tests that open many connections at once call this first.
     """
     server._server.socket.listen(backlog)
+
+
+def shed_then_served(retry_after: str) -> Callable[[Handler], None]:
+    """A route answering its first request 503 with ``Retry-After: retry_after``, the rest 200."""
+    count = itertools.count(1)
+
+    def handle(handler: Handler) -> None:
+        if next(count) == 1:
+            handler.reply(503, b"shed", {"Retry-After": retry_after})
+        else:
+            handler.reply(200, b"served")
+
+    return handle
 
 
 def answer_after(delay: float, status: int = 200, body: bytes = b"") -> Callable[[Handler], None]:
