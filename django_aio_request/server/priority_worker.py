@@ -223,7 +223,7 @@ class QueueWaitApp:
         seconds = None if raw is None else parse_timeout(raw)
         if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
             if _waited_too_long(waited):
-                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, do_not_retry=False)
+                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT)
             return None
         conf = current.settings
         threshold = conf.low_timeout_threshold
@@ -250,19 +250,19 @@ class QueueWaitApp:
             # Waited QUEUE_TIMEOUT with time left: refused as the limiter refuses a request that waited
             # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
             # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
-            retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
-            return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, do_not_retry=left < retry_after)
+            return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, left=left)
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = shown
         return None
 
 
 def _refuse(
-    environ: dict[str, Any], start_response: Callable[..., Any], reason: str, *, do_not_retry: bool = True
+    environ: dict[str, Any], start_response: Callable[..., Any], reason: str, *, left: float | None = None
 ) -> Iterable[bytes]:
     """The 503 of a request whose time ran out while it queued (reason ``deadline``: see
-    :class:`QueueWaitApp`), or that waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``, with
-    ``X-Do-Not-Retry`` only when its caller's deadline ends before ``Retry-After``, as the limiter's)."""
+    :class:`QueueWaitApp`), or that waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``) with ``left``
+    seconds of its deadline (None: it has none). ``X-Do-Not-Retry`` as the limiter decides it: for the
+    deadline, or when what is left ends before ``Retry-After``."""
     from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
 
     conf = current.settings
@@ -271,7 +271,7 @@ def _refuse(
     metrics.shed(queue_priority(claims).value, reason)
     retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
     headers = [("Retry-After", str(retry_after)), ("Content-Length", "0")]
-    if do_not_retry:
+    if reason != REASON_QUEUE_TIMEOUT or (left is not None and left < retry_after):
         headers.insert(1, ("X-Do-Not-Retry", "1"))
     start_response("503 Service Unavailable", headers)
     return [b""]
