@@ -1,12 +1,13 @@
 """Demo views. Every service: ``demo/hop`` (one hop of the chain), ``demo/stats`` (what it received)
 and ``demo/downstream/...`` (a simulated service). The frontend also serves the pages."""
 
+import contextlib
 import functools
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from django.conf import settings
@@ -38,17 +39,20 @@ class _OneRun:
         self._lock = threading.Lock()
         self.started: tuple[str, float] | None = None  # (the page, time.monotonic()) of the run going on
 
-    def begin(self, page: str) -> bool:
+    @contextlib.contextmanager
+    def slot(self, page: str) -> Iterator[str | None]:
+        """None while this run of ``page`` holds the slot; else why it may not run now."""
         if not self._lock.acquire(blocking=False):
-            return False
+            yield self._busy_message()
+            return
         self.started = (page, time.monotonic())
-        return True
+        try:
+            yield None
+        finally:
+            self.started = None
+            self._lock.release()
 
-    def end(self) -> None:
-        self.started = None
-        self._lock.release()
-
-    def busy_message(self) -> str:
+    def _busy_message(self) -> str:
         started = self.started
         if started is None:  # it ended meanwhile
             return "Another run was just ending: run again."
@@ -159,13 +163,9 @@ def hedging_page(request: HttpRequest) -> HttpResponse:
     picture = None
     busy = None
     if "start" in request.GET and form.is_valid():
-        if not _ONE_RUN.begin("hedging"):
-            busy = _ONE_RUN.busy_message()
-        else:
-            try:
+        with _ONE_RUN.slot("hedging") as busy:
+            if busy is None:
                 results = hedging.run(form.cleaned_data["calls"] or 300, HEDGING_BUDGET_SECONDS)
-            finally:
-                _ONE_RUN.end()
         picture = (
             None
             if busy
@@ -202,13 +202,9 @@ def shedding_page(request: HttpRequest) -> HttpResponse:
     missed = 0
     busy = None
     if "start" in request.GET:
-        if not _ONE_RUN.begin("load shedding"):
-            busy = _ONE_RUN.busy_message()
-        else:
-            try:
+        with _ONE_RUN.slot("load shedding") as busy:
+            if busy is None:
                 results, samples, missed = shedding.run(SHEDDING_SECONDS)
-            finally:
-                _ONE_RUN.end()
     context = {
         "busy": busy,
         "results": results,
