@@ -388,6 +388,17 @@ def built_signals() -> tuple[list[object], Callable[[], object]]:
     return sent, lambda: client_built.disconnect(receiver)
 
 
+def a_lookup_held_making(counted: type[CountedClassifier]) -> tuple[threading.Thread, list[Client]]:
+    """A thread's first clients["billing"], once its making is under way (held by ``counted.gate``),
+    and the list its client goes into."""
+    got: list[Client] = []
+    thread = threading.Thread(target=lambda: got.append(clients["billing"]))
+    thread.start()
+    while not counted.made:
+        time.sleep(0.01)
+    return thread, got
+
+
 def test_threads_racing_for_a_first_lookup_get_one_client_made_once(
     server: LoopbackServer, counted: type[CountedClassifier]
 ) -> None:
@@ -422,11 +433,7 @@ def test_a_making_that_outlasts_the_wait_is_not_waited_for_and_the_first_made_is
     sent, disconnect = built_signals()
     try:
         with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
-            slow: list[Client] = []
-            first = threading.Thread(target=lambda: slow.append(clients["billing"]))
-            first.start()
-            while not counted.made:
-                time.sleep(0.01)
+            first, slow = a_lookup_held_making(counted)
             started = time.monotonic()
             second = clients["billing"]
             waited = time.monotonic() - started
@@ -505,11 +512,7 @@ def test_close_all_during_a_making_leaves_no_client_of_it_open_or_registered(
     monkeypatch.setattr(Client, "close", recording_close)
     counted.gate = threading.Event()
     with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
-        got: list[Client] = []
-        first = threading.Thread(target=lambda: got.append(clients["billing"]))
-        first.start()
-        while not counted.made:
-            time.sleep(0.01)
+        first, got = a_lookup_held_making(counted)
         clients.close_all()
         counted.gate.set()
         first.join(5)
