@@ -315,19 +315,9 @@ class _HedgedCall:
         they were rejected: 2 of 3 attempts a call for a sequential-like strategy on a full pool.
         """
         while True:
-            wait = self.not_before - time.monotonic()
-            if wait > 0:  # a rejected 503 or 429 asked for a pause (Retry-After)
-                if too_late_to_send(self.deadline, after=wait):
-                    self.refused = True  # asked to wait past the deadline: no more attempts
-                    return None
-                if self.in_flight:  # their answers may still win meanwhile
-                    accepted = self.wait_accepted_until(self.not_before)
-                    if accepted is not None:
-                        return accepted
-                    continue
-                pause(wait)
-                if self.deadline.expired:
-                    return None
+            accepted, go = self._step_back()
+            if not go:
+                return accepted
             with self.lock:
                 self.launched_at = time.monotonic()
                 if self._submit(workers, attempt):
@@ -351,6 +341,27 @@ class _HedgedCall:
             self.refused = True
         self.finished.append(sent)
         return sent
+
+    def _step_back(self) -> tuple[ResponseWithVerdict | None, bool]:
+        """Wait until :attr:`not_before` (what a rejected 503 or 429 asked in ``Retry-After``),
+        looking at the answers of the attempts in flight meanwhile. Returns an accepted answer that
+        came, and whether an attempt may go now: not when one was refused meanwhile, when the pause
+        ends past the deadline, or when the deadline ran out."""
+        while (wait := self.not_before - time.monotonic()) > 0:
+            if too_late_to_send(self.deadline, after=wait):
+                self.refused = True  # asked to wait past the deadline: no more attempts
+                return None, False
+            if not self.in_flight:
+                pause(wait)
+                return None, not self.deadline.expired
+            accepted = self.wait_accepted_until(self.not_before)  # their answers may still win meanwhile
+            if accepted is not None:
+                return accepted, False
+            if self.refused or self.deadline.expired:
+                # One of them was refused meanwhile (is_refusal) or the budget refused one: nothing
+                # goes after it (an attempt went at the pause's end, 0.75 s after a refusal).
+                return None, False
+        return None, True
 
     def learn(self, response: Response) -> None:
         """Tell the delays provider of an attempt's response; an abandoned one only when an accepted
@@ -397,7 +408,14 @@ class _HedgedCall:
                 return result
             if result is None and left <= 0:
                 return None
-        return None
+        return self.held_answer()
+
+    def held_answer(self) -> ResponseWithVerdict | None:
+        """The first accepted answer :meth:`wins` held back while attempts were in flight (a server's
+        refusal, an open circuit's fallback), or None: the call's answer once nothing else won. Held
+        and then forgotten, a refused hedge lost to attempt 0's earlier 500 (10 of 10 calls), and
+        ``retry_until_deadline_expired`` began another round 0.4 s after the refusal."""
+        return next((result for result in self.finished if result.accepted), None)
 
     def wins(self, result: ResponseWithVerdict) -> bool:
         """An accepted response ends the call, except, while attempts are still in flight, an open
@@ -512,7 +530,7 @@ class ParallelStrategy(RequestStrategy):
                     return inline
                 if call.refused:
                     break
-        accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS)
+        accepted = call.wait_accepted_until(deadline.expires_at + _GRACE_SECONDS) or call.held_answer()
         if accepted is not None:
             return accepted
         if call.finished:

@@ -19,6 +19,7 @@ from django_aio_request import (
     get,
     get_context,
     parallel_strategy,
+    retry_until_deadline_expired,
     set_context,
 )
 from django_aio_request.core.attempt_threads import AttemptThreadPool
@@ -391,6 +392,69 @@ class TestHedging:
         assert response.read() == b"refused"
         assert 0.3 <= elapsed < 0.3 + 0.3  # when attempt 0 failed, not at the deadline
         assert len(server.received("/x")) == 2
+
+    @pytest.mark.parametrize("rounds", [False, True], ids=["parallel", "retry_until_deadline_expired(parallel)"])
+    def test_a_refusal_held_while_another_attempt_ran_is_the_answer_not_an_earlier_failure(
+        self, server: LoopbackServer, make_client: Callable[..., Client], rounds: bool
+    ) -> None:
+        # Held back while attempt 1 ran and then forgotten, the refusal lost to attempt 0's 500 (10 of
+        # 10 calls), and retry_until_deadline_expired began another round 0.4 s after it.
+        count = itertools.count(1)
+
+        def fail_then_fail_slowly_then_refuse(handler: Handler) -> None:
+            n = next(count)
+            if n == 1:
+                handler.reply(500, b"failed")
+            elif n == 2:
+                time.sleep(0.4)
+                handler.reply(500, b"failed slowly")
+            else:
+                handler.reply(503, b"refused", {"Retry-After": "1", "X-Do-Not-Retry": "1"})
+
+        server.route("/x", fail_then_fail_slowly_then_refuse)
+        strategy = parallel_strategy(attempts_count=3, delays_provider=lambda k: 0.1 * k)
+        if rounds:
+            strategy = retry_until_deadline_expired(strategy, delays_provider=constant_delays(delay=0.02))
+        client = make_client(timeout=3.0, safe_method_strategy=strategy)
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert response.status == 503
+        assert response.read() == b"refused"
+        assert 0.4 <= elapsed < 0.4 + 0.3  # when attempt 1 failed
+        assert len(server.received("/x")) == 3
+
+    def test_no_attempt_goes_after_a_refusal_that_came_during_a_retry_after_pause(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # Attempt 0's 503 asks for 1 s while hedges 1 and 2 run; hedge 1 is refused during the pause.
+        # The caller sent attempt 3 at the pause's end anyway (10 of 10 calls, sync and async).
+        count = itertools.count(1)
+
+        def plan(handler: Handler) -> None:
+            n = next(count)
+            if n == 1:
+                time.sleep(0.35)
+                handler.reply(503, b"shed", {"Retry-After": "1"})
+            elif n == 2:
+                time.sleep(0.4)
+                handler.reply(503, b"refused", {"Retry-After": "1", "X-Do-Not-Retry": "1"})
+            elif n == 3:
+                if wait_for_disconnect(handler, 3.0) is None:
+                    handler.reply(200, b"slow")
+            else:
+                handler.reply(200, b"served")
+
+        server.route("/x", plan)
+        strategy = parallel_strategy(attempts_count=4, delays_provider=lambda k: 0.1 + 0.1 * k, stragglers_only=False)
+        client = make_client(timeout=2.0, safe_method_strategy=strategy)
+
+        response, elapsed = call_then_wait_for_stray_hedges(client, "x")
+
+        assert len(server.received("/x")) == 3  # attempt 3 never sent
+        assert response.status == 503  # hedge 2 ran to the deadline: the refusal is the answer
+        assert response.read() == b"refused"
+        assert 2.0 <= elapsed < 2.0 + 0.3
 
     def test_a_refused_attempt_0_with_nothing_in_flight_is_the_answer_at_once(
         self, server: LoopbackServer, make_client: Callable[..., Client]
