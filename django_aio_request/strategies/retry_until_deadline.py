@@ -1,3 +1,4 @@
+import time
 from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
@@ -30,6 +31,11 @@ class _Rounds:
         self.offset = 0  # attempts numbered by the rounds before this one
         self.highest = -1  # the highest number the current round used
         self.refused = False  # the retry budget refused an attempt: no more rounds
+        # time.monotonic() before which no round goes: the latest a rejected 503 or 429 of any attempt
+        # asked in Retry-After. A parallel round returns one attempt's answer (its first rejection),
+        # and a hedge's 503 asking for 2 s was followed by the next round 50 ms later. Plain float
+        # writes from the attempts' threads: a race keeps one of the times, a bound the server asked for.
+        self.not_before = 0.0
 
     def next_round(self) -> None:
         self.offset += self.highest + 1
@@ -48,6 +54,8 @@ class _Rounds:
             # Abandoned, it lost to another attempt of the round or went with the call: this level
             # cannot tell which, and the second is no latency of the server's (see parallel.py).
             self._observe(request, result.response)
+            if not result.accepted and (wait := retry_after(result.response)) > 0:
+                self.not_before = max(self.not_before, time.monotonic() + wait)
         return result
 
 
@@ -75,7 +83,9 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
             if result.accepted or deadline.expired or rounds.refused:
                 return result
             round_ += 1
-            delay = max(self.delays(request, round_), retry_after(result.response))  # as sequential.py
+            # As sequential.py, and what any attempt of the round asked for (rounds.not_before).
+            asked = max(retry_after(result.response), rounds.not_before - time.monotonic())
+            delay = max(self.delays(request, round_), asked)
             # The deadline the next round's first attempt would get after the pause (a third of what
             # is left, for a sequential strategy splitting it over three): when that is too short to
             # send it, the call ends now rather than pausing for a round refused after it.

@@ -14,6 +14,7 @@ from django_aio_request import (
     constant_delays,
     delete,
     get,
+    parallel_strategy,
     post,
     put,
     request,
@@ -398,6 +399,39 @@ class TestRetryUntilDeadlineExpired:
         assert len(server.received("/busy")) == 3  # at 0, 1 and 2 s: not every 20 ms
         assert all(gap >= 1.0 for gap in gaps(server, "/busy"))
         assert elapsed < 2.5 + 0.2
+
+    @pytest.mark.parametrize(("timeout", "requests"), [(3.0, 3), (0.8, 2)])
+    def test_a_round_waits_for_what_any_attempt_of_a_parallel_round_asked_in_retry_after(
+        self, server: LoopbackServer, make_client: Callable[..., Client], timeout: float, requests: int
+    ) -> None:
+        # The round's answer is its first rejection, attempt 0's 500; attempt 1's 503 asked for 1 s.
+        # Read from the round's answer alone, the next round went 50 ms after the 503.
+        count = itertools.count(1)
+
+        def fail_then_shed(handler: Handler) -> None:
+            n = next(count)
+            if n == 1:
+                handler.reply(500, b"failed")
+            elif n == 2:
+                handler.reply(503, b"shed", {"Retry-After": "1"})
+            else:
+                handler.reply(200, b"served")
+
+        server.route("/x", fail_then_shed)
+        hedged = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.5))
+        client = make_client(
+            safe_method_strategy=retry_until_deadline_expired(hedged, delays_provider=constant_delays(delay=0.02))
+        )
+
+        response, elapsed = call(client, get("x"), deadline=Deadline.from_timeout(timeout))
+
+        assert len(server.received("/x")) == requests
+        if requests == 3:
+            assert response.status == 200
+            assert gaps(server, "/x")[1] >= 1.0
+        else:  # the 1 s asked ends past the deadline: no next round, and no pause for nothing
+            assert response.status in (500, 503)
+            assert elapsed < 0.3
 
     def test_gives_up_at_the_deadline_with_the_last_response(
         self, server: LoopbackServer, make_client: Callable[..., Client]
