@@ -10,18 +10,17 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 import django_aio_request as dar
 from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics.deferred import INTERVAL
+from tests.support.breaker_gauge import breaker_states, get
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, free_port, replies, stop_server, wait_until_listening
 
@@ -223,40 +222,11 @@ def test_a_child_forked_before_a_dropped_breaker_was_taken_out_does_not_count_it
 # gunicorn --preload in multiprocess mode: the workers inherit the master's client
 
 
-PRELOAD_URLS = """
-import json, os, time
-from django.http import HttpResponse
-from django.urls import include, path
-import django_aio_request as dar
-
-# A module's client, made at import: in gunicorn's master with --preload. Nothing listens there.
-client = dar.setup(
-    endpoint=f"http://127.0.0.1:{os.environ['TEST_DEAD_PORT']}/",
-    safe_method_strategy=dar.single_attempt_strategy(),
-    circuit_breaker=dar.DefaultCircuitBreaker(
-        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
-    ),
-)
-
-def open_breaker(request):
-    time.sleep(float(request.GET.get("sleep", "0")))
-    for _ in range(3):
-        with client.request(dar.get("x")) as response:
-            pass
-    return HttpResponse(json.dumps({"pid": os.getpid(), "status": response.status}))
-
-def pid(request):
-    time.sleep(float(request.GET.get("sleep", "0")))
-    return HttpResponse(str(os.getpid()))
-
-urlpatterns = [path("open", open_breaker), path("pid", pid), path("", include("django_prometheus.urls"))]
-"""
-
 PRELOAD_APP = """
 from django.core.wsgi import get_wsgi_application
 
 application = get_wsgi_application()
-import preload_urls  # noqa: E402,F401  (the URLconf and its client, loaded in the master)
+import tests.support.urls_breaker_workers  # noqa: E402,F401  (the URLconf and its client, loaded in the master)
 """
 
 
@@ -266,9 +236,9 @@ def preloaded(tmp_path: Path) -> Iterator[tuple[str, str]]:
     if shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("gunicorn is not installed (pip install -e '.[test]')")
     (tmp_path / "preload_settings.py").write_text(
-        "from tests.support.settings_metrics import *  # noqa: F403\nROOT_URLCONF = 'preload_urls'\n"
+        "from tests.support.settings_metrics import *  # noqa: F403\n"
+        "ROOT_URLCONF = 'tests.support.urls_breaker_workers'\n"
     )
-    (tmp_path / "preload_urls.py").write_text(PRELOAD_URLS)
     (tmp_path / "preload_app.py").write_text(PRELOAD_APP)
     directory = tempfile.mkdtemp(prefix="aio-request-preload-")  # empty, as multiprocess mode needs
     port, dead_port = free_port(), free_port()
@@ -296,11 +266,6 @@ def preloaded(tmp_path: Path) -> Iterator[tuple[str, str]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()  # type: ignore[no-any-return]
-
-
 @pytest.mark.timeout(120)
 def test_gunicorn_preload_workers_count_the_master_s_client_as_their_own(preloaded: tuple[str, str]) -> None:
     """Each worker's copy of the client made in the master counts in the worker's own values. Before,
@@ -310,25 +275,20 @@ def test_gunicorn_preload_workers_count_the_master_s_client_as_their_own(preload
     url, endpoint = preloaded
 
     def states() -> dict[str, float]:
-        got: dict[str, float] = {}
-        for family in text_string_to_metric_families(_get(url + "metrics").decode()):
-            for sample in family.samples:
-                if sample.name == "aio_request_circuit_breaker_state" and sample.labels["request_endpoint"] == endpoint:
-                    got[sample.labels["state"]] = got.get(sample.labels["state"], 0) + sample.value
-        return {state: got.get(state, 0.0) for state in ("closed", "open", "half_open")}
+        return breaker_states(url, endpoint)
 
     deadline = time.monotonic() + 30
     served: set[bytes] = set()
     while len(served) < 2:  # concurrent and slow enough that both workers serve some
         assert time.monotonic() < deadline, "one worker served everything"
         with ThreadPoolExecutor(2) as pool:
-            served |= set(pool.map(_get, [url + "pid?sleep=0.2"] * 4))
+            served |= set(pool.map(get, [url + "pid?sleep=0.2"] * 4))
     # A worker counts its copy once it records metrics (here, the requests it served, within 0.1 s).
     while states()["closed"] < 3:
         assert time.monotonic() < deadline, states()
         time.sleep(0.05)
     assert states() == {"closed": 3, "open": 0, "half_open": 0}  # the master's and both workers'
-    first = json.loads(_get(url + "open"))
+    first = json.loads(get(url + "open"))
     assert first["status"] == 502
     assert states() == {"closed": 2, "open": 1, "half_open": 0}
 
@@ -336,7 +296,7 @@ def test_gunicorn_preload_workers_count_the_master_s_client_as_their_own(preload
     while len(opened) < 2:  # concurrent and slow enough that the other worker serves some
         assert time.monotonic() < deadline, "one worker served everything"
         with ThreadPoolExecutor(2) as pool:
-            opened |= {json.loads(body)["pid"] for body in pool.map(_get, [url + "open?sleep=0.2"] * 4)}
+            opened |= {json.loads(body)["pid"] for body in pool.map(get, [url + "open?sleep=0.2"] * 4)}
     assert states() == {"closed": 1, "open": 2, "half_open": 0}
 
 
