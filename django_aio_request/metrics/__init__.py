@@ -6,6 +6,7 @@ Calls and requests record off their own thread (``deferred.py``); :func:`flush` 
 still queued (collection in this process does that by itself first).
 """
 
+from django_aio_request.metrics import dead_workers as _dead_workers  # noqa: F401 (sweeps dead workers' live gauges)
 from django_aio_request.metrics.deferred import flush_all as flush
 
 __all__ = ["flush"]

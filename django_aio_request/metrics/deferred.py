@@ -134,6 +134,7 @@ class DeferredObservations(Generic[T]):
         while True:
             time.sleep(self._interval)
             self.flush()
+            _run_callbacks(_after_round, "after a recording round")
 
     def _after_fork(self) -> None:
         # The parent records what it had queued; the child must not record it a second time. The
@@ -166,8 +167,22 @@ def before_recording(callback: Callable[[], None]) -> None:
 
 
 def run_before_recording() -> None:
-    for callback in _before_recording:
+    _run_callbacks(_before_recording, "before recording")
+
+
+_after_round: list[Callable[[], None]] = []
+
+
+def after_each_round(callback: Callable[[], None]) -> None:
+    """Have ``callback`` run by each recording thread after each of its rounds (every
+    :data:`INTERVAL`), in every process that records metrics: housekeeping that must go on while the
+    process lives (metrics/dead_workers.py). It must be cheap when there is nothing to do."""
+    _after_round.append(callback)
+
+
+def _run_callbacks(callbacks: list[Callable[[], None]], when: str) -> None:
+    for callback in callbacks:
         try:
             callback()
         except Exception:
-            logger.exception("a metrics callback before recording failed")
+            logger.exception("a metrics callback %s failed", when)

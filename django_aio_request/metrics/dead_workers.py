@@ -1,0 +1,103 @@
+"""Live gauges of worker processes that died with nobody to mark them dead.
+
+In prometheus_client's multiprocess mode a ``live*`` gauge (the breaker state, load shedding's limit
+and queues) adds up one file per process, and a process counts as alive until somebody removes its
+files with ``mark_process_dead``: gunicorn's ``child_exit`` hook does (docs/metrics.md). Servers
+without such a hook do not: under ``uvicorn --workers``, a worker SIGKILLed (the OOM killer) with
+its breaker open was replaced, and its ``open`` stayed in the gauge for good, so
+``AioRequestCircuitOpen`` fired while every live circuit was closed.
+
+So each process that records metrics looks, every :data:`SWEEP_INTERVAL` seconds from its recording
+thread, for live-gauge files whose process is gone, and removes them as ``mark_process_dead`` would.
+A file is removed only when both say so: no process of that number exists here, and the file has
+not been touched for :data:`STALE_AFTER` seconds (each process touches its own at every sweep). The
+second guards a directory shared with processes this one cannot see (another PID namespace, another
+container), which would otherwise look dead while they write. Counters and histograms of dead
+processes are kept, as prometheus_client keeps them: totals must not drop.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+
+from django_aio_request.metrics.deferred import after_each_round
+from django_aio_request.metrics.prometheus import MULTIPROCESS
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 2.0  # seconds between two sweeps of one process
+STALE_AFTER = 3 * SWEEP_INTERVAL  # a dead process's file untouched this long is removed
+
+# prometheus_client's live modes (livesum, liveall, livemax, livemin, livemostrecent): gauge_<mode>_<pid>.db
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_([0-9]+)\.db")
+
+_lock = threading.Lock()
+_next_sweep = 0.0
+
+
+def _directory() -> str | None:
+    """The multiprocess directory, read as prometheus_client reads it."""
+    legacy = os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - the old name prometheus_client still reads
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", legacy)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def sweep(directory: str, now: float | None = None) -> list[int]:
+    """Touch this process's live-gauge files in ``directory`` and remove those of dead processes
+    untouched for :data:`STALE_AFTER` seconds; the pids whose files were removed."""
+    me, now = os.getpid(), time.time() if now is None else now
+    removed: set[int] = set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _LIVE_FILE.fullmatch(entry.name)
+            if match is None:
+                continue
+            pid = int(match[1])
+            with contextlib.suppress(FileNotFoundError):  # another process's sweep removed it first
+                if pid == me:
+                    os.utime(entry.path)
+                elif now - entry.stat().st_mtime > STALE_AFTER and not _alive(pid):
+                    os.remove(entry.path)
+                    removed.add(pid)
+    if removed:
+        logger.info("removed the live gauges of exited processes %s from %s", sorted(removed), directory)
+    return sorted(removed)
+
+
+def _sweep_now_and_then() -> None:
+    """After each recording round: a sweep at most every SWEEP_INTERVAL seconds (in multiprocess mode)."""
+    global _next_sweep
+    if time.monotonic() < _next_sweep or not _lock.acquire(blocking=False):
+        return
+    try:
+        _next_sweep = time.monotonic() + SWEEP_INTERVAL
+        directory = _directory()
+        if directory:
+            sweep(directory)
+    except OSError as error:  # the directory went away or is unreadable: said, and tried again later
+        logger.warning("could not sweep the live gauges of exited processes: %s", error)
+    finally:
+        _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _next_sweep
+    _lock = threading.Lock()  # the forking parent's recording thread may have held it
+    _next_sweep = 0.0
+
+
+if MULTIPROCESS:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    after_each_round(_sweep_now_and_then)
