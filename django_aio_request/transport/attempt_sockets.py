@@ -9,6 +9,7 @@ the pool, so a late abort can never hit a connection that another call has picke
 """
 
 import contextlib
+import http.client
 import ipaddress
 import select
 import socket
@@ -29,7 +30,7 @@ from django_aio_request.core import status
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
-from django_aio_request.transport.response_head import FinalResponse
+from django_aio_request.transport.response_head import FinalResponse, NothingReceived
 
 _local = threading.local()
 _CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)
@@ -38,7 +39,7 @@ _CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() sa
 class AttemptSockets:
     """The sockets of one attempt, and why it was aborted (None while it was not)."""
 
-    __slots__ = ("_closed", "_lock", "_owned", "_sent", "_sockets", "_wakers", "deadline", "reason")
+    __slots__ = ("_closed", "_lock", "_owned", "_sent", "_sockets", "_wakers", "deadline", "fresh", "reason")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -49,6 +50,7 @@ class AttemptSockets:
         self._wakers: set[threading.Event] = set()
         self._closed = False
         self._sent = False  # the request went out on the socket registered last
+        self.fresh = False  # take no kept-alive connection from the pool (see StaleConnection)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -201,14 +203,28 @@ def _is_name(host: str) -> bool:
     return False
 
 
+class StaleConnection(http.client.RemoteDisconnected):
+    """A kept-alive connection ended before any byte of the answer to a request sent on it.
+
+    The race every client of a keep-alive server meets: the server closes a connection it has held
+    idle (gunicorn's gthread worker after its 2 s ``keepalive``, without looking whether a request
+    has arrived meanwhile) just as this client sends the next request on it. The request may or may
+    not have been read: the transport sends it again on a fresh connection only when its method is
+    idempotent (requests_transport.py), as aiohttp and RFC 9112 (9.3.1) do.
+    """
+
+
 class _GuardedConnectionMixin:
     sock: socket.socket | None
     timeout: Any
     host: str
     port: int
     _dns_host: str
+    _aio_request_requests = 0  # requests sent on this connection since it connected
+    _aio_request_reused = False  # the last one went on a connection that had carried one before
 
     def connect(self) -> None:
+        self._aio_request_requests = 0
         guard = _current()
         if guard is not None:
             remaining = guard.remaining()
@@ -335,9 +351,19 @@ class _GuardedConnectionMixin:
             headers = kwargs.get("headers", args[3] if len(args) > 3 else None)
             if headers is not None:
                 restamp(headers, guard.remaining())
+        self._aio_request_reused = self._aio_request_requests > 0
+        self._aio_request_requests += 1
         super().request(*args, **kwargs)  # type: ignore[misc]
         if guard is not None:
             guard.sent()
+
+    def getresponse(self) -> Any:
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        except NothingReceived as error:
+            if not self._aio_request_reused:
+                raise
+            raise StaleConnection(f"a kept-alive connection ended before any answer: {error}") from error
 
 
 class _GuardedResponse(FinalResponse):
@@ -351,6 +377,19 @@ class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
 
 class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     response_class = _GuardedResponse
+
+
+class _FreshWhenAskedMixin:
+    """Hand out no kept-alive connection to an attempt that asks for a fresh one (``AttemptSockets.fresh``):
+    the one being sent again after a :class:`StaleConnection`. The pool gives the connection
+    returned last first, and others idle as long may have been closed by the server just the same."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        guard = _current()
+        if guard is not None and guard.fresh and conn.sock is not None:
+            conn.close()  # connects anew when used
+        return conn
 
 
 class _DetachOnReturnMixin:
@@ -369,11 +408,11 @@ class _DetachOnReturnMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class GuardedHTTPConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool):
+class GuardedHTTPConnectionPool(_FreshWhenAskedMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool):
     ConnectionCls = GuardedHTTPConnection
 
 
-class GuardedHTTPSConnectionPool(_DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool):
+class GuardedHTTPSConnectionPool(_FreshWhenAskedMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
 
 

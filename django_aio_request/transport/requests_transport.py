@@ -13,7 +13,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import idna
 import requests
@@ -33,7 +33,13 @@ from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
-from django_aio_request.transport.attempt_sockets import POOL_CLASSES, AttemptSockets, _is_name, stop_if_over
+from django_aio_request.transport.attempt_sockets import (
+    POOL_CLASSES,
+    AttemptSockets,
+    StaleConnection,
+    _is_name,
+    stop_if_over,
+)
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
@@ -311,7 +317,20 @@ class RequestsTransport(Transport):
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
-                    response = self._send(sendable, request, endpoint, guard, started)
+                    try:
+                        response = self._send(sendable, request, endpoint, guard, started)
+                    except Exception as error:
+                        if not _may_send_again(error, request, guard):
+                            raise
+                        _let_go(error)
+                        logger.debug(
+                            "%s %s: the server closed the kept-alive connection as the request went out;"
+                            " sent again on a fresh connection",
+                            request.method,
+                            _logged_target(endpoint, request),
+                        )
+                        guard.fresh = True
+                        response = self._send(sendable, request, endpoint, guard, started)
                 if guard.reason is not None:
                     # The EOF an abort causes can pass for the end of the headers, or of a body without
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
@@ -721,7 +740,7 @@ class RequestsTransport(Transport):
             code = status.TIMEOUT
         elif isinstance(error, requests.TooManyRedirects):
             code = status.TOO_MANY_REDIRECTS
-        elif (too_large := _head_too_large(error)) is not None:
+        elif (too_large := _wrapped(error, HeadTooLarge)) is not None:
             # As a body past max_response_size: the endpoint answered, and would send the same head
             # again, so it is not retried and the breaker counts the endpoint as answering.
             return _refused(
@@ -742,6 +761,8 @@ class RequestsTransport(Transport):
             # At the deadline the timer shut the socket down, and what urllib3 raised then (a
             # ProtocolError, a ConnectionError) named a broken peer: the log says the deadline.
             why = "the deadline ran out" if code == status.TIMEOUT else type(error).__name__
+            if code == status.NETWORK_ERROR and _wrapped(error, StaleConnection) is not None:
+                why = "StaleConnection: the server closed the kept-alive connection before answering, not sent again"
             logger.warning(
                 "%s %s failed after %.3fs: %s (status %s)",
                 request.method,
@@ -995,20 +1016,43 @@ def _let_go(error: BaseException) -> None:
         pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
 
 
-def _head_too_large(error: BaseException) -> HeadTooLarge | None:
-    """The ``HeadTooLarge`` (response_head.py) ``error`` wraps, however deep (urllib3's
-    ``ProtocolError`` holds it in its arguments, requests' ``ConnectionError`` holds that), or None."""
+_Wrapped = TypeVar("_Wrapped", bound=BaseException)
+
+
+def _wrapped(error: BaseException, kind: type[_Wrapped]) -> _Wrapped | None:
+    """The exception of ``kind`` that ``error`` wraps, however deep (urllib3's ``ProtocolError``
+    holds it in its arguments, requests' ``ConnectionError`` holds that), or None."""
     seen: set[int] = set()
     pending: list[object] = [error]
     while pending:
         item = pending.pop()
-        if isinstance(item, HeadTooLarge):
+        if isinstance(item, kind):
             return item
         if not isinstance(item, BaseException) or id(item) in seen:
             continue
         seen.add(id(item))
         pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
     return None
+
+
+#: Methods whose request may be sent twice with the effect of once (RFC 9110 9.2.2): what RFC 9112
+#: (9.3.1) lets a client send again by itself when its connection closed first, as aiohttp does.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _may_send_again(error: Exception, request: Request, guard: AttemptSockets) -> bool:
+    """Whether the attempt that raised ``error`` goes once more, on a fresh connection: the server
+    closed the kept-alive connection its request went out on before answering anything
+    (:class:`StaleConnection`), the method is idempotent, this was the attempt's first try, and it
+    was neither aborted nor out of time. A POST may have been read and acted on: its 489 stands
+    (docs/faults.md)."""
+    return (
+        not guard.fresh
+        and guard.reason is None
+        and guard.remaining() > 0
+        and request.method.upper() in _IDEMPOTENT
+        and _wrapped(error, StaleConnection) is not None
+    )
 
 
 def _is_timeout(error: Exception) -> bool:

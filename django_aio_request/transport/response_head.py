@@ -40,7 +40,7 @@ from typing import Any
 from django_aio_request.transport.codings import is_no_coding
 from django_aio_request.transport.framing import ChunkedFraming, is_chunked
 
-__all__ = ["MAX_HEADER_LINES", "MAX_HEAD_BYTES", "FinalResponse", "HeadTooLarge", "MalformedHead"]
+__all__ = ["MAX_HEADER_LINES", "MAX_HEAD_BYTES", "FinalResponse", "HeadTooLarge", "MalformedHead", "NothingReceived"]
 
 #: The most header lines (fields, and the continuation lines of folded ones) a response's head may
 #: have. HTTP sets no limit; ``http.client`` stops at 100 with the blank line after them (its
@@ -59,6 +59,11 @@ _FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "keep
 
 class MalformedHead(http.client.HTTPException):
     """A header line that is not valid HTTP/1.1 (the message names what, never the peer's bytes)."""
+
+
+class NothingReceived(http.client.RemoteDisconnected):
+    """The connection ended (closed or reset) before any byte of an answer came: on a kept-alive
+    connection, the server may have closed it as the request went out (attempt_sockets.py)."""
 
 
 class HeadTooLarge(http.client.HTTPException):
@@ -213,12 +218,18 @@ class FinalResponse(http.client.HTTPResponse):
         The proxy tunnel's ``_tunnel`` calls it on its own and then reads the fields of the answer
         to ``CONNECT`` itself: those are left to it."""
         head = self.fp if isinstance(self.fp, _HeadReader) else None
+        first = True
         while True:
             self._before_status_line()
             try:
                 version, status, reason = super()._read_status()  # type: ignore[misc]
             except http.client.LineTooLong as error:  # a status line past 64 KiB: a plain 489, retried
                 raise HeadTooLarge(f"a status line longer than {_MAX_LINE} bytes") from error
+            except (http.client.RemoteDisconnected, ConnectionResetError) as error:
+                if not first:  # after an interim response: the server had the request
+                    raise
+                raise NothingReceived(f"the connection ended before any answer: {error}") from error
+            first = False
             if status > 599:
                 # RFC 9110 (15) has 100-599; http.client refuses only what is outside 100-999, and a
                 # 600 was an answer: accepted, not retried, a success for the breaker. A 489 now,

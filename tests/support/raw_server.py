@@ -3,9 +3,10 @@ HTTP of its own: for answers no HTTP server library would send (malformed framin
 lines). It reads the request's head, writes ``answer``, and closes the connection."""
 
 import contextlib
+import itertools
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def request_heads(conn: socket.socket, timeout: float) -> Iterator[bytes]:
@@ -87,3 +88,58 @@ class RawAnswerServer:
         for thread in threads:
             thread.join(5)
         self._listener.close()
+
+
+class KeepAliveClosingServer(RawAnswerServer):
+    """A keep-alive HTTP/1.1 server that answers ``200 ok`` and, where ``plan(connection, request)``
+    (both counted from 1) says so, plays the server's side of the stale-connection race instead:
+
+    * ``"reset"``: close as the request arrives, unread (the kernel sends a RST): what gunicorn's
+      gthread worker does when its keep-alive time ran out as the request came. It never saw it.
+    * ``"read_and_close"``: read the whole request, then close without answering: it had it.
+    * ``"hang"``: read it and answer nothing until the client goes.
+
+    ``requests_read`` counts the requests whose whole head and body it read (it could have acted on them).
+    """
+
+    def __init__(self, plan: Callable[[int, int], str | None]) -> None:
+        self.plan = plan
+        self.requests_read = 0
+        super().__init__()
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        with self._lock:
+            connection = self.connections
+        conn.settimeout(10)
+        buffered = b""
+        for number in itertools.count(1):
+            what = self.plan(connection, number)
+            if what == "reset":
+                if not buffered and not conn.recv(1, socket.MSG_PEEK):  # its first byte, left unread
+                    return
+                conn.close()
+                return
+            while b"\r\n\r\n" not in buffered:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            head, _, buffered = buffered.partition(b"\r\n\r\n")
+            fields = head.lower().split(b"\r\n")[1:]
+            length = next((int(line[15:]) for line in fields if line.startswith(b"content-length:")), 0)
+            while len(buffered) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            buffered = buffered[length:]
+            with self._lock:
+                self.requests_read += 1
+            if what == "read_and_close":
+                return
+            if what == "hang":
+                while conn.recv(4096):
+                    pass
+                return
+            body = b"" if head.startswith(b"HEAD ") else b"ok"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body)

@@ -1,0 +1,155 @@
+"""A kept-alive connection the server closes as the next request goes out on it (the stale-connection
+race): an idempotent request is sent again once on a fresh connection; a POST is not."""
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+import django_aio_request as dar
+from django_aio_request import Client, Deadline, delete, get, post, put
+from django_aio_request.core import status
+from django_aio_request.core.request import Request
+from django_aio_request.transport.requests_transport import RequestsTransport
+from tests.support.loopback import clients
+from tests.support.raw_server import KeepAliveClosingServer
+
+ROUTES = ["direct", "requests"]  # the transport's own route, and requests' (a session with auth)
+
+
+def second_request_of_each_connection(what: str) -> Callable[[int, int], str | None]:
+    return lambda _connection, number: what if number == 2 else None
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[[Callable[[int, int], str | None]], KeepAliveClosingServer]]:
+    made: list[KeepAliveClosingServer] = []
+
+    def make(plan: Callable[[int, int], str | None]) -> KeepAliveClosingServer:
+        made.append(KeepAliveClosingServer(plan))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def transport_for(route: str) -> RequestsTransport:
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    return RequestsTransport(session)
+
+
+def two_calls(server: KeepAliveClosingServer, second: Request, route: str, timeout: float = 5.0) -> dar.Response:
+    """A GET that leaves its connection in the pool, then ``second`` on that connection."""
+    transport = transport_for(route)
+    try:
+        first = transport.send(server.url, get("x"), timeout)
+        assert (first.status, first.read()) == (200, b"ok")
+        response = transport.send(server.url, second, timeout)
+        response.read()
+        return response
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("what", ["reset", "read_and_close"])
+@pytest.mark.parametrize("second", [get("x"), put("x", b"{}"), delete("x")], ids=["GET", "PUT", "DELETE"])
+def test_an_idempotent_request_on_a_connection_the_server_closed_is_sent_again_on_a_fresh_one(
+    make_server: Callable[..., KeepAliveClosingServer], what: str, second: Request, route: str
+) -> None:
+    # It was a 489, retried by the strategies as a failure, counted against the endpoint by the breaker.
+    server = make_server(second_request_of_each_connection(what))
+
+    response = two_calls(server, second, route)
+
+    assert (response.status, response.read()) == (200, b"ok")
+    assert server.connections == 2  # sent again once, on a new connection
+    assert server.requests_read == (
+        3 if what == "read_and_close" else 2
+    )  # the first call, and the second once or twice
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("what", ["reset", "read_and_close"])
+def test_a_post_on_a_connection_the_server_closed_is_not_sent_again(
+    make_server: Callable[..., KeepAliveClosingServer], what: str, route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server may have read it and acted on it (read_and_close): sent again, it would be twice.
+    server = make_server(second_request_of_each_connection(what))
+
+    response = two_calls(server, post("x", b"charge"), route)
+
+    assert response.status == status.NETWORK_ERROR
+    assert "StaleConnection: the server closed the kept-alive connection" in caplog.text  # not a bare ProtocolError
+    assert server.connections == 1
+    assert server.requests_read == (2 if what == "read_and_close" else 1)
+
+
+def test_a_request_on_a_new_connection_that_ends_unanswered_is_not_sent_again(
+    make_server: Callable[..., KeepAliveClosingServer],
+) -> None:
+    server = make_server(lambda _connection, number: "reset" if number == 1 else None)
+    transport = transport_for("direct")
+    try:
+        response = transport.send(server.url, get("x"), 5.0)
+    finally:
+        transport.close()
+
+    assert response.status == status.NETWORK_ERROR
+    assert server.connections == 1
+
+
+def test_a_request_sent_again_is_sent_once_only(make_server: Callable[..., KeepAliveClosingServer]) -> None:
+    # The fresh connection's answer is cut too: its 489 stands, and nothing goes a third time.
+    server = make_server(lambda connection, number: "reset" if (connection, number) in {(1, 2), (2, 1)} else None)
+
+    response = two_calls(server, get("x"), "direct")
+
+    assert response.status == status.NETWORK_ERROR
+    assert server.connections == 2
+
+
+def test_a_request_sent_again_is_still_bounded_by_the_deadline(
+    make_server: Callable[..., KeepAliveClosingServer],
+) -> None:
+    server = make_server(
+        lambda connection, number: "reset" if (connection, number) == (1, 2) else "hang" * (connection == 2)
+    )
+    transport = transport_for("direct")
+    try:
+        assert transport.send(server.url, get("x"), 5.0).status == 200
+        started = time.monotonic()
+        response = transport.send(server.url, get("x"), 0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+
+    assert response.status == status.TIMEOUT
+    assert 0.5 <= elapsed < 0.5 + 0.2
+    assert server.connections == 2
+
+
+def test_the_race_on_every_call_opens_no_circuit(
+    make_server: Callable[..., KeepAliveClosingServer],
+) -> None:
+    # Worst case: every connection is closed as its second request arrives, so every call but the
+    # first meets the race. As 489s, 5 of 10 failed attempts opened this breaker on a healthy server.
+    server = make_server(second_request_of_each_connection("reset"))
+    with clients(server.url) as make:
+        client: Client = make(
+            safe_method_strategy=dar.single_attempt_strategy(),
+            circuit_breaker=dar.DefaultCircuitBreaker(
+                break_duration=60, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+            ),
+        )
+        answers = []
+        for _ in range(10):
+            with client.request(get("x"), deadline=Deadline.from_timeout(5)) as response:
+                answers.append((response.status, response.read()))
+
+    assert answers == [(200, b"ok")] * 10
+    assert server.connections == 10
