@@ -393,6 +393,17 @@ class CacheCircuitStore(CircuitStore[str]):
             if self._rounds_done.wait_for(lambda: self._rounds >= target, timeout):
                 return True
         _late_aliases.add(self.alias)
+        # Said, as for the overrides' database (breaker_publisher.py): a worker recycled during a
+        # break then calls the open circuit until its first read lands or its own failures trip it
+        # (a review: 14 of 29 recycled workers' waits ran out on a loaded machine, unlogged).
+        logger.warning(
+            "circuit breaker state: cache %r did not answer this process's first read within %.2f s;"
+            " client %r calls by what this process knows until it does (a circuit other processes"
+            " opened is not known here yet)",
+            self.alias,
+            timeout,
+            self.namespace,
+        )
         return False
 
     def _stalled(self) -> bool:
