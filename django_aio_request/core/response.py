@@ -238,7 +238,10 @@ def retry_after(response: Response) -> float:
         return 0.0
     value = raw.strip()
     if value.isascii() and value.isdigit():
-        return float(value) if len(value) <= _RETRY_AFTER_MAX_DIGITS else math.inf
+        # Leading zeros are digits too (RFC 9110's 1*DIGIT), not a larger number: "0000000001" is
+        # 1 s. Counted with them, it was past the limit, "never", and every call ended at once.
+        digits = value.lstrip("0") or "0"
+        return float(digits) if len(digits) <= _RETRY_AFTER_MAX_DIGITS else math.inf
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

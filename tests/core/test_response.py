@@ -415,6 +415,9 @@ def test_retry_after_never_raises_and_never_asks_a_negative_wait(value: str, sta
         ("soon", 0.0),
         ("\u00b2", 0.0),
         ("9" * 12, float("inf")),
+        ("0000000000", 0.0),  # zero-padded: read as "never" (inf), and every call ended with the 503 at once
+        ("0000000001", 1.0),
+        ("0" * 40 + "2", 2.0),
     ],
 )
 def test_retry_after_reads_whole_seconds(value: str, seconds: float) -> None:
