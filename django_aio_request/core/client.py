@@ -17,7 +17,7 @@ from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_e
 from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
-from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.deadline import Deadline, client_low_timeout_threshold
 from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
@@ -27,7 +27,6 @@ from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
-from django_aio_request.strategies.base import client_low_timeout_threshold
 from django_aio_request.transport.base import Transport
 
 #: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower

@@ -1,5 +1,16 @@
+import contextvars
 import math
 import time
+
+#: The LOW_TIMEOUT_THRESHOLD of the client whose call runs in this context: the least time left an
+#: attempt is sent with. The client's call (sync or async) sets it around its strategy's ``request``
+#: (with the token, not a context manager: a generator per call cost more); hedges run in copies of
+#: that context. Read by the strategies (strategies/base.py ``too_late_to_send``) and by the transport
+#: before it sends a request again (transport/requests_transport.py). 0 outside a client (tests,
+#: custom callers).
+client_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "django_aio_request_low_timeout_threshold", default=0.0
+)
 
 
 class Deadline:

@@ -1,12 +1,11 @@
 import abc
-import contextvars
 import dataclasses
 from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.classifier import ResponseVerdict
-from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.deadline import Deadline, client_low_timeout_threshold
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
@@ -56,15 +55,6 @@ class RequestStrategy(abc.ABC):
 #: The most attempts one strategy makes in a call: a call works out its attempts' delays before it
 #: sends the first, and a million of them held it past its deadline with nothing sent.
 MAX_ATTEMPTS = 100
-
-
-#: The LOW_TIMEOUT_THRESHOLD of the client whose call runs its strategy in this context, which
-#: :func:`too_late_to_send` reads: the client's call (sync or async) sets it around its strategy's
-#: ``request`` (with the token, not a context manager: a generator per call cost more); 0 for a
-#: strategy run outside a client (tests, custom callers).
-client_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.ContextVar(
-    "django_aio_request_low_timeout_threshold", default=0.0
-)
 
 
 def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:

@@ -29,6 +29,7 @@ from urllib3.util.retry import Retry
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
+from django_aio_request.core.deadline import client_low_timeout_threshold
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.core.timeout_header import restamp
@@ -321,6 +322,9 @@ class RequestsTransport(Transport):
                         response = self._send(sendable, request, endpoint, guard, started)
                     except Exception as error:
                         if not _may_send_again(error, request, guard):
+                            raise
+                        if not _time_to_send_again(guard):
+                            guard.abort(status.TIMEOUT)  # what ends it is the deadline: a 408, not a 489
                             raise
                         _let_go(error)
                         logger.debug(
@@ -1041,18 +1045,24 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _may_send_again(error: Exception, request: Request, guard: AttemptSockets) -> bool:
-    """Whether the attempt that raised ``error`` goes once more, on a fresh connection: the server
+    """Whether the attempt that raised ``error`` may go once more, on a fresh connection: the server
     closed the kept-alive connection its request went out on before answering anything
     (:class:`StaleConnection`), the method is idempotent, this was the attempt's first try, and it
-    was neither aborted nor out of time. A POST may have been read and acted on: its 489 stands
-    (docs/faults.md)."""
+    was not aborted. A POST may have been read and acted on: its 489 stands (docs/faults.md)."""
     return (
         not guard.fresh
         and guard.reason is None
-        and guard.remaining() > 0
         and request.method.upper() in _IDEMPOTENT
         and _wrapped(error, StaleConnection) is not None
     )
+
+
+def _time_to_send_again(guard: AttemptSockets) -> bool:
+    """Whether the attempt has time left to be sent again: as much as any attempt of the client is
+    sent with (its LOW_TIMEOUT_THRESHOLD). With less, a review's requests went out again carrying
+    ``X-Request-Timeout: 0.000``, which a server running this app answers 408 at once."""
+    left = guard.remaining()
+    return left > 0 and left >= client_low_timeout_threshold.get()
 
 
 def _is_timeout(error: Exception) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -97,6 +98,7 @@ class KeepAliveClosingServer(RawAnswerServer):
     * ``"reset"``: close as the request arrives, unread (the kernel sends a RST): what gunicorn's
       gthread worker does when its keep-alive time ran out as the request came. It never saw it.
     * ``"read_and_close"``: read the whole request, then close without answering: it had it.
+      ``"read_and_close_late"``: the same 0.25 s after reading it.
     * ``"hang"``: read it and answer nothing until the client goes.
 
     ``requests_read`` counts the requests whose whole head and body it read (it could have acted on them).
@@ -135,7 +137,9 @@ class KeepAliveClosingServer(RawAnswerServer):
             buffered = buffered[length:]
             with self._lock:
                 self.requests_read += 1
-            if what == "read_and_close":
+            if what == "read_and_close_late":
+                time.sleep(0.25)
+            if what in ("read_and_close", "read_and_close_late"):
                 return
             if what == "hang":
                 while conn.recv(4096):

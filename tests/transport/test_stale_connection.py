@@ -10,6 +10,7 @@ import requests
 import django_aio_request as dar
 from django_aio_request import Client, Deadline, delete, get, post, put
 from django_aio_request.core import status
+from django_aio_request.core.deadline import client_low_timeout_threshold
 from django_aio_request.core.request import Request
 from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.support.loopback import clients
@@ -131,6 +132,26 @@ def test_a_request_sent_again_is_still_bounded_by_the_deadline(
     assert response.status == status.TIMEOUT
     assert 0.5 <= elapsed < 0.5 + 0.2
     assert server.connections == 2
+
+
+def test_no_request_goes_again_with_less_time_left_than_the_client_sends_attempts_with(
+    make_server: Callable[..., KeepAliveClosingServer],
+) -> None:
+    # Sent again regardless, requests went out with X-Request-Timeout 0.000 (answered 408 at once by a
+    # server running this app), and one found just past the deadline was a 489: a failure.
+    server = make_server(second_request_of_each_connection("read_and_close_late"))
+    transport = transport_for("direct")
+    threshold = client_low_timeout_threshold.set(0.1)  # as a client's call sets it
+    try:
+        assert transport.send(server.url, get("x"), 5.0).status == 200
+        response = transport.send(server.url, get("x"), 0.3)  # closed unanswered 0.25 s in: 0.05 s left
+    finally:
+        client_low_timeout_threshold.reset(threshold)
+        transport.close()
+
+    assert response.status == status.TIMEOUT
+    assert server.connections == 1
+    assert server.requests_read == 2
 
 
 def test_the_race_on_every_call_opens_no_circuit(
