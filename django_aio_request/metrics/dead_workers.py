@@ -10,13 +10,13 @@ its breaker open was replaced, and its ``open`` stayed in the gauge for good, so
 So each process that records metrics looks, every :data:`SWEEP_INTERVAL` seconds from its recording
 thread, for live-gauge files whose process is gone, and removes them as ``mark_process_dead`` would.
 A file is removed only when both say so: no process of that number exists here, and the file has
-not been touched for :data:`STALE_AFTER` seconds (each process touches its own at every sweep). The
-second guards a directory shared with processes this one cannot see (another PID namespace, another
-container), which would otherwise look dead while they write. Counters and histograms of dead
-processes are kept, as prometheus_client keeps them: totals must not drop.
+not been touched for :data:`STALE_AFTER` seconds (each process touches its own at every sweep, once
+it records metrics). The second spares a process this one cannot see only while it records: the
+directory must not be shared across PID namespaces (containers) anyway, since prometheus_client
+names its files by pid and two processes of one number there write one file. Counters and
+histograms of dead processes are kept, as prometheus_client keeps them: totals must not drop.
 """
 
-import contextlib
 import logging
 import os
 import re
@@ -54,9 +54,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Files a sweep could not touch or remove (not ours to remove in a sticky directory, say), warned
+#: of once each: one such file stopped every sweep, and the dead files listed after it stayed for good.
+_unremovable: set[str] = set()
+_UNREMOVABLE_MAX = 1000
+
+
 def sweep(directory: str, now: float | None = None) -> list[int]:
     """Touch this process's live-gauge files in ``directory`` and remove those of dead processes
-    untouched for :data:`STALE_AFTER` seconds; the pids whose files were removed."""
+    untouched for :data:`STALE_AFTER` seconds; the pids whose files were removed. A file it cannot
+    touch or remove is warned of (once) and left; the others are swept all the same."""
     me, now = os.getpid(), time.time() if now is None else now
     removed: set[int] = set()
     with os.scandir(directory) as entries:
@@ -65,12 +72,18 @@ def sweep(directory: str, now: float | None = None) -> list[int]:
             if match is None:
                 continue
             pid = int(match[1])
-            with contextlib.suppress(FileNotFoundError):  # another process's sweep removed it first
+            try:
                 if pid == me:
                     os.utime(entry.path)
                 elif now - entry.stat().st_mtime > STALE_AFTER and not _alive(pid):
                     os.remove(entry.path)
                     removed.add(pid)
+            except FileNotFoundError:  # another process's sweep removed it first
+                continue
+            except OSError as error:
+                if entry.path not in _unremovable and len(_unremovable) < _UNREMOVABLE_MAX:
+                    _unremovable.add(entry.path)
+                    logger.warning("could not sweep the live gauge file %s: %s", entry.path, error)
     if removed:
         logger.info("removed the live gauges of exited processes %s from %s", sorted(removed), directory)
     return sorted(removed)

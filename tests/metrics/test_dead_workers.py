@@ -58,6 +58,34 @@ def test_a_sweep_removes_only_dead_processes_live_gauges_untouched_for_a_while(t
     assert time.time() - files["this process, old"].stat().st_mtime < 5  # touched: it says this process lives
 
 
+def test_a_file_a_sweep_cannot_remove_is_said_once_and_the_others_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In a sticky directory (mode 1777) a worker may not remove another user's file: that one error
+    # ended the sweep, and the dead files listed after it stayed in the gauge for good.
+    dead = a_dead_pid()
+    old = dead_workers.STALE_AFTER + 5
+    names = [f"gauge_{mode}_{dead}.db" for mode in ("livesum", "liveall", "livemax", "livemin", "livemostrecent")]
+    files = [touched(tmp_path / name, old) for name in names]
+    forbidden = sorted(os.listdir(tmp_path))[0]  # whichever scandir lists, one file of the five
+    remove = os.remove
+
+    def not_ours(path: str) -> None:
+        if os.path.basename(path) == forbidden:
+            raise PermissionError(1, "Operation not permitted", path)
+        remove(path)
+
+    monkeypatch.setattr(os, "remove", not_ours)
+
+    assert dead_workers.sweep(str(tmp_path)) == [dead]
+    dead_workers.sweep(str(tmp_path))
+
+    assert [path.name for path in files if path.exists()] == [forbidden]
+    said = [r.getMessage() for r in caplog.records if "could not sweep the live gauge file" in r.getMessage()]
+    assert len(said) == 1, said
+    assert forbidden in said[0]
+
+
 def test_a_sweep_of_a_directory_gone_is_said_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "gone"
     os.environ["PROMETHEUS_MULTIPROC_DIR"], before = str(missing), os.environ.get("PROMETHEUS_MULTIPROC_DIR")
