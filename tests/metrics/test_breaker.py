@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +20,9 @@ import django_aio_request as dar
 from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics.deferred import INTERVAL
 from tests.support.breaker_gauge import breaker_states, get
+from tests.support.breaker_workers import breaker_workers
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer, free_port, replies, stop_server, wait_until_listening
+from tests.support.loopback import LoopbackServer, replies
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -235,35 +235,13 @@ def preloaded(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """gunicorn --preload with 2 workers and PROMETHEUS_MULTIPROC_DIR; its URL and the client's endpoint."""
     if shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("gunicorn is not installed (pip install -e '.[test]')")
-    (tmp_path / "preload_settings.py").write_text(
-        "from tests.support.settings_metrics import *  # noqa: F403\n"
-        "ROOT_URLCONF = 'tests.support.urls_breaker_workers'\n"
-    )
-    (tmp_path / "preload_app.py").write_text(PRELOAD_APP)
-    directory = tempfile.mkdtemp(prefix="aio-request-preload-")  # empty, as multiprocess mode needs
-    port, dead_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": directory,
-        "DJANGO_SETTINGS_MODULE": "preload_settings",
-        "GUNICORN_WORKERS": "2",
-        "TEST_DEAD_PORT": str(dead_port),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    command = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "testproject/gunicorn.conf.py"),
-               "--preload", "--bind", f"127.0.0.1:{port}", "preload_app:application"]  # fmt: skip
-    log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until_listening(process, port, "gunicorn")
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}:\n{log.read_text()}") from None
-        yield f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{dead_port}/"
-    finally:
-        stop_server(process)
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def gunicorn(port: int) -> list[str]:
+        return [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "testproject/gunicorn.conf.py"),
+                "--preload", "--bind", f"127.0.0.1:{port}", "preload_app:application"]  # fmt: skip
+
+    with breaker_workers(tmp_path, "preload", PRELOAD_APP, gunicorn, {"GUNICORN_WORKERS": "2"}) as served:
+        yield served
 
 
 @pytest.mark.timeout(120)

@@ -2,11 +2,9 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +14,7 @@ import pytest
 
 from django_aio_request.metrics import dead_workers
 from tests.support.breaker_gauge import breaker_states, get
-from tests.support.loopback import free_port, stop_server, wait_until_listening
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.breaker_workers import breaker_workers
 
 
 def a_dead_pid() -> int:
@@ -114,34 +110,13 @@ def uvicorn_workers(tmp_path: Path) -> Iterator[tuple[str, str]]:
     uvicorn = Path(sys.executable).parent / "uvicorn"
     if not uvicorn.exists():
         pytest.skip("uvicorn is not installed (pip install -e '.[test]')")
-    (tmp_path / "workers_settings.py").write_text(
-        "from tests.support.settings_metrics import *  # noqa: F403\n"
-        "ROOT_URLCONF = 'tests.support.urls_breaker_workers'\n"
-    )
-    (tmp_path / "workers_app.py").write_text(UVICORN_APP)
-    directory = tempfile.mkdtemp(prefix="aio-request-uvicorn-")  # empty, as multiprocess mode needs
-    port, dead_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": directory,
-        "DJANGO_SETTINGS_MODULE": "workers_settings",
-        "TEST_DEAD_PORT": str(dead_port),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    command = [str(uvicorn), "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-               "workers_app:application"]  # fmt: skip
-    log = tmp_path / "uvicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until_listening(process, port, "uvicorn")
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}:\n{log.read_text()}") from None
-        yield f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{dead_port}/"
-    finally:
-        stop_server(process)
-        shutil.rmtree(directory, ignore_errors=True)
+
+    def workers(port: int) -> list[str]:
+        return [str(uvicorn), "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                "workers_app:application"]  # fmt: skip
+
+    with breaker_workers(tmp_path, "workers", UVICORN_APP, workers) as served:
+        yield served
 
 
 @pytest.mark.timeout(120)
