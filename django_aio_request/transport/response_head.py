@@ -211,6 +211,7 @@ class FinalResponse(http.client.HTTPResponse):
     as HTTP does (see the module docstring)."""
 
     _fields: list[tuple[str, str]]  # the final response's, read by _read_status
+    _interim_read = False  # a 1xx came: whatever ends the connection after it, the server had the request
 
     def _read_status(self) -> tuple[str, int, str]:
         """The final (or ``100``/``101``) status line and, within ``begin``, its header fields.
@@ -218,7 +219,8 @@ class FinalResponse(http.client.HTTPResponse):
         The proxy tunnel's ``_tunnel`` calls it on its own and then reads the fields of the answer
         to ``CONNECT`` itself: those are left to it."""
         head = self.fp if isinstance(self.fp, _HeadReader) else None
-        first = True
+        # begin() calls this again after a 100 Continue: an interim response read then still counts.
+        first = not self._interim_read
         while True:
             self._before_status_line()
             try:
@@ -230,6 +232,8 @@ class FinalResponse(http.client.HTTPResponse):
                     raise
                 raise NothingReceived(f"the connection ended before any answer: {error}") from error
             first = False
+            if 100 <= status < 200:
+                self._interim_read = True
             if status > 599:
                 # RFC 9110 (15) has 100-599; http.client refuses only what is outside 100-999, and a
                 # 600 was an answer: accepted, not retried, a success for the breaker. A 489 now,

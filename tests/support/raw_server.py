@@ -99,6 +99,7 @@ class KeepAliveClosingServer(RawAnswerServer):
       gthread worker does when its keep-alive time ran out as the request came. It never saw it.
     * ``"read_and_close"``: read the whole request, then close without answering: it had it.
       ``"read_and_close_late"``: the same 0.25 s after reading it.
+    * ``"100_and_close"``, ``"103_and_close"``: read it, answer that interim response only, and close.
     * ``"hang"``: read it and answer nothing until the client goes.
 
     ``requests_read`` counts the requests whose whole head and body it read (it could have acted on them).
@@ -139,6 +140,10 @@ class KeepAliveClosingServer(RawAnswerServer):
                 self.requests_read += 1
             if what == "read_and_close_late":
                 time.sleep(0.25)
+            if what in ("100_and_close", "103_and_close"):
+                interim = b"100 Continue" if what.startswith("100") else b"103 Early Hints"
+                conn.sendall(b"HTTP/1.1 " + interim + b"\r\n\r\n")
+                return
             if what in ("read_and_close", "read_and_close_late"):
                 return
             if what == "hang":

@@ -104,6 +104,21 @@ def test_a_request_on_a_new_connection_that_ends_unanswered_is_not_sent_again(
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("interim", ["100_and_close", "103_and_close"])
+def test_a_request_the_server_sent_an_interim_response_for_is_not_sent_again(
+    make_server: Callable[..., KeepAliveClosingServer], interim: str
+) -> None:
+    # After a 100 Continue, http.client reads the next status line in a new call: the connection's end
+    # then passed for "nothing received", and a GET the server had answered 100 went out again.
+    server = make_server(second_request_of_each_connection(interim))
+
+    response = two_calls(server, get("x"), "direct")
+
+    assert response.status == status.NETWORK_ERROR
+    assert server.connections == 1
+    assert server.requests_read == 2
+
+
 def test_a_request_sent_again_is_sent_once_only(make_server: Callable[..., KeepAliveClosingServer]) -> None:
     # The fresh connection's answer is cut too: its 489 stands, and nothing goes a third time.
     server = make_server(lambda connection, number: "reset" if (connection, number) in {(1, 2), (2, 1)} else None)
