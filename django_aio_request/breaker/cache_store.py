@@ -397,7 +397,8 @@ class CacheCircuitStore(CircuitStore[str]):
         # break then calls the open circuit until its first read lands or its own failures trip it
         # (a review: 14 of 29 recycled workers' waits ran out on a loaded machine, unlogged).
         logger.warning(
-            "circuit breaker state: cache %r did not answer this process's first read within %.2f s;"
+            "circuit breaker state: cache %r did not answer this process's first read in the %.2f s left"
+            " of the client build's wait (a cache, or a process starting up, that slow);"
             " client %r calls by what this process knows until it does (a circuit other processes"
             " opened is not known here yet)",
             self.alias,
