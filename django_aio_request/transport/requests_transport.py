@@ -318,23 +318,7 @@ class RequestsTransport(Transport):
             cancel_watch = deadline_timer.schedule(guard.deadline, lambda: guard.abort(status.TIMEOUT))
             try:
                 with guard.active():
-                    try:
-                        response = self._send(sendable, request, endpoint, guard, started)
-                    except Exception as error:
-                        if not _may_send_again(error, request, guard):
-                            raise
-                        if not _time_to_send_again(guard):
-                            guard.abort(status.TIMEOUT)  # what ends it is the deadline: a 408, not a 489
-                            raise
-                        _let_go(error)
-                        logger.debug(
-                            "%s %s: the server closed the kept-alive connection as the request went out;"
-                            " sent again on a fresh connection",
-                            request.method,
-                            _logged_target(endpoint, request),
-                        )
-                        guard.fresh = True
-                        response = self._send(sendable, request, endpoint, guard, started)
+                    response = self._send_or_send_again(sendable, request, endpoint, guard, started)
                 if guard.reason is not None:
                     # The EOF an abort causes can pass for the end of the headers, or of a body without
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
@@ -510,6 +494,28 @@ class RequestsTransport(Transport):
         except (ValueError, requests.RequestException) as error:  # LocationParseError and UnicodeError too
             return type(error).__name__, ""  # not its message: it holds the URL, path values and all
         return None, url
+
+    def _send_or_send_again(
+        self, sendable: _Sendable, request: Request, endpoint: str, guard: AttemptSockets, started: float
+    ) -> Response:
+        """:meth:`_send`, and once more on a fresh connection when the server closed the kept-alive
+        one as the request went out and the request may go again (:func:`_may_send_again`)."""
+        try:
+            return self._send(sendable, request, endpoint, guard, started)
+        except Exception as error:
+            if not _may_send_again(error, request, guard):
+                raise
+            if not _time_to_send_again(guard):
+                guard.abort(status.TIMEOUT)  # what ends it is the deadline: a 408, not a 489
+                raise
+            _let_go(error)
+        logger.debug(
+            "%s %s: the server closed the kept-alive connection as the request went out; sent again on a fresh one",
+            request.method,
+            _logged_target(endpoint, request),
+        )
+        guard.fresh = True
+        return self._send(sendable, request, endpoint, guard, started)
 
     def _send(
         self,
