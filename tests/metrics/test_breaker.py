@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 import django_aio_request as dar
 from django_aio_request.metrics import breaker as breaker_metrics
 from django_aio_request.metrics.deferred import INTERVAL
-from tests.support.breaker_gauge import breaker_states, get
+from tests.support.breaker_gauge import breaker_states, get, until_both_workers_served
 from tests.support.breaker_workers import breaker_workers
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, replies
@@ -256,11 +256,7 @@ def test_gunicorn_preload_workers_count_the_master_s_client_as_their_own(preload
         return breaker_states(url, endpoint)
 
     deadline = time.monotonic() + 30
-    served: set[bytes] = set()
-    while len(served) < 2:  # concurrent and slow enough that both workers serve some
-        assert time.monotonic() < deadline, "one worker served everything"
-        with ThreadPoolExecutor(2) as pool:
-            served |= set(pool.map(get, [url + "pid?sleep=0.2"] * 4))
+    until_both_workers_served(url, deadline)
     # A worker counts its copy once it records metrics (here, the requests it served, within 0.1 s).
     while states()["closed"] < 3:
         assert time.monotonic() < deadline, states()

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from django_aio_request.metrics import dead_workers
-from tests.support.breaker_gauge import breaker_states, get
+from tests.support.breaker_gauge import breaker_states, get, until_both_workers_served
 from tests.support.breaker_workers import breaker_workers
 
 
@@ -126,11 +125,7 @@ def test_a_sigkilled_uvicorn_worker_s_open_breaker_leaves_the_gauge(uvicorn_work
     every live circuit closed."""
     url, endpoint = uvicorn_workers
     deadline = time.monotonic() + 60
-    served: set[bytes] = set()
-    while len(served) < 2:  # concurrent and slow enough that both workers serve some
-        assert time.monotonic() < deadline, "one worker served everything"
-        with ThreadPoolExecutor(2) as pool:
-            served |= set(pool.map(get, [url + "pid?sleep=0.2"] * 4))
+    until_both_workers_served(url, deadline)
     opened = json.loads(get(url + "open"))
     assert opened["status"] == 502
     while breaker_states(url, endpoint)["open"] != 1:
