@@ -13,6 +13,11 @@ client_low_timeout_threshold: contextvars.ContextVar[float] = contextvars.Contex
 )
 
 
+def too_little_to_send(left: float) -> bool:
+    """Whether an attempt with ``left`` seconds is not sent: none left, or less than the threshold."""
+    return left <= 0 or left < client_low_timeout_threshold.get()
+
+
 class Deadline:
     """A point on the monotonic clock by which a call must be over."""
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.classifier import ResponseVerdict
-from django_aio_request.core.deadline import Deadline, client_low_timeout_threshold
+from django_aio_request.core.deadline import Deadline, too_little_to_send
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
@@ -66,5 +66,4 @@ def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
     only when the time left was shorter than the pause, so with 0.30 s left, a 0.25 s pause and a
     0.1 s threshold it slept 0.25 s for a retry that was then refused, and answered that much later.
     """
-    left = deadline.timeout - after
-    return left <= 0 or left < client_low_timeout_threshold.get()
+    return too_little_to_send(deadline.timeout - after)

@@ -29,7 +29,7 @@ from urllib3.util.retry import Retry
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.core.deadline import client_low_timeout_threshold
+from django_aio_request.core.deadline import too_little_to_send
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.core.timeout_header import restamp
@@ -1067,8 +1067,7 @@ def _time_to_send_again(guard: AttemptSockets) -> bool:
     """Whether the attempt has time left to be sent again: as much as any attempt of the client is
     sent with (its LOW_TIMEOUT_THRESHOLD). With less, a review's requests went out again carrying
     ``X-Request-Timeout: 0.000``, which a server running this app answers 408 at once."""
-    left = guard.remaining()
-    return left > 0 and left >= client_low_timeout_threshold.get()
+    return not too_little_to_send(guard.remaining())
 
 
 def _is_timeout(error: Exception) -> bool:
