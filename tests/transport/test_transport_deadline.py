@@ -276,7 +276,7 @@ def test_cancellation_aborts_a_trickling_body(server: LoopbackServer, transport:
     with cancelled_after(0.1) as cancellation:
         response, elapsed = timed(transport, server, "trickle", 5.0, cancellation=cancellation)
     assert response.status == 499
-    assert elapsed <= 0.1 + 0.15
+    assert elapsed <= 0.1 + 0.4  # at the cancellation, not at the 5 s deadline (0.37 s seen in a loaded CI run)
 
 
 def test_cancellation_ends_the_wait_for_a_connection_slot(server: LoopbackServer, release: threading.Event) -> None:
