@@ -38,6 +38,7 @@ from django_aio_request.server.database import (
     catch_deadline_below,
     is_deadline_cancellation,
 )
+from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
 
@@ -406,7 +407,10 @@ class AioRequestMiddleware:
             return context
         response: HttpResponseBase
         if conf.shedding is None:
-            response = await self._arespond(request, conf, context)
+            try:
+                response = await self._arespond(request, conf, context)
+            except _CancelledAtDeadline:
+                response = _cancelled_at_deadline(request)
         else:
             shedding = shedding_for(conf.shedding, conf.known_services)
             context = await _apoliced(shedding, request, context)
@@ -417,11 +421,26 @@ class AioRequestMiddleware:
                 response = _shed(priority, admission)
             else:
                 wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
+
+                def release() -> None:
+                    limiter.release(admission.admitted_at, thread=False, downstream=wait.off_cpu)
+
+                cancelled = False
                 try:
                     response = await self._arespond(request, conf, context)
+                except _CancelledAtDeadline:
+                    cancelled = True
+                    response = _cancelled_at_deadline(request)
+                except asyncio.CancelledError:  # Django 5: the client went away
+                    cancelled = True
+                    raise
                 finally:
                     stop_measuring(wait_token)
-                    limiter.release(admission.admitted_at, thread=False, downstream=wait.off_cpu)
+                    # A cancelled request's sync view (or sync middleware below) runs on in its thread:
+                    # the slot is its until it returns (a review saw 7 views at once at MAX_CONCURRENCY
+                    # 1, under uvicorn, with callers hanging up).
+                    if not (cancelled and after_sync_code(release)):
+                        release()
         _observe(request, response, conf, started)
         return response
 
@@ -447,6 +466,14 @@ class AioRequestMiddleware:
                     raise  # the view's own TimeoutError, not our cancellation
         finally:
             _context.reset(token)
-        metrics.server_cancelled.inc()
-        logger.debug("cancelled an async view at its deadline: %s %s", request.method, request.path)
-        return HttpResponse(status=408)
+        raise _CancelledAtDeadline
+
+
+class _CancelledAtDeadline(Exception):
+    """The middleware cancelled the async view at the deadline (``_Canceller``): answered 408."""
+
+
+def _cancelled_at_deadline(request: HttpRequest) -> HttpResponse:
+    metrics.server_cancelled.inc()
+    logger.debug("cancelled an async view at its deadline: %s %s", request.method, request.path)
+    return HttpResponse(status=408)

@@ -7,6 +7,7 @@ import collections
 import http.client
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -258,6 +259,7 @@ def test_a_request_without_a_deadline_waits_for_the_slot_however_long_requests_t
 
 POLICY_SERVICE = """
 import os
+import socket
 
 from benchmarks._shedding_service import *  # noqa: F403
 from benchmarks._shedding_service import AIO_REQUEST as _AIO
@@ -399,3 +401,55 @@ def test_a_hedge_the_server_sheds_leaves_the_admitted_attempt_to_answer(kind: st
                    for p in ("high", "normal", "low") for r in ("capacity", "queue_timeout", "deadline"))  # fmt: skip
     assert [status for status, _ in outcomes] == [200] * 8, outcomes
     assert shed >= 4  # the hedges were refused: what this test is about happened
+
+
+@pytest.mark.timeout(120)
+def test_uvicorn_holds_the_slot_of_a_sync_view_whose_caller_hung_up_until_the_view_returns() -> None:
+    # Django 5 cancels a request's task when its client disconnects; asgiref's sync_to_async then
+    # returns at once, but the sync view runs on in its thread. A review saw 7 views at once at
+    # MAX_CONCURRENCY 1 (callers hanging up), the next caller admitted at once (9/9 runs).
+    with server("uvicorn", 1, {"shedding": {"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.3}}) as url:
+        port = int(url.rsplit(":", 1)[1])
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(b"GET /sleep?ms=2000 HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 5\r\n\r\n")
+            time.sleep(0.3)  # admitted, in its view
+        time.sleep(0.3)  # the server saw the disconnect and cancelled the request's task
+        during = plain_get(url, "/sleep?ms=10")
+        while time.monotonic() - started < 2.3:  # the view returned
+            time.sleep(0.05)
+        after = plain_get(url, "/sleep?ms=10")
+    # While the view runs, its slot is taken: the next request waits QUEUE_TIMEOUT and is refused.
+    assert during[0] == 503, during
+    assert during[1] >= 0.25, during
+    # Given back once the view returned, exactly once (not lost, not two slots).
+    assert after[0] == 200, after
+
+
+@pytest.mark.timeout(120)
+def test_uvicorn_gives_back_at_once_the_slot_of_an_async_view_whose_caller_hung_up() -> None:
+    # The other side of the test above: an async view is cancelled with its task, nothing of it runs
+    # on, so its slot is free for the next request at once.
+    with server("uvicorn", 1, {"shedding": {"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.3}}) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(b"GET /asleep?ms=2000 HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 5\r\n\r\n")
+            time.sleep(0.3)
+        time.sleep(0.3)
+        during = plain_get(url, "/asleep?ms=10")
+    assert during[0] == 200, during
+    assert during[1] < 0.25, during
+
+
+def plain_get(url: str, path: str) -> tuple[int, float]:
+    """A GET with a 5 s deadline: its status and how long it took."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers={"X-Request-Timeout": "5"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.monotonic() - started
+    finally:
+        connection.close()
