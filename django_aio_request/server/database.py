@@ -158,6 +158,7 @@ def install() -> None:
     connection_created.connect(_connection_created, dispatch_uid=f"{uid}.connection_created")
     request_finished.connect(_request_finished, dispatch_uid=f"{uid}.request_finished")
     got_request_exception.connect(_got_request_exception, dispatch_uid=f"{uid}.got_request_exception")
+    _equip_new_connections()
     for connection in connections.all(initialized_only=True):
         if connection.connection is not None:
             attach(connection)
@@ -175,7 +176,7 @@ def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":
         # ``w``, and the block's exit, which pops the last wrapper, would take the bound off instead.
         connection.execute_wrappers.insert(0, bound)
         _bound_copy_and_stream(connection)
-        _refuse_connects_past_the_deadline(connection, bound)
+        _guard_connects(connection)
         _bound_health_check(connection, bound)
     return bound
 
@@ -521,20 +522,35 @@ def _spanning(connection: BaseDatabaseWrapper, sql: object) -> contextlib.Abstra
     return bound.spanning(deadline, connection, sql)
 
 
-def _refuse_connects_past_the_deadline(connection: BaseDatabaseWrapper, bound: QueryBound) -> None:
-    """Make the connection's ``ensure_connection()`` raise :class:`DeadlineExceeded` rather than
-    open a new connection when the deadline in the context is (all but) up: whatever it would have
-    sent is refused anyway, and the connect itself is not bounded (a server that hangs holds it for
-    ``connect_timeout``, or for ever). Reached after the connection was closed at the deadline (a
-    query after an ``atomic()`` block whose connection was shut down, Django restoring autocommit
-    after a failed ``ROLLBACK``). The connection's first connect comes before this is in place."""
+def _guard_connects(connection: BaseDatabaseWrapper) -> None:
+    """Make the connection's ``ensure_connection()`` answer for the deadline in the context.
+
+    - With the deadline (all but) up it raises :class:`DeadlineExceeded` rather than connect:
+      whatever the connection would have sent is refused anyway, and the connect itself is not
+      bounded (a server that hangs holds it for ``connect_timeout``, or for ever). Reached by a
+      thread's first query with little time left (under an ASGI server every request's sync code
+      runs in a thread of its own, which connects), and after the connection was closed at the
+      deadline (a query after an ``atomic()`` block whose connection was shut down, Django
+      restoring autocommit after a failed ``ROLLBACK``).
+    - A connect that fails once the deadline has passed (``connect_timeout`` ran out on a server
+      that hangs) raises :class:`DeadlineExceeded` from the driver's error: the middleware's 408,
+      where it was Django's 500. One that fails in time is the database's failure and raised as it
+      came.
+
+    Put on each PostgreSQL connection as Django makes it (:func:`_equip_new_connections`), so before
+    its first connect, and by :func:`attach` on those made before :func:`install`.
+    """
+    if "ensure_connection" in vars(connection):
+        return
     owner = weakref.ref(connection)  # the connection holds this function: no cycle through it
 
     def ensure_connection() -> None:
         connection = owner()
         assert connection is not None  # it is calling its own method
-        closed = bound.closed_at_deadline
+        bound = wrapper_for(connection)
+        closed = None if bound is None else bound.closed_at_deadline
         if closed is not None:
+            assert bound is not None
             if connection.closed_in_transaction and connection.connection is closed:
                 # Closed at the deadline inside atomic(): a cursor on it failed with the driver's
                 # "the connection is closed" (not the deadline's error: a 500), until the outermost
@@ -545,20 +561,53 @@ def _refuse_connects_past_the_deadline(connection: BaseDatabaseWrapper, bound: Q
                     alias=bound.alias,
                 )
             bound.closed_at_deadline = None  # the transaction ended: Django has let it go
-        if connection.connection is None and current.database_statement_timeout:
-            deadline = get_context().deadline
-            if deadline is not None and deadline.timeout <= CANCEL_LEAD:
-                bound.refused += 1
-                raise DeadlineExceeded(
-                    f"the deadline was up before connecting to database {bound.alias!r} "
-                    f"({deadline.timeout * 1000:.1f} ms left)",
-                    alias=bound.alias,
-                )
         # The class's method looked up at each call, not kept: pytest-django blocks database access
         # by replacing it on the class between tests.
-        type(connection).ensure_connection(connection)
+        if connection.connection is not None or not current.database_statement_timeout:
+            type(connection).ensure_connection(connection)
+            return
+        deadline = get_context().deadline
+        if deadline is None:
+            type(connection).ensure_connection(connection)
+            return
+        if deadline.timeout <= CANCEL_LEAD:
+            if bound is not None:
+                bound.refused += 1
+            raise DeadlineExceeded(
+                f"the deadline was up before connecting to database {connection.alias!r} "
+                f"({deadline.timeout * 1000:.1f} ms left)",
+                alias=connection.alias,
+            )
+        try:
+            type(connection).ensure_connection(connection)
+        except DatabaseError as error:
+            if deadline.timeout > 0:
+                raise  # failed in time: the database's failure, not the deadline's
+            raise DeadlineExceeded(
+                f"connecting to database {connection.alias!r} failed after the deadline: {error}",
+                alias=connection.alias,
+            ) from error
 
     connection.ensure_connection = ensure_connection  # type: ignore[method-assign]
+
+
+def _equip_new_connections() -> None:
+    """Guard the connects (:func:`_guard_connects`) of each PostgreSQL connection Django makes from
+    now on (one per thread and alias), before its first connect: ``connection_created``, where the
+    rest of the bound goes on, comes after it. Django has no signal for a connection object made,
+    so the handler's ``create_connection`` is wrapped, once."""
+    create = connections.create_connection
+    if getattr(create, "_aio_request_guard", False):
+        return
+
+    def create_connection(alias: str) -> BaseDatabaseWrapper:
+        connection = create(alias)
+        if connection.vendor == "postgresql":
+            _guard_connects(connection)
+        return connection
+
+    create_connection._aio_request_guard = True  # type: ignore[attr-defined]
+    connections.create_connection = create_connection  # type: ignore[method-assign]
 
 
 #: What a health check's refusal or cancellation names as lost.
@@ -570,7 +619,7 @@ def _bound_health_check(connection: BaseDatabaseWrapper, bound: QueryBound) -> N
     it (a ``SELECT 1`` on the driver's cursor, past the execute wrappers) before the request's first
     query, under the request's deadline, and a server that hangs held it for ever. Cancelled or cut
     off at the deadline it returns False, like any failed check: Django closes the connection, and
-    the query's connect is refused (:func:`_refuse_connects_past_the_deadline`). With the deadline
+    the query's connect is refused (:func:`_guard_connects`). With the deadline
     (all but) up it is refused: :class:`DeadlineExceeded`, as the query it comes before would be."""
     owner = weakref.ref(connection)  # the connection holds this function: no cycle through it
 
@@ -578,7 +627,7 @@ def _bound_health_check(connection: BaseDatabaseWrapper, bound: QueryBound) -> N
         connection = owner()
         assert connection is not None  # it is calling its own method
         deadline = get_context().deadline if current.database_statement_timeout else None
-        usable = type(connection).is_usable  # looked up at each call (see _refuse_connects_past_the_deadline)
+        usable = type(connection).is_usable  # looked up at each call (see _guard_connects)
         if deadline is None or connection.connection is None:
             return bool(usable(connection))
         return bool(bound._bounded(deadline, connection, HEALTH_CHECK, usable, connection))

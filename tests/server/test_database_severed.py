@@ -19,6 +19,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from django_aio_request.server import database as db
 from tests.server.test_database import HangingProxy, through_proxy
+from tests.support.loopback import silent_listener
 
 PG = "postgres"
 SLACK = 0.5  # tells "by the deadline plus the cancel timeout" from "after a connect timeout" (2 s)
@@ -195,3 +196,73 @@ def test_a_query_after_a_nested_block_the_deadline_closed_answers_the_deadline(
     assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
     assert internal_errors(caplog) == []
     proxy.hang = False
+
+
+@pytest.mark.parametrize(
+    ("timeout", "status"), [("0.5", 408), ("5", 500)], ids=["failed-past-the-deadline", "failed-in-time"]
+)
+def test_a_thread_s_first_connect_that_fails_past_the_deadline_answers_408(
+    client: Client, caplog: pytest.LogCaptureFixture, timeout: str, status: int
+) -> None:
+    """Under an ASGI server each request's sync view runs in a thread of its own, whose first query
+    connects. A server that accepts and never answers: libpq gives up at ``connect_timeout`` (2 s,
+    as docs/database.md advises). Past a 0.5 s deadline that was Django's 500 and its "Internal
+    Server Error" (20 of 20 requests in a review, under uvicorn); now the deadline's 408. A connect
+    that fails within the deadline is the database's failure: the 500 it was."""
+    client.raise_request_exception = False
+    pg = connections[PG]
+    saved = dict(pg.settings_dict)
+    answered: list[tuple[int, float]] = []
+
+    def serve() -> None:  # a thread of its own: a new connection object, never connected
+        try:
+            started = time.monotonic()
+            response = client.get("/sleep-unguarded/", {"sleep": "0.01"}, headers={"X-Request-Timeout": timeout})
+            answered.append((response.status_code, time.monotonic() - started))
+        finally:
+            connections.close_all()
+
+    with silent_listener() as port:
+        pg.settings_dict.update(HOST="127.0.0.1", PORT=str(port), OPTIONS={**saved["OPTIONS"], "connect_timeout": 2})
+        try:
+            thread = threading.Thread(target=serve)
+            thread.start()
+            thread.join(10)
+        finally:
+            pg.settings_dict.clear()
+            pg.settings_dict.update(saved)
+    [(code, elapsed)] = answered
+    assert code == status
+    assert 1.5 < elapsed < 3.5  # connect_timeout's 2 s: the connect itself is not bounded (docs/database.md)
+    assert bool(internal_errors(caplog)) == (status == 500)
+
+
+def test_a_thread_s_first_connect_past_the_deadline_is_refused(client: Client) -> None:
+    """A view whose thread has no connection yet and whose first query comes with the deadline up is
+    refused (``DeadlineExceeded``, 408) without connecting, as a reconnect is: to a server that hangs
+    the connect would hold the request for ``connect_timeout`` or for ever."""
+    client.raise_request_exception = False
+    pg = connections[PG]
+    saved = dict(pg.settings_dict)
+    answered: list[tuple[int, float]] = []
+
+    def serve() -> None:
+        try:
+            started = time.monotonic()
+            response = client.get("/python-then-query/", {"sleep": "0.6"}, headers={"X-Request-Timeout": "0.5"})
+            answered.append((response.status_code, time.monotonic() - started))
+        finally:
+            connections.close_all()
+
+    with silent_listener() as port:
+        pg.settings_dict.update(HOST="127.0.0.1", PORT=str(port), OPTIONS={**saved["OPTIONS"], "connect_timeout": 2})
+        try:
+            thread = threading.Thread(target=serve)
+            thread.start()
+            thread.join(10)
+        finally:
+            pg.settings_dict.clear()
+            pg.settings_dict.update(saved)
+    [(code, elapsed)] = answered
+    assert code == 408
+    assert elapsed < 1.2  # not the connect timeout's 2 s

@@ -133,6 +133,14 @@ def python_sleep(request: HttpRequest) -> HttpResponse:
     return HttpResponse("view done\n", content_type="text/plain")
 
 
+def python_then_query(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds of Python work, then a query."""
+    time.sleep(float(request.GET["sleep"]))
+    with connections[ALIAS].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse("queried\n", content_type="text/plain")
+
+
 _in_audit = threading.local()
 
 
@@ -283,6 +291,7 @@ urlpatterns = [
     path("lazy-list-long/", timeout(5)(lazy_list)),
     path("alazy-list-short/", timeout(0.3)(alazy_list)),
     path("sleep-unguarded/", sleep_unguarded),
+    path("python-then-query/", python_then_query),
     path("nested-fallback/", nested_fallback),
     path("sleep-async/", sleep_async),
     path("sql/", sql),
