@@ -97,6 +97,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.resolver
 	$(PY) -m benchmarks.async_client
 	$(PY) -m benchmarks.database
+	$(PY) -m benchmarks.flood_lateness
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .pytest_cache .ruff_cache db.sqlite3

@@ -113,3 +113,12 @@ def test_tls_deadline_runs_the_client_beside_plain_requests() -> None:
     for row in ("  client  ", "  requests  ", "  client, async  "):
         assert row in out
     assert "p99 overshoot, client against requests:" in out
+
+
+def test_flood_lateness_runs_the_client_beside_a_plain_socket() -> None:
+    out = _run("benchmarks.flood_lateness", "--threads", "2", "--rounds", "2", "--calls", "1", "--deadline", "0.1")
+    for row in ("| continue | 1 |", "| continue | 2 |", "| continue | all |", "| chunks | all |"):
+        assert row in out
+    out = _run("benchmarks.flood_lateness", "--threads", "2", "--rounds", "1", "--calls", "1", "--deadline", "0.1",
+               "--kinds", "chunks", "--async", "--strategy", "sequential")  # fmt: skip
+    assert "| chunks | all |" in out
