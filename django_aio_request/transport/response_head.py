@@ -161,10 +161,30 @@ def _content_length(value: str) -> str | None:
     if "," not in value:
         return None
     try:
-        lengths = {int(part) for part in value.split(",")}
+        lengths = {int(part) for part in value.split(",") if part.strip(" \t")}  # empty elements are ignored
     except ValueError:
         return None
     return str(lengths.pop()) if len(lengths) == 1 else None
+
+
+def _check_content_length(fields: list[tuple[str, str]]) -> None:
+    """Raise :class:`MalformedHead` for a ``Content-Length`` that frames no body: one that is not
+    digits (``1 2``, ``-5``, ``0x2``, ``+3``, ``0_3``, ``٣``, an empty value), alone or in a list.
+
+    RFC 9112 6.3: such framing is invalid, an unrecoverable error; the client closes the connection
+    and discards the response. urllib3 and ``http.client`` ignored a value ``int()`` refuses and read
+    the body to the connection's end: from a server keeping the connection open, that waited for the
+    deadline (a 408 at its end, and the attempt retried), and took ``+3`` and ``٣`` for 3. Without
+    ``Transfer-Encoding`` only, which frames the body when both come; a list of different numbers
+    (``5, 6``) is left to urllib3, which refuses it; one number repeated (``2, 2``) is that number.
+    Not the answers that have no body whatever the field says (1xx, 204, 304, to HEAD)."""
+    lengths = [value for name, value in fields if name.lower() == "content-length"]
+    if not lengths or any(name.lower() == "transfer-encoding" for name, _ in fields):
+        return
+    elements = [element.strip(" \t") for value in lengths for element in value.split(",")]
+    numbers = [element for element in elements if element]  # RFC 9110 5.6.1: empty elements are ignored
+    if not numbers or not all(number.isascii() and number.isdigit() for number in numbers):
+        raise MalformedHead("a Content-Length that is not a number")
 
 
 def _without_identity(value: str) -> str:
@@ -244,6 +264,8 @@ class FinalResponse(http.client.HTTPResponse):
             _read_fields(self.fp)  # the interim response's fields (103's links): not wanted
         if head is not None:
             self._fields = fields = _read_fields(head.file)
+            if not (100 <= status < 200 or status in (204, 304) or self._method == "HEAD"):
+                _check_content_length(fields)
             # http.client's begin() parses the header block again (and stops at 100 lines), and
             # frames the body by what it finds: it is given the fields it reads for that, and none
             # of the others, as urllib3 (which reads the body) takes them: _framing_fields.

@@ -88,14 +88,6 @@ def test_a_followed_redirect_s_malformed_chunks_are_a_489(
     assert _call(raw_server, redirect + size + b"\r\nabc\r\n0\r\n\r\n", "direct") == expected
 
 
-@pytest.mark.parametrize("length", ["+3", "0_3", "\u0663"], ids=["plus sign", "underscore", "Arabic-Indic digit"])
-def test_a_content_length_python_s_int_takes_is_that_number(raw_server: RawAnswerServer, length: str) -> None:
-    """Not checked here (only a chunked body's framing is): urllib3 and http.client take it for the
-    number ``int()`` makes of it, as docs/faults.md says."""
-    answer = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nabc".encode()
-    assert _call(raw_server, answer, "direct") == (200, b"abc")
-
-
 def _chunked(pieces: list[bytes], extension: bytes, lf_only: bool) -> bytes:
     end = b"\n" if lf_only else b"\r\n"
     framed = b"".join(b"%x%s%s%s\r\n" % (len(piece), extension, end, piece) for piece in pieces if piece)

@@ -524,3 +524,77 @@ def test_a_content_length_list_of_different_numbers_is_a_489_at_once(fields: byt
     assert (first.status, first.read()) == (status.NETWORK_ERROR, b"")
     assert elapsed < DEADLINE / 2
     assert (second.status, second.read()) == (200, b"next")
+
+
+NOT_NUMBERS = ["+3", "0_3", "\u0663", "0x3", "-3", "1 2", "", " , ", "3;", "3, x"]
+
+
+@ROUTES
+@pytest.mark.parametrize(
+    "length",
+    NOT_NUMBERS,
+    ids=[
+        "plus",
+        "underscore",
+        "Arabic-Indic",
+        "hex",
+        "negative",
+        "two numbers",
+        "empty",
+        "commas",
+        "semicolon",
+        "list",
+    ],
+)
+@pytest.mark.parametrize("kept_open", [False, True], ids=["closed", "kept open"])
+def test_a_content_length_that_is_not_a_number_is_a_489_at_once(
+    raw_server: RawAnswerServer, holding_server: HoldingServer, route: str, length: str, kept_open: bool
+) -> None:
+    """RFC 9112 6.3: invalid framing, the answer discarded. urllib3 and http.client took ``+3``,
+    ``0_3`` and ``٣`` for 3 (a 200), and read any other to the connection's end: from a server that
+    kept it open, a 408 at the deadline, retried (a review: ``1 2``, ``0x2``, ``-5``, an empty value)."""
+    answer = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nabc".encode()
+    code, _, elapsed = _call(holding_server if kept_open else raw_server, answer, route)
+    assert code == status.NETWORK_ERROR
+    assert elapsed < 1.0  # at once, not at the deadline
+
+
+@ROUTES
+@pytest.mark.parametrize(
+    "length", ["3", "003", "3, 3", " 3 ", "3,"], ids=["plain", "zeros", "repeated", "spaces", "empty element"]
+)
+def test_a_content_length_that_is_a_number_frames_the_body(
+    holding_server: HoldingServer, route: str, length: str
+) -> None:
+    answer = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nabc".encode()
+    code, body, elapsed = _call(holding_server, answer, route)
+    assert (code, body) == (200, b"abc")
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "method", "expected"),
+    [
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: junk\r\n\r\n", "GET", 204),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: junk\r\n\r\n", "GET", 304),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: junk\r\n\r\n", "HEAD", 200),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: junk\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET",
+            200,
+        ),
+    ],
+    ids=["204", "304", "HEAD", "chunked"],
+)
+def test_a_content_length_that_frames_nothing_is_not_looked_at(
+    holding_server: HoldingServer, answer: bytes, method: str, expected: int
+) -> None:
+    """Answers without a body (204, 304, to HEAD) and chunked ones, which Transfer-Encoding frames."""
+    holding_server.answer = answer
+    transport = RequestsTransport(requests.Session())
+    try:
+        request = dar.request(method, "x")
+        response = transport.send(holding_server.url, request, DEADLINE)
+        assert response.status == expected
+    finally:
+        transport.close()
