@@ -247,7 +247,9 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
     def override_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        if not self.has_override_permission(request):
+        # Both, as for the list's actions (Django's changelist needs the view permission first): the
+        # override permission alone forced circuits its holder could not see.
+        if not (self.has_view_permission(request) and self.has_override_permission(request)):
             raise PermissionDenied
         obj = self.get_object(request, unquote(object_id))
         if obj is None:

@@ -378,6 +378,20 @@ def test_the_detail_page_has_the_actions(operator: BrowserClient, viewer: Browse
     assert BreakerOverride.objects.get().mode == "force_closed"
 
 
+def test_the_override_permission_alone_overrides_nothing(db: None) -> None:
+    """Staff who may override but not view the circuits: their list, the circuit's page and the list's
+    actions answer 403, and so does the page's override button (a review: a forged post to it
+    forced the circuit open, for a user who could not see it)."""
+    live_report(1, "closed")
+    blind = BrowserClient()
+    blind.force_login(staff("blind", "override_circuit_breaker"))
+    url = reverse(CHANGE, args=[quote(breaker_id("billing", BILLING))])
+    assert blind.get(url).status_code == 403
+    assert blind.post(url + "override/", {"mode": "force_open"}).status_code == 403
+    assert not BreakerOverride.objects.exists()
+    assert BreakerStatus.objects.get().state == "closed"
+
+
 OVERRIDES = "admin:django_aio_request_breakeroverride_changelist"
 
 
