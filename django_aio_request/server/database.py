@@ -151,8 +151,9 @@ def install() -> None:
 
     Called from ``AppConfig.ready()``. Idempotent. Reads no setting (``ready()`` must not fail on an
     invalid ``AIO_REQUEST``: ``manage.py check`` reports it) and also equips the connections this
-    thread already has open. The bound goes on every PostgreSQL connection and reads the setting
-    per query, so ``override_settings`` turns the feature on and off.
+    thread has already made (open, or made and not connected yet). The bound goes on every
+    PostgreSQL connection and reads the setting per query, so ``override_settings`` turns the
+    feature on and off.
     """
     uid = "django_aio_request.server.database"
     connection_created.connect(_connection_created, dispatch_uid=f"{uid}.connection_created")
@@ -162,6 +163,11 @@ def install() -> None:
     for connection in connections.all(initialized_only=True):
         if connection.connection is not None:
             attach(connection)
+        elif connection.vendor == "postgresql":
+            # Made and not connected yet: Django makes this thread's default connection while it
+            # imports the models, before ready(). Unguarded, its first connect failed past the
+            # deadline with a 500 (gunicorn's sync worker serves on this thread).
+            _guard_connects(connection)
 
 
 def attach(connection: BaseDatabaseWrapper) -> "QueryBound | None":

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -20,6 +21,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from django_aio_request.server import database as db
 from tests.server.test_database import HangingProxy, through_proxy
 from tests.support.loopback import silent_listener
+from tests.support.manage import manage
 
 PG = "postgres"
 SLACK = 0.5  # tells "by the deadline plus the cancel timeout" from "after a connect timeout" (2 s)
@@ -266,3 +268,38 @@ def test_a_thread_s_first_connect_past_the_deadline_is_refused(client: Client) -
     [(code, elapsed)] = answered
     assert code == 408
     assert elapsed < 1.2  # not the connect timeout's 2 s
+
+
+FIRST_CONNECT_IN_THE_MAIN_THREAD = """
+from django.db import connections
+from django_aio_request import Deadline, set_context
+from django_aio_request.server.database import DeadlineExceeded
+
+for left in (0.3, 0.0):  # a connect that fails past the deadline; one with the deadline up
+    with set_context(deadline=Deadline.from_timeout(left) if left else Deadline(0.0)):
+        try:
+            connections["default"].ensure_connection()
+        except DeadlineExceeded as error:
+            print("deadline:", error)
+        except Exception as error:
+            print("other:", type(error).__name__)
+"""
+
+
+def test_the_main_thread_s_connection_made_before_the_app_was_ready_is_guarded_too(tmp_path: Path) -> None:
+    """Django makes the main thread's ``connections["default"]`` while it imports the models, before
+    the app's ``ready()`` installs the bound; it was not guarded: under gunicorn's sync worker (the
+    main thread serves) a worker started during an outage answered 500 at connect_timeout, and
+    connected with the deadline up (a review: 10 of 10)."""
+    with silent_listener() as port:
+        (tmp_path / "first_connect_settings.py").write_text(
+            "from settings.test import *\n"
+            "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'x', 'USER': 'x',"
+            f" 'HOST': '127.0.0.1', 'PORT': '{port}', 'OPTIONS': {{'connect_timeout': 2}}}}}}\n"
+            "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
+        )
+        done = manage("shell", "-c", FIRST_CONNECT_IN_THE_MAIN_THREAD, settings="first_connect_settings", path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("deadline:", "other:"))]
+    assert lines[0].startswith("deadline: connecting to database 'default' failed after the deadline"), done.stdout
+    assert lines[1].startswith("deadline: the deadline was up before connecting to database 'default'"), done.stdout
