@@ -1,14 +1,16 @@
 """A small Django service for load-shedding tests and ``benchmarks/shedding.py``: settings, URLs and views.
 
 Run it under a real server, configured by the environment variable ``SHEDDING_SERVICE`` (JSON:
-``{"shedding": <AIO_REQUEST["SHEDDING"]>, "known_services": [...]}``, shedding null for off):
+``{"shedding": <AIO_REQUEST["SHEDDING"]>, "known_services": [...], "sync_middleware_above": true}``,
+shedding null for off):
 
     DJANGO_SETTINGS_MODULE=benchmarks._shedding_service gunicorn -k gthread --threads 4 \\
         'benchmarks._shedding_service:wsgi()'
     DJANGO_SETTINGS_MODULE=benchmarks._shedding_service uvicorn --factory benchmarks._shedding_service:asgi
 
 Views: ``/cpu?ms=N`` spends N ms of its thread's CPU time (holding the GIL, as Python code does), ``/sleep?ms=N``
-waits N ms, ``/acpu`` and ``/asleep`` the same as async views; ``/tail?ms=N&slow=F&slow_ms=M`` spends N ms
+waits N ms, ``/acpu`` and ``/asleep`` the same as async views (``/asleep-in-thread``: waiting in
+``sync_to_async``); ``/tail?ms=N&slow=F&slow_ms=M`` spends N ms
 of CPU and then, for a share F of requests drawn at random, sleeps M ms (a slow tail, for
 ``benchmarks/hedge_safety.py``); ``/timeout`` answers the ``X-Request-Timeout`` the application got
 (and the one received, when the server took its queueing time off); ``/metrics`` is Prometheus's text.
@@ -38,6 +40,22 @@ if _config.get("shedding") is not None:
     AIO_REQUEST["SHEDDING"] = _config["shedding"]
 if _config.get("known_services"):
     AIO_REQUEST["KNOWN_SERVICES"] = _config["known_services"]
+if _config.get("sync_middleware_above"):  # a sync-only middleware above AioRequestMiddleware (as WhiteNoise is)
+    MIDDLEWARE.insert(0, f"{__name__}.SyncOnlyMiddleware")
+
+
+class SyncOnlyMiddleware:
+    """Does nothing, and only synchronously: under ASGI Django then runs it in a thread, and the
+    middleware below (AioRequestMiddleware, async) through ``async_to_sync`` from that thread."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        return self.get_response(request)
 
 
 def _spin(seconds: float) -> None:
@@ -89,6 +107,15 @@ async def asleep(request: Any) -> Any:
     return HttpResponse(b"done")
 
 
+async def asleep_in_thread(request: Any) -> Any:
+    """An async view whose wait is sync code in the request's thread (``sync_to_async``'s default)."""
+    from asgiref.sync import sync_to_async
+    from django.http import HttpResponse
+
+    await sync_to_async(time.sleep)(_ms(request))
+    return HttpResponse(b"done")
+
+
 def timeout(request: Any) -> Any:
     """The ``X-Request-Timeout`` the application was given, and the one received when a server took
     time off it (``PriorityThreadWorker``: the time the request queued)."""
@@ -115,6 +142,7 @@ def _urls() -> list[Any]:
         path("tail", tail),
         path("acpu", acpu),
         path("asleep", asleep),
+        path("asleep-in-thread", asleep_in_thread),
         path("timeout", timeout),
         path("metrics", metrics),
     ]

@@ -404,15 +404,26 @@ def test_a_hedge_the_server_sheds_leaves_the_admitted_attempt_to_answer(kind: st
 
 
 @pytest.mark.timeout(120)
-def test_uvicorn_holds_the_slot_of_a_sync_view_whose_caller_hung_up_until_the_view_returns() -> None:
+@pytest.mark.parametrize(
+    ("view", "above"),
+    [("/sleep", False), ("/sleep", True), ("/asleep-in-thread", False)],
+    ids=["sync-view", "sync-view-below-a-sync-only-middleware", "async-view-waiting-in-sync-to-async"],
+)
+def test_uvicorn_holds_the_slot_of_a_sync_view_whose_caller_hung_up_until_the_view_returns(
+    view: str, above: bool
+) -> None:
     # Django 5 cancels a request's task when its client disconnects; asgiref's sync_to_async then
     # returns at once, but the sync view runs on in its thread. A review saw 7 views at once at
-    # MAX_CONCURRENCY 1 (callers hanging up), the next caller admitted at once (9/9 runs).
-    with server("uvicorn", 1, {"shedding": {"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.3}}) as url:
+    # MAX_CONCURRENCY 1 (callers hanging up), the next caller admitted at once (9/9 runs). With a
+    # sync-only middleware above (WhiteNoise, the demo's), the view runs on that middleware's thread,
+    # which waits in async_to_sync for AioRequestMiddleware: the next review found it admitted at once
+    # there still (10/10).
+    config = {"shedding": {"MAX_CONCURRENCY": 1, "QUEUE_TIMEOUT": 0.3}, "sync_middleware_above": above}
+    with server("uvicorn", 1, config) as url:
         port = int(url.rsplit(":", 1)[1])
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", port)) as gone:
-            gone.sendall(b"GET /sleep?ms=2000 HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 5\r\n\r\n")
+            gone.sendall(b"GET %s?ms=2000 HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 5\r\n\r\n" % view.encode())
             time.sleep(0.3)  # admitted, in its view
         time.sleep(0.3)  # the server saw the disconnect and cancelled the request's task
         during = plain_get(url, "/sleep?ms=10")
