@@ -200,6 +200,37 @@ def test_a_query_after_a_nested_block_the_deadline_closed_answers_the_deadline(
     proxy.hang = False
 
 
+def served_by_a_new_thread_with_a_silent_database(
+    client: Client, path: str, sleep: str, timeout: str
+) -> tuple[int, float]:
+    """GET ``path`` through the test client in a thread of its own (a new connection object, never
+    connected) while the ``postgres`` alias points at a server that accepts and never answers, with
+    ``connect_timeout`` 2 as docs/database.md advises: the status and the seconds taken."""
+    pg = connections[PG]
+    saved = dict(pg.settings_dict)
+    answered: list[tuple[int, float]] = []
+
+    def serve() -> None:
+        try:
+            started = time.monotonic()
+            response = client.get(path, {"sleep": sleep}, headers={"X-Request-Timeout": timeout})
+            answered.append((response.status_code, time.monotonic() - started))
+        finally:
+            connections.close_all()
+
+    with silent_listener() as port:
+        pg.settings_dict.update(HOST="127.0.0.1", PORT=str(port), OPTIONS={**saved["OPTIONS"], "connect_timeout": 2})
+        try:
+            thread = threading.Thread(target=serve)
+            thread.start()
+            thread.join(10)
+        finally:
+            pg.settings_dict.clear()
+            pg.settings_dict.update(saved)
+    [answer] = answered
+    return answer
+
+
 @pytest.mark.parametrize(
     ("timeout", "status"), [("0.5", 408), ("5", 500)], ids=["failed-past-the-deadline", "failed-in-time"]
 )
@@ -212,28 +243,7 @@ def test_a_thread_s_first_connect_that_fails_past_the_deadline_answers_408(
     Server Error" (20 of 20 requests in a review, under uvicorn); now the deadline's 408. A connect
     that fails within the deadline is the database's failure: the 500 it was."""
     client.raise_request_exception = False
-    pg = connections[PG]
-    saved = dict(pg.settings_dict)
-    answered: list[tuple[int, float]] = []
-
-    def serve() -> None:  # a thread of its own: a new connection object, never connected
-        try:
-            started = time.monotonic()
-            response = client.get("/sleep-unguarded/", {"sleep": "0.01"}, headers={"X-Request-Timeout": timeout})
-            answered.append((response.status_code, time.monotonic() - started))
-        finally:
-            connections.close_all()
-
-    with silent_listener() as port:
-        pg.settings_dict.update(HOST="127.0.0.1", PORT=str(port), OPTIONS={**saved["OPTIONS"], "connect_timeout": 2})
-        try:
-            thread = threading.Thread(target=serve)
-            thread.start()
-            thread.join(10)
-        finally:
-            pg.settings_dict.clear()
-            pg.settings_dict.update(saved)
-    [(code, elapsed)] = answered
+    code, elapsed = served_by_a_new_thread_with_a_silent_database(client, "/sleep-unguarded/", "0.01", timeout)
     assert code == status
     assert 1.5 < elapsed < 3.5  # connect_timeout's 2 s: the connect itself is not bounded (docs/database.md)
     assert bool(internal_errors(caplog)) == (status == 500)
@@ -244,28 +254,7 @@ def test_a_thread_s_first_connect_past_the_deadline_is_refused(client: Client) -
     refused (``DeadlineExceeded``, 408) without connecting, as a reconnect is: to a server that hangs
     the connect would hold the request for ``connect_timeout`` or for ever."""
     client.raise_request_exception = False
-    pg = connections[PG]
-    saved = dict(pg.settings_dict)
-    answered: list[tuple[int, float]] = []
-
-    def serve() -> None:
-        try:
-            started = time.monotonic()
-            response = client.get("/python-then-query/", {"sleep": "0.6"}, headers={"X-Request-Timeout": "0.5"})
-            answered.append((response.status_code, time.monotonic() - started))
-        finally:
-            connections.close_all()
-
-    with silent_listener() as port:
-        pg.settings_dict.update(HOST="127.0.0.1", PORT=str(port), OPTIONS={**saved["OPTIONS"], "connect_timeout": 2})
-        try:
-            thread = threading.Thread(target=serve)
-            thread.start()
-            thread.join(10)
-        finally:
-            pg.settings_dict.clear()
-            pg.settings_dict.update(saved)
-    [(code, elapsed)] = answered
+    code, elapsed = served_by_a_new_thread_with_a_silent_database(client, "/python-then-query/", "0.6", "0.5")
     assert code == 408
     assert elapsed < 1.2  # not the connect timeout's 2 s
 
