@@ -875,25 +875,32 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     ), reader.problems
 
 
-def _without_lazy_strings(value: Any, made: dict[int, Any]) -> Any:
+def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]]) -> Any:
     """A copy of ``value`` (its mappings as dicts, its lists, tuples and sets as such) with every lazy string
     (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made the text it stands for. A lazy
     string is no ``str``, and printed like one: it was refused with messages that contradicted
     themselves (``['PRIORITY'] is 'high', not a priority``). ``made`` keeps a mapping or list that
-    holds itself from looping (its copy holds itself as the original did)."""
+    holds itself from looping (its copy holds itself as the original did): by ``id()``, with the
+    original kept beside its copy, so that its ``id()`` names no other object while the copy is made.
+    A mapping whose entries are made as they are read (each a new object, freed once read) had its
+    entries' ids reused, and an entry was handed the copy of an earlier one: another client's
+    ENDPOINT, without a word."""
     from django.utils.functional import Promise
 
     if isinstance(value, Promise):
         return str(value)
-    if id(value) in made:
-        return made[id(value)]
+    seen = made.get(id(value))
+    if seen is not None:
+        return seen[1]
     if isinstance(value, Mapping):
-        copy: dict[Any, Any] = made.setdefault(id(value), {})
+        copy: dict[Any, Any] = {}
+        made[id(value)] = (value, copy)
         for key, item in value.items():
             copy[_without_lazy_strings(key, made)] = _without_lazy_strings(item, made)
         return copy
     if isinstance(value, list):
-        items: list[Any] = made.setdefault(id(value), [])
+        items: list[Any] = []
+        made[id(value)] = (value, items)
         items.extend(_without_lazy_strings(item, made) for item in value)
         return items
     if isinstance(value, tuple):
