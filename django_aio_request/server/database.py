@@ -65,6 +65,7 @@ from django_aio_request.conf.current import current
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.metrics import server as metrics
+from django_aio_request.server.log_text import escaped
 from django_aio_request.transport.deadline_timer import deadline_timer
 
 __all__ = [
@@ -889,7 +890,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
         "%s %s: the deadline ran out below the view, in %s (calls: %s): answered 408, and the work left "
         "there is lost: %s",
         request.method,
-        request.path,
+        escaped(request.path),
         where,
         doing,
         lost.sql if lost is not None and lost.sql else cause,

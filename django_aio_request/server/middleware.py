@@ -38,6 +38,7 @@ from django_aio_request.server.database import (
     catch_deadline_below,
     is_deadline_cancellation,
 )
+from django_aio_request.server.log_text import escaped
 from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
 from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
@@ -290,7 +291,7 @@ class AioRequestMiddleware:
         if not is_deadline_cancellation(exception):
             return None
         metrics.server_database_cancelled.inc()
-        logger.debug("a query ran out of the deadline: %s %s", request.method, request.path)
+        logger.debug("a query ran out of the deadline: %s %s", request.method, escaped(request.path))
         return HttpResponse(status=408)
 
     # The sync path below runs on every request of a WSGI server, so its common case is written out
@@ -475,5 +476,5 @@ class _CancelledAtDeadline(Exception):
 
 def _cancelled_at_deadline(request: HttpRequest) -> HttpResponse:
     metrics.server_cancelled.inc()
-    logger.debug("cancelled an async view at its deadline: %s %s", request.method, request.path)
+    logger.debug("cancelled an async view at its deadline: %s %s", request.method, escaped(request.path))
     return HttpResponse(status=408)

@@ -537,6 +537,22 @@ def test_a_cancelled_view_is_logged_with_its_path_never_its_query(caplog: pytest
 
 
 @pytest.mark.usefixtures("cancelling")
+def test_a_path_that_holds_a_newline_or_escapes_is_logged_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    """A review: ``/x%0a9999 CRITICAL django.security: forged line%1b[2J`` wrote a forged log line of
+    its own after ours, and a terminal escape; escaped now, as Django escapes it in its own line."""
+    caplog.set_level(logging.DEBUG)
+    response, _ = timed_get(
+        "/aslow/x%0a9999%20CRITICAL%20django.security:%20forged%1b%5b2J?sleep=3", {"X-Request-Timeout": "0.2"}
+    )
+    assert response.status_code == 408
+    ours = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.middleware"]
+    assert ours == [
+        "cancelled an async view at its deadline: GET /aslow/x\\n9999 CRITICAL django.security: forged\\x1b[2J"
+    ], ours
+    assert "\n" not in ours[0]
+
+
+@pytest.mark.usefixtures("cancelling")
 def test_an_async_view_that_is_in_time_is_not_cancelled() -> None:
     response, _ = timed_get("/aslow?sleep=0.05", {"X-Request-Timeout": "2"})
     assert response.status_code == 200

@@ -10,7 +10,7 @@ from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import engines
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, re_path
 from django.views import View
 from django.views.decorators.cache import cache_page
 
@@ -226,6 +226,7 @@ urlpatterns = [
     path("call", call),
     path("acall", acall),
     path("aslow", aslow),
+    re_path(r"^aslow/[\s\S]+$", aslow),  # any path after it, newlines too: what a client may put in a path
     path("athread", athread),
     path("slow", slow),
     path("araises-timeout", araises_timeout),
