@@ -5,11 +5,12 @@ Each problem is one message whose id names its kind (``django_aio_request.E001``
 Reading the setting never raises here: the checks exist to report bad settings, not to crash on them.
 """
 
+import functools
 import inspect
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -52,6 +53,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         )
         for problem in problems
     ]
+
+
+def _never_raising(check: Callable[..., list[checks.CheckMessage]]) -> Callable[..., list[checks.CheckMessage]]:
+    """``check``, reporting what it did not foresee as an error (E099) instead of raising: these checks
+    read other settings (``CACHES``, ``DATABASES``) as users wrote them, and a value whose ``str()``
+    or ``get()`` raised crashed ``manage.py check`` with a traceback (a review, 3 of 25 hostile cases)."""
+
+    @functools.wraps(check)
+    def checked(*args: Any, **kwargs: Any) -> list[checks.CheckMessage]:
+        try:
+            return check(*args, **kwargs)
+        except Exception as error:
+            return [
+                checks.Error(
+                    f"{check.__name__} could not read the settings it checks: {type(error).__name__}: {_text(error)}",
+                    hint="a setting holds an object that fails when read as Django reads it",
+                    id=f"django_aio_request.{UNEXPECTED}",
+                )
+            ]
+
+    return checked
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return "(its message could not be printed either)"
 
 
 #: Backends that talk to a server over a socket, with the OPTIONS keys of their socket timeouts
@@ -221,6 +250,7 @@ def _bounds_connecting(value: object) -> bool:
 
 
 @checks.register("django_aio_request")
+@_never_raising
 def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Report a breakers' shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) whose ``BACKEND`` is
     missing or cannot be imported: every sync round of the breakers would fail, and each process
@@ -248,6 +278,7 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
 
 
 @checks.register("django_aio_request")
+@_never_raising
 def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn when the breaker's shared cache (``AIO_REQUEST["CIRCUIT_BREAKER_STATE"]``) does not bound
     its socket timeouts itself. No call waits for the cache, but a round of the sync thread does:
@@ -326,6 +357,7 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
 
 
 @checks.register("django_aio_request")
+@_never_raising
 def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Warn when queries are bounded by the deadline (``DATABASE_STATEMENT_TIMEOUT``) but opening a
     PostgreSQL connection is not: libpq waits for a server that accepts and never answers as long

@@ -916,3 +916,35 @@ def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
     # In a set too (KNOWN_SERVICES may be one): its lazy names were refused, "not 'billing'".
     for kind in (set, frozenset, list):
         assert messages({"KNOWN_SERVICES": kind([text("billing"), "orders"])}) == [], kind
+
+
+HOSTILE_OTHER_SETTINGS = {
+    "engine": "DATABASES = {**DATABASES, 'other': {'ENGINE': Hostile(), 'NAME': 'x'}}\n",
+    "connect-timeout": (
+        "DATABASES = {**DATABASES, 'other': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'x',"
+        " 'OPTIONS': {'connect_timeout': Hostile()}}}\n"
+    ),
+    "aio-request-get": "AIO_REQUEST = HostileGet(AIO_REQUEST)\n",
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_OTHER_SETTINGS), ids=list(HOSTILE_OTHER_SETTINGS))
+def test_objects_that_fail_when_read_are_reported_not_a_traceback(tmp_path: Path, case: str) -> None:
+    """docs/checks.md: with any error ``manage.py check`` exits 1 and prints no traceback. A review
+    made three of the checks of other settings raise: an ENGINE or a connect_timeout whose ``str()``
+    raises, an AIO_REQUEST whose ``get()`` raises."""
+    (tmp_path / "hostile_settings.py").write_text(
+        "from settings.test import *\n"
+        "class Hostile:\n"
+        "    def __str__(self):\n"
+        "        raise RuntimeError('no text here')\n"
+        "class HostileGet(dict):\n"
+        "    def get(self, *args):\n"
+        "        raise RuntimeError('no get here')\n"
+        "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True, 'CIRCUIT_BREAKER_STATE': 'default'}\n"
+        + HOSTILE_OTHER_SETTINGS[case]
+    )
+    done = run_manage("check", "--tag", "django_aio_request", settings="hostile_settings", path=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "django_aio_request.E099" in done.stderr
