@@ -46,7 +46,7 @@ def block(request: HttpRequest) -> HttpResponse:
 
 async def ablock(request: HttpRequest) -> HttpResponse:
     await asyncio.wait_for(agate["event"].wait(), 10)
-    return HttpResponse(b"done")
+    return HttpResponse(str(get_context().priority).encode())
 
 
 def ok(request: HttpRequest) -> HttpResponse:
@@ -1231,24 +1231,35 @@ def test_async_requests_wait_by_priority_without_blocking_the_event_loop(setting
 
 
 async def _async_wait_by_priority() -> None:
+    agate["event"] = asyncio.Event()
     client = AsyncClient()
     finished: list[bytes] = []
 
     async def call(priority: Priority) -> None:
-        response = await client.get("/asleep?s=0.1", headers=headers(priority))
+        response = await client.get("/ablock", headers=headers(priority))
         assert response.status_code == 200
         finished.append(response.content)
 
-    began = time.monotonic()
-    first = asyncio.create_task(call(NORMAL))
-    await asyncio.sleep(0.03)
-    tasks = [asyncio.create_task(call(LOW)) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    async def until_waiting(count: int) -> None:
+        # This loop runs only while the event loop does: a request waiting for its slot by blocking
+        # the loop would stop it here (it had sleeps of 30 ms and 10 ms, and a loaded CI queued the
+        # high request after the slot was given back).
+        end = time.monotonic() + 5
+        while limiter().waiting < count:
+            assert time.monotonic() < end, f"{limiter().waiting} waiting, not {count}"
+            await asyncio.sleep(0.002)
+
+    tasks = [asyncio.create_task(call(NORMAL))]
+    while limiter().in_flight < 1:
+        await asyncio.sleep(0.002)
+    for waiting in (1, 2, 3):
+        tasks.append(asyncio.create_task(call(LOW)))
+        await until_waiting(waiting)
     tasks.append(asyncio.create_task(call(HIGH)))
-    # While four requests wait, the event loop goes on: the first view's sleep ends on time.
-    await asyncio.wait_for(first, 0.5)
-    assert time.monotonic() - began < 0.3
-    await asyncio.gather(*tasks)
+    await until_waiting(4)
+    assert finished == []
+    agate["event"].set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert finished == [b"normal", b"high", b"low", b"low", b"low"]
 
 
