@@ -496,9 +496,13 @@ class _Call:
     """One call's ``send``: spends the retry budget and lowers the priority of hedges.
 
     An attempt numbered > 0 is an extra one, which the budget may refuse (nothing is sent, and
-    ``send`` returns None); a first attempt deposits. A hedge is an extra attempt sent while another
-    attempt of the same call is still in flight: with ``hedge_priority`` it goes at a lower
-    priority. A retry after a finished attempt keeps the call's priority.
+    ``send`` returns None); a first attempt deposits. Once the budget refused one, no later extra
+    attempt of the call asks it again: two hedges handed to workers before the first of them asked
+    were both asked, counted twice in ``aio_request_retry_budget_exhausted_total``, and the second,
+    granted what other calls had deposited meanwhile, was sent after the call's refusal (32 threads:
+    5-19 calls in 600). A hedge is an extra attempt sent while another attempt of the same call is
+    still in flight: with ``hedge_priority`` it goes at a lower priority. A retry after a finished
+    attempt keeps the call's priority.
     """
 
     __slots__ = ("_client", "_in_flight", "_lock", "refused")
@@ -506,27 +510,31 @@ class _Call:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._in_flight = 0
-        self._lock = threading.Lock() if client.hedge_priority is not None else None
+        self._lock = threading.Lock()
         self.refused = False
 
     def send(
         self, request: Request, deadline: Deadline, priority: Priority, number: int, cancellation: Cancellation | None
     ) -> ResponseWithVerdict | None:
         client = self._client
-        if number > 0 and client._too_late(deadline):
+        if number > 0 and (self.refused or client._too_late(deadline)):
             return None  # never sent, so neither spent from the budget nor counted as a hedge
         budget = client.retry_budget
         if budget is not None:
             if number == 0:
                 budget.record_first()
-            elif not budget.try_spend():
-                self.refused = True
-                if client._metrics is not None:
-                    client._metrics.budget_exhausted()
-                return None
-        lock = self._lock
-        if lock is None:
+            else:
+                with self._lock:  # asked one at a time: a refusal is seen by the attempts asking after it
+                    if self.refused:
+                        return None
+                    if not budget.try_spend():
+                        self.refused = True
+                        if client._metrics is not None:
+                            client._metrics.budget_exhausted()
+                        return None
+        if client.hedge_priority is None:
             return client._attempt(request, deadline, priority, number, cancellation)
+        lock = self._lock
         with lock:
             hedge = number > 0 and self._in_flight > 0
             self._in_flight += 1

@@ -105,6 +105,16 @@ def workers_of(client: Client) -> AttemptThreadPool:
     return client._workers
 
 
+def exhausted(client: Client) -> float:
+    """``aio_request_retry_budget_exhausted_total`` of ``client``'s endpoint."""
+    import prometheus_client
+
+    value = prometheus_client.REGISTRY.get_sample_value(
+        "aio_request_retry_budget_exhausted_total", {"request_endpoint": client.endpoint}
+    )
+    return value or 0.0
+
+
 def call_then_wait_for_stray_hedges(client: Client, path: str) -> tuple[Response, float]:
     """``timed_call``, then 0.2 s: time for a hedge to reach the server, had one been sent."""
     response, elapsed = call(client, get(path))
@@ -1105,6 +1115,35 @@ def test_an_accepted_hedge_is_the_answer_however_late_the_caller_comes_back(
         assert response.read() == b"fast"
 
 
+def test_no_hedge_goes_once_another_hedge_settled_the_call(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """docs/usage.md: attempt k starts at its time "unless an accepted response came first". The timer
+    stopped only once the accepted hedge had been learned, queued, and had aborted attempt 0 (and
+    then while attempt 0's socket showed its end): a hedge due in between went after the call had
+    its answer (14-32 of 100 calls with hedges 1 ms apart on an idle process). Here that stretch is
+    made 0.1 s long (a delays provider slow to learn the hedge's 200, on the hedge's thread), and
+    the next hedge is due 20 ms after the one that answered."""
+    server.route("/x", Hanging(hang=1))
+
+    class SlowToLearn(RequestAttemptDelaysProvider):
+        def __call__(self, request: Request, attempt: int) -> float:
+            return 0.02 * attempt
+
+        def observe(self, request: Request, response: Response) -> None:
+            if response.status == 200:
+                time.sleep(0.1)
+
+    client = make_client(
+        timeout=3.0,
+        retry_budget=None,
+        safe_method_strategy=parallel_strategy(attempts_count=3, delays_provider=SlowToLearn(), stragglers_only=False),
+    )
+    response, _ = call_then_wait_for_stray_hedges(client, "x")
+    assert (response.status, response.read()) == (200, b"fast")
+    assert len(server.received("/x")) == 2
+
+
 class TestWhatAPercentileProviderLearns:
     """What the parallel (and sequential) strategies tell a learning delays provider, against a real
     server: the attempts their deadline ended, and abandoned attempts only when a faster one won."""
@@ -1246,6 +1285,44 @@ class TestHedgesAfterARefusalOrAShed:
         caller.join()
         assert result == [(200, True)]
         assert len(server.received("/x")) == 1  # attempt 0 only: no hedge at 0.2 s
+
+    def test_a_hedge_handed_to_a_worker_before_the_refusal_is_not_asked_again_nor_sent(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        # The budget is asked when a worker runs the hedge, not when the timer launches it: on a busy
+        # process two hedges were launched before the first asked. Both were asked (the refusal
+        # counted twice: 1.66 a call at 32 threads), and the second, granted what other calls had
+        # deposited meanwhile, went after its call's refusal. A budget slow to answer, refusing
+        # first and then granting, makes that interleaving certain here.
+        from django_aio_request import RetryBudget
+
+        class SlowToAnswer(RetryBudget):
+            def __init__(self) -> None:
+                super().__init__(ratio=1.0, min_per_second=0)
+                self.answers = iter([False, True, True])
+                self.asked = 0
+
+            def try_spend(self) -> bool:
+                self.asked += 1
+                time.sleep(0.06)  # the timer launches the next hedge meanwhile
+                return next(self.answers)
+
+        server.route("/x", answer_after(0.3, body=b"first"))
+        budget = SlowToAnswer()
+        client = make_client(
+            timeout=3.0,
+            retry_budget=budget,
+            safe_method_strategy=parallel_strategy(
+                attempts_count=3, delays_provider=lambda k: 0.02 * k, stragglers_only=False
+            ),
+        )
+        before = exhausted(client)
+        with client.request(get("x")) as response:
+            assert (response.status, response.read(), response.budget_exhausted) == (200, b"first", True)
+        time.sleep(0.1)  # time for a stray hedge to reach the server
+        assert len(server.received("/x")) == 1  # attempt 0 only
+        assert budget.asked == 1
+        assert exhausted(client) - before == 1
 
     @pytest.mark.parametrize("younger_answer", [503, 429, 200])
     def test_an_overloaded_answer_to_a_younger_call_makes_no_straggler(
