@@ -2,8 +2,9 @@
 
 import os
 import time
+from collections.abc import Iterator
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import include, path
 
 
@@ -20,9 +21,21 @@ def fails(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"no", status=503)
 
 
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Returns at once; its body takes ``sleep`` seconds to make."""
+
+    def body() -> Iterator[bytes]:
+        yield b"first "
+        time.sleep(float(request.GET["sleep"]))
+        yield b"last"
+
+    return StreamingHttpResponse(body())
+
+
 urlpatterns = [
     path("metrics-test/ping", ping),
     path("metrics-test/things/<int:pk>", thing),
     path("metrics-test/fails", fails),
+    path("metrics-test/stream", stream),
     path("", include("django_prometheus.urls")),
 ]
