@@ -508,6 +508,26 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_runnin
     assert 2.5 < float(seen["timeout"]) < 4.8
 
 
+@pytest.mark.timeout(120)
+def test_a_connection_its_caller_closed_is_no_request_in_the_queue_metrics() -> None:
+    # The close of each connection (queued to the pool so that a thread closes it) was recorded in
+    # aio_request_server_thread_queue_wait_seconds as a request at the default priority: 20 high
+    # priority requests on connections their caller closed showed as 20 high and 20 normal.
+    with server(WORKER, 2, {"shedding": None}) as url:
+        for _ in range(10):
+            answers: list[Any] = []
+            ask(url, "/timeout", {"X-Request-Priority": "high", "X-Request-Timeout": "5"}, answers)
+            assert answers[0][0] == 200
+        time.sleep(0.3)  # the last hang-up handled
+        samples = scrape(url)
+    name = "aio_request_server_thread_queue_wait_seconds_count"
+    waits = {p: samples.get((name, (("priority", p),)), 0.0) for p in ("high", "normal", "low")}
+    # The ten, and the scrape itself (normal: it sends no priority); not the hang-ups, nor the
+    # connection that found the server listening.
+    assert waits == {"high": 10, "normal": 1, "low": 0}
+    assert samples[("aio_request_server_thread_queue_length", (("priority", "normal"),))] == 0
+
+
 @contextmanager
 def worker_with(tmp_path: Path, aio_request: dict[str, Any]) -> Iterator[str]:
     """A PriorityThreadWorker of one thread serving the shedding service with ``aio_request`` added
