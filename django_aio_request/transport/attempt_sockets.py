@@ -97,17 +97,24 @@ class AttemptSockets:
         with self._lock:
             self._sent = True
 
-    def wait(self, event: threading.Event) -> None:
-        """Block until ``event`` is set, the deadline passes or the attempt is aborted."""
+    def wait(self, event: threading.Event, most: float | None = None) -> None:
+        """Block until ``event`` is set, the deadline passes or the attempt is aborted (or ``most``
+        seconds have passed)."""
         with self._lock:
             if self.reason is not None:
                 return
             self._wakers.add(event)
         try:
-            event.wait(max(0.0, self.remaining()))
+            left = self.remaining()
+            event.wait(max(0.0, left if most is None else min(left, most)))
         finally:
             with self._lock:
                 self._wakers.discard(event)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less: until the deadline passes or the attempt is aborted."""
+        if seconds > 0:
+            self.wait(threading.Event(), seconds)
 
     def attach(self, conn: Any, sock: socket.socket | None, *, owned: bool = False) -> None:
         """Register the socket ``conn`` now uses (replacing its previous one).
@@ -171,6 +178,11 @@ def _shutdown(sock: socket.socket) -> None:
 
 def _current() -> AttemptSockets | None:
     return getattr(_local, "guard", None)
+
+
+def current_attempt() -> AttemptSockets | None:
+    """The guard of the attempt running in this thread, or None outside one."""
+    return _current()
 
 
 def stop_if_over() -> None:

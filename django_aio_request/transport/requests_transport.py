@@ -42,6 +42,7 @@ from django_aio_request.transport.attempt_sockets import (
     stop_if_over,
 )
 from django_aio_request.transport.base import Transport
+from django_aio_request.transport.bounded_retries import deadline_bound
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
@@ -168,8 +169,9 @@ class _GuardedAdapter(HTTPAdapter):
 
 
 def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:
-    """A guarded adapter with ``adapter``'s settings: its pool sizes, retries and the options it gave
-    its pools (``source_address``, ``ssl_context``, ... set with ``init_poolmanager``).
+    """A guarded adapter with ``adapter``'s settings: its pool sizes, retries (bounded by each
+    attempt's deadline: bounded_retries.py) and the options it gave its pools (``source_address``,
+    ``ssl_context``, ... set with ``init_poolmanager``).
 
     ``adapter`` itself is left as it is (another session may use it): the transport's session mounts
     the copy in its place, as it mounts its own adapters for ``http://`` and ``https://``.
@@ -177,7 +179,7 @@ def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:
     copy = _GuardedAdapter(
         pool_connections=adapter._pool_connections,  # type: ignore[attr-defined]
         pool_maxsize=adapter._pool_maxsize,  # type: ignore[attr-defined]
-        max_retries=adapter.max_retries,
+        max_retries=deadline_bound(adapter.max_retries),  # its pauses were sleeps past the deadline
         pool_block=adapter._pool_block,  # type: ignore[attr-defined]
     )
     kept = getattr(adapter.poolmanager, "connection_pool_kw", {})

@@ -35,6 +35,7 @@ from django_aio_request import (
     setup,
     single_attempt_strategy,
 )
+from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.response import UnsentResponse
 from tests.support.loopback import Handler, LoopbackServer, free_port, holding_the_only_connection, replies, trickle
 
@@ -984,6 +985,126 @@ def test_a_plain_adapter_mounted_for_a_prefix_is_bounded_by_the_deadline_and_lef
     assert (ok.status, ok.read()) == (200, b"ok")
     assert copy is not adapter
     assert isinstance(copy, HTTPAdapter)
-    assert (copy._pool_maxsize, copy.max_retries) == (4, retries)  # type: ignore[attr-defined]
+    assert copy._pool_maxsize == 4  # type: ignore[attr-defined]
+    assert (type(copy.max_retries).__name__, copy.max_retries.total, copy.max_retries.read) == ("Retry", 1, False)
     assert adapter.poolmanager.pool_classes_by_scheme is PoolManager().pool_classes_by_scheme  # as it was
     assert session.adapters[server.url + "elsewhere/"] is own  # another class: used as it is
+
+
+def _503_then(retry_after: str, then: int = 503) -> Callable[[Handler], None]:
+    """The first answer a 503 with ``Retry-After: retry_after``; the next ones ``then``."""
+    count = iter(range(1_000_000))
+
+    def handle(handler: Handler) -> None:
+        if next(count) == 0 or then == 503:
+            handler.reply(503, b"busy", headers={"Retry-After": retry_after})
+        else:
+            handler.reply(then, b"served")
+
+    return handle
+
+
+def _with_retries(url: str, retries: Retry) -> RequestsTransport:
+    session = requests.Session()
+    session.mount(url, HTTPAdapter(max_retries=retries))  # a longer prefix than http://
+    return RequestsTransport(session)
+
+
+@pytest.mark.parametrize(
+    "retries",
+    [
+        Retry(total=3, status_forcelist=[503], allowed_methods=None, raise_on_status=False),
+        Retry(total=4, status_forcelist=[503], backoff_factor=0.4, respect_retry_after_header=False),
+    ],
+    ids=["retry-after", "backoff, raise_on_status"],
+)
+def test_a_mounted_adapter_s_retry_that_would_pause_past_the_deadline_is_not_made(
+    server: LoopbackServer, retries: Retry
+) -> None:
+    """docs/usage.md: calls through a plain HTTPAdapter mounted for a longer prefix are bounded by the
+    deadline. Its urllib3 Retry slept between retries, a sleep no timer wakes: a 0.5 s call came back
+    after 3.0 s (Retry-After: 3) or 5.6 s (a backoff). A retry whose pause would not end before the
+    deadline is not made: the server's last answer is the attempt's, at once."""
+    server.route("/busy", _503_then("3"))
+    transport = _with_retries(server.url, retries)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    # As when its retries are spent: the last answer, or with raise_on_status (urllib3's default) a 489.
+    assert response.status == (503 if not retries.raise_on_status else 489)
+    assert elapsed < 0.3, elapsed
+    # Retry-After 3 s: none made; the backoff's first retry goes at once, its second would wait 0.8 s.
+    assert len(server.received("/busy")) == (1 if retries.respect_retry_after_header else 2)
+
+
+def test_a_mounted_adapter_s_retry_that_fits_in_the_deadline_is_made(server: LoopbackServer) -> None:
+    server.route("/busy", _503_then("1", then=200))
+    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503]))
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 2.0)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"served")
+    assert 1.0 <= elapsed < 1.5
+    assert len(server.received("/busy")) == 2
+
+
+def test_a_mounted_adapter_s_connect_retries_end_with_the_deadline() -> None:
+    """A refused port with Retry(connect=3, backoff_factor=0.5): 3.0 s for a 0.5 s call before."""
+    url = f"http://127.0.0.1:{free_port()}/"
+    transport = _with_retries(url, Retry(total=3, connect=3, backoff_factor=0.5))
+    try:
+        started = time.monotonic()
+        response = transport.send(url, get("x"), 0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert response.status == 489
+    assert elapsed < 0.3, elapsed
+
+
+def test_a_mounted_adapter_s_pause_before_a_retry_ends_when_the_attempt_is_cancelled(server: LoopbackServer) -> None:
+    # The pause waits on the attempt, which a hedge that won or a cancelled async call aborts.
+    server.route("/busy", _503_then("2", then=200))
+    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503]))
+    cancellation = Cancellation()
+    threading.Timer(0.3, cancellation.cancel).start()
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 5.0, cancellation)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert response.status == 499
+    assert 0.3 <= elapsed < 0.6, elapsed
+    assert len(server.received("/busy")) == 1
+
+
+class _CountingRetry(Retry):
+    """A Retry of the user's own class, with its own rule for the backoff."""
+
+    def get_backoff_time(self) -> float:
+        return 0.05 if self.history else 0.0
+
+
+def test_a_mounted_adapter_s_own_retry_class_keeps_its_rules(server: LoopbackServer) -> None:
+    server.route("/busy", _503_then("0"))
+    retries = _CountingRetry(total=3, status_forcelist=[503], raise_on_status=False)
+    transport = _with_retries(server.url, retries)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 2.0)
+        elapsed = time.monotonic() - started
+        copy = transport._session.get_adapter(server.url).max_retries  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+    assert response.status == 503
+    assert len(server.received("/busy")) == 4  # all three retries, 50 ms apart
+    assert 0.1 <= elapsed < 1.0
+    assert isinstance(copy, _CountingRetry)
+    assert retries.history == ()  # the user's own is left as it was

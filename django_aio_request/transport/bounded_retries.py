@@ -1,0 +1,91 @@
+"""urllib3 retries that end with the attempt's deadline.
+
+A plain ``HTTPAdapter`` the user mounted on their session for a longer prefix brings its own
+``urllib3`` ``Retry``: retries inside one attempt, on a refused connection or on a status in its
+``status_forcelist``, with a pause before each (a backoff, or the answer's ``Retry-After``). The pause
+is a ``time.sleep()``, which the deadline's timer cannot wake (it shuts sockets down), so a call
+returned its 408 seconds past its deadline (3 s for a 0.5 s deadline with ``Retry-After: 3``, 5.6 s
+with a backoff). :func:`deadline_bound` gives the transport a copy of such a ``Retry`` that:
+
+* makes no retry whose pause would not end before the attempt's deadline: it gives up as urllib3
+  does when the retries are spent (the last answer is the attempt's, or its error a failed
+  connection's), so the call ends at once with what the server said rather than at the deadline;
+* pauses on the attempt's guard, which an abort (a hedge that won, a cancelled async call) wakes.
+
+The pause is worked out as urllib3's ``Retry.sleep()`` does (``get_retry_after()``, else
+``get_backoff_time()``), so a subclass's own rules for those are kept; its own ``sleep()`` is not.
+"""
+
+import copy
+import threading
+from typing import Any, Self
+
+from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.util.retry import Retry
+
+from django_aio_request.transport.attempt_sockets import current_attempt
+
+
+class _DeadlineBound(Retry):
+    """Mixed before the class of the user's ``Retry`` (see :func:`deadline_bound`)."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Self:
+        retried = super().increment(method, url, response, error, _pool, _stacktrace)
+        guard = current_attempt()
+        if guard is not None and _pause(retried, response) >= guard.remaining():
+            # As urllib3 when the retries are spent: the answer is returned (raise_on_status=False)
+            # or MaxRetryError raised with what failed.
+            reason = error or ResponseError(
+                ResponseError.SPECIFIC_ERROR.format(status_code=response.status)
+                if response is not None and response.status
+                else ResponseError.GENERIC_ERROR
+            )
+            raise MaxRetryError(_pool, url or "", reason) from reason
+        return retried
+
+    def sleep(self, response: Any = None) -> None:
+        guard = current_attempt()
+        if guard is None:
+            super().sleep(response)
+            return
+        guard.pause(_pause(self, response))
+        if guard.reason is not None:
+            raise ConnectionAbortedError("the attempt was aborted while it waited to retry")
+
+
+def _pause(retries: Retry, response: Any) -> float:
+    """How long ``retries.sleep(response)`` would sleep (as urllib3 2.x's ``Retry.sleep``)."""
+    if retries.respect_retry_after_header and response:
+        try:
+            after = retries.get_retry_after(response)
+        except Exception:  # an unparsable Retry-After: urllib3's sleep() raises it, and so will ours
+            after = None
+        if after:
+            return float(after)
+    return float(retries.get_backoff_time())
+
+
+_classes: dict[type[Retry], type[Retry]] = {}
+_classes_lock = threading.Lock()
+
+
+def deadline_bound(retries: Retry) -> Retry:
+    """A copy of ``retries`` (of its class, with its settings and history) bounded by the deadline."""
+    if isinstance(retries, _DeadlineBound):
+        return retries
+    kind = type(retries)
+    with _classes_lock:
+        bound = _classes.get(kind)
+        if bound is None:
+            bound = _classes[kind] = type(kind.__name__, (_DeadlineBound, kind), {"__module__": kind.__module__})
+    made = copy.copy(retries)
+    made.__class__ = bound
+    return made
