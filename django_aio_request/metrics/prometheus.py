@@ -83,6 +83,24 @@ ENABLED = _prometheus is not None
 MULTIPROCESS = ENABLED and _prometheus.values.ValueClass is not _prometheus.values.MutexValue
 
 
+def _check_multiprocess_directory() -> None:
+    """Fail with the cause, not with prometheus_client's ``FileNotFoundError .../counter_<pid>.db``
+    from the first metric made, which ``manage.py check`` and every request died of."""
+    if not MULTIPROCESS:
+        return
+    legacy = os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - the old name prometheus_client still reads
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or legacy
+    if directory and not os.path.isdir(directory):
+        raise RuntimeError(
+            f"PROMETHEUS_MULTIPROC_DIR is {directory!r}, which is not a directory: prometheus_client keeps"
+            " each process's metrics in files there. Create it (empty) before the processes start"
+            " (docs/metrics.md, multiprocess mode)"
+        )
+
+
+_check_multiprocess_directory()
+
+
 logger = logging.getLogger(__name__)
 
 _follow_lock = threading.Lock()  # a family starts following another collector once

@@ -85,3 +85,22 @@ def test_counts_recorded_before_a_late_aio_request_import_are_kept(multiprocess:
     assert after["aio_request_server_latency_count{}"] == 6
     assert after["aio_request_server_latency_sum{}"] == pytest.approx(6 * 0.03)
     assert after["aio_request_server_latency_bucket{0.05}"] == 6
+
+
+@pytest.mark.parametrize("variable", ["PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"])
+def test_manage_py_check_names_a_multiprocess_directory_that_does_not_exist(variable: str, tmp_path: Path) -> None:
+    # prometheus_client failed at the first metric made, with FileNotFoundError .../counter_<pid>.db:
+    # manage.py check (and every request) died of it without saying which setting was wrong.
+    from tests.support.manage import manage
+
+    missing = tmp_path / "not-made"
+    env = {key: value for key, value in os.environ.items() if key.lower() != "prometheus_multiproc_dir"}
+    env[variable] = str(missing)
+    done = manage("check", settings="settings.demo", env=env)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "PROMETHEUS_MULTIPROC_DIR" in last
+    assert str(missing) in last
+    assert "FileNotFoundError" not in done.stderr
+    missing.mkdir()
+    assert manage("check", settings="settings.demo", env=env).returncode == 0
