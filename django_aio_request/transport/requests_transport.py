@@ -189,6 +189,49 @@ def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:
     return copy
 
 
+def _is_requests_default(retries: object) -> bool:
+    """Whether ``retries`` are what ``HTTPAdapter()`` gets by default (no retry but on a stale connection)."""
+    return type(retries) is Retry and vars(retries) == vars(Retry(0, read=False))
+
+
+def _scheme_adapter(
+    prefix: str, mounted: object, retries: Retry, max_connections: int, connect_retries: int
+) -> _GuardedAdapter:
+    """The guarded adapter the transport mounts for ``prefix`` (``http://`` or ``https://``), with the
+    settings of the session's own adapter there: the options it gave its pools (an ``ssl_context``
+    with a client certificate or a private CA, ``source_address``, ...) and its retries, bounded by
+    the deadline (bounded_retries.py). Replaced by a bare one, such an adapter's settings were dropped
+    without a word. Its pool size is ``max_connections`` (the transport's slots: urllib3 never has to
+    throw a connection away). An adapter of another class cannot be kept there (every call goes
+    through that prefix, and none would be bounded): ValueError, saying where it can go."""
+    made = _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
+    made._aio_request_retries = True  # type: ignore[attr-defined] # the retries are a transport's, not a user's
+    if mounted is None:
+        return made
+    if type(mounted) not in (HTTPAdapter, _GuardedAdapter):
+        raise ValueError(
+            f"the session's adapter for {prefix!r} is a {type(mounted).__name__}, where this transport mounts its own"
+            " (which bounds each call by its deadline) and would drop it: mount it for the hosts it is for"
+            " (session.mount('https://billing.internal/', adapter)), where it is used as it is, its calls"
+            " not bounded by the deadline (docs/usage.md)"
+        )
+    assert isinstance(mounted, HTTPAdapter)
+    theirs = mounted.max_retries
+    if not (getattr(mounted, "_aio_request_retries", False) or _is_requests_default(theirs)):
+        if connect_retries:
+            raise ValueError(
+                f"connect_retries={connect_retries} and the session's adapter for {prefix!r} has retries of its own"
+                f" ({theirs!r}): set one of them"
+            )
+        made.max_retries = deadline_bound(theirs)
+        made._aio_request_retries = False  # type: ignore[attr-defined]
+    kept = getattr(mounted.poolmanager, "connection_pool_kw", {})
+    extra = {name: value for name, value in kept.items() if name not in ("maxsize", "block")}
+    if extra:
+        made.init_poolmanager(16, max_connections, block=False, **extra)
+    return made
+
+
 def _stamp_time_left(sent: requests.PreparedRequest | None, remaining: Callable[[], float]) -> None:
     """Before requests sends ``sent`` (or, for a redirect, the next hop a copy of its headers): an
     ``X-Request-Timeout`` the pipeline stamped (a ``StampedTimeout``) is made the time left now.
@@ -259,9 +302,8 @@ class RequestsTransport(Transport):
             raise_on_status=False,
         )
         for prefix in ("http://", "https://"):
-            session.mount(
-                prefix, _GuardedAdapter(pool_connections=16, pool_maxsize=max_connections, max_retries=retries)
-            )
+            mounted = session.adapters.get(prefix)
+            session.mount(prefix, _scheme_adapter(prefix, mounted, retries, max_connections, connect_retries))
         for prefix, adapter in list(session.adapters.items()):
             if type(adapter) is HTTPAdapter:  # mounted for a longer prefix: unguarded, a trickle outlasted the deadline
                 session.mount(prefix, _guarded_copy(adapter))

@@ -1108,3 +1108,69 @@ def test_a_mounted_adapter_s_own_retry_class_keeps_its_rules(server: LoopbackSer
     assert 0.1 <= elapsed < 1.0
     assert isinstance(copy, _CountingRetry)
     assert retries.history == ()  # the user's own is left as it was
+
+
+def test_the_session_s_own_plain_adapter_for_the_scheme_keeps_its_retries_and_pool_options(
+    server: LoopbackServer,
+) -> None:
+    """Its adapter for http:// was replaced by a bare guarded one: its retries and the options it gave
+    its pools (here the address to connect from) were dropped without a word."""
+    seen_from: list[str] = []
+    answers = _503_then("1", then=200)
+
+    def busy_then_served(handler: Handler) -> None:
+        seen_from.append(handler.client_address[0])
+        answers(handler)
+
+    server.route("/busy", busy_then_served)
+    adapter = HTTPAdapter(max_retries=Retry(total=3, status_forcelist=[503]))
+    adapter.init_poolmanager(10, 10, source_address=("127.0.0.2", 0))
+    session = requests.Session()
+    session.mount("http://", adapter)
+    transport = RequestsTransport(session, max_connections=4)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 2.0)
+        elapsed = time.monotonic() - started
+        mounted = session.get_adapter(server.url)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"served")  # retried after Retry-After: 1
+    assert 1.0 <= elapsed < 1.5
+    assert seen_from == ["127.0.0.2", "127.0.0.2"]
+    assert mounted is not adapter
+    assert mounted._pool_maxsize == 4  # type: ignore[attr-defined] # the transport's slots
+    assert adapter.max_retries.history == ()  # the user's own, left as it was
+
+
+class _AdapterForTheScheme(HTTPAdapter):
+    """An adapter class of the user's own (an ssl_context set in init_poolmanager, say)."""
+
+
+def test_an_adapter_of_another_class_for_the_scheme_is_refused_with_where_it_can_go() -> None:
+    session = requests.Session()
+    session.mount("https://", _AdapterForTheScheme())
+    with pytest.raises(ValueError, match=r"adapter for 'https://' is a _AdapterForTheScheme.*mount it for the hosts"):
+        RequestsTransport(session)
+
+
+def test_connect_retries_and_the_scheme_adapter_s_own_retries_are_not_both_taken() -> None:
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=Retry(total=2, connect=2)))
+    with pytest.raises(ValueError, match="connect_retries=1 and the session's adapter for 'http://' has retries"):
+        RequestsTransport(session, connect_retries=1)
+    RequestsTransport(session).close()  # either alone is fine
+
+
+def test_a_session_given_to_a_second_transport_takes_that_transport_s_settings(server: LoopbackServer) -> None:
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    session = requests.Session()
+    first = RequestsTransport(session, connect_retries=2, max_connections=2)
+    second = RequestsTransport(session, connect_retries=0, max_connections=8)  # no clash with the first's retries
+    try:
+        assert second.send(server.url, get("ok"), DEADLINE).status == 200
+        assert session.get_adapter(server.url)._pool_maxsize == 8  # type: ignore[attr-defined]
+        assert session.get_adapter(server.url).max_retries.connect == 0  # type: ignore[attr-defined]
+    finally:
+        first.close()
+        second.close()
