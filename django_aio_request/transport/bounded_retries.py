@@ -18,7 +18,7 @@ The pause is worked out as urllib3's ``Retry.sleep()`` does (``get_retry_after()
 
 import copy
 import threading
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
@@ -38,7 +38,9 @@ class _DeadlineBound(Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> Self:
-        retried = super().increment(method, url, response, error, _pool, _stacktrace)
+        # Bound again: a subclass whose new() makes its own class (one whose __init__ takes more
+        # arguments must) handed back an unbounded Retry, whose next pause slept 30 s past a 2.5 s deadline.
+        retried = cast(Self, deadline_bound(super().increment(method, url, response, error, _pool, _stacktrace)))
         guard = current_attempt()
         if guard is not None and _pause(retried, response) >= guard.remaining():
             # As urllib3 when the retries are spent: the answer is returned (raise_on_status=False)
@@ -56,17 +58,21 @@ class _DeadlineBound(Retry):
         if guard is None:
             super().sleep(response)
             return
-        guard.pause(_pause(self, response))
+        guard.pause(_pause(self, response, strict=True))
         if guard.reason is not None:
             raise ConnectionAbortedError("the attempt was aborted while it waited to retry")
 
 
-def _pause(retries: Retry, response: Any) -> float:
-    """How long ``retries.sleep(response)`` would sleep (as urllib3 2.x's ``Retry.sleep``)."""
+def _pause(retries: Retry, response: Any, *, strict: bool = False) -> float:
+    """How long ``retries.sleep(response)`` would sleep (as urllib3 2.x's ``Retry.sleep``). An
+    unparsable ``Retry-After`` raises ``InvalidHeader`` from urllib3's sleep(), and from ours
+    (``strict``); :meth:`_DeadlineBound.increment` only estimates, and takes the backoff then."""
     if retries.respect_retry_after_header and response:
         try:
             after = retries.get_retry_after(response)
-        except Exception:  # an unparsable Retry-After: urllib3's sleep() raises it, and so will ours
+        except Exception:
+            if strict:
+                raise
             after = None
         if after:
             return float(after)

@@ -1174,3 +1174,50 @@ def test_a_session_given_to_a_second_transport_takes_that_transport_s_settings(s
     finally:
         first.close()
         second.close()
+
+
+class _TaggedRetry(Retry):
+    """A Retry subclass with an __init__ of its own, whose new() must then make its own class."""
+
+    def __init__(self, tag: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tag = tag
+
+    def new(self, **kwargs: Any) -> "_TaggedRetry":
+        params = {
+            "total": self.total,
+            "status": self.status,
+            "status_forcelist": self.status_forcelist,
+            "raise_on_status": self.raise_on_status,
+            "history": self.history,
+            **kwargs,
+        }
+        return _TaggedRetry(self.tag, **params)
+
+
+def test_a_retry_class_whose_new_makes_its_own_class_stays_bounded(server: LoopbackServer) -> None:
+    """Only the first Retry was bounded: the one its new() made was not, and slept 30 s past a 2.5 s deadline."""
+    count = iter(range(100))
+    server.route("/busy", lambda h: h.reply(503, b"busy", headers={"Retry-After": "1" if next(count) == 0 else "30"}))
+    transport = _with_retries(server.url, _TaggedRetry("mine", total=3, status_forcelist=[503], raise_on_status=False))
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("busy"), 2.5)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+    assert response.status == 503  # the second answer: its 30 s pause would outlast the deadline
+    assert 1.0 <= elapsed < 1.5, elapsed
+    assert len(server.received("/busy")) == 2
+
+
+def test_an_unparsable_retry_after_ends_the_retries_as_urllib3_s_own_does(server: LoopbackServer) -> None:
+    # urllib3's sleep() raises InvalidHeader for it (a 489 here); the bounded copy retried instead.
+    server.route("/busy", lambda h: h.reply(503, b"busy", headers={"Retry-After": "soon"}))
+    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503], raise_on_status=False))
+    try:
+        response = transport.send(server.url, get("busy"), 2.0)
+    finally:
+        transport.close()
+    assert response.status == 489
+    assert len(server.received("/busy")) == 1
