@@ -88,13 +88,22 @@ def _check_multiprocess_directory() -> None:
     from the first metric made, which ``manage.py check`` and every request died of."""
     if not MULTIPROCESS:
         return
-    legacy = os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - the old name prometheus_client still reads
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or legacy
-    if directory and not os.path.isdir(directory):
+    # As prometheus_client reads them: the upper-case name when it is set at all (even empty), else
+    # the old lower-case one.
+    name = "PROMETHEUS_MULTIPROC_DIR" if "PROMETHEUS_MULTIPROC_DIR" in os.environ else "prometheus_multiproc_dir"
+    directory = os.environ.get(name)
+    if directory is None:
+        return
+    if not directory:
         raise RuntimeError(
-            f"PROMETHEUS_MULTIPROC_DIR is {directory!r}, which is not a directory: prometheus_client keeps"
-            " each process's metrics in files there. Create it (empty) before the processes start"
-            " (docs/metrics.md, multiprocess mode)"
+            f"{name} is set but empty: prometheus_client would write each process's metric files into the"
+            " current directory. Set it to an empty directory made for them (docs/metrics.md, multiprocess mode)"
+        )
+    if not os.path.isdir(directory):
+        raise RuntimeError(
+            f"{name} is {directory!r}, which is not a directory: prometheus_client keeps each process's"
+            " metrics in files there. Create it (empty) before the processes start (docs/metrics.md,"
+            " multiprocess mode)"
         )
 
 

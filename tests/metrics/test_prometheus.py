@@ -99,8 +99,22 @@ def test_manage_py_check_names_a_multiprocess_directory_that_does_not_exist(vari
     done = manage("check", settings="settings.demo", env=env)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert "PROMETHEUS_MULTIPROC_DIR" in last
+    assert f"{variable} is " in last  # the variable that was set
     assert str(missing) in last
     assert "FileNotFoundError" not in done.stderr
     missing.mkdir()
     assert manage("check", settings="settings.demo", env=env).returncode == 0
+
+
+def test_an_empty_multiprocess_directory_variable_is_refused_not_the_current_directory(tmp_path: Path) -> None:
+    # prometheus_client takes an empty PROMETHEUS_MULTIPROC_DIR as set, and wrote its files into the
+    # current directory.
+    from tests.support.manage import manage
+
+    env = {key: value for key, value in os.environ.items() if key.lower() != "prometheus_multiproc_dir"}
+    env["PROMETHEUS_MULTIPROC_DIR"] = ""
+    before = set(ROOT.glob("*.db"))
+    done = manage("check", settings="settings.demo", env=env)
+    assert done.returncode != 0
+    assert "PROMETHEUS_MULTIPROC_DIR is set but empty" in done.stderr.strip().splitlines()[-1]
+    assert set(ROOT.glob("*.db")) == before
