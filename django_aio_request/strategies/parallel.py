@@ -261,6 +261,12 @@ class _HedgedCall:
         context = self.context.copy()  # one copy per attempt: a context runs in one thread at a time
 
         def run() -> None:
+            if self.settled or cancellation.cancelled:
+                # Launched before the call had its answer, started by a worker after it: not sent, and
+                # the budget not asked (granted, what it paid for went nowhere; refused, it counted a
+                # refusal the call's response never heard of: 6-20 of 1200 calls at 32 threads).
+                self.outcomes.put(None)
+                return
             try:
                 result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
                 if result is None:
