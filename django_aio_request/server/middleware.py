@@ -63,9 +63,9 @@ _TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-(?
 _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}
-_OWS = " \t"
+_OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
 # The status a request whose caller hung up is recorded with (nginx's "client closed request").
-CLIENT_CLOSED_REQUEST = 499  # RFC 9110 optional whitespace around a field value; servers usually strip it already
+CLIENT_CLOSED_REQUEST = 499
 
 
 # The values parse_timeout() accepted, and their seconds: a request carrying one of them again is
