@@ -129,6 +129,10 @@ class CacheCircuitStore(CircuitStore[str]):
 
     ``connect()`` returns the cache backend (an object with the Django cache API's ``add``,
     ``incr``, ``get_many``, ``set`` and ``delete_many``), once, on first use; ``alias`` names it in logs.
+    ``disconnect(backend)``, when given, is called by :meth:`close` on the backend ``connect()``
+    made, which is then the store's own: its connections are closed at once, not when the garbage
+    collector frees the store (a named client rebuilt by each settings change held one more Redis
+    connection each time: 21 to 221 over 100 rebuilds with the collector off).
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class CacheCircuitStore(CircuitStore[str]):
         *,
         connect: Callable[[], Any],
         namespace: str,
+        disconnect: Callable[[Any], None] | None = None,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
@@ -144,6 +149,7 @@ class CacheCircuitStore(CircuitStore[str]):
             raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
         self.alias = alias
         self._connect = connect
+        self._disconnect = disconnect
         self.namespace = namespace
         self.key_namespace = key_namespace(namespace)
         self.sync_interval = sync_interval
@@ -337,6 +343,14 @@ class CacheCircuitStore(CircuitStore[str]):
         with self._lock:
             if self._thread is thread:  # not one a call started meanwhile (it finds an ended thread dead)
                 self._thread = None
+        if self._disconnect is not None and self._pid == os.getpid():
+            with _CONNECTING:
+                cache, self._cache = self._cache, None  # used again, the store connects anew
+            if cache is not None:
+                try:
+                    self._disconnect(cache)
+                except Exception:  # best effort: the connections go with the backend anyway
+                    logger.debug("closing cache %r's connections failed", self.alias, exc_info=True)
 
     # -- the sync thread ---------------------------------------------------------------------------
 

@@ -97,8 +97,23 @@ def build_circuit_breaker(spec: ClientSpec) -> DefaultCircuitBreaker[str, Any] |
         from django_aio_request.breaker.cache_store import CacheCircuitStore
 
         alias = spec.circuit_breaker_state
-        store = CacheCircuitStore(alias, connect=lambda: caches.create_connection(alias), namespace=spec.name)
+        store = CacheCircuitStore(
+            alias, connect=lambda: caches.create_connection(alias), namespace=spec.name, disconnect=disconnect_cache
+        )
     return DefaultCircuitBreaker(store=store, **spec.circuit_breaker)
+
+
+def disconnect_cache(backend: Any) -> None:
+    """Close the connections of a cache backend made by ``caches.create_connection()`` for one store.
+
+    Django's ``RedisCache.close()`` does nothing (Django keeps a process's pools for its life); a
+    backend made for one store has pools of its own, disconnected here."""
+    backend.close()
+    client = backend.__dict__.get("_cache")  # RedisCache's client, if it was made (a cached_property)
+    pools = getattr(client, "_pools", None)
+    if isinstance(pools, dict):
+        for pool in list(pools.values()):
+            pool.disconnect()
 
 
 def build_client(spec: ClientSpec, service_name: str | None, transport: Transport | None = None) -> Client:
