@@ -392,8 +392,10 @@ class Client:
         """Stop the client's threads and close its pooled connections; never wait for a call.
 
         Calls in flight meanwhile go on (an attempt running keeps its connection until it ends, and
-        closes it then) and send no more hedges until a call reopens the client: the hedges they send
-        after that go to its new threads, counted against ``max_workers`` there. With nothing running
+        closes it then; one they start afterwards, a retry, opens a connection that stays pooled
+        here until the client is used again or freed) and send no more hedges until a call reopens
+        the client: the hedges they send after that go to its new threads, counted against
+        ``max_workers`` there. With nothing running
         on the client's threads (no async call in flight, queued or running, and no hedge running),
         ``close()`` joins them and returns with none of them left: a client used only by sync calls
         and closed between calls leaves no thread behind. With something running there it waits for
