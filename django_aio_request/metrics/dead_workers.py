@@ -33,6 +33,8 @@ STALE_AFTER = 3 * SWEEP_INTERVAL  # a dead process's file untouched this long is
 
 # prometheus_client's live modes (livesum, liveall, livemax, livemin, livemostrecent): gauge_<mode>_<pid>.db
 _LIVE_FILE = re.compile(r"gauge_live[a-z]+_([0-9]+)\.db")
+# Any metric file of a process: counter_<pid>.db, histogram_<pid>.db, gauge_<mode>_<pid>.db, ...
+_ANY_FILE = re.compile(r"[a-z]+(?:_[a-z]+)?_([0-9]+)\.db")
 
 _lock = threading.Lock()
 _next_sweep = 0.0
@@ -70,6 +72,20 @@ def sweep(directory: str, now: float | None = None) -> list[int]:
         for entry in entries:
             match = _LIVE_FILE.fullmatch(entry.name)
             if match is None:
+                # Any other file of a dead process is kept (its totals must not drop), but for an empty
+                # one: prometheus_client creates a file before it sizes it, a process killed in between
+                # leaves it at 0 bytes, and every scrape then fails on it (struct.error, a 500) for good
+                # (prometheus/client_python#1199). Empty, it holds nothing to lose.
+                match = _ANY_FILE.fullmatch(entry.name)
+                if match is None or int(match[1]) == me:
+                    continue
+                try:
+                    info = entry.stat()
+                    if info.st_size == 0 and now - info.st_mtime > STALE_AFTER and not _alive(int(match[1])):
+                        os.remove(entry.path)
+                        removed.add(int(match[1]))
+                except OSError:  # removed meanwhile, or not ours to remove: the next sweep looks again
+                    pass
                 continue
             pid = int(match[1])
             try:

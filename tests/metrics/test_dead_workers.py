@@ -3,9 +3,11 @@
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +25,8 @@ def a_dead_pid() -> int:
     return child.pid
 
 
-def touched(path: Path, seconds_ago: float) -> Path:
-    path.write_bytes(b"")
+def touched(path: Path, seconds_ago: float, content: bytes = b"\x08\x00\x00\x00\x00\x00\x00\x00") -> Path:
+    path.write_bytes(content)  # by default what prometheus_client writes first: 8 bytes used, no value
     when = time.time() - seconds_ago
     os.utime(path, (when, when))
     return path
@@ -51,6 +53,32 @@ def test_a_sweep_removes_only_dead_processes_live_gauges_untouched_for_a_while(t
     left = {name for name, path in files.items() if path.exists()}
     assert left == set(files) - {"dead, old", "dead, old, another live mode"}
     assert time.time() - files["this process, old"].stat().st_mtime < 5  # touched: it says this process lives
+
+
+def test_an_empty_metric_file_of_a_dead_process_is_swept_as_it_fails_every_scrape(tmp_path: Path) -> None:
+    """prometheus_client creates a process's file before it sizes it: a process killed in between left
+    it empty, and every scrape failed on it (struct.error: a 500 from /metrics) for good."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    dead, alive, me = a_dead_pid(), os.getppid(), os.getpid()
+    old = dead_workers.STALE_AFTER + 5
+    empty = touched(tmp_path / f"counter_{dead}.db", old, b"")
+    with_totals = touched(tmp_path / f"histogram_{dead}.db", old)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    with pytest.raises(struct.error):
+        generate_latest(registry)  # prometheus_client's own failure
+    kept = [
+        with_totals,
+        touched(tmp_path / f"gauge_all_{dead}.db", 1, b""),  # lately: a process this one cannot see
+        touched(tmp_path / f"counter_{alive}.db", old, b""),  # its process may still size it
+        touched(tmp_path / f"histogram_{me}.db", old, b""),
+    ]
+
+    assert dead_workers.sweep(str(tmp_path)) == [dead]
+
+    assert not empty.exists()
+    assert all(path.exists() for path in kept)
 
 
 def test_a_file_a_sweep_cannot_remove_is_said_once_and_the_others_are_swept(
@@ -118,6 +146,19 @@ def uvicorn_workers(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield served
 
 
+def scraped_states(url: str, endpoint: str) -> dict[str, float]:
+    """:func:`breaker_states`; ``open`` -1 (scrape again) for the 500 of a scrape made while the worker
+    that replaces the killed one makes its metric files: prometheus_client creates each before it
+    sizes it, and a scrape that reads one then fails (prometheus/client_python#1199; docs/metrics.md).
+    CI saw it once."""
+    try:
+        return breaker_states(url, endpoint)
+    except urllib.error.HTTPError as error:
+        if error.code != 500:
+            raise
+        return {"open": -1.0, "closed": 0.0, "half_open": 0.0}
+
+
 @pytest.mark.timeout(120)
 def test_a_sigkilled_uvicorn_worker_s_open_breaker_leaves_the_gauge(uvicorn_workers: tuple[str, str]) -> None:
     """uvicorn's supervisor replaces a killed worker but has no hook to mark it dead: its ``open``
@@ -136,7 +177,7 @@ def test_a_sigkilled_uvicorn_worker_s_open_breaker_leaves_the_gauge(uvicorn_work
 
     # Within STALE_AFTER plus a sweep or two (the killed worker's file must be untouched that long).
     by = time.monotonic() + dead_workers.STALE_AFTER + 4 * dead_workers.SWEEP_INTERVAL + 5
-    while (states := breaker_states(url, endpoint))["open"] != 0:  # each scrape is a request: workers record
+    while (states := scraped_states(url, endpoint))["open"] != 0:  # each scrape is a request: workers record
         assert time.monotonic() < by, f"the killed worker's open circuit is still counted: {states}"
         time.sleep(0.2)
     assert states["half_open"] == 0
