@@ -1010,6 +1010,19 @@ def _with_retries(url: str, retries: Retry) -> RequestsTransport:
     return RequestsTransport(session)
 
 
+def _sent_with_retries(
+    url: str, retries: Retry, path: str, timeout: float, cancellation: Cancellation | None = None
+) -> tuple[Response, float]:
+    """One attempt through an adapter with ``retries`` mounted for ``url``: its response and how long it took."""
+    transport = _with_retries(url, retries)
+    try:
+        started = time.monotonic()
+        response = transport.send(url, get(path), timeout, cancellation)
+        return response, time.monotonic() - started
+    finally:
+        transport.close()
+
+
 @pytest.mark.parametrize(
     "retries",
     [
@@ -1026,13 +1039,7 @@ def test_a_mounted_adapter_s_retry_that_would_pause_past_the_deadline_is_not_mad
     after 3.0 s (Retry-After: 3) or 5.6 s (a backoff). A retry whose pause would not end before the
     deadline is not made: the server's last answer is the attempt's, at once."""
     server.route("/busy", _503_then("3"))
-    transport = _with_retries(server.url, retries)
-    try:
-        started = time.monotonic()
-        response = transport.send(server.url, get("busy"), 0.5)
-        elapsed = time.monotonic() - started
-    finally:
-        transport.close()
+    response, elapsed = _sent_with_retries(server.url, retries, "busy", 0.5)
     # As when its retries are spent: the last answer, or with raise_on_status (urllib3's default) a 489.
     assert response.status == (503 if not retries.raise_on_status else 489)
     assert elapsed < 0.3, elapsed
@@ -1042,13 +1049,7 @@ def test_a_mounted_adapter_s_retry_that_would_pause_past_the_deadline_is_not_mad
 
 def test_a_mounted_adapter_s_retry_that_fits_in_the_deadline_is_made(server: LoopbackServer) -> None:
     server.route("/busy", _503_then("1", then=200))
-    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503]))
-    try:
-        started = time.monotonic()
-        response = transport.send(server.url, get("busy"), 2.0)
-        elapsed = time.monotonic() - started
-    finally:
-        transport.close()
+    response, elapsed = _sent_with_retries(server.url, Retry(total=3, status_forcelist=[503]), "busy", 2.0)
     assert (response.status, response.read()) == (200, b"served")
     assert 1.0 <= elapsed < 1.5
     assert len(server.received("/busy")) == 2
@@ -1057,13 +1058,7 @@ def test_a_mounted_adapter_s_retry_that_fits_in_the_deadline_is_made(server: Loo
 def test_a_mounted_adapter_s_connect_retries_end_with_the_deadline() -> None:
     """A refused port with Retry(connect=3, backoff_factor=0.5): 3.0 s for a 0.5 s call before."""
     url = f"http://127.0.0.1:{free_port()}/"
-    transport = _with_retries(url, Retry(total=3, connect=3, backoff_factor=0.5))
-    try:
-        started = time.monotonic()
-        response = transport.send(url, get("x"), 0.5)
-        elapsed = time.monotonic() - started
-    finally:
-        transport.close()
+    response, elapsed = _sent_with_retries(url, Retry(total=3, connect=3, backoff_factor=0.5), "x", 0.5)
     assert response.status == 489
     assert elapsed < 0.3, elapsed
 
@@ -1071,15 +1066,10 @@ def test_a_mounted_adapter_s_connect_retries_end_with_the_deadline() -> None:
 def test_a_mounted_adapter_s_pause_before_a_retry_ends_when_the_attempt_is_cancelled(server: LoopbackServer) -> None:
     # The pause waits on the attempt, which a hedge that won or a cancelled async call aborts.
     server.route("/busy", _503_then("2", then=200))
-    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503]))
     cancellation = Cancellation()
     threading.Timer(0.3, cancellation.cancel).start()
-    try:
-        started = time.monotonic()
-        response = transport.send(server.url, get("busy"), 5.0, cancellation)
-        elapsed = time.monotonic() - started
-    finally:
-        transport.close()
+    retries = Retry(total=3, status_forcelist=[503])
+    response, elapsed = _sent_with_retries(server.url, retries, "busy", 5.0, cancellation)
     assert response.status == 499
     assert 0.3 <= elapsed < 0.6, elapsed
     assert len(server.received("/busy")) == 1
@@ -1199,13 +1189,8 @@ def test_a_retry_class_whose_new_makes_its_own_class_stays_bounded(server: Loopb
     """Only the first Retry was bounded: the one its new() made was not, and slept 30 s past a 2.5 s deadline."""
     count = iter(range(100))
     server.route("/busy", lambda h: h.reply(503, b"busy", headers={"Retry-After": "1" if next(count) == 0 else "30"}))
-    transport = _with_retries(server.url, _TaggedRetry("mine", total=3, status_forcelist=[503], raise_on_status=False))
-    try:
-        started = time.monotonic()
-        response = transport.send(server.url, get("busy"), 2.5)
-        elapsed = time.monotonic() - started
-    finally:
-        transport.close()
+    retries = _TaggedRetry("mine", total=3, status_forcelist=[503], raise_on_status=False)
+    response, elapsed = _sent_with_retries(server.url, retries, "busy", 2.5)
     assert response.status == 503  # the second answer: its 30 s pause would outlast the deadline
     assert 1.0 <= elapsed < 1.5, elapsed
     assert len(server.received("/busy")) == 2
@@ -1214,10 +1199,7 @@ def test_a_retry_class_whose_new_makes_its_own_class_stays_bounded(server: Loopb
 def test_an_unparsable_retry_after_ends_the_retries_as_urllib3_s_own_does(server: LoopbackServer) -> None:
     # urllib3's sleep() raises InvalidHeader for it (a 489 here); the bounded copy retried instead.
     server.route("/busy", lambda h: h.reply(503, b"busy", headers={"Retry-After": "soon"}))
-    transport = _with_retries(server.url, Retry(total=3, status_forcelist=[503], raise_on_status=False))
-    try:
-        response = transport.send(server.url, get("busy"), 2.0)
-    finally:
-        transport.close()
+    retries = Retry(total=3, status_forcelist=[503], raise_on_status=False)
+    response, _ = _sent_with_retries(server.url, retries, "busy", 2.0)
     assert response.status == 489
     assert len(server.received("/busy")) == 1
