@@ -23,7 +23,13 @@ from typing import Any, cast
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    EmptyPoolError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+)
 from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.core import status
@@ -404,6 +410,46 @@ class _FreshWhenAskedMixin:
         return conn
 
 
+# How often a wait for a blocking pool's connection looks whether its attempt was aborted (a hedge
+# that won, a cancelled caller): nothing wakes a wait on the pool's queue. The deadline is kept to the
+# millisecond (no step outlasts it); an abort is seen within this.
+_POOL_WAIT_STEP = 0.02
+
+
+class _BoundedPoolWaitMixin:
+    """A pool that blocks when all its connections are out (an adapter mounted with ``pool_block=True``)
+    waits for one only while its attempt lasts.
+
+    requests passes no ``pool_timeout``, so urllib3 waited on the pool's queue with none: a wait the
+    deadline's timer (it shuts sockets down) cannot wake. A call given 0.5 s came back after 3.8 s,
+    when the call holding the pool's only connection let it go. The attempt ends as one aborted
+    before it sent anything: ``EmptyPoolError``, which urllib3 neither retries nor answers by putting
+    an empty slot back in the pool, and the transport answers the attempt's status (408, 499)."""
+
+    block: bool
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        guard = _current() if self.block else None
+        if guard is None:
+            return super()._get_conn(timeout)  # type: ignore[misc]
+        until = None if timeout is None else time.monotonic() + timeout  # a pool_timeout the caller gave
+        while True:
+            left = guard.remaining()
+            if guard.reason is None and left <= 0:
+                guard.abort(status.TIMEOUT)
+            if guard.reason is not None:
+                ended = "the attempt ended while it waited for a connection of this pool (pool_block)"
+                raise EmptyPoolError(self, ended)  # type: ignore[arg-type]
+            step = min(left, _POOL_WAIT_STEP)
+            if until is not None:
+                step = min(step, until - time.monotonic())
+            try:
+                return super()._get_conn(max(step, 0.0))  # type: ignore[misc]
+            except EmptyPoolError:
+                if until is not None and time.monotonic() >= until:
+                    raise
+
+
 class _DetachOnReturnMixin:
     """Unregister a connection from its attempt before it goes back to the pool; closed first if the
     attempt was aborted.
@@ -420,11 +466,15 @@ class _DetachOnReturnMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
-class GuardedHTTPConnectionPool(_FreshWhenAskedMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool):
+class GuardedHTTPConnectionPool(
+    _FreshWhenAskedMixin, _BoundedPoolWaitMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool
+):
     ConnectionCls = GuardedHTTPConnection
 
 
-class GuardedHTTPSConnectionPool(_FreshWhenAskedMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool):
+class GuardedHTTPSConnectionPool(
+    _FreshWhenAskedMixin, _BoundedPoolWaitMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPSConnectionPool
+):
     ConnectionCls = GuardedHTTPSConnection
 
 

@@ -29,6 +29,8 @@ from django_aio_request.transport.attempt_sockets import current_attempt
 class _DeadlineBound(Retry):
     """Mixed before the class of the user's ``Retry`` (see :func:`deadline_bound`)."""
 
+    _judged_pause: float | None = None  # the pause increment() judged would fit: the one sleep() makes
+
     def increment(
         self,
         method: str | None = None,
@@ -42,7 +44,12 @@ class _DeadlineBound(Retry):
         # arguments must) handed back an unbounded Retry, whose next pause slept 30 s past a 2.5 s deadline.
         retried = cast(Self, deadline_bound(super().increment(method, url, response, error, _pool, _stacktrace)))
         guard = current_attempt()
-        if guard is not None and _pause(retried, response) >= guard.remaining():
+        if guard is None:
+            return retried
+        # Judged once, and this is the pause sleep() makes: a backoff with jitter is a new draw each
+        # time it is asked, and a second, longer one slept to the deadline (the attempt's 503 became a 408).
+        pause = retried._judged_pause = _pause(retried, response)
+        if pause >= guard.remaining():
             # As urllib3 when the retries are spent: the answer is returned (raise_on_status=False)
             # or MaxRetryError raised with what failed.
             reason = error or ResponseError(
@@ -58,15 +65,16 @@ class _DeadlineBound(Retry):
         if guard is None:
             super().sleep(response)
             return
-        guard.pause(_pause(self, response, strict=True))
+        guard.pause(_pause(self, response, strict=True, backoff=self._judged_pause))
         if guard.reason is not None:
             raise ConnectionAbortedError("the attempt was aborted while it waited to retry")
 
 
-def _pause(retries: Retry, response: Any, *, strict: bool = False) -> float:
+def _pause(retries: Retry, response: Any, *, strict: bool = False, backoff: float | None = None) -> float:
     """How long ``retries.sleep(response)`` would sleep (as urllib3 2.x's ``Retry.sleep``). An
     unparsable ``Retry-After`` raises ``InvalidHeader`` from urllib3's sleep(), and from ours
-    (``strict``); :meth:`_DeadlineBound.increment` only estimates, and takes the backoff then."""
+    (``strict``); :meth:`_DeadlineBound.increment` only estimates, and takes the backoff then.
+    ``backoff``: the backoff already drawn, if any (a jittered one differs on every draw)."""
     if retries.respect_retry_after_header and response:
         try:
             after = retries.get_retry_after(response)
@@ -76,7 +84,7 @@ def _pause(retries: Retry, response: Any, *, strict: bool = False) -> float:
             after = None
         if after:
             return float(after)
-    return float(retries.get_backoff_time())
+    return float(retries.get_backoff_time()) if backoff is None else backoff
 
 
 _classes: dict[type[Retry], type[Retry]] = {}

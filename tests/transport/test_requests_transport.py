@@ -1075,6 +1075,85 @@ def test_a_mounted_adapter_s_pause_before_a_retry_ends_when_the_attempt_is_cance
     assert len(server.received("/busy")) == 1
 
 
+class _BackoffDrawnEachTime(Retry):
+    """A backoff that is a new draw each time it is asked, as with ``backoff_jitter``: short the
+    first time, 5 s every time after."""
+
+    draws = 0
+
+    def get_backoff_time(self) -> float:
+        _BackoffDrawnEachTime.draws += 1
+        return 0.05 if _BackoffDrawnEachTime.draws == 1 else 5.0
+
+
+def test_a_retry_judged_to_fit_pauses_what_it_was_judged_on_not_a_new_draw(server: LoopbackServer) -> None:
+    """With ``backoff_jitter``, whether a pause fits was judged on one draw of the backoff and the
+    pause slept another: when that was longer than the time left it slept to the deadline and the
+    503 the attempt had became a 408 (5-6 of 40 calls at 0.4 s, backoff 0.1 s, jitter 0.3 s)."""
+    server.route("/busy", _503_then("0"))
+    _BackoffDrawnEachTime.draws = 0
+    retries = _BackoffDrawnEachTime(total=3, status_forcelist=[503], raise_on_status=False)
+    response, elapsed = _sent_with_retries(server.url, retries, "busy", 0.5)
+    assert response.status == 503  # the second answer: the next retry would pause 5 s, so none is made
+    assert elapsed < 0.3, elapsed
+    assert len(server.received("/busy")) == 2
+
+
+def _pool_of_one_held(server: LoopbackServer, seconds: float) -> tuple[RequestsTransport, threading.Thread]:
+    """A transport whose session has ``HTTPAdapter(pool_maxsize=1, pool_block=True)`` for the server,
+    and a call in another thread holding that pool's only connection for ``seconds``."""
+
+    def hold(handler: Handler) -> None:
+        time.sleep(seconds)
+        handler.reply(200, b"held")
+
+    server.route("/hold", hold)
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    session = requests.Session()
+    session.mount(server.url, HTTPAdapter(pool_maxsize=1, pool_block=True))
+    transport = RequestsTransport(session)
+    holder = threading.Thread(target=lambda: transport.send(server.url, get("hold"), seconds + 2))
+    holder.start()
+    while not server.received("/hold"):
+        time.sleep(0.005)
+    return transport, holder
+
+
+def test_a_wait_for_a_blocking_pool_s_connection_ends_at_the_deadline(server: LoopbackServer) -> None:
+    """urllib3 waited for a connection of a pool_block=True pool with no timeout (requests passes
+    none), a wait the deadline's timer cannot wake: a 0.5 s call came back after 3.8 s, when the
+    call holding the connection let it go."""
+    transport, holder = _pool_of_one_held(server, 2.0)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("ok"), 0.5)
+        elapsed = time.monotonic() - started
+        holder.join()
+        after = transport.send(server.url, get("ok"), DEADLINE)  # the pool is whole again
+    finally:
+        transport.close()
+    assert response.status == 408
+    assert 0.5 <= elapsed < 0.7, elapsed
+    assert not any(r.path == "/ok" for r in server.received()[:-1])  # the 408's request was never sent
+    assert (after.status, after.read()) == (200, b"ok")
+
+
+def test_a_wait_for_a_blocking_pool_s_connection_ends_when_the_attempt_is_cancelled(server: LoopbackServer) -> None:
+    transport, holder = _pool_of_one_held(server, 2.0)
+    cancellation = Cancellation()
+    threading.Timer(0.2, cancellation.cancel).start()
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("ok"), 5.0, cancellation)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.join()
+        transport.close()
+    assert response.status == 499
+    assert 0.2 <= elapsed < 0.35, elapsed
+    assert not server.received("/ok")
+
+
 class _CountingRetry(Retry):
     """A Retry of the user's own class, with its own rule for the backoff."""
 
