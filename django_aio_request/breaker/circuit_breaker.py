@@ -409,14 +409,14 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             result = operation()
             success = is_successful(result)
         except Exception:
-            self._record(scope, False)  # a call that raised did not succeed
+            self._record(scope, False, probe=admitted)  # a call that raised did not succeed
             raise
         except BaseException:
             if admitted:
                 self._release(scope)
             raise
         if success is not None:
-            self._record(scope, success)
+            self._record(scope, success, probe=admitted)
         elif admitted:
             self._release(scope)
         return result
@@ -473,7 +473,8 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             if circuit.override is None and circuit.state is CircuitState.HALF_OPEN:
                 self.store.release_probe(scope)
 
-    def _record(self, scope: TScope, success: bool) -> None:
+    def _record(self, scope: TScope, success: bool, *, probe: bool) -> None:
+        """Count an outcome; ``probe``: the call was let through as the half-open probe."""
         transition = None
         with self._lock:
             circuit = self._circuit(scope)
@@ -485,7 +486,12 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             if circuit.override is not None:
                 store.add(scope, success)
                 return
-            if circuit.state is CircuitState.HALF_OPEN:
+            if circuit.state is CircuitState.HALF_OPEN and not probe:
+                # A call let through before the circuit opened, ending while the probe is out: counted,
+                # and only the probe decides (this one closed the circuit with the probe still out, or
+                # opened it again, and the probe's success then left it open for another break).
+                store.add(scope, success)
+            elif circuit.state is CircuitState.HALF_OPEN:
                 if success:
                     # The figures the close was decided on: the window's, and this probe's success
                     # (not added to the window, which closing empties).

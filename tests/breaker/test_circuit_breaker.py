@@ -170,6 +170,42 @@ class TestStateMachine:
         assert op.run(breaker, True) == "ran"
         assert state_of(breaker) is CircuitState.CLOSED
 
+    @pytest.mark.parametrize("stale_outcome", [True, False], ids=["stale success", "stale failure"])
+    def test_only_the_probe_decides_a_half_open_circuit(self, stale_outcome: bool) -> None:
+        """A call let through while the circuit was closed and still out when the probe went: its
+        outcome decided the half-open circuit. A success closed it with the probe still out (3 more
+        calls went through); a failure opened it again, and the probe's success then left it open
+        for another break."""
+        clock = FakeClock()
+        breaker, op = make_breaker(break_duration=0.2, clock=clock), Operation()
+        stale_go, probe_go, probe_out = threading.Event(), threading.Event(), threading.Event()
+        results: dict[str, str] = {}
+        stale = threading.Thread(
+            target=lambda: results.update(stale=op.run(breaker, stale_outcome, during=lambda: stale_go.wait(5)))
+        )
+        stale.start()
+        while op.calls == 0:
+            time.sleep(0.001)
+        open_breaker(breaker, op)
+        clock.advance(0.25)
+
+        def probing() -> None:
+            probe_out.set()
+            probe_go.wait(5)
+
+        probe = threading.Thread(target=lambda: results.update(probe=op.run(breaker, True, during=probing)))
+        probe.start()
+        probe_out.wait(5)
+        stale_go.set()
+        stale.join()
+        during_probe = (state_of(breaker), [op.run(breaker, True) for _ in range(3)])
+        probe_go.set()
+        probe.join()
+
+        assert results == {"stale": "ran", "probe": "ran"}
+        assert during_probe == (CircuitState.HALF_OPEN, ["fallback"] * 3)
+        assert state_of(breaker) is CircuitState.CLOSED  # the probe's success
+
     def test_cancelled_outcomes_are_not_counted(self) -> None:
         breaker, op = make_breaker(minimum_throughput=2), Operation()
         op.run(breaker, False)
