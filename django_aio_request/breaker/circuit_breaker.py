@@ -145,7 +145,8 @@ class CircuitStore(abc.ABC, Generic[TScope]):
         on_change: Callable[[TScope], None],
     ) -> None:
         """Called once by the breaker: its settings, and a callback to call (outside any lock of the
-        store's) when the store learns of counts or blocks it did not make itself."""
+        store's) when the store learns of counts or blocks it did not make itself. The callback holds
+        the breaker weakly: a store may keep it (it does nothing once the breaker is gone)."""
 
     @abc.abstractmethod
     def now(self) -> float: ...
@@ -324,7 +325,7 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
             sampling_duration=sampling_duration,
             windows_count=windows_count,
             break_duration=break_duration,
-            on_change=self._reconcile,
+            on_change=_weakly(self._reconcile),
         )
         self._lock = threading.Lock()
         self._circuits: dict[TScope, _Circuit] = {}
@@ -577,6 +578,21 @@ class DefaultCircuitBreaker(CircuitBreaker[TScope, TResult]):
                 listener(transition)
             except Exception:
                 logger.exception("circuit breaker listener %r failed", listener)
+
+
+def _weakly(method: Callable[[TScope], None]) -> Callable[[TScope], None]:
+    """``method`` (a breaker's), called while its breaker lives: a store keeps the callback, and
+    with it the breaker (which keeps the store) until the cycle collector ran. A shared store's sync
+    thread lives as long as the store: a client closed with a call in flight, whose outcome started
+    it again, kept polling Redis for minutes after the client was dropped."""
+    ref = weakref.WeakMethod(method)
+
+    def call(scope: TScope) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(scope)
+
+    return call
 
 
 _breakers: "weakref.WeakSet[DefaultCircuitBreaker[Any, Any]]" = weakref.WeakSet()

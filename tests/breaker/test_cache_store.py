@@ -1231,3 +1231,58 @@ def test_closing_a_named_client_with_a_shared_breaker_closes_its_redis_connectio
         assert _redis_sockets() == before
     finally:
         gc.enable()
+
+
+def test_a_closed_client_whose_call_in_flight_restarted_its_breaker_store_is_freed_once_dropped(
+    redis: None, server: LoopbackServer
+) -> None:
+    """A call in flight when its client is closed (a settings change, close_all at exit) records its
+    outcome after the close, which starts the store's sync thread and Redis connection again. The
+    breaker and its store held each other (the store kept the breaker's callback), so once the
+    client was dropped they lived on until the cycle collector ran: 4 of 5 dropped clients kept a
+    thread polling Redis 10 times a second, and its connection."""
+    release = threading.Event()
+
+    def slow(handler: Any) -> None:
+        release.wait(5)
+        handler.reply(200, b"late")
+
+    server.route("/slow", slow)
+    name = f"closed-in-flight-{uuid.uuid4().hex[:8]}"
+    config, problems = read_settings(
+        {"CLIENTS": {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": {}}}, "CIRCUIT_BREAKER_STATE": "shared"}
+    )
+    assert config is not None, problems
+    conf = config.clients[name]
+
+    def threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"aio-request-breaker-{name}" and t.is_alive()]
+
+    before = _redis_sockets()
+    gc.disable()
+    try:
+        held = [build_client(conf, None)]  # the registry's reference, dropped below
+        statuses: list[int] = []
+
+        def call(client: Any) -> None:
+            with client.request(get("slow")) as response:
+                statuses.append(response.status)
+
+        caller = threading.Thread(target=call, args=(held[0],))
+        caller.start()
+        while not server.received("/slow"):
+            time.sleep(0.005)
+        held[0].close()
+        assert not threads()
+        release.set()
+        caller.join()
+        assert statuses == [200]
+        del caller
+        held.clear()
+        ended = time.monotonic() + 2.0
+        while (threads() or _redis_sockets() > before) and time.monotonic() < ended:
+            time.sleep(0.05)
+        assert threads() == []
+        assert _redis_sockets() == before
+    finally:
+        gc.enable()
