@@ -12,7 +12,7 @@ from typing import Literal
 
 from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
-from django_aio_request.core import status
+from django_aio_request.core import send_again, status
 from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_exit
 from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
@@ -534,19 +534,39 @@ class _Call:
                         if client._metrics is not None:
                             client._metrics.budget_exhausted()
                         return None
-        if client.hedge_priority is None:
-            return client._attempt(request, deadline, priority, number, cancellation)
-        lock = self._lock
-        with lock:
-            hedge = number > 0 and self._in_flight > 0
-            self._in_flight += 1
+        token = send_again.asker.set(self.may_send_again if budget is not None else None)
         try:
-            if hedge:
-                priority = hedge_priority_for(priority, client.hedge_priority)
-            return client._attempt(request, deadline, priority, number, cancellation)
-        finally:
+            if client.hedge_priority is None:
+                return client._attempt(request, deadline, priority, number, cancellation)
+            lock = self._lock
             with lock:
-                self._in_flight -= 1
+                hedge = number > 0 and self._in_flight > 0
+                self._in_flight += 1
+            try:
+                if hedge:
+                    priority = hedge_priority_for(priority, client.hedge_priority)
+                return client._attempt(request, deadline, priority, number, cancellation)
+            finally:
+                with lock:
+                    self._in_flight -= 1
+        finally:
+            send_again.asker.reset(token)
+
+    def may_send_again(self) -> bool:
+        """The transport's own resend of an attempt (core/send_again.py) is one more request: asked
+        of the budget as an extra attempt is, and refused once the budget refused the call one."""
+        budget = self._client.retry_budget
+        if budget is None:
+            return True
+        with self._lock:
+            if self.refused:
+                return False
+            if budget.try_spend():
+                return True
+            self.refused = True
+        if self._client._metrics is not None:
+            self._client._metrics.budget_exhausted()
+        return False
 
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()

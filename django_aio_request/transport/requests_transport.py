@@ -32,6 +32,7 @@ from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.deadline import too_little_to_send
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
+from django_aio_request.core.send_again import may_send_again
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import (
@@ -551,6 +552,8 @@ class RequestsTransport(Transport):
                 raise
             if not _time_to_send_again(guard):
                 guard.abort(status.TIMEOUT)  # what ends it is the deadline: a 408, not a 489
+                raise
+            if not may_send_again():  # the retry budget pays for it, as for an extra attempt
                 raise
             _let_go(error)
         logger.debug(

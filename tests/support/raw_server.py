@@ -105,8 +105,9 @@ class KeepAliveClosingServer(RawAnswerServer):
     ``requests_read`` counts the requests whose whole head and body it read (it could have acted on them).
     """
 
-    def __init__(self, plan: Callable[[int, int], str | None]) -> None:
+    def __init__(self, plan: Callable[[int, int], str | None], status_line: bytes = b"200 OK") -> None:
         self.plan = plan
+        self.status_line = status_line  # of the answers it sends (a failing server: b"500 Internal Server Error")
         self.requests_read = 0
         super().__init__()
 
@@ -151,4 +152,4 @@ class KeepAliveClosingServer(RawAnswerServer):
                     pass
                 return
             body = b"" if head.startswith(b"HEAD ") else b"ok"
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body)
+            conn.sendall(b"HTTP/1.1 " + self.status_line + b"\r\nContent-Length: 2\r\n\r\n" + body)

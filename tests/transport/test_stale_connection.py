@@ -27,8 +27,8 @@ def second_request_of_each_connection(what: str) -> Callable[[int, int], str | N
 def make_server() -> Iterator[Callable[[Callable[[int, int], str | None]], KeepAliveClosingServer]]:
     made: list[KeepAliveClosingServer] = []
 
-    def make(plan: Callable[[int, int], str | None]) -> KeepAliveClosingServer:
-        made.append(KeepAliveClosingServer(plan))
+    def make(plan: Callable[[int, int], str | None], status_line: bytes = b"200 OK") -> KeepAliveClosingServer:
+        made.append(KeepAliveClosingServer(plan, status_line))
         return made[-1]
 
     yield make
@@ -189,3 +189,32 @@ def test_the_race_on_every_call_opens_no_circuit(
 
     assert answers == [(200, b"ok")] * 10
     assert server.connections == 10
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "single"])
+def test_a_request_sent_again_is_paid_for_by_the_retry_budget(
+    make_server: Callable[..., KeepAliveClosingServer], strategy: str
+) -> None:
+    """A failing server that closes each kept-alive connection unanswered once it read the request:
+    every attempt but those on a fresh connection went twice, below the strategy, and the retry budget
+    never saw it: 2.6 requests a call with 3 sequential attempts where docs/budgets-and-shedding.md
+    promises at most RATIO x calls + the floor over the calls (2.0 with single attempts)."""
+    server = make_server(lambda _connection, number: "read_and_close" if number >= 2 else None, b"500 Oops")
+    calls, budget = 200, dar.RetryBudget(ratio=0.2, min_per_second=1.0, window_seconds=10.0)
+    made = (
+        dar.sequential_strategy(attempts_count=3, delays_provider=dar.constant_delays(delay=0.0))
+        if strategy == "sequential"
+        else dar.single_attempt_strategy()
+    )
+    with clients(server.url) as make:
+        client: Client = make(safe_method_strategy=made, retry_budget=budget)
+        statuses = set()
+        for _ in range(calls):
+            with client.request(get("x"), deadline=Deadline.from_timeout(5)) as response:
+                statuses.add(response.status)
+
+    assert statuses <= {500, status.NETWORK_ERROR}
+    # Every request but a call's first is an extra one: at most 20% of the calls, plus the floor of
+    # 10 for each of the (at most 2) windows the run spans.
+    assert server.requests_read <= calls + 0.2 * calls + 2 * 10, server.requests_read
+    assert budget.refused > 0
