@@ -46,6 +46,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -54,6 +55,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.db import connections, router, transaction
+from django.db.backends.base.creation import TEST_DATABASE_PREFIX
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -160,6 +162,7 @@ class Publisher:
         # The breakers this publisher listens to, with their client's name: a forked child's are
         # the same objects (the registry keeps its clients across fork()), see after_fork.
         self._watching: weakref.WeakKeyDictionary[DefaultCircuitBreaker[str, Any], str] = weakref.WeakKeyDictionary()
+        self._tests_seen = False  # Django's test environment was set up in this process (see _outside_the_tests)
         self._reset()
 
     @property
@@ -200,6 +203,7 @@ class Publisher:
         self._databases: tuple[tuple[str, Any], ...] | None = None  # where the last round wrote (_where)
         self._number = 0  # the clients watched when the round running began
         self._down = False
+        self._outside_logged = False
         self._next_prune = 0.0
 
     # -- the request path: only in memory --------------------------------------------------------
@@ -431,7 +435,12 @@ class Publisher:
             return True  # nothing to say: do not touch the database
         taken = self._take_transitions()
         try:
-            self._databases = self._where()  # an alias that names no database fails here, as in the round
+            where = self._where()  # an alias that names no database fails here, as in the round
+            if self._outside_the_tests(where):
+                self._queue.extendleft(reversed(taken))
+                self._trim()
+                return False
+            self._databases = where
             self._round(breakers, taken)
         except Exception as error:
             self._queue.extendleft(reversed(taken))  # publish them when the database is back
@@ -450,6 +459,32 @@ class Publisher:
             self._down = False
             logger.warning("circuit breaker state is published to the database again")
         return True
+
+    def _outside_the_tests(self, where: tuple[tuple[str, Any], ...]) -> bool:
+        """Whether this process runs tests (Django's test environment is, or was, set up: its test
+        runner, pytest-django) and a database the round would use is not a test database.
+
+        The tests' circuits (and force_breaker()'s transitions) went into the project's real database:
+        `manage.py test` with only SimpleTestCase tests creates no test database, so the settings still
+        name the real one, and the thread's own connection is not the one SimpleTestCase closes to
+        tests; pytest-django names it before a test asks for the database and after the session.
+        Then nothing is read or written, and the transitions wait for a test database."""
+        if not self._tests_seen:
+            utils = sys.modules.get("django.test.utils")  # never imported outside tests: not imported here
+            self._tests_seen = utils is not None and hasattr(utils._TestState, "saved_data")
+            if not self._tests_seen:
+                return False
+        outside = [(alias, name) for alias, name in where if not _is_test_database(alias)]
+        if outside and not self._outside_logged:
+            self._outside_logged = True
+            logger.warning(
+                "circuit breaker state is not published while tests run: database %r (%s) is not a test database",
+                outside[0][0],
+                outside[0][1],
+            )
+        elif not outside:
+            self._outside_logged = False
+        return bool(outside)
 
     def _take_transitions(self) -> list[tuple[str, CircuitTransition[Any]]]:
         taken = []
@@ -634,6 +669,20 @@ class Publisher:
 
 
 publisher = Publisher()
+
+
+def _is_test_database(alias: str) -> bool:
+    """Whether ``alias`` names a database Django's test setup made (and drops): its ``TEST NAME``, a
+    name with the test prefix (clones and pytest-xdist's included), or SQLite in memory."""
+    settings_dict = connections[alias].settings_dict
+    name = str(settings_dict.get("NAME") or "")
+    test_name = (settings_dict.get("TEST") or {}).get("NAME")
+    return (
+        (test_name is not None and name == str(test_name))
+        or name.startswith(TEST_DATABASE_PREFIX)
+        or name.startswith("file:memorydb_")
+        or name == ":memory:"
+    )
 
 
 def _after_fork() -> None:

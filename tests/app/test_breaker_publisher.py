@@ -1,5 +1,6 @@
 """The publisher thread: this process's breakers into the database for admin, admin's overrides into the breakers."""
 
+import contextlib
 import datetime
 import functools
 import io
@@ -170,6 +171,62 @@ def test_the_last_round_at_exit_writes_only_where_the_rounds_wrote(
     assert rounds == []  # no round, so nothing written to the database named now
     monkeypatch.undo()
     assert BreakerTransition.objects.count() == opened
+
+
+_SIMPLE_TEST = """
+import time
+from django.test import SimpleTestCase
+from django_aio_request import clients, get
+from django_aio_request.testing import force_breaker
+
+class Forced(SimpleTestCase):
+    def test_forced_open(self):
+        with force_breaker("billing", "open"):
+            with clients["billing"].request(get("x")) as response:
+                self.assertEqual(response.status, 502)
+        time.sleep(1.5)  # a publisher round or two while the test runs
+"""
+
+
+def test_manage_py_test_never_writes_the_tests_circuits_into_the_real_database(tmp_path: Path) -> None:
+    """`manage.py test` with only SimpleTestCase tests creates no test database: the settings still
+    name the real one, which the publisher's thread (its connection is not the one SimpleTestCase
+    closes to tests) wrote the test process's report and force_breaker()'s transitions into (6 of 6
+    runs in a review; pytest-django did it too, before a test asked for the database)."""
+    real = tmp_path / "real.sqlite3"
+    (tmp_path / "project_settings.py").write_text(
+        f"""
+SECRET_KEY = "x"
+USE_TZ = True
+ROOT_URLCONF = "project_settings"
+urlpatterns = []
+INSTALLED_APPS = ["django_aio_request"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
+"""
+    )
+    (tmp_path / "test_simple.py").write_text(_SIMPLE_TEST)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    manage = [sys.executable, "-m", "django"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    done = subprocess.run(
+        [*manage, "test", "-v0", "test_simple"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(real)) as database:
+        reports = database.execute("select count(*) from django_aio_request_breakerreport").fetchone()[0]
+        transitions = database.execute("select count(*) from django_aio_request_breakertransition").fetchone()[0]
+    assert (reports, transitions) == (0, 0)
+    assert "circuit breaker state is not published while tests run" in done.stderr
 
 
 @pytest.mark.django_db
