@@ -10,7 +10,10 @@ where each costs a fraction of that (see docs/benchmarks.md).
 Nothing is dropped:
 
 * the deque is unbounded (the thread records far faster than a Django process can serve);
-* ``atexit`` records what is left when the interpreter exits;
+* ``atexit`` records what is left when the interpreter exits, and so does a ``multiprocessing``
+  child forked from this process (a ``Process``, a ``Pool`` or ``ProcessPoolExecutor`` worker),
+  which ends with ``os._exit()``, skipping ``atexit``: 0 of 20 calls of four such workers were
+  recorded before;
 * a failing record is logged and the next item goes on.
 
 A reader in the same process calls :meth:`DeferredObservations.flush` first and sees every item
@@ -23,6 +26,7 @@ A fork never copies a recording half done: see :func:`recording`.
 import atexit
 import collections
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -154,6 +158,15 @@ def flush_all() -> None:
     run_before_recording()
     for queue in list(_all):
         queue.flush()
+
+
+def _flush_at_multiprocessing_exit(_: object) -> None:
+    """In a child ``multiprocessing`` started by forking (after it cleared the parent's finalizers):
+    it ends with ``os._exit()``, which runs no ``atexit``, but runs these finalizers first."""
+    multiprocessing.util.Finalize(None, flush_all, exitpriority=0)
+
+
+multiprocessing.util.register_after_fork(flush_all, _flush_at_multiprocessing_exit)
 
 
 _before_recording: list[Callable[[], None]] = []
