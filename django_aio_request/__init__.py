@@ -2,70 +2,132 @@
 
 Everything importable here except ``clients`` and ``timeout`` is the core, which does not import
 Django; ``clients`` (named clients from settings) is loaded on first use.
+
+Each name is imported when first asked for, so ``import django_aio_request`` imports nothing else:
+the pytest plugin (``django_aio_request.pytest_plugin``), which pytest loads in every project of an
+environment where the package is installed, imported the whole package and with it requests and
+prometheus_client, registering this package's metrics in unrelated projects' tests (and failing
+their runs when ``PROMETHEUS_MULTIPROC_DIR`` named a directory their conftest makes).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from django_aio_request.breaker.circuit_breaker import (
-    CircuitBreaker,
-    CircuitSnapshot,
-    CircuitState,
-    CircuitStore,
-    CircuitTransition,
-    DefaultCircuitBreaker,
-    MemoryCircuitStore,
-    Override,
-)
-from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
-from django_aio_request.core.client import Client
-from django_aio_request.core.client_setup import setup
-from django_aio_request.core.context import Context, get_context, set_context
-from django_aio_request.core.deadline import Deadline
-from django_aio_request.core.priority import Priority
-from django_aio_request.core.request import (
-    Request,
-    delete,
-    get,
-    patch,
-    patch_json,
-    post,
-    post_json,
-    put,
-    put_json,
-    request,
-    request_json,
-)
-from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError, UnsentResponse
-from django_aio_request.core.retry_budget import RetryBudget
-from django_aio_request.strategies import (
-    RequestStrategy,
-    method_based_strategy,
-    parallel_strategy,
-    retry_until_deadline_expired,
-    sequential_strategy,
-    single_attempt_strategy,
-)
-from django_aio_request.strategies.deadline_providers import (
-    DeadlineProvider,
-    pass_deadline_through,
-    split_deadline_between_attempts,
-)
-from django_aio_request.strategies.delays import (
-    DelaysProvider,
-    RequestAttemptDelaysProvider,
-    constant_delays,
-    linear_backoff_delays,
-)
-from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
-from django_aio_request.transport.base import Transport
-from django_aio_request.transport.requests_transport import RequestsTransport
-
 if TYPE_CHECKING:
+    from django_aio_request.breaker.circuit_breaker import (
+        CircuitBreaker,
+        CircuitSnapshot,
+        CircuitState,
+        CircuitStore,
+        CircuitTransition,
+        DefaultCircuitBreaker,
+        MemoryCircuitStore,
+        Override,
+    )
+    from django_aio_request.core.cancellation import Cancellation
+    from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
+    from django_aio_request.core.client import Client
+    from django_aio_request.core.client_setup import setup
+    from django_aio_request.core.context import Context, get_context, set_context
+    from django_aio_request.core.deadline import Deadline
+    from django_aio_request.core.priority import Priority
+    from django_aio_request.core.request import (
+        Request,
+        delete,
+        get,
+        patch,
+        patch_json,
+        post,
+        post_json,
+        put,
+        put_json,
+        request,
+        request_json,
+    )
+    from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError, UnsentResponse
+    from django_aio_request.core.retry_budget import RetryBudget
     from django_aio_request.named_clients import ClientsHandler
     from django_aio_request.server.view_timeout import timeout as timeout
+    from django_aio_request.strategies import (
+        RequestStrategy,
+        method_based_strategy,
+        parallel_strategy,
+        retry_until_deadline_expired,
+        sequential_strategy,
+        single_attempt_strategy,
+    )
+    from django_aio_request.strategies.deadline_providers import (
+        DeadlineProvider,
+        pass_deadline_through,
+        split_deadline_between_attempts,
+    )
+    from django_aio_request.strategies.delays import (
+        DelaysProvider,
+        RequestAttemptDelaysProvider,
+        constant_delays,
+        linear_backoff_delays,
+    )
+    from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+    from django_aio_request.transport.base import Transport
+    from django_aio_request.transport.requests_transport import RequestsTransport
 
     clients: ClientsHandler
+
+_LAZY = {
+    "Cancellation": "django_aio_request.core.cancellation",
+    "CircuitBreaker": "django_aio_request.breaker.circuit_breaker",
+    "CircuitSnapshot": "django_aio_request.breaker.circuit_breaker",
+    "CircuitState": "django_aio_request.breaker.circuit_breaker",
+    "CircuitStore": "django_aio_request.breaker.circuit_breaker",
+    "CircuitTransition": "django_aio_request.breaker.circuit_breaker",
+    "Client": "django_aio_request.core.client",
+    "Context": "django_aio_request.core.context",
+    "Deadline": "django_aio_request.core.deadline",
+    "DeadlineProvider": "django_aio_request.strategies.deadline_providers",
+    "DefaultCircuitBreaker": "django_aio_request.breaker.circuit_breaker",
+    "DefaultResponseClassifier": "django_aio_request.core.classifier",
+    "DelaysProvider": "django_aio_request.strategies.delays",
+    "EmptyResponse": "django_aio_request.core.response",
+    "MemoryCircuitStore": "django_aio_request.breaker.circuit_breaker",
+    "Override": "django_aio_request.breaker.circuit_breaker",
+    "PercentileDelaysProvider": "django_aio_request.strategies.percentile_delays",
+    "Priority": "django_aio_request.core.priority",
+    "Request": "django_aio_request.core.request",
+    "RequestAttemptDelaysProvider": "django_aio_request.strategies.delays",
+    "RequestStrategy": "django_aio_request.strategies",
+    "RequestsTransport": "django_aio_request.transport.requests_transport",
+    "Response": "django_aio_request.core.response",
+    "ResponseClassifier": "django_aio_request.core.classifier",
+    "ResponseVerdict": "django_aio_request.core.classifier",
+    "RetryBudget": "django_aio_request.core.retry_budget",
+    "Transport": "django_aio_request.transport.base",
+    "UnexpectedContentTypeError": "django_aio_request.core.response",
+    "UnsentResponse": "django_aio_request.core.response",
+    "constant_delays": "django_aio_request.strategies.delays",
+    "delete": "django_aio_request.core.request",
+    "get": "django_aio_request.core.request",
+    "get_context": "django_aio_request.core.context",
+    "linear_backoff_delays": "django_aio_request.strategies.delays",
+    "method_based_strategy": "django_aio_request.strategies",
+    "parallel_strategy": "django_aio_request.strategies",
+    "pass_deadline_through": "django_aio_request.strategies.deadline_providers",
+    "patch": "django_aio_request.core.request",
+    "patch_json": "django_aio_request.core.request",
+    "post": "django_aio_request.core.request",
+    "post_json": "django_aio_request.core.request",
+    "put": "django_aio_request.core.request",
+    "put_json": "django_aio_request.core.request",
+    "request": "django_aio_request.core.request",
+    "request_json": "django_aio_request.core.request",
+    "retry_until_deadline_expired": "django_aio_request.strategies",
+    "sequential_strategy": "django_aio_request.strategies",
+    "set_context": "django_aio_request.core.context",
+    "setup": "django_aio_request.core.client_setup",
+    "single_attempt_strategy": "django_aio_request.strategies",
+    "split_deadline_between_attempts": "django_aio_request.strategies.deadline_providers",
+    "clients": "django_aio_request.named_clients",
+    "timeout": "django_aio_request.server.view_timeout",
+}
 
 __all__ = [
     "Cancellation",
@@ -125,12 +187,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "clients":
-        from django_aio_request.named_clients import clients
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if name != "clients":  # clients is looked up each time: named_clients may be reloaded in tests
+        globals()[name] = value
+    return value
 
-        return clients
-    if name == "timeout":
-        from django_aio_request.server.view_timeout import timeout
 
-        return timeout
-    raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
