@@ -59,7 +59,7 @@ def check_contents(checkout: Path, wheel: Path) -> None:
             fail(f"{needed} is not in the wheel")
     if not any(line.split(":", 1)[1].strip().lower().startswith("django") for line in requires):
         fail(f"the wheel does not require Django: {requires}")
-    if "[pytest11]" not in plugins or "django_aio_request.testing.pytest_plugin" not in plugins:
+    if "[pytest11]" not in plugins or "django_aio_request.pytest_plugin" not in plugins:
         fail(f"the pytest plugin entry point is missing: {plugins!r}")
     print(f"wheel: {len(names)} files, every one of the package's {len(expected)}; requires {len(requires)}")
 

@@ -10,7 +10,7 @@
   priority directly around code called without the middleware.
 
 They are context managers, for unittest-style tests; the pytest plugin
-(``django_aio_request.testing.pytest_plugin``, loaded automatically) offers them as the
+(``django_aio_request.pytest_plugin``, loaded automatically) offers them as the
 ``aio_request`` fixture, undone after each test.
 """
 

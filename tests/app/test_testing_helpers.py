@@ -22,6 +22,7 @@ from pytest_django.fixtures import Settings
 
 from django_aio_request import Priority, RequestsTransport, clients, get
 from django_aio_request import metrics as all_metrics
+from django_aio_request.pytest_plugin import AioRequestFixture
 from django_aio_request.testing import (
     FakeDownstream,
     UnexpectedCallError,
@@ -32,7 +33,6 @@ from django_aio_request.testing import (
     request_headers,
     serving,
 )
-from django_aio_request.testing.pytest_plugin import AioRequestFixture
 from tests.support import postgres
 from tests.support.redis_server import require_redis
 
@@ -67,7 +67,7 @@ def view(path: str, **headers: Any) -> dict[str, Any]:
 def test_the_fixture_is_loaded_by_the_plugin_entry_point(pytestconfig: pytest.Config) -> None:
     plugin = pytestconfig.pluginmanager.get_plugin("django_aio_request")
     assert plugin is not None
-    assert plugin.__name__ == "django_aio_request.testing.pytest_plugin"
+    assert plugin.__name__ == "django_aio_request.pytest_plugin"
 
 
 def test_a_view_against_a_scripted_downstream(aio_request: AioRequestFixture) -> None:
