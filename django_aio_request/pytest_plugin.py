@@ -1,8 +1,10 @@
 """pytest fixtures for testing code that calls ``clients["name"]`` (see docs/testing.md).
 
-Loaded automatically through the ``pytest11`` entry point when django-aio-request is installed.
-It imports nothing from Django until a fixture is used, so it is harmless in projects that do not
-use Django.
+Loaded automatically through the ``pytest11`` entry point when django-aio-request is installed,
+so in every project of that environment. It imports nothing of the package, nor Django, requests or
+prometheus_client, until a fixture is used (the package's names are imported when first asked for),
+so it is harmless in projects that do not use them
+(``tests/app/test_testing_helpers.py::test_the_plugin_leaves_a_project_that_does_not_use_the_package_alone``).
 """
 
 import contextlib

@@ -70,6 +70,34 @@ def test_the_fixture_is_loaded_by_the_plugin_entry_point(pytestconfig: pytest.Co
     assert plugin.__name__ == "django_aio_request.pytest_plugin"
 
 
+def test_the_plugin_leaves_a_project_that_does_not_use_the_package_alone(tmp_path: Path) -> None:
+    """pytest loads the plugin in every project of an environment where the package is installed.
+    Loading it imported the whole package (requests, prometheus_client, this package's metrics in
+    the default registry), and a run whose conftest made the PROMETHEUS_MULTIPROC_DIR directory died
+    before its first test ("PROMETHEUS_MULTIPROC_DIR ... is not a directory", exit 3)."""
+    metrics_dir = tmp_path / "prometheus"
+    (tmp_path / "conftest.py").write_text(f"import os\nos.makedirs({str(metrics_dir)!r}, exist_ok=True)\n")
+    (tmp_path / "test_plain.py").write_text(
+        "import sys\n\n"
+        "def test_plain():\n"
+        "    loaded = ('requests', 'prometheus_client', 'django_aio_request.core')\n"
+        "    assert [m for m in loaded if m in sys.modules] == []\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:xdist"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
 def test_a_view_against_a_scripted_downstream(aio_request: AioRequestFixture) -> None:
     billing = aio_request.fake("billing")
     billing.route("invoices/{id}", reply(200, json={"id": 7, "amount": 10}))
