@@ -167,6 +167,8 @@ def _flush_at_multiprocessing_exit(_: object) -> None:
 
 
 multiprocessing.util.register_after_fork(flush_all, _flush_at_multiprocessing_exit)
+if multiprocessing.parent_process() is not None:  # imported in such a child, after its fork
+    _flush_at_multiprocessing_exit(None)
 
 
 _before_recording: list[Callable[[], None]] = []

@@ -260,6 +260,8 @@ def job():
             assert response.status == 200
     # returns: multiprocessing ends the child with os._exit(), which runs no atexit
 
+if os.environ["PARENT_FIRST"] == "1":  # the package imported before the fork, not in the workers
+    dar.setup(endpoint=server.url).close()
 workers = [multiprocessing.get_context("fork").Process(target=job) for _ in range(4)]
 for worker in workers:
     worker.start()
@@ -277,11 +279,12 @@ server.close()
 """
 
 
-def test_calls_of_a_multiprocessing_worker_ended_by_os_exit_are_recorded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parent_first", [True, False], ids=["imported before the fork", "imported in the worker"])
+def test_calls_of_a_multiprocessing_worker_ended_by_os_exit_are_recorded(tmp_path: Path, parent_first: bool) -> None:
     """docs/metrics.md: nothing is dropped. A multiprocessing child forked from this process ends
     with os._exit(), which runs no atexit: the calls of its last 0.1 s were never recorded (0 of 20
     for four workers of 5 calls each)."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PARENT_FIRST": str(int(parent_first))}
     done = subprocess.run(
         [sys.executable, "-c", MULTIPROCESSING_WORKERS],
         cwd=ROOT,
