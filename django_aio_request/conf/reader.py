@@ -235,7 +235,9 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
             return None
         try:
             found = import_string(value)
-        except (Exception, SystemExit) as error:  # a module that fails (or exits) as it is imported, too
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # a module that fails, exits or raises its own BaseException as it is imported
             reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):

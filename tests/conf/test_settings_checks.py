@@ -637,6 +637,20 @@ def test_a_module_that_exits_as_it_is_imported_is_e008_and_hides_nothing(
     assert any("['REQUEST_ENRICHER'] cannot be imported: 3" in m for m in found), found
 
 
+def test_a_module_that_raises_another_base_exception_as_it_is_imported_is_e008(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BaseException of the module's own (neither Exception nor SystemExit) escaped the check:
+    manage.py check ended with its traceback instead of the list of problems."""
+    (tmp_path / "interrupts_on_import.py").write_text(
+        "class Interrupted(BaseException):\n    pass\n\nraise Interrupted('stopped')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages({"TIMEOUT": -1, "SHEDDING": {"PRIORITY_POLICY": "interrupts_on_import.policy"}})
+    assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
+    assert any("['PRIORITY_POLICY'] cannot be imported: stopped" in m for m in found), found
+
+
 def test_a_strategy_that_holds_itself_is_reported_with_the_other_problems() -> None:
     """It recursed to Python's limit: an E099 ("a bug to report", RecursionError) that hid the rest."""
     looped: dict[str, Any] = {"NAME": "retry_until_deadline_expired"}
