@@ -1305,6 +1305,33 @@ def test_async_path_refuses_with_503(settings: Settings) -> None:
 # A stalled request lends its slot (limiter.py, _STALL_SERVICES): under a learned limit only.
 
 
+def test_a_request_stalled_after_a_busy_spell_lends_its_slot_once_the_cpu_is_idle() -> None:
+    """The CPU share that keeps a stalled request from lending while the CPU is saturated was measured
+    only as requests ended: after a spell of requests computing back to back, a request that then
+    waited 3 s on I/O left it at the spell's 0.99-1.00, and every request meanwhile, high priority
+    too, was refused after QUEUE_TIMEOUT (12 of 12 server runs in a review) though the CPU was idle."""
+    limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, initial=1, now=time.monotonic()), queue_timeout=0.5)
+    busy_until = time.monotonic() + 0.6
+    while time.monotonic() < busy_until:  # requests computing 3 ms each, one at a time
+        admission = limiter.acquire(NORMAL, math.inf)
+        computed = time.thread_time() + 0.003
+        while time.thread_time() < computed:
+            pass
+        limiter.release(admission.admitted_at, thread=True, cpu=0.003)
+    stalled = limiter.acquire(NORMAL, math.inf)  # then waits on I/O: the process is idle
+    try:
+        time.sleep(0.4)  # past its stall threshold (0.1 s) and a CPU span (0.25 s)
+        began = time.monotonic()
+        other = limiter.acquire(HIGH, time.monotonic() + 5)
+        waited = time.monotonic() - began
+        if other.admitted:
+            limiter.release(other.admitted_at, thread=True)
+    finally:
+        limiter.release(stalled.admitted_at, thread=True)
+    assert (other.admitted, other.reason) == (True, None)
+    assert waited < 0.45, waited  # lent within a CPU span and a recheck, not refused at QUEUE_TIMEOUT
+
+
 @pytest.mark.parametrize("lends", [True, False], ids=["learned limit", "MAX_CONCURRENCY"])
 def test_a_request_past_four_service_times_lends_its_slot_once_and_a_fixed_limit_never_does(lends: bool) -> None:
     """At a learned limit of 1, a request stuck for 1.5 s (a lock, a slow report) held the only slot:

@@ -501,8 +501,15 @@ class Limiter:
 
     def _lent(self, now: float, slots: int) -> int:
         """How many slots stalled requests lend now: none under a fixed limit, nor while the CPU is
-        saturated (_CPU_SATURATED); at most ``slots``."""
-        if not isinstance(self.limit, AdaptiveLimit) or self._cpu_share >= _CPU_SATURATED:
+        saturated (_CPU_SATURATED); at most ``slots``.
+
+        The CPU share is brought up to date here too, not only as requests end: during a stall none
+        ends, and the share of a busy spell before it (0.99) kept every slot from being lent for the
+        whole stall while the CPU was idle (every request meanwhile refused after QUEUE_TIMEOUT)."""
+        if not isinstance(self.limit, AdaptiveLimit):
+            return 0
+        self._measure_cpu()
+        if self._cpu_share >= _CPU_SATURATED:
             return 0
         stalled = bisect.bisect_right(self._running, now - self._stall_after())
         return min(stalled, slots)
