@@ -228,17 +228,7 @@ print(hung)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 @pytest.mark.timeout(180)
 def test_in_multiprocess_mode_children_forked_while_the_thread_records_do_not_hang(tmp_path: Path) -> None:
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", FORKS_WHILE_RECORDING],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run_in_multiprocess_mode(FORKS_WHILE_RECORDING, tmp_path, timeout=600)
     assert done.stdout.split() == ["0"], "children hung: " + done.stdout
 
 
@@ -284,15 +274,23 @@ def test_calls_of_a_multiprocessing_worker_ended_by_os_exit_are_recorded(tmp_pat
     """docs/metrics.md: nothing is dropped. A multiprocessing child forked from this process ends
     with os._exit(), which runs no atexit: the calls of its last 0.1 s were never recorded (0 of 20
     for four workers of 5 calls each)."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PARENT_FIRST": str(int(parent_first))}
+    done = _run_in_multiprocess_mode(MULTIPROCESSING_WORKERS, tmp_path, PARENT_FIRST=str(int(parent_first)))
+    assert done.stdout.strip() == "[0, 0, 0, 0] 20", done.stdout + done.stderr
+
+
+def _run_in_multiprocess_mode(
+    script: str, directory: Path, timeout: float = 120, **env: str
+) -> "subprocess.CompletedProcess[str]":
+    """``script`` run by a Python of its own, prometheus_client in multiprocess mode on ``directory``;
+    it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-c", MULTIPROCESSING_WORKERS],
+        [sys.executable, "-c", script],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 0, 0, 0] 20", done.stdout + done.stderr
+    return done
