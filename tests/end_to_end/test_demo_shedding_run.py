@@ -30,6 +30,8 @@ def test_a_limit_sample_orders_resets_is_counted_missing_and_the_run_samples_on(
         orders.route("*", reply(200, delay=0.01))
         results, samples, missed = shedding.run(0.5)
     assert {r.priority for r in results} == set(shedding.CALLERS)
-    assert len(samples) >= 3  # sampled to the end of the run
-    assert missed >= 3
+    # Reads alternate, a sample and a reset: a sample after a reset shows the sampler lived on. How
+    # many reads fit in the run is the scheduler's (2 samples in 0.5 s once, under CI's load).
+    assert len(samples) >= 2
+    assert missed >= 1
     assert abs(len(samples) - missed) <= 1
