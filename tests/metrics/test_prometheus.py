@@ -12,13 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-LATE_IMPORT = """
-import http.server, json, os, sys, threading
-import django_aio_request as dar
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
-from django_aio_request import metrics as all_metrics
-from django_aio_request.metrics import server as server_metrics
-
+# A loopback server answering "ok" to every GET, for the scripts below (srv; srv.server_port).
+_SERVER = """
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
@@ -26,7 +21,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=srv.serve_forever, daemon=True).start()
-endpoint = f"http://127.0.0.1:{srv.server_port}/"
+"""
+
+LATE_IMPORT = (
+    """
+import http.server, json, os, sys, threading
+import django_aio_request as dar
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from django_aio_request import metrics as all_metrics
+from django_aio_request.metrics import server as server_metrics
+
+"""
+    + _SERVER
+    + """endpoint = f"http://127.0.0.1:{srv.server_port}/"
 client = dar.setup(endpoint=endpoint)
 
 def call():
@@ -60,6 +67,7 @@ after = samples()
 theirs = REGISTRY._names_to_collectors["aio_request_latency"] is aio_request.client.latency_histogram
 print(json.dumps([before, at_import, after, theirs]))
 """
+)
 
 
 @pytest.mark.parametrize("multiprocess", [False, True], ids=["one process", "multiprocess mode"])
@@ -120,7 +128,8 @@ def test_an_empty_multiprocess_directory_variable_is_refused_not_the_current_dir
     assert set(ROOT.glob("*.db")) == before
 
 
-FILTERED_SCRAPE = """
+FILTERED_SCRAPE = (
+    """
 import http.server, json, sys, threading, urllib.request
 import prometheus_client
 import django_aio_request as dar
@@ -128,14 +137,9 @@ import django_aio_request as dar
 if sys.argv[1] == "1":
     import aio_request.client, aio_request.pipeline  # aio-request's histograms take the names
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"ok")
-    def log_message(self, *args): pass
-
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-threading.Thread(target=srv.serve_forever, daemon=True).start()
-client = dar.setup(endpoint=f"http://127.0.0.1:{srv.server_port}/")
+"""
+    + _SERVER
+    + """client = dar.setup(endpoint=f"http://127.0.0.1:{srv.server_port}/")
 with client.request(dar.get("x")) as response:
     assert response.status == 200
 from django_aio_request import metrics as all_metrics
@@ -154,6 +158,7 @@ print(json.dumps([
     names("?name[]=aio_request_latency_count"),
 ]))
 """
+)
 
 
 @pytest.mark.parametrize("aio_request_imported", [False, True], ids=["alone", "aio-request imported"])
