@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from django_aio_request.core.client_setup import shown_endpoint
 from django_aio_request.core.headers import service_name
 from django_aio_request.core.priority import Priority
 
@@ -110,7 +111,14 @@ class Reader:
 def shown(value: Any) -> str:
     """``repr(value)`` for a message, or what the value is when Python will not print it: a whole
     number of more than 4,300 digits (``10**5000``) is "an integer of 5001 digits", as ``repr`` raises
-    ValueError for it, and for a list holding one; a message must never fail to be written."""
+    ValueError for it, and for a list holding one; a message must never fail to be written.
+
+    A string with ``//`` or ``@`` in it is shown as an endpoint is (``shown_endpoint``): without what
+    may be credentials, a query or a fragment. A URL put where a name belongs
+    (``"CIRCUIT_BREAKER_STATE": "redis://:password@redis:6379/0"``) was repeated whole by ``check``
+    and by the ``InvalidSettings`` of a server's startup log."""
+    if isinstance(value, str) and ("//" in value or "@" in value or not value.isascii()):
+        return repr(shown_endpoint(value))
     try:
         return repr(value)
     except Exception as error:

@@ -962,3 +962,26 @@ def test_objects_that_fail_when_read_are_reported_not_a_traceback(tmp_path: Path
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "django_aio_request.E099" in done.stderr
+
+
+def test_a_url_with_credentials_where_a_cache_alias_belongs_is_never_repeated(tmp_path: Path) -> None:
+    # An easy slip: the Redis URL itself where the alias of a cache of CACHES belongs. check's E006
+    # and the InvalidSettings of a client's first use (a server's startup log) repeated it whole.
+    secret = "hunter2-s3cr3t"
+    url_as_alias = f"""
+from settings.test import *
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}}
+AIO_REQUEST = {{
+    "CIRCUIT_BREAKER_STATE": "redis://:{secret}@redis.internal:6379/0?ssl_cert_reqs=none",
+    "CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:1/", "CIRCUIT_BREAKER": {{}}}}}},
+}}
+"""
+    done = manage(tmp_path, "check", settings=url_as_alias)
+    assert done.returncode == 1, done.stderr
+    assert "AIO_REQUEST['CIRCUIT_BREAKER_STATE']" in done.stderr
+    assert "'redis://***@redis.internal:6379/0?***'" in done.stderr  # where the value went wrong, still told
+    assert "(django_aio_request.E006)" in done.stderr
+    first_use = "from django_aio_request import clients; clients['billing']"
+    used = manage(tmp_path, "shell", "-c", first_use, settings=url_as_alias)
+    assert "InvalidSettings: AIO_REQUEST has 1 problem:" in used.stderr
+    assert secret not in done.stdout + done.stderr + used.stdout + used.stderr
