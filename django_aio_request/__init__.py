@@ -190,6 +190,13 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")
+    # The packages on the way first, outermost first: importing ``strategies.delays`` takes that
+    # module's import lock and then imports ``strategies``, whose ``__init__`` imports ``delays``. A
+    # thread importing ``strategies`` for another name meanwhile holds the locks the other way round,
+    # and one of the two got ``_DeadlockError`` (23 runs of 40 with a thread per public name).
+    parts = module.split(".")
+    for end in range(2, len(parts)):
+        importlib.import_module(".".join(parts[:end]))
     value = getattr(importlib.import_module(module), name)
     if name != "clients":  # clients is looked up each time: named_clients may be reloaded in tests
         globals()[name] = value

@@ -35,3 +35,33 @@ def test_importing_the_package_imports_nothing_else() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True, cwd=INIT.parents[1]
     )
     assert done.stdout.strip() == "[]"
+
+
+# A thread per public name, all asking at once, in a fresh interpreter: each thread's import of the
+# name's module must not deadlock with another's import of the package holding it.
+_AT_ONCE = """
+import threading, django_aio_request as package
+names = sorted(package.__all__)
+barrier, failed = threading.Barrier(len(names)), []
+def use(name):
+    barrier.wait()
+    try:
+        getattr(package, name)
+    except BaseException as error:
+        failed.append(f"{name}: {type(error).__name__}: {error}")
+threads = [threading.Thread(target=use, args=(name,)) for name in names]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(failed or "ok")
+"""
+
+
+def test_public_names_first_used_by_many_threads_at_once_all_import() -> None:
+    # Before: the strategies package and its delays / deadline_providers modules were imported from
+    # two threads in opposite orders, and one thread got _DeadlockError (15 runs of 20).
+    for _ in range(6):
+        command = [sys.executable, "-c", _AT_ONCE]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=INIT.parents[1])
+        assert done.stdout.strip() == "ok", done.stdout
