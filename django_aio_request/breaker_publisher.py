@@ -45,6 +45,7 @@ import functools
 import logging
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -470,8 +471,7 @@ class Publisher:
         tests; pytest-django names it before a test asks for the database and after the session.
         Then nothing is read or written, and the transitions wait for a test database."""
         if not self._tests_seen:
-            utils = sys.modules.get("django.test.utils")  # never imported outside tests: not imported here
-            self._tests_seen = utils is not None and hasattr(utils._TestState, "saved_data")
+            self._tests_seen = _running_tests()
             if not self._tests_seen:
                 return False
         outside = [(alias, name) for alias, name in where if not _is_test_database(alias)]
@@ -671,18 +671,41 @@ class Publisher:
 publisher = Publisher()
 
 
+def _running_tests() -> bool:
+    """Whether this process runs tests: Django's test environment is set up, or the process is a test
+    run from its start, before that (Django's ``test`` command, pytest with pytest-django).
+
+    From its start: a client built while Django starts (an ``AppConfig.ready()`` that warms clients
+    up) ran its first round before the test environment was set up, in the real database: it applied
+    an operator's override there to the tests' calls (a 502 where the test expected its own answer)
+    and pruned the real database's expired reports (5 of 5 runs of ``manage.py test``, 2 of 2 of
+    pytest-django)."""
+    utils = sys.modules.get("django.test.utils")  # never imported outside tests: not imported here
+    if utils is not None and hasattr(utils._TestState, "saved_data"):
+        return True
+    # Django runs the command argv[1] names (ManagementUtility.execute): manage.py, django-admin and
+    # python -m django alike; a command of that name elsewhere subclasses Django's.
+    return (
+        "pytest_django" in sys.modules
+        or "django.core.management.commands.test" in sys.modules
+        or (sys.argv[1:2] == ["test"] and "django.core.management" in sys.modules)
+    )
+
+
 def _is_test_database(alias: str) -> bool:
-    """Whether ``alias`` names a database Django's test setup made (and drops): its ``TEST NAME``, a
-    name with the test prefix (clones and pytest-xdist's included), or SQLite in memory."""
+    """Whether ``alias`` names a database Django's test setup made (and drops): its ``TEST NAME`` or
+    a clone of it (``manage.py test --parallel``: ``<TEST NAME>_2``, or ``tests_2.sqlite3`` for a file),
+    a name with the test prefix (clones and pytest-xdist's included), or SQLite in memory."""
     settings_dict = connections[alias].settings_dict
     name = str(settings_dict.get("NAME") or "")
     test_name = (settings_dict.get("TEST") or {}).get("NAME")
-    return (
-        (test_name is not None and name == str(test_name))
-        or name.startswith(TEST_DATABASE_PREFIX)
-        or name.startswith("file:memorydb_")
-        or name == ":memory:"
-    )
+    if test_name is not None:
+        test_name = str(test_name)
+        root, extension = os.path.splitext(test_name)
+        clones = rf"{re.escape(test_name)}_[0-9]+|{re.escape(root)}_[0-9]+{re.escape(extension)}"
+        if name == test_name or re.fullmatch(clones, name):
+            return True
+    return name.startswith(TEST_DATABASE_PREFIX) or name.startswith("file:memorydb_") or name == ":memory:"
 
 
 def _after_fork() -> None:

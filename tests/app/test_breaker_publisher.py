@@ -229,6 +229,104 @@ AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CI
     assert "circuit breaker state is not published while tests run" in done.stderr
 
 
+_WARMED_UP = """
+import os
+from django.apps import AppConfig
+
+class WarmUp(AppConfig):  # a --preload server's warm-up (README), here run by the test process
+    name = "warm_up"
+
+    def ready(self):
+        from django_aio_request import clients
+        clients["billing"]
+"""
+_CALLS_BILLING = """
+from django.test import SimpleTestCase
+from django_aio_request import clients, get
+
+class Billing(SimpleTestCase):
+    def test_billing_is_called(self):
+        with clients["billing"].request(get("x")) as response:
+            assert response.status == 489, (response.status, dict(response.headers))  # port 9 refuses
+"""
+
+
+@pytest.mark.parametrize("runner", ["manage.py test", "pytest"])
+def test_a_client_built_while_django_starts_reads_and_writes_nothing_of_the_real_database_in_tests(
+    tmp_path: Path, runner: str
+) -> None:
+    """A client warmed up in an AppConfig.ready() ran its first round during django.setup(), before
+    the test environment was set up: it applied the real database's force_open to the test's call
+    (502 instead of the 489 of the refused port) and pruned that database's expired reports (5 of 5
+    runs of manage.py test, 2 of 2 of pytest-django, in a review)."""
+    real = tmp_path / "real.sqlite3"
+    (tmp_path / "project_settings.py").write_text(
+        f"""
+SECRET_KEY = "x"
+USE_TZ = True
+ROOT_URLCONF = "project_settings"
+urlpatterns = []
+INSTALLED_APPS = ["django_aio_request", "warm_up.WarmUp"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
+"""
+    )
+    (tmp_path / "warm_up.py").write_text(_WARMED_UP)
+    (tmp_path / "test_billing.py").write_text(_CALLS_BILLING)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(real)) as database, database:
+        database.execute(
+            "insert into django_aio_request_breakeroverride (client, endpoint, mode, changed_by, changed_at)"
+            " values ('billing', 'http://127.0.0.1:9/', 'force_open', 'ops', '2026-01-01 00:00:00')"
+        )
+        database.execute(
+            "insert into django_aio_request_breakerreport (client, endpoint, host, pid, state, failures, successes,"
+            " failure_ratio, rejected, window_seconds, reported_at, expires_at, store) values ('billing',"
+            " 'http://127.0.0.1:9/', 'production-1', 4242, 'closed', 0, 0, 0, 0, 60, '2026-01-01 00:00:00',"
+            " '2026-01-01 00:00:05', 'local')"
+        )
+    command = ["-m", "django", "test", "-v0", "test_billing"]
+    if runner == "pytest":
+        command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "test_billing.py"]
+    done = subprocess.run(
+        [sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with contextlib.closing(sqlite3.connect(real)) as database:
+        reports = database.execute("select host from django_aio_request_breakerreport").fetchall()
+        transitions = database.execute("select count(*) from django_aio_request_breakertransition").fetchone()[0]
+    assert (reports, transitions) == ([("production-1",)], 0)  # the expired report still there, nothing added
+
+
+@pytest.mark.parametrize(
+    ("test_name", "name", "is_test_database"),
+    [
+        ("ci_tests", "ci_tests", True),
+        ("ci_tests", "ci_tests_2", True),  # manage.py test --parallel's clone of an explicit TEST NAME
+        ("ci.tests", "ci.tests_12", True),
+        ("/tmp/tests.sqlite3", "/tmp/tests_3.sqlite3", True),  # SQLite's clone of a file
+        ("ci_tests", "ci_tests_real", False),
+        ("ci_tests", "ci_tests_", False),
+        ("ci_tests", "real", False),
+        (None, "test_real", True),  # the test prefix, as Django names a test database
+        (None, "real", False),
+    ],
+)
+def test_only_databases_the_test_setup_made_are_test_databases(
+    monkeypatch: pytest.MonkeyPatch, test_name: str | None, name: str, is_test_database: bool
+) -> None:
+    """With an explicit TEST NAME, manage.py test --parallel's workers publish into its clones
+    (``<TEST NAME>_1``...): they were taken for real databases, and the workers published nothing."""
+    settings_dict = connections["default"].settings_dict
+    monkeypatch.setitem(settings_dict, "NAME", name)
+    monkeypatch.setitem(settings_dict, "TEST", {**settings_dict.get("TEST", {}), "NAME": test_name})
+    assert breaker_publisher._is_test_database("default") is is_test_database
+
+
 @pytest.mark.django_db
 def test_rounds_publish_with_use_tz_false(server: LoopbackServer, publisher: Publisher) -> None:
     """Django's default before 5.0: datetimes are naive, in TIME_ZONE (here not UTC). SQLite refused
