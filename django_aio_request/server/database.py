@@ -752,6 +752,10 @@ class _Cancellers:
                 task()
             except Exception:
                 logger.exception("a cancel task of the database bound failed")
+            # Not kept while this thread waits (up to IDLE): a task holds its QueryBound, which holds
+            # the driver's connection, and a connection the deadline cancelled stayed open 30 s after
+            # its request and thread had ended (one per cancel thread of a burst).
+            del task
 
 
 _executor: _Cancellers | None = None

@@ -65,6 +65,9 @@ class DeadlineTimer:
                 callback()
             except Exception:
                 logger.exception("deadline callback failed")
+            # Not kept until the next entry is due, which on an idle process may be never: a callback
+            # holds what it acts on (the database bound's holds a driver connection, kept open).
+            del callback
 
     def _next_due(self) -> Callable[[], None]:
         """Wait (holding the condition) until an entry is due, pop it and return its callback."""
