@@ -52,3 +52,16 @@ echo "Redis: ready on 127.0.0.1:6379"
 # The outage tests start throwaway servers of their own on other ports (one frozen with SIGSTOP:
 # tests/breaker/test_hanging_cache.py), also where Redis above runs elsewhere (a service container).
 command -v redis-server >/dev/null || apt_install redis-server
+
+# MariaDB on 127.0.0.1:3306, root without a password, for the check that refuses it before migrate
+# fails half way (tests/conf/test_database_vendor_check.py).
+if ! mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+  echo "MariaDB is not answering on 127.0.0.1:3306 as root: installing and starting it"
+  command -v mariadbd >/dev/null || apt_install mariadb-server
+  service mariadb start >/dev/null || service mysql start >/dev/null
+  for _ in $(seq 30); do mysqladmin ping >/dev/null 2>&1 && break; sleep 1; done
+  # Debian's root logs in through the unix socket only: allow it over TCP from loopback too.
+  mysql -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION"
+  mysqladmin -h 127.0.0.1 -u root ping
+fi
+echo "MariaDB: ready on 127.0.0.1:3306"

@@ -24,10 +24,16 @@ from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_se
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
 CACHE_WITHOUT_TIMEOUTS = "W010"
 DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
+UNSUPPORTED_DATABASE = "E020"  # E0xx below E020: AIO_REQUEST's own (conf/reader.py)
 CODES = {
     CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
+    UNSUPPORTED_DATABASE: "the app's tables migrated to a database other than SQLite or PostgreSQL",
 }
+#: The databases the app's migrations are written for: its view of the breakers (0002, 0004) is SQL
+#: both accept, and other backends' dialects refuse it (MySQL and MariaDB: ``||`` is OR there, and
+#: ``DOUBLE PRECISION`` no type a ``CAST`` takes).
+SUPPORTED_VENDORS = ("sqlite", "postgresql")
 
 
 @checks.register("django_aio_request")
@@ -401,6 +407,39 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
                 " and CONN_MAX_AGE so that few requests connect at all",
                 obj=f"settings.DATABASES[{alias!r}]",
                 id=f"django_aio_request.{DATABASE_WITHOUT_CONNECT_TIMEOUT}",
+            )
+        )
+    return found
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_database_vendor(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """An error for each database the app's tables would be migrated to that is neither SQLite nor
+    PostgreSQL (by its backend's ``vendor``, so PostGIS and wrapped backends count as theirs). On
+    MariaDB, ``check`` passed and ``migrate`` failed half way, at the view of 0002, with a
+    traceback, and left the migrations of apps after it (sessions) unapplied too."""
+    from django.db import connections, router
+
+    from django_aio_request.models import BreakerReport
+
+    found: list[checks.CheckMessage] = []
+    for alias in connections:
+        try:
+            vendor = connections[alias].vendor
+            migrated_here = router.allow_migrate_model(alias, BreakerReport)
+        except Exception:  # a backend that cannot even be loaded: Django's own error says so
+            continue
+        if not migrated_here or vendor in SUPPORTED_VENDORS:
+            continue
+        found.append(
+            checks.Error(
+                f"settings.DATABASES[{alias!r}] is {vendor}: django_aio_request's migrations (its admin's view of"
+                " the circuit breakers) are written for SQLite and PostgreSQL, and migrate would fail half way",
+                hint="send the app's tables to a PostgreSQL or SQLite database with a router in DATABASE_ROUTERS"
+                " (db_for_read, db_for_write and allow_migrate for app_label 'django_aio_request')",
+                obj=f"settings.DATABASES[{alias!r}]",
+                id=f"django_aio_request.{UNSUPPORTED_DATABASE}",
             )
         )
     return found
