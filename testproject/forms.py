@@ -36,5 +36,26 @@ class ChainForm(forms.Form):
         return {key: str(self.cleaned_data[key]) for key in FORWARDED if self.cleaned_data.get(key) is not None}
 
 
+class ClientsForm(forms.Form):
+    """What billing should do on the Clients page's calls, and the priority they are made with: a value
+    out of range or not a number is an error shown by its field ("50%" read as 0 and "60" s of delay as
+    10 before, without a word)."""
+
+    delay = forms.FloatField(required=False, min_value=0.0, max_value=10.0)
+    fail = forms.FloatField(required=False, min_value=0.0, max_value=1.0)
+    slow = forms.FloatField(required=False, min_value=0.0, max_value=1.0)
+    slow_delay = forms.FloatField(required=False, min_value=0.0, max_value=10.0)
+    priority = forms.ChoiceField(required=False, choices=[(p.value, p.value) for p in Priority])
+
+    BILLING = ("delay", "fail", "slow", "slow_delay")
+
+    def billing_parameters(self) -> dict[str, str]:
+        """The query parameters of billing's simulated service the form gives a value."""
+        return {key: str(self.cleaned_data[key]) for key in self.BILLING if self.cleaned_data.get(key) is not None}
+
+    def call_priority(self) -> Priority:
+        return Priority(self.cleaned_data.get("priority") or Priority.NORMAL.value)
+
+
 class HedgingForm(forms.Form):
     calls = forms.IntegerField(required=False, min_value=10, max_value=1000, initial=300)

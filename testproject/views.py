@@ -15,10 +15,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from django_aio_request import Priority, clients, get, set_context, timeout
+from django_aio_request import clients, get, set_context, timeout
 from testproject import chain, describe, hedging, shedding, svg
 from testproject.arrivals import ARRIVALS
-from testproject.forms import ChainForm, HedgingForm
+from testproject.forms import ChainForm, ClientsForm, HedgingForm
 
 INDEX_CLIENTS = ("single", "sequential", "hedged")
 TIMEOUT_SHOWN = 2.0  # the TIMEOUT of the Clients page's clients (settings.demo_frontend), named by its links
@@ -110,8 +110,13 @@ def no_favicon(request: HttpRequest) -> HttpResponse:
 @frontend_page
 def index(request: HttpRequest) -> HttpResponse:
     """Call billing through each strategy's client with the parameters given, and show the outcomes."""
-    params = {key: request.GET[key] for key in ("delay", "fail", "slow", "slow_delay") if request.GET.get(key)}
-    priority = Priority.parse(request.GET.get("priority")) or Priority.NORMAL
+    form = ClientsForm(request.GET)
+    shown = {key: request.GET[key] for key in ClientsForm.BILLING if request.GET.get(key)}  # as typed
+    if not form.is_valid():
+        context = {"form": form, "results": [], "params": shown, "priority": request.GET.get("priority")}
+        return render(request, "testproject/index.html", {**context, "timeout": TIMEOUT_SHOWN}, status=400)
+    params = form.billing_parameters()
+    priority = form.call_priority()
     configured = clients.settings.clients
     results = []
     for alias in INDEX_CLIENTS:
@@ -137,7 +142,7 @@ def index(request: HttpRequest) -> HttpResponse:
                 "received": describe.received(body, response.status, from_breaker),
             }
         )
-    context = {"results": results, "params": params, "priority": priority, "timeout": TIMEOUT_SHOWN}
+    context = {"form": form, "results": results, "params": shown, "priority": priority, "timeout": TIMEOUT_SHOWN}
     return render(request, "testproject/index.html", context)
 
 

@@ -353,6 +353,34 @@ def test_the_clients_page_reads_as_words_and_its_links_do_what_they_say(demo: De
         assert row["billing received"] == "no answer before the deadline"
 
 
+@pytest.mark.parametrize(
+    ("field", "typed", "error"),
+    [
+        ("fail", "50%", "Enter a number."),
+        ("fail", "-3", "Ensure this value is greater than or equal to 0.0."),
+        ("delay", "60", "Ensure this value is less than or equal to 10.0."),
+        ("slow", "abc", "Enter a number."),
+    ],
+)
+def test_the_clients_page_says_what_is_wrong_with_what_was_typed_and_calls_nothing(
+    demo: Demo, browser: "WebDriver", field: str, typed: str, error: str
+) -> None:
+    """The form read "50%" as 0 (nothing failed), "-3" and "abc" as 0, and a 60 s delay as 10 s,
+    and called billing with those without a word."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(demo.url + "/")
+    box = browser.find_element(By.NAME, field)
+    box.clear()
+    box.send_keys(typed)
+    box.submit()
+    shown = browser.find_element(By.CLASS_NAME, "errors").text
+    assert shown.startswith(f"{field}:"), shown
+    assert error in shown, shown
+    assert browser.find_element(By.NAME, field).get_attribute("value") == typed  # kept, to correct
+    assert browser.find_elements(By.CSS_SELECTOR, "#results td") == []  # no call was made
+
+
 def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_it(
     demo: Demo, browser: "WebDriver", tmp_path: Path
 ) -> None:
