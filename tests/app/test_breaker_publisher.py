@@ -1377,3 +1377,10 @@ def test_manage_py_test_on_postgresql_with_conn_max_age_drops_its_test_database(
     finally:
         server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         server.close()
+
+
+@pytest.mark.parametrize(("interval", "ttl"), [(0.2, 5.0), (1.0, 5.0), (10.0, 50.0)])
+def test_a_report_counts_for_five_intervals_and_never_less_than_five_seconds(interval: float, ttl: float) -> None:
+    """README and docs/admin.md: a process that stops publishing stops counting within about five
+    publishing intervals (5 s by default): the report's lifetime, which each round renews."""
+    assert Publisher(interval=interval).heartbeat_ttl == ttl
