@@ -114,7 +114,7 @@ def _take_out(counted: dict[str, str]) -> None:
     counted.clear()
 
 
-_dropped: DeferredObservations[dict[str, str]] = DeferredObservations(_uncount, name="breaker-metrics")
+_dropped: DeferredObservations[dict[str, str]] = DeferredObservations(_uncount, name="breaker-metrics", fed_by_gc=True)
 
 
 def _recount() -> None:

@@ -83,15 +83,20 @@ class DeferredObservations(Generic[T]):
     #: ``append``, so a request pays for no Python call (see docs/benchmarks.md, the middleware).
     add: Callable[[T], None]
 
-    def __init__(self, record: Callable[[T], None], *, name: str, interval: float = INTERVAL) -> None:
+    def __init__(
+        self, record: Callable[[T], None], *, name: str, interval: float = INTERVAL, fed_by_gc: bool = False
+    ) -> None:
+        """``fed_by_gc``: ``add`` is called from inside the garbage collector (a weakref callback), on
+        a thread that may hold the locks ``record`` takes: never recorded inline (see :func:`_record_inline`)."""
         self._record = record
+        self._inline_allowed = not fed_by_gc
         self._name = name
         self._interval = interval
         self._pending: collections.deque[T] = collections.deque()
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.add = self._record_now if _inline else self._add_and_start
+        self.add = self._record_now if _inline and self._inline_allowed else self._add_and_start
         atexit.register(self.flush)
         os.register_at_fork(after_in_child=self._after_fork)
         _all.add(self)
@@ -187,12 +192,15 @@ def _record_inline() -> None:
     pool used as a context manager (``with Pool() as pool:``) ends its workers with ``terminate()``,
     SIGTERM, whose default action skips ``atexit`` and the finalizers, and the queued calls of the
     workers' last 0.1 s were lost (5 to 20 of 20 calls in 27 of 44 runs). A worker's own calls pay
-    the few microseconds of recording; a server's requests, on other processes, do not."""
+    the few microseconds of recording; a server's requests, on other processes, do not. A queue fed
+    from inside the garbage collector stays queued: recorded inline there, it took a lock its thread
+    already held, and the worker hung."""
     global _inline
     _inline = True
     for queue in list(_all):
-        queue.flush()
-        queue.add = queue._record_now
+        if queue._inline_allowed:
+            queue.flush()
+            queue.add = queue._record_now
 
 
 multiprocessing.util.register_after_fork(flush_all, _flush_at_multiprocessing_exit)

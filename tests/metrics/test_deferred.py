@@ -320,3 +320,32 @@ def _run_in_multiprocess_mode(
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+POOL_WORKER_DROPPING_BREAKERS = """
+import multiprocessing, os
+from django_aio_request.metrics.breaker import watch_breaker
+
+class Breaker:  # what watch_breaker needs of one, in a reference cycle: freed by the cyclic collector
+    def __init__(self):
+        self.state = {}
+        self.me = self
+    def add_listener(self, listener):
+        self.listener = listener
+
+def job(_=None):
+    for _ in range(20000):  # clients dropped without close(): the collector frees their breakers
+        watch_breaker(Breaker(), "http://billing/")
+    return "done"
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    print(pool.apply_async(job).get(timeout=30))
+"""
+
+
+def test_a_pool_worker_whose_collector_frees_watched_breakers_does_not_hang(tmp_path: Path) -> None:
+    """A pool worker records inline, but a breaker freed by the garbage collector is queued: the
+    collector runs its callback on a thread that may hold the lock the recording takes, and recorded
+    inline there the worker hung (3 of 3 runs in a review)."""
+    done = _run_in_multiprocess_mode(POOL_WORKER_DROPPING_BREAKERS, tmp_path, timeout=90)
+    assert done.stdout.strip() == "done", done.stdout + done.stderr
