@@ -95,7 +95,8 @@ def plan_route(
     """
     if type(session) is not requests.Session or None in (_SESSION_SEND, _SESSION_GET_ADAPTER, _ADAPTER_SEND):
         return None
-    if session.auth is not None or session.params or any(session.hooks.get("response") or ()):
+    hooks = session.hooks.get("response")  # requests takes a list or one function (register_hook)
+    if session.auth is not None or session.params or callable(hooks) or any(hooks or ()):
         return None
     if select_proxy(url, settings.get("proxies") or {}) is not None:
         return None

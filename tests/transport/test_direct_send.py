@@ -221,6 +221,25 @@ def test_session_auth_is_sent(server: LoopbackServer) -> None:
     transport.close()
 
 
+@pytest.mark.parametrize("as_list", [False, True], ids=["one function", "a list"])
+def test_a_session_s_response_hook_runs_on_every_call(server: LoopbackServer, as_list: bool) -> None:
+    """requests takes a hook as one function or a list of them: one function made the route's
+    planning raise TypeError, and every call raised instead of being sent (5 of 5 in a review)."""
+    seen: list[int] = []
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        seen.append(response.status_code)
+
+    session = requests.Session()
+    session.hooks = {"response": [hook] if as_list else hook}
+    transport = RequestsTransport(session)
+    server.route("/x", lambda h: h.reply(200))
+    assert [transport.send(server.url, dar.get("x"), DEADLINE).status for _ in range(3)] == [200, 200, 200]
+    assert seen == [200, 200, 200]
+    assert _route(transport, server.url) is None  # requests' own path, where the hook runs
+    transport.close()
+
+
 def test_credentials_in_the_endpoint_are_sent_as_basic_auth(server: LoopbackServer) -> None:
     transport = RequestsTransport()
     server.route("/x", lambda h: h.reply(200))
