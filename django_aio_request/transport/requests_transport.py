@@ -591,16 +591,22 @@ class RequestsTransport(Transport):
             return outcome
         # The last request's Accept-Encoding, after redirects: see _answer for why this comes first.
         unreadable = unreadable_coding(outcome.headers, outcome.request.headers.get("Accept-Encoding"))
+        # An adapter of the user's may answer a Response made in memory, with no ``raw`` (its body
+        # in ``_content``): requests reads it, and here it failed as a 489 on ``raw.tell()``.
+        raw = outcome.raw
         try:
             bodiless = _bodiless(outcome.request.method or "", outcome.status_code)  # the last hop's method
-            if unreadable is None:
+            if raw is None:  # what requests' ``content`` gives: the body made in memory
+                body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
+            elif unreadable is None:
                 body = self._read_body(outcome.headers, outcome.iter_content(_CHUNK_SIZE), bodiless=bodiless)
-                _check_decoded_to_the_end(outcome.raw, body)
+                _check_decoded_to_the_end(raw, body)
             else:  # read as it came, for _answered() to refuse
-                chunks = outcome.raw.stream(_CHUNK_SIZE, decode_content=False)
+                chunks = raw.stream(_CHUNK_SIZE, decode_content=False)
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless)
         finally:
-            outcome.close()  # a body left unread closes the connection instead of pooling it
+            if raw is not None:
+                outcome.close()  # a body left unread closes the connection instead of pooling it
         return self._answered(
             request, endpoint, outcome.status_code, outcome.headers, body, unreadable=unreadable, started=started
         )

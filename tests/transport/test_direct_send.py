@@ -210,6 +210,34 @@ def test_an_adapter_mounted_for_a_prefix_gets_its_calls(server: LoopbackServer) 
     transport.close()
 
 
+class _CannedAdapter(HTTPAdapter):
+    """An adapter that answers from memory, as stubs and caches do: a Response with no ``raw``."""
+
+    def __init__(self, consumed: bool) -> None:
+        super().__init__()
+        self.consumed = consumed
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        answer = requests.Response()
+        answer.status_code, answer._content, answer._content_consumed = 200, b"canned", self.consumed  # type: ignore[attr-defined]
+        answer.request, answer.url = request, request.url or ""
+        answer.headers["Content-Type"] = "text/plain"
+        return answer
+
+
+@pytest.mark.parametrize("consumed", [True, False])
+def test_an_adapter_that_answers_a_response_made_in_memory_is_read_as_requests_reads_it(consumed: bool) -> None:
+    """Such a Response has no ``raw``: plain requests gives its body, and the transport answered
+    489 (AttributeError on ``raw.tell()``) on every call."""
+    session = requests.Session()
+    session.mount("http://canned.test/", _CannedAdapter(consumed))
+    assert session.get("http://canned.test/x").content == b"canned"
+    transport = RequestsTransport(session)
+    response = transport.send("http://canned.test/", dar.get("x"), DEADLINE)
+    assert (response.status, response.read()) == (200, b"canned")
+    transport.close()
+
+
 def test_session_auth_is_sent(server: LoopbackServer) -> None:
     session = requests.Session()
     session.auth = ("user", "secret")
