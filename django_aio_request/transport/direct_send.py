@@ -142,12 +142,21 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     if context.get("ssl_context") is not None:
         return False
     ca_certs, ca_cert_dir = context.get("ca_certs"), context.get("ca_cert_dir")
-    if verify is True and not ca_certs and not ca_cert_dir:
-        ca_certs = DEFAULT_CA_BUNDLE_PATH  # what requests' cert_verify gives each connection
+    if verify is True:
+        # What requests' cert_verify gives each connection, whatever CA its pool was given
+        # (init_poolmanager(ca_certs=...)): requests trusts certifi's bundle there, and so must this.
+        ca_certs, ca_cert_dir = DEFAULT_CA_BUNDLE_PATH, None
     if not ca_certs and not ca_cert_dir:
         return False
     try:
-        tls = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+        # The pool's TLS versions too: urllib3 applies them only to a context it makes itself, and a
+        # pool limited to TLS 1.3 (init_poolmanager(ssl_minimum_version=...)) spoke TLS 1.2 here.
+        tls = create_urllib3_context(
+            cert_reqs=ssl.CERT_REQUIRED,
+            ssl_version=context.get("ssl_version"),
+            ssl_minimum_version=context.get("ssl_minimum_version"),
+            ssl_maximum_version=context.get("ssl_maximum_version"),
+        )
         tls.load_verify_locations(cafile=ca_certs, capath=ca_cert_dir)
         if context.get("cert_file"):
             tls.load_cert_chain(context["cert_file"], context.get("key_file"), context.get("key_password"))

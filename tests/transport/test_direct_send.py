@@ -486,6 +486,98 @@ def test_a_session_s_own_certificates_win_over_a_ca_bundle_variable(
         default.close()
 
 
+def _version_server(maximum: ssl.TLSVersion) -> Iterator[tuple[int, trustme.CA]]:
+    """A TLS server that speaks up to ``maximum`` and answers with the version each connection speaks."""
+
+    class Version(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = str(self.connection.version()).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    authority = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.maximum_version = maximum
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Version)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server.server_address[1], authority
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tls12_server() -> Iterator[tuple[int, trustme.CA]]:
+    yield from _version_server(ssl.TLSVersion.TLSv1_2)
+
+
+@pytest.fixture(scope="module")
+def tls13_server() -> Iterator[tuple[int, trustme.CA]]:
+    yield from _version_server(ssl.TLSVersion.TLSv1_3)
+
+
+@pytest.mark.parametrize("pool_option", ["ssl_minimum_version", "ca_certs"])
+def test_tls_options_a_plain_adapter_gives_its_pools_hold_on_the_direct_route(
+    tls12_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch, pool_option: str
+) -> None:
+    """The direct route gives a host's pool one ready-made SSL context, which urllib3 takes as it is:
+    a pool limited to TLS 1.3 spoke TLS 1.2 there, and a pool given its own ``ca_certs`` trusted them,
+    where requests, which replaces them with certifi's bundle when ``verify`` is True, refuses the
+    server. The same session then trusted one thing or another by the route a call took."""
+    port, authority = tls12_server
+    url = f"https://127.0.0.1:{port}/"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with authority.cert_pem.tempfile() as ca_file:
+
+        def session() -> requests.Session:
+            made = requests.Session()
+            adapter = HTTPAdapter()
+            if pool_option == "ssl_minimum_version":
+                made.verify = ca_file
+                adapter.init_poolmanager(10, 10, ssl_minimum_version=ssl.TLSVersion.TLSv1_3)
+            else:
+                adapter.init_poolmanager(10, 10, ca_certs=ca_file)
+            made.mount("https://", adapter)
+            return made
+
+        with pytest.raises(requests.exceptions.SSLError):
+            session().get(url, timeout=5)
+        transport = RequestsTransport(session())
+        assert transport.send(url, dar.get("x"), DEADLINE).status == status.NETWORK_ERROR
+        assert _route(transport, url) is not None  # on the direct route
+        transport.close()
+
+
+def test_a_pool_s_highest_tls_version_holds_on_the_direct_route(
+    tls13_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, authority = tls13_server
+    url = f"https://127.0.0.1:{port}/"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)  # it would replace the session's verify
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with authority.cert_pem.tempfile() as ca_file:
+        session = requests.Session()
+        session.verify = ca_file
+        adapter = HTTPAdapter()
+        adapter.init_poolmanager(10, 10, ssl_maximum_version=ssl.TLSVersion.TLSv1_2)
+        session.mount("https://", adapter)
+        assert session.get(url, timeout=5).text == "TLSv1.2"
+        transport = RequestsTransport(session)
+        response = transport.send(url, dar.get("x"), DEADLINE)
+        assert (response.status, response.read()) == (200, b"TLSv1.2")
+        assert _route(transport, url) is not None
+        transport.close()
+
+
 @settings(
     max_examples=150,
     deadline=None,
