@@ -1,6 +1,7 @@
 """The default transport, on a ``requests.Session``."""
 
 import contextlib
+import copy
 import http.cookiejar
 import logging
 import os
@@ -104,6 +105,50 @@ class _Host:
 
     settings: dict[str, Any]
     route: direct_send.DirectRoute | None
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionState:
+    """What of a session the transport's per-host work (``_host``) depends on, as it was then.
+
+    Compared on every call (about 1 µs): a session changed after the first call to a host (a token
+    put in ``session.headers``, a proxy in ``session.proxies``) kept sending what it was before, where
+    requests reads the session on every call (a new ``Authorization`` never sent; 0 of 5 calls
+    through a proxy set later)."""
+
+    headers: dict[str, Any]
+    proxies: dict[str, Any]
+    params: Any
+    hooks: dict[str, Any]
+    auth: Any
+    verify: Any
+    cert: Any
+    trust_env: bool
+
+    @classmethod
+    def of(cls, session: requests.Session) -> "_SessionState":
+        return cls(
+            dict(session.headers._store),  # type: ignore[attr-defined]
+            dict(session.proxies),
+            copy.copy(session.params),
+            {event: copy.copy(hooks) for event, hooks in session.hooks.items()},
+            session.auth,
+            session.verify,
+            session.cert,
+            session.trust_env,
+        )
+
+    def holds(self, session: requests.Session) -> bool:
+        return (
+            session.headers._store == self.headers  # type: ignore[attr-defined]
+            and session.proxies == self.proxies
+            and session.params == self.params
+            and session.hooks == self.hooks
+            and session.auth is self.auth
+            and session.verify == self.verify
+            and session.cert == self.cert
+            and session.trust_env == self.trust_env
+        )
 
 
 #: A request ready to send: the prepared request, its settings, and the direct route or None.
@@ -310,6 +355,7 @@ class RequestsTransport(Transport):
                 session.mount(prefix, _guarded_copy(adapter))
         self._session = session
         self._hosts: dict[str, _Host] = {}
+        self._planned_for = _SessionState.of(session)
         # A lock per host whose route a thread is working out (_host), while it does; and the lock of that dict.
         self._planning: dict[str, threading.Lock] = {}
         self._planning_guard = threading.Lock()
@@ -333,6 +379,7 @@ class RequestsTransport(Transport):
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = self.max_connections
         self._hosts = {}  # their direct routes name the parent's pools
+        self._planned_for = _SessionState.of(self._session)
         self._planning = {}  # a thread of the parent may have held them at the fork
         self._planning_guard = threading.Lock()
         for adapter in list(self._session.adapters.values()):
@@ -400,6 +447,11 @@ class RequestsTransport(Transport):
         """
         parts = split_url(url)  # not Python's cached urlsplit: it keeps 128 URLs of any length
         key = f"{parts.scheme}://{parts.netloc}"
+        if not self._planned_for.holds(self._session):
+            # The session changed since the hosts were worked out (a new token in its headers, a
+            # proxy set): work them out again, as requests reads the session on every call.
+            self._planned_for = _SessionState.of(self._session)
+            self._hosts = {}
         found = self._hosts.get(key)
         if found is None:
             with self._planning_guard:

@@ -291,6 +291,32 @@ def test_a_netrc_entry_for_the_host_is_sent(
     transport.close()
 
 
+def test_a_session_changed_after_its_first_calls_is_sent_as_it_is_now(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests reads the session on every call; the transport worked a host out once, so a token
+    put in the session's headers after the first call was never sent (the old one was), nor did
+    calls go through a proxy set later (0 of 5)."""
+    for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    server.route("/x", lambda h: h.reply(200))
+    server.route("http://service.invalid/x", lambda h: h.reply(200))
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer old"
+    transport = RequestsTransport(session)
+    assert transport.send(server.url, dar.get("x"), DEADLINE).status == 200
+    session.headers["Authorization"] = "Bearer new"  # a token renewed in place
+    assert transport.send(server.url, dar.get("x"), DEADLINE).status == 200
+    assert [r.headers["Authorization"] for r in server.received("/x")] == ["Bearer old", "Bearer new"]
+    assert _route(transport, server.url) is not None  # still the direct route
+    target = "http://service.invalid/"
+    assert transport.send(target, dar.get("x"), 0.5).status == status.NETWORK_ERROR  # no such host
+    session.proxies["http"] = server.url  # the loopback server plays the proxy
+    assert transport.send(target, dar.get("x"), DEADLINE).status == 200
+    assert server.requests[-1].path == "http://service.invalid/x"
+    transport.close()
+
+
 def test_a_proxy_from_the_environment_is_used(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loopback server plays the proxy: a proxied request line carries the absolute URL."""
     monkeypatch.setenv("HTTP_PROXY", server.url)
