@@ -107,6 +107,30 @@ class _Host:
     route: direct_send.DirectRoute | None
 
 
+class _RaisedByAHook(Exception):
+    """A response hook of the session or the request raised ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook``, whose exception reaches the caller as it is: requests raises it from ``send()``, and
+    the transport took it for a failure of the network, a 489 the breaker counted and strategies
+    retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
+    is closed first, as nothing else will read it."""
+
+    def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(answer, *args, **kwargs)
+        except Exception as error:
+            answer.close()
+            raise _RaisedByAHook(error) from error
+
+    return called
+
+
 @dataclass(frozen=True, slots=True)
 class _SessionState:
     """What of a session the transport's per-host work (``_host``) depends on, as it was then.
@@ -416,6 +440,8 @@ class RequestsTransport(Transport):
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
                     raise requests.ConnectionError("the attempt was aborted while its response was read")
                 return response
+            except _RaisedByAHook as raised:  # the application's code, not the peer's doing: raised on
+                raise raised.error  # noqa: B904 - the hook's own exception, with its own traceback
             except Exception as error:  # anything a malformed answer makes requests or urllib3 raise
                 try:
                     return self._failure(request, endpoint, error, guard, started)
@@ -663,7 +689,7 @@ class RequestsTransport(Transport):
             request, endpoint, outcome.status_code, outcome.headers, body, unreadable=unreadable, started=started
         )
 
-    def _send_with_requests(
+    def _send_with_requests(  # noqa: PLR0912 - each outcome of a hop, in the order requests meets them
         self,
         prepared: requests.PreparedRequest,
         kwargs: dict[str, Any],
@@ -689,7 +715,7 @@ class RequestsTransport(Transport):
             answers.append(answer)
             _hide_location(answer)
 
-        prepared.hooks["response"].append(received)
+        prepared.hooks["response"] = [*map(_raised_on, prepared.hooks["response"]), received]
         try:
             if first is None:
                 response = session.send(prepared, allow_redirects=False, **kwargs)
@@ -714,6 +740,8 @@ class RequestsTransport(Transport):
                     return self._too_many_redirects(response, started)
         except Exception as error:
             _show_location(*answers)
+            if isinstance(error, _RaisedByAHook):
+                raise
             answer = answers[-1] if answers else None
             if isinstance(error, requests.TooManyRedirects) and answer is not None and request.allow_redirects:
                 # A caller's session whose own max_redirects is below 1: requests follows no redirect.

@@ -210,6 +210,29 @@ def test_an_adapter_mounted_for_a_prefix_gets_its_calls(server: LoopbackServer) 
     transport.close()
 
 
+def test_a_hook_that_raises_raises_on_to_the_caller_as_requests_raises_it(server: LoopbackServer) -> None:
+    """``raise_for_status`` in a session's hook: requests raises HTTPError for the 404; the transport
+    took the exception for a failure of the network, a 489 the breaker counted and strategies retried."""
+
+    def raise_for_status(response: requests.Response, **_: Any) -> None:
+        response.raise_for_status()
+
+    server.route("/missing", lambda h: h.reply(404, b"no"))
+    server.route("/there", lambda h: h.reply(200, b"yes"))
+    session = requests.Session()
+    session.hooks["response"].append(raise_for_status)
+    with pytest.raises(requests.HTTPError) as plain:
+        session.get(server.url + "missing", timeout=5)
+    transport = RequestsTransport(session)
+    with pytest.raises(requests.HTTPError) as raised:
+        transport.send(server.url, dar.get("missing"), DEADLINE)
+    assert raised.value.response is not None
+    assert raised.value.response.status_code == plain.value.response.status_code == 404
+    response = transport.send(server.url, dar.get("there"), DEADLINE)  # the next call is answered
+    assert (response.status, response.read()) == (200, b"yes")
+    transport.close()
+
+
 class _CannedAdapter(HTTPAdapter):
     """An adapter that answers from memory, as stubs and caches do: a Response with no ``raw``."""
 
