@@ -94,3 +94,45 @@ def test_the_app_s_tables_routed_to_a_supported_database_migrate_beside_mariadb(
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     assert "django_session" in _tables(mariadb_database)
     assert not [table for table in _tables(mariadb_database) if table.startswith("django_aio_request")]
+
+
+def test_a_mariadb_database_the_app_s_tables_do_not_go_to_is_no_error(tmp_path: Path, mariadb_database: str) -> None:
+    """A legacy MySQL alias beside the project's SQLite or PostgreSQL: E020 judged every alias and
+    stopped check, migrate and runserver; it judges where the app's rows go, and what a command
+    names (migrate --database)."""
+    legacy = f"""
+import pymysql
+pymysql.install_as_MySQLdb()
+from settings.test import *
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_aio_request"]
+ROOT_URLCONF = "bad_settings"
+urlpatterns = []
+DATABASES = {{
+    "default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(tmp_path / "default.sqlite3")!r}}},
+    "legacy": {{"ENGINE": "django.db.backends.mysql", "NAME": {mariadb_database!r}, "HOST": "127.0.0.1",
+                "PORT": "3306", "USER": "root"}},
+}}
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/"}}}}}}
+"""
+    checked = manage(tmp_path, "check", settings=legacy)
+    assert checked.returncode == 0, checked.stderr
+    migrated = manage(tmp_path, "migrate", "-v0", settings=legacy)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    elsewhere = manage(tmp_path, "migrate", "--database", "legacy", settings=legacy)
+    assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+    assert "settings.DATABASES['legacy']: (django_aio_request.E020)" in elsewhere.stderr
+    assert _tables(mariadb_database) == []
+
+
+def test_no_database_at_all_is_no_error(tmp_path: Path) -> None:
+    """DATABASES = {}: the app used for its clients only (Django's dummy backend, vendor "unknown")."""
+    nothing = """
+from settings.test import *
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_aio_request"]
+ROOT_URLCONF = "bad_settings"
+urlpatterns = []
+DATABASES = {}
+AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://127.0.0.1:9/"}}}
+"""
+    checked = manage(tmp_path, "check", settings=nothing)
+    assert checked.returncode == 0, checked.stderr
