@@ -683,13 +683,20 @@ def _running_tests() -> bool:
     utils = sys.modules.get("django.test.utils")  # never imported outside tests: not imported here
     if utils is not None and hasattr(utils._TestState, "saved_data"):
         return True
-    # Django runs the command argv[1] names (ManagementUtility.execute): manage.py, django-admin and
-    # python -m django alike; a command of that name elsewhere subclasses Django's.
+    # Django runs the command argv[1] names (ManagementUtility.execute), by manage.py, django-admin or
+    # python -m django; another program's argument "test" (python serve.py test, an environment's
+    # name) is none: such a server stopped publishing. A command of that name subclasses Django's.
     return (
         "pytest_django" in sys.modules
         or "django.core.management.commands.test" in sys.modules
-        or (sys.argv[1:2] == ["test"] and "django.core.management" in sys.modules)
+        or (sys.argv[1:2] == ["test"] and _is_django_s_command_line(sys.argv[0]))
     )
+
+
+def _is_django_s_command_line(program: str) -> bool:
+    path = program.replace("\\", "/")
+    name = path.rsplit("/", 1)[-1]
+    return name in ("manage.py", "django-admin", "django-admin.py") or path.endswith("django/__main__.py")
 
 
 def _is_test_database(alias: str) -> bool:

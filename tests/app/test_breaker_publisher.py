@@ -302,6 +302,49 @@ AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CI
     assert (reports, transitions) == ([("production-1",)], 0)  # the expired report still there, nothing added
 
 
+_SERVER_NAMED_TEST = """
+import sys
+import django
+django.setup()
+from django.core.management import call_command  # a WSGI start imports django.core.management too
+from django_aio_request import clients, get
+from django_aio_request.breaker_publisher import publisher
+from django_aio_request.models import BreakerReport
+with clients["billing"].request(get("x")):  # port 9 refuses: the circuit has a call to report
+    pass
+print(sys.argv[1:], publisher.run_once(), list(BreakerReport.objects.values_list("client", flat=True)))
+"""
+
+
+def test_a_program_given_test_as_its_argument_is_no_test_run(tmp_path: Path) -> None:
+    """``python serve.py test`` (an environment's name): taken for Django's test command, the
+    server published nothing and ignored the operators' overrides."""
+    real = tmp_path / "real.sqlite3"
+    (tmp_path / "project_settings.py").write_text(
+        f"""
+SECRET_KEY = "x"
+USE_TZ = True
+INSTALLED_APPS = ["django_aio_request"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
+"""
+    )
+    (tmp_path / "serve.py").write_text(_SERVER_NAMED_TEST)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "serve.py", "test"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "['test'] True ['billing']", done.stdout + done.stderr
+
+
 @pytest.mark.parametrize(
     ("test_name", "name", "is_test_database"),
     [
