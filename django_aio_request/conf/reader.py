@@ -119,6 +119,12 @@ def shown(value: Any) -> str:
     and by the ``InvalidSettings`` of a server's startup log."""
     if isinstance(value, str) and ("//" in value or "@" in value or not value.isascii()):
         return repr(shown_endpoint(value))
+    if isinstance(value, bytes | bytearray) and (b"//" in value or b"@" in value):
+        return repr(type(value)(shown_endpoint(value.decode("latin-1")).encode("latin-1")))
+    if isinstance(value, list | tuple | set | frozenset | Mapping) and _holds_text(value):
+        # A URL pasted in a list, or a cache's whole entry where its alias belongs: each part is
+        # shown as above (the repr of the container repeated them whole).
+        return _shown_container(value, 0)
     try:
         return repr(value)
     except Exception as error:
@@ -126,6 +132,37 @@ def shown(value: Any) -> str:
             digits = math.floor(math.log10(abs(value))) + 1
             digits -= abs(value) < 10 ** (digits - 1)  # log10 of 10**n - 1 rounds up to n
             return f"an integer of {digits} digits"
+        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
+
+
+def _holds_text(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, str | bytes | bytearray):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, Mapping):
+        return any(_holds_text(key, depth + 1) or _holds_text(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds_text(item, depth + 1) for item in value)
+    return False
+
+
+def _shown_container(value: Any, depth: int) -> str:
+    def part(item: Any) -> str:
+        if isinstance(item, list | tuple | set | frozenset | Mapping) and _holds_text(item):
+            return "..." if depth >= 8 else _shown_container(item, depth + 1)  # (one that holds itself too)
+        return shown(item)
+
+    try:
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{part(key)}: {part(item)}" for key, item in value.items()) + "}"
+        parts = ", ".join(part(item) for item in value)
+        if isinstance(value, list):
+            return f"[{parts}]"
+        if isinstance(value, tuple):
+            return f"({parts},)" if len(value) == 1 else f"({parts})"
+        return f"{type(value).__name__}({{{parts}}})" if value else f"{type(value).__name__}()"
+    except Exception as error:  # a message must never fail to be written
         return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
 
 

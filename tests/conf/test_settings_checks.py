@@ -985,3 +985,28 @@ AIO_REQUEST = {{
     used = manage(tmp_path, "shell", "-c", first_use, settings=url_as_alias)
     assert "InvalidSettings: AIO_REQUEST has 1 problem:" in used.stderr
     assert secret not in done.stdout + done.stderr + used.stdout + used.stderr
+
+
+_SECRET_URL = "redis://:hunter2-s3cr3t@redis.internal:6379/0"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"CIRCUIT_BREAKER_STATE": [_SECRET_URL]},
+        {"CIRCUIT_BREAKER_STATE": (_SECRET_URL,)},
+        {"CIRCUIT_BREAKER_STATE": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _SECRET_URL}},
+        {"CIRCUIT_BREAKER_STATE": _SECRET_URL.encode()},
+        {"CLIENTS": {"https://user:hunter2-s3cr3t@x.example/" + "a" * 100: {"ENDPOINT": "http://127.0.0.1:1/"}}},
+        {"CLIENTS": {"a": {"ENDPOINT": "http://127.0.0.1:1/", "PRIORITY": [_SECRET_URL]}}},
+        {"CLIENTS": {"a": {"ENDPOINT": "http://127.0.0.1:1/", ("k", _SECRET_URL): 1}}},
+    ],
+    ids=["list", "tuple", "a cache's entry", "bytes", "a long client name", "a list elsewhere", "a key"],
+)
+def test_a_url_with_credentials_in_any_shape_is_never_repeated(setting: dict[str, object]) -> None:
+    """A URL in a list, a tuple, bytes, a cache's whole entry pasted where its alias belongs, a key,
+    or the first 40 characters of an overlong client name was repeated whole, password included."""
+    found = messages(setting)
+    assert found, setting
+    assert not [message for message in found if "hunter2" in message], found
+    assert any("***@" in message for message in found), found
