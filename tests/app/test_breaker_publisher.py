@@ -173,6 +173,28 @@ def test_the_last_round_at_exit_writes_only_where_the_rounds_wrote(
     assert BreakerTransition.objects.count() == opened
 
 
+def project_with_a_real_database(tmp_path: Path, *, installed: str = "") -> tuple[Path, dict[str, str]]:
+    """A project in ``tmp_path`` whose one database is a SQLite file (the "real" one), migrated, with
+    a client ``billing`` (breaker on) calling a port that refuses: its database file and the
+    environment to run its commands with (``python -m django ...``)."""
+    real = tmp_path / "real.sqlite3"
+    (tmp_path / "project_settings.py").write_text(
+        f"""
+SECRET_KEY = "x"
+USE_TZ = True
+ROOT_URLCONF = "project_settings"
+urlpatterns = []
+INSTALLED_APPS = ["django_aio_request"{installed}]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    return real, env
+
+
 _SIMPLE_TEST = """
 import time
 from django.test import SimpleTestCase
@@ -193,23 +215,9 @@ def test_manage_py_test_never_writes_the_tests_circuits_into_the_real_database(t
     name the real one, which the publisher's thread (its connection is not the one SimpleTestCase
     closes to tests) wrote the test process's report and force_breaker()'s transitions into (6 of 6
     runs in a review; pytest-django did it too, before a test asked for the database)."""
-    real = tmp_path / "real.sqlite3"
-    (tmp_path / "project_settings.py").write_text(
-        f"""
-SECRET_KEY = "x"
-USE_TZ = True
-ROOT_URLCONF = "project_settings"
-urlpatterns = []
-INSTALLED_APPS = ["django_aio_request"]
-DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
-AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
-"""
-    )
+    real, env = project_with_a_real_database(tmp_path)
     (tmp_path / "test_simple.py").write_text(_SIMPLE_TEST)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     manage = [sys.executable, "-m", "django"]
-    subprocess.run([*manage, "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
     done = subprocess.run(
         [*manage, "test", "-v0", "test_simple"],
         check=False,
@@ -259,23 +267,9 @@ def test_a_client_built_while_django_starts_reads_and_writes_nothing_of_the_real
     the test environment was set up: it applied the real database's force_open to the test's call
     (502 instead of the 489 of the refused port) and pruned that database's expired reports (5 of 5
     runs of manage.py test, 2 of 2 of pytest-django, in a review)."""
-    real = tmp_path / "real.sqlite3"
-    (tmp_path / "project_settings.py").write_text(
-        f"""
-SECRET_KEY = "x"
-USE_TZ = True
-ROOT_URLCONF = "project_settings"
-urlpatterns = []
-INSTALLED_APPS = ["django_aio_request", "warm_up.WarmUp"]
-DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
-AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
-"""
-    )
     (tmp_path / "warm_up.py").write_text(_WARMED_UP)
     (tmp_path / "test_billing.py").write_text(_CALLS_BILLING)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    real, env = project_with_a_real_database(tmp_path, installed=', "warm_up.WarmUp"')
     import sqlite3
 
     with contextlib.closing(sqlite3.connect(real)) as database, database:
@@ -319,20 +313,8 @@ print(sys.argv[1:], publisher.run_once(), list(BreakerReport.objects.values_list
 def test_a_program_given_test_as_its_argument_is_no_test_run(tmp_path: Path) -> None:
     """``python serve.py test`` (an environment's name): taken for Django's test command, the
     server published nothing and ignored the operators' overrides."""
-    real = tmp_path / "real.sqlite3"
-    (tmp_path / "project_settings.py").write_text(
-        f"""
-SECRET_KEY = "x"
-USE_TZ = True
-INSTALLED_APPS = ["django_aio_request"]
-DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
-AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
-"""
-    )
+    _, env = project_with_a_real_database(tmp_path)
     (tmp_path / "serve.py").write_text(_SERVER_NAMED_TEST)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
     done = subprocess.run(
         [sys.executable, "serve.py", "test"],
         check=False,
