@@ -7,6 +7,7 @@ shows them all). Nothing here knows the keys of ``AIO_REQUEST``: ``schema.py`` d
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -113,26 +114,47 @@ def shown(value: Any) -> str:
     number of more than 4,300 digits (``10**5000``) is "an integer of 5001 digits", as ``repr`` raises
     ValueError for it, and for a list holding one; a message must never fail to be written.
 
-    A string with ``//`` or ``@`` in it is shown as an endpoint is (``shown_endpoint``): without what
-    may be credentials, a query or a fragment. A URL put where a name belongs
+    A string with ``//``, ``@``, ``?``, ``#`` or a character that is not ASCII in it is shown as an
+    endpoint is (``shown_endpoint``): without what may be credentials, a query or a fragment; so is
+    each such string inside a list, tuple, set or dict (whose keys named like secrets have their
+    values hidden), and any other object whose text has one is named by its type only. A URL put where a name belongs
     (``"CIRCUIT_BREAKER_STATE": "redis://:password@redis:6379/0"``) was repeated whole by ``check``
     and by the ``InvalidSettings`` of a server's startup log."""
-    if isinstance(value, str) and ("//" in value or "@" in value or not value.isascii()):
+    if isinstance(value, str) and _may_hold_credentials(value):
         return repr(shown_endpoint(value))
-    if isinstance(value, bytes | bytearray) and (b"//" in value or b"@" in value):
-        return repr(type(value)(shown_endpoint(value.decode("latin-1")).encode("latin-1")))
+    if isinstance(value, bytes | bytearray):
+        text = value.decode("utf-8", "replace")
+        if _may_hold_credentials(text):
+            return repr(type(value)(shown_endpoint(text).encode("utf-8")))
     if isinstance(value, list | tuple | set | frozenset | Mapping) and _holds_text(value):
         # A URL pasted in a list, or a cache's whole entry where its alias belongs: each part is
         # shown as above (the repr of the container repeated them whole).
         return _shown_container(value, 0)
     try:
-        return repr(value)
+        text = repr(value)
     except Exception as error:
         if isinstance(value, int):
             digits = math.floor(math.log10(abs(value))) + 1
             digits -= abs(value) < 10 ** (digits - 1)  # log10 of 10**n - 1 rounds up to n
             return f"an integer of {digits} digits"
         return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
+    # Any other object whose text may carry a URL's credentials (a deque, a UserString, ...): none
+    # of its text is shown.
+    return f"a {type(value).__name__}" if not isinstance(value, str) and _may_hold_credentials(text) else text
+
+
+#: Keys whose values are secrets, as Django's error pages hide settings (SafeExceptionReporterFilter).
+_SECRET_KEYS = re.compile("API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE", flags=re.IGNORECASE)
+
+
+def _may_hold_credentials(text: str) -> bool:
+    return "//" in text or "@" in text or "?" in text or "#" in text or not text.isascii()
+
+
+def _secret_or(key: Any, item: Any, show: Callable[[Any], str]) -> str:
+    """``'***'`` for the value of a key named like a secret (``OPTIONS: {"PASSWORD": ...}`` of a cache's
+    entry pasted where its alias belongs), else the value as ``show`` shows it."""
+    return "'***'" if isinstance(key, str) and _SECRET_KEYS.search(key) else show(item)
 
 
 def _holds_text(value: Any, depth: int = 0) -> bool:
@@ -155,7 +177,7 @@ def _shown_container(value: Any, depth: int) -> str:
 
     try:
         if isinstance(value, Mapping):
-            return "{" + ", ".join(f"{part(key)}: {part(item)}" for key, item in value.items()) + "}"
+            return "{" + ", ".join(f"{part(key)}: {_secret_or(key, item, part)}" for key, item in value.items()) + "}"
         parts = ", ".join(part(item) for item in value)
         if isinstance(value, list):
             return f"[{parts}]"
@@ -283,7 +305,12 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a module that fails, exits or raises its own BaseException as it is imported
-            reader.fail(path, f"cannot be imported: {error}", f"give the dotted path of {what}", code=BAD_IMPORT)
+            # The error names the value ("No module named 'https://svc:pw@auth'"): such a value is
+            # shown as shown() shows it, and the error's text left out.
+            told = (
+                f"cannot be imported: {error}" if shown(value) == repr(value) else f"{shown(value)} cannot be imported"
+            )
+            reader.fail(path, told, f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
         if not accept(found):
             reader.fail(path, f"names {shown(found)}, not {what}", why(found) if why else None, code=BAD_IMPORT)

@@ -850,7 +850,8 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         if not isinstance(name, str) or not name:
             reader.fail(path, "is not a valid client name: use a non-empty string")
         elif len(name) > CLIENT_NAME_LENGTH:  # admin's tables: a longer one failed every publishing round
-            path = f"['CLIENTS'][{shown(name[:40])}...]"
+            cut = shown(name)  # hidden first, then cut: a cut before its "@" hid nothing
+            path = f"['CLIENTS'][{cut[:41] + cut[0] if len(cut) > 42 else cut}...]"
             reader.fail(path, f"is a client name longer than {CLIENT_NAME_LENGTH} characters")
         # The entry is read with a bad name too: its own problems are reported with the name's.
         spec = _client(reader, name if isinstance(name, str) else shown(name), client_value, path)
