@@ -8,13 +8,32 @@
 # cannot make an applied history inconsistent; keeping it conditional (only with auth) would have:
 # a project that migrated without auth and added it later would have 0001 applied before auth's 0001.
 
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
 from django.db import migrations, models
+
+
+def refuse_an_unsupported_database(apps: Any, schema_editor: Any) -> None:
+    """Stop before any table is made on a database the app's SQL is not written for (check's E020).
+    ``manage.py test`` migrates its test databases before it runs the checks: on MariaDB it made this
+    migration's tables and failed at 0002's view with MariaDB's syntax error."""
+    from django_aio_request.checks import SUPPORTED_VENDORS, UNSUPPORTED_DATABASE
+
+    connection = schema_editor.connection
+    if connection.vendor not in SUPPORTED_VENDORS:
+        raise ImproperlyConfigured(
+            f"django_aio_request.{UNSUPPORTED_DATABASE}: database {connection.alias!r} is {connection.vendor}:"
+            " django_aio_request's migrations are written for SQLite and PostgreSQL; send the app's tables to"
+            " one of them with a router in DATABASE_ROUTERS (app_label 'django_aio_request')"
+        )
 
 
 class Migration(migrations.Migration):
     initial = True
 
     operations = [
+        migrations.RunPython(refuse_an_unsupported_database, migrations.RunPython.noop, elidable=True),
         migrations.CreateModel(
             name="CircuitBreaker",
             fields=[

@@ -32,6 +32,7 @@ def mariadb_database() -> Iterator[str]:
             yield name
         finally:
             server.cursor().execute(f"DROP DATABASE {name}")
+            server.cursor().execute(f"DROP DATABASE IF EXISTS test_{name}")  # what manage.py test left
 
 
 def _tables(name: str) -> list[str]:
@@ -136,3 +137,16 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://127.0.0.1:9/"}}}
 """
     checked = manage(tmp_path, "check", settings=nothing)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_manage_py_test_on_mariadb_stops_with_e020_before_making_a_table(tmp_path: Path, mariadb_database: str) -> None:
+    """Django's test runner migrates its test databases before it runs the checks: on MariaDB it
+    made 0001's tables and failed at 0002's view with MariaDB's syntax error, E020 never shown."""
+    (tmp_path / "test_with_db.py").write_text(
+        "from django.test import TestCase\n\nclass WithDatabase(TestCase):\n    def test_it(self):\n        pass\n"
+    )
+    tested = manage(tmp_path, "test", "--noinput", "test_with_db", settings=_settings(mariadb_database, router=False))
+    assert tested.returncode != 0, tested.stdout + tested.stderr
+    assert "django_aio_request.E020: database 'default' is mysql" in tested.stderr
+    assert "You have an error in your SQL syntax" not in tested.stderr
+    assert not [table for table in _tables(f"test_{mariadb_database}") if table.startswith("django_aio_request")]
