@@ -19,6 +19,7 @@ Whatever requests would do differently takes requests' own path (``RequestsTrans
   a cookie in the session's jar, or a header value that is None (requests drops those).
 """
 
+import dataclasses
 import functools
 import ssl
 import sys
@@ -42,7 +43,7 @@ from requests.utils import (
 from urllib3 import HTTPResponse
 from urllib3.connection import port_by_scheme
 from urllib3.util import Timeout
-from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.util.ssl_ import create_urllib3_context, resolve_ssl_version
 
 from django_aio_request.core.request import Request, split_url
 
@@ -83,6 +84,32 @@ class DirectRoute:
     cert: Any
     #: The session's headers, as ``prepare_headers`` left them (validated, None values dropped).
     base_headers: CaseInsensitiveDict[Any]
+    #: The session's headers they were made from (see :func:`with_session_headers`).
+    headers_of: dict[Any, Any]
+
+
+def _headers_now(session: requests.Session) -> Mapping[Any, Any]:
+    """The session's headers as compared with a route's ``headers_of``: a ``CaseInsensitiveDict``'s
+    store, or the plain dict requests also takes (``session.headers = {...}``)."""
+    headers = session.headers
+    return headers._store if isinstance(headers, CaseInsensitiveDict) else headers  # type: ignore[attr-defined]
+
+
+def _base_headers(session: requests.Session) -> tuple[CaseInsensitiveDict[Any], dict[Any, Any]]:
+    probe = PreparedRequest()
+    # requests drops a session header set to None, and validates the rest on every call.
+    probe.prepare_headers({name: value for name, value in session.headers.items() if value is not None})
+    return probe.headers, dict(_headers_now(session))
+
+
+def with_session_headers(route: DirectRoute, session: requests.Session) -> DirectRoute:
+    """``route``, or a copy of it with the session's headers as they are now when they changed (a
+    token renewed in ``session.headers``): one dictionary comparison a call, and nothing else of
+    the route made again (its SSL context and so its pool and kept-alive connections stay)."""
+    if _headers_now(session) == route.headers_of:
+        return route
+    base_headers, headers_of = _base_headers(session)
+    return dataclasses.replace(route, base_headers=base_headers, headers_of=headers_of)
 
 
 def plan_route(
@@ -123,9 +150,10 @@ def plan_route(
     context.update(scheme=scheme, host=host_params["host"], port=host_params["port"] or port_by_scheme[scheme])
     preloaded = scheme == "https" and verify is not False and _preload_tls(context, verify)
     pool_key = manager.key_fn_by_scheme[scheme](context)
-    # requests drops a session header set to None, and validates the rest on every call.
-    probe.prepare_headers({name: value for name, value in session.headers.items() if value is not None})
-    return DirectRoute(adapter, pool_key, context, scheme == "https" and not preloaded, verify, cert, probe.headers)
+    base_headers, headers_of = _base_headers(session)
+    return DirectRoute(
+        adapter, pool_key, context, scheme == "https" and not preloaded, verify, cert, base_headers, headers_of
+    )
 
 
 def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
@@ -143,17 +171,19 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
         return False
     ca_certs, ca_cert_dir = context.get("ca_certs"), context.get("ca_cert_dir")
     if verify is True:
-        # What requests' cert_verify gives each connection, whatever CA its pool was given
-        # (init_poolmanager(ca_certs=...)): requests trusts certifi's bundle there, and so must this.
-        ca_certs, ca_cert_dir = DEFAULT_CA_BUNDLE_PATH, None
+        # What requests' cert_verify gives each connection, whatever CA file its pool was given
+        # (init_poolmanager(ca_certs=...)): requests trusts certifi's bundle there, and so must this;
+        # a pool's ca_cert_dir it leaves, and both are trusted.
+        ca_certs = DEFAULT_CA_BUNDLE_PATH
     if not ca_certs and not ca_cert_dir:
         return False
     try:
         # The pool's TLS versions too: urllib3 applies them only to a context it makes itself, and a
         # pool limited to TLS 1.3 (init_poolmanager(ssl_minimum_version=...)) spoke TLS 1.2 here.
+        version = context.get("ssl_version")
         tls = create_urllib3_context(
             cert_reqs=ssl.CERT_REQUIRED,
-            ssl_version=context.get("ssl_version"),
+            ssl_version=None if version is None else resolve_ssl_version(version),  # "PROTOCOL_TLSv1_2" too
             ssl_minimum_version=context.get("ssl_minimum_version"),
             ssl_maximum_version=context.get("ssl_maximum_version"),
         )

@@ -126,7 +126,7 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
             return hook(answer, *args, **kwargs)
         except Exception as error:
             answer.close()
-            raise _RaisedByAHook(error) from error
+            raise _RaisedByAHook(error) from None
 
     return called
 
@@ -135,12 +135,12 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
 class _SessionState:
     """What of a session the transport's per-host work (``_host``) depends on, as it was then.
 
-    Compared on every call (about 1 µs): a session changed after the first call to a host (a token
-    put in ``session.headers``, a proxy in ``session.proxies``) kept sending what it was before, where
-    requests reads the session on every call (a new ``Authorization`` never sent; 0 of 5 calls
-    through a proxy set later)."""
+    Compared on every call (well under 1 µs): a session changed after the first call to a host (a
+    proxy in ``session.proxies``, auth, a hook) kept sending what it was before, where requests reads
+    the session on every call (0 of 5 calls through a proxy set later). Its headers are compared by
+    each route instead (``direct_send.with_session_headers``): a token renewed before every call
+    planned every host anew, a new SSL context and pool each time (25 ms of CPU a call on https)."""
 
-    headers: dict[str, Any]
     proxies: dict[str, Any]
     params: Any
     hooks: dict[str, Any]
@@ -152,10 +152,11 @@ class _SessionState:
     @classmethod
     def of(cls, session: requests.Session) -> "_SessionState":
         return cls(
-            dict(session.headers._store),  # type: ignore[attr-defined]
             dict(session.proxies),
             copy.copy(session.params),
-            {event: copy.copy(hooks) for event, hooks in session.hooks.items()},
+            # A list copied (a hook appended later is seen); one function as it is: a copy of a
+            # partial or a callable object is not equal to it, and every call planned anew.
+            {event: list(hooks) if isinstance(hooks, list) else hooks for event, hooks in session.hooks.items()},
             session.auth,
             session.verify,
             session.cert,
@@ -164,8 +165,7 @@ class _SessionState:
 
     def holds(self, session: requests.Session) -> bool:
         return (
-            session.headers._store == self.headers  # type: ignore[attr-defined]
-            and session.proxies == self.proxies
+            session.proxies == self.proxies
             and session.params == self.params
             and session.hooks == self.hooks
             and session.auth is self.auth
@@ -378,8 +378,10 @@ class RequestsTransport(Transport):
             if type(adapter) is HTTPAdapter:  # mounted for a longer prefix: unguarded, a trickle outlasted the deadline
                 session.mount(prefix, _guarded_copy(adapter))
         self._session = session
-        self._hosts: dict[str, _Host] = {}
-        self._planned_for = _SessionState.of(session)
+        # The hosts worked out, with the state of the session they were worked out for: replaced
+        # together, so a host planned from a session that changed meanwhile goes into a table no
+        # call looks at any more (kept, it served the old session for good).
+        self._plans: tuple[_SessionState, dict[str, _Host]] = (_SessionState.of(session), {})
         # A lock per host whose route a thread is working out (_host), while it does; and the lock of that dict.
         self._planning: dict[str, threading.Lock] = {}
         self._planning_guard = threading.Lock()
@@ -402,8 +404,7 @@ class RequestsTransport(Transport):
         """
         self._slots = threading.Condition(threading.Lock())
         self._free_slots = self.max_connections
-        self._hosts = {}  # their direct routes name the parent's pools
-        self._planned_for = _SessionState.of(self._session)
+        self._plans = (_SessionState.of(self._session), {})  # their direct routes name the parent's pools
         self._planning = {}  # a thread of the parent may have held them at the fork
         self._planning_guard = threading.Lock()
         for adapter in list(self._session.adapters.values()):
@@ -441,7 +442,7 @@ class RequestsTransport(Transport):
                     raise requests.ConnectionError("the attempt was aborted while its response was read")
                 return response
             except _RaisedByAHook as raised:  # the application's code, not the peer's doing: raised on
-                raise raised.error  # noqa: B904 - the hook's own exception, with its own traceback
+                hook_error = raised.error  # below, out of this block: chained to the wrapper, it made a cycle
             except Exception as error:  # anything a malformed answer makes requests or urllib3 raise
                 try:
                     return self._failure(request, endpoint, error, guard, started)
@@ -451,6 +452,10 @@ class RequestsTransport(Transport):
                 cancel_watch()
                 guard.close()
                 self._release_slot()
+            try:
+                raise hook_error
+            finally:
+                del hook_error  # a local of a frame in its own traceback: a cycle that kept the answer
         finally:
             if cancellation is not None:
                 cancellation.watch_answer(_attempt_over)
@@ -473,27 +478,35 @@ class RequestsTransport(Transport):
         """
         parts = split_url(url)  # not Python's cached urlsplit: it keeps 128 URLs of any length
         key = f"{parts.scheme}://{parts.netloc}"
-        if not self._planned_for.holds(self._session):
-            # The session changed since the hosts were worked out (a new token in its headers, a
-            # proxy set): work them out again, as requests reads the session on every call.
-            self._planned_for = _SessionState.of(self._session)
-            self._hosts = {}
-        found = self._hosts.get(key)
+        session = self._session
+        state, hosts = plans = self._plans
+        if not state.holds(session):
+            # The session changed since the hosts were worked out (a proxy set, auth, hooks): work
+            # them out again, as requests reads the session on every call. Its headers are not
+            # looked at here: a route takes them on its own (below), keeping its pool.
+            state, hosts = plans = self._plans = (_SessionState.of(session), {})
+        found = hosts.get(key)
         if found is None:
             with self._planning_guard:
                 lock = self._planning.setdefault(key, threading.Lock())
             try:
                 with lock:
-                    found = self._hosts.get(key)  # worked out while this thread waited
+                    found = self._plans[1].get(key)  # worked out while this thread waited
                     if found is None:
                         found = self._plan(url)
-                        if len(self._hosts) >= _MAX_CACHED_HOSTS:
-                            self._hosts.clear()  # redirects to ever new hosts must not grow it without end
-                        self._hosts[key] = found
+                        if len(hosts) >= _MAX_CACHED_HOSTS:
+                            hosts.clear()  # redirects to ever new hosts must not grow it without end
+                        if self._plans is plans and state.holds(session):  # else the session changed meanwhile
+                            hosts[key] = found
             finally:
                 with self._planning_guard:
                     if self._planning.get(key) is lock and not lock.locked():
-                        del self._planning[key]  # planned (or failed): the next caller looks at _hosts first
+                        del self._planning[key]  # planned (or failed): the next caller looks at the table first
+        if found.route is not None:
+            route = direct_send.with_session_headers(found.route, session)
+            if route is not found.route:  # the session's headers changed (a token renewed)
+                found = _Host(found.settings, route)
+                hosts[key] = found
         return found
 
     def _plan(self, url: str) -> _Host:
@@ -668,12 +681,14 @@ class RequestsTransport(Transport):
         if isinstance(outcome, Response):
             return outcome
         # The last request's Accept-Encoding, after redirects: see _answer for why this comes first.
-        unreadable = unreadable_coding(outcome.headers, outcome.request.headers.get("Accept-Encoding"))
+        # A hook may answer a Response of its own, with no request (requests returns it as it is).
+        last = outcome.request or prepared
+        unreadable = unreadable_coding(outcome.headers, last.headers.get("Accept-Encoding"))
         # An adapter of the user's may answer a Response made in memory, with no ``raw`` (its body
         # in ``_content``): requests reads it, and here it failed as a 489 on ``raw.tell()``.
         raw = outcome.raw
         try:
-            bodiless = _bodiless(outcome.request.method or "", outcome.status_code)  # the last hop's method
+            bodiless = _bodiless(last.method or "", outcome.status_code)  # the last hop's method
             if raw is None:  # what requests' ``content`` gives: the body made in memory
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
             elif unreadable is None:
@@ -1287,6 +1302,8 @@ def _drop_body(redirect: requests.Response) -> None:
     """
     raw = redirect.raw
     left = REDIRECT_BODY_READ + 1  # one more byte: a body of exactly the limit is read to its end
+    if raw is None:  # made in memory by an adapter of the application's: nothing on the wire
+        return
     try:
         while left > 0:
             chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
