@@ -368,13 +368,16 @@ def test_the_clients_page_says_what_is_wrong_with_what_was_typed_and_calls_nothi
     """The form read "50%" as 0 (nothing failed), "-3" and "abc" as 0, and a 60 s delay as 10 s,
     and called billing with those without a word."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(demo.url + "/")
     box = browser.find_element(By.NAME, field)
     box.clear()
     box.send_keys(typed)
     box.submit()
-    shown = browser.find_element(By.CLASS_NAME, "errors").text
+    # The answer is a new page: wait for it (the element was looked for on the page being left).
+    found = WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CLASS_NAME, "errors"), "no error shown")
+    shown = found[0].text
     assert shown.startswith(f"{field}:"), shown
     assert error in shown, shown
     assert browser.find_element(By.NAME, field).get_attribute("value") == typed  # kept, to correct
