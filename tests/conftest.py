@@ -1,3 +1,4 @@
+import gc
 import sys
 from collections.abc import Callable, Iterator
 
@@ -27,6 +28,18 @@ def server() -> Iterator[LoopbackServer]:
     _ports_used.add(srv.port)
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def gc_off() -> Iterator[None]:
+    """The garbage collector off for the test: what the code must close or free, it frees itself,
+    not the collector (descriptors, answers kept by reference cycles)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,11 @@ is printed (``pytest -s``): answers by kind, statuses, exceptions escaped (0).
 
 import collections
 import contextlib
-import gc
 import gzip
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -166,17 +165,6 @@ def answers(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
         whole = head + body
         return whole[: draw(st.integers(0, len(whole)))], frozenset(kinds)
     return head + body, frozenset(kinds)
-
-
-@pytest.fixture
-def gc_off() -> Iterator[None]:
-    """Descriptors must be closed by the code, not by the garbage collector."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.timeout(300)

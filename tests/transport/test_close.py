@@ -7,7 +7,6 @@ Counted from outside Python objects: the client's sockets to the server in ``/pr
 descriptors. Printed (``pytest -s``): descriptors and connections left after ``close()``.
 """
 
-import gc
 import socket
 import threading
 import time
@@ -41,16 +40,6 @@ def _tcp(port: int) -> tuple[int, int]:
             elif int(local.rsplit(":", 1)[1], 16) == port and state in _OPEN_STATES:
                 server += 1
     return client, server
-
-
-@pytest.fixture
-def gc_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _slow(handler: Handler) -> None:

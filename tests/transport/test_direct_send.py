@@ -4,7 +4,6 @@ mocking (responses, requests-mock), tracing wrappers, mounted adapters, auth, ne
 cookies."""
 
 import functools
-import gc
 import socket
 import ssl
 import subprocess
@@ -235,16 +234,6 @@ def test_a_hook_that_raises_raises_on_to_the_caller_as_requests_raises_it(server
     response = transport.send(server.url, dar.get("there"), DEADLINE)  # the next call is answered
     assert (response.status, response.read()) == (200, b"yes")
     transport.close()
-
-
-@pytest.fixture
-def gc_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def test_a_hook_s_exception_holds_no_answer_once_dropped(server: LoopbackServer, gc_off: None) -> None:
