@@ -730,6 +730,16 @@ def tls13_server() -> Iterator[tuple[int, trustme.CA]]:
     yield from _version_server(ssl.TLSVersion.TLSv1_3)
 
 
+def _with_pool_options(verify: Any, **pool_options: Any) -> requests.Session:
+    """A session whose plain ``https://`` adapter gives its pools ``pool_options``."""
+    made = requests.Session()
+    made.verify = verify
+    adapter = HTTPAdapter()
+    adapter.init_poolmanager(10, 10, **pool_options)
+    made.mount("https://", adapter)
+    return made
+
+
 @pytest.mark.parametrize("pool_option", ["ssl_minimum_version", "ca_certs"])
 def test_tls_options_a_plain_adapter_gives_its_pools_hold_on_the_direct_route(
     tls12_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch, pool_option: str
@@ -745,15 +755,9 @@ def test_tls_options_a_plain_adapter_gives_its_pools_hold_on_the_direct_route(
     with authority.cert_pem.tempfile() as ca_file:
 
         def session() -> requests.Session:
-            made = requests.Session()
-            adapter = HTTPAdapter()
             if pool_option == "ssl_minimum_version":
-                made.verify = ca_file
-                adapter.init_poolmanager(10, 10, ssl_minimum_version=ssl.TLSVersion.TLSv1_3)
-            else:
-                adapter.init_poolmanager(10, 10, ca_certs=ca_file)
-            made.mount("https://", adapter)
-            return made
+                return _with_pool_options(ca_file, ssl_minimum_version=ssl.TLSVersion.TLSv1_3)
+            return _with_pool_options(True, ca_certs=ca_file)
 
         with pytest.raises(requests.exceptions.SSLError):
             session().get(url, timeout=5)
@@ -780,11 +784,7 @@ def test_a_pool_s_ca_directory_is_trusted_beside_certifi_as_requests_trusts_it(
     (tmp_path / f"{name}.0").write_bytes(pem.read_bytes())
 
     def session() -> requests.Session:
-        made = requests.Session()
-        adapter = HTTPAdapter()
-        adapter.init_poolmanager(10, 10, ca_cert_dir=str(tmp_path))
-        made.mount("https://", adapter)
-        return made
+        return _with_pool_options(True, ca_cert_dir=str(tmp_path))
 
     assert session().get(url, timeout=5).text == "TLSv1.3"
     transport = RequestsTransport(session())
@@ -806,12 +806,7 @@ def test_a_pool_s_tls_version_given_as_its_name_holds_on_the_direct_route(
         warnings.simplefilter("ignore", DeprecationWarning)  # ssl.PROTOCOL_TLSv1_2 is deprecated, and still taken
 
         def session() -> requests.Session:
-            made = requests.Session()
-            made.verify = ca_file
-            adapter = HTTPAdapter()
-            adapter.init_poolmanager(10, 10, ssl_version="PROTOCOL_TLSv1_2")
-            made.mount("https://", adapter)
-            return made
+            return _with_pool_options(ca_file, ssl_version="PROTOCOL_TLSv1_2")
 
         assert session().get(url, timeout=5).text == "TLSv1.2"
         transport = RequestsTransport(session())
