@@ -11,9 +11,10 @@ event loop:
   shared thread);
 * arequest:      ``async with client.arequest(...)``.
 
-The three are interleaved one call each per round (the order rotates every round) after a
-warm-up, so that noise hits all alike. Printed: p50 and p99 of each, their ratio to sync, and the
-median over rounds of (way - sync) in microseconds.
+The three are interleaved one call each per round, in a new random order each round, after a
+warm-up, so that noise hits all alike (and no way always runs right after the same other: a call's
+time depends on the code that ran just before it, see benchmarks/overhead.py). Printed: p50 and
+p99 of each, their ratio to sync, and the median over rounds of (way - sync) in microseconds.
 
     .venv/bin/python -m benchmarks.async_client [--rounds 5000] [--warmup 300]
 """
@@ -21,6 +22,7 @@ median over rounds of (way - sync) in microseconds.
 import argparse
 import asyncio
 import platform
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -68,9 +70,11 @@ async def measure(client: dar.Client, rounds: int, warmup: int) -> dict[str, lis
     ways: dict[str, Callable[[], Awaitable[int]]] = {"sync": sync, "sync_to_async": wrapped, "arequest": native}
     names = list(ways)
     times: dict[str, list[float]] = {name: [] for name in names}
+    order = list(names)
+    shuffle = random.Random(16).shuffle
     for index in range(warmup + rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        shuffle(order)
+        for name in order:
             started = time.perf_counter()
             status = await ways[name]()
             elapsed = time.perf_counter() - started
