@@ -177,7 +177,13 @@ class AttemptSockets:
             _local.guard = previous
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: Any) -> None:
+    # Through an https:// proxy, urllib3's connection holds an SSLTransport (the request's TLS inside
+    # the TLS to the proxy): no socket and no shutdown(). It wraps the socket to the proxy, which is
+    # the one to shut: before, the abort raised AttributeError and no attempt through such a proxy
+    # ended at its deadline, at a winning hedge or at a cancel (tests/transport/test_tls_proxy.py).
+    while not isinstance(sock, socket.socket) and getattr(sock, "socket", None) is not None:
+        sock = sock.socket
     with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake
         sock.shutdown(socket.SHUT_RDWR)
 
