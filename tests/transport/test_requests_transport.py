@@ -26,6 +26,7 @@ from django_aio_request import (
     RequestsTransport,
     Response,
     ResponseVerdict,
+    RetryBudget,
     constant_delays,
     get,
     post,
@@ -1283,3 +1284,43 @@ def test_an_unparsable_retry_after_ends_the_retries_as_urllib3_s_own_does(server
     response, _ = _sent_with_retries(server.url, retries, "busy", 2.0)
     assert response.status == 489
     assert len(server.received("/busy")) == 1
+
+
+@pytest.mark.parametrize("mounted_for", ["scheme", "endpoint"])
+def test_a_mounted_adapter_s_retries_are_paid_for_by_the_retry_budget(server: LoopbackServer, mounted_for: str) -> None:
+    """README and docs/budgets-and-shedding.md: retries may add at most RATIO of the first attempts
+    plus the floor. A session's HTTPAdapter(max_retries=Retry(total=3, status_forcelist=[503])),
+    which the transport keeps, retried below the strategy unasked: 4 threads of calls with 3
+    sequential attempts sent 5.8 requests a call to a server that always answers 503."""
+    server.route("/busy", lambda handler: handler.reply(503, b"busy"))
+    session = requests.Session()
+    retries = Retry(total=3, status_forcelist=[503], backoff_factor=0, raise_on_status=False)
+    session.mount("http://" if mounted_for == "scheme" else server.url, HTTPAdapter(max_retries=retries))
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, window_seconds=10.0)
+    client = setup(
+        endpoint=server.url,
+        transport=RequestsTransport(session),
+        safe_method_strategy=sequential_strategy(attempts_count=3, delays_provider=constant_delays(delay=0)),
+        retry_budget=budget,
+    )
+    calls, threads = 200, 4
+    statuses: list[int] = []
+
+    def work() -> None:
+        for _ in range(calls // threads):
+            with client.request(get("busy"), deadline=Deadline.from_timeout(5)) as response:
+                statuses.append(response.status)
+
+    try:
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        client.close()
+    assert set(statuses) == {503}
+    # Every request but a call's first is an extra one: at most 20% of the calls, plus the floor of
+    # 10 for each of the (at most 2) windows the run spans.
+    assert len(server.received("/busy")) <= calls + 0.2 * calls + 2 * 10, len(server.received("/busy"))
+    assert budget.refused > 0
