@@ -230,6 +230,8 @@ class ClientsHandler:
 
         Their breakers' shared-state threads are stopped together: a cache that hangs holds this
         ``stall_after`` (1 s) in all, not once per client (it runs at exit and on settings changes).
+        A client whose ``close()`` raises does not keep the others open: each is closed, then the
+        error is raised (an ``ExceptionGroup`` of them when several raised).
         """
         with self._lock:
             built, self._clients = list(self._clients.values()), {}
@@ -237,9 +239,17 @@ class ClientsHandler:
             built += [build.client for build in self._building.values() if build.client is not None]
             self._building = {}
         stores = [getattr(client.circuit_breaker, "store", None) for client in built]  # one's own breaker: maybe none
+        errors: list[Exception] = []
         with closing_together(stores):
             for client in built:
-                client.close()
+                try:
+                    client.close()
+                except Exception as error:  # the others are closed all the same, then it is raised
+                    errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup("closing the named clients failed", errors)
 
     def reset(self) -> None:
         """Close the clients and read the settings again on next use (settings changed). The settings

@@ -68,6 +68,29 @@ def test_settings_change_rebuilds_and_closes_the_old_client(server: LoopbackServ
         other.close()
 
 
+def test_a_client_whose_close_raises_leaves_no_other_open_and_is_raised(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close_all() (at exit and on every settings change) stopped at the first client whose close()
+    raised (a store's thread race did, tests/breaker/test_cache_store.py), and the rest stayed open."""
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        billing, other = clients["billing"], clients["other"]
+        failing = billing
+        real_close = Client.close
+
+        def close(client: Client) -> None:
+            real_close(client)
+            if client is failing:
+                raise RuntimeError("the store's thread could not be joined")
+
+        monkeypatch.setattr(Client, "close", close)
+        with pytest.raises(RuntimeError, match="could not be joined"):
+            clients.close_all()
+        for client in (billing, other):  # both closed: their worker pools refuse work
+            assert client._workers.try_submit(lambda: None) is None
+        monkeypatch.undo()
+
+
 def test_unknown_client_names_the_configured_ones(server: LoopbackServer) -> None:
     with override_settings(AIO_REQUEST=setting(server.url)), pytest.raises(UnknownClientError) as info:
         clients["biling"]
