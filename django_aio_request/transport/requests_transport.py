@@ -119,7 +119,13 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     """``hook``, whose exception reaches the caller as it is: requests raises it from ``send()``, and
     the transport took it for a failure of the network, a 489 the breaker counted and strategies
     retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
-    is closed first, as nothing else will read it."""
+    is closed first, as nothing else will read it.
+
+    Not the hooks requests' own auth classes add (``HTTPDigestAuth``'s reads the peer's challenge):
+    what they raise is the peer's malformed answer, a 489 like any other, never the caller's
+    (a challenge without a nonce raised ``KeyError`` out of ``client.request()``)."""
+    if type(getattr(hook, "__self__", None)).__module__ == "requests.auth":
+        return hook
 
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
