@@ -121,11 +121,14 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
     is closed first, as nothing else will read it.
 
-    Not the hooks requests' own auth classes add (``HTTPDigestAuth``'s reads the peer's challenge):
-    what they raise is the peer's malformed answer, a 489 like any other, never the caller's
-    (a challenge without a nonce raised ``KeyError`` out of ``client.request()``)."""
-    if type(getattr(hook, "__self__", None)).__module__ == "requests.auth":
-        return hook
+    Not the hooks of an auth (a ``requests.auth.AuthBase``: ``HTTPDigestAuth``, a subclass of it,
+    NTLM or Kerberos auths), which read the peer's challenge and send the request again: what they
+    raise is the peer's malformed answer or the network's doing (an abort at the deadline, a hedge
+    that won), a status like any other, never the caller's. A challenge without a nonce raised
+    ``KeyError`` out of ``client.request()``, and the abort of a resend ``ConnectionError``."""
+    auth = getattr(hook, "__self__", None)
+    if isinstance(auth, requests.auth.AuthBase):
+        return _forgotten_on_failure(hook, auth)
 
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -133,6 +136,25 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:
             answer.close()
             raise _RaisedByAHook(error) from None
+
+    return called
+
+
+def _forgotten_on_failure(hook: Callable[..., Any], auth: requests.auth.AuthBase) -> Callable[..., Any]:
+    """An auth's ``hook``, after whose failure the auth forgets what it learnt on this thread.
+
+    ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
+    sending: one malformed challenge after a good one made every later call on that thread raise
+    ``KeyError`` while the request was prepared, even once the server answered well again."""
+
+    def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(answer, *args, **kwargs)
+        except Exception:
+            state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
+            if state is not None and hasattr(state, "init"):
+                del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
+            raise
 
     return called
 
