@@ -60,6 +60,12 @@ META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
 # left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
 # The exponent is at least 1 ("e-0", "e-00" would let "9.99...9e-0" round up to 10.0).
 _TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-(?!0+$)[0-9]{1,3}")
+# Longer than any deadline this service allows, in the forms aio-request sends: it writes a caller's
+# timeout with Python's str(), "9999999999.999987" for 1e10 s and "1e+16" from 1e16 s on. Read as
+# what they say (float() of them, inf for "1e+400") and so clamped to MAX_TIMEOUT: ignored as
+# malformed, a caller asking for more than 1e9 s got the 20 s TIMEOUT default where one asking for
+# 60 s got MAX_TIMEOUT. The first digit is not 0 ("0000000000.5" is half a second, and junk).
+_BEYOND = re.compile(r"[1-9][0-9]{9,19}(?:\.[0-9]{1,20})?|[1-9](?:\.[0-9]{1,20})?e\+[0-9]{1,3}")
 _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}
@@ -83,12 +89,13 @@ _REMEMBERED_LENGTH = 10  # "999999.999": a float's repr ("4.999873523011") is no
 
 
 def parse_timeout(raw: str) -> float | None:
-    """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number."""
+    """Seconds named by an ``X-Request-Timeout`` value, or None when it is not a plain decimal number
+    (nor one of the forms aio-request writes a far longer timeout in: ``_BEYOND``, to be clamped)."""
     seconds = _ACCEPTED.get(raw)
     if seconds is not None:
         return seconds
     value = raw.strip(_OWS)
-    if len(value) > _MAX_LENGTH or _TIMEOUT.fullmatch(value) is None:
+    if len(value) > _MAX_LENGTH or (_TIMEOUT.fullmatch(value) is None and _BEYOND.fullmatch(value) is None):
         return None
     return _remember(raw, float(value))
 
