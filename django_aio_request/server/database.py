@@ -66,6 +66,7 @@ from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.metrics import server as metrics
 from django_aio_request.server.log_text import escaped
+from django_aio_request.server.view_timeout import deadline_answer_headers
 from django_aio_request.transport.deadline_timer import deadline_timer
 
 __all__ = [
@@ -899,7 +900,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
         doing,
         lost.sql if lost is not None and lost.sql else cause,
     )
-    return HttpResponse(status=408)
+    return HttpResponse(status=408, headers=deadline_answer_headers(get_context().deadline))
 
 
 _PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")

@@ -41,7 +41,7 @@ from django_aio_request.server.database import (
 from django_aio_request.server.log_text import escaped
 from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
-from django_aio_request.server.view_timeout import DefaultDeadline, _canceller
+from django_aio_request.server.view_timeout import ClampedDeadline, DefaultDeadline, _canceller, deadline_answer_headers
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
 
@@ -220,9 +220,11 @@ def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpRe
             return _rejected("low_timeout" if raw.strip(_OWS).partition("e")[0].strip("0.") else "expired")
         elif seconds < conf.low_timeout_threshold:
             return _rejected("low_timeout")
-        else:
+        elif seconds < conf.max_timeout:
             # Deadline(...) rather than Deadline.from_timeout(): the value is known finite and positive.
-            return Context(Deadline(now + min(seconds, conf.max_timeout)), priority)
+            return Context(Deadline(now + seconds), priority)
+        else:
+            return Context(ClampedDeadline(now + conf.max_timeout), priority)
     # The default deadline has its own type: that is how @timeout knows it may replace it.
     return Context(DefaultDeadline(now + conf.timeout), priority)
 
@@ -305,7 +307,7 @@ class AioRequestMiddleware:
             return None
         metrics.server_database_cancelled.inc()
         logger.debug("a query ran out of the deadline: %s %s", request.method, escaped(request.path))
-        return HttpResponse(status=408)
+        return HttpResponse(status=408, headers=deadline_answer_headers(_context.get().deadline))
 
     # The sync path below runs on every request of a WSGI server, so its common case is written out
     # in one function (what it costs and why: docs/benchmarks.md, benchmarks/middleware.py): headers
@@ -344,7 +346,10 @@ class AioRequestMiddleware:
                     ):
                         seconds = _remember(raw, float(raw))  # a miss only: the call costs no measurable time
             if seconds is not None and seconds > 0 and seconds >= conf.low_timeout_threshold:
-                deadline = Deadline(started + (seconds if seconds < conf.max_timeout else conf.max_timeout))
+                if seconds < conf.max_timeout:
+                    deadline = Deadline(started + seconds)
+                else:
+                    deadline = ClampedDeadline(started + conf.max_timeout)
             else:
                 deadline = None
         if deadline is None or priority is None:
@@ -438,7 +443,7 @@ class AioRequestMiddleware:
             try:
                 response = await self._arespond(request, conf, context)
             except _CancelledAtDeadline:
-                response = _cancelled_at_deadline(request)
+                response = _cancelled_at_deadline(request, context)
         else:
             shedding = shedding_for(conf.shedding, conf.known_services)
             context = await _apoliced(shedding, request, context)
@@ -458,7 +463,7 @@ class AioRequestMiddleware:
                     response = await self._arespond(request, conf, context)
                 except _CancelledAtDeadline:
                     cancelled = True
-                    response = _cancelled_at_deadline(request)
+                    response = _cancelled_at_deadline(request, context)
                 except asyncio.CancelledError:  # Django 5: the client went away
                     cancelled = True
                     raise
@@ -500,7 +505,7 @@ class _CancelledAtDeadline(Exception):
     """The middleware cancelled the async view at the deadline (``_Canceller``): answered 408."""
 
 
-def _cancelled_at_deadline(request: HttpRequest) -> HttpResponse:
+def _cancelled_at_deadline(request: HttpRequest, context: Context) -> HttpResponse:
     metrics.server_cancelled.inc()
     logger.debug("cancelled an async view at its deadline: %s %s", request.method, escaped(request.path))
-    return HttpResponse(status=408)
+    return HttpResponse(status=408, headers=deadline_answer_headers(context.deadline))

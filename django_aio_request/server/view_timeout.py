@@ -22,6 +22,7 @@ from asgiref.sync import iscoroutinefunction
 from django_aio_request.conf.reader import LARGEST, SMALLEST_SECONDS
 from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
+from django_aio_request.core.headers import X_DO_NOT_RETRY
 
 __all__ = ["DefaultDeadline", "ViewDeadline", "timeout"]
 
@@ -33,6 +34,23 @@ class DefaultDeadline(Deadline):
     (``AIO_REQUEST["TIMEOUT"]`` from its arrival): a view's ``@timeout`` replaces it."""
 
     __slots__ = ()
+
+
+class ClampedDeadline(Deadline):
+    """The deadline of a request whose ``X-Request-Timeout`` was cut to ``MAX_TIMEOUT``: its caller
+    has time left when it passes, and a retry would meet the same cut. Its 408 says so
+    (:func:`deadline_answer_headers`)."""
+
+    __slots__ = ()
+
+
+def deadline_answer_headers(deadline: Deadline | None) -> dict[str, str]:
+    """The headers of the 408 answered when the request's own ``deadline`` ran out below the
+    middleware: ``X-Do-Not-Retry`` when ``MAX_TIMEOUT`` cut it. Without, an aio-request caller given
+    5 s retried a view cancelled at a ``MAX_TIMEOUT`` of 0.5 s, and the view ran three times for one
+    call. A caller whose own deadline passed retries nothing anyway, and one that sent none (the
+    ``TIMEOUT`` default applied) may try again, as with aio-request's servers."""
+    return {X_DO_NOT_RETRY: "1"} if type(deadline) is ClampedDeadline else {}
 
 
 class ViewDeadline(Deadline):

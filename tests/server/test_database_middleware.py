@@ -223,3 +223,19 @@ def test_a_query_inside_an_application_wrapper_that_runs_its_own_statement_is_bo
     assert time.monotonic() - started < 0.5 + SLACK
     ok = client.get("/sleep-audited/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "2"})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("where", ["view", "inner middleware"])
+def test_a_408_at_a_deadline_max_timeout_cut_says_not_to_retry(
+    client: Client, settings: SettingsWrapper, where: str
+) -> None:
+    """docs/server.md: a query cancelled at a deadline MAX_TIMEOUT cut (the caller still has time, a
+    retry meets the same cut) answers 408 with X-Do-Not-Retry; at the caller's own deadline, without."""
+    settings.AIO_REQUEST = {"SERVICE_NAME": "tests", db.SETTING_KEY: True, "MAX_TIMEOUT": 0.5, "TIMEOUT": 0.4}
+    path, query = ("/sleep-unguarded/", {"sleep": "3"}) if where == "view" else ("/sql/", {"before": "3"})
+    response = client.get(path, query, headers={"X-Request-Timeout": "5"})
+    assert response.status_code == 408
+    assert response.headers.get("X-Do-Not-Retry") == "1"
+    response = client.get(path, query, headers={"X-Request-Timeout": "0.4"})
+    assert response.status_code == 408
+    assert "X-Do-Not-Retry" not in response.headers

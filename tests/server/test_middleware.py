@@ -527,6 +527,21 @@ def test_a_slow_async_view_is_cancelled_at_the_deadline_and_answered_408() -> No
     assert cancelled() == before + 1
 
 
+def test_an_async_view_cancelled_at_a_deadline_max_timeout_cut_says_not_to_retry(settings: Settings) -> None:
+    """docs/server.md: the caller still has time left when MAX_TIMEOUT cut its deadline, and a retry
+    meets the same cut: an aio-request caller given 5 s retried the 408 of a view cancelled at a
+    MAX_TIMEOUT of 0.5 s, and the view ran three times for one call. A caller whose own deadline
+    passed gets no X-Do-Not-Retry (the test above), as with aio-request's servers."""
+    settings.AIO_REQUEST = server_setting(CANCEL_ASYNC_VIEWS_ON_TIMEOUT=True, MAX_TIMEOUT=0.3, TIMEOUT=0.2)
+    response, took = timed_get("/aslow?sleep=3", {"X-Request-Timeout": "5"})
+    assert response.status_code == 408
+    assert response.headers.get("X-Do-Not-Retry") == "1"
+    assert 0.28 < took < 1.0
+    response, _ = timed_get("/aslow?sleep=3", {"X-Request-Timeout": "0.25"})  # not cut: its own deadline
+    assert response.status_code == 408
+    assert "X-Do-Not-Retry" not in response.headers
+
+
 @pytest.mark.usefixtures("cancelling")
 def test_a_cancelled_view_is_logged_with_its_path_never_its_query(caplog: pytest.LogCaptureFixture) -> None:
     """What docs/security.md says the server side logs of a 408: its method and path (no query
