@@ -5,6 +5,7 @@ stamps it again (:func:`restamp`) as the request goes out, after its wait for a 
 for the connection itself, and before each redirect it follows: only in place of a stamped value,
 never of one the caller or a request enricher set themselves (any plain ``str``)."""
 
+import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -25,8 +26,10 @@ MAX_SECONDS = 999_999_999
 
 
 def stamp(seconds: float) -> StampedTimeout:
-    """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`)."""
-    return StampedTimeout(f"{min(seconds, MAX_SECONDS):.3f}")
+    """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`), rounded down to the
+    millisecond: the time left may only shrink on its way. Rounded to the nearest, as ``:.3f`` does,
+    the header said up to 0.5 ms more than was left."""
+    return StampedTimeout(f"{math.floor(min(seconds, MAX_SECONDS) * 1000) / 1000:.3f}")
 
 
 def restamp(headers: MutableMapping[str, Any], seconds: float) -> None:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
 from django_aio_request import (
@@ -30,6 +32,7 @@ from django_aio_request.core.pipeline import (
     build_pipeline,
 )
 from django_aio_request.core.priority import Priority
+from django_aio_request.core.timeout_header import stamp
 from django_aio_request.server.middleware import parse_timeout
 from tests.support.loopback import LoopbackServer, holding_the_only_connection
 
@@ -171,6 +174,19 @@ def test_the_longest_timeout_sent_is_the_largest_our_middleware_reads(seconds: f
     [(request, _timeout)] = transport.sent
     assert request.headers["X-Request-Timeout"] == "999999999.000"  # was "1000000000.000" for 1e9
     assert parse_timeout(request.headers["X-Request-Timeout"]) == 999_999_999
+
+
+@given(seconds=st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_the_time_left_is_stamped_rounded_down_never_up(seconds: float) -> None:
+    """The header may only say less than is left: ``:.3f`` rounded to the nearest, up to 0.5 ms more
+    (1.2349 s left went out as "1.235")."""
+    stamped = float(stamp(seconds))
+    assert stamped <= seconds
+    assert seconds - stamped < 0.001 + 1e-9 * seconds
+
+
+def test_a_time_left_is_stamped_to_the_millisecond_below() -> None:
+    assert [stamp(s) for s in (1.2349, 0.0129999, 4.987, 0.0, 0.0009)] == ["1.234", "0.012", "4.987", "0.000", "0.000"]
 
 
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:
