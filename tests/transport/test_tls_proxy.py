@@ -15,6 +15,7 @@ import requests
 import trustme
 
 import django_aio_request as dar
+from tests.support.raw_server import request_heads
 
 T = TypeVar("T")
 TRICKLED = 100  # bytes of body, one every 0.1 s: 10 s unless the attempt is aborted
@@ -47,12 +48,8 @@ class TlsProxy:
     def _serve(self, raw: socket.socket) -> None:
         try:
             outer = self._context.wrap_socket(raw, server_side=True)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = outer.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
+            if next(request_heads(outer, 20), None) is None:  # the CONNECT request's head
+                return
             outer.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             with self._lock:
                 self._tunnels += 1
