@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import idna
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
@@ -121,14 +122,11 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
     is closed first, as nothing else will read it.
 
-    Not the hooks of an auth (a ``requests.auth.AuthBase``: ``HTTPDigestAuth``, a subclass of it,
-    NTLM or Kerberos auths), which read the peer's challenge and send the request again: what they
-    raise is the peer's malformed answer or the network's doing (an abort at the deadline, a hedge
-    that won), a status like any other, never the caller's. A challenge without a nonce raised
-    ``KeyError`` out of ``client.request()``, and the abort of a resend ``ConnectionError``."""
+    An auth's hook (a method of a ``requests.auth.AuthBase``) reads the peer's challenge and sends
+    the request again: see :func:`_auth_hook`."""
     auth = getattr(hook, "__self__", None)
     if isinstance(auth, requests.auth.AuthBase):
-        return _forgotten_on_failure(hook, auth)
+        return _auth_hook(hook, auth)
 
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -140,21 +138,38 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     return called
 
 
-def _forgotten_on_failure(hook: Callable[..., Any], auth: requests.auth.AuthBase) -> Callable[..., Any]:
-    """An auth's ``hook``, after whose failure the auth forgets what it learnt on this thread.
+# What an auth's resend raises when the network fails or the attempt is aborted (its deadline, a
+# hedge that won): the network's doing, a status like any other.
+_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
-    ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
-    sending: one malformed challenge after a good one made every later call on that thread raise
-    ``KeyError`` while the request was prepared, even once the server answered well again."""
+
+def _auth_hook(hook: Callable[..., Any], auth: requests.auth.AuthBase) -> Callable[..., Any]:
+    """An auth's ``hook``: what it raises is a status when it is the peer's doing or the network's,
+    and raised on to the caller when it is the application's own code.
+
+    - The network's: the failure or the abort of its resend (a ``ConnectionError`` at the deadline
+      was raised out of ``client.request()``), from any auth.
+    - The peer's: anything requests' own code raises (``HTTPDigestAuth.handle_401``, also inherited
+      by a subclass, raised ``KeyError`` for a challenge without a nonce): it parses the answer.
+    - The application's: anything else a hook of an auth class of its own raises (a bug in a token
+      refresh on 401), raised on as any hook's is, not a 489 the breaker counts and strategies retry.
+
+    After a failure the auth forgets what it learnt on this thread: ``HTTPDigestAuth`` keeps the
+    last challenge per thread and signs the next request with it before sending, and one malformed
+    challenge after a good one made every later call on that thread raise ``KeyError``."""
+    parses_the_answer = getattr(getattr(hook, "__func__", hook), "__module__", None) == "requests.auth"
 
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
             return hook(answer, *args, **kwargs)
-        except Exception:
+        except Exception as error:
             state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
-            raise
+            if parses_the_answer or isinstance(error, _NETWORK_ERRORS):
+                raise
+            answer.close()
+            raise _RaisedByAHook(error) from None
 
     return called
 

@@ -296,6 +296,35 @@ def test_a_malformed_digest_challenge_is_the_peer_s_fault_not_raised(
     assert statuses == [200, 489, 200]
 
 
+class _TokenAuth(requests.auth.AuthBase):
+    """An application's own auth that refreshes its token on a 401, with a bug in its hook."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.register_hook("response", self.refresh_on_401)  # type: ignore[no-untyped-call]
+        return request
+
+    def refresh_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code == 401:
+            raise AttributeError("'NoneType' object has no attribute 'token'")  # the application's bug
+        return response
+
+
+def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(server: LoopbackServer) -> None:
+    """docs/faults.md: a hook of your own that raises is raised on, and not counted by the breaker.
+    Taken for the peer's doing with every auth's hooks, it was a 489: retried (3 requests), and
+    counted until the breaker opened on a healthy server."""
+    server.route("/x", lambda handler: handler.reply(401, b""))
+    session = requests.Session()
+    session.auth = _TokenAuth()
+    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))  # 3 attempts for a GET
+    try:
+        with pytest.raises(AttributeError, match="no attribute 'token'"):
+            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
+    finally:
+        client.close()
+    assert len(server.received("/x")) == 1
+
+
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
     """A user's subclass of HTTPDigestAuth: the abort of its resend at the deadline raised
     requests.ConnectionError out of client.request(), as if the application's own hook had."""
