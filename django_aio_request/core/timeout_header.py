@@ -28,8 +28,14 @@ MAX_SECONDS = 999_999_999
 def stamp(seconds: float) -> StampedTimeout:
     """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`), rounded down to the
     millisecond: the time left may only shrink on its way. Rounded to the nearest, as ``:.3f`` does,
-    the header said up to 0.5 ms more than was left."""
-    return StampedTimeout(f"{math.floor(min(seconds, MAX_SECONDS) * 1000) / 1000:.3f}")
+    the header said up to 0.5 ms more than was left. Less than a millisecond goes in whole
+    microseconds (``0.000890``, as ``PriorityThreadWorker`` writes it), not as ``0.000``, which a
+    server reads as a deadline passed (refused, counted as expired)."""
+    left = min(seconds, MAX_SECONDS)
+    millis = math.floor(left * 1000)
+    if millis == 0 and left > 0:
+        return StampedTimeout(f"{math.floor(left * 1_000_000) / 1_000_000:.6f}")
+    return StampedTimeout(f"{millis / 1000:.3f}")
 
 
 def restamp(headers: MutableMapping[str, Any], seconds: float) -> None:

@@ -183,10 +183,16 @@ def test_the_time_left_is_stamped_rounded_down_never_up(seconds: float) -> None:
     stamped = float(stamp(seconds))
     assert stamped <= seconds
     assert seconds - stamped < 0.001 + 1e-9 * seconds
+    if seconds >= 1e-6:
+        assert stamped > 0  # "0.000" is a deadline passed: a server refuses it as expired
+        assert parse_timeout(stamp(seconds)) == stamped  # and the middleware reads what was sent
 
 
 def test_a_time_left_is_stamped_to_the_millisecond_below() -> None:
-    assert [stamp(s) for s in (1.2349, 0.0129999, 4.987, 0.0, 0.0009)] == ["1.234", "0.012", "4.987", "0.000", "0.000"]
+    """Below a millisecond, whole microseconds: "0.000" made a server with LOW_TIMEOUT_THRESHOLD 0
+    refuse a call with 0.6-1 ms left as expired, where "0.001" had been served."""
+    stamped = [stamp(s) for s in (1.2349, 0.0129999, 4.987, 0.0, 0.0009, 0.00089012)]
+    assert stamped == ["1.234", "0.012", "4.987", "0.000", "0.000900", "0.000890"]
 
 
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:
