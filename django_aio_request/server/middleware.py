@@ -52,9 +52,9 @@ META_PRIORITY = "HTTP_X_REQUEST_PRIORITY"
 META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
 
 # A plain decimal number of seconds: "5", "0.25", "12.500". No sign, "inf"/"nan", hex, underscores,
-# non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (a
-# far larger value is junk, not a long deadline) and 20 decimals (Python's repr of a float, which
-# aio-request sends, has up to 17 significant digits).
+# non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (more
+# are _BEYOND's, clamped) and 20 decimals (Python's repr of a float, which aio-request sends, has up
+# to 17 significant digits).
 # One exception to "plain": a single digit with a negative exponent ("5.2e-05"), because that is
 # how Python's str() writes a float below 0.0001, so an aio-request caller with almost no time
 # left sends it. Its value is always below 10, so it can never overflow or stretch a deadline.
@@ -65,7 +65,10 @@ _TIMEOUT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,20})?|[0-9](?:\.[0-9]{1,20})?e-(?
 # what they say (float() of them, inf for "1e+400") and so clamped to MAX_TIMEOUT: ignored as
 # malformed, a caller asking for more than 1e9 s got the 20 s TIMEOUT default where one asking for
 # 60 s got MAX_TIMEOUT. The first digit is not 0 ("0000000000.5" is half a second, and junk).
-_BEYOND = re.compile(r"[1-9][0-9]{9,19}(?:\.[0-9]{1,20})?|[1-9](?:\.[0-9]{1,20})?e\+[0-9]{1,3}")
+# The exponent is one str() writes, 16 or more: "1e+3" (1000 s) and "1e+0" are junk, not far deadlines.
+_BEYOND = re.compile(
+    r"[1-9][0-9]{9,19}(?:\.[0-9]{1,20})?|[1-9](?:\.[0-9]{1,20})?e\+(?:1[6-9]|[2-9][0-9]|[1-9][0-9]{2})"
+)
 _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}

@@ -118,6 +118,12 @@ BAD_TIMEOUTS = [
     "1E+16",  # aio-request's far timeouts (str() of a float) have a lowercase e
     "0e+16",
     "1e+1000",
+    "1e+0",  # an exponent str() never writes: it writes 1e+16 and up
+    "5e+1",
+    "1e+3",
+    "1e+8",
+    "1e+15",
+    "1e+016",
     "0x10",
     "0b1",
     "1_0",
