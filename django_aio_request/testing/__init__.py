@@ -288,7 +288,6 @@ _ended_fakes: "weakref.WeakKeyDictionary[Client, Client | None]" = weakref.WeakK
 _fakes_lock = threading.Lock()
 
 
-_MAX_HEADER_TIMEOUT = 999_999_999  # nine digits: the longest X-Request-Timeout the middleware reads
 _STATES: dict[str, Override] = {"open": Override.FORCE_OPEN, "closed": Override.FORCE_CLOSED}
 
 
@@ -355,11 +354,6 @@ def request_headers(*, timeout: float | None = None, priority: str | Priority | 
     headers: dict[str, str] = {}
     if timeout is not None:
         Deadline.from_timeout(timeout)  # the same checks: a finite number >= 0 (TypeError for a non-number)
-        if timeout > _MAX_HEADER_TIMEOUT:  # repr() of larger ones has 10 digits or an exponent
-            raise ValueError(
-                f"timeout must be at most {_MAX_HEADER_TIMEOUT} seconds, not {timeout!r}: the middleware"
-                " ignores a longer X-Request-Timeout as malformed"
-            )
         headers[h.X_REQUEST_TIMEOUT] = repr(abs(float(timeout)))  # abs: -0.0 passes the checks, "-0.0" would not
     if priority is not None:
         headers[h.X_REQUEST_PRIORITY] = str(_priority(priority))
