@@ -900,7 +900,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
         doing,
         lost.sql if lost is not None and lost.sql else cause,
     )
-    return HttpResponse(status=408, headers=deadline_answer_headers(get_context().deadline))
+    return HttpResponse(status=408, headers=deadline_answer_headers(request, get_context().deadline))
 
 
 _PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")

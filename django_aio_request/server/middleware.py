@@ -310,7 +310,7 @@ class AioRequestMiddleware:
             return None
         metrics.server_database_cancelled.inc()
         logger.debug("a query ran out of the deadline: %s %s", request.method, escaped(request.path))
-        return HttpResponse(status=408, headers=deadline_answer_headers(_context.get().deadline))
+        return HttpResponse(status=408, headers=deadline_answer_headers(request, _context.get().deadline))
 
     # The sync path below runs on every request of a WSGI server, so its common case is written out
     # in one function (what it costs and why: docs/benchmarks.md, benchmarks/middleware.py): headers
@@ -511,4 +511,4 @@ class _CancelledAtDeadline(Exception):
 def _cancelled_at_deadline(request: HttpRequest, context: Context) -> HttpResponse:
     metrics.server_cancelled.inc()
     logger.debug("cancelled an async view at its deadline: %s %s", request.method, escaped(request.path))
-    return HttpResponse(status=408, headers=deadline_answer_headers(context.deadline))
+    return HttpResponse(status=408, headers=deadline_answer_headers(request, context.deadline))

@@ -66,13 +66,12 @@ from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK,
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
 from django_aio_request.server.socket_peek import peek
+from django_aio_request.server.view_timeout import RECEIVED_TIMEOUT
 
 __all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
 
 #: How much of a request's head is peeked at to find its priority.
 PEEK_BYTES = 8192
-#: The environ key keeping the ``X-Request-Timeout`` value received, before the queue's wait was taken off.
-RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
 #: How long gthread's thread waits for a new connection's first bytes before handing it to the poller.
 FIRST_BYTES_TIMEOUT = 5.0
 #: On a stop, how long new connections still waiting for their first bytes stay open at most (gunicorn

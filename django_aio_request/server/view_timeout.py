@@ -44,13 +44,33 @@ class ClampedDeadline(Deadline):
     __slots__ = ()
 
 
-def deadline_answer_headers(deadline: Deadline | None) -> dict[str, str]:
+#: Where ``PriorityThreadWorker`` keeps the ``X-Request-Timeout`` it received, before it took the
+#: time the request queued off it (``request.META``).
+RECEIVED_TIMEOUT = "django_aio_request.received_timeout"
+
+
+def deadline_answer_headers(request: Any, deadline: Deadline | None) -> dict[str, str]:
     """The headers of the 408 answered when the request's own ``deadline`` ran out below the
     middleware: ``X-Do-Not-Retry`` when ``MAX_TIMEOUT`` cut it. Without, an aio-request caller given
     5 s retried a view cancelled at a ``MAX_TIMEOUT`` of 0.5 s, and the view ran three times for one
     call. A caller whose own deadline passed retries nothing anyway, and one that sent none (the
-    ``TIMEOUT`` default applied) may try again, as with aio-request's servers."""
-    return {X_DO_NOT_RETRY: "1"} if type(deadline) is ClampedDeadline else {}
+    ``TIMEOUT`` default applied) may try again, as with aio-request's servers.
+
+    Under ``PriorityThreadWorker`` the header the middleware reads is the clamped value less the
+    time queued, below ``MAX_TIMEOUT``: the value the worker received tells (looked at on a 408
+    only, nothing on the way of other requests)."""
+    if type(deadline) is ClampedDeadline:
+        return {X_DO_NOT_RETRY: "1"}
+    received = getattr(request, "META", {}).get(RECEIVED_TIMEOUT)
+    if isinstance(received, str):
+        # Here: the middleware imports this module, and @timeout works without Django (no settings read).
+        from django_aio_request.conf.current import current
+        from django_aio_request.server.middleware import parse_timeout
+
+        seconds = parse_timeout(received)
+        if seconds is not None and seconds >= current.settings.max_timeout:
+            return {X_DO_NOT_RETRY: "1"}
+    return {}
 
 
 class ViewDeadline(Deadline):
