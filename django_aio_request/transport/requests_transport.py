@@ -22,7 +22,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
-from urllib3 import HTTPResponse, HTTPSConnectionPool
+from urllib3 import HTTPResponse
 from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import parse_url
@@ -249,47 +249,6 @@ class _GuardedAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
         retire_dropped_pools(self.poolmanager)
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        """requests' own, then the pool's CA certificates (and client certificate) loaded once, into
-        one SSL context its new connections share, as on the direct route (``direct_send``).
-
-        requests sets the CA bundle's path on the pool on every call, and urllib3 loaded it into a
-        new context for each new connection (~55 ms of CPU no deadline stops): a session with auth,
-        hooks, params, a cookie or a proxy (requests' own path) had 32 threads and 32 async calls
-        to a peer stalling the handshake end 0.5-0.9 s past a 0.3 s deadline. Left as requests
-        makes it when the application gave the pool an SSL context of its own, and through an
-        https:// proxy."""
-        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
-        if not isinstance(conn, HTTPSConnectionPool) or (conn.proxy is not None and conn.proxy.scheme == "https"):
-            # Through an https:// proxy urllib3 verifies the proxy too, with the pool's CA paths (and
-            # no context of its own): left as requests makes it, or the proxy was refused.
-            return
-        given = (conn.ca_certs, conn.ca_cert_dir, conn.cert_file, conn.key_file, conn.key_password)
-        if not any(given[:2]):
-            return  # verify=False: nothing to load
-        ours = getattr(conn, "_aio_request_tls", None)
-        shared = conn.conn_kw.get("ssl_context")
-        if ours is None or ours[0] != given or shared is not ours[1]:
-            if shared is not None and (ours is None or shared is not ours[1]):
-                return  # the application's own context (init_poolmanager(ssl_context=...))
-            settings = {
-                "ca_certs": conn.ca_certs,
-                "ca_cert_dir": conn.ca_cert_dir,
-                "cert_file": conn.cert_file,
-                "key_file": conn.key_file,
-                "key_password": conn.key_password,
-                "ssl_version": conn.ssl_version,
-                "ssl_minimum_version": conn.ssl_minimum_version,
-                "ssl_maximum_version": conn.ssl_maximum_version,
-            }
-            if not direct_send._preload_tls(settings, None):  # not loadable: left to urllib3, which reports it
-                return
-            conn.conn_kw["ssl_context"] = settings["ssl_context"]
-            conn._aio_request_tls = (given, settings["ssl_context"])  # type: ignore[attr-defined]
-        # Loaded into the shared context: a path left on the pool would be loaded into it again by
-        # each new connection.
-        conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = conn.key_password = None
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
