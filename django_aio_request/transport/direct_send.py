@@ -156,6 +156,14 @@ def plan_route(
     )
 
 
+class _EncryptedKeyWithoutPassword(Exception):
+    """A client key needs a password and none was given."""
+
+
+def _no_password() -> str:
+    raise _EncryptedKeyWithoutPassword
+
+
 def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     """Give the host's pool one SSL context with the CA certificates (and client certificate) its
     connections verify with, loaded once: urllib3 loaded the CA bundle into a new context for each
@@ -189,8 +197,12 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
         )
         tls.load_verify_locations(cafile=ca_certs, capath=ca_cert_dir)
         if context.get("cert_file"):
-            tls.load_cert_chain(context["cert_file"], context.get("key_file"), context.get("key_password"))
-    except (OSError, ssl.SSLError, ValueError):
+            password = context.get("key_password")
+            # An encrypted key given no password: OpenSSL would prompt on the process's terminal and
+            # block the call past any deadline (a worker in the foreground, runserver). Refused here,
+            # the route is left as requests makes it, and urllib3 reports it on the call at once.
+            tls.load_cert_chain(context["cert_file"], context.get("key_file"), password or _no_password)
+    except (OSError, ssl.SSLError, ValueError, _EncryptedKeyWithoutPassword):
         return False
     context["ssl_context"] = tls
     for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):

@@ -1050,3 +1050,50 @@ def test_a_host_whose_route_is_slow_to_plan_holds_no_call_to_another_host(
         transport.close()
     assert (answer.status, answer.read()) == (200, b"other host")
     assert elapsed < 0.4
+
+
+_ENCRYPTED_KEY_CALL = """
+import sys, time, socket, trustme, requests
+from cryptography.hazmat.primitives import serialization
+import django_aio_request as dar
+
+ca = trustme.CA()
+client = ca.issue_cert("client@example")
+folder = sys.argv[1]
+with open(folder + "/client.pem", "wb") as f:
+    f.write(client.cert_chain_pems[0].bytes())
+key = serialization.load_pem_private_key(client.private_key_pem.bytes(), None)
+with open(folder + "/key.pem", "wb") as f:
+    f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.BestAvailableEncryption(b"s3cret")))
+listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the handshake
+session = requests.Session()
+session.cert = (folder + "/client.pem", folder + "/key.pem")  # and no password
+transport = dar.RequestsTransport(session)
+started = time.monotonic()
+status = transport.send(f"https://127.0.0.1:{listener.getsockname()[1]}/", dar.get("x"), 1.0).status
+print(f"status {status} in {time.monotonic() - started:.2f} s", flush=True)
+"""
+
+
+def test_an_encrypted_client_key_given_no_password_fails_at_once_and_prompts_nothing(tmp_path: Any) -> None:
+    """requests raises SSLError at once for an encrypted key given no password. The direct route
+    loaded it into its shared context with no password, and OpenSSL prompted "Enter PEM pass
+    phrase:" on the process's terminal: a worker in the foreground, or runserver, blocked on it past
+    the call's deadline. Run under a terminal (``script``, util-linux) for OpenSSL to find one."""
+    import shlex
+    import shutil
+
+    script = shutil.which("script")
+    assert script is not None, "script (util-linux) is needed: Debian's bsdutils, which every install has"
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(_ENCRYPTED_KEY_CALL)} {shlex.quote(str(tmp_path))}"
+    done = subprocess.run(
+        [script, "-qec", command, "/dev/null"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,  # before: blocked on the prompt until killed
+        check=False,
+    )
+    assert "pass phrase" not in done.stdout, done.stdout
+    assert "status 489 in 0." in done.stdout, done.stdout + done.stderr
