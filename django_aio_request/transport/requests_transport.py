@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import idna
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
@@ -122,42 +121,24 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
     is closed first, as nothing else will read it.
 
-    An auth's hook (a method of a ``requests.auth.AuthBase``) reads the peer's challenge and sends
-    the request again: see :func:`_auth_hook`."""
+    Two exceptions are not the hook's own code's, and stay statuses like any other failure:
+
+    - the network's: the failure or the abort of a request the hook sent again through the
+      transport (an auth's resend, a token refreshed and the request repeated), which raised
+      ``ConnectionError`` out of ``client.request()`` at the deadline (:func:`_sent_by_the_transport`);
+    - the peer's: what requests' own auth code raises reading the peer's challenge
+      (``HTTPDigestAuth``, or a subclass calling it: ``KeyError`` for a challenge without a nonce).
+      What it raises is judged by where it was raised, not by which class the hook belongs to: a bug
+      in an application's own auth code (a token refresh on 401, a ``build_digest_header`` of its
+      own) is raised on, as any hook's is (it was a 489, retried and counted by the breaker).
+
+    After any failure of an auth's hook the auth forgets what it learnt on this thread: an
+    ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
+    sending, and one malformed challenge after a good one made every later call on that thread raise
+    ``KeyError``."""
     auth = getattr(hook, "__self__", None)
-    if isinstance(auth, requests.auth.AuthBase):
-        return _auth_hook(hook, auth)
-
-    def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return hook(answer, *args, **kwargs)
-        except Exception as error:
-            answer.close()
-            raise _RaisedByAHook(error) from None
-
-    return called
-
-
-# What an auth's resend raises when the network fails or the attempt is aborted (its deadline, a
-# hedge that won): the network's doing, a status like any other.
-_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
-
-
-def _auth_hook(hook: Callable[..., Any], auth: requests.auth.AuthBase) -> Callable[..., Any]:
-    """An auth's ``hook``: what it raises is a status when it is the peer's doing or the network's,
-    and raised on to the caller when it is the application's own code.
-
-    - The network's: the failure or the abort of its resend (a ``ConnectionError`` at the deadline
-      was raised out of ``client.request()``), from any auth.
-    - The peer's: anything requests' own code raises (``HTTPDigestAuth.handle_401``, also inherited
-      by a subclass, raised ``KeyError`` for a challenge without a nonce): it parses the answer.
-    - The application's: anything else a hook of an auth class of its own raises (a bug in a token
-      refresh on 401), raised on as any hook's is, not a 489 the breaker counts and strategies retry.
-
-    After a failure the auth forgets what it learnt on this thread: ``HTTPDigestAuth`` keeps the
-    last challenge per thread and signs the next request with it before sending, and one malformed
-    challenge after a good one made every later call on that thread raise ``KeyError``."""
-    parses_the_answer = getattr(getattr(hook, "__func__", hook), "__module__", None) == "requests.auth"
+    if not isinstance(auth, requests.auth.AuthBase):
+        auth = None
 
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -166,12 +147,32 @@ def _auth_hook(hook: Callable[..., Any], auth: requests.auth.AuthBase) -> Callab
             state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
-            if parses_the_answer or isinstance(error, _NETWORK_ERRORS):
+            if _sent_by_the_transport(error) or _raised_in(error, _REQUESTS_AUTH):
                 raise
             answer.close()
             raise _RaisedByAHook(error) from None
 
     return called
+
+
+_REQUESTS_AUTH = requests.auth.__file__
+_SENT_BY_THE_TRANSPORT = "_aio_request_sent_by_the_transport"
+
+
+def _sent_by_the_transport(error: BaseException) -> bool:
+    """Whether ``error`` came out of sending a request through one of the transport's adapters
+    (``_GuardedAdapter.send`` marks it): the network's doing, or the attempt's abort."""
+    return bool(getattr(error, _SENT_BY_THE_TRANSPORT, False))
+
+
+def _raised_in(error: BaseException, filename: str) -> bool:
+    """Whether the innermost Python frame of ``error``'s traceback is in ``filename``."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename == filename
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,16 @@ class _GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
         retire_dropped_pools(self.poolmanager)
 
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        """requests' own; what it raises is marked as the network's (see ``_raised_on``): a hook that
+        sent a request again through this adapter and met a failure or the attempt's abort."""
+        try:
+            return super().send(request, *args, **kwargs)
+        except Exception as error:
+            with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
+                setattr(error, _SENT_BY_THE_TRANSPORT, True)
+            raise
+
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
@@ -279,6 +290,9 @@ class _GuardedAdapter(HTTPAdapter):
                         else:
                             pool.close()
         super().close()
+
+
+direct_send.stock_send(_GuardedAdapter.send)
 
 
 def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:

@@ -299,30 +299,114 @@ def test_a_malformed_digest_challenge_is_the_peer_s_fault_not_raised(
 class _TokenAuth(requests.auth.AuthBase):
     """An application's own auth that refreshes its token on a 401, with a bug in its hook."""
 
+    def __init__(self, bug: Exception) -> None:
+        self.bug = bug
+
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.register_hook("response", self.refresh_on_401)  # type: ignore[no-untyped-call]
         return request
 
     def refresh_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         if response.status_code == 401:
-            raise AttributeError("'NoneType' object has no attribute 'token'")  # the application's bug
+            raise self.bug  # the application's own: its token file, its token service
         return response
 
 
-def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(server: LoopbackServer) -> None:
+class _DigestWithABuggyHeader(requests.auth.HTTPDigestAuth):
+    """Requests' handle_401 calls this: the bug is the application's all the same."""
+
+    def build_digest_header(self, method: str, url: str) -> str | None:
+        raise AttributeError("'NoneType' object has no attribute 'nonce'")
+
+
+class _DigestThatLogs(requests.auth.HTTPDigestAuth):
+    """Overrides handle_401 and calls requests' own: the peer's malformed challenge is still a 489."""
+
+    def handle_401(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        return super().handle_401(r, **kwargs)  # type: ignore[no-untyped-call,no-any-return]
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        _TokenAuth(AttributeError("'NoneType' object has no attribute 'token'")),
+        _TokenAuth(FileNotFoundError(2, "No such file or directory", "/run/secrets/token")),
+        _TokenAuth(requests.HTTPError("500 Server Error: the token service")),
+        _DigestWithABuggyHeader("user", "password"),
+    ],
+    ids=["AttributeError", "an OSError", "a requests error", "a method requests' hook calls"],
+)
+def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(
+    server: LoopbackServer, auth: requests.auth.AuthBase
+) -> None:
     """docs/faults.md: a hook of your own that raises is raised on, and not counted by the breaker.
-    Taken for the peer's doing with every auth's hooks, it was a 489: retried (3 requests), and
-    counted until the breaker opened on a healthy server."""
-    server.route("/x", lambda handler: handler.reply(401, b""))
+    Taken for the peer's doing, it was a 489: retried (3 requests), and counted until the breaker
+    opened on a healthy server; so it was, in a second version, when the bug was an OSError or a
+    requests error (judged by its type, not where it came from), or raised in a method of the
+    application's that requests' own hook called."""
+    server.route("/x", lambda handler: handler.reply(401, b"", headers={"WWW-Authenticate": _GOOD_CHALLENGE}))
     session = requests.Session()
-    session.auth = _TokenAuth()
+    session.auth = auth
     client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))  # 3 attempts for a GET
+    bug = type(auth.bug) if isinstance(auth, _TokenAuth) else AttributeError
     try:
-        with pytest.raises(AttributeError, match="no attribute 'token'"):
+        with pytest.raises(bug):
             client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
     finally:
         client.close()
     assert len(server.received("/x")) == 1
+
+
+def test_a_malformed_challenge_through_an_auth_s_own_handle_401_calling_requests_is_a_489(
+    server: LoopbackServer,
+) -> None:
+    _digest_route(server, ['Digest realm="r"'])
+    session = requests.Session()
+    session.auth = _DigestThatLogs("user", "password")
+    client = dar.setup(
+        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
+    )
+    try:
+        with client.request(dar.get("secret"), deadline=dar.Deadline.from_timeout(5)) as response:
+            assert response.status == 489
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("shape", ["partial", "lambda"])
+def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
+    server: LoopbackServer, shape: str
+) -> None:
+    """A hook of the application's that sends the request again (a token refreshed on 401), not a
+    method of an auth: the abort of its resend at the deadline raised ConnectionError out of
+    client.request(). What the transport's adapter raises is the network's doing, whichever hook
+    sent through it."""
+    _digest_route(server, [], authorized_after=1.0)
+
+    def resend_with_token(response: requests.Response, *, token: str, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        again = response.request.copy()
+        again.headers["Authorization"] = token
+        return response.connection.send(again, **kwargs)
+
+    hook = (
+        functools.partial(resend_with_token, token="Bearer x")
+        if shape == "partial"
+        else lambda response, **kwargs: resend_with_token(response, token="Bearer x", **kwargs)
+    )
+    session = requests.Session()
+    session.hooks["response"].append(hook)
+    client = dar.setup(
+        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
+    )
+    try:
+        started = time.monotonic()
+        with client.request(dar.get("secret"), deadline=dar.Deadline.from_timeout(0.5)) as response:
+            assert response.status == 408
+        assert time.monotonic() - started < 0.8
+    finally:
+        client.close()
 
 
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
