@@ -156,7 +156,7 @@ def plan_route(
             context[name] = value
     scheme = host_params["scheme"]
     context.update(scheme=scheme, host=host_params["host"], port=host_params["port"] or port_by_scheme[scheme])
-    preloaded = scheme == "https" and verify is not False and _preload_tls(context, verify)
+    preloaded = scheme == "https" and (_refused_key(context) if verify is False else _preload_tls(context, verify))
     pool_key = manager.key_fn_by_scheme[scheme](context)
     base_headers, headers_of = _base_headers(session)
     return DirectRoute(
@@ -166,6 +166,14 @@ def plan_route(
 
 class _EncryptedKeyWithoutPassword(Exception):
     """A client key needs a password and none was given."""
+
+
+class _RefusingContext(ssl.SSLContext):
+    """The context of a pool whose client key is encrypted and given no password: each connection
+    fails at once, as requests fails it (``SSLError``, a 489), and nothing prompts on the terminal."""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        raise ssl.SSLError("the client certificate's key is encrypted and no password was given")
 
 
 def _no_password() -> str:
@@ -192,7 +200,7 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
         # a pool's ca_cert_dir it leaves, and both are trusted.
         ca_certs = DEFAULT_CA_BUNDLE_PATH
     if not ca_certs and not ca_cert_dir:
-        return False
+        return _refused_key(context)
     try:
         # The pool's TLS versions too: urllib3 applies them only to a context it makes itself, and a
         # pool limited to TLS 1.3 (init_poolmanager(ssl_minimum_version=...)) spoke TLS 1.2 here.
@@ -210,12 +218,48 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
             # block the call past any deadline (a worker in the foreground, runserver). Refused here,
             # the route is left as requests makes it, and urllib3 reports it on the call at once.
             tls.load_cert_chain(context["cert_file"], context.get("key_file"), password or _no_password)
-    except (OSError, ssl.SSLError, ValueError, _EncryptedKeyWithoutPassword):
+    except _EncryptedKeyWithoutPassword:
+        # Not left to urllib3 either: given a key inside the certificate's file (one path in
+        # ``session.cert``), it loads it without a password, and OpenSSL prompted all the same.
+        _refuse(context)
+        return True
+    except (OSError, ssl.SSLError, ValueError):
         return False
     context["ssl_context"] = tls
     for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):
         context.pop(name, None)
     return True
+
+
+def _refused_key(context: dict[str, Any]) -> bool:
+    """For a pool with nothing to verify with (``verify=False``), left as requests makes it: whether
+    its client key is encrypted and given no password, and the pool refused (:func:`_refuse`)."""
+    if context.get("cert_file") and not context.get("key_password") and _needs_a_password(context):
+        _refuse(context)
+        return True
+    return False
+
+
+def _needs_a_password(context: dict[str, Any]) -> bool:
+    """Whether the pool's client key is encrypted (loading it asks for a password)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            context["cert_file"], context.get("key_file"), _no_password
+        )
+    except _EncryptedKeyWithoutPassword:
+        return True
+    except (OSError, ssl.SSLError, ValueError):
+        return False  # reported by urllib3 on the call, as requests reports it
+    return False
+
+
+def _refuse(context: dict[str, Any]) -> None:
+    """Make every connection of the pool fail at once (:class:`_RefusingContext`)."""
+    refusing = _RefusingContext(ssl.PROTOCOL_TLS_CLIENT)
+    refusing.check_hostname = False  # urllib3 sets what it needs (verify=False: CERT_NONE) before wrapping
+    context["ssl_context"] = refusing
+    for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):
+        context.pop(name, None)
 
 
 def still_direct(session: requests.Session, route: DirectRoute, url: str, request: Request) -> bool:

@@ -1151,8 +1151,12 @@ with open(folder + "/key.pem", "wb") as f:
     f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                               serialization.BestAvailableEncryption(b"s3cret")))
 listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers the handshake
+if sys.argv[2] == "combined":  # one file, one path: requests supports it
+    with open(folder + "/client.pem", "ab") as f, open(folder + "/key.pem", "rb") as key_file:
+        f.write(key_file.read())
 session = requests.Session()
-session.cert = (folder + "/client.pem", folder + "/key.pem")  # and no password
+session.cert = (folder + "/client.pem", folder + "/key.pem") if sys.argv[2] == "apart" else folder + "/client.pem"
+session.verify = sys.argv[3] == "verify"
 transport = dar.RequestsTransport(session)
 started = time.monotonic()
 status = transport.send(f"https://127.0.0.1:{listener.getsockname()[1]}/", dar.get("x"), 1.0).status
@@ -1160,17 +1164,23 @@ print(f"status {status} in {time.monotonic() - started:.2f} s", flush=True)
 """
 
 
-def test_an_encrypted_client_key_given_no_password_fails_at_once_and_prompts_nothing(tmp_path: Any) -> None:
-    """requests raises SSLError at once for an encrypted key given no password. The direct route
+@pytest.mark.parametrize("verify", ["verify", "no-verify"])
+@pytest.mark.parametrize("key", ["apart", "combined"])
+def test_an_encrypted_client_key_given_no_password_fails_at_once_and_prompts_nothing(
+    tmp_path: Any, key: str, verify: str
+) -> None:
+    """requests raises SSLError at once for an encrypted key file given no password. The direct route
     loaded it into its shared context with no password, and OpenSSL prompted "Enter PEM pass
     phrase:" on the process's terminal: a worker in the foreground, or runserver, blocked on it past
-    the call's deadline. Run under a terminal (``script``, util-linux) for OpenSSL to find one."""
+    the call's deadline; left to urllib3, a key inside the certificate's file prompted all the same
+    (plain requests too). Run under a terminal (``script``, util-linux) for OpenSSL to find one."""
     import shlex
     import shutil
 
     script = shutil.which("script")
     assert script is not None, "script (util-linux) is needed: Debian's bsdutils, which every install has"
-    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(_ENCRYPTED_KEY_CALL)} {shlex.quote(str(tmp_path))}"
+    arguments = f"{shlex.quote(str(tmp_path))} {key} {verify}"
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(_ENCRYPTED_KEY_CALL)} {arguments}"
     done = subprocess.run(
         [script, "-qec", command, "/dev/null"],
         stdin=subprocess.DEVNULL,
@@ -1181,3 +1191,4 @@ def test_an_encrypted_client_key_given_no_password_fails_at_once_and_prompts_not
     )
     assert "pass phrase" not in done.stdout, done.stdout
     assert "status 489 in 0." in done.stdout, done.stdout + done.stderr
+    assert "ValueError" not in done.stdout  # refused for its key, not for a context urllib3 cannot set up
