@@ -69,14 +69,6 @@ def _stock(owner: type, name: str, module: str) -> Callable[..., Any] | None:
 _SESSION_SEND = _stock(requests.Session, "send", "requests.sessions")
 _SESSION_GET_ADAPTER = _stock(requests.Session, "get_adapter", "requests.sessions")
 _ADAPTER_SEND = _stock(HTTPAdapter, "send", "requests.adapters")
-#: The adapters' ``send`` that change nothing of what requests' own sends: requests' own, and the
-#: transport's guarded adapter's, which only marks what it raises (requests_transport.py).
-_STOCK_SENDS: set[object] = {_ADAPTER_SEND}
-
-
-def stock_send(function: object) -> None:
-    """Count ``function`` as an adapter's ``send`` that sends as requests' own does."""
-    _STOCK_SENDS.add(function)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +260,7 @@ def still_direct(session: requests.Session, route: DirectRoute, url: str, reques
         requests.Session.send is _SESSION_SEND
         and requests.Session.get_adapter is _SESSION_GET_ADAPTER
         and HTTPAdapter.send is _ADAPTER_SEND
-        and type(route.adapter).send in _STOCK_SENDS
+        and type(route.adapter).send is _ADAPTER_SEND
         and "send" not in session.__dict__
         and "get_adapter" not in session.__dict__
         and "send" not in route.adapter.__dict__

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import idna
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
@@ -121,16 +122,14 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
     is closed first, as nothing else will read it.
 
-    Two exceptions are not the hook's own code's, and stay statuses like any other failure:
-
-    - the network's: the failure or the abort of a request the hook sent again through the
-      transport (an auth's resend, a token refreshed and the request repeated), which raised
-      ``ConnectionError`` out of ``client.request()`` at the deadline (:func:`_sent_by_the_transport`);
-    - the peer's: what requests' own auth code raises reading the peer's challenge
-      (``HTTPDigestAuth``, or a subclass calling it: ``KeyError`` for a challenge without a nonce).
-      What it raises is judged by where it was raised, not by which class the hook belongs to: a bug
-      in an application's own auth code (a token refresh on 401, a ``build_digest_header`` of its
-      own) is raised on, as any hook's is (it was a 489, retried and counted by the breaker).
+    Two kinds of error are not the hook's own code's, and stay statuses like any other failure
+    (:func:`_the_peer_s_or_the_network_s`): a failure of the network met in library code (the
+    failure or abort of a request the hook sent again, a body cut short that it read: an auth's
+    resend raised ``ConnectionError`` out of ``client.request()`` at the deadline), and what
+    requests' own auth code raises reading the peer's challenge (``HTTPDigestAuth``: ``KeyError``
+    for a challenge without a nonce). Judged by the error's type and the code that raised it, not
+    by which class the hook belongs to: a bug in an application's own code (its auth, its token
+    refresh) is raised on, as any hook's is.
 
     After any failure of an auth's hook the auth forgets what it learnt on this thread: an
     ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
@@ -147,7 +146,7 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
             state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
-            if _sent_by_the_transport(error) or _raised_in(error, _REQUESTS_AUTH):
+            if _the_peer_s_or_the_network_s(error):
                 raise
             answer.close()
             raise _RaisedByAHook(error) from None
@@ -155,24 +154,42 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     return called
 
 
-_REQUESTS_AUTH = requests.auth.__file__
-_SENT_BY_THE_TRANSPORT = "_aio_request_sent_by_the_transport"
+# A failure of the network (or of the peer's framing), as the libraries below a hook raise it. Every
+# requests exception is an OSError: of those, only these (raise_for_status's HTTPError is none).
+_REQUESTS_NETWORK_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
-def _sent_by_the_transport(error: BaseException) -> bool:
-    """Whether ``error`` came out of sending a request through one of the transport's adapters
-    (``_GuardedAdapter.send`` marks it): the network's doing, or the attempt's abort."""
-    return bool(getattr(error, _SENT_BY_THE_TRANSPORT, False))
+def _is_a_network_error(error: BaseException) -> bool:
+    if isinstance(error, requests.RequestException):
+        return isinstance(error, _REQUESTS_NETWORK_ERRORS)
+    return isinstance(error, urllib3.exceptions.HTTPError | OSError)
 
 
-def _raised_in(error: BaseException, filename: str) -> bool:
-    """Whether the innermost Python frame of ``error``'s traceback is in ``filename``."""
+# The code that raises them: requests', urllib3's, the standard library's sockets and HTTP, this
+# transport's (an abort). An application's own code raising an OSError (a token file missing) is
+# the application's.
+_LIBRARIES = ("requests", "urllib3", "http", "socket", "ssl", "django_aio_request.transport")
+
+
+def _the_peer_s_or_the_network_s(error: BaseException) -> bool:
+    """Whether a hook's ``error`` is the network's doing (a network error raised in library code) or
+    the peer's (raised by requests' own auth code: ``requests.auth``). Judged by the module of the
+    innermost Python frame, not its file: an install without sources names its files otherwise."""
     tb = error.__traceback__
     if tb is None:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return tb.tb_frame.f_code.co_filename == filename
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    if module == "requests.auth":
+        return True
+    in_a_library = any(module == name or module.startswith(name + ".") for name in _LIBRARIES)
+    return in_a_library and _is_a_network_error(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,16 +268,6 @@ class _GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
         retire_dropped_pools(self.poolmanager)
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        """requests' own; what it raises is marked as the network's (see ``_raised_on``): a hook that
-        sent a request again through this adapter and met a failure or the attempt's abort."""
-        try:
-            return super().send(request, *args, **kwargs)
-        except Exception as error:
-            with contextlib.suppress(AttributeError, TypeError):  # an exception type without a __dict__
-                setattr(error, _SENT_BY_THE_TRANSPORT, True)
-            raise
-
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
@@ -290,9 +297,6 @@ class _GuardedAdapter(HTTPAdapter):
                         else:
                             pool.close()
         super().close()
-
-
-direct_send.stock_send(_GuardedAdapter.send)
 
 
 def _guarded_copy(adapter: HTTPAdapter) -> _GuardedAdapter:

@@ -409,6 +409,51 @@ def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
         client.close()
 
 
+def test_a_401_whose_body_is_cut_short_is_a_489_with_a_digest_auth() -> None:
+    """HTTPDigestAuth reads the 401's body before it sends the request again: a body cut short
+    raised ChunkedEncodingError (in requests' own code, not its auth module) out of
+    client.request(), where the same cut on a 200 is a 489."""
+    server = RawAnswerServer(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: "
+        + _GOOD_CHALLENGE.encode()
+        + b"\r\nContent-Length: 100\r\n\r\nshort"
+    )
+    session = requests.Session()
+    session.auth = requests.auth.HTTPDigestAuth("user", "password")
+    client = dar.setup(
+        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
+    )
+    try:
+        with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)) as response:
+            assert response.status == 489
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_bad_header_a_hook_puts_on_its_resend_is_raised_as_requests_raises_it(server: LoopbackServer) -> None:
+    """The application's mistake (a token read from a file with its newline), raised by http.client
+    as the resend is made: not a failure of the network, a 489 retried three times."""
+    server.route("/x", lambda handler: handler.reply(401, b""))
+
+    def resend_with_token(response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        again = response.request.copy()
+        again.headers["Authorization"] = "Bearer new\n"
+        return response.connection.send(again, **kwargs)
+
+    session = requests.Session()
+    session.hooks["response"].append(resend_with_token)
+    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))
+    try:
+        with pytest.raises(ValueError, match="Invalid header value"):
+            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
+    finally:
+        client.close()
+    assert len(server.received("/x")) == 1
+
+
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
     """A user's subclass of HTTPDigestAuth: the abort of its resend at the deadline raised
     requests.ConnectionError out of client.request(), as if the application's own hook had."""
