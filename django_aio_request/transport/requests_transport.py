@@ -2,10 +2,13 @@
 
 import contextlib
 import copy
+import http.client
 import http.cookiejar
 import logging
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 import traceback
@@ -42,6 +45,7 @@ from django_aio_request.transport.attempt_sockets import (
     AttemptSockets,
     StaleConnection,
     _is_name,
+    current_attempt,
     stop_if_over,
 )
 from django_aio_request.transport.base import Transport
@@ -142,11 +146,17 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
         try:
             return hook(answer, *args, **kwargs)
+        except _RaisedByAHook:
+            raise  # a hook's, met in a request a hook sent again (session.send(r.request)): judged there
         except Exception as error:
             state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
-            if _the_peer_s_or_the_network_s(error):
+            guard = current_attempt()
+            if (guard is not None and guard.reason is not None) or _the_peer_s_or_the_network_s(error):
+                # The attempt was aborted (its deadline, a hedge that won, a cancel): the hook met the
+                # abort, whatever it made of it (one that wraps its resend's failure in an error of its
+                # own raised that over a winning hedge's 200). A status, as the abort's.
                 raise
             answer.close()
             raise _RaisedByAHook(error) from None
@@ -154,20 +164,35 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     return called
 
 
-# A failure of the network (or of the peer's framing), as the libraries below a hook raise it. Every
-# requests exception is an OSError: of those, only these (raise_for_status's HTTPError is none).
-_REQUESTS_NETWORK_ERRORS = (
-    requests.ConnectionError,
+# A failure of the network (or of the peer's framing), as the libraries below a hook raise it: a
+# list of what they raise for it, not their base classes (an OSError is a missing file too, a
+# urllib3 HTTPError an invalid URL, and every requests exception is an OSError).
+_NETWORK_ERRORS = (
+    requests.ConnectionError,  # its ProxyError, SSLError, ConnectTimeout
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.DecodeError,
+    urllib3.exceptions.MaxRetryError,
+    http.client.IncompleteRead,
+    http.client.BadStatusLine,  # RemoteDisconnected too
+    http.client.LineTooLong,
+    ConnectionError,  # refused, reset, aborted (an abort at the deadline), a broken pipe
+    TimeoutError,
+    socket.gaierror,
+    ssl.SSLError,
 )
 
 
 def _is_a_network_error(error: BaseException) -> bool:
-    if isinstance(error, requests.RequestException):
-        return isinstance(error, _REQUESTS_NETWORK_ERRORS)
-    return isinstance(error, urllib3.exceptions.HTTPError | OSError)
+    if isinstance(error, requests.RequestException) and not isinstance(error, _NETWORK_ERRORS[:4]):
+        return False  # raise_for_status's HTTPError, an invalid URL, a missing certificate file
+    return isinstance(error, _NETWORK_ERRORS)
 
 
 # The code that raises them: requests', urllib3's, the standard library's sockets and HTTP, this

@@ -312,6 +312,15 @@ class _TokenAuth(requests.auth.AuthBase):
         return response
 
 
+class _TokenAuthWithItsOwnCA(_TokenAuth):
+    """Its bug meets a library: a missing CA file, raised in the standard library's ssl."""
+
+    def refresh_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code == 401:
+            ssl.create_default_context(cafile="/nonexistent/token-service-ca.pem")
+        return response
+
+
 class _DigestWithABuggyHeader(requests.auth.HTTPDigestAuth):
     """Requests' handle_401 calls this: the bug is the application's all the same."""
 
@@ -333,8 +342,9 @@ class _DigestThatLogs(requests.auth.HTTPDigestAuth):
         _TokenAuth(FileNotFoundError(2, "No such file or directory", "/run/secrets/token")),
         _TokenAuth(requests.HTTPError("500 Server Error: the token service")),
         _DigestWithABuggyHeader("user", "password"),
+        _TokenAuthWithItsOwnCA(FileNotFoundError()),
     ],
-    ids=["AttributeError", "an OSError", "a requests error", "a method requests' hook calls"],
+    ids=["AttributeError", "an OSError", "a requests error", "a method requests' hook calls", "raised in a library"],
 )
 def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(
     server: LoopbackServer, auth: requests.auth.AuthBase
@@ -348,7 +358,7 @@ def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(
     session = requests.Session()
     session.auth = auth
     client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))  # 3 attempts for a GET
-    bug = type(auth.bug) if isinstance(auth, _TokenAuth) else AttributeError
+    bug = type(auth.bug) if isinstance(auth, _TokenAuth) else AttributeError  # FileNotFoundError too
     try:
         with pytest.raises(bug):
             client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
@@ -373,7 +383,11 @@ def test_a_malformed_challenge_through_an_auth_s_own_handle_401_calling_requests
         client.close()
 
 
-@pytest.mark.parametrize("shape", ["partial", "lambda"])
+class _TokenRefreshFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("shape", ["partial", "lambda", "wrapped"])
 def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
     server: LoopbackServer, shape: str
 ) -> None:
@@ -390,9 +404,17 @@ def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
         again.headers["Authorization"] = token
         return response.connection.send(again, **kwargs)
 
+    def wrapping(response: requests.Response, **kwargs: Any) -> requests.Response:
+        try:
+            return resend_with_token(response, token="Bearer x", **kwargs)
+        except requests.ConnectionError as error:  # the application's own error, over the abort
+            raise _TokenRefreshFailed("could not refresh") from error
+
     hook = (
         functools.partial(resend_with_token, token="Bearer x")
         if shape == "partial"
+        else wrapping
+        if shape == "wrapped"
         else lambda response, **kwargs: resend_with_token(response, token="Bearer x", **kwargs)
     )
     session = requests.Session()
@@ -452,6 +474,34 @@ def test_a_bad_header_a_hook_puts_on_its_resend_is_raised_as_requests_raises_it(
     finally:
         client.close()
     assert len(server.received("/x")) == 1
+
+
+def test_a_hook_s_own_error_met_in_a_request_it_sent_again_through_the_session_is_raised_as_it_is(
+    server: LoopbackServer,
+) -> None:
+    """A token refresh that sends ``r.request`` again through the session (whose hooks run again) and
+    raises its own error when refused twice: the caller got the transport's private wrapper."""
+    server.route("/x", lambda handler: handler.reply(401, b""))
+    session = requests.Session()
+
+    class AuthFailed(Exception):
+        pass
+
+    def refresh(response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        if response.request.headers.get("Authorization"):
+            raise AuthFailed("refused with a fresh token too")
+        response.request.headers["Authorization"] = "Bearer fresh"
+        return session.send(response.request, **kwargs)
+
+    session.hooks["response"].append(refresh)
+    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))
+    try:
+        with pytest.raises(AuthFailed):
+            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
+    finally:
+        client.close()
 
 
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
