@@ -236,6 +236,23 @@ def test_a_hook_that_raises_raises_on_to_the_caller_as_requests_raises_it(server
     transport.close()
 
 
+def _one_call(url: str, session: requests.Session, path: str, seconds: float, attempts: int = 1) -> tuple[int, float]:
+    """One call through ``session`` (``attempts`` sequential attempts), given ``seconds``: its status
+    and how long it took."""
+    strategy = (
+        dar.single_attempt_strategy()
+        if attempts == 1
+        else dar.sequential_strategy(attempts_count=attempts, delays_provider=dar.constant_delays(delay=0))
+    )
+    client = dar.setup(endpoint=url, transport=RequestsTransport(session), safe_method_strategy=strategy)
+    try:
+        started = time.monotonic()
+        with client.request(dar.get(path), deadline=dar.Deadline.from_timeout(seconds)) as response:
+            return response.status, time.monotonic() - started
+    finally:
+        client.close()
+
+
 class _DigestOfOurOwn(requests.auth.HTTPDigestAuth):
     """A user's subclass: its hooks are an auth's as much as requests' own class's are."""
 
@@ -357,13 +374,9 @@ def test_a_bug_in_an_auth_of_the_application_s_own_is_raised_not_a_489(
     server.route("/x", lambda handler: handler.reply(401, b"", headers={"WWW-Authenticate": _GOOD_CHALLENGE}))
     session = requests.Session()
     session.auth = auth
-    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))  # 3 attempts for a GET
     bug = type(auth.bug) if isinstance(auth, _TokenAuth) else AttributeError  # FileNotFoundError too
-    try:
-        with pytest.raises(bug):
-            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
-    finally:
-        client.close()
+    with pytest.raises(bug):
+        _one_call(server.url, session, "x", 5, attempts=3)
     assert len(server.received("/x")) == 1
 
 
@@ -373,14 +386,7 @@ def test_a_malformed_challenge_through_an_auth_s_own_handle_401_calling_requests
     _digest_route(server, ['Digest realm="r"'])
     session = requests.Session()
     session.auth = _DigestThatLogs("user", "password")
-    client = dar.setup(
-        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
-    )
-    try:
-        with client.request(dar.get("secret"), deadline=dar.Deadline.from_timeout(5)) as response:
-            assert response.status == 489
-    finally:
-        client.close()
+    assert _one_call(server.url, session, "secret", 5)[0] == 489
 
 
 class _TokenRefreshFailed(Exception):
@@ -419,16 +425,9 @@ def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
     )
     session = requests.Session()
     session.hooks["response"].append(hook)
-    client = dar.setup(
-        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
-    )
-    try:
-        started = time.monotonic()
-        with client.request(dar.get("secret"), deadline=dar.Deadline.from_timeout(0.5)) as response:
-            assert response.status == 408
-        assert time.monotonic() - started < 0.8
-    finally:
-        client.close()
+    status_seen, took = _one_call(server.url, session, "secret", 0.5)
+    assert status_seen == 408
+    assert took < 0.8
 
 
 def test_a_401_whose_body_is_cut_short_is_a_489_with_a_digest_auth() -> None:
@@ -442,14 +441,9 @@ def test_a_401_whose_body_is_cut_short_is_a_489_with_a_digest_auth() -> None:
     )
     session = requests.Session()
     session.auth = requests.auth.HTTPDigestAuth("user", "password")
-    client = dar.setup(
-        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
-    )
     try:
-        with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)) as response:
-            assert response.status == 489
+        assert _one_call(server.url, session, "x", 5)[0] == 489
     finally:
-        client.close()
         server.close()
 
 
@@ -467,12 +461,8 @@ def test_a_bad_header_a_hook_puts_on_its_resend_is_raised_as_requests_raises_it(
 
     session = requests.Session()
     session.hooks["response"].append(resend_with_token)
-    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))
-    try:
-        with pytest.raises(ValueError, match="Invalid header value"):
-            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
-    finally:
-        client.close()
+    with pytest.raises(ValueError, match="Invalid header value"):
+        _one_call(server.url, session, "x", 5, attempts=3)
     assert len(server.received("/x")) == 1
 
 
@@ -496,12 +486,8 @@ def test_a_hook_s_own_error_met_in_a_request_it_sent_again_through_the_session_i
         return session.send(response.request, **kwargs)
 
     session.hooks["response"].append(refresh)
-    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session))
-    try:
-        with pytest.raises(AuthFailed):
-            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(5)).__enter__()
-    finally:
-        client.close()
+    with pytest.raises(AuthFailed):
+        _one_call(server.url, session, "x", 5, attempts=3)
 
 
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
@@ -510,16 +496,9 @@ def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: Loo
     _digest_route(server, [], authorized_after=1.0)
     session = requests.Session()
     session.auth = _DigestOfOurOwn("user", "password")
-    client = dar.setup(
-        endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=dar.single_attempt_strategy()
-    )
-    try:
-        started = time.monotonic()
-        with client.request(dar.get("secret"), deadline=dar.Deadline.from_timeout(0.5)) as response:
-            assert response.status == 408
-        assert time.monotonic() - started < 0.8
-    finally:
-        client.close()
+    status_seen, took = _one_call(server.url, session, "secret", 0.5)
+    assert status_seen == 408
+    assert took < 0.8
 
 
 def test_a_hook_s_exception_holds_no_answer_once_dropped(server: LoopbackServer, gc_off: None) -> None:
