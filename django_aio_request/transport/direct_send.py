@@ -207,8 +207,8 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
         if context.get("cert_file"):
             password = context.get("key_password")
             # An encrypted key given no password: OpenSSL would prompt on the process's terminal and
-            # block the call past any deadline (a worker in the foreground, runserver). Refused here,
-            # the route is left as requests makes it, and urllib3 reports it on the call at once.
+            # block the call past any deadline (a worker in the foreground, runserver). The callback
+            # refuses instead, and so does every connection of the pool (below).
             tls.load_cert_chain(context["cert_file"], context.get("key_file"), password or _no_password)
     except _EncryptedKeyWithoutPassword:
         # Not left to urllib3 either: given a key inside the certificate's file (one path in
