@@ -153,10 +153,15 @@ def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
             guard = current_attempt()
-            if (guard is not None and guard.reason is not None) or _the_peer_s_or_the_network_s(error):
-                # The attempt was aborted (its deadline, a hedge that won, a cancel): the hook met the
-                # abort, whatever it made of it (one that wraps its resend's failure in an error of its
-                # own raised that over a winning hedge's 200). A status, as the abort's.
+            aborted = None if guard is None else guard.reason
+            if (aborted is not None and (aborted != status.TIMEOUT or _caused_by_the_network(error))) or (
+                _the_peer_s_or_the_network_s(error)
+            ):
+                # The attempt was cancelled (a hedge that won, a caller gone): the call has its answer
+                # or nobody waits for it, and a hook that wrapped its resend's failure in an error of
+                # its own raised that over a winning hedge's 200. At the deadline, only an error the
+                # abort caused: a bug of the hook's own met past the deadline is raised on, not a 408
+                # retried with nothing logged.
                 raise
             answer.close()
             raise _RaisedByAHook(error) from None
@@ -199,6 +204,19 @@ def _is_a_network_error(error: BaseException) -> bool:
 # transport's (an abort). An application's own code raising an OSError (a token file missing) is
 # the application's.
 _LIBRARIES = ("requests", "urllib3", "http", "socket", "ssl", "django_aio_request.transport")
+
+
+def _caused_by_the_network(error: BaseException) -> bool:
+    """Whether ``error`` or one it was raised from (``raise ... from``, or during its handling) is a
+    network error."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if _is_a_network_error(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _the_peer_s_or_the_network_s(error: BaseException) -> bool:

@@ -284,7 +284,11 @@ class FinalResponse(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            self.fp = file
+            # Not when http.client closed it (a status line that is not HTTP: _close_conn() sets
+            # fp to None): put back, the closed file made getresponse()'s cleanup raise ValueError
+            # over the BadStatusLine urllib3 turns into a ProtocolError.
+            if self.fp is not None:
+                self.fp = file
         message = http.client.HTTPMessage()
         # Content-Encoding fields are one list (RFC 9110 5.3), as urllib3 reads them: joined, in the
         # place of the first, what names no coding taken out (a value that names none is left out).

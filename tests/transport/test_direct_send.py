@@ -32,7 +32,7 @@ from django_aio_request.transport import direct_send
 from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.end_to_end.test_response_fuzz import answers
 from tests.support.loopback import Handler, LoopbackServer
-from tests.support.raw_server import RawAnswerServer
+from tests.support.raw_server import RawAnswerServer, request_heads
 from tests.support.recording_server import RecordingServer
 
 DEADLINE = 5.0
@@ -488,6 +488,57 @@ def test_a_hook_s_own_error_met_in_a_request_it_sent_again_through_the_session_i
     session.hooks["response"].append(refresh)
     with pytest.raises(AuthFailed):
         _one_call(server.url, session, "x", 5, attempts=3)
+
+
+def test_a_bug_of_a_slow_hook_met_past_the_deadline_is_raised_not_a_408(server: LoopbackServer) -> None:
+    """A hook's own bug is the application's also when the attempt's deadline passed while the hook
+    ran: taken for the abort's 408, it was retried by the strategy and logged nowhere."""
+    server.route("/x", lambda handler: handler.reply(200, b"ok"))
+
+    def slow_and_buggy(response: requests.Response, **kwargs: Any) -> requests.Response:
+        time.sleep(0.3)  # its own work, past the attempt's share of the deadline
+        raise AttributeError("'Settings' object has no attribute 'METRICS_URL'")
+
+    session = requests.Session()
+    session.hooks["response"].append(slow_and_buggy)
+    strategy = dar.sequential_strategy(
+        attempts_count=3,
+        delays_provider=dar.constant_delays(delay=0),
+        deadline_provider=dar.split_deadline_between_attempts(),
+    )
+    client = dar.setup(endpoint=server.url, transport=RequestsTransport(session), safe_method_strategy=strategy)
+    try:
+        with pytest.raises(AttributeError, match="METRICS_URL"):
+            client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(0.6)).__enter__()
+    finally:
+        client.close()
+    assert len(server.received("/x")) == 1
+
+
+class _GarbageToTheResend(RawAnswerServer):
+    """A keep-alive connection: a Digest challenge to a request without Authorization, bytes that
+    are not HTTP (a TLS port's) to one with it."""
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        for head in request_heads(conn, 5):
+            if b"Authorization" in head:
+                conn.sendall(b"\x16\x03\x01garbage\r\n\r\n")
+            else:
+                challenge = b"WWW-Authenticate: " + _GOOD_CHALLENGE.encode()
+                conn.sendall(b"HTTP/1.1 401 Unauthorized\r\n" + challenge + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_an_answer_to_an_auth_s_resend_that_is_not_http_is_a_489() -> None:
+    """The resend answered with bytes that are not HTTP: http.client closed its file, the head
+    reader put the closed file back, and the ValueError of its cleanup replaced the BadStatusLine
+    (raised out of client.request(), where the same answer to a first request is a 489)."""
+    server = _GarbageToTheResend()
+    session = requests.Session()
+    session.auth = requests.auth.HTTPDigestAuth("user", "password")
+    try:
+        assert _one_call(server.url, session, "x", 5)[0] == 489
+    finally:
+        server.close()
 
 
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
