@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -430,6 +430,16 @@ def test_a_hook_s_resend_through_the_transport_ends_at_the_deadline_as_a_408(
     assert took < 0.8
 
 
+def _status_with_requests_digest(server: RawAnswerServer) -> int:
+    """The status of one call to ``server`` (closed after it) through a session with requests' Digest auth."""
+    session = requests.Session()
+    session.auth = requests.auth.HTTPDigestAuth("user", "password")
+    try:
+        return _one_call(server.url, session, "x", 5)[0]
+    finally:
+        server.close()
+
+
 def test_a_401_whose_body_is_cut_short_is_a_489_with_a_digest_auth() -> None:
     """HTTPDigestAuth reads the 401's body before it sends the request again: a body cut short
     raised ChunkedEncodingError (in requests' own code, not its auth module) out of
@@ -439,12 +449,7 @@ def test_a_401_whose_body_is_cut_short_is_a_489_with_a_digest_auth() -> None:
         + _GOOD_CHALLENGE.encode()
         + b"\r\nContent-Length: 100\r\n\r\nshort"
     )
-    session = requests.Session()
-    session.auth = requests.auth.HTTPDigestAuth("user", "password")
-    try:
-        assert _one_call(server.url, session, "x", 5)[0] == 489
-    finally:
-        server.close()
+    assert _status_with_requests_digest(server) == 489
 
 
 def test_a_bad_header_a_hook_puts_on_its_resend_is_raised_as_requests_raises_it(server: LoopbackServer) -> None:
@@ -533,12 +538,7 @@ def test_an_answer_to_an_auth_s_resend_that_is_not_http_is_a_489() -> None:
     reader put the closed file back, and the ValueError of its cleanup replaced the BadStatusLine
     (raised out of client.request(), where the same answer to a first request is a 489)."""
     server = _GarbageToTheResend()
-    session = requests.Session()
-    session.auth = requests.auth.HTTPDigestAuth("user", "password")
-    try:
-        assert _one_call(server.url, session, "x", 5)[0] == 489
-    finally:
-        server.close()
+    assert _status_with_requests_digest(server) == 489
 
 
 def test_an_auth_s_resend_ends_at_the_deadline_as_a_408_not_an_error(server: LoopbackServer) -> None:
@@ -1083,6 +1083,19 @@ def test_tls_options_a_plain_adapter_gives_its_pools_hold_on_the_direct_route(
         transport.close()
 
 
+def _spoken_by_both_routes(url: str, make_session: Callable[[], requests.Session]) -> str:
+    """The TLS version this test server names to plain requests, once the transport's direct route
+    (a session ``make_session`` makes) was found to speak the same: answered 200, on the direct route."""
+    plain = make_session().get(url, timeout=5).text
+    transport = RequestsTransport(make_session())
+    try:
+        response = transport.send(url, dar.get("x"), DEADLINE)
+        assert (response.status, response.read().decode(), _route(transport, url) is not None) == (200, plain, True)
+    finally:
+        transport.close()
+    return plain
+
+
 def test_a_pool_s_ca_directory_is_trusted_beside_certifi_as_requests_trusts_it(
     tls13_server: tuple[int, trustme.CA], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
@@ -1099,14 +1112,7 @@ def test_a_pool_s_ca_directory_is_trusted_beside_certifi_as_requests_trusts_it(
     ).stdout.strip()
     (tmp_path / f"{name}.0").write_bytes(pem.read_bytes())
 
-    def session() -> requests.Session:
-        return _with_pool_options(True, ca_cert_dir=str(tmp_path))
-
-    assert session().get(url, timeout=5).text == "TLSv1.3"
-    transport = RequestsTransport(session())
-    response = transport.send(url, dar.get("x"), DEADLINE)
-    assert (response.status, response.read(), _route(transport, url) is not None) == (200, b"TLSv1.3", True)
-    transport.close()
+    assert _spoken_by_both_routes(url, lambda: _with_pool_options(True, ca_cert_dir=str(tmp_path))) == "TLSv1.3"
 
 
 def test_a_pool_s_tls_version_given_as_its_name_holds_on_the_direct_route(
@@ -1120,15 +1126,10 @@ def test_a_pool_s_tls_version_given_as_its_name_holds_on_the_direct_route(
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     with authority.cert_pem.tempfile() as ca_file, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # ssl.PROTOCOL_TLSv1_2 is deprecated, and still taken
-
-        def session() -> requests.Session:
-            return _with_pool_options(ca_file, ssl_version="PROTOCOL_TLSv1_2")
-
-        assert session().get(url, timeout=5).text == "TLSv1.2"
-        transport = RequestsTransport(session())
-        response = transport.send(url, dar.get("x"), DEADLINE)
-        assert (response.status, response.read(), _route(transport, url) is not None) == (200, b"TLSv1.2", True)
-        transport.close()
+        assert (
+            _spoken_by_both_routes(url, lambda: _with_pool_options(ca_file, ssl_version="PROTOCOL_TLSv1_2"))
+            == "TLSv1.2"
+        )
 
 
 def test_a_pool_s_highest_tls_version_holds_on_the_direct_route(
@@ -1144,12 +1145,7 @@ def test_a_pool_s_highest_tls_version_holds_on_the_direct_route(
         adapter = HTTPAdapter()
         adapter.init_poolmanager(10, 10, ssl_maximum_version=ssl.TLSVersion.TLSv1_2)
         session.mount("https://", adapter)
-        assert session.get(url, timeout=5).text == "TLSv1.2"
-        transport = RequestsTransport(session)
-        response = transport.send(url, dar.get("x"), DEADLINE)
-        assert (response.status, response.read()) == (200, b"TLSv1.2")
-        assert _route(transport, url) is not None
-        transport.close()
+        assert _spoken_by_both_routes(url, lambda: session) == "TLSv1.2"
 
 
 @settings(
