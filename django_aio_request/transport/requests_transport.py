@@ -7,8 +7,6 @@ import http.cookiejar
 import logging
 import os
 import re
-import socket
-import ssl
 import threading
 import time
 import traceback
@@ -21,7 +19,6 @@ from typing import Any, TypeVar
 
 import idna
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
@@ -45,7 +42,6 @@ from django_aio_request.transport.attempt_sockets import (
     AttemptSockets,
     StaleConnection,
     _is_name,
-    current_attempt,
     stop_if_over,
 )
 from django_aio_request.transport.base import Transport
@@ -53,6 +49,7 @@ from django_aio_request.transport.bounded_retries import deadline_bound
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
+from django_aio_request.transport.hook_errors import RaisedByAHook, raised_on
 from django_aio_request.transport.response_head import HeadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -110,129 +107,6 @@ class _Host:
 
     settings: dict[str, Any]
     route: direct_send.DirectRoute | None
-
-
-class _RaisedByAHook(Exception):
-    """A response hook of the session or the request raised ``error``."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """``hook``, whose exception reaches the caller as it is: requests raises it from ``send()``, and
-    the transport took it for a failure of the network, a 489 the breaker counted and strategies
-    retried (``raise_for_status`` in a hook turned every 404 into a 489). The answer it was given
-    is closed first, as nothing else will read it.
-
-    Two kinds of error are not the hook's own code's, and stay statuses like any other failure
-    (:func:`_the_peer_s_or_the_network_s`): a failure of the network met in library code (the
-    failure or abort of a request the hook sent again, a body cut short that it read: an auth's
-    resend raised ``ConnectionError`` out of ``client.request()`` at the deadline), and what
-    requests' own auth code raises reading the peer's challenge (``HTTPDigestAuth``: ``KeyError``
-    for a challenge without a nonce). Judged by the error's type and the code that raised it, not
-    by which class the hook belongs to: a bug in an application's own code (its auth, its token
-    refresh) is raised on, as any hook's is.
-
-    After any failure of an auth's hook the auth forgets what it learnt on this thread: an
-    ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
-    sending, and one malformed challenge after a good one made every later call on that thread raise
-    ``KeyError``."""
-    auth = getattr(hook, "__self__", None)
-    if not isinstance(auth, requests.auth.AuthBase):
-        auth = None
-
-    def called(answer: requests.Response, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return hook(answer, *args, **kwargs)
-        except _RaisedByAHook:
-            raise  # a hook's, met in a request a hook sent again (session.send(r.request)): judged there
-        except Exception as error:
-            state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
-            if state is not None and hasattr(state, "init"):
-                del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
-            guard = current_attempt()
-            aborted = None if guard is None else guard.reason
-            if (aborted is not None and (aborted != status.TIMEOUT or _caused_by_the_network(error))) or (
-                _the_peer_s_or_the_network_s(error)
-            ):
-                # The attempt was cancelled (a hedge that won, a caller gone): the call has its answer
-                # or nobody waits for it, and a hook that wrapped its resend's failure in an error of
-                # its own raised that over a winning hedge's 200. At the deadline, only an error the
-                # abort caused: a bug of the hook's own met past the deadline is raised on, not a 408
-                # retried with nothing logged.
-                raise
-            answer.close()
-            raise _RaisedByAHook(error) from None
-
-    return called
-
-
-# A failure of the network (or of the peer's framing), as the libraries below a hook raise it: a
-# list of what they raise for it, not their base classes (an OSError is a missing file too, a
-# urllib3 HTTPError an invalid URL, and every requests exception is an OSError).
-_NETWORK_ERRORS = (
-    requests.ConnectionError,  # its ProxyError, SSLError, ConnectTimeout
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.TimeoutError,
-    urllib3.exceptions.NewConnectionError,
-    urllib3.exceptions.SSLError,
-    urllib3.exceptions.ProxyError,
-    urllib3.exceptions.DecodeError,
-    urllib3.exceptions.MaxRetryError,
-    http.client.IncompleteRead,
-    http.client.BadStatusLine,  # RemoteDisconnected too
-    http.client.LineTooLong,
-    ConnectionError,  # refused, reset, aborted (an abort at the deadline), a broken pipe
-    TimeoutError,
-    socket.gaierror,
-    ssl.SSLError,
-)
-
-
-def _is_a_network_error(error: BaseException) -> bool:
-    if isinstance(error, requests.RequestException) and not isinstance(error, _NETWORK_ERRORS[:4]):
-        return False  # raise_for_status's HTTPError, an invalid URL, a missing certificate file
-    return isinstance(error, _NETWORK_ERRORS)
-
-
-# The code that raises them: requests', urllib3's, the standard library's sockets and HTTP, this
-# transport's (an abort). An application's own code raising an OSError (a token file missing) is
-# the application's.
-_LIBRARIES = ("requests", "urllib3", "http", "socket", "ssl", "django_aio_request.transport")
-
-
-def _caused_by_the_network(error: BaseException) -> bool:
-    """Whether ``error`` or one it was raised from (``raise ... from``, or during its handling) is a
-    network error."""
-    seen: set[int] = set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        if _is_a_network_error(cause):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
-
-
-def _the_peer_s_or_the_network_s(error: BaseException) -> bool:
-    """Whether a hook's ``error`` is the network's doing (a network error raised in library code) or
-    the peer's (raised by requests' own auth code: ``requests.auth``). Judged by the module of the
-    innermost Python frame, not its file: an install without sources names its files otherwise."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    module = str(tb.tb_frame.f_globals.get("__name__", ""))
-    if module == "requests.auth":
-        return True
-    in_a_library = any(module == name or module.startswith(name + ".") for name in _LIBRARIES)
-    return in_a_library and _is_a_network_error(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,7 +419,7 @@ class RequestsTransport(Transport):
                     # Content-Length: what was read may be cut short, so it is not the server's answer.
                     raise requests.ConnectionError("the attempt was aborted while its response was read")
                 return response
-            except _RaisedByAHook as raised:  # the application's code, not the peer's doing: raised on
+            except RaisedByAHook as raised:  # the application's code, not the peer's doing: raised on
                 hook_error = raised.error  # below, out of this block: chained to the wrapper, it made a cycle
             except Exception as error:  # anything a malformed answer makes requests or urllib3 raise
                 try:
@@ -834,7 +708,7 @@ class RequestsTransport(Transport):
             answers.append(answer)
             _hide_location(answer)
 
-        prepared.hooks["response"] = [*map(_raised_on, prepared.hooks["response"]), received]
+        prepared.hooks["response"] = [*map(raised_on, prepared.hooks["response"]), received]
         try:
             if first is None:
                 response = session.send(prepared, allow_redirects=False, **kwargs)
@@ -859,7 +733,7 @@ class RequestsTransport(Transport):
                     return self._too_many_redirects(response, started)
         except Exception as error:
             _show_location(*answers)
-            if isinstance(error, _RaisedByAHook):
+            if isinstance(error, RaisedByAHook):
                 raise
             answer = answers[-1] if answers else None
             if isinstance(error, requests.TooManyRedirects) and answer is not None and request.allow_redirects:
