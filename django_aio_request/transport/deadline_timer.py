@@ -4,6 +4,7 @@ Each attempt needs a wake-up at its deadline; a ``threading.Timer`` per attempt 
 thread per call. This keeps a heap of due times instead and costs one heap push per attempt.
 """
 
+import functools
 import heapq
 import itertools
 import logging
@@ -23,7 +24,10 @@ _Entry = list[object]
 
 class DeadlineTimer:
     def __init__(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        # schedule() and the cancel it returns, on every attempt's path, take the lock itself: through
+        # the condition, each acquire and release is a Python-level call of threading.Condition's.
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._heap: list[_Entry] = []
         self._cancelled = 0
         self._sequence = itertools.count()
@@ -34,16 +38,16 @@ class DeadlineTimer:
     def schedule(self, due: float, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` at ``due`` (``time.monotonic()`` clock); returns a function that cancels it."""
         entry: _Entry = [due, next(self._sequence), callback]
-        with self._condition:
+        with self._lock:
             if self._thread is None:
                 self._start()
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._condition.notify()
-        return lambda: self._cancel(entry)
+        return functools.partial(self._cancel, entry)
 
     def _cancel(self, entry: _Entry) -> None:
-        with self._condition:
+        with self._lock:
             if entry[2] is None:
                 return
             entry[2] = None
@@ -89,7 +93,8 @@ class DeadlineTimer:
 
     def _after_fork(self) -> None:
         # The thread does not survive fork(); the child starts its own on first use.
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._heap = []
         self._cancelled = 0
         self._thread = None
