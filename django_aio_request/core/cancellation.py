@@ -1,4 +1,5 @@
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ class Cancellation:
     the transport registers a callback that aborts the attempt's socket when it is raised.
 
     It is also how a strategy asks a running attempt whether its answer has already arrived
-    (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_answer`).
+    (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_attempt`).
     """
 
     __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock")
@@ -22,10 +23,29 @@ class Cancellation:
         self._callbacks: list[Callable[[], None]] = []
         self._answer_probe: Callable[[], bool] | None = None
 
-    def watch_answer(self, probe: Callable[[], bool] | None) -> None:
-        """Set (or, with None, clear) how :meth:`answer_arrived` tells. The transport sets a look at
-        the attempt's socket while it runs, and one that says True once it is over."""
-        self._answer_probe = probe
+    def watch_attempt(self, abort: Callable[[], None], answer_arrived: Callable[[], bool]) -> Callable[[], None]:
+        """The transport's hold on the attempt it runs: ``abort`` runs on cancel (at once if the
+        cancellation was raised already), and ``answer_arrived`` is how :meth:`answer_arrived` tells
+        meanwhile (a look at the attempt's socket).
+
+        Returns what to call once the attempt is over: ``abort`` is no longer run, and
+        :meth:`answer_arrived` says True from then on, since whatever the attempt got is in its
+        caller's hands, and a hedge due then must wait for the caller to take over from it. One
+        call each way, not :meth:`on_cancel` and its undo: every attempt of a hedged call pays them."""
+        self._answer_probe = answer_arrived
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(abort)
+                return functools.partial(self._attempt_over, abort)
+        abort()
+        return functools.partial(self._attempt_over, None)
+
+    def _attempt_over(self, abort: Callable[[], None] | None) -> None:
+        self._answer_probe = _over
+        if abort is not None:
+            with self._lock:
+                if abort in self._callbacks:
+                    self._callbacks.remove(abort)
 
     def answer_arrived(self) -> bool:
         """Whether the attempt's answer has reached this process, unread yet; False when unknown."""
@@ -50,7 +70,7 @@ class Cancellation:
         with self._lock:
             if not self._cancelled:
                 self._callbacks.append(callback)
-                return lambda: self._remove(callback)
+                return functools.partial(self._remove, callback)  # no Python frame of its own
         callback()
         return lambda: None
 
@@ -59,6 +79,11 @@ class Cancellation:
             # Not contextlib.suppress: an object a call, on every attempt's way out.
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+
+def _over() -> bool:
+    """What ``answer_arrived()`` says once the attempt is over (:meth:`Cancellation.watch_attempt`)."""
+    return True
 
 
 # The cancellation of the call whose strategy runs in this context (async calls only: a sync call

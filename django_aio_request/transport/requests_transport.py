@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import functools
 import http.client
 import http.cookiejar
 import logging
@@ -92,12 +93,6 @@ X_UNREADABLE_CODING = "X-Unreadable-Coding"
 X_INVALID_REDIRECT = "X-Invalid-Redirect"
 # A Content-Length of more digits than this (leading zeros aside) is above any size limit.
 _MAX_LENGTH_DIGITS = 18
-
-
-def _attempt_over() -> bool:
-    """What an attempt's ``answer_arrived()`` says once ``send`` returned: whatever it got is in the
-    caller's hands, and a hedge due now must wait for the caller to take over from it."""
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,10 +397,9 @@ class RequestsTransport(Transport):
         # sent; from then on, whatever the peer answers ends as a status.
         sendable = self._prepare(endpoint, request)
         guard = AttemptSockets(started + timeout)
-        unregister = None
+        attempt_over = None
         if cancellation is not None:
-            unregister = cancellation.on_cancel(lambda: self._cancel(guard))
-            cancellation.watch_answer(guard.answer_arrived)
+            attempt_over = cancellation.watch_attempt(functools.partial(self._cancel, guard), guard.answer_arrived)
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
@@ -435,10 +429,8 @@ class RequestsTransport(Transport):
             finally:
                 del hook_error  # a local of a frame in its own traceback: a cycle that kept the answer
         finally:
-            if cancellation is not None:
-                cancellation.watch_answer(_attempt_over)
-            if unregister is not None:
-                unregister()
+            if attempt_over is not None:
+                attempt_over()
 
     def _host(self, url: str) -> _Host:
         """requests' settings from the environment (proxies, CA bundle) for ``url``'s host, and the

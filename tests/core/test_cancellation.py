@@ -1,0 +1,88 @@
+"""How a strategy stops an attempt and asks whether its answer arrived (core/cancellation.py).
+
+The object on its own first; then with the real transport on a loopback server, which is how every
+hedged call's attempt 0 uses it.
+"""
+
+import threading
+
+from django_aio_request import RequestsTransport, get
+from django_aio_request.core.cancellation import Cancellation
+from tests.support.loopback import Handler, LoopbackServer
+
+
+def test_a_cancel_aborts_the_attempt_once_and_not_after_it_is_over() -> None:
+    cancellation, aborted = Cancellation(), []
+    over = cancellation.watch_attempt(lambda: aborted.append("first"), lambda: False)
+    over()
+    second = Cancellation()
+    second.watch_attempt(lambda: aborted.append("second"), lambda: False)
+    cancellation.cancel()
+    second.cancel()
+    second.cancel()
+    assert aborted == ["second"]
+
+
+def test_an_attempt_watched_after_the_cancel_is_aborted_at_once() -> None:
+    cancellation, aborted = Cancellation(), []
+    cancellation.cancel()
+    over = cancellation.watch_attempt(lambda: aborted.append(1), lambda: False)
+    assert aborted == [1]
+    over()
+    assert cancellation.answer_arrived()  # over: whatever it got is its caller's to read
+
+
+def test_answer_arrived_asks_the_attempt_while_it_runs_and_says_yes_once_it_is_over() -> None:
+    cancellation, waiting = Cancellation(), [False]
+    assert not cancellation.answer_arrived()  # no attempt yet: unknown
+    over = cancellation.watch_attempt(lambda: None, lambda: waiting[0])
+    assert not cancellation.answer_arrived()
+    waiting[0] = True
+    assert cancellation.answer_arrived()
+    waiting[0] = False
+    over()
+    assert cancellation.answer_arrived()
+
+
+def test_other_callbacks_stay_when_an_attempt_is_over() -> None:
+    cancellation, called = Cancellation(), []
+    cancellation.on_cancel(lambda: called.append("pause"))
+    cancellation.watch_attempt(lambda: called.append("attempt"), lambda: False)()
+    cancellation.cancel()
+    assert called == ["pause"]
+
+
+def test_the_transport_lets_go_of_the_attempt_once_it_returned(server: LoopbackServer) -> None:
+    """After ``send`` returns, a cancel (a hedge that won later) touches nothing, and the strategy's
+    question gets "arrived": no hedge goes for an attempt whose answer is in its caller's hands."""
+    server.route("/ok", lambda handler: handler.reply(200, b"ok"))
+    transport, cancellation = RequestsTransport(), Cancellation()
+    try:
+        response = transport.send(server.url, get("ok"), 2.0, cancellation)
+        assert cancellation.answer_arrived()
+        cancellation.cancel()
+        assert response.status == 200
+        assert response.read() == b"ok"  # the cancel did not shut the connection it was read from
+    finally:
+        transport.close()
+
+
+def test_the_transport_aborts_a_running_attempt_on_cancel(server: LoopbackServer) -> None:
+    release = threading.Event()
+
+    def stall(handler: Handler) -> None:
+        release.wait(5)
+        handler.reply(200, b"late")
+
+    server.route("/slow", stall)
+    transport, cancellation = RequestsTransport(), Cancellation()
+    try:
+        timer = threading.Timer(0.2, cancellation.cancel)
+        timer.start()
+        response = transport.send(server.url, get("slow"), 5.0, cancellation)
+        timer.join()
+        assert response.status == 499  # abandoned, not waited for
+        assert response.elapsed < 1.0
+    finally:
+        release.set()
+        transport.close()
