@@ -61,18 +61,29 @@ class Pace:
         self._latest = max(self._latest, number)  # a race may leave an older number: the next start mends it
         return number
 
-    def end(self, number: int) -> None:
+    def end(self, number: int, *, answered: bool = False) -> None:
         """Call ``number`` is over, answered or not (a 408 made here, a cancelled call): it holds no
-        older call's hedge back any more, and its own is no longer held."""
+        older call's hedge back any more, and its own is no longer held. ``answered``: and an attempt
+        of it got an answer, as :meth:`answer` says, in the same step (a hedged call answered before
+        its hedge was due ends so, and most do)."""
         slot = self._slots[number % _KEPT]
         if slot[0] == number:
             slot[2] = True  # before the look at _waiting: see wait()
-        if self._waiting:
+        if answered:
+            with self._lock:  # as in answer()
+                self.answered = max(self.answered, number)
+                if not self._waiting:
+                    return
+                self._waiting.pop(number, None)
+                woken = self._take(lambda held, holder: held < number or holder == number)
+        elif self._waiting:
             with self._lock:
                 self._waiting.pop(number, None)
                 woken = self._take(lambda held, holder: holder == number)
-            for wake in woken:
-                wake()
+        else:
+            return
+        for wake in woken:
+            wake()
 
     def answer(self, number: int) -> None:
         """An attempt of call ``number`` got an answer from the server (not one made up here), which

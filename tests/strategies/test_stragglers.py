@@ -4,6 +4,8 @@ The hedging it decides is tested against a real server in test_parallel_strategy
 
 import threading
 
+import pytest
+
 from django_aio_request.strategies.stragglers import _KEPT, Pace, Paces
 
 
@@ -84,6 +86,25 @@ def test_an_answer_wakes_the_older_calls_held_and_only_those() -> None:
     assert woken == [first]
 
 
+def test_an_end_with_an_answer_is_an_answer_and_an_end_in_one_step() -> None:
+    """What a hedged call answered before its hedge was due does (strategies/parallel.py)."""
+    pace = Pace()
+    first, second, third, fourth, fifth = (pace.start(10.0) for _ in range(5))
+    woken: list[int] = []
+    assert pace.wait(first, fifth, lambda: woken.append(first))  # older than third: a straggler now
+    assert pace.wait(second, third, lambda: woken.append(second))  # held back by third itself
+    assert pace.wait(third, fifth, lambda: woken.append(third))  # third's own: dropped, not woken
+    assert pace.wait(fourth, fifth, lambda: woken.append(fourth))  # younger: still held
+    pace.end(third, answered=True)
+    assert sorted(woken) == [first, second]
+    assert pace.answered == third
+    assert list(pace._waiting) == [fourth]
+    assert not pace.holds_back(second, now=10.05, age=0.025)  # a younger call was answered
+    assert pace.holds_back(fourth, now=10.05, age=0.025)  # fifth, in flight and unanswered
+    pace.end(second, answered=True)  # an older answer does not take it back
+    assert pace.answered == third
+
+
 def test_the_end_of_the_call_that_holds_a_hedge_back_wakes_it() -> None:
     pace = Pace()
     older, younger = pace.start(10.0), pace.start(10.01)
@@ -140,7 +161,8 @@ def test_templates_past_the_bound_share_one_pace() -> None:
     assert len(paces._paces) == Paces.MAX_TEMPLATES
 
 
-def test_answers_at_once_from_many_threads_leave_the_youngest_answered() -> None:
+@pytest.mark.parametrize("answer_how", ["answer", "end with an answer"])
+def test_answers_at_once_from_many_threads_leave_the_youngest_answered(answer_how: str) -> None:
     # answered = max(answered, n) without the lock: two answers at once left the older number (332
     # of 1,264 runs of four threads), and a hedge that answer woke could be held back again.
     import sys
@@ -158,7 +180,10 @@ def test_answers_at_once_from_many_threads_leave_the_youngest_answered() -> None
             ) -> None:
                 barrier.wait()
                 for number in numbers[k::4]:
-                    pace.answer(number)
+                    if answer_how == "answer":
+                        pace.answer(number)
+                    else:
+                        pace.end(number, answered=True)
 
             threads = [threading.Thread(target=answer, args=(k,)) for k in range(4)]
             for thread in threads:
