@@ -41,6 +41,12 @@ def as_request_delays(delays: "DelaysProvider | RequestAttemptDelaysProvider") -
     return delays if isinstance(delays, RequestAttemptDelaysProvider) else _RequestUnaware(delays)
 
 
+def request_unaware(delays: RequestAttemptDelaysProvider) -> DelaysProvider | None:
+    """The plain ``delays(attempt)`` that :func:`as_request_delays` wrapped, or None when ``delays``
+    looks at the request: called as it is, a call spares the wrapper's step."""
+    return delays._delays if isinstance(delays, _RequestUnaware) else None
+
+
 def constant_delays(*, delay: float = 0.0) -> DelaysProvider:
     """``delay`` seconds before every attempt: a finite number >= 0 (NaN or infinity raise here)."""
     seconds = finite("delay", delay)

@@ -1,4 +1,5 @@
 import contextvars
+import functools
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ from django_aio_request.strategies.delays import (
     RequestAttemptDelaysProvider,
     as_request_delays,
     linear_backoff_delays,
+    request_unaware,
 )
 from django_aio_request.strategies.stragglers import Pace, Paces
 from django_aio_request.transport.deadline_timer import deadline_timer
@@ -49,6 +51,11 @@ _LOOK_AGAIN_HELD_SECONDS = 0.5
 _OVERLOADED = frozenset((429, 503))
 
 
+def _answers(response: Response) -> bool:
+    """Whether ``response`` tells the pace a call was answered (:meth:`_HedgedCall.answered`)."""
+    return not isinstance(response, EmptyResponse) and response.status not in _OVERLOADED
+
+
 class _HedgedCall:
     """The state of one parallel call: attempts in flight, their cancellations, finished results.
 
@@ -61,80 +68,86 @@ class _HedgedCall:
     call is answered or ends, or at the latest 0.5 s later).
     """
 
+    # What a call starts with, kept on the class: a hedge that never fires is paid for by the steps
+    # every call takes, and each field __init__ need not write is one step fewer. The fields an
+    # attempt changes are then written on the instance.
+
+    # None: an attempt the client's retry budget refused (it sent nothing). Made, with
+    # ``cancellations``, by the first hedge launched (_submit): most calls launch none.
+    outcomes: "queue.SimpleQueue[ResponseWithVerdict | BaseException | None] | None" = None
+    cancellations: list[Cancellation] | None = None
+    in_flight = 0  # hedges launched and not yet heard of by the caller (wait())
+    # Launch no more attempts: the retry budget refused one, or the server refused one and said
+    # not to try again (is_refusal). The attempts in flight go on, and may still win.
+    refused = False
+    # An attempt's outcome settled the call (an accepted answer, or an error the caller raises):
+    # the timer launches no more hedges. It stopped only once the caller's thread came back from
+    # the aborted attempt 0 and took over, and a hedge due in between (1-2 ms on an idle process,
+    # more on a busy one) went after the call had its answer (14-32 of 100 calls, hedges 1 ms apart).
+    settled = False
+    # time.monotonic() before which no further attempt goes: what a rejected 503 or 429 asked in
+    # Retry-After (a shedding server asks its callers to step back). Plain float writes: a race
+    # between two answers keeps one of their times, either a bound the server asked for.
+    not_before = 0.0
+    # time.monotonic() when the caller last launched an attempt (0.0: never): the next is due no
+    # sooner after it than their times are apart, so a pause for Retry-After that let two
+    # attempts' times pass sends them one gap apart, not together.
+    launched_at = 0.0
+    # The time the accepted answer that settled the call took: the attempts abandoned from then
+    # on lost to it, and the time of those that ran at least as long is a lower bound worth
+    # learning (see learn()). None until then; never unset.
+    won_in: float | None = None
+    # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
+    next_attempt = 1
+    timer_running = False
+    cancel_timer: Callable[[], None] | None = None
+    token: object = None  # the timer entry that may act: an earlier one replaced by _wake does not
+    held = False  # held back by the pace, waiting for a younger call's answer
+    # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
+    workers: AttemptThreadPool | None = None
+    due_at: Callable[[int], float] | None = None
+    count = 1
+    aborted_first: ResponseWithVerdict | None = None
+    # With stragglers_only: the calls of this method and URL template, and this call's number among them.
+    pace: Pace | None = None
+    number = 0
+
     def __init__(
         self,
         send: SendAttempt,
         request: Request,
         deadline: Deadline,
         priority: Priority,
-        observe: Callable[[Request, Response], None],
+        observe: Callable[[Request, Response], None] | None,
     ) -> None:
         self.send = send
         self.observe = observe
         self.request = request
         self.deadline = deadline
         self.priority = priority
-        # None: an attempt the client's retry budget refused (it sent nothing)
-        self.outcomes: queue.SimpleQueue[ResponseWithVerdict | BaseException | None] = queue.SimpleQueue()
-        self.cancellations: list[Cancellation] = []
         self.finished: list[ResponseWithVerdict] = []
-        self.in_flight = 0
-        # Launch no more attempts: the retry budget refused one, or the server refused one and said
-        # not to try again (is_refusal). The attempts in flight go on, and may still win.
-        self.refused = False
-        # An attempt's outcome settled the call (an accepted answer, or an error the caller raises):
-        # the timer launches no more hedges. It stopped only once the caller's thread came back from
-        # the aborted attempt 0 and took over, and a hedge due in between (1-2 ms on an idle process,
-        # more on a busy one) went after the call had its answer (14-32 of 100 calls, hedges 1 ms apart).
-        self.settled = False
-        # time.monotonic() before which no further attempt goes: what a rejected 503 or 429 asked in
-        # Retry-After (a shedding server asks its callers to step back). Plain float writes: a race
-        # between two answers keeps one of their times, either a bound the server asked for.
-        self.not_before = 0.0
-        # time.monotonic() when the caller last launched an attempt (0.0: never): the next is due no
-        # sooner after it than their times are apart, so a pause for Retry-After that let two
-        # attempts' times pass sends them one gap apart, not together.
-        self.launched_at = 0.0
-        # The time the accepted answer that settled the call took: the attempts abandoned from then
-        # on lost to it, and the time of those that ran at least as long is a lower bound worth
-        # learning (see learn()). None until then; never unset.
-        self.won_in: float | None = None
         self.lock = threading.Lock()
         self.first = Cancellation()  # attempt 0's, raised by a hedge that settles the call
-        # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
-        self.next_attempt = 1
-        self.timer_running = False
-        self.cancel_timer: Callable[[], None] | None = None
-        self.token: object = None  # the timer entry that may act: an earlier one replaced by _wake does not
-        self.held = False  # held back by the pace, waiting for a younger call's answer
-        # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
-        self.workers: AttemptThreadPool | None = None
-        self.due_at: Callable[[int], float] | None = None
-        self.count = 1
-        self.aborted_first: ResponseWithVerdict | None = None
         # The caller's context, copied in the caller's thread: hedges may start from the timer's.
         self.context = contextvars.copy_context()
-        # With stragglers_only: the calls of this method and URL template, this call's number among
-        # them, and how long a younger call must have waited unanswered to hold a hedge back.
-        self.pace: Pace | None = None
-        self.number = 0
-        self.age = 0.0
 
     def run_first(self) -> ResponseWithVerdict | None:
-        """Attempt 0, in this thread; None when a hedge aborted it."""
-        with self.lock:
-            self.in_flight += 1
-        try:
-            result = first_attempt(self.send(self.request, self.deadline, self.priority, 0, self.first))
-        finally:
-            with self.lock:
-                self.in_flight -= 1
-        self.learn(result.response)  # aborted too: usually the slow one a hedge beat
-        self.answered(result.response)
-        self.asked_to_wait(result)
-        if is_refusal(result.response):
+        """Attempt 0, in this thread; None when a hedge aborted it.
+
+        Not counted in :attr:`in_flight`: only this thread reads that, and not while attempt 0 runs.
+        The steps that concern an answer attempt 0 rarely gets are skipped by a test, not a call:
+        each call here is paid by every hedged call, whose hedge mostly never fires."""
+        result = first_attempt(self.send(self.request, self.deadline, self.priority, 0, self.first))
+        response = result.response
+        if self.observe is not None:
+            self.learn(response)  # aborted too: usually the slow one a hedge beat
+        # The pace hears of it from ended_alone() or _settle(): in one step with the call's end when
+        # nothing else was launched.
+        if result.verdict is not ResponseVerdict.ACCEPT:
+            self.asked_to_wait(result)
+        if is_refusal(response):
             self.refused = True
-        if is_abandoned(result.response):
+        if is_abandoned(response):
             # Aborted by a hedge that settled the call (its outcome is in the queue), or with the
             # whole call (an async caller went away): the answer only if nothing else comes.
             self.aborted_first = result
@@ -143,24 +156,30 @@ class _HedgedCall:
         return result
 
     def start_timer(
-        self, workers: AttemptThreadPool, due_at: Callable[[int], float], count: int, pace: Pace | None
+        self,
+        workers: AttemptThreadPool,
+        due_at: Callable[[int], float],
+        count: int,
+        pace: Pace | None,
+        started: float,
     ) -> None:
         """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`; with a
         ``pace``, only while the call is a straggler among its method and URL template's calls.
 
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         if pace is not None:
-            self.pace, self.number = pace, pace.start(due_at(0))
-            self.age = (due_at(1) - due_at(0)) / 2  # half the first hedge's delay
+            self.pace, self.number = pace, pace.start(started)
         with self.lock:
             self.workers, self.due_at, self.count = workers, due_at, count
             self.timer_running = True
-            self._schedule(due_at(1))
+            # _schedule(), written out: every hedged call comes here, and most get no further.
+            token = self.token = object()
+            self.cancel_timer = deadline_timer.schedule(due_at(1), functools.partial(self._fire, token))
 
     def _schedule(self, due: float) -> None:
         """(Holding ``lock``.) Run :meth:`_fire` at ``due``, and no timer entry scheduled before."""
         token = self.token = object()
-        self.cancel_timer = deadline_timer.schedule(due, lambda: self._fire(token))
+        self.cancel_timer = deadline_timer.schedule(due, functools.partial(self._fire, token))
 
     def _wake(self) -> None:
         """A younger call was answered: a hedge held back for this call goes now (on the timer thread)."""
@@ -202,7 +221,8 @@ class _HedgedCall:
             while pace is not None:
                 # Younger calls wait as long and none was answered: a stall or a queue, not a
                 # straggler. Held until a younger call is answered or the one holding it back ends.
-                holder = pace.holder(self.number, time.monotonic(), self.age)
+                # Held while a younger call has waited half the first hedge's delay unanswered.
+                holder = pace.holder(self.number, time.monotonic(), (due_at(1) - due_at(0)) / 2)
                 if holder is None:
                     break
                 if pace.wait(self.number, holder, self._wake):
@@ -245,6 +265,23 @@ class _HedgedCall:
         else:
             self._schedule(time.monotonic() + seconds)
 
+    def ended_alone(self, first: Response) -> bool:
+        """Stop the timer; whether attempt 0 (which got ``first``) was the call's only attempt (the
+        timer launched no hedge), and then end the call as :meth:`cancel_rest` would, telling the pace
+        of ``first`` (:meth:`answered`) in the same step.
+
+        Then an accepted attempt 0 is the call's answer as it is: nothing is in flight to abort or
+        to wait for, and no answer can come that :meth:`wins` would weigh against it."""
+        with self.lock:
+            self.timer_running = False
+            cancel, self.cancel_timer = self.cancel_timer, None
+            alone = self.next_attempt == 1
+        if cancel is not None:
+            cancel()
+        if alone and self.pace is not None:
+            self.pace.end(self.number, answered=_answers(first))
+        return alone
+
     def take_over(self) -> int:
         """Stop the timer; the number of the first attempt it did not launch."""
         with self.lock:
@@ -259,19 +296,22 @@ class _HedgedCall:
         """Start ``attempt`` on a worker (holding ``lock``); False when every worker is busy."""
         cancellation = Cancellation()
         context = self.context.copy()  # one copy per attempt: a context runs in one thread at a time
+        outcomes, cancellations = self.outcomes, self.cancellations
+        if outcomes is None or cancellations is None:  # the call's first hedge
+            outcomes, cancellations = self.outcomes, self.cancellations = queue.SimpleQueue(), []
 
         def run() -> None:
             if self.settled or cancellation.cancelled:
                 # Launched before the call had its answer, started by a worker after it: not sent, and
                 # the budget not asked (granted, what it paid for went nowhere; refused, it counted a
                 # refusal the call's response never heard of: 6-20 of 1200 calls at 32 threads).
-                self.outcomes.put(None)
+                outcomes.put(None)
                 return
             try:
                 result = self.send(self.request, self.deadline, self.priority, attempt, cancellation)
                 if result is None:
                     self.refused = True  # before the put: the caller sees it once it hears of the attempt
-                    self.outcomes.put(None)
+                    outcomes.put(None)
                     return
                 refused = is_refusal(result.response)
                 settles = result.accepted and not refused and not is_open_circuit_fallback(result.response)
@@ -288,9 +328,9 @@ class _HedgedCall:
                     # answer, a shedding server's 503 ended every hedged call at its limit with
                     # attempt 0 aborted mid-view (20 of 20 calls that single attempts served).
                     self.refused = True  # before the put: the caller sees it once it hears of the attempt
-                    self.outcomes.put(result)
+                    outcomes.put(result)
                     return
-                self.outcomes.put(result)
+                outcomes.put(result)
                 if settles:
                     # The classifier accepts the 499 of an attempt abandoned with its call (a 4xx):
                     # that settles the call, but wins nothing over the others abandoned with it.
@@ -300,12 +340,12 @@ class _HedgedCall:
                     self.first.cancel()  # the call is settled: attempt 0 must not hold the caller
             except BaseException as error:
                 self.settled = True
-                self.outcomes.put(error)
+                outcomes.put(error)
                 self.first.cancel()  # the caller must hear of it now
 
         if workers.try_submit(lambda: context.run(run), stop=cancellation.cancel) is None:
             return False
-        self.cancellations.append(cancellation)
+        cancellations.append(cancellation)
         self.in_flight += 1
         return True
 
@@ -321,7 +361,7 @@ class _HedgedCall:
         unless it is the server saying it is overloaded (503, 429): a shedding server answers younger
         calls at once while older ones wait in its queue, and counted, every queued call read as a
         straggler (0.52 hedges a call with the rule against 0.48 without)."""
-        if self.pace is not None and not isinstance(response, EmptyResponse) and response.status not in _OVERLOADED:
+        if self.pace is not None and _answers(response):
             self.pace.answer(self.number)
 
     def launch(self, workers: AttemptThreadPool, attempt: int) -> ResponseWithVerdict | None:
@@ -392,17 +432,23 @@ class _HedgedCall:
         in 20 ms look saturated, hedges held for a window. Nor is a hedge launched just before
         attempt 0 answered: a lower bound of a few milliseconds below a latency the call measured,
         which pulled the percentile and the baseline of saturation down with every such call."""
+        observe = self.observe
+        if observe is None:
+            return  # the delays provider learns nothing
         if not is_abandoned(response):
-            self.observe(self.request, response)
+            observe(self.request, response)
             return
         won_in = self.won_in
         if won_in is not None and response.elapsed >= won_in:
-            self.observe(self.request, response)
+            observe(self.request, response)
 
     def wait(self, timeout: float) -> ResponseWithVerdict | None:
         """The next finished attempt, or None if none finished within ``timeout`` (or it was refused)."""
+        outcomes = self.outcomes
+        if outcomes is None:  # no hedge launched: nothing can finish
+            return None
         try:
-            outcome = self.outcomes.get(timeout=max(timeout, 0.0))
+            outcome = outcomes.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return None
         with self.lock:
@@ -449,11 +495,16 @@ class _HedgedCall:
         return not (self.in_flight and (is_open_circuit_fallback(response) or is_refusal(response)))
 
     def cancel_rest(self) -> None:
-        self.take_over()
-        with self.lock:
-            cancellations = list(self.cancellations)
-        for cancellation in cancellations:
-            cancellation.cancel()
+        """Stop the timer and abort every attempt in flight. Looked at without the lock first: once
+        the timer is stopped it never runs again, and only the timer adds to ``cancellations`` from
+        another thread."""
+        if self.timer_running:
+            self.take_over()
+        if self.cancellations:
+            with self.lock:
+                cancellations = list(self.cancellations)
+            for cancellation in cancellations:
+                cancellation.cancel()
         if self.pace is not None:
             self.pace.end(self.number)  # no longer holds an older call's hedge back
 
@@ -495,23 +546,42 @@ class ParallelStrategy(RequestStrategy):
         self.delays = as_request_delays(delays_provider)
         self.stragglers_only = stragglers_only
         self._paces = Paces()
+        # A plain delays(attempt) is called as it is, not through the wrapper that looks past the request.
+        self._delays = request_unaware(self.delays)
+        # None when the provider learns nothing (the base class's observe): no call per attempt.
+        observe = self.delays.observe
+        self._observe = None if getattr(observe, "__func__", None) is RequestAttemptDelaysProvider.observe else observe
 
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
-        call = _HedgedCall(send, request, deadline, priority, self.delays.observe)
+        call = _HedgedCall(send, request, deadline, priority, self._observe)
         started = time.monotonic()
-        delays = self.delays
+        count = self.attempts_count
 
         # Every attempt's time, worked out here in the caller's thread: the timer thread also ends
         # attempts at their deadlines, so it must not wait on a delays provider (locks, sorting).
-        due = [started] + [
-            min(started + delays(request, k), deadline.expires_at) for k in range(1, self.attempts_count)
-        ]
+        due, delays, expires_at = [started], self._delays, deadline.expires_at
+        if delays is not None:
+            for attempt in range(1, count):
+                due.append(min(started + delays(attempt), expires_at))
+        else:
+            for attempt in range(1, count):
+                due.append(min(started + self.delays(request, attempt), expires_at))
         due_at = due.__getitem__
 
         try:
-            result = self._settle(call, workers, due_at, started)
+            if count > 1:
+                pace = self._paces.of(request.method, request.url) if self.stragglers_only else None
+                call.start_timer(workers, due_at, count, pace, started)
+            first = call.run_first()
+        except BaseException:
+            call.cancel_rest()
+            raise
+        if first is not None and first.verdict is ResponseVerdict.ACCEPT and call.ended_alone(first.response):
+            return first  # the common case: answered before any hedge was due
+        try:
+            result = self._settle(call, workers, due_at, started, first)
             if result.accepted and not is_abandoned(result.response) and call.won_in is None:
                 call.won_in = result.response.elapsed  # the attempts cancel_rest() aborts lost to it
             return result
@@ -524,14 +594,14 @@ class ParallelStrategy(RequestStrategy):
         workers: AttemptThreadPool,
         due_at: Callable[[int], float],
         started: float,
+        first: ResponseWithVerdict | None,
     ) -> ResponseWithVerdict:
-        """Attempt 0, the hedges, and the answer the call returns."""
-        request, deadline = call.request, call.deadline
-        if self.attempts_count > 1:
-            pace = self._paces.of(request.method, request.url) if self.stragglers_only else None
-            call.start_timer(workers, due_at, self.attempts_count, pace)
-        first = call.run_first()
+        """The hedges, once attempt 0 (``first``: None when a hedge aborted it) is over, and the
+        answer the call returns."""
+        deadline = call.deadline
         next_attempt = call.take_over()
+        if first is not None:
+            call.answered(first.response)  # (an aborted attempt 0 got no answer the pace counts)
         if first is not None and call.wins(first):
             return first
         if not call.refused:

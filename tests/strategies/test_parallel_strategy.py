@@ -1402,3 +1402,34 @@ class TestHedgesAfterARefusalOrAShed:
         sent_for_a = [r for r in server.received("/x") if r.headers.get("X-Who") == "A"]
         # B (younger, in the queue too) holds A's hedge back unless C's answer made A a straggler
         assert len(sent_for_a) == (2 if younger_answer == 200 else 1)
+
+
+@pytest.mark.parametrize("how", ["a subclass's method", "set on the instance"])
+def test_a_delays_provider_that_learns_is_told_of_every_attempt_0_answered_alone(
+    server: LoopbackServer, make_client: Callable[..., Client], how: str
+) -> None:
+    """A call whose hedge never fires skips the provider's observe() only when it is the base class's,
+    which learns nothing: one that learns, however it was given its observe, hears of each answer."""
+    server.route("/x", replies(200))
+    told: list[int] = []
+
+    class Learning(RequestAttemptDelaysProvider):
+        def __call__(self, request: Request, attempt: int) -> float:
+            return 1.0
+
+    if how == "a subclass's method":
+
+        class Subclassed(Learning):
+            def observe(self, request: Request, response: Response) -> None:
+                told.append(response.status)
+
+        provider: RequestAttemptDelaysProvider = Subclassed()
+    else:
+        provider = Learning()
+        provider.observe = lambda request, response: told.append(response.status)  # type: ignore[method-assign]
+    client = make_client(safe_method_strategy=parallel_strategy(attempts_count=2, delays_provider=provider))
+    for _ in range(3):
+        with client.request(get("x")) as response:
+            assert response.status == 200
+    assert told == [200, 200, 200]
+    assert len(server.received("/x")) == 3
