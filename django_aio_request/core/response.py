@@ -255,6 +255,11 @@ def retry_after(response: Response) -> float:
 _DECLINED = frozenset((408, 429, 503))
 
 
+#: The only statuses :func:`is_refusal` or :func:`is_abandoned` can say yes to: a response with any
+#: other is neither, told by one look (a hedged call asks of its attempt 0 on every call).
+REFUSED_OR_ABANDONED = _DECLINED | {status.CANCELLED}
+
+
 def is_refusal(response: Response) -> bool:
     """The server declined this attempt and said not to try again: ``X-Do-Not-Retry`` on a 408, 429
     or 503 (a shedding server's 503 for an attempt it cannot serve within the caller's deadline, the

@@ -13,6 +13,7 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import (
+    REFUSED_OR_ABANDONED,
     EmptyResponse,
     Response,
     is_abandoned,
@@ -36,6 +37,7 @@ from django_aio_request.strategies.delays import (
     linear_backoff_delays,
     request_unaware,
 )
+from django_aio_request.strategies.hedge_clock import HedgeClock
 from django_aio_request.strategies.stragglers import Pace, Paces
 from django_aio_request.transport.deadline_timer import deadline_timer
 
@@ -100,14 +102,19 @@ class _HedgedCall:
     # The timer's part, under ``lock``: the next attempt it launches, and whether it may.
     next_attempt = 1
     timer_running = False
-    cancel_timer: Callable[[], None] | None = None
-    token: object = None  # the timer entry that may act: an earlier one replaced by _wake does not
+    cancel_timer: Callable[[], object] | None = None
+    # The timer entry that may act: an earlier one replaced by _schedule() does not. None: the
+    # first, on the strategy's clock (start_timer()).
+    token: object = None
     held = False  # held back by the pace, waiting for a younger call's answer
     # Set by start_timer(): where hedges run, when each is due, how many attempts in all.
     workers: AttemptThreadPool | None = None
     due_at: Callable[[int], float] | None = None
     count = 1
     aborted_first: ResponseWithVerdict | None = None
+    # The attempts the caller has heard of, in that order, attempt 0 first. Set by _settle() (a call
+    # answered before its hedge was due never needs it); read before, it raises.
+    finished: list[ResponseWithVerdict]
     # With stragglers_only: the calls of this method and URL template, and this call's number among them.
     pace: Pace | None = None
     number = 0
@@ -125,7 +132,6 @@ class _HedgedCall:
         self.request = request
         self.deadline = deadline
         self.priority = priority
-        self.finished: list[ResponseWithVerdict] = []
         self.lock = threading.Lock()
         self.first = Cancellation()  # attempt 0's, raised by a hedge that settles the call
         # The caller's context, copied in the caller's thread: hedges may start from the timer's.
@@ -145,6 +151,8 @@ class _HedgedCall:
         # nothing else was launched.
         if result.verdict is not ResponseVerdict.ACCEPT:
             self.asked_to_wait(result)
+        if response.status not in REFUSED_OR_ABANDONED:
+            return result  # put first among the finished by _settle(), if the call gets that far
         if is_refusal(response):
             self.refused = True
         if is_abandoned(response):
@@ -152,7 +160,6 @@ class _HedgedCall:
             # whole call (an async caller went away): the answer only if nothing else comes.
             self.aborted_first = result
             return None
-        self.finished.append(result)
         return result
 
     def start_timer(
@@ -160,21 +167,24 @@ class _HedgedCall:
         workers: AttemptThreadPool,
         due_at: Callable[[int], float],
         count: int,
+        *,
         pace: Pace | None,
         started: float,
+        clock: HedgeClock,
     ) -> None:
         """Launch attempts 1..count-1 at ``due_at(k)`` on ``workers`` until :meth:`take_over`; with a
         ``pace``, only while the call is a straggler among its method and URL template's calls.
 
+        The first hedge waits on the strategy's ``clock`` (one timer entry for all its calls, most of
+        which never get that far); what follows it, on entries of its own (:meth:`_schedule`).
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         if pace is not None:
             self.pace, self.number = pace, pace.start(started)
         with self.lock:
             self.workers, self.due_at, self.count = workers, due_at, count
             self.timer_running = True
-            # _schedule(), written out: every hedged call comes here, and most get no further.
-            token = self.token = object()
-            self.cancel_timer = deadline_timer.schedule(due_at(1), functools.partial(self._fire, token))
+            # token is still None: the first _schedule() makes this entry one that may not act.
+            self.cancel_timer = clock.add(due_at(1), functools.partial(self._fire, None))
 
     def _schedule(self, due: float) -> None:
         """(Holding ``lock``.) Run :meth:`_fire` at ``due``, and no timer entry scheduled before."""
@@ -279,7 +289,10 @@ class _HedgedCall:
         if cancel is not None:
             cancel()
         if alone and self.pace is not None:
-            self.pace.end(self.number, answered=_answers(first))
+            # _answers(first), written out: every hedged call comes here.
+            self.pace.end(
+                self.number, answered=not isinstance(first, EmptyResponse) and first.status not in _OVERLOADED
+            )
         return alone
 
     def take_over(self) -> int:
@@ -546,6 +559,7 @@ class ParallelStrategy(RequestStrategy):
         self.delays = as_request_delays(delays_provider)
         self.stragglers_only = stragglers_only
         self._paces = Paces()
+        self._clock = HedgeClock()
         # A plain delays(attempt) is called as it is, not through the wrapper that looks past the request.
         self._delays = request_unaware(self.delays)
         # None when the provider learns nothing (the base class's observe): no call per attempt.
@@ -573,7 +587,7 @@ class ParallelStrategy(RequestStrategy):
         try:
             if count > 1:
                 pace = self._paces.of(request.method, request.url) if self.stragglers_only else None
-                call.start_timer(workers, due_at, count, pace, started)
+                call.start_timer(workers, due_at, count, pace=pace, started=started, clock=self._clock)
             first = call.run_first()
         except BaseException:
             call.cancel_rest()
@@ -600,7 +614,9 @@ class ParallelStrategy(RequestStrategy):
         answer the call returns."""
         deadline = call.deadline
         next_attempt = call.take_over()
+        call.finished = []
         if first is not None:
+            call.finished.append(first)
             call.answered(first.response)  # (an aborted attempt 0 got no answer the pace counts)
         if first is not None and call.wins(first):
             return first

@@ -436,3 +436,21 @@ def test_retry_after_reads_an_http_date_as_the_seconds_until_then() -> None:
     assert 28 <= retry_after(Response(status=429, headers={"Retry-After": later})) <= 31
     earlier = email.utils.formatdate(time.time() - 30, usegmt=True)
     assert retry_after(Response(status=503, headers={"Retry-After": earlier})) == 0
+
+
+@given(
+    code=st.integers(min_value=100, max_value=599),
+    made_here=st.booleans(),
+    headers=st.lists(st.sampled_from(["X-Do-Not-Retry", "X-Circuit-Breaker", "Retry-After"]), unique=True),
+)
+def test_only_the_statuses_said_to_be_refused_or_abandoned_can_be(
+    code: int, made_here: bool, headers: list[str]
+) -> None:
+    """A hedged call skips both questions for a status outside REFUSED_OR_ABANDONED: a refusal or an
+    abandoned attempt with another status would be taken for an answer."""
+    from django_aio_request.core.response import REFUSED_OR_ABANDONED, is_abandoned, is_refusal
+
+    named = dict.fromkeys(headers, "1")
+    response = EmptyResponse(status=code, headers=named) if made_here else Response(status=code, headers=named)
+    if is_refusal(response) or is_abandoned(response):
+        assert code in REFUSED_OR_ABANDONED
