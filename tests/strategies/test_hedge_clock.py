@@ -1,0 +1,140 @@
+"""One timer entry for the first hedges of a parallel strategy's calls (strategies/hedge_clock.py), on
+its own, on the real process-wide timer thread. The hedges it launches are tested against a real
+server in test_parallel_strategy.py."""
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from django_aio_request.strategies.hedge_clock import HedgeClock
+
+
+def _recorder(ran: list[tuple[str, float]], name: str, event: threading.Event | None = None) -> Callable[[], None]:
+    def run() -> None:
+        ran.append((name, time.monotonic()))
+        if event is not None:
+            event.set()
+
+    return run
+
+
+def test_each_runs_at_its_time_whatever_the_order_they_were_added_in() -> None:
+    clock, ran, last = HedgeClock(), list[tuple[str, float]](), threading.Event()
+    start = time.monotonic()
+    clock.add(start + 0.15, _recorder(ran, "late", last))
+    clock.add(start + 0.05, _recorder(ran, "early"))  # sooner than the entry set: the entry moves
+    clock.add(start + 0.10, _recorder(ran, "middle"))
+    assert last.wait(2)
+    assert [name for name, _ in ran] == ["early", "middle", "late"]
+    for (_, at), due in zip(ran, (0.05, 0.10, 0.15), strict=True):
+        assert due <= at - start < due + 0.05
+    assert len(clock) == 0
+
+
+def test_one_taken_back_never_runs_and_the_others_still_do() -> None:
+    clock, ran, done = HedgeClock(), list[tuple[str, float]](), threading.Event()
+    start = time.monotonic()
+    take_back = clock.add(start + 0.05, _recorder(ran, "taken back"))
+    clock.add(start + 0.1, _recorder(ran, "kept", done))
+    take_back()
+    take_back()  # twice: nothing
+    assert done.wait(2)
+    time.sleep(0.05)
+    assert [name for name, _ in ran] == ["kept"]
+
+
+def test_one_added_after_the_earliest_was_taken_back_is_not_lost() -> None:
+    """The entry was set for a call that ended: when it fires it finds nothing due and is set again
+    for the earliest left, which must still run at its own time."""
+    clock, ran, done = HedgeClock(), list[tuple[str, float]](), threading.Event()
+    start = time.monotonic()
+    clock.add(start + 0.03, _recorder(ran, "ended"))()
+    clock.add(start + 0.12, _recorder(ran, "later", done))
+    assert done.wait(2)
+    assert [name for name, _ in ran] == ["later"]
+    assert ran[0][1] - start >= 0.12
+
+
+def test_a_function_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    clock, ran, done = HedgeClock(), list[tuple[str, float]](), threading.Event()
+    start = time.monotonic()
+
+    def broken() -> None:
+        raise RuntimeError("a hedge's bug")
+
+    clock.add(start + 0.02, broken)
+    clock.add(start + 0.02, _recorder(ran, "other", done))
+    assert done.wait(2)
+    assert [name for name, _ in ran] == ["other"]
+    assert "a hedge's timer callback failed" in caplog.text
+
+
+def test_many_threads_adding_and_taking_back_lose_none() -> None:
+    """32 threads, each adding functions due 0-60 ms ahead and taking back a random half at once:
+    every one kept runs once, none taken back runs."""
+    clock = HedgeClock()
+    kept: set[int] = set()
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def work(thread: int) -> None:
+        rng = random.Random(thread)
+        for i in range(50):
+            key = thread * 1000 + i
+
+            def run(key: int = key) -> None:
+                with lock:
+                    ran.append(key)
+
+            take_back = clock.add(time.monotonic() + rng.uniform(0, 0.06), run)
+            if rng.random() < 0.5:
+                take_back()
+            else:
+                with lock:
+                    kept.add(key)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 3
+    while len(clock) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert sorted(ran) == sorted(kept)  # the ones taken back after their time came ran: none here
+    assert len(ran) == len(set(ran))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_forked_child_runs_its_own_not_its_parents() -> None:
+    """Kept, the parent's pending functions and its entry (not on the child's timer) left the child's
+    clock believing an entry set that never fires: no call of the child's would be hedged."""
+    clock, ran = HedgeClock(), list[tuple[str, float]]()
+    clock.add(time.monotonic() + 0.3, _recorder(ran, "parent's"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own function runs, the parent's does not
+        try:
+            done = threading.Event()
+            clock.add(time.monotonic() + 0.05, _recorder(ran, "child's", done))
+            ok = done.wait(2) and [name for name, _ in ran] == ["child's"]
+            time.sleep(0.4)  # past the parent's time
+            ok = ok and [name for name, _ in ran] == ["child's"]
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 2) == b"ok"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    deadline = time.monotonic() + 2
+    while not ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [name for name, _ in ran] == ["parent's"]  # and the parent's own still runs in the parent
