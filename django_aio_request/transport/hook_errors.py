@@ -46,7 +46,9 @@ def raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
     After any failure of an auth's hook the auth forgets what it learnt on this thread: an
     ``HTTPDigestAuth`` keeps the last challenge per thread and signs the next request with it before
     sending, and one malformed challenge after a good one made every later call on that thread raise
-    ``KeyError``."""
+    ``KeyError``. The request itself starts afresh too, when the transport sends it again on a fresh
+    connection (its resend met a connection the server had closed): challenged anew, it is answered
+    (its first 401 still counted, a 401 was the call's answer for a network blip)."""
     auth = getattr(hook, "__self__", None)
     if not isinstance(auth, requests.auth.AuthBase):
         auth = None
@@ -60,6 +62,10 @@ def raised_on(hook: Callable[..., Any]) -> Callable[..., Any]:
             state = getattr(auth, "_thread_local", None)  # HTTPDigestAuth's (and its subclasses')
             if state is not None and hasattr(state, "init"):
                 del state.init  # its next call starts afresh (init_per_thread_state), as on a new thread
+                # And so does this request if the transport sends it again (a stale connection met by
+                # the resend): without the auth's __call__, which counts each request's 401s from 1, it
+                # took the fresh connection's challenge for a second 401 and returned it as the answer.
+                state.num_401_calls = 1
             guard = current_attempt()
             aborted = None if guard is None else guard.reason
             if (aborted is not None and (aborted != status.TIMEOUT or _caused_by_the_network(error))) or (

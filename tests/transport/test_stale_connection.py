@@ -1,6 +1,9 @@
 """A kept-alive connection the server closes as the next request goes out on it (the stale-connection
 race): an idempotent request is sent again once on a fresh connection; a POST is not."""
 
+import hashlib
+import itertools
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,7 +17,7 @@ from django_aio_request.core.deadline import client_low_timeout_threshold
 from django_aio_request.core.request import Request
 from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.support.loopback import clients
-from tests.support.raw_server import KeepAliveClosingServer
+from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer
 
 ROUTES = ["direct", "requests"]  # the transport's own route, and requests' (a session with auth)
 
@@ -218,3 +221,124 @@ def test_a_request_sent_again_is_paid_for_by_the_retry_budget(
     # 10 for each of the (at most 2) windows the run spans.
     assert server.requests_read <= calls + 0.2 * calls + 2 * 10, server.requests_read
     assert budget.refused > 0
+
+
+class DigestServer(RawAnswerServer):
+    """A keep-alive HTTP/1.1 server behind Digest auth (user ``u``, password ``p``): 401 with a
+    challenge (a nonce of its own for each connection) to a request without a valid Authorization,
+    200 ``ok`` to one with it. The first connection plays the stale-connection race on the auth's
+    resend, its second request (``what``: as :class:`KeepAliveClosingServer` does), or closes right
+    after its 401 (``"close_after_401"``, without ``Connection: close``)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.requests_read = 0
+        self.answered: list[tuple[int, int]] = []  # (connection, status) of each answer
+        self.nonces: set[str] = set()
+        super().__init__()
+
+    def _authorized(self, head: bytes) -> bool:
+        lines = head.decode("latin-1").split("\r\n")
+        method, uri = lines[0].split(" ")[:2]
+        fields = dict(line.split(": ", 1) for line in lines[1:])
+        header = fields.get("Authorization", "")
+        if not header.startswith("Digest "):
+            return False
+        got = requests.utils.parse_dict_header(header[len("Digest ") :])  # type: ignore[no-untyped-call]
+
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()  # Digest's own hash
+
+        expected = md5(f"{md5('u:r:p')}:{got['nonce']}:{got['nc']}:{got['cnonce']}:auth:{md5(f'{method}:{uri}')}")
+        return got["nonce"] in self.nonces and got["uri"] == uri and got["response"] == expected
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        with self._lock:
+            connection = self.connections
+            nonce = f"nonce{connection}"
+            self.nonces.add(nonce)
+        conn.settimeout(10)
+        buffered = b""
+        for number in itertools.count(1):
+            stale = connection == 1 and number == 2
+            if stale and self.what == "reset":
+                if not buffered and not conn.recv(1, socket.MSG_PEEK):  # its first byte, left unread
+                    return
+                conn.close()
+                return
+            while b"\r\n\r\n" not in buffered:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            head, _, buffered = buffered.partition(b"\r\n\r\n")
+            fields = head.lower().split(b"\r\n")[1:]
+            length = next((int(line[15:]) for line in fields if line.startswith(b"content-length:")), 0)
+            while len(buffered) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            buffered = buffered[length:]
+            with self._lock:
+                self.requests_read += 1
+            if stale and self.what == "read_and_close":
+                return
+            if self._authorized(head):
+                self.answered.append((connection, 200))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            self.answered.append((connection, 401))
+            challenge = f'WWW-Authenticate: Digest realm="r", nonce="{nonce}", qop="auth"'.encode()
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\n" + challenge + b"\r\nContent-Length: 0\r\n\r\n")
+            if connection == 1 and self.what == "close_after_401":
+                return
+
+
+def call_with_digest(server: DigestServer, request: Request) -> dar.Response:
+    session = requests.Session()
+    session.auth = requests.auth.HTTPDigestAuth("u", "p")  # requests' own path, its hook answers the 401
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(server.url, request, 5.0)
+        response.read()
+        return response
+    finally:
+        transport.close()
+        server.close()
+
+
+@pytest.mark.parametrize("what", ["reset", "read_and_close", "close_after_401"])
+@pytest.mark.parametrize("second", [get("x"), put("x", b"{}"), delete("x")], ids=["GET", "PUT", "DELETE"])
+def test_a_digest_auth_s_resend_on_a_connection_the_server_closed_is_sent_again_and_answered(
+    what: str, second: Request
+) -> None:
+    """The server answered the Digest challenge's 401 on a kept-alive connection and closed it as the
+    auth's resend went out on it. The request went again on a fresh connection, but HTTPDigestAuth
+    (its per-thread ``num_401_calls``) still counted the first 401 and returned the fresh
+    connection's challenge as the answer: a 401 for a network blip, where plain requests raises
+    ConnectionError. Sent again, the exchange starts afresh: challenged anew, answered, 200."""
+    server = DigestServer(what)
+
+    response = call_with_digest(server, second)
+
+    assert (response.status, response.read()) == (200, b"ok")
+    assert server.answered[0] == (1, 401)
+    assert server.answered[-2:] == [(server.answered[-2][0], 401), (server.answered[-1][0], 200)]
+
+
+@pytest.mark.parametrize("what", ["reset", "read_and_close"])
+def test_a_digest_auth_s_post_on_a_connection_the_server_closed_is_not_sent_again(
+    what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A POST: the server may have read the auth's resend and acted on it, so it is not sent again
+    (docs/faults.md, the stale-connection row): a 489, not the server's 401."""
+    server = DigestServer(what)
+
+    response = call_with_digest(server, post("x", b"charge"))
+
+    assert response.status == status.NETWORK_ERROR
+    assert "StaleConnection: the server closed the kept-alive connection" in caplog.text
+    assert server.connections == 1
+    assert server.answered == [(1, 401)]
+    assert server.requests_read == (2 if what == "read_and_close" else 1)
