@@ -700,7 +700,8 @@ class RequestsTransport(Transport):
             answers.append(answer)
             _hide_location(answer)
 
-        prepared.hooks["response"] = [*map(raised_on, prepared.hooks["response"]), received]
+        hooks = prepared.hooks["response"]  # the session's and the caller's, put back when done
+        prepared.hooks["response"] = [*map(raised_on, hooks), received]
         try:
             if first is None:
                 response = session.send(prepared, allow_redirects=False, **kwargs)
@@ -743,6 +744,10 @@ class RequestsTransport(Transport):
             # The hook holds ``answers``, whose responses hold ``prepared`` (``response.request``), which
             # holds the hook: emptied, the cycle no longer keeps the responses until the garbage collector.
             answers.clear()
+            # And unwrapped: a request sent again on a fresh connection (_send_or_send_again) comes
+            # back here, where its hooks were wrapped a second time around this try's ``received``,
+            # which then filled the emptied list again and kept its answers in that cycle.
+            prepared.hooks["response"] = hooks
         return response
 
     def _answer(

@@ -342,3 +342,19 @@ def test_a_digest_auth_s_post_on_a_connection_the_server_closed_is_not_sent_agai
     assert server.connections == 1
     assert server.answered == [(1, 401)]
     assert server.requests_read == (2 if what == "read_and_close" else 1)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_request_sent_again_leaves_no_garbage(make_server: Callable[..., KeepAliveClosingServer], route: str) -> None:
+    """On requests' path the request sent again was wrapped a second time in the hooks of its first
+    try: the first try's answer collector, emptied when that try ended, filled again and held the
+    answers in a cycle (the answers hold the request, which holds its hooks) until the collector ran."""
+    from tests.transport.test_reference_cycles import collector_off, ours
+
+    server = make_server(second_request_of_each_connection("reset"))
+    two_calls(server, get("x"), route)  # the transport and its pools made, outside the measured block
+    with collector_off() as garbage:
+        response = two_calls(server, get("x"), route)
+        assert (response.status, response.read()) == (200, b"ok")
+        del response
+    assert ours(garbage) == []
