@@ -250,6 +250,9 @@ class _GuardedConnectionMixin:
     def connect(self) -> None:
         self._aio_request_requests = 0
         guard = _current()
+        # Made for an attempt being sent again on a fresh connection: that attempt may use it again
+        # (an auth's resend of the challenge's answer), see _FreshWhenAskedMixin.
+        self._aio_request_fresh_for = guard if guard is not None and guard.fresh else None
         if guard is not None:
             remaining = guard.remaining()
             if remaining <= 0:
@@ -406,12 +409,21 @@ class GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
 class _FreshWhenAskedMixin:
     """Hand out no kept-alive connection to an attempt that asks for a fresh one (``AttemptSockets.fresh``):
     the one being sent again after a :class:`StaleConnection`. The pool gives the connection
-    returned last first, and others idle as long may have been closed by the server just the same."""
+    returned last first, and others idle as long may have been closed by the server just the same.
+
+    Except one made for that attempt since: an auth's resend (``HTTPDigestAuth`` answering the fresh
+    connection's challenge) went on a third connection, and an auth whose handshake must stay on one
+    connection (NTLM's) would fail there."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         guard = _current()
-        if guard is not None and guard.fresh and conn.sock is not None:
+        if (
+            guard is not None
+            and guard.fresh
+            and conn.sock is not None
+            and getattr(conn, "_aio_request_fresh_for", None) is not guard
+        ):
             conn.close()  # connects anew when used
         return conn
 
