@@ -28,7 +28,8 @@ class Cancellation:
         cancellation was raised already), and ``answer_arrived`` is how :meth:`answer_arrived` tells
         meanwhile (a look at the attempt's socket).
 
-        Returns what to call once the attempt is over: ``abort`` is no longer run, and
+        Returns what to call once the attempt is over: a cancel that starts after it runs ``abort``
+        no more (one already running the callbacks may still: ``abort`` must expect it), and
         :meth:`answer_arrived` says True from then on, since whatever the attempt got is in its
         caller's hands, and a hedge due then must wait for the caller to take over from it. One
         call each way, not :meth:`on_cancel` and its undo: every attempt of a hedged call pays them."""

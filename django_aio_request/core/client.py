@@ -472,13 +472,17 @@ def _cancellable(send: SendAttempt, cancellation: Cancellation) -> SendAttempt:
             return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.ACCEPT, number)
         attempt = Cancellation()
         undo_call = cancellation.on_cancel(attempt.cancel)
-        undo_strategy = from_strategy.on_cancel(attempt.cancel) if from_strategy is not None else None
+        # The strategy's also asks through it whether the attempt's answer arrived: with on_cancel
+        # alone it never heard, and an async call's hedge went while attempt 0's answer waited unread.
+        attempt_over = (
+            from_strategy.watch_attempt(attempt.cancel, attempt.answer_arrived) if from_strategy is not None else None
+        )
         try:
             return send(request, deadline, priority, number, attempt)
         finally:
             undo_call()
-            if undo_strategy is not None:
-                undo_strategy()
+            if attempt_over is not None:
+                attempt_over()
 
     return send_cancellable
 

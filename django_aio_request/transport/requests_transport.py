@@ -399,7 +399,7 @@ class RequestsTransport(Transport):
         guard = AttemptSockets(started + timeout)
         attempt_over = None
         if cancellation is not None:
-            attempt_over = cancellation.watch_attempt(functools.partial(self._cancel, guard), guard.answer_arrived)
+            attempt_over = cancellation.watch_attempt(functools.partial(self._cancel, guard), guard.answer_in_hand)
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
