@@ -1,5 +1,6 @@
 import contextvars
 import functools
+import math
 import queue
 import threading
 import time
@@ -510,8 +511,10 @@ class _HedgedCall:
     def cancel_rest(self) -> None:
         """Stop the timer and abort every attempt in flight. Looked at without the lock first: once
         the timer is stopped it never runs again, and only the timer adds to ``cancellations`` from
-        another thread."""
-        if self.timer_running:
+        another thread. A timer that stopped itself (its last hedge launched, the pool full, the
+        deadline passed) still left its entry's take-back, which holds this call (through
+        :meth:`_fire`): let go, or the cycle kept the call's answers until the garbage collector ran."""
+        if self.timer_running or self.cancel_timer is not None:
             self.take_over()
         if self.cancellations:
             with self.lock:
@@ -560,28 +563,27 @@ class ParallelStrategy(RequestStrategy):
         self.stragglers_only = stragglers_only
         self._paces = Paces()
         self._clock = HedgeClock()
-        # A plain delays(attempt) is called as it is, not through the wrapper that looks past the request.
-        self._delays = request_unaware(self.delays)
-        # None when the provider learns nothing (the base class's observe): no call per attempt.
-        observe = self.delays.observe
-        self._observe = None if getattr(observe, "__func__", None) is RequestAttemptDelaysProvider.observe else observe
 
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict:
-        call = _HedgedCall(send, request, deadline, priority, self._observe)
+        provider = self.delays  # read each call, as its observe: either may be replaced meanwhile
+        observe: Callable[[Request, Response], None] | None = provider.observe
+        if getattr(observe, "__func__", None) is RequestAttemptDelaysProvider.observe:
+            observe = None  # the provider learns nothing: not told of each attempt
+        call = _HedgedCall(send, request, deadline, priority, observe)
         started = time.monotonic()
         count = self.attempts_count
 
         # Every attempt's time, worked out here in the caller's thread: the timer thread also ends
         # attempts at their deadlines, so it must not wait on a delays provider (locks, sorting).
-        due, delays, expires_at = [started], self._delays, deadline.expires_at
-        if delays is not None:
-            for attempt in range(1, count):
-                due.append(min(started + delays(attempt), expires_at))
-        else:
-            for attempt in range(1, count):
-                due.append(min(started + self.delays(request, attempt), expires_at))
+        # A plain delays(attempt) is called as it is, not through the wrapper that passes the request.
+        due, delays, expires_at = [started], request_unaware(provider), deadline.expires_at
+        for attempt in range(1, count):
+            delay = delays(attempt) if delays is not None else provider(request, attempt)
+            if math.isnan(delay):  # neither before nor after any time: the hedge went never, or at once
+                raise ValueError(f"the delays provider {provider!r} gave NaN for attempt {attempt}")
+            due.append(min(started + delay, expires_at))
         due_at = due.__getitem__
 
         try:

@@ -12,10 +12,12 @@ then asks it what it would have had to free.
 import contextlib
 import gc
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 
 from django_aio_request import Client, Response, constant_delays, get, parallel_strategy
 from django_aio_request.core import status
@@ -195,4 +197,41 @@ class TestHedgedCalls:
                 with client.request(get("x")) as response:
                     bodies.append(response.read())
         assert bodies == [b"hedge"] * 3
+        assert ours(garbage) == []
+
+    def test_a_call_whose_attempt_0_raises_after_its_last_hedge_went_leaves_no_garbage(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """A response hook raises on attempt 0's answer after the timer launched the call's last hedge
+        (and so stopped itself). The timer's entry kept the call, its answers among it, in a cycle."""
+        arrivals = iter(range(1000))
+
+        def first_is_slow(handler: Handler) -> None:  # attempt 0 answers after the hedge went
+            if next(arrivals) % 2 == 0:
+                time.sleep(0.15)
+                handler.reply(200, b"first")
+            else:
+                handler.reply(500, b"hedge")  # rejected: it settles nothing
+
+        class HookBug(Exception):
+            pass
+
+        def hook(answer: requests.Response, *args: object, **kwargs: object) -> None:
+            if answer.content == b"first":
+                raise HookBug("a bug of the application's own")
+
+        server.route("/x", first_is_slow)
+        session = requests.Session()
+        session.hooks["response"].append(hook)
+        strategy = parallel_strategy(
+            attempts_count=2, delays_provider=constant_delays(delay=0.03), stragglers_only=False
+        )
+        client = make_client(
+            transport=RequestsTransport(session), retry_budget=None, timeout=2.0, safe_method_strategy=strategy
+        )
+        with collector_off() as garbage:
+            for _ in range(3):
+                with pytest.raises(HookBug), client.request(get("x")):
+                    pass
+                time.sleep(0.05)  # the hedge's 500 is in
         assert ours(garbage) == []
