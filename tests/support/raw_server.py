@@ -25,6 +25,36 @@ def request_heads(conn: socket.socket, timeout: float) -> Iterator[bytes]:
         yield head
 
 
+def read_request(conn: socket.socket, buffered: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """Read one request from ``conn``, after the bytes ``buffered`` already holds: its head, its body
+    (of its ``Content-Length``, none without one) and what came after it; None if the client closed
+    the connection first."""
+    while b"\r\n\r\n" not in buffered:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buffered += chunk
+    head, _, buffered = buffered.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(buffered) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buffered += chunk
+    return head, buffered[:length], buffered[length:]
+
+
+def reset_as_it_arrives(conn: socket.socket, buffered: bytes) -> None:
+    """Close ``conn`` as the next request arrives, unread (the kernel sends a RST): what gunicorn's
+    gthread worker does when its keep-alive time ran out as the request came."""
+    if buffered or conn.recv(1, socket.MSG_PEEK):  # its first byte, left unread
+        conn.close()
+
+
 class RawAnswerServer:
     def __init__(self, answer: bytes = b"") -> None:
         self.answer = answer  # may be replaced between calls; each connection takes the current one
@@ -119,24 +149,12 @@ class KeepAliveClosingServer(RawAnswerServer):
         for number in itertools.count(1):
             what = self.plan(connection, number)
             if what == "reset":
-                if not buffered and not conn.recv(1, socket.MSG_PEEK):  # its first byte, left unread
-                    return
-                conn.close()
+                reset_as_it_arrives(conn, buffered)
                 return
-            while b"\r\n\r\n" not in buffered:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, _, buffered = buffered.partition(b"\r\n\r\n")
-            fields = head.lower().split(b"\r\n")[1:]
-            length = next((int(line[15:]) for line in fields if line.startswith(b"content-length:")), 0)
-            while len(buffered) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            buffered = buffered[length:]
+            read = read_request(conn, buffered)
+            if read is None:
+                return
+            head, _, buffered = read
             with self._lock:
                 self.requests_read += 1
             if what == "read_and_close_late":
@@ -151,5 +169,12 @@ class KeepAliveClosingServer(RawAnswerServer):
                 while conn.recv(4096):
                     pass
                 return
-            body = b"" if head.startswith(b"HEAD ") else b"ok"
-            conn.sendall(b"HTTP/1.1 " + self.status_line + b"\r\nContent-Length: 2\r\n\r\n" + body)
+            if not self.respond(conn, connection, head):
+                return
+
+    def respond(self, conn: socket.socket, connection: int, head: bytes) -> bool:
+        """Answer the request whose head is ``head``, read on connection ``connection``; whether to
+        keep the connection open for the next. Here: ``status_line`` and ``ok``."""
+        body = b"" if head.startswith(b"HEAD ") else b"ok"
+        conn.sendall(b"HTTP/1.1 " + self.status_line + b"\r\nContent-Length: 2\r\n\r\n" + body)
+        return True

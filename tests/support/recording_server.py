@@ -6,6 +6,8 @@ import contextlib
 import socket
 import threading
 
+from tests.support.raw_server import read_request
+
 
 class RecordingServer:
     ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -47,23 +49,10 @@ class RecordingServer:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(5)
             while not self._stop.is_set():
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                while len(buffer) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                body, buffer = buffer[:length], buffer[length:]
+                read = read_request(conn, buffer)
+                if read is None:
+                    return
+                head, body, buffer = read
                 with self._lock:
                     self._requests.append(head + b"\r\n\r\n" + body)
                 # A HEAD answer has a Content-Length but no body.

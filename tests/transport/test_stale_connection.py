@@ -2,7 +2,6 @@
 race): an idempotent request is sent again once on a fresh connection; a POST is not."""
 
 import hashlib
-import itertools
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from django_aio_request.core.deadline import client_low_timeout_threshold
 from django_aio_request.core.request import Request
 from django_aio_request.transport.requests_transport import RequestsTransport
 from tests.support.loopback import clients
-from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer
+from tests.support.raw_server import KeepAliveClosingServer
 
 ROUTES = ["direct", "requests"]  # the transport's own route, and requests' (a session with auth)
 
@@ -223,7 +222,7 @@ def test_a_request_sent_again_is_paid_for_by_the_retry_budget(
     assert budget.refused > 0
 
 
-class DigestServer(RawAnswerServer):
+class DigestServer(KeepAliveClosingServer):
     """A keep-alive HTTP/1.1 server behind Digest auth (user ``u``, password ``p``): 401 with a
     challenge (a nonce of its own for each connection) to a request without a valid Authorization,
     200 ``ok`` to one with it. The first connection plays the stale-connection race on the auth's
@@ -232,10 +231,10 @@ class DigestServer(RawAnswerServer):
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self.requests_read = 0
         self.answered: list[tuple[int, int]] = []  # (connection, status) of each answer
         self.nonces: set[str] = set()
-        super().__init__()
+        race = what if what != "close_after_401" else None
+        super().__init__(lambda connection, number: race if (connection, number) == (1, 2) else None)
 
     def _authorized(self, head: bytes) -> bool:
         lines = head.decode("latin-1").split("\r\n")
@@ -252,47 +251,18 @@ class DigestServer(RawAnswerServer):
         expected = md5(f"{md5('u:r:p')}:{got['nonce']}:{got['nc']}:{got['cnonce']}:auth:{md5(f'{method}:{uri}')}")
         return got["nonce"] in self.nonces and got["uri"] == uri and got["response"] == expected
 
-    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+    def respond(self, conn: socket.socket, connection: int, head: bytes) -> bool:
         with self._lock:
-            connection = self.connections
             nonce = f"nonce{connection}"
             self.nonces.add(nonce)
-        conn.settimeout(10)
-        buffered = b""
-        for number in itertools.count(1):
-            stale = connection == 1 and number == 2
-            if stale and self.what == "reset":
-                if not buffered and not conn.recv(1, socket.MSG_PEEK):  # its first byte, left unread
-                    return
-                conn.close()
-                return
-            while b"\r\n\r\n" not in buffered:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            head, _, buffered = buffered.partition(b"\r\n\r\n")
-            fields = head.lower().split(b"\r\n")[1:]
-            length = next((int(line[15:]) for line in fields if line.startswith(b"content-length:")), 0)
-            while len(buffered) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buffered += chunk
-            buffered = buffered[length:]
-            with self._lock:
-                self.requests_read += 1
-            if stale and self.what == "read_and_close":
-                return
-            if self._authorized(head):
-                self.answered.append((connection, 200))
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                continue
-            self.answered.append((connection, 401))
-            challenge = f'WWW-Authenticate: Digest realm="r", nonce="{nonce}", qop="auth"'.encode()
-            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\n" + challenge + b"\r\nContent-Length: 0\r\n\r\n")
-            if connection == 1 and self.what == "close_after_401":
-                return
+        if self._authorized(head):
+            self.answered.append((connection, 200))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        self.answered.append((connection, 401))
+        challenge = f'WWW-Authenticate: Digest realm="r", nonce="{nonce}", qop="auth"'.encode()
+        conn.sendall(b"HTTP/1.1 401 Unauthorized\r\n" + challenge + b"\r\nContent-Length: 0\r\n\r\n")
+        return not (connection == 1 and self.what == "close_after_401")
 
 
 def call_with_digest(server: DigestServer, request: Request) -> dar.Response:
