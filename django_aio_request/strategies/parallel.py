@@ -563,6 +563,11 @@ class ParallelStrategy(RequestStrategy):
         self.stragglers_only = stragglers_only
         self._paces = Paces()
         self._clock = HedgeClock()
+        # The provider last seen, and the plain delays(attempt) it wraps (None: it looks at the request).
+        self._plain: tuple[RequestAttemptDelaysProvider, DelaysProvider | None] = (
+            self.delays,
+            request_unaware(self.delays),
+        )
 
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
@@ -578,7 +583,10 @@ class ParallelStrategy(RequestStrategy):
         # Every attempt's time, worked out here in the caller's thread: the timer thread also ends
         # attempts at their deadlines, so it must not wait on a delays provider (locks, sorting).
         # A plain delays(attempt) is called as it is, not through the wrapper that passes the request.
-        due, delays, expires_at = [started], request_unaware(provider), deadline.expires_at
+        plain = self._plain
+        if plain[0] is not provider:  # replaced since the last call (one tuple: never half of each)
+            plain = self._plain = (provider, request_unaware(provider))
+        due, delays, expires_at = [started], plain[1], deadline.expires_at
         for attempt in range(1, count):
             delay = delays(attempt) if delays is not None else provider(request, attempt)
             if math.isnan(delay):  # neither before nor after any time: the hedge went never, or at once

@@ -34,6 +34,7 @@ from tests.support.loopback import (
     Handler,
     LoopbackServer,
     answer_after,
+    hang_until_disconnect,
     replies,
     shed_then_served,
     wait_for_disconnect,
@@ -1524,3 +1525,27 @@ def test_a_delays_provider_that_gives_nan_is_a_clear_error_before_anything_is_se
     with pytest.raises(ValueError, match="gave NaN for attempt 1"), client.request(get("x")):
         pass
     assert server.received("/x") == []
+
+
+def test_a_strategy_s_delays_replaced_after_it_was_made_are_the_ones_used(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    from django_aio_request.strategies.delays import as_request_delays
+    from django_aio_request.strategies.parallel import ParallelStrategy
+
+    arrivals = iter(range(1000))
+
+    def first_hangs(handler: Handler) -> None:
+        if next(arrivals) == 0:
+            hang_until_disconnect(handler)
+        else:
+            handler.reply(200, b"hedge")
+
+    server.route("/x", first_hangs)
+    strategy = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=5.0), stragglers_only=False)
+    assert isinstance(strategy, ParallelStrategy)
+    client = make_client(timeout=2.0, safe_method_strategy=strategy)
+    strategy.delays = as_request_delays(constant_delays(delay=0.05))
+    with client.request(get("x")) as response:
+        assert (response.status, response.read()) == (200, b"hedge")
+    assert response.elapsed < 1.0
