@@ -103,7 +103,7 @@ class AttemptSockets:
                     return False
                 fd = sock.fileno()
                 if fd < 0:
-                    return False
+                    continue  # closed: a stale kept-alive connection the request was sent again from
                 poller.register(fd, select.POLLIN)
             try:
                 return bool(poller.poll(0))
@@ -117,6 +117,12 @@ class AttemptSockets:
         made), :meth:`answer_arrived` says False, and hedges went for 1% of calls whose answer the
         caller had (4 threads, a hedge due at 1.5 ms)."""
         return self._returned or self.answer_arrived()
+
+    def next_request(self) -> None:
+        """The attempt takes a connection for its next request (a redirect's next hop, an auth's
+        resend): the answer read before is not the one it waits for now. (Cleared only once the new
+        connection was registered, it held a hedge back through the redirect target's name lookup.)"""
+        self._returned = False
 
     def sent(self) -> None:
         """The request went out in full on the socket registered last (see :meth:`answer_arrived`)."""
@@ -438,8 +444,10 @@ class _FreshWhenAskedMixin:
     connection (NTLM's) would fail there."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
         guard = _current()
+        if guard is not None:
+            guard.next_request()  # before the wait for a connection, the name lookup, the connect
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
         if (
             guard is not None
             and guard.fresh

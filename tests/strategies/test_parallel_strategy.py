@@ -4,9 +4,11 @@ import asyncio
 import concurrent.futures
 import contextvars
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -279,6 +281,34 @@ class TestHedging:
         assert response.read() == b"quick"
         assert elapsed >= 0.3
         assert len(server.received("/x")) == 1
+
+    def test_a_redirect_to_a_name_slow_to_resolve_is_hedged_at_its_time(
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Attempt 0's 302 was read (its connection back in the pool), and its next hop waits 0.6 s
+        for its name: nothing of the answer it waits for is in hand. A first version counted the 302
+        as that answer until the next hop's connection was registered, after the lookup: the hedge
+        went at 0.6 s, and the call took twice as long."""
+        lookup = socket.getaddrinfo
+
+        def slow_lookup(host: object, *args: Any, **kwargs: Any) -> Any:
+            if host == "slowname.test":
+                time.sleep(0.6)
+                host = "127.0.0.1"
+            return lookup(host, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+        server.route("/r", lambda h: h.reply(302, b"", {"Location": f"http://slowname.test:{server.port}/slow"}))
+        server.route("/slow", Hanging(hang=1))
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.1))
+
+        response, elapsed = call(client, get("r"))
+
+        assert (response.status, response.read()) == (200, b"fast")
+        sent = [received.at for received in server.received("/r")]
+        assert len(sent) == 2
+        assert sent[1] - sent[0] < 0.3  # at its time, not after attempt 0's lookup
+        assert elapsed < 1.0
 
     def test_no_hedge_after_attempt_0_is_over_in_an_async_call_either(
         self, server: LoopbackServer, make_client: Callable[..., Client]

@@ -3,6 +3,7 @@ race): an idempotent request is sent again once on a fresh connection; a POST is
 
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -332,3 +333,37 @@ def test_a_request_sent_again_leaves_no_garbage(make_server: Callable[..., KeepA
         assert (response.status, response.read()) == (200, b"ok")
         del response
     assert ours(garbage) == []
+
+
+def test_the_answer_to_a_request_sent_again_is_seen_waiting_unread(
+    make_server: Callable[..., KeepAliveClosingServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hedge asks whether attempt 0's answer waits unread (then it does not go). After the request
+    went again, the stale connection's closed socket stayed registered with the attempt, and the
+    answer on the fresh one was never seen: unknown, where the same answer without the resend said so."""
+    from django_aio_request.core.cancellation import Cancellation
+    from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
+
+    server = make_server(second_request_of_each_connection("reset"))
+    transport = transport_for("direct")
+    first = transport.send(server.url, get("x"), 5.0)
+    assert first.read() == b"ok"
+    read, caller = GuardedHTTPConnection.getresponse, threading.get_ident()
+
+    def slow_to_read(conn: GuardedHTTPConnection) -> object:
+        if threading.get_ident() == caller and conn._aio_request_requests == 1:  # the fresh connection's
+            time.sleep(0.3)
+        return read(conn)
+
+    monkeypatch.setattr(GuardedHTTPConnection, "getresponse", slow_to_read)
+    cancellation, seen = Cancellation(), []
+    looker = threading.Timer(0.15, lambda: seen.append(cancellation.answer_arrived()))
+    looker.start()
+    try:
+        response = transport.send(server.url, get("x"), 5.0, cancellation)
+    finally:
+        looker.join()
+        transport.close()
+    assert (response.status, response.read()) == (200, b"ok")
+    assert server.connections == 2  # sent again
+    assert seen == [True]
