@@ -1,5 +1,6 @@
 """How long to wait before attempt ``k`` (k >= 1) of a call."""
 
+import math
 import random
 from collections.abc import Callable
 
@@ -39,6 +40,21 @@ class _RequestUnaware(RequestAttemptDelaysProvider):
 
 def as_request_delays(delays: "DelaysProvider | RequestAttemptDelaysProvider") -> RequestAttemptDelaysProvider:
     return delays if isinstance(delays, RequestAttemptDelaysProvider) else _RequestUnaware(delays)
+
+
+def asked(provider: RequestAttemptDelaysProvider, request: Request, attempt: int) -> float:
+    """What ``provider`` gives for ``attempt``; a NaN raises :func:`nan_delay`'s error."""
+    delay = provider(request, attempt)
+    if math.isnan(delay):
+        raise nan_delay(provider, attempt)
+    return delay
+
+
+def nan_delay(provider: object, attempt: int) -> ValueError:
+    """The error for a delays provider (a function of the application's own, often) that gave NaN:
+    before no time and after none, the attempt due then went at once in one version and never in
+    the next, or a pause raised after attempts had been sent."""
+    return ValueError(f"the delays provider {provider!r} gave NaN for attempt {attempt}")
 
 
 def request_unaware(delays: RequestAttemptDelaysProvider) -> DelaysProvider | None:

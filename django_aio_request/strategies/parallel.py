@@ -36,6 +36,7 @@ from django_aio_request.strategies.delays import (
     RequestAttemptDelaysProvider,
     as_request_delays,
     linear_backoff_delays,
+    nan_delay,
     request_unaware,
 )
 from django_aio_request.strategies.hedge_clock import HedgeClock
@@ -590,7 +591,7 @@ class ParallelStrategy(RequestStrategy):
         for attempt in range(1, count):
             delay = delays(attempt) if delays is not None else provider(request, attempt)
             if math.isnan(delay):  # neither before nor after any time: the hedge went never, or at once
-                raise ValueError(f"the delays provider {provider!r} gave NaN for attempt {attempt}")
+                raise nan_delay(provider, attempt)
             due.append(min(started + delay, expires_at))
         due_at = due.__getitem__
 

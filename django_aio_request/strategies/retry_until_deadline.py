@@ -12,6 +12,7 @@ from django_aio_request.strategies.delays import (
     DelaysProvider,
     RequestAttemptDelaysProvider,
     as_request_delays,
+    asked,
     linear_backoff_delays,
 )
 
@@ -84,8 +85,8 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
                 return result
             round_ += 1
             # As sequential.py, and what any attempt of the round asked for (rounds.not_before).
-            asked = max(retry_after(result.response), rounds.not_before - time.monotonic())
-            delay = max(self.delays(request, round_), asked)
+            wait = max(retry_after(result.response), rounds.not_before - time.monotonic())
+            delay = max(asked(self.delays, request, round_), wait)
             # The deadline the next round's first attempt would get after the pause (a third of what
             # is left, for a sequential strategy splitting it over three): when that is too short to
             # send it, the call ends now rather than pausing for a round refused after it.

@@ -18,6 +18,7 @@ from django_aio_request.strategies.delays import (
     DelaysProvider,
     RequestAttemptDelaysProvider,
     as_request_delays,
+    asked,
     linear_backoff_delays,
 )
 
@@ -62,7 +63,7 @@ class SequentialStrategy(RequestStrategy):
                 if result.accepted or attempt + 1 == self.attempts_count:
                     break
                 # At least what a 503 or 429 asked for (Retry-After): a shedding server's callers step back.
-                delay = max(self.delays(request, attempt + 1), retry_after(result.response))
+                delay = max(asked(self.delays, request, attempt + 1), retry_after(result.response))
                 # The deadline the retry would get after the pause: when it leaves too little time
                 # to send it, the call ends now rather than pausing for a retry refused after it.
                 after_pause = Deadline(deadline.expires_at - delay)

@@ -556,3 +556,24 @@ def test_attempts_count_is_at_most_100() -> None:
     parsed, problems = read_settings({"CLIENTS": {"b": {"ENDPOINT": "http://b/", "SAFE_METHOD_STRATEGY": strategy}}})
     assert parsed is None
     assert "['ATTEMPTS_COUNT'] must be a whole number of at most 100, not 101" in str(problems[0])
+
+
+@pytest.mark.parametrize("kind", ["sequential", "retry_until_deadline_expired"])
+def test_a_delays_provider_that_gives_nan_for_a_retry_is_a_clear_error(
+    server: LoopbackServer, make_client: Callable[..., Client], kind: str
+) -> None:
+    """The pause before the retry raised time.sleep's "Invalid value NaN", naming no provider."""
+    server.route("/x", replies(500))
+
+    def nan(attempt: int) -> float:
+        return float("nan")
+
+    strategy = (
+        sequential_strategy(attempts_count=2, delays_provider=nan)
+        if kind == "sequential"
+        else retry_until_deadline_expired(single_attempt_strategy(), delays_provider=nan)
+    )
+    client = make_client(timeout=2.0, retry_budget=None, safe_method_strategy=strategy)
+    with pytest.raises(ValueError, match="gave NaN for attempt 1"), client.request(get("x")):
+        pass
+    assert len(server.received("/x")) == 1  # the first attempt, rejected; no retry
