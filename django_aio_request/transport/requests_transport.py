@@ -43,6 +43,7 @@ from django_aio_request.transport.attempt_sockets import (
     AttemptSockets,
     StaleConnection,
     _is_name,
+    current_attempt,
     stop_if_over,
 )
 from django_aio_request.transport.base import Transport
@@ -564,6 +565,12 @@ class RequestsTransport(Transport):
                 sent = sent.copy()
                 for name in [name for name in sent.headers if name.lower() in endpoint_only]:
                     del sent.headers[name]
+            guard = current_attempt()
+            if guard is not None:
+                # The redirect read is not the answer the attempt waits for now: said here as well as
+                # when a guarded pool hands out the next hop's connection, since an adapter of the
+                # caller's own mounted for the target has pools of its own (a hedge never went).
+                guard.next_request()
             # One hop, from a generator of its own: requests counts the hops of one generator against
             # the session's max_redirects (30 by default) and raised TooManyRedirects past it,
             # whatever the request allowed. The request's max_redirects is the limit, counted here;

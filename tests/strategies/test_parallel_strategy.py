@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 
 from django_aio_request import (
     Client,
@@ -309,6 +310,47 @@ class TestHedging:
         assert len(sent) == 2
         assert sent[1] - sent[0] < 0.3  # at its time, not after attempt 0's lookup
         assert elapsed < 1.0
+
+    def test_a_redirect_onto_an_adapter_of_the_caller_s_own_is_hedged_at_its_time(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """Attempt 0's 302 came through the transport's own pools; its next hop goes through an adapter
+        of the caller's class (pools the transport does not guard), whose target hangs. The 302 read
+        counted as the answer in hand for the rest of the attempt: the hedge never went, a 408."""
+        target = LoopbackServer()
+        try:
+            arrivals = itertools.count()
+
+            def first_hangs(handler: Handler) -> None:
+                if next(arrivals) == 0:
+                    if wait_for_disconnect(handler, 5.0) is None:
+                        handler.reply(200, b"slow")
+                else:
+                    handler.reply(200, b"fast")
+
+            target.route("/slow", first_hangs)
+            server.route("/r", lambda h: h.reply(302, b"", {"Location": f"{target.url}slow"}))
+
+            class Mine(HTTPAdapter):
+                pass
+
+            session = requests.Session()
+            session.mount(target.url, Mine())
+            client = make_client(
+                transport=RequestsTransport(session),
+                timeout=2.0,
+                safe_method_strategy=parallel_strategy(
+                    attempts_count=2, delays_provider=constant_delays(delay=0.1), stragglers_only=False
+                ),
+            )
+
+            with client.request(get("r")) as response:
+                assert (response.status, response.read()) == (200, b"fast")
+            sent = [received.at for received in server.received("/r")]
+            assert len(sent) == 2
+            assert sent[1] - sent[0] < 0.3
+        finally:
+            target.close()
 
     def test_no_hedge_after_attempt_0_is_over_in_an_async_call_either(
         self, server: LoopbackServer, make_client: Callable[..., Client]
