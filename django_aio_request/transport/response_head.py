@@ -35,6 +35,7 @@ does.
 
 import http.client
 import re
+from collections.abc import Callable
 from typing import Any
 
 from django_aio_request.transport.codings import is_no_coding
@@ -122,31 +123,31 @@ def _spaced(value: bytes) -> bytes:
     return value.replace(b"\r", b" ").replace(b"\x00", b" ")
 
 
-def _framing_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The fields ``http.client``'s ``begin`` frames the body by (and decides by whether the
-    connection is kept), as urllib3, which reads the body, takes them.
+def _framing_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
+    """The fields the body is framed by and whether the connection is kept is decided by (their names
+    lower-cased, to their values), as urllib3, which reads the body, takes them.
 
-    ``http.client`` reads the first field of a name; urllib3 joins the fields of one name with
-    ``", "``, as RFC 9110 5.3 says a recipient may (their lines are one list), and reads the body as
-    chunked when any element of ``Transfer-Encoding`` is ``chunked``. Given the first field alone,
-    ``Transfer-Encoding: identity`` (or an empty one) then ``Transfer-Encoding: chunked`` was
-    chunked for urllib3 only: read by its lenient parser, past the framing check (framing.py), and
-    the connection closed after it. Here the fields of a name are one value, and a
-    ``Transfer-Encoding`` urllib3 reads as chunked is ``chunked``, the one value ``http.client``
-    takes for it; a ``Content-Length`` is its one number (:func:`_content_length`), else its first
-    field."""
-    values: dict[str, tuple[str, list[str]]] = {}
+    urllib3 joins the fields of one name with ``", "``, as RFC 9110 5.3 says a recipient may (their
+    lines are one list), and reads the body as chunked when any element of ``Transfer-Encoding`` is
+    ``chunked``; ``http.client``'s ``begin`` took the first field of a name. Framed by the first
+    field alone, ``Transfer-Encoding: identity`` (or an empty one) then ``Transfer-Encoding:
+    chunked`` was chunked for urllib3 only: read by its lenient parser, past the framing check
+    (framing.py), and the connection closed after it. Here the fields of a name are one value, a
+    ``Transfer-Encoding`` urllib3 reads as chunked is ``chunked``, and a ``Content-Length`` is its
+    one number (:func:`_content_length`), else its first field."""
+    values: dict[str, list[str]] = {}
     for name, value in fields:
-        if name.lower() in _FRAMING:
-            values.setdefault(name.lower(), (name, []))[1].append(value)
-    framing = []
-    for lowered, (name, given) in values.items():
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            values.setdefault(lowered, []).append(value)
+    framing = {}
+    for lowered, given in values.items():
         value = ", ".join(given)
         if lowered == "transfer-encoding" and is_chunked(value):
             value = "chunked"
         elif lowered == "content-length":
             value = _content_length(value) or given[0]
-        framing.append((name, value))
+        framing[lowered] = value
     return framing
 
 
@@ -157,7 +158,7 @@ def _content_length(value: str) -> str | None:
     RFC 9110 8.6 lets a recipient take such a list for the number, and urllib3 does; ``http.client``
     could not ``int()`` it, and read to the end of the stream: a keep-alive server's answer waited
     for the deadline. A list of different numbers (``5, 6``) is urllib3's to refuse (a 489 at once),
-    and a single value is given to ``http.client`` as it came."""
+    and a single value is taken as it came."""
     if "," not in value:
         return None
     try:
@@ -165,6 +166,37 @@ def _content_length(value: str) -> str | None:
     except ValueError:
         return None
     return str(lengths.pop()) if len(lengths) == 1 else None
+
+
+def _message(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
+    """The response's headers, as ``http.client`` hands them on, from its fields."""
+    message = http.client.HTTPMessage()
+    # Content-Encoding fields are one list (RFC 9110 5.3), as urllib3 reads them: joined, in the
+    # place of the first, what names no coding taken out (a value that names none is left out).
+    encodings = [value for name, value in fields if name.lower() == "content-encoding"]
+    codings = _without_identity(", ".join(encodings)) if encodings else ""
+    for name, value in fields:
+        if name.lower() != "content-encoding":
+            message[name] = value
+        elif codings:
+            message[name], codings = codings, ""
+    return message
+
+
+def _closes(version: int, framing: dict[str, str]) -> bool:
+    """Whether the connection ends after this response, by its framing fields (lower-cased names).
+
+    As ``http.client`` decides it: HTTP/1.1 keeps a connection unless ``Connection`` names
+    ``close``; HTTP/1.0 closes it unless ``Keep-Alive`` is there or ``Connection`` or
+    ``Proxy-Connection`` names ``keep-alive``."""
+    connection = framing.get("connection", "").lower()
+    if version == 11:
+        return "close" in connection
+    return not (
+        framing.get("keep-alive")
+        or "keep-alive" in connection
+        or "keep-alive" in framing.get("proxy-connection", "").lower()
+    )
 
 
 def _check_content_length(fields: list[tuple[str, str]]) -> None:
@@ -206,39 +238,20 @@ def _without_identity(value: str) -> str:
     return value if len(kept) == len(elements) else ", ".join(kept)
 
 
-class _HeadReader:
-    """The response's file while ``begin`` reads the head: hands ``http.client``'s own header parser
-    the lines ``FinalResponse._read_status`` left for it (``replay``, last first) before the peer's."""
-
-    __slots__ = ("file", "replay")
-
-    def __init__(self, file: Any) -> None:
-        self.file = file
-        self.replay: list[bytes] = []
-
-    def readline(self, limit: int = -1) -> bytes:
-        if self.replay:
-            return self.replay.pop()
-        line: bytes = self.file.readline(limit)
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
-
-
 class FinalResponse(http.client.HTTPResponse):
     """``http.client.HTTPResponse`` that reads past interim responses and parses its header fields
     as HTTP does (see the module docstring)."""
 
-    _fields: list[tuple[str, str]]  # the final response's, read by _read_status
     _interim_read = False  # a 1xx came: whatever ends the connection after it, the server had the request
+    # http.client's own, which its stubs do not declare.
+    _method: str | None
+    _close_conn: Callable[[], None]
+    fp: Any  # the socket's file, or the chunked framing around it
 
     def _read_status(self) -> tuple[str, int, str]:
-        """The final (or ``100``/``101``) status line and, within ``begin``, its header fields.
-
-        The proxy tunnel's ``_tunnel`` calls it on its own and then reads the fields of the answer
-        to ``CONNECT`` itself: those are left to it."""
-        head = self.fp if isinstance(self.fp, _HeadReader) else None
+        """The final (or ``100``/``101``) status line, past the interim responses before it and their
+        fields. The proxy tunnel's ``_tunnel`` calls it on its own and then reads the fields of the
+        answer to ``CONNECT`` itself; :meth:`begin` reads the final response's."""
         # begin() calls this again after a 100 Continue: an interim response read then still counts.
         first = not self._interim_read
         while True:
@@ -260,59 +273,79 @@ class FinalResponse(http.client.HTTPResponse):
                 # as a 2000 or a 099 is.
                 raise http.client.BadStatusLine(f"{version} {status} {reason}".strip())
             if not 100 <= status < 200 or status in (http.client.CONTINUE, http.client.SWITCHING_PROTOCOLS):
-                break  # begin() skips 100 Continue itself
+                return version, status, reason  # begin() skips 100 Continue itself
             _read_fields(self.fp)  # the interim response's fields (103's links): not wanted
-        if head is not None:
-            self._fields = fields = _read_fields(head.file)
-            if not (100 <= status < 200 or status in (204, 304) or self._method == "HEAD"):
-                _check_content_length(fields)
-            # http.client's begin() parses the header block again (and stops at 100 lines), and
-            # frames the body by what it finds: it is given the fields it reads for that, and none
-            # of the others, as urllib3 (which reads the body) takes them: _framing_fields.
-            lines = [f"{name}: {value}\r\n".encode("iso-8859-1") for name, value in _framing_fields(fields)]
-            head.replay = [b"\r\n", *reversed(lines)]
-        return version, status, reason
 
     def _before_status_line(self) -> None:
         """Called before each status line is read (interim responses come before the final one)."""
 
     def begin(self) -> None:
+        """Read the head: what ``http.client``'s ``begin`` sets (status, version, headers, how the
+        body is framed, whether the connection closes after it), from the fields read once, here.
+
+        ``http.client``'s own would parse the block again with the ``email`` package (about 10 µs of
+        a 300 µs loopback call: docs/benchmarks.md) and frame the body by the first field of a name,
+        where urllib3, which reads the body, takes them all (:func:`_framing_fields`)."""
         if self.headers is not None:
             return
-        file = self.fp
-        self.fp = _HeadReader(file)
-        try:
-            super().begin()
-        finally:
-            # Not when http.client closed it (a status line that is not HTTP: _close_conn() sets
-            # fp to None): put back, the closed file made getresponse()'s cleanup raise ValueError
-            # over the BadStatusLine urllib3 turns into a ProtocolError.
-            if self.fp is not None:
-                self.fp = file
-        message = http.client.HTTPMessage()
-        # Content-Encoding fields are one list (RFC 9110 5.3), as urllib3 reads them: joined, in the
-        # place of the first, what names no coding taken out (a value that names none is left out).
-        encodings = [value for name, value in self._fields if name.lower() == "content-encoding"]
-        codings = _without_identity(", ".join(encodings)) if encodings else ""
-        for name, value in self._fields:
-            if name.lower() != "content-encoding":
-                message[name] = value
-            elif codings:
-                message[name], codings = codings, ""
-        self.headers = self.msg = message
-        if 100 <= self.status < 200:  # 101: the connection speaks something else now
-            self.will_close = True
+        fields = self._read_head()
+        self.headers = self.msg = _message(fields)
+        if self.debuglevel > 0:  # as http.client prints them
+            for name, value in self.headers.items():
+                print("header:", name + ":", value)
+        self._frame_body(_framing_fields(fields))
+
+    def _read_head(self) -> list[tuple[str, str]]:
+        """Read the final status line (past 100 Continue) and the fields after it; set the status,
+        reason and HTTP version."""
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _read_fields(self.fp)  # the 100 Continue's fields: not wanted
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10  # a "0.9" status line is taken for 1.0, as http.client takes it
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        fields = _read_fields(self.fp)
+        if not self._bodiless():
+            _check_content_length(fields)
+        return fields
+
+    def _bodiless(self) -> bool:
+        """Whether the response has no body, whatever its fields say (RFC 9112 6.3)."""
+        return self._method == "HEAD" or self.status < 200 or self.status in (204, 304)
+
+    def _frame_body(self, framing: dict[str, str]) -> None:
+        """Set how the body is read and whether the connection ends after it, from the framing
+        fields (lower-cased names)."""
         # urllib3 reads the body as chunked when chunked is in the Transfer-Encoding fields, joined.
-        chunked = is_chunked(", ".join(message.get_all("Transfer-Encoding", ())))
-        if self._method == "HEAD" or self.status < 200 or self.status in (204, 304):
-            # No body, whatever the headers say (RFC 9112 6.3). http.client still took the 304 or
-            # 204 that names chunked (a 304 may: RFC 9112 6.1) for chunked, and urllib3 read its
-            # chunks from the next answer's bytes, or waited for them until the deadline: its
-            # read_chunked reads nothing from a response already closed, and gives the connection
-            # back to the pool then.
+        chunked = framing.get("transfer-encoding") == "chunked"
+        # 101: the connection speaks something else now.
+        self.will_close = 100 <= self.status < 200 or _closes(self.version, framing)
+        self.chunk_left = None
+        if self._bodiless():
+            # http.client still took the 304 or 204 that names chunked (a 304 may: RFC 9112 6.1)
+            # for chunked, and urllib3 read its chunks from the next answer's bytes, or waited for
+            # them until the deadline: its read_chunked reads nothing from a response already
+            # closed, and gives the connection back to the pool then.
             self.chunked, self.length = False, 0
             if chunked:
                 self._close_conn()
             return
+        self.chunked, self.length = chunked, None
+        length = framing.get("content-length")
         if chunked:
             self.fp = ChunkedFraming(self.fp)  # its framing, which the parsers take leniently: framing.py
+            return
+        if length:
+            try:
+                self.length = int(length)  # _check_content_length() let only digits through
+            except ValueError:  # more than 4,300 digits, or a list of different numbers (urllib3 refuses it)
+                self.length = None
+        if self.length is None:
+            self.will_close = True  # the body ends where the stream does

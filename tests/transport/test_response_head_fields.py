@@ -7,19 +7,23 @@ line it cannot parse and takes the rest for the body: the fields after it were l
 import asyncio
 import contextlib
 import gzip
+import http.client
+import io
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import django_aio_request as dar
 from django_aio_request import RequestsTransport, Response, get
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
-from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, HeadTooLarge
+from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, FinalResponse, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer, send_once
 from tests.support.raw_server import RawAnswerServer, request_heads
 
@@ -598,3 +602,108 @@ def test_a_content_length_that_frames_nothing_is_not_looked_at(
         assert response.status == expected
     finally:
         transport.close()
+
+
+# What http.client's begin() decided from a head, FinalResponse.begin() decides alone: the head is
+# read once. Heads whose framing fields come once each, with values both read alike (repeated
+# names, non-digit lengths and bodiless answers naming chunked are the cases above, decided apart).
+_FRAMING_VALUES = {
+    "Content-Length": st.integers(0, 10**6).map(str),
+    "Transfer-Encoding": st.sampled_from(["chunked", "Chunked", "gzip", "identity"]),
+    "Connection": st.sampled_from(["close", "keep-alive", "Keep-Alive", "Upgrade", "keep-alive, Upgrade", ""]),
+    "Keep-Alive": st.sampled_from(["timeout=5", "max=100", ""]),
+    "Proxy-Connection": st.sampled_from(["keep-alive", "close"]),
+}
+
+
+class _BytesSocket:
+    """What ``HTTPResponse`` reads a head from: a socket's file over fixed bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(io.BytesIO(self.data))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+    code=st.sampled_from([200, 201, 204, 301, 304, 404, 500, 503]),
+    method=st.sampled_from(["GET", "HEAD", "POST"]),
+    framing=st.fixed_dictionaries({}, optional=_FRAMING_VALUES),
+    others=st.lists(st.sampled_from(["Date: today", "X-Thing: 1", "Server: raw"]), max_size=3),
+    lowered=st.booleans(),
+    continued=st.booleans(),
+)
+def test_the_body_s_framing_and_the_connection_s_fate_are_what_http_client_decides(
+    *, version: str, code: int, method: str, framing: dict[str, str], others: list[str], lowered: bool, continued: bool
+) -> None:
+    chunked = framing.get("Transfer-Encoding", "").lower() == "chunked"
+    assume(not (chunked and (method == "HEAD" or code in (204, 304))))  # closed here: decided above
+    lines = [f"{name.lower() if lowered else name}: {value}" for name, value in framing.items()] + others
+    head = "".join(f"{line}\r\n" for line in lines)
+    body = b"4\r\nbody\r\n0\r\n\r\n" if chunked else b"body"
+    data = (b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n" if continued else b"") + (
+        f"{version} {code} Reason Phrase \r\n{head}\r\n".encode() + body
+    )
+    ours = FinalResponse(_BytesSocket(data), method=method)  # type: ignore[arg-type]
+    ours.begin()
+    reference = http.client.HTTPResponse(_BytesSocket(data), method=method)  # type: ignore[arg-type]
+    reference.begin()
+    decided = ("status", "reason", "version", "chunked", "length", "will_close")
+    assert {name: getattr(ours, name) for name in decided} == {name: getattr(reference, name) for name in decided}
+    assert list(ours.headers.items()) == list(reference.headers.items())
+    assert _body(ours) == _body(reference)
+
+
+def _body(response: http.client.HTTPResponse) -> bytes | str:
+    try:
+        return response.read()
+    except http.client.IncompleteRead as error:  # a Content-Length longer than the body
+        return f"incomplete after {error.partial!r}"
+
+
+def test_an_http_1_0_answer_keeps_its_connection_only_when_it_says_keep_alive(raw_server: RawAnswerServer) -> None:
+    for fields, connections in [
+        (b"Connection: keep-alive\r\n", 1),
+        (b"Keep-Alive: timeout=5\r\n", 1),
+        (b"", 2),  # HTTP/1.0 closes by default
+    ]:
+        server = TurnServer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n" + fields + b"\r\nok")
+        try:
+            transport = RequestsTransport(requests.Session())
+            try:
+                for path in ("x", "y"):
+                    response = transport.send(server.url, get(path), DEADLINE)
+                    assert (response.status, response.read()) == (200, b"ok")
+            finally:
+                transport.close()
+            assert server.connections == connections, fields
+        finally:
+            server.close()
+
+
+def test_an_http_1_1_answer_saying_close_is_not_followed_on_its_connection() -> None:
+    server = TurnServer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    transport = RequestsTransport(requests.Session())
+    try:
+        for path in ("x", "y"):
+            response = transport.send(server.url, get(path), DEADLINE)
+            assert (response.status, response.read()) == (200, b"ok")
+        assert server.connections == 2
+    finally:
+        transport.close()
+        server.close()
+
+
+def test_with_http_client_s_debug_level_every_header_field_is_printed(
+    raw_server: RawAnswerServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)  # what users set to see the wire
+    raw_server.answer = b"HTTP/1.1 200 OK\r\nX-Trace: abc\r\nContent-Length: 2\r\n\r\nok"
+    status_code, body, _ = _call(raw_server, raw_server.answer, "direct")
+    assert (status_code, body) == (200, b"ok")
+    printed = capsys.readouterr().out
+    assert "header: X-Trace: abc" in printed
+    assert "header: Content-Length: 2" in printed
