@@ -302,16 +302,20 @@ class FinalResponse(http.client.HTTPResponse):
             version, status, reason = self._read_status()
             if status != http.client.CONTINUE:
                 break
-            _read_fields(self.fp)  # the 100 Continue's fields: not wanted
+            skipped = _read_fields(self.fp)  # the 100 Continue's fields: not wanted
+            if self.debuglevel > 0:  # as http.client prints them
+                print("headers:", skipped)
         self.code = self.status = status
         self.reason = reason.strip()
+        # The fields first, then the version: a head past the limits is HeadTooLarge (not retried)
+        # whatever its status line says.
+        fields = _read_fields(self.fp)
         if version in ("HTTP/1.0", "HTTP/0.9"):
             self.version = 10  # a "0.9" status line is taken for 1.0, as http.client takes it
         elif version.startswith("HTTP/1."):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        fields = _read_fields(self.fp)
         if not self._bodiless():
             _check_content_length(fields)
         return fields
@@ -343,9 +347,13 @@ class FinalResponse(http.client.HTTPResponse):
             self.fp = ChunkedFraming(self.fp)  # its framing, which the parsers take leniently: framing.py
             return
         if length:
+            # Digits, unless a Transfer-Encoding that is not chunked came with it: then, as
+            # http.client does, a value that is not a length ("-2") is none (the body is read to the end).
             try:
-                self.length = int(length)  # _check_content_length() let only digits through
+                self.length = int(length)
             except ValueError:  # more than 4,300 digits, or a list of different numbers (urllib3 refuses it)
+                self.length = None
+            if self.length is not None and self.length < 0:
                 self.length = None
         if self.length is None:
             self.will_close = True  # the body ends where the stream does

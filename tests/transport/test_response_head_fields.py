@@ -332,6 +332,10 @@ PAST_THE_LIMIT = {
     # http.client's own LineTooLong: a plain 489, retried (found by review)
     "a status line longer than 64 KiB": b"HTTP/1.1 200 " + b"O" * 100_000 + b"\r\nContent-Length: 2\r\n\r\nok",
     "an interim one's": b"HTTP/1.1 103 " + b"E" * 100_000 + b"\r\n\r\n" + _OK + b"Content-Length: 2\r\n\r\nok",
+    # Its fields are read before its version is looked at (found by review: a plain 489, retried)
+    "one header line too many after a status line of HTTP/2": b"HTTP/2 200 OK\r\n"
+    + _fields(MAX_HEADER_LINES + 1)
+    + b"\r\nok",
 }
 
 
@@ -623,7 +627,7 @@ class _BytesSocket:
         self.data = data
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(io.BytesIO(self.data))  # type: ignore[arg-type]
+        return io.BufferedReader(io.BytesIO(self.data))
 
 
 @settings(max_examples=300, deadline=None)
@@ -701,9 +705,39 @@ def test_with_http_client_s_debug_level_every_header_field_is_printed(
     raw_server: RawAnswerServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)  # what users set to see the wire
-    raw_server.answer = b"HTTP/1.1 200 OK\r\nX-Trace: abc\r\nContent-Length: 2\r\n\r\nok"
+    raw_server.answer = (
+        b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 200 OK\r\nX-Trace: abc\r\nContent-Length: 2\r\n\r\nok"
+    )
     status_code, body, _ = _call(raw_server, raw_server.answer, "direct")
     assert (status_code, body) == (200, b"ok")
     printed = capsys.readouterr().out
     assert "header: X-Trace: abc" in printed
     assert "header: Content-Length: 2" in printed
+    assert "X-Interim" in printed  # the 100 Continue's, as http.client prints them
+
+
+@ROUTES
+@pytest.mark.parametrize("coding", [b"identity", b""])
+def test_a_negative_content_length_beside_a_transfer_encoding_is_no_length(
+    raw_server: RawAnswerServer, coding: bytes, route: str
+) -> None:
+    """As http.client takes it: the body is read to its end (found by review: a 489, retried)."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\nContent-Length: -2\r\n\r\nhello" % coding
+    status_code, body, _ = _call(raw_server, answer, route)
+    assert (status_code, body) == (200, b"hello")
+
+
+def test_a_negative_content_length_beside_a_transfer_coding_not_read_here_names_that_coding(
+    raw_server: RawAnswerServer,
+) -> None:
+    raw_server.answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: -2\r\n\r\n" + GZIPPED
+    transport = RequestsTransport(requests.Session())
+    try:
+        response = transport.send(raw_server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == status.NETWORK_ERROR
+    assert (response.headers["X-Unreadable-Coding"], response.headers["X-Do-Not-Retry"]) == (
+        "Transfer-Encoding: gzip",
+        "1",
+    )
