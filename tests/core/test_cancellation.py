@@ -6,9 +6,12 @@ hedged call's attempt 0 uses it.
 
 import threading
 
+import pytest
+
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core.cancellation import Cancellation
 from tests.support.loopback import Handler, LoopbackServer
+from tests.support.steps import run_with_step
 
 
 def test_a_cancel_aborts_the_attempt_once_and_not_after_it_is_over() -> None:
@@ -86,3 +89,33 @@ def test_the_transport_aborts_a_running_attempt_on_cancel(server: LoopbackServer
     finally:
         release.set()
         transport.close()
+
+
+def _aborted(step: int | None, *, cancel_inside: bool) -> tuple[bool, int]:
+    """Watch an attempt and cancel, one of the two coming in at ``step`` of the other (None: after
+    it); whether the attempt was aborted, and the steps the other took."""
+    cancellation, aborted, over = Cancellation(), [], []
+
+    def watch() -> None:
+        over.append(cancellation.watch_attempt(lambda: aborted.append(1), lambda: False))
+
+    outer, inner = (watch, cancellation.cancel) if cancel_inside else (cancellation.cancel, watch)
+    code = (Cancellation.watch_attempt if cancel_inside else Cancellation.cancel).__code__
+    steps = run_with_step(outer, code, step, inner)  # neither holds a lock the other waits on then
+    if step is None:
+        inner()
+    for attempt_over in over:
+        attempt_over()  # the attempt is over only after both ran
+    return bool(aborted), steps
+
+
+@pytest.mark.parametrize("cancel_inside", [True, False], ids=["a cancel inside the watch", "a watch inside the cancel"])
+def test_a_cancel_between_any_two_steps_of_watching_an_attempt_aborts_it(cancel_inside: bool) -> None:
+    """The attempt's hold is taken without a lock (every hedged call's attempt 0 takes one): a cancel
+    from another thread at any moment of it, before the attempt is over, must abort the attempt, and
+    an attempt watched at any moment of a cancel must be aborted too."""
+    aborted, steps = _aborted(None, cancel_inside=cancel_inside)
+    assert aborted
+    assert steps > 3
+    missed = [step for step in range(steps) if not _aborted(step, cancel_inside=cancel_inside)[0]]
+    assert not missed, f"at these steps of {steps} the attempt ran on: {missed}"
