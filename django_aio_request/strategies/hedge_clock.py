@@ -42,11 +42,17 @@ class HedgeClock:
         """Run ``run`` on the timer's thread at ``due`` (``time.monotonic()`` clock), or soon after;
         returns the function that takes it back, from any thread. A function object is added once:
         ``run`` is its own key."""
-        with self._lock:
-            self._due[run] = due
-            if due < self._armed_at:
-                self._arm(due)
-        return functools.partial(self._due.pop, run, None)
+        waiting = self._due
+        waiting[run] = due
+        # Stored first, then the entry's time read: a _ring() that began before this read still
+        # finds ``run`` in its look at the dict (it sets _armed_at before it looks), and one that
+        # began after it leaves _armed_at at its earliest, or inf, which this then sees. So the
+        # lock is taken only to set the entry earlier, and most calls, due after the earliest, skip it.
+        if due < self._armed_at:
+            with self._lock:
+                if due < self._armed_at and run in waiting:
+                    self._arm(due)
+        return functools.partial(waiting.pop, run, None)
 
     def __len__(self) -> int:
         """How many functions wait for their time."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from django_aio_request.strategies.hedge_clock import HedgeClock
+from tests.support.steps import run_with_step
 
 
 def _recorder(ran: list[tuple[str, float]], name: str, event: threading.Event | None = None) -> Callable[[], None]:
@@ -138,3 +139,65 @@ def test_a_forked_child_runs_its_own_not_its_parents() -> None:
     while not ran and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [name for name, _ in ran] == ["parent's"]  # and the parent's own still runs in the parent
+
+
+# A call joins the clock without its lock when it is due after the entry set (most are): a ring
+# coming in between any two steps of that, or a join between any two steps of a ring, loses nothing.
+
+
+def _runs(clock: HedgeClock, joined: threading.Event) -> bool:
+    """Whether what joined the clock ran at its time (on the real timer) within a second."""
+    try:
+        return joined.wait(1.0)
+    finally:
+        if clock._cancel_entry is not None:
+            clock._cancel_entry()
+
+
+def _ring_inside_add(step: int | None) -> tuple[bool, int]:
+    clock, joined = HedgeClock(), threading.Event()
+    # A call due now, the entry set for it (as if by the timer thread, which this test plays).
+    clock._due[lambda: None] = clock._armed_at = time.monotonic()
+
+    rang = []
+
+    def ring() -> None:
+        if not clock._lock.locked():  # a thread would wait for it: the step after the release tries that
+            clock._ring()
+            rang.append(True)
+
+    steps = run_with_step(lambda: clock.add(time.monotonic() + 0.01, joined.set), HedgeClock.add.__code__, step, ring)
+    if not rang:
+        clock._ring()  # the entry set for the call due now rings after the add, then
+    return _runs(clock, joined), steps
+
+
+def _add_inside_ring(step: int | None) -> tuple[bool, int]:
+    clock, joined = HedgeClock(), threading.Event()
+    clock._due[lambda: None] = clock._armed_at = time.monotonic()
+    adders: list[threading.Thread] = []
+
+    def add() -> None:
+        # On a thread: when the ring holds the lock the add needs, it waits, as it would.
+        adder = threading.Thread(target=clock.add, args=(time.monotonic() + 0.01, joined.set))
+        adders.append(adder)
+        adder.start()
+        adder.join(0.05)
+
+    steps = run_with_step(clock._ring, HedgeClock._ring.__code__, step, add)
+    for adder in adders:
+        adder.join()
+    if step is None:
+        add()
+    return _runs(clock, joined), steps
+
+
+@pytest.mark.parametrize("between", [_ring_inside_add, _add_inside_ring], ids=["ring inside add", "add inside ring"])
+def test_a_call_joining_while_the_entry_rings_runs_at_its_time(
+    between: Callable[[int | None], tuple[bool, int]],
+) -> None:
+    ran, steps = between(None)
+    assert ran
+    assert steps > 5
+    lost = [step for step in range(steps) if not between(step)[0]]
+    assert not lost, f"joined at these steps of {steps}, a call never ran: {lost}"
