@@ -145,7 +145,8 @@ class _HedgedCall:
         Not counted in :attr:`in_flight`: only this thread reads that, and not while attempt 0 runs.
         The steps that concern an answer attempt 0 rarely gets are skipped by a test, not a call:
         each call here is paid by every hedged call, whose hedge mostly never fires."""
-        result = first_attempt(self.send(self.request, self.deadline, self.priority, 0, self.first))
+        sent = self.send(self.request, self.deadline, self.priority, 0, self.first)
+        result = sent if sent is not None else first_attempt(sent)  # raises: a first attempt is never refused
         response = result.response
         if self.observe is not None:
             self.learn(response)  # aborted too: usually the slow one a hedge beat
@@ -182,11 +183,17 @@ class _HedgedCall:
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         if pace is not None:
             self.pace, self.number = pace, pace.start(started)
-        with self.lock:
-            self.workers, self.due_at, self.count = workers, due_at, count
-            self.timer_running = True
-            # token is still None: the first _schedule() makes this entry one that may not act.
-            self.cancel_timer = clock.add(due_at(1), functools.partial(self._fire, None))
+        # No lock yet: no other thread knows of the call before the clock has it, and the clock's
+        # lock orders these writes before the timer thread's reads.
+        self.workers, self.due_at, self.count = workers, due_at, count
+        self.timer_running = True
+        # token is still None: the first _schedule() makes this entry one that may not act.
+        self.cancel_timer = clock.add(due_at(1), self._fire_first)
+
+    def _fire_first(self) -> None:
+        """The first hedge's time came (on the strategy's clock, see :meth:`start_timer`). A bound
+        method rather than a partial: one object fewer a call, and equal to itself as a clock key."""
+        self._fire(None)
 
     def _schedule(self, due: float) -> None:
         """(Holding ``lock``.) Run :meth:`_fire` at ``due``, and no timer entry scheduled before."""
@@ -284,12 +291,19 @@ class _HedgedCall:
 
         Then an accepted attempt 0 is the call's answer as it is: nothing is in flight to abort or
         to wait for, and no answer can come that :meth:`wins` would weigh against it."""
-        with self.lock:
-            self.timer_running = False
-            cancel, self.cancel_timer = self.cancel_timer, None
-            alone = self.next_attempt == 1
-        if cancel is not None:
-            cancel()
+        cancel = self.cancel_timer
+        if self.token is None and cancel is not None and cancel() is not None:
+            # The clock gave back the first hedge's entry, so the timer never ran for this call and
+            # never will: nothing was launched, and no lock is needed to know it.
+            self.timer_running, self.cancel_timer = False, None
+            alone = True
+        else:
+            with self.lock:
+                self.timer_running = False
+                cancel, self.cancel_timer = self.cancel_timer, None
+                alone = self.next_attempt == 1
+            if cancel is not None:
+                cancel()
         if alone and self.pace is not None:
             # _answers(first), written out: every hedged call comes here.
             self.pace.end(
