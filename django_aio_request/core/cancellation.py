@@ -15,38 +15,53 @@ class Cancellation:
     (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_attempt`).
     """
 
-    __slots__ = ("_abort", "_answer_probe", "_callbacks", "_cancelled", "_lock")
+    __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock", "_watched")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancelled = False
         self._callbacks: list[Callable[[], None]] = []
         self._answer_probe: Callable[[], bool] | None = None
-        self._abort: Callable[[], None] | None = None  # the running attempt's (watch_attempt)
+        # The abort of the attempt that holds the slot (watch_attempt): one key, 0, or none. A dict
+        # for its setdefault(), which claims the slot in one step.
+        self._watched: dict[int, Callable[[], None]] = {}
 
     def watch_attempt(self, abort: Callable[[], None], answer_arrived: Callable[[], bool]) -> Callable[[], None]:
-        """The transport's hold on the attempt it runs (one at a time): ``abort`` runs on cancel (at
-        once if the cancellation was raised already), and ``answer_arrived`` is how
-        :meth:`answer_arrived` tells meanwhile (a look at the attempt's socket).
+        """The transport's hold on the attempt it runs: ``abort`` runs on cancel (at once if the
+        cancellation was raised already), and ``answer_arrived`` is how :meth:`answer_arrived`
+        tells meanwhile (a look at the attempt's socket).
 
         Returns what to call once the attempt is over: a cancel that starts after it runs ``abort``
         no more (one already running may still: ``abort`` must expect it, and to run twice), and
         :meth:`answer_arrived` says True from then on, since whatever the attempt got is in its
         caller's hands, and a hedge due then must wait for the caller to take over from it.
 
-        No lock, no list: every attempt of a hedged call comes here, most of them never cancelled.
-        The attempt's ``abort`` is stored, then the flag read; :meth:`cancel` raises the flag, then
-        reads what is stored. Whichever comes second sees the other's write, so a cancel racing
-        with the start of an attempt aborts it (twice, at worst)."""
+        Every attempt of a hedged call comes here, and most are never cancelled: the first attempt
+        watched takes a slot with no lock. Its ``abort`` is stored, then the flag read; :meth:`cancel`
+        raises the flag, then reads the slot. Whichever comes second sees the other's write, so a
+        cancel racing with the start of an attempt aborts it (twice, at worst). Attempts watched
+        while another holds the slot (one cancellation shared by attempts at once, which this
+        package's strategies never do) are callbacks, as :meth:`on_cancel`'s are."""
         self._answer_probe = answer_arrived
-        self._abort = abort
-        if self._cancelled:
-            abort()
-        return self._attempt_over
+        if self._watched.setdefault(0, abort) is abort:
+            if self._cancelled:
+                abort()
+            return self._attempt_over
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(abort)
+                return functools.partial(self._other_attempt_over, abort)
+        abort()
+        return functools.partial(self._other_attempt_over, None)
 
     def _attempt_over(self) -> None:
         self._answer_probe = _over
-        self._abort = None
+        self._watched.clear()  # called by the slot's holder only
+
+    def _other_attempt_over(self, abort: Callable[[], None] | None) -> None:
+        self._answer_probe = _over
+        if abort is not None:
+            self._remove(abort)
 
     def answer_arrived(self) -> bool:
         """Whether the attempt's answer has reached this process, unread yet; False when unknown."""
@@ -63,7 +78,7 @@ class Cancellation:
                 return
             self._cancelled = True
             callbacks, self._callbacks = self._callbacks, []
-        abort = self._abort  # read after the flag was raised: see watch_attempt()
+        abort = self._watched.get(0)  # read after the flag was raised: see watch_attempt()
         if abort is not None:
             abort()
         for callback in callbacks:

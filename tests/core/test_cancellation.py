@@ -55,6 +55,26 @@ def test_other_callbacks_stay_when_an_attempt_is_over() -> None:
     assert called == ["pause"]
 
 
+def test_attempts_sharing_one_cancellation_are_each_aborted_until_each_is_over() -> None:
+    """A strategy or transport of the application's own may run attempts at once on one
+    cancellation (found by review: only the last watched was aborted, and the first to end let go
+    of the others)."""
+    cancellation, aborted = Cancellation(), []
+    first_over = cancellation.watch_attempt(lambda: aborted.append("first"), lambda: False)
+    second_over = cancellation.watch_attempt(lambda: aborted.append("second"), lambda: False)
+    third_over = cancellation.watch_attempt(lambda: aborted.append("third"), lambda: False)
+    first_over()  # over: not aborted, and the others still are
+    cancellation.cancel()
+    second_over()
+    third_over()
+    assert sorted(aborted) == ["second", "third"]
+    later = Cancellation()
+    later.watch_attempt(lambda: aborted.append("a"), lambda: False)
+    later.watch_attempt(lambda: aborted.append("b"), lambda: False)()  # the second over first
+    later.cancel()
+    assert aborted[-1:] == ["a"]
+
+
 def test_the_transport_lets_go_of_the_attempt_once_it_returned(server: LoopbackServer) -> None:
     """After ``send`` returns, a cancel (a hedge that won later) touches nothing, and the strategy's
     question gets "arrived": no hedge goes for an attempt whose answer is in its caller's hands."""
