@@ -104,7 +104,8 @@ _ENDS_TRANSACTION = re.compile(
     re.IGNORECASE,
 )
 _forks = 0  # how many times this process's ancestors forked: QueryBound state from before is void
-_CATCHER = "_aio_request_catches_deadline"  # set on a request whose AioRequestMiddleware turns a deadline into 408
+# Set on a request whose AioRequestMiddleware turns a deadline into 408 (its sync path writes the name out).
+_CATCHER = "_aio_request_catches_deadline"
 
 
 class DeadlineExceeded(OperationalError):
