@@ -3,6 +3,7 @@ HTTP of its own: for answers no HTTP server library would send (malformed framin
 lines). It reads the request's head, writes ``answer``, and closes the connection."""
 
 import contextlib
+import io
 import itertools
 import socket
 import threading
@@ -178,3 +179,14 @@ class KeepAliveClosingServer(RawAnswerServer):
         body = b"" if head.startswith(b"HEAD ") else b"ok"
         conn.sendall(b"HTTP/1.1 " + self.status_line + b"\r\nContent-Length: 2\r\n\r\n" + body)
         return True
+
+
+class BytesSocket:
+    """What ``http.client.HTTPResponse`` reads an answer from (``makefile``), over fixed bytes: for
+    tests of the response class alone, with no server."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(io.BytesIO(self.data))

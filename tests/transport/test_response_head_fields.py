@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gzip
 import http.client
-import io
 import socket
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
 from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, FinalResponse, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer, send_once
-from tests.support.raw_server import RawAnswerServer, request_heads
+from tests.support.raw_server import BytesSocket, RawAnswerServer, request_heads
 
 DEADLINE = 5.0
 GZIPPED = gzip.compress(b'{"a": 1}')
@@ -620,16 +619,6 @@ _FRAMING_VALUES = {
 }
 
 
-class _BytesSocket:
-    """What ``HTTPResponse`` reads a head from: a socket's file over fixed bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(io.BytesIO(self.data))
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
@@ -651,9 +640,9 @@ def test_the_body_s_framing_and_the_connection_s_fate_are_what_http_client_decid
     data = (b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n" if continued else b"") + (
         f"{version} {code} Reason Phrase \r\n{head}\r\n".encode() + body
     )
-    ours = FinalResponse(_BytesSocket(data), method=method)  # type: ignore[arg-type]
+    ours = FinalResponse(BytesSocket(data), method=method)  # type: ignore[arg-type]
     ours.begin()
-    reference = http.client.HTTPResponse(_BytesSocket(data), method=method)  # type: ignore[arg-type]
+    reference = http.client.HTTPResponse(BytesSocket(data), method=method)  # type: ignore[arg-type]
     reference.begin()
     decided = ("status", "reason", "version", "chunked", "length", "will_close")
     assert {name: getattr(ours, name) for name in decided} == {name: getattr(reference, name) for name in decided}
