@@ -6,6 +6,7 @@ Taken as the answer, they left the final one on the pooled connection for the ne
 
 import http.client
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -235,7 +236,41 @@ def test_a_response_two_threads_close_at_once_raises_nothing() -> None:
     response = FinalResponse(BytesSocket(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))  # type: ignore[arg-type]
     response.begin()
     assert response.read() == b"ok"
+    raised: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            response.close()
+        except BaseException as error:
+            raised.append(error)
+
+    other = threading.Thread(target=close)
+
+    def other_closes() -> None:
+        other.start()
+        other.join(0.2)  # it may wait for this thread's close, as a thread would
+
     # The other thread's close comes in while this one flushes: IOBase.close() flushes, then marks closed.
-    steps = run_with_step(response.close, http.client.HTTPResponse.flush.__code__, 0, response.close)
+    steps = run_with_step(close, http.client.HTTPResponse.flush.__code__, 0, other_closes)
+    other.join()
     assert steps > 0
+    assert raised == []
     assert response.closed
+
+
+def test_a_response_s_own_close_error_is_raised() -> None:
+    """Only the race is made harmless: an error closing the response's file is raised as ever."""
+    response = FinalResponse(BytesSocket(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"))  # type: ignore[arg-type]
+    response.begin()
+    file = response.fp
+
+    class Failing:
+        def flush(self) -> None:
+            raise ValueError("the file's own error")
+
+        def close(self) -> None:
+            file.close()
+
+    response.fp = Failing()
+    with pytest.raises(ValueError, match="the file's own error"):
+        response.close()
