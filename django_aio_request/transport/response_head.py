@@ -239,7 +239,8 @@ def _without_identity(value: str) -> str:
     return value if len(kept) == len(elements) else ", ".join(kept)
 
 
-# Closes of responses, one at a time (FinalResponse.close): a few steps each, and rare at once.
+# Closes of responses, one at a time (FinalResponse.close): a few steps each, no I/O, and rarely two at
+# once. Re-entrant: the garbage collector may finalize (close) another response within a close.
 _CLOSING = threading.RLock()
 
 
