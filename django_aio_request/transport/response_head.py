@@ -34,6 +34,7 @@ does.
 """
 
 import http.client
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -242,6 +243,17 @@ def _without_identity(value: str) -> str:
 # Closes of responses, one at a time (FinalResponse.close): a few steps each, no I/O, and rarely two at
 # once. Re-entrant: the garbage collector may finalize (close) another response within a close.
 _CLOSING = threading.RLock()
+
+
+def _renew_closing_lock() -> None:
+    """A parent thread closing a response at the fork left the lock held in the child for ever:
+    every response's close there would have waited on it."""
+    global _CLOSING  # the one lock of the module, made anew in a child
+    _CLOSING = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_closing_lock)
 
 
 class FinalResponse(http.client.HTTPResponse):

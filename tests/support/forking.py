@@ -3,17 +3,24 @@
 import contextlib
 import json
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+CHILD_SECONDS = 10
+
 
 def in_child(work: Callable[[], Any]) -> Any:
     """``work()`` in a forked child, which leaves without running the parent's cleanup; its JSON
-    result, read back through a pipe (None if the child wrote nothing)."""
+    result, read back through a pipe (None if the child wrote nothing, or hung past CHILD_SECONDS)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # A child that hangs (a lock held for ever) ends, and writes nothing: by the signal's default
+        # action, not a handler the parent had (pytest-timeout's).
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(CHILD_SECONDS)
         try:
             os.write(write, json.dumps(work()).encode())
         finally:
