@@ -183,8 +183,8 @@ class _HedgedCall:
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         if pace is not None:
             self.pace, self.number = pace, pace.start(started)
-        # No lock yet: no other thread knows of the call before the clock has it, and the clock's
-        # lock orders these writes before the timer thread's reads.
+        # No lock yet: no other thread knows of the call before the clock has it, and the timer
+        # thread finds it only through the clock's dict, which gets it after these writes.
         self.workers, self.due_at, self.count = workers, due_at, count
         self.timer_running = True
         # token is still None: the first _schedule() makes this entry one that may not act.
