@@ -45,7 +45,7 @@ from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from tests.support.forking import in_child
-from tests.support.loopback import LoopbackServer, clients, free_port, replies
+from tests.support.loopback import LoopbackServer, answer_when, clients, free_port, replies
 from tests.support.redis_server import RedisProcess, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1243,11 +1243,7 @@ def test_a_closed_client_whose_call_in_flight_restarted_its_breaker_store_is_fre
     thread polling Redis 10 times a second, and its connection."""
     release = threading.Event()
 
-    def slow(handler: Any) -> None:
-        release.wait(5)
-        handler.reply(200, b"late")
-
-    server.route("/slow", slow)
+    server.route("/slow", answer_when(release))
     name = f"closed-in-flight-{uuid.uuid4().hex[:8]}"
     config, problems = read_settings(
         {"CLIENTS": {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": {}}}, "CIRCUIT_BREAKER_STATE": "shared"}

@@ -10,7 +10,7 @@ import pytest
 
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core.cancellation import Cancellation
-from tests.support.loopback import Handler, LoopbackServer
+from tests.support.loopback import LoopbackServer, answer_when
 from tests.support.steps import run_with_step
 
 
@@ -93,11 +93,7 @@ def test_the_transport_lets_go_of_the_attempt_once_it_returned(server: LoopbackS
 def test_the_transport_aborts_a_running_attempt_on_cancel(server: LoopbackServer) -> None:
     release = threading.Event()
 
-    def stall(handler: Handler) -> None:
-        release.wait(5)
-        handler.reply(200, b"late")
-
-    server.route("/slow", stall)
+    server.route("/slow", answer_when(release))
     transport, cancellation = RequestsTransport(), Cancellation()
     try:
         timer = threading.Timer(0.2, cancellation.cancel)

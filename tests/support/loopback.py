@@ -231,6 +231,17 @@ def answer_after(delay: float, status: int = 200, body: bytes = b"") -> Callable
     return handle
 
 
+def answer_when(release: threading.Event, body: bytes = b"late") -> Callable[[Handler], None]:
+    """A route that answers 200 with ``body`` once ``release`` is set (at the latest after 5 s): a
+    server stalling an attempt for as long as the test wants."""
+
+    def handle(handler: Handler) -> None:
+        release.wait(5)
+        handler.reply(200, body)
+
+    return handle
+
+
 def hang_until_disconnect(handler: Handler) -> None:
     """A route that never answers while the client waits (it replies 200 if nobody hung up within 5 s)."""
     if wait_for_disconnect(handler, 5.0) is None:

@@ -38,7 +38,15 @@ from django_aio_request import (
 )
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.response import UnsentResponse
-from tests.support.loopback import Handler, LoopbackServer, free_port, holding_the_only_connection, replies, trickle
+from tests.support.loopback import (
+    Handler,
+    LoopbackServer,
+    answer_when,
+    free_port,
+    holding_the_only_connection,
+    replies,
+    trickle,
+)
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -934,11 +942,7 @@ def test_users_session_keeps_its_default_headers_and_auth(server: LoopbackServer
 def test_users_session_still_gets_deadlines(server: LoopbackServer) -> None:
     release = threading.Event()
 
-    def hang(handler: Handler) -> None:
-        release.wait(5)
-        handler.reply(200, b"late")
-
-    server.route("/hang", hang)
+    server.route("/hang", answer_when(release))
     transport = RequestsTransport(requests.Session())
     try:
         started = time.monotonic()
