@@ -374,6 +374,12 @@ class FinalResponse(http.client.HTTPResponse):
             return
         self.chunked, self.length = chunked, None
         length = framing.get("content-length")
+        if "transfer-encoding" in framing and (length is not None or self.version == 10):
+            # Framing RFC 9112 calls faulty (6.1: a Transfer-Encoding in an HTTP/1.0 answer, and beside
+            # a Content-Length, a sign of response splitting): read as before, and the connection not
+            # used again. Kept, the bytes its server sent after what the body was read as came as the
+            # next call's answer, and every later call on it got the answer of the call before.
+            self.will_close = True
         if chunked:
             self.fp = ChunkedFraming(self.fp)  # its framing, which the parsers take leniently: framing.py
             return
