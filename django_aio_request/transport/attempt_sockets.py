@@ -36,7 +36,7 @@ from django_aio_request.core import status
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
-from django_aio_request.transport.response_head import FinalResponse, NothingReceived
+from django_aio_request.transport.response_head import FinalResponse, HeadTooLarge, NothingReceived
 
 _local = threading.local()
 _CAN_POLL = hasattr(select, "poll")  # not on Windows: there answer_arrived() says False (unknown)
@@ -266,6 +266,14 @@ class StaleConnection(http.client.RemoteDisconnected):
     """
 
 
+class OutOfStep(StaleConnection):
+    """What came first on a kept-alive connection was no status line: the rest of an earlier answer
+    the server sent past its framing (gunicorn 23.0 sends a body with its answer to ``HEAD`` when the
+    view streams one, a moment after the head), not this request's answer. The server may have read
+    the request, as with any stale connection: an idempotent one goes again on a fresh connection.
+    """
+
+
 class _GuardedConnectionMixin:
     sock: socket.socket | None
     timeout: Any
@@ -419,6 +427,13 @@ class _GuardedConnectionMixin:
             if not self._aio_request_reused:
                 raise
             raise StaleConnection(f"a kept-alive connection ended before any answer: {error}") from error
+        except (http.client.BadStatusLine, HeadTooLarge) as error:
+            if not (self._aio_request_reused and getattr(error, "first_line", False)):
+                raise  # on a new connection: the server's own answer, malformed or too large (a 489)
+            what = type(error).__name__
+        # Raised here, out of the handler, so that it carries no HeadTooLarge as its context: that one
+        # is the endpoint's answer, not retried (requests_transport.py), and this is not its answer.
+        raise OutOfStep(f"what came first on a kept-alive connection was no status line ({what})")
 
 
 class _GuardedResponse(FinalResponse):

@@ -41,6 +41,7 @@ from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import (
     POOL_CLASSES,
     AttemptSockets,
+    OutOfStep,
     StaleConnection,
     _is_name,
     current_attempt,
@@ -623,12 +624,9 @@ class RequestsTransport(Transport):
                 raise
             if not may_send_again():  # the retry budget pays for it, as for an extra attempt
                 raise
+            what = _stale_what(_wrapped(error, StaleConnection))
             _let_go(error)
-        logger.debug(
-            "%s %s: the server closed the kept-alive connection as the request went out; sent again on a fresh one",
-            request.method,
-            _logged_target(endpoint, request),
-        )
+        logger.debug("%s %s: %s; sent again on a fresh one", request.method, _logged_target(endpoint, request), what)
         guard.fresh = True
         return self._send(sendable, request, endpoint, guard, started)
 
@@ -901,8 +899,8 @@ class RequestsTransport(Transport):
             # At the deadline the timer shut the socket down, and what urllib3 raised then (a
             # ProtocolError, a ConnectionError) named a broken peer: the log says the deadline.
             why = "the deadline ran out" if code == status.TIMEOUT else type(error).__name__
-            if code == status.NETWORK_ERROR and _wrapped(error, StaleConnection) is not None:
-                why = "StaleConnection: the server closed the kept-alive connection before answering, not sent again"
+            if code == status.NETWORK_ERROR and (stale := _wrapped(error, StaleConnection)) is not None:
+                why = f"{type(stale).__name__}: {_stale_what(stale)}, not sent again"
             logger.warning(
                 "%s %s failed after %.3fs: %s (status %s)",
                 request.method,
@@ -1183,14 +1181,22 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 def _may_send_again(error: Exception, request: Request, guard: AttemptSockets) -> bool:
     """Whether the attempt that raised ``error`` may go once more, on a fresh connection: the server
     closed the kept-alive connection its request went out on before answering anything
-    (:class:`StaleConnection`), the method is idempotent, this was the attempt's first try, and it
-    was not aborted. A POST may have been read and acted on: its 489 stands (docs/faults.md)."""
+    (:class:`StaleConnection`), or bytes of an earlier answer came on it first (:class:`OutOfStep`),
+    the method is idempotent, this was the attempt's first try, and it was not aborted. A POST may
+    have been read and acted on: its 489 stands (docs/faults.md)."""
     return (
         not guard.fresh
         and guard.reason is None
         and request.method.upper() in _IDEMPOTENT
         and _wrapped(error, StaleConnection) is not None
     )
+
+
+def _stale_what(stale: StaleConnection | None) -> str:
+    """What happened on the kept-alive connection, for the log (never the peer's bytes)."""
+    if isinstance(stale, OutOfStep):
+        return "what came first on the kept-alive connection was no status line (the rest of an earlier answer)"
+    return "the server closed the kept-alive connection before answering"
 
 
 def _time_to_send_again(guard: AttemptSockets) -> bool:

@@ -290,11 +290,18 @@ class FinalResponse(http.client.HTTPResponse):
             try:
                 version, status, reason = super()._read_status()  # type: ignore[misc]
             except http.client.LineTooLong as error:  # a status line past 64 KiB: a plain 489, retried
-                raise HeadTooLarge(f"a status line longer than {_MAX_LINE} bytes") from error
+                too_long = HeadTooLarge(f"a status line longer than {_MAX_LINE} bytes")
+                too_long.first_line = first  # type: ignore[attr-defined]
+                raise too_long from error
             except (http.client.RemoteDisconnected, ConnectionResetError) as error:
                 if not first:  # after an interim response: the server had the request
                     raise
                 raise NothingReceived(f"the connection ended before any answer: {error}") from error
+            except http.client.BadStatusLine as error:
+                # What a kept-alive connection's GuardedHTTPConnection.getresponse() looks at: the
+                # answer's first line was no status line (the rest of an earlier answer, maybe).
+                error.first_line = first  # type: ignore[attr-defined]
+                raise
             first = False
             if 100 <= status < 200:
                 self._interim_read = True

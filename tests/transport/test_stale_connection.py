@@ -2,7 +2,10 @@
 race): an idempotent request is sent again once on a fresh connection; a POST is not."""
 
 import hashlib
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,13 +14,15 @@ import pytest
 import requests
 
 import django_aio_request as dar
+from benchmarks._shedding_load import BIN, ROOT
 from django_aio_request import Client, Deadline, delete, get, post, put
 from django_aio_request.core import status
 from django_aio_request.core.deadline import client_low_timeout_threshold
 from django_aio_request.core.request import Request
 from django_aio_request.transport.requests_transport import RequestsTransport
-from tests.support.loopback import clients
-from tests.support.raw_server import KeepAliveClosingServer
+from tests.support.gunicorn_releases import folder
+from tests.support.loopback import clients, free_port, wait_until_listening
+from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer, request_heads
 
 ROUTES = ["direct", "requests"]  # the transport's own route, and requests' (a session with auth)
 
@@ -367,3 +372,107 @@ def test_the_answer_to_a_request_sent_again_is_seen_waiting_unread(
     assert (response.status, response.read()) == (200, b"ok")
     assert server.connections == 2  # sent again
     assert seen == [True]
+
+
+class StrayBytesServer(RawAnswerServer):
+    """A keep-alive server that answers a ``HEAD`` with a head and, a moment later, ``stray`` bytes
+    (gunicorn 23.0 sends the body of a view that streams one with its answer to ``HEAD``), and every
+    other request with ``200 ok``, each after what it sent before on the connection."""
+
+    def __init__(self, stray: bytes) -> None:
+        self.stray = stray
+        self.requests_read = 0
+        super().__init__()
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        for head in request_heads(conn, 5.0):
+            with self._lock:
+                self.requests_read += 1
+            if head.startswith(b"HEAD "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.stray))
+                time.sleep(0.05)  # after the client read the head and gave the connection back
+                conn.sendall(self.stray)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+STRAY = {"a short body": b"hello world", "a body past the status line's 64 KiB": b"x" * 70_000}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("stray", list(STRAY.values()), ids=list(STRAY))
+def test_a_get_after_bytes_of_an_earlier_answer_on_its_connection_is_sent_again_on_a_fresh_one(
+    stray: bytes, route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review against gunicorn 23.0.0: the call after a HEAD read the HEAD's body as its own
+    status line, a 489 (and past 64 KiB one marked not to be retried, X-Response-Too-Large)."""
+    server = StrayBytesServer(stray)
+    transport = transport_for(route)
+    caplog.set_level("DEBUG", logger="django_aio_request")
+    try:
+        head = transport.send(server.url, dar.request("HEAD", "x"), 5.0)
+        assert (head.status, head.read()) == (200, b"")
+        response = transport.send(server.url, get("y"), 5.0)
+        assert (response.status, response.read()) == (200, b"ok")
+        assert "X-Response-Too-Large" not in response.headers
+    finally:
+        transport.close()
+        server.close()
+    assert server.connections == 2  # sent again once, on a new connection
+    assert "no status line (the rest of an earlier answer); sent again on a fresh one" in caplog.text
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_post_after_bytes_of_an_earlier_answer_on_its_connection_is_not_sent_again(
+    route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server read it (it answers it after the stray bytes): sent again, it would act twice."""
+    server = StrayBytesServer(b"hello world")
+    transport = transport_for(route)
+    try:
+        transport.send(server.url, dar.request("HEAD", "x"), 5.0).read()
+        response = transport.send(server.url, post("y", b"charge"), 5.0)
+        assert response.status == status.NETWORK_ERROR
+    finally:
+        transport.close()
+        server.close()
+    assert server.connections == 1
+    assert server.requests_read == 2
+    assert "OutOfStep: what came first on the kept-alive connection was no status line" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_calls_after_heads_that_gunicorn_23_answers_with_a_body_each_get_their_own_answer() -> None:
+    """What users run: gunicorn 23.0.0 sends the body with its answer to HEAD (24.1 and later do
+    not). Before, 53-64 of 1,000 GETs that followed a HEAD on 4 threads got a 489 (review)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder("23.0.0")), str(ROOT)])}
+    command = [str(BIN / "gunicorn"), "-k", "gthread", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+               "--log-level", "warning", "tests.support.head_body_app:wsgi"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    client = dar.setup(
+        endpoint=f"http://127.0.0.1:{port}/", timeout=5, safe_method_strategy=dar.single_attempt_strategy()
+    )
+    wrong: list[tuple[int, bytes]] = []
+
+    def pairs(thread: int) -> None:
+        for number in range(150):
+            with client.request(dar.request("HEAD", "head")) as response:
+                assert (response.status, response.read()) == (200, b"")
+            with client.request(get(f"ok/{thread}/{number}")) as response:
+                body = response.read()
+                if (response.status, body) != (200, f"answer for /ok/{thread}/{number}".encode()):
+                    wrong.append((response.status, body[:40]))
+
+    try:
+        wait_until_listening(process, port, "gunicorn")
+        threads = [threading.Thread(target=pairs, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert wrong == []
