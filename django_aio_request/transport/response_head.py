@@ -34,7 +34,6 @@ does.
 """
 
 import http.client
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -240,22 +239,6 @@ def _without_identity(value: str) -> str:
     return value if len(kept) == len(elements) else ", ".join(kept)
 
 
-# Closes of responses, one at a time (FinalResponse.close): a few steps each, no I/O, and rarely two at
-# once. Re-entrant: the garbage collector may finalize (close) another response within a close.
-_CLOSING = threading.RLock()
-
-
-def _renew_closing_lock() -> None:
-    """A parent thread closing a response at the fork left the lock held in the child for ever:
-    every response's close there would have waited on it."""
-    global _CLOSING  # the one lock of the module, made anew in a child
-    _CLOSING = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_closing_lock)
-
-
 class FinalResponse(http.client.HTTPResponse):
     """``http.client.HTTPResponse`` that reads past interim responses and parses its header fields
     as HTTP does (see the module docstring)."""
@@ -267,7 +250,7 @@ class FinalResponse(http.client.HTTPResponse):
     fp: Any  # the socket's file, or the chunked framing around it
 
     def close(self) -> None:
-        """Close, one thread at a time.
+        """Close, by the first thread that does: a close from another thread, then or later, does nothing.
 
         urllib3 gives the connection back to its pool once the body was read, and closes the
         response again right after; meanwhile the connection may go to another attempt, which closes
@@ -275,9 +258,18 @@ class FinalResponse(http.client.HTTPResponse):
         this one. ``IOBase.close()`` flushes before it marks the file closed, and the flush of a file
         the other thread marked closed in between raised "I/O operation on closed file": a 489 for
         an answer read whole (1 call in about 5,000 with 16 threads on a server that resets every
-        second request). One at a time, the second close finds the response closed and does nothing."""
-        with _CLOSING:
-            super().close()
+        second request).
+
+        The first thread claims the response in one step (``dict.setdefault``, atomic), and only it
+        closes it; the same thread may close it again (the garbage collector finalizing it within
+        the close, a second close after the first). Not a lock: one lock for every response (as
+        it was) made a close that waits, such as one made while another thread is blocked reading
+        the response (the file's close waits for that read), hold every other response's close in
+        the process as long (2.6 s in a review's probe); and a lock held at a fork stays held."""
+        me = threading.get_ident()
+        if self.__dict__.setdefault("_aio_request_closed_by", me) != me:
+            return
+        super().close()
 
     def _read_status(self) -> tuple[str, int, str]:
         """The final (or ``100``/``101``) status line, past the interim responses before it and their

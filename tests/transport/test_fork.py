@@ -100,17 +100,3 @@ def test_pool_options_of_a_user_s_adapter_hold_in_the_child(server: LoopbackServ
         assert in_child(lambda: answer(transport, server.url, "who")) == [200, "127.0.0.2"]
     finally:
         transport.close()
-
-
-def test_a_response_being_closed_at_the_fork_leaves_the_child_s_closes_free(server: LoopbackServer) -> None:
-    """Responses are closed one at a time, under one lock (transport/response_head.py): a parent
-    thread closing one at the fork left it held in the child, whose every call would then wait."""
-    from django_aio_request.transport import response_head
-
-    server.route("/fast", echo_after(0))
-    transport = dar.RequestsTransport()
-    try:
-        with held_by_another_thread(response_head._CLOSING):
-            assert in_child(lambda: answer(transport, server.url, "fast", 1.0)) == [200, "/fast"]
-    finally:
-        transport.close()

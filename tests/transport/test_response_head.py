@@ -4,6 +4,7 @@ A server may send interim responses (``103 Early Hints``, ``102 Processing``) be
 Taken as the answer, they left the final one on the pooled connection for the next call to read.
 """
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -256,6 +257,54 @@ def test_a_response_two_threads_close_at_once_raises_nothing() -> None:
     assert steps > 0
     assert raised == []
     assert response.closed
+
+
+class _StallingConnection(http.client.HTTPConnection):
+    response_class = FinalResponse
+
+
+def test_a_close_that_waits_on_its_response_s_read_holds_no_other_response_s_close() -> None:
+    """A response closed while another thread is blocked reading it waits for that read (the file's
+    close takes the read's lock). Closes were made one at a time under one lock for every response:
+    meanwhile every other response's close in the process waited as long (2.6 s, found by review)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")  # 7 bytes never come
+                threading.Thread(target=lambda c=conn: (release.wait(10), c.close()), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    responses = []
+    for _ in range(2):
+        connection = _StallingConnection("127.0.0.1", listener.getsockname()[1], timeout=10)
+        connection.request("GET", "/")
+        responses.append(connection.getresponse())
+    stalled, other = responses
+
+    def read_stalled() -> None:
+        # Cut short at the end; http.client's own read and close, racing, may drop its file under it.
+        with contextlib.suppress(http.client.HTTPException, ValueError, OSError, AttributeError):
+            stalled.read()
+
+    reader = threading.Thread(target=read_stalled, daemon=True)
+    try:
+        reader.start()
+        time.sleep(0.2)  # blocked in its read, holding the file's lock
+        closer = threading.Thread(target=stalled.close, daemon=True)
+        closer.start()
+        time.sleep(0.2)  # waiting for that read
+        started = time.monotonic()
+        other.close()
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+        listener.close()
+        reader.join(10)
 
 
 def test_a_response_s_own_close_error_is_raised() -> None:
