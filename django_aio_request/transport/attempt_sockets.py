@@ -268,9 +268,10 @@ class StaleConnection(http.client.RemoteDisconnected):
 
 class OutOfStep(StaleConnection):
     """What came first on a kept-alive connection was no status line: the rest of an earlier answer
-    the server sent past its framing (gunicorn 23.0 sends a body with its answer to ``HEAD`` when the
-    view streams one, a moment after the head), not this request's answer. The server may have read
-    the request, as with any stale connection: an idempotent one goes again on a fresh connection.
+    the server sent past its framing (more than its ``Content-Length`` said, sent late), not this
+    request's answer. The server may have read the request, as with any stale connection: an
+    idempotent one goes again on a fresh connection. (An answer to ``HEAD`` that announces a body,
+    which gunicorn 23.0 sends after all, keeps no connection: response_head.py.)
     """
 
 

@@ -900,7 +900,8 @@ class RequestsTransport(Transport):
             # ProtocolError, a ConnectionError) named a broken peer: the log says the deadline.
             why = "the deadline ran out" if code == status.TIMEOUT else type(error).__name__
             if code == status.NETWORK_ERROR and (stale := _wrapped(error, StaleConnection)) is not None:
-                why = f"{type(stale).__name__}: {_stale_what(stale)}, not sent again"
+                again = "after it was sent again once, on a fresh connection" if guard.fresh else "not sent again"
+                why = f"{type(stale).__name__}: {_stale_what(stale)}, {again}"
             logger.warning(
                 "%s %s failed after %.3fs: %s (status %s)",
                 request.method,

@@ -269,6 +269,8 @@ class FinalResponse(http.client.HTTPResponse):
         me = threading.get_ident()
         if self.__dict__.setdefault("_aio_request_closed_by", me) != me:
             return
+        # A close that raises leaves nothing for another to do: IOBase marks the file closed and
+        # http.client drops the response's file whatever the flush or the file's close raised.
         super().close()
 
     def _read_status(self) -> tuple[str, int, str]:
@@ -291,8 +293,10 @@ class FinalResponse(http.client.HTTPResponse):
                 raise NothingReceived(f"the connection ended before any answer: {error}") from error
             except http.client.BadStatusLine as error:
                 # What a kept-alive connection's GuardedHTTPConnection.getresponse() looks at: the
-                # answer's first line was no status line (the rest of an earlier answer, maybe).
-                error.first_line = first  # type: ignore[attr-defined]
+                # answer's first line was no status line (the rest of an earlier answer, maybe). One
+                # that starts as one ("HTTP/1.1 2000 OK") is the server's, malformed.
+                line = str(error.args[0]) if error.args else ""
+                error.first_line = first and not line.startswith("HTTP/")  # type: ignore[attr-defined]
                 raise
             first = False
             if 100 <= status < 200:
@@ -368,6 +372,16 @@ class FinalResponse(http.client.HTTPResponse):
             # them until the deadline: its read_chunked reads nothing from a response already
             # closed, and gives the connection back to the pool then.
             self.chunked, self.length = False, 0
+            if self._method == "HEAD" and (
+                "transfer-encoding" in framing or framing.get("content-length", "0").strip(" \t") not in ("", "0")
+            ):
+                # An answer to HEAD that announces a body: a server may send that body after all
+                # (gunicorn 23.0 does, a moment after the head, for a view that streams one or a
+                # redirect's page), and on a kept connection the next request read it as its answer's
+                # start: sent again when it could go again (OutOfStep), a 489 when it could not (a
+                # POST its server had read and acted on: 40-93 of 1,200 after HEADs on 4 threads).
+                # The cost: the request after a HEAD opens a connection of its own.
+                self.will_close = True
             if chunked:
                 self._close_conn()
             return

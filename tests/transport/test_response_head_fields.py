@@ -651,6 +651,8 @@ def test_the_body_s_framing_and_the_connection_s_fate_are_what_http_client_decid
     bodiless = method == "HEAD" or code in (204, 304)
     if "Transfer-Encoding" in framing and ("Content-Length" in framing or version == "HTTP/1.0") and not bodiless:
         expected["will_close"] = True  # framing RFC 9112 6.1 calls faulty, which http.client keeps
+    if method == "HEAD" and ("Transfer-Encoding" in framing or framing.get("Content-Length", "0") != "0"):
+        expected["will_close"] = True  # an answer to HEAD announcing a body, which a server may send anyway
     assert {name: getattr(ours, name) for name in decided} == expected
     assert list(ours.headers.items()) == list(reference.headers.items())
     assert _body(ours) == _body(reference)
