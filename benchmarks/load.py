@@ -25,7 +25,8 @@ The load (``--rate``):
   caller with single attempts (every caller sends its next GET when the previous one is answered:
   what the machine sustains), then every run at ``--load-fraction`` (0.7) of that rate, or, with
   ``--target-cpu`` (0.7, the default; 0 for none), at the rate that short open-loop single runs
-  (``--steer-runs``, at most 4, of 6 s) find keeps the whole machine that busy; with
+  (``--steer-runs``, at most 4, of 6 s) find keeps the whole machine that busy, but never above 0.8
+  of the calibrated rate (a caller with few threads is bound by them long before the CPU); with
   ``--overload`` (the default), right after it a hedged run as long in a closed loop (its warm-up at
   the open-loop rate, so that the learned delay knows the unsaturated billing first): hedging at
   saturation, where the safety mechanisms have something to do;
@@ -69,6 +70,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -972,12 +974,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 STEER_TOLERANCE = 0.03  # a steering run this close to --target-cpu ends the steering
+# The steering never goes above this share of the calibrated (closed-loop) rate. A caller with few
+# threads is bound by them, not by the CPU: with 1 worker of 4 threads (168 calls/s at 20% CPU) the
+# rate steered to 70% CPU was 595 calls/s, 3.5 times what it could serve, and the single runs
+# queued for 30 s.
+STEER_CEILING = 0.8
 STEER_SECONDS = 6.0  # shorter runs, just after gunicorn started, measured the CPU of a rate less steadily
 
 
 def steer(
     rate: float,
     *,
+    ceiling: float = math.inf,
     billing_url: str,
     billing_pid: int,
     environment: dict[str, str],
@@ -991,7 +999,8 @@ def steer(
     84% CPU. Short open-loop single runs correct the rate in proportion (CPU grows about linearly
     with the rate below saturation), each change at most by half, until one lands within 3 points
     or ``args.steer_runs`` have run; the rate returned is the last one corrected. It only narrows the
-    spread: on one VM the same rate measured 58% and 72% a minute apart.
+    spread: on one VM the same rate measured 58% and 72% a minute apart. Never above ``ceiling``
+    (:data:`STEER_CEILING` of the calibrated rate): past it the caller's threads, not the CPU, are full.
     """
     for step in range(args.steer_runs):
         probe = run(
@@ -1006,11 +1015,18 @@ def steer(
         )
         results.append(probe)
         close = abs(probe.cpu - args.target_cpu) <= STEER_TOLERANCE
+        capped = False
         if not close:
-            rate *= min(1.5, max(0.5, args.target_cpu / max(probe.cpu, 0.01)))
+            wanted = rate * min(1.5, max(0.5, args.target_cpu / max(probe.cpu, 0.01)))
+            capped = wanted > ceiling
+            if capped and rate >= ceiling:
+                print(f"  {probe.label}: {probe.throughput:.1f} calls/s at {100 * probe.cpu:.0f}% CPU", flush=True)
+                break  # already at the ceiling: no faster run to try
+            rate = min(wanted, ceiling)
         print(
             f"  {probe.label}: {probe.throughput:.1f} calls/s at {100 * probe.cpu:.0f}% CPU"
-            + ("" if close else f"; next at {rate:.1f} calls/s"),
+            + ("" if close else f"; next at {rate:.1f} calls/s")
+            + (f" ({STEER_CEILING:g} of the calibrated rate: the caller's threads are the bound)" if capped else ""),
             flush=True,
         )
         if close:
@@ -1133,6 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.target_cpu:
                     rate = steer(
                         rate,
+                        ceiling=STEER_CEILING * calibration.throughput,
                         billing_url=billing_url,
                         billing_pid=billing.pid,
                         environment=environment,

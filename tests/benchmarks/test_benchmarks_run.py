@@ -102,6 +102,28 @@ def test_load_steers_the_rate_to_the_target_cpu(
     assert all(later / earlier >= 0.5 for earlier, later in itertools.pairwise(probes))
 
 
+def test_load_steers_no_higher_than_its_ceiling_when_the_caller_s_threads_are_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1 worker of 4 threads served 168 calls/s at 20% CPU: steered to 70% CPU, the rate was 3.5 times
+    that, and the single runs queued for 30 s."""
+    from benchmarks import load
+
+    probes: list[float] = []
+
+    def fake_run(kind: str, number: int, *, rate: float, **_: object) -> _Probe:
+        probes.append(rate)
+        return _Probe(rate, rate * 0.0012)  # 20% CPU at 168 calls/s
+
+    monkeypatch.setattr(load, "run", fake_run)
+    args = load.parse_args(["--target-cpu", "0.7", "--steer-runs", "4"])
+    ceiling = load.STEER_CEILING * 168
+    rate = load.steer(117.6, ceiling=ceiling, billing_url="", billing_pid=0, environment={}, args=args, results=[])
+    assert rate == ceiling
+    assert max(probes) <= ceiling
+    assert len(probes) == 2  # the first try, then one at the ceiling: no third run that could go no higher
+
+
 @pytest.mark.parametrize("options", [("--new-values",), ("--no-headers", "--stack", "none")])
 def test_middleware_runs_with_new_timeouts_or_none(options: tuple[str, ...]) -> None:
     out = _run("benchmarks.middleware", "--pairs", "100", "--warmup", "20", *options)
