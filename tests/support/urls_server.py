@@ -250,3 +250,14 @@ urlpatterns = [
     path("cached-timed-listing", cache_page(60)(timeout(5)(listing))),
     path("timed-cached-listing", timeout(5)(cache_page(60)(listing))),
 ]
+
+
+class SyncOnlyMiddleware:
+    """A sync-only middleware (no ``async_capable``), as older third-party middleware is: under ASGI
+    Django runs the layers below it in a thread."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)  # type: ignore[no-any-return]
