@@ -13,8 +13,10 @@ class DjangoAioRequestConfig(AppConfig):
         ``manage.py check`` from reporting it (the first use of a client or the middleware raises)."""
         from django_aio_request import checks  # noqa: F401 - registers the system checks
         from django_aio_request.breaker_publisher import client_built as watch_breaker
+        from django_aio_request.server.async_stack import watch_first_request
         from django_aio_request.server.database import install
         from django_aio_request.signals import client_built
 
         client_built.connect(watch_breaker, dispatch_uid="django_aio_request.breaker_publisher")
+        watch_first_request()  # under ASGI, warns once if async views cannot be cancelled at the deadline
         install()  # bounds PostgreSQL queries by the deadline when AIO_REQUEST["DATABASE_STATEMENT_TIMEOUT"]

@@ -20,14 +20,18 @@ from django.utils.module_loading import import_string
 
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
+from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
+from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 
 #: The ids of the checks of other settings (those of AIO_REQUEST's own: ``conf/reader.py``'s CODES).
 CACHE_WITHOUT_TIMEOUTS = "W010"
 DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
+SYNC_MIDDLEWARE_BELOW = "W012"
 UNSUPPORTED_DATABASE = "E020"  # E0xx below E020: AIO_REQUEST's own (conf/reader.py)
 CODES = {
     CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
+    SYNC_MIDDLEWARE_BELOW: "async views cannot be cancelled: sync-only middleware below AioRequestMiddleware",
     UNSUPPORTED_DATABASE: "the app's tables migrated to a database other than SQLite or PostgreSQL",
 }
 #: The databases the app's migrations are written for: its view of the breakers (0002, 0004) is SQL
@@ -410,6 +414,26 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
             )
         )
     return found
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_async_stack(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when ``CANCEL_ASYNC_VIEWS_ON_TIMEOUT`` is on and middleware below AioRequestMiddleware
+    cannot run async: under ASGI no async view is then cancelled (server/async_stack.py)."""
+    if not cancelling(getattr(settings, SETTING, None)):
+        return []
+    below = sync_only_below(getattr(settings, "MIDDLEWARE", None))
+    if not below:
+        return []
+    return [
+        checks.Warning(
+            warning_text(below),
+            hint=ASYNC_STACK_HINT,
+            obj="settings.MIDDLEWARE",
+            id=f"django_aio_request.{SYNC_MIDDLEWARE_BELOW}",
+        )
+    ]
 
 
 @checks.register("django_aio_request")
