@@ -421,7 +421,7 @@ class Client:
             # Only a client that watches its breaker (one with metrics, open) ends its watch: another
             # client sharing the breaker keeps it in the gauge (see watch_breaker).
             if was_open and self.circuit_breaker is not None and self._metrics is not None:
-                unwatch_breaker(self.circuit_breaker)
+                unwatch_breaker(self.circuit_breaker, self.endpoint)
         if drivers is not None:
             # Takes no new call; queued calls still run (none is cancelled unasked), idle threads end.
             drivers.shutdown(wait=False)

@@ -35,15 +35,20 @@ _lock = threading.Lock()
 
 class _Watched:
     """A watched breaker's entry: the state each of its scopes is counted in, the finalizer that
-    takes them out of the gauge if the breaker is garbage-collected while watched, and how many
-    clients watch it (open clients with metrics sharing it). None refers to the breaker."""
+    takes them out of the gauge if the breaker is garbage-collected while watched, and per scope how
+    many clients watch it (open clients with metrics sharing the breaker, by endpoint). None refers
+    to the breaker.
 
-    __slots__ = ("counted", "finalizer", "watchers")
+    Only watched scopes are exported: a ``metrics=False`` client sharing the breaker with a client
+    that has metrics showed its own endpoint in the gauge and counter once its circuit moved (45
+    series, an open circuit among them: its alert fired for a client whose metrics were off)."""
+
+    __slots__ = ("counted", "finalizer", "scopes")
 
     def __init__(self, counted: dict[str, str], finalizer: "weakref.finalize[Any, Any]") -> None:
         self.counted = counted
         self.finalizer = finalizer
-        self.watchers = 1
+        self.scopes: dict[str, int] = {}
 
 
 # The breakers whose transitions are counted: a listener is added once per breaker, for its life.
@@ -134,8 +139,9 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
     shared by several clients is counted once. State labels are the enum's values. The gauge holds,
     per endpoint and state, how many breakers are in it: 1 and 0s with one client of an endpoint.
 
-    Each call is one watcher (a client with metrics, built or used again after ``close()``), ended by
-    one :func:`unwatch_breaker`: the breaker stays in the gauge while any of its watchers is open.
+    Each call is one watcher of ``endpoint`` (a client with metrics, built or used again after
+    ``close()``), ended by one :func:`unwatch_breaker`: the endpoint stays in the gauge while any of
+    its watchers is open, and only watched endpoints are exported.
     """
     add_listener: Callable[[Callable[[Any], None]], None] | None = getattr(breaker, "add_listener", None)
     if not ENABLED or add_listener is None:
@@ -144,15 +150,14 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
         _settle()
         watched = _counted.get(breaker)
         listen = False
-        if watched is not None:
-            watched.watchers += 1
-        else:
+        if watched is None:
             counted: dict[str, str] = {}
             finalizer = weakref.finalize(breaker, _on_collected, counted)
             finalizer.atexit = False  # at exit the gauge goes with the process
-            _counted[breaker] = _Watched(counted, finalizer)
+            watched = _counted[breaker] = _Watched(counted, finalizer)
             listen = breaker not in _listened
             _listened.add(breaker)
+        watched.scopes[endpoint] = watched.scopes.get(endpoint, 0) + 1
     # The endpoint's scope, even for a breaker counted already: one breaker may serve the clients of
     # several endpoints, and the second one's state and transitions were missing until its first
     # transition, which then started its counter at 1 (increase() missed its first opening).
@@ -163,18 +168,26 @@ def watch_breaker(breaker: object, endpoint: str) -> None:
         add_listener(functools.partial(_on_transition, weakref.ref(breaker)))
 
 
-def unwatch_breaker(breaker: object) -> None:
-    """End one watcher of the breaker (``Client.close()`` of a client with metrics); the last one
-    takes it out of the gauge: a client rebuilt with new settings must not be counted twice, and a
-    breaker shared by several clients stays counted while one of them is open (closing the other
-    took it out, and the gauge said 0 open while the live client's circuit was open)."""
+def unwatch_breaker(breaker: object, endpoint: str) -> None:
+    """End one watcher of the breaker's ``endpoint`` (``Client.close()`` of a client with metrics);
+    the last one takes the endpoint out of the gauge, and the breaker's last watcher the breaker: a
+    client rebuilt with new settings must not be counted twice, and a breaker shared by several
+    clients stays counted while one of them is open (closing the other took it out, and the gauge
+    said 0 open while the live client's circuit was open)."""
     with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
         if watched is None:
             return
-        watched.watchers -= 1
-        if watched.watchers > 0:
+        left = watched.scopes.get(endpoint, 0) - 1
+        if left > 0:
+            watched.scopes[endpoint] = left
+            return
+        watched.scopes.pop(endpoint, None)
+        if watched.scopes:
+            state = watched.counted.pop(endpoint, None)
+            if state is not None:
+                breaker_state.labels(endpoint, state).dec()
             return
         del _counted[breaker]
         watched.finalizer.detach()
@@ -185,7 +198,7 @@ def _move(breaker: object, scope: str, new: str) -> None:
     with recording(), _lock:
         _settle()
         watched = _counted.get(breaker)
-        if watched is None:  # closed meanwhile
+        if watched is None or scope not in watched.scopes:  # closed meanwhile, or no client with metrics calls it
             return
         counted = watched.counted
         old = counted.get(scope)
@@ -207,10 +220,15 @@ def _move(breaker: object, scope: str, new: str) -> None:
 
 
 def _on_transition(ref: "weakref.ref[Any]", transition: Any) -> None:
+    breaker = ref()
+    if breaker is None:
+        return
     scope, old, new = str(transition.scope), str(transition.old.value), str(transition.new.value)
+    with recording(), _lock:
+        watched = _counted.get(breaker)
+        if watched is None or scope not in watched.scopes:  # no open client with metrics calls this endpoint
+            return
     if not getattr(transition, "already_open", False):  # one opening counts once per process that saw it happen
         with recording():
             breaker_transitions.labels(scope, old, new).inc()
-    breaker = ref()
-    if breaker is not None:
-        _move(breaker, scope, new)
+    _move(breaker, scope, new)

@@ -767,8 +767,8 @@ def test_an_opening_a_process_finds_at_its_first_read_is_no_opening_of_its_own(
         assert run(c, True) == "fallback"
         assert (openings(), gauge_open()) == (counted + 1, open_ + 2)
     finally:
-        unwatch_breaker(b)
-        unwatch_breaker(c)
+        unwatch_breaker(b, "svc")
+        unwatch_breaker(c, "svc")
 
     [learned] = seen["b"]
     assert (learned.old, learned.new, learned.already_open) == (CircuitState.CLOSED, CircuitState.OPEN, True)

@@ -171,6 +171,61 @@ def test_one_breaker_for_two_endpoints_exports_both_from_setup(endpoint: str, se
         second.close()
 
 
+def _series_of(url: str) -> list[str]:
+    """Every breaker series labelled with ``url``, as a scrape of this process shows them."""
+    from prometheus_client import generate_latest
+
+    return [
+        line
+        for line in generate_latest(REGISTRY).decode().splitlines()
+        if f'request_endpoint="{url}"' in line and "circuit_breaker" in line
+    ]
+
+
+def test_a_metrics_false_client_sharing_a_breaker_shows_no_series_of_its_endpoint(
+    endpoint: str, server: LoopbackServer
+) -> None:
+    """Its circuit's state and transitions were exported once it moved, through the breaker its
+    neighbour with metrics watches (a review: 45 series, "open" at 1, its alert fired)."""
+    quiet_url = endpoint.rstrip("/") + "/quiet/"
+    server.route("/quiet/x", replies(503))
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    loud, quiet = build_sharing(endpoint, breaker), build_sharing(quiet_url, breaker, metrics=False)
+    try:
+        open_breaker(quiet)
+        open_breaker(loud)
+        assert _series_of(quiet_url) == []
+        assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 1)
+        labels = {"request_endpoint": endpoint, "from_state": "closed", "to_state": "open"}
+        assert REGISTRY.get_sample_value("aio_request_circuit_breaker_transitions_total", labels) == 1
+    finally:
+        quiet.close()
+        loud.close()
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (0, 0)
+
+
+def test_closing_the_client_of_one_endpoint_of_a_shared_breaker_takes_that_endpoint_out_only(
+    endpoint: str, server: LoopbackServer
+) -> None:
+    other = endpoint.rstrip("/") + "/other/"
+    server.route("/other/x", replies(503))
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    first, second = build_sharing(endpoint, breaker), build_sharing(other, breaker)
+    open_breaker(second)
+    second.close()
+    assert (gauge(other, "closed"), gauge(other, "open")) == (0, 0)  # was open 1 for a closed client
+    assert (gauge(endpoint, "closed"), gauge(endpoint, "open")) == (1, 0)
+    open_breaker(second)  # used again: watched again, its state exported as it is now
+    assert (gauge(other, "closed"), gauge(other, "open")) == (0, 1)
+    first.close()
+    second.close()
+    assert [gauge(url, state) for url in (endpoint, other) for state in ("closed", "open")] == [0, 0, 0, 0]
+
+
 def test_setup_creates_the_budget_series_under_the_fork_guard(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork while setup() created the retry budget's series (prometheus-client's lock held, one
     for the whole process in multiprocess mode) left the child's first metric waiting for ever:
