@@ -123,7 +123,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # Labelled metrics used on every call and request: children are cached by label values (a dict
-# lookup instead of prometheus_client's locked labels()), which is safe because every label set is bounded.
+# lookup instead of prometheus_client's locked labels()), which is safe because every label set is
+# bounded. A caller's own keys (cached()/cache(): raw values it maps to labels) are at most MAX_KEYS,
+# and their caller keeps them small (metrics/server.py caches no long raw header).
 
 #: aio-request's buckets, for its three latency histograms.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75,

@@ -172,6 +172,12 @@ def method_label(method: str | None) -> str:
 ServerObservation = tuple[str | None, str | None, str, int, frozenset[str] | None, float]
 
 
+# The longest raw X-Service-Name kept as a key of the family's cache: one that could still be a name
+# (white space around it is stripped). Longer ones, all "other", are labelled anew each time: kept,
+# 4,096 names of 8 KB (what a peer may send, up to the server's limit on a header) held 32 MiB a process.
+_CACHED_SERVICE_LENGTH = 2 * MAX_SERVICE_NAME_LENGTH
+
+
 def _record_server(observation: ServerObservation) -> None:
     family = server_latency
     key = observation[:5]
@@ -179,7 +185,11 @@ def _record_server(observation: ServerObservation) -> None:
     if child is None:
         service, method, route, status, known, _ = observation
         values = (service_label(service, known), method_label(method), route, str(status))
-        child = family.cache(key, family.labels(*values))
+        child = family.labels(*values)
+        # Keys are the raw values: only short service names and the methods kept as labels (a peer
+        # may send any token as its method) are cached; the route is the URLconf's, the rest small.
+        if (service is None or len(service) <= _CACHED_SERVICE_LENGTH) and method in _METHODS:
+            family.cache(key, child)
     child.observe(observation[5])
 
 

@@ -7,6 +7,7 @@ compares figures before and after.
 """
 
 import asyncio
+import gc
 import os
 import shutil
 import subprocess
@@ -522,6 +523,39 @@ def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None
     )
     assert server_metrics.service_label("x" * 1000, None) == "other"
     assert server_metrics.service_label(None, None) == "unknown"
+
+
+@override_settings(MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"])
+def test_long_service_names_and_odd_methods_hold_no_memory_once_recorded() -> None:
+    """Labels stay bounded, and so must what labelling them keeps: the cache of raw values held
+    every long name a peer sent (4,096 names of 8 KB: 32 MiB a process, a review found)."""
+    import tracemalloc
+
+    from django_aio_request import metrics as all_metrics
+
+    http = DjangoClient()
+
+    def held_after(name: Callable[[int], str], method: Callable[[int], str]) -> int:
+        """Bytes still allocated after 1,500 such requests were answered and recorded (the test
+        client keeps some of its own per request: the same for both kinds)."""
+        server_metrics.server_latency._by_key.clear()  # other tests' keys may have filled it
+        all_metrics.flush()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for n in range(1500):
+                http.generic(method(n), "/metrics-test/ping", headers={"X-Service-Name": name(n)})
+            all_metrics.flush()
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    short = held_after(lambda n: "orders", lambda n: "GET")
+    long = held_after(lambda n: f"{n:08d}" * 1000, lambda n: f"M{n:06d}" * 500)  # 8 KB names, 3.5 KB methods
+    assert long - short < 2**20  # before: 17 MiB more
+    labels = {"request_path": "metrics-test/ping", "request_client": "other", "request_method": "other"}
+    assert value(scrape(), "aio_request_server_latency_count", **labels) >= 1500
 
 
 # Without prometheus-client
