@@ -822,6 +822,17 @@ def _server(reader: Reader, top: Mapping[str, Any]) -> dict[str, Any] | None:
 MAX_SERVICE_NAME_LENGTH = h.MAX_SERVICE_NAME_LENGTH
 
 
+def _storable(name: str) -> bool:
+    """Whether a database's text column can hold ``name``: UTF-8 and no NUL."""
+    if "\x00" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
     value = _without_lazy_strings(value, {})
@@ -846,13 +857,21 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     clients: dict[str, ClientSpec] = {}
     for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
         path = f"['CLIENTS'][{shown(name)}]"
-        valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH
+        storable = isinstance(name, str) and _storable(name)
+        valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH and storable
         if not isinstance(name, str) or not name:
             reader.fail(path, "is not a valid client name: use a non-empty string")
         elif len(name) > CLIENT_NAME_LENGTH:  # admin's tables: a longer one failed every publishing round
             cut = shown(name)  # hidden first, then cut: a cut before its "@" hid nothing
             path = f"['CLIENTS'][{cut[:41] + cut[0] if len(cut) > 42 else cut}...]"
             reader.fail(path, f"is a client name longer than {CLIENT_NAME_LENGTH} characters")
+        elif not storable:
+            # Admin's tables again: PostgreSQL's text holds no NUL, and a lone surrogate is no UTF-8.
+            # Every publishing round of the process failed at its first query, so its other clients
+            # left admin too and their overrides were never obeyed.
+            reader.fail(
+                path, "is a client name with a NUL character or a lone surrogate, which a database cannot store"
+            )
         # The entry is read with a bad name too: its own problems are reported with the name's.
         spec = _client(reader, name if isinstance(name, str) else shown(name), client_value, path)
         if valid_name and spec is not None:

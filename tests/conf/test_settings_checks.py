@@ -286,6 +286,18 @@ def test_manage_py_check_reports_every_kind_with_its_id_and_no_traceback(
     assert "HINT: allowed: single, sequential, parallel, retry_until_deadline_expired" in done.stderr
 
 
+def test_manage_py_check_refuses_a_client_name_with_a_nul(tmp_path: Path) -> None:
+    settings = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/"}, "bad\\x00name": {"ENDPOINT": "http://x:1/"}}}
+"""
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "AIO_REQUEST['CLIENTS']['bad\\x00name'] is a client name with a NUL character" in done.stderr
+
+
 def test_other_commands_stop_with_the_same_list_and_no_traceback(tmp_path: Path) -> None:
     for arguments in (("migrate",), ("runserver", "--noreload", f"127.0.0.1:{free_port()}"), ("circuit_breakers",)):
         done = manage(tmp_path, *arguments)
