@@ -13,7 +13,6 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
@@ -251,15 +250,18 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         # override permission alone forced circuits its holder could not see.
         if not (self.has_view_permission(request) and self.has_override_permission(request)):
             raise PermissionDenied
-        obj = self.get_object(request, unquote(object_id))
-        if obj is None:
-            raise Http404(f"no circuit breaker {unquote(object_id)!r}")
         modes = {"force_open": Mode.FORCE_OPEN, "force_closed": Mode.FORCE_CLOSED, "automatic": None}
         mode = request.POST.get("mode", "")
         if mode not in modes:
             return HttpResponseBadRequest(f"mode must be one of {', '.join(modes)}")
-        self._override(request, self.get_queryset(request).filter(pk=obj.pk), modes[mode])
         info = self.opts.app_label, self.opts.model_name
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            # Its row went while the page was shown: no live process reports the circuit any more.
+            # Said, and back to the list (a bare 404 before), as Django's change view does.
+            self.message_user(request, GONE, messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:{}_{}_changelist".format(*info)))
+        self._override(request, self.get_queryset(request).filter(pk=obj.pk), modes[mode])
         return HttpResponseRedirect(reverse("admin:{}_{}_change".format(*info), args=[quote(obj.pk)]))
 
     # -- the actions: they need OVERRIDE_PERMISSION -----------------------------------------------
@@ -283,6 +285,14 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
         set_overrides(self, request, queryset, mode)
 
 
+#: What an override of circuits no process reports any more says: their rows went while the page was shown.
+GONE = (
+    "Nothing was changed: no live process reports the circuit breakers selected any more (their rows went while"
+    " the page was shown). Overrides apply to circuits processes report; those of circuits no process reports"
+    " are on the overrides list."
+)
+
+
 def set_overrides(
     model_admin: admin.ModelAdmin,  # type: ignore[type-arg]
     request: HttpRequest,
@@ -294,8 +304,9 @@ def set_overrides(
     now = timezone.now()
     # The username as it is now, as text: the model has no foreign key to the user model (models.py).
     by = request.user.get_username()[:CHANGED_BY_LENGTH] if request.user.is_authenticated else ""
-    changed = 0
+    changed = seen = 0
     for breaker in circuits:
+        seen += 1
         overrides = BreakerOverride.objects.filter(client=breaker.client, endpoint=breaker.endpoint)
         if mode is None:
             deleted, _ = overrides.delete()
@@ -307,11 +318,18 @@ def set_overrides(
             message = f"Override: {mode.label}"
         model_admin.log_change(request, breaker, message)
         changed += 1
+    if not seen:
+        # The rows selected went while the page was shown (a green "0 circuit breakers set forced
+        # open" before, though nothing was isolated).
+        model_admin.message_user(request, GONE, messages.WARNING)
+        return
     what = "back to automatic" if mode is None else mode.label
     noun = "circuit breaker" if changed == 1 else "circuit breakers"
+    left = seen - changed
+    already = f" ({left} already {'was' if left == 1 else 'were'})" if left else ""
     model_admin.message_user(
         request,
-        f"{changed} {noun} set {what}; every process obeys within a few seconds.",
+        f"{changed} {noun} set {what}{already}; every process obeys within a few seconds.",
         messages.SUCCESS,
     )
 

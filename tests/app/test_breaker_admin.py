@@ -378,6 +378,40 @@ def test_the_detail_page_has_the_actions(operator: BrowserClient, viewer: Browse
     assert BreakerOverride.objects.get().mode == "force_closed"
 
 
+def test_an_override_of_a_row_gone_while_the_page_was_shown_says_nothing_was_changed(operator: BrowserClient) -> None:
+    """A review: the list's action said "0 circuit breakers set forced open (isolated)" in green, and
+    the detail page's button answered a bare 404, for a circuit whose last process had stopped."""
+    live_report(1, "open", failures=5)
+    billing = breaker_id("billing", BILLING)
+    url = reverse(CHANGE, args=[quote(billing)])
+    assert operator.get(url).status_code == 200  # the page is shown, then the process goes
+    BreakerReport.objects.update(expires_at=Now() - datetime.timedelta(seconds=1))
+    page = operator.post(reverse(CHANGELIST), {"action": "force_open", "_selected_action": [billing]}, follow=True)
+    html = page.content.decode()
+    assert "Nothing was changed: no live process reports the circuit breakers selected any more" in html
+    assert 'class="warning"' in html
+    assert "set forced open" not in html
+    page = operator.post(url + "override/", {"mode": "force_open"}, follow=True)
+    assert page.redirect_chain[-1][0] == reverse(CHANGELIST)
+    assert "Nothing was changed" in page.content.decode()
+    assert not BreakerOverride.objects.exists()
+    assert not LogEntry.objects.exists()
+
+
+def test_back_to_automatic_says_how_many_were_automatic_already(reports: None, operator: BrowserClient) -> None:
+    billing = breaker_id("billing", BILLING)
+    selected = [billing, *(row.pk for row in BreakerStatus.objects.exclude(pk=billing))]
+    assert len(selected) >= 2
+    operator.post(reverse(CHANGELIST), {"action": "force_closed", "_selected_action": [billing]})
+    page = operator.post(
+        reverse(CHANGELIST), {"action": "back_to_automatic", "_selected_action": selected}, follow=True
+    )
+    already = len(selected) - 1
+    assert f"1 circuit breaker set back to automatic ({already} already {'was' if already == 1 else 'were'})" in (
+        page.content.decode()
+    )
+
+
 def test_the_override_permission_alone_overrides_nothing(db: None) -> None:
     """Staff who may override but not view the circuits: their list, the circuit's page and the list's
     actions answer 403, and so does the page's override button (a review: a forged post to it
