@@ -31,6 +31,7 @@ from django_aio_request.models import (
     CHANGED_BY_LENGTH,
     COUNT_WINDOW,
     LOCAL_STORE,
+    UNREACHABLE,
     BreakerOverride,
     BreakerStatus,
     BreakerTransition,
@@ -192,7 +193,7 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
             (
                 (r.host, r.pid, state_badge(r.state), calls(r.failures, r.successes, r.rejected),
                  f"{r.window_seconds:.0f} s", ago(r.changed_at, now), ago(r.reported_at, now),
-                 "this process" if r.store == LOCAL_STORE else f"shared in cache {r.store!r}")
+                 counted_where(r.store))
                 for r in obj.reports().order_by("host", "pid")
             ),
         )  # fmt: skip
@@ -291,6 +292,15 @@ GONE = (
     " the page was shown). Overrides apply to circuits processes report; those of circuits no process reports"
     " are on the overrides list."
 )
+
+
+def counted_where(store: str) -> str:
+    """Where a process's breaker counts, from its report's ``store``."""
+    if store == LOCAL_STORE:
+        return "this process"
+    if store.endswith(UNREACHABLE):
+        return f"this process, until cache {store.removesuffix(UNREACHABLE)!r} answers"
+    return f"shared in cache {store!r}"
 
 
 def set_overrides(

@@ -74,6 +74,8 @@ from django_aio_request.core.client import Client
 from django_aio_request.models import (
     COUNT_WINDOW,
     LOCAL_STORE,
+    STORE_LENGTH,
+    UNREACHABLE,
     BreakerOverride,
     BreakerReport,
     BreakerTransition,
@@ -122,10 +124,13 @@ def _ratio(failures: int, successes: int) -> float:
 
 
 def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
-    """ "local" for counts of this process alone, else the cache alias all processes share counts in."""
-    if isinstance(breaker.store, MemoryCircuitStore):
+    """ "local" for counts of this process alone, else the cache alias all processes share counts in,
+    marked while that cache does not answer (the store counts in this process until it does)."""
+    store = breaker.store
+    if isinstance(store, MemoryCircuitStore):
         return LOCAL_STORE
-    return str(getattr(breaker.store, "alias", type(breaker.store).__name__))
+    alias = str(getattr(store, "alias", type(store).__name__))[: STORE_LENGTH - len(UNREACHABLE)]
+    return alias + UNREACHABLE if getattr(store, "healthy", True) is False else alias
 
 
 def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:

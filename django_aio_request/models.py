@@ -32,6 +32,10 @@ class Mode(models.TextChoices):
 SEVERITY = (State.FORCED_OPEN, State.OPEN, State.HALF_OPEN, State.FORCED_CLOSED, State.CLOSED)
 
 LOCAL_STORE = "local"
+# After a shared cache's alias in a report made while that cache does not answer: the process then
+# counts on its own until it does, and admin says so (it said "shared in cache" throughout an outage).
+UNREACHABLE = " (unreachable)"
+STORE_LENGTH = 100
 CLIENT_LENGTH = CLIENT_NAME_LENGTH  # settings longer than these are errors (conf/schema.py)
 # Reports count the calls of the last COUNT_WINDOW seconds, whatever a breaker's SAMPLING_DURATION:
 # a one-second sampling window would show 0 failures nearly always, also while the circuit is open.
@@ -64,9 +68,9 @@ class BreakerReport(models.Model):
     )
     reported_at = models.DateTimeField(db_index=True)
     expires_at = models.DateTimeField(db_index=True, help_text="the report counts until then (heartbeat)")
-    # "local" (counts of this process alone), else the cache alias whose counts all processes share:
-    # the folded row adds up local counts but takes shared ones once.
-    store = models.CharField(max_length=100, default=LOCAL_STORE)
+    # Where the breaker counted: "local" (this process alone), else the alias of the cache whose counts
+    # all processes share, followed by UNREACHABLE while it does not answer. Shown in admin only.
+    store = models.CharField(max_length=STORE_LENGTH, default=LOCAL_STORE)
 
     class Meta:
         verbose_name = "circuit breaker report"

@@ -38,6 +38,7 @@ from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, free_port, silent_listener, wait_until_listening
 from tests.support.redis_server import require_redis
+from tests.support.resources import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -1295,6 +1296,33 @@ def test_a_breaker_sharing_a_cache_reports_its_alias(server: LoopbackServer, pub
         call("billing", 1)
         assert publisher.run_once()
     assert BreakerReport.objects.get().store == "default"
+
+
+@pytest.mark.django_db
+def test_a_process_whose_shared_cache_does_not_answer_is_shown_counting_on_its_own(
+    server: LoopbackServer, publisher: Publisher, settings: Any, admin_client: BrowserClient
+) -> None:
+    """A review: with Redis down, each process logged that it counted on its own, and admin still said
+    "shared in cache" for each of them. The cache here refuses connections (no server on its port)."""
+    server.route("/down", lambda h: h.reply(500))
+    settings.CACHES = {
+        **settings.CACHES,
+        "gone": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        },
+    }
+    with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_STATE="gone")):
+        call("billing", 1)
+        store = breaker().store
+        assert eventually(lambda: getattr(store, "healthy", True) is False, timeout=10)
+        assert publisher.run_once()
+        assert BreakerReport.objects.get().store == "gone (unreachable)"
+        url = reverse("admin:django_aio_request_breakerstatus_change", args=[quote(breaker_id("billing", server.url))])
+        html = admin_client.get(url).content.decode()
+        assert "this process, until cache &#x27;gone&#x27; answers" in html
+        assert "shared in cache" not in html
 
 
 @pytest.mark.django_db
