@@ -9,7 +9,7 @@ same settings except MIDDLEWARE:
   stack has it, else first).
 
 ``--stack django`` (the default) uses Django's default stack (security, sessions, common, CSRF,
-auth, messages: what ``startproject`` and this project's settings.base have). ``--stack none`` has
+auth, messages: ``startproject``'s stack without its X-Frame-Options middleware). ``--stack none`` has
 an empty base stack, so its ratio is the harshest one can measure: the test client and the handler
 are all the rest. Every
 request carries ``X-Request-Timeout: 5`` (``--timeout 4.987``: another value, such as the

@@ -444,3 +444,10 @@ def test_an_operator_sees_a_styled_admin_with_the_demo_s_breaker_and_overrides_i
         assert time.monotonic() < end, state
         time.sleep(0.5)
         browser.refresh()
+
+
+def test_the_demo_s_admin_may_not_be_framed_by_another_site(demo: Demo) -> None:
+    """Its override buttons in a hidden frame of another page would isolate a service for a click
+    (a review: the demo's settings left out startproject's X-Frame-Options middleware)."""
+    with _NO_PROXY.open(demo.url + "/admin/login/", timeout=30) as response:
+        assert response.headers["X-Frame-Options"] == "DENY"
