@@ -56,7 +56,7 @@ class LowTimeoutModule(RequestModule):
                 metrics.deadline_rejected(
                     attempt.request.method, "expired" if attempt.deadline.expired else "low_timeout"
                 )
-            return EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+            return UnsentResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
         return next_(attempt)
 
 
@@ -107,7 +107,7 @@ _NO_VERDICT = EmptyResponse(status=status.CANCELLED)  # stands for a raised erro
 
 
 def _open_circuit_response() -> Response:
-    return EmptyResponse(status=status.CIRCUIT_BREAKER_OPEN, headers={h.X_CIRCUIT_BREAKER: "1", h.X_DO_NOT_RETRY: "1"})
+    return UnsentResponse(status=status.CIRCUIT_BREAKER_OPEN, headers={h.X_CIRCUIT_BREAKER: "1", h.X_DO_NOT_RETRY: "1"})
 
 
 class TransportModule(RequestModule):

@@ -203,12 +203,12 @@ class EmptyResponse(Response):
 
 
 class UnsentResponse(EmptyResponse):
-    """The transport's outcome of an attempt cancelled or out of time while it waited for one of the
-    client's connections (``MAX_CONNECTIONS``): nothing was sent. Its ``elapsed`` is that wait, which
-    says nothing of the server: a learning delays provider and the circuit breaker leave it out, and
-    ``aio_request_transport_latency`` does not record it. (Other outcomes decided without sending,
-    such as an open circuit's 502 or the 408 of an attempt with too little time left, are plain
-    :class:`EmptyResponse` made before the transport, with ``elapsed`` 0.)"""
+    """The outcome of an attempt that sent nothing: the transport's, for an attempt cancelled or out
+    of time while it waited for one of the client's connections (``MAX_CONNECTIONS``; its ``elapsed``
+    is that wait, which says nothing of the server: a learning delays provider and the circuit
+    breaker leave it out, and ``aio_request_transport_latency`` does not record it), an open
+    circuit's 502 and the 408 of an attempt with too little time left (both made before the
+    transport, with ``elapsed`` 0). The retry budget takes no deposit for a first attempt that got one."""
 
     __slots__ = ()
 

@@ -624,3 +624,44 @@ def test_a_forked_child_spends_from_a_budget_whose_lock_another_thread_held_at_t
 
     with held_by_another_thread(budget._lock):
         assert in_child(spend) == [True]
+
+
+def test_calls_that_send_nothing_deposit_nothing(server: LoopbackServer) -> None:
+    """Only first attempts that went pay in: a review's 32 threads, half their calls arriving with
+    too little time left (the 408 made here), got 0.42 extra attempts per request the failing server
+    received, where the budget allows 0.2 of them and its floor."""
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0)
+    client = retrying_client(server, retry_budget=budget, low_timeout_threshold=0.05, metrics=False)
+    try:
+        for _ in range(50):  # arrive with 10 ms left: 408 at once, nothing sent
+            with client.request(dar.get("fail"), deadline=dar.Deadline.from_timeout(0.01)) as response:
+                assert response.status == 408
+        assert len(server.received("/fail")) == 0
+        assert budget.available() == 0  # before: 10, from 50 calls that sent nothing
+        for _ in range(10):
+            with client.request(dar.get("fail")) as response:
+                assert response.status == 500
+    finally:
+        client.close()
+    sent = len(server.received("/fail"))
+    assert sent == 10 + 2  # 0.2 of the 10 first attempts sent: 2 retries, where 12 were allowed before
+
+
+def test_an_open_circuit_s_fallbacks_deposit_nothing(server: LoopbackServer) -> None:
+    """While the circuit is open, every call gets the 502 made here: thousands of them left a budget
+    of thousands of retries for the moment the endpoint came back (a review: 1,889 after 3 s)."""
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0)
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    client = retrying_client(server, retry_budget=budget, circuit_breaker=breaker, metrics=False)
+    try:
+        statuses = []
+        for _ in range(200):
+            with client.request(dar.get("fail")) as response:
+                statuses.append(response.status)
+    finally:
+        client.close()
+    assert statuses.count(502) >= 190
+    firsts_sent = statuses.count(500)
+    assert budget.available() <= math.floor(0.2 * firsts_sent)  # before: about 0.2 x 200
