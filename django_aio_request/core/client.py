@@ -22,7 +22,7 @@ from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse, is_open_circuit_fallback
+from django_aio_request.core.response import Response, UnsentResponse, is_open_circuit_fallback
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
@@ -192,7 +192,7 @@ class Client:
                 done, _ = await asyncio.wait({waiting}, timeout=max(deadline.timeout, 0.001))
             if not done and future.cancel():
                 # Never started (every call thread busy until the deadline): nothing was sent.
-                response: Response = EmptyResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
+                response: Response = UnsentResponse(status=status.TIMEOUT, headers={h.X_DO_NOT_RETRY: "1"})
                 metrics = self._metrics
                 if metrics is not None:
                     # Recorded as a sync call past its deadline is (LowTimeoutModule, then _call): its
@@ -239,7 +239,7 @@ class Client:
         caught without ``uncancel()``).
         """
         if task is not None and task.cancelling() > requests:
-            return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.REJECT), 0.0
+            return ResponseWithVerdict(UnsentResponse(status=status.CANCELLED), ResponseVerdict.REJECT), 0.0
         return run()
 
     def _submit_async(
@@ -469,7 +469,7 @@ def _cancellable(send: SendAttempt, cancellation: Cancellation) -> SendAttempt:
         if cancellation.cancelled:
             if number:
                 return None
-            return ResponseWithVerdict(EmptyResponse(status=status.CANCELLED), ResponseVerdict.ACCEPT, number)
+            return ResponseWithVerdict(UnsentResponse(status=status.CANCELLED), ResponseVerdict.ACCEPT, number)
         attempt = Cancellation()
         undo_call = cancellation.on_cancel(attempt.cancel)
         # The strategy's also asks through it whether the attempt's answer arrived: with on_cancel
