@@ -689,25 +689,59 @@ def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> Non
     assert BreakerTransition.objects.count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
 def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real thread, started by building the client, with its own database connection."""
+    """The real thread, started by building the client, with its own database connection (on
+    PostgreSQL: the thread leaves SQLite in memory alone while tests run, see the test after)."""
     server.route("/down", lambda h: h.reply(500))
-    made = Publisher(interval=0.2)
+    made = Publisher(interval=0.2, database="postgres")
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     try:
         with override_settings(AIO_REQUEST=setting(server.url)):
             assert call("billing", 3) == [500, 500, 502]
             assert made.running
-            wait_for(lambda: BreakerStatus.objects.filter(state="open").exists(), "the open breaker published")
-            wait_for(BreakerTransition.objects.exists, "the transition published")
+            status = BreakerStatus.objects.using("postgres")
+            wait_for(lambda: status.filter(state="open").exists(), "the open breaker published")
+            wait_for(BreakerTransition.objects.using("postgres").exists, "the transition published")
             now = datetime.datetime.now(tz=datetime.UTC)
-            BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+            BreakerOverride.objects.using("postgres").create(
+                client="billing", endpoint=server.url, mode="force_closed", changed_at=now
+            )
             wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "the override obeyed")
-            wait_for(lambda: BreakerStatus.objects.filter(state="forced_closed").exists(), "the forced state shown")
+            wait_for(lambda: status.filter(state="forced_closed").exists(), "the forced state shown")
     finally:
         made.stop()
     assert not made.running
+
+
+@pytest.mark.django_db
+def test_the_thread_leaves_a_test_s_sqlite_database_in_memory_alone(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Django's test database for SQLite is in memory, whose connections lock whole tables: a round's
+    write made the test's own writes fail at once ("database table is locked"; a review: 3 of 11
+    pytest runs, 3 of 4 of manage.py test), and a TestCase's transaction was broken after it."""
+    server.route("/down", lambda h: h.reply(500))
+    made = Publisher(interval=0.02)
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    caplog.set_level(logging.INFO, logger="django_aio_request.breaker_publisher")
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            assert call("billing", 3) == [500, 500, 502]  # an open circuit, a transition to write
+            assert made.running
+            until = time.monotonic() + 1.5
+            written = 0
+            while time.monotonic() < until:  # the test's own writes, while rounds come every 20 ms
+                BreakerOverride.objects.create(client=f"c{written}", endpoint=server.url, mode="force_closed",
+                                               changed_at=timezone.now())  # fmt: skip
+                BreakerOverride.objects.filter(client=f"c{written}").delete()
+                written += 1
+            assert written > 50
+    finally:
+        made.stop()
+    assert not BreakerReport.objects.exists()
+    assert "not published by its thread while tests run on SQLite in memory" in caplog.text
+    assert "cannot be published" not in caplog.text
 
 
 def two_breakers(url: str) -> dict[str, object]:
@@ -716,7 +750,7 @@ def two_breakers(url: str) -> dict[str, object]:
     return {**base, "CLIENTS": {**base["CLIENTS"], "refunds": refunds}}  # type: ignore[dict-item]
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
 def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -724,11 +758,13 @@ def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
     interval before its first round, and a client built while it waited called the isolated endpoint
     until its next round; now building it has the thread read the overrides, and waits for that."""
     server.route("/down", lambda h: h.reply(200))
-    made = Publisher(interval=3600)  # only the rounds a build asks for come within the test
+    made = Publisher(interval=3600, database="postgres")  # only the rounds a build asks for come within the test
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     now = datetime.datetime.now(tz=datetime.UTC)
     for name in ("billing", "refunds"):
-        BreakerOverride.objects.create(client=name, endpoint=server.url, mode="force_open", changed_at=now)
+        BreakerOverride.objects.using("postgres").create(
+            client=name, endpoint=server.url, mode="force_open", changed_at=now
+        )
     try:
         with override_settings(AIO_REQUEST=two_breakers(server.url)):
             assert call("billing", 3) == [502, 502, 502]  # the client that started the thread
@@ -739,7 +775,7 @@ def test_a_client_built_after_an_override_was_set_obeys_it_from_its_first_call(
         made.stop()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
 def test_threads_looking_up_a_client_while_it_is_built_obey_an_override_from_their_first_call(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -747,10 +783,12 @@ def test_threads_looking_up_a_client_while_it_is_built_obey_an_override_from_the
     client waited for the overrides; the others, let through the registry's lock when the build was
     done, called at once, and 1 to 7 of 8 reached the endpoint an operator had forced open."""
     server.route("/down", lambda h: h.reply(200))
-    made = Publisher(interval=3600)  # only the round the build asks for comes within the test
+    made = Publisher(interval=3600, database="postgres")  # only the round the build asks for comes within the test
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     now = datetime.datetime.now(tz=datetime.UTC)
-    BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+    BreakerOverride.objects.using("postgres").create(
+        client="billing", endpoint=server.url, mode="force_open", changed_at=now
+    )
     start = threading.Barrier(8)
     statuses: list[int] = []
 
@@ -811,13 +849,14 @@ def test_an_override_row_with_an_invalid_mode_is_skipped_with_one_warning(
         assert "has mode ''" in caplog.records[1].getMessage()
 
 
+@pytest.mark.django_db(databases=["postgres"])
 def test_a_hanging_database_delays_one_client_build_by_the_first_read_wait_at_most(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A round stuck on the database: the build that waits for it gives up after ``first_read_wait``
     and says so; builds after it do not wait until a round finishes; calls go on."""
     server.route("/down", lambda h: h.reply(200))
-    made = Publisher(interval=3600, first_read_wait=0.3)
+    made = Publisher(interval=3600, first_read_wait=0.3, database="postgres")
     monkeypatch.setattr(breaker_publisher, "publisher", made)
     hanging = threading.Event()
 
