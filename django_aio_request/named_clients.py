@@ -211,6 +211,10 @@ class ClientsHandler:
         building = {name: build.client for name, build in list(self._building.items()) if build.client is not None}
         return list({**building, **self._clients}.items())
 
+    def current(self, name: str) -> Client | None:
+        """The client under ``name`` now, or None; builds none."""
+        return self._clients.get(name)
+
     def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
         """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
         it replaces. With ``only_if``, only while that one is still there (a settings change in

@@ -34,6 +34,7 @@ from django_aio_request.testing import (
     serving,
 )
 from tests.support import postgres
+from tests.support.loopback import LoopbackServer
 from tests.support.redis_server import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,6 +208,35 @@ def test_the_real_client_comes_back_after_the_fake() -> None:
         assert isinstance(clients["billing"].transport, FakeDownstream)
         assert clients["billing"].transport is fake
     assert isinstance(clients["billing"].transport, RequestsTransport)
+
+
+def test_a_reference_kept_before_the_fake_calls_the_fake(settings: Settings, server: LoopbackServer) -> None:
+    """``billing = clients["billing"]`` at import, as README shows: the fake only replaced the name, so
+    that reference called the real endpoint in the test, and no UnexpectedCallError failed it."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    kept = clients["billing"]
+
+    async def kept_async() -> int:
+        async with kept.arequest(get("invoices/5")) as response:
+            return response.status
+
+    with fake_client("billing") as fake:
+        fake.route("invoices/5", reply(404))
+        with kept.request(get("invoices/5")) as response:
+            assert response.status == 404
+        assert asyncio.run(kept_async()) == 404
+        with pytest.raises(UnexpectedCallError), kept.request(get("unscripted")):
+            pass
+        with fake_client("billing") as inner:  # a fake inside a fake: the latest one answers
+            inner.route("invoices/5", reply(410))
+            with kept.request(get("invoices/5")) as response:
+                assert response.status == 410
+    assert [call.path for call in fake.calls] == ["invoices/5", "invoices/5", "unscripted"]
+    assert server.received("/invoices/5") == []
+    with kept.request(get("invoices/5")) as response:  # its own again
+        assert (response.status, response.read()) == (200, b"real")
+    assert clients["billing"] is kept
 
 
 class UnittestStyle(SimpleTestCase):
