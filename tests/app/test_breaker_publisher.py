@@ -744,6 +744,31 @@ def test_the_thread_leaves_a_test_s_sqlite_database_in_memory_alone(
     assert "cannot be published" not in caplog.text
 
 
+def test_a_test_that_allows_no_database_is_no_outage_to_warn_of(
+    server: LoopbackServer, publisher: Publisher, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SimpleTestCase refuses database access (on PostgreSQL; the thread leaves SQLite in memory
+    alone): each run warned that the state "cannot be published", with Django's hint to change the test class."""
+    from django.test.testcases import DatabaseOperationForbidden  # type: ignore[attr-defined]
+
+    def refused(*args: object) -> None:
+        raise DatabaseOperationForbidden("Database queries to 'default' are not allowed in SimpleTestCase")
+
+    server.route("/down", lambda h: h.reply(500))
+    monkeypatch.setattr(Publisher, "_round", refused)
+    caplog.set_level(logging.INFO, logger="django_aio_request.breaker_publisher")
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        call("billing", 1)
+        assert not publisher.run_once()
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "not published while a test allows no database" in caplog.text
+    monkeypatch.setattr(Publisher, "_round", lambda *args: (_ for _ in ()).throw(OperationalError("gone")))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        call("billing", 1)
+        assert not publisher.run_once()
+    assert "cannot be published to the database (OperationalError: gone)" in caplog.text  # an outage still is
+
+
 def two_breakers(url: str) -> dict[str, object]:
     refunds = {"ENDPOINT": url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
     base = setting(url)
