@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.reader import UNEXPECTED
+from django_aio_request.conf.reader import UNEXPECTED, deferred_reads
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, Problem, read_settings
 
 
@@ -63,9 +63,11 @@ class _ReadOnce(Generic[T]):
     def __get__(self, instance: "CurrentSettings | None", owner: type | None = None) -> "T | _ReadOnce[T]":
         if instance is None:
             return self
-        generation = instance._generation
+        generation, deferred = instance._generation, deferred_reads()
         value = self._read(instance)
-        if instance._generation == generation:
+        # Not kept either: a read that deferred a dotted path, or one in which a nested read did
+        # (reader.Deferred); the next read, once the module is imported, checks the path.
+        if instance._generation == generation and deferred_reads() == deferred:
             value = instance.__dict__.setdefault(self._name, value)
         return value
 

@@ -34,9 +34,11 @@ from django_aio_request.conf.reader import (
     fields,
     integer,
     names,
+    nested_reads,
     number,
     optional,
     priority,
+    reading,
     seconds,
     shown,
 )
@@ -835,6 +837,14 @@ def _storable(name: str) -> bool:
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
+    reading.depth = nested_reads() + 1  # a module a dotted path names may read them again (reader.Deferred)
+    try:
+        return _read_settings(value)
+    finally:
+        reading.depth -= 1
+
+
+def _read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     value = _without_lazy_strings(value, {})
     reader = Reader()
     top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)

@@ -20,6 +20,7 @@ from django_aio_request.named_clients import UnknownClientError
 from django_aio_request.signals import client_built
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, answer_after
+from tests.support.manage import manage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -333,6 +334,69 @@ def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_clien
     lock, A waited for B's import while holding the lock, and B for the lock: both hung for good
     (3 of 3 runs), and every later first use of a client with them."""
     assert import_race(tmp_path, "'RESPONSE_CLASSIFIER': 'importing_classifier.Classifier'") == BOTH_ENDED
+
+
+LOOKUP_FIRST_SCRIPT = """
+import django
+django.setup()
+from django_aio_request import clients, get
+billing = clients["billing"]
+with billing.request(get("x")) as response:
+    pass
+import enrich_after_lookup
+print(enrich_after_lookup.AUTH is clients["auth"], sorted(set(enrich_after_lookup.SEEN)), response.status, flush=True)
+"""
+
+
+def test_a_module_the_settings_name_may_look_a_client_up_above_what_it_defines(tmp_path: Path) -> None:
+    """README: a module the settings name (an enricher's) may look a client up as it is imported. Written
+    the natural way, the look-up above the ``def``, reading the settings imported the module, whose
+    look-up read them again with the module half imported: a false E008 ("does not define a 'enrich'"),
+    every client refused, ``manage.py check`` exited 1 (a review)."""
+    (tmp_path / "enrich_after_lookup.py").write_text(
+        "from django_aio_request import clients\n"
+        "AUTH = clients['auth']\n"
+        "SEEN = []\n"
+        "def enrich(request):\n"
+        "    SEEN.append(request.url)\n"
+        "    return request\n"
+    )
+    (tmp_path / "lookup_first_settings.py").write_text(
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_after_lookup.enrich'},\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
+        "}}\n"
+    )
+    path = f"{tmp_path}{os.pathsep}{ROOT}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lookup_first_settings", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-c", LOOKUP_FIRST_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "True ['x'] 489", done.stderr[-3000:]  # the real enricher ran; port 9 refuses
+    checked = manage("check", settings="lookup_first_settings", path=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "E008" not in checked.stderr
+
+
+def test_a_name_such_a_module_does_not_define_is_still_e008(tmp_path: Path) -> None:
+    (tmp_path / "enrich_misnamed.py").write_text(
+        "from django_aio_request import clients\nAUTH = clients['auth']\ndef enrichh(request):\n    return request\n"
+    )
+    (tmp_path / "misnamed_settings.py").write_text(
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_misnamed.enrich'},\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
+        "}}\n"
+    )
+    checked = manage("check", settings="misnamed_settings", path=tmp_path)
+    assert checked.returncode == 1
+    assert "(django_aio_request.E008)" in checked.stderr
+    assert 'does not define a "enrich" attribute' in checked.stderr
+    assert "Traceback" not in checked.stderr
 
 
 def test_a_settings_change_during_a_first_lookup_leaves_no_client_of_the_old_settings(
