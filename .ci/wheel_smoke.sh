@@ -18,7 +18,19 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 
 "$PYTHON" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip
-"$work/venv/bin/python" -m pip install --quiet "$work"/dist/*.whl
+# With the lowest release of each dependency pyproject.toml allows: the suite runs on the newest, and
+# a declared minimum nothing tried was wrong (requests>=2.31, where every call raised below 2.32.3).
+"$PYTHON" - "$work"/dist/*.whl > "$work/lowest.txt" <<'PY'
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    metadata = next(wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+for line in metadata.splitlines():
+    found = re.fullmatch(r"Requires-Dist: ([A-Za-z0-9_.-]+)[^;]*?>=([0-9][0-9.]*)[^;]*", line)
+    if found:  # a requirement of the package itself (no "; extra == ..." marker) with a lower bound
+        print(f"{found[1]}=={found[2]}")
+PY
+echo "lowest allowed dependencies: $(tr '\n' ' ' < "$work/lowest.txt")"
+"$work/venv/bin/python" -m pip install --quiet --constraint "$work/lowest.txt" "$work"/dist/*.whl
 # pytest and pytest-django, to try the testing helpers' pytest plugin from the installed wheel.
 "$work/venv/bin/python" -m pip install --quiet pytest pytest-django
 # From the work dir, so that the checkout is not on sys.path: the installed wheel must do on its own.
