@@ -6,6 +6,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -223,3 +224,56 @@ def test_a_multiprocessing_child_s_live_gauges_go_when_it_ends(tmp_path: Path) -
     assert len(children) == 3  # the process and the pool's two workers
     live = {path.name for path in tmp_path.glob("gauge_live*")}
     assert live == {f"gauge_livesum_{parent}.db"}  # the parent is no multiprocessing child: its own stays
+
+
+PID_APP = """
+import os
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+"""
+
+
+def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_directory(tmp_path: Path) -> None:
+    """docs/metrics.md's hook, as written there, in a ``gunicorn.conf.py`` run where
+    ``PROMETHEUS_MULTIPROC_DIR`` is not set: the first worker exit raised TypeError in the master,
+    which died, and the service with it (a review)."""
+    import re
+    import urllib.request
+
+    from tests.support.loopback import free_port, wait_until_listening
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    [hook] = [block for block in re.findall(r"```python\n(.*?)```", docs, re.S) if "def child_exit" in block]
+    (tmp_path / "gunicorn.conf.py").write_text(textwrap.dedent(hook))
+    (tmp_path / "pid_app.py").write_text(PID_APP)
+    env = {key: value for key, value in os.environ.items() if key.lower() != "prometheus_multiproc_dir"}
+    port = free_port()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    command = [gunicorn, "-w", "1", "-b", f"127.0.0.1:{port}", "pid_app:application"]  # ./gunicorn.conf.py, by default
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until_listening(server, port, "gunicorn")
+
+        def worker_pid() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                return int(answer.read())
+
+        first = worker_pid()
+        os.kill(first, signal.SIGKILL)  # a worker exit: child_exit runs in the master
+        deadline = time.monotonic() + 20
+        while True:
+            assert server.poll() is None, "the master died"
+            try:
+                second = worker_pid()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "no new worker"
+                time.sleep(0.1)
+        assert second != first
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=20)[0].decode()
+    assert "TypeError" not in output, output
