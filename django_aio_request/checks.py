@@ -6,6 +6,7 @@ Reading the setting never raises here: the checks exist to report bad settings, 
 """
 
 import functools
+import importlib
 import inspect
 import os
 import re
@@ -284,7 +285,34 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
                 id=f"django_aio_request.{BAD_IMPORT}",
             )
         ]
+    library = CLIENT_LIBRARIES.get(backend)
+    if library is None:
+        return []
+    try:
+        importlib.import_module(library)
+    except (Exception, SystemExit) as error:
+        # The backend imports, and imports its client library only when first used: check passed,
+        # and every sync round failed with ModuleNotFoundError (a review: redis-py not installed).
+        return [
+            checks.Error(
+                f"settings.CACHES[{alias!r}], the circuit breakers' shared state, uses {backend}, whose client"
+                f" library {library!r} cannot be imported ({type(error).__name__}: {error}): breaker state"
+                " would never be shared",
+                hint=f"install it (pip install {library})",
+                obj=f"settings.CACHES[{alias!r}]",
+                id=f"django_aio_request.{BAD_IMPORT}",
+            )
+        ]
     return []
+
+
+#: The client library each cache backend imports only when first used, by the backend's dotted path.
+CLIENT_LIBRARIES = {
+    "django.core.cache.backends.redis.RedisCache": "redis",
+    "django_redis.cache.RedisCache": "redis",
+    "django.core.cache.backends.memcached.PyMemcacheCache": "pymemcache",
+    "django.core.cache.backends.memcached.PyLibMCCache": "pylibmc",
+}
 
 
 @checks.register("django_aio_request")

@@ -426,3 +426,28 @@ def test_a_lazy_alias_is_judged_as_its_text() -> None:
 
     caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:1/0"}}
     assert _ids(caches, {"CIRCUIT_BREAKER_STATE": lazy(str, str)("shared")}) == ["django_aio_request.W010"]
+
+
+def test_a_breaker_cache_whose_client_library_is_not_installed_is_an_error(tmp_path: Path) -> None:
+    """Django's RedisCache imports redis-py only when first used: without it ``check`` passed, and
+    each process then logged that it counted on its own (ModuleNotFoundError), for good (a review)."""
+    (tmp_path / "no_redis_settings.py").write_text(
+        "import sys\n"
+        "class NoRedis:  # redis-py not installed\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'redis' or name.startswith('redis.'):\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\")\n"
+        "sys.meta_path.insert(0, NoRedis())\n"
+        "for name in [n for n in sys.modules if n == 'redis' or n.startswith('redis.')]:\n"
+        "    del sys.modules[name]\n"
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+    )
+    result = manage("check", "--tag", "django_aio_request", settings="no_redis_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "whose client library 'redis' cannot be imported" in result.stderr
+    assert "(django_aio_request.E008)" in result.stderr
+    assert "HINT: install it (pip install redis)" in result.stderr
+    assert (
+        manage("check", "--tag", "django_aio_request", settings="tests.support.settings_breaker_cache").returncode == 0
+    )
