@@ -1054,3 +1054,23 @@ def test_a_url_with_credentials_in_any_shape_is_never_repeated(setting: dict[str
     found = messages(setting)
     assert found, setting
     assert not [message for message in found if "hunter2" in message], found
+
+
+def test_a_urlconf_looking_a_client_up_as_it_is_imported_shows_the_list_in_its_traceback(tmp_path: Path) -> None:
+    """What README says of this case: Django's URL check imports the URLconf, whose views look a
+    client up (``BILLING = clients["billing"]``); with invalid settings that look-up raises, and
+    Django prints it as a traceback, the whole list of problems in its last line. Exit 1."""
+    (tmp_path / "looking_views.py").write_text(
+        "from django_aio_request import clients\nBILLING = clients['billing']\nurlpatterns = []\n"
+    )
+    settings = """
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+ROOT_URLCONF = "looking_views"
+AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIMEOUT": -1}}}
+"""
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr
+    assert "AIO_REQUEST has 1 problem:" in done.stderr
+    assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
