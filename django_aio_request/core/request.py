@@ -5,7 +5,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from django_aio_request.core import headers as h
 
@@ -326,27 +326,52 @@ def request(
     )
 
 
-def get(url: str, **kwargs: Any) -> Request:
+class _Options(TypedDict, total=False):
+    """The keyword arguments of :func:`request` the builders below pass on: typed, so that a type
+    checker refuses a misspelt one (``path_paramters=``), as a call does at run time. Before, the
+    builders took ``**kwargs: Any`` and ``mypy --strict`` passed three mistakes of four (a review)."""
+
+    path_parameters: PathParameters | None
+    query_parameters: QueryParameters | None
+    headers: Headers | None
+    allow_redirects: bool
+    max_redirects: int
+
+
+class _WithBody(_Options, total=False):
+    body: bytes | None
+
+
+class _JsonOptions(TypedDict, total=False):
+    path_parameters: PathParameters | None
+    query_parameters: QueryParameters | None
+    allow_redirects: bool
+    max_redirects: int
+
+
+def get(url: str, **kwargs: Unpack[_WithBody]) -> Request:
     return request("GET", url, **kwargs)
 
 
-def delete(url: str, **kwargs: Any) -> Request:
+def delete(url: str, **kwargs: Unpack[_WithBody]) -> Request:
     return request("DELETE", url, **kwargs)
 
 
-def post(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+def post(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
     return request("POST", url, body=body, **kwargs)
 
 
-def put(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+def put(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
     return request("PUT", url, body=body, **kwargs)
 
 
-def patch(url: str, body: bytes | None = None, **kwargs: Any) -> Request:
+def patch(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
     return request("PATCH", url, body=body, **kwargs)
 
 
-def request_json(method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Any) -> Request:
+def request_json(
+    method: str, url: str, data: Any, *, headers: Headers | None = None, **kwargs: Unpack[_JsonOptions]
+) -> Request:
     """A request whose body is ``data`` as JSON, with ``Content-Type: application/json``.
 
     A float NaN or infinity in ``data`` raises ValueError: Python writes them ``NaN`` and
@@ -367,13 +392,17 @@ def request_json(method: str, url: str, data: Any, *, headers: Headers | None = 
     return request(method, url, body=body, headers=merged, **kwargs)
 
 
-def post_json(url: str, data: Any, **kwargs: Any) -> Request:
+class _JsonWithHeaders(_JsonOptions, total=False):
+    headers: Headers | None
+
+
+def post_json(url: str, data: Any, **kwargs: Unpack[_JsonWithHeaders]) -> Request:
     return request_json("POST", url, data, **kwargs)
 
 
-def put_json(url: str, data: Any, **kwargs: Any) -> Request:
+def put_json(url: str, data: Any, **kwargs: Unpack[_JsonWithHeaders]) -> Request:
     return request_json("PUT", url, data, **kwargs)
 
 
-def patch_json(url: str, data: Any, **kwargs: Any) -> Request:
+def patch_json(url: str, data: Any, **kwargs: Unpack[_JsonWithHeaders]) -> Request:
     return request_json("PATCH", url, data, **kwargs)

@@ -2,7 +2,10 @@
 
 import gc
 import json
+import os
 import re
+import subprocess
+import sys
 import tracemalloc
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -394,7 +397,7 @@ def test_query_parameters_that_are_no_mapping_nor_pairs_raise_a_type_error_as_th
 
 def test_path_parameters_that_are_no_mapping_raise_a_type_error_as_the_request_is_built() -> None:
     with pytest.raises(TypeError, match=re.escape("path_parameters must be a mapping, not list: [('id', 1)]")):
-        get("things/{id}", path_parameters=[("id", 1)])
+        get("things/{id}", path_parameters=[("id", 1)])  # type: ignore[arg-type]
 
 
 def test_pairs_from_a_generator_are_sent_by_every_attempt() -> None:
@@ -639,3 +642,27 @@ def test_request_object_built_directly_is_sent_as_built(
     assert sent.method == "DELETE"
     assert sent.url == "http://svc.test/api/things/9?force=true"
     assert not sent.body
+
+
+USER_CODE = """
+from django_aio_request import get, post, post_json
+
+get("x", path_paramters={"id": 1})
+post_json("x", {"a": 1}, query_parameters=5)
+post("x", b"", headers="text")
+get("x", path_parameters={"id": 1}, query_parameters={"q": "1"}, headers={"A": "b"}, allow_redirects=False)
+post_json("x", [1], headers={"X": "1"}, max_redirects=3)
+"""
+
+
+def test_a_type_checker_refuses_a_builder_s_misspelt_or_mistyped_keyword(tmp_path: Path) -> None:
+    """The builders took ``**kwargs: Any``: ``mypy --strict`` passed three mistakes of these four,
+    each of which raises at run time (a review)."""
+    (tmp_path / "user.py").write_text(USER_CODE)
+    env = {**os.environ, "MYPYPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent"]
+    command += ["--cache-dir", str(tmp_path / "cache"), "user.py"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["4", "5", "6"], done.stdout
+    assert 'Unexpected keyword argument "path_paramters" for "get"' in errors[0]
