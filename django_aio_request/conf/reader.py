@@ -90,7 +90,11 @@ class Reader:
         for key in value:
             if allowed is not None and key not in allowed:
                 hint = "allowed keys: " + ", ".join(allowed)
-                close = difflib.get_close_matches(key if isinstance(key, str) else shown(key), allowed, n=1)
+                text = key if isinstance(key, str) else shown(key)
+                # The keys are upper case: "endpoint" and "Timeout" are the same words (a review: no
+                # hint for 4 of 4 such keys, difflib's ratio counts case), then the nearest spelling.
+                same = [known for known in allowed if known.casefold() == text.strip().casefold()]
+                close = same or difflib.get_close_matches(text.upper(), allowed, n=1)
                 hint = f"did you mean {close[0]!r}? {hint}" if close else hint
                 self.fail(f"{path}[{shown(key)}]", "is not a known key", hint, code=UNKNOWN_KEY)
         return value

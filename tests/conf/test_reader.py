@@ -587,3 +587,21 @@ def test_client_entries_made_as_they_are_read_keep_their_own_endpoints() -> None
     assert {name: spec.endpoint for name, spec in parsed.clients.items()} == {
         name: f"http://{name}:8080/" for name in names
     }
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"), [("endpoint", "ENDPOINT"), ("Timeout", "TIMEOUT"), ("timeout", "TIMEOUT"), ("timout", "TIMEOUT")]
+)
+def test_a_key_in_another_case_or_misspelt_in_it_gets_the_hint_of_the_known_one(key: str, meant: str) -> None:
+    """The keys are upper case: a newcomer writes them in lower case, and difflib (which counts case)
+    found no key close enough to suggest (a review: no hint for 4 of 4)."""
+    from django_aio_request.conf.schema import read_settings
+
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", key: 5}}})
+    [problem] = [p for p in problems if p.code == "E001"]
+    assert problem.hint is not None
+    assert problem.hint.startswith(f"did you mean {meant!r}?")
+    _, problems = read_settings(
+        {"CLIENTS": {"b": {"ENDPOINT": "http://b:1/", "SAFE_METHOD_STRATEGY": {"name": "single"}}}}
+    )
+    assert any(p.hint is not None and p.hint.startswith("did you mean 'NAME'?") for p in problems)
