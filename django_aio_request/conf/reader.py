@@ -83,9 +83,11 @@ class Reader:
         """How many errors (not warnings) were recorded so far: a part read without a new one is valid."""
         return sum(not p.warning for p in self.problems)
 
-    def mapping(self, path: str, value: Any, allowed: tuple[str, ...] | None) -> Mapping[str, Any] | None:
+    def mapping(
+        self, path: str, value: Any, allowed: tuple[str, ...] | None, hint: str | None = None
+    ) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping):
-            self.fail(path, f"must be a dict, not {type(value).__name__}")
+            self.fail(path, f"must be a dict, not {type(value).__name__}", hint)
             return None
         for key in value:
             if allowed is not None and key not in allowed:
@@ -106,6 +108,10 @@ class Reader:
             example = value if isinstance(value, str) and value in names else names[0]
             hint = f"a dict with a NAME, e.g. {{'NAME': {example!r}}}; NAME allowed: " + ", ".join(names)
             self.fail(path, f"must be a dict, not {type(value).__name__}", hint)
+            return None
+        if "NAME" not in value:  # ({} or {"name": ...}: was told as "['NAME'] is None, not a known name")
+            hint = "allowed: " + ", ".join(names)
+            self.fail(f"{path}['NAME']", "is missing", hint, code=MISSING_KEY)
             return None
         name = value.get("NAME")
         if name not in names:

@@ -865,7 +865,9 @@ def _read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]
         except ValueError as error:
             reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
     clients: dict[str, ClientSpec] = {}
-    for name, client_value in (reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None) or {}).items():
+    clients_hint = "a dict of the clients by name, e.g. {'billing': {'ENDPOINT': 'http://billing:8080/'}}"
+    listed = reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None, clients_hint)
+    for name, client_value in (listed or {}).items():
         path = f"['CLIENTS'][{shown(name)}]"
         storable = isinstance(name, str) and _storable(name)
         valid_name = isinstance(name, str) and 0 < len(name) <= CLIENT_NAME_LENGTH and storable

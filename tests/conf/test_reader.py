@@ -605,3 +605,26 @@ def test_a_key_in_another_case_or_misspelt_in_it_gets_the_hint_of_the_known_one(
         {"CLIENTS": {"b": {"ENDPOINT": "http://b:1/", "SAFE_METHOD_STRATEGY": {"name": "single"}}}}
     )
     assert any(p.hint is not None and p.hint.startswith("did you mean 'NAME'?") for p in problems)
+
+
+@pytest.mark.parametrize("strategy", [{}, {"name": "single"}, {"ATTEMPTS_COUNT": 2}])
+def test_a_strategy_without_a_name_is_a_missing_key(strategy: dict[str, object]) -> None:
+    """It was told as E005, "['NAME'] is None, not a known name" (a review)."""
+    from django_aio_request.conf.schema import read_settings
+
+    _, problems = read_settings(
+        {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "SAFE_METHOD_STRATEGY": strategy}}}
+    )
+    missing = [p for p in problems if p.path.endswith("['SAFE_METHOD_STRATEGY']['NAME']")]
+    assert [(p.code, p.message) for p in missing] == [("E010", "is missing")]
+    assert missing[0].hint is not None
+    assert missing[0].hint.startswith("allowed: single, sequential, parallel")
+
+
+def test_clients_that_are_no_dict_get_the_dict_to_write_as_the_hint() -> None:
+    from django_aio_request.conf.schema import read_settings
+
+    _, problems = read_settings({"CLIENTS": [{"ENDPOINT": "http://billing:8080/"}]})
+    [problem] = problems
+    assert (problem.code, problem.message) == ("E002", "must be a dict, not list")
+    assert problem.hint == "a dict of the clients by name, e.g. {'billing': {'ENDPOINT': 'http://billing:8080/'}}"
