@@ -467,10 +467,11 @@ class Publisher:
             if not self._down:
                 self._down = True
                 logger.warning(
-                    "circuit breaker state cannot be published to the database (%s: %s); calls go on with "
+                    "circuit breaker state cannot be published to the database (%s: %s)%s; calls go on with "
                     "this process's breakers and the last overrides applied; retrying every %s s",
                     type(error).__name__,
                     error,
+                    _MIGRATE if _missing_table(error) else "",
                     self.interval,
                 )
             return False
@@ -732,6 +733,15 @@ def _is_django_s_command_line(program: str) -> bool:
     path = program.replace("\\", "/")
     name = path.rsplit("/", 1)[-1]
     return name in ("manage.py", "django-admin", "django-admin.py") or path.endswith("django/__main__.py")
+
+
+_MIGRATE = " (the app's tables are not there: has `manage.py migrate django_aio_request` run on that database?)"
+
+
+def _missing_table(error: Exception) -> bool:
+    """Whether ``error`` is a database's "no such table" (SQLite) or "relation ... does not exist" (PostgreSQL)."""
+    text = str(error)
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
 
 
 def _forbidden_by_a_test(error: Exception) -> bool:

@@ -581,6 +581,28 @@ def test_a_database_outage_is_logged_once_and_nothing_is_lost(
         assert list(BreakerTransition.objects.values_list("to_state", flat=True)) == ["open"]
 
 
+UNMIGRATED = """
+import time, django
+django.setup()
+from django_aio_request import clients
+clients["billing"]  # its build asks for a round at once
+time.sleep(1)
+"""
+
+
+def test_a_database_without_the_app_s_tables_is_told_to_be_migrated(server: LoopbackServer, tmp_path: Path) -> None:
+    """The warning named the missing table, and not what to do (a review)."""
+    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}}
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "never_migrated.sqlite3")}
+    env = settings_module(tmp_path, "unmigrated_settings", database, {"CLIENTS": clients_setting})
+    done = subprocess.run(
+        [sys.executable, "-c", UNMIGRATED], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no such table" in done.stderr
+    assert "has `manage.py migrate django_aio_request` run on that database?" in done.stderr
+
+
 def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
     publisher: Publisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
