@@ -16,7 +16,7 @@ from django.dispatch import receiver
 
 from django_aio_request.breaker.cache_store import closing_together
 from django_aio_request.conf.building import build_client
-from django_aio_request.conf.current import current
+from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
 from django_aio_request.core.client import Client
 from django_aio_request.core.event_loop import runs_event_loop
@@ -62,11 +62,32 @@ class ClientsHandler:
         self._lock = threading.RLock()
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
         self._building: dict[str, _Build] = {}  # built, their receivers running
+        self._provisional: list[tuple[str, Client]] = []  # made from provisional settings (see settings)
 
     @property
     def settings(self) -> AioRequestSettings:
-        """The validated setting (``conf.current``); invalid settings raise ``InvalidSettings`` listing every error."""
-        return current.settings
+        """The validated setting (``conf.current``); invalid settings raise ``InvalidSettings`` listing every error.
+
+        Clients made from provisional settings (read while a module they name was half imported:
+        conf/reader.py's Deferred) are dropped when a later read finds the settings invalid (a typo
+        in that module's name): one was handed out for good while every other client raised."""
+        try:
+            config = current.settings
+        except InvalidSettings:
+            self._drop_provisional()
+            raise
+        if self._provisional and not config.provisional:
+            self._provisional = []  # the settings they were made from hold
+        return config
+
+    def _drop_provisional(self) -> None:
+        with self._lock:
+            dropped, self._provisional = self._provisional, []
+            for name, client in dropped:
+                if self._clients.get(name) is client:
+                    del self._clients[name]
+        for _, client in dropped:
+            client.close()
 
     def __getitem__(self, name: str) -> Client:
         client = self._clients.get(name)
@@ -98,6 +119,9 @@ class ClientsHandler:
             if mine:
                 client = self._keep(name, self._make(name, spec, config.service_name, build), build, generation)
                 if client is not None:
+                    if config.provisional:
+                        with self._lock:
+                            self._provisional.append((name, client))
                     return client
             elif build.client is not None:
                 return self._await_build(build, build.client)
@@ -239,6 +263,7 @@ class ClientsHandler:
         """
         with self._lock:
             built, self._clients = list(self._clients.values()), {}
+            self._provisional = []
             # handed out as their receivers run, closed; one being made is closed by its maker, which finds it gone
             built += [build.client for build in self._building.values() if build.client is not None]
             self._building = {}

@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.reader import UNEXPECTED, deferred_reads
+from django_aio_request.conf.reader import UNEXPECTED
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, Problem, read_settings
 
 
@@ -63,11 +63,11 @@ class _ReadOnce(Generic[T]):
     def __get__(self, instance: "CurrentSettings | None", owner: type | None = None) -> "T | _ReadOnce[T]":
         if instance is None:
             return self
-        generation, deferred = instance._generation, deferred_reads()
+        generation = instance._generation
         value = self._read(instance)
-        # Not kept either: a read that deferred a dotted path, or one in which a nested read did
-        # (reader.Deferred); the next read, once the module is imported, checks the path.
-        if instance._generation == generation and deferred_reads() == deferred:
+        # Not kept either: settings read while a module they name was half imported (reader.Deferred);
+        # the next read, once it is imported, checks what they name.
+        if instance._generation == generation and not getattr(value, "provisional", False):
             value = instance.__dict__.setdefault(self._name, value)
         return value
 

@@ -9,7 +9,6 @@ import difflib
 import math
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -74,6 +73,7 @@ class Reader:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.provisional = False  # a dotted path was taken on trust (see Deferred)
 
     def fail(self, path: str, message: str, hint: str | None = None, *, code: str = WRONG_TYPE) -> None:
         self.problems.append(Problem(path, message, hint, code=code))
@@ -303,37 +303,24 @@ def names(reader: Reader, path: str, value: Any) -> frozenset[str] | None:
     return frozenset(cast(str, service_name(name)) for name in value)
 
 
-#: Per thread: how deep reads of the settings are nested (a read imports a module a dotted path names,
-#: and that module looks a client up as it is imported, which reads the settings again), and how many
-#: of them deferred a dotted path (see :func:`dotted`): a read that did is not kept.
-reading = threading.local()
-
-
-def nested_reads() -> int:
-    """How many reads of the settings are under way on this thread."""
-    return int(getattr(reading, "depth", 0))
-
-
-def deferred_reads() -> int:
-    """How many reads on this thread have deferred a dotted path so far (a read that did is not kept)."""
-    return int(getattr(reading, "deferred", 0))
-
-
 def _still_importing(value: str) -> bool:
-    """Whether the module of dotted path ``value`` is being imported (by a read this one is nested in)."""
+    """Whether the module of dotted path ``value`` is still being imported: by this thread, since an
+    import by another would have been waited for (Python's lock on each module)."""
     module = sys.modules.get(value.rpartition(".")[0])
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 class Deferred:
-    """A dotted path whose module a read of the settings was importing when a nested read needed it:
-    found, and checked, when it is first called.
+    """A dotted path whose module was still being imported when the settings were read, by the thread
+    reading them: found, and checked, when it is first called.
 
     A module the settings name (an enricher's) that looks a client up as it is imported, above the
-    ``def`` the path names, read the settings again half imported: the nested read found no such
-    name, failed with a false E008, and so did every client and ``manage.py check`` (a review). The
-    nested read now takes the path on trust; what it builds is the client looked up (usually another
-    one); it is not kept, and the outer read, once the module is imported, checks the path as ever."""
+    ``def`` the path names, read the settings with itself half imported (whether a read of the
+    settings or the project's own code imported it first): no such name yet, a false E008, and every
+    client and ``manage.py check`` refused (a review). Such a read takes the path on trust and is
+    provisional (``AioRequestSettings.provisional``): not kept, and the clients made from it are
+    dropped if the next read finds the settings invalid (named_clients.py); the next read, once the
+    module is imported, checks the path as ever."""
 
     __slots__ = ("_accept", "_path", "_what")
 
@@ -343,7 +330,12 @@ class Deferred:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from django.utils.module_loading import import_string
 
-        found = import_string(self._path)
+        try:
+            found = import_string(self._path)
+        except ImportError as error:
+            raise ImportError(
+                f"{self._path}, which the settings name, cannot be imported: {error} (manage.py check reports it)"
+            ) from error
         if not self._accept(found):
             raise TypeError(f"{self._path} names {shown(found)}, not {self._what}")
         return found(*args, **kwargs)
@@ -354,7 +346,7 @@ class Deferred:
 
 def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | None] | None = None) -> Field:
     """The object a dotted path names, if ``accept`` takes it; ``why`` gives the hint of one it does not.
-    In a read nested in another that is importing the path's module: a :class:`Deferred`."""
+    A :class:`Deferred` while this thread is still importing the path's module."""
 
     def read(reader: Reader, path: str, value: Any) -> Any:
         from django.utils.module_loading import import_string
@@ -367,8 +359,8 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
         except KeyboardInterrupt:
             raise
         except BaseException as error:  # a module that fails, exits or raises its own BaseException as it is imported
-            if isinstance(error, ImportError) and nested_reads() > 1 and _still_importing(value):
-                reading.deferred = deferred_reads() + 1
+            if isinstance(error, ImportError) and _still_importing(value):
+                reader.provisional = True
                 return Deferred(value, what, accept)
             # The error names the value ("No module named 'https://svc:pw@auth'"): such a value is
             # shown as shown() shows it, and the error's text left out.

@@ -34,11 +34,9 @@ from django_aio_request.conf.reader import (
     fields,
     integer,
     names,
-    nested_reads,
     number,
     optional,
     priority,
-    reading,
     seconds,
     shown,
 )
@@ -751,6 +749,9 @@ class AioRequestSettings:
     circuit_breaker_publish_interval: float = 1.0
     circuit_breaker_history_days: float = 7.0
     shedding: SheddingSettings | None = None  # AIO_REQUEST["SHEDDING"]; None: no load shedding
+    # Read while a module a dotted path names was still being imported (conf/reader.py's Deferred):
+    # not kept, and the clients made from it go if the next read finds the settings invalid.
+    provisional: bool = False
 
 
 def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | None) -> SheddingSettings | None:
@@ -837,14 +838,6 @@ def _storable(name: str) -> bool:
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
-    reading.depth = nested_reads() + 1  # a module a dotted path names may read them again (reader.Deferred)
-    try:
-        return _read_settings(value)
-    finally:
-        reading.depth -= 1
-
-
-def _read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     value = _without_lazy_strings(value, {})
     reader = Reader()
     top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)
@@ -903,6 +896,7 @@ def _read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]
         },
         known_services=known,
         shedding=shedding,
+        provisional=reader.provisional,
         **{key.lower(): value for key, value in server.items()},  # SERVER_SCHEMA's keys name the fields
     ), reader.problems
 

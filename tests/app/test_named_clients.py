@@ -336,6 +336,25 @@ def test_a_client_built_while_its_classifier_imports_a_module_that_looks_a_clien
     assert import_race(tmp_path, "'RESPONSE_CLASSIFIER': 'importing_classifier.Classifier'") == BOTH_ENDED
 
 
+def _lookup_first_project(tmp_path: Path) -> None:
+    (tmp_path / "enrich_after_lookup.py").write_text(
+        "from django_aio_request import clients\n"
+        "AUTH = clients['auth']\n"
+        "SEEN = []\n"
+        "def enrich(request):\n"
+        "    SEEN.append(request.url)\n"
+        "    return request\n"
+    )
+    (tmp_path / "lookup_first_settings.py").write_text(
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_after_lookup.enrich'},\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
+        "}}\n"
+    )
+
+
 LOOKUP_FIRST_SCRIPT = """
 import django
 django.setup()
@@ -353,22 +372,7 @@ def test_a_module_the_settings_name_may_look_a_client_up_above_what_it_defines(t
     the natural way, the look-up above the ``def``, reading the settings imported the module, whose
     look-up read them again with the module half imported: a false E008 ("does not define a 'enrich'"),
     every client refused, ``manage.py check`` exited 1 (a review)."""
-    (tmp_path / "enrich_after_lookup.py").write_text(
-        "from django_aio_request import clients\n"
-        "AUTH = clients['auth']\n"
-        "SEEN = []\n"
-        "def enrich(request):\n"
-        "    SEEN.append(request.url)\n"
-        "    return request\n"
-    )
-    (tmp_path / "lookup_first_settings.py").write_text(
-        "from settings.test import *\n"
-        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
-        "AIO_REQUEST = {'CLIENTS': {\n"
-        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_after_lookup.enrich'},\n"
-        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
-        "}}\n"
-    )
+    _lookup_first_project(tmp_path)
     path = f"{tmp_path}{os.pathsep}{ROOT}"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lookup_first_settings", "PYTHONPATH": path}
     done = subprocess.run(
@@ -378,6 +382,68 @@ def test_a_module_the_settings_name_may_look_a_client_up_above_what_it_defines(t
     checked = manage("check", settings="lookup_first_settings", path=tmp_path)
     assert checked.returncode == 0, checked.stderr
     assert "E008" not in checked.stderr
+
+
+IMPORTED_FIRST_SCRIPT = """
+import django
+django.setup()
+import enrich_after_lookup  # the project's own code imports it first (a URLconf's views, a shell)
+from django_aio_request import clients, get
+with clients["billing"].request(get("x")) as response:
+    pass
+print(enrich_after_lookup.AUTH is clients["auth"], sorted(set(enrich_after_lookup.SEEN)), response.status, flush=True)
+"""
+
+TYPO_SCRIPT = """
+import django
+django.setup()
+from django_aio_request import clients
+from django_aio_request.conf.current import InvalidSettings
+import enrich_misnamed  # looks "auth" up as it is imported, and defines no "enrich"
+outcomes = []
+for name in ("billing", "auth"):
+    try:
+        clients[name]
+        outcomes.append(name + " built")
+    except InvalidSettings as error:
+        outcomes.append(name + " refused" + (" E008" if "E008" in str(error) else ""))
+print(outcomes, flush=True)
+"""
+
+
+def test_such_a_module_imported_first_by_the_project_works_too(tmp_path: Path) -> None:
+    """A review of the first fix: it deferred the path only in a read nested in another, so the module
+    imported first by the project's own code (a URLconf's views) still failed with the false E008."""
+    _lookup_first_project(tmp_path)
+    path = f"{tmp_path}{os.pathsep}{ROOT}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lookup_first_settings", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED_FIRST_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "True ['x'] 489", done.stderr[-3000:]
+
+
+def test_a_client_made_while_such_a_module_misnames_the_path_is_not_kept(tmp_path: Path) -> None:
+    """The module's own look-up gets its client (the settings cannot be judged before the module is
+    imported); once they are found invalid it is no longer handed out. A review: "auth" stayed under
+    its name for good while every other client raised InvalidSettings."""
+    (tmp_path / "enrich_misnamed.py").write_text(
+        "from django_aio_request import clients\nAUTH = clients['auth']\ndef enrichh(request):\n    return request\n"
+    )
+    (tmp_path / "misnamed_settings.py").write_text(
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
+        "AIO_REQUEST = {'CLIENTS': {\n"
+        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_misnamed.enrich'},\n"
+        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
+        "}}\n"
+    )
+    path = f"{tmp_path}{os.pathsep}{ROOT}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "misnamed_settings", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-c", TYPO_SCRIPT], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "['billing refused E008', 'auth refused E008']", done.stderr[-3000:]
 
 
 def test_a_name_such_a_module_does_not_define_is_still_e008(tmp_path: Path) -> None:
