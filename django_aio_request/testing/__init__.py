@@ -267,11 +267,12 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     fake = FakeDownstream(spec.endpoint)
     local = dataclasses.replace(spec, circuit_breaker_state=LOCAL_BREAKER_STATE)
     client = build_client(local, config.service_name, transport=fake)
-    previous = clients.replace(name, client)
-    if previous is not None:
-        # A reference to it kept before the block (billing = clients["billing"] at import) calls
-        # what is under the name now: the fake (before, the network, and no UnexpectedCallError).
-        previous.stand_in = functools.partial(clients.current, name)
+    with _fakes_lock:  # one step with the end's: an end between the two left a kept client calling the network
+        previous = clients.replace(name, client)
+        if previous is not None:
+            # A reference to it kept before the block (billing = clients["billing"] at import) calls
+            # what is under the name now: the fake (before, the network, and no UnexpectedCallError).
+            previous.stand_in = functools.partial(clients.current, name)
     try:
         yield fake
     finally:
@@ -284,7 +285,7 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
                 # and a fixture's end in either order), or settings rebuilt the clients. Whichever
                 # fake ends last puts back what was there before this one, never this closed one.
                 _ended_fakes[client] = back
-            elif back is not None:
+            elif back is not None and clients.current(name) is back:
                 back.stand_in = None  # under its name again: its calls are its own
         client.close()
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -654,3 +655,38 @@ def test_an_attempt_cancelled_before_it_is_sent_is_not_recorded_like_a_real_tran
     assert fake.calls == []
     assert fake.send(fake.endpoint, get("invoices"), 1.0, Cancellation()).status == 200
     assert len(fake.calls) == 1
+
+
+def test_a_kept_reference_reaches_a_fake_while_threads_fake_its_name_at_once(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """One block's end put the real client back and then cleared its stand-in, while another thread's
+    block had made a fake and set it: a fake under the name, and the kept client calling the network
+    (a review: 6-111 of 900 blocks, at a 1 µs switch interval)."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    kept = clients["billing"]
+    reached: list[str] = []
+    interval = sys.getswitchinterval()
+
+    def faking() -> None:
+        for _ in range(300):
+            with fake_client("billing"):
+                try:
+                    with kept.request(get("unscripted")):
+                        reached.append("network")
+                except UnexpectedCallError:
+                    reached.append("fake")
+
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=faking) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert reached.count("fake") == 900, reached.count("network")
+    assert server.received("/unscripted") == []
+    assert kept.stand_in is None
+    assert clients["billing"] is kept
