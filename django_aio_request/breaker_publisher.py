@@ -366,7 +366,7 @@ class Publisher:
 
     def _last_round(self) -> None:
         try:
-            self.run_once()
+            self.run_once(background=True)
         finally:
             with contextlib.suppress(Exception):
                 connections.close_all()
@@ -377,7 +377,7 @@ class Publisher:
             # The first round at once: the client that started the thread waits for its overrides.
             wake.clear()  # before the round: a client built during it wakes the next one
             try:
-                self.run_once()
+                self.run_once(background=True)
             except Exception:  # run_once handles database errors; anything else must not end the thread
                 logger.exception("circuit breaker publisher round failed")
             # This thread's own connections: closed after each round, whatever CONN_MAX_AGE says.
@@ -434,15 +434,15 @@ class Publisher:
 
     # -- one round -------------------------------------------------------------------------------
 
-    def run_once(self) -> bool:
+    def run_once(self, *, background: bool = False) -> bool:
         """Publish and apply overrides once; never raises. False when the database could not be used."""
         number = self._watched  # before listing the clients: those watched up to it are in the list
         try:
-            return self._run_once(number)
+            return self._run_once(number, background)
         finally:
             self._overrides_read(number)  # done, or failed: builds waiting for it go on
 
-    def _run_once(self, number: int) -> bool:
+    def _run_once(self, number: int, background: bool) -> bool:
         self._number = number
         breakers = built_breakers()
         if not breakers and not self._published and not self._queue:
@@ -450,7 +450,7 @@ class Publisher:
         taken = self._take_transitions()
         try:
             where = self._where()  # an alias that names no database fails here, as in the round
-            if self._outside_the_tests(where):
+            if self._outside_the_tests(where, background):
                 self._queue.extendleft(reversed(taken))
                 self._trim()
                 return False
@@ -480,7 +480,7 @@ class Publisher:
             logger.warning("circuit breaker state is published to the database again")
         return True
 
-    def _outside_the_tests(self, where: tuple[tuple[str, Any], ...]) -> bool:
+    def _outside_the_tests(self, where: tuple[tuple[str, Any], ...], background: bool) -> bool:
         """Whether this process runs tests (Django's test environment is, or was, set up: its test
         runner, pytest-django) and a database the round would use is not a test database.
 
@@ -493,15 +493,18 @@ class Publisher:
             self._tests_seen = _running_tests()
             if not self._tests_seen:
                 return False
-        if threading.current_thread() is self._thread:
+        if background:
             # SQLite locks whole tables between the connections of a database in memory (the test
             # database Django makes for SQLite), and a write that meets another connection's lock
             # fails at once, whatever the busy timeout: a round's write failed the test's own
             # ("database table is locked", 3 of 11 pytest runs and 3 of 4 manage.py test runs of a
-            # review). The thread leaves such a database alone; run_once() called by a test uses the
-            # test's own connection.
+            # review). The thread's rounds and the last one at exit leave such a database alone;
+            # run_once() called by a test uses the test's own connection. Where they would have
+            # written is kept all the same: the last round at exit writes nowhere else (see
+            # publish_at_exit), and after the tests the settings name the real database again.
             shared = [(alias, name) for alias, name in where if _sqlite_in_memory(alias)]
             if shared:
+                self._databases = where
                 if not self._memory_logged:
                     self._memory_logged = True
                     logger.info(
