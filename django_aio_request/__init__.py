@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from django_aio_request.core.priority import Priority
     from django_aio_request.core.request import (
         Request,
+        RequestOptions,
         delete,
         get,
         patch,
@@ -93,6 +94,7 @@ _LAZY = {
     "PercentileDelaysProvider": "django_aio_request.strategies.percentile_delays",
     "Priority": "django_aio_request.core.priority",
     "Request": "django_aio_request.core.request",
+    "RequestOptions": "django_aio_request.core.request",
     "RequestAttemptDelaysProvider": "django_aio_request.strategies.delays",
     "RequestStrategy": "django_aio_request.strategies",
     "RequestsTransport": "django_aio_request.transport.requests_transport",
@@ -150,6 +152,7 @@ __all__ = [
     "Priority",
     "Request",
     "RequestAttemptDelaysProvider",
+    "RequestOptions",
     "RequestStrategy",
     "RequestsTransport",
     "Response",

@@ -13,7 +13,7 @@ MAX_REDIRECTS = 10
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 PathParameters = Mapping[str, Any]
-QueryParameters = Mapping[str, Any] | Iterable[tuple[str, Any]]
+QueryParameters = Mapping[str, Any] | Iterable[tuple[str, Any] | list[Any]]  # pairs: tuples or 2-lists
 Headers = Mapping[str, str]
 
 
@@ -44,7 +44,7 @@ class Request:
         path_parameters: PathParameters | None = None,
         query_parameters: QueryParameters | None = None,
         headers: Headers | None = None,
-        body: bytes | None = None,
+        body: bytes | bytearray | None = None,
         allow_redirects: bool = True,
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
@@ -133,7 +133,7 @@ def _checked_query_parameters(parameters: QueryParameters | None) -> QueryParame
         kind = type(parameters).__name__
         raise TypeError(f"query_parameters must be a mapping or (name, value) pairs, not {kind}: {parameters!r}")
     if isinstance(parameters, Mapping):
-        items: Iterable[tuple[str, Any]] = parameters.items()
+        items: Iterable[tuple[str, Any] | list[Any]] = parameters.items()
     else:
         parameters = tuple(parameters)
         for pair in parameters:
@@ -307,7 +307,7 @@ def request(
     method: str,
     url: str,
     *,
-    body: bytes | None = None,
+    body: bytes | bytearray | None = None,
     path_parameters: PathParameters | None = None,
     query_parameters: QueryParameters | None = None,
     headers: Headers | None = None,
@@ -326,10 +326,11 @@ def request(
     )
 
 
-class _Options(TypedDict, total=False):
+class RequestOptions(TypedDict, total=False):
     """The keyword arguments of :func:`request` the builders below pass on: typed, so that a type
     checker refuses a misspelt one (``path_paramters=``), as a call does at run time. Before, the
-    builders took ``**kwargs: Any`` and ``mypy --strict`` passed three mistakes of four (a review)."""
+    builders took ``**kwargs: Any`` and ``mypy --strict`` passed three mistakes of four (a review).
+    Options kept in a dict and passed as ``get(url, **options)`` type-check as this (or ``dict[str, Any]``)."""
 
     path_parameters: PathParameters | None
     query_parameters: QueryParameters | None
@@ -338,8 +339,8 @@ class _Options(TypedDict, total=False):
     max_redirects: int
 
 
-class _WithBody(_Options, total=False):
-    body: bytes | None
+class _WithBody(RequestOptions, total=False):
+    body: bytes | bytearray | None
 
 
 class _JsonOptions(TypedDict, total=False):
@@ -357,15 +358,15 @@ def delete(url: str, **kwargs: Unpack[_WithBody]) -> Request:
     return request("DELETE", url, **kwargs)
 
 
-def post(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
+def post(url: str, body: bytes | bytearray | None = None, **kwargs: Unpack[RequestOptions]) -> Request:
     return request("POST", url, body=body, **kwargs)
 
 
-def put(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
+def put(url: str, body: bytes | bytearray | None = None, **kwargs: Unpack[RequestOptions]) -> Request:
     return request("PUT", url, body=body, **kwargs)
 
 
-def patch(url: str, body: bytes | None = None, **kwargs: Unpack[_Options]) -> Request:
+def patch(url: str, body: bytes | bytearray | None = None, **kwargs: Unpack[RequestOptions]) -> Request:
     return request("PATCH", url, body=body, **kwargs)
 
 

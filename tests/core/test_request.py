@@ -135,7 +135,7 @@ def test_a_method_http_cannot_carry_raises_as_the_request_is_built(
 
 
 def test_bytearray_body_is_kept_as_bytes() -> None:
-    req = post("things", bytearray(b"abc"))  # type: ignore[arg-type]  # accepted at run time too
+    req = post("things", bytearray(b"abc"))  # accepted at run time, and typed so
     assert req.body == b"abc"
     assert type(req.body) is bytes
 
@@ -645,13 +645,18 @@ def test_request_object_built_directly_is_sent_as_built(
 
 
 USER_CODE = """
-from django_aio_request import get, post, post_json
+from typing import Any
+from django_aio_request import RequestOptions, get, post, post_json
 
 get("x", path_paramters={"id": 1})
 post_json("x", {"a": 1}, query_parameters=5)
 post("x", b"", headers="text")
 get("x", path_parameters={"id": 1}, query_parameters={"q": "1"}, headers={"A": "b"}, allow_redirects=False)
 post_json("x", [1], headers={"X": "1"}, max_redirects=3)
+options: RequestOptions = {"headers": {"A": "b"}, "query_parameters": [["a", "1"]]}
+get("x", **options)
+loose: dict[str, Any] = {"headers": {"A": "b"}}
+post("x", bytearray(b"1"), **loose)
 """
 
 
@@ -664,5 +669,5 @@ def test_a_type_checker_refuses_a_builder_s_misspelt_or_mistyped_keyword(tmp_pat
     command += ["--cache-dir", str(tmp_path / "cache"), "user.py"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert [line.split(":")[1] for line in errors] == ["4", "5", "6"], done.stdout
+    assert [line.split(":")[1] for line in errors] == ["5", "6", "7"], done.stdout
     assert 'Unexpected keyword argument "path_paramters" for "get"' in errors[0]
