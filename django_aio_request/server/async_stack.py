@@ -4,7 +4,8 @@ Under an ASGI server Django runs middleware in async mode only down to the first
 run async (``async_capable`` not true, as in middleware written before Django 3.1 without
 ``MiddlewareMixin``). That one runs in a thread, and the middleware above it, ``AioRequestMiddleware``
 included, runs in sync mode too (Django picks sync for a layer that can run either way when the
-layer below it is sync). ``CANCEL_ASYNC_VIEWS_ON_TIMEOUT`` then cancels nothing: an async view
+layer below it is sync), unless an async-only layer between them switches back to async; either
+way the view runs under that thread. ``CANCEL_ASYNC_VIEWS_ON_TIMEOUT`` then cancels nothing: an async view
 given 0.3 s answered 200 after 3 s, and nothing said why. The system check W012 names such
 middleware, and the first request an ASGI handler serves logs the same warning, for servers that
 run no checks.
@@ -30,8 +31,9 @@ _FIRST_REQUEST = "django_aio_request.server.async_stack.first_request"
 
 def sync_only_below(middleware: object) -> list[str]:
     """The entries of ``middleware`` (``settings.MIDDLEWARE``) below the first ``AioRequestMiddleware``
-    (or subclass) that Django can only run in sync mode. [] without an ``AioRequestMiddleware``.
-    An entry that cannot be imported is skipped: Django reports it when it loads the middleware."""
+    (or subclass) that Django can only run in sync mode, each once. [] without an ``AioRequestMiddleware``.
+    An entry that cannot be imported is skipped: Django reports it when it loads the middleware. One
+    that raises ``MiddlewareNotUsed`` as it is made is named too: that is known only by making it."""
     from django_aio_request.server.middleware import AioRequestMiddleware
 
     if not isinstance(middleware, Sequence) or isinstance(middleware, str):
@@ -47,7 +49,7 @@ def sync_only_below(middleware: object) -> list[str]:
         if found is None:
             if isinstance(factory, type) and issubclass(factory, AioRequestMiddleware):
                 found = []
-        elif not getattr(factory, "async_capable", False):  # what Django's load_middleware() reads
+        elif not getattr(factory, "async_capable", False) and path not in found:  # what load_middleware() reads
             found.append(path)
     return found or []
 
@@ -64,8 +66,8 @@ def warning_text(below: Sequence[str]) -> str:
     names = ", ".join(below)
     return (
         f"CANCEL_ASYNC_VIEWS_ON_TIMEOUT is on, but MIDDLEWARE has middleware below AioRequestMiddleware"
-        f" that cannot run async ({names}): under an ASGI server Django then runs AioRequestMiddleware and"
-        f" everything below it in sync mode, and no async view is cancelled at its deadline"
+        f" that cannot run async ({names}): under an ASGI server Django runs what is below it, the view"
+        f" included, through that middleware's thread, and async views are not cancelled at their deadline"
     )
 
 

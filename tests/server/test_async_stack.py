@@ -67,6 +67,7 @@ def test_a_sync_only_middleware_below_keeps_an_async_view_from_being_cancelled(s
         ([SYNC_ONLY, MIXIN], []),  # no AioRequestMiddleware
         ([MIDDLEWARE, "no.such.Middleware", SYNC_ONLY], [SYNC_ONLY]),  # Django reports the import itself
         ([MIDDLEWARE, 42, None], []),  # nonsense: Django's to report
+        ([MIDDLEWARE, SYNC_ONLY, SYNC_ONLY], [SYNC_ONLY]),  # named once
         ("not a list", []),
         (None, []),
     ],
