@@ -90,6 +90,10 @@ class ClientsHandler:
             client.close()
 
     def __getitem__(self, name: str) -> Client:
+        # Clients made from provisional settings are judged by a read of them first (see settings),
+        # which drops them if the settings prove invalid: returned as they were, one was handed out
+        # for good where it was the first client the project used (a review).
+        _ = self._provisional and self.settings  # raises InvalidSettings, or keeps them once the settings hold
         client = self._clients.get(name)
         if client is not None:
             return client
