@@ -471,7 +471,7 @@ class Publisher:
                     "this process's breakers and the last overrides applied; retrying every %s s",
                     type(error).__name__,
                     error,
-                    _MIGRATE if _missing_table(error) else "",
+                    _MIGRATE if _missing_table(error) and not _in_memory(self) else "",
                     self.interval,
                 )
             return False
@@ -739,6 +739,15 @@ def _is_django_s_command_line(program: str) -> bool:
 
 
 _MIGRATE = " (the app's tables are not there: has `manage.py migrate django_aio_request` run on that database?)"
+
+
+def _in_memory(publisher: "Publisher") -> bool:
+    """Whether a database the rounds use is SQLite in memory: there each connection has a database of
+    its own, empty, and running migrate changes nothing (no hint to run it)."""
+    try:
+        return any(_sqlite_in_memory(alias) for alias, _ in publisher._where())
+    except Exception:
+        return False
 
 
 def _missing_table(error: Exception) -> bool:
