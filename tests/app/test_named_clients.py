@@ -425,10 +425,9 @@ def test_such_a_module_imported_first_by_the_project_works_too(tmp_path: Path) -
     assert done.stdout.strip() == "True ['x'] 489", done.stderr[-3000:]
 
 
-def test_a_client_made_while_such_a_module_misnames_the_path_is_not_kept(tmp_path: Path) -> None:
-    """The module's own look-up gets its client (the settings cannot be judged before the module is
-    imported); once they are found invalid it is no longer handed out. A review: "auth" stayed under
-    its name for good while every other client raised InvalidSettings."""
+def _misnamed_project(tmp_path: Path) -> None:
+    """A module that looks "auth" up as it is imported and defines ``enrichh``, where the settings
+    name ``enrich_misnamed.enrich``: a typo only a read after its import can judge."""
     (tmp_path / "enrich_misnamed.py").write_text(
         "from django_aio_request import clients\nAUTH = clients['auth']\ndef enrichh(request):\n    return request\n"
     )
@@ -440,6 +439,13 @@ def test_a_client_made_while_such_a_module_misnames_the_path_is_not_kept(tmp_pat
         "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
         "}}\n"
     )
+
+
+def test_a_client_made_while_such_a_module_misnames_the_path_is_not_kept(tmp_path: Path) -> None:
+    """The module's own look-up gets its client (the settings cannot be judged before the module is
+    imported); once they are found invalid it is no longer handed out. A review: "auth" stayed under
+    its name for good while every other client raised InvalidSettings."""
+    _misnamed_project(tmp_path)
     path = f"{tmp_path}{os.pathsep}{ROOT}"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "misnamed_settings", "PYTHONPATH": path}
     for order in (["billing", "auth"], ["auth", "billing", "auth"]):  # its own client first, too (a review)
@@ -456,17 +462,7 @@ def test_a_client_made_while_such_a_module_misnames_the_path_is_not_kept(tmp_pat
 
 
 def test_a_name_such_a_module_does_not_define_is_still_e008(tmp_path: Path) -> None:
-    (tmp_path / "enrich_misnamed.py").write_text(
-        "from django_aio_request import clients\nAUTH = clients['auth']\ndef enrichh(request):\n    return request\n"
-    )
-    (tmp_path / "misnamed_settings.py").write_text(
-        "from settings.test import *\n"
-        "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}\n"
-        "AIO_REQUEST = {'CLIENTS': {\n"
-        "    'billing': {'ENDPOINT': 'http://127.0.0.1:9/', 'REQUEST_ENRICHER': 'enrich_misnamed.enrich'},\n"
-        "    'auth': {'ENDPOINT': 'http://127.0.0.1:8/'},\n"
-        "}}\n"
-    )
+    _misnamed_project(tmp_path)
     checked = manage("check", settings="misnamed_settings", path=tmp_path)
     assert checked.returncode == 1
     assert "(django_aio_request.E008)" in checked.stderr
