@@ -276,15 +276,11 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             raise TypeError(f"BACKEND is {shown(backend)}, not a dotted path")
         import_string(backend)
     except (Exception, SystemExit) as error:  # whatever importing it raises is the message
-        return [
-            checks.Error(
-                f"settings.CACHES[{alias!r}], the circuit breakers' shared state, has a BACKEND that cannot be"
-                f" imported ({type(error).__name__}: {error}): breaker state would never be shared",
-                hint="a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
-                obj=f"settings.CACHES[{alias!r}]",
-                id=f"django_aio_request.{BAD_IMPORT}",
-            )
-        ]
+        return _unusable_breaker_cache(
+            alias,
+            f"has a BACKEND that cannot be imported ({type(error).__name__}: {error})",
+            "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
+        )
     library = CLIENT_LIBRARIES.get(backend)
     if library is None:
         return []
@@ -293,17 +289,25 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     except (Exception, SystemExit) as error:
         # The backend imports, and imports its client library only when first used: check passed,
         # and every sync round failed with ModuleNotFoundError (a review: redis-py not installed).
-        return [
-            checks.Error(
-                f"settings.CACHES[{alias!r}], the circuit breakers' shared state, uses {backend}, whose client"
-                f" library {library!r} cannot be imported ({type(error).__name__}: {error}): breaker state"
-                " would never be shared",
-                hint=f"install it (pip install {library})",
-                obj=f"settings.CACHES[{alias!r}]",
-                id=f"django_aio_request.{BAD_IMPORT}",
-            )
-        ]
+        return _unusable_breaker_cache(
+            alias,
+            f"uses {backend}, whose client library {library!r} cannot be imported ({type(error).__name__}: {error})",
+            f"install it (pip install {library})",
+        )
     return []
+
+
+def _unusable_breaker_cache(alias: str, what: str, hint: str) -> list[checks.CheckMessage]:
+    """The E008 of a breakers' shared cache that every sync round would fail on."""
+    return [
+        checks.Error(
+            f"settings.CACHES[{alias!r}], the circuit breakers' shared state, {what}: breaker state would never"
+            " be shared",
+            hint=hint,
+            obj=f"settings.CACHES[{alias!r}]",
+            id=f"django_aio_request.{BAD_IMPORT}",
+        )
+    ]
 
 
 #: The client library each cache backend imports only when first used, by the backend's dotted path.
