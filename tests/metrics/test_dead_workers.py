@@ -221,7 +221,7 @@ def test_a_multiprocessing_child_s_live_gauges_go_when_it_ends(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     parent, *children = done.stdout.split()
-    assert len(children) == 3  # the process and the pool's two workers
+    assert len(children) >= 2  # the process and the pool's workers that took a task (one may take all 8)
     live = {path.name for path in tmp_path.glob("gauge_live*")}
     assert live == {f"gauge_livesum_{parent}.db"}  # the parent is no multiprocessing child: its own stays
 
