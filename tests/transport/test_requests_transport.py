@@ -813,6 +813,42 @@ def test_max_response_size_counts_a_compressed_body_decoded(server: LoopbackServ
     assert (refused.status, refused.headers["X-Response-Too-Large"]) == (489, "20")  # 64 decoded: too large
 
 
+def _decoding_to_nothing(coding: str, size: int) -> bytes:
+    """``size`` bytes (about) of a body in ``coding`` that decodes to nothing: empty gzip members, or
+    a zlib stream of empty deflate blocks that never ends."""
+    if coding == "gzip":
+        member = gzip.compress(b"")
+        return member * (size // len(member))
+    return b"\x78\x9c" + b"\x00\x00\x00\xff\xff" * (size // 5)
+
+
+@ROUTES
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_max_response_size_also_bounds_coded_bytes_that_decode_to_nothing(
+    server: LoopbackServer, route: str, coding: str
+) -> None:
+    """faults.md: a body that decodes to nothing is still held to the limit, by its coded bytes (with
+    1% or 1 KiB of room). Counted decoded only, 8 MiB of empty gzip members were a 200 under a limit
+    of 1 MiB, and an endless body of empty deflate blocks was read until the deadline (a review)."""
+    limit = 64 * 1024
+    body = _decoding_to_nothing(coding, 4 * 1024 * 1024)
+    server.route("/nothing", lambda h: h.reply(200, body, {"Content-Encoding": coding}))
+    # What does compress, and what does not, under the limit: read whole.
+    noise = random.Random(7).randbytes(limit - 1024)
+    server.route("/noise", _gzip_route(gzip.compress(noise)))
+    transport = _transport_on(route, limit)
+    try:
+        started = time.monotonic()
+        refused = transport.send(server.url, get("nothing"), 10.0)
+        took = time.monotonic() - started
+        answer = transport.send(server.url, get("noise"), DEADLINE)
+    finally:
+        transport.close()
+    assert (refused.status, refused.headers.get("X-Response-Too-Large")) == (489, str(limit)), refused.headers
+    assert took < 2.0, took
+    assert (answer.status, answer.read()) == (200, noise)
+
+
 def _tiny_chunks(size: int) -> Callable[[Handler], None]:
     """A chunked body of ``size`` bytes in 2-byte chunks (made before the memory is traced)."""
     framed = b"2\r\nyy\r\n" * (size // 2) + b"0\r\n\r\n"
