@@ -365,7 +365,7 @@ class _GuardedConnectionMixin:
         except UnicodeError:
             raise LocationParseError(f"'{name}', label empty or too long") from None
         try:
-            addresses = resolver.resolve(name, self.port, allowed_gai_family(), guard)
+            addresses = resolver.resolve(name, allowed_gai_family(), guard)
         except ResolutionUnfinished as error:
             raise ConnectTimeoutError(self, f"resolving {name} did not finish before the deadline") from error
         except socket.gaierror as error:

@@ -5,8 +5,10 @@ does not answer, it takes the resolver's own timeout (5 s per try by default, se
 past any deadline. So lookups run on a few daemon threads here, and an attempt waits for its
 answer only until its deadline or its abort; a lookup it gave up on finishes on its thread.
 
-One lookup of a (host, port, family) in flight serves every attempt that asks for it meanwhile,
-so a name server that hangs costs one thread per name, not one per call. At most
+One lookup of a (host, family) in flight serves every attempt that asks for it meanwhile, whatever
+port it connects to, so a name server that hangs costs one thread per name, not one per call (keyed
+by the port too, a downstream redirecting to one hanging name with a new port each time took a
+thread per port, and all 32 after about 40 calls: a review). At most
 :data:`MAX_THREADS` threads look names up at once; a lookup running for more than
 :data:`STUCK_AFTER` does not count (its name server hangs), up to :data:`MOST_THREADS` threads in all:
 eight names whose lookups hung held every thread, and every other name, ``localhost`` from
@@ -36,7 +38,7 @@ MOST_THREADS = 32
 #: after 5 s per try by default, so a lookup older than this is most likely stuck.
 SHARE_FOR = 10.0
 
-_Key = tuple[str, int, int]
+_Key = tuple[str, int]  # host, address family
 
 
 class Waiter(Protocol):
@@ -80,13 +82,13 @@ class Resolver:
         self._running: dict[int, float] = {}  # thread ident: when its lookup started
         self._recheck_due = False  # a look for stuck threads is scheduled
 
-    def resolve(self, host: str, port: int, family: int, waiter: Waiter) -> list[str]:
+    def resolve(self, host: str, family: int, waiter: Waiter) -> list[str]:
         """The addresses of ``host``, in ``getaddrinfo()`` order.
 
         Raises ``socket.gaierror`` (and whatever else ``getaddrinfo()`` raised) if the lookup
         failed, and :class:`ResolutionUnfinished` if the waiter's deadline or abort came first.
         """
-        key = (host, port, family)
+        key = (host, family)
         woken = threading.Event()
         with self._lock:
             lookup = self._in_flight.get(key)
@@ -158,8 +160,8 @@ class Resolver:
                 self._running[me] = time.monotonic()
                 lookup.taken = True
             try:
-                host, port, family = key
-                found = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+                host, family = key
+                found = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)  # addresses only
                 lookup.addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
             except Exception as error:  # handed to the waiting attempts, whatever it is
                 lookup.error = error

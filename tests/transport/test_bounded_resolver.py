@@ -108,13 +108,13 @@ def test_many_calls_to_hanging_names_share_lookups_and_a_bounded_number_of_threa
 
 
 def test_resolves_a_name_from_the_hosts_file() -> None:
-    addresses = Resolver().resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
+    addresses = Resolver().resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(5)))
     assert "127.0.0.1" in addresses
 
 
 def test_a_lookup_error_reaches_the_caller() -> None:
     with pytest.raises(socket.gaierror):
-        Resolver().resolve("no-such-host.invalid", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
+        Resolver().resolve("no-such-host.invalid", socket.AF_INET, AttemptSockets(deadline_in(5)))
 
 
 def test_an_aborted_attempt_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +124,7 @@ def test_an_aborted_attempt_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> No
     # The one stand-in here: a lookup that never returns, so only the abort can end the wait.
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args: blocked.wait())
     with pytest.raises(ResolutionUnfinished):
-        Resolver().resolve("example.test", 80, socket.AF_INET, guard)
+        Resolver().resolve("example.test", socket.AF_INET, guard)
     blocked.set()
 
 
@@ -143,12 +143,12 @@ def test_a_forked_child_resolves_with_threads_of_its_own(monkeypatch: pytest.Mon
     resolver = Resolver(max_threads=2)
     for name in ("blocked-1", "blocked-2"):  # both threads busy, both names in flight
         with pytest.raises(ResolutionUnfinished):
-            resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+            resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what it resolves, then leave without running the parent's cleanup
         try:
-            found = resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
+            found = resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(5)))
             os.write(write, json.dumps(found).encode())
         except BaseException as error:
             os.write(write, json.dumps(repr(error)).encode())
@@ -178,12 +178,12 @@ def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(mo
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     resolver = Resolver(share_for=1.0)
     with pytest.raises(ResolutionUnfinished):
-        resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+        resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     with pytest.raises(ResolutionUnfinished):  # within the window: joins the stuck lookup
-        resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+        resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.05)))
     assert asked == ["localhost"]
     time.sleep(1.0)  # past the window now
-    assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(5)))
+    assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(5)))
     assert asked == ["localhost", "localhost"]
     release.set()
 
@@ -208,16 +208,16 @@ def test_names_whose_lookups_hang_do_not_hold_up_other_names(monkeypatch: pytest
     try:
         for name in ("a.hang", "b.hang"):  # both threads stuck
             with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
         started = time.monotonic()  # asked at once: answered when the two count as stuck
-        assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(2)))
+        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
         assert time.monotonic() - started < 1.0
         for name in ("c.hang", "d.hang"):  # now four threads, all stuck: the most there may be
             with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(name, 80, socket.AF_INET, AttemptSockets(deadline_in(0.3)))
+                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.3)))
         time.sleep(0.3)
         with pytest.raises(ResolutionUnfinished):  # no fifth thread
-            resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(0.5)))
+            resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.5)))
         assert sum(t.name == "django-aio-request-resolver" for t in threading.enumerate()) >= 4
     finally:
         release.set()
@@ -241,10 +241,10 @@ def test_lookups_every_asker_gave_up_on_take_no_thread(monkeypatch: pytest.Monke
     try:
         for n in range(6):  # two hang on threads, four wait in the queue, all given up on
             with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(f"{n}.hang", 80, socket.AF_INET, AttemptSockets(deadline_in(0.01)))
+                resolver.resolve(f"{n}.hang", socket.AF_INET, AttemptSockets(deadline_in(0.01)))
         time.sleep(0.6)  # the two running count as stuck now
         started = time.monotonic()
-        assert "127.0.0.1" in resolver.resolve("localhost", 80, socket.AF_INET, AttemptSockets(deadline_in(2)))
+        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
         assert time.monotonic() - started < 0.5
         assert resolver._threads == 3  # the two stuck, and one for localhost: none for the four given up
     finally:
@@ -314,3 +314,40 @@ def test_tls_to_a_host_name_is_verified_against_that_name(monkeypatch: pytest.Mo
 
 def deadline_in(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+def test_redirects_to_one_hanging_name_on_new_ports_share_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faults.md: one lookup per name, whatever port a call connects to. Keyed by the port too, a
+    downstream redirecting to one name whose name server hangs, a new port each time, took a
+    resolver thread per port: all 32 after about 40 calls, and then every name was a 408 (a review)."""
+    import itertools
+
+    from django_aio_request import get
+    from django_aio_request.transport.requests_transport import RequestsTransport
+
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+    asked: list[str] = []
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.endswith(".hang"):
+            asked.append(host)
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    ports = itertools.count(1000)
+    server = LoopbackServer()
+    server.route("/go", lambda handler: handler.reply(302, b"", {"Location": f"http://x.hang:{next(ports)}/"}))
+    transport = RequestsTransport()
+    try:
+        for _ in range(12):
+            started = time.monotonic()
+            response = transport.send(server.url, get("go"), 0.2)
+            assert response.status == status.TIMEOUT
+            assert time.monotonic() - started < 0.2 + SLACK
+        assert asked == ["x.hang"]  # one lookup for the twelve ports, still in flight
+    finally:
+        release.set()
+        transport.close()
