@@ -90,23 +90,29 @@ class CurrentSettings:
     def database_statement_timeout(self) -> bool:
         """``DATABASE_STATEMENT_TIMEOUT``, which the database bound reads on every query.
 
-        When ``AIO_REQUEST`` has errors elsewhere (a client's ``ENDPOINT``), this key is read on its
-        own: in a process that runs no checks (``manage.py shell``, a task worker) an HTTP client's
-        mistake raises where that client is used, and must not fail every database query. An invalid
-        value of this key, or an ``AIO_REQUEST`` that is no mapping, still raises ``InvalidSettings``.
-        Any mapping (a ``types.MappingProxyType`` too) is read, as the settings reader accepts them.
+        This key is read on its own, not with the rest of ``AIO_REQUEST``:
+
+        * when the rest has errors (a client's ``ENDPOINT``), in a process that runs no checks
+          (``manage.py shell``, a task worker), an HTTP client's mistake raises where that client is
+          used, and must not fail every database query;
+        * reading the rest imports the modules it names, and while one of them is half imported (it
+          looks a client up as it is imported) those settings are not kept, so each read imports it
+          again: the breaker publisher's first read, on its thread, waited for that import, which
+          waited for the read, and every build waited the whole first-read wait on a healthy
+          PostgreSQL and called endpoints admin had forced open.
+
+        An invalid value of this key, or an ``AIO_REQUEST`` that is no mapping, raises
+        ``InvalidSettings`` listing every problem of the setting. Any mapping (a
+        ``types.MappingProxyType`` too) is read, as the settings reader accepts them.
         """
-        try:
-            return self.settings.database_statement_timeout
-        except InvalidSettings:
-            raw = getattr(settings, SETTING, None)
-            if not isinstance(raw, Mapping):
-                raise
-            key = "DATABASE_STATEMENT_TIMEOUT"
-            alone, _ = _read({key: raw[key]} if key in raw else {})
-            if alone is None:
-                raise
-            return alone.database_statement_timeout
+        raw = getattr(settings, SETTING, None)
+        if raw is not None and not isinstance(raw, Mapping):
+            return self.settings.database_statement_timeout  # raises, saying what it is
+        key = "DATABASE_STATEMENT_TIMEOUT"
+        alone, _ = _read({key: raw[key]} if raw is not None and key in raw else {})
+        if alone is None:
+            return self.settings.database_statement_timeout  # raises, listing every problem
+        return alone.database_statement_timeout
 
     def reset(self) -> None:
         self._generation += 1

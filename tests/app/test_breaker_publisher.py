@@ -987,6 +987,60 @@ def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackS
     assert answer["built"] < 2.0  # the build waited for the overrides, not for an interval
 
 
+@pytest.fixture
+def postgres_database() -> Iterator[dict[str, str]]:
+    """A PostgreSQL database of its own on the machine's server (the test settings' "postgres"
+    connection), dropped after the test: DATABASES' entry for a subprocess."""
+    import psycopg
+
+    reached = connections["postgres"].settings_dict
+    name = f"aio_request_fresh_{uuid.uuid4().hex[:8]}"
+    server = {"host": reached["HOST"] or "127.0.0.1", "port": reached["PORT"] or 5432, "user": reached["USER"]}
+    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:  # type: ignore[arg-type]
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": reached["USER"],
+               "HOST": server["host"], "PORT": str(server["port"])}  # fmt: skip
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:  # type: ignore[arg-type]
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_new_process_looking_a_client_up_as_a_module_is_imported_obeys_an_override(
+    server: LoopbackServer, tmp_path: Path, postgres_database: dict[str, str]
+) -> None:
+    """README: a module the settings name may look a client up as it is imported. On PostgreSQL the
+    publisher's first read, in its thread, read the settings again (the database bound's key), which
+    imported that module again and waited for its import, which waited for that read: every build
+    waited the whole 0.25 s, said "not read within 0.25 s" of a healthy database, and its first calls
+    reached the endpoint forced open (6 of 6 runs, a review)."""
+    server.route("/up", lambda h: h.reply(200))
+    (tmp_path / "importing_enricher.py").write_text(
+        "from django_aio_request import clients\n\nBILLING = clients['billing']\n\n\n"
+        "def enrich(request):\n    return request\n"
+    )
+    clients_setting = {
+        "billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}},
+        "refunds": {"ENDPOINT": server.url, "REQUEST_ENRICHER": "importing_enricher.enrich"},
+    }
+    env = settings_module(
+        tmp_path, "importing_worker_settings", postgres_database, {"SERVICE_NAME": "orders", "CLIENTS": clients_setting}
+    )
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPERATOR, server.url)
+    worker = FRESH_WORKER.replace("django.setup()\n", "django.setup()\nimport importing_enricher\n")
+    done = subprocess.run(
+        [sys.executable, "-c", worker, "billing", "up", "5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["calls"] == [[502, True]] * 5, (answer, done.stderr)
+    assert server.received("/up") == []
+    assert "not read within" not in done.stderr
+
+
 def test_a_process_that_exits_publishes_its_last_transitions(server: LoopbackServer, tmp_path: Path) -> None:
     """A worker that opened a circuit and exited before the next round (gunicorn's --max-requests,
     a deploy's SIGTERM): its opening was lost with it, never in admin's history (18-19 of 20 recycled
