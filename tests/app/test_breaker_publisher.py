@@ -996,13 +996,13 @@ def postgres_database() -> Iterator[dict[str, str]]:
     reached = connections["postgres"].settings_dict
     name = f"aio_request_fresh_{uuid.uuid4().hex[:8]}"
     server = {"host": reached["HOST"] or "127.0.0.1", "port": reached["PORT"] or 5432, "user": reached["USER"]}
-    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:  # type: ignore[arg-type]
+    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:
         yield {"ENGINE": "django.db.backends.postgresql", "NAME": name, "USER": reached["USER"],
                "HOST": server["host"], "PORT": str(server["port"])}  # fmt: skip
     finally:
-        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:  # type: ignore[arg-type]
+        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
