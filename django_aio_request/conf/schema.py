@@ -836,6 +836,33 @@ def _storable(name: str) -> bool:
     return True
 
 
+def _check_service_name(reader: Reader, service_name: object) -> None:
+    """``SERVICE_NAME``: sent as ``X-Service-Name`` on every call, and read by the servers called."""
+    if not isinstance(service_name, str) or not service_name.strip():
+        reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {shown(service_name)}")
+    elif len(service_name) > MAX_SERVICE_NAME_LENGTH:
+        reader.fail(
+            "['SERVICE_NAME']",
+            f"is longer than {MAX_SERVICE_NAME_LENGTH} characters ({len(service_name)}): servers running this "
+            "app count such a caller as 'other' in their metrics",
+        )
+    else:
+        try:
+            check_headers({h.X_SERVICE_NAME: service_name})  # sent on every call: it must fit in a header
+        except ValueError as error:
+            reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
+        else:
+            if not (service_name.isascii() and service_name.isprintable()):
+                # A header carries Latin-1 and tabs, but a server running this app takes such a name for
+                # no service (core.headers.service_name), as KNOWN_SERVICES refuses it: "café" passed
+                # the check and was counted as "other" and never trusted, as a name too long is.
+                reader.fail(
+                    "['SERVICE_NAME']",
+                    f"must be printable ASCII, not {shown(service_name)}: servers running this app count"
+                    " such a caller as 'other' in their metrics and never trust it for a priority",
+                )
+
+
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
     value = _without_lazy_strings(value, {})
@@ -844,19 +871,8 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     if top is None:
         return None, reader.problems
     service_name = top.get("SERVICE_NAME")
-    if service_name is not None and (not isinstance(service_name, str) or not service_name.strip()):
-        reader.fail("['SERVICE_NAME']", f"must be a non-empty string, not {shown(service_name)}")
-    elif service_name is not None and len(service_name) > MAX_SERVICE_NAME_LENGTH:
-        reader.fail(
-            "['SERVICE_NAME']",
-            f"is longer than {MAX_SERVICE_NAME_LENGTH} characters ({len(service_name)}): servers running this "
-            "app count such a caller as 'other' in their metrics",
-        )
-    elif service_name is not None:
-        try:
-            check_headers({h.X_SERVICE_NAME: service_name})  # sent on every call: it must fit in a header
-        except ValueError as error:
-            reader.fail("['SERVICE_NAME']", str(error).replace(f"header {h.X_SERVICE_NAME!r}: the value ", ""))
+    if service_name is not None:
+        _check_service_name(reader, service_name)
     clients: dict[str, ClientSpec] = {}
     clients_hint = "a dict of the clients by name, e.g. {'billing': {'ENDPOINT': 'http://billing:8080/'}}"
     listed = reader.mapping("['CLIENTS']", top.get("CLIENTS", {}), None, clients_hint)

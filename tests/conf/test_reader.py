@@ -167,6 +167,8 @@ def test_client_names_a_database_cannot_store_are_errors(name: str) -> None:
         ("orders\x01", "another control character"),  # check passed; aiohttp and gunicorn answered 400
         (" orders", "starts with white space"),  # check passed; every call raised InvalidHeader
         ("o" * 65, "longer than 64 characters"),  # this project's servers count it as "other"
+        ("café", "must be printable ASCII"),  # a header carries it; this app's servers count it as "other"
+        ("bill\tx", "must be printable ASCII"),  # as KNOWN_SERVICES refuses it
     ],
 )
 def test_a_service_name_no_header_can_carry_is_an_error(name: str, message: str) -> None:
