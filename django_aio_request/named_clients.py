@@ -14,7 +14,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.breaker.cache_store import closing_together
+from django_aio_request.breaker.cache_store import CacheCircuitStore, closing_together
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
@@ -309,5 +309,13 @@ os.register_at_fork(after_in_child=clients._after_fork)
 
 @receiver(setting_changed)
 def _reset_clients(*, setting: str, **kwargs: Any) -> None:
-    if setting == SETTING:
+    if setting == SETTING or (setting == "CACHES" and _shares_through_a_cache()):
         clients.reset()
+
+
+def _shares_through_a_cache() -> bool:
+    """Whether a client built so far shares its breaker's counts through one of ``CACHES`` (the
+    settings then name it, and are valid only while it is there). Changed (``override_settings`` in
+    tests), those clients went on counting in the cache they were built with, and a cache removed
+    was no settings error: their counts stayed in the process, logged as a cache that failed."""
+    return any(isinstance(getattr(c.circuit_breaker, "store", None), CacheCircuitStore) for _, c in clients.built())

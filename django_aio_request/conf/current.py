@@ -125,7 +125,8 @@ current = CurrentSettings()
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
-    if setting == SETTING:
+    # CACHES too: CIRCUIT_BREAKER_STATE is valid only while it names one of them.
+    if setting in (SETTING, "CACHES"):
         current.reset()
 
 

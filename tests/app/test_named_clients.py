@@ -69,6 +69,56 @@ def test_settings_change_rebuilds_and_closes_the_old_client(server: LoopbackServ
         other.close()
 
 
+def test_a_caches_change_rebuilds_the_clients_that_share_breaker_counts_through_a_cache(server: LoopbackServer) -> None:
+    """README: clients are rebuilt when the settings change, and ``CIRCUIT_BREAKER_STATE`` names one of
+    ``CACHES``. Changed, the clients built before went on counting in the old cache (a circuit
+    open there stayed open for calls made under the new one), and a cache removed was no settings
+    error: the clients counted on their own, logged as a cache that failed (a review)."""
+    from django_aio_request.conf.current import InvalidSettings
+
+    server.route("/down", lambda h: h.reply(500))
+    locmem = "django.core.cache.backends.locmem.LocMemCache"
+
+    def caches(location: str | None) -> dict[str, object]:
+        shared = {} if location is None else {"shared": {"BACKEND": locmem, "LOCATION": location}}
+        return {"default": {"BACKEND": locmem, "LOCATION": "default"}, **shared}
+
+    breaker = {"BREAK_DURATION": 30, "SAMPLING_DURATION": 10, "MINIMUM_THROUGHPUT": 2, "FAILURE_THRESHOLD": 0.5}
+    value = {
+        "CIRCUIT_BREAKER_STATE": "shared",
+        "CLIENTS": {
+            "billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": breaker, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+        },
+    }
+
+    def statuses() -> list[int]:
+        found = []
+        for _ in range(3):
+            with clients["billing"].request(get("down")) as response:
+                found.append(response.status)
+        return found
+
+    location = uuid.uuid4().hex
+    with override_settings(CACHES=caches(f"one-{location}"), AIO_REQUEST=value):
+        assert statuses() == [500, 500, 502]  # opened, in cache "one"
+        first = clients["billing"]
+        with override_settings(CACHES=caches(f"two-{location}")):
+            assert clients["billing"] is not first
+            assert statuses() == [500, 500, 502]  # a cache where nothing opened it: calls go through
+        with override_settings(CACHES=caches(None)), pytest.raises(InvalidSettings, match="CIRCUIT_BREAKER_STATE"):
+            clients["billing"]
+    # Settings read before a client was built are read again too.
+    with override_settings(CACHES=caches(f"four-{location}"), AIO_REQUEST=value):
+        assert clients.settings.clients["billing"].circuit_breaker_state == "shared"
+        with override_settings(CACHES=caches(None)), pytest.raises(InvalidSettings, match="CIRCUIT_BREAKER_STATE"):
+            clients["billing"]
+    # A change with no client sharing through a cache rebuilds nothing.
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        plain = clients["billing"]
+        with override_settings(CACHES=caches(f"three-{location}")):
+            assert clients["billing"] is plain
+
+
 def test_a_client_whose_close_raises_leaves_no_other_open_and_is_raised(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
