@@ -401,11 +401,15 @@ class CacheCircuitStore(CircuitStore[str]):
         """Wait until ``target`` rounds have ended (:meth:`read_now`), at most ``timeout`` seconds; none
         while the last round of a store of the same cache failed, or a wait for one ran out, and no
         round of it has read since (a cache that hangs or fails holds one build, not each). Whether
-        they had."""
-        if timeout <= 0 or self.alias in _late_aliases:
+        they had.
+
+        A ``timeout`` of 0 or less (the overrides' wait took the build's time: the database hangs too)
+        is a wait that ran out unless the read has landed: returned at once as False, it held the
+        next build for the whole wait again, and the first build did not name the cache (a review)."""
+        if self.alias in _late_aliases:
             return False
         with self._rounds_done:
-            if self._rounds_done.wait_for(lambda: self._rounds >= target, timeout):
+            if self._rounds_done.wait_for(lambda: self._rounds >= target, max(timeout, 0.0)):
                 return True
         _late_aliases.add(self.alias)
         # Said, as for the overrides' database (breaker_publisher.py): a worker recycled during a

@@ -345,3 +345,53 @@ def test_a_frozen_redis_with_socket_timeouts_holds_one_build_of_those_spread_ove
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
         redis.stop()
+
+
+@pytest.mark.django_db(databases=["postgres"])
+@pytest.mark.timeout(60)
+def test_a_hanging_cache_and_a_hanging_database_hold_one_build_and_both_are_named(
+    hanging: None, server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/circuit-breaker.md: the build waits for the cache's first read beside admin's overrides,
+    within the same 0.25 s, and a cache that hangs holds one build, not each. With the database
+    hanging too, the overrides' wait took the 0.25 s, the cache's was not counted as run out: the
+    second build waited 0.25 s more, and the first named only the database (a review, 3 of 3 runs)."""
+    from django.db import OperationalError
+
+    from django_aio_request import breaker_publisher, clients
+    from django_aio_request.breaker_publisher import FIRST_READ_WAIT, Publisher
+
+    made = Publisher(interval=3600, database="postgres")
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    stuck = threading.Event()
+
+    def hang(self: Publisher, breakers: object) -> None:
+        stuck.wait(10)
+        raise OperationalError("timed out")
+
+    monkeypatch.setattr(Publisher, "_apply_overrides", hang)
+    caplog.set_level(logging.WARNING)
+    server.route("/svc", replies(200))
+    names = ["one", "two", "three"]
+    value = {
+        "CIRCUIT_BREAKER_STATE": "hanging",
+        "CLIENTS": {name: {"ENDPOINT": server.url, "TIMEOUT": 5.0, "CIRCUIT_BREAKER": {}} for name in names},
+    }
+    try:
+        with override_settings(AIO_REQUEST=value):
+            took = []
+            for name in names:
+                started = time.monotonic()
+                clients[name]
+                took.append(time.monotonic() - started)
+            assert FIRST_READ_WAIT - 0.01 <= took[0] < FIRST_READ_WAIT + 0.2, took
+            assert max(took[1:]) < FIRST_READ_WAIT - 0.05, took  # no second wait
+            said = [r.getMessage() for r in caplog.records]
+            assert any("did not answer this process's first read" in m and "'hanging'" in m for m in said), said
+            assert any("not read within" in m for m in said), said
+            with clients["one"].request(get("svc")) as response:
+                assert response.status == 200
+    finally:
+        stuck.set()
+        hanging_cache.release()
+        made.stop()
