@@ -247,7 +247,37 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
         found += [
             f"its LOCATION's ?{name}= is not a parameter redis-py reads (only {name.lower()})" for name in sorted(spelt)
         ]
+    if backend == _PASSES_NONE:
+        found += _options_redis_py_refuses(options)
     return found
+
+
+def _options_redis_py_refuses(options: Mapping[str, Any]) -> list[str]:
+    """OPTIONS of Django's ``RedisCache`` that redis-py takes no keyword for: Django hands them all to
+    its connections, and every command then fails with ``TypeError`` (django-redis's capitals,
+    ``SOCKET_TIMEOUT``, passed W010 as "no socket_timeout" a review). The keywords are those of
+    redis-py's pool and connection classes as installed; a ``pool_class`` or ``connection_class`` of
+    the user's may take others, and is not judged."""
+    if "pool_class" in options or "connection_class" in options:
+        return []
+    try:
+        import redis
+        import redis.connection
+    except ImportError:  # E008 says so
+        return []
+    taken = {"serializer", "pool_class", "parser_class"}  # Django's RedisCacheClient's own
+    classes = (redis.ConnectionPool, redis.connection.AbstractConnection, redis.Connection, redis.SSLConnection,
+               redis.UnixDomainSocketConnection)  # fmt: skip
+    for cls in classes:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        taken |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    lower = {name.lower(): name for name in taken}
+    return [
+        f"OPTIONS[{name!r}] is not an option redis-py takes"
+        + (f" (only {lower[name.lower()]!r})" if isinstance(name, str) and name.lower() in lower else "")
+        for name in options
+        if name not in taken
+    ]
 
 
 def _bounds_connecting(value: object) -> bool:

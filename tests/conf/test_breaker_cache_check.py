@@ -233,6 +233,9 @@ def test_what_the_check_says_of_django_s_redis_cache_is_what_the_installed_redis
         ({"socket_timeout": 1e10, "socket_connect_timeout": 1e10}, "redis://127.0.0.1:6379/0"),
         ({"socket_timeout": float("nan"), "socket_connect_timeout": float("nan")}, "redis://127.0.0.1:6379/0"),
         ({}, "redis://127.0.0.1:6379/0?SOCKET_TIMEOUT=0.2&SOCKET_CONNECT_TIMEOUT=0.2"),
+        # django-redis's capitals on Django's RedisCache: W010 said "no socket_timeout" (a review)
+        ({"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1}, "redis://127.0.0.1:6379/0"),
+        ({"socket_timeout": 1, "socket_connect_timeout": 1, "sockettimeout": 1}, "redis://127.0.0.1:6379/0"),
     ],
 )
 def test_timeouts_the_cache_client_cannot_use_are_reported(options: dict[str, Any], location: str) -> None:
