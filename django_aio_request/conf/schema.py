@@ -252,6 +252,17 @@ def _is_async(found: Any) -> bool:
     async generator, which the client, calling it on the call's thread, would never await."""
     if found is None:
         return False
+    function = _called(found)
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+
+
+def _is_generator(found: Any) -> bool:
+    """Whether calling ``found`` (a function, or an instance with ``__call__``) makes a generator."""
+    return found is not None and inspect.isgeneratorfunction(_called(found))
+
+
+def _called(found: Any) -> Any:
+    """The function that runs when ``found`` (a function, or an instance with ``__call__``) is called."""
     function = found if inspect.isroutine(found) or isinstance(found, functools.partial) else type(found).__call__
     # A partialmethod read from its class is a plain function holding it (Python 3.11 and 3.12 look no further).
     partial_method = getattr(function, "_partialmethod", None) or getattr(function, "__partialmethod__", None)
@@ -259,7 +270,7 @@ def _is_async(found: Any) -> bool:
         function = partial_method.func
     # Not through __wrapped__: a sync wrapper of an async def may run it (asgiref's async_to_sync is
     # one), or return its coroutine; the check cannot tell the two apart, and takes the wrapper as sync.
-    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+    return function
 
 
 def _function_or_instance(found: Any) -> bool:
@@ -324,6 +335,13 @@ def _not_an_enricher(found: Any) -> str | None:
         return (
             f"{name} is async (async def): the client calls it on the call's thread and takes what it"
             " returns as the Request, never awaited; write it as a plain def"
+        )
+    if _is_generator(found):
+        # Passed the check, and every call raised TypeError ("returned generator, not a Request").
+        name = getattr(found, "__qualname__", None) or type(found).__qualname__
+        return (
+            f"{name} is a generator function (it yields): the client calls it with each Request and takes"
+            " what it returns as the Request, a generator; return the Request instead"
         )
     # A wrong number of parameters passed the check, and every call raised TypeError.
     return _not_callable_with(found, 1, "the Request alone, as the client calls it")

@@ -921,6 +921,18 @@ def test_an_async_enricher_or_classifier_is_e008() -> None:
         assert f"{classifier}.classify is async (async def)" in found
 
 
+def generator_enricher(request: Any) -> Any:
+    yield request
+
+
+def test_a_generator_enricher_is_e008() -> None:
+    """A plain ``def`` that yields passed the check (async ones were E008), and every call raised
+    TypeError ("returned generator, not a Request": a review)."""
+    (found,) = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{__name__}.generator_enricher"}}})
+    assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER']")
+    assert "generator_enricher is a generator function (it yields)" in found
+
+
 def test_lazy_strings_read_as_the_text_they_stand_for() -> None:
     """gettext_lazy / lazy(..., str) values are no str and print as one: they were refused with
     messages that contradicted themselves ("['PRIORITY'] is 'high', not a priority")."""
