@@ -304,16 +304,28 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     try:
         if not isinstance(backend, str):
             raise TypeError(f"BACKEND is {shown(backend)}, not a dotted path")
-        import_string(backend)
+        found_backend = import_string(backend)
     except (Exception, SystemExit) as error:  # whatever importing it raises is the message
         return _unusable_breaker_cache(
             alias,
             f"has a BACKEND that cannot be imported ({type(error).__name__}: {error})",
             "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
         )
+    from django.core.cache.backends.base import BaseCache
+
+    if not (isinstance(found_backend, type) and issubclass(found_backend, BaseCache)):
+        # "builtins.dict" passed this check, and Django's own cache check ended in a traceback (a review).
+        return _unusable_breaker_cache(
+            alias,
+            f"has a BACKEND, {backend!r}, that is no cache backend (no subclass of Django's BaseCache)",
+            "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
+        )
     library = CLIENT_LIBRARIES.get(backend)
     if library is None:
         return []
+    unreachable = _no_redis_location(cache.get("LOCATION"), backend)
+    if unreachable is not None:
+        return _unusable_breaker_cache(alias, unreachable, "LOCATION = 'redis://host:6379/0'")
     try:
         importlib.import_module(library)
     except (Exception, SystemExit) as error:
@@ -325,6 +337,23 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             f"install it (pip install {library})",
         )
     return []
+
+
+def _no_redis_location(location: object, backend: str) -> str | None:
+    """Why a redis backend's LOCATION names no server it can connect to, or None. Without one, or
+    with a URL with no scheme (``"127.0.0.1:6379"``), the check passed and every command failed
+    ("Redis URL must specify one of the following schemes", a review)."""
+    separators = _LOCATION_SEPARATORS.get(backend)
+    if separators is None:
+        return None
+    urls = re.split(separators, location) if isinstance(location, str) and location.strip() else location
+    if not urls or not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+        return f"has no LOCATION redis can connect to ({shown(location)})"
+    for url in urls:
+        scheme = url.strip().partition("://")[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url.strip())[:80]})"
+    return None
 
 
 def _unusable_breaker_cache(alias: str, what: str, hint: str) -> list[checks.CheckMessage]:

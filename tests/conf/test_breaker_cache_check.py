@@ -335,6 +335,57 @@ def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: A
         assert check_breaker_cache_backend() == []
 
 
+@pytest.mark.parametrize(
+    ("shared", "said"),
+    [
+        ({"BACKEND": REDIS}, "has no LOCATION redis can connect to"),
+        ({"BACKEND": REDIS, "LOCATION": ""}, "has no LOCATION redis can connect to"),
+        ({"BACKEND": REDIS, "LOCATION": "127.0.0.1:6379"}, "is no redis://, rediss:// or unix:// URL"),
+        ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0;127.0.0.1:6380"}, "is no redis://"),
+    ],
+)
+def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared: dict[str, Any], said: str) -> None:
+    """No LOCATION, or one with no scheme: ``check --tag django_aio_request`` passed, and every command
+    of the cache failed ("Redis URL must specify one of the following schemes"), so every sync round
+    of the breakers too (a review)."""
+    from django.core.cache import caches as django_caches
+
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (error,) = check_breaker_cache_backend()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever redis-py raises for it
+            django_caches["shared"].get("django-aio-request-check-probe")
+    assert error.id == "django_aio_request.E008"
+    assert said in error.msg
+    for fine in (
+        "redis://127.0.0.1:6379/0",
+        "rediss://h:6380/0",
+        "unix:///run/redis.sock",
+        ["redis://a/0", "redis://b/0"],
+    ):
+        with override_settings(
+            CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": fine}},
+            AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
+        ):
+            assert check_breaker_cache_backend() == [], fine
+
+
+def test_a_breaker_cache_backend_that_is_no_cache_is_an_error() -> None:
+    """``builtins.dict`` imports: this app's check passed, and Django's own ended in a traceback (a review)."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    shared = {"BACKEND": "builtins.dict", "LOCATION": "x"}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (error,) = check_breaker_cache_backend()
+    assert error.id == "django_aio_request.E008"
+    assert "is no cache backend" in error.msg
+
+
 def test_a_breaker_cache_given_as_any_mapping_is_checked_as_a_dict() -> None:
     """A breaker cache (or its OPTIONS) given as a MappingProxyType, which Django opens as it opens a
     dict, was skipped by E008 and W010 without a word."""
