@@ -74,6 +74,23 @@ class HeadTooLarge(http.client.HTTPException):
     answered, and would answer the same again."""
 
 
+_STATUS_LINE_START = b"HTTP/"
+
+
+def _refuse_what_cannot_begin_a_status_line(fp: Any) -> None:
+    """Raise ``BadStatusLine`` when the first bytes that came cannot begin a status line (which starts
+    ``HTTP/``), as ``http.client`` does once the line has ended: binary bytes or a banner with no line
+    end, on a connection the peer kept open, held the attempt for the rest of a line until its
+    deadline (a 408 where garbage is a 489: a review). Looks only at what one read brings (``peek``);
+    a peer that sends ``HT`` and waits is read on as a status line."""
+    peek = getattr(fp, "peek", None)
+    if peek is None:
+        return
+    start = peek(len(_STATUS_LINE_START))[: len(_STATUS_LINE_START)]
+    if start and not _STATUS_LINE_START.startswith(start):
+        raise http.client.BadStatusLine(start.decode("latin-1"))
+
+
 def _read_fields(file: Any) -> list[tuple[str, str]]:
     """The header fields of a head whose status line was read, through the blank line after them.
 
@@ -282,6 +299,7 @@ class FinalResponse(http.client.HTTPResponse):
         while True:
             self._before_status_line()
             try:
+                _refuse_what_cannot_begin_a_status_line(self.fp)
                 version, status, reason = super()._read_status()  # type: ignore[misc]
             except http.client.LineTooLong as error:  # a status line past 64 KiB: a plain 489, retried
                 too_long = HeadTooLarge(f"a status line longer than {_MAX_LINE} bytes")

@@ -370,6 +370,27 @@ def test_garbage_instead_of_http(raw_server: Callable[..., RawServer], garbage: 
     assert counts == FAILURE
 
 
+@pytest.mark.parametrize("garbage", [b"\x00\xff" * 100, b"SSH-2.0-OpenSSH_9.6", b"HTTX"])
+def test_garbage_with_no_line_end_on_a_connection_kept_open_is_a_489_at_once(
+    raw_server: Callable[..., RawServer], garbage: bytes, no_leaks: None
+) -> None:
+    """faults.md: garbage instead of HTTP is a 489. With no line end and the connection kept open,
+    the client waited for the rest of a status line until the deadline (a 408: a review). What came
+    cannot begin one ("HTTP/"), whatever follows: a 489 at once."""
+
+    def hold(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(garbage)
+        time.sleep(2.5)
+
+    server = raw_server(hold)
+    started = time.monotonic()
+    response, counts = call(server.url, deadline=2.0)
+    assert response.status == status.NETWORK_ERROR
+    assert counts == FAILURE
+    assert time.monotonic() - started < 1.0
+
+
 def _endless_body(conn: socket.socket, *, length: bool) -> None:
     _read_request(conn)
     head = b"Content-Length: 1000000000\r\n" if length else b"Connection: close\r\n"
