@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri
 from urllib3 import HTTPResponse
-from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
@@ -1275,16 +1275,21 @@ def _is_timeout(error: Exception) -> bool:
     """Whether ``error`` is a socket timeout: requests' ``Timeout``, requests' ``ConnectionError``
     around urllib3's ``ReadTimeoutError`` (a timeout while reading the body), or urllib3's own
     (the direct route raises urllib3's exceptions unwrapped). A refused connection is urllib3's
-    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout."""
+    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout. Nor is the socket's
+    own (Python's ``TimeoutError``) in urllib3's ``ProtocolError("Connection aborted.", ...)``,
+    which a send the socket timeout (the time left) ended before the deadline's timer fired is
+    raised as: that was a 489, retried and counted against the endpoint (once in CI, under load)."""
     # Through the wrappers, as deep as they go: through a proxy a connect timeout comes as requests'
     # ProxyError around MaxRetryError around urllib3's ProxyError around the ConnectTimeoutError.
     for _ in range(_MAX_WRAPPERS):
-        if isinstance(error, requests.Timeout):
+        if isinstance(error, requests.Timeout | TimeoutError):
             return True
         if isinstance(error, Urllib3TimeoutError):
             return not isinstance(error, NewConnectionError)
         inner = getattr(error, "reason", None) if isinstance(error, MaxRetryError) else None
         inner = inner or getattr(error, "original_error", None)  # urllib3's ProxyError
+        if inner is None and isinstance(error, ProtocolError):  # ("Connection aborted.", the error)
+            inner = next((arg for arg in error.args if isinstance(arg, Exception)), None)
         if inner is None and isinstance(error, requests.RequestException) and error.args:
             inner = error.args[0]
         if not isinstance(inner, Exception):
