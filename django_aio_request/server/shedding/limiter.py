@@ -81,26 +81,21 @@ _SATURATED = 0.9
 # (a review: 66-80% of a flood's arrivals after the first saturation saw under 0.9, and normal
 # requests waited on the spare thread again).
 _CALM = 0.8
-# The busy time is averaged over a span of about this many mean service times (an exponential moving
-# mean) but at most _MAX_SERVICES_SPAN seconds, at least _MIN_BUSY_SPAN seconds, and at least
-# _SPAN_LONGEST times the longest recent request (or the time since the last admission, while every
-# slot is taken). Fifty, not five: random arrivals at loads the process keeps up with keep every
-# slot taken for a few hundred milliseconds now and then, and over five service times that read as a
-# flood (2 threads, 20 ms views, 65% of capacity: 5-8 of about 320 refused at once, a review; none
-# now). A flood is taken for one after about 2.3 spans: 0.6 s for views of up to 5 ms, 2.3 s for 20
-# ms views, 4.6 s from 40 ms views on, longer where some requests take far more than the rest. A
-# stall is not: the process's CPU taken by others for 0.4 s while a request runs, or two slow
-# requests in a row at light load (3% of requests taking 300 ms instead of 5 ms, 20 a second on 2
-# threads, the slot taken 28% of the time: read as a flood with the span of the mean alone, and up
-# to 29 of about 200 refused, a review; none in 6 runs with three times the longest, 7 of 231 in one
-# of 4 runs with twice), keep the slot taken for under a span of their own length. Capping what a
-# long request counts for instead (tried) hid floods of such mixes: 5% of requests at 100 ms counted
-# for 20 ms each, and a flood of them never reached 0.9 (a review). Not a span in mean service times
-# alone: for views of a few milliseconds that is a few tens of milliseconds, and any stall read as a
-# flood.
-_SPAN_SERVICES = 50
+# The busy time is averaged over a span of about this many mean service times (an exponential
+# moving mean), at least _MIN_BUSY_SPAN seconds, and at least _SPAN_LONGEST times the longest recent
+# request (or the time since the last admission, while every slot is taken). A flood is taken for one
+# after about 2.3 spans: 0.6 s for views of up to 50 ms, 1.2 s for 100 ms views, longer where some
+# requests take far more than the rest. A stall is not: the process's CPU taken by others for 0.4 s
+# while a request runs, or two slow requests in a row at light load (3% of requests taking 300 ms
+# instead of 5 ms, 20 a second on 2 threads, the slot taken 28% of the time: read as a flood with
+# the span of the mean alone, and up to 29 of about 200 refused, a review; none in 6 runs with
+# three times the longest, 7 of 231 in one of 4 runs with twice), keep the slot taken for under a
+# span of their own length. Capping what a long request counts for instead (tried) hid
+# floods of such mixes: 5% of requests at 100 ms counted for 20 ms each, and a flood of them never
+# reached 0.9 (a review). Not a span in mean service times alone: for views of a few milliseconds
+# that is a few tens of milliseconds, and any stall read as a flood.
+_SPAN_SERVICES = 5
 _MIN_BUSY_SPAN = 0.25
-_MAX_SERVICES_SPAN = 2.0
 _SPAN_LONGEST = 3
 _LONGEST_MEMORY = 2.0  # seconds over which the longest recent request's time decays (by e)
 # A request that has run this many typical service times (the median of the last _RECENT; at least
@@ -387,9 +382,9 @@ class Limiter:
         return room
 
     def _lightly_loaded(self) -> bool:
-        """Whether every slot was taken less than nine tenths of the time over the last fifty service
-        times or so (at most 2 s, and at least a quarter of a second: see _SPAN_SERVICES), by the
-        requests served so far; once it was, until they are taken less than 0.8 of the time (see _CALM).
+        """Whether every slot was taken less than nine tenths of the time over the last five service
+        times or so (and at least a quarter of a second), by the requests served so far; once it
+        was, until they are taken less than 0.8 of the time (see _CALM).
 
         Then normal and high requests may wait for a slot on every spare thread (bounded by their
         deadline and ``queue_timeout`` as ever), even where :meth:`_room` keeps half of them or all
@@ -438,8 +433,7 @@ class Limiter:
         """Seconds over which the busy time is averaged (see _SPAN_SERVICES); ``running``: how long
         every slot has been taken without a new admission."""
         longest = max(running, self._longest)
-        services = min(_SPAN_SERVICES * (self._service_time or 0.0), _MAX_SERVICES_SPAN)
-        return max(_MIN_BUSY_SPAN, services, _SPAN_LONGEST * longest)
+        return max(_MIN_BUSY_SPAN, _SPAN_SERVICES * (self._service_time or 0.0), _SPAN_LONGEST * longest)
 
     @staticmethod
     def _open_to(priority: Priority, slots: int) -> int:
