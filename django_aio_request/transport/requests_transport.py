@@ -1057,15 +1057,18 @@ class _CountingDecoder:
         return getattr(self._decoder, name)
 
 
-#: The coded bytes of a body may pass ``max_response_size`` by this much, or by 1% of it if that is
-#: more: a coding's own framing (gzip's header and trailer, deflate's stored blocks) on data that
-#: does not compress. A 30-byte gzip body holding 10 bytes is read under a limit of 20.
-_CODING_ROOM = 1024
+#: The coded bytes of a body may be this many times ``max_response_size``, and _CODING_ROOM more: a
+#: coding's own framing grows with its members and flushes, not with the data. 1% and 1 KiB (as it
+#: was) refused bodies well under the limit: incompressible data in a gzip member per KiB at 99% of
+#: it, and a server flushing its gzip stream after every small write (Z_SYNC_FLUSH: 114,708 coded
+#: bytes for 16 KiB) at 25% (a review). A 30-byte gzip body holding 10 bytes is read under a limit of 20.
+_CODING_TIMES = 4
+_CODING_ROOM = 64 * 1024
 
 
 def _bound_coded_bytes(raw: Any, limit: int) -> None:
-    """Hold the coded bytes of ``raw``'s body (a urllib3 response about to be read decoded) to about
-    ``limit`` too, not only what they decode to.
+    """Hold the coded bytes of ``raw``'s body (a urllib3 response about to be read decoded) to a
+    multiple of ``limit`` too (_CODING_TIMES), not only what they decode to.
 
     A body of empty gzip members, or of empty deflate blocks, decodes to nothing: under a limit of
     1 MiB an 8 MiB body of them was a 200, read whole, and an endless one read on for 2.6-5.4 s of
@@ -1079,7 +1082,7 @@ def _bound_coded_bytes(raw: Any, limit: int) -> None:
     init()
     decoder = getattr(raw, "_decoder", None)
     if decoder is not None and not isinstance(decoder, _CountingDecoder):
-        raw._decoder = _CountingDecoder(decoder, limit + max(_CODING_ROOM, limit // 100))
+        raw._decoder = _CountingDecoder(decoder, _CODING_TIMES * limit + _CODING_ROOM)
 
 
 def _joined(chunks: Iterator[bytes], limit: int | None) -> bytes | None:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -827,26 +828,36 @@ def _decoding_to_nothing(coding: str, size: int) -> bytes:
 def test_max_response_size_also_bounds_coded_bytes_that_decode_to_nothing(
     server: LoopbackServer, route: str, coding: str
 ) -> None:
-    """faults.md: a body that decodes to nothing is still held to the limit, by its coded bytes (with
-    1% or 1 KiB of room). Counted decoded only, 8 MiB of empty gzip members were a 200 under a limit
-    of 1 MiB, and an endless body of empty deflate blocks was read until the deadline (a review)."""
+    """faults.md: a body that decodes to nothing is still held to the limit, by its coded bytes (four
+    times the limit and 64 KiB). Counted decoded only, 8 MiB of empty gzip members were a 200 under a
+    limit of 1 MiB, and an endless body of empty deflate blocks was read until the deadline (a review).
+    Bodies under the limit whose coding's framing is large are read whole: with 1% of room, a gzip
+    member per KiB of incompressible data at 99% of the limit, and a stream flushed after every
+    byte written (Z_SYNC_FLUSH) at 25% of it, were refused (a review)."""
     limit = 64 * 1024
     body = _decoding_to_nothing(coding, 4 * 1024 * 1024)
     server.route("/nothing", lambda h: h.reply(200, body, {"Content-Encoding": coding}))
-    # What does compress, and what does not, under the limit: read whole.
     noise = random.Random(7).randbytes(limit - 1024)
     server.route("/noise", _gzip_route(gzip.compress(noise)))
+    members = b"".join(gzip.compress(noise[i : i + 1024]) for i in range(0, len(noise), 1024))
+    server.route("/members", _gzip_route(members))
+    flushing = zlib.compressobj(wbits=31)  # gzip
+    quarter = noise[: limit // 4]
+    flushed = b"".join(flushing.compress(quarter[i : i + 1]) + flushing.flush(zlib.Z_SYNC_FLUSH)
+                       for i in range(len(quarter))) + flushing.flush()  # fmt: skip
+    assert len(flushed) > limit  # more coded bytes than the limit, for a quarter of it decoded
+    server.route("/flushed", _gzip_route(flushed))
     transport = _transport_on(route, limit)
     try:
         started = time.monotonic()
         refused = transport.send(server.url, get("nothing"), 10.0)
         took = time.monotonic() - started
-        answer = transport.send(server.url, get("noise"), DEADLINE)
+        answers = [transport.send(server.url, get(path), DEADLINE) for path in ("noise", "members", "flushed")]
     finally:
         transport.close()
     assert (refused.status, refused.headers.get("X-Response-Too-Large")) == (489, str(limit)), refused.headers
     assert took < 2.0, took
-    assert (answer.status, answer.read()) == (200, noise)
+    assert [(a.status, a.read()) for a in answers] == [(200, noise), (200, noise), (200, quarter)]
 
 
 def _tiny_chunks(size: int) -> Callable[[Handler], None]:
