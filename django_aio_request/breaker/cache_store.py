@@ -421,7 +421,7 @@ class CacheCircuitStore(CircuitStore[str]):
             " client %r calls by what this process knows until it does (a circuit other processes"
             " opened is not known here yet)",
             self.alias,
-            timeout,
+            max(timeout, 0.0),  # none left: the overrides' database took the wait
             self.namespace,
         )
         return False
