@@ -248,16 +248,17 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
             f"its LOCATION's ?{name}= is not a parameter redis-py reads (only {name.lower()})" for name in sorted(spelt)
         ]
     if backend == _PASSES_NONE:
-        found += _options_redis_py_refuses(options)
+        found += _options_redis_py_refuses(options, location)
     return found
 
 
-def _options_redis_py_refuses(options: Mapping[str, Any]) -> list[str]:
+def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> list[str]:
     """OPTIONS of Django's ``RedisCache`` that redis-py takes no keyword for: Django hands them all to
     its connections, and every command then fails with ``TypeError`` (django-redis's capitals,
     ``SOCKET_TIMEOUT``, passed W010 as "no socket_timeout" a review). The keywords are those of
-    redis-py's pool and connection classes as installed; a ``pool_class`` or ``connection_class`` of
-    the user's may take others, and is not judged."""
+    redis-py's pool and of the connection class each URL's scheme makes, as installed (``ssl_*`` on
+    a ``redis://`` URL fails too); a ``pool_class`` or ``connection_class`` of the user's may take
+    others, and is not judged."""
     if "pool_class" in options or "connection_class" in options:
         return []
     try:
@@ -265,19 +266,37 @@ def _options_redis_py_refuses(options: Mapping[str, Any]) -> list[str]:
         import redis.connection
     except ImportError:  # E008 says so
         return []
+    by_scheme = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
+    urls = re.split(_LOCATION_SEPARATORS[_PASSES_NONE], location) if isinstance(location, str) else location
+    schemes = {_redis_scheme(url) for url in urls if isinstance(url, str)} if isinstance(urls, list | tuple) else set()
+    schemes.discard(None)
     taken = {"serializer", "pool_class", "parser_class"}  # Django's RedisCacheClient's own
-    classes = (redis.ConnectionPool, redis.connection.AbstractConnection, redis.Connection, redis.SSLConnection,
-               redis.UnixDomainSocketConnection)  # fmt: skip
-    for cls in classes:
-        parameters = inspect.signature(cls.__init__).parameters.values()
-        taken |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    lower = {name.lower(): name for name in taken}
+    for cls in (redis.ConnectionPool, redis.connection.AbstractConnection):
+        taken |= _keywords(cls)
+    # Taken only if every URL's connection class takes it (each URL's pool gets the same OPTIONS).
+    per_url = [_keywords(by_scheme[scheme]) for scheme in schemes if scheme is not None]
+    everywhere = set.intersection(*per_url) if per_url else set().union(*map(_keywords, by_scheme.values()))
+    taken |= everywhere
+    known = taken | set().union(*map(_keywords, by_scheme.values()))
+    lower = {name.lower(): name for name in known}
     return [
         f"OPTIONS[{name!r}] is not an option redis-py takes"
-        + (f" (only {lower[name.lower()]!r})" if isinstance(name, str) and name.lower() in lower else "")
+        + (
+            f" (only {lower[name.lower()]!r})"
+            if isinstance(name, str) and name.lower() in lower and lower[name.lower()] != name
+            else " for the URLs of this LOCATION"
+            if name in known
+            else ""
+        )
         for name in options
         if name not in taken
     ]
+
+
+def _keywords(cls: type) -> set[str]:
+    """The keyword arguments ``cls.__init__`` names."""
+    parameters = inspect.signature(getattr(cls, "__init__")).parameters.values()  # noqa: B009 - mypy: unsound on a type
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _bounds_connecting(value: object) -> bool:
@@ -350,10 +369,17 @@ def _no_redis_location(location: object, backend: str) -> str | None:
     if not urls or not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
         return f"has no LOCATION redis can connect to ({shown(location)})"
     for url in urls:
-        scheme = url.strip().partition("://")[0].lower() if "://" in url else ""
-        if scheme not in ("redis", "rediss", "unix"):
-            return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url.strip())[:80]})"
+        # As redis-py reads it: the scheme first, with nothing before it ("; redis://r/0", with a
+        # space after the separator, passed when the URLs were stripped: every read failed, a review).
+        if _redis_scheme(url) is None:
+            return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url)[:80]})"
     return None
+
+
+def _redis_scheme(url: str) -> str | None:
+    """The scheme redis-py reads ``url`` by (``redis``, ``rediss``, ``unix``), or None for none of them."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    return scheme if scheme in ("redis", "rediss", "unix") else None
 
 
 def _unusable_breaker_cache(alias: str, what: str, hint: str) -> list[checks.CheckMessage]:

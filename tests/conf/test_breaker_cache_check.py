@@ -236,6 +236,8 @@ def test_what_the_check_says_of_django_s_redis_cache_is_what_the_installed_redis
         # django-redis's capitals on Django's RedisCache: W010 said "no socket_timeout" (a review)
         ({"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1}, "redis://127.0.0.1:6379/0"),
         ({"socket_timeout": 1, "socket_connect_timeout": 1, "sockettimeout": 1}, "redis://127.0.0.1:6379/0"),
+        # a keyword of another scheme's connections: TLS's on a redis:// URL (a review)
+        ({"socket_timeout": 1, "socket_connect_timeout": 1, "ssl_cert_reqs": "none"}, "redis://127.0.0.1:6379/0"),
     ],
 )
 def test_timeouts_the_cache_client_cannot_use_are_reported(options: dict[str, Any], location: str) -> None:
@@ -342,6 +344,8 @@ def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: A
         ({"BACKEND": REDIS, "LOCATION": ""}, "has no LOCATION redis can connect to"),
         ({"BACKEND": REDIS, "LOCATION": "127.0.0.1:6379"}, "is no redis://, rediss:// or unix:// URL"),
         ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0;127.0.0.1:6380"}, "is no redis://"),
+        # a space after the separator: redis-py reads the scheme at the very start (a review)
+        ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0; redis://127.0.0.1:6379/1"}, "is no redis://"),
     ],
 )
 def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared: dict[str, Any], said: str) -> None:
@@ -505,3 +509,23 @@ def test_a_breaker_cache_whose_client_library_is_not_installed_is_an_error(tmp_p
     assert (
         manage("check", "--tag", "django_aio_request", settings="tests.support.settings_breaker_cache").returncode == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("location", "options"),
+    [
+        ("rediss://127.0.0.1:6380/0", {"ssl_cert_reqs": "none"}),
+        ("unix:///run/redis/redis.sock", {"path": "/run/redis/redis.sock"}),
+        ("redis://127.0.0.1:6379/0", {"max_connections": 10, "health_check_interval": 30, "client_name": "x"}),
+        ("redis://127.0.0.1:6379/0", {"pool_class": "redis.BlockingConnectionPool", "timeout": 5}),
+    ],
+)
+def test_options_redis_py_takes_for_the_location_s_urls_are_not_reported(
+    location: str, options: dict[str, Any]
+) -> None:
+    """What W010 names is what redis-py refuses for the connections this LOCATION makes: TLS's keywords
+    on a ``rediss://`` URL, a socket path on ``unix://``, the pool's own; a pool class of your own is not judged."""
+    timed = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **options}
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": timed}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert check_breaker_cache_timeouts() == []
