@@ -229,6 +229,31 @@ class TestBound:
         assert getattr(caught.value.__cause__, "__cause__", None).sqlstate == "57014"  # type: ignore[union-attr]
         assert scalar("SELECT 1") == 1  # the connection is still usable
 
+    def test_a_statement_a_wrapper_sends_again_after_the_cancel_is_cancelled_too(self, pg: BaseDatabaseWrapper) -> None:
+        """docs/database.md: every statement sent through Django's cursors ends by the deadline, one an
+        execute wrapper of the application's sends again too. Retried within the bound's one call,
+        after the cancel had ended the first, it ran until the connection was shut down 2 s later,
+        and on in the server (a review: 7 of 7 requests)."""
+
+        def retry_once(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+            try:
+                return execute(sql, params, many, context)
+            except OperationalError:
+                return execute(sql, params, many, context)
+
+        with (
+            pg.execute_wrapper(retry_once),
+            Timed() as timed,
+            set_context(deadline=Deadline.from_timeout(0.5)),
+            pytest.raises(DatabaseError) as caught,
+        ):
+            scalar("SELECT pg_sleep(3)")
+        assert timed.elapsed < 0.5 + SLACK
+        assert isinstance(caught.value, DeadlineExceeded)
+        running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' AND state = 'active'"
+        assert scalar(running) == 0
+        assert scalar("SELECT 1") == 1
+
     def test_queries_under_a_deadline_are_sent_as_they_are(self, pg: BaseDatabaseWrapper, seen: Seen) -> None:
         """No SET, no extra statement: what the application sends is all the server sees."""
         before = scalar("SHOW statement_timeout")
