@@ -36,6 +36,7 @@ from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
+from tests.support.hanging_overrides import publisher_whose_overrides_hang
 from tests.support.loopback import LoopbackServer, free_port, silent_listener, wait_until_listening
 from tests.support.redis_server import require_redis
 from tests.support.resources import eventually
@@ -938,15 +939,7 @@ def test_a_hanging_database_delays_one_client_build_by_the_first_read_wait_at_mo
     """A round stuck on the database: the build that waits for it gives up after ``first_read_wait``
     and says so; builds after it do not wait until a round finishes; calls go on."""
     server.route("/down", lambda h: h.reply(200))
-    made = Publisher(interval=3600, first_read_wait=0.3, database="postgres")
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
-    hanging = threading.Event()
-
-    def hang(self: Publisher, breakers: object) -> None:
-        hanging.wait(10)
-        raise OperationalError("timed out")
-
-    monkeypatch.setattr(Publisher, "_apply_overrides", hang)
+    made, hanging = publisher_whose_overrides_hang(monkeypatch, first_read_wait=0.3)
     caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
     try:
         with override_settings(AIO_REQUEST=two_breakers(server.url)):

@@ -356,20 +356,11 @@ def test_a_hanging_cache_and_a_hanging_database_hold_one_build_and_both_are_name
     within the same 0.25 s, and a cache that hangs holds one build, not each. With the database
     hanging too, the overrides' wait took the 0.25 s, the cache's was not counted as run out: the
     second build waited 0.25 s more, and the first named only the database (a review, 3 of 3 runs)."""
-    from django.db import OperationalError
+    from django_aio_request import clients
+    from django_aio_request.breaker_publisher import FIRST_READ_WAIT
+    from tests.support.hanging_overrides import publisher_whose_overrides_hang
 
-    from django_aio_request import breaker_publisher, clients
-    from django_aio_request.breaker_publisher import FIRST_READ_WAIT, Publisher
-
-    made = Publisher(interval=3600, database="postgres")
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
-    stuck = threading.Event()
-
-    def hang(self: Publisher, breakers: object) -> None:
-        stuck.wait(10)
-        raise OperationalError("timed out")
-
-    monkeypatch.setattr(Publisher, "_apply_overrides", hang)
+    made, stuck = publisher_whose_overrides_hang(monkeypatch)
     caplog.set_level(logging.WARNING)
     server.route("/svc", replies(200))
     names = ["one", "two", "three"]
