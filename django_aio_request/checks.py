@@ -190,13 +190,22 @@ def _url_queries(location: object, backend: str) -> list[dict[str, list[str]]]:
     ``redis://p/0;redis://r/0?socket_timeout=1&socket_connect_timeout=1`` had no warning, though
     the primary sets no timeouts, and the same with both URLs timed had a wrong one (its
     ``?socket_connect_timeout=1;redis://...`` "not a number")."""
-    urls = re.split(_LOCATION_SEPARATORS.get(backend, ","), location) if isinstance(location, str) else location
-    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+    urls = _location_urls(location, backend)
+    if urls is None:
         return []
     try:
         return [urllib.parse.parse_qs(urllib.parse.urlsplit(url.strip()).query) for url in urls]
     except ValueError:  # "redis://[::1:6379/0": redis-py cannot read it either; its first use says so
         return []
+
+
+def _location_urls(location: object, backend: str) -> list[str] | None:
+    """The URLs of a cache's LOCATION (a URL, several separated as ``backend`` separates them, or a
+    list of them), as given; None when it is none of those."""
+    urls = re.split(_LOCATION_SEPARATORS.get(backend, ","), location) if isinstance(location, str) else location
+    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+        return None
+    return list(urls)
 
 
 def _in_every_redis_url(location: object, backend: str) -> set[str]:
@@ -267,9 +276,7 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
     except ImportError:  # E008 says so
         return []
     by_scheme = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
-    urls = re.split(_LOCATION_SEPARATORS[_PASSES_NONE], location) if isinstance(location, str) else location
-    schemes = {_redis_scheme(url) for url in urls if isinstance(url, str)} if isinstance(urls, list | tuple) else set()
-    schemes.discard(None)
+    schemes = {_redis_scheme(url) for url in _location_urls(location, _PASSES_NONE) or []}
     taken = {"serializer", "pool_class", "parser_class"}  # Django's RedisCacheClient's own
     for cls in (redis.ConnectionPool, redis.connection.AbstractConnection):
         taken |= _keywords(cls)
@@ -362,11 +369,10 @@ def _no_redis_location(location: object, backend: str) -> str | None:
     """Why a redis backend's LOCATION names no server it can connect to, or None. Without one, or
     with a URL with no scheme (``"127.0.0.1:6379"``), the check passed and every command failed
     ("Redis URL must specify one of the following schemes", a review)."""
-    separators = _LOCATION_SEPARATORS.get(backend)
-    if separators is None:
+    if backend not in _LOCATION_SEPARATORS:
         return None
-    urls = re.split(separators, location) if isinstance(location, str) and location.strip() else location
-    if not urls or not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+    urls = _location_urls(location, backend) if not (isinstance(location, str) and not location.strip()) else None
+    if not urls:
         return f"has no LOCATION redis can connect to ({shown(location)})"
     for url in urls:
         # As redis-py reads it: the scheme first, with nothing before it ("; redis://r/0", with a
