@@ -1278,10 +1278,10 @@ def _is_timeout(error: Exception) -> bool:
     """Whether ``error`` is a socket timeout: requests' ``Timeout``, requests' ``ConnectionError``
     around urllib3's ``ReadTimeoutError`` (a timeout while reading the body), or urllib3's own
     (the direct route raises urllib3's exceptions unwrapped). A refused connection is urllib3's
-    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout. Nor is the socket's
-    own (Python's ``TimeoutError``) in urllib3's ``ProtocolError("Connection aborted.", ...)``,
-    which a send the socket timeout (the time left) ended before the deadline's timer fired is
-    raised as: that was a 489, retried and counted against the endpoint (once in CI, under load)."""
+    ``NewConnectionError``, a subclass of its connect timeout: it is no timeout. The socket's own
+    (Python's ``TimeoutError``) is one, also inside urllib3's ``ProtocolError("Connection aborted.",
+    ...)``, as which a send the socket timeout (the time left) ended before the deadline's timer
+    fired is raised: that was a 489, retried and counted against the endpoint (once in CI, under load)."""
     # Through the wrappers, as deep as they go: through a proxy a connect timeout comes as requests'
     # ProxyError around MaxRetryError around urllib3's ProxyError around the ConnectTimeoutError.
     for _ in range(_MAX_WRAPPERS):
