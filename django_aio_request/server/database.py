@@ -933,7 +933,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
 
 
 _PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")
-_DATABASE = ("django.db.", "django_aio_request.", "psycopg", "contextlib")
+_DATABASE = ("django.db.", "django.utils.asyncio", "django_aio_request.", "psycopg", "contextlib")
 
 
 def _where(tb: TracebackType | None) -> tuple[str, str]:

@@ -172,6 +172,7 @@ class TestThroughTheMiddleware:
         assert "WARNING django_aio_request.server.database GET /session/: the deadline ran out below the view" in logged
         assert "django.contrib.sessions.middleware.SessionMiddleware.process_response" in logged
         assert "(calls: SessionStore.save > " in logged
+        assert "async_unsafe" not in logged  # Django's guard around its database calls is no call of the session's
         # What was lost: the statement, or (a thread with no connection yet, as every request's under
         # ASGI) the connect it needed, refused with the deadline up.
         assert '"django_session"' in logged or "the deadline was up before connecting to database 'default'" in logged
