@@ -6,9 +6,10 @@ must be process-wide to be of any use.
 """
 
 import atexit
+import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -63,6 +64,7 @@ class ClientsHandler:
         self._clients: dict[str, Client] = {}  # handed out: their build's receivers have run
         self._building: dict[str, _Build] = {}  # built, their receivers running
         self._provisional: list[tuple[str, Client]] = []  # made from provisional settings (see settings)
+        self._made: dict[str, int] = {}  # name -> clients put under it by a look-up so far (see made())
 
     @property
     def settings(self) -> AioRequestSettings:
@@ -202,6 +204,7 @@ class ClientsHandler:
                     present = self._clients.get(name)
                     if present is None:
                         self._clients[name] = client  # before leaving _building: built() lists it
+                        self._made[name] = self._made.get(name, 0) + 1
                     else:  # fake_client() put a client under the name meanwhile: that one stays
                         orphan, build.client = client, present
                     del self._building[name]
@@ -243,6 +246,22 @@ class ClientsHandler:
         """The client under ``name`` now, or None; builds none."""
         return self._clients.get(name)
 
+    def made(self, name: str) -> int:
+        """How many clients a look-up has put under ``name`` in this process (for
+        ``django_aio_request.testing``: one made while a test's fake was meant to answer)."""
+        return self._made.get(name, 0)
+
+    def follower(self, name: str) -> Callable[[], Client]:
+        """For a client no longer under ``name`` (a settings change rebuilt the clients, a test's fake
+        ended or stands in its place): its ``stand_in``, the client under the name now (built if
+        none is). A reference kept from before (``billing = clients["billing"]`` at import, as the
+        README shows) then calls what ``clients["billing"]`` would: the client the settings give now,
+        or a test's fake. Kept on the old client, it called with the old settings, and past every
+        later test's fake to the real endpoint; kept on a fake, it answered from that test's script
+        in every test after it (a review). A name no longer in the settings raises
+        ``UnknownClientError`` at the call."""
+        return functools.partial(self.__getitem__, name)
+
     def replace(self, name: str, client: Client | None, *, only_if: Client | None = None) -> Client | None:
         """Put ``client`` (None: nothing, the next use builds one) under ``name``; returns the one
         it replaces. With ``only_if``, only while that one is still there (a settings change in
@@ -257,8 +276,11 @@ class ClientsHandler:
                 self._clients[name] = client
         return previous
 
-    def close_all(self) -> None:
+    def close_all(self, *, followed: bool = False) -> None:
         """Close every client built so far; the next ``clients[name]`` builds a new one.
+
+        ``followed``: each closed client's calls go to the one under its name from now on
+        (:meth:`follower`; a settings change, not the process's exit).
 
         Their breakers' shared-state threads are stopped together: a cache that hangs holds this
         ``stall_after`` (1 s) in all, not once per client (it runs at exit and on settings changes).
@@ -266,10 +288,18 @@ class ClientsHandler:
         error is raised (an ``ExceptionGroup`` of them when several raised).
         """
         with self._lock:
-            built, self._clients = list(self._clients.values()), {}
+            named, self._clients = self._clients, {}
+            built = list(named.values())
+            if followed:
+                for name, client in named.items():
+                    client.stand_in = self.follower(name)
             self._provisional = []
             # handed out as their receivers run, closed; one being made is closed by its maker, which finds it gone
-            built += [build.client for build in self._building.values() if build.client is not None]
+            for name, build in self._building.items():
+                if build.client is not None:
+                    built.append(build.client)
+                    if followed:
+                        build.client.stand_in = self.follower(name)
             self._building = {}
         stores = [getattr(client.circuit_breaker, "store", None) for client in built]  # one's own breaker: maybe none
         errors: list[Exception] = []
@@ -285,11 +315,12 @@ class ClientsHandler:
             raise ExceptionGroup("closing the named clients failed", errors)
 
     def reset(self) -> None:
-        """Close the clients and read the settings again on next use (settings changed). The settings
+        """Close the clients and read the settings again on next use (settings changed); a reference
+        kept to one calls the one built from the new settings (:meth:`follower`). The settings
         are dropped first: a lookup that read the old ones and builds after close_all() sees the
         change (``__getitem__``); one that built before it is closed by it."""
         current.reset()
-        self.close_all()
+        self.close_all(followed=True)
 
     def _after_fork(self) -> None:
         # The child keeps the parent's clients: one client per name per process, so a reference kept

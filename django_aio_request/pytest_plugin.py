@@ -44,7 +44,7 @@ class AioRequestFixture:
 
         # Not the serving() block: the test may call this from async code or another thread, and
         # the block's exit at teardown, in the test's own context, failed there (_serve_until_undone).
-        context, undo = _serve_until_undone(timeout=timeout, priority=priority)
+        context, undo = _serve_until_undone(timeout=timeout, priority=priority, until_the_test_ends=True)
         self._stack.callback(undo)
         return context
 

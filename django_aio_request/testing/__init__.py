@@ -16,11 +16,11 @@ They are context managers, for unittest-style tests; the pytest plugin
 
 import contextlib
 import dataclasses
-import functools
 import json as jsonlib
 import threading
 import time
 import urllib.parse
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -41,6 +41,7 @@ from django_aio_request.transport.base import Transport
 
 __all__ = [
     "FakeDownstream",
+    "FakeReplacedWarning",
     "RecordedCall",
     "Reply",
     "UnexpectedCallError",
@@ -251,9 +252,11 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     this process only, whatever ``CIRCUIT_BREAKER_STATE`` says: a fake's failures must not open the
     real client's circuit in a shared cache (nor another test's fake), and the breaker publisher
     leaves it out (admin never sees it, and its overrides never lift :func:`force_breaker`'s). On
-    exit it is closed and the client used before comes back. Change settings
-    (``override_settings``) before entering: a change of ``AIO_REQUEST`` inside the block rebuilds
-    every client, the fake's too.
+    exit it is closed and the client used before comes back; a reference kept to the fake (a module
+    that looked the client up during the block) calls whatever is under the name from then on.
+    Change settings (``override_settings``) before entering: a change of ``AIO_REQUEST`` inside the
+    block rebuilds every client, the fake's too, and the block's end warns
+    (:class:`FakeReplacedWarning`) if a real client was made under the name meanwhile.
     """
     from django_aio_request.conf.building import build_client
     from django_aio_request.conf.schema import LOCAL_BREAKER_STATE
@@ -269,14 +272,19 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     client = build_client(local, config.service_name, transport=fake)
     with _fakes_lock:  # one step with the end's: an end between the two left a kept client calling the network
         previous = clients.replace(name, client)
+        made = clients.made(name)
         if previous is not None:
             # A reference to it kept before the block (billing = clients["billing"] at import) calls
             # what is under the name now: the fake (before, the network, and no UnexpectedCallError).
-            previous.stand_in = functools.partial(clients.current, name)
+            previous.stand_in = clients.follower(name)
     try:
         yield fake
     finally:
         with _fakes_lock:
+            # A reference to the fake kept past the block (a module first imported during it, as
+            # pytest-django imports the URLconf at a session's first request) calls what is under
+            # the name from now on; it answered from this block's script in every later test.
+            client.stand_in = clients.follower(name)
             back = previous
             while back is not None and back in _ended_fakes:  # a fake below this one whose block ended first
                 back = _ended_fakes[back]
@@ -287,7 +295,21 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
                 _ended_fakes[client] = back
             elif back is not None and clients.current(name) is back:
                 back.stand_in = None  # under its name again: its calls are its own
+            replaced = clients.made(name) != made
         client.close()
+        if replaced:
+            warnings.warn(
+                f"fake_client({name!r}): AIO_REQUEST changed while the fake was in use, and calls after the change"
+                f" went to a real client made from the new settings, not to the fake. Change settings before making"
+                f" the fake (a test method's @override_settings applies after setUp: make the fake in the method)",
+                FakeReplacedWarning,
+                stacklevel=3,
+            )
+
+
+class FakeReplacedWarning(UserWarning):
+    """A settings change during a :func:`fake_client` block rebuilt the clients, and a real client
+    was made under the fake's name before the block ended: calls meant for the fake were not faked."""
 
 
 # A fake client whose block ended while a fake made after it was still under its name -> the client
@@ -379,8 +401,31 @@ def serving(*, timeout: float | None = None, priority: str | Priority | None = N
         undo()
 
 
+class _ServedUntilTheTestEnds(Context):
+    """The fixture's ``serving()`` context: once its test ended, it reads as the context before it,
+    in whatever thread or task still holds it. A thread that outlives the test (a project's pool
+    worker) keeps its contextvars, which teardown cannot reach from the test's thread: the deadline
+    set there stayed in that thread, and once it passed, every later test's call from it was a 408
+    that sent nothing (a review)."""
+
+    __slots__ = ("_before", "_ended")
+
+    def __init__(self, deadline: Deadline | None, priority: Priority | None, before: Context) -> None:
+        super().__init__(deadline, priority)
+        self._before = before
+        self._ended = False
+
+    @property
+    def deadline(self) -> Deadline | None:
+        return self._before.deadline if self._ended else self._deadline
+
+    @property
+    def priority(self) -> Priority | None:
+        return self._before.priority if self._ended else self._priority
+
+
 def _serve_until_undone(
-    *, timeout: float | None = None, priority: str | Priority | None = None
+    *, timeout: float | None = None, priority: str | Priority | None = None, until_the_test_ends: bool = False
 ) -> tuple[Context, Callable[[], None]]:
     """:func:`serving` without the block: the context set, and the function that undoes it.
 
@@ -389,14 +434,19 @@ def _serve_until_undone(
     in the test's. Resetting by token raised ``ValueError`` there ("created in a different
     Context"); and ``async_to_sync`` copies its context's changes back to its caller, so the
     deadline stayed set for every later test of the session. ``undo`` resets by token where it
-    can, and otherwise puts the value before back wherever this one is still in force.
+    can, and otherwise puts the value before back wherever this one is still in force. With
+    ``until_the_test_ends`` (the fixture's), the context also reads as the one before it from then
+    on wherever it is still set (:class:`_ServedUntilTheTestEnds`: another thread's).
     """
     outer = _context.get()
     deadline = outer.deadline if timeout is None else Deadline.from_timeout(timeout)
-    new = Context(deadline, outer.priority if priority is None else _priority(priority))
+    chosen = outer.priority if priority is None else _priority(priority)
+    new = _ServedUntilTheTestEnds(deadline, chosen, outer) if until_the_test_ends else Context(deadline, chosen)
     token = _context.set(new)
 
     def undo() -> None:
+        if isinstance(new, _ServedUntilTheTestEnds):
+            new._ended = True
         try:
             _context.reset(token)
         except ValueError:  # set in another context (async code, a thread): undo it in this one

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from django_aio_request import metrics as all_metrics
 from django_aio_request.pytest_plugin import AioRequestFixture
 from django_aio_request.testing import (
     FakeDownstream,
+    FakeReplacedWarning,
     UnexpectedCallError,
     fake_client,
     force_breaker,
@@ -238,6 +240,76 @@ def test_a_reference_kept_before_the_fake_calls_the_fake(settings: Settings, ser
     with kept.request(get("invoices/5")) as response:  # its own again
         assert (response.status, response.read()) == (200, b"real")
     assert clients["billing"] is kept
+
+
+def test_a_reference_looked_up_under_a_fake_calls_what_is_under_the_name_after_it(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """A module first imported during a test that fakes the client (pytest-django imports the URLconf,
+    and the views that keep ``billing = clients["billing"]``, at a session's first request) kept the
+    fake: every later test's call through it answered from that first test's script, past the later
+    tests' fakes, and never reached the real endpoint (a review)."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    with fake_client("billing") as first:
+        first.route("invoices/5", reply(404))
+        kept = clients["billing"]
+    with fake_client("billing") as second:
+        second.route("invoices/5", reply(201))
+        with kept.request(get("invoices/5")) as response:
+            assert response.status == 201
+    assert (len(first.calls), len(second.calls)) == (0, 1)
+    with kept.request(get("invoices/5")) as response:  # no fake: the real client, and the network
+        assert (response.status, response.read()) == (200, b"real")
+    assert len(server.received("/invoices/5")) == 1
+
+
+def test_a_reference_kept_before_a_settings_change_calls_the_client_of_the_new_settings_and_the_fakes(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """A change of ``AIO_REQUEST`` (``override_settings``, pytest-django's ``settings``) rebuilds the
+    clients. A reference kept from before went on with the old client and the old settings, and a
+    fake made after the change, as the docs ask, never reached it: the test's calls went to the
+    real endpoint, with no UnexpectedCallError, in that test and every later one (a review)."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    kept = clients["billing"]
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=2.0)
+    with fake_client("billing") as fake:
+        fake.route("invoices/5", reply(404))
+        with kept.request(get("invoices/5")) as response:
+            assert response.status == 404
+    assert server.received("/invoices/5") == []
+    with kept.request(get("invoices/5")) as response:
+        assert (response.status, response.read()) == (200, b"real")
+    (received,) = server.received("/invoices/5")
+    assert float(received.headers["X-Request-Timeout"]) <= 2.0  # the new settings' TIMEOUT, not 5
+    assert kept._standing_in() is clients["billing"]
+
+
+def test_a_fake_a_settings_change_replaced_under_its_block_warns(settings: Settings, server: LoopbackServer) -> None:
+    """A fake made in ``setUp`` and a test method's ``@override_settings``, applied after it: the
+    change rebuilt the clients, the view's call reached the real endpoint, and nothing said why the
+    fake recorded nothing (a review). The block's end says so now; a change with no call made after
+    it (a ``settings`` fixture torn down before the fake's) is no reason to."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+
+    def fake_then_change() -> FakeDownstream:
+        with fake_client("billing") as fake:
+            fake.route("invoices/5", reply(404))
+            changed = override_settings(AIO_REQUEST=billing_settings(ENDPOINT=server.url, TIMEOUT=2.0))
+            with changed, clients["billing"].request(get("invoices/5")) as response:
+                assert response.status == 200
+        return fake
+
+    with pytest.warns(FakeReplacedWarning, match=r"fake_client\('billing'\): AIO_REQUEST changed while the fake"):
+        fake = fake_then_change()
+    assert fake.calls == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FakeReplacedWarning)
+        with fake_client("billing"):
+            settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=3.0)
 
 
 class UnittestStyle(SimpleTestCase):
@@ -492,6 +564,7 @@ def run_project_tests(tmp_path: Path, settings_text: str, tests_text: str) -> su
 
 _LEFTOVERS_PROJECT_TESTS = """
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -579,6 +652,31 @@ def test_d_after_them(aio_request):
     fake.route("x", reply(200))
     with clients["billing"].request(get("x")) as response:
         assert (response.status, len(fake.calls)) == (200, 1)
+
+
+POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # a project's worker pool: outlives its tests
+
+
+def test_e_serving_from_a_pool_thread_that_outlives_the_test(aio_request):
+    def job():
+        aio_request.serving(timeout=0.2, priority="low")
+        return get_context().priority.value
+
+    assert POOL.submit(job).result() == "low"
+
+
+def test_e_after_it(aio_request):
+    time.sleep(0.3)  # past the 0.2 s set above in the pool's thread: left there, it answered 408
+    seen = POOL.submit(get_context).result()
+    assert (seen.deadline, seen.priority) == (None, None), seen
+    fake = aio_request.fake("billing")
+    fake.route("x", reply(200))
+
+    def call():
+        with clients["billing"].request(get("x")) as response:
+            return response.status
+
+    assert (POOL.submit(call).result(), len(fake.calls)) == (200, 1)
 """
 
 
@@ -594,7 +692,7 @@ def test_nothing_a_test_set_is_left_for_the_next_however_its_blocks_end(tmp_path
         AIO_REQUEST = {billing_settings()!r}
         """
     done = run_project_tests(tmp_path, settings_text, _LEFTOVERS_PROJECT_TESTS)
-    assert "10 passed" in done.stdout, done.stdout[-4000:]
+    assert "12 passed" in done.stdout, done.stdout[-4000:]
 
 
 def test_reply_checks_its_status_and_body_and_keeps_a_content_type_given_in_any_case() -> None:
