@@ -27,6 +27,7 @@ from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.base import claim_strategy
 from django_aio_request.transport.base import Transport
 
 #: How hedges are prioritised: None sends them with the call's priority; "lower" one step lower
@@ -80,6 +81,8 @@ class Client:
         low_timeout_threshold: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
+        # A strategy that learns per method and URL template learns from one endpoint (strategies/base.py)
+        claim_strategy(strategy, endpoint)
         self.strategy = strategy
         self.classifier = classifier
         self.timeout = timeout
@@ -327,6 +330,8 @@ class Client:
         send: SendAttempt = self._send if call is None else call.send
         if cancellation is not None:
             send = _cancellable(send, cancellation)
+        if strategy is not None and strategy is not self.strategy:
+            claim_strategy(strategy, self.endpoint)  # one given to the call: it learns from this endpoint only
         started = time.perf_counter()
         # Its hedges belong to this thread, the one waiting for them, whichever starts them: see
         # attempt_threads._stop_at_exit.

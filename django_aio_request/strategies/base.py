@@ -1,5 +1,7 @@
 import abc
 import dataclasses
+import threading
+import weakref
 from collections.abc import Callable
 
 from django_aio_request.core.attempt_threads import AttemptThreadPool
@@ -9,6 +11,7 @@ from django_aio_request.core.deadline import Deadline, too_little_to_send
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response
+from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +47,12 @@ class RequestStrategy(abc.ABC):
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority
     ) -> ResponseWithVerdict: ...
 
+    def claim(self, endpoint: str) -> None:  # noqa: B027 - a default that learns nothing, not abstract
+        """Called by each client that uses this strategy, with its endpoint: when it is made, and at a
+        call given this strategy (``strategy=``). A strategy that learns per method and URL template
+        (its stragglers rule, a learning delays provider: :func:`claim_learner`) refuses a second
+        endpoint. This one learns nothing."""
+
     def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
         """The deadline this strategy gives the first attempt of a call whose deadline is ``deadline``:
         all of it, unless the strategy shares it between its attempts (``sequential`` with a split
@@ -67,3 +76,42 @@ def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
     0.1 s threshold it slept 0.25 s for a retry that was then refused, and answered that much later.
     """
     return too_little_to_send(deadline.timeout - after)
+
+
+# What learns latencies per method and URL template -> the endpoint whose calls it learns from.
+_claimed: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_claimed_lock = threading.Lock()
+
+
+def claim_learner(learner: object, endpoint: str) -> None:
+    """Record that ``learner`` (a strategy's stragglers rule, a delays provider that observes) learns
+    from the calls to ``endpoint``; ``ValueError`` if it learns from another endpoint's already.
+
+    What they learn is kept per method and URL template, which say nothing of the endpoint: one
+    ``PercentileDelaysProvider`` shared by the clients of a service answering in 2 ms and of one
+    answering in 100 ms hedged every call of the slow one after the fast one's delay (twice its
+    requests; a review). A delays provider that learns nothing (``observe`` not overridden) may be shared."""
+    learns = not isinstance(learner, RequestAttemptDelaysProvider) or (
+        type(learner).observe is not RequestAttemptDelaysProvider.observe
+    )
+    if not learns:
+        return
+    try:
+        with _claimed_lock:
+            owner = _claimed.setdefault(learner, endpoint)
+    except TypeError:  # a class of the project's with __slots__ and no __weakref__: not tracked
+        return
+    if owner != endpoint:
+        raise ValueError(
+            f"{learner!r} learns latencies per method and URL template, and learns them from {owner!r} already:"
+            f" the calls to {endpoint!r} would mix theirs with that endpoint's (hedge delays and stragglers learned"
+            " from the other service). Give each client its own strategy and delays provider"
+        )
+
+
+def claim_strategy(strategy: RequestStrategy, endpoint: str) -> None:
+    """``strategy.claim(endpoint)``, for a strategy that may not be a :class:`RequestStrategy` (one
+    of the project's with a ``request`` method alone learns nothing this package can see)."""
+    claim = getattr(strategy, "claim", None)
+    if claim is not None:
+        claim(endpoint)

@@ -2,7 +2,7 @@ from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt
+from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, claim_strategy
 from django_aio_request.strategies.sequential import sequential_strategy
 from django_aio_request.strategies.single import single_attempt_strategy
 
@@ -16,6 +16,10 @@ class MethodBasedStrategy(RequestStrategy):
     def __init__(self, *, safe: RequestStrategy, unsafe: RequestStrategy) -> None:
         self.safe = safe
         self.unsafe = unsafe
+
+    def claim(self, endpoint: str) -> None:
+        claim_strategy(self.safe, endpoint)
+        claim_strategy(self.unsafe, endpoint)
 
     def for_method(self, method: str) -> RequestStrategy:
         return self.safe if method in SAFE_METHODS else self.unsafe

@@ -28,6 +28,7 @@ from django_aio_request.strategies.base import (
     RequestStrategy,
     ResponseWithVerdict,
     SendAttempt,
+    claim_learner,
     first_attempt,
     too_late_to_send,
 )
@@ -583,6 +584,11 @@ class ParallelStrategy(RequestStrategy):
             self.delays,
             request_unaware(self.delays),
         )
+
+    def claim(self, endpoint: str) -> None:
+        if self.stragglers_only:
+            claim_learner(self, endpoint)  # its paces (strategies/stragglers.py), per method and URL template
+        claim_learner(self.delays, endpoint)
 
     def request(
         self, send: SendAttempt, workers: AttemptThreadPool, request: Request, deadline: Deadline, priority: Priority

@@ -7,7 +7,14 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import Response, is_abandoned, retry_after
-from django_aio_request.strategies.base import RequestStrategy, ResponseWithVerdict, SendAttempt, too_late_to_send
+from django_aio_request.strategies.base import (
+    RequestStrategy,
+    ResponseWithVerdict,
+    SendAttempt,
+    claim_learner,
+    claim_strategy,
+    too_late_to_send,
+)
 from django_aio_request.strategies.delays import (
     DelaysProvider,
     RequestAttemptDelaysProvider,
@@ -98,6 +105,10 @@ class RetryUntilDeadlineExpiredStrategy(RequestStrategy):
                 result = self.strategy.request(rounds.send, workers, request, deadline, priority)
             except _Refused:
                 return result
+
+    def claim(self, endpoint: str) -> None:
+        claim_strategy(self.strategy, endpoint)
+        claim_learner(self.delays, endpoint)
 
     def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
         return self.strategy.first_attempt_deadline(deadline)

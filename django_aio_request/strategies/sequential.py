@@ -10,6 +10,7 @@ from django_aio_request.strategies.base import (
     RequestStrategy,
     ResponseWithVerdict,
     SendAttempt,
+    claim_learner,
     first_attempt,
     too_late_to_send,
 )
@@ -45,6 +46,9 @@ class SequentialStrategy(RequestStrategy):
         self.attempts_count = int(attempts_count)
         self.delays = as_request_delays(delays_provider)
         self.deadline_provider = deadline_provider
+
+    def claim(self, endpoint: str) -> None:
+        claim_learner(self.delays, endpoint)
 
     def first_attempt_deadline(self, deadline: Deadline) -> Deadline:
         return self.deadline_provider(deadline, 0, self.attempts_count)
