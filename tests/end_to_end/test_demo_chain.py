@@ -85,6 +85,25 @@ def test_each_hop_receives_less_time_and_the_same_priority(
     assert [arrivals[service][0]["timeout"] for service in SERVICES] == [r["timeout"] for r in received]
 
 
+def test_a_deadline_longer_than_a_client_s_timeout_is_passed_on_cut_to_that_timeout(
+    chain: Chain, caller: dar.Client
+) -> None:
+    """The chain page says so: each hop sends what is left of the deadline, but no more than its
+    client's TIMEOUT (5 s in settings/demo_frontend.py and demo_orders.py). It said "what is left"
+    alone, and a 10 s deadline reached orders as 4.999 s (a review)."""
+    with caller.request(
+        dar.get("hop", query_parameters={"run": run_tag(), "work": 0.01}), deadline=dar.Deadline.from_timeout(10.0)
+    ) as response:
+        assert response.status == 200, chain.logs()
+        received = [hop["received"] for hop in hops(response.json())]
+    timeouts = [float(r["timeout"] or "nan") for r in received]
+    assert 9.0 < timeouts[0] <= 10.0, timeouts
+    assert 4.5 < timeouts[1] <= 5.0, timeouts  # the frontend's client of orders: TIMEOUT 5
+    assert timeouts[2] <= timeouts[1], timeouts
+    page = urllib.request.urlopen(chain.urls["frontend"] + "chain/", timeout=10).read().decode()
+    assert "never more than the\ncalling client's own <code>TIMEOUT</code> (5 s" in page
+
+
 def test_the_deadline_bounds_the_whole_chain(chain: Chain, caller: dar.Client) -> None:
     """Billing sleeps 5 s; the first caller's deadline is 1 s. Orders would retry billing (3
     sequential attempts) and the frontend would wait for orders: neither may outlive the deadline."""
