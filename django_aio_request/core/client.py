@@ -17,7 +17,7 @@ from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_e
 from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
-from django_aio_request.core.deadline import Deadline, client_low_timeout_threshold
+from django_aio_request.core.deadline import LONGEST_DEADLINE, Deadline, client_low_timeout_threshold
 from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
@@ -296,13 +296,19 @@ class Client:
     def _deadline(self, given: Deadline | None, context: Deadline | None) -> Deadline:
         """The call's deadline: ``given``, else the earlier of ``context`` and the client's timeout.
 
+        ``given`` further than :data:`LONGEST_DEADLINE` is that far.
+
         aio-request (0.2.9) takes ``given or context or timeout``: inside a request served with a
         20 s deadline, a client configured with a 0.5 s timeout waits 20 s. Here the client's
         timeout caps it, as gRPC, Finagle and Envoy bound a call by the earlier of the propagated
         deadline and the call's own timeout.
         """
         if given is not None:
-            return given
+            # One further than the header carries (31 years) is as good as none, and past about 292
+            # years it overflowed the waits it meets (a lock's, a name lookup's): OverflowError out
+            # of the call, or a 489 (a review, 1e10 s). Such a call has the farthest the header carries.
+            now = time.monotonic()
+            return given if given.expires_at - now <= LONGEST_DEADLINE else Deadline(now + LONGEST_DEADLINE)
         own = time.monotonic() + self.timeout
         if context is not None and context.expires_at <= own:
             return context

@@ -11,6 +11,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier
 from django_aio_request.core.client import Client, HedgePriority, validate_hedge_priority
+from django_aio_request.core.deadline import LONGEST_DEADLINE
 from django_aio_request.core.headers import MAX_SERVICE_NAME_LENGTH, X_SERVICE_NAME
 from django_aio_request.core.pipeline import (
     CircuitBreakerModule,
@@ -227,8 +228,10 @@ def setup(
     docs/budgets-and-shedding.md.
     """
     validate_endpoint(endpoint)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= LONGEST_DEADLINE:
+        # Past LONGEST_DEADLINE (31 years, what AIO_REQUEST's TIMEOUT takes too) the waits a call
+        # meets overflowed: OverflowError out of client.request(), or a 489 (setup(timeout=1e10)).
+        raise ValueError(f"timeout must be a positive number of seconds up to {LONGEST_DEADLINE:,.0f}, not {timeout!r}")
     if (
         isinstance(low_timeout_threshold, bool)
         or not isinstance(low_timeout_threshold, int | float)

@@ -18,6 +18,12 @@ def too_little_to_send(left: float) -> bool:
     return left <= 0 or left < client_low_timeout_threshold.get()
 
 
+#: The farthest a call's deadline is, in seconds from now: 31 years, the most ``X-Request-Timeout``
+#: carries (core/timeout_header.py) and far below what the waits a call meets take
+#: (``threading.TIMEOUT_MAX``, about 292 years, past which they raise ``OverflowError``).
+LONGEST_DEADLINE = 999_999_999.0
+
+
 class Deadline:
     """A point on the monotonic clock by which a call must be over."""
 

@@ -15,6 +15,7 @@ from django_aio_request import (
     Deadline,
     Priority,
     Request,
+    RequestsTransport,
     constant_delays,
     get,
     parallel_strategy,
@@ -22,6 +23,7 @@ from django_aio_request import (
     post_json,
     sequential_strategy,
     set_context,
+    setup,
     single_attempt_strategy,
 )
 from django_aio_request import metrics as all_metrics
@@ -74,6 +76,45 @@ class TestDeadline:
         assert 3.5 < longer_argument <= 4.0
         assert 6.5 < capped <= 7.0
         assert 8.5 < argument <= 9.0
+
+    @pytest.mark.parametrize("seconds", [1e10, 1e300])
+    def test_a_deadline_further_than_the_waits_take_is_a_call_like_any_other(
+        self, server: LoopbackServer, seconds: float
+    ) -> None:
+        """Past about 292 years (``threading.TIMEOUT_MAX``) a deadline overflowed the waits a call
+        meets: a host name's lookup made it a 489 against a healthy server, and the wait for a
+        connection slot raised OverflowError out of ``client.request()`` (a review). Such a call now
+        has the farthest deadline the header carries, 999,999,999 s."""
+        server.route("/slow", answer_after(0.2))
+        named = setup(
+            endpoint=server.url.replace("127.0.0.1", "localhost"), transport=RequestsTransport(max_connections=1)
+        )
+        outcomes: list[object] = []
+
+        def one() -> None:
+            try:
+                outcomes.append(call(named, get("slow"), deadline=Deadline.from_timeout(seconds))[0].status)
+            except Exception as error:
+                outcomes.append(error)
+
+        try:
+            threads = [threading.Thread(target=one) for _ in range(2)]  # the second waits for the one connection
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+        finally:
+            named.close()
+        assert outcomes == [200, 200]
+        sent = [float(r.headers["X-Request-Timeout"]) for r in server.received("/slow")]
+        assert len(sent) == 2
+        assert all(999_999_998 < timeout <= 999_999_999 for timeout in sent), sent
+
+    def test_a_client_timeout_past_the_farthest_deadline_is_refused(self) -> None:
+        refused = r"timeout must be a positive number of seconds up to 999,999,999, not 10000000000\.0"
+        with pytest.raises(ValueError, match=refused):
+            setup(endpoint="http://127.0.0.1:9/", timeout=1e10)
+        setup(endpoint="http://127.0.0.1:9/", timeout=999_999_999).close()
 
     def test_client_timeout_ends_a_hanging_call(
         self, server: LoopbackServer, make_client: Callable[..., Client]
