@@ -56,6 +56,10 @@ class Request:
             raise ValueError(f"request URL cannot have a fragment (#...): {url!r}")
         if body is not None and not isinstance(body, bytes | bytearray):
             raise TypeError(f"body must be bytes, not {type(body).__name__}; use post_json() for objects")
+        if isinstance(max_redirects, bool) or not isinstance(max_redirects, int):
+            # 2.5 or NaN passed the check below, and the first redirect failed inside the call: a 489
+            # counted against a healthy endpoint's breaker, retried (a review).
+            raise TypeError(f"max_redirects must be an int, not {type(max_redirects).__name__} {max_redirects!r}")
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, not {max_redirects}")
         check_method(method)

@@ -272,6 +272,14 @@ def test_negative_max_redirects_is_a_value_error() -> None:
         get("things", max_redirects=-1)
 
 
+@pytest.mark.parametrize("value", [2.5, 1.0, float("nan"), float("inf"), "3", True, None])
+def test_a_max_redirects_that_is_no_int_is_refused_as_the_request_is_built(value: object) -> None:
+    """2.5 or NaN was built, sent, and failed at the first redirect inside the call: a 489 retried
+    and counted against a healthy endpoint's breaker, which opened (a review)."""
+    with pytest.raises(TypeError, match=f"max_redirects must be an int, not {type(value).__name__}"):
+        get("things", max_redirects=value)  # type: ignore[arg-type]
+
+
 # --- path parameters ----------------------------------------------------------------------------------------
 
 
