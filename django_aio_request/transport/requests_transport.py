@@ -534,11 +534,16 @@ class RequestsTransport(Transport):
 
     def _check_target(self, url: str) -> None:
         """Raise if ``url`` cannot be sent at all: no adapter for its scheme (``InvalidSchema``),
-        unparsable (``LocationParseError``), no host, or a host name that is no valid name."""
+        unparsable (``LocationParseError``), no host, port 0, or a host name that is no valid name."""
         self._session.get_adapter(url)
-        host = parse_url(url).host
+        parsed = parse_url(url)
+        host = parsed.host
         if not host:
             raise requests.exceptions.InvalidURL(f"no host in {url!r}")
+        if parsed.port == 0:
+            # No server listens on port 0 (setup() refuses an endpoint with it): followed, the connect
+            # failed, a 489 retried and counted against the endpoint that sent the redirect (a review).
+            raise requests.exceptions.InvalidURL("port 0")
         problem = host_name_problem(host)
         if problem is not None:
             raise LocationParseError(f"{host!r}: {problem}")
