@@ -209,7 +209,9 @@ def check_headers(headers: Headers) -> None:
             raise ValueError(f"header {name!r}: the name must be a token (letters, digits and !#$%&'*+-.^_`|~)")
         if _CONTROL.search(value) is not None:
             raise ValueError(f"header {name!r}: the value holds a line break or another control character")
-        if value[:1] in (" ", "\t"):
+        if value[:1].isspace():
+            # Unicode's white space, as requests' check (``\S``) sees it: a value starting with U+00A0
+            # or U+0085 (Latin-1, fine for HTTP/1.1) passed here and raised InvalidHeader in the call.
             raise ValueError(f"header {name!r}: the value starts with white space")
 
 

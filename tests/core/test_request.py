@@ -206,7 +206,7 @@ def test_absolute_url_is_a_value_error_naming_it(url: str) -> None:
     assert url in str(info.value)
 
 
-@pytest.mark.parametrize("value", ["a\tb", "trailing ", "", '~!#%*:;,()[]{}<>@?="\\', "caf\xe9"])
+@pytest.mark.parametrize("value", ["a\tb", "trailing ", "", '~!#%*:;,()[]{}<>@?="\\', "caf\xe9", "a\xa0b", "a\x85"])
 def test_header_values_http_can_carry_pass(value: str) -> None:
     assert get("x", headers={"X-Fine": value}).headers == {"X-Fine": value}
 
@@ -222,6 +222,9 @@ def test_header_values_http_can_carry_pass(value: str) -> None:
         ({"X-Bad": "a\x01b"}, ValueError, "another control character"),
         ({"X-Bad": "a\x7f"}, ValueError, "another control character"),
         ({"X-Bad": " leading"}, ValueError, "starts with white space"),
+        # Latin-1 and white space to requests (\S): built, then InvalidHeader raised in the call
+        ({"X-Bad": "\xa0token"}, ValueError, "starts with white space"),
+        ({"X-Bad": "\x85token"}, ValueError, "starts with white space"),
         ({"X Bad": "1"}, ValueError, "the name must be a token"),
         ({"X-Bad:": "1"}, ValueError, "the name must be a token"),
         ({"": "1"}, ValueError, "the name must be a token"),
@@ -679,3 +682,14 @@ def test_a_type_checker_refuses_a_builder_s_misspelt_or_mistyped_keyword(tmp_pat
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["5", "6", "7"], done.stdout
     assert 'Unexpected keyword argument "path_paramters" for "get"' in errors[0]
+
+
+@given(value=st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=8))
+def test_every_header_value_the_request_takes_is_one_requests_sends(value: str) -> None:
+    """What passes ``check_headers`` must not raise later, in the call: requests checks each value
+    again as it prepares the request (a value starting with U+00A0 raised its InvalidHeader there)."""
+    try:
+        get("x", headers={"X-Value": value})
+    except ValueError:
+        return
+    requests.Request("GET", "http://127.0.0.1/", headers={"X-Value": value}).prepare()
