@@ -82,11 +82,18 @@ class Downstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     received: list[dict[str, str]] = []
 
+    coded = b""  # what /data.csv answers, gzip-encoded (check_large_gzip_body)
+
     def do_GET(self) -> None:
         Downstream.received.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
-        body = json.dumps({"invoice": self.path}).encode()
+        if self.path == "/data.csv":
+            body, content_type = Downstream.coded, "text/csv"
+        else:
+            body, content_type = json.dumps({"invoice": self.path}).encode(), "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
+        if body is Downstream.coded:
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -246,22 +253,8 @@ def check_large_gzip_body() -> None:
 
     rows = random.Random(1)
     body = "".join(f"{n},{rows.randint(1, 999)},{rows.random():.4f}\n" for n in range(200_000)).encode()
-    coded = gzip.compress(body)
-
-    class Gzipped(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(coded)))
-            self.end_headers()
-            self.wfile.write(coded)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gzipped)
+    Downstream.coded = coded = gzip.compress(body)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Downstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     client = django_aio_request.setup(endpoint=f"http://127.0.0.1:{server.server_address[1]}/", metrics=False)
     try:

@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -89,20 +90,16 @@ class TestDeadline:
         named = setup(
             endpoint=server.url.replace("127.0.0.1", "localhost"), transport=RequestsTransport(max_connections=1)
         )
-        outcomes: list[object] = []
 
-        def one() -> None:
+        def one(_: int) -> object:
             try:
-                outcomes.append(call(named, get("slow"), deadline=Deadline.from_timeout(seconds))[0].status)
+                return call(named, get("slow"), deadline=Deadline.from_timeout(seconds))[0].status
             except Exception as error:
-                outcomes.append(error)
+                return error
 
         try:
-            threads = [threading.Thread(target=one) for _ in range(2)]  # the second waits for the one connection
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(10)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the second waits for the one connection
+                outcomes = list(pool.map(one, range(2)))
         finally:
             named.close()
         assert outcomes == [200, 200]
