@@ -285,6 +285,9 @@ def test_a_reference_kept_before_a_settings_change_calls_the_client_of_the_new_s
     (received,) = server.received("/invoices/5")
     assert float(received.headers["X-Request-Timeout"]) <= 2.0  # the new settings' TIMEOUT, not 5
     assert kept._standing_in() is clients["billing"]
+    with force_breaker(kept, "open"), kept.request(get("invoices/5")) as response:
+        assert response.status == 502  # the circuit its calls meet, not the old client's (a review)
+    assert len(server.received("/invoices/5")) == 1
 
 
 def test_a_fake_a_settings_change_replaced_under_its_block_warns(settings: Settings, server: LoopbackServer) -> None:
@@ -693,6 +696,44 @@ def test_nothing_a_test_set_is_left_for_the_next_however_its_blocks_end(tmp_path
         """
     done = run_project_tests(tmp_path, settings_text, _LEFTOVERS_PROJECT_TESTS)
     assert "12 passed" in done.stdout, done.stdout[-4000:]
+
+
+_LONG_SESSION_TESTS = """
+import concurrent.futures
+
+import pytest
+
+from django_aio_request import get_context
+
+POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # a project's worker, outliving every test
+
+
+@pytest.mark.parametrize("n", range(1100))
+def test_a_job_in_the_pool(aio_request, n):
+    def job():
+        aio_request.serving(timeout=30, priority="low")
+        return get_context().priority.value
+
+    assert POOL.submit(job).result() == "low"
+
+
+def test_after_them_all():
+    seen = POOL.submit(get_context).result()
+    assert (seen.deadline, seen.priority) == (None, None), seen
+"""
+
+
+def test_the_fixture_s_serving_in_a_pool_worker_of_a_long_session_leaves_nothing(tmp_path: Path) -> None:
+    """A worker that outlives the tests, given the fixture's ``serving()`` in each: each context kept
+    the one before it, ended, a chain as long as the session, walked at every read, and the
+    992nd test raised RecursionError (a review)."""
+    settings_text = f"""
+        SECRET_KEY = "x"
+        INSTALLED_APPS = ["django_aio_request"]
+        AIO_REQUEST = {billing_settings()!r}
+        """
+    done = run_project_tests(tmp_path, settings_text, _LONG_SESSION_TESTS)
+    assert "1101 passed" in done.stdout, done.stdout[-4000:]
 
 
 def test_reply_checks_its_status_and_body_and_keeps_a_content_type_given_in_any_case() -> None:
