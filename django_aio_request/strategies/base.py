@@ -1,6 +1,8 @@
 import abc
 import dataclasses
+import functools
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Callable
 
@@ -78,35 +80,66 @@ def too_late_to_send(deadline: Deadline, after: float = 0.0) -> bool:
     return too_little_to_send(deadline.timeout - after)
 
 
-# What learns latencies per method and URL template -> the endpoint whose calls it learns from.
-_claimed: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
-_claimed_lock = threading.Lock()
+# What learns latencies per method and URL template, by identity (id -> a weak reference to it, and
+# the endpoint whose calls it learns from). Not a WeakKeyDictionary: that matches keys by ==, and two
+# learners of equal value (a frozen dataclass's) were one, the second client refused (a review).
+_claimed: dict[int, tuple["weakref.ref[object]", str]] = {}
+_claimed_lock = threading.RLock()  # reentrant: _forget may run from the garbage collector inside claim_learner
 
 
 def claim_learner(learner: object, endpoint: str) -> None:
     """Record that ``learner`` (a strategy's stragglers rule, a delays provider that observes) learns
-    from the calls to ``endpoint``; ``ValueError`` if it learns from another endpoint's already.
+    from the calls to ``endpoint``; ``ValueError`` if it learns from another service's already.
 
     What they learn is kept per method and URL template, which say nothing of the endpoint: one
     ``PercentileDelaysProvider`` shared by the clients of a service answering in 2 ms and of one
     answering in 100 ms hedged every call of the slow one after the fast one's delay (twice its
-    requests; a review). A delays provider that learns nothing (``observe`` not overridden) may be shared."""
+    requests; a review). A delays provider that learns nothing (``observe`` not overridden) may be
+    shared. Endpoints are one service when they differ only in how they are written
+    (:func:`_service`)."""
     learns = not isinstance(learner, RequestAttemptDelaysProvider) or (
         type(learner).observe is not RequestAttemptDelaysProvider.observe
     )
     if not learns:
         return
-    try:
-        with _claimed_lock:
-            owner = _claimed.setdefault(learner, endpoint)
-    except TypeError:  # a class of the project's with __slots__ and no __weakref__: not tracked
-        return
-    if owner != endpoint:
+    key, service = id(learner), _service(endpoint)
+    with _claimed_lock:
+        claimed = _claimed.get(key)
+        if claimed is not None and claimed[0]() is learner:
+            owner = claimed[1]
+        else:
+            try:
+                reference = weakref.ref(learner, functools.partial(_forget, key))
+            except TypeError:  # a class of the project's with __slots__ and no __weakref__: not tracked
+                return
+            _claimed[key], owner = (reference, endpoint), endpoint
+    if _service(owner) != service:
         raise ValueError(
             f"{learner!r} learns latencies per method and URL template, and learns them from {owner!r} already:"
             f" the calls to {endpoint!r} would mix theirs with that endpoint's (hedge delays and stragglers learned"
             " from the other service). Give each client its own strategy and delays provider"
         )
+
+
+def _forget(key: int, reference: "weakref.ref[object]") -> None:
+    """A claimed learner is gone: its entry goes (unless its id was claimed by another since)."""
+    with _claimed_lock:
+        claimed = _claimed.get(key)
+        if claimed is not None and claimed[0] is reference:
+            del _claimed[key]
+
+
+def _service(endpoint: str) -> tuple[str, ...]:
+    """``endpoint`` as a service: its scheme and host in lower case, its port (the scheme's default
+    when none is written) and its path without a trailing slash, so that ``http://Billing:80/api/``
+    and ``http://billing/api`` are one service."""
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        scheme = parts.scheme.lower()
+        port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    except ValueError:
+        return (endpoint,)
+    return (scheme, (parts.hostname or "").lower(), str(port), parts.path.rstrip("/"))
 
 
 def claim_strategy(strategy: RequestStrategy, endpoint: str) -> None:

@@ -1,11 +1,14 @@
 """A strategy that learns per method and URL template learns from one endpoint (strategies/base.py)."""
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 
 from django_aio_request import (
     PercentileDelaysProvider,
+    Request,
+    Response,
     get,
     linear_backoff_delays,
     method_based_strategy,
@@ -15,6 +18,7 @@ from django_aio_request import (
     setup,
 )
 from django_aio_request.strategies import RequestStrategy
+from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 from tests.support.loopback import LoopbackServer
 
 
@@ -75,3 +79,32 @@ def test_what_learns_nothing_may_be_shared_by_any_clients(server: LoopbackServer
     plain = sequential_strategy(attempts_count=3)
     for endpoint in (server.url, "http://127.0.0.1:9/", "http://billing.test/"):
         setup(endpoint=endpoint, safe_method_strategy=shared, unsafe_method_strategy=plain).close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _EqualDelays(RequestAttemptDelaysProvider):
+    """A learner of the project's whose instances compare equal by value."""
+
+    factor: float = 1.0
+
+    def __call__(self, request: Request, attempt: int) -> float:
+        return 0.05 * attempt * self.factor
+
+    def observe(self, request: Request, response: Response) -> None:
+        pass
+
+
+def test_learners_are_told_apart_by_identity_and_services_by_what_they_are() -> None:
+    """Two learners of equal value were one (claims matched them by ==), and the second client was
+    refused; an endpoint written with a trailing slash, in capitals or with its default port was
+    another service (a review)."""
+    first, second = _EqualDelays(), _EqualDelays()
+    assert first == second
+    setup(endpoint="http://billing.test/", safe_method_strategy=sequential_strategy(delays_provider=first)).close()
+    setup(endpoint="http://orders.test/", safe_method_strategy=sequential_strategy(delays_provider=second)).close()
+    shared = parallel_strategy(delays_provider=PercentileDelaysProvider())
+    for endpoint in ("http://billing.test/api", "http://billing.test/api/", "HTTP://Billing.TEST:80/api/"):
+        setup(endpoint=endpoint, safe_method_strategy=shared).close()
+    for other in ("http://billing.test:8080/api/", "https://billing.test/api/", "http://billing.test/v2/"):
+        with pytest.raises(ValueError, match="learns latencies per method and URL template"):
+            setup(endpoint=other, safe_method_strategy=shared)
