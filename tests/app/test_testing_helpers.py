@@ -543,6 +543,15 @@ def test_the_fixture_s_deadline_ends_before_pytest_django_s_database_teardown(tm
     assert "5 passed" in done.stdout, done.stdout[-4000:]
 
 
+def billing_project_settings() -> str:
+    """The settings module of a project of its own whose one client is billing (run_project_tests)."""
+    return f"""
+        SECRET_KEY = "x"
+        INSTALLED_APPS = ["django_aio_request"]
+        AIO_REQUEST = {billing_settings()!r}
+        """
+
+
 def run_project_tests(tmp_path: Path, settings_text: str, tests_text: str) -> subprocess.CompletedProcess[str]:
     """pytest run in a project of its own (these settings, these tests), as a user's project runs
     it: the plugin loaded by its entry point, no xdist. Fails on a failure or an error."""
@@ -689,12 +698,7 @@ def test_nothing_a_test_set_is_left_for_the_next_however_its_blocks_end(tmp_path
     called from ``asyncio.run``, ``async_to_sync`` and a thread. Before: the later tests got a closed
     fake instead of the real client, the breaker still forced, and ``ValueError`` ("created in a
     different Context") at teardown, with async_to_sync's deadline left set for every later test."""
-    settings_text = f"""
-        SECRET_KEY = "x"
-        INSTALLED_APPS = ["django_aio_request"]
-        AIO_REQUEST = {billing_settings()!r}
-        """
-    done = run_project_tests(tmp_path, settings_text, _LEFTOVERS_PROJECT_TESTS)
+    done = run_project_tests(tmp_path, billing_project_settings(), _LEFTOVERS_PROJECT_TESTS)
     assert "12 passed" in done.stdout, done.stdout[-4000:]
 
 
@@ -727,12 +731,7 @@ def test_the_fixture_s_serving_in_a_pool_worker_of_a_long_session_leaves_nothing
     """A worker that outlives the tests, given the fixture's ``serving()`` in each: each context kept
     the one before it, ended, a chain as long as the session, walked at every read, and the
     992nd test raised RecursionError (a review)."""
-    settings_text = f"""
-        SECRET_KEY = "x"
-        INSTALLED_APPS = ["django_aio_request"]
-        AIO_REQUEST = {billing_settings()!r}
-        """
-    done = run_project_tests(tmp_path, settings_text, _LONG_SESSION_TESTS)
+    done = run_project_tests(tmp_path, billing_project_settings(), _LONG_SESSION_TESTS)
     assert "1101 passed" in done.stdout, done.stdout[-4000:]
 
 
