@@ -45,7 +45,7 @@ SUPPORTED_VENDORS = ("sqlite", "postgresql")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Report every problem in ``settings.AIO_REQUEST`` (``manage.py check --tag django_aio_request``)."""
     try:
-        _, problems = read_settings(getattr(settings, SETTING, None))
+        _, problems = read_settings(getattr(settings, SETTING, {}))
     except (Exception, SystemExit) as error:
         return [
             checks.Error(

@@ -78,7 +78,7 @@ class CurrentSettings:
     # Kept in the instance's __dict__, so a read is a plain attribute look-up; reset() drops it.
     @_ReadOnce
     def settings(self) -> AioRequestSettings:
-        parsed, problems = _read(getattr(settings, SETTING, None))
+        parsed, problems = _read(getattr(settings, SETTING, {}))
         if parsed is None:
             errors = [str(p) for p in problems if not p.warning]
             noun = "problem" if len(errors) == 1 else "problems"
@@ -105,11 +105,11 @@ class CurrentSettings:
         ``InvalidSettings`` listing every problem of the setting. Any mapping (a
         ``types.MappingProxyType`` too) is read, as the settings reader accepts them.
         """
-        raw = getattr(settings, SETTING, None)
-        if raw is not None and not isinstance(raw, Mapping):
+        raw = getattr(settings, SETTING, {})
+        if not isinstance(raw, Mapping):
             return self.settings.database_statement_timeout  # raises, saying what it is
         key = "DATABASE_STATEMENT_TIMEOUT"
-        alone, _ = _read({key: raw[key]} if raw is not None and key in raw else {})
+        alone, _ = _read({key: raw[key]} if key in raw else {})
         if alone is None:
             return self.settings.database_statement_timeout  # raises, listing every problem
         return alone.database_statement_timeout

@@ -885,7 +885,11 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
     value = _without_lazy_strings(value, {})
     reader = Reader()
-    top = reader.mapping("", {} if value is None else value, TOP_LEVEL_KEYS)
+    # An unset AIO_REQUEST is read as {} by its callers; None written out is no setting of its own:
+    # passed as if unset, a settings file that meant to turn something off (or lost its dict to a
+    # bad merge) got the defaults with nothing said.
+    none_hint = "leave AIO_REQUEST unset (or set {}) for the defaults" if value is None else None
+    top = reader.mapping("", value, TOP_LEVEL_KEYS, none_hint)
     if top is None:
         return None, reader.problems
     service_name = top.get("SERVICE_NAME")

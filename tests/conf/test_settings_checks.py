@@ -342,6 +342,29 @@ def test_a_valid_setting_passes_manage_py_check(tmp_path: Path) -> None:
     assert "System check identified no issues" in done.stdout
 
 
+def test_an_unset_setting_passes_and_none_written_out_is_an_error(tmp_path: Path) -> None:
+    unset = "from settings.test import *\ndel AIO_REQUEST\n"
+    done = manage(tmp_path, "check", settings=unset)
+    assert done.returncode == 0, done.stderr
+    # None is no way to leave the setting out: read as unset, a settings file that meant to turn
+    # something off got every default with nothing said.
+    done = manage(tmp_path, "check", settings="from settings.test import *\nAIO_REQUEST = None\n")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "(django_aio_request.E002) AIO_REQUEST must be a dict, not NoneType" in done.stderr
+    assert "HINT: leave AIO_REQUEST unset (or set {}) for the defaults" in done.stderr
+    done = manage(tmp_path, "shell", "-c", "from django_aio_request import clients; clients['billing']", settings=unset)
+    assert "UnknownClientError: no client 'billing'" in done.stderr  # unset: no clients, and no settings error
+    done = manage(
+        tmp_path,
+        "shell",
+        "-c",
+        "from django_aio_request import clients; clients['billing']",
+        settings="from settings.test import *\nAIO_REQUEST = None\n",
+    )
+    assert "InvalidSettings: AIO_REQUEST has 1 problem:\n  AIO_REQUEST must be a dict, not NoneType" in done.stderr
+
+
 def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: Path) -> None:
     (tmp_path / "broken_classifier.py").write_text("raise RuntimeError('boom at import')\n")
     settings = (
