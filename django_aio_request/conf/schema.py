@@ -222,7 +222,7 @@ def _classifier_class(found: Any) -> bool:
     instantiate abstract class" at the first use of the client, in every view that used it."""
     if not (isinstance(found, type) and issubclass(found, ResponseClassifier)) or inspect.isabstract(found):
         return False
-    if _is_async(getattr(found, "classify", None)):
+    if _is_async(getattr(found, "classify", None)) or _classify_problem(found) is not None:
         return False
     try:
         inspect.signature(found).bind()
@@ -244,7 +244,22 @@ def _not_a_classifier(found: Any) -> str | None:
             f"{found.__name__}.classify is async (async def): the client calls it on the call's thread and"
             " takes what it returns as the verdict, never awaited; write it as a plain def"
         )
+    if isinstance(found, type):
+        return _classify_problem(found)
     return None
+
+
+def _classify_problem(found: type) -> str | None:
+    """Why the client cannot call ``found().classify(response)``, read from its signature: a
+    ``classify(self)`` passed the check and every call raised TypeError."""
+    static = inspect.getattr_static(found, "classify", None)
+    if isinstance(static, staticmethod | classmethod):
+        arguments = 1  # read from the class, either takes the response alone
+    elif inspect.isfunction(static):
+        arguments = 2  # the instance, then the response
+    else:
+        return None  # another kind of attribute (a callable instance, a C method): the call will tell
+    return _not_callable_with(found.classify, arguments, "a Response, as the client calls it")
 
 
 def _is_async(found: Any) -> bool:

@@ -944,6 +944,56 @@ def test_an_async_enricher_or_classifier_is_e008() -> None:
         assert f"{classifier}.classify is async (async def)" in found
 
 
+class NoResponseClassifier(ResponseClassifier):
+    def classify(self) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+class ExtraArgumentClassifier(ResponseClassifier):
+    def classify(self, response: Any, retried: Any) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+class StaticClassifier(ResponseClassifier):
+    @staticmethod
+    def classify(response: Any) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+class ClassMethodClassifier(ResponseClassifier):
+    @classmethod
+    def classify(cls, response: Any) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+class LooseClassifier(ResponseClassifier):
+    def classify(self, *args: Any, strict: bool = False) -> Any:  # type: ignore[override]
+        return ResponseVerdict.ACCEPT
+
+
+def test_a_classifier_whose_classify_cannot_take_the_response_is_e008(tmp_path: Path) -> None:
+    """``classify(self)`` passed the check, and every call raised TypeError ("takes 1 positional
+    argument but 2 were given"); a classify the client can call as it does passes."""
+    for classifier, error in (
+        ("NoResponseClassifier", "too many positional arguments"),
+        ("ExtraArgumentClassifier", "missing a required argument: 'retried'"),
+    ):
+        (found,) = messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": f"{__name__}.{classifier}"}}})
+        assert found.startswith("django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER']")
+        assert f"{classifier}.classify(self" in found, found
+        assert f"cannot be called with a Response, as the client calls it: {error}" in found, found
+    for classifier in ("StaticClassifier", "ClassMethodClassifier", "LooseClassifier"):
+        assert messages({"CLIENTS": {"billing": {**GOOD, "RESPONSE_CLASSIFIER": f"{__name__}.{classifier}"}}}) == []
+    settings = f"""
+from settings.test import *
+AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:1/",
+    "RESPONSE_CLASSIFIER": "{__name__}.NoResponseClassifier"}}}}}}
+"""
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 1, done.stderr
+    assert "(django_aio_request.E008) AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER']" in done.stderr
+
+
 def generator_enricher(request: Any) -> Any:
     yield request
 
