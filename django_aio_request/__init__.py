@@ -1,7 +1,8 @@
 """Service-to-service HTTP calls for Django, wire-compatible with aio-request.
 
-Everything importable here except ``clients`` and ``timeout`` is the core, which does not import
-Django; ``clients`` (named clients from settings) is loaded on first use.
+Everything importable here except ``clients``, ``timeout`` and the errors of settings
+(``InvalidSettings``, ``UnknownClientError``) is the core, which does not import Django; ``clients``
+(named clients from settings) is loaded on first use.
 
 Each name is imported when first asked for, so ``import django_aio_request`` imports nothing else:
 the pytest plugin (``django_aio_request.pytest_plugin``), which pytest loads in every project of an
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         MemoryCircuitStore,
         Override,
     )
+    from django_aio_request.conf.current import InvalidSettings
     from django_aio_request.core.cancellation import Cancellation
     from django_aio_request.core.classifier import DefaultResponseClassifier, ResponseClassifier, ResponseVerdict
     from django_aio_request.core.client import Client
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     )
     from django_aio_request.core.response import EmptyResponse, Response, UnexpectedContentTypeError, UnsentResponse
     from django_aio_request.core.retry_budget import RetryBudget
-    from django_aio_request.named_clients import ClientsHandler
+    from django_aio_request.named_clients import ClientsHandler, UnknownClientError
     from django_aio_request.server.view_timeout import timeout as timeout
     from django_aio_request.strategies import (
         RequestStrategy,
@@ -89,6 +91,7 @@ _LAZY = {
     "DefaultResponseClassifier": "django_aio_request.core.classifier",
     "DelaysProvider": "django_aio_request.strategies.delays",
     "EmptyResponse": "django_aio_request.core.response",
+    "InvalidSettings": "django_aio_request.conf.current",
     "MemoryCircuitStore": "django_aio_request.breaker.circuit_breaker",
     "Override": "django_aio_request.breaker.circuit_breaker",
     "PercentileDelaysProvider": "django_aio_request.strategies.percentile_delays",
@@ -104,6 +107,7 @@ _LAZY = {
     "RetryBudget": "django_aio_request.core.retry_budget",
     "Transport": "django_aio_request.transport.base",
     "UnexpectedContentTypeError": "django_aio_request.core.response",
+    "UnknownClientError": "django_aio_request.named_clients",
     "UnsentResponse": "django_aio_request.core.response",
     "constant_delays": "django_aio_request.strategies.delays",
     "delete": "django_aio_request.core.request",
@@ -146,6 +150,7 @@ __all__ = [
     "DefaultResponseClassifier",
     "DelaysProvider",
     "EmptyResponse",
+    "InvalidSettings",
     "MemoryCircuitStore",
     "Override",
     "PercentileDelaysProvider",
@@ -161,6 +166,7 @@ __all__ = [
     "RetryBudget",
     "Transport",
     "UnexpectedContentTypeError",
+    "UnknownClientError",
     "UnsentResponse",
     "clients",
     "constant_delays",
