@@ -249,7 +249,7 @@ def _not_a_classifier(found: Any) -> str | None:
     return None
 
 
-def _classify_problem(found: type) -> str | None:
+def _classify_problem(found: Any) -> str | None:
     """Why the client cannot call ``found().classify(response)``, read from its signature: a
     ``classify(self)`` passed the check and every call raised TypeError."""
     static = inspect.getattr_static(found, "classify", None)

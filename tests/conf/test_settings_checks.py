@@ -956,18 +956,18 @@ class ExtraArgumentClassifier(ResponseClassifier):
 
 class StaticClassifier(ResponseClassifier):
     @staticmethod
-    def classify(response: Any) -> Any:  # type: ignore[override]
+    def classify(response: Any) -> Any:
         return ResponseVerdict.ACCEPT
 
 
 class ClassMethodClassifier(ResponseClassifier):
     @classmethod
-    def classify(cls, response: Any) -> Any:  # type: ignore[override]
+    def classify(cls, response: Any) -> Any:
         return ResponseVerdict.ACCEPT
 
 
 class LooseClassifier(ResponseClassifier):
-    def classify(self, *args: Any, strict: bool = False) -> Any:  # type: ignore[override]
+    def classify(self, *args: Any, strict: bool = False) -> Any:
         return ResponseVerdict.ACCEPT
 
 
