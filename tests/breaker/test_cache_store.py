@@ -556,6 +556,40 @@ def test_a_circuit_opened_during_an_outage_stays_open_when_the_cache_answers_aga
     assert other.blocked_until("svc") is not None  # and the others learn of it
 
 
+def test_a_break_that_ended_during_an_outage_does_not_undo_another_process_s_close(
+    namespace: str, stores: Any, own_redis: OwnRedis
+) -> None:
+    """B opened the circuit during an outage; A opened it too, and its probe, once its break was
+    over, closed it. When the cache answered again, B wrote its open (over by then) after A's close,
+    and A, reading a break that had ended, sent its next calls to the probe's claim: fallbacks from
+    a healthy endpoint it had just closed (a review: 15 in a row, with two processes)."""
+    a, b = stores(namespace, "mine", sync_interval=60), stores(namespace, "mine", sync_interval=60)
+    closer = breaker_with(a, minimum_throughput=2, break_duration=0.3)
+    late = breaker_with(b, minimum_throughput=2, break_duration=0.3)
+    assert run(closer, True) == run(late, True) == "ran"
+    a.sync()
+    b.sync()
+    own_redis.stop()
+    a.sync()
+    b.sync()
+    assert not a.healthy
+    assert not b.healthy
+    assert [run(late, False) for _ in range(3)][-1] == "fallback"  # B opens, in the outage
+    assert [run(closer, False) for _ in range(3)][-1] == "fallback"  # and so does A
+    time.sleep(0.4)  # both breaks are over
+    assert run(closer, True) == "ran"  # A's probe: closed
+    assert state_of(closer) is CircuitState.CLOSED
+    own_redis.start()  # back, and empty
+    a.sync()  # A's close first, then B's open that is over: the order that undid the close
+    b.sync()
+    assert a.healthy
+    assert b.healthy
+    a.sync()
+    assert [run(closer, True) for _ in range(5)] == ["ran"] * 5
+    b.sync()
+    assert run(late, True) == "ran"  # B's own break is over: its probe goes
+
+
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
     server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
