@@ -379,6 +379,27 @@ def _no_redis_location(location: object, backend: str) -> str | None:
         # space after the separator, passed when the URLs were stripped: every read failed, a review).
         if _redis_scheme(url) is None:
             return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url)[:80]})"
+        unreadable = _redis_url_problem(url)
+        if unreadable is not None:
+            return f"has a LOCATION redis cannot read ({shown(url)[:80]}: {unreadable})"
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What redis-py's own URL parser says is wrong with ``url`` (a port that is no number or out of
+    range, an option it cannot read), or None. Such a URL passed the check and every sync round
+    failed with ValueError ("Port could not be cast to integer value", a review). Without redis-py,
+    or one with no parser to ask, the client library's own check (below) speaks."""
+    try:
+        from redis.connection import parse_url
+    except Exception:
+        return None
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as error:
+        return str(error)
+    except Exception:
+        return None  # not a URL problem the parser names: the round will say
     return None
 
 

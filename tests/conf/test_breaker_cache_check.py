@@ -346,6 +346,13 @@ def test_a_breaker_cache_whose_backend_cannot_be_imported_is_an_error(backend: A
         ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0;127.0.0.1:6380"}, "is no redis://"),
         # a space after the separator: redis-py reads the scheme at the very start (a review)
         ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0; redis://127.0.0.1:6379/1"}, "is no redis://"),
+        # redis-py's own parser refuses these at every command (a review: check passed, no round ever did)
+        (
+            {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:notaport/0"},
+            "redis cannot read ('redis://127.0.0.1:notaport/0': Port could not be cast to integer value",
+        ),
+        ({"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:99999/0"}, "Port out of range"),
+        ({"BACKEND": REDIS, "LOCATION": ["redis://a/0", "redis://b:6379/0?socket_timeout=soon"]}, "socket_timeout"),
     ],
 )
 def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared: dict[str, Any], said: str) -> None:
