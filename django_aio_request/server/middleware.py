@@ -40,6 +40,7 @@ from django_aio_request.server.database import (
 from django_aio_request.server.log_text import escaped
 from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
+from django_aio_request.server.socket_peek import hung_up
 from django_aio_request.server.view_timeout import ClampedDeadline, DefaultDeadline, _canceller, deadline_answer_headers
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
 META_PRIORITY = "HTTP_X_REQUEST_PRIORITY"
 META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
+META_SOCKET = "gunicorn.socket"  # the connection's socket, which gunicorn's workers put in the environ
 
 # A plain decimal number of seconds: "5", "0.25", "12.500". No sign, "inf"/"nan", hex, underscores,
 # non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (more
@@ -140,6 +142,15 @@ def _shed(priority: Priority, admission: Admission) -> HttpResponse:
         response[h.X_DO_NOT_RETRY] = "1"
     # Counted in aio_request_server_shed_total: Django's "Service Unavailable" error log line per shed
     # request would flood the logs exactly when the process is overloaded.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+def _caller_left(request: HttpRequest) -> HttpResponse:
+    """The answer to a request whose caller went away while it waited for a slot: recorded as the 499
+    the async path records (nobody reads it), and not in Django's error log."""
+    logger.debug("its caller went away while it waited for a slot: %s %s", request.method, escaped(request.path))
+    response = HttpResponse(status=CLIENT_CLOSED_REQUEST)
     response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
@@ -403,6 +414,13 @@ class AioRequestMiddleware:
         admission = limiter.acquire(priority, _judged(context))
         if not admission.admitted:
             response: HttpResponseBase = _shed(priority, admission)
+        elif admission.waited and hung_up(request.META.get(META_SOCKET)):
+            # Its caller went away while it waited for the slot: the view would serve nobody, and
+            # the slot would be kept from the callers still waiting (a review: under gthread a
+            # caller behind it waited a whole such view out, and after a storm of callers giving up
+            # 104 such views ran). The async path learns of it from Django, which cancels the task.
+            limiter.give_back(admission.admitted_at, thread=True)
+            response = _caller_left(request)
         else:
             cpu = time.thread_time()  # the CPU the view uses tells the limit how many are worth running at once
             wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here

@@ -19,7 +19,7 @@ import socket
 import threading
 from typing import Any
 
-__all__ = ["peek"]
+__all__ = ["hung_up", "peek"]
 
 _FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
@@ -69,3 +69,14 @@ def _peek_with_socket(sock: Any, size: int) -> bytes | None:
         return None
     except (OSError, ValueError, AttributeError):  # closed, a TLS socket (which takes no flags), not a socket
         return b""
+
+
+def hung_up(sock: Any) -> bool:
+    """Whether the peer of ``sock``, a plain TCP socket, has closed it (the end of the stream or a
+    reset, with nothing of it left unread). False whenever that cannot be told: a TLS socket (its
+    bytes are records, not the peer's), bytes still waiting (a body not read yet), or no socket.
+
+    A peer that only shut its sending side (``shutdown(SHUT_WR)``) and still waits for the answer
+    reads as gone too; HTTP clients do not do that (RFC 9112 9.6 has a client close at most after the
+    response), and nginx takes the same end of stream for "client prematurely closed connection"."""
+    return type(sock) is socket.socket and peek(sock, 1) == b""

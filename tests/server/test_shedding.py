@@ -495,6 +495,40 @@ def test_a_limit_that_fails_to_learn_still_gets_its_slot_back() -> None:
     assert limited.acquire(NORMAL, later(5)).admitted  # the slot was given back
 
 
+def test_a_slot_given_back_unused_goes_on_to_the_next_waiter_and_teaches_the_limit_nothing() -> None:
+    """The middleware gives back the slot of a request whose caller went away while it waited."""
+    samples: list[float] = []
+
+    class Counting(FixedLimit):
+        def sample(self, rtt: float, *args: Any, **kwargs: Any) -> None:
+            samples.append(rtt)
+
+    limited = Limiter(Counting(1), queue_timeout=5.0)
+    holder = limited.acquire(NORMAL, later(5))
+    assert holder.admitted
+    assert not holder.waited  # admitted at once: nothing to look at
+    got: list[Any] = []
+    waiters = [threading.Thread(target=lambda: got.append(limited.acquire(NORMAL, later(5)))) for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+        while limited.waiting < len(got) + waiters.index(waiter) + 1:
+            time.sleep(0.001)
+    limited.release(holder.admitted_at, thread=True)
+    while not got:
+        time.sleep(0.001)
+    (first,) = got
+    assert first.admitted
+    assert first.waited
+    limited.give_back(first.admitted_at, thread=True)
+    waiters[1].join(5)
+    assert got[1].admitted  # the slot went on, at once
+    assert len(samples) == 1  # the holder's time only: no view ran in the slot given back
+    limited.release(got[1].admitted_at, thread=True)
+    assert limited.in_flight == 0
+    with pytest.raises(RuntimeError, match="give_back"):
+        limited.give_back(got[1].admitted_at, thread=True)
+
+
 def test_a_queue_timeout_of_zero_refuses_at_once_for_the_queue_not_the_deadline() -> None:
     """QUEUE_TIMEOUT 0: no queue. The refusal is the queue's (retrying later may help), not the
     deadline's: answered X-Do-Not-Retry, a client that honours it never came back."""

@@ -10,7 +10,7 @@ import pytest
 import trustme
 
 from django_aio_request.server import socket_peek
-from django_aio_request.server.socket_peek import peek
+from django_aio_request.server.socket_peek import hung_up, peek
 
 
 @pytest.fixture
@@ -58,6 +58,34 @@ def test_a_closed_socket_or_a_tls_one_reads_as_empty(pair: tuple[socket.socket, 
     authority.issue_cert("localhost").configure_cert(context)
     server_side = context.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
     assert peek(server_side, 10) == b""  # encrypted bytes are never read as a request
+
+
+def test_hung_up_only_when_the_peer_closed_and_nothing_is_left_unread(way: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        caller = socket.create_connection(listener.getsockname())
+        served, _ = listener.accept()
+        with served:
+            assert not hung_up(served)  # connected, nothing sent
+            caller.sendall(b"body")
+            caller.close()
+            assert not hung_up(served)  # gone, but a body is still to read: not told
+            served.recv(10)
+            assert hung_up(served)
+            caller = socket.create_connection(listener.getsockname())
+            reset, _ = listener.accept()
+            caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            caller.close()  # a reset
+            with reset:
+                assert hung_up(reset)
+    assert not hung_up(None)  # no socket (a server that puts none in the environ)
+    a, b = socket.socketpair()
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    server_side = context.wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    b.close()
+    assert not hung_up(server_side)  # a TLS socket's bytes are records: it cannot be told, so not gone
+    server_side.close()
 
 
 @pytest.fixture

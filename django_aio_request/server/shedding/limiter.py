@@ -129,6 +129,7 @@ class Admission:
     retry_after: int = 0
     do_not_retry: bool = False
     admitted_at: float = 0.0
+    waited: bool = False  # admitted after waiting for a slot (its caller may have gone meanwhile)
 
 
 ADMITTED = Admission(True)
@@ -249,11 +250,7 @@ class Limiter:
         except BaseException:  # cancelled (the client went away): give back what was granted
             with self._lock:
                 if waiter.granted:
-                    now = self._clock()
-                    self._tally(now, self._slots())
-                    self._in_flight -= 1
-                    self._forget(waiter.since)
-                    self._grant(now)
+                    self._give_back(waiter.since)
                 elif not waiter.evicted:
                     self._queue.remove(waiter)
                     self._published_queue(waiter.priority)
@@ -295,7 +292,24 @@ class Limiter:
                     self._longest_at = now
                 self._grant(now)
 
+    def give_back(self, admitted_at: float, *, thread: bool) -> None:
+        """A slot granted at ``admitted_at`` goes unused (the caller went away while the request
+        waited for it): given on, and nothing learned from it, since no view ran in it."""
+        with self._lock:
+            if self._in_flight <= 0:
+                raise RuntimeError("give_back() without an admitted request")
+            if thread:
+                self._threads -= 1
+            self._give_back(admitted_at)
+
     # Under the lock.
+
+    def _give_back(self, admitted_at: float) -> None:
+        now = self._clock()
+        self._tally(now, self._slots())
+        self._in_flight -= 1
+        self._forget(admitted_at)
+        self._grant(now)
 
     def _enter(
         self, priority: Priority, deadline: float, now: float, loop: asyncio.AbstractEventLoop | None
@@ -453,7 +467,7 @@ class Limiter:
     def _leave(self, waiter: Waiter, reason: str) -> Admission:
         now = self._clock()
         if waiter.granted:
-            return Admission(True, admitted_at=waiter.since)  # since: set to the grant's time
+            return Admission(True, admitted_at=waiter.since, waited=True)  # since: set to the grant's time
         if waiter.evicted:
             reason = REASON_CAPACITY
         else:
