@@ -131,7 +131,11 @@ def _malformed(header: str, raw: str) -> None:
 
 def _rejected(reason: str) -> HttpResponse:
     metrics.server_rejected.labels(reason=reason).inc()
-    return HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
+    response = HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
+    # Counted in aio_request_server_rejected_total, as shed requests are in theirs: Django's "Request
+    # Timeout" warning per request flooded the logs when callers retried with their time spent.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 def _shed(priority: Priority, admission: Admission) -> HttpResponse:
