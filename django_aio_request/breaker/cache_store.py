@@ -123,16 +123,6 @@ def key_namespace(namespace: str) -> str:
     return f"{cut}#{digest}"
 
 
-def _without_breaks_over(writes: dict[str, float | None]) -> dict[str, float | None]:
-    """The writes of the first round that may reach the cache after an outage, without the breaks
-    decided meanwhile that are over. Such a break tells the others only "probe now", and written
-    after another process's close (its probe succeeded) it undid that close, and the closer's calls
-    went to the probe's claim. (While healthy, a break written as over is release_probe()'s, and
-    means it.)"""
-    now = time.time()
-    return {scope: until for scope, until in writes.items() if until is None or until > now}
-
-
 class CacheCircuitStore(CircuitStore[str]):
     """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name, escaped
     where memcached would refuse it: :func:`key_namespace`).
@@ -488,7 +478,6 @@ class CacheCircuitStore(CircuitStore[str]):
             return
         current = int(time.time() / self._window)
         windows = range(current - self._windows_count + 1, current + 1)
-        writes = writes if self.healthy else _without_breaks_over(writes)
         try:
             cache = self._backend()
             self._write(cache, writes, scopes, windows, released)

@@ -556,38 +556,35 @@ def test_a_circuit_opened_during_an_outage_stays_open_when_the_cache_answers_aga
     assert other.blocked_until("svc") is not None  # and the others learn of it
 
 
-def test_a_break_that_ended_during_an_outage_does_not_undo_another_process_s_close(
+def test_a_break_over_before_the_cache_answered_leaves_this_process_half_open_to_probe(
     namespace: str, stores: Any, own_redis: OwnRedis
 ) -> None:
-    """B opened the circuit during an outage; A opened it too, and its probe, once its break was
-    over, closed it. When the cache answered again, B wrote its open (over by then) after A's close,
-    and A, reading a break that had ended, sent its next calls to the probe's claim: fallbacks from
-    a healthy endpoint it had just closed (a review: 15 in a row, with two processes)."""
+    """Only B saw failures in the outage and opened; its break ended before the cache answered, and
+    the endpoint still fails. Its break is written though over, so that B stays half-open: dropped
+    (a fix tried for another process's close undone by it, docs/circuit-breaker.md), it read back as
+    closed, and B and A sent 18-20 calls to the failing endpoint before it tripped again (a review).
+    Half-open, B's next call probes, once, and its failure opens it everywhere."""
     a, b = stores(namespace, "mine", sync_interval=60), stores(namespace, "mine", sync_interval=60)
-    closer = breaker_with(a, minimum_throughput=2, break_duration=0.3)
-    late = breaker_with(b, minimum_throughput=2, break_duration=0.3)
-    assert run(closer, True) == run(late, True) == "ran"
+    other = breaker_with(a, minimum_throughput=2, break_duration=0.3)
+    alone = breaker_with(b, minimum_throughput=2, break_duration=0.3)
+    assert run(other, True) == run(alone, True) == "ran"
     a.sync()
     b.sync()
     own_redis.stop()
-    a.sync()
     b.sync()
-    assert not a.healthy
     assert not b.healthy
-    assert [run(late, False) for _ in range(3)][-1] == "fallback"  # B opens, in the outage
-    assert [run(closer, False) for _ in range(3)][-1] == "fallback"  # and so does A
-    time.sleep(0.4)  # both breaks are over
-    assert run(closer, True) == "ran"  # A's probe: closed
-    assert state_of(closer) is CircuitState.CLOSED
+    assert [run(alone, False) for _ in range(3)][-1] == "fallback"  # opened, in the outage
+    time.sleep(0.4)  # its break is over, with no call since
     own_redis.start()  # back, and empty
-    a.sync()  # A's close first, then B's open that is over: the order that undid the close
     b.sync()
-    assert a.healthy
     assert b.healthy
-    a.sync()
-    assert [run(closer, True) for _ in range(5)] == ["ran"] * 5
+    assert state_of(alone) is not CircuitState.CLOSED  # half-open: its next call is the probe
+    ran = [run(alone, False) for _ in range(6)]
     b.sync()
-    assert run(late, True) == "ran"  # B's own break is over: its probe goes
+    ran += [run(alone, False) for _ in range(4)]
+    assert ran.count("ran") == 1, repr(ran)  # the probe, and its failure opened the circuit again
+    a.sync()
+    assert run(other, False) == "fallback"  # everywhere
 
 
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
