@@ -61,6 +61,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from django_aio_request.conf.current import current
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
+from django_aio_request.metrics.deferred import recording
 from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
@@ -161,7 +162,8 @@ _HUNG_UP = -1
 
 def _queue_wait(rank: int, seconds: float) -> None:
     if rank != _HUNG_UP:
-        metrics.thread_queue_wait.labels(_NAMES[rank // 2]).observe(seconds)
+        with recording():  # a fork must not copy prometheus_client's lock held (see metrics/deferred.py)
+            metrics.thread_queue_wait.labels(_NAMES[rank // 2]).observe(seconds)
 
 
 class _QueueLength:
@@ -175,9 +177,10 @@ class _QueueLength:
             return
         self._counts[rank] = count
         first = rank - rank % 2
-        metrics.thread_queue_length.labels(_NAMES[rank // 2]).set(
-            self._counts.get(first, 0) + self._counts.get(first + 1, 0)
-        )
+        with recording():
+            metrics.thread_queue_length.labels(_NAMES[rank // 2]).set(
+                self._counts.get(first, 0) + self._counts.get(first + 1, 0)
+            )
 
 
 def _read_ahead(conn: Any) -> bytes:

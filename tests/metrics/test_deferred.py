@@ -234,6 +234,48 @@ def test_in_multiprocess_mode_children_forked_while_the_thread_records_do_not_ha
     assert done.stdout.split() == ["0"], "children hung: " + done.stdout
 
 
+FORKS_WHILE_THE_PRIORITY_WORKER_RECORDS = """
+import os, signal, threading, time
+from django_aio_request.metrics import server as metrics
+from django_aio_request.server import priority_worker
+
+stop = threading.Event()
+queue_length = priority_worker._QueueLength()
+
+def requests_queued():  # what gunicorn's poller and pool threads record for each request
+    i = 0
+    while not stop.is_set():
+        i += 1
+        queue_length(4, i % 7)
+        priority_worker._queue_wait(4, 0.001)
+
+for _ in range(2):
+    threading.Thread(target=requests_queued, daemon=True).start()
+hung = 0
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)  # a child that hangs at its first metric dies of SIGALRM
+        metrics.shed("low", "capacity")
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    hung += os.WIFSIGNALED(status)
+    time.sleep(0.001)
+stop.set()
+print(hung)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.timeout(180)
+def test_children_forked_while_the_priority_worker_records_its_queue_do_not_hang(tmp_path: Path) -> None:
+    # PriorityThreadWorker records its queue's length and wait on every request, from the poller and
+    # the pool's threads; in multiprocess mode prometheus_client has one lock for every value, and a
+    # child forked while it was held hung at its first metric (a review: 9 and 19 children of 10 and 20).
+    done = _run_in_multiprocess_mode(FORKS_WHILE_THE_PRIORITY_WORKER_RECORDS, tmp_path, timeout=120)
+    assert done.stdout.split() == ["0"], "children hung: " + done.stdout
+
+
 MULTIPROCESSING_WORKERS = """
 import multiprocessing, os
 from django.conf import settings
