@@ -133,6 +133,9 @@ _services: ServiceNames | None = None  # made at first use: PROMETHEUS_MULTIPROC
 _services_lock = threading.Lock()
 
 
+_RESERVED = frozenset((OTHER_SERVICE, UNKNOWN_SERVICE))
+
+
 def service_label(raw: str | None, known: frozenset[str] | None) -> str:
     """The ``request_client`` label for an ``X-Service-Name`` value: lower-cased, from a bounded set.
 
@@ -149,7 +152,9 @@ def service_label(raw: str | None, known: frozenset[str] | None) -> str:
         return OTHER_SERVICE
     if known is not None:
         return name if name in known else OTHER_SERVICE
-    if len(name) > MAX_SERVICE_NAME_LENGTH or not name.isprintable():
+    if len(name) > MAX_SERVICE_NAME_LENGTH or not name.isprintable() or name in _RESERVED:
+        # "unknown" and "other" are labels of their own already: admitted, a peer so named took one
+        # of the fleet's slots for real names (a review: 98 named labels of 100).
         return OTHER_SERVICE
     services = _services
     if services is None:

@@ -123,6 +123,17 @@ def test_a_set_of_this_process_only_keeps_the_first_names() -> None:
     assert len(names) == 3
 
 
+def test_a_peer_named_like_a_reserved_label_takes_no_slot_for_real_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "unknown" is the label of a request without the header and "other" of the names past the
+    # bound: a peer sending either took a slot of its own (a review: 98 named labels of 100).
+    monkeypatch.setattr(server_metrics, "_services", ServiceNames(2, None))
+    labels = [
+        server_metrics.service_label(raw, None) for raw in ["unknown", " Unknown\t", "OTHER", "billing", "orders"]
+    ]
+    assert labels == ["other", "other", "other", "billing", "orders"]  # both slots went to real names
+    assert server_metrics.service_label(None, None) == "unknown"
+
+
 def _admit_many(directory: str, start: int, results: "multiprocessing.Queue[list[str]]") -> None:
     names = ServiceNames(50, directory)
     results.put([f"n{i}" for i in range(start, start + 200) if names.admit(f"n{i}")])
