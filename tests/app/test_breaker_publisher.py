@@ -1162,9 +1162,17 @@ def test_a_new_process_calls_no_endpoint_the_shared_cache_says_is_open(server: L
     run("-c", OPENER, name)  # opens the circuit (2 failures) and exits once the block is in Redis
     assert len(server.received("/down")) == 2
     answer = json.loads(run("-c", FRESH_WORKER, name, "down", "10").strip().splitlines()[-1])
-    assert answer["calls"] == [[502, True]] * 10, answer
-    assert len(server.received("/down")) == 2  # none of the new worker's
     assert answer["built"] < 1.0
+    if not answer["late"]:  # the first read landed within FIRST_READ_WAIT: no call to the open circuit
+        assert answer["calls"] == [[502, True]] * 10, answer
+        assert len(server.received("/down")) == 2  # none of the new worker's
+    else:
+        # On a machine where importing redis and connecting takes longer (a VM three times slower
+        # than the last: 0.29 s), the wait ends with the warning, as documented, and the worker calls
+        # by what it knows until the read lands or its own failures trip it (MINIMUM_THROUGHPUT 2).
+        went = len(server.received("/down")) - 2
+        assert went <= 2, answer
+        assert answer["calls"] == [[500, False]] * went + [[502, True]] * (10 - went), answer
 
 
 OPENER = """
@@ -1205,9 +1213,15 @@ BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="for
 """
 
 FRESH_WORKER = """
-import json, sys, time, django
+import json, logging, sys, time, django
 django.setup()
 from django_aio_request import clients, get
+late = []  # the store's warning that its first read did not land within the wait
+class Late(logging.Handler):
+    def emit(self, record):
+        if "did not answer this process's first read" in record.getMessage():
+            late.append(record.getMessage())
+logging.getLogger("django_aio_request.breaker.cache_store").addHandler(Late())
 name, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])  # the client, the path it calls, how often
 started = time.monotonic()
 client = clients[name]
@@ -1216,7 +1230,7 @@ calls = []
 for _ in range(count):
     with client.request(get(path)) as response:
         calls.append([response.status, "X-Circuit-Breaker" in response.headers])
-print(json.dumps({"built": built, "calls": calls}))
+print(json.dumps({"built": built, "calls": calls, "late": late}))
 """
 
 

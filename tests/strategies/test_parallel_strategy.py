@@ -224,18 +224,20 @@ class TestHedging:
     def test_no_hedge_after_attempt_0_is_over_while_the_caller_is_slow_to_take_over(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
-        # Attempt 0 is answered and read at once, but the caller's thread then spends 0.3 s (here in
+        # Attempt 0 is answered and read at once, but the caller's thread then spends 0.8 s (here in
         # the delays provider's observe(); in a busy process, anywhere) before it takes over from the
-        # hedge timer. The answer is in its hands: a hedge due at 50 ms would only add work.
+        # hedge timer. The answer is in its hands: a hedge due at 250 ms would only add work. (Due at
+        # 50 ms, a loaded VM three times slower than the last answered attempt 0 later than that, and
+        # the hedge went for a slow attempt, rightly.)
         caller = threading.get_ident()
 
         class SlowToLearn(RequestAttemptDelaysProvider):
             def __call__(self, request: Request, attempt: int) -> float:
-                return 0.05 * attempt
+                return 0.25 * attempt
 
             def observe(self, request: Request, response: object) -> None:
                 if threading.get_ident() == caller:
-                    time.sleep(0.3)
+                    time.sleep(0.8)
 
         server.route("/x", lambda h: h.reply(200, b"quick"))
         client = make_client(
@@ -245,7 +247,7 @@ class TestHedging:
         response, elapsed = call_then_wait_for_stray_hedges(client, "x")
 
         assert response.read() == b"quick"
-        assert elapsed >= 0.3
+        assert elapsed >= 0.8
         assert len(server.received("/x")) == 1
 
     @pytest.mark.parametrize("route", ["direct", "requests"])
