@@ -129,24 +129,26 @@ def _malformed(header: str, raw: str) -> None:
     logger.debug("ignored a malformed %s header: %.80r", header, raw)
 
 
-def _rejected(reason: str) -> HttpResponse:
-    metrics.server_rejected.labels(reason=reason).inc()
-    response = HttpResponse(status=408, headers={h.X_DO_NOT_RETRY: "1"})
-    # Counted in aio_request_server_rejected_total, as shed requests are in theirs: Django's "Request
-    # Timeout" warning per request flooded the logs when callers retried with their time spent.
+def _unlogged(status: int, headers: dict[str, str] | None = None) -> HttpResponse:
+    """An answer made before the view, counted in a metric and kept out of Django's ``django.request``
+    log: one line per such request (a 408 for a spent deadline, a shed 503) flooded the logs exactly
+    when callers retried or the process was overloaded."""
+    response = HttpResponse(status=status, headers=headers)
     response._has_been_logged = True  # type: ignore[attr-defined]
     return response
+
+
+def _rejected(reason: str) -> HttpResponse:
+    metrics.server_rejected.labels(reason=reason).inc()  # aio_request_server_rejected_total
+    return _unlogged(408, {h.X_DO_NOT_RETRY: "1"})
 
 
 def _shed(priority: Priority, admission: Admission) -> HttpResponse:
     """The 503 of a request load shedding refused (``AIO_REQUEST["SHEDDING"]``)."""
     metrics.shed(priority.value, admission.reason or "capacity")
-    response = HttpResponse(status=503, headers={"Retry-After": str(admission.retry_after)})
+    response = _unlogged(503, {"Retry-After": str(admission.retry_after)})  # aio_request_server_shed_total
     if admission.do_not_retry:
         response[h.X_DO_NOT_RETRY] = "1"
-    # Counted in aio_request_server_shed_total: Django's "Service Unavailable" error log line per shed
-    # request would flood the logs exactly when the process is overloaded.
-    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 
@@ -154,9 +156,7 @@ def _caller_left(request: HttpRequest) -> HttpResponse:
     """The answer to a request whose caller went away while it waited for a slot: recorded as the 499
     the async path records (nobody reads it), and not in Django's error log."""
     logger.debug("its caller went away while it waited for a slot: %s %s", request.method, escaped(request.path))
-    response = HttpResponse(status=CLIENT_CLOSED_REQUEST)
-    response._has_been_logged = True  # type: ignore[attr-defined]
-    return response
+    return _unlogged(CLIENT_CLOSED_REQUEST)
 
 
 def _policed(shedding: Shedding, request: HttpRequest, context: Context) -> Context:
