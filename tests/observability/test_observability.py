@@ -223,8 +223,10 @@ def prometheus(tmp_path: Path, live_server: Any) -> Iterator[str]:
              f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_until_ready(url, process)
+        yield url
     finally:
         process.terminate()
         try:
@@ -232,6 +234,22 @@ def prometheus(tmp_path: Path, live_server: Any) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_until_ready(prometheus: str, process: subprocess.Popen[bytes]) -> None:
+    """Until Prometheus says it is ready: before that its API answers 503 "Service Unavailable" in
+    plain text, not JSON (a CI run on a slow VM queried it that early)."""
+    end = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, f"Prometheus exited with {process.returncode}"
+        try:
+            with _NO_PROXY.open(prometheus + "/-/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused while it starts, or 503 (an HTTPError) while it loads
+            pass
+        assert time.monotonic() < end, "Prometheus was not ready in 60 s"
+        time.sleep(0.2)
 
 
 def query(prometheus: str, expression: str) -> dict[str, Any]:
