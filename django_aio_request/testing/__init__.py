@@ -9,21 +9,26 @@
   a request with a given ``X-Request-Timeout`` and priority; :func:`serving` sets that deadline and
   priority directly around code called without the middleware.
 
-They are context managers, for unittest-style tests; the pytest plugin
-(``django_aio_request.pytest_plugin``, loaded automatically) offers them as the
-``aio_request`` fixture, undone after each test.
+They are ``with`` blocks, or decorators of test functions and methods, sync or async, for
+unittest-style tests; the pytest plugin (``django_aio_request.pytest_plugin``, loaded automatically)
+offers them as the ``aio_request`` fixture, undone after each test.
 """
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import json as jsonlib
+import sys
 import threading
 import time
 import urllib.parse
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
 from requests.structures import CaseInsensitiveDict
 
@@ -52,6 +57,99 @@ __all__ = [
     "request_headers",
     "serving",
 ]
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Block(Generic[T]):
+    """What :func:`fake_client`, :func:`force_breaker` and :func:`serving` return: a ``with`` block,
+    or a decorator of a test function or method, sync or async, that runs it inside a new block at
+    each call. One object may be entered again once its block ended.
+
+    Not ``contextlib.contextmanager``'s object: as a decorator it wraps any function as a sync one,
+    so on an ``async def`` test method the block ended before the coroutine ran, and a test whose
+    body failed passed (a review). One never entered nor used as a decorator (``serving(timeout=1)``
+    alone, written like the fixture's ``aio_request.serving()``) did nothing, silently: it warns.
+    """
+
+    __slots__ = ("_make", "_name", "_open", "_used")
+
+    def __init__(self, make: Callable[[], AbstractContextManager[T]], name: str) -> None:
+        self._make = make
+        self._name = name
+        self._open: list[AbstractContextManager[T]] = []  # entered and not yet exited, innermost last
+        self._used = False
+
+    def __enter__(self) -> T:
+        self._used = True
+        block = self._make()
+        value = block.__enter__()
+        self._open.append(block)
+        return value
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool | None:
+        return self._open.pop().__exit__(kind, error, traceback)
+
+    def __call__(self, function: F) -> F:
+        self._used = True
+        if isinstance(function, type):
+            raise TypeError(
+                f"{self._name}() decorates test functions and methods, not a class: decorate each method, or"
+                f" enter it in setUp() (self.enterContext() on Python 3.11+, or __enter__ and addCleanup)"
+            )
+        make = self._make
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_inside(*args: Any, **kwargs: Any) -> Any:
+                with make():
+                    return await function(*args, **kwargs)
+
+            return run_inside  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def run_inside_sync(*args: Any, **kwargs: Any) -> Any:
+            with make():
+                return function(*args, **kwargs)
+
+        return run_inside_sync  # type: ignore[return-value]
+
+    def __del__(self) -> None:
+        if not self._used:
+            with contextlib.suppress(Exception):  # at interpreter exit, warnings may be gone
+                warnings.warn(
+                    f"{self._name}() was never entered, so it did nothing: write `with {self._name}(...):` or use"
+                    f" it as a decorator (in a pytest test, the aio_request fixture's {self._name}() needs no"
+                    " with: it lasts until the test ends)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+def _block(function: Callable[P, Iterator[T]]) -> Callable[P, Block[T]]:
+    """A generator function made into a helper returning :class:`Block` (as ``contextmanager``)."""
+    made = contextlib.contextmanager(function)
+
+    @functools.wraps(function)
+    def helper(*args: P.args, **kwargs: P.kwargs) -> Block[T]:
+        return Block(lambda: made(*args, **kwargs), function.__name__)
+
+    return helper
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this module and ``contextlib``: the user's
+    ``with`` statement or decorated test, whichever way the block was entered (a fixed level
+    pointed into ``contextlib`` for a fixture's or a decorator's block)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename in (__file__, contextlib.__file__):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
 
 
 class UnexpectedCallError(AssertionError):
@@ -243,7 +341,7 @@ class FakeDownstream(Transport):
         return replies[min(served, len(replies) - 1)]
 
 
-@contextlib.contextmanager
+@_block
 def fake_client(name: str) -> Iterator[FakeDownstream]:
     """Point ``clients[name]`` at a new :class:`FakeDownstream` for the block.
 
@@ -303,7 +401,7 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
                 f" went to a real client made from the new settings, not to the fake. Change settings before making"
                 f" the fake (a test method's @override_settings applies after setUp: make the fake in the method)",
                 FakeReplacedWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
 
 
@@ -321,7 +419,7 @@ _fakes_lock = threading.Lock()
 _STATES: dict[str, Override] = {"open": Override.FORCE_OPEN, "closed": Override.FORCE_CLOSED}
 
 
-@contextlib.contextmanager
+@_block
 def force_breaker(name_or_client: str | Client, state: Literal["open", "closed"]) -> Iterator[Client]:
     """Force the circuit of a client's endpoint ``"open"`` (every call answers 502 with
     ``X-Circuit-Breaker`` without sending) or ``"closed"`` for the block; the override in force
@@ -393,7 +491,7 @@ def request_headers(*, timeout: float | None = None, priority: str | Priority | 
     return headers
 
 
-@contextlib.contextmanager
+@_block
 def serving(*, timeout: float | None = None, priority: str | Priority | None = None) -> Iterator[Context]:
     """Set the deadline (``timeout`` seconds from now) and priority as the middleware would for a
     request, around code called directly (a view function with ``RequestFactory``, a task)."""

@@ -22,7 +22,7 @@ from django.test import Client, SimpleTestCase, override_settings
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
-from django_aio_request import Priority, RequestsTransport, clients, get
+from django_aio_request import Priority, RequestsTransport, clients, get, get_context
 from django_aio_request import metrics as all_metrics
 from django_aio_request.pytest_plugin import AioRequestFixture
 from django_aio_request.testing import (
@@ -306,13 +306,100 @@ def test_a_fake_a_settings_change_replaced_under_its_block_warns(settings: Setti
                 assert response.status == 200
         return fake
 
-    with pytest.warns(FakeReplacedWarning, match=r"fake_client\('billing'\): AIO_REQUEST changed while the fake"):
+    with pytest.warns(
+        FakeReplacedWarning, match=r"fake_client\('billing'\): AIO_REQUEST changed while the fake"
+    ) as said:
         fake = fake_then_change()
     assert fake.calls == []
+    assert [w.filename for w in said] == [__file__]  # the with statement's, not contextlib's
     with warnings.catch_warnings():
         warnings.simplefilter("error", FakeReplacedWarning)
         with fake_client("billing"):
             settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=3.0)
+
+
+def run_test_case(case: type[SimpleTestCase], name: str) -> Any:
+    """Runs one method of a Django test case as ``manage.py test`` would; its result."""
+    import unittest
+
+    result = unittest.TestResult()
+    case(name)(result)  # __call__, as a suite does: Django runs async methods through it
+    return result
+
+
+def test_each_helper_as_a_decorator_of_an_async_test_method_runs_the_method_inside_it() -> None:
+    # contextlib.contextmanager's objects decorate any function as a sync one: on an async test method
+    # the block ended before the coroutine ran, which nobody awaited, and a body of `assert False`
+    # passed (a review). Each helper now decorates an async method as a with block around its await.
+    seen: dict[str, Any] = {}
+
+    @override_settings(AIO_REQUEST=billing_settings())
+    class Decorated(SimpleTestCase):
+        @serving(timeout=5, priority="low")
+        async def test_serving(self) -> None:
+            seen["priority"] = get_context().priority
+            seen["timeout"] = get_context().deadline.timeout  # type: ignore[union-attr]
+
+        @fake_client("billing")
+        async def test_fake(self) -> None:
+            with pytest.raises(UnexpectedCallError):
+                async with clients["billing"].arequest(get("invoices/5")):
+                    pass
+            seen["faked"] = True
+
+        @force_breaker("billing", "open")
+        async def test_forced(self) -> None:
+            async with clients["billing"].arequest(get("invoices/5")) as response:
+                seen["forced"] = response.status
+
+        @serving(timeout=5)
+        async def test_failing(self) -> None:
+            raise AssertionError("the body ran")
+
+    for name in ("test_serving", "test_fake", "test_forced"):
+        result = run_test_case(Decorated, name)
+        assert result.wasSuccessful(), (name, result.errors, result.failures)
+    assert seen["priority"] is Priority.LOW
+    assert 4 < seen["timeout"] <= 5
+    assert seen["faked"] is True
+    assert seen["forced"] == 502
+    failing = run_test_case(Decorated, "test_failing")
+    assert [str(error).splitlines()[-1] for _, error in failing.failures] == ["AssertionError: the body ran"]
+
+
+def test_a_helper_as_a_decorator_makes_a_new_block_at_each_call(settings: Settings) -> None:
+    @serving(timeout=0.5)
+    def left() -> float:
+        return get_context().deadline.timeout  # type: ignore[union-attr]
+
+    first = left()
+    time.sleep(0.2)
+    assert 0.4 < first <= 0.5
+    assert 0.4 < left() <= 0.5  # the deadline is made at each call, not at decoration
+    assert get_context().deadline is None
+    block = serving(priority="high")
+    for _ in range(2):  # one helper's block, entered twice
+        with block as context:
+            assert context.priority is Priority.HIGH
+        assert get_context().priority is None
+
+
+def test_a_helper_decorating_a_class_is_refused_with_what_to_write_instead() -> None:
+    with pytest.raises(TypeError, match=r"serving\(\) decorates test functions and methods, not a class"):
+
+        @serving(timeout=1)
+        class Whole(SimpleTestCase):
+            pass
+
+
+@pytest.mark.parametrize("make", [lambda: serving(timeout=0.5), lambda: force_breaker("billing", "open")])
+def test_a_helper_called_without_with_warns_that_it_did_nothing(settings: Settings, make: Any) -> None:
+    # serving(timeout=0.5) alone, as the fixture's aio_request.serving() is written, set no deadline
+    # and said nothing (a review).
+    settings.AIO_REQUEST = billing_settings()
+    with pytest.warns(RuntimeWarning, match=r"\(\) was never entered, so it did nothing: write `with "):
+        make()
+    assert get_context().deadline is None
 
 
 class UnittestStyle(SimpleTestCase):
