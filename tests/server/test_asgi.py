@@ -138,11 +138,14 @@ def test_hedging_from_an_async_view(downstream: LoopbackServer, service: str) ->
     assert len(downstream.received("/invoices/4")) == 2
 
 
-def test_a_caller_that_hangs_up_stops_the_downstream_call(downstream: LoopbackServer, service: str) -> None:
+@pytest.mark.parametrize("view", ["ainvoice", "ainvoice-in-thread"])
+def test_a_caller_that_hangs_up_stops_the_downstream_call(downstream: LoopbackServer, service: str, view: str) -> None:
     """The caller of an async view closes its connection while the view awaits a downstream call.
     Django 5.0 and later cancel the view's task on the ASGI ``http.disconnect``, and the cancelled
     ``arequest()`` shuts its socket: the downstream sees the call end at once, not at the deadline.
-    Django 4.2 does not cancel the view: the call runs on to its deadline (2 s here)."""
+    Django 4.2 does not cancel the view: the call runs on to its deadline (2 s here). Nor does a
+    sync ``request()`` the view handed to a thread (``sync_to_async``) stop, on any version: the
+    cancelled task stops waiting for the thread, which runs on to its deadline (a review)."""
     import django
 
     hung_up: list[float] = []
@@ -152,15 +155,16 @@ def test_a_caller_that_hangs_up_stops_the_downstream_call(downstream: LoopbackSe
         hung_up.append(closed if closed is not None else float("inf"))
 
     downstream.route("/invoices/5", watch)
+    before = len(downstream.received("/invoices/5"))
     with socket.create_connection(("127.0.0.1", int(service.rsplit(":", 1)[1].strip("/")))) as caller:
-        caller.sendall(b"GET /ainvoice/5/ HTTP/1.1\r\nHost: test\r\nX-Request-Timeout: 2\r\n\r\n")
-        assert eventually(lambda: len(downstream.received("/invoices/5")) == 1, timeout=3.0)
+        caller.sendall(f"GET /{view}/5/ HTTP/1.1\r\nHost: test\r\nX-Request-Timeout: 2\r\n\r\n".encode())
+        assert eventually(lambda: len(downstream.received("/invoices/5")) == before + 1, timeout=3.0)
         time.sleep(0.2)
         gone = time.monotonic()
     assert eventually(lambda: bool(hung_up), timeout=5.0)
     after = hung_up[0] - gone
-    if django.VERSION >= (5, 0):
+    if django.VERSION >= (5, 0) and view == "ainvoice":
         assert after < 0.5, f"the downstream call ended {after:.2f} s after the caller hung up"
     else:
-        arrived = downstream.received("/invoices/5")[0].at
-        assert 1.5 < hung_up[0] - arrived < 2.6, "Django 4.2: the call should end at its 2 s deadline"
+        arrived = downstream.received("/invoices/5")[-1].at
+        assert 1.5 < hung_up[0] - arrived < 2.6, "the call should end at its 2 s deadline"

@@ -3,6 +3,7 @@ tests (tests/app/test_testing_helpers.py) and the ASGI tests under uvicorn (test
 
 import time
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
@@ -35,6 +36,11 @@ async def ainvoice(request: HttpRequest, pk: int) -> JsonResponse:
         return _answer(response, started)
 
 
+async def ainvoice_in_thread(request: HttpRequest, pk: int) -> JsonResponse:
+    """The sync client's call handed to a thread from an async view (``sync_to_async``)."""
+    return await sync_to_async(invoice)(request, pk)
+
+
 async def aping(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"pong": True})
 
@@ -43,4 +49,5 @@ urlpatterns = [
     path("aping/", aping),
     path("invoice/<int:pk>/", invoice),
     path("ainvoice/<int:pk>/", ainvoice),
+    path("ainvoice-in-thread/<int:pk>/", ainvoice_in_thread),
 ]
