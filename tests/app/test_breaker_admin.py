@@ -251,6 +251,30 @@ def test_the_management_command_on_a_database_not_migrated_says_so_without_a_tra
     assert "migrate django_aio_request" in done.stderr
 
 
+REPORTS_TYPO = "{'ENGINE': 'django.db.backends.postgres', 'NAME': 'x'}"  # postgresql
+
+
+@pytest.mark.parametrize(
+    ("databases", "arguments", "said"),
+    [
+        # A project using the clients only, which E020 accepts.
+        ("{}", [], "database 'default' cannot be used (settings.DATABASES is improperly configured"),
+        (f"{{**DATABASES, 'reports': {REPORTS_TYPO}}}", ["--database", "reports"], "'django.db.backends.postgres' is"),
+    ],
+    ids=["no databases", "an ENGINE that cannot be loaded"],
+)
+def test_the_management_command_on_a_database_that_cannot_be_used_says_so_without_a_traceback(
+    tmp_path: Path, databases: str, arguments: list[str], said: str
+) -> None:
+    """Django's ImproperlyConfigured ended in a traceback (a review)."""
+    settings = f"from settings.test import *\nDATABASES = {databases}\n"
+    done = manage(tmp_path, "circuit_breakers", *arguments, settings=settings)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "cannot be used (" in done.stderr
+    assert said in done.stderr
+
+
 def test_the_management_command_names_a_client_that_is_not_text_without_a_traceback(tmp_path: Path) -> None:
     """``--client $'\\xff'``: a byte that is not UTF-8 reaches Python as a lone surrogate, which no
     database takes: a UnicodeEncodeError traceback before (a review)."""

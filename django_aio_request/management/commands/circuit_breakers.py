@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 from django.utils import timezone
@@ -61,6 +63,11 @@ class Command(BaseCommand):
             rows = rows.filter(state__in=options["state"])
         try:
             found = list(rows)
+        except ImproperlyConfigured as error:  # DATABASES = {} (clients only), an ENGINE that cannot be loaded
+            # DATABASES = {} reads as a "dummy" default, whose every use raises this.
+            engine = settings.DATABASES.get(rows.db, {}).get("ENGINE")
+            hint = "check its ENGINE" if engine != "django.db.backends.dummy" else "no database is configured"
+            raise CommandError(f"database {rows.db!r} cannot be used ({error}): {hint}") from None
         except DatabaseError as error:  # not migrated there, or unreachable: say so, no traceback
             raise CommandError(
                 f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
