@@ -26,7 +26,7 @@ def _port(variable: str, default: int) -> int:
     which variable is wrong (``DEMO_PORT=abc`` was a ValueError traceback; ``0``, a port the system
     picks that the launcher could not know, waited 60 s for a service to answer on it)."""
     raw = os.environ.get(variable)
-    if raw is None:
+    if raw is None or not raw.strip():  # unset, or set empty (VAR= make demo): the default
         if default > 65535:
             raise ImproperlyConfigured(
                 f"{variable} is DEMO_PORT + {default - _FIRST_PORT} by default, {default}: no TCP port. "

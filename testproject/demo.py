@@ -7,12 +7,13 @@ import socket
 import sys
 from types import FrameType
 
-import django
-from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
-
 
 def main() -> int:
+    # Imported here, not at the top: a Ctrl-C while they load ends in the message below too.
+    import django
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import call_command
+
     os.environ["DJANGO_SETTINGS_MODULE"] = "settings.demo_frontend"  # the frontend owns the database
     try:
         django.setup()
@@ -91,5 +92,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def run() -> int:
+    """``main()``; a Ctrl-C before the services started (Django loading, ``migrate``, the demo login)
+    ends it with a word, not a KeyboardInterrupt traceback (a review: the first second or so of
+    ``make demo``). What it left half done is done at the next start: migrate goes on where it stopped."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\nStopped before the services started.", file=sys.stderr)
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

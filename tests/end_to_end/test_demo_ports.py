@@ -2,9 +2,11 @@
 variable or port, an exit code, and no traceback, before anything is started or migrated."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,60 @@ def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert f"port {taken} (frontend) already in use (another demo still running?)" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "demo.sqlite3").exists()
+
+
+def test_a_port_variable_set_empty_means_its_default(tmp_path: Path) -> None:
+    """``DEMO_PORT= make demo``, as most tools read an empty variable: unset (it was refused)."""
+    env = {**os.environ, "DEMO_PORT": "", "DEMO_ORDERS_PORT": " ", "PYTHONPATH": str(ROOT)}
+    for name in ("DJANGO_SETTINGS_MODULE", "DEMO_BILLING_PORT"):
+        env.pop(name, None)
+    read = subprocess.run(
+        [sys.executable, "-c", "from settings.demo import DEMO_PORTS; print(DEMO_PORTS)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert read.stdout.strip() == "{'frontend': 8000, 'orders': 8001, 'billing': 8002}"
+
+
+@pytest.mark.parametrize("after", [0.3, 0.8])
+def test_a_ctrl_c_while_the_demo_starts_stops_it_without_a_traceback(tmp_path: Path, after: float) -> None:
+    """A Ctrl-C in the first second or so (Django loading, migrate, the demo login) ended in a
+    KeyboardInterrupt traceback (a review); later ones stop the running services. Either way nothing
+    is left listening, and the next start works on what was left half done."""
+    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
+    env = {**os.environ, **ports, "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "testproject.demo"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after)
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert demo.returncode == 0, (demo.returncode, out, err)
+    assert "Stopped" in out + err
+    for port in ports.values():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", int(port)))  # free: nothing left listening
+    again = _demo_until_started(tmp_path, env)
+    assert "Demo running" in again, again
+
+
+def _demo_until_started(tmp_path: Path, env: dict[str, str]) -> str:
+    """Starts the demo, waits until it says it runs (or ends), stops it with a Ctrl-C; its output."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "testproject.demo"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("Demo running"):
+                break
+    finally:
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    return "".join(lines) + rest
