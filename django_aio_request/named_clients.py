@@ -35,7 +35,11 @@ class UnknownClientError(KeyError):
 # finish sending client_built (the breaker publisher's receiver waits at most 0.25 s for admin's
 # overrides). A build that takes longer may be waiting for the looking thread itself (an import it
 # holds, or a receiver waiting for such a lookup): it then makes one in its place (later lookups wait
-# for that), and the first made is kept.
+# for that), and the first made is kept. A build made in another's place is waited for twice as long
+# as the one it replaced (1 s, 2 s, 4 s...): with the same wait for each, when every build was slow
+# (a classifier's slow __init__), each replacement was replaced in turn a second later, a build of T
+# seconds made about T times and the last thread waiting about 2T (a review). A replacement may
+# still need replacing (a thread it waits for that waits for it in turn), so it is not waited on forever.
 BUILD_WAIT = 1.0
 
 
@@ -43,11 +47,12 @@ class _Build:
     """A client of one name being made, or made and its ``client_built`` receivers running, in the thread
     that builds it."""
 
-    __slots__ = ("client", "done", "made", "thread")
+    __slots__ = ("client", "done", "made", "patience", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float = BUILD_WAIT) -> None:
         # None while being made; once done, the client under the name (a test's fake_client() may have come first)
         self.client: Client | None = None
+        self.patience = patience  # how long a looking thread waits for it to be made before making one in its place
         self.thread = threading.get_ident()
         self.made = threading.Event()  # made (or its making failed): whoever waits looks again
         self.done = threading.Event()  # its client_built receivers ran
@@ -116,12 +121,10 @@ class ClientsHandler:
                     # closes the clients): built from what was read, the client was the old settings'
                     # and stayed under the name for good (5 of 5 runs in a review). Read them again.
                     continue
-                build = self._building.get(name)
-                if build is None or self._takes_over(name, build, waited):
-                    build = self._building[name] = _Build()
-                    mine = True
-                else:
-                    mine = False
+                ours = self._own_build(name, self._building.get(name), waited)
+                if ours is not None:
+                    self._building[name] = ours
+                build, mine = self._building[name], ours is not None
             if mine:
                 client = self._keep(name, self._make(name, spec, config.service_name, build), build, generation)
                 if client is not None:
@@ -133,7 +136,17 @@ class ClientsHandler:
                 return self._await_build(build, build.client)
             else:
                 waited = build
-                build.made.wait(BUILD_WAIT)
+                build.made.wait(build.patience)
+
+    @classmethod
+    def _own_build(cls, name: str, build: _Build | None, waited: _Build | None) -> _Build | None:
+        """(Holding the lock.) The build this thread makes: the first, or one in the place of ``build``
+        (waited for twice as long: see BUILD_WAIT); None when it waits for ``build``."""
+        if build is None:
+            return _Build()
+        if cls._takes_over(name, build, waited):
+            return _Build(2 * build.patience)
+        return None
 
     @staticmethod
     def _takes_over(name: str, build: _Build, waited: _Build | None) -> bool:

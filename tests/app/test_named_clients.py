@@ -704,6 +704,38 @@ def test_threads_that_outwait_a_slow_making_make_one_client_between_them_not_one
         assert len(counted.made) <= 3  # the slow one, and one (rarely two) in its place
 
 
+@pytest.mark.timeout(60)
+def test_when_every_making_is_slow_the_one_made_in_its_place_is_not_replaced_in_turn_a_second_later(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """Every making takes 2.5 s (a classifier's slow ``__init__``): the one made in the first's place
+    after BUILD_WAIT was given up on after another BUILD_WAIT, and so on, so a making of T seconds was
+    made about T times, and the last thread waited about 2T (3 makings and 4.5 s here, 6 and 10.5 s at
+    5.5 s: a review). Each making made in another's place is now waited for twice as long as the one
+    before it: here two makings, and the threads get the first one made."""
+    counted.takes = 2.5
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        seen: list[object] = []
+        waited: list[float] = []
+
+        def look_up() -> None:
+            started = time.monotonic()
+            seen.append(clients["billing"])
+            waited.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=look_up) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(seen) == 32
+        assert all(c is seen[0] for c in seen)
+        assert len(counted.made) == 2  # the slow one, and one in its place
+        # The first made, the original at 2.5 s; the thread making the other had it done at 3.5 s.
+        assert sorted(waited)[-2] < 2.5 + 0.5, sorted(waited)
+        assert max(waited) < 2.5 + 1.0 + 0.5, max(waited)
+
+
 def test_close_all_during_a_making_leaves_no_client_of_it_open_or_registered(
     server: LoopbackServer, counted: type[CountedClassifier], monkeypatch: pytest.MonkeyPatch
 ) -> None:
