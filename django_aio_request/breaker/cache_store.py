@@ -39,8 +39,9 @@ again; nothing raises into a caller.
 
 A value in the store's keys that the store does not write (another writer's, through the same
 cache: a string, None, a list, NaN or an integer from 2**63 up, which Redis cannot add to, for a
-count; anything but a finite number, or a time more than ``OPEN_AHEAD_BOUND`` (10) times
-``break_duration`` + ``OPEN_KEY_GRACE`` ahead, for ``open``) counts as absent, with one warning naming
+count; anything but a finite number, or a time more than ``OPEN_AHEAD_LIMIT`` (about 31.7 years)
+ahead and ``OPEN_AHEAD_BOUND`` (10) times ``break_duration`` + ``OPEN_KEY_GRACE``, for ``open``: a time
+in milliseconds, say) counts as absent, with one warning naming
 the key; a flush adding to such a count, or to one it would take past 2**63 - 1, replaces it. Before,
 it raised out of the thread, which ended for good: counts were no longer shared and an open circuit
 never probed again in that process (and an integer too large for Redis or for a float failed every
@@ -81,9 +82,13 @@ _ABSENT = object()  # a cache.get default: tells a missing key from one holding 
 
 # Redis keeps counts as signed 64-bit integers: INCR refuses a larger one, and one that would overflow.
 MAX_COUNT = 2**63 - 1
-# An ``open`` key further ahead than this many times (break_duration + OPEN_KEY_GRACE) was not written
-# by the store (it writes now + break_duration): another writer's, read as absent like any such value.
+# An ``open`` key further ahead than this many times (break_duration + OPEN_KEY_GRACE), and than
+# OPEN_AHEAD_LIMIT, was not written by the store (it writes now + break_duration): another writer's,
+# read as absent like any such value (a time in milliseconds, say). Not this process's break alone:
+# a process with a shorter BREAK_DURATION (a rolling deploy lowering it from an hour to 30 s) read the
+# others' open circuits so, and called the failing endpoint (a review).
 OPEN_AHEAD_BOUND = 10
+OPEN_AHEAD_LIMIT = 1_000_000_000.0  # s, about 31.7 years: above the longest BREAK_DURATION the settings take
 
 
 def _count(value: Any) -> int | None:
@@ -528,7 +533,7 @@ class CacheCircuitStore(CircuitStore[str]):
         """The counts and blocks ``get_many`` read, without the values the store does not write (another
         writer's, through the same cache), whose keys go to ``malformed``: they count as absent."""
         found: dict[str, float] = {}
-        latest = time.time() + OPEN_AHEAD_BOUND * (self._break_duration + OPEN_KEY_GRACE)
+        latest = time.time() + max(OPEN_AHEAD_LIMIT, OPEN_AHEAD_BOUND * (self._break_duration + OPEN_KEY_GRACE))
         for key, value in raw.items():
             parsed = _open_until(value, latest) if key.endswith(":open") else _count(value)
             if parsed is None:

@@ -1156,6 +1156,24 @@ def test_a_flush_replaces_a_count_another_writer_left(
     assert f"has a value the store does not write (another writer's?) in key '{key}'" in warning
 
 
+def test_a_circuit_opened_by_a_process_with_a_longer_break_is_open_for_one_with_a_shorter_break(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling deploy lowering BREAK_DURATION from an hour to 30 s: the new processes read the old
+    ones' open circuit, an hour ahead, as a value the store does not write (ten times their own break
+    plus a minute was the bound), warned of another writer, and called the failing endpoint (a review)."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    old, new = stores(namespace), stores(namespace)
+    opened = breaker_with(old, break_duration=3600, minimum_throughput=2)
+    deployed = breaker_with(new, break_duration=30, minimum_throughput=2)
+    assert run(deployed, True) == "ran"  # a process of the new release, calling already
+    assert [run(opened, False) for _ in range(3)] == ["ran", "ran", "fallback"]
+    old.sync()
+    new.sync()
+    assert run(deployed, True) == "fallback"
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == []
+
+
 def test_a_store_whose_thread_ended_starts_it_again_at_the_next_call(redis: None, namespace: str, stores: Any) -> None:
     """A sync thread that ended (as one did when a round raised) was never started again: an open
     circuit never probed in this process. The next call now starts it again."""
