@@ -15,6 +15,7 @@ offers them as the ``aio_request`` fixture, undone after each test.
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -28,8 +29,9 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
 
+from asgiref.sync import iscoroutinefunction
 from requests.structures import CaseInsensitiveDict
 
 from django_aio_request.breaker.circuit_breaker import Override
@@ -67,7 +69,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Block(Generic[T]):
     """What :func:`fake_client`, :func:`force_breaker` and :func:`serving` return: a ``with`` block,
     or a decorator of a test function or method, sync or async, that runs it inside a new block at
-    each call. One object may be entered again once its block ended.
+    each call. One object is one block at a time: entered again while its block is open (two tasks
+    sharing it, two exit stacks), it raises; once its block ended, it may be entered again.
 
     Not ``contextlib.contextmanager``'s object: as a decorator it wraps any function as a sync one,
     so on an ``async def`` test method the block ended before the coroutine ran, and a test whose
@@ -77,58 +80,124 @@ class Block(Generic[T]):
 
     __slots__ = ("_make", "_name", "_open", "_used")
 
+    # The fixture's method for each helper, named by the warning of one never entered.
+    _FIXTURE_METHODS: ClassVar[dict[str, str]] = {"fake_client": "fake"}
+
     def __init__(self, make: Callable[[], AbstractContextManager[T]], name: str) -> None:
         self._make = make
         self._name = name
-        self._open: list[AbstractContextManager[T]] = []  # entered and not yet exited, innermost last
+        self._open: AbstractContextManager[T] | None = None  # its block, while open
         self._used = False
 
     def __enter__(self) -> T:
         self._used = True
+        if self._open is not None:
+            # One list of blocks for every user of the object ended the wrong one: two tasks sharing
+            # it were left with a deadline each, and an exit stack closed another's fake (a review).
+            raise RuntimeError(
+                f"this {self._name}() block is open already: call {self._name}(...) again for another one"
+            )
         block = self._make()
         value = block.__enter__()
-        self._open.append(block)
+        self._open = block
         return value
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> bool | None:
-        return self._open.pop().__exit__(kind, error, traceback)
+        block, self._open = self._open, None
+        assert block is not None, f"{self._name}() block exited without being entered"
+        return block.__exit__(kind, error, traceback)
 
     def __call__(self, function: F) -> F:
         self._used = True
+        if isinstance(function, staticmethod | classmethod):  # above @staticmethod: decorate what it holds
+            return type(function)(self(function.__func__))
         if isinstance(function, type):
             raise TypeError(
                 f"{self._name}() decorates test functions and methods, not a class: decorate each method, or"
                 f" enter it in setUp() (self.enterContext() on Python 3.11+, or __enter__ and addCleanup)"
             )
-        make = self._make
-        if inspect.iscoroutinefunction(function):
+        inner = inspect.unwrap(function)
+        if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
+            # Its body runs as it is iterated, after the call: the block would have ended (a fixture).
+            raise TypeError(
+                f"{self._name}() decorates test functions and methods, not generator functions such as a"
+                f" pytest fixture: use `with {self._name}(...):` around the yield"
+            )
+        make, where = self._make, (inner.__code__.co_filename, inner.__code__.co_firstlineno)
+        # asgiref's check: it also knows a sync function marked as a coroutine function.
+        if iscoroutinefunction(function) or iscoroutinefunction(inner):
 
             @functools.wraps(function)
             async def run_inside(*args: Any, **kwargs: Any) -> Any:
-                with make():
+                with _decorated.set_to(where), make():  # set while the block ends: its warning
                     return await function(*args, **kwargs)
 
             return run_inside  # type: ignore[return-value]
 
         @functools.wraps(function)
         def run_inside_sync(*args: Any, **kwargs: Any) -> Any:
-            with make():
-                return function(*args, **kwargs)
+            with _decorated.set_to(where), make():  # set while the block ends: its warning
+                result = function(*args, **kwargs)
+            if inspect.isawaitable(result):
+                # A wrapper that hides a coroutine function: the block ended before it ran.
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise TypeError(
+                    f"{self._name}() decorated a function that returned an awaitable ({function!r}): the block"
+                    " would end before it runs; decorate the `async def` itself"
+                )
+            return result
 
         return run_inside_sync  # type: ignore[return-value]
 
     def __del__(self) -> None:
-        if not self._used:
-            with contextlib.suppress(Exception):  # at interpreter exit, warnings may be gone
-                warnings.warn(
-                    f"{self._name}() was never entered, so it did nothing: write `with {self._name}(...):` or use"
-                    f" it as a decorator (in a pytest test, the aio_request fixture's {self._name}() needs no"
-                    " with: it lasts until the test ends)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        if self._used:
+            return
+        fixture = self._FIXTURE_METHODS.get(self._name, self._name)
+        # Only what interpreter exit may raise here: a Warning made an error (-W error) goes on, to
+        # sys.unraisablehook and pytest's report of it (contextlib.suppress(Exception) swallowed it).
+        with contextlib.suppress(AttributeError, ImportError, TypeError):
+            warnings.warn(
+                f"{self._name}() was never entered, so it did nothing: write `with {self._name}(...):` or use it"
+                f" as a decorator (in a pytest test, the aio_request fixture's {fixture}() needs no with: it lasts"
+                " until the test ends)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+class _Decorated:
+    """Where the test function a helper decorates was defined, while it runs: the place a warning of
+    the helper's names (the frames above it are unittest's or pytest's)."""
+
+    def __init__(self) -> None:
+        self._where: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("decorated", default=None)
+
+    @contextlib.contextmanager
+    def set_to(self, where: tuple[str, int]) -> Iterator[None]:
+        token = self._where.set(where)
+        try:
+            yield
+        finally:
+            self._where.reset(token)
+
+    def get(self) -> tuple[str, int] | None:
+        return self._where.get()
+
+
+_decorated = _Decorated()
+
+
+def _warn_at_the_test(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` naming the test's line: its ``with`` statement, or the test function a helper
+    decorates; a fixed ``stacklevel`` named ``contextlib``'s or ``unittest``'s."""
+    where = _decorated.get()
+    if where is None:
+        warnings.warn(message, category, stacklevel=_caller_level())
+    else:
+        warnings.warn_explicit(message, category, where[0], where[1])
 
 
 def _block(function: Callable[P, Iterator[T]]) -> Callable[P, Block[T]]:
@@ -396,12 +465,11 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
             replaced = clients.made(name) != made
         client.close()
         if replaced:
-            warnings.warn(
+            _warn_at_the_test(
                 f"fake_client({name!r}): AIO_REQUEST changed while the fake was in use, and calls after the change"
                 f" went to a real client made from the new settings, not to the fake. Change settings before making"
                 f" the fake (a test method's @override_settings applies after setUp: make the fake in the method)",
                 FakeReplacedWarning,
-                stacklevel=_caller_level(),
             )
 
 

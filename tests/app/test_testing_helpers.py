@@ -402,6 +402,125 @@ def test_a_helper_called_without_with_warns_that_it_did_nothing(settings: Settin
     assert get_context().deadline is None
 
 
+def test_a_fake_replaced_under_a_decorated_test_warns_at_the_test_function(settings: Settings) -> None:
+    """Decorated, the warning named ``unittest/case.py``, where Python's default filter shows it once
+    for all tests: it names the test function now."""
+    settings.AIO_REQUEST = billing_settings()
+
+    @fake_client("billing")
+    def changes_settings() -> None:
+        with override_settings(AIO_REQUEST=billing_settings(TIMEOUT=2.0)):
+            clients["billing"]  # a real client made under the name
+
+    with pytest.warns(FakeReplacedWarning) as said:
+        changes_settings()
+    code = changes_settings.__wrapped__.__code__  # type: ignore[attr-defined]
+    assert [(w.filename, w.lineno) for w in said] == [(code.co_filename, code.co_firstlineno)]
+
+
+def test_one_helper_object_is_one_block_at_a_time() -> None:
+    """One list of blocks for every user of an object ended the wrong one: two tasks sharing a
+    serving() were each left with its deadline, an exit stack closed another stack's fake (a review)."""
+    block = serving(timeout=3)
+    refused: list[str] = []
+
+    async def one(start: float) -> None:
+        await asyncio.sleep(start)
+        try:
+            with block:
+                await asyncio.sleep(0.05)
+        except RuntimeError as error:
+            refused.append(str(error))
+        assert get_context().deadline is None
+
+    async def both() -> None:
+        await asyncio.gather(one(0), one(0.01))
+
+    asyncio.run(both())
+    assert refused == ["this serving() block is open already: call serving(...) again for another one"]
+    with block:  # its block ended: it may be entered again
+        assert get_context().deadline is not None
+    assert get_context().deadline is None
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+def test_a_helper_refuses_to_decorate_a_generator_function(kind: str) -> None:
+    """A generator's body runs as it is iterated, after the call: the block had ended (a review)."""
+    if kind == "generator":
+
+        def body() -> Any:
+            yield get_context().deadline
+
+    else:
+
+        async def body() -> Any:
+            yield get_context().deadline
+
+    with pytest.raises(TypeError, match=r"serving\(\) decorates test functions and methods, not generator functions"):
+        serving(timeout=3)(body)
+
+
+def test_a_helper_over_a_wrapper_of_an_async_def_runs_it_inside_the_block() -> None:
+    """A plain decorator between the helper and the ``async def``, or a function marked a coroutine
+    function, ran outside the block (a review); a wrapper that hides one is refused at the call."""
+    import functools
+
+    from asgiref.sync import markcoroutinefunction
+
+    def plainly(function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    async def left() -> Any:
+        return get_context().priority
+
+    def marked_a_coroutine_function() -> Any:
+        return left()
+
+    def returns_a_coroutine() -> Any:
+        return left()
+
+    wrapped = serving(priority="low")(plainly(left))
+    marked = serving(priority="low")(markcoroutinefunction(marked_a_coroutine_function))  # marks it in place
+    assert asyncio.run(wrapped()) is Priority.LOW
+    assert asyncio.run(marked()) is Priority.LOW
+    hidden = serving(priority="low")(returns_a_coroutine)
+    with pytest.raises(TypeError, match=r"returned an awaitable .*decorate the `async def` itself"):
+        hidden()
+
+
+def test_a_helper_above_staticmethod_or_classmethod_decorates_what_they_hold() -> None:
+    class Case:
+        @serving(priority="high")
+        @staticmethod
+        def static() -> Any:
+            return get_context().priority
+
+        @serving(priority="high")
+        @classmethod
+        def of_class(cls) -> Any:
+            return get_context().priority
+
+    assert Case.static() is Priority.HIGH
+    assert Case().of_class() is Priority.HIGH
+
+
+def test_the_warning_of_a_helper_never_entered_names_the_fixture_s_method_and_is_an_error_under_w_error() -> None:
+    """``contextlib.suppress(Exception)`` swallowed the warning made an error by ``-W error`` (a review),
+    and the fixture's method for ``fake_client`` is ``fake()``."""
+    code = "from django_aio_request.testing import fake_client\nfake_client('billing')\nprint('went on')\n"
+    ran = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.stdout == "went on\n"
+    assert "RuntimeWarning: fake_client() was never entered, so it did nothing" in ran.stderr, ran.stderr
+    assert "the aio_request fixture's fake() needs no with" in ran.stderr
+
+
 class UnittestStyle(SimpleTestCase):
     """The same helpers in a Django TestCase, as context managers."""
 
