@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -145,10 +146,16 @@ def running(
         stop_all(services)
 
 
-def wait_for_exit(services: Sequence[ServiceProcess], poll_seconds: float = 0.2) -> ServiceProcess:
-    """Block until one of the services exits, and return it."""
+def wait_for_exit(
+    services: Sequence[ServiceProcess], poll_seconds: float = 0.2, stop: threading.Event | None = None
+) -> ServiceProcess:
+    """Block until one of the services exits, and return it; KeyboardInterrupt once ``stop`` is set
+    (by a Ctrl-C whose own KeyboardInterrupt was lost: testproject/demo.py)."""
     while True:
         for service in services:
             if service.returncode is not None:
                 return service
-        time.sleep(poll_seconds)
+        if stop is not None and stop.wait(poll_seconds):
+            raise KeyboardInterrupt
+        if stop is None:
+            time.sleep(poll_seconds)
