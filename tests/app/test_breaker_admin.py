@@ -260,8 +260,13 @@ REPORTS_TYPO = "{'ENGINE': 'django.db.backends.postgres', 'NAME': 'x'}"  # postg
         # A project using the clients only, which E020 accepts.
         ("{}", [], "database 'default' cannot be used (settings.DATABASES is improperly configured"),
         (f"{{**DATABASES, 'reports': {REPORTS_TYPO}}}", ["--database", "reports"], "'django.db.backends.postgres' is"),
+        (
+            "{**DATABASES, 'reports': {'ENGINE': 'django.db.backends.sqlite3'}}",
+            ["--database", "reports"],
+            "Please supply the NAME value.): check its settings",
+        ),
     ],
-    ids=["no databases", "an ENGINE that cannot be loaded"],
+    ids=["no databases", "an ENGINE that cannot be loaded", "no NAME"],
 )
 def test_the_management_command_on_a_database_that_cannot_be_used_says_so_without_a_traceback(
     tmp_path: Path, databases: str, arguments: list[str], said: str

@@ -37,6 +37,15 @@ def table(rows: list[BreakerStatus]) -> list[str]:
             for line in (COLUMNS, *cells)]  # fmt: skip
 
 
+def _hint(alias: str, error: ImproperlyConfigured) -> str:
+    """What to look at, for a database Django cannot use."""
+    if settings.DATABASES.get(alias, {}).get("ENGINE") == "django.db.backends.dummy":
+        return "no database is configured"  # DATABASES = {} reads as a "dummy" default, whose every use raises
+    if "isn't an available database backend" in str(error):
+        return "check its ENGINE"
+    return "check its settings"  # a NAME left out, say: the message says which
+
+
 class Command(BaseCommand):
     help = "Print every circuit breaker as all processes report it (the admin's 'Circuit breakers' page)."
 
@@ -64,10 +73,7 @@ class Command(BaseCommand):
         try:
             found = list(rows)
         except ImproperlyConfigured as error:  # DATABASES = {} (clients only), an ENGINE that cannot be loaded
-            # DATABASES = {} reads as a "dummy" default, whose every use raises this.
-            engine = settings.DATABASES.get(rows.db, {}).get("ENGINE")
-            hint = "check its ENGINE" if engine != "django.db.backends.dummy" else "no database is configured"
-            raise CommandError(f"database {rows.db!r} cannot be used ({error}): {hint}") from None
+            raise CommandError(f"database {rows.db!r} cannot be used ({error}): {_hint(rows.db, error)}") from None
         except DatabaseError as error:  # not migrated there, or unreachable: say so, no traceback
             raise CommandError(
                 f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
