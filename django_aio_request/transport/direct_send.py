@@ -137,7 +137,9 @@ def plan_route(
     probe = PreparedRequest()
     probe.prepare_url(url, None)
     verify, cert = settings.get("verify", True), settings.get("cert")
-    host_params, pool_kwargs = adapter.build_connection_pool_key_attributes(probe, verify, cert)
+    # requests' own, not the guarded adapter's (which gives requests' path the context this route
+    # makes below: _preload_tls): its type is adapter_class, checked above.
+    host_params, pool_kwargs = HTTPAdapter.build_connection_pool_key_attributes(adapter, probe, verify, cert)
     # What PoolManager.connection_from_host works out on every call, worked out once.
     manager = adapter.poolmanager
     context = dict(manager.connection_pool_kw)
@@ -221,6 +223,17 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):
         context.pop(name, None)
     return True
+
+
+def preloaded_tls(context: Mapping[str, Any], verify: Any) -> ssl.SSLContext | None:
+    """For requests' own path (transport/requests_transport.py): the context :func:`_preload_tls`
+    gives a pool with the pool arguments ``context`` (the manager's and the call's), or None where
+    it leaves the pool as requests makes it."""
+    trial = dict(context)
+    if not _preload_tls(trial, verify):
+        return None
+    tls: ssl.SSLContext = trial["ssl_context"]
+    return tls
 
 
 def _refused_key(context: dict[str, Any]) -> bool:
