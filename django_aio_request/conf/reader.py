@@ -7,6 +7,7 @@ shows them all). Nothing here knows the keys of ``AIO_REQUEST``: ``schema.py`` d
 import dataclasses
 import difflib
 import math
+import numbers
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -220,6 +221,11 @@ def _too_large(value: Any) -> bool:
     return abs(value) > LARGEST if isinstance(value, int) or math.isfinite(value) else False
 
 
+def ok_type(value: Any) -> bool:
+    """Whether ``value`` is of a type a number setting takes: an int (not a bool) or a float."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def number(
     minimum: float,
     *,
@@ -239,7 +245,10 @@ def number(
             bounds = f">= {minimum}" if inclusive else f"> {minimum}"
             bounds += f" and < {below}" if below is not None else ""
             bounds += f" and <= {at_most}" if at_most is not None else ""
-            reader.fail(path, f"must be {what} {bounds}, not {shown(value)}", code=BAD_NUMBER)
+            # A Decimal or a Fraction is a number, though not one taken here: say which are.
+            odd = isinstance(value, numbers.Number) and not isinstance(value, bool) and not ok_type(value)
+            taken = " (an int or a float)" if odd else ""
+            reader.fail(path, f"must be {what}{taken} {bounds}, not {shown(value)}", code=BAD_NUMBER)
             return None
         return float(value)
 

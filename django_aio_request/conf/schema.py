@@ -605,7 +605,8 @@ def _strategy(reader: Reader, path: str, value: Any) -> StrategySpec | None:
 
 def _circuit_breaker(reader: Reader, path: str, value: Any) -> dict[str, Any] | None:
     """The breaker's options, keyed by ``DefaultCircuitBreaker``'s argument names."""
-    spec = reader.mapping(path, value, tuple(CIRCUIT_BREAKER_SCHEMA))
+    hint = "None for no circuit breaker, {} for one with the defaults" if isinstance(value, bool) else None
+    spec = reader.mapping(path, value, tuple(CIRCUIT_BREAKER_SCHEMA), hint)
     if spec is None:
         return None
     got = fields(reader, path, spec, CIRCUIT_BREAKER_SCHEMA)

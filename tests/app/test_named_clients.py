@@ -1,5 +1,6 @@
 """clients["name"]: built once per process from settings, shared by threads, rebuilt when settings change."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -734,6 +735,34 @@ def test_when_every_making_is_slow_the_one_made_in_its_place_is_not_replaced_in_
         # The first made, the original at 2.5 s; the thread making the other had it done at 3.5 s.
         assert sorted(waited)[-2] < 2.5 + 0.5, sorted(waited)
         assert max(waited) < 2.5 + 1.0 + 0.5, max(waited)
+
+
+def test_threads_running_an_event_loop_each_make_their_own_and_get_the_first_made(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """Waiting would hold every task of the loop: a thread running one makes its own client rather
+    than wait for another thread's making, and every one of them gets the first made (README)."""
+    counted.takes = 0.3
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        start = threading.Barrier(8)
+        seen: list[object] = []
+
+        async def look_up() -> object:
+            return clients["billing"]
+
+        def on_a_loop() -> None:
+            start.wait()
+            seen.append(asyncio.run(look_up()))
+
+        threads = [threading.Thread(target=on_a_loop) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert len(seen) == 8
+        assert all(c is seen[0] for c in seen)
+        assert len(counted.made) >= 2  # they did not wait for one another's making
+        assert clients["billing"] is seen[0]
 
 
 def test_close_all_during_a_making_leaves_no_client_of_it_open_or_registered(

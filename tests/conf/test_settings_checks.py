@@ -4,6 +4,7 @@ import collections
 import functools
 import subprocess
 import types
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,20 @@ def enricher(request: object) -> object:
         ({**GOOD, "TIMEOUT": "5"}, ["['TIMEOUT'] must be a number of seconds > 0, not '5'"], "E003"),
         ({**GOOD, "TIMEOUT": float("nan")}, ["['TIMEOUT'] must be a number of seconds > 0, not nan"], "E003"),
         ({**GOOD, "TIMEOUT": True}, ["['TIMEOUT'] must be a number of seconds > 0, not True"], "E003"),
+        # A number, though not one taken: which are (a review: "must be a number ..., not Decimal('2.5')").
+        (
+            {**GOOD, "TIMEOUT": Decimal("2.5")},
+            ["['TIMEOUT'] must be a number of seconds (an int or a float) > 0, not Decimal('2.5')"],
+            "E003",
+        ),
+        (
+            {**GOOD, "CIRCUIT_BREAKER": True},  # as RETRY_BUDGET and SHEDDING take: say what this takes
+            [
+                "['CIRCUIT_BREAKER'] must be a dict, not bool"
+                " | None for no circuit breaker, {} for one with the defaults"
+            ],
+            "E002",
+        ),
         ({**GOOD, "TIMEOUT": 0}, ["['TIMEOUT'] must be a number of seconds > 0, not 0"], "E003"),
         ({"ENDPOINT": "billing:8080/"}, ["['ENDPOINT'] endpoint must be an absolute http:// or https:// URL"], "E004"),
         ({"ENDPOINT": "/billing/"}, ["['ENDPOINT'] endpoint must be an absolute"], "E004"),
