@@ -394,16 +394,18 @@ def fields(
             for key, (read, default) in schema.items()}  # fmt: skip
 
 
-def seconds(*, at_most: float | None = None) -> Field:
-    """A number of seconds > 0, one microsecond at least."""
+def seconds(*, at_most: float | None = None, at_least: float | None = None, why: str | None = None) -> Field:
+    """A number of seconds > 0, one microsecond at least (``at_least``, and ``why`` as the hint, if given)."""
     positive = number(0, inclusive=False, at_most=at_most, what="a number of seconds")
+    least = SMALLEST_SECONDS if at_least is None else at_least
 
     def read(reader: Reader, path: str, value: Any) -> float | None:
         got: float | None = positive(reader, path, value)
-        if got is not None and got < SMALLEST_SECONDS:
+        if got is not None and got < least:
             reader.fail(
                 path,
-                f"must be a number of seconds of at least {SMALLEST_SECONDS:g}, not {shown(value)}",
+                f"must be a number of seconds of at least {least:g}, not {shown(value)}",
+                why,
                 code=BAD_NUMBER,
             )
             return None
