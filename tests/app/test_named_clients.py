@@ -683,6 +683,19 @@ def test_a_failed_making_raises_where_it_was_made_and_the_next_lookup_makes_the_
         assert len(counted.made) == 2
 
 
+def one_client_in_threads(count: int, look_up: Callable[[], object], *, timeout: float = 10) -> list[object]:
+    """``look_up()`` in ``count`` threads at once; what each got, once all are back: one client."""
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(look_up())) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert len(seen) == count
+    assert all(c is seen[0] for c in seen)
+    return seen
+
+
 def test_threads_that_outwait_a_slow_making_make_one_client_between_them_not_one_each(
     server: LoopbackServer, counted: type[CountedClassifier]
 ) -> None:
@@ -693,15 +706,8 @@ def test_threads_that_outwait_a_slow_making_make_one_client_between_them_not_one
     counted.takes = 0.5  # every making is slow: those begun by the threads that stopped waiting too
     release = threading.Timer(1.5, counted.gate.set)
     with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
-        seen: list[object] = []
-        threads = [threading.Thread(target=lambda: seen.append(clients["billing"])) for _ in range(16)]
         release.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        assert len(seen) == 16
-        assert all(c is seen[0] for c in seen)
+        one_client_in_threads(16, lambda: clients["billing"])
         assert len(counted.made) <= 3  # the slow one, and one (rarely two) in its place
 
 
@@ -716,21 +722,15 @@ def test_when_every_making_is_slow_the_one_made_in_its_place_is_not_replaced_in_
     before it: here two makings, and the threads get the first one made."""
     counted.takes = 2.5
     with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
-        seen: list[object] = []
         waited: list[float] = []
 
-        def look_up() -> None:
+        def look_up() -> object:
             started = time.monotonic()
-            seen.append(clients["billing"])
+            client = clients["billing"]
             waited.append(time.monotonic() - started)
+            return client
 
-        threads = [threading.Thread(target=look_up) for _ in range(32)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert len(seen) == 32
-        assert all(c is seen[0] for c in seen)
+        one_client_in_threads(32, look_up, timeout=30)
         assert len(counted.made) == 2  # the slow one, and one in its place
         # The first made, the original at 2.5 s; the thread making the other had it done at 3.5 s.
         assert sorted(waited)[-2] < 2.5 + 0.5, sorted(waited)
@@ -745,22 +745,15 @@ def test_threads_running_an_event_loop_each_make_their_own_and_get_the_first_mad
     counted.takes = 0.3
     with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
         start = threading.Barrier(8)
-        seen: list[object] = []
 
         async def look_up() -> object:
             return clients["billing"]
 
-        def on_a_loop() -> None:
+        def on_a_loop() -> object:
             start.wait()
-            seen.append(asyncio.run(look_up()))
+            return asyncio.run(look_up())
 
-        threads = [threading.Thread(target=on_a_loop) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        assert len(seen) == 8
-        assert all(c is seen[0] for c in seen)
+        seen = one_client_in_threads(8, on_a_loop)
         assert len(counted.made) >= 2  # they did not wait for one another's making
         assert clients["billing"] is seen[0]
 

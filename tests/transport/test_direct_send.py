@@ -941,6 +941,27 @@ def test_new_tls_connections_to_a_host_share_one_context_loaded_once(
     assert wrapped[0][2] is not None
 
 
+def lateness_of_timed_out_calls(transport: RequestsTransport, url: str, *, calls_each: int) -> list[float]:
+    """32 threads started at once, each sending ``calls_each`` calls given 0.3 s that must time out:
+    how late each ended."""
+    start = threading.Barrier(32)
+    late: list[float] = []
+
+    def call() -> None:
+        start.wait()
+        for _ in range(calls_each):
+            began = time.monotonic()
+            assert transport.send(url, dar.get("x"), 0.3).status == status.TIMEOUT
+            late.append(time.monotonic() - began - 0.3)
+
+    threads = [threading.Thread(target=call) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10 * calls_each)
+    return late
+
+
 def test_a_burst_of_first_calls_to_a_host_plans_its_route_and_loads_its_certificates_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -961,21 +982,8 @@ def test_a_burst_of_first_calls_to_a_host_plans_its_route_and_loads_its_certific
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)  # accepts, never answers the handshake
     url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
     transport = RequestsTransport()
-    start = threading.Barrier(32)
-    late: list[float] = []
-
-    def call() -> None:
-        start.wait()
-        began = time.monotonic()
-        assert transport.send(url, dar.get("x"), 0.3).status == status.TIMEOUT
-        late.append(time.monotonic() - began - 0.3)
-
-    threads = [threading.Thread(target=call) for _ in range(32)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        late = lateness_of_timed_out_calls(transport, url, calls_each=1)
     finally:
         transport.close()
         listener.close()
@@ -1026,22 +1034,8 @@ def test_a_burst_of_new_tls_connections_on_requests_own_path_loads_the_certifica
         session.proxies = {"https": f"http://127.0.0.1:{proxy.getsockname()[1]}"}
         url = "https://service.example.test/"
     transport = RequestsTransport(session)
-    start = threading.Barrier(32)
-    late: list[float] = []
-
-    def call() -> None:
-        start.wait()
-        for _ in range(3):  # each timed-out connection is dropped: a new one each
-            began = time.monotonic()
-            assert transport.send(url, dar.get("x"), 0.3).status == status.TIMEOUT
-            late.append(time.monotonic() - began - 0.3)
-
-    threads = [threading.Thread(target=call) for _ in range(32)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(20)
+        late = lateness_of_timed_out_calls(transport, url, calls_each=3)  # each a new connection: the last timed out
     finally:
         stop.set()
         transport.close()
