@@ -236,9 +236,10 @@ class _GuardedAdapter(HTTPAdapter):
                 tls = self._tls.get(key, _UNREAD)
                 if tls is _UNREAD:
                     tls = self._tls[key] = direct_send.preloaded_tls(context, verify)
+                    if tls is not None:
+                        self._preloaded.add(id(tls))  # kept in _tls: no other object takes its id
         if tls is None:
             return host_params, pool_kwargs  # as requests makes it (a bundle that cannot be read: its error)
-        self._preloaded.add(id(tls))
         # None takes the argument out: loaded in the context, nothing for each connection to load.
         return host_params, {**pool_kwargs, "ssl_context": tls, **dict.fromkeys(_LOADED_ARGUMENTS)}
 
