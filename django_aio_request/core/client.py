@@ -22,7 +22,7 @@ from django_aio_request.core.downstream_wait import current_downstream_wait
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
-from django_aio_request.core.response import Response, UnsentResponse, is_open_circuit_fallback
+from django_aio_request.core.response import Response, UnreachedResponse, UnsentResponse, is_open_circuit_fallback
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from django_aio_request.metrics.client import ClientMetrics
@@ -583,7 +583,8 @@ class _Call:
         finally:
             send_again.asker.reset(token)
         # A first attempt deposits once it was sent: an open circuit's 502, the 408 for too little
-        # time left and an attempt that never had a connection sent nothing (UnsentResponse).
+        # time left and an attempt that waited in vain for one of the client's connections sent
+        # nothing (UnsentResponse), and one whose connection failed reached no server (UnreachedResponse).
         # Deposited before it went, calls arriving with no time left paid for the retries of others
         # against a failing server (0.42 extra attempts for each one it received where the budget
         # allows 0.2 and its floor: a review).
@@ -591,7 +592,7 @@ class _Call:
             budget is not None
             and number == 0
             and result is not None
-            and not isinstance(result.response, UnsentResponse)
+            and not isinstance(result.response, UnsentResponse | UnreachedResponse)
         ):
             budget.record_first()
         return result

@@ -55,6 +55,7 @@ class AttemptSockets:
         "_wakers",
         "deadline",
         "fresh",
+        "reached",
         "reason",
     )
 
@@ -69,6 +70,9 @@ class AttemptSockets:
         self._sent = False  # the request went out on the socket registered last
         self._returned = False  # and its connection went back to the pool: its answer was read
         self.fresh = False  # take no kept-alive connection from the pool (see StaleConnection)
+        # A request of the attempt began to go out on a connection: the server may have it. False, it
+        # never had one (core/response.py: UnreachedResponse).
+        self.reached = False
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -417,6 +421,8 @@ class _GuardedConnectionMixin:
                 restamp(headers, guard.remaining())
         self._aio_request_reused = self._aio_request_requests > 0
         self._aio_request_requests += 1
+        if guard is not None:
+            guard.reached = True  # connected (and through TLS): the request goes out now
         super().request(*args, **kwargs)  # type: ignore[misc]
         if guard is not None:
             guard.sent()

@@ -35,7 +35,7 @@ from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.deadline import too_little_to_send
 from django_aio_request.core.request import Request, split_url
-from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
+from django_aio_request.core.response import EmptyResponse, Response, UnreachedResponse, UnsentResponse
 from django_aio_request.core.send_again import may_send_again
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport import direct_send, urllib3_logging
@@ -999,7 +999,10 @@ class RequestsTransport(Transport):
                 why,
                 code,
             )
-        return EmptyResponse(status=code, elapsed=elapsed)
+        # Nothing went out on a connection: the endpoint is unreachable (the breaker counts it), and
+        # the server received nothing (the retry budget takes no deposit for it).
+        outcome = EmptyResponse if guard.reached else UnreachedResponse
+        return outcome(status=code, elapsed=elapsed)
 
     def close(self) -> None:
         """Close every pooled connection now (of proxies too), not when the garbage collector frees

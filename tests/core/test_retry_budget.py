@@ -1,8 +1,10 @@
 """The retry budget: its arithmetic, its thread safety, how strategies obey it on a real server,
 hedges at a lower priority, and the RETRY_BUDGET / HEDGE_PRIORITY settings."""
 
+import contextlib
 import math
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics import prometheus
 from django_aio_request.strategies import ResponseWithVerdict
 from tests.support.forking import held_by_another_thread, in_child
-from tests.support.loopback import Handler, LoopbackServer
+from tests.support.loopback import Handler, LoopbackServer, free_port
 
 
 class Clock:
@@ -645,6 +647,66 @@ def test_calls_that_send_nothing_deposit_nothing(server: LoopbackServer) -> None
         client.close()
     sent = len(server.received("/fail"))
     assert sent == 10 + 2  # 0.2 of the 10 first attempts sent: 2 retries, where 12 were allowed before
+
+
+@pytest.fixture
+def connections_dropped() -> Iterator[int]:
+    """A port whose accept queue is full: connecting waits, as to a host that drops the SYNs."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        with contextlib.suppress(OSError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("outage", ["connections refused", "connections dropped"])
+def test_first_attempts_that_never_had_a_connection_deposit_nothing(
+    request: pytest.FixtureRequest, outage: str
+) -> None:
+    """A first attempt whose connection was refused, or timed out while connecting, reached no
+    server, yet deposited: after a 3 s outage dropping connections, the server, back and answering
+    500s, got 2.07 requests a call where 1.2 and the floor are due (a review). The breaker still
+    counts them: the endpoint is unreachable."""
+    port = request.getfixturevalue("connections_dropped") if outage == "connections dropped" else free_port()
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0)
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=5, sampling_duration=10, minimum_throughput=1000, failure_threshold=0.5
+    )  # counts, never opens here
+    client = dar.setup(
+        endpoint=f"http://127.0.0.1:{port}/", retry_budget=budget, metrics=False, circuit_breaker=breaker,
+        safe_method_strategy=dar.single_attempt_strategy(),
+    )  # fmt: skip
+    try:
+        statuses = set()
+        for _ in range(50):
+            with client.request(dar.get("x"), deadline=dar.Deadline.from_timeout(0.05)) as response:
+                statuses.add(response.status)
+        assert statuses == ({489} if outage == "connections refused" else {408})
+        assert budget.available() == 0  # before: 10, from 50 calls that sent nothing
+        assert breaker.counts(client.endpoint)[0] == 50  # failures the breaker counted
+    finally:
+        client.close()
+
+
+def test_a_forked_child_does_not_spend_what_the_parent_s_first_attempts_deposited() -> None:
+    """gunicorn --preload with a client that has served: each worker forked from the master spent
+    the master's deposits again, and 4 children of a parent that had made 1,000 calls sent 1,360
+    retries to a failing server where 760 were due (a review). A child starts with its floor."""
+    budget = RetryBudget(ratio=0.2, min_per_second=1.0, window_seconds=10.0)
+    for _ in range(1000):
+        budget.record_first()
+    assert budget.try_spend()
+    assert budget.available() == 200 + 10 - 1
+    assert in_child(budget.available) == 10 - 1  # the floor, less what the parent spent
+    assert budget.available() == 200 + 10 - 1  # the parent's, unchanged
 
 
 def test_an_open_circuit_s_fallbacks_deposit_nothing(server: LoopbackServer) -> None:
