@@ -38,12 +38,18 @@ NOTHING = Claims()
 def read_claims(data: bytes) -> Claims:
     """The priority and service name claimed in ``data``, the first bytes of an HTTP/1 request.
 
-    Only complete header lines count (a value cut off by the end of ``data`` is not read), a header
-    named twice counts as absent (as the middleware ignores a joined ``high,low``), and the priority
-    is compared as the middleware compares it: ASCII, any case, blanks around it ignored.
+    Only a complete head counts: until its blank line has arrived, a header seen once may come again
+    after the bytes read (past the 8 KiB peeked, or sent later), and a header named twice counts as
+    absent (as the middleware ignores a joined ``high,low``). Read from a head not all there, a
+    10 ms ``X-Request-Timeout`` followed past 8 KiB by a second one had the request taken ahead of
+    every other once its "deadline" passed, and the middleware, seeing ``0.01,30``, served it in
+    full: 30 such low-priority callers left trusted high priority 0% in time (a review). The
+    priority is compared as the middleware compares it: ASCII, any case, blanks around it ignored.
     """
     end = data.find(b"\r\n\r\n")
-    head = data if end < 0 else data[: end + 2]
+    if end < 0:
+        return NOTHING  # the head is not all there: queued with the default priority and no deadline
+    head = data[: end + 2]
     lines = head.split(b"\r\n")[1:-1]  # the request line first; the last piece is cut off or empty
     priority: list[bytes] = []
     service: list[bytes] = []
