@@ -91,14 +91,20 @@ class Block(Generic[T]):
 
     def __enter__(self) -> T:
         self._used = True
-        if self._open is not None:
-            # One list of blocks for every user of the object ended the wrong one: two tasks sharing
-            # it were left with a deadline each, and an exit stack closed another's fake (a review).
-            raise RuntimeError(
-                f"this {self._name}() block is open already: call {self._name}(...) again for another one"
-            )
-        block = self._make()
-        value = block.__enter__()
+        with _entering:  # checked and taken in one step: two threads entering at once both got in
+            if self._open is not None:
+                # One list of blocks for every user of the object ended the wrong one: two tasks sharing
+                # it were left with a deadline each, and an exit stack closed another's fake (a review).
+                raise RuntimeError(
+                    f"this {self._name}() block is open already: call {self._name}(...) again for another one"
+                )
+            self._open = _TAKEN
+        try:
+            block = self._make()
+            value = block.__enter__()
+        except BaseException:
+            self._open = None
+            raise
         self._open = block
         return value
 
@@ -125,9 +131,12 @@ class Block(Generic[T]):
                 f"{self._name}() decorates test functions and methods, not generator functions such as a"
                 f" pytest fixture: use `with {self._name}(...):` around the yield"
             )
-        make, where = self._make, (inner.__code__.co_filename, inner.__code__.co_firstlineno)
-        # asgiref's check: it also knows a sync function marked as a coroutine function.
-        if iscoroutinefunction(function) or iscoroutinefunction(inner):
+        code = getattr(inner, "__code__", None)  # none for a partial, asgiref's AsyncToSync...
+        make, where = self._make, (None if code is None else (code.co_filename, code.co_firstlineno))
+        # asgiref's check: it also knows a sync function marked as a coroutine function. Not the
+        # unwrapped function's: a sync wrapper that runs it itself (asyncio.run) is run as it is,
+        # and one that returns its coroutine has it awaited inside a block below.
+        if iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def run_inside(*args: Any, **kwargs: Any) -> Any:
@@ -141,13 +150,9 @@ class Block(Generic[T]):
             with _decorated.set_to(where), make():  # set while the block ends: its warning
                 result = function(*args, **kwargs)
             if inspect.isawaitable(result):
-                # A wrapper that hides a coroutine function: the block ended before it ran.
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError(
-                    f"{self._name}() decorated a function that returned an awaitable ({function!r}): the block"
-                    " would end before it runs; decorate the `async def` itself"
-                )
+                # A wrapper that hides a coroutine function: its body runs when it is awaited, after
+                # the block ended. Awaited inside a block of its own, whoever awaits it.
+                return _awaited_inside(result, make, where)
             return result
 
         return run_inside_sync  # type: ignore[return-value]
@@ -168,6 +173,15 @@ class Block(Generic[T]):
             )
 
 
+_entering = threading.Lock()
+_TAKEN: Any = contextlib.nullcontext()  # a block being entered, not yet open
+
+
+async def _awaited_inside(awaitable: Any, make: Callable[[], AbstractContextManager[Any]], where: Any) -> Any:
+    with _decorated.set_to(where), make():
+        return await awaitable
+
+
 class _Decorated:
     """Where the test function a helper decorates was defined, while it runs: the place a warning of
     the helper's names (the frames above it are unittest's or pytest's)."""
@@ -176,7 +190,7 @@ class _Decorated:
         self._where: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("decorated", default=None)
 
     @contextlib.contextmanager
-    def set_to(self, where: tuple[str, int]) -> Iterator[None]:
+    def set_to(self, where: tuple[str, int] | None) -> Iterator[None]:
         token = self._where.set(where)
         try:
             yield
