@@ -9,8 +9,9 @@ cache, per (client, endpoint):
   period (windows aligned on wall-clock time, counted with ``cache.add`` + ``cache.incr``, expiring
   after the sampling period);
 - ``...:open``: until when (``time.time()``) the circuit is blocked; absent when it is closed;
-- ``...:probe:<slot>``: the half-open probe claim, taken with ``cache.add`` (atomic), one per
-  ``break_duration`` slot, so one process of all probes.
+- ``...:probe:<until>``: the half-open probe claim, taken with ``cache.add`` (atomic), one per
+  block that ended (the ``open`` value every process read), so one process of all probes, whatever
+  each one's ``break_duration``.
 
 No call ever waits for the cache: every round trip is made by a background thread, never under
 the breaker's lock, so a cache that hangs (a blackholed Redis without socket timeouts) costs a call
@@ -459,7 +460,10 @@ class CacheCircuitStore(CircuitStore[str]):
             now = time.time()
             if until is None or until > now:
                 continue
-            key = f"{scopes[scope]}:probe:{int(now / self._break_duration)}"
+            # Keyed by the block that ended, which every process read alike: by the slot of this
+            # process's own break (now / break_duration), processes with different breaks (a
+            # rolling deploy changing it) claimed different keys, and both probed (a review).
+            key = f"{scopes[scope]}:probe:{until!r}"
             if cache.add(key, os.getpid(), self._seconds(2)):
                 blocked = now + self._break_duration
                 won[scope] = (key, now, blocked)

@@ -1174,6 +1174,36 @@ def test_a_circuit_opened_by_a_process_with_a_longer_break_is_open_for_one_with_
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == []
 
 
+def test_processes_with_different_breaks_claim_one_probe_between_them(redis: None, namespace: str, stores: Any) -> None:
+    """The probe's key was the slot of this process's own break (now / BREAK_DURATION): processes with
+    different breaks (a rolling deploy changing it) claimed different keys, and both probed in 4 of 8
+    rounds that ran at once (a review). The key is the block that ended, which every process read."""
+    for trial in range(4):
+        made = [stores(f"{namespace}-{trial}") for _ in range(2)]
+        breakers = [breaker_with(store, break_duration=d) for store, d in zip(made, (0.6, 1.0), strict=True)]
+        for store in made:
+            store.block("svc", time.time() + 0.2)
+            store.sync()
+        time.sleep(0.3)
+        for breaker in breakers:
+            assert run(breaker, True) == "fallback"  # the break is over: the next round claims the probe
+        together = threading.Barrier(2)
+        for store in made:
+
+            def at_once(*args: Any, claim: Any = store._claim, together: threading.Barrier = together) -> Any:
+                together.wait(5)  # both rounds have read the block: both claim now
+                return claim(*args)
+
+            store._claim = at_once
+        rounds = [threading.Thread(target=store.sync) for store in made]
+        for thread in rounds:
+            thread.start()
+        for thread in rounds:
+            thread.join(10)
+        granted = [bool(store._granted.get("svc")) for store in made]
+        assert sum(granted) == 1, (trial, granted)
+
+
 def test_a_store_whose_thread_ended_starts_it_again_at_the_next_call(redis: None, namespace: str, stores: Any) -> None:
     """A sync thread that ended (as one did when a round raised) was never started again: an open
     circuit never probed in this process. The next call now starts it again."""
