@@ -47,9 +47,10 @@ class _Build:
     """A client of one name being made, or made and its ``client_built`` receivers running, in the thread
     that builds it."""
 
-    __slots__ = ("client", "done", "made", "patience", "thread")
+    __slots__ = ("client", "done", "made", "patience", "replaced", "thread")
 
-    def __init__(self, patience: float = BUILD_WAIT) -> None:
+    def __init__(self, patience: float = BUILD_WAIT, replaced: "_Build | None" = None) -> None:
+        self.replaced = replaced  # the build this one was made in place of: its waiters are woken with this one's
         # None while being made; once done, the client under the name (a test's fake_client() may have come first)
         self.client: Client | None = None
         self.patience = patience  # how long a looking thread waits for it to be made before making one in its place
@@ -145,7 +146,7 @@ class ClientsHandler:
         if build is None:
             return _Build()
         if cls._takes_over(name, build, waited):
-            return _Build(2 * build.patience)
+            return _Build(2 * build.patience, replaced=build)
         return None
 
     @staticmethod
@@ -179,8 +180,13 @@ class ClientsHandler:
                 and current._generation == generation
             )
             if keep:
-                if kept is not None and kept is not build:
-                    kept.made.set()  # its waiters look again and find this one
+                # The waiters of every build in the chain look again and find this one: those of a
+                # build replaced meanwhile slept out its whole wait, 2 or 4 s (a review).
+                waited_on = kept
+                while waited_on is not None:
+                    if waited_on is not build:
+                        waited_on.made.set()
+                    waited_on = waited_on.replaced
                 build.client = made
                 self._building[name] = build
         build.made.set()

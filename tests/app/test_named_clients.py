@@ -737,6 +737,37 @@ def test_when_every_making_is_slow_the_one_made_in_its_place_is_not_replaced_in_
         assert max(waited) < 2.5 + 1.0 + 0.5, max(waited)
 
 
+@pytest.mark.timeout(60)
+def test_a_thread_waiting_for_a_making_replaced_meanwhile_gets_the_client_once_one_is_made(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """Every making takes 3.5 s: the first (0 s), one in its place at 1 s (waited for 2 s), another in
+    that one's place at 3 s. A thread that began waiting for the second at 2.8 s slept its whole 2 s
+    (to 4.8 s) though the first was made at 3.5 s: only the newest making's waiters were woken (a
+    review: 10.9 s for a client made at 8 s). Every making's in the chain are now."""
+    counted.takes = 3.5
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        waited: list[float] = []
+
+        def late() -> object:
+            time.sleep(2.8)
+            started = time.monotonic()
+            client = clients["billing"]
+            waited.append(time.monotonic() - started)
+            return client
+
+        early = [lambda: clients["billing"]] * 8
+        seen: list[object] = []
+        threads = [threading.Thread(target=lambda f=f: seen.append(f())) for f in [*early, late]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(seen) == 9
+        assert all(c is seen[0] for c in seen)
+        assert waited[0] < 0.7 + 0.5, waited  # made at 3.5 s: 0.7 s after it began; 2 s before
+
+
 def test_threads_running_an_event_loop_each_make_their_own_and_get_the_first_made(
     server: LoopbackServer, counted: type[CountedClassifier]
 ) -> None:
