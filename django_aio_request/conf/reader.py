@@ -255,6 +255,15 @@ def number(
     return read
 
 
+def _whole_but_no_int(value: Any) -> bool:
+    if not isinstance(value, numbers.Number) or isinstance(value, int):
+        return False
+    try:
+        return bool(value == int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # complex, NaN, infinity
+        return False
+
+
 def integer(minimum: int, *, at_most: int | None = None, why: str | None = None) -> Field:
     """A whole number >= ``minimum``, and <= ``at_most`` if given (``why``: the hint when it is above)."""
 
@@ -264,7 +273,9 @@ def integer(minimum: int, *, at_most: int | None = None, why: str | None = None)
             reader.fail(path, f"must be a whole number of at most {most}, not {shown(value)}", hint, code=BAD_NUMBER)
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            reader.fail(path, f"must be a whole number >= {minimum}, not {shown(value)}", code=BAD_NUMBER)
+            # 2.0, Decimal(2) or Fraction(4, 2) is a whole number, though not one taken here: say which is.
+            taken = " (an int)" if _whole_but_no_int(value) else ""
+            reader.fail(path, f"must be a whole number{taken} >= {minimum}, not {shown(value)}", code=BAD_NUMBER)
             return None
         if at_most is not None and value > at_most:
             reader.fail(path, f"must be a whole number of at most {at_most}, not {shown(value)}", why, code=BAD_NUMBER)
@@ -396,7 +407,10 @@ def fields(
 
 def seconds(*, at_most: float | None = None, at_least: float | None = None, why: str | None = None) -> Field:
     """A number of seconds > 0, one microsecond at least (``at_least``, and ``why`` as the hint, if given)."""
-    positive = number(0, inclusive=False, at_most=at_most, what="a number of seconds")
+    # With a floor of its own, the first message names it: "> 0" for a 0, and then "at least 0.1" for
+    # a 0.01, sent a user round twice (a review).
+    what = "a number of seconds" if at_least is None else f"a number of seconds of at least {at_least:g}"
+    positive = number(0, inclusive=False, at_most=at_most, what=what)
     least = SMALLEST_SECONDS if at_least is None else at_least
 
     def read(reader: Reader, path: str, value: Any) -> float | None:

@@ -95,6 +95,11 @@ def enricher(request: object) -> object:
         ({**GOOD, "TIMEOUT": "5"}, ["['TIMEOUT'] must be a number of seconds > 0, not '5'"], "E003"),
         ({**GOOD, "TIMEOUT": float("nan")}, ["['TIMEOUT'] must be a number of seconds > 0, not nan"], "E003"),
         ({**GOOD, "TIMEOUT": True}, ["['TIMEOUT'] must be a number of seconds > 0, not True"], "E003"),
+        (
+            {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": "sequential", "ATTEMPTS_COUNT": 2.0}},
+            ["must be a whole number (an int) >= 1, not 2.0"],
+            "E003",
+        ),
         # A number, though not one taken: which are (a review: "must be a number ..., not Decimal('2.5')").
         (
             {**GOOD, "TIMEOUT": Decimal("2.5")},
@@ -406,9 +411,9 @@ def test_every_id_in_use_is_listed_with_its_kind() -> None:
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        (
+        (  # the floor named at once, not at a second try (a review)
             {"CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0},
-            "['CIRCUIT_BREAKER_PUBLISH_INTERVAL'] must be a number of seconds > 0",
+            "['CIRCUIT_BREAKER_PUBLISH_INTERVAL'] must be a number of seconds of at least 0.1 > 0, not 0",
         ),
         (  # passed, and an idle process kept 28% of a core busy with 290 queries a second (a review)
             {"CIRCUIT_BREAKER_PUBLISH_INTERVAL": 1e-6},
