@@ -124,6 +124,18 @@ class RetryBudget:
             self._extras += 1
             return True
 
+    def give_back(self) -> None:
+        """Undo one ``try_spend()`` whose attempt sent nothing (the client's own open circuit answered
+        it): taken from the newest bucket holding an extra, where that spend was recorded."""
+        with self._lock:
+            self._advance()
+            for back in range(self._size):
+                bucket = self._ring[(self._current - back) % self._size]
+                if bucket[0] == self._current - back and bucket[2] > 0:
+                    bucket[2] -= 1
+                    self._extras -= 1
+                    return
+
     def available(self) -> int:
         """How many extra attempts the budget would allow right now."""
         with self._lock:

@@ -696,6 +696,25 @@ def test_first_attempts_that_never_had_a_connection_deposit_nothing(
         client.close()
 
 
+def test_a_retry_that_meets_an_open_circuit_is_not_charged(server: LoopbackServer) -> None:
+    """A retry granted by the budget and then answered by the client's own open circuit (the 502
+    made here) sent nothing, yet was charged: 15-23 charges in 3 s runs with nothing sent (a review).
+    The charge is given back."""
+    budget = RetryBudget(ratio=0.0, min_per_second=1.0, window_seconds=10.0)  # 10 extras, no more
+    breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
+        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+    )
+    client = retrying_client(server, retry_budget=budget, circuit_breaker=breaker, metrics=False)
+    try:
+        with client.request(dar.get("fail")) as response:  # 500, retried: the 2nd failure opens it
+            assert response.status == 502  # the retry after it met the open circuit
+    finally:
+        client.close()
+    sent = len(server.received("/fail"))
+    assert sent == 2
+    assert budget.available() == 10 - (sent - 1)  # only the retry that was sent is charged
+
+
 def test_a_forked_child_does_not_spend_what_the_parent_s_first_attempts_deposited() -> None:
     """gunicorn --preload with a client that has served: each worker forked from the master spent
     the master's deposits again, and 4 children of a parent that had made 1,000 calls sent 1,360
