@@ -174,6 +174,10 @@ def _no_password() -> str:
     raise _EncryptedKeyWithoutPassword
 
 
+# The pool arguments a preloaded TLS context holds (loaded once into it): taken out of the pool's.
+LOADED_TLS_ARGUMENTS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password")
+
+
 def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     """Give the host's pool one SSL context with the CA certificates (and client certificate) its
     connections verify with, loaded once: urllib3 loaded the CA bundle into a new context for each
@@ -220,7 +224,7 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     except (OSError, ssl.SSLError, ValueError):
         return False
     context["ssl_context"] = tls
-    for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):
+    for name in LOADED_TLS_ARGUMENTS:
         context.pop(name, None)
     return True
 
@@ -263,7 +267,7 @@ def _refuse(context: dict[str, Any]) -> None:
     refusing = _RefusingContext(ssl.PROTOCOL_TLS_CLIENT)
     refusing.check_hostname = False  # urllib3 sets what it needs (verify=False: CERT_NONE) before wrapping
     context["ssl_context"] = refusing
-    for name in ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password"):
+    for name in LOADED_TLS_ARGUMENTS:
         context.pop(name, None)
 
 

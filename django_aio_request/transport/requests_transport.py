@@ -170,12 +170,9 @@ def _logged_target(endpoint: str, request: Request) -> str:
     return urllib.parse.urljoin(_redacted(endpoint), request.url)
 
 
-# The pool arguments a TLS context is made from, and those of them loaded into it.
-_TLS_ARGUMENTS = (
-    "ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password",
-    "ssl_version", "ssl_minimum_version", "ssl_maximum_version",
-)  # fmt: skip
-_LOADED_ARGUMENTS = ("ca_certs", "ca_cert_dir", "cert_file", "key_file", "key_password")
+# The pool arguments a TLS context is made from (those loaded into it, and the TLS versions).
+_LOADED_ARGUMENTS = direct_send.LOADED_TLS_ARGUMENTS
+_TLS_ARGUMENTS = (*_LOADED_ARGUMENTS, "ssl_version", "ssl_minimum_version", "ssl_maximum_version")
 _UNREAD: Any = object()
 
 
