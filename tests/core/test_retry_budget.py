@@ -47,6 +47,29 @@ def test_the_floor_alone_allows_min_per_second_times_the_window() -> None:
     assert sum(budget.try_spend() for _ in range(50)) == 10
 
 
+def test_the_window_is_the_current_bucket_and_the_nine_before_it() -> None:
+    """docs/budgets-and-shedding.md: 9 to 10 s with the defaults, as far as the clock has moved into
+    the current bucket. First attempts made 0.8 s into a bucket pay until 9.2 s later, not 10 s."""
+    clock = Clock()  # 1000.0: a bucket's start
+    budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0, clock=clock)
+    clock.now += 0.8
+    for _ in range(100):
+        budget.record_first()
+    clock.now += 9.19
+    assert budget.available() == 20
+    clock.now += 0.02  # 10.01: the next bucket begins, and the first one leaves the window
+    assert budget.available() == 0
+
+
+def test_the_floor_is_per_budget_and_so_per_process() -> None:
+    """docs/budgets-and-shedding.md: each process's client has its budget and its floor; a forked
+    child starts with the floor too (tests/support/forking.py runs it), so N processes allow N floors."""
+    budget = RetryBudget(ratio=0.2, min_per_second=10.0, window_seconds=10.0)
+    assert budget.available() == 100
+    assert in_child(lambda: sum(budget.try_spend() for _ in range(200))) == 100
+    assert sum(budget.try_spend() for _ in range(200)) == 100  # the parent's floor is its own
+
+
 def test_first_attempts_pay_for_a_ratio_of_extras() -> None:
     clock = Clock()
     budget = RetryBudget(ratio=0.2, min_per_second=0.0, window_seconds=10.0, clock=clock)
