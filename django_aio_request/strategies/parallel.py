@@ -238,17 +238,8 @@ class _HedgedCall:
                 self._look_again(_LOOK_AGAIN_SECONDS)
                 return
             pace = self.pace
-            while pace is not None:
-                # Younger calls wait as long and none was answered: a stall or a queue, not a
-                # straggler. Held until a younger call is answered or the one holding it back ends.
-                # Held while a younger call has waited half the first hedge's delay unanswered.
-                holder = pace.holder(self.number, time.monotonic(), (due_at(1) - due_at(0)) / 2)
-                if holder is None:
-                    break
-                if pace.wait(self.number, holder, self._wake):
-                    self.held = True
-                    self._look_again(_LOOK_AGAIN_HELD_SECONDS)
-                    return
+            if pace is not None and self._kept_back(pace, due_at(1) - due_at(0)):
+                return
             if self.not_before > time.monotonic():
                 # A rejected attempt's 503 or 429 asked for a pause (Retry-After): the hedge goes after it.
                 if self.not_before >= self.deadline.expires_at:
@@ -277,6 +268,26 @@ class _HedgedCall:
             # a hedge held back (or fired late) must not let the ones due meanwhile go with it.
             now, gap = time.monotonic(), due_at(self.next_attempt) - due_at(attempt)
             self._schedule(max(due_at(self.next_attempt), now + gap))
+
+    def _kept_back(self, pace: Pace, delay: float) -> bool:
+        """(Holding ``lock``.) Whether the stragglers rule keeps the hedge back now, ``delay`` being the
+        first hedge's; it is then looked at again later (strategies/stragglers.py)."""
+        if delay > 0 and pace.crowded(time.monotonic(), delay):
+            # Most calls answered lately took the hedge's delay or longer: a queue or a pause, every
+            # call slow, not a straggler. Looked at again a delay later.
+            self._look_again(delay)
+            return True
+        while True:
+            # Younger calls wait as long and none was answered: a stall or a queue, not a
+            # straggler. Held until a younger call is answered or the one holding it back ends.
+            # Held while a younger call has waited half the first hedge's delay unanswered.
+            holder = pace.holder(self.number, time.monotonic(), delay / 2)
+            if holder is None:
+                return False
+            if pace.wait(self.number, holder, self._wake):
+                self.held = True
+                self._look_again(_LOOK_AGAIN_HELD_SECONDS)
+                return True
 
     def _look_again(self, seconds: float) -> None:
         """(Holding ``lock``.) Fire again ``seconds`` from now, or stop at the deadline."""

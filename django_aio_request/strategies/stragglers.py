@@ -9,7 +9,13 @@ queue or a pause, the younger calls wait too. (A caller short of CPU is not seen
 the GIL in no fixed order, so younger calls get answered while older ones wait; the percentile
 delays' saturation ratio is for that, docs/benchmarks.md.)
 
-So before sending a hedge, the parallel strategy asks :meth:`Pace.holds_back`: the hedge waits while
+So before sending a hedge, the parallel strategy asks two things. First :meth:`Pace.crowded`: when
+half the calls answered in the last second took the hedge's delay or longer, hedge-worthy slowness
+is what most calls have, not a few: the hedge waits (looked at again a delay later). Without this a
+pause of the caller's process (a tenth of a second) left a backlog whose calls were answered in any
+order, each older call passed by a younger one became a "straggler", and the hedges sent for half
+the calls stretched the pause into a stall of a second or more (docs/benchmarks.md). Then
+:meth:`Pace.holds_back`: the hedge waits while
 the oldest younger call still in flight has been so for a while (half the hedge's delay) and no
 younger call has been answered. It goes as soon as one is (:meth:`Pace.answer` wakes it), or is
 looked at again when the younger call that held it back ends without an answer (a 408 made here, a
@@ -23,7 +29,9 @@ backup tasks go to stragglers for the same reason.
 """
 
 import itertools
+import math
 import threading
+import time
 from collections.abc import Callable
 
 from django_aio_request.core.after_fork import renewed_in_forked_child
@@ -33,6 +41,11 @@ __all__ = ["Pace", "Paces"]
 # The last this-many calls are kept: a hedge is held back by the oldest of them that started after
 # its call and is still in flight.
 _KEPT = 64
+# The times of the last this-many answered calls (crowded()), of which at least half must have been
+# answered within the last _ANSWERED_RECENT seconds: a service called now and then is left to the
+# rest of the rule.
+_ANSWERED_KEPT = 16
+_ANSWERED_RECENT = 1.0
 
 
 class Pace:
@@ -40,7 +53,7 @@ class Pace:
     answered, and the hedges held back, each until a younger call is answered or the call that holds
     it back ends."""
 
-    __slots__ = ("__weakref__", "_latest", "_lock", "_numbers", "_slots", "_waiting", "answered")
+    __slots__ = ("__weakref__", "_answers", "_latest", "_lock", "_numbers", "_slots", "_waiting", "answered")
 
     def __init__(self) -> None:
         self._numbers = itertools.count()  # next() on it is atomic in CPython: no lock per call
@@ -49,6 +62,9 @@ class Pace:
         self._slots: list[list[object]] = [[-1, 0.0, True]] * _KEPT
         self._latest = -1
         self.answered = -1  # the number of the youngest call an attempt of which got an answer
+        # (answered at, seconds from its start) of the call whose number is the index modulo
+        # _ANSWERED_KEPT, the last answer of each: a tuple per answer, stored whole, as in _slots.
+        self._answers: list[tuple[float, float]] = [(-math.inf, 0.0)] * _ANSWERED_KEPT
         # Held hedges: their call's number -> (the younger call that holds it back, wake).
         self._waiting: dict[int, tuple[int, Callable[[], None]]] = {}
         self._lock = threading.Lock()  # for _waiting and answered
@@ -72,6 +88,7 @@ class Pace:
         if slot[0] == number:
             slot[2] = True  # before the look at _waiting: see wait()
         if answered:
+            self._note_time(number, slot)
             with self._lock:  # as in answer()
                 self.answered = max(self.answered, number)
                 if not self._waiting:
@@ -90,6 +107,7 @@ class Pace:
     def answer(self, number: int) -> None:
         """An attempt of call ``number`` got an answer from the server (not one made up here), which
         makes every older call that still waits a straggler: the hedges held back for them go now."""
+        self._note_time(number, self._slots[number % _KEPT])
         # Under the lock: two answers at once left the older number (332 of 1,264 runs of four
         # threads), and a hedge woken by the younger answer could be held again by holder().
         with self._lock:
@@ -97,6 +115,20 @@ class Pace:
             woken = self._take(lambda held, holder: held < number) if self._waiting else []
         for wake in woken:
             wake()
+
+    def _note_time(self, number: int, slot: list[object]) -> None:
+        """Call ``number`` (whose slot in ``_slots`` is ``slot``) got an answer now: how long it took."""
+        if slot[0] == number:  # else more than _KEPT calls started since: too old to tell of now
+            now = time.monotonic()
+            self._answers[number % _ANSWERED_KEPT] = (now, now - slot[1])  # type: ignore[operator]
+
+    def crowded(self, now: float, delay: float) -> bool:
+        """Whether half the calls answered lately took ``delay`` (the hedge's) or longer: then a call
+        still waiting is as slow as most, no straggler. Judged by the last calls answered within the
+        last second, when there are at least half of ``_ANSWERED_KEPT`` of them; never with fewer."""
+        since = now - _ANSWERED_RECENT
+        took = sorted([seconds for at, seconds in self._answers if at >= since])
+        return len(took) >= _ANSWERED_KEPT // 2 and took[len(took) // 2] >= delay
 
     def _take(self, which: Callable[[int, int], bool]) -> list[Callable[[], None]]:
         """(Holding ``_lock``.) Remove the held hedges ``which(number, holder)`` picks; their wakes."""

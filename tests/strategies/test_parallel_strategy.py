@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import itertools
+import random
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from django_aio_request.core.attempt_threads import AttemptThreadPool
 from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+from django_aio_request.strategies.stragglers import Pace
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
 from tests.support.loopback import (
     Handler,
@@ -1160,6 +1162,81 @@ class TestStragglers:
         assert [response.status for response, _ in results] == [200, 200, 200]
         time.sleep(0.2)  # time for a hedge sent late to arrive
         assert len(server.received("/x")) == (4 if stragglers_only else 6)
+
+    @pytest.mark.parametrize("crowded_rule", [True, False], ids=["rule", "without the crowded rule"])
+    def test_calls_all_slow_with_jitter_are_not_hedged_once_most_answers_took_the_delay(
+        self,
+        server: LoopbackServer,
+        make_client: Callable[..., Client],
+        crowded_rule: bool,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Every request takes 250-350 ms: younger calls overtake older ones now and then, which
+        # makes the older ones look like stragglers. Once half the calls answered in the last
+        # second took the 200 ms delay or longer, none is hedged (Pace.crowded); without that part
+        # of the rule a quarter to a half of them were.
+        if not crowded_rule:
+            monkeypatch.setattr(Pace, "crowded", lambda self, now, delay: False)
+        jitter = random.Random(7)
+        took = [0.25 + 0.1 * jitter.random() for _ in range(48)]
+        arrivals = itertools.count()
+
+        def route(handler: Handler) -> None:
+            answer_after(took[next(arrivals) % len(took)])(handler)
+
+        server.route("/x", route)
+        strategy = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.2))
+        client = make_client(timeout=5.0, safe_method_strategy=strategy)
+
+        def calls_one_after_another() -> None:
+            for _ in range(6):
+                with client.request(get("x")) as response:
+                    assert response.status == 200
+
+        threads = [threading.Thread(target=calls_one_after_another) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.01)
+        for thread in threads:
+            thread.join(10)
+        time.sleep(0.1)  # time for a hedge sent late to arrive
+
+        hedges = len(server.received("/x")) - 48
+        if crowded_rule:
+            assert hedges <= 8  # at most the first 8 calls', before any was answered
+        else:
+            assert hedges >= 10  # 13-20 of 48 in 4 runs
+
+    def test_a_hedge_due_while_most_calls_were_slow_goes_once_they_are_fast_again(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        routes: list[Callable[[Handler], None]] = [answer_after(0.15)]  # a slow spell: past the 100 ms delay
+
+        def route(handler: Handler) -> None:
+            routes[-1](handler)  # the route of the moment
+
+        server.route("/x", route)
+        client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.1))
+        calls_in_threads(client, "x", 8, gap=0.0)  # the median call took 150 ms
+        time.sleep(0.05)  # a hedge the spell's calls sent late has arrived
+        routes.append(Hanging(hang=1))  # the straggler's attempt 0 hangs; every other request is fast
+        first = len(server.received("/x"))
+
+        results: list[tuple[Response, float]] = []
+        straggler = threading.Thread(target=lambda: results.append(call(client, get("x"))))
+        straggler.start()
+        time.sleep(0.15)  # its hedge was due at 0.1 s, while most calls answered were slow: it waits
+        for _ in range(9):  # calls are fast again: they pass it, and most answers are fast
+            with client.request(get("x")) as response:
+                assert response.read() == b"fast"
+        straggler.join(5)
+
+        [(response, elapsed)] = results
+        assert response.read() == b"fast"
+        assert 0.2 <= elapsed < 0.2 + 0.15  # looked at again a delay later, and hedged then
+        received = server.received("/x")
+        assert len(received) == first + 11  # its attempt 0, the 9 fast calls, and its one hedge
+        assert received[-1].at - received[first].at >= 0.18
 
     def test_a_held_hedge_goes_once_a_younger_call_is_answered(
         self, server: LoopbackServer, make_client: Callable[..., Client]

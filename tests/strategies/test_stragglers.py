@@ -3,10 +3,11 @@
 The hedging it decides is tested against a real server in test_parallel_strategy.py (TestStragglers)."""
 
 import threading
+import time
 
 import pytest
 
-from django_aio_request.strategies.stragglers import _KEPT, Pace, Paces
+from django_aio_request.strategies.stragglers import _ANSWERED_KEPT, _KEPT, Pace, Paces
 
 
 def test_with_no_younger_call_there_is_nothing_to_compare_with_and_the_hedge_goes() -> None:
@@ -42,6 +43,57 @@ def test_only_younger_answers_count() -> None:
     pace.start(10.0)
     pace.answer(oldest)
     assert pace.holds_back(older, now=10.05, age=0.025)
+
+
+def answered_after(pace: Pace, seconds: list[float], *, by_end: bool = False) -> None:
+    """Calls of ``pace``, each answered now, having started ``seconds[i]`` ago."""
+    now = time.monotonic()
+    for took in seconds:
+        number = pace.start(now - took)
+        if by_end:
+            pace.end(number, answered=True)
+        else:
+            pace.answer(number)
+
+
+@pytest.mark.parametrize("by_end", [False, True], ids=["answer", "end"])
+def test_when_half_the_calls_answered_lately_took_the_delay_no_call_is_a_straggler(by_end: bool) -> None:
+    """A queue or a pause of the caller: most calls are as slow as the one whose hedge is due."""
+    pace = Pace()
+    answered_after(pace, [0.01] * 8 + [0.06] * 8, by_end=by_end)
+    assert pace.crowded(time.monotonic(), delay=0.05)  # the median is 60 ms: slow together
+    assert not pace.crowded(time.monotonic(), delay=0.07)  # a hedge later than most calls take
+
+    pace = Pace()
+    answered_after(pace, [0.01] * 9 + [0.06] * 7, by_end=by_end)  # 7 of 16 slow: a tail, not most calls
+    assert not pace.crowded(time.monotonic(), delay=0.05)
+
+
+def test_only_the_last_answers_count_and_the_newest_decide() -> None:
+    pace = Pace()
+    answered_after(pace, [0.06] * _ANSWERED_KEPT)
+    assert pace.crowded(time.monotonic(), delay=0.05)
+    answered_after(pace, [0.01] * (_ANSWERED_KEPT // 2 + 1))  # the stall is over
+    assert not pace.crowded(time.monotonic(), delay=0.05)
+
+
+def test_a_service_called_now_and_then_is_never_judged_crowded() -> None:
+    """Fewer than half of the kept answers within the last second: too few to say all calls are
+    slow, and the rest of the rule decides as before."""
+    pace = Pace()
+    answered_after(pace, [0.5] * (_ANSWERED_KEPT // 2 - 1))
+    assert not pace.crowded(time.monotonic(), delay=0.05)
+    answered_after(pace, [0.5])
+    assert pace.crowded(time.monotonic(), delay=0.05)
+    assert not pace.crowded(time.monotonic() + 1.1, delay=0.05)  # a second later they are old news
+
+
+def test_a_call_that_ended_unanswered_tells_nothing_of_how_long_calls_take() -> None:
+    pace = Pace()
+    now = time.monotonic()
+    for _ in range(_ANSWERED_KEPT):
+        pace.end(pace.start(now - 0.5))  # 408s made here, cancelled calls
+    assert not pace.crowded(time.monotonic(), delay=0.05)
 
 
 def test_more_younger_calls_than_are_kept_hold_the_hedge_back_by_the_oldest_kept() -> None:
