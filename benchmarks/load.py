@@ -55,6 +55,11 @@ and ``aio_request_retry_budget_exhausted_total`` over the window; shed is billin
 ``aio_request_server_shed_total`` by priority; "low" is how many of the run's requests billing
 received (of the last 5,000 it keeps) came with ``X-Request-Priority: low``; the hedge delay is
 what each worker's client had learned, asked every 0.5 s (``/load/hedge-delay``, benchmarks/_load_urls.py).
+"Hedges in stalls" splits a hedged run's window into tenths of a second by when each call was due: a
+tenth whose median call took over ``--hedge-min-delay`` is a stall, and the low-priority requests
+billing received in stalls, a call due then, are set against those in the rest (from the first
+request billing kept on): hedges that add load when every call is slow show there. Each run's calls and
+billing's arrivals are kept in the log directory (``calls-N-kind.json``, ``arrivals-N-kind.json``).
 
     .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
         [--seconds 12] [--warmup 2] [--callers 32] [--connections 64] [--drivers 2] [--workers 2] [--threads 16]
@@ -474,6 +479,9 @@ class RunResult:
     billing_shed: dict[str, int | None] = dataclasses.field(default_factory=dict)
     low_arrivals: int | None = None
     kept_arrivals: int | None = None
+    # Tenths of a second whose median call took over the hedge's least delay, and the low-priority
+    # requests billing received a call in those tenths and in the others (hedges_in_stalls()).
+    stalls: "Stalls | None" = None
     delays: list[tuple[int, float, bool]] = dataclasses.field(default_factory=list)
     billing_cpu_ticks: int | None = None
 
@@ -638,6 +646,7 @@ def run(
             start = workers_figures(gunicorn.pid)
             billing_start = figures_of(billing_pid)
             start_at = time.monotonic() + START_DELAY
+            wall_start = time.time() + START_DELAY
             delay_url = caller_url + "load/hedge-delay" if kind == "hedged" else None
             with Observer(start_at, seconds, delay_url) as observer:
                 measured = run_drivers(target, args, seconds, rate, start_at)
@@ -673,7 +682,13 @@ def run(
     add_billing_figures(
         result, before=billing_before, after=billing_after, start=billing_start, end=billing_end, arrivals=arrivals
     )
+    if arrivals:
+        result.stalls = hedges_in_stalls(result.calls, arrivals, wall_start, args.hedge_min_delay)
     (args.log_dir / f"calls-{number}-{kind}.json").write_text(json.dumps(result.calls))
+    # Billing's arrivals (wall-clock times) beside the window's start on the same clock, for lining
+    # them up with the calls (a call's start is its time from the window's start).
+    arrivals_file = args.log_dir / f"arrivals-{number}-{kind}.json"
+    arrivals_file.write_text(json.dumps({"start": wall_start, "arrivals": arrivals}))
     return result
 
 
@@ -684,6 +699,51 @@ def add_caller_metrics(result: RunResult, before: Metrics | None, after: Metrics
     result.caller_shed = {
         reason: metric_delta(before, after, SHED, reason=reason) for reason in ("capacity", "queue_timeout", "deadline")
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Stalls:
+    tenths: int  # tenths of a second (of the calls' scheduled times) whose median call took over the threshold
+    low_a_call_in_stalls: float  # low-priority requests billing received in those tenths, per call due in them
+    low_a_call_elsewhere: float  # the same in the other tenths
+
+
+def hedges_in_stalls(
+    calls: Sequence[tuple[float, float, int]], arrivals: Sequence[dict[str, Any]], start: float, threshold: float
+) -> Stalls | None:
+    """How many hedges went in the stalls of a run, against the rest of it: were they held back when
+    every call was slow (docs/usage.md, the stragglers rule), or did they add to the load then?
+
+    ``calls`` are (latency, finished, ok), times from the window's start; ``arrivals`` billing's
+    (``at`` on the wall clock, ``priority``), ``start`` the window's start on that clock. Only the
+    tenths from the first arrival billing kept on (it keeps its last 5,000) count; None if none does."""
+    by_tenth: dict[int, list[float]] = {}
+    for latency, finished, _ in calls:
+        by_tenth.setdefault(int((finished - latency) * 10), []).append(latency)
+    low: dict[int, int] = {}
+    for arrival in arrivals:
+        tenth = int((arrival["at"] - start) * 10)
+        low[tenth] = low.get(tenth, 0) + (arrival.get("priority") == "low")
+    if not low:
+        return None
+    first = min(low)
+    stalled = [0, 0, 0]  # tenths, calls, low arrivals
+    other = [0, 0]
+    for tenth, latencies in by_tenth.items():
+        if tenth < first:
+            continue
+        if statistics.median(latencies) > threshold:
+            stalled[0] += 1
+            stalled[1] += len(latencies)
+            stalled[2] += low.get(tenth, 0)
+        else:
+            other[0] += len(latencies)
+            other[1] += low.get(tenth, 0)
+    return Stalls(
+        tenths=stalled[0],
+        low_a_call_in_stalls=stalled[2] / stalled[1] if stalled[1] else 0.0,
+        low_a_call_elsewhere=other[1] / other[0] if other[0] else 0.0,
+    )
 
 
 def add_billing_figures(
@@ -797,6 +857,17 @@ def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
     for r in results:
         if reasons := {key: n for key, n in r.billing_shed.items() if n}:
             print(f"  {r.label}: billing shed (priority/reason) {reasons}")
+    stalls = [r for r in results if r.kind == "hedged" and r.stalls is not None]  # aio-request sends no priority
+    if stalls:
+        print("  hedges in stalls (tenths of a second whose median call took over the hedge's least delay),")
+        print("  as low-priority requests billing received a call due then, against the rest of the run:")
+        for r in stalls:
+            assert r.stalls is not None
+            t = r.stalls
+            print(
+                f"  {r.label:<14} {t.tenths} tenths stalled: {t.low_a_call_in_stalls:.3f} a call in them,"
+                f" {t.low_a_call_elsewhere:.3f} elsewhere"
+            )
     print()
     print("  caller's workers, start -> end of the measured window (threads, sockets, RSS MiB, summed):")
     for r in results:

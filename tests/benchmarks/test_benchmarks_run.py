@@ -124,6 +124,26 @@ def test_load_steers_no_higher_than_its_ceiling_when_the_caller_s_threads_are_th
     assert len(probes) == 2  # the first try, then one at the ceiling: no third run that could go no higher
 
 
+def test_load_counts_the_hedges_sent_in_stalls_apart_from_the_rest() -> None:
+    """benchmarks/load.py's "hedges in stalls": a tenth whose median call took over the threshold is
+    a stall; billing's low-priority arrivals (hedges) are counted a call due in it and elsewhere, and
+    only from the first arrival billing kept on."""
+    from benchmarks import load
+
+    start = 1000.0  # the window's start on billing's wall clock
+    calls = [(0.004, t + 0.004, 1) for t in (0.01, 0.02, 0.11, 0.12, 0.21, 0.22)]  # tenths 0, 1, 2: fast
+    calls += [(0.09, t + 0.09, 1) for t in (0.31, 0.32)]  # tenth 3: a stall
+    arrivals = [{"at": start + t, "priority": p} for t, p in [(0.105, "normal"), (0.215, "low"), (0.33, "low")]]
+    arrivals += [{"at": start + 0.34, "priority": "low"}, {"at": start + 0.35, "priority": "normal"}]
+
+    stalls = load.hedges_in_stalls(calls, arrivals, start, threshold=0.05)
+
+    # Tenth 0 is before billing's first kept arrival: left out.
+    # Tenths 1-2: 4 calls, 1 hedge; tenth 3 (a stall): 2 calls, 2 hedges.
+    assert stalls == load.Stalls(tenths=1, low_a_call_in_stalls=1.0, low_a_call_elsewhere=0.25)
+    assert load.hedges_in_stalls(calls, [], start, threshold=0.05) is None
+
+
 @pytest.mark.parametrize("options", [("--new-values",), ("--no-headers", "--stack", "none")])
 def test_middleware_runs_with_new_timeouts_or_none(options: tuple[str, ...]) -> None:
     out = _run("benchmarks.middleware", "--pairs", "100", "--warmup", "20", *options)
