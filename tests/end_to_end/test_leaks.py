@@ -81,7 +81,10 @@ def busy_server() -> Iterator[LoopbackServer]:
 
     def tailed(handler: Handler) -> None:
         TAILS.append(1)
-        if next(tail) % 2 == 0:
+        # One in four slow: a tail the parallel client hedges. With one in two, half the calls
+        # answered took the 5 ms hedge delay or longer, and the stragglers rule took none of them
+        # for a straggler (strategies/stragglers.py, Pace.crowded): no hedge fired.
+        if next(tail) % 4 == 0:
             time.sleep(0.03)
         handler.reply(200, b"tail")
 

@@ -267,7 +267,8 @@ def test_cancellation_from_another_thread_aborts_a_blocked_attempt_at_once(
     with cancelled_after(0.1) as cancellation:
         response, elapsed = timed(transport, server, "hang", 5.0, cancellation=cancellation)
     assert response.status == 499
-    assert 0.1 - 0.01 <= elapsed <= 0.1 + 0.15
+    # At the cancellation, not at the 5 s deadline (0.29 s seen in a loaded CI run).
+    assert 0.1 - 0.01 <= elapsed <= 0.1 + 0.4
     assert transport.send(server.url, get("ok"), 1.0).status == 200
 
 
