@@ -88,6 +88,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.hedging
 	$(PY) -m benchmarks.hedge_cost
+	$(PY) -m benchmarks.billing_connections
 	$(PY) -m benchmarks.budget
 	$(PY) -m benchmarks.middleware
 	$(PY) -m benchmarks.breaker

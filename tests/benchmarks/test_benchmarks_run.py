@@ -124,6 +124,14 @@ def test_load_steers_no_higher_than_its_ceiling_when_the_caller_s_threads_are_th
     assert len(probes) == 2  # the first try, then one at the ceiling: no third run that could go no higher
 
 
+def test_billing_connections_prints_each_kind_against_keep_alive() -> None:
+    out = _run("benchmarks.billing_connections", "--requests", "40", "--rounds", "1", "--settle", "0.2")
+    assert "1 rounds of 40 requests of each kind" in out
+    for row in ("  keep-alive  ", "  new connection  ", "  abandoned  "):
+        assert row in out
+    assert "1.00x" in out  # keep-alive against itself
+
+
 def test_load_counts_the_hedges_sent_in_stalls_apart_from_the_rest() -> None:
     """benchmarks/load.py's "hedges in stalls": a tenth whose median call took over the threshold is
     a stall; billing's low-priority arrivals (hedges) are counted a call due in it and elsewhere, and
