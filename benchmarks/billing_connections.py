@@ -10,8 +10,9 @@ on the demo's threaded server, ``testproject.serve``, one process, a thread a co
 
 * ``keep-alive``: ``--requests`` GETs of ``/demo/hop`` on one kept-alive connection;
 * ``new connection``: the same, each on a connection of its own, closed after its answer;
-* ``abandoned``: each asks for an answer after ``--answer-after`` (50) ms and is shut down right
-  after it was sent, in batches of 20 (then the batch's answers are waited out).
+* ``abandoned``: each on a connection of its own, asks for an answer after ``--answer-after`` (50)
+  ms and is shut down right after it was sent, in batches of 20 (then the batch's answers are
+  waited out). Its cost less a new connection's is what the hang-up itself costs billing.
 
 Billing's CPU is its process's user + system time (``/proc/PID/stat``) over each batch, per request,
 after billing has answered everything (``--settle`` seconds). Three kinds a round, in an order that
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in figures.items():
         value = statistics.median(values)
         print(f"  {name:<24}{value:>8.3f}{value / base:>19.2f}x{value - base:>10.3f}")
+    hang_up = statistics.median(figures["abandoned"]) - statistics.median(figures["new connection"])
+    print(f"  the hang-up itself (abandoned less new connection): {hang_up:.3f} ms")
     return 0
 
 

@@ -130,6 +130,7 @@ def test_billing_connections_prints_each_kind_against_keep_alive() -> None:
     for row in ("  keep-alive  ", "  new connection  ", "  abandoned  "):
         assert row in out
     assert "1.00x" in out  # keep-alive against itself
+    assert "the hang-up itself (abandoned less new connection):" in out
 
 
 def test_load_counts_the_hedges_sent_in_stalls_apart_from_the_rest() -> None:
