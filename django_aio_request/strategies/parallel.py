@@ -52,6 +52,9 @@ _LOOK_AGAIN_SECONDS = 0.01
 # A hedge held back because the call is no straggler (yet) is woken when a younger call is answered
 # or the one holding it back ends (strategies/stragglers.py); this is only a safety net.
 _LOOK_AGAIN_HELD_SECONDS = 0.5
+# While most calls are slow (Pace.crowded), a call is a straggler once it has waited this many times
+# as long as they took at the median.
+_SLOWER_THAN_MOST = 2.0
 # Answers that say the server is overloaded: no sign that the calls it has not answered are stragglers.
 _OVERLOADED = frozenset((429, 503))
 
@@ -121,6 +124,7 @@ class _HedgedCall:
     # With stragglers_only: the calls of this method and URL template, and this call's number among them.
     pace: Pace | None = None
     number = 0
+    started = 0.0  # time.monotonic() when the call started (set with pace)
 
     def __init__(
         self,
@@ -183,7 +187,7 @@ class _HedgedCall:
         which never get that far); what follows it, on entries of its own (:meth:`_schedule`).
         ``due_at`` must be a plain look-up: it is called on the process-wide timer thread."""
         if pace is not None:
-            self.pace, self.number = pace, pace.start(started)
+            self.pace, self.number, self.started = pace, pace.start(started), started
         # No lock yet: no other thread knows of the call before the clock has it, and the timer
         # thread finds it only through the clock's dict, which gets it after these writes.
         self.workers, self.due_at, self.count = workers, due_at, count
@@ -272,11 +276,16 @@ class _HedgedCall:
     def _kept_back(self, pace: Pace, delay: float) -> bool:
         """(Holding ``lock``.) Whether the stragglers rule keeps the hedge back now, ``delay`` being the
         first hedge's; it is then looked at again later (strategies/stragglers.py)."""
-        if delay > 0 and pace.crowded(time.monotonic(), delay):
+        now = time.monotonic()
+        typical = pace.crowded(now, delay) if delay > 0 else None
+        if typical is not None:
             # Most calls answered lately took the hedge's delay or longer: a queue or a pause, every
-            # call slow, not a straggler. Looked at again a delay later.
-            self._look_again(delay)
-            return True
+            # call slow. This one is a straggler only once it has waited twice as long as they took;
+            # looked at again then (once, not every delay: a 1 ms delay looked 17,000 times in 2 s).
+            until = self.started + _SLOWER_THAN_MOST * typical
+            if until > now:
+                self._look_again(until - now)
+                return True
         while True:
             # Younger calls wait as long and none was answered: a stall or a queue, not a
             # straggler. Held until a younger call is answered or the one holding it back ends.

@@ -11,7 +11,8 @@ delays' saturation ratio is for that, docs/benchmarks.md.)
 
 So before sending a hedge, the parallel strategy asks two things. First :meth:`Pace.crowded`: when
 half the calls answered in the last second took the hedge's delay or longer, hedge-worthy slowness
-is what most calls have, not a few: the hedge waits (looked at again a delay later). Without this a
+is what most calls have, not a few: the hedge waits until its call has waited twice as long as
+those calls took at the median (slower than most even so: a straggler). Without this a
 pause of the caller's process (a tenth of a second) left a backlog whose calls were answered in any
 order, each older call passed by a younger one became a "straggler", and the hedges sent for half
 the calls stretched the pause into a stall of a second or more (docs/benchmarks.md). Then
@@ -122,13 +123,17 @@ class Pace:
             now = time.monotonic()
             self._answers[number % _ANSWERED_KEPT] = (now, now - slot[1])  # type: ignore[operator]
 
-    def crowded(self, now: float, delay: float) -> bool:
-        """Whether half the calls answered lately took ``delay`` (the hedge's) or longer: then a call
-        still waiting is as slow as most, no straggler. Judged by the last calls answered within the
-        last second, when there are at least half of ``_ANSWERED_KEPT`` of them; never with fewer."""
+    def crowded(self, now: float, delay: float) -> float | None:
+        """How long the calls answered lately took at the median, when that is ``delay`` (the hedge's)
+        or longer: a call still waiting is then as slow as most, no straggler yet. None otherwise.
+        Judged by the last calls answered within the last second, when there are at least half of
+        ``_ANSWERED_KEPT`` of them; never with fewer."""
         since = now - _ANSWERED_RECENT
         took = sorted([seconds for at, seconds in self._answers if at >= since])
-        return len(took) >= _ANSWERED_KEPT // 2 and took[len(took) // 2] >= delay
+        if len(took) < _ANSWERED_KEPT // 2:
+            return None
+        median = took[len(took) // 2]
+        return median if median >= delay else None
 
     def _take(self, which: Callable[[int, int], bool]) -> list[Callable[[], None]]:
         """(Holding ``_lock``.) Remove the held hedges ``which(number, holder)`` picks; their wakes."""
@@ -173,6 +178,9 @@ def _renew(pace: Pace) -> None:
     a parent thread held at the fork (the child's hedge timer then waited on it for ever)."""
     pace._lock = threading.Lock()
     pace._waiting = {}
+    # The parent's answers are not how this process's calls go (a child judged crowded by them held
+    # its stragglers' hedges for up to a second).
+    pace._answers = [(-math.inf, 0.0)] * _ANSWERED_KEPT
     pace._slots = [[-1, 0.0, True]] * _KEPT  # the parent's calls in flight never end here
 
 

@@ -247,6 +247,17 @@ def test_answers_at_once_from_many_threads_leave_the_youngest_answered(answer_ho
         sys.setswitchinterval(interval)
 
 
+def test_a_forked_child_does_not_judge_its_calls_crowded_by_its_parent_s_answers() -> None:
+    """The parent's calls all took 300 ms; the child's go as they go. Kept, the parent's answers held
+    the child's stragglers' hedges for up to a second (until it had 9 answers of its own)."""
+    from tests.support.forking import in_child
+
+    pace = Pace()
+    answered_after(pace, [0.3] * _ANSWERED_KEPT)
+    assert pace.crowded(time.monotonic(), delay=0.2)
+    assert in_child(lambda: pace.crowded(time.monotonic(), delay=0.2)) is None
+
+
 def test_a_forked_child_keeps_neither_the_parents_held_hedges_nor_a_lock_held_at_the_fork() -> None:
     # The child woke the parent's held hedges at its first answer and sent them, for the parent's
     # calls, aborting the parent's attempt on the socket both shared; a lock a parent thread held at
