@@ -128,6 +128,12 @@ def run() -> int:
         return main()
     except KeyboardInterrupt:
         print("\nStopped before the services started.", file=sys.stderr)
+        # Nothing was started to stop. Ended here: a KeyboardInterrupt that left a module's code while
+        # it ran (an import) marks the interpreter, which then ends itself by SIGINT however it was
+        # caught (exit -2 after this message, once in a loaded CI run).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
         return 0
 
 
