@@ -1127,6 +1127,25 @@ def calls_in_threads(client: Client, path: str, count: int, gap: float) -> list[
     return [result for result in results if result is not None]
 
 
+def calls_from_threads(client: Client, path: str, *, threads: int, each: int, gap: float) -> None:
+    """``threads`` threads started ``gap`` seconds apart, each making ``each`` calls of ``path`` one
+    after another; every call must be answered 200."""
+    statuses: list[int] = []
+
+    def calls() -> None:
+        for _ in range(each):
+            with client.request(get(path)) as response:
+                statuses.append(response.status)
+
+    started = [threading.Thread(target=calls) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+        time.sleep(gap)
+    for thread in started:
+        thread.join(10)
+    assert statuses == [200] * threads * each
+
+
 class TestStragglers:
     """With ``stragglers_only`` (the default), a hedge goes to a call that younger calls have passed,
     not to calls that are all slow together (docs/usage.md, strategies/stragglers.py)."""
@@ -1189,17 +1208,7 @@ class TestStragglers:
         strategy = parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.2))
         client = make_client(timeout=5.0, safe_method_strategy=strategy)
 
-        def calls_one_after_another() -> None:
-            for _ in range(6):
-                with client.request(get("x")) as response:
-                    assert response.status == 200
-
-        threads = [threading.Thread(target=calls_one_after_another) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.01)
-        for thread in threads:
-            thread.join(10)
+        calls_from_threads(client, "x", threads=8, each=6, gap=0.01)
         time.sleep(0.1)  # time for a hedge sent late to arrive
 
         hedges = len(server.received("/x")) - 48
@@ -1251,16 +1260,7 @@ class TestStragglers:
         server.route("/x", answer_after(0.15))
         client = make_client(timeout=5.0, **hedged(attempts=2, delay=0.001))
 
-        def calls() -> None:
-            for _ in range(6):
-                with client.request(get("x")) as response:
-                    assert response.status == 200
-
-        threads = [threading.Thread(target=calls) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        calls_from_threads(client, "x", threads=8, each=6, gap=0.0)
 
         assert next(looks) <= 3 * 48
 
