@@ -195,10 +195,21 @@ __all__ = [
 ]
 
 
+_requests_imported = False
+
+
 def __getattr__(name: str) -> Any:
+    global _requests_imported  # set once, by whichever thread gets there first
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'django_aio_request' has no attribute {name!r}")
+    if not _requests_imported:
+        # requests whole, first: another thread importing it waits for it to finish (its module lock).
+        # Without, threads using public names for the first time at once imported requests' modules
+        # in different orders through ours, and one got _DeadlockError on requests.structures (CI,
+        # twice in a row on a slow VM).
+        importlib.import_module("requests")
+        _requests_imported = True
     # The packages on the way first, outermost first: importing ``strategies.delays`` takes that
     # module's import lock and then imports ``strategies``, whose ``__init__`` imports ``delays``. A
     # thread importing ``strategies`` for another name meanwhile holds the locks the other way round,
