@@ -1,0 +1,89 @@
+"""Where an answer ends, for the drainer: certain, or the connection is closed."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from django_aio_request.transport.answer_end import MAX_BODY, MAX_HEAD, NotReusable, answer_end
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "method"),
+    [
+        (OK, "GET"),
+        (CHUNKED, "GET"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK, "POST"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD"),  # no body to a HEAD
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", "GET"),
+        (b"HTTP/1.1 200\r\ncontent-length:  5 \r\n\r\nhello", "GET"),  # no reason, white space
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "GET"),
+    ],
+)
+def test_a_whole_answer_ends_where_it_ends_and_not_a_byte_before(answer: bytes, method: str) -> None:
+    assert answer_end(answer + b"HTTP/1.1 next", method) == len(answer)
+    assert answer_end(answer, method) == len(answer)
+    for cut in range(len(answer)):
+        assert answer_end(answer[:cut], method) is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, Close\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\n\r\nhello",  # ends with the connection
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: 1\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"\r\n\r\n",
+    ],
+)
+def test_an_answer_whose_end_is_in_any_doubt_is_not_reusable(answer: bytes) -> None:
+    with pytest.raises(NotReusable):
+        answer_end(answer, "GET")
+
+
+def test_heads_and_bodies_past_the_limits_are_not_read() -> None:
+    with pytest.raises(NotReusable):
+        answer_end(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD, "GET")  # no end of the head yet
+    with pytest.raises(NotReusable):
+        answer_end(f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode(), "GET")
+    chunk = f"{MAX_BODY:x}\r\n".encode()
+    with pytest.raises(NotReusable):
+        answer_end(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + chunk, "GET")
+    assert answer_end(f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY}\r\n\r\n".encode(), "GET") is None
+
+
+@given(st.binary(max_size=300), st.sampled_from(["GET", "HEAD", "POST"]))
+def test_any_bytes_give_an_end_within_them_more_to_read_or_not_reusable(data: bytes, method: str) -> None:
+    try:
+        end = answer_end(data, method)
+    except NotReusable:
+        return
+    assert end is None or 0 < end <= len(data)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=8), max_size=6))
+def test_a_chunked_body_s_end_is_found_in_any_split(chunks: list[bytes]) -> None:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    assert answer_end(answer, "GET") == len(answer)
+    for cut in range(len(answer)):
+        assert answer_end(answer[:cut], "GET") is None
