@@ -15,7 +15,7 @@ class Cancellation:
     (:meth:`answer_arrived`): the transport registers how to tell (:meth:`watch_attempt`).
     """
 
-    __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock", "_watched")
+    __slots__ = ("_answer_probe", "_callbacks", "_cancelled", "_lock", "_watched", "release_after")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -25,6 +25,10 @@ class Cancellation:
         # The abort of the attempt that holds the slot (watch_attempt): one key, 0, or none. A dict
         # for its setdefault(), which claims the slot in one step.
         self._watched: dict[int, Callable[[], None]] = {}
+        #: Set by a hedging strategy: a cancel may let the attempt's connection be drained and kept
+        #: rather than shut down (transport/releasable_socket.py), and none comes before this time
+        #: (``time.monotonic()``). None: a cancel shuts the connection down.
+        self.release_after: float | None = None
 
     def watch_attempt(self, abort: Callable[[], None], answer_arrived: Callable[[], bool]) -> Callable[[], None]:
         """The transport's hold on the attempt it runs: ``abort`` runs on cancel (at once if the

@@ -191,6 +191,7 @@ class _HedgedCall:
         # No lock yet: no other thread knows of the call before the clock has it, and the timer
         # thread finds it only through the clock's dict, which gets it after these writes.
         self.workers, self.due_at, self.count = workers, due_at, count
+        self.first.release_after = due_at(1)  # a hedge that wins lets attempt 0's connection be kept
         self.timer_running = True
         # token is still None: the first _schedule() makes this entry one that may not act.
         self.cancel_timer = clock.add(due_at(1), self._fire_first)
@@ -345,6 +346,7 @@ class _HedgedCall:
     def _submit(self, workers: AttemptThreadPool, attempt: int) -> bool:
         """Start ``attempt`` on a worker (holding ``lock``); False when every worker is busy."""
         cancellation = Cancellation()
+        cancellation.release_after = 0.0  # a hedge that loses may be stopped at any time
         context = self.context.copy()  # one copy per attempt: a context runs in one thread at a time
         outcomes, cancellations = self.outcomes, self.cancellations
         if outcomes is None or cancellations is None:  # the call's first hedge

@@ -17,6 +17,7 @@ import ssl
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -35,7 +36,9 @@ from urllib3.util.connection import allowed_gai_family
 from django_aio_request.core import status
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
+from django_aio_request.transport.connection_drainer import drainer
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
+from django_aio_request.transport.releasable_socket import CAN_RELEASE, Arm, ReleasableSocket
 from django_aio_request.transport.response_head import FinalResponse, HeadTooLarge, NothingReceived
 
 _local = threading.local()
@@ -55,8 +58,10 @@ class AttemptSockets:
         "_wakers",
         "deadline",
         "fresh",
+        "handed_over",
         "reached",
         "reason",
+        "release_after",
     )
 
     def __init__(self, deadline: float) -> None:
@@ -73,6 +78,10 @@ class AttemptSockets:
         # A request of the attempt began to go out on a connection: the server may have it. False, it
         # never had one (core/response.py: UnreachedResponse).
         self.reached = False
+        # When a stop may give the connection away rather than shut it (releasable_socket.py): None,
+        # never; else the time before which nothing can stop the attempt (its call's first hedge).
+        self.release_after: float | None = None
+        self.handed_over = False  # the attempt's connection went to the drainer; its slot not yet given back
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -84,6 +93,8 @@ class AttemptSockets:
                 return
             self.reason = reason
             for sock in self._sockets.values():
+                if reason == status.CANCELLED and _released(sock):
+                    continue  # its reader gives the connection to the drainer (hand_over)
                 _shutdown(sock)
             for event in self._wakers:
                 event.set()
@@ -121,6 +132,29 @@ class AttemptSockets:
         made), :meth:`answer_arrived` says False, and hedges went for 1% of calls whose answer the
         caller had (4 threads, a hedge due at 1.5 ms)."""
         return self._returned or self.answer_arrived()
+
+    def arm(self, conn: Any) -> None:
+        """Make the read of ``conn``'s answer releasable (see releasable_socket.py): a plain
+        connection, straight to the server, of a pool the drainer can give it back to."""
+        sock = conn.sock
+        if type(sock) is ReleasableSocket and conn.proxy is None and getattr(conn, "_aio_request_pool", None):
+            sock.arm = Arm(self, conn)
+
+    def hand_over(self, conn: Any, sock: ReleasableSocket) -> None:
+        """(On the attempt's thread, its read released.) Give the connection to the drainer.
+
+        The drainer gets the descriptor in a socket object of its own: this one is still referred to
+        by the answer's reader (``makefile``), and closing it would wait for that reader to go (the
+        garbage collector, at worst). Detached, it closes nothing when that reader goes."""
+        with self._lock:
+            self._forget(conn)
+        conn.sock = None  # urllib3 closes the connection on the way out: nothing left to close
+        self.handed_over = True  # and gives its slot back: at the bottom (_DrainingPoolMixin)
+        family, kind, proto = sock.family, sock.type, sock.proto
+        timeout = sock.gettimeout()
+        taken = ReleasableSocket(family, kind, proto, fileno=sock.detach())
+        taken.settimeout(timeout)
+        drainer.take(taken, conn._aio_request_pool, conn._method or "GET", self.deadline)
 
     def next_request(self) -> None:
         """The attempt takes a connection for its next request (a redirect's next hop, an auth's
@@ -189,11 +223,16 @@ class AttemptSockets:
             self._closed = True
             for key in self._owned:
                 self._sockets[key].close()
+            for sock in self._sockets.values():
+                if type(sock) is ReleasableSocket:
+                    sock.arm = None
             self._owned.clear()
             self._sockets.clear()
 
     def _forget(self, conn: Any) -> None:
         sock = self._sockets.pop(id(conn), None)
+        if type(sock) is ReleasableSocket:
+            sock.arm = None  # it held the connection: a cycle through the socket
         if sock is not None and id(conn) in self._owned:
             self._owned.discard(id(conn))
             sock.close()
@@ -218,6 +257,12 @@ def _shutdown(sock: Any) -> None:
         sock = sock.socket
     with contextlib.suppress(OSError):  # already closed or never connected: nothing left to wake
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _released(sock: Any) -> bool:
+    """(Holding the attempt's lock.) Whether ``sock``'s read was released rather than shut down."""
+    arm = getattr(sock, "arm", None)
+    return arm is not None and drainer.has_room() and arm.release()
 
 
 def _current() -> AttemptSockets | None:
@@ -330,7 +375,7 @@ class _GuardedConnectionMixin:
             for family, kind, proto, _, address in socket.getaddrinfo(
                 host, self.port, allowed_gai_family(), socket.SOCK_STREAM
             ):
-                sock = socket.socket(family, kind, proto)
+                sock = (ReleasableSocket if CAN_RELEASE else socket.socket)(family, kind, proto)
                 try:
                     for option in conn.socket_options or ():
                         sock.setsockopt(*option)
@@ -426,6 +471,8 @@ class _GuardedConnectionMixin:
         super().request(*args, **kwargs)  # type: ignore[misc]
         if guard is not None:
             guard.sent()
+            if guard.release_after is not None:
+                guard.arm(self)
 
     def getresponse(self) -> Any:
         try:
@@ -536,8 +583,46 @@ class _DetachOnReturnMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
+class _DrainingPoolMixin:
+    """Each connection knows its pool (weakly): the drainer gives a released one back to it.
+
+    And the empty slot a released attempt leaves (urllib3 gives back None for a connection that
+    failed: its socket went to the drainer) goes to the bottom of the pool's stack, not the top.
+    On top, the next call took it and connected anew at once, and the drained connection came back
+    to a pool that had replaced it: every hedge that won still made a new connection, and the pool
+    grew until it was full (64 open connections per process in benchmarks/load.py, a third of the
+    drained ones then closed for want of a slot)."""
+
+    pool: Any
+    _retired: bool
+
+    def _new_conn(self) -> Any:
+        conn = super()._new_conn()  # type: ignore[misc]
+        conn._aio_request_pool = weakref.ref(self)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        guard = _current()
+        waiting = self.pool
+        if conn is not None or guard is None or not guard.handed_over or waiting is None or self._retired:
+            super()._put_conn(conn)  # type: ignore[misc]
+            return
+        guard.handed_over = False
+        with waiting.mutex:  # a LifoQueue: its list, taken from the end
+            if 0 < waiting.maxsize <= len(waiting.queue):
+                return  # full: urllib3 drops what is given back to a full pool
+            waiting.queue.insert(0, None)
+            waiting.unfinished_tasks += 1
+            waiting.not_empty.notify()
+
+
 class GuardedHTTPConnectionPool(
-    _FreshWhenAskedMixin, _BoundedPoolWaitMixin, _DetachOnReturnMixin, RetiringPoolMixin, HTTPConnectionPool
+    _FreshWhenAskedMixin,
+    _BoundedPoolWaitMixin,
+    _DetachOnReturnMixin,
+    _DrainingPoolMixin,
+    RetiringPoolMixin,
+    HTTPConnectionPool,
 ):
     ConnectionCls = GuardedHTTPConnection
 

@@ -467,6 +467,7 @@ class RequestsTransport(Transport):
         guard = AttemptSockets(started + timeout)
         attempt_over = None
         if cancellation is not None:
+            guard.release_after = cancellation.release_after
             attempt_over = cancellation.watch_attempt(functools.partial(self._cancel, guard), guard.answer_in_hand)
         try:
             if not self._acquire_slot(guard):

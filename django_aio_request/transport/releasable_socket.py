@@ -1,0 +1,147 @@
+"""A socket whose blocked read of an answer can be woken without ending the connection.
+
+An attempt a hedged call no longer needs was stopped by shutting its socket down: the only way to
+wake a thread blocked in ``recv``. The server then wrote its answer to a closed connection, and the
+next call needed a new one: together 0.9 ms of the server's CPU per hedge that won
+(benchmarks/billing_connections.py), where the answer itself cost 0.68 ms.
+
+Here a released read gives the connection away instead: the attempt's thread, told by an eventfd,
+stops waiting, takes the socket off its connection and hands it to the connection drainer
+(connection_drainer.py), which reads the answer when it comes and pools the connection.
+
+A read is released only while it *listens*: request sent, no byte of the answer read, and waiting
+in ``poll`` on the socket and the eventfd. Until ``quiet_until`` (the call's first hedge's time,
+before which nothing can win over the attempt) it waits in the socket's own ``recv``, as any read:
+a call answered before its hedge was due pays no ``poll`` and no eventfd. An abort that finds the
+read anywhere else (not yet listening, reading the answer, or done) shuts the socket down, as before.
+"""
+
+import math
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any, Protocol
+
+__all__ = ["CAN_RELEASE", "Arm", "ReleasableSocket", "Released"]
+
+#: eventfd and poll: Linux. Elsewhere attempts are stopped by shutting their sockets down, as before.
+CAN_RELEASE = hasattr(os, "eventfd") and hasattr(select, "poll")
+
+_recv_into = socket.socket.recv_into
+
+_BLIND, _LISTENING, _RELEASED, _READING = range(4)
+
+
+class Released(ConnectionAbortedError):
+    """The attempt was stopped and its connection, its answer unread, given to the drainer."""
+
+
+class _Owner(Protocol):
+    """The attempt that armed the read (``AttemptSockets``)."""
+
+    _lock: threading.Lock
+    release_after: float | None
+
+    def hand_over(self, conn: Any, sock: "ReleasableSocket") -> None: ...
+
+
+class ReleasableSocket(socket.socket):
+    """A plain socket whose :attr:`arm`, while set, makes its reads releasable (:class:`Arm`)."""
+
+    __slots__ = ("arm",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arm: Arm | None = None
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        arm = self.arm
+        if arm is None:
+            return _recv_into(self, buffer, nbytes, flags)
+        return arm.receive(self, buffer, nbytes, flags)
+
+
+class Arm:
+    """One attempt's claim on the read of its answer: where that read is (``state``), and the
+    eventfd that wakes it while it listens. Its state changes under the attempt's lock."""
+
+    __slots__ = ("conn", "owner", "state", "wake")
+
+    def __init__(self, owner: _Owner, conn: Any) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.state = _BLIND
+        self.wake: int | None = None
+
+    def release(self) -> bool:
+        """(Holding the attempt's lock.) Wake the read to give its connection away; False when it
+        is not listening, and the socket must be shut down instead."""
+        if self.state != _LISTENING or self.wake is None:
+            return False
+        self.state = _RELEASED
+        os.eventfd_write(self.wake, 1)
+        return True
+
+    def receive(self, sock: ReleasableSocket, buffer: Any, nbytes: int, flags: int) -> int:
+        timeout = sock.gettimeout()
+        began = time.monotonic()
+        blind = (self.owner.release_after or 0.0) - began
+        if blind > 0:
+            if timeout is not None and timeout <= blind:
+                self._reading(sock)  # the read's own timeout comes first: it never listens
+                return _recv_into(sock, buffer, nbytes, flags)
+            sock.settimeout(blind)
+            try:
+                received = _recv_into(sock, buffer, nbytes, flags)
+            except TimeoutError:
+                received = None
+            finally:
+                sock.settimeout(timeout)
+            if received is not None:
+                self._reading(sock)
+                return received
+        if not self._listen():
+            self._reading(sock)  # shut down meanwhile, or no eventfd to be had: read as any read
+            return _recv_into(sock, buffer, nbytes, flags)
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            poller.register(self.wake, select.POLLIN)  # type: ignore[arg-type]
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - began))
+            ready = poller.poll(None if left is None else math.ceil(left * 1000))
+        finally:
+            released = self._stop_listening()
+        sock.arm = None
+        if released:
+            self.owner.hand_over(self.conn, sock)
+            raise Released("the attempt was stopped; its connection went to the drainer")
+        if not ready:
+            raise TimeoutError("timed out")
+        return _recv_into(sock, buffer, nbytes, flags)
+
+    def _reading(self, sock: ReleasableSocket) -> None:
+        self.state = _READING  # a release needs _LISTENING, set only under the lock: no lock here
+        sock.arm = None
+
+    def _listen(self) -> bool:
+        with self.owner._lock:
+            if self.state != _BLIND:
+                return False
+            try:
+                self.wake = os.eventfd(0, os.EFD_CLOEXEC)
+            except OSError:  # out of descriptors: not releasable, shut down if stopped
+                return False
+            self.state = _LISTENING
+            return True
+
+    def _stop_listening(self) -> bool:
+        """Whether the read was released; from now on it never is."""
+        with self.owner._lock:
+            released = self.state == _RELEASED
+            self.state = _READING
+            wake, self.wake = self.wake, None
+        if wake is not None:
+            os.close(wake)  # no release writes to it now: that needs _LISTENING, under the lock
+        return released

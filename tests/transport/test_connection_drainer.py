@@ -1,0 +1,309 @@
+"""A hedged call's losing attempt gives its connection to the drainer, which reads the answer nobody
+waits for and pools the connection (transport/releasable_socket.py, transport/connection_drainer.py).
+
+Against real keep-alive servers on loopback: the server counts the connections it was asked on."""
+
+import concurrent.futures
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from django_aio_request import Client, Request, parallel_strategy
+from django_aio_request.transport import connection_drainer
+from django_aio_request.transport.connection_drainer import MAX_WAIT, drainer
+from tests.support.forking import in_child
+from tests.support.loopback import clients
+from tests.support.scripted_server import ScriptedServer, ok
+
+DELAY = 0.05  # the hedge's
+
+
+def hedged(**kwargs: object) -> dict[str, object]:
+    return {
+        "timeout": 5.0,
+        "safe_method_strategy": parallel_strategy(attempts_count=2, delays_provider=lambda k: DELAY * k),
+        **kwargs,
+    }
+
+
+def get(client: Client, path: str) -> tuple[int, bytes]:
+    with client.request(Request(method="GET", url=path.lstrip("/"))) as response:
+        return response.status, response.read()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedServer]]:
+    made: list[ScriptedServer] = []
+
+    def make(answer: Callable[[int, str], tuple[float, bytes] | None]) -> ScriptedServer:
+        server = ScriptedServer(answer)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def counted(outcome: str, before: int, within: float = 2.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if drainer.counts[outcome] > before:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def slow_first(seconds: float, first: bytes | None = None) -> Callable[[int, str], tuple[float, bytes]]:
+    """Request 1 answered after ``seconds`` (with ``first``, if given), the others at once; each
+    answer's body is its path, so a call can tell whose answer it got."""
+
+    def answer(n: int, path: str) -> tuple[float, bytes]:
+        if n == 1:
+            return seconds, first if first is not None else ok(path)
+        return 0.0, ok(path)
+
+    return answer
+
+
+def test_a_winning_hedge_leaves_the_loser_s_connection_to_carry_later_calls(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    server = scripted(slow_first(0.3))
+    pooled = drainer.counts["pooled"]
+    with clients(server.url) as make:
+        client = make(**hedged())
+        started = time.monotonic()
+        assert get(client, "a") == (200, b"/a")  # the hedge's answer
+        assert time.monotonic() - started < DELAY + 0.2
+        assert counted("pooled", pooled)  # the loser's answer came at 0.3 s, read by the drainer
+        answers = [get(client, f"b{i}") for i in range(4)]
+    assert answers == [(200, f"/b{i}".encode()) for i in range(4)]
+    # The loser's connection, then the hedge's: no new connection was made.
+    assert server.connections() == 2
+    assert server.connection_of("/b0") == server.connection_of("/a")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ok("/a", "Connection: close\r\n"),
+        ok("/a") + b"HTTP/1.1 200 OK\r\n",  # bytes past the answer's end
+        b"HTTP/1.1 200 OK\r\n\r\nno length",  # its end is the connection's
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n/a",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n/a",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"garbage\r\n\r\n",
+    ],
+    ids=["connection-close", "bytes-past-the-end", "no-length", "http-1.0", "two-lengths", "bad-chunk", "garbage"],
+)
+def test_a_loser_s_answer_whose_end_is_in_doubt_closes_its_connection(
+    scripted: Callable[..., ScriptedServer], answer: bytes
+) -> None:
+    server = scripted(slow_first(0.2, answer))
+    closed = drainer.counts["closed"]
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert get(client, "a") == (200, b"/a")
+        assert counted("closed", closed)
+        loser = server.connection_of("/a")
+        assert server.wait_closed(loser, within=1.0) is not None
+        # Later calls get their own answers, never what the loser's connection held.
+        assert [get(client, f"b{i}") for i in range(3)] == [(200, f"/b{i}".encode()) for i in range(3)]
+    assert loser not in {server.connection_of(f"/b{i}") for i in range(3)}
+
+
+def test_a_loser_never_answered_is_closed_at_max_wait(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(slow_first(30.0))
+    with clients(server.url) as make:
+        client = make(**hedged(timeout=10.0))
+        assert get(client, "a") == (200, b"/a")
+        released_at = time.monotonic()
+        # The server sleeps through the close: what the test sees is the drainer giving up.
+        expired = drainer.counts["expired"]
+        assert counted("expired", expired, within=MAX_WAIT + 1.0)
+        assert MAX_WAIT - 0.05 <= time.monotonic() - released_at < MAX_WAIT + 0.5
+
+
+def test_a_loser_is_not_waited_for_past_its_call_s_deadline(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(slow_first(30.0))
+    with clients(server.url) as make:
+        client = make(**hedged(timeout=0.4))
+        started = time.monotonic()
+        assert get(client, "a") == (200, b"/a")
+        expired = drainer.counts["expired"]
+        assert counted("expired", expired, within=1.0)
+        assert time.monotonic() - started < 0.4 + 0.3  # the deadline, not MAX_WAIT
+
+
+def test_a_losing_hedge_s_connection_is_kept_too(scripted: Callable[..., ScriptedServer]) -> None:
+    """Attempt 0 answers at 0.1 s; the hedge, sent at 0.05 s, is answered at 0.35 s."""
+
+    def answer(n: int, path: str) -> tuple[float, bytes]:
+        return (0.1 if n == 1 else 0.3), ok(f"{path}{n}")
+
+    server = scripted(answer)
+    pooled = drainer.counts["pooled"]
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert get(client, "a") == (200, b"/a1")
+        assert counted("pooled", pooled)
+        server.answer = lambda n, path: (0.0, ok(path))
+        assert [get(client, f"b{i}") for i in range(3)] == [(200, f"/b{i}".encode()) for i in range(3)]
+    assert server.connections() == 2
+
+
+def test_a_full_drainer_shuts_the_loser_s_connection_as_before(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_drainer, "MAX_DRAINING", 0)
+    server = scripted(slow_first(1.0))
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert get(client, "a") == (200, b"/a")
+        returned_at = time.monotonic()
+        closed_at = server.wait_closed(server.connection_of("/a"), within=2.0)
+    assert closed_at is not None
+    assert closed_at - returned_at < 0.1  # shut down with the call's end, not drained
+
+
+def test_a_client_closed_while_its_loser_drains_keeps_nothing(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(slow_first(0.3))
+    no_slot = drainer.counts["no slot"]
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert get(client, "a") == (200, b"/a")
+        client.close()
+    assert counted("no slot", no_slot)
+    assert server.wait_closed(server.connection_of("/a"), within=1.0) is not None
+
+
+def test_a_call_answered_before_its_hedge_is_due_makes_no_eventfd(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[int] = []
+    real = os.eventfd
+
+    def counting(*args: int) -> int:
+        fd = real(*args)
+        made.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "eventfd", counting)
+    server = scripted(lambda n, path: (0.0, ok(path)))
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert [get(client, f"x{i}") for i in range(20)] == [(200, f"/x{i}".encode()) for i in range(20)]
+    assert made == []
+
+
+def test_many_threads_each_get_their_own_answer_while_losers_drain(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    """8 threads, 240 hedged calls, one request in four answered late (0.08-0.2 s): a drained
+    connection must never hand a later call the answer of an earlier one."""
+    rng = random.Random(7)
+    lock = threading.Lock()
+
+    def answer(n: int, path: str) -> tuple[float, bytes]:
+        with lock:
+            late = rng.random() < 0.25
+            delay = rng.uniform(0.08, 0.2) if late else 0.0
+        return delay, ok(path)
+
+    server = scripted(answer)
+    pooled = drainer.counts["pooled"]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with clients(server.url) as make:
+        client = make(**hedged())
+        paths = [f"p{i}" for i in range(240)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda path: get(client, path), paths))
+        assert answers == [(200, f"/{path}".encode()) for path in paths]
+        assert counted("pooled", pooled + 10, within=1.0)  # many losers were kept
+        time.sleep(0.3)  # the last losers' answers
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # no eventfd or socket left behind
+
+
+def first_of_a_path_late(seconds: float, prefix: str = "/") -> Callable[[int, str], tuple[float, bytes]]:
+    """The first request of each path starting with ``prefix`` answered after ``seconds`` (a hedge
+    of it, the second, at once); every answer's body is its path."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def answer(n: int, path: str) -> tuple[float, bytes]:
+        with lock:
+            first = path not in seen
+            seen.add(path)
+        return (seconds if first and path.startswith(prefix) else 0.0), ok(path)
+
+    return answer
+
+
+@pytest.mark.parametrize("draining", [True, False])
+def test_hedges_that_win_one_call_after_another_need_no_new_connections(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch, draining: bool
+) -> None:
+    """30 calls in a row, every other one's first request answered at 0.1 s: its hedge wins at 0.05 s."""
+    if not draining:
+        monkeypatch.setattr(connection_drainer, "MAX_DRAINING", 0)  # losers shut down, as before
+    server = scripted(first_of_a_path_late(0.1, prefix="/slow"))
+    with clients(server.url) as make:
+        client = make(**hedged())
+        for i in range(30):
+            path = f"slow{i}" if i % 2 == 0 else f"fast{i}"
+            assert get(client, path) == (200, f"/{path}".encode())  # the next at once: losers still drain
+    hedges = len(server.log) - 30
+    assert hedges == 15
+    if draining:
+        assert server.connections() <= 5, server.log  # two losers draining at once, at most
+    else:
+        assert server.connections() >= hedges  # a new connection for each loser shut down
+
+
+def test_a_forked_child_drains_its_own_and_leaves_the_parent_s(scripted: Callable[..., ScriptedServer]) -> None:
+    server = scripted(first_of_a_path_late(0.5))
+    with clients(server.url) as make:
+        client = make(**hedged())
+        assert get(client, "/a") == (200, b"/a")  # its loser drains until 0.5 s
+        pooled = drainer.counts["pooled"]
+
+        def child() -> list[object]:
+            inherited = [drainer._draining, len(drainer._waiting), drainer._thread is None]
+            child_pooled = drainer.counts["pooled"]
+            status, body = get(client, "/c")  # its loser is the child's to drain
+            return [*inherited, status, body.decode(), counted("pooled", child_pooled)]
+
+        assert in_child(child) == [0, 0, True, 200, "/c", True]
+        # The child closed its copy of the parent's loser, which the parent still drained and kept.
+        assert counted("pooled", pooled)
+        assert get(client, "/a") == (200, b"/a")
+    assert server.connection_of("/a") == 1
+    assert [conn for _, path, conn in server.log if path == "/a"][-1] == 1
+
+
+def test_an_idle_drainer_ends_its_thread_and_starts_again_when_needed(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    server = scripted(first_of_a_path_late(0.2))
+
+    def drainer_threads() -> int:
+        return sum(thread.name == "aio-request-drainer" for thread in threading.enumerate())
+
+    with clients(server.url) as make:
+        client = make(**hedged())
+        for path in ("a", "b"):
+            pooled = drainer.counts["pooled"]
+            assert get(client, path) == (200, f"/{path}".encode())
+            assert drainer_threads() == 1
+            assert counted("pooled", pooled)
+            fds = len(os.listdir("/proc/self/fd"))
+            end = time.monotonic() + connection_drainer.IDLE_EXIT + 1.0
+            while drainer_threads() and time.monotonic() < end:
+                time.sleep(0.02)
+            assert drainer_threads() == 0
+            assert len(os.listdir("/proc/self/fd")) == fds - 2  # its eventfd and epoll descriptor
