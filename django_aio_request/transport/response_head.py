@@ -390,7 +390,7 @@ class FinalResponse(http.client.HTTPResponse):
             # them until the deadline: its read_chunked reads nothing from a response already
             # closed, and gives the connection back to the pool then.
             self.chunked, self.length = False, 0
-            if self._method == "HEAD" and (
+            if (self._method == "HEAD" or self.status == 204) and (
                 "transfer-encoding" in framing or framing.get("content-length", "0").strip(" \t") not in ("", "0")
             ):
                 # An answer to HEAD that announces a body: a server may send that body after all
@@ -398,7 +398,10 @@ class FinalResponse(http.client.HTTPResponse):
                 # redirect's page), and on a kept connection the next request read it as its answer's
                 # start: sent again when it could go again (OutOfStep), a 489 when it could not (a
                 # POST its server had read and acted on: 40-93 of 1,200 after HEADs on 4 threads).
-                # The cost: the request after a HEAD opens a connection of its own.
+                # The cost: the request after a HEAD opens a connection of its own. So for a 204,
+                # which RFC 9110 forbids both fields (8.6, 6.1 of RFC 9112): one naming chunked and
+                # then sending the last chunk 10 ms later made the next POST a 489 (3 of 3, a review).
+                # A 304 may name its representation's framing (RFC 9112 6.1), and keeps its connection.
                 self.will_close = True
             if chunked:
                 self._close_conn()
