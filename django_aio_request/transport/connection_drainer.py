@@ -29,7 +29,7 @@ import weakref
 from typing import Any
 
 from django_aio_request.core.after_fork import renewed_in_forked_child
-from django_aio_request.transport.answer_end import NotReusable, answer_end
+from django_aio_request.transport.answer_end import AnswerEnd, NotReusable
 
 __all__ = ["MAX_DRAINING", "MAX_WAIT", "ConnectionDrainer", "drainer"]
 
@@ -45,12 +45,12 @@ _READ_SIZE = 64 * 1024
 
 
 class _Draining:
-    __slots__ = ("data", "expires", "method", "pool", "sock", "timeout")
+    __slots__ = ("data", "end", "expires", "pool", "sock", "timeout")
 
     def __init__(self, sock: socket.socket, pool: "weakref.ref[Any]", method: str, expires: float, timeout: Any):
         self.sock = sock
         self.pool = pool
-        self.method = method
+        self.end = AnswerEnd(method)
         self.expires = expires
         self.timeout = timeout  # the socket's timeout when it was released, given back with it
         self.data = bytearray()
@@ -66,6 +66,7 @@ class ConnectionDrainer:
         self._thread: threading.Thread | None = None
         self._wake: int | None = None
         self._waiting: dict[int, _Draining] = {}  # the thread's: by descriptor, registered with its selector
+        self._selector: selectors.BaseSelector | None = None  # the thread's
         #: "pooled", "closed" (its answer's end in doubt, too large, bytes past it, the peer closed),
         #: "expired", "no slot" (the pool closed, retired or full): connections that ended so.
         self.counts: collections.Counter[str] = collections.Counter()
@@ -101,6 +102,7 @@ class ConnectionDrainer:
         wake = self._wake
         assert wake is not None
         with selectors.DefaultSelector() as selector:
+            self._selector = selector  # a forked child closes its copy (_after_fork_in_child)
             selector.register(wake, selectors.EVENT_READ)
             waiting = self._waiting
             while True:
@@ -142,6 +144,7 @@ class ConnectionDrainer:
             os.close(wake)
             self._wake = None
             self._thread = None
+            self._selector = None  # closed by the thread on its way out
             return True
 
     def _admit(self, selector: selectors.BaseSelector, waiting: dict[int, _Draining]) -> None:
@@ -171,7 +174,7 @@ class ConnectionDrainer:
             return "closed"  # the peer closed it: no answer, or one ended by the connection's end
         item.data += chunk
         try:
-            end = answer_end(bytes(item.data), item.method)
+            end = item.end.feed(item.data)
         except NotReusable:
             return "closed"
         if end is None:
@@ -210,6 +213,10 @@ class ConnectionDrainer:
             with contextlib.suppress(OSError):
                 item.sock.close()
         self._waiting = {}
+        if self._selector is not None:  # the parent's thread's epoll descriptor, copied by the fork
+            with contextlib.suppress(OSError):
+                self._selector.close()
+            self._selector = None
         self._draining = 0
         self._thread = None
         if self._wake is not None:

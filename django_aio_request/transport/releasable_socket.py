@@ -16,6 +16,7 @@ a call answered before its hedge was due pays no ``poll`` and no eventfd. An abo
 read anywhere else (not yet listening, reading the answer, or done) shuts the socket down, as before.
 """
 
+import contextlib
 import math
 import os
 import select
@@ -32,6 +33,21 @@ CAN_RELEASE = hasattr(os, "eventfd") and hasattr(select, "poll")
 _recv_into = socket.socket.recv_into
 
 _BLIND, _LISTENING, _RELEASED, _READING = range(4)
+
+# The eventfds of the reads listening now, in any thread: a forked child closes its copies (the
+# threads that would close them are not in it).
+_listening: set[int] = set()
+
+
+def _close_copies_in_child() -> None:
+    for wake in list(_listening):
+        with contextlib.suppress(OSError):
+            os.close(wake)
+    _listening.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_copies_in_child)
 
 
 class Released(ConnectionAbortedError):
@@ -133,6 +149,7 @@ class Arm:
                 self.wake = os.eventfd(0, os.EFD_CLOEXEC)
             except OSError:  # out of descriptors: not releasable, shut down if stopped
                 return False
+            _listening.add(self.wake)
             self.state = _LISTENING
             return True
 
@@ -143,5 +160,6 @@ class Arm:
             self.state = _READING
             wake, self.wake = self.wake, None
         if wake is not None:
+            _listening.discard(wake)
             os.close(wake)  # no release writes to it now: that needs _LISTENING, under the lock
         return released

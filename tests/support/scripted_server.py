@@ -4,9 +4,10 @@ of its choosing: for what a hedged call's losing attempt leaves on its connectio
     server = ScriptedServer(lambda n, path: (0.3 if n == 1 else 0.0, ok(path)))
 
 ``answer(n, path)`` gives the n-th request (counting from 1, over all connections) its delay and its
-bytes, or None to close the connection instead. ``server.log`` records, per request, its number,
-path and the connection (counting from 1) it came on; ``server.closed`` the connections the client
-closed, with when (also while it waited to answer).
+bytes (or the pieces to write them in, each after a pause), or None to close the connection
+instead. ``server.log`` records, per request, its number, path and the connection (counting from
+1) it came on; ``server.closed`` the connections the client closed, with when (also while it waited
+to answer).
 """
 
 import itertools
@@ -18,7 +19,8 @@ from collections.abc import Callable
 
 from tests.support.raw_server import read_request
 
-Answer = Callable[[int, str], tuple[float, bytes] | None]
+#: (delay, the answer's bytes, or its pieces as (pause before it, bytes)), or None to close instead.
+Answer = Callable[[int, str], tuple[float, bytes | list[tuple[float, bytes]]] | None]
 
 
 def ok(body: str, extra: str = "") -> bytes:
@@ -108,7 +110,9 @@ class ScriptedServer:
                 if _hung_up_within(conn, delay):
                     break
                 try:
-                    conn.sendall(data)
+                    for pause, piece in [(0.0, data)] if isinstance(data, bytes) else data:
+                        time.sleep(pause)
+                        conn.sendall(piece)
                 except OSError:
                     break
         with self._lock:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from django_aio_request.transport.answer_end import MAX_BODY, MAX_HEAD, NotReusable, answer_end
+from django_aio_request.transport.answer_end import MAX_BODY, MAX_HEAD, AnswerEnd, NotReusable, answer_end
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 CHUNKED = (
@@ -18,9 +18,12 @@ CHUNKED = (
         (OK, "GET"),
         (CHUNKED, "GET"),
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK, "POST"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD"),  # no body to a HEAD
-        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "HEAD"),  # no body to a HEAD
+        (b"HTTP/1.1 200 OK\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "GET"),
         (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", "GET"),  # its representation's
+        (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n", "GET"),
         (b"HTTP/1.1 200\r\ncontent-length:  5 \r\n\r\nhello", "GET"),  # no reason, white space
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "GET"),
@@ -60,6 +63,23 @@ def test_an_answer_whose_end_is_in_any_doubt_is_not_reusable(answer: bytes) -> N
         answer_end(answer, "GET")
 
 
+@pytest.mark.parametrize(
+    ("answer", "method"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "GET"),
+        (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+    ],
+)
+def test_an_answer_with_no_body_that_announces_one_is_not_reusable(answer: bytes, method: str) -> None:
+    """Its server may send that body after all, a moment later (gunicorn 23.0 does for HEAD): pooled
+    after the head, the next call on the connection read it as its answer (a 489 on a POST the
+    server had carried out, 5 of 5 in a review, once the body came 2 ms or more after the head)."""
+    with pytest.raises(NotReusable):
+        answer_end(answer, method)
+
+
 def test_heads_and_bodies_past_the_limits_are_not_read() -> None:
     with pytest.raises(NotReusable):
         answer_end(b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD, "GET")  # no end of the head yet
@@ -87,3 +107,37 @@ def test_a_chunked_body_s_end_is_found_in_any_split(chunks: list[bytes]) -> None
     assert answer_end(answer, "GET") == len(answer)
     for cut in range(len(answer)):
         assert answer_end(answer[:cut], "GET") is None
+
+
+def _one_shot(data: bytes, method: str) -> int | type[NotReusable] | None:
+    try:
+        return answer_end(data, method)
+    except NotReusable:
+        return NotReusable
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([OK, CHUNKED, b"HTTP/1.1 100 Continue\r\n\r\n" + OK]).map(lambda a: a + b"tail"),
+    ),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=30),
+    st.sampled_from(["GET", "HEAD"]),
+)
+def test_fed_piece_by_piece_it_finds_what_it_finds_in_each_whole_prefix(
+    data: bytes, pieces: list[int], method: str
+) -> None:
+    """The drainer feeds one AnswerEnd the growing buffer: at every step it must say what a fresh
+    look at the same bytes says (the end, more needed, or not reusable)."""
+    finder, buffer, position = AnswerEnd(method), bytearray(), 0
+    for size in [*pieces, len(data)]:
+        buffer += data[position : position + size]
+        position += size
+        expected = _one_shot(bytes(buffer), method)
+        try:
+            got: int | type[NotReusable] | None = finder.feed(buffer)
+        except NotReusable:
+            got = NotReusable
+        assert got == expected
+        if got is NotReusable or got is not None:
+            break
