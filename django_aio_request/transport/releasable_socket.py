@@ -9,11 +9,12 @@ Here a released read gives the connection away instead: the attempt's thread, to
 stops waiting, takes the socket off its connection and hands it to the connection drainer
 (connection_drainer.py), which reads the answer when it comes and pools the connection.
 
-A read is released only while it *listens*: request sent, no byte of the answer read, and waiting
-in ``poll`` on the socket and the eventfd. Until ``quiet_until`` (the call's first hedge's time,
-before which nothing can win over the attempt) it waits in the socket's own ``recv``, as any read:
-a call answered before its hedge was due pays no ``poll`` and no eventfd. An abort that finds the
-read anywhere else (not yet listening, reading the answer, or done) shuts the socket down, as before.
+A read is released only while no byte of its answer was read, its request sent: while it *listens*
+(waits in ``poll`` on the socket and the eventfd), or while it still waits blind past
+``release_after``. Until ``release_after`` (the call's first hedge's time, before which nothing can
+win over the attempt) it waits in the socket's own ``recv``, as any read: a call answered before its
+hedge was due pays no ``poll`` and no eventfd. An abort before that time, or one that finds the read
+reading its answer or done, shuts the socket down, as before.
 """
 
 import contextlib
@@ -63,6 +64,11 @@ class _Owner(Protocol):
     def hand_over(self, conn: Any, sock: "ReleasableSocket") -> None: ...
 
 
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class ReleasableSocket(socket.socket):
     """A plain socket whose :attr:`arm`, while set, makes its reads releasable (:class:`Arm`)."""
 
@@ -92,13 +98,21 @@ class Arm:
         self.wake: int | None = None
 
     def release(self) -> bool:
-        """(Holding the attempt's lock.) Wake the read to give its connection away; False when it
-        is not listening, and the socket must be shut down instead."""
-        if self.state != _LISTENING or self.wake is None:
-            return False
-        self.state = _RELEASED
-        os.eventfd_write(self.wake, 1)
-        return True
+        """(Holding the attempt's lock.) Have the read give its connection away; False when it
+        cannot, and the socket must be shut down instead.
+
+        A read still waiting blind past ``release_after`` is released too: its wait ends at that
+        time, and it finds the release as it goes to listen. Shut down instead, a loser whose
+        thread had not yet been given the CPU to start listening lost its connection: under a
+        loaded CI, often enough to fail the drainer's tests."""
+        if self.state == _LISTENING and self.wake is not None:
+            self.state = _RELEASED
+            os.eventfd_write(self.wake, 1)
+            return True
+        if self.state == _BLIND and time.monotonic() >= (self.owner.release_after or 0.0):
+            self.state = _RELEASED
+            return True
+        return False
 
     def receive(self, sock: ReleasableSocket, buffer: Any, nbytes: int, flags: int) -> int:
         timeout = sock.gettimeout()
@@ -107,7 +121,7 @@ class Arm:
         if blind > 0:
             if timeout is not None and timeout <= blind:
                 self._reading(sock)  # the read's own timeout comes first: it never listens
-                return _recv_into(sock, buffer, nbytes, flags)
+                return _recv_into(sock, buffer, nbytes, flags)  # (nor is it released: see release())
             sock.settimeout(blind)
             try:
                 received = _recv_into(sock, buffer, nbytes, flags)
@@ -116,9 +130,16 @@ class Arm:
             finally:
                 sock.settimeout(timeout)
             if received is not None:
-                self._reading(sock)
+                if self._released_while_blind(sock):
+                    _shut(sock)
+                    raise ConnectionAbortedError("the attempt was stopped as its answer came")
                 return received
-        if not self._listen():
+        listening = self._listen()
+        if listening is None:  # released while it waited blind
+            sock.arm = None
+            self.owner.hand_over(self.conn, sock)
+            raise Released("the attempt was stopped; its connection went to the drainer")
+        if not listening:
             self._reading(sock)  # shut down meanwhile, or no eventfd to be had: read as any read
             return _recv_into(sock, buffer, nbytes, flags)
         try:
@@ -141,8 +162,20 @@ class Arm:
         self.state = _READING  # a release needs _LISTENING, set only under the lock: no lock here
         sock.arm = None
 
-    def _listen(self) -> bool:
+    def _released_while_blind(self, sock: ReleasableSocket) -> bool:
+        """The answer's first bytes came in the blind wait: from now on the read is not released."""
+        sock.arm = None
         with self.owner._lock:
+            released = self.state == _RELEASED
+            self.state = _READING
+        return released
+
+    def _listen(self) -> bool | None:
+        """Start listening: True; None if released meanwhile; False if it cannot (then it reads)."""
+        with self.owner._lock:
+            if self.state == _RELEASED:
+                self.state = _READING
+                return None
             if self.state != _BLIND:
                 return False
             try:

@@ -49,6 +49,17 @@ def scripted() -> Iterator[Callable[..., ScriptedServer]]:
         server.close()
 
 
+def _descriptors() -> dict[str, str]:
+    """This process's open descriptors and what each is."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own, closed since
+            continue
+    return found
+
+
 def counted(outcome: str, before: int, within: float = 2.0) -> bool:
     end = time.monotonic() + within
     while time.monotonic() < end:
@@ -104,7 +115,7 @@ def test_a_winning_hedge_leaves_the_loser_s_connection_to_carry_later_calls(
 def test_a_loser_s_answer_whose_end_is_in_doubt_closes_its_connection(
     scripted: Callable[..., ScriptedServer], answer: bytes
 ) -> None:
-    server = scripted(slow_first(0.2, answer))
+    server = scripted(slow_first(0.5, answer))  # well after the hedge, however late a loaded machine sends it
     closed = drainer.counts["closed"]
     with clients(server.url) as make:
         client = make(**hedged())
@@ -141,10 +152,10 @@ def test_a_loser_is_not_waited_for_past_its_call_s_deadline(scripted: Callable[.
 
 
 def test_a_losing_hedge_s_connection_is_kept_too(scripted: Callable[..., ScriptedServer]) -> None:
-    """Attempt 0 answers at 0.1 s; the hedge, sent at 0.05 s, is answered at 0.35 s."""
+    """Attempt 0 answers at 0.3 s; the hedge, sent at 0.05 s, 0.5 s after it came."""
 
     def answer(n: int, path: str) -> tuple[float, bytes]:
-        return (0.1 if n == 1 else 0.3), ok(f"{path}{n}")
+        return (0.3 if n == 1 else 0.5), ok(f"{path}{n}")
 
     server = scripted(answer)
     pooled = drainer.counts["pooled"]
@@ -217,7 +228,7 @@ def test_many_threads_each_get_their_own_answer_while_losers_drain(
 
     server = scripted(answer)
     pooled = drainer.counts["pooled"]
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = _descriptors()
     with clients(server.url) as make:
         client = make(**hedged())
         paths = [f"p{i}" for i in range(240)]
@@ -226,7 +237,16 @@ def test_many_threads_each_get_their_own_answer_while_losers_drain(
         assert answers == [(200, f"/{path}".encode()) for path in paths]
         assert counted("pooled", pooled + 10, within=1.0)  # many losers were kept
         time.sleep(0.3)  # the last losers' answers
-    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # no eventfd or socket left behind
+    # The drainer's two at most (its thread ends after IDLE_EXIT); no eventfd of a read, and no socket
+    # left behind once the server, in this process too, has seen its connections closed.
+    allowed: list[list[str]] = [[], ["anon_inode:[eventfd]", "anon_inode:[eventpoll]"]]
+    end = time.monotonic() + 3.0
+    while True:
+        left = {fd: what for fd, what in _descriptors().items() if fds_before.get(fd) != what}
+        if sorted(left.values()) in allowed or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    assert sorted(left.values()) in allowed, left
 
 
 def first_of_a_path_late(seconds: float, prefix: str = "/") -> Callable[[int, str], tuple[float, bytes]]:
@@ -258,7 +278,7 @@ def test_hedges_that_win_one_call_after_another_need_no_new_connections(
             path = f"slow{i}" if i % 2 == 0 else f"fast{i}"
             assert get(client, path) == (200, f"/{path}".encode())  # the next at once: losers still drain
     hedges = len(server.log) - 30
-    assert hedges == 15
+    assert hedges >= 10  # 15, unless a loaded machine sent a hedge after its call's answer came
     if draining:
         assert server.connections() <= 5, server.log  # two losers draining at once, at most
     else:
