@@ -93,7 +93,7 @@ class AnswerEnd:
             # too), and the next call on the connection read it as its answer. A 304 may state its
             # representation's framing (RFC 9112 6.1).
             announced = lengths is not None and any(v not in (b"", b"0") for v in lengths)
-            if status != 304 and (codings is not None or announced):
+            if (self._method == "HEAD" or status == 204) and (codings is not None or announced):
                 raise NotReusable("an answer with no body that announces one")
             self._end = body
             return

@@ -140,6 +140,13 @@ class AttemptSockets:
         if type(sock) is ReleasableSocket and conn.proxy is None and getattr(conn, "_aio_request_pool", None):
             sock.arm = Arm(self, conn)
 
+    def handing_over(self) -> bool:
+        """Whether a stop released a read of the attempt that has not yet begun: that read gives the
+        connection to the drainer, where stopping the attempt before it (stop_if_over) closed it, and
+        its server's answer went to a closed connection (3 of about 190 releases, a review)."""
+        with self._lock:
+            return any(getattr(getattr(sock, "arm", None), "released", False) for sock in self._sockets.values())
+
     def hand_over(self, conn: Any, sock: ReleasableSocket) -> None:
         """(On the attempt's thread, its read released.) Give the connection to the drainer.
 
@@ -492,6 +499,9 @@ class _GuardedConnectionMixin:
 
 class _GuardedResponse(FinalResponse):
     def _before_status_line(self) -> None:
+        guard = _current()
+        if guard is not None and guard.reason == status.CANCELLED and guard.handing_over():
+            return  # released before its read began: the read hands the connection over (releasable_socket.py)
         stop_if_over()  # an endless stream of interim responses ends at the deadline
 
 

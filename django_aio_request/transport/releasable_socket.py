@@ -120,8 +120,8 @@ class Arm:
         blind = (self.owner.release_after or 0.0) - began
         if blind > 0:
             if timeout is not None and timeout <= blind:
-                self._reading(sock)  # the read's own timeout comes first: it never listens
-                return _recv_into(sock, buffer, nbytes, flags)  # (nor is it released: see release())
+                self._read_on(sock)  # the read's own timeout comes first: it never listens
+                return _recv_into(sock, buffer, nbytes, flags)
             sock.settimeout(blind)
             try:
                 received = _recv_into(sock, buffer, nbytes, flags)
@@ -134,13 +134,8 @@ class Arm:
                     _shut(sock)
                     raise ConnectionAbortedError("the attempt was stopped as its answer came")
                 return received
-        listening = self._listen()
-        if listening is None:  # released while it waited blind
-            sock.arm = None
-            self.owner.hand_over(self.conn, sock)
-            raise Released("the attempt was stopped; its connection went to the drainer")
-        if not listening:
-            self._reading(sock)  # shut down meanwhile, or no eventfd to be had: read as any read
+        if not self._listen():  # no eventfd to be had: read as any read (or handed over, released)
+            self._read_on(sock)
             return _recv_into(sock, buffer, nbytes, flags)
         try:
             poller = select.poll()
@@ -158,9 +153,22 @@ class Arm:
             raise TimeoutError("timed out")
         return _recv_into(sock, buffer, nbytes, flags)
 
-    def _reading(self, sock: ReleasableSocket) -> None:
-        self.state = _READING  # a release needs _LISTENING, set only under the lock: no lock here
+    @property
+    def released(self) -> bool:
+        """(Holding the attempt's lock.) Whether a stop released the read, which has not yet seen it."""
+        return self.state == _RELEASED
+
+    def _read_on(self, sock: ReleasableSocket) -> None:
+        """Read as any read from now on, never released; but a release that came meanwhile (its
+        thread losing the CPU past ``release_after``) hands the connection over here: overwritten,
+        the read waited for its whole timeout, stopped by nothing (a review)."""
         sock.arm = None
+        with self.owner._lock:
+            released = self.state == _RELEASED
+            self.state = _READING
+        if released:
+            self.owner.hand_over(self.conn, sock)
+            raise Released("the attempt was stopped; its connection went to the drainer")
 
     def _released_while_blind(self, sock: ReleasableSocket) -> bool:
         """The answer's first bytes came in the blind wait: from now on the read is not released."""
@@ -170,17 +178,14 @@ class Arm:
             self.state = _READING
         return released
 
-    def _listen(self) -> bool | None:
-        """Start listening: True; None if released meanwhile; False if it cannot (then it reads)."""
+    def _listen(self) -> bool:
+        """Start listening: False if it cannot (released meanwhile, or no eventfd to be had)."""
         with self.owner._lock:
-            if self.state == _RELEASED:
-                self.state = _READING
-                return None
             if self.state != _BLIND:
                 return False
             try:
                 self.wake = os.eventfd(0, os.EFD_CLOEXEC)
-            except OSError:  # out of descriptors: not releasable, shut down if stopped
+            except OSError:  # out of descriptors: read as any read (_read_on), shut down if stopped
                 return False
             _listening.add(self.wake)
             self.state = _LISTENING

@@ -85,6 +85,7 @@ class ScriptedServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # pieces go out as written
             number = next(self._connections)
             threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 

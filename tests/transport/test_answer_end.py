@@ -70,6 +70,8 @@ def test_an_answer_whose_end_is_in_any_doubt_is_not_reusable(answer: bytes) -> N
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
         (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", "GET"),
         (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 11\r\n\r\n", "HEAD"),  # a 304 to HEAD is HEAD's
+        (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
     ],
 )
 def test_an_answer_with_no_body_that_announces_one_is_not_reusable(answer: bytes, method: str) -> None:

@@ -1,6 +1,7 @@
 """A read of an answer that a stop releases (gives its connection away) rather than shuts down, on a
 real socket pair: when a release is taken, and what the read does then."""
 
+import os
 import socket
 import threading
 import time
@@ -123,3 +124,44 @@ def test_an_answer_that_comes_in_the_blind_wait_of_a_released_read_ends_the_read
     assert owner.handed == []
     peer.settimeout(1.0)
     assert peer.recv(16) == b""  # shut down: the peer sees the connection end
+
+
+def test_a_read_whose_timeout_ends_before_the_first_hedge_s_time_still_sees_a_release(
+    pair: tuple[ReleasableSocket, socket.socket],
+) -> None:
+    """Such a read never listens; released as its thread lost the CPU past the first hedge's time, it
+    overwrote the release and waited for its whole timeout, stopped by nothing (a review)."""
+    reader, _ = pair
+    reader.settimeout(0.2)
+    arm, owner = armed(reader, time.monotonic() + 5.0)
+    arm.state = releasable_socket._RELEASED  # what release() sets once that time has come
+    started = time.monotonic()
+    with pytest.raises(Released):
+        reader.recv_into(bytearray(16))
+    assert time.monotonic() - started < 0.1
+    assert owner.handed == [reader]
+
+
+def test_a_read_with_no_eventfd_to_listen_on_is_not_released_but_shut_down(
+    pair: tuple[ReleasableSocket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors, the read waits as any read: a release would wake nothing, so the stop
+    must shut the socket down."""
+    reader, _ = pair
+
+    def no_eventfd(*args: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "eventfd", no_eventfd)
+    arm, owner = armed(reader, time.monotonic())
+    got: list[int] = []
+    thread = threading.Thread(target=lambda: got.append(reader.recv_into(bytearray(16))))
+    thread.start()
+    end = time.monotonic() + 2.0
+    while reader.arm is not None and time.monotonic() < end:
+        time.sleep(0.001)
+    assert not release(arm, owner)
+    reader.shutdown(socket.SHUT_RDWR)  # what the stop does then
+    thread.join(2.0)
+    assert got == [0]  # woken, at the connection's end
+    assert owner.handed == []
