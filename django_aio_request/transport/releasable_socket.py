@@ -24,7 +24,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 __all__ = ["CAN_RELEASE", "Arm", "ReleasableSocket", "Released"]
 
@@ -130,7 +130,7 @@ class Arm:
             finally:
                 sock.settimeout(timeout)
             if received is not None:
-                if self._released_while_blind(sock):
+                if self._start_reading(sock):  # released as the answer's first bytes came
                     _shut(sock)
                     raise ConnectionAbortedError("the attempt was stopped as its answer came")
                 return received
@@ -147,8 +147,7 @@ class Arm:
             released = self._stop_listening()
         sock.arm = None
         if released:
-            self.owner.hand_over(self.conn, sock)
-            raise Released("the attempt was stopped; its connection went to the drainer")
+            self._give_away(sock)
         if not ready:
             raise TimeoutError("timed out")
         return _recv_into(sock, buffer, nbytes, flags)
@@ -162,21 +161,21 @@ class Arm:
         """Read as any read from now on, never released; but a release that came meanwhile (its
         thread losing the CPU past ``release_after``) hands the connection over here: overwritten,
         the read waited for its whole timeout, stopped by nothing (a review)."""
-        sock.arm = None
-        with self.owner._lock:
-            released = self.state == _RELEASED
-            self.state = _READING
-        if released:
-            self.owner.hand_over(self.conn, sock)
-            raise Released("the attempt was stopped; its connection went to the drainer")
+        if self._start_reading(sock):
+            self._give_away(sock)
 
-    def _released_while_blind(self, sock: ReleasableSocket) -> bool:
-        """The answer's first bytes came in the blind wait: from now on the read is not released."""
+    def _start_reading(self, sock: ReleasableSocket) -> bool:
+        """From now on the read is never released; whether a release came before."""
         sock.arm = None
         with self.owner._lock:
             released = self.state == _RELEASED
             self.state = _READING
         return released
+
+    def _give_away(self, sock: ReleasableSocket) -> NoReturn:
+        """Hand the connection, its answer unread, to the drainer, and end the read."""
+        self.owner.hand_over(self.conn, sock)
+        raise Released("the attempt was stopped; its connection went to the drainer")
 
     def _listen(self) -> bool:
         """Start listening: False if it cannot (released meanwhile, or no eventfd to be had)."""
