@@ -93,8 +93,11 @@ class AnswerEnd:
             # too), and the next call on the connection read it as its answer. A 304 may state its
             # representation's framing (RFC 9112 6.1).
             announced = lengths is not None and any(v not in (b"", b"0") for v in lengths)
-            if (self._method == "HEAD" or status == 204) and (codings is not None or announced):
-                raise NotReusable("an answer with no body that announces one")
+            if self._method == "HEAD" and (codings is not None or lengths != [b"0"]):
+                # With no length at all too: gunicorn 23.0 and aiohttp 3.14 send the body after it.
+                raise NotReusable("an answer to HEAD that does not say Content-Length: 0")
+            if status == 204 and (codings is not None or announced):
+                raise NotReusable("a 204 that announces a body")
             self._end = body
             return
         if codings is not None:

@@ -390,8 +390,12 @@ class FinalResponse(http.client.HTTPResponse):
             # them until the deadline: its read_chunked reads nothing from a response already
             # closed, and gives the connection back to the pool then.
             self.chunked, self.length = False, 0
-            if (self._method == "HEAD" or self.status == 204) and (
-                "transfer-encoding" in framing or framing.get("content-length", "0").strip(" \t") not in ("", "0")
+            length = framing.get("content-length")
+            if (
+                self._method == "HEAD"
+                and ("transfer-encoding" in framing or length is None or length.strip(" \t") != "0")
+            ) or (
+                self.status == 204 and ("transfer-encoding" in framing or (length or "0").strip(" \t") not in ("", "0"))
             ):
                 # An answer to HEAD that announces a body: a server may send that body after all
                 # (gunicorn 23.0 does, a moment after the head, for a view that streams one or a
@@ -402,6 +406,9 @@ class FinalResponse(http.client.HTTPResponse):
                 # which RFC 9110 forbids both fields (8.6, 6.1 of RFC 9112): one naming chunked and
                 # then sending the last chunk 10 ms later made the next POST a 489 (3 of 3, a review).
                 # A 304 may name its representation's framing (RFC 9112 6.1), and keeps its connection.
+                # An answer to HEAD with no length at all is closed too: gunicorn 23.0 (a streaming
+                # view) and aiohttp 3.14 (a StreamResponse) send one, then the body (a review: the
+                # next POST a 489, 10 of 10 and 8 of 8); only "Content-Length: 0" keeps it.
                 self.will_close = True
             if chunked:
                 self._close_conn()

@@ -19,7 +19,6 @@ CHUNKED = (
         (CHUNKED, "GET"),
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK, "POST"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "HEAD"),  # no body to a HEAD
-        (b"HTTP/1.1 200 OK\r\n\r\n", "HEAD"),
         (b"HTTP/1.1 204 No Content\r\n\r\n", "GET"),
         (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
         (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", "GET"),  # its representation's
@@ -72,6 +71,10 @@ def test_an_answer_whose_end_is_in_any_doubt_is_not_reusable(answer: bytes) -> N
         (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
         (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 11\r\n\r\n", "HEAD"),  # a 304 to HEAD is HEAD's
         (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
+        # No length at all: gunicorn 23.0 (a streaming view) and aiohttp 3.14 (a StreamResponse) send
+        # the body after it (a review: the next POST a 489, 10 of 10 and 8 of 8).
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n", "HEAD"),
     ],
 )
 def test_an_answer_with_no_body_that_announces_one_is_not_reusable(answer: bytes, method: str) -> None:
