@@ -54,7 +54,7 @@ $(VENV42)/.installed-stamp: pyproject.toml
 # (it reads AIO_REQUEST through conf/, whose tests run on both). So are the files elsewhere whose modules import no Django and that call only
 # the core (dar.setup(), dar.Client) or the metrics' own machinery: the client against malformed
 # and failing peers, the leak test, the breaker and its overrides without a store, the recording
-# thread and the import order of aio-request's metrics. And the load-shedding runs on real servers:
+# thread and the import order of aio-request's metrics, and the docs' checks (text and test names). And the load-shedding runs on real servers:
 # the limiter (server/shedding) imports no Django, and the middleware's part in shedding, sync and
 # async, is tested on both by tests/server/test_shedding.py. About half the suite's time, which keeps
 # CI under its 10 minutes (650 s with the shedding servers and the priority worker on both, and the
@@ -65,7 +65,7 @@ DJANGO42_SKIP := --ignore=tests/core --ignore=tests/transport --ignore=tests/str
 	--ignore=tests/end_to_end/test_faults.py --ignore=tests/end_to_end/test_leaks.py \
 	--ignore=tests/end_to_end/test_response_fuzz.py --ignore=tests/breaker/test_circuit_breaker.py \
 	--ignore=tests/breaker/test_overrides.py --ignore=tests/metrics/test_deferred.py \
-	--ignore=tests/metrics/test_prometheus.py
+	--ignore=tests/metrics/test_prometheus.py --ignore=tests/docs
 
 test-django42: $(VENV42)/.installed-stamp
 	$(VENV42)/bin/python -m pytest -q $(PARALLEL) $(DJANGO42_SKIP)

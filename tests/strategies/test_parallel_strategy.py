@@ -35,8 +35,8 @@ from django_aio_request.strategies import parallel as parallel_module
 from django_aio_request.strategies.delays import RequestAttemptDelaysProvider
 from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
 from django_aio_request.strategies.stragglers import Pace
+from django_aio_request.transport import connection_drainer
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
-from django_aio_request.transport.connection_drainer import MAX_WAIT
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
@@ -48,6 +48,8 @@ from tests.support.loopback import (
     widen_backlog,
 )
 from tests.support.loopback import timed_call as call
+
+MAX_WAIT = 0.3  # the drainer's wait for a loser's answer in these tests (1 s by default)
 
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
 
@@ -149,8 +151,9 @@ def keep_this_thread_from_reading(monkeypatch: pytest.MonkeyPatch, seconds: floa
 
 class TestHedging:
     def test_hedge_starts_after_the_delay_and_the_fast_one_wins(
-        self, server: LoopbackServer, make_client: Callable[..., Client]
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setattr(connection_drainer, "MAX_WAIT", MAX_WAIT)
         route, launches = Hanging(hang=1), Launches()
         server.route("/x", route)
         client = make_client(timeout=5.0, request_enricher=launches, **hedged(attempts=2, delay=0.2))
@@ -966,8 +969,9 @@ class TestFirstAttemptInTheCallersThread:
         assert route.wait_disconnects(1)[0] is not None  # the socket was shut down, not left hanging
 
     def test_a_winning_hedge_aborts_attempt_0_at_once(
-        self, server: LoopbackServer, make_client: Callable[..., Client]
+        self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setattr(connection_drainer, "MAX_WAIT", MAX_WAIT)
         route = Hanging(hang=1)
         server.route("/x", route)
         threads = Threads()

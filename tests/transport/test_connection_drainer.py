@@ -128,7 +128,10 @@ def test_a_loser_s_answer_whose_end_is_in_doubt_closes_its_connection(
     assert loser not in {server.connection_of(f"/b{i}") for i in range(3)}
 
 
-def test_a_loser_never_answered_is_closed_at_max_wait(scripted: Callable[..., ScriptedServer]) -> None:
+def test_a_loser_never_answered_is_closed_at_max_wait(
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection_drainer, "MAX_WAIT", 0.3)  # 1 s by default: read when a loser is taken
     server = scripted(slow_first(30.0))
     with clients(server.url) as make:
         client = make(**hedged(timeout=10.0))
@@ -136,8 +139,8 @@ def test_a_loser_never_answered_is_closed_at_max_wait(scripted: Callable[..., Sc
         released_at = time.monotonic()
         # The server sleeps through the close: what the test sees is the drainer giving up.
         expired = drainer.counts["expired"]
-        assert counted("expired", expired, within=MAX_WAIT + 1.0)
-        assert MAX_WAIT - 0.05 <= time.monotonic() - released_at < MAX_WAIT + 0.5
+        assert counted("expired", expired, within=0.3 + 1.0)
+        assert 0.3 - 0.05 <= time.monotonic() - released_at < 0.3 + 0.5
 
 
 def test_a_loser_is_not_waited_for_past_its_call_s_deadline(scripted: Callable[..., ScriptedServer]) -> None:
@@ -307,8 +310,9 @@ def test_a_forked_child_drains_its_own_and_leaves_the_parent_s(scripted: Callabl
 
 
 def test_an_idle_drainer_ends_its_thread_and_starts_again_when_needed(
-    scripted: Callable[..., ScriptedServer],
+    scripted: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(connection_drainer, "IDLE_EXIT", 0.2)  # 1 s by default: read on each wait
     server = scripted(first_of_a_path_late(0.2))
 
     def drainer_threads() -> int:
