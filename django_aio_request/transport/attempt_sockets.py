@@ -612,9 +612,12 @@ class _DrainingPoolMixin:
         return conn
 
     def _put_conn(self, conn: Any) -> None:
+        if conn is not None:  # every call's connection given back: no look-up of the attempt
+            super()._put_conn(conn)  # type: ignore[misc]
+            return
         guard = _current()
         waiting = self.pool
-        if conn is not None or guard is None or not guard.handed_over or waiting is None or self._retired:
+        if guard is None or not guard.handed_over or waiting is None or self._retired:
             super()._put_conn(conn)  # type: ignore[misc]
             return
         guard.handed_over = False
