@@ -54,6 +54,16 @@ client_retry_budget_exhausted = family(
     "Extra attempts (retries and hedges) not sent because the client's retry budget was spent.",
     ("request_endpoint",),
 )
+#: Every family above: each is labelled by endpoint.
+FAMILIES = (
+    client_latency,
+    transport_latency,
+    client_attempts,
+    client_retries,
+    client_winning_attempt,
+    client_deadline_rejected,
+    client_retry_budget_exhausted,
+)
 
 #: Why an attempt was answered 408 without sending (``deadline_rejected``'s reasons).
 DEADLINE_REASONS = ("expired", "low_timeout", "no_connection")

@@ -54,6 +54,9 @@ class _NoOpCounter:
     def observe(self, amount: float) -> None:
         pass
 
+    def clear(self) -> None:
+        pass
+
 
 _NO_OP = _NoOpCounter()
 
@@ -170,6 +173,15 @@ class Family:
         if len(self._by_key) < self.MAX_KEYS:
             self._by_key[key] = child
         return child
+
+    def clear(self) -> None:
+        """Forget every series, as a new process starts with none (the tests: each calls servers of
+        its own, and their series, labelled by endpoint, would pile up for the process's life)."""
+        self._own.clear()
+        if self._target is not self._own:
+            self._target.clear()
+        self._children = {}
+        self._by_key = {}
 
     def _follow(self) -> None:
         """Record into aio-request's collector of the same name once one is registered (see _Shared),

@@ -697,3 +697,16 @@ def test_gunicorn_workers_add_up(gunicorn: str) -> None:
         assert value(got, "aio_request_server_latency_count", **route) == requests_count
         assert value(got, "aio_request_server_latency_bucket", **route, le="+Inf") == requests_count
         assert value(got, "aio_request_server_latency_sum", **route) >= requests_count * 0.05
+
+
+def test_a_cleared_family_exports_what_is_recorded_after_it_and_nothing_before() -> None:
+    """``Family.clear()`` (each test's start: tests/conftest.py) forgets the series and the family's
+    cache of them: a series cached before the clear but no longer exported would lose what it records."""
+    labels = ("http://cleared.invalid/", "GET", "x", "200")
+    client_metrics.transport_latency.labels(*labels).observe(0.2)
+    shown = {"request_endpoint": labels[0], "request_path": "x"}
+    assert value(scrape(), "aio_request_transport_latency_count", **shown) == 1
+    client_metrics.transport_latency.clear()
+    assert not series(scrape(), "aio_request_transport_latency_count", **shown)
+    client_metrics.transport_latency.labels(*labels).observe(0.2)
+    assert value(scrape(), "aio_request_transport_latency_count", **shown) == 1
