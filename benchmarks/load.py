@@ -1050,6 +1050,8 @@ STEER_TOLERANCE = 0.03  # a steering run this close to --target-cpu ends the ste
 # rate steered to 70% CPU was 595 calls/s, 3.5 times what it could serve, and the single runs
 # queued for 30 s.
 STEER_CEILING = 0.8
+# A steering run at least this busy saturated the machine: it says the rate was too high, not how much.
+STEER_SATURATED = 0.9
 STEER_SECONDS = 6.0  # shorter runs, just after gunicorn started, measured the CPU of a rate less steadily
 
 
@@ -1069,10 +1071,15 @@ def steer(
     these VMs moves by a third from one minute to the next: 0.7 of it gave single runs at 61% to
     84% CPU. Short open-loop single runs correct the rate in proportion (CPU grows about linearly
     with the rate below saturation), each change at most by half, until one lands within 3 points
-    or ``args.steer_runs`` have run; the rate returned is the last one corrected. It only narrows the
-    spread: on one VM the same rate measured 58% and 72% a minute apart. Never above ``ceiling``
-    (:data:`STEER_CEILING` of the calibrated rate): past it the caller's threads, not the CPU, are full.
+    or ``args.steer_runs`` have run. Each correction goes by the median of what every run so far
+    measured (calls a second per point of CPU, runs below :data:`STEER_SATURATED`), not by the last
+    run alone: corrected by the last, a
+    run at a quiet moment (454 calls/s at 59% CPU, after 411 at 63% and 474 at 81%) sent the pairs
+    to 545 calls/s, which kept the machine 71-91% busy. It only narrows the spread: on one VM the
+    same rate measured 58% and 72% a minute apart. Never above ``ceiling`` (:data:`STEER_CEILING`
+    of the calibrated rate): past it the caller's threads, not the CPU, are full.
     """
+    per_cpu: list[float] = []  # each run's rate / its CPU share
     for step in range(args.steer_runs):
         probe = run(
             "single",
@@ -1087,8 +1094,13 @@ def steer(
         results.append(probe)
         close = abs(probe.cpu - args.target_cpu) <= STEER_TOLERANCE
         capped = False
+        if probe.cpu < STEER_SATURATED:
+            per_cpu.append(rate / max(probe.cpu, 0.01))
         if not close:
-            wanted = rate * min(1.5, max(0.5, args.target_cpu / max(probe.cpu, 0.01)))
+            # A saturated run (its CPU share is all there was, not what the rate needed) tells only
+            # that the rate was too high: cut by half, or to what the unsaturated runs measured.
+            by_runs = args.target_cpu * statistics.median(per_cpu) if per_cpu else 0.0
+            wanted = rate * min(1.5, max(0.5, by_runs / rate))
             capped = wanted > ceiling
             if capped and rate >= ceiling:
                 print(f"  {probe.label}: {probe.throughput:.1f} calls/s at {100 * probe.cpu:.0f}% CPU", flush=True)
