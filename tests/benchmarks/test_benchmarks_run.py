@@ -117,7 +117,7 @@ def test_load_steers_by_every_run_so_far_not_by_the_last_alone(monkeypatch: pyte
 
     monkeypatch.setattr(load, "run", fake_run)
     args = load.parse_args(["--target-cpu", "0.7", "--steer-runs", "4"])
-    rate = load.steer(584.0, billing_url="", billing_pid=0, environment={}, args=args, results=[])  # type: ignore[arg-type]
+    rate = load.steer(584.0, billing_url="", billing_pid=0, environment={}, args=args, results=[])
     assert len(probes) == 4
     ratios = sorted(r / c for r, c in zip(probes, [0.862, 0.807, 0.630, 0.587], strict=True))
     assert rate == pytest.approx(0.7 * (ratios[1] + ratios[2]) / 2)
