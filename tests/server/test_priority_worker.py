@@ -803,3 +803,39 @@ def test_a_request_it_cannot_rank_is_served_in_arrival_order_and_the_worker_live
     assert text.count("could not rank a request by priority") == 1  # said once, in gunicorn's log
     assert text.count("could not take the time queued off") == 1
     assert text.count("Booting worker") == 1  # no worker died and was replaced
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("claim", ["high", "low"])
+def test_impostors_that_never_back_off_starve_trusted_high_on_plain_gthread_but_not_under_the_priority_worker(
+    claim: str,
+) -> None:
+    """docs/security.md: on gthread with one thread gunicorn's queue is first come, first served, so
+    impostors that never back off (claiming high or low: "known_services" caps either) leave trusted
+    high priority out of time; PriorityThreadWorker takes it ahead of them. 60 impostors, 10 ms views,
+    a 0.25 s deadline: the queue ahead of a trusted request is about 0.6 s on plain gthread."""
+    policy = {"shedding": {"PRIORITY_POLICY": "known_services"}, "known_services": ["known"]}
+    deadline = 0.25
+    in_time: dict[str, float] = {}
+    for kind in ("gunicorn", WORKER):
+        with server(kind, 1, policy) as url:
+            closed_loop(
+                url, [Callers(1, priorities=("high",))], path="/cpu?ms=10", seconds=0.3, deadline=1.0, backoff=0
+            )
+            outcomes = closed_loop(
+                url,
+                [Callers(2, priorities=("high",)), Callers(60, priorities=(claim,), service=None, kind="impostor")],
+                path="/cpu?ms=10",
+                seconds=2.0,
+                deadline=deadline,
+                backoff=0,
+                honour_retry_after=False,
+            )
+        assert any(o.caller == "impostor" for o in outcomes)
+        # The requests sent once the impostors' queue had formed (their first few came before it).
+        began = min(o.ended - o.elapsed for o in outcomes)
+        trusted = [o for o in outcomes if o.caller == "real" and o.ended - o.elapsed >= began + 0.3]
+        assert trusted, kind
+        in_time[kind] = sum(o.status == 200 and o.elapsed <= deadline for o in trusted) / len(trusted)
+    assert in_time["gunicorn"] <= 0.1, in_time
+    assert in_time[WORKER] >= 0.95, in_time
