@@ -1073,11 +1073,11 @@ def steer(
     with the rate below saturation), each change at most by half, until one lands within 3 points
     or ``args.steer_runs`` have run. Each correction goes by the median of what every run so far
     measured (calls a second per point of CPU, runs below :data:`STEER_SATURATED`), not by the last
-    run alone: corrected by the last, a
-    run at a quiet moment (454 calls/s at 59% CPU, after 411 at 63% and 474 at 81%) sent the pairs
-    to 545 calls/s, which kept the machine 71-91% busy. It only narrows the spread: on one VM the
-    same rate measured 58% and 72% a minute apart. Never above ``ceiling`` (:data:`STEER_CEILING`
-    of the calibrated rate): past it the caller's threads, not the CPU, are full.
+    run alone: corrected by the last, a run at a quiet moment (454 calls/s at 59% CPU, after 411 at
+    63% and 474 at 81%) sent the pairs to 545 calls/s, which kept the machine 71-91% busy. It only
+    narrows the spread: on one VM the same rate measured 58% and 72% a minute apart. Never above
+    ``ceiling`` (:data:`STEER_CEILING` of the calibrated rate): past it the caller's threads, not
+    the CPU, are full.
     """
     per_cpu: list[float] = []  # each run's rate / its CPU share
     for step in range(args.steer_runs):
