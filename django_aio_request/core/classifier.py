@@ -12,6 +12,10 @@ class ResponseVerdict(enum.Enum):
     REJECT = "reject"
 
 
+# A member read from a module global: ``ResponseVerdict.ACCEPT`` goes through the enum's class on each read.
+_ACCEPT, _REJECT = ResponseVerdict.ACCEPT, ResponseVerdict.REJECT
+
+
 class ResponseClassifier(abc.ABC):
     """Decides whether a response ends the call (accept) or another attempt may be tried (reject)."""
 
@@ -36,11 +40,13 @@ class DefaultResponseClassifier(ResponseClassifier):
         self._verdict_for_status = dict(verdict_for_status or {})
 
     def classify(self, response: Response) -> ResponseVerdict:
-        verdict = self._verdict_for_status.get(response.status)
+        code = response.status
+        verdict = self._verdict_for_status.get(code)
         if verdict is not None:
             return verdict
-        if h.X_DO_NOT_RETRY in response.headers:
-            return ResponseVerdict.ACCEPT
-        if response.is_server_error() or response.status in (self._network_errors_code, 408, 429):
-            return ResponseVerdict.REJECT
-        return ResponseVerdict.ACCEPT
+        if 500 <= code < 600 or code in (self._network_errors_code, 408, 429):
+            # X-Do-Not-Retry is looked for only here, where it changes the verdict: a look-up in
+            # requests' case-insensitive headers raises and catches a KeyError when the name is
+            # absent, and every call's answer is classified twice (the breaker, the strategy).
+            return _ACCEPT if h.X_DO_NOT_RETRY in response.headers else _REJECT
+        return _ACCEPT

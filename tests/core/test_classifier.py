@@ -1,6 +1,8 @@
 """DefaultResponseClassifier: which responses end a call and which let another attempt be tried."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from django_aio_request import DefaultResponseClassifier, EmptyResponse, Response, ResponseVerdict
 from django_aio_request.core.classifier import ResponseClassifier
@@ -80,3 +82,21 @@ def test_network_errors_code_can_be_changed() -> None:
 def test_response_classifier_is_abstract() -> None:
     with pytest.raises(TypeError):
         ResponseClassifier()  # type: ignore[abstract]
+
+
+@given(
+    status=st.integers(min_value=100, max_value=999),
+    header=st.sampled_from([None, "X-Do-Not-Retry", "x-do-not-retry", "X-DO-NOT-RETRY"]),
+    other=st.dictionaries(st.sampled_from(["X-Other", "Retry-After", "Content-Type"]), st.text("abc1", max_size=3)),
+)
+def test_the_verdict_is_the_rule_as_written_for_any_status_and_headers(
+    status: int, header: str | None, other: dict[str, str]
+) -> None:
+    """classify() looks for X-Do-Not-Retry only where it changes the verdict; the verdict is still
+    the rule: X-Do-Not-Retry accepts, else 5xx, 408, 429 and network errors are rejected."""
+    headers = dict(other)
+    if header is not None:
+        headers[header] = "1"
+    rejected = 500 <= status < 600 or status in (489, 408, 429)
+    expected = ACCEPT if header is not None or not rejected else REJECT
+    assert DefaultResponseClassifier().classify(Response(status=status, headers=headers)) is expected
