@@ -122,6 +122,8 @@ class TransportModule(RequestModule):
         service_name: str | None,
         metrics: ClientMetrics | None = None,
     ) -> None:
+        if service_name:
+            check_headers({h.X_SERVICE_NAME: service_name})  # once: execute() adds it unchecked
         self.metrics = metrics
         self.transport = transport
         self.emit_system_headers = emit_system_headers
@@ -136,8 +138,8 @@ class TransportModule(RequestModule):
                 h.X_REQUEST_PRIORITY: str(attempt.priority),
             }
             if self.service_name:
-                system[h.X_SERVICE_NAME] = self.service_name
-            request = request.with_headers(system)
+                system[h.X_SERVICE_NAME] = self.service_name  # checked in __init__
+            request = request._with_checked_headers(system)
         if self.request_enricher is not None:
             if request is attempt.request:
                 # The caller's own (no system headers copied it): an enricher that edits in place would

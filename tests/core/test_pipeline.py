@@ -63,6 +63,14 @@ def transport_stage(transport: Transport, **options: object) -> TransportModule:
     return TransportModule(transport, **settings)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["shop\r\nX-Injected: 1", "магазин", " shop"])
+def test_a_service_name_http_cannot_carry_is_refused_when_the_transport_stage_is_made(name: str) -> None:
+    """The stage adds the service name to every attempt without checking it again: it is checked
+    once, here, however the stage was made (not only through setup())."""
+    with pytest.raises(ValueError, match="header 'X-Service-Name'"):
+        transport_stage(RecordingTransport(), service_name=name)
+
+
 def test_the_transport_stage_sends_the_time_left_the_priority_and_the_service_name() -> None:
     transport = RecordingTransport()
     send = build_pipeline([transport_stage(transport)])

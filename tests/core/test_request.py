@@ -596,6 +596,30 @@ def test_with_headers_replaces_case_insensitively_and_keeps_the_original() -> No
     assert (copy.method, copy.body, copy.build_url(ENDPOINT)) == ("POST", b"x", "http://svc.test/api/things/1")
 
 
+@pytest.mark.parametrize("method", ["with_headers", "_with_checked_headers"])
+def test_a_copy_with_headers_keeps_every_other_part_of_the_request(method: str) -> None:
+    """The copy sets each slot by name: a slot added to Request and left out there would be missing
+    on every attempt the pipeline sends (it adds the wire format's headers through the copy)."""
+    original = Request(
+        method="PATCH",
+        url="things/{id}",
+        path_parameters={"id": 7},
+        query_parameters=[("tag", "a")],
+        headers={"X-A": "1"},
+        body=b"payload",
+        allow_redirects=False,
+        max_redirects=3,
+    )
+    original.enricher_headers = frozenset({"x-a"})
+    copy = getattr(original, method)({"X-B": "2"})
+    for name in Request.__slots__:
+        if name != "headers":
+            assert getattr(copy, name) is getattr(original, name), name
+    assert copy.headers == {"X-A": "1", "X-B": "2"}
+    assert original.headers == {"X-A": "1"}
+    assert get("plain")._with_checked_headers({"X-B": "2"}).headers == {"X-B": "2"}
+
+
 def test_headers_given_are_copied() -> None:
     headers = {"X-A": "1"}
     req = get("things", headers=headers)
