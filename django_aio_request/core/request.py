@@ -85,8 +85,8 @@ class Request:
     def _with_checked_headers(self, extra: Mapping[str, str]) -> "Request":
         """:meth:`with_headers` for headers already known to pass :func:`check_headers`: the pipeline's
         own (the wire format's, whose values it makes, and the service name, checked once where its
-        transport stage is made), added to every attempt. Checked again on each, they took 3-4 µs of the 25 µs the client's own
-        layers cost a call in a loop (docs/benchmarks.md)."""
+        transport stage is made), added to every attempt. Checked again on each, they took 3-4 µs
+        of the 25 µs the client's own layers cost a call in a loop (docs/benchmarks.md)."""
         if self.headers:
             lowered = {name.lower() for name in extra}
             merged = {k: v for k, v in self.headers.items() if k.lower() not in lowered}
