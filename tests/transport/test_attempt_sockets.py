@@ -6,12 +6,18 @@ check what ``AttemptSockets.answer_arrived`` says before, while and after the se
 """
 
 import contextlib
+import http.client
 import socket
 import ssl
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from urllib3.connection import HTTPConnection
+from urllib3.util import SKIP_HEADER
 
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import AttemptSockets, GuardedHTTPConnection
@@ -142,3 +148,75 @@ def test_unknown_where_the_platform_has_no_poll(listener: socket.socket, monkeyp
     with answered(listener) as (guard, _):
         monkeypatch.setattr(attempt_sockets, "_CAN_POLL", False)
         assert not guard.answer_arrived()
+
+
+# --- putheader's short path: the same header lines, and the same errors, as urllib3's --------------------
+
+
+def _writing(cls: type) -> Any:
+    """A connection of ``cls`` whose request line is written (in its buffer, not sent): putheader()
+    may be called, and buffers its lines after it."""
+    conn = cls("127.0.0.1", 9)
+    conn.putrequest("GET", "/", skip_host=True, skip_accept_encoding=True)  # buffered, nothing sent
+    return conn
+
+
+def _header_line(cls: type, name: Any, *values: Any) -> tuple[str, object]:
+    """What ``putheader(name, *values)`` does on a fresh connection of ``cls``: the line it buffers,
+    or the error it raises (its type and text)."""
+    conn = _writing(cls)
+    try:
+        conn.putheader(name, *values)
+    except Exception as error:  # the error is what is compared
+        return "raised", (type(error), str(error))
+    return "wrote", list(conn._buffer)
+
+
+class _StampedLike(str):
+    """A str subclass, as the pipeline's X-Request-Timeout value (StampedTimeout) is."""
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=st.one_of(st.sampled_from(["X-Request-Timeout", "Accept", "bad name", "x:y", "Ünï"]), st.text(max_size=12)),
+    value=st.one_of(
+        st.sampled_from(["19.999", "", " lead", "a\r\nb", "a\r\n b", "a\nb", "a\n\tb", "ü", "€", SKIP_HEADER]),
+        st.text(max_size=12),
+    ),
+    subclass=st.booleans(),
+)
+def test_a_header_line_is_written_and_refused_as_urllib3_writes_and_refuses_it(
+    name: str, value: str, subclass: bool
+) -> None:
+    given_value = _StampedLike(value) if subclass else value
+    assert _header_line(GuardedHTTPConnection, name, given_value) == _header_line(HTTPConnection, name, given_value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(42,), (b"raw bytes",), ("one", "two"), (), (SKIP_HEADER,), ("a\r\nb", "c")],
+    ids=["an int", "bytes", "two values", "no value", "SKIP_HEADER", "two, one bad"],
+)
+@pytest.mark.parametrize("name", ["User-Agent", b"X-Bytes-Name", "Content-Length"])
+def test_what_the_short_path_does_not_take_goes_down_urllib3s_own(name: Any, values: tuple[Any, ...]) -> None:
+    assert _header_line(GuardedHTTPConnection, name, *values) == _header_line(HTTPConnection, name, *values)
+
+
+def test_a_header_before_the_request_line_is_refused_as_http_client_refuses_it() -> None:
+    conn = GuardedHTTPConnection("127.0.0.1", 9)
+    with pytest.raises(http.client.CannotSendHeader):
+        conn.putheader("Accept", "*/*")
+
+
+def test_the_server_receives_the_header_lines_the_request_named(listener: socket.socket) -> None:
+    conn = GuardedHTTPConnection("127.0.0.1", listener.getsockname()[1], timeout=5.0)
+    conn.connect()
+    with contextlib.closing(conn), listener.accept()[0] as peer:
+        conn.request("GET", "/", headers={"X-Request-Priority": "low", "X-Latin": "café", "X-Empty": ""})
+        peer.settimeout(5.0)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += peer.recv(4096)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"GET / HTTP/1.1"
+    assert {b"X-Request-Priority: low", b"X-Latin: caf\xe9", b"X-Empty: "} <= set(lines)
