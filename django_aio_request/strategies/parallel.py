@@ -1,6 +1,5 @@
 import contextvars
 import functools
-import math
 import queue
 import threading
 import time
@@ -57,6 +56,8 @@ _LOOK_AGAIN_HELD_SECONDS = 0.5
 _SLOWER_THAN_MOST = 2.0
 # Answers that say the server is overloaded: no sign that the calls it has not answered are stragglers.
 _OVERLOADED = frozenset((429, 503))
+# Read from a module global on every hedged call: ``ResponseVerdict.ACCEPT`` goes through the enum's class.
+_ACCEPT = ResponseVerdict.ACCEPT
 
 
 def _answers(response: Response) -> bool:
@@ -157,7 +158,7 @@ class _HedgedCall:
             self.learn(response)  # aborted too: usually the slow one a hedge beat
         # The pace hears of it from ended_alone() or _settle(): in one step with the call's end when
         # nothing else was launched.
-        if result.verdict is not ResponseVerdict.ACCEPT:
+        if result.verdict is not _ACCEPT:
             self.asked_to_wait(result)
         if response.status not in REFUSED_OR_ABANDONED:
             return result  # put first among the finished by _settle(), if the call gets that far
@@ -632,9 +633,10 @@ class ParallelStrategy(RequestStrategy):
         due, delays, expires_at = [started], plain[1], deadline.expires_at
         for attempt in range(1, count):
             delay = delays(attempt) if delays is not None else provider(request, attempt)
-            if math.isnan(delay):  # neither before nor after any time: the hedge went never, or at once
+            if delay != delay:  # noqa: PLR0124 - NaN, neither before nor after any time: the hedge went never, or at once
                 raise nan_delay(provider, attempt)
-            due.append(min(started + delay, expires_at))
+            at = started + delay
+            due.append(at if at < expires_at else expires_at)
         due_at = due.__getitem__
 
         try:
@@ -645,7 +647,7 @@ class ParallelStrategy(RequestStrategy):
         except BaseException:
             call.cancel_rest()
             raise
-        if first is not None and first.verdict is ResponseVerdict.ACCEPT and call.ended_alone(first.response):
+        if first is not None and first.verdict is _ACCEPT and call.ended_alone(first.response):
             return first  # the common case: answered before any hedge was due
         try:
             result = self._settle(call, workers, due_at, started, first)

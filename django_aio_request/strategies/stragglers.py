@@ -88,10 +88,13 @@ class Pace:
         slot = self._slots[number % _KEPT]
         if slot[0] == number:
             slot[2] = True  # before the look at _waiting: see wait()
+            if answered:  # _note_time(), written out: most hedged calls end here
+                now = time.monotonic()
+                self._answers[number % _ANSWERED_KEPT] = (now, now - slot[1])  # type: ignore[operator]
         if answered:
-            self._note_time(number, slot)
             with self._lock:  # as in answer()
-                self.answered = max(self.answered, number)
+                if number > self.answered:  # noqa: PLR1730 - not max(): a builtin call, each call
+                    self.answered = number
                 if not self._waiting:
                     return
                 self._waiting.pop(number, None)
