@@ -20,6 +20,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.util import SKIP_HEADER
 
 from django_aio_request.core import status
+from django_aio_request.transport import attempt_sockets
 from django_aio_request.transport.attempt_sockets import AttemptSockets, GuardedHTTPConnection
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -220,3 +221,19 @@ def test_the_server_receives_the_header_lines_the_request_named(listener: socket
     lines = head.split(b"\r\n")
     assert lines[0] == b"GET / HTTP/1.1"
     assert {b"X-Request-Priority: low", b"X-Latin: caf\xe9", b"X-Empty: "} <= set(lines)
+
+
+def test_on_a_python_without_http_clients_checks_every_header_goes_down_urllib3s_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(attempt_sockets, "_SHORT_HEADER_PATH", False)
+    calls: list[tuple[Any, ...]] = []
+    original = HTTPConnection.putheader
+
+    def urllib3s(self: HTTPConnection, *args: Any) -> None:
+        calls.append(args)
+        original(self, *args)
+
+    monkeypatch.setattr(HTTPConnection, "putheader", urllib3s)
+    assert _header_line(GuardedHTTPConnection, "Accept", "*/*") == ("wrote", [b"GET / HTTP/1.1", b"Accept: */*"])
+    assert calls == [("Accept", "*/*")]
