@@ -88,6 +88,7 @@ typecheck: $(STAMP)
 ## make bench: the benchmarks, each printing ratios against a baseline measured in the same run
 bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.hedge_parts
 	$(PY) -m benchmarks.hedging
 	$(PY) -m benchmarks.hedge_cost
 	$(PY) -m benchmarks.billing_connections

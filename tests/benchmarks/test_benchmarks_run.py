@@ -2,6 +2,7 @@
 figures are not checked here: speed lives in the scripts, on a quiet machine)."""
 
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,23 @@ def test_hedge_cost_runs_every_client_and_counts_the_hedges() -> None:
     hedged = next(line for line in out.splitlines() if line.startswith("| 2 | hedged |"))
     assert 0.03 <= float(hedged.split("|")[6]) <= 0.1  # 1 in 20 requests is slow: about 0.05 hedges a call
     assert "2 thread(s): a hedge that fires costs the caller" in out
+
+
+def test_hedge_parts_runs_every_step_from_a_single_attempt_to_the_parallel_strategy() -> None:
+    out = _run("benchmarks.hedge_parts", "--max-seconds", "0.5", "--warmup", "5")
+    # a row: the step's name, then p50, + µs and step after a raw call, and the same after itself
+    rows = re.findall(r"^  (\S.*?)((?:\s+[+-]?\d+\.\d){6})$", out, re.MULTILINE)
+    named = [name for name, _ in rows]
+    assert named == [
+        "single",
+        "+ cancellation",
+        "+ releasable read",
+        "+ call state",
+        "+ hedge timer",
+        "parallel, no stragglers rule",
+        "parallel",
+    ]
+    assert "parallel / single, p50 after a raw call:" in out
 
 
 def test_hedge_safety_runs_every_variant_at_a_load() -> None:
