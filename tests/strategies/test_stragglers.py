@@ -283,3 +283,31 @@ def test_a_forked_child_keeps_neither_the_parents_held_hedges_nor_a_lock_held_at
         assert in_child(child) == {"answered": True, "woken": [], "in flight": None}
     pace.answer(holder + 1)  # in the parent, the held hedge is still there and goes
     assert woken == [older]
+
+
+def test_starts_and_ends_nobody_judges_are_applied_by_the_callers_before_they_pile_up() -> None:
+    # Most hedged calls are answered before their hedge is due: nothing judges, and what they noted
+    # must not grow without end (memory), nor be lost (the youngest answer, the answers' times).
+    pace = Pace()
+    for _ in range(10_000):
+        number = pace.start(time.monotonic())
+        pace.end(number, answered=True)
+        assert len(pace._noted) < 2 * _KEPT
+    assert pace.answered == 9_999
+    # the last answers, each a few microseconds after its start: the rule sees them
+    took = pace.crowded(now=time.monotonic(), delay=1e-9)
+    assert took is not None
+    assert took < 0.01
+    assert pace.crowded(now=time.monotonic(), delay=1.0) is None
+
+
+def test_a_start_noted_by_one_thread_holds_back_a_hedge_judged_on_another() -> None:
+    pace = Pace()
+    older = pace.start(10.0)
+    younger: list[int] = []
+    thread = threading.Thread(target=lambda: younger.append(pace.start(10.02)))
+    thread.start()
+    thread.join()
+    assert pace.holder(older, now=10.05, age=0.025) == younger[0]  # in flight for 30 ms, unanswered
+    pace.end(younger[0], answered=False)
+    assert pace.holder(older, now=10.05, age=0.025) is None
