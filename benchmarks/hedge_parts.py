@@ -26,10 +26,11 @@ Steps 2-5 are made here from the strategy's parts, to be measured alone; 6 and 7
 
 Every round runs each client in a new random order, each right after a raw ``requests`` call (a call
 runs after other code, as in a service: its code and data partly out of the CPU's caches) and then
-once more right after itself. Figures per client: p50 of both, and the median over rounds of its time
-minus ``single``'s in the same round ("+ µs"), for both; "step" is what that client adds to the one
-above it. The steps' costs depend on what ran before: on the thirty-fourth VM each cost 4-8 times
-what it costs in a loop that runs only it.
+once more right after itself. The raw calls are timed too: their p50 is printed as the anchor.
+Figures per client: p50 of both, and the median over rounds of its time minus ``single``'s in the
+same round ("+ µs"), for both; "step" is what that client adds to the one above it. The steps' costs
+depend on what ran before: on the thirty-fourth VM each cost 4-8 times what it costs in a loop that
+runs only it.
 
     .venv/bin/python -m benchmarks.hedge_parts [--max-seconds 60] [--warmup 500] [--server process|thread]
 """
@@ -124,7 +125,8 @@ STEPS: tuple[tuple[str, Callable[[], RequestStrategy]], ...] = (
 
 
 def measure(url: str, *, warmup: int, max_seconds: float, seed: int = 34) -> tuple[dict[str, list[float]], ...]:
-    """The times (µs) of each step's call right after a raw call, and right after itself; one of each a round."""
+    """The times (µs) of each step's call right after a raw call, and right after itself, one of each
+    a round; and under ``"raw"`` in the first, the raw calls' own (the anchor)."""
     session = requests.Session()
     raw = raw_call(session, url)
     clients = {
@@ -133,6 +135,7 @@ def measure(url: str, *, warmup: int, max_seconds: float, seed: int = 34) -> tup
     calls = {name: client_call(client) for name, client in clients.items()}
     after_raw: dict[str, list[float]] = {name: [] for name in calls}
     after_itself: dict[str, list[float]] = {name: [] for name in calls}
+    raw_times: list[float] = []
     names = list(calls)
     shuffle = random.Random(seed).shuffle
     clock = time.perf_counter_ns
@@ -147,6 +150,7 @@ def measure(url: str, *, warmup: int, max_seconds: float, seed: int = 34) -> tup
             shuffle(names)
             for name in names:
                 call = calls[name]
+                before = clock()
                 raw()
                 began = clock()
                 call()
@@ -155,13 +159,14 @@ def measure(url: str, *, warmup: int, max_seconds: float, seed: int = 34) -> tup
                 second = clock()
                 after_raw[name].append((first - began) / 1000)
                 after_itself[name].append((second - first) / 1000)
+                raw_times.append((began - before) / 1000)
             if time.monotonic() >= stop_at:
                 break
     finally:
         for client in clients.values():
             client.close()
         session.close()
-    return after_raw, after_itself
+    return {"raw": raw_times, **after_raw}, after_itself
 
 
 def added(times: dict[str, list[float]], name: str, base: str) -> float:
@@ -173,6 +178,8 @@ def report(after_raw: dict[str, list[float]], after_itself: dict[str, list[float
     rounds = len(after_raw["single"])
     print(f"{rounds} rounds, each client once right after a raw call and once right after itself")
     print()
+    anchor = statistics.median(after_raw["raw"])
+    print(f"  anchor: raw requests.Session.get, p50 {anchor:.1f} µs (the calls made before each client's)")
     steps = f"{'+ µs':>8}{'step':>8}"
     print(f"  {'µs per call':<30}{'after raw: p50':>15}{steps}{'after itself: p50':>19}{steps}")
     previous = {"raw": 0.0, "itself": 0.0}

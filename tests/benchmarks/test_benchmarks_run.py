@@ -60,6 +60,7 @@ def test_hedge_parts_runs_every_step_from_a_single_attempt_to_the_parallel_strat
         "parallel",
     ]
     assert "parallel / single, p50 after a raw call:" in out
+    assert "anchor: raw requests.Session.get, p50" in out
 
 
 def test_hedge_safety_runs_every_variant_at_a_load() -> None:
