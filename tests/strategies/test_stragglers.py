@@ -2,12 +2,17 @@
 
 The hedging it decides is tested against a real server in test_parallel_strategy.py (TestStragglers)."""
 
+import collections
+import random
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 
-from django_aio_request.strategies.stragglers import _ANSWERED_KEPT, _KEPT, Pace, Paces
+from django_aio_request.strategies.stragglers import _ANSWERED_KEPT, _KEPT, _NOTED_KEPT, Pace, Paces
 
 
 def test_with_no_younger_call_there_is_nothing_to_compare_with_and_the_hedge_goes() -> None:
@@ -311,3 +316,207 @@ def test_a_start_noted_by_one_thread_holds_back_a_hedge_judged_on_another() -> N
     assert pace.holder(older, now=10.05, age=0.025) == younger[0]  # in flight for 30 ms, unanswered
     pace.end(younger[0], answered=False)
     assert pace.holder(older, now=10.05, age=0.025) is None
+
+
+def on_another_thread(work: Callable[[], object]) -> None:
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+class _BeforeAnEndIsNoted(collections.deque):  # type: ignore[type-arg]
+    """A pace's queue of notes that runs ``then`` once, just before the first end is appended."""
+
+    def __init__(self, noted: Iterable[Any], then: Callable[[], None]) -> None:
+        super().__init__(noted)
+        self.then: Callable[[], None] | None = then
+
+    def append(self, event: Any) -> None:
+        if len(event) == 3 and self.then is not None:
+            then, self.then = self.then, None
+            then()
+        super().append(event)
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["ended", "answered"])
+def test_a_hedge_held_while_its_holder_s_end_is_being_noted_is_woken(answered: bool) -> None:
+    # end() notes first and looks at _waiting after; looked at first, a hedge held in between (on the
+    # hedge timer's thread) was never woken: held until its look-again, its holder long over.
+    pace = Pace()
+    older, holder = pace.start(10.0), pace.start(10.0)
+    woken: list[int] = []
+    held: list[bool] = []
+
+    def hold() -> None:
+        assert pace.holder(older, now=10.05, age=0.025) == holder
+        held.append(pace.wait(older, holder, lambda: woken.append(older)))
+
+    pace._noted = _BeforeAnEndIsNoted(pace._noted, lambda: on_another_thread(hold))
+    pace.end(holder, answered=answered)
+    assert held == [True]  # judged before the end was noted: held back
+    assert woken == [older]
+    assert not pace._waiting
+    assert pace.holder(older, now=10.05, age=0.025) is None
+
+
+class _ThenOnRelease:
+    """A pace's lock that runs ``then`` once, after the thread that armed it next releases it."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.then: Callable[[], None] | None = None
+        self.armed_by: int | None = None
+
+    def arm(self, then: Callable[[], None]) -> None:
+        self.then, self.armed_by = then, threading.get_ident()
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+        if self.then is not None and threading.get_ident() == self.armed_by:
+            then, self.then = self.then, None
+            then()
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["ended", "answered"])
+def test_a_holder_that_ends_while_the_hedge_is_being_held_never_leaves_it_waiting(answered: bool) -> None:
+    # wait() registers and then applies what was noted, in one step under the lock: an end noted
+    # right after that step finds the hedge registered, and wakes it, or wait() sees the end.
+    pace = Pace()
+    older, holder = pace.start(10.0), pace.start(10.0)
+    assert pace.holder(older, now=10.05, age=0.025) == holder
+    woken: list[int] = []
+    pace._lock = lock = _ThenOnRelease(pace._lock)  # type: ignore[assignment]
+    lock.arm(lambda: on_another_thread(lambda: pace.end(holder, answered=answered)))
+    held = pace.wait(older, holder, lambda: woken.append(older))
+    assert len(woken) <= 1
+    assert woken == [older] or not held  # woken, or not held back: never left waiting
+    assert not pace._waiting
+
+
+def _held_and_woken_on_many_threads(rng: random.Random, threads: int) -> None:
+    """One round of the test below: calls started, half the threads judging their hedges, half ending
+    and answering them; then what was held, woken, and answered, checked."""
+    pace = Pace()
+    numbers = [pace.start(0.0) for _ in range(rng.choice([20, 80, 200]))]
+    over = dict.fromkeys(numbers, False)
+    # As _HedgedCall.lock: the timer judges a call under it; its end stops the timer first.
+    call_locks = {number: threading.Lock() for number in numbers}
+    waits: list[tuple[int, int, bool, list[int]]] = []  # (held, holder, wait(), its wakes)
+    ended, answered = set[int](), set[int]()
+    record, most_noted = threading.Lock(), [0]
+    actions = [(rng.choice(["end", "answer", "end answered", None]), number) for number in numbers]
+    rng.shuffle(actions)
+    judged = rng.sample(numbers, len(numbers))
+    barrier = threading.Barrier(threads)
+
+    def judge(k: int) -> None:
+        barrier.wait()
+        for number in judged[k :: threads // 2]:
+            with call_locks[number]:
+                if over[number]:
+                    continue
+                while (holder := pace.holder(number, 1.0, 0.0)) is not None:
+                    wakes: list[int] = []
+                    held = pace.wait(number, holder, lambda wakes=wakes: wakes.append(1))  # type: ignore[misc]
+                    with record:
+                        waits.append((number, holder, held, wakes))
+                    if held:
+                        break
+
+    def act(k: int) -> None:
+        barrier.wait()
+        for i, (how, number) in enumerate(actions[k :: threads // 2]):
+            if how in ("end", "end answered"):
+                with call_locks[number]:
+                    over[number] = True
+                with record:  # before: the end may wake hedges at once
+                    ended.add(number)
+                    if how == "end answered":
+                        answered.add(number)
+                pace.end(number, answered=how == "end answered")
+            elif how == "answer":
+                with record:
+                    answered.add(number)
+                pace.answer(number)
+            if i % 5 == 0:  # a call of its own: with the others', 128 notes a caller applies
+                own = pace.start(0.0)
+                with record:
+                    ended.add(own)
+                pace.end(own)
+            most_noted[0] = max(most_noted[0], len(pace._noted))
+
+    workers = [threading.Thread(target=judge, args=(k,)) for k in range(threads // 2)]
+    workers += [threading.Thread(target=act, args=(k,)) for k in range(threads // 2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    _check_held_and_woken(pace, waits, ended, max(answered, default=-1))
+    assert most_noted[0] < _NOTED_KEPT + threads
+
+
+def _check_held_and_woken(
+    pace: Pace, waits: list[tuple[int, int, bool, list[int]]], ended: set[int], youngest_answered: int
+) -> None:
+    for number, holder, held, wakes in waits:
+        due = holder in ended or youngest_answered > number
+        assert len(wakes) <= 1, (number, holder)
+        assert not wakes or due, (number, holder)  # woken for nothing
+        if held and due and number not in ended:
+            assert wakes, (number, holder)  # left waiting
+    for number, (holder, _) in pace._waiting.items():
+        assert holder not in ended, (number, holder)
+        assert youngest_answered <= number, number
+    assert pace.answered == youngest_answered
+
+
+def test_held_hedges_are_woken_once_their_holder_ends_or_a_younger_call_is_answered_on_many_threads() -> None:
+    # Half the threads judge hedges as the hedge timer does (held while a younger call is in flight),
+    # the other half end calls, answer them, or end them answered, and start and end calls of their
+    # own. A hedge held is woken once, when its holder ends or a younger call is answered, and only
+    # then; the youngest answer is kept; the notes stay bounded. (A hedge woken while wait() saw the
+    # end itself and returned False is allowed, as before the notes: the call's _wake ignores it.)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    rng = random.Random(19)
+    try:
+        for _ in range(250):
+            _held_and_woken_on_many_threads(rng, threads=12)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_an_end_with_an_answer_applied_after_its_call_s_slot_was_taken_is_still_an_answer() -> None:
+    # _KEPT younger calls started (noted, none applied) before the call's end with an answer was
+    # noted: its slot is another call's when the end is applied, and the answer still counts (as it
+    # did applied at once): the older call waiting is a straggler.
+    pace = Pace()
+    oldest, answered = pace.start(10.0), pace.start(10.0)
+    for _ in range(_KEPT):
+        pace.start(10.0)
+    pace.end(answered, answered=True)
+    assert len(pace._noted) == _KEPT + 3  # nothing applied yet
+    assert pace.holder(oldest, now=10.05, age=0.025) is None
+    assert pace.answered == answered
+
+
+def test_a_forked_child_does_not_apply_what_its_parent_noted_and_never_applied() -> None:
+    """The parent's calls all took 300 ms, answered before anything judged: their ends are only noted.
+    Applied in the child, they were its answers too and judged its calls crowded."""
+    from tests.support.forking import in_child
+
+    pace = Pace()
+    now = time.monotonic()
+    for _ in range(_ANSWERED_KEPT):
+        pace.end(pace.start(now - 0.3), answered=True)
+    assert len(pace._noted) == 2 * _ANSWERED_KEPT  # fewer than _NOTED_KEPT: nothing applied yet
+
+    def child() -> object:
+        return {"noted": len(pace._noted), "crowded": pace.crowded(time.monotonic(), delay=0.2)}
+
+    assert in_child(child) == {"noted": 0, "crowded": None}
+    assert pace.crowded(time.monotonic(), delay=0.2)  # in the parent, they are its answers
