@@ -29,8 +29,8 @@ runs after other code, as in a service: its code and data partly out of the CPU'
 once more right after itself. The raw calls are timed too: their p50 is printed as the anchor.
 Figures per client: p50 of both, and the median over rounds of its time minus ``single``'s in the
 same round ("+ µs"), for both; "step" is what that client adds to the one above it. The steps' costs
-depend on what ran before: on the thirty-fourth VM the two measured both ways cost 2.5-6 times what they cost in a loop
-that runs only them (docs/benchmarks.md).
+depend on what ran before: on the thirty-fourth VM the two measured both ways cost 2.5-6 times what
+they cost in a loop that runs only them (docs/benchmarks.md).
 
     .venv/bin/python -m benchmarks.hedge_parts [--max-seconds 60] [--warmup 500] [--server process|thread]
 """
