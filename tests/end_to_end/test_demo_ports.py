@@ -177,3 +177,39 @@ def test_a_ctrl_c_whose_keyboard_interrupt_python_drops_still_stops_the_start() 
             demo._unless_stopped()
     finally:
         demo._STOP.clear()
+
+
+# The demo, with a Ctrl-C arriving just as migrate records a migration of this app as applied: after
+# its tables were committed (a migration with deferred SQL is recorded outside its transaction).
+_CTRL_C_WHILE_MIGRATING = """
+import os, signal, sys
+from django.db.migrations.executor import MigrationExecutor
+
+record = MigrationExecutor.record_migration
+
+def interrupted(self, migration):
+    if migration.app_label == "django_aio_request":
+        os.kill(os.getpid(), signal.SIGINT)
+    return record(self, migration)
+
+MigrationExecutor.record_migration = interrupted
+from testproject import demo
+sys.exit(demo.run())
+"""
+
+
+def test_a_ctrl_c_while_migrate_runs_lets_it_finish_so_the_next_start_works(tmp_path: Path) -> None:
+    # Stopped between a migration's committed tables and its record, the next start failed with
+    # "table django_aio_request_breakerreport already exists" (CI, Django 4.2, a Ctrl-C at 0.8 s).
+    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
+    env = {**os.environ, **ports, "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    stopped = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_MIGRATING],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in stopped.stderr, stopped.stderr
+    assert "Stopped before the services started" in stopped.stderr
+    assert stopped.returncode == 0
+    again = _demo_until_started(tmp_path, env)
+    assert "Demo running" in again, again
