@@ -40,14 +40,28 @@ def _migrate(call_command: Callable[..., object]) -> None:
     applied after its transaction commits: a Ctrl-C in between left its tables with no record, and
     every later start failed with "table ... already exists" (CI, a Ctrl-C 0.8 s into the start).
     A Ctrl-C (or several) meanwhile stops the demo once migrate is over, a second or two later."""
+    from django.conf import settings
+    from django.db import DatabaseError
+
     signal.signal(signal.SIGINT, _note_stop)
     signal.signal(signal.SIGTERM, _note_stop)
     try:
         call_command("migrate", verbosity=0)
+    except DatabaseError as error:
+        # A database an older demo left so (or one edited by hand): what to do, not a traceback.
+        path = settings.DATABASES["default"]["NAME"]
+        raise _Unusable(
+            f"make demo: its database {path} cannot be migrated ({error}); delete it (or set"
+            " DEMO_DATABASE to another file) and start again."
+        ) from None
     finally:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
     _unless_stopped()
+
+
+class _Unusable(Exception):
+    """The demo cannot start: its message says why and what to do."""
 
 
 def _unless_stopped() -> None:
@@ -88,7 +102,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    _migrate(call_command)
+    try:
+        _migrate(call_command)
+    except _Unusable as error:
+        print(error, file=sys.stderr)
+        return 1
     user_model = get_user_model()
     if not user_model.objects.filter(username="demo").exists():
         user_model.objects.create_superuser("demo", "demo@example.invalid", "demo")
