@@ -26,6 +26,21 @@ def _demo(tmp_path: Path, **ports: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _free_ports_and_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Three free ports for the demo's services, and its environment with them and a database of its own."""
+    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
+    env = {**os.environ, **ports, "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the demo chooses its own, as under `make demo`
+    return ports, env
+
+
+def _assert_nothing_listens_on(ports: dict[str, str]) -> None:
+    for port in ports.values():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", int(port)))  # free: nothing listening
+
+
 _MESSAGE = "must be a TCP port number from 1 to 65535, not"
 BAD_PORTS = {
     "not a number": ({"DEMO_PORT": "abc"}, f"DEMO_PORT {_MESSAGE} 'abc'"),
@@ -85,9 +100,7 @@ def test_a_ctrl_c_while_the_demo_starts_stops_it_without_a_traceback(tmp_path: P
     """A Ctrl-C in the first second or so (Django loading, migrate, the demo login) ended in a
     KeyboardInterrupt traceback (a review); later ones stop the running services. Either way nothing
     is left listening, and the next start works on what was left half done."""
-    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
-    env = {**os.environ, **ports, "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    ports, env = _free_ports_and_env(tmp_path)
     demo = subprocess.Popen(
         [sys.executable, "-m", "testproject.demo"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -98,10 +111,7 @@ def test_a_ctrl_c_while_the_demo_starts_stops_it_without_a_traceback(tmp_path: P
     assert "Traceback" not in err, err
     assert demo.returncode == 0, (demo.returncode, out, err)
     assert "Stopped" in out + err
-    for port in ports.values():
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", int(port)))  # free: nothing left listening
+    _assert_nothing_listens_on(ports)
     again = _demo_until_started(tmp_path, env)
     assert "Demo running" in again, again
 
@@ -202,9 +212,7 @@ sys.exit(demo.run())
 def test_a_ctrl_c_while_migrate_runs_lets_it_finish_so_the_next_start_works(tmp_path: Path) -> None:
     # Stopped between a migration's committed tables and its record, the next start failed with
     # "table django_aio_request_breakerreport already exists" (CI, Django 4.2, a Ctrl-C at 0.8 s).
-    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
-    env = {**os.environ, **ports, "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    _, env = _free_ports_and_env(tmp_path)
     stopped = subprocess.run(
         [sys.executable, "-c", _CTRL_C_WHILE_MIGRATING],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -220,9 +228,7 @@ def test_a_database_left_half_migrated_is_named_with_what_to_do(tmp_path: Path) 
     # As an older demo left it when stopped mid-migration: the app's tables there, their migration
     # not recorded. Its migrate fails; the demo says which file and what to do, with no traceback.
     database = tmp_path / "demo.sqlite3"
-    ports = {name: str(free_port()) for name in ("DEMO_PORT", "DEMO_ORDERS_PORT", "DEMO_BILLING_PORT")}
-    env = {**os.environ, **ports, "DEMO_DATABASE": str(database)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    ports, env = _free_ports_and_env(tmp_path)
     assert "Demo running" in _demo_until_started(tmp_path, env)
     with sqlite3.connect(database) as connection:
         connection.execute("DELETE FROM django_migrations WHERE app = 'django_aio_request'")
@@ -231,7 +237,4 @@ def test_a_database_left_half_migrated_is_named_with_what_to_do(tmp_path: Path) 
     assert "Traceback" not in done.stderr, done.stderr
     assert f"make demo: its database {database} cannot be migrated" in done.stderr
     assert "delete it (or set DEMO_DATABASE to another file) and start again." in done.stderr
-    for port in ports.values():  # nothing was started
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", int(port)))
+    _assert_nothing_listens_on(ports)  # nothing was started
