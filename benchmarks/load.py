@@ -58,8 +58,11 @@ what each worker's client had learned, asked every 0.5 s (``/load/hedge-delay``,
 "Hedges in stalls" splits a hedged run's window into tenths of a second by when each call was due: a
 tenth whose median call took over ``--hedge-min-delay`` is a stall, and the low-priority requests
 billing received in stalls, a call due then, are set against those in the rest (from the first
-request billing kept on): hedges that add load when every call is slow show there. Each run's calls and
-billing's arrivals are kept in the log directory (``calls-N-kind.json``, ``arrivals-N-kind.json``).
+request billing kept on): hedges that add load when every call is slow show there. Beside the
+caller's threads, sockets and memory, the system share of its workers' CPU and their threads' context
+switches a call (``/proc/PID/task/*/status``): a caller whose threads queue for the GIL or a lock
+switches more a call. Each run's calls and billing's arrivals are kept in the log directory
+(``calls-N-kind.json``, ``arrivals-N-kind.json``).
 
     .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
         [--seconds 12] [--warmup 2] [--callers 32] [--connections 64] [--drivers 2] [--workers 2] [--threads 16]
@@ -333,6 +336,10 @@ class ProcessFigures:
     fds: int
     rss_kib: int
     cpu_ticks: int  # user + system time so far, in clock ticks
+    system_ticks: int = 0  # of it, system time (the kernel's, on the process's behalf)
+    # Context switches of all its threads so far (voluntary and not): a thread that blocks on the GIL,
+    # a lock or a socket switches out. Threads that ended meanwhile are not counted.
+    switches: int = 0
 
 
 def children_of(pid: int) -> list[int]:
@@ -347,8 +354,20 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def thread_switches(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far (``/proc/PID/task/*/status``)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split(":", 1)[1])
+    return total
+
+
 def figures_of(pid: int) -> ProcessFigures | None:
     try:
+        user, system = (int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13])
         status = dict(
             line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
         )
@@ -363,7 +382,9 @@ def figures_of(pid: int) -> ProcessFigures | None:
             sockets=sockets,
             fds=fds,
             rss_kib=int(status["VmRSS"].split()[0]),
-            cpu_ticks=sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]),
+            cpu_ticks=user + system,
+            system_ticks=system,
+            switches=thread_switches(pid),
         )
     except (OSError, KeyError, ValueError):
         return None
@@ -523,6 +544,16 @@ class RunResult:
         if ticks is None or not self.calls:
             return float("nan")
         return 1000 * ticks / os.sysconf("SC_CLK_TCK") / len(self.calls)
+
+    def caller_split(self) -> tuple[float, float]:
+        """The system share of the caller's workers' CPU over the window, and their context switches a call."""
+        ends = {f.pid: f for f in self.end}
+        pairs = [(f, ends[f.pid]) for f in self.start if f.pid in ends]
+        ticks = sum(b.cpu_ticks - a.cpu_ticks for a, b in pairs)
+        system = sum(b.system_ticks - a.system_ticks for a, b in pairs)
+        switches = sum(b.switches - a.switches for a, b in pairs)
+        calls = len(self.calls)
+        return (system / ticks if ticks else float("nan")), (switches / calls if calls else float("nan"))
 
     def worst_half_second(self) -> float:
         """The highest median latency of the calls started in one half second of the window: stalls."""
@@ -869,14 +900,19 @@ def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
                 f" {t.low_a_call_elsewhere:.3f} elsewhere"
             )
     print()
-    print("  caller's workers, start -> end of the measured window (threads, sockets, RSS MiB, summed):")
+    print(
+        "  caller's workers, start -> end of the measured window (threads, sockets, RSS MiB, summed; the"
+        " system share of their CPU and their threads' context switches, over the window):"
+    )
     for r in results:
         t0, s0, m0 = totals(r.start)
         t1, s1, m1 = totals(r.end)
         other = {s: n for s, n in r.statuses.items() if s != "200"}
+        system, switches = r.caller_split()
         print(
             f"  {r.label:<14} threads {t0} -> {t1}, sockets {s0} -> {s1}, RSS {m0:.1f} -> {m1:.1f} MiB "
-            f"({len(r.start)} -> {len(r.end)} workers){f'; non-200 answers {other}' if other else ''}"
+            f"({len(r.start)} -> {len(r.end)} workers); CPU {100 * system:.0f}% system, {switches:.1f} context"
+            f" switches a call{f'; non-200 answers {other}' if other else ''}"
         )
     report_overload(results)
     report_pairs(results)

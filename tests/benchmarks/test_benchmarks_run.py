@@ -216,3 +216,47 @@ def test_flood_lateness_runs_the_client_beside_a_plain_socket() -> None:
     out = _run("benchmarks.flood_lateness", "--threads", "2", "--rounds", "1", "--calls", "1", "--deadline", "0.1",
                "--kinds", "chunks", "--async", "--strategy", "sequential")  # fmt: skip
     assert "| chunks | all |" in out
+
+
+def test_load_reads_a_process_s_system_time_and_every_thread_s_context_switches() -> None:
+    """benchmarks/load.py's caller figures: the system share of its workers' CPU and their threads'
+    context switches a call, read from /proc for every thread, not the main one alone."""
+    import os
+    import threading
+    import time
+
+    from benchmarks import load
+
+    slept_all, end = threading.Barrier(4), threading.Event()
+
+    def sleep_then_wait() -> None:
+        for _ in range(20):
+            time.sleep(0.001)  # a switch out each
+        slept_all.wait()
+        end.wait()
+
+    threads = [threading.Thread(target=sleep_then_wait) for _ in range(3)]
+    before = load.figures_of(os.getpid())
+    for thread in threads:
+        thread.start()
+    slept_all.wait()
+    slept = load.figures_of(os.getpid())  # read while the three threads are alive
+    end.set()
+    for thread in threads:
+        thread.join()
+    assert before is not None
+    assert slept is not None
+    assert slept.switches - before.switches >= 3 * 20 * 0.9  # the main thread alone switched a few times
+    assert 0 <= slept.system_ticks <= slept.cpu_ticks
+
+    def figures(pid: int, cpu: int, system: int, switches: int) -> load.ProcessFigures:
+        return load.ProcessFigures(pid, 1, 0, 0, 0, cpu_ticks=cpu, system_ticks=system, switches=switches)
+
+    result = load.RunResult(
+        "single", 1, 10.0, 1.0, [(0.01, 0.5, 1)] * 10, {}, 0, 0, 0, 0, 10, 0.5, 0.0,
+        start=[figures(1, 100, 10, 1000), figures(2, 50, 5, 500)],
+        end=[figures(1, 180, 30, 1100), figures(2, 70, 10, 540), figures(3, 9, 9, 9)],  # 3 came later: not counted
+    )  # fmt: skip
+    system, switches = result.caller_split()
+    assert system == pytest.approx(25 / 100)
+    assert switches == pytest.approx(140 / 10)
