@@ -536,24 +536,22 @@ class RunResult:
 
     def cpu_ms_per_call(self, figures: str) -> float:
         """CPU time the caller's workers (``"caller"``) or billing (``"billing"``) used a call, ms."""
-        if figures == "billing":
-            ticks = self.billing_cpu_ticks
-        else:
-            ends = {f.pid: f for f in self.end}
-            ticks = sum(ends[f.pid].cpu_ticks - f.cpu_ticks for f in self.start if f.pid in ends)
+        ticks = self.billing_cpu_ticks if figures == "billing" else self._caller_change("cpu_ticks")
         if ticks is None or not self.calls:
             return float("nan")
         return 1000 * ticks / os.sysconf("SC_CLK_TCK") / len(self.calls)
 
     def caller_split(self) -> tuple[float, float]:
         """The system share of the caller's workers' CPU over the window, and their context switches a call."""
-        ends = {f.pid: f for f in self.end}
-        pairs = [(f, ends[f.pid]) for f in self.start if f.pid in ends]
-        ticks = sum(b.cpu_ticks - a.cpu_ticks for a, b in pairs)
-        system = sum(b.system_ticks - a.system_ticks for a, b in pairs)
-        switches = sum(b.switches - a.switches for a, b in pairs)
+        ticks, system, switches = (self._caller_change(name) for name in ("cpu_ticks", "system_ticks", "switches"))
         calls = len(self.calls)
         return (system / ticks if ticks else float("nan")), (switches / calls if calls else float("nan"))
+
+    def _caller_change(self, figure: str) -> int:
+        """How much ``figure`` of :class:`ProcessFigures` grew over the window, summed over the caller's
+        workers that were there at its start and its end."""
+        ends = {f.pid: f for f in self.end}
+        return sum(getattr(ends[f.pid], figure) - getattr(f, figure) for f in self.start if f.pid in ends)
 
     def worst_half_second(self) -> float:
         """The highest median latency of the calls started in one half second of the window: stalls."""
