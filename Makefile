@@ -29,7 +29,9 @@ demo: $(STAMP)
 # the suite from 291 s to 192-216 s while its tests' own times summed to no more (553 s with two,
 # 522 s with three). Later, with a suite grown to 3,414 tests: 353 s with three processes (the CPUs
 # about 55% busy), 300 s with four (65% busy; the tests' own times summed 7% more: 1,055 s against
-# 989 s). TEST_WORKERS=0 runs it in this process.
+# 989 s). The longest files are collected first (LONGEST_FIRST, tests/conftest.py): collected late, a
+# 130 s file could begin when the others were nearly done (the suite took 350 s, then 317 s with
+# them first, in two CI runs on one VM). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 4
 PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
