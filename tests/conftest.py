@@ -93,9 +93,10 @@ def transport() -> Iterator[RequestsTransport]:
 # The files whose tests take longest (seconds, summed over a file, `--durations=0` on 2026-12-06),
 # longest first. `make test` runs the suite with pytest-xdist's `--dist loadfile`, which hands whole
 # files to its workers in collection order: test_shedding_servers.py, 130 s alone, was collected
-# near the end and often started last, with the other workers idle while it ran (the suite took
+# near the end and could start when the others were nearly done, idle while it ran (the suite took
 # 345 s where its tests' time over 4 workers was 297 s). Run first, the long files overlap and the
-# short ones fill in after them. A file missing here only runs in its usual place.
+# short ones fill in after them. A file not listed runs in its usual place (tests/test_suite_order.py
+# checks that every one listed exists).
 LONGEST_FIRST = (
     "tests/server/test_shedding_servers.py",  # 130 s
     "tests/server/test_priority_worker.py",  # 59
