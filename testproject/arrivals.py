@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponseBase
 
+from testproject import gc_pauses
+
 STATS_PATH = "/demo/stats"
 
 
@@ -59,6 +61,8 @@ ARRIVALS = Arrivals()
 def record_arrivals(
     get_response: Callable[[HttpRequest], HttpResponseBase],
 ) -> Callable[[HttpRequest], HttpResponseBase]:
+    gc_pauses.install()  # served beside the arrivals, at /demo/stats
+
     def middleware(request: HttpRequest) -> HttpResponseBase:
         if request.path != STATS_PATH:
             headers = request.headers

@@ -3,6 +3,7 @@ and ``demo/downstream/...`` (a simulated service). The frontend also serves the 
 
 import contextlib
 import functools
+import gc
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from django_aio_request import clients, get, set_context, timeout
-from testproject import chain, describe, hedging, shedding, svg
+from testproject import chain, describe, gc_pauses, hedging, shedding, svg
 from testproject.arrivals import ARRIVALS
 from testproject.forms import ChainForm, ClientsForm, HedgingForm
 
@@ -86,8 +87,16 @@ def hop(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def stats(request: HttpRequest) -> JsonResponse:
-    """The service's request count; with ``?run=tag``, also the arrivals of requests tagged ``run=tag``."""
-    data: dict[str, object] = {"service": chain.service_name(), "pid": os.getpid(), "requests": ARRIVALS.count()}
+    """The service's request count, its latest full garbage collections (testproject/gc_pauses.py) and
+    whether it froze its startup objects (``serve.py --freeze-gc``); with ``?run=tag``, also the
+    arrivals of requests tagged ``run=tag``."""
+    data: dict[str, object] = {
+        "service": chain.service_name(),
+        "pid": os.getpid(),
+        "requests": ARRIVALS.count(),
+        "gc_pauses": gc_pauses.latest(),
+        "gc_frozen": gc.get_freeze_count(),
+    }
     if run := request.GET.get("run"):
         data["arrivals"] = [asdict(arrival) for arrival in ARRIVALS.tagged(run)]
     return JsonResponse(data)
