@@ -9,9 +9,14 @@ caller waits ~40 ms for a delayed ACK) and a listen backlog deep enough for hedg
 SIGTERM and SIGINT stop it. With ``--exit-with-parent`` it also stops when its standard input
 reaches end of file, which happens when the process that started it with a pipe there ends, however
 it ends: a launcher killed with SIGKILL leaves no service behind.
+
+``--freeze-gc`` moves every object the loaded application made to the permanent generation, so a
+full garbage collection walks only what requests made since: on billing under ``benchmarks/load.py``
+its pauses went from 33-74 ms to 5-12 ms (docs/benchmarks.md). The demo itself does not.
 """
 
 import argparse
+import gc
 import io
 import os
 import signal
@@ -39,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--port", type=int, help="default: settings.DEMO_PORTS[settings.DEMO_SERVICE]")
     parser.add_argument("--exit-with-parent", action="store_true", help="stop when standard input closes")
+    parser.add_argument(
+        "--freeze-gc",
+        action="store_true",
+        help="once the application is loaded, move every object to the permanent generation (gc.freeze()),"
+        " so that full collections walk only what requests made since",
+    )
     args = parser.parse_args(argv)
 
     django.setup(set_prefix=False)
@@ -48,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr, flush=True)
         return 1
     application = get_wsgi_application()
+    if args.freeze_gc:
+        gc.collect()
+        gc.freeze()
     service = str(getattr(settings, "DEMO_SERVICE", "demo"))
     port = args.port or int(getattr(settings, "DEMO_PORTS", {}).get(service, 8000))
     try:
