@@ -505,6 +505,8 @@ class RunResult:
     stalls: "Stalls | None" = None
     delays: list[tuple[int, float, bool]] = dataclasses.field(default_factory=list)
     billing_cpu_ticks: int | None = None
+    # Billing's full garbage collections in the window: (seconds from its start, seconds they took).
+    billing_gc: list[tuple[float, float]] | None = None
 
     @property
     def label(self) -> str:
@@ -563,6 +565,18 @@ class RunResult:
     def pct(self, q: float) -> float:
         return percentile(self.latencies, q)
 
+    def slowest_during_gc(self, share: float = 0.01) -> tuple[int, int]:
+        """Of the slowest ``share`` of the calls, how many were in flight while billing collected
+        garbage (its full collections, :attr:`billing_gc`); and how many calls that share is."""
+        slowest = sorted(self.calls, reverse=True)[: max(1, round(share * len(self.calls)))] if self.calls else []
+        pauses = self.billing_gc or []
+        during = sum(
+            1
+            for latency, finished, _ in slowest
+            if any(at < finished and finished - latency < at + took for at, took in pauses)
+        )
+        return during, len(slowest)
+
 
 def run_drivers(
     url: str, args: argparse.Namespace, seconds: float, rate: float | None, start_at: float
@@ -598,6 +612,16 @@ def run_drivers(
                 process.kill()
                 process.wait(5)
     return merged
+
+
+def billing_stats(billing_url: str, tag: str) -> dict[str, Any]:
+    """Billing's ``/demo/stats`` for run ``tag`` (its arrivals, its full garbage collections), or {}
+    when it cannot be read."""
+    try:
+        stats = get_json(f"{billing_url}demo/stats?run={tag}", timeout=10)
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 def billing_count(billing_url: str) -> int:
@@ -652,7 +676,7 @@ def run(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     project = kind in PROJECT_KINDS
-    arrivals: list[dict[str, Any]] | None = None
+    stats: dict[str, Any] = {}
     try:
         with started(caller_command(kind, port, args), env, log) as gunicorn:
             wait_until(
@@ -684,8 +708,7 @@ def run(
             billing_after = read_metrics(billing_url + "metrics")
             end = workers_figures(gunicorn.pid)
             billing_end = figures_of(billing_pid)
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                arrivals = get_json(f"{billing_url}demo/stats?run={tag}", timeout=10)["arrivals"]
+            stats = billing_stats(billing_url, tag)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     result = RunResult(
@@ -709,8 +732,15 @@ def run(
     if project:
         add_caller_metrics(result, caller_before, caller_after)
     add_billing_figures(
-        result, before=billing_before, after=billing_after, start=billing_start, end=billing_end, arrivals=arrivals
+        result,
+        before=billing_before,
+        after=billing_after,
+        start=billing_start,
+        end=billing_end,
+        stats=stats,
+        wall_start=wall_start,
     )
+    arrivals = stats.get("arrivals")
     if arrivals:
         result.stalls = hedges_in_stalls(result.calls, arrivals, wall_start, args.hedge_min_delay)
     (args.log_dir / f"calls-{number}-{kind}.json").write_text(json.dumps(result.calls))
@@ -782,8 +812,18 @@ def add_billing_figures(
     after: Metrics | None,
     start: ProcessFigures | None,
     end: ProcessFigures | None,
-    arrivals: list[dict[str, Any]] | None,
+    stats: dict[str, Any],
+    wall_start: float,
 ) -> None:
+    """The run's figures from billing: its shed requests (``before``/``after``: its metrics), its CPU
+    (``start``/``end``), and from its ``/demo/stats`` (``stats``, empty if unread) the arrivals it kept
+    and its full garbage collections in the window, which started at ``wall_start`` (``time.time()``)."""
+    arrivals = stats.get("arrivals")
+    if stats.get("gc_pauses") is not None:
+        # On the window's clock: seconds from its start, as the calls' times are.
+        result.billing_gc = [
+            (at - wall_start, took) for at, took in stats["gc_pauses"] if 0 <= at - wall_start <= result.seconds
+        ]
     result.billing_shed = {
         f"{p}/{reason}": metric_delta(before, after, SHED, priority=p, reason=reason)
         for p in ("high", "normal", "low")
@@ -912,8 +952,28 @@ def report(results: Sequence[RunResult], args: argparse.Namespace) -> None:
             f"({len(r.start)} -> {len(r.end)} workers); CPU {100 * system:.0f}% system, {switches:.1f} context"
             f" switches a call{f'; non-200 answers {other}' if other else ''}"
         )
+    report_billing_gc(results, args)
     report_overload(results)
     report_pairs(results)
+
+
+def report_billing_gc(results: Sequence[RunResult], args: argparse.Namespace) -> None:
+    measured = [r for r in results if r.billing_gc is not None]
+    if not measured:
+        return
+    print()
+    print(
+        f"  billing's full garbage collections over each measured window (GC {args.billing_gc}; each stops every"
+        " request billing has in flight, a hedge's too):"
+    )
+    for r in measured:
+        assert r.billing_gc is not None
+        took = [seconds for _, seconds in r.billing_gc]
+        during, slowest = r.slowest_during_gc()
+        print(
+            f"  {r.label:<14} {len(took)}, longest {max(took, default=0) * 1000:.1f} ms, {sum(took) * 1000:.1f} ms in"
+            f" all; of the slowest 1% of calls ({slowest}), {during} were in flight during one"
+        )
 
 
 def report_overload(results: Sequence[RunResult]) -> None:
@@ -1039,6 +1099,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the caller sheds load as the demo's orders does (default: off)",
     )
     parser.add_argument("--billing-concurrency", type=int, default=32, help="billing's shedding limit (32)")
+    parser.add_argument(
+        "--billing-gc",
+        choices=("as-is", "frozen"),
+        default="as-is",
+        help="billing's garbage collector as Python sets it (as-is, the default), or its startup objects"
+        " frozen (gc.freeze(), testproject/serve.py --freeze-gc), so that its full collections stop it far shorter",
+    )
     parser.add_argument("--max-seconds", type=float, default=600.0, help="every server stops after this long")
     parser.add_argument("--log-dir", type=Path, default=None, help="servers' output (default: a temp dir)")
     parser.add_argument("--drive", metavar="URL", help=argparse.SUPPRESS)  # run as a driver process
@@ -1209,7 +1276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {Path('/proc/loadavg').read_text().split()[0]}; caller: gunicorn "
         f"{args.workers} workers x {args.threads} gthread threads; billing: {args.slow:.0%} of requests take "
-        f"{args.slow_delay * 1000:.0f} ms, shedding at {args.billing_concurrency} at once; {load}; {args.callers} "
+        f"{args.slow_delay * 1000:.0f} ms, shedding at {args.billing_concurrency} at once, GC {args.billing_gc}; "
+        f"{load}; {args.callers} "
         f"callers (closed loop) or up to {args.connections} connections (open loop) in {args.drivers} driver "
         f"processes (new every {args.reconnect_every} requests); hedged: p"
         f"{args.hedge_percentile * 100:g} (at least {args.hedge_min_delay * 1000:g} ms), "
@@ -1238,7 +1306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[RunResult] = []
     try:
         with started(
-            [sys.executable, "-m", "testproject.serve", "--exit-with-parent"],
+            [sys.executable, "-m", "testproject.serve", "--exit-with-parent"]
+            + (["--freeze-gc"] if args.billing_gc == "frozen" else []),
             {**environment, "DJANGO_SETTINGS_MODULE": "benchmarks._load_billing_settings"},
             billing_log,
         ) as billing:

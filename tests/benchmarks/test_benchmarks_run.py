@@ -260,3 +260,33 @@ def test_load_reads_a_process_s_system_time_and_every_thread_s_context_switches(
     system, switches = result.caller_split()
     assert system == pytest.approx(25 / 100)
     assert switches == pytest.approx(140 / 10)
+
+
+def test_load_counts_the_slowest_calls_in_flight_while_billing_collected_garbage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """benchmarks/load.py's "billing's full garbage collections": only those in the measured window,
+    on its clock, and of the slowest 1% of calls those in flight during one."""
+    from benchmarks import load
+
+    start = 1000.0  # the window's start on billing's wall clock
+    fast = [(0.002, t + 0.002, 1) for t in (n / 100 for n in range(198))]
+    paused = [(0.08, 1.05, 1)]  # 0.97 s to 1.05 s: across the pause at 1.0 s
+    late = [(0.07, 1.50, 1)]  # 1.43 s to 1.50 s: slow, but after the pause
+    result = load.RunResult("hedged", 2, 100.0, 2.0, fast + paused + late, {}, 0, 0, 0, 0, 200, 0.5, 0.0, [], [])
+    pauses = [[start - 0.5, 0.05], [start + 1.0, 0.04], [start + 2.5, 0.06]]  # before, in and after the window
+
+    load.add_billing_figures(
+        result, before=None, after=None, start=None, end=None, stats={"gc_pauses": pauses}, wall_start=start
+    )
+
+    assert result.billing_gc == [(1.0, 0.04)]
+    assert result.slowest_during_gc(0.01) == (1, 2)  # the slowest two calls: one across the pause
+    assert result.slowest_during_gc(1.0) == (5, 200)  # and of all, the four started at 1.00-1.03 s
+    load.report_billing_gc([result], load.parse_args(["--billing-gc", "frozen"]))
+    assert (
+        "  2 hedged       1, longest 40.0 ms, 40.0 ms in all; of the slowest 1% of calls (2), 1 were in flight"
+        " during one"
+    ) in capsys.readouterr().out
+    result.billing_gc = None  # billing's stats not read: nothing to count
+    assert result.slowest_during_gc(0.01) == (0, 2)
