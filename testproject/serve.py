@@ -12,7 +12,7 @@ it ends: a launcher killed with SIGKILL leaves no service behind.
 
 ``--freeze-gc`` moves every object the loaded application made to the permanent generation, so a
 full garbage collection walks only what requests made since: on billing under ``benchmarks/load.py``
-its pauses went from 33-74 ms to 5-12 ms (docs/benchmarks.md). The demo itself does not.
+its pauses went from 33-74 ms to 4.5-24 ms (docs/benchmarks.md). The demo itself does not.
 """
 
 import argparse
