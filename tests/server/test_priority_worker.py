@@ -371,14 +371,16 @@ def test_on_one_thread_high_priority_waits_for_the_request_in_hand_not_for_the_q
     # in ten: of the ~16 a run sends, the p90 is the second slowest, and two requests held up by a
     # machine busy elsewhere (0.72 s beside a low median of 0.32 s, CI beside three other sessions)
     # decided it; in the first-come queue the high ones wait as the low ones do, and this fails too.
-    # The medians' ratio is about 0.5 here (0.502 in a CI run, where 0.5 was the bound) and about 1 in
-    # the first-come queue: 0.65 tells the two apart without sitting on the one it expects.
+    # The medians' ratio is 0.26-0.33 on a quiet machine (0.502 in a CI run, where 0.5 was the bound,
+    # and 0.654 in another, where it was 0.65: the low ones' median fell to 0.16 s) and 0.999-1.002 in
+    # the first-come queue (plain gthread, with shedding and without, three runs each): 0.8 tells the
+    # two apart without sitting on the one it expects.
     outcomes = flood(WORKER, "/sleep?ms=50", {"shedding": shedding})
     high, low = latencies(outcomes, "high"), latencies(outcomes, "low")
     assert len(high) >= 10
     assert len(low) >= 3
     assert statistics.quantiles(high, n=4)[2] < statistics.median(low), (high, low)
-    assert statistics.median(high) < 0.65 * statistics.median(low), (high, low)
+    assert statistics.median(high) < 0.8 * statistics.median(low), (high, low)
 
 
 def slow_starter(url: str, priority: str, stop: float, into: list[float]) -> None:
