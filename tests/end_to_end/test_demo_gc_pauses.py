@@ -25,18 +25,23 @@ def test_a_full_collection_is_recorded_with_when_it_started_and_how_long_it_took
     gc_pauses.install()
     gc_pauses.install()  # a second handler loading the middleware: still one callback
     assert gc.callbacks.count(gc_pauses._callback) == 1
-    before = time.time()
-    known = len(gc_pauses.latest())
+    gc.disable()  # no automatic collection in between: only the two below run
+    try:
+        known = gc_pauses.latest()
+        before = time.time()
+        gc.collect()  # a full collection: generation 2
+        after = time.time()
+        full = gc_pauses.latest()
+        gc.collect(0)  # a young one: not a full collection, not recorded
+        young = gc_pauses.latest()
+    finally:
+        gc.enable()
 
-    gc.collect()  # a full collection: generation 2
-    gc.collect(0)  # a young one: not a full collection, not recorded
-
-    after = time.time()
-    recorded = gc_pauses.latest()
-    assert len(recorded) == min(known + 1, gc_pauses._KEPT)
-    started, took = recorded[-1]
+    assert full[:-1] == known[-(gc_pauses._KEPT - 1) :]  # one more, the oldest dropped once 1,000 are kept
+    started, took = full[-1]
     assert before <= started <= after
     assert 0 < took <= after - before
+    assert young == full
 
 
 @pytest.fixture
