@@ -820,7 +820,13 @@ def test_a_first_attempt_with_more_than_the_threshold_is_valid_and_sends(
     assert messages(config) == []
     with override_settings(AIO_REQUEST=config), clients["c"].request(get("x")) as response:
         assert response.status == 200
-    assert len(server.received("/x")) == 1
+    sent = len(server.received("/x"))
+    if strategy["NAME"] == "parallel":
+        # Its first hedge is due 40-60 ms in (the default linear delays): a fresh client's first
+        # call on a loaded CI machine took longer, and its hedge went too.
+        assert sent >= 1
+    else:
+        assert sent == 1
 
 
 def test_manage_py_check_reports_a_split_deadline_that_never_sends(tmp_path: Path) -> None:
