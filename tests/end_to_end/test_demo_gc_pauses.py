@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testproject import gc_pauses
-from tests.support.loopback import free_port
+from tests.support.loopback import free_port, wait_until_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -67,18 +67,9 @@ def billing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/demo/stats"
     try:
-        deadline = time.monotonic() + 25
-        while True:
-            try:
-                with _NO_PROXY.open(url, timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"billing did not start: {log.read_text(errors='replace')}")
-                time.sleep(0.1)
-        yield url, frozen
+        wait_until_listening(process, port, f"billing (its output: {log})", seconds=25)
+        yield f"http://127.0.0.1:{port}/demo/stats", frozen
     finally:
         process.terminate()
         process.wait(10)
