@@ -61,13 +61,16 @@ billing received in stalls, a call due then, are set against those in the rest (
 request billing kept on): hedges that add load when every call is slow show there. Beside the
 caller's threads, sockets and memory, the system share of its workers' CPU and their threads' context
 switches a call (``/proc/PID/task/*/status``): a caller whose threads queue for the GIL or a lock
-switches more a call. Each run's calls and billing's arrivals are kept in the log directory
-(``calls-N-kind.json``, ``arrivals-N-kind.json``).
+switches more a call. Billing's full garbage collections in each window (testproject/gc_pauses.py)
+are counted with how many of the slowest 1% of calls were in flight during one: each stops every
+request billing has, a hedge's too; ``--billing-gc frozen`` freezes its startup objects
+(``testproject.serve --freeze-gc``) so they stop it far shorter. Each run's calls and billing's
+arrivals are kept in the log directory (``calls-N-kind.json``, ``arrivals-N-kind.json``).
 
     .venv/bin/python -m benchmarks.load [--rate auto|closed|R] [--load-fraction 0.7] [--pairs 2]
         [--seconds 12] [--warmup 2] [--callers 32] [--connections 64] [--drivers 2] [--workers 2] [--threads 16]
         [--slow 0.05] [--slow-delay 0.4] [--hedge-percentile 0.9] [--hedge-min-delay 0.05]
-        [--saturation-ratio 2] [--no-anchor]
+        [--saturation-ratio 2] [--billing-gc as-is|frozen] [--no-anchor]
 
 Everything is bounded: each driver stops starting calls after its seconds; every server stops when
 this script ends (its standard input closes) or after ``--max-seconds``; Ctrl-C stops them all.
