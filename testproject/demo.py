@@ -5,14 +5,35 @@ import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
+
+
+class _StopNote:
+    """A flag the signal handlers raise, with no lock: a handler runs in the main thread between two
+    of its steps, and one that took a lock the main thread held just then (``threading.Event.set()``
+    while the demo's wait was inside ``Event.wait()``) waited for itself: a Ctrl-C right after "Demo
+    running" hung the demo for good (CI, and 3 of 5 tries with the wait polled back to back)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
 
 # Set by a Ctrl-C (or `kill`) before the KeyboardInterrupt it raises: one raised while an import's
 # weakref callback runs is reported as "Exception ignored" and lost (a review: 1 in 18-34 Ctrl-Cs in
 # the first 0.3 s, and the demo started anyway), so each step of the start looks at this too.
-_STOP = threading.Event()
+_STOP = _StopNote()
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

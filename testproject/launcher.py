@@ -15,13 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from settings.demo import PORT_VARIABLES
 
@@ -32,6 +31,12 @@ SERVICES = (
     ("billing", "settings.demo_billing"),
 )
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StopNote(Protocol):
+    """What :func:`wait_for_exit` looks at to know that a stop was asked for (testproject/demo.py's)."""
+
+    def is_set(self) -> bool: ...
 
 
 class ServiceFailed(RuntimeError):
@@ -147,15 +152,18 @@ def running(
 
 
 def wait_for_exit(
-    services: Sequence[ServiceProcess], poll_seconds: float = 0.2, stop: threading.Event | None = None
+    services: Sequence[ServiceProcess], poll_seconds: float = 0.2, stop: StopNote | None = None
 ) -> ServiceProcess:
     """Block until one of the services exits, and return it; KeyboardInterrupt once ``stop`` is set
-    (by a Ctrl-C whose own KeyboardInterrupt was lost: testproject/demo.py)."""
+    (by a Ctrl-C whose own KeyboardInterrupt was lost: testproject/demo.py).
+
+    It sleeps between its looks rather than wait on ``stop``: a signal handler that sets a
+    ``threading.Event`` takes its lock, which the main thread holds for part of every ``wait()``,
+    and a Ctrl-C arriving then hung the demo. The handler's KeyboardInterrupt ends the sleep."""
     while True:
         for service in services:
             if service.returncode is not None:
                 return service
-        if stop is not None and stop.wait(poll_seconds):
+        if stop is not None and stop.is_set():
             raise KeyboardInterrupt
-        if stop is None:
-            time.sleep(poll_seconds)
+        time.sleep(poll_seconds)
