@@ -90,6 +90,7 @@ def _series(metrics: str) -> tuple[int, set[str]]:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.same_on_every_django
 def test_recycled_workers_add_no_caller_names_past_the_bound(recycling_gunicorn: str) -> None:
     url = recycling_gunicorn + "metrics-test/ping"
     with ThreadPoolExecutor(8) as pool:

@@ -497,6 +497,7 @@ def test_known_services_setting_is_validated() -> None:
 
 @pytest.mark.timeout(240)  # 20,000 requests: 54 s on a VM three times slower than the last, near the 60 s default
 @override_settings(MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"])
+@pytest.mark.same_on_every_django
 def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None:
     before = scrape()
     http = DjangoClient()
@@ -527,6 +528,7 @@ def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None
 
 
 @override_settings(MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"])
+@pytest.mark.same_on_every_django
 def test_long_service_names_and_odd_methods_hold_no_memory_once_recorded() -> None:
     """Labels stay bounded, and so must what labelling them keeps: the cache of raw values held
     every long name a peer sent (4,096 names of 8 KB: 32 MiB a process, a review found)."""

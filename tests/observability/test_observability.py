@@ -281,6 +281,7 @@ def query_after_a_good_scrape(prometheus: str, expression: str) -> dict[str, Any
         time.sleep(0.5)
 
 
+@pytest.mark.same_on_every_django
 @pytest.mark.timeout(240)
 def test_a_real_prometheus_evaluates_every_query_to_series(scraped: str, prometheus: str, unreachable: str) -> None:
     # Two scrapes at least after the calls: rate() needs two samples. Good scrapes (up is 1), not any:
