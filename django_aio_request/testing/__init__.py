@@ -44,9 +44,11 @@ from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
+from django_aio_request.signals import client_built
 from django_aio_request.transport.base import Transport
 
 __all__ = [
+    "BreakerNotForcedWarning",
     "FakeDownstream",
     "FakeReplacedWarning",
     "RecordedCall",
@@ -458,6 +460,7 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
             # A reference to it kept before the block (billing = clients["billing"] at import) calls
             # what is under the name now: the fake (before, the network, and no UnexpectedCallError).
             previous.stand_in = clients.follower(name)
+        _force_under_name(name, client)  # a force_breaker() block of the name, open: the fake is forced too
     try:
         yield fake
     finally:
@@ -476,6 +479,7 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
                 _ended_fakes[client] = back
             elif back is not None and clients.current(name) is back:
                 back.stand_in = None  # under its name again: its calls are its own
+                _force_under_name(name, back)
             replaced = clients.made(name) != made
         client.close()
         if replaced:
@@ -505,60 +509,133 @@ _STATES: dict[str, Override] = {"open": Override.FORCE_OPEN, "closed": Override.
 def force_breaker(name_or_client: str | Client, state: Literal["open", "closed"]) -> Iterator[Client]:
     """Force the circuit of a client's endpoint ``"open"`` (every call answers 502 with
     ``X-Circuit-Breaker`` without sending) or ``"closed"`` for the block; the override in force
-    before comes back on exit. Works on a :func:`fake_client` too."""
+    before comes back on exit. Works on a :func:`fake_client` too.
+
+    While the block is open, every client that comes under the name is forced as well: one built
+    from settings changed meanwhile (``override_settings``, pytest-django's ``settings``), a fake
+    made in the block, the client a fake's end puts back. Before, a settings change inside the block
+    rebuilt the client unforced, and its calls reached the endpoint (a review). One that cannot be
+    forced (built without ``CIRCUIT_BREAKER``) makes the block's end warn: :class:`BreakerNotForcedWarning`.
+    """
     if state not in _STATES:
         raise ValueError(f"state must be 'open' or 'closed', not {state!r}")
+    from django_aio_request.named_clients import clients
+
     if isinstance(name_or_client, Client):
         # The client its calls go to: a reference kept from before a settings change, or to a fake
         # whose block ended, calls the one under its name now (ClientsHandler.follower). Forcing the
         # breaker of the one given left its calls reaching the endpoint (a review).
         client = name_or_client._standing_in() or name_or_client
+        name = next((n for n, c in clients.built() if c is client), None)  # None: a client made by hand
     else:
-        from django_aio_request.named_clients import clients
-
-        client = clients[name_or_client]
-    breaker = client.circuit_breaker
-    if breaker is None:
-        raise ValueError(f"{client!r} has no circuit breaker: give it CIRCUIT_BREAKER settings")
-    snapshot = getattr(breaker, "snapshot", None)
-    set_override = getattr(breaker, "set_override", None)
-    if snapshot is None or set_override is None:
-        raise TypeError(f"{type(breaker).__name__} cannot be forced: it has no set_override()")
-    key = (id(breaker), client.endpoint)  # the breaker lives while a block of it is open
-    mine = (_STATES[state],)  # this block's entry: a tuple of its own, compared by identity
+        client, name = clients[name_or_client], name_or_client
+    forcing = _Forcing(_STATES[state], name)
     with _forced_lock:
-        forced = _forced.get(key)
-        if forced is None:
-            before = next((s.override for s in snapshot() if s.scope == client.endpoint), None)
-            forced = _forced[key] = _Forced(before)
-        forced.blocks.append(mine)
-        set_override(client.endpoint, mine[0])
+        forcing.hold(client, given=True)  # raises for a client that cannot be forced
+        if name is not None:
+            _forcings.setdefault(name, []).append(forcing)
+    if name is not None:
+        _force_under_name(name, clients.current(name))  # one a settings change built just now
     try:
         yield client
     finally:
         with _forced_lock:
+            forcing.release()
+        if forcing.unforced:
+            _warn_at_the_test(
+                f"force_breaker({name!r}, {state!r}): {'; '.join(forcing.unforced)}, so its calls were not forced."
+                " Change AIO_REQUEST before forcing the breaker, or keep CIRCUIT_BREAKER in the new settings",
+                BreakerNotForcedWarning,
+            )
+
+
+class BreakerNotForcedWarning(UserWarning):
+    """A client came under a :func:`force_breaker` block's name while the block was open (a settings
+    change rebuilt the clients) and could not be forced: its calls were sent."""
+
+
+@dataclasses.dataclass
+class _Forced:
+    """The :func:`force_breaker` blocks holding one breaker's endpoint, and the override before them."""
+
+    before: Override | None
+    blocks: list[tuple[Override]] = dataclasses.field(default_factory=list)
+
+
+class _Forcing:
+    """One open :func:`force_breaker` block: the circuits it holds, one per client it forced."""
+
+    def __init__(self, override: Override, name: str | None) -> None:
+        self.override = override
+        self.name = name
+        # (key in _forced, its entry, this block's entry in it, the breaker's set_override, the endpoint)
+        self.held: list[tuple[tuple[int, str], _Forced, tuple[Override], Callable[..., None], str]] = []
+        self.unforced: list[str] = []  # why a client that came under the name was not forced
+
+    def hold(self, client: Client, *, given: bool = False) -> None:
+        """(Holding _forced_lock.) Force ``client``'s circuit until :meth:`release`; once per circuit.
+        A client that cannot be forced raises if it is the one given, and is noted otherwise."""
+        breaker = client.circuit_breaker
+        snapshot = getattr(breaker, "snapshot", None)
+        set_override = getattr(breaker, "set_override", None)
+        if breaker is None or snapshot is None or set_override is None:
+            if given and breaker is None:
+                raise ValueError(f"{client!r} has no circuit breaker: give it CIRCUIT_BREAKER settings")
+            if given:
+                raise TypeError(f"{type(breaker).__name__} cannot be forced: it has no set_override()")
+            self.unforced.append(f"a client made under the name during the block ({client!r}) has no circuit breaker")
+            return
+        key = (id(breaker), client.endpoint)  # the breaker lives while a block holds it
+        if any(held[0] == key for held in self.held):
+            return
+        forced = _forced.get(key)
+        if forced is None:
+            before = next((s.override for s in snapshot() if s.scope == client.endpoint), None)
+            forced = _forced[key] = _Forced(before)
+        mine = (self.override,)  # this block's entry: a tuple of its own, compared by identity
+        forced.blocks.append(mine)
+        set_override(client.endpoint, self.override)
+        self.held.append((key, forced, mine, set_override, client.endpoint))
+
+    def release(self) -> None:
+        """(Holding _forced_lock.) Undo every circuit this block holds; it forces no client from now on."""
+        if self.name is not None:
+            _forcings[self.name].remove(self)
+            if not _forcings[self.name]:
+                del _forcings[self.name]
+        for key, forced, mine, set_override, endpoint in reversed(self.held):
             # The blocks of one breaker may end in any order (a fixture's and a test's own): the
             # state in force is the newest block still open's, and the one before them all once
             # every block has ended (an outer block ending first restored its "before" and the
             # inner one then put the outer's state back, for the rest of the session).
             forced.blocks[:] = [b for b in forced.blocks if b is not mine]
             if forced.blocks:
-                set_override(client.endpoint, forced.blocks[-1][0])
+                set_override(endpoint, forced.blocks[-1][0])
             else:
                 del _forced[key]
-                set_override(client.endpoint, forced.before)
+                set_override(endpoint, forced.before)
 
 
-@dataclasses.dataclass
-class _Forced:
-    """The :func:`force_breaker` blocks open on one breaker's endpoint, and the override before them."""
+def _force_under_name(name: str, client: Client | None) -> None:
+    """Every open :func:`force_breaker` block of ``name`` forces ``client`` too: it came under the name
+    (built from changed settings, a fake made, one a fake's end put back)."""
+    if client is None:
+        return
+    with _forced_lock:
+        for forcing in _forcings.get(name, ()):
+            forcing.hold(client)
 
-    before: Override | None
-    blocks: list[tuple[Override]] = dataclasses.field(default_factory=list)
+
+def _forced_when_built(sender: object, *, name: str, client: Client, **kwargs: Any) -> None:
+    """``client_built``: a client built under the name of an open :func:`force_breaker` block is
+    forced before any thread is given it (the registry waits for its receivers)."""
+    _force_under_name(name, client)
 
 
-_forced: dict[tuple[int, str], _Forced] = {}
+_forced: dict[tuple[int, str], _Forced] = {}  # (breaker's id, endpoint) -> the blocks holding it
+_forcings: dict[str, list[_Forcing]] = {}  # client name -> its open blocks, oldest first
 _forced_lock = threading.Lock()
+client_built.connect(_forced_when_built, weak=False, dispatch_uid="django_aio_request.testing.force_breaker")
 
 
 def request_headers(*, timeout: float | None = None, priority: str | Priority | None = None) -> dict[str, str]:

@@ -26,6 +26,7 @@ from django_aio_request import Priority, RequestsTransport, clients, get, get_co
 from django_aio_request import metrics as all_metrics
 from django_aio_request.pytest_plugin import AioRequestFixture
 from django_aio_request.testing import (
+    BreakerNotForcedWarning,
     FakeDownstream,
     FakeReplacedWarning,
     UnexpectedCallError,
@@ -316,6 +317,114 @@ def test_a_fake_a_settings_change_replaced_under_its_block_warns(settings: Setti
         warnings.simplefilter("error", FakeReplacedWarning)
         with fake_client("billing"):
             settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=3.0)
+
+
+def breaker_overrides(client: Any) -> set[Any]:
+    return {s.override for s in client.circuit_breaker.snapshot()}
+
+
+@pytest.mark.parametrize("given", ["name", "kept reference"])
+def test_a_client_built_from_settings_changed_inside_a_forced_block_is_forced_too(
+    settings: Settings, server: LoopbackServer, given: str
+) -> None:
+    """pytest-django's ``settings`` changed inside ``force_breaker("billing", "open")``: the client
+    built from them was not forced, and its call reached the endpoint (a review: 200, the server hit
+    3 of 3 runs; with a shared cache its failures then opened the circuit there for every process)."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    kept = clients["billing"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BreakerNotForcedWarning)  # every client under the name was forced
+        with force_breaker("billing" if given == "name" else kept, "open"):
+            settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=2.0)
+            for client in (clients["billing"], kept):
+                with client.request(get("invoices/5")) as response:
+                    assert (response.status, response.headers.get("X-Circuit-Breaker")) == (502, "1")
+    assert server.received("/invoices/5") == []
+    assert breaker_overrides(clients["billing"]) == {None}  # the block's end gave the new client back
+    with kept.request(get("invoices/5")) as response:
+        assert (response.status, response.read()) == (200, b"real")
+
+
+def test_a_fake_made_or_put_back_inside_a_forced_block_is_forced_too(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """A fake made inside ``force_breaker("billing", "open")`` answered from its script, and the real
+    client a fake's end put back while the block was still open called its endpoint."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    with fake_client("billing") as outer_fake:  # under the name when the block begins
+        outer_fake.route("invoices/5", reply(200))
+        forcing = force_breaker("billing", "open")
+        forcing.__enter__()
+    with fake_client("billing") as fake:  # made in the block
+        fake.route("invoices/5", reply(200))
+        with clients["billing"].request(get("invoices/5")) as response:
+            assert response.status == 502
+    with clients["billing"].request(get("invoices/5")) as response:  # the real client, put back
+        assert response.status == 502
+    forcing.__exit__(None, None, None)
+    assert (outer_fake.calls, fake.calls, server.received("/invoices/5")) == ([], [], [])
+    assert breaker_overrides(clients["billing"]) <= {None}
+    with clients["billing"].request(get("invoices/5")) as response:
+        assert response.status == 200
+
+
+def test_a_client_built_without_a_breaker_inside_a_forced_block_warns(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """New settings without ``CIRCUIT_BREAKER``, inside the block: nothing can force that client, so
+    its calls are sent; the block's end says so rather than let the test pass on calls it meant to stop."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    statuses = []
+
+    def change_inside_the_block() -> None:
+        with force_breaker("billing", "open"):
+            settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, CIRCUIT_BREAKER=None)
+            with clients["billing"].request(get("invoices/5")) as response:
+                statuses.append(response.status)
+
+    with pytest.warns(BreakerNotForcedWarning, match=r"force_breaker\('billing', 'open'\): a client made") as said:
+        change_inside_the_block()
+    assert statuses == [200]
+    assert [w.filename for w in said] == [__file__]  # the with statement's, not contextlib's
+    assert len(server.received("/invoices/5")) == 1
+
+
+def test_blocks_forcing_a_name_while_threads_rebuild_its_client_leave_nothing_forced(
+    settings: Settings, server: LoopbackServer
+) -> None:
+    """Threads forcing the name open, one after another, while another changes the settings and
+    calls: no call made inside a block is sent, and once every block ended no circuit is forced."""
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url)
+    server.route("/invoices/5", lambda h: h.reply(200, b"real"))
+    inside: list[int] = []
+    stop = threading.Event()
+
+    def force_and_call() -> None:
+        while not stop.is_set():
+            with force_breaker("billing", "open"), clients["billing"].request(get("invoices/5")) as response:
+                inside.append(response.status)
+
+    threads = [threading.Thread(target=force_and_call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for timeout in (2.0, 3.0) * 15:  # each a change that rebuilds the clients
+            settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url, TIMEOUT=timeout)
+            clients["billing"]
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert inside
+    assert set(inside) == {502}
+    assert server.received("/invoices/5") == []
+    assert breaker_overrides(clients["billing"]) <= {None}
+    with clients["billing"].request(get("invoices/5")) as response:
+        assert response.status == 200
 
 
 def run_test_case(case: type[SimpleTestCase], name: str) -> Any:
