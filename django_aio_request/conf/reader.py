@@ -354,7 +354,8 @@ class Deferred:
             found = import_string(self._path)
         except ImportError as error:
             raise ImportError(
-                f"{self._path}, which the settings name, cannot be imported: {error} (manage.py check reports it)"
+                f"{self._path}, which the settings name, cannot be imported: {error_text(error)}"
+                " (manage.py check reports it)"
             ) from error
         if not self._accept(found):
             raise TypeError(f"{self._path} names {shown(found)}, not {self._what}")
@@ -385,7 +386,9 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
             # The error names the value ("No module named 'https://svc:pw@auth'"): such a value is
             # shown as shown() shows it, and the error's text left out.
             told = (
-                f"cannot be imported: {error}" if shown(value) == repr(value) else f"{shown(value)} cannot be imported"
+                f"cannot be imported: {error_text(error)}"
+                if shown(value) == repr(value)
+                else f"{shown(value)} cannot be imported"
             )
             reader.fail(path, told, f"give the dotted path of {what}", code=BAD_IMPORT)
             return None
@@ -400,9 +403,35 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
 def fields(
     reader: Reader, path: str, spec: Mapping[str, Any], schema: Mapping[str, tuple[Field, Any]]
 ) -> dict[str, Any]:
-    """Read every key of ``schema`` (``KEY: (field, default)``) from ``spec``; missing keys take the default."""
-    return {key: read(reader, f"{path}[{key!r}]", spec[key]) if key in spec else default
-            for key, (read, default) in schema.items()}  # fmt: skip
+    """Read every key of ``schema`` (``KEY: (field, default)``) from ``spec``; missing keys take the default.
+
+    A key whose reading fails in a way its field did not foresee (an object the setting names whose
+    ``__signature__`` raises, a mapping whose look-up raises, a bug of this reader) is an E099 at that
+    key, and the other keys are read as ever: it made the whole read one E099, which hid every other
+    problem of the setting (a review)."""
+    got: dict[str, Any] = {}
+    for key, (read, default) in schema.items():
+        where = f"{path}[{key!r}]"
+        try:
+            got[key] = read(reader, where, spec[key]) if key in spec else default
+        except Exception as error:
+            reader.fail(
+                where,
+                f"could not be read: {type(error).__name__}: {error_text(error)}",
+                "a case django-aio-request did not foresee: please report it with the value",
+                code=UNEXPECTED,
+            )
+            got[key] = None
+    return got
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)`` for a message, or what can be said when the error's own ``__str__`` raises
+    (an exception class of the user's with a bug in it: the message must still be written)."""
+    try:
+        return str(error)
+    except Exception as failed:
+        return f"<its message could not be shown: {type(failed).__name__}>"
 
 
 def seconds(*, at_most: float | None = None, at_least: float | None = None, why: str | None = None) -> Field:

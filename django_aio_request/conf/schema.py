@@ -228,7 +228,7 @@ def _classifier_class(found: Any) -> bool:
         inspect.signature(found).bind()
     except TypeError:
         return False
-    except ValueError:  # no signature to read (a class made in C): the build will tell
+    except Exception:  # no signature to read (a class made in C, a __signature__ that raises): the build will tell
         return True
     return True
 
@@ -320,7 +320,7 @@ def _not_callable_with(found: Any, arguments: int, what: str) -> str | None:
     for follow_wrapped in (True, False):
         try:
             signature = inspect.signature(found, follow_wrapped=follow_wrapped)
-        except (TypeError, ValueError):
+        except Exception:  # none to read (a builtin), or a __signature__ of the user's that raises
             return None
         try:
             signature.bind(*[None] * arguments)

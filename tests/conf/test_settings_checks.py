@@ -712,6 +712,78 @@ def test_a_module_that_raises_another_base_exception_as_it_is_imported_is_e008(
     assert any("['PRIORITY_POLICY'] cannot be imported: stopped" in m for m in found), found
 
 
+def test_a_module_whose_error_cannot_be_printed_is_e008_and_hides_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module raises an exception of its own whose ``__str__`` has a bug: writing the E008's message
+    raised in turn, and the whole setting was one E099 that hid the other problems (a review)."""
+    (tmp_path / "fails_badly_on_import.py").write_text(
+        "class ConfigError(Exception):\n"
+        "    def __str__(self):\n"
+        "        return 'missing ' + self.kye  # a typo: AttributeError\n\n"
+        "raise ConfigError()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "fails_badly_on_import.f"}}})
+    assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
+    assert any("cannot be imported: <its message could not be shown: AttributeError>" in m for m in found), found
+
+
+def test_an_enricher_whose_signature_raises_is_taken_and_hides_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: LoopbackServer
+) -> None:
+    """An enricher object whose ``__signature__`` raises has no signature to read, as a builtin has:
+    taken, and called. The check's look at it raised, and the setting was one E099 hiding the rest."""
+    from django_aio_request import clients, get
+
+    (tmp_path / "odd_enricher.py").write_text(
+        "class Enricher:\n"
+        "    @property\n"
+        "    def __signature__(self):\n"
+        "        raise RuntimeError('no signature here')\n\n"
+        "    def __call__(self, request):\n"
+        "        return request.with_headers({'X-Enriched': 'odd'})\n\n"
+        "enrich = Enricher()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    server.route("/x", lambda h: h.reply(200))
+    client = {**GOOD, "ENDPOINT": server.url, "REQUEST_ENRICHER": "odd_enricher.enrich"}
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": client}})
+    assert [m.split(" ", 1)[0] for m in found] == ["django_aio_request.E003"], found
+    with (
+        override_settings(AIO_REQUEST={"CLIENTS": {"billing": client}}),
+        clients["billing"].request(get("x")) as response,
+    ):
+        assert response.status == 200
+    (received,) = server.received("/x")
+    assert received.headers["X-Enriched"] == "odd"
+
+
+def test_a_key_that_fails_as_it_is_read_is_e099_at_that_key_and_hides_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a key's reader did not foresee (here a reader with a bug) is reported at that key, and every
+    other key is read and reported as ever: the whole setting was one E099 naming the exception."""
+    from django_aio_request.conf import schema
+
+    def broken(reader: Any, path: str, value: Any) -> Any:
+        raise RuntimeError("a case the reader did not foresee")
+
+    monkeypatch.setitem(schema.CLIENT_SCHEMA, "TIMEOUT", (broken, 20.0))
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "TIMEOUT": 5.0, "MAX_WORKERS": "many"}}})
+    assert sorted(m.split(" AIO_REQUEST", 1)[0] for m in found) == [
+        "django_aio_request.E003",
+        "django_aio_request.E003",
+        "django_aio_request.E099",
+    ], found
+    assert any(
+        m.startswith(
+            "django_aio_request.E099 AIO_REQUEST['CLIENTS']['billing']['TIMEOUT'] could not be read:"
+            " RuntimeError: a case the reader did not foresee"
+        )
+        for m in found
+    ), found
+    assert any("['billing']['MAX_WORKERS']" in m for m in found), found
+
+
 def test_a_strategy_that_holds_itself_is_reported_with_the_other_problems() -> None:
     """It recursed to Python's limit: an E099 ("a bug to report", RecursionError) that hid the rest."""
     looped: dict[str, Any] = {"NAME": "retry_until_deadline_expired"}
