@@ -358,12 +358,14 @@ class QueryBound:
 
     def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
         """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that
-        runs (part of) the query on the server and never passes an execute wrapper."""
+        runs (part of) the query on the server and never passes an execute wrapper. So is its
+        ``close()``, a CLOSE statement (:meth:`_closer`)."""
         if "fetchmany" in vars(cursor):
             return  # executed again: its fetches are bounded already
         for name in ("fetchone", "fetchmany", "fetchall"):
             fetch = getattr(cursor, name)  # Django's error-wrapping method of the driver cursor
             setattr(cursor, name, self._fetcher(fetch, connection, sql))
+        cursor.close = self._closer(cursor.close, connection)
 
     def _fetcher(self, fetch: Callable[..., _T], connection: BaseDatabaseWrapper, sql: object) -> Callable[..., _T]:
         def bounded_fetch(*args: Any) -> _T:
@@ -373,6 +375,55 @@ class QueryBound:
             return self._bounded(deadline, connection, sql, fetch, *args)
 
         return bounded_fetch
+
+    def _closer(self, close: Callable[[], None], connection: BaseDatabaseWrapper) -> Callable[[], None]:
+        """The server-side cursor's ``close()``, which sends ``CLOSE`` (Django calls it when an
+        ``.iterator()`` ends, however it ends). Before the deadline it is bounded like a fetch. After
+        it, it is sent all the same, since the cursor (a WITH HOLD one outside a transaction) would
+        otherwise stay open on the server, but on a server that does not answer it is cut off
+        CANCEL_TIMEOUT later. Unbounded, a fetch refused at the deadline was followed by a CLOSE
+        that waited for a server gone silent as long as it stayed so (a review: 12 s for a 0.5 s
+        deadline)."""
+
+        def bounded_close() -> None:
+            deadline = get_context().deadline if is_enabled() else None
+            if deadline is None:
+                close()
+            elif deadline.timeout > CANCEL_LEAD:
+                self._bounded(deadline, connection, "CLOSE", close)
+            else:
+                self._past_deadline(connection, "CLOSE", close)
+
+        return bounded_close
+
+    def _past_deadline(self, connection: BaseDatabaseWrapper, sql: str, call: Callable[[], None]) -> None:
+        """Run ``call`` (a statement let through after the deadline) with no cancel request, which
+        could end a healthy one, and the connection shut down if it has not returned CANCEL_TIMEOUT
+        from now (:meth:`_sever_if_running`)."""
+        self.busy += 1
+        try:
+            with self.lock:
+                self._generation += 1
+                self._due = None  # the deadline's timer has nothing left to cancel
+                generation = self._generation
+                self._raw = connection.connection
+                self._wrapper = weakref.ref(connection)
+            ended = self._ended
+            sever_at = time.monotonic() + CANCEL_TIMEOUT
+            unwatch = deadline_timer.schedule(
+                sever_at, functools.partial(self._check_ended, generation, ended, sever_at, sent_late=True)
+            )
+            try:
+                call()
+            except Exception as error:
+                self._raise_if_cancelled(error, generation, sql, connection)
+                raise
+            finally:
+                unwatch()
+        finally:
+            self._ended += 1
+            with self.lock:
+                self.busy -= 1
 
     def _arm(self, due: float, raw: Any) -> None:
         """Point the timer at ``due``. A timer entry is added only when ``due`` comes before the one
@@ -480,11 +531,11 @@ class QueryBound:
         later = min(time.monotonic() + RECANCEL_EVERY, sever_at)
         deadline_timer.schedule(later, functools.partial(self._check_ended, generation, ended, sever_at))
 
-    def _check_ended(self, generation: int, ended: int, sever_at: float) -> None:
+    def _check_ended(self, generation: int, ended: int, sever_at: float, *, sent_late: bool = False) -> None:
         """On the deadline timer's thread, which must never wait for the lock (a cancel request may hold it)."""
-        _cancellers().submit(self._sever_if_running, generation, ended, sever_at)
+        _cancellers().submit(self._sever_if_running, generation, ended, sever_at, sent_late)
 
-    def _sever_if_running(self, generation: int, ended: int, sever_at: float) -> None:
+    def _sever_if_running(self, generation: int, ended: int, sever_at: float, sent_late: bool = False) -> None:
         """After a cancel request went through: while the statement it was sent for has not returned,
         send another every RECANCEL_EVERY, and shut the connection down at ``sever_at``.
 
@@ -498,7 +549,8 @@ class QueryBound:
             if not (still and generation == self._generation and self._severed != generation):
                 return
             if time.monotonic() >= sever_at:
-                self._sever(generation, f"it was still running {CANCEL_TIMEOUT:g} s after it was cancelled")
+                after = "it was sent, after the deadline" if sent_late else "it was cancelled"
+                self._sever(generation, f"it was still running {CANCEL_TIMEOUT:g} s after {after}")
                 return
             if not self._send_cancel(generation, ended, timeout=max(0.01, sever_at - time.monotonic())):
                 return

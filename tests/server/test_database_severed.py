@@ -147,6 +147,40 @@ def cut_off_after(proxy: HangingProxy, seconds: float) -> Iterator[None]:
         watchdog.cancel()
 
 
+@pytest.mark.parametrize("atomic", ["", "1"], ids=["with-hold", "atomic"])
+def test_an_iterator_whose_server_stops_answering_between_fetches_answers_by_the_deadline(
+    client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy], caplog: pytest.LogCaptureFixture, atomic: str
+) -> None:
+    """``.iterator()``, and a server that stops answering between two fetches (a network partition):
+    the next fetch falls due past the deadline and is refused, and the server-side cursor's ``CLOSE``,
+    which psycopg sends past every execute wrapper when Django closes the cursor, waited for the server
+    (a review: 12.3 s for a 0.5 s deadline, 4 of 4 runs; 18 of 18 requests unanswered after 15 s under
+    gunicorn and uvicorn). It is cut off the cancel timeout after it began: 408 by then."""
+    _, proxy = proxied
+    Group.objects.using(PG).bulk_create(Group(name=f"group {n}") for n in range(20))
+    client.raise_request_exception = False
+
+    def partition() -> None:
+        proxy.freeze()
+        proxy.hang = True
+
+    stop = threading.Timer(0.25, partition)  # after the first fetch; the second falls due at 0.5 s
+    with cut_off_after(proxy, 5):
+        stop.start()
+        started = time.monotonic()
+        response = client.get(
+            "/iterate-slowly/", {"per_row": "0.1", "atomic": atomic}, headers={"X-Request-Timeout": str(TIMEOUT)}
+        )
+        elapsed = time.monotonic() - started
+    assert response.status_code == 408
+    assert elapsed < TIMEOUT + CANCEL_TIMEOUT + SLACK
+    assert internal_errors(caplog) == []
+    proxy.hang = False
+    connections[PG].close_if_unusable_or_obsolete()  # what Django does when a request ends (request_finished)
+    ok = client.get("/sql/", {"sleep": "0.01"}, headers={"X-Request-Timeout": "5"})
+    assert ok.status_code == 200  # on a new connection
+
+
 def test_the_health_check_at_the_requests_first_query_is_bounded_by_the_deadline(
     client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy]
 ) -> None:

@@ -92,6 +92,20 @@ def iterate(request: HttpRequest) -> HttpResponse:
     return _json({"rows": len(names)})
 
 
+def iterate_slowly(request: HttpRequest) -> HttpResponse:
+    """Every group through ``.iterator(chunk_size=5)``, the view spending ``?per_row=`` seconds of its
+    own on each row (the rows come at once): a fetch falls due past the deadline, and is refused, while
+    the server-side cursor is open. Inside ``atomic()`` with ``?atomic=1`` (else WITH HOLD)."""
+    per_row = float(request.GET["per_row"])
+    rows = Group.objects.using(ALIAS).order_by("pk")
+    with transaction.atomic(using=ALIAS) if request.GET.get("atomic") == "1" else contextlib.nullcontext():
+        count = 0
+        for _ in rows.iterator(chunk_size=5):
+            time.sleep(per_row)
+            count += 1
+    return _json({"rows": count})
+
+
 def session_write(request: HttpRequest) -> HttpResponse:
     """Writes to the session, then uses up ``?sleep=`` seconds: SessionMiddleware saves the session
     after the view, in its ``process_response``."""
@@ -296,6 +310,7 @@ urlpatterns = [
     path("sleep-async/", sleep_async),
     path("sql/", sql),
     path("iterate/", iterate),
+    path("iterate-slowly/", iterate_slowly),
     path("session/", session_write),
     path("broken-below/", broken_below),
     path("fallback-bug/", fallback_bug),
