@@ -237,7 +237,7 @@ def _begin(request: HttpRequest, conf: AioRequestSettings, now: float) -> HttpRe
             return _rejected("low_timeout" if raw.strip(_OWS).partition("e")[0].strip("0.") else "expired")
         elif seconds < conf.low_timeout_threshold:
             return _rejected("low_timeout")
-        elif seconds < conf.max_timeout:
+        elif seconds <= conf.max_timeout:  # equal: the caller's own deadline, not cut (no X-Do-Not-Retry)
             # Deadline(...) rather than Deadline.from_timeout(): the value is known finite and positive.
             return Context(Deadline(now + seconds), priority)
         else:
@@ -363,7 +363,7 @@ class AioRequestMiddleware:
                     ):
                         seconds = _remember(raw, float(raw))  # a miss only: the call costs no measurable time
             if seconds is not None and seconds > 0 and seconds >= conf.low_timeout_threshold:
-                if seconds < conf.max_timeout:
+                if seconds <= conf.max_timeout:
                     deadline = Deadline(started + seconds)
                 else:
                     deadline = ClampedDeadline(started + conf.max_timeout)

@@ -68,7 +68,7 @@ def deadline_answer_headers(request: Any, deadline: Deadline | None) -> dict[str
         from django_aio_request.server.middleware import parse_timeout
 
         seconds = parse_timeout(received)
-        if seconds is not None and seconds >= current.settings.max_timeout:
+        if seconds is not None and seconds > current.settings.max_timeout:  # cut, as the middleware cuts
             return {X_DO_NOT_RETRY: "1"}
     return {}
 
@@ -210,7 +210,10 @@ def _check_seconds(seconds: object) -> float:
     if callable(seconds):
         raise TypeError("timeout() needs a number of seconds: write @timeout(5), not @timeout")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise TypeError(f"timeout() takes a positive, finite number of seconds, not {type(seconds).__name__}")
+        # A Decimal or a Fraction is a number too, though not one taken (nor by AIO_REQUEST): say which are.
+        raise TypeError(
+            f"timeout() takes a positive, finite number of seconds (an int or a float), not {type(seconds).__name__}"
+        )
     # repr() but for an int too large for one: 10**400 is no float (float() raises OverflowError,
     # math.isfinite() too) and 10**5000 has no repr (int max str digits).
     shown = (

@@ -6,6 +6,8 @@ import logging
 import math
 import subprocess
 import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,8 @@ def test_a_class_decorated_again_with_another_timeout_is_refused_and_each_route_
         (math.nan, ValueError, "not nan"),
         (True, TypeError, "not bool"),
         ("5", TypeError, "not str"),
+        (Decimal("5"), TypeError, r"number of seconds \(an int or a float\), not Decimal"),
+        (Fraction(1, 2), TypeError, r"\(an int or a float\), not Fraction"),
         (None, TypeError, "not NoneType"),
         # Out of the range AIO_REQUEST's numbers take: the decorator's own message, not OverflowError
         pytest.param(10**400, ValueError, r"takes 1e-06 to 999999999 seconds, not an int of 1329 bits", id="10**400"),
