@@ -17,7 +17,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import idna
 import requests
@@ -53,6 +53,7 @@ from django_aio_request.transport.bounded_retries import deadline_bound
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
+from django_aio_request.transport.framing import is_chunked
 from django_aio_request.transport.hook_errors import RaisedByAHook, raised_on
 from django_aio_request.transport.response_head import HeadTooLarge
 
@@ -736,6 +737,8 @@ class RequestsTransport(Transport):
         raw = outcome.raw
         try:
             bodiless = _bodiless(last.method or "", outcome.status_code)  # the last hop's method
+            if raw is not None and _runs_to_the_close(outcome.headers, unreadable, bodiless):
+                return _unreadable_answer(request, endpoint, started, cast(str, unreadable))
             if raw is None:  # what requests' ``content`` gives: the body made in memory
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
             elif unreadable is None:
@@ -840,6 +843,8 @@ class RequestsTransport(Transport):
             # (``gzip, br`` without brotli), whose DecodeError was a plain 489, retried and counted
             # against the endpoint, where ``br`` alone was the 489 that says so and is not retried.
             unreadable = unreadable_coding(raw.headers, accepted)
+            if _runs_to_the_close(raw.headers, unreadable, bodiless):
+                return _unreadable_answer(request, endpoint, started, cast(str, unreadable))  # closed below
             decode = unreadable is None
             body = self._read_body(
                 raw.headers,
@@ -894,15 +899,7 @@ class RequestsTransport(Transport):
                 headers={X_RESPONSE_TOO_LARGE: str(self.max_response_size), h.X_DO_NOT_RETRY: "1"},
             )
         if unreadable is not None and body:  # an empty body (a 204, a HEAD's answer) is the answer
-            return _refused(
-                request,
-                endpoint,
-                started,
-                status.NETWORK_ERROR,
-                what="the response's body is in a coding this client cannot take off",
-                detail=unreadable,
-                headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
-            )
+            return _unreadable_answer(request, endpoint, started, unreadable)
         return Response(status=status_code, headers=headers, body=body, elapsed=time.monotonic() - started)
 
     @staticmethod
@@ -1192,6 +1189,33 @@ def _refused(
     take off, a redirect it cannot follow), with the warning that says why."""
     logger.warning("%s %s: %s (%s; status %s)", request.method, _logged_target(endpoint, request), what, detail, code)
     return EmptyResponse(status=code, elapsed=time.monotonic() - started, headers=headers)
+
+
+def _unreadable_answer(request: Request, endpoint: str, started: float, unreadable: str) -> Response:
+    """The 489 for an answer whose body is in a coding this client cannot take off (``unreadable``:
+    what :func:`~django_aio_request.transport.codings.unreadable_coding` names)."""
+    return _refused(
+        request,
+        endpoint,
+        started,
+        status.NETWORK_ERROR,
+        what="the response's body is in a coding this client cannot take off",
+        detail=unreadable,
+        headers={X_UNREADABLE_CODING: unreadable, h.X_DO_NOT_RETRY: "1"},
+    )
+
+
+def _runs_to_the_close(headers: Any, unreadable: str | None, bodiless: bool) -> bool:
+    """Whether an answer in a coding this client cannot take off has a body that ends only when the
+    server closes the connection: one with a ``Transfer-Encoding`` that is not chunked (``gzip``,
+    ``chunked;x=1``: RFC 9112 6.3). It is answered 489 without being read, its connection closed.
+    Read, from a server that kept the connection open as servers do, it waited out the call's
+    whole deadline: a 408, counted against the endpoint and retried, where the 489 names the coding
+    and says not to retry (a review: 6 of 6 calls, 1 s each at a 1 s deadline)."""
+    if unreadable is None or bodiless:
+        return False
+    value = headers.get("Transfer-Encoding")
+    return value is not None and not is_chunked(value)
 
 
 _ZLIB_STREAM = type(zlib.decompressobj())

@@ -31,6 +31,16 @@ def _raw(head: bytes, body: bytes) -> Callable[[Handler], None]:
     return handle
 
 
+def _kept_open(head: bytes, body: bytes) -> Callable[[Handler], None]:
+    """The answer, and the connection kept open for the next request, as servers keep it."""
+
+    def handle(handler: Handler) -> None:
+        handler.wfile.write(head + b"\r\n\r\n" + body)
+        handler.wfile.flush()
+
+    return handle
+
+
 def _encoded(coding: str, body: bytes) -> Callable[[Handler], None]:
     return lambda h: h.reply(200, body, {"Content-Encoding": coding, "Content-Type": "application/json"})
 
@@ -77,6 +87,30 @@ def test_a_body_still_coded_is_a_489_naming_the_coding_not_a_200_of_garbage(
     assert response.headers["X-Do-Not-Retry"] == "1"  # the same endpoint would send the same coding again
     assert response.read() == b""
     assert named in caplog.text
+
+
+@pytest.mark.parametrize("via", ["direct", "redirect"])
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [("gzip", gzip.compress(JSON)), ("chunked;x=1", _chunked(JSON)), ("gzip, chunked", _chunked(gzip.compress(JSON)))],
+    ids=["gzip", "chunked-parameter", "gzip-chunked"],
+)
+def test_a_transfer_coding_left_on_is_a_489_at_once_from_a_server_that_keeps_the_connection(
+    server: LoopbackServer, coding: str, body: bytes, via: str
+) -> None:
+    """A transfer coding that is not chunked leaves the body to run to the connection's close (RFC
+    9112 6.3). Read, from a server that kept the connection open, it waited out the whole deadline:
+    a 408, counted against the endpoint and retried, not the 489 that names the coding (a review)."""
+    server.route("/kept", _kept_open(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding.encode(), body))
+    server.route("/redirect", lambda h: h.reply(302, b"", {"Location": "/kept"}))
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("kept" if via == "direct" else "redirect"), DEADLINE)
+    finally:
+        transport.close()
+    assert response.status == status.NETWORK_ERROR
+    assert response.headers[X_UNREADABLE_CODING] == f"Transfer-Encoding: {coding.partition(',')[0]}"
+    assert response.elapsed < DEADLINE / 2  # at once: a 408 came after the whole deadline
 
 
 @pytest.mark.parametrize("path", ["ce-gzip", "te-identity", "ce-not-a-coding", "ce-charset"])
