@@ -322,14 +322,15 @@ class Limiter:
         counted = self._in_flight - self._lent(now, slots)
         if counted < slots:
             best = self._queue.best()
-            if best is None or RANK[priority] < RANK[best.priority]:  # nobody as good waits for a slot
-                if counted < self._open_to(priority, slots):
-                    self._in_flight += 1
-                    self._last_admitted = now
-                    bisect.insort(self._running, now)
-                    return Admission(True, admitted_at=now)
-                if slots == self.limit.current:  # not when a thread is kept free below the limit: it was not reached
-                    self.limit.held_back()  # only the slots kept from low are free: the limit counts as reached
+            open_to = self._open_to(priority, slots)
+            # Nobody as good waits for a slot.
+            if counted < open_to and (best is None or RANK[priority] < RANK[best.priority]):
+                self._in_flight += 1
+                self._last_admitted = now
+                bisect.insort(self._running, now)
+                return Admission(True, admitted_at=now)
+            if counted >= open_to:
+                self._held_back(slots)  # also behind a low request waiting already (ASGI: a review)
         bound, reason = self._bound(deadline, now)
         if bound <= 0:  # no time to wait: the deadline's doing, or QUEUE_TIMEOUT 0's (no queue at all)
             return self._refuse(priority, reason, deadline - now)
@@ -495,10 +496,19 @@ class Limiter:
             metrics.shedding_waited(waiter.priority.value, waited)
             self._published_queue(waiter.priority)
             waiter.wake()
+        if best is not None and self._in_flight - lent < slots:
+            self._held_back(slots)  # the best waiting is low, and only the slots kept from low are free
         current = slots
         if current != self._published_limit:
             self._published_limit = current
             metrics.shedding_limit.set(current)
+
+    def _held_back(self, slots: int) -> None:
+        """A low request finds free only the slots kept from low: the limit counts as reached (see
+        :meth:`AdaptiveLimit.held_back`), however many low ones wait already. Not when a thread is kept
+        free below the limit (``_slots``): that limit was not reached."""
+        if slots == self.limit.current:
+            self.limit.held_back()
 
     def _stall_after(self) -> float:
         """How long a request runs before it counts as stalled (see _STALL_SERVICES)."""
