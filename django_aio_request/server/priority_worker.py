@@ -19,9 +19,9 @@ these things and nothing else:
   caller gave up while it waited is refused at once (503 with ``Retry-After``, see
   :class:`QueueWaitApp`) instead of running its view for nobody. The value received is kept in
   ``environ["django_aio_request.received_timeout"]``. A
-  request whose time ran out in the queue is taken before any other, so that refusal comes as
-  soon as a thread is free: under a steady flood of higher priority nothing waits in the queue
-  past its caller's deadline;
+  request whose time ran out in the queue is refused then, on a thread of its own if every thread
+  is busy (else it waited for the next free thread: 2.8 s for a 2 s deadline behind a 3 s view, a
+  review), so nothing waits in the queue past its caller's deadline;
 * a request without a valid ``X-Request-Timeout`` has no deadline in the queue, as in the
   middleware's (``TIMEOUT`` is a default nobody waits for): it never expires, so it is never taken
   ahead of better priorities, and it comes after the requests of its priority that have one.
@@ -64,7 +64,7 @@ from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.deferred import recording
 from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
-from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, take_queued_for
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, ran_expired, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
 from django_aio_request.server.socket_peek import peek
 from django_aio_request.server.view_timeout import RECEIVED_TIMEOUT
@@ -216,7 +216,7 @@ class QueueWaitApp:
         waited = take_queued_for()
         if waited > 0:
             try:
-                refused = self._take_off(waited, environ, start_response)
+                refused = self._take_off(waited, environ, start_response, expired=ran_expired())
             except Exception:  # settings that do not load, an app that is not Django: as received
                 if not self._failed:
                     self._failed = True
@@ -230,15 +230,16 @@ class QueueWaitApp:
         return self.app(environ, start_response)
 
     def _take_off(
-        self, waited: float, environ: dict[str, Any], start_response: Callable[..., Any]
+        self, waited: float, environ: dict[str, Any], start_response: Callable[..., Any], *, expired: bool = False
     ) -> Iterable[bytes] | None:
-        """Rewrite the timeout in ``environ``, or answer the 503 and return its body."""
+        """Rewrite the timeout in ``environ``, or answer the 503 and return its body. ``expired``: the
+        pool runs it on a thread of its own, every thread busy (``ran_expired``): it is refused."""
         from django_aio_request.server.middleware import parse_timeout  # imports Django: after setup
 
         raw = environ.get(META_TIMEOUT)
         seconds = None if raw is None else parse_timeout(raw)
         if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
-            if _waited_too_long(waited):
+            if expired or _waited_too_long(waited):
                 return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT)
             return None
         conf = current.settings
@@ -267,6 +268,8 @@ class QueueWaitApp:
             # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
             # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
             return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, left=left)
+        if expired:  # its deadline came, less the microseconds between its ranking and its queueing
+            return _refuse(environ, start_response, "deadline")
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = shown
         return None

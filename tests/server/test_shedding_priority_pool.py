@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for, ran_expired
 
 NEVER = math.inf
 
@@ -80,6 +80,49 @@ def test_an_item_whose_time_ran_out_while_it_waited_goes_first(pools: Any) -> No
     assert record.order[0] == "low, expired"
     pool.shutdown(wait=True)
     assert record.order == ["low, expired", "high", "low, expires later"]
+
+
+def test_an_item_that_expires_while_every_thread_is_busy_runs_then_on_a_thread_of_its_own(pools: Any) -> None:
+    """It waited for the next free thread: a request's refusal came when a 3 s view ended, long after
+    its QUEUE_TIMEOUT and its deadline (a review). It runs at its expiry now, told so (ran_expired)."""
+    pool = pools(1)
+    gate = hold(pool)
+    seen: list[tuple[str, bool, float]] = []
+
+    def item(name: str, rank: int, expires_at: float) -> None:
+        seen.append((name, ran_expired(), time.monotonic()))
+
+    submitted = time.monotonic()
+    pool.submit(item, "expires", 2, submitted + 0.1).result(5)  # while the pool's thread is held
+    assert seen[0][:2] == ("expires", True)
+    assert 0.1 <= seen[0][2] - submitted < 1.0
+    gate.set()
+    pool.submit(item, "on a free thread", 2, time.monotonic() + 60).result(5)
+    assert seen[1][:2] == ("on a free thread", False)
+
+
+def test_at_most_max_workers_expired_items_run_beside_the_busy_threads(pools: Any) -> None:
+    pool = pools(1)
+    gate, release = hold(pool), threading.Event()
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def item(name: str, rank: int, expires_at: float) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+
+    futures = [pool.submit(item, f"expires {n}", 2, time.monotonic() + 0.05) for n in range(3)]
+    time.sleep(0.3)
+    assert (running[0], pool.waiting()) == (1, 2)  # one beside the held thread; the others wait
+    release.set()
+    for future in futures:  # each the next, as the one before ends (or the held thread, once freed)
+        future.result(5)
+    gate.set()
+    assert most[0] == 1
 
 
 def test_under_a_steady_flood_of_better_work_an_expiring_item_waits_only_until_it_expires(pools: Any) -> None:

@@ -7,7 +7,8 @@ low-priority one that came before it, which nothing in the process can reorder o
 taken them; this one hands a freed thread to the best-ranked item.
 
 Each item runs with :func:`queued_for` telling how long it waited in this queue (the application
-wrapper of the worker takes it off the request's ``X-Request-Timeout``).
+wrapper of the worker takes it off the request's ``X-Request-Timeout``), and :func:`ran_expired`
+telling whether it was run because it expired while every thread was busy (see the class).
 """
 
 import heapq
@@ -21,7 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-__all__ = ["PriorityThreadPool", "queued_for", "take_queued_for"]
+from django_aio_request.transport.deadline_timer import deadline_timer
+
+__all__ = ["PriorityThreadPool", "queued_for", "ran_expired", "take_queued_for"]
 
 logger = logging.getLogger(__name__)
 _local = threading.local()
@@ -38,6 +41,12 @@ def take_queued_for() -> float:
     waited = getattr(_local, "waited", 0.0)
     _local.waited = 0.0
     return waited
+
+
+def ran_expired() -> bool:
+    """Whether the item running on this thread expired in the queue while every thread of the pool
+    was busy, and runs on a thread of its own (:class:`PriorityThreadPool`): it must only be refused."""
+    return getattr(_local, "expired", False)
 
 
 def _done() -> None:
@@ -64,8 +73,14 @@ class PriorityThreadPool(Executor):
     a quick refusal, where leaving it would hold a caller that did not give up for as long as
     better-ranked work keeps coming. ``on_length(rank, count)`` is told each time the number of
     waiting items of a rank changes (with the pool's lock held: it must be quick and never call the
-    pool), ``on_start(rank, waited)`` when an item starts (PriorityThreadWorker's metrics). Like
-    ``ThreadPoolExecutor``: :meth:`shutdown` lets the threads finish what is queued unless
+    pool), ``on_start(rank, waited)`` when an item starts (PriorityThreadWorker's metrics).
+
+    An item still waiting when it expires (every thread busy all that time) does not wait for a
+    thread either: it is run then on a thread of its own, with :func:`ran_expired` true, so that the
+    refusal it stands for is answered at its time. Taken only by the next free thread, a request with
+    a 2 s deadline was refused 2.8 s after it came, when a 3 s view ended (a review). At most
+    ``max_workers`` such threads run at once; beyond them an expired item waits for a thread as before.
+    Like ``ThreadPoolExecutor``: :meth:`shutdown` lets the threads finish what is queued unless
     ``cancel_futures``; the threads are not daemons, so the interpreter waits for the work in hand.
     """
 
@@ -97,6 +112,10 @@ class PriorityThreadPool(Executor):
         self._idle = threading.Semaphore(0)  # released by each thread that waits for work
         self._threads: list[threading.Thread] = []
         self._closed = False
+        # The deadline timer's entry at the earliest expiry of the items waiting (one at a time).
+        self._armed_at = math.inf
+        self._disarm: Callable[[], None] | None = None
+        self._expired_running = 0  # items run on threads of their own because they expired
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
         rank, expires_at = self._rank(args)  # outside the lock: it may read a socket
@@ -108,6 +127,8 @@ class PriorityThreadPool(Executor):
             heapq.heappush(self._by_rank, (rank, arrival, item))
             if expires_at != math.inf:
                 heapq.heappush(self._by_expiry, (expires_at, arrival, item))
+                if expires_at < self._armed_at:
+                    self._arm(expires_at)
             self._waiting += 1
             self._counted(rank, 1)
         self._tokens.put(True)
@@ -128,6 +149,9 @@ class PriorityThreadPool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._closed = True
+            if self._disarm is not None:
+                self._disarm()
+                self._disarm, self._armed_at = None, math.inf
             if cancel_futures:
                 for _, _, item in self._by_rank:
                     if not item.taken:
@@ -153,6 +177,57 @@ class PriorityThreadPool(Executor):
             except Exception:  # a metric that failed must not cost the request, nor the caller's loop
                 logger.exception("%s: on_length failed", self._name)
 
+    def _arm(self, due: float) -> None:
+        """(Holding the lock.) The timer's entry at ``due``, in place of the later one set before."""
+        if self._disarm is not None:
+            self._disarm()
+        self._armed_at = due
+        self._disarm = deadline_timer.schedule(due, self._ring)
+
+    def _ring(self) -> None:
+        """On the deadline timer's thread (which must not wait): run each item that expired while it
+        waited on a thread of its own, and set the entry for the next expiry."""
+        expired = []
+        with self._lock:
+            self._armed_at, self._disarm = math.inf, None
+            if self._closed:
+                return
+            expiring, now = self._by_expiry, time.monotonic()
+            while expiring and (expiring[0][2].taken or expiring[0][0] <= now):
+                item = heapq.heappop(expiring)[2]
+                if item.taken:
+                    continue
+                if self._expired_running >= self._max_workers:
+                    # Taken first by the next free thread, as before, or by a ring when one of those threads ends.
+                    heapq.heappush(expiring, (now, next(self._arrivals), item))
+                    break
+                self._expired_running += 1
+                self._mark_taken(item)
+                expired.append(item)
+            if expiring and expiring[0][0] > now:
+                self._arm(expiring[0][0])
+        for item in expired:
+            thread = threading.Thread(target=self._run_expired, args=(item,), name=f"{self._name}-expired")
+            thread.daemon = True  # a refusal: nothing to wait for at exit
+            thread.start()
+
+    def _run_expired(self, item: _Item) -> None:
+        _local.expired = True
+        try:
+            self._run(item)
+        finally:
+            _local.expired = False
+            with self._lock:
+                self._expired_running -= 1
+                if self._by_expiry and self._armed_at == math.inf and not self._closed:
+                    self._arm(self._by_expiry[0][0])  # one left waiting for this thread: rings at once
+
+    def _mark_taken(self, item: _Item) -> None:
+        """(Holding the lock.) ``item`` leaves the queue."""
+        item.taken = True
+        self._waiting -= 1
+        self._counted(item.rank, -1)
+
     def _take(self) -> _Item:
         """The item to run next (called with the lock held and something waiting)."""
         expiring = self._by_expiry
@@ -165,9 +240,7 @@ class PriorityThreadPool(Executor):
                 item = heapq.heappop(self._by_rank)[2]
                 if not item.taken:
                     break
-        item.taken = True
-        self._waiting -= 1
-        self._counted(item.rank, -1)
+        self._mark_taken(item)
         # An item is in both heaps and leaves one of them when taken: drop the stale entries before
         # they outnumber the live ones (under a steady overload the other heap might never reach them).
         if len(self._by_rank) + len(self._by_expiry) > 4 * self._waiting + 64:
