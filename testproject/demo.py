@@ -1,10 +1,13 @@
 """``make demo``: migrate, create the demo admin login, start the chain frontend -> orders -> billing
 (one process each, on 127.0.0.1), print where to look, and stop them all on Ctrl-C."""
 
+import errno
+import fcntl
 import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from types import FrameType
 
@@ -68,11 +71,16 @@ def _migrate(call_command: Callable[..., object]) -> str | None:
 
     signal.signal(signal.SIGINT, _note_stop)
     signal.signal(signal.SIGTERM, _note_stop)
+    path = settings.DATABASES["default"]["NAME"]
     try:
-        call_command("migrate", verbosity=0)
+        # One migrate at a time on a database: two demos started at once on a new one both created its
+        # tables, and the second said the database could not be migrated ("table ... already exists")
+        # and to delete it, while the first was using it (a review).
+        with open(f"{path}.migrate-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            call_command("migrate", verbosity=0)
     except DatabaseError as error:
         # A database an older demo left so (or one edited by hand): what to do, not a traceback.
-        path = settings.DATABASES["default"]["NAME"]
         return (
             f"make demo: its database {path} cannot be migrated ({error}); delete it (or set"
             " DEMO_DATABASE to another file) and start again."
@@ -114,11 +122,13 @@ def main() -> int:
     _unless_stopped()
 
     ports: dict[str, int] = dict(getattr(settings, "DEMO_PORTS"))  # noqa: B009 - not in the type checker's settings
-    taken = [f"port {port} ({name})" for name, port in ports.items() if _in_use(port)]
+    problems = {name: _bind_problem(port) for name, port in ports.items()}
+    if not any(problems.values()):
+        problems = {name: _claim(port) for name, port in ports.items()}  # held until this process ends
+    taken = [f"port {ports[name]} ({name}) {problem}" for name, problem in problems.items() if problem]
     if taken:
         print(
-            f"make demo: {', '.join(taken)} already in use (another demo still running?). "
-            "Set DEMO_PORT (and DEMO_ORDERS_PORT, DEMO_BILLING_PORT) for other ports.",
+            f"make demo: {', '.join(taken)}. Set DEMO_PORT (and DEMO_ORDERS_PORT, DEMO_BILLING_PORT) for other ports.",
             file=sys.stderr,
         )
         return 1
@@ -146,16 +156,37 @@ def main() -> int:
         return 0
 
 
-def _in_use(port: int) -> bool:
-    """Whether something listens on ``port`` of 127.0.0.1 (the services bind there). With
-    SO_REUSEADDR, as the services' servers bind: a port a stopped demo left in TIME_WAIT is free."""
+IN_USE = "already in use (another demo still running?)"
+_claims: list[object] = []  # the port claims this demo holds, open until the process ends
+
+
+def _bind_problem(port: int) -> str | None:
+    """Why the services could not listen on ``port`` of 127.0.0.1 (they bind there), or None. With
+    SO_REUSEADDR, as the services' servers bind: a port a stopped demo left in TIME_WAIT is free. A
+    port the user may not bind (below 1024 without root) was said to be in use (a review)."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
+        except PermissionError:
+            return "may not be used by this user (ports below 1024 need root)"
+        except OSError as error:
+            return IN_USE if error.errno == errno.EADDRINUSE else f"cannot be listened on ({error.strerror})"
+    return None
+
+
+def _claim(port: int) -> str | None:
+    """Claim ``port`` for this demo until it ends (a lock file per port, which the system releases
+    when the process ends, however it ends), or say it is taken. Two demos started at the same moment
+    both found the port free, and the second's services failed to start after its migrate (a review)."""
+    lock = open(os.path.join(tempfile.gettempdir(), f"django-aio-request-demo-{port}.lock"), "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return IN_USE
+    _claims.append(lock)
+    return None
 
 
 def _print_urls(ports: dict[str, int]) -> None:

@@ -83,6 +83,56 @@ def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "demo.sqlite3").exists()
 
 
+def test_two_demos_started_at_once_on_a_new_database_one_runs_and_the_other_names_the_port(tmp_path: Path) -> None:
+    """Both found the ports free and both migrated the new database: the second said it could not be
+    migrated ("table ... already exists") and to delete it, while the first used it; with a database
+    already there, its services failed to start, after it had said nothing (a review, 4 of 4)."""
+    ports, env = _free_ports_and_env(tmp_path)
+    command = [sys.executable, "-m", "testproject.demo"]
+    demos = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    try:
+        ended = None
+        while ended is None:  # the one refused ends; the other runs until its Ctrl-C
+            ended = next((demo for demo in demos if demo.poll() is not None), None)
+            time.sleep(0.05)
+        refused = ended.communicate(timeout=60)[0]
+        running = demos[1 - demos.index(ended)]
+        assert running.stdout is not None
+        started = "".join(
+            iter(running.stdout.readline, "Demo running: frontend -> orders -> billing, each its own process.\n")
+        )
+    finally:
+        for demo in demos:
+            if demo.poll() is None:
+                demo.send_signal(signal.SIGINT)
+        for demo in demos:
+            demo.communicate(timeout=60)
+    assert ended.returncode == 1, refused
+    assert f"port {ports['DEMO_PORT']} (frontend) already in use (another demo still running?)" in refused
+    assert "cannot be migrated" not in refused
+    assert "Traceback" not in refused + started
+    _assert_nothing_listens_on(ports)
+
+
+def test_a_port_the_user_may_not_listen_on_is_named_as_such_not_as_in_use(tmp_path: Path) -> None:
+    """Ports below 1024 for a user without the right to bind them (here root without
+    CAP_NET_BIND_SERVICE): they were said to be in use by another demo (a review)."""
+    env = {**os.environ, "DEMO_PORT": "80", "DEMO_DATABASE": str(tmp_path / "demo.sqlite3")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    without = ["setpriv", "--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service"]
+    run = subprocess.run(
+        [*without, sys.executable, "-m", "testproject.demo"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "port 80 (frontend) may not be used by this user (ports below 1024 need root)" in run.stderr
+    assert "in use" not in run.stderr
+    assert not (tmp_path / "demo.sqlite3").exists()
+
+
 def test_a_port_variable_set_empty_means_its_default(tmp_path: Path) -> None:
     """``DEMO_PORT= make demo``, as most tools read an empty variable: unset (it was refused)."""
     env = {**os.environ, "DEMO_PORT": "", "DEMO_ORDERS_PORT": " ", "PYTHONPATH": str(ROOT)}
