@@ -86,7 +86,12 @@ def settings(spec: ClientSpec) -> list[str]:
 def received(body: object, status: int, from_breaker: bool) -> str:
     """What billing's simulated service said it received, or why there is nothing to show."""
     if from_breaker:
-        return "nothing: the circuit breaker answered without calling billing"
+        # The call's answer is the breaker's; an attempt it let through as a probe may have reached
+        # billing meanwhile (a probe that timed out, while a hedge was refused): "nothing" said billing
+        # received nothing where it had received the probe (a review).
+        return (
+            "no answer from billing: the circuit breaker answered (it lets one attempt through now and then, to probe)"
+        )
     if isinstance(body, Mapping) and isinstance(body.get("received"), Mapping):
         got = body["received"]
         parts = [
