@@ -378,16 +378,21 @@ class QueryBound:
 
     def _closer(self, close: Callable[[], None], connection: BaseDatabaseWrapper) -> Callable[[], None]:
         """The server-side cursor's ``close()``, which sends ``CLOSE`` (Django calls it when an
-        ``.iterator()`` ends, however it ends). Before the deadline it is bounded like a fetch. After
-        it, it is sent all the same, since the cursor (a WITH HOLD one outside a transaction) would
-        otherwise stay open on the server, but on a server that does not answer it is cut off
-        CANCEL_TIMEOUT later. Unbounded, a fetch refused at the deadline was followed by a CLOSE
+        ``.iterator()`` ends, however it ends), outside a transaction. Before the deadline it is
+        bounded like a fetch. After it, it is sent all the same, since the cursor (a WITH HOLD one
+        outside a transaction) would otherwise stay open on the server, but on a server that does not
+        answer it is cut off CANCEL_TIMEOUT later. Unbounded, a fetch refused at the deadline was followed by a CLOSE
         that waited for a server gone silent as long as it stayed so (a review: 12 s for a 0.5 s
         deadline)."""
 
         def bounded_close() -> None:
             deadline = get_context().deadline if is_enabled() else None
-            if deadline is None:
+            if deadline is None or connection.in_atomic_block:
+                # Inside a transaction the cursor is WITHOUT HOLD and ends with it; its CLOSE goes as
+                # COMMIT and ROLLBACK go, unbounded. Cut off there, the connection was closed in the
+                # transaction, and the error raised where Django closes the cursor (a generator's
+                # finaliser, after a `break`) is ignored by Python: atomic() then ended quietly and the
+                # view answered 200 for a write never committed (a review).
                 close()
             elif deadline.timeout > CANCEL_LEAD:
                 self._bounded(deadline, connection, "CLOSE", close)

@@ -701,7 +701,8 @@ class HangingProxy:
     ``swallow_cancels`` set, only the connections that carry a cancel request are held unanswered,
     as by a proxy that does not pass them on; others connect as usual. After :meth:`freeze`, the
     connections it carries then pass nothing on either way (a network partition: packets lost,
-    nobody closes anything)."""
+    nobody closes anything). While ``flowing`` is cleared, what they carry waits, and goes on once it
+    is set again (a network that stalls and recovers)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -709,6 +710,8 @@ class HangingProxy:
         self.swallow_cancels = False
         self.swallowed = 0
         self.frozen: set[socket.socket] = set()
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
@@ -753,6 +756,7 @@ class HangingProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self.flowing.wait()
                 if source not in self.frozen:
                     sink.sendall(data)
         with contextlib.suppress(OSError):

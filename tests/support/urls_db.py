@@ -106,6 +106,18 @@ def iterate_slowly(request: HttpRequest) -> HttpResponse:
     return _json({"rows": count})
 
 
+def write_then_break(request: HttpRequest) -> HttpResponse:
+    """In one ``transaction.atomic()`` block: a group named ``?name=`` written, then the first row of
+    an ``.iterator()``, ``?pause=`` seconds of the view's own, and a ``break`` (Django closes the
+    server-side cursor as the loop lets its generator go)."""
+    with transaction.atomic(using=ALIAS):
+        Group.objects.using(ALIAS).create(name=request.GET["name"])
+        for _ in Group.objects.using(ALIAS).order_by("pk").iterator(chunk_size=5):
+            time.sleep(float(request.GET["pause"]))
+            break
+    return HttpResponse("saved\n", content_type="text/plain")
+
+
 def session_write(request: HttpRequest) -> HttpResponse:
     """Writes to the session, then uses up ``?sleep=`` seconds: SessionMiddleware saves the session
     after the view, in its ``process_response``."""
@@ -311,6 +323,7 @@ urlpatterns = [
     path("sql/", sql),
     path("iterate/", iterate),
     path("iterate-slowly/", iterate_slowly),
+    path("write-then-break/", write_then_break),
     path("session/", session_write),
     path("broken-below/", broken_below),
     path("fallback-bug/", fallback_bug),
