@@ -125,6 +125,34 @@ def test_at_most_max_workers_expired_items_run_beside_the_busy_threads(pools: An
     assert most[0] == 1
 
 
+def test_an_expired_item_left_waiting_for_a_refusal_thread_runs_when_that_thread_ends(pools: Any) -> None:
+    """One refusal thread busy (max_workers 1), a second item expired behind it, and a later expiry
+    that set the timer meanwhile: the second waited for that later expiry (a review: 4.0 s where
+    1.8 s was due). It runs as the busy refusal thread ends."""
+    pool = pools(1)
+    gate, release = hold(pool), threading.Event()
+    started: dict[str, float] = {}
+
+    def item(name: str, rank: int, expires_at: float) -> None:
+        started[name] = time.monotonic()
+        if name == "first":
+            release.wait(10)
+
+    now = time.monotonic()
+    first = pool.submit(item, "first", 2, now + 0.05)
+    second = pool.submit(item, "second", 2, now + 0.1)
+    time.sleep(0.2)
+    later = pool.submit(item, "later", 2, time.monotonic() + 1.5)  # sets the timer for 1.5 s from now
+    time.sleep(0.1)
+    released = time.monotonic()
+    release.set()
+    first.result(5)
+    second.result(5)
+    assert started["second"] - released < 0.5  # not when "later" expires, 1.2 s after the release
+    later.result(5)
+    gate.set()
+
+
 def test_under_a_steady_flood_of_better_work_an_expiring_item_waits_only_until_it_expires(pools: Any) -> None:
     pool, record = pools(1), Recorder()
     stop = threading.Event()

@@ -219,8 +219,10 @@ class PriorityThreadPool(Executor):
             _local.expired = False
             with self._lock:
                 self._expired_running -= 1
-                if self._by_expiry and self._armed_at == math.inf and not self._closed:
-                    self._arm(self._by_expiry[0][0])  # one left waiting for this thread: rings at once
+                if self._by_expiry and self._by_expiry[0][0] < self._armed_at and not self._closed:
+                    # One left waiting for this thread rings at once: also when a later expiry has
+                    # armed the timer meanwhile (it waited for that one, a review).
+                    self._arm(self._by_expiry[0][0])
 
     def _mark_taken(self, item: _Item) -> None:
         """(Holding the lock.) ``item`` leaves the queue."""
