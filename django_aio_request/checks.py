@@ -19,7 +19,7 @@ from django.core import checks
 from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
-from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
+from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
@@ -49,7 +49,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     except (Exception, SystemExit) as error:
         return [
             checks.Error(
-                f"{SETTING} could not be read: {type(error).__name__}: {error}",
+                f"{SETTING} could not be read: {type(error).__name__}: {error_text(error)}",
                 hint="please report this with the setting's value: the reader should have named the problem",
                 obj=f"settings.{SETTING}",
                 id=f"django_aio_request.{UNEXPECTED}",
@@ -334,7 +334,7 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
     except (Exception, SystemExit) as error:  # whatever importing it raises is the message
         return _unusable_breaker_cache(
             alias,
-            f"has a BACKEND that cannot be imported ({type(error).__name__}: {error})",
+            f"has a BACKEND that cannot be imported ({type(error).__name__}: {error_text(error)})",
             "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
         )
     from django.core.cache.backends.base import BaseCache
@@ -359,7 +359,8 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
         # and every sync round failed with ModuleNotFoundError (a review: redis-py not installed).
         return _unusable_breaker_cache(
             alias,
-            f"uses {backend}, whose client library {library!r} cannot be imported ({type(error).__name__}: {error})",
+            f"uses {backend}, whose client library {library!r} cannot be imported"
+            f" ({type(error).__name__}: {error_text(error)})",
             f"install it (pip install {library})",
         )
     return []

@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.reader import UNEXPECTED
+from django_aio_request.conf.reader import UNEXPECTED, error_text
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, Problem, read_settings
 
 
@@ -30,7 +30,8 @@ def _read(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
         return read_settings(value)
     except Exception as error:
         raise InvalidSettings(
-            f"{SETTING} could not be read: {type(error).__name__}: {error} [django_aio_request.{UNEXPECTED}]"
+            f"{SETTING} could not be read: {type(error).__name__}: {error_text(error)}"
+            f" [django_aio_request.{UNEXPECTED}]"
             "\n(a bug of django-aio-request: please report it with the setting's value)"
         ) from error
 

@@ -150,7 +150,7 @@ def shown(value: Any) -> str:
             digits = math.floor(math.log10(abs(value))) + 1
             digits -= abs(value) < 10 ** (digits - 1)  # log10 of 10**n - 1 rounds up to n
             return f"an integer of {digits} digits"
-        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
+        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error_text(error)})"
     # Any other object whose text may carry a URL's credentials (a deque, a UserString, ...): none
     # of its text is shown.
     return f"a {type(value).__name__}" if not isinstance(value, str) and _may_hold_credentials(text) else text
@@ -198,7 +198,7 @@ def _shown_container(value: Any, depth: int) -> str:
             return f"({parts},)" if len(value) == 1 else f"({parts})"
         return f"{type(value).__name__}({{{parts}}})" if value else f"{type(value).__name__}()"
     except Exception as error:  # a message must never fail to be written
-        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error})"
+        return f"a {type(value).__name__} that cannot be printed ({type(error).__name__}: {error_text(error)})"
 
 
 # Each field reader takes (reader, path, value) and returns the value or None (a problem recorded).

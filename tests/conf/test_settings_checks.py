@@ -759,6 +759,29 @@ def test_an_enricher_whose_signature_raises_is_taken_and_hides_nothing(
     assert received.headers["X-Enriched"] == "odd"
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text either")
+
+
+class _Uncomparable:
+    """A strategy NAME whose comparison raises an exception that cannot be printed."""
+
+    def __eq__(self, other: object) -> bool:
+        raise _Unprintable
+
+    __hash__ = object.__hash__
+
+
+def test_a_value_whose_error_cannot_be_printed_is_reported_not_a_traceback() -> None:
+    """check_settings wrote the reader's unforeseen error with ``{error}``: one whose ``__str__``
+    raises ended ``manage.py check`` with a traceback (a review)."""
+    found = messages({"CLIENTS": {"billing": {**GOOD, "SAFE_METHOD_STRATEGY": {"NAME": _Uncomparable()}}}})
+    assert len(found) == 1, found
+    assert found[0].startswith("django_aio_request.E099"), found
+    assert "_Unprintable: <its message could not be shown: RuntimeError>" in found[0], found
+
+
 def test_a_key_that_fails_as_it_is_read_is_e099_at_that_key_and_hides_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a key's reader did not foresee (here a reader with a bug) is reported at that key, and every
     other key is read and reported as ever: the whole setting was one E099 naming the exception."""
