@@ -1451,6 +1451,15 @@ def _show_location(*answers: requests.Response) -> None:
             answer.headers["Location"] = location
 
 
+def _delimited_by_the_close(headers: Any) -> bool:
+    """Whether an answer's body ends only when the server closes the connection (RFC 9112 6.3): a
+    ``Transfer-Encoding`` that is not chunked, or neither that nor a ``Content-Length``."""
+    value = headers.get("Transfer-Encoding")
+    if value is not None:
+        return not is_chunked(value)
+    return headers.get("Content-Length") is None
+
+
 def _drop_body(redirect: requests.Response) -> None:
     """Read the body of a ``redirect`` before requests follows it, as bytes on the wire.
 
@@ -1465,6 +1474,12 @@ def _drop_body(redirect: requests.Response) -> None:
     if raw is None:  # made in memory by an adapter of the application's: nothing on the wire
         return
     try:
+        if _delimited_by_the_close(redirect.headers):
+            # Its end is the connection's close, which a server keeping the connection open never
+            # sends: read, it waited out the deadline (a 302 with Transfer-Encoding: gzip, a review).
+            # Such a connection cannot go back to the pool anyway.
+            raw.close()
+            return
         while left > 0:
             chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
             if not chunk:

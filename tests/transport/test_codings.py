@@ -113,6 +113,27 @@ def test_a_transfer_coding_left_on_is_a_489_at_once_from_a_server_that_keeps_the
     assert response.elapsed < DEADLINE / 2  # at once: a 408 came after the whole deadline
 
 
+@pytest.mark.parametrize(
+    "framing", ["Transfer-Encoding: gzip", "Transfer-Encoding: identity", "Connection: keep-alive"]
+)
+def test_a_redirect_whose_body_ends_with_the_close_is_followed_at_once_from_a_server_that_keeps_it(
+    server: LoopbackServer, framing: str
+) -> None:
+    """A redirect whose body only the connection's close ends (a transfer coding that is not chunked,
+    or no length at all), from a server that keeps the connection open: its body was read to drop
+    it, and the call waited out its deadline (a review: 408 after 3 s). It is not read now: the
+    connection is closed and the redirect followed."""
+    server.route("/moved", _kept_open(b"HTTP/1.1 302 Found\r\nLocation: /target\r\n" + framing.encode(), b""))
+    server.route("/target", lambda h: h.reply(200, JSON, {"Content-Type": "application/json"}))
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("moved"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, JSON)
+    assert response.elapsed < DEADLINE / 2
+
+
 @pytest.mark.parametrize("path", ["ce-gzip", "te-identity", "ce-not-a-coding", "ce-charset"])
 def test_codings_taken_off_give_the_body(routes: LoopbackServer, path: str) -> None:
     transport = RequestsTransport()
