@@ -1207,15 +1207,12 @@ def _unreadable_answer(request: Request, endpoint: str, started: float, unreadab
 
 def _runs_to_the_close(headers: Any, unreadable: str | None, bodiless: bool) -> bool:
     """Whether an answer in a coding this client cannot take off has a body that ends only when the
-    server closes the connection: one with a ``Transfer-Encoding`` that is not chunked (``gzip``,
-    ``chunked;x=1``: RFC 9112 6.3). It is answered 489 without being read, its connection closed.
-    Read, from a server that kept the connection open as servers do, it waited out the call's
-    whole deadline: a 408, counted against the endpoint and retried, where the 489 names the coding
-    and says not to retry (a review: 6 of 6 calls, 1 s each at a 1 s deadline)."""
-    if unreadable is None or bodiless:
-        return False
-    value = headers.get("Transfer-Encoding")
-    return value is not None and not is_chunked(value)
+    server closes the connection (:func:`_delimited_by_the_close`: ``Transfer-Encoding: gzip``,
+    ``chunked;x=1``). It is answered 489 without being read, its connection closed. Read, from a
+    server that kept the connection open as servers do, it waited out the call's whole deadline: a
+    408, counted against the endpoint and retried, where the 489 names the coding and says not to
+    retry (a review: 6 of 6 calls, 1 s each at a 1 s deadline)."""
+    return unreadable is not None and not bodiless and _delimited_by_the_close(headers)
 
 
 _ZLIB_STREAM = type(zlib.decompressobj())

@@ -113,6 +113,23 @@ def test_a_transfer_coding_left_on_is_a_489_at_once_from_a_server_that_keeps_the
     assert response.elapsed < DEADLINE / 2  # at once: a 408 came after the whole deadline
 
 
+def test_a_content_coding_left_on_with_no_length_is_a_489_at_once_from_a_server_that_keeps_the_connection(
+    server: LoopbackServer,
+) -> None:
+    """No length either: the body ends with the connection's close, which never comes."""
+    server.route("/kept", _kept_open(b"HTTP/1.1 200 OK\r\nContent-Encoding: compress", b"\x00\x01squeezed"))
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, get("kept"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.headers[X_UNREADABLE_CODING]) == (
+        status.NETWORK_ERROR,
+        "Content-Encoding: compress",
+    )
+    assert response.elapsed < DEADLINE / 2
+
+
 @pytest.mark.parametrize(
     "framing", ["Transfer-Encoding: gzip", "Transfer-Encoding: identity", "Connection: keep-alive"]
 )
