@@ -1,6 +1,7 @@
 """``PriorityThreadPool`` (``server/shedding/priority_pool.py``), the queue of PriorityThreadWorker:
 real threads, work held in flight by gates."""
 
+import contextlib
 import math
 import threading
 import time
@@ -42,6 +43,25 @@ class Recorder:
         with self.lock:
             self.order.append(name)
         return name
+
+
+class Concurrency:
+    """How many items run at once (``running``) and the most that ever did (``peak``)."""
+
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 def hold(pool: PriorityThreadPool) -> threading.Event:
@@ -104,25 +124,20 @@ def test_an_item_that_expires_while_every_thread_is_busy_runs_then_on_a_thread_o
 def test_at_most_max_workers_expired_items_run_beside_the_busy_threads(pools: Any) -> None:
     pool = pools(1)
     gate, release = hold(pool), threading.Event()
-    running, most = [0], [0]
-    lock = threading.Lock()
+    beside = Concurrency()
 
     def item(name: str, rank: int, expires_at: float) -> None:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        release.wait(10)
-        with lock:
-            running[0] -= 1
+        with beside.counted():
+            release.wait(10)
 
     futures = [pool.submit(item, f"expires {n}", 2, time.monotonic() + 0.05) for n in range(3)]
     time.sleep(0.3)
-    assert (running[0], pool.waiting()) == (1, 2)  # one beside the held thread; the others wait
+    assert (beside.running, pool.waiting()) == (1, 2)  # one beside the held thread; the others wait
     release.set()
     for future in futures:  # each the next, as the one before ends (or the held thread, once freed)
         future.result(5)
     gate.set()
-    assert most[0] == 1
+    assert beside.peak == 1
 
 
 def test_an_expired_item_left_waiting_for_a_refusal_thread_runs_when_that_thread_ends(pools: Any) -> None:
@@ -193,26 +208,22 @@ def test_each_item_knows_how_long_it_queued(pools: Any) -> None:
 
 def test_at_most_max_workers_threads_run_and_a_thread_starts_for_each_item_beyond_the_idle(pools: Any) -> None:
     pool = pools(3)
-    running, peak, lock, gate = [0], [0], threading.Lock(), threading.Event()
+    threads, gate = Concurrency(), threading.Event()
 
     def work(*args: Any) -> None:
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        gate.wait(5)
-        with lock:
-            running[0] -= 1
+        with threads.counted():
+            gate.wait(5)
 
     futures = [pool.submit(work, str(i), 1, NEVER) for i in range(8)]
     deadline = time.monotonic() + 5
-    while running[0] < 3 and time.monotonic() < deadline:
+    while threads.running < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)
-    assert (running[0], pool.waiting()) == (3, 5)  # three at once, without waiting for one to end
+    assert (threads.running, pool.waiting()) == (3, 5)  # three at once, without waiting for one to end
     gate.set()
     for future in futures:
         future.result(5)
-    assert peak[0] == 3
+    assert threads.peak == 3
     assert len([t for t in threading.enumerate() if t.name.startswith("priority-pool")]) <= 3
 
 
