@@ -172,6 +172,9 @@ def method_label(method: str | None) -> str:
     return method if method in _METHODS else "other"
 
 
+#: ``request_path`` of a request no URL pattern matched, or refused before URL resolution.
+UNMATCHED_ROUTE = "<unmatched>"
+
 #: One request through AioRequestMiddleware: raw X-Service-Name or None, method, URL pattern, status,
 #: KNOWN_SERVICES or None, and seconds taken. Raw values: labels are made off the request path.
 ServerObservation = tuple[str | None, str | None, str, int, frozenset[str] | None, float]

@@ -202,7 +202,7 @@ def _observe_status(request: HttpRequest, status: int, conf: AioRequestSettings,
     if not METRICS_ENABLED:
         return
     match = request.resolver_match
-    route = "<unmatched>" if match is None else match.route
+    route = metrics.UNMATCHED_ROUTE if match is None else match.route
     service = request.META.get(META_SERVICE_NAME)
     elapsed = time.monotonic() - started
     observation = (service, request.method, route, status, conf.known_services, elapsed)
@@ -395,7 +395,7 @@ class AioRequestMiddleware:
                 (
                     meta.get(META_SERVICE_NAME),
                     request.method,
-                    "<unmatched>" if match is None else match.route,
+                    metrics.UNMATCHED_ROUTE if match is None else match.route,
                     response.status_code,
                     conf.known_services,
                     time.monotonic() - started,

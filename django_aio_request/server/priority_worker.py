@@ -62,6 +62,7 @@ from django_aio_request.conf.current import current
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.deferred import recording
+from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, ran_expired, take_queued_for
@@ -240,7 +241,7 @@ class QueueWaitApp:
         seconds = None if raw is None else parse_timeout(raw)
         if seconds is None:  # no deadline (a malformed value is left to the middleware to count and ignore)
             if expired or _waited_too_long(waited):
-                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT)
+                return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, waited)
             return None
         conf = current.settings
         threshold = conf.low_timeout_threshold
@@ -262,32 +263,45 @@ class QueueWaitApp:
             left = math.floor((seconds - waited) * 1e6 + 1e-3) / 1e6
             shown = f"{left:.6f}"
         if left <= 0 or left < threshold:
-            return _refuse(environ, start_response, "deadline")
+            return _refuse(environ, start_response, "deadline", waited)
         if _waited_too_long(waited):
             # Waited QUEUE_TIMEOUT with time left: refused as the limiter refuses a request that waited
             # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
             # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
-            return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, left=left)
+            return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, waited, left=left)
         if expired:  # its deadline came, less the microseconds between its ranking and its queueing
-            return _refuse(environ, start_response, "deadline")
+            return _refuse(environ, start_response, "deadline", waited)
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = shown
         return None
 
 
 def _refuse(
-    environ: dict[str, Any], start_response: Callable[..., Any], reason: str, *, left: float | None = None
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    reason: str,
+    waited: float,
+    *,
+    left: float | None = None,
 ) -> Iterable[bytes]:
     """The 503 of a request whose time ran out while it queued (reason ``deadline``: see
     :class:`QueueWaitApp`), or that waited ``QUEUE_TIMEOUT`` (reason ``queue_timeout``) with ``left``
-    seconds of its deadline (None: it has none). ``X-Do-Not-Retry`` as the limiter decides it: for the
-    deadline, or when what is left ends before ``Retry-After``."""
+    seconds of its deadline (None: it has none), after ``waited`` seconds in the queue. ``X-Do-Not-Retry``
+    as the limiter decides it: for the deadline, or when what is left ends before ``Retry-After``.
+
+    Counted as the middleware counts its own refusals: in ``aio_request_server_shed_total``, and in
+    ``aio_request_server_latency`` (status 503, no route, timed by its wait). Only in the first, an
+    error ratio over the server's latency left out every request this queue refused (a review)."""
     from django_aio_request.server.middleware import parse_priority  # imports Django: after setup
 
     conf = current.settings
     raw = environ.get("HTTP_X_REQUEST_PRIORITY")
     claims = Claims(None if raw is None else parse_priority(raw), environ.get("HTTP_X_SERVICE_NAME"))
     metrics.shed(queue_priority(claims).value, reason)
+    if METRICS_ENABLED:
+        metrics.server_observations.add(
+            (claims.service, environ.get("REQUEST_METHOD"), metrics.UNMATCHED_ROUTE, 503, conf.known_services, waited)
+        )
     retry_after = conf.shedding.retry_after if conf.shedding is not None else 1
     headers = [("Retry-After", str(retry_after)), ("Content-Length", "0")]
     if reason != REASON_QUEUE_TIMEOUT or (left is not None and left < retry_after):

@@ -27,6 +27,7 @@ from pytest_django.fixtures import Settings
 
 from benchmarks._shedding_load import BIN, ROOT, Callers, Outcome, closed_loop, server
 from django_aio_request import Priority
+from django_aio_request.metrics import deferred as metrics
 from django_aio_request.server import priority_worker
 from django_aio_request.server.priority_worker import (
     RECEIVED_TIMEOUT,
@@ -105,11 +106,19 @@ def low_shed_for_queue_timeout() -> float:
     return REGISTRY.get_sample_value("aio_request_server_shed_total", labels) or 0.0
 
 
+def refused_latency() -> float:
+    """How many requests ``aio_request_server_latency`` holds as refused before any route (the
+    environs of these tests name no method nor caller)."""
+    labels = {"request_client": "unknown", "request_method": "other", "request_path": "<unmatched>"}
+    return REGISTRY.get_sample_value("aio_request_server_latency_count", {**labels, "response_status": "503"}) or 0.0
+
+
 def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_and_may_try_again(
     monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
     wrapped, ran, answers, start_response = recording_app()
-    before = low_shed_for_queue_timeout()
+    metrics.flush_all()
+    before, latency_before = low_shed_for_queue_timeout(), refused_latency()
     settings.AIO_REQUEST = {"TIMEOUT": 0.2, "SHEDDING": {"QUEUE_TIMEOUT": 0.5, "RETRY_AFTER": 3}}
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.48)
     for environ in [{}, {"HTTP_X_REQUEST_TIMEOUT": "junk"}]:  # waited past TIMEOUT, short of QUEUE_TIMEOUT: served
@@ -122,6 +131,8 @@ def test_a_request_without_a_deadline_is_refused_once_it_waited_queue_timeout_an
     assert ran == []  # Django never saw them
     assert answers == [("503 Service Unavailable", {"Retry-After": "3", "Content-Length": "0"})] * 2
     assert low_shed_for_queue_timeout() - before == 2
+    metrics.flush_all()
+    assert refused_latency() - latency_before == 2  # in the server's latency too, timed by the wait
     # QUEUE_TIMEOUT 0 bounds nothing here (every request queues for a moment), nor does no SHEDDING.
     for conf in [{"SHEDDING": {"QUEUE_TIMEOUT": 0}}, {}]:
         settings.AIO_REQUEST = conf
@@ -556,6 +567,10 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_runnin
     thread_free = busy_sent + busy_answer[0][3]
     assert late_sent + elapsed < thread_free
     assert shed == 1
+    # And in the server's latency, as the middleware's refusals are: an error ratio over it counts it.
+    labels = (("request_client", "unknown"), ("request_method", "GET"), ("request_path", "<unmatched>"))
+    refused = samples[("aio_request_server_latency_count", (*labels, ("response_status", "503")))]
+    assert refused == 1
     # Every request went through the queue at normal priority (the default), the scrapes too; two
     # waited for the 800 ms one. (Not the connection that found the server listening, closed without
     # a request: it is closed before any other, where with no deadline it waited after all of them.)
