@@ -289,13 +289,15 @@ def test_breaker_states_unknown_to_us_are_labelled_by_value() -> None:
 def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(server: LoopbackServer, make) -> None:
     """A counter series born at 1 hides its first event from increase() and rate(): the documented
     "how often it opened" query said 0 after the circuit's first opening, and a client's first
-    refusal by the deadline was not seen either. Their series are exported at 0 from the client's
-    setup, a bounded set: every transition between known states, the helpers' methods."""
-    server.route("/x", replies(503))
+    refusal by the deadline was not seen either, nor its first retry or the first call a retry
+    answered (a review). Their series are exported at 0 from the client's setup, a bounded set:
+    every transition between known states; for the helpers' methods, every reason and attempt."""
+    server.route("/x", replies(503, 503, 503, 200))
     breaker: dar.DefaultCircuitBreaker[str, dar.Response] = dar.DefaultCircuitBreaker(
-        break_duration=600, sampling_duration=10, minimum_throughput=2, failure_threshold=0.5
+        break_duration=600, sampling_duration=10, minimum_throughput=3, failure_threshold=0.9
     )
-    client = make(safe_method_strategy=dar.single_attempt_strategy(), circuit_breaker=breaker)
+    strategy = dar.sequential_strategy(attempts_count=2, delays_provider=dar.constant_delays(delay=0))
+    client = make(safe_method_strategy=strategy, circuit_breaker=breaker)
     mine = {"request_endpoint": server.url}
     before = scrape()
     transitions = "aio_request_circuit_breaker_transitions_total"
@@ -306,17 +308,29 @@ def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(se
     assert len(series(before, rejected, **mine)) == 5 * 3  # GET, POST, PUT, PATCH, DELETE; the three reasons
     assert series(before, rejected, **mine, request_method="GET", reason="expired")
     assert value(before, rejected, **mine) == 0
+    by_attempt = ("aio_request_attempts_total", "aio_request_winning_attempt_total")
+    for name in by_attempt:
+        assert len(series(before, name, **mine)) == 5 * 6  # the five methods; attempts 0 to 4 and 5+
+        assert value(before, name, **mine) == 0
+    retries = "aio_request_retries_total"
+    assert len(series(before, retries, **mine)) == 5
+    assert value(before, retries, **mine) == 0
 
-    for _ in range(3):
-        with client.request(dar.get("x")):
-            pass
+    with client.request(dar.get("x")) as response:  # 503, then 503: a retry, which answered the call
+        assert response.status == 503
+    with client.request(dar.get("x")) as response:  # 503 (the circuit opens), then its fallback
+        assert response.status == 502
     with client.request(dar.get("x"), deadline=dar.Deadline(time.monotonic() - 1)) as response:
         assert response.status == 408
     after = scrape()
     assert value(after, transitions, **mine, from_state="closed", to_state="open") == 1
     assert value(after, rejected, **mine, request_method="GET", reason="expired") == 1
+    assert value(after, retries, **mine, request_method="GET") == 2
+    assert value(after, "aio_request_winning_attempt_total", **mine, request_method="GET", attempt="1") == 2
     assert len(series(after, transitions, **mine)) == 20
     assert len(series(after, rejected, **mine)) == 15
+    for name in by_attempt:
+        assert len(series(after, name, **mine)) == 30
 
 
 def test_deadline_rejections_on_the_client(server: LoopbackServer, make) -> None:

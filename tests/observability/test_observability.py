@@ -11,6 +11,7 @@
 Skipped without promtool/prometheus, failed with ``CI=true`` (.ci/services.sh installs them).
 """
 
+import asyncio
 import json
 import os
 import re
@@ -26,11 +27,19 @@ from typing import Any
 import pytest
 import yaml
 from django.test import override_settings
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from django_aio_request import Deadline, clients, get
+from django_aio_request import (
+    Deadline,
+    clients,
+    constant_delays,
+    get,
+    sequential_strategy,
+    single_attempt_strategy,
+)
 from django_aio_request.metrics.deferred import flush_all
-from tests.support.loopback import LoopbackServer, free_port
+from tests.support.loopback import LoopbackServer, free_port, hang_until_disconnect
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"
@@ -364,3 +373,80 @@ def test_the_time_open_query_of_the_docs_counts_only_the_time_open(tmp_path: Pat
         [promtool, "test", "rules", "time_open.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, f"{expression}\n{done.stdout}{done.stderr}"
+
+
+def at_value(series_text: str) -> list[dict[str, str]]:
+    """promtool input series for every ``aio_request_`` counter sample of ``series_text`` (a /metrics
+    page): each from 0 to its value one minute later, so a rate over them is what the calls did."""
+    found = []
+    for family in text_string_to_metric_families(series_text):
+        for sample in family.samples:
+            if sample.name.startswith("aio_request_") and sample.name.endswith(("_total", "_count")):
+                labels = ", ".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                found.append({"series": f"{sample.name}{{{labels}}}", "values": f"0 {sample.value:g}"})
+    return found
+
+
+def test_the_extra_load_query_counts_extra_attempts_per_call_started(
+    tmp_path: Path, server: LoopbackServer, make_client: Any
+) -> None:
+    """10 single attempts, 3 async calls their caller cancelled (each sent its attempt and returned
+    nothing), and 2 calls of 3 sequential attempts all answered 500: 4 extra attempts for 15 calls
+    started. promtool evaluates the docs' query, the dashboard's panel and the alert's expression on
+    what /metrics then holds: 4/15 each. Over the calls that returned, as all three divided until a
+    review, it read 4/12 (the docs' query, attempts over calls returned: 19/12)."""
+    from tests.core.test_async_client import cancel_call_after
+
+    promtool = tool("promtool")
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    server.route("/hang", hang_until_disconnect)
+    server.route("/fail", lambda h: h.reply(500, b"no"))
+    single = make_client(safe_method_strategy=single_attempt_strategy(), max_workers=1)
+    retrying = make_client(
+        safe_method_strategy=sequential_strategy(attempts_count=3, delays_provider=constant_delays(delay=0))
+    )
+    for _ in range(10):
+        with single.request(get("ok")) as response:
+            assert response.status == 200
+
+    async def cancelled() -> None:
+        for _ in range(3):
+            await cancel_call_after(single, "hang", 0.1)
+
+    asyncio.run(cancelled())
+    for _ in range(2):
+        with retrying.request(get("fail")) as response:
+            assert response.status == 500
+    flush_all()
+    page = generate_latest(REGISTRY).decode()
+    mine = f'request_endpoint="{server.url}"'
+    panel = next(q for _, q in dashboard_queries() if "aio_request_retries_total" in q)
+    alert = dict(alert_queries())["AioRequestHedgingHigh"]
+    expressions = {
+        "docs": docs_query("Extra load from retries and hedges"),
+        "dashboard": panel,
+        "alert": re.sub(r"\s*>\s*[0-9.]+\s*$", "", alert),
+    }
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [s for s in at_value(page) if mine in s["series"]],
+                "promql_expr_test": [
+                    {
+                        "expr": f"abs(({expression}) - 4 / 15) <= bool 1e-9",
+                        "eval_time": "1m",
+                        "exp_samples": [{"labels": f"{{{mine}}}", "value": 1}],
+                    }
+                    for expression in expressions.values()
+                ],
+            }
+        ],
+    }
+    (tmp_path / "extra_load.test.yml").write_text(yaml.safe_dump(tests))
+    done = subprocess.run(
+        [promtool, "test", "rules", "extra_load.test.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"{expressions}\n{done.stdout}{done.stderr}"
