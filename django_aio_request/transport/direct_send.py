@@ -150,7 +150,7 @@ def plan_route(
             context[name] = value
     scheme = host_params["scheme"]
     context.update(scheme=scheme, host=host_params["host"], port=host_params["port"] or port_by_scheme[scheme])
-    preloaded = scheme == "https" and (_refused_key(context) if verify is False else _preload_tls(context, verify))
+    preloaded = scheme == "https" and _preload_tls(context, verify)
     pool_key = manager.key_fn_by_scheme[scheme](context)
     base_headers, headers_of = _base_headers(session)
     return DirectRoute(
@@ -185,31 +185,37 @@ def _preload_tls(context: dict[str, Any], verify: Any) -> bool:
     peer stalling the handshake ended up to 0.75 s past a 0.3 s deadline. The pool's connections
     then get no CA path to load again (requests' ``cert_verify`` is not called on this route).
 
-    Verification is urllib3's with this context: certificate required, host name checked. False,
-    leaving the route as requests makes it, when the pool already has a context of the application's
-    (its adapter's ``init_poolmanager``) or the certificates cannot be loaded (a missing bundle is
-    then reported on the call, as requests reports it)."""
+    Verification is urllib3's with this context: certificate required, host name checked. With
+    ``verify=False``, a context that verifies nothing, with no certificates to load: urllib3 loaded
+    the system's whole store (``load_default_certs``) into a new context for each new connection all
+    the same, 35-50 ms of CPU, and a burst of 200 calls to a peer stalling the handshake ended up to
+    0.76 s past a 0.3 s deadline (a review). False, leaving the route as requests makes it, when the
+    pool already has a context of the application's (its adapter's ``init_poolmanager``) or the
+    certificates cannot be loaded (a missing bundle is then reported on the call, as requests
+    reports it)."""
     if context.get("ssl_context") is not None:
         return False
+    verifying = verify is not False
     ca_certs, ca_cert_dir = context.get("ca_certs"), context.get("ca_cert_dir")
     if verify is True:
         # What requests' cert_verify gives each connection, whatever CA file its pool was given
         # (init_poolmanager(ca_certs=...)): requests trusts certifi's bundle there, and so must this;
         # a pool's ca_cert_dir it leaves, and both are trusted.
         ca_certs = DEFAULT_CA_BUNDLE_PATH
-    if not ca_certs and not ca_cert_dir:
+    if verifying and not ca_certs and not ca_cert_dir:
         return _refused_key(context)
     try:
         # The pool's TLS versions too: urllib3 applies them only to a context it makes itself, and a
         # pool limited to TLS 1.3 (init_poolmanager(ssl_minimum_version=...)) spoke TLS 1.2 here.
         version = context.get("ssl_version")
         tls = create_urllib3_context(
-            cert_reqs=ssl.CERT_REQUIRED,
+            cert_reqs=ssl.CERT_REQUIRED if verifying else ssl.CERT_NONE,
             ssl_version=None if version is None else resolve_ssl_version(version),  # "PROTOCOL_TLSv1_2" too
             ssl_minimum_version=context.get("ssl_minimum_version"),
             ssl_maximum_version=context.get("ssl_maximum_version"),
         )
-        tls.load_verify_locations(cafile=ca_certs, capath=ca_cert_dir)
+        if verifying:
+            tls.load_verify_locations(cafile=ca_certs, capath=ca_cert_dir)
         if context.get("cert_file"):
             password = context.get("key_password")
             # An encrypted key given no password: OpenSSL would prompt on the process's terminal and
@@ -241,7 +247,7 @@ def preloaded_tls(context: Mapping[str, Any], verify: Any) -> ssl.SSLContext | N
 
 
 def _refused_key(context: dict[str, Any]) -> bool:
-    """For a pool with nothing to verify with (``verify=False``), left as requests makes it: whether
+    """For a pool with no certificates to verify with, left as requests makes it: whether
     its client key is encrypted and given no password, and the pool refused (:func:`_refuse`)."""
     if context.get("cert_file") and not context.get("key_password") and _needs_a_password(context):
         _refuse(context)

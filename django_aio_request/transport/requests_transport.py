@@ -219,13 +219,13 @@ class _GuardedAdapter(HTTPAdapter):
         route does the same as here (``direct_send._preload_tls``). So a CA bundle or client
         certificate renewed on disk is read by the next transport, as on the direct route."""
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if host_params.get("scheme") != "https" or verify is False or getattr(self._calling, "to_tls_proxy", False):
+        if host_params.get("scheme") != "https" or getattr(self._calling, "to_tls_proxy", False):
             return host_params, pool_kwargs
         kept = self.poolmanager.connection_pool_kw
         if kept.get("ssl_context") is not None:
             return host_params, pool_kwargs  # the application's own: left alone
         context = {**kept, **{name: value for name, value in pool_kwargs.items() if value is not None}}
-        key = (verify is True, *(context.get(name) for name in _TLS_ARGUMENTS))
+        key = (verify is True, verify is False, *(context.get(name) for name in _TLS_ARGUMENTS))
         tls = self._tls.get(key, _UNREAD)
         if tls is _UNREAD:
             # One thread loads; the others of a burst of first calls wait for it (each loaded its own:
