@@ -1,12 +1,15 @@
 """Which middleware below ``AioRequestMiddleware`` keeps async views from being cancelled at the deadline.
 
-Under an ASGI server Django runs middleware in async mode only down to the first one that cannot
-run async (``async_capable`` not true, as in middleware written before Django 3.1 without
-``MiddlewareMixin``). That one runs in a thread, and the middleware above it, ``AioRequestMiddleware``
-included, runs in sync mode too (Django picks sync for a layer that can run either way when the
-layer below it is sync), unless an async-only layer between them switches back to async; either
-way the view runs under that thread. ``CANCEL_ASYNC_VIEWS_ON_TIMEOUT`` then cancels nothing: an async view
-given 0.3 s answered 200 after 3 s, and nothing said why. The system check W012 names such
+Under an ASGI server Django picks each middleware's mode from the view up: a layer that can run
+either way runs as the layer below it does, a sync-only one (``async_capable`` not true, as in
+middleware written before Django 3.1 without ``MiddlewareMixin``) in sync mode, an async-only one in
+async mode (``BaseHandler.load_middleware``). So one sync-only middleware below
+``AioRequestMiddleware`` puts it in sync mode too, where it cannot cancel anything, unless an
+async-only layer between them switches back to async. ``CANCEL_ASYNC_VIEWS_ON_TIMEOUT`` then
+cancelled nothing: an async view given 0.3 s answered 200 after 3 s, and nothing said why. In async
+mode with sync-only middleware below, the view runs on the event loop behind that middleware's
+thread (``async_to_sync`` inside ``sync_to_async``), and asgiref passes the cancellation through the
+thread to it from 3.8.0 on (before, the view ran on to its end). The system check W012 names such
 middleware, and the first request an ASGI handler serves logs the same warning, for servers that
 run no checks.
 """
@@ -22,7 +25,7 @@ from django.utils.module_loading import import_string
 
 from django_aio_request.conf.schema import SETTING
 
-__all__ = ["sync_only_below", "warning_text", "watch_first_request"]
+__all__ = ["cancellation_crosses_threads", "sync_only_below", "warning_text", "watch_first_request"]
 
 logger = logging.getLogger("django_aio_request.server.middleware")
 
@@ -31,14 +34,17 @@ _FIRST_REQUEST = "django_aio_request.server.async_stack.first_request"
 
 def sync_only_below(middleware: object) -> list[str]:
     """The entries of ``middleware`` (``settings.MIDDLEWARE``) below the first ``AioRequestMiddleware``
-    (or subclass) that Django can only run in sync mode, each once. [] without an ``AioRequestMiddleware``.
-    An entry that cannot be imported is skipped: Django reports it when it loads the middleware. One
-    that raises ``MiddlewareNotUsed`` as it is made is named too: that is known only by making it."""
+    (or subclass) that Django can only run in sync mode, each once, when they keep async views from
+    being cancelled: when they put ``AioRequestMiddleware`` in sync mode, or with an asgiref that does
+    not pass a cancellation through a thread (:func:`cancellation_crosses_threads`). [] without an
+    ``AioRequestMiddleware``. An entry that cannot be imported is skipped: Django reports it when it
+    loads the middleware. One that raises ``MiddlewareNotUsed`` as it is made is counted too: that is
+    known only by making it."""
     from django_aio_request.server.middleware import AioRequestMiddleware
 
     if not isinstance(middleware, Sequence) or isinstance(middleware, str):
         return []
-    found: list[str] | None = None  # None until AioRequestMiddleware is met
+    below: list[Any] | None = None  # None until AioRequestMiddleware is met: then the factories below it
     for path in middleware:
         try:
             factory = import_string(path) if isinstance(path, str) else None
@@ -46,12 +52,37 @@ def sync_only_below(middleware: object) -> list[str]:
             continue
         if factory is None:
             continue
-        if found is None:
+        if below is None:
             if isinstance(factory, type) and issubclass(factory, AioRequestMiddleware):
-                found = []
-        elif not getattr(factory, "async_capable", False) and path not in found:  # what load_middleware() reads
+                below = []
+        else:
+            below.append((path, factory))
+    if not below:
+        return []
+    found: list[str] = []
+    handler_is_async = True  # the ASGI handler's own, below every middleware
+    for path, factory in reversed(below):  # as load_middleware() goes, from the view up
+        can_sync, can_async = getattr(factory, "sync_capable", True), getattr(factory, "async_capable", False)
+        handler_is_async = bool(can_async) if handler_is_async or not can_sync else False
+        if not can_async and path not in found:
             found.append(path)
-    return found or []
+    if handler_is_async and cancellation_crosses_threads():
+        return []  # AioRequestMiddleware runs async, and the cancellation reaches the view through the threads
+    found.reverse()  # in MIDDLEWARE's order
+    return found
+
+
+def cancellation_crosses_threads() -> bool:
+    """Whether asgiref's ``sync_to_async`` passes a cancellation on to the ``async_to_sync`` calls its
+    thread makes (``task_context``, from asgiref 3.8.0): then an async view below sync-only
+    middleware is cancelled, as long as ``AioRequestMiddleware`` itself runs async."""
+    import asgiref
+
+    try:
+        major, minor = (int(part) for part in asgiref.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return True  # a version it does not name or write plainly: a recent one, as any release is
+    return (major, minor) >= (3, 8)
 
 
 def cancelling(setting: object) -> bool:
@@ -68,6 +99,7 @@ def warning_text(below: Sequence[str]) -> str:
         f"CANCEL_ASYNC_VIEWS_ON_TIMEOUT is on, but MIDDLEWARE has middleware below AioRequestMiddleware"
         f" that cannot run async ({names}): under an ASGI server Django runs what is below it, the view"
         f" included, through that middleware's thread, and async views are not cancelled at their deadline"
+        f" (with an async-only middleware between them, they are from asgiref 3.8 on)"
     )
 
 

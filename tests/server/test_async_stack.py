@@ -58,6 +58,40 @@ def test_a_sync_only_middleware_below_keeps_an_async_view_from_being_cancelled(s
     assert 0.28 < took < 1.0
 
 
+def test_an_async_only_middleware_between_lets_an_async_view_below_sync_only_middleware_be_cancelled(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An async-only middleware between AioRequestMiddleware and a sync-only one puts it back in
+    async mode, and asgiref (3.8 on) passes its cancellation through the sync-only one's thread to the
+    view: 408 at the deadline. W012 and the first request's log said it was not cancelled (a review).
+    Below the sync-only one, the async-only middleware changes nothing: not cancelled, and said so."""
+    settings.MIDDLEWARE = [MIDDLEWARE, ASYNC_BELOW, SYNC_ONLY, MIXIN]
+    with caplog.at_level(logging.WARNING, logger="django_aio_request"):
+        status, _, _, took = asgi_get("/aslow?sleep=1.5", {"X-Request-Timeout": "0.3"})
+    assert status == 408
+    assert 0.28 < took < 1.0
+    assert warnings(caplog) == []
+    settings.MIDDLEWARE = [MIDDLEWARE, SYNC_ONLY, ASYNC_BELOW]
+    with caplog.at_level(logging.WARNING, logger="django_aio_request"):
+        status, _, _, took = asgi_get("/aslow?sleep=1.5", {"X-Request-Timeout": "0.3"})
+    assert (status, took >= 1.5) == (200, True)
+    assert len(warnings(caplog)) == 1
+
+
+def test_with_an_asgiref_that_does_not_pass_cancellation_through_threads_the_sandwich_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asgiref before 3.8 (Django 4.2 allows 3.6) ran the view below a sync-only middleware's thread
+    on to its end, an async-only middleware between them or not."""
+    import asgiref
+
+    monkeypatch.setattr(asgiref, "__version__", "3.7.2")
+    assert sync_only_below([MIDDLEWARE, ASYNC_BELOW, SYNC_ONLY]) == [SYNC_ONLY]
+    assert sync_only_below([MIDDLEWARE, ASYNC_BELOW, MIXIN]) == []
+    monkeypatch.setattr(asgiref, "__version__", "3.8.0")
+    assert sync_only_below([MIDDLEWARE, ASYNC_BELOW, SYNC_ONLY]) == []
+
+
 @pytest.mark.parametrize(
     ("middleware", "expected"),
     [
@@ -68,6 +102,9 @@ def test_a_sync_only_middleware_below_keeps_an_async_view_from_being_cancelled(s
         ([MIDDLEWARE, "no.such.Middleware", SYNC_ONLY], [SYNC_ONLY]),  # Django reports the import itself
         ([MIDDLEWARE, 42, None], []),  # nonsense: Django's to report
         ([MIDDLEWARE, SYNC_ONLY, SYNC_ONLY], [SYNC_ONLY]),  # named once
+        ([MIDDLEWARE, ASYNC_BELOW, SYNC_ONLY, MIXIN], []),  # async-only between: AioRequestMiddleware runs async
+        ([MIDDLEWARE, SYNC_ONLY, ASYNC_BELOW], [SYNC_ONLY]),  # async-only below it: no help
+        ([MIDDLEWARE, SYNC_ONLY, ASYNC_BELOW, SYNC_ONLY], [SYNC_ONLY]),
         ("not a list", []),
         (None, []),
     ],
@@ -101,8 +138,9 @@ AIO_REQUEST = {{"CANCEL_ASYNC_VIEWS_ON_TIMEOUT": {cancel!r}}}
         ([SYNC_ONLY, MIDDLEWARE, MIXIN], True, False),
         ([MIDDLEWARE, MIXIN, SYNC_ONLY], False, False),
         ([MIDDLEWARE, "no.such.Middleware"], True, False),
+        ([MIDDLEWARE, ASYNC_BELOW, SYNC_ONLY], True, False),
     ],
-    ids=["below", "above", "not-cancelling", "unimportable"],
+    ids=["below", "above", "not-cancelling", "unimportable", "async-only-between"],
 )
 def test_manage_py_check_warns_w012_for_sync_only_middleware_below(
     tmp_path: Path, middleware: list[str], cancel: bool, warned: bool
