@@ -2,6 +2,7 @@
 priority and deadline source it saw, or calls the "down" client and reports what it got."""
 
 import asyncio
+import math
 import threading
 import time
 from typing import Any
@@ -157,6 +158,29 @@ def listing(request: HttpRequest) -> TemplateResponse:
 rendered: list[str] = []
 
 
+class _SlowRows:
+    """Rows a template iterates: each render sleeps ``seconds`` and notes the deadline it ran under."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __iter__(self) -> Any:
+        deadline = get_context().deadline
+        render_deadlines.append(math.inf if deadline is None else deadline.timeout)
+        time.sleep(self.seconds)
+        return iter(["row"])
+
+
+render_deadlines: list[float] = []
+
+
+@timeout(0.3)
+async def aslow_render(request: HttpRequest) -> TemplateResponse:
+    """An async view given 0.3 s whose TemplateResponse takes ``?render=`` seconds to render."""
+    template = engines["django"].from_string("{% for r in rows %}{{ r }}{% endfor %}")
+    return TemplateResponse(request, template, {"rows": _SlowRows(float(request.GET.get("render", "0")))})
+
+
 @timeout(0.3)
 class AsyncQuickView(View):
     async def get(self, request: HttpRequest) -> HttpResponse:
@@ -244,6 +268,7 @@ urlpatterns = [
     path("urls-nested", timeout(4)(timed)),
     path("urls-async-slow", timeout(0.3)(aslow)),
     path("atimed-quick", atimed_quick),
+    path("aslow-render", aslow_render),
     path("atimed-long", atimed_long),
     path("async-class-quick", AsyncQuickView.as_view()),
     path("async-class-long", AsyncLongView.as_view()),
