@@ -1,4 +1,5 @@
-"""The ``X-Request-Timeout`` value this client stamps: the time left, in seconds to the millisecond.
+"""The ``X-Request-Timeout`` value this client stamps: the time left, in seconds to the millisecond
+(below 10 ms to the microsecond).
 
 The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here. The transport
 stamps it again (:func:`restamp`) as the request goes out, after its wait for a connection slot and
@@ -25,17 +26,26 @@ class StampedTimeout(str):
 MAX_SECONDS = 999_999_999
 
 
+#: Below this many seconds left the header carries whole microseconds, not milliseconds.
+MICROSECONDS_BELOW = 0.010
+
+
 def stamp(seconds: float) -> StampedTimeout:
     """``seconds`` left, as the header carries them (at most :data:`MAX_SECONDS`), rounded down to the
     millisecond: the time left may only shrink on its way. Rounded to the nearest, as ``:.3f`` does,
-    the header said up to 0.5 ms more than was left. Less than a millisecond goes in whole
-    microseconds (``0.000890``, as ``PriorityThreadWorker`` writes it), not as ``0.000``, which a
-    server reads as a deadline passed (refused, counted as expired)."""
+    the header said up to 0.5 ms more than was left.
+
+    Less than 10 ms goes in whole microseconds (``0.005900``; ``0.000890`` as ``PriorityThreadWorker``
+    writes it), where a server's low-timeout threshold is: a millisecond cut off there is what decides
+    whether it serves the request. aio-request's middleware refuses a deadline at or below its
+    threshold (5 ms by default), and 5.9 ms left, sent as ``0.005``, was answered 408, which this
+    client's breaker counted as the endpoint's failure (a review: the circuit opened against a
+    healthy aiohttp service). Below a millisecond, ``0.000`` read as a deadline passed. Values that
+    small are rare, so they cost a server's cache of values seen (server/middleware.py) nothing."""
     left = min(seconds, MAX_SECONDS)
-    millis = math.floor(left * 1000)
-    if millis == 0 and left > 0:
+    if 0 < left < MICROSECONDS_BELOW:
         return StampedTimeout(f"{math.floor(left * 1_000_000) / 1_000_000:.6f}")
-    return StampedTimeout(f"{millis / 1000:.3f}")
+    return StampedTimeout(f"{math.floor(left * 1000) / 1000:.3f}")
 
 
 def restamp(headers: MutableMapping[str, Any], seconds: float) -> None:

@@ -197,10 +197,12 @@ def test_the_time_left_is_stamped_rounded_down_never_up(seconds: float) -> None:
 
 
 def test_a_time_left_is_stamped_to_the_millisecond_below() -> None:
-    """Below a millisecond, whole microseconds: "0.000" made a server with LOW_TIMEOUT_THRESHOLD 0
-    refuse a call with 0.6-1 ms left as expired, where "0.001" had been served."""
-    stamped = [stamp(s) for s in (1.2349, 0.0129999, 4.987, 0.0, 0.0009, 0.00089012)]
-    assert stamped == ["1.234", "0.012", "4.987", "0.000", "0.000900", "0.000890"]
+    """Below 10 ms, whole microseconds: "0.000" made a server with LOW_TIMEOUT_THRESHOLD 0 refuse a
+    call with 0.6-1 ms left as expired, where "0.001" had been served; "0.005" for 5.9 ms left made
+    aio-request's server, which refuses 5 ms and below, answer 408
+    (tests/end_to_end/test_interop_aio_request.py)."""
+    stamped = [stamp(s) for s in (1.2349, 0.0129999, 0.01, 4.987, 0.0, 0.0009, 0.00089012, 0.0059, 0.0099999)]
+    assert stamped == ["1.234", "0.012", "0.010", "4.987", "0.000", "0.000900", "0.000890", "0.005900", "0.009999"]
 
 
 def test_the_enricher_sees_the_system_headers_and_may_override_them() -> None:

@@ -13,6 +13,7 @@ by at least that much; ``SLACK`` covers our header's rounding to the millisecond
 by half a millisecond). Lower bounds leave 0.5 s for the loopback calls on a loaded machine.
 """
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -78,6 +79,30 @@ def call_json(client: dar.Client, request: dar.Request) -> Any:
 
 
 class TestOurClientToAioHttp:
+    @pytest.mark.parametrize("left", [0.0051, 0.0059, 0.0099])
+    def test_just_over_aio_request_s_threshold_left_is_served_by_its_middleware(self, left: float) -> None:
+        """aio-request's middleware refuses a deadline at or below its threshold (5 ms): 408, no
+        X-Do-Not-Retry, which this client's breaker counts as the endpoint's failure. What this client
+        stamps for a little more than that left must not read as that little: 5.9 ms, rounded down to
+        the millisecond, went as "0.005", and calls to a healthy aiohttp service opened the circuit (a
+        review). The middleware itself, as aiohttp calls it, microseconds after the value is read."""
+        from aiohttp import web
+        from aiohttp.test_utils import make_mocked_request
+
+        from django_aio_request.core.timeout_header import stamp
+
+        middleware = aio_request.aiohttp_middleware_factory()
+
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(status=200)
+
+        async def status_for(value: str) -> int:
+            request = make_mocked_request("GET", "/context", headers={"X-Request-Timeout": value})
+            return (await middleware(request, handler)).status
+
+        assert asyncio.run(status_for(stamp(left))) == 200
+        assert asyncio.run(status_for(stamp(0.0049))) == 408  # below it: refused by both sides
+
     def test_the_handler_sees_the_callers_deadline_priority_and_service_name(
         self, aiohttp_services: Callable[..., AioHttpService], our_clients: Callable[..., dar.Client]
     ) -> None:
