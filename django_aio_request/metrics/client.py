@@ -123,9 +123,17 @@ class ClientMetrics:
             client_retry_budget_exhausted.labels(self.endpoint).inc()
 
 
+def path_label(template: str) -> str:
+    """``request_path`` of a URL template: its path, without a query written into it
+    (``get("status/?code=201")``), as aio-request labels it (yarl's ``url.path``); kept, each query
+    string made a series of its own, and an aio-request service's dashboards another label. (A
+    template with a fragment is refused as the request is made.)"""
+    return template.partition("?")[0] if "?" in template else template
+
+
 def _record_call(observation: tuple[Any, ...]) -> None:
     _, endpoint, method, path, status, circuit_breaker, attempt, elapsed = observation
-    client_latency.labels(endpoint, method, path, str(status), str(circuit_breaker)).observe(elapsed)
+    client_latency.labels(endpoint, method, path_label(path), str(status), str(circuit_breaker)).observe(elapsed)
     client_winning_attempt.labels(endpoint, method, attempt_label(attempt)).inc()
 
 
@@ -138,7 +146,7 @@ def _record_attempt(observation: tuple[Any, ...]) -> None:
 
 def _record_transport(observation: tuple[Any, ...]) -> None:
     _, endpoint, method, path, status, elapsed = observation
-    transport_latency.labels(endpoint, method, path, str(status)).observe(elapsed)
+    transport_latency.labels(endpoint, method, path_label(path), str(status)).observe(elapsed)
 
 
 def _record(observation: tuple[Any, ...]) -> None:
