@@ -28,11 +28,13 @@ from django_aio_request.server.async_stack import cancelling, sync_only_below, w
 CACHE_WITHOUT_TIMEOUTS = "W010"
 DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
 SYNC_MIDDLEWARE_BELOW = "W012"
+POOL_HEALTH_CHECK_UNBOUNDED = "W013"
 UNSUPPORTED_DATABASE = "E020"  # E0xx below E020: AIO_REQUEST's own (conf/reader.py)
 CODES = {
     CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
     SYNC_MIDDLEWARE_BELOW: "async views cannot be cancelled: sync-only middleware below AioRequestMiddleware",
+    POOL_HEALTH_CHECK_UNBOUNDED: "queries bounded by the deadline, the connection pool's health check not",
     UNSUPPORTED_DATABASE: "the app's tables migrated to a database other than SQLite or PostgreSQL",
 }
 #: The databases the app's migrations are written for: its view of the breakers (0002, 0004) is SQL
@@ -558,6 +560,43 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
                 id=f"django_aio_request.{DATABASE_WITHOUT_CONNECT_TIMEOUT}",
             )
         )
+    return found
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_pool_health_checks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when queries are bounded by the deadline but a PostgreSQL database uses Django's pool
+    (``OPTIONS["pool"]``) with ``CONN_HEALTH_CHECKS``: Django then has the pool check each connection
+    it hands out (psycopg_pool's ``check_connection``), outside the cursors the bound wraps, and a
+    server that stops answering holds the request with no bound (a review: past 30 s at a 0.5 s
+    deadline). Never raises, whatever the settings hold."""
+    setting = getattr(settings, SETTING, None)
+    databases = getattr(settings, "DATABASES", None)
+    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
+        return []
+    if not isinstance(databases, Mapping):
+        return []
+    found: list[checks.CheckMessage] = []
+    for alias, database in databases.items():
+        if not isinstance(database, Mapping):
+            continue
+        engine = str(database.get("ENGINE", ""))
+        options = database.get("OPTIONS")
+        pooled = isinstance(options, Mapping) and bool(options.get("pool"))  # True or the pool's own options
+        if ("postgresql" in engine or "postgis" in engine) and pooled and database.get("CONN_HEALTH_CHECKS"):
+            found.append(
+                checks.Warning(
+                    f"settings.DATABASES[{alias!r}] uses Django's connection pool with CONN_HEALTH_CHECKS:"
+                    " the pool checks each connection as it hands it out, outside the cursors"
+                    " DATABASE_STATEMENT_TIMEOUT bounds, and a server that stops answering holds the request"
+                    " with no bound, past its deadline and the pool's timeout",
+                    hint="turn CONN_HEALTH_CHECKS off for this database: a broken pooled connection then fails"
+                    " its request's first query, which the deadline bounds, and the pool replaces it",
+                    obj=f"settings.DATABASES[{alias!r}]",
+                    id=f"django_aio_request.{POOL_HEALTH_CHECK_UNBOUNDED}",
+                )
+            )
     return found
 
 

@@ -110,6 +110,12 @@ _forks = 0  # how many times this process's ancestors forked: QueryBound state f
 _CATCHER = "_aio_request_catches_deadline"
 
 
+# What a DeadlineExceeded whose transaction is lost adds to its message.
+_LOST = (
+    " (the transaction it was in is lost: nothing it wrote is committed, the enclosing atomic blocks' writes included)"
+)
+
+
 class DeadlineExceeded(OperationalError):
     """A database query ran out of the deadline in the context.
 
@@ -119,12 +125,20 @@ class DeadlineExceeded(OperationalError):
     replaces, so existing handlers of database errors still catch it.
     """
 
-    def __init__(self, message: str, *, alias: str = "", sent: bool = False, sql: str = "") -> None:
+    def __init__(
+        self, message: str, *, alias: str = "", sent: bool = False, sql: str = "", transaction_lost: bool = False
+    ) -> None:
         super().__init__(message)
         self.alias = alias
         self.sent = sent
         #: The start of the statement (placeholders, never parameters): what was lost.
         self.sql = sql
+        #: The connection was closed inside a transaction (its cancel request got no answer): the server
+        #: rolls the whole transaction back, what the enclosing ``atomic()`` blocks wrote before too,
+        #: and the outermost block ends without committing and without an error, as Django ends one
+        #: whose connection broke. A view that catches this in a nested block must not carry on as if
+        #: only that block failed (docs/database.md).
+        self.transaction_lost = transaction_lost
 
 
 def is_deadline_cancellation(exc: BaseException) -> bool:
@@ -323,13 +337,14 @@ class QueryBound:
     ) -> None:
         """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
         if self._severed == generation:
-            self._close_severed(connection)
+            lost = self._close_severed(connection)
             raise DeadlineExceeded(
                 f"database {self.alias!r} did not end the query at the deadline, and its connection was "
-                f"closed: {_head(sql)}",
+                f"closed{_LOST if lost else ''}: {_head(sql)}",
                 alias=self.alias,
                 sent=True,
                 sql=_head(sql),
+                transaction_lost=lost,
             ) from error
         if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
             raise DeadlineExceeded(
@@ -339,7 +354,7 @@ class QueryBound:
                 sql=_head(sql),
             ) from error
 
-    def _close_severed(self, connection: BaseDatabaseWrapper) -> None:
+    def _close_severed(self, connection: BaseDatabaseWrapper) -> bool:
         """In the owner thread, as its statement fails inside ``atomic()``: close Django's connection
         whose socket :meth:`_sever` shut down, the way Django closes one that broke in a transaction
         (which the server rolls back). The block's exit then sends no ``ROLLBACK`` or ``COMMIT`` on
@@ -347,14 +362,23 @@ class QueryBound:
         caught the deadline and answered), and opens no new connection to restore autocommit, which
         made the 408 wait for that connect (``connect_timeout``, or for ever when the server hangs).
         Outside a transaction the connection is left to Django, which closes it when the request
-        ends (``errors_occurred``, set by :meth:`_sever`)."""
+        ends (``errors_occurred``, set by :meth:`_sever`). Whether it closed one inside a transaction,
+        which is then lost whole: logged, as nothing else may say so (a view that caught the deadline
+        in a nested block and carried on answered 200 for writes never committed: a review)."""
         if not connection.in_atomic_block or connection.connection is not self._raw:
-            return
+            return False
         self.closed_at_deadline = self._raw
         try:
             connection.close()
         except Exception as error:  # its socket is shut down: closing may fail, it is closed all the same
             logger.debug("closing the severed connection of database %r: %s", self.alias, error)
+        logger.warning(
+            "the transaction on database %r is lost: its connection was closed at the deadline inside atomic(),"
+            " the server rolls back all it wrote, and the outermost atomic block will end without committing"
+            " (its on_commit callbacks dropped), also where the view catches the deadline",
+            self.alias,
+        )
+        return True
 
     def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:
         """Route the cursor's fetches through :meth:`_bounded`: each is a FETCH statement that
@@ -651,8 +675,9 @@ def _guard_connects(connection: BaseDatabaseWrapper) -> None:
                 # block ended, as in a nested block whose deadline the view caught.
                 bound.refused += 1
                 raise DeadlineExceeded(
-                    f"database {bound.alias!r}'s connection was closed at the deadline inside this transaction",
+                    f"database {bound.alias!r}'s connection was closed at the deadline inside this transaction{_LOST}",
                     alias=bound.alias,
+                    transaction_lost=True,
                 )
             bound.closed_at_deadline = None  # the transaction ended: Django has let it go
         # The class's method looked up at each call, not kept: pytest-django blocks database access

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_aio_request.checks import check_database_connect_timeout
+from django_aio_request.checks import check_database_connect_timeout, check_pool_health_checks
 from tests.conf.test_settings_checks import manage
 from tests.support.loopback import silent_listener
 
@@ -156,3 +156,44 @@ def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path, monk
     done = manage(tmp_path, "check", settings=settings)
     assert done.returncode == 0, done.stderr
     assert "(django_aio_request.W011) settings.DATABASES['default'] has no connect_timeout" in done.stderr
+
+
+def _pool_ids(databases: Any, aio_request: Any) -> list[str]:
+    with override_settings(DATABASES=databases, AIO_REQUEST=aio_request):
+        return [message.id for message in check_pool_health_checks() if message.id is not None]
+
+
+@pytest.mark.parametrize(
+    ("pool", "health_checks", "engine", "warns"),
+    [
+        (True, True, PG, True),
+        ({"min_size": 2, "max_size": 4}, True, "django.contrib.gis.db.backends.postgis", True),
+        (True, False, PG, False),
+        (False, True, PG, False),
+        (None, True, PG, False),
+        (True, True, "django.db.backends.sqlite3", False),
+    ],
+)
+def test_the_pool_s_health_check_which_the_deadline_does_not_bound_is_warned_of(
+    pool: Any, health_checks: bool, engine: str, warns: bool
+) -> None:
+    """Django's pool with CONN_HEALTH_CHECKS: the pool checks each connection it hands out, outside the
+    bound, and a server that stopped answering held a request past 30 s at a 0.5 s deadline (a review)."""
+    database: dict[str, Any] = {"ENGINE": engine, "NAME": "shop", "CONN_HEALTH_CHECKS": health_checks}
+    if pool is not None:
+        database["OPTIONS"] = {"pool": pool, "connect_timeout": 2}
+    assert _pool_ids({"default": database}, ON) == (["django_aio_request.W013"] if warns else [])
+    assert _pool_ids({"default": database}, {}) == []  # the bound off: nothing it would bound
+
+
+def test_manage_py_check_shows_the_pool_warning_and_still_passes(tmp_path: Path) -> None:
+    settings = (
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop',"
+        " 'CONN_HEALTH_CHECKS': True, 'OPTIONS': {'pool': True, 'connect_timeout': 2}}}\n"
+        "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
+    )
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 0, done.stderr
+    assert "(django_aio_request.W013) settings.DATABASES['default'] uses Django's connection pool" in done.stderr
+    assert "Traceback" not in done.stderr

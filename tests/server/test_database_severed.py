@@ -5,17 +5,19 @@ and Django's test client, in the test process, against the real PostgreSQL serve
 :class:`tests.server.test_database.HangingProxy`."""
 
 import contextlib
+import json
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.http.response import HttpResponseBase
 from django.test import Client
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -53,7 +55,7 @@ def proxied() -> Iterator[tuple[BaseDatabaseWrapper, HangingProxy]]:
         yield pg, proxy
 
 
-def answered_by_the_deadline(client: Client, path: str, params: dict[str, str]) -> HttpResponseBase:
+def answered_by_the_deadline(client: Client, path: str, params: dict[str, str]) -> Any:
     """GET ``path`` with ``X-Request-Timeout: TIMEOUT``, answered by the deadline plus the cancel timeout."""
     started = time.monotonic()
     response = client.get(path, params, headers={"X-Request-Timeout": str(TIMEOUT)})
@@ -204,6 +206,31 @@ def test_a_write_before_a_cursor_closed_while_the_server_stalls_in_its_transacti
         stall.join()
     assert response.status_code == 200
     assert Group.objects.using(PG).filter(name=name).exists()
+
+
+@pytest.mark.parametrize("cancel", ["answered", "lost"])
+def test_a_deadline_caught_in_a_nested_block_says_whether_the_whole_transaction_is_lost(
+    client: Client, proxied: tuple[BaseDatabaseWrapper, HangingProxy], caplog: pytest.LogCaptureFixture, cancel: str
+) -> None:
+    """A write, then a nested block whose query the deadline stops, caught by the view, which carries
+    on (Django's savepoint pattern). With the cancel request answered, only the nested block is rolled
+    back and the write is committed. With it lost, the connection is closed in the transaction: the
+    server rolls the write back too, and the outermost block ends without an error, as Django ends
+    any transaction whose connection broke. The view answered 200 and nothing said the write was
+    lost (a review, 4 of 4 runs); ``transaction_lost`` and a warning say so now."""
+    _, proxy = proxied
+    name = f"nested-{cancel}-{time.monotonic_ns()}"
+    if cancel == "lost":
+        proxy.hang = True  # cancel requests (new connections) are never answered
+    with caplog.at_level(logging.WARNING, logger="django_aio_request"):
+        response = answered_by_the_deadline(client, "/write-then-nested-sleep/", {"name": name, "sleep": "3"})
+    assert response.status_code == 200
+    lost = cancel == "lost"
+    assert json.loads(response.content) == {"transaction_lost": lost}
+    proxy.hang = False
+    assert Group.objects.using(PG).filter(name=name).exists() is not lost
+    warned = [r.getMessage() for r in caplog.records if "is lost" in r.getMessage()]
+    assert len(warned) == (1 if lost else 0), warned
 
 
 def test_the_health_check_at_the_requests_first_query_is_bounded_by_the_deadline(

@@ -118,6 +118,23 @@ def write_then_break(request: HttpRequest) -> HttpResponse:
     return HttpResponse("saved\n", content_type="text/plain")
 
 
+def write_then_nested_sleep(request: HttpRequest) -> HttpResponse:
+    """In one ``transaction.atomic()`` block: a group named ``?name=`` written, then ``?sleep=``
+    seconds of pg_sleep in a nested block whose deadline the view catches, Django's savepoint
+    pattern; answers whether the deadline said the transaction was lost."""
+    lost = None
+    with transaction.atomic(using=ALIAS):
+        Group.objects.using(ALIAS).create(name=request.GET["name"])
+        try:
+            with transaction.atomic(using=ALIAS):
+                _sleep(float(request.GET["sleep"]))
+        except DatabaseError as error:
+            if not is_deadline_cancellation(error):
+                raise
+            lost = bool(getattr(error, "transaction_lost", None))
+    return _json({"transaction_lost": lost})
+
+
 def session_write(request: HttpRequest) -> HttpResponse:
     """Writes to the session, then uses up ``?sleep=`` seconds: SessionMiddleware saves the session
     after the view, in its ``process_response``."""
@@ -324,6 +341,7 @@ urlpatterns = [
     path("iterate/", iterate),
     path("iterate-slowly/", iterate_slowly),
     path("write-then-break/", write_then_break),
+    path("write-then-nested-sleep/", write_then_nested_sleep),
     path("session/", session_write),
     path("broken-below/", broken_below),
     path("fallback-bug/", fallback_bug),
