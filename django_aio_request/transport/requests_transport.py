@@ -167,8 +167,9 @@ def _redacted(endpoint: str) -> str:
 def _logged_target(endpoint: str, request: Request) -> str:
     """What a log line names: the request's URL template joined with the endpoint as the request
     was (``http://billing:8080`` and ``things/{id}`` are ``http://billing:8080/things/{id}``, not
-    ``http://billing:8080things/{id}``), credentials redacted; never path or query values."""
-    return urllib.parse.urljoin(_redacted(endpoint), request.url)
+    ``http://billing:8080things/{id}``), credentials redacted; never path or query values, nor a
+    query written into the template itself (``get("x?token=...")``), which metrics leave out too."""
+    return urllib.parse.urljoin(_redacted(endpoint), request.url.partition("?")[0])
 
 
 # The pool arguments a TLS context is made from (those loaded into it, and the TLS versions).
@@ -982,7 +983,7 @@ class RequestsTransport(Transport):
         if code != status.CANCELLED:
             # At the deadline the timer shut the socket down, and what urllib3 raised then (a
             # ProtocolError, a ConnectionError) named a broken peer: the log says the deadline.
-            why = "the deadline ran out" if code == status.TIMEOUT else type(error).__name__
+            why = "the deadline ran out" if code == status.TIMEOUT else _what_failed(error)
             if code == status.NETWORK_ERROR and (stale := _wrapped(error, StaleConnection)) is not None:
                 again = "after it was sent again once, on a fresh connection" if guard.fresh else "not sent again"
                 why = f"{type(stale).__name__}: {_stale_what(stale)}, {again}"
@@ -1319,6 +1320,30 @@ def _let_go(error: BaseException) -> None:
 
 
 _Wrapped = TypeVar("_Wrapped", bound=BaseException)
+
+
+def _what_failed(error: BaseException) -> str:
+    """The log's name for a failed attempt: the class of what was raised, and what it wraps down to
+    the cause, with an operating system error's own words (``MaxRetryError > NewConnectionError:
+    Connection refused``). Class names and ``strerror`` only: what the exceptions say of themselves
+    carries the URL (credentials and query among it). The class alone, ``MaxRetryError``, said
+    nothing of a name that did not resolve or a refused connection, even at DEBUG (a review)."""
+    names: list[str] = []
+    reason = ""
+    item: object = error
+    seen: set[int] = set()
+    while isinstance(item, BaseException) and id(item) not in seen and len(names) < 6:
+        seen.add(id(item))
+        if type(item).__module__.partition(".")[0] not in ("requests",) or not names:
+            names.append(type(item).__name__)
+        if isinstance(item, OSError) and item.strerror:
+            reason = item.strerror
+        inner = getattr(item, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = item.__cause__ or next((a for a in item.args if isinstance(a, BaseException)), None)
+        item = inner
+    shown = " > ".join(dict.fromkeys(names))
+    return f"{shown}: {reason}" if reason else shown
 
 
 def _wrapped(error: BaseException, kind: type[_Wrapped]) -> _Wrapped | None:

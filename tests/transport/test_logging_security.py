@@ -125,6 +125,26 @@ def test_a_failure_is_logged_under_the_url_template_as_it_was_joined(
     assert any(line.startswith(f"GET {logged.format(port=port)} failed after") for line in lines), lines
 
 
+def test_an_unreachable_endpoint_is_logged_with_the_cause_and_no_query_of_the_template(
+    everything_logged: pytest.LogCaptureFixture,
+) -> None:
+    """A refused connection logged "failed after 0.004s: MaxRetryError (status 489)", even at DEBUG:
+    urllib3's wrapper, not what it wraps (a review). The chain of classes down to the cause and the
+    operating system's words for it now; never what the exceptions say of themselves (the URL), nor a
+    query written into the URL template (left out of metrics too)."""
+    port = free_port()
+    transport = dar.RequestsTransport()
+    try:
+        answer = transport.send(f"http://127.0.0.1:{port}/", dar.get(f"things?token={SECRETS[0]}"), 1.0)
+    finally:
+        transport.close()
+    assert answer.status == status.NETWORK_ERROR
+    [line] = [r.getMessage() for r in everything_logged.records if r.name.startswith("django_aio_request")]
+    assert line.startswith(f"GET http://127.0.0.1:{port}/things failed after "), line
+    assert line.endswith("MaxRetryError > NewConnectionError > ConnectionRefusedError: Connection refused (status 489)")
+    _assert_no_secret(everything_logged)
+
+
 @pytest.mark.parametrize(
     ("header", "value"),
     [
