@@ -797,7 +797,31 @@ if _register_atexit is not None:
     _register_atexit(publisher.publish_at_exit)
 
 
+#: Django's commands that make or inspect the schema and static files: a process running one does not
+#: publish (nor take overrides). A client looked up at import time (a module ROOT_URLCONF imports, which
+#: the system checks before `migrate` import) published from `migrate` itself on a new database, and
+#: warned that the app's tables were missing while that very command was making them (a review).
+SCHEMA_COMMANDS = frozenset(
+    (
+        "check",
+        "collectstatic",
+        "createcachetable",
+        "makemigrations",
+        "migrate",
+        "optimizemigration",
+        "showmigrations",
+        "sqlmigrate",
+        "squashmigrations",
+    )
+)
+
+
+def _running_a_schema_command() -> bool:
+    return sys.argv[1:2] != [] and sys.argv[1] in SCHEMA_COMMANDS and _is_django_s_command_line(sys.argv[0])
+
+
 def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:
-    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's breaker."""
-    if client.circuit_breaker is not None:
+    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's
+    breaker, unless this process runs one of :data:`SCHEMA_COMMANDS`."""
+    if client.circuit_breaker is not None and not _running_a_schema_command():
         publisher.watch(name, client)

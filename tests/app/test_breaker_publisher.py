@@ -639,6 +639,45 @@ def test_a_database_without_the_app_s_tables_is_told_to_be_migrated(
     assert told is not in_memory
 
 
+LOOKUP_AT_IMPORT = """
+from django_aio_request import clients
+
+BILLING = clients["billing"]
+urlpatterns = []
+"""
+
+
+@pytest.mark.parametrize("command", ["migrate", "check"])
+def test_a_schema_command_on_a_new_database_does_not_publish_a_client_looked_up_at_import(
+    server: LoopbackServer, tmp_path: Path, command: str
+) -> None:
+    """A client looked up at import time, in a module ROOT_URLCONF imports (which the system checks
+    before ``migrate`` import): ``migrate`` on a new database published the client, and warned that the
+    app's tables were missing, while it was making them (a review; ``check`` the same). Neither
+    publishes now; ``migrate`` makes the tables and the next process publishes."""
+    (tmp_path / "lookup_urls.py").write_text(LOOKUP_AT_IMPORT)
+    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}}
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "new.sqlite3")}
+    urls = "ROOT_URLCONF = 'lookup_urls'\n"
+    env = settings_module(tmp_path, "lookup_settings", database, {"CLIENTS": clients_setting}, extra=urls)
+    command_line = [sys.executable, "manage.py", command]
+    done = subprocess.run(command_line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "cannot be published" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    if command == "migrate":  # the tables are there: a process after it publishes without a word
+        after = subprocess.run(
+            [sys.executable, "-c", UNMIGRATED],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (after.returncode, after.stderr) == (0, "")
+
+
 def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
     publisher: Publisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
