@@ -194,6 +194,36 @@ def _check_host(endpoint: str, shown: str, host: str) -> None:
             raise ValueError(f"endpoint {shown!r} has an invalid host {host!r}{as_sent}: {problem}")
 
 
+# What each part given to setup() must have, and what to pass instead. Looked at by the method a call
+# uses, not the class: a part of one's own need not subclass this package's.
+_PARTS = {
+    "safe_method_strategy": ("request", "a request strategy (sequential_strategy(), parallel_strategy(), ...)"),
+    "unsafe_method_strategy": ("request", "a request strategy (single_attempt_strategy(), ...)"),
+    "circuit_breaker": ("execute", "a circuit breaker (DefaultCircuitBreaker(...))"),
+    "response_classifier": ("classify", "a response classifier (DefaultResponseClassifier(...))"),
+    "transport": ("send", "a transport (RequestsTransport(...))"),
+}
+
+
+def _check_parts(**parts: object) -> None:
+    """Refuse a part of the wrong kind as the client is built: a settings dict (``{"NAME":
+    "parallel"}``) or a name was taken, and the first call raised ``AttributeError: 'dict' object has
+    no attribute 'request'`` (a review)."""
+    for name, part in parts.items():
+        if part is None:
+            continue
+        if name == "request_enricher":
+            if not callable(part):
+                raise TypeError(f"request_enricher must be a callable (request) -> request, not {part!r}")
+            continue
+        method, what = _PARTS[name]
+        if not callable(getattr(part, method, None)):
+            settings_form = (
+                " (a settings dict goes in AIO_REQUEST['CLIENTS'], not setup())" if isinstance(part, dict) else ""
+            )
+            raise TypeError(f"{name} must be {what}, not {part!r}{settings_form}")
+
+
 def setup(
     *,
     endpoint: str,
@@ -259,6 +289,14 @@ def setup(
                 " running this app count such a caller as 'other' in their metrics"
             )
         check_headers({X_SERVICE_NAME: service_name})
+    _check_parts(
+        safe_method_strategy=safe_method_strategy,
+        unsafe_method_strategy=unsafe_method_strategy,
+        circuit_breaker=circuit_breaker,
+        response_classifier=response_classifier,
+        transport=transport,
+        request_enricher=request_enricher,
+    )
     if retry_budget is not None and not isinstance(retry_budget, RetryBudget | _Default):
         raise ValueError(f"retry_budget must be a RetryBudget or None, not {retry_budget!r}")
     budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget

@@ -363,3 +363,25 @@ def test_a_threshold_below_the_timeout_sends(server: LoopbackServer) -> None:
 def test_invalid_options(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         setup(endpoint="http://billing/", **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        (
+            "safe_method_strategy",
+            {"NAME": "parallel"},
+            r"safe_method_strategy must be a request strategy .*AIO_REQUEST",
+        ),
+        ("unsafe_method_strategy", "single_attempt", "unsafe_method_strategy must be a request strategy"),
+        ("circuit_breaker", {"BREAK_DURATION": 5}, r"circuit_breaker must be a circuit breaker .*AIO_REQUEST"),
+        ("response_classifier", object(), "response_classifier must be a response classifier"),
+        ("transport", "requests", "transport must be a transport"),
+        ("request_enricher", {"Authorization": "x"}, "request_enricher must be a callable"),
+    ],
+)
+def test_a_part_of_the_wrong_kind_is_refused_as_the_client_is_built(keyword: str, value: object, message: str) -> None:
+    """A settings dict or a name given to setup(): taken, and the first call raised
+    ``AttributeError: 'dict' object has no attribute 'request'`` (a review)."""
+    with pytest.raises(TypeError, match=message):
+        setup(endpoint="http://billing:8080/", **{keyword: value})  # type: ignore[arg-type]
