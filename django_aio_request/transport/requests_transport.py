@@ -1334,8 +1334,7 @@ def _what_failed(error: BaseException) -> str:
     seen: set[int] = set()
     while isinstance(item, BaseException) and id(item) not in seen and len(names) < 6:
         seen.add(id(item))
-        if type(item).__module__.partition(".")[0] not in ("requests",) or not names:
-            names.append(type(item).__name__)
+        names.append(type(item).__name__)
         if isinstance(item, OSError) and item.strerror:
             reason = item.strerror
         inner = getattr(item, "reason", None)
