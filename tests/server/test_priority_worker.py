@@ -456,7 +456,12 @@ def check_the_order_of_new_connections(url: str) -> None:
     for thread in callers:
         thread.join(20)
     assert len(high) >= 10
-    assert statistics.quantiles(high, n=10)[8] < 0.14, high  # gthread: about 0.2 s, behind the lows
+    # High waits for the request in hand only; a low one for the highs and the other lows. Alone here:
+    # high p90 0.083 s against a low median of 0.29 s, where plain gthread read 0.19 s both. Judged
+    # against each other, not against a fixed 0.14 s, which a CI run beside the parallel suite passed
+    # at 0.151 s: the load slows both alike.
+    lows_median = statistics.median(x for low in lows for x in low)
+    assert statistics.quantiles(high, n=10)[8] < 0.6 * lows_median, (high, lows_median)
     # Every low caller is served in turn: none is left behind requests whose priority was not yet known.
     assert min(len(low) for low in lows) >= 3, [len(low) for low in lows]
 
