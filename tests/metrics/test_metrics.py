@@ -314,6 +314,11 @@ def test_the_first_opening_and_the_first_deadline_refusal_are_exported_from_0(se
     retries = "aio_request_retries_total"
     assert len(series(before, retries, **mine)) == 5
     assert value(before, retries, **mine) == 0
+    first_attempts = series(before, "aio_request_attempts_total", **mine)
+    assert sorted(labels["request_method"] for labels in first_attempts if labels["attempt"] == "0") == sorted(
+        ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    )  # what the extra-load query divides by, at 0 before the first call (a review: 7.0 read for 0.5)
+    assert value(before, "aio_request_attempts_total", **mine) == 0
 
     with client.request(dar.get("x")) as response:  # 503, then 503: a retry, which answered the call
         assert response.status == 503
