@@ -60,6 +60,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from django_aio_request.conf.current import current
 from django_aio_request.core.priority import Priority
+from django_aio_request.core.timeout_header import MICROSECONDS_BELOW
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.deferred import recording
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
@@ -257,9 +258,11 @@ class QueueWaitApp:
         # few µs would read 0.005 and pass a LOW_TIMEOUT_THRESHOLD of 5 ms).
         left = math.floor((seconds - waited) * 1000 + 1e-6) / 1000  # 1e-6: 0.3 - 0.25 is 0.04999...
         shown = f"{left:.3f}"
-        if left <= 0:
-            # Under a millisecond left, which a LOW_TIMEOUT_THRESHOLD of 0 lets through: in whole
-            # microseconds (rounded to 0 ms, a request gthread serves was refused here).
+        if left < MICROSECONDS_BELOW:
+            # Under 10 ms left, where a server's threshold is, in whole microseconds, as the client
+            # stamps it (core/timeout_header.py): under a millisecond, rounded to 0 ms, a request
+            # gthread serves was refused here, and 5.9 ms left, read as 5 ms, was refused at a
+            # LOW_TIMEOUT_THRESHOLD of 5.5 ms, and handed to an aio-request-like threshold as its 5 ms.
             left = math.floor((seconds - waited) * 1e6 + 1e-3) / 1e6
             shown = f"{left:.6f}"
         if left <= 0 or left < threshold:

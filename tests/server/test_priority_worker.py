@@ -241,9 +241,10 @@ def test_the_application_gets_the_timeout_less_the_time_queued_and_keeps_the_one
     wrapped({"HTTP_X_REQUEST_TIMEOUT": "5"}, lambda *a: None)
     assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == "5"
     assert RECEIVED_TIMEOUT not in seen[-1]
-    # Rounded down to whole milliseconds: the time left never grows (0.0051 must not read 0.006).
+    # Rounded down to whole milliseconds, below 10 ms to whole microseconds: the time left never grows
+    # (0.0051 must not read 0.006).
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
-    for sent, given in [("0.0061", "0.006"), ("5", "4.999"), ("0.0049", "0.0049"), ("4.9e-03", "4.9e-03")]:
+    for sent, given in [("0.0061", "0.006090"), ("5", "4.999"), ("0.0049", "0.0049"), ("4.9e-03", "4.9e-03")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda *a: None)
         assert seen[-1]["HTTP_X_REQUEST_TIMEOUT"] == given  # the last two: below the threshold already
 
@@ -263,7 +264,7 @@ def test_with_no_low_timeout_threshold_under_a_millisecond_left_is_served_in_mic
 
     wrapped = QueueWaitApp(app)
     monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.00001)
-    for sent, given in [("0.0009", "0.000890"), ("5.2e-05", "0.000042"), ("0.0019", "0.001")]:
+    for sent, given in [("0.0009", "0.000890"), ("5.2e-05", "0.000042"), ("0.0019", "0.001890"), ("0.011", "0.010")]:
         wrapped({"HTTP_X_REQUEST_TIMEOUT": sent}, lambda status, headers: answers.append(status))
         assert seen[-1] == given
     assert answers == []
@@ -271,6 +272,12 @@ def test_with_no_low_timeout_threshold_under_a_millisecond_left_is_served_in_mic
     body = wrapped({"HTTP_X_REQUEST_TIMEOUT": "0.0009"}, lambda status, headers: answers.append(status))
     assert list(body) == [b""]
     assert answers == ["503 Service Unavailable"]  # the queue used it up
+    # 5.9 ms left where the threshold is 5.5 ms: served with 0.005900, not refused as 0.005 (a review).
+    settings.AIO_REQUEST = {"LOW_TIMEOUT_THRESHOLD": 0.0055}
+    monkeypatch.setattr(priority_worker, "take_queued_for", lambda: 0.0061)
+    wrapped({"HTTP_X_REQUEST_TIMEOUT": "0.012000"}, lambda status, headers: answers.append(status))
+    assert seen[-1] == "0.005900"
+    assert answers == ["503 Service Unavailable"]  # nothing more refused
 
 
 def test_a_timeout_above_max_timeout_loses_the_time_queued_from_max_timeout(
