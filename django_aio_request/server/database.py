@@ -337,7 +337,17 @@ class QueryBound:
     ) -> None:
         """Raise :class:`DeadlineExceeded` from ``error`` if the timer's cancel request ended the statement."""
         if self._severed == generation:
-            lost = self._close_severed(connection)
+            # Inside atomic() (closed here), or in a transaction of the application's own
+            # (set_autocommit(False): left to Django, whose next set_autocommit fails): either way
+            # the server rolls back all the transaction wrote.
+            lost = self._close_severed(connection) or not connection.autocommit
+            if lost:
+                logger.warning(
+                    "the transaction on database %r is lost: its connection was closed at the deadline, the server"
+                    " rolls back all it wrote, and no atomic block around it commits (their on_commit callbacks"
+                    " dropped), also where the view catches the deadline",
+                    self.alias,
+                )
             raise DeadlineExceeded(
                 f"database {self.alias!r} did not end the query at the deadline, and its connection was "
                 f"closed{_LOST if lost else ''}: {_head(sql)}",
@@ -363,8 +373,8 @@ class QueryBound:
         made the 408 wait for that connect (``connect_timeout``, or for ever when the server hangs).
         Outside a transaction the connection is left to Django, which closes it when the request
         ends (``errors_occurred``, set by :meth:`_sever`). Whether it closed one inside a transaction,
-        which is then lost whole: logged, as nothing else may say so (a view that caught the deadline
-        in a nested block and carried on answered 200 for writes never committed: a review)."""
+        which is then lost whole (the caller logs it, as nothing else may say so: a view that caught
+        the deadline in a nested block and carried on answered 200 for writes never committed, a review)."""
         if not connection.in_atomic_block or connection.connection is not self._raw:
             return False
         self.closed_at_deadline = self._raw
@@ -372,12 +382,6 @@ class QueryBound:
             connection.close()
         except Exception as error:  # its socket is shut down: closing may fail, it is closed all the same
             logger.debug("closing the severed connection of database %r: %s", self.alias, error)
-        logger.warning(
-            "the transaction on database %r is lost: its connection was closed at the deadline inside atomic(),"
-            " the server rolls back all it wrote, and the outermost atomic block will end without committing"
-            " (its on_commit callbacks dropped), also where the view catches the deadline",
-            self.alias,
-        )
         return True
 
     def _bound_fetches(self, cursor: Any, connection: BaseDatabaseWrapper, sql: object) -> None:

@@ -829,6 +829,40 @@ def test_a_cancel_request_the_server_never_answers_is_given_up_and_the_connectio
 
 
 @on_postgres
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "set_autocommit-false"])
+def test_a_connection_cut_in_a_transaction_of_the_application_s_own_says_the_transaction_is_lost(
+    pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, autocommit: bool
+) -> None:
+    """``transaction.set_autocommit(False)``, a write, then a query the cancel request cannot stop:
+    the connection is cut and the server rolls the write back, and ``transaction_lost`` said False,
+    with no warning, as outside any transaction (a review). In autocommit nothing is lost but the
+    statement."""
+    monkeypatch.setattr(db, "CANCEL_TIMEOUT", 0.3)
+    name = f"manual-{autocommit}-{time.monotonic_ns()}"
+    with through_proxy(pg) as proxy:
+        assert scalar("SELECT 1") == 1
+        transaction.set_autocommit(autocommit, using=PG)
+        try:
+            Group.objects.using(PG).create(name=name)
+            proxy.hang = True
+            with (
+                caplog.at_level(logging.WARNING),
+                set_context(deadline=Deadline.from_timeout(0.2)),
+                pytest.raises(DeadlineExceeded) as raised,
+            ):
+                scalar("SELECT pg_sleep(3)")
+        finally:
+            proxy.hang = False
+            with contextlib.suppress(DatabaseError):
+                transaction.set_autocommit(True, using=PG)  # fails on the cut connection, as Django's own
+            pg.close()
+    assert raised.value.transaction_lost is not autocommit
+    lost = [m for m in _database_warnings(caplog) if "is lost" in m]
+    assert len(lost) == (0 if autocommit else 1), lost
+    assert Group.objects.using(PG).filter(name=name).exists() is autocommit
+
+
+@on_postgres
 def test_a_statement_that_returns_while_its_cancel_request_hangs_keeps_its_rows_and_its_connection(
     pg: BaseDatabaseWrapper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
