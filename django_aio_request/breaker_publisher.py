@@ -464,6 +464,10 @@ class Publisher:
                 # warning, with Django's hint to change the test class, came in every such run.
                 logger.info("circuit breaker state is not published while a test allows no database: %s", error)
                 return False
+            if _missing_table(error) and _running_a_schema_command():
+                # migrate making the tables, check on a database not migrated yet: nothing to tell.
+                logger.debug("circuit breaker state is not published before the app's tables exist: %s", error)
+                return False
             if not self._down:
                 self._down = True
                 logger.warning(
@@ -797,10 +801,12 @@ if _register_atexit is not None:
     _register_atexit(publisher.publish_at_exit)
 
 
-#: Django's commands that make or inspect the schema and static files: a process running one does not
-#: publish (nor take overrides). A client looked up at import time (a module ROOT_URLCONF imports, which
-#: the system checks before `migrate` import) published from `migrate` itself on a new database, and
-#: warned that the app's tables were missing while that very command was making them (a review).
+#: Django's commands that make or inspect the schema and static files: in a process running one, a
+#: round that finds the app's tables missing says so at DEBUG only. A client looked up at import time
+#: (a module ROOT_URLCONF imports, which the system checks before `migrate` import) warned from
+#: `migrate` itself on a new database that the tables it was making were missing (a review). Such a
+#: process still publishes and takes overrides: a data migration's calls obey an operator's forced-open
+#: circuit (they did not when it skipped publishing altogether: a review of that first fix).
 SCHEMA_COMMANDS = frozenset(
     (
         "check",
@@ -821,7 +827,6 @@ def _running_a_schema_command() -> bool:
 
 
 def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:
-    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's
-    breaker, unless this process runs one of :data:`SCHEMA_COMMANDS`."""
-    if client.circuit_breaker is not None and not _running_a_schema_command():
+    """Receives ``signals.client_built`` (connected in ``AppConfig.ready``): watch the new client's breaker."""
+    if client.circuit_breaker is not None:
         publisher.watch(name, client)

@@ -37,7 +37,7 @@ from django_aio_request.models import BreakerOverride, BreakerReport, BreakerSta
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
 from tests.support.hanging_overrides import publisher_whose_overrides_hang
-from tests.support.loopback import LoopbackServer, free_port, silent_listener, wait_until_listening
+from tests.support.loopback import LoopbackServer, free_port, replies, silent_listener, wait_until_listening
 from tests.support.redis_server import require_redis
 from tests.support.resources import eventually
 
@@ -648,13 +648,13 @@ urlpatterns = []
 
 
 @pytest.mark.parametrize("command", ["migrate", "check"])
-def test_a_schema_command_on_a_new_database_does_not_publish_a_client_looked_up_at_import(
+def test_a_schema_command_on_a_new_database_does_not_warn_of_the_tables_it_is_making(
     server: LoopbackServer, tmp_path: Path, command: str
 ) -> None:
     """A client looked up at import time, in a module ROOT_URLCONF imports (which the system checks
-    before ``migrate`` import): ``migrate`` on a new database published the client, and warned that the
-    app's tables were missing, while it was making them (a review; ``check`` the same). Neither
-    publishes now; ``migrate`` makes the tables and the next process publishes."""
+    before ``migrate`` import): ``migrate`` on a new database warned that the app's tables were
+    missing while it was making them (a review; ``check`` the same). Said at DEBUG only now; the next
+    process publishes without a word."""
     (tmp_path / "lookup_urls.py").write_text(LOOKUP_AT_IMPORT)
     clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}}
     database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "new.sqlite3")}
@@ -676,6 +676,61 @@ def test_a_schema_command_on_a_new_database_does_not_publish_a_client_looked_up_
             check=False,
         )
         assert (after.returncode, after.stderr) == (0, "")
+
+
+DATA_MIGRATION = """
+import os
+
+from django.db import migrations
+
+
+def call(apps, schema_editor):
+    from django_aio_request import clients, get
+
+    with clients["billing"].request(get("x")) as response:
+        with open(os.environ["STATUS_FILE"], "w") as status:
+            status.write(str(response.status))
+
+
+class Migration(migrations.Migration):
+    operations = [migrations.RunPython(call, migrations.RunPython.noop)]
+"""
+FORCE_OPEN = """
+import sys
+import django
+from django.utils import timezone
+django.setup()
+from django_aio_request.models import BreakerOverride
+BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="force_open", changed_at=timezone.now())
+"""
+
+
+def test_a_data_migration_s_calls_obey_an_operator_s_forced_open_circuit(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """A migration that calls a service whose circuit an operator forced open in admin: the call gets
+    the open circuit's 502, as in any other process. Skipping schema commands' publishing altogether
+    let it through (a review of that first fix: 200, and the service received the call)."""
+    server.route("/x", replies(200))
+    app = tmp_path / "dataapp"
+    (app / "migrations").mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "migrations" / "__init__.py").write_text("")
+    (app / "migrations" / "0001_initial.py").write_text(DATA_MIGRATION)
+    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}}
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
+    extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'dataapp']\n"
+    env = settings_module(tmp_path, "data_settings", database, {"CLIENTS": clients_setting}, extra=extra)
+    env["STATUS_FILE"] = str(tmp_path / "status")
+    for step in (["migrate", "django_aio_request"], None, ["migrate", "dataapp"]):
+        if step is None:
+            python(env, "-c", FORCE_OPEN, server.url)
+            continue
+        command_line = [sys.executable, "manage.py", *step]
+        done = subprocess.run(command_line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "status").read_text() == "502"
+    assert server.received("/x") == []
 
 
 def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
