@@ -1335,9 +1335,12 @@ def _what_failed(error: BaseException) -> str:
     while isinstance(item, BaseException) and id(item) not in seen and len(names) < 6:
         seen.add(id(item))
         names.append(type(item).__name__)
-        if isinstance(item, OSError) and item.strerror:
-            reason = item.strerror
-        inner = getattr(item, "reason", None)
+        if isinstance(item, OSError) and isinstance(item.strerror, str) and item.strerror:
+            reason = item.strerror[:200]  # the system's words: short, but not bounded by anything here
+        try:  # a property of an exception class of someone else's: it must not fail the call
+            inner = getattr(item, "reason", None)
+        except Exception:
+            inner = None
         if not isinstance(inner, BaseException):
             inner = item.__cause__ or next((a for a in item.args if isinstance(a, BaseException)), None)
         item = inner

@@ -199,3 +199,22 @@ def _sent_once(server: LoopbackServer, path: str, timeout: float) -> dar.Respons
         return transport.send(server.url, dar.get(path), timeout)
     finally:
         transport.close()
+
+
+def test_the_cause_named_in_the_log_never_fails_and_stays_short() -> None:
+    """What the log names of an exception (``_what_failed``) reads properties of exception classes of
+    other packages': one that raises must not fail the call, and a system's words are cut short."""
+    from django_aio_request.transport.requests_transport import _what_failed
+
+    class Odd(Exception):
+        @property
+        def reason(self) -> BaseException:
+            raise RuntimeError("no reason")
+
+    long = OSError(5, "x" * 100_000)
+    wrapped = Odd("outer")
+    wrapped.__cause__ = long
+    assert _what_failed(wrapped) == "Odd > OSError: " + "x" * 200
+    looped = Odd("self")
+    looped.__cause__ = looped
+    assert _what_failed(looped) == "Odd"
