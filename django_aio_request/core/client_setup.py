@@ -217,6 +217,8 @@ def _check_parts(**parts: object) -> None:
                 raise TypeError(f"request_enricher must be a callable (request) -> request, not {part!r}")
             continue
         method, what = _PARTS[name]
+        if isinstance(part, type):  # the class, not one made of it: its methods want an instance
+            raise TypeError(f"{name} must be {what}: an instance, not the class {part.__name__}; make one")
         if not callable(getattr(part, method, None)):
             settings_form = (
                 " (a settings dict goes in AIO_REQUEST['CLIENTS'], not setup())" if isinstance(part, dict) else ""

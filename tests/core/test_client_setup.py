@@ -12,10 +12,11 @@ from django.test import override_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from django_aio_request import RetryBudget, get, post
+from django_aio_request import DefaultCircuitBreaker, RetryBudget, get, post
 from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.client_setup import setup, validate_endpoint
+from django_aio_request.strategies.parallel import ParallelStrategy
 from tests.support.loopback import LoopbackServer, clients, replies
 from tests.support.manage import manage
 
@@ -378,6 +379,8 @@ def test_invalid_options(options: dict[str, object], message: str) -> None:
         ("response_classifier", object(), "response_classifier must be a response classifier"),
         ("transport", "requests", "transport must be a transport"),
         ("request_enricher", {"Authorization": "x"}, "request_enricher must be a callable"),
+        ("circuit_breaker", DefaultCircuitBreaker, "an instance, not the class DefaultCircuitBreaker"),
+        ("safe_method_strategy", ParallelStrategy, "an instance, not the class ParallelStrategy"),
     ],
 )
 def test_a_part_of_the_wrong_kind_is_refused_as_the_client_is_built(keyword: str, value: object, message: str) -> None:
