@@ -513,6 +513,23 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     ]
 
 
+def _bounded_databases() -> list[tuple[Any, Mapping[str, Any]]]:
+    """``(alias, settings)`` of each PostgreSQL (or PostGIS) database whose queries are bounded by the
+    deadline: none unless ``DATABASE_STATEMENT_TIMEOUT`` is on. Whatever the settings hold."""
+    setting = getattr(settings, SETTING, None)
+    databases = getattr(settings, "DATABASES", None)
+    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
+        return []
+    if not isinstance(databases, Mapping):
+        return []
+    found = []
+    for alias, database in databases.items():
+        engine = str(database.get("ENGINE", "")) if isinstance(database, Mapping) else ""
+        if "postgresql" in engine or "postgis" in engine:  # PostGIS's queries are bounded too
+            found.append((alias, database))
+    return found
+
+
 @checks.register("django_aio_request")
 @_never_raising
 def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -520,17 +537,8 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     PostgreSQL connection is not: libpq waits for a server that accepts and never answers as long
     as the kernel keeps the connection (no ``connect_timeout`` by default), and a request that has
     to connect first is held past its deadline. Never raises, whatever the settings hold."""
-    setting = getattr(settings, SETTING, None)
-    databases = getattr(settings, "DATABASES", None)
-    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
-        return []
-    if not isinstance(databases, Mapping):
-        return []
     found: list[checks.CheckMessage] = []
-    for alias, database in databases.items():
-        engine = str(database.get("ENGINE", "")) if isinstance(database, Mapping) else ""
-        if "postgresql" not in engine and "postgis" not in engine:  # PostGIS's queries are bounded too
-            continue
+    for alias, database in _bounded_databases():
         options = database.get("OPTIONS")
         # Any mapping (a types.MappingProxyType too): Django and psycopg read it as a dict.
         timeout = options.get("connect_timeout") if isinstance(options, Mapping) else None
@@ -571,20 +579,11 @@ def check_pool_health_checks(app_configs: Any = None, **kwargs: Any) -> list[che
     it hands out (psycopg_pool's ``check_connection``), outside the cursors the bound wraps, and a
     server that stops answering holds the request with no bound (a review: past 30 s at a 0.5 s
     deadline). Never raises, whatever the settings hold."""
-    setting = getattr(settings, SETTING, None)
-    databases = getattr(settings, "DATABASES", None)
-    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
-        return []
-    if not isinstance(databases, Mapping):
-        return []
     found: list[checks.CheckMessage] = []
-    for alias, database in databases.items():
-        if not isinstance(database, Mapping):
-            continue
-        engine = str(database.get("ENGINE", ""))
+    for alias, database in _bounded_databases():
         options = database.get("OPTIONS")
         pooled = isinstance(options, Mapping) and bool(options.get("pool"))  # True or the pool's own options
-        if ("postgresql" in engine or "postgis" in engine) and pooled and database.get("CONN_HEALTH_CHECKS"):
+        if pooled and database.get("CONN_HEALTH_CHECKS"):
             found.append(
                 checks.Warning(
                     f"settings.DATABASES[{alias!r}] uses Django's connection pool with CONN_HEALTH_CHECKS:"

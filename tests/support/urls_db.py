@@ -122,17 +122,10 @@ def write_then_nested_sleep(request: HttpRequest) -> HttpResponse:
     """In one ``transaction.atomic()`` block: a group named ``?name=`` written, then ``?sleep=``
     seconds of pg_sleep in a nested block whose deadline the view catches, Django's savepoint
     pattern; answers whether the deadline said the transaction was lost."""
-    lost = None
     with transaction.atomic(using=ALIAS):
         Group.objects.using(ALIAS).create(name=request.GET["name"])
-        try:
-            with transaction.atomic(using=ALIAS):
-                _sleep(float(request.GET["sleep"]))
-        except DatabaseError as error:
-            if not is_deadline_cancellation(error):
-                raise
-            lost = bool(getattr(error, "transaction_lost", None))
-    return _json({"transaction_lost": lost})
+        stopped = _deadline_in_atomic(request)
+    return _json({"transaction_lost": None if stopped is None else getattr(stopped, "transaction_lost", None)})
 
 
 def session_write(request: HttpRequest) -> HttpResponse:
@@ -292,17 +285,22 @@ def atomic_sleep(request: HttpRequest) -> HttpResponse:
     return HttpResponse("slept\n", content_type="text/plain")
 
 
-def _sleep_in_atomic(request: HttpRequest) -> bool:
-    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block: whether the deadline
-    stopped it (any other database error is raised)."""
+def _deadline_in_atomic(request: HttpRequest) -> DatabaseError | None:
+    """``?sleep=`` seconds of pg_sleep in a ``transaction.atomic()`` block: the deadline's error that
+    stopped it, or None (any other database error is raised)."""
     try:
         with transaction.atomic(using=ALIAS):
             _sleep(float(request.GET["sleep"]))
     except DatabaseError as error:
         if not is_deadline_cancellation(error):
             raise
-        return True
-    return False
+        return error
+    return None
+
+
+def _sleep_in_atomic(request: HttpRequest) -> bool:
+    """:func:`_deadline_in_atomic`: whether the deadline stopped it."""
+    return _deadline_in_atomic(request) is not None
 
 
 def atomic_fallback(request: HttpRequest) -> HttpResponse:
