@@ -575,6 +575,12 @@ class Publisher:
         if breakers:
             self._apply_overrides(breakers)
         self._overrides_read(self._number)  # builds waiting for them go on: the rest is for admin
+        if _running_a_schema_command():
+            # Overrides read, nothing written: a round's writes took SQLite's lock while migrate held
+            # its own, and a data migration that called a client failed "database is locked" (CI, on
+            # Django 4.2). Such a process's reports and transitions are not published.
+            taken.clear()
+            return
         now = timezone.now()
         ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
         rows = []
@@ -805,8 +811,8 @@ if _register_atexit is not None:
 #: round that finds the app's tables missing says so at DEBUG only. A client looked up at import time
 #: (a module ROOT_URLCONF imports, which the system checks before `migrate` import) warned from
 #: `migrate` itself on a new database that the tables it was making were missing (a review). Such a
-#: process still publishes and takes overrides: a data migration's calls obey an operator's forced-open
-#: circuit (they did not when it skipped publishing altogether: a review of that first fix).
+#: process takes overrides, so a data migration's calls obey an operator's forced-open circuit (they
+#: did not when it skipped rounds altogether: a review of that first fix), and publishes nothing.
 SCHEMA_COMMANDS = frozenset(
     (
         "check",
