@@ -38,6 +38,7 @@ from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support.forking import in_child
 from tests.support.hanging_overrides import publisher_whose_overrides_hang
 from tests.support.loopback import LoopbackServer, free_port, replies, silent_listener, wait_until_listening
+from tests.support.manage import manage
 from tests.support.redis_server import require_redis
 from tests.support.resources import eventually
 
@@ -660,8 +661,7 @@ def test_a_schema_command_on_a_new_database_does_not_warn_of_the_tables_it_is_ma
     database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "new.sqlite3")}
     urls = "ROOT_URLCONF = 'lookup_urls'\n"
     env = settings_module(tmp_path, "lookup_settings", database, {"CLIENTS": clients_setting}, extra=urls)
-    command_line = [sys.executable, "manage.py", command]
-    done = subprocess.run(command_line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = manage(command, settings="lookup_settings", path=tmp_path, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "cannot be published" not in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -722,13 +722,11 @@ def test_a_data_migration_s_calls_obey_an_operator_s_forced_open_circuit(
     extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'dataapp']\n"
     env = settings_module(tmp_path, "data_settings", database, {"CLIENTS": clients_setting}, extra=extra)
     env["STATUS_FILE"] = str(tmp_path / "status")
-    for step in (["migrate", "django_aio_request"], None, ["migrate", "dataapp"]):
-        if step is None:
-            python(env, "-c", FORCE_OPEN, server.url)
-            continue
-        command_line = [sys.executable, "manage.py", *step]
-        done = subprocess.run(command_line, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
+    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    python(env, "-c", FORCE_OPEN, server.url)
+    migrated = manage("migrate", "dataapp", settings="data_settings", path=tmp_path, env=env, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
     assert (tmp_path / "status").read_text() == "502"
     assert server.received("/x") == []
 
