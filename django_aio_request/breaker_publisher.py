@@ -125,12 +125,13 @@ def _ratio(failures: int, successes: int) -> float:
 
 def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
     """ "local" for counts of this process alone, else the cache alias all processes share counts in,
-    marked while that cache does not answer (the store counts in this process until it does)."""
+    marked while that cache does not answer, failing or hanging (the store counts in this process
+    until it does)."""
     store = breaker.store
     if isinstance(store, MemoryCircuitStore):
         return LOCAL_STORE
     alias = str(getattr(store, "alias", type(store).__name__))[: STORE_LENGTH - len(UNREACHABLE)]
-    return alias + UNREACHABLE if getattr(store, "healthy", True) is False else alias
+    return alias + UNREACHABLE if getattr(store, "deciding_alone", False) else alias
 
 
 def built_breakers() -> list[tuple[str, DefaultCircuitBreaker[str, Any]]]:

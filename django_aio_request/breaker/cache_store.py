@@ -432,6 +432,14 @@ class CacheCircuitStore(CircuitStore[str]):
         )
         return False
 
+    @property
+    def deciding_alone(self) -> bool:
+        """Whether this process decides on its own now: the cache failed (``healthy`` is False), or a
+        round has waited ``stall_after`` for it. A cache that hangs never fails, so ``healthy`` alone
+        stayed True for as long as it hung, and admin said "shared in cache" while the log said this
+        process decided alone (a review)."""
+        return not self.healthy or self._stalled()
+
     def _stalled(self) -> bool:
         started = self._round_started
         if started is None or time.monotonic() - started < self.stall_after:

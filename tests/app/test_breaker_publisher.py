@@ -31,10 +31,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_aio_request import breaker_publisher, clients, get
+from django_aio_request.breaker.cache_store import CacheCircuitStore
 from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
 from django_aio_request.testing import fake_client, force_breaker, reply
+from tests.support import hanging_cache
 from tests.support.forking import in_child
 from tests.support.hanging_overrides import publisher_whose_overrides_hang
 from tests.support.loopback import LoopbackServer, free_port, replies, silent_listener, wait_until_listening
@@ -1633,6 +1635,39 @@ def test_a_process_whose_shared_cache_does_not_answer_is_shown_counting_on_its_o
         html = admin_client.get(url).content.decode()
         assert "this process, until cache &#x27;gone&#x27; answers" in html
         assert "shared in cache" not in html
+
+
+@pytest.mark.django_db
+def test_a_process_whose_shared_cache_hangs_is_shown_counting_on_its_own(
+    server: LoopbackServer, publisher: Publisher, settings: Any, admin_client: BrowserClient
+) -> None:
+    """A review: a cache that hangs (a blackholed Redis without socket timeouts) never fails, so admin
+    said "shared in cache" for as long as it hung, while the log said the process decided alone."""
+    server.route("/down", lambda h: h.reply(500))
+    hanging_cache.arm()
+    settings.CACHES = {
+        **settings.CACHES,
+        "hanging": {"BACKEND": "tests.support.hanging_cache.HangingCache", "OPTIONS": {"seconds": 30}},
+    }
+    url = reverse("admin:django_aio_request_breakerstatus_change", args=[quote(breaker_id("billing", server.url))])
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_STATE="hanging")):
+            call("billing", 1)
+            store = breaker().store
+            assert isinstance(store, CacheCircuitStore)
+            assert hanging_cache.calls, "the store never asked the cache: the test tests nothing"
+            time.sleep(store.stall_after + 0.3)  # the round that began with the call still hangs
+            assert publisher.run_once()
+            assert BreakerReport.objects.get().store == "hanging (unreachable)"
+            html = admin_client.get(url).content.decode()
+            assert "this process, until cache &#x27;hanging&#x27; answers" in html
+            assert "shared in cache" not in html
+            hanging_cache.release()  # the cache answers again: the counts are shared again
+            shared_again = lambda: publisher.run_once() and BreakerReport.objects.get().store == "hanging"  # noqa: E731
+            assert eventually(shared_again, timeout=10)
+            assert "shared in cache &#x27;hanging&#x27;" in admin_client.get(url).content.decode()
+    finally:
+        hanging_cache.release()
 
 
 @pytest.mark.django_db
