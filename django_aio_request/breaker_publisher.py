@@ -3,7 +3,9 @@
 Breakers live in memory, one per client per process, so no single process can show what all
 workers see. One daemon thread per process (started when the first client with a breaker is
 built; in a forked child, which keeps the parent's clients, at the first call of one of them or
-the first build there, see ``Publisher.after_fork``) does, at once when it starts, at once again
+the first build there, see ``Publisher.after_fork``; for a client built while Django loads its
+apps, then, its first round once they are loaded, see ``Publisher.watch``) does, at once when it
+starts, at once again
 when another client with a breaker is built, and every ``interval`` seconds (1 s):
 
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
@@ -54,6 +56,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.db import connections, router, transaction
 from django.db.backends.base.creation import TEST_DATABASE_PREFIX
@@ -96,6 +99,7 @@ DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once
 FIRST_READ_WAIT = 0.25
 #: The most seconds an exiting process gives its last round (a database that hangs holds exit no longer).
 EXIT_WAIT = 1.0
+APPS_READY_POLL = 0.05  # seconds between looks at whether Django's apps are ready (a thread started as they load)
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -228,6 +232,15 @@ class Publisher:
         with self._read_done:
             self._watched += 1
             number = self._watched
+        if not apps.ready:
+            # Built while Django loads its apps (a models module, or an app's ready() run before this
+            # app's, which connects the receiver and then watches what was built). No round may read
+            # the database yet: the thread waits for the apps (_run), and the client's first call
+            # after that waits for the overrides, as a build does. Such a client was never published
+            # nor overridden (a review: admin's "forced open" did nothing in a one-client project).
+            vars(breaker)["execute"] = functools.partial(self._first_call, breaker, name, number)
+            self.start()
+            return
         self.start()
         self._wake.set()
         # A store shared through a cache: its first read of the endpoint starts now, beside the
@@ -341,6 +354,9 @@ class Publisher:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
+        if not apps.ready:  # the process exits as its apps load (an import failed): nothing to publish yet
+            self.stop(timeout)
+            return
         started = time.monotonic()
         self.stop(timeout)
         if thread.is_alive():
@@ -373,6 +389,9 @@ class Publisher:
                 connections.close_all()
 
     def _run(self, stop: threading.Event, wake: threading.Event) -> None:
+        while not apps.ready:  # started as the apps load (watch): no round reads the database before them
+            if stop.wait(APPS_READY_POLL):
+                return
         interval = DEFAULT_INTERVAL
         while not stop.is_set():
             # The first round at once: the client that started the thread waits for its overrides.
@@ -399,7 +418,7 @@ class Publisher:
         The parent's thread is gone, and the child keeps the parent's clients (``named_clients``):
         a reference kept across the fork is the client ``clients[name]`` returns. The first call of
         each breaker watched before the fork starts the thread again, as a build does, and waits for
-        the round that reads the overrides (``_first_call_in_child``); until then it costs the child
+        the round that reads the overrides (``_first_call``); until then it costs the child
         nothing, and after it its calls pay nothing either (``breaker.execute`` is the class's again).
         The parent's calls are the parent's to publish: the child's windows count from the totals at
         the fork, and the transitions the parent queued stay the parent's. The overrides the
@@ -415,20 +434,26 @@ class Publisher:
                 self._history[(name, scope)] = collections.deque([(now, failures, successes, rejected)])
             # An attribute of the instance, read where the pipeline looks ``execute`` up, and removed
             # at the first call: no check on any later call.
-            vars(breaker)["execute"] = functools.partial(self._first_call_in_child, breaker, name)
+            vars(breaker)["execute"] = functools.partial(self._first_call, breaker, name, 1)
         if watching:
             self._watched = 1  # the breakers kept: the first round in the child reads their overrides
 
-    def _first_call_in_child(self, breaker: DefaultCircuitBreaker[str, Any], name: str, **call: Any) -> Any:
-        """``breaker.execute`` at its first call in a forked child: start the thread, have it read the
-        overrides and wait for that (at most ``first_read_wait``), then call as the class does."""
+    def _first_call(self, breaker: DefaultCircuitBreaker[str, Any], name: str, number: int, **call: Any) -> Any:
+        """``breaker.execute`` at its first call where its build did not wait for the overrides (a
+        forked child, a client built while the apps loaded): start the thread, have it read the
+        overrides for the clients watched up to ``number`` and wait for that (at most
+        ``first_read_wait``), then call as the class does. A call while the apps still load (an app's
+        ready()) waits for nothing: no round reads the database before they are ready, and the next
+        call waits instead."""
+        if not apps.ready:
+            return type(breaker).execute(breaker, **call)
         try:
             self.start()
-            if self._read < 1:
+            if self._read < number:
                 self._wake.set()
-            self._await_read(name, 1)
+            self._await_read(name, number)
         except Exception:  # e.g. no thread can be started: the call goes on with the breaker as it is
-            logger.exception("circuit breaker publisher: cannot start in this forked process")
+            logger.exception("circuit breaker publisher: cannot start in this process")
         finally:
             vars(breaker).pop("execute", None)  # after the wait: concurrent first calls wait as well
         return breaker.execute(**call)

@@ -1129,6 +1129,74 @@ def test_a_new_process_looking_a_client_up_as_a_module_is_imported_obeys_an_over
     assert "not read within" not in done.stderr
 
 
+EARLY_WORKER = """
+import json, os, sys, time, django
+django.setup()
+from django_aio_request import get
+from django_aio_request.models import BreakerReport
+from looking_app import found
+client = found["billing"]  # looked up while the apps loaded; no client is built after setup
+calls = []
+for _ in range(3):
+    with client.request(get("up")) as response:
+        calls.append([response.status, "X-Circuit-Breaker" in response.headers])
+ends = time.monotonic() + 10
+while not BreakerReport.objects.filter(client="billing", pid=os.getpid()).exists() and time.monotonic() < ends:
+    time.sleep(0.05)
+print(json.dumps({"calls": calls, "published": BreakerReport.objects.filter(pid=os.getpid()).count()}))
+"""
+
+LOOKING_MODELS = (
+    "from django_aio_request import clients\n\nfrom looking_app import found\n\nfound['billing'] = clients['billing']\n"
+)
+LOOKING_READY = """from django.apps import AppConfig
+
+
+class LookingConfig(AppConfig):
+    name = "looking_app"
+
+    def ready(self):  # listed before django_aio_request: runs before its ready()
+        from django_aio_request import clients
+        from looking_app import found
+
+        found["billing"] = clients["billing"]
+"""
+
+
+@pytest.mark.parametrize("where", ["models", "ready"])
+def test_a_client_looked_up_while_the_apps_load_is_published_and_obeys_an_override(
+    server: LoopbackServer, tmp_path: Path, where: str
+) -> None:
+    """A review: a client looked up as an app's models module was imported, or in the ready() of an app
+    listed before this one, was built before the publisher's receiver was connected. It was never
+    published to admin, and an endpoint forced open there took its calls, in a one-client project for
+    the life of the process."""
+    server.route("/up", lambda h: h.reply(200))
+    app = tmp_path / "looking_app"
+    app.mkdir()
+    (app / "__init__.py").write_text("found = {}\n")
+    (app / "models.py").write_text(LOOKING_MODELS if where == "models" else "")
+    (app / "apps.py").write_text(LOOKING_READY if where == "ready" else "")
+    clients_setting = {
+        "billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    }
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "early.sqlite3")}
+    env = settings_module(
+        tmp_path,
+        "early_lookup_settings",
+        database,
+        {"SERVICE_NAME": "orders", "CLIENTS": clients_setting, "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.2},
+        extra="INSTALLED_APPS = ['looking_app', *INSTALLED_APPS]\n",
+    )
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPERATOR, server.url)
+    answer = json.loads(run("-c", EARLY_WORKER).strip().splitlines()[-1])
+    assert answer["calls"] == [[502, True]] * 3, answer
+    assert server.received("/up") == []
+    assert answer["published"] == 1, answer
+
+
 def test_a_process_that_exits_publishes_its_last_transitions(server: LoopbackServer, tmp_path: Path) -> None:
     """A worker that opened a circuit and exited before the next round (gunicorn's --max-requests,
     a deploy's SIGTERM): its opening was lost with it, never in admin's history (18-19 of 20 recycled
