@@ -136,6 +136,14 @@ def _where_checked() -> str:
     are registered by its AppConfig); it said so without the app too, where check passed them all."""
     from django.apps import apps
 
+    if apps.loading:
+        # A module looked a client up as Django imported the apps (a models module, an app's ready()):
+        # populate() raises this, and no command starts, check included (a review: the message sent
+        # the reader to the command that had just failed with it).
+        return (
+            "(raised while Django loads its apps, by a client looked up as they load: no manage.py command"
+            " can start, `check` included, until these are fixed)"
+        )
     if apps.ready and not apps.is_installed("django_aio_request"):
         return "(add 'django_aio_request' to INSTALLED_APPS for `manage.py check` to report them, with warnings)"
     return "(`manage.py check` reports the same, with warnings)"

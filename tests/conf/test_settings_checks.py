@@ -1285,3 +1285,26 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIME
     assert "Traceback" in done.stderr
     assert "AIO_REQUEST has 1 problem:" in done.stderr
     assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
+
+
+def test_a_models_module_looking_a_client_up_stops_every_command_and_says_why(tmp_path: Path) -> None:
+    """A review: an app's ``models.py`` that looks a client up (``BILLING = clients["billing"]``) raises
+    while Django loads the apps, before any check runs, and the message sent the reader to
+    ``manage.py check``, which had just failed with it. It now says why no command can start."""
+    app = tmp_path / "looking_models_app"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "models.py").write_text("from django_aio_request import clients\n\nBILLING = clients['billing']\n")
+    settings = """
+from settings.test import *
+INSTALLED_APPS = [*INSTALLED_APPS, "looking_models_app"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIMEOUT": -1}}}
+"""
+    for command in ("check", "migrate"):
+        done = manage(tmp_path, command, settings=settings)
+        assert done.returncode == 1, done.stderr
+        assert "AIO_REQUEST has 1 problem:" in done.stderr
+        assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
+        assert "raised while Django loads its apps" in done.stderr
+        assert "reports the same" not in done.stderr
