@@ -136,7 +136,7 @@ def _where_checked() -> str:
     are registered by its AppConfig); it said so without the app too, where check passed them all."""
     from django.apps import apps
 
-    if apps.loading:
+    if apps.loading and not apps.ready:  # (loading stays True once populate() has begun)
         # A module looked a client up as Django imported the apps (a models module, an app's ready()):
         # populate() raises this, and no command starts, check included (a review: the message sent
         # the reader to the command that had just failed with it).
