@@ -15,6 +15,13 @@ and a ``;`` extension) or chunk data not followed by CRLF. What the parsers tole
 is still tolerated: a bare LF ending a line, and a body that ends without the blank line after the
 last chunk. It looks only at the lines and at the two bytes after each chunk's data; the data
 itself is only counted, so a large body costs a few calls per chunk.
+
+The trailer section after the last chunk is bounded as a head is (``_MAX_TRAILER_LINES`` lines,
+``_MAX_LINE`` bytes in all): urllib3 reads its lines in a loop that nothing interrupts, and a peer
+sending trailer lines without end held calls past their deadline (a review: 32 threads, 2.5 s past
+a 0.3 s one). A bare LF ending it is taken as its end, as ``http.client`` takes it; urllib3 takes only
+CRLF and read on, so from there a line read here is the end of the stream: the call waited out its
+deadline for the CRLF that never came and answered 408 (a review).
 """
 
 import http.client
@@ -35,6 +42,8 @@ _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")
 # The longest line kept across reads that end in its middle (the parsers read whole lines with
 # readline(); urllib3 refuses lines longer than 1,024 bytes itself).
 _MAX_LINE = 64 * 1024
+# The most trailer lines after the last chunk (http.client's limit on a head's fields).
+_MAX_TRAILER_LINES = 100
 
 _SIZE, _DATA, _CR, _LF, _TRAILER, _DONE = range(6)
 
@@ -57,15 +66,20 @@ class ChunkedFraming:
     the parsers, which take it for a body cut short where it is one.
     """
 
-    __slots__ = ("_left", "_line", "_state", "file")
+    __slots__ = ("_left", "_line", "_state", "_trailer", "file")
 
     def __init__(self, file: Any) -> None:
         self.file = file
         self._state = _SIZE
         self._left = 0  # bytes of the current chunk's data still to come
         self._line = b""  # the start of a line a read ended in the middle of
+        self._trailer = [0, 0]  # the trailer section's lines and bytes so far
 
     def readline(self, limit: int = -1) -> bytes:
+        if self._state == _DONE:
+            # Past the blank line that ends the trailers: a line read now is the next answer's, or
+            # waits for bytes that never come (urllib3 reads on after a bare LF, see the docstring).
+            return b""
         line: bytes = self.file.readline(limit)
         self._check(line)
         return line
@@ -117,11 +131,21 @@ class ChunkedFraming:
                 line, self._line = self._line + data[at : newline + 1], b""
                 at = newline + 1
                 if state == _TRAILER:
-                    if line in (b"\r\n", b"\n"):
-                        self._state = _DONE
+                    self._trailer_line(line)
                     continue
                 match = _SIZE_LINE.fullmatch(line)
                 if match is None:
                     raise MalformedFraming("chunk size is not hexadecimal")
                 self._left = int(match.group(1), 16)
                 self._state = _DATA if self._left else _TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        """A line of the trailer section: its end (CRLF, or a bare LF), or one more field, bounded."""
+        if line in (b"\r\n", b"\n"):
+            self._state = _DONE
+            return
+        trailer = self._trailer
+        trailer[0] += 1
+        trailer[1] += len(line)
+        if trailer[0] > _MAX_TRAILER_LINES or trailer[1] > _MAX_LINE:
+            raise MalformedFraming("trailer section too long")

@@ -3,6 +3,9 @@ parsers' leniency made it a 200 with whatever they read; valid framing, however 
 reads, still reads as before."""
 
 import io
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +17,7 @@ from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
 from django_aio_request.transport.framing import ChunkedFraming, MalformedFraming
 from tests.support.loopback import LoopbackServer
-from tests.support.raw_server import RawAnswerServer
+from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer
 
 DEADLINE = 5.0
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -49,6 +52,8 @@ MALFORMED = {
     "chunk size 0_3": CHUNKED + b"0_3\r\nabc\r\n0\r\n\r\n",
     "chunk size after a space": CHUNKED + b" 3\r\nabc\r\n0\r\n\r\n",
     "last chunk size 0x0": CHUNKED + b"3\r\nabc\r\n0x0\r\n\r\n",
+    "101 trailer lines": CHUNKED + b"3\r\nabc\r\n0\r\n" + b"X-T: 1\r\n" * 101 + b"\r\n",
+    "trailers over 64 KiB": CHUNKED + b"3\r\nabc\r\n0\r\n" + (b"X-T: " + b"a" * 1000 + b"\r\n") * 70 + b"\r\n",
 }
 
 VALID = {
@@ -57,6 +62,7 @@ VALID = {
     "an extension, after spaces": (CHUNKED + b"3 ;name=value\r\nabc\r\n0;last\r\n\r\n", b"abc"),
     "lines ended by LF alone": (CHUNKED + b"3\nabc\r\n0\n\n", b"abc"),
     "a trailer": (CHUNKED + b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n", b"abc"),
+    "100 trailer lines": (CHUNKED + b"3\r\nabc\r\n0\r\n" + b"X-T: 1\r\n" * 100 + b"\r\n", b"abc"),
     "no blank line after the last chunk": (CHUNKED + b"3\r\nabc\r\n0\r\n", b"abc"),
 }
 
@@ -143,3 +149,82 @@ def test_chunk_data_not_followed_by_crlf_is_refused_however_it_is_split(
     )
     with pytest.raises(MalformedFraming):
         _read_all(stream + b"0\r\n\r\n", cuts, "read")
+
+
+class KeptOpenServer(KeepAliveClosingServer):
+    """Answers every request with ``answer`` and keeps the connection open; with ``flood``, then sends
+    that line without end, until the client closes the connection."""
+
+    def __init__(self, answer: bytes, flood: bytes = b"") -> None:
+        self.kept_answer, self.flood = answer, flood
+        super().__init__(lambda connection, number: None)
+
+    def respond(self, conn: socket.socket, connection: int, head: bytes) -> bool:
+        conn.sendall(self.kept_answer)
+        if self.flood:
+            block = self.flood * (65536 // len(self.flood))
+            while True:  # an OSError ends it: the client closed the connection
+                conn.sendall(block)
+        return True
+
+
+def _calls_at_once(answer: bytes, flood: bytes, route: str, threads: int) -> list[tuple[int, bytes, float]]:
+    """(status, body, seconds) of ``threads`` calls at once through one transport, to a server that
+    keeps its connections open after ``answer`` (and ``flood``)."""
+    server = KeptOpenServer(answer, flood)
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")
+    transport = RequestsTransport(session)
+    results: list[tuple[int, bytes, float]] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        response = transport.send(server.url, get("x"), DEADLINE)
+        body = response.read()
+        results.append((response.status, body, time.monotonic() - started))
+
+    try:
+        for _ in range(2):  # the second round on whatever connections the first left in the pool
+            workers = [threading.Thread(target=call) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(DEADLINE + 5)
+    finally:
+        transport.close()
+        server.close()
+    assert len(results) == 2 * threads
+    return results
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@pytest.mark.parametrize("threads", [1, 8])
+def test_a_trailer_section_without_end_is_a_489_at_once(route: str, threads: int) -> None:
+    """A review: urllib3 reads trailer lines in a loop nothing interrupts, and a peer that sent them
+    without end held 32 threads' calls up to 2.5 s past a 0.3 s deadline. The trailer section is
+    bounded as a head is (100 lines, 64 KiB)."""
+    results = _calls_at_once(CHUNKED + b"3\r\nabc\r\n0\r\n", b"X-Trailer: a\r\n", route, threads)
+    assert {(status_, body) for status_, body, _ in results} == {(status.NETWORK_ERROR, b"")}
+    assert max(seconds for *_, seconds in results) < 1.0  # not the deadline (5 s) and more
+
+
+@pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
+@pytest.mark.parametrize(
+    ("answer", "flood"),
+    [
+        (CHUNKED + b"3\r\nabc\r\n0\r\nX-Trailer: 1\n\n", b""),
+        (CHUNKED + b"3\r\nabc\r\n0\r\n\n", b""),
+        (CHUNKED + b"3\r\nabc\r\n0\r\n", b"\n"),
+    ],
+    ids=["a trailer, then a bare LF", "a bare LF", "bare LFs without end"],
+)
+def test_a_trailer_section_ended_by_a_bare_lf_ends_the_answer_on_a_kept_connection(
+    answer: bytes, flood: bytes, route: str
+) -> None:
+    """http.client takes a bare LF for the blank line that ends the trailers; urllib3 only CRLF, and read
+    on: on a connection the server kept open, the call waited out its whole deadline and answered 408
+    (a review). Each call, the second round's on the connections the first left, reads its own answer."""
+    results = _calls_at_once(answer, flood, route, 4)
+    assert {(status_, body) for status_, body, _ in results} == {(200, b"abc")}
+    assert max(seconds for *_, seconds in results) < 1.0
