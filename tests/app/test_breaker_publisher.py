@@ -104,6 +104,20 @@ def settings_module(
     }
 
 
+def billing_on_sqlite(tmp_path: Path, name: str, url: str, interval: float, extra: str = "") -> dict[str, str]:
+    """The environment of a subprocess whose settings (``<name>_settings``) have the client ``billing``
+    (a breaker, single attempts) calling ``url``, rounds every ``interval`` seconds, and a SQLite
+    database of its own in ``tmp_path``."""
+    billing = {"ENDPOINT": url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / f"{name}.sqlite3")}
+    aio_request = {
+        "SERVICE_NAME": "orders",
+        "CLIENTS": {"billing": billing},
+        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": interval,
+    }
+    return settings_module(tmp_path, f"{name}_settings", database, aio_request, extra)
+
+
 def python(env: dict[str, str], *args: str) -> str:
     """``python <args>`` in a subprocess with ``env`` (see :func:`settings_module`), as a separate OS
     process of the project runs; its stdout, once it exited 0."""
@@ -1177,16 +1191,8 @@ def test_a_client_looked_up_while_the_apps_load_is_published_and_obeys_an_overri
     (app / "__init__.py").write_text("found = {}\n")
     (app / "models.py").write_text(LOOKING_MODELS if where == "models" else "")
     (app / "apps.py").write_text(LOOKING_READY if where == "ready" else "")
-    clients_setting = {
-        "billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER, "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
-    }
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "early.sqlite3")}
-    env = settings_module(
-        tmp_path,
-        "early_lookup_settings",
-        database,
-        {"SERVICE_NAME": "orders", "CLIENTS": clients_setting, "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.2},
-        extra="INSTALLED_APPS = ['looking_app', *INSTALLED_APPS]\n",
+    env = billing_on_sqlite(
+        tmp_path, "early_lookup", server.url, 0.2, extra="INSTALLED_APPS = ['looking_app', *INSTALLED_APPS]\n"
     )
     run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
@@ -1202,15 +1208,7 @@ def test_a_process_that_exits_publishes_its_last_transitions(server: LoopbackSer
     a deploy's SIGTERM): its opening was lost with it, never in admin's history (18-19 of 20 recycled
     workers in a review). The exit runs a last round."""
     server.route("/down", lambda h: h.reply(500))
-    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER,
-                                   "SAFE_METHOD_STRATEGY": {"NAME": "single"}}}  # fmt: skip
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "exit.sqlite3")}
-    env = settings_module(
-        tmp_path,
-        "exiting_worker_settings",
-        database,
-        {"SERVICE_NAME": "orders", "CLIENTS": clients_setting, "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 30},
-    )
+    env = billing_on_sqlite(tmp_path, "exiting_worker", server.url, 30)
 
     run = functools.partial(python, env)
     run("manage.py", "migrate", "--noinput", "-v", "0")
