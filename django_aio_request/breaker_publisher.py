@@ -804,12 +804,34 @@ def _sqlite_in_memory(alias: str) -> bool:
     return connection.vendor == "sqlite" and bool(getattr(connection, "is_in_memory_db", lambda: False)())
 
 
+#: Each database's NAME as the settings gave it when the apps were ready, before a test run's setup
+#: named its test database there instead (``remember_real_databases``).
+_REAL_NAMES: dict[str, str] = {}
+
+
+def remember_real_databases() -> None:
+    """Note each database's NAME as the settings give it now (``AppConfig.ready``: before any test
+    setup). A database still under that name while tests run is the real one, whatever its name:
+    ``test_shop``, the test prefix's, was taken for a test database, and a test run's circuits and
+    transitions were written into it (a review). Reads the settings only; connects to nothing."""
+    try:
+        for alias, conf in django_settings.DATABASES.items():
+            _REAL_NAMES[alias] = str(conf.get("NAME") or "")
+    except (AttributeError, TypeError):  # DATABASES malformed: Django reports it where it is used
+        _REAL_NAMES.clear()
+
+
 def _is_test_database(alias: str) -> bool:
     """Whether ``alias`` names a database Django's test setup made (and drops): its ``TEST NAME`` or
     a clone of it (``manage.py test --parallel``: ``<TEST NAME>_2``, or ``tests_2.sqlite3`` for a file),
-    a name with the test prefix (clones and pytest-xdist's included), or SQLite in memory."""
+    a name with the test prefix (clones and pytest-xdist's included), or SQLite in memory; never the
+    database the settings named before the tests began (``remember_real_databases``)."""
     settings_dict = connections[alias].settings_dict
     name = str(settings_dict.get("NAME") or "")
+    if name.startswith("file:memorydb_") or name == ":memory:":
+        return True
+    if name and _REAL_NAMES.get(alias) == name:
+        return False
     test_name = (settings_dict.get("TEST") or {}).get("NAME")
     if test_name is not None:
         test_name = str(test_name)
@@ -817,7 +839,7 @@ def _is_test_database(alias: str) -> bool:
         clones = rf"{re.escape(test_name)}_[0-9]+|{re.escape(root)}_[0-9]+{re.escape(extension)}"
         if name == test_name or re.fullmatch(clones, name):
             return True
-    return name.startswith(TEST_DATABASE_PREFIX) or name.startswith("file:memorydb_") or name == ":memory:"
+    return name.startswith(TEST_DATABASE_PREFIX)
 
 
 def _after_fork() -> None:

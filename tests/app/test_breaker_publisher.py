@@ -192,11 +192,13 @@ def test_the_last_round_at_exit_writes_only_where_the_rounds_wrote(
     assert BreakerTransition.objects.count() == opened
 
 
-def project_with_a_real_database(tmp_path: Path, *, installed: str = "") -> tuple[Path, dict[str, str]]:
-    """A project in ``tmp_path`` whose one database is a SQLite file (the "real" one), migrated, with
-    a client ``billing`` (breaker on) calling a port that refuses: its database file and the
+def project_with_a_real_database(
+    tmp_path: Path, *, installed: str = "", name: str = "real.sqlite3"
+) -> tuple[Path, dict[str, str]]:
+    """A project in ``tmp_path`` whose one database is a SQLite file (the "real" one, ``name``), migrated,
+    with a client ``billing`` (breaker on) calling a port that refuses: its database file and the
     environment to run its commands with (``python -m django ...``)."""
-    real = tmp_path / "real.sqlite3"
+    real = tmp_path / name
     (tmp_path / "project_settings.py").write_text(
         f"""
 SECRET_KEY = "x"
@@ -204,7 +206,7 @@ USE_TZ = True
 ROOT_URLCONF = "project_settings"
 urlpatterns = []
 INSTALLED_APPS = ["django_aio_request"{installed}]
-DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {str(real)!r}}}}}
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {name!r}}}}}  # its commands run in tmp_path
 AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
 """
     )
@@ -229,12 +231,14 @@ class Forced(SimpleTestCase):
 """
 
 
-def test_manage_py_test_never_writes_the_tests_circuits_into_the_real_database(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["real.sqlite3", "test_real.sqlite3"])
+def test_manage_py_test_never_writes_the_tests_circuits_into_the_real_database(tmp_path: Path, name: str) -> None:
     """`manage.py test` with only SimpleTestCase tests creates no test database: the settings still
     name the real one, which the publisher's thread (its connection is not the one SimpleTestCase
     closes to tests) wrote the test process's report and force_breaker()'s transitions into (6 of 6
-    runs in a review; pytest-django did it too, before a test asked for the database)."""
-    real, env = project_with_a_real_database(tmp_path)
+    runs in a review; pytest-django did it too, before a test asked for the database). So it did into
+    a real database whose name has the test prefix (``test_real``: a review)."""
+    real, env = project_with_a_real_database(tmp_path, name=name)
     (tmp_path / "test_simple.py").write_text(_SIMPLE_TEST)
     manage = [sys.executable, "-m", "django"]
     done = subprocess.run(
@@ -394,9 +398,24 @@ def test_only_databases_the_test_setup_made_are_test_databases(
 ) -> None:
     """With an explicit TEST NAME, manage.py test --parallel's workers publish into its clones
     (``<TEST NAME>_1``...): they were taken for real databases, and the workers published nothing."""
+    monkeypatch.setitem(breaker_publisher._REAL_NAMES, "default", "the_real_one")
     settings_dict = connections["default"].settings_dict
     monkeypatch.setitem(settings_dict, "NAME", name)
     monkeypatch.setitem(settings_dict, "TEST", {**settings_dict.get("TEST", {}), "NAME": test_name})
+    assert breaker_publisher._is_test_database("default") is is_test_database
+
+
+@pytest.mark.parametrize(("name", "is_test_database"), [("test_shop", False), ("test_test_shop", True)])
+def test_the_database_the_settings_named_before_the_tests_is_never_a_test_database(
+    monkeypatch: pytest.MonkeyPatch, name: str, is_test_database: bool
+) -> None:
+    """A real database named with the test prefix (``test_shop``) was taken for a test database, and a
+    test run that made none (SimpleTestCase only) published its circuits into it (a review). Its test
+    database (``test_test_shop``) is one."""
+    monkeypatch.setitem(breaker_publisher._REAL_NAMES, "default", "test_shop")
+    settings_dict = connections["default"].settings_dict
+    monkeypatch.setitem(settings_dict, "NAME", name)
+    monkeypatch.setitem(settings_dict, "TEST", {**settings_dict.get("TEST", {}), "NAME": None})
     assert breaker_publisher._is_test_database("default") is is_test_database
 
 
