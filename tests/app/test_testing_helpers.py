@@ -119,6 +119,19 @@ def test_a_view_against_a_scripted_downstream(aio_request: AioRequestFixture) ->
     assert call.headers["X-Service-Name"] == "orders"
 
 
+def test_a_fake_answers_a_scripted_redirect_as_it_is_and_follows_none(aio_request: AioRequestFixture) -> None:
+    """docs/testing.md: following redirects is the transport's, which the fake replaces; a review found
+    the page silent on it (through ``responses``, the real transport followed it to a 200)."""
+    billing = aio_request.fake("billing")
+    billing.route("invoices/1", reply(302, headers={"Location": ENDPOINT + "invoices/2"}))
+    billing.route("invoices/2", reply(200, json={"id": 2}))
+
+    data = view("/invoice/1/")
+
+    assert data["status"] == 302
+    assert [call.path for call in billing.calls] == ["invoices/1"]
+
+
 def test_retries_run_through_the_real_strategy_and_metrics(settings: Settings, aio_request: AioRequestFixture) -> None:
     """GET has 3 sequential attempts by default: a 503, a network error, then a 200."""
     settings.AIO_REQUEST = billing_settings(CIRCUIT_BREAKER=None)
