@@ -4,8 +4,8 @@ Breakers live in memory, one per client per process, so no single process can sh
 workers see. One daemon thread per process (started when the first client with a breaker is
 built; in a forked child, which keeps the parent's clients, at the first call of one of them or
 the first build there, see ``Publisher.after_fork``; for a client built while Django loads its
-apps, then, its first round once they are loaded, see ``Publisher.watch``) does, at once when it
-starts, at once again
+apps, at its first call or the first build after they are loaded, see ``Publisher.watch``) does, at
+once when it starts, at once again
 when another client with a breaker is built, and every ``interval`` seconds (1 s):
 
 1. read ``BreakerOverride`` and apply each to the breaker of its client (``set_override``), and
@@ -234,12 +234,15 @@ class Publisher:
             number = self._watched
         if not apps.ready:
             # Built while Django loads its apps (a models module, or an app's ready() run before this
-            # app's, which connects the receiver and then watches what was built). No round may read
-            # the database yet: the thread waits for the apps (_run), and the client's first call
-            # after that waits for the overrides, as a build does. Such a client was never published
-            # nor overridden (a review: admin's "forced open" did nothing in a one-client project).
+            # app's, which connects the receiver and then watches what was built). Such a client was
+            # never published nor overridden (a review: admin's "forced open" did nothing in a
+            # one-client project). No round may read the database yet, and no thread starts now: its
+            # first round, right after the apps load, is when gunicorn's --preload forks, and a worker
+            # forked while that round imported a module for the first time kept the import's lock with
+            # no thread to release it, its own rounds stuck for good (a second review: 1-3 of 12
+            # workers called an endpoint forced open). The first call after the apps load starts the
+            # thread and waits for the overrides, as a build does, or the next build does.
             vars(breaker)["execute"] = functools.partial(self._first_call, breaker, name, number)
-            self.start()
             return
         self.start()
         self._wake.set()
@@ -389,7 +392,7 @@ class Publisher:
                 connections.close_all()
 
     def _run(self, stop: threading.Event, wake: threading.Event) -> None:
-        while not apps.ready:  # started as the apps load (watch): no round reads the database before them
+        while not apps.ready:  # (started before the apps are loaded): no round reads the database before them
             if stop.wait(APPS_READY_POLL):
                 return
         interval = DEFAULT_INTERVAL

@@ -1167,8 +1167,17 @@ import json, os, sys, time, django
 django.setup()
 from django_aio_request import get
 from django_aio_request.models import BreakerReport
+from django_aio_request.breaker_publisher import publisher
 from looking_app import found
 client = found["billing"]  # looked up while the apps loaded; no client is built after setup
+# No thread yet: gunicorn --preload forks here, and a worker forked while the thread's first round
+# imported a module kept that import's lock, its rounds stuck for good (a second review).
+assert not publisher.running
+child = os.fork()
+if child == 0:  # a --preload worker, forked right after setup: its first call reads the overrides
+    with client.request(get("up")) as response:
+        os._exit(0 if response.status == 502 else 1)
+assert os.waitpid(child, 0)[1] == 0, "the forked worker's call reached the endpoint forced open"
 calls = []
 for _ in range(3):
     with client.request(get("up")) as response:
