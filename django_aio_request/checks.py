@@ -483,6 +483,8 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
             why = " (pymemcache sets none by default)"
         elif backend == _PASSES_NONE and names[0] in options:  # socket_timeout None: connecting falls back on it
             why = " (None: no bound, whatever redis-py's default)"
+        elif version == "not installed":  # E008 says to install it; which defaults then apply is not known yet
+            why = " (redis-py, not installed yet, sets none before 8.0 and 5 s from 8.0 on)"
         else:
             why = f" (redis-py {version} sets none by default; 8.0 and later set 5 s)"
         message = (

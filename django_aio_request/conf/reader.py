@@ -233,7 +233,11 @@ def number(
     below: float | None = None,
     at_most: float | None = None,
     what: str = "a number",
+    says_minimum: bool = True,
 ) -> Field:
+    """``says_minimum``: False where ``what`` names a floor of its own ("of at least 0.1"): the message
+    then adds no "> 0" after it (a review read "at least 0.1 > 0")."""
+
     def read(reader: Reader, path: str, value: Any) -> float | None:
         if _too_large(value):
             reader.fail(path, f"must be {what} of at most {LARGEST}, not {shown(value)}", code=BAD_NUMBER)
@@ -242,13 +246,14 @@ def number(
         ok = ok and (value >= minimum if inclusive else value > minimum)
         ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
         if not ok:
-            bounds = f">= {minimum}" if inclusive else f"> {minimum}"
-            bounds += f" and < {below}" if below is not None else ""
-            bounds += f" and <= {at_most}" if at_most is not None else ""
+            parts = [(f">= {minimum}" if inclusive else f"> {minimum}")] if says_minimum else []
+            parts += [f"< {below}"] if below is not None else []
+            parts += [f"<= {at_most}"] if at_most is not None else []
+            bounds = " " + " and ".join(parts) if parts else ""
             # A Decimal or a Fraction is a number, though not one taken here: say which are.
             odd = isinstance(value, numbers.Number) and not isinstance(value, bool) and not ok_type(value)
             taken = " (an int or a float)" if odd else ""
-            reader.fail(path, f"must be {what}{taken} {bounds}, not {shown(value)}", code=BAD_NUMBER)
+            reader.fail(path, f"must be {what}{taken}{bounds}, not {shown(value)}", code=BAD_NUMBER)
             return None
         return float(value)
 
@@ -439,7 +444,7 @@ def seconds(*, at_most: float | None = None, at_least: float | None = None, why:
     # With a floor of its own, the first message names it: "> 0" for a 0, and then "at least 0.1" for
     # a 0.01, sent a user round twice (a review).
     what = "a number of seconds" if at_least is None else f"a number of seconds of at least {at_least:g}"
-    positive = number(0, inclusive=False, at_most=at_most, what=what)
+    positive = number(0, inclusive=False, at_most=at_most, what=what, says_minimum=at_least is None)
     least = SMALLEST_SECONDS if at_least is None else at_least
 
     def read(reader: Reader, path: str, value: Any) -> float | None:
