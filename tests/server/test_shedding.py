@@ -611,6 +611,22 @@ def test_on_the_last_thread_low_is_refused_at_once_and_high_waits() -> None:
     assert one_slot.in_flight == 0
 
 
+def test_on_two_threads_and_one_slot_normal_finding_low_served_is_refused_at_once() -> None:
+    """docs/budgets-and-shedding.md: where the slot leaves fewer than two threads free, no normal or low
+    request waits, so at 2 threads a normal request that finds a low one in the slot is refused, and
+    priority orders only high (a review measured normal refused about as often as low there)."""
+    clock = FakeClock()
+    one_slot = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
+    fill_threads(one_slot, 1)  # a server with 2 threads
+    serve(one_slot, clock, 1.0, every=0.007)  # a flood
+    low = one_slot.acquire(LOW, later(5))
+    assert low.admitted
+    refused = one_slot.acquire(NORMAL, later(5))  # the second thread: it must stay free to pull requests in
+    assert (refused.admitted, refused.reason) == (False, "capacity")
+    one_slot.release(low.admitted_at, thread=True)
+    assert one_slot.in_flight == 0
+
+
 def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests_in() -> None:
     # CPU views (5 ms of CPU, 2 ms of waiting): one at a time keeps the CPU busy, and the learned
     # limit may still reach 3 (the CPU ceiling's margin). On a server with 2 threads that is every
