@@ -216,14 +216,38 @@ def run() -> int:
     try:
         return main()
     except KeyboardInterrupt:
-        print("\nStopped before the services started.", file=sys.stderr)
-        # Nothing was started to stop. Ended here: a KeyboardInterrupt that left a module's code while
-        # it ran (an import) marks the interpreter, which then ends itself by SIGINT however it was
-        # caught (exit -2 after this message, once in a loaded CI run).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-        return 0
+        return _stopped_before_the_services()
+    except Exception as error:
+        # A Ctrl-C's KeyboardInterrupt that Python turned into another exception on its way: raised in
+        # a descriptor's __set_name__ as a class of an import was made, Python 3.11 reports it as the
+        # cause of a RuntimeError ("Error calling __set_name__"), which printed a traceback (CI, a
+        # Ctrl-C 0.8 s in, as django_prometheus imported Django's database classes).
+        if not (_STOP.is_set() and _interrupted(error)):
+            raise
+        return _stopped_before_the_services()
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among ``error``'s causes and contexts."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _stopped_before_the_services() -> int:
+    print("\nStopped before the services started.", file=sys.stderr)
+    # Nothing was started to stop. Ended here: a KeyboardInterrupt that left a module's code while
+    # it ran (an import) marks the interpreter, which then ends itself by SIGINT however it was
+    # caught (exit -2 after this message, once in a loaded CI run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+    return 0
 
 
 if __name__ == "__main__":
