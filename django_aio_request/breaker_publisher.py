@@ -99,7 +99,6 @@ DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once
 FIRST_READ_WAIT = 0.25
 #: The most seconds an exiting process gives its last round (a database that hangs holds exit no longer).
 EXIT_WAIT = 1.0
-APPS_READY_POLL = 0.05  # seconds between looks at whether Django's apps are ready (a thread started as they load)
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -357,9 +356,6 @@ class Publisher:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
-        if not apps.ready:  # the process exits as its apps load (an import failed): nothing to publish yet
-            self.stop(timeout)
-            return
         started = time.monotonic()
         self.stop(timeout)
         if thread.is_alive():
@@ -392,9 +388,6 @@ class Publisher:
                 connections.close_all()
 
     def _run(self, stop: threading.Event, wake: threading.Event) -> None:
-        while not apps.ready:  # (started before the apps are loaded): no round reads the database before them
-            if stop.wait(APPS_READY_POLL):
-                return
         interval = DEFAULT_INTERVAL
         while not stop.is_set():
             # The first round at once: the client that started the thread waits for its overrides.
