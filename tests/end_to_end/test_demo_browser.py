@@ -77,11 +77,23 @@ class Demo:
     database: Path
 
     def __init__(self, directory: Path) -> None:
+        self.database = directory / "demo.sqlite3"
+        # Free ports, found before the demo binds them: another test's server may take one meanwhile,
+        # and the demo then refuses to start ("already in use"), as it should. Before, that went
+        # unnoticed here, and every test of the module met that other server (CI: a 404 for "/", then
+        # "connection refused"). Such a start is tried again on other ports; any other failure fails.
+        for attempt in range(3):
+            if self._start():
+                return
+            if "already in use" not in "".join(self.output) or attempt == 2:
+                pytest.fail("the demo did not start:\n" + "".join(self.output))
+
+    def _start(self) -> bool:
+        """Start the demo on free ports; whether it runs (it printed "Demo running")."""
         ports = {"DEMO_PORT": free_port(), "DEMO_ORDERS_PORT": free_port(), "DEMO_BILLING_PORT": free_port()}
         self.url = f"http://127.0.0.1:{ports['DEMO_PORT']}"
         self.output: list[str] = []
         env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "PYTHONUNBUFFERED": "1"}
-        self.database = directory / "demo.sqlite3"
         env["DEMO_DATABASE"] = str(self.database)
         env.pop("DJANGO_SETTINGS_MODULE", None)  # the demo chooses its own, as under `make demo`
         self.process = subprocess.Popen(
@@ -98,6 +110,10 @@ class Demo:
         if not self._ready.wait(START_TIMEOUT):
             self.stop()
             pytest.fail(f"the demo did not start in {START_TIMEOUT} s:\n" + "".join(self.output))
+        if any(line.startswith("Demo running") for line in self.output):
+            return True
+        self.stop()
+        return False
 
     def _read(self) -> None:
         assert self.process.stdout is not None
