@@ -146,15 +146,22 @@ def test_the_warning_s_advice_bounds_a_connection_to_a_silent_server(silent_serv
         subprocess.run([sys.executable, "-c", connect], env=environment, timeout=3, capture_output=True, check=False)
 
 
-def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+def _check_with_the_bound_on(tmp_path: Path, database: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py check`` with the test settings, ``database`` (a dict's source) as the default
+    database and DATABASE_STATEMENT_TIMEOUT on; it passed (warnings do not fail it)."""
     settings = (
         "from settings.test import *\n"
-        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop'}}\n"
+        f"DATABASES = {{'default': {database}}}\n"
         "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
     )
     done = manage(tmp_path, "check", settings=settings)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_manage_py_check_shows_the_warning_and_still_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    done = _check_with_the_bound_on(tmp_path, "{'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop'}")
     assert "(django_aio_request.W011) settings.DATABASES['default'] has no connect_timeout" in done.stderr
 
 
@@ -187,13 +194,10 @@ def test_the_pool_s_health_check_which_the_deadline_does_not_bound_is_warned_of(
 
 
 def test_manage_py_check_shows_the_pool_warning_and_still_passes(tmp_path: Path) -> None:
-    settings = (
-        "from settings.test import *\n"
-        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop',"
-        " 'CONN_HEALTH_CHECKS': True, 'OPTIONS': {'pool': True, 'connect_timeout': 2}}}\n"
-        "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
+    done = _check_with_the_bound_on(
+        tmp_path,
+        "{'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop',"
+        " 'CONN_HEALTH_CHECKS': True, 'OPTIONS': {'pool': True, 'connect_timeout': 2}}",
     )
-    done = manage(tmp_path, "check", settings=settings)
-    assert done.returncode == 0, done.stderr
     assert "(django_aio_request.W013) settings.DATABASES['default'] uses Django's connection pool" in done.stderr
     assert "Traceback" not in done.stderr
