@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from django_aio_request.breaker.cache_store import DEFAULT_SYNC_INTERVAL
 from django_aio_request.conf.reader import (
     BAD_ENDPOINT,
     BAD_NUMBER,
@@ -24,6 +25,7 @@ from django_aio_request.conf.reader import (
     PER_PROCESS_CACHE,
     SECONDS,
     SETTING,
+    SHORT_SHARED_SAMPLING,
     UNKNOWN_CACHE,
     UNKNOWN_PRIORITY,
     Field,
@@ -941,6 +943,8 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         if valid_name and spec is not None:
             clients[name] = spec
     server = _server(reader, top)
+    if server is not None:
+        _short_shared_sampling(reader, server["CIRCUIT_BREAKER_STATE"], clients)
     known = (
         names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
     )
@@ -958,6 +962,43 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         provisional=reader.provisional,
         **{key.lower(): value for key, value in server.items()},  # SERVER_SCHEMA's keys name the fields
     ), reader.problems
+
+
+#: The shortest ``SAMPLING_DURATION`` of a breaker sharing its counts through a cache: ten of its
+#: store's sync rounds (``breaker/cache_store.py``). An outcome reaches the other processes one or two
+#: rounds (0.1-0.2 s) after it is made, and counts there only for what is left of the sampling period:
+#: measured on a real Redis, another process's failures counted for 16% of them at 0.1 s, 23-33% at
+#: 0.2 s, 77% at 0.5 s and 87% at 1 s (tests/breaker/test_cache_store.py::
+#: test_a_sampling_period_of_a_few_sync_rounds_counts_little_of_another_process_s_outcomes).
+SHARED_SAMPLING_FLOOR = 10 * DEFAULT_SYNC_INTERVAL
+
+
+def _short_shared_sampling(reader: Reader, state: str | None, clients: Mapping[str, "ClientSpec"]) -> None:
+    """Warn of each breaker whose counts are shared (``CIRCUIT_BREAKER_STATE`` a shared cache) over a
+    sampling period too short for the other processes' outcomes to count: such breakers passed the
+    check and then each process tripped on its own outcomes alone, as if nothing were shared."""
+    from django.conf import settings
+
+    caches = getattr(settings, "CACHES", None)
+    cache = caches.get(state) if isinstance(caches, Mapping) and state is not None else None
+    if not isinstance(cache, Mapping) or str(cache.get("BACKEND", "")) in PER_PROCESS_CACHES:
+        return  # "local", or a cache each process keeps apart (W002 says so): nothing is shared
+    for name, spec in clients.items():
+        sampling = (spec.circuit_breaker or {}).get("sampling_duration")
+        if spec.circuit_breaker is None or sampling is None or sampling >= SHARED_SAMPLING_FLOOR:
+            continue
+        reader.problems.append(
+            Problem(
+                f"['CLIENTS'][{shown(name)}]['CIRCUIT_BREAKER']['SAMPLING_DURATION']",
+                f"is {sampling:g} s while CIRCUIT_BREAKER_STATE shares the counts through cache {state!r}: another"
+                f" process's outcomes reach this one {DEFAULT_SYNC_INTERVAL:g}-{2 * DEFAULT_SYNC_INTERVAL:g} s after"
+                " they are made and count only for the rest of the period (a quarter to a third of them at"
+                " 0.2 s), so each process trips mostly on its own",
+                f"use a SAMPLING_DURATION of at least {SHARED_SAMPLING_FLOOR:g} s",
+                warning=True,
+                code=SHORT_SHARED_SAMPLING,
+            )
+        )
 
 
 def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]]) -> Any:

@@ -401,6 +401,38 @@ def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: 
     )
 
 
+def test_manage_py_check_warns_of_a_shared_breaker_sampling_too_short_to_count_other_processes(
+    tmp_path: Path,
+) -> None:
+    """W004, for each breaker below 1 s on a shared cache: such settings passed the check, and each
+    process counted a quarter to a third of another's failures at 0.2 s (the measure:
+    tests/breaker/test_cache_store.py::test_a_sampling_period_of_a_few_sync_rounds_counts_little_of_another_process_s_outcomes)."""
+    short = """
+from settings.test import *
+AIO_REQUEST = {"CIRCUIT_BREAKER_STATE": "shared", "CLIENTS": {
+    "billing": {"ENDPOINT": "http://billing:8080/", "CIRCUIT_BREAKER": {"SAMPLING_DURATION": 0.2}},
+    "orders": {"ENDPOINT": "http://orders:8080/", "CIRCUIT_BREAKER": {"SAMPLING_DURATION": 1}},
+    "stock": {"ENDPOINT": "http://stock:8080/", "CIRCUIT_BREAKER": {}},
+}}
+"""
+    done = manage(tmp_path, "check", settings=short)
+    assert done.returncode == 0, done.stderr  # a warning: the breakers work, each mostly on its own
+    warnings = [line for line in done.stderr.splitlines() if "(django_aio_request.W004)" in line]
+    assert warnings == [
+        "settings.AIO_REQUEST: (django_aio_request.W004)"
+        " AIO_REQUEST['CLIENTS']['billing']['CIRCUIT_BREAKER']['SAMPLING_DURATION'] is 0.2 s while"
+        " CIRCUIT_BREAKER_STATE shares the counts through cache 'shared': another process's outcomes"
+        " reach this one 0.1-0.2 s after they are made and count only for the rest of the period (a quarter to"
+        " a third of them at 0.2 s), so each process trips mostly on its own"
+    ], done.stderr
+    assert "HINT: use a SAMPLING_DURATION of at least 1 s" in done.stderr
+    # The same breaker with its state in each process's memory shares nothing: no W004.
+    local = short.replace('"CIRCUIT_BREAKER_STATE": "shared"', '"CIRCUIT_BREAKER_STATE": "local"')
+    done = manage(tmp_path, "check", settings=local)
+    assert done.returncode == 0, done.stderr
+    assert "W004" not in done.stderr
+
+
 def test_every_id_in_use_is_listed_with_its_kind() -> None:
     from django_aio_request.conf.reader import CODES
 
