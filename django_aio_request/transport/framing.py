@@ -66,14 +66,15 @@ class ChunkedFraming:
     the parsers, which take it for a body cut short where it is one.
     """
 
-    __slots__ = ("_left", "_line", "_state", "_trailer", "file")
+    __slots__ = ("_left", "_line", "_state", "_trailer_bytes", "_trailer_lines", "file")
 
     def __init__(self, file: Any) -> None:
         self.file = file
         self._state = _SIZE
         self._left = 0  # bytes of the current chunk's data still to come
         self._line = b""  # the start of a line a read ended in the middle of
-        self._trailer = [0, 0]  # the trailer section's lines and bytes so far
+        self._trailer_lines = 0  # the trailer section's lines so far
+        self._trailer_bytes = 0  # and its bytes
 
     def readline(self, limit: int = -1) -> bytes:
         if self._state == _DONE:
@@ -144,8 +145,7 @@ class ChunkedFraming:
         if line in (b"\r\n", b"\n"):
             self._state = _DONE
             return
-        trailer = self._trailer
-        trailer[0] += 1
-        trailer[1] += len(line)
-        if trailer[0] > _MAX_TRAILER_LINES or trailer[1] > _MAX_LINE:
+        self._trailer_lines += 1
+        self._trailer_bytes += len(line)
+        if self._trailer_lines > _MAX_TRAILER_LINES or self._trailer_bytes > _MAX_LINE:
             raise MalformedFraming("trailer section too long")
