@@ -156,10 +156,13 @@ def _totals_at_fork(breaker: DefaultCircuitBreaker[str, Any]) -> list[tuple[str,
 
 
 def _is_fake(client: Client) -> bool:
-    """A client of ``django_aio_request.testing.fake_client``: a test's, never published nor overridden."""
-    from django_aio_request.testing import FakeDownstream
+    """A client of ``django_aio_request.testing.fake_client``: a test's, never published nor overridden.
 
-    return isinstance(client.transport, FakeDownstream)
+    Imports nothing: a process that never imported the testing module has no fake. The publisher's
+    thread asks this, and its first-time import of that module was a window for gunicorn --preload's
+    fork: a worker forked during it kept the import's lock, and its own rounds hung on it for good."""
+    testing = sys.modules.get("django_aio_request.testing")
+    return testing is not None and isinstance(client.transport, testing.FakeDownstream)
 
 
 class Publisher:
@@ -330,11 +333,23 @@ class Publisher:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
+            self._import_what_rounds_use()
             self._stop = threading.Event()
             self._thread = threading.Thread(
                 target=self._run, args=(self._stop, self._wake), daemon=True, name="aio-request-breakers"
             )
             self._thread.start()
+
+    def _import_what_rounds_use(self) -> None:
+        """Import, on the caller's thread, the modules a round would import for the first time: the SQL
+        compiler of each database it uses, which Django imports at a process's first query. A fork
+        (gunicorn --preload: a client looked up in urls.py, the build's wait over) while the thread
+        imported it left the child that import's lock, and the child's rounds hung on it for good."""
+        for model in (BreakerOverride, BreakerReport, BreakerTransition):
+            try:
+                connections[self._db(model)].ops.compiler("SQLCompiler")
+            except Exception:  # a database the settings cannot open: the round reports it
+                continue
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:

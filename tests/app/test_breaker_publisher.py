@@ -1231,6 +1231,45 @@ def test_a_client_looked_up_while_the_apps_load_is_published_and_obeys_an_overri
     assert answer["published"] == 1, answer
 
 
+LATE_LOOKUP_THEN_FORK = """
+import json, os, sys, threading, time, django
+django.setup()
+# Every import the publisher's thread makes for the first time takes 1 s, holding that module's
+# import lock (the window is milliseconds in earnest): a fork lands in it if there is one.
+slowed = []
+class SlowImports:
+    def find_spec(self, name, path=None, target=None):
+        if threading.current_thread().name == "aio-request-breakers":
+            slowed.append(name)
+            time.sleep(1.0)
+        return None
+sys.meta_path.insert(0, SlowImports())
+from django_aio_request import clients, get
+client = clients["billing"]  # looked up after the apps loaded (a urls.py): the build waits for one round
+child = os.fork()  # gunicorn --preload forks its workers now
+if child == 0:  # the worker's first call waits for its own round, which reads the override
+    with client.request(get("up")) as response:
+        os._exit(0 if response.status == 502 else 1)
+status = os.waitpid(child, 0)[1]
+print(json.dumps({"worker obeyed": status == 0, "slowed": slowed}))
+"""
+
+
+def test_a_worker_forked_after_a_late_lookup_obeys_an_override(server: LoopbackServer, tmp_path: Path) -> None:
+    """The publisher's thread imported modules for the first time in its rounds (the testing module, to
+    tell a fake; the SQL compiler, at the process's first query). A --preload master whose client was
+    looked up after the apps loaded forked while the thread held such an import's lock, and the
+    worker's rounds hung on it for good: its calls went to an endpoint forced open in admin."""
+    server.route("/up", lambda h: h.reply(200))
+    env = billing_on_sqlite(tmp_path, "late_lookup", server.url, 0.2)
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPERATOR, server.url)
+    answer = json.loads(run("-c", LATE_LOOKUP_THEN_FORK).strip().splitlines()[-1])
+    assert answer == {"worker obeyed": True, "slowed": []}
+    assert server.received("/up") == []
+
+
 def test_a_process_that_exits_publishes_its_last_transitions(server: LoopbackServer, tmp_path: Path) -> None:
     """A worker that opened a circuit and exited before the next round (gunicorn's --max-requests,
     a deploy's SIGTERM): its opening was lost with it, never in admin's history (18-19 of 20 recycled
