@@ -681,7 +681,9 @@ class CacheCircuitStore(CircuitStore[str]):
         """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
         if self._cache is None:
             with _CONNECTING:  # a fork() waits for it: see _before_fork
-                self._cache = self._connect()
+                cache = self._connect()
+                _make_client(cache)
+                self._cache = cache
         return self._cache
 
     def _prefix(self, scope: str) -> str:
@@ -764,11 +766,27 @@ def closing_together(stores: Iterable[object]) -> Iterator[None]:
         _close_by.reset(token)
 
 
-# Held while a store's thread makes its cache backend, which imports the backend's library (Django's
-# RedisCache imports redis then). A fork() in the middle of that import left the child a half-made
-# module whose import lock belonged to a thread the child does not have: the child's first cache
-# access hung for ever (gunicorn --preload with a warm-up call). fork() waits for it instead, at
-# most CONNECT_WAIT (making a backend does no I/O; a backend that hangs in __init__ is not waited for).
+def _make_client(cache: Any) -> None:
+    """Have a backend make its client now, which imports the client's library: Django's RedisCache
+    imports redis, and its memcached backends theirs, only when the client is first used (their
+    ``_cache`` property; django-redis: ``client``). That was the first round's ``get_many``, outside
+    ``_CONNECTING``: a fork during it left the child's rounds hung on redis's import lock for good.
+    Making a client does no I/O; what fails here fails again in the round, which reports it."""
+    for name in ("_cache", "client"):
+        made_on_use = getattr(type(cache), name, None)  # a property, or a cached one (Django's or functools')
+        if made_on_use is not None and hasattr(made_on_use, "__get__") and not callable(made_on_use):
+            try:
+                getattr(cache, name)
+            except Exception:
+                return
+
+
+# Held while a store's thread makes its cache backend and the backend's client, which imports the
+# client's library (Django's RedisCache imports redis then: _make_client). A fork() in the middle of
+# that import left the child a half-made module whose import lock belonged to a thread the child
+# does not have: the child's first cache access hung for ever (gunicorn --preload with a warm-up
+# call). fork() waits for it instead, at most CONNECT_WAIT (making a backend and its client does no
+# I/O; a backend that hangs in __init__ is not waited for).
 _CONNECTING = threading.Lock()
 CONNECT_WAIT = 5.0
 _held_for_fork = False

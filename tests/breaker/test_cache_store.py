@@ -887,6 +887,46 @@ def test_a_fork_while_the_store_makes_its_backend_waits_and_the_child_can_import
         sys.modules.pop(module, None)
 
 
+FORK_WHILE_THE_THREAD_IMPORTS_REDIS = """
+import os, signal, sys, threading, time, django
+django.setup()
+assert "redis" not in sys.modules, "imported already: the test tests nothing"
+class SlowImports:  # redis's import lingers 1 s in the store's thread (it takes ~50 ms in earnest)
+    def find_spec(self, name, path=None, target=None):
+        if name == "redis" and threading.current_thread() is not threading.main_thread():
+            time.sleep(1.0)
+        return None
+sys.meta_path.insert(0, SlowImports())
+from django.core.cache import caches
+from django_aio_request.breaker.cache_store import CacheCircuitStore
+store = CacheCircuitStore("shared", connect=lambda: caches.create_connection("shared"), namespace=sys.argv[1])
+store.blocked_until("svc")  # a process's first call: the store's thread starts its first round
+time.sleep(0.3)
+child = os.fork()  # gunicorn --preload forks its workers
+if child == 0:
+    signal.alarm(5)  # a round stuck on redis's import lock: killed
+    store.sync()
+    os._exit(0 if store.healthy else 3)
+print(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+"""
+
+
+def test_a_fork_while_the_store_thread_imports_redis_leaves_the_child_s_rounds_working(
+    redis: None, namespace: str
+) -> None:
+    """Django's RedisCache imports redis when its client is first used, and that was the store
+    thread's first get_many, after _CONNECTING was released: a fork then (a worker of a --preload
+    master with a warm-up call) left the child redis's import lock, and its rounds hung for good, each
+    process deciding alone. The backend's client is now made under _CONNECTING, which fork() waits for."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings.test", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_THE_THREAD_IMPORTS_REDIS, namespace],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", "the child's round did not end (-14: stuck on redis's import lock)"
+
+
 def test_a_forked_child_whose_circuit_was_open_at_the_fork_probes_after_the_break(
     redis: None, namespace: str, stores: Any
 ) -> None:
