@@ -33,7 +33,9 @@ demo: $(STAMP)
 # 130 s file could begin when the others were nearly done (the suite took 350 s, then 317 s with
 # them first, in two CI runs on one VM). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 4
-PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+# The 15 slowest tests are printed at the end of each run: CI has 10 minutes, and they are where
+# time can be won back.
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Python writes bytecode for this checkout (its __pycache__ folders are ignored by git), whatever the
 # environment says. With PYTHONDONTWRITEBYTECODE set (these machines set it), every Python process
