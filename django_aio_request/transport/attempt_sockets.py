@@ -35,6 +35,7 @@ from urllib3.util import SKIP_HEADER
 from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.core import status
+from django_aio_request.core.deadline import too_little_to_send
 from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.connection_drainer import drainer
@@ -340,6 +341,14 @@ class OutOfStep(StaleConnection):
     """
 
 
+class NoTimeToSend(Exception):
+    """Connected, with less time left than any attempt of the client is sent with (its
+    ``LOW_TIMEOUT_THRESHOLD``, none at all outside a client): nothing is written, and the attempt
+    ends as one never sent (requests_transport.py). A connection that took the rest of the time
+    (a SYN retransmitted after 1 s) sent requests stamped ``X-Request-Timeout: 0.000`` to a peer
+    that then did the work for a caller that had given up (a review)."""
+
+
 class _GuardedConnectionMixin:
     sock: socket.socket | None
     timeout: Any
@@ -503,9 +512,12 @@ class _GuardedConnectionMixin:
                 self.connect()  # registers its socket with the guard
             else:
                 guard.attach(self, self.sock)
+            left = guard.remaining()
+            if too_little_to_send(left):
+                raise NoTimeToSend(f"{max(left, 0.0):.6f} s left once connected")
             headers = kwargs.get("headers", args[3] if len(args) > 3 else None)
             if headers is not None:
-                restamp(headers, guard.remaining())
+                restamp(headers, left)
         self._aio_request_reused = self._aio_request_requests > 0
         self._aio_request_requests += 1
         if guard is not None:

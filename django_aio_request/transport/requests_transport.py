@@ -33,7 +33,7 @@ from urllib3.util.retry import Retry
 from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
-from django_aio_request.core.deadline import too_little_to_send
+from django_aio_request.core.deadline import client_low_timeout_threshold, too_little_to_send
 from django_aio_request.core.request import Request, split_url
 from django_aio_request.core.response import EmptyResponse, Response, UnreachedResponse, UnsentResponse
 from django_aio_request.core.send_again import may_send_again
@@ -42,6 +42,7 @@ from django_aio_request.transport import direct_send, urllib3_logging
 from django_aio_request.transport.attempt_sockets import (
     POOL_CLASSES,
     AttemptSockets,
+    NoTimeToSend,
     OutOfStep,
     StaleConnection,
     _is_name,
@@ -560,20 +561,23 @@ class RequestsTransport(Transport):
         return _Host(settings, direct_send.plan_route(self._session, _GuardedAdapter, url, settings))
 
     def _acquire_slot(self, guard: AttemptSockets) -> bool:
-        """Take a slot, waiting for one until the deadline; False if the attempt ended first.
+        """Take a slot, waiting for one until less time is left than the client sends an attempt with
+        (its LOW_TIMEOUT_THRESHOLD); False if the attempt ended first, or has too little time left.
 
         An attempt cancelled before it starts takes no slot, so it never picks up (and shuts down)
-        a pooled keep-alive connection just to abort it.
+        a pooled keep-alive connection just to abort it. One that waited took the slot freed at its
+        deadline's edge, and went out with ``X-Request-Timeout: 0.000`` (a review: 2 of 10 calls).
         """
+        threshold = client_low_timeout_threshold.get()
         with self._slots:
             while guard.reason is None:
+                left = guard.remaining()
+                if left <= 0 or left < threshold:
+                    return False
                 if self._free_slots:
                     self._free_slots -= 1
                     return True
-                left = guard.remaining()
-                if left <= 0:
-                    return False
-                self._slots.wait(left)
+                self._slots.wait(left - threshold)
             return False
 
     def _release_slot(self) -> None:
@@ -955,6 +959,8 @@ class RequestsTransport(Transport):
     @staticmethod
     def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
         elapsed = time.monotonic() - started
+        if _wrapped(error, NoTimeToSend) is not None:  # connected too late: nothing was written
+            return UnsentResponse(status=guard.reason or status.TIMEOUT, elapsed=elapsed)
         if guard.reason is not None:
             code = guard.reason
         elif _is_timeout(error):

@@ -3,13 +3,14 @@ and leaves its pool and threads in order afterwards. All against a real server o
 
 import concurrent.futures
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from django_aio_request import Cancellation, RequestsTransport, get
+from django_aio_request import Cancellation, Client, Deadline, RequestsTransport, get, setup, single_attempt_strategy
 from django_aio_request.transport.deadline_timer import deadline_timer
 from tests.support.loopback import Handler, LoopbackServer, trickle
 
@@ -206,6 +207,112 @@ def test_attempt_that_cannot_get_a_slot_before_its_deadline_is_408(
         assert transport.send(server.url, get("other"), 1.0).status == 200  # the slot came back
     finally:
         transport.close()
+
+
+def _threshold_client(url: str, transport: RequestsTransport, threshold: float) -> Client:
+    """A client of ``url`` with single attempts whose LOW_TIMEOUT_THRESHOLD is ``threshold``."""
+    return setup(
+        endpoint=url,
+        transport=transport,
+        low_timeout_threshold=threshold,
+        safe_method_strategy=single_attempt_strategy(),
+        retry_budget=None,
+        metrics=False,
+    )
+
+
+def _status_and_time(client: Client, path: str, deadline: float) -> tuple[int, float]:
+    started = time.monotonic()
+    with client.request(get(path), deadline=Deadline.from_timeout(deadline)) as response:
+        return response.status, time.monotonic() - started
+
+
+def test_an_attempt_whose_slot_frees_with_less_than_the_threshold_left_is_not_sent(server: LoopbackServer) -> None:
+    """A review: an attempt that waited for one of MAX_CONNECTIONS took the slot freed at its
+    deadline's edge and went out with X-Request-Timeout under the threshold, or 0.000 (2 of 10 calls),
+    to a peer that then worked for a caller that had given up. It now waits only while at least the
+    threshold is left, and gives up then, sending nothing."""
+    server.route("/held", delayed(0.3, b"ok"))
+    server.route("/other", lambda h: h.reply(200, b"ok"))
+    transport = RequestsTransport(max_connections=1)
+    client = _threshold_client(server.url, transport, 0.1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_status_and_time, client, "held", 5.0)
+            _wait_until(lambda: len(server.received("/held")) == 1)
+            # The slot frees about 0.3 s from now, with about 0.05 s of these 0.35 s left.
+            code, elapsed = _status_and_time(client, "other", 0.35)
+            assert first.result(5)[0] == 200
+        assert code == 408
+        assert server.received("/other") == []
+        assert 0.25 - 0.01 <= elapsed <= 0.35  # it gave up with the threshold left, not at the deadline
+        assert _status_and_time(client, "other", 1.0)[0] == 200  # the slot came back
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def late_accepting_port() -> Iterator[tuple[int, list[bytes]]]:
+    """A port whose accept queue is full for its first 0.5 s (a connect's SYN is dropped, and sent
+    again by the kernel 1 s later), then accepted from: what each connection sent is listed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        time.sleep(0.5)
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=read, args=(conn,), daemon=True).start()  # the fillers send nothing
+
+    def read(conn: socket.socket) -> None:
+        conn.settimeout(1.0)
+        with conn, contextlib.suppress(OSError):
+            received.append(conn.recv(65536))
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    yield port, received
+    stop.set()
+    thread.join(5)
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def test_an_attempt_connected_with_less_than_the_threshold_left_is_not_sent(
+    late_accepting_port: tuple[int, list[bytes]],
+) -> None:
+    """A review: a connect that took the rest of the time (its SYN sent again after 1 s) went on to
+    send a request stamped X-Request-Timeout 0.000849, below the client's threshold (8 of 10 calls
+    reached the peer). Connected with less than the threshold left, the attempt writes nothing."""
+    port, received = late_accepting_port
+    client = _threshold_client(f"http://127.0.0.1:{port}/", RequestsTransport(), 0.1)
+    try:
+        code, elapsed = _status_and_time(client, "late", 1.05)  # connected at about 1.0 s
+    finally:
+        client.close()
+    assert code == 408
+    assert elapsed <= 1.05 + OVERSHOOT
+    time.sleep(0.3)  # the accepting thread reads what the connection carried
+    assert elapsed >= 0.95, "the connect did not wait for the kernel's second SYN: the queue was not full"
+    print("DEBUG", code, elapsed, received)
+    assert not any(received), received  # connections, maybe, and no byte of a request on them
 
 
 # --- the pool after aborts ----------------------------------------------------------------------------------
