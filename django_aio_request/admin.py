@@ -289,8 +289,9 @@ class CircuitBreakerAdmin(ReadOnlyAdmin):
 #: What an override of circuits no process reports any more says: their rows went while the page was shown.
 GONE = (
     "Nothing was changed: no live process reports the circuit breakers selected any more (their rows went while"
-    " the page was shown). Overrides apply to circuits processes report; those of circuits no process reports"
-    " are on the overrides list."
+    " the page was shown: their processes stopped, or have not reached the database for 5 s or more)."
+    " Overrides apply to circuits processes report; those of circuits no process reports are on the overrides"
+    " list."
 )
 
 

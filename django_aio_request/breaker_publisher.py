@@ -58,7 +58,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db.backends.base.creation import TEST_DATABASE_PREFIX
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -84,6 +84,7 @@ from django_aio_request.models import (
     BreakerTransition,
 )
 from django_aio_request.named_clients import clients
+from django_aio_request.round_bound import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once
 FIRST_READ_WAIT = 0.25
 #: The most seconds an exiting process gives its last round (a database that hangs holds exit no longer).
 EXIT_WAIT = 1.0
+#: The most seconds a round's statement waits on the database, for a lock or to finish
+#: (round_bound.py): a write held by a lock no longer keeps the next rounds from reading the overrides.
+ROUND_STATEMENT_BOUND = 1.0
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -609,8 +613,19 @@ class Publisher:
         taken: list[tuple[str, CircuitTransition[Any]]],
     ) -> None:
         host, pid = socket.gethostname(), os.getpid()
+        # Not read from the settings: before the overrides are read, that could wait for a module the
+        # settings name, whose import waits for this read (see test_a_new_process_looking_a_client_up...).
+        bound = ROUND_STATEMENT_BOUND
+        unread: DatabaseError | None = None
         if breakers:
-            self._apply_overrides(breakers)
+            try:
+                with bounded(self._db(BreakerOverride), bound):
+                    self._apply_overrides(breakers)
+            except DatabaseError as error:
+                # The overrides' table locked, or the database stalled: the reports below still go,
+                # so that admin goes on listing this process (its rows expired after 5 s, and an
+                # operator's action then found "no live process"); the round fails after them.
+                unread = error
         self._overrides_read(self._number)  # builds waiting for them go on: the rest is for admin
         if _running_a_schema_command():
             # Overrides read, nothing written: a round's writes took SQLite's lock while migrate held
@@ -644,43 +659,53 @@ class Publisher:
                     )
                 )
         reports = BreakerReport.objects.using(self._db(BreakerReport))
-        if rows:
-            # One transaction: between the two statements the rows' expires_at is this process's local
-            # time, which with USE_TZ = False and a TIME_ZONE behind UTC looks hours past on SQLite's
-            # clock (another process's view hid the live rows, its prune could delete them).
-            with transaction.atomic(using=self._db(BreakerReport)):
-                self._upsert(reports, rows, host, pid, ttl)
         keys = {(row.client, row.endpoint) for row in rows}
+        with bounded(self._db(BreakerReport), bound):
+            if rows:
+                # One transaction: between the two statements the rows' expires_at is this process's
+                # local time, which with USE_TZ = False and a TIME_ZONE behind UTC looks hours past on
+                # SQLite's clock (another process's view hid the live rows, its prune could delete them).
+                with transaction.atomic(using=self._db(BreakerReport)):
+                    self._upsert(reports, rows, host, pid, ttl)
+            if self._first_round:  # rows a dead process with this pid left behind
+                mine = reports.filter(host=host, pid=pid)
+                self._delete(mine, set(mine.values_list("client", "endpoint")) - keys)
+            else:
+                self._delete(reports.filter(host=host, pid=pid), self._published - keys)
         for gone in set(self._history) - keys:
             del self._history[gone]
-        if self._first_round:  # rows a dead process with this pid left behind
-            mine = reports.filter(host=host, pid=pid)
-            self._delete(mine, set(mine.values_list("client", "endpoint")) - keys)
-        else:
-            self._delete(reports.filter(host=host, pid=pid), self._published - keys)
         self._published, self._first_round = keys, False
         # The transitions taken before the overrides were applied wait for the next round; their own are here now.
         taken += self._take_transitions()
         if taken:
-            BreakerTransition.objects.using(self._db(BreakerTransition)).bulk_create(
-                BreakerTransition(
-                    at=_moment(t.at) or now,
-                    client=name,
-                    endpoint=str(t.scope),
-                    host=host,
-                    pid=pid,
-                    from_state=str(t.old),
-                    to_state=str(t.new),
-                    failures=t.failures,
-                    successes=t.successes,
-                    failure_ratio=_ratio(t.failures, t.successes),
-                )
-                for name, t in taken
-            )
+            with bounded(self._db(BreakerTransition), bound):
+                self._insert(taken, host, pid, now)
             taken.clear()
         if time.monotonic() >= self._next_prune:
-            self.prune(now)
+            with bounded(self._db(BreakerTransition), bound), bounded(self._db(BreakerReport), bound):
+                self.prune(now)
             self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
+        if unread is not None:
+            raise unread
+
+    def _insert(
+        self, taken: list[tuple[str, CircuitTransition[Any]]], host: str, pid: int, now: datetime.datetime
+    ) -> None:
+        BreakerTransition.objects.using(self._db(BreakerTransition)).bulk_create(
+            BreakerTransition(
+                at=_moment(t.at) or now,
+                client=name,
+                endpoint=str(t.scope),
+                host=host,
+                pid=pid,
+                from_state=str(t.old),
+                to_state=str(t.new),
+                failures=t.failures,
+                successes=t.successes,
+                failure_ratio=_ratio(t.failures, t.successes),
+            )
+            for name, t in taken
+        )
 
     def _window(self, key: Key, snap: CircuitSnapshot[Any]) -> tuple[int, int, int, float]:
         """(failures, successes, rejected, seconds covered) of the last ``COUNT_WINDOW`` seconds: the

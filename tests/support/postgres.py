@@ -6,8 +6,10 @@ must run them. The alias is then dropped from the settings before pytest-django 
 databases, so the other database tests still run. conftest.py calls the two hooks below.
 """
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -78,3 +80,22 @@ def runtest_setup(item: pytest.Item) -> None:
     reason = item.stash.get(_REQUIRED, None)
     if reason is not None:
         pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run, not be skipped)", pytrace=False)
+
+
+@contextlib.contextmanager
+def locked(table: str, mode: str) -> Iterator[None]:
+    """Another session of the test database of the "postgres" alias holding ``LOCK TABLE table IN mode MODE``
+    (SHARE: what a plain ``CREATE INDEX`` takes; ACCESS EXCLUSIVE: an ``ALTER TABLE``) until the block ends."""
+    import psycopg
+    from django.db import connections
+
+    reached = connections[ALIAS].settings_dict
+    with psycopg.connect(
+        dbname=reached["NAME"], user=reached["USER"] or None, password=reached["PASSWORD"] or None,
+        host=reached["HOST"] or None, port=reached["PORT"] or None,
+    ) as other:  # fmt: skip
+        other.execute(f"LOCK TABLE {table} IN {mode} MODE")
+        try:
+            yield
+        finally:
+            other.rollback()
