@@ -401,12 +401,20 @@ class BreakerOverrideAdmin(ReadOnlyAdmin):
     too: "Circuit breakers" has rows only for circuits a live process reports, so an override of a
     client renamed or removed, or whose processes are all down, can only be lifted here."""
 
-    list_display = ["client", "endpoint", "mode", "changed_by_display", "changed_at"]
+    list_display = ["client", "endpoint", "mode_display", "changed_by_display", "changed_at"]
     list_filter = ["client", "mode"]
     actions = ["back_to_automatic"]
 
     def has_override_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OVERRIDE_PERMISSION)
+
+    @admin.display(description="mode", ordering="mode")
+    def mode_display(self, obj: BreakerOverride) -> str:
+        """The mode's label, or the value as written where it is no mode (a script's ``FORCE_OPEN``,
+        which every process ignores): Django shows a value outside a field's choices as "-"."""
+        if obj.mode in Mode.values:
+            return str(Mode(obj.mode).label)
+        return f"{obj.mode!r}: no mode, ignored"
 
     @admin.display(description="changed by", ordering="changed_by")
     def changed_by_display(self, obj: BreakerOverride) -> str:

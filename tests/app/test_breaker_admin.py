@@ -361,6 +361,15 @@ def test_an_override_row_with_a_mode_no_process_obeys_is_shown_as_ignored(operat
     assert row.known_override() is None
     assert row.pending() == 0
     assert operator.get(reverse(CHANGE, args=[row.pk])).status_code == 200
+    # The overrides list shows the mode as written (a review: Django's "-" for a value outside the
+    # field's choices), beside the modes it knows, and Back to automatic deletes the row.
+    BreakerOverride.objects.create(client="refunds", endpoint=BILLING, mode="force_closed", changed_at=NOW)
+    html = operator.get(reverse(OVERRIDES)).content.decode()
+    assert "&#x27;FORCE_OPEN&#x27;: no mode, ignored" in html
+    assert "forced closed" in html
+    invalid = BreakerOverride.objects.get(mode="FORCE_OPEN")
+    operator.post(reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [invalid.pk]})
+    assert list(BreakerOverride.objects.values_list("mode", flat=True)) == ["force_closed"]
 
 
 @pytest.mark.django_db
