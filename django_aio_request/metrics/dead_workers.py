@@ -69,6 +69,8 @@ def sweep(directory: str, now: float | None = None) -> list[int]:
     touch or remove is warned of (once) and left; the others are swept all the same."""
     me, now = os.getpid(), time.time() if now is None else now
     removed: set[int] = set()
+    gauges: set[int] = set()  # the pids whose live-gauge files were removed
+    emptied: set[str] = set()  # the empty files of exited processes removed, by name
     with os.scandir(directory) as entries:
         for entry in entries:
             match = _LIVE_FILE.fullmatch(entry.name)
@@ -85,6 +87,7 @@ def sweep(directory: str, now: float | None = None) -> list[int]:
                     if info.st_size == 0 and now - info.st_mtime > STALE_AFTER and not _alive(int(match[1])):
                         os.remove(entry.path)
                         removed.add(int(match[1]))
+                        emptied.add(entry.name)
                 except OSError:  # removed meanwhile, or not ours to remove: the next sweep looks again
                     pass
                 continue
@@ -95,14 +98,19 @@ def sweep(directory: str, now: float | None = None) -> list[int]:
                 elif now - entry.stat().st_mtime > STALE_AFTER and not _alive(pid):
                     os.remove(entry.path)
                     removed.add(pid)
+                    gauges.add(pid)
             except FileNotFoundError:  # another process's sweep removed it first
                 continue
             except OSError as error:
                 if entry.path not in _unremovable and len(_unremovable) < _UNREMOVABLE_MAX:
                     _unremovable.add(entry.path)
                     logger.warning("could not sweep the live gauge file %s: %s", entry.path, error)
-    if removed:
-        logger.info("removed the live gauges of exited processes %s from %s", sorted(removed), directory)
+    if gauges:
+        logger.info("removed the live gauges of exited processes %s from %s", sorted(gauges), directory)
+    if emptied:
+        # Not gauges: a file prometheus_client made and never sized (a review: "removed the live gauges"
+        # was said of an empty histogram file).
+        logger.info("removed the empty metric files of exited processes %s from %s", sorted(emptied), directory)
     return sorted(removed)
 
 

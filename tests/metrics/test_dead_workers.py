@@ -1,6 +1,7 @@
 """Live gauges of processes that died with nobody to mark them dead leave /metrics (metrics/dead_workers.py)."""
 
 import json
+import logging
 import os
 import signal
 import struct
@@ -56,9 +57,12 @@ def test_a_sweep_removes_only_dead_processes_live_gauges_untouched_for_a_while(t
     assert time.time() - files["this process, old"].stat().st_mtime < 5  # touched: it says this process lives
 
 
-def test_an_empty_metric_file_of_a_dead_process_is_swept_as_it_fails_every_scrape(tmp_path: Path) -> None:
+def test_an_empty_metric_file_of_a_dead_process_is_swept_as_it_fails_every_scrape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """prometheus_client creates a process's file before it sizes it: a process killed in between left
-    it empty, and every scrape failed on it (struct.error: a 500 from /metrics) for good."""
+    it empty, and every scrape failed on it (struct.error: a 500 from /metrics) for good. The log
+    names the file (a review: it said "removed the live gauges" of an empty histogram file)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
     dead, alive, me = a_dead_pid(), os.getppid(), os.getpid()
@@ -76,10 +80,14 @@ def test_an_empty_metric_file_of_a_dead_process_is_swept_as_it_fails_every_scrap
         touched(tmp_path / f"histogram_{me}.db", old, b""),
     ]
 
+    caplog.set_level(logging.INFO, logger="django_aio_request.metrics.dead_workers")
     assert dead_workers.sweep(str(tmp_path)) == [dead]
 
     assert not empty.exists()
     assert all(path.exists() for path in kept)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"removed the empty metric files of exited processes ['counter_{dead}.db'] from {tmp_path}"
+    ]
 
 
 def test_a_file_a_sweep_cannot_remove_is_said_once_and_the_others_are_swept(
