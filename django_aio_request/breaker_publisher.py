@@ -100,9 +100,9 @@ DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once
 FIRST_READ_WAIT = 0.25
 #: The most seconds an exiting process gives its last round (a database that hangs holds exit no longer).
 EXIT_WAIT = 1.0
-#: The most seconds a round's statement waits on the database, for a lock or to finish
-#: (round_bound.py): a write held by a lock no longer keeps the next rounds from reading the overrides.
-ROUND_STATEMENT_BOUND = 1.0
+#: The most seconds a round's statement waits for a lock (round_bound.py): a write held by a lock no
+#: longer keeps the next rounds from reading the overrides.
+ROUND_LOCK_WAIT = 1.0
 
 Key = tuple[str, str]  # (client name, endpoint)
 Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, rejected) totals of a circuit
@@ -615,7 +615,7 @@ class Publisher:
         host, pid = socket.gethostname(), os.getpid()
         # Not read from the settings: before the overrides are read, that could wait for a module the
         # settings name, whose import waits for this read (see test_a_new_process_looking_a_client_up...).
-        bound = ROUND_STATEMENT_BOUND
+        bound = ROUND_LOCK_WAIT
         unread: DatabaseError | None = None
         if breakers:
             try:
@@ -681,12 +681,26 @@ class Publisher:
             with bounded(self._db(BreakerTransition), bound):
                 self._insert(taken, host, pid, now)
             taken.clear()
-        if time.monotonic() >= self._next_prune:
-            with bounded(self._db(BreakerTransition), bound), bounded(self._db(BreakerReport), bound):
-                self.prune(now)
-            self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
+        self._prune_now_and_then(now, bound)
         if unread is not None:
             raise unread
+
+    def _prune_now_and_then(self, now: datetime.datetime, bound: float) -> None:
+        """Prune every PRUNE_EVERY seconds or so (processes spread out); a prune that fails (a lock)
+        waits for its turn again, not for the next round, and is not the round's failure."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY * random.uniform(0.8, 1.2)
+        try:
+            with bounded(self._db(BreakerTransition), bound), bounded(self._db(BreakerReport), bound):
+                self.prune(now)
+        except DatabaseError as error:
+            logger.warning(
+                "circuit breaker history could not be pruned (%s: %s); tried again in about %d s",
+                type(error).__name__,
+                error,
+                PRUNE_EVERY,
+            )
 
     def _insert(
         self, taken: list[tuple[str, CircuitTransition[Any]]], host: str, pid: int, now: datetime.datetime

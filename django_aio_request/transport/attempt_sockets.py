@@ -343,10 +343,15 @@ class OutOfStep(StaleConnection):
 
 class NoTimeToSend(Exception):
     """Connected, with less time left than any attempt of the client is sent with (its
-    ``LOW_TIMEOUT_THRESHOLD``, none at all outside a client): nothing is written, and the attempt
-    ends as one never sent (requests_transport.py). A connection that took the rest of the time
-    (a SYN retransmitted after 1 s) sent requests stamped ``X-Request-Timeout: 0.000`` to a peer
-    that then did the work for a caller that had given up (a review)."""
+    ``LOW_TIMEOUT_THRESHOLD``, none at all outside a client): nothing is written on the connection.
+    A connection that took the rest of the time (a SYN retransmitted after 1 s) sent requests
+    stamped ``X-Request-Timeout: 0.000`` to a peer that then did the work for a caller that had
+    given up (a review). ``fresh``: the connection was made for this request, so the time went in
+    connecting, which says something of the endpoint (requests_transport.py ``_failure``)."""
+
+    def __init__(self, left: float, *, fresh: bool) -> None:
+        super().__init__(f"{max(left, 0.0):.6f} s left once connected")
+        self.fresh = fresh
 
 
 class _GuardedConnectionMixin:
@@ -508,13 +513,14 @@ class _GuardedConnectionMixin:
         """
         guard = _current()
         if guard is not None:
-            if self.sock is None:
+            fresh = self.sock is None
+            if fresh:
                 self.connect()  # registers its socket with the guard
             else:
                 guard.attach(self, self.sock)
             left = guard.remaining()
             if too_little_to_send(left):
-                raise NoTimeToSend(f"{max(left, 0.0):.6f} s left once connected")
+                raise NoTimeToSend(left, fresh=fresh)
             headers = kwargs.get("headers", args[3] if len(args) > 3 else None)
             if headers is not None:
                 restamp(headers, left)

@@ -959,10 +959,19 @@ class RequestsTransport(Transport):
     @staticmethod
     def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:
         elapsed = time.monotonic() - started
-        if _wrapped(error, NoTimeToSend) is not None:  # connected too late: nothing was written
+        late = _wrapped(error, NoTimeToSend)
+        if late is not None and not late.fresh and not guard.reached:
+            # Too little time left on a kept-alive connection, the attempt's first request: the time
+            # went waiting for this client's own connections, as for a slot (_acquire_slot).
             return UnsentResponse(status=guard.reason or status.TIMEOUT, elapsed=elapsed)
         if guard.reason is not None:
             code = guard.reason
+        elif late is not None:
+            # Connecting took the time (counted as a connect timeout is: unreachable, for the breaker),
+            # or a later request of the attempt (a redirect's next hop) had none left after an earlier
+            # one was sent (an answer that came too late, as ever: a review's slow redirecting endpoint
+            # was never counted while this ended as unsent).
+            code = status.TIMEOUT
         elif _is_timeout(error):
             # When the socket timeout (set to the time left) beats the deadline timer, it is still the
             # deadline.

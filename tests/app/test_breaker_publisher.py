@@ -936,6 +936,37 @@ def test_a_lock_on_the_transitions_table_keeps_no_override_from_being_obeyed(
 
 
 @pytest.mark.django_db(databases=["postgres"], transaction=True)
+def test_a_prune_that_fails_waits_for_its_turn_again(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prune held up by a lock fails (ROUND_LOCK_WAIT); it then ran again in every round, not once a
+    minute, and a round's failure was logged though its reports and transitions were written (a review)."""
+    server.route("/down", lambda h: h.reply(500))
+    made = Publisher(interval=3600, database="postgres")  # only the rounds a build asks for, and these
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    pruned: list[object] = []
+
+    def prune(now: object = None) -> None:
+        pruned.append(now)
+        raise OperationalError("canceling statement due to lock timeout")
+
+    monkeypatch.setattr(made, "prune", prune)
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            assert call("billing", 3) == [500, 500, 502]
+            rounds = [made.run_once() for _ in range(3)]
+    finally:
+        made.stop()
+    assert len(pruned) == 1
+    assert rounds == [True, True, True]  # published: the prune's failure is not the round's
+    said = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.breaker_publisher"]
+    assert said == [
+        "circuit breaker history could not be pruned (OperationalError: canceling statement due to lock"
+        " timeout); tried again in about 60 s"
+    ]
+
+
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
 def test_a_lock_on_the_overrides_table_keeps_the_process_listed_in_admin(
     server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
