@@ -901,38 +901,45 @@ def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, m
     assert not made.running
 
 
+@pytest.fixture
+def publishing_to_postgres(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
+    """The process's publisher, on the "postgres" database every 0.2 s, with billing's circuit opened
+    by three calls to a failing endpoint and published."""
+    server.route("/down", lambda h: h.reply(500))
+    made = Publisher(interval=0.2, database="postgres")
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            assert call("billing", 3) == [500, 500, 502]
+            wait_for(BreakerTransition.objects.using("postgres").exists, "the opening published")
+            yield made
+    finally:
+        made.stop()
+
+
 @pytest.mark.django_db(databases=["postgres"], transaction=True)
 def test_a_lock_on_the_transitions_table_keeps_no_override_from_being_obeyed(
-    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+    server: LoopbackServer, publishing_to_postgres: Publisher
 ) -> None:
     """A review: an override's transition waited to be written behind a lock (a CREATE INDEX on the
     transitions table), and the publisher's one thread waited with it: the next override, which
     admin acknowledged, was obeyed by no process for as long as the lock lasted (none within 6 s).
     A round's statements now wait at most a second; the next round reads the overrides again."""
-    server.route("/down", lambda h: h.reply(500))
-    made = Publisher(interval=0.2, database="postgres")
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
     overrides = BreakerOverride.objects.using("postgres")
     transitions = BreakerTransition.objects.using("postgres")
-    try:
-        with override_settings(AIO_REQUEST=setting(server.url)):
-            assert call("billing", 3) == [500, 500, 502]
-            wait_for(transitions.exists, "the opening published")
-            with locked("django_aio_request_breakertransition", "SHARE"):
-                now = datetime.datetime.now(tz=datetime.UTC)
-                overrides.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
-                wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "force closed obeyed")
-                # Its transition now waits for the lock; the operator isolates the endpoint after all.
-                overrides.filter(client="billing").update(mode="force_open")
-                started = time.monotonic()
-                wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_OPEN, "force open obeyed")
-                obeyed = time.monotonic() - started
-                assert transitions.count() == 1  # the lock held: the forced states' transitions wait
-            assert obeyed < 3.0
-            # Once the lock went, the transitions waiting are written.
-            wait_for(lambda: transitions.filter(to_state="forced_open").exists(), "the transitions published")
-    finally:
-        made.stop()
+    with locked("django_aio_request_breakertransition", "SHARE"):
+        now = datetime.datetime.now(tz=datetime.UTC)
+        overrides.create(client="billing", endpoint=server.url, mode="force_closed", changed_at=now)
+        wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "force closed obeyed")
+        # Its transition now waits for the lock; the operator isolates the endpoint after all.
+        overrides.filter(client="billing").update(mode="force_open")
+        started = time.monotonic()
+        wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_OPEN, "force open obeyed")
+        obeyed = time.monotonic() - started
+        assert transitions.count() == 1  # the lock held: the forced states' transitions wait
+    assert obeyed < 3.0
+    # Once the lock went, the transitions waiting are written.
+    wait_for(lambda: transitions.filter(to_state="forced_open").exists(), "the transitions published")
 
 
 @pytest.mark.django_db(databases=["postgres"], transaction=True)
@@ -967,28 +974,17 @@ def test_a_prune_that_fails_waits_for_its_turn_again(
 
 
 @pytest.mark.django_db(databases=["postgres"], transaction=True)
-def test_a_lock_on_the_overrides_table_keeps_the_process_listed_in_admin(
-    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_lock_on_the_overrides_table_keeps_the_process_listed_in_admin(publishing_to_postgres: Publisher) -> None:
     """A review: with the overrides' table locked for 7 s, every round waited on its first read, no
     report was written, and the process's rows expired after 5 s; an operator's action, once the
     lock went, found "no live process" and changed nothing. The reports are now written though the
     read failed."""
-    server.route("/down", lambda h: h.reply(500))
-    made = Publisher(interval=0.2, database="postgres")
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
     reports = BreakerReport.objects.using("postgres")
-    try:
-        with override_settings(AIO_REQUEST=setting(server.url)):
-            assert call("billing", 3) == [500, 500, 502]
-            wait_for(reports.exists, "the report published")
-            with locked("django_aio_request_breakeroverride", "ACCESS EXCLUSIVE"):
-                time.sleep(made.heartbeat_ttl + 1.0)  # longer than a report lives unless written again
-                alive = reports.filter(expires_at__gt=timezone.now()).count()
-            assert alive == 1
-            assert BreakerStatus.objects.using("postgres").filter(client="billing").exists()
-    finally:
-        made.stop()
+    with locked("django_aio_request_breakeroverride", "ACCESS EXCLUSIVE"):
+        time.sleep(publishing_to_postgres.heartbeat_ttl + 1.0)  # longer than a report lives unless written again
+        alive = reports.filter(expires_at__gt=timezone.now()).count()
+    assert alive == 1
+    assert BreakerStatus.objects.using("postgres").filter(client="billing").exists()
 
 
 @pytest.mark.django_db

@@ -31,6 +31,7 @@ from django_aio_request.transport.requests_transport import (
     X_UNREADABLE_CODING,
     _is_timeout,
 )
+from tests.support import loopback
 from tests.support.loopback import LoopbackServer, free_port
 from tests.support.resources import eventually, open_fds
 
@@ -207,24 +208,9 @@ def test_unresolvable_host(no_leaks: None) -> None:
 
 @pytest.fixture
 def full_backlog() -> Iterator[int]:
-    """A port whose listener never accepts and whose accept queue is full: on Linux the kernel drops
-    further SYNs (tcp_abort_on_overflow=0), so a connect hangs as to a non-routable address."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        sock = socket.socket()
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect(("127.0.0.1", port))
-        fillers.append(sock)
-    time.sleep(0.05)
-    yield port
-    for sock in fillers:
-        sock.close()
-    listener.close()
+    """A port whose accept queue is full: a connect to it hangs."""
+    with loopback.full_backlog() as listener:
+        yield listener.getsockname()[1]
 
 
 def test_connect_timeout(full_backlog: int, no_leaks: None) -> None:

@@ -297,6 +297,31 @@ def stop_server(process: "subprocess.Popen[Any]", timeout: float = 15.0) -> None
 
 
 @contextlib.contextmanager
+def full_backlog() -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1 that has accepted nothing and whose accept queue is full: on Linux the
+    kernel drops further SYNs (tcp_abort_on_overflow=0), so a connect hangs as to a non-routable
+    address, its SYN sent again after 1 s. Accepting from it frees the queue."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.05)
+    try:
+        yield listener
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+@contextlib.contextmanager
 def silent_listener() -> Iterator[int]:
     """A TCP port on 127.0.0.1 that accepts connections and never says a word (a stuck TLS server,
     a frozen database); the connections are closed on exit."""

@@ -13,7 +13,7 @@ import pytest
 from django_aio_request import Cancellation, Client, Deadline, RequestsTransport, get, setup, single_attempt_strategy
 from django_aio_request.core.response import UnreachedResponse, UnsentResponse
 from django_aio_request.transport.deadline_timer import deadline_timer
-from tests.support.loopback import Handler, LoopbackServer, trickle
+from tests.support.loopback import Handler, LoopbackServer, full_backlog, trickle
 
 #: The spec's hard bound: a trickling server may hold the caller at most this long past the deadline.
 OVERSHOOT = 0.05
@@ -256,17 +256,11 @@ def test_an_attempt_whose_slot_frees_with_less_than_the_threshold_left_is_not_se
 def late_accepting_port() -> Iterator[tuple[int, list[bytes]]]:
     """A port whose accept queue is full for its first 0.5 s (a connect's SYN is dropped, and sent
     again by the kernel 1 s later), then accepted from: what each connection sent is listed."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
+    with full_backlog() as listener:
+        yield from _accepting_late(listener)
+
+
+def _accepting_late(listener: socket.socket) -> Iterator[tuple[int, list[bytes]]]:
     received: list[bytes] = []
     stop = threading.Event()
 
@@ -287,13 +281,9 @@ def late_accepting_port() -> Iterator[tuple[int, list[bytes]]]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    time.sleep(0.05)
-    yield port, received
+    yield listener.getsockname()[1], received
     stop.set()
     thread.join(5)
-    for filler in fillers:
-        filler.close()
-    listener.close()
 
 
 def test_an_attempt_connected_with_less_than_the_threshold_left_is_not_sent(
