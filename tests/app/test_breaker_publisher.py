@@ -876,31 +876,6 @@ def test_prune_drops_old_history_and_dead_processes(publisher: Publisher) -> Non
     assert BreakerTransition.objects.count() == 1
 
 
-@pytest.mark.django_db(databases=["postgres"], transaction=True)
-def test_the_thread_publishes_and_obeys_within_seconds(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real thread, started by building the client, with its own database connection (on
-    PostgreSQL: the thread leaves SQLite in memory alone while tests run, see the test after)."""
-    server.route("/down", lambda h: h.reply(500))
-    made = Publisher(interval=0.2, database="postgres")
-    monkeypatch.setattr(breaker_publisher, "publisher", made)
-    try:
-        with override_settings(AIO_REQUEST=setting(server.url)):
-            assert call("billing", 3) == [500, 500, 502]
-            assert made.running
-            status = BreakerStatus.objects.using("postgres")
-            wait_for(lambda: status.filter(state="open").exists(), "the open breaker published")
-            wait_for(BreakerTransition.objects.using("postgres").exists, "the transition published")
-            now = datetime.datetime.now(tz=datetime.UTC)
-            BreakerOverride.objects.using("postgres").create(
-                client="billing", endpoint=server.url, mode="force_closed", changed_at=now
-            )
-            wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "the override obeyed")
-            wait_for(lambda: status.filter(state="forced_closed").exists(), "the forced state shown")
-    finally:
-        made.stop()
-    assert not made.running
-
-
 @pytest.fixture
 def publishing_to_postgres(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Publisher]:
     """The process's publisher, on the "postgres" database every 0.2 s, with billing's circuit opened
@@ -915,6 +890,24 @@ def publishing_to_postgres(server: LoopbackServer, monkeypatch: pytest.MonkeyPat
             yield made
     finally:
         made.stop()
+    assert not made.running
+
+
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
+def test_the_thread_publishes_and_obeys_within_seconds(
+    server: LoopbackServer, publishing_to_postgres: Publisher
+) -> None:
+    """The real thread, started by building the client, with its own database connection (on
+    PostgreSQL: the thread leaves SQLite in memory alone while tests run, see the test after)."""
+    assert publishing_to_postgres.running
+    status = BreakerStatus.objects.using("postgres")
+    wait_for(lambda: status.filter(state="open").exists(), "the open breaker published")
+    now = datetime.datetime.now(tz=datetime.UTC)
+    BreakerOverride.objects.using("postgres").create(
+        client="billing", endpoint=server.url, mode="force_closed", changed_at=now
+    )
+    wait_for(lambda: breaker().state[server.url] is CircuitState.FORCED_CLOSED, "the override obeyed")
+    wait_for(lambda: status.filter(state="forced_closed").exists(), "the forced state shown")
 
 
 @pytest.mark.django_db(databases=["postgres"], transaction=True)
