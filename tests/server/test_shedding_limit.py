@@ -122,6 +122,24 @@ def test_one_window_of_a_slower_page_served_alone_does_not_let_the_cheap_page_qu
     assert max(simulation.seen[-900:]) == 1
 
 
+def test_after_views_that_compute_views_that_wait_grow_the_limit_within_seconds() -> None:
+    """A review: 10 s of cheap views that compute (the limit at 1, its growths failing, so tried every
+    16 windows), then views of 100 ms that wait, 40 callers: the probe measured the new views, and
+    still the limit waited out the old patience at 1, 10 requests a second, all else refused (4-12 s
+    under uvicorn, high priority included). The patience starts again with the views."""
+    limit = adaptive(maximum=64, probe_interval=30.0)
+    simulation = Simulation(limit, 0.01, cpu=True)
+    while simulation.now < 10.0:
+        simulation.run(1, busy=4)
+    assert (limit.current, limit._patience) == (1, AdaptiveLimit.MAX_PATIENCE)  # what the review's trace showed
+    switched = simulation.now
+    simulation.service, simulation.cpu = 0.1, False
+    while limit.current < 20:
+        simulation.run(1, busy=40)
+    assert simulation.now - switched < 5.0  # 8.1 s before (simulated time)
+    assert limit.min_rtt == pytest.approx(0.1)
+
+
 def test_requests_admitted_before_a_probe_do_not_count_in_it() -> None:
     limit = adaptive()
     for _ in range(4):

@@ -233,7 +233,12 @@ class AdaptiveLimit:
         self.current = self.minimum
 
     def _end_probe(self, now: float) -> None:
-        self.min_rtt = statistics.median(self._probe_samples)
+        before, self.min_rtt = self.min_rtt, statistics.median(self._probe_samples)
+        if before is not None and not before / self.tolerance <= self.min_rtt <= self.tolerance * before:
+            # Other views now: the growths that failed against the old latency say nothing of these,
+            # and waiting out their patience kept a limit of 1 for 8-16 windows (a review: 4-12 s of
+            # 100 ms views refused after a start served 10 ms ones, high priority included).
+            self._patience, self._good, self._grew = 1, 0, False
         self._probe_began = None
         self._begin_window()
         self.current = self.learned
