@@ -270,6 +270,7 @@ def _share_seen(stores: Any, namespace: str, sampling: float) -> float:
     return sum(seen) / sum(made)
 
 
+@pytest.mark.same_on_every_django  # the store's timing; W004's check runs on both (tests/conf)
 def test_a_sampling_period_of_a_few_sync_rounds_counts_little_of_another_process_s_outcomes(
     redis: None, stores: Any
 ) -> None:
