@@ -31,8 +31,10 @@ demo: $(STAMP)
 # about 55% busy), 300 s with four (65% busy; the tests' own times summed 7% more: 1,055 s against
 # 989 s). The longest files are collected first (LONGEST_FIRST, tests/conftest.py): collected late, a
 # 130 s file could begin when the others were nearly done (the suite took 350 s, then 317 s with
-# them first, in two CI runs on one VM). TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= 4
+# them first, in two CI runs on one VM). On an AMD EPYC VM (2026-12-06) the suite's tests took 1,326 s
+# in all, 350 s over four processes, the two CPUs about 70% busy, and CI took 582-602 s of its 600: five
+# processes use some of the rest. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 5
 # The 15 slowest tests are printed at the end of each run: CI has 10 minutes, and they are where
 # time can be won back.
 PARALLEL := -n $(TEST_WORKERS) --dist loadfile --durations=15

@@ -572,7 +572,7 @@ class RequestsTransport(Transport):
         with self._slots:
             while guard.reason is None:
                 left = guard.remaining()
-                if left <= 0 or left < threshold:
+                if too_little_to_send(left):
                     return False
                 if self._free_slots:
                     self._free_slots -= 1
