@@ -76,7 +76,7 @@ def test_a_function_that_raises_does_not_stop_the_others(caplog: pytest.LogCaptu
 
 def test_many_threads_adding_and_taking_back_lose_none() -> None:
     """32 threads, each adding functions due 0-60 ms ahead and taking back a random half at once:
-    every one kept runs once, none taken back runs."""
+    every one kept runs once, none taken back in time runs."""
     clock = HedgeClock()
     kept: set[int] = set()
     ran: list[int] = []
@@ -92,9 +92,9 @@ def test_many_threads_adding_and_taking_back_lose_none() -> None:
                     ran.append(key)
 
             take_back = clock.add(time.monotonic() + rng.uniform(0, 0.06), run)
-            if rng.random() < 0.5:
-                take_back()
-            else:
+            # Taken back too late (this thread kept off the CPU past the function's time, on a
+            # loaded CI machine: 1 of 1,600 once), it has run or is running: take_back says so.
+            if rng.random() >= 0.5 or take_back() is None:
                 with lock:
                     kept.add(key)
 
@@ -107,7 +107,7 @@ def test_many_threads_adding_and_taking_back_lose_none() -> None:
     while len(clock) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)
-    assert sorted(ran) == sorted(kept)  # the ones taken back after their time came ran: none here
+    assert sorted(ran) == sorted(kept)
     assert len(ran) == len(set(ran))
 
 
