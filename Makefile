@@ -87,11 +87,20 @@ $(VENV42)/.installed-stamp: pyproject.toml
 # and calls Django's cache backends through the API both releases share; the publisher's tests with a
 # shared cache and the cache checks (tests/conf) run on both. And the metrics (tests/metrics, 29 s):
 # prometheus-client's and django-prometheus's, recorded through middleware Django calls alike in both
-# releases; the server tests (tests/server) run the middleware on both. CI took 582-602 s of its 600
-# with these in (2026-12-06, AMD EPYC; the suite 392 s beside the wheel smoke test, this run 144-147 s).
+# releases; the server tests (tests/server) run the middleware on both. CI took 582-614 s of its 600
+# with these in (2026-12-06, AMD EPYC; the suite 392-420 s beside the wheel smoke test, this run
+# 143-147 s), so the 4.2 run was cut to what meets Django most: the app (admin, the publisher, named
+# clients, migrations), the settings' checks, the middleware, the ORM's statement bound
+# (test_database.py, test_database_middleware.py), ASGI and the async stack. Left out for time: the
+# database bound under real servers and severed connections, the view timeout, the settings fuzz and
+# the demo's admin in a browser (together 108 s of tests; admin's pages are read on 4.2 through
+# Django's test client, tests/app/test_breaker_admin.py).
 DJANGO42_SKIP := -m "not same_on_every_django" --ignore=tests/end_to_end/test_demo_ports.py \
 	--ignore=tests/end_to_end/test_demo_gc_pauses.py --ignore=tests/end_to_end/test_demo_chain.py \
-	--ignore=tests/breaker/test_cache_store.py --ignore=tests/breaker/test_hanging_cache.py --ignore=tests/metrics --ignore=tests/core --ignore=tests/transport --ignore=tests/strategies --ignore=tests/benchmarks \
+	--ignore=tests/breaker/test_cache_store.py --ignore=tests/breaker/test_hanging_cache.py --ignore=tests/metrics \
+	--ignore=tests/server/test_database_servers.py --ignore=tests/server/test_database_severed.py \
+	--ignore=tests/server/test_view_timeout.py --ignore=tests/server/test_database_app_timeout.py \
+	--ignore=tests/end_to_end/test_fuzz.py --ignore=tests/end_to_end/test_demo_browser.py --ignore=tests/core --ignore=tests/transport --ignore=tests/strategies --ignore=tests/benchmarks \
 	--ignore=tests/server/test_priority_worker_releases.py --ignore=tests/server/test_shedding_servers.py \
 	--ignore=tests/server/test_shedding_long_requests.py --ignore=tests/server/test_priority_worker.py \
 	--ignore=tests/end_to_end/test_faults.py --ignore=tests/end_to_end/test_leaks.py \
