@@ -13,10 +13,10 @@ never saturates, so neither safety rule has anything to do. Here the downstream 
   deadline, GETs at normal priority; open loop: call ``k`` is due at a fixed time, runs on one of
   ``--callers`` (64) threads, and its latency counts from when it was due.
 
-First a calibration: 4 s of single attempts in a closed loop from ``2 x --threads`` callers, the
-capacity C (calls answered 200 a second). Then for each load in ``--loads`` (0.5, 1.0, 1.5 of C),
-three runs in an order that turns round from load to load (ABC, CBA, ...), billing restarted for
-each (its learned limit fresh):
+First a calibration: ``--calibrate-seconds`` (4) s of single attempts in a closed loop from
+``2 x --threads`` callers, the capacity C (calls answered 200 a second). Then for each load in ``--loads``
+(0.5, 1.0, 1.5 of C), three runs in an order that turns round from load to load (ABC, CBA, ...),
+billing restarted for each (its learned limit fresh):
 
 * ``single``: one attempt;
 * ``hedged``: 2 attempts, the second after the p90 of recent latencies but not before 20 ms,
@@ -25,18 +25,19 @@ each (its learned limit fresh):
   lowest and above half the 20 ms floor);
 * ``hedged, no ratio``: the same without ``saturation_ratio``: what the ratio holds back.
 
-Each run: 2 s at half of C from another client (billing's own start: its limit probing, some
-refusals; learned from, they would hold the hedge delay at the 150 ms tail for 2,000 calls), then
-``--warmup`` (3) s at half of C (billing learns its limit, the client its delay, both unloaded),
-then ``--seconds`` (8) measured at the run's load. Figures: calls answered 200 within the deadline
-(ok) and their p50/p99 from when they were due; hedges per call and budget refusals (the client's
-``aio_request_attempts_total{attempt="1"}`` and ``aio_request_retry_budget_exhausted_total``);
-billing's 503s (``aio_request_server_shed_total``) at normal priority per first attempt and at low
-priority per hedge: a hedge is shed first when its share is the larger; "held" is the share of
-samples (every 0.1 s) in which ``saturation_ratio`` held the hedge back.
+Each run: ``--billing-warmup`` (2) s at half of C from another client (billing's own start: its
+limit probing, some refusals; learned from, they would hold the hedge delay at the 150 ms tail for
+2,000 calls), then ``--warmup`` (3) s at half of C (billing learns its limit, the client its delay,
+both unloaded), then ``--seconds`` (8) measured at the run's load. Figures: calls answered 200
+within the deadline (ok) and their p50/p99 from when they were due; hedges per call and budget
+refusals (the client's ``aio_request_attempts_total{attempt="1"}`` and
+``aio_request_retry_budget_exhausted_total``); billing's 503s (``aio_request_server_shed_total``) at
+normal priority per first attempt and at low priority per hedge: a hedge is shed first when its
+share is the larger; "held" is the share of samples (every 0.1 s) in which ``saturation_ratio`` held
+the hedge back.
 
     .venv/bin/python -m benchmarks.hedge_safety [--loads 0.5,1.0,1.5] [--seconds 8] [--warmup 3] [--threads 4]
-        [--cpu-ms 3] [--slow 0.05] [--slow-ms 150] [--callers 64]
+        [--cpu-ms 3] [--slow 0.05] [--slow-ms 150] [--callers 64] [--calibrate-seconds 4] [--billing-warmup 2]
 """
 
 import argparse
@@ -61,8 +62,6 @@ from benchmarks._stats import percentile
 
 DEADLINE = 1.0
 WARMUP_LOAD = 0.5
-BILLING_WARMUP_SECONDS = 2.0
-CALIBRATE_SECONDS = 4.0
 SAMPLE_EVERY = 0.1
 VARIANTS = ("single", "hedged", "hedged, no ratio")
 
@@ -215,7 +214,7 @@ def measure(variant: str, load: float, capacity: float, args: argparse.Namespace
         # measured client meets a billing that is already running, as callers in service do.
         starter, _ = make_client("single", url + "/")
         try:
-            open_loop(starter, path, WARMUP_LOAD * capacity, BILLING_WARMUP_SECONDS, args.callers)
+            open_loop(starter, path, WARMUP_LOAD * capacity, args.billing_warmup, args.callers)
         finally:
             starter.close()
         client, delays = make_client(variant, url + "/", args.stragglers_only)
@@ -250,7 +249,7 @@ def calibrate(args: argparse.Namespace, config: dict[str, Any]) -> float:
         client, _ = make_client("single", url + "/")
         try:
             closed_loop(client, path, 1.0, 2 * args.threads)
-            return closed_loop(client, path, CALIBRATE_SECONDS, 2 * args.threads) / CALIBRATE_SECONDS
+            return closed_loop(client, path, args.calibrate_seconds, 2 * args.threads) / args.calibrate_seconds
         finally:
             client.close()
 
@@ -281,6 +280,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds at 0.5 C first (3)")
     parser.add_argument("--threads", type=int, default=4, help="billing's gthread threads (4)")
     parser.add_argument(
+        "--calibrate-seconds", type=float, default=4.0, help="seconds of the closed loop that measures C (4)"
+    )
+    parser.add_argument(
+        "--billing-warmup", type=float, default=2.0, help="seconds at 0.5 C from another client at billing's start (2)"
+    )
+    parser.add_argument(
         "--worker",
         choices=tuple(WORKER_KINDS),
         default="gthread",
@@ -305,6 +310,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         not all(0 < x <= 5 for x in args.loads)
         or not 0 < args.seconds <= 600
         or not 0 < args.warmup <= 60
+        or not 0 < args.calibrate_seconds <= 60
+        or not 0 < args.billing_warmup <= 60
         or not 1 <= args.threads <= 128
         or not 0 <= args.cpu_ms <= 1000
         or not 0 <= args.slow <= 1

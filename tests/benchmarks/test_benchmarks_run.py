@@ -64,7 +64,10 @@ def test_hedge_parts_runs_every_step_from_a_single_attempt_to_the_parallel_strat
 
 
 def test_hedge_safety_runs_every_variant_at_a_load() -> None:
-    out = _run("benchmarks.hedge_safety", "--loads", "1.0", "--seconds", "1", "--warmup", "1")
+    out = _run(
+        "benchmarks.hedge_safety",
+        *("--loads", "1.0", "--seconds", "1", "--warmup", "0.5", "--calibrate-seconds", "1", "--billing-warmup", "0.5"),
+    )
     assert "capacity C (single attempts, closed loop, 8 callers)" in out
     for variant in ("| single |", "| hedged |", "| hedged, no ratio |"):
         assert variant in out
