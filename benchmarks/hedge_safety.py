@@ -245,11 +245,12 @@ def measure(variant: str, load: float, capacity: float, args: argparse.Namespace
 
 def calibrate(args: argparse.Namespace, config: dict[str, Any]) -> float:
     path = f"tail?ms={args.cpu_ms:g}&slow={args.slow:g}&slow_ms={args.slow_ms:g}"
+    seconds: float = args.calibrate_seconds
     with server(WORKER_KINDS[args.worker], args.threads, config) as url:
         client, _ = make_client("single", url + "/")
         try:
             closed_loop(client, path, 1.0, 2 * args.threads)
-            return closed_loop(client, path, args.calibrate_seconds, 2 * args.threads) / args.calibrate_seconds
+            return closed_loop(client, path, seconds, 2 * args.threads) / seconds
         finally:
             client.close()
 
