@@ -40,7 +40,7 @@ from django_aio_request.server.database import (
 from django_aio_request.server.log_text import escaped
 from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
-from django_aio_request.server.socket_peek import hung_up
+from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, hung_up
 from django_aio_request.server.view_timeout import ClampedDeadline, DefaultDeadline, _canceller, deadline_answer_headers
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
@@ -74,8 +74,6 @@ _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}
 _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
-# The status a request whose caller hung up is recorded with (nginx's "client closed request").
-CLIENT_CLOSED_REQUEST = 499
 
 
 # The values parse_timeout() accepted, and their seconds: a request carrying one of them again is

@@ -71,6 +71,10 @@ def _peek_with_socket(sock: Any, size: int) -> bytes | None:
         return b""
 
 
+#: The status a request whose caller hung up is recorded with (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
+
+
 def hung_up(sock: Any) -> bool:
     """Whether the peer of ``sock``, a plain TCP socket, has closed it (the end of the stream or a
     reset, with nothing of it left unread). False whenever that cannot be told: a TLS socket (its
