@@ -22,6 +22,9 @@ these things and nothing else:
   request whose time ran out in the queue is refused then, on a thread of its own if every thread
   is busy (else it waited for the next free thread: 2.8 s for a 2 s deadline behind a 3 s view, a
   review), so nothing waits in the queue past its caller's deadline;
+* a request whose caller hung up while it queued runs no view: answered 499 for nobody, recorded in
+  ``aio_request_server_latency`` as the middleware records a caller that left while it waited for a
+  slot (:func:`_caller_left`);
 * a request without a valid ``X-Request-Timeout`` has no deadline in the queue, as in the
   middleware's (``TIMEOUT`` is a default nobody waits for): it never expires, so it is never taken
   ahead of better priorities, and it comes after the requests of its priority that have one.
@@ -68,7 +71,7 @@ from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, ran_expired, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
-from django_aio_request.server.socket_peek import peek
+from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, hung_up, peek
 from django_aio_request.server.view_timeout import RECEIVED_TIMEOUT
 
 __all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
@@ -93,6 +96,7 @@ QUEUE_TIMEOUT_SLACK = 0.01
 #: on an idle worker was refused (1-5 % at 1 ms). None was at 5 ms.
 MIN_QUEUE_BOUND = 0.005
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
+META_SOCKET = "gunicorn.socket"  # the connection's socket, in the environ of gunicorn's workers
 REASON_QUEUE_TIMEOUT = "queue_timeout"  # the limiter's reason: waited as long as a request may for a slot
 logger = logging.getLogger(__name__)
 _NAMES = {rank: priority.value for priority, rank in RANK.items()}
@@ -218,6 +222,8 @@ class QueueWaitApp:
         waited = take_queued_for()
         if waited > 0:
             try:
+                if hung_up(environ.get(META_SOCKET)):
+                    return _caller_left(environ, start_response, waited)
                 refused = self._take_off(waited, environ, start_response, expired=ran_expired())
             except Exception:  # settings that do not load, an app that is not Django: as received
                 if not self._failed:
@@ -310,6 +316,21 @@ def _refuse(
     if reason != REASON_QUEUE_TIMEOUT or (left is not None and left < retry_after):
         headers.insert(1, ("X-Do-Not-Retry", "1"))
     start_response("503 Service Unavailable", headers)
+    return [b""]
+
+
+def _caller_left(environ: dict[str, Any], start_response: Callable[..., Any], waited: float) -> Iterable[bytes]:
+    """The answer to a request whose caller hung up while it queued: its view would run for nobody,
+    holding a thread from the callers still waiting (a review: on one thread, a live caller waited
+    out the view of one that had left). Recorded as the middleware records a caller that left while
+    it waited for a slot: in ``aio_request_server_latency`` as a 499 with no route, timed by its wait;
+    not in ``aio_request_server_shed_total`` (nothing was refused). Nobody reads the answer."""
+    logger.debug("its caller went away while it queued: %s", environ.get("REQUEST_METHOD"))
+    if METRICS_ENABLED:
+        service, method = environ.get("HTTP_X_SERVICE_NAME"), environ.get("REQUEST_METHOD")
+        observation = (service, method, metrics.UNMATCHED_ROUTE, CLIENT_CLOSED_REQUEST, current.settings.known_services)
+        metrics.server_observations.add((*observation, waited))
+    start_response(f"{CLIENT_CLOSED_REQUEST} Client Closed Request", [("Content-Length", "0"), ("Connection", "close")])
     return [b""]
 
 

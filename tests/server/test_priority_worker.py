@@ -601,6 +601,36 @@ def test_a_request_that_outwaits_its_timeout_in_the_queue_is_shed_without_runnin
 
 
 @pytest.mark.timeout(120)
+def test_a_request_whose_caller_hung_up_while_it_queued_runs_no_view_and_is_recorded_as_a_499() -> None:
+    """On one thread, a queued request whose caller then hung up ran its view for nobody once the
+    thread was free, and the live caller queued behind it waited that view out too."""
+    with server(WORKER, 1, {"shedding": None}) as url:
+        port = int(url.rsplit(":", 1)[1])
+        busy, busy_answer = in_background(url, "/sleep?ms=600", {"X-Request-Timeout": "10"})
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(b"GET /sleep?ms=1000 HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 5\r\n\r\n")
+            time.sleep(0.1)  # queued behind the busy one
+        live, live_answer = in_background(url, "/sleep?ms=10", {"X-Request-Timeout": "5"})
+        for thread in (busy, live):
+            thread.join(10)
+        live_took = live_answer[0][3]
+        time.sleep(0.3)  # the 499's latency is recorded off the request path
+        samples = scrape(url)
+    labels = (("request_client", "unknown"), ("request_method", "GET"))
+    count = "aio_request_server_latency_count"
+    ran = samples.get((count, (*labels, ("request_path", "sleep"), ("response_status", "200"))), 0)
+    left = samples.get((count, (*labels, ("request_path", "<unmatched>"), ("response_status", "499"))), 0)
+    shed = sum(v for (name, _), v in samples.items() if name == "aio_request_server_shed_total")
+    assert busy_answer[0][0] == live_answer[0][0] == 200
+    assert ran == 2  # the busy one's view and the live one's: not the 1 s view of the caller that left
+    assert left == 1
+    assert shed == 0  # nothing was refused
+    # The live caller waited for the busy view's last 0.4 s or so, not for the abandoned 1 s view too.
+    assert live_took < 1.0, live_took
+
+
+@pytest.mark.timeout(120)
 def test_a_connection_its_caller_closed_is_no_request_in_the_queue_metrics() -> None:
     # The close of each connection (queued to the pool so that a thread closes it) was recorded in
     # aio_request_server_thread_queue_wait_seconds as a request at the default priority: 20 high
