@@ -6,6 +6,7 @@ must be process-wide to be of any use.
 """
 
 import atexit
+import copy
 import functools
 import os
 import threading
@@ -47,7 +48,7 @@ class _Build:
     """A client of one name being made, or made and its ``client_built`` receivers running, in the thread
     that builds it."""
 
-    __slots__ = ("client", "done", "made", "patience", "replaced", "thread")
+    __slots__ = ("client", "done", "failed", "made", "patience", "replaced", "thread")
 
     def __init__(self, patience: float = BUILD_WAIT, replaced: "_Build | None" = None) -> None:
         self.replaced = replaced  # the build this one was made in place of: its waiters are woken with this one's
@@ -56,7 +57,20 @@ class _Build:
         self.patience = patience  # how long a looking thread waits for it to be made before making one in its place
         self.thread = threading.get_ident()
         self.made = threading.Event()  # made (or its making failed): whoever waits looks again
+        self.failed: Exception | None = None  # what its making raised: the threads that waited for it raise it too
         self.done = threading.Event()  # its client_built receivers ran
+
+
+def _again(error: Exception) -> Exception:
+    """``error``, to raise in another thread than the one it was raised in: a copy (one exception
+    raised in several threads at once gathers their tracebacks into one), caused by the original,
+    which keeps the making's traceback. The original itself when it cannot be copied."""
+    try:
+        again = copy.copy(error)
+    except Exception:
+        return error
+    again.__cause__ = error
+    return again
 
 
 class ClientsHandler:
@@ -138,6 +152,12 @@ class ClientsHandler:
             else:
                 waited = build
                 build.made.wait(build.patience)
+                if build.failed is not None:
+                    # The making this thread waited for failed: its error, not a making of its own.
+                    # Each waiting thread made its own one after another before, each waiting out
+                    # the one before it (16 threads and a classifier failing after 1.2 s: the last
+                    # heard of it after 17.6 s). A later look-up makes it again.
+                    raise _again(build.failed)
 
     @classmethod
     def _own_build(cls, name: str, build: _Build | None, waited: _Build | None) -> _Build | None:
@@ -189,6 +209,12 @@ class ClientsHandler:
                     waited_on = waited_on.replaced
                 build.client = made
                 self._building[name] = build
+            elif kept is build:
+                # Not kept, and still listed as being made (the setting or CACHES changed meanwhile,
+                # or a test's fake took the name): left there, it made this thread's next look-up
+                # raise the RuntimeError of a client looked up by its own making, at every look-up
+                # until another thread made it (a review).
+                del self._building[name]
         build.made.set()
         if keep:
             return self._announce(name, build, made)
@@ -199,10 +225,12 @@ class ClientsHandler:
         """``build_client()``, outside the lock; when it raises, ``build`` leaves the registry."""
         try:
             return build_client(spec, service_name)
-        except BaseException:
+        except BaseException as error:
             with self._lock:
                 if self._building.get(name) is build:
                     del self._building[name]
+            if isinstance(error, Exception):  # not a KeyboardInterrupt of this thread's: the waiters look again
+                build.failed = error
             build.made.set()
             raise
 

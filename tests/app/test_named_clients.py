@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
@@ -561,6 +562,7 @@ class CountedClassifier(django_aio_request.DefaultResponseClassifier):
     gate: threading.Event | None = None
     looks_itself_up = False
     takes = 0.0  # seconds every making takes (the first also waits for the gate)
+    fails = False  # every making raises ConnectionError once it took its time
 
     def __init__(self) -> None:
         super().__init__()
@@ -571,17 +573,19 @@ class CountedClassifier(django_aio_request.DefaultResponseClassifier):
         if first and CountedClassifier.gate is not None:
             CountedClassifier.gate.wait(10)
         time.sleep(CountedClassifier.takes)
+        if CountedClassifier.fails:
+            raise ConnectionError("the classifier's rules could not be fetched")
 
 
 @pytest.fixture
 def counted() -> Iterator[type[CountedClassifier]]:
     CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
-    CountedClassifier.takes = 0.0
+    CountedClassifier.takes, CountedClassifier.fails = 0.0, False
     yield CountedClassifier
     if CountedClassifier.gate is not None:
         CountedClassifier.gate.set()
     CountedClassifier.made, CountedClassifier.gate, CountedClassifier.looks_itself_up = [], None, False
-    CountedClassifier.takes = 0.0
+    CountedClassifier.takes, CountedClassifier.fails = 0.0, False
 
 
 COUNTED = "tests.app.test_named_clients.CountedClassifier"
@@ -681,6 +685,71 @@ def test_a_failed_making_raises_where_it_was_made_and_the_next_lookup_makes_the_
         client = clients["billing"]
         assert clients["billing"] is client
         assert len(counted.made) == 2
+
+
+def test_threads_that_waited_for_a_making_that_failed_hear_of_its_error_not_make_one_each(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """Each thread woken by a failed making made its own, one after another, each waiting out the one
+    before it: 16 threads and a classifier failing after 1.2 s, the last heard of it after 17.6 s (a
+    review). They raise the making's error now; a later look-up makes the client again."""
+    counted.takes, counted.fails = 0.3, True
+    errors: list[tuple[BaseException, float]] = []
+
+    def look_up() -> None:
+        try:
+            clients["billing"]
+        except ConnectionError as error:
+            errors.append((error, time.monotonic() - started))
+
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        threads = [threading.Thread(target=look_up) for _ in range(16)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(errors) == 16
+        assert len(counted.made) == 1
+        assert max(took for _, took in errors) < 1.0, sorted(took for _, took in errors)
+        # Each thread raised an error of its own, caused by the making's (which keeps its traceback).
+        made = next(e for e, _ in errors if e.__cause__ is None)
+        others = [e for e, _ in errors if e is not made]
+        assert len({id(e) for e in others}) == 15
+        assert all(e.__cause__ is made and str(e) == str(made) for e in others)
+        counted.fails = False
+        assert clients["billing"] is clients["billing"]
+        assert len(counted.made) == 2
+
+
+def test_a_making_not_kept_for_a_settings_change_leaves_its_thread_free_to_make_the_client(
+    server: LoopbackServer, counted: type[CountedClassifier]
+) -> None:
+    """A making the thread did not keep (CACHES changed meanwhile) stayed listed as being made, by that
+    thread: its next look-ups all raised the RuntimeError of a client looked up by its own making."""
+    counted.gate = threading.Event()
+    with override_settings(AIO_REQUEST=setting(server.url, RESPONSE_CLASSIFIER=COUNTED)):
+        got: list[object] = []
+        errors: list[BaseException] = []
+
+        def look_up_twice() -> None:
+            try:
+                got.extend([clients["billing"], clients["billing"]])
+            except Exception as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=look_up_twice)
+        thread.start()
+        while not counted.made:
+            time.sleep(0.01)
+        with override_settings(CACHES=dict(settings.CACHES)):
+            pass  # the settings' generation moves on: the making under way is not kept
+        counted.gate.set()
+        thread.join(10)
+        assert errors == []
+        assert len(got) == 2
+        assert got[0] is got[1] is clients["billing"]
+        assert len(counted.made) == 2  # the one not kept, and the one made again
 
 
 def one_client_in_threads(count: int, look_up: Callable[[], object], *, timeout: float = 10) -> list[object]:
