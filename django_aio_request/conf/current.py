@@ -6,6 +6,8 @@ they need a value. Invalid settings raise ``ImproperlyConfigured`` listing every
 checks (``checks.py``) read the same setting through the same reader and report instead.
 """
 
+import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
@@ -68,8 +70,13 @@ class _ReadOnce(Generic[T]):
         value = self._read(instance)
         # Not kept either: settings read while a module they name was half imported (reader.Deferred);
         # the next read, once it is imported, checks what they name.
-        if instance._generation == generation and not getattr(value, "provisional", False):
-            value = instance.__dict__.setdefault(self._name, value)
+        if not getattr(value, "provisional", False):
+            # The look at the generation and the store in one step, as reset() bumps and drops: a
+            # reset() between them dropped nothing yet stored, and the old settings stayed for good
+            # (a review). Taken only by a read that found nothing kept.
+            with instance._storing:
+                if instance._generation == generation:
+                    value = instance.__dict__.setdefault(self._name, value)
         return value
 
 
@@ -115,13 +122,22 @@ class CurrentSettings:
             return self.settings.database_statement_timeout  # raises, listing every problem
         return alone.database_statement_timeout
 
+    def __init__(self) -> None:
+        self._renew_lock()
+
+    def _renew_lock(self) -> None:
+        self._storing = threading.Lock()  # a kept read's store, against reset()
+
     def reset(self) -> None:
-        self._generation += 1
-        self.__dict__.pop("settings", None)
-        self.__dict__.pop("database_statement_timeout", None)
+        with self._storing:
+            self._generation += 1
+            self.__dict__.pop("settings", None)
+            self.__dict__.pop("database_statement_timeout", None)
 
 
 current = CurrentSettings()
+# A lock another thread held at a fork would stay held in the child, and its every first read hang.
+os.register_at_fork(after_in_child=current._renew_lock)
 
 
 @receiver(setting_changed)

@@ -1,6 +1,8 @@
 """conf/current.py: the validated AIO_REQUEST is read once, again after it changes, and refused whole when invalid."""
 
+import time
 import types
+from typing import Any
 
 import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -32,6 +34,38 @@ def test_a_read_the_setting_changed_under_is_not_kept(
 
     monkeypatch.setattr(current_module, "_read", read_while_the_setting_changes)
     assert current.settings.service_name == "one"  # what this read was asked for
+    monkeypatch.setattr(current_module, "_read", read)
+    assert current.settings.service_name == "two"
+
+
+def test_a_change_between_a_read_s_last_look_at_the_generation_and_its_store_is_not_lost(
+    settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read looked at the generation, then stored what it read: a reset() in between (another
+    thread's override_settings) dropped nothing yet stored, and the old settings stayed for good (a
+    review widened the gap with a sleep). Here the change comes as the read asks whether its value is
+    provisional, the step between the two."""
+    settings.AIO_REQUEST = {"SERVICE_NAME": "one"}
+    read = current_module._read
+
+    class Racing:
+        def __init__(self, parsed: object) -> None:
+            self.parsed = parsed
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.parsed, name)
+
+        @property
+        def provisional(self) -> bool:
+            settings.AIO_REQUEST = {"SERVICE_NAME": "two"}  # setting_changed: current.reset()
+            return False
+
+    def read_racing(value: object) -> tuple[Racing, list[Any]]:
+        parsed, problems = read(value)
+        return Racing(parsed), problems
+
+    monkeypatch.setattr(current_module, "_read", read_racing)
+    current.settings  # noqa: B018 - the read the change overtakes
     monkeypatch.setattr(current_module, "_read", read)
     assert current.settings.service_name == "two"
 
@@ -103,3 +137,41 @@ def test_settings_that_broke_the_reader_raise_invalid_settings_at_the_first_use_
         clients["billing"]
     assert "an integer of 5001 digits [django_aio_request.E003]" in str(error.value)
     assert "[django_aio_request.E006]" in str(error.value)
+
+
+def test_a_child_forked_while_another_thread_stored_a_read_reads_the_settings() -> None:
+    """The lock that makes a read's store one step with reset()'s drop, held by another thread at a
+    fork, would stay held in the child: its first read after a settings change would hang for good."""
+    import os
+    import threading
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with current._storing:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        pid = os.fork()
+        if pid == 0:  # the child: its reset() and read take the lock
+            code = 1
+            try:
+                current.reset()
+                code = 0 if current.settings is not None else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid, "the child hung on the lock its parent's thread held"
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        thread.join(5)
