@@ -71,6 +71,12 @@ class Problem:
         return f"{text} [django_aio_request.{self.code}]"
 
 
+class Unlisted(dict[Any, Any]):
+    """What stands for a mapping of the setting whose keys could not be listed (its ``__iter__``
+    raised): an error where it is, and read as no mapping at all, not as an empty one (whose missing
+    ENDPOINT was another error, a false one)."""
+
+
 class Reader:
     """Collects problems while reading; each method returns a value, or None after recording why not."""
 
@@ -89,6 +95,8 @@ class Reader:
     def mapping(
         self, path: str, value: Any, allowed: tuple[str, ...] | None, hint: str | None = None
     ) -> Mapping[str, Any] | None:
+        if isinstance(value, Unlisted):
+            return None  # its error is reported where it is: nothing of it can be read
         if not isinstance(value, Mapping):
             self.fail(path, f"must be a dict, not {type(value).__name__}", hint)
             return None
@@ -390,10 +398,16 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
             if isinstance(error, ImportError) and _still_importing(value):
                 reader.provisional = True
                 return Deferred(value, what, accept)
+            if _invalid_settings(error):
+                # The module looked a client up as it was imported, and these settings' other problems
+                # refused it: those are reported by this very read. Reported here too, a module that was
+                # fine was named as one that cannot be imported, and each problem counted twice (a review).
+                reader.provisional = True
+                return Deferred(value, what, accept)
             # The error names the value ("No module named 'https://svc:pw@auth'"): such a value is
             # shown as shown() shows it, and the error's text left out.
             told = (
-                f"cannot be imported: {error_text(error)}"
+                f"cannot be imported: {_import_error_text(error)}"
                 if shown(value) == repr(value)
                 else f"{shown(value)} cannot be imported"
             )
@@ -430,6 +444,24 @@ def fields(
             )
             got[key] = None
     return got
+
+
+def _import_error_text(error: BaseException) -> str:
+    """What an import raised, for an E008: an ImportError's own text ("No module named 'x'"), any
+    other error's with its type, which its text alone may not say: a bare ``assert`` has none, a
+    ``KeyError`` is only the key, ``SystemExit(3)`` only "3"."""
+    text = error_text(error)
+    if isinstance(error, ImportError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _invalid_settings(error: BaseException) -> bool:
+    """Whether ``error`` is the InvalidSettings of a read of these settings (conf/current.py, which
+    imports this module)."""
+    from django_aio_request.conf.current import InvalidSettings
+
+    return isinstance(error, InvalidSettings)
 
 
 def error_text(error: BaseException) -> str:

@@ -26,13 +26,16 @@ from django_aio_request.conf.reader import (
     SECONDS,
     SETTING,
     SHORT_SHARED_SAMPLING,
+    UNEXPECTED,
     UNKNOWN_CACHE,
     UNKNOWN_PRIORITY,
     Field,
     Problem,
     Reader,
+    Unlisted,
     boolean,
     dotted,
+    error_text,
     fields,
     integer,
     names,
@@ -906,8 +909,8 @@ def _check_service_name(reader: Reader, service_name: object) -> None:
 
 def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]:
     """Validate the value of ``settings.AIO_REQUEST``: the settings (None if any error) and every problem."""
-    value = _without_lazy_strings(value, {})
     reader = Reader()
+    value = _without_lazy_strings(value, {}, reader, "")
     # An unset AIO_REQUEST is read as {} by its callers; None written out is no setting of its own:
     # passed as if unset, a settings file that meant to turn something off (or lost its dict to a
     # bad merge) got the defaults with nothing said.
@@ -1001,7 +1004,7 @@ def _short_shared_sampling(reader: Reader, state: str | None, clients: Mapping[s
         )
 
 
-def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]]) -> Any:
+def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]], reader: Reader, path: str) -> Any:
     """A copy of ``value`` (its mappings as dicts, its lists, tuples and sets as such) with every lazy string
     (``gettext_lazy``, ``lazy(..., str)``) in it, key or value, made the text it stands for. A lazy
     string is no ``str``, and printed like one: it was refused with messages that contradicted
@@ -1010,7 +1013,12 @@ def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]]) -> Any:
     original kept beside its copy, so that its ``id()`` names no other object while the copy is made.
     A mapping whose entries are made as they are read (each a new object, freed once read) had its
     entries' ids reused, and an entry was handed the copy of an earlier one: another client's
-    ENDPOINT, without a word."""
+    ENDPOINT, without a word.
+
+    A mapping whose look-up of a key raises (one backed by a secrets store) is an E099 at that key,
+    read as missing, at ``path`` (where ``value`` is in the setting); one whose keys cannot be listed,
+    an E099 where it is. The error made the whole read one E099 naming no key, which hid every other
+    problem of the setting (a review)."""
     from django.utils.functional import Promise
 
     if isinstance(value, Promise):
@@ -1019,18 +1027,38 @@ def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]]) -> Any:
     if seen is not None:
         return seen[1]
     if isinstance(value, Mapping):
+        try:
+            keys = list(value)
+        except Exception as error:
+            _unreadable(reader, path, error)
+            return Unlisted()
         copy: dict[Any, Any] = {}
         made[id(value)] = (value, copy)
-        for key, item in value.items():
-            copy[_without_lazy_strings(key, made)] = _without_lazy_strings(item, made)
+        for key in keys:
+            where = f"{path}[{shown(key)}]"
+            try:
+                item = value[key]
+            except Exception as error:
+                _unreadable(reader, where, error)
+                continue
+            copy[_without_lazy_strings(key, made, reader, where)] = _without_lazy_strings(item, made, reader, where)
         return copy
     if isinstance(value, list):
         items: list[Any] = []
         made[id(value)] = (value, items)
-        items.extend(_without_lazy_strings(item, made) for item in value)
+        items.extend(_without_lazy_strings(item, made, reader, f"{path}[{n}]") for n, item in enumerate(value))
         return items
     if isinstance(value, tuple):
-        return tuple(_without_lazy_strings(item, made) for item in value)
+        return tuple(_without_lazy_strings(item, made, reader, f"{path}[{n}]") for n, item in enumerate(value))
     if isinstance(value, set | frozenset):  # KNOWN_SERVICES may be one: its lazy names were refused
-        return type(value)(_without_lazy_strings(item, made) for item in value)
+        return type(value)(_without_lazy_strings(item, made, reader, path) for item in value)
     return value
+
+
+def _unreadable(reader: Reader, path: str, error: Exception) -> None:
+    reader.fail(
+        path,
+        f"could not be read: {type(error).__name__}: {error_text(error)}",
+        "the mapping holding it raised this when it was read",
+        code=UNEXPECTED,
+    )

@@ -4,6 +4,7 @@ import collections
 import functools
 import subprocess
 import types
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -396,8 +397,8 @@ def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert (
-        "(django_aio_request.E008) AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] cannot be imported: boom"
-        in (done.stderr)
+        "(django_aio_request.E008) AIO_REQUEST['CLIENTS']['billing']['RESPONSE_CLASSIFIER'] cannot be imported:"
+        " RuntimeError: boom" in (done.stderr)
     )
 
 
@@ -727,7 +728,7 @@ def test_a_module_that_exits_as_it_is_imported_is_e008_and_hides_nothing(
     monkeypatch.syspath_prepend(str(tmp_path))
     found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "exits_on_import.f"}}})
     assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
-    assert any("['REQUEST_ENRICHER'] cannot be imported: 3" in m for m in found), found
+    assert any("['REQUEST_ENRICHER'] cannot be imported: SystemExit: 3" in m for m in found), found
 
 
 def test_a_module_that_raises_another_base_exception_as_it_is_imported_is_e008(
@@ -741,7 +742,7 @@ def test_a_module_that_raises_another_base_exception_as_it_is_imported_is_e008(
     monkeypatch.syspath_prepend(str(tmp_path))
     found = messages({"TIMEOUT": -1, "SHEDDING": {"PRIORITY_POLICY": "interrupts_on_import.policy"}})
     assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
-    assert any("['PRIORITY_POLICY'] cannot be imported: stopped" in m for m in found), found
+    assert any("['PRIORITY_POLICY'] cannot be imported: Interrupted: stopped" in m for m in found), found
 
 
 def test_a_module_whose_error_cannot_be_printed_is_e008_and_hides_nothing(
@@ -758,7 +759,9 @@ def test_a_module_whose_error_cannot_be_printed_is_e008_and_hides_nothing(
     monkeypatch.syspath_prepend(str(tmp_path))
     found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "fails_badly_on_import.f"}}})
     assert sorted(m.split(" ", 1)[0] for m in found) == ["django_aio_request.E003", "django_aio_request.E008"], found
-    assert any("cannot be imported: <its message could not be shown: AttributeError>" in m for m in found), found
+    assert any(
+        "cannot be imported: ConfigError: <its message could not be shown: AttributeError>" in m for m in found
+    ), found
 
 
 def test_an_enricher_whose_signature_raises_is_taken_and_hides_nothing(
@@ -1340,3 +1343,91 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIME
         assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
         assert "raised while Django loads its apps" in done.stderr
         assert "reports the same" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        ("assert False", "AssertionError"),
+        ("import os; os.environ['AIO_UNSET_' + 'X' * 8]", "KeyError: 'AIO_UNSET_XXXXXXXX'"),
+    ],
+)
+def test_what_a_module_raised_as_it_was_imported_is_named_with_its_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: str, said: str
+) -> None:
+    """The E008 gave the error's text alone: nothing after "cannot be imported: " for a bare assert,
+    only the key for a KeyError (a review)."""
+    module = f"raises_{len(said)}_on_import"
+    (tmp_path / f"{module}.py").write_text(raised + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": f"{module}.f"}}})
+    assert found == [
+        f"django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] cannot be imported: {said}"
+        " | give the dotted path of a function taking and returning a Request"
+    ]
+
+
+def test_a_module_that_looks_a_client_up_as_it_is_imported_is_no_e008_when_another_key_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its look-up read the settings, which another key's problem refused: that InvalidSettings was
+    reported as the module failing to import (a false E008), and the problem counted twice."""
+    (tmp_path / "looks_up_on_import.py").write_text(
+        "from django_aio_request import clients\nAUTH = clients['auth']\n\ndef enrich(request):\n    return request\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages(
+        {
+            "CLIENTS": {
+                "auth": GOOD,
+                "billing": {**GOOD, "REQUEST_ENRICHER": "looks_up_on_import.enrich"},
+                "other": {**GOOD, "TIMEOUT": -1},
+            }
+        }
+    )
+    assert [m.split(" ", 2)[:2] for m in found] == [
+        ["django_aio_request.E003", "AIO_REQUEST['CLIENTS']['other']['TIMEOUT']"]
+    ], found
+
+
+class SecretsStore(Mapping[str, object]):
+    """A mapping that fetches each value as it is read, from a store that is down for one key."""
+
+    def __init__(self, values: dict[str, object], unreachable: str) -> None:
+        self._values, self._unreachable = values, unreachable
+
+    def __getitem__(self, key: str) -> object:
+        if key == self._unreachable:
+            raise RuntimeError("secrets store unreachable")
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def test_a_mapping_whose_look_up_of_a_key_raises_is_an_e099_at_that_key_and_hides_nothing() -> None:
+    """The copy made before reading (lazy strings made text) read every entry first: the error made the
+    whole setting one E099 naming no key, with the E003 and E004 of other keys hidden (a review)."""
+    billing = SecretsStore({**GOOD, "TIMEOUT": 1}, unreachable="TIMEOUT")
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": billing, "other": {"ENDPOINT": "nope"}}})
+    assert sorted(m.split(" ", 2)[0] + " " + m.split(" ", 2)[1] for m in found) == [
+        "django_aio_request.E003 AIO_REQUEST['TIMEOUT']",
+        "django_aio_request.E004 AIO_REQUEST['CLIENTS']['other']['ENDPOINT']",
+        "django_aio_request.E099 AIO_REQUEST['CLIENTS']['billing']['TIMEOUT']",
+    ], found
+    assert any("could not be read: RuntimeError: secrets store unreachable" in m for m in found), found
+
+
+def test_a_mapping_whose_keys_cannot_be_listed_is_an_e099_where_it_is() -> None:
+    class Unlistable(SecretsStore):
+        def __iter__(self) -> Iterator[str]:
+            raise ConnectionError("secrets store unreachable")
+
+    found = messages({"TIMEOUT": -1, "CLIENTS": {"billing": Unlistable({}, unreachable="")}})
+    assert sorted(m.split(" ", 2)[0] + " " + m.split(" ", 2)[1] for m in found) == [
+        "django_aio_request.E003 AIO_REQUEST['TIMEOUT']",
+        "django_aio_request.E099 AIO_REQUEST['CLIENTS']['billing']",
+    ], found
