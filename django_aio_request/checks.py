@@ -19,6 +19,7 @@ from django.core import checks
 from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
+from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
@@ -348,10 +349,16 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             f"has a BACKEND, {backend!r}, that is no cache backend (no subclass of Django's BaseCache)",
             "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
         )
-    library = CLIENT_LIBRARIES.get(backend)
+    kind = nearest_known(backend, _KNOWN_BACKENDS)  # a subclass of Django's RedisCache is one too
+    unimportable = _unimportable_options(cache.get("OPTIONS"), kind)
+    if unimportable:
+        return _unusable_breaker_cache(
+            alias, "; ".join(unimportable), "give the dotted path of a class that imports, or leave the option out"
+        )
+    library = CLIENT_LIBRARIES.get(str(kind))
     if library is None:
         return []
-    unreachable = _no_redis_location(cache.get("LOCATION"), backend)
+    unreachable = _no_redis_location(cache.get("LOCATION"), str(kind))
     if unreachable is not None:
         return _unusable_breaker_cache(alias, unreachable, "LOCATION = 'redis://host:6379/0'")
     try:
@@ -366,6 +373,30 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             f"install it (pip install {library})",
         )
     return []
+
+
+#: The options of each backend that name a class by its dotted path, imported when the cache is
+#: first used: one that cannot be imported passed the check, and every sync round failed (a review).
+_DOTTED_OPTIONS = {_PASSES_NONE: ("serializer", "pool_class", "parser_class")}  # RedisCacheClient's import_string()
+
+
+def _unimportable_options(options: object, backend: object) -> list[str]:
+    """What is wrong with each option of ``backend`` naming a class by a dotted path that cannot be imported."""
+    if not isinstance(options, Mapping) or not isinstance(backend, str):
+        return []
+    found = []
+    for name in _DOTTED_OPTIONS.get(backend, ()):
+        value = options.get(name)
+        if not isinstance(value, str):  # a class given as such, or none
+            continue
+        try:
+            import_string(value)
+        except (Exception, SystemExit) as error:
+            found.append(
+                f"has OPTIONS[{name!r}] {shown(value)}, which cannot be imported"
+                f" ({type(error).__name__}: {error_text(error)})"
+            )
+    return found
 
 
 def _no_redis_location(location: object, backend: str) -> str | None:
@@ -432,6 +463,9 @@ CLIENT_LIBRARIES = {
     "django.core.cache.backends.memcached.PyMemcacheCache": "pymemcache",
     "django.core.cache.backends.memcached.PyLibMCCache": "pylibmc",
 }
+#: The backends these checks know by their dotted paths; another backend is judged as the nearest of
+#: these it derives from (conf/cache_backends.py).
+_KNOWN_BACKENDS = frozenset(CLIENT_LIBRARIES) | frozenset(_SOCKET_TIMEOUT_OPTIONS) | frozenset(_DOTTED_OPTIONS)
 
 
 @checks.register("django_aio_request")
@@ -447,7 +481,7 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     if found is None:
         return []
     alias, cache = found
-    backend = cache.get("BACKEND")
+    backend = nearest_known(cache.get("BACKEND"), _KNOWN_BACKENDS)  # a subclass is judged as its base
     names = _SOCKET_TIMEOUT_OPTIONS.get(backend) if isinstance(backend, str) else None
     if names is None or not isinstance(backend, str):
         return []

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django_aio_request.breaker.cache_store import DEFAULT_SYNC_INTERVAL
+from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import (
     BAD_ENDPOINT,
     BAD_NUMBER,
@@ -142,7 +143,8 @@ def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
         reader.fail(path, message, "a dict with BACKEND (and LOCATION), as Django's CACHES takes", code=UNKNOWN_CACHE)
         return None
     backend = str(caches[value].get("BACKEND", ""))
-    if backend in PER_PROCESS_CACHES:
+    kind = nearest_known(backend, PER_PROCESS_CACHES + LOSSY_CACHES)  # a subclass is judged as its base
+    if kind in PER_PROCESS_CACHES:
         hint = "use a cache all processes reach, e.g. django.core.cache.backends.redis.RedisCache"
         reader.problems.append(
             Problem(
@@ -153,7 +155,7 @@ def breaker_state(reader: Reader, path: str, value: Any) -> str | None:
                 code=PER_PROCESS_CACHE,
             )
         )
-    elif backend in LOSSY_CACHES:
+    elif kind in LOSSY_CACHES:
         hint = "use a cache with atomic add and incr, e.g. django.core.cache.backends.redis.RedisCache or Memcached"
         reader.problems.append(
             Problem(
@@ -984,7 +986,10 @@ def _short_shared_sampling(reader: Reader, state: str | None, clients: Mapping[s
 
     caches = getattr(settings, "CACHES", None)
     cache = caches.get(state) if isinstance(caches, Mapping) and state is not None else None
-    if not isinstance(cache, Mapping) or str(cache.get("BACKEND", "")) in PER_PROCESS_CACHES:
+    if (
+        not isinstance(cache, Mapping)
+        or nearest_known(str(cache.get("BACKEND", "")), PER_PROCESS_CACHES) in PER_PROCESS_CACHES
+    ):
         return  # "local", or a cache each process keeps apart (W002 says so): nothing is shared
     for name, spec in clients.items():
         sampling = SHARED_SAMPLING_FLOOR if spec.circuit_breaker is None else spec.circuit_breaker["sampling_duration"]

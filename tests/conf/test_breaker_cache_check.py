@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 import redis
+from django.core.cache.backends.filebased import FileBasedCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
 from django.test import override_settings
 
 from django_aio_request import checks as checks_module
@@ -472,8 +475,6 @@ def test_a_location_is_split_into_urls_as_its_backend_splits_it(backend: str, lo
         found = check_breaker_cache_timeouts()
     if warning is None:
         assert found == []
-        from django.core.cache.backends.redis import RedisCache
-
         servers = RedisCache(location, {})._servers  # type: ignore[attr-defined]
         for url in servers:  # what redis-py gets, URL by URL: timed
             kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
@@ -540,3 +541,68 @@ def test_options_redis_py_takes_for_the_location_s_urls_are_not_reported(
     caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": timed}}
     with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
         assert check_breaker_cache_timeouts() == []
+
+
+class MyRedisCache(RedisCache):
+    """A project's own backend, a subclass of Django's."""
+
+
+class CountedLocMemCache(LocMemCache):
+    """As django-prometheus's (``django_prometheus.cache.backends.locmem``): Django's, counted."""
+
+
+class CountedFileBasedCache(FileBasedCache):
+    """As django-prometheus's ``FileBasedCache``."""
+
+
+@pytest.mark.parametrize(
+    ("backend", "warned"),
+    [
+        (f"{__name__}.CountedLocMemCache", "django_aio_request.W002"),
+        (f"{__name__}.CountedFileBasedCache", "django_aio_request.W003"),
+    ],
+)
+def test_a_subclass_of_a_per_process_or_lossy_backend_is_warned_of_as_its_base(backend: str, warned: str) -> None:
+    """The backend was matched by its dotted path: django-prometheus's LocMemCache, which keeps its data
+    in each process as Django's does, had no W002, and its FileBasedCache no W003 (a review)."""
+    from django_aio_request.checks import check_settings
+
+    caches = {"default": LOCMEM, "shared": {"BACKEND": backend, "LOCATION": "/tmp/aio-request-no-such-dir"}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        found = [message.id for message in check_settings()]
+    assert found == [warned]
+
+
+def test_a_subclass_of_django_s_redis_cache_without_timeouts_is_warned_of_as_django_s() -> None:
+    """A one-line subclass of RedisCache had no W010, and redis-py's defaults held its rounds as Django's."""
+    assert _warning(f"{__name__}.MyRedisCache", {}) == _warning(REDIS, {})
+    assert _warning(f"{__name__}.MyRedisCache", {}) is not None
+    assert _warning(f"{__name__}.MyRedisCache", {"socket_timeout": 1, "socket_connect_timeout": 1}) is None
+
+
+@pytest.mark.parametrize(
+    ("backend", "option"),
+    [
+        (REDIS, "parser_class"),
+        (REDIS, "pool_class"),
+        (REDIS, "serializer"),
+        (f"{__name__}.MyRedisCache", "serializer"),
+    ],
+)
+def test_an_option_naming_a_class_that_cannot_be_imported_is_an_error(backend: str, option: str) -> None:
+    """Imported only when the cache is first used: check passed, and every sync round of the breakers
+    failed with ImportError, each process counting alone for good (a review)."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    shared = {"BACKEND": backend, "LOCATION": "redis://127.0.0.1:6379/0", "OPTIONS": {option: "redis.nope.Nothing"}}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (error,) = check_breaker_cache_backend()
+    assert error.id == "django_aio_request.E008"
+    assert f"OPTIONS[{option!r}] 'redis.nope.Nothing', which cannot be imported (ModuleNotFoundError" in error.msg
+    importable = {**shared, "OPTIONS": {option: "builtins.object"}}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": importable}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        assert check_breaker_cache_backend() == []
