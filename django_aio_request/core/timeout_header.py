@@ -1,10 +1,13 @@
 """The ``X-Request-Timeout`` value this client stamps: the time left, in seconds to the millisecond
 (below 10 ms to the microsecond).
 
-The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here. The transport
-stamps it again (:func:`restamp`) as the request goes out, after its wait for a connection slot and
-for the connection itself, and before each redirect it follows: only in place of a stamped value,
-never of one the caller or a request enricher set themselves (any plain ``str``)."""
+The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here. The pipeline
+writes it (with ``X-Request-Priority``) over whatever the request's own headers said, as
+aio-request does, unless the client's ``emit_system_headers`` is off (core/pipeline.py). The
+transport stamps it again (:func:`restamp`) as the request goes out, after its wait for a
+connection slot and for the connection itself, and before each redirect it follows: only in place
+of a stamped value, never of one a request enricher (which runs after the pipeline wrote its own)
+set itself (any plain ``str``)."""
 
 import math
 from collections.abc import MutableMapping
@@ -50,6 +53,6 @@ def stamp(seconds: float) -> StampedTimeout:
 
 def restamp(headers: MutableMapping[str, Any], seconds: float) -> None:
     """Make a stamped ``X-Request-Timeout`` in ``headers`` (requests' case-insensitive dict) the
-    ``seconds`` left now. One the caller or a request enricher set themselves is theirs: left as it is."""
+    ``seconds`` left now. One a request enricher set itself is its own: left as it is."""
     if isinstance(headers.get(h.X_REQUEST_TIMEOUT), StampedTimeout):
         headers[h.X_REQUEST_TIMEOUT] = stamp(max(seconds, 0.0))
