@@ -367,15 +367,28 @@ class FakeDownstream(Transport):
     ) -> Response:
         started = time.monotonic()
         parts = urllib.parse.urlsplit(request.build_url(endpoint))
-        path = (parts.path[len(self._base) :] if parts.path.startswith(self._base) else parts.path).lstrip("/")
+        inside = parts.path.startswith(self._base)
+        if inside:
+            path, template = parts.path[len(self._base) :].lstrip("/"), request.url.lstrip("/")
+        else:
+            # A leading "/" or a "../" leaves the endpoint's path, as in a browser (RFC 3986): sent
+            # there, recorded as sent, from the root, and answered by no route. "/invoices/7" was
+            # answered from route("invoices/7") and recorded as "invoices/7", where the real client
+            # calls http://billing:8080/invoices/7, not .../api/v1/invoices/7 (a review).
+            path, template = parts.path, request.url
         if cancellation is not None and cancellation.cancelled:
             # Like the real transport: cancelled before it was sent, it is not sent (nor recorded).
             return UnsentResponse(status=status.CANCELLED, elapsed=time.monotonic() - started)
         headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(request.headers)
-        call = RecordedCall(request.method, path, request.url.lstrip("/"), parts.query, headers, request.body, started)
+        call = RecordedCall(request.method, path, template, parts.query, headers, request.body, started)
         with self._lock:
             self._calls.append(call)
-            answer = self._next_reply(request.method, path, request.url.lstrip("/"))
+            answer = self._next_reply(request.method, path, template) if inside else None
+        if answer is None and not inside:
+            raise UnexpectedCallError(
+                f"{request.method} {path}: outside the path of the fake's endpoint {endpoint} (a request URL"
+                f" starting with '/' or '../' leaves it, as in a browser: {request.url!r})"
+            )
         if answer is None:
             known = ", ".join(sorted(p for _, p in self._routes)) or "none"
             raise UnexpectedCallError(f"{request.method} {path}: no route in the fake of {endpoint} (routes: {known})")

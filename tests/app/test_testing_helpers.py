@@ -198,6 +198,27 @@ def test_an_unscripted_path_fails_the_test_loudly(aio_request: AioRequestFixture
         pass
 
 
+@pytest.mark.parametrize("sent", ["/invoices/7", "../invoices/7"])
+def test_a_call_outside_the_endpoint_s_path_is_recorded_as_sent_and_answered_by_no_route(
+    settings: Settings, sent: str
+) -> None:
+    """With the endpoint http://billing.test:8080/api/v1/, get("/invoices/7") goes to
+    http://billing.test:8080/invoices/7 (joined as in a browser): the fake answered it from
+    route("invoices/7"), recorded as "invoices/7", so the test passed where the real call went to
+    the wrong path (a review)."""
+    settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/v1/"}}}
+    with fake_client("billing") as billing:
+        billing.route("invoices/7", reply(200))
+        billing.route("*", reply(200))
+        outside = pytest.raises(UnexpectedCallError, match="outside the path of the fake's endpoint")
+        with outside, clients["billing"].request(get(sent)):
+            pass
+        with clients["billing"].request(get("invoices/7")) as response:
+            assert response.status == 200
+    where = "/invoices/7" if sent.startswith("/") else "/api/invoices/7"
+    assert [(c.path, c.template) for c in billing.calls] == [(where, sent), ("invoices/7", "invoices/7")]
+
+
 def test_hedges_and_cancellation_from_async_code(settings: Settings, aio_request: AioRequestFixture) -> None:
     hedged = {"NAME": "parallel", "ATTEMPTS_COUNT": 2, "DELAYS": {"NAME": "constant", "DELAY": 0.1}}
     settings.AIO_REQUEST = billing_settings(SAFE_METHOD_STRATEGY=hedged, RETRY_BUDGET=False)
