@@ -291,6 +291,70 @@ def test_the_management_command_names_a_client_that_is_not_text_without_a_traceb
 
 
 @pytest.mark.django_db
+def test_the_management_command_piped_into_a_reader_that_stops_ends_quietly(tmp_path: Path) -> None:
+    """`manage.py circuit_breakers | head`: a table longer than the pipe holds ended in a
+    BrokenPipeError traceback and exit 1 (a review)."""
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "reports.sqlite3")}
+    (tmp_path / "piped_settings.py").write_text(
+        f"from settings.test import *\nDATABASES = {{'default': {database!r}}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "piped_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    fill = (
+        "import datetime, django\n"
+        "django.setup()\n"
+        "from django.core.management import call_command\n"
+        "from django_aio_request.models import BreakerReport\n"
+        "call_command('migrate', verbosity=0)\n"
+        "now = datetime.datetime.now(datetime.UTC)\n"
+        "BreakerReport.objects.bulk_create(BreakerReport(client=f'client-{n}', endpoint='http://billing:8080/',"
+        " host='web-1', pid=n, state='closed', failures=0, successes=1, failure_ratio=0.0, changed_at=now,"
+        " reported_at=now, expires_at=now + datetime.timedelta(days=1)) for n in range(3000))\n"
+    )
+    subprocess.run([sys.executable, "-c", fill], cwd=ROOT, env=env, check=True, timeout=60)
+    command = subprocess.Popen(
+        [sys.executable, "manage.py", "circuit_breakers"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert command.stdout is not None
+    assert command.stderr is not None
+    assert command.stdout.readline()  # the table's head: the reader has what it wanted
+    command.stdout.close()
+    errors = command.stderr.read().decode()
+    assert command.wait(30) == 0, errors
+    assert errors == ""
+
+
+def test_the_management_command_on_a_database_server_that_never_answers_ends_at_its_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    """A server that accepts and never answers held the command with no bound and nothing printed (a
+    review); with the connect_timeout W011 asks for it ends with an error, and the error no longer
+    asks whether migrate ran."""
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        silent_db = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "x",
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "USER": "postgres",
+            "OPTIONS": {"connect_timeout": 1},
+        }
+        settings = f"from settings.test import *\nDATABASES = {{**DATABASES, 'silent': {silent_db!r}}}\n"
+        started = time.monotonic()
+        done = manage(tmp_path, "circuit_breakers", "--database", "silent", settings=settings)
+        took = time.monotonic() - started
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "CommandError: cannot read the circuit breakers from database 'silent'" in done.stderr
+    assert "is the database reachable" in done.stderr
+    assert "migrate" not in done.stderr
+    assert took < 1 + 10, took  # the second, and manage.py's start
+
+
 def test_the_management_command_names_the_filters_that_matched_nothing(reports: None) -> None:
     out = io.StringIO()
     call_command("circuit_breakers", "--client", "nope", "--state", "open", stdout=out)

@@ -1,5 +1,7 @@
 """``manage.py circuit_breakers``: the admin's "Circuit breakers" table, in a terminal."""
 
+import os
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -77,7 +79,7 @@ class Command(BaseCommand):
         except DatabaseError as error:  # not migrated there, or unreachable: say so, no traceback
             raise CommandError(
                 f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
-                " has `manage.py migrate django_aio_request` run there?"
+                f" {_database_hint(error)}"
             ) from None
         if not found:
             wanted = (
@@ -91,5 +93,35 @@ class Command(BaseCommand):
                 " (no live process has built a client with one, or made a call)."
             )
             return
-        for line in table(found):
-            self.stdout.write(line)
+        try:
+            for line in table(found):
+                self.stdout.write(line)
+            self.stdout.flush()
+        except BrokenPipeError:
+            # Its reader went away (`| head`): it read what it wanted. A traceback ended the command,
+            # and another came at exit, when Python flushed what was left for the closed pipe (a
+            # review). Python's docs' advice: what is left goes to /dev/null.
+            _drop_what_is_left()
+        except OSError as error:  # a full disk, /dev/full
+            _drop_what_is_left()
+            raise CommandError(f"cannot write the table ({type(error).__name__}: {error})") from None
+
+
+def _drop_what_is_left() -> None:
+    """Point standard output at /dev/null: what is still buffered for it is dropped at exit, not
+    written to an output that failed (another traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def _database_hint(error: Exception) -> str:
+    """What to look at: the app's tables when the database says one is missing (SQLite's "no such
+    table", PostgreSQL's "relation ... does not exist", MySQL's "Table ... doesn't exist"), else the
+    database itself. A database that timed out or does not exist was asked whether migrate had run."""
+    text = str(error)
+    if "no such table" in text or ("relation" in text and "does not exist" in text) or "doesn't exist" in text:
+        return "has `manage.py migrate django_aio_request` run there?"
+    return "is the database reachable, and are its settings right?"
