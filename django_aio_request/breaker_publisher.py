@@ -170,6 +170,13 @@ def _is_fake(client: Client) -> bool:
     return testing is not None and isinstance(client.transport, testing.FakeDownstream)
 
 
+def _forced_by_tests() -> "frozenset[tuple[int, str]]":
+    """``(id(breaker), endpoint)`` of each circuit an open ``force_breaker()`` block holds: no round
+    changes its override. Imports nothing, as :func:`_is_fake`."""
+    testing = sys.modules.get("django_aio_request.testing")
+    return frozenset() if testing is None else testing.forced_circuits()
+
+
 class Publisher:
     def __init__(
         self, *, interval: float | None = None, database: str | None = None, first_read_wait: float = FIRST_READ_WAIT
@@ -780,10 +787,17 @@ class Publisher:
                 " nor ".join(repr(str(override)) for override in Override),
             )
         self._invalid = invalid
+        # A circuit a test's force_breaker() holds is the test's until its block ends: a round put the
+        # database's mode over it, or lifted the database's mode the block had set again (a review).
+        # Its bookkeeping is kept for the round after the block: what the database wants then is done.
+        forced, held = _forced_by_tests(), set()
         for name, breaker in breakers:
             want = wanted.get(name, {})
             have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
             for endpoint, mode in want.items():
+                if (id(breaker), endpoint) in forced:
+                    held.add((name, endpoint))
+                    continue
                 current = have.get(endpoint)
                 earlier = self._applied.get((name, endpoint))
                 before = earlier[1] if earlier is not None and current is earlier[0] else current
@@ -791,10 +805,13 @@ class Publisher:
                     breaker.set_override(endpoint, mode)
                 self._applied[(name, endpoint)] = (mode, before)
             for scope, applied in have.items():
+                if (id(breaker), scope) in forced:
+                    held.add((name, scope))
+                    continue
                 mine = None if scope in want else self._applied.pop((name, scope), None)
                 if mine is not None and applied is mine[0]:  # still the one set from the database
                     breaker.set_override(scope, mine[1])
-        for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {})]:
+        for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {}) and key not in held]:
             del self._applied[key]  # lifted, or its breaker is gone (a settings change rebuilt it)
 
     def prune(self, now: datetime.datetime | None = None) -> None:

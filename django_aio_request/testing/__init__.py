@@ -646,6 +646,15 @@ def _forced_when_built(sender: object, *, name: str, client: Client, **kwargs: A
 
 
 _forced: dict[tuple[int, str], _Forced] = {}  # (breaker's id, endpoint) -> the blocks holding it
+
+
+def forced_circuits() -> frozenset[tuple[int, str]]:
+    """``(id(breaker), endpoint)`` of each circuit an open :func:`force_breaker` block holds: the
+    breaker publisher's rounds leave their overrides alone until the blocks end."""
+    with _forced_lock:
+        return frozenset(_forced)
+
+
 _forcings: dict[str, list[_Forcing]] = {}  # client name -> its open blocks, oldest first
 _forced_lock = threading.Lock()
 client_built.connect(_forced_when_built, weak=False, dispatch_uid="django_aio_request.testing.force_breaker")

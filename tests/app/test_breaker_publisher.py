@@ -585,6 +585,33 @@ def test_an_override_set_in_the_process_is_not_lifted_by_a_round(server: Loopbac
 
 
 @pytest.mark.django_db
+def test_force_breaker_holds_against_admin_s_override_and_admin_s_holds_again_after_it(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    """A round put admin's forced open over a test's force_breaker("billing", "closed"), and lifted
+    admin's forced open that a force_breaker("billing", "open") had set again once its row went:
+    calls were refused inside a block forced closed, and sent inside one forced open (a review)."""
+    server.route("/down", lambda h: h.reply(200))
+    now = datetime.datetime.now(tz=datetime.UTC)
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 1) == [200]
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+        assert publisher.run_once()
+        assert call("billing", 1) == [502]
+        with force_breaker("billing", "closed"):
+            assert publisher.run_once()
+            assert call("billing", 2) == [200, 200]  # the test's, not admin's
+        assert call("billing", 1) == [502]  # admin's again, as before the block
+        with force_breaker("billing", "open"):
+            BreakerOverride.objects.filter(client="billing").delete()  # admin's "automatic"
+            assert publisher.run_once()
+            assert call("billing", 2) == [502, 502]  # still the test's
+        assert publisher.run_once()  # the first round after the block does what the database says
+        assert call("billing", 1) == [200]
+        assert breaker().snapshot()[0].override is None
+
+
+@pytest.mark.django_db
 def test_an_override_of_the_process_comes_back_when_admin_s_is_lifted(
     server: LoopbackServer, publisher: Publisher
 ) -> None:
