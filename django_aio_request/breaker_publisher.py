@@ -74,7 +74,6 @@ from django_aio_request.breaker.circuit_breaker import (
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core.client import Client
-from django_aio_request.core.context import get_context
 from django_aio_request.models import (
     COUNT_WINDOW,
     LOCAL_STORE,
@@ -261,17 +260,13 @@ class Publisher:
         self.start()
         self._wake.set()
         # A store shared through a cache: its first read of the endpoint starts now, beside the
-        # overrides', and the build waits for both within first_read_wait (cache_store.read_now),
-        # cut to what is left of the deadline in force (a request being served): a fresh worker's
-        # first clients["billing"] with the cache frozen held a view with 0.1 s left for 0.26 s (a
-        # review). A wait the deadline cut short says nothing of the database or the cache.
+        # overrides', and the build waits for both within first_read_wait (cache_store.read_now).
         store = breaker.store if isinstance(breaker.store, CacheCircuitStore) else None
         target = store.read_now(client.endpoint) if store is not None else 0
         started = time.monotonic()
-        wait = self._wait_left()
-        self._await_read(name, number, wait)
+        self._await_read(name, number)
         if store is not None and self._may_wait():
-            store.wait_for_read(target, wait - (time.monotonic() - started), cut_short=wait < self.first_read_wait)
+            store.wait_for_read(target, self.first_read_wait - (time.monotonic() - started))
 
     def _may_wait(self) -> bool:
         """Whether a build may wait here: not on this publisher's thread, nor on an event loop's."""
@@ -283,14 +278,7 @@ class Publisher:
             return True
         return False
 
-    def _wait_left(self) -> float:
-        """``first_read_wait``, cut to what is left of the deadline in force, if any."""
-        deadline = get_context().deadline
-        return self.first_read_wait if deadline is None else min(self.first_read_wait, deadline.timeout)
-
-    def _await_read(self, name: str, number: int, wait: float) -> None:
-        """Wait for the round that reads the overrides for build ``number``, at most ``wait`` seconds
-        (``first_read_wait``, or less when a deadline cut it: then, run out, it marks nothing)."""
+    def _await_read(self, name: str, number: int) -> None:
         if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
             return
         try:
@@ -307,10 +295,8 @@ class Publisher:
                 if self._read < number:
                     loop.call_later(self.first_read_wait, self._read_late, name, number)
                 return
-            if self._read_done.wait_for(lambda: self._read >= number, wait):
+            if self._read_done.wait_for(lambda: self._read >= number, self.first_read_wait):
                 return
-            if wait < self.first_read_wait:
-                return  # the deadline's end, not the database's lateness
             self._late = True
         self._warn_late(name, "")
 
@@ -487,7 +473,7 @@ class Publisher:
             self.start()
             if self._read < number:
                 self._wake.set()
-            self._await_read(name, number, self._wait_left())
+            self._await_read(name, number)
         except Exception:  # e.g. no thread can be started: the call goes on with the breaker as it is
             logger.exception("circuit breaker publisher: cannot start in this process")
         finally:

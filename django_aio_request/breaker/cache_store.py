@@ -403,7 +403,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._wake.set()
         return target
 
-    def wait_for_read(self, target: int, timeout: float, *, cut_short: bool = False) -> bool:
+    def wait_for_read(self, target: int, timeout: float) -> bool:
         """Wait until ``target`` rounds have ended (:meth:`read_now`), at most ``timeout`` seconds; none
         while the last round of a store of the same cache failed, or a wait for one ran out, and no
         round of it has read since (a cache that hangs or fails holds one build, not each). Whether
@@ -411,17 +411,12 @@ class CacheCircuitStore(CircuitStore[str]):
 
         A ``timeout`` of 0 or less (the overrides' wait took the build's time: the database hangs too)
         is a wait that ran out unless the read has landed: returned at once as False, it held the
-        next build for the whole wait again, and the first build did not name the cache (a review).
-
-        ``cut_short``: ``timeout`` is what a deadline left of the build's wait; run out, it says
-        nothing of the cache, and neither marks it nor warns."""
+        next build for the whole wait again, and the first build did not name the cache (a review)."""
         if self.alias in _late_aliases:
             return False
         with self._rounds_done:
             if self._rounds_done.wait_for(lambda: self._rounds >= target, max(timeout, 0.0)):
                 return True
-        if cut_short:
-            return False
         _late_aliases.add(self.alias)
         # Said, as for the overrides' database (breaker_publisher.py): a worker recycled during a
         # break then calls the open circuit until its first read lands or its own failures trip it
