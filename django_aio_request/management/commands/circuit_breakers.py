@@ -81,6 +81,18 @@ class Command(BaseCommand):
                 f"cannot read the circuit breakers from database {rows.db!r} ({type(error).__name__}: {error});"
                 f" {_database_hint(error)}"
             ) from None
+        try:
+            self._write(found, options)
+        except BrokenPipeError:
+            # Its reader went away (`| head`): it read what it wanted. A traceback ended the command,
+            # and another came at exit, when Python flushed what was left for the closed pipe (a
+            # review). Python's docs' advice: what is left goes to /dev/null.
+            _drop_what_is_left()
+        except OSError as error:  # a full disk, /dev/full
+            _drop_what_is_left()
+            raise CommandError(f"cannot write the table ({type(error).__name__}: {error})") from None
+
+    def _write(self, found: list[BreakerStatus], options: dict[str, Any]) -> None:
         if not found:
             wanted = (
                 " matching "
@@ -92,19 +104,10 @@ class Command(BaseCommand):
                 f"No circuit breaker{wanted} is reported now"
                 " (no live process has built a client with one, or made a call)."
             )
-            return
-        try:
+        else:
             for line in table(found):
                 self.stdout.write(line)
-            self.stdout.flush()
-        except BrokenPipeError:
-            # Its reader went away (`| head`): it read what it wanted. A traceback ended the command,
-            # and another came at exit, when Python flushed what was left for the closed pipe (a
-            # review). Python's docs' advice: what is left goes to /dev/null.
-            _drop_what_is_left()
-        except OSError as error:  # a full disk, /dev/full
-            _drop_what_is_left()
-            raise CommandError(f"cannot write the table ({type(error).__name__}: {error})") from None
+        self.stdout.flush()  # here, where a closed output is handled: not at exit
 
 
 def _drop_what_is_left() -> None:
