@@ -6,7 +6,6 @@ must be process-wide to be of any use.
 """
 
 import atexit
-import copy
 import functools
 import os
 import threading
@@ -64,9 +63,18 @@ class _Build:
 def _again(error: Exception) -> Exception:
     """``error``, to raise in another thread than the one it was raised in: a copy (one exception
     raised in several threads at once gathers their tracebacks into one), caused by the original,
-    which keeps the making's traceback. The original itself when it cannot be copied."""
+    which keeps the making's traceback. The original itself when it cannot be copied.
+
+    Made without calling the class's ``__init__`` again: ``copy.copy`` calls it with the error's
+    ``args``, and an ``__init__(self, key)`` that builds its message from ``key`` made the message
+    of the message (``rule "rule 'x' missing" missing``), and ran its side effects once per waiting
+    thread (a review)."""
+    cls = type(error)
     try:
-        again = copy.copy(error)
+        again = cls.__new__(cls, *error.args)  # OSError's __new__ reads errno and strerror from them
+        again.args = error.args
+        if hasattr(error, "__dict__"):
+            again.__dict__.update(vars(error))
     except Exception:
         return error
     again.__cause__ = error

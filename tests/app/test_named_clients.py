@@ -555,6 +555,17 @@ def test_a_settings_change_during_a_first_lookup_leaves_no_client_of_the_old_set
             assert clients["billing"].endpoint == "http://127.0.0.1:2222/"
 
 
+class RulesMissing(ConnectionError):
+    """An error whose __init__ makes its message from what it is given, and counts itself."""
+
+    made = 0
+
+    def __init__(self, key: str) -> None:
+        RulesMissing.made += 1
+        super().__init__(f"rule {key!r} missing from the rules store")
+        self.key = key
+
+
 class CountedClassifier(django_aio_request.DefaultResponseClassifier):
     """Counts how many times a client's classifier is made; ``gate`` holds the first making back."""
 
@@ -574,7 +585,7 @@ class CountedClassifier(django_aio_request.DefaultResponseClassifier):
             CountedClassifier.gate.wait(10)
         time.sleep(CountedClassifier.takes)
         if CountedClassifier.fails:
-            raise ConnectionError("the classifier's rules could not be fetched")
+            raise RulesMissing("billing.retry")
 
 
 @pytest.fixture
@@ -694,6 +705,7 @@ def test_threads_that_waited_for_a_making_that_failed_hear_of_its_error_not_make
     before it: 16 threads and a classifier failing after 1.2 s, the last heard of it after 17.6 s (a
     review). They raise the making's error now; a later look-up makes the client again."""
     counted.takes, counted.fails = 0.3, True
+    RulesMissing.made = 0
     errors: list[tuple[BaseException, float]] = []
 
     def look_up() -> None:
@@ -712,11 +724,15 @@ def test_threads_that_waited_for_a_making_that_failed_hear_of_its_error_not_make
         assert len(errors) == 16
         assert len(counted.made) == 1
         assert max(took for _, took in errors) < 1.0, sorted(took for _, took in errors)
-        # Each thread raised an error of its own, caused by the making's (which keeps its traceback).
+        # Each thread raised an error of its own, caused by the making's (which keeps its traceback):
+        # the same type, message and attributes, made without running its __init__ again.
         made = next(e for e, _ in errors if e.__cause__ is None)
         others = [e for e, _ in errors if e is not made]
         assert len({id(e) for e in others}) == 15
-        assert all(e.__cause__ is made and str(e) == str(made) for e in others)
+        assert str(made) == "rule 'billing.retry' missing from the rules store"
+        assert all(e.__cause__ is made and type(e) is RulesMissing for e in others)
+        assert {(str(e), getattr(e, "key", None)) for e in others} == {(str(made), "billing.retry")}
+        assert RulesMissing.made == 1
         counted.fails = False
         assert clients["billing"] is clients["billing"]
         assert len(counted.made) == 2
