@@ -369,7 +369,9 @@ class FakeDownstream(Transport):
         parts = urllib.parse.urlsplit(request.build_url(endpoint))
         inside = parts.path.startswith(self._base)
         if inside:
-            path, template = parts.path[len(self._base) :].lstrip("/"), request.url.lstrip("/")
+            # Not stripped of a "/" left after the base: "/api/v1//invoices/7" is sent so, and is not
+            # "invoices/7" (a review); the base of an endpoint without a path is "/" itself.
+            path, template = parts.path[len(self._base) :], request.url.lstrip("/")
         else:
             # A leading "/" or a "../" leaves the endpoint's path, as in a browser (RFC 3986): sent
             # there, recorded as sent, from the root, and answered by no route. "/invoices/7" was

@@ -198,6 +198,19 @@ def test_an_unscripted_path_fails_the_test_loudly(aio_request: AioRequestFixture
         pass
 
 
+def test_a_call_with_an_empty_segment_after_the_endpoint_s_path_is_not_routed_as_one_without(
+    settings: Settings,
+) -> None:
+    """get("/api/v1//invoices/7") goes to /api/v1//invoices/7: the fake answered it from
+    route("invoices/7") and recorded "invoices/7" (a review)."""
+    settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/v1/"}}}
+    with fake_client("billing") as billing:
+        billing.route("invoices/7", reply(200))
+        with pytest.raises(UnexpectedCallError), clients["billing"].request(get("/api/v1//invoices/7")):
+            pass
+    assert [c.path for c in billing.calls] == ["/invoices/7"]
+
+
 @pytest.mark.parametrize("sent", ["/invoices/7", "../invoices/7"])
 def test_a_call_outside_the_endpoint_s_path_is_recorded_as_sent_and_answered_by_no_route(
     settings: Settings, sent: str
