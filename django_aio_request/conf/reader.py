@@ -83,6 +83,25 @@ class Reader:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.provisional = False  # a dotted path was taken on trust (see Deferred)
+        # Errors that stand only if the read finds no other (see dotted(): a module that could not
+        # be imported because these very settings were refused), and the paths that could not be
+        # read at all (an E099 there: what else is said of them follows from it, and is dropped).
+        self.contingent: list[Problem] = []
+        self.unreadable: list[str] = []
+
+    def settle(self) -> None:
+        """Once everything is read: the contingent errors if no other was found, and nothing said of
+        a path that could not be read but its E099 (a key whose look-up raised was also "required",
+        a mapping whose keys could not be listed "not Unlisted": a review)."""
+        if self.contingent and not self.errors:
+            self.problems.extend(self.contingent)
+        self.contingent = []
+        if self.unreadable:
+            self.problems = [
+                p
+                for p in self.problems
+                if p.code == UNEXPECTED or not any(p.path == u or p.path.startswith(u + "[") for u in self.unreadable)
+            ]
 
     def fail(self, path: str, message: str, hint: str | None = None, *, code: str = WRONG_TYPE) -> None:
         self.problems.append(Problem(path, message, hint, code=code))
@@ -398,12 +417,6 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
             if isinstance(error, ImportError) and _still_importing(value):
                 reader.provisional = True
                 return Deferred(value, what, accept)
-            if _invalid_settings(error):
-                # The module looked a client up as it was imported, and these settings' other problems
-                # refused it: those are reported by this very read. Reported here too, a module that was
-                # fine was named as one that cannot be imported, and each problem counted twice (a review).
-                reader.provisional = True
-                return Deferred(value, what, accept)
             # The error names the value ("No module named 'https://svc:pw@auth'"): such a value is
             # shown as shown() shows it, and the error's text left out.
             told = (
@@ -411,7 +424,15 @@ def dotted(what: str, accept: Callable[[Any], bool], why: Callable[[Any], str | 
                 if shown(value) == repr(value)
                 else f"{shown(value)} cannot be imported"
             )
-            reader.fail(path, told, f"give the dotted path of {what}", code=BAD_IMPORT)
+            problem = Problem(path, told, f"give the dotted path of {what}", code=BAD_IMPORT)
+            if _invalid_settings(error):
+                # The module looked a client up as it was imported, and these settings' other problems
+                # refused it: those are reported by this very read. Reported here too, a module that was
+                # fine was named as one that cannot be imported, and each problem counted twice (a
+                # review). Said only if the read finds no other error: the module raised it itself.
+                reader.contingent.append(problem)
+            else:
+                reader.problems.append(problem)
             return None
         if not accept(found):
             reader.fail(path, f"names {shown(found)}, not {what}", why(found) if why else None, code=BAD_IMPORT)

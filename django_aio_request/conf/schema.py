@@ -919,6 +919,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
     none_hint = "leave AIO_REQUEST unset (or set {}) for the defaults" if value is None else None
     top = reader.mapping("", value, TOP_LEVEL_KEYS, none_hint)
     if top is None:
+        reader.settle()
         return None, reader.problems
     service_name = top.get("SERVICE_NAME")
     if service_name is not None:
@@ -954,6 +955,7 @@ def read_settings(value: Any) -> tuple[AioRequestSettings | None, list[Problem]]
         names(reader, "['KNOWN_SERVICES']", top["KNOWN_SERVICES"]) if top.get("KNOWN_SERVICES") is not None else None
     )
     shedding = _shedding(reader, "['SHEDDING']", top["SHEDDING"], known) if top.get("SHEDDING") is not None else None
+    reader.settle()
     if server is None or any(not p.warning for p in reader.problems):
         return None, reader.problems
     return AioRequestSettings(
@@ -1061,6 +1063,7 @@ def _without_lazy_strings(value: Any, made: dict[int, tuple[Any, Any]], reader: 
 
 
 def _unreadable(reader: Reader, path: str, error: Exception) -> None:
+    reader.unreadable.append(path)
     reader.fail(
         path,
         f"could not be read: {type(error).__name__}: {error_text(error)}",

@@ -1393,7 +1393,7 @@ def test_a_module_that_looks_a_client_up_as_it_is_imported_is_no_e008_when_anoth
 class SecretsStore(Mapping[str, object]):
     """A mapping that fetches each value as it is read, from a store that is down for one key."""
 
-    def __init__(self, values: dict[str, object], unreachable: str) -> None:
+    def __init__(self, values: Mapping[str, object], unreachable: str) -> None:
         self._values, self._unreachable = values, unreachable
 
     def __getitem__(self, key: str) -> object:
@@ -1431,3 +1431,47 @@ def test_a_mapping_whose_keys_cannot_be_listed_is_an_e099_where_it_is() -> None:
         "django_aio_request.E003 AIO_REQUEST['TIMEOUT']",
         "django_aio_request.E099 AIO_REQUEST['CLIENTS']['billing']",
     ], found
+
+
+def test_a_module_that_raises_invalid_settings_of_its_own_as_it_is_imported_is_e008(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken for a module refused by the setting's other problems (which were then reported), it
+    passed the check with nothing else wrong, and every look-up of the client raised (a review)."""
+    (tmp_path / "raises_its_own_invalid_settings.py").write_text(
+        "from django_aio_request import InvalidSettings\nraise InvalidSettings('RULES_URL is not set')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = messages({"CLIENTS": {"billing": {**GOOD, "REQUEST_ENRICHER": "raises_its_own_invalid_settings.f"}}})
+    assert found == [
+        "django_aio_request.E008 AIO_REQUEST['CLIENTS']['billing']['REQUEST_ENRICHER'] cannot be imported:"
+        " InvalidSettings: RULES_URL is not set | give the dotted path of a function taking and returning a Request"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "where"),
+    [
+        ({"CLIENTS": {"billing": SecretsStore(GOOD, unreachable="ENDPOINT")}}, "['CLIENTS']['billing']['ENDPOINT']"),
+        ({"KNOWN_SERVICES": "unlisted"}, "['KNOWN_SERVICES']"),
+        ({"CLIENTS": {"billing": {"ENDPOINT": "unlisted"}}}, "['CLIENTS']['billing']['ENDPOINT']"),
+    ],
+    ids=["a required key whose look-up raises", "a list of names", "an endpoint"],
+)
+def test_what_could_not_be_read_is_one_e099_and_nothing_else(setting: dict[str, Any], where: str) -> None:
+    """A key whose look-up raised was also "required" (E004), and a mapping whose keys could not be
+    listed, where a list or a URL goes, was also "not Unlisted" (E002, E004): a review."""
+
+    class Unlistable(SecretsStore):
+        def __iter__(self) -> Iterator[str]:
+            raise ConnectionError("secrets store unreachable")
+
+    def unlisted(value: Any) -> Any:
+        if value == "unlisted":
+            return Unlistable({}, unreachable="")
+        if isinstance(value, dict):
+            return {key: unlisted(item) for key, item in value.items()}
+        return value
+
+    found = messages(unlisted(setting))
+    assert [m.split(" ", 2)[:2] for m in found] == [["django_aio_request.E099", f"AIO_REQUEST{where}"]], found
