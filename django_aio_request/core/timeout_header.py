@@ -3,7 +3,8 @@
 
 The value is a :class:`StampedTimeout`, a ``str`` that says it was stamped here. The pipeline
 writes it (with ``X-Request-Priority``) over whatever the request's own headers said, as
-aio-request does, unless the client's ``emit_system_headers`` is off (core/pipeline.py). The
+aio-request does, unless the client's ``emit_system_headers`` is off (core/pipeline.py;
+tests/transport/test_requests_transport.py::test_the_system_headers_replace_the_caller_s_own_as_aio_request_s_do). The
 transport stamps it again (:func:`restamp`) as the request goes out, after its wait for a
 connection slot and for the connection itself, and before each redirect it follows: only in place
 of a stamped value, never of one a request enricher (which runs after the pipeline wrote its own)

@@ -1477,3 +1477,20 @@ def test_closing_while_calls_restart_the_thread_never_raises(
     store._known("scope")  # a call's first use: the thread starts
     assert wait_for(lambda: store._thread is None or not store._thread.is_alive())  # the close went through
     assert raised == []
+
+
+@pytest.mark.parametrize(("second", "together"), [(60.0, True), (30.0, False)])
+def test_processes_share_counts_only_where_their_windows_are_as_long(
+    redis: None, namespace: str, stores: Any, second: float, together: bool
+) -> None:
+    """docs/circuit-breaker.md: a rolling deploy that changes SAMPLING_DURATION / WINDOWS_COUNT splits the
+    counts. 4 failures in each of two processes, MINIMUM_THROUGHPUT 6: with windows as long, each
+    counts 8 and the circuit opens; with one process's windows half as long, each counts its own 4."""
+    made = [stores(namespace) for _ in range(2)]
+    breakers = [breaker_with(store, sampling_duration=d) for store, d in zip(made, (60.0, second), strict=True)]
+    for breaker in breakers:
+        assert [run(breaker, False) for _ in range(4)] == ["ran"] * 4
+    for _ in range(2):  # each flushes its own counts, then reads the other's
+        for store in made:
+            store.sync()
+    assert [state_of(b) is CircuitState.OPEN for b in breakers] == [together, together]

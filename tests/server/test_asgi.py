@@ -168,3 +168,26 @@ def test_a_caller_that_hangs_up_stops_the_downstream_call(downstream: LoopbackSe
     else:
         arrived = downstream.received("/invoices/5")[-1].at
         assert 1.5 < hung_up[0] - arrived < 2.6, "the call should end at its 2 s deadline"
+
+
+def test_the_time_a_request_body_takes_to_arrive_is_not_taken_off_its_deadline(
+    downstream: LoopbackServer, service: str
+) -> None:
+    """docs/server.md: Django's ASGI handler reads the whole body before any middleware runs, so a
+    POST whose body comes 1.5 s after its head with X-Request-Timeout: 1 still has its whole second
+    in the view (under WSGI the view reads the body: that time is the view's)."""
+    downstream.route("/invoices/8642", lambda h: h.reply(200, b"invoice 8642"))
+    host, port = service.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /ainvoice/8642/ HTTP/1.1\r\nHost: x\r\nX-Request-Timeout: 1\r\nContent-Length: 5\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        time.sleep(1.5)
+        connection.sendall(b"hello")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    [received] = downstream.received("/invoices/8642")
+    assert 0.9 < float(received.headers["X-Request-Timeout"]) <= 1.0  # the whole second, though 1.5 s went by

@@ -393,6 +393,21 @@ def test_a_timeout_header_set_by_the_caller_or_an_enricher_reaches_each_redirect
     ]
 
 
+def test_the_system_headers_replace_the_caller_s_own_as_aio_request_s_do(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """core/timeout_header.py: with emit_system_headers on (the default), the time left and the
+    priority are written over what the request's own headers said, in any case (its docstring said a
+    caller's own value was kept: a review)."""
+    server.route("/slow/*", slow_chain)
+    client = make_client(timeout=2.0, safe_method_strategy=single_attempt_strategy())
+    with client.request(get("slow/0", headers={"x-request-timeout": "0", "X-Request-Priority": "low"})) as response:
+        assert response.status == 200
+    (received,) = server.received()
+    assert 1.9 < float(received.headers["X-Request-Timeout"]) <= 2.0
+    assert received.headers["X-Request-Priority"] == "normal"
+
+
 @pytest.mark.parametrize("in_place", [False, True], ids=["with_headers", "in-place"])
 @pytest.mark.parametrize("route", ["direct", "requests", "own adapter"])
 def test_headers_the_enricher_set_do_not_follow_a_redirect_to_another_origin(
