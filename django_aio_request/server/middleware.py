@@ -40,7 +40,7 @@ from django_aio_request.server.database import (
 from django_aio_request.server.log_text import escaped
 from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
-from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, hung_up
+from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, META_SOCKET, hung_up
 from django_aio_request.server.view_timeout import ClampedDeadline, DefaultDeadline, _canceller, deadline_answer_headers
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
 META_PRIORITY = "HTTP_X_REQUEST_PRIORITY"
 META_SERVICE_NAME = "HTTP_X_SERVICE_NAME"
-META_SOCKET = "gunicorn.socket"  # the connection's socket, which gunicorn's workers put in the environ
 
 # A plain decimal number of seconds: "5", "0.25", "12.500". No sign, "inf"/"nan", hex, underscores,
 # non-ASCII digits or inner whitespace, all of which float() accepts. At most 9 integer digits (more

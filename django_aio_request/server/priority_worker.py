@@ -71,7 +71,7 @@ from django_aio_request.server.shedding import shedding_for
 from django_aio_request.server.shedding.policy import ANY, KNOWN_SERVICES, RANK, lower
 from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, ran_expired, take_queued_for
 from django_aio_request.server.shedding.request_head import NOTHING, Claims, read_claims
-from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, hung_up, peek
+from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, META_SOCKET, hung_up, peek
 from django_aio_request.server.view_timeout import RECEIVED_TIMEOUT
 
 __all__ = ["PEEK_BYTES", "RECEIVED_TIMEOUT", "PriorityThreadWorker", "QueueWaitApp", "queue_priority", "queue_timeout"]
@@ -96,7 +96,6 @@ QUEUE_TIMEOUT_SLACK = 0.01
 #: on an idle worker was refused (1-5 % at 1 ms). None was at 5 ms.
 MIN_QUEUE_BOUND = 0.005
 META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
-META_SOCKET = "gunicorn.socket"  # the connection's socket, in the environ of gunicorn's workers
 REASON_QUEUE_TIMEOUT = "queue_timeout"  # the limiter's reason: waited as long as a request may for a slot
 logger = logging.getLogger(__name__)
 _NAMES = {rank: priority.value for priority, rank in RANK.items()}

@@ -73,6 +73,8 @@ def _peek_with_socket(sock: Any, size: int) -> bytes | None:
 
 #: The status a request whose caller hung up is recorded with (nginx's "client closed request").
 CLIENT_CLOSED_REQUEST = 499
+#: The connection's socket, which gunicorn's workers put in the environ (``request.META``).
+META_SOCKET = "gunicorn.socket"
 
 
 def hung_up(sock: Any) -> bool:
