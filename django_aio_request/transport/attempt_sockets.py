@@ -96,14 +96,17 @@ class AttemptSockets:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def abort(self, reason: int) -> None:
-        """Stop the attempt: wake whatever read or write it is blocked in. ``reason`` is a status."""
+    def abort(self, reason: int, *, release: bool = True) -> None:
+        """Stop the attempt: wake whatever read or write it is blocked in. ``reason`` is a status.
+
+        ``release``: a cancelled read that is armed may give its connection to the drainer (a lost
+        hedge); False shuts it down whatever its state (the whole call was stopped)."""
         with self._lock:
             if self._closed or self.reason is not None:
                 return
             self.reason = reason
             for sock in self._sockets.values():
-                if reason == status.CANCELLED and _released(sock):
+                if release and reason == status.CANCELLED and _released(sock):
                     continue  # its reader gives the connection to the drainer (hand_over)
                 _shutdown(sock)
             for event in self._wakers:

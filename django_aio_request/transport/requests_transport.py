@@ -471,7 +471,9 @@ class RequestsTransport(Transport):
         attempt_over = None
         if cancellation is not None:
             guard.release_after = cancellation.release_after
-            attempt_over = cancellation.watch_attempt(functools.partial(self._cancel, guard), guard.answer_in_hand)
+            attempt_over = cancellation.watch_attempt(
+                functools.partial(self._cancel, guard, cancellation), guard.answer_in_hand
+            )
         try:
             if not self._acquire_slot(guard):
                 # Cancelled or out of time before it had a connection: nothing was sent.
@@ -585,8 +587,10 @@ class RequestsTransport(Transport):
             self._free_slots += 1
             self._slots.notify_all()  # waiters re-check; a notify() could go to one that is giving up
 
-    def _cancel(self, guard: AttemptSockets) -> None:
-        guard.abort(status.CANCELLED)
+    def _cancel(self, guard: AttemptSockets, cancellation: Cancellation) -> None:
+        # Read at the cancel, not at the send: an async call stopped by its task clears it first
+        # (core/client.py), and its attempts' connections are shut down rather than drained.
+        guard.abort(status.CANCELLED, release=cancellation.release_after is not None)
         with self._slots:
             self._slots.notify_all()  # wake the attempt if it is waiting for a slot
 

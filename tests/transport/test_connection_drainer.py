@@ -3,6 +3,7 @@ waits for and pools the connection (transport/releasable_socket.py, transport/co
 
 Against real keep-alive servers on loopback: the server counts the connections it was asked on."""
 
+import asyncio
 import concurrent.futures
 import os
 import random
@@ -33,6 +34,23 @@ def hedged(**kwargs: object) -> dict[str, object]:
 def get(client: Client, path: str) -> tuple[int, bytes]:
     with client.request(Request(method="GET", url=path.lstrip("/"))) as response:
         return response.status, response.read()
+
+
+async def _aget(client: Client, path: str) -> tuple[int, bytes]:
+    async with client.arequest(Request(method="GET", url=path.lstrip("/"))) as response:
+        return response.status, response.read()
+
+
+def aget(client: Client, path: str) -> tuple[int, bytes]:
+    """:func:`get` through ``arequest()``, awaited on an event loop of its own."""
+    return asyncio.run(_aget(client, path))
+
+
+@pytest.fixture(params=["request", "arequest"])
+def call(request: pytest.FixtureRequest) -> Callable[[Client, str], tuple[int, bytes]]:
+    """A call from sync code and from async code: the losers of both are drained alike (a review:
+    every async hedge that lost was shut down, and the next call made a new connection)."""
+    return get if request.param == "request" else aget
 
 
 @pytest.fixture
@@ -82,17 +100,17 @@ def slow_first(seconds: float, first: bytes | None = None) -> Callable[[int, str
 
 
 def test_a_winning_hedge_leaves_the_loser_s_connection_to_carry_later_calls(
-    scripted: Callable[..., ScriptedServer],
+    scripted: Callable[..., ScriptedServer], call: Callable[[Client, str], tuple[int, bytes]]
 ) -> None:
     server = scripted(slow_first(0.3))
     pooled = drainer.counts["pooled"]
     with clients(server.url) as make:
         client = make(**hedged())
         started = time.monotonic()
-        assert get(client, "a") == (200, b"/a")  # the hedge's answer
+        assert call(client, "a") == (200, b"/a")  # the hedge's answer
         assert time.monotonic() - started < DELAY + 0.2
         assert counted("pooled", pooled)  # the loser's answer came at 0.3 s, read by the drainer
-        answers = [get(client, f"b{i}") for i in range(4)]
+        answers = [call(client, f"b{i}") for i in range(4)]
     assert answers == [(200, f"/b{i}".encode()) for i in range(4)]
     # The loser's connection, then the hedge's: no new connection was made.
     assert server.connections() == 2
@@ -154,7 +172,9 @@ def test_a_loser_is_not_waited_for_past_its_call_s_deadline(scripted: Callable[.
         assert time.monotonic() - started < 0.4 + 0.3  # the deadline, not MAX_WAIT
 
 
-def test_a_losing_hedge_s_connection_is_kept_too(scripted: Callable[..., ScriptedServer]) -> None:
+def test_a_losing_hedge_s_connection_is_kept_too(
+    scripted: Callable[..., ScriptedServer], call: Callable[[Client, str], tuple[int, bytes]]
+) -> None:
     """Attempt 0 answers at 0.3 s; the hedge, sent at 0.05 s, 0.5 s after it came."""
 
     def answer(n: int, path: str) -> tuple[float, bytes]:
@@ -164,10 +184,10 @@ def test_a_losing_hedge_s_connection_is_kept_too(scripted: Callable[..., Scripte
     pooled = drainer.counts["pooled"]
     with clients(server.url) as make:
         client = make(**hedged())
-        assert get(client, "a") == (200, b"/a1")
+        assert call(client, "a") == (200, b"/a1")
         assert counted("pooled", pooled)
         server.answer = lambda n, path: (0.0, ok(path))
-        assert [get(client, f"b{i}") for i in range(3)] == [(200, f"/b{i}".encode()) for i in range(3)]
+        assert [call(client, f"b{i}") for i in range(3)] == [(200, f"/b{i}".encode()) for i in range(3)]
     assert server.connections() == 2
 
 
