@@ -208,15 +208,25 @@ def _move(breaker: object, scope: str, new: str) -> None:
         if old is None:  # a new scope: every known state exported, at 0 but its own
             for known in CircuitState:
                 breaker_state.labels(scope, known.value).inc(0)
-            # And every transition between them, at 0: a counter series born at 1 hides its first
-            # event from increase() and rate() (the circuit's first opening counted 0 times).
-            for before in CircuitState:
-                for after in CircuitState:
-                    if before is not after:
-                        breaker_transitions.labels(scope, before.value, after.value)
+            export_transitions_at_zero(scope)
         else:
             breaker_state.labels(scope, old).dec()
         breaker_state.labels(scope, new).inc()
+
+
+def export_transitions_at_zero(scope: str) -> None:
+    """Export every transition between the known states of a breaker's ``scope`` (endpoint) at 0: a
+    counter series born at 1 hides its first event from increase() and rate() (the circuit's first
+    opening counted 0 times). Made when a client with metrics starts watching its breaker, and for
+    the named clients of a service as it starts (named_clients.py). Not the state gauge: it counts
+    live breakers. Idempotent."""
+    if not ENABLED:
+        return
+    with recording():
+        for before in CircuitState:
+            for after in CircuitState:
+                if before is not after:
+                    breaker_transitions.labels(scope, before.value, after.value)
 
 
 def _on_transition(ref: "weakref.ref[Any]", transition: Any) -> None:

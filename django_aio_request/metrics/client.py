@@ -7,7 +7,7 @@ status codes and attempt numbers (``5+`` from the fifth on). See docs/metrics.md
 from typing import Any
 
 from django_aio_request.metrics.deferred import DeferredObservations, recording
-from django_aio_request.metrics.prometheus import BUCKETS, family
+from django_aio_request.metrics.prometheus import BUCKETS, ENABLED, family
 
 CLIENT = ("request_endpoint", "request_method")
 client_latency = family(
@@ -81,6 +81,30 @@ def attempt_label(number: int) -> str:
     return _ATTEMPTS[min(number, MAX_ATTEMPT_LABEL)]
 
 
+def export_at_zero(endpoint: str, *, retry_budget: bool = False) -> None:
+    """Export the counters of a client of ``endpoint`` at 0, before it records anything.
+
+    increase() and rate() then see the first refusal, the first retry or hedge, the first call a
+    later attempt answered (a series born at 1 hides its first event), and the first calls (attempt
+    "0", what the extra-load query divides by: born with the first call, a burst of calls before its
+    first scrape went unseen while its retries counted, and the query read 7.0 where 0.5 was true, a
+    review). Not the attempts after the first, which aio_request_retries_total counts (half the cost
+    a client). ``retry_budget``: its refusals too. Made by every client's setup, and for the named
+    clients of a service as it starts, before any is made (named_clients.py). Idempotent."""
+    if not ENABLED:
+        return
+    with recording():  # a fork meanwhile must not copy prometheus-client's lock held (metrics/deferred.py)
+        for method in EXPORTED_METHODS:
+            for reason in DEADLINE_REASONS:
+                client_deadline_rejected.labels(endpoint, method, reason)
+            client_retries.labels(endpoint, method)
+            client_attempts.labels(endpoint, method, _ATTEMPTS[0])
+            for attempt in _ATTEMPTS:
+                client_winning_attempt.labels(endpoint, method, attempt)
+        if retry_budget:
+            client_retry_budget_exhausted.labels(endpoint)
+
+
 class ClientMetrics:
     """The metrics of one client (one endpoint label), called by the client and its pipeline.
 
@@ -93,20 +117,7 @@ class ClientMetrics:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        # Exported at 0 from the start: increase() and rate() see the first refusal, the first retry
-        # or hedge, the first call a later attempt answered (a series born at 1 hides its first event),
-        # and the first calls (attempt "0", what the extra-load query divides by: born with the first
-        # call, a burst of calls before its first scrape went unseen while its retries counted, and
-        # the query read 7.0 where 0.5 was true, a review). Not the attempts after the first, which
-        # aio_request_retries_total counts (half the cost a client).
-        with recording():
-            for method in EXPORTED_METHODS:
-                for reason in DEADLINE_REASONS:
-                    client_deadline_rejected.labels(endpoint, method, reason)
-                client_retries.labels(endpoint, method)
-                client_attempts.labels(endpoint, method, _ATTEMPTS[0])
-                for attempt in _ATTEMPTS:
-                    client_winning_attempt.labels(endpoint, method, attempt)
+        export_at_zero(endpoint)
 
     def call(self, method: str, path: str, status: int, *, circuit_breaker: bool, attempt: int, elapsed: float) -> None:
         _client_observations.add((_record_call, self.endpoint, method, path, status, circuit_breaker, attempt, elapsed))

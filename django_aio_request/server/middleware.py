@@ -42,6 +42,7 @@ from django_aio_request.server.request_thread import after_sync_code
 from django_aio_request.server.shedding import Admission, Shedding, shedding_for
 from django_aio_request.server.socket_peek import CLIENT_CLOSED_REQUEST, META_SOCKET, hung_up
 from django_aio_request.server.view_timeout import ClampedDeadline, DefaultDeadline, _canceller, deadline_answer_headers
+from django_aio_request.startup_metrics import export_named_clients_at_zero
 
 __all__ = ["AioRequestMiddleware", "parse_priority", "parse_timeout"]
 
@@ -313,7 +314,9 @@ class AioRequestMiddleware:
                 "AioRequestMiddleware needs 'django_aio_request' in INSTALLED_APPS: without it its checks,"
                 " the database bound (DATABASE_STATEMENT_TIMEOUT) and the admin's circuit breakers do not run"
             )
-        current.settings  # noqa: B018 - invalid AIO_REQUEST fails at startup, not on every request
+        # Invalid AIO_REQUEST fails at startup, not on every request; valid, the counters of its
+        # clients are exported at 0 before any is looked up (startup_metrics.py).
+        export_named_clients_at_zero(current.settings)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A query the database cancelled at the deadline (see docs/database.md) answers 408, not 500."""

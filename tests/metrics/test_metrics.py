@@ -665,6 +665,10 @@ def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 
 @pytest.fixture
 def gunicorn() -> Iterator[str]:
+    yield from _gunicorn("tests.support.settings_metrics")
+
+
+def _gunicorn(settings_module: str) -> Iterator[str]:
     if shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("gunicorn is not installed (pip install -e '.[test]')")
     directory = tempfile.mkdtemp(prefix="aio-request-metrics-")  # empty, as multiprocess mode needs
@@ -672,7 +676,7 @@ def gunicorn() -> Iterator[str]:
     env = {
         **os.environ,
         "PROMETHEUS_MULTIPROC_DIR": directory,
-        "DJANGO_SETTINGS_MODULE": "tests.support.settings_metrics",
+        "DJANGO_SETTINGS_MODULE": settings_module,
         "GUNICORN_WORKERS": "2",
     }
     process = subprocess.Popen(
@@ -701,6 +705,41 @@ def gunicorn() -> Iterator[str]:
         if process.stderr is not None:
             process.stderr.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def gunicorn_with_clients() -> Iterator[str]:
+    yield from _gunicorn("tests.support.settings_metrics_clients")
+
+
+def test_a_fresh_service_exports_its_named_clients_counters_at_0_before_any_is_looked_up(
+    gunicorn_with_clients: str,
+) -> None:
+    """A named client is made at its first look-up, and its setup exported its zeros then: a service
+    started while its downstream was down opened the circuit milliseconds later, before any scrape,
+    and increase() over the transition born at 1 said it never opened (a review, with Prometheus).
+    The middleware exports them as the server loads the application: the first scrape has them."""
+    status, body = _get(gunicorn_with_clients + "metrics")
+    assert status == 200
+    got = parse(body.decode())
+    billing = {"request_endpoint": "http://127.0.0.1:9/billing/"}
+    plain = {"request_endpoint": "http://127.0.0.1:9/plain/"}
+    transitions = "aio_request_circuit_breaker_transitions_total"
+    assert len(series(got, transitions, **billing)) == 5 * 4
+    assert value(got, transitions, **billing, from_state="closed", to_state="open") == 0
+    assert series(got, transitions, **plain) == []  # no breaker
+    assert series(got, "aio_request_circuit_breaker_state", **billing) == []  # no breaker exists yet
+    for mine in (billing, plain):
+        first = [labels for labels in series(got, "aio_request_attempts_total", **mine) if labels["attempt"] == "0"]
+        assert sorted(labels["request_method"] for labels in first) == ["DELETE", "GET", "PATCH", "POST", "PUT"]
+        assert value(got, "aio_request_attempts_total", **mine) == 0
+        assert len(series(got, "aio_request_deadline_rejected_total", **mine)) == 5 * 3
+        assert len(series(got, "aio_request_retries_total", **mine)) == 5
+        assert len(series(got, "aio_request_winning_attempt_total", **mine)) == 5 * 6
+    budget = "aio_request_retry_budget_exhausted_total"
+    assert series(got, budget, **billing) == [billing]
+    assert value(got, budget, **billing) == 0
+    assert series(got, budget, **plain) == []  # RETRY_BUDGET False
 
 
 @pytest.mark.timeout(120)
