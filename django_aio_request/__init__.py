@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from django_aio_request.core.client_setup import setup
     from django_aio_request.core.context import Context, get_context, set_context
     from django_aio_request.core.deadline import Deadline
+    from django_aio_request.core.event_loop import BlockingCallWarning
     from django_aio_request.core.priority import Priority
     from django_aio_request.core.request import (
         Request,
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     clients: ClientsHandler
 
 _LAZY = {
+    "BlockingCallWarning": "django_aio_request.core.event_loop",
     "Cancellation": "django_aio_request.core.cancellation",
     "CircuitBreaker": "django_aio_request.breaker.circuit_breaker",
     "CircuitSnapshot": "django_aio_request.breaker.circuit_breaker",
@@ -136,6 +138,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BlockingCallWarning",
     "Cancellation",
     "CircuitBreaker",
     "CircuitSnapshot",

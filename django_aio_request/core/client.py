@@ -19,6 +19,7 @@ from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdi
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import LONGEST_DEADLINE, Deadline, client_low_timeout_threshold
 from django_aio_request.core.downstream_wait import current_downstream_wait
+from django_aio_request.core.event_loop import warn_if_blocking_the_loop
 from django_aio_request.core.pipeline import Attempt, Next
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request
@@ -129,6 +130,7 @@ class Client:
         attempt (a retry or a hedge) that the call would have made.
         """
         _check_call(request, deadline, priority)
+        warn_if_blocking_the_loop()
         if self.stand_in is not None and (other := self._standing_in()) is not None:
             with other.request(request, deadline=deadline, priority=priority, strategy=strategy) as response:
                 yield response

@@ -4,12 +4,14 @@ import asyncio
 import collections
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
 from prometheus_client import REGISTRY
 
 from django_aio_request import (
+    BlockingCallWarning,
     Client,
     Deadline,
     DefaultCircuitBreaker,
@@ -140,7 +142,7 @@ def test_the_loop_stays_responsive_during_slow_calls(
         return await asyncio.gather(*(acall(client, get("slow")) for _ in range(8)))
 
     def one_blocking_call() -> Response:
-        with client.request(get("slow")) as response:
+        with pytest.warns(BlockingCallWarning), client.request(get("slow")) as response:
             return response
 
     async def go() -> tuple[tuple[float, object], tuple[float, object]]:
@@ -156,6 +158,39 @@ def test_the_loop_stays_responsive_during_slow_calls(
     assert max(e for _, e in results) < 1.4  # type: ignore[attr-defined]  # in parallel, not one after another
     assert async_gap < 0.15, f"the loop was blocked for {async_gap:.3f} s"
     assert blocking_gap > 0.4  # the control: a sync call in the loop does block it
+
+
+def test_a_sync_call_on_the_event_loop_s_thread_warns_at_the_caller_s_line_and_no_other_call_does(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """request() in an async view holds the whole loop for the call (a review: four views calling a
+    1 s downstream were served one after another, in 4.2 s), and nothing said so. It warns, naming
+    the line that called; arequest(), a sync call handed to a thread, and one outside a loop do not."""
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+
+    def sync_call() -> int:
+        with client.request(get("ok")) as response:
+            return response.status
+
+    async def on_the_loop() -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with client.request(get("ok")) as response:  # the line the warning names
+                assert response.status == 200
+        assert [w.category for w in caught] == [BlockingCallWarning]
+        assert caught[0].filename == __file__
+        assert "arequest" in str(caught[0].message)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BlockingCallWarning)
+            async with client.arequest(get("ok")) as response:
+                assert response.status == 200
+            assert await asyncio.to_thread(sync_call) == 200
+
+    asyncio.run(on_the_loop())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BlockingCallWarning)
+        assert sync_call() == 200
 
 
 def test_cancelling_the_task_aborts_every_attempt_in_flight(
