@@ -382,6 +382,23 @@ def test_the_remaining_deadline_and_the_priority_reach_outgoing_calls(
     assert downstream.received()[0].headers["X-Service-Name"] == "tests"
 
 
+def test_a_call_made_while_a_streaming_body_is_produced_keeps_the_request_s_deadline_only_when_the_view_passes_it(
+    downstream: LoopbackServer,
+) -> None:
+    """The body of a StreamingHttpResponse is produced after the view returned, the context reset: its
+    call went out with the client's own TIMEOUT (60 here) and priority (a review). docs/server.md's
+    recipe, the context taken in the view and set again in the body, keeps the request's."""
+    headers = {"X-Request-Timeout": "3", "X-Request-Priority": "high"}
+    for path in ("/stream-call", "/stream-call-kept"):
+        response = get_sync(path, headers)
+        assert b"".join(response.streaming_content) == b"ok"
+    (lost_timeout, lost_priority, _), (kept_timeout, kept_priority, _) = sent(downstream)
+    assert lost_timeout > 50  # the client's 60 s, not what was left of 3
+    assert lost_priority == "normal"
+    assert 2 < kept_timeout <= 3
+    assert kept_priority == "high"
+
+
 def test_without_headers_outgoing_calls_get_the_default_deadline_not_the_clients(downstream: LoopbackServer) -> None:
     get_sync("/call")
     ((timeout, priority, _),) = sent(downstream)

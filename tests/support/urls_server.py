@@ -8,14 +8,14 @@ import time
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, re_path
 from django.views import View
 from django.views.decorators.cache import cache_page
 
-from django_aio_request import Priority, clients, get, get_context, timeout
+from django_aio_request import Priority, clients, get, get_context, set_context, timeout
 from django_aio_request.server.view_timeout import DefaultDeadline, ViewDeadline
 
 runs: dict[str, int] = {}
@@ -73,6 +73,30 @@ def call(request: HttpRequest) -> JsonResponse:
 async def acall(request: HttpRequest) -> JsonResponse:
     await asyncio.sleep(float(request.GET.get("sleep", "0")))
     return JsonResponse(await sync_to_async(_call)(request.GET.get("priority")))
+
+
+def stream_call(request: HttpRequest) -> StreamingHttpResponse:
+    """A call made while the body streams, after the view returned: the context is not set then."""
+
+    def body() -> Any:
+        with clients["down"].request(get("echo")) as response:
+            yield response.read()
+
+    return StreamingHttpResponse(body())
+
+
+def stream_call_kept(request: HttpRequest) -> StreamingHttpResponse:
+    """The same with the context taken in the view and set again in the body (docs/server.md's recipe)."""
+    context = get_context()
+
+    def body() -> Any:
+        with (
+            set_context(deadline=context.deadline, priority=context.priority),
+            clients["down"].request(get("echo")) as response,
+        ):
+            yield response.read()
+
+    return StreamingHttpResponse(body())
 
 
 async def aslow(request: HttpRequest) -> HttpResponse:
@@ -248,6 +272,8 @@ urlpatterns = [
     path("ctx", ctx),
     path("actx", actx),
     path("call", call),
+    path("stream-call", stream_call),
+    path("stream-call-kept", stream_call_kept),
     path("acall", acall),
     path("aslow", aslow),
     re_path(r"^aslow/[\s\S]+$", aslow),  # any path after it, newlines too: what a client may put in a path
