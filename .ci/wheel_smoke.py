@@ -13,6 +13,10 @@
 4. A large gzip-encoded answer (4 MB of CSV text) comes back whole through the client, with the
    dependencies installed (the lowest allowed: urllib3 2.0.0 and 2.0.1, yanked, cut such bodies at
    a multiple of 64 KiB and answered 200).
+5. A compressed answer that expands past ``MAX_RESPONSE_SIZE`` is refused (489) without being
+   expanded in memory: an 800-byte body encoded ``gzip, gzip`` that expands to 256 MiB, against a
+   limit of 1 MiB, may take at most 32 MiB at its peak (below urllib3 2.6.0, which pyproject.toml
+   allowed before, such a body took 814 MiB).
 Any failure exits non-zero with a message saying what was wrong.
 """
 
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -83,9 +88,17 @@ class Downstream(http.server.BaseHTTPRequestHandler):
     received: list[dict[str, str]] = []
 
     coded = b""  # what /data.csv answers, gzip-encoded (check_large_gzip_body)
+    bomb = b""  # what /bomb answers, encoded "gzip, gzip" (check_compressed_bomb)
 
     def do_GET(self) -> None:
         Downstream.received.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        if self.path == "/bomb":
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(Downstream.bomb)))
+            self.end_headers()
+            self.wfile.write(Downstream.bomb)
+            return
         if self.path == "/data.csv":
             body, content_type = Downstream.coded, "text/csv"
         else:
@@ -268,12 +281,43 @@ def check_large_gzip_body() -> None:
     print(f"a gzip-encoded answer of {len(body)} bytes ({len(coded)} coded) came back whole")
 
 
+def check_compressed_bomb() -> None:
+    import django_aio_request
+
+    expands_to = 256 * 1024 * 1024
+    Downstream.bomb = gzip.compress(gzip.compress(b"\0" * expands_to))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Downstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = django_aio_request.setup(
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}/",
+        transport=django_aio_request.RequestsTransport(max_response_size=1024 * 1024),
+        safe_method_strategy=django_aio_request.single_attempt_strategy(),
+        metrics=False,
+    )
+    tracemalloc.start()
+    try:
+        with client.request(django_aio_request.get("bomb")) as response:
+            status = response.status
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        client.close()
+        server.shutdown()
+    if status != 489 or peak > 32 * 1024 * 1024:
+        fail(
+            f"a {len(Downstream.bomb)}-byte answer encoded 'gzip, gzip' that expands to {expands_to} bytes, against a"
+            f" limit of 1 MiB, came back as {status} and took {peak / 2**20:.1f} MiB at its peak"
+        )
+    print(f"a compressed answer expanding past the limit was refused ({status}) at a peak of {peak / 2**20:.1f} MiB")
+
+
 def main() -> None:
     checkout, wheel = Path(sys.argv[1]), Path(sys.argv[2])
     check_contents(checkout, wheel)
     check_installed_copy(checkout)
     check_project()
     check_large_gzip_body()
+    check_compressed_bomb()
     print("wheel smoke test passed")
 
 
