@@ -30,12 +30,16 @@ CACHE_WITHOUT_TIMEOUTS = "W010"
 DATABASE_WITHOUT_CONNECT_TIMEOUT = "W011"
 SYNC_MIDDLEWARE_BELOW = "W012"
 POOL_HEALTH_CHECK_UNBOUNDED = "W013"
+UNBOUNDED_DATABASE = "W014"
+PSYCOPG2_CANCEL = "W015"
 UNSUPPORTED_DATABASE = "E020"  # E0xx below E020: AIO_REQUEST's own (conf/reader.py)
 CODES = {
     CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
     SYNC_MIDDLEWARE_BELOW: "async views cannot be cancelled: sync-only middleware below AioRequestMiddleware",
     POOL_HEALTH_CHECK_UNBOUNDED: "queries bounded by the deadline, the connection pool's health check not",
+    UNBOUNDED_DATABASE: "DATABASE_STATEMENT_TIMEOUT on, and a database it cannot bound (not PostgreSQL)",
+    PSYCOPG2_CANCEL: "DATABASE_STATEMENT_TIMEOUT cancels through psycopg2, which holds the process while it waits",
     UNSUPPORTED_DATABASE: "the app's tables migrated to a database other than SQLite or PostgreSQL",
 }
 #: The databases the app's migrations are written for: its view of the breakers (0002, 0004) is SQL
@@ -633,6 +637,79 @@ def check_pool_health_checks(app_configs: Any = None, **kwargs: Any) -> list[che
                 )
             )
     return found
+
+
+def _vendor(engine: str) -> str | None:
+    """The ``vendor`` of a database backend, read off its class as the bound reads it off each
+    connection (server/database.py), without connecting; None when the backend cannot be loaded
+    (Django's own error says so)."""
+    try:
+        return str(import_string(f"{engine}.base.DatabaseWrapper").vendor)
+    except Exception:
+        return None
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_unbounded_databases(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn for each database ``DATABASE_STATEMENT_TIMEOUT`` cannot bound, when it is on: the bound is
+    PostgreSQL's (``statement_timeout`` and cancel requests), and a SQLite or MariaDB query ran its
+    whole length past the deadline (a 4 s one answered 200 after 4.2 s at a 0.5 s deadline) while
+    ``check`` said nothing, also in a project with no PostgreSQL at all (a review)."""
+    setting = getattr(settings, SETTING, None)
+    databases = getattr(settings, "DATABASES", None)
+    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
+        return []
+    if not isinstance(databases, Mapping):
+        return []
+    found: list[checks.CheckMessage] = []
+    for alias, database in databases.items():
+        engine = database.get("ENGINE") if isinstance(database, Mapping) else None
+        vendor = _vendor(engine) if isinstance(engine, str) and engine else None
+        # "unknown": Django's dummy backend (DATABASES = {}), no queries to bound.
+        if vendor is None or vendor in ("postgresql", "unknown"):
+            continue
+        found.append(
+            checks.Warning(
+                f"settings.DATABASES[{alias!r}] is {vendor}: DATABASE_STATEMENT_TIMEOUT bounds PostgreSQL's queries"
+                " only, and a query on this database runs its whole length, past the request's deadline",
+                hint="bound this database's queries yourself if they can be long (its own timeout setting), or"
+                " silence this warning for it (SILENCED_SYSTEM_CHECKS) if they cannot",
+                obj=f"settings.DATABASES[{alias!r}]",
+                id=f"django_aio_request.{UNBOUNDED_DATABASE}",
+            )
+        )
+    return found
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_psycopg2_cancel(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when the bound is on for a PostgreSQL database and Django talks to it through psycopg2:
+    psycopg2's ``connection.cancel()`` holds the interpreter's lock while it waits for the server,
+    and a cancel request that gets no answer froze the whole process, every thread and event loop
+    (a review: under gunicorn the worker was killed at its 30 s timeout with every request in flight;
+    docs/database.md, Limits). psycopg 3 sends its cancel with the lock released."""
+    bounded = [alias for alias, _ in _bounded_databases()]
+    if not bounded:
+        return []
+    try:
+        from django.db.backends.postgresql import psycopg_any
+    except Exception:  # no PostgreSQL driver at all: Django's own error says so
+        return []
+    if getattr(psycopg_any, "is_psycopg3", True):
+        return []
+    return [
+        checks.Warning(
+            f"settings.DATABASES[{alias!r}] is used through psycopg2: DATABASE_STATEMENT_TIMEOUT cancels a query"
+            " at the deadline with psycopg2's connection.cancel(), which holds the whole process while it waits"
+            " for the server's answer, and one that never comes freezes every thread of the process",
+            hint="install psycopg 3 (pip install 'psycopg[binary]'), which Django prefers when both are installed",
+            obj=f"settings.DATABASES[{alias!r}]",
+            id=f"django_aio_request.{PSYCOPG2_CANCEL}",
+        )
+        for alias in bounded
+    ]
 
 
 @checks.register("django_aio_request")

@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_aio_request.checks import check_database_connect_timeout, check_pool_health_checks
+from django_aio_request.checks import (
+    check_database_connect_timeout,
+    check_pool_health_checks,
+    check_psycopg2_cancel,
+    check_unbounded_databases,
+)
 from tests.conf.test_settings_checks import manage
 from tests.support.loopback import silent_listener
 
@@ -201,3 +206,60 @@ def test_manage_py_check_shows_the_pool_warning_and_still_passes(tmp_path: Path)
     )
     assert "(django_aio_request.W013) settings.DATABASES['default'] uses Django's connection pool" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _unbounded_ids(databases: Any, aio_request: Any) -> list[str]:
+    with override_settings(DATABASES=databases, AIO_REQUEST=aio_request):
+        return [message.obj for message in check_unbounded_databases() if message.obj is not None]
+
+
+def test_each_database_the_bound_cannot_bound_is_warned_of_when_it_is_on() -> None:
+    """A SQLite or MariaDB query ran its whole length past the deadline (4 s, answered 200 at a 0.5 s
+    deadline) while check said nothing, also where no database was PostgreSQL (a review)."""
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    postgres = {"ENGINE": PG, "NAME": "shop", "OPTIONS": {"connect_timeout": 2}}
+    postgis = {"ENGINE": "django.contrib.gis.db.backends.postgis", "NAME": "maps"}
+    assert _unbounded_ids({"default": sqlite}, ON) == ["settings.DATABASES['default']"]
+    assert _unbounded_ids({"default": postgres, "legacy": sqlite, "maps": postgis}, ON) == [
+        "settings.DATABASES['legacy']"
+    ]
+    assert _unbounded_ids({"default": sqlite}, {}) == []  # the bound off: nothing is promised
+    assert _unbounded_ids({}, ON) == []  # the dummy backend: no queries
+    # A backend that cannot be loaded is Django's own error to report, not a crash here.
+    assert _unbounded_ids({"default": {"ENGINE": "no.such.backend"}}, ON) == []
+
+
+def test_manage_py_check_warns_of_a_mariadb_database_beside_postgresql_and_still_passes(tmp_path: Path) -> None:
+    """As a user runs it: MariaDB through PyMySQL (installed as MySQLdb, as such projects do)."""
+    settings = (
+        "import pymysql\npymysql.install_as_MySQLdb()\n"
+        "from settings.test import *\n"
+        "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'shop',"
+        " 'OPTIONS': {'connect_timeout': 2}},"
+        " 'legacy': {'ENGINE': 'django.db.backends.mysql', 'NAME': 'legacy', 'HOST': '127.0.0.1'}}\n"
+        "AIO_REQUEST = {**AIO_REQUEST, 'DATABASE_STATEMENT_TIMEOUT': True}\n"
+    )
+    done = manage(tmp_path, "check", settings=settings)
+    assert done.returncode == 0, done.stderr
+    assert "(django_aio_request.W014) settings.DATABASES['legacy'] is mysql: DATABASE_STATEMENT_TIMEOUT" in (
+        done.stderr
+    )
+    assert "settings.DATABASES['default'] is" not in done.stderr
+
+
+def test_psycopg2_under_the_bound_is_warned_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg2's cancel holds the interpreter's lock while it waits: a cancel request that got no
+    answer froze the process, and gunicorn killed the worker at 30 s (a review). Which driver Django
+    uses is psycopg_any.is_psycopg3 (psycopg 3 preferred when both are installed)."""
+    from django.db.backends.postgresql import psycopg_any
+
+    databases = {"default": {"ENGINE": PG, "NAME": "shop"}, "cache": {"ENGINE": "django.db.backends.sqlite3"}}
+    with override_settings(DATABASES=databases, AIO_REQUEST=ON):
+        assert check_psycopg2_cancel() == []  # psycopg 3, installed here
+        monkeypatch.setattr(psycopg_any, "is_psycopg3", False)
+        (warning,) = check_psycopg2_cancel()
+        assert warning.id == "django_aio_request.W015"
+        assert warning.obj == "settings.DATABASES['default']"
+        assert "psycopg 3" in (warning.hint or "")
+    with override_settings(DATABASES=databases, AIO_REQUEST={}):
+        assert check_psycopg2_cancel() == []  # the bound off
