@@ -5,12 +5,18 @@ Billing is told by the query to answer 5% of its requests after 500 ms. Each var
 few unmeasured calls (they open connections and give the adaptive hedge delay its first samples),
 then ``calls`` measured ones, started at a steady rate; the load is the requests billing counted
 during the measured calls divided by the logical calls.
+
+A run stops as soon as the frontend begins to exit (:data:`STOPPING`): no call starts after that,
+and what is left of the run is skipped. Its callers are a ``ThreadPoolExecutor``'s, whose threads the
+interpreter waits for at exit: a Ctrl-C in ``make demo`` during a run of 1000 calls went on calling
+a billing that had stopped too (some 500 "Connection refused" warnings), until the launcher killed
+the frontend 5 s later, before its last publishing round of the breakers (a review).
 """
 
-import concurrent.futures
 import dataclasses
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from django_aio_request import Client, PercentileDelaysProvider, clients, get
 from testproject.stats import nearest_rank
@@ -25,6 +31,15 @@ MAX_IN_FLIGHT = 16  # caller threads: enough for the calls a 500 ms tail keeps w
 WARMUP_CALLS = 30
 COUNTER_SETTLE_SECONDS = 0.1  # a hedge sent just before its call ended may still be on its way to billing
 _REQUEST = get("downstream/things/{id}", path_parameters={"id": "tail"}, query_parameters=TAIL)
+
+#: Set when the process begins to exit (SIGTERM, Ctrl-C), before the interpreter waits for the
+#: callers' threads: they start no more calls, and the run makes no more.
+STOPPING = threading.Event()
+# Python calls these last registered first, before it joins the threads of every ThreadPoolExecutor
+# (concurrent.futures.thread registers that join when it is imported: above, before this).
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(STOPPING.set)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +84,7 @@ def billing_requests() -> int:
 
 
 def run(calls: int, budget_seconds: float) -> list[VariantResult]:
-    """Every variant in turn, each with its share of the time budget."""
+    """Every variant in turn, each with its share of the time budget (one left out by a stop: empty)."""
     return [run_variant(alias, label, calls, budget_seconds / len(VARIANTS)) for alias, label in VARIANTS]
 
 
@@ -77,23 +92,30 @@ def run_variant(alias: str, label: str, calls: int, budget_seconds: float) -> Va
     """Warm-up and measured calls through client ``alias``, no call started after ``budget_seconds``."""
     client = clients[alias]
     end = time.monotonic() + budget_seconds
-    _calls(client, WARMUP_CALLS, end)
-    before = billing_requests()
-    latencies, failures, cut_short = _calls(client, calls, end)
-    time.sleep(COUNTER_SETTLE_SECONDS)
+    latencies: list[float] = []
+    failures = billed = 0
+    if not STOPPING.is_set():
+        _calls(client, WARMUP_CALLS, end)
+    if not STOPPING.is_set():
+        before = billing_requests()
+        latencies, failures, _ = _calls(client, calls, end)
+        # no read of billing's counter once the process exits: it would be a call after the stop
+        if not STOPPING.wait(COUNTER_SETTLE_SECONDS):
+            billed = billing_requests() - before
     return VariantResult(
         alias=alias,
         label=label,
         latencies_ms=tuple(sorted(latencies)),
         failures=failures,
-        billing_requests=billing_requests() - before,
+        billing_requests=billed,
         hedge_delay_ms=_hedge_delay_ms(client),
-        cut_short=cut_short,
+        cut_short=len(latencies) < calls,
     )
 
 
 def _calls(client: Client, calls: int, end: float) -> tuple[list[float], int, bool]:
-    """Make up to ``calls`` GETs at ``RATE`` calls per second, none started after ``end``.
+    """Make up to ``calls`` GETs at ``RATE`` calls per second, none started after ``end`` or once the
+    process began to exit (:data:`STOPPING`).
 
     The calls start on a fixed schedule, not each when the previous one ended: with callers that
     wait for each other, a variant that cuts the tail would also send more requests per second, and
@@ -113,7 +135,8 @@ def _calls(client: Client, calls: int, end: float) -> tuple[list[float], int, bo
                 if scheduled >= calls or due >= end:
                     return
                 scheduled += 1
-            time.sleep(max(0.0, due - time.monotonic()))
+            if STOPPING.wait(max(0.0, due - time.monotonic())):  # True: the process exits
+                return
             started = time.monotonic()
             with client.request(_REQUEST) as response:
                 ok = response.is_successful()
@@ -122,9 +145,14 @@ def _calls(client: Client, calls: int, end: float) -> tuple[list[float], int, bo
                 latencies.append(elapsed_ms)
                 failures += not ok
 
-    with concurrent.futures.ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="hedging-demo") as pool:
-        for future in [pool.submit(caller) for _ in range(MAX_IN_FLIGHT)]:
-            future.result()
+    try:
+        with ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="hedging-demo") as pool:
+            for future in [pool.submit(caller) for _ in range(MAX_IN_FLIGHT)]:
+                future.result()
+    except RuntimeError:
+        if not STOPPING.is_set():
+            raise
+        # "cannot schedule new futures after interpreter shutdown": the stop came as this began
     return latencies, failures, len(latencies) < calls
 
 
