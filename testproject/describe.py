@@ -83,15 +83,28 @@ def settings(spec: ClientSpec) -> list[str]:
     return found
 
 
-def received(body: object, status: int, from_breaker: bool) -> str:
-    """What billing's simulated service said it received, or why there is nothing to show."""
+_BREAKER = "no answer from billing: the circuit breaker answered"
+_FORCED_OPEN = "forced open in admin, it never probes: no call goes out until the override is lifted there"
+_OPEN = "open by itself, it lets one attempt through now and then, to probe"
+
+
+def received(body: object, status: int, from_breaker: bool, breaker_state: str | None = None) -> str:
+    """What billing's simulated service said it received, or why there is nothing to show.
+
+    ``breaker_state`` is the state of the client's circuit as the page's breaker column shows it
+    ("open", "half open", "forced open"); without it, an answer of the breaker is explained for each
+    state it may be in."""
     if from_breaker:
         # The call's answer is the breaker's; an attempt it let through as a probe may have reached
         # billing meanwhile (a probe that timed out, while a hedge was refused): "nothing" said billing
-        # received nothing where it had received the probe (a review).
-        return (
-            "no answer from billing: the circuit breaker answered (it lets one attempt through now and then, to probe)"
-        )
+        # received nothing where it had received the probe (a review). A circuit forced open in admin
+        # never probes: the page said it did (a review).
+        state = (breaker_state or "").replace("_", " ")
+        if state == "forced open":
+            return f"{_BREAKER}: {_FORCED_OPEN}"
+        if state in ("open", "half open"):
+            return f"{_BREAKER}: {_OPEN}"
+        return f"{_BREAKER} (the breaker column says how it is open): {_FORCED_OPEN}; {_OPEN}"
     if isinstance(body, Mapping) and isinstance(body.get("received"), Mapping):
         got = body["received"]
         parts = [

@@ -137,6 +137,7 @@ def index(request: HttpRequest) -> HttpResponse:
             body = response.json(content_type=None) if response.read() else None
         from_breaker = "X-Circuit-Breaker" in response.headers
         breaker = clients[alias].circuit_breaker
+        state = "none" if breaker is None else str(breaker.state.get(spec.endpoint, "closed")).replace("_", " ")
         results.append(
             {
                 "client": alias,
@@ -145,10 +146,8 @@ def index(request: HttpRequest) -> HttpResponse:
                 "settings": describe.settings(spec),
                 "status": response.status,
                 "elapsed_ms": round((time.monotonic() - started) * 1000),
-                "breaker": "none"
-                if breaker is None
-                else str(breaker.state.get(spec.endpoint, "closed")).replace("_", " "),
-                "received": describe.received(body, response.status, from_breaker),
+                "breaker": state,
+                "received": describe.received(body, response.status, from_breaker, state),
             }
         )
     context = {"form": form, "results": results, "params": shown, "priority": priority, "timeout": TIMEOUT_SHOWN}

@@ -279,8 +279,11 @@ def log_in(browser: "WebDriver", demo: Demo) -> None:
     WebDriverWait(browser, 20).until(lambda d: "circuit breaker" in d.title.lower(), "no breaker list after login")
 
 
+# testproject/describe.py's words for an answer of a breaker that opened by itself (forced open in
+# admin, it says it never probes: tests/end_to_end/test_demo_clients_breaker_words.py).
 BREAKER_ANSWERED = (
-    "no answer from billing: the circuit breaker answered (it lets one attempt through now and then, to probe)"
+    "no answer from billing: the circuit breaker answered: open by itself, it lets one attempt through now and"
+    " then, to probe"
 )
 
 
