@@ -553,21 +553,31 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
     ]
 
 
-def _bounded_databases() -> list[tuple[Any, Mapping[str, Any]]]:
-    """``(alias, settings)`` of each PostgreSQL (or PostGIS) database whose queries are bounded by the
-    deadline: none unless ``DATABASE_STATEMENT_TIMEOUT`` is on. Whatever the settings hold."""
+def _databases_under_the_bound() -> Mapping[Any, Any]:
+    """``settings.DATABASES`` when ``DATABASE_STATEMENT_TIMEOUT`` is on, else nothing to judge.
+    Whatever the settings hold."""
     setting = getattr(settings, SETTING, None)
     databases = getattr(settings, "DATABASES", None)
     if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
-        return []
-    if not isinstance(databases, Mapping):
-        return []
+        return {}
+    return databases if isinstance(databases, Mapping) else {}
+
+
+def _bounded_databases() -> list[tuple[Any, Mapping[str, Any]]]:
+    """``(alias, settings)`` of each PostgreSQL (or PostGIS) database whose queries are bounded by the
+    deadline: none unless ``DATABASE_STATEMENT_TIMEOUT`` is on. Whatever the settings hold."""
     found = []
-    for alias, database in databases.items():
+    for alias, database in _databases_under_the_bound().items():
         engine = str(database.get("ENGINE", "")) if isinstance(database, Mapping) else ""
         if "postgresql" in engine or "postgis" in engine:  # PostGIS's queries are bounded too
             found.append((alias, database))
     return found
+
+
+def _database_warning(alias: Any, message: str, hint: str, code: str) -> checks.Warning:
+    """A warning about ``settings.DATABASES[alias]``: ``message`` follows the database's name."""
+    where = f"settings.DATABASES[{alias!r}]"
+    return checks.Warning(f"{where} {message}", hint=hint, obj=where, id=f"django_aio_request.{code}")
 
 
 @checks.register("django_aio_request")
@@ -597,15 +607,15 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
                 " (and overrides PGCONNECT_TIMEOUT)"
             )
         found.append(
-            checks.Warning(
-                f"settings.DATABASES[{alias!r}] {what}: DATABASE_STATEMENT_TIMEOUT bounds its"
-                " queries by the request's deadline, but not the opening of a connection, which waits for a"
-                " server that accepts and never answers for as long as the kernel keeps trying",
-                hint="set OPTIONS {'connect_timeout': 2} (whole seconds, 2 at least: libpq reads 1 as 2; or"
+            _database_warning(
+                alias,
+                f"{what}: DATABASE_STATEMENT_TIMEOUT bounds its queries by the request's deadline, but not the"
+                " opening of a connection, which waits for a server that accepts and never answers for as long"
+                " as the kernel keeps trying",
+                "set OPTIONS {'connect_timeout': 2} (whole seconds, 2 at least: libpq reads 1 as 2; or"
                 " PGCONNECT_TIMEOUT in the environment, for a database whose OPTIONS have no connect_timeout),"
                 " and CONN_MAX_AGE so that few requests connect at all",
-                obj=f"settings.DATABASES[{alias!r}]",
-                id=f"django_aio_request.{DATABASE_WITHOUT_CONNECT_TIMEOUT}",
+                DATABASE_WITHOUT_CONNECT_TIMEOUT,
             )
         )
     return found
@@ -625,15 +635,14 @@ def check_pool_health_checks(app_configs: Any = None, **kwargs: Any) -> list[che
         pooled = isinstance(options, Mapping) and bool(options.get("pool"))  # True or the pool's own options
         if pooled and database.get("CONN_HEALTH_CHECKS"):
             found.append(
-                checks.Warning(
-                    f"settings.DATABASES[{alias!r}] uses Django's connection pool with CONN_HEALTH_CHECKS:"
-                    " the pool checks each connection as it hands it out, outside the cursors"
-                    " DATABASE_STATEMENT_TIMEOUT bounds, and a server that stops answering holds the request"
-                    " with no bound, past its deadline and the pool's timeout",
-                    hint="turn CONN_HEALTH_CHECKS off for this database: a broken pooled connection then fails"
-                    " its request's first query, which the deadline bounds, and the pool replaces it",
-                    obj=f"settings.DATABASES[{alias!r}]",
-                    id=f"django_aio_request.{POOL_HEALTH_CHECK_UNBOUNDED}",
+                _database_warning(
+                    alias,
+                    "uses Django's connection pool with CONN_HEALTH_CHECKS: the pool checks each connection as it"
+                    " hands it out, outside the cursors DATABASE_STATEMENT_TIMEOUT bounds, and a server that stops"
+                    " answering holds the request with no bound, past its deadline and the pool's timeout",
+                    "turn CONN_HEALTH_CHECKS off for this database: a broken pooled connection then fails its"
+                    " request's first query, which the deadline bounds, and the pool replaces it",
+                    POOL_HEALTH_CHECK_UNBOUNDED,
                 )
             )
     return found
@@ -656,27 +665,21 @@ def check_unbounded_databases(app_configs: Any = None, **kwargs: Any) -> list[ch
     PostgreSQL's (``statement_timeout`` and cancel requests), and a SQLite or MariaDB query ran its
     whole length past the deadline (a 4 s one answered 200 after 4.2 s at a 0.5 s deadline) while
     ``check`` said nothing, also in a project with no PostgreSQL at all (a review)."""
-    setting = getattr(settings, SETTING, None)
-    databases = getattr(settings, "DATABASES", None)
-    if not isinstance(setting, Mapping) or setting.get("DATABASE_STATEMENT_TIMEOUT") is not True:
-        return []
-    if not isinstance(databases, Mapping):
-        return []
     found: list[checks.CheckMessage] = []
-    for alias, database in databases.items():
+    for alias, database in _databases_under_the_bound().items():
         engine = database.get("ENGINE") if isinstance(database, Mapping) else None
         vendor = _vendor(engine) if isinstance(engine, str) and engine else None
         # "unknown": Django's dummy backend (DATABASES = {}), no queries to bound.
         if vendor is None or vendor in ("postgresql", "unknown"):
             continue
         found.append(
-            checks.Warning(
-                f"settings.DATABASES[{alias!r}] is {vendor}: DATABASE_STATEMENT_TIMEOUT bounds PostgreSQL's queries"
-                " only, and a query on this database runs its whole length, past the request's deadline",
-                hint="bound this database's queries yourself if they can be long (its own timeout setting), or"
+            _database_warning(
+                alias,
+                f"is {vendor}: DATABASE_STATEMENT_TIMEOUT bounds PostgreSQL's queries only, and a query on this"
+                " database runs its whole length, past the request's deadline",
+                "bound this database's queries yourself if they can be long (its own timeout setting), or"
                 " silence this warning for it (SILENCED_SYSTEM_CHECKS) if they cannot",
-                obj=f"settings.DATABASES[{alias!r}]",
-                id=f"django_aio_request.{UNBOUNDED_DATABASE}",
+                UNBOUNDED_DATABASE,
             )
         )
     return found
@@ -700,13 +703,13 @@ def check_psycopg2_cancel(app_configs: Any = None, **kwargs: Any) -> list[checks
     if getattr(psycopg_any, "is_psycopg3", True):
         return []
     return [
-        checks.Warning(
-            f"settings.DATABASES[{alias!r}] is used through psycopg2: DATABASE_STATEMENT_TIMEOUT cancels a query"
-            " at the deadline with psycopg2's connection.cancel(), which holds the whole process while it waits"
-            " for the server's answer, and one that never comes freezes every thread of the process",
-            hint="install psycopg 3 (pip install 'psycopg[binary]'), which Django prefers when both are installed",
-            obj=f"settings.DATABASES[{alias!r}]",
-            id=f"django_aio_request.{PSYCOPG2_CANCEL}",
+        _database_warning(
+            alias,
+            "is used through psycopg2: DATABASE_STATEMENT_TIMEOUT cancels a query at the deadline with psycopg2's"
+            " connection.cancel(), which holds the whole process while it waits for the server's answer, and one"
+            " that never comes freezes every thread of the process",
+            "install psycopg 3 (pip install 'psycopg[binary]'), which Django prefers when both are installed",
+            PSYCOPG2_CANCEL,
         )
         for alias in bounded
     ]
