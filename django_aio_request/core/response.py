@@ -125,7 +125,9 @@ class Response:
             raise UnexpectedContentTypeError(
                 f"expected {content_type!r} but the response (status {self.status}) has {self.content_type!r}"
             )
-        if not self._body:
+        if not self._body.strip(b" \t\r\n"):
+            # No JSON text at all, as aiohttp (aio-request's) reads it: None, for an empty body and
+            # one of white space alike (the second raised JSONDecodeError here, a review).
             return None
         # A byte order mark before the JSON text: RFC 8259 lets a parser ignore it, requests does,
         # json.loads refuses it ("Unexpected UTF-8 BOM").

@@ -263,6 +263,15 @@ def test_json_of_empty_body_is_none() -> None:
     assert Response(status=200, headers={"Content-Type": "application/json"}).json() is None
 
 
+@pytest.mark.parametrize("body", [b" ", b"\n", b"\r\n", b" \t \r\n "])
+def test_json_of_a_body_of_white_space_only_is_none_as_aiohttp_reads_it(body: bytes) -> None:
+    """No JSON text at all, as an empty body: aiohttp's json() (aio-request's) answers None for both;
+    here the white space raised JSONDecodeError (a review)."""
+    assert Response(status=200, headers={"Content-Type": "application/json"}, body=body).json() is None
+    with pytest.raises(json.JSONDecodeError):  # white space around no value is still no value inside
+        Response(status=200, headers={"Content-Type": "application/json"}, body=body + b"x").json()
+
+
 def test_json_with_invalid_body_raises_value_error() -> None:
     response = Response(status=200, headers={"Content-Type": "application/json"}, body=b"{not json")
     with pytest.raises(ValueError, match="Expecting"):
