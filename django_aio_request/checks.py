@@ -569,7 +569,11 @@ def _bounded_databases() -> list[tuple[Any, Mapping[str, Any]]]:
     found = []
     for alias, database in _databases_under_the_bound().items():
         engine = str(database.get("ENGINE", "")) if isinstance(database, Mapping) else ""
-        if "postgresql" in engine or "postgis" in engine:  # PostGIS's queries are bounded too
+        # By the backend's vendor, as the bound tells each connection: a wrapper named otherwise
+        # (psqlextra.backend) is bounded too, and was judged by no check (a review). A backend that
+        # cannot be loaded here (PostGIS without GDAL) by its name.
+        vendor = _vendor(engine) if engine else None
+        if vendor == "postgresql" or (vendor is None and ("postgresql" in engine or "postgis" in engine)):
             found.append((alias, database))
     return found
 

@@ -130,11 +130,11 @@ class Client:
         attempt (a retry or a hedge) that the call would have made.
         """
         _check_call(request, deadline, priority)
-        warn_if_blocking_the_loop()
         if self.stand_in is not None and (other := self._standing_in()) is not None:
             with other.request(request, deadline=deadline, priority=priority, strategy=strategy) as response:
-                yield response
+                yield response  # which warned, if it blocks a loop: once, not here again
             return
+        warn_if_blocking_the_loop()
         if self._closed:
             self._reopen()
         context = get_context()

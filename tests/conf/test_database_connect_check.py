@@ -263,3 +263,17 @@ def test_psycopg2_under_the_bound_is_warned_of(monkeypatch: pytest.MonkeyPatch) 
         assert "psycopg 3" in (warning.hint or "")
     with override_settings(DATABASES=databases, AIO_REQUEST={}):
         assert check_psycopg2_cancel() == []  # the bound off
+
+
+def test_a_postgresql_backend_named_otherwise_is_judged_as_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound tells PostgreSQL by the backend's vendor: a wrapper whose name says nothing of it
+    (django-postgres-extra's ``psqlextra.backend``) is bounded, and was judged by no check: no W011
+    without connect_timeout, no W015 under psycopg2 (a review)."""
+    from django.db.backends.postgresql import psycopg_any
+
+    databases = {"default": {"ENGINE": "tests.support.wrapped_postgres", "NAME": "shop"}}
+    assert _ids(databases, ON) == ["django_aio_request.W011"]
+    assert _unbounded_ids(databases, ON) == []  # PostgreSQL: bounded
+    monkeypatch.setattr(psycopg_any, "is_psycopg3", False)
+    with override_settings(DATABASES=databases, AIO_REQUEST=ON):
+        assert [warning.id for warning in check_psycopg2_cancel()] == ["django_aio_request.W015"]

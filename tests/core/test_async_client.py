@@ -193,6 +193,28 @@ def test_a_sync_call_on_the_event_loop_s_thread_warns_at_the_caller_s_line_and_n
         assert sync_call() == 200
 
 
+def test_a_blocking_call_through_a_stand_in_warns_once(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """A client a test's fake stands in for (django_aio_request.testing) hands the call on: it warned,
+    and the stand-in warned again, at the same line (a review)."""
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+    stand_in = make_client(safe_method_strategy=single_attempt_strategy())
+    client.stand_in = lambda: stand_in
+
+    async def on_the_loop() -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with client.request(get("ok")) as response:
+                assert response.status == 200
+        return caught
+
+    caught = asyncio.run(on_the_loop())
+    assert [(w.category, w.filename) for w in caught] == [(BlockingCallWarning, __file__)]
+    assert len(server.received("/ok")) == 1  # sent once, by the stand-in
+
+
 def test_cancelling_the_task_aborts_every_attempt_in_flight(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
