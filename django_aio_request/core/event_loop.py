@@ -52,9 +52,7 @@ def _callers_level() -> int:
     """The ``stacklevel`` of the first frame outside this package and contextlib: the caller's line."""
     frame = sys._getframe(2)  # the caller of warn_if_blocking_the_loop()
     level = 2
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename == _CONTEXTLIB
-    ):
+    while frame is not None and _inside(frame.f_code.co_filename):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level
