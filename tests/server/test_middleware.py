@@ -431,15 +431,14 @@ def test_hedged_attempts_in_worker_threads_send_the_request_deadline_and_priorit
         arrivals.clear()
         response = GETTERS[mode](path, {"X-Request-Timeout": "4", "X-Request-Priority": "low"})
         assert json.loads(response.content)["status"] == 200
-        (first, _, first_at), (second, _, second_at) = sorted(sent(server), key=lambda s: s[2])
+        # Told apart by what each was told, not by when the server read them: a loaded CI machine read
+        # attempt 0 0.1 s late, beside the hedge (0.3 ms apart), once in a CI run.
+        (first, _, _), (second, _, _) = sorted(sent(server), key=lambda s: -s[0])
         assert {p for _, p, _ in sent(server)} == {"low"}
-        # Sent 0.1 s after attempt 0 started; measured at the server, attempt 0 may arrive a little late.
-        assert second_at - first_at >= 0.05
         assert first <= 4.0
         # The hedge sent what was left when it started, 0.1 s after the call did: judged against the
         # request's 4 s, not attempt 0's stamp, which a loaded CI machine took 35 ms into the call.
         assert second <= 4.0 - 0.1 + 0.001
-        assert second < first
 
 
 @pytest.mark.parametrize(
