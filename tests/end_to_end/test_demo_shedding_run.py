@@ -124,5 +124,7 @@ def test_the_page_says_what_it_could_not_read_from_orders_and_never_answers_500(
     for _, calls, counted in rows:
         assert int(calls) > 0  # the run went on: its callers' figures are there
         assert html.unescape(counted) == f"unknown: {said}"  # what orders counted: in words, and why
-    assert 'data-missed="' in page, page  # the limit's samples, read during the run, are missing too, and said so
+    # Not asserted here: that the limit's samples read during the run are counted missing. Within a
+    # 0.3 s run the sampler may get no turn on a loaded machine (a CI run: no sample, nothing missed);
+    # test_a_limit_sample_orders_resets_is_counted_missing_and_the_run_samples_on holds it.
     assert elapsed < 5.0
