@@ -26,7 +26,7 @@ from testproject.shedding import CALLERS
 from tests.support.services import READY_TIMEOUT, _free_ports
 
 KILL_AFTER = 3.0  # seconds the test's launcher waits before it kills a service (make demo's: 5)
-PROMPTLY = 1.5  # seconds a service may take to exit once asked (a call in flight may wait on a 500 ms tail)
+PROMPTLY = 2.5  # seconds the stop may take (all three exit in turn; a call in flight may wait on a 500 ms tail)
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
