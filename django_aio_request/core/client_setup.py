@@ -26,8 +26,7 @@ from django_aio_request.core.request import check_headers
 from django_aio_request.core.response import Response
 from django_aio_request.core.retry_budget import RetryBudget
 from django_aio_request.metrics.breaker import watch_breaker
-from django_aio_request.metrics.client import ClientMetrics, client_retry_budget_exhausted
-from django_aio_request.metrics.deferred import recording
+from django_aio_request.metrics.client import ClientMetrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.strategies import MethodBasedStrategy, RequestStrategy, method_based_strategy
 from django_aio_request.transport.base import Transport
@@ -305,15 +304,12 @@ def setup(
     hedge_priority = validate_hedge_priority(hedge_priority)
     classifier = response_classifier or DefaultResponseClassifier()
     strategy: MethodBasedStrategy = method_based_strategy(safe=safe_method_strategy, unsafe=unsafe_method_strategy)
-    recorder = ClientMetrics(endpoint) if metrics and METRICS_ENABLED else None
+    recorder = ClientMetrics(endpoint, retry_budget=budget is not None) if metrics and METRICS_ENABLED else None
     modules: list[RequestModule] = [LowTimeoutModule(low_timeout_threshold, recorder)]
     if circuit_breaker is not None:
         modules.append(CircuitBreakerModule(circuit_breaker, classifier))
         if recorder is not None:
             watch_breaker(circuit_breaker, endpoint)
-    if budget is not None and recorder is not None:
-        with recording():  # a fork meanwhile must not copy prometheus-client's lock held (metrics/deferred.py)
-            client_retry_budget_exhausted.labels(endpoint)  # exported at 0 from the start
     transport = transport if transport is not None else RequestsTransport()
     modules.append(
         TransportModule(

@@ -90,7 +90,7 @@ def export_at_zero(endpoint: str, *, retry_budget: bool = False) -> None:
     first scrape went unseen while its retries counted, and the query read 7.0 where 0.5 was true, a
     review). Not the attempts after the first, which aio_request_retries_total counts (half the cost
     a client). ``retry_budget``: its refusals too. Made by every client's setup, and for the named
-    clients of a service as it starts, before any is made (named_clients.py). Idempotent."""
+    clients of a service as it starts, before any is made (startup_metrics.py). Idempotent."""
     if not ENABLED:
         return
     with recording():  # a fork meanwhile must not copy prometheus-client's lock held (metrics/deferred.py)
@@ -115,9 +115,9 @@ class ClientMetrics:
 
     __slots__ = ("endpoint",)
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, retry_budget: bool = False) -> None:
         self.endpoint = endpoint
-        export_at_zero(endpoint)
+        export_at_zero(endpoint, retry_budget=retry_budget)
 
     def call(self, method: str, path: str, status: int, *, circuit_breaker: bool, attempt: int, elapsed: float) -> None:
         _client_observations.add((_record_call, self.endpoint, method, path, status, circuit_breaker, attempt, elapsed))

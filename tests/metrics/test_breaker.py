@@ -230,18 +230,18 @@ def test_setup_creates_the_budget_series_under_the_fork_guard(endpoint: str, mon
     """A fork while setup() created the retry budget's series (prometheus-client's lock held, one
     for the whole process in multiprocess mode) left the child's first metric waiting for ever:
     the series is created holding the guard a fork takes first (metrics/deferred.py)."""
-    from django_aio_request.core import client_setup
+    from django_aio_request.metrics import client as client_metrics
     from django_aio_request.metrics import deferred
 
     held: list[bool] = []
-    counter = client_setup.client_retry_budget_exhausted  # type: ignore[attr-defined]
+    counter = client_metrics.client_retry_budget_exhausted
 
     class Watched:
         def labels(self, *values: str) -> object:
             held.append(deferred._guard._is_owned())  # type: ignore[attr-defined]
             return counter.labels(*values)
 
-    monkeypatch.setattr(client_setup, "client_retry_budget_exhausted", Watched())
+    monkeypatch.setattr(client_metrics, "client_retry_budget_exhausted", Watched())
     dar.setup(endpoint=endpoint, safe_method_strategy=dar.single_attempt_strategy()).close()
     assert held == [True]
 
