@@ -406,6 +406,32 @@ def test_without_headers_outgoing_calls_get_the_default_deadline_not_the_clients
     assert priority == "normal"
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_without_the_middleware_calls_send_the_client_s_own_timeout_and_priority_and_nothing_says_so(
+    server: LoopbackServer, settings: Settings, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """README: a service without AioRequestMiddleware reads neither of its caller's headers; the
+    calls its views make send their client's own TIMEOUT and priority (a review: a request with
+    2.5 s and ``high`` called billing with ``4.995`` and ``normal``), and no check or log says why."""
+    caplog.set_level(logging.DEBUG, logger="django_aio_request")
+    server.route("/echo", lambda handler: handler.reply(200, b"ok"))
+    settings.MIDDLEWARE = []
+    # Every number and name distinct: the caller's 2.5 s and high, the server's default 7 s and
+    # normal, the client's own 5 s and low.
+    client = {"ENDPOINT": server.url, "TIMEOUT": 5.0, "PRIORITY": "low", "SAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    settings.AIO_REQUEST = server_setting(CLIENTS={"down": client})
+    response = GETTERS[mode](CALL[mode], {"X-Request-Timeout": "2.5", "X-Request-Priority": "high"})
+    assert json.loads(response.content) == {"status": 200, "body": "ok"}  # the clients work
+    ((timeout, priority, _),) = sent(server)
+    assert 4.0 < timeout <= 5.0  # the client's 5 s, not the caller's 2.5 nor the server's default 7
+    assert priority == "low"  # the client's, not the caller's high nor the server's default normal
+    assert check_settings() == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+CALL = {"sync": "/call", "async": "/acall"}
+
+
 def test_a_clamped_deadline_is_what_outgoing_calls_get(downstream: LoopbackServer) -> None:
     get_sync("/call", {"X-Request-Timeout": "100000"})
     ((timeout, _, _),) = sent(downstream)
