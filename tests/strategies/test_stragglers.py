@@ -3,6 +3,8 @@
 The hedging it decides is tested against a real server in test_parallel_strategy.py (TestStragglers)."""
 
 import collections
+import heapq
+import itertools
 import random
 import sys
 import threading
@@ -520,3 +522,93 @@ def test_a_forked_child_does_not_apply_what_its_parent_noted_and_never_applied()
 
     assert in_child(child) == {"noted": 0, "crowded": None}
     assert pace.crowded(time.monotonic(), delay=0.2)  # in the parent, they are its answers
+
+
+# After a lasting shift: the straggler rule and the percentile delays, on one clock
+
+
+class _Clock:
+    """The time both rules read (``time.monotonic()`` in their modules), moved by the test alone."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _after_a_lasting_shift(monkeypatch: pytest.MonkeyPatch, rate: int) -> list[dict[str, Any]]:
+    """Calls at ``rate`` a second to a server answering in 7-9 ms that answers in 50-70 ms for good
+    from 25 s on (a review's figures: p90, a 20 s window, saturation ratio on), on a clock the test
+    moves: each call's start, latency, the delay the provider gave it and whether it held hedges
+    back, and whether a hedge would go, without the straggler rule (its delay passed unanswered) and
+    with it (as the parallel strategy asks it: ``Pace.crowded``, then ``Pace.holder``)."""
+    from django_aio_request import Response, get
+    from django_aio_request.strategies import percentile_delays, stragglers
+    from django_aio_request.strategies.parallel import _SLOWER_THAN_MOST
+    from django_aio_request.strategies.percentile_delays import PercentileDelaysProvider
+
+    clock = _Clock()
+    monkeypatch.setattr(percentile_delays, "time", clock)
+    monkeypatch.setattr(stragglers, "time", clock)
+    provider = PercentileDelaysProvider(percentile=0.9, window_seconds=20, saturation_ratio=2.0)
+    pace, request, latencies = Pace(), get("things"), random.Random(11)
+    shift = clock.now + 25
+    events: list[tuple[float, int, str, int]] = []  # (when, order, what, call)
+    order = itertools.count()
+    for i in range(60 * rate):
+        heapq.heappush(events, (clock.now + i / rate, next(order), "start", i))
+    calls: list[dict[str, Any]] = []
+    held_back: set[int] = set()  # the calls whose hedge a younger call in flight holds back
+    while events:
+        clock.now, _, what, i = heapq.heappop(events)
+        if what == "start":
+            took = latencies.uniform(0.007, 0.009) if clock.now < shift else latencies.uniform(0.050, 0.070)
+            delay, held = provider.delay(request), provider.saturated(request)
+            number = pace.start(clock.now)
+            calls.append({"start": clock.now, "took": took, "delay": delay, "held": held, "number": number})
+            calls[i]["hedged"] = calls[i]["hedged_by_the_rule"] = not held and took > delay
+            heapq.heappush(events, (clock.now + took, next(order), "answer", i))
+            if calls[i]["hedged"]:
+                heapq.heappush(events, (clock.now + delay, next(order), "due", i))
+        elif what == "due":  # unanswered at its delay: would the rule let the hedge go now?
+            call = calls[i]
+            typical = pace.crowded(clock.now, call["delay"])
+            if typical is not None:  # slow together: a straggler once it waited twice what most took
+                call["hedged_by_the_rule"] = _SLOWER_THAN_MOST * typical < call["took"]
+            elif pace.holder(call["number"], clock.now, call["delay"] / 2) is not None:
+                call["hedged_by_the_rule"] = False  # until a younger call is answered first (below)
+                held_back.add(i)
+        else:
+            held_back.discard(i)
+            for older in [older for older in held_back if older < i]:  # passed: stragglers, hedged now
+                calls[older]["hedged_by_the_rule"] = True
+                held_back.discard(older)
+            pace.end(calls[i]["number"], answered=True)
+            provider.observe(request, Response(status=200, elapsed=calls[i]["took"]))
+    return [call for call in calls if call["start"] >= shift]
+
+
+@pytest.mark.parametrize("rate", [49, 12])
+def test_after_a_lasting_shift_the_calls_at_the_old_delay_are_hedged_without_the_rule_and_not_with_it(
+    monkeypatch: pytest.MonkeyPatch, rate: int
+) -> None:
+    """usage.md: once the saturation hold lifts after a server became slower for good, the calls
+    are given the delay learned before (10 ms, the floor, for 8 ms answers) until 20 latencies of
+    the new kind are learned: with STRAGGLERS_ONLY off nearly every one is hedged (a review: 47 in
+    the 49 calls of the second after the hold lifted, 13 hedges in 12 calls at 12 a second), with
+    it on few (-1 and 2): the calls answered around them are as slow (Pace.crowded). Then hedges go
+    at the new delay, to the calls slower than it (9 and 10 in the next second)."""
+    after = _after_a_lasting_shift(monkeypatch, rate)
+    first_held = next(n for n, call in enumerate(after) if call["held"])
+    lifted = after[next(n for n in range(first_held, len(after)) if not after[n]["held"]) :]
+    old = list(itertools.takewhile(lambda call: call["delay"] == 0.010, lifted))
+    # The delay learned before the shift until at least 20 of the new latencies are learned (each
+    # call one), and recomputed within a second (refresh_seconds) after that.
+    assert 20 <= len(old) <= 20 + rate + 1, len(old)
+    assert all(call["took"] >= 0.050 for call in old)
+    assert [call["hedged"] for call in old] == [True] * len(old)  # STRAGGLERS_ONLY off: every one
+    assert [call["hedged_by_the_rule"] for call in old] == [False] * len(old)  # on: none
+    new = lifted[len(old) : len(old) + 2 * rate]
+    assert {round(call["delay"], 2) for call in new} == {0.07}  # the new p90, of 50-70 ms
+    assert 0 < sum(call["hedged"] for call in new) <= 0.2 * len(new)  # the slowest tenth, about

@@ -39,6 +39,7 @@ from django_aio_request import (
 )
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.response import UnsentResponse
+from django_aio_request.transport.attempt_sockets import AttemptSockets
 from tests.support.loopback import (
     Handler,
     LoopbackServer,
@@ -48,6 +49,7 @@ from tests.support.loopback import (
     replies,
     trickle,
 )
+from tests.support.raw_server import RawAnswerServer, request_heads
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -223,6 +225,49 @@ def test_connect_retries_against_a_refused_port(connect_retries: int, caplog: py
     assert response.status == 489
     retried = [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
     assert len(retried) == connect_retries
+
+
+def test_connect_retries_connect_again_at_once_within_the_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """usage.md: CONNECT_RETRIES 3 against a refusing port makes 4 connects within one attempt, with no
+    pause between them (urllib3's retries, no backoff: a review measured about 1 ms for the 4). Told by
+    what the code is asked to do, not by how long it took: each connect() to the port is counted, and
+    every pause the attempt's thread is told to make (``time.sleep``, urllib3's backoff; the attempt's
+    own ``pause``, a deadline-bound retry's) is recorded."""
+    port = free_port()  # nothing listens there: every connection is refused
+    caller = threading.current_thread()
+    connects: list[float] = []
+    pauses: list[float] = []
+    connect, sleep, pause = socket.socket.connect, time.sleep, AttemptSockets.pause
+
+    def counted_connect(sock: socket.socket, address: Any) -> None:
+        if address[1] == port:
+            connects.append(time.monotonic())
+        connect(sock, address)
+
+    def recorded_sleep(seconds: float) -> None:
+        if threading.current_thread() is caller:
+            pauses.append(seconds)
+        sleep(seconds)
+
+    def recorded_pause(guard: AttemptSockets, seconds: float) -> None:
+        if threading.current_thread() is caller:
+            pauses.append(seconds)
+        pause(guard, seconds)
+
+    monkeypatch.setattr(socket.socket, "connect", counted_connect)
+    monkeypatch.setattr(time, "sleep", recorded_sleep)
+    monkeypatch.setattr(AttemptSockets, "pause", recorded_pause)
+    transport = RequestsTransport(connect_retries=3)
+    try:
+        started = time.monotonic()
+        response = transport.send(f"http://127.0.0.1:{port}/", get("things"), DEADLINE)
+        took = time.monotonic() - started
+    finally:
+        transport.close()
+    assert response.status == 489  # the attempt's network error, once the retries are spent
+    assert len(connects) == 3 + 1
+    assert [seconds for seconds in pauses if seconds > 0] == []
+    assert took < DEADLINE / 5, took  # all of it at once: no retry waited for the deadline either
 
 
 def test_connect_retries_do_not_resend_a_request_that_reached_the_server(server: LoopbackServer) -> None:
@@ -873,6 +918,68 @@ def test_max_response_size_also_bounds_coded_bytes_that_decode_to_nothing(
     assert (refused.status, refused.headers.get("X-Response-Too-Large")) == (489, str(limit)), refused.headers
     assert took < 2.0, took
     assert [(a.status, a.read()) for a in answers] == [(200, noise), (200, noise), (200, quarter)]
+
+
+class _HoldingServer(RawAnswerServer):
+    """Writes its answer to the request of each connection and keeps the connection open until the
+    client closes it: an answer whose body ends at the close, for the client, never ends."""
+
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        for _ in request_heads(conn, 4 * DEADLINE):
+            conn.sendall(answer)
+
+
+#: A 200 whose body has no Content-Length and is not chunked: it ends when the server closes.
+CLOSE_FRAMED = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
+LIMITS = pytest.mark.parametrize("limit", [10, 64 * 1024, 1024 * 1024], ids=["10 B", "64 KiB", "1 MiB"])
+
+
+def _close_framed(
+    server: RawAnswerServer, route: str, limit: int, size: int, deadline: float
+) -> tuple[Response, float]:
+    """A GET answered by ``server`` with a close-framed body of ``size`` bytes, through a transport
+    whose max_response_size is ``limit``; the answer and the seconds it took."""
+    server.answer = CLOSE_FRAMED + b"x" * size
+    transport = _transport_on(route, limit)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("body"), deadline)
+        return response, time.monotonic() - started
+    finally:
+        transport.close()
+        server.close()
+
+
+@ROUTES
+@LIMITS
+def test_a_close_framed_body_just_past_the_limit_on_a_held_connection_is_a_408_at_the_deadline(
+    route: str, limit: int
+) -> None:
+    """usage.md: a body that ends when the server closes is read 64 KiB at a time, so one byte past
+    MAX_RESPONSE_SIZE from a server that keeps the connection open holds the attempt to its deadline,
+    a 408, not a 489 (a review: the same at limits of 10 bytes, 64 KiB and 1 MiB)."""
+    deadline = 0.5
+    response, took = _close_framed(_HoldingServer(), route, limit, limit + 1, deadline)
+    assert response.status == 408, response.headers
+    assert took >= deadline - 0.05, took
+
+
+@ROUTES
+@LIMITS
+def test_a_close_framed_body_64_kib_past_the_limit_is_a_489_on_a_held_connection(route: str, limit: int) -> None:
+    """usage.md: a body past MAX_RESPONSE_SIZE is found within 64 KiB past it, without waiting for
+    the end of a body the server never closes (that wait would be a 408 at the deadline)."""
+    response, _ = _close_framed(_HoldingServer(), route, limit, limit + 64 * 1024, DEADLINE)
+    assert (response.status, response.headers.get("X-Response-Too-Large")) == (489, str(limit)), response.headers
+
+
+@ROUTES
+@LIMITS
+def test_a_close_framed_body_just_past_the_limit_is_a_489_when_the_server_closes(route: str, limit: int) -> None:
+    """The same body one byte past MAX_RESPONSE_SIZE from a server that closes after it: its end is
+    found, and the body is too large."""
+    response, _ = _close_framed(RawAnswerServer(), route, limit, limit + 1, DEADLINE)
+    assert (response.status, response.headers.get("X-Response-Too-Large")) == (489, str(limit)), response.headers
 
 
 def _tiny_chunks(size: int) -> Callable[[Handler], None]:
