@@ -73,6 +73,51 @@ def test_under_a_callable_policy_every_claim_queues_as_an_untrusted_callers(sett
     assert queue_priority(Claims(LOW)) is LOW  # lowering a claim is always allowed
 
 
+def test_a_request_queued_with_every_thread_busy_asks_the_limiter_to_make_way_unless_it_is_low(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's pool tells it of a request that finds every thread busy; with SHEDDING it asks the
+    process's limiter to refuse a worse request waiting on a thread for a slot (``Limiter.make_way``:
+    tests/server/test_shedding.py), with the priority the request queued with. Low priority and
+    hang-ups ask nothing; without SHEDDING there is no limiter to ask."""
+    from django_aio_request.server.priority_worker import _HUNG_UP, _pool_rank
+    from django_aio_request.server.shedding import Limiter
+
+    asked: list[Priority] = []
+
+    def make_way(self: Limiter, priority: Priority) -> bool:
+        asked.append(priority)
+        return False
+
+    monkeypatch.setattr(Limiter, "make_way", make_way)
+    worker = object.__new__(PriorityThreadWorker)
+    worker.cfg = SimpleNamespace(threads=1)
+    pool = worker.get_thread_pool()
+    try:
+        for shedding in ({"MAX_CONCURRENCY": 1}, None):
+            settings.AIO_REQUEST = {} if shedding is None else {"SHEDDING": shedding}
+            asked.clear()
+            gate, started = threading.Event(), threading.Event()
+
+            def hold(conn: Any, gate: threading.Event = gate, started: threading.Event = started) -> None:
+                started.set()
+                gate.wait(10)
+
+            busy = pool.submit(hold, None)
+            assert started.wait(5)
+            ranks = [_pool_rank(HIGH, True), _pool_rank(NORMAL, False), _pool_rank(LOW, True), _HUNG_UP]
+            queued = [pool.submit(lambda conn: None, None) for _ in ranks]  # ranked by _rank: no socket
+            for rank in ranks:
+                worker._make_way(rank)
+            gate.set()
+            for future in (busy, *queued):
+                future.result(5)
+            # The queued requests (no socket: ranked normal, no deadline) asked too, once each.
+            assert asked == ([NORMAL] * len(queued) + [HIGH, NORMAL] if shedding else [])
+    finally:
+        pool.shutdown(wait=True)
+
+
 def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settings) -> None:
     settings.AIO_REQUEST = {"TIMEOUT": 7, "MAX_TIMEOUT": 30}
     assert queue_timeout(Claims(timeout="4.987")) == 4.987
