@@ -644,6 +644,20 @@ def flooded_with_three_slots_on_four_threads() -> tuple[FakeClock, Limiter, list
     return clock, limiter, held
 
 
+def waits_and_is_served(
+    limiter: Limiter, pool: PriorityThreadPool, priority: Priority, deadline: float, held: list[Any]
+) -> None:
+    """A request of ``priority`` on a thread of ``pool`` waits for a slot and takes the one the first of
+    ``held`` frees; then every slot is given back."""
+    waiting = pool.submit(limiter.acquire, priority, deadline)
+    wait_until(lambda: limiter.waiting == 1)
+    limiter.release(held[0].admitted_at, thread=True)
+    admission = waiting.result(5)
+    assert admission.admitted
+    for done in (*held[1:], admission):
+        limiter.release(done.admitted_at, thread=True)
+
+
 def test_on_the_priority_workers_threads_normal_waits_on_the_thread_gthread_keeps_free() -> None:
     """docs/budgets-and-shedding.md: in a flood, one thread free beside the slots leaves room for no
     waiter under gthread (it keeps taking requests off the server's first-come queue), so a normal
@@ -658,14 +672,7 @@ def test_on_the_priority_workers_threads_normal_waits_on_the_thread_gthread_keep
     try:
         low = pool.submit(limiter.acquire, LOW, clock() + 5).result(5)
         assert (low.admitted, low.reason) == (False, "capacity")
-        normal = pool.submit(limiter.acquire, NORMAL, clock() + 5)
-        wait_until(lambda: limiter.waiting == 1)
-        clock.advance(0.05)
-        limiter.release(held[0].admitted_at, thread=True)
-        admission = normal.result(5)
-        assert admission.admitted
-        for done in (*held[1:], admission):
-            limiter.release(done.admitted_at, thread=True)
+        waits_and_is_served(limiter, pool, NORMAL, clock() + 5, held)
     finally:
         pool.shutdown(wait=True)
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
@@ -688,13 +695,7 @@ def test_a_better_request_queued_for_a_thread_takes_the_thread_of_a_worse_one_wa
         refused = normal.result(5)
         assert (refused.admitted, refused.reason) == (False, "capacity")
         assert limiter.waiting == 0
-        high = pool.submit(limiter.acquire, HIGH, clock() + 5)  # the freed thread takes it: it waits for a slot
-        wait_until(lambda: limiter.waiting == 1)
-        limiter.release(held[0].admitted_at, thread=True)
-        admission = high.result(5)
-        assert admission.admitted
-        for done in (*held[1:], admission):
-            limiter.release(done.admitted_at, thread=True)
+        waits_and_is_served(limiter, pool, HIGH, clock() + 5, held)  # on the thread freed for it
     finally:
         pool.shutdown(wait=True)
     assert (limiter.in_flight, limiter.waiting) == (0, 0)
