@@ -30,11 +30,14 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from django_aio_request import breaker_publisher, clients, get
+from django_aio_request import breaker_publisher, clients, get, named_clients
 from django_aio_request.breaker.cache_store import CacheCircuitStore
 from django_aio_request.breaker.circuit_breaker import CircuitState, CircuitTransition, DefaultCircuitBreaker, Override
 from django_aio_request.breaker_publisher import Publisher
+from django_aio_request.core.context import set_context
+from django_aio_request.core.deadline import Deadline
 from django_aio_request.models import BreakerOverride, BreakerReport, BreakerStatus, BreakerTransition, breaker_id
+from django_aio_request.server.view_timeout import DefaultDeadline
 from django_aio_request.testing import fake_client, force_breaker, reply
 from tests.support import hanging_cache
 from tests.support.forking import in_child
@@ -1192,6 +1195,213 @@ def test_a_hanging_database_delays_one_client_build_by_the_first_read_wait_at_mo
         hanging.set()
         made.stop()
     assert not made.running
+
+
+class WaitsGiven(threading.Condition):
+    """A condition that notes the timeout each ``wait_for`` on it is given: what a wait was told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[float | None] = []
+
+    def wait_for(self, predicate: Any, timeout: float | None = None) -> Any:
+        self.given.append(timeout)
+        return super().wait_for(predicate, timeout)
+
+
+class EventWaitsGiven(threading.Event):
+    """An event that notes, in ``given``, the timeout each ``wait`` on it is given."""
+
+    def __init__(self, given: list[float | None]) -> None:
+        super().__init__()
+        self.given = given
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.given.append(timeout)
+        return super().wait(timeout)
+
+
+@pytest.mark.django_db(databases=["postgres"])
+@pytest.mark.parametrize("kind", [Deadline, DefaultDeadline], ids=["header", "default"])
+def test_a_first_lookup_in_a_request_waits_for_a_hanging_database_no_longer_than_its_deadline(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: type[Deadline]
+) -> None:
+    """docs/admin.md: the first ``clients["billing"]`` of a request with 50 ms left (a caller's header,
+    or the middleware's TIMEOUT default) waited the build's whole first-read wait for a database that
+    hangs, then its call answered 408 at once: the view was held past its caller's deadline. The wait
+    ends at the deadline; the call answers 408 as any call past it, sending nothing; 50 ms prove
+    nothing of the database: nothing is said, the next build still waits, and so does the client's
+    first call with time, for the rest of the build's first-read wait (no more); it then says the
+    overrides were not read, once, builds stop waiting, and calls go by the breaker's own state."""
+    server.route("/down", lambda h: h.reply(200))
+    made, hanging = publisher_whose_overrides_hang(monkeypatch, first_read_wait=0.6)
+    made._read_done = waits = WaitsGiven()
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
+    three = {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER} for name in ("billing", "refunds", "ledger")}
+    late = "circuit breaker overrides not read within 0.6 s"
+    try:
+        with override_settings(AIO_REQUEST={"SERVICE_NAME": "orders", "CLIENTS": three}):
+            with set_context(deadline=kind(time.monotonic() + 0.05)):
+                started = time.monotonic()
+                client = clients["billing"]
+                built = time.monotonic()
+                looked_up = built - started
+                assert call("billing", 1) == [408]
+            [first] = waits.given
+            assert first is not None
+            assert first <= 0.05, first  # 0.6 before: the whole first-read wait
+            assert looked_up < 0.3, looked_up
+            assert server.received("/down") == []
+            with set_context(deadline=kind(time.monotonic() + 0.05)):
+                clients["refunds"]  # the cut wait marked nothing: this build waits too, for its 50 ms
+            assert len(waits.given) == 2, waits.given
+            assert late not in caplog.text
+            asked = time.monotonic()
+            assert call("billing", 1) == [200]  # a request with time: by the breaker's own state, once...
+            rest = waits.given[2]  # ...its first call waited for the rest of the build's 0.6 s, not 0.6 s more
+            assert rest is not None
+            assert 0 <= rest <= 0.6 - (asked - built), (waits.given, asked - built)
+            said = [r.getMessage() for r in caplog.records if late in r.getMessage()]
+            assert said == [f"{late} (the database is slow or hangs): client 'billing' calls before admin's "
+                            "overrides are applied; builds do not wait until a round finishes"]  # fmt: skip
+            started = time.monotonic()
+            clients["ledger"]  # no deadline, and no wait: the database is known to hang now
+            assert time.monotonic() - started < 0.3
+            assert call("billing", 1) == [200]  # no wait either
+            assert len(waits.given) == 3, waits.given
+            assert clients["billing"] is client
+            assert len([r for r in caplog.records if late in r.getMessage()]) == 1
+    finally:
+        hanging.set()
+        made.stop()
+    assert not made.running
+
+
+@pytest.mark.django_db(databases=["postgres"], transaction=True)
+def test_after_a_build_cut_short_by_its_request_s_deadline_the_next_request_obeys_an_override(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/circuit-breaker.md: a build cut short at the deadline and handed out before the overrides
+    were read let the next request, which had time, call an endpoint an operator had forced open (a
+    review, on a database that answers, slowly). That request's first call waits for the read the
+    build did not; the cut build says nothing, and nothing is sent."""
+    server.route("/down", lambda h: h.reply(200))
+    made = Publisher(interval=3600, first_read_wait=2.0, database="postgres")
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    apply_overrides = Publisher._apply_overrides
+
+    def slowly(self: Publisher, breakers: Any) -> None:
+        time.sleep(0.6)  # a slow database: it answers, long after the lookup's 50 ms
+        apply_overrides(self, breakers)
+
+    monkeypatch.setattr(Publisher, "_apply_overrides", slowly)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    BreakerOverride.objects.using("postgres").create(
+        client="billing", endpoint=server.url, mode="force_open", changed_at=now
+    )
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker_publisher")
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            with set_context(deadline=Deadline.from_timeout(0.05)):
+                started = time.monotonic()
+                clients["billing"]
+                looked_up = time.monotonic() - started
+                assert call("billing", 1) == [408]
+            assert looked_up < 0.3, looked_up  # 0.6 s, the read, before
+            assert call("billing", 3) == [502, 502, 502]  # the next request, with time
+            assert server.received("/down") == []
+            assert caplog.records == []
+    finally:
+        made.stop()
+
+
+@pytest.mark.django_db(databases=["postgres"])
+def test_a_thread_waiting_for_another_s_build_of_a_client_waits_no_longer_than_its_request_s_deadline(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/admin.md: the registry hands a client out once its build's receivers ran (the publisher's
+    waits for admin's overrides), at most 1 s. A thread looking the client up meanwhile in a request
+    with 50 ms left waited that 1 s, past its caller's deadline, then answered 408 at once. It waits
+    no longer than its deadline: it is handed the client, whose call past the deadline sends nothing."""
+    server.route("/down", lambda h: h.reply(200))
+    made, hanging = publisher_whose_overrides_hang(monkeypatch, first_read_wait=3.0)  # the builder waits on
+    given: list[float | None] = []
+    make = named_clients._Build.__init__
+
+    def spied(self: Any, *args: Any, **kwargs: Any) -> None:
+        make(self, *args, **kwargs)
+        self.done = EventWaitsGiven(given)
+
+    monkeypatch.setattr(named_clients._Build, "__init__", spied)
+    built: list[object] = []
+    try:
+        with override_settings(AIO_REQUEST=setting(server.url)):
+            builder = threading.Thread(target=lambda: built.append(clients["billing"]))
+            builder.start()
+            assert eventually(lambda: made._watched == 1, 5)  # in its receivers, waiting for the overrides
+            with set_context(deadline=DefaultDeadline(time.monotonic() + 0.05)):
+                started = time.monotonic()
+                client = clients["billing"]
+                looked_up = time.monotonic() - started
+                assert call("billing", 1) == [408]
+            assert given, given
+            assert all(t is not None and t <= 0.05 for t in given), given  # 1.0 each before
+            assert looked_up < 0.5, looked_up
+            assert builder.is_alive()  # its build still waits for the overrides
+            assert server.received("/down") == []
+            hanging.set()
+            builder.join(10)
+            assert built == [client]
+    finally:
+        hanging.set()
+        made.stop()
+
+
+def test_a_first_lookup_in_a_request_waits_for_a_hanging_shared_cache_no_longer_than_its_deadline(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    """The build also waits, within the same first-read wait, for its shared cache's first read of the
+    endpoint (docs/circuit-breaker.md): with 50 ms left it is cut short there too, and, cut, proves
+    nothing of the cache (no warning). The client's first call with time waits for the rest of the
+    build's wait, then says the cache did not answer, once, and builds on it stop waiting."""
+    server.route("/svc", lambda h: h.reply(200))
+    made = Publisher(interval=3600, first_read_wait=0.6)
+    monkeypatch.setattr(breaker_publisher, "publisher", made)
+    monkeypatch.setattr(Publisher, "_run_once", lambda self, number, background: True)  # a database that answers
+    hanging_cache.arm()
+    settings.CACHES = {
+        **settings.CACHES,
+        "hanging": {"BACKEND": "tests.support.hanging_cache.HangingCache", "OPTIONS": {"seconds": 30}},
+    }
+    caplog.set_level(logging.WARNING)
+    two = {name: {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER} for name in ("one", "two")}
+
+    def said() -> list[str]:
+        return [m for r in caplog.records if "did not answer this process's first read" in (m := r.getMessage())]
+
+    try:
+        with override_settings(AIO_REQUEST={"CLIENTS": two, "CIRCUIT_BREAKER_STATE": "hanging"}):
+            with set_context(deadline=Deadline.from_timeout(0.05)):
+                started = time.monotonic()
+                clients["one"]
+                looked_up = time.monotonic() - started
+                with clients["one"].request(get("svc")) as response:
+                    assert response.status == 408
+            assert looked_up < 0.3, looked_up  # 0.6 s before: the whole first-read wait
+            assert hanging_cache.calls, "the store never asked the cache: the test tests nothing"
+            assert said() == []
+            assert server.received("/svc") == []
+            with clients["one"].request(get("svc")) as response:  # a request with time
+                assert response.status == 200
+            assert time.monotonic() - started >= 0.59  # it waited until the build's 0.6 s were over
+            assert len(said()) == 1, said()
+            started = time.monotonic()
+            clients["two"]  # no wait: the cache is known not to answer
+            assert time.monotonic() - started < 0.3
+            assert len(said()) == 1, said()
+    finally:
+        hanging_cache.release()
+        made.stop()
 
 
 def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackServer, tmp_path: Path) -> None:
