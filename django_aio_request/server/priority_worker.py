@@ -421,12 +421,20 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
     def _make_way(self, rank: int) -> None:
         """A request of ``rank`` queued with every thread busy: with ``SHEDDING``, a worse request
         waiting on a thread for a slot gives its thread up (``Limiter.make_way``). On gunicorn's main
-        loop, like :meth:`_rank`: the pool logs what this raises, and the request stays queued."""
+        loop, like :meth:`_rank`: what it raises is logged once per worker, and the request stays queued."""
         if rank == _HUNG_UP or rank // 2 >= RANK[Priority.LOW]:
             return  # a hang-up to close, or low priority: nothing worse waits on a thread
-        conf = current.settings
-        if conf.shedding is not None:
-            shedding_for(conf.shedding, conf.known_services).limiter.make_way(_PRIORITIES[rank // 2])
+        try:
+            conf = current.settings
+            if conf.shedding is not None:
+                shedding_for(conf.shedding, conf.known_services).limiter.make_way(_PRIORITIES[rank // 2])
+        except Exception:
+            if not getattr(self, "_make_way_failed", False):  # in a flood it would be every request
+                self._make_way_failed = True
+                self.log.exception(
+                    "PriorityThreadWorker could not ask the limiter to make way for a request queued with every "
+                    "thread busy: it waits for a thread (logged once per worker)"
+                )
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (:func:`_pool_rank`: by priority, then with a deadline

@@ -5,6 +5,7 @@ gunicorn's), plus what it reads from settings and how it hands the queueing time
 import collections
 import http.client
 import json
+import logging
 import math
 import os
 import signal
@@ -116,6 +117,24 @@ def test_a_request_queued_with_every_thread_busy_asks_the_limiter_to_make_way_un
             assert asked == ([NORMAL] * len(queued) + [HIGH, NORMAL] if shedding else [])
     finally:
         pool.shutdown(wait=True)
+
+
+def test_a_worker_that_cannot_ask_the_limiter_says_so_once_and_leaves_the_request_queued(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On gunicorn's main loop, in a flood, making way is asked for every request queued: settings that
+    do not load are logged once per worker, as a request it cannot rank is, not once a request."""
+    settings.AIO_REQUEST = {"SHEDDING": {"MAX_CONCURRENCY": "three"}}
+    worker = object.__new__(PriorityThreadWorker)
+    worker.log = logging.getLogger("gunicorn.error")
+    with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
+        for _ in range(3):
+            worker._make_way(0)  # high priority, with a deadline
+    assert [r.getMessage() for r in caplog.records].count(
+        "PriorityThreadWorker could not ask the limiter to make way for a request queued with every thread busy:"
+        " it waits for a thread (logged once per worker)"
+    ) == 1
+    assert caplog.records[0].exc_info is not None
 
 
 def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settings) -> None:
