@@ -25,15 +25,6 @@ Building a client with a breaker waits for the round that reads its overrides, a
 endpoint open makes no call to it: with a healthy database the override is applied before the
 client is returned. A database that does not answer by then costs that one build the wait, and
 no other build waits until a round has finished (the round then applies the overrides as usual).
-A build made while a request is served (its context has a deadline, ``core/context.py``) waits no
-longer than that deadline: one with 50 ms left stops waiting after 50 ms and its call answers 408,
-as any call past its deadline. Cut short so, the wait proves nothing of the database (nothing is
-said, builds after it still wait), and what it did not wait for is waited for by the client's first
-call with time left (``_first_call``), within what is left of the build's ``FIRST_READ_WAIT`` and
-its own deadline: cut short and handed out, a client of a review's attempt called an endpoint an
-operator had forced open in the next request, which had time. When ``FIRST_READ_WAIT`` has passed
-since the build, the first call says the overrides were not read, and calls go by the breaker's
-own state until a round applies them, as after a build whose wait ran out.
 A build on a thread running an event loop (the first ``clients["billing"]`` in an async view) does
 not wait, as waiting would stall every task of the loop: its client calls by the breaker's own
 state until the round applies the overrides; when they are not read within ``FIRST_READ_WAIT``,
@@ -83,7 +74,6 @@ from django_aio_request.breaker.circuit_breaker import (
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core.client import Client
-from django_aio_request.core.context import get_context
 from django_aio_request.models import (
     COUNT_WINDOW,
     LOCAL_STORE,
@@ -107,7 +97,6 @@ PRUNE_EVERY = 60.0  # seconds between two prunes by one process
 DEFAULT_INTERVAL = 1.0  # seconds between rounds until the setting was read once (its default)
 # Seconds building a client with a breaker waits for the round that reads its overrides: a fresh
 # worker obeys admin's force open from its first call, and a hanging database costs one build that long.
-# Never past the deadline of the request being served (a build there waits for what is left of it).
 FIRST_READ_WAIT = 0.25
 #: The most seconds an exiting process gives its last round (a database that hangs holds exit no longer).
 EXIT_WAIT = 1.0
@@ -121,27 +110,6 @@ Sample = tuple[float, int, int, int]  # (time.monotonic(), failures, successes, 
 
 def _settings() -> AioRequestSettings:
     return current.settings
-
-
-def _deadline_left() -> float | None:
-    """Seconds left to the deadline of the work being done here (a request being served: the
-    middleware's, a header's or a view's), or None when it has none."""
-    deadline = get_context().deadline
-    return None if deadline is None else deadline.timeout
-
-
-def _wait_for_cache(store: CacheCircuitStore, target: int, budget: float) -> bool:
-    """``store.wait_for_read(target, budget)``, the cache's share of a build's ``first_read_wait``; no
-    longer than the deadline of the request being served. Whether that deadline cut it short before
-    the read landed: such a wait proves nothing of the cache, which is not marked as late nor warned
-    of (the client's first call with time waits again, and builds after it wait)."""
-    left = _deadline_left()
-    if left is None or left >= budget:
-        store.wait_for_read(target, budget)
-        return False
-    if store.late:  # not waited for (wait_for_read): nothing was cut short
-        return False
-    return not store.wait_for_read(target, left, judged=False)
 
 
 def history_days() -> float:
@@ -267,8 +235,7 @@ class Publisher:
 
     def watch(self, name: str, client: Client) -> None:
         """Listen to ``client``'s breaker, make sure the thread runs, have it read the overrides now,
-        and wait for that, at most ``first_read_wait`` seconds and never past the deadline of the
-        request being served (``_await_read``), unless this thread runs an event loop
+        and wait for that, at most ``first_read_wait`` seconds, unless this thread runs an event loop
         (``registry`` calls this on build, after the client is in the registry, where the round finds it)."""
         breaker = client.circuit_breaker
         if not isinstance(breaker, DefaultCircuitBreaker):
@@ -297,15 +264,9 @@ class Publisher:
         store = breaker.store if isinstance(breaker.store, CacheCircuitStore) else None
         target = store.read_now(client.endpoint) if store is not None else 0
         started = time.monotonic()
-        cut = self._await_read(name, number)
+        self._await_read(name, number)
         if store is not None and self._may_wait():
-            cut = _wait_for_cache(store, target, self.first_read_wait - (time.monotonic() - started)) or cut
-        if cut:
-            # The request's deadline cut the wait short: the first call with time left waits for the
-            # rest, within this build's first_read_wait (no wait past it for a database that hangs).
-            until = started + self.first_read_wait
-            first = functools.partial(self._first_call, breaker, name, number, until, None if store is None else target)
-            vars(breaker)["execute"] = first
+            store.wait_for_read(target, self.first_read_wait - (time.monotonic() - started))
 
     def _may_wait(self) -> bool:
         """Whether a build may wait here: not on this publisher's thread, nor on an event loop's."""
@@ -317,41 +278,27 @@ class Publisher:
             return True
         return False
 
-    def _await_read(self, name: str, number: int, until: float | None = None) -> bool:
-        """Wait until a round read the overrides of the clients watched up to ``number``, at most
-        ``first_read_wait`` seconds (up to ``until`` on the monotonic clock, if given) and never past
-        the deadline of the request being served. Whether that deadline cut the wait short, with the
-        overrides not read: then nothing is said, and nothing judged (builds after it wait)."""
+    def _await_read(self, name: str, number: int) -> None:
         if self.first_read_wait <= 0 or threading.current_thread() is self._thread:
-            return False
+            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         with self._read_done:
             if self._late:  # the database has not answered a round since an earlier build gave up
-                return False
+                return
             if loop is not None:
                 # Waiting here would stall every task of the loop (up to first_read_wait with a hanging
                 # database): the client calls before the overrides are read, as after a wait that ran
                 # out, and the loop looks at the end of the wait whether they were read.
                 if self._read < number:
                     loop.call_later(self.first_read_wait, self._read_late, name, number)
-                return False
-            window = self.first_read_wait if until is None else max(0.0, until - time.monotonic())
-            # No longer than the deadline of the request being served: with 50 ms left and a database
-            # that hangs, the view was held the whole 0.25 s, then its call answered 408 at once.
-            left = _deadline_left()
-            cut = left is not None and left < window
-            if self._read_done.wait_for(lambda: self._read >= number, left if cut else window):
-                return False
-            if cut:
-                return True
-            # Said once: another wait (a build's, a first call's) may have run out meanwhile.
-            said, self._late = self._late, True
-        if not said:
-            self._warn_late(name, "")
-        return False
+                return
+            if self._read_done.wait_for(lambda: self._read >= number, self.first_read_wait):
+                return
+            self._late = True
+        self._warn_late(name, "")
 
     def _read_late(self, name: str, number: int) -> None:
         """On the event loop that built ``name`` without waiting, ``first_read_wait`` later: the
@@ -513,48 +460,25 @@ class Publisher:
         if watching:
             self._watched = 1  # the breakers kept: the first round in the child reads their overrides
 
-    def _first_call(
-        self,
-        breaker: DefaultCircuitBreaker[str, Any],
-        name: str,
-        number: int,
-        until: float | None = None,
-        store_read: int | None = None,
-        **call: Any,
-    ) -> Any:
+    def _first_call(self, breaker: DefaultCircuitBreaker[str, Any], name: str, number: int, **call: Any) -> Any:
         """``breaker.execute`` at its first call where its build did not wait for the overrides (a
-        forked child, a client built while the apps loaded) or stopped waiting at the deadline of the
-        request it was built in: start the thread, have it read the overrides for the clients watched
-        up to ``number`` and wait for that, and for the shared cache's round ``store_read`` (the
-        build's first read of the endpoint) when given, then call as the class does. At most
-        ``first_read_wait`` from the first such call, or up to ``until`` (the build's), and never
-        past the deadline of the request being served: a call that deadline cuts short leaves the
-        wait to the next call, within the same ``until`` (every call of a service whose requests
-        have less than 0.25 s would have stopped short, and answered 408, while the database hung).
-        A call while the apps still load (an app's ready()) waits for nothing: no round reads the
-        database before they are ready, and the next call waits instead."""
+        forked child, a client built while the apps loaded): start the thread, have it read the
+        overrides for the clients watched up to ``number`` and wait for that (at most
+        ``first_read_wait``), then call as the class does. A call while the apps still load (an app's
+        ready()) waits for nothing: no round reads the database before they are ready, and the next
+        call waits instead."""
         if not apps.ready:
             return type(breaker).execute(breaker, **call)
-        started = time.monotonic()
-        until = started + self.first_read_wait if until is None else until
-        cut = False
         try:
             self.start()
             if self._read < number:
                 self._wake.set()
-            cut = self._await_read(name, number, until)
-            store = breaker.store
-            if not cut and store_read is not None and isinstance(store, CacheCircuitStore) and self._may_wait():
-                cut = _wait_for_cache(store, store_read, until - time.monotonic())
+            self._await_read(name, number)
         except Exception:  # e.g. no thread can be started: the call goes on with the breaker as it is
             logger.exception("circuit breaker publisher: cannot start in this process")
         finally:
-            if cut:  # the next call waits for the rest
-                again = functools.partial(self._first_call, breaker, name, number, until, store_read)
-                vars(breaker)["execute"] = again
-            else:
-                vars(breaker).pop("execute", None)  # after the wait: concurrent first calls wait as well
-        return type(breaker).execute(breaker, **call)
+            vars(breaker).pop("execute", None)  # after the wait: concurrent first calls wait as well
+        return breaker.execute(**call)
 
     # -- one round -------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
 from django_aio_request.core.client import Client
-from django_aio_request.core.context import get_context
 from django_aio_request.core.event_loop import runs_event_loop
 from django_aio_request.signals import client_built
 
@@ -34,10 +33,9 @@ class UnknownClientError(KeyError):
 
 # How long a thread looking up a client waits for another thread's build of it: to be made, then to
 # finish sending client_built (the breaker publisher's receiver waits at most 0.25 s for admin's
-# overrides), that one never past the deadline of the request being served (_await_build). A build
-# that takes longer to be made may be waiting for the looking thread itself (an import it holds, or a
-# receiver waiting for such a lookup): it then makes one in its place (later lookups wait for that),
-# and the first made is kept. A build made in another's place is waited for twice as long
+# overrides). A build that takes longer may be waiting for the looking thread itself (an import it
+# holds, or a receiver waiting for such a lookup): it then makes one in its place (later lookups wait
+# for that), and the first made is kept. A build made in another's place is waited for twice as long
 # as the one it replaced (1 s, 2 s, 4 s...): with the same wait for each, when every build was slow
 # (a classifier's slow __init__), each replacement was replaced in turn a second later, a build of T
 # seconds made about T times and the last thread waiting about 2T (a review). A replacement may
@@ -275,17 +273,11 @@ class ClientsHandler:
 
     @staticmethod
     def _await_build(build: _Build, client: Client) -> Client:
-        """``client``, made by ``build``, once its receivers ran (or the one a test's fake_client() put
-        first); at the deadline of the request being served, if that comes first, before they ran."""
+        """``client``, made by ``build``, once its receivers ran (or the one a test's fake_client() put first)."""
         if build.thread != threading.get_ident() and not runs_event_loop():
             # Not on an event loop's thread: waiting would hold every task of the loop, and a build
-            # there does not wait for the overrides either (breaker_publisher.py). Nor past the
-            # request's deadline: with 50 ms left, the view was held while the build waited for a
-            # database that hangs (0.25 s, up to BUILD_WAIT), then its call answered 408 at once.
-            # Handed out before the receivers ran, the client is called past that deadline, which
-            # sends nothing; a look-up in a later request waits again, or finds it handed out.
-            deadline = get_context().deadline
-            build.done.wait(BUILD_WAIT if deadline is None else min(deadline.timeout, BUILD_WAIT))
+            # there does not wait for the overrides either (breaker_publisher.py).
+            build.done.wait(BUILD_WAIT)
         return build.client or client
 
     def __contains__(self, name: object) -> bool:

@@ -403,18 +403,11 @@ class CacheCircuitStore(CircuitStore[str]):
         self._wake.set()
         return target
 
-    @property
-    def late(self) -> bool:
-        """Whether a wait for a read of this cache ran out, or its last round failed, and no round of
-        it has read since: :meth:`wait_for_read` does not wait then."""
-        return self.alias in _late_aliases
-
-    def wait_for_read(self, target: int, timeout: float, *, judged: bool = True) -> bool:
+    def wait_for_read(self, target: int, timeout: float) -> bool:
         """Wait until ``target`` rounds have ended (:meth:`read_now`), at most ``timeout`` seconds; none
         while the last round of a store of the same cache failed, or a wait for one ran out, and no
         round of it has read since (a cache that hangs or fails holds one build, not each). Whether
-        they had. ``judged=False``: a wait its caller cut short for reasons of its own (the deadline
-        of the request being served), which, running out, marks nothing late and says nothing.
+        they had.
 
         A ``timeout`` of 0 or less (the overrides' wait took the build's time: the database hangs too)
         is a wait that ran out unless the read has landed: returned at once as False, it held the
@@ -424,8 +417,6 @@ class CacheCircuitStore(CircuitStore[str]):
         with self._rounds_done:
             if self._rounds_done.wait_for(lambda: self._rounds >= target, max(timeout, 0.0)):
                 return True
-        if not judged:
-            return False
         _late_aliases.add(self.alias)
         # Said, as for the overrides' database (breaker_publisher.py): a worker recycled during a
         # break then calls the open circuit until its first read lands or its own failures trip it
