@@ -34,10 +34,6 @@ these things and nothing else:
 * with ``SHEDDING`` no request waits longer than ``QUEUE_TIMEOUT``, as for a slot: then it is taken
   before any other and refused (503 with ``Retry-After``, and ``X-Do-Not-Retry`` only when its
   caller's deadline ends before ``Retry-After``: its caller may try again).
-* with ``SHEDDING`` a request that finds every thread busy asks the limiter to make way: in a flood
-  the worst request waiting on a thread for a slot, if it is worse, is refused and its thread takes
-  this one (``Limiter.make_way``); in return normal and high requests may wait for a slot on the
-  thread gthread keeps free (``Limiter._room``).
 
 A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
 queues it at once and a thread waits for them); a connection its caller closed is queued to be
@@ -103,7 +99,6 @@ META_TIMEOUT = "HTTP_X_REQUEST_TIMEOUT"
 REASON_QUEUE_TIMEOUT = "queue_timeout"  # the limiter's reason: waited as long as a request may for a slot
 logger = logging.getLogger(__name__)
 _NAMES = {rank: priority.value for priority, rank in RANK.items()}
-_PRIORITIES = {rank: priority for priority, rank in RANK.items()}
 
 
 class _Head:
@@ -359,12 +354,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def get_thread_pool(self) -> PriorityThreadPool:
         return PriorityThreadPool(
-            self.cfg.threads,
-            self._rank,
-            name="gunicorn-priority",
-            on_length=_QueueLength(),
-            on_start=_queue_wait,
-            on_full=self._make_way,
+            self.cfg.threads, self._rank, name="gunicorn-priority", on_length=_QueueLength(), on_start=_queue_wait
         )
 
     def load_wsgi(self) -> None:
@@ -417,24 +407,6 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
                 waker.daemon = True
                 waker.start()
         super().murder_pending()
-
-    def _make_way(self, rank: int) -> None:
-        """A request of ``rank`` queued with every thread busy: with ``SHEDDING``, a worse request
-        waiting on a thread for a slot gives its thread up (``Limiter.make_way``). On gunicorn's main
-        loop, like :meth:`_rank`: what it raises is logged once per worker, and the request stays queued."""
-        if rank == _HUNG_UP or rank // 2 >= RANK[Priority.LOW]:
-            return  # a hang-up to close, or low priority: nothing worse waits on a thread
-        try:
-            conf = current.settings
-            if conf.shedding is not None:
-                shedding_for(conf.shedding, conf.known_services).limiter.make_way(_PRIORITIES[rank // 2])
-        except Exception:
-            if not getattr(self, "_make_way_failed", False):  # in a flood it would be every request
-                self._make_way_failed = True
-                self.log.exception(
-                    "PriorityThreadWorker could not ask the limiter to make way for a request queued with every "
-                    "thread busy: it waits for a thread (logged once per worker)"
-                )
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (:func:`_pool_rank`: by priority, then with a deadline

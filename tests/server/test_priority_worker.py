@@ -5,7 +5,6 @@ gunicorn's), plus what it reads from settings and how it hands the queueing time
 import collections
 import http.client
 import json
-import logging
 import math
 import os
 import signal
@@ -72,69 +71,6 @@ def test_under_a_callable_policy_every_claim_queues_as_an_untrusted_callers(sett
     }
     assert queue_priority(Claims(HIGH, "billing")) is NORMAL  # the callable needs the parsed request
     assert queue_priority(Claims(LOW)) is LOW  # lowering a claim is always allowed
-
-
-def test_a_request_queued_with_every_thread_busy_asks_the_limiter_to_make_way_unless_it_is_low(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker's pool tells it of a request that finds every thread busy; with SHEDDING it asks the
-    process's limiter to refuse a worse request waiting on a thread for a slot (``Limiter.make_way``:
-    tests/server/test_shedding.py), with the priority the request queued with. Low priority and
-    hang-ups ask nothing; without SHEDDING there is no limiter to ask."""
-    from django_aio_request.server.priority_worker import _HUNG_UP, _pool_rank
-    from django_aio_request.server.shedding import Limiter
-
-    asked: list[Priority] = []
-
-    def make_way(self: Limiter, priority: Priority) -> bool:
-        asked.append(priority)
-        return False
-
-    monkeypatch.setattr(Limiter, "make_way", make_way)
-    worker = object.__new__(PriorityThreadWorker)
-    worker.cfg = SimpleNamespace(threads=1)
-    pool = worker.get_thread_pool()
-    try:
-        for shedding in ({"MAX_CONCURRENCY": 1}, None):
-            settings.AIO_REQUEST = {} if shedding is None else {"SHEDDING": shedding}
-            asked.clear()
-            gate, started = threading.Event(), threading.Event()
-
-            def hold(conn: Any, gate: threading.Event = gate, started: threading.Event = started) -> None:
-                started.set()
-                gate.wait(10)
-
-            busy = pool.submit(hold, None)
-            assert started.wait(5)
-            ranks = [_pool_rank(HIGH, True), _pool_rank(NORMAL, False), _pool_rank(LOW, True), _HUNG_UP]
-            queued = [pool.submit(lambda conn: None, None) for _ in ranks]  # ranked by _rank: no socket
-            for rank in ranks:
-                worker._make_way(rank)
-            gate.set()
-            for future in (busy, *queued):
-                future.result(5)
-            # The queued requests (no socket: ranked normal, no deadline) asked too, once each.
-            assert asked == ([NORMAL] * len(queued) + [HIGH, NORMAL] if shedding else [])
-    finally:
-        pool.shutdown(wait=True)
-
-
-def test_a_worker_that_cannot_ask_the_limiter_says_so_once_and_leaves_the_request_queued(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    """On gunicorn's main loop, in a flood, making way is asked for every request queued: settings that
-    do not load are logged once per worker, as a request it cannot rank is, not once a request."""
-    settings.AIO_REQUEST = {"SHEDDING": {"MAX_CONCURRENCY": "three"}}
-    worker = object.__new__(PriorityThreadWorker)
-    worker.log = logging.getLogger("gunicorn.error")
-    with caplog.at_level(logging.ERROR, logger="gunicorn.error"):
-        for _ in range(3):
-            worker._make_way(0)  # high priority, with a deadline
-    assert [r.getMessage() for r in caplog.records].count(
-        "PriorityThreadWorker could not ask the limiter to make way for a request queued with every thread busy:"
-        " it waits for a thread (logged once per worker)"
-    ) == 1
-    assert caplog.records[0].exc_info is not None
 
 
 def test_the_queue_counts_the_timeout_the_middleware_will_count(settings: Settings) -> None:

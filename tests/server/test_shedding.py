@@ -25,7 +25,6 @@ from django_aio_request.conf.schema import read_settings
 from django_aio_request.core.context import get_context
 from django_aio_request.server import shedding as shedding_module
 from django_aio_request.server.shedding import AdaptiveLimit, FixedLimit, Limiter, shedding_for
-from django_aio_request.server.shedding.priority_pool import PriorityThreadPool
 from tests.support.loopback import LoopbackServer, answer_after
 
 MIDDLEWARE = "django_aio_request.middleware.AioRequestMiddleware"
@@ -626,99 +625,6 @@ def test_on_two_threads_and_one_slot_normal_finding_low_served_is_refused_at_onc
     assert (refused.admitted, refused.reason) == (False, "capacity")
     one_slot.release(low.admitted_at, thread=True)
     assert one_slot.in_flight == 0
-
-
-def flooded_with_three_slots_on_four_threads() -> tuple[FakeClock, Limiter, list[Any]]:
-    """``MAX_CONCURRENCY`` 3 on a server with 4 threads, after a second of every slot taken back to back
-    (a flood), with the slots held now by two low requests and a normal one (lows may take only two)."""
-    clock = FakeClock()
-    limiter = Limiter(FixedLimit(3), queue_timeout=5.0, clock=clock)
-    fill_threads(limiter, 1)  # 3 in flight and 1 waiting at once: 4 threads
-    for _ in range(150):
-        held = [limiter.acquire(NORMAL, clock() + 5) for _ in range(3)]
-        clock.advance(0.007)
-        for admission in held:
-            limiter.release(admission.admitted_at, thread=True)
-    held = [limiter.acquire(priority, clock() + 5) for priority in (LOW, LOW, NORMAL)]
-    assert all(admission.admitted for admission in held)
-    return clock, limiter, held
-
-
-def waits_and_is_served(
-    limiter: Limiter, pool: PriorityThreadPool, priority: Priority, deadline: float, held: list[Any]
-) -> None:
-    """A request of ``priority`` on a thread of ``pool`` waits for a slot and takes the one the first of
-    ``held`` frees; then every slot is given back."""
-    waiting = pool.submit(limiter.acquire, priority, deadline)
-    wait_until(lambda: limiter.waiting == 1)
-    limiter.release(held[0].admitted_at, thread=True)
-    admission = waiting.result(5)
-    assert admission.admitted
-    for done in (*held[1:], admission):
-        limiter.release(done.admitted_at, thread=True)
-
-
-def test_on_the_priority_workers_threads_normal_waits_on_the_thread_gthread_keeps_free() -> None:
-    """docs/budgets-and-shedding.md: in a flood, one thread free beside the slots leaves room for no
-    waiter under gthread (it keeps taking requests off the server's first-come queue), so a normal
-    request that finds the slots taken is refused at once. On PriorityThreadWorker's threads, whose
-    queue is ordered, it waits for the next slot: kept free there too, the worker refused normal
-    requests that gthread served (MAX_CONCURRENCY 3 on 4 threads, a flood of low callers ignoring
-    Retry-After: 250-579 normal refused a run in 3 of 4 runs, none under gthread). Low keeps the rule."""
-    clock, limiter, held = flooded_with_three_slots_on_four_threads()
-    on_gthread = limiter.acquire(NORMAL, clock() + 5)  # this test's thread: not the worker's
-    assert (on_gthread.admitted, on_gthread.reason) == (False, "capacity")
-    pool = PriorityThreadPool(2, lambda args: (0, math.inf))
-    try:
-        low = pool.submit(limiter.acquire, LOW, clock() + 5).result(5)
-        assert (low.admitted, low.reason) == (False, "capacity")
-        waits_and_is_served(limiter, pool, NORMAL, clock() + 5, held)
-    finally:
-        pool.shutdown(wait=True)
-    assert (limiter.in_flight, limiter.waiting) == (0, 0)
-
-
-def test_a_better_request_queued_for_a_thread_takes_the_thread_of_a_worse_one_waiting_for_a_slot() -> None:
-    """``Limiter.make_way``, called by PriorityThreadWorker when a request finds every thread busy: the
-    normal request waiting on the one free thread is refused (reason ``capacity``), and its thread takes
-    the high one, which would otherwise wait for a slot and then a thread. Nothing is refused for a
-    request no better than the worst waiter, nor while a thread is not held here."""
-    clock, limiter, held = flooded_with_three_slots_on_four_threads()
-    pool = PriorityThreadPool(1, lambda args: (0, math.inf))
-    try:
-        assert limiter.make_way(HIGH) is False  # a thread is free: it takes the request
-        normal = pool.submit(limiter.acquire, NORMAL, clock() + 5)
-        wait_until(lambda: limiter.waiting == 1)  # every thread held now
-        assert limiter.make_way(NORMAL) is False  # no better than the waiter
-        assert limiter.make_way(LOW) is False
-        assert limiter.make_way(HIGH) is True
-        refused = normal.result(5)
-        assert (refused.admitted, refused.reason) == (False, "capacity")
-        assert limiter.waiting == 0
-        waits_and_is_served(limiter, pool, HIGH, clock() + 5, held)  # on the thread freed for it
-    finally:
-        pool.shutdown(wait=True)
-    assert (limiter.in_flight, limiter.waiting) == (0, 0)
-
-
-def test_at_light_load_nothing_waiting_is_refused_to_make_way() -> None:
-    """At light load a request that finds every thread busy waits for one; the waiters are served soon."""
-    clock = FakeClock()
-    limiter = Limiter(FixedLimit(1), queue_timeout=5.0, clock=clock)
-    fill_threads(limiter, 1)  # 2 threads
-    serve(limiter, clock, 2.0, every=0.05)  # light load
-    holder = limiter.acquire(NORMAL, clock() + 5)
-    pool = PriorityThreadPool(1, lambda args: (0, math.inf))
-    try:
-        normal = pool.submit(limiter.acquire, NORMAL, clock() + 5)
-        wait_until(lambda: limiter.waiting == 1)
-        assert limiter.make_way(HIGH) is False
-        limiter.release(holder.admitted_at, thread=True)
-        admission = normal.result(5)
-        assert admission.admitted
-        limiter.release(admission.admitted_at, thread=True)
-    finally:
-        pool.shutdown(wait=True)
 
 
 def test_a_learned_limit_leaves_one_of_the_servers_threads_free_to_take_requests_in() -> None:

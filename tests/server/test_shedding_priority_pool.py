@@ -10,12 +10,7 @@ from typing import Any
 
 import pytest
 
-from django_aio_request.server.shedding.priority_pool import (
-    PriorityThreadPool,
-    on_ordered_thread,
-    queued_for,
-    ran_expired,
-)
+from django_aio_request.server.shedding.priority_pool import PriorityThreadPool, queued_for, ran_expired
 
 NEVER = math.inf
 
@@ -230,51 +225,6 @@ def test_at_most_max_workers_threads_run_and_a_thread_starts_for_each_item_beyon
         future.result(5)
     assert threads.peak == 3
     assert len([t for t in threading.enumerate() if t.name.startswith("priority-pool")]) <= 3
-
-
-def test_an_item_that_finds_every_thread_busy_is_told_with_its_rank_and_queued_all_the_same() -> None:
-    """``on_full``: how PriorityThreadWorker learns that a request waits for a thread (so that the
-    limiter may refuse a worse one waiting on a thread for a slot). Not told while a thread may still
-    start; an ``on_full`` that raises costs the item nothing."""
-    told: list[int] = []
-
-    def on_full(rank: int) -> None:
-        told.append(rank)
-        if rank == 5:
-            raise RuntimeError("a broken hook")
-
-    pool = PriorityThreadPool(2, by_argument, on_full=on_full)
-    try:
-        gate, started = threading.Event(), threading.Semaphore(0)
-
-        def blocker(*args: Any) -> str:
-            started.release()
-            gate.wait(10)
-            return "blocker"
-
-        first = [pool.submit(blocker, "b", 1, NEVER) for _ in range(2)]  # the second starts a thread too
-        for _ in range(2):
-            assert started.acquire(timeout=5)
-        assert told == []
-        queued = [pool.submit(lambda *args: args[0], name, rank, NEVER) for name, rank in (("x", 3), ("y", 5))]
-        assert told == [3, 5]
-        gate.set()
-        assert [f.result(5) for f in first + queued] == ["blocker", "blocker", "x", "y"]
-    finally:
-        pool.shutdown(wait=True)
-
-
-def test_its_threads_and_only_its_threads_say_they_are_ordered(pools: Any) -> None:
-    """``on_ordered_thread()``: the limiter lets normal and high requests wait on the thread gthread
-    keeps free only where the server's queue is this one (``Limiter._room``)."""
-    pool = pools(1)
-    assert pool.submit(lambda *args: on_ordered_thread(), "a", 1, NEVER).result(5) is True
-    assert on_ordered_thread() is False
-    other: list[bool] = []
-    thread = threading.Thread(target=lambda: other.append(on_ordered_thread()))
-    thread.start()
-    thread.join(5)
-    assert other == [False]
 
 
 def test_an_exception_reaches_the_future_and_the_thread_goes_on(pools: Any) -> None:

@@ -30,10 +30,7 @@ a few requests' time: meanwhile as many threads may wait or be served as were he
 lowered, so the requests the process was serving on them wait their turn instead of being refused
 at once (sized by the probe's one slot, two of four were, at every probe). Unless the slots were
 all taken nine tenths of the time lately (a flood keeps them so), normal and high requests may
-wait on every spare thread whatever the rest of this rule says (``Limiter._lightly_loaded``). On
-``PriorityThreadWorker``'s threads, whose queue is ordered, they may wait on half the spare threads
-rounded up (the one gthread keeps free too), and a better request that finds every thread held
-takes the thread of the worst waiter (:meth:`Limiter.make_way`). Past that, the worst
+wait on every spare thread whatever the rest of this rule says (``Limiter._lightly_loaded``). Past that, the worst
 of the waiters and the newcomer is refused at once (reason ``capacity``) unless it is of high
 priority. The other threads keep pulling
 requests in, lower priorities are refused fast instead of blocking the way, and callers that honour
@@ -58,7 +55,6 @@ from collections.abc import Callable
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.server.shedding.limit import AdaptiveLimit, Limit
-from django_aio_request.server.shedding.priority_pool import on_ordered_thread
 from django_aio_request.server.shedding.queue import RANK, Waiter, WaitQueue
 
 __all__ = ["ADMITTED", "REASONS", "Admission", "Limiter"]
@@ -262,28 +258,6 @@ class Limiter:
         with self._lock:
             return self._leave(waiter, reason)
 
-    def make_way(self, priority: Priority) -> bool:
-        """A request of ``priority`` queued for a thread finds every thread held (``PriorityThreadWorker``'s
-        pool, ``on_full``): in a flood, with every thread in here, the worst sync request waiting for
-        a slot, if it is of lower priority, is refused (reason ``capacity``), and its thread takes the
-        better one. Whether one was.
-
-        On the worker's threads normal and high requests may wait on the one thread the slots leave
-        free, which gthread keeps free to take the next request in (see :meth:`_room`): this is what
-        keeps a high request that comes then from waiting for a slot and a thread both.
-        """
-        with self._lock:
-            if not self._flooded or self._threads < self._threads_peak or not self._queue:
-                return False
-            worst = self._queue.worst()
-            if not worst.sync or RANK[worst.priority] <= RANK[priority]:
-                return False
-            self._queue.remove(worst)
-            self._published_queue(worst.priority)
-            worst.evicted = True
-            worst.wake()
-            return True
-
     def release(self, admitted_at: float, *, thread: bool, cpu: float | None = None, downstream: float = 0.0) -> None:
         """The admitted request admitted at ``admitted_at`` is done: learn from its time, give its slot on.
 
@@ -367,11 +341,8 @@ class Limiter:
             slots = self._slots()
             room = self._room(slots)
             light_room = self._threads_peak - slots  # every spare thread
-            if priority is not Priority.LOW and room < light_room:
-                if self._lightly_loaded():
-                    room = light_room
-                elif on_ordered_thread():
-                    room = max(room, min(slots, (light_room + 1) // 2))  # half, rounded up (see _room)
+            if priority is not Priority.LOW and room < light_room and self._lightly_loaded():
+                room = light_room
             while len(queue) > room and (worst := queue.worst()).priority is not Priority.HIGH:
                 queue.remove(worst)
                 self._published_queue(worst.priority)
@@ -416,13 +387,7 @@ class Limiter:
         """
         threads = self._threads_peak
         # Rounded down on purpose: a single spare thread keeps pulling (measured: with 2 threads
-        # letting it wait instead took the high-priority p99 from 1.9x to 7x the unloaded one). Not
-        # on PriorityThreadWorker's threads, for normal and high (_enter): its queue is ordered, and
-        # a high request that finds every thread held makes way (make_way). Kept free there too, the
-        # spare thread refused normal requests that gthread served: the worker hands them threads
-        # ahead of the lows, the slots read as taken nine tenths of the time, and one thread free left
-        # room for no waiter (MAX_CONCURRENCY 3 on 4 threads, a flood of lows: 38-458 normal refused
-        # a run in 6 of 15, a review, none under gthread).
+        # letting it wait instead took the high-priority p99 from 1.9x to 7x the unloaded one).
         room = min(slots, (threads - slots) // 2)
         limit = self.limit
         if isinstance(limit, AdaptiveLimit) and limit.probing:

@@ -7,10 +7,8 @@ low-priority one that came before it, which nothing in the process can reorder o
 taken them; this one hands a freed thread to the best-ranked item.
 
 Each item runs with :func:`queued_for` telling how long it waited in this queue (the application
-wrapper of the worker takes it off the request's ``X-Request-Timeout``), :func:`ran_expired`
-telling whether it was run because it expired while every thread was busy (see the class), and
-:func:`on_ordered_thread` true: the limiter lets a request wait on such a thread where it keeps one
-of gthread's free (see ``Limiter._room``).
+wrapper of the worker takes it off the request's ``X-Request-Timeout``), and :func:`ran_expired`
+telling whether it was run because it expired while every thread was busy (see the class).
 """
 
 import heapq
@@ -26,7 +24,7 @@ from typing import Any
 
 from django_aio_request.transport.deadline_timer import deadline_timer
 
-__all__ = ["PriorityThreadPool", "on_ordered_thread", "queued_for", "ran_expired", "take_queued_for"]
+__all__ = ["PriorityThreadPool", "queued_for", "ran_expired", "take_queued_for"]
 
 logger = logging.getLogger(__name__)
 _local = threading.local()
@@ -49,13 +47,6 @@ def ran_expired() -> bool:
     """Whether the item running on this thread expired in the queue while every thread of the pool
     was busy, and runs on a thread of its own (:class:`PriorityThreadPool`): it must only be refused."""
     return getattr(_local, "expired", False)
-
-
-def on_ordered_thread() -> bool:
-    """Whether this thread is one of a :class:`PriorityThreadPool`'s: the requests waiting for it are
-    taken by priority, and a better one that finds every thread held can ask the limiter to make way
-    (the pool's ``on_full``), so it need not be kept free for them."""
-    return getattr(_local, "ordered", False)
 
 
 def _done() -> None:
@@ -82,10 +73,7 @@ class PriorityThreadPool(Executor):
     a quick refusal, where leaving it would hold a caller that did not give up for as long as
     better-ranked work keeps coming. ``on_length(rank, count)`` is told each time the number of
     waiting items of a rank changes (with the pool's lock held: it must be quick and never call the
-    pool), ``on_start(rank, waited)`` when an item starts (PriorityThreadWorker's metrics), and
-    ``on_full(rank)`` when an item is queued and finds every thread busy and no more may start
-    (without the lock: PriorityThreadWorker asks the limiter to refuse a worse request waiting on a
-    thread for a slot, whose thread then takes this one).
+    pool), ``on_start(rank, waited)`` when an item starts (PriorityThreadWorker's metrics).
 
     An item still waiting when it expires (every thread busy all that time) does not wait for a
     thread either: it is run then on a thread of its own, with :func:`ran_expired` true, so that the
@@ -104,7 +92,6 @@ class PriorityThreadPool(Executor):
         *,
         on_length: Callable[[int, int], None] | None = None,
         on_start: Callable[[int, float], None] | None = None,
-        on_full: Callable[[int], None] | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, not {max_workers!r}")
@@ -113,7 +100,6 @@ class PriorityThreadPool(Executor):
         self._name = name
         self._on_length = on_length  # (rank, items of that rank waiting), called with the lock held
         self._on_start = on_start  # (rank, seconds waited), called on the item's thread before it runs
-        self._on_full = on_full  # (rank), called by submit() when every thread is busy, without the lock
         self._by_rank_count: dict[int, int] = {}
         self._by_rank: list[tuple[int, int, _Item]] = []
         self._by_expiry: list[tuple[float, int, _Item]] = []  # only items that expire
@@ -149,16 +135,10 @@ class PriorityThreadPool(Executor):
         # An idle thread takes it; else a new thread, up to max_workers (as ThreadPoolExecutor).
         if not self._idle.acquire(timeout=0):
             with self._lock:
-                full = len(self._threads) >= self._max_workers
-                if not full:
+                if len(self._threads) < self._max_workers:
                     thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads)}")
                     self._threads.append(thread)
                     thread.start()
-            if full and self._on_full is not None:
-                try:
-                    self._on_full(rank)
-                except Exception:  # the item is queued whatever making way did
-                    logger.exception("%s: on_full failed", self._name)
         return item.future
 
     def waiting(self) -> int:
@@ -273,7 +253,6 @@ class PriorityThreadPool(Executor):
         return item
 
     def _work(self) -> None:
-        _local.ordered = True
         while True:
             if self._tokens.get() is None:
                 return

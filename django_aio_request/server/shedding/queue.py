@@ -39,11 +39,6 @@ class Waiter:
         else:
             self._future = loop.create_future()
 
-    @property
-    def sync(self) -> bool:
-        """Whether a thread waits (a sync request), not a task on an event loop."""
-        return self._loop is None
-
     def __lt__(self, other: "Waiter") -> bool:
         return self.key < other.key
 
