@@ -1018,17 +1018,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
     return HttpResponse(status=408, headers=deadline_answer_headers(request, get_context().deadline))
 
 
-# AioRequestMiddleware is plumbing too: its sync path calls the next layer itself, and catches what
-# Django's wrapper of that layer caught (server/middleware.py, _unwrapped).
-_PLUMBING = (
-    "django.core.handlers.",
-    "django.utils.deprecation",
-    "asgiref.",
-    "contextlib",
-    "asyncio.",
-    "concurrent.",
-    "django_aio_request.server.middleware",
-)
+_PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")
 _DATABASE = ("django.db.", "django.utils.asyncio", "django_aio_request.", "psycopg", "contextlib")
 
 

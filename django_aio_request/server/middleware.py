@@ -19,7 +19,6 @@ from typing import Any, cast
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
-from django.core.handlers.exception import convert_exception_to_response, response_for_exception
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
@@ -74,9 +73,6 @@ _BEYOND = re.compile(
 _MAX_INTEGER_DIGITS, _MAX_DECIMALS = 9, 20  # as in _TIMEOUT
 _MAX_LENGTH = 30  # the longest value _TIMEOUT accepts: longer junk is refused before the regex sees it
 _PRIORITIES = {p.value: p for p in Priority}
-# The code of the wrapper Django puts around each sync layer of the stack (``inner``, which turns what
-# the layer raises into a response with ``response_for_exception``): see _unwrapped().
-_DJANGO_LAYER_WRAPPER = getattr(convert_exception_to_response(HttpResponse), "__code__", None)
 _OWS = " \t"  # RFC 9110 optional whitespace around a field value; servers usually strip it already
 
 
@@ -306,9 +302,7 @@ class AioRequestMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         # A deadline exceeded below (inner middleware, signals) answers 408, not Django's 500.
         self.get_response = catch_deadline_below(get_response)
-        # The sync path of __call__ does what catch_deadline_below adds, and what Django's wrapper of
-        # the next layer does (_unwrapped): one Python call less on every request.
-        self._get_response = _unwrapped(get_response)
+        self._get_response = get_response  # the sync path of __call__ does what catch_deadline_below adds
         self._async = iscoroutinefunction(get_response)
         if self._async:
             markcoroutinefunction(self)
@@ -392,8 +386,6 @@ class AioRequestMiddleware:
             response = self._get_response(request)
         except DeadlineBelowView as below:
             response = _answer_below_view(request, below)
-        except Exception as exc:  # what Django's wrapper of the next layer does (_unwrapped)
-            response = _converted(request, exc)
         finally:
             _context.reset(token)
             request._aio_request_catches_deadline = False  # type: ignore[attr-defined]
@@ -532,31 +524,6 @@ class AioRequestMiddleware:
         finally:
             _context.reset(token)
         raise _CancelledAtDeadline
-
-
-def _unwrapped(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
-    """The next layer itself, when ``get_response`` is Django's sync wrapper of it (``inner`` of
-    ``convert_exception_to_response``: what each middleware is given), else ``get_response``.
-
-    The wrapper's whole work is ``try: layer(request) except Exception: response_for_exception()``,
-    which the sync path of ``__call__`` does itself (:func:`_converted`), a function call less on
-    every request (``benchmarks/middleware.py``). Recognised by its code object, not its name: a
-    Django whose wrapper does anything else is not unwrapped, and its wrapper runs as it is.
-    """
-    wrapped = getattr(get_response, "__wrapped__", None)
-    if wrapped is not None and getattr(get_response, "__code__", None) is _DJANGO_LAYER_WRAPPER:
-        return cast(Callable[[HttpRequest], Any], wrapped)
-    return get_response
-
-
-def _converted(request: HttpRequest, exc: Exception) -> HttpResponseBase:
-    """The response Django's wrapper of the next layer makes of ``exc`` (a 404, 403, 400 or 500, with
-    ``got_request_exception`` sent and the error logged), or the 408 of a deadline cancellation,
-    which that signal raises on to this middleware (server/database.py)."""
-    try:
-        return response_for_exception(request, exc)
-    except DeadlineBelowView as below:
-        return _answer_below_view(request, below)
 
 
 class _CancelledAtDeadline(Exception):

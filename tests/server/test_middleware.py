@@ -3,7 +3,6 @@ of the whole request, reach outgoing calls, and bad values never hurt."""
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import subprocess
@@ -14,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured, PermissionDenied, SuspiciousOperation
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
-from django.core.signals import got_request_exception
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 from hypothesis import given
 from hypothesis import settings as settings_of_hypothesis
@@ -719,68 +717,6 @@ def test_an_async_view_waiting_on_a_thread_is_answered_at_the_deadline_unless_sy
         assert 0.28 < took < 0.8
     else:
         assert took >= 1.0
-
-
-class RaisingBelow:
-    """A middleware below AioRequestMiddleware raising what ``?raise=`` names."""
-
-    RAISED: dict[str, Callable[[], Exception]] = {
-        "404": lambda: Http404("no such thing"),
-        "403": lambda: PermissionDenied("not yours"),
-        "400": lambda: SuspiciousOperation("odd"),
-        "500": lambda: ValueError("a bug below"),
-    }
-
-    def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: Any) -> Any:
-        raise self.RAISED[request.GET["raise"]]()
-
-
-@pytest.mark.parametrize("status", ["404", "403", "400", "500"])
-def test_what_a_layer_below_raises_is_answered_as_django_answers_it_without_the_middleware(
-    settings: Settings, caplog: pytest.LogCaptureFixture, status: str
-) -> None:
-    """The sync path calls the next layer itself, doing the work of the wrapper Django puts around it
-    (one Python call less a request: docs/benchmarks.md): the same status, the same one
-    ``got_request_exception``, the same log line from ``django.request``, with the middleware and
-    without it."""
-    seen: list[tuple[int, int, list[str]]] = []
-    for stack in ([f"{__name__}.RaisingBelow"], [MIDDLEWARE, f"{__name__}.RaisingBelow"]):
-        settings.MIDDLEWARE = stack
-        signals: list[object] = []
-
-        def count(sender: object, signals: list[object] = signals, **kwargs: Any) -> None:
-            signals.append(sender)
-
-        got_request_exception.connect(count)
-        caplog.clear()
-        try:
-            with caplog.at_level(logging.WARNING, logger="django.request"):
-                response = Client(raise_request_exception=False).get(f"/ok?raise={status}")
-        finally:
-            got_request_exception.disconnect(count)
-        logged = [r.getMessage() for r in caplog.records if r.name == "django.request"]
-        seen.append((response.status_code, len(signals), logged))
-    assert seen[0] == seen[1]
-    assert seen[1][0] == int(status)
-
-
-def test_the_next_layer_is_called_without_djangos_wrapper_only_when_it_is_djangos_wrapper() -> None:
-    from django.core.handlers.exception import convert_exception_to_response
-
-    def layer(request: Any) -> HttpResponse:
-        return HttpResponse(b"x")
-
-    assert middleware._unwrapped(convert_exception_to_response(layer)) is layer
-    assert middleware._unwrapped(layer) is layer
-
-    @functools.wraps(layer)
-    def other(request: Any) -> HttpResponse:  # a wrapper of someone else's
-        return layer(request)
-
-    assert middleware._unwrapped(other) is other
 
 
 @pytest.mark.usefixtures("cancelling")
