@@ -1000,6 +1000,20 @@ def _exception_being_converted() -> BaseException | None:
     return None
 
 
+def deadline_below(exc: Exception) -> DeadlineBelowView | None:
+    """``exc`` as the deadline run out below the view that it is, or None.
+
+    Either a :class:`DeadlineBelowView` carried up past Django's conversions, or a query cancelled at
+    the deadline that reached AioRequestMiddleware as it was raised: Django's wrapper of each layer
+    converts once, so a cancellation raised while it turned another error of the layer right below
+    into a response (in a ``got_request_exception`` receiver, or a ``handler500`` view) went on up,
+    and the wrapper above the middleware answered it 500 (a review: 408 with a middleware between).
+    """
+    if isinstance(exc, DeadlineBelowView):
+        return exc
+    return DeadlineBelowView(exc) if is_deadline_cancellation(exc) else None
+
+
 def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
     """The 408 for a deadline exceeded below the view, with a log line saying what was lost."""
     cause = below.cause
@@ -1053,7 +1067,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
             setattr(request, _CATCHER, True)
             try:
                 return await aget_response(request)
-            except DeadlineBelowView as below:
+            except Exception as exc:
+                below = deadline_below(exc)
+                if below is None:
+                    raise
                 return _answer_below_view(request, below)
             finally:
                 setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
@@ -1064,7 +1081,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
         setattr(request, _CATCHER, True)
         try:
             return get_response(request)
-        except DeadlineBelowView as below:
+        except Exception as exc:
+            below = deadline_below(exc)
+            if below is None:
+                raise
             return _answer_below_view(request, below)
         finally:
             setattr(request, _CATCHER, False)  # above the middleware nobody would catch it

@@ -32,9 +32,9 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.server.database import (
-    DeadlineBelowView,
     _answer_below_view,
     catch_deadline_below,
+    deadline_below,
     is_deadline_cancellation,
 )
 from django_aio_request.server.log_text import escaped
@@ -384,7 +384,10 @@ class AioRequestMiddleware:
         token = _context.set(context)
         try:
             response = self._get_response(request)
-        except DeadlineBelowView as below:
+        except Exception as exc:  # the deadline run out below answers 408 (database.deadline_below)
+            below = deadline_below(exc)
+            if below is None:
+                raise
             response = _answer_below_view(request, below)
         finally:
             _context.reset(token)

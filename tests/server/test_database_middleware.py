@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.signals import got_request_exception
+from django.db import connections
 from django.http import HttpRequest
 from django.test import AsyncClient, Client
 from prometheus_client import REGISTRY
@@ -108,6 +109,41 @@ def test_other_errors_below_the_view_still_answer_500(client: Client) -> None:
     client.raise_request_exception = False
     response = client.get("/broken-below/", headers={"X-Request-Timeout": "5"})
     assert response.status_code == 500
+
+
+@pytest.mark.parametrize("path", ["/view-bug/", "/broken-below/"], ids=["view", "middleware"])
+def test_a_query_cancelled_while_django_answers_another_error_just_below_answers_408(
+    client: Client, settings: SettingsWrapper, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """A ``got_request_exception`` receiver (an error reporter saving to the database) runs a query
+    when the layer right below AioRequestMiddleware fails for another reason, and the deadline cancels
+    it: Django's wrapper of that layer converts only once, so the cancellation came up raw, and the
+    wrapper above the middleware answered 500 with "Internal Server Error" (a review; 408 when a
+    middleware sat between). Now 408, with the lost query named."""
+    client.raise_request_exception = False
+    ours = "django_aio_request.middleware.AioRequestMiddleware"
+    # Right below it: the view (the base handler), or a middleware failing after the view.
+    settings.MIDDLEWARE = [ours] if path == "/view-bug/" else [ours, "tests.support.urls_db.InnerMiddleware"]
+
+    def report(sender: object, **kwargs: object) -> None:
+        with connections[PG].cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(3)")
+
+    got_request_exception.connect(report)
+    try:
+        before = counted()
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            response = client.get(path, headers={"X-Request-Timeout": "0.5"})
+    finally:
+        got_request_exception.disconnect(report)
+    assert response.status_code == 408
+    assert time.monotonic() - started < 0.5 + SLACK
+    assert counted() == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    lost = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
+    assert len(lost) == 1, lost
+    assert lost[0].endswith("lost: SELECT pg_sleep(3)"), lost
 
 
 def test_the_applications_own_timeout_is_its_own_error(client: Client) -> None:

@@ -143,6 +143,11 @@ def broken_below(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def view_bug(request: HttpRequest) -> HttpResponse:
+    """A view that fails for a reason that is not the deadline."""
+    raise ValueError("a bug of the view")
+
+
 class InnerMiddleware:
     """A middleware below AioRequestMiddleware: ``?before=`` seconds of pg_sleep before the view,
     and a RuntimeError (not the deadline) after a view that asked for one (``broken_below``)."""
@@ -342,6 +347,7 @@ urlpatterns = [
     path("write-then-nested-sleep/", write_then_nested_sleep),
     path("session/", session_write),
     path("broken-below/", broken_below),
+    path("view-bug/", view_bug),
     path("fallback-bug/", fallback_bug),
     path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
     path("report/", report),
