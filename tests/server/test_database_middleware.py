@@ -146,6 +146,36 @@ def test_a_query_cancelled_while_django_answers_another_error_just_below_answers
     assert lost[0].endswith("lost: SELECT pg_sleep(3)"), lost
 
 
+@pytest.mark.usefixtures("asgi_threads_connections")
+def test_under_asgi_a_query_cancelled_while_django_answers_another_error_answers_408_too(
+    settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same on an async stack: Django converts the async view's error in a worker thread, where
+    the receiver's query is cancelled at the deadline (the context goes with it)."""
+    settings.MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]
+
+    def report(sender: object, **kwargs: object) -> None:
+        with connections[PG].cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(3)")
+
+    async def request() -> int:
+        response = await AsyncClient(raise_request_exception=False).get(
+            "/aview-bug/", headers={"X-Request-Timeout": "0.5"}
+        )
+        return response.status_code
+
+    got_request_exception.connect(report)
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            status = asyncio.run(request())
+    finally:
+        got_request_exception.disconnect(report)
+    assert status == 408
+    assert time.monotonic() - started < 0.5 + 2 * SLACK
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_the_applications_own_timeout_is_its_own_error(client: Client) -> None:
     """A statement_timeout of the application's that fires before the deadline is not a deadline
     cancellation: the view sees it (tests/support/urls_db.py answers what it saw)."""

@@ -148,6 +148,11 @@ def view_bug(request: HttpRequest) -> HttpResponse:
     raise ValueError("a bug of the view")
 
 
+async def aview_bug(request: HttpRequest) -> HttpResponse:
+    """An async view that fails for a reason that is not the deadline."""
+    raise ValueError("a bug of the async view")
+
+
 class InnerMiddleware:
     """A middleware below AioRequestMiddleware: ``?before=`` seconds of pg_sleep before the view,
     and a RuntimeError (not the deadline) after a view that asked for one (``broken_below``)."""
@@ -348,6 +353,7 @@ urlpatterns = [
     path("session/", session_write),
     path("broken-below/", broken_below),
     path("view-bug/", view_bug),
+    path("aview-bug/", aview_bug),
     path("fallback-bug/", fallback_bug),
     path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
     path("report/", report),
