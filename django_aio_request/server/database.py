@@ -1008,10 +1008,18 @@ def deadline_below(exc: Exception) -> DeadlineBelowView | None:
     converts once, so a cancellation raised while it turned another error of the layer right below
     into a response (in a ``got_request_exception`` receiver, or a ``handler500`` view) went on up,
     and the wrapper above the middleware answered it 500 (a review: 408 with a middleware between).
+
+    Raised up so, only what the bound itself raised counts (a :class:`DeadlineExceeded` in its
+    chain), not a bare ``query_canceled`` judged by the clock as :func:`is_deadline_cancellation`
+    judges it: the deadline may pass while Django answers the application's own
+    ``statement_timeout`` error (an error reporter that calls out and fails), which stays the
+    application's 500 (a review: answered 408 when judged by the clock then).
     """
     if isinstance(exc, DeadlineBelowView):
         return exc
-    return DeadlineBelowView(exc) if is_deadline_cancellation(exc) else None
+    if any(isinstance(error, DeadlineExceeded) for error in _chain(exc)):
+        return DeadlineBelowView(exc)
+    return None
 
 
 def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
@@ -1032,7 +1040,18 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
     return HttpResponse(status=408, headers=deadline_answer_headers(request, get_context().deadline))
 
 
-_PLUMBING = ("django.core.handlers.", "django.utils.deprecation", "asgiref.", "contextlib", "asyncio.", "concurrent.")
+# This package's middleware and its wrapper are plumbing too: a cancellation that reaches them raw (see
+# deadline_below) has their frame first in its traceback.
+_PLUMBING = (
+    "django.core.handlers.",
+    "django.utils.deprecation",
+    "asgiref.",
+    "contextlib",
+    "asyncio.",
+    "concurrent.",
+    "django_aio_request.server.middleware",
+    "django_aio_request.server.database",
+)
 _DATABASE = ("django.db.", "django.utils.asyncio", "django_aio_request.", "psycopg", "contextlib")
 
 
@@ -1071,7 +1090,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
                 below = deadline_below(exc)
                 if below is None:
                     raise
-                return _answer_below_view(request, below)
+                try:
+                    return _answer_below_view(request, below)
+                finally:
+                    del below  # its traceback holds this frame: no cycle left for the collector
             finally:
                 setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 
@@ -1085,7 +1107,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
             below = deadline_below(exc)
             if below is None:
                 raise
-            return _answer_below_view(request, below)
+            try:
+                return _answer_below_view(request, below)
+            finally:
+                del below  # its traceback holds this frame: no cycle left for the collector
         finally:
             setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 

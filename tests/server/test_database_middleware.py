@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.signals import got_request_exception
-from django.db import connections
+from django.db import IntegrityError, connections
 from django.http import HttpRequest
 from django.test import AsyncClient, Client
 from prometheus_client import REGISTRY
@@ -144,6 +144,39 @@ def test_a_query_cancelled_while_django_answers_another_error_just_below_answers
     lost = [r.getMessage() for r in caplog.records if r.name == "django_aio_request.server.database"]
     assert len(lost) == 1, lost
     assert lost[0].endswith("lost: SELECT pg_sleep(3)"), lost
+    # Where: the receiver, reached from Django's signal (not this package's middleware, which caught it).
+    assert " in django.dispatch.dispatcher.Signal.send (calls: " in lost[0], lost
+    assert "report" in lost[0], lost
+
+
+def test_the_applications_own_statement_timeout_stays_its_error_when_the_deadline_passes_while_it_is_answered(
+    client: Client, settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The view's own ``statement_timeout`` fires 0.4 s before the deadline; an error reporter then
+    takes 0.6 s and fails with its own database error. Reaching the middleware raw after the
+    deadline, judged by the clock (a query_canceled that came with the deadline up), it was answered
+    408 as the deadline's and counted (a review): it is the application's 500."""
+    client.raise_request_exception = False
+    settings.MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]  # the view right below
+
+    failed: list[bool] = []
+
+    def slow_failing_report(sender: object, **kwargs: object) -> None:
+        if not failed:  # the first time: Django's next conversion up reports the reporter's error
+            failed.append(True)
+            time.sleep(0.6)
+            raise IntegrityError("the reporter's own insert failed")
+
+    got_request_exception.connect(slow_failing_report)
+    try:
+        before = counted()
+        with caplog.at_level(logging.WARNING):
+            response = client.get("/own-statement-timeout/", headers={"X-Request-Timeout": "0.5"})
+    finally:
+        got_request_exception.disconnect(slow_failing_report)
+    assert response.status_code == 500
+    assert counted() == before
+    assert any(r.getMessage().startswith("Internal Server Error: /own-statement-timeout/") for r in caplog.records)
 
 
 @pytest.mark.usefixtures("asgi_threads_connections")

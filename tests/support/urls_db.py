@@ -148,6 +148,15 @@ def view_bug(request: HttpRequest) -> HttpResponse:
     raise ValueError("a bug of the view")
 
 
+def own_statement_timeout(request: HttpRequest) -> HttpResponse:
+    """The application's own ``statement_timeout`` (100 ms, for this transaction only) stops its
+    1 s query: a query_canceled that is the application's error, raised on."""
+    with transaction.atomic(using=ALIAS), connections[ALIAS].cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 100")
+        cursor.execute("SELECT pg_sleep(1)")
+    return HttpResponse("not reached\n", content_type="text/plain")
+
+
 async def aview_bug(request: HttpRequest) -> HttpResponse:
     """An async view that fails for a reason that is not the deadline."""
     raise ValueError("a bug of the async view")
@@ -353,6 +362,7 @@ urlpatterns = [
     path("session/", session_write),
     path("broken-below/", broken_below),
     path("view-bug/", view_bug),
+    path("own-statement-timeout/", own_statement_timeout),
     path("aview-bug/", aview_bug),
     path("fallback-bug/", fallback_bug),
     path("first-query-in-a-wrapper-block/", first_query_in_a_wrapper_block),
