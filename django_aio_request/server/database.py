@@ -1022,6 +1022,15 @@ def deadline_below(exc: Exception) -> DeadlineBelowView | None:
     return None
 
 
+def answer_if_deadline_below(request: HttpRequest, exc: Exception) -> HttpResponse | None:
+    """The 408 for ``exc`` when it is the deadline run out below the view (:func:`deadline_below`),
+    else None (the caller raises it on). A function of its own, so that the ``DeadlineBelowView``,
+    whose cause's traceback holds the catching frame, is never a local of that frame: they would
+    keep each other alive until the garbage collector ran (a review)."""
+    below = deadline_below(exc)
+    return None if below is None else _answer_below_view(request, below)
+
+
 def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
     """The 408 for a deadline exceeded below the view, with a log line saying what was lost."""
     cause = below.cause
@@ -1087,13 +1096,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
             try:
                 return await aget_response(request)
             except Exception as exc:
-                below = deadline_below(exc)
-                if below is None:
+                answer = answer_if_deadline_below(request, exc)
+                if answer is None:
                     raise
-                try:
-                    return _answer_below_view(request, below)
-                finally:
-                    del below  # its traceback holds this frame: no cycle left for the collector
+                return answer
             finally:
                 setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 
@@ -1104,13 +1110,10 @@ def catch_deadline_below(get_response: Handler) -> Handler:
         try:
             return get_response(request)
         except Exception as exc:
-            below = deadline_below(exc)
-            if below is None:
+            answer = answer_if_deadline_below(request, exc)
+            if answer is None:
                 raise
-            try:
-                return _answer_below_view(request, below)
-            finally:
-                del below  # its traceback holds this frame: no cycle left for the collector
+            return answer
         finally:
             setattr(request, _CATCHER, False)  # above the middleware nobody would catch it
 

@@ -32,9 +32,8 @@ from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
 from django_aio_request.metrics.prometheus import ENABLED as METRICS_ENABLED
 from django_aio_request.server.database import (
-    _answer_below_view,
+    answer_if_deadline_below,
     catch_deadline_below,
-    deadline_below,
     is_deadline_cancellation,
 )
 from django_aio_request.server.log_text import escaped
@@ -385,11 +384,10 @@ class AioRequestMiddleware:
         try:
             response = self._get_response(request)
         except Exception as exc:  # the deadline run out below answers 408 (database.deadline_below)
-            below = deadline_below(exc)
-            if below is None:
+            answer = answer_if_deadline_below(request, exc)
+            if answer is None:
                 raise
-            response = _answer_below_view(request, below)
-            del below  # its traceback holds this frame: no cycle left for the collector
+            response = answer
         finally:
             _context.reset(token)
             request._aio_request_catches_deadline = False  # type: ignore[attr-defined]
