@@ -1000,35 +1000,32 @@ def _exception_being_converted() -> BaseException | None:
     return None
 
 
-def deadline_below(exc: Exception) -> DeadlineBelowView | None:
-    """``exc`` as the deadline run out below the view that it is, or None.
+def answer_if_deadline_below(request: HttpRequest, exc: Exception) -> HttpResponse | None:
+    """The 408 for ``exc`` when it is the deadline run out below the view, else None (the caller
+    raises it on).
 
     Either a :class:`DeadlineBelowView` carried up past Django's conversions, or a query cancelled at
     the deadline that reached AioRequestMiddleware as it was raised: Django's wrapper of each layer
     converts once, so a cancellation raised while it turned another error of the layer right below
     into a response (in a ``got_request_exception`` receiver, or a ``handler500`` view) went on up,
     and the wrapper above the middleware answered it 500 (a review: 408 with a middleware between).
-
     Raised up so, only what the bound itself raised counts (a :class:`DeadlineExceeded` in its
     chain), not a bare ``query_canceled`` judged by the clock as :func:`is_deadline_cancellation`
     judges it: the deadline may pass while Django answers the application's own
     ``statement_timeout`` error (an error reporter that calls out and fails), which stays the
     application's 500 (a review: answered 408 when judged by the clock then).
+
+    A function of its own, so that the ``DeadlineBelowView``, whose cause's traceback holds the
+    catching frame, is never a local of that frame: they would keep each other alive until the
+    garbage collector ran (a review).
     """
     if isinstance(exc, DeadlineBelowView):
-        return exc
-    if any(isinstance(error, DeadlineExceeded) for error in _chain(exc)):
-        return DeadlineBelowView(exc)
-    return None
-
-
-def answer_if_deadline_below(request: HttpRequest, exc: Exception) -> HttpResponse | None:
-    """The 408 for ``exc`` when it is the deadline run out below the view (:func:`deadline_below`),
-    else None (the caller raises it on). A function of its own, so that the ``DeadlineBelowView``,
-    whose cause's traceback holds the catching frame, is never a local of that frame: they would
-    keep each other alive until the garbage collector ran (a review)."""
-    below = deadline_below(exc)
-    return None if below is None else _answer_below_view(request, below)
+        below = exc
+    elif any(isinstance(error, DeadlineExceeded) for error in _chain(exc)):
+        below = DeadlineBelowView(exc)
+    else:
+        return None
+    return _answer_below_view(request, below)
 
 
 def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpResponse:
@@ -1050,7 +1047,7 @@ def _answer_below_view(request: HttpRequest, below: DeadlineBelowView) -> HttpRe
 
 
 # This package's middleware and its wrapper are plumbing too: a cancellation that reaches them raw (see
-# deadline_below) has their frame first in its traceback.
+# answer_if_deadline_below) has their frame first in its traceback.
 _PLUMBING = (
     "django.core.handlers.",
     "django.utils.deprecation",

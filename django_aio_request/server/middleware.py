@@ -383,7 +383,7 @@ class AioRequestMiddleware:
         token = _context.set(context)
         try:
             response = self._get_response(request)
-        except Exception as exc:  # the deadline run out below answers 408 (database.deadline_below)
+        except Exception as exc:  # the deadline run out below answers 408 (database.answer_if_deadline_below)
             answer = answer_if_deadline_below(request, exc)
             if answer is None:
                 raise
