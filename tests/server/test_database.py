@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import ImproperlyConfigured
@@ -130,6 +131,36 @@ class TestIsDeadlineCancellation:
         legacy.pgcode = "57014"  # type: ignore[attr-defined]  # psycopg2
         with set_context(deadline=Deadline.from_timeout(0)):
             assert is_deadline_cancellation(legacy)
+
+    @on_postgres
+    def test_a_query_canceled_the_bound_did_not_ask_for_is_never_the_deadlines(self, pg: BaseDatabaseWrapper) -> None:
+        """The application's own statement_timeout stops a query sent under a 5 s deadline: judged
+        after that deadline is up (an error reporter took the rest of it), it is still the
+        application's error, where the clock alone said the deadline's. A query_canceled of a
+        statement sent past Django's cursors (the driver's own cursor), which the bound never sees, is
+        still judged by the clock."""
+
+        def own_timeout() -> None:
+            with transaction.atomic(using=PG), pg.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = 50")
+                cursor.execute("SELECT pg_sleep(1)")
+
+        def outside_djangos_cursors() -> None:
+            with pg.connection.cursor() as raw:
+                raw.execute("SET statement_timeout = 50")
+                try:
+                    raw.execute("SELECT pg_sleep(1)")
+                finally:
+                    raw.execute("SET statement_timeout = 0")  # autocommit: no transaction to roll back
+
+        with set_context(deadline=Deadline.from_timeout(5)), pytest.raises(OperationalError) as own:
+            own_timeout()
+        assert not isinstance(own.value, DeadlineExceeded)
+        with pytest.raises(psycopg.errors.QueryCanceled) as outside:
+            outside_djangos_cursors()
+        with set_context(deadline=Deadline.from_timeout(0)):
+            assert not is_deadline_cancellation(own.value)
+            assert is_deadline_cancellation(outside.value)
 
     def test_an_error_raised_while_handling_one_is_only_if_it_is_a_database_error(self) -> None:
         def raised_while_handling(make: Any) -> BaseException:

@@ -179,6 +179,35 @@ def test_the_applications_own_statement_timeout_stays_its_error_when_the_deadlin
     assert any(r.getMessage().startswith("Internal Server Error: /own-statement-timeout/") for r in caplog.records)
 
 
+def test_with_a_middleware_between_the_applications_own_statement_timeout_stays_its_error_too(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above with a middleware between AioRequestMiddleware and the view (this module's
+    InnerMiddleware): the reporter's error goes up to that middleware's layer, whose conversion sends
+    ``got_request_exception`` again, and this app's receiver, judging the query_canceled in the
+    chain by the clock, raised it on as the deadline's: 408 (a review). The bound had sent no cancel
+    request for that statement, so it is the application's 500 whenever it is judged."""
+    client.raise_request_exception = False
+    failed: list[bool] = []
+
+    def slow_failing_report(sender: object, **kwargs: object) -> None:
+        if not failed:
+            failed.append(True)
+            time.sleep(0.6)
+            raise IntegrityError("the reporter's own insert failed")
+
+    got_request_exception.connect(slow_failing_report)
+    try:
+        before = counted()
+        with caplog.at_level(logging.WARNING):
+            response = client.get("/own-statement-timeout/", headers={"X-Request-Timeout": "0.5"})
+    finally:
+        got_request_exception.disconnect(slow_failing_report)
+    assert response.status_code == 500
+    assert counted() == before
+    assert any(r.getMessage().startswith("Internal Server Error: /own-statement-timeout/") for r in caplog.records)
+
+
 @pytest.mark.usefixtures("asgi_threads_connections")
 def test_under_asgi_a_query_cancelled_while_django_answers_another_error_answers_408_too(
     settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
