@@ -150,6 +150,16 @@ def validate_endpoint(endpoint: str) -> str:
             " (urllib3 reads it as '/'), and calls could go to another host, port or path than written;"
             " percent-encode it (%5C) or remove it"
         )
+    try:
+        endpoint.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # What os.environ and os.fsdecode make of a byte that is not UTF-8: every call's URL failed
+        # to encode, and a database's text cannot hold it, so every publishing round of admin's
+        # circuit breakers failed, the process's other clients' reports too (a review).
+        raise ValueError(
+            f"endpoint {shown!r} has a lone surrogate ({endpoint[error.start]!r}), which UTF-8 cannot encode: a"
+            " byte that is not UTF-8, as read from the environment or a file name; percent-encode it or fix the source"
+        ) from None
     _check_host(endpoint, shown, parts.hostname)
     return endpoint
 

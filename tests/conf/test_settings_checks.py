@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import os
 import subprocess
 import types
 from collections.abc import Iterator, Mapping
@@ -317,6 +318,31 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/"}, "bad
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     assert "AIO_REQUEST['CLIENTS']['bad\\x00name'] is a client name with a NUL character" in done.stderr
+
+
+def test_manage_py_check_refuses_an_endpoint_read_from_the_environment_with_a_byte_that_is_not_utf_8(
+    tmp_path: Path,
+) -> None:
+    """``ENDPOINT = os.environ["BILLING_URL"]`` with a Latin-1 byte in it: Python reads it as a lone
+    surrogate. It passed ``check``, then every publishing round of admin's circuit breakers failed
+    (no database's text holds it), so the process's other clients left admin too (a review)."""
+    settings = """
+import os
+from settings.test import *
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+AIO_REQUEST = {"CLIENTS": {
+    "good": {"ENDPOINT": "http://good:8080/"},
+    "billing": {"ENDPOINT": os.environ["BILLING_URL"]},
+}}
+"""
+    (tmp_path / "bad_settings.py").write_text(settings)
+    environment = {**os.environ, "BILLING_URL": "http://billing:8080/caf\udce9/"}  # the byte 0xe9 in the child
+    done = run_manage("check", settings="bad_settings", path=tmp_path, env=environment)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "(django_aio_request.E004) AIO_REQUEST['CLIENTS']['billing']['ENDPOINT'] endpoint" in done.stderr
+    assert "has a lone surrogate ('\\udce9'), which UTF-8 cannot encode" in done.stderr, done.stderr
+    assert "['good']" not in done.stderr
 
 
 def test_other_commands_stop_with_the_same_list_and_no_traceback(tmp_path: Path) -> None:

@@ -106,6 +106,18 @@ def test_an_endpoint_with_a_backslash_is_refused(server: LoopbackServer, endpoin
     assert server.received() == []
 
 
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:{port}/caf\udce9/", "http://bill\udce9ing:{port}/"])
+def test_an_endpoint_with_a_lone_surrogate_is_refused(server: LoopbackServer, endpoint: str) -> None:
+    """What ``os.environ`` makes of a byte that is not UTF-8: no call's URL can be encoded, and admin's
+    tables cannot store the endpoint (every publishing round failed, a review)."""
+    endpoint = endpoint.format(port=server.port)
+    with pytest.raises(ValueError, match="has a lone surrogate"):
+        setup(endpoint=endpoint)
+    _, problems = read_settings({"CLIENTS": {"billing": {"ENDPOINT": endpoint}}})
+    assert [(p.path, p.code) for p in problems] == [("['CLIENTS']['billing']['ENDPOINT']", "E004")]
+    assert server.received() == []
+
+
 def test_an_endpoint_with_port_0_is_refused() -> None:
     """No server listens on port 0: every call was a 489 (connection refused), counted by the breaker."""
     with pytest.raises(ValueError, match=re.escape("endpoint 'http://billing:0/' has port 0")):
