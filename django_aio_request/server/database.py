@@ -108,10 +108,12 @@ _ENDS_TRANSACTION = re.compile(
 _forks = 0  # how many times this process's ancestors forked: QueryBound state from before is void
 # Set on a request whose AioRequestMiddleware turns a deadline into 408 (its sync path writes the name out).
 _CATCHER = "_aio_request_catches_deadline"
-# Set on a driver's query_canceled that came from a statement the bound had not cancelled (the
-# application's own statement_timeout, a pg_cancel_backend of someone's): never the deadline's,
-# whenever it is judged (is_deadline_cancellation), also once the deadline is up.
-_NOT_THE_DEADLINES = "_aio_request_not_the_deadlines"
+# The query_canceled errors of statements the bound had not cancelled (the application's own
+# statement_timeout, a pg_cancel_backend of someone's): never the deadline's, whenever they are
+# judged (is_deadline_cancellation), also once the deadline is up. Kept here rather than in an
+# attribute of the error: psycopg2's errors pickle and copy their SQLSTATE only while their
+# __dict__ is empty (a review: an attribute cost a pickled error its pgcode).
+_not_the_deadlines: "weakref.WeakSet[BaseException]" = weakref.WeakSet()
 
 
 # What a DeadlineExceeded whose transaction is lost adds to its message.
@@ -151,14 +153,16 @@ def is_deadline_cancellation(exc: BaseException) -> bool:
     cancel request that reached a statement sent outside Django's cursors).
 
     A ``statement_timeout`` of the application's own that fires before the deadline is the
-    application's error, not the deadline's: False; one that reached the bound is that too when the
-    deadline is up by the time it is judged (the bound marked it: it had sent no cancel request).
+    application's error, not the deadline's: False; one that reached the bound before the deadline's
+    last moments is that too when the deadline is up by the time it is judged (the bound had sent no
+    cancel request for it). With ``DATABASE_STATEMENT_TIMEOUT`` off nothing cancels a query at the
+    deadline, so only a :class:`DeadlineExceeded` counts.
     """
     deadline: Deadline | None = None
     for error in _chain(exc):
         if isinstance(error, DeadlineExceeded):
             return True
-        if _sqlstate(error) == QUERY_CANCELED and not getattr(error, _NOT_THE_DEADLINES, False):
+        if _sqlstate(error) == QUERY_CANCELED and error not in _not_the_deadlines and is_enabled():
             deadline = deadline or get_context().deadline
             if deadline is not None and deadline.timeout <= CANCEL_LEAD:
                 return True
@@ -371,13 +375,18 @@ class QueryBound:
         due = self._due
         if due is not None and time.monotonic() >= due - CANCEL_LEAD:
             return  # the deadline's cancel may be on its way too: left to the clock (both fired)
-        for cause in _chain(error):
+        cause: BaseException | None = error
+        for _ in range(8):  # this statement's error and the driver's below it, not what it was
+            # raised while handling (a query the deadline did cancel: a review)
+            if cause is None:
+                break
             if _sqlstate(cause) == QUERY_CANCELED:
                 # Ended before the deadline and not cancelled here (a cancel request sets _cancelled
                 # before it is sent): the application's own. Judged by the clock later, after the
                 # deadline passed while Django answered it (a slow error reporter), it read as the
                 # deadline's 408 (a review).
-                setattr(cause, _NOT_THE_DEADLINES, True)
+                _not_the_deadlines.add(cause)
+            cause = cause.__cause__
 
     def _close_severed(self, connection: BaseDatabaseWrapper) -> bool:
         """In the owner thread, as its statement fails inside ``atomic()``: close Django's connection

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -118,6 +119,7 @@ class TestIsDeadlineCancellation:
         wrapped.__cause__ = DeadlineExceeded("too late")
         assert is_deadline_cancellation(wrapped)
 
+    @pytest.mark.usefixtures("enabled")
     def test_query_canceled_counts_only_once_the_deadline_is_up(self) -> None:
         canceled = self.PgError("canceling statement due to user request", "57014")
         timeout = self.PgError("canceling statement due to statement timeout", "57014")
@@ -132,8 +134,19 @@ class TestIsDeadlineCancellation:
         with set_context(deadline=Deadline.from_timeout(0)):
             assert is_deadline_cancellation(legacy)
 
+    def test_with_the_bound_off_a_query_canceled_is_never_the_deadlines(self, settings: SettingsWrapper) -> None:
+        """Nothing cancels a query at the deadline then: the application's own statement_timeout,
+        judged after the deadline passed, answered 408 all the same (a review)."""
+        settings.AIO_REQUEST = {**settings.AIO_REQUEST, db.SETTING_KEY: False}
+        timeout = self.PgError("canceling statement due to statement timeout", "57014")
+        with set_context(deadline=Deadline.from_timeout(0)):
+            assert not is_deadline_cancellation(timeout)
+            assert is_deadline_cancellation(DeadlineExceeded("too late"))
+
     @on_postgres
-    def test_a_query_canceled_the_bound_did_not_ask_for_is_never_the_deadlines(self, pg: BaseDatabaseWrapper) -> None:
+    def test_a_query_canceled_the_bound_did_not_ask_for_is_never_the_deadlines(
+        self, pg: BaseDatabaseWrapper, settings: SettingsWrapper
+    ) -> None:
         """The application's own statement_timeout stops a query sent under a 5 s deadline: judged
         after that deadline is up (an error reporter took the rest of it), it is still the
         application's error, where the clock alone said the deadline's. A query_canceled of a
@@ -161,6 +174,38 @@ class TestIsDeadlineCancellation:
         with set_context(deadline=Deadline.from_timeout(0)):
             assert not is_deadline_cancellation(own.value)
             assert is_deadline_cancellation(outside.value)
+        # The driver's error is left as psycopg made it (psycopg2's pickle their SQLSTATE only while
+        # their __dict__ is empty: an attribute set on it lost its pgcode, a review).
+        settings.AIO_REQUEST = {**settings.AIO_REQUEST, db.SETTING_KEY: False}
+        with pytest.raises(OperationalError) as unbounded:
+            own_timeout()
+        driver_error = own.value.__cause__
+        assert isinstance(driver_error, psycopg.errors.QueryCanceled)
+        assert vars(driver_error).keys() == vars(unbounded.value.__cause__).keys()
+        assert pickle.loads(pickle.dumps(driver_error)).sqlstate == "57014"
+
+    @on_postgres
+    def test_a_query_the_deadline_cancelled_stays_the_deadline_s_after_another_statement_fails(
+        self, pg: BaseDatabaseWrapper
+    ) -> None:
+        """A statement that fails while the DeadlineExceeded of a cancelled one is handled: the bound
+        marked every query_canceled of the second one's chain, the cancelled one's too (a review)."""
+        with set_context(deadline=Deadline.from_timeout(0.2)), pytest.raises(DeadlineExceeded) as cancelled:
+            run("SELECT pg_sleep(2)")
+        deadline_s = cancelled.value
+        assert isinstance(deadline_s.__cause__, OperationalError)
+
+        def fails_while_handling_it() -> None:
+            try:
+                raise deadline_s
+            except DeadlineExceeded:
+                run("SELECT 1/0")
+
+        with set_context(deadline=Deadline.from_timeout(5)), pytest.raises(DatabaseError) as later:
+            fails_while_handling_it()
+        assert later.value.__cause__.__context__ is deadline_s  # type: ignore[union-attr]
+        with set_context(deadline=Deadline.from_timeout(0)):
+            assert is_deadline_cancellation(deadline_s.__cause__)
 
     def test_an_error_raised_while_handling_one_is_only_if_it_is_a_database_error(self) -> None:
         def raised_while_handling(make: Any) -> BaseException:
