@@ -943,8 +943,29 @@ SCHEMA_COMMANDS = frozenset(
 )
 
 
+# Between Django's pre_migrate and post_migrate signals: a migrate runs in this process, however it
+# was started. The command line tells only for manage.py, django-admin and python -m django: under a
+# manage script of another name, a console entry point or call_command() in a deploy script, a data
+# migration's calls were published, SQLite's lock taken while migrate held its own (a review).
+_migrating = False
+
+
+def migrate_started(sender: Any, **kwargs: Any) -> None:
+    """Receives ``pre_migrate`` (connected in ``AppConfig.ready``, sent once for each app)."""
+    global _migrating
+    _migrating = True
+
+
+def migrate_ended(sender: Any, **kwargs: Any) -> None:
+    """Receives ``post_migrate``: the process publishes again (a deploy script that goes on calling)."""
+    global _migrating
+    _migrating = False
+
+
 def _running_a_schema_command() -> bool:
-    return sys.argv[1:2] != [] and sys.argv[1] in SCHEMA_COMMANDS and _is_django_s_command_line(sys.argv[0])
+    return _migrating or (
+        sys.argv[1:2] != [] and sys.argv[1] in SCHEMA_COMMANDS and _is_django_s_command_line(sys.argv[0])
+    )
 
 
 def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:

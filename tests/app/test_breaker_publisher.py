@@ -794,6 +794,120 @@ def test_a_data_migration_s_calls_obey_an_operator_s_forced_open_circuit(
     assert server.received("/x") == []
 
 
+CALL_THEN_WAIT_MIGRATION = """
+import os
+import time
+
+from django.db import migrations
+
+
+def call(apps, schema_editor):
+    from django_aio_request import clients, get
+
+    with clients["billing"].request(get("x")) as response:
+        assert response.status == 200
+    time.sleep(1.0)  # the publisher's rounds, every 0.1 s, come meanwhile
+    from django_aio_request.models import BreakerReport
+
+    with open(os.environ["WRITTEN_FILE"], "w") as written:
+        written.write(str(BreakerReport.objects.filter(client="billing").count()))
+
+
+class Migration(migrations.Migration):
+    operations = [migrations.RunPython(call, migrations.RunPython.noop)]
+"""
+MIGRATE_FROM_A_SCRIPT = """
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", "dataapp", verbosity=0)
+"""
+
+
+@pytest.mark.parametrize("started_by", ["a manage script of another name", "call_command() in a script"])
+def test_a_migrate_the_command_line_does_not_tell_writes_nothing_while_it_runs(
+    server: LoopbackServer, tmp_path: Path, started_by: str
+) -> None:
+    """A data migration that calls ``billing``, run by ``migrate`` under a manage script named
+    otherwise (a console entry point) or by ``call_command()`` from a deploy script: the command line
+    says nothing of a schema command, and the process's rounds wrote reports while migrate ran, on
+    SQLite beside the lock migrate takes (a review). Django's pre_migrate and post_migrate signals
+    tell it: nothing is written in between (the migration counts the reports after the rounds had
+    time to write); the process's breakers are published once migrate ended, as any process's."""
+    server.route("/x", replies(200))
+    app = tmp_path / "dataapp"
+    (app / "migrations").mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "migrations" / "__init__.py").write_text("")
+    (app / "migrations" / "0001_initial.py").write_text(CALL_THEN_WAIT_MIGRATION)
+    aio_request = {
+        "CLIENTS": {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}},
+        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1,
+    }
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
+    extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'dataapp']\n"
+    env = settings_module(tmp_path, "data_settings", database, aio_request, extra=extra)
+    env["WRITTEN_FILE"] = str(tmp_path / "written")
+    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    if started_by == "call_command() in a script":
+        python(env, "-c", MIGRATE_FROM_A_SCRIPT)
+    else:
+        renamed = tmp_path / "deploy_tool.py"
+        renamed.write_text((ROOT / "manage.py").read_text())
+        python(env, str(renamed), "migrate", "dataapp")
+    assert (tmp_path / "written").read_text() == "0"  # the reports written while the migration ran
+
+
+FAILING_MIGRATION = """
+from django.db import migrations
+
+
+def fail(apps, schema_editor):
+    raise RuntimeError("the data migration failed")
+
+
+class Migration(migrations.Migration):
+    operations = [migrations.RunPython(fail, migrations.RunPython.noop)]
+"""
+CALL_AFTER_A_FAILED_MIGRATE = """
+import time
+import django
+django.setup()
+from django.core.management import call_command
+from django_aio_request import clients, get
+from django_aio_request.models import BreakerReport
+try:
+    call_command("migrate", "dataapp", verbosity=0)
+except RuntimeError:
+    pass
+with clients["billing"].request(get("x")) as response:
+    assert response.status == 200
+time.sleep(1.0)  # rounds every 0.1 s
+print(BreakerReport.objects.filter(client="billing").count())
+"""
+
+
+def test_a_process_whose_migrate_failed_writes_nothing_after_it(server: LoopbackServer, tmp_path: Path) -> None:
+    """Django sends no post_migrate when a migration fails: a deploy script that catches the error and
+    goes on calling publishes none of its breakers (docs/admin.md says so)."""
+    server.route("/x", replies(200))
+    app = tmp_path / "dataapp"
+    (app / "migrations").mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "migrations" / "__init__.py").write_text("")
+    (app / "migrations" / "0001_initial.py").write_text(FAILING_MIGRATION)
+    aio_request = {
+        "CLIENTS": {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}},
+        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1,
+    }
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
+    env = settings_module(tmp_path, "data_settings", database, aio_request, extra="INSTALLED_APPS += ['dataapp']\n")
+    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert python(env, "-c", CALL_AFTER_A_FAILED_MIGRATE).strip() == "0"
+
+
 def test_after_failed_rounds_a_full_queue_drops_the_oldest_transitions(
     publisher: Publisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
