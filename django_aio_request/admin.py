@@ -109,6 +109,13 @@ WRAP = "overflow-wrap:anywhere;word-break:break-word"
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Rows written by the publisher threads only: nobody adds, edits or deletes them by hand."""
 
+    # No "Show counts" (Django 5's facets, absent from 4.2): they count every choice of every filter
+    # as a column of one query, and the client and host filters list every value seen; past 1,664
+    # clients (PostgreSQL's limit of a query's columns; SQLite's is 2,000) or hosts in the history
+    # (a new pod name each deploy) the list answered 500 (a review).
+    if hasattr(admin, "ShowFacets"):
+        show_facets = admin.ShowFacets.NEVER
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
