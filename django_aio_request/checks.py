@@ -353,6 +353,9 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             f"has a BACKEND, {backend!r}, that is no cache backend (no subclass of Django's BaseCache)",
             "a cache backend such as 'django.core.cache.backends.redis.RedisCache'",
         )
+    unmakeable = _unmakeable(cache)
+    if unmakeable is not None:
+        return _unusable_breaker_cache(alias, *unmakeable)
     kind = nearest_known(backend, _KNOWN_BACKENDS)  # a subclass of Django's RedisCache is one too
     unimportable = _unimportable_options(cache.get("OPTIONS"), kind)
     if unimportable:
@@ -377,6 +380,30 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
             f"install it (pip install {library})",
         )
     return []
+
+
+def _unmakeable(cache: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(what, hint) for the parts of a cache's settings every backend reads as it is made, which made
+    each use of the cache raise (passed, every sync round failed: a review): ``OPTIONS`` that is no
+    dict, a ``KEY_FUNCTION`` that is no callable and no dotted path that imports."""
+    options = cache.get("OPTIONS")
+    if options is not None and not isinstance(options, Mapping):
+        return f"has OPTIONS that are {shown(options)}, not a dict", "OPTIONS = {...}, or leave it out"
+    key_function = cache.get("KEY_FUNCTION")
+    if key_function is None or callable(key_function):
+        return None
+    try:
+        if not isinstance(key_function, str):
+            raise TypeError(f"{shown(key_function)} is no callable and no dotted path")
+        imported = import_string(key_function)
+    except (Exception, SystemExit) as error:
+        return (
+            f"has a KEY_FUNCTION that cannot be imported ({type(error).__name__}: {error_text(error)})",
+            "the dotted path of a function (key, key_prefix, version) -> str, or leave it out",
+        )
+    if not callable(imported):
+        return f"has a KEY_FUNCTION, {key_function!r}, that is not callable", "the dotted path of a function"
+    return None
 
 
 #: The options of each backend that name a class by its dotted path, imported when the cache is

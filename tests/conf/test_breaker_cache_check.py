@@ -452,6 +452,47 @@ def test_a_breaker_cache_without_a_usable_backend_is_e008_only_under_the_app_s_t
     assert "django_aio_request.E008" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("cache", "django_says", "app_says"),
+    [
+        (
+            {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "KEY_FUNCTION": "no.such.make_key"},
+            "ModuleNotFoundError: No module named 'no'",
+            "has a KEY_FUNCTION that cannot be imported (ModuleNotFoundError: No module named 'no')",
+        ),
+        (
+            {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "OPTIONS": ["socket_timeout", 1]},
+            "AttributeError: 'list' object has no attribute 'get'",
+            "has OPTIONS that are ['socket_timeout', 1], not a dict",
+        ),
+        (  # pymemcache is not in this project's dependencies
+            {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": "127.0.0.1:11211"},
+            "ModuleNotFoundError: No module named 'pymemcache'",
+            "uses django.core.cache.backends.memcached.PyMemcacheCache, whose client library 'pymemcache' cannot be",
+        ),
+    ],
+)
+def test_a_breaker_cache_django_cannot_make_is_e008_under_the_app_s_tag(
+    tmp_path: Path, cache: dict[str, Any], django_says: str, app_says: str
+) -> None:
+    """A ``KEY_FUNCTION`` that cannot be imported, or ``OPTIONS`` given as a list: Django's own cache
+    check ends plain ``check`` in its traceback, as for a missing backend (the docs say so), and this
+    app's check passed both (a review: every sync round of the breakers would have failed)."""
+    (tmp_path / "unmakeable_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        f"CACHES = {{**CACHES, 'breakers': {cache!r}}}\n"
+    )
+    result = manage("check", settings="unmakeable_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert django_says in result.stderr.strip().splitlines()[-1], result.stderr
+    result = manage("check", "--tag", "django_aio_request", settings="unmakeable_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"(django_aio_request.E008) settings.CACHES['breakers'], the circuit breakers' shared state, {app_says}" in (
+        result.stderr
+    )
+
+
 _TIMED = "?socket_timeout=1&socket_connect_timeout=1"
 
 
