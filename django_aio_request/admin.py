@@ -300,6 +300,11 @@ GONE = (
     " Overrides apply to circuits processes report; those of circuits no process reports are on the overrides"
     " list."
 )
+#: The same for the overrides list, whose rows are overrides, not circuits processes report.
+OVERRIDES_GONE = (
+    "Nothing was changed: the overrides selected were lifted while the page was shown (by another operator,"
+    " from a circuit's page or list, or by a script)."
+)
 
 
 def counted_where(store: str) -> str:
@@ -316,9 +321,10 @@ def set_overrides(
     request: HttpRequest,
     circuits: Iterable[BreakerStatus],
     mode: Mode | None,
+    gone: str = GONE,
 ) -> None:
     """Set ``mode`` on each circuit (None: back to automatic), log it in admin's log against the circuit
-    (its history, "Recent actions") and say how many changed."""
+    (its history, "Recent actions") and say how many changed; ``gone`` when none of those selected is left."""
     now = timezone.now()
     # The username as it is now, as text: the model has no foreign key to the user model (models.py).
     by = request.user.get_username()[:CHANGED_BY_LENGTH] if request.user.is_authenticated else ""
@@ -339,7 +345,7 @@ def set_overrides(
     if not seen:
         # The rows selected went while the page was shown (a green "0 circuit breakers set forced
         # open" before, though nothing was isolated).
-        model_admin.message_user(request, GONE, messages.WARNING)
+        model_admin.message_user(request, gone, messages.WARNING)
         return
     what = "back to automatic" if mode is None else mode.label
     noun = "circuit breaker" if changed == 1 else "circuit breakers"
@@ -434,7 +440,7 @@ class BreakerOverrideAdmin(ReadOnlyAdmin):
             BreakerStatus(pk=breaker_id(row.client, row.endpoint), client=row.client, endpoint=row.endpoint)
             for row in queryset
         ]
-        set_overrides(self, request, circuits, None)
+        set_overrides(self, request, circuits, None, gone=OVERRIDES_GONE)
 
 
 def _when(moment: datetime.datetime | None) -> str:

@@ -563,6 +563,39 @@ OVERRIDES = "admin:django_aio_request_breakeroverride_changelist"
 
 
 @pytest.mark.django_db
+def test_the_override_permission_with_the_overrides_view_lifts_overrides_there_only() -> None:
+    """Override and "Can view circuit breaker override", without "Can view circuit breaker": no
+    circuits list or page (403), and on the overrides list the action lifts an override."""
+    live_report(1, "forced_open")
+    row = BreakerOverride.objects.create(client="billing", endpoint=BILLING, mode="force_open", changed_at=NOW)
+    lifter = BrowserClient()
+    lifter.force_login(staff("lifter", "override_circuit_breaker", "view_breakeroverride"))
+    assert lifter.get(reverse(CHANGELIST)).status_code == 403
+    assert lifter.get(reverse(CHANGE, args=[quote(breaker_id("billing", BILLING))])).status_code == 403
+    html = lifter.get(reverse(OVERRIDES)).content.decode()
+    assert '<option value="back_to_automatic">Back to automatic</option>' in html
+    page = lifter.post(reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [row.pk]}, follow=True)
+    assert "1 circuit breaker set back to automatic" in page.content.decode()
+    assert not BreakerOverride.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_override_lifted_while_the_overrides_list_was_shown_says_so(operator: BrowserClient) -> None:
+    """Another operator lifted it meanwhile: the overrides list said no live process reported the
+    circuits selected, the circuits list's words (a review)."""
+    lifted = BreakerOverride.objects.create(client="billing", endpoint=BILLING, mode="force_open", changed_at=NOW)
+    assert operator.get(reverse(OVERRIDES)).status_code == 200  # the page is shown, then the row goes
+    BreakerOverride.objects.filter(pk=lifted.pk).delete()
+    page = operator.post(
+        reverse(OVERRIDES), {"action": "back_to_automatic", "_selected_action": [lifted.pk]}, follow=True
+    )
+    html = page.content.decode()
+    assert "Nothing was changed: the overrides selected were lifted while the page was shown" in html
+    assert "no live process reports" not in html
+    assert not LogEntry.objects.exists()
+
+
+@pytest.mark.django_db
 def test_an_override_no_live_process_reports_goes_back_to_automatic_from_the_overrides_list(
     operator: BrowserClient, viewer: BrowserClient
 ) -> None:
