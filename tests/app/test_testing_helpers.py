@@ -885,6 +885,21 @@ def test_responses_network_errors_are_489() -> None:
     assert refused.status == unregistered.status == 489
 
 
+@responses_lib.activate
+def test_responses_unexpected_calls_retried_by_the_default_strategy_may_open_the_breaker() -> None:
+    """docs/testing.md: an unregistered URL under ``responses`` is a 489 to a single attempt; a GET's
+    default strategy retries it, and a breaker whose MINIMUM_THROUGHPUT its own attempts reach opens
+    on them: the call's answer is then the open circuit's 502, and the circuit stays open."""
+    with override_settings(AIO_REQUEST=billing_settings()):  # the default GET strategy, BREAKER's 2 calls
+        with clients["billing"].request(get("invoices/3")) as first:
+            pass
+        with clients["billing"].request(get("invoices/4")) as second:
+            pass
+    assert first.status == 502
+    assert second.status == 502  # the next call, the circuit still open
+    assert len(responses_lib.calls) == 2  # the attempts that reached requests before it opened
+
+
 def test_serving_keeps_what_it_is_not_given() -> None:
     with serving(timeout=2.0) as outer, serving(priority="low") as inner:
         assert inner.deadline is outer.deadline

@@ -135,6 +135,17 @@ def test_a_peer_named_like_a_reserved_label_takes_no_slot_for_real_names(monkeyp
     assert server_metrics.service_label(None, None) == "unknown"
 
 
+def test_each_name_docs_metrics_md_lists_is_labelled_as_it_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/metrics.md, ``request_client``: lower-cased; 64 characters kept, 65 not; not printable
+    ASCII (an accent, a tab inside) ``other``; empty or white space only ``other``; a header sent
+    twice, which reaches Django joined, is one name of its own; absent ``unknown``."""
+    monkeypatch.setattr(server_metrics, "_services", ServiceNames(100, None))
+    sixty_four, sixty_five = "o" * 64, "o" * 65
+    sent = [sixty_four, sixty_five, "Orders", "café", "or\tders", "", "  \t", "orders,billing", None]
+    labels = [server_metrics.service_label(raw, None) for raw in sent]
+    assert labels == [sixty_four, "other", "orders", "other", "other", "other", "other", "orders,billing", "unknown"]
+
+
 def _admit_many(directory: str, start: int, results: "multiprocessing.Queue[list[str]]") -> None:
     names = ServiceNames(50, directory)
     results.put([f"n{i}" for i in range(start, start + 200) if names.admit(f"n{i}")])

@@ -439,6 +439,7 @@ def test_server_latency_by_client_route_and_status() -> None:
         assert http.get(f"/metrics-test/things/{pk}", headers={"X-Service-Name": "Orders"}).status_code == 200
     assert http.get("/metrics-test/fails").status_code == 503
     assert http.get("/no-such-page").status_code == 404
+    assert http.get("/metrics-test/things/0").status_code == 404  # the view's own Http404
     assert http.get("/metrics-test/ping", headers={"X-Request-Timeout": "0"}).status_code == 408
     assert http.generic("BREW", "/metrics-test/ping").status_code == 200
     after = scrape()
@@ -452,6 +453,7 @@ def test_server_latency_by_client_route_and_status() -> None:
     assert delta(request_client="orders", request_method="GET", request_path=route, response_status="200") == 3
     assert delta(request_client="unknown", request_path="metrics-test/fails", response_status="503") == 1
     assert delta(request_client="unknown", request_path="<unmatched>", response_status="404") == 1
+    assert delta(request_path=route, response_status="404") == 1  # a route matched: its view said 404
     assert delta(request_path="<unmatched>", response_status="408") == 1  # refused before URL resolution
     assert delta(request_method="other", request_path="metrics-test/ping") == 1  # unknown methods are bounded
     assert not series(after, "aio_request_server_latency_count", request_path="/metrics-test/things/1")

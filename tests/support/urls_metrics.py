@@ -4,7 +4,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import include, path
 
 
@@ -14,6 +14,8 @@ def ping(request: HttpRequest) -> HttpResponse:
 
 
 def thing(request: HttpRequest, pk: int) -> HttpResponse:
+    if pk == 0:
+        raise Http404("no thing 0")  # the view's own 404: its route matched
     return HttpResponse(str(pk).encode())
 
 
