@@ -110,6 +110,11 @@ def test_filters_by_state_and_client(reports: None, operator: BrowserClient) -> 
     page = operator.get(reverse(CHANGELIST), {"client": "orders"})
     assert [row.client for row in page.context["cl"].result_list] == ["orders"]
     assert "orders" in operator.get(reverse(CHANGELIST), {"q": "orders:8080"}).content.decode()
+    BreakerOverride.objects.create(client="billing", endpoint=BILLING, mode="force_open", changed_at=NOW)
+    page = operator.get(reverse(CHANGELIST), {"override__exact": "force_open"})
+    assert [row.client for row in page.context["cl"].result_list] == ["billing"]
+    page = operator.get(reverse(CHANGELIST), {"override__isnull": "True"})
+    assert [row.client for row in page.context["cl"].result_list] == ["orders"]
 
 
 def test_the_detail_page_lists_each_process_and_the_transitions(reports: None, viewer: BrowserClient) -> None:
@@ -188,6 +193,18 @@ def test_the_transitions_history_is_a_read_only_list_with_filters(reports: None,
     assert len(page.context["cl"].result_list) == 1
     assert "web-1" in page.content.decode()
     assert len(viewer.get(url, {"to_state__exact": "closed"}).context["cl"].result_list) == 0
+    BreakerTransition.objects.create(
+        at=NOW - datetime.timedelta(days=2), client="orders", endpoint="http://orders:8080/", host="web-2", pid=201,
+        from_state="open", to_state="half_open",
+    )  # fmt: skip
+
+    def clients_listed(**query: str) -> list[str]:
+        return [row.client for row in viewer.get(url, query).context["cl"].result_list]
+
+    assert clients_listed(from_state__exact="open") == ["orders"]
+    assert clients_listed(host="web-2") == ["orders"]
+    day = NOW.replace(hour=0)  # the date filter's "Today" on NOW's day
+    assert clients_listed(at__gte=str(day), at__lt=str(day + datetime.timedelta(days=1))) == ["billing"]
 
 
 @pytest.mark.django_db
