@@ -11,11 +11,9 @@ class DjangoAioRequestConfig(AppConfig):
     def ready(self) -> None:
         """Connect the app's parts. Reads no setting: an invalid ``AIO_REQUEST`` must not stop
         ``manage.py check`` from reporting it (the first use of a client or the middleware raises)."""
-        from django.db.models.signals import post_migrate, pre_migrate
-
         from django_aio_request import checks  # noqa: F401 - registers the system checks
         from django_aio_request.breaker_publisher import client_built as watch_breaker
-        from django_aio_request.breaker_publisher import migrate_ended, migrate_started, remember_real_databases
+        from django_aio_request.breaker_publisher import remember_real_databases
         from django_aio_request.named_clients import clients
         from django_aio_request.server.async_stack import watch_first_request
         from django_aio_request.server.database import install
@@ -23,9 +21,6 @@ class DjangoAioRequestConfig(AppConfig):
 
         remember_real_databases()  # before a test run names its databases: the publisher leaves these alone then
         client_built.connect(watch_breaker, dispatch_uid="django_aio_request.breaker_publisher")
-        # A migrate running in this process publishes nothing, however it was started (breaker_publisher.py).
-        pre_migrate.connect(migrate_started, dispatch_uid="django_aio_request.breaker_publisher.pre_migrate")
-        post_migrate.connect(migrate_ended, dispatch_uid="django_aio_request.breaker_publisher.post_migrate")
         # Clients looked up before this (an app's models module, an earlier app's ready()) were built
         # with no receiver connected: never published to admin, never overridden (a review).
         for name, client in clients.built():

@@ -54,6 +54,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 from django.apps import apps
@@ -943,29 +944,42 @@ SCHEMA_COMMANDS = frozenset(
 )
 
 
-# Between Django's pre_migrate and post_migrate signals: a migrate runs in this process, however it
-# was started. The command line tells only for manage.py, django-admin and python -m django: under a
-# manage script of another name, a console entry point or call_command() in a deploy script, a data
-# migration's calls were published, SQLite's lock taken while migrate held its own (a review).
-_migrating = False
-
-
-def migrate_started(sender: Any, **kwargs: Any) -> None:
-    """Receives ``pre_migrate`` (connected in ``AppConfig.ready``, sent once for each app)."""
-    global _migrating
-    _migrating = True
-
-
-def migrate_ended(sender: Any, **kwargs: Any) -> None:
-    """Receives ``post_migrate``: the process publishes again (a deploy script that goes on calling)."""
-    global _migrating
-    _migrating = False
+# Where each schema command's module is, by the command's name (collectstatic is staticfiles').
+_COMMAND_MODULES = {
+    name: ("django.contrib.staticfiles" if name == "collectstatic" else "django.core") + f".management.commands.{name}"
+    for name in SCHEMA_COMMANDS
+}
 
 
 def _running_a_schema_command() -> bool:
-    return _migrating or (
-        sys.argv[1:2] != [] and sys.argv[1] in SCHEMA_COMMANDS and _is_django_s_command_line(sys.argv[0])
-    )
+    """Whether this process runs one of SCHEMA_COMMANDS: named on Django's command line, or its
+    ``handle()`` on a thread's stack now, however the command was started.
+
+    The command line tells only for manage.py, django-admin and python -m django: a migrate under a
+    manage script of another name, a console entry point or ``call_command()`` in a deploy script
+    published its data migration's breakers while it ran (a review). Django's pre_migrate and
+    post_migrate signals were tried first: post_migrate is sent once for each app, and the first
+    cleared the mark before the receivers of the others ran (they published), and a migrate that
+    failed sent none, so the process and the workers a --preload master forked after it never
+    published again (a review). Looked at once a round, off the calls' paths."""
+    if sys.argv[1:2] != [] and sys.argv[1] in SCHEMA_COMMANDS and _is_django_s_command_line(sys.argv[0]):
+        return True
+    handles = set()
+    for module_name in _COMMAND_MODULES.values():
+        module = sys.modules.get(module_name)  # a command never imported is not running
+        command = getattr(module, "Command", None)
+        handle = getattr(getattr(command, "handle", None), "__code__", None)
+        if handle is not None:
+            handles.add(handle)
+    if not handles:
+        return False
+    for top in sys._current_frames().values():
+        frame: FrameType | None = top
+        while frame is not None:
+            if frame.f_code in handles:
+                return True
+            frame = frame.f_back
+    return False
 
 
 def client_built(sender: Any, *, name: str, client: Client, **kwargs: Any) -> None:
