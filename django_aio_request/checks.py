@@ -386,23 +386,32 @@ def _unmakeable(cache: Mapping[str, Any]) -> tuple[str, str] | None:
     """(what, hint) for the parts of a cache's settings every backend reads as it is made, which made
     each use of the cache raise (passed, every sync round failed: a review): ``OPTIONS`` that is no
     dict, a ``KEY_FUNCTION`` that is no callable and no dotted path that imports."""
-    options = cache.get("OPTIONS")
-    if options is not None and not isinstance(options, Mapping):
-        return f"has OPTIONS that are {shown(options)}, not a dict", "OPTIONS = {...}, or leave it out"
+    hint = "the dotted path of a function (key, key_prefix, version) -> str, or leave it out"
+    if "OPTIONS" in cache and not isinstance(cache["OPTIONS"], Mapping):  # None too: Django reads only
+        # a missing OPTIONS as {}
+        return f"has OPTIONS that are {shown(cache['OPTIONS'])}, not a dict", "OPTIONS = {...}, or leave it out"
     key_function = cache.get("KEY_FUNCTION")
-    if key_function is None or callable(key_function):
+    if key_function is None:
         return None
+    if not callable(key_function):
+        try:  # as Django's get_key_func() does: a lazy string of a dotted path works too (a review)
+            key_function = import_string(key_function)
+        except (Exception, SystemExit) as error:
+            return (
+                f"has a KEY_FUNCTION that is no callable and no dotted path that imports"
+                f" ({type(error).__name__}: {error_text(error)})",
+                hint,
+            )
+        if not callable(key_function):
+            return f"has a KEY_FUNCTION, {shown(cache['KEY_FUNCTION'])}, that is not callable", hint
     try:
-        if not isinstance(key_function, str):
-            raise TypeError(f"{shown(key_function)} is no callable and no dotted path")
-        imported = import_string(key_function)
-    except (Exception, SystemExit) as error:
-        return (
-            f"has a KEY_FUNCTION that cannot be imported ({type(error).__name__}: {error_text(error)})",
-            "the dotted path of a function (key, key_prefix, version) -> str, or leave it out",
-        )
-    if not callable(imported):
-        return f"has a KEY_FUNCTION, {key_function!r}, that is not callable", "the dotted path of a function"
+        signature = inspect.signature(key_function)
+    except (Exception, SystemExit):
+        return None  # a builtin or an object with no signature to read: taken
+    try:
+        signature.bind("key", "prefix", 1)
+    except TypeError:
+        return f"has a KEY_FUNCTION that cannot take (key, key_prefix, version): {signature}", hint
     return None
 
 

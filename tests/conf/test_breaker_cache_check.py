@@ -458,7 +458,12 @@ def test_a_breaker_cache_without_a_usable_backend_is_e008_only_under_the_app_s_t
         (
             {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "KEY_FUNCTION": "no.such.make_key"},
             "ModuleNotFoundError: No module named 'no'",
-            "has a KEY_FUNCTION that cannot be imported (ModuleNotFoundError: No module named 'no')",
+            "has a KEY_FUNCTION that is no callable and no dotted path that imports (ModuleNotFoundError: No module",
+        ),
+        (  # Django reads a missing OPTIONS as {}, not None
+            {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "OPTIONS": None},
+            "AttributeError: 'NoneType' object has no attribute 'get'",
+            "has OPTIONS that are None, not a dict",
         ),
         (
             {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/0", "OPTIONS": ["socket_timeout", 1]},
@@ -491,6 +496,35 @@ def test_a_breaker_cache_django_cannot_make_is_e008_under_the_app_s_tag(
     assert f"(django_aio_request.E008) settings.CACHES['breakers'], the circuit breakers' shared state, {app_says}" in (
         result.stderr
     )
+
+
+def test_a_breaker_cache_key_function_that_cannot_take_its_arguments_is_e008(tmp_path: Path) -> None:
+    """Django makes the cache and calls the key function only when a key is made: plain ``check``
+    passed ``os.getcwd``, and every sync round of the breakers raised ``TypeError``."""
+    (tmp_path / "bad_key_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        "CACHES = {**CACHES, 'breakers': {'BACKEND': 'django.core.cache.backends.redis.RedisCache',"
+        " 'LOCATION': 'redis://127.0.0.1:6379/0', 'KEY_FUNCTION': 'os.getcwd'}}\n"
+    )
+    result = manage("check", settings="bad_key_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "has a KEY_FUNCTION that cannot take (key, key_prefix, version): ()" in result.stderr
+
+
+def test_a_breaker_cache_key_function_given_as_a_lazy_string_passes(tmp_path: Path) -> None:
+    """Django's get_key_func() imports a lazy string of a dotted path as it imports a str: the check
+    refused it with E008 for a while, which stopped plain ``check`` and ``migrate`` (a review)."""
+    (tmp_path / "lazy_key_settings.py").write_text(
+        "from django.utils.functional import lazy\n"
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        "CACHES = {**CACHES, 'breakers': {**CACHES['breakers'],"
+        " 'KEY_FUNCTION': lazy(lambda: 'django.core.cache.backends.base.default_key_func', str)()}}\n"
+    )
+    result = manage("check", "--tag", "django_aio_request", settings="lazy_key_settings", path=tmp_path)
+    assert "E008" not in result.stderr, result.stderr
+    result = manage("check", settings="lazy_key_settings", path=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 _TIMED = "?socket_timeout=1&socket_connect_timeout=1"
