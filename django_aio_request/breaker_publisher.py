@@ -138,7 +138,11 @@ def store_name(breaker: DefaultCircuitBreaker[str, Any]) -> str:
     store = breaker.store
     if isinstance(store, MemoryCircuitStore):
         return LOCAL_STORE
-    alias = str(getattr(store, "alias", type(store).__name__))[: STORE_LENGTH - len(UNREACHABLE)]
+    alias = str(getattr(store, "alias", type(store).__name__))
+    # A cache's alias may hold what no database's text does (a byte that is not UTF-8 read from the
+    # environment is a lone surrogate; a NUL): written as it is, every round failed (a review).
+    alias = alias.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    alias = alias[: STORE_LENGTH - len(UNREACHABLE)]
     return alias + UNREACHABLE if getattr(store, "deciding_alone", False) else alias
 
 

@@ -2012,6 +2012,22 @@ def test_a_breaker_sharing_a_cache_reports_its_alias(server: LoopbackServer, pub
 
 
 @pytest.mark.django_db
+def test_a_cache_alias_no_database_text_holds_is_reported_escaped(
+    server: LoopbackServer, publisher: Publisher, settings: Any
+) -> None:
+    """``CIRCUIT_BREAKER_STATE = os.environ["BREAKER_CACHE"]`` with a byte that is not UTF-8: the alias
+    is a lone surrogate, the cache works, and written as it was every publishing round failed (a
+    review), the process's other clients' reports too."""
+    alias = "shared\udcff"
+    settings.CACHES = {**settings.CACHES, alias: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    server.route("/down", lambda h: h.reply(500))
+    with override_settings(AIO_REQUEST=setting(server.url, CIRCUIT_BREAKER_STATE=alias)):
+        call("billing", 1)
+        assert publisher.run_once()
+    assert BreakerReport.objects.get().store == "shared\\udcff"
+
+
+@pytest.mark.django_db
 def test_a_process_whose_shared_cache_does_not_answer_is_shown_counting_on_its_own(
     server: LoopbackServer, publisher: Publisher, settings: Any, admin_client: BrowserClient
 ) -> None:
