@@ -54,7 +54,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from types import FrameType
+from types import CodeType, FrameType, FunctionType
 from typing import Any
 
 from django.apps import apps
@@ -642,8 +642,11 @@ class Publisher:
         if _running_a_schema_command():
             # Overrides read, nothing written: a round's writes took SQLite's lock while migrate held
             # its own, and a data migration that called a client failed "database is locked" (CI, on
-            # Django 4.2). Such a process's reports and transitions are not published.
-            taken.clear()
+            # Django 4.2). The transitions wait for a round after the command (a server running
+            # call_command("check") lost every one its other threads' breakers made meanwhile, a
+            # review); a process started as the command never has one, and publishes none.
+            self._queue.extendleft(reversed(taken))
+            self._trim()
             return
         now = timezone.now()
         ttl = datetime.timedelta(seconds=self.heartbeat_ttl)
@@ -955,6 +958,27 @@ _COMMAND_MODULES = {
 }
 
 
+def _own_code(function: object) -> CodeType | None:
+    """The code of ``function`` itself, inside its decorators: migrate's and makemigrations'
+    ``handle()`` are Django's ``no_translations`` wrapper, whose code every command decorated with it
+    shares (a review: a server command decorated so, in a process that had imported migrate, never
+    published). Followed through ``functools.wraps``' ``__wrapped__``, or a closure's one function."""
+    for _ in range(8):
+        inner = getattr(function, "__wrapped__", None)
+        if inner is None:
+            cells = []
+            for cell in getattr(function, "__closure__", None) or ():
+                with contextlib.suppress(ValueError):  # an empty cell
+                    if isinstance(cell.cell_contents, FunctionType):
+                        cells.append(cell.cell_contents)
+            inner = cells[0] if len(cells) == 1 else None
+        if inner is None:
+            break
+        function = inner
+    code = getattr(function, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
 def _running_a_schema_command() -> bool:
     """Whether this process runs one of SCHEMA_COMMANDS: named on Django's command line, or its
     ``handle()`` on a thread's stack now, however the command was started.
@@ -971,8 +995,7 @@ def _running_a_schema_command() -> bool:
     handles = set()
     for module_name in _COMMAND_MODULES.values():
         module = sys.modules.get(module_name)  # a command never imported is not running
-        command = getattr(module, "Command", None)
-        handle = getattr(getattr(command, "handle", None), "__code__", None)
+        handle = _own_code(getattr(getattr(module, "Command", None), "handle", None))
         if handle is not None:
             handles.add(handle)
     if not handles:

@@ -904,6 +904,85 @@ def test_a_migrate_the_command_line_does_not_tell_writes_nothing_while_it_runs(
     assert (tmp_path / "written").read_text() == "0"  # the reports written while the migration ran
 
 
+DECORATED_SERVER_AFTER_MIGRATE = """
+import time
+import django
+django.setup()
+from django.core.management import call_command
+from django.core.management.base import no_translations
+from django_aio_request import clients, get
+from django_aio_request.models import BreakerReport
+
+call_command("migrate", verbosity=0)  # nothing to apply: the tables are there
+
+
+@no_translations  # as a project's long-running command's handle() may be
+def serve():
+    with clients["billing"].request(get("x")) as response:
+        assert response.status == 200
+    time.sleep(1.0)  # rounds every 0.1 s
+    print(BreakerReport.objects.filter(client="billing").count())
+
+
+serve()
+"""
+CHECK_IN_A_THREAD = """
+import threading
+import time
+import django
+django.setup()
+from django.core import checks
+from django.core.management import call_command
+from django_aio_request import clients, get
+from django_aio_request.models import BreakerTransition
+
+calls_done = threading.Event()
+
+
+@checks.register()
+def slow(app_configs, **kwargs):  # keeps call_command("check") running while the breaker opens
+    calls_done.wait(10)
+    time.sleep(0.5)  # rounds every 0.1 s meanwhile
+    return []
+
+
+thread = threading.Thread(target=call_command, args=("check",))
+thread.start()
+time.sleep(0.3)
+for _ in range(3):
+    with clients["billing"].request(get("down")) as response:
+        pass
+calls_done.set()
+thread.join()
+time.sleep(1.0)  # rounds after the command
+print(list(BreakerTransition.objects.filter(client="billing").values_list("from_state", "to_state")))
+"""
+
+
+def test_a_decorated_command_in_a_process_that_ran_migrate_publishes(server: LoopbackServer, tmp_path: Path) -> None:
+    """Migrate's handle() is Django's no_translations wrapper, whose code every command decorated with
+    it shares: a long-running command so decorated, in a process that had imported migrate, was taken
+    for a migrate running, and never published (a review)."""
+    server.route("/x", replies(200))
+    env = billing_on_sqlite(tmp_path, "decorated", server.url, 0.1)
+    made = manage("migrate", settings="decorated_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert python(env, "-c", DECORATED_SERVER_AFTER_MIGRATE).strip() == "1"
+
+
+def test_transitions_made_while_a_thread_runs_check_are_published_after_it(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """A server that runs call_command("check") now and then: its other threads' breakers opened
+    meanwhile, and the rounds threw their transitions away (a review: admin showed "open" with no
+    history). They wait for a round after the command."""
+    server.route("/down", lambda h: h.reply(500))
+    env = billing_on_sqlite(tmp_path, "checking", server.url, 0.1)
+    made = manage("migrate", settings="checking_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert "('closed', 'open')" in python(env, "-c", CHECK_IN_A_THREAD)
+
+
 FAILING_MIGRATION = """
 from django.db import migrations
 
@@ -2013,7 +2092,7 @@ def test_a_breaker_sharing_a_cache_reports_its_alias(server: LoopbackServer, pub
 
 @pytest.mark.django_db
 def test_a_cache_alias_no_database_text_holds_is_reported_escaped(
-    server: LoopbackServer, publisher: Publisher, settings: Any
+    server: LoopbackServer, publisher: Publisher, settings: Any, admin_client: BrowserClient
 ) -> None:
     """``CIRCUIT_BREAKER_STATE = os.environ["BREAKER_CACHE"]`` with a byte that is not UTF-8: the alias
     is a lone surrogate, the cache works, and written as it was every publishing round failed (a
@@ -2025,6 +2104,8 @@ def test_a_cache_alias_no_database_text_holds_is_reported_escaped(
         call("billing", 1)
         assert publisher.run_once()
     assert BreakerReport.objects.get().store == "shared\\udcff"
+    url = reverse("admin:django_aio_request_breakerstatus_change", args=[quote(breaker_id("billing", server.url))])
+    assert "shared in cache &#x27;shared\\\\udcff&#x27;" in admin_client.get(url).content.decode()
 
 
 @pytest.mark.django_db
