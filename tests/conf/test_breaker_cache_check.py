@@ -512,6 +512,34 @@ def test_a_breaker_cache_key_function_that_cannot_take_its_arguments_is_e008(tmp
     assert "has a KEY_FUNCTION that cannot take (key, key_prefix, version): ()" in result.stderr
 
 
+WRAPPED_KEY_FUNCTION = """
+import functools
+
+
+def of_the_key(key):
+    return f"app:{key}"
+
+
+@functools.wraps(of_the_key)
+def key_function(key, key_prefix, version):
+    return of_the_key(key)
+"""
+
+
+def test_a_breaker_cache_key_function_wrapping_one_of_the_key_alone_passes(tmp_path: Path) -> None:
+    """An adapter made with functools.wraps takes (key, key_prefix, version), and Django's cache works
+    with it; judged by the signature wraps shows (the wrapped function's, ``(key)``), it was E008 and
+    stopped plain ``check`` and ``migrate`` (a review)."""
+    (tmp_path / "keys_adapter.py").write_text(WRAPPED_KEY_FUNCTION)
+    (tmp_path / "wrapped_key_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        "CACHES = {**CACHES, 'breakers': {**CACHES['breakers'], 'KEY_FUNCTION': 'keys_adapter.key_function'}}\n"
+    )
+    result = manage("check", settings="wrapped_key_settings", path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "E008" not in result.stderr
+
+
 def test_a_breaker_cache_key_function_given_as_a_lazy_string_passes(tmp_path: Path) -> None:
     """Django's get_key_func() imports a lazy string of a dotted path as it imports a str: the check
     refused it with E008 for a while, which stopped plain ``check`` and ``migrate`` (a review)."""
