@@ -768,6 +768,25 @@ BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="for
 """
 
 
+def data_app(tmp_path: Path, migration: str, url: str, *, interval: float | None = None) -> dict[str, str]:
+    """An app ``dataapp`` in ``tmp_path`` whose one migration is ``migration``, beside the client
+    ``billing`` (a breaker) calling ``url`` on a SQLite database of its own, this app's tables made
+    (rounds every ``interval`` seconds, if given): the environment of a subprocess using them."""
+    app = tmp_path / "dataapp"
+    (app / "migrations").mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "migrations" / "__init__.py").write_text("")
+    (app / "migrations" / "0001_initial.py").write_text(migration)
+    aio_request: dict[str, object] = {"CLIENTS": {"billing": {"ENDPOINT": url, "CIRCUIT_BREAKER": BREAKER}}}
+    if interval is not None:
+        aio_request["CIRCUIT_BREAKER_PUBLISH_INTERVAL"] = interval
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
+    env = settings_module(tmp_path, "data_settings", database, aio_request, extra="INSTALLED_APPS += ['dataapp']\n")
+    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
+    assert made.returncode == 0, made.stderr
+    return env
+
+
 def test_a_data_migration_s_calls_obey_an_operator_s_forced_open_circuit(
     server: LoopbackServer, tmp_path: Path
 ) -> None:
@@ -775,18 +794,8 @@ def test_a_data_migration_s_calls_obey_an_operator_s_forced_open_circuit(
     the open circuit's 502, as in any other process. Skipping schema commands' publishing altogether
     let it through (a review of that first fix: 200, and the service received the call)."""
     server.route("/x", replies(200))
-    app = tmp_path / "dataapp"
-    (app / "migrations").mkdir(parents=True)
-    (app / "__init__.py").write_text("")
-    (app / "migrations" / "__init__.py").write_text("")
-    (app / "migrations" / "0001_initial.py").write_text(DATA_MIGRATION)
-    clients_setting = {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}}
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
-    extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'dataapp']\n"
-    env = settings_module(tmp_path, "data_settings", database, {"CLIENTS": clients_setting}, extra=extra)
+    env = data_app(tmp_path, DATA_MIGRATION, server.url)
     env["STATUS_FILE"] = str(tmp_path / "status")
-    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
-    assert made.returncode == 0, made.stderr
     python(env, "-c", FORCE_OPEN, server.url)
     migrated = manage("migrate", "dataapp", settings="data_settings", path=tmp_path, env=env, timeout=120)
     assert migrated.returncode == 0, migrated.stderr
@@ -872,29 +881,15 @@ def test_a_migrate_the_command_line_does_not_tell_writes_nothing_while_it_runs(
     the reports after the rounds had time to write); the process's breakers are published once
     migrate is over, as any process's."""
     server.route("/x", replies(200))
-    app = tmp_path / "dataapp"
-    (app / "migrations").mkdir(parents=True)
-    (app / "__init__.py").write_text("")
-    (app / "migrations" / "__init__.py").write_text("")
     if started_by.startswith("a post_migrate receiver"):
         # Django sends post_migrate once for each app: one of an app after this one in INSTALLED_APPS
         # calls (a review: the first app's signal had ended the schema command's mark).
-        (app / "apps.py").write_text(POST_MIGRATE_RECEIVER_APP)
-        (app / "migrations" / "0001_initial.py").write_text(
-            "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    operations = []\n"
-        )
+        empty = "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    operations = []\n"
+        env = data_app(tmp_path, empty, server.url, interval=0.1)
+        (tmp_path / "dataapp" / "apps.py").write_text(POST_MIGRATE_RECEIVER_APP)
     else:
-        (app / "migrations" / "0001_initial.py").write_text(CALL_THEN_WAIT_MIGRATION)
-    aio_request = {
-        "CLIENTS": {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}},
-        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1,
-    }
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
-    extra = "INSTALLED_APPS = [*INSTALLED_APPS, 'dataapp']\n"
-    env = settings_module(tmp_path, "data_settings", database, aio_request, extra=extra)
+        env = data_app(tmp_path, CALL_THEN_WAIT_MIGRATION, server.url, interval=0.1)
     env["WRITTEN_FILE"] = str(tmp_path / "written")
-    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
-    assert made.returncode == 0, made.stderr
     if "call_command()" in started_by:
         python(env, "-c", MIGRATE_FROM_A_SCRIPT)
     else:
@@ -1018,19 +1013,7 @@ def test_a_process_whose_migrate_failed_publishes_after_it(server: LoopbackServe
     a migration fails), it published nothing for good, nor did the workers a --preload master forked
     after it (a review)."""
     server.route("/x", replies(200))
-    app = tmp_path / "dataapp"
-    (app / "migrations").mkdir(parents=True)
-    (app / "__init__.py").write_text("")
-    (app / "migrations" / "__init__.py").write_text("")
-    (app / "migrations" / "0001_initial.py").write_text(FAILING_MIGRATION)
-    aio_request = {
-        "CLIENTS": {"billing": {"ENDPOINT": server.url, "CIRCUIT_BREAKER": BREAKER}},
-        "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1,
-    }
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "data.sqlite3")}
-    env = settings_module(tmp_path, "data_settings", database, aio_request, extra="INSTALLED_APPS += ['dataapp']\n")
-    made = manage("migrate", "django_aio_request", settings="data_settings", path=tmp_path, env=env, timeout=120)
-    assert made.returncode == 0, made.stderr
+    env = data_app(tmp_path, FAILING_MIGRATION, server.url, interval=0.1)
     assert python(env, "-c", CALL_AFTER_A_FAILED_MIGRATE).strip() == "1"
 
 

@@ -149,16 +149,11 @@ def test_a_query_cancelled_while_django_answers_another_error_just_below_answers
     assert "report" in lost[0], lost
 
 
-def test_the_applications_own_statement_timeout_stays_its_error_when_the_deadline_passes_while_it_is_answered(
-    client: Client, settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The view's own ``statement_timeout`` fires 0.4 s before the deadline; an error reporter then
-    takes 0.6 s and fails with its own database error. Reaching the middleware raw after the
-    deadline, judged by the clock (a query_canceled that came with the deadline up), it was answered
-    408 as the deadline's and counted (a review): it is the application's 500."""
+def own_statement_timeout_with_a_slow_failing_reporter(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """GET /own-statement-timeout/ at a 0.5 s deadline, with an error reporter (a got_request_exception
+    receiver) that takes 0.6 s and fails with its own database error the first time: the
+    application's 500, logged, and no 408 counted, whenever the query_canceled is judged."""
     client.raise_request_exception = False
-    settings.MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]  # the view right below
-
     failed: list[bool] = []
 
     def slow_failing_report(sender: object, **kwargs: object) -> None:
@@ -179,6 +174,17 @@ def test_the_applications_own_statement_timeout_stays_its_error_when_the_deadlin
     assert any(r.getMessage().startswith("Internal Server Error: /own-statement-timeout/") for r in caplog.records)
 
 
+def test_the_applications_own_statement_timeout_stays_its_error_when_the_deadline_passes_while_it_is_answered(
+    client: Client, settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The view's own ``statement_timeout`` fires 0.4 s before the deadline; an error reporter then
+    takes 0.6 s and fails with its own database error. Reaching the middleware raw after the
+    deadline, judged by the clock (a query_canceled that came with the deadline up), it was answered
+    408 as the deadline's and counted (a review): it is the application's 500."""
+    settings.MIDDLEWARE = ["django_aio_request.middleware.AioRequestMiddleware"]  # the view right below
+    own_statement_timeout_with_a_slow_failing_reporter(client, caplog)
+
+
 def test_with_a_middleware_between_the_applications_own_statement_timeout_stays_its_error_too(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -187,25 +193,7 @@ def test_with_a_middleware_between_the_applications_own_statement_timeout_stays_
     ``got_request_exception`` again, and this app's receiver, judging the query_canceled in the
     chain by the clock, raised it on as the deadline's: 408 (a review). The bound had sent no cancel
     request for that statement, so it is the application's 500 whenever it is judged."""
-    client.raise_request_exception = False
-    failed: list[bool] = []
-
-    def slow_failing_report(sender: object, **kwargs: object) -> None:
-        if not failed:
-            failed.append(True)
-            time.sleep(0.6)
-            raise IntegrityError("the reporter's own insert failed")
-
-    got_request_exception.connect(slow_failing_report)
-    try:
-        before = counted()
-        with caplog.at_level(logging.WARNING):
-            response = client.get("/own-statement-timeout/", headers={"X-Request-Timeout": "0.5"})
-    finally:
-        got_request_exception.disconnect(slow_failing_report)
-    assert response.status_code == 500
-    assert counted() == before
-    assert any(r.getMessage().startswith("Internal Server Error: /own-statement-timeout/") for r in caplog.records)
+    own_statement_timeout_with_a_slow_failing_reporter(client, caplog)
 
 
 @pytest.mark.usefixtures("asgi_threads_connections")
