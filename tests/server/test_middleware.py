@@ -581,6 +581,49 @@ def test_a_slow_async_view_is_cancelled_at_the_deadline_and_answered_408() -> No
     assert cancelled() == before + 1
 
 
+def test_threads_see_the_request_s_context_only_when_handed_it_and_keep_it_after_the_request() -> None:
+    """docs/server.md, "Reading the deadline and priority anywhere": ``executor.submit(fn)`` and
+    ``loop.run_in_executor`` see no deadline; ``copy_context().run``, ``asyncio.to_thread`` and
+    ``sync_to_async`` do; and a thread handed the context that outlives the request keeps its
+    deadline, expired by then (its calls are answered 408 and not sent)."""
+    urls_server.outliving.clear()
+    seen = view_saw(get_sync("/ctx-threads?after=0.5", {"X-Request-Timeout": "0.3"}))
+    assert seen == {"submit": False, "copy_context_run": True}
+    assert view_saw(get_async("/actx-threads", {"X-Request-Timeout": "5"})) == {
+        "to_thread": True,
+        "run_in_executor": False,
+        "sync_to_async": True,
+    }
+    deadline = time.monotonic() + 10
+    while not urls_server.outliving and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert urls_server.outliving == [True]
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_an_async_view_that_holds_the_loop_past_its_deadline_is_cancelled_only_at_its_next_await() -> None:
+    """The cancellation is raised at an await that yields to the event loop: a view blocking the loop
+    (``time.sleep``, a sync call) runs past its deadline, and answers as it returns when it awaits
+    nothing more (a review: docs/server.md said a view still running at its deadline is cancelled)."""
+    urls_server.finished.clear()
+    response, took = timed_get("/ablocks?sleep=0.6", {"X-Request-Timeout": "0.3"})
+    assert response.status_code == 200
+    assert took >= 0.6
+    response, took = timed_get("/ablocks?sleep=0.6&then_await=1", {"X-Request-Timeout": "0.3"})
+    assert response.status_code == 408
+    assert took >= 0.6
+    assert urls_server.finished == ["ablocks"]  # the first only
+
+
+@pytest.mark.usefixtures("cancelling")
+def test_an_async_view_that_swallows_the_cancellation_answers_its_own_response() -> None:
+    """docs/server.md: a view may catch CancelledError to clean up, but should re-raise it; one that
+    does not is answered with what it returns, after the deadline."""
+    response, took = timed_get("/aswallows?sleep=3", {"X-Request-Timeout": "0.3"})
+    assert (response.status_code, response.content) == (200, b"swallowed")
+    assert 0.28 < took < 1.0
+
+
 def test_an_async_view_cancelled_at_a_deadline_max_timeout_cut_says_not_to_retry(settings: Settings) -> None:
     """docs/server.md: the caller still has time left when MAX_TIMEOUT cut its deadline, and a retry
     meets the same cut: an aio-request caller given 5 s retried the 408 of a view cancelled at a

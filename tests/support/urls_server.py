@@ -2,9 +2,11 @@
 priority and deadline source it saw, or calls the "down" client and reports what it got."""
 
 import asyncio
+import contextvars
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import markcoroutinefunction, sync_to_async
@@ -103,6 +105,63 @@ async def aslow(request: HttpRequest) -> HttpResponse:
     name = request.GET.get("name", "aslow")
     await asyncio.sleep(float(request.GET["sleep"]))
     finished.append(name)
+    return HttpResponse(b"done")
+
+
+# What a thread handed a request's context saw of its deadline once the request was answered.
+outliving: list[bool] = []
+
+
+def _has_deadline() -> bool:
+    return get_context().deadline is not None
+
+
+def ctx_threads(request: HttpRequest) -> JsonResponse:
+    """What threads started in a view see of the request's context (docs/server.md), and a thread
+    handed it that outlives the request by ``?after=`` seconds (noted in ``outliving``)."""
+    with ThreadPoolExecutor(1) as pool:
+        seen = {
+            "submit": pool.submit(_has_deadline).result(),
+            "copy_context_run": pool.submit(contextvars.copy_context().run, _has_deadline).result(),
+        }
+
+    def later() -> None:
+        time.sleep(float(request.GET["after"]))
+        deadline = get_context().deadline
+        outliving.append(deadline is not None and deadline.expired)
+
+    threading.Thread(target=contextvars.copy_context().run, args=(later,)).start()
+    return JsonResponse(seen)
+
+
+async def actx_threads(request: HttpRequest) -> JsonResponse:
+    """The same from an async view: ``asyncio.to_thread`` and ``loop.run_in_executor``."""
+    loop = asyncio.get_running_loop()
+    return JsonResponse(
+        {
+            "to_thread": await asyncio.to_thread(_has_deadline),
+            "run_in_executor": await loop.run_in_executor(None, _has_deadline),
+            "sync_to_async": await sync_to_async(_has_deadline)(),
+        }
+    )
+
+
+async def ablocks(request: HttpRequest) -> HttpResponse:
+    """``?sleep=`` seconds holding the event loop (a blocking call in an async view), then, with
+    ``?then_await=1``, one await that yields to the loop."""
+    time.sleep(float(request.GET["sleep"]))
+    if request.GET.get("then_await"):
+        await asyncio.sleep(0.01)
+    finished.append("ablocks")
+    return HttpResponse(b"done")
+
+
+async def aswallows(request: HttpRequest) -> HttpResponse:
+    """Catches the cancellation and answers anyway (docs/server.md: it should re-raise it)."""
+    try:
+        await asyncio.sleep(float(request.GET["sleep"]))
+    except asyncio.CancelledError:
+        return HttpResponse(b"swallowed")
     return HttpResponse(b"done")
 
 
@@ -278,6 +337,10 @@ urlpatterns = [
     path("aslow", aslow),
     re_path(r"^aslow/[\s\S]+$", aslow),  # any path after it, newlines too: what a client may put in a path
     path("athread", athread),
+    path("ablocks", ablocks),
+    path("ctx-threads", ctx_threads),
+    path("actx-threads", actx_threads),
+    path("aswallows", aswallows),
     path("slow", slow),
     path("araises-timeout", araises_timeout),
     path("timed", timed),
