@@ -404,22 +404,20 @@ def _unmakeable(cache: Mapping[str, Any]) -> tuple[str, str] | None:
             )
         if not callable(key_function):
             return f"has a KEY_FUNCTION, {shown(cache['KEY_FUNCTION'])}, that is not callable", hint
-    refused = None
-    # Both the signature functools.wraps shows (the wrapped function's) and the wrapper's own must
-    # refuse: an adapter (key, key_prefix, version) around a function of the key alone works, and was
-    # refused by the wrapped function's signature (a review), as conf/schema.py's checks learnt before.
-    for follow_wrapped in (True, False):
-        try:
-            signature = inspect.signature(key_function, follow_wrapped=follow_wrapped)
-        except (Exception, SystemExit):
-            return None  # a builtin or an object with no signature to read: taken
-        try:
-            signature.bind("key", "prefix", 1)
-        except TypeError:
-            refused = refused or f"has a KEY_FUNCTION that cannot take (key, key_prefix, version): {signature}"
-        else:
-            return None
-    return (refused, hint) if refused else None
+    # The function's own signature, as the cache calls it: not the one functools.wraps shows (the
+    # wrapped function's), which refused an adapter (key, key_prefix, version) around a function of
+    # the key alone, and let through a wrapper of the key alone around a full one (two reviews).
+    try:
+        signature = inspect.signature(key_function, follow_wrapped=False)
+    except (Exception, SystemExit):
+        return None  # no signature to read (a builtin), or one of the user's that raises: taken
+    try:
+        signature.bind("key", "prefix", 1)
+    except TypeError:
+        return f"has a KEY_FUNCTION that cannot take (key, key_prefix, version): {signature}", hint
+    except (Exception, SystemExit):
+        return None  # a signature of the user's whose bind() fails otherwise: taken
+    return None
 
 
 #: The options of each backend that name a class by its dotted path, imported when the cache is

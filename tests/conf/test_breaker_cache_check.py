@@ -523,10 +523,19 @@ def of_the_key(key):
 @functools.wraps(of_the_key)
 def key_function(key, key_prefix, version):
     return of_the_key(key)
+
+
+def full(key, key_prefix, version):
+    return f"{key_prefix}:{version}:{key}"
+
+
+@functools.wraps(full)
+def of_the_key_alone(key):  # what the cache calls: the wrapper, with three arguments
+    return full(key, "", 1)
 """
 
 
-def test_a_breaker_cache_key_function_wrapping_one_of_the_key_alone_passes(tmp_path: Path) -> None:
+def test_a_breaker_cache_key_function_is_judged_by_its_own_signature_not_the_one_it_wraps(tmp_path: Path) -> None:
     """An adapter made with functools.wraps takes (key, key_prefix, version), and Django's cache works
     with it; judged by the signature wraps shows (the wrapped function's, ``(key)``), it was E008 and
     stopped plain ``check`` and ``migrate`` (a review)."""
@@ -538,6 +547,15 @@ def test_a_breaker_cache_key_function_wrapping_one_of_the_key_alone_passes(tmp_p
     result = manage("check", settings="wrapped_key_settings", path=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "E008" not in result.stderr
+    # The other way round: a wrapper of the key alone around a full one fails every call; judged by
+    # the signature wraps shows, it passed (a review).
+    (tmp_path / "narrow_key_settings.py").write_text(
+        "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
+        "CACHES = {**CACHES, 'breakers': {**CACHES['breakers'], 'KEY_FUNCTION': 'keys_adapter.of_the_key_alone'}}\n"
+    )
+    result = manage("check", settings="narrow_key_settings", path=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "has a KEY_FUNCTION that cannot take (key, key_prefix, version): (key)" in result.stderr
 
 
 def test_a_breaker_cache_key_function_given_as_a_lazy_string_passes(tmp_path: Path) -> None:
