@@ -644,7 +644,8 @@ class Publisher:
             # its own, and a data migration that called a client failed "database is locked" (CI, on
             # Django 4.2). The transitions wait for a round after the command (a server running
             # call_command("check") lost every one its other threads' breakers made meanwhile, a
-            # review); a process started as the command never has one, and publishes none.
+            # review): a process Django's command line names as the command never publishes them,
+            # one started otherwise (call_command, a renamed script) once the command is over.
             self._queue.extendleft(reversed(taken))
             self._trim()
             return
