@@ -184,6 +184,17 @@ def test_server_closing_mid_chunk_is_489(server: LoopbackServer, transport: Requ
     assert transport.send(server.url, get("cut"), DEADLINE).status == 489
 
 
+@pytest.mark.parametrize("code", [b"+200", b"2_00", b"0200"])
+def test_a_status_code_python_s_int_reads_is_that_number_as_with_plain_requests(
+    server: LoopbackServer, transport: RequestsTransport, code: bytes
+) -> None:
+    """docs/faults.md: a status code with a sign, an underscore or a leading zero is no three digits
+    (RFC 9110), but http.client reads it with int(), and so does plain requests: 200 here too."""
+    server.route("/odd", raw(b"HTTP/1.1 " + code + b" OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+    assert transport.send(server.url, get("odd"), DEADLINE).status == 200
+    assert requests.get(server.url + "odd", timeout=5).status_code == 200
+
+
 @pytest.mark.parametrize(
     "data",
     [b"garbage, not HTTP\r\n\r\n", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b""],
