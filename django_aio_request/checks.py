@@ -385,7 +385,8 @@ def check_breaker_cache_backend(app_configs: Any = None, **kwargs: Any) -> list[
 def _unmakeable(cache: Mapping[str, Any]) -> tuple[str, str] | None:
     """(what, hint) for the parts of a cache's settings every backend reads as it is made, which made
     each use of the cache raise (passed, every sync round failed: a review): ``OPTIONS`` that is no
-    dict, a ``KEY_FUNCTION`` that is no callable and no dotted path that imports."""
+    dict, a ``KEY_FUNCTION`` that is no callable and no dotted path that imports, or whose own
+    signature cannot take ``(key, key_prefix, version)``."""
     hint = "the dotted path of a function (key, key_prefix, version) -> str, or leave it out"
     if "OPTIONS" in cache and not isinstance(cache["OPTIONS"], Mapping):  # None too: Django reads only
         # a missing OPTIONS as {}
