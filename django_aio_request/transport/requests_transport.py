@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import idna
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri, select_proxy
@@ -1006,6 +1007,8 @@ class RequestsTransport(Transport):
             if code == status.NETWORK_ERROR and (stale := _wrapped(error, StaleConnection)) is not None:
                 again = "after it was sent again once, on a fresh connection" if guard.fresh else "not sent again"
                 why = f"{type(stale).__name__}: {_stale_what(stale)}, {again}"
+            elif code == status.NETWORK_ERROR and not isinstance(error, _HTTP_AND_NETWORK_ERRORS):
+                why = f"{why}, raised in {_raised_in(error)}"
             logger.warning(
                 "%s %s failed after %.3fs: %s (status %s)",
                 request.method,
@@ -1339,6 +1342,28 @@ def _let_go(error: BaseException) -> None:
 
 
 _Wrapped = TypeVar("_Wrapped", bound=BaseException)
+
+
+# What requests, urllib3 and the standard library raise for the network and for what a peer sent
+# (requests' exceptions and the socket's are OSErrors). Anything else, an AttributeError or a
+# KeyError, may as well be a bug of code the call ran: an adapter of the application's own class, a
+# callback ``responses`` runs in a test.
+_HTTP_AND_NETWORK_ERRORS = (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
+def _raised_in(error: BaseException) -> str:
+    """Where ``error`` was raised: the module, line and function of its innermost frame. The
+    transport cannot tell a bug of an adapter of the application's own from that adapter's (or a
+    library's) reaction to what the peer sent, and takes either for a failure of the attempt (a
+    489); named so, the bug is found in the log. Never what the error says: it may carry the URL,
+    credentials among it (:func:`_what_failed`)."""
+    tb = error.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{tb.tb_frame.f_globals.get('__name__', '?')}, line {tb.tb_lineno}, in {code.co_name}"
 
 
 def _what_failed(error: BaseException) -> str:

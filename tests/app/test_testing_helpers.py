@@ -4,6 +4,7 @@ The fake replaces the transport only: these tests check that retries, hedges, th
 budget and metrics still run, and that the fake behaves like the real transport at a deadline."""
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -898,6 +899,27 @@ def test_responses_unexpected_calls_retried_by_the_default_strategy_may_open_the
     assert first.status == 502
     assert second.status == 502  # the next call, the circuit still open
     assert len(responses_lib.calls) == 2  # the attempts that reached requests before it opened
+
+
+def _failing_callback(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    return 200, {}, str(1 // 0)
+
+
+@responses_lib.activate
+def test_a_responses_callback_that_raises_is_a_489_whose_warning_says_where(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/testing.md: a callback of the test's that raises is, to the client, an error raised below
+    requests' ``send``, taken for a failure of the attempt (a 489), as a bug of an adapter of the
+    application's own is; the test sees the 489, and the warning says where the error was raised."""
+    caplog.set_level(logging.WARNING, logger="django_aio_request")
+    with override_settings(AIO_REQUEST=billing_settings(SAFE_METHOD_STRATEGY={"NAME": "single"})):
+        responses_lib.add_callback(responses_lib.GET, ENDPOINT + "invoices/5", callback=_failing_callback)
+        with clients["billing"].request(get("invoices/5")) as response:
+            pass
+    assert response.status == 489
+    line = _failing_callback.__code__.co_firstlineno + 1
+    warned = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    where = f"ZeroDivisionError, raised in {__name__}, line {line}, in _failing_callback"
+    assert [where in w for w in warned] == [True]
 
 
 def test_serving_keeps_what_it_is_not_given() -> None:

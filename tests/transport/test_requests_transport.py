@@ -1176,6 +1176,41 @@ def test_a_plain_adapter_mounted_for_a_prefix_is_bounded_by_the_deadline_and_lef
     assert session.adapters[server.url + "elsewhere/"] is own  # another class: used as it is
 
 
+class _BuggyAdapter(HTTPAdapter):
+    """An adapter of the application's own with a bug: its ``send`` raises ``AttributeError``."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        return self.no_such_method(request)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_bug_in_an_adapter_of_the_application_s_own_is_a_failure_the_log_says_where_it_was_raised(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an adapter of the application's own class raises ends the attempt as a failure (a 489),
+    as what requests raises on a malformed answer does: the transport cannot tell the adapter's bug
+    from its reaction to what the peer sent (a review took it for a bug of the client's: retried,
+    counted against a healthy endpoint). The warning named only the class, ``AttributeError``; it
+    now says where it was raised, the adapter's own line, and never what the error says (which may
+    carry the URL). An HTTP or network error keeps the log as it was."""
+    server.route("/buggy/x", lambda h: h.reply(200, b"never reached"))
+    session = requests.Session()
+    session.mount(server.url + "buggy/", _BuggyAdapter())
+    transport = RequestsTransport(session)
+    caplog.set_level(logging.WARNING, logger="django_aio_request")
+    try:
+        response = transport.send(server.url, get("buggy/x"), DEADLINE)
+        refused = transport.send(f"http://127.0.0.1:{free_port()}/", get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, refused.status) == (489, 489)
+    assert not server.requests
+    logged = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    line = _BuggyAdapter.send.__code__.co_firstlineno + 1
+    assert f"AttributeError, raised in {__name__}, line {line}, in send (status 489)" in logged[0]
+    assert "no_such_method" not in logged[0]  # what the error says is not logged
+    assert "raised in" not in logged[1]  # a refused connection: the network's, where it was raised says nothing
+
+
 def _503_then(retry_after: str, then: int = 503) -> Callable[[Handler], None]:
     """The first answer a 503 with ``Retry-After: retry_after``; the next ones ``then``."""
     count = iter(range(1_000_000))
