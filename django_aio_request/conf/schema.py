@@ -806,6 +806,15 @@ def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | Non
         return None
     if value is True:
         value = {}
+    if not isinstance(value, Mapping):
+        # "must be a dict" alone (reader.mapping's words) hid that True, False and None are taken too.
+        reader.fail(
+            path,
+            f"must be True, False, None or a dict, not {shown(value)}",
+            "True for load shedding with the defaults, False or None for none, or a dict with "
+            + ", ".join(SHEDDING_KEYS),
+        )
+        return None
     removed = [key for key in _REMOVED_SHEDDING_KEYS if isinstance(value, Mapping) and key in value]
     for key in removed:
         reader.fail(

@@ -1044,7 +1044,9 @@ def test_reading_and_checking_settings_build_no_limiter(settings: Settings) -> N
         ({"SWITCH_INTERVAL": 0}, {}, "['SWITCH_INTERVAL'] must be a number of seconds > 0"),
         ({"SWITCH_INTERVAL": "1ms"}, {}, "['SWITCH_INTERVAL'] must be a number of seconds"),
         ({"LIMIT": 3}, {}, "['SHEDDING']['LIMIT'] is not a known key"),
-        (8, {}, "AIO_REQUEST['SHEDDING'] must be a dict, not int"),
+        # The words named a dict alone, and True, False and None are taken too (a review).
+        (8, {}, "AIO_REQUEST['SHEDDING'] must be True, False, None or a dict, not 8"),
+        ("on", {}, "AIO_REQUEST['SHEDDING'] must be True, False, None or a dict, not 'on'"),
     ],
 )
 def test_invalid_settings_are_reported(shedding: Any, top: dict[str, Any], message: str) -> None:
