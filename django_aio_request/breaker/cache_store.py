@@ -178,6 +178,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
         self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
         self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
+        self._inherited: dict[str, float] = {}  # in a forked child, the parent's opens it writes (see there)
         self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
         self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
         # scope -> (claimed probe key, claimed at, the "open until" written with the claim): held until
@@ -486,6 +487,7 @@ class CacheCircuitStore(CircuitStore[str]):
             wanted, self._wanted = self._wanted, set()
             released, self._released = self._released, set()
             writes, self._writes = self._writes, {}
+            self._drop_ended_inherited(writes)
             pending, self._pending = self._pending, {}
             for key, count in pending.items():
                 self._flushing[key] = self._flushing.get(key, 0) + count
@@ -579,6 +581,18 @@ class CacheCircuitStore(CircuitStore[str]):
         # block read back is the one written for it).
         if scope not in self._writes and held is None:
             self._learn_block(scope, until)
+
+    def _drop_ended_inherited(self, writes: dict[str, float | None]) -> None:
+        """(Holding the lock, in a forked child's first round.) Take out of ``writes`` the parent's
+        opens it inherited (see :meth:`_after_fork_in_child`) whose block has ended since: another
+        process may have probed and closed the circuit, or opened it anew, meanwhile."""
+        if not self._inherited:
+            return
+        now = time.time()
+        for scope, until in self._inherited.items():
+            if writes.get(scope) == until and until <= now:
+                del writes[scope]
+        self._inherited = {}
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:
@@ -705,11 +719,17 @@ class CacheCircuitStore(CircuitStore[str]):
         self._cache = None  # the child opens its own connections
         self._thread = None
         self._round_started = None
-        # What the parent counted or decided is the parent's to write: a child writing it again
-        # would count every outcome twice (or once per child).
+        # What the parent counted is the parent's to write: a child writing it again would count every
+        # outcome twice (or once per child). Its opens not yet written are the child's to write too: a
+        # set of the same block, which counts nothing twice. Dropped, a child forked within a round of
+        # its parent's open read the key missing and took the circuit for closed elsewhere: a call went
+        # through it at once (a review: 4 of 4 gunicorn --preload starts, 3 of 4 fork-pool children).
+        # Only those still open: one that ended may have been probed and closed meanwhile.
+        now = time.time()
         self._pending = {}
         self._flushing = {}
-        self._writes = {}
+        self._inherited = {scope: until for scope, until in self._writes.items() if until is not None and until > now}
+        self._writes = dict(self._inherited)  # written by the child's first round if still open then
         self._wanted = set()
         self._granted = {}
         self._probes = {}

@@ -963,6 +963,61 @@ def test_a_forked_child_whose_circuit_was_open_at_the_fork_probes_after_the_brea
     assert reader.blocked_until("svc") is None  # the child's probe closed it for everyone
 
 
+def test_a_child_forked_before_its_parent_wrote_an_open_keeps_the_circuit_open(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A worker forked within a round of its parent's open (gunicorn --preload after a warm-up that
+    opened the circuit, a fork pool): the open was not in the cache yet, the child dropped the
+    parent's unwritten writes with its counts, read the key missing and took the circuit for closed
+    elsewhere: a call went through it at once (a review: 4 of 4 --preload starts). The child now
+    writes the parent's open itself, the same block, and keeps the circuit open until it ends."""
+    breaker = breaker_with(stores(namespace, sync_interval=30.0), break_duration=30.0, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+    assert state_of(breaker) is CircuitState.OPEN  # not written yet when the child forks at once (it failed so)
+    until = breaker.store.blocked_until("svc")
+
+    def child() -> dict[str, Any]:
+        breaker.store.sync()  # type: ignore[attr-defined]  # the child's first round
+        return {"calls": [run(breaker, True) for _ in range(3)], "state": state_of(breaker)}
+
+    got = in_child(child)
+    assert got == {"calls": ["fallback"] * 3, "state": "open"}
+    reader = stores(namespace)
+    breaker_with(reader)
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.blocked_until("svc") == until  # the child wrote the parent's block, for every process
+
+
+def test_a_child_forked_with_its_parent_s_open_unwritten_and_ended_writes_nothing(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """The same fork, the child's first round after the parent's block ended: that block is not
+    written (another process may have probed and closed the circuit, or opened it anew, since)."""
+    breaker = breaker_with(stores(namespace, sync_interval=30.0), break_duration=0.2, minimum_throughput=2)
+    run(breaker, False)
+    run(breaker, False)
+
+    store = breaker.store
+    assert isinstance(store, CacheCircuitStore)
+
+    def child() -> list[str]:
+        written: list[str] = []
+        own_write = store._write
+
+        def write(cache: Any, writes: dict[str, float | None], *args: Any) -> None:
+            written.extend(writes)
+            own_write(cache, writes, *args)
+
+        store._write = write  # type: ignore[method-assign, assignment]
+        time.sleep(0.3)  # the break is over before the child's first round
+        store.sync()
+        return written
+
+    assert in_child(child) == []  # the parent's block, ended, is not the child's to write
+
+
 def test_a_forked_child_learns_that_a_circuit_open_at_the_fork_was_closed_elsewhere(
     redis: None, namespace: str, stores: Any
 ) -> None:
