@@ -1762,6 +1762,41 @@ from django_aio_request.models import BreakerTransition
 print(json.dumps([[t.from_state, t.to_state] for t in BreakerTransition.objects.order_by("at")]))
 """
 
+SIGTERMED_WORKER = (
+    EXITING_WORKER
+    + """
+import signal, sys, time
+if sys.argv[1] == "handled":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # what docs/admin.md tells such a process to do
+print("open", flush=True)
+time.sleep(60)  # a worker loop, until systemd's SIGTERM
+"""
+)
+
+
+@pytest.mark.parametrize(("handled", "published"), [(False, []), (True, [["closed", "open"]])])
+def test_a_plain_process_ended_by_sigterm_publishes_a_last_round_only_if_it_handles_it(
+    server: LoopbackServer, tmp_path: Path, handled: bool, published: list[list[str]]
+) -> None:
+    """docs/admin.md: the last round runs as Python exits, and Python does not exit on SIGTERM by
+    itself: a plain process (a management command's worker loop under systemd) dies on it with its
+    transitions since the last round unpublished, as with SIGKILL (a review), unless it turns
+    SIGTERM into an exit."""
+    server.route("/down", lambda h: h.reply(500))
+    env = billing_on_sqlite(tmp_path, "sigtermed_worker", server.url, 30)
+    python(env, "manage.py", "migrate", "--noinput", "-v", "0")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", SIGTERMED_WORKER, "handled" if handled else "plain"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "open"  # the circuit opened; the next round is 30 s away
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == (0 if handled else -signal.SIGTERM)
+    worker.stdout.close()
+    assert json.loads(python(env, "-c", TRANSITIONS).strip().splitlines()[-1]) == published
+
+
 OPERATOR = """
 import sys, django
 django.setup()
