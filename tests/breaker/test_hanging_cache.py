@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_aio_request import CircuitState, Client, Deadline, get
+from django_aio_request import CircuitState, Client, Deadline, DefaultCircuitBreaker, get
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.schema import read_settings
 from tests.support import hanging_cache
@@ -237,6 +237,34 @@ def test_a_hanging_cache_is_named_in_one_warning_when_a_probe_finds_its_round_st
         found = re.search(pattern, stalled[0])
         assert found is not None, stalled
         assert float(found.group(1)) >= 1.0
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_cache_is_named_by_the_publisher_s_round_with_no_circuit_open(
+    hanging: None, server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/circuit-breaker.md: the warning also comes when the breaker publisher's round (once a
+    second) reports where a breaker counts, whether or not a circuit is open (a review saw it with
+    the endpoint healthy); admin then shows the process counting on its own."""
+    from django_aio_request.breaker_publisher import store_name
+    from django_aio_request.models import UNREACHABLE
+
+    caplog.set_level(logging.WARNING, logger="django_aio_request.breaker.cache_store")
+    server.route("/svc", replies(200))
+    client = _client(server, "hanging")
+    try:
+        with client.request(get("svc")) as response:  # the store's round starts, and hangs
+            assert response.status == 200
+        breaker = client.circuit_breaker
+        assert isinstance(breaker, DefaultCircuitBreaker)
+        assert store_name(breaker) == "hanging"  # the round has not yet taken stall_after (1 s)
+        time.sleep(1.1)
+        assert store_name(breaker) == "hanging" + UNREACHABLE  # what the publisher's round reports
+        stalled = [r.getMessage() for r in caplog.records if "has not answered for" in r.getMessage()]
+        assert len(stalled) == 1, stalled
+        assert breaker.state.get("svc", CircuitState.CLOSED) is CircuitState.CLOSED
     finally:
         client.close()
 
