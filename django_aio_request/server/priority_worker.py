@@ -33,9 +33,7 @@ these things and nothing else:
   every such request queued before them);
 * with ``SHEDDING`` no request waits longer than ``QUEUE_TIMEOUT``, as for a slot: then it is taken
   before any other and refused (503 with ``Retry-After``, and ``X-Do-Not-Retry`` only when its
-  caller's deadline ends before ``Retry-After``: its caller may try again); nor, as for a slot,
-  longer than its deadline leaves the time a request takes to serve (:func:`_wait_bound`): then it
-  is refused with ``X-Do-Not-Retry`` (reason ``deadline``).
+  caller's deadline ends before ``Retry-After``: its caller may try again).
 
 A new connection waits on the worker's poller until its first bytes arrive, then is queued (gthread
 queues it at once and a thread waits for them); a connection its caller closed is queued to be
@@ -144,27 +142,6 @@ def _queue_bound() -> float:
     if shedding is None or shedding.queue_timeout <= 0:
         return math.inf
     return max(float(shedding.queue_timeout), MIN_QUEUE_BOUND)
-
-
-def _time_to_serve() -> float:
-    """Seconds a request needs to be served once a thread takes it, as load shedding's limiter judges
-    it (:meth:`~django_aio_request.server.shedding.limiter.Limiter.time_to_serve`); 0.0 without
-    ``SHEDDING``."""
-    conf = current.settings
-    if conf.shedding is None:
-        return 0.0
-    return shedding_for(conf.shedding, conf.known_services).limiter.time_to_serve()
-
-
-def _wait_bound(seconds: float) -> float:
-    """How long a request with ``seconds`` left may wait for a thread and still be served in time:
-    what its deadline leaves after :func:`_time_to_serve`, as the limiter bounds a wait for a slot,
-    never less than :data:`MIN_QUEUE_BOUND` (a hand-off to an idle thread is no wait: a request that
-    finds a thread free is served, as one that finds a slot free is) nor more than ``seconds``.
-    Bounded by the deadline alone, a request that waited most of it was handed to Django with less
-    time than a request takes and its view answered after its caller had gone (a review: a 100 ms
-    view given 0.15 s, queued 90 ms behind another, answered 200 after 0.195 s, 5 of 5 times)."""
-    return min(seconds, max(seconds - _time_to_serve(), MIN_QUEUE_BOUND))
 
 
 def _waited_too_long(waited: float) -> bool:
@@ -300,10 +277,7 @@ class QueueWaitApp:
             # that long for a slot. Left in the queue, it waited for a thread for its whole deadline
             # (5 s, up to MAX_TIMEOUT) under a flood of better priority, then was refused anyway.
             return _refuse(environ, start_response, REASON_QUEUE_TIMEOUT, waited, left=left)
-        if expired or waited >= _wait_bound(seconds):
-            # Its deadline leaves too little to be served (or it came), less the microseconds between
-            # its ranking and its queueing: run on a thread of its own while every thread was busy, or
-            # taken by one that freed as its time came.
+        if expired:  # its deadline came, less the microseconds between its ranking and its queueing
             return _refuse(environ, start_response, "deadline", waited)
         environ[RECEIVED_TIMEOUT] = raw
         environ[META_TIMEOUT] = shown
@@ -458,7 +432,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             priority, seconds = queue_priority(claims), queue_timeout(claims)
             if seconds == math.inf:
                 return _pool_rank(priority, False), time.monotonic() + _queue_bound()
-            return _pool_rank(priority, True), time.monotonic() + min(_wait_bound(seconds), _queue_bound())
+            return _pool_rank(priority, True), time.monotonic() + min(seconds, _queue_bound())
         except Exception:
             if not getattr(self, "_rank_failed", False):
                 self._rank_failed = True

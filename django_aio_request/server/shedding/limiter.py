@@ -457,16 +457,10 @@ class Limiter:
             return slots - math.ceil(slots * _KEPT_FROM_LOW)
         return slots
 
-    def time_to_serve(self) -> float:
-        """Seconds a request needs to be served here: what recent requests took (the median of the
-        last 15), or ``min_time_to_serve`` if that is more; 0.0 before any was served. A request may
-        wait for a slot only as long as its deadline leaves this much after the wait
-        (``PriorityThreadWorker`` bounds its own queue so too). Read without the lock: one float."""
-        return max(self.min_time_to_serve, self._typical or 0.0)
-
     def _bound(self, deadline: float, now: float) -> tuple[float, str]:
         """How long a request may wait, and the reason it is refused if it waited that long for nothing."""
-        budget = deadline - now - self.time_to_serve()
+        need = max(self.min_time_to_serve, self._typical or 0.0)
+        budget = deadline - now - need
         if budget < self.queue_timeout:
             return budget, REASON_DEADLINE
         return self.queue_timeout, REASON_QUEUE_TIMEOUT
