@@ -75,6 +75,10 @@ DEFAULT_STALL_AFTER = 1.0
 # How long the "open until" key outlives its time: processes that were not told of a close in the
 # meantime (none probed) then count as closed.
 OPEN_KEY_GRACE = 60.0
+# In a forked child, how long a missing key is taken for its parent's open not yet written: this many
+# of the parent's rounds, and never less than _UNWRITTEN_LEAST seconds (a busy parent's round is late).
+_UNWRITTEN_ROUNDS = 10
+_UNWRITTEN_LEAST = 1.0
 
 _Count = tuple[str, int, str]  # (scope, window number, "f" or "s")
 
@@ -178,7 +182,10 @@ class CacheCircuitStore(CircuitStore[str]):
         self._pending: dict[_Count, int] = {}  # counted here, not flushed yet
         self._flushing: dict[_Count, int] = {}  # being flushed: still counted until the read lands
         self._writes: dict[str, float | None] = {}  # scope -> open until to write, None: closed
-        self._inherited: dict[str, float] = {}  # in a forked child, the parent's opens it writes (see there)
+        # In a forked child: the opens its parent decided and had not yet written, and until when a
+        # missing key is taken for "not written yet" rather than "closed elsewhere" (_after_fork_in_child).
+        self._unwritten_opens: dict[str, float] = {}
+        self._unwritten_until = 0.0
         self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
         self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
         # scope -> (claimed probe key, claimed at, the "open until" written with the claim): held until
@@ -487,7 +494,6 @@ class CacheCircuitStore(CircuitStore[str]):
             wanted, self._wanted = self._wanted, set()
             released, self._released = self._released, set()
             writes, self._writes = self._writes, {}
-            self._drop_ended_inherited(writes)
             pending, self._pending = self._pending, {}
             for key, count in pending.items():
                 self._flushing[key] = self._flushing.get(key, 0) + count
@@ -579,20 +585,20 @@ class CacheCircuitStore(CircuitStore[str]):
             held = None
         # Not when a newer local decision waits to be written, nor over a probe claimed here (the
         # block read back is the one written for it).
-        if scope not in self._writes and held is None:
+        if scope not in self._writes and held is None and not self._not_written_yet(scope, until):
             self._learn_block(scope, until)
 
-    def _drop_ended_inherited(self, writes: dict[str, float | None]) -> None:
-        """(Holding the lock, in a forked child's first round.) Take out of ``writes`` the parent's
-        opens it inherited (see :meth:`_after_fork_in_child`) whose block has ended since: another
-        process may have probed and closed the circuit, or opened it anew, meanwhile."""
-        if not self._inherited:
-            return
-        now = time.time()
-        for scope, until in self._inherited.items():
-            if writes.get(scope) == until and until <= now:
-                del writes[scope]
-        self._inherited = {}
+    def _not_written_yet(self, scope: str, until: float | None) -> bool:
+        """(Holding the lock.) Whether a missing key is, in a forked child, its parent's open not yet
+        written (see :meth:`_after_fork_in_child`), not a circuit closed elsewhere: while the parent's
+        round may still write it, and while its block lasts."""
+        unwritten = self._unwritten_opens.pop(scope, None)
+        if unwritten is None or until is not None:
+            return False  # nothing inherited, or the key is there: it says what it says
+        if time.monotonic() < self._unwritten_until and time.time() < unwritten:
+            self._unwritten_opens[scope] = unwritten  # looked at again in the next round
+            return True
+        return False
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:
@@ -719,17 +725,23 @@ class CacheCircuitStore(CircuitStore[str]):
         self._cache = None  # the child opens its own connections
         self._thread = None
         self._round_started = None
-        # What the parent counted is the parent's to write: a child writing it again would count every
-        # outcome twice (or once per child). Its opens not yet written are the child's to write too: a
-        # set of the same block, which counts nothing twice. Dropped, a child forked within a round of
-        # its parent's open read the key missing and took the circuit for closed elsewhere: a call went
-        # through it at once (a review: 4 of 4 gunicorn --preload starts, 3 of 4 fork-pool children).
-        # Only those still open: one that ended may have been probed and closed meanwhile.
+        # What the parent counted or decided is the parent's to write: a child writing it again would
+        # count every outcome twice (or once per child), and a block written late overwrote what other
+        # processes decided since (a probe's close: a review). But an open the parent had not yet
+        # written, read as a missing key, made the child take the circuit for closed elsewhere, and a
+        # call went through it at once (a review: 4 of 4 gunicorn --preload starts). So for a few of
+        # the parent's rounds a missing key does not close what the parent opened (_not_written_yet).
+        # Not a probe's block: the probe's claim holds the key, and its close, once written, is real.
         now = time.time()
+        self._unwritten_opens = {
+            scope: until
+            for scope, until in self._writes.items()
+            if until is not None and until > now and scope not in self._probes
+        }
+        self._unwritten_until = time.monotonic() + max(_UNWRITTEN_ROUNDS * self.sync_interval, _UNWRITTEN_LEAST)
         self._pending = {}
         self._flushing = {}
-        self._inherited = {scope: until for scope, until in self._writes.items() if until is not None and until > now}
-        self._writes = dict(self._inherited)  # written by the child's first round if still open then
+        self._writes = {}
         self._wanted = set()
         self._granted = {}
         self._probes = {}
