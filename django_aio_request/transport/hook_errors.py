@@ -9,6 +9,7 @@ import http.client
 import socket
 import ssl
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import requests
@@ -17,7 +18,7 @@ import urllib3.exceptions
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import current_attempt
 
-__all__ = ["RaisedByAHook", "raised_on"]
+__all__ = ["RaisedByAHook", "innermost", "raised_on"]
 
 
 class RaisedByAHook(Exception):
@@ -136,15 +137,21 @@ def _caused_by_the_network(error: BaseException) -> bool:
     return False
 
 
+def innermost(error: BaseException) -> TracebackType | None:
+    """The traceback entry of the frame that raised ``error`` (None: it was never raised)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb
+
+
 def _the_peer_s_or_the_network_s(error: BaseException) -> bool:
     """Whether a hook's ``error`` is the network's doing (a network error raised in library code) or
     the peer's (raised by requests' own auth code: ``requests.auth``). Judged by the module of the
     innermost Python frame, not its file: an install without sources names its files otherwise."""
-    tb = error.__traceback__
+    tb = innermost(error)
     if tb is None:
         return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
     module = str(tb.tb_frame.f_globals.get("__name__", ""))
     if module == "requests.auth":
         return True

@@ -56,7 +56,7 @@ from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
 from django_aio_request.transport.framing import is_chunked
-from django_aio_request.transport.hook_errors import RaisedByAHook, raised_on
+from django_aio_request.transport.hook_errors import RaisedByAHook, innermost, raised_on
 from django_aio_request.transport.response_head import HeadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -1357,11 +1357,9 @@ def _raised_in(error: BaseException) -> str:
     library's) reaction to what the peer sent, and takes either for a failure of the attempt (a
     489); named so, the bug is found in the log. Never what the error says: it may carry the URL,
     credentials among it (:func:`_what_failed`)."""
-    tb = error.__traceback__
+    tb = innermost(error)
     if tb is None:
         return "an unknown place"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
     code = tb.tb_frame.f_code
     return f"{tb.tb_frame.f_globals.get('__name__', '?')}, line {tb.tb_lineno}, in {code.co_name}"
 
