@@ -185,7 +185,8 @@ class CacheCircuitStore(CircuitStore[str]):
         # In a forked child: the opens its parent decided and had not yet written, and until when a
         # missing key is taken for "not written yet" rather than "closed elsewhere" (_after_fork_in_child).
         self._unwritten_opens: dict[str, float] = {}
-        self._unwritten_until = 0.0
+        self._unwritten_until: float | None = 0.0  # None: from the child's first round that reads
+        self._writing: dict[str, float | None] = {}  # the writes of the round under way, until it ends
         self._released: set[str] = set()  # probe keys to delete (their probe ended without an outcome)
         self._wanted: set[str] = set()  # scopes whose probe a call asked the thread to claim
         # scope -> (claimed probe key, claimed at, the "open until" written with the claim): held until
@@ -494,6 +495,7 @@ class CacheCircuitStore(CircuitStore[str]):
             wanted, self._wanted = self._wanted, set()
             released, self._released = self._released, set()
             writes, self._writes = self._writes, {}
+            self._writing = writes
             pending, self._pending = self._pending, {}
             for key, count in pending.items():
                 self._flushing[key] = self._flushing.get(key, 0) + count
@@ -514,6 +516,8 @@ class CacheCircuitStore(CircuitStore[str]):
             self._round_failed(error, writes)
             return
         with self._lock:
+            self._writing = {}
+            self._read_once()
             for key, count in flushing.items():  # these outcomes are in the counts just read
                 left = self._flushing.get(key, 0) - count
                 if left > 0:
@@ -588,6 +592,12 @@ class CacheCircuitStore(CircuitStore[str]):
         if scope not in self._writes and held is None and not self._not_written_yet(scope, until):
             self._learn_block(scope, until)
 
+    def _read_once(self) -> None:
+        """(Holding the lock, a round having read the cache.) In a forked child's first such round, the
+        time during which a missing key is its parent's open not yet written starts (_not_written_yet)."""
+        if self._unwritten_until is None:
+            self._unwritten_until = time.monotonic() + max(_UNWRITTEN_ROUNDS * self.sync_interval, _UNWRITTEN_LEAST)
+
     def _not_written_yet(self, scope: str, until: float | None) -> bool:
         """(Holding the lock.) Whether a missing key is, in a forked child, its parent's open not yet
         written (see :meth:`_after_fork_in_child`), not a circuit closed elsewhere: while the parent's
@@ -595,13 +605,14 @@ class CacheCircuitStore(CircuitStore[str]):
         unwritten = self._unwritten_opens.pop(scope, None)
         if unwritten is None or until is not None:
             return False  # nothing inherited, or the key is there: it says what it says
-        if time.monotonic() < self._unwritten_until and time.time() < unwritten:
+        if self._unwritten_until is not None and time.monotonic() < self._unwritten_until and time.time() < unwritten:
             self._unwritten_opens[scope] = unwritten  # looked at again in the next round
             return True
         return False
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:
+            self._writing = {}
             self._flushing.clear()
             for scope, until in writes.items():  # not written: once the cache answers, unless newer
                 self._writes.setdefault(scope, until)
@@ -732,16 +743,27 @@ class CacheCircuitStore(CircuitStore[str]):
         # call went through it at once (a review: 4 of 4 gunicorn --preload starts). So for a few of
         # the parent's rounds a missing key does not close what the parent opened (_not_written_yet).
         # Not a probe's block: the probe's claim holds the key, and its close, once written, is real.
+        # The parent's round under way may not have written its writes yet either (a review: 27 calls
+        # a circuit through 5 opened at once on a slow cache); and what the parent had itself inherited
+        # so counts still (a worker that forks in turn). The time starts at the child's first round
+        # that reads the cache: started at the fork, it ran out in an outage (a review: 3 of 6 children
+        # called through once the cache came back, the parent's write landing after their read).
         now = time.time()
+        started = self._unwritten_until
+        still = started is None or time.monotonic() < started
         self._unwritten_opens = {
-            scope: until
-            for scope, until in self._writes.items()
-            if until is not None and until > now and scope not in self._probes
+            **{scope: until for scope, until in self._unwritten_opens.items() if still and until > now},
+            **{
+                scope: until
+                for scope, until in {**self._writing, **self._writes}.items()
+                if until is not None and until > now and scope not in self._probes
+            },
         }
-        self._unwritten_until = time.monotonic() + max(_UNWRITTEN_ROUNDS * self.sync_interval, _UNWRITTEN_LEAST)
+        self._unwritten_until = None
         self._pending = {}
         self._flushing = {}
         self._writes = {}
+        self._writing = {}
         self._wanted = set()
         self._granted = {}
         self._probes = {}

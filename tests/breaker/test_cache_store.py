@@ -1009,6 +1009,81 @@ def test_a_child_whose_parent_never_wrote_its_open_takes_the_missing_key_for_clo
     assert got == ["fallback", "ran"]
 
 
+def test_a_grandchild_forked_before_the_open_was_written_keeps_the_circuit_open(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A worker that forks in turn before its parent's open is written: the child had no writes of
+    its own, so its child took the missing key for a close (a review: 20 of 20 calls through)."""
+    store = stores(namespace, sync_interval=30.0)
+    breaker = breaker_with(store, break_duration=30.0, minimum_throughput=2)
+    with store._sync_lock:
+        run(breaker, False)
+        run(breaker, False)
+
+        def grandchild() -> list[str]:
+            store.sync()
+            return [run(breaker, True) for _ in range(3)]
+
+        got = in_child(lambda: in_child(grandchild))
+    assert got == ["fallback"] * 3
+
+
+def test_a_child_forked_in_a_cache_outage_counts_its_time_from_its_first_round_that_reads(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """Counted from the fork, the time ran out while the cache was down, and the child's first round
+    that read it found the parent's open not yet written there (a review: 3 of 6 children called
+    through once the cache came back)."""
+    store = stores(namespace, sync_interval=0.01)  # the time: at least 1 s
+    breaker = breaker_with(store, break_duration=30.0, minimum_throughput=2)
+    with store._sync_lock:
+        run(breaker, False)
+        run(breaker, False)
+
+        def child() -> list[str]:
+            backend = store._backend
+
+            def down() -> Any:
+                raise ConnectionError("the cache is down")
+
+            store._backend = down
+            store.sync()  # a round that fails
+            time.sleep(1.1)  # longer than the time a missing key is the parent's open not yet written
+            store._backend = backend
+            store.sync()  # the first round that reads: the key is missing
+            return [run(breaker, True) for _ in range(3)]
+
+        got = in_child(child)
+    assert got == ["fallback"] * 3
+
+
+def test_a_child_forked_while_its_parent_s_round_writes_the_open_keeps_the_circuit_open(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """The parent's round had taken its writes and not yet sent them when the fork came (several
+    circuits opened at once on a slow cache: a review saw 27 calls a circuit through)."""
+    store = stores(namespace, sync_interval=30.0)
+    breaker = breaker_with(store, break_duration=30.0, minimum_throughput=2)
+    own_write = store._write
+    forked: list[Any] = []
+
+    def write_after_a_fork(*args: Any) -> None:
+        def child() -> list[str]:
+            store._write = own_write
+            store.sync()
+            return [run(breaker, True) for _ in range(3)]
+
+        forked.append(in_child(child))
+        own_write(*args)
+
+    with store._sync_lock:
+        run(breaker, False)
+        run(breaker, False)
+    store._write = write_after_a_fork
+    store.sync()
+    assert forked == [["fallback"] * 3]
+
+
 def test_a_child_forked_during_its_parent_s_probe_leaves_the_probe_s_close_alone(
     redis: None, namespace: str, stores: Any
 ) -> None:
