@@ -283,6 +283,11 @@ class CacheCircuitStore(CircuitStore[str]):
         return until is not None and self._at_first_read.get(scope) == until
 
     def block(self, scope: str, until: float) -> None:
+        with self._lock:
+            # Noted to be written first: a process forked from here on holds it open until its parent
+            # wrote it (_not_written_yet); noted last, a fork between the local block and this note
+            # gave a child the block without it, and its first round closed the circuit.
+            self._writes[scope] = until
         self._local.block(scope, until)
         self._known(scope)
         with self._lock:
@@ -494,8 +499,10 @@ class CacheCircuitStore(CircuitStore[str]):
             scopes = dict(self._scopes)
             wanted, self._wanted = self._wanted, set()
             released, self._released = self._released, set()
-            writes, self._writes = self._writes, {}
-            self._writing = writes
+            # Held in _writing before it leaves _writes: a fork from another thread between the two
+            # (the lock does not hold a fork back) found them in neither (a review).
+            writes = self._writing = self._writes
+            self._writes = {}
             pending, self._pending = self._pending, {}
             for key, count in pending.items():
                 self._flushing[key] = self._flushing.get(key, 0) + count
@@ -612,10 +619,10 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:
-            self._writing = {}
             self._flushing.clear()
             for scope, until in writes.items():  # not written: once the cache answers, unless newer
                 self._writes.setdefault(scope, until)
+            self._writing = {}  # after: a fork meanwhile finds them in one or the other
         self._outage(error)
 
     def _learn_block(self, scope: str, learned: float | None) -> None:

@@ -5,6 +5,7 @@ and an outage of the cache leaves calls flowing on the local breaker, with one w
 """
 
 import contextlib
+import functools
 import gc
 import importlib
 import json
@@ -47,6 +48,7 @@ from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, answer_when, clients, free_port, replies
 from tests.support.redis_server import RedisProcess, require_redis
+from tests.support.steps import run_with_step
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "django_aio_request.breaker.cache_store"
@@ -1082,6 +1084,62 @@ def test_a_child_forked_while_its_parent_s_round_writes_the_open_keeps_the_circu
     store._write = write_after_a_fork
     store.sync()
     assert forked == [["fallback"] * 3]
+
+
+def _forks_between_every_step(
+    store: CacheCircuitStore, code: Any, round_: Callable[[], object], *, writing: bool
+) -> list[bool]:
+    """``round_()`` run once per bytecode step of the frame running ``code``, each time from the
+    parent's open noted and not written (in ``_writing`` if ``writing``, a round having taken it, else
+    in ``_writes``, the key not in the cache), forking a child at that step: whether each child holds
+    the open as its parent's not yet written, or finds it written."""
+    key = f"{store._scopes['svc']}:open"
+    noted = dict(store._writes or store._writing)
+    assert noted
+
+    def child_view() -> bool:
+        return "svc" in store._unwritten_opens or store._backend().get(key) is not None
+
+    views: list[bool] = []
+    step, steps = 0, 1
+    while step < steps:
+        store._backend().delete(key)
+        store._writes, store._writing = ({}, dict(noted)) if writing else (dict(noted), {})
+        steps = run_with_step(round_, code, step, lambda: views.append(in_child(child_view)))
+        step += 1
+    return views
+
+
+def test_a_child_forked_at_any_step_of_its_parent_s_round_finds_the_open_held_or_written(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """The round took the writes out of ``_writes`` one step before it noted them as being written:
+    a fork from another thread between the two (the store's lock does not hold a fork back) gave the
+    child neither, and it called through the open circuit at once (a review, 30 calls of 30)."""
+    store = stores(namespace, sync_interval=30.0)
+    breaker = breaker_with(store, break_duration=30.0, minimum_throughput=2)
+    with store._sync_lock:  # the thread's rounds wait: only the one stepped through runs
+        run(breaker, False)
+        run(breaker, False)
+        views = _forks_between_every_step(store, CacheCircuitStore._sync.__code__, store._sync, writing=False)
+    assert len(views) > 50
+    assert all(views), [i for i, view in enumerate(views) if not view]
+
+
+def test_a_child_forked_at_any_step_of_a_failed_round_finds_the_open_held(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """A failed round put the writes back after it had cleared those being written: the same gap."""
+    store = stores(namespace, sync_interval=30.0)
+    breaker = breaker_with(store, break_duration=30.0, minimum_throughput=2)
+    with store._sync_lock:  # the thread's rounds wait: the first call woke one, which would write the open
+        run(breaker, False)
+        run(breaker, False)
+        writes = dict(store._writes)
+        failed = functools.partial(store._round_failed, ConnectionError("down"), writes)
+        views = _forks_between_every_step(store, CacheCircuitStore._round_failed.__code__, failed, writing=True)
+    assert views
+    assert all(views), [i for i, view in enumerate(views) if not view]
 
 
 def test_a_child_forked_during_its_parent_s_probe_leaves_the_probe_s_close_alone(
