@@ -283,11 +283,6 @@ class CacheCircuitStore(CircuitStore[str]):
         return until is not None and self._at_first_read.get(scope) == until
 
     def block(self, scope: str, until: float) -> None:
-        with self._lock:
-            # Noted to be written first: a process forked from here on holds it open until its parent
-            # wrote it (_not_written_yet); noted last, a fork between the local block and this note
-            # gave a child the block without it, and its first round closed the circuit.
-            self._writes[scope] = until
         self._local.block(scope, until)
         self._known(scope)
         with self._lock:
