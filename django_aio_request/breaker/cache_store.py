@@ -604,13 +604,18 @@ class CacheCircuitStore(CircuitStore[str]):
         """(Holding the lock.) Whether a missing key is, in a forked child, its parent's open not yet
         written (see :meth:`_after_fork_in_child`), not a circuit closed elsewhere: while the parent's
         round may still write it, and while its block lasts."""
-        unwritten = self._unwritten_opens.pop(scope, None)
-        if unwritten is None or until is not None:
-            return False  # nothing inherited, or the key is there: it says what it says
-        if self._unwritten_until is not None and time.monotonic() < self._unwritten_until and time.time() < unwritten:
-            self._unwritten_opens[scope] = unwritten  # looked at again in the next round
-            return True
-        return False
+        unwritten = self._unwritten_opens.get(scope)
+        if unwritten is None:
+            return False
+        held = (
+            until is None
+            and self._unwritten_until is not None
+            and time.monotonic() < self._unwritten_until
+            and time.time() < unwritten
+        )
+        if not held:  # the key is there (it says what it says), or the time is over: as any process from now on
+            del self._unwritten_opens[scope]
+        return held
 
     def _round_failed(self, error: BaseException, writes: dict[str, float | None]) -> None:
         with self._lock:
