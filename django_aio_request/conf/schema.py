@@ -815,7 +815,7 @@ def _shedding(reader: Reader, path: str, value: Any, known: frozenset[str] | Non
             + ", ".join(SHEDDING_KEYS),
         )
         return None
-    removed = [key for key in _REMOVED_SHEDDING_KEYS if isinstance(value, Mapping) and key in value]
+    removed = [key for key in _REMOVED_SHEDDING_KEYS if key in value]
     for key in removed:
         reader.fail(
             f"{path}[{key!r}]",
