@@ -475,7 +475,7 @@ SHEDDING_SCHEMA: dict[str, tuple[Field, Any]] = {
     "LATENCY_TOLERANCE": (number(1, inclusive=False, what="a latency ratio"), 1.5),
     "PROBE_INTERVAL": (SECONDS, 30.0),
     "QUEUE_TIMEOUT": (number(0, what="a number of seconds"), 0.5),
-    "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.0),
+    "MIN_TIME_TO_SERVE": (number(0, what="a number of seconds"), 0.01),
     "RETRY_AFTER": (integer(0), 1),
     "PRIORITY_POLICY": (_priority_policy, "any"),
     "UNTRUSTED_PRIORITY": (priority, Priority.NORMAL),
@@ -772,7 +772,10 @@ class SheddingSettings:
     latency_tolerance: float = 1.5
     probe_interval: float = 30.0
     queue_timeout: float = 0.5
-    min_time_to_serve: float = 0.0
+    # Also the time a refusal after a wait needs to reach its caller before the caller gives up: at
+    # 0.0, a wait ended by the deadline sent its 503 (X-Do-Not-Retry) 1 ms before it, and callers,
+    # ours and aio-request's, had ended with a 408 of their own, counted as a failure (a review).
+    min_time_to_serve: float = 0.01
     retry_after: int = 1
     priority_policy: Any = "any"  # "any", "known_services" or a callable (request, claimed) -> Priority
     untrusted_priority: Priority = Priority.NORMAL

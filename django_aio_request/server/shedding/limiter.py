@@ -143,7 +143,7 @@ class Limiter:
         limit: Limit,
         *,
         queue_timeout: float = 0.5,
-        min_time_to_serve: float = 0.0,
+        min_time_to_serve: float = 0.01,
         retry_after: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
