@@ -117,7 +117,13 @@ def demo_logging(service: str) -> dict[str, object]:
         "formatters": {"service": {"format": f"[{service}] %(levelname)s %(name)s: %(message)s"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "service"}},
         "root": {"handlers": ["console"], "level": "WARNING"},
-        "loggers": {"django.server": django_logger, "django.request": django_logger},
+        "loggers": {
+            # Django's own configuration gives "django" a console handler of its own (under DEBUG): its
+            # warnings (a CSRF refusal, say) were printed twice, once without the service's name.
+            "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+            "django.server": django_logger,
+            "django.request": django_logger,
+        },
     }
 
 
