@@ -18,6 +18,7 @@ from django_aio_request.core import status
 from django_aio_request.transport.framing import ChunkedFraming, MalformedFraming
 from tests.support.loopback import LoopbackServer
 from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer
+from tests.transport.test_response_head_fields import HoldingServer
 
 DEADLINE = 5.0
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -64,6 +65,9 @@ VALID = {
     "a trailer": (CHUNKED + b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n", b"abc"),
     "100 trailer lines": (CHUNKED + b"3\r\nabc\r\n0\r\n" + b"X-T: 1\r\n" * 100 + b"\r\n", b"abc"),
     "no blank line after the last chunk": (CHUNKED + b"3\r\nabc\r\n0\r\n", b"abc"),
+    # The stream ends in the last chunk's size line: the body is whole, and the parsers take it so.
+    "the last chunk's size line without its end": (CHUNKED + b"3\r\nabc\r\n0", b"abc"),
+    "the last chunk's size line ended by CR alone": (CHUNKED + b"3\r\nabc\r\n0\r", b"abc"),
 }
 
 
@@ -228,3 +232,19 @@ def test_a_trailer_section_ended_by_a_bare_lf_ends_the_answer_on_a_kept_connecti
     results = _calls_at_once(answer, flood, route, 4)
     assert {(status_, body) for status_, body, _ in results} == {(200, b"abc")}
     assert max(seconds for *_, seconds in results) < 1.0
+
+
+def test_a_chunk_larger_than_the_limit_is_read_until_the_deadline_from_a_server_that_sends_no_more() -> None:
+    """Not refused for its size alone, as a ``Content-Length`` that large is: the known difference
+    docs/faults.md names. The call still ends by its deadline."""
+    server = HoldingServer(CHUNKED + b"8000000000000000\r\nabc")
+    transport = RequestsTransport(requests.Session())
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("x"), 0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+        server.close()
+    assert response.status == status.TIMEOUT
+    assert 0.45 < elapsed < 1.0

@@ -10,6 +10,7 @@ import gzip
 import http.client
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,7 @@ import django_aio_request as dar
 from django_aio_request import RequestsTransport, Response, get
 from django_aio_request.core import status
 from django_aio_request.transport.attempt_sockets import GuardedHTTPConnection
-from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
+from django_aio_request.transport.requests_transport import DEFAULT_MAX_RESPONSE_SIZE, X_RESPONSE_TOO_LARGE
 from django_aio_request.transport.response_head import MAX_HEAD_BYTES, MAX_HEADER_LINES, FinalResponse, HeadTooLarge
 from tests.support.loopback import Handler, LoopbackServer, send_once
 from tests.support.raw_server import BytesSocket, RawAnswerServer, request_heads
@@ -559,6 +560,26 @@ def test_a_chunked_body_whose_transfer_encoding_is_split_over_fields_keeps_its_c
     assert server.connections == 1
 
 
+def test_a_small_compressed_body_read_whole_before_it_passed_the_limit_keeps_its_connection() -> None:
+    """A body refused while being read has its connection closed (never pooled half-read); one whose
+    coded bytes were all read before what they decode to passed ``max_response_size`` (a gzip bomb of
+    40 KB holding 40 MiB) is over on the wire: its connection goes back to the pool in step, and the
+    next call on it gets its own answer (a review)."""
+    squeezer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(squeezer.compress(bytes(1 << 20)) for _ in range(40)) + squeezer.flush()
+    server = TurnServer(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(bomb), bomb), NEXT
+    )
+    first, elapsed, second = _then_next(server, "direct")
+    assert (first.status, first.headers.get(X_RESPONSE_TOO_LARGE)) == (
+        status.NETWORK_ERROR,
+        str(DEFAULT_MAX_RESPONSE_SIZE),
+    )
+    assert elapsed < DEADLINE / 2
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1
+
+
 REPEATED_LENGTHS = {
     "one field 2, 2": b"Content-Length: 2, 2\r\n",
     "one field 2,2,2": b"Content-Length: 2,2,2\r\n",
@@ -807,6 +828,31 @@ def test_an_answer_framed_as_rfc_9112_calls_faulty_is_read_and_its_connection_no
     assert (first.status, first.read()) == (200, b"HELLO")
     assert (second.status, second.read()) == (200, b"next")
     assert server.connections == 2
+
+
+@ROUTES
+def test_a_content_length_above_the_limit_beside_chunked_framing_is_refused_as_too_large(
+    raw_server: RawAnswerServer, route: str
+) -> None:
+    """The chunked framing would frame a body of 5 bytes, but a peer announcing more than
+    ``max_response_size`` beside it is refused as such a body is, before any of it is read (faulty
+    framing either way: RFC 9112 6.1)."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n"
+    )
+    raw_server.answer = answer
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")
+    transport = RequestsTransport(session)
+    try:
+        response = transport.send(raw_server.url, get("x"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.headers.get(X_RESPONSE_TOO_LARGE)) == (
+        status.NETWORK_ERROR,
+        str(DEFAULT_MAX_RESPONSE_SIZE),
+    )
 
 
 def test_an_http_1_1_answer_saying_close_is_not_followed_on_its_connection() -> None:
