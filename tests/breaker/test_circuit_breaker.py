@@ -452,6 +452,23 @@ class _SlowAfter:
 
 
 class TestThroughAClient:
+    def test_a_server_shedding_every_call_with_do_not_retry_opens_no_circuit(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """A 503 with ``X-Do-Not-Retry`` (a shedding server's answer to a caller whose deadline is too
+        short to wait) is accepted, and counted as a success: the endpoint answers, and its shedding
+        protects it. So a service refusing every call so never opens its callers' circuits (a review
+        saw 20 successes of 20 refusals, and aio-request's breaker never opened either)."""
+        server.route("/shed", lambda handler: handler.reply(503, headers={"X-Do-Not-Retry": "1", "Retry-After": "1"}))
+        breaker: DefaultCircuitBreaker[str, Response] = DefaultCircuitBreaker(
+            break_duration=5, sampling_duration=60, minimum_throughput=5, failure_threshold=0.5
+        )
+        client = make_client(circuit_breaker=breaker, safe_method_strategy=single_attempt_strategy())
+        assert [call(client, get("shed")).status for _ in range(20)] == [503] * 20
+        assert breaker.counts(server.url) == (0, 20)
+        assert state_of(breaker, server.url) is CircuitState.CLOSED
+        assert len(server.received("/shed")) == 20
+
     def test_open_circuit_answers_502_without_a_request(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:
