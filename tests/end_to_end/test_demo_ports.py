@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,9 @@ def test_a_ctrl_c_while_the_demo_starts_stops_it_without_a_traceback(tmp_path: P
     assert "Demo running" in again, again
 
 
-def _demo_until_started(tmp_path: Path, env: dict[str, str]) -> str:
-    """Starts the demo, waits until it says it runs (or ends), stops it with a Ctrl-C; its output."""
+def _demo_until_started(tmp_path: Path, env: dict[str, str], then: Callable[[], object] | None = None) -> str:
+    """Starts the demo, waits until it says it runs (or ends), calls ``then`` if given, stops it with a
+    Ctrl-C; its output."""
     demo = subprocess.Popen(
         [sys.executable, "-m", "testproject.demo"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -179,6 +181,8 @@ def _demo_until_started(tmp_path: Path, env: dict[str, str]) -> str:
             lines.append(line)
             if line.startswith("Demo running"):
                 break
+        if then is not None:
+            then()
     finally:
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)

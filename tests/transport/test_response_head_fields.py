@@ -95,8 +95,8 @@ def holding_server() -> Iterator[HoldingServer]:
     server.close()
 
 
-def _call(server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE) -> tuple[int, bytes, float]:
-    """``answer`` to a GET through a transport of its own: the status, body and seconds taken."""
+def _sent(server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE) -> tuple[Response, float]:
+    """``answer`` to a GET through a transport of its own: the response and the seconds it took."""
     server.answer = answer
     session = requests.Session()
     if route == "requests":
@@ -105,9 +105,15 @@ def _call(server: RawAnswerServer, answer: bytes, route: str, deadline: float = 
     try:
         started = time.monotonic()
         response = transport.send(server.url, get("x"), deadline)
-        return response.status, response.read(), time.monotonic() - started
+        return response, time.monotonic() - started
     finally:
         transport.close()
+
+
+def _call(server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE) -> tuple[int, bytes, float]:
+    """``answer`` to a GET through a transport of its own: the status, body and seconds taken."""
+    response, elapsed = _sent(server, answer, route, deadline)
+    return response.status, response.read(), elapsed
 
 
 ROUTES = pytest.mark.parametrize("route", ["direct", "requests"], ids=["direct route", "requests' Session"])
@@ -840,15 +846,7 @@ def test_a_content_length_above_the_limit_beside_chunked_framing_is_refused_as_t
     answer = (
         b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n"
     )
-    raw_server.answer = answer
-    session = requests.Session()
-    if route == "requests":
-        session.auth = ("u", "p")
-    transport = RequestsTransport(session)
-    try:
-        response = transport.send(raw_server.url, get("x"), DEADLINE)
-    finally:
-        transport.close()
+    response, _ = _sent(raw_server, answer, route)
     assert (response.status, response.headers.get(X_RESPONSE_TOO_LARGE)) == (
         status.NETWORK_ERROR,
         str(DEFAULT_MAX_RESPONSE_SIZE),
