@@ -11,6 +11,7 @@ from django_aio_request.core import headers as h
 from django_aio_request.core import status
 from django_aio_request.core.cancellation import Cancellation
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
+from django_aio_request.core.context import Context, _context
 from django_aio_request.core.deadline import Deadline
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import Request, check_headers
@@ -141,30 +142,7 @@ class TransportModule(RequestModule):
                 system[h.X_SERVICE_NAME] = self.service_name  # checked in __init__
             request = request._with_checked_headers(system)
         if self.request_enricher is not None:
-            if request is attempt.request:
-                # The caller's own (no system headers copied it): an enricher that edits in place would
-                # write into it, and the next attempt or call would take what it set for the caller's.
-                request = request.with_headers({})
-            sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
-            before = {name.lower(): value for name, value in request.headers.items()}
-            given = request  # a copy of our own: the enricher may edit it in place
-            request = self.request_enricher(given)
-            if not isinstance(request, Request):  # it edited the request in place and returned nothing
-                raise TypeError(
-                    f"the request enricher {self.request_enricher!r} returned {type(request).__name__},"
-                    " not a Request: it must return the request (request.with_headers(...) makes one)"
-                )
-            check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
-            if sent is not None and _header(request.headers, h.X_REQUEST_TIMEOUT) == sent:
-                # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
-                # its own: it promised the downstream the time left before the enricher ran. Its own may
-                # be in any letter case, set in place beside ours (request.headers["x-request-timeout"]).
-                request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
-            enriched = _enriched(before, request.headers)
-            if enriched:
-                if request is not given:  # one of the enricher's own keeping: not ours to mark
-                    request = request.with_headers({})
-                request.enricher_headers = enriched
+            request = self._enrich(self.request_enricher, request, attempt)
         # The time left now, after the enricher had its (possibly slow) say: the attempt's deadline holds.
         if self.metrics is None:
             return self.transport.send(attempt.endpoint, request, attempt.deadline.timeout, attempt.cancellation)
@@ -178,6 +156,41 @@ class TransportModule(RequestModule):
         else:
             self.metrics.transport(request.method, request.url, response.status, time.perf_counter() - started)
         return response
+
+    def _enrich(self, enricher: RequestEnricher, request: Request, attempt: Attempt) -> Request:
+        """``request`` as ``enricher`` has it, checked, and stamped again with the time left."""
+        if request is attempt.request:
+            # The caller's own (no system headers copied it): an enricher that edits in place would
+            # write into it, and the next attempt or call would take what it set for the caller's.
+            request = request.with_headers({})
+        sent = _header(request.headers, h.X_REQUEST_TIMEOUT)
+        before = {name.lower(): value for name, value in request.headers.items()}
+        given = request  # a copy of our own: the enricher may edit it in place
+        # Under the attempt's deadline and priority: a call the enricher makes (a token fetched)
+        # ran under the context's, none outside a request, and held a call given 0.2 s for the
+        # token service's 0.3 s (a review).
+        token = _context.set(Context(attempt.deadline, attempt.priority))
+        try:
+            request = enricher(given)
+        finally:
+            _context.reset(token)
+        if not isinstance(request, Request):  # it edited the request in place and returned nothing
+            raise TypeError(
+                f"the request enricher {enricher!r} returned {type(request).__name__},"
+                " not a Request: it must return the request (request.with_headers(...) makes one)"
+            )
+        check_headers(request.headers)  # also what it set in place (request.headers[...] = ...)
+        if sent is not None and _header(request.headers, h.X_REQUEST_TIMEOUT) == sent:
+            # Stamped again after the enricher's (possibly slow: a token fetched) say, unless it set
+            # its own: it promised the downstream the time left before the enricher ran. Its own may
+            # be in any letter case, set in place beside ours (request.headers["x-request-timeout"]).
+            request = request.with_headers({h.X_REQUEST_TIMEOUT: stamp(attempt.deadline.timeout)})
+        enriched = _enriched(before, request.headers)
+        if enriched:
+            if request is not given:  # one of the enricher's own keeping: not ours to mark
+                request = request.with_headers({})
+            request.enricher_headers = enriched
+        return request
 
 
 _WIRE_FORMAT = frozenset(name.lower() for name in (h.X_REQUEST_TIMEOUT, h.X_REQUEST_PRIORITY, h.X_SERVICE_NAME))

@@ -274,6 +274,33 @@ class TestSystemHeaders:
         assert response.status == 200
         assert 1.0 <= elapsed < 1.3
 
+    def test_a_call_an_enricher_makes_is_bounded_by_the_attempt_s_deadline_and_sends_its_priority(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """A call made inside the enricher (a token fetched) ran under the context's deadline (none
+        outside a request: its client's 20 s ``TIMEOUT``), not the outer call's ``deadline=``: given
+        0.2 s, the outer call took the token service's 0.3 s (a review). The enricher now runs under
+        the attempt's deadline and priority, as hedges and nested calls in a view do."""
+        server.route("/token", answer_after(1.0))
+        server.route("/ok", ok)
+        token_client = make_client()
+        nested: list[int] = []
+
+        def with_token(request: Request) -> Request:
+            with token_client.request(get("token")) as answer:
+                nested.append(answer.status)
+            return request.with_headers({"Authorization": "Bearer t"})
+
+        client = make_client(request_enricher=with_token)
+        response, elapsed = call(client, get("ok"), deadline=Deadline.from_timeout(0.2), priority=Priority.LOW)
+
+        assert (response.status, nested) == (408, [408])
+        assert elapsed < 0.2 + 0.15
+        (token_request,) = server.received("/token")
+        assert 0 < float(token_request.headers["X-Request-Timeout"]) <= 0.2
+        assert token_request.headers["X-Request-Priority"] == "low"
+        assert server.received("/ok") == []  # no time left for it once the enricher returned
+
     def test_enricher_error_reaches_the_caller(
         self, server: LoopbackServer, make_client: Callable[..., Client]
     ) -> None:

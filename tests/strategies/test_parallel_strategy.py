@@ -150,6 +150,24 @@ def keep_this_thread_from_reading(monkeypatch: pytest.MonkeyPatch, seconds: floa
 
 
 class TestHedging:
+    def test_with_constant_delays_every_hedge_is_due_at_the_same_moment(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """Attempt k is due ``delays(k)`` after the call started, as in aio-request: constant delays
+        send the hedges after the first together (usage.md says so and points to linear delays)."""
+        server.route("/x", Hanging(hang=2))
+        client = make_client(
+            timeout=5.0,
+            safe_method_strategy=parallel_strategy(
+                attempts_count=3, delays_provider=constant_delays(delay=0.1), stragglers_only=False
+            ),
+        )
+        response, _ = call(client, get("x"))
+        assert (response.status, response.read()) == (200, b"fast")
+        first, second, third = sorted(received.at for received in server.received("/x"))
+        assert 0.1 <= second - first < 0.2
+        assert third - second < 0.05  # together: not another 0.1 s apart
+
     def test_hedge_starts_after_the_delay_and_the_fast_one_wins(
         self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
     ) -> None:
