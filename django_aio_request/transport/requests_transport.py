@@ -1477,16 +1477,24 @@ def _bodiless(method: str, status_code: int) -> bool:
 
 
 def _declared_length(value: str) -> int:
-    """A response's Content-Length as a number; 0 when it is no plain ASCII number.
+    """A response's Content-Length as a number, the largest of a list's (``N, N``, or two fields of
+    ``N``, which the headers join; a list of different numbers was refused with its head); 0 when
+    none is a plain ASCII number.
 
     ``str.isdigit()`` accepts superscripts such as ``"²"`` that ``int()`` refuses, and ``int()``
     refuses more than 4,300 digits: neither may decide on a peer's header. A number longer than
-    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted.
+    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted. A list counted as
+    0 (as it was) read a body announced far above ``max_response_size`` until the deadline, where
+    the same number alone was refused at once (a review).
     """
-    if not (value.isascii() and value.isdigit()):
-        return 0  # absent, a list ("5, 6"), or junk: urllib3 refused or ignored it already
-    digits = value.lstrip("0")
-    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63
+    longest = 0
+    for element in value.split(","):
+        number = element.strip(" \t")
+        if not (number.isascii() and number.isdigit()):
+            continue  # empty, or junk: urllib3 refused or ignored it already
+        digits = number.lstrip("0")
+        longest = max(longest, int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63)
+    return longest
 
 
 #: Where a redirect's ``Location`` waits while requests' ``Session.send`` ends (``_hide_location``).

@@ -837,6 +837,47 @@ def test_an_answer_framed_as_rfc_9112_calls_faulty_is_read_and_its_connection_no
 
 
 @ROUTES
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [(b"5, 6", status.NETWORK_ERROR), (b"5, 6,", 204)],
+    ids=["different numbers", "different numbers and an empty element"],
+)
+def test_a_content_length_list_in_an_answer_without_a_body(
+    raw_server: RawAnswerServer, length: bytes, expected: int, route: str
+) -> None:
+    """Not framed by it; what urllib3 makes of the list decides, as faults.md says: it refuses a
+    list of different numbers before it looks at the status, and takes one with an empty element
+    for no length."""
+    response, _ = _sent(raw_server, b"HTTP/1.1 204 No Content\r\nContent-Length: " + length + b"\r\n\r\n", route)
+    assert response.status == expected
+
+
+HUGE = b"99999999999"
+LONG = b"9" * 5000  # over int()'s digit limit
+HUGE_LISTS = {
+    "N, N": b"Content-Length: " + HUGE + b", " + HUGE + b"\r\n",
+    "two fields N": b"Content-Length: " + HUGE + b"\r\nContent-Length: " + HUGE + b"\r\n",
+    "N,": b"Content-Length: " + HUGE + b",\r\n",
+    "5,000 digits twice": b"Content-Length: " + LONG + b", " + LONG + b"\r\n",
+}
+
+
+@ROUTES
+@pytest.mark.parametrize("fields", list(HUGE_LISTS.values()), ids=list(HUGE_LISTS))
+def test_a_content_length_list_above_the_limit_is_refused_as_too_large_at_once(
+    holding_server: HoldingServer, fields: bytes, route: str
+) -> None:
+    """The same number alone was refused before anything was read; as a list it counted as no
+    length, and the body was read from this keep-alive server until the deadline (a review)."""
+    response, elapsed = _sent(holding_server, b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nabc", route)
+    assert (response.status, response.headers.get(X_RESPONSE_TOO_LARGE)) == (
+        status.NETWORK_ERROR,
+        str(DEFAULT_MAX_RESPONSE_SIZE),
+    )
+    assert elapsed < DEADLINE / 2
+
+
+@ROUTES
 def test_a_content_length_above_the_limit_beside_chunked_framing_is_refused_as_too_large(
     raw_server: RawAnswerServer, route: str
 ) -> None:
