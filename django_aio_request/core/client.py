@@ -14,7 +14,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
 from django_aio_request.core import send_again, status
 from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_exit
-from django_aio_request.core.cancellation import Cancellation, heed_in_pauses
+from django_aio_request.core.cancellation import Cancellation, TaskCancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
 from django_aio_request.core.deadline import LONGEST_DEADLINE, Deadline, client_low_timeout_threshold
@@ -181,15 +181,16 @@ class Client:
         context = get_context()
         deadline = self._deadline(deadline, context.deadline)
         priority = (context.priority or self.priority) if priority is None else priority.within(context.priority)
-        cancellation = Cancellation()
+        task = asyncio.current_task()
+        # Cancelled also as soon as the task is asked to (TaskCancellation): no attempt goes after that.
+        cancellation = Cancellation() if task is None else TaskCancellation(task, task.cancelling())
         copied = contextvars.copy_context()  # enrichers and hedges see the task's contextvars
         copied.run(heed_in_pauses, cancellation)  # a strategy's pause before a retry ends when it is raised
         started = time.perf_counter()
         future = self._submit_async(
             functools.partial(
                 self._run_unless_cancelled,
-                task := asyncio.current_task(),
-                0 if task is None else task.cancelling(),
+                cancellation,
                 functools.partial(copied.run, self._run, request, deadline, priority, strategy, cancellation),
             ),
             cancellation,
@@ -244,18 +245,17 @@ class Client:
 
     @staticmethod
     def _run_unless_cancelled(
-        task: "asyncio.Task[object] | None", requests: int, run: Callable[[], tuple[ResponseWithVerdict, float]]
+        cancellation: Cancellation, run: Callable[[], tuple[ResponseWithVerdict, float]]
     ) -> tuple[ResponseWithVerdict, float]:
         """``run()`` on the call thread that took the call, unless its task was cancelled meanwhile.
 
-        ``task.cancel()`` counts the request at once (``Task.cancelling()``, read here from the call
-        thread), while the task learns of it at its next step: when several queued calls were
-        cancelled together, the thread the first one's abort freed took the next before that one's
-        task ran its ``future.cancel()``, and sent it (a POST among them) after the cancellation.
-        ``requests`` is the count when the call was made (a task may go on after a cancellation it
-        caught without ``uncancel()``).
+        ``task.cancel()`` counts the request at once (``Task.cancelling()``, which a
+        :class:`TaskCancellation` reads here, from the call thread), while the task learns of it at
+        its next step: when several queued calls were cancelled together, the thread the first one's
+        abort freed took the next before that one's task ran its ``future.cancel()``, and sent it (a
+        POST among them) after the cancellation.
         """
-        if task is not None and task.cancelling() > requests:
+        if cancellation.cancelled:
             return ResponseWithVerdict(UnsentResponse(status=status.CANCELLED), ResponseVerdict.REJECT), 0.0
         return run()
 

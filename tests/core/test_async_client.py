@@ -15,6 +15,7 @@ from django_aio_request import (
     Client,
     Deadline,
     DefaultCircuitBreaker,
+    Request,
     Response,
     constant_delays,
     get,
@@ -253,6 +254,69 @@ def test_cancelling_the_task_aborts_every_attempt_in_flight(
         assert elapsed < 0.5
 
 
+def test_a_hedge_due_after_the_task_was_asked_to_cancel_is_not_sent_while_the_loop_is_busy(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """The task is cancelled before its hedge is due, and the loop is busy until after it (many
+    calls cancelled together keep it so, their tasks' steps run one after the other): the hedge went
+    out, the call's cancellation not yet raised, for up to 28 of 32 calls cancelled by one
+    ``asyncio.timeout`` (a review). ``Task.cancelling()`` counts the cancel at once."""
+    disconnects = Disconnects()
+    server.route("/hang", disconnects)
+    client = make_client(
+        timeout=10.0,
+        retry_budget=None,
+        safe_method_strategy=parallel_strategy(
+            attempts_count=2, delays_provider=constant_delays(delay=0.2), stragglers_only=False
+        ),
+    )
+
+    async def call() -> int:
+        async with client.arequest(get("hang")) as answer:
+            return answer.status
+
+    async def scenario() -> None:
+        task = asyncio.create_task(call())
+        await asyncio.sleep(0.1)  # attempt 0 sent, the hedge due at 0.2 s
+        task.cancel()
+        time.sleep(0.3)  # the loop busy past the hedge's time: the task has not run since its cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    time.sleep(0.1)
+    assert len(server.received("/hang")) == 1
+
+
+def test_calls_queued_when_their_event_loop_is_closed_are_not_sent(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """One call thread, a call on it and two POSTs queued behind it, and the loop closed with them
+    pending (their tasks never run again): the POSTs were sent once the thread was free, 0.4-0.6 s
+    after the loop was gone, to nobody (a review). The call in flight runs on to its end."""
+
+    def slow(handler: Handler) -> None:
+        time.sleep(0.3)
+        handler.reply(200, b"slow")
+
+    server.route("/slow", slow)
+    server.route("/charge", lambda handler: handler.reply(200, b"charged"))
+    client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
+
+    async def call(request: Request) -> int:
+        async with client.arequest(request, deadline=Deadline.from_timeout(3)) as answer:
+            return answer.status
+
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(call(get("slow"))), *(loop.create_task(call(post("charge"))) for _ in range(2))]
+    loop.run_until_complete(asyncio.sleep(0.1))
+    loop.close()
+    time.sleep(0.6)
+    assert [r.path for r in server.received()] == ["/slow"]
+    for task in tasks:  # never to run: not reported as destroyed while pending
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
 def test_a_cancelled_sequential_call_sends_no_retry(server: LoopbackServer, make_client: Callable[..., Client]) -> None:
     disconnects = Disconnects()
     server.route("/hang", disconnects)
@@ -301,9 +365,13 @@ def test_a_queued_call_whose_task_was_cancelled_is_not_sent_by_the_thread_that_t
             await second_call
         assert await first_call == 200
 
+    before = _recorded(server.url)
     asyncio.run(scenario())
     time.sleep(0.1)
     assert [r.path for r in server.received()] == ["/first"]
+    # The cancelled call started nothing, and is counted nowhere (docs/metrics.md).
+    after = _recorded(server.url)
+    assert after["aio_request_attempts_total"] - before["aio_request_attempts_total"] == 1
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "retry_until_deadline"])
@@ -462,6 +530,21 @@ def test_an_async_sequential_call_does_not_pause_for_a_retry_it_could_not_send(
     assert len(server.received("/down")) == 1
 
 
+def _recorded(endpoint: str) -> dict[str, float]:
+    """The calls' latency counts by status, and the attempts and winning attempts, recorded for ``endpoint``."""
+    all_metrics.flush()
+    totals: dict[str, float] = collections.defaultdict(float)
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.labels.get("request_endpoint") != endpoint:
+                continue
+            if sample.name == "aio_request_latency_count":
+                totals[f"latency {sample.labels['response_status']}"] += sample.value
+            elif sample.name in ("aio_request_winning_attempt_total", "aio_request_attempts_total"):
+                totals[sample.name] += sample.value
+    return totals
+
+
 def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
@@ -473,27 +556,14 @@ def test_a_cancelled_call_is_not_counted_as_a_call_that_returned(
     server.route("/ok", lambda h: h.reply(200, b"ok"))
     client = make_client(timeout=10.0, max_workers=1, safe_method_strategy=single_attempt_strategy())
 
-    def recorded() -> dict[str, float]:
-        all_metrics.flush()
-        totals: dict[str, float] = collections.defaultdict(float)
-        for metric in REGISTRY.collect():
-            for sample in metric.samples:
-                if sample.labels.get("request_endpoint") != server.url:
-                    continue
-                if sample.name == "aio_request_latency_count":
-                    totals[f"latency {sample.labels['response_status']}"] += sample.value
-                elif sample.name in ("aio_request_winning_attempt_total", "aio_request_attempts_total"):
-                    totals[sample.name] += sample.value
-        return totals
-
     async def go() -> Response:
         await cancel_call_after(client, "hang", 0.2)
         response, _ = await acall(client, get("ok"))
         return response
 
-    before = recorded()
+    before = _recorded(server.url)
     assert asyncio.run(go()).status == 200
-    after = recorded()
+    after = _recorded(server.url)
 
     assert {what: count - before.get(what, 0.0) for what, count in after.items() if count != before.get(what)} == {
         "latency 200": 1,  # the next call; the cancelled one was there as "latency 499"
