@@ -1479,22 +1479,25 @@ def _bodiless(method: str, status_code: int) -> bool:
 def _declared_length(value: str) -> int:
     """A response's Content-Length as a number, the largest of a list's (``N, N``, or two fields of
     ``N``, which the headers join; a list of different numbers was refused with its head); 0 when
-    none is a plain ASCII number.
+    none is a plain ASCII number. A list counted as 0 (as it was) read a body announced far above
+    ``max_response_size`` until the deadline, where the same number alone was refused at once (a
+    review)."""
+    if "," not in value:  # one number: every answer of a call comes here
+        return _length(value)
+    return max(_length(element.strip(" \t")) for element in value.split(","))
+
+
+def _length(number: str) -> int:
+    """``number`` as a length, 0 when it is no plain ASCII number (absent, empty, or junk: urllib3
+    refused or ignored it already).
 
     ``str.isdigit()`` accepts superscripts such as ``"²"`` that ``int()`` refuses, and ``int()``
     refuses more than 4,300 digits: neither may decide on a peer's header. A number longer than
-    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted. A list counted as
-    0 (as it was) read a body announced far above ``max_response_size`` until the deadline, where
-    the same number alone was refused at once (a review).
-    """
-    longest = 0
-    for element in value.split(","):
-        number = element.strip(" \t")
-        if not (number.isascii() and number.isdigit()):
-            continue  # empty, or junk: urllib3 refused or ignored it already
-        digits = number.lstrip("0")
-        longest = max(longest, int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63)
-    return longest
+    ``_MAX_LENGTH_DIGITS`` digits is larger than any limit, and is not converted."""
+    if not (number.isascii() and number.isdigit()):
+        return 0
+    digits = number.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else 2**63
 
 
 #: Where a redirect's ``Location`` waits while requests' ``Session.send`` ends (``_hide_location``).
