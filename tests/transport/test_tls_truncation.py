@@ -4,8 +4,6 @@ connection under it): what a body framed and unframed reads as (docs/security.md
 import contextlib
 import socket
 import ssl
-import threading
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,50 +11,29 @@ import trustme
 
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
+from tests.support.raw_server import RawAnswerServer
 
 DEADLINE = 5.0
 
 
-@contextlib.contextmanager
-def _cutting_server(answer: bytes) -> Iterator[tuple[str, trustme.CA]]:
-    """A TLS server writing ``answer`` to each connection and then closing its socket with no
-    close_notify (the standard library's close does not send one: only ``unwrap()`` would)."""
-    authority = trustme.CA()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.05)  # a close from another thread does not wake accept()
-    stop = threading.Event()
+class CuttingTLSServer(RawAnswerServer):
+    """Answers each connection over TLS and then closes its socket with no close_notify (the
+    standard library's close does not send one: only ``unwrap()`` would)."""
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                raw, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            raw.settimeout(DEADLINE)
-            with contextlib.suppress(OSError, ssl.SSLError):
-                tls = context.wrap_socket(raw, server_side=True)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    piece = tls.recv(4096)
-                    if not piece:
-                        break
-                    request += piece
-                tls.sendall(answer)
-                tls.close()  # no close_notify: a ragged end of the stream
-            raw.close()
+    def __init__(self, answer: bytes) -> None:
+        self.authority = trustme.CA()
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.authority.issue_cert("127.0.0.1").configure_cert(self._context)
+        super().__init__(answer)
+        self.url = self.url.replace("http://", "https://")
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{listener.getsockname()[1]}/", authority
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    def _converse(self, conn: socket.socket, answer: bytes) -> None:
+        conn.settimeout(DEADLINE)
+        with contextlib.suppress(ssl.SSLError), self._context.wrap_socket(conn, server_side=True) as tls:
+            head = b""
+            while b"\r\n\r\n" not in head and (piece := tls.recv(4096)):
+                head += piece
+            tls.sendall(answer)  # then closed by the with: a ragged end of the stream
 
 
 @pytest.mark.parametrize(
@@ -74,12 +51,16 @@ def _cutting_server(answer: bytes) -> Iterator[tuple[str, trustme.CA]]:
 def test_a_tls_stream_ended_without_close_notify_is_detected_only_where_the_body_is_framed(
     answer: bytes, expected: tuple[int, bytes]
 ) -> None:
-    with _cutting_server(answer) as (url, authority), authority.cert_pem.tempfile() as ca_file:
-        session = requests.Session()
-        session.verify = ca_file
-        transport = RequestsTransport(session)
-        try:
-            response = transport.send(url, get("x"), DEADLINE)
-        finally:
-            transport.close()
+    server = CuttingTLSServer(answer)
+    try:
+        with server.authority.cert_pem.tempfile() as ca_file:
+            session = requests.Session()
+            session.verify = ca_file
+            transport = RequestsTransport(session)
+            try:
+                response = transport.send(server.url, get("x"), DEADLINE)
+            finally:
+                transport.close()
+    finally:
+        server.close()
     assert (response.status, response.read()) == expected
