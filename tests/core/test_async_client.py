@@ -288,6 +288,12 @@ def test_a_hedge_due_after_the_task_was_asked_to_cancel_is_not_sent_while_the_lo
     assert len(server.received("/hang")) == 1
 
 
+async def _status(client: Client, request: Request) -> int:
+    """The status of an async call given 5 s."""
+    async with client.arequest(request, deadline=Deadline.from_timeout(5)) as answer:
+        return answer.status
+
+
 def test_calls_queued_when_their_event_loop_is_closed_are_not_sent(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
@@ -303,12 +309,8 @@ def test_calls_queued_when_their_event_loop_is_closed_are_not_sent(
     server.route("/charge", lambda handler: handler.reply(200, b"charged"))
     client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
 
-    async def call(request: Request) -> int:
-        async with client.arequest(request, deadline=Deadline.from_timeout(3)) as answer:
-            return answer.status
-
     loop = asyncio.new_event_loop()
-    tasks = [loop.create_task(call(get("slow"))), *(loop.create_task(call(post("charge"))) for _ in range(2))]
+    tasks = [loop.create_task(_status(client, request)) for request in (get("slow"), post("charge"), post("charge"))]
     loop.run_until_complete(asyncio.sleep(0.1))
     loop.close()
     time.sleep(0.6)
@@ -349,14 +351,10 @@ def test_a_queued_call_whose_task_was_cancelled_is_not_sent_by_the_thread_that_t
     server.route("/second", lambda handler: handler.reply(200, b"second"))
     client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
 
-    async def call(path: str) -> int:
-        async with client.arequest(post(path, body=b"charge-the-card"), deadline=Deadline.from_timeout(5)) as answer:
-            return answer.status
-
     async def scenario() -> None:
-        first_call = asyncio.create_task(call("first"))
+        first_call = asyncio.create_task(_status(client, post("first", body=b"charge-the-card")))
         await asyncio.sleep(0.1)  # on the only call thread
-        second_call = asyncio.create_task(call("second"))
+        second_call = asyncio.create_task(_status(client, post("second", body=b"charge-the-card")))
         await asyncio.sleep(0.05)  # queued for it
         second_call.cancel()
         release.set()  # the call thread ends the first call and takes the second...
