@@ -19,9 +19,8 @@ these things and nothing else:
   caller gave up while it waited is refused at once (503 with ``Retry-After``, see
   :class:`QueueWaitApp`) instead of running its view for nobody. The value received is kept in
   ``environ["django_aio_request.received_timeout"]``. A
-  request whose time ran out in the queue (its deadline less the time the refusal needs to reach
-  its caller, :func:`_answer_margin`) is refused then, on a thread of its own if every thread is
-  busy (else it waited for the next free thread: 2.8 s for a 2 s deadline behind a 3 s view, a
+  request whose time ran out in the queue is refused then, on a thread of its own if every thread
+  is busy (else it waited for the next free thread: 2.8 s for a 2 s deadline behind a 3 s view, a
   review), so nothing waits in the queue past its caller's deadline;
 * a request whose caller hung up while it queued runs no view: answered 499 for nobody, recorded in
   ``aio_request_server_latency`` as the middleware records a caller that left while it waited for a
@@ -63,7 +62,6 @@ import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
 from django_aio_request.conf.current import current
-from django_aio_request.conf.schema import SheddingSettings
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.timeout_header import MICROSECONDS_BELOW
 from django_aio_request.metrics import server as metrics
@@ -144,15 +142,6 @@ def _queue_bound() -> float:
     if shedding is None or shedding.queue_timeout <= 0:
         return math.inf
     return max(float(shedding.queue_timeout), MIN_QUEUE_BOUND)
-
-
-def _answer_margin() -> float:
-    """How long before its caller's deadline a request still queued is refused: ``MIN_TIME_TO_SERVE``
-    (with ``SHEDDING``, else its default), the time the refusal needs to reach the caller, as the
-    limiter leaves it (docs/budgets-and-shedding.md). Refused at the deadline itself, the 503 came
-    after the caller had given up with a 408 of its own (14 of 15 calls, 1 thread: a review)."""
-    shedding = current.settings.shedding
-    return SheddingSettings.min_time_to_serve if shedding is None else shedding.min_time_to_serve
 
 
 def _waited_too_long(waited: float) -> bool:
@@ -421,8 +410,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
 
     def _rank(self, args: tuple[Any, ...]) -> tuple[int, float]:
         """The queue rank of ``handle(conn)`` (:func:`_pool_rank`: by priority, then with a deadline
-        before without) and when it is to be taken ahead of any other: a margin before its caller gives up
-        (:func:`_answer_margin`), or
+        before without) and when it is to be taken ahead of any other: when its caller gives up, or
         once it waited as long as it may (:func:`_queue_bound`), whichever comes first.
 
         It runs on gunicorn's main loop, where an exception would end the worker with every request
@@ -444,7 +432,7 @@ class PriorityThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn has 
             priority, seconds = queue_priority(claims), queue_timeout(claims)
             if seconds == math.inf:
                 return _pool_rank(priority, False), time.monotonic() + _queue_bound()
-            return _pool_rank(priority, True), time.monotonic() + min(seconds - _answer_margin(), _queue_bound())
+            return _pool_rank(priority, True), time.monotonic() + min(seconds, _queue_bound())
         except Exception:
             if not getattr(self, "_rank_failed", False):
                 self._rank_failed = True
