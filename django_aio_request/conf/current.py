@@ -7,6 +7,7 @@ checks (``checks.py``) read the same setting through the same reader and report 
 """
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
@@ -162,4 +163,22 @@ def _where_checked() -> str:
         )
     if apps.ready and not apps.is_installed("django_aio_request"):
         return "(add 'django_aio_request' to INSTALLED_APPS for `manage.py check` to report them, with warnings)"
+    if _running_checks():
+        # A URLconf whose views look a client up as they are imported, imported by Django's URL check:
+        # the message sent the reader to `manage.py check`, the command that had just failed (a review).
+        return (
+            "(raised while Django's system checks ran, by a client looked up as a module they import was"
+            " imported, a URLconf's views say: `manage.py check` cannot list them until these are fixed)"
+        )
     return "(`manage.py check` reports the same, with warnings)"
+
+
+def _running_checks() -> bool:
+    """Whether Django's system checks are running in this thread (``run_checks`` is on the stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "run_checks" and code.co_filename.endswith(os.path.join("core", "checks", "registry.py")):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False

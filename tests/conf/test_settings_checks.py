@@ -1346,6 +1346,12 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIME
     assert "Traceback" in done.stderr
     assert "AIO_REQUEST has 1 problem:" in done.stderr
     assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
+    # Its last line says why check cannot list them: it told the reader to run `manage.py check`,
+    # the command that had just failed (a review).
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        "(raised while Django's system checks ran, by a client looked up as a module they import was imported,"
+        " a URLconf's views say: `manage.py check` cannot list them until these are fixed)"
+    )
 
 
 def test_a_models_module_looking_a_client_up_stops_every_command_and_says_why(tmp_path: Path) -> None:
