@@ -6,6 +6,7 @@ must be process-wide to be of any use.
 """
 
 import atexit
+import difflib
 import functools
 import os
 import threading
@@ -81,6 +82,19 @@ def _again(error: Exception) -> Exception:
     return again
 
 
+def _unset_setting_note() -> str:
+    """Why no client is configured when the setting is not there at all, naming a setting spelt like
+    it (``AIO_REQUESTS``): the error said "configured: none" and nothing of the misspelt name, which
+    ``check`` passed (a review)."""
+    from django.conf import settings
+
+    if hasattr(settings, SETTING):
+        return ""
+    near = difflib.get_close_matches(SETTING, [name for name in dir(settings) if name.isupper()], n=1, cutoff=0.8)
+    spelt = f" (settings.{near[0]} is set: a misspelling?)" if near else ""
+    return f"; settings.{SETTING} is not set{spelt}"
+
+
 class ClientsHandler:
     def __init__(self) -> None:
         # Held to look the registry up and change it, never while reading the settings or making a
@@ -134,7 +148,9 @@ class ClientsHandler:
             spec = config.clients.get(name)
             if spec is None:
                 known = ", ".join(repr(n) for n in config.clients) or "none"
-                raise UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}")
+                raise UnknownClientError(
+                    f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}{_unset_setting_note()}"
+                )
             with self._lock:
                 client = self._clients.get(name)
                 if client is not None:

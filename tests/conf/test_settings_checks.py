@@ -402,6 +402,16 @@ def test_an_unset_setting_passes_and_none_written_out_is_an_error(tmp_path: Path
     assert "HINT: leave AIO_REQUEST unset (or set {}) for the defaults" in done.stderr
     done = manage(tmp_path, "shell", "-c", "from django_aio_request import clients; clients['billing']", settings=unset)
     assert "UnknownClientError: no client 'billing'" in done.stderr  # unset: no clients, and no settings error
+    assert "configured: none; settings.AIO_REQUEST is not set\n" in done.stderr
+    # A misspelt setting is named: the error said "configured: none" and nothing more (a review).
+    misspelt = unset + "AIO_REQUESTS = {'CLIENTS': {'billing': {'ENDPOINT': 'http://billing:8080/'}}}\n"
+    done = manage(
+        tmp_path, "shell", "-c", "from django_aio_request import clients; clients['billing']", settings=misspelt
+    )
+    assert (
+        "configured: none; settings.AIO_REQUEST is not set (settings.AIO_REQUESTS is set: a misspelling?)"
+        in done.stderr
+    )
     done = manage(
         tmp_path,
         "shell",
