@@ -510,9 +510,7 @@ def raise_if_breaker_cache_unusable() -> None:
     ``manage.py check`` said it, and a server that never ran it started and served, each process
     counting alone for good, its one log line taking a missing ``redis`` library or a misspelt
     backend for a passing outage (a review)."""
-    # E008 only: an E099 (the check itself failed on what the settings hold) stays check's to report,
-    # rather than a bug of this check stopping a server.
-    errors = [error for error in check_breaker_cache_backend() if error.id == f"django_aio_request.{BAD_IMPORT}"]
+    errors = check_breaker_cache_backend()
     if errors:
         error = errors[0]
         raise InvalidSettings(
