@@ -20,7 +20,6 @@ from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
 from django_aio_request.conf.cache_backends import nearest_known
-from django_aio_request.conf.current import InvalidSettings
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
@@ -501,22 +500,6 @@ def _unusable_breaker_cache(alias: str, what: str, hint: str) -> list[checks.Che
             id=f"django_aio_request.{BAD_IMPORT}",
         )
     ]
-
-
-def raise_if_breaker_cache_unusable() -> None:
-    """Raise ``InvalidSettings`` with :func:`check_breaker_cache_backend`'s E008, if it finds one.
-
-    At a client's build and at the middleware's start, as for every other settings error: only
-    ``manage.py check`` said it, and a server that never ran it started and served, each process
-    counting alone for good, its one log line taking a missing ``redis`` library or a misspelt
-    backend for a passing outage (a review)."""
-    errors = check_breaker_cache_backend()
-    if errors:
-        error = errors[0]
-        raise InvalidSettings(
-            f"{SETTING}['CIRCUIT_BREAKER_STATE']: {error.msg} [{error.id}]\n  hint: {error.hint}"
-            "\n(`manage.py check --tag django_aio_request` reports the same)"
-        )
 
 
 #: The client library each cache backend imports only when first used, by the backend's dotted path.

@@ -95,9 +95,6 @@ def build_circuit_breaker(spec: ClientSpec) -> DefaultCircuitBreaker[str, Any] |
         from django.core.cache import caches
 
         from django_aio_request.breaker.cache_store import CacheCircuitStore
-        from django_aio_request.checks import raise_if_breaker_cache_unusable
-
-        raise_if_breaker_cache_unusable()  # a cache no round could ever use is a settings error, not an outage
 
         alias = spec.circuit_breaker_state
         store = CacheCircuitStore(

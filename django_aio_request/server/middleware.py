@@ -22,7 +22,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from django_aio_request.checks import raise_if_breaker_cache_unusable
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
 from django_aio_request.core import headers as h
@@ -317,7 +316,6 @@ class AioRequestMiddleware:
         # Invalid AIO_REQUEST fails at startup, not on every request; valid, the counters of its
         # clients are exported at 0 before any is looked up (startup_metrics.py).
         export_named_clients_at_zero(current.settings)
-        raise_if_breaker_cache_unusable()  # E008 of the breakers' shared cache: a settings error too
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A query the database cancelled at the deadline (see docs/database.md) answers 408, not 500."""

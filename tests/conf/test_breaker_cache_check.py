@@ -644,53 +644,6 @@ def test_a_breaker_cache_whose_client_library_is_not_installed_is_an_error(tmp_p
     )
 
 
-_NO_REDIS = (
-    "import sys\n"
-    "class NoRedis:  # redis-py not installed\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'redis' or name.startswith('redis.'):\n"
-    "            raise ModuleNotFoundError(f\"No module named '{name}'\")\n"
-    "sys.meta_path.insert(0, NoRedis())\n"
-    "for name in [n for n in sys.modules if n == 'redis' or n.startswith('redis.')]:\n"
-    "    del sys.modules[name]\n"
-    "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
-)
-_MISSPELT = (
-    "from tests.support.settings_breaker_cache import *  # noqa: F403\n"
-    "CACHES = {**CACHES, 'breakers': {**CACHES['breakers'], 'BACKEND': 'django.core.cache.backends.redis.RedisCach'}}\n"
-)
-
-
-@pytest.mark.parametrize(
-    ("module", "said"),
-    [
-        (_NO_REDIS, "whose client library 'redis' cannot be imported"),
-        (_MISSPELT, "has a BACKEND that cannot be imported"),
-    ],
-    ids=["redis-py not installed", "a misspelt backend"],
-)
-def test_a_breaker_cache_no_round_could_use_stops_the_first_use_of_a_client_and_the_server(
-    tmp_path: Path, module: str, said: str
-) -> None:
-    """Only ``check`` said it: a server that never ran it started, served, and each of its
-    processes counted alone for good, its log taking the error for a passing outage (a review). As
-    every other settings error, it now stops the first use of a client and a server's start."""
-    (tmp_path / "unusable_settings.py").write_text(
-        module + "AIO_REQUEST = {**AIO_REQUEST, 'CLIENTS': {'billing': {'ENDPOINT': 'http://billing:8080/',"
-        " 'CIRCUIT_BREAKER': {}}}}\n"
-    )
-    for code in (
-        "from django_aio_request import clients; clients['billing']",
-        "from django.core.wsgi import get_wsgi_application; get_wsgi_application()",
-    ):
-        done = manage("shell", "-c", code, settings="unusable_settings", path=tmp_path)
-        assert done.returncode == 1, done.stderr
-        message = done.stderr[done.stderr.index("InvalidSettings: ") :]
-        assert message.startswith("InvalidSettings: AIO_REQUEST['CIRCUIT_BREAKER_STATE']: settings.CACHES['breakers']")
-        assert said in message
-        assert "[django_aio_request.E008]" in message
-
-
 @pytest.mark.parametrize(
     ("location", "options"),
     [
