@@ -133,6 +133,14 @@ def key_namespace(namespace: str) -> str:
     return f"{cut}#{digest}"
 
 
+def _unmakeable(error: BaseException) -> bool:
+    """Whether ``error`` says the cache cannot be made at all, whatever its server does: a backend or
+    its client library that cannot be imported (Django's ``InvalidCacheBackendError`` is an
+    ``ImproperlyConfigured``). Logged as an outage, "until it answers", a missing ``redis`` library
+    read as a passing failure (a review)."""
+    return isinstance(error, ImportError) or any(cls.__name__ == "ImproperlyConfigured" for cls in type(error).__mro__)
+
+
 class CacheCircuitStore(CircuitStore[str]):
     """A :class:`CircuitStore` in a cache, keys prefixed by ``namespace`` (the client name, escaped
     where memcached would refuse it: :func:`key_namespace`).
@@ -705,6 +713,16 @@ class CacheCircuitStore(CircuitStore[str]):
                 error,
                 self.namespace,
                 exc_info=error,
+            )
+        elif started and _unmakeable(error):
+            logger.error(
+                "circuit breaker state: cache %r cannot be made (%s: %s): a settings error, which `manage.py check"
+                " --tag django_aio_request` reports as django_aio_request.E008, not an outage; %r counts in this"
+                " process only until the settings are fixed",
+                self.alias,
+                type(error).__name__,
+                error,
+                self.namespace,
             )
         elif started:
             logger.warning(

@@ -622,6 +622,31 @@ def test_a_break_over_before_the_cache_answered_leaves_this_process_half_open_to
     assert run(other, False) == "fallback"  # everywhere
 
 
+@pytest.mark.parametrize(
+    "backend",
+    ["django.core.cache.backends.redis.RedisCach", "tests.breaker.no_such_module.Cache"],
+    ids=["a misspelt backend", "a backend that cannot be imported"],
+)
+def test_a_cache_that_cannot_be_made_is_logged_as_a_settings_error_not_an_outage(
+    namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
+    """The log said "counts in this process only until it answers", as for a server down: a
+    missing library or a misspelt backend never answers (a review following the README). It names
+    the settings error and the check that reports it; calls still go by the local breaker."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    with override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+                                   "broken": {"BACKEND": backend}}):  # fmt: skip
+        store = stores(namespace, "broken", sync_interval=60)
+        assert run(breaker_with(store), False) == "ran"  # by the local breaker
+        store.sync()
+        assert not store.healthy
+    (record,) = [r for r in caplog.records if r.name == LOGGER]
+    assert record.levelno == logging.ERROR
+    assert "cache 'broken' cannot be made" in record.getMessage()
+    assert "a settings error" in record.getMessage()
+    assert "django_aio_request.E008" in record.getMessage()
+
+
 def test_cache_outage_keeps_calls_flowing_and_warns_once(
     server: LoopbackServer, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
