@@ -90,7 +90,9 @@ def _unset_setting_note() -> str:
 
     if hasattr(settings, SETTING):
         return ""
-    near = difflib.get_close_matches(SETTING, [name for name in dir(settings) if name.isupper()], n=1, cutoff=0.8)
+    # Names with AIO in them only: API_REQUESTS is as close to AIO_REQUEST as DJANGO_AIO_REQUEST is.
+    spelt_like = [name for name in dir(settings) if name.isupper() and "AIO" in name]
+    near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.7)
     spelt = f" (settings.{near[0]} is set: a misspelling?)" if near else ""
     return f"; settings.{SETTING} is not set{spelt}"
 

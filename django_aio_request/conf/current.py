@@ -168,7 +168,7 @@ def _where_checked() -> str:
         # the message sent the reader to `manage.py check`, the command that had just failed (a review).
         return (
             "(raised while Django's system checks ran, by a client looked up as a module they import was"
-            " imported, a URLconf's views say: `manage.py check` cannot list them until these are fixed)"
+            " imported, a URLconf's views say: `manage.py check --tag django_aio_request` lists them)"
         )
     return "(`manage.py check` reports the same, with warnings)"
 

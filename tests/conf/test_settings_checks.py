@@ -405,13 +405,18 @@ def test_an_unset_setting_passes_and_none_written_out_is_an_error(tmp_path: Path
     assert "configured: none; settings.AIO_REQUEST is not set\n" in done.stderr
     # A misspelt setting is named: the error said "configured: none" and nothing more (a review).
     misspelt = unset + "AIO_REQUESTS = {'CLIENTS': {'billing': {'ENDPOINT': 'http://billing:8080/'}}}\n"
-    done = manage(
-        tmp_path, "shell", "-c", "from django_aio_request import clients; clients['billing']", settings=misspelt
-    )
+    look_up = "from django_aio_request import clients; clients['billing']"
+    done = manage(tmp_path, "shell", "-c", look_up, settings=misspelt)
     assert (
         "configured: none; settings.AIO_REQUEST is not set (settings.AIO_REQUESTS is set: a misspelling?)"
         in done.stderr
     )
+    # The package's name as the setting's; a setting that only looks like it is no suggestion.
+    other = unset + "API_REQUESTS = {}\nDJANGO_AIO_REQUEST = {}\n"
+    done = manage(tmp_path, "shell", "-c", look_up, settings=other)
+    assert "(settings.DJANGO_AIO_REQUEST is set: a misspelling?)" in done.stderr
+    done = manage(tmp_path, "shell", "-c", look_up, settings=unset + "API_REQUESTS = {}\n")
+    assert "configured: none; settings.AIO_REQUEST is not set\n" in done.stderr
     done = manage(
         tmp_path,
         "shell",
@@ -1358,9 +1363,12 @@ AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "TIME
     assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in done.stderr
     # Its last line says why check cannot list them: it told the reader to run `manage.py check`,
     # the command that had just failed (a review).
+    tagged = manage(tmp_path, "check", "--tag", "django_aio_request", settings=settings)  # as that line says
+    assert (tagged.returncode, "Traceback" in tagged.stderr) == (1, False)
+    assert "['CLIENTS']['billing']['TIMEOUT'] must be a number of seconds > 0, not -1" in tagged.stderr
     assert done.stderr.rstrip().splitlines()[-1] == (
         "(raised while Django's system checks ran, by a client looked up as a module they import was imported,"
-        " a URLconf's views say: `manage.py check` cannot list them until these are fixed)"
+        " a URLconf's views say: `manage.py check --tag django_aio_request` lists them)"
     )
 
 
