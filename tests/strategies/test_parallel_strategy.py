@@ -162,11 +162,12 @@ class TestHedging:
                 attempts_count=3, delays_provider=constant_delays(delay=0.1), stragglers_only=False
             ),
         )
+        called_at = time.monotonic()
         response, _ = call(client, get("x"))
         assert (response.status, response.read()) == (200, b"fast")
-        first, second, third = sorted(received.at for received in server.received("/x"))
-        assert 0.1 <= second - first < 0.2
-        assert third - second < 0.05  # together: not another 0.1 s apart
+        _, second, third = sorted(received.at for received in server.received("/x"))
+        assert second - called_at >= 0.1  # the hedges' time (attempt 0 may arrive late on a busy machine)
+        assert third - second < 0.08  # together: not another 0.1 s apart
 
     def test_hedge_starts_after_the_delay_and_the_fast_one_wins(
         self, server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
