@@ -135,10 +135,12 @@ def key_namespace(namespace: str) -> str:
 
 def _unmakeable(error: BaseException) -> bool:
     """Whether ``error`` says the cache cannot be made at all, whatever its server does: a backend or
-    its client library that cannot be imported (Django's ``InvalidCacheBackendError`` is an
-    ``ImproperlyConfigured``). Logged as an outage, "until it answers", a missing ``redis`` library
-    read as a passing failure (a review)."""
-    return isinstance(error, ImportError) or any(cls.__name__ == "ImproperlyConfigured" for cls in type(error).__mro__)
+    its client library that cannot be imported (an ``ImportError``, or Django's
+    ``InvalidCacheBackendError``, told by name: this module imports no Django). Logged as an outage,
+    "until it answers", a missing ``redis`` library read as a passing failure (a review). Not every
+    ``ImproperlyConfigured``: a ``DatabaseCache`` with no database is none of E008's."""
+    invalid_backend = any(cls.__name__ == "InvalidCacheBackendError" for cls in type(error).__mro__)
+    return invalid_backend or isinstance(error, ImportError)
 
 
 class CacheCircuitStore(CircuitStore[str]):
