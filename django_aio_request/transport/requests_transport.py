@@ -57,7 +57,7 @@ from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
 from django_aio_request.transport.framing import is_chunked
 from django_aio_request.transport.hook_errors import RaisedByAHook, innermost, raised_on
-from django_aio_request.transport.response_head import HeadTooLarge
+from django_aio_request.transport.response_head import HeadTooLarge, length_elements
 
 logger = logging.getLogger(__name__)
 
@@ -1484,7 +1484,7 @@ def _declared_length(value: str) -> int:
     review)."""
     if "," not in value:  # one number: every answer of a call comes here
         return _length(value)
-    return max(_length(element.strip(" \t")) for element in value.split(","))
+    return max(map(_length, length_elements(value)), default=0)
 
 
 def _length(number: str) -> int:

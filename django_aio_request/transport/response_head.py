@@ -184,6 +184,12 @@ def _framing_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
     return framing
 
 
+def length_elements(value: str) -> list[str]:
+    """The elements of a ``Content-Length`` value, one number or a list (``5, 6``, or fields joined),
+    the blanks around each taken off and the empty ones left out (RFC 9110 5.6.1)."""
+    return [element for element in (part.strip(" \t") for part in value.split(",")) if element]
+
+
 def _content_length(value: str) -> str | None:
     """The one number a ``Content-Length`` list repeats (``2, 2``), as urllib3 reads it (``int()``
     each element, which refuses more than 4,300 digits before it converts any), or None.
@@ -195,7 +201,7 @@ def _content_length(value: str) -> str | None:
     if "," not in value:
         return None
     try:
-        lengths = {int(part) for part in value.split(",") if part.strip(" \t")}  # empty elements are ignored
+        lengths = {int(part) for part in length_elements(value)}
     except ValueError:
         return None
     return str(lengths.pop()) if len(lengths) == 1 else None
@@ -249,8 +255,7 @@ def _check_content_length(fields: list[tuple[str, str]]) -> None:
     lengths = [value for name, value in fields if name.lower() == "content-length"]
     if not lengths or any(name.lower() == "transfer-encoding" for name, _ in fields):
         return
-    elements = [element.strip(" \t") for value in lengths for element in value.split(",")]
-    numbers = [element for element in elements if element]  # RFC 9110 5.6.1: empty elements are ignored
+    numbers = [number for value in lengths for number in length_elements(value)]
     if not numbers or not all(number.isascii() and number.isdigit() for number in numbers):
         raise MalformedHead("a Content-Length that is not a number")
     if len(numbers) > 1 and len({number.lstrip("0") for number in numbers}) > 1:
