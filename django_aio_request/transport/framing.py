@@ -16,6 +16,12 @@ is still tolerated: a bare LF ending a line, and a body that ends without the bl
 last chunk. It looks only at the lines and at the two bytes after each chunk's data; the data
 itself is only counted, so a large body costs a few calls per chunk.
 
+A chunk whose size line declares more data than the body may still hold (:meth:`ChunkedFraming.bound`,
+set by the transport from ``max_response_size``) raises :class:`ChunkAboveLimit` at that line: the
+parsers read a chunk's data whole before handing any of it on, so a peer that declared a huge chunk
+and then sent nothing more held the call until its deadline, where a ``Content-Length`` that large
+is refused before anything is read.
+
 The trailer section after the last chunk is bounded as a head is (``_MAX_TRAILER_LINES`` lines,
 ``_MAX_LINE`` bytes in all): urllib3 reads its lines in a loop that nothing interrupts, and a peer
 sending trailer lines without end held calls past their deadline (a review: 32 threads, 2.5 s past
@@ -28,11 +34,17 @@ import http.client
 import re
 from typing import Any
 
-__all__ = ["ChunkedFraming", "MalformedFraming", "is_chunked"]
+__all__ = ["ChunkAboveLimit", "ChunkedFraming", "MalformedFraming", "is_chunked"]
 
 
 class MalformedFraming(http.client.HTTPException):
     """The body's framing is not valid HTTP/1.1 (the message names what, never the peer's bytes)."""
+
+
+class ChunkAboveLimit(http.client.HTTPException):
+    """A chunk declared more data than :meth:`ChunkedFraming.bound` lets the body hold. An
+    ``HTTPException``, as :class:`MalformedFraming`: urllib3 wraps it in a ``ProtocolError`` and
+    closes the connection."""
 
 
 # A chunk-size line: hexadecimal digits, optional whitespace before an extension (RFC 9112 7.1.1's
@@ -66,7 +78,7 @@ class ChunkedFraming:
     the parsers, which take it for a body cut short where it is one.
     """
 
-    __slots__ = ("_left", "_line", "_state", "_trailer_bytes", "_trailer_lines", "file")
+    __slots__ = ("_left", "_line", "_room", "_state", "_trailer_bytes", "_trailer_lines", "file")
 
     def __init__(self, file: Any) -> None:
         self.file = file
@@ -75,6 +87,12 @@ class ChunkedFraming:
         self._line = b""  # the start of a line a read ended in the middle of
         self._trailer_lines = 0  # the trailer section's lines so far
         self._trailer_bytes = 0  # and its bytes
+        self._room: int | None = None  # the chunk data the body may still hold; None: no bound
+
+    def bound(self, most: int) -> None:
+        """Refuse (:class:`ChunkAboveLimit`) a chunk that takes the body's data past ``most`` bytes
+        in all, at its size line."""
+        self._room = most
 
     def readline(self, limit: int = -1) -> bytes:
         if self._state == _DONE:
@@ -137,8 +155,16 @@ class ChunkedFraming:
                 match = _SIZE_LINE.fullmatch(line)
                 if match is None:
                     raise MalformedFraming("chunk size is not hexadecimal")
-                self._left = int(match.group(1), 16)
-                self._state = _DATA if self._left else _TRAILER
+                self._size(int(match.group(1), 16))
+
+    def _size(self, size: int) -> None:
+        """A chunk of ``size`` bytes comes next (0: the last chunk, the trailers follow)."""
+        self._left = size
+        self._state = _DATA if size else _TRAILER
+        if self._room is not None:
+            self._room -= size
+            if self._room < 0:
+                raise ChunkAboveLimit("a chunk larger than the body may be")
 
     def _trailer_line(self, line: bytes) -> None:
         """A line of the trailer section: its end (CRLF, or a bare LF), or one more field, bounded."""

@@ -55,7 +55,7 @@ from django_aio_request.transport.bounded_retries import deadline_bound
 from django_aio_request.transport.codings import is_no_coding, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
-from django_aio_request.transport.framing import is_chunked
+from django_aio_request.transport.framing import ChunkAboveLimit, ChunkedFraming, is_chunked
 from django_aio_request.transport.hook_errors import RaisedByAHook, innermost, raised_on
 from django_aio_request.transport.response_head import HeadTooLarge, length_elements
 
@@ -753,11 +753,11 @@ class RequestsTransport(Transport):
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
             elif unreadable is None:
                 chunks = outcome.iter_content(_CHUNK_SIZE)
-                body = self._read_body(outcome.headers, chunks, bodiless=bodiless, decoded_from=raw)
+                body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw, decoded=True)
                 _check_decoded_to_the_end(raw, body)
             else:  # read as it came, for _answered() to refuse
                 chunks = raw.stream(_CHUNK_SIZE, decode_content=False)
-                body = self._read_body(outcome.headers, chunks, bodiless=bodiless)
+                body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw)
         finally:
             if raw is not None:
                 outcome.close()  # a body left unread closes the connection instead of pooling it
@@ -860,7 +860,8 @@ class RequestsTransport(Transport):
                 raw.headers,
                 raw.stream(_CHUNK_SIZE, decode_content=decode),
                 bodiless=bodiless,
-                decoded_from=raw if decode else None,
+                raw=raw,
+                decoded=decode,
             )
             if decode:
                 _check_decoded_to_the_end(raw, body)
@@ -937,15 +938,16 @@ class RequestsTransport(Transport):
         )
 
     def _read_body(
-        self, headers: Any, chunks: Iterator[bytes], *, bodiless: bool, decoded_from: Any = None
+        self, headers: Any, chunks: Iterator[bytes], *, bodiless: bool, raw: Any = None, decoded: bool = False
     ) -> bytes | None:
         """The whole (decoded) body read from ``chunks``, or None if it is larger than
         ``max_response_size``.
 
         ``bodiless``: an answer that has no body by definition (see :func:`_bodiless`), whose
         Content-Length is the size of the resource, not of a body to read: never refused for it.
-        ``decoded_from``: the urllib3 response ``chunks`` decodes, whose coded bytes are bounded too
-        (:func:`_bound_coded_bytes`)."""
+        ``raw``: the urllib3 response ``chunks`` come from (None: a body made in memory), whose chunks
+        are bounded as they are declared (:func:`_bound_chunks`); ``decoded``: ``chunks`` decode it,
+        and its coded bytes are bounded too (:func:`_bound_coded_bytes`)."""
         limit = self.max_response_size
         if limit is not None and not bodiless:
             # The declared length is the body on the wire: only when that is the body the limit
@@ -954,11 +956,19 @@ class RequestsTransport(Transport):
             coded = encoding is not None and any(not is_no_coding(part) for part in encoding.split(",") if part.strip())
             if not coded and _declared_length(headers.get("Content-Length", "")) > limit:
                 return None
-            if coded and decoded_from is not None:
-                _bound_coded_bytes(decoded_from, limit)
+            if raw is not None:
+                if coded and decoded:
+                    _bound_coded_bytes(raw, limit)
+                    _bound_chunks(raw, _CODING_TIMES * limit + _CODING_ROOM)
+                else:
+                    _bound_chunks(raw, limit)
         try:
             return _joined(chunks, limit)
         except _CodedBodyTooLarge:
+            return None
+        except Exception as error:
+            if _wrapped(error, ChunkAboveLimit) is None:
+                raise
             return None
 
     @staticmethod
@@ -1178,6 +1188,17 @@ def _bound_coded_bytes(raw: Any, limit: int) -> None:
     decoder = getattr(raw, "_decoder", None)
     if decoder is not None and not isinstance(decoder, _CountingDecoder):
         raw._decoder = _CountingDecoder(decoder, _CODING_TIMES * limit + _CODING_ROOM)
+
+
+def _bound_chunks(raw: Any, most: int) -> None:
+    """Refuse a chunk of ``raw``'s chunked body that would take its data past ``most`` bytes, at the
+    chunk's size line (``framing.ChunkedFraming.bound``). urllib3 reads a chunk's data whole before it
+    hands any of it on, so a chunk declared above the limit was read until the body passed it: from
+    a peer that declared one and sent no more, until the deadline (a 408, where a ``Content-Length``
+    that large is refused at once). ``raw._fp.fp`` is the file response_head.py wrapped, when chunked."""
+    framing = getattr(getattr(raw, "_fp", None), "fp", None)
+    if isinstance(framing, ChunkedFraming):
+        framing.bound(most)
 
 
 def _joined(chunks: Iterator[bytes], limit: int | None) -> bytes | None:

@@ -2,7 +2,9 @@
 parsers' leniency made it a 200 with whatever they read; valid framing, however it is split into
 reads, still reads as before."""
 
+import gzip
 import io
+import random
 import socket
 import threading
 import time
@@ -16,9 +18,10 @@ from hypothesis import strategies as st
 from django_aio_request import RequestsTransport, get
 from django_aio_request.core import status
 from django_aio_request.transport.framing import ChunkedFraming, MalformedFraming
+from django_aio_request.transport.requests_transport import X_RESPONSE_TOO_LARGE
 from tests.support.loopback import LoopbackServer
 from tests.support.raw_server import KeepAliveClosingServer, RawAnswerServer
-from tests.transport.test_response_head_fields import HoldingServer, _sent
+from tests.transport.test_response_head_fields import NEXT, ROUTES, HoldingServer, TurnServer, _sent, _then_next
 
 DEADLINE = 5.0
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -234,13 +237,75 @@ def test_a_trailer_section_ended_by_a_bare_lf_ends_the_answer_on_a_kept_connecti
     assert max(seconds for *_, seconds in results) < 1.0
 
 
-def test_a_chunk_larger_than_the_limit_is_read_until_the_deadline_from_a_server_that_sends_no_more() -> None:
-    """Not refused for its size alone, as a ``Content-Length`` that large is: the known difference
-    docs/faults.md names. The call still ends by its deadline."""
+@ROUTES
+@pytest.mark.parametrize(
+    ("limit", "body"),
+    [
+        (1024, b"8000000000000000\r\nabc"),
+        (1024, b"401\r\nabc"),
+        (10, b"6\r\nabcdef\r\n5\r\nabc"),
+    ],
+    ids=["a chunk of 2**63 bytes", "a chunk one byte above the limit", "a second chunk that passes it"],
+)
+def test_a_chunk_that_takes_the_body_past_the_limit_is_refused_at_its_size_line(
+    route: str, limit: int, body: bytes
+) -> None:
+    """As a ``Content-Length`` that large is: a 489 saying the body is too large, not retried, at
+    once. urllib3 reads a chunk's data whole before it hands any on, so from a server that declared
+    such a chunk and then sent no more while keeping the connection open, the call waited for its
+    deadline and ended in a 408, a failure for the endpoint's breaker (a review)."""
     server = HoldingServer()
     try:
-        response, elapsed = _sent(server, CHUNKED + b"8000000000000000\r\nabc", "direct", 0.5)
+        response, elapsed = _sent(server, CHUNKED + body, route, max_response_size=limit)
     finally:
         server.close()
-    assert response.status == status.TIMEOUT
-    assert 0.45 < elapsed < 1.0
+    refusal = (response.status, response.headers.get(X_RESPONSE_TOO_LARGE), response.headers.get("X-Do-Not-Retry"))
+    assert refusal == (status.NETWORK_ERROR, str(limit), "1")
+    assert elapsed < DEADLINE / 5
+
+
+@ROUTES
+def test_after_a_chunk_refused_for_its_size_the_next_call_gets_its_own_answer_on_a_new_connection(route: str) -> None:
+    """The refused chunk's data is not read: its connection is closed, never pooled half-read."""
+    server = TurnServer(CHUNKED + b"6\r\nabcdef\r\n5\r\nabcde\r\n0\r\n\r\n", NEXT)
+    first, _, second = _then_next(server, route, max_response_size=10)
+    assert (first.status, first.headers.get(X_RESPONSE_TOO_LARGE)) == (status.NETWORK_ERROR, "10")
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 2
+
+
+@ROUTES
+def test_chunks_that_fill_the_limit_exactly_are_read_and_their_connection_kept(route: str) -> None:
+    server = TurnServer(CHUNKED + b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n", NEXT)
+    first, _, second = _then_next(server, route, max_response_size=10)
+    assert (first.status, first.read()) == (200, b"abcdefghij")
+    assert (second.status, second.read()) == (200, b"next")
+    assert server.connections == 1
+
+
+GZIP_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@ROUTES
+def test_a_compressed_chunk_larger_than_the_limit_is_read_when_what_it_holds_is_not(route: str) -> None:
+    """The limit is on the decoded body: a gzip chunk of random bytes is larger than what it holds,
+    and is read (the coded bytes may be four times the limit, and 64 KiB more)."""
+    held = random.Random(5).randbytes(1000)
+    coded = gzip.compress(held)
+    assert len(coded) > 1000
+    server = TurnServer(GZIP_CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded), NEXT)
+    first, _, second = _then_next(server, route, max_response_size=1000)
+    assert (first.status, first.read()) == (200, held)
+    assert (second.status, second.read()) == (200, b"next")
+
+
+@ROUTES
+def test_a_compressed_chunk_past_what_its_coded_bytes_may_be_is_refused_at_its_size_line(route: str) -> None:
+    server = HoldingServer()
+    try:
+        answer = GZIP_CHUNKED + b"%x\r\n\x1f\x8b" % (4 * 1000 + 65536 + 1)
+        response, elapsed = _sent(server, answer, route, max_response_size=1000)
+    finally:
+        server.close()
+    assert (response.status, response.headers.get(X_RESPONSE_TOO_LARGE)) == (status.NETWORK_ERROR, "1000")
+    assert elapsed < DEADLINE / 5

@@ -12,6 +12,7 @@ import socket
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -64,13 +65,14 @@ class TurnServer(RawAnswerServer):
 NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 
 
-def _then_next(server: TurnServer, route: str) -> tuple[Response, float, Response]:
+def _then_next(server: TurnServer, route: str, **options: Any) -> tuple[Response, float, Response]:
     """A GET answered by ``server``'s first answer, the seconds it took, and then a second GET
-    through the same transport (its pool): answered ``NEXT`` unless the connections fell out of step."""
+    through the same transport (its pool, made with ``options``): answered ``NEXT`` unless the
+    connections fell out of step."""
     session = requests.Session()
     if route == "requests":
         session.auth = ("u", "p")  # takes requests' own path
-    transport = RequestsTransport(session)
+    transport = RequestsTransport(session, **options)
     try:
         started = time.monotonic()
         first = transport.send(server.url, get("x"), DEADLINE)
@@ -95,13 +97,16 @@ def holding_server() -> Iterator[HoldingServer]:
     server.close()
 
 
-def _sent(server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE) -> tuple[Response, float]:
-    """``answer`` to a GET through a transport of its own: the response and the seconds it took."""
+def _sent(
+    server: RawAnswerServer, answer: bytes, route: str, deadline: float = DEADLINE, **options: Any
+) -> tuple[Response, float]:
+    """``answer`` to a GET through a transport of its own (made with ``options``): the response and
+    the seconds it took."""
     server.answer = answer
     session = requests.Session()
     if route == "requests":
         session.auth = ("u", "p")  # takes requests' own path
-    transport = RequestsTransport(session)
+    transport = RequestsTransport(session, **options)
     try:
         started = time.monotonic()
         response = transport.send(server.url, get("x"), deadline)
