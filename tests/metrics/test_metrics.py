@@ -128,6 +128,26 @@ def test_calls_attempts_retries_and_winners_are_exported(server: LoopbackServer,
     assert value(got, "aio_request_winning_attempt_total", **mine, attempt="0") == 0
 
 
+def test_a_hedged_call_no_attempt_answered_by_its_deadline_is_counted_as_won_by_attempt_0(
+    server: LoopbackServer, make
+) -> None:
+    """What docs/metrics.md says a dashboard of calls won by a later attempt counts: hedges that won,
+    not calls that ran out of time (they return attempt 0's 408)."""
+    server.route("/never", lambda handler: (time.sleep(0.6), handler.reply(200, b"late")))
+    client = make(
+        safe_method_strategy=dar.parallel_strategy(
+            attempts_count=3, delays_provider=dar.constant_delays(delay=0.05), stragglers_only=False
+        )
+    )
+    with client.request(dar.get("never"), deadline=dar.Deadline.from_timeout(0.3)) as response:
+        assert response.status == 408
+    got = scrape()
+    mine = {"request_endpoint": server.url, "request_method": "GET"}
+    assert value(got, "aio_request_attempts_total", **mine) == 3  # both hedges went
+    assert value(got, "aio_request_winning_attempt_total", **mine, attempt="0") == 1
+    assert value(got, "aio_request_winning_attempt_total", **mine) == 1
+
+
 def test_a_call_is_recorded_by_the_metrics_thread_within_the_interval(server: LoopbackServer, make) -> None:
     """Without any scrape (which would record the queue itself), the thread records a call in time."""
     server.route("/x", replies(200))
