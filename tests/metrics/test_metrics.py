@@ -133,7 +133,12 @@ def test_a_hedged_call_no_attempt_answered_by_its_deadline_is_counted_as_won_by_
 ) -> None:
     """What docs/metrics.md says a dashboard of calls won by a later attempt counts: hedges that won,
     not calls that ran out of time (they return attempt 0's 408)."""
-    server.route("/never", lambda handler: (time.sleep(0.6), handler.reply(200, b"late")))
+
+    def late(handler: Handler) -> None:
+        time.sleep(0.6)
+        handler.reply(200, b"late")
+
+    server.route("/never", late)
     client = make(
         safe_method_strategy=dar.parallel_strategy(
             attempts_count=3, delays_provider=dar.constant_delays(delay=0.05), stragglers_only=False
