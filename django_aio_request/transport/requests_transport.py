@@ -957,8 +957,7 @@ class RequestsTransport(Transport):
             if not coded and _declared_length(headers.get("Content-Length", "")) > limit:
                 return None
             if raw is not None:
-                if coded and decoded:
-                    _bound_coded_bytes(raw, limit)
+                if coded and decoded and _bound_coded_bytes(raw, limit):
                     _bound_chunks(raw, _CODING_TIMES * limit + _CODING_ROOM)
                 else:
                     _bound_chunks(raw, limit)
@@ -1171,23 +1170,28 @@ _CODING_TIMES = 4
 _CODING_ROOM = 64 * 1024
 
 
-def _bound_coded_bytes(raw: Any, limit: int) -> None:
+def _bound_coded_bytes(raw: Any, limit: int) -> bool:
     """Hold the coded bytes of ``raw``'s body (a urllib3 response about to be read decoded) to a
-    multiple of ``limit`` too (_CODING_TIMES), not only what they decode to.
+    multiple of ``limit`` too (_CODING_TIMES), not only what they decode to; returns whether urllib3
+    decodes the body at all (a coding the caller accepted that it has no decoder for, ``br``
+    without brotli, is read as it came: then its bytes are the body the limit counts).
 
     A body of empty gzip members, or of empty deflate blocks, decodes to nothing: under a limit of
     1 MiB an 8 MiB body of them was a 200, read whole, and an endless one read on for 2.6-5.4 s of
     CPU until the deadline's 408 (a review). urllib3 reads on inside one ``read()`` until it has
     decoded bytes to hand over, so nothing outside it sees the coded bytes go by: its decoder
     (``_init_decoder``, ``_decoder``) is wrapped to count them. Where a release has neither, the
-    decoded bytes alone are bounded."""
+    decoded bytes alone are bounded, and the body taken for decoded."""
     init = getattr(raw, "_init_decoder", None)
     if init is None:
-        return
+        return True
     init()
     decoder = getattr(raw, "_decoder", None)
-    if decoder is not None and not isinstance(decoder, _CountingDecoder):
+    if decoder is None:
+        return False
+    if not isinstance(decoder, _CountingDecoder):
         raw._decoder = _CountingDecoder(decoder, _CODING_TIMES * limit + _CODING_ROOM)
+    return True
 
 
 def _bound_chunks(raw: Any, most: int) -> None:
@@ -1564,22 +1568,34 @@ def _drop_body(redirect: requests.Response) -> None:
     requests' ``resolve_redirects`` reads a redirect's whole body to free its connection, decoded
     and without a limit: a 302 with a 300 MB body, or a gzip bomb, went into memory whatever
     ``max_response_size`` said. Up to :data:`REDIRECT_BODY_READ` bytes are read here, undecoded;
-    past that the connection is closed rather than read to its end. Either way requests then finds
-    the body consumed. Reads are on the attempt's sockets: the deadline bounds them.
+    past that the connection is closed rather than read to its end, and so it is at once when the
+    body says it is longer (its ``Content-Length``, or a chunk's size line): from a server that
+    then sent nothing more, reading waited out the deadline (a review). Either way requests then
+    finds the body consumed. Reads are on the attempt's sockets: the deadline bounds them.
     """
     raw = redirect.raw
     left = REDIRECT_BODY_READ + 1  # one more byte: a body of exactly the limit is read to its end
     if raw is None:  # made in memory by an adapter of the application's: nothing on the wire
         return
     try:
-        if _delimited_by_the_close(redirect.headers):
+        headers, method = redirect.headers, getattr(redirect.request, "method", None) or ""
+        longer = _declared_length(headers.get("Content-Length", "")) >= left and not _bodiless(
+            method, redirect.status_code
+        )
+        if longer or _delimited_by_the_close(headers):
             # Its end is the connection's close, which a server keeping the connection open never
             # sends: read, it waited out the deadline (a 302 with Transfer-Encoding: gzip, a review).
-            # Such a connection cannot go back to the pool anyway.
+            # Such a connection cannot go back to the pool anyway; nor can one whose body is longer.
             raw.close()
             return
+        _bound_chunks(raw, REDIRECT_BODY_READ)
         while left > 0:
-            chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
+            try:
+                chunk = raw.read(min(left, _CHUNK_SIZE), decode_content=False)
+            except Exception as error:
+                if _wrapped(error, ChunkAboveLimit) is None:
+                    raise
+                break  # a chunk that makes it longer: not read
             if not chunk:
                 return  # read to its end: the connection goes back to the pool
             left -= len(chunk)

@@ -265,6 +265,29 @@ def test_a_chunk_that_takes_the_body_past_the_limit_is_refused_at_its_size_line(
 
 
 @ROUTES
+def test_a_chunk_past_the_limit_in_a_coding_urllib3_leaves_as_it_came_is_refused_at_its_size_line(route: str) -> None:
+    """A coding the caller accepted that urllib3 has no decoder for (``compress``; ``br`` without
+    brotli) is read as it came, and its bytes are the body the limit counts: its chunks were held
+    to four times the limit and 64 KiB, as a decoded body's are, and such a chunk from a server that
+    sent no more was a 408 at the deadline (a review)."""
+    server = HoldingServer()
+    server.answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: compress\r\nTransfer-Encoding: chunked\r\n\r\n401\r\nabc"
+    session = requests.Session()
+    if route == "requests":
+        session.auth = ("u", "p")  # takes requests' own path
+    transport = RequestsTransport(session, max_response_size=1024)
+    try:
+        started = time.monotonic()
+        response = transport.send(server.url, get("x", headers={"Accept-Encoding": "compress"}), DEADLINE)
+        elapsed = time.monotonic() - started
+    finally:
+        transport.close()
+        server.close()
+    assert (response.status, response.headers.get(X_RESPONSE_TOO_LARGE)) == (status.NETWORK_ERROR, "1024")
+    assert elapsed < DEADLINE / 5
+
+
+@ROUTES
 def test_after_a_chunk_refused_for_its_size_the_next_call_gets_its_own_answer_on_a_new_connection(route: str) -> None:
     """The refused chunk's data is not read: its connection is closed, never pooled half-read."""
     server = TurnServer(CHUNKED + b"6\r\nabcdef\r\n5\r\nabcde\r\n0\r\n\r\n", NEXT)

@@ -50,6 +50,7 @@ from tests.support.loopback import (
     trickle,
 )
 from tests.support.raw_server import RawAnswerServer, request_heads
+from tests.transport.test_codings import _kept_open
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -766,6 +767,58 @@ def _transport_on(route: str, max_response_size: int) -> RequestsTransport:
     if route == "requests":
         session.auth = ("u", "p")  # takes requests' own path, as a proxy or a session's params do
     return RequestsTransport(session, max_response_size=max_response_size)
+
+
+@ROUTES
+@pytest.mark.parametrize(
+    ("framing", "start"),
+    [("Content-Length: 1048576", b"abc"), ("Transfer-Encoding: chunked", b"100000\r\nabc")],
+    ids=["a Content-Length of 1 MiB", "a chunk of 1 MiB"],
+)
+def test_a_redirect_whose_body_says_it_is_longer_than_64_kib_is_followed_at_once_from_a_server_that_keeps_it(
+    server: LoopbackServer, route: str, framing: str, start: bytes
+) -> None:
+    """Its connection is closed unread, as one whose body passes 64 KiB as it is read: read, the
+    call waited for bytes the server never sent and ended at its deadline, a 408 (a review)."""
+    head = b"HTTP/1.1 302 Found\r\nLocation: /target\r\n" + framing.encode()
+    server.route("/moved", _kept_open(head, start))
+    server.route("/target", lambda h: h.reply(200, b"ok"))
+    transport = _transport_on(route, 1024 * 1024)
+    try:
+        response = transport.send(server.url, get("moved"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"ok")
+    assert response.elapsed < DEADLINE / 5
+
+
+@ROUTES
+def test_a_redirect_with_a_body_of_64_kib_in_chunks_is_read_and_its_connection_kept(
+    server: LoopbackServer, route: str
+) -> None:
+    ports: list[int] = []
+    half = b"a" * 32768
+    chunks = b"8000\r\n" + half + b"\r\n8000\r\n" + half + b"\r\n0\r\n\r\n"
+    moved = _kept_open(b"HTTP/1.1 302 Found\r\nLocation: /target\r\nTransfer-Encoding: chunked", chunks)
+
+    def first(handler: Handler) -> None:
+        ports.append(handler.client_address[1])
+        moved(handler)
+
+    def target(handler: Handler) -> None:
+        ports.append(handler.client_address[1])
+        handler.reply(200, b"ok")
+
+    server.route("/moved", first)
+    server.route("/target", target)
+    transport = _transport_on(route, 1024 * 1024)
+    try:
+        response = transport.send(server.url, get("moved"), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.read()) == (200, b"ok")
+    assert len(ports) == 2
+    assert ports[0] == ports[1]  # one connection: the body was read to its end
 
 
 def _peak_memory(send: Callable[[], Response]) -> tuple[Response, int]:
