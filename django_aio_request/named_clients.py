@@ -10,7 +10,7 @@ import difflib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -82,6 +82,13 @@ def _again(error: Exception) -> Exception:
     return again
 
 
+def unknown_client(name: str, configured: Iterable[str]) -> UnknownClientError:
+    """The error for a client ``name`` that the setting does not configure (``configured``: the
+    names it does), for ``clients[name]`` and the testing helpers alike."""
+    known = ", ".join(repr(n) for n in configured) or "none"
+    return UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}{_unset_setting_note()}")
+
+
 def _unset_setting_note() -> str:
     """Why no client is configured when the setting is not there at all, naming a setting spelt like
     it (``AIO_REQUESTS``): the error said "configured: none" and nothing of the misspelt name, which
@@ -149,10 +156,7 @@ class ClientsHandler:
             config = self.settings  # outside the lock: see __init__
             spec = config.clients.get(name)
             if spec is None:
-                known = ", ".join(repr(n) for n in config.clients) or "none"
-                raise UnknownClientError(
-                    f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}{_unset_setting_note()}"
-                )
+                raise unknown_client(name, config.clients)
             with self._lock:
                 client = self._clients.get(name)
                 if client is not None:

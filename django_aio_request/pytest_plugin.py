@@ -26,11 +26,13 @@ class AioRequestFixture:
     def __init__(self, stack: contextlib.ExitStack) -> None:
         self._stack = stack
 
-    def fake(self, name: str) -> "FakeDownstream":
-        """Point ``clients[name]`` at a new scripted fake (:func:`django_aio_request.testing.fake_client`)."""
+    def fake(self, name: str, *, allow_unexpected: bool = False) -> "FakeDownstream":
+        """Point ``clients[name]`` at a new scripted fake (:func:`django_aio_request.testing.fake_client`):
+        a call no route answers fails the test, at its end if the code under test caught the error,
+        unless ``allow_unexpected``."""
         from django_aio_request.testing import fake_client
 
-        return self._stack.enter_context(fake_client(name))
+        return self._stack.enter_context(fake_client(name, allow_unexpected=allow_unexpected))
 
     def force_breaker(self, name_or_client: "str | Client", state: Literal["open", "closed"]) -> "Client":
         """Force a client's circuit open or closed (:func:`django_aio_request.testing.force_breaker`)."""

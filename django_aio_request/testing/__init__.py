@@ -108,6 +108,11 @@ class Block(Generic[T]):
             self._open = None
             raise
         self._open = block
+        # Held until exited: a block entered and not kept (``fake = fake_client("billing").__enter__()``)
+        # was freed at once, and its generator's close ended it there, silently: the calls that
+        # followed went to the real endpoint (a review). Now it lasts until exited, as
+        # ``mock.patch(...).start()`` lasts until stopped.
+        _open_blocks.add(self)
         return value
 
     def __exit__(
@@ -115,6 +120,7 @@ class Block(Generic[T]):
     ) -> bool | None:
         block, self._open = self._open, None
         assert block is not None, f"{self._name}() block exited without being entered"
+        _open_blocks.discard(self)
         return block.__exit__(kind, error, traceback)
 
     def __call__(self, function: F) -> F:
@@ -177,6 +183,7 @@ class Block(Generic[T]):
 
 _entering = threading.Lock()
 _TAKEN: Any = contextlib.nullcontext()  # a block being entered, not yet open
+_open_blocks: "set[Block[Any]]" = set()  # every block entered and not yet exited (Block.__enter__)
 
 
 async def _awaited_inside(awaitable: Any, make: Callable[[], AbstractContextManager[Any]], where: Any) -> Any:
@@ -323,7 +330,9 @@ class FakeDownstream(Transport):
     (``"invoices/7"``), a URL template (``"invoices/{id}"``) or a prefix ending in ``*``; several
     replies answer successive attempts in order, the last one repeating (``reply(503), reply(200)``
     makes a first attempt fail and its retry succeed). A path with no route raises
-    :class:`UnexpectedCallError` out of the call, so a test cannot miss a call it did not expect.
+    :class:`UnexpectedCallError` out of the call, and is kept in :attr:`unexpected`: code under test
+    that catches the error (a fallback's ``except Exception``) hides it from the test, so
+    :func:`fake_client`'s block fails at its end when any was kept.
 
     Like a real transport, an attempt ends with 408 when its deadline comes before the reply's
     delay, and with 499 when its strategy abandons it (a hedge that lost); one cancelled before it
@@ -339,6 +348,7 @@ class FakeDownstream(Transport):
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
         self._calls: list[RecordedCall] = []
+        self._unexpected: list[str] = []
 
     def route(self, path: str, *replies: Reply, method: str | None = None) -> None:
         """Answer attempts to ``path`` (any method, or only ``method``) with ``replies``."""
@@ -356,6 +366,12 @@ class FakeDownstream(Transport):
         """Every attempt received so far, in order of arrival."""
         with self._lock:
             return list(self._calls)
+
+    @property
+    def unexpected(self) -> list[str]:
+        """What each call no route answered raised (:class:`UnexpectedCallError`'s text), in order."""
+        with self._lock:
+            return list(self._unexpected)
 
     def calls_to(self, path: str) -> list[RecordedCall]:
         """The attempts whose filled-in path (as sent, or percent-decoded) or template is ``path``."""
@@ -386,14 +402,8 @@ class FakeDownstream(Transport):
         with self._lock:
             self._calls.append(call)
             answer = self._next_reply(request.method, path, template) if inside else None
-        if answer is None and not inside:
-            raise UnexpectedCallError(
-                f"{request.method} {path}: outside the path of the fake's endpoint {endpoint} (a request URL"
-                f" starting with '/' or '../' leaves it, as in a browser: {request.url!r})"
-            )
         if answer is None:
-            known = ", ".join(sorted(p for _, p in self._routes)) or "none"
-            raise UnexpectedCallError(f"{request.method} {path}: no route in the fake of {endpoint} (routes: {known})")
+            raise self._unexpected_call(request, path, endpoint, inside=inside)
         if answer.delay:
             woken = threading.Event()
             undo = cancellation.on_cancel(woken.set) if cancellation is not None else None
@@ -434,6 +444,21 @@ class FakeDownstream(Transport):
                     return self._take(key)
         return None
 
+    def _unexpected_call(self, request: Request, path: str, endpoint: str, *, inside: bool) -> UnexpectedCallError:
+        """The error for a call no route answers, kept in :attr:`unexpected`."""
+        if inside:
+            with self._lock:
+                known = ", ".join(sorted(p if m is None else f"{m} {p}" for m, p in self._routes)) or "none"
+            text = f"{request.method} {path}: no route in the fake of {endpoint} (routes: {known})"
+        else:
+            text = (
+                f"{request.method} {path}: outside the path of the fake's endpoint {endpoint} (a request URL"
+                f" starting with '/' or '../' leaves it, as in a browser: {request.url!r})"
+            )
+        with self._lock:
+            self._unexpected.append(text)
+        return UnexpectedCallError(text)
+
     def _take(self, key: tuple[str | None, str]) -> Reply:
         replies = self._routes[key]
         served = self._served[key]
@@ -442,8 +467,14 @@ class FakeDownstream(Transport):
 
 
 @_block
-def fake_client(name: str) -> Iterator[FakeDownstream]:
+def fake_client(name: str, *, allow_unexpected: bool = False) -> Iterator[FakeDownstream]:
     """Point ``clients[name]`` at a new :class:`FakeDownstream` for the block.
+
+    A call to a path no route answers raises :class:`UnexpectedCallError` out of the call, and the
+    block, ended without an exception, raises one naming every such call: a view that catches the
+    first (its fallback's ``except Exception``) passed its test while it called a path nobody
+    routed (a review). ``allow_unexpected=True``: a test that expects such calls (checking the error
+    itself with ``pytest.raises``) is not failed at the end.
 
     The client is built from ``AIO_REQUEST["CLIENTS"][name]`` as in production, fresh (its breaker,
     budget and learned delays start empty), with the fake as its transport. Its breaker counts in
@@ -458,13 +489,12 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
     """
     from django_aio_request.conf.building import build_client
     from django_aio_request.conf.schema import LOCAL_BREAKER_STATE
-    from django_aio_request.named_clients import UnknownClientError, clients
+    from django_aio_request.named_clients import clients, unknown_client
 
     config = clients.settings
     spec = config.clients.get(name)
     if spec is None:
-        known = ", ".join(repr(n) for n in config.clients) or "none"
-        raise UnknownClientError(f"no client {name!r} in AIO_REQUEST['CLIENTS']; configured: {known}")
+        raise unknown_client(name, config.clients)
     fake = FakeDownstream(spec.endpoint)
     local = dataclasses.replace(spec, circuit_breaker_state=LOCAL_BREAKER_STATE)
     client = build_client(local, config.service_name, transport=fake)
@@ -504,6 +534,15 @@ def fake_client(name: str) -> Iterator[FakeDownstream]:
                 f" the fake (a test method's @override_settings applies after setUp: make the fake in the method)",
                 FakeReplacedWarning,
             )
+    # Here only when the block ended without an exception: one raised in it (a failing assert, the
+    # UnexpectedCallError itself) goes on as it was.
+    unexpected = fake.unexpected
+    if unexpected and not allow_unexpected:
+        raise UnexpectedCallError(
+            f"fake_client({name!r}): {len(unexpected)} call(s) no route answers reached the fake, and the code"
+            f" under test went on (it caught the UnexpectedCallError each raised): {'; '.join(unexpected)}."
+            f" Route them, or make the fake with allow_unexpected=True if the test expects them"
+        )
 
 
 class FakeReplacedWarning(UserWarning):

@@ -4,6 +4,8 @@ The fake replaces the transport only: these tests check that retries, hedges, th
 budget and metrics still run, and that the fake behaves like the real transport at a deadline."""
 
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import subprocess
@@ -23,7 +25,8 @@ from django.test import Client, SimpleTestCase, override_settings
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
-from django_aio_request import Priority, RequestsTransport, clients, get, get_context
+import django_aio_request as dar
+from django_aio_request import Priority, RequestsTransport, clients, get, get_context, testing
 from django_aio_request import metrics as all_metrics
 from django_aio_request.pytest_plugin import AioRequestFixture
 from django_aio_request.testing import (
@@ -192,11 +195,82 @@ def test_the_fixture_forces_a_breaker_until_the_end_of_the_test(aio_request: Aio
 
 
 def test_an_unscripted_path_fails_the_test_loudly(aio_request: AioRequestFixture) -> None:
-    aio_request.fake("billing").route("invoices/1", reply(200))
+    aio_request.fake("billing", allow_unexpected=True).route("invoices/1", reply(200))
 
     unexpected = pytest.raises(UnexpectedCallError, match=r"GET invoices/2: no route .* \(routes: invoices/1\)")
     with unexpected, clients["billing"].request(get("invoices/2")):
         pass
+
+
+def _invoice_or_default() -> str:
+    """Code under test with a fallback, as calls to other services often have: a typo in its path."""
+    try:
+        with clients["billing"].request(get("invoice/7")) as response:  # the route is invoices/{id}
+            return response.read().decode()
+    except Exception:
+        return "default"
+
+
+def test_a_call_no_route_answers_fails_the_block_even_when_the_code_under_test_catches_it() -> None:
+    """UnexpectedCallError is an exception like any other to the code under test: a fallback caught
+    it, and the test passed while the view called a path nobody routed (a review)."""
+    failing = pytest.raises(
+        UnexpectedCallError,
+        match=r"1 call\(s\) no route answers .*GET invoice/7: no route .*\(routes: invoices/\{id\}\)",
+    )
+    with failing, fake_client("billing") as billing:
+        billing.route("invoices/{id}", reply(200, body=b"paid"))
+        assert _invoice_or_default() == "default"
+    assert [call.path for call in billing.calls] == ["invoice/7"]
+
+
+def test_the_fixture_s_fake_fails_the_test_at_its_end_when_the_code_under_test_caught_an_unexpected_call() -> None:
+    stack = contextlib.ExitStack()  # what the fixture tears down after the test
+    with stack:
+        AioRequestFixture(stack).fake("billing").route("invoices/{id}", reply(200, body=b"paid"))
+        assert _invoice_or_default() == "default"
+        teardown = pytest.raises(UnexpectedCallError, match="GET invoice/7")
+        with teardown:
+            stack.close()
+
+
+def test_a_fake_allowing_unexpected_calls_keeps_them_and_an_error_in_the_block_goes_on_as_it_was() -> None:
+    with fake_client("billing", allow_unexpected=True) as billing:
+        assert _invoice_or_default() == "default"
+    assert billing.unexpected == [f"GET invoice/7: no route in the fake of {ENDPOINT} (routes: none)"]
+
+    def failing_test() -> None:
+        with fake_client("billing"):
+            assert _invoice_or_default() == "default"
+            _ = 1 / 0
+
+    with pytest.raises(ZeroDivisionError):  # not replaced by the unexpected call's error
+        failing_test()
+
+
+def test_a_route_for_one_method_is_named_with_it_when_another_method_finds_no_route() -> None:
+    with fake_client("billing", allow_unexpected=True) as billing:
+        billing.route("invoices/1", reply(200), method="GET")
+        unexpected = pytest.raises(UnexpectedCallError, match=r"POST invoices/1: .*\(routes: GET invoices/1\)")
+        with unexpected, clients["billing"].request(dar.post("invoices/1", body=b"{}")):
+            pass
+
+
+def test_a_block_entered_and_not_kept_lasts_until_it_is_exited() -> None:
+    """``fake_client("billing").__enter__()`` with nothing holding the block: it was freed at once and
+    its end ran, so the calls that followed went to the real endpoint (a review)."""
+    before = set(testing._open_blocks)
+    fake = fake_client("billing").__enter__()
+    gc.collect()
+    fake.route("x", reply(201))
+    (block,) = set(testing._open_blocks) - before
+    try:
+        with clients["billing"].request(get("x")) as response:
+            assert response.status == 201
+        assert [call.path for call in fake.calls] == ["x"]
+    finally:
+        block.__exit__(None, None, None)
+    assert clients["billing"].transport is not fake
 
 
 def test_a_call_with_an_empty_segment_after_the_endpoint_s_path_is_not_routed_as_one_without(
@@ -205,7 +279,7 @@ def test_a_call_with_an_empty_segment_after_the_endpoint_s_path_is_not_routed_as
     """get("/api/v1//invoices/7") goes to /api/v1//invoices/7: the fake answered it from
     route("invoices/7") and recorded "invoices/7" (a review)."""
     settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/v1/"}}}
-    with fake_client("billing") as billing:
+    with fake_client("billing", allow_unexpected=True) as billing:
         billing.route("invoices/7", reply(200))
         with pytest.raises(UnexpectedCallError), clients["billing"].request(get("/api/v1//invoices/7")):
             pass
@@ -221,7 +295,7 @@ def test_a_call_outside_the_endpoint_s_path_is_recorded_as_sent_and_answered_by_
     route("invoices/7"), recorded as "invoices/7", so the test passed where the real call went to
     the wrong path (a review)."""
     settings.AIO_REQUEST = {"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/v1/"}}}
-    with fake_client("billing") as billing:
+    with fake_client("billing", allow_unexpected=True) as billing:
         billing.route("invoices/7", reply(200))
         billing.route("*", reply(200))
         outside = pytest.raises(UnexpectedCallError, match="outside the path of the fake's endpoint")
@@ -273,7 +347,7 @@ def test_a_reference_kept_before_the_fake_calls_the_fake(settings: Settings, ser
         async with kept.arequest(get("invoices/5")) as response:
             return response.status
 
-    with fake_client("billing") as fake:
+    with fake_client("billing", allow_unexpected=True) as fake:
         fake.route("invoices/5", reply(404))
         with kept.request(get("invoices/5")) as response:
             assert response.status == 404
@@ -497,7 +571,7 @@ def test_each_helper_as_a_decorator_of_an_async_test_method_runs_the_method_insi
             seen["priority"] = get_context().priority
             seen["timeout"] = get_context().deadline.timeout  # type: ignore[union-attr]
 
-        @fake_client("billing")
+        @fake_client("billing", allow_unexpected=True)
         async def test_fake(self) -> None:
             with pytest.raises(UnexpectedCallError):
                 async with clients["billing"].arequest(get("invoices/5")):
@@ -1262,7 +1336,7 @@ def test_a_kept_reference_reaches_a_fake_while_threads_fake_its_name_at_once(
 
     def faking() -> None:
         for _ in range(300):
-            with fake_client("billing"):
+            with fake_client("billing", allow_unexpected=True):
                 try:
                     with kept.request(get("unscripted")):
                         reached.append("network")
