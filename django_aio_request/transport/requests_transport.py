@@ -950,17 +950,17 @@ class RequestsTransport(Transport):
         and its coded bytes are bounded too (:func:`_bound_coded_bytes`)."""
         limit = self.max_response_size
         if limit is not None and not bodiless:
-            # The declared length is the body on the wire: only when that is the body the limit
-            # counts (a gzip body of 30 bytes holding 10 was refused under a limit of 20).
-            encoding = headers.get("Content-Encoding")
-            coded = encoding is not None and any(not is_no_coding(part) for part in encoding.split(",") if part.strip())
-            if not coded and _declared_length(headers.get("Content-Length", "")) > limit:
-                return None
-            if raw is not None:
-                if coded and decoded and _bound_coded_bytes(raw, limit):
-                    _bound_chunks(raw, _CODING_TIMES * limit + _CODING_ROOM)
-                else:
-                    _bound_chunks(raw, limit)
+            most = self._most_on_the_wire(headers, limit, raw, decoded)
+            if most is not None:
+                # The declared length is the body on the wire, held to what may come on the wire:
+                # the limit, or for a body urllib3 decodes, its coded bytes' bound (a gzip body of
+                # 30 bytes holding 10 was refused under a limit of 20; one declared far above the
+                # bound, or a body read as it came declared above the limit, was read from a server
+                # that sent no more until the deadline: a review).
+                if _declared_length(headers.get("Content-Length", "")) > most:
+                    return None
+                if raw is not None:
+                    _bound_chunks(raw, most)
         try:
             return _joined(chunks, limit)
         except _CodedBodyTooLarge:
@@ -969,6 +969,21 @@ class RequestsTransport(Transport):
             if _wrapped(error, ChunkAboveLimit) is None:
                 raise
             return None
+
+    @staticmethod
+    def _most_on_the_wire(headers: Any, limit: int, raw: Any, decoded: bool) -> int | None:
+        """The most bytes of body that may come on the wire under ``limit``: the limit for a body in
+        no coding or one read as it came (not ``decoded``, or in a coding urllib3 has no decoder
+        for), a multiple of it for one urllib3 decodes (:func:`_bound_coded_bytes`); None for a
+        coded body made in memory (``raw`` None), whose ``Content-Length`` may be its coded size."""
+        encoding = headers.get("Content-Encoding")
+        if encoding is None or all(is_no_coding(part) for part in encoding.split(",") if part.strip()):
+            return limit
+        if raw is None:
+            return None
+        if decoded and _bound_coded_bytes(raw, limit):
+            return _CODING_TIMES * limit + _CODING_ROOM
+        return limit
 
     @staticmethod
     def _failure(request: Request, endpoint: str, error: Exception, guard: AttemptSockets, started: float) -> Response:

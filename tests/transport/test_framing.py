@@ -264,14 +264,28 @@ def test_a_chunk_that_takes_the_body_past_the_limit_is_refused_at_its_size_line(
     assert elapsed < DEADLINE / 5
 
 
+COMPRESS = b"HTTP/1.1 200 OK\r\nContent-Encoding: compress\r\n"
+
+
 @ROUTES
-def test_a_chunk_past_the_limit_in_a_coding_urllib3_leaves_as_it_came_is_refused_at_its_size_line(route: str) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        COMPRESS + b"Transfer-Encoding: chunked\r\n\r\n401\r\nabc",
+        COMPRESS + b"Content-Length: 1025\r\n\r\nabc",
+        COMPRESS + b"Content-Length: 100000000\r\n\r\nabc",
+    ],
+    ids=["a chunk of 1025 bytes", "a Content-Length of 1025", "a Content-Length of 100,000,000"],
+)
+def test_a_body_in_a_coding_urllib3_leaves_as_it_came_is_refused_at_once_when_it_says_it_is_past_the_limit(
+    route: str, answer: bytes
+) -> None:
     """A coding the caller accepted that urllib3 has no decoder for (``compress``; ``br`` without
     brotli) is read as it came, and its bytes are the body the limit counts: its chunks were held
-    to four times the limit and 64 KiB, as a decoded body's are, and such a chunk from a server that
-    sent no more was a 408 at the deadline (a review)."""
+    to four times the limit and 64 KiB, as a decoded body's are, and its ``Content-Length`` was not
+    looked at; from a server that sent no more, each was a 408 at the deadline (two reviews)."""
     server = HoldingServer()
-    server.answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: compress\r\nTransfer-Encoding: chunked\r\n\r\n401\r\nabc"
+    server.answer = answer
     session = requests.Session()
     if route == "requests":
         session.auth = ("u", "p")  # takes requests' own path
@@ -323,10 +337,17 @@ def test_a_compressed_chunk_larger_than_the_limit_is_read_when_what_it_holds_is_
 
 
 @ROUTES
-def test_a_compressed_chunk_past_what_its_coded_bytes_may_be_is_refused_at_its_size_line(route: str) -> None:
+@pytest.mark.parametrize("framing", ["chunked", "Content-Length"])
+def test_a_compressed_body_past_what_its_coded_bytes_may_be_is_refused_at_once(route: str, framing: str) -> None:
+    """Four times the limit and 64 KiB: said by a chunk's size line or by the ``Content-Length``
+    (that one was read from a server that sent no more until the deadline, a review)."""
     server = HoldingServer()
     try:
-        answer = GZIP_CHUNKED + b"%x\r\n\x1f\x8b" % (4 * 1000 + 65536 + 1)
+        past = 4 * 1000 + 65536 + 1
+        if framing == "chunked":
+            answer = GZIP_CHUNKED + b"%x\r\n\x1f\x8b" % past
+        else:
+            answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n\x1f\x8b" % past
         response, elapsed = _sent(server, answer, route, max_response_size=1000)
     finally:
         server.close()
