@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from urllib3.response import HTTPResponse
 
-__all__ = ["is_no_coding", "unreadable_coding"]
+__all__ = ["is_no_coding", "left_as_it_came", "unreadable_coding"]
 
 # Transfer codings urllib3 takes off: chunked once (RFC 9112 forbids applying it twice), and
 # "identity", which RFC 2616 defined as no coding and some old servers still send.
@@ -86,6 +86,19 @@ def _accepted(accept_encoding: str) -> set[str]:
             continue
         accepted.add(name.strip())
     return accepted
+
+
+def left_as_it_came(headers: Mapping[str, str], accept_encoding: str | None) -> bool:
+    """Whether a body :func:`unreadable_coding` finds readable is to be read as it came, not decoded:
+    a ``Content-Encoding`` list naming a coding urllib3 has no decoder for that the request accepted
+    (``gzip, br`` without brotli, ``gzip, compress``). urllib3 gave that coding deflate's decoder,
+    which failed on it: a plain 489, retried and counted against the endpoint, where the caller had
+    asked for the body in those codings (a review). Handed over as it came, as ``br`` alone is."""
+    value = headers.get("Content-Encoding")
+    if value is None or "," not in value:
+        return False  # one coding: urllib3 decodes it, or leaves it as it came itself
+    decoded = HTTPResponse.CONTENT_DECODERS
+    return any(_name(coding) in _REGISTERED and _name(coding) not in decoded for coding in _codings(value))
 
 
 #: The most characters of the peer's codings ``unreadable_coding`` repeats (the rest is cut).

@@ -52,7 +52,7 @@ from django_aio_request.transport.attempt_sockets import (
 )
 from django_aio_request.transport.base import Transport
 from django_aio_request.transport.bounded_retries import deadline_bound
-from django_aio_request.transport.codings import is_no_coding, unreadable_coding
+from django_aio_request.transport.codings import is_no_coding, left_as_it_came, unreadable_coding
 from django_aio_request.transport.deadline_timer import deadline_timer
 from django_aio_request.transport.dropped_pools import retire_dropped_pools
 from django_aio_request.transport.framing import ChunkAboveLimit, ChunkedFraming, is_chunked
@@ -751,11 +751,11 @@ class RequestsTransport(Transport):
                 return _unreadable_answer(request, endpoint, started, cast(str, unreadable))
             if raw is None:  # what requests' ``content`` gives: the body made in memory
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
-            elif unreadable is None:
+            elif unreadable is None and not left_as_it_came(outcome.headers, last.headers.get("Accept-Encoding")):
                 chunks = outcome.iter_content(_CHUNK_SIZE)
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw, decoded=True)
                 _check_decoded_to_the_end(raw, body)
-            else:  # read as it came, for _answered() to refuse
+            else:  # read as it came: for _answered() to refuse, or the caller's to decode
                 chunks = raw.stream(_CHUNK_SIZE, decode_content=False)
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw)
         finally:
@@ -855,7 +855,7 @@ class RequestsTransport(Transport):
             unreadable = unreadable_coding(raw.headers, accepted)
             if _runs_to_the_close(raw.headers, unreadable, bodiless):
                 return _unreadable_answer(request, endpoint, started, cast(str, unreadable))  # closed below
-            decode = unreadable is None
+            decode = unreadable is None and not left_as_it_came(raw.headers, accepted)
             body = self._read_body(
                 raw.headers,
                 raw.stream(_CHUNK_SIZE, decode_content=decode),
