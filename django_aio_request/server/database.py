@@ -139,12 +139,27 @@ class DeadlineExceeded(OperationalError):
         self.sent = sent
         #: The start of the statement (placeholders, never parameters): what was lost.
         self.sql = sql
-        #: The connection was closed inside a transaction (its cancel request got no answer): the server
-        #: rolls the whole transaction back, what the enclosing ``atomic()`` blocks wrote before too,
-        #: and the outermost block ends without committing and without an error, as Django ends one
-        #: whose connection broke. A view that catches this in a nested block must not carry on as if
-        #: only that block failed (docs/database.md).
+        #: The whole transaction is lost: the connection was closed inside it (its cancel request got
+        #: no answer), or the statement cancelled had no savepoint of its own to roll back to (it ran
+        #: in the outermost ``atomic()`` block, one made with ``savepoint=False``, or a transaction of
+        #: the application's own). The server rolls back what the enclosing ``atomic()`` blocks wrote
+        #: before too, and the outermost block ends without committing and without an error. A view
+        #: that catches this must not carry on as if only the query failed (docs/database.md).
         self.transaction_lost = transaction_lost
+
+
+def _no_savepoint_of_its_own(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a statement that failed on ``connection`` took its whole transaction with it: it ran in
+    a transaction (an ``atomic()`` block, or the application's own with autocommit off) whose
+    innermost block has no savepoint to roll back to (the outermost block, one made with
+    ``savepoint=False``, ``durable=True``, or none). PostgreSQL then refuses every statement until
+    the transaction ends, and its end rolls back all it wrote: the outermost block ended without
+    an error and committed nothing, where the view had caught the deadline and answered 200 with
+    ``transaction_lost`` False (a review)."""
+    if connection.get_autocommit():
+        return False
+    savepoints = connection.savepoint_ids
+    return not savepoints or savepoints[-1] is None
 
 
 def is_deadline_cancellation(exc: BaseException) -> bool:
@@ -366,11 +381,13 @@ class QueryBound:
                 transaction_lost=lost,
             ) from error
         if self._cancelled == generation and _sqlstate_in_chain(error) == QUERY_CANCELED:
+            lost = _no_savepoint_of_its_own(connection)
             raise DeadlineExceeded(
-                f"database {self.alias!r} cancelled the query at the deadline: {_head(sql)}",
+                f"database {self.alias!r} cancelled the query at the deadline{_LOST if lost else ''}: {_head(sql)}",
                 alias=self.alias,
                 sent=True,
                 sql=_head(sql),
+                transaction_lost=lost,
             ) from error
         due = self._due
         if due is not None and time.monotonic() >= due - CANCEL_LEAD:

@@ -15,7 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -902,6 +903,90 @@ def test_a_cancel_request_the_server_never_answers_is_given_up_and_the_connectio
         pg.close_if_unusable_or_obsolete()  # what Django does when a request ends (request_finished)
         with set_context(deadline=Deadline.from_timeout(5)):
             assert scalar("SELECT 2") == 2  # on a new connection
+
+
+@on_postgres
+@pytest.mark.parametrize(
+    ("blocks", "lost"),
+    [
+        ("outermost", True),
+        ("nested without a savepoint", True),
+        ("nested", False),
+        ("set_autocommit-false", True),
+        ("autocommit", False),
+    ],
+)
+def test_a_cancelled_query_caught_without_a_savepoint_of_its_own_says_the_transaction_is_lost(
+    pg: BaseDatabaseWrapper, blocks: str, lost: bool
+) -> None:
+    """A write, then a query the deadline cancels (its cancel request answered), caught by the code
+    around it, which carries on. Without a savepoint of its own to roll back to, PostgreSQL aborts
+    the whole transaction and its end commits nothing, without an error: ``transaction_lost`` said
+    False, and a view using the guard of docs/database.md answered 200 for a write never committed
+    (a review). In a nested block with its savepoint only that block is lost."""
+    name = f"cancelled-{blocks}-{time.monotonic_ns()}"
+    caught: list[DeadlineExceeded] = []
+
+    def write_then_sleep() -> None:
+        Group.objects.using(PG).create(name=name)
+        try:
+            with set_context(deadline=Deadline.from_timeout(0.2)):
+                if blocks.startswith("nested"):
+                    with transaction.atomic(using=PG, savepoint=blocks == "nested"):
+                        scalar("SELECT pg_sleep(3)")
+                else:
+                    scalar("SELECT pg_sleep(3)")
+        except DeadlineExceeded as error:
+            caught.append(error)
+
+    if blocks in ("autocommit", "set_autocommit-false"):
+        transaction.set_autocommit(blocks == "autocommit", using=PG)
+        try:
+            write_then_sleep()
+            if blocks != "autocommit":
+                with contextlib.suppress(DatabaseError):  # the application's own end of its transaction
+                    transaction.commit(using=PG)
+        finally:
+            if blocks != "autocommit":
+                transaction.rollback(using=PG)
+            transaction.set_autocommit(True, using=PG)
+    else:
+        with transaction.atomic(using=PG):
+            write_then_sleep()
+    [error] = caught
+    assert error.sent
+    assert error.transaction_lost is lost
+    assert ("transaction it was in is lost" in str(error)) is lost
+    assert Group.objects.using(PG).filter(name=name).exists() is not lost
+
+
+@on_postgres
+def test_a_foreign_key_checked_at_commit_waits_past_the_deadline_for_a_row_another_session_holds(
+    pg: BaseDatabaseWrapper,
+) -> None:
+    """What docs/database.md says is not bounded: Django's foreign keys on PostgreSQL are checked at
+    COMMIT, which no deadline bounds. Another session holds the parent row 1 s; the write under a
+    0.3 s deadline commits when it lets go, late, with no error."""
+    kind = ContentType.objects.using(PG).get_or_create(app_label="atk", model=f"m{time.monotonic_ns()}")[0]
+    parent = Permission.objects.using(PG).create(name="p", codename=f"p{time.monotonic_ns()}", content_type=kind)
+    settings = pg.settings_dict
+    other = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"], dbname=settings["NAME"]
+    )
+    other.execute("SELECT id FROM auth_permission WHERE id = %s FOR UPDATE", [parent.pk])
+    letting_go = threading.Timer(1.0, other.commit)
+    letting_go.start()
+    try:
+        started = time.monotonic()
+        with set_context(deadline=Deadline.from_timeout(0.3)), transaction.atomic(using=PG):
+            group = Group.objects.using(PG).create(name=f"fk-{time.monotonic_ns()}")
+            group.permissions.add(parent)  # its row in auth_group_permissions: checked at COMMIT
+        elapsed = time.monotonic() - started
+    finally:
+        letting_go.join()
+        other.close()
+    assert elapsed > 0.9
+    assert list(Group.objects.using(PG).get(pk=group.pk).permissions.all()) == [parent]
 
 
 @on_postgres
