@@ -55,6 +55,7 @@ __all__ = [
     "Reply",
     "UnexpectedCallError",
     "fake_client",
+    "fake_under",
     "force_breaker",
     "network_error",
     "reply",
@@ -543,6 +544,18 @@ def fake_client(name: str, *, allow_unexpected: bool = False) -> Iterator[FakeDo
             f" under test went on (it caught the UnexpectedCallError each raised): {'; '.join(unexpected)}."
             f" Route them, or make the fake with allow_unexpected=True if the test expects them"
         )
+
+
+def fake_under(name: str) -> FakeDownstream:
+    """The :class:`FakeDownstream` of the :func:`fake_client` block open for ``name`` now: what a test
+    that ``@fake_client(name)`` decorates routes and reads (the decorator hands it nothing)."""
+    from django_aio_request.named_clients import clients
+
+    client = clients.current(name)
+    transport = None if client is None else client.transport
+    if not isinstance(transport, FakeDownstream):
+        raise LookupError(f"no fake_client({name!r}) block is open: clients[{name!r}] is not a fake now")
+    return transport
 
 
 class FakeReplacedWarning(UserWarning):

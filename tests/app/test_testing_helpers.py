@@ -35,6 +35,7 @@ from django_aio_request.testing import (
     FakeReplacedWarning,
     UnexpectedCallError,
     fake_client,
+    fake_under,
     force_breaker,
     network_error,
     reply,
@@ -254,6 +255,19 @@ def test_a_route_for_one_method_is_named_with_it_when_another_method_finds_no_ro
         unexpected = pytest.raises(UnexpectedCallError, match=r"POST invoices/1: .*\(routes: GET invoices/1\)")
         with unexpected, clients["billing"].request(dar.post("invoices/1", body=b"{}")):
             pass
+
+
+@fake_client("billing")
+def test_a_test_a_fake_decorates_routes_it_through_fake_under() -> None:
+    fake_under("billing").route("invoices/{id}", reply(200, body=b"paid"))
+    with clients["billing"].request(get("invoices/{id}", path_parameters={"id": 7})) as response:
+        assert response.read() == b"paid"
+    assert [call.path for call in fake_under("billing").calls] == ["invoices/7"]
+
+
+def test_fake_under_a_name_without_a_fake_says_so() -> None:
+    with pytest.raises(LookupError, match=r"no fake_client\('billing'\) block is open"):
+        fake_under("billing")
 
 
 def test_a_block_entered_and_not_kept_lasts_until_it_is_exited() -> None:
@@ -944,6 +958,22 @@ def test_responses_checks_the_request_built() -> None:
     assert sent.request.headers["X-Request-Priority"] == "low"
     # What is left of the 2 s: building the client first took 0.72 s once on a loaded machine.
     assert 0.5 < float(sent.request.headers["X-Request-Timeout"]) <= 2.0
+
+
+@responses_lib.activate
+def test_a_form_body_matches_responses_body_matcher_not_its_urlencoded_params_matcher() -> None:
+    """What docs/testing.md says of responses' matchers: the body reaches it as bytes."""
+    from responses import matchers
+
+    form = {"SAFE_METHOD_STRATEGY": {"NAME": "single"}, "UNSAFE_METHOD_STRATEGY": {"NAME": "single"}}
+    with override_settings(AIO_REQUEST=billing_settings(**form)):
+        params = responses_lib.post(ENDPOINT + "pay", match=[matchers.urlencoded_params_matcher({"k": "v"})])
+        with clients["billing"].request(dar.post("pay", body=b"k=v")) as response:
+            assert response.status == 489  # no match: responses' ConnectionError
+        body = responses_lib.post(ENDPOINT + "pay", match=[matchers.body_matcher("k=v")])
+        with clients["billing"].request(dar.post("pay", body=b"k=v")) as response:
+            assert response.status == 200
+    assert (params.call_count, body.call_count) == (0, 1)
 
 
 @responses_lib.activate
