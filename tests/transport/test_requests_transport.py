@@ -783,13 +783,18 @@ def test_a_redirect_whose_body_says_it_is_longer_than_64_kib_is_followed_at_once
     head = b"HTTP/1.1 302 Found\r\nLocation: /target\r\n" + framing.encode()
     server.route("/moved", _kept_open(head, start))
     server.route("/target", lambda h: h.reply(200, b"ok"))
-    transport = _transport_on(route, 1024 * 1024)
-    try:
-        response = transport.send(server.url, get("moved"), DEADLINE)
-    finally:
-        transport.close()
+    response = _moved(server, route)
     assert (response.status, response.read()) == (200, b"ok")
     assert response.elapsed < DEADLINE / 5
+
+
+def _moved(server: LoopbackServer, route: str) -> Response:
+    """A GET of ``/moved`` through a transport of its own (a limit of 1 MiB), redirects followed."""
+    transport = _transport_on(route, 1024 * 1024)
+    try:
+        return transport.send(server.url, get("moved"), DEADLINE)
+    finally:
+        transport.close()
 
 
 @ROUTES
@@ -811,11 +816,7 @@ def test_a_redirect_with_a_body_of_64_kib_in_chunks_is_read_and_its_connection_k
 
     server.route("/moved", first)
     server.route("/target", target)
-    transport = _transport_on(route, 1024 * 1024)
-    try:
-        response = transport.send(server.url, get("moved"), DEADLINE)
-    finally:
-        transport.close()
+    response = _moved(server, route)
     assert (response.status, response.read()) == (200, b"ok")
     assert len(ports) == 2
     assert ports[0] == ports[1]  # one connection: the body was read to its end
