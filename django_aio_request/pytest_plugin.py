@@ -8,6 +8,8 @@ so it is harmless in projects that do not use them
 """
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -20,11 +22,16 @@ if TYPE_CHECKING:
     from django_aio_request.testing import FakeDownstream
 
 
+# The exception a test's call phase failed with (pytest_runtest_makereport), for the fixture's end.
+_FAILED_WITH = pytest.StashKey[BaseException]()
+
+
 class AioRequestFixture:
     """What the ``aio_request`` fixture gives; everything it changes is undone after the test."""
 
     def __init__(self, stack: contextlib.ExitStack) -> None:
         self._stack = stack
+        self._fakes: list[FakeDownstream] = []
 
     def fake(self, name: str, *, allow_unexpected: bool = False) -> "FakeDownstream":
         """Point ``clients[name]`` at a new scripted fake (:func:`django_aio_request.testing.fake_client`):
@@ -32,13 +39,25 @@ class AioRequestFixture:
         unless ``allow_unexpected``."""
         from django_aio_request.testing import fake_client
 
-        return self._stack.enter_context(fake_client(name, allow_unexpected=allow_unexpected))
+        block = fake_client(name, allow_unexpected=allow_unexpected)
+        block.until_teardown = True
+        fake = self._stack.enter_context(block)
+        self._fakes.append(fake)
+        return fake
+
+    def _test_failed_with(self, failure: BaseException) -> None:
+        """The test failed with ``failure``: an unexpected call's error it holds is not repeated at
+        the end (a test that failed with one was failed again at its teardown, a review)."""
+        for fake in self._fakes:
+            fake._seen(failure)
 
     def force_breaker(self, name_or_client: "str | Client", state: Literal["open", "closed"]) -> "Client":
         """Force a client's circuit open or closed (:func:`django_aio_request.testing.force_breaker`)."""
         from django_aio_request.testing import force_breaker
 
-        return self._stack.enter_context(force_breaker(name_or_client, state))
+        block = force_breaker(name_or_client, state)
+        block.until_teardown = True
+        return self._stack.enter_context(block)
 
     def serving(self, *, timeout: float | None = None, priority: "str | Priority | None" = None) -> "Context":
         """Set the deadline and priority until the end of the test (:func:`django_aio_request.testing.serving`)."""
@@ -68,4 +87,40 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
         # when the test asked for the database: requesting it otherwise would give it access.
         request.getfixturevalue("_django_db_helper")
     with contextlib.ExitStack() as stack:
-        yield AioRequestFixture(stack)
+        fixture = AioRequestFixture(stack)
+        yield fixture
+        failure = request.node.stash.get(_FAILED_WITH, None)
+        if failure is not None:
+            fixture._test_failed_with(failure)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep the exception the test itself failed with, for the ``aio_request`` fixture's end."""
+    yield
+    if call.when == "call" and call.excinfo is not None:
+        item.stash[_FAILED_WITH] = call.excinfo.value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Warn of a helper block the test entered and left open (``fake_client(...).__enter__()`` with no
+    exit): it lasts until exited, so every later test of the process got it, and failed naming the
+    routes of a fake it never made (a review). Blocks of fixtures are entered before the call, and
+    the ``aio_request`` fixture's are exited at the test's teardown."""
+    testing = sys.modules.get("django_aio_request.testing")  # nothing to look at if never imported
+    before = set(testing._open_blocks) if testing is not None else set()
+    yield
+    testing = sys.modules.get("django_aio_request.testing")
+    if testing is None:
+        return
+    for block in set(testing._open_blocks) - before:
+        if block.until_teardown:
+            continue
+        warnings.warn(
+            f"{block._name}() entered at {block.entered_at} is still open when the test ends: it lasts until"
+            " it is exited, so the tests after this one get it too. Exit it (`with`, self.enterContext(),"
+            " addCleanup(block.__exit__, None, None, None)) or use the aio_request fixture",
+            pytest.PytestWarning,
+            stacklevel=1,
+        )

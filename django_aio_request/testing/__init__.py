@@ -81,7 +81,7 @@ class Block(Generic[T]):
     alone, written like the fixture's ``aio_request.serving()``) did nothing, silently: it warns.
     """
 
-    __slots__ = ("_make", "_name", "_open", "_used")
+    __slots__ = ("_make", "_name", "_open", "_used", "entered_at", "until_teardown")
 
     # The fixture's method for each helper, named by the warning of one never entered.
     _FIXTURE_METHODS: ClassVar[dict[str, str]] = {"fake_client": "fake"}
@@ -91,6 +91,8 @@ class Block(Generic[T]):
         self._name = name
         self._open: AbstractContextManager[T] | None = None  # its block, while open
         self._used = False
+        self.entered_at = ""  # "file:line" of the code that entered it, while open
+        self.until_teardown = False  # the aio_request fixture's: it exits the block after the test
 
     def __enter__(self) -> T:
         self._used = True
@@ -109,6 +111,8 @@ class Block(Generic[T]):
             self._open = None
             raise
         self._open = block
+        caller = sys._getframe(1)
+        self.entered_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
         # Held until exited: a block entered and not kept (``fake = fake_client("billing").__enter__()``)
         # was freed at once, and its generator's close ended it there, silently: the calls that
         # followed went to the real endpoint (a review). Now it lasts until exited, as
@@ -349,7 +353,8 @@ class FakeDownstream(Transport):
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
         self._calls: list[RecordedCall] = []
-        self._unexpected: list[str] = []
+        self._unexpected: list[UnexpectedCallError] = []
+        self._repeated: list[UnexpectedCallError] = []  # those the block's end repeats
 
     def route(self, path: str, *replies: Reply, method: str | None = None) -> None:
         """Answer attempts to ``path`` (any method, or only ``method``) with ``replies``."""
@@ -372,7 +377,22 @@ class FakeDownstream(Transport):
     def unexpected(self) -> list[str]:
         """What each call no route answered raised (:class:`UnexpectedCallError`'s text), in order."""
         with self._lock:
-            return list(self._unexpected)
+            return [str(error) for error in self._unexpected]
+
+    def _seen(self, failure: BaseException | None) -> None:
+        """The test failed with ``failure``: the unexpected calls' errors in its chain need no repeating."""
+        seen = set()
+        for _ in range(64):  # the chain of causes and contexts, bounded
+            if failure is None:
+                break
+            seen.add(id(failure))
+            failure = failure.__cause__ or failure.__context__
+        with self._lock:
+            self._repeated = [error for error in self._repeated if id(error) not in seen]
+
+    def _to_repeat(self) -> list[str]:
+        with self._lock:
+            return [str(error) for error in self._repeated]
 
     def calls_to(self, path: str) -> list[RecordedCall]:
         """The attempts whose filled-in path (as sent, or percent-decoded) or template is ``path``."""
@@ -456,9 +476,11 @@ class FakeDownstream(Transport):
                 f"{request.method} {path}: outside the path of the fake's endpoint {endpoint} (a request URL"
                 f" starting with '/' or '../' leaves it, as in a browser: {request.url!r})"
             )
+        error = UnexpectedCallError(text)
         with self._lock:
-            self._unexpected.append(text)
-        return UnexpectedCallError(text)
+            self._unexpected.append(error)
+            self._repeated.append(error)
+        return error
 
     def _take(self, key: tuple[str | None, str]) -> Reply:
         replies = self._routes[key]
@@ -507,8 +529,18 @@ def fake_client(name: str, *, allow_unexpected: bool = False) -> Iterator[FakeDo
             # what is under the name now: the fake (before, the network, and no UnexpectedCallError).
             previous.stand_in = clients.follower(name)
         _force_under_name(name, client)  # a force_breaker() block of the name, open: the fake is forced too
+    __tracebackhide__ = True  # pytest: the failure at the block's end points at the test, not here
     try:
         yield fake
+    except BaseException as error:
+        # The test failed for a reason of its own (or with the unexpected call's error itself): that
+        # goes on as it was, with the calls no route answered in a note, as they may be its cause
+        # (a fallback's answer failed the test's assert).
+        fake._seen(error)
+        repeated = fake._to_repeat()
+        if repeated and not allow_unexpected:
+            error.add_note(f"fake_client({name!r}): calls no route answers reached the fake: {'; '.join(repeated)}")
+        raise
     finally:
         with _fakes_lock:
             # A reference to the fake kept past the block (a module first imported during it, as
@@ -537,12 +569,13 @@ def fake_client(name: str, *, allow_unexpected: bool = False) -> Iterator[FakeDo
             )
     # Here only when the block ended without an exception: one raised in it (a failing assert, the
     # UnexpectedCallError itself) goes on as it was.
-    unexpected = fake.unexpected
-    if unexpected and not allow_unexpected:
+    repeated = fake._to_repeat()
+    if repeated and not allow_unexpected:
         raise UnexpectedCallError(
-            f"fake_client({name!r}): {len(unexpected)} call(s) no route answers reached the fake, and the code"
-            f" under test went on (it caught the UnexpectedCallError each raised): {'; '.join(unexpected)}."
-            f" Route them, or make the fake with allow_unexpected=True if the test expects them"
+            f"fake_client({name!r}): {len(repeated)} call(s) no route answers reached the fake: {'; '.join(repeated)}."
+            f" Each raised UnexpectedCallError out of its call, repeated here at the block's end, as code under"
+            f" test that caught it (a fallback's `except Exception`) hid it. Route them, or make the fake with"
+            f" allow_unexpected=True if the test expects them"
         )
 
 

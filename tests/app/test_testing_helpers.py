@@ -249,6 +249,86 @@ def test_a_fake_allowing_unexpected_calls_keeps_them_and_an_error_in_the_block_g
         failing_test()
 
 
+def test_a_test_failing_for_its_own_reason_gets_the_unexpected_calls_in_a_note() -> None:
+    """The fallback's answer failed the test's assert: that failure goes on, and the call no route
+    answered, its likely cause, is in its notes (it was nowhere)."""
+
+    def failing_test() -> None:
+        with fake_client("billing"):
+            assert _invoice_or_default() == "paid"
+
+    with pytest.raises(AssertionError) as raised:
+        failing_test()
+    assert not isinstance(raised.value, UnexpectedCallError)
+    assert any("GET invoice/7: no route" in note for note in raised.value.__notes__)
+
+
+PYTEST_PROJECT_CONFTEST = """
+import django
+from django.conf import settings
+
+settings.configure(AIO_REQUEST={"CLIENTS": {"billing": {"ENDPOINT": "http://billing.test:8080/api/"}}})
+django.setup()
+"""
+
+PYTEST_PROJECT_TESTS = """
+from django_aio_request import clients, get
+from django_aio_request.testing import fake_client, reply
+
+
+def fallback():
+    try:
+        with clients["billing"].request(get("invoice/7")):
+            return "real"
+    except Exception:
+        return "default"
+
+
+def test_uncaught(aio_request):
+    aio_request.fake("billing").route("invoices/{id}", reply(200))
+    with clients["billing"].request(get("nothing")):
+        pass
+
+
+def test_caught(aio_request):
+    aio_request.fake("billing").route("invoices/{id}", reply(200))
+    assert fallback() == "default"
+
+
+def test_zz_left_open():
+    fake_client("billing").__enter__()
+"""
+
+
+def test_through_the_fixture_an_unexpected_call_fails_its_test_once_and_a_block_left_open_warns(
+    tmp_path: Path,
+) -> None:
+    """A user's suite, run as users run it: an uncaught call fails its test, a caught one at the
+    fixture's teardown. The uncaught one failed its test and then again at the teardown, saying it
+    had been caught (a review); a block entered and never exited lasted into every later test,
+    silently."""
+    (tmp_path / "conftest.py").write_text(PYTEST_PROJECT_CONFTEST)
+    (tmp_path / "test_user.py").write_text(PYTEST_PROJECT_TESTS)
+    env = {**os.environ}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:xdist"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout
+    assert "1 failed, 2 passed, 1 warning, 1 error" in out, out
+    assert "FAILED test_user.py::test_uncaught" in out
+    assert "ERROR test_user.py::test_caught - " in out
+    assert "GET invoice/7: no route" in out
+    line = PYTEST_PROJECT_TESTS.splitlines().index('    fake_client("billing").__enter__()') + 1
+    assert f"fake_client() entered at {tmp_path / 'test_user.py'}:{line} is still open" in out
+
+
 def test_a_route_for_one_method_is_named_with_it_when_another_method_finds_no_route() -> None:
     with fake_client("billing", allow_unexpected=True) as billing:
         billing.route("invoices/1", reply(200), method="GET")
