@@ -961,6 +961,23 @@ def test_a_cancelled_query_caught_without_a_savepoint_of_its_own_says_the_transa
 
 
 @on_postgres
+def test_after_a_savepoint_of_the_application_s_own_the_transaction_commits_though_the_flag_said_lost(
+    pg: BaseDatabaseWrapper,
+) -> None:
+    """What docs/database.md says the flag cannot see: a savepoint made with transaction.savepoint()
+    and rolled back to, after the deadline's error, lets the transaction go on and commit."""
+    name = f"own-savepoint-{time.monotonic_ns()}"
+    with transaction.atomic(using=PG):
+        Group.objects.using(PG).create(name=name)
+        savepoint = transaction.savepoint(using=PG)
+        with set_context(deadline=Deadline.from_timeout(0.2)), pytest.raises(DeadlineExceeded) as raised:
+            scalar("SELECT pg_sleep(3)")
+        transaction.savepoint_rollback(savepoint, using=PG)
+    assert raised.value.transaction_lost is True
+    assert Group.objects.using(PG).filter(name=name).exists()
+
+
+@on_postgres
 def test_a_foreign_key_checked_at_commit_waits_past_the_deadline_for_a_row_another_session_holds(
     pg: BaseDatabaseWrapper,
 ) -> None:
