@@ -76,16 +76,25 @@ def _decoded_by_urllib3(value: str, codings: list[str]) -> bool:
     return value.lower() in decoded or ("," in value and any(coding in decoded for coding in codings))
 
 
-def _accepted(accept_encoding: str) -> set[str]:
-    """The codings an ``Accept-Encoding`` value names, but those it refuses with ``q=0``."""
-    accepted = set()
+def _accepted(accept_encoding: str) -> tuple[set[str], set[str]]:
+    """The codings an ``Accept-Encoding`` value names, and those it refuses with ``q=0``."""
+    accepted, refused = set(), set()
     for item in _codings(accept_encoding):
         name, _, parameters = item.partition(";")
         weight = parameters.replace(" ", "")
         if weight in ("q=0", "q=0.", "q=0.0", "q=0.00", "q=0.000"):
-            continue
-        accepted.add(name.strip())
-    return accepted
+            refused.add(name.strip())
+        else:
+            accepted.add(name.strip())
+    return accepted, refused
+
+
+def _all_accepted(names: set[str], accept_encoding: str) -> bool:
+    """Whether ``accept_encoding`` takes every coding of ``names``: named, or matched by ``*``, which
+    matches only the codings the value does not name (RFC 9110 12.5.3): ``*, compress;q=0`` refuses
+    compress (it was taken for accepted, and the body handed over still compressed: a review)."""
+    accepted, refused = _accepted(accept_encoding)
+    return all(name in accepted or ("*" in accepted and name not in refused) for name in names)
 
 
 def left_as_it_came(headers: Mapping[str, str], accept_encoding: str | None) -> bool:
@@ -145,8 +154,6 @@ def _unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) 
         if misread:
             return f"Content-Encoding: {', '.join(misread)}"
     undecoded = [coding for coding in content if _name(coding) in _REGISTERED and _name(coding) not in decoded]
-    if undecoded:
-        accepted = _accepted(accept_encoding or "")
-        if "*" not in accepted and not {_name(coding) for coding in undecoded} <= accepted:
-            return f"Content-Encoding: {', '.join(undecoded)}"
+    if undecoded and not _all_accepted({_name(coding) for coding in undecoded}, accept_encoding or ""):
+        return f"Content-Encoding: {', '.join(undecoded)}"
     return None

@@ -211,6 +211,18 @@ def test_a_list_of_content_codings_with_one_urllib3_cannot_decode_is_handed_over
     assert refused.headers.get(X_UNREADABLE_CODING) == "Content-Encoding: compress"
 
 
+def test_a_list_of_more_than_five_codings_is_a_plain_489_even_without_a_body(server: LoopbackServer) -> None:
+    """The known gap docs/faults.md names: urllib3 refuses a list of more than five codings
+    (max_decode_links), even to read it as it came, and so for an empty body too."""
+    server.route("/six", _encoded("gzip, gzip, gzip, gzip, gzip, compress", b""))
+    transport = RequestsTransport()
+    try:
+        response = transport.send(server.url, request("GET", "six", headers={"Accept-Encoding": "*"}), DEADLINE)
+    finally:
+        transport.close()
+    assert (response.status, response.headers.get(h.X_DO_NOT_RETRY)) == (status.NETWORK_ERROR, None)
+
+
 def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer) -> None:
     session = requests.Session()
     session.headers["Accept-Encoding"] = "compress"
@@ -242,6 +254,10 @@ def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer)
         ({"Content-Encoding": "gzip, compress"}, "gzip", "Content-Encoding: compress"),
         ({"Content-Encoding": "compress"}, "*", None),  # RFC 9110: * names every coding
         ({"Content-Encoding": "compress"}, "*;q=0", "Content-Encoding: compress"),
+        # RFC 9110 12.5.3: * matches only the codings not named; a named q=0 refuses (a review)
+        ({"Content-Encoding": "compress"}, "*, compress;q=0", "Content-Encoding: compress"),
+        ({"Content-Encoding": "gzip, compress"}, "compress;q=0, *", "Content-Encoding: compress"),
+        ({"Content-Encoding": "compress"}, "*, br;q=0", None),
         # A coding urllib3 decodes, written so that it does not (it compares the value as it is).
         ({"Content-Encoding": "gzip;q=1"}, None, "Content-Encoding: gzip;q=1"),
         ({"Content-Encoding": "GZIP; q=1"}, "gzip", "Content-Encoding: gzip; q=1"),  # asked or not
