@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from django_aio_request.testing import FakeDownstream
 
 
-# The exception a test's call phase failed with (pytest_runtest_makereport), for the fixture's end.
-_FAILED_WITH = pytest.StashKey[BaseException]()
+# The item's attribute holding the exception its call phase failed with (pytest_runtest_makereport),
+# for the fixture's end. An attribute, not pytest's stash: the plugin loads in every project of an
+# environment where the package is installed, whatever its pytest.
+_FAILED_WITH = "_django_aio_request_failed_with"
 
 
 class AioRequestFixture:
@@ -89,8 +91,9 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
     with contextlib.ExitStack() as stack:
         fixture = AioRequestFixture(stack)
         yield fixture
-        failure = request.node.stash.get(_FAILED_WITH, None)
+        failure = getattr(request.node, _FAILED_WITH, None)
         if failure is not None:
+            delattr(request.node, _FAILED_WITH)  # its traceback holds the test's frames: not for the session
             fixture._test_failed_with(failure)
 
 
@@ -98,8 +101,8 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Keep the exception the test itself failed with, for the ``aio_request`` fixture's end."""
     yield
-    if call.when == "call" and call.excinfo is not None:
-        item.stash[_FAILED_WITH] = call.excinfo.value
+    if call.when == "call" and call.excinfo is not None and "aio_request" in getattr(item, "fixturenames", ()):
+        setattr(item, _FAILED_WITH, call.excinfo.value)
 
 
 @pytest.hookimpl(hookwrapper=True)
