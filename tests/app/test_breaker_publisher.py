@@ -1627,6 +1627,7 @@ threading.Thread.start = start_unless_shutting_down
 """
 
 
+@pytest.mark.same_on_every_django  # a process's life and a cache's, no Django release's
 def test_where_no_thread_starts_at_shutdown_the_last_round_runs_on_the_exiting_thread(
     server: LoopbackServer, tmp_path: Path
 ) -> None:
@@ -1691,6 +1692,7 @@ def test_an_opening_found_at_the_first_read_is_not_written_to_the_history() -> N
     assert made._take_transitions() == [("billing", opened)]
 
 
+@pytest.mark.same_on_every_django  # a process's life and a cache's, no Django release's
 def test_a_new_process_calls_no_endpoint_the_shared_cache_says_is_open(server: LoopbackServer, tmp_path: Path) -> None:
     """A worker started (or recycled) during a break, breakers sharing state through Redis: its build
     waits for the store's first read of the endpoint (at most FIRST_READ_WAIT, beside admin's
@@ -1774,6 +1776,7 @@ time.sleep(60)  # a worker loop, until systemd's SIGTERM
 )
 
 
+@pytest.mark.same_on_every_django  # Python's signal handling, no Django release's
 @pytest.mark.parametrize(("handled", "published"), [(False, []), (True, [["closed", "open"]])])
 def test_a_plain_process_ended_by_sigterm_publishes_a_last_round_only_if_it_handles_it(
     server: LoopbackServer, tmp_path: Path, handled: bool, published: list[list[str]]
