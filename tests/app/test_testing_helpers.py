@@ -93,19 +93,25 @@ def test_the_plugin_leaves_a_project_that_does_not_use_the_package_alone(tmp_pat
         "    loaded = ('requests', 'prometheus_client', 'django_aio_request.core')\n"
         "    assert [m for m in loaded if m in sys.modules] == []\n"
     )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = _pytest_in(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
+def _pytest_in(project: Path, *options: str, **environ: str) -> "subprocess.CompletedProcess[str]":
+    """A user's pytest run in ``project`` (its settings its own, not this suite's), with ``options``."""
+    env = {**os.environ, **environ}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:xdist"],
-        cwd=tmp_path,
+    plain = ["-q", "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:xdist"]
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *plain, *options],
+        cwd=project,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
 
 
 def test_a_view_against_a_scripted_downstream(aio_request: AioRequestFixture) -> None:
@@ -309,18 +315,7 @@ def test_through_the_fixture_an_unexpected_call_fails_its_test_once_and_a_block_
     silently."""
     (tmp_path / "conftest.py").write_text(PYTEST_PROJECT_CONFTEST)
     (tmp_path / "test_user.py").write_text(PYTEST_PROJECT_TESTS)
-    env = {**os.environ}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:django", "-p", "no:xdist"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    out = done.stdout
+    out = _pytest_in(tmp_path, "-rA").stdout
     assert "1 failed, 2 passed, 1 warning, 1 error" in out, out
     assert "FAILED test_user.py::test_uncaught" in out
     assert "ERROR test_user.py::test_caught - " in out
