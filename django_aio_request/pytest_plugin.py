@@ -8,8 +8,6 @@ so it is harmless in projects that do not use them
 """
 
 import contextlib
-import sys
-import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -23,9 +21,12 @@ if TYPE_CHECKING:
 
 
 # The item's attribute holding the exception its call phase failed with (pytest_runtest_makereport),
-# for the fixture's end. An attribute, not pytest's stash: the plugin loads in every project of an
-# environment where the package is installed, whatever its pytest.
+# for the fixture's end; set only on an item whose test set up this plugin's fixture (a project's own
+# fixture of the same name kept every failing test's frames for the session: 1 GB over 1,000 tests,
+# a review). Attributes, not pytest's stash: the plugin loads in every project of an environment
+# where the package is installed, whatever its pytest.
 _FAILED_WITH = "_django_aio_request_failed_with"
+_WANTS_FAILURE = "_django_aio_request_wants_failure"
 
 
 class AioRequestFixture:
@@ -41,9 +42,7 @@ class AioRequestFixture:
         unless ``allow_unexpected``."""
         from django_aio_request.testing import fake_client
 
-        block = fake_client(name, allow_unexpected=allow_unexpected)
-        block.until_teardown = True
-        fake = self._stack.enter_context(block)
+        fake = self._stack.enter_context(fake_client(name, allow_unexpected=allow_unexpected))
         self._fakes.append(fake)
         return fake
 
@@ -57,9 +56,7 @@ class AioRequestFixture:
         """Force a client's circuit open or closed (:func:`django_aio_request.testing.force_breaker`)."""
         from django_aio_request.testing import force_breaker
 
-        block = force_breaker(name_or_client, state)
-        block.until_teardown = True
-        return self._stack.enter_context(block)
+        return self._stack.enter_context(force_breaker(name_or_client, state))
 
     def serving(self, *, timeout: float | None = None, priority: "str | Priority | None" = None) -> "Context":
         """Set the deadline and priority until the end of the test (:func:`django_aio_request.testing.serving`)."""
@@ -88,42 +85,24 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
         # that it is torn down after this fixture, whatever the order the test names them in. Only
         # when the test asked for the database: requesting it otherwise would give it access.
         request.getfixturevalue("_django_db_helper")
-    with contextlib.ExitStack() as stack:
-        fixture = AioRequestFixture(stack)
-        yield fixture
-        failure = getattr(request.node, _FAILED_WITH, None)
-        if failure is not None:
-            delattr(request.node, _FAILED_WITH)  # its traceback holds the test's frames: not for the session
-            fixture._test_failed_with(failure)
+    setattr(request.node, _WANTS_FAILURE, True)
+    try:
+        with contextlib.ExitStack() as stack:
+            fixture = AioRequestFixture(stack)
+            yield fixture
+            failure = getattr(request.node, _FAILED_WITH, None)
+            if failure is not None:
+                fixture._test_failed_with(failure)
+    finally:
+        # The failure's traceback holds the test's frames: not kept for the session.
+        for name in (_WANTS_FAILURE, _FAILED_WITH):
+            if hasattr(request.node, name):
+                delattr(request.node, name)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """Keep the exception the test itself failed with, for the ``aio_request`` fixture's end."""
     yield
-    if call.when == "call" and call.excinfo is not None and "aio_request" in getattr(item, "fixturenames", ()):
+    if call.when == "call" and call.excinfo is not None and getattr(item, _WANTS_FAILURE, False):
         setattr(item, _FAILED_WITH, call.excinfo.value)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """Warn of a helper block the test entered and left open (``fake_client(...).__enter__()`` with no
-    exit): it lasts until exited, so every later test of the process got it, and failed naming the
-    routes of a fake it never made (a review). Blocks of fixtures are entered before the call, and
-    the ``aio_request`` fixture's are exited at the test's teardown."""
-    testing = sys.modules.get("django_aio_request.testing")  # nothing to look at if never imported
-    before = set(testing._open_blocks) if testing is not None else set()
-    yield
-    testing = sys.modules.get("django_aio_request.testing")
-    if testing is None:
-        return
-    for block in set(testing._open_blocks) - before:
-        if block.until_teardown:
-            continue
-        warnings.warn(
-            f"{block._name}() entered at {block.entered_at} is still open when the test ends: it lasts until"
-            " it is exited, so the tests after this one get it too. Exit it (`with`, self.enterContext(),"
-            " addCleanup(block.__exit__, None, None, None)) or use the aio_request fixture",
-            pytest.PytestWarning,
-            stacklevel=1,
-        )

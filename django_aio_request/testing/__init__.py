@@ -81,7 +81,7 @@ class Block(Generic[T]):
     alone, written like the fixture's ``aio_request.serving()``) did nothing, silently: it warns.
     """
 
-    __slots__ = ("_make", "_name", "_open", "_used", "entered_at", "until_teardown")
+    __slots__ = ("_make", "_name", "_open", "_used")
 
     # The fixture's method for each helper, named by the warning of one never entered.
     _FIXTURE_METHODS: ClassVar[dict[str, str]] = {"fake_client": "fake"}
@@ -91,8 +91,6 @@ class Block(Generic[T]):
         self._name = name
         self._open: AbstractContextManager[T] | None = None  # its block, while open
         self._used = False
-        self.entered_at = ""  # "file:line" of the code that entered it, while open
-        self.until_teardown = False  # the aio_request fixture's: it exits the block after the test
 
     def __enter__(self) -> T:
         self._used = True
@@ -111,8 +109,6 @@ class Block(Generic[T]):
             self._open = None
             raise
         self._open = block
-        caller = sys._getframe(1)
-        self.entered_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
         # Held until exited: a block entered and not kept (``fake = fake_client("billing").__enter__()``)
         # was freed at once, and its generator's close ended it there, silently: the calls that
         # followed went to the real endpoint (a review). Now it lasts until exited, as
