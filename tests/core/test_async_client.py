@@ -294,6 +294,22 @@ async def _status(client: Client, request: Request) -> int:
         return answer.status
 
 
+def _one_call_thread(
+    server: LoopbackServer, make_client: Callable[..., Client], held: tuple[str, Callable[[], object]], at_once: str
+) -> Client:
+    """A client with one call thread and single attempts, and two routes: ``held[0]``, answered once
+    ``held[1]()`` returns, and ``at_once``; each answers its own name."""
+    path, hold = held
+
+    def answer_after_hold(handler: Handler) -> None:
+        hold()
+        handler.reply(200, path.encode())
+
+    server.route(f"/{path}", answer_after_hold)
+    server.route(f"/{at_once}", lambda handler: handler.reply(200, at_once.encode()))
+    return make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
+
+
 def test_calls_queued_when_their_event_loop_is_closed_are_not_sent(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
@@ -301,13 +317,7 @@ def test_calls_queued_when_their_event_loop_is_closed_are_not_sent(
     pending (their tasks never run again): the POSTs were sent once the thread was free, 0.4-0.6 s
     after the loop was gone, to nobody (a review). The call in flight runs on to its end."""
 
-    def slow(handler: Handler) -> None:
-        time.sleep(0.3)
-        handler.reply(200, b"slow")
-
-    server.route("/slow", slow)
-    server.route("/charge", lambda handler: handler.reply(200, b"charged"))
-    client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
+    client = _one_call_thread(server, make_client, ("slow", lambda: time.sleep(0.3)), "charge")
 
     loop = asyncio.new_event_loop()
     tasks = [loop.create_task(_status(client, request)) for request in (get("slow"), post("charge"), post("charge"))]
@@ -342,14 +352,7 @@ def test_a_queued_call_whose_task_was_cancelled_is_not_sent_by_the_thread_that_t
     queued call and sent it: with 20 calls cancelled at once (an asyncio.timeout around a gather),
     a second POST reached the server after the cancellation in 3 of 8 runs."""
     release = threading.Event()
-
-    def first(handler: Handler) -> None:
-        release.wait(5)
-        handler.reply(200, b"first")
-
-    server.route("/first", first)
-    server.route("/second", lambda handler: handler.reply(200, b"second"))
-    client = make_client(max_workers=1, unsafe_method_strategy=single_attempt_strategy())
+    client = _one_call_thread(server, make_client, ("first", lambda: release.wait(5)), "second")
 
     async def scenario() -> None:
         first_call = asyncio.create_task(_status(client, post("first", body=b"charge-the-card")))
