@@ -22,6 +22,7 @@ from django.utils.module_loading import import_string
 from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
+from django_aio_request.core.client_setup import hides_userinfo
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 
@@ -461,6 +462,10 @@ def _no_redis_location(location: object, backend: str) -> str | None:
             return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url)[:80]})"
         unreadable = _redis_url_problem(url)
         if unreadable is not None:
+            if hides_userinfo(url):
+                # redis-py's words quote what was withheld: a password holding a "/", "?" or "#" is
+                # read as the port ("Port could not be cast to integer value as 'Xk9f'", a review).
+                unreadable = "redis-py cannot parse it; its words are left out, as they may quote the password"
             return f"has a LOCATION redis cannot read ({shown(url)[:80]}: {unreadable})"
     return None
 

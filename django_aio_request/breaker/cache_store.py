@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
+from django_aio_request.core.client_setup import hides_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,16 @@ def key_namespace(namespace: str) -> str:
     return f"{cut}#{digest}"
 
 
+def _holds_credentials(location: object) -> bool:
+    """Whether a cache's ``LOCATION`` (a URL, several in one string, or a list of them) holds what a
+    message about it must not repeat: a password (:func:`hides_userinfo`)."""
+    if isinstance(location, str):
+        return hides_userinfo(location)
+    if isinstance(location, list | tuple):
+        return any(_holds_credentials(one) for one in location)
+    return False
+
+
 def _unmakeable(error: BaseException) -> bool:
     """Whether ``error`` says the cache cannot be made at all, whatever its server does: a backend or
     its client library that cannot be imported (an ``ImportError``, or Django's
@@ -164,10 +175,14 @@ class CacheCircuitStore(CircuitStore[str]):
         disconnect: Callable[[Any], None] | None = None,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         stall_after: float = DEFAULT_STALL_AFTER,
+        location: object = None,
     ) -> None:
         if not sync_interval > 0:
             raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
         self.alias = alias
+        # An error about a LOCATION holding a password may quote part of it: redis-py reads one with
+        # a "/", "?" or "#" as the port and says "Port could not be cast to integer value as 'Xk9f'".
+        self._words_withheld = _holds_credentials(location)
         self._connect = connect
         self._disconnect = disconnect
         self.namespace = namespace
@@ -708,32 +723,44 @@ class CacheCircuitStore(CircuitStore[str]):
             self._granted.clear()
         if started and crashed:
             logger.error(
-                "circuit breaker state: a sync round with cache %r raised (%s: %s); %r counts in this process "
+                "circuit breaker state: a sync round with cache %r raised (%s); %r counts in this process "
                 "only until a round succeeds",
                 self.alias,
-                type(error).__name__,
-                error,
+                self._said(error),
                 self.namespace,
-                exc_info=error,
+                exc_info=None if self._withholds(error) else error,
             )
         elif started and _unmakeable(error):
             logger.error(
-                "circuit breaker state: cache %r cannot be made (%s: %s): a settings error, which `manage.py check"
+                "circuit breaker state: cache %r cannot be made (%s): a settings error, which `manage.py check"
                 " --tag django_aio_request` reports as django_aio_request.E008, not an outage; %r counts in this"
                 " process only until the settings are fixed",
                 self.alias,
-                type(error).__name__,
-                error,
+                self._said(error),
                 self.namespace,
             )
         elif started:
             logger.warning(
-                "circuit breaker state: cache %r failed (%s: %s); %r counts in this process only until it answers",
+                "circuit breaker state: cache %r failed (%s); %r counts in this process only until it answers",
                 self.alias,
-                type(error).__name__,
-                error,
+                self._said(error),
                 self.namespace,
             )
+
+    def _withholds(self, error: BaseException) -> bool:
+        """Whether the words of ``error`` are left out of the log: a URL parser's (a ValueError) when the
+        cache's LOCATION holds a password. A network error's words name the host and port it reached."""
+        return self._words_withheld and isinstance(error, ValueError)
+
+    def _said(self, error: BaseException) -> str:
+        """``error`` as the log names it: its type, and its words unless :meth:`_withholds` leaves them out."""
+        if self._withholds(error):
+            return f"{type(error).__name__}; its words are left out, as they may quote the password in its LOCATION"
+        try:
+            words = str(error)
+        except Exception as failed:  # an error class whose __str__ raises: the log line is still written
+            words = f"<its words could not be shown: {type(failed).__name__}>"
+        return f"{type(error).__name__}: {words}"
 
     def _backend(self) -> Any:
         """One cache backend object for the store (thread-safe for Redis: one connection pool)."""

@@ -98,9 +98,22 @@ def build_circuit_breaker(spec: ClientSpec) -> DefaultCircuitBreaker[str, Any] |
 
         alias = spec.circuit_breaker_state
         store = CacheCircuitStore(
-            alias, connect=lambda: caches.create_connection(alias), namespace=spec.name, disconnect=disconnect_cache
+            alias,
+            connect=lambda: caches.create_connection(alias),
+            namespace=spec.name,
+            disconnect=disconnect_cache,
+            location=_location(alias),
         )
     return DefaultCircuitBreaker(store=store, **spec.circuit_breaker)
+
+
+def _location(alias: str) -> object:
+    """The ``LOCATION`` of cache ``alias`` in ``CACHES``, or None (read where the settings may be broken)."""
+    from django.conf import settings
+
+    entry = getattr(settings, "CACHES", {})
+    entry = entry.get(alias) if isinstance(entry, dict) else None
+    return entry.get("LOCATION") if isinstance(entry, dict) else None
 
 
 def disconnect_cache(backend: Any) -> None:

@@ -773,6 +773,41 @@ class TestSetting:
         assert "each process keeps apart" in str(problem)
 
 
+@pytest.mark.parametrize("password", ["Xk9fQ2/Zr8+Tail", "Leaked1?rest", "Leaked2#rest"])
+def test_the_log_of_a_breaker_cache_redis_cannot_read_never_quotes_its_password(
+    password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py reads a password holding a "/", "?" or "#" as the port, and its error quotes what came
+    before ("Port could not be cast to integer value as 'Xk9fQ2'"): the warning of every outage
+    repeated it (a review). With no password, the parser's words are still given."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    redis = "django.core.cache.backends.redis.RedisCache"
+    for location, secret in ((f"redis://:{password}@127.0.0.1:6379/10", True), ("redis://127.0.0.1:6379x/10", False)):
+        caplog.clear()
+        with override_settings(CACHES={**settings.CACHES, "leaky": {"BACKEND": redis, "LOCATION": location}}):
+            config, problems = read_settings(
+                {
+                    "CLIENTS": {"billing": {"ENDPOINT": "http://billing/", "CIRCUIT_BREAKER": {}}},
+                    "CIRCUIT_BREAKER_STATE": "leaky",
+                }
+            )
+            assert config is not None, problems
+            client = build_client(config.clients["billing"], None)
+            try:
+                with client.request(get("x")):  # an outcome to write: the round asks the cache
+                    pass
+                client.circuit_breaker.store.sync()  # type: ignore[union-attr]
+            finally:
+                client.close()
+        (said,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+        assert "cache 'leaky' failed (ValueError" in said
+        if secret:
+            assert not [part for part in re.split(r"[:/?#@]", password) if part in said], said
+            assert "its words are left out" in said
+        else:
+            assert "Port could not be cast to integer value as '6379x'" in said
+
+
 def test_a_forked_child_does_not_flush_its_parents_counts_again(redis: None, namespace: str, stores: Any) -> None:
     """gunicorn forks workers from a master that may have made calls: each outcome is counted in the
     cache once, by the process that saw it."""

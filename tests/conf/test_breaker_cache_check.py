@@ -2,6 +2,7 @@
 timeouts of its own, says what a server that stops answering then costs with the installed redis-py
 (no bound before 8.0, its 5 s default from 8.0 on), and never crashes on the settings it looks at."""
 
+import re
 import types
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,23 @@ def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared:
             AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
         ):
             assert check_breaker_cache_backend() == [], fine
+
+
+@pytest.mark.parametrize("password", ["Xk9fQ2/Zr8+Tail", "Leaked1?rest", "Leaked2#rest"])
+def test_a_redis_location_whose_password_redis_cannot_read_is_an_error_that_never_quotes_it(password: str) -> None:
+    """redis-py's parser reads a password holding a "/", "?" or "#" as the port, and its words quote
+    what came before it ("Port could not be cast to integer value as 'Xk9fQ2'"): E008 repeated them
+    after the URL it had shown as 'redis://***@...' (a review)."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    shared = {"BACKEND": REDIS, "LOCATION": f"redis://:{password}@127.0.0.1:6379/10"}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (error,) = check_breaker_cache_backend()
+    assert error.id == "django_aio_request.E008"
+    assert "has a LOCATION redis cannot read" in error.msg
+    assert not [part for part in re.split(r"[:/?#@]", password) if part in f"{error.msg} {error.hint}"], error.msg
 
 
 def test_a_breaker_cache_backend_that_is_no_cache_is_an_error() -> None:

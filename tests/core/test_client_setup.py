@@ -186,6 +186,8 @@ MALFORMED_WITH_A_SECRET = [
     "http://user:s3cret\uff20billing/",  # a full-width at sign: urlsplit refuses it under NFKC, shown whole
     "http://user:s3cret\ufe6bbilling/",  # a small-form at sign
     "ftp://billing/\uff1fapi_key=s3cret",  # a full-width question mark
+    "http://user:s3cret%40billing:8080/",  # the "@" percent-encoded: read as a bad port, repeated whole (a review)
+    "http://user%3As3cret%40billing/",
 ]
 
 
@@ -237,7 +239,7 @@ _HOSTS = ["", "billing", "bil ling", "billing..test", "[::1", "[x]", "127.0.0.1"
 _PORTS = ["", ":", ":8080", ":99999", ":80a", ":-1"]
 # Each delimiter, and the characters NFKC normalisation turns into it (urlsplit normalises a host so):
 # "user:pw\uff20host" was refused as a bad [IPv6] host, shown whole, password and all.
-_AT = st.sampled_from(["@", "\uff20", "\ufe6b"])  # full-width, small-form
+_AT = st.sampled_from(["@", "\uff20", "\ufe6b", "%40"])  # full-width, small-form, percent-encoded
 _QUESTION = st.sampled_from(["?", "\uff1f", "\ufe16", "\ufe56", "\u2047", "\u2048", "\u2049"])
 _HASH = st.sampled_from(["#", "\uff03", "\ufe5f"])
 
