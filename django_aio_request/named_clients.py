@@ -19,6 +19,7 @@ from django.dispatch import receiver
 from django_aio_request.breaker.cache_store import CacheCircuitStore, closing_together
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import InvalidSettings, current
+from django_aio_request.conf.reader import shown
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
 from django_aio_request.core.client import Client
 from django_aio_request.core.event_loop import runs_event_loop
@@ -84,9 +85,12 @@ def _again(error: Exception) -> Exception:
 
 def unknown_client(name: str, configured: Iterable[str]) -> UnknownClientError:
     """The error for a client ``name`` that the setting does not configure (``configured``: the
-    names it does), for ``clients[name]`` and the testing helpers alike."""
-    known = ", ".join(repr(n) for n in configured) or "none"
-    return UnknownClientError(f"no client {name!r} in {SETTING}['CLIENTS']; configured: {known}{_unset_setting_note()}")
+    names it does), for ``clients[name]`` and the testing helpers alike. Each name is shown as ``check``
+    shows one: a URL pasted as a name (``"http://user:password@billing/"``) without its credentials."""
+    known = ", ".join(shown(n) for n in configured) or "none"
+    return UnknownClientError(
+        f"no client {shown(name)} in {SETTING}['CLIENTS']; configured: {known}{_unset_setting_note()}"
+    )
 
 
 def _unset_setting_note() -> str:

@@ -151,6 +151,18 @@ def test_unknown_client_names_the_configured_ones(server: LoopbackServer) -> Non
     assert isinstance(info.value, KeyError)
 
 
+def test_unknown_client_never_repeats_the_credentials_of_a_url_pasted_as_a_name(server: LoopbackServer) -> None:
+    """A URL pasted where a client's name belongs passes ``check`` (a name may be any text), and the
+    error of a look-up under another name listed it whole, password included (a review)."""
+    pasted = {"http://user:s3cret@billing/": {"ENDPOINT": server.url}}
+    with override_settings(AIO_REQUEST={"CLIENTS": pasted}), pytest.raises(UnknownClientError) as info:
+        clients["billing"]
+    assert str(info.value) == "no client 'billing' in AIO_REQUEST['CLIENTS']; configured: 'http://***@billing/'"
+    with override_settings(AIO_REQUEST=setting(server.url)), pytest.raises(UnknownClientError) as info:
+        clients["http://user:s3cret@billing/"]
+    assert "s3cret" not in str(info.value)
+
+
 def test_invalid_settings_raise_improperly_configured_listing_the_problems() -> None:
     bad = {"CLIENTS": {"billing": {"ENDPOINT": "billing", "TIMEOUT": -1}}}
     with override_settings(AIO_REQUEST=bad), pytest.raises(ImproperlyConfigured) as info:
