@@ -1,10 +1,13 @@
 """A loopback server, in a process of its own, that answers every request with a flood without end
 (for benchmarks/flood_lateness.py): ``continue``, interim ``100 Continue`` responses; ``chunks``, a
-200 whose chunked body is 1-byte chunks. Prints its port, then serves until killed.
+200 whose chunked body is 1-byte chunks; ``gzip``, a 200 in ``Content-Encoding: gzip`` whose body,
+running to the connection's close, is empty gzip members (each decodes to nothing). Prints its port,
+then serves until killed.
 
-    python -m benchmarks._flood_server continue|chunks
+    python -m benchmarks._flood_server continue|chunks|gzip
 """
 
+import gzip
 import socket
 import socketserver
 import sys
@@ -12,6 +15,7 @@ import sys
 UNITS = {
     "continue": (b"", b"HTTP/1.1 100 Continue\r\n\r\n"),
     "chunks": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n"),
+    "gzip": (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nConnection: close\r\n\r\n", gzip.compress(b"")),
 }
 
 

@@ -1,6 +1,7 @@
 """How late calls end when many threads at once each read a flood that never ends.
 
-A peer that floods (endless ``100 Continue`` interim responses, or a body of 1-byte chunks) keeps
+A peer that floods (endless ``100 Continue`` interim responses, a body of 1-byte chunks, or a gzip
+body of empty members to the connection's close, ``--kinds gzip``, which decodes to nothing) keeps
 the reading thread busy parsing what has already arrived: the deadline's timer can wake a read
 blocked on a socket, not stop a thread running Python. Each thread notices its deadline between
 pieces of the answer, when it holds the GIL; with many threads parsing at once on two cores, that
@@ -9,14 +10,15 @@ for any Python code that reads this way.
 
 The anchor, measured in the same run and interleaved with the client round by round: the same
 number of threads, each reading the same flood with a plain socket (``readline()`` and ``read()``
-on its file), parsing no more than any HTTP reader must and checking its deadline between pieces.
+on its file), parsing no more than any HTTP reader must and checking its deadline between pieces
+(for ``gzip``: 16 KiB read at a time, each decoded member by member with ``zlib``, as urllib3 does).
 The client: ``setup()`` with one attempt per call (``--strategy sequential``: 3 attempts, the
 default for GETs), its deadline the same. The flood server runs in a process of its own. Printed
 per kind: the lateness (end minus deadline) of every call, p50 / p99 / worst, anchor and client,
 and the ratio of the worsts.
 
     .venv/bin/python -m benchmarks.flood_lateness [--threads 32] [--deadline 0.3] [--rounds 3]
-        [--calls 3] [--kinds continue,chunks] [--strategy single|sequential] [--async]
+        [--calls 3] [--kinds continue,chunks,gzip] [--strategy single|sequential] [--async]
 """
 
 import argparse
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -76,9 +79,20 @@ def anchor_call(port: int, deadline: float, kind: str) -> float:
             if kind == "chunks":
                 while stream.readline() not in (b"\r\n", b""):  # the 200's head
                     pass
+            if kind == "gzip":
+                while stream.readline() not in (b"\r\n", b""):  # the 200's head
+                    pass
+                decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
             while time.monotonic() < ends:
                 if kind == "chunks":
                     stream.read(int(stream.readline(), 16) + 2)
+                elif kind == "gzip":
+                    data = stream.read1(16384)
+                    while data:  # a new decoder for each member, as any gzip reader must
+                        decoder.decompress(data)
+                        data = decoder.unused_data
+                        if decoder.eof:
+                            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 else:
                     stream.readline()
                     stream.readline()

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import ssl
+import sys
 import threading
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Any, TypeVar, cast
 import idna
 import requests
 import urllib3.exceptions
+import urllib3.response
 from requests.adapters import HTTPAdapter
 from requests.sessions import REDIRECT_STATI
 from requests.utils import requote_uri, select_proxy
@@ -90,6 +92,13 @@ REDIRECT_BODY_READ = 65_536
 _MAX_CACHED_HOSTS = 64
 DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 _CHUNK_SIZE = 64 * 1024
+# A body urllib3 decodes is read in smaller pieces: the reader looks at the deadline before each
+# piece goes to the decoder (_CountingDecoder), and the decoder holds the GIL while it works through
+# one. 64 KiB of empty gzip members took 4 ms of CPU to decode to nothing, so with 64 threads reading
+# such a flood to the connection's close the calls ended 0.9 s past their deadline at the median,
+# 1.3 s at worst; 0.18 s and 0.22 s with 16 KiB (0.09 s and 0.17 s with 8 KiB, which made a 10 MiB
+# body 55% slower to decode, where 16 KiB made it 20% slower: docs/faults.md).
+_CODED_CHUNK_SIZE = 16 * 1024
 #: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
 X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
 #: Set on the synthetic 489 made for a body in a coding the client cannot take off (transport/codings.py);
@@ -752,7 +761,9 @@ class RequestsTransport(Transport):
             if raw is None:  # what requests' ``content`` gives: the body made in memory
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
             elif unreadable is None and not left_as_it_came(outcome.headers, last.headers.get("Accept-Encoding")):
-                chunks = outcome.iter_content(_CHUNK_SIZE)
+                chunks = outcome.iter_content(
+                    _CODED_CHUNK_SIZE if "Content-Encoding" in outcome.headers else _CHUNK_SIZE
+                )
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw, decoded=True)
                 _check_decoded_to_the_end(raw, body)
             else:  # read as it came: for _answered() to refuse, or the caller's to decode
@@ -858,7 +869,10 @@ class RequestsTransport(Transport):
             decode = unreadable is None and not left_as_it_came(raw.headers, accepted)
             body = self._read_body(
                 raw.headers,
-                raw.stream(_CHUNK_SIZE, decode_content=decode),
+                raw.stream(
+                    _CODED_CHUNK_SIZE if decode and "Content-Encoding" in raw.headers else _CHUNK_SIZE,
+                    decode_content=decode,
+                ),
                 bodiless=bodiless,
                 raw=raw,
                 decoded=decode,
@@ -949,6 +963,8 @@ class RequestsTransport(Transport):
         are bounded as they are declared (:func:`_bound_chunks`); ``decoded``: ``chunks`` decode it,
         and its coded bytes are bounded too (:func:`_bound_coded_bytes`)."""
         limit = self.max_response_size
+        if limit is None and decoded and raw is not None and not bodiless:
+            _bound_coded_bytes(raw, None)  # for what else its decoder's wrapper does (_CountingDecoder)
         if limit is not None and not bodiless:
             most = self._most_on_the_wire(headers, limit, raw, decoded)
             if most is not None:
@@ -1158,22 +1174,84 @@ class _CodedBodyTooLarge(Exception):
 
 class _CountingDecoder:
     """urllib3's decoder of one body, counting the coded bytes it is handed; past ``most`` it raises
-    :class:`_CodedBodyTooLarge` (urllib3 and requests pass it on as it is). The rest is the decoder's."""
+    :class:`_CodedBodyTooLarge` (urllib3 and requests pass it on as it is). The rest is the decoder's.
+
+    It looks at the deadline too (:func:`stop_if_over`) before each piece: urllib3 reads on inside
+    one ``read()`` until a piece decodes to something, so a flood of empty gzip members never came
+    back to :func:`_joined`, which looks between the pieces it is handed, and was read until the
+    timer shut the socket down, the timer waiting for the CPU beside the readers: 0.9-1.3 s past the
+    deadline with 32 threads, 2-2.4 s with 64 (a review).
+
+    urllib3's gzip decoder is replaced by :class:`_Gunzip`: given the ``max_length`` urllib3 passes
+    since 2.6, urllib3 2.8's lost data at the boundaries of a body's members, and a 1 MiB body of
+    1 KiB members came back as a 200 of 31,744 bytes (requests' own ``get()``: 19,456; a review)."""
 
     __slots__ = ("_decoder", "_left")
 
     def __init__(self, decoder: Any, most: int) -> None:
-        self._decoder = decoder
+        self._decoder = _Gunzip() if type(decoder) is urllib3.response.GzipDecoder else decoder
         self._left = most
 
     def decompress(self, data: bytes, *args: Any, **kwargs: Any) -> Any:
         self._left -= len(data)
         if self._left < 0:
             raise _CodedBodyTooLarge
+        stop_if_over()
         return self._decoder.decompress(data, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._decoder, name)
+
+
+class _Gunzip:
+    """A gzip body's decoder, member after member (RFC 1952 allows many), each call giving at most
+    ``max_length`` bytes (-1: all) and keeping the coded bytes it did not take for the next call, as
+    urllib3 expects of a decoder since 2.6 (``has_unconsumed_tail``). Like urllib3's, it ignores what
+    follows a complete member when that is no gzip member (padding, garbage). Its ``_obj`` and
+    ``_state`` are named as urllib3's are, for :func:`_check_decoded_to_the_end`."""
+
+    __slots__ = ("_after_first", "_ignoring", "_obj", "_tail")
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = b""  # coded bytes not yet decoded: the output limit came first
+        self._after_first = False  # a member has ended: what is no member is ignored from then on
+        self._ignoring = False
+
+    @property
+    def _state(self) -> int:
+        """urllib3's GzipDecoderState: the first member, other members, or ignoring what follows."""
+        return _SWALLOWING if self._ignoring else _OTHER_MEMBERS if self._after_first else _FIRST
+
+    @property
+    def has_unconsumed_tail(self) -> bool:
+        return bool(self._tail)
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        if self._ignoring:
+            return b""
+        data, self._tail = self._tail + data, b""
+        out = bytearray()
+        while data:
+            if self._obj.eof:  # the member ended: what follows begins the next one
+                self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._after_first = True
+            room = max_length - len(out) if max_length >= 0 else 0  # 0: no limit, for zlib
+            if max_length >= 0 and room <= 0:
+                self._tail = data
+                break
+            try:
+                out += self._obj.decompress(data, room)
+            except zlib.error:
+                if not self._after_first:
+                    raise
+                self._ignoring = True
+                break
+            data = self._obj.unconsumed_tail or (self._obj.unused_data if self._obj.eof else b"")
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return b"" if self._ignoring else self._obj.flush()
 
 
 #: The coded bytes of a body may be this many times ``max_response_size``, and _CODING_ROOM more: a
@@ -1185,7 +1263,7 @@ _CODING_TIMES = 4
 _CODING_ROOM = 64 * 1024
 
 
-def _bound_coded_bytes(raw: Any, limit: int) -> bool:
+def _bound_coded_bytes(raw: Any, limit: int | None) -> bool:
     """Hold the coded bytes of ``raw``'s body (a urllib3 response about to be read decoded) to a
     multiple of ``limit`` too (_CODING_TIMES), not only what they decode to; returns whether urllib3
     decodes the body at all (a coding the caller accepted that it has no decoder for, ``br``
@@ -1196,7 +1274,8 @@ def _bound_coded_bytes(raw: Any, limit: int) -> bool:
     CPU until the deadline's 408 (a review). urllib3 reads on inside one ``read()`` until it has
     decoded bytes to hand over, so nothing outside it sees the coded bytes go by: its decoder
     (``_init_decoder``, ``_decoder``) is wrapped to count them. Where a release has neither, the
-    decoded bytes alone are bounded, and the body taken for decoded."""
+    decoded bytes alone are bounded, and the body taken for decoded. With no ``limit``, the decoder
+    is wrapped all the same, for the rest of what :class:`_CountingDecoder` does, and counts nothing."""
     init = getattr(raw, "_init_decoder", None)
     if init is None:
         return True
@@ -1205,7 +1284,7 @@ def _bound_coded_bytes(raw: Any, limit: int) -> bool:
     if decoder is None:
         return False
     if not isinstance(decoder, _CountingDecoder):
-        raw._decoder = _CountingDecoder(decoder, _CODING_TIMES * limit + _CODING_ROOM)
+        raw._decoder = _CountingDecoder(decoder, sys.maxsize if limit is None else _CODING_TIMES * limit + _CODING_ROOM)
     return True
 
 
@@ -1306,6 +1385,7 @@ def _check_decoded_to_the_end(raw: Any, body: bytes | None) -> None:
 
 _FIRST = 0  # urllib3's GzipDecoderState.FIRST_MEMBER
 _OTHER_MEMBERS = 1  # GzipDecoderState.OTHER_MEMBERS: a member complete, urllib3 decodes what follows
+_SWALLOWING = 2  # GzipDecoderState.SWALLOW_DATA: what followed a member was no member, and is ignored
 #: zlib's words when what follows a gzip member does not start as one: not gzip's magic number
 #: (``1f 8b``), a compression method other than deflate (8), reserved flags set.
 _NOT_A_MEMBER = ("incorrect header check", "unknown compression method", "unknown header flags set")

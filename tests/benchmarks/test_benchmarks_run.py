@@ -219,6 +219,9 @@ def test_flood_lateness_runs_the_client_beside_a_plain_socket() -> None:
     out = _run("benchmarks.flood_lateness", "--threads", "2", "--rounds", "1", "--calls", "1", "--deadline", "0.1",
                "--kinds", "chunks", "--async", "--strategy", "sequential")  # fmt: skip
     assert "| chunks | all |" in out
+    out = _run("benchmarks.flood_lateness", "--threads", "2", "--rounds", "1", "--calls", "1", "--deadline", "0.1",
+               "--kinds", "gzip")  # fmt: skip
+    assert "| gzip | all |" in out
 
 
 def test_load_reads_a_process_s_system_time_and_every_thread_s_context_switches() -> None:

@@ -301,6 +301,17 @@ FLOODS = {
     "100 Continue": (b"", b"HTTP/1.1 100 Continue\r\n\r\n", None),
     "103 Early Hints": (b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", None),
     "body, no size limit": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x", "none"),
+    # Pieces that decode to nothing: urllib3 reads on inside one read() until one decodes to bytes.
+    "empty gzip members, chunked": (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"%x\r\n%s\r\n" % (len(gzip.compress(b"")), gzip.compress(b"")),
+        None,
+    ),
+    "empty gzip members, to the close": (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        gzip.compress(b""),
+        None,
+    ),
 }
 
 
