@@ -22,7 +22,7 @@ from django.utils.module_loading import import_string
 from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
-from django_aio_request.core.client_setup import hides_userinfo
+from django_aio_request.core.client_setup import hides_userinfo, words_without_userinfo
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 
@@ -455,19 +455,33 @@ def _no_redis_location(location: object, backend: str) -> str | None:
     urls = _location_urls(location, backend) if not (isinstance(location, str) and not location.strip()) else None
     if not urls:
         return f"has no LOCATION redis can connect to ({shown(location)})"
+    # A LOCATION of several URLs in one string is split where a password may hold the separator
+    # ("redis://:Xk9f,Zr8@h/0" read as "redis://:Xk9f" and "Zr8@h/0"): the pieces are shown as the
+    # whole is, and their words are cleared of the whole's credentials (a review).
+    whole = [location] if isinstance(location, str) and hides_userinfo(location) else []
     for url in urls:
+        seen = shown(whole[0] if whole else url)[:80]
         # As redis-py reads it: the scheme first, with nothing before it ("; redis://r/0", with a
         # space after the separator, passed when the URLs were stripped: every read failed, a review).
         if _redis_scheme(url) is None:
-            return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({shown(url)[:80]})"
+            return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({seen})"
         unreadable = _redis_url_problem(url)
         if unreadable is not None:
-            if hides_userinfo(url):
-                # redis-py's words quote what was withheld: a password holding a "/", "?" or "#" is
-                # read as the port ("Port could not be cast to integer value as 'Xk9f'", a review).
-                unreadable = "redis-py cannot parse it; its words are left out, as they may quote the password"
-            return f"has a LOCATION redis cannot read ({shown(url)[:80]}: {unreadable})"
+            # redis-py's words quote what a password holding a "/", "?" or "#" was read as: the port
+            # ("Port could not be cast to integer value as 'Xk9f'", a review).
+            said = words_without_userinfo(unreadable, [*whole, url])
+            if said is None:
+                said = "redis-py cannot parse it; its words are left out, as they may quote the password"
+            hint = _ENCODE_HINT if whole or hides_userinfo(url) else ""
+            return f"has a LOCATION redis cannot read ({seen}: {said}){hint}"
     return None
+
+
+# The likely cause of a LOCATION with a password that redis cannot read.
+_ENCODE_HINT = (
+    "; a password holding '/', '?', '#', '@', ',' or ';' must be percent-encoded"
+    " ('%2F', '%3F', '%23', '%40', '%2C', '%3B'), which redis-py decodes"
+)
 
 
 def _redis_url_problem(url: str) -> str | None:

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
-from django_aio_request.core.client_setup import hides_userinfo
+from django_aio_request.core.client_setup import shown_endpoint, words_without_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
@@ -134,14 +134,21 @@ def key_namespace(namespace: str) -> str:
     return f"{cut}#{digest}"
 
 
-def _holds_credentials(location: object) -> bool:
-    """Whether a cache's ``LOCATION`` (a URL, several in one string, or a list of them) holds what a
-    message about it must not repeat: a password (:func:`hides_userinfo`)."""
+def _urls(location: object) -> list[str]:
+    """The text of a cache's ``LOCATION``: a URL, several in one string, or a list of them."""
     if isinstance(location, str):
-        return hides_userinfo(location)
+        return [location]
     if isinstance(location, list | tuple):
-        return any(_holds_credentials(one) for one in location)
-    return False
+        return [one for one in location if isinstance(one, str)]
+    return []
+
+
+def _words(error: BaseException) -> str:
+    """``str(error)``, or what can be said when an error class's ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception as failed:
+        return f"<its words could not be shown: {type(failed).__name__}>"
 
 
 def _unmakeable(error: BaseException) -> bool:
@@ -181,11 +188,14 @@ class CacheCircuitStore(CircuitStore[str]):
             raise ValueError(f"sync_interval must be > 0 seconds, not {sync_interval!r}")
         self.alias = alias
         # An error about a LOCATION holding a password may quote part of it: redis-py reads one with
-        # a "/", "?" or "#" as the port and says "Port could not be cast to integer value as 'Xk9f'".
-        self._words_withheld = _holds_credentials(location)
+        # a "/", "?" or "#" as the port ("Port could not be cast to integer value as 'Xk9f'"), or as
+        # a host and port it fails to reach ("connecting to adm1n:2024"; a review).
+        self._locations = _urls(location)
         self._connect = connect
         self._disconnect = disconnect
         self.namespace = namespace
+        # As logs name it: a URL pasted as a client's name is shown without its credentials (a review).
+        self._name = shown_endpoint(namespace)
         self.key_namespace = key_namespace(namespace)
         self.sync_interval = sync_interval
         self.stall_after = max(stall_after, 10 * sync_interval)
@@ -462,7 +472,7 @@ class CacheCircuitStore(CircuitStore[str]):
             " opened is not known here yet)",
             self.alias,
             max(timeout, 0.0),  # none left: the overrides' database took the wait
-            self.namespace,
+            self._name,
         )
         return False
 
@@ -484,7 +494,7 @@ class CacheCircuitStore(CircuitStore[str]):
                 "circuit breaker state: cache %r has not answered for %.1f s; %r decides in this process",
                 self.alias,
                 time.monotonic() - started,
-                self.namespace,
+                self._name,
             )
         return True
 
@@ -566,17 +576,17 @@ class CacheCircuitStore(CircuitStore[str]):
                 self.alias,
                 "s" if len(new) > 1 else "",
                 ", ".join(map(repr, new[:3])) + (f" and {len(new) - 3} more" if len(new) > 3 else ""),
-                self.namespace,
+                self._name,
             )
         if recovered:
             logger.warning(
-                "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self.namespace
+                "circuit breaker state: cache %r answers again; %r shares its counts again", self.alias, self._name
             )
         for scope in scopes:
             try:
                 self._on_change(scope)
             except Exception:
-                logger.exception("circuit breaker state: updating the breaker of %r failed", self.namespace)
+                logger.exception("circuit breaker state: updating the breaker of %r failed", self._name)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -727,7 +737,7 @@ class CacheCircuitStore(CircuitStore[str]):
                 "only until a round succeeds",
                 self.alias,
                 self._said(error),
-                self.namespace,
+                self._name,
                 exc_info=None if self._withholds(error) else error,
             )
         elif started and _unmakeable(error):
@@ -737,29 +747,27 @@ class CacheCircuitStore(CircuitStore[str]):
                 " process only until the settings are fixed",
                 self.alias,
                 self._said(error),
-                self.namespace,
+                self._name,
             )
         elif started:
             logger.warning(
                 "circuit breaker state: cache %r failed (%s); %r counts in this process only until it answers",
                 self.alias,
                 self._said(error),
-                self.namespace,
+                self._name,
             )
 
     def _withholds(self, error: BaseException) -> bool:
-        """Whether the words of ``error`` are left out of the log: a URL parser's (a ValueError) when the
-        cache's LOCATION holds a password. A network error's words name the host and port it reached."""
-        return self._words_withheld and isinstance(error, ValueError)
+        """Whether the log changes the words of ``error`` (:meth:`_said`): then its traceback, which
+        repeats them, is left out too."""
+        return self._said(error) != f"{type(error).__name__}: {_words(error)}"
 
     def _said(self, error: BaseException) -> str:
-        """``error`` as the log names it: its type, and its words unless :meth:`_withholds` leaves them out."""
-        if self._withholds(error):
+        """``error`` as the log names it: its type and words, each part of the credentials in the
+        cache's LOCATION in them put as ``***``; its type alone when a part is too short to tell."""
+        words = words_without_userinfo(_words(error), self._locations)
+        if words is None:
             return f"{type(error).__name__}; its words are left out, as they may quote the password in its LOCATION"
-        try:
-            words = str(error)
-        except Exception as failed:  # an error class whose __str__ raises: the log line is still written
-            words = f"<its words could not be shown: {type(failed).__name__}>"
         return f"{type(error).__name__}: {words}"
 
     def _backend(self) -> Any:
@@ -834,7 +842,7 @@ class CacheCircuitStore(CircuitStore[str]):
             thread = threading.Thread(
                 target=_run, args=(weakref.ref(self), stop, wake, self.sync_interval), daemon=True
             )
-            thread.name = f"aio-request-breaker-{self.namespace}"
+            thread.name = f"aio-request-breaker-{self._name}"
             thread.start()
             # Published started, with its events, in one step under the lock: close() read a thread a
             # call had just made and not yet started, and join() raised RuntimeError out of

@@ -4,6 +4,7 @@ Each call makes new objects with fresh state; the registry (``named_clients.py``
 per name per process.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, DefaultCircuitBreaker
@@ -111,9 +112,9 @@ def _location(alias: str) -> object:
     """The ``LOCATION`` of cache ``alias`` in ``CACHES``, or None (read where the settings may be broken)."""
     from django.conf import settings
 
-    entry = getattr(settings, "CACHES", {})
-    entry = entry.get(alias) if isinstance(entry, dict) else None
-    return entry.get("LOCATION") if isinstance(entry, dict) else None
+    caches = getattr(settings, "CACHES", {})
+    entry = caches.get(alias) if isinstance(caches, Mapping) else None
+    return entry.get("LOCATION") if isinstance(entry, Mapping) else None
 
 
 def disconnect_cache(backend: Any) -> None:

@@ -3,6 +3,7 @@ import functools
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Iterable
 
 import requests
 import urllib3
@@ -81,7 +82,8 @@ def shown_endpoint(endpoint: str) -> str:
     cut = min((index for index in (read.find("?"), read.find("#")) if index >= 0), default=-1)
     if at >= 0 and 0 <= cut < at:
         return f"{head}***"
-    shown = f"{head}***@" if at >= 0 else head
+    # A "%40" read as an "@" is shown as written: read as one, a path's "a%40b.com" named a host b.com.
+    shown = head if at < 0 else f"{head}***%40" if rest[at - 2 : at + 1] == "%40" else f"{head}***@"
     if cut >= 0:
         return f"{shown}{rest[at + 1 : cut]}{rest[cut]}***"
     return f"{shown}{rest[at + 1 :]}"
@@ -92,7 +94,41 @@ def hides_userinfo(url: str) -> bool:
     which a URL parser's error may quote (a password with a ``/`` read as the port), not only a query
     or a fragment, which those errors do not quote."""
     hidden = shown_endpoint(url)
-    return "***@" in hidden or (hidden.endswith("***") and not hidden.endswith(("?***", "#***")))
+    return "***@" in hidden or "***%40" in hidden or (hidden.endswith("***") and not hidden.endswith(("?***", "#***")))
+
+
+def _userinfo(url: str) -> str:
+    """What :func:`shown_endpoint` leaves out of ``url`` before its last ``@`` (or ``%40``), or ""."""
+    if not hides_userinfo(url):
+        return ""
+    prefix = _SHOWN_PREFIX.match(url)
+    rest = url[len(prefix.group()) :] if prefix else url
+    read = rest if rest.isascii() else "".join(char if char.isascii() else _read_as(char) for char in rest)
+    at = read.replace("%40", "%4@").rfind("@")
+    return rest[: at - 2 if rest[at - 2 : at + 1] == "%40" else at]
+
+
+# Where URL parsers split a userinfo (and Django's cache splits a LOCATION): a part between them is
+# what an error may quote ("Port could not be cast to integer value as 'Xk9f'", "connecting to adm1n:2024").
+_USERINFO_SPLIT = re.compile(r"(?:[:/?#;,@\s]|%40)+")
+_SCRUBBED_LEAST = 3  # a shorter part cannot be told from the error's other words
+
+
+def words_without_userinfo(words: str, urls: Iterable[str]) -> str | None:
+    """``words`` (an error's, about ``urls``: a URL parser's or a connection's) with every part of the
+    urls' credentials (:func:`_userinfo`, as written and percent-decoded) put as ``***``; None when
+    one such part is too short to be told from other words (the caller then leaves them all out)."""
+    parts: set[str] = set()
+    for url in urls:
+        userinfo = _userinfo(url)
+        if userinfo:
+            parts.update(_USERINFO_SPLIT.split(userinfo) + _USERINFO_SPLIT.split(urllib.parse.unquote(userinfo)))
+    parts.discard("")
+    if any(len(part) < _SCRUBBED_LEAST for part in parts):
+        return None
+    for part in sorted(parts, key=len, reverse=True):
+        words = words.replace(part, "***")
+    return words
 
 
 def validate_endpoint(endpoint: str) -> str:

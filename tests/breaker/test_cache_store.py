@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -773,39 +774,83 @@ class TestSetting:
         assert "each process keeps apart" in str(problem)
 
 
-@pytest.mark.parametrize("password", ["Xk9fQ2/Zr8+Tail", "Leaked1?rest", "Leaked2#rest"])
-def test_the_log_of_a_breaker_cache_redis_cannot_read_never_quotes_its_password(
-    password: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """redis-py reads a password holding a "/", "?" or "#" as the port, and its error quotes what came
-    before ("Port could not be cast to integer value as 'Xk9fQ2'"): the warning of every outage
-    repeated it (a review). With no password, the parser's words are still given."""
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+def _breaker_cache_log(
+    location: object, *, entry: Callable[[dict[str, Any]], Any] = dict, name: str = "billing"
+) -> str:
+    """The cache store's log lines of one sync round of a client whose breakers share cache ``leaky``
+    at ``location`` (its entry in CACHES made by ``entry``), after one call."""
     redis = "django.core.cache.backends.redis.RedisCache"
-    for location, secret in ((f"redis://:{password}@127.0.0.1:6379/10", True), ("redis://127.0.0.1:6379x/10", False)):
-        caplog.clear()
-        with override_settings(CACHES={**settings.CACHES, "leaky": {"BACKEND": redis, "LOCATION": location}}):
+    handler = logging.Handler()
+    lines: list[str] = []
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(LOGGER)
+    logger.addHandler(handler)
+    try:
+        leaky = entry({"BACKEND": redis, "LOCATION": location})
+        with override_settings(CACHES={**settings.CACHES, "leaky": leaky}):
             config, problems = read_settings(
                 {
-                    "CLIENTS": {"billing": {"ENDPOINT": "http://billing/", "CIRCUIT_BREAKER": {}}},
+                    "CLIENTS": {name: {"ENDPOINT": f"http://127.0.0.1:{free_port()}/", "CIRCUIT_BREAKER": {}}},
                     "CIRCUIT_BREAKER_STATE": "leaky",
                 }
             )
             assert config is not None, problems
-            client = build_client(config.clients["billing"], None)
+            client = build_client(config.clients[name], None)
             try:
                 with client.request(get("x")):  # an outcome to write: the round asks the cache
                     pass
                 client.circuit_breaker.store.sync()  # type: ignore[union-attr]
             finally:
                 client.close()
-        (said,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-        assert "cache 'leaky' failed (ValueError" in said
-        if secret:
-            assert not [part for part in re.split(r"[:/?#@]", password) if part in said], said
-            assert "its words are left out" in said
-        else:
-            assert "Port could not be cast to integer value as '6379x'" in said
+    finally:
+        logger.removeHandler(handler)
+    return "\n".join(lines)
+
+
+def _parts(userinfo: str) -> list[str]:
+    return [part for part in re.split(r"[:/?#@,;]", userinfo) if len(part) >= 3]
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "where", "error"),
+    [
+        # redis-py's parser reads what comes before a "/", "?" or "#" as the port
+        (":Xk9fQ2/Zr8+Tail", "127.0.0.1:6379/10", "ValueError"),
+        (":Leaked1?rest", "127.0.0.1:6379/10", "ValueError"),
+        (":Leaked2#rest", "127.0.0.1:6379/10", "ValueError"),
+        # ... or as a port it can read, which it then fails to reach: "connecting to localhost:<port>"
+        (":{port}/Zr8Tail", "127.0.0.1:6379/10", "ConnectionError"),
+        # a socket's path holding the rest of the password
+        ("adm1n:Xk9fQ2/Zr8Tail", "/no-such-dir-aio/redis.sock", "ConnectionError"),
+    ],
+)
+def test_the_log_of_a_breaker_cache_never_quotes_its_password(userinfo: str, where: str, error: str) -> None:
+    """An error about a LOCATION whose password holds a "/", "?" or "#" quotes part of it: redis-py
+    reads it as the port ("Port could not be cast to integer value as 'Xk9fQ2'"), or as a port or a
+    socket path it fails to reach. The warning of every outage repeated it (two reviews); each part is
+    now ``***``, and the error's other words stay. With no password, the parser's words are given whole."""
+    userinfo = userinfo.format(port=free_port())
+    scheme = "unix" if where.startswith("/") else "redis"
+    said = _breaker_cache_log(f"{scheme}://{userinfo}@{where}")
+    assert f"cache 'leaky' failed ({error}" in said, said
+    assert not [part for part in _parts(userinfo) if part in said], said
+    assert "***" in said or "its words are left out" in said, said
+    assert "Port could not be cast to integer value as '6379x'" in _breaker_cache_log("redis://127.0.0.1:6379x/10")
+
+
+def test_the_log_of_a_breaker_cache_given_as_any_mapping_never_quotes_its_password() -> None:
+    """``check`` reads a cache's entry given as any mapping (a ``MappingProxyType``); the store read only
+    a dict's LOCATION, and logged the password's part (a review)."""
+    said = _breaker_cache_log("redis://:Xk9fQ2/Zr8+Tail@127.0.0.1:6379/10", entry=types.MappingProxyType)
+    assert "cache 'leaky' failed (ValueError" in said, said
+    assert "Xk9fQ2" not in said, said
+
+
+def test_the_log_of_a_breaker_cache_never_repeats_a_url_pasted_as_a_client_s_name() -> None:
+    said = _breaker_cache_log("redis://127.0.0.1:6379x/10", name="http://user:s3cretName@billing/")
+    assert "cache 'leaky' failed" in said, said
+    assert "s3cretName" not in said, said
+    assert "'http://***@billing/'" in said, said
 
 
 def test_a_forked_child_does_not_flush_its_parents_counts_again(redis: None, namespace: str, stores: Any) -> None:

@@ -388,21 +388,43 @@ def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared:
             assert check_breaker_cache_backend() == [], fine
 
 
-@pytest.mark.parametrize("password", ["Xk9fQ2/Zr8+Tail", "Leaked1?rest", "Leaked2#rest"])
-def test_a_redis_location_whose_password_redis_cannot_read_is_an_error_that_never_quotes_it(password: str) -> None:
+@pytest.mark.parametrize(
+    "userinfo", [":Xk9fQ2/Zr8+Tail", ":Leaked1?rest", ":Leaked2#rest", ":Xk9fQ2,Zr8Tail", "adm1n:Xk9fQ2;Zr8Tail"]
+)
+def test_a_redis_location_whose_password_redis_cannot_read_is_an_error_that_never_quotes_it(userinfo: str) -> None:
     """redis-py's parser reads a password holding a "/", "?" or "#" as the port, and its words quote
     what came before it ("Port could not be cast to integer value as 'Xk9fQ2'"): E008 repeated them
-    after the URL it had shown as 'redis://***@...' (a review)."""
+    after the URL it had shown as 'redis://***@...' (a review). Django splits a LOCATION at "," and
+    ";", so a password holding one was shown as the piece before it, 'redis://:Xk9fQ2' (a second
+    review). It says what to do: percent-encode the password."""
     from django_aio_request.checks import check_breaker_cache_backend
 
-    shared = {"BACKEND": REDIS, "LOCATION": f"redis://:{password}@127.0.0.1:6379/10"}
+    shared = {"BACKEND": REDIS, "LOCATION": f"redis://{userinfo}@127.0.0.1:6379/10"}
     with override_settings(
         CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
     ):
         (error,) = check_breaker_cache_backend()
     assert error.id == "django_aio_request.E008"
-    assert "has a LOCATION redis cannot read" in error.msg
-    assert not [part for part in re.split(r"[:/?#@]", password) if part in f"{error.msg} {error.hint}"], error.msg
+    said = f"{error.msg} {error.hint}"
+    assert "LOCATION" in error.msg
+    assert not [part for part in re.split(r"[:/?#@,;]", userinfo) if len(part) >= 3 and part in said], said
+    assert "must be percent-encoded" in error.msg
+
+
+def test_a_redis_location_s_parser_words_are_given_when_they_quote_no_password() -> None:
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    for location, words in (
+        ("redis://:s3cret@127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis://:s3cret@127.0.0.1:99999/0", "Port out of range"),
+    ):
+        with override_settings(
+            CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}},
+            AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
+        ):
+            (error,) = check_breaker_cache_backend()
+        assert words in error.msg
+        assert "s3cret" not in error.msg
 
 
 def test_a_breaker_cache_backend_that_is_no_cache_is_an_error() -> None:

@@ -221,6 +221,9 @@ def test_a_refusal_never_repeats_credentials_query_or_fragment_whatever_else_is_
         ("http://user:pa/s3cret@billing:8080/", "'http://***@billing:8080/' has an invalid port"),
         ("http://user:pa#s3cret@billing/", "'http://***'"),
         ("http://billing:80a/", "'http://billing:80a/' has an invalid port: Port could not be cast"),
+        # a "%40" read as an "@" is shown as written: a path's "a%40b.com" named a host b.com (a review)
+        ("http://billing:80x/users/a%40b.com/", "'http://***%40b.com/' has an invalid port"),
+        ("http://user:s3cret%40billing:8080/", "'http://***%40billing:8080/' has an invalid port"),
         (
             "http://user:s3cret\uff20billing/",
             "'http://***@billing/' is not a URL: its host has characters that read as",
