@@ -78,6 +78,7 @@ class Resolver:
         self._in_flight: dict[_Key, _Lookup] = {}
         self._threads = 0
         self._idle = 0  # threads waiting for a lookup
+        self._starting = 0  # threads started that have not taken their first lookup: idle ones to come
         self._queued = 0  # lookups no thread has taken yet
         self._running: dict[int, float] = {}  # thread ident: when its lookup started
         self._recheck_due = False  # a look for stuck threads is scheduled
@@ -100,6 +101,11 @@ class Resolver:
                 self._start_thread_if_room()
             else:
                 lookup.waiters.append(woken)
+                if not lookup.taken:
+                    # Queued: its earlier askers may all have given up, and the look for stuck threads
+                    # found nobody waiting for it then. Without asking again, a name whose first asker
+                    # gave up in the queue waited for a new name to come, or for SHARE_FOR (a review).
+                    self._start_thread_if_room()
         waiter.wait(woken)
         with self._lock:
             if not lookup.finished:
@@ -115,7 +121,8 @@ class Resolver:
         bounds allow; else, if only stuck lookups hold the threads back, look again once they count
         as stuck."""
         waited_for = sum(1 for lookup in self._in_flight.values() if lookup.waiters and not lookup.taken)
-        if waited_for <= self._idle:  # (queued lookups nobody waits for any more take no thread)
+        # (queued lookups nobody waits for any more take no thread; a thread just started takes one)
+        if waited_for <= self._idle + self._starting:
             return
         if self._threads < self._max_threads:
             self._start_thread()
@@ -139,9 +146,12 @@ class Resolver:
 
     def _start_thread(self) -> None:
         self._threads += 1
+        self._starting += 1
         threading.Thread(target=self._work, name="django-aio-request-resolver", daemon=True).start()
 
     def _work(self) -> None:
+        with self._lock:
+            self._starting -= 1
         while True:
             with self._lock:
                 self._idle += 1

@@ -223,6 +223,40 @@ def test_names_whose_lookups_hang_do_not_hold_up_other_names(monkeypatch: pytest
         release.set()
 
 
+def test_a_name_asked_again_after_its_first_asker_gave_up_in_the_queue_is_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every thread held by a hanging name, a name's first asker gave up while its lookup waited in
+    the queue; the look for stuck threads found nobody waiting then, and a later asker joined the
+    queued lookup without asking for a thread: that name was a 408 at every call until SHARE_FOR
+    ran out, 10 s (a review: 12 calls in a row, 0.8 s apart)."""
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.endswith(".hang"):
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.3)
+    resolver = Resolver(max_threads=2)
+    try:
+        for name in ("a.hang", "b.hang"):  # both threads stuck
+            with pytest.raises(ResolutionUnfinished):
+                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+        assert resolver._threads == 2
+        with pytest.raises(ResolutionUnfinished):  # queued behind them, given up on before they count as stuck
+            resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+        time.sleep(0.5)  # the look for stuck threads has come and gone: nobody waited for localhost then
+        started = time.monotonic()
+        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+
+
 def test_lookups_every_asker_gave_up_on_take_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """More hanging names than threads: the queued ones whose callers gave up were taken first by
     each new thread, and hung it, while a name someone waited for stayed behind them (a 408)."""
