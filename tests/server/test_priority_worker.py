@@ -928,6 +928,11 @@ def test_impostors_that_never_back_off_starve_trusted_high_on_plain_gthread_but_
         # The requests sent once the impostors' queue had formed (their first few came before it).
         began = min(o.ended - o.elapsed for o in outcomes)
         trusted = [o for o in outcomes if o.caller == "real" and o.ended - o.elapsed >= began + 0.3]
+        if not trusted and kind == "gunicorn":
+            # On a loaded machine (CI, with review sessions beside it) each trusted caller's first
+            # request waited in gunicorn's queue for the whole run, so none was sent after the queue
+            # formed: starved, which is what this measures. Counted by the requests that ended then.
+            trusted = [o for o in outcomes if o.caller == "real" and o.ended >= began + 0.3]
         assert trusted, kind
         in_time[kind] = sum(o.status == 200 and o.elapsed <= deadline for o in trusted) / len(trusted)
     assert in_time["gunicorn"] <= 0.1, in_time
