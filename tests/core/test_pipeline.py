@@ -306,6 +306,41 @@ def test_a_pipeline_without_a_sending_stage_is_a_programming_error() -> None:
         send(attempt())
 
 
+def test_an_attempt_left_too_little_time_on_a_kept_alive_connection_is_counted_as_no_connection(
+    server: LoopbackServer, make_client: Callable[..., Client]
+) -> None:
+    """docs/metrics.md: ``no_connection`` counts too an attempt that had its kept-alive connection with
+    less time left than the client sends with (the time went before it: here a slow enricher; under
+    a loaded server, waiting for a thread or the CPU). Nothing is sent (a review saw the count under
+    uvicorn and took it for a wait for a connection)."""
+    from prometheus_client import REGISTRY
+
+    from django_aio_request import metrics as all_metrics
+    from django_aio_request import single_attempt_strategy
+    from django_aio_request.core.response import UnsentResponse
+
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    slow = [False]
+
+    def enricher(request: Request) -> Request:
+        if slow[0]:
+            time.sleep(0.045)  # of a 0.05 s deadline: 5 ms left, under the 10 ms threshold
+        return request
+
+    client = make_client(
+        safe_method_strategy=single_attempt_strategy(), low_timeout_threshold=0.01, request_enricher=enricher
+    )
+    with client.request(get("ok")) as response:  # the connection, kept alive
+        assert response.status == 200
+    slow[0] = True
+    with client.request(get("ok"), deadline=Deadline.from_timeout(0.05)) as response:
+        assert (response.status, type(response)) == (408, UnsentResponse)
+    assert len(server.received("/ok")) == 1
+    all_metrics.flush()
+    labels = {"request_endpoint": server.url, "request_method": "GET", "reason": "no_connection"}
+    assert REGISTRY.get_sample_value("aio_request_deadline_rejected_total", labels) == 1
+
+
 def test_an_attempt_that_never_had_a_connection_is_no_failure_and_no_transport_latency(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
