@@ -71,6 +71,9 @@ VALID = {
     # The stream ends in the last chunk's size line: the body is whole, and the parsers take it so.
     "the last chunk's size line without its end": (CHUNKED + b"3\r\nabc\r\n0", b"abc"),
     "the last chunk's size line ended by CR alone": (CHUNKED + b"3\r\nabc\r\n0\r", b"abc"),
+    # The stream ends in the trailer section, the server closing: the body is whole (docs/faults.md).
+    "a trailer field cut in half": (CHUNKED + b"3\r\nabc\r\n0\r\nT: ", b"abc"),
+    "a trailer line without its end": (CHUNKED + b"3\r\nabc\r\n0\r\nX-Checksum: 1", b"abc"),
 }
 
 
