@@ -97,15 +97,17 @@ class Resolver:
                 lookup = self._in_flight[key] = _Lookup()
                 self._queue.put((key, lookup))
                 self._queued += 1
-                lookup.waiters.append(woken)
-                self._start_thread_if_room()
-            else:
-                lookup.waiters.append(woken)
-                if not lookup.taken:
-                    # Queued: its earlier askers may all have given up, and the look for stuck threads
-                    # found nobody waiting for it then. Without asking again, a name whose first asker
-                    # gave up in the queue waited for a new name to come, or for SHARE_FOR (a review).
+            lookup.waiters.append(woken)
+            # Queued (a new lookup, or one its earlier askers may all have given up on, when the look
+            # for stuck threads found nobody waiting for it): a thread, if there is room. Without
+            # asking again, a name whose first asker gave up in the queue waited for a new name to
+            # come, or for SHARE_FOR (a review).
+            if not lookup.taken:
+                try:
                     self._start_thread_if_room()
+                except BaseException:  # no thread could be started (a pids limit): this asker is gone
+                    lookup.waiters.remove(woken)
+                    raise
         waiter.wait(woken)
         with self._lock:
             if not lookup.finished:
@@ -147,13 +149,20 @@ class Resolver:
     def _start_thread(self) -> None:
         self._threads += 1
         self._starting += 1
-        threading.Thread(target=self._work, name="django-aio-request-resolver", daemon=True).start()
+        try:
+            threading.Thread(target=self._work, name="django-aio-request-resolver", daemon=True).start()
+        except BaseException:  # counted, it would be waited for as an idle thread to come, for ever
+            self._threads -= 1
+            self._starting -= 1
+            raise
 
     def _work(self) -> None:
-        with self._lock:
-            self._starting -= 1
+        starting = True
         while True:
             with self._lock:
+                if starting:  # from a thread to come to an idle one in one step: no joiner sees neither
+                    self._starting -= 1
+                    starting = False
                 self._idle += 1
             key, lookup = self._queue.get()
             me = threading.get_ident()

@@ -6,6 +6,7 @@ name a DnsServer on 127.0.0.1:53 (tests/dns_server.py), with one try of 30 s: a 
 answers blocks ``getaddrinfo()`` for 30 s. The machine's own /etc/resolv.conf is not touched.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -253,6 +254,71 @@ def test_a_name_asked_again_after_its_first_asker_gave_up_in_the_queue_is_looked
         started = time.monotonic()
         assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
         assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+
+
+def test_a_thread_that_could_not_be_started_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that failed to start (a pids limit: RuntimeError) stayed counted as one to come, and
+    a name queued behind a hanging one was never looked up again (a review: a 408 at every call)."""
+    real_getaddrinfo, real_start = socket.getaddrinfo, threading.Thread.start
+    release = threading.Event()
+    failures = [1]
+
+    def lookup(host: str, *args: Any) -> Any:
+        if host.endswith(".hang"):
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args)
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "django-aio-request-resolver" and failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    resolver = Resolver(max_threads=2)
+    try:
+        with pytest.raises(RuntimeError):
+            resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+        with pytest.raises(ResolutionUnfinished):  # a thread now, which hangs on it
+            resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+        for _ in range(3):
+            assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(1)))
+    finally:
+        release.set()
+
+
+def test_a_crowd_asking_for_one_hanging_name_takes_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each asker joining a queued lookup asks for a thread if there is room: one just started, not
+    idle yet, counts as the one to take it, or 50 askers at once started up to MAX_THREADS."""
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any) -> Any:
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    try:
+        for round_number in range(20):
+            resolver = Resolver(max_threads=8)
+            start = threading.Barrier(50)
+
+            def ask(
+                name: str = f"{round_number}.hang", resolver: Resolver = resolver, start: threading.Barrier = start
+            ) -> None:
+                start.wait()
+                with contextlib.suppress(ResolutionUnfinished):
+                    resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+
+            askers = [threading.Thread(target=ask) for _ in range(50)]
+            for asker in askers:
+                asker.start()
+            for asker in askers:
+                asker.join()
+            assert resolver._threads == 1, round_number
     finally:
         release.set()
 
