@@ -22,7 +22,7 @@ from django.utils.module_loading import import_string
 from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
-from django_aio_request.core.client_setup import hides_userinfo, words_without_userinfo
+from django_aio_request.core.client_setup import hides_userinfo
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 
@@ -467,20 +467,20 @@ def _no_redis_location(location: object, backend: str) -> str | None:
             return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({seen})"
         unreadable = _redis_url_problem(url)
         if unreadable is not None:
-            # redis-py's words quote what a password holding a "/", "?" or "#" was read as: the port
-            # ("Port could not be cast to integer value as 'Xk9f'", a review).
-            said = words_without_userinfo(unreadable, [*whole, url])
-            if said is None:
-                said = "redis-py cannot parse it; its words are left out, as they may quote the password"
-            hint = _ENCODE_HINT if whole or hides_userinfo(url) else ""
-            return f"has a LOCATION redis cannot read ({seen}: {said}){hint}"
+            if whole or hides_userinfo(url):
+                # redis-py's words quote what a password holding a "/", "?" or "#" was read as (the
+                # port: "Port could not be cast to integer value as 'Xk9f'"), in ways no part of it can
+                # be looked for in (repr's escapes, an address between "[" and "]": reviews).
+                return f"has a LOCATION redis cannot read ({seen}: {_WORDS_LEFT_OUT})"
+            return f"has a LOCATION redis cannot read ({seen}: {unreadable})"
     return None
 
 
-# The likely cause of a LOCATION with a password that redis cannot read.
-_ENCODE_HINT = (
-    "; a password holding '/', '?', '#', '@', ',' or ';' must be percent-encoded"
-    " ('%2F', '%3F', '%23', '%40', '%2C', '%3B'), which redis-py decodes"
+# What E008 says of a LOCATION with a password that redis cannot read, and its likely cause.
+_WORDS_LEFT_OUT = (
+    "redis-py's words are left out, as they may quote the password; if it holds '/', '?', '#', '@', ',',"
+    " ';', '[' or ']', percent-encode them ('%2F', '%3F', '%23', '%40', '%2C', '%3B', '%5B', '%5D'),"
+    " which redis-py decodes"
 )
 
 

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
-from django_aio_request.core.client_setup import shown_endpoint, words_without_userinfo
+from django_aio_request.core.client_setup import hides_userinfo, shown_endpoint, words_without_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
@@ -764,8 +764,11 @@ class CacheCircuitStore(CircuitStore[str]):
 
     def _said(self, error: BaseException) -> str:
         """``error`` as the log names it: its type and words, each part of the credentials in the
-        cache's LOCATION in them put as ``***``; its type alone when a part is too short to tell."""
-        words = words_without_userinfo(_words(error), self._locations)
+        cache's LOCATION in them put as ``***``; its type alone when a part is too short to tell, and
+        for a URL parser's error (a ValueError) about a LOCATION with credentials, which quotes them
+        in ways no part can be looked for in (repr's escapes, an address between "[" and "]")."""
+        parser = isinstance(error, ValueError) and any(hides_userinfo(url) for url in self._locations)
+        words = None if parser else words_without_userinfo(_words(error), self._locations)
         if words is None:
             return f"{type(error).__name__}; its words are left out, as they may quote the password in its LOCATION"
         return f"{type(error).__name__}: {words}"

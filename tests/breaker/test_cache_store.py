@@ -808,7 +808,7 @@ def _breaker_cache_log(
 
 
 def _parts(userinfo: str) -> list[str]:
-    return [part for part in re.split(r"[:/?#@,;]", userinfo) if len(part) >= 3]
+    return [part for part in re.split(r"[:/?#@,;\[\]\\]", userinfo) if len(part) >= 3]
 
 
 @pytest.mark.parametrize(
@@ -822,6 +822,9 @@ def _parts(userinfo: str) -> list[str]:
         (":{port}/Zr8Tail", "127.0.0.1:6379/10", "ConnectionError"),
         # a socket's path holding the rest of the password
         ("adm1n:Xk9fQ2/Zr8Tail", "/no-such-dir-aio/redis.sock", "ConnectionError"),
+        # quoted in ways no part can be looked for in: an "IP address" between brackets, repr's escapes
+        (":Kq[Zr8Xk9]Tt", "127.0.0.1:6379/10", "ValueError"),
+        (":Sup3r\\Secret/tail", "127.0.0.1:6379/10", "ValueError"),
     ],
 )
 def test_the_log_of_a_breaker_cache_never_quotes_its_password(userinfo: str, where: str, error: str) -> None:

@@ -389,7 +389,16 @@ def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared:
 
 
 @pytest.mark.parametrize(
-    "userinfo", [":Xk9fQ2/Zr8+Tail", ":Leaked1?rest", ":Leaked2#rest", ":Xk9fQ2,Zr8Tail", "adm1n:Xk9fQ2;Zr8Tail"]
+    "userinfo",
+    [
+        ":Xk9fQ2/Zr8+Tail",
+        ":Leaked1?rest",
+        ":Leaked2#rest",
+        ":Xk9fQ2,Zr8Tail",
+        "adm1n:Xk9fQ2;Zr8Tail",
+        ":Kq[Zr8Xk9]Tt",  # urlsplit reads what is between "[" and "]" as an IP address, and quotes it
+        ":Sup3r\\Secret/tail",  # quoted by repr(), the backslash doubled
+    ],
 )
 def test_a_redis_location_whose_password_redis_cannot_read_is_an_error_that_never_quotes_it(userinfo: str) -> None:
     """redis-py's parser reads a password holding a "/", "?" or "#" as the port, and its words quote
@@ -407,16 +416,20 @@ def test_a_redis_location_whose_password_redis_cannot_read_is_an_error_that_neve
     assert error.id == "django_aio_request.E008"
     said = f"{error.msg} {error.hint}"
     assert "LOCATION" in error.msg
-    assert not [part for part in re.split(r"[:/?#@,;]", userinfo) if len(part) >= 3 and part in said], said
-    assert "must be percent-encoded" in error.msg
+    assert not [part for part in re.split(r"[:/?#@,;\[\]\\]", userinfo) if len(part) >= 3 and part in said], said
+    assert "percent-encode them" in error.msg
 
 
-def test_a_redis_location_s_parser_words_are_given_when_they_quote_no_password() -> None:
+def test_a_redis_location_s_parser_words_are_given_when_it_holds_no_password() -> None:
+    """The words of redis-py's parser are left out whenever the LOCATION holds a password (they quote
+    it in ways no part of it can be looked for in: repr's escapes, an address between brackets), and
+    given whole when it holds none."""
     from django_aio_request.checks import check_breaker_cache_backend
 
     for location, words in (
-        ("redis://:s3cret@127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
-        ("redis://:s3cret@127.0.0.1:99999/0", "Port out of range"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis://127.0.0.1:99999/0", "Port out of range"),
+        ("redis://:s3cret@127.0.0.1:99999/0", "redis-py's words are left out"),
     ):
         with override_settings(
             CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}},

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from django_aio_request import DefaultCircuitBreaker, RetryBudget, get, post
 from django_aio_request.conf.current import InvalidSettings, current
 from django_aio_request.conf.schema import read_settings
-from django_aio_request.core.client_setup import setup, validate_endpoint
+from django_aio_request.core.client_setup import setup, validate_endpoint, words_without_userinfo
 from django_aio_request.strategies.parallel import ParallelStrategy
 from tests.support.loopback import LoopbackServer, clients, replies
 from tests.support.manage import manage
@@ -163,6 +163,27 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
     with pytest.raises(ValueError, match="query") as error:
         validate_endpoint("http://billing/?api_key=secret")
     assert "secret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("words", "url", "said"),
+    [
+        (
+            "connecting to adm1n:2024. Name",
+            "redis://adm1n:2024#W1nter@127.0.0.1:6379/10",
+            "connecting to ***:***. Name",
+        ),
+        ("connecting to moresecret:6379", "redis://:PassWord@MoreSecret/tail@h/0", "connecting to ***:6379"),
+        ("as 'Sup3r\\\\Secret'", "redis://:Sup3r\\Secret/tail@h/0", "as '***'"),
+        ("to /Zr8Tail@/tmp/no.sock", "unix://adm1n:Xk9f/Zr8Tail@/tmp/no.sock", "to /***@/tmp/no.sock"),
+        ("refused", "redis://u:longpassword@h/0", None),  # "u": too short to be told from other words
+        ("refused at h:6379", "redis://h:6379/0", "refused at h:6379"),  # no credentials: as they are
+    ],
+)
+def test_an_error_s_words_are_given_without_any_part_of_the_credentials(words: str, url: str, said: str | None) -> None:
+    """The breaker cache's outage log (docs/security.md): each part of a LOCATION's credentials, as
+    written, as repr() escapes it, in any case (a host read out of it is lowercased), put as ***."""
+    assert words_without_userinfo(words, [url]) == said
 
 
 #: Endpoints that carry a secret and are wrong in another way as well: the other fault was reported
