@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,87 +190,76 @@ def test_a_lookup_stuck_past_the_sharing_window_is_not_joined_but_asked_again(mo
     release.set()
 
 
-def test_names_whose_lookups_hang_do_not_hold_up_other_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every thread busy with a lookup that hangs: other names waited for them past their deadlines
-    (localhost from /etc/hosts was a 408). Past STUCK_AFTER those lookups do not count, up to
-    MOST_THREADS threads in all."""
+@pytest.fixture
+def hanging_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Names ending in ``.hang`` stand for a name server that never answers them: their lookups hang
+    until the test ends; every other name is looked up as ever."""
     real_getaddrinfo = socket.getaddrinfo
     release = threading.Event()
 
     def lookup(host: str, *args: Any) -> Any:
-        if host.endswith(".hang"):  # stands in for a name server that does not answer these names
+        if host.endswith(".hang"):
             release.wait(30)
             raise socket.gaierror(socket.EAI_AGAIN, "no answer")
         return real_getaddrinfo(host, *args)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    yield
+    release.set()
+
+
+def test_names_whose_lookups_hang_do_not_hold_up_other_names(
+    hanging_names: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every thread busy with a lookup that hangs: other names waited for them past their deadlines
+    (localhost from /etc/hosts was a 408). Past STUCK_AFTER those lookups do not count, up to
+    MOST_THREADS threads in all."""
     monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.2)
     monkeypatch.setattr(bounded_resolver, "MOST_THREADS", 4)
     resolver = Resolver(max_threads=2)
-    try:
-        for name in ("a.hang", "b.hang"):  # both threads stuck
-            with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
-        started = time.monotonic()  # asked at once: answered when the two count as stuck
-        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
-        assert time.monotonic() - started < 1.0
-        for name in ("c.hang", "d.hang"):  # now four threads, all stuck: the most there may be
-            with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.3)))
-        time.sleep(0.3)
-        with pytest.raises(ResolutionUnfinished):  # no fifth thread
-            resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.5)))
-        assert sum(t.name == "django-aio-request-resolver" for t in threading.enumerate()) >= 4
-    finally:
-        release.set()
+    for name in ("a.hang", "b.hang"):  # both threads stuck
+        with pytest.raises(ResolutionUnfinished):
+            resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+    started = time.monotonic()  # asked at once: answered when the two count as stuck
+    assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
+    assert time.monotonic() - started < 1.0
+    for name in ("c.hang", "d.hang"):  # now four threads, all stuck: the most there may be
+        with pytest.raises(ResolutionUnfinished):
+            resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.3)))
+    time.sleep(0.3)
+    with pytest.raises(ResolutionUnfinished):  # no fifth thread
+        resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.5)))
+    assert sum(t.name == "django-aio-request-resolver" for t in threading.enumerate()) >= 4
 
 
 def test_a_name_asked_again_after_its_first_asker_gave_up_in_the_queue_is_looked_up(
-    monkeypatch: pytest.MonkeyPatch,
+    hanging_names: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every thread held by a hanging name, a name's first asker gave up while its lookup waited in
     the queue; the look for stuck threads found nobody waiting then, and a later asker joined the
     queued lookup without asking for a thread: that name was a 408 at every call until SHARE_FOR
     ran out, 10 s (a review: 12 calls in a row, 0.8 s apart)."""
-    real_getaddrinfo = socket.getaddrinfo
-    release = threading.Event()
-
-    def lookup(host: str, *args: Any) -> Any:
-        if host.endswith(".hang"):
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
-        return real_getaddrinfo(host, *args)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.3)
     resolver = Resolver(max_threads=2)
-    try:
-        for name in ("a.hang", "b.hang"):  # both threads stuck
-            with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.1)))
-        assert resolver._threads == 2
-        with pytest.raises(ResolutionUnfinished):  # queued behind them, given up on before they count as stuck
-            resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.05)))
-        time.sleep(0.5)  # the look for stuck threads has come and gone: nobody waited for localhost then
-        started = time.monotonic()
-        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
-        assert time.monotonic() - started < 0.5
-    finally:
-        release.set()
+    for name in ("a.hang", "b.hang"):  # both threads stuck
+        with pytest.raises(ResolutionUnfinished):
+            resolver.resolve(name, socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+    assert resolver._threads == 2
+    with pytest.raises(ResolutionUnfinished):  # queued behind them, given up on before they count as stuck
+        resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(0.05)))
+    time.sleep(0.5)  # the look for stuck threads has come and gone: nobody waited for localhost then
+    started = time.monotonic()
+    assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
+    assert time.monotonic() - started < 0.5
 
 
-def test_a_thread_that_could_not_be_started_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_thread_that_could_not_be_started_is_not_waited_for(
+    hanging_names: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A thread that failed to start (a pids limit: RuntimeError) stayed counted as one to come, and
     a name queued behind a hanging one was never looked up again (a review: a 408 at every call)."""
-    real_getaddrinfo, real_start = socket.getaddrinfo, threading.Thread.start
-    release = threading.Event()
+    real_start = threading.Thread.start
     failures = [1]
-
-    def lookup(host: str, *args: Any) -> Any:
-        if host.endswith(".hang"):
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
-        return real_getaddrinfo(host, *args)
 
     def start(thread: threading.Thread) -> None:
         if thread.name == "django-aio-request-resolver" and failures[0]:
@@ -277,18 +267,14 @@ def test_a_thread_that_could_not_be_started_is_not_waited_for(monkeypatch: pytes
             raise RuntimeError("can't start new thread")
         real_start(thread)
 
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(threading.Thread, "start", start)
     resolver = Resolver(max_threads=2)
-    try:
-        with pytest.raises(RuntimeError):
-            resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
-        with pytest.raises(ResolutionUnfinished):  # a thread now, which hangs on it
-            resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
-        for _ in range(3):
-            assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(1)))
-    finally:
-        release.set()
+    with pytest.raises(RuntimeError):
+        resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+    with pytest.raises(ResolutionUnfinished):  # a thread now, which hangs on it
+        resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))
+    for _ in range(3):
+        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(1)))
 
 
 def test_a_crowd_asking_for_one_hanging_name_takes_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,32 +309,19 @@ def test_a_crowd_asking_for_one_hanging_name_takes_one_thread(monkeypatch: pytes
         release.set()
 
 
-def test_lookups_every_asker_gave_up_on_take_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookups_every_asker_gave_up_on_take_no_thread(hanging_names: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """More hanging names than threads: the queued ones whose callers gave up were taken first by
     each new thread, and hung it, while a name someone waited for stayed behind them (a 408)."""
-    real_getaddrinfo = socket.getaddrinfo
-    release = threading.Event()
-
-    def lookup(host: str, *args: Any) -> Any:
-        if host.endswith(".hang"):
-            release.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
-        return real_getaddrinfo(host, *args)
-
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(bounded_resolver, "STUCK_AFTER", 0.5)
     resolver = Resolver(max_threads=2)
-    try:
-        for n in range(6):  # two hang on threads, four wait in the queue, all given up on
-            with pytest.raises(ResolutionUnfinished):
-                resolver.resolve(f"{n}.hang", socket.AF_INET, AttemptSockets(deadline_in(0.01)))
-        time.sleep(0.6)  # the two running count as stuck now
-        started = time.monotonic()
-        assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
-        assert time.monotonic() - started < 0.5
-        assert resolver._threads == 3  # the two stuck, and one for localhost: none for the four given up
-    finally:
-        release.set()
+    for n in range(6):  # two hang on threads, four wait in the queue, all given up on
+        with pytest.raises(ResolutionUnfinished):
+            resolver.resolve(f"{n}.hang", socket.AF_INET, AttemptSockets(deadline_in(0.01)))
+    time.sleep(0.6)  # the two running count as stuck now
+    started = time.monotonic()
+    assert "127.0.0.1" in resolver.resolve("localhost", socket.AF_INET, AttemptSockets(deadline_in(2)))
+    assert time.monotonic() - started < 0.5
+    assert resolver._threads == 3  # the two stuck, and one for localhost: none for the four given up
 
 
 def test_addresses_are_connected_to_without_a_lookup() -> None:
