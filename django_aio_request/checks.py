@@ -11,7 +11,7 @@ import inspect
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -211,7 +211,12 @@ def _location_urls(location: object, backend: str) -> list[str] | None:
     """The URLs of a cache's LOCATION (a URL, several separated as ``backend`` separates them, or a
     list of them), as given; None when it is none of those."""
     urls = re.split(_LOCATION_SEPARATORS.get(backend, ","), location) if isinstance(location, str) else location
-    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+    # Any sequence, as Django's caches take one (a UserList was "no LOCATION redis can connect to").
+    if (
+        not isinstance(urls, Sequence)
+        or isinstance(urls, bytes | bytearray)
+        or not all(isinstance(url, str) for url in urls)
+    ):
         return None
     return list(urls)
 

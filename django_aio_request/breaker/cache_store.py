@@ -61,7 +61,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
@@ -138,8 +138,8 @@ def _urls(location: object) -> list[str]:
     """The text of a cache's ``LOCATION``: a URL, several in one string, or a list of them."""
     if isinstance(location, str):
         return [location]
-    if isinstance(location, list | tuple):
-        return [one for one in location if isinstance(one, str)]
+    if isinstance(location, Sequence) and not isinstance(location, bytes | bytearray):
+        return [one for one in location if isinstance(one, str)]  # any sequence, as Django's caches take
     return []
 
 

@@ -110,7 +110,7 @@ def _userinfo(url: str) -> str:
 
 # Where URL parsers split a userinfo (and Django's cache splits a LOCATION): a part between them is
 # what an error may quote ("Port could not be cast to integer value as 'Xk9f'", "connecting to adm1n:2024").
-_USERINFO_SPLIT = re.compile(r"(?:[:/?#;,@\[\]\s]|%40)+")
+_USERINFO_SPLIT = re.compile(r"(?:[:/?#;,@\[\]=&+\s]|%40)+")
 _SCRUBBED_LEAST = 3  # a shorter part cannot be told from the error's other words
 
 
@@ -129,6 +129,8 @@ def words_without_userinfo(words: str, urls: Iterable[str]) -> str | None:
     # As written, as repr() writes it (a backslash doubled, a quote escaped), in any case (a host
     # read out of them is lowercased: "connecting to moresecret:6379"; a review).
     spellings = {spelling for part in parts for spelling in (part, repr(part)[1:-1], repr(part.lower())[1:-1])}
+    # A number read as a port is quoted without its leading zeros ("0815": "connecting to host:815").
+    spellings.update(str(int(part)) for part in parts if part.isascii() and part.isdigit() and len(str(int(part))) >= 3)
     pattern = "|".join(re.escape(spelling) for spelling in sorted(spellings, key=len, reverse=True))
     return re.sub(pattern, "***", words, flags=re.IGNORECASE) if pattern else words
 

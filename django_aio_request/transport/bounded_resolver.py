@@ -136,9 +136,9 @@ class Resolver:
         if self._threads - stuck < self._max_threads:
             self._start_thread()
         elif not self._recheck_due:
-            self._recheck_due = True
             due = min(self._running.values(), default=now) + STUCK_AFTER + 0.01
             deadline_timer.schedule(max(due, now + 0.01), self._recheck)
+            self._recheck_due = True  # once scheduled: set before a schedule() that raised, it stayed set
 
     def _recheck(self) -> None:
         """On the deadline timer's thread: the lock is held only for a few comparisons."""

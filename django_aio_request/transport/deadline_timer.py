@@ -58,8 +58,11 @@ class DeadlineTimer:
                 self._cancelled = 0
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="django-aio-request-deadline-timer", daemon=True)
-        self._thread.start()
+        # Kept only once started: a thread that failed to start (a pids limit) was kept as the timer's,
+        # and no callback of the process ever ran again (a review); the next schedule() tries again.
+        thread = threading.Thread(target=self._run, name="django-aio-request-deadline-timer", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def _run(self) -> None:
         while True:

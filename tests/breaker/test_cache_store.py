@@ -4,6 +4,7 @@ Separate OS processes trip together; one process of all probes; exact counts fro
 and an outage of the cache leaves calls flowing on the local breaker, with one warning.
 """
 
+import collections
 import contextlib
 import functools
 import gc
@@ -843,10 +844,16 @@ def test_the_log_of_a_breaker_cache_never_quotes_its_password(userinfo: str, whe
 
 def test_the_log_of_a_breaker_cache_given_as_any_mapping_never_quotes_its_password() -> None:
     """``check`` reads a cache's entry given as any mapping (a ``MappingProxyType``); the store read only
-    a dict's LOCATION, and logged the password's part (a review)."""
+    a dict's LOCATION, and logged the password's part (a review). So a LOCATION given as any sequence
+    (a ``UserList``), which Django's caches take (another review)."""
     said = _breaker_cache_log("redis://:Xk9fQ2/Zr8+Tail@127.0.0.1:6379/10", entry=types.MappingProxyType)
     assert "cache 'leaky' failed (ValueError" in said, said
     assert "Xk9fQ2" not in said, said
+    port = free_port()
+    said = _breaker_cache_log(collections.UserList([f"redis://:{port}/Zr8Tail@127.0.0.1:6379/10"]))
+    assert "cache 'leaky' failed (ConnectionError" in said, said
+    assert str(port) not in said, said
+    assert "Zr8Tail" not in said, said
 
 
 def test_the_log_of_a_breaker_cache_never_repeats_a_url_pasted_as_a_client_s_name() -> None:

@@ -2,6 +2,7 @@
 timeouts of its own, says what a server that stops answering then costs with the installed redis-py
 (no bound before 8.0, its 5 s default from 8.0 on), and never crashes on the settings it looks at."""
 
+import collections
 import re
 import types
 from pathlib import Path
@@ -380,6 +381,7 @@ def test_a_redis_breaker_cache_with_no_url_it_can_connect_to_is_an_error(shared:
         "rediss://h:6380/0",
         "unix:///run/redis.sock",
         ["redis://a/0", "redis://b/0"],
+        collections.UserList(["redis://a/0"]),  # any sequence, as Django's caches take (a review)
     ):
         with override_settings(
             CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": fine}},
@@ -780,3 +782,19 @@ def test_an_option_naming_a_class_that_cannot_be_imported_is_an_error(backend: s
         CACHES={"default": LOCMEM, "shared": importable}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
     ):
         assert check_breaker_cache_backend() == []
+
+
+def test_a_url_option_redis_py_does_not_know_passes_the_check_and_fails_at_each_connection() -> None:
+    """The known gap docs/checks.md names: redis-py's parser passes an option it does not know on, and
+    each connection refuses it (TypeError); this check cannot see that without connecting."""
+    from django.core.cache import caches as django_caches
+
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    shared = {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/10?nosuchoption=1"}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        assert [e for e in check_breaker_cache_backend() if e.id == "django_aio_request.E008"] == []
+        with pytest.raises(TypeError, match="nosuchoption"):
+            django_caches["shared"].get("django-aio-request-check-probe")

@@ -176,6 +176,13 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
         ("connecting to moresecret:6379", "redis://:PassWord@MoreSecret/tail@h/0", "connecting to ***:6379"),
         ("as 'Sup3r\\\\Secret'", "redis://:Sup3r\\Secret/tail@h/0", "as '***'"),
         ("to /Zr8Tail@/tmp/no.sock", "unix://adm1n:Xk9f/Zr8Tail@/tmp/no.sock", "to /***@/tmp/no.sock"),
+        # a "?" in the password: redis-py reads what follows as options, split at "=" and "&"
+        (
+            "unexpected keyword argument 'Qz7wPass'",
+            "redis://:1234?Qz7wPass=zP9x@h/0",
+            "unexpected keyword argument '***'",
+        ),
+        ("connecting to ***:815", "redis://admin:0815/xyzw@h/0", "connecting to ***:***"),  # the port's zeros dropped
         ("refused", "redis://u:longpassword@h/0", None),  # "u": too short to be told from other words
         ("refused at h:6379", "redis://h:6379/0", "refused at h:6379"),  # no credentials: as they are
     ],

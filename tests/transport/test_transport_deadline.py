@@ -516,3 +516,28 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     while not condition():
         assert time.monotonic() < end, "condition not met in time"
         time.sleep(0.01)
+
+
+def test_a_timer_thread_that_could_not_be_started_is_started_at_the_next_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timer whose thread failed to start (a pids limit) kept the thread as its own, unstarted, and
+    no callback of the process ever ran again: hedges, delays, the database bound (a review)."""
+    from django_aio_request.transport.deadline_timer import DeadlineTimer
+
+    timer = DeadlineTimer()
+    real_start = threading.Thread.start
+    failures = [1]
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "django-aio-request-deadline-timer" and failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError):
+        timer.schedule(time.monotonic(), lambda: None)
+    fired = threading.Event()
+    timer.schedule(time.monotonic() + 0.05, fired.set)
+    assert fired.wait(2)
