@@ -27,6 +27,7 @@ from django_aio_request.transport import bounded_resolver
 from django_aio_request.transport.attempt_sockets import AttemptSockets
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, Resolver
 from tests.support.loopback import LoopbackServer
+from tests.support.thread_limits import first_start_fails
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 0.5
@@ -258,16 +259,7 @@ def test_a_thread_that_could_not_be_started_is_not_waited_for(
 ) -> None:
     """A thread that failed to start (a pids limit: RuntimeError) stayed counted as one to come, and
     a name queued behind a hanging one was never looked up again (a review: a 408 at every call)."""
-    real_start = threading.Thread.start
-    failures = [1]
-
-    def start(thread: threading.Thread) -> None:
-        if thread.name == "django-aio-request-resolver" and failures[0]:
-            failures[0] -= 1
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", start)
+    first_start_fails(monkeypatch, "django-aio-request-resolver")
     resolver = Resolver(max_threads=2)
     with pytest.raises(RuntimeError):
         resolver.resolve("a.hang", socket.AF_INET, AttemptSockets(deadline_in(0.1)))

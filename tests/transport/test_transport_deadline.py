@@ -14,6 +14,7 @@ from django_aio_request import Cancellation, Client, Deadline, RequestsTransport
 from django_aio_request.core.response import UnreachedResponse, UnsentResponse
 from django_aio_request.transport.deadline_timer import deadline_timer
 from tests.support.loopback import Handler, LoopbackServer, full_backlog, trickle
+from tests.support.thread_limits import first_start_fails
 
 #: The spec's hard bound: a trickling server may hold the caller at most this long past the deadline.
 OVERSHOOT = 0.05
@@ -526,16 +527,7 @@ def test_a_timer_thread_that_could_not_be_started_is_started_at_the_next_schedul
     from django_aio_request.transport.deadline_timer import DeadlineTimer
 
     timer = DeadlineTimer()
-    real_start = threading.Thread.start
-    failures = [1]
-
-    def start(thread: threading.Thread) -> None:
-        if thread.name == "django-aio-request-deadline-timer" and failures[0]:
-            failures[0] -= 1
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", start)
+    first_start_fails(monkeypatch, "django-aio-request-deadline-timer")
     with pytest.raises(RuntimeError):
         timer.schedule(time.monotonic(), lambda: None)
     fired = threading.Event()
