@@ -97,8 +97,15 @@ _CHUNK_SIZE = 64 * 1024
 # one. 64 KiB of empty gzip members took 4 ms of CPU to decode to nothing, so with 64 threads reading
 # such a flood to the connection's close the calls ended 0.9 s past their deadline at the median,
 # 1.3 s at worst; 0.18 s and 0.22 s with 16 KiB (0.09 s and 0.17 s with 8 KiB, which made a 10 MiB
-# body 55% slower to decode, where 16 KiB made it 20% slower: docs/faults.md).
+# body 55% slower to decode, where 16 KiB made it 20% slower: docs/benchmarks.md, flood_lateness).
 _CODED_CHUNK_SIZE = 16 * 1024
+
+
+def _read_size(headers: Any, *, decoded: bool) -> int:
+    """How much of a body is read at a time: less of one urllib3 decodes (``_CODED_CHUNK_SIZE``)."""
+    return _CODED_CHUNK_SIZE if decoded and "Content-Encoding" in headers else _CHUNK_SIZE
+
+
 #: Set on the synthetic 489 made for a body larger than ``max_response_size``; its value is the limit.
 X_RESPONSE_TOO_LARGE = "X-Response-Too-Large"
 #: Set on the synthetic 489 made for a body in a coding the client cannot take off (transport/codings.py);
@@ -761,9 +768,7 @@ class RequestsTransport(Transport):
             if raw is None:  # what requests' ``content`` gives: the body made in memory
                 body = self._read_body(outcome.headers, iter([outcome.content or b""]), bodiless=bodiless)
             elif unreadable is None and not left_as_it_came(outcome.headers, last.headers.get("Accept-Encoding")):
-                chunks = outcome.iter_content(
-                    _CODED_CHUNK_SIZE if "Content-Encoding" in outcome.headers else _CHUNK_SIZE
-                )
+                chunks = outcome.iter_content(_read_size(outcome.headers, decoded=True))
                 body = self._read_body(outcome.headers, chunks, bodiless=bodiless, raw=raw, decoded=True)
                 _check_decoded_to_the_end(raw, body)
             else:  # read as it came: for _answered() to refuse, or the caller's to decode
@@ -869,10 +874,7 @@ class RequestsTransport(Transport):
             decode = unreadable is None and not left_as_it_came(raw.headers, accepted)
             body = self._read_body(
                 raw.headers,
-                raw.stream(
-                    _CODED_CHUNK_SIZE if decode and "Content-Encoding" in raw.headers else _CHUNK_SIZE,
-                    decode_content=decode,
-                ),
+                raw.stream(_read_size(raw.headers, decoded=decode), decode_content=decode),
                 bodiless=bodiless,
                 raw=raw,
                 decoded=decode,
