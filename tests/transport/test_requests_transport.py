@@ -7,11 +7,12 @@ import itertools
 import logging
 import random
 import socket
+import struct
 import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -1190,6 +1191,50 @@ def test_empty_members_under_nested_gzip_layers_end_at_the_deadline(server: Loop
         transport.close()
     assert answer.status == status.TIMEOUT
     assert took < 0.3 + 0.25, took
+
+
+def _deflate_layers(inner_mb: int, layers: int) -> bytes:
+    """``layers`` deflate layers (``Content-Encoding: deflate`` as many times) around one stream of
+    ``inner_mb`` MB of empty stored blocks: a few hundred bytes on the wire that decode to nothing."""
+
+    def innermost() -> Iterator[bytes]:
+        yield b"\x78\x01"  # a zlib header
+        for _ in range(inner_mb):
+            yield b"\x00\x00\x00\xff\xff" * 209_715  # empty stored blocks, not the last
+        yield b"\x03\x00" + struct.pack(">I", 1)  # the last block, empty, and the Adler-32 of nothing
+
+    def wrapped(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        layer = zlib.compressobj(9, zlib.DEFLATED, 15)
+        yield from (layer.compress(chunk) for chunk in chunks)
+        yield layer.flush()
+
+    stream = innermost()
+    for _ in range(layers - 1):
+        stream = wrapped(stream)
+    return b"".join(stream)
+
+
+@ROUTES
+def test_nested_deflate_layers_are_held_to_the_coded_bound_and_the_deadline(server: LoopbackServer, route: str) -> None:
+    """Each layer of a list of codings is coded bytes for the next: three ``deflate`` layers, 605
+    bytes on the wire, decoded inside one of urllib3's calls, ran 158 s past a 30 s deadline holding
+    200 MiB (a review). Each layer's output is held to the coded bound (four times the limit and
+    64 KiB), and the deadline is looked at between its pieces: without a limit, a 408 at it."""
+    wire = _deflate_layers(100, 3)
+    assert len(wire) < 1000
+    server.route("/layers", lambda h: h.reply(200, wire, {"Content-Encoding": "deflate, deflate, deflate"}))
+    answers = []
+    for limit in (4 << 20, None):
+        transport = _transport_on(route, limit)
+        try:
+            started = time.monotonic()
+            answer = transport.send(server.url, get("layers"), 0.3)
+            answers.append(
+                (answer.status, answer.headers.get("X-Response-Too-Large"), time.monotonic() - started < 0.55)
+            )
+        finally:
+            transport.close()
+    assert answers == [(status.NETWORK_ERROR, str(4 << 20), True), (status.TIMEOUT, None, True)]
 
 
 @pytest.mark.parametrize("path", ["gz", "via-redirect"], ids=["direct route", "requests' Session"])
