@@ -1218,19 +1218,22 @@ def _gunzipping(decoder: Any, most: int) -> Any:
 
 class _Layers(urllib3.response.ContentDecoder):
     """A list of codings (``Content-Encoding: deflate, gzip``), decoded layer after layer, last applied
-    first: each layer's output handed to the next in pieces of ``_CODED_CHUNK_SIZE``, the deadline
-    looked at before each (:func:`stop_if_over`), and held to ``most`` bytes, the coded bound, like the
-    bytes on the wire: a layer's output is coded bytes for the next.
+    first, in place of urllib3's ``MultiDecoder``: each layer is handed its input 16 KiB at a time
+    (``_CODED_CHUNK_SIZE``), the deadline looked at before each piece (:func:`stop_if_over`), and what
+    one piece decodes to goes down to the next layer at once, so that no layer's whole output is held.
+    A layer's output is coded bytes for the next, held to ``most`` like the bytes on the wire.
 
     urllib3's ``MultiDecoder`` expanded a whole layer inside one call: three ``deflate`` layers, 605
     bytes on the wire, ran 158 s past a 30 s deadline holding 200 MiB; its gzip layers lost data at
-    member boundaries (reviews). Each call decodes all it is given (no ``max_length``): urllib3 keeps
-    what it did not ask for, and what is held at once is bounded by ``most``."""
+    member boundaries; and a first version of this class, decoding each layer whole before the next,
+    held 2 GB for a 5 KB body with no ``max_response_size`` (reviews). Each call decodes all it is
+    given (no ``max_length``): urllib3 keeps what it did not ask for."""
 
-    __slots__ = ("_decoders", "_left")
+    __slots__ = ("_decoders", "_left", "_order")
 
     def __init__(self, layers: list[Any], most: int) -> None:
         self._decoders = layers  # named as urllib3's are, for _check_decoded_to_the_end
+        self._order = layers[::-1]  # the order they are taken off in
         self._left = most
 
     @property
@@ -1238,32 +1241,33 @@ class _Layers(urllib3.response.ContentDecoder):
         return False
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes:
-        return self._through(data, flushing=False)
+        return bytes(self._down(data, 0))
 
     def flush(self) -> bytes:
-        return self._through(b"", flushing=True)
+        out = bytearray()
+        for depth, layer in enumerate(self._order):  # what each holds back goes down through the rest
+            out += self._down(self._held(layer.flush(), depth), depth + 1)
+        return bytes(out)
 
-    def _through(self, data: bytes, *, flushing: bool) -> bytes:
-        last = len(self._decoders) - 1
-        for depth, layer in enumerate(reversed(self._decoders)):
-            out = bytearray()
-            for start in range(0, len(data), _CODED_CHUNK_SIZE):
-                stop_if_over()
-                out += layer.decompress(data[start : start + _CODED_CHUNK_SIZE])
-                self._hold(out, depth < last)
-            if flushing:
-                out += layer.flush()
-                self._hold(out, depth < last)
-            if depth < last:
-                self._left -= len(out)
-            data = bytes(out)
-        return data
+    def _down(self, data: bytes, depth: int) -> bytearray:
+        """``data`` taken off by the layer at ``depth`` and all after it."""
+        if depth == len(self._order):
+            return bytearray(data)
+        layer, out = self._order[depth], bytearray()
+        for start in range(0, len(data), _CODED_CHUNK_SIZE):
+            stop_if_over()
+            piece = layer.decompress(data[start : start + _CODED_CHUNK_SIZE])
+            out += self._down(self._held(piece, depth), depth + 1)
+        return out
 
-    def _hold(self, out: bytearray, coded: bool) -> None:
-        """Count what a layer gave so far, when it is ``coded`` bytes for the next, against ``most``:
-        counted once the whole layer was done, it held 116-170 MiB under a limit of 4 MiB (a review)."""
-        if coded and len(out) > self._left:
-            raise _CodedBodyTooLarge
+    def _held(self, piece: bytes, depth: int) -> bytes:
+        """``piece``, given by the layer at ``depth``, counted against ``most`` when it is coded bytes
+        for a layer after it (raises :class:`_CodedBodyTooLarge` past it)."""
+        if depth < len(self._order) - 1:
+            self._left -= len(piece)
+            if self._left < 0:
+                raise _CodedBodyTooLarge
+        return piece
 
 
 class _Gunzip(urllib3.response.ContentDecoder):
