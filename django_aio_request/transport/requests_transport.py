@@ -1216,34 +1216,45 @@ def _gunzipping(decoder: Any, most: int) -> Any:
     return decoder
 
 
+# What a layer of a coding list is handed at a time: a piece of this size decodes to 4 MiB at most
+# (zlib's most is about 1,032 to 1), which is what a layer may hold at once beyond its bound.
+_LAYER_PIECE = 4 * 1024
+
+
 class _Layers(urllib3.response.ContentDecoder):
     """A list of codings (``Content-Encoding: deflate, gzip``), decoded layer after layer, last applied
-    first, in place of urllib3's ``MultiDecoder``: each layer is handed its input 16 KiB at a time
-    (``_CODED_CHUNK_SIZE``), the deadline looked at before each piece (:func:`stop_if_over`), and what
-    one piece decodes to goes down to the next layer at once, so that no layer's whole output is held.
-    A layer's output is coded bytes for the next, held to ``most`` like the bytes on the wire.
+    first, in place of urllib3's ``MultiDecoder``: each layer is handed its input ``_LAYER_PIECE`` at a
+    time, the deadline looked at before each piece (:func:`stop_if_over`), and what a piece decodes
+    to goes down to the next layer at once, so that no layer's whole output is held. A layer's output
+    is coded bytes for the next, held to ``most`` like the bytes on the wire; the last layer's, the
+    body, to ``most`` in one call (all of it past ``max_response_size``, which is less).
 
     urllib3's ``MultiDecoder`` expanded a whole layer inside one call: three ``deflate`` layers, 605
     bytes on the wire, ran 158 s past a 30 s deadline holding 200 MiB; its gzip layers lost data at
     member boundaries; and a first version of this class, decoding each layer whole before the next,
-    held 2 GB for a 5 KB body with no ``max_response_size`` (reviews). Each call decodes all it is
-    given (no ``max_length``): urllib3 keeps what it did not ask for."""
+    held 2 GB for a 5 KB body with no ``max_response_size``, and 544 MiB for a 590-byte ``gzip, gzip``
+    body under a limit of 1 MiB (reviews, the wheel smoke test). Each call decodes all it is given (no
+    ``max_length``): urllib3 keeps what it did not ask for."""
 
-    __slots__ = ("_decoders", "_left", "_order")
+    __slots__ = ("_decoders", "_left", "_most", "_order", "_out")
 
     def __init__(self, layers: list[Any], most: int) -> None:
         self._decoders = layers  # named as urllib3's are, for _check_decoded_to_the_end
         self._order = layers[::-1]  # the order they are taken off in
+        self._most = most
         self._left = most
+        self._out = 0  # what the last layer gave in this call
 
     @property
     def has_unconsumed_tail(self) -> bool:
         return False
 
     def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        self._out = 0
         return bytes(self._down(data, 0))
 
     def flush(self) -> bytes:
+        self._out = 0
         out = bytearray()
         for depth, layer in enumerate(self._order):  # what each holds back goes down through the rest
             out += self._down(self._held(layer.flush(), depth), depth + 1)
@@ -1254,18 +1265,22 @@ class _Layers(urllib3.response.ContentDecoder):
         if depth == len(self._order):
             return bytearray(data)
         layer, out = self._order[depth], bytearray()
-        for start in range(0, len(data), _CODED_CHUNK_SIZE):
+        for start in range(0, len(data), _LAYER_PIECE):
             stop_if_over()
-            piece = layer.decompress(data[start : start + _CODED_CHUNK_SIZE])
+            piece = layer.decompress(data[start : start + _LAYER_PIECE])
             out += self._down(self._held(piece, depth), depth + 1)
         return out
 
     def _held(self, piece: bytes, depth: int) -> bytes:
-        """``piece``, given by the layer at ``depth``, counted against ``most`` when it is coded bytes
-        for a layer after it (raises :class:`_CodedBodyTooLarge` past it)."""
+        """``piece``, given by the layer at ``depth``, counted against ``most``: as coded bytes for a
+        layer after it, or as the body this call gives (raises :class:`_CodedBodyTooLarge` past it)."""
         if depth < len(self._order) - 1:
             self._left -= len(piece)
             if self._left < 0:
+                raise _CodedBodyTooLarge
+        else:
+            self._out += len(piece)
+            if self._out > self._most:
                 raise _CodedBodyTooLarge
         return piece
 
