@@ -20,9 +20,9 @@ from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
 from django_aio_request.conf.cache_backends import nearest_known
-from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, error_text, shown
+from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
-from django_aio_request.core.client_setup import hides_userinfo
+from django_aio_request.core.client_setup import error_text, hides_userinfo
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
-from django_aio_request.core.client_setup import hides_userinfo, shown_endpoint, words_without_userinfo
+from django_aio_request.core.client_setup import error_text, hides_userinfo, shown_endpoint, words_without_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
@@ -141,14 +141,6 @@ def _urls(location: object) -> list[str]:
     if isinstance(location, Sequence) and not isinstance(location, bytes | bytearray):
         return [one for one in location if isinstance(one, str)]  # any sequence, as Django's caches take
     return []
-
-
-def _words(error: BaseException) -> str:
-    """``str(error)``, or what can be said when an error class's ``__str__`` raises."""
-    try:
-        return str(error)
-    except Exception as failed:
-        return f"<its words could not be shown: {type(failed).__name__}>"
 
 
 def _unmakeable(error: BaseException) -> bool:
@@ -760,7 +752,7 @@ class CacheCircuitStore(CircuitStore[str]):
     def _withholds(self, error: BaseException) -> bool:
         """Whether the log changes the words of ``error`` (:meth:`_said`): then its traceback, which
         repeats them, is left out too."""
-        return self._said(error) != f"{type(error).__name__}: {_words(error)}"
+        return self._said(error) != f"{type(error).__name__}: {error_text(error)}"
 
     def _said(self, error: BaseException) -> str:
         """``error`` as the log names it: its type and words, each part of the credentials in the
@@ -768,7 +760,7 @@ class CacheCircuitStore(CircuitStore[str]):
         for a URL parser's error (a ValueError) about a LOCATION with credentials, which quotes them
         in ways no part can be looked for in (repr's escapes, an address between "[" and "]")."""
         parser = isinstance(error, ValueError) and any(hides_userinfo(url) for url in self._locations)
-        words = None if parser else words_without_userinfo(_words(error), self._locations)
+        words = None if parser else words_without_userinfo(error_text(error), self._locations)
         if words is None:
             return f"{type(error).__name__}; its words are left out, as they may quote the password in its LOCATION"
         return f"{type(error).__name__}: {words}"

@@ -17,8 +17,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.conf.reader import UNEXPECTED, error_text
+from django_aio_request.conf.reader import UNEXPECTED
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, Problem, read_settings
+from django_aio_request.core.client_setup import error_text
 
 
 class InvalidSettings(ImproperlyConfigured):

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from django_aio_request.core.client_setup import shown_endpoint
+from django_aio_request.core.client_setup import error_text, shown_endpoint
 from django_aio_request.core.headers import service_name
 from django_aio_request.core.priority import Priority
 
@@ -483,15 +483,6 @@ def _invalid_settings(error: BaseException) -> bool:
     from django_aio_request.conf.current import InvalidSettings
 
     return isinstance(error, InvalidSettings)
-
-
-def error_text(error: BaseException) -> str:
-    """``str(error)`` for a message, or what can be said when the error's own ``__str__`` raises
-    (an exception class of the user's with a bug in it: the message must still be written)."""
-    try:
-        return str(error)
-    except Exception as failed:
-        return f"<its message could not be shown: {type(failed).__name__}>"
 
 
 def seconds(*, at_most: float | None = None, at_least: float | None = None, why: str | None = None) -> Field:

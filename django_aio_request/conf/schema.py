@@ -36,7 +36,6 @@ from django_aio_request.conf.reader import (
     Unlisted,
     boolean,
     dotted,
-    error_text,
     fields,
     integer,
     names,
@@ -49,7 +48,7 @@ from django_aio_request.conf.reader import (
 from django_aio_request.core import headers as h
 from django_aio_request.core.classifier import ResponseClassifier
 from django_aio_request.core.client import HedgePriority, validate_hedge_priority
-from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, validate_endpoint
+from django_aio_request.core.client_setup import DEFAULT_MAX_WORKERS, error_text, validate_endpoint
 from django_aio_request.core.priority import Priority
 from django_aio_request.core.request import check_headers
 from django_aio_request.core.retry_budget import DEFAULT_MIN_PER_SECOND, DEFAULT_RATIO, DEFAULT_WINDOW_SECONDS

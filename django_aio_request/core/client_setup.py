@@ -89,6 +89,15 @@ def shown_endpoint(endpoint: str) -> str:
     return f"{shown}{rest[at + 1 :]}"
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)`` for a message, or what can be said when the error's own ``__str__`` raises
+    (an exception class of the user's with a bug in it: the message must still be written)."""
+    try:
+        return str(error)
+    except Exception as failed:
+        return f"<its message could not be shown: {type(failed).__name__}>"
+
+
 def hides_userinfo(url: str) -> bool:
     """Whether :func:`shown_endpoint` leaves out of ``url`` what comes before an ``@``: credentials,
     which a URL parser's error may quote (a password with a ``/`` read as the port), not only a query
