@@ -299,7 +299,8 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
     taken |= everywhere
     known = taken | set().union(*map(_keywords, by_scheme.values()))
     lower = {name.lower(): name for name in known}
-    return [
+    refused = _url_options_refused(location, taken - everywhere, by_scheme)
+    return refused + [
         f"OPTIONS[{name!r}] is not an option redis-py takes"
         + (
             f" (only {lower[name.lower()]!r})"
@@ -311,6 +312,45 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
         for name in options
         if name not in taken
     ]
+
+
+def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[str, type]) -> list[str]:
+    """The options in the LOCATION's URLs (``?nosuchoption=1``) that redis-py takes no keyword for:
+    its URL parser passes a name it does not know on to the connection, and every command then fails
+    with ``TypeError`` (it passed the check: a review). ``taken`` are the pool's and every connection's
+    keywords; each URL adds those of the connection class its scheme makes. A name whose lower case
+    is a timeout's is left to W010's own words ("only socket_timeout"). Where the LOCATION holds
+    credentials the names are left out: a password holding a ``?`` is read as the start of the options."""
+    urls = _location_urls(location, _PASSES_NONE) or []
+    withheld = isinstance(location, str) and hides_userinfo(location)
+    found: list[str] = []
+    for url in urls:
+        scheme = _redis_scheme(url)
+        if scheme is None:
+            continue  # E008 names a URL of no scheme redis-py reads
+        try:
+            names = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)  # as redis-py's parse_url reads it
+        except ValueError:
+            continue  # its parser refuses the URL: E008
+        refused = [
+            name
+            for name in names
+            if name not in taken and name not in _keywords(by_scheme[scheme]) and name.lower() not in _TIMEOUT_NAMES
+        ]
+        if not refused:
+            continue
+        if withheld or hides_userinfo(url):
+            found.append(
+                f"its LOCATION {shown(location if withheld else url)[:80]} has URL options redis-py does not take"
+                " (their names left out, as they may quote the password: percent-encode a '?', '#' or '&' in it)"
+            )
+        else:
+            found += [f"its LOCATION's ?{name[:40]}= is not an option redis-py takes" for name in refused]
+    return list(dict.fromkeys(found))
+
+
+#: The timeouts' URL options, whose other spellings W010 names with the one redis-py reads.
+_TIMEOUT_NAMES = frozenset(_SOCKET_TIMEOUT_OPTIONS[_PASSES_NONE])
 
 
 def _keywords(cls: type) -> set[str]:

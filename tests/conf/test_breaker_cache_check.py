@@ -784,17 +784,63 @@ def test_an_option_naming_a_class_that_cannot_be_imported_is_an_error(backend: s
         assert check_breaker_cache_backend() == []
 
 
-def test_a_url_option_redis_py_does_not_know_passes_the_check_and_fails_at_each_connection() -> None:
-    """The known gap docs/checks.md names: redis-py's parser passes an option it does not know on, and
-    each connection refuses it (TypeError); this check cannot see that without connecting."""
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("?nosuchoption=1", ["nosuchoption"]),
+        ("?socket_timeout=1&socket_connect_timeout=1&sockettimeout=1", ["sockettimeout"]),
+        # a keyword of TLS connections on a redis:// URL: its plain connection refuses it too
+        ("?socket_timeout=1&socket_connect_timeout=1&ssl_cert_reqs=none&db=10", ["ssl_cert_reqs"]),
+    ],
+)
+def test_a_url_option_redis_py_does_not_take_is_warned_of_and_fails_at_each_connection(
+    query: str, named: list[str]
+) -> None:
+    """redis-py's URL parser passes an option it does not know on, and each connection refuses it
+    (TypeError): the check passed it, and every sync round failed. W010 now names it (on the real Redis)."""
     from django.core.cache import caches as django_caches
 
     from django_aio_request.checks import check_breaker_cache_backend
 
-    shared = {"BACKEND": REDIS, "LOCATION": "redis://127.0.0.1:6379/10?nosuchoption=1"}
+    shared = {"BACKEND": REDIS, "LOCATION": f"redis://127.0.0.1:6379/10{query}"}
     with override_settings(
         CACHES={"default": LOCMEM, "shared": shared}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
     ):
-        assert [e for e in check_breaker_cache_backend() if e.id == "django_aio_request.E008"] == []
-        with pytest.raises(TypeError, match="nosuchoption"):
+        assert check_breaker_cache_backend() == []  # no E008: W010 says it
+        (warning,) = check_breaker_cache_timeouts()
+        with pytest.raises(TypeError, match=named[0]):
             django_caches["shared"].get("django-aio-request-check-probe")
+    assert warning.id == "django_aio_request.W010"
+    assert "fails every command" in warning.msg
+    for name in named:
+        assert f"?{name}= is not an option redis-py takes" in warning.msg
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "redis://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&client_name=probe&health_check_interval=30",
+        "redis://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&max_connections=4&protocol=3",
+    ],
+)
+def test_url_options_redis_py_takes_are_not_reported(location: str) -> None:
+    """The pool's and the connection's own options in a URL pass, and the cache works (on the real Redis)."""
+    from django.core.cache import caches as django_caches
+
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert check_breaker_cache_timeouts() == []
+        assert django_caches["shared"].get("django-aio-request-check-probe") is None
+
+
+def test_a_url_option_of_a_location_with_a_password_is_warned_of_without_its_name() -> None:
+    """A password holding a ``?`` is read as the start of the URL's options: naming them would quote
+    it. The warning says there are such options and how to write the password, and quotes none of it."""
+    location = "redis://:Xk9f?sec=ret42@127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1"
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        (warning,) = check_breaker_cache_timeouts()
+    assert "has URL options redis-py does not take" in warning.msg
+    assert "percent-encode" in warning.msg
+    for part in ("Xk9f", "sec", "ret42"):
+        assert part not in warning.msg + str(warning.hint)
