@@ -22,7 +22,7 @@ from django.utils.module_loading import import_string
 from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
-from django_aio_request.core.client_setup import error_text, hides_userinfo
+from django_aio_request.core.client_setup import error_text, holds_credentials
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
 
@@ -290,18 +290,17 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
         return []
     by_scheme = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
     schemes = {_redis_scheme(url) for url in _location_urls(location, _PASSES_NONE) or []}
-    taken = {"serializer", "pool_class", "parser_class"}  # Django's RedisCacheClient's own
-    for cls in (redis.ConnectionPool, redis.connection.AbstractConnection):
-        taken |= _keywords(cls)
+    redis_py_own = _keywords(redis.ConnectionPool) | _keywords(redis.connection.AbstractConnection)
+    taken = {"serializer", "pool_class", "parser_class"} | redis_py_own  # the first three: Django's RedisCacheClient's
     # Taken only if every URL's connection class takes it (each URL's pool gets the same OPTIONS).
     per_url = [_keywords(by_scheme[scheme]) for scheme in schemes if scheme is not None]
     everywhere = set.intersection(*per_url) if per_url else set().union(*map(_keywords, by_scheme.values()))
     taken |= everywhere
     known = taken | set().union(*map(_keywords, by_scheme.values()))
     lower = {name.lower(): name for name in known}
-    refused = _url_options_refused(location, taken - everywhere, by_scheme)
+    refused = _url_options_refused(location, redis_py_own, by_scheme)  # a URL's options go to redis-py alone
     return refused + [
-        f"OPTIONS[{name!r}] is not an option redis-py takes"
+        f"OPTIONS[{name!r}] is an option {_REFUSED}"
         + (
             f" (only {lower[name.lower()]!r})"
             if isinstance(name, str) and name.lower() in lower and lower[name.lower()] != name
@@ -322,7 +321,7 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
     is a timeout's is left to W010's own words ("only socket_timeout"). Where the LOCATION holds
     credentials the names are left out: a password holding a ``?`` is read as the start of the options."""
     urls = _location_urls(location, _PASSES_NONE) or []
-    withheld = isinstance(location, str) and hides_userinfo(location)
+    withheld = isinstance(location, str) and holds_credentials(location)
     found: list[str] = []
     for url in urls:
         scheme = _redis_scheme(url)
@@ -339,24 +338,41 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
         ]
         if not refused:
             continue
-        if withheld or hides_userinfo(url):
+        if withheld or holds_credentials(url):
             found.append(
-                f"its LOCATION {shown(location if withheld else url)[:80]} has URL options redis-py does not take"
+                f"its LOCATION {shown(location if withheld else url)[:80]} has URL options {_REFUSED}"
                 " (their names left out, as they may quote the password: percent-encode a '?', '#' or '&' in it)"
             )
         else:
-            found += [f"its LOCATION's ?{name[:40]}= is not an option redis-py takes" for name in refused]
+            found += [f"its LOCATION's ?{name[:40]}= is an option {_REFUSED}" for name in refused]
     return list(dict.fromkeys(found))
 
+
+#: What W010 says of an option redis-py does not take (OPTIONS or a URL's), its hint then saying to leave it out.
+_REFUSED = "redis-py does not take"
 
 #: The timeouts' URL options, whose other spellings W010 names with the one redis-py reads.
 _TIMEOUT_NAMES = frozenset(_SOCKET_TIMEOUT_OPTIONS[_PASSES_NONE])
 
 
 def _keywords(cls: type) -> set[str]:
-    """The keyword arguments ``cls.__init__`` names."""
-    parameters = inspect.signature(getattr(cls, "__init__")).parameters.values()  # noqa: B009 - mypy: unsound on a type
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    """The keyword arguments ``cls.__init__`` names, and those of each ``__init__`` above it that it
+    hands the rest on to (``**kwargs``): redis-py's TLS connection takes every keyword of the plain
+    one (``socket_keepalive`` on a ``rediss://`` URL was named as refused, and the cache worked: a review)."""
+    names: set[str] = set()
+    for klass in cls.__mro__[:-1]:  # object's own __init__ takes nothing
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    names.discard("self")  # ?self=1 is no keyword: "got multiple values for argument 'self'"
+    return names
 
 
 def _bounds_connecting(value: object) -> bool:
@@ -503,7 +519,7 @@ def _no_redis_location(location: object, backend: str) -> str | None:
     # A LOCATION of several URLs in one string is split where a password may hold the separator
     # ("redis://:Xk9f,Zr8@h/0" read as "redis://:Xk9f" and "Zr8@h/0"): the pieces are shown as the
     # whole is, and their words are cleared of the whole's credentials (a review).
-    whole = [location] if isinstance(location, str) and hides_userinfo(location) else []
+    whole = [location] if isinstance(location, str) and holds_credentials(location) else []
     for url in urls:
         seen = shown(whole[0] if whole else url)[:80]
         # As redis-py reads it: the scheme first, with nothing before it ("; redis://r/0", with a
@@ -512,7 +528,7 @@ def _no_redis_location(location: object, backend: str) -> str | None:
             return f"has a LOCATION that is no redis://, rediss:// or unix:// URL ({seen})"
         unreadable = _redis_url_problem(url)
         if unreadable is not None:
-            if whole or hides_userinfo(url):
+            if whole or holds_credentials(url):
                 # redis-py's words quote what a password holding a "/", "?" or "#" was read as (the
                 # port: "Port could not be cast to integer value as 'Xk9f'"), in ways no part of it can
                 # be looked for in (repr's escapes, an address between "[" and "]": reviews).
@@ -609,7 +625,8 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
                 " alone, and logs the outage)",
                 hint=", ".join(f"{name!r}: 1.0" for name in names)
                 + " in OPTIONS"
-                + (", or ?socket_timeout=1&socket_connect_timeout=1 in a redis:// URL" if is_redis else ""),
+                + (", or ?socket_timeout=1&socket_connect_timeout=1 in a redis:// URL" if is_redis else "")
+                + (f"; leave out an option {_REFUSED}" if any(_REFUSED in line for line in unusable) else ""),
                 obj=f"settings.CACHES[{alias!r}]",
                 id=f"django_aio_request.{CACHE_WITHOUT_TIMEOUTS}",
             )

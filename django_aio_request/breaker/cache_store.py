@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
-from django_aio_request.core.client_setup import error_text, hides_userinfo, shown_endpoint, words_without_userinfo
+from django_aio_request.core.client_setup import error_text, holds_credentials, shown_endpoint, words_without_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
 logger = logging.getLogger(__name__)
@@ -759,7 +759,7 @@ class CacheCircuitStore(CircuitStore[str]):
         cache's LOCATION in them put as ``***``; its type alone when a part is too short to tell, and
         for a URL parser's error (a ValueError) about a LOCATION with credentials, which quotes them
         in ways no part can be looked for in (repr's escapes, an address between "[" and "]")."""
-        parser = isinstance(error, ValueError) and any(hides_userinfo(url) for url in self._locations)
+        parser = isinstance(error, ValueError) and any(holds_credentials(url) for url in self._locations)
         words = None if parser else words_without_userinfo(error_text(error), self._locations)
         if words is None:
             return f"{type(error).__name__}; its words are left out, as they may quote the password in its LOCATION"

@@ -106,15 +106,38 @@ def hides_userinfo(url: str) -> bool:
     return "***@" in hidden or "***%40" in hidden or (hidden.endswith("***") and not hidden.endswith(("?***", "#***")))
 
 
+def holds_credentials(url: str) -> bool:
+    """Whether ``url`` holds credentials: before an ``@`` (:func:`hides_userinfo`), or as an option
+    of its query, ``?password=`` or ``?username=``, which redis-py reads as the credentials too (its
+    words then quoted a password with an ``&`` in it as an option it does not take: a review)."""
+    return hides_userinfo(url) or _query_credentials(url) != ""
+
+
+# A password or user name given as a URL option; its name may be percent-encoded ("pass%77ord"),
+# which a query parser decodes. Found in the decoded text, the value taken from there to the end.
+_QUERY_CREDENTIAL = re.compile(r"[?&;]\s*(?:password|username)=", re.IGNORECASE)
+
+
+def _query_credentials(url: str) -> str:
+    """Everything from the first ``password=`` or ``username=`` option of ``url``'s query to its end
+    (a password may hold ``&``, ``;`` or ``,``, which end the option where a parser splits), or ""."""
+    decoded = urllib.parse.unquote(url)
+    found = _QUERY_CREDENTIAL.search(decoded)
+    return decoded[found.end() :] if found else ""
+
+
 def _userinfo(url: str) -> str:
-    """What :func:`shown_endpoint` leaves out of ``url`` before its last ``@`` (or ``%40``), or ""."""
+    """What may be credentials in ``url``: what :func:`shown_endpoint` leaves out before its last
+    ``@`` (or ``%40``), then what follows a ``password=`` or ``username=`` option; or ""."""
+    from_query = _query_credentials(url)
     if not hides_userinfo(url):
-        return ""
+        return from_query
     prefix = _SHOWN_PREFIX.match(url)
     rest = url[len(prefix.group()) :] if prefix else url
     read = rest if rest.isascii() else "".join(char if char.isascii() else _read_as(char) for char in rest)
     at = read.replace("%40", "%4@").rfind("@")
-    return rest[: at - 2 if rest[at - 2 : at + 1] == "%40" else at]
+    before_at = rest[: at - 2 if rest[at - 2 : at + 1] == "%40" else at]
+    return f"{before_at}&{from_query}" if from_query else before_at
 
 
 # Where URL parsers split a userinfo (and Django's cache splits a LOCATION): a part between them is

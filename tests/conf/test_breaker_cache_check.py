@@ -791,6 +791,9 @@ def test_an_option_naming_a_class_that_cannot_be_imported_is_an_error(backend: s
         ("?socket_timeout=1&socket_connect_timeout=1&sockettimeout=1", ["sockettimeout"]),
         # a keyword of TLS connections on a redis:// URL: its plain connection refuses it too
         ("?socket_timeout=1&socket_connect_timeout=1&ssl_cert_reqs=none&db=10", ["ssl_cert_reqs"]),
+        # Django's own OPTIONS names go to redis-py when written in a URL, and "self" is no keyword (a review)
+        ("?socket_timeout=1&socket_connect_timeout=1&serializer=x", ["serializer"]),
+        ("?socket_timeout=1&socket_connect_timeout=1&self=1", ["self"]),
     ],
 )
 def test_a_url_option_redis_py_does_not_take_is_warned_of_and_fails_at_each_connection(
@@ -808,12 +811,13 @@ def test_a_url_option_redis_py_does_not_take_is_warned_of_and_fails_at_each_conn
     ):
         assert check_breaker_cache_backend() == []  # no E008: W010 says it
         (warning,) = check_breaker_cache_timeouts()
-        with pytest.raises(TypeError, match=named[0]):
+        with pytest.raises(TypeError, match=named[0]):  # "unexpected keyword", or "multiple values" for self
             django_caches["shared"].get("django-aio-request-check-probe")
     assert warning.id == "django_aio_request.W010"
     assert "fails every command" in warning.msg
     for name in named:
-        assert f"?{name}= is not an option redis-py takes" in warning.msg
+        assert f"?{name}= is an option redis-py does not take" in warning.msg
+    assert "leave out an option redis-py does not take" in str(warning.hint)
 
 
 @pytest.mark.parametrize(
@@ -833,14 +837,68 @@ def test_url_options_redis_py_takes_are_not_reported(location: str) -> None:
         assert django_caches["shared"].get("django-aio-request-check-probe") is None
 
 
-def test_a_url_option_of_a_location_with_a_password_is_warned_of_without_its_name() -> None:
-    """A password holding a ``?`` is read as the start of the URL's options: naming them would quote
-    it. The warning says there are such options and how to write the password, and quotes none of it."""
-    location = "redis://:Xk9f?sec=ret42@127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1"
+@pytest.mark.parametrize(
+    ("location", "parts"),
+    [
+        # a password holding a "?": what follows is read as the URL's options
+        (
+            "redis://:Xk9f?sec=ret42@127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1",
+            ["Xk9f", "sec", "ret42"],
+        ),
+        # a password given as an option (redis-py reads ?password=), holding an "&" (a review)
+        (
+            "redis://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&password=Tr0ub4dor&3horsebattery=staple",
+            ["Tr0ub4dor", "3horsebattery", "staple"],
+        ),
+        (
+            ["redis://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&password=Tr0ub4dor&3horsebattery=x"],
+            ["Tr0ub4dor", "3horsebattery"],
+        ),
+    ],
+)
+def test_a_url_option_of_a_location_with_a_password_is_warned_of_without_its_name(
+    location: str | list[str], parts: list[str]
+) -> None:
+    """Naming such an option would quote the password. The warning says there are options redis-py does
+    not take and how to write the password, and quotes none of it."""
     caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
     with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
         (warning,) = check_breaker_cache_timeouts()
     assert "has URL options redis-py does not take" in warning.msg
     assert "percent-encode" in warning.msg
-    for part in ("Xk9f", "sec", "ret42"):
+    for part in parts:
         assert part not in warning.msg + str(warning.hint)
+
+
+def test_a_password_option_cut_at_a_separator_is_not_quoted_by_e008() -> None:
+    """Django splits a LOCATION at ";": a ``?password=`` holding one was cut there, and E008 named the
+    piece after it as "no redis:// URL" (a review). The whole LOCATION is shown, without its options."""
+    from django_aio_request.checks import check_breaker_cache_backend
+
+    location = "redis://127.0.0.1:6379/10?password=Tr0ub4dor;3horsebattery"
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        (error,) = check_breaker_cache_backend()
+    assert error.id == "django_aio_request.E008"
+    assert "'redis://127.0.0.1:6379/10?***'" in error.msg
+    for part in ("Tr0ub4dor", "3horsebattery"):
+        assert part not in error.msg + str(error.hint)
+
+
+@pytest.mark.parametrize(
+    ("location", "options"),
+    [
+        ("rediss://127.0.0.1:6380/10?socket_keepalive=true&host=127.0.0.1", {}),
+        ("rediss://127.0.0.1:6380/10", {"socket_keepalive": True}),
+    ],
+)
+def test_a_tls_url_takes_what_a_plain_connection_takes(location: str, options: dict[str, Any]) -> None:
+    """redis-py's TLS connection hands what it does not name to the plain one: ``socket_keepalive`` on a
+    ``rediss://`` URL or in OPTIONS was named as refused, and the cache worked (a review, with a TLS
+    Redis). Here the connection is made without connecting, as the cache makes it."""
+    timed = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, **options}
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location, "OPTIONS": timed}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        assert check_breaker_cache_timeouts() == []
+    pool = redis.ConnectionPool.from_url(location, **timed)
+    assert isinstance(pool.make_connection(), redis.SSLConnection)  # takes the keywords, connects later

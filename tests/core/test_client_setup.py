@@ -185,6 +185,17 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
         ("connecting to ***:815", "redis://admin:0815/xyzw@h/0", "connecting to ***:***"),  # the port's zeros dropped
         ("refused", "redis://u:longpassword@h/0", None),  # "u": too short to be told from other words
         ("refused at h:6379", "redis://h:6379/0", "refused at h:6379"),  # no credentials: as they are
+        # a password given as an option, holding an "&": redis-py read its tail as an option it does not take
+        (
+            "unexpected keyword argument '3horsebattery'",
+            "redis://h:6379/0?socket_timeout=1&password=Tr0ub4dor&3horsebattery=staple",
+            "unexpected keyword argument '***'",
+        ),
+        (
+            "unexpected keyword argument '3horsebattery'",
+            "redis://h:6379/0?pass%77ord=Tr0ub4dor&3horsebattery=staple",  # the option's name percent-encoded
+            "unexpected keyword argument '***'",
+        ),
     ],
 )
 def test_an_error_s_words_are_given_without_any_part_of_the_credentials(words: str, url: str, said: str | None) -> None:
