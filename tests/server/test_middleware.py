@@ -382,6 +382,21 @@ def test_the_remaining_deadline_and_the_priority_reach_outgoing_calls(
     assert downstream.received()[0].headers["X-Service-Name"] == "tests"
 
 
+def test_a_deadline_spent_by_the_middleware_below_still_runs_the_sync_view_whose_calls_are_refused_unsent(
+    downstream: LoopbackServer, settings: Settings
+) -> None:
+    """docs/server.md: the deadline is looked at as the request arrives, not again before the view. A
+    middleware below that takes the caller's whole time does not stop a sync view from starting; the
+    view's client call is refused at once, without being sent (408, no time left)."""
+    settings.MIDDLEWARE = [MIDDLEWARE, "tests.support.urls_server.SlowBeforeViewMiddleware"]
+    started = time.monotonic()
+    response = get_sync("/call?pre=0.4", {"X-Request-Timeout": "0.2"})
+    assert response.status_code == 200  # the view ran: nothing looked at the deadline before it
+    assert json.loads(response.content)["status"] == 408  # its call: refused
+    assert downstream.received() == []  # and never sent
+    assert time.monotonic() - started < 1.5
+
+
 def test_a_call_made_while_a_streaming_body_is_produced_keeps_the_request_s_deadline_only_when_the_view_passes_it(
     downstream: LoopbackServer,
 ) -> None:

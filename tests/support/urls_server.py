@@ -375,3 +375,15 @@ class SyncOnlyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)  # type: ignore[no-any-return]
+
+
+class SlowBeforeViewMiddleware:
+    """A sync middleware below AioRequestMiddleware that works ``?pre=`` seconds before the view (a
+    session store or an authentication backend that is slow)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        time.sleep(float(request.GET.get("pre", "0")))
+        return self.get_response(request)  # type: ignore[no-any-return]
