@@ -257,9 +257,14 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
     ]
     if redis:
         lower = {name.lower() for name in names}
+        # A value is quoted only where the LOCATION holds no credentials: a password holding
+        # "&socket_timeout=" was quoted as the value (a review).
+        urls = _location_urls(location, backend) or []
+        secret = (isinstance(location, str) and holds_credentials(location)) or any(map(holds_credentials, urls))
         found += sorted(
             {
-                f"its LOCATION's ?{name}={values[0][:40]} is not a number of seconds above 0 and at most {LARGEST:,}"
+                f"its LOCATION's ?{name}={'(left out)' if secret else values[0][:40]} is not a number of seconds"
+                f" above 0 and at most {LARGEST:,}"
                 for query in queries
                 for name, values in query.items()
                 if name in lower and values and values[0].strip() and not _url_seconds(values[0])

@@ -116,12 +116,15 @@ def holds_credentials(url: str) -> bool:
 # A password or user name given as a URL option; its name may be percent-encoded ("pass%77ord"),
 # which a query parser decodes. Found in the decoded text, the value taken from there to the end.
 _QUERY_CREDENTIAL = re.compile(r"[?&;]\s*(?:password|username)=", re.IGNORECASE)
+_DELETED_BY_URLSPLIT = str.maketrans("", "", "\t\r\n")
 
 
 def _query_credentials(url: str) -> str:
     """Everything from the first ``password=`` or ``username=`` option of ``url``'s query to its end
     (a password may hold ``&``, ``;`` or ``,``, which end the option where a parser splits), or ""."""
-    decoded = urllib.parse.unquote(url)
+    # As redis-py's parser reads it: urlsplit deletes tabs and line breaks anywhere in a URL first
+    # ("pass\tword=" is the password to it; a review), then the query's names are percent-decoded.
+    decoded = urllib.parse.unquote(url.translate(_DELETED_BY_URLSPLIT))
     found = _QUERY_CREDENTIAL.search(decoded)
     return decoded[found.end() :] if found else ""
 

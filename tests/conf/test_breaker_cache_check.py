@@ -870,6 +870,25 @@ def test_a_url_option_of_a_location_with_a_password_is_warned_of_without_its_nam
         assert part not in warning.msg + str(warning.hint)
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "redis://127.0.0.1:6379/10?socket_connect_timeout=1&password=Tr0ub4dor&socket_timeout=3horsebattery",
+        "redis://127.0.0.1:6379/10?socket_connect_timeout=1&pass\tword=Tr0ub4dor&socket_timeout=3horsebattery",
+        "redis://:Tr0ub?socket_timeout=3horsebattery@127.0.0.1:6379/10",
+    ],
+)
+def test_a_url_timeout_of_a_location_with_a_password_is_judged_without_its_value(location: str) -> None:
+    """A password holding "&socket_timeout=" made W010 quote its tail as the timeout's value (a review).
+    With credentials in the LOCATION the value is left out; the warning still says it is unusable."""
+    caches = {"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}}
+    with override_settings(CACHES=caches, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}):
+        (warning,) = check_breaker_cache_timeouts()
+    assert "?socket_timeout=(left out) is not a number of seconds" in warning.msg
+    for part in ("Tr0ub", "3horsebattery"):
+        assert part not in warning.msg + str(warning.hint)
+
+
 def test_a_password_option_cut_at_a_separator_is_not_quoted_by_e008() -> None:
     """Django splits a LOCATION at ";": a ``?password=`` holding one was cut there, and E008 named the
     piece after it as "no redis:// URL" (a review). The whole LOCATION is shown, without its options."""

@@ -196,6 +196,11 @@ def test_the_refusal_of_credentials_does_not_repeat_them() -> None:
             "redis://h:6379/0?pass%77ord=Tr0ub4dor&3horsebattery=staple",  # the option's name percent-encoded
             "unexpected keyword argument '***'",
         ),
+        (
+            "unexpected keyword argument '3horsebattery'",
+            "redis://h:6379/0?pass\tword=Tr0ub4dor&3horsebattery=staple",  # urlsplit deletes the tab: the password
+            "unexpected keyword argument '***'",
+        ),
     ],
 )
 def test_an_error_s_words_are_given_without_any_part_of_the_credentials(words: str, url: str, said: str | None) -> None:
