@@ -10,7 +10,7 @@ the GIL in no fixed order, so younger calls get answered while older ones wait; 
 delays' saturation ratio is for that, docs/benchmarks.md.)
 
 So before sending a hedge, the parallel strategy asks two things. First :meth:`Pace.crowded`: when
-half the calls answered in the last second took the hedge's delay or longer, hedge-worthy slowness
+half the calls answered lately (the last 16, in the last 10 s) took the hedge's delay or longer, hedge-worthy slowness
 is what most calls have, not a few: the hedge waits until its call has waited twice as long as
 those calls took at the median (slower than most even so: a straggler). Without this a
 pause of the caller's process (a tenth of a second) left a backlog whose calls were answered in any
@@ -45,10 +45,13 @@ __all__ = ["Pace", "Paces"]
 # its call and is still in flight.
 _KEPT = 64
 # The times of the last this-many answered calls (crowded()), of which at least half must have been
-# answered within the last _ANSWERED_RECENT seconds: a service called now and then is left to the
-# rest of the rule.
+# answered within the last _ANSWERED_RECENT seconds: a service called less often is left to the rest
+# of the rule. Ten seconds, not one: with one, a downstream called a few times a second whose every
+# call took longer than the hedge's delay (200 ms against README's 50 ms) was never judged crowded,
+# each call was hedged twice, and the hedges queued in its one thread ahead of the next call, which
+# took three times as long (a review). Where calls come faster the last 16 answers are all recent.
 _ANSWERED_KEPT = 16
-_ANSWERED_RECENT = 1.0
+_ANSWERED_RECENT = 10.0
 # Starts and ends noted at most, before a caller applies them (Pace._apply) rather than leave them for
 # the next judgement: twice _KEPT, a call's start and end.
 _NOTED_KEPT = 2 * _KEPT
@@ -171,7 +174,7 @@ class Pace:
     def crowded(self, now: float, delay: float) -> float | None:
         """How long the calls answered lately took at the median, when that is ``delay`` (the hedge's)
         or longer: a call still waiting is then as slow as most, no straggler yet. None otherwise.
-        Judged by the last calls answered within the last second, when there are at least half of
+        Judged by the last calls answered within the last 10 seconds, when there are at least half of
         ``_ANSWERED_KEPT`` of them; never with fewer."""
         with self._lock:
             self._apply()
