@@ -20,6 +20,7 @@ from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
 from django_aio_request.conf.cache_backends import nearest_known
+from django_aio_request.conf.current import misspelt_setting
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
 from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
 from django_aio_request.core.client_setup import error_text, holds_credentials
@@ -33,7 +34,9 @@ SYNC_MIDDLEWARE_BELOW = "W012"
 POOL_HEALTH_CHECK_UNBOUNDED = "W013"
 UNBOUNDED_DATABASE = "W014"
 PSYCOPG2_CANCEL = "W015"
+MISSPELT_SETTING = "W016"
 UNSUPPORTED_DATABASE = "E020"  # E0xx below E020: AIO_REQUEST's own (conf/reader.py)
+MIDDLEWARE_TWICE = "E021"
 CODES = {
     CACHE_WITHOUT_TIMEOUTS: "the breakers' shared cache sets no socket timeouts of its own",
     DATABASE_WITHOUT_CONNECT_TIMEOUT: "queries bounded by the deadline, connecting not",
@@ -42,6 +45,8 @@ CODES = {
     UNBOUNDED_DATABASE: "DATABASE_STATEMENT_TIMEOUT on, and a database it cannot bound (not PostgreSQL)",
     PSYCOPG2_CANCEL: "DATABASE_STATEMENT_TIMEOUT cancels through psycopg2, which holds the process while it waits",
     UNSUPPORTED_DATABASE: "the app's tables migrated to a database other than SQLite or PostgreSQL",
+    MISSPELT_SETTING: "AIO_REQUEST is not set, and a setting spelt like it is",
+    MIDDLEWARE_TWICE: "AioRequestMiddleware is in MIDDLEWARE more than once",
 }
 #: The databases the app's migrations are written for: its view of the breakers (0002, 0004) is SQL
 #: both accept, and other backends' dialects refuse it (MySQL and MariaDB: ``||`` is OR there, and
@@ -863,6 +868,59 @@ def check_async_stack(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
             hint=ASYNC_STACK_HINT,
             obj="settings.MIDDLEWARE",
             id=f"django_aio_request.{SYNC_MIDDLEWARE_BELOW}",
+        )
+    ]
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_misspelt_setting(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when ``AIO_REQUEST`` is not set and a setting spelt like it is (``AIO_REQUESTS``): check
+    passed it, every default applied, and the first look-up of a client raised UnknownClientError
+    (a review)."""
+    near = misspelt_setting()
+    if near is None:
+        return []
+    return [
+        checks.Warning(
+            f"settings.{SETTING} is not set, and settings.{near} is: a misspelling? Every default applies,"
+            f" and no client of settings.{near} is configured",
+            hint=f"rename settings.{near} to settings.{SETTING}",
+            obj=f"settings.{near}",
+            id=f"django_aio_request.{MISSPELT_SETTING}",
+        )
+    ]
+
+
+@checks.register("django_aio_request")
+@_never_raising
+def check_middleware_once(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Report ``AioRequestMiddleware`` (or a subclass) listed more than once in ``MIDDLEWARE``, as a base
+    and a local settings file that each append it do: every request was then counted twice, and with
+    ``SHEDDING`` took two slots of the limit, so that with ``MAX_CONCURRENCY`` 1 every request was
+    refused (503) and a learned limit fell to 1 (a review)."""
+    from django_aio_request.server.middleware import AioRequestMiddleware
+
+    middleware = getattr(settings, "MIDDLEWARE", None)
+    if not isinstance(middleware, Sequence) or isinstance(middleware, str):
+        return []
+    found = []
+    for path in middleware:
+        try:
+            factory = import_string(path) if isinstance(path, str) else None
+        except Exception:  # Django reports a path that cannot be imported when it loads the middleware
+            continue
+        if isinstance(factory, type) and issubclass(factory, AioRequestMiddleware):
+            found.append(path)
+    if len(found) < 2:
+        return []
+    return [
+        checks.Error(
+            f"AioRequestMiddleware is in settings.MIDDLEWARE {len(found)} times ({', '.join(map(repr, found))}):"
+            " each request would be counted, and with SHEDDING held to the limit, once for each",
+            hint="list it once, right after SecurityMiddleware",
+            obj="settings.MIDDLEWARE",
+            id=f"django_aio_request.{MIDDLEWARE_TWICE}",
         )
     ]
 

@@ -6,7 +6,6 @@ must be process-wide to be of any use.
 """
 
 import atexit
-import difflib
 import functools
 import os
 import threading
@@ -18,7 +17,7 @@ from django.dispatch import receiver
 
 from django_aio_request.breaker.cache_store import CacheCircuitStore, closing_together
 from django_aio_request.conf.building import build_client
-from django_aio_request.conf.current import InvalidSettings, current
+from django_aio_request.conf.current import InvalidSettings, current, misspelt_setting
 from django_aio_request.conf.reader import shown
 from django_aio_request.conf.schema import SETTING, AioRequestSettings, ClientSpec
 from django_aio_request.core.client import Client
@@ -101,10 +100,8 @@ def _unset_setting_note() -> str:
 
     if hasattr(settings, SETTING):
         return ""
-    # Names with AIO in them only: API_REQUESTS is as close to AIO_REQUEST as DJANGO_AIO_REQUEST is.
-    spelt_like = [name for name in dir(settings) if name.isupper() and "AIO" in name]
-    near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.7)
-    spelt = f" (settings.{near[0]} is set: a misspelling?)" if near else ""
+    near = misspelt_setting()
+    spelt = f" (settings.{near} is set: a misspelling?)" if near else ""
     return f"; settings.{SETTING} is not set{spelt}"
 
 

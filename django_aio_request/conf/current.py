@@ -6,6 +6,7 @@ they need a value. Invalid settings raise ``ImproperlyConfigured`` listing every
 checks (``checks.py``) read the same setting through the same reader and report instead.
 """
 
+import difflib
 import os
 import sys
 import threading
@@ -183,3 +184,14 @@ def _running_checks() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def misspelt_setting() -> str | None:
+    """The name of a setting spelt like ``AIO_REQUEST`` (``AIO_REQUESTS``) when ``AIO_REQUEST`` itself
+    is not set, or None. Names with AIO in them only: ``API_REQUESTS`` is as close to ``AIO_REQUEST``
+    as ``DJANGO_AIO_REQUEST`` is."""
+    if hasattr(settings, SETTING):
+        return None
+    spelt_like = [name for name in dir(settings) if name.isupper() and "AIO" in name]
+    near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.7)
+    return near[0] if near else None

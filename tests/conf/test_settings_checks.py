@@ -427,6 +427,39 @@ def test_an_unset_setting_passes_and_none_written_out_is_an_error(tmp_path: Path
     assert "InvalidSettings: AIO_REQUEST has 1 problem:\n  AIO_REQUEST must be a dict, not NoneType" in done.stderr
 
 
+def test_a_misspelt_setting_is_a_warning_of_check(tmp_path: Path) -> None:
+    """``AIO_REQUESTS`` in place of ``AIO_REQUEST``: check passed it in silence, and the first look-up
+    of a client raised (a review). It is W016 now; the setting's own name, or none like it, is not."""
+    unset = "from settings.test import *\ndel AIO_REQUEST\n"
+    misspelt = unset + "AIO_REQUESTS = {'CLIENTS': {'billing': {'ENDPOINT': 'http://billing:8080/'}}}\n"
+    done = manage(tmp_path, "check", settings=misspelt)
+    assert done.returncode == 0, done.stderr  # a warning: a setting of that name may be the project's own
+    assert "(django_aio_request.W016) settings.AIO_REQUEST is not set, and settings.AIO_REQUESTS is" in done.stderr
+    assert "HINT: rename settings.AIO_REQUESTS to settings.AIO_REQUEST" in done.stderr
+    for settings in (unset, unset + "API_REQUESTS = {}\n", "from settings.test import *\nAIO_REQUESTS = {}\n"):
+        done = manage(tmp_path, "check", settings=settings)
+        assert done.returncode == 0, done.stderr
+        assert "W016" not in done.stderr + done.stdout
+
+
+def test_the_middleware_listed_twice_is_an_error_of_check(tmp_path: Path) -> None:
+    """A base and a local settings file that each append AioRequestMiddleware: every request was
+    counted twice and, under SHEDDING, held two slots of the limit (MAX_CONCURRENCY 1: every request
+    refused; a review). E021 names the entries; once, by either of its paths, is no error."""
+    twice = (
+        "from settings.test import *\n"
+        "MIDDLEWARE = [*MIDDLEWARE, 'django_aio_request.server.middleware.AioRequestMiddleware']\n"
+    )
+    done = manage(tmp_path, "check", settings=twice)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "(django_aio_request.E021) AioRequestMiddleware is in settings.MIDDLEWARE 2 times" in done.stderr
+    assert "HINT: list it once, right after SecurityMiddleware" in done.stderr
+    done = manage(tmp_path, "check", settings="from settings.test import *\n")
+    assert done.returncode == 0, done.stderr
+    assert "E021" not in done.stderr
+
+
 def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: Path) -> None:
     (tmp_path / "broken_classifier.py").write_text("raise RuntimeError('boom at import')\n")
     settings = (
