@@ -189,9 +189,12 @@ def _running_checks() -> bool:
 def misspelt_setting() -> str | None:
     """The name of a setting spelt like ``AIO_REQUEST`` (``AIO_REQUESTS``) when ``AIO_REQUEST`` itself
     is not set, or None. Names with AIO in them only: ``API_REQUESTS`` is as close to ``AIO_REQUEST``
-    as ``DJANGO_AIO_REQUEST`` is."""
+    as ``DJANGO_AIO_REQUEST`` is; and none that starts with ``AIO_REQUEST_``, a setting of its own."""
     if hasattr(settings, SETTING):
         return None
-    spelt_like = [name for name in dir(settings) if name.isupper() and "AIO" in name]
+    # Not a setting of its own named after it (AIO_REQUEST_DEBUG is 0.79 like it, above the cutoff).
+    spelt_like = [
+        name for name in dir(settings) if name.isupper() and "AIO" in name and not name.startswith(f"{SETTING}_")
+    ]
     near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.7)
     return near[0] if near else None

@@ -436,7 +436,12 @@ def test_a_misspelt_setting_is_a_warning_of_check(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr  # a warning: a setting of that name may be the project's own
     assert "(django_aio_request.W016) settings.AIO_REQUEST is not set, and settings.AIO_REQUESTS is" in done.stderr
     assert "HINT: rename settings.AIO_REQUESTS to settings.AIO_REQUEST" in done.stderr
-    for settings in (unset, unset + "API_REQUESTS = {}\n", "from settings.test import *\nAIO_REQUESTS = {}\n"):
+    for settings in (
+        unset,
+        unset + "API_REQUESTS = {}\n",
+        unset + "AIO_REQUEST_DEBUG = True\n",  # a setting of the project's own, named after it
+        "from settings.test import *\nAIO_REQUESTS = {}\n",
+    ):
         done = manage(tmp_path, "check", settings=settings)
         assert done.returncode == 0, done.stderr
         assert "W016" not in done.stderr + done.stdout
