@@ -32,6 +32,52 @@ def free_port() -> int:
         return port
 
 
+def owns_listener(pid: int, port: int) -> bool:
+    """Whether process ``pid``, or one it started (a script's server), holds a socket listening on
+    ``port`` (Linux: /proc). A port found free can be taken by another process before the server
+    binds it: gunicorn then retries its bind for seconds while the other server answers on the port,
+    and a test read that one's 404 (CI, 2026-12-07)."""
+    inodes: set[str] = set()
+    for process in _with_descendants(pid):
+        try:
+            links = [os.readlink(f"/proc/{process}/fd/{fd}") for fd in os.listdir(f"/proc/{process}/fd")]
+        except OSError:  # the process is gone, or an fd closed while being read
+            continue
+        inodes.update(link[len("socket:[") : -1] for link in links if link.startswith("socket:["))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    # local address "0100007F:1F90", state 0A = LISTEN, inode the tenth field
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _with_descendants(pid: int) -> list[int]:
+    """``pid`` and the processes it started, and theirs (from each process's parent in /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        process = todo.pop()
+        found.append(process)
+        todo.extend(children.get(process, []))
+    return found
+
+
 #: gunicorn worker classes by ``server()`` kind
 WORKERS = {"gunicorn": "gthread", "gunicorn-priority": "django_aio_request.server.priority_worker.PriorityThreadWorker"}
 
@@ -41,7 +87,19 @@ def server(kind: str, threads: int, config: Mapping[str, object], *, first_on_pa
     """``kind`` "gunicorn" (one gthread worker with ``threads`` threads), "gunicorn-priority" (the same
     with this package's PriorityThreadWorker) or "uvicorn"; yields its base URL. ``first_on_path``: a
     folder put before the environment's packages (another gunicorn release)."""
-    port = free_port()
+    for _ in range(3):  # a port another process took meanwhile: again on another
+        with _server_on(free_port(), kind, threads, config, first_on_path) as url:
+            if url is not None:
+                yield url
+                return
+    raise RuntimeError(f"{kind} found no free port in 3 tries")
+
+
+@contextmanager
+def _server_on(
+    port: int, kind: str, threads: int, config: Mapping[str, object], first_on_path: str | None
+) -> Iterator[str | None]:
+    """``server()`` on ``port``: its URL, or None when another process holds the port."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "benchmarks._shedding_service",
@@ -71,7 +129,7 @@ def server(kind: str, threads: int, config: Mapping[str, object], *, first_on_pa
                     assert process.stderr is not None
                     raise RuntimeError(f"{kind} did not start: {process.stderr.read().decode()}") from None
                 time.sleep(0.05)
-        yield url
+        yield url if owns_listener(process.pid, port) else None
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from benchmarks._shedding_load import owns_listener
+
 if TYPE_CHECKING:
     from django_aio_request import Client, Request, Response
 
@@ -278,11 +280,20 @@ def wait_until_listening(process: "subprocess.Popen[Any]", port: int, what: str,
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+                pass
         except OSError:
             if process.poll() is not None or time.monotonic() > ready_by:
                 raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.1)
+            continue
+        # Another process may have taken the port between free_port() and the server's bind: it is
+        # what answers then, and the server retries its bind (gunicorn) or exits. Said so, not taken
+        # for the server (a test read the other server's 404, 2026-12-07).
+        if owns_listener(process.pid, port):
+            return
+        if process.poll() is not None or time.monotonic() > ready_by:
+            raise RuntimeError(f"{what} did not start: another process holds port {port}")
+        time.sleep(0.1)
 
 
 def stop_server(process: "subprocess.Popen[Any]", timeout: float = 15.0) -> None:
