@@ -98,7 +98,15 @@ $(VENV42)/.installed-stamp: pyproject.toml
 # 578 s, the suite 403 s and this run 131 s: left out then, gunicorn's recycled workers reading the
 # breakers' cache (test_recycled_workers.py, 16 s of this run's tests) and three tests of the
 # publisher about a process's life (shutdown, SIGTERM) and the shared cache, marked
-# same_on_every_django (18 s).
+# same_on_every_django (18 s). On an Intel Xeon VM three times slower a call (2026-12-07) CI took
+# 591 s (the suite 433 s, this run 120 s of 428 s of tests, the publisher's file 100 s of them, all
+# in one process): left out since, the publisher's own tests (test_breaker_publisher.py; on 4.2 the
+# publisher still publishes and obeys overrides across processes in test_without_auth.py and
+# test_breaker_cross_process.py, and admin reads its rows in test_breaker_admin.py), the named
+# clients' registry and the breakers' cache checks, which reach Django through override_settings and
+# its cache backends alone (test_named_clients.py, test_breaker_cache_check.py), the stop of the demo
+# during a run, shedding's own unit tests and the database vendor and connect checks (186 s of tests
+# in all).
 DJANGO42_SKIP := -m "not same_on_every_django" --ignore=tests/end_to_end/test_demo_ports.py \
 	--ignore=tests/end_to_end/test_demo_gc_pauses.py --ignore=tests/end_to_end/test_demo_chain.py \
 	--ignore=tests/breaker/test_cache_store.py --ignore=tests/breaker/test_hanging_cache.py --ignore=tests/metrics \
@@ -111,7 +119,11 @@ DJANGO42_SKIP := -m "not same_on_every_django" --ignore=tests/end_to_end/test_de
 	--ignore=tests/end_to_end/test_response_fuzz.py --ignore=tests/breaker/test_circuit_breaker.py \
 	--ignore=tests/breaker/test_overrides.py --ignore=tests/metrics/test_deferred.py \
 	--ignore=tests/breaker/test_recycled_workers.py \
-	--ignore=tests/metrics/test_prometheus.py --ignore=tests/docs
+	--ignore=tests/metrics/test_prometheus.py --ignore=tests/docs \
+	--ignore=tests/app/test_breaker_publisher.py --ignore=tests/app/test_named_clients.py \
+	--ignore=tests/conf/test_breaker_cache_check.py --ignore=tests/end_to_end/test_demo_stop_during_a_run.py \
+	--ignore=tests/server/test_shedding.py --ignore=tests/conf/test_database_vendor_check.py \
+	--ignore=tests/conf/test_database_connect_check.py
 
 test-django42: $(VENV42)/.installed-stamp
 	$(VENV42)/bin/python -m pytest -q $(PARALLEL) $(DJANGO42_SKIP)
