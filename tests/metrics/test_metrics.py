@@ -555,13 +555,13 @@ def test_known_services_setting_is_validated() -> None:
     assert parsed.known_services is None
 
 
-@pytest.mark.timeout(240)  # 20,000 requests: 54 s on a VM three times slower than the last, near the 60 s default
+# 2,000 names, 20 times the bound: 20,000 took 9-21 s of CI's 10 minutes on a slow VM and showed nothing more.
 @override_settings(MIDDLEWARE=["django_aio_request.middleware.AioRequestMiddleware"])
 @pytest.mark.same_on_every_django
-def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None:
+def test_two_thousand_service_names_make_a_bounded_number_of_series() -> None:
     before = scrape()
     http = DjangoClient()
-    for n in range(20_000):
+    for n in range(2_000):
         http.get("/metrics-test/ping", headers={"X-Service-Name": f"attacker-{n}"})
     after = scrape()
     route = {"request_path": "metrics-test/ping"}
@@ -575,13 +575,13 @@ def test_twenty_thousand_service_names_make_a_bounded_number_of_series() -> None
         labels["request_client"] for labels in series(before, "aio_request_server_latency_count", **route)
     }
     on_route = {labels["request_client"] for labels in series(after, "aio_request_server_latency_count", **route)}
-    # The 20,000 names added at most MAX_SERVICE_NAMES series (fewer if other tests' names came first), plus "other".
+    # The 2,000 names added at most MAX_SERVICE_NAMES series (fewer if other tests' names came first), plus "other".
     assert len(on_route - on_route_before) <= server_metrics.MAX_SERVICE_NAMES + 1
     assert "other" in on_route
     assert (
         value(after, "aio_request_server_latency_count", **route)
         - value(before, "aio_request_server_latency_count", **route)
-        == 20_000
+        == 2_000
     )
     assert server_metrics.service_label("x" * 1000, None) == "other"
     assert server_metrics.service_label(None, None) == "unknown"
