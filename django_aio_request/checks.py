@@ -341,11 +341,8 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
             names = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)  # as redis-py's parse_url reads it
         except ValueError:
             continue  # its parser refuses the URL: E008
-        refused = [
-            name
-            for name in names
-            if name not in taken and name not in _keywords(by_scheme[scheme]) and name.lower() not in _TIMEOUT_NAMES
-        ]
+        takes = taken | _keywords(by_scheme[scheme])
+        refused = [name for name in names if name not in takes and name.lower() not in _TIMEOUT_NAMES]
         if not refused:
             continue
         if withheld or holds_credentials(url):
