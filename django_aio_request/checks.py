@@ -901,19 +901,21 @@ def check_middleware_once(app_configs: Any = None, **kwargs: Any) -> list[checks
     middleware = getattr(settings, "MIDDLEWARE", None)
     if not isinstance(middleware, Sequence) or isinstance(middleware, str):
         return []
-    found = []
+    found: list[object] = []
     for path in middleware:
         try:
-            factory = import_string(path) if isinstance(path, str) else None
+            # A lazy string of one is read as its text, as Django's handler reads it (a review).
+            factory = import_string(str(path)) if isinstance(path, str | Promise) else None
         except Exception:  # Django reports a path that cannot be imported when it loads the middleware
             continue
         if isinstance(factory, type) and issubclass(factory, AioRequestMiddleware):
             found.append(path)
     if len(found) < 2:
         return []
+    listed = ", ".join(repr(str(path)) for path in found)
     return [
         checks.Error(
-            f"AioRequestMiddleware is in settings.MIDDLEWARE {len(found)} times ({', '.join(map(repr, found))}):"
+            f"AioRequestMiddleware is in settings.MIDDLEWARE {len(found)} times ({listed}):"
             " each request would be counted, and with SHEDDING held to the limit, once for each",
             hint="list it once, right after SecurityMiddleware",
             obj="settings.MIDDLEWARE",

@@ -187,14 +187,18 @@ def _running_checks() -> bool:
 
 
 def misspelt_setting() -> str | None:
-    """The name of a setting spelt like ``AIO_REQUEST`` (``AIO_REQUESTS``) when ``AIO_REQUEST`` itself
-    is not set, or None. Names with AIO in them only: ``API_REQUESTS`` is as close to ``AIO_REQUEST``
-    as ``DJANGO_AIO_REQUEST`` is; and none that starts with ``AIO_REQUEST_``, a setting of its own."""
+    """The name of a setting spelt like ``AIO_REQUEST`` (``AIO_REQUESTS``, ``AIO_REQEUST``, and the
+    package's name, ``DJANGO_AIO_REQUEST``) when ``AIO_REQUEST`` itself is not set, or None. Names with
+    AIO in them only (``API_REQUESTS`` is no suggestion), and close ones: at the 0.7 used before, a
+    project's own ``AIO_REQUEST_DEBUG`` or ``MY_AIO_REQUEST_FLAG`` was named as a misspelling (a review)."""
     if hasattr(settings, SETTING):
         return None
-    # Not a setting of its own named after it (AIO_REQUEST_DEBUG is 0.79 like it, above the cutoff).
-    spelt_like = [
-        name for name in dir(settings) if name.isupper() and "AIO" in name and not name.startswith(f"{SETTING}_")
-    ]
-    near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.7)
-    return near[0] if near else None
+    spelt_like = [name for name in dir(settings) if name.isupper() and "AIO" in name]
+    near = difflib.get_close_matches(SETTING, spelt_like, n=1, cutoff=0.85)
+    if near:
+        return near[0]
+    named_after_the_package = [name for name in spelt_like if name in _PACKAGE_NAMED]
+    return named_after_the_package[0] if named_after_the_package else None
+
+
+_PACKAGE_NAMED = ("DJANGO_AIO_REQUEST", "DJANGO_AIO_REQUESTS")

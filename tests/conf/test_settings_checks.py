@@ -441,7 +441,9 @@ def test_a_misspelt_setting_is_a_warning_of_check(tmp_path: Path, settings: Any)
     del settings.AIO_REQUEST
     assert check_misspelt_setting() == []
     settings.API_REQUESTS = {}
-    settings.AIO_REQUEST_DEBUG = True  # a setting of the project's own, named after it
+    settings.AIO_REQUEST_DEBUG = True  # settings of the project's own, named after it (a review)
+    settings.MY_AIO_REQUEST_FLAG = True
+    settings.AIO_REQUESTS_DEBUG = True
     assert check_misspelt_setting() == []
     settings.AIO_REQUESTS = {}
     assert [message.id for message in check_misspelt_setting()] == ["django_aio_request.W016"]
@@ -465,6 +467,13 @@ def test_the_middleware_listed_twice_is_an_error_of_check(tmp_path: Path) -> Non
     done = manage(tmp_path, "check", settings="from settings.test import *\n")
     assert done.returncode == 0, done.stderr
     assert "E021" not in done.stderr
+    # A lazy string of its path counts: Django's handler makes a middleware of it (a review).
+    lazily = (
+        "from settings.test import *\nfrom django.utils.functional import lazy\n"
+        "MIDDLEWARE = [*MIDDLEWARE, lazy(lambda: 'django_aio_request.middleware.AioRequestMiddleware', str)()]\n"
+    )
+    done = manage(tmp_path, "check", settings=lazily)
+    assert "(django_aio_request.E021) AioRequestMiddleware is in settings.MIDDLEWARE 2 times" in done.stderr
 
 
 def test_a_module_that_fails_as_it_is_imported_is_reported_not_raised(tmp_path: Path) -> None:
