@@ -356,7 +356,9 @@ def test_a_flood_ends_at_the_deadline_even_when_the_deadline_s_timer_is_late(
     response, counts = call(server.url, deadline=0.3, transport=transport)
     assert response.status == status.TIMEOUT
     assert counts == FAILURE
-    assert time.monotonic() - started < 0.3 + 0.1
+    # 0.25 s of slack: empty gzip members, chunked, ended 0.43 s after a 0.3 s deadline in a CI run on a
+    # VM three times slower a call (before the fix it read on until the peer stopped: 1 GB, many seconds)
+    assert time.monotonic() - started < 0.3 + 0.25
 
 
 @pytest.mark.parametrize("garbage", [b"garbage\r\n\r\n", b"\x00\xff" * 100, b"SSH-2.0-OpenSSH_9.6\r\n"])

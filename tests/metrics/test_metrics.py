@@ -616,7 +616,9 @@ def test_long_service_names_and_odd_methods_hold_no_memory_once_recorded() -> No
 
     short = held_after(lambda n: "orders", lambda n: "GET")
     long = held_after(lambda n: f"{n:08d}" * 1000, lambda n: f"M{n:06d}" * 500)  # 8 KB names, 3.5 KB methods
-    assert long - short < 2**20  # before: 17 MiB more
+    # before: 17 MiB more. 2 MiB, not 1: a CI run on a slow VM read 1.25 MiB once (other threads of
+    # the process allocate inside the traced window; the test passed in six runs around it)
+    assert long - short < 2 * 2**20
     labels = {"request_path": "metrics-test/ping", "request_client": "other", "request_method": "other"}
     assert value(scrape(), "aio_request_server_latency_count", **labels) >= 1500
 
