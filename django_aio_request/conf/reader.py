@@ -35,6 +35,7 @@ NO_TRAILING_SLASH = "W001"  # an ENDPOINT whose path does not end with "/"
 PER_PROCESS_CACHE = "W002"  # breaker counts in a cache each process keeps apart
 LOSSY_CACHE = "W003"  # breaker counts in a shared cache whose add or incr is not atomic (files, database)
 SHORT_SHARED_SAMPLING = "W004"  # a shared breaker's SAMPLING_DURATION too short for other processes' counts to count
+LARGE_BUDGET = "W005"  # a RETRY_BUDGET RATIO above 1: more extra attempts than first ones (20 meant as 20%?)
 UNEXPECTED = "E099"  # reading failed in a way this reader did not foresee (checks.py reports it; a bug of ours)
 CODES = {
     UNKNOWN_KEY: "unknown key",
@@ -51,6 +52,7 @@ CODES = {
     PER_PROCESS_CACHE: "breaker counts kept per process",
     LOSSY_CACHE: "breaker counts lost when processes write at once",
     SHORT_SHARED_SAMPLING: "a sampling period too short to count other processes' outcomes",
+    LARGE_BUDGET: "a retry budget allowing more extra attempts than first ones",
     UNEXPECTED: "the setting could not be read",
 }
 

@@ -20,6 +20,7 @@ from django_aio_request.conf.reader import (
     BAD_ENDPOINT,
     BAD_NUMBER,
     CONFLICT,
+    LARGE_BUDGET,
     LOSSY_CACHE,
     MISSING_KEY,
     NO_TRAILING_SLASH,
@@ -208,6 +209,22 @@ def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bo
         return None
     spec = reader.mapping(path, value, tuple(RETRY_BUDGET_SCHEMA))
     got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)
+    ratio = got.get("RATIO")
+    if ratio is not None and ratio > 1:
+        # Valid, and almost always a percentage written as one ("RATIO": 20 for 20%): it passed the
+        # check, and the budget then refused no retry or hedge of a client making up to 21 attempts a
+        # call, so retries multiplied the load on a struggling service as if there were no budget.
+        reader.problems.append(
+            Problem(
+                f"{path}['RATIO']",
+                f"is {ratio:g}, above 1: it allows {ratio:g} extra attempts (retries and hedges) for every first"
+                " attempt, so it refuses none while calls make fewer, and retries may multiply the load on a"
+                " service that is failing",
+                "RATIO is a fraction of first attempts: 0.2 allows one extra attempt for every five first ones (20%)",
+                warning=True,
+                code=LARGE_BUDGET,
+            )
+        )
     return None if None in got.values() else got
 
 

@@ -524,6 +524,36 @@ AIO_REQUEST = {"CIRCUIT_BREAKER_STATE": "shared", "CLIENTS": {
     assert "W004" not in done.stderr
 
 
+def test_a_retry_budget_ratio_above_1_is_a_warning_and_such_a_budget_refuses_no_retry() -> None:
+    """W005: ``"RATIO": 20`` (20% meant) passed the check, and the budget then refused nothing: a
+    client whose every call fails three times in a row made all its retries, as with no budget."""
+    from django_aio_request.conf.building import build_retry_budget
+
+    def budget(ratio: object) -> dict[str, object]:
+        setting = {"RATIO": ratio, "MIN_PER_SECOND": 0}
+        return {"CLIENTS": {"billing": {"ENDPOINT": "http://billing:8080/", "RETRY_BUDGET": setting}}}
+
+    found = messages(budget(20))
+    assert found == [
+        "django_aio_request.W005 AIO_REQUEST['CLIENTS']['billing']['RETRY_BUDGET']['RATIO'] is 20, above 1: it"
+        " allows 20 extra attempts (retries and hedges) for every first attempt, so it refuses none while calls"
+        " make fewer, and retries may multiply the load on a service that is failing | RATIO is a fraction of"
+        " first attempts: 0.2 allows one extra attempt for every five first ones (20%)"
+    ], found
+    assert messages(budget(1)) == messages(budget(0.2)) == messages(budget(0)) == []
+    # What the warning says of it: 100 calls of 3 attempts each, every retry allowed at 20, a fifth at 0.2.
+    for ratio, allowed in ((20, 200), (0.2, 20)):
+        spend = build_retry_budget({"RATIO": ratio, "MIN_PER_SECOND": 0, "WINDOW_SECONDS": 10})
+        assert spend is not None
+        made = 0
+        for _call in range(100):
+            spend.record_first()
+            made += spend.try_spend() + spend.try_spend()
+        assert made == allowed, (ratio, made)
+    with override_settings(AIO_REQUEST=budget(20)):
+        call_command("check", "--tag", "django_aio_request")  # a warning: check passes
+
+
 def test_every_id_in_use_is_listed_with_its_kind() -> None:
     from django_aio_request.conf.reader import CODES
 
