@@ -343,7 +343,8 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
             continue  # its parser refuses the URL: E008
         takes = taken | _keywords(by_scheme[scheme])
         refused = [name for name in names if name not in takes and name.lower() not in _TIMEOUT_NAMES]
-        if not refused:
+        objects = [name for name in names if name in takes and name in _OBJECT_OPTIONS]
+        if not refused and not objects:
             continue
         if withheld or holds_credentials(url):
             found.append(
@@ -352,7 +353,33 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
             )
         else:
             found += [f"its LOCATION's ?{name[:40]}= is an option {_REFUSED}" for name in refused]
+            found += [f"its LOCATION's ?{name}= is an option {_REFUSED} as text, as a URL gives it" for name in objects]
     return list(dict.fromkeys(found))
+
+
+#: redis-py's keywords that take an object (a ``Retry``, a callable, a class, a number its URL parser
+#: does not convert), which a URL hands on as text: each made every command, or every connection, of
+#: Django's ``RedisCache`` fail (``?retry=3``: ``'str' object has no attribute 'call_with_retry'``), and
+#: passed the check (a review). Each is tried against a real Redis in
+#: tests/conf/test_breaker_cache_check.py::test_a_url_option_redis_py_takes_only_as_an_object_is_warned_of.
+_OBJECT_OPTIONS = frozenset(
+    {
+        "cache",
+        "cache_config",
+        "command_packer",
+        "connection_class",
+        "credential_provider",
+        "driver_info",
+        "event_dispatcher",
+        "maint_notifications_config",
+        "oss_cluster_maint_notifications_handler",
+        "parser_class",
+        "redis_connect_func",
+        "retry",
+        "socket_keepalive_options",
+        "socket_type",
+    }
+)
 
 
 #: What W010 says of an option redis-py does not take (OPTIONS or a URL's), its hint then saying to leave it out.

@@ -16,7 +16,7 @@ from django.core.cache.backends.redis import RedisCache
 from django.test import override_settings
 
 from django_aio_request import checks as checks_module
-from django_aio_request.checks import check_breaker_cache_timeouts, redis_default_timeouts
+from django_aio_request.checks import _OBJECT_OPTIONS, check_breaker_cache_timeouts, redis_default_timeouts
 from tests.support.manage import manage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -817,6 +817,39 @@ def test_a_url_option_redis_py_does_not_take_is_warned_of_and_fails_at_each_conn
     assert "fails every command" in warning.msg
     for name in named:
         assert f"?{name}= is an option redis-py does not take" in warning.msg
+    assert "leave out an option redis-py does not take" in str(warning.hint)
+
+
+@pytest.mark.parametrize("name", sorted(_OBJECT_OPTIONS))
+def test_a_url_option_redis_py_takes_only_as_an_object_is_warned_of(name: str) -> None:
+    """``?retry=3``: redis-py takes ``retry``, as a ``Retry``; its URL parser hands the text on, and every
+    command of the cache failed (``'str' object has no attribute 'call_with_retry'``) while the check
+    passed it (a review). Each such option, on the real Redis: named by W010, and the cache fails."""
+    from django.core.cache import caches as django_caches
+
+    location = f"redis://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&{name}=1"
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}},
+        AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
+    ):
+        (warning,) = check_breaker_cache_timeouts()
+        key = f"django-aio-request-object-option-{name}"  # its own, kept 1 s: some writes go through
+
+        def set_and_get() -> object:
+            django_caches["shared"].set(key, 1.5, 1)
+            return django_caches["shared"].get(key)
+
+        with pytest.raises(Exception):  # noqa: B017, PT011 - what each raises is redis-py's to choose
+            set_and_get()
+    assert warning.id == "django_aio_request.W010"
+    # A keyword of the installed redis-py (the pool's or the connection's) is named as taken only as an
+    # object; one an older redis-py does not know at all as not taken.
+    import redis
+
+    keywords = checks_module._keywords(redis.ConnectionPool) | checks_module._keywords(redis.Connection)
+    said = " as text, as a URL gives it" if name in keywords else ""
+    named = f"its LOCATION's ?{name}= is an option redis-py does not take{said}"
+    assert re.search(re.escape(named) + "[;:]", warning.msg), warning.msg
     assert "leave out an option redis-py does not take" in str(warning.hint)
 
 
