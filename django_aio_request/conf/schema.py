@@ -217,7 +217,7 @@ def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bo
         reader.problems.append(
             Problem(
                 f"{path}['RATIO']",
-                f"is {ratio:g}, above 1: it allows {ratio:g} extra attempts (retries and hedges) for every first"
+                f"is {ratio:.15g}, above 1: it allows {ratio:.15g} extra attempts (retries and hedges) for every first"
                 " attempt, so it refuses none while calls make fewer, and retries may multiply the load on a"
                 " service that is failing",
                 "RATIO is a fraction of first attempts: 0.2 allows one extra attempt for every five first ones (20%)",
