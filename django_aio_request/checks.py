@@ -117,6 +117,7 @@ _SOCKET_TIMEOUT_OPTIONS = {
 }
 #: Django's RedisCache hands OPTIONS to redis-py as they are, None included (django-redis drops a None).
 _PASSES_NONE = "django.core.cache.backends.redis.RedisCache"
+_DJANGO_REDIS = "django_redis.cache.RedisCache"
 
 
 def redis_default_timeouts() -> tuple[float | None, float | None, str]:
@@ -281,7 +282,32 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
         ]
     if backend == _PASSES_NONE:
         found += _options_redis_py_refuses(options, location)
+    elif backend == _DJANGO_REDIS and not _own_django_redis_pool(options):
+        # django-redis makes its pool with redis-py's ConnectionPool.from_url too: a URL's options
+        # go to redis-py's connections as they do from Django's RedisCache (its own OPTIONS do not).
+        found += _url_options_refused(location, _DJANGO_REDIS, *_redis_py_keywords())
     return found
+
+
+def _own_django_redis_pool(options: Mapping[str, Any]) -> bool:
+    """Whether django-redis's OPTIONS name a pool or connection class of the user's, whose keywords may
+    differ from redis-py's (then its URL options are not judged)."""
+    pool_kwargs = options.get("CONNECTION_POOL_KWARGS")
+    return "CONNECTION_POOL_CLASS" in options or (
+        isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs
+    )
+
+
+def _redis_py_keywords() -> tuple[set[str], dict[str, type]]:
+    """The keywords of redis-py's pool and connection, and its connection class by URL scheme
+    (empty when redis-py is not installed: E008 says so)."""
+    try:
+        import redis
+        import redis.connection
+    except ImportError:
+        return set(), {}
+    by_scheme = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
+    return _keywords(redis.ConnectionPool) | _keywords(redis.connection.AbstractConnection), by_scheme
 
 
 def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> list[str]:
@@ -293,14 +319,10 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
     others, and is not judged."""
     if "pool_class" in options or "connection_class" in options:
         return []
-    try:
-        import redis
-        import redis.connection
-    except ImportError:  # E008 says so
+    redis_py_own, by_scheme = _redis_py_keywords()
+    if not by_scheme:  # redis-py is not installed: E008 says so
         return []
-    by_scheme = {"redis": redis.Connection, "rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}
     schemes = {_redis_scheme(url) for url in _location_urls(location, _PASSES_NONE) or []}
-    redis_py_own = _keywords(redis.ConnectionPool) | _keywords(redis.connection.AbstractConnection)
     taken = {"serializer", "pool_class", "parser_class"} | redis_py_own  # the first three: Django's RedisCacheClient's
     # Taken only if every URL's connection class takes it (each URL's pool gets the same OPTIONS).
     per_url = [_keywords(by_scheme[scheme]) for scheme in schemes if scheme is not None]
@@ -308,7 +330,7 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
     taken |= everywhere
     known = taken | set().union(*map(_keywords, by_scheme.values()))
     lower = {name.lower(): name for name in known}
-    refused = _url_options_refused(location, redis_py_own, by_scheme)  # a URL's options go to redis-py alone
+    refused = _url_options_refused(location, _PASSES_NONE, redis_py_own, by_scheme)  # a URL's go to redis-py alone
     return refused + [
         f"OPTIONS[{name!r}] is an option {_REFUSED}"
         + (
@@ -323,14 +345,15 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
     ]
 
 
-def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[str, type]) -> list[str]:
+def _url_options_refused(location: object, backend: str, taken: set[str], by_scheme: Mapping[str, type]) -> list[str]:
     """The options in the LOCATION's URLs (``?nosuchoption=1``) that redis-py takes no keyword for:
     its URL parser passes a name it does not know on to the connection, and every command then fails
     with ``TypeError`` (it passed the check: a review). ``taken`` are the pool's and every connection's
     keywords; each URL adds those of the connection class its scheme makes. A name whose lower case
     is a timeout's is left to W010's own words ("only socket_timeout"). Where the LOCATION holds
-    credentials the names are left out: a password holding a ``?`` is read as the start of the options."""
-    urls = _location_urls(location, _PASSES_NONE) or []
+    credentials the names are left out: a password holding a ``?`` is read as the start of the options.
+    ``backend`` (Django's ``RedisCache`` or django-redis) tells how the LOCATION splits into URLs."""
+    urls = _location_urls(location, backend) or []
     withheld = isinstance(location, str) and holds_credentials(location)
     found: list[str] = []
     for url in urls:
@@ -342,8 +365,15 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
         except ValueError:
             continue  # its parser refuses the URL: E008
         takes = taken | _keywords(by_scheme[scheme])
-        refused = [name for name in names if name not in takes and name.lower() not in _TIMEOUT_NAMES]
-        objects = [name for name in names if name in takes and name in _OBJECT_OPTIONS]
+        # Named as taken only as objects, whether or not redis-py's signatures name them (its pool
+        # reads ``cache`` and ``cache_config`` from its **kwargs); but a unix:// or rediss:// URL's
+        # connection_class is the one its scheme sets, whatever the URL says (redis-py's parse_url).
+        objects = [name for name in names if name in _OBJECT_OPTIONS and (name, scheme) not in _SET_BY_SCHEME]
+        refused = [
+            name
+            for name in names
+            if name not in takes and name not in _OBJECT_OPTIONS and name.lower() not in _TIMEOUT_NAMES
+        ]
         if not refused and not objects:
             continue
         if withheld or holds_credentials(url):
@@ -362,6 +392,7 @@ def _url_options_refused(location: object, taken: set[str], by_scheme: Mapping[s
 #: Django's ``RedisCache`` fail (``?retry=3``: ``'str' object has no attribute 'call_with_retry'``), and
 #: passed the check (a review). Each is tried against a real Redis in
 #: tests/conf/test_breaker_cache_check.py::test_a_url_option_redis_py_takes_only_as_an_object_is_warned_of.
+_SET_BY_SCHEME = frozenset({("connection_class", "unix"), ("connection_class", "rediss")})
 _OBJECT_OPTIONS = frozenset(
     {
         "cache",

@@ -842,15 +842,55 @@ def test_a_url_option_redis_py_takes_only_as_an_object_is_warned_of(name: str) -
         with pytest.raises(Exception):  # noqa: B017, PT011 - what each raises is redis-py's to choose
             set_and_get()
     assert warning.id == "django_aio_request.W010"
-    # A keyword of the installed redis-py (the pool's or the connection's) is named as taken only as an
-    # object; one an older redis-py does not know at all as not taken.
-    import redis
-
-    keywords = checks_module._keywords(redis.ConnectionPool) | checks_module._keywords(redis.Connection)
-    said = " as text, as a URL gives it" if name in keywords else ""
-    named = f"its LOCATION's ?{name}= is an option redis-py does not take{said}"
+    # ``cache`` and ``cache_config`` too, which the pool reads from its **kwargs (named as not taken at all
+    # at first: a review)
+    named = f"its LOCATION's ?{name}= is an option redis-py does not take as text, as a URL gives it"
     assert re.search(re.escape(named) + "[;:]", warning.msg), warning.msg
     assert "leave out an option redis-py does not take" in str(warning.hint)
+
+
+@pytest.mark.parametrize("scheme", ["unix", "rediss"])
+def test_the_connection_class_a_url_s_scheme_sets_is_not_warned_of(scheme: str) -> None:
+    """redis-py's URL parser sets a ``unix://`` or ``rediss://`` URL's connection class itself, whatever
+    ``?connection_class=`` says, and the cache works: W010 named it at first (a review)."""
+    location = {
+        "unix": "unix:///run/redis.sock?db=10&socket_timeout=1&socket_connect_timeout=1&connection_class=x",
+        "rediss": "rediss://127.0.0.1:6379/10?socket_timeout=1&socket_connect_timeout=1&connection_class=x",
+    }[scheme]
+    expected = {"unix": redis.UnixDomainSocketConnection, "rediss": redis.SSLConnection}[scheme]
+    assert redis.ConnectionPool.from_url(location).connection_class is expected
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": {"BACKEND": REDIS, "LOCATION": location}},
+        AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"},
+    ):
+        assert check_breaker_cache_timeouts() == []
+    # On redis:// the text is the class, and fails (the test above)
+    assert redis.ConnectionPool.from_url(location.replace(f"{scheme}://", "redis://")).connection_class == "x"
+
+
+def test_django_redis_url_options_are_judged_as_redis_py_reads_them() -> None:
+    """django-redis makes its pool with redis-py's ``ConnectionPool.from_url``, as Django's ``RedisCache``
+    does: ``?retry=3`` or ``?nosuchoption=1`` failed every command and passed the check (a review, with
+    django-redis 7.0). Its own OPTIONS are not redis-py's, and a pool class of the user's is not judged."""
+    location = "redis://127.0.0.1:6379/10?retry=3&nosuchoption=1"
+    options = {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1, "CLIENT_CLASS": "django_redis.client.DefaultClient"}
+    cache = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        (warning,) = check_breaker_cache_timeouts()
+    assert "its LOCATION's ?nosuchoption= is an option redis-py does not take" in warning.msg
+    assert "its LOCATION's ?retry= is an option redis-py does not take as text" in warning.msg
+    assert "CLIENT_CLASS" not in warning.msg
+    # What django-redis's connection factory does with the URL, on the real Redis
+    with pytest.raises(AttributeError, match="call_with_retry"):
+        redis.Redis(connection_pool=redis.ConnectionPool.from_url(location.replace("&nosuchoption=1", ""))).ping()
+    for own in ({"CONNECTION_POOL_CLASS": "myproject.Pool"}, {"CONNECTION_POOL_KWARGS": {"connection_class": object}}):
+        judged = {**cache, "OPTIONS": {**options, **own}}
+        with override_settings(
+            CACHES={"default": LOCMEM, "shared": judged}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+        ):
+            assert check_breaker_cache_timeouts() == []
 
 
 @pytest.mark.parametrize(
