@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, re_path
+from django.utils.deprecation import MiddlewareMixin
 from django.views import View
 from django.views.decorators.cache import cache_page
 
@@ -375,6 +376,15 @@ class SyncOnlyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)  # type: ignore[no-any-return]
+
+
+class NotesResponseMiddleware(MiddlewareMixin):
+    """Django's usual middleware (sync ``process_response``, as SessionMiddleware's, which saves the
+    session there): notes each response it is given, in ``finished``."""
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        finished.append(f"process_response {response.status_code}")
+        return response
 
 
 class SlowBeforeViewMiddleware:
