@@ -211,13 +211,16 @@ def retry_budget(reader: Reader, path: str, value: Any) -> dict[str, float] | bo
     got = fields(reader, path, spec or {}, RETRY_BUDGET_SCHEMA)
     ratio = got.get("RATIO")
     if ratio is not None and ratio > 1:
+        # As written: the shortest form that reads back as the same number (``:g`` said "is 1, above 1"
+        # of 1.0000001, ``:.15g`` of 1.0000000000000002: reviews)
+        written = str(int(ratio)) if float(ratio).is_integer() else repr(float(ratio))  # at most 999,999,999
         # Valid, and almost always a percentage written as one ("RATIO": 20 for 20%): it passed the
         # check, and the budget then refused no retry or hedge of a client making up to 21 attempts a
         # call, so retries multiplied the load on a struggling service as if there were no budget.
         reader.problems.append(
             Problem(
                 f"{path}['RATIO']",
-                f"is {ratio:.15g}, above 1: it allows {ratio:.15g} extra attempts (retries and hedges) for every first"
+                f"is {written}, above 1: it allows {written} extra attempts (retries and hedges) for every first"
                 " attempt, so it refuses none while calls make fewer, and retries may multiply the load on a"
                 " service that is failing",
                 "RATIO is a fraction of first attempts: 0.2 allows one extra attempt for every five first ones (20%)",

@@ -544,6 +544,7 @@ def test_a_retry_budget_ratio_above_1_is_a_warning_and_such_a_budget_refuses_no_
     # Shown as written, where a 6-digit form said "is 1, above 1" and "1e+09" (a review)
     assert "['RATIO'] is 1.0000001, above 1: it allows 1.0000001 extra" in messages(budget(1.0000001))[0]
     assert "['RATIO'] is 999999999, above 1" in messages(budget(999_999_999))[0]
+    assert "['RATIO'] is 1.0000000000000002, above 1" in messages(budget(1.0000000000000002))[0]
     # What the warning says of it: 100 calls of 3 attempts each, every retry allowed at 20, a fifth at 0.2.
     for ratio, allowed in ((20, 200), (0.2, 20)):
         spend = build_retry_budget({"RATIO": ratio, "MIN_PER_SECOND": 0, "WINDOW_SECONDS": 10})
