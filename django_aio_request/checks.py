@@ -289,12 +289,31 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
     return found
 
 
+#: django-redis's clients that make their pools with its default connection factory, from each URL
+#: as it is written (``SentinelClient`` sets the Sentinel factory of its own).
+_DJANGO_REDIS_PLAIN_CLIENTS = frozenset(
+    {"django_redis.client.DefaultClient", "django_redis.client.HerdClient", "django_redis.client.ShardClient"}
+)
+_DJANGO_REDIS_PLAIN_FACTORY = "django_redis.pool.ConnectionFactory"
+
+
 def _own_django_redis_pool(options: Mapping[str, Any]) -> bool:
-    """Whether django-redis's OPTIONS name a pool or connection class of the user's, whose keywords may
-    differ from redis-py's (then its URL options are not judged)."""
+    """Whether django-redis may make its pools otherwise than redis-py's ``ConnectionPool.from_url`` of
+    each URL as written (then its URL options are not judged): a pool or connection class of the
+    user's, whose keywords may differ, or a connection factory or client other than its plain ones.
+    Its Sentinel factory takes ``?is_master=`` out of each URL and makes a Sentinel pool, which takes
+    ``?check_connection=``: W010 said such a cache, django-redis's own example, failed every command,
+    and it worked (a review)."""
+    from django.conf import settings
+
     pool_kwargs = options.get("CONNECTION_POOL_KWARGS")
-    return "CONNECTION_POOL_CLASS" in options or (
-        isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs
+    factory = options.get("CONNECTION_FACTORY", getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None))
+    client = options.get("CLIENT_CLASS")
+    return (
+        "CONNECTION_POOL_CLASS" in options
+        or (isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs)
+        or factory not in (None, _DJANGO_REDIS_PLAIN_FACTORY)
+        or client not in (None, *_DJANGO_REDIS_PLAIN_CLIENTS)
     )
 
 
@@ -686,8 +705,9 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
         return [
             checks.Warning(
                 f"settings.CACHES[{alias!r}], the circuit breakers' shared state: {'; '.join(unusable)}: the cache"
-                " client fails every command with it, so breaker state is never shared (each process decides"
-                " alone, and logs the outage)",
+                " client fails every command with it (where one URL of several has it, a replica's or a shard's,"
+                " those that go there), so breaker state is not shared (each process decides alone, and logs"
+                " the outage)",
                 hint=", ".join(f"{name!r}: 1.0" for name in names)
                 + " in OPTIONS"
                 + (", or ?socket_timeout=1&socket_connect_timeout=1 in a redis:// URL" if is_redis else "")

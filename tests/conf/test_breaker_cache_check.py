@@ -885,12 +885,31 @@ def test_django_redis_url_options_are_judged_as_redis_py_reads_them() -> None:
     # What django-redis's connection factory does with the URL, on the real Redis
     with pytest.raises(AttributeError, match="call_with_retry"):
         redis.Redis(connection_pool=redis.ConnectionPool.from_url(location.replace("&nosuchoption=1", ""))).ping()
-    for own in ({"CONNECTION_POOL_CLASS": "myproject.Pool"}, {"CONNECTION_POOL_KWARGS": {"connection_class": object}}):
-        judged = {**cache, "OPTIONS": {**options, **own}}
+    # Pools django-redis may make otherwise: a class of the user's, or its Sentinel factory, which takes
+    # ?is_master= out of each URL (W010 said its own README's example failed every command: a review)
+    sentinel = ["redis://mymaster/10?is_master=1", "redis://mymaster/10?is_master=0&check_connection=true"]
+    for own, location_of_own, setting in (
+        ({"CONNECTION_POOL_CLASS": "myproject.Pool"}, location, {}),
+        ({"CONNECTION_POOL_KWARGS": {"connection_class": object}}, location, {}),
+        ({"CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"}, sentinel, {}),
+        ({}, sentinel, {"DJANGO_REDIS_CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"}),
+        ({"CLIENT_CLASS": "django_redis.client.SentinelClient"}, sentinel[1], {}),
+    ):
+        judged = {**cache, "LOCATION": location_of_own, "OPTIONS": {**options, **own}}
+        with override_settings(
+            CACHES={"default": LOCMEM, "shared": judged}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}, **setting
+        ):
+            assert check_breaker_cache_timeouts() == [], own
+    # Its plain clients and factory, named, are judged
+    for plain in (
+        {"CLIENT_CLASS": "django_redis.client.ShardClient"},
+        {"CONNECTION_FACTORY": "django_redis.pool.ConnectionFactory"},
+    ):
+        judged = {**cache, "OPTIONS": {**options, **plain}}
         with override_settings(
             CACHES={"default": LOCMEM, "shared": judged}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
         ):
-            assert check_breaker_cache_timeouts() == []
+            assert "?retry= is an option redis-py does not take" in check_breaker_cache_timeouts()[0].msg
 
 
 @pytest.mark.parametrize(
