@@ -365,12 +365,13 @@ def _options_redis_py_refuses(options: Mapping[str, Any], location: object) -> l
 
 
 def _url_options_refused(location: object, backend: str, taken: set[str], by_scheme: Mapping[str, type]) -> list[str]:
-    """The options in the LOCATION's URLs (``?nosuchoption=1``) that redis-py takes no keyword for:
-    its URL parser passes a name it does not know on to the connection, and every command then fails
-    with ``TypeError`` (it passed the check: a review). ``taken`` are the pool's and every connection's
-    keywords; each URL adds those of the connection class its scheme makes. A name whose lower case
-    is a timeout's is left to W010's own words ("only socket_timeout"). Where the LOCATION holds
-    credentials the names are left out: a password holding a ``?`` is read as the start of the options.
+    """The options in the LOCATION's URLs that redis-py takes no keyword for (``?nosuchoption=1``), or
+    takes only as an object (``?retry=3``, ``_OBJECT_OPTIONS``): its URL parser passes a name it does
+    not know on to the connection, and the text of one it does not convert, and every command then
+    fails (``TypeError``, ``AttributeError``; both passed the check: reviews). ``taken`` are the pool's
+    and every connection's keywords; each URL adds those of the connection class its scheme makes. A
+    name whose lower case is a timeout's is left to W010's own words ("only socket_timeout"). Where the
+    LOCATION holds credentials the names are left out: a password holding a ``?`` is read as the start of the options.
     ``backend`` (Django's ``RedisCache`` or django-redis) tells how the LOCATION splits into URLs."""
     urls = _location_urls(location, backend) or []
     withheld = isinstance(location, str) and holds_credentials(location)
@@ -411,7 +412,6 @@ def _url_options_refused(location: object, backend: str, taken: set[str], by_sch
 #: Django's ``RedisCache`` fail (``?retry=3``: ``'str' object has no attribute 'call_with_retry'``), and
 #: passed the check (a review). Each is tried against a real Redis in
 #: tests/conf/test_breaker_cache_check.py::test_a_url_option_redis_py_takes_only_as_an_object_is_warned_of.
-_SET_BY_SCHEME = frozenset({("connection_class", "unix"), ("connection_class", "rediss")})
 _OBJECT_OPTIONS = frozenset(
     {
         "cache",
@@ -430,6 +430,9 @@ _OBJECT_OPTIONS = frozenset(
         "socket_type",
     }
 )
+#: Options a URL's scheme sets whatever the URL says (redis-py's parse_url): a unix:// or rediss://
+#: URL's ``?connection_class=`` is replaced, and the cache works.
+_SET_BY_SCHEME = frozenset({("connection_class", "unix"), ("connection_class", "rediss")})
 
 
 #: What W010 says of an option redis-py does not take (OPTIONS or a URL's), its hint then saying to leave it out.
