@@ -703,3 +703,14 @@ class GuardedHTTPSConnectionPool(
 
 
 POOL_CLASSES = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
+
+
+class GuardedPoolBase(_FreshWhenAskedMixin, _BoundedPoolWaitMixin, _DetachOnReturnMixin, RetiringPoolMixin):
+    """What a guarded pool of another connection class is made of (socks_sockets.py): that of the
+    HTTPS pool, whose connections are never handed to the drainer either."""
+
+
+# What socks_sockets.py builds its connections from.
+GuardedConnectionMixin = _GuardedConnectionMixin
+GuardedResponse = _GuardedResponse
+is_name = _is_name

@@ -199,9 +199,8 @@ _UNREAD: Any = object()
 class _GuardedAdapter(HTTPAdapter):
     """An adapter whose connection pools register sockets with the attempt's guard.
 
-    Also those of HTTP(S) proxies (from ``HTTP_PROXY``/``HTTPS_PROXY`` or the session): a proxy
-    that trickles would otherwise hold a call past its deadline. SOCKS proxies use PySocks'
-    connection classes, which are not guarded.
+    Also those of proxies (from ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` or the session), SOCKS
+    ones too (socks_sockets.py): a proxy that trickles would otherwise hold a call past its deadline.
     """
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -270,9 +269,13 @@ class _GuardedAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
+        if proxy.lower().startswith("socks"):
+            from django_aio_request.transport.socks_sockets import SOCKS_POOL_CLASSES  # PySocks: only when used
+
+            manager.pool_classes_by_scheme = SOCKS_POOL_CLASSES
+        else:
             manager.pool_classes_by_scheme = POOL_CLASSES  # before its first pool: they are made on demand
-            retire_dropped_pools(manager)
+        retire_dropped_pools(manager)
         return manager
 
     def close(self) -> None:
