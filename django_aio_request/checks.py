@@ -282,39 +282,68 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
         ]
     if backend == _PASSES_NONE:
         found += _options_redis_py_refuses(options, location)
-    elif backend == _DJANGO_REDIS and not _own_django_redis_pool(options):
+    elif backend == _DJANGO_REDIS and (own := _django_redis_url_options(options)) is not None:
         # django-redis makes its pool with redis-py's ConnectionPool.from_url too: a URL's options
         # go to redis-py's connections as they do from Django's RedisCache (its own OPTIONS do not).
-        found += _url_options_refused(location, _DJANGO_REDIS, *_redis_py_keywords())
+        taken, by_scheme = _redis_py_keywords()
+        found += _url_options_refused(location, _DJANGO_REDIS, taken | own, by_scheme)
     return found
 
 
-#: django-redis's clients that make their pools with its default connection factory, from each URL
-#: as it is written (``SentinelClient`` sets the Sentinel factory of its own).
-_DJANGO_REDIS_PLAIN_CLIENTS = frozenset(
-    {"django_redis.client.DefaultClient", "django_redis.client.HerdClient", "django_redis.client.ShardClient"}
+#: django-redis's connection factories whose pools are redis-py's ``ConnectionPool.from_url`` of each
+#: URL (the Sentinel one after taking ``?is_master=`` out of it, for a Sentinel pool that also takes
+#: ``?check_connection=``), and the URL options each takes besides redis-py's connection's.
+_DJANGO_REDIS_FACTORIES = {
+    "django_redis.pool.ConnectionFactory": frozenset(),
+    "django_redis.pool.SentinelConnectionFactory": frozenset({"is_master", "check_connection"}),
+}
+
+
+#: django-redis's own clients, all ``DefaultClient`` or its subclasses: named so, judged without
+#: importing django-redis.
+_DJANGO_REDIS_CLIENTS = frozenset(
+    f"django_redis.client.{name}" for name in ("DefaultClient", "HerdClient", "ShardClient", "SentinelClient")
 )
-_DJANGO_REDIS_PLAIN_FACTORY = "django_redis.pool.ConnectionFactory"
 
 
-def _own_django_redis_pool(options: Mapping[str, Any]) -> bool:
-    """Whether django-redis may make its pools otherwise than redis-py's ``ConnectionPool.from_url`` of
-    each URL as written (then its URL options are not judged): a pool or connection class of the
-    user's, whose keywords may differ, or a connection factory or client other than its plain ones.
-    Its Sentinel factory takes ``?is_master=`` out of each URL and makes a Sentinel pool, which takes
-    ``?check_connection=``: W010 said such a cache, django-redis's own example, failed every command,
-    and it worked (a review)."""
-    from django.conf import settings
-
+def _django_redis_url_options(options: Mapping[str, Any]) -> frozenset[str] | None:
+    """The URL options django-redis takes itself, besides those of redis-py's connection, when its
+    pools are made from each URL by one of its own connection factories (``_DJANGO_REDIS_FACTORIES``)
+    for one of its own clients (``DefaultClient`` and its subclasses: Herd, Shard, Sentinel, a project's
+    own); None when its pools may be made otherwise and its URL options are not judged: a pool or
+    connection class of the user's, whose keywords may differ, another factory or client class, or
+    one that cannot be imported (E008 says so where it can tell). Read as django-redis reads them: a
+    ``CONNECTION_FACTORY`` of ``None`` or ``""`` falls back to ``DJANGO_REDIS_CONNECTION_FACTORY``.
+    Skipped at first for every factory and client class but the plain ones, a Sentinel cache's
+    ``?retry=3`` that fails every command, and a project's own subclass of ``DefaultClient``'s, passed
+    (a review); judged with the Sentinel factory's own options, its README's example passes."""
     pool_kwargs = options.get("CONNECTION_POOL_KWARGS")
-    factory = options.get("CONNECTION_FACTORY", getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None))
-    client = options.get("CLIENT_CLASS")
-    return (
-        "CONNECTION_POOL_CLASS" in options
-        or (isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs)
-        or factory not in (None, _DJANGO_REDIS_PLAIN_FACTORY)
-        or client not in (None, *_DJANGO_REDIS_PLAIN_CLIENTS)
-    )
+    if "CONNECTION_POOL_CLASS" in options or (isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs):
+        return None
+    factory = options.get("CONNECTION_FACTORY") or getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None)
+    client = options.get("CLIENT_CLASS") or "django_redis.client.DefaultClient"
+    if not isinstance(client, str) or (
+        client not in _DJANGO_REDIS_CLIENTS and not _is_subclass(client, "django_redis.client.DefaultClient")
+    ):
+        return None
+    if factory is None:
+        return _DJANGO_REDIS_FACTORIES["django_redis.pool.ConnectionFactory"]
+    if not isinstance(factory, str):
+        return None
+    for known, taken in _DJANGO_REDIS_FACTORIES.items():
+        if factory == known:
+            return taken
+    return None  # another factory, a subclass too: it may make its pools otherwise
+
+
+def _is_subclass(path: str, base: str) -> bool:
+    """Whether the class ``path`` names is the class ``base`` names or a subclass; False when either
+    cannot be imported."""
+    try:
+        found, wanted = import_string(path), import_string(base)
+    except (Exception, SystemExit):  # any failure to import: not judged
+        return False
+    return isinstance(found, type) and isinstance(wanted, type) and issubclass(found, wanted)
 
 
 def _redis_py_keywords() -> tuple[set[str], dict[str, type]]:
@@ -708,9 +737,13 @@ def check_breaker_cache_timeouts(app_configs: Any = None, **kwargs: Any) -> list
         return [
             checks.Warning(
                 f"settings.CACHES[{alias!r}], the circuit breakers' shared state: {'; '.join(unusable)}: the cache"
-                " client fails every command with it (where one URL of several has it, a replica's or a shard's,"
-                " those that go there), so breaker state is not shared (each process decides alone, and logs"
-                " the outage)",
+                " client fails every command with it"
+                + (
+                    " (where one URL of several has it, a replica's or a shard's, those that go there)"
+                    if is_redis and len(_location_urls(location, backend) or []) > 1
+                    else ""
+                )
+                + ", so breaker state is not shared (each process decides alone, and logs the outage)",
                 hint=", ".join(f"{name!r}: 1.0" for name in names)
                 + " in OPTIONS"
                 + (", or ?socket_timeout=1&socket_connect_timeout=1 in a redis:// URL" if is_redis else "")

@@ -14,6 +14,7 @@ from django.core.cache.backends.filebased import FileBasedCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.test import override_settings
+from django_redis.client import DefaultClient
 
 from django_aio_request import checks as checks_module
 from django_aio_request.checks import _OBJECT_OPTIONS, check_breaker_cache_timeouts, redis_default_timeouts
@@ -871,45 +872,107 @@ def test_the_connection_class_a_url_s_scheme_sets_is_not_warned_of(scheme: str) 
 def test_django_redis_url_options_are_judged_as_redis_py_reads_them() -> None:
     """django-redis makes its pool with redis-py's ``ConnectionPool.from_url``, as Django's ``RedisCache``
     does: ``?retry=3`` or ``?nosuchoption=1`` failed every command and passed the check (a review, with
-    django-redis 7.0). Its own OPTIONS are not redis-py's, and a pool class of the user's is not judged."""
+    django-redis 7.0). Its own OPTIONS are not redis-py's. On the real Redis, through django-redis."""
+    from django.core.cache import caches as django_caches
+
     location = "redis://127.0.0.1:6379/10?retry=3&nosuchoption=1"
-    options = {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1, "CLIENT_CLASS": "django_redis.client.DefaultClient"}
-    cache = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+    options = {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1}
+    for client in (
+        {},
+        {"CLIENT_CLASS": "django_redis.client.HerdClient"},
+        {"CLIENT_CLASS": "tests.conf.test_breaker_cache_check.ProjectClient"},
+    ):
+        cache = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": {**options, **client}}
+        with override_settings(
+            CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+        ):
+            (warning,) = check_breaker_cache_timeouts()
+            with pytest.raises(Exception):  # noqa: B017, PT011 - redis-py's TypeError or AttributeError
+                django_caches["shared"].get("django-aio-request-check-probe")
+        assert "its LOCATION's ?nosuchoption= is an option redis-py does not take:" in warning.msg.replace(";", ":")
+        assert "its LOCATION's ?retry= is an option redis-py does not take as text" in warning.msg
+        assert "OPTIONS" not in warning.msg.partition(":")[2]  # django-redis's own OPTIONS are not redis-py's
+        assert "a replica's or a shard's" not in warning.msg  # one URL
+    # The cache without them works, and is not warned of
+    cache = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:6379/10", "OPTIONS": options}
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
+    ):
+        assert check_breaker_cache_timeouts() == []
+        assert django_caches["shared"].get("django-aio-request-check-probe") is None
+
+
+@pytest.mark.parametrize(
+    ("own", "location", "setting", "named"),
+    [
+        # Its Sentinel factory takes ?is_master= out of each URL, and its pool takes ?check_connection=:
+        # W010 said django-redis's own README's example failed every command, and it worked (a review)
+        (
+            {"CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"},
+            ["redis://mymaster/10?is_master=1", "redis://mymaster/10?is_master=0&check_connection=true"],
+            {},
+            [],
+        ),
+        (
+            {"CLIENT_CLASS": "django_redis.client.SentinelClient"},
+            "redis://mymaster/10?is_master=0",
+            {"DJANGO_REDIS_CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"},
+            [],
+        ),
+        # ... but a Sentinel URL's ?retry=3 fails every command as any other: named (skipped at first: a review)
+        (
+            {"CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"},
+            "redis://mymaster/10?is_master=0&retry=3",
+            {},
+            ["retry"],
+        ),
+        # A factory given as None or "" is django-redis's setting's, or its plain one
+        ({"CONNECTION_FACTORY": ""}, "redis://127.0.0.1:6379/10?retry=3", {}, ["retry"]),
+        (
+            {"CONNECTION_FACTORY": None},
+            "redis://mymaster/10?is_master=0",
+            {"DJANGO_REDIS_CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"},
+            [],
+        ),
+        # Pools django-redis may make otherwise: not judged
+        ({"CONNECTION_POOL_CLASS": "myproject.Pool"}, "redis://127.0.0.1:6379/10?retry=3", {}, []),
+        ({"CONNECTION_POOL_KWARGS": {"connection_class": object}}, "redis://127.0.0.1:6379/10?retry=3", {}, []),
+        ({"CONNECTION_FACTORY": "myproject.Factory"}, "redis://127.0.0.1:6379/10?retry=3", {}, []),
+        ({"CLIENT_CLASS": "myproject.NoSuchClient"}, "redis://127.0.0.1:6379/10?retry=3", {}, []),
+    ],
+)
+def test_django_redis_url_options_are_judged_by_the_factory_that_reads_them(
+    own: dict[str, object], location: object, setting: dict[str, object], named: list[str]
+) -> None:
+    cache = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": location,
+        "OPTIONS": {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1, **own},
+    }
+    with override_settings(
+        CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}, **setting
+    ):
+        found = check_breaker_cache_timeouts()
+    said = [name for name in ("is_master", "check_connection", "retry") if found and f"?{name}=" in found[0].msg]
+    assert said == named, found
+
+
+def test_several_urls_are_said_to_fail_what_goes_to_the_one_with_the_option() -> None:
+    """A replica's URL with ``?retry=3`` fails the reads that go there, not every command (a review)."""
+    location = ["redis://127.0.0.1:6379/10", "redis://127.0.0.1:6379/11?retry=3"]
+    cache = {"BACKEND": REDIS, "LOCATION": location}
     with override_settings(
         CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
     ):
         (warning,) = check_breaker_cache_timeouts()
-    assert "its LOCATION's ?nosuchoption= is an option redis-py does not take" in warning.msg
-    assert "its LOCATION's ?retry= is an option redis-py does not take as text" in warning.msg
-    assert "CLIENT_CLASS" not in warning.msg
-    # What django-redis's connection factory does with the URL, on the real Redis
-    with pytest.raises(AttributeError, match="call_with_retry"):
-        redis.Redis(connection_pool=redis.ConnectionPool.from_url(location.replace("&nosuchoption=1", ""))).ping()
-    # Pools django-redis may make otherwise: a class of the user's, or its Sentinel factory, which takes
-    # ?is_master= out of each URL (W010 said its own README's example failed every command: a review)
-    sentinel = ["redis://mymaster/10?is_master=1", "redis://mymaster/10?is_master=0&check_connection=true"]
-    for own, location_of_own, setting in (
-        ({"CONNECTION_POOL_CLASS": "myproject.Pool"}, location, {}),
-        ({"CONNECTION_POOL_KWARGS": {"connection_class": object}}, location, {}),
-        ({"CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"}, sentinel, {}),
-        ({}, sentinel, {"DJANGO_REDIS_CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"}),
-        ({"CLIENT_CLASS": "django_redis.client.SentinelClient"}, sentinel[1], {}),
-    ):
-        judged = {**cache, "LOCATION": location_of_own, "OPTIONS": {**options, **own}}
-        with override_settings(
-            CACHES={"default": LOCMEM, "shared": judged}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}, **setting
-        ):
-            assert check_breaker_cache_timeouts() == [], own
-    # Its plain clients and factory, named, are judged
-    for plain in (
-        {"CLIENT_CLASS": "django_redis.client.ShardClient"},
-        {"CONNECTION_FACTORY": "django_redis.pool.ConnectionFactory"},
-    ):
-        judged = {**cache, "OPTIONS": {**options, **plain}}
-        with override_settings(
-            CACHES={"default": LOCMEM, "shared": judged}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}
-        ):
-            assert "?retry= is an option redis-py does not take" in check_breaker_cache_timeouts()[0].msg
+    assert "(where one URL of several has it, a replica's or a shard's, those that go there)" in warning.msg
+
+
+SHARED_STATE = {"CIRCUIT_BREAKER_STATE": "shared"}
+
+
+class ProjectClient(DefaultClient):
+    """A project's own django-redis client (a subclass of its DefaultClient): its pools are django-redis's."""
 
 
 @pytest.mark.parametrize(
