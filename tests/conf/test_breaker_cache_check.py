@@ -14,7 +14,7 @@ from django.core.cache.backends.filebased import FileBasedCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.test import override_settings
-from django_redis.client import DefaultClient
+from django_redis.client import DefaultClient  # type: ignore[import-untyped]
 
 from django_aio_request import checks as checks_module
 from django_aio_request.checks import _OBJECT_OPTIONS, check_breaker_cache_timeouts, redis_default_timeouts
@@ -971,7 +971,7 @@ def test_several_urls_are_said_to_fail_what_goes_to_the_one_with_the_option() ->
 SHARED_STATE = {"CIRCUIT_BREAKER_STATE": "shared"}
 
 
-class ProjectClient(DefaultClient):
+class ProjectClient(DefaultClient):  # type: ignore[misc]  # django-redis has no type hints
     """A project's own django-redis client (a subclass of its DefaultClient): its pools are django-redis's."""
 
 
