@@ -295,7 +295,16 @@ def _unusable_timeouts(names: tuple[str, str], options: Mapping[str, Any], locat
 #: ``?check_connection=``), and the URL options each takes besides redis-py's connection's.
 _DJANGO_REDIS_FACTORIES = {
     "django_redis.pool.ConnectionFactory": frozenset(),
-    "django_redis.pool.SentinelConnectionFactory": frozenset({"is_master", "check_connection"}),
+    # Its pool also takes ?ssl= and ?service_name= (redis-py's SentinelConnectionPool), and with ?ssl=
+    # the TLS connection's options: taken whether or not ?ssl= is on (a review: W010 named them of a
+    # Sentinel cache over TLS that worked).
+    "django_redis.pool.SentinelConnectionFactory": frozenset({"is_master", "check_connection", "ssl", "service_name"}),
+}
+#: The pool class each of those factories sets itself when OPTIONS name none (``setdefault`` on the
+#: OPTIONS in settings.CACHES, so a cache used before the check has it): the factory's own, judged.
+_DJANGO_REDIS_OWN_POOLS = {
+    "django_redis.pool.ConnectionFactory": frozenset({"redis.connection.ConnectionPool", "redis.ConnectionPool"}),
+    "django_redis.pool.SentinelConnectionFactory": frozenset({"redis.sentinel.SentinelConnectionPool"}),
 }
 
 
@@ -314,26 +323,30 @@ def _django_redis_url_options(options: Mapping[str, Any]) -> frozenset[str] | No
     connection class of the user's, whose keywords may differ, another factory or client class, or
     one that cannot be imported (E008 says so where it can tell). Read as django-redis reads them: a
     ``CONNECTION_FACTORY`` of ``None`` or ``""`` falls back to ``DJANGO_REDIS_CONNECTION_FACTORY``.
-    Skipped at first for every factory and client class but the plain ones, a Sentinel cache's
-    ``?retry=3`` that fails every command, and a project's own subclass of ``DefaultClient``'s, passed
-    (a review); judged with the Sentinel factory's own options, its README's example passes."""
+    A ``CONNECTION_POOL_CLASS`` that is the factory's own (which it sets itself where none is named)
+    is judged. Skipped at first for every factory and client class but the plain ones, a Sentinel
+    cache's ``?retry=3`` that fails every command, and a project's own subclass of ``DefaultClient``'s,
+    passed (a review); judged with the Sentinel factory's own options, its README's examples pass."""
     pool_kwargs = options.get("CONNECTION_POOL_KWARGS")
-    if "CONNECTION_POOL_CLASS" in options or (isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs):
+    if isinstance(pool_kwargs, Mapping) and "connection_class" in pool_kwargs:
         return None
     factory = options.get("CONNECTION_FACTORY") or getattr(settings, "DJANGO_REDIS_CONNECTION_FACTORY", None)
+    factory = "django_redis.pool.ConnectionFactory" if factory is None else factory
+    if not isinstance(factory, str) or factory not in _DJANGO_REDIS_FACTORIES:
+        return None  # another factory, a subclass too: it may make its pools otherwise
+    pool = options.get("CONNECTION_POOL_CLASS")
+    if pool is not None and not (isinstance(pool, str) and pool in _DJANGO_REDIS_OWN_POOLS[factory]):
+        return None
     client = options.get("CLIENT_CLASS") or "django_redis.client.DefaultClient"
     if not isinstance(client, str) or (
         client not in _DJANGO_REDIS_CLIENTS and not _is_subclass(client, "django_redis.client.DefaultClient")
     ):
         return None
-    if factory is None:
-        return _DJANGO_REDIS_FACTORIES["django_redis.pool.ConnectionFactory"]
-    if not isinstance(factory, str):
-        return None
-    for known, taken in _DJANGO_REDIS_FACTORIES.items():
-        if factory == known:
-            return taken
-    return None  # another factory, a subclass too: it may make its pools otherwise
+    taken = _DJANGO_REDIS_FACTORIES[factory]
+    if "ssl" in taken:
+        _, by_scheme = _redis_py_keywords()
+        taken |= _keywords(by_scheme["rediss"]) if by_scheme else set()
+    return frozenset(taken)
 
 
 def _is_subclass(path: str, base: str) -> bool:

@@ -926,6 +926,30 @@ def test_django_redis_url_options_are_judged_as_redis_py_reads_them() -> None:
             {},
             ["retry"],
         ),
+        # django-redis's README's form, its pool class named; and a Sentinel cache over TLS, whose pool takes
+        # ?ssl= and the TLS options (W010 named them of such a cache that worked: a review)
+        (
+            {
+                "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+                "CONNECTION_POOL_CLASS": "redis.sentinel.SentinelConnectionPool",
+            },
+            "redis://mymaster/10?is_master=0&retry=3",
+            {},
+            ["retry"],
+        ),
+        (
+            {"CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory"},
+            "redis://tlsmaster/10?ssl=true&ssl_cert_reqs=none&service_name=mymaster",
+            {},
+            [],
+        ),
+        # The plain factory's own pool class, named, is judged too
+        (
+            {"CONNECTION_POOL_CLASS": "redis.connection.ConnectionPool"},
+            "redis://127.0.0.1:6379/10?retry=3",
+            {},
+            ["retry"],
+        ),
         # A factory given as None or "" is django-redis's setting's, or its plain one
         ({"CONNECTION_FACTORY": ""}, "redis://127.0.0.1:6379/10?retry=3", {}, ["retry"]),
         (
@@ -953,7 +977,8 @@ def test_django_redis_url_options_are_judged_by_the_factory_that_reads_them(
         CACHES={"default": LOCMEM, "shared": cache}, AIO_REQUEST={"CIRCUIT_BREAKER_STATE": "shared"}, **setting
     ):
         found = check_breaker_cache_timeouts()
-    said = [name for name in ("is_master", "check_connection", "retry") if found and f"?{name}=" in found[0].msg]
+    names = ("is_master", "check_connection", "ssl", "ssl_cert_reqs", "service_name", "retry")
+    said = [name for name in names if found and f"?{name}=" in found[0].msg]
     assert said == named, found
 
 
