@@ -725,6 +725,45 @@ def test_a_socks_proxy_from_the_environment_is_used(
     assert seen == [b"GET /x HTTP/1.1"] * 2
 
 
+def test_through_socks5_the_target_s_name_is_looked_up_within_the_deadline(
+    raw_server: Callable[..., RawServer],
+    socks_env: Callable[[str, RawServer], None],
+    monkeypatch: pytest.MonkeyPatch,
+    no_leaks: None,
+) -> None:
+    """``socks5://`` (not ``socks5h://``) sends the proxy the target's address: PySocks looked the name
+    up itself, mid-handshake, and a lookup taking 3 s held a call given 0.3 s for 3 s (a review). Now
+    the bounded resolver looks it up, within the deadline, and the proxy is asked for the address."""
+    asked: list[tuple[str, int]] = []
+
+    def proxy(conn: socket.socket) -> None:
+        asked.append(_socks5_request(conn))
+        conn.sendall(_SOCKS5_GRANTED)
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def lookup(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host.startswith("slow-name"):  # stands in for a name server that does not answer
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    socks_env("socks5", raw_server(proxy))
+    try:
+        response, counts = call("http://localhost/", deadline=5)
+        assert (response.status, response.read()) == (200, b"ok")
+        response, counts = call("http://slow-name.example.test/", deadline=0.3)
+        assert response.status == status.TIMEOUT
+        assert counts == FAILURE
+    finally:
+        release.set()
+    assert asked == [("127.0.0.1", 80)]  # the address of localhost; the slow name never reached the proxy
+
+
 def test_https_through_a_socks_proxy_is_verified_end_to_end(
     raw_server: Callable[..., RawServer], socks_env: Callable[[str, RawServer], None], no_leaks: None
 ) -> None:
