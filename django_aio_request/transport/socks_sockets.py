@@ -47,7 +47,7 @@ class _GuardedSOCKSMixin(GuardedConnectionMixin):
             return self._through_proxy(guard)
         except ResolutionUnfinished as error:
             raise ConnectTimeoutError(
-                self, "resolving the SOCKS proxy's name did not finish before the deadline"
+                self, "resolving the SOCKS proxy's or the target's name did not finish before the deadline"
             ) from error
         except TimeoutError as error:
             raise ConnectTimeoutError(
