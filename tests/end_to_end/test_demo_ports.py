@@ -163,6 +163,10 @@ def test_a_ctrl_c_while_the_demo_starts_stops_it_without_a_traceback(tmp_path: P
     assert demo.returncode == 0, (demo.returncode, out, err)
     assert "Stopped" in out + err
     _assert_nothing_listens_on(ports)
+    # The next start, on what was left half done (the database), on ports found free again: one found
+    # free before can be taken meanwhile by another test's outgoing connection (its local port, from
+    # the same range), and the demo then rightly said "Address already in use" (a CI run, 2026-12-07)
+    _, env = _free_ports_and_env(tmp_path)
     again = _demo_until_started(tmp_path, env)
     assert "Demo running" in again, again
 
