@@ -8,7 +8,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -727,14 +727,7 @@ async def _answered_at(path: str, headers: dict[str, str]) -> tuple[int, float]:
     started = time.monotonic()
     answered: list[tuple[int, float]] = []
     status = 0
-    requested = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if not requested.is_set():
-            requested.set()
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.sleep(3600)  # the client stays connected
-        return {"type": "http.disconnect"}
+    receive = _receiving(lambda: asyncio.sleep(3600))  # the client stays connected
 
     async def send(message: Mapping[str, Any]) -> None:
         nonlocal status
@@ -745,6 +738,21 @@ async def _answered_at(path: str, headers: dict[str, str]) -> tuple[int, float]:
 
     await ASGIHandler()(_asgi_scope(path, headers), receive, send)
     return answered[0]
+
+
+def _receiving(then: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive``: the request (a GET, no body), then the client's hang-up once ``then`` returned."""
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _asgi_scope(path: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -825,22 +833,13 @@ async def asgi_request(handler: ASGIHandler, path: str, headers: dict[str, str])
     status, headers, body and how long it took."""
     sent: list[dict[str, Any]] = []
     disconnected = asyncio.Event()
-    requested = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await disconnected.wait()  # the client stays connected until the answer is in
-        return {"type": "http.disconnect"}
 
     async def send(message: Mapping[str, Any]) -> None:
         sent.append(dict(message))
 
     scope = _asgi_scope(path, headers)
     started = time.monotonic()
-    await handler(scope, receive, send)
+    await handler(scope, _receiving(disconnected.wait), send)  # the client stays connected until the answer is in
     took = time.monotonic() - started
     disconnected.set()
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -893,20 +892,11 @@ def test_under_asgi_a_caller_s_hang_up_lets_a_sync_view_run_whole_and_skips_proc
     sent: list[dict[str, Any]] = []
 
     async def hung_up_at(seconds: float) -> None:
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.sleep(seconds)
-            return {"type": "http.disconnect"}
-
         async def send(message: Mapping[str, Any]) -> None:
             sent.append(dict(message))
 
-        await ASGIHandler()(_asgi_scope("/slow?sleep=0.5&name=hung-up", {"X-Request-Timeout": "5"}), receive, send)
+        scope = _asgi_scope("/slow?sleep=0.5&name=hung-up", {"X-Request-Timeout": "5"})
+        await ASGIHandler()(scope, _receiving(lambda: asyncio.sleep(seconds)), send)
 
     asyncio.run(hung_up_at(0.1))
     deadline = time.monotonic() + 5
