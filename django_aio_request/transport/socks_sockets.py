@@ -1,5 +1,5 @@
-"""Connections through a SOCKS proxy (``socks5://``, ``socks5h://``, ``socks4://``) that the attempt's
-deadline reaches, as it reaches those of HTTP(S) proxies (attempt_sockets.py).
+"""Connections through a SOCKS proxy (``socks5://``, ``socks5h://``, ``socks4://``, ``socks4a://``) that
+the attempt's deadline reaches, as it reaches those of HTTP(S) proxies (attempt_sockets.py).
 
 urllib3 makes them with PySocks (``urllib3.contrib.socks``), whose ``create_connection`` opens the
 socket, connects to the proxy and talks SOCKS before handing it back: each wait bounded by the
@@ -7,7 +7,9 @@ socket's timeout, none by the call's deadline, so a proxy that trickled its repl
 server that trickled its answer, held a call past its deadline (a known gap until 2026-12-07).
 Here the socket is registered with the attempt before it connects, as for a plain connection: the
 deadline's timer shuts it down, which ends a connect, the proxy's handshake or a read of the answer
-at once. Imported only when a SOCKS proxy is used (PySocks is optional, ``requests[socks]``).
+at once; and the names looked up (the proxy's, and the target's where the client resolves it) are
+looked up within the deadline (bounded_resolver.py). Imported only when a SOCKS proxy is used
+(PySocks is optional, ``requests[socks]``).
 """
 
 import socket
