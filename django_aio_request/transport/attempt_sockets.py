@@ -315,6 +315,14 @@ def stop_if_over() -> None:
     raise ConnectionAbortedError("the attempt was aborted while its answer was read")
 
 
+def connect_failure(conn: HTTPConnection, error: OSError) -> ConnectTimeoutError | NewConnectionError:
+    """urllib3's error for a connection that could not be made, as its own ``_new_conn`` words it:
+    ``ConnectTimeoutError`` for a timeout, ``NewConnectionError`` for any other failure."""
+    if isinstance(error, TimeoutError):
+        return ConnectTimeoutError(conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})")
+    return NewConnectionError(conn, f"Failed to establish a new connection: {error}")
+
+
 def _is_name(host: str) -> bool:
     """Whether connecting to ``host`` needs a lookup: it is not an IPv4 or IPv6 address."""
     try:
@@ -431,12 +439,8 @@ class _GuardedConnectionMixin:
             raise error
         except socket.gaierror as failed:
             raise NameResolutionError(self.host, conn, failed) from failed
-        except TimeoutError as failed:
-            raise ConnectTimeoutError(
-                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
-            ) from failed
         except OSError as failed:
-            raise NewConnectionError(conn, f"Failed to establish a new connection: {failed}") from failed
+            raise connect_failure(conn, failed) from failed
 
     def _connect_resolved(self, guard: AttemptSockets) -> socket.socket:
         """Resolve the host within the deadline (see resolver.py), then try its addresses in turn."""

@@ -19,7 +19,7 @@ import socks  # type: ignore[import-untyped]
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.contrib.socks import SOCKSConnection, SOCKSHTTPSConnection
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.connection import allowed_gai_family
 
 from django_aio_request.transport.attempt_sockets import (
@@ -27,6 +27,7 @@ from django_aio_request.transport.attempt_sockets import (
     GuardedConnectionMixin,
     GuardedPoolBase,
     GuardedResponse,
+    connect_failure,
     current_attempt,
     is_name,
 )
@@ -51,20 +52,13 @@ class _GuardedSOCKSMixin(GuardedConnectionMixin):
             raise ConnectTimeoutError(
                 self, "resolving the SOCKS proxy's or the target's name did not finish before the deadline"
             ) from error
-        except TimeoutError as error:
-            raise ConnectTimeoutError(
-                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
-            ) from error
-        except socks.ProxyError as error:  # as urllib3's SOCKSConnection says it
-            if isinstance(error.socket_err, TimeoutError):
-                raise ConnectTimeoutError(
-                    self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
-                ) from error
-            raise NewConnectionError(
-                conn, f"Failed to establish a new connection: {error.socket_err or error}"
-            ) from error
+        except socks.ProxyError as error:  # as urllib3's SOCKSConnection says it: by the socket's error under it
+            under = (
+                error.socket_err if isinstance(error.socket_err, OSError) else OSError(str(error.socket_err or error))
+            )
+            raise connect_failure(conn, under) from error
         except OSError as error:
-            raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+            raise connect_failure(conn, error) from error
 
     def _through_proxy(self, guard: AttemptSockets) -> socket.socket:
         """PySocks' ``create_connection``, each socket registered with the attempt before it connects
