@@ -14,6 +14,7 @@ from django_aio_request.breaker.circuit_breaker import CircuitBreaker
 from django_aio_request.core import headers as h
 from django_aio_request.core import send_again, status
 from django_aio_request.core.attempt_threads import AttemptThreadPool, stop_at_exit
+from django_aio_request.core.call_threads import CallThreadPool
 from django_aio_request.core.cancellation import Cancellation, TaskCancellation, heed_in_pauses
 from django_aio_request.core.classifier import ResponseClassifier, ResponseVerdict
 from django_aio_request.core.context import get_context
@@ -98,7 +99,7 @@ class Client:
         self._pipeline = pipeline
         self._workers = workers
         self._metrics = metrics
-        self._async_drivers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._async_drivers: CallThreadPool | None = None
         self._drivers_lock = threading.Lock()
         self._closed = False
         # What stands in for this client while a test fakes its name (django_aio_request.testing's
@@ -369,14 +370,15 @@ class Client:
                 elapsed=elapsed,
             )
 
-    def _drivers(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The threads that drive async calls: as many as the client's attempt workers, made on first use."""
+    def _drivers(self) -> CallThreadPool:
+        """The threads that drive async calls: as many as the client's attempt workers, made on first use
+        (and never on the event loop's thread: core/call_threads.py)."""
         drivers = self._async_drivers
         if drivers is None:
             with self._drivers_lock:
                 drivers = self._async_drivers
                 if drivers is None:
-                    drivers = self._async_drivers = concurrent.futures.ThreadPoolExecutor(
+                    drivers = self._async_drivers = CallThreadPool(
                         max_workers=self._workers.max_workers, thread_name_prefix="django-aio-request-async"
                     )
         return drivers

@@ -27,6 +27,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request import metrics as all_metrics
+from django_aio_request.core.call_threads import CallThreadPool
 from django_aio_request.testing import force_breaker, serving
 from tests.support.loopback import (
     Handler,
@@ -147,8 +148,8 @@ def test_the_loop_stays_responsive_during_slow_calls(
             return response
 
     async def go() -> tuple[tuple[float, object], tuple[float, object]]:
-        # The client's call threads are made first: making them is done on the loop (usage.md), which
-        # took 36-40 ms for 32 on a quiet machine and 0.4 s for these 8 once under CI's load.
+        # The client's call threads are made first: their starts (off the loop since 2026-12-07) compete
+        # with the loop for the CPU and the GIL; this test is about the calls' waits.
         server.route("/quick", answer_after(0.0, body=b"quick"))
         await asyncio.gather(*(acall(client, get("quick")) for _ in range(8)))
         return await worst_tick_gap(eight_async_calls), await worst_tick_gap(one_blocking_call)
@@ -159,6 +160,69 @@ def test_the_loop_stays_responsive_during_slow_calls(
     assert max(e for _, e in results) < 1.4  # type: ignore[attr-defined]  # in parallel, not one after another
     assert async_gap < 0.15, f"the loop was blocked for {async_gap:.3f} s"
     assert blocking_gap > 0.4  # the control: a sync call in the loop does block it
+
+
+def test_a_fresh_client_s_first_async_calls_start_no_thread_on_the_event_loop(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh client's call threads are started by the starter thread, not by the loop: each
+    ``Thread.start()`` waits until the new thread runs, and the loop's 32 such waits held every task
+    36-40 ms (0.4 s for 8 once on a loaded CI machine). The 32 calls still run at once."""
+    widen_backlog(server)
+    server.route("/slow", answer_after(0.3, body=b"slow"))
+    client = make_client(max_workers=32, safe_method_strategy=single_attempt_strategy())
+    started_on_the_loop: list[str] = []
+    start = threading.Thread.start
+
+    def noting_start(thread: threading.Thread) -> None:
+        if asyncio._get_running_loop() is not None:
+            started_on_the_loop.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", noting_start)
+
+    async def go() -> list[tuple[Response, float]]:
+        return await asyncio.gather(*(acall(client, get("slow")) for _ in range(32)))
+
+    results = asyncio.run(go())
+
+    assert [r.status for r, _ in results] == [200] * 32
+    assert max(e for _, e in results) < 1.5  # together, not one after another (32 x 0.3 s)
+    call_threads = [t for t in threading.enumerate() if t.name.startswith("django-aio-request-async")]
+    assert len(call_threads) >= 16  # they were started, elsewhere
+    # Only the starter itself may start on a loop, once a process (already running in a long test run).
+    assert [n for n in started_on_the_loop if n != "django-aio-request-thread-starter"] == []
+
+
+def test_an_async_call_queued_before_close_still_gets_a_thread_and_its_answer(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() refuses new calls and lets queued ones run (usage.md). A call whose thread the starter
+    had not started yet when close() shut the pool down is no exception: it was answered 408 at its
+    deadline, having sent nothing, where a thread started by submit() itself would have run it."""
+    server.route("/ok", lambda h: h.reply(200, b"ok"))
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+    may_grow = threading.Event()
+    grow = CallThreadPool._grow
+
+    def held_grow(pool: CallThreadPool) -> None:
+        may_grow.wait(5)
+        grow(pool)
+
+    monkeypatch.setattr(CallThreadPool, "_grow", held_grow)
+
+    async def go() -> tuple[Response, float]:
+        task = asyncio.create_task(acall(client, get("ok"), deadline=Deadline.from_timeout(3.0)))
+        await asyncio.sleep(0.05)  # submitted: its thread is asked of the starter, which waits
+        client.close()
+        may_grow.set()
+        return await task
+
+    response, elapsed = asyncio.run(go())
+
+    assert (response.status, response.read()) == (200, b"ok")
+    assert elapsed < 1.0
+    assert len(server.received("/ok")) == 1
 
 
 def test_a_sync_call_on_the_event_loop_s_thread_warns_at_the_caller_s_line_and_no_other_call_does(
