@@ -8,7 +8,8 @@ so it is harmless in projects that do not use them
 """
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import pytest
@@ -86,6 +87,7 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
         # when the test asked for the database: requesting it otherwise would give it access.
         request.getfixturevalue("_django_db_helper")
     setattr(request.node, _WANTS_FAILURE, True)
+    undo: list[Callable[[], None]] = []
     try:
         with contextlib.ExitStack() as stack:
             fixture = AioRequestFixture(stack)
@@ -93,7 +95,16 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
             failure = getattr(request.node, _FAILED_WITH, None)
             if failure is not None:
                 fixture._test_failed_with(failure)
+            code = getattr(getattr(request, "function", None), "__code__", None)
+            if code is not None and fixture._fakes:
+                # The blocks end below, at the stack's end: a warning of theirs (FakeReplacedWarning)
+                # names the test's line, not this file's (a review), as for a decorated test.
+                from django_aio_request.testing import _decorated
+
+                undo.append(_decorated.set_until_undone((code.co_filename, code.co_firstlineno)))
     finally:
+        for set_back in undo:
+            set_back()
         # The failure's traceback holds the test's frames: not kept for the session.
         for name in (_WANTS_FAILURE, _FAILED_WITH):
             if hasattr(request.node, name):
@@ -102,7 +113,24 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Keep the exception the test itself failed with, for the ``aio_request`` fixture's end."""
+    """Keep the exception the test itself failed with, for the ``aio_request`` fixture's end, and for
+    a ``fake_client()`` block a project's own fixture ends (``testing._test_failure``, until the end
+    of the test's teardown; only once the package's testing helpers are in use)."""
     yield
-    if call.when == "call" and call.excinfo is not None and getattr(item, _WANTS_FAILURE, False):
-        setattr(item, _FAILED_WITH, call.excinfo.value)
+    if call.when == "call" and call.excinfo is not None:
+        if getattr(item, _WANTS_FAILURE, False):
+            setattr(item, _FAILED_WITH, call.excinfo.value)
+        testing = sys.modules.get("django_aio_request.testing")
+        if testing is not None:
+            testing._test_failure = call.excinfo.value  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """The test's failure is known to ``fake_client()`` blocks until its fixtures are torn down."""
+    try:
+        yield
+    finally:
+        testing = sys.modules.get("django_aio_request.testing")
+        if testing is not None:
+            testing._test_failure = None  # type: ignore[attr-defined]

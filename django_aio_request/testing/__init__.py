@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
 
+import requests
 from asgiref.sync import iscoroutinefunction
 from requests.structures import CaseInsensitiveDict
 
@@ -210,6 +211,11 @@ class _Decorated:
     def get(self) -> tuple[str, int] | None:
         return self._where.get()
 
+    def set_until_undone(self, where: tuple[str, int]) -> Callable[[], None]:
+        """Set ``where`` now; returns what sets it back (the pytest fixture's end, around its blocks' ends)."""
+        token = self._where.set(where)
+        return functools.partial(self._where.reset, token)
+
 
 _decorated = _Decorated()
 
@@ -300,6 +306,14 @@ def _check_delay(delay: float) -> None:
         raise ValueError(f"delay must be >= 0, not {delay!r}")
 
 
+def _as_sent(url: str) -> str:
+    """``url`` as requests prepares it for the wire (percent-encoded where it must be); raises, as the
+    real transport does, for one requests refuses."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    return prepared.url or url
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordedCall:
     """One attempt that reached the fake, as the downstream service would have received it."""
@@ -344,7 +358,7 @@ class FakeDownstream(Transport):
         self.endpoint = endpoint
         # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("/api/./v1/"
         # becomes "/api/v1/"), so recorded paths stay relative to it.
-        self._base = urllib.parse.urlsplit(Request(method="GET", url="x").build_url(endpoint)).path[:-1]
+        self._base = urllib.parse.urlsplit(_as_sent(Request(method="GET", url="x").build_url(endpoint))).path[:-1]
         self._lock = threading.Lock()
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
@@ -358,6 +372,12 @@ class FakeDownstream(Transport):
             replies = (reply(),)
         if not all(isinstance(r, Reply) for r in replies):
             raise TypeError("route() takes Reply objects: make them with reply() or network_error()")
+        if "?" in path or "#" in path:
+            # Calls are routed by their path: such a route never answered one (a review).
+            raise ValueError(
+                f"route() takes a path without a query string or fragment, not {path!r}: calls are routed by"
+                " their path; read what each sent in fake.calls (its .query)"
+            )
         key = (method.upper() if method else None, path.lstrip("/"))
         with self._lock:
             self._routes[key] = list(replies)
@@ -376,13 +396,20 @@ class FakeDownstream(Transport):
             return [str(error) for error in self._unexpected]
 
     def _seen(self, failure: BaseException | None) -> None:
-        """The test failed with ``failure``: the unexpected calls' errors in its chain need no repeating."""
-        seen = set()
-        for _ in range(64):  # the chain of causes and contexts, bounded
-            if failure is None:
-                break
-            seen.add(id(failure))
-            failure = failure.__cause__ or failure.__context__
+        """The test failed with ``failure``: the unexpected calls' errors it holds need no repeating:
+        in its chain of causes and contexts, and in an exception group's members (a ``TaskGroup`` or
+        ``gather`` wrapping the call: the test failed once with the group, and then again at its
+        teardown, which said the error had been caught)."""
+        seen: set[int] = set()
+        waiting = [failure] if failure is not None else []
+        while waiting and len(seen) < 256:  # bounded: a chain may loop, a group may be wide
+            error = waiting.pop()
+            if id(error) in seen:
+                continue
+            seen.add(id(error))
+            waiting.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+            if isinstance(error, BaseExceptionGroup):
+                waiting.extend(error.exceptions)
         with self._lock:
             self._repeated = [error for error in self._repeated if id(error) not in seen]
 
@@ -399,7 +426,11 @@ class FakeDownstream(Transport):
         self, endpoint: str, request: Request, timeout: float, cancellation: Cancellation | None = None
     ) -> Response:
         started = time.monotonic()
-        parts = urllib.parse.urlsplit(request.build_url(endpoint))
+        # The URL as requests sends it (the real transport prepares it so): a literal space, "é" or
+        # "%" in the request's URL goes out percent-encoded, and so it is recorded and routed. Taken
+        # as build_url() made it, "files/100%" was recorded so, and a route written as the server
+        # sees the path, "files/100%25", found no call (a review).
+        parts = urllib.parse.urlsplit(_as_sent(request.build_url(endpoint)))
         inside = parts.path.startswith(self._base)
         if inside:
             # Not stripped of a "/" left after the base: "/api/v1//invoices/7" is sent so, and is not
@@ -420,7 +451,7 @@ class FakeDownstream(Transport):
             self._calls.append(call)
             answer = self._next_reply(request.method, path, template) if inside else None
         if answer is None:
-            raise self._unexpected_call(request, path, endpoint, inside=inside)
+            raise self._unexpected_call(request, path, template, endpoint, inside=inside)
         if answer.delay:
             woken = threading.Event()
             undo = cancellation.on_cancel(woken.set) if cancellation is not None else None
@@ -461,12 +492,17 @@ class FakeDownstream(Transport):
                     return self._take(key)
         return None
 
-    def _unexpected_call(self, request: Request, path: str, endpoint: str, *, inside: bool) -> UnexpectedCallError:
+    def _unexpected_call(
+        self, request: Request, path: str, template: str, endpoint: str, *, inside: bool
+    ) -> UnexpectedCallError:
         """The error for a call no route answers, kept in :attr:`unexpected`."""
         if inside:
             with self._lock:
                 known = ", ".join(sorted(p if m is None else f"{m} {p}" for m, p in self._routes)) or "none"
-            text = f"{request.method} {path}: no route in the fake of {endpoint} (routes: {known})"
+            # A template route matches the call's template as written: "invoices/{id}" is not the
+            # call's "invoices/{pk}", which the message then shows.
+            written = f" (template {template})" if template != path else ""
+            text = f"{request.method} {path}{written}: no route in the fake of {endpoint} (routes: {known})"
         else:
             text = (
                 f"{request.method} {path}: outside the path of the fake's endpoint {endpoint} (a request URL"
@@ -564,7 +600,10 @@ def fake_client(name: str, *, allow_unexpected: bool = False) -> Iterator[FakeDo
                 FakeReplacedWarning,
             )
     # Here only when the block ended without an exception: one raised in it (a failing assert, the
-    # UnexpectedCallError itself) goes on as it was.
+    # UnexpectedCallError itself) goes on as it was. Ended by a fixture's teardown after its test
+    # failed (a project's fixture around `with fake_client(...): yield`), the test's failure is known
+    # (the pytest plugin's _test_failure): a call it holds was reported with it.
+    fake._seen(_test_failure)
     repeated = fake._to_repeat()
     if repeated and not allow_unexpected:
         raise UnexpectedCallError(
@@ -585,6 +624,14 @@ def fake_under(name: str) -> FakeDownstream:
     if not isinstance(transport, FakeDownstream):
         raise LookupError(f"no fake_client({name!r}) block is open: clients[{name!r}] is not a fake now")
     return transport
+
+
+# The exception the pytest test being torn down failed with, set by the package's pytest plugin from
+# the test's failure until the end of its teardown (never longer: a traceback holds the test's frames),
+# None otherwise: a fake_client() block a project's own fixture ends then repeats none of the
+# unexpected calls that failure holds (the test was failed with the call's error and again at its
+# teardown, a review).
+_test_failure: BaseException | None = None
 
 
 class FakeReplacedWarning(UserWarning):

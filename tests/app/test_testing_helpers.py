@@ -280,6 +280,39 @@ django.setup()
 def pytest_sessionfinish(session):
     kept = [item.name for item in session.items if hasattr(item, "_django_aio_request_failed_with")]
     print(f"failures kept past their tests: {kept}")
+    from django_aio_request import testing
+
+    print(f"failure kept past the teardown: {testing._test_failure}")
+"""
+
+# A project's own fixture around a fake_client() block, as docs/testing.md shows: a test that failed
+# with the unexpected call's own error was failed again by the block's end, at its teardown (a review).
+PROJECT_FAKE_CONFTEST = """
+import pytest
+from django_aio_request.testing import fake_client
+
+
+@pytest.fixture
+def billing():
+    with fake_client("billing") as fake:
+        yield fake
+"""
+
+PROJECT_FAKE_TESTS = """
+from django_aio_request import clients, get
+
+
+def test_fixture_uncaught(billing):
+    with clients["billing"].request(get("nothing")):
+        pass
+
+
+def test_fixture_caught(billing):
+    try:
+        with clients["billing"].request(get("other")):
+            pass
+    except Exception:
+        pass
 """
 
 # A project's own fixture named aio_request (the plugin's is shadowed): its failing tests' frames were
@@ -299,6 +332,8 @@ def test_own_fixture(aio_request):
 """
 
 PYTEST_PROJECT_TESTS = """
+import asyncio
+
 from django_aio_request import clients, get
 from django_aio_request.testing import fake_client, reply
 
@@ -326,6 +361,20 @@ def test_lazy(request):
     request.getfixturevalue("aio_request").fake("billing")
     with clients["billing"].request(get("nothing")):
         pass
+
+
+def test_grouped(aio_request):
+    aio_request.fake("billing")
+
+    async def call():
+        async with clients["billing"].arequest(get("grouped")):
+            pass
+
+    async def calls():
+        async with asyncio.TaskGroup() as group:
+            group.create_task(call())
+
+    asyncio.run(calls())
 """
 
 
@@ -333,19 +382,61 @@ def test_through_the_fixture_an_unexpected_call_fails_its_test_once(tmp_path: Pa
     """A user's suite, run as users run it: an uncaught call fails its test, once, also through a
     fixture asked for in the test's body; a caught one fails it at the fixture's teardown. The
     uncaught one failed its test and then again at the teardown, saying it had been caught (a
-    review). Nothing of a failed test is kept past it, under a project's own fixture of the name too."""
+    review). So does one whose error reaches the test inside an exception group (a ``TaskGroup``'s),
+    and one through a project's own fixture around a ``fake_client()`` block: both failed again at
+    the teardown (a review). Nothing of a failed test is kept past it, under a project's own fixture
+    of the name too."""
     (tmp_path / "conftest.py").write_text(PYTEST_PROJECT_CONFTEST)
     (tmp_path / "test_user.py").write_text(PYTEST_PROJECT_TESTS.replace("fake_client, ", ""))
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "conftest.py").write_text(OWN_FIXTURE_CONFTEST)
     (tmp_path / "own" / "test_own.py").write_text(OWN_FIXTURE_TESTS)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "conftest.py").write_text(PROJECT_FAKE_CONFTEST)
+    (tmp_path / "project" / "test_project.py").write_text(PROJECT_FAKE_TESTS)
     out = _pytest_in(tmp_path, "-rA").stdout
-    assert "3 failed, 1 passed, 1 error" in out, out
+    assert "5 failed, 2 passed, 2 errors" in out, out
     assert "FAILED test_user.py::test_uncaught" in out
     assert "FAILED test_user.py::test_lazy" in out
+    assert "FAILED test_user.py::test_grouped" in out
     assert "ERROR test_user.py::test_caught - " in out
+    assert "FAILED project/test_project.py::test_fixture_uncaught" in out
+    assert "ERROR project/test_project.py::test_fixture_caught - " in out
     assert "GET invoice/7: no route" in out
     assert "failures kept past their tests: []" in out
+    assert "failure kept past the teardown: None" in out
+
+
+def test_a_fake_is_seen_by_every_thread_of_the_process() -> None:
+    """docs/testing.md: a fake is the process's, as ``clients`` is: another thread's call reaches it."""
+    with fake_client("billing") as billing:
+        billing.route("x", reply(201))
+        statuses: list[int] = []
+
+        def other_thread() -> None:
+            with clients["billing"].request(get("x")) as response:
+                statuses.append(response.status)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+    assert statuses == [201]
+    assert [call.path for call in billing.calls] == ["x"]
+
+
+def test_a_route_with_a_query_string_is_refused_and_a_template_no_route_matches_is_named() -> None:
+    """``route("invoices/7?expand=lines")`` never answered a call (calls are routed by path) and said
+    nothing; a call whose template no route names (``invoices/{pk}`` against a route for
+    ``invoices/{id}``) was named by its path only, which hid why (a review)."""
+    with fake_client("billing", allow_unexpected=True) as billing:
+        with pytest.raises(
+            ValueError, match=r"route\(\) takes a path without a query string .*'invoices/7\?expand=lines'"
+        ):
+            billing.route("invoices/7?expand=lines", reply(200))
+        billing.route("invoices/{id}", reply(200))
+        unexpected = pytest.raises(UnexpectedCallError, match=r"GET invoices/7 \(template invoices/\{pk\}\): no route")
+        with unexpected, clients["billing"].request(get("invoices/{pk}", path_parameters={"pk": 7})):
+            pass
 
 
 def test_a_route_for_one_method_is_named_with_it_when_another_method_finds_no_route() -> None:
@@ -760,6 +851,30 @@ def test_a_fake_replaced_under_a_decorated_test_warns_at_the_test_function(setti
         changes_settings()
     code = changes_settings.__wrapped__.__code__  # type: ignore[attr-defined]
     assert [(w.filename, w.lineno) for w in said] == [(code.co_filename, code.co_firstlineno)]
+
+
+def test_a_fake_replaced_under_the_fixture_warns_at_the_test_function(tmp_path: Path) -> None:
+    """Made by the ``aio_request`` fixture, the fake's block ends at the fixture's teardown: its warning
+    named the plugin's file, the same for every test (a review). It names the test function now."""
+    (tmp_path / "conftest.py").write_text(PYTEST_PROJECT_CONFTEST)
+    (tmp_path / "test_replaced.py").write_text(
+        textwrap.dedent(
+            """
+            from django.test import override_settings
+            from django_aio_request import clients
+
+
+            def test_changes_settings(aio_request):
+                aio_request.fake("billing")
+                with override_settings(AIO_REQUEST={"CLIENTS": {"billing": {"ENDPOINT": "http://b.test/"}}}):
+                    clients["billing"]
+            """
+        )
+    )
+    out = _pytest_in(tmp_path, "-rA").stdout
+    assert "1 passed, 1 warning" in out, out
+    assert "test_replaced.py:6: FakeReplacedWarning" in out, out  # the def line
+    assert "pytest_plugin.py" not in out
 
 
 def test_one_helper_object_is_one_block_at_a_time() -> None:
@@ -1417,6 +1532,32 @@ def test_a_path_with_spaces_or_accents_is_routed_and_found_as_written(aio_reques
     (call,) = billing.calls_to("files/rapport été")
     assert call.path == "files/rapport%20%C3%A9t%C3%A9"
     assert billing.calls_to(call.path) == [call]
+
+
+def test_a_literal_url_is_recorded_and_routed_as_sent_percent_encoded(
+    aio_request: AioRequestFixture, server: LoopbackServer, settings: Settings
+) -> None:
+    """A URL written whole (an f-string: ``get(f"files/{name}")``) is percent-encoded on its way out,
+    as requests prepares it: the fake recorded ``files/100%`` and ``q=a b`` where the server gets
+    ``files/100%25`` and ``q=a%20b``, and a route written as the server sees the path found no call
+    (a review). Checked against what a real server on 127.0.0.1 received for the same calls."""
+    literal = [get("files/rapport été"), get("search/100%"), get("s?q=a b&x=é")]
+    settings.AIO_REQUEST = billing_settings(ENDPOINT=server.url.rstrip("/") + "/api/")
+    server.route("/api/*", lambda handler: handler.reply(200, b"real"))
+    for request in literal:
+        with clients["billing"].request(request) as response:
+            assert response.status == 200
+    sent = [received.path for received in server.received()]
+    billing = aio_request.fake("billing")
+    billing.route("files/rapport été", reply(200, body="decoded"))  # as the test reads it
+    billing.route("search/100%25", reply(200, body="encoded"))  # as the server sees it
+    billing.route("s", reply(200))
+    for request in literal:
+        with clients["billing"].request(request) as response:
+            assert response.status == 200
+    assert [f"/api/{c.path}" + (f"?{c.query}" if c.query else "") for c in billing.calls] == sent
+    assert sent[1] == "/api/search/100%25"
+    assert billing.calls[2].query == "q=a%20b&x=%C3%A9"
 
 
 def test_recorded_headers_are_read_in_any_case(aio_request: AioRequestFixture) -> None:
