@@ -6,8 +6,10 @@ until the new thread has run: on the event loop's thread that wait held every ta
 ms in all for a fresh client's first 32 async calls on a quiet machine and 0.4 s for 8 once on a
 loaded CI machine. Here a submit made on a thread that runs an event loop takes an idle worker as
 before, and when it would start one, leaves that to the starter: one thread per process, made the
-first time it is needed, which grows the pool as ``submit()`` would have. The call waits for its
-thread as long as before; the loop does not.
+first time it is needed, which starts each pool's threads as ``submit()`` would have, one after
+another. The loop goes on meanwhile; a call waits for its thread about as long as before, longer where
+many loops make their first calls at once (they share the one starter: a review's 8 loops of 32 calls
+each waited 165 ms at the median against 79 ms, and their loops' worst pause was 88 ms against 261).
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import thread as executor_threads
+from typing import Any
 
 from django_aio_request.core.after_fork import renewed_in_forked_child
 
@@ -27,26 +30,63 @@ logger = logging.getLogger(__name__)
 class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` whose new threads, asked for on an event loop's thread, start elsewhere."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One start at a time, by submit() or by the starter: never more threads than max_workers.
+        # Not the pool's own lock, which submit() takes: the loop's next submit waited on it
+        # while the starter started a thread (a review: up to 11.7 ms, any pool's submits alike
+        # while concurrent.futures' global lock was held too).
+        self._growing = threading.Lock()
+
     def _adjust_thread_count(self) -> None:
-        """What ``submit()`` calls (holding the pool's locks) once the work is queued: take an idle
-        worker, or start one. On an event loop's thread, the start is the starter's."""
+        """What ``submit()`` calls once the work is queued: take an idle worker, or start one. On an
+        event loop's thread, the start is the starter's."""
         if asyncio._get_running_loop() is None:
-            super()._adjust_thread_count()
+            self._start_thread()
             return
         if self._idle_semaphore.acquire(timeout=0):
             return  # an idle worker takes it
         if len(self._threads) < self._max_workers:
             _starter.grow(self)
 
-    def _grow(self) -> None:
-        """On the starter's thread: what ``submit()`` would have done, under the locks it holds. An idle
-        worker that came meanwhile is taken instead, as submit() takes one. A pool shut down since
-        still gets its thread (the calls queued before the shutdown run, as they would have), but not
-        once the interpreter is exiting: it joins the pools' threads it knows of, and no other."""
-        with self._shutdown_lock, executor_threads._global_shutdown_lock:
-            if executor_threads._shutdown:
-                return
+    def _start_thread(self) -> None:
+        """``submit()``'s own step: take an idle worker that came meanwhile, or start a thread."""
+        with self._growing:
             super()._adjust_thread_count()
+
+    def _grow(self) -> None:
+        """On the starter's thread: start a thread, as ``submit()`` would have.
+
+        Also once the interpreter's exit began: the calls queued were taken before it (``submit()``
+        refuses new ones from then on), and a non-daemon thread waits for their answers, which the
+        process must give (docs/architecture.md; refused here, a review's calls from such a thread
+        answered 408 at their deadline, 12-49 of 64). The thread then runs what is queued and ends,
+        as concurrent.futures' exit tells the threads it knows of, and the interpreter waits for it.
+        Where no thread can be started, calls left with no thread to run them end at once with the
+        error, as ``submit()`` raised it, rather than wait for their deadlines."""
+        try:
+            self._start_thread()
+        except Exception as error:  # RuntimeError: can't start new thread (the process's limit, or exit on 3.12+)
+            if not any(thread.is_alive() for thread in list(self._threads)):
+                self._fail_queued(error)
+            raise
+        if executor_threads._shutdown:
+            self._work_queue.put(None)  # type: ignore[arg-type]  # what concurrent.futures' exit puts for each thread
+
+    def _fail_queued(self, error: Exception) -> None:
+        """End the calls queued now (not started) with ``error``: nothing would ever run them. Only
+        those: a call its caller makes once told of the error (its next) asks for a thread anew, and
+        was failed with the one before (a test's second call, now and then)."""
+        for _ in range(self._work_queue.qsize()):
+            try:
+                item = self._work_queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # a shutdown's wake-up, for the threads: left for them
+                self._work_queue.put(None)
+                return
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
 
 
 class _Starter:
@@ -59,18 +99,18 @@ class _Starter:
         _renewed_in_forked_child(self)
 
     def grow(self, pool: CallThreadPool) -> None:
-        """Start a thread for ``pool`` soon (``pool._grow()``), from the starter's thread."""
-        self._asked.put(pool)
+        """Start a thread for ``pool`` soon (``pool._grow()``), from the starter's thread. The starter
+        is started first, the first time (in this process, or after a fork): where that start fails,
+        it raises out of ``submit()`` with nothing asked of the starter."""
         thread = self._thread
         if thread is None or not thread.is_alive():
-            # The first time in this process (or after a fork): this one start still waits on the
-            # loop's thread, once, where each new worker of every pool did.
+            # This one start still waits on the loop's thread, once, where each new worker of every pool did.
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._run, name="django-aio-request-thread-starter", daemon=True
-                    )
-                    self._thread.start()
+                    thread = threading.Thread(target=self._run, name="django-aio-request-thread-starter", daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._asked.put(pool)
 
     def _run(self) -> None:
         asked = self._asked
@@ -79,8 +119,8 @@ class _Starter:
             try:
                 pool._grow()
             except Exception:
-                # Out of threads (RuntimeError: can't start new thread): the call waits for a thread
-                # of the pool to free up, answered 408 at its deadline if none does.
+                # Out of threads: a call queued behind the pool's threads waits for one of them to
+                # free up (answered 408 at its deadline if none does); with none, it ended at once.
                 logger.exception("could not start a thread for async calls")
             del pool  # not held while waiting: a pool no longer used is freed, its threads end
 

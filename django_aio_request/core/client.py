@@ -288,9 +288,14 @@ class Client:
                 break
             except RuntimeError:
                 if drivers is self._async_drivers:
+                    # Not a close() that took these drivers away meanwhile: interpreter shutdown, or a
+                    # thread that could not be started, which leaves the call queued: cancelled, it
+                    # is never sent (a later call's thread sent it, its caller told it had failed).
+                    cancellation.cancel()
                     done()
-                    raise  # not a close() that took these drivers away meanwhile (interpreter shutdown)
+                    raise
             except BaseException:
+                cancellation.cancel()
                 done()
                 raise
         future.add_done_callback(done)

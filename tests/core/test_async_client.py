@@ -27,6 +27,7 @@ from django_aio_request import (
     single_attempt_strategy,
 )
 from django_aio_request import metrics as all_metrics
+from django_aio_request.core import call_threads
 from django_aio_request.core.call_threads import CallThreadPool
 from django_aio_request.testing import force_breaker, serving
 from tests.support.loopback import (
@@ -223,6 +224,44 @@ def test_an_async_call_queued_before_close_still_gets_a_thread_and_its_answer(
     assert (response.status, response.read()) == (200, b"ok")
     assert elapsed < 1.0
     assert len(server.received("/ok")) == 1
+
+
+@pytest.mark.parametrize("failing", ["django-aio-request-async", "django-aio-request-thread-starter"])
+def test_an_async_call_whose_thread_cannot_be_started_raises_at_once_and_is_never_sent(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Out of threads (the process's limit): the call raises the ``RuntimeError`` at once, as
+    ``submit()`` raised it, and is never sent. Queued all the same, it was sent later by a thread a
+    call after it started (its caller told it had failed: a POST), or, started by the starter,
+    answered 408 at its deadline (a review)."""
+    server.route("/a", lambda h: h.reply(200, b"a"))
+    server.route("/b", lambda h: h.reply(200, b"b"))
+    monkeypatch.setattr(call_threads, "_starter", call_threads._Starter())  # its own start may fail too
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+    start, failures = threading.Thread.start, [1]
+
+    def failing_once(thread: threading.Thread) -> None:
+        if thread.name.startswith(failing) and failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_once)
+
+    async def go() -> tuple[float, int]:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await acall(client, post("a", body=b"1"), deadline=Deadline.from_timeout(3.0))
+        failed_after = time.monotonic() - started
+        response, _ = await acall(client, post("b", body=b"2"))
+        await asyncio.sleep(0.3)  # time for a queued call to go out, if one were left
+        return failed_after, response.status
+
+    failed_after, second = asyncio.run(go())
+
+    assert failed_after < 1.0
+    assert second == 200
+    assert [r.path for r in server.received()] == ["/b"]
 
 
 def test_a_sync_call_on_the_event_loop_s_thread_warns_at_the_caller_s_line_and_no_other_call_does(
