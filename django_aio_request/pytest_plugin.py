@@ -8,6 +8,7 @@ so it is harmless in projects that do not use them
 """
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
@@ -95,7 +96,9 @@ def aio_request(request: pytest.FixtureRequest) -> Iterator[AioRequestFixture]:
             failure = getattr(request.node, _FAILED_WITH, None)
             if failure is not None:
                 fixture._test_failed_with(failure)
-            code = getattr(getattr(request, "function", None), "__code__", None)
+            test = getattr(request, "function", None)
+            # The test's own code, inside a decorator's functools.wraps (its wrapper's was named).
+            code = getattr(inspect.unwrap(test) if callable(test) else None, "__code__", None)
             if code is not None and fixture._fakes:
                 # The blocks end below, at the stack's end: a warning of theirs (FakeReplacedWarning)
                 # names the test's line, not this file's (a review), as for a decorated test.

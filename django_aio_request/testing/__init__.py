@@ -358,7 +358,9 @@ class FakeDownstream(Transport):
         self.endpoint = endpoint
         # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("/api/./v1/"
         # becomes "/api/v1/"), so recorded paths stay relative to it.
-        self._base = urllib.parse.urlsplit(_as_sent(Request(method="GET", url="x").build_url(endpoint))).path[:-1]
+        built = Request(method="GET", url="x").build_url(endpoint)
+        self._base = urllib.parse.urlsplit(_as_sent(built)).path[:-1]
+        self._written_base = urllib.parse.urlsplit(built).path[:-1]  # before requests' encoding
         self._lock = threading.Lock()
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
         self._served: dict[tuple[str | None, str], int] = {}
@@ -372,12 +374,6 @@ class FakeDownstream(Transport):
             replies = (reply(),)
         if not all(isinstance(r, Reply) for r in replies):
             raise TypeError("route() takes Reply objects: make them with reply() or network_error()")
-        if "?" in path or "#" in path:
-            # Calls are routed by their path: such a route never answered one (a review).
-            raise ValueError(
-                f"route() takes a path without a query string or fragment, not {path!r}: calls are routed by"
-                " their path; read what each sent in fake.calls (its .query)"
-            )
         key = (method.upper() if method else None, path.lstrip("/"))
         with self._lock:
             self._routes[key] = list(replies)
@@ -402,7 +398,7 @@ class FakeDownstream(Transport):
         teardown, which said the error had been caught)."""
         seen: set[int] = set()
         waiting = [failure] if failure is not None else []
-        while waiting and len(seen) < 256:  # bounded: a chain may loop, a group may be wide
+        while waiting:  # each exception once: a chain may loop
             error = waiting.pop()
             if id(error) in seen:
                 continue
@@ -430,12 +426,17 @@ class FakeDownstream(Transport):
         # "%" in the request's URL goes out percent-encoded, and so it is recorded and routed. Taken
         # as build_url() made it, "files/100%" was recorded so, and a route written as the server
         # sees the path, "files/100%25", found no call (a review).
-        parts = urllib.parse.urlsplit(_as_sent(request.build_url(endpoint)))
+        built = request.build_url(endpoint)
+        parts = urllib.parse.urlsplit(_as_sent(built))
         inside = parts.path.startswith(self._base)
+        # The path as the URL wrote it, before requests encoded it: a route written so answered it
+        # before (requests also decodes "%7E" to "~": route("users/%7Ealice/*") found nothing).
+        written = urllib.parse.urlsplit(built).path
         if inside:
             # Not stripped of a "/" left after the base: "/api/v1//invoices/7" is sent so, and is not
             # "invoices/7" (a review); the base of an endpoint without a path is "/" itself.
             path, template = parts.path[len(self._base) :], request.url.lstrip("/")
+            written = written[len(self._written_base) :] if written.startswith(self._written_base) else path
         else:
             # A leading "/" or a "../" leaves the endpoint's path, as in a browser (RFC 3986): sent
             # there, recorded as sent, from the root, and answered by no route. "/invoices/7" was
@@ -449,7 +450,7 @@ class FakeDownstream(Transport):
         call = RecordedCall(request.method, path, template, parts.query, headers, request.body, started)
         with self._lock:
             self._calls.append(call)
-            answer = self._next_reply(request.method, path, template) if inside else None
+            answer = self._next_reply(request.method, path, template, written) if inside else None
         if answer is None:
             raise self._unexpected_call(request, path, template, endpoint, inside=inside)
         if answer.delay:
@@ -471,13 +472,15 @@ class FakeDownstream(Transport):
             status=answer.status, headers=answer.headers, body=answer.body, elapsed=time.monotonic() - started
         )
 
-    def _next_reply(self, method: str, path: str, template: str) -> Reply | None:
+    def _next_reply(self, method: str, path: str, template: str, written: str) -> Reply | None:
         decoded = urllib.parse.unquote(path)  # a route written as the test reads it: "files/a b"
         exact: tuple[tuple[str | None, str], ...] = (
             (method, path),
             (None, path),
             (method, decoded),
             (None, decoded),
+            (method, written),
+            (None, written),
             (method, template),
             (None, template),
         )
@@ -488,7 +491,7 @@ class FakeDownstream(Transport):
             wanted_method, pattern = key
             if wanted_method in (None, method) and pattern.endswith("*"):
                 prefix = pattern[:-1]
-                if path.startswith(prefix) or decoded.startswith(prefix):
+                if path.startswith(prefix) or decoded.startswith(prefix) or written.startswith(prefix):
                     return self._take(key)
         return None
 

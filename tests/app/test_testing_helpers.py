@@ -424,19 +424,19 @@ def test_a_fake_is_seen_by_every_thread_of_the_process() -> None:
     assert [call.path for call in billing.calls] == ["x"]
 
 
-def test_a_route_with_a_query_string_is_refused_and_a_template_no_route_matches_is_named() -> None:
-    """``route("invoices/7?expand=lines")`` never answered a call (calls are routed by path) and said
-    nothing; a call whose template no route names (``invoices/{pk}`` against a route for
-    ``invoices/{id}``) was named by its path only, which hid why (a review)."""
+def test_a_template_no_route_matches_is_named_in_the_error() -> None:
+    """A call whose template no route names (``invoices/{pk}`` against a route for ``invoices/{id}``)
+    was named by its path only, which hid why (a review); a route with the URL's query, as the call
+    wrote it, answers it."""
     with fake_client("billing", allow_unexpected=True) as billing:
-        with pytest.raises(
-            ValueError, match=r"route\(\) takes a path without a query string .*'invoices/7\?expand=lines'"
-        ):
-            billing.route("invoices/7?expand=lines", reply(200))
         billing.route("invoices/{id}", reply(200))
+        billing.route("search?q=books", reply(200, body="books"))
+        billing.route("search?q=music", reply(200, body="music"))
         unexpected = pytest.raises(UnexpectedCallError, match=r"GET invoices/7 \(template invoices/\{pk\}\): no route")
         with unexpected, clients["billing"].request(get("invoices/{pk}", path_parameters={"pk": 7})):
             pass
+        with clients["billing"].request(get("search?q=music")) as response:
+            assert response.read() == b"music"
 
 
 def test_a_route_for_one_method_is_named_with_it_when_another_method_finds_no_route() -> None:
@@ -868,12 +868,26 @@ def test_a_fake_replaced_under_the_fixture_warns_at_the_test_function(tmp_path: 
                 aio_request.fake("billing")
                 with override_settings(AIO_REQUEST={"CLIENTS": {"billing": {"ENDPOINT": "http://b.test/"}}}):
                     clients["billing"]
+
+
+            def logged(test):
+                @functools.wraps(test)
+                def wrapper(*args, **kwargs):
+                    return test(*args, **kwargs)
+
+                return wrapper
+
+
+            @logged
+            def test_decorated(aio_request):
+                test_changes_settings(aio_request)
             """
-        )
+        ).replace("from django.test", "import functools\nfrom django.test")
     )
     out = _pytest_in(tmp_path, "-rA").stdout
-    assert "1 passed, 1 warning" in out, out
-    assert "test_replaced.py:6: FakeReplacedWarning" in out, out  # the def line
+    assert "2 passed, 2 warnings" in out, out
+    assert "test_replaced.py:7: FakeReplacedWarning" in out, out  # the def line
+    assert "test_replaced.py:21: FakeReplacedWarning" in out, out  # the decorated test, not its wrapper
     assert "pytest_plugin.py" not in out
 
 
@@ -1558,6 +1572,11 @@ def test_a_literal_url_is_recorded_and_routed_as_sent_percent_encoded(
     assert [f"/api/{c.path}" + (f"?{c.query}" if c.query else "") for c in billing.calls] == sent
     assert sent[1] == "/api/search/100%25"
     assert billing.calls[2].query == "q=a%20b&x=%C3%A9"
+    # requests decodes what needs no encoding ("%7E" is "~"): a route written as the URL was still answers
+    billing.route("users/%7Ealice/*", reply(200, body="written"))
+    with clients["billing"].request(get("users/%7Ealice/photos/1")) as response:
+        assert response.read() == b"written"
+    assert billing.calls[-1].path == "users/~alice/photos/1"
 
 
 def test_recorded_headers_are_read_in_any_case(aio_request: AioRequestFixture) -> None:
