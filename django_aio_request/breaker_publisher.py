@@ -224,6 +224,20 @@ class Publisher:
         # set_override() in code). Only those are lifted when their row goes, and what was there
         # before comes back: the process's own override is not admin's to lift.
         self._applied: dict[Key, tuple[Override, Override | None]] = {}
+        # When each breaker watched was made (timezone.now()), until a round has read its overrides. A
+        # breaker made after an override was set (a new process, a recycled worker, a management
+        # command, a client built late) takes it at that first read: that is no transition of the
+        # circuit's, and written as one, each such process added one to the history and made admin's
+        # "changed" say the circuit changed then (a review: `manage.py circuit_breakers` run twice
+        # showed "2 processes: 2 forced open, changed 0 s ago", with no server running). Its report's
+        # "changed" is the override's time instead, while the circuit stays so (_forced_at_start:
+        # Key -> (the override's changed_at, the breaker's)). An override set after the breaker was
+        # made is an operator's change it saw, written as any.
+        self._made_at: weakref.WeakKeyDictionary[DefaultCircuitBreaker[str, Any], datetime.datetime] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._forced_at_start: dict[Key, tuple[datetime.datetime, float]] = {}
+        self._quiet = threading.local()  # .on: the round is applying a first read's override (_on_transition)
         # Override rows whose mode is not an Override, as (client, endpoint, mode): warned of once, while
         # they stay so (one such row failed every round, for every client, before it was skipped).
         self._invalid: set[tuple[str, str, str]] = set()
@@ -247,6 +261,7 @@ class Publisher:
             return
         breaker.add_listener(functools.partial(self._on_transition, name))
         self._watching[breaker] = name
+        self._made_at.setdefault(breaker, timezone.now())
         with self._read_done:
             self._watched += 1
             number = self._watched
@@ -333,6 +348,9 @@ class Publisher:
     def _on_transition(self, name: str, transition: CircuitTransition[Any]) -> None:
         if transition.already_open:
             return  # the process that opened it wrote the opening; the state shows in this one's report
+        if getattr(self._quiet, "on", False):
+            self._quiet.at = transition.at  # an override set before the breaker was made: see _made_at
+            return
         self._queue.append((name, transition))
         self._trim()
 
@@ -667,7 +685,7 @@ class Publisher:
                         failure_ratio=_ratio(failures, successes),
                         rejected=rejected,
                         window_seconds=seconds,
-                        changed_at=_moment(snap.changed_at),
+                        changed_at=self._changed_at((name, str(snap.scope)), snap.changed_at),
                         blocked_until=None if snap.blocked_until is None else _moment(snap.blocked_until),
                         reported_at=now,
                         expires_at=now + ttl,
@@ -767,9 +785,11 @@ class Publisher:
         wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
         overrides = BreakerOverride.objects.using(self._db(BreakerOverride)).filter(client__in=names)
         invalid = set()
-        for client, endpoint, mode in overrides.values_list("client", "endpoint", "mode"):
+        since: dict[Key, datetime.datetime] = {}
+        for client, endpoint, mode, changed_at in overrides.values_list("client", "endpoint", "mode", "changed_at"):
             try:
                 wanted[client][endpoint] = Override(mode)
+                since[(client, endpoint)] = changed_at
             except ValueError:
                 invalid.add((client, endpoint, mode))
         for client, endpoint, mode in sorted(invalid - self._invalid, key=repr):
@@ -787,6 +807,7 @@ class Publisher:
         # Its bookkeeping is kept for the round after the block: what the database wants then is done.
         forced, held = _forced_by_tests(), set()
         for name, breaker in breakers:
+            made_at = self._made_at.pop(breaker, None)  # only at the breaker's first read
             want = wanted.get(name, {})
             have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
             for endpoint, mode in want.items():
@@ -797,7 +818,10 @@ class Publisher:
                 earlier = self._applied.get((name, endpoint))
                 before = earlier[1] if earlier is not None and current is earlier[0] else current
                 if current != mode:
-                    breaker.set_override(endpoint, mode)
+                    set_at = since[(name, endpoint)]
+                    self._set_override(
+                        breaker, (name, endpoint), mode, set_at if made_at and set_at < made_at else None
+                    )
                 self._applied[(name, endpoint)] = (mode, before)
             for scope, applied in have.items():
                 if (id(breaker), scope) in forced:
@@ -808,6 +832,32 @@ class Publisher:
                     breaker.set_override(scope, mine[1])
         for key in [key for key in self._applied if key[1] not in wanted.get(key[0], {}) and key not in held]:
             del self._applied[key]  # lifted, or its breaker is gone (a settings change rebuilt it)
+
+    def _set_override(
+        self, breaker: DefaultCircuitBreaker[str, Any], key: Key, mode: Override, since: datetime.datetime | None
+    ) -> None:
+        """Set an override from the database; ``since`` (when it was set) for one set before the breaker
+        was made, taken at its first read of them: the change is written as no transition (``_made_at``)."""
+        if since is None:
+            breaker.set_override(key[1], mode)
+            return
+        self._quiet.on, self._quiet.at = True, None
+        try:
+            breaker.set_override(key[1], mode)
+        finally:
+            self._quiet.on = False
+        if self._quiet.at is not None:
+            self._forced_at_start[key] = (since, self._quiet.at)
+
+    def _changed_at(self, key: Key, changed_at: float) -> datetime.datetime | None:
+        """What a report says of when the circuit of ``key`` changed: when the override it took at its
+        breaker's first read was set, while it has not changed since; else when it changed."""
+        taken = self._forced_at_start.get(key)
+        if taken is not None:
+            if taken[1] == changed_at:
+                return taken[0]
+            del self._forced_at_start[key]
+        return _moment(changed_at)
 
     def prune(self, now: datetime.datetime | None = None) -> None:
         """Delete transitions older than the history, and the expired reports of processes that stopped
@@ -937,9 +987,12 @@ if _register_atexit is not None:
 #: `migrate` itself on a new database that the tables it was making were missing (a review). Such a
 #: process takes overrides, so a data migration's calls obey an operator's forced-open circuit (they
 #: did not when it skipped rounds altogether: a review of that first fix), and publishes nothing.
+#: So does this app's ``circuit_breakers``: an operator's look at the breakers counted its own process
+#: among those reporting them (a review).
 SCHEMA_COMMANDS = frozenset(
     (
         "check",
+        "circuit_breakers",
         "collectstatic",
         "createcachetable",
         "makemigrations",
@@ -953,9 +1006,9 @@ SCHEMA_COMMANDS = frozenset(
 
 
 # Where each schema command's module is, by the command's name (collectstatic is staticfiles').
+_COMMAND_PACKAGES = {"collectstatic": "django.contrib.staticfiles", "circuit_breakers": "django_aio_request"}
 _COMMAND_MODULES = {
-    name: ("django.contrib.staticfiles" if name == "collectstatic" else "django.core") + f".management.commands.{name}"
-    for name in SCHEMA_COMMANDS
+    name: _COMMAND_PACKAGES.get(name, "django.core") + f".management.commands.{name}" for name in SCHEMA_COMMANDS
 }
 
 

@@ -1438,6 +1438,49 @@ def test_a_new_process_obeys_an_override_set_before_it_started(server: LoopbackS
     assert answer["built"] < 2.0  # the build waited for the overrides, not for an interval
 
 
+READ_HISTORY = """
+import json, django
+django.setup()
+from django_aio_request.models import BreakerOverride, BreakerReport, BreakerTransition
+override = BreakerOverride.objects.get(client="billing")
+print(json.dumps({
+    "transitions": list(BreakerTransition.objects.values_list("from_state", "to_state", "pid")),
+    "reports": [[r.state, r.changed_at == override.changed_at] for r in BreakerReport.objects.all()],
+}))
+"""
+
+
+def test_a_process_made_after_an_override_writes_no_transition_and_circuit_breakers_is_no_process(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """A process that takes an override set before it started (a recycled worker, a cron command, the
+    operator's own ``manage.py circuit_breakers`` where the URLconf looks a client up) wrote a
+    ``closed -> forced_open`` transition each, and admin's "changed" said the circuit changed when
+    it started; ``circuit_breakers`` counted itself among the processes reporting (a review: "1
+    process: 1 forced open, changed 0 s ago" with no server running, 2 the next run)."""
+    server.route("/up", lambda h: h.reply(200))
+    (tmp_path / "looking_urls.py").write_text(
+        "from django_aio_request import clients\n\nBILLING = clients['billing']\nurlpatterns = []\n"
+    )
+    env = billing_on_sqlite(tmp_path, "taking", server.url, 0.2, extra="ROOT_URLCONF = 'looking_urls'\n")
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", OPERATOR, server.url)
+    time.sleep(0.05)  # the override is older than any breaker made from now on
+    answer = json.loads(run("-c", FRESH_WORKER, "billing", "up", "3").strip().splitlines()[-1])
+    assert answer["calls"] == [[502, True]] * 3
+    history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
+    assert history["transitions"] == []
+    assert history["reports"] == [["forced_open", True]]  # the worker's last report: changed when the operator acted
+    for _ in range(2):
+        shown = run("manage.py", "circuit_breakers", "--client", "billing")
+        assert "forced open" in shown
+        assert "2 processes" not in shown
+    history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
+    assert history["transitions"] == []
+    assert len(history["reports"]) <= 1  # the worker's, until it expires; none of the command's
+
+
 @pytest.fixture
 def postgres_database() -> Iterator[dict[str, str]]:
     """A PostgreSQL database of its own on the machine's server (the test settings' "postgres"
