@@ -68,6 +68,17 @@ def test_an_async_call_in_flight_does_not_hold_the_process_at_exit(server: Loopb
     assert elapsed < 3.0, elapsed  # it took 10 s: the deadline
 
 
+def run_child(script: str, server: LoopbackServer) -> "subprocess.CompletedProcess[str]":
+    """``script`` (its ``{url}`` the server's) in a new interpreter, which must exit 0; its output."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script.format(url=server.url))],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+
+
 NON_DAEMON_CHILD = """
 import asyncio, concurrent.futures, os, threading, time
 import django_aio_request as dar
@@ -116,13 +127,7 @@ def test_calls_in_flight_in_non_daemon_threads_get_their_answers_after_the_main_
             handler.reply(200, b"hedge")
 
     server.route("/first-hangs", first_hangs)
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(NON_DAEMON_CHILD.format(url=server.url))],
-        check=True,
-        timeout=30,
-        capture_output=True,
-        text=True,
-    )
+    child = run_child(NON_DAEMON_CHILD, server)
     answers = sorted(line for line in child.stdout.splitlines() if line)
     assert answers == [
         "async-call-in-a-thread 200 late",
@@ -167,11 +172,5 @@ def test_async_calls_taken_before_exit_began_get_their_answers_from_fresh_client
     their deadline, having sent nothing (a review)."""
     widen_backlog(server)
     server.route("/slow", answer_after(1.0, body=b"late"))
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FRESH_CLIENTS_CHILD.format(url=server.url))],
-        check=True,
-        timeout=30,
-        capture_output=True,
-        text=True,
-    )
+    child = run_child(FRESH_CLIENTS_CHILD, server)
     assert child.stdout == "{200: 64}", child.stdout + child.stderr
