@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import sys
 import threading
 from concurrent.futures import thread as executor_threads
 from typing import Any
@@ -25,6 +26,12 @@ from django_aio_request.core.after_fork import renewed_in_forked_child
 __all__ = ["CallThreadPool"]
 
 logger = logging.getLogger(__name__)
+
+# Python 3.12.0-3.12.2 start no thread once the main thread has returned (3.12.3 does again): a call
+# taken just before, from a non-daemon thread, could then get no thread from the starter, where one
+# started at once by submit() answers it (a review: 64 of 64 such calls failed). There threads start
+# on the loop, as ThreadPoolExecutor starts them.
+_STARTS_ON_THE_LOOP = (3, 12, 0) <= sys.version_info[:3] <= (3, 12, 2)
 
 
 class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
@@ -41,7 +48,7 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
     def _adjust_thread_count(self) -> None:
         """What ``submit()`` calls once the work is queued: take an idle worker, or start one. On an
         event loop's thread, the start is the starter's."""
-        if asyncio._get_running_loop() is None:
+        if _STARTS_ON_THE_LOOP or asyncio._get_running_loop() is None:
             self._start_thread()
             return
         if self._idle_semaphore.acquire(timeout=0):
@@ -62,22 +69,22 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
         process must give (docs/architecture.md; refused here, a review's calls from such a thread
         answered 408 at their deadline, 12-49 of 64). The thread then runs what is queued and ends,
         as concurrent.futures' exit tells the threads it knows of, and the interpreter waits for it.
-        Where no thread can be started, calls left with no thread to run them end at once with the
-        error, as ``submit()`` raised it, rather than wait for their deadlines."""
+        Where the thread cannot be started and the pool has none, one call queued ends at once with the
+        error, as ``submit()`` raised it for the call that asked for the thread, rather than wait for
+        its deadline; only one: the others asked for threads of their own, which may start (ending
+        all, one failed start failed 8 of 8 calls made together, a review)."""
         try:
             self._start_thread()
-        except Exception as error:  # RuntimeError: can't start new thread (the process's limit, or exit on 3.12+)
+        except Exception as error:  # RuntimeError: can't start new thread (the process's limit)
             if not any(thread.is_alive() for thread in list(self._threads)):
-                self._fail_queued(error)
+                self._fail_one_queued(error)
             raise
         if executor_threads._shutdown:
             self._work_queue.put(None)  # type: ignore[arg-type]  # what concurrent.futures' exit puts for each thread
 
-    def _fail_queued(self, error: Exception) -> None:
-        """End the calls queued now (not started) with ``error``: nothing would ever run them. Only
-        those: a call its caller makes once told of the error (its next) asks for a thread anew, and
-        was failed with the one before (a test's second call, now and then)."""
-        for _ in range(self._work_queue.qsize()):
+    def _fail_one_queued(self, error: Exception) -> None:
+        """End the oldest call still queued (not started, nor cancelled) with ``error``."""
+        while True:
             try:
                 item = self._work_queue.get_nowait()
             except queue.Empty:
@@ -87,6 +94,7 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
                 return
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(error)
+                return
 
 
 class _Starter:

@@ -264,6 +264,40 @@ def test_an_async_call_whose_thread_cannot_be_started_raises_at_once_and_is_neve
     assert [r.path for r in server.received()] == ["/b"]
 
 
+def test_one_thread_that_cannot_be_started_fails_one_call_of_those_made_together(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight calls made together, the first thread's start failing once: one call raises, the
+    others get the threads they asked for (all eight failed, a review), and nothing is sent twice."""
+    widen_backlog(server)
+    server.route("/p", answer_after(0.1, body=b"ok"))
+    client = make_client(max_workers=8, safe_method_strategy=single_attempt_strategy())
+    start, failures = threading.Thread.start, [1]
+
+    def failing_once(thread: threading.Thread) -> None:
+        if thread.name.startswith("django-aio-request-async") and failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_once)
+
+    async def one(n: int) -> object:
+        try:
+            response, _ = await acall(client, post("p", body=str(n).encode()), deadline=Deadline.from_timeout(3.0))
+        except RuntimeError as error:
+            return str(error)
+        return response.status
+
+    async def go() -> list[object]:
+        return await asyncio.gather(*(one(n) for n in range(8)))
+
+    results = asyncio.run(go())
+
+    assert sorted(map(str, results)) == ["200"] * 7 + ["can't start new thread"]
+    assert len(server.received("/p")) == 7
+
+
 def test_a_sync_call_on_the_event_loop_s_thread_warns_at_the_caller_s_line_and_no_other_call_does(
     server: LoopbackServer, make_client: Callable[..., Client]
 ) -> None:
