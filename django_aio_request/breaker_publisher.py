@@ -192,6 +192,11 @@ class Publisher:
         # the same objects (the registry keeps its clients across fork()), see after_fork.
         self._watching: weakref.WeakKeyDictionary[DefaultCircuitBreaker[str, Any], str] = weakref.WeakKeyDictionary()
         self._tests_seen = False  # Django's test environment was set up in this process (see _outside_the_tests)
+        # Circuits forced by an override they came to life under (see _known_overrides): what their
+        # reports say of when they changed, the override's changed_at, while the breaker's changed_at
+        # is the one it had then. Kept across fork(): a --preload worker's copy of the master's
+        # breaker reported the master's moment (a review).
+        self._forced_at_start: dict[Key, tuple[datetime.datetime, float]] = {}
         self._reset()
 
     @property
@@ -224,20 +229,20 @@ class Publisher:
         # set_override() in code). Only those are lifted when their row goes, and what was there
         # before comes back: the process's own override is not admin's to lift.
         self._applied: dict[Key, tuple[Override, Override | None]] = {}
-        # When each breaker watched was made (timezone.now()), until a round has read its overrides. A
-        # breaker made after an override was set (a new process, a recycled worker, a management
-        # command, a client built late) takes it at that first read: that is no transition of the
+        # A breaker that comes to life under an override (a new process, a recycled or forked worker,
+        # a management command, a client built late) takes it with no transition: none of its
         # circuit's, and written as one, each such process added one to the history and made admin's
         # "changed" say the circuit changed then (a review: `manage.py circuit_breakers` run twice
-        # showed "2 processes: 2 forced open, changed 0 s ago", with no server running). Its report's
-        # "changed" is the override's time instead, while the circuit stays so (_forced_at_start:
-        # Key -> (the override's changed_at, the breaker's)). An override set after the breaker was
-        # made is an operator's change it saw, written as any.
-        self._made_at: weakref.WeakKeyDictionary[DefaultCircuitBreaker[str, Any], datetime.datetime] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._forced_at_start: dict[Key, tuple[datetime.datetime, float]] = {}
-        self._quiet = threading.local()  # .on: the round is applying a first read's override (_on_transition)
+        # showed "2 processes: 2 forced open, changed 0 s ago", with no server running). Told without
+        # clocks (another host's may be behind: a second review lost an operator's change so): the
+        # process's first read of the overrides, or a breaker's first read of an override row the
+        # round before already held, and only for a circuit that never changed (one that opened
+        # before the read lived through the change). The override rows of the last round, every
+        # client's: (client, endpoint, mode, changed_at).
+        self._known_overrides: set[tuple[str, str, str, datetime.datetime]] = set()
+        self._read_any = False  # a round of this process (since its start or fork) read the overrides
+        self._read_breakers: weakref.WeakSet[DefaultCircuitBreaker[str, Any]] = weakref.WeakSet()
+        self._quiet = threading.local()  # .on: the round is taking an override so (_on_transition)
         # Override rows whose mode is not an Override, as (client, endpoint, mode): warned of once, while
         # they stay so (one such row failed every round, for every client, before it was skipped).
         self._invalid: set[tuple[str, str, str]] = set()
@@ -261,7 +266,6 @@ class Publisher:
             return
         breaker.add_listener(functools.partial(self._on_transition, name))
         self._watching[breaker] = name
-        self._made_at.setdefault(breaker, timezone.now())
         with self._read_done:
             self._watched += 1
             number = self._watched
@@ -349,7 +353,7 @@ class Publisher:
         if transition.already_open:
             return  # the process that opened it wrote the opening; the state shows in this one's report
         if getattr(self._quiet, "on", False):
-            self._quiet.at = transition.at  # an override set before the breaker was made: see _made_at
+            self._quiet.at = transition.at  # an override the breaker came to life under: see _known_overrides
             return
         self._queue.append((name, transition))
         self._trim()
@@ -441,16 +445,17 @@ class Publisher:
         while not stop.is_set():
             # The first round at once: the client that started the thread waits for its overrides.
             wake.clear()  # before the round: a client built during it wakes the next one
-            try:
-                self.run_once(background=True)
-            except Exception:  # run_once handles database errors; anything else must not end the thread
-                logger.exception("circuit breaker publisher round failed")
-            # This thread's own connections: closed after each round, whatever CONN_MAX_AGE says.
-            # A round never reuses one the database dropped, and none stays open between rounds: one
-            # kept (CONN_MAX_AGE > 0) held the test database of `manage.py test`, which Django could
-            # then not drop ("being accessed by other users": exit 1, the database left behind).
-            with contextlib.suppress(Exception):
-                connections.close_all()
+            with _ROUND_WORK:  # a fork waits for the round's database work: see _before_fork
+                try:
+                    self.run_once(background=True)
+                except Exception:  # run_once handles database errors; anything else must not end the thread
+                    logger.exception("circuit breaker publisher round failed")
+                # This thread's own connections: closed after each round, whatever CONN_MAX_AGE says.
+                # A round never reuses one the database dropped, and none stays open between rounds: one
+                # kept (CONN_MAX_AGE > 0) held the test database of `manage.py test`, which Django could
+                # then not drop ("being accessed by other users": exit 1, the database left behind).
+                with contextlib.suppress(Exception):
+                    connections.close_all()
             try:
                 interval = self.interval
             except Exception:  # settings changed to something invalid: say so, keep the last interval
@@ -783,13 +788,24 @@ class Publisher:
     def _apply_overrides(self, breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]]) -> None:
         names = [name for name, _ in breakers]
         wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
-        overrides = BreakerOverride.objects.using(self._db(BreakerOverride)).filter(client__in=names)
+        # Every client's rows, not only the watched ones': a client built later knows them (_known_overrides).
+        rows = set(
+            BreakerOverride.objects.using(self._db(BreakerOverride)).values_list(
+                "client", "endpoint", "mode", "changed_at"
+            )
+        )
+        known, self._known_overrides = self._known_overrides, rows
+        first_read, self._read_any = not self._read_any, True
+        watched = set(names)
         invalid = set()
-        since: dict[Key, datetime.datetime] = {}
-        for client, endpoint, mode, changed_at in overrides.values_list("client", "endpoint", "mode", "changed_at"):
+        since: dict[Key, datetime.datetime | None] = {}  # None: an override the breakers saw come
+        for client, endpoint, mode, changed_at in rows:
+            if client not in watched:
+                continue
             try:
                 wanted[client][endpoint] = Override(mode)
-                since[(client, endpoint)] = changed_at
+                older = first_read or (client, endpoint, mode, changed_at) in known
+                since[(client, endpoint)] = changed_at if older else None
             except ValueError:
                 invalid.add((client, endpoint, mode))
         for client, endpoint, mode in sorted(invalid - self._invalid, key=repr):
@@ -807,9 +823,12 @@ class Publisher:
         # Its bookkeeping is kept for the round after the block: what the database wants then is done.
         forced, held = _forced_by_tests(), set()
         for name, breaker in breakers:
-            made_at = self._made_at.pop(breaker, None)  # only at the breaker's first read
+            unread = breaker not in self._read_breakers
+            self._read_breakers.add(breaker)
             want = wanted.get(name, {})
-            have = {str(snap.scope): snap.override for snap in breaker.snapshot()}
+            snapshot = breaker.snapshot()
+            have = {str(snap.scope): snap.override for snap in snapshot}
+            changed = {str(snap.scope): snap.changed_at for snap in snapshot}
             for endpoint, mode in want.items():
                 if (id(breaker), endpoint) in forced:
                     held.add((name, endpoint))
@@ -818,10 +837,9 @@ class Publisher:
                 earlier = self._applied.get((name, endpoint))
                 before = earlier[1] if earlier is not None and current is earlier[0] else current
                 if current != mode:
-                    set_at = since[(name, endpoint)]
-                    self._set_override(
-                        breaker, (name, endpoint), mode, set_at if made_at and set_at < made_at else None
-                    )
+                    # Taken with no transition where the breaker came to life under it: see _known_overrides.
+                    quietly = unread and not changed.get(endpoint)
+                    self._set_override(breaker, (name, endpoint), mode, since[(name, endpoint)] if quietly else None)
                 self._applied[(name, endpoint)] = (mode, before)
             for scope, applied in have.items():
                 if (id(breaker), scope) in forced:
@@ -836,8 +854,8 @@ class Publisher:
     def _set_override(
         self, breaker: DefaultCircuitBreaker[str, Any], key: Key, mode: Override, since: datetime.datetime | None
     ) -> None:
-        """Set an override from the database; ``since`` (when it was set) for one set before the breaker
-        was made, taken at its first read of them: the change is written as no transition (``_made_at``)."""
+        """Set an override from the database; with ``since`` (when it was set), one the breaker came to
+        life under, and the change is written as no transition (see ``_known_overrides``)."""
         if since is None:
             breaker.set_override(key[1], mode)
             return
@@ -968,11 +986,36 @@ def _is_test_database(alias: str) -> bool:
     return name.startswith(TEST_DATABASE_PREFIX)
 
 
+# Held by the publisher's thread across a round's database work, and by a fork (os.fork(): gunicorn
+# forking its workers) while it copies the process, at most FORK_WAIT: forked in the middle of a
+# round, a child inherited the locks the database's client library held then, SQLite's process-wide
+# one in its connect among them, and every SQLite connection the child opened, its own publisher's
+# first, waited for ever (a test's forked worker, its master publishing every 0.2 s, hung in 5 runs
+# of 6). Bounded: a round stuck on a hanging database does not hold a fork up for longer.
+_ROUND_WORK = threading.Lock()
+FORK_WAIT = 2.0
+_held_for_fork = False
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _ROUND_WORK.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _ROUND_WORK.release()
+
+
 def _after_fork() -> None:
+    global _ROUND_WORK, _held_for_fork
+    _ROUND_WORK, _held_for_fork = threading.Lock(), False
     publisher.after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
 
 # Where threads may still be started (atexit's handlers run after that: Python 3.12 refuses new threads
 # there), before the interpreter waits for its other threads, and before the registry closes the clients.

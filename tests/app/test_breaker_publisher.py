@@ -1445,7 +1445,7 @@ from django_aio_request.models import BreakerOverride, BreakerReport, BreakerTra
 override = BreakerOverride.objects.get(client="billing")
 print(json.dumps({
     "transitions": list(BreakerTransition.objects.values_list("from_state", "to_state", "pid")),
-    "reports": [[r.state, r.changed_at == override.changed_at] for r in BreakerReport.objects.all()],
+    "reports": [[r.state, r.changed_at == override.changed_at, r.pid] for r in BreakerReport.objects.all()],
 }))
 """
 
@@ -1471,7 +1471,7 @@ def test_a_process_made_after_an_override_writes_no_transition_and_circuit_break
     assert answer["calls"] == [[502, True]] * 3
     history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
     assert history["transitions"] == []
-    assert history["reports"] == [["forced_open", True]]  # the worker's last report: changed when the operator acted
+    assert [report[:2] for report in history["reports"]] == [["forced_open", True]]  # changed when the operator acted
     for _ in range(2):
         shown = run("manage.py", "circuit_breakers", "--client", "billing")
         assert "forced open" in shown
@@ -1479,6 +1479,59 @@ def test_a_process_made_after_an_override_writes_no_transition_and_circuit_break
     history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
     assert history["transitions"] == []
     assert len(history["reports"]) <= 1  # the worker's, until it expires; none of the command's
+    # A --preload master that took the override, and its forked worker: the worker reported the
+    # master's moment as the circuit's change (a second review).
+    run("-c", FORKED_WORKER)
+    history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
+    assert history["transitions"] == []
+    assert [changed for _, changed, _ in history["reports"]] == [True] * len(history["reports"]), history
+    assert len(history["reports"]) >= 2
+
+
+def test_an_override_set_while_a_breaker_lives_is_its_transition_whatever_the_clocks_say(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    """An operator's change a running process sees is one transition there, even when the host that
+    wrote it has a clock 30 s behind (a second review: told by comparing clocks, it was taken
+    quietly, and the history lost it)."""
+    server.route("/down", lambda h: h.reply(500))
+    env = billing_on_sqlite(tmp_path, "seeing", server.url, 0.2)
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run("-c", SEES_THE_CHANGE, server.url)
+    history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
+    assert [transition[:2] for transition in history["transitions"]] == [["closed", "forced_open"]]
+
+
+FORKED_WORKER = """
+import os, django
+django.setup()
+from django_aio_request import clients, get
+from django_aio_request.breaker_publisher import publisher
+client = clients["billing"]  # the master's first read takes the override
+child = os.fork()
+if child == 0:
+    with client.request(get("up")) as response:
+        ok = response.status == 502
+    publisher.run_once()
+    os._exit(0 if ok else 1)
+assert os.waitpid(child, 0)[1] == 0, "the forked worker's call was not refused"
+"""
+
+SEES_THE_CHANGE = """
+import datetime, sys, django
+django.setup()
+from django.utils import timezone
+from django_aio_request import clients, get
+from django_aio_request.breaker_publisher import publisher
+from django_aio_request.models import BreakerOverride
+client = clients["billing"]  # read once: no override yet
+behind = timezone.now() - datetime.timedelta(seconds=30)  # written by a host whose clock is behind
+BreakerOverride.objects.create(client="billing", endpoint=sys.argv[1], mode="force_open", changed_at=behind)
+publisher.run_once()
+with client.request(get("down")) as response:
+    assert response.status == 502, response.status
+"""
 
 
 @pytest.fixture
