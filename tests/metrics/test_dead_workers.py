@@ -244,10 +244,14 @@ def application(environ, start_response):
 """
 
 
-def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_directory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variable", [None, "prometheus_multiproc_dir"])
+def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_directory(
+    tmp_path: Path, variable: str | None
+) -> None:
     """docs/metrics.md's hook, as written there, in a ``gunicorn.conf.py`` run where
     ``PROMETHEUS_MULTIPROC_DIR`` is not set: the first worker exit raised TypeError in the master,
-    which died, and the service with it (a review)."""
+    which died, and the service with it (a review). With the old lower-case variable, which the
+    startup check accepts, the hook marks the worker dead too: it did nothing (a second review)."""
     import re
     import urllib.request
 
@@ -258,6 +262,10 @@ def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_director
     (tmp_path / "gunicorn.conf.py").write_text(textwrap.dedent(hook))
     (tmp_path / "pid_app.py").write_text(PID_APP)
     env = {key: value for key, value in os.environ.items() if key.lower() != "prometheus_multiproc_dir"}
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    if variable is not None:
+        env[variable] = str(metrics)
     port = free_port()
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     command = [gunicorn, "-w", "1", "-b", f"127.0.0.1:{port}", "pid_app:application"]  # ./gunicorn.conf.py, by default
@@ -270,6 +278,8 @@ def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_director
                 return int(answer.read())
 
         first = worker_pid()
+        live = metrics / f"gauge_livesum_{first}.db"  # what a worker recording metrics leaves
+        live.write_bytes(b"")
         os.kill(first, signal.SIGKILL)  # a worker exit: child_exit runs in the master
         deadline = time.monotonic() + 20
         while True:
@@ -285,3 +295,4 @@ def test_the_documented_child_exit_hook_keeps_the_master_up_without_the_director
         server.terminate()
         output = server.communicate(timeout=20)[0].decode()
     assert "TypeError" not in output, output
+    assert live.exists() is (variable is None)  # marked dead where a directory is named

@@ -191,3 +191,21 @@ def test_the_time_a_request_body_takes_to_arrive_is_not_taken_off_its_deadline(
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     [received] = downstream.received("/invoices/8642")
     assert 0.9 < float(received.headers["X-Request-Timeout"]) <= 1.0  # the whole second, though 1.5 s went by
+
+
+def test_each_sync_view_runs_in_a_thread_of_its_own_so_a_quick_one_waits_for_no_slow_one(
+    downstream: LoopbackServer, service: str
+) -> None:
+    """docs/metrics.md: under an ASGI server a scrape (Django's sync ``/metrics`` view) waits for no
+    sync view, as each request's sync view runs in a thread of its own (Django gives each request
+    its own thread-sensitive context). Here six sync views wait 1 s on their downstream, and a
+    seventh, answered at once, is not queued behind them; the six run together."""
+    downstream.route("/invoices/61", answer_after(1.0, body=b'{"slow": true}'))
+    downstream.route("/invoices/62", lambda h: h.reply(200, b'{"quick": true}'))
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        slow = [pool.submit(fetch, service + "invoice/61/") for _ in range(6)]
+        time.sleep(0.3)  # the six are in their views
+        _, quick = fetch(service + "invoice/62/")
+        took = [future.result()[1] for future in slow]
+    assert quick < 0.5, quick
+    assert max(took) < 2.0, took  # together, not one after another (6 s)
