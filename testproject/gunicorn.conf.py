@@ -15,7 +15,8 @@ worker_class = "sync"
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"):
+    legacy = os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - the old name prometheus_client still reads
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or legacy:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
