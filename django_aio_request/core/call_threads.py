@@ -44,17 +44,31 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
         # while the starter started a thread (a review: up to 11.7 ms, any pool's submits alike
         # while concurrent.futures' global lock was held too).
         self._growing = threading.Lock()
+        self._work_queue = _NotingQueue()  # no thread holds the first one yet
 
     def _adjust_thread_count(self) -> None:
         """What ``submit()`` calls once the work is queued: take an idle worker, or start one. On an
-        event loop's thread, the start is the starter's."""
-        if _STARTS_ON_THE_LOOP or asyncio._get_running_loop() is None:
-            self._start_thread()
-            return
-        if self._idle_semaphore.acquire(timeout=0):
-            return  # an idle worker takes it
-        if len(self._threads) < self._max_workers:
-            _starter.grow(self)
+        event loop's thread, the start is the starter's.
+
+        Where that raises (no thread, or no starter, could be started), ``submit()`` raises, and the
+        work it queued is cancelled here: left queued, a thread started later for another call ran it
+        (sent, though its caller was told it failed), or a later failed start ended it in place of
+        the call whose start failed, which then waited for its deadline (a review)."""
+        try:
+            if _STARTS_ON_THE_LOOP or asyncio._get_running_loop() is None:
+                self._start_thread()
+            elif self._idle_semaphore.acquire(timeout=0):
+                return  # an idle worker takes it
+            elif len(self._threads) < self._max_workers:
+                _starter.grow(self)
+        except BaseException:
+            queued = self._work_queue
+            if isinstance(queued, _NotingQueue) and queued.last is not None:
+                queued.last.future.cancel()
+            raise
+        finally:
+            if isinstance(self._work_queue, _NotingQueue):
+                self._work_queue.last = None  # not kept: its call, done, holds the answer
 
     def _start_thread(self) -> None:
         """``submit()``'s own step: take an idle worker that came meanwhile, or start a thread."""
@@ -95,6 +109,17 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(error)
                 return
+
+
+class _NotingQueue(queue.SimpleQueue[Any]):
+    """The pool's work queue, noting the last item put: the work ``submit()`` queued just before it
+    calls ``_adjust_thread_count()``, under the pool's lock."""
+
+    last: Any = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.last = item
+        super().put(item, block, timeout)
 
 
 class _Starter:

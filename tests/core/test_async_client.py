@@ -264,6 +264,43 @@ def test_an_async_call_whose_thread_cannot_be_started_raises_at_once_and_is_neve
     assert [r.path for r in server.received()] == ["/b"]
 
 
+def test_after_the_starter_could_not_be_started_the_next_failed_start_fails_its_own_call(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The starter's own start fails (call a raises), then b's thread's: b raises at once. Left
+    queued, a's work was ended in b's place, and b waited 3 s for its deadline (a review)."""
+    for path in ("a", "b", "c"):
+        server.route(f"/{path}", lambda h: h.reply(200, b"ok"))
+    monkeypatch.setattr(call_threads, "_starter", call_threads._Starter())
+    client = make_client(safe_method_strategy=single_attempt_strategy())
+    start, failing = threading.Thread.start, ["django-aio-request-thread-starter", "django-aio-request-async"]
+
+    def failing_in_turn(thread: threading.Thread) -> None:
+        if failing and thread.name.startswith(failing[0]):
+            failing.pop(0)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_in_turn)
+
+    async def outcome(path: str) -> tuple[str, float]:
+        started = time.monotonic()
+        try:
+            response, _ = await acall(client, post(path, body=b"1"), deadline=Deadline.from_timeout(3.0))
+        except RuntimeError:
+            return "RuntimeError", time.monotonic() - started
+        return str(response.status), time.monotonic() - started
+
+    async def go() -> list[tuple[str, float]]:
+        return [await outcome(path) for path in ("a", "b", "c")]
+
+    (a, a_took), (b, b_took), (c, _) = asyncio.run(go())
+
+    assert (a, b, c) == ("RuntimeError", "RuntimeError", "200")
+    assert max(a_took, b_took) < 1.0
+    assert [r.path for r in server.received()] == ["/c"]
+
+
 def test_one_thread_that_cannot_be_started_fails_one_call_of_those_made_together(
     server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
