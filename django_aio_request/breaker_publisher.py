@@ -788,6 +788,9 @@ class Publisher:
     def _apply_overrides(self, breakers: list[tuple[str, DefaultCircuitBreaker[str, Any]]]) -> None:
         names = [name for name, _ in breakers]
         wanted: dict[str, dict[str, Override]] = collections.defaultdict(dict)
+        # Before the read: a process whose reads failed while its reports went (admin listed it) takes
+        # the next override it reads as one it saw come, with its transition (a third review).
+        first_read, self._read_any = not self._read_any, True
         # Every client's rows, not only the watched ones': a client built later knows them (_known_overrides).
         rows = set(
             BreakerOverride.objects.using(self._db(BreakerOverride)).values_list(
@@ -795,7 +798,6 @@ class Publisher:
             )
         )
         known, self._known_overrides = self._known_overrides, rows
-        first_read, self._read_any = not self._read_any, True
         watched = set(names)
         invalid = set()
         since: dict[Key, datetime.datetime | None] = {}  # None: an override the breakers saw come
@@ -993,7 +995,7 @@ def _is_test_database(alias: str) -> bool:
 # first, waited for ever (a test's forked worker, its master publishing every 0.2 s, hung in 5 runs
 # of 6). Bounded: a round stuck on a hanging database does not hold a fork up for longer.
 _ROUND_WORK = threading.Lock()
-FORK_WAIT = 2.0
+FORK_WAIT = 0.5
 _held_for_fork = False
 
 

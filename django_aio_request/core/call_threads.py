@@ -51,9 +51,10 @@ class CallThreadPool(concurrent.futures.ThreadPoolExecutor):
         event loop's thread, the start is the starter's.
 
         Where that raises (no thread, or no starter, could be started), ``submit()`` raises, and the
-        work it queued is cancelled here: left queued, a thread started later for another call ran it
-        (sent, though its caller was told it failed), or a later failed start ended it in place of
-        the call whose start failed, which then waited for its deadline (a review)."""
+        work it queued is cancelled here: left queued, a later failed start ended it in place of the
+        call whose start failed, which then waited for its deadline (a review). A busy worker may
+        take it first, in the moment between: what keeps such a call from being sent is the
+        client's cancellation of it (``Client._submit_async``), which its work checks first."""
         try:
             if _STARTS_ON_THE_LOOP or asyncio._get_running_loop() is None:
                 self._start_thread()

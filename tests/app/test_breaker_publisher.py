@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from django.contrib.admin.utils import quote
 from django.core.management import call_command
-from django.db import OperationalError, connections
+from django.db import DatabaseError, OperationalError, connections
 from django.test import Client as BrowserClient
 from django.test import override_settings
 from django.urls import reverse
@@ -569,6 +569,35 @@ def test_overrides_are_applied_and_lifted(server: LoopbackServer, publisher: Pub
         assert publisher.run_once()
         assert breaker().snapshot()[0].override is None
         assert BreakerReport.objects.get().state == "open"  # the automatic state resumes where it was
+
+
+@pytest.mark.django_db
+def test_a_process_listed_while_its_override_reads_failed_writes_the_override_it_then_reads(
+    server: LoopbackServer, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its reports went while the overrides' table could not be read (a lock, a migration): admin
+    listed it, and an override set then is an operator's change it saw come. Its first successful
+    read took it as the process's first, with no transition (a third review)."""
+    server.route("/down", lambda h: h.reply(200))
+    using = BreakerOverride.objects.using
+    failures = [DatabaseError("the overrides' table is locked")]
+
+    def failing_once(alias: str | None) -> Any:
+        if failures:
+            raise failures.pop()
+        return using(alias)
+
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 1) == [200]
+        monkeypatch.setattr(BreakerOverride.objects, "using", failing_once)
+        assert not publisher.run_once()  # the read failed; the reports went
+        assert BreakerReport.objects.filter(client="billing").exists()
+        now = timezone.now()
+        BreakerOverride.objects.create(client="billing", endpoint=server.url, mode="force_open", changed_at=now)
+        assert publisher.run_once()
+        assert call("billing", 1) == [502]
+        transitions = BreakerTransition.objects.values_list("from_state", "to_state")
+        assert list(transitions) == [("closed", "forced_open")]
 
 
 @pytest.mark.django_db
