@@ -74,6 +74,7 @@ from django_aio_request.breaker.circuit_breaker import (
 )
 from django_aio_request.conf.current import current
 from django_aio_request.conf.schema import AioRequestSettings
+from django_aio_request.core.after_fork import ForkWaits
 from django_aio_request.core.client import Client
 from django_aio_request.models import (
     COUNT_WINDOW,
@@ -445,7 +446,7 @@ class Publisher:
         while not stop.is_set():
             # The first round at once: the client that started the thread waits for its overrides.
             wake.clear()  # before the round: a client built during it wakes the next one
-            with _ROUND_WORK:  # a fork waits for the round's database work: see _before_fork
+            with _ROUND_WORK:  # a fork waits for the round's database work: see _ROUND_WORK
                 try:
                     self.run_once(background=True)
                 except Exception:  # run_once handles database errors; anything else must not end the thread
@@ -994,30 +995,15 @@ def _is_test_database(alias: str) -> bool:
 # one in its connect among them, and every SQLite connection the child opened, its own publisher's
 # first, waited for ever (a test's forked worker, its master publishing every 0.2 s, hung in 5 runs
 # of 6). Bounded: a round stuck on a hanging database does not hold a fork up for longer.
-_ROUND_WORK = threading.Lock()
 FORK_WAIT = 0.5
-_held_for_fork = False
-
-
-def _before_fork() -> None:
-    global _held_for_fork
-    _held_for_fork = _ROUND_WORK.acquire(timeout=FORK_WAIT)
-
-
-def _after_fork_in_parent() -> None:
-    global _held_for_fork
-    if _held_for_fork:
-        _held_for_fork = False
-        _ROUND_WORK.release()
+_ROUND_WORK = ForkWaits(FORK_WAIT)
 
 
 def _after_fork() -> None:
-    global _ROUND_WORK, _held_for_fork
-    _ROUND_WORK, _held_for_fork = threading.Lock(), False
     publisher.after_fork()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
+os.register_at_fork(after_in_child=_after_fork)
 
 # Where threads may still be started (atexit's handlers run after that: Python 3.12 refuses new threads
 # there), before the interpreter waits for its other threads, and before the registry closes the clients.

@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django_aio_request.breaker.circuit_breaker import CircuitStore, MemoryCircuitStore
+from django_aio_request.core.after_fork import ForkWaits
 from django_aio_request.core.client_setup import error_text, holds_credentials, shown_endpoint, words_without_userinfo
 from django_aio_request.core.event_loop import runs_event_loop
 
@@ -768,7 +769,7 @@ class CacheCircuitStore(CircuitStore[str]):
     def _backend(self) -> Any:
         """One cache backend object for the store (thread-safe for Redis: one connection pool)."""
         if self._cache is None:
-            with _CONNECTING:  # a fork() waits for it: see _before_fork
+            with _CONNECTING:  # a fork() waits for it: see _CONNECTING
                 cache = self._connect()
                 _make_client(cache)
                 self._cache = cache
@@ -898,32 +899,17 @@ def _make_client(cache: Any) -> None:
 # does not have: the child's first cache access hung for ever (gunicorn --preload with a warm-up
 # call). fork() waits for it instead, at most CONNECT_WAIT (making a backend and its client does no
 # I/O; a backend that hangs in __init__ is not waited for).
-_CONNECTING = threading.Lock()
 CONNECT_WAIT = 5.0
-_held_for_fork = False
-
-
-def _before_fork() -> None:
-    global _held_for_fork
-    _held_for_fork = _CONNECTING.acquire(timeout=CONNECT_WAIT)
-
-
-def _after_fork_in_parent() -> None:
-    global _held_for_fork
-    if _held_for_fork:
-        _held_for_fork = False
-        _CONNECTING.release()
+_CONNECTING = ForkWaits(CONNECT_WAIT)
 
 
 def _after_fork() -> None:
-    global _CONNECTING, _held_for_fork
-    _CONNECTING, _held_for_fork = threading.Lock(), False
     _late_aliases.clear()
     for store in list(_STORES):
         store._after_fork_in_child()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork)
+os.register_at_fork(after_in_child=_after_fork)
 
 
 _sync_thread = threading.local()  # .store: the store whose sync thread this is, while it syncs
