@@ -129,6 +129,13 @@ def python(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def migrated(env: dict[str, str]) -> "functools.partial[str]":
+    """:func:`python` with ``env``, once ``manage.py migrate`` has made the database it names."""
+    run = functools.partial(python, env)
+    run("manage.py", "migrate", "--noinput", "-v", "0")
+    return run
+
+
 @pytest.mark.django_db
 def test_a_round_publishes_reports_and_transitions(server: LoopbackServer, publisher: Publisher) -> None:
     server.route("/down", lambda h: h.reply(500))
@@ -1491,9 +1498,7 @@ def test_a_process_made_after_an_override_writes_no_transition_and_circuit_break
     (tmp_path / "looking_urls.py").write_text(
         "from django_aio_request import clients\n\nBILLING = clients['billing']\nurlpatterns = []\n"
     )
-    env = billing_on_sqlite(tmp_path, "taking", server.url, 0.2, extra="ROOT_URLCONF = 'looking_urls'\n")
-    run = functools.partial(python, env)
-    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run = migrated(billing_on_sqlite(tmp_path, "taking", server.url, 0.2, extra="ROOT_URLCONF = 'looking_urls'\n"))
     run("-c", OPERATOR, server.url)
     time.sleep(0.05)  # the override is older than any breaker made from now on
     answer = json.loads(run("-c", FRESH_WORKER, "billing", "up", "3").strip().splitlines()[-1])
@@ -1524,9 +1529,7 @@ def test_an_override_set_while_a_breaker_lives_is_its_transition_whatever_the_cl
     wrote it has a clock 30 s behind (a second review: told by comparing clocks, it was taken
     quietly, and the history lost it)."""
     server.route("/down", lambda h: h.reply(500))
-    env = billing_on_sqlite(tmp_path, "seeing", server.url, 0.2)
-    run = functools.partial(python, env)
-    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run = migrated(billing_on_sqlite(tmp_path, "seeing", server.url, 0.2))
     run("-c", SEES_THE_CHANGE, server.url)
     history = json.loads(run("-c", READ_HISTORY).strip().splitlines()[-1])
     assert [transition[:2] for transition in history["transitions"]] == [["closed", "forced_open"]]
@@ -1716,9 +1719,7 @@ def test_a_worker_forked_after_a_late_lookup_obeys_an_override(server: LoopbackS
     looked up after the apps loaded forked while the thread held such an import's lock, and the
     worker's rounds hung on it for good: its calls went to an endpoint forced open in admin."""
     server.route("/up", lambda h: h.reply(200))
-    env = billing_on_sqlite(tmp_path, "late_lookup", server.url, 0.2)
-    run = functools.partial(python, env)
-    run("manage.py", "migrate", "--noinput", "-v", "0")
+    run = migrated(billing_on_sqlite(tmp_path, "late_lookup", server.url, 0.2))
     run("-c", OPERATOR, server.url)
     answer = json.loads(run("-c", LATE_LOOKUP_THEN_FORK).strip().splitlines()[-1])
     assert answer == {"worker obeyed": True, "slowed": []}
