@@ -236,12 +236,12 @@ class Publisher:
         # "changed" say the circuit changed then (a review: `manage.py circuit_breakers` run twice
         # showed "2 processes: 2 forced open, changed 0 s ago", with no server running). Told without
         # clocks (another host's may be behind: a second review lost an operator's change so): the
-        # process's first read of the overrides, or a breaker's first read of an override row the
-        # round before already held, and only for a circuit that never changed (one that opened
+        # process's first attempt to read the overrides, or a breaker's first read of an override row
+        # the round before already held, and only for a circuit that never changed (one that opened
         # before the read lived through the change). The override rows of the last round, every
         # client's: (client, endpoint, mode, changed_at).
         self._known_overrides: set[tuple[str, str, str, datetime.datetime]] = set()
-        self._read_any = False  # a round of this process (since its start or fork) read the overrides
+        self._read_any = False  # a round of this process (since its start or fork) tried to read them
         self._read_breakers: weakref.WeakSet[DefaultCircuitBreaker[str, Any]] = weakref.WeakSet()
         self._quiet = threading.local()  # .on: the round is taking an override so (_on_transition)
         # Override rows whose mode is not an Override, as (client, endpoint, mode): warned of once, while
