@@ -31,7 +31,6 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
 
-import requests
 from asgiref.sync import iscoroutinefunction
 from requests.structures import CaseInsensitiveDict
 
@@ -47,6 +46,7 @@ from django_aio_request.core.request import Request
 from django_aio_request.core.response import EmptyResponse, Response, UnsentResponse
 from django_aio_request.signals import client_built
 from django_aio_request.transport.base import Transport
+from django_aio_request.transport.direct_send import normalised_url
 
 __all__ = [
     "BreakerNotForcedWarning",
@@ -306,14 +306,6 @@ def _check_delay(delay: float) -> None:
         raise ValueError(f"delay must be >= 0, not {delay!r}")
 
 
-def _as_sent(url: str) -> str:
-    """``url`` as requests prepares it for the wire (percent-encoded where it must be); raises, as the
-    real transport does, for one requests refuses."""
-    prepared = requests.PreparedRequest()
-    prepared.prepare_url(url, None)
-    return prepared.url or url
-
-
 @dataclasses.dataclass(frozen=True)
 class RecordedCall:
     """One attempt that reached the fake, as the downstream service would have received it."""
@@ -359,7 +351,7 @@ class FakeDownstream(Transport):
         # The endpoint's path as calls' URLs carry it: joined as build_url() joins ("/api/./v1/"
         # becomes "/api/v1/"), so recorded paths stay relative to it.
         built = Request(method="GET", url="x").build_url(endpoint)
-        self._base = urllib.parse.urlsplit(_as_sent(built)).path[:-1]
+        self._base = urllib.parse.urlsplit(normalised_url(built)).path[:-1]
         self._written_base = urllib.parse.urlsplit(built).path[:-1]  # before requests' encoding
         self._lock = threading.Lock()
         self._routes: dict[tuple[str | None, str], list[Reply]] = {}
@@ -427,7 +419,7 @@ class FakeDownstream(Transport):
         # as build_url() made it, "files/100%" was recorded so, and a route written as the server
         # sees the path, "files/100%25", found no call (a review).
         built = request.build_url(endpoint)
-        parts = urllib.parse.urlsplit(_as_sent(built))
+        parts = urllib.parse.urlsplit(normalised_url(built))
         inside = parts.path.startswith(self._base)
         # The path as the URL wrote it, before requests encoded it: a route written so answered it
         # before (requests also decodes "%7E" to "~": route("users/%7Ealice/*") found nothing).

@@ -298,7 +298,7 @@ def prepare(route: DirectRoute, url: str, request: Request) -> PreparedRequest:
     route's session (it raises for the same mistakes: an invalid URL or header)."""
     prepared = PreparedRequest()
     prepared.prepare_method(request.method)
-    prepared.url = _prepared_url(url) if len(url) <= MAX_CACHED_URL else _normalised_url(url)
+    prepared.url = _prepared_url(url) if len(url) <= MAX_CACHED_URL else normalised_url(url)
     # prepare_headers() on the session's headers merged with the request's, without validating the
     # session's again (done once, in plan_route) or copying them key by key.
     headers: CaseInsensitiveDict[Any] = CaseInsensitiveDict()
@@ -327,7 +327,7 @@ def _path_url(prepared: PreparedRequest) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def _normalised_url(url: str) -> str:
+def normalised_url(url: str) -> str:
     """``url`` as requests' ``prepare_url`` leaves it; raises for an invalid one."""
     probe = PreparedRequest()
     probe.prepare_url(url, None)
@@ -336,7 +336,7 @@ def _normalised_url(url: str) -> str:
 
 #: The same, cached (a raise is not): a pure function of the URL, and a tenth of the direct route's
 #: Python time.
-_prepared_url = functools.lru_cache(maxsize=1024)(_normalised_url)
+_prepared_url = functools.lru_cache(maxsize=1024)(normalised_url)
 
 
 def send(session: requests.Session, route: DirectRoute, prepared: PreparedRequest, timeout: float) -> HTTPResponse:
