@@ -301,6 +301,38 @@ def test_after_the_starter_could_not_be_started_the_next_failed_start_fails_its_
     assert [r.path for r in server.received()] == ["/c"]
 
 
+def test_a_call_whose_thread_cannot_be_started_waits_for_the_busy_thread_its_client_has(
+    server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usage.md: with a thread of the client running, a call whose own thread cannot be started is
+    not failed: it waits for that thread, and is answered once the thread is free."""
+    server.route("/slow", answer_after(0.5, body=b"slow"))
+    server.route("/quick", lambda h: h.reply(200, b"quick"))
+    client = make_client(max_workers=2, safe_method_strategy=single_attempt_strategy())
+    start, started = threading.Thread.start, []
+
+    def second_fails(thread: threading.Thread) -> None:
+        if thread.name.startswith("django-aio-request-async"):
+            started.append(thread.name)
+            if len(started) == 2:
+                raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", second_fails)
+
+    async def go() -> tuple[tuple[Response, float], tuple[Response, float]]:
+        slow = asyncio.create_task(acall(client, get("slow")))
+        await asyncio.sleep(0.1)  # its thread is busy with it
+        quick = await acall(client, get("quick"), deadline=Deadline.from_timeout(3.0))
+        return await slow, quick
+
+    (slow, _), (quick, waited) = asyncio.run(go())
+
+    assert (slow.status, quick.status) == (200, 200)
+    assert 0.3 < waited < 2.0  # after the slow call freed the thread, long before its deadline
+    assert len(started) == 2
+
+
 def test_one_thread_that_cannot_be_started_fails_one_call_of_those_made_together(
     server: LoopbackServer, make_client: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
