@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -144,6 +145,19 @@ def _urls(location: object) -> list[str]:
     return []
 
 
+# How cache clients name a failure after which a write may or may not have been made (the request
+# sent, its answer lost or late): redis-py's ConnectionError and TimeoutError (not Python's own),
+# django-redis's ConnectionInterrupted. Python's OSError covers the rest (sockets, pymemcache).
+_UNKNOWN_OUTCOME_NAMES = frozenset(("ConnectionError", "TimeoutError", "ConnectionInterrupted"))
+
+
+def _outcome_unknown(error: BaseException) -> bool:
+    """Whether ``error`` leaves it unknown if the cache made the write it was asked for: a timeout
+    or a lost connection, rather than the cache's answer that it cannot (a missing key, a value
+    that is not a count)."""
+    return isinstance(error, OSError) or any(cls.__name__ in _UNKNOWN_OUTCOME_NAMES for cls in type(error).__mro__)
+
+
 def _unmakeable(error: BaseException) -> bool:
     """Whether ``error`` says the cache cannot be made at all, whatever its server does: a backend or
     its client library that cannot be imported (an ``ImportError``, or Django's
@@ -227,6 +241,9 @@ class CacheCircuitStore(CircuitStore[str]):
         self._rounds = 0  # rounds ended (read, or failed): what wait_for_read waits for
         self._rounds_done = threading.Condition(threading.Lock())
         self._stall_logged = False
+        # Who claims a probe (_claim), with the process's id: another store's in this process, a
+        # process on another host with the same id, a forked child (another id) are someone else.
+        self._claimant = secrets.token_hex(8)
         self._malformed: set[str] = set()  # keys the last round found holding a value not the store's
         self.healthy = True  # False during a cache outage: decisions are this process's own
         self._pid = 0
@@ -509,7 +526,11 @@ class CacheCircuitStore(CircuitStore[str]):
             # process's own break (now / break_duration), processes with different breaks (a
             # rolling deploy changing it) claimed different keys, and both probed (a review).
             key = f"{scopes[scope]}:probe:{until!r}"
-            if cache.add(key, os.getpid(), self._seconds(2)):
+            claimant = f"{os.getpid()}:{self._claimant}"
+            # Or claimed in an earlier round whose answer was lost (a cache that stalled past its
+            # socket timeout as it wrote the claim): no process knew it held the claim, every add
+            # failed on it, and none probed until the key expired, two breaks later (a review).
+            if cache.add(key, claimant, self._seconds(2)) or cache.get(key) == claimant:
                 blocked = now + self._break_duration
                 won[scope] = (key, now, blocked)
                 # Others see the block at once, and stop trying to claim.
@@ -557,7 +578,9 @@ class CacheCircuitStore(CircuitStore[str]):
             for scope, prefix in scopes.items():
                 if self._closes.get(scope) == closes.get(scope):  # else read before a close made here since
                     self._take(scope, prefix, found, windows, won.get(scope))
-            recovered = not self.healthy
+            # After a failure, or a hang the log named (_stalled): a cache that hung and came back
+            # without failing a round was said to stall and never to answer again.
+            recovered = not self.healthy or self._stall_logged
             self.healthy = True
             self._stall_logged = False
             new = sorted(set(malformed) - self._malformed)
@@ -704,7 +727,11 @@ class CacheCircuitStore(CircuitStore[str]):
                     # outcome flushed to it until it climbed back to 0. Replaced, as below.
                     cache.set(key, count, timeout)
                     malformed.append(key)
-            except Exception:  # Django's ValueError when missing, else the cache's own (Redis: ResponseError)
+            except Exception as error:  # Django's ValueError when missing, else the cache's own (Redis: ResponseError)
+                if _outcome_unknown(error):
+                    # The cache may have added it and its answer be what was lost: read back and
+                    # added again, one passing stall counted a batch twice in every process's view.
+                    raise
                 value = cache.get(key, _ABSENT)  # raises in turn when the cache failed
                 if value is _ABSENT:  # expired between the two calls
                     cache.add(key, count, timeout)
