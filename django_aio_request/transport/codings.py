@@ -19,7 +19,8 @@ look ignores them too.)
 A content coding the request asked for itself (its ``Accept-Encoding`` names it, or ``*``) is the
 caller's to decode: that body is handed over as it came, as requests does. So is one that is no
 coding at all (``Content-Encoding: none``, ``UTF-8``: servers that send those exist, and their
-bodies are readable): only the codings of IANA's registry are taken for compression. In a list
+bodies are readable): only the codings of IANA's registry are taken for compression. (Not so a
+``Transfer-Encoding``: any coding there but ``chunked`` and ``identity`` leaves the body unreadable.) In a list
 (``gzip, none``) such a name is taken out of the value before urllib3 sees it (response_head.py),
 which would give it deflate's decoder.
 """
@@ -140,8 +141,11 @@ def _unreadable_coding(headers: Mapping[str, str], accept_encoding: str | None) 
     if value is None and (transfer_value is None or transfer_value == "chunked"):
         return None  # what nearly every answer is: asked about on every call, without the lists below
     transfer = _codings(transfer_value or "")
-    applied = [coding for coding in transfer if _name(coding) in _REGISTERED]
-    applied += [coding for coding in transfer if _name(coding) == "chunked" and coding != "chunked"]
+    # Every transfer coding but chunked itself and identity (no coding): one of the registry, chunked
+    # with a parameter, which urllib3 does not take for chunked, or a name this client does not know
+    # (``foo``, ``x-chunked``), which is no label as a content coding's can be but the framing, and
+    # left the body to the connection's close: a 408 from a server that kept it (a review).
+    applied = [coding for coding in transfer if coding != "chunked" and _name(coding) != "identity"]
     if applied or transfer.count("chunked") > 1:
         return f"Transfer-Encoding: {', '.join(applied or transfer)}"
     value = value or ""

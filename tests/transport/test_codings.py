@@ -93,15 +93,25 @@ def test_a_body_still_coded_is_a_489_naming_the_coding_not_a_200_of_garbage(
 @pytest.mark.parametrize("via", ["direct", "redirect"])
 @pytest.mark.parametrize(
     ("coding", "body"),
-    [("gzip", gzip.compress(JSON)), ("chunked;x=1", _chunked(JSON)), ("gzip, chunked", _chunked(gzip.compress(JSON)))],
-    ids=["gzip", "chunked-parameter", "gzip-chunked"],
+    [
+        ("gzip", gzip.compress(JSON)),
+        ("chunked;x=1", _chunked(JSON)),
+        ("gzip, chunked", _chunked(gzip.compress(JSON))),
+        # No name of IANA's registry (a review: a 408 at the deadline, or from a server that closed,
+        # a 200 whose body still had its chunks' framing in it).
+        ("foo", _chunked(JSON)),
+        ("x-chunked", _chunked(JSON)),
+    ],
+    ids=["gzip", "chunked-parameter", "gzip-chunked", "unknown", "unknown-like-chunked"],
 )
 def test_a_transfer_coding_left_on_is_a_489_at_once_from_a_server_that_keeps_the_connection(
     server: LoopbackServer, coding: str, body: bytes, via: str
 ) -> None:
     """A transfer coding that is not chunked leaves the body to run to the connection's close (RFC
     9112 6.3). Read, from a server that kept the connection open, it waited out the whole deadline:
-    a 408, counted against the endpoint and retried, not the 489 that names the coding (a review)."""
+    a 408, counted against the endpoint and retried, not the 489 that names the coding (a review).
+    A transfer coding is the framing, not a label: a name this client does not know is one it cannot
+    take off, whether or not it is in IANA's registry."""
     server.route("/kept", _kept_open(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding.encode(), body))
     server.route("/redirect", lambda h: h.reply(302, b"", {"Location": "/kept"}))
     transport = RequestsTransport()
@@ -270,7 +280,10 @@ def test_a_session_s_own_accept_encoding_counts_as_asked(routes: LoopbackServer)
         # No coding of IANA's registry: the body is as it came (servers that send these exist).
         ({"Content-Encoding": "none"}, None, None),
         ({"Content-Encoding": "UTF-8"}, None, None),
-        ({"Transfer-Encoding": "none"}, None, None),
+        # A transfer coding is no label: one this client does not know leaves the body unreadable.
+        ({"Transfer-Encoding": "none"}, None, "Transfer-Encoding: none"),
+        ({"Transfer-Encoding": "foo, chunked"}, None, "Transfer-Encoding: foo"),
+        ({"Transfer-Encoding": "identity, chunked"}, None, None),
     ],
 )
 def test_which_codings_leave_a_body_unreadable(
