@@ -111,13 +111,34 @@ _STALL_SERVICES = 4
 _STALL_MIN = 0.1
 _STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learned limit (see _next_lend)
 _RECHECKING = 20  # waiters who look again that often; with more, each looks less often (all: 400 times a second)
-# Nothing is lent while the process's threads took this much CPU time per second of wall time lately
-# (measured over _CPU_SPAN at least, at releases): a request that runs long because the CPU is
-# saturated is no stall, and lending let such requests run two at once: with 2 threads and four
-# callers of 200 ms CPU views beside eight of 5 ms ones, no fast request answered in time (a review;
-# 20-25 a second, 86-90% of high priority, without lending).
+# A request that runs long because the CPU is saturated is no stall, and lending let such requests
+# run two at once: with 2 threads and four callers of 200 ms CPU views beside eight of 5 ms ones, no
+# fast request answered in time (a review; 20-25 a second, 86-90% of high priority, without lending).
+# So a sync request lends only while its own thread has taken less than _LENDS_BELOW of its time in
+# CPU since it was admitted (waiting on a lock, a query, a downstream); a request whose thread is not
+# known (async: it shares the event loop's thread) only while the whole process took less than
+# _CPU_SATURATED CPU seconds a second lately (measured over _CPU_SPAN at least). Judged by the
+# process's CPU alone, the borrowers' own CPU stopped the lending: at 0.8 CPU and more, lending went
+# on and off a span at a time, and one request stuck on I/O halved what the process served (a review:
+# 4 threads, 20 ms views, 73 answered and 124 refused in 3 s against 137 and 2 without it).
+_LENDS_BELOW = 0.2
 _CPU_SATURATED = 0.8
 _CPU_SPAN = 0.25
+
+
+# The CPU clock of a thread of this process, by its ident (POSIX; None where there is none).
+_thread_clock: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+
+
+def _waits(clock: int, cpu: float, wall: float) -> bool | None:
+    """Whether the thread whose CPU clock is ``clock`` (at ``cpu`` s when it was ``wall`` on
+    ``time.monotonic()``) has taken less than _LENDS_BELOW of the time since in CPU; None once its
+    clock cannot be read (the thread ended)."""
+    try:
+        used = time.clock_gettime(clock) - cpu
+    except OSError:
+        return None
+    return used < _LENDS_BELOW * (time.monotonic() - wall)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,6 +177,9 @@ class Limiter:
         self._queue = WaitQueue()
         self._in_flight = 0
         self._running: list[float] = []  # when each admitted request was admitted, in order (see _lent)
+        # Admitted at -> {thread ident: (its CPU clock, its CPU time and time.monotonic() then)}, for
+        # the sync requests whose thread's CPU clock could be had: what _lent asks whether they compute.
+        self._thread_cpu: dict[float, dict[int, tuple[int, float, float]]] = {}
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
@@ -214,7 +238,9 @@ class Limiter:
             self._threads_peak = max(self._threads_peak, self._threads)
             outcome = self._enter(priority, deadline, now, None)
             if isinstance(outcome, Admission):
-                if not outcome.admitted:
+                if outcome.admitted:
+                    self._note_thread(outcome.admitted_at)
+                else:
                     self._threads -= 1
                 return outcome
         waiter, bound, reason = outcome
@@ -226,7 +252,9 @@ class Limiter:
                 break
         with self._lock:
             admission = self._leave(waiter, reason)
-            if not admission.admitted:
+            if admission.admitted:
+                self._note_thread(admission.admitted_at)
+            else:
                 self._threads -= 1
         return admission
 
@@ -270,6 +298,7 @@ class Limiter:
                 raise RuntimeError("release() without an admitted request")
             if thread:
                 self._threads -= 1
+                self._forget_thread(admitted_at)
             self._tally(now, self._slots())
             rtt = now - admitted_at
             try:
@@ -300,6 +329,7 @@ class Limiter:
                 raise RuntimeError("give_back() without an admitted request")
             if thread:
                 self._threads -= 1
+                self._forget_thread(admitted_at)
             self._give_back(admitted_at)
 
     # Under the lock.
@@ -524,19 +554,55 @@ class Limiter:
             self._cpu_mark = (wall, cpu)
 
     def _lent(self, now: float, slots: int) -> int:
-        """How many slots stalled requests lend now: none under a fixed limit, nor while the CPU is
-        saturated (_CPU_SATURATED); at most ``slots``.
+        """How many slots stalled requests lend now: none under a fixed limit, nor any of a request
+        that computes (see _LENDS_BELOW); at most ``slots``.
 
         The CPU share is brought up to date here too, not only as requests end: during a stall none
         ends, and the share of a busy spell before it (0.99) kept every slot from being lent for the
         whole stall while the CPU was idle (every request meanwhile refused after QUEUE_TIMEOUT)."""
         if not isinstance(self.limit, AdaptiveLimit):
             return 0
-        self._measure_cpu()
-        if self._cpu_share >= _CPU_SATURATED:
-            return 0
         stalled = bisect.bisect_right(self._running, now - self._stall_after())
-        return min(stalled, slots)
+        if not stalled:
+            return 0
+        self._measure_cpu()
+        saturated = self._cpu_share >= _CPU_SATURATED
+        lenders = 0
+        for admitted_at in sorted(set(self._running[:stalled])):  # each time once: requests admitted together
+            known = self._thread_cpu.get(admitted_at, {})
+            unknown = bisect.bisect_right(self._running, admitted_at) - bisect.bisect_left(self._running, admitted_at)
+            for clock, cpu, wall in known.values():
+                waits = _waits(clock, cpu, wall)
+                if waits is None:  # its clock is gone: judged as one whose thread is not known
+                    continue
+                unknown -= 1
+                lenders += waits
+            if not saturated:
+                lenders += max(0, unknown)
+        return min(lenders, slots)
+
+    def _note_thread(self, admitted_at: float) -> None:
+        """The calling thread's request was admitted at ``admitted_at``: note its CPU clock (see _lent)."""
+        if _thread_clock is None:
+            return
+        ident = threading.get_ident()
+        try:
+            clock = _thread_clock(ident)
+            cpu = time.clock_gettime(clock)
+        except OSError:
+            return
+        self._thread_cpu.setdefault(admitted_at, {})[ident] = (clock, cpu, time.monotonic())
+
+    def _forget_thread(self, admitted_at: float) -> None:
+        """The request admitted at ``admitted_at`` is over: the calling thread's note of it goes (any
+        such note if the thread that released it is not the one that was admitted)."""
+        known = self._thread_cpu.get(admitted_at)
+        if known is None:
+            return
+        if known.pop(threading.get_ident(), None) is None and known:
+            known.popitem()
+        if not known:
+            del self._thread_cpu[admitted_at]
 
     def _next_lend(self, now: float) -> float:
         """When a waiter should look again whether a stalled request lends it a slot: when the next
