@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client import REGISTRY
 
 from django_aio_request import (
@@ -273,6 +274,57 @@ class TestSystemHeaders:
 
         assert response.status == 200
         assert 1.0 <= elapsed < 1.3
+
+    @pytest.mark.parametrize("where", ["auth", "response hook"])
+    @pytest.mark.parametrize("strategy", ["single", "parallel"])
+    def test_the_session_s_own_slow_code_holds_the_call_until_it_returns(
+        self, server: LoopbackServer, make_client: Callable[..., Client], where: str, strategy: str
+    ) -> None:
+        """docs/usage.md: as an enricher, a session's ``auth`` or response hook is the caller's own
+        code, run on the call's thread: one that takes 0.6 s holds a call given 0.2 s until it
+        returns, and the call then answers 408 (a review: named for the enricher only)."""
+        server.route("/x", replies(200))
+        session = requests.Session()
+
+        def slow(got: Any, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.6)
+            return got
+
+        if where == "auth":
+            session.auth = slow
+        else:
+            session.hooks["response"].append(slow)
+        strategies = {
+            "single": single_attempt_strategy(),
+            "parallel": parallel_strategy(attempts_count=2, delays_provider=constant_delays(delay=0.05)),
+        }
+        client = make_client(transport=RequestsTransport(session=session), safe_method_strategy=strategies[strategy])
+
+        response, elapsed = call(client, get("x"), deadline=Deadline.from_timeout(0.2))
+
+        assert response.status == 408
+        assert 0.6 <= elapsed < 0.9
+
+    def test_the_time_left_is_stamped_after_the_session_s_auth_ran(
+        self, server: LoopbackServer, make_client: Callable[..., Client]
+    ) -> None:
+        """docs/usage.md: an ``auth`` that takes 0.3 s of a 1 s call leaves 0.7 s, and that is what
+        ``X-Request-Timeout`` says, not the 1 s there was before it ran."""
+        server.route("/x", replies(200))
+        session = requests.Session()
+
+        def slow(got: Any) -> Any:
+            time.sleep(0.3)
+            return got
+
+        session.auth = slow
+        client = make_client(transport=RequestsTransport(session=session))
+
+        response, _ = call(client, get("x"), deadline=Deadline.from_timeout(1.0))
+
+        assert response.status == 200
+        [sent] = [float(r.headers["X-Request-Timeout"]) for r in server.received("/x")]
+        assert 0.5 < sent <= 0.7
 
     def test_a_call_an_enricher_makes_is_bounded_by_the_attempt_s_deadline_and_sends_its_priority(
         self, server: LoopbackServer, make_client: Callable[..., Client]
