@@ -1490,16 +1490,17 @@ def test_one_long_request_does_not_make_the_next_ones_look_unservable_in_time() 
 
 @pytest.mark.parametrize("cpu_share", [0.9, 0.5])
 @pytest.mark.parametrize("computes", [True, False], ids=["computes", "waits"])
-def test_a_stalled_request_that_computes_lends_nothing_and_one_that_waits_lends_however_busy_the_cpu(
+def test_a_stalled_request_lends_while_the_cpu_is_not_saturated_or_its_own_thread_waits(
     computes: bool, cpu_share: float
 ) -> None:
     """A request that runs long because the CPU is saturated is no stall: lending then ran two
     CPU-bound views at once where the limit (and on 2 threads the thread kept free) wanted one (a
-    review: no fast request in time). A sync request whose own thread computes lends nothing, the
-    next waits and is refused at QUEUE_TIMEOUT; one whose thread waits (a lock, a query) lends,
-    however busy the process's CPU: judged by the process's CPU, which the borrowers' own work keeps
-    busy, lending went on and off, and one request stuck on I/O halved what the process served (a
-    review: 73 answered and 124 refused in 3 s against 137 and 2)."""
+    review: no fast request in time). With the process's CPU saturated (0.9 CPU seconds a second
+    lately) a sync request whose own thread computes lends nothing, the next waits and is refused
+    at QUEUE_TIMEOUT; one whose thread waits (a lock, a query) lends all the same: judged by the
+    process's CPU alone, which the borrowers' own work keeps busy, lending went on and off, and one
+    request stuck on I/O halved what the process served (a review: 73 answered and 124 refused in 3 s
+    against 137 and 2). With the CPU not saturated (0.5) both lend, as before."""
     limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, now=time.monotonic()), queue_timeout=0.3)
     limiter._cpu_share = cpu_share
     limiter._cpu_mark = (math.inf, 0.0)  # no new measure during the test
@@ -1522,8 +1523,44 @@ def test_a_stalled_request_that_computes_lends_nothing_and_one_that_waits_lends_
     if waited.admitted:
         limiter.release(waited.admitted_at, thread=True)
     holder.join(5)
-    assert (waited.admitted, waited.reason) == ((False, "queue_timeout") if computes else (True, None))
+    lends = cpu_share < 0.8 or not computes
+    assert (waited.admitted, waited.reason) == ((True, None) if lends else (False, "queue_timeout"))
     assert limiter._thread_cpu == {}  # nothing kept of requests that ended
+
+
+def test_requests_that_all_compute_under_the_gil_lend_nothing() -> None:
+    """Under the GIL six requests computing at once each take about a sixth of the CPU: judged by
+    their own share against a fixed fifth, they lent their slots while the process was saturated (a
+    review: 4 of 6 lent, 7 of 8). Against a fifth of their fair share (the process's CPU over the
+    requests in flight), none does: the next request waits, and is refused at QUEUE_TIMEOUT."""
+    count = 6
+    limiter = Limiter(
+        AdaptiveLimit(minimum=count, maximum=count, initial=count, probe_interval=1e9, now=time.monotonic()),
+        queue_timeout=0.5,
+    )
+    limiter._cpu_share = 1.0  # what they take (a loaded machine's other processes would make it less)
+    limiter._cpu_mark = (math.inf, 0.0)  # no new measure during the test
+    started = threading.Barrier(count + 1)
+
+    def compute() -> None:
+        admission = limiter.acquire(NORMAL, time.monotonic() + 10)
+        started.wait(5)
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            pass
+        limiter.release(admission.admitted_at, thread=True)
+
+    threads = [threading.Thread(target=compute) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    started.wait(5)
+    time.sleep(0.4)  # past the stall threshold and a span of the threads' own CPU
+    extra = limiter.acquire(HIGH, time.monotonic() + 10)
+    if extra.admitted:
+        limiter.release(extra.admitted_at, thread=True)
+    for thread in threads:
+        thread.join(5)
+    assert (extra.admitted, extra.reason) == (False, "queue_timeout")
 
 
 @pytest.mark.parametrize(("cpu_share", "lent"), [(0.9, False), (0.5, True)])

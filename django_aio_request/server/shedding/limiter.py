@@ -114,14 +114,18 @@ _RECHECKING = 20  # waiters who look again that often; with more, each looks les
 # A request that runs long because the CPU is saturated is no stall, and lending let such requests
 # run two at once: with 2 threads and four callers of 200 ms CPU views beside eight of 5 ms ones, no
 # fast request answered in time (a review; 20-25 a second, 86-90% of high priority, without lending).
-# So a sync request lends only while its own thread has taken less than _LENDS_BELOW of its time in
-# CPU since it was admitted (waiting on a lock, a query, a downstream); a request whose thread is not
-# known (async: it shares the event loop's thread) only while the whole process took less than
-# _CPU_SATURATED CPU seconds a second lately (measured over _CPU_SPAN at least). Judged by the
-# process's CPU alone, the borrowers' own CPU stopped the lending: at 0.8 CPU and more, lending went
-# on and off a span at a time, and one request stuck on I/O halved what the process served (a review:
-# 4 threads, 20 ms views, 73 answered and 124 refused in 3 s against 137 and 2 without it).
+# So nothing is lent while the process's threads took _CPU_SATURATED CPU seconds a second or more
+# lately (measured over _CPU_SPAN at least), but by a sync request whose own thread took less than
+# _LENDS_BELOW of its fair share of that CPU (the process's share over the requests in flight) over
+# the last _OWN_SPAN to 2 * _OWN_SPAN seconds: it waits (a lock, a query, a downstream) while the
+# others compute. Judged by the process's CPU alone, the borrowers' own work stopped the lending: at
+# 0.8 CPU and more it went on and off a span at a time, and one request stuck on I/O halved what the
+# process served (a review: 4 threads, 20 ms views, 73 answered and 124 refused in 3 s against 137
+# and 2 without it). Under the GIL, requests that all compute each take about their fair share, not
+# less: none of them lends. An async request shares the event loop's thread, whose CPU says nothing
+# of it: the process's CPU alone decides.
 _LENDS_BELOW = 0.2
+_OWN_SPAN = 0.25
 _CPU_SATURATED = 0.8
 _CPU_SPAN = 0.25
 
@@ -130,15 +134,27 @@ _CPU_SPAN = 0.25
 _thread_clock: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
 
 
-def _waits(clock: int, cpu: float, wall: float) -> bool | None:
-    """Whether the thread whose CPU clock is ``clock`` (at ``cpu`` s when it was ``wall`` on
-    ``time.monotonic()``) has taken less than _LENDS_BELOW of the time since in CPU; None once its
-    clock cannot be read (the thread ended)."""
-    try:
-        used = time.clock_gettime(clock) - cpu
-    except OSError:
-        return None
-    return used < _LENDS_BELOW * (time.monotonic() - wall)
+class _ThreadCpu:
+    """What a sync request's thread has taken of the CPU lately (see _LENDS_BELOW): its CPU clock, and
+    two marks of it (CPU seconds, ``time.monotonic()``), the later moved on once _OWN_SPAN old."""
+
+    __slots__ = ("clock", "earlier", "later")
+
+    def __init__(self, clock: int, cpu: float, wall: float) -> None:
+        self.clock = clock
+        self.earlier = self.later = (cpu, wall)
+
+    def share(self) -> float | None:
+        """CPU seconds a second since the earlier mark; None once the clock cannot be read (the thread ended)."""
+        try:
+            cpu = time.clock_gettime(self.clock)
+        except OSError:
+            return None
+        wall = time.monotonic()
+        if wall - self.later[1] >= _OWN_SPAN:
+            self.earlier, self.later = self.later, (cpu, wall)
+        since_cpu, since = self.earlier
+        return (cpu - since_cpu) / max(wall - since, 1e-9)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,7 +195,7 @@ class Limiter:
         self._running: list[float] = []  # when each admitted request was admitted, in order (see _lent)
         # Admitted at -> {thread ident: (its CPU clock, its CPU time and time.monotonic() then)}, for
         # the sync requests whose thread's CPU clock could be had: what _lent asks whether they compute.
-        self._thread_cpu: dict[float, dict[int, tuple[int, float, float]]] = {}
+        self._thread_cpu: dict[float, dict[int, _ThreadCpu]] = {}
         self._threads = 0  # sync requests in the limiter now (admitted or waiting)
         self._threads_peak = 0  # the most there ever were: the server's threads, once it was busy
         self._service_time: float | None = None
@@ -554,8 +570,8 @@ class Limiter:
             self._cpu_mark = (wall, cpu)
 
     def _lent(self, now: float, slots: int) -> int:
-        """How many slots stalled requests lend now: none under a fixed limit, nor any of a request
-        that computes (see _LENDS_BELOW); at most ``slots``.
+        """How many slots stalled requests lend now: none under a fixed limit, nor while the CPU is
+        saturated but those of sync requests that wait (see _LENDS_BELOW); at most ``slots``.
 
         The CPU share is brought up to date here too, not only as requests end: during a stall none
         ends, and the share of a busy spell before it (0.99) kept every slot from being lent for the
@@ -566,19 +582,16 @@ class Limiter:
         if not stalled:
             return 0
         self._measure_cpu()
-        saturated = self._cpu_share >= _CPU_SATURATED
+        if self._cpu_share < _CPU_SATURATED:
+            return min(stalled, slots)
+        # Saturated: only the sync requests whose own thread waits while the others compute.
+        fair = self._cpu_share / max(1, self._in_flight)
         lenders = 0
         for admitted_at in sorted(set(self._running[:stalled])):  # each time once: requests admitted together
-            known = self._thread_cpu.get(admitted_at, {})
-            unknown = bisect.bisect_right(self._running, admitted_at) - bisect.bisect_left(self._running, admitted_at)
-            for clock, cpu, wall in known.values():
-                waits = _waits(clock, cpu, wall)
-                if waits is None:  # its clock is gone: judged as one whose thread is not known
-                    continue
-                unknown -= 1
-                lenders += waits
-            if not saturated:
-                lenders += max(0, unknown)
+            for thread in self._thread_cpu.get(admitted_at, {}).values():
+                share = thread.share()
+                if share is not None and share < _LENDS_BELOW * fair:
+                    lenders += 1
         return min(lenders, slots)
 
     def _note_thread(self, admitted_at: float) -> None:
@@ -591,7 +604,7 @@ class Limiter:
             cpu = time.clock_gettime(clock)
         except OSError:
             return
-        self._thread_cpu.setdefault(admitted_at, {})[ident] = (clock, cpu, time.monotonic())
+        self._thread_cpu.setdefault(admitted_at, {})[ident] = _ThreadCpu(clock, cpu, time.monotonic())
 
     def _forget_thread(self, admitted_at: float) -> None:
         """The request admitted at ``admitted_at`` is over: the calling thread's note of it goes (any
