@@ -23,6 +23,7 @@ from django_aio_request.conf.schema import read_settings
 from tests.support import hanging_cache
 from tests.support.loopback import Handler, LoopbackServer, free_port, replies
 from tests.support.redis_server import RedisProcess
+from tests.support.threads import run_in_threads
 
 DEADLINE = 0.3
 #: How far past its deadline a call may end on a busy two-core machine.
@@ -72,11 +73,7 @@ def _calls(
             with lock:
                 results.append((status, time.monotonic() - started))
 
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(30)
+    run_in_threads(run, threads)
     return results
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks._shedding_load import server
 from tests.server.test_shedding_servers import answer
+from tests.support.threads import run_in_threads
 
 
 @pytest.mark.timeout(120)
@@ -55,11 +56,7 @@ def _closed_loop(url: str, path: str, callers: int, seconds: float) -> list[int]
             time.sleep(0.02)
         statuses.extend(status for status, _, _ in got)
 
-    threads = [threading.Thread(target=call) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_in_threads(call, callers)
     return statuses
 
 
