@@ -2,6 +2,7 @@
 chunked message, a redirect to a host that is no valid name."""
 
 import gzip
+import logging
 import random
 import socket
 import zlib
@@ -18,10 +19,11 @@ from django_aio_request import (
     RequestsTransport,
     Response,
     get,
+    post,
     sequential_strategy,
 )
 from django_aio_request.transport.requests_transport import host_name_problem
-from tests.support.loopback import Handler, LoopbackServer, clients, send_once
+from tests.support.loopback import Handler, LoopbackServer, clients, free_port, send_once
 
 DEADLINE = 5.0  # generous: these tests are about outcomes, not timing
 
@@ -144,6 +146,29 @@ def test_a_redirect_to_a_host_that_is_no_valid_name_is_a_488_not_fetched_not_ret
                 assert response.headers["X-Invalid-Redirect"] == "LocationParseError"
                 assert response.headers["Location"] == sent
     assert len(server.received("/x")) == 4  # one request a call: no retry, and the circuit stayed closed
+
+
+def test_a_redirect_to_a_target_that_cannot_be_reached_is_a_489_of_the_call_retried_when_it_is_safe(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/security.md: a redirect to a valid target nothing answers at (a port nobody listens on)
+    is a network failure of the call, a 489 logged under the URL the call was made to: a GET is tried
+    again, as any GET that failed so, and a POST is sent once (one attempt: unsafe methods' default)."""
+    target = f"http://127.0.0.1:{free_port()}/gone"
+    server.route("/go", lambda h: h.reply(307, b"", {"Location": target}))
+    strategy = sequential_strategy(attempts_count=3)
+    with clients(server.url) as make:
+        client = make(metrics=False, safe_method_strategy=strategy)  # POST: the default, one attempt
+        with caplog.at_level(logging.WARNING):
+            with client.request(get("go"), deadline=Deadline.from_timeout(DEADLINE)) as response:
+                assert response.status == 489
+            with client.request(post("go", body=b"x"), deadline=Deadline.from_timeout(DEADLINE)) as response:
+                assert response.status == 489
+    methods = [r.method for r in server.received("/go")]
+    assert methods == ["GET"] * 3 + ["POST"]
+    failed = [r.getMessage() for r in caplog.records if " failed after " in r.getMessage()]
+    assert len(failed) == 4, failed
+    assert all(f"{server.url.rstrip('/')}/go failed" in message for message in failed), failed
 
 
 @pytest.mark.parametrize(
