@@ -8,6 +8,7 @@ Reading the setting never raises here: the checks exist to report bad settings, 
 import functools
 import importlib
 import inspect
+import math
 import os
 import re
 import urllib.parse
@@ -22,7 +23,7 @@ from django.utils.module_loading import import_string
 from django_aio_request.conf.cache_backends import nearest_known
 from django_aio_request.conf.current import misspelt_setting
 from django_aio_request.conf.reader import BAD_IMPORT, LARGEST, UNEXPECTED, shown
-from django_aio_request.conf.schema import LOCAL_BREAKER_STATE, SETTING, read_settings
+from django_aio_request.conf.schema import DEFAULT_MAX_TIMEOUT, LOCAL_BREAKER_STATE, SETTING, read_settings
 from django_aio_request.core.client_setup import error_text, holds_credentials
 from django_aio_request.server.async_stack import HINT as ASYNC_STACK_HINT
 from django_aio_request.server.async_stack import cancelling, sync_only_below, warning_text
@@ -504,14 +505,25 @@ def _keywords(cls: type) -> set[str]:
     return names
 
 
-def _bounds_connecting(value: object) -> bool:
+def _bounds_connecting(value: object, longest: float) -> bool:
     """Whether a ``connect_timeout`` (or PGCONNECT_TIMEOUT) bounds opening a connection: libpq and
     psycopg take its whole seconds (``int(float(value))``) and wait for ever (psycopg: 130 s) for
-    0 or less, so ``0.5``, ``"00"`` and ``-1`` do not."""
+    0 or less, so ``0.5``, ``"00"`` and ``-1`` do not; nor does one longer than ``longest``, the
+    longest deadline a request may have (MAX_TIMEOUT): ``1e9`` passed, and a connect waited on."""
     try:
-        return int(float(str(value).strip())) >= 1
+        return 1 <= int(float(str(value).strip())) <= longest
     except (ValueError, OverflowError):
         return False
+
+
+def _longest_deadline() -> float:
+    """``AIO_REQUEST["MAX_TIMEOUT"]`` where it is a number of seconds above 0, else its default
+    (check_settings reports a wrong one)."""
+    setting = getattr(settings, SETTING, None)
+    value = setting.get("MAX_TIMEOUT") if isinstance(setting, Mapping) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    return DEFAULT_MAX_TIMEOUT
 
 
 @checks.register("django_aio_request")
@@ -849,6 +861,7 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
     as the kernel keeps the connection (no ``connect_timeout`` by default), and a request that has
     to connect first is held past its deadline. Never raises, whatever the settings hold."""
     found: list[checks.CheckMessage] = []
+    longest = _longest_deadline()
     for alias, database in _bounded_databases():
         options = database.get("OPTIONS")
         # Any mapping (a types.MappingProxyType too): Django and psycopg read it as a dict.
@@ -857,15 +870,15 @@ def check_database_connect_timeout(app_configs: Any = None, **kwargs: Any) -> li
         # counts where there is none (psycopg drops a None, so the environment counts then too).
         if timeout is None:
             from_environment = os.environ.get("PGCONNECT_TIMEOUT")
-            if from_environment is not None and _bounds_connecting(from_environment):
+            if from_environment is not None and _bounds_connecting(from_environment, longest):
                 continue
             what = "has no connect_timeout"
-        elif _bounds_connecting(timeout):
+        elif _bounds_connecting(timeout, longest):
             continue
         else:
             what = (
-                f"has connect_timeout {shown(timeout)}, which does not bound connecting"
-                " (and overrides PGCONNECT_TIMEOUT)"
+                f"has connect_timeout {shown(timeout)}, which does not bound connecting within the longest"
+                f" deadline a request may have (MAX_TIMEOUT, {longest:g} s) (and overrides PGCONNECT_TIMEOUT)"
             )
         found.append(
             _database_warning(

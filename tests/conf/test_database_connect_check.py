@@ -49,6 +49,12 @@ def _ids(databases: Any, aio_request: Any) -> list[str]:
         ({"connect_timeout": -1}, True),
         ({"connect_timeout": "soon"}, True),
         ({"connect_timeout": "1.9"}, False),
+        # Longer than the longest deadline a request may have (MAX_TIMEOUT, 60 s): no bound it would
+        # notice (1e9 passed, and psycopg waited on a server that never answered; a review).
+        ({"connect_timeout": 60}, False),
+        ({"connect_timeout": 61}, True),
+        ({"connect_timeout": 1e9}, True),
+        ({"connect_timeout": "1e300"}, True),
     ],
 )
 def test_a_postgresql_database_without_connect_timeout_warns(options: Any, warns: bool) -> None:
@@ -67,6 +73,12 @@ def test_a_connect_timeout_in_options_that_are_any_mapping_counts() -> None:
     assert _ids(types.MappingProxyType({"default": database}), ON) == []
     bare = types.MappingProxyType({"default": types.MappingProxyType({"ENGINE": PG, "NAME": "shop"})})
     assert _ids(bare, ON) == ["django_aio_request.W011"]
+
+
+def test_a_connect_timeout_is_judged_by_the_max_timeout_set() -> None:
+    database = {"ENGINE": PG, "NAME": "shop", "OPTIONS": {"connect_timeout": 90}}
+    assert _ids({"default": database}, ON) == ["django_aio_request.W011"]
+    assert _ids({"default": database}, {**ON, "MAX_TIMEOUT": 120}) == []
 
 
 def test_only_where_the_bound_is_on_and_not_with_pgconnect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
