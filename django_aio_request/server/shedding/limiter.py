@@ -113,18 +113,20 @@ _STALL_RECHECK = 0.05  # how often a waiter looks again, at most, under a learne
 _RECHECKING = 20  # waiters who look again that often; with more, each looks less often (all: 400 times a second)
 # A request that runs long because the CPU is saturated is no stall, and lending let such requests
 # run two at once: with 2 threads and four callers of 200 ms CPU views beside eight of 5 ms ones, no
-# fast request answered in time (a review; 20-25 a second, 86-90% of high priority, without lending).
-# So nothing is lent while the process's threads took _CPU_SATURATED CPU seconds a second or more
-# lately (measured over _CPU_SPAN at least), but by a sync request whose own thread took less than
-# _LENDS_BELOW of its fair share of that CPU (the process's share over the requests in flight) over
-# the last _OWN_SPAN to 2 * _OWN_SPAN seconds: it waits (a lock, a query, a downstream) while the
-# others compute. Judged by the process's CPU alone, the borrowers' own work stopped the lending: at
-# 0.8 CPU and more it went on and off a span at a time, and one request stuck on I/O halved what the
-# process served (a review: 4 threads, 20 ms views, 73 answered and 124 refused in 3 s against 137
-# and 2 without it). Under the GIL, requests that all compute each take about their fair share, not
-# less: none of them lends. An async request shares the event loop's thread, whose CPU says nothing
-# of it: the process's CPU alone decides.
-_LENDS_BELOW = 0.2
+# fast request answered in time (a review; 20-25 a second, 86-90% of high priority, without
+# lending). So nothing is lent while the process's threads took _CPU_SATURATED CPU seconds a second
+# or more lately (measured over _CPU_SPAN at least), but by a sync request whose own thread took
+# less than _LENDS_BELOW of its fair share of that CPU (the process's share over the requests in
+# flight) over the last _OWN_SPAN to 2 * _OWN_SPAN seconds and since it was admitted: it waits (a
+# lock, a query, a downstream) while the others compute; and then to normal and high priority only.
+# Judged by the process's CPU alone, the borrowers' own work stopped the lending: at 0.8 CPU and
+# more it went on and off a span at a time, and one request stuck on I/O halved what the process
+# served (a review: 4 threads, 20 ms views, 73 answered and 124 refused in 3 s against 137 and 2
+# without it). A twentieth: a thread that waits takes next to nothing, and under the GIL a thread
+# that computes now and then gets no turn for a while (with a fifth, 8 requests computing at once
+# lent a slot in 12 of 103 looks, a review). An async request shares the event loop's thread, whose
+# CPU says nothing of it: the process's CPU alone decides.
+_LENDS_BELOW = 0.05
 _OWN_SPAN = 0.25
 _CPU_SATURATED = 0.8
 _CPU_SPAN = 0.25
@@ -135,26 +137,38 @@ _thread_clock: Callable[[int], int] | None = getattr(time, "pthread_getcpuclocki
 
 
 class _ThreadCpu:
-    """What a sync request's thread has taken of the CPU lately (see _LENDS_BELOW): its CPU clock, and
-    two marks of it (CPU seconds, ``time.monotonic()``), the later moved on once _OWN_SPAN old."""
+    """What a sync request's thread has taken of the CPU (see _LENDS_BELOW): its CPU clock, the clock
+    and ``time.monotonic()`` when it was admitted, and two later marks, the later moved on once
+    _OWN_SPAN old."""
 
-    __slots__ = ("clock", "earlier", "later")
+    __slots__ = ("admitted", "clock", "earlier", "later")
 
     def __init__(self, clock: int, cpu: float, wall: float) -> None:
         self.clock = clock
-        self.earlier = self.later = (cpu, wall)
+        self.admitted = self.earlier = self.later = (cpu, wall)
 
     def share(self) -> float | None:
-        """CPU seconds a second since the earlier mark; None once the clock cannot be read (the thread ended)."""
+        """The larger of its CPU seconds a second lately (since the earlier mark) and since it was
+        admitted: a thread that computes gets no turn under the GIL for a while now and then, but
+        not since it was admitted (with the recent share alone, 12 requests computing at once lent up
+        to 2 slots in 11 of 65 looks). None when the marks are too young to tell, or the clock cannot
+        be read (the thread ended)."""
         try:
             cpu = time.clock_gettime(self.clock)
         except OSError:
             return None
         wall = time.monotonic()
+        if wall - self.later[1] >= 2 * _OWN_SPAN:
+            # Not asked for that long (the CPU was not saturated meanwhile): marks that old would
+            # average a request that waited and now computes over its wait, and it lent (a review).
+            self.earlier = self.later = (cpu, wall)
+            return None
         if wall - self.later[1] >= _OWN_SPAN:
             self.earlier, self.later = self.later, (cpu, wall)
-        since_cpu, since = self.earlier
-        return (cpu - since_cpu) / max(wall - since, 1e-9)
+        (since_cpu, since), (admitted_cpu, admitted) = self.earlier, self.admitted
+        if wall - since < _OWN_SPAN:
+            return None  # too short a time to tell (just admitted, or just marked again)
+        return max((cpu - since_cpu) / (wall - since), (cpu - admitted_cpu) / (wall - admitted))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -365,7 +379,7 @@ class Limiter:
         self._tally(now, slots)
         if self._queue.best() is not None:
             self._grant(now)  # a request in flight may have stalled since the queue was last served
-        counted = self._in_flight - self._lent(now, slots)
+        counted = self._in_flight - self._lent(now, slots, priority)
         if counted < slots:
             best = self._queue.best()
             open_to = self._open_to(priority, slots)
@@ -530,8 +544,10 @@ class Limiter:
     def _grant(self, now: float) -> None:
         queue = self._queue
         slots = self._slots()
-        lent = self._lent(now, slots)
-        while (best := queue.best()) is not None and self._in_flight - lent < self._open_to(best.priority, slots):
+        lent = 0
+        while (best := queue.best()) is not None and self._in_flight - (
+            lent := self._lent(now, slots, best.priority)
+        ) < self._open_to(best.priority, slots):
             waiter = queue.pop_best()
             self._in_flight += 1
             self._last_admitted = now
@@ -569,9 +585,10 @@ class Limiter:
             self._cpu_share = (cpu - used) / (wall - began)
             self._cpu_mark = (wall, cpu)
 
-    def _lent(self, now: float, slots: int) -> int:
-        """How many slots stalled requests lend now: none under a fixed limit, nor while the CPU is
-        saturated but those of sync requests that wait (see _LENDS_BELOW); at most ``slots``.
+    def _lent(self, now: float, slots: int, priority: Priority) -> int:
+        """How many slots stalled requests lend a request of ``priority`` now: none under a fixed
+        limit, nor while the CPU is saturated but those of sync requests that wait (see
+        _LENDS_BELOW), and those to normal and high priority only; at most ``slots``.
 
         The CPU share is brought up to date here too, not only as requests end: during a stall none
         ends, and the share of a busy spell before it (0.99) kept every slot from being lent for the
@@ -584,7 +601,13 @@ class Limiter:
         self._measure_cpu()
         if self._cpu_share < _CPU_SATURATED:
             return min(stalled, slots)
-        # Saturated: only the sync requests whose own thread waits while the others compute.
+        # Saturated: only the sync requests whose own thread waits while the others compute, and not
+        # to low priority: requests that wait (stuck ones, what a caller can do without) borrowed the
+        # slots stuck requests lent and held them, and high priority was refused where nothing lent
+        # had served all of it (a review: 6 low callers of 4 s sleeps beside 20 ms views, 77-80% of high
+        # answered in time against 100%).
+        if priority is Priority.LOW:
+            return 0
         fair = self._cpu_share / max(1, self._in_flight)
         lenders = 0
         for admitted_at in sorted(set(self._running[:stalled])):  # each time once: requests admitted together
