@@ -600,6 +600,12 @@ class Limiter:
             return 0
         self._measure_cpu()
         if self._cpu_share < _CPU_SATURATED:
+            # The stalled requests' marks kept current all the same: left as they were, the first
+            # look once the CPU was saturated found them old (_ThreadCpu.share) and lent nothing for
+            # a span, the CPU eased, lending went on again, and on and off it went as before.
+            for admitted_at in sorted(set(self._running[:stalled])):
+                for thread in self._thread_cpu.get(admitted_at, {}).values():
+                    thread.share()
             return min(stalled, slots)
         # Saturated: only the sync requests whose own thread waits while the others compute, and not
         # to low priority: requests that wait (stuck ones, what a caller can do without) borrowed the
