@@ -1657,3 +1657,17 @@ def test_a_waiter_gives_up_in_real_time_when_the_limiter_s_clock_stands_still() 
     assert (refused.admitted, refused.reason) == (False, "queue_timeout")
     assert time.monotonic() - began < 2
     limiter.release(held.admitted_at, thread=True)
+
+
+def test_a_get_ident_patched_as_gevent_patches_it_is_never_taken_for_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gevent patches ``threading.get_ident()`` to number greenlets: handed to
+    ``pthread_getcpuclockid()``, glibc would read that number as a pointer to a thread (a review).
+    The limiter reads a request's CPU clock by its thread's kernel id: the clock it notes is the
+    calling thread's, whatever ``get_ident()`` says."""
+    monkeypatch.setattr(threading, "get_ident", lambda: 12345)
+    limiter = Limiter(AdaptiveLimit(minimum=1, maximum=1, now=time.monotonic()))
+    admission = limiter.acquire(NORMAL, time.monotonic() + 5)
+    [noted] = [thread for threads in limiter._thread_cpu.values() for thread in threads.values()]
+    assert time.clock_gettime(noted.clock) == pytest.approx(time.thread_time(), abs=0.05)
+    limiter.release(admission.admitted_at, thread=True)
+    assert limiter._thread_cpu == {}

@@ -48,6 +48,7 @@ import bisect
 import collections
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -133,8 +134,16 @@ _CPU_SATURATED = 0.8
 _CPU_SPAN = 0.25
 
 
-# The CPU clock of a thread of this process, by its ident (POSIX; None where there is none).
-_thread_clock: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+# Linux: a thread's CPU clock, readable from any thread of the process, is a clock id made from its
+# kernel id (what pthread_getcpuclockid() returns). Not pthread_getcpuclockid(threading.get_ident())
+# itself: under gevent's patching get_ident() is a greenlet's number, which glibc would take for a
+# pointer to a thread. A kernel id that is no thread's is refused (EINVAL). Elsewhere: no such clocks.
+_THREAD_CLOCKS = sys.platform.startswith("linux")
+
+
+def _thread_clock() -> int:
+    """The calling thread's CPU clock id (Linux's MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED))."""
+    return (~threading.get_native_id() << 3) | 6
 
 
 class _ThreadCpu:
@@ -640,11 +649,11 @@ class Limiter:
 
     def _note_thread(self, admitted_at: float) -> None:
         """The calling thread's request was admitted at ``admitted_at``: note its CPU clock (see _lent)."""
-        if _thread_clock is None:
+        if not _THREAD_CLOCKS:
             return
         ident = threading.get_ident()
         try:
-            clock = _thread_clock(ident)
+            clock = _thread_clock()
             cpu = time.clock_gettime(clock)
         except OSError:
             return
