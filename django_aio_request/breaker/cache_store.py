@@ -395,15 +395,37 @@ class CacheCircuitStore(CircuitStore[str]):
         for ``stall_after`` (a 0.3 s call answered at 1.05 s)."""
         with self._lock:  # the thread and its events as _start() published them, together
             thread, stop, wake = self._thread, self._stop, self._wake
+        waited = False
         if thread is not None and self._pid == os.getpid():
             stop.set()
             wake.set()
             if thread is not threading.current_thread() and not runs_event_loop():
                 together = _close_by.get()
-                thread.join(self.stall_after if together is None else max(0.0, together - time.monotonic()))
+                wait = self.stall_after if together is None else max(0.0, together - time.monotonic())
+                thread.join(wait)
+                waited = True
+                if thread.is_alive():
+                    # Its connections are closed below, under the round (which then fails, said at
+                    # debug: _outage). Said here instead, in the words of what happened.
+                    _abandoned.add(thread)
+                    logger.warning(
+                        "circuit breaker state: cache %r did not answer the last round of %r within %.2f s of"
+                        " closing: what was counted here since its last round that answered is not shared",
+                        self.alias,
+                        self._name,
+                        wait,
+                    )
         with self._lock:
             if self._thread is thread:  # not one a call started meanwhile (it finds an ended thread dead)
                 self._thread = None
+        if thread is not None and not waited and thread is not threading.current_thread() and thread.is_alive():
+            # Not waited for (on an event loop): its last round may be under way. Closed under it, the
+            # round failed ("Bad file descriptor", its counts lost) or connected anew and left the new
+            # connections open; the thread closes them itself once the round is over (_run).
+            return
+        self._close_connections()
+
+    def _close_connections(self) -> None:
         if self._disconnect is not None and self._pid == os.getpid():
             with _CONNECTING:
                 cache, self._cache = self._cache, None  # used again, the store connects anew
@@ -412,6 +434,14 @@ class CacheCircuitStore(CircuitStore[str]):
                     self._disconnect(cache)
                 except Exception:  # best effort: the connections go with the backend anyway
                     logger.debug("closing cache %r's connections failed", self.alias, exc_info=True)
+
+    def _after_last_round(self) -> None:
+        """(On the sync thread, told to stop, its last round over.) Close the cache's connections,
+        unless a call has started a new thread meanwhile, which uses them."""
+        with self._lock:
+            if self._thread is not None and self._thread is not threading.current_thread():
+                return
+        self._close_connections()
 
     # -- the sync thread ---------------------------------------------------------------------------
 
@@ -751,7 +781,19 @@ class CacheCircuitStore(CircuitStore[str]):
             # answers (cleared here, a circuit opened in an outage of more than one round was lost).
             self._wanted.clear()
             self._granted.clear()
-        if started and crashed:
+        if threading.current_thread() in _abandoned:
+            # close() stopped waiting for this round, said so, and closed its connections under it:
+            # what the round then raised ("Bad file descriptor") is of that close, not of the cache.
+            logger.debug("circuit breaker state: the round close() stopped waiting for ended: %s", self._said(error))
+        elif started and getattr(_sync_thread, "stopping", False):
+            logger.warning(
+                "circuit breaker state: the last round of %r before closing failed, cache %r (%s): what was"
+                " counted here since its last round that answered is not shared",
+                self._name,
+                self.alias,
+                self._said(error),
+            )
+        elif started and crashed:
             logger.error(
                 "circuit breaker state: a sync round with cache %r raised (%s); %r counts in this process "
                 "only until a round succeeds",
@@ -939,7 +981,10 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-_sync_thread = threading.local()  # .store: the store whose sync thread this is, while it syncs
+# .store: the store whose sync thread this is, while it syncs; .stopping: whether the round is its last
+_sync_thread = threading.local()
+# Sync threads close() stopped waiting for, and whose connections it closed under their round.
+_abandoned: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
 
 def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: threading.Event, interval: float) -> None:
@@ -951,10 +996,16 @@ def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: thr
         if store is None:
             return
         _sync_thread.store = store
+        last = _sync_thread.stopping = stop.is_set()
         try:
             store.sync()  # after stop too: the last flush
+            if last:
+                store._after_last_round()
         finally:
             _sync_thread.store = None
+            _sync_thread.stopping = False
         del store
-        if stop.is_set():
+        # A round under way when close() set stop left what was counted meanwhile: one more round
+        # (last) writes it. Not when close() stopped waiting for the round: it closed the connections.
+        if last or threading.current_thread() in _abandoned:
             return

@@ -4,6 +4,7 @@ Separate OS processes trip together; one process of all probes; exact counts fro
 and an outage of the cache leaves calls flowing on the local breaker, with one warning.
 """
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -44,7 +45,7 @@ from django_aio_request import (
 )
 from django_aio_request import metrics as all_metrics
 from django_aio_request.breaker.cache_store import MAX_NAMESPACE_IN_KEY, CacheCircuitStore, key_namespace
-from django_aio_request.conf.building import build_client
+from django_aio_request.conf.building import build_client, disconnect_cache
 from django_aio_request.conf.schema import read_settings
 from django_aio_request.metrics.breaker import unwatch_breaker, watch_breaker
 from tests.support.forking import in_child
@@ -1833,3 +1834,78 @@ def test_processes_share_counts_only_where_their_windows_are_as_long(
         for store in made:
             store.sync()
     assert [state_of(b) is CircuitState.OPEN for b in breakers] == [together, together]
+
+
+def _redis_clients(port: int) -> int:
+    """How many connections the redis-server on ``port`` holds, not counting the one asking."""
+    import redis as redis_py
+
+    with redis_py.Redis(port=port, socket_timeout=2) as inspector:
+        return len(inspector.client_list()) - 1
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.03, 0.06, 0.09])
+def test_closing_on_an_event_loop_writes_the_last_counts_and_leaves_no_connection_open(
+    own_redis: OwnRedis, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture, pause: float
+) -> None:
+    """A settings change in async code closes the clients without waiting for their last rounds (on
+    an event loop, close() never waits). The connections were closed under such a round: it failed
+    with "Bad file descriptor" (a warning, and its counts never written), or it found them gone,
+    connected anew and left the new ones open (8 closes of 10 at 4311eb5). ``pause`` puts the close
+    at points of the thread's 0.1 s cycle."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    store = stores(namespace, alias="mine", disconnect=disconnect_cache)  # as clients built from settings are
+    breaker = breaker_with(store, minimum_throughput=100)
+    for i in range(8):
+        run(breaker, i % 2 == 0)
+    time.sleep(pause)
+    thread = store._thread
+    assert thread is not None
+
+    async def close() -> None:
+        store.close()
+
+    asyncio.run(close())
+    thread.join(5)
+    assert not thread.is_alive()
+    assert _redis_clients(own_redis.port) == 0
+    reader = stores(namespace, alias="mine")
+    breaker_with(reader)  # binds it
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.totals("svc") == (4, 4)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_counts_made_while_the_last_round_runs_are_written_by_one_more(
+    redis: None, namespace: str, stores: Any
+) -> None:
+    """close() sets the thread's stop while a round is under way: that round had read what was counted
+    before it, and the thread ended after it; what was counted meanwhile was never written."""
+    entered, leave = threading.Event(), threading.Event()
+    store = stores(namespace)
+    breaker = breaker_with(store, minimum_throughput=100)
+    run(breaker, True)
+    assert wait_for(lambda: store.totals("svc") == (0, 1))
+    real_sync = store._sync
+
+    def held_sync() -> None:
+        real_sync()
+        if not entered.is_set():
+            entered.set()
+            leave.wait(5)
+
+    store._sync = held_sync
+    run(breaker, True)
+    assert entered.wait(5)  # a round has read and is held, as one waiting on the cache would be
+    run(breaker, False)  # counted while it runs
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    time.sleep(0.05)
+    leave.set()
+    closer.join(5)
+    reader = stores(namespace)
+    breaker_with(reader)
+    reader.blocked_until("svc")
+    reader.sync()
+    assert reader.totals("svc") == (1, 2)

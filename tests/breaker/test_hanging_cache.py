@@ -185,6 +185,44 @@ def test_a_frozen_redis_costs_calls_nothing(server: LoopbackServer) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_closing_on_a_redis_frozen_mid_round_says_the_round_went_unanswered(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that answered, then froze (no socket timeouts) while a round waited on it: close()
+    waits ``stall_after`` and closes the connections under the round. The round then failed with
+    "Bad file descriptor", logged as the cache's failure ("counts in this process only until it
+    answers", of a client just closed); what happened is that the last round went unanswered."""
+    port = free_port()
+    redis = RedisProcess(port)
+    frozen = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"redis://127.0.0.1:{port}/0"}
+    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "frozen": frozen}
+    server.route("/svc", replies(200))
+    caplog.set_level(logging.DEBUG, logger="django_aio_request")
+    try:
+        with override_settings(CACHES=caches):
+            client = _client(server, "frozen")
+            with client.request(get("svc")) as response:
+                assert response.status == 200
+            store = client.circuit_breaker.store  # type: ignore[union-attr]
+            assert _wait_for(lambda: store.healthy and store._rounds >= 2)
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            with client.request(get("svc")) as response:  # counted, for a round that never gets an answer
+                assert response.status == 200
+            time.sleep(0.2)  # a round is waiting on the frozen Redis
+            started = time.monotonic()
+            client.close()
+            assert time.monotonic() - started < store.stall_after + 0.5
+            time.sleep(0.3)  # the round, its connection closed under it, ends
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        redis.stop()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert "did not answer the last round of 'downstream'" in said[0]
+    assert "is not shared" in said[0]
+
+
+@pytest.mark.timeout(60)
 def test_closing_many_named_clients_on_a_hanging_cache_waits_for_it_once(hanging: None, server: LoopbackServer) -> None:
     """``clients.close_all()`` (run at process exit and on every settings change) with five clients
     whose breakers share state through a cache that hangs: it waited ``stall_after`` (1 s) for each
@@ -244,6 +282,15 @@ def test_a_hanging_cache_is_named_in_one_warning_when_a_probe_finds_its_round_st
         assert "cache 'hanging' answers again" in again[0]
     finally:
         client.close()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _wait_for_message(caplog: pytest.LogCaptureFixture, words: str, timeout: float = 5.0) -> bool:
