@@ -23,6 +23,7 @@ from django_aio_request.conf.schema import read_settings
 from tests.support import hanging_cache
 from tests.support.loopback import Handler, LoopbackServer, free_port, replies
 from tests.support.redis_server import RedisProcess
+from tests.support.resources import eventually
 from tests.support.threads import run_in_threads
 
 DEADLINE = 0.3
@@ -204,7 +205,7 @@ def test_closing_on_a_redis_frozen_mid_round_says_the_round_went_unanswered(
             with client.request(get("svc")) as response:
                 assert response.status == 200
             store = client.circuit_breaker.store  # type: ignore[union-attr]
-            assert _wait_for(lambda: store.healthy and store._rounds >= 2)
+            assert eventually(lambda: store.healthy and store._rounds >= 2, timeout=5.0)
             os.kill(redis.process.pid, signal.SIGSTOP)
             with client.request(get("svc")) as response:  # counted, for a round that never gets an answer
                 assert response.status == 200
@@ -282,15 +283,6 @@ def test_a_hanging_cache_is_named_in_one_warning_when_a_probe_finds_its_round_st
         assert "cache 'hanging' answers again" in again[0]
     finally:
         client.close()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _wait_for_message(caplog: pytest.LogCaptureFixture, words: str, timeout: float = 5.0) -> bool:
