@@ -79,13 +79,18 @@ def _with_descendants(pid: int) -> list[int]:
 
 
 #: gunicorn worker classes by ``server()`` kind
-WORKERS = {"gunicorn": "gthread", "gunicorn-priority": "django_aio_request.server.priority_worker.PriorityThreadWorker"}
+WORKERS = {
+    "gunicorn": "gthread",
+    "gunicorn-priority": "django_aio_request.server.priority_worker.PriorityThreadWorker",
+    "gunicorn-gevent": "gevent",  # greenlets: ``threads`` is its worker connections
+}
 
 
 @contextmanager
 def server(kind: str, threads: int, config: Mapping[str, object], *, first_on_path: str | None = None) -> Iterator[str]:
     """``kind`` "gunicorn" (one gthread worker with ``threads`` threads), "gunicorn-priority" (the same
-    with this package's PriorityThreadWorker) or "uvicorn"; yields its base URL. ``first_on_path``: a
+    with this package's PriorityThreadWorker), "gunicorn-gevent" (one gevent worker, ``threads`` its
+    worker connections) or "uvicorn"; yields its base URL. ``first_on_path``: a
     folder put before the environment's packages (another gunicorn release)."""
     for _ in range(3):  # a port another process took meanwhile: again on another
         with _server_on(free_port(), kind, threads, config, first_on_path) as url:
@@ -108,8 +113,9 @@ def _server_on(
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if kind in WORKERS:
+        concurrency = ["--worker-connections" if kind == "gunicorn-gevent" else "--threads", str(threads)]
         command = [str(BIN / "gunicorn"), "-c", "benchmarks/_load_gunicorn.py", "-k", WORKERS[kind], "--workers", "1",
-                   "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--backlog", "2048",
+                   *concurrency, "--bind", f"127.0.0.1:{port}", "--backlog", "2048",
                    "--log-level", "warning", "benchmarks._shedding_service:wsgi()"]  # fmt: skip
     elif kind == "uvicorn":
         command = [str(BIN / "uvicorn"), "--factory", "benchmarks._shedding_service:asgi", "--host", "127.0.0.1",

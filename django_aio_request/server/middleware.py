@@ -428,7 +428,9 @@ class AioRequestMiddleware:
             limiter.give_back(admission.admitted_at, thread=True)
             response = _caller_left(request)
         else:
-            cpu = time.thread_time()  # the CPU the view uses tells the limit how many are worth running at once
+            # The CPU the view uses tells the limit how many are worth running at once; under gevent or
+            # eventlet the thread's CPU is every greenlet's, and none is measured (green_threads.py).
+            cpu = time.thread_time() if limiter.measures_thread_cpu else None
             wait, wait_token = measure_downstream_wait()  # waiting on other services is no queueing here
             try:
                 token = _context.set(context)
@@ -438,9 +440,8 @@ class AioRequestMiddleware:
                     _context.reset(token)
             finally:
                 stop_measuring(wait_token)
-                limiter.release(
-                    admission.admitted_at, thread=True, cpu=time.thread_time() - cpu, downstream=wait.off_cpu
-                )
+                used = None if cpu is None else time.thread_time() - cpu
+                limiter.release(admission.admitted_at, thread=True, cpu=used, downstream=wait.off_cpu)
         _observe(request, response, conf, started)
         return response
 

@@ -55,6 +55,7 @@ from collections.abc import Callable
 
 from django_aio_request.core.priority import Priority
 from django_aio_request.metrics import server as metrics
+from django_aio_request.server.shedding.green_threads import green_threads
 from django_aio_request.server.shedding.limit import AdaptiveLimit, Limit
 from django_aio_request.server.shedding.queue import RANK, Waiter, WaitQueue
 
@@ -137,7 +138,7 @@ _CPU_SPAN = 0.25
 # Linux: a thread's CPU clock, readable from any thread of the process, is a clock id made from its
 # kernel id (what pthread_getcpuclockid() returns). Not pthread_getcpuclockid(threading.get_ident())
 # itself: under gevent's patching get_ident() is a greenlet's number, which glibc would take for a
-# pointer to a thread. A kernel id that is no thread's is refused (EINVAL). Elsewhere: no such clocks.
+# pointer to a thread. A kernel id that is no thread of this process's is refused (EINVAL). Not read elsewhere.
 _THREAD_CLOCKS = sys.platform.startswith("linux")
 
 
@@ -242,6 +243,9 @@ class Limiter:
         self._longest = 0.0  # the longest recent service time, decaying over _LONGEST_MEMORY
         self._longest_at = 0.0
         self._published_limit = -1
+        #: Whether a sync request's thread is its own: not under gevent or eventlet (green_threads.py),
+        #: where its CPU is not measured (``release(cpu=None)``) nor its thread's clock read (_lent).
+        self.measures_thread_cpu = not green_threads()
 
         metrics.shedding_limit.set(limit.current)
 
@@ -649,7 +653,7 @@ class Limiter:
 
     def _note_thread(self, admitted_at: float) -> None:
         """The calling thread's request was admitted at ``admitted_at``: note its CPU clock (see _lent)."""
-        if not _THREAD_CLOCKS:
+        if not (_THREAD_CLOCKS and self.measures_thread_cpu):
             return
         ident = threading.get_ident()
         try:
