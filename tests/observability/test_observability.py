@@ -66,7 +66,8 @@ def dashboard_queries(rate_interval: str = "5m") -> list[tuple[str, str]]:
     found = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         for target in panel.get("targets", []):
-            query = target["expr"].replace("$__rate_interval", rate_interval).replace("$endpoint", ".*")
+            query = target["expr"].replace("$__rate_interval", rate_interval)
+            query = query.replace("$endpoint", ".*").replace("$job", ".*")
             found.append((panel["title"], query))
     return found
 
@@ -128,6 +129,64 @@ def test_the_error_ratio_panel_counts_the_statuses_the_alert_counts() -> None:
     panel = dict(dashboard_queries())["Error ratio by endpoint"]
     alert = dict(alert_queries())["AioRequestErrorRatioHigh"]
     assert statuses.findall(panel) == statuses.findall(alert) == ["5..|408|489"]
+
+
+def test_the_server_panels_show_each_service_apart(tmp_path: Path) -> None:
+    """The server panels summed every service Prometheus scrapes: one service shedding high priority
+    showed as the fleet's shedding, with no service named, and a slow service's p99 for a caller was
+    lost in a fast one's (a review). Two services here, orders slow and shedding, billing fast."""
+    panels = dict(dashboard_queries())
+    minute = "0+60x20"  # one a second, sampled every minute
+    series = [
+        ('aio_request_server_shed_total{job="orders",priority="high",reason="capacity"}', minute),
+        ('aio_request_server_shed_total{job="billing",priority="high",reason="capacity"}', "0+0x20"),
+        ('aio_request_server_rejected_total{job="orders",reason="low_timeout"}', minute),
+        ('aio_request_server_rejected_total{job="billing",reason="low_timeout"}', "0+0x20"),
+    ]
+    for job, le, per_minute in (("orders", "5.0", 60), ("billing", "0.1", 6000)):  # all in one bucket
+        for bound in ("0.1", "5.0", "+Inf"):
+            count = per_minute if float(bound) >= float(le) else 0
+            series.append((f'aio_request_server_latency_bucket{{job="{job}",request_client="frontend",le="{bound}"}}',
+                           f"0+{count}x20"))  # fmt: skip
+    shed = {"priority": "high", "reason": "capacity"}
+    expected: dict[str, list[tuple[dict[str, str], float]]] = {
+        "Requests shed by priority": [({"job": "orders", **shed}, 1), ({"job": "billing", **shed}, 0)],
+        "Requests answered 408 before the view ran": [
+            ({"job": "orders", "reason": "low_timeout"}, 1),
+            ({"job": "billing", "reason": "low_timeout"}, 0),
+        ],
+        # p99 within the bucket that holds every request: 4.951 s of orders' 0.1-5 s, 0.099 s of billing's 0-0.1 s.
+        "Server latency p99 by calling service": [
+            ({"job": "orders", "request_client": "frontend"}, 4.951),
+            ({"job": "billing", "request_client": "frontend"}, 0.099),
+        ],
+    }
+    tests = [
+        {
+            "expr": panels[title],
+            "eval_time": "10m",
+            "exp_samples": [
+                {"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "value": value}
+                for labels, value in samples
+            ],
+        }
+        for title, samples in expected.items()
+    ]
+    unit = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": name, "values": values} for name, values in series],
+                "promql_expr_test": tests,
+            }
+        ],
+    }
+    (tmp_path / "panels.test.yml").write_text(yaml.safe_dump(unit))
+    done = subprocess.run([tool("promtool"), "test", "rules", "panels.test.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 SELECTOR = re.compile(r"\b(aio_request_[a-z_]+)\s*(\{[^}]*\})?")
@@ -230,7 +289,7 @@ def test_every_metric_and_label_the_queries_use_is_on_metrics_after_real_calls(s
             assert metrics, (source, title, query)
             for name, labels in metrics.items():
                 assert name in on_metrics, f"{source} {title!r}: {name} is not on /metrics"
-                missing = labels - on_metrics[name]
+                missing = labels - on_metrics[name] - {"job", "instance"}  # the scrape's target labels
                 assert not missing, f"{source} {title!r}: {name} has no label {missing}"
             # Prometheus adds the target's job and instance to every series it scrapes.
             carried = set().union(*(on_metrics[name] for name in metrics)) | {"job", "instance"}
