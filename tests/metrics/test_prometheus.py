@@ -144,11 +144,15 @@ with client.request(dar.get("x")) as response:
     assert response.status == 200
 from django_aio_request import metrics as all_metrics
 all_metrics.flush()  # aio-request's collectors, registered first, are collected before ours would flush
-metrics, _ = prometheus_client.start_http_server(0, addr="127.0.0.1")
+import socket
+with socket.socket() as free:  # a port of its own: start_http_server() returns nothing before prometheus-client 0.20
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+prometheus_client.start_http_server(port, addr="127.0.0.1")
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def names(query=""):
-    url = f"http://127.0.0.1:{metrics.server_address[1]}/metrics{query}"
+    url = f"http://127.0.0.1:{port}/metrics{query}"
     text = opener.open(url, timeout=10).read().decode()
     return sorted({line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("aio_request")})
 
