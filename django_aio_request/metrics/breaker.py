@@ -209,9 +209,12 @@ def _move(breaker: object, scope: str, new: str) -> None:
             for known in CircuitState:
                 breaker_state.labels(scope, known.value).inc(0)
             export_transitions_at_zero(scope)
-        else:
-            breaker_state.labels(scope, old).dec()
+        # The new state counted before the old one is let go: a scrape between the two writes (another
+        # process reads them from their files) sees the breaker in both states for that moment, never
+        # in none, which set AioRequestCircuitOpen's `for` back when open turned half-open (a review).
         breaker_state.labels(scope, new).inc()
+        if old is not None:
+            breaker_state.labels(scope, old).dec()
 
 
 def export_transitions_at_zero(scope: str) -> None:

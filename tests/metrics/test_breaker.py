@@ -23,6 +23,7 @@ from tests.support.breaker_gauge import breaker_states, get, until_both_workers_
 from tests.support.breaker_workers import breaker_workers
 from tests.support.forking import in_child
 from tests.support.loopback import LoopbackServer, replies
+from tests.support.steps import run_with_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -397,3 +398,28 @@ def test_an_opening_shared_through_the_cache_is_counted_by_every_process_that_le
     finally:
         for client in made:
             client.close()
+
+
+def test_a_breaker_turning_from_open_to_half_open_is_never_read_in_no_state(endpoint: str) -> None:
+    """The gauge let go of the old state before it counted the new one: a scrape between the two
+    writes (another process's, reading this one's file) saw the breaker neither open nor half-open,
+    which sets AioRequestCircuitOpen's ``for`` back at every probe (a review). Each step of the move
+    is tried in turn, the gauge read there as such a scrape reads it."""
+    client = build(endpoint)
+    open_breaker(client)
+    breaker = client.circuit_breaker
+    seen: list[float] = []
+
+    def scrape() -> None:
+        seen.append(unflushed(endpoint, "open") + unflushed(endpoint, "half_open"))
+
+    def move(state: str) -> None:
+        breaker_metrics._move(breaker, endpoint, state)
+
+    steps = run_with_step(lambda: move("half_open"), breaker_metrics._move.__code__, None, scrape)
+    for step in range(steps):
+        move("open")
+        run_with_step(lambda: move("half_open"), breaker_metrics._move.__code__, step, scrape)
+    assert len(seen) == steps
+    assert min(seen) >= 1, seen
+    client.close()
