@@ -40,6 +40,7 @@ from django_aio_request.core.timeout_header import restamp
 from django_aio_request.transport.bounded_resolver import ResolutionUnfinished, resolver
 from django_aio_request.transport.connection_drainer import drainer
 from django_aio_request.transport.dropped_pools import RetiringPoolMixin
+from django_aio_request.transport.pool_slots import put_empty_slot_at_bottom
 from django_aio_request.transport.releasable_socket import CAN_RELEASE, Arm, ReleasableSocket
 from django_aio_request.transport.response_head import FinalResponse, HeadTooLarge, NothingReceived
 
@@ -681,12 +682,7 @@ class _DrainingPoolMixin:
             super()._put_conn(conn)  # type: ignore[misc]
             return
         guard.handed_over = False
-        with waiting.mutex:  # a LifoQueue: its list, taken from the end
-            if 0 < waiting.maxsize <= len(waiting.queue):
-                return  # full: urllib3 drops what is given back to a full pool
-            waiting.queue.insert(0, None)
-            waiting.unfinished_tasks += 1
-            waiting.not_empty.notify()
+        put_empty_slot_at_bottom(waiting)
 
 
 class GuardedHTTPConnectionPool(

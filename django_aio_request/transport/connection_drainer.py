@@ -30,6 +30,7 @@ from typing import Any
 
 from django_aio_request.core.after_fork import renewed_in_forked_child
 from django_aio_request.transport.answer_end import AnswerEnd, NotReusable
+from django_aio_request.transport.pool_slots import swap_empty_slot
 
 __all__ = ["MAX_DRAINING", "MAX_WAIT", "ConnectionDrainer", "drainer"]
 
@@ -238,15 +239,7 @@ def _into_pool(pool: Any, sock: socket.socket) -> bool:
     conn.sock = sock
     conn._aio_request_requests = 1  # it carried one: a stale end of it is a StaleConnection
     conn._aio_request_pool = weakref.ref(pool)
-    with waiting.mutex:  # a LifoQueue: its list, taken from the end
-        slots = waiting.queue
-        for index in range(len(slots) - 1, -1, -1):
-            slot = slots[index]
-            if slot is None or slot.sock is None:
-                del slots[index]
-                slots.append(conn)  # on top: the next call takes it before an empty slot
-                return True
-    return False
+    return swap_empty_slot(waiting, conn)
 
 
 #: This process's drainer.
