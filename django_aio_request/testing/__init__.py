@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NoReturn, ParamSpec, TypeVar
 
 from asgiref.sync import iscoroutinefunction
 from requests.structures import CaseInsensitiveDict
@@ -808,6 +808,14 @@ def serving(*, timeout: float | None = None, priority: str | Priority | None = N
         undo()
 
 
+# Used with `with`, it said only "'_ServedUntilTheTestEnds' object does not support the context manager
+# protocol" (a review).
+_NOT_A_BLOCK = (
+    "the aio_request fixture's serving() sets the deadline and priority until the test ends, not for a block:"
+    " call it as a statement, or use `with django_aio_request.testing.serving(...):` for a block"
+)
+
+
 class _ServedUntilTheTestEnds(Context):
     """The fixture's ``serving()`` context: once its test ended, it reads as the context before it,
     in whatever thread or task still holds it. A thread that outlives the test (a project's pool
@@ -821,6 +829,18 @@ class _ServedUntilTheTestEnds(Context):
         super().__init__(deadline, priority)
         self._before = before
         self._ended = False
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(_NOT_A_BLOCK)
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raised (Python wants both)
+        return None
+
+    async def __aenter__(self) -> NoReturn:
+        raise TypeError(_NOT_A_BLOCK)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
     @property
     def deadline(self) -> Deadline | None:

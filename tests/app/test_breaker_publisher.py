@@ -684,6 +684,25 @@ def test_a_fake_client_is_neither_published_nor_overridden(server: LoopbackServe
 
 
 @pytest.mark.django_db
+def test_the_real_client_s_report_goes_while_a_fake_holds_its_name_and_comes_back_after(
+    server: LoopbackServer, publisher: Publisher
+) -> None:
+    """docs/testing.md: while a fake holds a name, the publisher reports neither the fake nor the real
+    client of that name (a review saw its row go and come back)."""
+    server.route("/down", lambda h: h.reply(200))
+    with override_settings(AIO_REQUEST=setting(server.url)):
+        assert call("billing", 1) == [200]  # the real client, built and called
+        assert publisher.run_once()
+        assert list(BreakerReport.objects.values_list("client", flat=True)) == ["billing"]
+        with fake_client("billing") as billing:
+            billing.route("down", reply(200))
+            assert publisher.run_once()
+            assert not BreakerReport.objects.filter(client="billing").exists()
+        assert publisher.run_once()
+        assert list(BreakerReport.objects.values_list("client", flat=True)) == ["billing"]
+
+
+@pytest.mark.django_db
 def test_a_database_outage_is_logged_once_and_nothing_is_lost(
     server: LoopbackServer, publisher: Publisher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1682,3 +1682,19 @@ def test_a_kept_reference_reaches_a_fake_while_threads_fake_its_name_at_once(
     assert server.received("/unscripted") == []
     assert kept.stand_in is None
     assert clients["billing"] is kept
+
+
+def test_the_fixture_s_serving_used_as_a_block_says_what_it_is(aio_request: AioRequestFixture) -> None:
+    """It lasts until the test ends (docs/testing.md); used with ``with``, it said only that the
+    object "does not support the context manager protocol" (a review)."""
+    served: Any = aio_request.serving(timeout=1)  # typed Context: a type checker flags the `with` too
+    with pytest.raises(TypeError, match=r"until the test ends, not for a block.*testing\.serving"), served:
+        pass
+
+    async def in_async_code() -> None:
+        async with served:
+            pass
+
+    with pytest.raises(TypeError, match="until the test ends, not for a block"):
+        asyncio.run(in_async_code())
+    assert get_context().deadline is not None  # set all the same, until the test ends
