@@ -200,13 +200,11 @@ def test_the_last_round_at_exit_writes_only_where_the_rounds_wrote(
     assert BreakerTransition.objects.count() == opened
 
 
-def project_with_a_real_database(
-    tmp_path: Path, *, installed: str = "", name: str = "real.sqlite3"
-) -> tuple[Path, dict[str, str]]:
-    """A project in ``tmp_path`` whose one database is a SQLite file (the "real" one, ``name``), migrated,
-    with a client ``billing`` (breaker on) calling a port that refuses: its database file and the
-    environment to run its commands with (``python -m django ...``)."""
-    real = tmp_path / name
+def write_project(tmp_path: Path, databases: str, *, installed: str = "", aio_request: str = "") -> dict[str, str]:
+    """A project in ``tmp_path`` (``project_settings``) with ``databases`` (Python source of
+    ``DATABASES``) and a client ``billing`` (breaker on) calling a port that refuses, ``aio_request``
+    (source of more AIO_REQUEST keys) beside it: the environment to run its commands with
+    (``python -m django ...``)."""
     (tmp_path / "project_settings.py").write_text(
         f"""
 SECRET_KEY = "x"
@@ -214,12 +212,25 @@ USE_TZ = True
 ROOT_URLCONF = "project_settings"
 urlpatterns = []
 INSTALLED_APPS = ["django_aio_request"{installed}]
-DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {name!r}}}}}  # its commands run in tmp_path
-AIO_REQUEST = {{"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
+DATABASES = {databases}
+AIO_REQUEST = {{{aio_request}"CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}}}}
 """
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def project_with_a_real_database(
+    tmp_path: Path, *, installed: str = "", name: str = "real.sqlite3"
+) -> tuple[Path, dict[str, str]]:
+    """A project in ``tmp_path`` whose one database is a SQLite file (the "real" one, ``name``), migrated,
+    with a client ``billing`` (breaker on) calling a port that refuses: its database file and the
+    environment to run its commands with (``python -m django ...``)."""
+    real = tmp_path / name
+    # Its commands run in tmp_path.
+    sqlite = f'{{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": {name!r}}}}}'
+    env = write_project(tmp_path, sqlite, installed=installed)
     subprocess.run([sys.executable, "-m", "django", "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
     return real, env
 
@@ -2488,23 +2499,8 @@ def test_a_test_run_on_postgresql_writes_nothing_into_the_real_database_and_ends
     real = f"aio_end_{uuid.uuid4().hex[:10]}"
     database = {key: pg[key] for key in ("USER", "PASSWORD", "HOST", "PORT")}
     database.update(ENGINE="django.db.backends.postgresql", NAME=real)
-    (tmp_path / "project_settings.py").write_text(
-        f"""
-SECRET_KEY = "x"
-USE_TZ = True
-ROOT_URLCONF = "project_settings"
-urlpatterns = []
-INSTALLED_APPS = ["django_aio_request"]
-DATABASES = {{"default": {database!r}}}
-AIO_REQUEST = {{
-    "CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1,
-    "CLIENTS": {{"billing": {{"ENDPOINT": "http://127.0.0.1:9/", "CIRCUIT_BREAKER": {{}}}}}},
-}}
-"""
-    )
+    env = write_project(tmp_path, repr({"default": database}), aio_request='"CIRCUIT_BREAKER_PUBLISH_INTERVAL": 0.1, ')
     (tmp_path / "test_billing.py").write_text(_CALLS_BILLING_WITH_DATABASE)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "DJANGO_SETTINGS_MODULE": "project_settings"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     admin: dict[str, Any] = {"host": pg["HOST"] or None, "port": pg["PORT"] or None, "user": pg["USER"] or None}
     admin.update(dbname=pg["NAME"], password=pg["PASSWORD"] or None)
     with psycopg.connect(**admin, autocommit=True) as connection:

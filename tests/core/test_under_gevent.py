@@ -2,14 +2,12 @@
 case runs in a child process of its own against a loopback server in this (unpatched) one."""
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
+from tests.support.child_python import run_script
 from tests.support.loopback import Handler, LoopbackServer, hang_until_disconnect
-from tests.support.manage import ROOT
 
 PATCHED = """
 import sys
@@ -23,14 +21,7 @@ endpoint = sys.argv[1]
 
 
 def run_patched(script: str, server: LoopbackServer) -> Any:
-    done = subprocess.run(
-        [sys.executable, "-c", PATCHED + script, server.url + "/"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_script(PATCHED + script, server.url + "/")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -133,7 +124,6 @@ def test_under_eventlet_a_loser_s_connection_is_shut_down_not_released() -> None
         "import eventlet; eventlet.monkey_patch()\n"
         "from django_aio_request.transport.releasable_socket import CAN_RELEASE; print(CAN_RELEASE)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    )
+    done = run_script(script)
+    assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -1,25 +1,16 @@
 """server/shedding/green_threads.py: whether threads are greenlets, asked as a server asks it, in a
 process that gevent's or eventlet's monkey-patching went through (or not)."""
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.support.manage import ROOT
+from tests.support.child_python import run_script
 
 ASK = "from django_aio_request.server.shedding.green_threads import green_threads; print(green_threads())"
 
 
 def _asked(before: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", f"{before}\n{ASK}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_script(f"import warnings; warnings.simplefilter('ignore')\n{before}\n{ASK}")
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 

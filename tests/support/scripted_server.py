@@ -118,3 +118,18 @@ class ScriptedServer:
                     break
         with self._lock:
             self.closed[number] = time.monotonic()
+
+
+def first_of_a_path_late(seconds: float, prefix: str = "/") -> Callable[[int, str], tuple[float, bytes]]:
+    """The first request of each path starting with ``prefix`` answered after ``seconds`` (a hedge
+    of it, the second, at once); every answer's body is its path."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def answer(n: int, path: str) -> tuple[float, bytes]:
+        with lock:
+            first = path not in seen
+            seen.add(path)
+        return (seconds if first and path.startswith(prefix) else 0.0), ok(path)
+
+    return answer

@@ -18,7 +18,7 @@ from django_aio_request.transport import connection_drainer
 from django_aio_request.transport.connection_drainer import MAX_WAIT, drainer
 from tests.support.forking import in_child
 from tests.support.loopback import clients
-from tests.support.scripted_server import ScriptedServer, ok
+from tests.support.scripted_server import ScriptedServer, first_of_a_path_late, ok
 
 DELAY = 0.05  # the hedge's
 
@@ -270,21 +270,6 @@ def test_many_threads_each_get_their_own_answer_while_losers_drain(
             break
         time.sleep(0.05)
     assert sorted(left.values()) in allowed, left
-
-
-def first_of_a_path_late(seconds: float, prefix: str = "/") -> Callable[[int, str], tuple[float, bytes]]:
-    """The first request of each path starting with ``prefix`` answered after ``seconds`` (a hedge
-    of it, the second, at once); every answer's body is its path."""
-    seen: set[str] = set()
-    lock = threading.Lock()
-
-    def answer(n: int, path: str) -> tuple[float, bytes]:
-        with lock:
-            first = path not in seen
-            seen.add(path)
-        return (seconds if first and path.startswith(prefix) else 0.0), ok(path)
-
-    return answer
 
 
 @pytest.mark.parametrize("draining", [True, False])

@@ -4,9 +4,6 @@ standard library's LIFO queue and in gevent's (which gunicorn's gevent worker pa
 
 import json
 import queue
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +11,8 @@ import gevent.queue
 import pytest
 
 from django_aio_request.transport.pool_slots import put_empty_slot_at_bottom, swap_empty_slot
-from tests.support.manage import ROOT
-from tests.support.scripted_server import ScriptedServer, ok
+from tests.support.child_python import run_script
+from tests.support.scripted_server import ScriptedServer, first_of_a_path_late
 
 QUEUES: list[Callable[[int], Any]] = [queue.LifoQueue, gevent.queue.LifoQueue]
 
@@ -95,25 +92,9 @@ def test_under_gevent_a_winning_hedge_s_loser_goes_back_to_the_pool() -> None:
     """gevent's LifoQueue has no ``mutex``: at every hedge that won, pooling the loser's connection
     raised AttributeError (logged as an ERROR with its traceback), the connection was closed and the
     next hedge made a new one (41 connections for 80 attempts), and a pool slot was lost for good."""
-    seen: set[str] = set()
-    lock = threading.Lock()
-
-    def answer(n: int, path: str) -> tuple[float, bytes]:
-        with lock:
-            first = path not in seen
-            seen.add(path)
-        return (0.15 if first else 0.0), ok(path)
-
-    server = ScriptedServer(answer)
+    server = ScriptedServer(first_of_a_path_late(0.15))
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", HEDGED_UNDER_GEVENT, server.url + "/"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_script(HEDGED_UNDER_GEVENT, server.url + "/")
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         connections = server.connections()
