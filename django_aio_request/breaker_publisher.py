@@ -632,8 +632,8 @@ class Publisher:
 
         Django's test runner and pytest-django drop a test database and then name the real one again
         in the settings every connection shares: a round that found the test database's name, then
-        connected once the real name was back, wrote the tests' breakers into the real database (5 of
-        6 runs of ``manage.py test`` on PostgreSQL at a 0.1 s interval, a review)."""
+        connected once the real name was back, wrote the tests' breakers into the real database (4 and
+        5 of 6 runs of ``manage.py test`` on PostgreSQL at a 0.1 s interval: tests/app/test_breaker_publisher.py)."""
         for alias in dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition)):
             connection = connections[alias]
             if connection.connection is None:  # closed after each round: connects anew with these
