@@ -238,6 +238,9 @@ class CacheCircuitStore(CircuitStore[str]):
         # scope -> how many times it was closed here: what a round read before a close is stale.
         self._closes: dict[str, int] = {}
         self._round_started: float | None = None  # time.monotonic() of the sync round running, if any
+        # A sync thread close() told to stop and could not wait for (on an event loop): it closes the
+        # connections after its last round, and a later close() waits for it rather than close them under it.
+        self._stopping: threading.Thread | None = None
         self._rounds = 0  # rounds ended (read, or failed): what wait_for_read waits for
         self._rounds_done = threading.Condition(threading.Lock())
         self._stall_logged = False
@@ -393,16 +396,20 @@ class CacheCircuitStore(CircuitStore[str]):
         thread that runs an event loop, not waited for at all: a settings change in async code closes
         the clients there, and waiting froze the loop, and the deadlines of the calls in flight on it,
         for ``stall_after`` (a 0.3 s call answered at 1.05 s)."""
+        began = time.monotonic()
         with self._lock:  # the thread and its events as _start() published them, together
             thread, stop, wake = self._thread, self._stop, self._wake
+            if thread is None and self._stopping is not None and self._stopping.is_alive():
+                # An earlier close() could not wait for it (on an event loop), and its last round may be
+                # under way: waited for here as any, not closed under (a second close, the one at exit).
+                thread = self._stopping
         waited = False
         if thread is not None and self._pid == os.getpid():
             stop.set()
             wake.set()
             if thread is not threading.current_thread() and not runs_event_loop():
                 together = _close_by.get()
-                wait = self.stall_after if together is None else max(0.0, together - time.monotonic())
-                thread.join(wait)
+                thread.join(self.stall_after if together is None else max(0.0, together[1] - time.monotonic()))
                 waited = True
                 if thread.is_alive():
                     # Its connections are closed below, under the round (which then fails, said at
@@ -413,16 +420,17 @@ class CacheCircuitStore(CircuitStore[str]):
                         " closing: what was counted here since its last round that answered is not shared",
                         self.alias,
                         self._name,
-                        wait,
+                        time.monotonic() - (began if together is None else together[0]),
                     )
         with self._lock:
             if self._thread is thread:  # not one a call started meanwhile (it finds an ended thread dead)
                 self._thread = None
-        if thread is not None and not waited and thread is not threading.current_thread() and thread.is_alive():
-            # Not waited for (on an event loop): its last round may be under way. Closed under it, the
-            # round failed ("Bad file descriptor", its counts lost) or connected anew and left the new
-            # connections open; the thread closes them itself once the round is over (_run).
-            return
+            if thread is not None and not waited and thread is not threading.current_thread() and thread.is_alive():
+                # Not waited for (on an event loop): its last round may be under way. Closed under it,
+                # the round failed ("Bad file descriptor", its counts lost) or connected anew and left
+                # the new connections open; the thread closes them itself once the round is over (_run).
+                self._stopping = thread
+                return
         self._close_connections()
 
     def _close_connections(self) -> None:
@@ -435,10 +443,17 @@ class CacheCircuitStore(CircuitStore[str]):
                 except Exception:  # best effort: the connections go with the backend anyway
                     logger.debug("closing cache %r's connections failed", self.alias, exc_info=True)
 
+    def _unwritten(self) -> bool:
+        """Whether something counted or decided here waits for a round to write it."""
+        with self._lock:
+            return bool(self._pending or self._writes or self._released)
+
     def _after_last_round(self) -> None:
         """(On the sync thread, told to stop, its last round over.) Close the cache's connections,
         unless a call has started a new thread meanwhile, which uses them."""
         with self._lock:
+            if self._stopping is threading.current_thread():
+                self._stopping = None
             if self._thread is not None and self._thread is not threading.current_thread():
                 return
         self._close_connections()
@@ -785,7 +800,7 @@ class CacheCircuitStore(CircuitStore[str]):
             # close() stopped waiting for this round, said so, and closed its connections under it:
             # what the round then raised ("Bad file descriptor") is of that close, not of the cache.
             logger.debug("circuit breaker state: the round close() stopped waiting for ended: %s", self._said(error))
-        elif started and getattr(_sync_thread, "stopping", False):
+        elif started and (stop := getattr(_sync_thread, "stop", None)) is not None and stop.is_set():
             logger.warning(
                 "circuit breaker state: the last round of %r before closing failed, cache %r (%s): what was"
                 " counted here since its last round that answered is not shared",
@@ -861,7 +876,7 @@ class CacheCircuitStore(CircuitStore[str]):
         self._sync_lock = threading.Lock()
         self._rounds_done = threading.Condition(threading.Lock())
         self._cache = None  # the child opens its own connections
-        self._thread = None
+        self._thread = self._stopping = None
         self._round_started = None
         # What the parent counted or decided is the parent's to write: a child writing it again would
         # count every outcome twice (or once per child), and a block written late overwrote what other
@@ -921,7 +936,10 @@ _STORES: "weakref.WeakSet[CacheCircuitStore]" = weakref.WeakSet()
 # until a round of a store of theirs has read.
 _late_aliases: set[str] = set()
 
-_close_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("aio_request_close_by", default=None)
+# (when the closing began, its shared end), time.monotonic(): see closing_together().
+_close_by: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+    "aio_request_close_by", default=None
+)
 
 
 @contextlib.contextmanager
@@ -940,7 +958,8 @@ def closing_together(stores: Iterable[object]) -> Iterator[None]:
         if store._thread is not None and store._pid == os.getpid():
             store._stop.set()
             store._wake.set()
-    token = _close_by.set(time.monotonic() + max((store.stall_after for store in shared), default=0.0))
+    now = time.monotonic()
+    token = _close_by.set((now, now + max((store.stall_after for store in shared), default=0.0)))
     try:
         yield
     finally:
@@ -981,7 +1000,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-# .store: the store whose sync thread this is, while it syncs; .stopping: whether the round is its last
+# .store: the store whose sync thread this is, while it syncs; .stop: that thread's stop event
 _sync_thread = threading.local()
 # Sync threads close() stopped waiting for, and whose connections it closed under their round.
 _abandoned: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
@@ -995,17 +1014,19 @@ def _run(ref: "weakref.ref[CacheCircuitStore]", stop: threading.Event, wake: thr
         store = ref()
         if store is None:
             return
-        _sync_thread.store = store
-        last = _sync_thread.stopping = stop.is_set()
+        _sync_thread.store, _sync_thread.stop = store, stop
+        last = stop.is_set()
         try:
             store.sync()  # after stop too: the last flush
-            if last:
+            # A round under way when close() set stop left what was counted meanwhile: one more round
+            # writes it, unless nothing is left to write or the round failed (a second round on a
+            # cache that times out held the thread, and its socket, for twice the timeout). None when
+            # close() stopped waiting for the round: it closed the connections under it.
+            done = last or (stop.is_set() and not (store.healthy and store._unwritten()))
+            if done:
                 store._after_last_round()
         finally:
-            _sync_thread.store = None
-            _sync_thread.stopping = False
+            _sync_thread.store = _sync_thread.stop = None
         del store
-        # A round under way when close() set stop left what was counted meanwhile: one more round
-        # (last) writes it. Not when close() stopped waiting for the round: it closed the connections.
-        if last or threading.current_thread() in _abandoned:
+        if done or threading.current_thread() in _abandoned:
             return

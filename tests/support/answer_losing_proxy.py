@@ -2,19 +2,21 @@
 answer to the next request it sees with a given mark: the server does what it was asked, and the
 client waits for an answer that never comes, until its socket timeout. What a Redis that stalls
 past its clients' socket timeout right after a write does to them, on one connection, at the moment
-a test picks."""
+a test picks. With ``answer_delay``, every answer is held that long first: a Redis that answers slowly."""
 
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 
 class AnswerLosingProxy:
     """Listens on ``port`` (127.0.0.1), each connection forwarded to ``target_port``."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, answer_delay: float = 0.0) -> None:
         self._target = target_port
+        self._delay = answer_delay
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._mark: bytes | None = None
@@ -69,6 +71,8 @@ class AnswerLosingProxy:
                 elif losing:
                     self.lost.set()  # the server answered; the client never hears it
                 else:
+                    if self._delay:
+                        time.sleep(self._delay)
                     client.sendall(data)
         except (OSError, ValueError):  # closed, by either side or by close() (select() of a closed socket)
             pass
