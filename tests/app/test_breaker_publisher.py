@@ -2524,3 +2524,46 @@ def test_a_test_run_on_postgresql_writes_nothing_into_the_real_database_and_ends
             connection.execute(f'DROP DATABASE IF EXISTS "{real}"')
     assert (reports, transitions) == ((0,), (0,))
     assert warned == []
+
+
+_LAZY_DATABASES = """
+class Lazy(dict):  # values worked out when read, as a rotating password's token is
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        return value() if callable(value) else value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+{"default": Lazy(ENGINE="django.db.backends.sqlite3", NAME=lambda: "real.sqlite3")}
+"""
+_PUBLISHES = """
+import time
+import django
+django.setup()
+from django_aio_request import clients, get
+from django_aio_request.models import BreakerReport
+with clients["billing"].request(get("x")) as response:
+    assert response.status == 489, response.status  # port 9 refuses
+end = time.monotonic() + 10
+while not BreakerReport.objects.exists() and time.monotonic() < end:
+    time.sleep(0.1)
+print(BreakerReport.objects.count())
+"""
+
+
+def test_a_database_entry_whose_values_are_worked_out_when_read_is_published_to(tmp_path: Path) -> None:
+    """The publisher's rounds connect on a copy of a database's settings (_pin): made with dict(), the
+    copy of a dict subclass held its raw values, and every round of a real process failed ("object of
+    type 'function' has no len()") where Django's own queries worked (a review)."""
+    (tmp_path / "lazy_databases.py").write_text(_LAZY_DATABASES.replace('{"default"', 'DATABASES = {"default"'))
+    env = write_project(tmp_path, "__import__('lazy_databases').DATABASES")
+    django = [sys.executable, "-m", "django"]
+    subprocess.run([*django, "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _PUBLISHES], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1", done.stderr
+    assert "cannot be published" not in done.stderr
