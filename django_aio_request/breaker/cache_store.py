@@ -800,14 +800,6 @@ class CacheCircuitStore(CircuitStore[str]):
             # close() stopped waiting for this round, said so, and closed its connections under it:
             # what the round then raised ("Bad file descriptor") is of that close, not of the cache.
             logger.debug("circuit breaker state: the round close() stopped waiting for ended: %s", self._said(error))
-        elif started and (stop := getattr(_sync_thread, "stop", None)) is not None and stop.is_set():
-            logger.warning(
-                "circuit breaker state: the last round of %r before closing failed, cache %r (%s): what was"
-                " counted here since its last round that answered is not shared",
-                self._name,
-                self.alias,
-                self._said(error),
-            )
         elif started and crashed:
             logger.error(
                 "circuit breaker state: a sync round with cache %r raised (%s); %r counts in this process "
@@ -825,6 +817,15 @@ class CacheCircuitStore(CircuitStore[str]):
                 self.alias,
                 self._said(error),
                 self._name,
+            )
+        # A bug's round (crashed) and a settings error are said as above, also on the way out.
+        elif started and (stop := getattr(_sync_thread, "stop", None)) is not None and stop.is_set():
+            logger.warning(
+                "circuit breaker state: the last round of %r before closing failed, cache %r (%s): what was"
+                " counted here since its last round that answered is not shared",
+                self._name,
+                self.alias,
+                self._said(error),
             )
         elif started:
             logger.warning(

@@ -1954,3 +1954,26 @@ def test_a_store_closed_twice_while_its_last_round_runs_loses_nothing(
     assert reader.totals("svc") == (12, 6)
     assert _redis_clients(own_redis.port) <= 1  # the reader's own
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_bug_in_the_last_round_before_closing_is_logged_as_a_bug_with_its_traceback(
+    redis: None, namespace: str, stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A round that raises something not of the cache (a bug) is an error with its traceback, also when
+    it is the thread's last: the words for a cache failing on the way out did not cover it."""
+    store = stores(namespace)
+    breaker = breaker_with(store, minimum_throughput=100)
+    run(breaker, True)
+    assert wait_for(lambda: store.totals("svc") == (0, 1))
+
+    def bug() -> None:
+        raise RuntimeError("a bug of the round's")
+
+    store._sync = bug
+    run(breaker, False)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    store.close()
+    said = [r for r in caplog.records if r.name == LOGGER]
+    assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
+    assert "raised (RuntimeError: a bug of the round's)" in said[0].getMessage()
+    assert said[0].exc_info is not None
