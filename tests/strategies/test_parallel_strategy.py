@@ -241,7 +241,11 @@ class TestHedging:
 
         assert response.status == 200
         assert response.read() == b"second"
-        first, second = (r.at for r in server.received("/x"))
+        received = server.received("/x")
+        # One CI run on a loaded VM (2026-12-08) saw three requests here, and could not be made again
+        # in 45 runs, 20 of them beside three busy processes: what each carried, should it come back.
+        assert len(received) == 2, [(r.at, r.headers) for r in received]
+        first, second = (r.at for r in received)
         # Not sent at 50 ms, while the 500 waited unread. The server stamps a request when its thread
         # has read it, which on a loaded machine can be some milliseconds after it was sent: the
         # bound sits between the 50 ms a hedge would show and the 300 ms the caller waits.
