@@ -42,7 +42,6 @@ openings of recycled workers among it (``publish_at_exit``).
 import asyncio
 import collections
 import contextlib
-import copy
 import datetime
 import functools
 import logging
@@ -641,10 +640,12 @@ class Publisher:
         for alias in dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition)):
             connection = connections[alias]
             if connection.connection is None:  # closed after each round: connects anew with these
-                # copy.copy, not dict(): a dict subclass whose values are worked out when read (a
-                # password that is a rotating token) stays one, where dict() took its raw values and
-                # every round failed (a review).
-                connection.settings_dict = copy.copy(connections.settings[alias])
+                # Each value read as Django reads it, into a plain dict: dict() took a dict subclass's
+                # raw values (a password worked out when read: every round failed), and copy.copy()
+                # made the subclass anew, which one whose __new__ takes arguments, or whose
+                # __setitem__ refuses or wraps values, cannot be (a review each).
+                settings_dict = connections.settings[alias]
+                connection.settings_dict = {key: settings_dict[key] for key in settings_dict}
 
     def _where(self) -> tuple[tuple[str, Any], ...]:
         """The databases a round writes to, as (alias, NAME) pairs."""

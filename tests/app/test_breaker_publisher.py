@@ -2526,8 +2526,10 @@ def test_a_test_run_on_postgresql_writes_nothing_into_the_real_database_and_ends
     assert warned == []
 
 
-_LAZY_DATABASES = """
-class Lazy(dict):  # values worked out when read, as a rotating password's token is
+_ODD_DATABASES = {
+    # values worked out when read, as a rotating password's token is
+    "lazy": """
+class Entry(dict):
     def __getitem__(self, key):
         value = super().__getitem__(key)
         return value() if callable(value) else value
@@ -2535,8 +2537,52 @@ class Lazy(dict):  # values worked out when read, as a rotating password's token
     def get(self, key, default=None):
         return self[key] if key in self else default
 
-{"default": Lazy(ENGINE="django.db.backends.sqlite3", NAME=lambda: "real.sqlite3")}
-"""
+DATABASES = {"default": Entry(ENGINE="django.db.backends.sqlite3", NAME=lambda: "real.sqlite3")}
+""",
+    # a subclass whose __new__ takes an argument
+    "made with an argument": """
+class Entry(dict):
+    def __new__(cls, source):
+        return super().__new__(cls)
+
+    def __init__(self, source):
+        super().__init__(source)
+
+DATABASES = {"default": Entry({"ENGINE": "django.db.backends.sqlite3", "NAME": "real.sqlite3"})}
+""",
+    # a subclass that refuses items set once made (Django's setdefault, C-level, still works)
+    "frozen": """
+class Entry(dict):
+    def __setitem__(self, key, value):
+        raise TypeError("frozen settings")
+
+DATABASES = {"default": Entry(ENGINE="django.db.backends.sqlite3", NAME="real.sqlite3")}
+""",
+    # a subclass that boxes what is set and unboxes what is read
+    "boxing": """
+class Box:
+    def __init__(self, value):
+        self.value = value
+
+class Entry(dict):
+    def __init__(self, **values):
+        super().__init__()
+        for key, value in values.items():
+            self[key] = value
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, Box(value))
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        return value.value if isinstance(value, Box) else value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+DATABASES = {"default": Entry(ENGINE="django.db.backends.sqlite3", NAME="real.sqlite3")}
+""",
+}
 _PUBLISHES = """
 import time
 import django
@@ -2552,11 +2598,14 @@ print(BreakerReport.objects.count())
 """
 
 
-def test_a_database_entry_whose_values_are_worked_out_when_read_is_published_to(tmp_path: Path) -> None:
-    """The publisher's rounds connect on a copy of a database's settings (_pin): made with dict(), the
-    copy of a dict subclass held its raw values, and every round of a real process failed ("object of
-    type 'function' has no len()") where Django's own queries worked (a review)."""
-    (tmp_path / "lazy_databases.py").write_text(_LAZY_DATABASES.replace('{"default"', 'DATABASES = {"default"'))
+@pytest.mark.parametrize("kind", list(_ODD_DATABASES))
+def test_a_database_entry_of_a_dict_subclass_is_published_to(tmp_path: Path, kind: str) -> None:
+    """The publisher's rounds connect on a copy of a database's settings (_pin), each value read as
+    Django reads it. Made with dict(), the copy held a subclass's raw values (a password worked out
+    when read: every round of a real process failed, "object of type 'function' has no len()");
+    with copy.copy(), a subclass made anew through its own __new__ and __setitem__ failed where they
+    take arguments, refuse or wrap (a review each; Django's own queries worked)."""
+    (tmp_path / "lazy_databases.py").write_text(_ODD_DATABASES[kind])
     env = write_project(tmp_path, "__import__('lazy_databases').DATABASES")
     django = [sys.executable, "-m", "django"]
     subprocess.run([*django, "migrate", "-v0"], cwd=tmp_path, env=env, check=True, timeout=120)
