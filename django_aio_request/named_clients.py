@@ -15,7 +15,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from django_aio_request.breaker.cache_store import CacheCircuitStore, closing_together
+from django_aio_request.breaker.cache_store import CacheCircuitStore, closing_together, stopping_stores
 from django_aio_request.conf.building import build_client
 from django_aio_request.conf.current import InvalidSettings, current, misspelt_setting
 from django_aio_request.conf.reader import shown
@@ -412,7 +412,19 @@ class ClientsHandler:
 
 
 clients = ClientsHandler()
-atexit.register(clients.close_all)
+
+
+def _close_all_at_exit() -> None:
+    """``clients.close_all()``, and the last rounds of the breakers' threads that an earlier close on
+    an event loop did not wait for (see stopping_stores), in one shared wait of ``stall_after``."""
+    stopping = stopping_stores()
+    with closing_together(stopping):
+        clients.close_all()
+        for store in stopping:
+            store.close()
+
+
+atexit.register(_close_all_at_exit)
 os.register_at_fork(after_in_child=clients._after_fork)
 
 
