@@ -6,6 +6,7 @@ Printed (``pytest -s``): the worst call time and the worst overshoot past the de
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -186,20 +187,20 @@ def test_a_frozen_redis_costs_calls_nothing(server: LoopbackServer) -> None:
         redis.stop()
 
 
-@pytest.mark.timeout(60)
-def test_closing_on_a_redis_frozen_mid_round_says_the_round_went_unanswered(
-    server: LoopbackServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A Redis that answered, then froze (no socket timeouts) while a round waited on it: close()
-    waits ``stall_after`` and closes the connections under the round. The round then failed with
-    "Bad file descriptor", logged as the cache's failure ("counts in this process only until it
-    answers", of a client just closed); what happened is that the last round went unanswered."""
+@contextlib.contextmanager
+def _a_round_waiting_on_a_frozen_redis(server: LoopbackServer, options: dict[str, float]) -> Iterator[Client]:
+    """A client whose breaker shares its counts through a real Redis (``options``: its socket
+    timeouts), which answered its first rounds and then froze (SIGSTOP) with a call counted since,
+    so that a round waits on it; thawed and stopped after the block."""
     port = free_port()
     redis = RedisProcess(port)
-    frozen = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": f"redis://127.0.0.1:{port}/0"}
+    frozen = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": f"redis://127.0.0.1:{port}/0",
+        "OPTIONS": options,
+    }
     caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "frozen": frozen}
     server.route("/svc", replies(200))
-    caplog.set_level(logging.DEBUG, logger="django_aio_request")
     try:
         with override_settings(CACHES=caches):
             client = _client(server, "frozen")
@@ -210,14 +211,28 @@ def test_closing_on_a_redis_frozen_mid_round_says_the_round_went_unanswered(
             os.kill(redis.process.pid, signal.SIGSTOP)
             with client.request(get("svc")) as response:  # counted, for a round that never gets an answer
                 assert response.status == 200
-            time.sleep(0.2)  # a round is waiting on the frozen Redis
-            started = time.monotonic()
-            client.close()
-            assert time.monotonic() - started < store.stall_after + 0.5
-            time.sleep(0.3)  # the round, its connection closed under it, ends
+            time.sleep(0.15)  # a round is waiting on the frozen Redis
+            yield client
     finally:
         os.kill(redis.process.pid, signal.SIGCONT)
         redis.stop()
+
+
+@pytest.mark.timeout(60)
+def test_closing_on_a_redis_frozen_mid_round_says_the_round_went_unanswered(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that answered, then froze (no socket timeouts) while a round waited on it: close()
+    waits ``stall_after`` and closes the connections under the round. The round then failed with
+    "Bad file descriptor", logged as the cache's failure ("counts in this process only until it
+    answers", of a client just closed); what happened is that the last round went unanswered."""
+    caplog.set_level(logging.DEBUG, logger="django_aio_request")
+    with _a_round_waiting_on_a_frozen_redis(server, {}) as client:
+        stall_after = client.circuit_breaker.store.stall_after  # type: ignore[union-attr]
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < stall_after + 0.5
+        time.sleep(0.3)  # the round, its connection closed under it, ends
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1, said
     assert "did not answer the last round of 'downstream'" in said[0]
@@ -272,40 +287,18 @@ def test_closing_on_an_event_loop_on_a_frozen_redis_ends_the_thread_after_the_fa
     held its socket for twice the timeout (about 10 s with redis-py 8's default), and said only that
     the cache "failed ... counts in this process only until it answers", of a client just closed (a
     review)."""
-    port = free_port()
-    redis = RedisProcess(port)
-    frozen = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": f"redis://127.0.0.1:{port}/0",
-        "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
-    }
-    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, "frozen": frozen}
-    server.route("/svc", replies(200))
     caplog.set_level(logging.DEBUG, logger="django_aio_request")
-    try:
-        with override_settings(CACHES=caches):
-            client = _client(server, "frozen")
-            with client.request(get("svc")) as response:
-                assert response.status == 200
-            store = client.circuit_breaker.store  # type: ignore[union-attr]
-            assert eventually(lambda: store.healthy and store._rounds >= 2, timeout=5.0)
-            os.kill(redis.process.pid, signal.SIGSTOP)
-            with client.request(get("svc")) as response:
-                assert response.status == 200
-            time.sleep(0.15)  # a round is waiting on the frozen Redis
-            thread = store._thread
-            assert thread is not None
+    with _a_round_waiting_on_a_frozen_redis(server, {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}) as client:
+        thread = client.circuit_breaker.store._thread  # type: ignore[union-attr]
+        assert thread is not None
 
-            async def close() -> None:
-                client.close()
+        async def close() -> None:
+            client.close()
 
-            started = time.monotonic()
-            asyncio.run(close())
-            thread.join(5)
-            ended = time.monotonic() - started
-    finally:
-        os.kill(redis.process.pid, signal.SIGCONT)
-        redis.stop()
+        started = time.monotonic()
+        asyncio.run(close())
+        thread.join(5)
+        ended = time.monotonic() - started
     assert not thread.is_alive()
     assert ended < 0.5 + 0.3, ended  # what was left of the round's timeout, not a second round's
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
