@@ -637,7 +637,7 @@ class Publisher:
         in the settings every connection shares: a round that found the test database's name, then
         connected once the real name was back, wrote the tests' breakers into the real database (4 and
         5 of 6 runs of ``manage.py test`` on PostgreSQL at a 0.1 s interval: tests/app/test_breaker_publisher.py)."""
-        for alias in dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition)):
+        for alias in self._aliases():
             connection = connections[alias]
             if connection.connection is None:  # closed after each round: connects anew with these
                 # Each value read as Django reads it, into a plain dict: dict() took a dict subclass's
@@ -647,10 +647,13 @@ class Publisher:
                 settings_dict = connections.settings[alias]
                 connection.settings_dict = {key: settings_dict[key] for key in settings_dict}
 
+    def _aliases(self) -> list[str]:
+        """The aliases of the databases a round writes to, each once."""
+        return list(dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition)))
+
     def _where(self) -> tuple[tuple[str, Any], ...]:
         """The databases a round writes to, as (alias, NAME) pairs."""
-        aliases = dict.fromkeys(self._db(model) for model in (BreakerReport, BreakerTransition))
-        return tuple((alias, connections[alias].settings_dict.get("NAME")) for alias in aliases)
+        return tuple((alias, connections[alias].settings_dict.get("NAME")) for alias in self._aliases())
 
     @staticmethod
     def _upsert(reports: Any, rows: list[Any], host: str, pid: int, ttl: datetime.timedelta) -> None:
